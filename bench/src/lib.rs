@@ -1,0 +1,1 @@
+//! Benchmarks (issue 5) live here.

@@ -1,0 +1,2 @@
+#![no_std]
+//! Types shared by the eBPF program and userspace (being written).
