@@ -98,9 +98,17 @@ pub struct EndpointInterface {
     /// IPv4 address with prefix length, e.g. `10.0.0.2/24`.
     #[serde(rename = "Address", default, skip_serializing_if = "String::is_empty")]
     pub address: String,
-    #[serde(rename = "AddressIPv6", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "AddressIPv6",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub address_ipv6: String,
-    #[serde(rename = "MacAddress", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub mac_address: String,
 }
 
@@ -176,9 +184,17 @@ pub struct JoinResponse {
     pub interface_name: InterfaceName,
     #[serde(rename = "Gateway", default, skip_serializing_if = "String::is_empty")]
     pub gateway: String,
-    #[serde(rename = "GatewayIPv6", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "GatewayIPv6",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub gateway_ipv6: String,
-    #[serde(rename = "StaticRoutes", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "StaticRoutes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub static_routes: Vec<StaticRoute>,
     #[serde(rename = "DisableGatewayService", default)]
     pub disable_gateway_service: bool,
@@ -254,8 +270,7 @@ pub trait NetworkDriver: Send + Sync + 'static {
         &self,
         req: EndpointRequest,
     ) -> impl Future<Output = ApiResult<EndpointInfoResponse>> + Send;
-    fn delete_endpoint(&self, req: EndpointRequest)
-        -> impl Future<Output = ApiResult<()>> + Send;
+    fn delete_endpoint(&self, req: EndpointRequest) -> impl Future<Output = ApiResult<()>> + Send;
     fn join(&self, req: JoinRequest) -> impl Future<Output = ApiResult<JoinResponse>> + Send;
     fn leave(&self, req: EndpointRequest) -> impl Future<Output = ApiResult<()>> + Send;
     fn program_external_connectivity(

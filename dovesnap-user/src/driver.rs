@@ -1,1 +1,636 @@
-//! (being written)
+//! The network driver: Docker's calls turned into OVS bridges, ports and veth pairs.
+//!
+//! State lives in OVSDB: each network's bridge carries its Docker network id and its
+//! options in `external_ids`, each endpoint's port carries the endpoint id, addresses
+//! and interface names. The in-memory table is a cache of that, rebuilt by
+//! [`Driver::recover`] at start, so a restarted plugin picks up where it was and never
+//! touches a bridge or port it does not own.
+//!
+//! Lifecycle (flat mode):
+//! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port and any
+//!   `ovs.bridge.add_ports` uplinks.
+//! - CreateEndpoint: a veth pair; the host end becomes a port of the bridge (with the
+//!   access VLAN tag), the container end waits for Join.
+//! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
+//! - Leave: nothing to undo at L2 (Docker moves the interface back).
+//! - DeleteEndpoint: port and veth removed. DeleteNetwork: bridge removed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiError, ApiResult, NetworkDriver};
+use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::netlink::{disable_tx_checksum, format_mac, parse_mac, Netlink};
+use crate::options::{Mode, NetworkOptions};
+use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
+
+/// `external_ids` key on bridges: the Docker network id (ownership marker).
+pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
+/// `external_ids` key on bridges: the network's addressing as JSON.
+pub const EXT_NETWORK_IPAM: &str = "dovesnap-ipam";
+/// `external_ids` key prefix on bridges: one entry per network option.
+pub const EXT_OPTION_PREFIX: &str = "dovesnap-opt-";
+/// `external_ids` key on ports: the Docker endpoint id (ownership marker).
+pub const EXT_ENDPOINT_ID: &str = "dovesnap-endpoint-id";
+/// `external_ids` key on ports: the endpoint's addresses and names as JSON.
+pub const EXT_ENDPOINT: &str = "dovesnap-endpoint";
+
+/// Prefix of the host end of an endpoint's veth (the OVS port).
+pub const HOST_VETH_PREFIX: &str = "ovsv";
+/// Prefix of the container end of an endpoint's veth, until Docker renames it.
+pub const CONTAINER_VETH_PREFIX: &str = "ovsc";
+/// Prefix of bridges whose name dovesnap chose.
+pub const BRIDGE_PREFIX: &str = "ovsbr-";
+
+/// What the network's IPAM gave (kept in OVSDB so a restart recovers it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ipam {
+    /// IPv4 subnet in CIDR form.
+    pub subnet: Option<String>,
+    /// IPv4 gateway, without prefix length.
+    pub gateway: Option<Ipv4Addr>,
+    /// Prefix length of the subnet.
+    pub prefix_len: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct Network {
+    id: String,
+    bridge: String,
+    datapath_type: String,
+    options: NetworkOptions,
+    ipam: Ipam,
+    endpoints: HashMap<String, Endpoint>,
+}
+
+/// An endpoint as stored in its port's `external_ids`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    /// IPv4 address with prefix length, as Docker gave it (may be empty).
+    pub address: String,
+    pub mac: String,
+    /// Host end of the veth: the OVS port.
+    pub host_ifname: String,
+    /// Container end of the veth, before Docker moves and renames it.
+    pub container_ifname: String,
+}
+
+/// The driver; all Docker calls go through one lock, so they apply in order.
+pub struct Driver {
+    ovs: Ovsdb,
+    netlink: Netlink,
+    networks: Mutex<HashMap<String, Network>>,
+}
+
+impl Driver {
+    pub fn new(ovs: Ovsdb, netlink: Netlink) -> Self {
+        Driver {
+            ovs,
+            netlink,
+            networks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Rebuilds the network table from the bridges and ports dovesnap owns in OVSDB.
+    /// Returns how many networks and endpoints it found.
+    pub async fn recover(&self) -> Result<(usize, usize), ovsdb::OvsdbError> {
+        let bridges = self.ovs.list_bridges().await?;
+        let mut networks = self.networks.lock().await;
+        let mut endpoints = 0;
+        for br in bridges {
+            let Some(id) = br.external_ids.get(EXT_NETWORK_ID) else {
+                continue;
+            };
+            let opts: BTreeMap<String, String> = br
+                .external_ids
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.strip_prefix(EXT_OPTION_PREFIX)?.to_string(), v.clone()))
+                })
+                .collect();
+            let options = match NetworkOptions::from_string_map(&opts) {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(bridge = %br.name, "skipping bridge with unreadable options: {e}");
+                    continue;
+                }
+            };
+            let ipam = br
+                .external_ids
+                .get(EXT_NETWORK_IPAM)
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            let mut net = Network {
+                id: id.clone(),
+                bridge: br.name.clone(),
+                datapath_type: br.datapath_type.clone(),
+                options,
+                ipam,
+                endpoints: HashMap::new(),
+            };
+            for port in &br.ports {
+                let Some(ep) = port
+                    .external_ids
+                    .get(EXT_ENDPOINT)
+                    .and_then(|j| serde_json::from_str::<Endpoint>(j).ok())
+                else {
+                    continue;
+                };
+                net.endpoints.insert(ep.id.clone(), ep);
+                endpoints += 1;
+            }
+            info!(network = %id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
+            networks.insert(id.clone(), net);
+        }
+        Ok((networks.len(), endpoints))
+    }
+
+    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        let id = valid_id("network", &req.network_id)?;
+        let options = NetworkOptions::from_docker_options(req.options.as_ref())
+            .map_err(|e| ApiError::new(e.to_string()))?;
+        if options.mode != Mode::Flat {
+            return Err(ApiError::new(format!(
+                "mode={} is not available in this version of dovesnap yet; use mode=flat",
+                options.mode
+            )));
+        }
+        let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
+
+        let mut networks = self.networks.lock().await;
+        if networks.contains_key(id) {
+            return Err(ApiError::new(format!("network {id} already exists")));
+        }
+        let bridge = options
+            .bridge_name
+            .clone()
+            .unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &id[..8]));
+        if let Some(other) = networks.values().find(|n| n.bridge == bridge) {
+            return Err(ApiError::new(format!(
+                "bridge {bridge} already serves network {}; choose another ovs.bridge.name",
+                other.id
+            )));
+        }
+        if self.ovs.bridge(&bridge).await.map_err(ovs_err)?.is_some() {
+            return Err(ApiError::new(format!(
+                "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
+                 choose another ovs.bridge.name"
+            )));
+        }
+        if self.netlink.index(&bridge).await.map_err(nl_err)?.is_some() {
+            return Err(ApiError::new(format!(
+                "a host interface named {bridge} already exists; choose another ovs.bridge.name"
+            )));
+        }
+        for up in &options.add_ports {
+            if self
+                .netlink
+                .index(&up.name)
+                .await
+                .map_err(nl_err)?
+                .is_none()
+            {
+                return Err(ApiError::new(format!(
+                    "ovs.bridge.add_ports names {}, but the host has no such interface",
+                    up.name
+                )));
+            }
+        }
+        let datapath_type = if options.userspace {
+            "netdev".to_string()
+        } else {
+            ovsdb::default_datapath_type().to_string()
+        };
+
+        let mut external_ids = BTreeMap::new();
+        external_ids.insert(EXT_NETWORK_ID.to_string(), id.to_string());
+        external_ids.insert(
+            EXT_NETWORK_IPAM.to_string(),
+            serde_json::to_string(&ipam).expect("Ipam serializes"),
+        );
+        for (k, v) in options.to_string_map() {
+            external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+        }
+        let spec = BridgeSpec {
+            name: bridge.clone(),
+            datapath_type: datapath_type.clone(),
+            external_ids,
+            mtu: options.mtu,
+            controllers: options.controllers.clone(),
+            datapath_id: options.dpid.clone(),
+            uplinks: options
+                .add_ports
+                .iter()
+                .map(|u| UplinkSpec {
+                    name: u.name.clone(),
+                    ofport: u.ofport,
+                })
+                .collect(),
+        };
+        self.ovs.create_bridge(&spec).await.map_err(ovs_err)?;
+        info!(network = %id, %bridge, %datapath_type, mode = %options.mode, "created network");
+        networks.insert(
+            id.to_string(),
+            Network {
+                id: id.to_string(),
+                bridge,
+                datapath_type,
+                options,
+                ipam,
+                endpoints: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete_network_inner(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        let id = valid_id("network", &req.network_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get(id) else {
+            // Deleting what is not there is success: Docker may retry.
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        for ep in net.endpoints.values() {
+            if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+                errors.push(e.to_string());
+            }
+        }
+        // Only delete a bridge that still carries this network's id.
+        match self.ovs.bridge(&net.bridge).await {
+            Ok(Some(br)) if br.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id) => {
+                if let Err(e) = self.ovs.delete_bridge(&net.bridge).await {
+                    errors.push(e.to_string());
+                }
+            }
+            Ok(_) => {
+                warn!(bridge = %net.bridge, "bridge is gone or no longer ours; not deleting it")
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::new(format!(
+                "could not fully remove network {id}: {}",
+                errors.join("; ")
+            )));
+        }
+        info!(network = %id, bridge = %net.bridge, "deleted network");
+        networks.remove(id);
+        Ok(())
+    }
+
+    async fn create_endpoint_inner(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let iface = req.interface.unwrap_or_default();
+        let address = iface.address.clone();
+        if !address.is_empty() {
+            parse_cidr(&address).ok_or_else(|| {
+                ApiError::new(format!("endpoint address {address:?} is not an IPv4 CIDR"))
+            })?;
+        }
+        let (mac, mac_from_us) = if iface.mac_address.is_empty() {
+            (generate_mac(&address, eid), true)
+        } else {
+            let mac = parse_mac(&iface.mac_address).ok_or_else(|| {
+                ApiError::new(format!(
+                    "endpoint MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
+                    iface.mac_address
+                ))
+            })?;
+            (mac, false)
+        };
+
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        if net.endpoints.contains_key(eid) {
+            return Err(ApiError::new(format!("endpoint {eid} already exists")));
+        }
+        let ep = Endpoint {
+            id: eid.to_string(),
+            address,
+            mac: format_mac(mac),
+            host_ifname: format!("{HOST_VETH_PREFIX}{}", &eid[..10]),
+            container_ifname: format!("{CONTAINER_VETH_PREFIX}{}", &eid[..10]),
+        };
+        // A leftover from a crash between veth and port creation is ours to replace.
+        self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
+        self.netlink
+            .create_veth(
+                &ep.host_ifname,
+                &ep.container_ifname,
+                Some(mac),
+                net.options.mtu,
+            )
+            .await
+            .map_err(nl_err)?;
+        if net.datapath_type == "netdev" {
+            // The userspace datapath forwards partially checksummed frames as they are.
+            if let Err(e) = disable_tx_checksum(&ep.container_ifname) {
+                let _ = self.netlink.delete(&ep.host_ifname).await;
+                return Err(nl_err(e));
+            }
+        }
+        let mut external_ids = BTreeMap::new();
+        external_ids.insert(EXT_ENDPOINT_ID.to_string(), eid.to_string());
+        external_ids.insert(EXT_NETWORK_ID.to_string(), nid.to_string());
+        external_ids.insert(
+            EXT_ENDPOINT.to_string(),
+            serde_json::to_string(&ep).expect("Endpoint serializes"),
+        );
+        let port = PortSpec {
+            name: ep.host_ifname.clone(),
+            tag: net.options.vlan,
+            external_ids,
+            mtu: net.options.mtu,
+            ofport: None,
+        };
+        if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
+            // Leave nothing behind: the veth goes with the failed port.
+            let _ = self.netlink.delete(&ep.host_ifname).await;
+            return Err(ovs_err(e));
+        }
+        info!(network = %nid, endpoint = %eid, port = %ep.host_ifname, mac = %ep.mac, "created endpoint");
+        net.endpoints.insert(eid.to_string(), ep.clone());
+        Ok(api::CreateEndpointResponse {
+            interface: mac_from_us.then(|| api::EndpointInterface {
+                mac_address: ep.mac,
+                ..Default::default()
+            }),
+        })
+    }
+
+    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get_mut(nid) else {
+            return Ok(());
+        };
+        let Some(ep) = net.endpoints.get(eid).cloned() else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+            errors.push(e.to_string());
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::new(format!(
+                "could not fully remove endpoint {eid}: {}",
+                errors.join("; ")
+            )));
+        }
+        net.endpoints.remove(eid);
+        info!(network = %nid, endpoint = %eid, "deleted endpoint");
+        Ok(())
+    }
+
+    async fn join_inner(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let networks = self.networks.lock().await;
+        let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
+        let ep = net.endpoints.get(eid).ok_or_else(|| {
+            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+        })?;
+        if self
+            .netlink
+            .index(&ep.container_ifname)
+            .await
+            .map_err(nl_err)?
+            .is_none()
+        {
+            return Err(ApiError::new(format!(
+                "the container end {} of endpoint {eid} is gone (deleted behind dovesnap's back?); \
+                 disconnect and reconnect the container",
+                ep.container_ifname
+            )));
+        }
+        Ok(api::JoinResponse {
+            interface_name: api::InterfaceName {
+                src_name: ep.container_ifname.clone(),
+                dst_prefix: "eth".into(),
+            },
+            gateway: net.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    async fn endpoint_info_inner(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let networks = self.networks.lock().await;
+        let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
+        let ep = net.endpoints.get(eid).ok_or_else(|| {
+            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+        })?;
+        let mut value = HashMap::new();
+        value.insert("bridge".into(), net.bridge.clone().into());
+        value.insert("port".into(), ep.host_ifname.clone().into());
+        value.insert("mac".into(), ep.mac.clone().into());
+        Ok(api::EndpointInfoResponse { value })
+    }
+}
+
+impl NetworkDriver for Driver {
+    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        self.create_network_inner(req).await
+    }
+    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        self.delete_network_inner(req).await
+    }
+    async fn create_endpoint(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        self.create_endpoint_inner(req).await
+    }
+    async fn endpoint_info(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        self.endpoint_info_inner(req).await
+    }
+    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        self.delete_endpoint_inner(req).await
+    }
+    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        self.join_inner(req).await
+    }
+    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        valid_id("network", &req.network_id)?;
+        valid_id("endpoint", &req.endpoint_id)?;
+        Ok(())
+    }
+}
+
+impl StatusSource for Driver {
+    async fn status(&self) -> Status {
+        let networks = self.networks.lock().await;
+        let mut out: Vec<NetworkStatus> = networks
+            .values()
+            .map(|n| {
+                let mut endpoints: Vec<EndpointStatus> = n
+                    .endpoints
+                    .values()
+                    .map(|e| EndpointStatus {
+                        id: e.id.clone(),
+                        port: e.host_ifname.clone(),
+                        mac: e.mac.clone(),
+                        address: e.address.clone(),
+                        container_ifname: None,
+                    })
+                    .collect();
+                endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+                NetworkStatus {
+                    id: n.id.clone(),
+                    bridge: n.bridge.clone(),
+                    mode: n.options.mode.to_string(),
+                    subnet: n.ipam.subnet.clone().unwrap_or_default(),
+                    gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    datapath_type: n.datapath_type.clone(),
+                    endpoints,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Status { networks: out }
+    }
+}
+
+fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {
+    ApiError::new(e.to_string())
+}
+
+fn nl_err(e: crate::netlink::NetlinkError) -> ApiError {
+    ApiError::new(e.to_string())
+}
+
+fn unknown_network(id: &str) -> ApiError {
+    ApiError::new(format!(
+        "network {id} is not known to dovesnap (was it created while another plugin served \
+         the ovs driver?)"
+    ))
+}
+
+/// Docker ids are 64 hex digits; anything else is refused before it reaches a name.
+fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
+    if id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(id)
+    } else {
+        Err(ApiError::new(format!(
+            "invalid {what} id {id:?}: expected Docker's hexadecimal id (12 to 128 letters and digits)"
+        )))
+    }
+}
+
+/// `a.b.c.d/n` into its parts.
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((addr.parse().ok()?, len))
+}
+
+/// The network's IPv4 addressing from Docker's IPAM data (first pool).
+fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
+    let Some(pool) = pools.first() else {
+        return Ok(Ipam::default());
+    };
+    let (_, prefix_len) = parse_cidr(&pool.pool)
+        .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
+    let gateway = if pool.gateway.is_empty() {
+        None
+    } else {
+        Some(
+            parse_cidr(&pool.gateway)
+                .map(|(a, _)| a)
+                .or_else(|| pool.gateway.parse().ok())
+                .ok_or_else(|| {
+                    ApiError::new(format!(
+                        "IPAM gateway {:?} is not an IPv4 address",
+                        pool.gateway
+                    ))
+                })?,
+        )
+    };
+    Ok(Ipam {
+        subnet: Some(pool.pool.clone()),
+        gateway,
+        prefix_len: Some(prefix_len),
+    })
+}
+
+/// A MAC for an endpoint Docker gave none: `02:42` and the IPv4 address, as Docker's
+/// bridge driver does, or locally administered bytes from the endpoint id.
+fn generate_mac(address: &str, endpoint_id: &str) -> [u8; 6] {
+    if let Some((ip, _)) = parse_cidr(address) {
+        let o = ip.octets();
+        return [0x02, 0x42, o[0], o[1], o[2], o[3]];
+    }
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    for (i, pair) in endpoint_id.as_bytes().chunks(2).skip(1).take(5).enumerate() {
+        let s = std::str::from_utf8(pair).unwrap_or("0");
+        mac[i + 1] = u8::from_str_radix(s, 16).unwrap_or(0);
+    }
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(valid_id("network", &"a".repeat(64)).is_ok());
+        for bad in [
+            "",
+            "short",
+            "../../etc/passwd",
+            "abc def ghi jkl",
+            &"a".repeat(129),
+        ] {
+            let err = valid_id("network", bad).unwrap_err();
+            assert!(err.0.contains("invalid network id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ipam_takes_first_pool() {
+        let ipam = ipam_from(&[api::IpamData {
+            pool: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1/24".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(ipam.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(ipam.prefix_len, Some(24));
+        assert_eq!(ipam_from(&[]).unwrap(), Ipam::default());
+        assert!(ipam_from(&[api::IpamData {
+            pool: "nonsense".into(),
+            ..Default::default()
+        }])
+        .is_err());
+    }
+
+    #[test]
+    fn macs_follow_docker_convention() {
+        assert_eq!(generate_mac("10.1.2.3/24", "x"), [0x02, 0x42, 10, 1, 2, 3]);
+        let m = generate_mac("", "00112233445566778899");
+        assert_eq!(m, [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    }
+}

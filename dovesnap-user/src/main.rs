@@ -1,1 +1,124 @@
-fn main() {}
+//! The `dovesnap` binary: the plugin daemon and the CLI verbs that talk to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+use dovesnap::control::{self, DEFAULT_CONTROL_SOCKET};
+use dovesnap::driver::Driver;
+use dovesnap::netlink::Netlink;
+use dovesnap::ovsdb::{Ovsdb, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
+use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
+
+#[derive(Parser)]
+#[command(
+    name = "dovesnap",
+    version,
+    about = "Docker network plugin on Open vSwitch (driver name `ovs`)",
+    long_about = "Docker network plugin on Open vSwitch.\n\n\
+        Run `dovesnap daemon` as root, then `docker network create -d ovs NAME`.\n\
+        Log levels come from the RUST_LOG environment variable (default: info)."
+)]
+struct Cli {
+    /// The daemon's control socket (used by `status`).
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve Docker's remote network driver API (runs in the foreground).
+    Daemon {
+        /// Where Docker finds the plugin; the file name (minus .sock) is the driver name.
+        #[arg(long, default_value = DEFAULT_PLUGIN_SOCKET)]
+        socket: PathBuf,
+        /// ovsdb-server's unix socket.
+        #[arg(long, default_value = DEFAULT_OVSDB_SOCKET)]
+        ovsdb: PathBuf,
+    },
+    /// Show the daemon's networks and endpoints.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Daemon { socket, ovsdb } => daemon(socket, ovsdb, cli.control_socket).await,
+            Cmd::Status { json } => {
+                let status = control::fetch_status(&cli.control_socket).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", control::render_status_table(&status));
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Result<()> {
+    let ovs = Ovsdb::connect(&ovsdb).await?;
+    let netlink = Netlink::new()?;
+    let driver = Arc::new(Driver::new(ovs, netlink));
+    let (networks, endpoints) = driver
+        .recover()
+        .await
+        .context("cannot read dovesnap's bridges back from OVSDB")?;
+    info!(networks, endpoints, "recovered state from OVSDB");
+
+    let plugin = server::bind_plugin_socket(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let control = control::bind_control_socket(&control_socket)
+        .with_context(|| format!("cannot listen on {}", control_socket.display()))?;
+    info!(socket = %socket.display(), control = %control_socket.display(), "dovesnap serving");
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut rx1 = tx.subscribe();
+    let mut rx2 = tx.subscribe();
+    let plugin_task = tokio::spawn(server::serve(plugin, driver.clone(), async move {
+        let _ = rx1.recv().await;
+    }));
+    let control_task = tokio::spawn(control::serve_control(
+        control,
+        driver.clone(),
+        async move {
+            let _ = rx2.recv().await;
+        },
+    ));
+    shutdown.await;
+    info!("shutting down: bridges and ports stay, so containers keep their L2 connectivity");
+    let _ = tx.send(());
+    let _ = plugin_task.await;
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&control_socket);
+    Ok(())
+}

@@ -1,1 +1,252 @@
-//! (being written)
+//! Links through rtnetlink: veth pairs for endpoints, link state, MTU.
+//!
+//! Only the operations the driver needs, each one netlink request; names are validated
+//! by the caller ([`crate::options`] for user input, the driver for generated names).
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0} (dovesnap needs root or CAP_NET_ADMIN)")]
+    Connect(std::io::Error),
+    #[error("cannot create veth pair {host}/{peer}: {source}")]
+    CreateVeth {
+        host: String,
+        peer: String,
+        source: rtnetlink::Error,
+    },
+    #[error("cannot turn off transmit checksum offload on {name}: {source}")]
+    Ethtool {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot {action} link {name}: {source}")]
+    Link {
+        action: &'static str,
+        name: String,
+        source: rtnetlink::Error,
+    },
+}
+
+/// `ENODEV`/`ENOENT` from the kernel: the link is not there.
+fn is_missing(err: &rtnetlink::Error) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m)
+        if m.code.map(|c| c.get()) == Some(-libc::ENODEV) || m.code.map(|c| c.get()) == Some(-libc::ENOENT))
+}
+
+/// A handle on the host namespace's rtnetlink socket. Cheap to clone.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the socket and spawns its connection task on the current tokio runtime.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Creates a veth pair: `host` stays in the host namespace and is set up; `peer`
+    /// (the container end, handed to Docker) gets `peer_mac` when given. Both get `mtu`.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string());
+        if let Some(mac) = peer_mac {
+            peer_msg = peer_msg.address(mac.to_vec());
+        }
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+        }
+        let mut msg = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .up();
+        if let Some(mtu) = mtu {
+            msg = msg.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .add(msg.build())
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::CreateVeth {
+                host: host.into(),
+                peer: peer.into(),
+                source,
+            })
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn get(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(link) => Ok(link),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(source) => Err(NetlinkError::Link {
+                action: "look up",
+                name: name.into(),
+                source,
+            }),
+        }
+    }
+
+    /// The interface index of `name`, if it exists.
+    pub async fn index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.get(name).await?.map(|l| l.header.index))
+    }
+
+    /// The MAC address of `name`, if it exists and has one.
+    pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
+        Ok(self.get(name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0; 6];
+                    mac.copy_from_slice(a);
+                    Some(mac)
+                }
+                _ => None,
+            })
+        }))
+    }
+
+    /// Deletes `name` (for a veth, both ends). Returns whether it existed.
+    pub async fn delete(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(source) => Err(NetlinkError::Link {
+                action: "delete",
+                name: name.into(),
+                source,
+            }),
+        }
+    }
+
+    /// Sets `name` up.
+    pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Link {
+                action: "set up",
+                name: name.into(),
+                source,
+            })
+    }
+}
+
+/// Turns off transmit checksum offload on `name` (ethtool's legacy `ETHTOOL_STXCSUM`,
+/// which clears every TX checksum feature and with them TSO).
+///
+/// A veth peer with checksum offload on hands frames with only a partial checksum to
+/// whatever reads its host end; OVS's userspace datapath and AF_XDP forward those
+/// bytes as they are and the receiver drops them. Set on the container end before
+/// Docker moves it, the setting stays with the interface.
+pub fn disable_tx_checksum(name: &str) -> Result<(), NetlinkError> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let err = |source| NetlinkError::Ethtool {
+        name: name.into(),
+        source,
+    };
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: a plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `ifr` names the interface (NUL-terminated: the name is shorter than
+    // IFNAMSIZ and the rest is zero) and points at `value`, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    let io = std::io::Error::last_os_error();
+    // SAFETY: `fd` is the socket opened above and closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err(io));
+    }
+    Ok(())
+}
+
+/// Formats a MAC address the way Docker and `ip link` do.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (either case).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let mac = [0x02, 0x42, 0x0a, 0x00, 0x00, 0xff];
+        assert_eq!(format_mac(mac), "02:42:0a:00:00:ff");
+        assert_eq!(parse_mac("02:42:0A:00:00:FF"), Some(mac));
+    }
+
+    #[test]
+    fn bad_macs_are_refused() {
+        for s in [
+            "",
+            "02:42:0a:00:00",
+            "02:42:0a:00:00:ff:01",
+            "2:42:0a:00:00:ff",
+            "zz:42:0a:00:00:ff",
+        ] {
+            assert_eq!(parse_mac(s), None, "{s}");
+        }
+    }
+}

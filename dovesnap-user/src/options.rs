@@ -1,1 +1,1111 @@
-//! (being written)
+//! `docker network create -o KEY=VALUE` options, parsed and validated.
+//!
+//! Docker hands the `-o` pairs to the driver under [`crate::api::GENERIC_OPTIONS`] as a
+//! JSON object. The CLI always sends strings, but Docker API clients may send booleans
+//! or numbers, so those are accepted too and read as their JSON text.
+//!
+//! Every key is checked: an unknown key is refused (a typo such as `ovs.bridge.vlna`
+//! must not silently create an untagged network), and every error names the option,
+//! the value given and what is accepted, because Docker shows the message to the user
+//! as is.
+//!
+//! The driver stores the options of each network in OVSDB `external_ids` and parses
+//! them again after a restart: [`NetworkOptions::to_string_map`] and
+//! [`NetworkOptions::from_string_map`] round-trip exactly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::api::GENERIC_OPTIONS;
+
+/// `mode`: how containers reach the outside world.
+pub const MODE: &str = "mode";
+/// `ovs.bridge.mode`: alias of [`MODE`], the spelling of the Go dovesnap plugin.
+pub const BRIDGE_MODE: &str = "ovs.bridge.mode";
+/// `ovs.bridge.name`: the OVS bridge (and its Linux interface) name.
+pub const BRIDGE_NAME: &str = "ovs.bridge.name";
+/// `ovs.bridge.vlan`: the VLAN id the containers' ports are access ports of.
+pub const BRIDGE_VLAN: &str = "ovs.bridge.vlan";
+/// `ovs.bridge.mtu`: the MTU of the bridge and the containers' interfaces.
+pub const BRIDGE_MTU: &str = "ovs.bridge.mtu";
+/// `ovs.bridge.add_ports`: host interfaces to add to the bridge, `IFNAME[/OFPORT],...`.
+pub const BRIDGE_ADD_PORTS: &str = "ovs.bridge.add_ports";
+/// `ovs.bridge.controller`: OpenFlow controller targets, comma-separated.
+pub const BRIDGE_CONTROLLER: &str = "ovs.bridge.controller";
+/// `ovs.bridge.dpid`: the bridge's OpenFlow datapath id.
+pub const BRIDGE_DPID: &str = "ovs.bridge.dpid";
+/// `ovs.bridge.userspace`: use the userspace (netdev) datapath instead of the kernel's.
+pub const BRIDGE_USERSPACE: &str = "ovs.bridge.userspace";
+
+/// Every option key dovesnap accepts, in the order they are listed to the user.
+pub const ACCEPTED_KEYS: &[&str] = &[
+    MODE,
+    BRIDGE_MODE,
+    BRIDGE_NAME,
+    BRIDGE_VLAN,
+    BRIDGE_MTU,
+    BRIDGE_ADD_PORTS,
+    BRIDGE_CONTROLLER,
+    BRIDGE_DPID,
+    BRIDGE_USERSPACE,
+];
+
+/// The smallest MTU accepted: the IPv4 minimum (RFC 791).
+pub const MIN_MTU: u32 = 68;
+/// The largest MTU accepted: the usual jumbo-frame limit of NICs and switches.
+pub const MAX_MTU: u32 = 9216;
+/// The largest OpenFlow port number a port may ask for (`OFPP_MAX` is 0xff00).
+pub const MAX_OFPORT: u32 = 0xfeff;
+
+const EXPECTED_MODE: &str = "one of flat, nat, nat-fast";
+const EXPECTED_IFNAME: &str =
+    "a Linux interface name: 1 to 15 characters from A-Z a-z 0-9 _ . -, not \".\" or \"..\"";
+const EXPECTED_VLAN: &str = "a VLAN id from 1 to 4094";
+const EXPECTED_MTU: &str = "an MTU from 68 (the IPv4 minimum) to 9216 (jumbo frames)";
+const EXPECTED_BOOL: &str = "one of true, false, 1, 0, yes, no";
+const EXPECTED_DPID: &str =
+    "a datapath id of 1 to 16 hex digits, optionally prefixed with 0x, e.g. 0x00000000000000a1";
+const EXPECTED_CONTROLLER: &str = "comma-separated OpenFlow controller targets: tcp:IP[:PORT], \
+     ssl:IP[:PORT], unix:PATH, ptcp:[PORT][:IP], pssl:[PORT][:IP] or punix:PATH \
+     (IPv6 addresses in brackets, ports 1 to 65535)";
+
+/// Errors in network options. Docker shows the message to the user verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A known option with a value it does not accept.
+    #[error("invalid {key} {value:?}: expected {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    /// A value reserved for a later version.
+    #[error("{key}={value} is not yet supported by dovesnap; {hint}")]
+    NotYetSupported {
+        key: String,
+        value: String,
+        hint: String,
+    },
+    /// A key dovesnap does not know (often a typo).
+    #[error(
+        "unknown network option {key:?}{}; dovesnap accepts {}",
+        did_you_mean(.suggestion),
+        ACCEPTED_KEYS.join(", ")
+    )]
+    UnknownKey {
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+    /// `mode` and its alias `ovs.bridge.mode` both given, with different values.
+    #[error(
+        "conflicting options mode={mode:?} and ovs.bridge.mode={alias:?}: \
+         they are two names of the same option, give only one"
+    )]
+    ConflictingMode { mode: String, alias: String },
+    /// A value that is a JSON array, object or null.
+    #[error("invalid {key}: expected a string (or a boolean or number), not a JSON {found}")]
+    WrongType { key: String, found: &'static str },
+    /// The generic options themselves are not a JSON object.
+    #[error(
+        "invalid {}: expected a JSON object of option names to strings, not a JSON {found}",
+        GENERIC_OPTIONS
+    )]
+    NotAnObject { found: &'static str },
+}
+
+fn did_you_mean(suggestion: &Option<&'static str>) -> String {
+    match suggestion {
+        Some(s) => format!(" (did you mean {s:?}?)"),
+        None => String::new(),
+    }
+}
+
+fn invalid(key: &str, value: &str, expected: impl Into<String>) -> OptionsError {
+    OptionsError::Invalid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+/// How a network's containers reach the outside world.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Containers sit on the bridge with the uplink ports; no address translation.
+    #[default]
+    Flat,
+    /// The host routes and masquerades for the network (kernel NAT).
+    Nat,
+    /// As [`Mode::Nat`], with the translation done by the XDP/AF_XDP fast path.
+    NatFast,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Flat => "flat",
+            Mode::Nat => "nat",
+            Mode::NatFast => "nat-fast",
+        }
+    }
+
+    /// Whether the host does address translation for the network.
+    pub fn is_nat(self) -> bool {
+        matches!(self, Mode::Nat | Mode::NatFast)
+    }
+
+    /// Parses a mode given under `key` (the error names that key).
+    fn parse_for(key: &str, value: &str) -> Result<Mode, OptionsError> {
+        match value.to_ascii_lowercase().as_str() {
+            "flat" => Ok(Mode::Flat),
+            "nat" => Ok(Mode::Nat),
+            "nat-fast" => Ok(Mode::NatFast),
+            "overlay" => Err(OptionsError::NotYetSupported {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                hint: format!("use {EXPECTED_MODE}"),
+            }),
+            _ => Err(invalid(key, value, EXPECTED_MODE)),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = OptionsError;
+
+    /// Parses `flat`, `nat` or `nat-fast` (ASCII case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::parse_for(MODE, s)
+    }
+}
+
+/// A host interface added to the bridge, optionally at a fixed OpenFlow port number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Uplink {
+    pub name: String,
+    pub ofport: Option<u32>,
+}
+
+impl fmt::Display for Uplink {
+    /// `IFNAME` or `IFNAME/OFPORT`, the syntax of `ovs.bridge.add_ports`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ofport {
+            Some(p) => write!(f, "{}/{}", self.name, p),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// The validated options of one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkOptions {
+    pub mode: Mode,
+    pub bridge_name: Option<String>,
+    pub vlan: Option<u16>,
+    pub mtu: Option<u32>,
+    pub add_ports: Vec<Uplink>,
+    /// Controller targets as given (validated), e.g. `tcp:192.0.2.1:6653`.
+    pub controllers: Vec<String>,
+    /// Normalised to 16 lowercase hex digits without `0x`, as OVS's
+    /// `other_config:datapath-id` wants it.
+    pub dpid: Option<String>,
+    pub userspace: bool,
+}
+
+impl NetworkOptions {
+    /// Parses the `com.docker.network.generic` map of a `CreateNetwork` request.
+    pub fn from_generic(generic: &HashMap<String, Value>) -> Result<Self, OptionsError> {
+        let mut sorted: Vec<(&String, &Value)> = generic.iter().collect();
+        sorted.sort_by_key(|(k, _)| *k);
+        let mut pairs = Vec::with_capacity(sorted.len());
+        for (key, value) in sorted {
+            let key = resolve_key(key)?;
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => b.to_string(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(OptionsError::WrongType {
+                        key: key.to_owned(),
+                        found: json_kind(other),
+                    })
+                }
+            };
+            pairs.push((key, text));
+        }
+        Self::from_pairs(pairs)
+    }
+
+    /// Parses the options of a `CreateNetwork` request's `Options` map: the `-o` pairs
+    /// under [`GENERIC_OPTIONS`]; no options at all gives the defaults.
+    pub fn from_docker_options(
+        options: Option<&HashMap<String, Value>>,
+    ) -> Result<Self, OptionsError> {
+        match options.and_then(|o| o.get(GENERIC_OPTIONS)) {
+            None | Some(Value::Null) => Ok(Self::default()),
+            Some(Value::Object(map)) => {
+                let generic: HashMap<String, Value> =
+                    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                Self::from_generic(&generic)
+            }
+            Some(other) => Err(OptionsError::NotAnObject {
+                found: json_kind(other),
+            }),
+        }
+    }
+
+    /// Parses options stored by [`NetworkOptions::to_string_map`] (or any map of
+    /// option keys to strings).
+    pub fn from_string_map(map: &BTreeMap<String, String>) -> Result<Self, OptionsError> {
+        let mut pairs = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            pairs.push((resolve_key(key)?, value.clone()));
+        }
+        Self::from_pairs(pairs)
+    }
+
+    /// The options as option keys to strings, for storing; `mode` is always present so
+    /// a stored network keeps its mode even if the default changes.
+    pub fn to_string_map(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        map.insert(MODE.to_owned(), self.mode.to_string());
+        if let Some(name) = &self.bridge_name {
+            map.insert(BRIDGE_NAME.to_owned(), name.clone());
+        }
+        if let Some(vlan) = self.vlan {
+            map.insert(BRIDGE_VLAN.to_owned(), vlan.to_string());
+        }
+        if let Some(mtu) = self.mtu {
+            map.insert(BRIDGE_MTU.to_owned(), mtu.to_string());
+        }
+        if !self.add_ports.is_empty() {
+            let ports: Vec<String> = self.add_ports.iter().map(Uplink::to_string).collect();
+            map.insert(BRIDGE_ADD_PORTS.to_owned(), ports.join(","));
+        }
+        if !self.controllers.is_empty() {
+            map.insert(BRIDGE_CONTROLLER.to_owned(), self.controllers.join(","));
+        }
+        if let Some(dpid) = &self.dpid {
+            map.insert(BRIDGE_DPID.to_owned(), dpid.clone());
+        }
+        if self.userspace {
+            map.insert(BRIDGE_USERSPACE.to_owned(), "true".to_owned());
+        }
+        map
+    }
+
+    /// The OVS `datapath_type` of the bridge: `netdev` for userspace, `system` otherwise.
+    pub fn datapath_type(&self) -> &'static str {
+        if self.userspace {
+            "netdev"
+        } else {
+            "system"
+        }
+    }
+
+    fn from_pairs(mut pairs: Vec<(&'static str, String)>) -> Result<Self, OptionsError> {
+        // A stable order, so that with several bad options the same one is reported.
+        pairs.sort_by_key(|(k, _)| ACCEPTED_KEYS.iter().position(|a| a == k));
+        let mut opts = NetworkOptions::default();
+        let mut mode: Option<(Mode, String)> = None;
+        for (key, value) in pairs {
+            match key {
+                MODE | BRIDGE_MODE => {
+                    let parsed = Mode::parse_for(key, &value)?;
+                    match &mode {
+                        Some((earlier, earlier_text)) if *earlier != parsed => {
+                            return Err(OptionsError::ConflictingMode {
+                                mode: earlier_text.clone(),
+                                alias: value,
+                            });
+                        }
+                        _ => mode = Some((parsed, value)),
+                    }
+                }
+                BRIDGE_NAME => opts.bridge_name = Some(parse_bridge_name(&value)?),
+                BRIDGE_VLAN => opts.vlan = Some(parse_vlan(&value)?),
+                BRIDGE_MTU => opts.mtu = Some(parse_mtu(&value)?),
+                BRIDGE_ADD_PORTS => opts.add_ports = parse_add_ports(&value)?,
+                BRIDGE_CONTROLLER => opts.controllers = parse_controllers(&value)?,
+                BRIDGE_DPID => opts.dpid = Some(parse_dpid(&value)?),
+                BRIDGE_USERSPACE => opts.userspace = parse_bool(key, &value)?,
+                _ => unreachable!("resolve_key only returns accepted keys"),
+            }
+        }
+        if let Some((m, _)) = mode {
+            opts.mode = m;
+        }
+        Ok(opts)
+    }
+}
+
+/// Maps a user's key to the accepted key, or explains that it is unknown.
+fn resolve_key(key: &str) -> Result<&'static str, OptionsError> {
+    ACCEPTED_KEYS
+        .iter()
+        .copied()
+        .find(|k| *k == key)
+        .ok_or_else(|| OptionsError::UnknownKey {
+            key: key.to_owned(),
+            suggestion: suggest_key(key),
+        })
+}
+
+/// The accepted key closest to a mistyped one, if it is close enough to be a typo.
+fn suggest_key(key: &str) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    ACCEPTED_KEYS
+        .iter()
+        .map(|k| (edit_distance(&lower, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+        .or_else(|| {
+            // `vlan` for `ovs.bridge.vlan`: a known key without its prefix.
+            ACCEPTED_KEYS
+                .iter()
+                .copied()
+                .find(|k| k.strip_prefix("ovs.bridge.") == Some(lower.as_str()))
+        })
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Whether `name` is a valid Linux interface name as dovesnap accepts them: 1 to 15
+/// bytes (`IFNAMSIZ` is 16 with the NUL) of `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub fn is_valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Parses an unsigned decimal number of plain digits (no sign, no spaces); `None`
+/// for anything else, including overflow.
+fn parse_decimal<T: FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_bridge_name(value: &str) -> Result<String, OptionsError> {
+    if is_valid_interface_name(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(BRIDGE_NAME, value, EXPECTED_IFNAME))
+    }
+}
+
+fn parse_vlan(value: &str) -> Result<u16, OptionsError> {
+    parse_decimal::<u16>(value)
+        .filter(|v| (1..=4094).contains(v))
+        .ok_or_else(|| invalid(BRIDGE_VLAN, value, EXPECTED_VLAN))
+}
+
+fn parse_mtu(value: &str) -> Result<u32, OptionsError> {
+    parse_decimal::<u32>(value)
+        .filter(|v| (MIN_MTU..=MAX_MTU).contains(v))
+        .ok_or_else(|| invalid(BRIDGE_MTU, value, EXPECTED_MTU))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, OptionsError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(key, value, EXPECTED_BOOL)),
+    }
+}
+
+fn parse_dpid(value: &str) -> Result<String, OptionsError> {
+    let digits = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+        .unwrap_or(value);
+    if (1..=16).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(format!("{:0>16}", digits.to_ascii_lowercase()))
+    } else {
+        Err(invalid(BRIDGE_DPID, value, EXPECTED_DPID))
+    }
+}
+
+/// Splits a comma-separated list; an empty (or all-blank) value is an empty list.
+/// Spaces around the commas are ignored; an empty item (`a,,b`) is an error.
+fn split_list(key: &str, value: &str, what: &str) -> Result<Vec<String>, OptionsError> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|item| {
+            let item = item.trim();
+            if item.is_empty() {
+                Err(invalid(
+                    key,
+                    value,
+                    format!("comma-separated {what} with no empty items"),
+                ))
+            } else {
+                Ok(item.to_owned())
+            }
+        })
+        .collect()
+}
+
+fn parse_add_ports(value: &str) -> Result<Vec<Uplink>, OptionsError> {
+    const WHAT: &str = "IFNAME or IFNAME/OFPORT items";
+    let mut ports: Vec<Uplink> = Vec::new();
+    for item in split_list(BRIDGE_ADD_PORTS, value, WHAT)? {
+        let (name, ofport) = match item.split_once('/') {
+            Some((name, port)) => (name, Some(port)),
+            None => (item.as_str(), None),
+        };
+        if !is_valid_interface_name(name) {
+            return Err(invalid(
+                BRIDGE_ADD_PORTS,
+                value,
+                format!(
+                    "comma-separated {WHAT}, where IFNAME is {EXPECTED_IFNAME}; {name:?} is not"
+                ),
+            ));
+        }
+        let ofport = match ofport {
+            None => None,
+            Some(p) => Some(
+                parse_decimal::<u32>(p)
+                    .filter(|p| (1..=MAX_OFPORT).contains(p))
+                    .ok_or_else(|| {
+                        invalid(
+                            BRIDGE_ADD_PORTS,
+                            value,
+                            format!(
+                                "comma-separated {WHAT}, where OFPORT is an OpenFlow port \
+                                 number from 1 to {MAX_OFPORT}; {p:?} is not"
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        if ports.iter().any(|u| u.name == name) {
+            return Err(invalid(
+                BRIDGE_ADD_PORTS,
+                value,
+                format!("each interface at most once, but {name:?} is listed twice"),
+            ));
+        }
+        if let Some(p) = ofport {
+            if let Some(other) = ports.iter().find(|u| u.ofport == Some(p)) {
+                return Err(invalid(
+                    BRIDGE_ADD_PORTS,
+                    value,
+                    format!(
+                        "each OpenFlow port number at most once, but {} and {name} both ask for {p}",
+                        other.name
+                    ),
+                ));
+            }
+        }
+        ports.push(Uplink {
+            name: name.to_owned(),
+            ofport,
+        });
+    }
+    Ok(ports)
+}
+
+fn parse_controllers(value: &str) -> Result<Vec<String>, OptionsError> {
+    let mut targets: Vec<String> = Vec::new();
+    for item in split_list(BRIDGE_CONTROLLER, value, "controller targets")? {
+        if let Err(why) = check_controller_target(&item) {
+            return Err(invalid(
+                BRIDGE_CONTROLLER,
+                value,
+                format!("{EXPECTED_CONTROLLER}; {item:?} {why}"),
+            ));
+        }
+        if targets.contains(&item) {
+            return Err(invalid(
+                BRIDGE_CONTROLLER,
+                value,
+                format!("each controller at most once, but {item:?} is listed twice"),
+            ));
+        }
+        targets.push(item);
+    }
+    Ok(targets)
+}
+
+/// Checks one OVS controller target; the error completes "TARGET ...".
+fn check_controller_target(target: &str) -> Result<(), String> {
+    let Some((method, rest)) = target.split_once(':') else {
+        return Err("has no method (tcp:, ssl:, unix:, ptcp:, pssl:, punix:)".into());
+    };
+    match method {
+        "tcp" | "ssl" => {
+            let (host, port) = split_host_port(rest)?;
+            let host = host.ok_or("has no IP address")?;
+            check_ip(host)?;
+            port.map(check_port).transpose()?;
+            Ok(())
+        }
+        "ptcp" | "pssl" => {
+            // ptcp:[PORT][:IP]; the IP may be a bracketed IPv6 address.
+            let (port, ip) = match rest.split_once(':') {
+                Some((port, ip)) => (port, Some(ip)),
+                None => (rest, None),
+            };
+            if !port.is_empty() {
+                check_port(port)?;
+            }
+            if let Some(ip) = ip {
+                let ip = ip
+                    .strip_prefix('[')
+                    .and_then(|i| i.strip_suffix(']'))
+                    .unwrap_or(ip);
+                check_ip(ip)?;
+            }
+            Ok(())
+        }
+        "unix" | "punix" => {
+            if rest.is_empty() {
+                Err("has no socket path".into())
+            } else {
+                Ok(())
+            }
+        }
+        other if other.parse::<IpAddr>().is_ok() => {
+            Err("has no method; write tcp:IP:PORT for an active connection".into())
+        }
+        other => Err(format!(
+            "has an unknown method {other:?} (tcp, ssl, unix, ptcp, pssl and punix are known)"
+        )),
+    }
+}
+
+/// Splits `IP[:PORT]` or `[IPV6][:PORT]`.
+fn split_host_port(s: &str) -> Result<(Option<&str>, Option<&str>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or("has a '[' without the closing ']'")?;
+        return match after {
+            "" => Ok((Some(host), None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((Some(host), Some(port))),
+                None => Err("has text after the bracketed address that is not :PORT".into()),
+            },
+        };
+    }
+    let host_port = match s.split_once(':') {
+        Some((host, port)) => {
+            if port.contains(':') {
+                return Err("has an IPv6 address without brackets, write [ADDRESS]:PORT".into());
+            }
+            (host, Some(port))
+        }
+        None => (s, None),
+    };
+    Ok((
+        (!host_port.0.is_empty()).then_some(host_port.0),
+        host_port.1,
+    ))
+}
+
+fn check_ip(ip: &str) -> Result<(), String> {
+    ip.parse::<IpAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("has {ip:?}, which is not an IP address"))
+}
+
+fn check_port(port: &str) -> Result<(), String> {
+    parse_decimal::<u16>(port)
+        .filter(|p| *p != 0)
+        .map(|_| ())
+        .ok_or_else(|| format!("has port {port:?}, expected 1 to 65535"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn generic(pairs: &[(&str, Value)]) -> HashMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<NetworkOptions, OptionsError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        NetworkOptions::from_generic(&map)
+    }
+
+    fn one(key: &str, value: &str) -> Result<NetworkOptions, OptionsError> {
+        parse(&[(key, value)])
+    }
+
+    fn err(key: &str, value: &str) -> String {
+        one(key, value)
+            .expect_err(&format!("{key}={value} should be refused"))
+            .to_string()
+    }
+
+    #[test]
+    fn no_options_are_the_defaults() {
+        let o = NetworkOptions::from_generic(&HashMap::new()).unwrap();
+        assert_eq!(o, NetworkOptions::default());
+        assert_eq!(o.mode, Mode::Flat);
+        assert_eq!(o.datapath_type(), "system");
+    }
+
+    #[test]
+    fn mode_strings() {
+        for (s, m) in [
+            ("flat", Mode::Flat),
+            ("nat", Mode::Nat),
+            ("nat-fast", Mode::NatFast),
+        ] {
+            assert_eq!(s.parse::<Mode>().unwrap(), m);
+            assert_eq!(m.to_string(), s);
+            assert_eq!(one(MODE, s).unwrap().mode, m);
+            assert_eq!(one(BRIDGE_MODE, s).unwrap().mode, m);
+        }
+        assert_eq!("NAT".parse::<Mode>().unwrap(), Mode::Nat);
+        assert!(Mode::NatFast.is_nat() && Mode::Nat.is_nat() && !Mode::Flat.is_nat());
+    }
+
+    #[test]
+    fn bad_mode_names_key_value_and_choices() {
+        assert_eq!(
+            err(MODE, "bridge"),
+            r#"invalid mode "bridge": expected one of flat, nat, nat-fast"#
+        );
+        assert_eq!(
+            err(BRIDGE_MODE, ""),
+            r#"invalid ovs.bridge.mode "": expected one of flat, nat, nat-fast"#
+        );
+        assert!(err(MODE, "natfast").contains("nat-fast"));
+    }
+
+    #[test]
+    fn overlay_is_reserved_but_refused() {
+        let e = one(MODE, "overlay").unwrap_err();
+        assert!(matches!(e, OptionsError::NotYetSupported { .. }));
+        assert_eq!(
+            e.to_string(),
+            "mode=overlay is not yet supported by dovesnap; use one of flat, nat, nat-fast"
+        );
+        assert!(err(BRIDGE_MODE, "overlay").starts_with("ovs.bridge.mode=overlay is not yet"));
+    }
+
+    #[test]
+    fn mode_and_alias() {
+        let o = parse(&[(MODE, "nat"), (BRIDGE_MODE, "nat")]).unwrap();
+        assert_eq!(o.mode, Mode::Nat);
+        let o = parse(&[(MODE, "nat"), (BRIDGE_MODE, "NAT")]).unwrap();
+        assert_eq!(o.mode, Mode::Nat);
+        let e = parse(&[(MODE, "nat"), (BRIDGE_MODE, "flat")]).unwrap_err();
+        assert_eq!(
+            e,
+            OptionsError::ConflictingMode {
+                mode: "nat".into(),
+                alias: "flat".into()
+            }
+        );
+        assert!(e.to_string().contains("give only one"));
+    }
+
+    #[test]
+    fn bridge_name() {
+        for good in ["b", "ovsbr0", "br-ext.100", "a_b", "abcdefghijklmno", "..."] {
+            assert_eq!(
+                one(BRIDGE_NAME, good).unwrap().bridge_name.as_deref(),
+                Some(good)
+            );
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "abcdefghijklmnop",
+            "br 0",
+            "br/0",
+            "br:0",
+            "brü",
+        ] {
+            let e = err(BRIDGE_NAME, bad);
+            assert_eq!(
+                e,
+                format!("invalid ovs.bridge.name {bad:?}: expected {EXPECTED_IFNAME}")
+            );
+        }
+    }
+
+    #[test]
+    fn vlan() {
+        assert_eq!(one(BRIDGE_VLAN, "1").unwrap().vlan, Some(1));
+        assert_eq!(one(BRIDGE_VLAN, "4094").unwrap().vlan, Some(4094));
+        assert_eq!(one(BRIDGE_VLAN, "0100").unwrap().vlan, Some(100));
+        assert_eq!(
+            err(BRIDGE_VLAN, "5000"),
+            r#"invalid ovs.bridge.vlan "5000": expected a VLAN id from 1 to 4094"#
+        );
+        for bad in ["0", "4095", "65536", "-1", "+5", " 5", "", "ten", "1.0"] {
+            assert!(err(BRIDGE_VLAN, bad).contains("from 1 to 4094"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mtu() {
+        assert_eq!(one(BRIDGE_MTU, "68").unwrap().mtu, Some(68));
+        assert_eq!(one(BRIDGE_MTU, "1500").unwrap().mtu, Some(1500));
+        assert_eq!(one(BRIDGE_MTU, "9216").unwrap().mtu, Some(9216));
+        for bad in ["67", "9217", "0", "", "1500b", "99999999999"] {
+            assert_eq!(
+                err(BRIDGE_MTU, bad),
+                format!(
+                    "invalid ovs.bridge.mtu {bad:?}: expected an MTU from 68 (the IPv4 minimum) \
+                     to 9216 (jumbo frames)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn add_ports() {
+        let o = one(BRIDGE_ADD_PORTS, "eth1,eth2/5, enp3s0/65279").unwrap();
+        assert_eq!(
+            o.add_ports,
+            vec![
+                Uplink {
+                    name: "eth1".into(),
+                    ofport: None
+                },
+                Uplink {
+                    name: "eth2".into(),
+                    ofport: Some(5)
+                },
+                Uplink {
+                    name: "enp3s0".into(),
+                    ofport: Some(65279)
+                },
+            ]
+        );
+        assert!(one(BRIDGE_ADD_PORTS, "").unwrap().add_ports.is_empty());
+        assert_eq!(o.add_ports[1].to_string(), "eth2/5");
+
+        let e = err(BRIDGE_ADD_PORTS, "eth1/0");
+        assert!(
+            e.starts_with(r#"invalid ovs.bridge.add_ports "eth1/0": expected"#),
+            "{e}"
+        );
+        assert!(e.contains(r#"from 1 to 65279; "0" is not"#), "{e}");
+        assert!(err(BRIDGE_ADD_PORTS, "eth1/65280").contains(r#""65280" is not"#));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1/").contains(r#""" is not"#));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1/x").contains(r#""x" is not"#));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1/2/3").contains(r#""2/3" is not"#));
+        assert!(err(BRIDGE_ADD_PORTS, "/2").contains(r#""" is not"#));
+        assert!(err(BRIDGE_ADD_PORTS, "a-very-long-interface").contains("Linux interface name"));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1,,eth2").contains("no empty items"));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1,").contains("no empty items"));
+        assert!(err(BRIDGE_ADD_PORTS, "eth1,eth1/3").contains(r#""eth1" is listed twice"#));
+        let e = err(BRIDGE_ADD_PORTS, "eth1/3,eth2/3");
+        assert!(e.contains("eth1 and eth2 both ask for 3"), "{e}");
+    }
+
+    #[test]
+    fn controllers() {
+        let good = "tcp:192.0.2.1:6653,ssl:[2001:db8::1]:6653,unix:/run/ctl.sock,ptcp:6653,\
+                    ptcp:6653:127.0.0.1,ptcp:6653:[::1],pssl:6654,punix:/tmp/p,tcp:10.0.0.1,\
+                    ssl:[::1],ptcp:";
+        let o = one(BRIDGE_CONTROLLER, good).unwrap();
+        assert_eq!(o.controllers.len(), 11);
+        assert_eq!(o.controllers[1], "ssl:[2001:db8::1]:6653");
+        assert!(one(BRIDGE_CONTROLLER, "").unwrap().controllers.is_empty());
+        assert_eq!(
+            one(BRIDGE_CONTROLLER, "tcp:192.0.2.1:6653 , tcp:192.0.2.2:6653")
+                .unwrap()
+                .controllers,
+            vec!["tcp:192.0.2.1:6653", "tcp:192.0.2.2:6653"]
+        );
+
+        for (bad, why) in [
+            ("192.0.2.1:6653", "has no method"),
+            ("http:192.0.2.1:80", r#"unknown method "http""#),
+            ("tcp:", "has no IP address"),
+            ("tcp::6653", "has no IP address"),
+            (
+                "tcp:300.0.0.1:6653",
+                r#"has "300.0.0.1", which is not an IP address"#,
+            ),
+            ("tcp:ctl.example:6653", "not an IP address"),
+            ("tcp:192.0.2.1:0", r#"has port "0", expected 1 to 65535"#),
+            ("tcp:192.0.2.1:65536", "expected 1 to 65535"),
+            ("tcp:192.0.2.1:", r#"has port """#),
+            ("tcp:2001:db8::1:6653", "without brackets"),
+            ("tcp:[2001:db8::1:6653", "without the closing"),
+            ("tcp:[2001:db8::1]6653", "not :PORT"),
+            ("tcp:[10.0.0.x]:1", "not an IP address"),
+            ("ptcp:x", r#"has port "x""#),
+            ("ptcp:6653:nothere", "not an IP address"),
+            ("unix:", "has no socket path"),
+            ("punix:", "has no socket path"),
+        ] {
+            let e = err(BRIDGE_CONTROLLER, bad);
+            assert!(
+                e.starts_with(&format!("invalid ovs.bridge.controller {bad:?}: expected")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(err(BRIDGE_CONTROLLER, "tcp:192.0.2.1:6653,tcp:192.0.2.1:6653").contains("twice"));
+    }
+
+    #[test]
+    fn dpid() {
+        for (given, normal) in [
+            ("1", "0000000000000001"),
+            ("0xA1", "00000000000000a1"),
+            ("0XFFFFFFFFFFFFFFFF", "ffffffffffffffff"),
+            ("00000000000000ab", "00000000000000ab"),
+        ] {
+            assert_eq!(
+                one(BRIDGE_DPID, given).unwrap().dpid.as_deref(),
+                Some(normal)
+            );
+        }
+        for bad in [
+            "",
+            "0x",
+            "0x1ffffffffffffffff",
+            "xyz",
+            "12345678901234567",
+            "0x-1",
+        ] {
+            assert_eq!(
+                err(BRIDGE_DPID, bad),
+                format!("invalid ovs.bridge.dpid {bad:?}: expected {EXPECTED_DPID}")
+            );
+        }
+    }
+
+    #[test]
+    fn userspace() {
+        for t in ["true", "TRUE", "1", "yes", "Yes"] {
+            let o = one(BRIDGE_USERSPACE, t).unwrap();
+            assert!(o.userspace, "{t}");
+            assert_eq!(o.datapath_type(), "netdev");
+        }
+        for f in ["false", "0", "no", "NO"] {
+            assert!(!one(BRIDGE_USERSPACE, f).unwrap().userspace, "{f}");
+        }
+        assert_eq!(
+            err(BRIDGE_USERSPACE, "maybe"),
+            r#"invalid ovs.bridge.userspace "maybe": expected one of true, false, 1, 0, yes, no"#
+        );
+        assert!(err(BRIDGE_USERSPACE, "").contains("one of true"));
+    }
+
+    #[test]
+    fn json_booleans_and_numbers_are_accepted() {
+        let o = NetworkOptions::from_generic(&generic(&[
+            (BRIDGE_USERSPACE, json!(true)),
+            (BRIDGE_VLAN, json!(100)),
+            (BRIDGE_MTU, json!(9000)),
+        ]))
+        .unwrap();
+        assert!(o.userspace);
+        assert_eq!(o.vlan, Some(100));
+        assert_eq!(o.mtu, Some(9000));
+        let e = NetworkOptions::from_generic(&generic(&[(BRIDGE_VLAN, json!(100.5))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid ovs.bridge.vlan "100.5": expected a VLAN id from 1 to 4094"#
+        );
+    }
+
+    #[test]
+    fn json_arrays_objects_and_null_are_refused() {
+        for (v, kind) in [
+            (json!(["eth1"]), "array"),
+            (json!({}), "object"),
+            (Value::Null, "null"),
+        ] {
+            let e = NetworkOptions::from_generic(&generic(&[(BRIDGE_ADD_PORTS, v)])).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid ovs.bridge.add_ports: expected a string (or a boolean or number), \
+                     not a JSON {kind}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_accepted_list() {
+        let e = err("ovs.bridge.vlna", "100");
+        assert_eq!(
+            e,
+            format!(
+                "unknown network option \"ovs.bridge.vlna\" (did you mean \"ovs.bridge.vlan\"?); \
+                 dovesnap accepts {}",
+                ACCEPTED_KEYS.join(", ")
+            )
+        );
+        assert!(err("vlan", "100").contains(r#"(did you mean "ovs.bridge.vlan"?)"#));
+        assert!(err("MODE", "nat").contains(r#"(did you mean "mode"?)"#));
+        let e = err("com.example.something", "x");
+        assert!(!e.contains("did you mean"), "{e}");
+        for k in ACCEPTED_KEYS {
+            assert!(e.contains(k), "{e} lacks {k}");
+        }
+        // An unknown key is refused even next to valid ones.
+        assert!(parse(&[(MODE, "nat"), ("ovs.bridge.lbport", "1")]).is_err());
+    }
+
+    #[test]
+    fn the_first_bad_option_in_key_order_is_reported() {
+        let e = parse(&[(BRIDGE_USERSPACE, "x"), (BRIDGE_VLAN, "0"), (MODE, "y")]).unwrap_err();
+        assert!(e.to_string().starts_with("invalid mode"), "{e}");
+    }
+
+    #[test]
+    fn docker_options_wrapper() {
+        assert_eq!(
+            NetworkOptions::from_docker_options(None).unwrap(),
+            NetworkOptions::default()
+        );
+        let mut opts = generic(&[("com.docker.network.enable_ipv6", json!(false))]);
+        assert_eq!(
+            NetworkOptions::from_docker_options(Some(&opts)).unwrap(),
+            NetworkOptions::default()
+        );
+        opts.insert(
+            GENERIC_OPTIONS.into(),
+            json!({"mode": "nat", "ovs.bridge.vlan": "7"}),
+        );
+        let o = NetworkOptions::from_docker_options(Some(&opts)).unwrap();
+        assert_eq!((o.mode, o.vlan), (Mode::Nat, Some(7)));
+        opts.insert(GENERIC_OPTIONS.into(), json!("mode=nat"));
+        let e = NetworkOptions::from_docker_options(Some(&opts)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid com.docker.network.generic: expected a JSON object of option names to \
+             strings, not a JSON string"
+        );
+    }
+
+    #[test]
+    fn round_trip_through_the_string_map() {
+        let full = NetworkOptions {
+            mode: Mode::NatFast,
+            bridge_name: Some("ovsbr-test".into()),
+            vlan: Some(4094),
+            mtu: Some(9000),
+            add_ports: vec![
+                Uplink {
+                    name: "eth1".into(),
+                    ofport: Some(7),
+                },
+                Uplink {
+                    name: "eth2".into(),
+                    ofport: None,
+                },
+            ],
+            controllers: vec!["tcp:192.0.2.1:6653".into(), "ptcp:6653:[::1]".into()],
+            dpid: Some("00000000000000a1".into()),
+            userspace: true,
+        };
+        for o in [full, NetworkOptions::default()] {
+            let map = o.to_string_map();
+            assert_eq!(NetworkOptions::from_string_map(&map).unwrap(), o);
+        }
+    }
+
+    #[test]
+    fn string_map_is_canonical() {
+        let parsed = parse(&[
+            (BRIDGE_MODE, "NAT"),
+            (BRIDGE_DPID, "0xA1"),
+            (BRIDGE_USERSPACE, "yes"),
+            (BRIDGE_ADD_PORTS, " eth1/7 , eth2 "),
+            (BRIDGE_VLAN, "010"),
+        ])
+        .unwrap();
+        let map = parsed.to_string_map();
+        let expected: BTreeMap<String, String> = [
+            (MODE, "nat"),
+            (BRIDGE_DPID, "00000000000000a1"),
+            (BRIDGE_USERSPACE, "true"),
+            (BRIDGE_ADD_PORTS, "eth1/7,eth2"),
+            (BRIDGE_VLAN, "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(map, expected);
+        assert_eq!(
+            NetworkOptions::default().to_string_map(),
+            BTreeMap::from([(MODE.to_owned(), "flat".to_owned())])
+        );
+    }
+
+    #[test]
+    fn string_map_refuses_unknown_keys_too() {
+        let map = BTreeMap::from([("ovs.bridge.colour".to_owned(), "blue".to_owned())]);
+        assert!(matches!(
+            NetworkOptions::from_string_map(&map),
+            Err(OptionsError::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("vlna", "vlan"), 2);
+    }
+}

@@ -1,1 +1,1137 @@
-//! (being written)
+//! The HTTP/1.1 server on the plugin's unix socket.
+//!
+//! Docker finds the plugin by its socket file (`/run/docker/plugins/ovs.sock` makes
+//! the driver `ovs`) and POSTs JSON to `/Plugin.Activate` and `/NetworkDriver.*`. Each
+//! call is decoded into the [`crate::api`] request type and handed to the
+//! [`NetworkDriver`]; the answer goes back as JSON with [`CONTENT_TYPE`].
+//!
+//! Status codes: a driver error is `200 {"Err": "..."}`, which is what Docker shows to
+//! the user; a body that does not decode is 400, an unknown call 404, another method
+//! than POST 405 and a body over [`MAX_BODY_BYTES`] 413, all with an `Err` message.
+//!
+//! Every connection is served by its own task, so a slow call (say, a `Join` waiting
+//! on OVS) does not hold up the others.
+//!
+//! The accept loop (`serve_unix`) is shared with the control socket
+//! ([`crate::control`]).
+
+use std::convert::Infallible;
+use std::fs::Permissions;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE as CONTENT_TYPE_HEADER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::api::{ActivateResponse, ApiResult, ErrorResponse, NetworkDriver, CONTENT_TYPE};
+
+/// Where Docker looks for the plugin; the file name is the driver name (`ovs`).
+pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
+
+/// The largest request body accepted. Docker's requests are a few KiB at most.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How long a client may take to send the request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long in-flight calls may take to finish once shutdown is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the plugin socket at `path` (normally [`DEFAULT_PLUGIN_SOCKET`]): creates
+/// the parent directory, removes a stale socket left by a dead process (but refuses
+/// if a live process still answers on it, or if `path` is not a socket), binds and
+/// makes the socket root-only (mode 0600).
+///
+/// Must be called from within a Tokio runtime.
+pub fn bind_plugin_socket(path: &Path) -> io::Result<UnixListener> {
+    bind_private_socket(path)
+}
+
+/// Serves the libnetwork remote driver protocol on `listener` until `shutdown`
+/// completes. Then it stops accepting, removes the socket file (so Docker does not
+/// find a dead plugin), lets in-flight calls finish for a few seconds and returns.
+pub async fn serve<D: NetworkDriver>(
+    listener: UnixListener,
+    driver: Arc<D>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handler = move |req: Request<Incoming>| {
+        let driver = Arc::clone(&driver);
+        async move { handle(&*driver, req).await }
+    };
+    serve_unix(listener, "plugin", handler, shutdown).await;
+}
+
+/// The calls of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Activate,
+    GetCapabilities,
+    CreateNetwork,
+    DeleteNetwork,
+    AllocateNetwork,
+    FreeNetwork,
+    CreateEndpoint,
+    EndpointOperInfo,
+    DeleteEndpoint,
+    Join,
+    Leave,
+    DiscoverNew,
+    DiscoverDelete,
+    ProgramExternalConnectivity,
+    RevokeExternalConnectivity,
+}
+
+const NETWORK_EXAMPLE: &str = r#"{"NetworkID":"..."}"#;
+const ENDPOINT_EXAMPLE: &str = r#"{"NetworkID":"...","EndpointID":"..."}"#;
+const DISCOVERY_EXAMPLE: &str = r#"{"DiscoveryType":1,"DiscoveryData":{}}"#;
+
+impl Route {
+    const ALL: [Route; 15] = [
+        Route::Activate,
+        Route::GetCapabilities,
+        Route::CreateNetwork,
+        Route::DeleteNetwork,
+        Route::AllocateNetwork,
+        Route::FreeNetwork,
+        Route::CreateEndpoint,
+        Route::EndpointOperInfo,
+        Route::DeleteEndpoint,
+        Route::Join,
+        Route::Leave,
+        Route::DiscoverNew,
+        Route::DiscoverDelete,
+        Route::ProgramExternalConnectivity,
+        Route::RevokeExternalConnectivity,
+    ];
+
+    /// The call's name, which is also its path without the leading `/`.
+    fn name(self) -> &'static str {
+        match self {
+            Route::Activate => "Plugin.Activate",
+            Route::GetCapabilities => "NetworkDriver.GetCapabilities",
+            Route::CreateNetwork => "NetworkDriver.CreateNetwork",
+            Route::DeleteNetwork => "NetworkDriver.DeleteNetwork",
+            Route::AllocateNetwork => "NetworkDriver.AllocateNetwork",
+            Route::FreeNetwork => "NetworkDriver.FreeNetwork",
+            Route::CreateEndpoint => "NetworkDriver.CreateEndpoint",
+            Route::EndpointOperInfo => "NetworkDriver.EndpointOperInfo",
+            Route::DeleteEndpoint => "NetworkDriver.DeleteEndpoint",
+            Route::Join => "NetworkDriver.Join",
+            Route::Leave => "NetworkDriver.Leave",
+            Route::DiscoverNew => "NetworkDriver.DiscoverNew",
+            Route::DiscoverDelete => "NetworkDriver.DiscoverDelete",
+            Route::ProgramExternalConnectivity => "NetworkDriver.ProgramExternalConnectivity",
+            Route::RevokeExternalConnectivity => "NetworkDriver.RevokeExternalConnectivity",
+        }
+    }
+
+    fn from_path(path: &str) -> Option<Route> {
+        let name = path.strip_prefix('/')?;
+        Route::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// A minimal valid request body, for the message about a malformed one.
+    fn example(self) -> &'static str {
+        match self {
+            Route::Activate | Route::GetCapabilities => "{}",
+            Route::CreateNetwork => {
+                r#"{"NetworkID":"...","Options":{"com.docker.network.generic":{"mode":"nat"}},"IPv4Data":[{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}]}"#
+            }
+            Route::AllocateNetwork => r#"{"NetworkID":"...","Options":{},"IPv4Data":[]}"#,
+            Route::DeleteNetwork | Route::FreeNetwork => NETWORK_EXAMPLE,
+            Route::CreateEndpoint => {
+                r#"{"NetworkID":"...","EndpointID":"...","Interface":{"Address":"10.0.0.2/24"}}"#
+            }
+            Route::Join => {
+                r#"{"NetworkID":"...","EndpointID":"...","SandboxKey":"/var/run/docker/netns/..."}"#
+            }
+            Route::ProgramExternalConnectivity => {
+                r#"{"NetworkID":"...","EndpointID":"...","Options":{}}"#
+            }
+            Route::EndpointOperInfo
+            | Route::DeleteEndpoint
+            | Route::Leave
+            | Route::RevokeExternalConnectivity => ENDPOINT_EXAMPLE,
+            Route::DiscoverNew | Route::DiscoverDelete => DISCOVERY_EXAMPLE,
+        }
+    }
+}
+
+async fn handle<D: NetworkDriver>(driver: &D, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let Some(route) = Route::from_path(&path) else {
+        warn!(%path, method = %req.method(), "unknown plugin call");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown plugin call {path}; dovesnap serves Plugin.Activate and NetworkDriver.*"
+            ),
+        );
+    };
+    if req.method() != Method::POST {
+        warn!(call = route.name(), method = %req.method(), "plugin call with the wrong method");
+        let mut resp = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("plugin call {path} must be a POST, not {}", req.method()),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let body = match read_body(route, req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    debug!(call = route.name(), bytes = body.len(), "plugin call");
+    let resp = dispatch(driver, route, &body).await;
+    debug!(
+        call = route.name(),
+        status = resp.status().as_u16(),
+        "plugin call answered"
+    );
+    resp
+}
+
+async fn dispatch<D: NetworkDriver>(
+    driver: &D,
+    route: Route,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    match route {
+        // Docker sends these with an empty or `null` body: nothing to decode.
+        Route::Activate => json_response(
+            StatusCode::OK,
+            &ActivateResponse {
+                implements: vec!["NetworkDriver".into()],
+            },
+        ),
+        Route::GetCapabilities => json_response(StatusCode::OK, &driver.capabilities()),
+        Route::CreateNetwork => call(route, body, |r| driver.create_network(r)).await,
+        Route::DeleteNetwork => call(route, body, |r| driver.delete_network(r)).await,
+        Route::AllocateNetwork => call(route, body, |r| driver.allocate_network(r)).await,
+        Route::FreeNetwork => call(route, body, |r| driver.free_network(r)).await,
+        Route::CreateEndpoint => call(route, body, |r| driver.create_endpoint(r)).await,
+        Route::EndpointOperInfo => call(route, body, |r| driver.endpoint_info(r)).await,
+        Route::DeleteEndpoint => call(route, body, |r| driver.delete_endpoint(r)).await,
+        Route::Join => call(route, body, |r| driver.join(r)).await,
+        Route::Leave => call(route, body, |r| driver.leave(r)).await,
+        Route::DiscoverNew => call(route, body, |r| driver.discover_new(r)).await,
+        Route::DiscoverDelete => call(route, body, |r| driver.discover_delete(r)).await,
+        Route::ProgramExternalConnectivity => {
+            call(route, body, |r| driver.program_external_connectivity(r)).await
+        }
+        Route::RevokeExternalConnectivity => {
+            call(route, body, |r| driver.revoke_external_connectivity(r)).await
+        }
+    }
+}
+
+/// Decodes the request, runs the driver method and encodes its answer.
+async fn call<Req, Resp, Fut>(
+    route: Route,
+    body: &[u8],
+    method: impl FnOnce(Req) -> Fut,
+) -> Response<Full<Bytes>>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Fut: Future<Output = ApiResult<Resp>>,
+{
+    let req: Req = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => {
+            warn!(call = route.name(), error = %e, "malformed plugin call");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "malformed {} request: {e}; expected a JSON object like {}",
+                    route.name(),
+                    route.example()
+                ),
+            );
+        }
+    };
+    match method(req).await {
+        Ok(resp) => json_response(StatusCode::OK, &resp),
+        Err(e) => {
+            warn!(call = route.name(), error = %e, "plugin call failed");
+            // 200 with `Err` is how libnetwork expects a driver to refuse.
+            error_response(StatusCode::OK, e.0)
+        }
+    }
+}
+
+/// Reads the whole body, up to [`MAX_BODY_BYTES`].
+async fn read_body(route: Route, req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    let too_large = || {
+        warn!(
+            call = route.name(),
+            limit = MAX_BODY_BYTES,
+            "plugin call body too large"
+        );
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} request body is larger than {} bytes; Docker's requests are a few KiB, \
+                 so this is not a Docker engine talking",
+                route.name(),
+                MAX_BODY_BYTES
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => {
+            warn!(call = route.name(), error = %e, "cannot read plugin call body");
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the {} request body: {e}", route.name()),
+            ))
+        }
+    }
+}
+
+/// A JSON answer with the plugin content type; a unit answer (`null`) becomes `{}`.
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    json_response_as(status, value, CONTENT_TYPE)
+}
+
+pub(crate) fn json_response_as<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match serde_json::to_vec(value) {
+        Ok(body) if body == b"null" => (status, b"{}".to_vec()),
+        Ok(body) => (status, body),
+        Err(e) => {
+            warn!(error = %e, "cannot encode an answer");
+            let err = ErrorResponse {
+                err: format!("dovesnap cannot encode its answer: {e}"),
+            };
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::to_vec(&err).unwrap_or_default(),
+            )
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// `{"Err": msg}` with the plugin content type.
+pub(crate) fn error_response(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
+    json_response(status, &ErrorResponse { err: msg })
+}
+
+/// Binds a unix socket only root can use: creates the parent directory, replaces a
+/// stale socket, refuses a live one or a non-socket file, binds and sets mode 0600.
+///
+/// The socket exists with the umask's mode for the moment between `bind` and
+/// `chmod`; the daemon runs as root with root-owned parent directories.
+pub(crate) fn bind_private_socket(path: &Path) -> io::Result<UnixListener> {
+    let ctx = |what: String, e: io::Error| {
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+            "; dovesnap must run as root"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("{what}: {e}{hint}"))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ctx(format!("cannot create {}", parent.display()), e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it, remove it if it \
+                     is not needed",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process is serving on {}; is another dovesnap running? \
+                         Stop it first",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "removing a stale socket");
+                std::fs::remove_file(path).map_err(|e| {
+                    ctx(format!("cannot remove stale socket {}", path.display()), e)
+                })?;
+            }
+            Err(e) => {
+                return Err(ctx(
+                    format!("cannot check whether {} is in use", path.display()),
+                    e,
+                ));
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ctx(format!("cannot inspect {}", path.display()), e)),
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|e| ctx(format!("cannot bind {}", path.display()), e))?;
+    std::fs::set_permissions(path, Permissions::from_mode(0o600))
+        .map_err(|e| ctx(format!("cannot make {} root-only", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Serves HTTP/1.1 on `listener`, one task per connection, until `shutdown`
+/// completes; then removes the socket file, asks every connection to close after its
+/// current request and waits up to [`DRAIN_TIMEOUT`] for them. `what` names the
+/// socket in logs.
+pub(crate) async fn serve_unix<H, Fut>(
+    listener: UnixListener,
+    what: &'static str,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let path: Option<PathBuf> = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_connection(stream, handler.clone(), stop_rx.clone(), what));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(socket = what, error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => log_task_end(what, done),
+        }
+    }
+    // Remove the file while still listening, so no other process's socket is removed.
+    if let Some(path) = &path {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(socket = what, path = %path.display(), error = %e, "cannot remove the socket")
+            }
+        }
+    }
+    drop(listener);
+    // Receivers see the change even if the value is the same.
+    stop_tx.send_replace(());
+    let drain = async {
+        while let Some(done) = conns.join_next().await {
+            log_task_end(what, done);
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        warn!(
+            socket = what,
+            connections = conns.len(),
+            "calls still running after shutdown; abandoning them"
+        );
+        conns.shutdown().await;
+    }
+    debug!(socket = what, "server stopped");
+}
+
+fn log_task_end(what: &'static str, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            warn!(socket = what, error = %e, "a connection task panicked");
+        }
+    }
+}
+
+async fn serve_connection<H, Fut>(
+    stream: UnixStream,
+    handler: H,
+    mut stop: watch::Receiver<()>,
+    what: &'static str,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(socket = what, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Temporary directories and an HTTP client for the socket tests.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Method, Request, StatusCode};
+    use hyper_util::client::legacy::Client;
+    use hyperlocal::{UnixClientExt, UnixConnector};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("dovesnap-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create test dir");
+            TempDir(dir)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Sends one request and returns the status, content type and body.
+    pub(crate) async fn request(
+        socket: &Path,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, String, String) {
+        let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+        let req = Request::builder()
+            .method(method)
+            .uri(hyperlocal::Uri::new(socket, path))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let resp = client.request(req).await.expect("request");
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::{request, TempDir};
+    use super::*;
+    use crate::api::*;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{oneshot, Barrier};
+    use tokio::task::JoinHandle;
+
+    /// Records every call; refuses anything on network `fail`; `Join` can wait on a
+    /// barrier to prove calls run concurrently.
+    #[derive(Default)]
+    struct TestDriver {
+        calls: Mutex<Vec<String>>,
+        join_barrier: Option<Barrier>,
+    }
+
+    impl TestDriver {
+        fn record(&self, call: &str, network: &str) -> ApiResult<()> {
+            self.calls.lock().unwrap().push(format!("{call} {network}"));
+            if network == "fail" {
+                Err(ApiError::new(format!(
+                    "{call}: network {network} refused by the test driver"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl NetworkDriver for TestDriver {
+        async fn create_network(&self, req: CreateNetworkRequest) -> ApiResult<()> {
+            self.record("create_network", &req.network_id)
+        }
+        async fn delete_network(&self, req: NetworkRequest) -> ApiResult<()> {
+            self.record("delete_network", &req.network_id)
+        }
+        async fn allocate_network(
+            &self,
+            req: AllocateNetworkRequest,
+        ) -> ApiResult<AllocateNetworkResponse> {
+            self.record("allocate_network", &req.network_id)?;
+            Ok(AllocateNetworkResponse {
+                options: [("k".to_owned(), "v".to_owned())].into(),
+            })
+        }
+        async fn free_network(&self, req: NetworkRequest) -> ApiResult<()> {
+            self.record("free_network", &req.network_id)
+        }
+        async fn create_endpoint(
+            &self,
+            req: CreateEndpointRequest,
+        ) -> ApiResult<CreateEndpointResponse> {
+            self.record("create_endpoint", &req.network_id)?;
+            Ok(CreateEndpointResponse {
+                interface: Some(EndpointInterface {
+                    mac_address: "02:42:0a:00:00:02".into(),
+                    ..Default::default()
+                }),
+            })
+        }
+        async fn endpoint_info(&self, req: EndpointRequest) -> ApiResult<EndpointInfoResponse> {
+            self.record("endpoint_info", &req.network_id)?;
+            Ok(EndpointInfoResponse {
+                value: [("port".to_owned(), json!("ovs-1"))].into(),
+            })
+        }
+        async fn delete_endpoint(&self, req: EndpointRequest) -> ApiResult<()> {
+            self.record("delete_endpoint", &req.network_id)
+        }
+        async fn join(&self, req: JoinRequest) -> ApiResult<JoinResponse> {
+            self.record("join", &req.network_id)?;
+            if let Some(b) = &self.join_barrier {
+                b.wait().await;
+            }
+            Ok(JoinResponse {
+                interface_name: InterfaceName {
+                    src_name: format!("veth-{}", req.endpoint_id),
+                    dst_prefix: "eth".into(),
+                },
+                gateway: "10.0.0.1".into(),
+                ..Default::default()
+            })
+        }
+        async fn leave(&self, req: EndpointRequest) -> ApiResult<()> {
+            self.record("leave", &req.network_id)
+        }
+        async fn program_external_connectivity(
+            &self,
+            req: ProgramExternalConnectivityRequest,
+        ) -> ApiResult<()> {
+            self.record("program_external_connectivity", &req.network_id)
+        }
+        async fn revoke_external_connectivity(&self, req: EndpointRequest) -> ApiResult<()> {
+            self.record("revoke_external_connectivity", &req.network_id)
+        }
+        async fn discover_new(&self, req: DiscoveryNotification) -> ApiResult<()> {
+            self.record("discover_new", &req.discovery_type.to_string())
+        }
+        async fn discover_delete(&self, req: DiscoveryNotification) -> ApiResult<()> {
+            self.record("discover_delete", &req.discovery_type.to_string())
+        }
+    }
+
+    struct TestServer {
+        dir: TempDir,
+        socket: PathBuf,
+        driver: Arc<TestDriver>,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl TestServer {
+        fn start(driver: TestDriver) -> TestServer {
+            let dir = TempDir::new("server");
+            // A missing parent directory is created.
+            let socket = dir.path().join("plugins").join("ovs.sock");
+            let listener = bind_plugin_socket(&socket).unwrap();
+            let driver = Arc::new(driver);
+            let (tx, rx) = oneshot::channel();
+            let task = tokio::spawn(serve(listener, Arc::clone(&driver), async {
+                let _ = rx.await;
+            }));
+            TestServer {
+                dir,
+                socket,
+                driver,
+                stop: Some(tx),
+                task: Some(task),
+            }
+        }
+
+        async fn post(&self, call: &str, body: &str) -> (StatusCode, Value) {
+            let (status, ctype, body) = request(&self.socket, Method::POST, call, body).await;
+            assert_eq!(ctype, CONTENT_TYPE, "content type of {call}");
+            let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{call}: {e}: {body}"));
+            (status, v)
+        }
+
+        /// Stops the server; returns the temp dir so a test can look at it afterwards.
+        async fn stop(mut self) -> TempDir {
+            self.stop.take().unwrap().send(()).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), self.task.take().unwrap())
+                .await
+                .expect("server stops")
+                .unwrap();
+            self.dir
+        }
+    }
+
+    /// Writes raw bytes and reads the answer until the server closes or 2 s pass.
+    async fn raw_exchange(socket: &Path, head: &str, body_chunk: Option<Vec<u8>>) -> String {
+        let mut stream = UnixStream::connect(socket).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            if let Some(chunk) = body_chunk {
+                // The server may answer and close before reading all of it.
+                let _ = wr.write_all(&chunk).await;
+            }
+            wr
+        });
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match rd.read(&mut tmp).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        buf.extend_from_slice(&tmp[..n]);
+                        if String::from_utf8_lossy(&buf).contains("\"}") {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        writer.abort();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn activate_and_capabilities_accept_empty_and_null_bodies() {
+        let s = TestServer::start(TestDriver::default());
+        for body in ["", "null", "{}"] {
+            let (status, v) = s.post("/Plugin.Activate", body).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
+            let (status, v) = s.post("/NetworkDriver.GetCapabilities", body).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(v, json!({"Scope": "local", "ConnectivityScope": "local"}));
+        }
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn every_driver_route_reaches_the_driver() {
+        let s = TestServer::start(TestDriver::default());
+        let net = r#"{"NetworkID":"n1"}"#;
+        let ep = r#"{"NetworkID":"n1","EndpointID":"e1"}"#;
+        let disc = r#"{"DiscoveryType":1,"DiscoveryData":{"Address":"10.0.0.1"}}"#;
+        let cases: Vec<(&str, String, Value)> = vec![
+            (
+                "CreateNetwork",
+                r#"{"NetworkID":"n1","Options":{"com.docker.network.generic":{"mode":"nat"}},
+                   "IPv4Data":[{"AddressSpace":"LocalDefault","Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}],
+                   "IPv6Data":[]}"#
+                    .into(),
+                json!({}),
+            ),
+            (
+                "AllocateNetwork",
+                r#"{"NetworkID":"n1","Options":null,"IPv4Data":[]}"#.into(),
+                json!({"Options": {"k": "v"}}),
+            ),
+            (
+                "CreateEndpoint",
+                r#"{"NetworkID":"n1","EndpointID":"e1","Interface":{"Address":"10.0.0.2/24"},"Options":{}}"#
+                    .into(),
+                json!({"Interface": {"MacAddress": "02:42:0a:00:00:02"}}),
+            ),
+            (
+                "EndpointOperInfo",
+                ep.into(),
+                json!({"Value": {"port": "ovs-1"}}),
+            ),
+            (
+                "Join",
+                r#"{"NetworkID":"n1","EndpointID":"e1","SandboxKey":"/var/run/docker/netns/x","Options":{}}"#
+                    .into(),
+                json!({"InterfaceName": {"SrcName": "veth-e1", "DstPrefix": "eth"},
+                       "Gateway": "10.0.0.1", "DisableGatewayService": false}),
+            ),
+            (
+                "ProgramExternalConnectivity",
+                r#"{"NetworkID":"n1","EndpointID":"e1","Options":{"com.docker.network.portmap":[]}}"#
+                    .into(),
+                json!({}),
+            ),
+            ("RevokeExternalConnectivity", ep.into(), json!({})),
+            ("Leave", ep.into(), json!({})),
+            ("DeleteEndpoint", ep.into(), json!({})),
+            ("FreeNetwork", net.into(), json!({})),
+            ("DeleteNetwork", net.into(), json!({})),
+            ("DiscoverNew", disc.into(), json!({})),
+            ("DiscoverDelete", disc.into(), json!({})),
+        ];
+        for (call, body, want) in &cases {
+            let (status, v) = s.post(&format!("/NetworkDriver.{call}"), body).await;
+            assert_eq!(status, StatusCode::OK, "{call}: {v}");
+            assert_eq!(&v, want, "{call}");
+        }
+        assert_eq!(
+            s.driver.calls(),
+            vec![
+                "create_network n1",
+                "allocate_network n1",
+                "create_endpoint n1",
+                "endpoint_info n1",
+                "join n1",
+                "program_external_connectivity n1",
+                "revoke_external_connectivity n1",
+                "leave n1",
+                "delete_endpoint n1",
+                "free_network n1",
+                "delete_network n1",
+                "discover_new 1",
+                "discover_delete 1",
+            ]
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn driver_errors_are_200_with_err() {
+        let s = TestServer::start(TestDriver::default());
+        let (status, v) = s
+            .post("/NetworkDriver.CreateNetwork", r#"{"NetworkID":"fail"}"#)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            v,
+            json!({"Err": "create_network: network fail refused by the test driver"})
+        );
+        let (status, v) = s
+            .post(
+                "/NetworkDriver.Join",
+                r#"{"NetworkID":"fail","EndpointID":"e"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["Err"], "join: network fail refused by the test driver");
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_calls_are_404() {
+        let s = TestServer::start(TestDriver::default());
+        for path in ["/IpamDriver.RequestPool", "/NetworkDriver.Frobnicate", "/"] {
+            let (status, v) = s.post(path, "{}").await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(
+                v["Err"],
+                format!(
+                    "unknown plugin call {path}; dovesnap serves Plugin.Activate and \
+                     NetworkDriver.*"
+                )
+            );
+        }
+        assert!(s.driver.calls().is_empty());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn other_methods_than_post_are_405() {
+        let s = TestServer::start(TestDriver::default());
+        let (status, ctype, body) = request(&s.socket, Method::GET, "/Plugin.Activate", "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(ctype, CONTENT_TYPE);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["Err"],
+            "plugin call /Plugin.Activate must be a POST, not GET"
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_400_with_an_example() {
+        let s = TestServer::start(TestDriver::default());
+        for body in [
+            "",
+            "not json",
+            r#"{"NetworkID":5,"EndpointID":"e"}"#,
+            r#"{"EndpointID":"e"}"#,
+            "[]",
+        ] {
+            let (status, v) = s.post("/NetworkDriver.Join", body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            let msg = v["Err"].as_str().unwrap();
+            assert!(
+                msg.starts_with("malformed NetworkDriver.Join request: "),
+                "{msg}"
+            );
+            assert!(
+                msg.ends_with(
+                    r#"; expected a JSON object like {"NetworkID":"...","EndpointID":"...","SandboxKey":"/var/run/docker/netns/..."}"#
+                ),
+                "{msg}"
+            );
+        }
+        let (_, v) = s
+            .post("/NetworkDriver.Join", r#"{"NetworkID":5,"EndpointID":"e"}"#)
+            .await;
+        assert!(v["Err"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type: integer `5`"));
+        let (_, v) = s.post("/NetworkDriver.Join", r#"{"EndpointID":"e"}"#).await;
+        assert!(v["Err"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `NetworkID`"));
+        assert!(s.driver.calls().is_empty());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn every_route_has_a_valid_example() {
+        // The example in the 400 message must itself be accepted.
+        let s = TestServer::start(TestDriver::default());
+        for route in Route::ALL {
+            let (status, v) = s.post(&format!("/{}", route.name()), route.example()).await;
+            assert_eq!(status, StatusCode::OK, "{}: {v}", route.name());
+            assert!(v.get("Err").is_none(), "{}: {v}", route.name());
+        }
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_413() {
+        let s = TestServer::start(TestDriver::default());
+        // Declared too large: refused before reading the body.
+        let head = format!(
+            "POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        let answer = raw_exchange(&s.socket, &head, None).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.contains("request body is larger than 1048576 bytes"),
+            "{answer}"
+        );
+
+        // Chunked, no length: refused once the limit is crossed.
+        let head = "POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n";
+        let size = MAX_BODY_BYTES + 10;
+        let mut chunk = format!("{size:x}\r\n").into_bytes();
+        chunk.extend(std::iter::repeat_n(b' ', size));
+        chunk.extend_from_slice(b"\r\n0\r\n\r\n");
+        let answer = raw_exchange(&s.socket, head, Some(chunk)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains(CONTENT_TYPE), "{answer}");
+        assert!(s.driver.calls().is_empty());
+
+        // A body just under the limit is read; the unknown field is ignored.
+        let big = format!(
+            r#"{{"NetworkID":"n1","pad":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES - 64)
+        );
+        let (status, _) = s.post("/NetworkDriver.DeleteNetwork", &big).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(s.driver.calls(), vec!["delete_network n1"]);
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_served_concurrently() {
+        const N: usize = 4;
+        let s = TestServer::start(TestDriver {
+            join_barrier: Some(Barrier::new(N)),
+            ..Default::default()
+        });
+        let socket = Arc::new(s.socket.clone());
+        let mut tasks = JoinSet::new();
+        for i in 0..N {
+            let socket = Arc::clone(&socket);
+            tasks.spawn(async move {
+                let body = format!(r#"{{"NetworkID":"n","EndpointID":"e{i}"}}"#);
+                request(&socket, Method::POST, "/NetworkDriver.Join", &body).await
+            });
+        }
+        // Every Join waits until all N are inside the driver at once.
+        let all = tokio::time::timeout(Duration::from_secs(10), tasks.join_all())
+            .await
+            .expect("the Join calls did not run concurrently");
+        let mut names: Vec<String> = all
+            .into_iter()
+            .map(|(status, _, body)| {
+                assert_eq!(status, StatusCode::OK);
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["InterfaceName"]["SrcName"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["veth-e0", "veth-e1", "veth-e2", "veth-e3"]);
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_an_inflight_call_finish() {
+        let mut s = TestServer::start(TestDriver {
+            join_barrier: Some(Barrier::new(2)),
+            ..Default::default()
+        });
+        let socket = s.socket.clone();
+        let call = tokio::spawn(async move {
+            let body = r#"{"NetworkID":"n","EndpointID":"e1"}"#;
+            request(&socket, Method::POST, "/NetworkDriver.Join", body).await
+        });
+        // Wait until the Join is inside the driver, then ask for shutdown.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while s.driver.calls().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the Join reaches the driver");
+        s.stop.take().unwrap().send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let server = s.task.take().unwrap();
+        assert!(!server.is_finished(), "the server waits for the call");
+        assert!(!s.socket.exists(), "no new connections once shutting down");
+        // Let the Join finish: its answer is delivered and the server stops.
+        s.driver.join_barrier.as_ref().unwrap().wait().await;
+        let (status, _, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops after the call")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_removes_the_socket_file() {
+        let s = TestServer::start(TestDriver::default());
+        let socket = s.socket.clone();
+        assert!(socket.exists());
+        let _dir = s.stop().await;
+        assert!(!socket.exists());
+        // The directory itself stays (it is Docker's plugin directory).
+        assert!(socket.parent().unwrap().is_dir());
+    }
+
+    #[tokio::test]
+    async fn bind_makes_the_socket_root_only() {
+        let dir = TempDir::new("bind");
+        let socket = dir.path().join("a").join("b").join("ovs.sock");
+        let _listener = bind_plugin_socket(&socket).unwrap();
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_a_stale_socket() {
+        let dir = TempDir::new("stale");
+        let socket = dir.path().join("ovs.sock");
+        // A listener that is closed without removing its file, as after a crash.
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        assert!(socket.exists());
+        let listener = bind_plugin_socket(&socket).unwrap();
+        // The new socket works.
+        let _client = UnixStream::connect(&socket).await.unwrap();
+        listener.accept().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_live_socket() {
+        let dir = TempDir::new("live");
+        let socket = dir.path().join("ovs.sock");
+        let _first = bind_plugin_socket(&socket).unwrap();
+        let e = bind_plugin_socket(&socket).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            e.to_string().contains("another process is serving on"),
+            "{e}"
+        );
+        assert!(socket.exists());
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_to_replace_a_file() {
+        let dir = TempDir::new("file");
+        let path = dir.path().join("ovs.sock");
+        std::fs::write(&path, b"precious").unwrap();
+        let e = bind_plugin_socket(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+}

@@ -1,1 +1,170 @@
 //! Shared fixtures for the privileged integration and end-to-end tests.
+//!
+//! Every fixture is RAII: what it creates (namespace, veth, OVS bridge) is removed in
+//! `Drop`, also when the test panics. Privileged tests are `#[ignore = "needs root ..."]`
+//! and `cargo xtask test` runs them with `--ignored --test-threads=1`; they call
+//! [`require_root`] first so that a run without the privileges fails loudly instead of
+//! passing.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Fails the test unless it runs as root: privileged tests never pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (netns, veth, OVS); run it through `cargo xtask test`"
+    );
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "`{} {}` failed ({}): {}{}",
+        cmd,
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns its output whatever the exit status.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{cmd}`: {e}"))
+}
+
+/// A name unique to this process and call, short enough for an interface name
+/// (`prefix` at most 6 characters).
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    assert!(prefix.len() <= 6, "prefix too long for an interface name");
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:05}{n:02}", std::process::id() % 100_000)
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        sh("ip", &["netns", "add", &name]);
+        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `cmd args` inside the namespace and returns its output.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Like [`Netns::run`] but panics when the command fails.
+    pub fn sh(&self, cmd: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair created in the host namespace; deleting one end deletes both, so drop
+/// removes it wherever the peer was moved (a namespace's deletion also removes it).
+pub struct Veth {
+    pub host: String,
+    pub peer: String,
+}
+
+impl Veth {
+    pub fn new(prefix: &str) -> Self {
+        let host = unique_name(prefix);
+        let peer = format!("{host}p");
+        sh(
+            "ip",
+            &["link", "add", &host, "type", "veth", "peer", "name", &peer],
+        );
+        sh("ip", &["link", "set", &host, "up"]);
+        Veth { host, peer }
+    }
+
+    /// Moves the peer end into `ns`, gives it `addr` (CIDR) and brings it up.
+    pub fn peer_into(&self, ns: &Netns, addr: &str) {
+        sh("ip", &["link", "set", &self.peer, "netns", &ns.name]);
+        ns.sh("ip", &["addr", "add", addr, "dev", &self.peer]);
+        ns.sh("ip", &["link", "set", &self.peer, "up"]);
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// An OVS bridge made by a test through ovs-vsctl (test set-up only: the product talks
+/// OVSDB itself), deleted on drop.
+pub struct TestBridge {
+    pub name: String,
+}
+
+impl TestBridge {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        sh(
+            "ovs-vsctl",
+            &[
+                "add-br",
+                &name,
+                "--",
+                "set",
+                "bridge",
+                &name,
+                "datapath_type=netdev",
+            ],
+        );
+        TestBridge { name }
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", &self.name]);
+    }
+}
+
+/// Names of every veth interface in the host namespace.
+pub fn host_veths() -> Vec<String> {
+    let out = sh("ip", &["-o", "link", "show", "type", "veth"]);
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// Names of every OVS bridge.
+pub fn ovs_bridges() -> Vec<String> {
+    sh("ovs-vsctl", &["list-br"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub mod daemon;
+pub mod docker;

@@ -1,0 +1,197 @@
+//! Open vSwitch control through OVSDB, without `ovs-vsctl`.
+//!
+//! [`Ovsdb`] speaks RFC 7047 JSON-RPC to ovsdb-server over its unix socket
+//! ([`DEFAULT_SOCKET`]) and offers the few operations the driver needs. Each change
+//! (create or delete a bridge, add or remove a port) is one `transact` that also
+//! increments `Open_vSwitch.next_cfg`; the call then waits until ovs-vswitchd reports
+//! the change applied (`cur_cfg` catches up, seen through a `monitor`), checks the new
+//! interfaces for errors and rolls the change back when OVS could not set one up.
+//!
+//! Layout:
+//! - `jsonrpc`: the connection: framing, request/response matching, `echo`.
+//! - `datum`: OVSDB's JSON notation for uuids, sets and maps.
+//! - `txn`: transaction building and result checking.
+//! - `bridge`: the vswitchd-schema transactions, as pure functions of the specs.
+//! - `client`: the [`Ovsdb`] handle that runs them.
+
+mod bridge;
+mod client;
+mod datum;
+mod jsonrpc;
+mod txn;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::Ovsdb;
+
+/// Where Debian's (and upstream's default) ovsdb-server listens.
+pub const DEFAULT_SOCKET: &str = "/var/run/openvswitch/db.sock";
+
+/// How long a change may take to reach ovs-vswitchd before the call fails.
+pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The datapath new bridges should use on this host: `system` (the kernel datapath)
+/// when the openvswitch kernel module is loaded, else `netdev` (the userspace one).
+pub fn default_datapath_type() -> &'static str {
+    if std::path::Path::new("/sys/module/openvswitch").exists() {
+        "system"
+    } else {
+        "netdev"
+    }
+}
+
+/// A bridge to create: the bridge, its internal port (same name) and its uplinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    /// `netdev` (userspace) or `system` (kernel); see [`default_datapath_type`].
+    pub datapath_type: String,
+    pub external_ids: BTreeMap<String, String>,
+    /// MTU of the bridge's internal interface (`Interface.mtu_request`).
+    pub mtu: Option<u32>,
+    /// OpenFlow controller targets (`tcp:IP:PORT`, `unix:PATH`, ...). When any is set
+    /// the bridge runs in `fail_mode=secure`: no flows until a controller adds them.
+    pub controllers: Vec<String>,
+    /// 16 hex digits (an optional `0x` is accepted) for `other_config:datapath-id`.
+    pub datapath_id: Option<String>,
+    /// Existing host interfaces to attach as ports.
+    pub uplinks: Vec<UplinkSpec>,
+}
+
+impl BridgeSpec {
+    /// A bridge named `name` on this host's [`default_datapath_type`].
+    pub fn new(name: impl Into<String>) -> Self {
+        BridgeSpec {
+            name: name.into(),
+            datapath_type: default_datapath_type().to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An existing host interface attached to a new bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkSpec {
+    pub name: String,
+    /// The OpenFlow port number to ask for (`Interface.ofport_request`, 1..=65279).
+    pub ofport: Option<u32>,
+}
+
+/// An existing host interface (a container's veth) to add to a bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    /// Access VLAN (`Port.tag`, 0..=4095).
+    pub tag: Option<u16>,
+    pub external_ids: BTreeMap<String, String>,
+    /// `Interface.mtu_request`.
+    pub mtu: Option<u32>,
+    /// The OpenFlow port number to ask for (`Interface.ofport_request`, 1..=65279).
+    pub ofport: Option<u32>,
+}
+
+impl PortSpec {
+    pub fn new(name: impl Into<String>) -> Self {
+        PortSpec {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A bridge as OVSDB describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeInfo {
+    pub name: String,
+    pub datapath_type: String,
+    pub external_ids: BTreeMap<String, String>,
+    /// Every port, the bridge's own internal port included, sorted by name.
+    pub ports: Vec<PortInfo>,
+}
+
+/// A port of a bridge (dovesnap's ports have exactly one interface each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    pub name: String,
+    pub tag: Option<u16>,
+    pub external_ids: BTreeMap<String, String>,
+    /// The type of the port's (first) interface: `""` for a host interface,
+    /// `"internal"` for the bridge's own port, ...
+    pub interface_type: String,
+    /// The OpenFlow port number, once ovs-vswitchd has assigned one.
+    pub ofport: Option<u32>,
+}
+
+/// Why an OVSDB operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OvsdbError {
+    #[error(
+        "cannot reach ovsdb-server at {}: {source}: is Open vSwitch running? start it with \
+         `/usr/share/openvswitch/scripts/ovs-ctl start` (without systemd), or \
+         `ovsdb-server --remote=punix:{} --pidfile --detach` then \
+         `ovs-vswitchd --pidfile --detach`",
+        path.display(),
+        path.display()
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the connection to ovsdb-server ({0}); the next call reconnects")]
+    Disconnected(String),
+    #[error("ovsdb-server did not answer `{method}` within {after:?}")]
+    CallTimeout { method: String, after: Duration },
+    #[error("ovsdb-server answered `{method}` with an error: {error}")]
+    Rpc {
+        method: String,
+        error: serde_json::Value,
+    },
+    #[error("unexpected data from ovsdb-server: {0}")]
+    Protocol(String),
+    #[error(
+        "OVSDB refused to {what}: {error}{}",
+        details.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    Transaction {
+        what: String,
+        error: String,
+        details: Option<String>,
+    },
+    #[error(
+        "ovs-vswitchd did not apply the change ({what}) within {after:?} (cur_cfg {cur_cfg}, \
+         waiting for {next_cfg}): is ovs-vswitchd running? start it with \
+         `ovs-vswitchd --pidfile --detach` or `/usr/share/openvswitch/scripts/ovs-ctl start`"
+    )]
+    VswitchdTimeout {
+        what: String,
+        after: Duration,
+        cur_cfg: i64,
+        next_cfg: i64,
+    },
+    #[error("Open vSwitch could not set up interface {name}: {message}")]
+    Interface { name: String, message: String },
+    #[error("an OVS bridge named {0} already exists")]
+    BridgeExists(String),
+    #[error("there is no OVS bridge named {0}")]
+    NoSuchBridge(String),
+    #[error("an OVS port named {0} already exists (on this or another bridge)")]
+    PortExists(String),
+    #[error("OVS bridge {bridge} has no port named {port}")]
+    NoSuchPort { bridge: String, port: String },
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+impl OvsdbError {
+    /// Whether the bridge or port the call named does not exist (teardown treats this
+    /// as already done).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            OvsdbError::NoSuchBridge(_) | OvsdbError::NoSuchPort { .. }
+        )
+    }
+}

@@ -1,0 +1,186 @@
+//! The real `dovesnap` binary run as a daemon, and a raw client for its plugin API.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test: `$DOVESNAP_BIN` (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn dovesnap_bin() -> PathBuf {
+    let bin = std::env::var_os("DOVESNAP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dovesnap"));
+    assert!(
+        bin.exists(),
+        "dovesnap binary not found at {}: build it (`cargo build -p dovesnap-user`) or run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `dovesnap daemon`, killed on drop (SIGKILL unless stopped before).
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon serving the plugin API on `socket`, its control socket beside
+    /// it, and waits until both answer.
+    pub fn start(socket: &Path) -> Self {
+        let control = socket.with_extension("control.sock");
+        let log = socket.with_extension("log");
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).expect("socket folder");
+        }
+        let logf = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new(dovesnap_bin())
+            .arg("--control-socket")
+            .arg(&control)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(socket)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("cannot start dovesnap");
+        let mut d = Daemon {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+            control,
+            log,
+        };
+        let start = Instant::now();
+        // Connect, not just look: a killed daemon leaves its socket files behind.
+        while !(UnixStream::connect(&d.socket).is_ok() && UnixStream::connect(&d.control).is_ok()) {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("dovesnap daemon exited with {status}:\n{}", d.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "dovesnap daemon did not open its sockets in 20 s:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: nothing is cleaned up).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `dovesnap status --json` against this daemon.
+    pub fn status(&self) -> Value {
+        let out = Command::new(dovesnap_bin())
+            .arg("--control-socket")
+            .arg(&self.control)
+            .args(["status", "--json"])
+            .output()
+            .expect("dovesnap status");
+        assert!(
+            out.status.success(),
+            "dovesnap status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// One plugin API call: POST `path` with `body`; returns the HTTP status and the
+    /// decoded JSON answer.
+    pub fn call(&self, path: &str, body: &str) -> (u16, Value) {
+        api_call(&self.socket, path, body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- dovesnap daemon log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// A raw HTTP/1.1 POST over a unix socket (what Docker does), returning status and JSON.
+pub fn api_call(socket: &Path, path: &str, body: &str) -> (u16, Value) {
+    let mut s = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read response");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end in {text:?}"));
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (code, json)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! Docker fixtures: the busybox test image, networks and containers removed on drop,
+//! and the plugin daemon on the socket path where dockerd discovers the `ovs` driver.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Once;
+
+use crate::daemon::Daemon;
+use crate::{run, sh};
+
+/// The image every test container runs: busybox with its applets, from `docker import`
+/// (no registry is reachable).
+pub const IMAGE: &str = "dovesnap-busybox:test";
+
+/// Where dockerd looks for the `ovs` network driver.
+pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
+
+/// Builds [`IMAGE`] once per test process if dockerd does not have it.
+pub fn ensure_image() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if run("docker", &["image", "inspect", IMAGE]).status.success() {
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("dovesnap-rootfs-{}", std::process::id()));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).expect("rootfs");
+        for d in ["etc", "tmp", "www", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
+        }
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("/bin/busybox missing: install busybox-static (cargo xtask setup does)");
+        let list = sh("/bin/busybox", &["--list"]);
+        for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+        let script = format!(
+            "tar -C {} -c . | docker import -c 'ENV PATH=/bin' - {IMAGE}",
+            root.display()
+        );
+        sh("sh", &["-c", &script]);
+        let _ = std::fs::remove_dir_all(&root);
+    });
+}
+
+/// Starts the plugin where dockerd finds it.
+pub fn start_plugin() -> Daemon {
+    Daemon::start(Path::new(PLUGIN_SOCKET))
+}
+
+/// Runs `docker ARGS`, returning the output whatever the status.
+pub fn docker(args: &[&str]) -> Output {
+    run("docker", args)
+}
+
+/// Runs `docker ARGS`, panicking with stderr on failure; returns trimmed stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    sh("docker", args).trim().to_string()
+}
+
+/// A Docker network, removed on drop.
+pub struct Network {
+    pub name: String,
+}
+
+impl Network {
+    /// `docker network create -d ovs EXTRA... NAME`.
+    pub fn create(name: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["network", "create", "-d", "ovs"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        let _ = docker(&["network", "rm", name]);
+        docker_ok(&args);
+        Network { name: name.into() }
+    }
+
+    /// The network's full id.
+    pub fn id(&self) -> String {
+        docker_ok(&["network", "inspect", "-f", "{{.Id}}", &self.name])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// A container running [`IMAGE`], removed (forcibly) on drop.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --name NAME --network NET EXTRA... IMAGE CMD...`.
+    pub fn run(name: &str, net: &Network, extra: &[&str], cmd: &[&str]) -> Self {
+        ensure_image();
+        let _ = docker(&["rm", "-f", name]);
+        let mut args = vec!["run", "-d", "--name", name, "--network", &net.name];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        docker_ok(&args);
+        Container { name: name.into() }
+    }
+
+    /// An httpd serving `body` at `/` on port 80.
+    pub fn httpd(name: &str, net: &Network, body: &str) -> Self {
+        let script = format!("echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+        Container::run(name, net, &[], &["sh", "-c", &script])
+    }
+
+    /// A container that just sleeps, to run commands in.
+    pub fn idle(name: &str, net: &Network) -> Self {
+        Container::run(name, net, &[], &["sleep", "3600"])
+    }
+
+    /// `docker exec NAME ARGS...`.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["exec", &self.name];
+        full.extend_from_slice(args);
+        docker(&full)
+    }
+
+    /// The container's IPv4 address on `net`.
+    pub fn ip(&self, net: &Network) -> String {
+        let fmt = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            net.name
+        );
+        docker_ok(&["inspect", "-f", &fmt, &self.name])
+    }
+
+    /// Fetches `url` from inside the container with busybox wget (bounded by `timeout`,
+    /// since busybox's own `-T` crashes); returns the body on success.
+    pub fn fetch(&self, url: &str) -> Result<String, String> {
+        let out = self.exec(&["timeout", "10", "wget", "-q", "-O", "-", url]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "wget {url} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Pings `addr` from inside the container; returns whether a reply came.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&["ping", "-c", "2", "-W", "2", addr])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}

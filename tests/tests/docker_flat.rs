@@ -1,0 +1,212 @@
+//! Flat mode end to end: the real dockerd drives the real plugin binary, which drives the
+//! real Open vSwitch (userspace datapath here). Run by `cargo xtask test`.
+
+use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::{host_veths, ovs_bridges, require_root, sh, Netns, Veth};
+
+fn dovesnap_leftovers() -> Vec<String> {
+    let mut left: Vec<String> = ovs_bridges()
+        .into_iter()
+        .filter(|b| b.starts_with("ovsbr-") || b.starts_with("dsflat"))
+        .collect();
+    left.extend(
+        host_veths()
+            .into_iter()
+            .filter(|v| v.starts_with("ovsv") || v.starts_with("ovsc")),
+    );
+    left
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn two_containers_talk_by_ip_and_name() {
+    require_root();
+    let _plugin = start_plugin();
+    {
+        let net = Network::create(
+            "dsflat-web",
+            &["--subnet", "10.231.1.0/24", "--gateway", "10.231.1.1"],
+        );
+        let srv = Container::httpd("dsflat-srv", &net, "hello-from-dovesnap");
+        let cli = Container::idle("dsflat-cli", &net);
+        let ip = srv.ip(&net);
+        assert!(ip.starts_with("10.231.1."), "server got {ip}");
+
+        let by_ip = cli.fetch(&format!("http://{ip}/")).expect("fetch by IP");
+        assert_eq!(by_ip.trim(), "hello-from-dovesnap");
+        let by_name = cli.fetch("http://dsflat-srv/").expect("fetch by name");
+        assert_eq!(by_name.trim(), "hello-from-dovesnap");
+
+        // The gateway from --gateway is the container's default route.
+        let routes = String::from_utf8_lossy(&cli.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(
+            routes.contains("default via 10.231.1.1"),
+            "routes: {routes}"
+        );
+
+        // The bridge is an OVS bridge carrying the network id, with both ports.
+        let id = net.id();
+        let bridge = format!("ovsbr-{}", &id[..8]);
+        assert!(ovs_bridges().contains(&bridge), "no bridge {bridge}");
+        let ports = sh("ovs-vsctl", &["list-ports", &bridge]);
+        assert_eq!(
+            ports.lines().filter(|p| p.starts_with("ovsv")).count(),
+            2,
+            "{ports}"
+        );
+        let owner = sh(
+            "ovs-vsctl",
+            &["br-get-external-id", &bridge, "dovesnap-network-id"],
+        );
+        assert_eq!(owner.trim(), id);
+        // Flat mode: the gateway is not placed on the host.
+        let addrs = sh("ip", &["-o", "addr"]);
+        assert!(!addrs.contains("10.231.1.1/"), "gateway on host: {addrs}");
+    }
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn vlan_tag_reaches_the_uplink() {
+    require_root();
+    let _plugin = start_plugin();
+    // The far end of the uplink: a namespace that captures what comes out of it. (This
+    // kernel has no 802.1Q interfaces, so the far side reads the tags with tcpdump.)
+    let far = Netns::new("dsfar");
+    let uplink = Veth::new("dsup");
+    sh("ip", &["link", "set", &uplink.peer, "netns", &far.name]);
+    far.sh("ip", &["link", "set", &uplink.peer, "up"]);
+    {
+        let add_ports = format!("ovs.bridge.add_ports={}", uplink.host);
+        let net = Network::create(
+            "dsflat-vlan",
+            &[
+                "--subnet",
+                "10.231.2.0/24",
+                "-o",
+                "ovs.bridge.vlan=100",
+                "-o",
+                &add_ports,
+            ],
+        );
+        let c = Container::idle("dsflat-vlan-c", &net);
+        let capture = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &far.name, "timeout", "15", "tcpdump", "-l", "-n", "-e",
+            ])
+            .args(["-i", &uplink.peer, "-c", "2", "vlan 100 and arp"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        // Nobody answers 10.231.2.200: the container's ARP requests flood out the uplink.
+        assert!(!c.ping("10.231.2.200"));
+        let seen = capture.wait_with_output().expect("tcpdump output");
+        let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+        let mac = c.exec(&["cat", "/sys/class/net/eth0/address"]);
+        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+        assert!(
+            seen.contains("vlan 100") && seen.contains(&mac),
+            "no ARP from {mac} tagged with VLAN 100 on the far end: {seen:?}"
+        );
+        let port = sh(
+            "ovs-vsctl",
+            &[
+                "--format=csv",
+                "--columns=name,tag",
+                "find",
+                "port",
+                "tag=100",
+            ],
+        );
+        assert!(
+            port.contains("ovsv"),
+            "container port not tagged 100: {port}"
+        );
+        // The uplink is a plain trunk port of the bridge.
+        let bridge = sh("ovs-vsctl", &["port-to-br", &uplink.host]);
+        assert!(bridge.trim().starts_with("ovsbr-"), "{bridge}");
+    }
+    // The uplink interface survives network removal; it is the host's, not ours.
+    assert!(host_veths().contains(&uplink.host));
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn bad_options_are_refused_clearly() {
+    require_root();
+    let _plugin = start_plugin();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-o", "ovs.bridge.vlan=5000"], "ovs.bridge.vlan"),
+        (&["-o", "mode=bogus"], "mode"),
+        (&["-o", "ovs.bridge.mtu=abc"], "ovs.bridge.mtu"),
+        (&["-o", "ovs.bridge.vlna=10"], "ovs.bridge.vlna"),
+        (&["-o", "ovs.bridge.name=bad name"], "ovs.bridge.name"),
+        (&["-o", "ovs.bridge.add_ports=nosuchif0"], "nosuchif0"),
+    ];
+    for (opts, needle) in cases {
+        let mut args = vec!["network", "create", "-d", "ovs"];
+        args.extend_from_slice(opts);
+        args.push("dsflat-bad");
+        let out = docker(&args);
+        let _ = docker(&["network", "rm", "dsflat-bad"]);
+        assert!(!out.status.success(), "{opts:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{opts:?}: error does not name {needle}: {err}"
+        );
+    }
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn plugin_restart_keeps_containers_connected() {
+    require_root();
+    let mut plugin = start_plugin();
+    {
+        let net = Network::create("dsflat-restart", &["--subnet", "10.231.3.0/24"]);
+        let a = Container::httpd("dsflat-ra", &net, "still-here");
+        let b = Container::idle("dsflat-rb", &net);
+        let ip = a.ip(&net);
+        assert_eq!(
+            b.fetch(&format!("http://{ip}/")).unwrap().trim(),
+            "still-here"
+        );
+
+        plugin.kill();
+        // L2 lives in OVS: containers keep talking while the plugin is down.
+        assert_eq!(
+            b.fetch(&format!("http://{ip}/")).unwrap().trim(),
+            "still-here"
+        );
+
+        let plugin = start_plugin();
+        let status = plugin.status();
+        let id = net.id();
+        let nets = status["networks"].as_array().expect("networks");
+        let ours = nets
+            .iter()
+            .find(|n| n["id"] == id.as_str())
+            .expect("network recovered");
+        assert_eq!(
+            ours["endpoints"].as_array().map(Vec::len),
+            Some(2),
+            "{ours}"
+        );
+        assert_eq!(
+            b.fetch(&format!("http://{ip}/")).unwrap().trim(),
+            "still-here"
+        );
+        // And the recovered plugin removes them cleanly.
+        drop(a);
+        drop(b);
+        drop(net);
+        drop(plugin);
+    }
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}

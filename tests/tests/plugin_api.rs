@@ -1,0 +1,285 @@
+//! The plugin API driven directly (as Docker would), against real OVS and netlink:
+//! bridge, port and veth lifecycle, bad requests, concurrency, no leaks.
+
+use std::path::PathBuf;
+
+use dovesnap_tests::daemon::Daemon;
+use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh, unique_name};
+use serde_json::{json, Value};
+
+fn socket() -> PathBuf {
+    std::env::temp_dir()
+        .join(unique_name("dsapi"))
+        .join("plugin.sock")
+}
+
+/// A fake Docker id: 64 hex digits starting with `prefix` (hex).
+fn id(prefix: &str) -> String {
+    format!("{prefix}{}", "0".repeat(64 - prefix.len()))
+}
+
+fn ok(d: &Daemon, path: &str, body: Value) -> Value {
+    let (code, v) = d.call(path, &body.to_string());
+    assert_eq!(code, 200, "{path}: {v}");
+    assert!(v.get("Err").is_none(), "{path} failed: {v}");
+    v
+}
+
+fn err(d: &Daemon, path: &str, body: &str) -> String {
+    let (_, v) = d.call(path, body);
+    v.get("Err")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{path} {body} did not fail: {v}"))
+        .to_string()
+}
+
+fn create_network(d: &Daemon, nid: &str, subnet: &str, opts: Value) {
+    let gw = subnet.replace(".0/24", ".1/24");
+    ok(
+        d,
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": nid, "Options": {"com.docker.network.generic": opts},
+               "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": subnet, "Gateway": gw}],
+               "IPv6Data": []}),
+    );
+}
+
+/// Removes, also on panic, the bridge and veths of fake network/endpoint ids that start
+/// with `prefix` (the test's own), so a failed test does not fail the next ones.
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let bridge = format!("ovsbr-{}", id(self.0).get(..8).unwrap_or_default());
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", &bridge]);
+        for v in host_veths() {
+            if v.starts_with(&format!("ovsv{}", self.0)) {
+                let _ = run("ip", &["link", "del", &v]);
+            }
+        }
+    }
+}
+
+fn ours_left() -> Vec<String> {
+    let mut left: Vec<String> = ovs_bridges()
+        .into_iter()
+        .filter(|b| b.starts_with("ovsbr-a") || b.starts_with("dsapi"))
+        .collect();
+    left.extend(
+        host_veths()
+            .into_iter()
+            .filter(|v| v.starts_with("ovsva") || v.starts_with("ovsca")),
+    );
+    left
+}
+
+#[test]
+#[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
+fn activate_and_capabilities() {
+    require_root();
+    let d = Daemon::start(&socket());
+    let v = ok(&d, "/Plugin.Activate", json!({}));
+    assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
+    let v = ok(&d, "/NetworkDriver.GetCapabilities", json!({}));
+    assert_eq!(v["Scope"], "local");
+    let (code, _) = d.call("/NetworkDriver.NoSuchCall", "{}");
+    assert_eq!(code, 404);
+}
+
+#[test]
+#[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
+fn endpoint_lifecycle_makes_and_removes_everything() {
+    require_root();
+    let d = Daemon::start(&socket());
+    let _cleanup = Cleanup("a1");
+    let nid = id("a1");
+    let eid = id("a1e1");
+    create_network(
+        &d,
+        &nid,
+        "10.231.10.0/24",
+        json!({"ovs.bridge.vlan": "42", "ovs.bridge.mtu": "1400"}),
+    );
+    let bridge = "ovsbr-a1000000";
+    assert!(ovs_bridges().contains(&bridge.to_string()));
+    let dp = sh("ovs-vsctl", &["get", "bridge", bridge, "datapath_type"]);
+    assert_eq!(
+        dp.trim(),
+        "netdev",
+        "no OVS kernel module here: userspace datapath"
+    );
+
+    let v = ok(
+        &d,
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": nid, "EndpointID": eid,
+               "Interface": {"Address": "10.231.10.2/24"}}),
+    );
+    assert_eq!(v["Interface"]["MacAddress"], "02:42:0a:e7:0a:02");
+    let host = format!("ovsv{}", &eid[..10]);
+    let cont = format!("ovsc{}", &eid[..10]);
+    let tag = sh("ovs-vsctl", &["get", "port", &host, "tag"]);
+    assert_eq!(tag.trim(), "42");
+    let link = sh("ip", &["-o", "link", "show", &cont]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(link.contains("02:42:0a:e7:0a:02"), "{link}");
+
+    let v = ok(
+        &d,
+        "/NetworkDriver.Join",
+        json!({"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/var/run/docker/netns/x"}),
+    );
+    assert_eq!(v["InterfaceName"]["SrcName"], cont.as_str());
+    assert_eq!(v["InterfaceName"]["DstPrefix"], "eth");
+    assert_eq!(v["Gateway"], "10.231.10.1");
+    let v = ok(
+        &d,
+        "/NetworkDriver.EndpointOperInfo",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    assert_eq!(v["Value"]["port"], host.as_str());
+
+    // Status over the control socket.
+    let st = d.status();
+    let net = &st["networks"][0];
+    assert_eq!(net["bridge"], bridge);
+    assert_eq!(net["endpoints"][0]["port"], host.as_str());
+
+    ok(
+        &d,
+        "/NetworkDriver.Leave",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    ok(
+        &d,
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    assert!(!host_veths().contains(&host), "veth left behind");
+    let ports = sh("ovs-vsctl", &["list-ports", bridge]);
+    assert!(!ports.contains(&host), "port left behind: {ports}");
+    // Deleting twice is fine (Docker retries).
+    ok(
+        &d,
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    ok(
+        &d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": nid}),
+    );
+    assert_eq!(ours_left(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
+fn bad_requests_change_nothing() {
+    require_root();
+    let d = Daemon::start(&socket());
+    let _cleanup = Cleanup("a2");
+    let nid = id("a2");
+    let bad_json = err(&d, "/NetworkDriver.CreateNetwork", "{not json");
+    assert!(bad_json.contains("CreateNetwork"), "{bad_json}");
+    let wrong_type = err(&d, "/NetworkDriver.CreateNetwork", r#"{"NetworkID": 5}"#);
+    assert!(!wrong_type.is_empty());
+    let bad_id = err(
+        &d,
+        "/NetworkDriver.CreateNetwork",
+        &json!({"NetworkID": "../../x", "IPv4Data": []}).to_string(),
+    );
+    assert!(bad_id.contains("invalid network id"), "{bad_id}");
+    for (opts, needle) in [
+        (json!({"ovs.bridge.vlan": "0"}), "ovs.bridge.vlan"),
+        (json!({"mode": "warp"}), "mode"),
+        (json!({"ovs.bridge.dpid": "xyz"}), "ovs.bridge.dpid"),
+        (
+            json!({"ovs.bridge.controller": "tcp:999.1.1.1:6653"}),
+            "ovs.bridge.controller",
+        ),
+        (json!({"ovs.bridge.add_ports": "nosuchif9"}), "nosuchif9"),
+    ] {
+        let body = json!({"NetworkID": nid, "Options": {"com.docker.network.generic": opts},
+                          "IPv4Data": [{"Pool": "10.231.11.0/24", "Gateway": "10.231.11.1/24"}]});
+        let e = err(&d, "/NetworkDriver.CreateNetwork", &body.to_string());
+        assert!(e.contains(needle), "{opts}: {e}");
+    }
+    // Endpoint calls against an unknown network.
+    let e = err(
+        &d,
+        "/NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": id("a2e1")}).to_string(),
+    );
+    assert!(e.contains("not known"), "{e}");
+    // A bad MAC from Docker is refused before any veth exists.
+    create_network(&d, &nid, "10.231.11.0/24", json!({}));
+    let e = err(
+        &d,
+        "/NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": nid, "EndpointID": id("a2e2"),
+                "Interface": {"Address": "10.231.11.5/24", "MacAddress": "zz"}})
+        .to_string(),
+    );
+    assert!(e.contains("MAC"), "{e}");
+    ok(
+        &d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": nid}),
+    );
+    assert_eq!(ours_left(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
+fn concurrent_endpoints_and_restart_recovery() {
+    require_root();
+    let sock = socket();
+    let _cleanup = Cleanup("a3");
+    let nid = id("a3");
+    {
+        let d = Daemon::start(&sock);
+        create_network(&d, &nid, "10.231.12.0/24", json!({}));
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let d = &d;
+                let nid = &nid;
+                s.spawn(move || {
+                    let eid = id(&format!("a3e{i}"));
+                    ok(
+                        d,
+                        "/NetworkDriver.CreateEndpoint",
+                        json!({"NetworkID": nid, "EndpointID": eid,
+                               "Interface": {"Address": format!("10.231.12.{}/24", 10 + i)}}),
+                    );
+                });
+            }
+        });
+        let ports = sh("ovs-vsctl", &["list-ports", "ovsbr-a3000000"]);
+        assert_eq!(
+            ports.lines().filter(|p| p.starts_with("ovsva3e")).count(),
+            8,
+            "{ports}"
+        );
+    }
+    // The first daemon was killed (SIGKILL on drop): a new one recovers from OVSDB.
+    let d = Daemon::start(&sock);
+    let st = d.status();
+    assert_eq!(
+        st["networks"][0]["endpoints"].as_array().map(Vec::len),
+        Some(8),
+        "{st}"
+    );
+    for i in 0..8 {
+        ok(
+            &d,
+            "/NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": nid, "EndpointID": id(&format!("a3e{i}"))}),
+        );
+    }
+    ok(
+        &d,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID": nid}),
+    );
+    assert_eq!(ours_left(), Vec::<String>::new());
+}
