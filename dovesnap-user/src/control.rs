@@ -75,9 +75,6 @@ pub struct EndpointStatus {
     pub mac: String,
     /// The IPv4 address with prefix length.
     pub address: String,
-    /// The interface name inside the container, once joined.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_ifname: Option<String>,
 }
 
 /// Where the control server gets the status from (the driver).
@@ -325,7 +322,7 @@ pub fn render_status_table(status: &Status) -> String {
     let mut net_rows: Vec<Vec<&str>> = vec![vec![
         "NETWORK", "BRIDGE", "MODE", "DATAPATH", "SUBNET", "GATEWAY",
     ]];
-    let mut ep_rows: Vec<Vec<&str>> = vec![vec!["ENDPOINT", "PORT", "MAC", "ADDRESS", "IFNAME"]];
+    let mut ep_rows: Vec<Vec<&str>> = vec![vec!["ENDPOINT", "PORT", "MAC", "ADDRESS"]];
     for n in &status.networks {
         net_rows.push(vec![
             short_id(&n.id),
@@ -341,7 +338,6 @@ pub fn render_status_table(status: &Status) -> String {
                 or_dash(&e.port),
                 or_dash(&e.mac),
                 or_dash(&e.address),
-                or_dash(e.container_ifname.as_deref().unwrap_or("")),
             ]);
         }
     }
@@ -389,14 +385,12 @@ mod tests {
                             port: "ovs1a2b3c4d".into(),
                             mac: "02:42:0a:00:00:02".into(),
                             address: "10.0.0.2/24".into(),
-                            container_ifname: Some("eth0".into()),
                         },
                         EndpointStatus {
                             id: "9f8e7d6c5b4a".into(),
                             port: "ovs9f8e7d6c".into(),
                             mac: "02:42:0a:00:00:03".into(),
                             address: "10.0.0.3/24".into(),
-                            container_ifname: None,
                         },
                     ],
                 },
@@ -479,13 +473,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ctype, "application/json");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let ep = &v["networks"][0]["endpoints"][0];
-        assert_eq!(ep["container_ifname"], "eth0");
+        assert_eq!(v["networks"][0]["endpoints"][0]["port"], "ovs1a2b3c4d");
         assert_eq!(v["networks"][0]["datapath_type"], "system");
-        // An absent container interface is omitted, not null.
-        assert!(v["networks"][0]["endpoints"][1]
-            .get("container_ifname")
-            .is_none());
         d.stop().await;
     }
 
@@ -561,7 +550,6 @@ mod tests {
         .unwrap();
         assert_eq!(s.networks[0].id, "n");
         assert_eq!(s.networks[0].bridge, "");
-        assert_eq!(s.networks[0].endpoints[0].container_ifname, None);
     }
 
     #[test]
@@ -569,10 +557,10 @@ mod tests {
         let table = render_status_table(&sample());
         let expected = "\
 NETWORK       BRIDGE       MODE      DATAPATH  SUBNET       GATEWAY
-  ENDPOINT      PORT         MAC                ADDRESS      IFNAME
+  ENDPOINT      PORT         MAC                ADDRESS
 3f2a1b9c8d7e  ovsbr-3f2a1  nat-fast  system    10.0.0.0/24  10.0.0.1
-  1a2b3c4d5e6f  ovs1a2b3c4d  02:42:0a:00:00:02  10.0.0.2/24  eth0
-  9f8e7d6c5b4a  ovs9f8e7d6c  02:42:0a:00:00:03  10.0.0.3/24  -
+  1a2b3c4d5e6f  ovs1a2b3c4d  02:42:0a:00:00:02  10.0.0.2/24
+  9f8e7d6c5b4a  ovs9f8e7d6c  02:42:0a:00:00:03  10.0.0.3/24
 abc           br-flat      flat      netdev    -            -
 ";
         assert_eq!(table, expected);

@@ -492,7 +492,6 @@ impl StatusSource for Driver {
                         port: e.host_ifname.clone(),
                         mac: e.mac.clone(),
                         address: e.address.clone(),
-                        container_ifname: None,
                     })
                     .collect();
                 endpoints.sort_by(|a, b| a.id.cmp(&b.id));

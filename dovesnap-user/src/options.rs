@@ -304,15 +304,6 @@ impl NetworkOptions {
         map
     }
 
-    /// The OVS `datapath_type` of the bridge: `netdev` for userspace, `system` otherwise.
-    pub fn datapath_type(&self) -> &'static str {
-        if self.userspace {
-            "netdev"
-        } else {
-            "system"
-        }
-    }
-
     fn from_pairs(mut pairs: Vec<(&'static str, String)>) -> Result<Self, OptionsError> {
         // A stable order, so that with several bad options the same one is reported.
         pairs.sort_by_key(|(k, _)| ACCEPTED_KEYS.iter().position(|a| a == k));
@@ -696,7 +687,6 @@ mod tests {
         let o = NetworkOptions::from_generic(&HashMap::new()).unwrap();
         assert_eq!(o, NetworkOptions::default());
         assert_eq!(o.mode, Mode::Flat);
-        assert_eq!(o.datapath_type(), "system");
     }
 
     #[test]
@@ -935,7 +925,6 @@ mod tests {
         for t in ["true", "TRUE", "1", "yes", "Yes"] {
             let o = one(BRIDGE_USERSPACE, t).unwrap();
             assert!(o.userspace, "{t}");
-            assert_eq!(o.datapath_type(), "netdev");
         }
         for f in ["false", "0", "no", "NO"] {
             assert!(!one(BRIDGE_USERSPACE, f).unwrap().userspace, "{f}");
