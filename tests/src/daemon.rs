@@ -22,7 +22,8 @@ pub fn dovesnap_bin() -> PathBuf {
     bin
 }
 
-/// A running `dovesnap daemon`, killed on drop (SIGKILL unless stopped before).
+/// A running `dovesnap daemon`, stopped on drop with SIGTERM (so it removes its sockets);
+/// tests that want a crash call [`Daemon::kill`].
 pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
@@ -34,8 +35,12 @@ impl Daemon {
     /// Starts the daemon serving the plugin API on `socket`, its control socket beside
     /// it, and waits until both answer.
     pub fn start(socket: &Path) -> Self {
-        let control = socket.with_extension("control.sock");
-        let log = socket.with_extension("log");
+        // The control socket and the log go to a folder of the test's own, never beside
+        // the plugin socket: dockerd treats every socket in its plugin folder as a plugin.
+        let scratch = std::env::temp_dir().join(crate::unique_name("dsd"));
+        std::fs::create_dir_all(&scratch).expect("scratch folder");
+        let control = scratch.join("control.sock");
+        let log = scratch.join("daemon.log");
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).expect("socket folder");
         }
@@ -132,9 +137,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
+        if !self.terminate() {
+            self.kill();
+        }
         if std::thread::panicking() {
             eprintln!("--- dovesnap daemon log ---\n{}", self.log_text());
+        }
+        if let Some(scratch) = self.log.parent() {
+            let _ = std::fs::remove_dir_all(scratch);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Flat mode end to end: the real dockerd drives the real plugin binary, which drives the
 //! real Open vSwitch (userspace datapath here). Run by `cargo xtask test`.
 
-use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::docker::{docker, start_plugin, Container, Network, PLUGIN_SOCKET};
 use dovesnap_tests::{host_veths, ovs_bridges, require_root, sh, Netns, Veth};
 
 fn dovesnap_leftovers() -> Vec<String> {
@@ -208,5 +208,7 @@ fn plugin_restart_keeps_containers_connected() {
         drop(net);
         drop(plugin);
     }
+    // A stopped plugin (SIGTERM) removes its socket, so dockerd does not find a dead one.
+    assert!(!std::path::Path::new(PLUGIN_SOCKET).exists());
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }

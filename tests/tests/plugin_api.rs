@@ -237,7 +237,7 @@ fn concurrent_endpoints_and_restart_recovery() {
     let _cleanup = Cleanup("a3");
     let nid = id("a3");
     {
-        let d = Daemon::start(&sock);
+        let mut d = Daemon::start(&sock);
         create_network(&d, &nid, "10.231.12.0/24", json!({}));
         std::thread::scope(|s| {
             for i in 0..8 {
@@ -260,8 +260,9 @@ fn concurrent_endpoints_and_restart_recovery() {
             8,
             "{ports}"
         );
+        d.kill();
     }
-    // The first daemon was killed (SIGKILL on drop): a new one recovers from OVSDB.
+    // The first daemon crashed (SIGKILL): a new one recovers from OVSDB.
     let d = Daemon::start(&sock);
     let st = d.status();
     assert_eq!(
