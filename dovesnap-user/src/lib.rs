@@ -14,6 +14,7 @@
 pub mod api;
 pub mod control;
 pub mod driver;
+pub mod firewall;
 pub mod netlink;
 pub mod options;
 pub mod ovsdb;

@@ -140,6 +140,33 @@ impl Netlink {
         }
     }
 
+    /// Puts `addr/prefix_len` on `name` (replacing an identical address, so it is
+    /// idempotent) and sets the link up.
+    pub async fn set_address_up(
+        &self,
+        name: &str,
+        addr: std::net::Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?.ok_or_else(|| NetlinkError::Link {
+            action: "address",
+            name: name.into(),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+        self.handle
+            .address()
+            .add(index, addr.into(), prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Link {
+                action: "address",
+                name: name.into(),
+                source,
+            })?;
+        self.set_up(name).await
+    }
+
     /// Sets `name` up.
     pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_name(name).up().build();
