@@ -75,6 +75,9 @@ pub struct EndpointStatus {
     pub mac: String,
     /// The IPv4 address with prefix length.
     pub address: String,
+    /// Published ports (nat modes), e.g. `0.0.0.0:8080->80/tcp`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<String>,
 }
 
 /// Where the control server gets the status from (the driver).
@@ -322,8 +325,13 @@ pub fn render_status_table(status: &Status) -> String {
     let mut net_rows: Vec<Vec<&str>> = vec![vec![
         "NETWORK", "BRIDGE", "MODE", "DATAPATH", "SUBNET", "GATEWAY",
     ]];
-    let mut ep_rows: Vec<Vec<&str>> = vec![vec!["ENDPOINT", "PORT", "MAC", "ADDRESS"]];
-    for n in &status.networks {
+    let mut ep_rows: Vec<Vec<&str>> = vec![vec!["ENDPOINT", "PORT", "MAC", "ADDRESS", "PUBLISHED"]];
+    let published: Vec<Vec<String>> = status
+        .networks
+        .iter()
+        .map(|n| n.endpoints.iter().map(|e| e.published.join(",")).collect())
+        .collect();
+    for (n, published) in status.networks.iter().zip(&published) {
         net_rows.push(vec![
             short_id(&n.id),
             or_dash(&n.bridge),
@@ -332,12 +340,13 @@ pub fn render_status_table(status: &Status) -> String {
             or_dash(&n.subnet),
             or_dash(&n.gateway),
         ]);
-        for e in &n.endpoints {
+        for (e, published) in n.endpoints.iter().zip(published) {
             ep_rows.push(vec![
                 short_id(&e.id),
                 or_dash(&e.port),
                 or_dash(&e.mac),
                 or_dash(&e.address),
+                or_dash(published),
             ]);
         }
     }
@@ -385,12 +394,14 @@ mod tests {
                             port: "ovs1a2b3c4d".into(),
                             mac: "02:42:0a:00:00:02".into(),
                             address: "10.0.0.2/24".into(),
+                            published: vec!["0.0.0.0:8080->80/tcp".into()],
                         },
                         EndpointStatus {
                             id: "9f8e7d6c5b4a".into(),
                             port: "ovs9f8e7d6c".into(),
                             mac: "02:42:0a:00:00:03".into(),
                             address: "10.0.0.3/24".into(),
+                            published: vec![],
                         },
                     ],
                 },
@@ -557,10 +568,10 @@ mod tests {
         let table = render_status_table(&sample());
         let expected = "\
 NETWORK       BRIDGE       MODE      DATAPATH  SUBNET       GATEWAY
-  ENDPOINT      PORT         MAC                ADDRESS
+  ENDPOINT      PORT         MAC                ADDRESS      PUBLISHED
 3f2a1b9c8d7e  ovsbr-3f2a1  nat-fast  system    10.0.0.0/24  10.0.0.1
-  1a2b3c4d5e6f  ovs1a2b3c4d  02:42:0a:00:00:02  10.0.0.2/24
-  9f8e7d6c5b4a  ovs9f8e7d6c  02:42:0a:00:00:03  10.0.0.3/24
+  1a2b3c4d5e6f  ovs1a2b3c4d  02:42:0a:00:00:02  10.0.0.2/24  0.0.0.0:8080->80/tcp
+  9f8e7d6c5b4a  ovs9f8e7d6c  02:42:0a:00:00:03  10.0.0.3/24  -
 abc           br-flat      flat      netdev    -            -
 ";
         assert_eq!(table, expected);

@@ -24,6 +24,10 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiError, ApiResult, NetworkDriver};
 use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::firewall::{
+    enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
+    Ipv4Net, NatNetwork, PublishedPort, PORT_MAP_OPTION,
+};
 use crate::netlink::{disable_tx_checksum, format_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
@@ -32,6 +36,10 @@ use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
 /// `external_ids` key on bridges: the network's addressing as JSON.
 pub const EXT_NETWORK_IPAM: &str = "dovesnap-ipam";
+/// `external_ids` key on bridges: `true` for `docker network create --internal`.
+pub const EXT_NETWORK_INTERNAL: &str = "dovesnap-internal";
+/// Docker's network option for `--internal`.
+pub const DOCKER_INTERNAL_OPTION: &str = "com.docker.network.internal";
 /// `external_ids` key prefix on bridges: one entry per network option.
 pub const EXT_OPTION_PREFIX: &str = "dovesnap-opt-";
 /// `external_ids` key on ports: the Docker endpoint id (ownership marker).
@@ -64,7 +72,25 @@ struct Network {
     datapath_type: String,
     options: NetworkOptions,
     ipam: Ipam,
+    internal: bool,
     endpoints: HashMap<String, Endpoint>,
+}
+
+impl Network {
+    /// What the firewall needs for a nat network (None for flat networks).
+    fn nat(&self) -> Option<NatNetwork> {
+        if !self.options.mode.is_nat() {
+            return None;
+        }
+        let subnet: Ipv4Net = self.ipam.subnet.as_deref()?.parse().ok()?;
+        Some(NatNetwork {
+            id: self.id.clone(),
+            bridge: self.bridge.clone(),
+            subnet,
+            gateway: self.ipam.gateway?,
+            internal: self.internal,
+        })
+    }
 }
 
 /// An endpoint as stored in its port's `external_ids`.
@@ -78,20 +104,31 @@ pub struct Endpoint {
     pub host_ifname: String,
     /// Container end of the veth, before Docker moves and renames it.
     pub container_ifname: String,
+    /// Ports published for this endpoint (nat mode), host ports as chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
 }
 
 /// The driver; all Docker calls go through one lock, so they apply in order.
 pub struct Driver {
     ovs: Ovsdb,
     netlink: Netlink,
+    firewall: Box<dyn Firewall>,
     networks: Mutex<HashMap<String, Network>>,
 }
 
+/// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
+/// other tasks.
+fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> ApiResult<T> {
+    tokio::task::block_in_place(f).map_err(|e| ApiError::new(e.to_string()))
+}
+
 impl Driver {
-    pub fn new(ovs: Ovsdb, netlink: Netlink) -> Self {
+    pub fn new(ovs: Ovsdb, netlink: Netlink, firewall: Box<dyn Firewall>) -> Self {
         Driver {
             ovs,
             netlink,
+            firewall,
             networks: Mutex::new(HashMap::new()),
         }
     }
@@ -131,6 +168,11 @@ impl Driver {
                 datapath_type: br.datapath_type.clone(),
                 options,
                 ipam,
+                internal: br
+                    .external_ids
+                    .get(EXT_NETWORK_INTERNAL)
+                    .map(String::as_str)
+                    == Some("true"),
                 endpoints: HashMap::new(),
             };
             for port in &br.ports {
@@ -147,6 +189,36 @@ impl Driver {
             info!(network = %id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
             networks.insert(id.clone(), net);
         }
+        // Netfilter follows what OVSDB says: leftovers of a crash go, missing rules
+        // (published ports included) come back.
+        let expected: Vec<ExpectedNetwork> = networks
+            .values()
+            .filter_map(|n| {
+                Some(ExpectedNetwork {
+                    network: n.nat()?,
+                    endpoints: n
+                        .endpoints
+                        .values()
+                        .filter(|e| !e.published.is_empty())
+                        .filter_map(|e| {
+                            Some(EndpointPorts {
+                                endpoint_id: e.id.clone(),
+                                container_ip: parse_cidr(&e.address)?.0,
+                                ports: e.published.clone(),
+                            })
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        if !expected.is_empty() {
+            if let Err(e) = enable_ip_forward() {
+                warn!("{e}");
+            }
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.firewall.reconcile(&expected)) {
+            warn!("could not reconcile the nat rules with OVSDB: {e}");
+        }
         Ok((networks.len(), endpoints))
     }
 
@@ -154,13 +226,24 @@ impl Driver {
         let id = valid_id("network", &req.network_id)?;
         let options = NetworkOptions::from_docker_options(req.options.as_ref())
             .map_err(|e| ApiError::new(e.to_string()))?;
-        if options.mode != Mode::Flat {
+        if options.mode == Mode::NatFast {
             return Err(ApiError::new(format!(
                 "mode={} is not available in this version of dovesnap yet; use mode=flat",
                 options.mode
             )));
         }
         let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
+        let internal = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(DOCKER_INTERNAL_OPTION))
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
+        if options.mode.is_nat() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
+            return Err(ApiError::new(format!(
+                "mode={} needs an IPv4 subnet and gateway from IPAM; give --subnet",
+                options.mode
+            )));
+        }
 
         let mut networks = self.networks.lock().await;
         if networks.contains_key(id) {
@@ -216,6 +299,9 @@ impl Driver {
         for (k, v) in options.to_string_map() {
             external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
         }
+        if internal {
+            external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+        }
         let spec = BridgeSpec {
             name: bridge.clone(),
             datapath_type: datapath_type.clone(),
@@ -233,19 +319,39 @@ impl Driver {
                 .collect(),
         };
         self.ovs.create_bridge(&spec).await.map_err(ovs_err)?;
-        info!(network = %id, %bridge, %datapath_type, mode = %options.mode, "created network");
-        networks.insert(
-            id.to_string(),
-            Network {
-                id: id.to_string(),
-                bridge,
-                datapath_type,
-                options,
-                ipam,
-                endpoints: HashMap::new(),
-            },
-        );
+        let net = Network {
+            id: id.to_string(),
+            bridge,
+            datapath_type,
+            options,
+            ipam,
+            internal,
+            endpoints: HashMap::new(),
+        };
+        if let Err(e) = self.program_nat(&net).await {
+            // Leave nothing behind: the bridge and any rule go with the failed network.
+            let _ = fw(|| self.firewall.remove_network(id));
+            let _ = self.ovs.delete_bridge(&net.bridge).await;
+            return Err(e);
+        }
+        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath_type,
+              mode = %net.options.mode, internal, "created network");
+        networks.insert(id.to_string(), net);
         Ok(())
+    }
+
+    /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
+    /// network's netfilter rules.
+    async fn program_nat(&self, net: &Network) -> ApiResult<()> {
+        let Some(nat) = net.nat() else {
+            return Ok(());
+        };
+        self.netlink
+            .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
+            .await
+            .map_err(nl_err)?;
+        fw(enable_ip_forward)?;
+        fw(|| self.firewall.add_network(&nat))
     }
 
     async fn delete_network_inner(&self, req: api::NetworkRequest) -> ApiResult<()> {
@@ -256,6 +362,11 @@ impl Driver {
             return Ok(());
         };
         let mut errors = Vec::new();
+        if net.options.mode.is_nat() {
+            if let Err(e) = fw(|| self.firewall.remove_network(id)) {
+                errors.push(e.to_string());
+            }
+        }
         for ep in net.endpoints.values() {
             if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
                 errors.push(e.to_string());
@@ -320,6 +431,7 @@ impl Driver {
             mac: format_mac(mac),
             host_ifname: format!("{HOST_VETH_PREFIX}{}", &eid[..10]),
             container_ifname: format!("{CONTAINER_VETH_PREFIX}{}", &eid[..10]),
+            published: Vec::new(),
         };
         // A leftover from a crash between veth and port creation is ours to replace.
         self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
@@ -379,6 +491,11 @@ impl Driver {
             return Ok(());
         };
         let mut errors = Vec::new();
+        if net.options.mode.is_nat() {
+            if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
+                errors.push(e.to_string());
+            }
+        }
         if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
             errors.push(e.to_string());
         }
@@ -427,6 +544,78 @@ impl Driver {
         })
     }
 
+    /// nat mode: publishes the container's `-p` ports (Docker sends the port map here
+    /// and with CreateEndpoint; only this call is made once per container and network).
+    async fn program_external_inner(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        if !net.options.mode.is_nat() {
+            return Ok(());
+        }
+        let ep = net.endpoints.get_mut(eid).ok_or_else(|| {
+            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+        })?;
+        let map = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(PORT_MAP_OPTION))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let mappings = parse_port_map(&map).map_err(|e| ApiError::new(e.to_string()))?;
+        if mappings.is_empty() || net.internal {
+            return Ok(());
+        }
+        let ip = parse_cidr(&ep.address)
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "endpoint {eid} has no IPv4 address to publish ports to"
+                ))
+            })?
+            .0;
+        let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
+        let mut stored = ep.clone();
+        stored.published = published.clone();
+        let json = serde_json::to_string(&stored).expect("Endpoint serializes");
+        if let Err(e) = self
+            .ovs
+            .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+            .await
+        {
+            let _ = fw(|| self.firewall.remove_ports(nid, eid));
+            return Err(ovs_err(e));
+        }
+        info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
+        ep.published = published;
+        Ok(())
+    }
+
+    async fn revoke_external_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get_mut(nid) else {
+            return Ok(());
+        };
+        let Some(ep) = net.endpoints.get_mut(eid) else {
+            return Ok(());
+        };
+        if ep.published.is_empty() {
+            return Ok(());
+        }
+        fw(|| self.firewall.remove_ports(nid, eid))?;
+        ep.published.clear();
+        let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
+        self.ovs
+            .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+            .await
+            .map_err(ovs_err)
+    }
+
     async fn endpoint_info_inner(
         &self,
         req: api::EndpointRequest,
@@ -471,6 +660,15 @@ impl NetworkDriver for Driver {
     async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
         self.join_inner(req).await
     }
+    async fn program_external_connectivity(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        self.program_external_inner(req).await
+    }
+    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        self.revoke_external_inner(req).await
+    }
     async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
         valid_id("network", &req.network_id)?;
         valid_id("endpoint", &req.endpoint_id)?;
@@ -492,6 +690,7 @@ impl StatusSource for Driver {
                         port: e.host_ifname.clone(),
                         mac: e.mac.clone(),
                         address: e.address.clone(),
+                        published: e.published.iter().map(|p| p.to_string()).collect(),
                     })
                     .collect();
                 endpoints.sort_by(|a, b| a.id.cmp(&b.id));

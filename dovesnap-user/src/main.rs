@@ -9,6 +9,7 @@ use tracing::info;
 
 use dovesnap::control::{self, DEFAULT_CONTROL_SOCKET};
 use dovesnap::driver::Driver;
+use dovesnap::firewall::NftFirewall;
 use dovesnap::netlink::Netlink;
 use dovesnap::ovsdb::{Ovsdb, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
 use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
@@ -79,7 +80,11 @@ fn main() -> Result<()> {
 async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
     let netlink = Netlink::new()?;
-    let driver = Arc::new(Driver::new(ovs, netlink));
+    let firewall = NftFirewall::new();
+    if let Err(e) = firewall.probe() {
+        tracing::warn!("nat networks will not work: {e}");
+    }
+    let driver = Arc::new(Driver::new(ovs, netlink, Box::new(firewall)));
     let (networks, endpoints) = driver
         .recover()
         .await

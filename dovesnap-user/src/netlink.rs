@@ -66,8 +66,13 @@ impl Netlink {
         if let Some(mtu) = mtu {
             peer_msg = peer_msg.mtu(mtu);
         }
+        // The host end is only an OVS port. NOARP keeps the host's IP stack from
+        // answering ARP through it (ARP flux: containers would learn the veth's MAC for
+        // the gateway and their routed traffic would enter the kernel on the wrong
+        // interface).
         let mut msg = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .arp(false)
             .up();
         if let Some(mtu) = mtu {
             msg = msg.mtu(mtu);

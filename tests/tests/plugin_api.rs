@@ -118,6 +118,9 @@ fn endpoint_lifecycle_makes_and_removes_everything() {
     assert_eq!(v["Interface"]["MacAddress"], "02:42:0a:e7:0a:02");
     let host = format!("ovsv{}", &eid[..10]);
     let cont = format!("ovsc{}", &eid[..10]);
+    // The host end answers no ARP: it is only an OVS port.
+    let host_link = sh("ip", &["-o", "link", "show", &host]);
+    assert!(host_link.contains("NOARP"), "{host_link}");
     let tag = sh("ovs-vsctl", &["get", "port", &host, "tag"]);
     assert_eq!(tag.trim(), "42");
     let link = sh("ip", &["-o", "link", "show", &cont]);

@@ -417,6 +417,21 @@ pub(crate) fn find_port(name: &str) -> Txn {
     txn
 }
 
+/// Sets `key=value` in port `port`'s `external_ids`, replacing any earlier value: one
+/// mutate (delete the key, then insert it), result 0 counts the rows changed.
+pub(crate) fn set_port_external_id(port: &str, key: &str, value: &str) -> Txn {
+    let mut txn = Txn::default();
+    txn.mutate(
+        "Port",
+        vec![eq("name", port)],
+        vec![
+            json!(["external_ids", "delete", datum::set([json!(key)])]),
+            json!(["external_ids", "insert", ["map", [[key, value]]]]),
+        ],
+    );
+    txn
+}
+
 /// Removes port `uuid` (named `port`) from `bridge`; its interface goes with it.
 pub(crate) fn remove_port(bridge: &str, port: &str, uuid: &str) -> Change {
     let mut change = Change::new(format!("remove port {port} from bridge {bridge}"));

@@ -272,6 +272,30 @@ impl Ovsdb {
         self.apply(bridge::remove_port(bridge, port, &uuid)).await
     }
 
+    /// Sets `key=value` in the `external_ids` of port `port` (bookkeeping only: the
+    /// datapath does not change, so there is nothing for ovs-vswitchd to apply).
+    pub async fn set_port_external_id(
+        &self,
+        port: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), OvsdbError> {
+        let results = self
+            .read(&bridge::set_port_external_id(port, key, value))
+            .await?;
+        let count = results
+            .first()
+            .and_then(|r| r.get("count"))
+            .and_then(Value::as_i64);
+        if count == Some(0) {
+            return Err(OvsdbError::Invalid {
+                what: format!("port {port}"),
+                reason: "no such port".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Every bridge with its ports, sorted by name.
     pub async fn list_bridges(&self) -> Result<Vec<BridgeInfo>, OvsdbError> {
         bridge::parse_bridges(&self.read(&bridge::query_bridges(None)).await?)

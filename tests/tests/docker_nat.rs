@@ -1,0 +1,306 @@
+//! nat mode end to end: real dockerd, real plugin, real OVS, real netfilter.
+//!
+//! Topology: a "far" namespace joined to the host by a veth that plays the uplink
+//! (host 10.232.100.1/24, far 10.232.100.2/24). Servers in the far namespace report the
+//! source address they see, which shows the masquerade.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::{require_root, run, sh, Netns, Veth};
+
+const HOST_UPLINK_IP: &str = "10.232.100.1";
+const FAR_IP: &str = "10.232.100.2";
+
+/// A UDP and TCP "who am I" server in python: answers each datagram or connection
+/// with the peer's address.
+const WHOAMI: &str = r#"
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(16)
+def udp():
+    while True:
+        d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+while True:
+    c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
+"#;
+
+/// The far side: namespace, uplink veth, a who-am-I server; removed on drop.
+struct Far {
+    ns: Netns,
+    /// Held for its Drop: the uplink veth goes with the fixture.
+    _uplink: Veth,
+    server: Option<Child>,
+}
+
+impl Far {
+    fn new() -> Self {
+        let ns = Netns::new("dsnfar");
+        let uplink = Veth::new("dsnup");
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HOST_UPLINK_IP}/24"),
+                "dev",
+                &uplink.host,
+            ],
+        );
+        uplink.peer_into(&ns, &format!("{FAR_IP}/24"));
+        let server = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "python3", "-c", WHOAMI, FAR_IP, "7000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("who-am-I server");
+        std::thread::sleep(Duration::from_millis(500));
+        Far {
+            ns,
+            _uplink: uplink,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
+    let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.is_empty() {
+        Err(format!("container got no TCP answer from {ip}:{port}"))
+    } else {
+        Ok(text)
+    }
+}
+
+/// Names of our rules still present anywhere: the nft table's chains for `net_id` and
+/// `dovesnap:` iptables comments.
+fn rules_left(net_id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let nft = run("nft", &["list", "table", "ip", "dovesnap"]);
+    let text = String::from_utf8_lossy(&nft.stdout);
+    for l in text.lines() {
+        if l.contains(&net_id[..12]) {
+            left.push(l.trim().to_string());
+        }
+    }
+    let ipt = String::from_utf8_lossy(&run("iptables", &["-w", "-S"]).stdout).into_owned();
+    for l in ipt.lines() {
+        if l.contains(&format!("dovesnap:{}", &net_id[..12])) {
+            left.push(l.to_string());
+        }
+    }
+    left
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn outbound_published_hairpin_and_cleanup() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new();
+    let net_id;
+    {
+        let net = Network::create(
+            "dsnat-a",
+            &[
+                "-o",
+                "mode=nat",
+                "--subnet",
+                "10.232.1.0/24",
+                "--gateway",
+                "10.232.1.1",
+            ],
+        );
+        net_id = net.id();
+        // The gateway sits on the bridge.
+        let bridge = format!("ovsbr-{}", &net_id[..8]);
+        let addrs = sh("ip", &["-o", "addr", "show", "dev", &bridge]);
+        assert!(addrs.contains("10.232.1.1/24"), "{addrs}");
+
+        let web = Container::run(
+            "dsnat-web",
+            &net,
+            &["-p", "18080:80"],
+            &[
+                "sh",
+                "-c",
+                "echo nat-web > /www/index.html; exec httpd -f -p 80 -h /www",
+            ],
+        );
+        let c = Container::idle("dsnat-cli", &net);
+
+        // Outbound: TCP and ICMP to the far side, masqueraded to the host's uplink
+        // address. (UDP NAT is shown in namespaces by tests/firewall.rs: the busybox in
+        // the test image has no UDP netcat.)
+        let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
+        assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+        assert!(c.ping(FAR_IP), "container -> far ICMP");
+
+        // Inbound: the far side reaches the published TCP port.
+        let out = far.ns.run(
+            "timeout",
+            &[
+                "5",
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{HOST_UPLINK_IP}:18080/"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "nat-web",
+            "far -> published TCP"
+        );
+
+        // The host itself reaches the published port at its own address.
+        let out = run(
+            "timeout",
+            &[
+                "5",
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{HOST_UPLINK_IP}:18080/"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "nat-web",
+            "host -> published port"
+        );
+
+        // Hairpin: a container of the same network through the host's address.
+        assert_eq!(
+            c.fetch(&format!("http://{HOST_UPLINK_IP}:18080/"))
+                .expect("hairpin")
+                .trim(),
+            "nat-web"
+        );
+        // And the web container to its own published port.
+        assert_eq!(
+            web.fetch(&format!("http://{HOST_UPLINK_IP}:18080/"))
+                .expect("self hairpin")
+                .trim(),
+            "nat-web"
+        );
+        // docker ps cannot show a remote driver's ports; dovesnap status does.
+        let status = plugin.status().to_string();
+        assert!(status.contains(":18080->80/tcp"), "{status}");
+        assert!(
+            !rules_left(&net_id).is_empty(),
+            "no rules while the network exists?"
+        );
+    }
+    assert_eq!(
+        rules_left(&net_id),
+        Vec::<String>::new(),
+        "rules left after removal"
+    );
+    drop(far);
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn two_nat_networks_are_isolated() {
+    require_root();
+    let _plugin = start_plugin();
+    let a = Network::create(
+        "dsnat-iso-a",
+        &["-o", "mode=nat", "--subnet", "10.232.2.0/24"],
+    );
+    let b = Network::create(
+        "dsnat-iso-b",
+        &["-o", "mode=nat", "--subnet", "10.232.3.0/24"],
+    );
+    let ca = Container::httpd("dsnat-iso-ca", &a, "a");
+    let cb = Container::idle("dsnat-iso-cb", &b);
+    let ip = ca.ip(&a);
+    assert!(cb.fetch(&format!("http://{ip}/")).is_err(), "b reached a");
+    assert!(!cb.ping(&ip), "b pinged a");
+    // Connected to both, a container reaches both.
+    docker(&["network", "connect", &a.name, &cb.name]);
+    assert_eq!(
+        cb.fetch(&format!("http://{ip}/"))
+            .expect("connected to both")
+            .trim(),
+        "a"
+    );
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn works_under_a_forward_drop_policy() {
+    require_root();
+    struct Policy(String);
+    impl Drop for Policy {
+        fn drop(&mut self) {
+            let _ = run("iptables", &["-w", "-P", "FORWARD", &self.0]);
+        }
+    }
+    let before = sh("iptables", &["-w", "-S", "FORWARD"]);
+    let policy = if before.contains("-P FORWARD DROP") {
+        "DROP"
+    } else {
+        "ACCEPT"
+    };
+    let _restore = Policy(policy.to_string());
+    sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
+
+    let _plugin = start_plugin();
+    let far = Far::new();
+    let net = Network::create(
+        "dsnat-drop",
+        &["-o", "mode=nat", "--subnet", "10.232.4.0/24"],
+    );
+    let web = Container::run(
+        "dsnat-drop-web",
+        &net,
+        &["-p", "18090:80"],
+        &[
+            "sh",
+            "-c",
+            "echo drop-ok > /www/index.html; exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let seen = container_tcp(&web, FAR_IP, 7000).expect("outbound under FORWARD DROP");
+    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    let out = far.ns.run(
+        "timeout",
+        &[
+            "5",
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{HOST_UPLINK_IP}:18090/"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "drop-ok",
+        "inbound under FORWARD DROP"
+    );
+    // The host's policy is untouched.
+    assert!(sh("iptables", &["-w", "-S", "FORWARD"]).contains("-P FORWARD DROP"));
+}
