@@ -518,9 +518,10 @@ impl Driver {
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let networks = self.networks.lock().await;
         let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
-        let ep = net.endpoints.get(eid).ok_or_else(|| {
-            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
-        })?;
+        let ep = net
+            .endpoints
+            .get(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
         if self
             .netlink
             .index(&ep.container_ifname)
@@ -557,9 +558,10 @@ impl Driver {
         if !net.options.mode.is_nat() {
             return Ok(());
         }
-        let ep = net.endpoints.get_mut(eid).ok_or_else(|| {
-            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
-        })?;
+        let ep = net
+            .endpoints
+            .get_mut(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
         let map = req
             .options
             .as_ref()
@@ -624,9 +626,10 @@ impl Driver {
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let networks = self.networks.lock().await;
         let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
-        let ep = net.endpoints.get(eid).ok_or_else(|| {
-            ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
-        })?;
+        let ep = net
+            .endpoints
+            .get(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
         let mut value = HashMap::new();
         value.insert("bridge".into(), net.bridge.clone().into());
         value.insert("port".into(), ep.host_ifname.clone().into());
@@ -723,6 +726,10 @@ fn unknown_network(id: &str) -> ApiError {
         "network {id} is not known to dovesnap (was it created while another plugin served \
          the ovs driver?)"
     ))
+}
+
+fn unknown_endpoint(nid: &str, eid: &str) -> ApiError {
+    ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
 }
 
 /// Docker ids are 64 hex digits; anything else is refused before it reaches a name.

@@ -77,6 +77,17 @@ impl Drop for Far {
     }
 }
 
+/// Fetches `url` with busybox wget from namespace `ns` (the host's when None); returns
+/// the trimmed body, empty on failure.
+fn wget(ns: Option<&Netns>, url: &str) -> String {
+    let args = ["5", "busybox", "wget", "-q", "-O", "-", url];
+    let out = match ns {
+        Some(ns) => ns.run("timeout", &args),
+        None => run("timeout", &args),
+    };
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
     let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -111,7 +122,7 @@ fn rules_left(net_id: &str) -> Vec<String> {
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn outbound_published_hairpin_and_cleanup() {
     require_root();
-    let plugin = start_plugin();
+    let mut plugin = start_plugin();
     let far = Far::new();
     let net_id;
     {
@@ -152,42 +163,11 @@ fn outbound_published_hairpin_and_cleanup() {
         assert!(c.ping(FAR_IP), "container -> far ICMP");
 
         // Inbound: the far side reaches the published TCP port.
-        let out = far.ns.run(
-            "timeout",
-            &[
-                "5",
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{HOST_UPLINK_IP}:18080/"),
-            ],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "nat-web",
-            "far -> published TCP"
-        );
+        let url = format!("http://{HOST_UPLINK_IP}:18080/");
+        assert_eq!(wget(Some(&far.ns), &url), "nat-web", "far -> published TCP");
 
         // The host itself reaches the published port at its own address.
-        let out = run(
-            "timeout",
-            &[
-                "5",
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{HOST_UPLINK_IP}:18080/"),
-            ],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "nat-web",
-            "host -> published port"
-        );
+        assert_eq!(wget(None, &url), "nat-web", "host -> published port");
 
         // Hairpin: a container of the same network through the host's address.
         assert_eq!(
@@ -206,11 +186,21 @@ fn outbound_published_hairpin_and_cleanup() {
         // docker ps cannot show a remote driver's ports; dovesnap status does.
         let status = plugin.status().to_string();
         assert!(status.contains(":18080->80/tcp"), "{status}");
-        assert!(
-            !rules_left(&net_id).is_empty(),
-            "no rules while the network exists?"
+        let rules = rules_left(&net_id);
+        assert!(!rules.is_empty(), "no rules while the network exists?");
+
+        // A crash and a restart neither lose nor duplicate rules, and the published
+        // port keeps working.
+        plugin.kill();
+        plugin = start_plugin();
+        assert_eq!(rules_left(&net_id), rules, "rules changed across a restart");
+        assert_eq!(
+            wget(Some(&far.ns), &url),
+            "nat-web",
+            "published port after restart"
         );
     }
+    drop(plugin);
     assert_eq!(
         rules_left(&net_id),
         Vec::<String>::new(),
@@ -284,20 +274,9 @@ fn works_under_a_forward_drop_policy() {
     );
     let seen = container_tcp(&web, FAR_IP, 7000).expect("outbound under FORWARD DROP");
     assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
-    let out = far.ns.run(
-        "timeout",
-        &[
-            "5",
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://{HOST_UPLINK_IP}:18090/"),
-        ],
-    );
+    let url = format!("http://{HOST_UPLINK_IP}:18090/");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        wget(Some(&far.ns), &url),
         "drop-ok",
         "inbound under FORWARD DROP"
     );
