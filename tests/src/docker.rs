@@ -147,6 +147,11 @@ impl Container {
         }
     }
 
+    /// The pid of the container's init process (to enter its namespaces).
+    pub fn pid(&self) -> String {
+        docker_ok(&["inspect", "-f", "{{.State.Pid}}", &self.name])
+    }
+
     /// Pings `addr` from inside the container; returns whether a reply came.
     pub fn ping(&self, addr: &str) -> bool {
         self.exec(&["ping", "-c", "2", "-W", "2", addr])

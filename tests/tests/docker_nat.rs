@@ -28,6 +28,23 @@ while True:
     c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
 "#;
 
+/// Sends one datagram to `argv[1]:argv[2]` and prints the answer.
+const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.sendto(b'ping',(sys.argv[1],int(sys.argv[2])))\nprint(s.recvfrom(2048)[0].decode().strip())";
+
+/// Answers every datagram on port `argv[1]` with `udp-pong`.
+const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
+
+/// Runs `python3 -c UDP_CLIENT ip port` with `prefix` (the command that enters a
+/// namespace); returns the answer, empty on failure. The test image's busybox has no
+/// UDP netcat, so UDP runs from python inside the container's network namespace.
+fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
+    let port = port.to_string();
+    let mut args: Vec<&str> = prefix[1..].to_vec();
+    args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
+    let out = run(prefix[0], &args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The far side: namespace, uplink veth, a who-am-I server; removed on drop.
 struct Far {
     ns: Netns,
@@ -146,7 +163,7 @@ fn outbound_published_hairpin_and_cleanup() {
         let web = Container::run(
             "dsnat-web",
             &net,
-            &["-p", "18080:80"],
+            &["-p", "18080:80", "-p", "18081:81/udp"],
             &[
                 "sh",
                 "-c",
@@ -155,16 +172,35 @@ fn outbound_published_hairpin_and_cleanup() {
         );
         let c = Container::idle("dsnat-cli", &net);
 
-        // Outbound: TCP and ICMP to the far side, masqueraded to the host's uplink
-        // address. (UDP NAT is shown in namespaces by tests/firewall.rs: the busybox in
-        // the test image has no UDP netcat.)
+        // Outbound: TCP, UDP and ICMP to the far side, masqueraded to the host's uplink
+        // address.
         let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
         assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+        let c_pid = c.pid();
+        let in_c = ["nsenter", "-t", &c_pid, "-n"];
+        assert_eq!(
+            udp_ask(&in_c, FAR_IP, 7000),
+            format!("from {HOST_UPLINK_IP}"),
+            "container -> far UDP"
+        );
         assert!(c.ping(FAR_IP), "container -> far ICMP");
 
         // Inbound: the far side reaches the published TCP port.
         let url = format!("http://{HOST_UPLINK_IP}:18080/");
         assert_eq!(wget(Some(&far.ns), &url), "nat-web", "far -> published TCP");
+        let web_pid = web.pid();
+        let mut pong = Command::new("nsenter")
+            .args(["-t", &web_pid, "-n", "python3", "-c", UDP_PONG, "81"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("UDP pong server");
+        std::thread::sleep(Duration::from_millis(500));
+        let in_far = ["ip", "netns", "exec", &far.ns.name];
+        let answer = udp_ask(&in_far, HOST_UPLINK_IP, 18081);
+        let _ = pong.kill();
+        let _ = pong.wait();
+        assert_eq!(answer, "udp-pong", "far -> published UDP");
 
         // The host itself reaches the published port at its own address.
         assert_eq!(wget(None, &url), "nat-web", "host -> published port");
@@ -227,6 +263,21 @@ fn two_nat_networks_are_isolated() {
     let ip = ca.ip(&a);
     assert!(cb.fetch(&format!("http://{ip}/")).is_err(), "b reached a");
     assert!(!cb.ping(&ip), "b pinged a");
+    // An --internal nat network has no way out.
+    let far = Far::new();
+    let internal = Network::create(
+        "dsnat-iso-int",
+        &["-o", "mode=nat", "--internal", "--subnet", "10.232.7.0/24"],
+    );
+    let ci = Container::idle("dsnat-iso-ci", &internal);
+    assert!(
+        container_tcp(&ci, FAR_IP, 7000).is_err(),
+        "--internal reached the far side"
+    );
+    assert!(!ci.ping(FAR_IP), "--internal pinged the far side");
+    drop(ci);
+    drop(internal);
+    drop(far);
     // Connected to both, a container reaches both.
     docker(&["network", "connect", &a.name, &cb.name]);
     assert_eq!(
