@@ -334,3 +334,84 @@ fn works_under_a_forward_drop_policy() {
     // The host's policy is untouched.
     assert!(sh("iptables", &["-w", "-S", "FORWARD"]).contains("-P FORWARD DROP"));
 }
+
+/// The host port `dovesnap status` reports for `container_port`/tcp of the network's
+/// endpoints (`IP:HOSTPORT->CPORT/tcp`).
+fn published_host_port(status: &serde_json::Value, container_port: u16) -> Option<u16> {
+    let suffix = format!("->{container_port}/tcp");
+    status["networks"]
+        .as_array()?
+        .iter()
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| e["published"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .find(|p| p.ends_with(&suffix))
+        .and_then(|p| p.split("->").next()?.rsplit(':').next()?.parse().ok())
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn dynamic_and_ranged_host_ports() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new();
+    let net = Network::create(
+        "dsnat-dyn",
+        &["-o", "mode=nat", "--subnet", "10.232.8.0/24"],
+    );
+    // -P: Docker sends host port 0 to a remote driver; dovesnap picks a free one.
+    let _a = Container::run(
+        "dsnat-dyn-a",
+        &net,
+        &["--expose", "80", "-P"],
+        &[
+            "sh",
+            "-c",
+            "echo dyn-a > /www/index.html; exec httpd -f -p 80 -h /www",
+        ],
+    );
+    // A host range with one container port: one port of the range is chosen.
+    let _b = Container::run(
+        "dsnat-dyn-b",
+        &net,
+        &["-p", "18100-18102:81"],
+        &[
+            "sh",
+            "-c",
+            "echo dyn-b > /www/index.html; exec httpd -f -p 81 -h /www",
+        ],
+    );
+    // Bound to one host address: reachable there only.
+    let _c = Container::run(
+        "dsnat-dyn-c",
+        &net,
+        &["-p", &format!("{HOST_UPLINK_IP}:18110:82")],
+        &[
+            "sh",
+            "-c",
+            "echo dyn-c > /www/index.html; exec httpd -f -p 82 -h /www",
+        ],
+    );
+    assert_eq!(
+        wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:18110/")),
+        "dyn-c"
+    );
+    let gateway = "10.232.8.1";
+    assert_eq!(
+        wget(None, &format!("http://{gateway}:18110/")),
+        "",
+        "bound port on another address"
+    );
+    let status = plugin.status();
+    let pa = published_host_port(&status, 80).unwrap_or_else(|| panic!("-P: {status}"));
+    let pb = published_host_port(&status, 81).unwrap_or_else(|| panic!("range: {status}"));
+    assert!((18100..=18102).contains(&pb), "{pb} outside 18100-18102");
+    assert_eq!(
+        wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:{pa}/")),
+        "dyn-a"
+    );
+    assert_eq!(
+        wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:{pb}/")),
+        "dyn-b"
+    );
+}
