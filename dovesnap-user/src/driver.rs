@@ -222,6 +222,14 @@ impl Driver {
         Ok((networks.len(), endpoints))
     }
 
+    /// On a clean stop: withdraws every netfilter rule dovesnap installed (a stopped
+    /// plugin leaves no rule behind; the next start's [`Driver::recover`] puts them
+    /// back). Bridges and ports stay, so containers keep their L2 connectivity.
+    pub async fn shutdown(&self) -> Result<(), FirewallError> {
+        let _networks = self.networks.lock().await;
+        tokio::task::block_in_place(|| self.firewall.reconcile(&[]))
+    }
+
     async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
         let id = valid_id("network", &req.network_id)?;
         let options = NetworkOptions::from_docker_options(req.options.as_ref())

@@ -119,10 +119,13 @@ async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Res
         },
     ));
     shutdown.await;
-    info!("shutting down: bridges and ports stay, so containers keep their L2 connectivity");
+    info!("shutting down: nat rules go, bridges and ports stay (containers keep L2)");
     let _ = tx.send(());
     let _ = plugin_task.await;
     let _ = control_task.await;
+    if let Err(e) = driver.shutdown().await {
+        tracing::warn!("could not remove every nat rule: {e}");
+    }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&control_socket);
     Ok(())

@@ -235,6 +235,27 @@ fn outbound_published_hairpin_and_cleanup() {
             "nat-web",
             "published port after restart"
         );
+        // A clean stop leaves no rule; the next start puts them all back.
+        assert!(
+            plugin.terminate(),
+            "dovesnap did not stop cleanly on SIGTERM"
+        );
+        assert_eq!(
+            rules_left(&net_id),
+            Vec::<String>::new(),
+            "rules left after SIGTERM"
+        );
+        plugin = start_plugin();
+        assert_eq!(
+            rules_left(&net_id),
+            rules,
+            "rules not restored after a clean stop"
+        );
+        assert_eq!(
+            wget(Some(&far.ns), &url),
+            "nat-web",
+            "published port after a clean stop"
+        );
     }
     drop(plugin);
     assert_eq!(
