@@ -61,8 +61,6 @@ pub struct Ipam {
     pub subnet: Option<String>,
     /// IPv4 gateway, without prefix length.
     pub gateway: Option<Ipv4Addr>,
-    /// Prefix length of the subnet.
-    pub prefix_len: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,19 +271,13 @@ impl Driver {
                  choose another ovs.bridge.name"
             )));
         }
-        if self.netlink.index(&bridge).await.map_err(nl_err)?.is_some() {
+        if self.netlink.exists(&bridge).await.map_err(nl_err)? {
             return Err(ApiError::new(format!(
                 "a host interface named {bridge} already exists; choose another ovs.bridge.name"
             )));
         }
         for up in &options.add_ports {
-            if self
-                .netlink
-                .index(&up.name)
-                .await
-                .map_err(nl_err)?
-                .is_none()
-            {
+            if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
                 return Err(ApiError::new(format!(
                     "ovs.bridge.add_ports names {}, but the host has no such interface",
                     up.name
@@ -530,12 +522,11 @@ impl Driver {
             .endpoints
             .get(eid)
             .ok_or_else(|| unknown_endpoint(nid, eid))?;
-        if self
+        if !self
             .netlink
-            .index(&ep.container_ifname)
+            .exists(&ep.container_ifname)
             .await
             .map_err(nl_err)?
-            .is_none()
         {
             return Err(ApiError::new(format!(
                 "the container end {} of endpoint {eid} is gone (deleted behind dovesnap's back?); \
@@ -764,7 +755,7 @@ fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
     let Some(pool) = pools.first() else {
         return Ok(Ipam::default());
     };
-    let (_, prefix_len) = parse_cidr(&pool.pool)
+    parse_cidr(&pool.pool)
         .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
     let gateway = if pool.gateway.is_empty() {
         None
@@ -784,7 +775,6 @@ fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
     Ok(Ipam {
         subnet: Some(pool.pool.clone()),
         gateway,
-        prefix_len: Some(prefix_len),
     })
 }
 
@@ -831,7 +821,7 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(ipam.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(ipam.prefix_len, Some(24));
+        assert_eq!(ipam.subnet.as_deref(), Some("10.0.0.0/24"));
         assert_eq!(ipam_from(&[]).unwrap(), Ipam::default());
         assert!(ipam_from(&[api::IpamData {
             pool: "nonsense".into(),

@@ -115,6 +115,11 @@ impl Netlink {
         Ok(self.get(name).await?.map(|l| l.header.index))
     }
 
+    /// Whether a link called `name` exists.
+    pub async fn exists(&self, name: &str) -> Result<bool, NetlinkError> {
+        Ok(self.get(name).await?.is_some())
+    }
+
     /// The MAC address of `name`, if it exists and has one.
     pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
         Ok(self.get(name).await?.and_then(|l| {
