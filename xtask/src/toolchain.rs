@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "ethtool",
     "tcpdump",
+    "conntrack",
     "bpftool",
 ];
 
