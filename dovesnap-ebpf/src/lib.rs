@@ -17,13 +17,164 @@ pub const PROGRAM_NAME: &str = "dovesnap_xdp";
 /// Name of the per-CPU `u64` array holding one counter per [`Counter`].
 pub const STATS_MAP: &str = "STATS";
 
+/// Name of the hash map from ingress ifindex (`u32`) to [`IfaceConfig`]: the interfaces
+/// whose traffic the program may steer. Frames arriving on any other interface are only
+/// classified, counted and passed.
+pub const IFACES_MAP: &str = "IFACES";
+/// Capacity of [`IFACES_MAP`].
+pub const MAX_IFACES: u32 = 1024;
+
+/// Name of the hash map from [`PortKey`] to `u32` (unused value, write 0): the published
+/// TCP/UDP ports and live ICMP echo identifiers the translator owns on an uplink address,
+/// beyond the uplink's reserved port range ([`IfaceConfig::port_lo`]..=`port_hi`).
+pub const PORTS_MAP: &str = "PORTS";
+/// Capacity of [`PORTS_MAP`].
+pub const MAX_PORTS: u32 = 65536;
+
+/// Name of the `XskMap` of AF_XDP sockets, indexed by slot ([`IfaceConfig::xsk_slot`]).
+pub const XSKS_MAP: &str = "XSKS";
+/// Capacity of [`XSKS_MAP`]: valid slots are `0..MAX_XSKS`.
+pub const MAX_XSKS: u32 = 1024;
+
+/// [`IfaceConfig::kind`] of the host end of a nat-fast container's veth.
+pub const IFACE_ENDPOINT: u32 = 1;
+/// [`IfaceConfig::kind`] of the uplink carrying the external address.
+pub const IFACE_UPLINK: u32 = 2;
+
+/// IPv4 protocol numbers the program steers.
+pub const PROTO_ICMP: u8 = 1;
+/// TCP's IPv4 protocol number.
+pub const PROTO_TCP: u8 = 6;
+/// UDP's IPv4 protocol number.
+pub const PROTO_UDP: u8 = 17;
+
+/// The value of [`IFACES_MAP`]: how to treat frames arriving on one interface.
+///
+/// Byte orders: `addr`, `subnet` and `netmask` are IPv4 addresses in network byte order,
+/// i.e. the four wire bytes read as a native-endian `u32` (`u32::from_ne_bytes(octets)`,
+/// see [`be_addr`]); `port_lo`/`port_hi` are in host byte order. 44 bytes, no implicit
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceConfig {
+    /// [`IFACE_ENDPOINT`] or [`IFACE_UPLINK`]; any other value: classify and pass.
+    pub kind: u32,
+    /// The interface's first [`XSKS_MAP`] slot: a frame received on rx queue `q` goes
+    /// to slot `xsk_slot + q`, whose socket must be bound to this interface's queue `q`
+    /// (the kernel drops frames redirected to a socket bound elsewhere).
+    pub xsk_slot: u32,
+    /// How many rx queues (from 0) have a socket (1 for an ordinary single-queue veth
+    /// endpoint); frames that would be steered but arrive on a queue `>= xsk_slots` pass
+    /// (counted `*-queue-without-socket`).
+    pub xsk_slots: u32,
+    /// Network byte order. Endpoint: the container's IPv4 address (frames with another
+    /// source pass). Uplink: the external IPv4 address.
+    pub addr: u32,
+    /// Network byte order, endpoint only: destinations with
+    /// `dst & netmask == subnet` pass (traffic inside the network stays on OVS).
+    pub subnet: u32,
+    /// Network byte order, endpoint only: see `subnet`.
+    pub netmask: u32,
+    /// Endpoint: the ifindex given to `bpf_fib_lookup` as the input device (the bridge's
+    /// internal port carrying the gateway address). Must be in the same network namespace
+    /// as the endpoint interface, and have IPv4 forwarding enabled.
+    pub fib_ifindex: u32,
+    /// Endpoint: only destinations the kernel routes out of this ifindex are steered.
+    pub uplink_ifindex: u32,
+    /// Uplink, host byte order: first port of the translator's reserved TCP/UDP range.
+    pub port_lo: u16,
+    /// Uplink, host byte order: last port (inclusive); `port_lo > port_hi` is empty.
+    pub port_hi: u16,
+    /// Endpoint: only frames addressed to this MAC (the gateway's) are routed traffic.
+    pub gateway_mac: [u8; 6],
+    /// Explicit padding; write zero.
+    pub _pad: [u8; 2],
+}
+
+/// The key of [`PORTS_MAP`]. 8 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// The uplink's external IPv4 address, network byte order (see [`be_addr`]).
+    pub addr: u32,
+    /// Network byte order: the TCP/UDP port, or the ICMP echo identifier.
+    pub port: u16,
+    /// [`PROTO_TCP`], [`PROTO_UDP`] or [`PROTO_ICMP`].
+    pub proto: u8,
+    /// Explicit padding; must be zero (the kernel hashes every byte).
+    pub _pad: u8,
+}
+
+/// An IPv4 address as the program compares it: its four wire bytes as a native-endian
+/// `u32`, which is what a 4-byte load from the packet yields.
+#[inline(always)]
+pub const fn be_addr(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The wire bytes of an address stored with [`be_addr`].
+#[inline(always)]
+pub const fn addr_octets(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}
+
+impl PortKey {
+    /// A key from host-order values: `addr` as octets, `port` (or echo identifier) as a
+    /// number.
+    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        PortKey {
+            addr: be_addr(addr),
+            port: port.to_be(),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The port (or echo identifier) in host byte order.
+    pub const fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+impl IfaceConfig {
+    /// Whether the uplink's reserved range holds `port` (host byte order).
+    #[inline(always)]
+    pub const fn in_port_range(&self, port: u16) -> bool {
+        self.port_lo <= port && port <= self.port_hi
+    }
+
+    /// Whether an endpoint's `dst` (network byte order) lies inside its subnet.
+    #[inline(always)]
+    pub const fn in_subnet(&self, dst: u32) -> bool {
+        dst & self.netmask == self.subnet
+    }
+}
+
+// SAFETY: both are `#[repr(C)]` structs of integers and byte arrays whose fields cover
+// every byte (sizes checked below), so any bit pattern is valid and there are no padding
+// bytes with undefined contents.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IfaceConfig {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortKey {}
+
+const _: () = {
+    assert!(core::mem::size_of::<IfaceConfig>() == 44);
+    assert!(core::mem::size_of::<PortKey>() == 8);
+};
+
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 6;
+pub const COUNTERS: u32 = 24;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
 /// Every frame increments exactly one classification counter (`Ipv4`, `Arp`, `Ipv6`,
-/// `Other` or `Malformed`) and then the counter of the verdict it received (`Pass`).
+/// `Other` or `Malformed`) and exactly one verdict counter (`Pass` or `Redirect`).
+/// A frame arriving on an interface in [`IFACES_MAP`] also increments exactly one
+/// decision counter (`Endpoint*` or `Uplink*`); a frame the program tried to redirect
+/// but whose [`XSKS_MAP`] slot holds no socket additionally counts `XskMissing` and is
+/// passed (verdict `Pass`), so the kernel handles it as if the program were absent.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -40,6 +191,45 @@ pub enum Counter {
     Malformed = 4,
     /// Frames handed on to the kernel stack (`XDP_PASS`).
     Pass = 5,
+    /// Frames redirected into an AF_XDP socket (`XDP_REDIRECT`).
+    Redirect = 6,
+    /// A redirect found no socket in its [`XSKS_MAP`] slot: the frame was passed.
+    XskMissing = 7,
+    /// Endpoint: steered to the endpoint's socket (see `XskMissing` for failures).
+    EndpointRedirect = 8,
+    /// Endpoint: not addressed to the gateway MAC (ARP broadcasts, L2 traffic).
+    EndpointNotToGateway = 9,
+    /// Endpoint: not IPv4 (or a malformed IPv4 header), or an IPv4 protocol other than
+    /// TCP, UDP and ICMP.
+    EndpointOtherProtocol = 10,
+    /// Endpoint: IPv4 header with options (IHL != 5), or a fragment.
+    EndpointOptionsOrFragment = 11,
+    /// Endpoint: TTL <= 1, left to the kernel to answer with time-exceeded.
+    EndpointTtlExpiring = 12,
+    /// Endpoint: destination inside the endpoint's subnet.
+    EndpointInSubnet = 13,
+    /// Endpoint: the FIB lookup did not forward (local destination, no route,
+    /// forwarding disabled on `fib_ifindex`, ...).
+    EndpointNotForwarded = 14,
+    /// Endpoint: routed out of an interface other than `uplink_ifindex`.
+    EndpointNotViaUplink = 15,
+    /// Endpoint: larger than the output MTU; the kernel fragments it or sends the ICMP.
+    EndpointTooBig = 16,
+    /// Endpoint: source address is not the container's.
+    EndpointSpoofedSource = 17,
+    /// Uplink: steered to the queue's socket (see `XskMissing` for failures).
+    UplinkRedirect = 18,
+    /// Uplink: not IPv4 (or malformed), or not addressed to the external address.
+    UplinkNotForUs = 19,
+    /// Uplink: to the external address, but no reserved port, published port or echo
+    /// session matches (including IPv4 protocols the translator does not handle).
+    UplinkNoSession = 20,
+    /// Uplink: would be steered, but arrived on an rx queue without a socket.
+    UplinkQueueWithoutSocket = 21,
+    /// Uplink: to the external address, with IPv4 options or fragmented.
+    UplinkOptionsOrFragment = 22,
+    /// Endpoint: would be steered, but arrived on an rx queue without a socket.
+    EndpointQueueWithoutSocket = 23,
 }
 
 impl Counter {
@@ -51,6 +241,24 @@ impl Counter {
         Counter::Other,
         Counter::Malformed,
         Counter::Pass,
+        Counter::Redirect,
+        Counter::XskMissing,
+        Counter::EndpointRedirect,
+        Counter::EndpointNotToGateway,
+        Counter::EndpointOtherProtocol,
+        Counter::EndpointOptionsOrFragment,
+        Counter::EndpointTtlExpiring,
+        Counter::EndpointInSubnet,
+        Counter::EndpointNotForwarded,
+        Counter::EndpointNotViaUplink,
+        Counter::EndpointTooBig,
+        Counter::EndpointSpoofedSource,
+        Counter::UplinkRedirect,
+        Counter::UplinkNotForUs,
+        Counter::UplinkNoSession,
+        Counter::UplinkQueueWithoutSocket,
+        Counter::UplinkOptionsOrFragment,
+        Counter::EndpointQueueWithoutSocket,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -68,6 +276,24 @@ impl Counter {
             Counter::Other => "other",
             Counter::Malformed => "malformed",
             Counter::Pass => "pass",
+            Counter::Redirect => "redirect",
+            Counter::XskMissing => "xsk-missing",
+            Counter::EndpointRedirect => "endpoint-redirect",
+            Counter::EndpointNotToGateway => "endpoint-not-to-gateway",
+            Counter::EndpointOtherProtocol => "endpoint-other-protocol",
+            Counter::EndpointOptionsOrFragment => "endpoint-options-or-fragment",
+            Counter::EndpointTtlExpiring => "endpoint-ttl-expiring",
+            Counter::EndpointInSubnet => "endpoint-in-subnet",
+            Counter::EndpointNotForwarded => "endpoint-not-forwarded",
+            Counter::EndpointNotViaUplink => "endpoint-not-via-uplink",
+            Counter::EndpointTooBig => "endpoint-too-big",
+            Counter::EndpointSpoofedSource => "endpoint-spoofed-source",
+            Counter::UplinkRedirect => "uplink-redirect",
+            Counter::UplinkNotForUs => "uplink-not-for-us",
+            Counter::UplinkNoSession => "uplink-no-session",
+            Counter::UplinkQueueWithoutSocket => "uplink-queue-without-socket",
+            Counter::UplinkOptionsOrFragment => "uplink-options-or-fragment",
+            Counter::EndpointQueueWithoutSocket => "endpoint-queue-without-socket",
         }
     }
 }
@@ -91,6 +317,57 @@ mod tests {
             for b in &Counter::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
             }
+        }
+    }
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(core::mem::align_of::<IfaceConfig>(), 4);
+        assert_eq!(core::mem::offset_of!(IfaceConfig, port_lo), 32);
+        assert_eq!(core::mem::offset_of!(IfaceConfig, gateway_mac), 36);
+        assert_eq!(core::mem::offset_of!(PortKey, port), 4);
+        assert_eq!(core::mem::offset_of!(PortKey, proto), 6);
+    }
+
+    #[test]
+    fn port_key_byte_orders() {
+        let key = PortKey::new([192, 0, 2, 1], 0x1f90, PROTO_TCP);
+        // SAFETY: PortKey is repr(C) with no padding; reading its 8 bytes is sound.
+        let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
+        assert_eq!(bytes, [192, 0, 2, 1, 0x1f, 0x90, 6, 0]);
+        assert_eq!(key.port_host(), 0x1f90);
+        assert_eq!(addr_octets(key.addr), [192, 0, 2, 1]);
+    }
+
+    #[test]
+    fn ranges_and_subnets() {
+        let cfg = IfaceConfig {
+            port_lo: 40000,
+            port_hi: 40099,
+            subnet: be_addr([10, 1, 0, 0]),
+            netmask: be_addr([255, 255, 0, 0]),
+            ..Default::default()
+        };
+        assert!(cfg.in_port_range(40000) && cfg.in_port_range(40099));
+        assert!(!cfg.in_port_range(39999) && !cfg.in_port_range(40100));
+        assert!(cfg.in_subnet(be_addr([10, 1, 200, 3])));
+        assert!(!cfg.in_subnet(be_addr([10, 2, 0, 1])));
+        let empty = IfaceConfig {
+            port_lo: 1,
+            port_hi: 0,
+            ..Default::default()
+        };
+        assert!(!empty.in_port_range(0) && !empty.in_port_range(1));
+    }
+
+    #[test]
+    fn decision_names_are_prefixed() {
+        for c in Counter::ALL {
+            let name = c.name();
+            let endpoint = format!("{c:?}").starts_with("Endpoint");
+            let uplink = format!("{c:?}").starts_with("Uplink");
+            assert_eq!(endpoint, name.starts_with("endpoint-"), "{name}");
+            assert_eq!(uplink, name.starts_with("uplink-"), "{name}");
         }
     }
 }

@@ -1,9 +1,20 @@
-//! The dovesnap XDP program.
+//! The dovesnap XDP program: the nat-fast steering program.
 //!
-//! For now it classifies every frame (IPv4, ARP, IPv6, other, malformed), counts the
-//! classification and the verdict in the per-CPU [`STATS`] map and passes the frame on
-//! to the kernel stack. The NAT fast path (AF_XDP steering through an `XskMap`) will
-//! hook in after the classification.
+//! Every frame is classified (IPv4, ARP, IPv6, other, malformed) and counted in the
+//! per-CPU [`STATS`] map. What happens next depends on the ingress interface's entry in
+//! [`IFACES`]:
+//!
+//! - no entry: the frame passes to the kernel stack (dovesnap's flat and nat networks,
+//!   and anything else the program is attached to);
+//! - an endpoint (the host end of a nat-fast container's veth): routed IPv4 TCP/UDP/ICMP
+//!   that the kernel would send out of the uplink goes to the endpoint's AF_XDP socket;
+//! - the uplink: IPv4 addressed to the external address whose port, echo identifier or
+//!   embedded ICMP-error flow belongs to the translator goes to the rx queue's socket.
+//!
+//! Everything else passes, and so does a steered frame whose [`XSKS`] slot holds no
+//! socket (`bpf_redirect_map` with `XDP_PASS` as its fallback): with the translator
+//! gone, the kernel's own nat rules take over. Each frame counts one classification, one
+//! verdict (`pass`/`redirect`) and, on a configured interface, one decision counter.
 //!
 //! Only the `bpf` target gets the program: built for the host (as a workspace member
 //! under `cargo build --workspace` or `cargo clippy --workspace`) this is an empty
@@ -15,35 +26,109 @@ mod program {
     use core::mem;
 
     use aya_ebpf::{
-        bindings::xdp_action,
+        bindings::{
+            bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+            BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        },
+        helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
-        maps::PerCpuArray,
+        maps::{HashMap, PerCpuArray, XskMap},
         programs::XdpContext,
+        EbpfContext as _,
     };
-    use dovesnap_ebpf::{Counter, COUNTERS};
+    use dovesnap_ebpf::{
+        Counter, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK, MAX_IFACES,
+        MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
     #[map]
     static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
+    /// Ingress ifindex -> how to steer that interface's frames.
+    #[map]
+    static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+    /// Published ports and live echo identifiers owned by the translator (value unused).
+    #[map]
+    static PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+    /// The translator's AF_XDP sockets.
+    #[map]
+    static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
+
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_ARP: u16 = 0x0806;
     const ETH_P_IPV6: u16 = 0x86dd;
+    const AF_INET: u8 = 2;
+
+    /// Offset of the IPv4 header (after an untagged Ethernet header).
+    const L3: usize = mem::size_of::<EthHdr>();
+    /// Offset of the L4 header of an IPv4 packet without options (IHL 5).
+    const L4: usize = L3 + mem::size_of::<Ipv4Hdr>();
+    /// Offset of the IPv4 header embedded in an ICMP error (after the 8-byte ICMP header).
+    const INNER_L3: usize = L4 + 8;
+    /// Offset of the L4 header embedded in an ICMP error (inner IHL 5).
+    const INNER_L4: usize = INNER_L3 + mem::size_of::<Ipv4Hdr>();
+
+    const ICMP_ECHO_REPLY: u8 = 0;
+    const ICMP_DEST_UNREACH: u8 = 3;
+    const ICMP_ECHO_REQUEST: u8 = 8;
+    const ICMP_TIME_EXCEEDED: u8 = 11;
+    const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
     /// An Ethernet II header. Byte arrays only, so any alignment is fine.
     #[repr(C)]
     struct EthHdr {
-        _dst: [u8; 6],
+        dst: [u8; 6],
         _src: [u8; 6],
         ether_type: [u8; 2],
     }
 
-    /// The first byte of an IPv4 header (version, IHL) and the rest of its 20-byte
-    /// minimum.
+    /// A 20-byte IPv4 header. Byte arrays only: the frame gives no alignment guarantee.
     #[repr(C)]
     struct Ipv4Hdr {
         version_ihl: u8,
-        _rest: [u8; 19],
+        tos: u8,
+        tot_len: [u8; 2],
+        _id: [u8; 2],
+        frag_off: [u8; 2],
+        ttl: u8,
+        proto: u8,
+        _check: [u8; 2],
+        src: [u8; 4],
+        dst: [u8; 4],
+    }
+
+    impl Ipv4Hdr {
+        /// Version 4 with no options.
+        #[inline(always)]
+        fn is_plain(&self) -> bool {
+            self.version_ihl == 0x45
+        }
+
+        /// More-fragments set or a non-zero fragment offset.
+        #[inline(always)]
+        fn is_fragment(&self) -> bool {
+            u16::from_be_bytes(self.frag_off) & 0x3fff != 0
+        }
+    }
+
+    /// The first 4 bytes of a TCP or UDP header.
+    #[repr(C)]
+    struct Ports {
+        src: [u8; 2],
+        dst: [u8; 2],
+    }
+
+    /// The 8-byte ICMP header; `id` is the echo identifier for echo messages.
+    #[repr(C)]
+    struct IcmpHdr {
+        kind: u8,
+        _code: u8,
+        _check: [u8; 2],
+        id: [u8; 2],
+        _seq: [u8; 2],
     }
 
     /// The fixed part of an ARP header (hardware/protocol types and sizes, opcode).
@@ -59,17 +144,27 @@ mod program {
         _rest: [u8; 39],
     }
 
-    /// A pointer to a `T` at `offset` into the frame, or `None` when the frame is too
+    /// A reference to a `T` at `offset` into the frame, or `None` when the frame is too
     /// short. The explicit comparison against `data_end` is what the verifier needs to
-    /// accept the later read.
+    /// accept the later read. Only used with `T` made of bytes and byte arrays
+    /// (alignment 1), so any offset is aligned.
     #[inline(always)]
-    fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<&T> {
         let start = ctx.data();
         let end = ctx.data_end();
         if start + offset + mem::size_of::<T>() > end {
             return None;
         }
-        Some((start + offset) as *const T)
+        // SAFETY: the bytes `offset..offset + size_of::<T>()` lie inside the frame, which
+        // the kernel keeps valid for the program's run; every `T` used here has alignment
+        // 1 and no invalid bit patterns.
+        Some(unsafe { &*((start + offset) as *const T) })
+    }
+
+    /// What to do with a frame on a configured interface, and the decision counter.
+    enum Steer {
+        Pass(Counter),
+        Redirect(Counter, u32),
     }
 
     #[xdp]
@@ -78,49 +173,228 @@ mod program {
     }
 
     fn try_dovesnap_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-        count(classify(ctx))?;
+        let class = classify(ctx);
+        count(class)?;
+        let ifindex = ctx.ingress_ifindex() as u32;
+        // SAFETY: the value is copied out at once; a concurrent update from userspace can
+        // at worst mix old and new fields of one entry for this frame, which only changes
+        // which way this frame goes.
+        let cfg = match unsafe { IFACES.get(&ifindex) } {
+            Some(cfg) => *cfg,
+            None => return pass(),
+        };
+        let steer = match cfg.kind {
+            IFACE_ENDPOINT => endpoint(ctx, &cfg, class),
+            IFACE_UPLINK => uplink(ctx, &cfg, class),
+            _ => return pass(),
+        };
+        match steer {
+            Steer::Pass(decision) => {
+                count(decision)?;
+                pass()
+            }
+            Steer::Redirect(decision, slot) => {
+                count(decision)?;
+                // XDP_PASS in the flags' low bits is what the helper returns when the
+                // slot has no socket: fail open to the kernel.
+                match XSKS.redirect(slot, xdp_action::XDP_PASS as u64) {
+                    Ok(action) => {
+                        count(Counter::Redirect)?;
+                        Ok(action)
+                    }
+                    Err(_) => {
+                        count(Counter::XskMissing)?;
+                        pass()
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn pass() -> Result<u32, ()> {
         count(Counter::Pass)?;
         Ok(xdp_action::XDP_PASS)
+    }
+
+    /// Frames from a nat-fast container: routed traffic to the outside goes to the
+    /// translator, the rest (ARP, in-subnet, local, expiring, oversized, odd) to the
+    /// kernel.
+    #[inline(always)]
+    fn endpoint(ctx: &XdpContext, cfg: &IfaceConfig, class: Counter) -> Steer {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return Steer::Pass(Counter::EndpointOtherProtocol);
+        };
+        if eth.dst != cfg.gateway_mac {
+            return Steer::Pass(Counter::EndpointNotToGateway);
+        }
+        if !matches!(class, Counter::Ipv4) {
+            return Steer::Pass(Counter::EndpointOtherProtocol);
+        }
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
+            return Steer::Pass(Counter::EndpointOtherProtocol);
+        };
+        if !ip.is_plain() || ip.is_fragment() {
+            return Steer::Pass(Counter::EndpointOptionsOrFragment);
+        }
+        if !matches!(ip.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+            return Steer::Pass(Counter::EndpointOtherProtocol);
+        }
+        let src = u32::from_ne_bytes(ip.src);
+        let dst = u32::from_ne_bytes(ip.dst);
+        if src != cfg.addr {
+            return Steer::Pass(Counter::EndpointSpoofedSource);
+        }
+        if ip.ttl <= 1 {
+            return Steer::Pass(Counter::EndpointTtlExpiring);
+        }
+        if cfg.in_subnet(dst) {
+            return Steer::Pass(Counter::EndpointInSubnet);
+        }
+
+        // Ask the kernel where it would route the packet if it arrived on the gateway's
+        // interface: only what leaves through the uplink is NAT traffic.
+        // SAFETY: `bpf_fib_lookup` is plain data (integers and unions of integers), for
+        // which all-zero bytes are a valid value.
+        let mut params: FibParams = unsafe { mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = ip.proto;
+        params.ifindex = cfg.fib_ifindex;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+        params.__bindgen_anon_2.tos = ip.tos;
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+        // SAFETY: `ctx.ctx` is the program's own `xdp_md`; `params` is a valid, writable
+        // struct of exactly the size passed; flags 0 is a plain input-device lookup.
+        let ret = unsafe {
+            bpf_fib_lookup(
+                ctx.as_ptr(),
+                &mut params,
+                mem::size_of::<FibParams>() as i32,
+                0,
+            )
+        };
+        match ret as u32 {
+            BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => {}
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => return Steer::Pass(Counter::EndpointTooBig),
+            _ => return Steer::Pass(Counter::EndpointNotForwarded),
+        }
+        if params.ifindex != cfg.uplink_ifindex {
+            return Steer::Pass(Counter::EndpointNotViaUplink);
+        }
+        let queue = ctx.rx_queue_index();
+        if queue >= cfg.xsk_slots {
+            return Steer::Pass(Counter::EndpointQueueWithoutSocket);
+        }
+        Steer::Redirect(Counter::EndpointRedirect, cfg.xsk_slot.wrapping_add(queue))
+    }
+
+    /// Frames arriving on the uplink: the translator's return traffic goes to the socket
+    /// of the rx queue it arrived on; the host's own traffic is untouched.
+    #[inline(always)]
+    fn uplink(ctx: &XdpContext, cfg: &IfaceConfig, class: Counter) -> Steer {
+        if !matches!(class, Counter::Ipv4) {
+            return Steer::Pass(Counter::UplinkNotForUs);
+        }
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
+            return Steer::Pass(Counter::UplinkNotForUs);
+        };
+        if u32::from_ne_bytes(ip.dst) != cfg.addr {
+            return Steer::Pass(Counter::UplinkNotForUs);
+        }
+        if !ip.is_plain() || ip.is_fragment() {
+            return Steer::Pass(Counter::UplinkOptionsOrFragment);
+        }
+        let ours = match ip.proto {
+            PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
+                Some(ports) => owns_port(cfg, u16::from_be_bytes(ports.dst), ip.proto),
+                None => false,
+            },
+            PROTO_ICMP => owns_icmp(ctx, cfg),
+            _ => false,
+        };
+        if !ours {
+            return Steer::Pass(Counter::UplinkNoSession);
+        }
+        let queue = ctx.rx_queue_index();
+        if queue >= cfg.xsk_slots {
+            return Steer::Pass(Counter::UplinkQueueWithoutSocket);
+        }
+        Steer::Redirect(Counter::UplinkRedirect, cfg.xsk_slot.wrapping_add(queue))
+    }
+
+    /// Whether a TCP/UDP `port` (host order) on the external address is the
+    /// translator's: in the reserved range, or published.
+    #[inline(always)]
+    fn owns_port(cfg: &IfaceConfig, port: u16, proto: u8) -> bool {
+        cfg.in_port_range(port) || owns_key(cfg, port, proto)
+    }
+
+    #[inline(always)]
+    fn owns_key(cfg: &IfaceConfig, port: u16, proto: u8) -> bool {
+        let key = PortKey {
+            addr: cfg.addr,
+            port: port.to_be(),
+            proto,
+            _pad: 0,
+        };
+        // SAFETY: only the presence of the key is used; the value is not read.
+        unsafe { PORTS.get(&key) }.is_some()
+    }
+
+    /// ICMP to the external address that belongs to the translator: echo replies with a
+    /// known identifier, and errors about a packet the translator sent.
+    #[inline(always)]
+    fn owns_icmp(ctx: &XdpContext, cfg: &IfaceConfig) -> bool {
+        let Some(icmp) = ptr_at::<IcmpHdr>(ctx, L4) else {
+            return false;
+        };
+        match icmp.kind {
+            ICMP_ECHO_REPLY => owns_key(cfg, u16::from_be_bytes(icmp.id), PROTO_ICMP),
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, INNER_L3) else {
+                    return false;
+                };
+                if !inner.is_plain() || u32::from_ne_bytes(inner.src) != cfg.addr {
+                    return false;
+                }
+                match inner.proto {
+                    PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, INNER_L4) {
+                        Some(ports) => owns_port(cfg, u16::from_be_bytes(ports.src), inner.proto),
+                        None => false,
+                    },
+                    PROTO_ICMP => match ptr_at::<IcmpHdr>(ctx, INNER_L4) {
+                        Some(echo) if echo.kind == ICMP_ECHO_REQUEST => {
+                            owns_key(cfg, u16::from_be_bytes(echo.id), PROTO_ICMP)
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
     }
 
     /// Sorts the frame into one classification counter. Truncated headers of a known
     /// protocol are `Malformed`, never an error: they are data, not a program fault.
     #[inline(always)]
     fn classify(ctx: &XdpContext) -> Counter {
-        const L3: usize = mem::size_of::<EthHdr>();
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
             return Counter::Malformed;
         };
-        // SAFETY: `ptr_at` checked that the whole header lies inside the frame.
-        let ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
-        match ether_type {
+        match u16::from_be_bytes(eth.ether_type) {
             ETH_P_IP => match ptr_at::<Ipv4Hdr>(ctx, L3) {
-                Some(ip) => {
-                    // SAFETY: `ptr_at` checked that the 20-byte header lies inside the frame.
-                    let version_ihl = unsafe { (*ip).version_ihl };
-                    if version_ihl >> 4 == 4 && version_ihl & 0x0f >= 5 {
-                        Counter::Ipv4
-                    } else {
-                        Counter::Malformed
-                    }
-                }
-                None => Counter::Malformed,
+                Some(ip) if ip.version_ihl >> 4 == 4 && ip.version_ihl & 0x0f >= 5 => Counter::Ipv4,
+                _ => Counter::Malformed,
             },
             ETH_P_ARP => match ptr_at::<ArpHdr>(ctx, L3) {
                 Some(_) => Counter::Arp,
                 None => Counter::Malformed,
             },
             ETH_P_IPV6 => match ptr_at::<Ipv6Hdr>(ctx, L3) {
-                Some(ip) => {
-                    // SAFETY: `ptr_at` checked that the 40-byte header lies inside the frame.
-                    let version_tc = unsafe { (*ip).version_tc };
-                    if version_tc >> 4 == 6 {
-                        Counter::Ipv6
-                    } else {
-                        Counter::Malformed
-                    }
-                }
-                None => Counter::Malformed,
+                Some(ip) if ip.version_tc >> 4 == 6 => Counter::Ipv6,
+                _ => Counter::Malformed,
             },
             _ => Counter::Other,
         }
@@ -138,13 +412,17 @@ mod program {
         Ok(())
     }
 
-    /// The kernel needs a license string; GPL-only helpers (e.g. `bpf_trace_printk`,
-    /// perf-event output used by aya-log) would need a GPL-compatible one. None of the
-    /// helpers used here (map lookup, and later `bpf_redirect_map`) are GPL-only, so the
-    /// string states the crate's own license.
+    /// The license the kernel checks before letting the program call helpers.
+    /// `bpf_fib_lookup` is GPL-only (`gpl_only = true` in the kernel's
+    /// `bpf_xdp_fib_lookup_proto`): a program declaring a non-GPL-compatible license such
+    /// as "Apache-2.0" is rejected by the verifier ("cannot call GPL-restricted function
+    /// from non-GPL compatible program"). So the eBPF object declares "Dual MIT/GPL", one
+    /// of the strings the kernel accepts as GPL-compatible, as aya's own templates do.
+    /// This string only describes the program loaded into the kernel; the crate's
+    /// sources keep the workspace's Apache-2.0 license.
     #[link_section = "license"]
     #[no_mangle]
-    static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -43,6 +43,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(default)]
 pub struct Status {
     pub networks: Vec<NetworkStatus>,
+    /// The nat-fast data path, once a nat-fast network has had an endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<crate::fastpath::FastPathStatus>,
 }
 
 /// One Docker network on an OVS bridge.
@@ -78,6 +81,9 @@ pub struct EndpointStatus {
     /// Published ports (nat modes), e.g. `0.0.0.0:8080->80/tcp`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<String>,
+    /// nat-fast: the endpoint's routed traffic goes through the XDP/AF_XDP translator.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fast_path: bool,
 }
 
 /// Where the control server gets the status from (the driver).
@@ -369,7 +375,59 @@ pub fn render_status_table(status: &Status) -> String {
             push(ep_line);
         }
     }
+    if let Some(fp) = &status.fast_path {
+        render_fast_path(fp, &mut push);
+    }
     out
+}
+
+/// The nat-fast section: where XDP is attached, each uplink's translator with its
+/// sessions, and every non-zero counter.
+fn render_fast_path(fp: &crate::fastpath::FastPathStatus, push: &mut impl FnMut(&str)) {
+    push("");
+    let attached: Vec<String> = fp
+        .attached
+        .iter()
+        .map(|(i, m)| format!("{i} ({m})"))
+        .collect();
+    push(&format!(
+        "nat-fast: XDP on {}",
+        if attached.is_empty() {
+            "nothing".to_owned()
+        } else {
+            attached.join(", ")
+        }
+    ));
+    for u in &fp.dataplane.uplinks {
+        push(&format!(
+            "  uplink {} ({}): {} endpoint(s), {} session(s)",
+            u.name, u.external_ip, u.endpoints, u.sessions
+        ));
+        for s in &u.session_list {
+            push(&format!("    {s}"));
+        }
+        let counters = nonzero(&u.counters);
+        if !counters.is_empty() {
+            push(&format!("    translator: {counters}"));
+        }
+    }
+    let dp = nonzero(&fp.dataplane.counters);
+    if !dp.is_empty() {
+        push(&format!("  data plane: {dp}"));
+    }
+    let xdp = nonzero(&fp.xdp_counters);
+    if !xdp.is_empty() {
+        push(&format!("  xdp: {xdp}"));
+    }
+}
+
+fn nonzero(counters: &[(String, u64)]) -> String {
+    counters
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -395,6 +453,7 @@ mod tests {
                             mac: "02:42:0a:00:00:02".into(),
                             address: "10.0.0.2/24".into(),
                             published: vec!["0.0.0.0:8080->80/tcp".into()],
+                            fast_path: true,
                         },
                         EndpointStatus {
                             id: "9f8e7d6c5b4a".into(),
@@ -402,6 +461,7 @@ mod tests {
                             mac: "02:42:0a:00:00:03".into(),
                             address: "10.0.0.3/24".into(),
                             published: vec![],
+                            fast_path: false,
                         },
                     ],
                 },
@@ -415,6 +475,7 @@ mod tests {
                     endpoints: vec![],
                 },
             ],
+            fast_path: None,
         }
     }
 

@@ -24,9 +24,10 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiError, ApiResult, NetworkDriver};
 use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::fastpath::{self, EndpointSpec, FastPath, FastPathError};
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
-    Ipv4Net, NatNetwork, PublishedPort, PORT_MAP_OPTION,
+    Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
 use crate::netlink::{disable_tx_checksum, format_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
@@ -87,6 +88,8 @@ impl Network {
             subnet,
             gateway: self.ipam.gateway?,
             internal: self.internal,
+            masquerade_ports: (self.options.mode == Mode::NatFast)
+                .then(crate::fastpath::kernel_masquerade_ports),
         })
     }
 }
@@ -113,6 +116,9 @@ pub struct Driver {
     netlink: Netlink,
     firewall: Box<dyn Firewall>,
     networks: Mutex<HashMap<String, Network>>,
+    /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
+    /// with `networks` held.
+    fastpath: std::sync::Mutex<Option<FastPath>>,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
@@ -128,7 +134,167 @@ impl Driver {
             netlink,
             firewall,
             networks: Mutex::new(HashMap::new()),
+            fastpath: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
+    /// the data-plane thread).
+    fn with_fastpath<T>(
+        &self,
+        f: impl FnOnce(&mut FastPath) -> Result<T, FastPathError>,
+    ) -> Result<T, FastPathError> {
+        tokio::task::block_in_place(|| {
+            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = Some(FastPath::start()?);
+            }
+            f(guard.as_mut().expect("just started"))
+        })
+    }
+
+    /// Runs `f` on the fast path if it is running.
+    fn if_fastpath(&self, f: impl FnOnce(&mut FastPath)) {
+        tokio::task::block_in_place(|| {
+            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fp) = guard.as_mut() {
+                f(fp);
+            }
+        })
+    }
+
+    /// The uplink of a nat-fast network as it is now (address, MAC, queues).
+    async fn uplink_spec(&self, net: &Network) -> ApiResult<fastpath::UplinkSpec> {
+        let name =
+            net.options.nat_uplink.clone().ok_or_else(|| {
+                ApiError::new(format!("nat-fast network {} has no uplink", net.id))
+            })?;
+        let link = self
+            .netlink
+            .get(&name)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "the nat-fast uplink {name} of network {} is gone",
+                    net.id
+                ))
+            })?;
+        let ifindex = link.header.index;
+        let addr = *self
+            .netlink
+            .ipv4_addresses(ifindex)
+            .await
+            .map_err(nl_err)?
+            .first()
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "the nat-fast uplink {name} has no IPv4 address to translate to"
+                ))
+            })?;
+        let mac = self
+            .netlink
+            .mac(&name)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
+            })?;
+        Ok(fastpath::UplinkSpec {
+            rx_queues: fastpath::rx_queues(&name),
+            name,
+            ifindex,
+            addr,
+            mac,
+        })
+    }
+
+    /// What the fast path needs of an endpoint; `None` when it has no address.
+    async fn endpoint_spec(&self, net: &Network, ep: &Endpoint) -> ApiResult<Option<EndpointSpec>> {
+        let Some((ip, _)) = parse_cidr(&ep.address) else {
+            return Ok(None);
+        };
+        let nat = net
+            .nat()
+            .ok_or_else(|| ApiError::new(format!("network {} has no subnet", net.id)))?;
+        let gone = |what: &str| ApiError::new(format!("{what} of endpoint {} is gone", ep.id));
+        let host_ifindex = self
+            .netlink
+            .index(&ep.host_ifname)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| gone("the host end"))?;
+        let bridge_ifindex = self
+            .netlink
+            .index(&net.bridge)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| gone("the bridge"))?;
+        let gateway_mac = self
+            .netlink
+            .mac(&net.bridge)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| gone("the bridge MAC"))?;
+        let mac = parse_mac(&ep.mac)
+            .ok_or_else(|| ApiError::new(format!("endpoint {} has a bad MAC", ep.id)))?;
+        Ok(Some(EndpointSpec {
+            host_ifname: ep.host_ifname.clone(),
+            host_ifindex,
+            ip,
+            mac,
+            gateway_mac,
+            bridge_ifindex,
+            subnet: nat.subnet,
+        }))
+    }
+
+    /// Puts a joined nat-fast endpoint (and its published ports) on the fast path.
+    /// Fail-open: on error the endpoint stays on the kernel nat path, which is
+    /// logged and visible in `dovesnap status`.
+    async fn fast_join(&self, net: &Network, ep: &Endpoint) {
+        if net.options.mode != Mode::NatFast || net.internal {
+            return;
+        }
+        let specs = async {
+            let Some(spec) = self.endpoint_spec(net, ep).await? else {
+                return Ok(None);
+            };
+            Ok::<_, ApiError>(Some((spec, self.uplink_spec(net).await?)))
+        };
+        let (spec, uplink) = match specs.await {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(endpoint = %ep.id, "staying on the kernel nat path: {}", e.0);
+                return;
+            }
+        };
+        let r = self.with_fastpath(|fp| {
+            fp.add_endpoint(&spec, &uplink)?;
+            for p in fast_ports(&ep.published, uplink.addr) {
+                fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
+            self.if_fastpath(|fp| fp.remove_endpoint(&ep.host_ifname));
+        }
+    }
+
+    /// Takes an endpoint and its published ports off the fast path (idempotent).
+    fn fast_leave(&self, net: &Network, ep: &Endpoint) {
+        if net.options.mode != Mode::NatFast {
+            return;
+        }
+        let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+        self.if_fastpath(|fp| {
+            for p in &ep.published {
+                fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+            }
+            fp.remove_endpoint(&ep.host_ifname);
+        });
     }
 
     /// Rebuilds the network table from the bridges and ports dovesnap owns in OVSDB.
@@ -217,26 +383,53 @@ impl Driver {
         if let Err(e) = tokio::task::block_in_place(|| self.firewall.reconcile(&expected)) {
             warn!("could not reconcile the nat rules with OVSDB: {e}");
         }
+        // Joined nat-fast endpoints (their container end has left the host namespace)
+        // go back on the fast path.
+        for net in networks.values() {
+            if net.options.mode != Mode::NatFast {
+                continue;
+            }
+            for ep in net.endpoints.values() {
+                let joined = self.netlink.exists(&ep.host_ifname).await.unwrap_or(false)
+                    && !self
+                        .netlink
+                        .exists(&ep.container_ifname)
+                        .await
+                        .unwrap_or(true);
+                if joined {
+                    self.fast_join(net, ep).await;
+                }
+            }
+        }
         Ok((networks.len(), endpoints))
     }
 
-    /// On a clean stop: withdraws every netfilter rule dovesnap installed (a stopped
-    /// plugin leaves no rule behind; the next start's [`Driver::recover`] puts them
-    /// back). Bridges and ports stay, so containers keep their L2 connectivity.
+    /// On a clean stop: detaches every XDP program and closes every AF_XDP socket
+    /// (nat-fast traffic falls back to the kernel path). Bridges, ports and netfilter
+    /// rules stay, so running containers keep their connectivity while the plugin is
+    /// down (an upgrade, say); the next start's [`Driver::recover`] reconciles them,
+    /// and they go with their network.
     pub async fn shutdown(&self) -> Result<(), FirewallError> {
         let _networks = self.networks.lock().await;
-        tokio::task::block_in_place(|| self.firewall.reconcile(&[]))
+        tokio::task::block_in_place(|| {
+            let fp = self
+                .fastpath
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(fp) = fp {
+                fp.stop();
+            }
+        });
+        Ok(())
     }
 
     async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
         let id = valid_id("network", &req.network_id)?;
-        let options = NetworkOptions::from_docker_options(req.options.as_ref())
+        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())
             .map_err(|e| ApiError::new(e.to_string()))?;
         if options.mode == Mode::NatFast {
-            return Err(ApiError::new(format!(
-                "mode={} is not available in this version of dovesnap yet; use mode=flat",
-                options.mode
-            )));
+            options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
         let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
         let internal = req
@@ -338,6 +531,60 @@ impl Driver {
               mode = %net.options.mode, internal, "created network");
         networks.insert(id.to_string(), net);
         Ok(())
+    }
+
+    /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default
+    /// route; it must exist, have an IPv4 address and not be one of the bridge's ports.
+    async fn check_uplink(&self, options: &NetworkOptions) -> ApiResult<String> {
+        let name = match &options.nat_uplink {
+            Some(n) => n.clone(),
+            None => {
+                let ifindex = self
+                    .netlink
+                    .default_route_interface()
+                    .await
+                    .map_err(nl_err)?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            "mode=nat-fast needs an uplink: the host has no IPv4 default route; \
+                             give -o ovs.nat.uplink=IFNAME",
+                        )
+                    })?;
+                self.netlink
+                    .name_of(ifindex)
+                    .await
+                    .map_err(nl_err)?
+                    .ok_or_else(|| ApiError::new("the default route's interface vanished"))?
+            }
+        };
+        if options.add_ports.iter().any(|u| u.name == name) {
+            return Err(ApiError::new(format!(
+                "ovs.nat.uplink {name} is also in ovs.bridge.add_ports: the uplink must be a \
+                 routed interface, not a bridge port"
+            )));
+        }
+        let ifindex = self
+            .netlink
+            .index(&name)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "ovs.nat.uplink names {name}, but the host has no such interface"
+                ))
+            })?;
+        if self
+            .netlink
+            .ipv4_addresses(ifindex)
+            .await
+            .map_err(nl_err)?
+            .is_empty()
+        {
+            return Err(ApiError::new(format!(
+                "the nat-fast uplink {name} has no IPv4 address to translate to"
+            )));
+        }
+        Ok(name)
     }
 
     /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
@@ -444,8 +691,9 @@ impl Driver {
             )
             .await
             .map_err(nl_err)?;
-        if net.datapath_type == "netdev" {
-            // The userspace datapath forwards partially checksummed frames as they are.
+        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
+            // The userspace datapath forwards partially checksummed frames as they are,
+            // and the nat-fast translator sees them as the container wrote them.
             if let Err(e) = disable_tx_checksum(&ep.container_ifname) {
                 let _ = self.netlink.delete(&ep.host_ifname).await;
                 return Err(nl_err(e));
@@ -491,6 +739,7 @@ impl Driver {
             return Ok(());
         };
         let mut errors = Vec::new();
+        self.fast_leave(net, &ep);
         if net.options.mode.is_nat() {
             if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
                 errors.push(e.to_string());
@@ -534,6 +783,7 @@ impl Driver {
                 ep.container_ifname
             )));
         }
+        self.fast_join(net, ep).await;
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),
@@ -592,6 +842,24 @@ impl Driver {
         }
         info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
         ep.published = published;
+        if net.options.mode == Mode::NatFast {
+            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+            let host_ifname = ep.host_ifname.clone();
+            let ports = ep.published.clone();
+            self.if_fastpath(|fp| {
+                if !fp.has_endpoint(&host_ifname) {
+                    return;
+                }
+                let Some(addr) = fp.uplink_addr(&uplink) else {
+                    return;
+                };
+                for p in fast_ports(&ports, addr) {
+                    if let Err(e) = fp.publish(&uplink, p.0, p.1, ip, p.2) {
+                        warn!(endpoint = %eid, "port {} stays on the kernel path: {e}", p.1);
+                    }
+                }
+            });
+        }
         Ok(())
     }
 
@@ -607,6 +875,15 @@ impl Driver {
         };
         if ep.published.is_empty() {
             return Ok(());
+        }
+        if net.options.mode == Mode::NatFast {
+            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+            let ports = ep.published.clone();
+            self.if_fastpath(|fp| {
+                for p in &ports {
+                    fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+                }
+            });
         }
         fw(|| self.firewall.remove_ports(nid, eid))?;
         ep.published.clear();
@@ -672,8 +949,14 @@ impl NetworkDriver for Driver {
         self.revoke_external_inner(req).await
     }
     async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        valid_id("network", &req.network_id)?;
-        valid_id("endpoint", &req.endpoint_id)?;
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let networks = self.networks.lock().await;
+        if let Some(net) = networks.get(nid) {
+            if let Some(ep) = net.endpoints.get(eid) {
+                self.fast_leave(net, ep);
+            }
+        }
         Ok(())
     }
 }
@@ -681,6 +964,10 @@ impl NetworkDriver for Driver {
 impl StatusSource for Driver {
     async fn status(&self) -> Status {
         let networks = self.networks.lock().await;
+        let fast_path = tokio::task::block_in_place(|| {
+            let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().map(|fp| (fp.status(), fp.endpoint_names()))
+        });
         let mut out: Vec<NetworkStatus> = networks
             .values()
             .map(|n| {
@@ -693,6 +980,9 @@ impl StatusSource for Driver {
                         mac: e.mac.clone(),
                         address: e.address.clone(),
                         published: e.published.iter().map(|p| p.to_string()).collect(),
+                        fast_path: fast_path
+                            .as_ref()
+                            .is_some_and(|(_, names)| names.contains(&e.host_ifname)),
                     })
                     .collect();
                 endpoints.sort_by(|a, b| a.id.cmp(&b.id));
@@ -708,8 +998,32 @@ impl StatusSource for Driver {
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        Status { networks: out }
+        Status {
+            networks: out,
+            fast_path: fast_path.map(|(s, _)| s),
+        }
     }
+}
+
+fn fast_proto(p: Proto) -> crate::nat::Protocol {
+    match p {
+        Proto::Tcp => crate::nat::Protocol::Tcp,
+        Proto::Udp => crate::nat::Protocol::Udp,
+    }
+}
+
+/// The publications the translator serves: those on every address or on the uplink's
+/// own (others, e.g. bound to a second address, stay with the kernel's DNAT), as
+/// (protocol, external port, container port).
+fn fast_ports(
+    published: &[PublishedPort],
+    uplink_addr: Ipv4Addr,
+) -> Vec<(crate::nat::Protocol, u16, u16)> {
+    published
+        .iter()
+        .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))
+        .map(|p| (fast_proto(p.proto), p.host_port, p.container_port))
+        .collect()
 }
 
 fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {

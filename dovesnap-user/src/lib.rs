@@ -9,13 +9,21 @@
 //! - [`netlink`]: veth pairs and link settings through rtnetlink.
 //! - [`driver`]: the driver itself: networks, endpoints, recovery.
 //! - [`xdp`]: loading and attaching the embedded eBPF program.
+//! - [`afxdp`]: AF_XDP sockets over one shared UMEM, the translator's packet I/O.
+//! - [`nat`]: the nat-fast packet translator (pure: frames in, verdicts out, no I/O).
 //! - [`control`]: the daemon's control socket and the CLI client for it.
+//! - [`fastpath`]: nat-fast's control side and its data-plane thread.
+//! - [`nexthop`]: next hops for the translator, from the kernel's routes and neighbours.
 
+pub mod afxdp;
 pub mod api;
 pub mod control;
 pub mod driver;
+pub mod fastpath;
 pub mod firewall;
+pub mod nat;
 pub mod netlink;
+pub mod nexthop;
 pub mod options;
 pub mod ovsdb;
 pub mod server;

@@ -119,12 +119,14 @@ async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Res
         },
     ));
     shutdown.await;
-    info!("shutting down: nat rules go, bridges and ports stay (containers keep L2)");
+    info!(
+        "shutting down: XDP detached; bridges, ports and nat rules stay (containers keep working)"
+    );
     let _ = tx.send(());
     let _ = plugin_task.await;
     let _ = control_task.await;
     if let Err(e) = driver.shutdown().await {
-        tracing::warn!("could not remove every nat rule: {e}");
+        tracing::warn!("unclean shutdown: {e}");
     }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&control_socket);

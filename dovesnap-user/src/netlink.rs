@@ -3,9 +3,13 @@
 //! Only the operations the driver needs, each one netlink request; names are validated
 //! by the caller ([`crate::options`] for user input, the driver for generated names).
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::packet_route::route::RouteAttribute;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -118,6 +122,109 @@ impl Netlink {
     /// Whether a link called `name` exists.
     pub async fn exists(&self, name: &str) -> Result<bool, NetlinkError> {
         Ok(self.get(name).await?.is_some())
+    }
+
+    /// The IPv4 addresses of the interface with index `ifindex`, primary first.
+    pub async fn ipv4_addresses(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let mut dump = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        let mut out = Vec::new();
+        loop {
+            match dump.try_next().await {
+                Ok(Some(m)) => {
+                    if m.header.index != ifindex {
+                        continue;
+                    }
+                    for a in &m.attributes {
+                        if let AddressAttribute::Local(IpAddr::V4(v4)) = a {
+                            out.push(*v4);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(NetlinkError::Link {
+                        action: "read the addresses of",
+                        name: format!("#{ifindex}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The interface of the main table's IPv4 default route with the lowest metric,
+    /// if the host has one.
+    pub async fn default_route_interface(&self) -> Result<Option<u32>, NetlinkError> {
+        let mut dump = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut best: Option<(u32, u32)> = None;
+        loop {
+            match dump.try_next().await {
+                Ok(Some(r)) => {
+                    if r.header.destination_prefix_length != 0 || r.header.table != 254 {
+                        continue;
+                    }
+                    let mut oif = None;
+                    let mut metric = 0;
+                    for a in &r.attributes {
+                        match a {
+                            RouteAttribute::Oif(i) => oif = Some(*i),
+                            RouteAttribute::Priority(p) => metric = *p,
+                            _ => {}
+                        }
+                    }
+                    if let Some(oif) = oif {
+                        if best.is_none_or(|(m, _)| metric < m) {
+                            best = Some((metric, oif));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(NetlinkError::Link {
+                        action: "read the routes of",
+                        name: "the host".into(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(best.map(|(_, oif)| oif))
+    }
+
+    /// The name of the interface with index `ifindex`.
+    pub async fn name_of(&self, ifindex: u32) -> Result<Option<String>, NetlinkError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_index(ifindex)
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(link) => Ok(link.and_then(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(source) => Err(NetlinkError::Link {
+                action: "look up",
+                name: format!("#{ifindex}"),
+                source,
+            }),
+        }
     }
 
     /// The MAC address of `name`, if it exists and has one.

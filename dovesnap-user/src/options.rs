@@ -40,6 +40,9 @@ pub const BRIDGE_CONTROLLER: &str = "ovs.bridge.controller";
 pub const BRIDGE_DPID: &str = "ovs.bridge.dpid";
 /// `ovs.bridge.userspace`: use the userspace (netdev) datapath instead of the kernel's.
 pub const BRIDGE_USERSPACE: &str = "ovs.bridge.userspace";
+/// `ovs.nat.uplink`: nat-fast only, the interface the translator sends from (default:
+/// the interface of the host's default route).
+pub const NAT_UPLINK: &str = "ovs.nat.uplink";
 
 /// Every option key dovesnap accepts, in the order they are listed to the user.
 pub const ACCEPTED_KEYS: &[&str] = &[
@@ -52,6 +55,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_CONTROLLER,
     BRIDGE_DPID,
     BRIDGE_USERSPACE,
+    NAT_UPLINK,
 ];
 
 /// The smallest MTU accepted: the IPv4 minimum (RFC 791).
@@ -220,6 +224,8 @@ pub struct NetworkOptions {
     /// `other_config:datapath-id` wants it.
     pub dpid: Option<String>,
     pub userspace: bool,
+    /// nat-fast: the uplink interface named by `ovs.nat.uplink`.
+    pub nat_uplink: Option<String>,
 }
 
 impl NetworkOptions {
@@ -301,6 +307,9 @@ impl NetworkOptions {
         if self.userspace {
             map.insert(BRIDGE_USERSPACE.to_owned(), "true".to_owned());
         }
+        if let Some(uplink) = &self.nat_uplink {
+            map.insert(NAT_UPLINK.to_owned(), uplink.clone());
+        }
         map
     }
 
@@ -330,11 +339,28 @@ impl NetworkOptions {
                 BRIDGE_CONTROLLER => opts.controllers = parse_controllers(&value)?,
                 BRIDGE_DPID => opts.dpid = Some(parse_dpid(&value)?),
                 BRIDGE_USERSPACE => opts.userspace = parse_bool(key, &value)?,
+                NAT_UPLINK => {
+                    if !is_valid_interface_name(&value) {
+                        return Err(invalid(
+                            key,
+                            &value,
+                            "an interface name (1 to 15 of A-Za-z0-9_.-)",
+                        ));
+                    }
+                    opts.nat_uplink = Some(value)
+                }
                 _ => unreachable!("resolve_key only returns accepted keys"),
             }
         }
         if let Some((m, _)) = mode {
             opts.mode = m;
+        }
+        if opts.nat_uplink.is_some() && opts.mode != Mode::NatFast {
+            return Err(OptionsError::Invalid {
+                key: NAT_UPLINK.to_owned(),
+                value: opts.nat_uplink.clone().unwrap_or_default(),
+                expected: "only with mode=nat-fast".to_owned(),
+            });
         }
         Ok(opts)
     }
@@ -1046,11 +1072,22 @@ mod tests {
             controllers: vec!["tcp:192.0.2.1:6653".into(), "ptcp:6653:[::1]".into()],
             dpid: Some("00000000000000a1".into()),
             userspace: true,
+            nat_uplink: Some("eth0".into()),
         };
         for o in [full, NetworkOptions::default()] {
             let map = o.to_string_map();
             assert_eq!(NetworkOptions::from_string_map(&map).unwrap(), o);
         }
+    }
+
+    #[test]
+    fn nat_uplink_only_for_nat_fast() {
+        let o = parse(&[(MODE, "nat-fast"), (NAT_UPLINK, "eth1")]).unwrap();
+        assert_eq!(o.nat_uplink.as_deref(), Some("eth1"));
+        let e = parse(&[(MODE, "nat"), (NAT_UPLINK, "eth1")]).unwrap_err();
+        assert!(e.to_string().contains("only with mode=nat-fast"), "{e}");
+        let e = parse(&[(MODE, "nat-fast"), (NAT_UPLINK, "bad name!")]).unwrap_err();
+        assert!(e.to_string().contains("interface name"), "{e}");
     }
 
     #[test]

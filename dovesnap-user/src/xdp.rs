@@ -6,18 +6,29 @@
 //! (driver) XDP first and falls back to generic (SKB) XDP, [`XdpProgram::counters`]
 //! reads the program's per-CPU statistics, and dropping the value detaches everything.
 //!
-//! Nothing is pinned to bpffs: the program lives exactly as long as the `XdpProgram`.
+//! The nat-fast steering is configured through three maps (see `dovesnap-ebpf`):
+//! [`XdpProgram::set_iface`] and friends fill `IFACES` (which interfaces are endpoints or
+//! uplinks), and [`XdpProgram::take_dataplane_maps`] hands `PORTS` and `XSKS` to the
+//! translator thread as a [`DataplaneMaps`]. Interfaces not in `IFACES` see the program
+//! classify, count and pass, nothing else.
+//!
+//! Nothing is pinned to bpffs: the program lives exactly as long as the `XdpProgram`
+//! (the maps as long as the last of it and its `DataplaneMaps`).
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 
-use aya::maps::PerCpuArray;
-use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
-pub use dovesnap_ebpf::Counter;
-use dovesnap_ebpf::{PROGRAM_NAME, STATS_MAP};
+pub use dovesnap_ebpf::{
+    addr_octets, be_addr, Counter, IfaceConfig, PortKey, IFACE_ENDPOINT, IFACE_UPLINK, MAX_XSKS,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+use dovesnap_ebpf::{IFACES_MAP, PORTS_MAP, PROGRAM_NAME, STATS_MAP, XSKS_MAP};
 use thiserror::Error;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
@@ -131,6 +142,104 @@ pub enum XdpError {
         /// The map error, with its causes.
         cause: String,
     },
+
+    /// A steering map could not be read or written.
+    #[error("cannot {what} in XDP map `{map}`: {cause}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The operation, naming the key or slot ("set interface 7", ...).
+        what: String,
+        /// The kernel's or loader's error, with its causes.
+        cause: String,
+    },
+
+    /// [`XdpProgram::set_iface`] was given a configuration the program cannot use.
+    #[error("invalid XDP configuration for interface {ifindex}: {reason}")]
+    InvalidIface {
+        /// The interface index.
+        ifindex: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An AF_XDP socket slot outside the `XSKS` map.
+    #[error("AF_XDP socket slot {slot} is outside the XDP map `{XSKS_MAP}` (0..{MAX_XSKS})")]
+    InvalidSlot {
+        /// The slot as given.
+        slot: u32,
+    },
+
+    /// [`XdpProgram::take_dataplane_maps`] was called a second time.
+    #[error(
+        "the XDP maps `{PORTS_MAP}` and `{XSKS_MAP}` were already handed to the translator; \
+         there is only one set per loaded program"
+    )]
+    MapsTaken,
+
+    /// `BPF_PROG_TEST_RUN` failed.
+    #[error("cannot test-run the XDP program on interface {ifindex} queue {queue}: {cause}")]
+    TestRun {
+        /// The ingress ifindex given.
+        ifindex: u32,
+        /// The rx queue given.
+        queue: u32,
+        /// The kernel's error, with its causes.
+        cause: String,
+    },
+}
+
+fn map_error(map: &'static str, what: String, err: &MapError) -> XdpError {
+    XdpError::Map {
+        map,
+        what,
+        cause: chain(err),
+    }
+}
+
+/// Whether a map error is the kernel's ENOENT (deleting a key that is not there).
+fn is_enoent(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Checks what the program relies on: a known kind and socket slots inside `XSKS`.
+fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+    let invalid = |reason: String| Err(XdpError::InvalidIface { ifindex, reason });
+    if cfg.kind != IFACE_ENDPOINT && cfg.kind != IFACE_UPLINK {
+        return invalid(format!(
+            "kind {} is neither endpoint ({IFACE_ENDPOINT}) nor uplink ({IFACE_UPLINK})",
+            cfg.kind
+        ));
+    }
+    let end = u64::from(cfg.xsk_slot) + u64::from(cfg.xsk_slots);
+    if end > u64::from(MAX_XSKS) {
+        return invalid(format!(
+            "socket slots {}..{end} are outside 0..{MAX_XSKS}",
+            cfg.xsk_slot
+        ));
+    }
+    if cfg.kind == IFACE_ENDPOINT {
+        if cfg.xsk_slots == 0 {
+            return invalid("an endpoint needs at least one socket slot (xsk_slots)".into());
+        }
+        if cfg.fib_ifindex == 0 || cfg.uplink_ifindex == 0 {
+            return invalid("an endpoint needs fib_ifindex and uplink_ifindex".into());
+        }
+        if cfg.subnet & !cfg.netmask != 0 {
+            return invalid("subnet has bits outside netmask".into());
+        }
+    }
+    if ifindex == 0 {
+        return invalid("ifindex 0 is no interface".into());
+    }
+    if cfg._pad != [0; 2] {
+        return invalid("padding must be zero".into());
+    }
+    Ok(())
 }
 
 fn format_failures(failures: &[(String, String)]) -> String {
@@ -220,45 +329,108 @@ impl fmt::Display for AttachMode {
     }
 }
 
-/// The program's counters, summed over all CPUs. See [`Counter`] for their meaning.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub ipv4: u64,
-    pub arp: u64,
-    pub ipv6: u64,
-    pub other: u64,
-    pub malformed: u64,
+/// Declares [`Counters`] with one public field per [`Counter`], and the mapping between
+/// them, from one list so that neither can miss a counter.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident => $field:ident,)+) => {
+        /// The program's counters, summed over all CPUs. See [`Counter`] for their
+        /// meaning.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $field: u64,)+
+        }
+
+        impl Counters {
+            /// The value of one counter.
+            pub fn get(&self, counter: Counter) -> u64 {
+                match counter {
+                    $(Counter::$variant => self.$field,)+
+                }
+            }
+
+            fn slot(&mut self, counter: Counter) -> &mut u64 {
+                match counter {
+                    $(Counter::$variant => &mut self.$field,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    Ipv4 => ipv4,
+    Arp => arp,
+    Ipv6 => ipv6,
+    Other => other,
+    Malformed => malformed,
     /// Frames passed on to the kernel stack.
-    pub pass: u64,
+    Pass => pass,
+    /// Frames redirected into an AF_XDP socket.
+    Redirect => redirect,
+    /// Steered frames whose socket slot was empty, passed to the kernel instead.
+    XskMissing => xsk_missing,
+    EndpointRedirect => endpoint_redirect,
+    EndpointNotToGateway => endpoint_not_to_gateway,
+    EndpointOtherProtocol => endpoint_other_protocol,
+    EndpointOptionsOrFragment => endpoint_options_or_fragment,
+    EndpointTtlExpiring => endpoint_ttl_expiring,
+    EndpointInSubnet => endpoint_in_subnet,
+    EndpointNotForwarded => endpoint_not_forwarded,
+    EndpointNotViaUplink => endpoint_not_via_uplink,
+    EndpointTooBig => endpoint_too_big,
+    EndpointSpoofedSource => endpoint_spoofed_source,
+    UplinkRedirect => uplink_redirect,
+    UplinkNotForUs => uplink_not_for_us,
+    UplinkNoSession => uplink_no_session,
+    UplinkQueueWithoutSocket => uplink_queue_without_socket,
+    UplinkOptionsOrFragment => uplink_options_or_fragment,
+    EndpointQueueWithoutSocket => endpoint_queue_without_socket,
 }
 
 impl Counters {
-    /// The value of one counter.
-    pub fn get(&self, counter: Counter) -> u64 {
-        match counter {
-            Counter::Ipv4 => self.ipv4,
-            Counter::Arp => self.arp,
-            Counter::Ipv6 => self.ipv6,
-            Counter::Other => self.other,
-            Counter::Malformed => self.malformed,
-            Counter::Pass => self.pass,
-        }
-    }
-
-    fn slot(&mut self, counter: Counter) -> &mut u64 {
-        match counter {
-            Counter::Ipv4 => &mut self.ipv4,
-            Counter::Arp => &mut self.arp,
-            Counter::Ipv6 => &mut self.ipv6,
-            Counter::Other => &mut self.other,
-            Counter::Malformed => &mut self.malformed,
-            Counter::Pass => &mut self.pass,
-        }
-    }
-
     /// Every frame the program saw (each is classified exactly once).
     pub fn frames(&self) -> u64 {
         self.ipv4 + self.arp + self.ipv6 + self.other + self.malformed
+    }
+
+    /// Every verdict given (each frame gets exactly one): equals [`Counters::frames`].
+    pub fn verdicts(&self) -> u64 {
+        self.pass + self.redirect
+    }
+
+    /// Frames that arrived on an endpoint interface (one decision counter each).
+    pub fn endpoint_frames(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.name().starts_with("endpoint-"))
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// Frames that arrived on an uplink interface (one decision counter each).
+    pub fn uplink_frames(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.name().starts_with("uplink-"))
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// The counters that differ from `before`, as `name: before -> after`, for test
+    /// and log messages.
+    pub fn diff(&self, before: &Counters) -> String {
+        Counter::ALL
+            .iter()
+            .filter(|c| self.get(**c) != before.get(**c))
+            .map(|c| {
+                format!(
+                    "{}: +{}",
+                    c.name(),
+                    self.get(*c).wrapping_sub(before.get(*c))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Builds the totals from per-CPU values, as `read(counter)` returns them.
@@ -287,6 +459,8 @@ struct Attachment {
 pub struct XdpProgram {
     ebpf: Ebpf,
     attachments: BTreeMap<String, Attachment>,
+    /// Whether `take_dataplane_maps` moved `PORTS` and `XSKS` out of `ebpf`.
+    maps_taken: bool,
 }
 
 impl fmt::Debug for XdpProgram {
@@ -329,6 +503,7 @@ impl XdpProgram {
         Ok(XdpProgram {
             ebpf,
             attachments: BTreeMap::new(),
+            maps_taken: false,
         })
     }
 
@@ -449,6 +624,237 @@ impl XdpProgram {
     }
 }
 
+impl XdpProgram {
+    /// Makes `ifindex` an endpoint or uplink (see [`IfaceConfig`]), replacing any earlier
+    /// configuration. Takes effect for the next frame; the program must also be attached
+    /// to the interface. The ifindex is the one in the interface's own network namespace.
+    pub fn set_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+        validate_iface(ifindex, cfg)?;
+        let mut map = self.ifaces_mut()?;
+        map.insert(ifindex, *cfg, 0)
+            .map_err(|e| map_error(IFACES_MAP, format!("set interface {ifindex}"), &e))
+    }
+
+    /// Stops steering `ifindex`: its frames are classified, counted and passed again.
+    /// Removing an interface that is not configured is not an error.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        let mut map = self.ifaces_mut()?;
+        match map.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(
+                IFACES_MAP,
+                format!("remove interface {ifindex}"),
+                &e,
+            )),
+        }
+    }
+
+    /// Every configured interface, sorted by ifindex.
+    pub fn ifaces(&self) -> Result<Vec<(u32, IfaceConfig)>, XdpError> {
+        let map = self.ebpf.map(IFACES_MAP).ok_or(XdpError::ObjectMismatch {
+            kind: "map",
+            name: IFACES_MAP,
+        })?;
+        let map = HashMap::<_, u32, IfaceConfig>::try_from(map).map_err(|_| {
+            XdpError::ObjectMismatch {
+                kind: "map",
+                name: IFACES_MAP,
+            }
+        })?;
+        let mut out = map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(IFACES_MAP, "list the interfaces".into(), &e))?;
+        out.sort_by_key(|(ifindex, _)| *ifindex);
+        Ok(out)
+    }
+
+    fn ifaces_mut(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, XdpError> {
+        let mismatch = XdpError::ObjectMismatch {
+            kind: "map",
+            name: IFACES_MAP,
+        };
+        let map = self
+            .ebpf
+            .map_mut(IFACES_MAP)
+            .ok_or(XdpError::ObjectMismatch {
+                kind: "map",
+                name: IFACES_MAP,
+            })?;
+        HashMap::try_from(map).map_err(|_| mismatch)
+    }
+
+    /// Moves the `PORTS` and `XSKS` maps out of the program into a [`DataplaneMaps`] for
+    /// the translator thread. Works once per loaded program ([`XdpError::MapsTaken`]
+    /// after). The maps stay shared with the kernel program: dropping the
+    /// `DataplaneMaps` closes userspace's handle, not the maps.
+    pub fn take_dataplane_maps(&mut self) -> Result<DataplaneMaps, XdpError> {
+        if self.maps_taken {
+            return Err(XdpError::MapsTaken);
+        }
+        let ports = self
+            .ebpf
+            .take_map(PORTS_MAP)
+            .ok_or(XdpError::ObjectMismatch {
+                kind: "map",
+                name: PORTS_MAP,
+            })?;
+        let ports = HashMap::try_from(ports).map_err(|_| XdpError::ObjectMismatch {
+            kind: "map",
+            name: PORTS_MAP,
+        })?;
+        let xsks = self
+            .ebpf
+            .take_map(XSKS_MAP)
+            .ok_or(XdpError::ObjectMismatch {
+                kind: "map",
+                name: XSKS_MAP,
+            })?;
+        let xsks = XskMap::try_from(xsks).map_err(|_| XdpError::ObjectMismatch {
+            kind: "map",
+            name: XSKS_MAP,
+        })?;
+        self.maps_taken = true;
+        Ok(DataplaneMaps { ports, xsks })
+    }
+
+    /// Runs the program once on `frame` as if it had arrived on rx queue `queue` of
+    /// `ingress_ifindex` (`BPF_PROG_TEST_RUN`; the interface must exist in the calling
+    /// thread's network namespace and have more than `queue` rx queues) and returns the
+    /// XDP action (`XDP_PASS` = 2, `XDP_REDIRECT` = 4, ...). The frame is counted like a
+    /// real one but delivered nowhere. For diagnostics and tests.
+    pub fn test_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        queue: u32,
+    ) -> Result<u32, XdpError> {
+        let program: &Xdp = match self.ebpf.program(PROGRAM_NAME) {
+            Some(program) => program.try_into().map_err(|_| XdpError::ObjectMismatch {
+                kind: "program",
+                name: PROGRAM_NAME,
+            })?,
+            None => {
+                return Err(XdpError::ObjectMismatch {
+                    kind: "program",
+                    name: PROGRAM_NAME,
+                })
+            }
+        };
+        let data_end = u32::try_from(frame.len()).map_err(|_| XdpError::TestRun {
+            ifindex: ingress_ifindex,
+            queue,
+            cause: format!("frame of {} bytes is too long", frame.len()),
+        })?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel wants data 0 and data_end == the frame's length.
+        let ctx: Vec<u8> = [0, data_end, 0, ingress_ifindex, queue, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        };
+        program
+            .test_run(opts)
+            .map(|result| result.return_value)
+            .map_err(|e| XdpError::TestRun {
+                ifindex: ingress_ifindex,
+                queue,
+                cause: chain(&e),
+            })
+    }
+}
+
+/// The maps the translator thread updates: published ports and echo identifiers
+/// (`PORTS`) and its AF_XDP sockets (`XSKS`). `Send`, so the thread can own it.
+pub struct DataplaneMaps {
+    ports: HashMap<MapData, PortKey, u32>,
+    xsks: XskMap<MapData>,
+}
+
+impl fmt::Debug for DataplaneMaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataplaneMaps").finish_non_exhaustive()
+    }
+}
+
+fn describe_key(key: &PortKey) -> String {
+    let [a, b, c, d] = addr_octets(key.addr);
+    let proto = match key.proto {
+        PROTO_TCP => "tcp".to_string(),
+        PROTO_UDP => "udp".to_string(),
+        PROTO_ICMP => "icmp id".to_string(),
+        other => format!("protocol {other}"),
+    };
+    format!("{proto} {a}.{b}.{c}.{d}:{}", key.port_host())
+}
+
+impl DataplaneMaps {
+    /// Marks `key` (a published port, or a live echo identifier) as the translator's:
+    /// uplink frames for it are steered. Setting a present key again is not an error.
+    pub fn set_port(&mut self, key: PortKey) -> Result<(), XdpError> {
+        let key = PortKey { _pad: 0, ..key };
+        self.ports
+            .insert(key, 0, 0)
+            .map_err(|e| map_error(PORTS_MAP, format!("add {}", describe_key(&key)), &e))
+    }
+
+    /// Gives `key` back to the kernel. Removing an absent key is not an error.
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<(), XdpError> {
+        let key = PortKey { _pad: 0, ..*key };
+        match self.ports.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(
+                PORTS_MAP,
+                format!("remove {}", describe_key(&key)),
+                &e,
+            )),
+        }
+    }
+
+    /// Every key in `PORTS`, sorted.
+    pub fn ports(&self) -> Result<Vec<PortKey>, XdpError> {
+        let mut keys = self
+            .ports
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(PORTS_MAP, "list the ports".into(), &e))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Puts the AF_XDP socket `fd` in `slot`: frames steered there go to it. The socket
+    /// must be bound to the interface and rx queue that slot serves (an uplink's slot
+    /// `xsk_slot + q` to queue `q`, an endpoint's to queue 0), or the kernel drops the
+    /// frames. Closing the socket empties the slot.
+    pub fn set_xsk(&mut self, slot: u32, fd: impl AsRawFd) -> Result<(), XdpError> {
+        if slot >= MAX_XSKS {
+            return Err(XdpError::InvalidSlot { slot });
+        }
+        self.xsks
+            .set(slot, fd, 0)
+            .map_err(|e| map_error(XSKS_MAP, format!("set socket slot {slot}"), &e))
+    }
+
+    /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
+    /// an empty slot is not an error.
+    pub fn clear_xsk(&mut self, slot: u32) -> Result<(), XdpError> {
+        if slot >= MAX_XSKS {
+            return Err(XdpError::InvalidSlot { slot });
+        }
+        match self.xsks.unset(slot) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(XSKS_MAP, format!("clear socket slot {slot}"), &e)),
+        }
+    }
+}
+
 fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
     let mismatch = XdpError::ObjectMismatch {
         kind: "program",
@@ -506,6 +912,171 @@ mod tests {
     }
 
     #[test]
+    fn counters_helpers() {
+        let c = Counters {
+            ipv4: 3,
+            arp: 1,
+            pass: 3,
+            redirect: 1,
+            endpoint_redirect: 2,
+            endpoint_in_subnet: 1,
+            uplink_no_session: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.frames(), 4);
+        assert_eq!(c.verdicts(), 4);
+        assert_eq!(c.endpoint_frames(), 3);
+        assert_eq!(c.uplink_frames(), 1);
+        let before = Counters { ipv4: 1, ..c };
+        assert_eq!(c.diff(&before), "ipv4: +2");
+        assert_eq!(c.diff(&c), "");
+        // Every counter reads back what was stored in it.
+        let numbered = Counters::from_per_cpu(|k| Ok::<_, ()>(vec![u64::from(k.index())])).unwrap();
+        for k in Counter::ALL {
+            assert_eq!(numbered.get(k), u64::from(k.index()), "{}", k.name());
+        }
+    }
+
+    fn endpoint() -> IfaceConfig {
+        IfaceConfig {
+            kind: IFACE_ENDPOINT,
+            xsk_slot: 3,
+            xsk_slots: 1,
+            addr: be_addr([10, 0, 0, 2]),
+            subnet: be_addr([10, 0, 0, 0]),
+            netmask: be_addr([255, 255, 255, 0]),
+            fib_ifindex: 4,
+            uplink_ifindex: 2,
+            gateway_mac: [2, 0, 0, 0, 0, 1],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn iface_validation() {
+        assert!(validate_iface(7, &endpoint()).is_ok());
+        let uplink = IfaceConfig {
+            kind: IFACE_UPLINK,
+            xsk_slot: MAX_XSKS - 4,
+            xsk_slots: 4,
+            addr: be_addr([192, 0, 2, 1]),
+            port_lo: 40000,
+            port_hi: 40999,
+            ..Default::default()
+        };
+        assert!(validate_iface(2, &uplink).is_ok());
+        let bad = [
+            (
+                7,
+                IfaceConfig {
+                    kind: 0,
+                    ..endpoint()
+                },
+                "kind 0",
+            ),
+            (
+                7,
+                IfaceConfig {
+                    xsk_slot: MAX_XSKS,
+                    ..endpoint()
+                },
+                "slots 1024..1025",
+            ),
+            (
+                7,
+                IfaceConfig {
+                    fib_ifindex: 0,
+                    ..endpoint()
+                },
+                "fib_ifindex",
+            ),
+            (
+                7,
+                IfaceConfig {
+                    subnet: be_addr([10, 0, 0, 1]),
+                    ..endpoint()
+                },
+                "outside netmask",
+            ),
+            (
+                2,
+                IfaceConfig {
+                    xsk_slots: 5,
+                    ..uplink
+                },
+                "slots 1020..1025",
+            ),
+            (
+                2,
+                IfaceConfig {
+                    xsk_slot: u32::MAX,
+                    ..uplink
+                },
+                "outside",
+            ),
+            (0, uplink, "ifindex 0"),
+            (
+                2,
+                IfaceConfig {
+                    _pad: [1, 0],
+                    ..uplink
+                },
+                "padding",
+            ),
+        ];
+        for (ifindex, cfg, needle) in bad {
+            match validate_iface(ifindex, &cfg) {
+                Ok(()) => panic!("accepted {cfg:?}"),
+                Err(e) => {
+                    assert!(matches!(e, XdpError::InvalidIface { .. }), "{e}");
+                    assert!(e.to_string().contains(needle), "{e} lacks {needle}");
+                    assert!(
+                        e.to_string().contains(&format!("interface {ifindex}")),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_described() {
+        let key = PortKey::new([192, 0, 2, 1], 8080, PROTO_TCP);
+        assert_eq!(describe_key(&key), "tcp 192.0.2.1:8080");
+        let key = PortKey::new([192, 0, 2, 1], 7, PROTO_ICMP);
+        assert_eq!(describe_key(&key), "icmp id 192.0.2.1:7");
+        let err = map_error(
+            PORTS_MAP,
+            format!("add {}", describe_key(&key)),
+            &MapError::KeyNotFound,
+        );
+        assert!(err.to_string().contains("`PORTS`"), "{err}");
+        assert!(err.to_string().contains("icmp id 192.0.2.1:7"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_are_recognised() {
+        assert!(is_enoent(&MapError::KeyNotFound));
+        let enoent = MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        assert!(is_enoent(&enoent));
+        let eperm = MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: io::Error::from_raw_os_error(libc::EPERM),
+        });
+        assert!(!is_enoent(&eperm));
+    }
+
+    /// The translator thread owns the maps.
+    #[test]
+    fn dataplane_maps_are_send() {
+        fn send<T: Send>() {}
+        send::<DataplaneMaps>();
+    }
+
+    #[test]
     fn counters_report_read_errors() {
         let err = Counters::from_per_cpu(|c| {
             if c == Counter::Ipv6 {
@@ -533,7 +1104,7 @@ mod tests {
             EM_BPF,
             "not a BPF object"
         );
-        for name in [PROGRAM_NAME, STATS_MAP] {
+        for name in [PROGRAM_NAME, STATS_MAP, IFACES_MAP, PORTS_MAP, XSKS_MAP] {
             assert!(
                 obj.windows(name.len()).any(|w| w == name.as_bytes()),
                 "object lacks `{name}`"

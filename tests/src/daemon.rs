@@ -128,6 +128,22 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
+    /// Runs `dovesnap status` (the table) against this daemon.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(dovesnap_bin())
+            .arg("--control-socket")
+            .arg(&self.control)
+            .arg("status")
+            .output()
+            .expect("dovesnap status");
+        assert!(
+            out.status.success(),
+            "dovesnap status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// One plugin API call: POST `path` with `body`; returns the HTTP status and the
     /// decoded JSON answer.
     pub fn call(&self, path: &str, body: &str) -> (u16, Value) {

@@ -1,11 +1,22 @@
 //! The XDP program on a real veth: it loads, attaches (native mode, generic fallback),
-//! counts what it sees, passes traffic, and leaves nothing behind.
+//! counts what it sees, passes traffic, and leaves nothing behind; and the nat-fast
+//! steering decisions, with no AF_XDP socket in `XSKS`, so that every frame the program
+//! would steer must still reach the kernel (fail-open).
 //!
 //! Privileged: run with `cargo test -p dovesnap-tests --test xdp -- --ignored
-//! --test-threads=1` as root. Addresses are 10.201.0.0/16 /30s used only between the
-//! namespace and interfaces the test creates.
+//! --test-threads=1` as root. Addresses are 10.201.0.0/16 /30s and 10.202.0.0/16 used
+//! only between namespaces and interfaces the tests create; the steering tests route in a
+//! namespace of their own, so the host's forwarding settings are never touched.
 
-use dovesnap::xdp::{AttachMode, XdpError, XdpProgram};
+use std::fs::File;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use dovesnap::xdp::{
+    be_addr, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram, IFACE_ENDPOINT,
+    IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
 use dovesnap_tests::{host_veths, require_root, sh, unique_name, Netns, Veth};
 
 /// Whether `ip link show dev IF` reports an XDP program (`xdp`, `xdpgeneric`,
@@ -185,3 +196,1254 @@ fn detach_after_interface_is_gone() {
     xdp.detach(&name).expect("detach from a deleted interface");
     assert!(xdp.attached().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// nat-fast steering, fail-open (no AF_XDP socket in XSKS)
+// ---------------------------------------------------------------------------------------
+
+const XDP_PASS: u32 = 2;
+/// The uplink's reserved translator port range in these tests.
+const PORT_LO: u16 = 40000;
+const PORT_HI: u16 = 40099;
+/// XSKS slots the tests configure (and leave empty).
+const ENDPOINT_SLOT: u32 = 3;
+const UPLINK_SLOT: u32 = 8;
+/// An ICMP echo identifier the tests hand to the translator.
+const ECHO_ID: u16 = 0x4242;
+
+/// Runs `f` on a thread that has entered namespace `ns` (a fresh thread, so no other
+/// code runs in the namespace by accident). Sockets made there stay in `ns`; XDP
+/// attachments and `BPF_PROG_TEST_RUN` resolve interfaces in `ns`.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns changes the network namespace of this thread only (a
+                // thread made for this call); the descriptor is open during the call.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+fn ifindex(ns: &Netns, ifname: &str) -> u32 {
+    ns.sh("cat", &[&format!("/sys/class/net/{ifname}/ifindex")])
+        .trim()
+        .parse()
+        .expect("ifindex")
+}
+
+fn mac(ns: &Netns, ifname: &str) -> [u8; 6] {
+    let text = ns.sh("cat", &[&format!("/sys/class/net/{ifname}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("MAC byte"))
+        .collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+fn addr(a: [u8; 4]) -> u32 {
+    be_addr(a)
+}
+
+/// container (C) --veth-- router (R) --veth-- far (F).
+///
+/// C: eth0 10.202.1.2/24, default via 10.202.1.1. R (forwarding on): ep0 10.202.1.1/24
+/// (the endpoint's host end, also the gateway: fib_ifindex; two rx queues), up0 10.202.2.1/24 (the
+/// uplink and its "external" address; two rx queues, MTU 1280), dm0 10.202.3.1/24 (a
+/// veth to nowhere: routed elsewhere), 10.202.9.0/24 via F. F (forwarding on): eth0 10.202.2.2/24,
+/// 10.202.1.0/24 via R, no route to 10.202.9.0/24. IPv6 is off everywhere so that no
+/// background traffic blurs the counters. Dropping the namespaces removes everything.
+struct Topology {
+    c: Netns,
+    r: Netns,
+    f: Netns,
+    ep: u32,
+    up: u32,
+    gateway_mac: [u8; 6],
+}
+
+impl Topology {
+    fn new() -> Self {
+        let (c, r, f) = (Netns::new("dxc"), Netns::new("dxr"), Netns::new("dxf"));
+        for ns in [&c, &r, &f] {
+            for key in ["all", "default"] {
+                ns.sh(
+                    "sysctl",
+                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+                );
+            }
+        }
+        r.sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "ep0",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "netns",
+                &c.name,
+            ],
+        );
+        r.sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "up0",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "netns",
+                &f.name,
+            ],
+        );
+        // No dummy driver on every kernel: a veth pair inside R leads nowhere just as well.
+        r.sh(
+            "ip",
+            &["link", "add", "dm0", "type", "veth", "peer", "name", "dm1"],
+        );
+        r.sh("ip", &["link", "set", "dm1", "up"]);
+        for (ns, dev, cidr) in [
+            (&c, "eth0", "10.202.1.2/24"),
+            (&r, "ep0", "10.202.1.1/24"),
+            (&r, "up0", "10.202.2.1/24"),
+            (&r, "dm0", "10.202.3.1/24"),
+            (&f, "eth0", "10.202.2.2/24"),
+        ] {
+            ns.sh("ip", &["addr", "add", cidr, "dev", dev]);
+            ns.sh("ip", &["link", "set", dev, "up"]);
+        }
+        r.sh("ip", &["link", "set", "up0", "mtu", "1280"]);
+        c.sh("ip", &["route", "add", "default", "via", "10.202.1.1"]);
+        f.sh(
+            "ip",
+            &["route", "add", "10.202.1.0/24", "via", "10.202.2.1"],
+        );
+        r.sh(
+            "ip",
+            &["route", "add", "10.202.9.0/24", "via", "10.202.2.2"],
+        );
+        for ns in [&r, &f] {
+            ns.sh("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"]);
+        }
+        let (ep, up) = (ifindex(&r, "ep0"), ifindex(&r, "up0"));
+        let gateway_mac = mac(&r, "ep0");
+        Topology {
+            c,
+            r,
+            f,
+            ep,
+            up,
+            gateway_mac,
+        }
+    }
+
+    fn names(&self) -> [String; 3] {
+        [
+            self.c.name.clone(),
+            self.r.name.clone(),
+            self.f.name.clone(),
+        ]
+    }
+
+    /// The endpoint, with `queues` rx queues "having a socket", as for the uplink.
+    fn endpoint_config(&self, queues: u32) -> IfaceConfig {
+        IfaceConfig {
+            kind: IFACE_ENDPOINT,
+            xsk_slot: ENDPOINT_SLOT,
+            xsk_slots: queues,
+            addr: addr([10, 202, 1, 2]),
+            subnet: addr([10, 202, 1, 0]),
+            netmask: addr([255, 255, 255, 0]),
+            fib_ifindex: self.ep,
+            uplink_ifindex: self.up,
+            port_lo: 0,
+            port_hi: 0,
+            gateway_mac: self.gateway_mac,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The uplink with `queues` rx queues (from 0) "having a socket"; frames steered on
+    /// a later queue pass as `uplink-queue-without-socket`. (The far end spreads flows
+    /// over both of up0's queues, so real traffic needs 2.)
+    fn uplink_config(&self, queues: u32) -> IfaceConfig {
+        IfaceConfig {
+            kind: IFACE_UPLINK,
+            xsk_slot: UPLINK_SLOT,
+            xsk_slots: queues,
+            addr: addr([10, 202, 2, 1]),
+            port_lo: PORT_LO,
+            port_hi: PORT_HI,
+            ..Default::default()
+        }
+    }
+
+    /// Loads the program, configures both interfaces and attaches to both (in R).
+    fn program(&self) -> XdpProgram {
+        let mut xdp = XdpProgram::load().expect("load the XDP program");
+        xdp.set_iface(self.ep, &self.endpoint_config(2))
+            .expect("configure the endpoint");
+        xdp.set_iface(self.up, &self.uplink_config(2))
+            .expect("configure the uplink");
+        in_netns(&self.r, || {
+            for dev in ["ep0", "up0"] {
+                assert_eq!(
+                    xdp.attach(dev).expect("attach"),
+                    AttachMode::Driver,
+                    "{dev}"
+                );
+            }
+        });
+        xdp
+    }
+}
+
+/// Asserts the invariants that hold whatever the traffic, with no socket in XSKS: one
+/// verdict per frame, no redirect, every steering attempt failed open.
+fn assert_invariants(c: &Counters) {
+    assert_eq!(c.verdicts(), c.frames(), "one verdict per frame: {c:?}");
+    assert_eq!(c.redirect, 0, "redirected without a socket: {c:?}");
+    assert_eq!(
+        c.xsk_missing,
+        c.endpoint_redirect + c.uplink_redirect,
+        "every steered frame found no socket: {c:?}"
+    );
+    assert!(
+        c.endpoint_frames() + c.uplink_frames() <= c.frames(),
+        "more decisions than frames: {c:?}"
+    );
+}
+
+/// Runs `step`, then checks that exactly the listed counters grew by at least the given
+/// amounts and that the given "must not move" counters stayed put.
+struct Watch<'a> {
+    xdp: &'a XdpProgram,
+    before: Counters,
+}
+
+impl<'a> Watch<'a> {
+    fn new(xdp: &'a XdpProgram) -> Self {
+        Watch {
+            xdp,
+            before: xdp.counters().expect("counters"),
+        }
+    }
+
+    /// Counters since `new`, with invariants checked.
+    fn delta(&self, what: &str) -> Counters {
+        let after = self.xdp.counters().expect("counters");
+        assert_invariants(&after);
+        let b = &self.before;
+        let mut d = Counters::default();
+        for c in dovesnap::xdp::Counter::ALL {
+            let v = after.get(c) - b.get(c);
+            set(&mut d, c, v);
+        }
+        eprintln!("{what}: {}", after.diff(b));
+        d
+    }
+}
+
+fn set(counters: &mut Counters, counter: dovesnap::xdp::Counter, value: u64) {
+    use dovesnap::xdp::Counter as C;
+    let slot = match counter {
+        C::Ipv4 => &mut counters.ipv4,
+        C::Arp => &mut counters.arp,
+        C::Ipv6 => &mut counters.ipv6,
+        C::Other => &mut counters.other,
+        C::Malformed => &mut counters.malformed,
+        C::Pass => &mut counters.pass,
+        C::Redirect => &mut counters.redirect,
+        C::XskMissing => &mut counters.xsk_missing,
+        C::EndpointRedirect => &mut counters.endpoint_redirect,
+        C::EndpointNotToGateway => &mut counters.endpoint_not_to_gateway,
+        C::EndpointOtherProtocol => &mut counters.endpoint_other_protocol,
+        C::EndpointOptionsOrFragment => &mut counters.endpoint_options_or_fragment,
+        C::EndpointTtlExpiring => &mut counters.endpoint_ttl_expiring,
+        C::EndpointInSubnet => &mut counters.endpoint_in_subnet,
+        C::EndpointNotForwarded => &mut counters.endpoint_not_forwarded,
+        C::EndpointNotViaUplink => &mut counters.endpoint_not_via_uplink,
+        C::EndpointTooBig => &mut counters.endpoint_too_big,
+        C::EndpointSpoofedSource => &mut counters.endpoint_spoofed_source,
+        C::UplinkRedirect => &mut counters.uplink_redirect,
+        C::UplinkNotForUs => &mut counters.uplink_not_for_us,
+        C::UplinkNoSession => &mut counters.uplink_no_session,
+        C::UplinkQueueWithoutSocket => &mut counters.uplink_queue_without_socket,
+        C::UplinkOptionsOrFragment => &mut counters.uplink_options_or_fragment,
+        C::EndpointQueueWithoutSocket => &mut counters.endpoint_queue_without_socket,
+    };
+    *slot = value;
+}
+
+fn ping(ns: &Netns, args: &[&str]) -> bool {
+    let mut full = vec!["-c", "1", "-W", "2"];
+    full.extend_from_slice(args);
+    ns.run("ping", &full).status.success()
+}
+
+/// A UDP socket bound in `ns` to `addr`, with a read timeout.
+fn udp_socket(ns: &Netns, addr: &str) -> UdpSocket {
+    let addr = addr.to_string();
+    let sock = in_netns(ns, move || UdpSocket::bind(&addr).expect("bind"));
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    sock
+}
+
+/// Whether `sock` receives `payload` within its timeout.
+fn receives(sock: &UdpSocket, payload: &[u8]) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == payload)
+}
+
+/// Asserts nothing made by the steering tests is left.
+fn assert_gone(names: &[String]) {
+    let list = ns_names();
+    for name in names {
+        assert!(
+            !list.split_whitespace().any(|n| n == name),
+            "netns {name} left behind"
+        );
+    }
+    let fds = bpf_fds();
+    assert!(fds.is_empty(), "BPF objects still open: {fds:?}");
+}
+
+/// Real traffic through an endpoint and an uplink configured for nat-fast, with XSKS
+/// empty: what would be steered is counted as `xsk-missing` and the kernel still routes
+/// it (ping and UDP work end to end); everything else is passed under its own counter.
+#[test]
+#[ignore = "needs root: netns, veth, XDP"]
+fn steering_fails_open_without_sockets() {
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        let mut xdp = topo.program();
+        let mut maps = xdp.take_dataplane_maps().expect("take the dataplane maps");
+        assert!(matches!(
+            xdp.take_dataplane_maps(),
+            Err(XdpError::MapsTaken)
+        ));
+        let ifaces = xdp.ifaces().expect("list interfaces");
+        let mut expected = vec![
+            (topo.ep, topo.endpoint_config(2)),
+            (topo.up, topo.uplink_config(2)),
+        ];
+        expected.sort_by_key(|(i, _)| *i);
+        assert_eq!(ifaces, expected);
+        assert_invariants(&xdp.counters().expect("counters"));
+
+        // Routed to the outside through the uplink: steered, found no socket, passed,
+        // and the kernel forwarded it. The replies arrive on the uplink for the
+        // container's address: not the external address, so not the translator's.
+        let w = Watch::new(&xdp);
+        assert!(
+            ping(&topo.c, &["-c", "3", "-i", "0.2", "10.202.2.2"]),
+            "container -> far failed: the program did not fail open"
+        );
+        let d = w.delta("container pings far");
+        assert!(d.endpoint_redirect >= 3, "{d:?}");
+        assert!(d.xsk_missing >= 3, "{d:?}");
+        assert!(d.uplink_not_for_us >= 3, "{d:?}");
+        assert!(d.endpoint_not_to_gateway >= 1, "ARP broadcast: {d:?}");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+
+        // UDP too.
+        let far = udp_socket(&topo.f, "10.202.2.2:5000");
+        let w = Watch::new(&xdp);
+        let sock = udp_socket(&topo.c, "10.202.1.2:0");
+        sock.send_to(b"out", "10.202.2.2:5000").expect("send");
+        assert!(receives(&far, b"out"), "UDP container -> far lost");
+        let d = w.delta("container UDP to far");
+        assert_eq!(d.endpoint_redirect, 1, "{d:?}");
+        assert_eq!(d.xsk_missing, 1, "{d:?}");
+
+        // The gateway is inside the subnet: passed as in-subnet, never steered.
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.c, &["-c", "2", "-i", "0.2", "10.202.1.1"]));
+        let d = w.delta("container pings gateway");
+        assert!(d.endpoint_in_subnet >= 2, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // The router's own uplink address: the FIB says local, not forwarded.
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.c, &["10.202.2.1"]));
+        let d = w.delta("container pings the external address");
+        assert_eq!(d.endpoint_not_forwarded, 1, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // TTL 1: the kernel must answer with time-exceeded, so it gets the frame.
+        let w = Watch::new(&xdp);
+        let out = topo
+            .c
+            .run("ping", &["-c", "1", "-W", "2", "-t", "1", "10.202.2.2"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(text.contains("time to live exceeded"), "{text}");
+        let d = w.delta("container pings far with TTL 1");
+        assert_eq!(d.endpoint_ttl_expiring, 1, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // Bigger than the uplink's MTU with DF: the kernel sends frag-needed.
+        let w = Watch::new(&xdp);
+        let out = topo.c.run(
+            "ping",
+            &["-c", "1", "-W", "2", "-M", "do", "-s", "1300", "10.202.2.2"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(text.contains("frag needed"), "{text}");
+        let d = w.delta("container sends 1328 bytes with DF");
+        assert_eq!(d.endpoint_too_big, 1, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // Routed, but not out of the uplink (nobody answers behind dm0).
+        let w = Watch::new(&xdp);
+        assert!(!ping(&topo.c, &["-W", "1", "10.202.3.9"]));
+        let d = w.delta("container pings behind dm0");
+        assert_eq!(d.endpoint_not_via_uplink, 1, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // Another source address than the container's: the kernel's business.
+        topo.c
+            .sh("ip", &["addr", "add", "10.202.1.3/24", "dev", "eth0"]);
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.c, &["-I", "10.202.1.3", "10.202.2.2"]));
+        let d = w.delta("container pings far from another address");
+        assert_eq!(d.endpoint_spoofed_source, 1, "{d:?}");
+        assert_eq!(d.endpoint_redirect, 0, "{d:?}");
+
+        // Uplink: the host's own traffic (an echo request to its address) is untouched.
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.f, &["-c", "2", "-i", "0.2", "10.202.2.1"]));
+        let d = w.delta("far pings the external address");
+        assert!(d.uplink_no_session >= 2, "{d:?}");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+
+        // A datagram to the translator's port range: steered, no socket, and the
+        // kernel delivers it to whoever listens there.
+        let listener = udp_socket(&topo.r, "10.202.2.1:40000");
+        let sender = udp_socket(&topo.f, "10.202.2.2:0");
+        let w = Watch::new(&xdp);
+        sender.send_to(b"in", "10.202.2.1:40000").expect("send");
+        assert!(receives(&listener, b"in"), "uplink UDP lost: not fail-open");
+        let d = w.delta("far sends to the port range");
+        assert_eq!(d.uplink_redirect, 1, "{d:?}");
+        assert_eq!(d.xsk_missing, 1, "{d:?}");
+
+        // A published port outside the range: steered only while it is in PORTS.
+        let published = PortKey::new([10, 202, 2, 1], 8080, PROTO_UDP);
+        maps.set_port(published).expect("publish 8080/udp");
+        maps.set_port(published).expect("publishing again is fine");
+        assert_eq!(maps.ports().expect("ports"), vec![published]);
+        let listener = udp_socket(&topo.r, "10.202.2.1:8080");
+        let w = Watch::new(&xdp);
+        sender.send_to(b"pub", "10.202.2.1:8080").expect("send");
+        assert!(receives(&listener, b"pub"));
+        let d = w.delta("far sends to a published port");
+        assert_eq!(d.uplink_redirect, 1, "{d:?}");
+        maps.remove_port(&published).expect("unpublish");
+        maps.remove_port(&published)
+            .expect("removing again is fine");
+        assert!(maps.ports().expect("ports").is_empty());
+        let w = Watch::new(&xdp);
+        sender.send_to(b"pub", "10.202.2.1:8080").expect("send");
+        assert!(receives(&listener, b"pub"));
+        let d = w.delta("far sends to an unpublished port");
+        assert_eq!(d.uplink_no_session, 1, "{d:?}");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+
+        // Echo replies for an identifier the translator owns; without it, the host's.
+        let echo = PortKey::new([10, 202, 2, 1], ECHO_ID, PROTO_ICMP);
+        let id = ECHO_ID.to_string();
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.r, &["-e", &id, "10.202.2.2"]));
+        let d = w.delta("router pings far, identifier not owned");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+        assert!(d.uplink_no_session >= 1, "{d:?}");
+        maps.set_port(echo).expect("own the echo identifier");
+        let w = Watch::new(&xdp);
+        assert!(
+            ping(&topo.r, &["-c", "2", "-i", "0.2", "-e", &id, "10.202.2.2"]),
+            "echo reply lost: not fail-open"
+        );
+        let d = w.delta("router pings far, identifier owned");
+        assert_eq!(d.uplink_redirect, 2, "{d:?}");
+
+        // ICMP errors about the translator's packets: an echo request it sent (F has no
+        // route to 10.202.9.0/24) and a datagram from its port range (F port 9 is
+        // closed).
+        let w = Watch::new(&xdp);
+        assert!(!ping(&topo.r, &["-W", "1", "-e", &id, "10.202.9.9"]));
+        let d = w.delta("unreachable about an owned echo request");
+        assert_eq!(d.uplink_redirect, 1, "{d:?}");
+        let from_range = udp_socket(&topo.r, "10.202.2.1:40001");
+        let w = Watch::new(&xdp);
+        from_range.send_to(b"x", "10.202.2.2:9").expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        let d = w.delta("port unreachable about the port range");
+        assert_eq!(d.uplink_redirect, 1, "{d:?}");
+        // A datagram from outside the range draws an error that is the host's.
+        let from_host = udp_socket(&topo.r, "10.202.2.1:39999");
+        let w = Watch::new(&xdp);
+        from_host.send_to(b"x", "10.202.2.2:9").expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        let d = w.delta("port unreachable about a host port");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+        assert_eq!(d.uplink_no_session, 1, "{d:?}");
+
+        // Removing the endpoint: back to classify-and-pass.
+        xdp.remove_iface(topo.ep).expect("remove the endpoint");
+        xdp.remove_iface(topo.ep).expect("removing again is fine");
+        let w = Watch::new(&xdp);
+        assert!(ping(&topo.c, &["10.202.2.2"]));
+        let d = w.delta("container pings far, endpoint removed");
+        assert_eq!(d.endpoint_frames(), 0, "{d:?}");
+        assert!(d.ipv4 >= 1, "{d:?}");
+
+        let totals = xdp.counters().expect("counters");
+        assert_invariants(&totals);
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}
+
+/// A minimal IPv4 frame: Ethernet to `dst_mac`, IPv4 (IHL 5 unless `options`) with
+/// `proto`, `ttl`, `frag_off` (host order, flags included), then `l4`. Checksums are
+/// left zero: the program does not read them.
+#[allow(clippy::too_many_arguments)]
+fn ipv4_frame(
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    ttl: u8,
+    frag_off: u16,
+    options: bool,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ihl = if options { 6 } else { 5 };
+    let total = (ihl * 4 + l4.len()) as u16;
+    f.push(0x40 | ihl as u8);
+    f.push(0);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1]);
+    f.extend_from_slice(&frag_off.to_be_bytes());
+    f.push(ttl);
+    f.push(proto);
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    if options {
+        f.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
+    }
+    f.extend_from_slice(l4);
+    f
+}
+
+fn udp(src: u16, dst: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&src.to_be_bytes());
+    v.extend_from_slice(&dst.to_be_bytes());
+    v.extend_from_slice(&[0, 12, 0, 0, b'd', b'a', b't', b'a']);
+    v
+}
+
+fn icmp(kind: u8, id: u16, rest: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind, 0, 0, 0];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&[0, 1]);
+    v.extend_from_slice(rest);
+    v
+}
+
+/// An ICMP error of `kind` quoting an IPv4 header from `inner_src` with `inner_proto`
+/// and the first 8 bytes of `inner_l4`.
+fn icmp_error(kind: u8, inner_src: [u8; 4], inner_proto: u8, inner_l4: &[u8]) -> Vec<u8> {
+    let inner = ipv4_frame(
+        [0; 6],
+        inner_src,
+        [10, 202, 2, 2],
+        inner_proto,
+        64,
+        0,
+        false,
+        inner_l4,
+    );
+    let quoted = &inner[14..14 + 20 + 8.min(inner_l4.len())];
+    let mut v = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+    v.extend_from_slice(quoted);
+    v
+}
+
+/// Every decision, on crafted frames run through the loaded program with
+/// `BPF_PROG_TEST_RUN` as if they arrived on the endpoint or the uplink: each one passes
+/// (XSKS is empty) and lands in exactly the expected decision counter.
+#[test]
+#[ignore = "needs root: netns, veth, XDP"]
+fn steering_decisions_on_crafted_frames() {
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        let mut xdp = XdpProgram::load().expect("load the XDP program");
+        xdp.set_iface(topo.ep, &topo.endpoint_config(1))
+            .expect("configure the endpoint");
+        xdp.set_iface(topo.up, &topo.uplink_config(1))
+            .expect("configure the uplink");
+        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        maps.set_port(PortKey::new([10, 202, 2, 1], ECHO_ID, PROTO_ICMP))
+            .expect("own an echo identifier");
+        maps.set_port(PortKey::new([10, 202, 2, 1], 8443, PROTO_TCP))
+            .expect("publish 8443/tcp");
+
+        let gw = topo.gateway_mac;
+        let other_mac = [0x02, 0, 0, 0, 0, 0x77];
+        let ours = [10, 202, 1, 2];
+        let far = [10, 202, 2, 2];
+        let ext = [10, 202, 2, 1];
+        let e = |proto, ttl, frag, options, l4: &[u8]| {
+            ipv4_frame(gw, ours, far, proto, ttl, frag, options, l4)
+        };
+        let big = vec![0u8; 1300];
+        let mut ipv6 = ipv4_frame(gw, ours, far, PROTO_UDP, 64, 0, false, &udp(1, 2));
+        ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        ipv6[14] = 0x60;
+        ipv6.resize(14 + 40 + 8, 0);
+        let mut truncated = e(PROTO_UDP, 64, 0, false, &udp(1, 2));
+        truncated.truncate(14 + 12);
+
+        use dovesnap::xdp::Counter as C;
+        // (what, frame, interface, rx queue, expected decision)
+        let cases: Vec<(&str, Vec<u8>, u32, u32, C)> = vec![
+            (
+                "endpoint UDP out",
+                e(PROTO_UDP, 64, 0, false, &udp(1234, 53)),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint queue 1",
+                e(PROTO_UDP, 64, 0, false, &udp(1234, 53)),
+                topo.ep,
+                1,
+                C::EndpointQueueWithoutSocket,
+            ),
+            (
+                "endpoint TCP out",
+                e(PROTO_TCP, 64, 0, false, &udp(1234, 80)),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint ICMP out",
+                e(PROTO_ICMP, 64, 0, false, &icmp(8, 7, &[])),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint TTL 2",
+                e(PROTO_UDP, 2, 0, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint other MAC",
+                ipv4_frame(other_mac, ours, far, PROTO_UDP, 64, 0, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointNotToGateway,
+            ),
+            ("endpoint IPv6", ipv6, topo.ep, 0, C::EndpointOtherProtocol),
+            (
+                "endpoint truncated IPv4",
+                truncated,
+                topo.ep,
+                0,
+                C::EndpointOtherProtocol,
+            ),
+            (
+                "endpoint GRE",
+                e(47, 64, 0, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointOtherProtocol,
+            ),
+            (
+                "endpoint options",
+                e(PROTO_UDP, 64, 0, true, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointOptionsOrFragment,
+            ),
+            (
+                "endpoint first fragment",
+                e(PROTO_UDP, 64, 0x2000, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointOptionsOrFragment,
+            ),
+            (
+                "endpoint later fragment",
+                e(PROTO_UDP, 64, 0x0010, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointOptionsOrFragment,
+            ),
+            (
+                "endpoint DF is no fragment",
+                e(PROTO_UDP, 64, 0x4000, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint spoofed",
+                ipv4_frame(
+                    gw,
+                    [10, 202, 1, 9],
+                    far,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(1, 2),
+                ),
+                topo.ep,
+                0,
+                C::EndpointSpoofedSource,
+            ),
+            (
+                "endpoint TTL 1",
+                e(PROTO_UDP, 1, 0, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointTtlExpiring,
+            ),
+            (
+                "endpoint in subnet",
+                ipv4_frame(
+                    gw,
+                    ours,
+                    [10, 202, 1, 77],
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(1, 2),
+                ),
+                topo.ep,
+                0,
+                C::EndpointInSubnet,
+            ),
+            (
+                "endpoint to local",
+                ipv4_frame(gw, ours, ext, PROTO_UDP, 64, 0, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointNotForwarded,
+            ),
+            (
+                "endpoint no route",
+                ipv4_frame(
+                    gw,
+                    ours,
+                    [192, 0, 2, 1],
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(1, 2),
+                ),
+                topo.ep,
+                0,
+                C::EndpointNotForwarded,
+            ),
+            (
+                "endpoint via dm0",
+                ipv4_frame(
+                    gw,
+                    ours,
+                    [10, 202, 3, 9],
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(1, 2),
+                ),
+                topo.ep,
+                0,
+                C::EndpointNotViaUplink,
+            ),
+            (
+                "endpoint routed via far",
+                ipv4_frame(
+                    gw,
+                    ours,
+                    [10, 202, 9, 9],
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(1, 2),
+                ),
+                topo.ep,
+                0,
+                C::EndpointRedirect,
+            ),
+            (
+                "endpoint too big",
+                e(PROTO_UDP, 64, 0, false, &big),
+                topo.ep,
+                0,
+                C::EndpointTooBig,
+            ),
+            (
+                "uplink range low",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_LO),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink range high",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_TCP,
+                    64,
+                    0,
+                    false,
+                    &udp(80, PORT_HI),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink above range",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_HI + 1),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink published",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_TCP,
+                    64,
+                    0,
+                    false,
+                    &udp(5555, 8443),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink published, other proto",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(5555, 8443),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink queue 1",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_LO),
+                ),
+                topo.up,
+                1,
+                C::UplinkQueueWithoutSocket,
+            ),
+            (
+                "uplink not ours",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    [10, 202, 1, 2],
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_LO),
+                ),
+                topo.up,
+                0,
+                C::UplinkNotForUs,
+            ),
+            (
+                "uplink fragment",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0x2000,
+                    false,
+                    &udp(53, PORT_LO),
+                ),
+                topo.up,
+                0,
+                C::UplinkOptionsOrFragment,
+            ),
+            (
+                "uplink options",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    true,
+                    &udp(53, PORT_LO),
+                ),
+                topo.up,
+                0,
+                C::UplinkOptionsOrFragment,
+            ),
+            (
+                "uplink GRE",
+                ipv4_frame(other_mac, far, ext, 47, 64, 0, false, &udp(53, PORT_LO)),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink echo reply owned",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp(0, ECHO_ID, &[]),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink echo reply other",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp(0, ECHO_ID + 1, &[]),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink echo request owned id",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp(8, ECHO_ID, &[]),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink unreachable, our UDP",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(3, ext, PROTO_UDP, &udp(PORT_LO + 5, 9)),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink time exceeded, published TCP",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(11, ext, PROTO_TCP, &udp(8443, 9)),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink param problem, our echo",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(12, ext, PROTO_ICMP, &icmp(8, ECHO_ID, &[])),
+                ),
+                topo.up,
+                0,
+                C::UplinkRedirect,
+            ),
+            (
+                "uplink unreachable, host UDP",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(3, ext, PROTO_UDP, &udp(22, 9)),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink unreachable, other source",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(3, far, PROTO_UDP, &udp(PORT_LO, 9)),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink unreachable, quoted reply",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(3, ext, PROTO_ICMP, &icmp(0, ECHO_ID, &[])),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink unreachable, truncated quote",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(3, ext, PROTO_UDP, &udp(PORT_LO, 9))[..8 + 20 + 1],
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink redirect type 5",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_ICMP,
+                    64,
+                    0,
+                    false,
+                    &icmp_error(5, ext, PROTO_UDP, &udp(PORT_LO, 9)),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+        ];
+
+        in_netns(&topo.r, || {
+            for (what, frame, ifindex, queue, expected) in &cases {
+                let before = xdp.counters().expect("counters");
+                let action = xdp
+                    .test_run(frame, *ifindex, *queue)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let after = xdp.counters().expect("counters");
+                assert_eq!(
+                    action, XDP_PASS,
+                    "{what}: every frame passes without sockets"
+                );
+                assert_eq!(
+                    after.get(*expected),
+                    before.get(*expected) + 1,
+                    "{what}: expected {}, got {}",
+                    expected.name(),
+                    after.diff(&before)
+                );
+                let decisions = (after.endpoint_frames() + after.uplink_frames())
+                    - (before.endpoint_frames() + before.uplink_frames());
+                assert_eq!(decisions, 1, "{what}: {}", after.diff(&before));
+                let steered = matches!(expected, C::EndpointRedirect | C::UplinkRedirect);
+                assert_eq!(
+                    after.xsk_missing - before.xsk_missing,
+                    u64::from(steered),
+                    "{what}: {}",
+                    after.diff(&before)
+                );
+                assert_eq!(after.pass - before.pass, 1, "{what}");
+                assert_invariants(&after);
+            }
+
+            // A frame on an unconfigured interface: classified and passed, no decision.
+            let lo = 1;
+            let before = xdp.counters().expect("counters");
+            let frame = e(PROTO_UDP, 64, 0, false, &udp(1, 2));
+            assert_eq!(xdp.test_run(&frame, lo, 0).expect("run on lo"), XDP_PASS);
+            let after = xdp.counters().expect("counters");
+            assert_eq!(after.ipv4 - before.ipv4, 1);
+            assert_eq!(after.endpoint_frames(), before.endpoint_frames());
+            assert_eq!(after.uplink_frames(), before.uplink_frames());
+            // Short frames are malformed, not a fault.
+            for len in [0usize, 13] {
+                let short = vec![0u8; len];
+                match xdp.test_run(&short, topo.ep, 0) {
+                    Ok(action) => assert_eq!(action, XDP_PASS, "{len}-byte frame"),
+                    // The kernel refuses frames shorter than an Ethernet header.
+                    Err(XdpError::TestRun { .. }) => {}
+                    Err(e) => panic!("{len}-byte frame: {e}"),
+                }
+            }
+        });
+
+        // Map API errors name what failed.
+        let err = maps.set_xsk(MAX_SLOT, 0).unwrap_err();
+        assert!(
+            matches!(err, XdpError::InvalidSlot { slot: MAX_SLOT }),
+            "{err}"
+        );
+        let not_xsk = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+        let err = maps.set_xsk(5, not_xsk.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().contains("slot 5"), "{err}");
+        maps.clear_xsk(5).expect("clearing an empty slot is fine");
+        let err = xdp
+            .set_iface(
+                topo.up,
+                &IfaceConfig {
+                    kind: 9,
+                    ..topo.uplink_config(1)
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, XdpError::InvalidIface { .. }), "{err}");
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}
+
+const MAX_SLOT: u32 = dovesnap::xdp::MAX_XSKS;

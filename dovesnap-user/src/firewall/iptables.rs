@@ -295,6 +295,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal,
+            masquerade_ports: None,
         }
     }
 

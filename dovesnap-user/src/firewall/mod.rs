@@ -123,6 +123,11 @@ pub struct NatNetwork {
     pub gateway: Ipv4Addr,
     /// `docker network create --internal`: no way out, no way in, no published ports.
     pub internal: bool,
+    /// Source ports the outbound masquerade may use for TCP and UDP (`None`: any, the
+    /// kernel's choice). nat-fast networks keep the kernel out of the range their
+    /// userspace translator allocates from, so the two NATs never hand out the same
+    /// external port.
+    pub masquerade_ports: Option<(u16, u16)>,
 }
 
 impl NatNetwork {
@@ -147,6 +152,13 @@ impl NatNetwork {
                 "subnet {} is too wide to masquerade safely: use a prefix of /8 or longer",
                 self.subnet
             )));
+        }
+        if let Some((lo, hi)) = self.masquerade_ports {
+            if lo == 0 || lo > hi {
+                return Err(bad(format!(
+                    "masquerade port range {lo}-{hi} is empty or starts at 0"
+                )));
+            }
         }
         if !self.subnet.contains(self.gateway) {
             return Err(bad(format!(
@@ -433,6 +445,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal: false,
+            masquerade_ports: None,
         }
     }
 

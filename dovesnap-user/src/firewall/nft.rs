@@ -71,7 +71,7 @@ use std::sync::Mutex;
 
 use nftables::expr::{
     Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix, CT,
+    Prefix, Range, CT,
 };
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
@@ -614,6 +614,28 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
             ],
             note("hairpin: containers reaching the network's own published ports"),
         ),
+    ]);
+    if let Some((lo, hi)) = net.masquerade_ports {
+        for proto in ["tcp", "udp"] {
+            rules.push(rule(
+                &snat,
+                vec![
+                    oifname(Operator::NEQ, br),
+                    matches(meta(MetaKey::L4proto), Operator::EQ, s(proto)),
+                    Statement::Masquerade(Some(NAT {
+                        addr: None,
+                        family: None,
+                        port: Some(Expression::Range(Box::new(Range {
+                            range: [Expression::Number(lo.into()), Expression::Number(hi.into())],
+                        }))),
+                        flags: None,
+                    })),
+                ],
+                note("outbound, clear of the nat-fast translator's ports"),
+            ));
+        }
+    }
+    rules.extend([
         rule(
             &snat,
             vec![oifname(Operator::NEQ, br), Statement::Masquerade(None)],
@@ -1094,6 +1116,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal: false,
+            masquerade_ports: None,
         }
     }
 
@@ -1299,6 +1322,7 @@ mod tests {
     fn internal_networks_get_no_way_out_and_no_nat() {
         let internal = NatNetwork {
             internal: true,
+            masquerade_ports: None,
             ..net()
         };
         let b = network_batch(&internal, &TableState::default()).unwrap();
@@ -1417,6 +1441,7 @@ mod tests {
             subnet: "10.231.2.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 2, 1),
             internal: false,
+            masquerade_ports: None,
         };
         let state = listing_after(&[
             network_batch(&a, &TableState::default()).unwrap(),

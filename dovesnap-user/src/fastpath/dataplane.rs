@@ -1,0 +1,711 @@
+//! The nat-fast data-plane thread: AF_XDP sockets in, translator, AF_XDP sockets out.
+//!
+//! One thread owns everything on the packet path: the [`Xsk`] (UMEM and sockets), one
+//! [`Translator`] per uplink, the next-hop cache, and the eBPF maps the translator
+//! keeps current (the socket map and the ICMP identifiers in the ports map). The
+//! control plane talks to it only through [`Command`]s on a channel, answered on
+//! reply channels, so nothing on the packet path takes a lock.
+//!
+//! Per batch: receive from every socket, translate each frame in place, address it
+//! (the translator sets the Ethernet header towards containers; towards the uplink the
+//! next hop comes from [`NextHops`]), queue it on the socket it leaves by, flush. A
+//! frame whose next hop is not known yet waits in a bounded queue while the resolver
+//! asks the kernel; it is sent when the answer comes, or dropped (counted) after
+//! [`PENDING_TIMEOUT`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use dovesnap_ebpf::PortKey;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
+use crate::nat::{
+    Config, EndpointInfo, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
+};
+use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
+use crate::xdp::DataplaneMaps;
+
+/// How long a frame may wait for its next hop before it is dropped.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames held for next-hop resolution, in all (each holds a UMEM frame).
+pub const PENDING_MAX: usize = 256;
+/// How often sessions are expired.
+const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the thread sleeps in poll(2) when nothing is happening (it also bounds how
+/// late a command is seen).
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// A request from the control plane. Replies carry an error message for the user.
+pub enum Command {
+    AddUplink {
+        name: String,
+        config: Config,
+        queues: u32,
+        first_slot: u32,
+        reply: Sender<Result<(), String>>,
+    },
+    RemoveUplink {
+        name: String,
+        reply: Sender<()>,
+    },
+    AddEndpoint {
+        host_ifname: String,
+        uplink: String,
+        info: EndpointInfoSpec,
+        slot: u32,
+        reply: Sender<Result<(), String>>,
+    },
+    RemoveEndpoint {
+        host_ifname: String,
+        reply: Sender<()>,
+    },
+    Publish {
+        uplink: String,
+        protocol: Protocol,
+        external_port: u16,
+        ip: Ipv4Addr,
+        internal_port: u16,
+        reply: Sender<Result<(), String>>,
+    },
+    Unpublish {
+        uplink: String,
+        protocol: Protocol,
+        external_port: u16,
+        reply: Sender<()>,
+    },
+    Status {
+        reply: Sender<DataplaneStatus>,
+    },
+    Stop,
+}
+
+/// What the control plane knows of an endpoint (the translator's port id is the
+/// data plane's business).
+#[derive(Clone, Debug)]
+pub struct EndpointInfoSpec {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+}
+
+/// A snapshot for `dovesnap status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub uplinks: Vec<UplinkStatus>,
+    /// Data-plane counters (frames, drops by reason, next-hop waits).
+    pub counters: Vec<(String, u64)>,
+}
+
+/// One uplink's translator.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub external_ip: String,
+    pub endpoints: usize,
+    pub sessions: usize,
+    /// Up to [`SESSIONS_SHOWN`] sessions, most recent first.
+    pub session_list: Vec<String>,
+    pub counters: Vec<(String, u64)>,
+}
+
+/// Sessions listed per uplink in a status snapshot.
+pub const SESSIONS_SHOWN: usize = 50;
+
+struct Uplink {
+    translator: Translator,
+    external_ip: Ipv4Addr,
+    ports: Vec<PortId>,
+    slots: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    /// A container's veth: frames go outbound through uplink `usize`.
+    Endpoint(usize),
+    /// One queue of uplink `usize`: frames go inbound.
+    Uplink(usize),
+}
+
+struct Held {
+    frame: Frame,
+    uplink: usize,
+    remote: Ipv4Addr,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    rx: u64,
+    to_uplink: u64,
+    to_endpoint: u64,
+    dropped: u64,
+    held: u64,
+    held_sent: u64,
+    held_timeout: u64,
+    held_overflow: u64,
+    unreachable: u64,
+    stray: u64,
+}
+
+impl Counters {
+    fn list(&self) -> Vec<(String, u64)> {
+        [
+            ("rx", self.rx),
+            ("to_uplink", self.to_uplink),
+            ("to_endpoint", self.to_endpoint),
+            ("dropped", self.dropped),
+            ("nexthop_wait", self.held),
+            ("nexthop_wait_sent", self.held_sent),
+            ("nexthop_wait_timeout", self.held_timeout),
+            ("nexthop_wait_overflow", self.held_overflow),
+            ("nexthop_unreachable", self.unreachable),
+            ("stray_frames", self.stray),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The thread's state.
+pub struct Dataplane {
+    xsk: Xsk,
+    maps: DataplaneMaps,
+    uplinks: Vec<Option<Uplink>>,
+    uplink_names: HashMap<String, usize>,
+    endpoints: HashMap<String, (PortId, usize, Ipv4Addr, u32)>,
+    roles: HashMap<u32, Role>,
+    nexthops: NextHops,
+    resolver: Resolver,
+    events: Receiver<NextHopEvent>,
+    pending: VecDeque<Held>,
+    counters: Counters,
+}
+
+impl Dataplane {
+    pub fn new(
+        xsk_config: XskConfig,
+        maps: DataplaneMaps,
+        resolver: Resolver,
+        events: Receiver<NextHopEvent>,
+    ) -> Result<Self, String> {
+        let xsk = Xsk::new(xsk_config).map_err(|e| format!("cannot set up AF_XDP: {e}"))?;
+        Ok(Dataplane {
+            xsk,
+            maps,
+            uplinks: Vec::new(),
+            uplink_names: HashMap::new(),
+            endpoints: HashMap::new(),
+            roles: HashMap::new(),
+            nexthops: NextHops::new(65536),
+            resolver,
+            events,
+            pending: VecDeque::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Runs until [`Command::Stop`] or until the control plane hangs up; closes every
+    /// socket on the way out.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        let mut batch: Vec<Rx> = Vec::with_capacity(256);
+        let mut last_expire = Instant::now();
+        loop {
+            loop {
+                match commands.try_recv() {
+                    Ok(Command::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        self.shutdown();
+                        return;
+                    }
+                    Ok(cmd) => self.command(cmd),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            while let Ok(ev) = self.events.try_recv() {
+                let changed = self.nexthops.apply(ev);
+                if !changed.is_empty() {
+                    self.retry_pending(&changed, now);
+                }
+            }
+            batch.clear();
+            let n = self.xsk.recv(&mut batch);
+            for rx in batch.drain(..) {
+                self.handle(rx, now);
+            }
+            self.sweep_pending(now);
+            if let Err(e) = self.xsk.flush() {
+                warn!("AF_XDP flush failed: {e}");
+            }
+            self.sync_port_events();
+            if now.duration_since(last_expire) >= EXPIRE_INTERVAL {
+                last_expire = now;
+                for up in self.uplinks.iter_mut().flatten() {
+                    up.translator.expire(now);
+                }
+                self.sync_port_events();
+            }
+            if n == 0 {
+                let wait = if self.pending.is_empty() {
+                    IDLE_POLL
+                } else {
+                    Duration::from_millis(1)
+                };
+                if let Err(e) = self.xsk.poll(wait) {
+                    debug!("poll: {e}");
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, mut rx: Rx, now: Instant) {
+        self.counters.rx += 1;
+        let Some(role) = self.roles.get(&rx.port.0).copied() else {
+            self.counters.stray += 1;
+            self.xsk.drop_frame(rx.frame);
+            return;
+        };
+        let (uplink_idx, verdict) = {
+            let frame = self.xsk.frame_mut(&mut rx.frame);
+            match role {
+                Role::Endpoint(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                    Some(up) => (u, up.translator.outbound(now, frame)),
+                    None => (u, Verdict::Drop(crate::nat::DropReason::UnknownEndpoint)),
+                },
+                Role::Uplink(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                    Some(up) => (u, up.translator.inbound(now, frame)),
+                    None => (u, Verdict::Drop(crate::nat::DropReason::NoSession)),
+                },
+            }
+        };
+        match verdict {
+            Verdict::Endpoint { port } => {
+                self.counters.to_endpoint += 1;
+                self.xsk.send(PortId(port), rx.frame);
+            }
+            Verdict::Uplink { remote } => self.send_uplink(uplink_idx, remote, rx.frame, now),
+            Verdict::Drop(_) => {
+                self.counters.dropped += 1;
+                self.xsk.drop_frame(rx.frame);
+            }
+        }
+    }
+
+    fn send_uplink(&mut self, uplink: usize, remote: Ipv4Addr, mut frame: Frame, now: Instant) {
+        match self.nexthops.lookup(remote) {
+            Lookup::Ready { mac, .. } => {
+                let Some(port) = self
+                    .uplinks
+                    .get(uplink)
+                    .and_then(Option::as_ref)
+                    .and_then(|u| u.ports.first().copied())
+                else {
+                    self.counters.dropped += 1;
+                    self.xsk.drop_frame(frame);
+                    return;
+                };
+                let bytes = self.xsk.frame_mut(&mut frame);
+                if bytes.len() >= 6 {
+                    bytes[..6].copy_from_slice(&mac);
+                }
+                self.counters.to_uplink += 1;
+                self.xsk.send(port, frame);
+            }
+            Lookup::Unreachable => {
+                self.counters.unreachable += 1;
+                self.xsk.drop_frame(frame);
+            }
+            Lookup::Unknown => {
+                if self.nexthops.should_ask(remote, now) {
+                    self.resolver.request(remote);
+                }
+                if self.pending.len() >= PENDING_MAX {
+                    self.counters.held_overflow += 1;
+                    self.xsk.drop_frame(frame);
+                    return;
+                }
+                self.counters.held += 1;
+                self.pending.push_back(Held {
+                    frame,
+                    uplink,
+                    remote,
+                    since: now,
+                });
+            }
+        }
+    }
+
+    fn retry_pending(&mut self, changed: &[Ipv4Addr], now: Instant) {
+        let held: Vec<Held> = self.pending.drain(..).collect();
+        for h in held {
+            if changed.contains(&h.remote) && self.nexthops.lookup(h.remote) != Lookup::Unknown {
+                if matches!(self.nexthops.lookup(h.remote), Lookup::Ready { .. }) {
+                    self.counters.held_sent += 1;
+                }
+                self.send_uplink(h.uplink, h.remote, h.frame, now);
+            } else {
+                self.pending.push_back(h);
+            }
+        }
+    }
+
+    fn sweep_pending(&mut self, now: Instant) {
+        while let Some(h) = self.pending.front() {
+            if now.duration_since(h.since) < PENDING_TIMEOUT {
+                break;
+            }
+            let h = self.pending.pop_front().expect("front exists");
+            self.counters.held_timeout += 1;
+            self.xsk.drop_frame(h.frame);
+        }
+    }
+
+    /// Mirrors the translators' ICMP identifiers into the ports map, so the XDP program
+    /// steers the echo replies (TCP and UDP are steered by range).
+    fn sync_port_events(&mut self) {
+        for up in self.uplinks.iter_mut().flatten() {
+            let addr = up.external_ip;
+            for ev in up.translator.drain_port_events() {
+                let (protocol, port, open) = match ev {
+                    PortEvent::Opened { protocol, port } => (protocol, port, true),
+                    PortEvent::Closed { protocol, port } => (protocol, port, false),
+                };
+                let key = port_key(addr, protocol, port);
+                let r = if open {
+                    self.maps.set_port(key)
+                } else {
+                    self.maps.remove_port(&key)
+                };
+                if let Err(e) = r {
+                    warn!("cannot update the XDP ports map: {e}");
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddUplink {
+                name,
+                config,
+                queues,
+                first_slot,
+                reply,
+            } => {
+                let _ = reply.send(self.add_uplink(name, config, queues, first_slot));
+            }
+            Command::RemoveUplink { name, reply } => {
+                self.remove_uplink(&name);
+                let _ = reply.send(());
+            }
+            Command::AddEndpoint {
+                host_ifname,
+                uplink,
+                info,
+                slot,
+                reply,
+            } => {
+                let _ = reply.send(self.add_endpoint(host_ifname, &uplink, info, slot));
+            }
+            Command::RemoveEndpoint { host_ifname, reply } => {
+                self.remove_endpoint(&host_ifname);
+                let _ = reply.send(());
+            }
+            Command::Publish {
+                uplink,
+                protocol,
+                external_port,
+                ip,
+                internal_port,
+                reply,
+            } => {
+                let r = match self.uplink_mut(&uplink) {
+                    Some((addr, up)) => up
+                        .translator
+                        .publish(protocol, external_port, ip, internal_port)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            self.maps
+                                .set_port(port_key(addr, protocol, external_port))
+                                .map_err(|e| e.to_string())
+                        }),
+                    None => Err(format!("no nat-fast uplink {uplink}")),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Unpublish {
+                uplink,
+                protocol,
+                external_port,
+                reply,
+            } => {
+                if let Some((addr, up)) = self.uplink_mut(&uplink) {
+                    up.translator.unpublish(protocol, external_port);
+                    let _ = self
+                        .maps
+                        .remove_port(&port_key(addr, protocol, external_port));
+                }
+                let _ = reply.send(());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Stop => unreachable!("handled by run"),
+        }
+    }
+
+    fn uplink_mut(&mut self, name: &str) -> Option<(Ipv4Addr, &mut Uplink)> {
+        let idx = *self.uplink_names.get(name)?;
+        let up = self.uplinks.get_mut(idx)?.as_mut()?;
+        Some((up.external_ip, up))
+    }
+
+    fn add_uplink(
+        &mut self,
+        name: String,
+        config: Config,
+        queues: u32,
+        first_slot: u32,
+    ) -> Result<(), String> {
+        if self.uplink_names.contains_key(&name) {
+            return Err(format!("uplink {name} is already in use by the translator"));
+        }
+        let external_ip = config.external_ip;
+        let mut ports = Vec::new();
+        let mut slots = Vec::new();
+        for q in 0..queues.max(1) {
+            let port = match self.xsk.open(&name, q) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.close_ports(&ports, &slots);
+                    return Err(format!(
+                        "cannot open an AF_XDP socket on {name} queue {q}: {e}"
+                    ));
+                }
+            };
+            let slot = first_slot + q;
+            let fd = self.xsk.fd(port).expect("just opened");
+            if let Err(e) = self.maps.set_xsk(slot, fd) {
+                self.xsk.close(port);
+                self.close_ports(&ports, &slots);
+                return Err(format!("cannot register the AF_XDP socket of {name}: {e}"));
+            }
+            ports.push(port);
+            slots.push(slot);
+        }
+        let idx = match self.uplinks.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.uplinks.push(None);
+                self.uplinks.len() - 1
+            }
+        };
+        for p in &ports {
+            self.roles.insert(p.0, Role::Uplink(idx));
+        }
+        info!(uplink = %name, %external_ip, queues, "nat-fast uplink ready");
+        self.uplinks[idx] = Some(Uplink {
+            translator: Translator::new(config),
+            external_ip,
+            ports,
+            slots,
+        });
+        self.uplink_names.insert(name, idx);
+        Ok(())
+    }
+
+    fn close_ports(&mut self, ports: &[PortId], slots: &[u32]) {
+        for s in slots {
+            let _ = self.maps.clear_xsk(*s);
+        }
+        for p in ports {
+            self.roles.remove(&p.0);
+            self.xsk.close(*p);
+        }
+    }
+
+    fn remove_uplink(&mut self, name: &str) {
+        let Some(idx) = self.uplink_names.remove(name) else {
+            return;
+        };
+        let eps: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, (_, u, _, _))| *u == idx)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ep in eps {
+            self.remove_endpoint(&ep);
+        }
+        if let Some(up) = self.uplinks[idx].take() {
+            // Published ports and ICMP identifiers of this address leave the map too.
+            let addr = up.external_ip;
+            let stale: Vec<PortKey> = self
+                .maps
+                .ports()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| k.addr == u32::from(addr).to_be())
+                .collect();
+            for k in stale {
+                let _ = self.maps.remove_port(&k);
+            }
+            self.close_ports(&up.ports, &up.slots);
+            self.pending.retain(|h| h.uplink != idx);
+        }
+    }
+
+    fn add_endpoint(
+        &mut self,
+        host_ifname: String,
+        uplink: &str,
+        spec: EndpointInfoSpec,
+        slot: u32,
+    ) -> Result<(), String> {
+        let Some(&idx) = self.uplink_names.get(uplink) else {
+            return Err(format!("no nat-fast uplink {uplink}"));
+        };
+        if self.endpoints.contains_key(&host_ifname) {
+            self.remove_endpoint(&host_ifname);
+        }
+        let port = self
+            .xsk
+            .open(&host_ifname, 0)
+            .map_err(|e| format!("cannot open an AF_XDP socket on {host_ifname}: {e}"))?;
+        let fd = self.xsk.fd(port).expect("just opened");
+        if let Err(e) = self.maps.set_xsk(slot, fd) {
+            self.xsk.close(port);
+            return Err(format!(
+                "cannot register the AF_XDP socket of {host_ifname}: {e}"
+            ));
+        }
+        let up = self.uplinks[idx].as_mut().expect("named uplink exists");
+        up.translator.add_endpoint(EndpointInfo {
+            ip: spec.ip,
+            mac: spec.mac,
+            gateway_mac: spec.gateway_mac,
+            port: port.0,
+        });
+        self.roles.insert(port.0, Role::Endpoint(idx));
+        self.endpoints
+            .insert(host_ifname, (port, idx, spec.ip, slot));
+        Ok(())
+    }
+
+    fn remove_endpoint(&mut self, host_ifname: &str) {
+        let Some((port, idx, ip, slot)) = self.endpoints.remove(host_ifname) else {
+            return;
+        };
+        if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
+            up.translator.remove_endpoint(ip);
+        }
+        self.sync_port_events();
+        let _ = self.maps.clear_xsk(slot);
+        self.roles.remove(&port.0);
+        self.xsk.close(port);
+    }
+
+    fn status(&self) -> DataplaneStatus {
+        let now = Instant::now();
+        let uplinks = self
+            .uplink_names
+            .iter()
+            .filter_map(|(name, idx)| {
+                let up = self.uplinks.get(*idx)?.as_ref()?;
+                let endpoints = self.endpoints.values().filter(|e| e.1 == *idx).count();
+                Some(UplinkStatus {
+                    name: name.clone(),
+                    external_ip: up.external_ip.to_string(),
+                    endpoints,
+                    sessions: up.translator.session_count(),
+                    session_list: up
+                        .translator
+                        .sessions()
+                        .take(SESSIONS_SHOWN)
+                        .map(|s| session_line(&s, up.external_ip, now))
+                        .collect(),
+                    counters: translator_counters(up.translator.stats()),
+                })
+            })
+            .collect();
+        let mut counters = self.counters.list();
+        let x = self.xsk.stats();
+        counters.extend(
+            [
+                ("xsk_rx", x.rx),
+                ("xsk_tx_submitted", x.tx_submitted),
+                ("xsk_tx_completed", x.tx_completed),
+                ("xsk_tx_dropped", x.tx_dropped),
+                ("xsk_rx_dropped_on_close", x.rx_dropped_on_close),
+                ("xsk_fill_starved", x.fill_starved),
+                ("xsk_anomalies", x.anomalies),
+                ("umem_frames_free", u64::from(x.frames.free)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        DataplaneStatus { uplinks, counters }
+    }
+
+    fn shutdown(&mut self) {
+        let names: Vec<String> = self.uplink_names.keys().cloned().collect();
+        for n in names {
+            self.remove_uplink(&n);
+        }
+        for h in std::mem::take(&mut self.pending) {
+            self.xsk.drop_frame(h.frame);
+        }
+    }
+}
+
+/// `tcp 10.0.0.2:43512 -> 192.0.2.1:61003 -> 198.51.100.7:80 ESTABLISHED (idle 2s)`.
+fn session_line(s: &SessionView, external_ip: Ipv4Addr, now: Instant) -> String {
+    format!(
+        "{} {} -> {}:{} -> {} {}{} (idle {}s)",
+        s.protocol.name(),
+        s.inside,
+        external_ip,
+        s.external_port,
+        s.remote,
+        s.state,
+        s.published
+            .map(|p| format!(" via published {p}"))
+            .unwrap_or_default(),
+        now.saturating_duration_since(s.last_seen).as_secs()
+    )
+}
+
+/// The translator's counters by name: translations, session churn, drops by reason.
+fn translator_counters(st: &Stats) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = [
+        ("outbound", st.translated_outbound),
+        ("inbound", st.translated_inbound),
+        ("sessions_created", st.sessions_created),
+        ("sessions_expired", st.sessions_expired),
+        ("sessions_evicted", st.sessions_evicted),
+        ("sessions_removed", st.sessions_removed),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    out.extend(
+        st.drop_counts()
+            .map(|(r, n)| (format!("drop_{}", r.name()), n)),
+    );
+    out
+}
+
+/// The ports-map key of `port` (a TCP/UDP port or an ICMP identifier) on `addr`.
+pub fn port_key(addr: Ipv4Addr, protocol: Protocol, port: u16) -> PortKey {
+    PortKey {
+        addr: u32::from(addr).to_be(),
+        port: port.to_be(),
+        proto: protocol.number(),
+        _pad: 0,
+    }
+}

@@ -1,0 +1,493 @@
+//! nat-fast: the XDP + AF_XDP data path of `mode=nat-fast` networks.
+//!
+//! [`FastPath`] is the control plane's handle. It owns the loaded XDP program (the
+//! `IFACES` map and the attachments) and talks to the data-plane thread
+//! ([`dataplane`]) that owns the sockets and the translators. What happens when:
+//! - first endpoint of an uplink joins: the uplink gets AF_XDP sockets (one per RX
+//!   queue), an `IFACES` entry and the XDP program;
+//! - an endpoint joins: its veth host end gets a socket, an `IFACES` entry and the
+//!   program; the translator learns its addresses;
+//! - ports are published: the translator DNATs them and the `PORTS` map steers them;
+//! - an endpoint leaves: everything above is undone in reverse; the last endpoint of
+//!   an uplink takes the uplink's sockets and program with it;
+//! - the daemon stops: every program is detached and every socket closed, so traffic
+//!   falls back to the kernel's nat rules, which nat-fast networks carry all along.
+//!
+//! Fail-open is the rule: whatever the XDP program does not steer, and everything
+//! while no socket is registered, goes through the kernel path (netfilter NAT with
+//! [`KERNEL_MASQUERADE_PORTS`], clear of the translator's [`TRANSLATOR_PORTS`]).
+
+pub mod dataplane;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use dovesnap_ebpf::{IfaceConfig, IFACE_ENDPOINT, IFACE_UPLINK};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::afxdp::XskConfig;
+use crate::firewall::Ipv4Net;
+use crate::nat::{Config, Protocol, Timeouts};
+use crate::nexthop;
+use crate::xdp::{XdpError, XdpProgram};
+use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
+
+/// External TCP/UDP ports (and ICMP identifiers) the translator allocates from: above
+/// Linux's default ephemeral range (32768-60999), so the host's own connections and
+/// the translator's never meet, and the uplink XDP program can steer the whole range
+/// without looking up sessions.
+pub const TRANSLATOR_PORTS: RangeInclusive<u16> = 61000..=65535;
+
+/// Source ports the kernel's masquerade may use for nat-fast networks (the fallback
+/// path): everything below [`TRANSLATOR_PORTS`].
+pub const KERNEL_MASQUERADE_PORTS: (u16, u16) = (1024, 60999);
+
+/// The kernel masquerade range of nat-fast networks (see [`KERNEL_MASQUERADE_PORTS`]).
+pub fn kernel_masquerade_ports() -> (u16, u16) {
+    KERNEL_MASQUERADE_PORTS
+}
+
+/// Sessions per uplink before the translator evicts.
+pub const MAX_SESSIONS: usize = 65536;
+
+/// Slots of the socket map (`XSKS`); one per endpoint, one per uplink queue.
+const XSK_SLOTS: u32 = 1024;
+
+/// Why a nat-fast operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    #[error("nat-fast: {0}")]
+    Xdp(#[from] XdpError),
+    #[error("nat-fast: {0}")]
+    Dataplane(String),
+    #[error("nat-fast: the data-plane thread has stopped")]
+    Stopped,
+    #[error("nat-fast: all {XSK_SLOTS} AF_XDP socket slots are in use")]
+    NoSlot,
+}
+
+/// An uplink: the interface the translator sends from and receives on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkSpec {
+    pub name: String,
+    pub ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub rx_queues: u32,
+}
+
+/// A joining endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// The veth host end (an OVS port).
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The network's gateway: its bridge's internal port.
+    pub gateway_mac: [u8; 6],
+    pub bridge_ifindex: u32,
+    pub subnet: Ipv4Net,
+}
+
+/// Status for `dovesnap status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct FastPathStatus {
+    /// Interfaces with the XDP program, and how it is attached.
+    pub attached: Vec<(String, String)>,
+    /// XDP counters by name (all CPUs).
+    pub xdp_counters: Vec<(String, u64)>,
+    pub dataplane: DataplaneStatus,
+}
+
+struct UplinkState {
+    spec: UplinkSpec,
+    first_slot: u32,
+    users: usize,
+}
+
+/// The control plane's handle on the fast path.
+pub struct FastPath {
+    xdp: XdpProgram,
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    uplinks: HashMap<String, UplinkState>,
+    /// host ifname -> (ifindex, slot, uplink name)
+    endpoints: HashMap<String, (u32, u32, String)>,
+    slots: Vec<bool>,
+}
+
+impl FastPath {
+    /// Loads the XDP program and starts the data-plane thread and the next-hop
+    /// resolver (on the current tokio runtime). Nothing is attached yet.
+    pub fn start() -> Result<Self, FastPathError> {
+        if let Some((lo, hi)) = ephemeral_ports() {
+            if hi >= *TRANSLATOR_PORTS.start() && lo <= *TRANSLATOR_PORTS.end() {
+                warn!(
+                    "net.ipv4.ip_local_port_range ({lo}-{hi}) overlaps the nat-fast \
+                     translator's ports ({}-{}): the host's own connections on those ports \
+                     would be steered to the translator; lower the range's upper bound \
+                     below {}",
+                    TRANSLATOR_PORTS.start(),
+                    TRANSLATOR_PORTS.end(),
+                    TRANSLATOR_PORTS.start()
+                );
+            }
+        }
+        let mut xdp = XdpProgram::load()?;
+        let maps = xdp.take_dataplane_maps()?;
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (resolver, _task) = nexthop::spawn_resolver(ev_tx)
+            .map_err(|e| FastPathError::Dataplane(format!("cannot open rtnetlink: {e}")))?;
+        let dp = Dataplane::new(XskConfig::default(), maps, resolver, ev_rx)
+            .map_err(FastPathError::Dataplane)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("dovesnap-nat".into())
+            .spawn(move || dp.run(rx))
+            .map_err(|e| FastPathError::Dataplane(format!("cannot start the thread: {e}")))?;
+        info!("nat-fast data plane started");
+        Ok(FastPath {
+            xdp,
+            commands: tx,
+            thread: Some(thread),
+            uplinks: HashMap::new(),
+            endpoints: HashMap::new(),
+            slots: vec![false; XSK_SLOTS as usize],
+        })
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, FastPathError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(make(tx))
+            .map_err(|_| FastPathError::Stopped)?;
+        rx.recv().map_err(|_| FastPathError::Stopped)
+    }
+
+    fn alloc_slots(&mut self, n: u32) -> Result<u32, FastPathError> {
+        let n = n as usize;
+        let start = (0..=self.slots.len().saturating_sub(n))
+            .find(|&s| self.slots[s..s + n].iter().all(|u| !u))
+            .ok_or(FastPathError::NoSlot)?;
+        for s in &mut self.slots[start..start + n] {
+            *s = true;
+        }
+        Ok(start as u32)
+    }
+
+    fn free_slots(&mut self, first: u32, n: u32) {
+        for s in first..first + n {
+            if let Some(u) = self.slots.get_mut(s as usize) {
+                *u = false;
+            }
+        }
+    }
+
+    fn acquire_uplink(&mut self, spec: &UplinkSpec) -> Result<(), FastPathError> {
+        if let Some(u) = self.uplinks.get_mut(&spec.name) {
+            u.users += 1;
+            return Ok(());
+        }
+        let queues = spec.rx_queues.max(1);
+        let first_slot = self.alloc_slots(queues)?;
+        let config = Config {
+            external_ip: spec.addr,
+            uplink_mac: spec.mac,
+            ports: TRANSLATOR_PORTS,
+            max_sessions: MAX_SESSIONS,
+            timeouts: Timeouts::default(),
+        };
+        let name = spec.name.clone();
+        let r = self.call(|reply| Command::AddUplink {
+            name,
+            config,
+            queues,
+            first_slot,
+            reply,
+        });
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.free_slots(first_slot, queues);
+                return Err(FastPathError::Dataplane(e));
+            }
+            Err(e) => {
+                self.free_slots(first_slot, queues);
+                return Err(e);
+            }
+        }
+        let cfg = IfaceConfig {
+            kind: IFACE_UPLINK,
+            xsk_slot: first_slot,
+            xsk_slots: queues,
+            addr: u32::from_ne_bytes(spec.addr.octets()),
+            subnet: 0,
+            netmask: 0,
+            fib_ifindex: 0,
+            uplink_ifindex: spec.ifindex,
+            port_lo: *TRANSLATOR_PORTS.start(),
+            port_hi: *TRANSLATOR_PORTS.end(),
+            gateway_mac: [0; 6],
+            _pad: [0; 2],
+        };
+        let attach = self
+            .xdp
+            .set_iface(spec.ifindex, &cfg)
+            .and_then(|()| self.xdp.attach(&spec.name).map(|_| ()));
+        if let Err(e) = attach {
+            let _ = self.xdp.remove_iface(spec.ifindex);
+            let name = spec.name.clone();
+            let _ = self.call(|reply| Command::RemoveUplink { name, reply });
+            self.free_slots(first_slot, queues);
+            return Err(e.into());
+        }
+        self.uplinks.insert(
+            spec.name.clone(),
+            UplinkState {
+                spec: spec.clone(),
+                first_slot,
+                users: 1,
+            },
+        );
+        Ok(())
+    }
+
+    fn release_uplink(&mut self, name: &str) {
+        let Some(u) = self.uplinks.get_mut(name) else {
+            return;
+        };
+        u.users -= 1;
+        if u.users > 0 {
+            return;
+        }
+        let u = self.uplinks.remove(name).expect("present");
+        if let Err(e) = self.xdp.detach(&u.spec.name) {
+            warn!(uplink = %u.spec.name, "cannot detach XDP: {e}");
+        }
+        let _ = self.xdp.remove_iface(u.spec.ifindex);
+        let name = name.to_string();
+        let _ = self.call(|reply| Command::RemoveUplink { name, reply });
+        self.free_slots(u.first_slot, u.spec.rx_queues.max(1));
+        info!(uplink = %u.spec.name, "nat-fast uplink released");
+    }
+
+    /// Puts an endpoint on the fast path (Join, or recovery after a restart).
+    pub fn add_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        uplink: &UplinkSpec,
+    ) -> Result<(), FastPathError> {
+        if self.endpoints.contains_key(&ep.host_ifname) {
+            self.remove_endpoint(&ep.host_ifname);
+        }
+        self.acquire_uplink(uplink)?;
+        let slot = match self.alloc_slots(1) {
+            Ok(s) => s,
+            Err(e) => {
+                self.release_uplink(&uplink.name);
+                return Err(e);
+            }
+        };
+        let host_ifname = ep.host_ifname.clone();
+        let up_name = uplink.name.clone();
+        let info = EndpointInfoSpec {
+            ip: ep.ip,
+            mac: ep.mac,
+            gateway_mac: ep.gateway_mac,
+        };
+        let r = self.call(|reply| Command::AddEndpoint {
+            host_ifname,
+            uplink: up_name,
+            info,
+            slot,
+            reply,
+        });
+        let r = match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(FastPathError::Dataplane(e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.free_slots(slot, 1);
+            self.release_uplink(&uplink.name);
+            return Err(e);
+        }
+        let cfg = IfaceConfig {
+            kind: IFACE_ENDPOINT,
+            xsk_slot: slot,
+            xsk_slots: 1,
+            addr: u32::from_ne_bytes(ep.ip.octets()),
+            subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
+            netmask: u32::from_ne_bytes(prefix_mask(ep.subnet.prefix()).to_be_bytes()),
+            fib_ifindex: ep.bridge_ifindex,
+            uplink_ifindex: uplink.ifindex,
+            port_lo: 0,
+            port_hi: 0,
+            gateway_mac: ep.gateway_mac,
+            _pad: [0; 2],
+        };
+        self.endpoints.insert(
+            ep.host_ifname.clone(),
+            (ep.host_ifindex, slot, uplink.name.clone()),
+        );
+        let attach = self
+            .xdp
+            .set_iface(ep.host_ifindex, &cfg)
+            .and_then(|()| self.xdp.attach(&ep.host_ifname).map(|_| ()));
+        if let Err(e) = attach {
+            self.remove_endpoint(&ep.host_ifname);
+            return Err(e.into());
+        }
+        info!(port = %ep.host_ifname, ip = %ep.ip, uplink = %uplink.name, "endpoint on the nat-fast path");
+        Ok(())
+    }
+
+    /// Takes an endpoint off the fast path (Leave, DeleteEndpoint). Idempotent.
+    pub fn remove_endpoint(&mut self, host_ifname: &str) {
+        let Some((ifindex, slot, uplink)) = self.endpoints.remove(host_ifname) else {
+            return;
+        };
+        if self.xdp.attached().iter().any(|a| a == host_ifname) {
+            if let Err(e) = self.xdp.detach(host_ifname) {
+                warn!(port = %host_ifname, "cannot detach XDP: {e}");
+            }
+        }
+        let _ = self.xdp.remove_iface(ifindex);
+        let name = host_ifname.to_string();
+        let _ = self.call(|reply| Command::RemoveEndpoint {
+            host_ifname: name,
+            reply,
+        });
+        self.free_slots(slot, 1);
+        self.release_uplink(&uplink);
+    }
+
+    /// The host ends of the endpoints on the fast path.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        self.endpoints.keys().cloned().collect()
+    }
+
+    /// The external address of an uplink in use.
+    pub fn uplink_addr(&self, name: &str) -> Option<Ipv4Addr> {
+        self.uplinks.get(name).map(|u| u.spec.addr)
+    }
+
+    /// Whether the endpoint is on the fast path.
+    pub fn has_endpoint(&self, host_ifname: &str) -> bool {
+        self.endpoints.contains_key(host_ifname)
+    }
+
+    /// Publishes `external_port` of the uplink's address to `ip:internal_port`.
+    pub fn publish(
+        &self,
+        uplink: &str,
+        protocol: Protocol,
+        external_port: u16,
+        ip: Ipv4Addr,
+        internal_port: u16,
+    ) -> Result<(), FastPathError> {
+        let uplink = uplink.to_string();
+        self.call(|reply| Command::Publish {
+            uplink,
+            protocol,
+            external_port,
+            ip,
+            internal_port,
+            reply,
+        })?
+        .map_err(FastPathError::Dataplane)
+    }
+
+    /// Withdraws a publication. Idempotent.
+    pub fn unpublish(&self, uplink: &str, protocol: Protocol, external_port: u16) {
+        let uplink = uplink.to_string();
+        let _ = self.call(|reply| Command::Unpublish {
+            uplink,
+            protocol,
+            external_port,
+            reply,
+        });
+    }
+
+    /// A snapshot of counters and sessions.
+    pub fn status(&self) -> FastPathStatus {
+        let attached = self
+            .xdp
+            .attached()
+            .into_iter()
+            .map(|i| {
+                let mode = self.xdp.mode(&i).map(|m| m.to_string()).unwrap_or_default();
+                (i, mode)
+            })
+            .collect();
+        let xdp_counters = match self.xdp.counters() {
+            Ok(c) => dovesnap_ebpf::Counter::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), c.get(*k)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let dataplane = self
+            .call(|reply| Command::Status { reply })
+            .unwrap_or_default();
+        FastPathStatus {
+            attached,
+            xdp_counters,
+            dataplane,
+        }
+    }
+
+    /// Detaches every program, closes every socket and stops the thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Err(e) = self.xdp.detach_all() {
+            warn!("cannot detach every XDP program: {e}");
+        }
+        let _ = self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.endpoints.clear();
+        self.uplinks.clear();
+    }
+}
+
+impl Drop for FastPath {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// The host's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// The number of RX queues of `ifname` (one AF_XDP socket each), from sysfs.
+pub fn rx_queues(ifname: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}

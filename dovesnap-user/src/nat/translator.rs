@@ -1,0 +1,2011 @@
+//! [`Translator`]: the outbound (container -> uplink) and inbound (uplink -> container)
+//! rewrite paths over whole Ethernet frames, and the control-plane operations.
+//!
+//! Every check runs before the first byte is written, so a dropped frame is left as it
+//! came (one exception: a hairpinned frame, translated outbound and then dropped by the
+//! inbound pass).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::checksum;
+use super::session::{Direction, Endpoint, InsideKey, OutsideKey, Removal, SessionTable, TcpTrack};
+use super::wire::{
+    icmp_type, tcp_flags, EthernetFrame, IcmpPacket, Ipv4Packet, QuotedL4, TcpPacket, UdpPacket,
+    ETHERTYPE_IPV4,
+};
+use super::{
+    Config, DropReason, EndpointInfo, NatError, PortEvent, Protocol, SessionView, Stats, Verdict,
+};
+
+const ETH_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+
+/// The translator: configuration, endpoints, published ports, sessions, counters.
+#[derive(Debug)]
+pub struct Translator {
+    config: Config,
+    endpoints: HashMap<Ipv4Addr, EndpointInfo>,
+    /// (protocol, external port) -> inside address and port.
+    published: HashMap<(Protocol, u16), SocketAddrV4>,
+    /// (protocol, inside endpoint) -> a published port targeting it, used as the external
+    /// port of new outbound sessions from that endpoint.
+    published_by_inside: HashMap<(Protocol, Endpoint), u16>,
+    table: SessionTable,
+    stats: Stats,
+}
+
+/// The IPv4 header fields every path needs, read once the frame is validated.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+}
+
+/// Validates Ethernet and IPv4 headers; on success `frame[ETH_LEN..]` is a valid
+/// `Ipv4Packet` (lengths, checksum), not a fragment, and its TTL allows forwarding.
+fn check_frame(frame: &[u8], check_ttl: bool) -> Result<Head, DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return Err(DropReason::NotIpv4);
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::BadChecksum);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::Fragment);
+    }
+    if check_ttl && ip.ttl() <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    Ok(Head {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        protocol: ip.protocol(),
+    })
+}
+
+fn ip_of(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    Ipv4Packet::new_unchecked(&frame[ETH_LEN..])
+}
+
+fn ip_of_mut(frame: &mut [u8]) -> Ipv4Packet<&mut [u8]> {
+    Ipv4Packet::new_unchecked(&mut frame[ETH_LEN..])
+}
+
+/// What a TCP/UDP packet says about itself.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    src: u16,
+    dst: u16,
+    tcp_flags: u8,
+}
+
+fn transport_ports(protocol: Protocol, l4: &[u8]) -> Result<Ports, DropReason> {
+    match protocol {
+        Protocol::Tcp => {
+            let t = TcpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
+            Ok(Ports {
+                src: t.src_port(),
+                dst: t.dst_port(),
+                tcp_flags: t.flags(),
+            })
+        }
+        _ => {
+            let u = UdpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
+            Ok(Ports {
+                src: u.src_port(),
+                dst: u.dst_port(),
+                tcp_flags: 0,
+            })
+        }
+    }
+}
+
+/// Type and echo identifier (meaningful for echo messages only) of a validated frame's ICMP
+/// message.
+fn icmp_head(frame: &[u8]) -> Result<(u8, u16), DropReason> {
+    let ip = ip_of(frame);
+    let icmp = IcmpPacket::new_checked(ip.payload()).map_err(|_| DropReason::Malformed)?;
+    Ok((icmp.msg_type(), icmp.echo_ident()))
+}
+
+fn is_pure_syn(flags: u8) -> bool {
+    flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn set_be16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Rewrites the port at `port_at` of a validated TCP/UDP header and fixes its checksum.
+/// `old_addrs` / `new_addrs` are the (source, destination) pseudo-header addresses before
+/// and after the IP rewrite. A checksum field holding only the pseudo-header sum (transmit
+/// offload) is recomputed from scratch; otherwise it is updated incrementally.
+fn rewrite_transport(
+    l4: &mut [u8],
+    protocol: Protocol,
+    port_at: usize,
+    new_port: u16,
+    old_addrs: (Ipv4Addr, Ipv4Addr),
+    new_addrs: (Ipv4Addr, Ipv4Addr),
+) {
+    let (csum_at, cover) = match protocol {
+        Protocol::Tcp => (TcpPacket::<&[u8]>::CHECKSUM_OFFSET, l4.len()),
+        _ => (
+            UdpPacket::<&[u8]>::CHECKSUM_OFFSET,
+            usize::from(UdpPacket::new_unchecked(&*l4).len()),
+        ),
+    };
+    let old_port = be16(l4, port_at);
+    set_be16(l4, port_at, new_port);
+    let cs = be16(l4, csum_at);
+    if protocol == Protocol::Udp && cs == 0 {
+        return; // no checksum, and none is added
+    }
+    let proto = protocol.number();
+    let len16 = cover as u16; // IP total length bounds it
+    let old_pseudo = checksum::pseudo_header_sum(old_addrs.0, old_addrs.1, proto, len16);
+    let new_cs = if checksum::is_partial(cs, old_pseudo) {
+        set_be16(l4, csum_at, 0);
+        let pseudo = checksum::pseudo_header_sum(new_addrs.0, new_addrs.1, proto, len16);
+        !checksum::fold(checksum::sum(&l4[..cover], pseudo))
+    } else {
+        let c = checksum::update(cs, &old_addrs.0.octets(), &new_addrs.0.octets());
+        let c = checksum::update(c, &old_addrs.1.octets(), &new_addrs.1.octets());
+        checksum::update16(c, old_port, new_port)
+    };
+    let new_cs = if protocol == Protocol::Udp && new_cs == 0 {
+        0xffff
+    } else {
+        new_cs
+    };
+    set_be16(l4, csum_at, new_cs);
+}
+
+/// Rewrites the source (outbound) or destination (inbound) address and port / echo
+/// identifier of a validated frame, decrements the TTL, and fixes every checksum.
+fn rewrite(frame: &mut [u8], dir: Direction, addr: Ipv4Addr, port: u16, decrement_ttl: bool) {
+    let mut ip = ip_of_mut(frame);
+    if decrement_ttl {
+        ip.decrement_ttl();
+    }
+    let old_addrs = (ip.src_addr(), ip.dst_addr());
+    ip.rewrite_addr(dir == Direction::Inbound, addr);
+    let new_addrs = (ip.src_addr(), ip.dst_addr());
+    let proto = Protocol::from_number(ip.protocol());
+    let l4 = ip.payload_mut();
+    match proto {
+        Some(Protocol::Icmp) => {
+            let mut icmp = IcmpPacket::new_unchecked(l4);
+            let old = icmp.echo_ident();
+            icmp.set_echo_ident(port);
+            let c = checksum::update16(icmp.checksum(), old, port);
+            icmp.set_checksum(c);
+        }
+        Some(p) => {
+            let port_at = if dir == Direction::Inbound { 2 } else { 0 };
+            rewrite_transport(l4, p, port_at, port, old_addrs, new_addrs);
+        }
+        None => unreachable!("protocol checked before rewriting"),
+    }
+}
+
+/// The packet quoted in an ICMP error, as far as the translator needs it.
+#[derive(Debug, Clone, Copy)]
+struct Quote {
+    protocol: Protocol,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    /// TCP/UDP source port, or the echo identifier.
+    src_port: u16,
+    /// TCP/UDP destination port, 0 for ICMP.
+    dst_port: u16,
+}
+
+/// Parses the ICMP error in a validated frame: the quoted IP header must be complete and
+/// followed by at least 8 bytes of a TCP, UDP or ICMP echo header.
+fn parse_quote(frame: &[u8]) -> Result<Quote, DropReason> {
+    let ip = ip_of(frame);
+    let icmp = IcmpPacket::new_checked(ip.payload()).map_err(|_| DropReason::Malformed)?;
+    let inner = Ipv4Packet::new_checked_header(icmp.data()).map_err(|_| DropReason::Malformed)?;
+    if inner.frag_offset() != 0 {
+        // A later fragment quotes no transport header.
+        return Err(DropReason::Fragment);
+    }
+    let protocol =
+        Protocol::from_number(inner.protocol()).ok_or(DropReason::UnsupportedProtocol)?;
+    let q = QuotedL4::new_checked(inner.payload(), protocol.number())
+        .map_err(|_| DropReason::Malformed)?;
+    if protocol == Protocol::Icmp
+        && !matches!(
+            q.icmp_type(),
+            icmp_type::ECHO_REQUEST | icmp_type::ECHO_REPLY
+        )
+    {
+        // No errors about errors (RFC 1122 3.2.2).
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    Ok(Quote {
+        protocol,
+        src: inner.src_addr(),
+        dst: inner.dst_addr(),
+        src_port: q.src_port(),
+        dst_port: q.dst_port(),
+    })
+}
+
+/// Translates an ICMP error in place (RFC 5508). Outbound: outer source and quoted
+/// destination become the external address and port. Inbound: outer destination and
+/// quoted source become the inside address and port. Fixes the outer IP checksum, the
+/// quoted IP checksum, the quoted transport checksum if the quote holds it, and the ICMP
+/// checksum (incrementally over the rewritten quote).
+fn rewrite_error(frame: &mut [u8], dir: Direction, addr: Ipv4Addr, port: u16, ttl: bool) {
+    let mut ip = ip_of_mut(frame);
+    if ttl {
+        ip.decrement_ttl();
+    }
+    let inbound = dir == Direction::Inbound;
+    ip.rewrite_addr(inbound, addr);
+    let mut icmp = IcmpPacket::new_unchecked(ip.payload_mut());
+    let old_icmp_cs = icmp.checksum();
+    let data = icmp.data_mut();
+    let (hl, proto, quoted_len) = {
+        let inner = Ipv4Packet::new_unchecked(&*data);
+        let proto = Protocol::from_number(inner.protocol()).expect("quote checked");
+        (inner.header_len(), proto, inner.payload().len())
+    };
+    // The rewritten region: the quoted IP header and the quoted transport header up to
+    // its checksum. It starts at an even offset of the ICMP message, so its sum before
+    // and after gives the ICMP checksum update.
+    let region = hl + quoted_len.min(TcpPacket::<&[u8]>::CHECKSUM_OFFSET + 2);
+    let old_sum = checksum::sum(&data[..region], 0);
+    {
+        let mut inner = Ipv4Packet::new_unchecked(&mut *data);
+        let old_inner = inner.rewrite_addr(!inbound, addr);
+        let mut q =
+            QuotedL4::new_checked(inner.payload_mut(), proto.number()).expect("quote checked");
+        // Outbound errors quote a packet sent to the container: its port is the
+        // destination. The echo identifier is the same field both ways.
+        let port_is_dst = !inbound && proto != Protocol::Icmp;
+        let old_port = if port_is_dst {
+            q.dst_port()
+        } else {
+            q.src_port()
+        };
+        q.set_port(port_is_dst, port);
+        if let Some(cs) = q.checksum() {
+            let fixed = match proto {
+                Protocol::Icmp => Some(checksum::update16(cs, old_port, port)),
+                Protocol::Udp if cs == 0 => None,
+                _ => {
+                    let c = checksum::update(cs, &old_inner.octets(), &addr.octets());
+                    let c = checksum::update16(c, old_port, port);
+                    Some(if proto == Protocol::Udp && c == 0 {
+                        0xffff
+                    } else {
+                        c
+                    })
+                }
+            };
+            if let Some(c) = fixed {
+                q.set_checksum(c);
+            }
+        }
+    }
+    let new_sum = checksum::sum(&data[..region], 0);
+    icmp.set_checksum(checksum::update_sums(old_icmp_cs, old_sum, new_sum));
+}
+
+impl Translator {
+    /// Makes a translator. Panics if the configuration is invalid (see
+    /// [`Translator::try_new`]).
+    pub fn new(config: Config) -> Self {
+        match Self::try_new(config) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Makes a translator, refusing an empty port range, a range containing 0,
+    /// `max_sessions == 0` or more than `u32::MAX` sessions.
+    pub fn try_new(config: Config) -> Result<Self, NatError> {
+        if config.ports.is_empty() {
+            return Err(NatError::InvalidConfig("the port range is empty"));
+        }
+        if *config.ports.start() == 0 {
+            return Err(NatError::InvalidConfig("the port range must not contain 0"));
+        }
+        if config.max_sessions == 0 || config.max_sessions > u32::MAX as usize {
+            return Err(NatError::InvalidConfig(
+                "max_sessions must be between 1 and 2^32 - 1",
+            ));
+        }
+        Ok(Translator {
+            table: SessionTable::new(config.max_sessions, &config.ports),
+            config,
+            endpoints: HashMap::new(),
+            published: HashMap::new(),
+            published_by_inside: HashMap::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Registers (or updates) a container endpoint.
+    pub fn add_endpoint(&mut self, info: EndpointInfo) {
+        self.endpoints.insert(info.ip, info);
+    }
+
+    /// Forgets an endpoint and drops its sessions; returns how many. Published ports that
+    /// target it stay (a container restarting on the same address keeps them).
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> usize {
+        self.endpoints.remove(&ip);
+        self.table
+            .remove_where(Removal::Removed, &mut self.stats, |s| s.inside.0 == ip)
+    }
+
+    /// Forwards `external_port` of the external address to `ip:internal_port`. A port inside
+    /// [`Config::ports`] is taken out of the dynamic pool while published.
+    pub fn publish(
+        &mut self,
+        protocol: Protocol,
+        external_port: u16,
+        ip: Ipv4Addr,
+        internal_port: u16,
+    ) -> Result<(), NatError> {
+        if protocol == Protocol::Icmp {
+            return Err(NatError::IcmpNotPublishable);
+        }
+        if external_port == 0 || internal_port == 0 {
+            return Err(NatError::ZeroPort);
+        }
+        if let Some(existing) = self.published.get(&(protocol, external_port)) {
+            return Err(NatError::AlreadyPublished {
+                protocol,
+                port: external_port,
+                existing: *existing,
+            });
+        }
+        if self.table.reserve(protocol, external_port).is_err() {
+            return Err(NatError::PortInUse {
+                protocol,
+                port: external_port,
+            });
+        }
+        self.published.insert(
+            (protocol, external_port),
+            SocketAddrV4::new(ip, internal_port),
+        );
+        self.published_by_inside
+            .entry((protocol, (ip, internal_port)))
+            .or_insert(external_port);
+        Ok(())
+    }
+
+    /// Withdraws a published port and drops the sessions made through it; returns how
+    /// many (0 if it was not published).
+    pub fn unpublish(&mut self, protocol: Protocol, external_port: u16) -> usize {
+        let Some(target) = self.published.remove(&(protocol, external_port)) else {
+            return 0;
+        };
+        self.table.unreserve(protocol, external_port);
+        let inside = (*target.ip(), target.port());
+        if self.published_by_inside.get(&(protocol, inside)) == Some(&external_port) {
+            self.published_by_inside.remove(&(protocol, inside));
+            // Another published port to the same place takes over (lowest first).
+            if let Some(other) = self
+                .published
+                .iter()
+                .filter(|((p, _), t)| *p == protocol && **t == target)
+                .map(|((_, port), _)| *port)
+                .min()
+            {
+                self.published_by_inside.insert((protocol, inside), other);
+            }
+        }
+        self.table
+            .remove_where(Removal::Removed, &mut self.stats, |s| {
+                s.protocol == protocol
+                    && s.origin == super::session::Origin::Published(external_port)
+            })
+    }
+
+    /// Translates a frame sent by a container. On `Uplink`, the frame is rewritten and its
+    /// source MAC set; the adapter writes the destination MAC for `remote`'s next hop. A
+    /// frame to the external address itself is hairpinned: translated both ways and
+    /// delivered to the target endpoint.
+    pub fn outbound(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
+        match self.translate_outbound(now, frame) {
+            Ok(remote) => {
+                self.stats.translated_outbound += 1;
+                if remote == self.config.external_ip {
+                    return self.finish_inbound(now, frame, true);
+                }
+                Verdict::Uplink { remote }
+            }
+            Err(r) => {
+                self.stats.count_drop(r);
+                Verdict::Drop(r)
+            }
+        }
+    }
+
+    /// Translates a frame that arrived on the uplink for the external address. On
+    /// `Endpoint`, the frame is rewritten and both MACs set.
+    pub fn inbound(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
+        self.finish_inbound(now, frame, false)
+    }
+
+    fn finish_inbound(&mut self, now: Instant, frame: &mut [u8], hairpin: bool) -> Verdict {
+        match self.translate_inbound(now, frame, hairpin) {
+            Ok(port) => {
+                self.stats.translated_inbound += 1;
+                Verdict::Endpoint { port }
+            }
+            Err(r) => {
+                self.stats.count_drop(r);
+                Verdict::Drop(r)
+            }
+        }
+    }
+
+    fn translate_outbound(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+    ) -> Result<Ipv4Addr, DropReason> {
+        let head = check_frame(frame, true)?;
+        if !self.endpoints.contains_key(&head.src) {
+            return Err(DropReason::UnknownEndpoint);
+        }
+        let protocol =
+            Protocol::from_number(head.protocol).ok_or(DropReason::UnsupportedProtocol)?;
+        let external_ip = self.config.external_ip;
+        let timeouts = self.config.timeouts;
+        match protocol {
+            Protocol::Tcp | Protocol::Udp => {
+                let ports = transport_ports(protocol, ip_of(frame).payload())?;
+                let key = InsideKey {
+                    protocol,
+                    inside: (head.src, ports.src),
+                    remote: (head.dst, ports.dst),
+                };
+                let id = match self.table.lookup_inside(now, &key, &mut self.stats) {
+                    Some(id) => id,
+                    None => {
+                        // Only a SYN opens a TCP session (RFC 5382); any datagram opens a
+                        // UDP one (RFC 4787).
+                        if protocol == Protocol::Tcp && !is_pure_syn(ports.tcp_flags) {
+                            return Err(DropReason::NoSession);
+                        }
+                        let published = self.published_by_inside.get(&(protocol, key.inside));
+                        self.table.create(
+                            now,
+                            &timeouts,
+                            &mut self.stats,
+                            protocol,
+                            key.inside,
+                            key.remote,
+                            published.copied(),
+                            TcpTrack::default(),
+                        )?
+                    }
+                };
+                let ext = self.refresh(now, id, Direction::Outbound, ports.tcp_flags);
+                rewrite(frame, Direction::Outbound, external_ip, ext, true);
+            }
+            Protocol::Icmp => {
+                let (msg_type, ident) = icmp_head(frame)?;
+                match msg_type {
+                    icmp_type::ECHO_REQUEST => {
+                        let key = InsideKey {
+                            protocol,
+                            inside: (head.src, ident),
+                            remote: (head.dst, 0),
+                        };
+                        let id = match self.table.lookup_inside(now, &key, &mut self.stats) {
+                            Some(id) => id,
+                            None => self.table.create(
+                                now,
+                                &timeouts,
+                                &mut self.stats,
+                                protocol,
+                                key.inside,
+                                key.remote,
+                                None,
+                                TcpTrack::default(),
+                            )?,
+                        };
+                        let ext = self.refresh(now, id, Direction::Outbound, 0);
+                        rewrite(frame, Direction::Outbound, external_ip, ext, true);
+                    }
+                    t if icmp_type::is_error(t) => {
+                        let q = parse_quote(frame)?;
+                        // The quoted packet went from the remote to this container.
+                        if q.dst != head.src {
+                            return Err(DropReason::NoSession);
+                        }
+                        let key = match q.protocol {
+                            Protocol::Icmp => InsideKey {
+                                protocol: q.protocol,
+                                inside: (q.dst, q.src_port),
+                                remote: (q.src, 0),
+                            },
+                            _ => InsideKey {
+                                protocol: q.protocol,
+                                inside: (q.dst, q.dst_port),
+                                remote: (q.src, q.src_port),
+                            },
+                        };
+                        // Errors neither create nor refresh sessions.
+                        let id = self
+                            .table
+                            .lookup_inside(now, &key, &mut self.stats)
+                            .ok_or(DropReason::NoSession)?;
+                        let ext = self.table.get(id).external_port;
+                        rewrite_error(frame, Direction::Outbound, external_ip, ext, true);
+                    }
+                    _ => return Err(DropReason::UnsupportedProtocol),
+                }
+            }
+        }
+        EthernetFrame::new_unchecked(&mut *frame).set_src_addr(self.config.uplink_mac);
+        Ok(head.dst)
+    }
+
+    fn translate_inbound(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        hairpin: bool,
+    ) -> Result<u32, DropReason> {
+        // A hairpinned frame had its TTL checked and decremented on the way out.
+        let head = check_frame(frame, !hairpin)?;
+        if head.dst != self.config.external_ip {
+            return Err(DropReason::NotForUs);
+        }
+        let protocol =
+            Protocol::from_number(head.protocol).ok_or(DropReason::UnsupportedProtocol)?;
+        let ep = match protocol {
+            Protocol::Tcp | Protocol::Udp => {
+                let ports = transport_ports(protocol, ip_of(frame).payload())?;
+                let key = OutsideKey {
+                    protocol,
+                    external_port: ports.dst,
+                    remote: (head.src, ports.src),
+                };
+                let id = match self.table.lookup_outside(now, &key, &mut self.stats) {
+                    Some(id) => id,
+                    None => self.open_published(now, &key, ports.tcp_flags)?,
+                };
+                let ext = self.refresh(now, id, Direction::Inbound, ports.tcp_flags);
+                debug_assert_eq!(ext, ports.dst);
+                let inside = self.table.get(id).inside;
+                let ep = self.endpoint(inside.0)?;
+                rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+                ep
+            }
+            Protocol::Icmp => {
+                let (msg_type, ident) = icmp_head(frame)?;
+                match msg_type {
+                    icmp_type::ECHO_REPLY => {
+                        let key = OutsideKey {
+                            protocol,
+                            external_port: ident,
+                            remote: (head.src, 0),
+                        };
+                        let id = self
+                            .table
+                            .lookup_outside(now, &key, &mut self.stats)
+                            .ok_or_else(|| self.miss(protocol, key.external_port))?;
+                        self.refresh(now, id, Direction::Inbound, 0);
+                        let inside = self.table.get(id).inside;
+                        let ep = self.endpoint(inside.0)?;
+                        rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+                        ep
+                    }
+                    t if icmp_type::is_error(t) => {
+                        let q = parse_quote(frame)?;
+                        // The quoted packet went from us (the external address) outside.
+                        if q.src != self.config.external_ip {
+                            return Err(DropReason::NoSession);
+                        }
+                        let key = OutsideKey {
+                            protocol: q.protocol,
+                            external_port: q.src_port,
+                            remote: (q.dst, q.dst_port),
+                        };
+                        let id = self
+                            .table
+                            .lookup_outside(now, &key, &mut self.stats)
+                            .ok_or(DropReason::NoSession)?;
+                        let inside = self.table.get(id).inside;
+                        let ep = self.endpoint(inside.0)?;
+                        rewrite_error(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+                        ep
+                    }
+                    _ => return Err(DropReason::UnsupportedProtocol),
+                }
+            }
+        };
+        let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+        eth.set_src_addr(ep.gateway_mac);
+        eth.set_dst_addr(ep.mac);
+        Ok(ep.port)
+    }
+
+    /// An inbound TCP/UDP packet without a session: a published port opens one (TCP: only
+    /// with a SYN); otherwise tells a filtered packet from a plain miss.
+    fn open_published(
+        &mut self,
+        now: Instant,
+        key: &OutsideKey,
+        flags: u8,
+    ) -> Result<u32, DropReason> {
+        let Some(target) = self
+            .published
+            .get(&(key.protocol, key.external_port))
+            .copied()
+        else {
+            return Err(self.miss(key.protocol, key.external_port));
+        };
+        if key.protocol == Protocol::Tcp && !is_pure_syn(flags) {
+            return Err(DropReason::NoSession);
+        }
+        self.endpoint(*target.ip())?;
+        let inside = (*target.ip(), target.port());
+        let ikey = InsideKey {
+            protocol: key.protocol,
+            inside,
+            remote: key.remote,
+        };
+        if self
+            .table
+            .lookup_inside(now, &ikey, &mut self.stats)
+            .is_some()
+        {
+            // The container already talks to this remote from this port through another
+            // external port; a second session would make its replies ambiguous.
+            return Err(DropReason::SessionConflict);
+        }
+        let timeouts = self.config.timeouts;
+        self.table.create(
+            now,
+            &timeouts,
+            &mut self.stats,
+            key.protocol,
+            inside,
+            key.remote,
+            Some(key.external_port),
+            TcpTrack::default(),
+        )
+    }
+
+    fn miss(&self, protocol: Protocol, external_port: u16) -> DropReason {
+        if self.table.is_mapped(protocol, external_port) {
+            DropReason::Filtered
+        } else {
+            DropReason::NoSession
+        }
+    }
+
+    fn endpoint(&self, ip: Ipv4Addr) -> Result<EndpointInfo, DropReason> {
+        self.endpoints
+            .get(&ip)
+            .copied()
+            .ok_or(DropReason::UnknownEndpoint)
+    }
+
+    /// Records a packet on a session (TCP flags, timeout); returns its external port.
+    fn refresh(&mut self, now: Instant, id: u32, dir: Direction, flags: u8) -> u16 {
+        let timeouts = self.config.timeouts;
+        let s = self.table.get_mut(id);
+        let was_transitory = s.is_transitory();
+        if s.protocol == Protocol::Tcp {
+            s.tcp.on_segment(dir, flags);
+        }
+        s.touch(now, &timeouts);
+        let ext = s.external_port;
+        if !was_transitory && s.is_transitory() {
+            self.table.note_transitory();
+        }
+        ext
+    }
+
+    /// Removes every session idle past its timeout; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.table.expire(now, &mut self.stats)
+    }
+
+    /// ICMP echo identifiers that became live or died since the last call, in order.
+    pub fn drain_port_events(&mut self) -> impl Iterator<Item = PortEvent> + '_ {
+        self.table.drain_events()
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView> + '_ {
+        self.table.iter().map(|s| s.view())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Published ports: (protocol, external port, target).
+    pub fn published(&self) -> impl Iterator<Item = (Protocol, u16, SocketAddrV4)> + '_ {
+        self.published.iter().map(|((p, port), t)| (*p, *port, *t))
+    }
+}
+
+/// Fuzzing entry point shared by `dovesnap-user/fuzz` and a unit test: a translator with
+/// one endpoint and published ports, fed a sequence of records
+/// `[control, length, frame bytes...]`. Control bit 0 picks inbound, bit 1 patches the
+/// Ethernet/IPv4 header into something the translator accepts (so the fuzzer reaches the
+/// transport code), bits 2..5 advance the clock, bits 5..8 extend the length.
+/// Panics if the translator panics or emits a frame whose IPv4 checksum is wrong; returns
+/// the translator's counters.
+pub fn fuzz_harness(data: &[u8]) -> Stats {
+    const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    let mut t = Translator::new(Config {
+        external_ip: EXT,
+        uplink_mac: [2, 0, 0, 0, 0, 1],
+        ports: 40000..=40007,
+        max_sessions: 16,
+        timeouts: super::Timeouts::default(),
+    });
+    t.add_endpoint(EndpointInfo {
+        ip: INSIDE,
+        mac: [2, 0, 0, 0, 0, 2],
+        gateway_mac: [2, 0, 0, 0, 0, 3],
+        port: 7,
+    });
+    t.publish(Protocol::Tcp, 8080, INSIDE, 80)
+        .expect("publish tcp");
+    t.publish(Protocol::Udp, 40001, INSIDE, 53)
+        .expect("publish udp");
+    let mut now = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut rest = data;
+    while let [ctl, len, tail @ ..] = rest {
+        let n = (usize::from(*len) | usize::from(ctl >> 5) << 8).min(tail.len());
+        let frame = &mut buf[..n];
+        frame.copy_from_slice(&tail[..n]);
+        rest = &tail[n..];
+        let inbound = ctl & 1 != 0;
+        if ctl & 2 != 0 {
+            patch_headers(frame, inbound, INSIDE, EXT);
+        }
+        let verdict = if inbound {
+            t.inbound(now, frame)
+        } else {
+            t.outbound(now, frame)
+        };
+        if !matches!(verdict, Verdict::Drop(_)) {
+            let ip = ip_of(frame);
+            assert!(
+                ip.verify_checksum(),
+                "translated frame with a bad IP checksum"
+            );
+        }
+        now += Duration::from_secs(u64::from((ctl >> 2) & 7) * 45);
+        if ctl & 0x1c == 0x1c {
+            t.expire(now);
+        }
+        for _ in t.drain_port_events() {}
+        assert!(t.session_count() <= t.config.max_sessions);
+    }
+    let _ = t.sessions().count();
+    t.stats
+}
+
+/// Makes a fuzz input's headers plausible: IPv4 ethertype, version 4, total length from
+/// the buffer, the endpoint (outbound) or external (inbound) address, TTL > 1, a valid
+/// header checksum. Leaves the fragment field and everything else as they are.
+fn patch_headers(frame: &mut [u8], inbound: bool, inside: Ipv4Addr, ext: Ipv4Addr) {
+    if frame.len() < ETH_LEN + 20 {
+        return;
+    }
+    frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let ip = &mut frame[ETH_LEN..];
+    let mut ihl = usize::from(ip[0] & 0x0f).max(5);
+    if ihl * 4 > ip.len() {
+        ihl = 5;
+    }
+    ip[0] = 0x40 | ihl as u8;
+    let total = ip.len().min(usize::from(u16::MAX)) as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = ip[8].max(2);
+    if inbound {
+        ip[16..20].copy_from_slice(&ext.octets());
+    } else {
+        ip[12..16].copy_from_slice(&inside.octets());
+    }
+    let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+    p.fill_checksum();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::Timeouts;
+    use super::*;
+
+    const PORTS: std::ops::RangeInclusive<u16> = 40000..=40099;
+
+    fn config(ports: std::ops::RangeInclusive<u16>, max_sessions: usize) -> Config {
+        Config {
+            external_ip: EXT,
+            uplink_mac: UPLINK_MAC,
+            ports,
+            max_sessions,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn with(ports: std::ops::RangeInclusive<u16>, max_sessions: usize) -> Translator {
+        let mut t = Translator::new(config(ports, max_sessions));
+        t.add_endpoint(EndpointInfo {
+            ip: C1,
+            mac: C1_MAC,
+            gateway_mac: GW_MAC,
+            port: 1,
+        });
+        t.add_endpoint(EndpointInfo {
+            ip: C2,
+            mac: C2_MAC,
+            gateway_mac: GW2_MAC,
+            port: 2,
+        });
+        t
+    }
+
+    fn nat() -> Translator {
+        with(PORTS, 1000)
+    }
+
+    fn out_tcp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, flags: u8) -> Vec<u8> {
+        from_container(src, dst, 6, &tcp(src, dst, sp, dp, flags, b"hello"))
+    }
+
+    fn in_tcp(src: Ipv4Addr, sp: u16, dp: u16, flags: u8) -> Vec<u8> {
+        from_uplink(src, EXT, 6, &tcp(src, EXT, sp, dp, flags, b"world!"))
+    }
+
+    fn out_udp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16) -> Vec<u8> {
+        from_container(src, dst, 17, &udp(src, dst, sp, dp, b"query", true))
+    }
+
+    fn in_udp(src: Ipv4Addr, sp: u16, dp: u16) -> Vec<u8> {
+        from_uplink(src, EXT, 17, &udp(src, EXT, sp, dp, b"answer", true))
+    }
+
+    /// Sends outbound, expects `Uplink`, verifies checksums, returns what left.
+    fn go_out(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> Seen {
+        let v = t.outbound(now, &mut f);
+        let s = verify(&f);
+        assert_eq!(v, Verdict::Uplink { remote: s.dst }, "{s:?}");
+        assert_eq!(s.eth_src, UPLINK_MAC);
+        assert_eq!(s.src, EXT);
+        s
+    }
+
+    fn go_in(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> (Verdict, Seen) {
+        let v = t.inbound(now, &mut f);
+        (v, verify(&f))
+    }
+
+    fn drop_out(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> DropReason {
+        let before = f.clone();
+        match t.outbound(now, &mut f) {
+            Verdict::Drop(r) => {
+                assert_eq!(f, before, "a dropped frame is left alone");
+                r
+            }
+            v => panic!("expected a drop, got {v:?}"),
+        }
+    }
+
+    fn drop_in(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> DropReason {
+        let before = f.clone();
+        match t.inbound(now, &mut f) {
+            Verdict::Drop(r) => {
+                assert_eq!(f, before, "a dropped frame is left alone");
+                r
+            }
+            v => panic!("expected a drop, got {v:?}"),
+        }
+    }
+
+    #[test]
+    fn tcp_outbound_and_reply() {
+        let mut t = nat();
+        let now = Instant::now();
+        let s = go_out(&mut t, now, out_tcp(C1, 33000, R, 443, SYN));
+        assert!(PORTS.contains(&s.sport));
+        assert_eq!((s.dst, s.dport, s.ttl), (R, 443, 63));
+        assert_eq!(s.eth_dst, GW_MAC, "destination MAC is the adapter's job");
+        assert_eq!(&s.l4[20..], b"hello");
+        let view = t.sessions().next().unwrap();
+        assert_eq!(view.state, "SYN_SENT");
+        assert_eq!(view.inside, SocketAddrV4::new(C1, 33000));
+        assert_eq!(view.remote, SocketAddrV4::new(R, 443));
+        assert_eq!(view.external_port, s.sport);
+        assert_eq!(view.expires, now + Timeouts::default().tcp_transitory);
+
+        let (v, r) = go_in(&mut t, now, in_tcp(R, 443, s.sport, SYN | ACK));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport, r.ttl),
+            (R, 443, C1, 33000, 56)
+        );
+        assert_eq!((r.eth_src, r.eth_dst), (GW_MAC, C1_MAC));
+        assert_eq!(&r.l4[20..], b"world!");
+        assert_eq!(t.sessions().next().unwrap().state, "ESTABLISHED");
+        assert_eq!(t.stats().translated_outbound, 1);
+        assert_eq!(t.stats().translated_inbound, 1);
+        assert_eq!(t.stats().sessions_created, 1);
+    }
+
+    #[test]
+    fn tcp_needs_a_syn() {
+        let mut t = nat();
+        let now = Instant::now();
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C1, 1, R, 80, ACK)),
+            DropReason::NoSession
+        );
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C1, 1, R, 80, SYN | ACK)),
+            DropReason::NoSession
+        );
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 80, 40000, SYN)),
+            DropReason::NoSession
+        );
+        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.stats().drops(DropReason::NoSession), 3);
+    }
+
+    #[test]
+    fn endpoint_independent_mapping() {
+        let mut t = nat();
+        let now = Instant::now();
+        let a = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        let b = go_out(&mut t, now, out_udp(C1, 5000, R2, 53)).sport;
+        let c = go_out(&mut t, now, out_udp(C1, 5000, R, 5353)).sport;
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        let d = go_out(&mut t, now, out_udp(C1, 5001, R, 53)).sport;
+        let e = go_out(&mut t, now, out_udp(C2, 5000, R, 53)).sport;
+        assert_ne!(a, d);
+        assert_ne!(a, e);
+        assert_ne!(d, e);
+        // TCP has its own namespace, same rule.
+        let x = go_out(&mut t, now, out_tcp(C1, 5000, R, 80, SYN)).sport;
+        let y = go_out(&mut t, now, out_tcp(C1, 5000, R2, 80, SYN)).sport;
+        assert_eq!(x, y);
+        assert_eq!(t.session_count(), 7);
+    }
+
+    #[test]
+    fn address_and_port_dependent_filtering() {
+        let mut t = nat();
+        let now = Instant::now();
+        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        assert_eq!(
+            drop_in(&mut t, now, in_udp(R2, 53, p)),
+            DropReason::Filtered
+        );
+        assert_eq!(drop_in(&mut t, now, in_udp(R, 54, p)), DropReason::Filtered);
+        assert_eq!(
+            drop_in(&mut t, now, in_udp(R, 53, p + 1)),
+            DropReason::NoSession
+        );
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 53, p, SYN)),
+            DropReason::NoSession
+        );
+        // Once the container talks to R2, R2 gets through on the same port.
+        go_out(&mut t, now, out_udp(C1, 5000, R2, 53));
+        let (v, r) = go_in(&mut t, now, in_udp(R2, 53, p));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        assert_eq!((r.dst, r.dport), (C1, 5000));
+        assert_eq!(t.stats().drops(DropReason::Filtered), 2);
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_state() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        // SYN only: transitory.
+        let mut t = nat();
+        go_out(&mut t, now, out_tcp(C1, 1000, R, 80, SYN));
+        assert_eq!(
+            t.expire(now + to.tcp_transitory - Duration::from_secs(1)),
+            0
+        );
+        assert_eq!(t.expire(now + to.tcp_transitory), 1);
+
+        // Both SYNs: established, survives far past the transitory timeout.
+        let mut t = nat();
+        let p = go_out(&mut t, now, out_tcp(C1, 1000, R, 80, SYN)).sport;
+        go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+        go_out(&mut t, now, out_tcp(C1, 1000, R, 80, ACK));
+        assert_eq!(t.expire(now + Duration::from_secs(3600)), 0);
+        assert_eq!(t.sessions().next().unwrap().state, "ESTABLISHED");
+        // One FIN: half-closed, still established.
+        let later = now + Duration::from_secs(3600);
+        go_out(&mut t, later, out_tcp(C1, 1000, R, 80, FIN | ACK));
+        assert_eq!(t.sessions().next().unwrap().state, "FIN_WAIT");
+        assert_eq!(
+            t.sessions().next().unwrap().expires,
+            later + to.tcp_established
+        );
+        // FIN both ways: transitory.
+        go_in(&mut t, later, in_tcp(R, 80, p, FIN | ACK));
+        assert_eq!(t.sessions().next().unwrap().state, "CLOSING");
+        assert_eq!(
+            t.sessions().next().unwrap().expires,
+            later + to.tcp_transitory
+        );
+        assert_eq!(t.expire(later + to.tcp_transitory), 1);
+        assert_eq!(t.stats().sessions_expired, 1);
+
+        // Established then RST: transitory.
+        let mut t = nat();
+        let p = go_out(&mut t, now, out_tcp(C1, 1000, R, 80, SYN)).sport;
+        go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+        assert_eq!(
+            t.sessions().next().unwrap().expires,
+            now + to.tcp_established
+        );
+        go_in(&mut t, now, in_tcp(R, 80, p, RST));
+        assert_eq!(t.sessions().next().unwrap().state, "RESET");
+        assert_eq!(t.expire(now + to.tcp_transitory), 1);
+        // A session past its timeout is gone even before expire() runs.
+        let mut t = nat();
+        let p = go_out(&mut t, now, out_tcp(C1, 1000, R, 80, SYN)).sport;
+        let late = now + to.tcp_transitory;
+        assert_eq!(
+            drop_in(&mut t, late, in_tcp(R, 80, p, SYN | ACK)),
+            DropReason::NoSession
+        );
+        assert_eq!(t.session_count(), 0);
+    }
+
+    #[test]
+    fn udp_sessions_refresh_both_ways_and_expire() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = nat();
+        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        let t1 = now + Duration::from_secs(200);
+        let (v, _) = go_in(&mut t, t1, in_udp(R, 53, p));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        // Refreshed by the inbound datagram (RFC 4787 REQ-6).
+        assert_eq!(t.expire(now + to.udp), 0);
+        assert_eq!(t.sessions().next().unwrap().last_seen, t1);
+        assert_eq!(t.expire(t1 + to.udp), 1);
+        assert_eq!(
+            drop_in(&mut t, t1 + to.udp, in_udp(R, 53, p)),
+            DropReason::NoSession
+        );
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut t = nat();
+        let now = Instant::now();
+        let f = from_container(C1, R, 17, &udp(C1, R, 5000, 53, b"x", false));
+        let s = go_out(&mut t, now, f);
+        assert_eq!(&s.l4[6..8], &[0, 0]);
+        let f = from_uplink(R, EXT, 17, &udp(R, EXT, 53, s.sport, b"y", false));
+        let (_, r) = go_in(&mut t, now, f);
+        assert_eq!(&r.l4[6..8], &[0, 0]);
+    }
+
+    /// A UDP datagram whose translated checksum computes to 0 must carry 0xffff, on both
+    /// the incremental and the from-scratch path.
+    #[test]
+    fn udp_checksum_zero_becomes_ffff() {
+        for partial in [false, true] {
+            let mut t = nat();
+            let now = Instant::now();
+            // The first UDP mapping gets the first port of the range.
+            let ext = *PORTS.start();
+            // Choose the payload word so the translated datagram sums to 0xffff.
+            let mut data = [0u8; 2];
+            let mut hdr = udp(EXT, R, ext, 53, &data, false);
+            let s = ref_sum(&[&pseudo(EXT, R, 17, hdr.len()), &hdr]);
+            let w = 0xffffu16.wrapping_sub(s);
+            let w = if s == 0xffff { 0 } else { w };
+            data.copy_from_slice(&w.to_be_bytes());
+            hdr = udp(EXT, R, ext, 53, &data, false);
+            assert_eq!(ref_sum(&[&pseudo(EXT, R, 17, hdr.len()), &hdr]), 0xffff);
+
+            let mut l4 = udp(C1, R, 5000, 53, &data, true);
+            if partial {
+                make_partial(&mut l4, C1, R, 17);
+            }
+            let s = go_out(&mut t, now, from_container(C1, R, 17, &l4));
+            assert_eq!(s.sport, ext);
+            assert_eq!(&s.l4[6..8], &[0xff, 0xff], "partial={partial}");
+        }
+    }
+
+    #[test]
+    fn partial_checksums_are_completed() {
+        let now = Instant::now();
+        for proto in [6u8, 17] {
+            let mut t = nat();
+            t.publish(Protocol::Udp, 8053, C1, 53).unwrap();
+            let mut l4 = if proto == 6 {
+                tcp(C1, R, 33000, 443, SYN, &[7u8; 301])
+            } else {
+                udp(C1, R, 33000, 443, &[7u8; 301], true)
+            };
+            make_partial(&mut l4, C1, R, proto);
+            let s = go_out(&mut t, now, from_container(C1, R, proto, &l4));
+            assert!(PORTS.contains(&s.sport));
+            // And on the way in (a veth uplink may deliver offloaded frames too).
+            let mut l4 = if proto == 6 {
+                tcp(R, EXT, 443, s.sport, SYN | ACK, &[9u8; 33])
+            } else {
+                udp(R, EXT, 443, s.sport, &[9u8; 33], true)
+            };
+            make_partial(&mut l4, R, EXT, proto);
+            let (v, r) = go_in(&mut t, now, from_uplink(R, EXT, proto, &l4));
+            assert_eq!(v, Verdict::Endpoint { port: 1 });
+            assert_eq!((r.dst, r.dport), (C1, 33000));
+        }
+    }
+
+    #[test]
+    fn icmp_echo_and_port_events() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = nat();
+        let f = from_container(C1, R, 1, &echo(8, 0x4242, 1));
+        let s = go_out(&mut t, now, f);
+        assert_eq!(s.sport, 8 << 8);
+        let id = s.dport;
+        assert!(PORTS.contains(&id));
+        let ev: Vec<_> = t.drain_port_events().collect();
+        assert_eq!(
+            ev,
+            vec![PortEvent::Opened {
+                protocol: Protocol::Icmp,
+                port: id
+            }]
+        );
+        // Same identifier to another host: same external identifier, no new event.
+        let s2 = go_out(&mut t, now, from_container(C1, R2, 1, &echo(8, 0x4242, 1)));
+        assert_eq!(s2.dport, id);
+        assert_eq!(t.drain_port_events().count(), 0);
+
+        let (v, r) = go_in(&mut t, now, from_uplink(R, EXT, 1, &echo(0, id, 1)));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        assert_eq!((r.dst, r.dport, r.sport), (C1, 0x4242, 0));
+        assert_eq!(&r.l4[8..], b"dovesnap ping payload");
+        // A reply from a host never pinged is filtered.
+        let f = from_uplink(ROUTER, EXT, 1, &echo(0, id, 1));
+        assert_eq!(drop_in(&mut t, now, f), DropReason::Filtered);
+        // Echo requests from outside are the kernel's business.
+        let f = from_uplink(R, EXT, 1, &echo(8, id, 1));
+        assert_eq!(drop_in(&mut t, now, f), DropReason::UnsupportedProtocol);
+
+        assert_eq!(t.expire(now + to.icmp), 2);
+        let ev: Vec<_> = t.drain_port_events().collect();
+        assert_eq!(
+            ev,
+            vec![PortEvent::Closed {
+                protocol: Protocol::Icmp,
+                port: id
+            }]
+        );
+        // TCP and UDP mappings emit nothing.
+        go_out(&mut t, now, out_udp(C1, 1, R, 2));
+        go_out(&mut t, now, out_tcp(C1, 1, R, 2, SYN));
+        assert_eq!(t.drain_port_events().count(), 0);
+    }
+
+    /// The original packet C1 sent, translated, as the remote side sees it; and the ICMP
+    /// error a router returns about it, quoting `quote_len` bytes of it (None: all).
+    fn error_about(translated: &[u8], ty: u8, code: u8, quote_len: Option<usize>) -> Vec<u8> {
+        let ipb = &translated[14..];
+        let n = quote_len.unwrap_or(ipb.len()).min(ipb.len());
+        let msg = icmp(ty, code, [0, 0, 0, 0], &ipb[..n]);
+        from_uplink(ROUTER, EXT, 1, &msg)
+    }
+
+    /// Checks the quote inside a translated ICMP error: IP header checksum, addresses and
+    /// ports, and the transport checksum where the quote has it: verified from scratch when
+    /// the quote is whole, else compared with the checksum the packet had when `original`
+    /// (the untranslated frame) was sent.
+    fn check_quote(seen: &Seen, original: &[u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) {
+        let q = &seen.l4[8..];
+        let hl = usize::from(q[0] & 0x0f) * 4;
+        assert_eq!(ref_sum(&[&q[..hl]]), 0xffff, "quoted IP header checksum");
+        let qsrc = Ipv4Addr::new(q[12], q[13], q[14], q[15]);
+        let qdst = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+        let proto = q[9];
+        let l4 = &q[hl..];
+        let be = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+        assert_eq!((qsrc, qdst), (src.0, dst.0));
+        if proto == 1 {
+            // For ICMP the caller passes the echo identifier as `src.1`.
+            assert_eq!(be(4), src.1);
+        } else {
+            assert_eq!((be(0), be(2)), (src.1, dst.1));
+        }
+        let orig_ip = &original[14..];
+        let ohl = usize::from(orig_ip[0] & 0x0f) * 4;
+        let orig_l4 = &orig_ip[ohl..];
+        let whole = l4.len() == orig_l4.len();
+        let cs_at = match proto {
+            6 => 16,
+            17 => 6,
+            _ => 2,
+        };
+        if l4.len() >= cs_at + 2 {
+            let cs = be(cs_at);
+            let orig = u16::from_be_bytes([orig_l4[cs_at], orig_l4[cs_at + 1]]);
+            assert!(
+                ones_eq(cs, orig),
+                "quoted checksum {cs:#x} vs original {orig:#x}"
+            );
+            if whole {
+                let ok = match proto {
+                    1 => ref_sum(&[l4]),
+                    _ => ref_sum(&[&pseudo(qsrc, qdst, proto, l4.len()), l4]),
+                };
+                assert_eq!(ok, 0xffff, "whole quoted transport checksum");
+            }
+        }
+    }
+
+    #[test]
+    fn inbound_icmp_errors_full_and_truncated() {
+        let now = Instant::now();
+        type Make = fn() -> (Vec<u8>, (Ipv4Addr, u16), (Ipv4Addr, u16));
+        let cases: [(u8, Make); 3] = [
+            (17, || (out_udp(C1, 5000, R, 53), (C1, 5000), (R, 53))),
+            (6, || (out_tcp(C1, 5000, R, 80, SYN), (C1, 5000), (R, 80))),
+            (1, || {
+                (
+                    from_container(C1, R, 1, &echo(8, 0x99, 3)),
+                    (C1, 0x99),
+                    (R, 0),
+                )
+            }),
+        ];
+        for (proto, make) in cases {
+            for quote in [None, Some(28), Some(20 + 18), Some(20 + 12), Some(20 + 20)] {
+                for (ty, code) in [(3, 3), (11, 0), (12, 0), (3, 4)] {
+                    let mut t = nat();
+                    let (orig, src, dst) = make();
+                    let mut f = orig.clone();
+                    assert!(matches!(t.outbound(now, &mut f), Verdict::Uplink { .. }));
+                    let err = error_about(&f, ty, code, quote);
+                    let (v, seen) = go_in(&mut t, now, err);
+                    let what = format!("proto {proto} quote {quote:?} type {ty}");
+                    assert_eq!(v, Verdict::Endpoint { port: 1 }, "{what}");
+                    assert_eq!((seen.src, seen.dst, seen.proto), (ROUTER, C1, 1), "{what}");
+                    assert_eq!((seen.eth_src, seen.eth_dst), (GW_MAC, C1_MAC));
+                    assert_eq!(seen.sport, u16::from(ty) << 8 | u16::from(code));
+                    check_quote(&seen, &orig, src, dst);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inbound_icmp_error_needs_a_session() {
+        let now = Instant::now();
+        let mut t = nat();
+        let mut f = out_udp(C1, 5000, R, 53);
+        t.outbound(now, &mut f);
+        // About a different remote port: no session.
+        let other = from_container(EXT, R, 17, &udp(EXT, R, 40000, 54, b"q", true));
+        assert_eq!(
+            drop_in(&mut t, now, error_about(&other, 3, 3, None)),
+            DropReason::NoSession
+        );
+        // Quote too short for the transport ports.
+        assert_eq!(
+            drop_in(&mut t, now, error_about(&f, 3, 3, Some(27))),
+            DropReason::Malformed
+        );
+        // Quote of an unsupported protocol.
+        let gre = from_container(EXT, R, 47, &[0u8; 8]);
+        assert_eq!(
+            drop_in(&mut t, now, error_about(&gre, 3, 3, None)),
+            DropReason::UnsupportedProtocol
+        );
+        // Errors do not refresh: expiry stays where the datagram put it.
+        let before = t.sessions().next().unwrap().expires;
+        go_in(
+            &mut t,
+            now + Duration::from_secs(10),
+            error_about(&f, 3, 3, None),
+        );
+        assert_eq!(t.sessions().next().unwrap().expires, before);
+    }
+
+    #[test]
+    fn outbound_icmp_errors() {
+        let now = Instant::now();
+        for quote in [None, Some(28)] {
+            // Port unreachable for a datagram that came in through a published port.
+            let mut t = nat();
+            t.publish(Protocol::Udp, 5353, C1, 53).unwrap();
+            let (v, _) = go_in(&mut t, now, in_udp(R, 7777, 5353));
+            assert_eq!(v, Verdict::Endpoint { port: 1 });
+            let mut delivered = in_udp(R, 7777, 5353);
+            t.inbound(now, &mut delivered);
+            let ipb = &delivered[14..];
+            let n = quote.unwrap_or(ipb.len());
+            let err = from_container(C1, R, 1, &icmp(3, 3, [0; 4], &ipb[..n]));
+            let s = go_out(&mut t, now, err);
+            assert_eq!((s.src, s.dst), (EXT, R));
+            check_quote(&s, &in_udp(R, 7777, 5353), (R, 7777), (EXT, 5353));
+
+            // And for a reply to a dynamic session whose socket has gone.
+            let p = go_out(&mut t, now, out_udp(C1, 6000, R2, 53)).sport;
+            let mut delivered = in_udp(R2, 53, p);
+            assert_eq!(
+                t.inbound(now, &mut delivered),
+                Verdict::Endpoint { port: 1 }
+            );
+            let ipb = &delivered[14..];
+            let n = quote.unwrap_or(ipb.len());
+            let err = from_container(C1, R2, 1, &icmp(3, 3, [0; 4], &ipb[..n]));
+            let s = go_out(&mut t, now, err);
+            check_quote(&s, &in_udp(R2, 53, p), (R2, 53), (EXT, p));
+
+            // About a packet with no session: dropped.
+            let stray = from_uplink(R2, C1, 17, &udp(R2, C1, 53, 9999, b"?", true));
+            let err = from_container(C1, R2, 1, &icmp(3, 3, [0; 4], &stray[14..]));
+            assert_eq!(drop_out(&mut t, now, err), DropReason::NoSession);
+        }
+    }
+
+    #[test]
+    fn published_tcp_port_and_reply_path() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Tcp, 8080, C2, 80).unwrap();
+        // Only a SYN opens it.
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 50000, 8080, ACK)),
+            DropReason::NoSession
+        );
+        let (v, r) = go_in(&mut t, now, in_tcp(R, 50000, 8080, SYN));
+        assert_eq!(v, Verdict::Endpoint { port: 2 });
+        assert_eq!((r.src, r.sport, r.dst, r.dport), (R, 50000, C2, 80));
+        assert_eq!((r.eth_src, r.eth_dst), (GW2_MAC, C2_MAC));
+        let view = t.sessions().next().unwrap();
+        assert_eq!((view.state, view.published), ("SYN_RECEIVED", Some(8080)));
+        assert_eq!(view.expires, now + to.tcp_transitory);
+
+        let s = go_out(&mut t, now, out_tcp(C2, 80, R, 50000, SYN | ACK));
+        assert_eq!((s.sport, s.dst, s.dport), (8080, R, 50000));
+        assert_eq!(t.sessions().next().unwrap().state, "ESTABLISHED");
+        let (v, _) = go_in(&mut t, now, in_tcp(R, 50000, 8080, ACK));
+        assert_eq!(v, Verdict::Endpoint { port: 2 });
+        // A second client.
+        let (v, _) = go_in(&mut t, now, in_tcp(R2, 50000, 8080, SYN));
+        assert_eq!(v, Verdict::Endpoint { port: 2 });
+        assert_eq!(t.session_count(), 2);
+        // A published port whose endpoint is gone.
+        t.publish(Protocol::Tcp, 8081, Ipv4Addr::new(10, 9, 9, 9), 80)
+            .unwrap();
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 1, 8081, SYN)),
+            DropReason::UnknownEndpoint
+        );
+
+        assert_eq!(t.unpublish(Protocol::Tcp, 8080), 2);
+        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.stats().sessions_removed, 2);
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 3, 8080, SYN)),
+            DropReason::NoSession
+        );
+        assert_eq!(t.unpublish(Protocol::Tcp, 8080), 0);
+    }
+
+    #[test]
+    fn published_udp_port_serves_and_originates() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Udp, 40050, C1, 53).unwrap();
+        let (v, r) = go_in(&mut t, now, in_udp(R, 7777, 40050));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        assert_eq!((r.dst, r.dport), (C1, 53));
+        let s = go_out(&mut t, now, out_udp(C1, 53, R, 7777));
+        assert_eq!(s.sport, 40050);
+        // New traffic from the published inside port keeps the published external port.
+        let s = go_out(&mut t, now, out_udp(C1, 53, R2, 53));
+        assert_eq!(s.sport, 40050);
+        assert_eq!(
+            t.sessions().filter(|s| s.published == Some(40050)).count(),
+            2
+        );
+        // The published port is never handed out dynamically.
+        for i in 0..99u16 {
+            let s = go_out(&mut t, now, out_udp(C2, 1000 + i, R, 53));
+            assert_ne!(s.sport, 40050);
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C2, 2000, R, 53)),
+            DropReason::PortsExhausted
+        );
+        assert_eq!(t.unpublish(Protocol::Udp, 40050), 2);
+        // Returned to the pool.
+        assert_eq!(go_out(&mut t, now, out_udp(C2, 2000, R, 53)).sport, 40050);
+    }
+
+    #[test]
+    fn publish_refuses_bad_requests() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
+        let e = t.publish(Protocol::Tcp, 8080, C2, 81).unwrap_err();
+        assert_eq!(
+            e,
+            NatError::AlreadyPublished {
+                protocol: Protocol::Tcp,
+                port: 8080,
+                existing: SocketAddrV4::new(C1, 80)
+            }
+        );
+        assert!(
+            e.to_string().contains("already published to 10.0.0.2:80"),
+            "{e}"
+        );
+        // Same number, other protocol: fine.
+        t.publish(Protocol::Udp, 8080, C2, 81).unwrap();
+        assert_eq!(
+            t.publish(Protocol::Icmp, 1, C1, 1),
+            Err(NatError::IcmpNotPublishable)
+        );
+        assert_eq!(t.publish(Protocol::Tcp, 0, C1, 1), Err(NatError::ZeroPort));
+        assert_eq!(t.publish(Protocol::Tcp, 1, C1, 0), Err(NatError::ZeroPort));
+        // A range port in use by a mapping.
+        let p = go_out(&mut t, now, out_tcp(C1, 1, R, 2, SYN)).sport;
+        assert_eq!(
+            t.publish(Protocol::Tcp, p, C1, 80),
+            Err(NatError::PortInUse {
+                protocol: Protocol::Tcp,
+                port: p
+            })
+        );
+        assert_eq!(t.published().count(), 2);
+    }
+
+    #[test]
+    fn published_conflict_with_existing_flow() {
+        let now = Instant::now();
+        let mut t = nat();
+        go_out(&mut t, now, out_udp(C1, 53, R, 7777));
+        t.publish(Protocol::Udp, 5353, C1, 53).unwrap();
+        assert_eq!(
+            drop_in(&mut t, now, in_udp(R, 7777, 5353)),
+            DropReason::SessionConflict
+        );
+    }
+
+    #[test]
+    fn eviction_when_the_table_is_full() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = with(PORTS, 2);
+        // Two half-open TCP sessions: transitory, the older one goes first.
+        let a = go_out(&mut t, now, out_tcp(C1, 1, R, 80, SYN)).sport;
+        go_out(
+            &mut t,
+            now + Duration::from_secs(1),
+            out_tcp(C1, 2, R, 80, SYN),
+        );
+        go_out(
+            &mut t,
+            now + Duration::from_secs(2),
+            out_tcp(C1, 3, R, 80, SYN),
+        );
+        assert_eq!(t.session_count(), 2);
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert!(t.sessions().all(|s| s.inside.port() != 1));
+        assert_eq!(
+            drop_in(&mut t, now, in_tcp(R, 80, a, SYN | ACK)),
+            DropReason::NoSession
+        );
+
+        // Established sessions are not evicted.
+        let mut t = with(PORTS, 2);
+        for sp in [1, 2] {
+            let p = go_out(&mut t, now, out_tcp(C1, sp, R, 80, SYN)).sport;
+            go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C1, 3, R, 80, SYN)),
+            DropReason::PortsExhausted
+        );
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 3, R, 80)),
+            DropReason::PortsExhausted
+        );
+        // Again, from the memo: no scan, same answer.
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 4, R, 80)),
+            DropReason::PortsExhausted
+        );
+        // One turns transitory (RST): it can go.
+        let p1 = t
+            .sessions()
+            .find(|s| s.inside.port() == 1)
+            .unwrap()
+            .external_port;
+        go_in(&mut t, now, in_tcp(R, 80, p1, RST));
+        go_out(&mut t, now, out_udp(C1, 3, R, 80));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert!(t.sessions().all(|s| s.inside.port() != 1));
+
+        // Expired sessions are reclaimed first, counted as expired.
+        let mut t = with(PORTS, 2);
+        go_out(&mut t, now, out_udp(C1, 1, R, 80));
+        go_out(&mut t, now, out_udp(C1, 2, R, 80));
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 3, R, 80)),
+            DropReason::PortsExhausted
+        );
+        go_out(&mut t, now + to.udp, out_udp(C1, 3, R, 80));
+        assert_eq!(t.session_count(), 1);
+        assert_eq!(t.stats().sessions_expired, 2);
+        assert_eq!(t.stats().drops(DropReason::PortsExhausted), 1);
+    }
+
+    #[test]
+    fn port_range_exhaustion() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = with(50000..=50001, 100);
+        let a = go_out(&mut t, now, out_udp(C1, 1, R, 53)).sport;
+        let b = go_out(&mut t, now, out_udp(C1, 2, R, 53)).sport;
+        assert_ne!(a, b);
+        // Sessions of existing mappings still fit.
+        go_out(&mut t, now, out_udp(C1, 1, R2, 53));
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 3, R, 53)),
+            DropReason::PortsExhausted
+        );
+        // Other protocols have their own identifiers.
+        go_out(&mut t, now, out_tcp(C1, 3, R, 53, SYN));
+        go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1)));
+        // A transitory TCP session gives its port to a new TCP mapping.
+        go_out(&mut t, now, out_tcp(C1, 4, R, 53, SYN));
+        go_out(
+            &mut t,
+            now + Duration::from_secs(1),
+            out_tcp(C1, 5, R, 53, SYN),
+        );
+        assert_eq!(t.stats().sessions_evicted, 1);
+        // The UDP ports come back when their sessions expire.
+        let later = now + to.udp;
+        let c = go_out(&mut t, later, out_udp(C1, 3, R, 53)).sport;
+        assert!(c == a || c == b);
+    }
+
+    #[test]
+    fn expire_and_remove() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let mut t = nat();
+        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        go_out(&mut t, now, out_udp(C1, 2, R, 53));
+        go_out(&mut t, now, out_udp(C2, 2, R, 53));
+        go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 1, 1)));
+        t.drain_port_events().for_each(drop);
+        assert_eq!(t.expire(now + to.icmp), 1);
+        assert_eq!(t.drain_port_events().count(), 1);
+        assert_eq!(t.remove_endpoint(C1), 2);
+        assert_eq!(t.session_count(), 1);
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 1, R, 53)),
+            DropReason::UnknownEndpoint
+        );
+        assert_eq!(t.expire(now + to.udp), 1);
+        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.stats().sessions_removed, 2);
+        assert_eq!(t.stats().sessions_expired, 2);
+    }
+
+    #[test]
+    fn ttl_handling() {
+        let now = Instant::now();
+        let mut t = nat();
+        for ttl in [0u8, 1] {
+            let f = eth(
+                GW_MAC,
+                C1_MAC,
+                &ip(C1, R, 17, ttl, &[], &udp(C1, R, 1, 2, b"", true)),
+            );
+            assert_eq!(drop_out(&mut t, now, f), DropReason::TtlExceeded);
+            let f = eth(
+                UPLINK_MAC,
+                UPLINK_PEER_MAC,
+                &ip(R, EXT, 17, ttl, &[], &udp(R, EXT, 2, 1, b"", true)),
+            );
+            assert_eq!(drop_in(&mut t, now, f), DropReason::TtlExceeded);
+        }
+        let f = eth(
+            GW_MAC,
+            C1_MAC,
+            &ip(C1, R, 17, 2, &[], &udp(C1, R, 1, 2, b"", true)),
+        );
+        assert_eq!(go_out(&mut t, now, f).ttl, 1);
+        let f = eth(
+            GW_MAC,
+            C1_MAC,
+            &ip(C1, R, 17, 255, &[], &udp(C1, R, 1, 2, b"", true)),
+        );
+        assert_eq!(go_out(&mut t, now, f).ttl, 254);
+    }
+
+    #[test]
+    fn other_drops() {
+        let now = Instant::now();
+        let mut t = nat();
+        // Fragments: MF, and a non-zero offset.
+        for frag in [0x20u8, 0x00] {
+            let mut ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 1, 2, b"abc", true));
+            ipb[6] = frag;
+            ipb[7] = if frag == 0 { 1 } else { 0 };
+            ipb[10..12].copy_from_slice(&[0, 0]);
+            let c = !ref_sum(&[&ipb[..20]]);
+            ipb[10..12].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(
+                drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &ipb)),
+                DropReason::Fragment
+            );
+        }
+        // Not IPv4.
+        let mut f = out_udp(C1, 1, R, 2);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(drop_out(&mut t, now, f), DropReason::NotIpv4);
+        let mut f = out_udp(C1, 1, R, 2);
+        f[12..14].copy_from_slice(&[0x81, 0x00]);
+        assert_eq!(drop_out(&mut t, now, f), DropReason::NotIpv4);
+        // Version 6 inside an IPv4 ethertype.
+        let mut f = out_udp(C1, 1, R, 2);
+        f[14] = 0x65;
+        assert_eq!(drop_out(&mut t, now, f), DropReason::Malformed);
+        // GRE.
+        let f = from_container(C1, R, 47, &[0u8; 12]);
+        assert_eq!(drop_out(&mut t, now, f), DropReason::UnsupportedProtocol);
+        let f = from_uplink(R, EXT, 47, &[0u8; 12]);
+        assert_eq!(drop_in(&mut t, now, f), DropReason::UnsupportedProtocol);
+        // ICMP types other than echo and errors.
+        let f = from_container(C1, R, 1, &icmp(13, 0, [0; 4], &[0; 12]));
+        assert_eq!(drop_out(&mut t, now, f), DropReason::UnsupportedProtocol);
+        // Bad IP header checksum.
+        let mut f = out_udp(C1, 1, R, 2);
+        f[14 + 10] ^= 0x55;
+        assert_eq!(drop_out(&mut t, now, f), DropReason::BadChecksum);
+        // Unknown source.
+        let f = out_udp(Ipv4Addr::new(10, 0, 0, 99), 1, R, 2);
+        assert_eq!(drop_out(&mut t, now, f), DropReason::UnknownEndpoint);
+        // Inbound for another address.
+        let f = from_uplink(
+            R,
+            Ipv4Addr::new(192, 0, 2, 2),
+            17,
+            &udp(R, EXT, 1, 40000, b"", true),
+        );
+        assert_eq!(drop_in(&mut t, now, f), DropReason::NotForUs);
+        assert_eq!(t.session_count(), 0);
+        let names: Vec<_> = t
+            .stats()
+            .drop_counts()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, _)| r.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "malformed",
+                "not_ipv4",
+                "fragment",
+                "unsupported_protocol",
+                "unknown_endpoint",
+                "bad_checksum",
+                "not_for_us"
+            ]
+        );
+        assert_eq!(t.stats().total_drops(), 11);
+    }
+
+    #[test]
+    fn ip_options_and_padding_are_carried() {
+        let now = Instant::now();
+        let mut t = nat();
+        // IHL 6 with a NOP/EOL option word; 10 bytes of Ethernet padding after it.
+        let l4 = udp(C1, R, 5000, 53, b"opt", true);
+        let mut f = eth(GW_MAC, C1_MAC, &ip(C1, R, 17, 64, &[1, 1, 1, 0], &l4));
+        f.extend_from_slice(&[0xee; 10]);
+        let v = t.outbound(now, &mut f);
+        assert_eq!(v, Verdict::Uplink { remote: R });
+        let s = verify(&f);
+        assert_eq!(&f[14 + 20..14 + 24], &[1, 1, 1, 0]);
+        assert_eq!(&f[f.len() - 10..], &[0xee; 10]);
+        assert_eq!(&s.l4[8..], b"opt");
+        let l4 = udp(R, EXT, 53, s.sport, b"back", true);
+        let mut f = eth(
+            UPLINK_MAC,
+            UPLINK_PEER_MAC,
+            &ip(R, EXT, 17, 60, &[7, 4, 4, 0, 0, 0, 0, 0], &l4),
+        );
+        assert_eq!(t.inbound(now, &mut f), Verdict::Endpoint { port: 1 });
+        let r = verify(&f);
+        assert_eq!((r.dst, r.dport), (C1, 5000));
+    }
+
+    #[test]
+    fn hairpin_through_a_published_port() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Udp, 5353, C2, 53).unwrap();
+        let mut f = out_udp(C1, 4000, EXT, 5353);
+        assert_eq!(t.outbound(now, &mut f), Verdict::Endpoint { port: 2 });
+        let s = verify(&f);
+        assert_eq!((s.src, s.dst, s.dport, s.ttl), (EXT, C2, 53, 63));
+        assert_eq!((s.eth_src, s.eth_dst), (GW2_MAC, C2_MAC));
+        let a = s.sport;
+        let mut f = from_container(C2, EXT, 17, &udp(C2, EXT, 53, a, b"re", true));
+        assert_eq!(t.outbound(now, &mut f), Verdict::Endpoint { port: 1 });
+        let r = verify(&f);
+        assert_eq!((r.src, r.sport, r.dst, r.dport), (EXT, 5353, C1, 4000));
+    }
+
+    /// Every prefix of valid frames, and every single-byte corruption of the headers, in
+    /// both directions: no panic, and whatever is not dropped verifies.
+    #[test]
+    fn truncated_and_corrupted_frames_do_not_panic() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
+        let mut seed = out_udp(C1, 5000, R, 53);
+        t.outbound(now, &mut seed);
+        let mut tseed = out_tcp(C1, 5001, R, 80, SYN);
+        t.outbound(now, &mut tseed);
+        let frames = vec![
+            out_udp(C1, 5000, R, 53),
+            out_tcp(C1, 5001, R, 80, SYN | ACK),
+            from_container(C1, R, 1, &echo(8, 1, 1)),
+            in_udp(R, 53, 40000),
+            in_tcp(R, 9, 8080, SYN),
+            from_uplink(R, EXT, 1, &echo(0, 40000, 1)),
+            error_about(&seed, 3, 3, None),
+            error_about(&seed, 3, 3, Some(28)),
+            error_about(&tseed, 11, 0, Some(28)),
+            from_container(C1, R, 1, &icmp(3, 3, [0; 4], &in_udp(R, 53, 5000)[14..])),
+        ];
+        for f in &frames {
+            for n in 0..=f.len() {
+                for inbound in [false, true] {
+                    let mut g = f[..n].to_vec();
+                    let v = if inbound {
+                        t.inbound(now, &mut g)
+                    } else {
+                        t.outbound(now, &mut g)
+                    };
+                    if !matches!(v, Verdict::Drop(_)) {
+                        verify(&g);
+                    }
+                }
+            }
+            for i in 0..f.len().min(14 + 60 + 28) {
+                for x in [0x01u8, 0x80, 0xff] {
+                    let mut g = f.clone();
+                    g[i] ^= x;
+                    let _ = t.outbound(now, &mut g);
+                    let mut g = f.clone();
+                    g[i] ^= x;
+                    let _ = t.inbound(now, &mut g);
+                }
+            }
+        }
+        assert!(t.stats().drops(DropReason::Malformed) > 0);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 2..=1;
+        assert!(Translator::try_new(config(empty, 10)).is_err());
+        assert!(Translator::try_new(config(0..=10, 10)).is_err());
+        assert!(Translator::try_new(config(1..=10, 0)).is_err());
+        assert!(Translator::try_new(config(65535..=65535, 1)).is_ok());
+        let d = Timeouts::default();
+        assert_eq!(d.tcp_established, Duration::from_secs(7440));
+        assert_eq!(d.tcp_transitory, Duration::from_secs(240));
+        assert_eq!(d.udp, Duration::from_secs(300));
+        assert_eq!(d.icmp, Duration::from_secs(60));
+        assert_eq!(Protocol::Udp.number(), 17);
+        assert_eq!(Protocol::from_number(6), Some(Protocol::Tcp));
+        assert_eq!(DropReason::PortsExhausted.name(), "ports_exhausted");
+    }
+
+    /// Counts heap allocations made by the current thread.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static COUNT: Cell<u64> = const { Cell::new(0) };
+        }
+
+        pub struct Counting;
+
+        // SAFETY: every method forwards to `System` with the caller's arguments unchanged;
+        // counting touches only a const-initialised thread-local `Cell`, which does not
+        // allocate.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: forwarded as is; the caller upholds `GlobalAlloc::alloc`'s contract.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this `layout` (see `alloc`).
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOCATOR: Counting = Counting;
+
+        pub fn allocations() -> u64 {
+            COUNT.with(|c| c.get())
+        }
+    }
+
+    #[test]
+    fn no_allocation_per_packet_on_live_sessions() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
+        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        let q = go_out(&mut t, now, out_tcp(C1, 5001, R, 443, SYN)).sport;
+        let i = go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 5, 1))).dport;
+        go_in(&mut t, now, in_tcp(R2, 1234, 8080, SYN));
+        let mut partial = tcp(C1, R, 5001, 443, ACK, &[1u8; 1000]);
+        make_partial(&mut partial, C1, R, 6);
+        let mut trans = out_udp(C1, 5000, R, 53);
+        t.outbound(now, &mut trans);
+        let frames: [(bool, Vec<u8>); 11] = [
+            (false, out_udp(C1, 5000, R, 53)),
+            (true, in_udp(R, 53, p)),
+            (false, out_tcp(C1, 5001, R, 443, ACK)),
+            (false, from_container(C1, R, 6, &partial)),
+            (true, in_tcp(R, 443, q, ACK)),
+            (false, from_container(C1, R, 1, &echo(8, 5, 2))),
+            (true, from_uplink(R, EXT, 1, &echo(0, i, 2))),
+            (true, in_tcp(R2, 1234, 8080, ACK)),
+            (false, out_tcp(C1, 80, R2, 1234, SYN | ACK)),
+            (true, error_about(&trans, 3, 3, Some(28))),
+            (true, in_udp(R2, 53, p)), // filtered: a drop allocates nothing either
+        ];
+        let mut copies: Vec<Vec<u8>> = frames.iter().map(|(_, f)| f.clone()).collect();
+        let before = counting::allocations();
+        for _ in 0..100 {
+            for ((inbound, f), c) in frames.iter().zip(copies.iter_mut()) {
+                c.copy_from_slice(f);
+                if *inbound {
+                    t.inbound(now, c);
+                } else {
+                    t.outbound(now, c);
+                }
+            }
+        }
+        let after = counting::allocations();
+        assert_eq!(after - before, 0, "allocations on the per-packet path");
+        assert_eq!(t.stats().drops(DropReason::Filtered), 100);
+        assert_eq!(t.stats().total_drops(), 100);
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The fuzz target's harness over deterministic pseudo-random inputs: mutated valid
+    /// frames of every kind, in records, so sessions form and are hit.
+    #[test]
+    fn fuzz_harness_on_pseudo_random_inputs() {
+        let mut seed_out = out_udp(C1, 5000, R, 53);
+        let mut t = with(40000..=40007, 16);
+        t.publish(Protocol::Udp, 40001, C1, 53).unwrap();
+        t.outbound(Instant::now(), &mut seed_out);
+        let corpus: Vec<(bool, Vec<u8>)> = vec![
+            (false, out_udp(C1, 5000, R, 53)),
+            (false, out_tcp(C1, 5001, R, 80, SYN)),
+            (false, out_tcp(C1, 5001, R, 80, ACK | FIN)),
+            (false, from_container(C1, R, 1, &echo(8, 1, 1))),
+            (
+                false,
+                from_container(C1, R, 1, &icmp(3, 3, [0; 4], &in_udp(R, 53, 5000)[14..])),
+            ),
+            (true, in_udp(R, 53, 40000)),
+            (true, in_udp(R, 9, 40001)),
+            (true, in_tcp(R, 80, 40000, SYN | ACK)),
+            (true, in_tcp(R, 80, 8080, SYN)),
+            (true, from_uplink(R, EXT, 1, &echo(0, 40000, 1))),
+            (true, error_about(&seed_out, 3, 3, None)),
+            (true, error_about(&seed_out, 11, 0, Some(28))),
+        ];
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut input = Vec::new();
+        let (mut out, mut inb, mut created) = (0, 0, 0);
+        for _ in 0..3000 {
+            input.clear();
+            for _ in 0..1 + rng.below(8) {
+                let (inbound, f) = &corpus[rng.below(corpus.len())];
+                let mut f = f.clone();
+                for _ in 0..rng.below(4) {
+                    let i = rng.below(f.len());
+                    f[i] = rng.next() as u8;
+                }
+                if rng.below(8) == 0 {
+                    f.truncate(rng.below(f.len() + 1));
+                }
+                let n = f.len().min(0x7ff);
+                let patch = if rng.below(2) == 0 { 2 } else { 0 };
+                let time = (rng.below(8) as u8) << 2;
+                let ctl = u8::from(*inbound) | patch | time & 0x1c | ((n >> 8) as u8) << 5;
+                input.push(ctl);
+                input.push(n as u8);
+                input.extend_from_slice(&f[..n]);
+            }
+            let st = fuzz_harness(&input);
+            out += st.translated_outbound;
+            inb += st.translated_inbound;
+            created += st.sessions_created;
+        }
+        // The inputs reach the translation paths, not only the early drops.
+        assert!(
+            out > 1000 && inb > 300 && created > 1000,
+            "{out} {inb} {created}"
+        );
+        // Pure noise too.
+        for _ in 0..500 {
+            let n = rng.below(600);
+            let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            fuzz_harness(&noise);
+        }
+    }
+}

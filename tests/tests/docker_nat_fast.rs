@@ -1,0 +1,436 @@
+//! nat-fast end to end: real dockerd, real plugin, real OVS, the XDP program in the
+//! kernel, AF_XDP sockets and the userspace translator.
+//!
+//! Topology as in docker_nat.rs: a "far" namespace behind a veth that is the uplink
+//! (host 10.232.110.1/24, far 10.232.110.2/24), named with `-o ovs.nat.uplink`.
+//! Every check proves its path twice: the answer is right (the far side sees the
+//! uplink's address, data arrives intact), and the counters say the frames went
+//! through the translator while the host's conntrack table has no entry for them
+//! (netfilter never saw them).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use dovesnap_tests::daemon::Daemon;
+use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::{require_root, run, sh, Netns, Veth};
+
+const HOST_UPLINK_IP: &str = "10.232.110.1";
+const FAR_IP: &str = "10.232.110.2";
+
+/// A UDP and TCP "who am I" server: answers each datagram or connection with the
+/// peer's address.
+const WHOAMI: &str = r#"
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
+def udp():
+    while True:
+        d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+while True:
+    c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
+"#;
+
+/// One datagram to `argv[1]:argv[2]`; prints the answer, or `refused` when an ICMP
+/// port unreachable came back (the kernel turns it into ECONNREFUSED on a connected
+/// socket).
+const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'ping')\ntry:\n    print(s.recv(2048).decode().strip())\nexcept ConnectionRefusedError:\n    print('refused')";
+
+/// Answers every datagram on port `argv[1]` with `udp-pong`.
+const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
+
+const BLOB_BYTES: usize = 4 << 20;
+
+fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
+    let port = port.to_string();
+    let mut args: Vec<&str> = prefix[1..].to_vec();
+    args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
+    let out = run(prefix[0], &args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Far {
+    ns: Netns,
+    uplink: Veth,
+    servers: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Far {
+    fn new() -> Self {
+        let ns = Netns::new("dsffar");
+        let uplink = Veth::new("dsfup");
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HOST_UPLINK_IP}/24"),
+                "dev",
+                &uplink.host,
+            ],
+        );
+        uplink.peer_into(&ns, &format!("{FAR_IP}/24"));
+        let dir = std::env::temp_dir().join(format!("dovesnap-far-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("far www dir");
+        sh(
+            "sh",
+            &[
+                "-c",
+                &format!("head -c {BLOB_BYTES} /dev/urandom > {}/blob", dir.display()),
+            ],
+        );
+        let spawn = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("far server")
+        };
+        let servers = vec![
+            spawn(&["python3", "-c", WHOAMI, FAR_IP, "7000"]),
+            spawn(&[
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "8000",
+                "-h",
+                dir.to_str().expect("utf-8 path"),
+            ]),
+        ];
+        std::thread::sleep(Duration::from_millis(500));
+        Far {
+            ns,
+            uplink,
+            servers,
+            dir,
+        }
+    }
+
+    fn blob_md5(&self) -> String {
+        let out = sh("md5sum", &[self.dir.join("blob").to_str().unwrap()]);
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wget(ns: &Netns, url: &str) -> String {
+    let out = ns.run("timeout", &["5", "busybox", "wget", "-q", "-O", "-", url]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
+    let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.is_empty() {
+        Err(format!("container got no TCP answer from {ip}:{port}"))
+    } else {
+        Ok(text)
+    }
+}
+
+/// A named counter from a `[[name, value], ...]` list of the status JSON.
+fn counter_in(list: &Value, name: &str) -> u64 {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p[0].as_str() == Some(name))
+        .and_then(|p| p[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn xdp_counter(status: &Value, name: &str) -> u64 {
+    counter_in(&status["fast_path"]["xdp_counters"], name)
+}
+
+fn translator_counter(status: &Value, name: &str) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| counter_in(&u["counters"], name))
+        .sum()
+}
+
+/// Conntrack entries of the host that mention `needle` (an address).
+fn conntrack_entries(needle: &str) -> Vec<String> {
+    let out = run("conntrack", &["-L"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+fn flush_conntrack() {
+    let _ = run("conntrack", &["-F"]);
+}
+
+fn xdp_attached(ifname: &str) -> bool {
+    let out = sh("ip", &["-d", "link", "show", "dev", ifname]);
+    out.contains("prog/xdp")
+}
+
+fn create_network(name: &str, subnet: &str, uplink: &str) -> Network {
+    Network::create(
+        name,
+        &[
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &format!("ovs.nat.uplink={uplink}"),
+            "--subnet",
+            subnet,
+        ],
+    )
+}
+
+fn status_of(plugin: &Daemon) -> Value {
+    plugin.status()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
+    require_root();
+    let mut plugin = start_plugin();
+    let far = Far::new();
+    let a = create_network("dsfast-na", "10.232.12.0/24", &far.uplink.host);
+    let b = create_network("dsfast-nb", "10.232.13.0/24", &far.uplink.host);
+    let ca = Container::idle("dsfast-ca", &a);
+    let cb = Container::idle("dsfast-cb", &b);
+    let (ip_a, ip_b) = (ca.ip(&a), cb.ip(&b));
+    flush_conntrack();
+    // Both networks at once, in parallel, through one uplink's translator.
+    let ta = std::thread::spawn({
+        let name = ca.name.clone();
+        move || {
+            docker(&[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                &format!("for i in 1 2 3 4 5; do timeout 5 nc {FAR_IP} 7000; done"),
+            ])
+        }
+    });
+    let tb = std::thread::spawn({
+        let name = cb.name.clone();
+        move || {
+            docker(&[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                &format!("for i in 1 2 3 4 5; do timeout 5 nc {FAR_IP} 7000; done"),
+            ])
+        }
+    });
+    for (who, t) in [("a", ta), ("b", tb)] {
+        let out = t.join().expect("client thread");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            text.matches(&format!("from {HOST_UPLINK_IP}")).count(),
+            5,
+            "network {who}: {text}"
+        );
+    }
+    let status = status_of(&plugin);
+    assert!(translator_counter(&status, "outbound") > 0, "{status:#}");
+    for ip in [&ip_a, &ip_b] {
+        assert!(conntrack_entries(ip).is_empty(), "netfilter saw {ip}");
+    }
+    // Isolation holds on the fast path: a does not reach b.
+    assert!(!ca.ping(&ip_b), "network a reached network b");
+
+    // The plugin dies: its XDP links go with the process, the kernel nat rules stay,
+    // and new connections take the kernel path (conntrack now sees them).
+    plugin.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!xdp_attached(&far.uplink.host), "XDP outlived the plugin");
+    let seen = container_tcp(&ca, FAR_IP, 7000).expect("kernel fallback TCP");
+    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    assert!(
+        !conntrack_entries(&ip_a).is_empty(),
+        "the fallback did not go through netfilter"
+    );
+    // A restart puts the running containers back on the fast path.
+    plugin = start_plugin();
+    assert!(
+        xdp_attached(&far.uplink.host),
+        "not re-attached after restart"
+    );
+    flush_conntrack();
+    let seen = container_tcp(&cb, FAR_IP, 7000).expect("fast path after restart");
+    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    assert!(
+        conntrack_entries(&ip_b).is_empty(),
+        "restart left b on netfilter"
+    );
+    // A clean stop detaches everything and leaves the kernel path working.
+    assert!(plugin.terminate(), "dovesnap did not stop cleanly");
+    assert!(
+        !xdp_attached(&far.uplink.host),
+        "XDP left after a clean stop"
+    );
+    let seen = container_tcp(&cb, FAR_IP, 7000).expect("kernel path after a clean stop");
+    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    plugin = start_plugin();
+    drop(ca);
+    drop(cb);
+    drop(a);
+    drop(b);
+    drop(plugin);
+    drop(far);
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn translator_carries_tcp_udp_icmp_and_published_ports() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new();
+    let net = create_network("dsfast-a", "10.232.11.0/24", &far.uplink.host);
+    let net_id = net.id();
+    // Nothing is attached before an endpoint joins.
+    assert!(
+        !xdp_attached(&far.uplink.host),
+        "XDP on the uplink too early"
+    );
+
+    let web = Container::run(
+        "dsfast-web",
+        &net,
+        &["-p", "18180:80", "-p", "18181:81/udp"],
+        &[
+            "sh",
+            "-c",
+            "echo fast-web > /www/index.html; exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let c = Container::idle("dsfast-cli", &net);
+    let c_ip = c.ip(&net);
+    assert!(xdp_attached(&far.uplink.host), "no XDP on the uplink");
+    let status = status_of(&plugin);
+    let eps = status["networks"][0]["endpoints"].as_array().cloned();
+    assert!(
+        eps.iter().flatten().all(|e| e["fast_path"] == true),
+        "endpoints not on the fast path: {status:#}"
+    );
+    flush_conntrack();
+    let before = status_of(&plugin);
+
+    // Outbound TCP, UDP and ICMP: the far side sees the uplink's address.
+    let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
+    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    let c_pid = c.pid();
+    let in_c = ["nsenter", "-t", &c_pid, "-n"];
+    assert_eq!(
+        udp_ask(&in_c, FAR_IP, 7000),
+        format!("from {HOST_UPLINK_IP}"),
+        "container -> far UDP"
+    );
+    assert!(c.ping(FAR_IP), "container -> far ICMP echo");
+    // An ICMP error comes back to the right container: port unreachable from the far
+    // side reaches the client's socket as ECONNREFUSED.
+    assert_eq!(
+        udp_ask(&in_c, FAR_IP, 7999),
+        "refused",
+        "ICMP port unreachable back to the container"
+    );
+    // HTTP and a bulk transfer with intact data.
+    let body = c
+        .exec(&[
+            "sh",
+            "-c",
+            &format!("timeout 20 wget -q -O - http://{FAR_IP}:8000/blob | md5sum"),
+        ])
+        .stdout;
+    let got = String::from_utf8_lossy(&body);
+    assert_eq!(
+        got.split_whitespace().next().unwrap_or_default(),
+        far.blob_md5(),
+        "bulk transfer through the translator corrupted or lost data"
+    );
+
+    // Inbound: published TCP and UDP from the far side.
+    let url = format!("http://{HOST_UPLINK_IP}:18180/");
+    assert_eq!(wget(&far.ns, &url), "fast-web", "far -> published TCP");
+    let web_pid = web.pid();
+    let mut pong = Command::new("nsenter")
+        .args(["-t", &web_pid, "-n", "python3", "-c", UDP_PONG, "81"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("UDP pong server");
+    std::thread::sleep(Duration::from_millis(500));
+    let in_far = ["ip", "netns", "exec", &far.ns.name];
+    let answer = udp_ask(&in_far, HOST_UPLINK_IP, 18181);
+    let _ = pong.kill();
+    let _ = pong.wait();
+    assert_eq!(answer, "udp-pong", "far -> published UDP");
+
+    // The counters: frames were steered both ways and translated; netfilter saw none.
+    let after = status_of(&plugin);
+    let delta = |f: fn(&Value, &str) -> u64, name: &str| f(&after, name) - f(&before, name);
+    let out_steered = delta(xdp_counter, "endpoint-redirect");
+    let in_steered = delta(xdp_counter, "uplink-redirect");
+    assert!(
+        out_steered > 100,
+        "too few container frames steered ({out_steered}): {after:#}"
+    );
+    assert!(
+        in_steered > BLOB_BYTES as u64 / 1500,
+        "too few uplink frames steered ({in_steered}): {after:#}"
+    );
+    assert!(delta(translator_counter, "outbound") >= out_steered / 2);
+    assert!(delta(translator_counter, "inbound") >= in_steered / 2);
+    for ip in [c_ip.as_str(), FAR_IP, HOST_UPLINK_IP] {
+        let left = conntrack_entries(ip);
+        assert!(
+            left.is_empty(),
+            "netfilter tracked translator traffic for {ip}: {left:#?}"
+        );
+    }
+
+    // `dovesnap status` shows the fast path: attachments, sessions, counters.
+    let table = plugin.status_text();
+    eprintln!("{table}");
+    assert!(table.contains("nat-fast: XDP on"), "{table}");
+    assert!(
+        table.contains(&format!("uplink {} ({HOST_UPLINK_IP})", far.uplink.host)),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{c_ip}:")),
+        "no session of {c_ip}: {table}"
+    );
+
+    drop(c);
+    drop(web);
+    // The last endpoint took the uplink's program with it.
+    assert!(!xdp_attached(&far.uplink.host), "XDP left on the uplink");
+    drop(net);
+    let _ = net_id;
+    drop(plugin);
+    drop(far);
+}
