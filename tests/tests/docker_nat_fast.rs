@@ -262,9 +262,33 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     // Isolation holds on the fast path: a does not reach b.
     assert!(!ca.ping(&ip_b), "network a reached network b");
 
-    // The plugin dies: its XDP links go with the process, the kernel nat rules stay,
-    // and new connections take the kernel path (conntrack now sees them).
+    // The plugin dies during traffic: its XDP links go with the process, the kernel
+    // nat rules stay, and new connections take the kernel path (conntrack now sees
+    // them). At most the one connection in flight at the kill may be lost.
+    let looping = std::thread::spawn({
+        let name = ca.name.clone();
+        move || {
+            docker(&[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                &format!(
+                    "for i in $(seq 1 30); do timeout 3 nc {FAR_IP} 7000 || echo lost; \
+                     sleep 0.1; done"
+                ),
+            ])
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1200));
     plugin.kill();
+    let out = looping.join().expect("client loop");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answered = text.matches(&format!("from {HOST_UPLINK_IP}")).count();
+    assert!(
+        answered >= 29,
+        "connections lost across the plugin's death: {answered}/30: {text}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(!xdp_attached(&far.uplink.host), "XDP outlived the plugin");
     let seen = container_tcp(&ca, FAR_IP, 7000).expect("kernel fallback TCP");

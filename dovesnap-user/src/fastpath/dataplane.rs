@@ -33,6 +33,8 @@ use crate::xdp::DataplaneMaps;
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames held for next-hop resolution, in all (each holds a UMEM frame).
 pub const PENDING_MAX: usize = 256;
+/// The least time between two warnings about the same recurring failure.
+const WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// How often sessions are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the thread sleeps in poll(2) when nothing is happening (it also bounds how
@@ -184,6 +186,7 @@ pub struct Dataplane {
     events: Receiver<NextHopEvent>,
     pending: VecDeque<Held>,
     counters: Counters,
+    last_flush_warning: Instant,
 }
 
 impl Dataplane {
@@ -206,6 +209,7 @@ impl Dataplane {
             events,
             pending: VecDeque::new(),
             counters: Counters::default(),
+            last_flush_warning: Instant::now() - WARN_INTERVAL,
         })
     }
 
@@ -239,7 +243,11 @@ impl Dataplane {
             }
             self.sweep_pending(now);
             if let Err(e) = self.xsk.flush() {
-                warn!("AF_XDP flush failed: {e}");
+                // Once per interval: a vanished interface fails every flush.
+                if now.duration_since(self.last_flush_warning) >= WARN_INTERVAL {
+                    self.last_flush_warning = now;
+                    warn!("AF_XDP flush failed: {e}");
+                }
             }
             self.sync_port_events();
             if now.duration_since(last_expire) >= EXPIRE_INTERVAL {
