@@ -41,6 +41,25 @@ pub const IFACE_ENDPOINT: u32 = 1;
 /// [`IfaceConfig::kind`] of the uplink carrying the external address.
 pub const IFACE_UPLINK: u32 = 2;
 
+/// Name of the benchmark's counting sink, a second XDP program in the same object: it
+/// counts and drops every IPv4 frame and passes everything else uncounted (ARP, so that
+/// the sink's address still resolves; IPv6 housekeeping). Only `cargo xtask bench` and
+/// its tests attach it, never the plugin.
+pub const SINK_PROGRAM_NAME: &str = "dovesnap_sink";
+
+/// Name of the sink's per-CPU `u64` array, indexed by [`SINK_FRAMES`], [`SINK_BYTES`]
+/// and [`SINK_PASSED`].
+pub const SINK_MAP: &str = "SINK";
+/// [`SINK_MAP`] index: IPv4 frames counted and dropped.
+pub const SINK_FRAMES: u32 = 0;
+/// [`SINK_MAP`] index: bytes of those frames, from the Ethernet header to the end of the
+/// frame (no FCS: a minimal 64-byte frame on the wire counts 60).
+pub const SINK_BYTES: u32 = 1;
+/// [`SINK_MAP`] index: other frames (ARP, IPv6, ...) passed to the kernel uncounted.
+pub const SINK_PASSED: u32 = 2;
+/// Number of entries in [`SINK_MAP`].
+pub const SINK_SLOTS: u32 = 3;
+
 /// IPv4 protocol numbers the program steers.
 pub const PROTO_ICMP: u8 = 1;
 /// TCP's IPv4 protocol number.

@@ -16,6 +16,9 @@
 //! gone, the kernel's own nat rules take over. Each frame counts one classification, one
 //! verdict (`pass`/`redirect`) and, on a configured interface, one decision counter.
 //!
+//! The object also carries `dovesnap_sink`, the benchmark's counting sink (its own
+//! `SINK` map; see `dovesnap_ebpf::SINK_PROGRAM_NAME`), which the plugin never loads.
+//!
 //! Only the `bpf` target gets the program: built for the host (as a workspace member
 //! under `cargo build --workspace` or `cargo clippy --workspace`) this is an empty
 //! binary, so that the host never sees a second panic handler or `no_main`.
@@ -38,7 +41,8 @@ mod program {
     };
     use dovesnap_ebpf::{
         Counter, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK, MAX_IFACES,
-        MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES,
+        SINK_PASSED, SINK_SLOTS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -56,6 +60,10 @@ mod program {
     /// The translator's AF_XDP sockets.
     #[map]
     static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
+
+    /// The benchmark sink's counters (see `SINK_FRAMES`, ...), per CPU.
+    #[map]
+    static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(SINK_SLOTS, 0);
 
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_ARP: u16 = 0x0806;
@@ -373,6 +381,33 @@ mod program {
                 }
             }
             _ => false,
+        }
+    }
+
+    /// The benchmark's counting sink (not part of nat-fast): counts and drops IPv4
+    /// frames, passes the rest uncounted so that ARP still resolves the sink's address.
+    #[xdp]
+    pub fn dovesnap_sink(ctx: XdpContext) -> u32 {
+        let ipv4 = matches!(ptr_at::<EthHdr>(&ctx, 0), Some(eth)
+            if u16::from_be_bytes(eth.ether_type) == ETH_P_IP);
+        if !ipv4 {
+            add(&SINK, SINK_PASSED, 1);
+            return xdp_action::XDP_PASS;
+        }
+        add(&SINK, SINK_FRAMES, 1);
+        add(&SINK, SINK_BYTES, (ctx.data_end() - ctx.data()) as u64);
+        xdp_action::XDP_DROP
+    }
+
+    /// Adds `n` to slot `index` of a per-CPU array on this CPU; an index outside the map
+    /// (ruled out by the constants) is ignored.
+    #[inline(always)]
+    fn add(map: &PerCpuArray<u64>, index: u32, n: u64) {
+        if let Some(slot) = map.get_ptr_mut(index) {
+            // SAFETY: the pointer comes from a successful map lookup and points to this
+            // CPU's slot of a per-CPU array; XDP runs with preemption disabled, so
+            // nothing else writes it concurrently.
+            unsafe { *slot += n };
         }
     }
 

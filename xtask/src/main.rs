@@ -6,6 +6,8 @@
 //!   is recorded so that `teardown` stops exactly that and nothing else.
 //! - `run`: set-up, build, run the plugin daemon in the foreground.
 //! - `test`: set-up, then every test: unit, privileged integration, Docker end to end.
+//! - `bench`: set-up, release build, then the benchmark (`dovesnap-bench run`):
+//!   nat-fast against the kernel path, `target/bench/report.json` and `chart.svg`.
 //! - `teardown`: stops the services that `setup` started.
 
 mod services;
@@ -38,6 +40,15 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
+    },
+    /// Set up, build in release mode and run the benchmark.
+    Bench {
+        /// Fewer, shorter runs (under five minutes): CI's smoke test.
+        #[arg(long)]
+        quick: bool,
+        /// More arguments for `dovesnap-bench run` (e.g. `--paths kernel-nat,nat-fast`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Stop the services that `setup` started (and nothing else).
     Teardown,
@@ -72,6 +83,28 @@ fn main() -> Result<()> {
             setup()?;
             test(filter.as_deref())
         }
+        Cmd::Bench { quick, args } => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "dovesnap-bench"])?;
+            // The control-plane part runs the plugin daemon from the same directory.
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "dovesnap-user",
+                "--bin",
+                "dovesnap",
+            ])?;
+            let bin = workspace_root().join("target/release/dovesnap-bench");
+            let out = workspace_root().join("target/bench");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").arg("--out").arg(&out);
+            if quick {
+                cmd.arg("--quick");
+            }
+            cmd.args(&args).current_dir(workspace_root());
+            run(&mut cmd)
+        }
         Cmd::Teardown => services::teardown(),
     }
 }
@@ -90,6 +123,8 @@ fn test(filter: Option<&str>) -> Result<()> {
     let filter: Vec<&str> = filter.into_iter().collect();
     // The end-to-end tests drive the real binary.
     cargo(&["build", "-p", "dovesnap-user", "--bin", "dovesnap"])?;
+    // The bench tools' own test runs the bench binary inside namespaces.
+    cargo(&["build", "-p", "dovesnap-bench", "--bin", "dovesnap-bench"])?;
     let bin = workspace_root().join("target/debug/dovesnap");
     std::env::set_var("DOVESNAP_BIN", &bin);
     // Unit tests and unprivileged integration tests.

@@ -35,11 +35,63 @@ pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PENDING_MAX: usize = 256;
 /// The least time between two warnings about the same recurring failure.
 const WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// After the last frame, how long the thread keeps polling its rings without sleeping
+/// (adaptive busy-poll): a request/response exchange or a burst finds it awake instead
+/// of paying a wake-up from poll(2) per frame. Idle, it sleeps.
+const SPIN_WINDOW: Duration = Duration::from_micros(200);
 /// How often sessions are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the thread sleeps in poll(2) when nothing is happening (it also bounds how
 /// late a command is seen).
-const IDLE_POLL: Duration = Duration::from_millis(20);
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Wakes the data-plane thread out of poll(2) when a command is queued (an eventfd in
+/// its poll set), so control-plane calls do not wait for the idle timeout.
+#[derive(Debug)]
+pub struct Waker(std::os::fd::OwnedFd);
+
+impl Waker {
+    pub fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Waker(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the next (or current) poll return.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd; a full counter
+        // (EAGAIN) already means "awake", so the result is ignored.
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; EAGAIN (nothing pending) is
+        // fine on this non-blocking fd.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                (&mut v as *mut u64).cast(),
+                8,
+            )
+        };
+    }
+
+    fn raw(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+}
 
 /// A request from the control plane. Replies carry an error message for the user.
 pub enum Command {
@@ -187,6 +239,7 @@ pub struct Dataplane {
     pending: VecDeque<Held>,
     counters: Counters,
     last_flush_warning: Instant,
+    waker: std::sync::Arc<Waker>,
 }
 
 impl Dataplane {
@@ -195,6 +248,7 @@ impl Dataplane {
         maps: DataplaneMaps,
         resolver: Resolver,
         events: Receiver<NextHopEvent>,
+        waker: std::sync::Arc<Waker>,
     ) -> Result<Self, String> {
         let xsk = Xsk::new(xsk_config).map_err(|e| format!("cannot set up AF_XDP: {e}"))?;
         Ok(Dataplane {
@@ -210,6 +264,7 @@ impl Dataplane {
             pending: VecDeque::new(),
             counters: Counters::default(),
             last_flush_warning: Instant::now() - WARN_INTERVAL,
+            waker,
         })
     }
 
@@ -218,6 +273,7 @@ impl Dataplane {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut batch: Vec<Rx> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
+        let mut last_frame = Instant::now() - SPIN_WINDOW;
         loop {
             loop {
                 match commands.try_recv() {
@@ -257,18 +313,42 @@ impl Dataplane {
                 }
                 self.sync_port_events();
             }
-            if n == 0 {
+            if n > 0 {
+                last_frame = now;
+            } else if now.duration_since(last_frame) < SPIN_WINDOW {
+                std::hint::spin_loop();
+            } else {
                 let wait = if self.pending.is_empty() {
                     IDLE_POLL
                 } else {
                     Duration::from_millis(1)
                 };
-                if let Err(e) = self.xsk.poll(wait) {
-                    debug!("poll: {e}");
-                    std::thread::sleep(wait);
-                }
+                self.wait(wait);
             }
         }
+    }
+
+    /// Sleeps until a socket has frames, a command is queued or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) {
+        let mut fds: Vec<libc::pollfd> = self
+            .roles
+            .keys()
+            .filter_map(|p| self.xsk.fd(PortId(*p)))
+            .chain(std::iter::once(self.waker.raw()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            debug!("poll: {}", std::io::Error::last_os_error());
+            std::thread::sleep(timeout);
+        }
+        self.waker.drain();
     }
 
     fn handle(&mut self, mut rx: Rx, now: Instant) {

@@ -115,6 +115,7 @@ struct UplinkState {
 pub struct FastPath {
     xdp: XdpProgram,
     commands: Sender<Command>,
+    waker: std::sync::Arc<dataplane::Waker>,
     thread: Option<JoinHandle<()>>,
     uplinks: HashMap<String, UplinkState>,
     /// host ifname -> (ifindex, slot, uplink name)
@@ -144,7 +145,11 @@ impl FastPath {
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let (resolver, _task) = nexthop::spawn_resolver(ev_tx)
             .map_err(|e| FastPathError::Dataplane(format!("cannot open rtnetlink: {e}")))?;
-        let dp = Dataplane::new(XskConfig::default(), maps, resolver, ev_rx)
+        let waker = std::sync::Arc::new(
+            dataplane::Waker::new()
+                .map_err(|e| FastPathError::Dataplane(format!("cannot make an eventfd: {e}")))?,
+        );
+        let dp = Dataplane::new(XskConfig::default(), maps, resolver, ev_rx, waker.clone())
             .map_err(FastPathError::Dataplane)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
@@ -155,6 +160,7 @@ impl FastPath {
         Ok(FastPath {
             xdp,
             commands: tx,
+            waker,
             thread: Some(thread),
             uplinks: HashMap::new(),
             endpoints: HashMap::new(),
@@ -167,6 +173,7 @@ impl FastPath {
         self.commands
             .send(make(tx))
             .map_err(|_| FastPathError::Stopped)?;
+        self.waker.wake();
         rx.recv().map_err(|_| FastPathError::Stopped)
     }
 
@@ -453,6 +460,7 @@ impl FastPath {
             warn!("cannot detach every XDP program: {e}");
         }
         let _ = self.commands.send(Command::Stop);
+        self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

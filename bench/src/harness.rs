@@ -1,0 +1,698 @@
+//! The data-path benchmark: one topology in network namespaces, the same workloads
+//! through every path, several runs each.
+//!
+//! ```text
+//!  dsb-c (container)            dsb-h (host: routing, NAT)             dsb-f (far)
+//!  c0 10.240.1.2/24 ──veth── h0 10.240.1.1/24 · u0 10.240.2.1/24 ──veth── f0 10.240.2.2/24
+//! ```
+//!
+//! The host is a namespace of its own, so the host's real firewall (Docker's FORWARD
+//! DROP, say) plays no part and nothing of the bench leaks into it. The bench process
+//! enters `dsb-h` before it starts any thread: the NAT, XDP and AF_XDP objects it makes
+//! live there. Load generators and servers run in `dsb-c` and `dsb-f` as subcommands of
+//! this binary (`ip netns exec`).
+//!
+//! Paths, all over the same interfaces:
+//! - `routing`: plain forwarding, no NAT (the ceiling); `routing+xdp` with an XDP_PASS
+//!   program on h0 and u0 (which turns TSO off on their peers);
+//! - `kernel-nat`: this project's nat mode (nftables masquerade), `kernel-nat+xdp` the
+//!   same with the XDP_PASS program attached;
+//! - `nat-fast`: XDP steering + AF_XDP translator (the kernel nat rules present, as in
+//!   production, but unused by steered traffic).
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use dovesnap::fastpath::{EndpointSpec, FastPath, UplinkSpec};
+use dovesnap::firewall::{Firewall, Ipv4Net, NatNetwork, NftFirewall};
+use dovesnap::xdp::XdpProgram;
+use dovesnap_bench::report::Record;
+
+pub const NS_C: &str = "dsb-c";
+pub const NS_H: &str = "dsb-h";
+pub const NS_F: &str = "dsb-f";
+const C_IP: Ipv4Addr = Ipv4Addr::new(10, 240, 1, 2);
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 240, 1, 1);
+const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(10, 240, 2, 1);
+const FAR_IP: Ipv4Addr = Ipv4Addr::new(10, 240, 2, 2);
+const NET_ID: &str = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
+
+/// How long and how often.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub runs: usize,
+    pub seconds: f64,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                runs: 3,
+                seconds: 1.0,
+            }
+        } else {
+            Plan {
+                runs: 5,
+                seconds: 4.0,
+            }
+        }
+    }
+}
+
+/// Runs `cmd args` and fails with its output when it fails.
+fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd} {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh("ip", &full)
+}
+
+/// The three namespaces; removed on drop.
+pub struct Topology {
+    _private: (),
+}
+
+impl Topology {
+    /// Builds it (removing leftovers of an earlier run first).
+    pub fn build() -> Result<Topology> {
+        Topology::remove();
+        for ns in [NS_C, NS_H, NS_F] {
+            sh("ip", &["netns", "add", ns])?;
+            in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        let t = Topology { _private: () };
+        sh(
+            "ip",
+            &[
+                "link", "add", "c0", "netns", NS_C, "type", "veth", "peer", "name", "h0", "netns",
+                NS_H,
+            ],
+        )?;
+        sh(
+            "ip",
+            &[
+                "link", "add", "f0", "netns", NS_F, "type", "veth", "peer", "name", "u0", "netns",
+                NS_H,
+            ],
+        )?;
+        let addr = |ns: &str, dev: &str, ip: Ipv4Addr| -> Result<()> {
+            in_ns(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev])?;
+            in_ns(ns, &["ip", "link", "set", dev, "up"])?;
+            Ok(())
+        };
+        addr(NS_C, "c0", C_IP)?;
+        addr(NS_H, "h0", GW_IP)?;
+        addr(NS_H, "u0", UPLINK_IP)?;
+        addr(NS_F, "f0", FAR_IP)?;
+        in_ns(
+            NS_C,
+            &["ip", "route", "add", "default", "via", &GW_IP.to_string()],
+        )?;
+        in_ns(
+            NS_F,
+            &[
+                "ip",
+                "route",
+                "add",
+                "10.240.1.0/24",
+                "via",
+                &UPLINK_IP.to_string(),
+            ],
+        )?;
+        in_ns(NS_H, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // As dovesnap does for containers' veth ends: complete checksums from the
+        // container, so the translator never needs to finish a partial one.
+        in_ns(
+            NS_C,
+            &["ethtool", "-K", "c0", "tx-checksum-ip-generic", "off"],
+        )?;
+        // Static neighbours: no ARP in the measured window.
+        let mac = |ns: &str, dev: &str| -> Result<String> {
+            let out = in_ns(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
+            Ok(out.trim().to_string())
+        };
+        let (h0, u0, c0, f0) = (
+            mac(NS_H, "h0")?,
+            mac(NS_H, "u0")?,
+            mac(NS_C, "c0")?,
+            mac(NS_F, "f0")?,
+        );
+        in_ns(
+            NS_C,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &GW_IP.to_string(),
+                "lladdr",
+                &h0,
+                "dev",
+                "c0",
+            ],
+        )?;
+        in_ns(
+            NS_F,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &UPLINK_IP.to_string(),
+                "lladdr",
+                &u0,
+                "dev",
+                "f0",
+            ],
+        )?;
+        in_ns(
+            NS_H,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &C_IP.to_string(),
+                "lladdr",
+                &c0,
+                "dev",
+                "h0",
+            ],
+        )?;
+        in_ns(
+            NS_H,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &FAR_IP.to_string(),
+                "lladdr",
+                &f0,
+                "dev",
+                "u0",
+            ],
+        )?;
+        Ok(t)
+    }
+
+    fn remove() {
+        for ns in [NS_C, NS_H, NS_F] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Moves the calling thread (and every thread it starts later) into `dsb-h`.
+    pub fn enter_host(&self) -> Result<()> {
+        let f = File::open(format!("/run/netns/{NS_H}")).context("open the host netns")?;
+        // SAFETY: setns on a namespace fd we own; it changes only this thread's
+        // namespace, before any other thread of the bench exists.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns({NS_H}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        Topology::remove();
+    }
+}
+
+/// One path's state: what is installed in `dsb-h` while it is measured.
+pub enum PathState {
+    Routing,
+    RoutingXdp(XdpProgram),
+    KernelNat(NftFirewall),
+    KernelNatXdp(NftFirewall, XdpProgram),
+    NatFast(NftFirewall, Box<FastPath>),
+}
+
+fn nat_network(masquerade_ports: Option<(u16, u16)>) -> NatNetwork {
+    NatNetwork {
+        id: NET_ID.into(),
+        bridge: "h0".into(),
+        subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
+        gateway: GW_IP,
+        internal: false,
+        masquerade_ports,
+    }
+}
+
+fn passive_xdp() -> Result<XdpProgram> {
+    let mut x = XdpProgram::load()?;
+    x.attach("h0")?;
+    x.attach("u0")?;
+    Ok(x)
+}
+
+// sysfs shows the namespace it was mounted in, not the one this thread entered:
+// interface facts come from netlink (opened in `dsb-h`).
+fn ifindex(name: &str) -> Result<u32> {
+    let nl = dovesnap::netlink::Netlink::new()?;
+    tokio::runtime::Handle::current()
+        .block_on(nl.index(name))?
+        .with_context(|| format!("no interface {name} in {NS_H}"))
+}
+
+fn mac_of(name: &str) -> Result<[u8; 6]> {
+    let nl = dovesnap::netlink::Netlink::new()?;
+    tokio::runtime::Handle::current()
+        .block_on(nl.mac(name))?
+        .with_context(|| format!("no MAC on {name} in {NS_H}"))
+}
+
+fn rx_queues(name: &str) -> Result<u32> {
+    let out = in_ns(NS_H, &["ls", &format!("/sys/class/net/{name}/queues")]);
+    // `ip netns exec` remounts /sys for the namespace, so this one is right.
+    Ok(out
+        .map(|t| {
+            t.split_whitespace()
+                .filter(|q| q.starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1))
+}
+
+/// The names of the paths, in report order.
+pub const PATHS: &[&str] = &[
+    "routing",
+    "routing+xdp",
+    "kernel-nat",
+    "kernel-nat+xdp",
+    "nat-fast",
+];
+
+impl PathState {
+    /// Installs `path` (run inside `dsb-h`, on the tokio runtime for nat-fast).
+    pub fn install(path: &str) -> Result<PathState> {
+        Ok(match path {
+            "routing" => PathState::Routing,
+            "routing+xdp" => PathState::RoutingXdp(passive_xdp()?),
+            "kernel-nat" => {
+                let fw = NftFirewall::new();
+                fw.add_network(&nat_network(None))?;
+                PathState::KernelNat(fw)
+            }
+            "kernel-nat+xdp" => {
+                let fw = NftFirewall::new();
+                fw.add_network(&nat_network(None))?;
+                PathState::KernelNatXdp(fw, passive_xdp()?)
+            }
+            "nat-fast" => {
+                let fw = NftFirewall::new();
+                fw.add_network(&nat_network(Some(
+                    dovesnap::fastpath::KERNEL_MASQUERADE_PORTS,
+                )))?;
+                let mut fp = FastPath::start()?;
+                let uplink = UplinkSpec {
+                    name: "u0".into(),
+                    ifindex: ifindex("u0")?,
+                    addr: UPLINK_IP,
+                    mac: mac_of("u0")?,
+                    rx_queues: rx_queues("u0")?,
+                };
+                let c0_mac = {
+                    let s = in_ns(NS_C, &["cat", "/sys/class/net/c0/address"])?;
+                    dovesnap::netlink::parse_mac(s.trim()).context("bad MAC")?
+                };
+                let ep = EndpointSpec {
+                    host_ifname: "h0".into(),
+                    host_ifindex: ifindex("h0")?,
+                    ip: C_IP,
+                    mac: c0_mac,
+                    gateway_mac: mac_of("h0")?,
+                    bridge_ifindex: ifindex("h0")?,
+                    subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
+                };
+                fp.add_endpoint(&ep, &uplink)?;
+                PathState::NatFast(fw, Box::new(fp))
+            }
+            other => bail!("unknown path {other}"),
+        })
+    }
+
+    /// Removes what `install` put in place.
+    pub fn uninstall(self) {
+        match self {
+            PathState::Routing => {}
+            PathState::RoutingXdp(x) => drop(x),
+            PathState::KernelNat(fw) => {
+                let _ = fw.remove_network(NET_ID);
+            }
+            PathState::KernelNatXdp(fw, x) => {
+                drop(x);
+                let _ = fw.remove_network(NET_ID);
+            }
+            PathState::NatFast(fw, fp) => {
+                fp.stop();
+                let _ = fw.remove_network(NET_ID);
+            }
+        }
+        // Nothing of one path may carry over into the next one's numbers.
+        let _ = Command::new("conntrack")
+            .args(["-F"])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// The nat-fast status (counters) when this is the nat-fast path.
+    pub fn fast_status(&self) -> Option<dovesnap::fastpath::FastPathStatus> {
+        match self {
+            PathState::NatFast(_, fp) => Some(fp.status()),
+            _ => None,
+        }
+    }
+}
+
+/// Busy and total CPU time of the whole machine so far, in seconds (from /proc/stat;
+/// every namespace shares it).
+pub fn cpu_times() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let first = text.lines().next().unwrap_or_default();
+    let v: Vec<f64> = first
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / hz, total / hz)
+}
+
+/// This binary, to run tools inside the other namespaces.
+pub fn self_exe() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+fn tool(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(self_exe()).args(args);
+    c
+}
+
+/// Starts a long-running tool (a server) in `ns`; killed on drop.
+pub struct Bg(Child);
+
+impl Bg {
+    pub fn start(ns: &str, args: &[&str]) -> Result<Bg> {
+        let child = tool(ns, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start a bench tool")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Bg(child))
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a tool to completion in `ns` and parses its one-line JSON result.
+pub fn run_tool(ns: &str, args: &[&str]) -> Result<Value> {
+    let out = tool(ns, args).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("bench tool {args:?} in {ns} failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    Ok(serde_json::from_str(line)?)
+}
+
+/// A spawned tool whose JSON result is read when it ends.
+pub fn spawn_tool(ns: &str, args: &[&str]) -> Result<Child> {
+    Ok(tool(ns, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+pub fn wait_tool(child: Child) -> Result<Value> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Per-run values of the data-path workloads on one path.
+#[derive(Default, Debug)]
+pub struct PathRuns {
+    pub udp_pps: Vec<f64>,
+    pub udp_loss: Vec<f64>,
+    pub udp_cpu_ns: Vec<f64>,
+    pub tcp1_gbps: Vec<f64>,
+    pub tcp4_gbps: Vec<f64>,
+    pub rr_p50: Vec<f64>,
+    pub rr_p99: Vec<f64>,
+    pub crr_per_s: Vec<f64>,
+}
+
+const UDP_PORT: u16 = 9000;
+const STREAM_PORT: u16 = 5201;
+const RR_PORT: u16 = 5202;
+const CRR_PORT: u16 = 5203;
+
+/// Measures every workload on the installed path, `plan.runs` times.
+pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
+    let secs = format!("{}", plan.seconds);
+    let far = FAR_IP.to_string();
+    let mut r = PathRuns::default();
+    let _stream = Bg::start(NS_F, &["stream-server", "--port", &STREAM_PORT.to_string()])?;
+    let _rr = Bg::start(NS_F, &["rr-server", "--port", &RR_PORT.to_string()])?;
+    let _crr = Bg::start(NS_F, &["crr-server", "--port", &CRR_PORT.to_string()])?;
+    for run in 0..plan.runs {
+        // Small-packet UDP: generator pinned to CPU 0 in the container, XDP sink on
+        // the far side.
+        let sink_secs = format!("{}", plan.seconds + 1.5);
+        let sink = spawn_tool(NS_F, &["sink", "--ifname", "f0", "--seconds", &sink_secs])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (busy0, _) = cpu_times();
+        let t0 = Instant::now();
+        let gen = run_tool(
+            NS_C,
+            &[
+                "udp-gen",
+                "--dst",
+                &far,
+                "--port",
+                &UDP_PORT.to_string(),
+                "--flows",
+                "256",
+                "--payload",
+                "18",
+                "--seconds",
+                &secs,
+                "--cpu",
+                "0",
+            ],
+        )?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let (busy1, _) = cpu_times();
+        let sunk = wait_tool(sink)?;
+        let sent = gen["sent"].as_f64().unwrap_or(0.0);
+        let seconds = gen["seconds"].as_f64().unwrap_or(elapsed);
+        let frames = sunk["frames"].as_f64().unwrap_or(0.0);
+        r.udp_pps.push(frames / seconds);
+        r.udp_loss.push(if sent > 0.0 {
+            (sent - frames).max(0.0) / sent
+        } else {
+            1.0
+        });
+        if frames > 0.0 {
+            r.udp_cpu_ns.push((busy1 - busy0) * 1e9 / frames);
+        }
+        // TCP streams.
+        for (streams, out) in [("1", &mut r.tcp1_gbps), ("4", &mut r.tcp4_gbps)] {
+            let v = run_tool(
+                NS_C,
+                &[
+                    "stream-client",
+                    "--dst",
+                    &far,
+                    "--port",
+                    &STREAM_PORT.to_string(),
+                    "--streams",
+                    streams,
+                    "--seconds",
+                    &secs,
+                ],
+            )?;
+            out.push(v["gbps"].as_f64().unwrap_or(0.0));
+        }
+        // Request/response latency.
+        let v = run_tool(
+            NS_C,
+            &[
+                "rr-client",
+                "--dst",
+                &far,
+                "--port",
+                &RR_PORT.to_string(),
+                "--seconds",
+                &secs,
+            ],
+        )?;
+        r.rr_p50.push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
+        r.rr_p99.push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
+        // New connections per second.
+        let v = run_tool(
+            NS_C,
+            &[
+                "crr-client",
+                "--dst",
+                &far,
+                "--port",
+                &CRR_PORT.to_string(),
+                "--seconds",
+                &secs,
+            ],
+        )?;
+        r.crr_per_s.push(v["per_second"].as_f64().unwrap_or(0.0));
+        if !quiet {
+            eprintln!(
+                "    run {}: udp {:.0} pps (loss {:.1}%), tcp {:.2}/{:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
+                run + 1,
+                r.udp_pps.last().unwrap_or(&0.0),
+                r.udp_loss.last().unwrap_or(&0.0) * 100.0,
+                r.tcp1_gbps.last().unwrap_or(&0.0),
+                r.tcp4_gbps.last().unwrap_or(&0.0),
+                r.rr_p50.last().unwrap_or(&0.0),
+                r.crr_per_s.last().unwrap_or(&0.0),
+            );
+        }
+    }
+    Ok(r)
+}
+
+/// The generator alone: the same generator into an XDP drop sink on the container's
+/// own veth peer (h0), nothing forwarded. Shows the generator is not the bottleneck.
+pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
+    let secs = format!("{}", plan.seconds);
+    let mut pps = Vec::new();
+    for _ in 0..plan.runs {
+        let sink_secs = format!("{}", plan.seconds + 1.5);
+        let sink = spawn_tool(NS_H, &["sink", "--ifname", "h0", "--seconds", &sink_secs])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let gen = run_tool(
+            NS_C,
+            &[
+                "udp-gen",
+                "--dst",
+                &FAR_IP.to_string(),
+                "--port",
+                &UDP_PORT.to_string(),
+                "--flows",
+                "256",
+                "--payload",
+                "18",
+                "--seconds",
+                &secs,
+                "--cpu",
+                "0",
+            ],
+        )?;
+        let sunk = wait_tool(sink)?;
+        let seconds = gen["seconds"].as_f64().unwrap_or(plan.seconds);
+        pps.push(sunk["frames"].as_f64().unwrap_or(0.0) / seconds);
+    }
+    Ok(pps)
+}
+
+/// Records for one path's runs.
+pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
+    vec![
+        Record::from_runs("udp-64B-pps", path, "packets/s", &r.udp_pps).with_note(
+            "64-byte frames, 256 flows, one generator CPU, XDP drop sink on the far side",
+        ),
+        Record::from_runs("udp-64B-loss", path, "fraction", &r.udp_loss),
+        Record::from_runs(
+            "udp-64B-cpu-per-packet",
+            path,
+            "ns CPU/packet",
+            &r.udp_cpu_ns,
+        )
+        .with_note("CPU time the whole machine spent, divided by packets delivered"),
+        Record::from_runs("tcp-1-stream", path, "Gbit/s", &r.tcp1_gbps),
+        Record::from_runs("tcp-4-streams", path, "Gbit/s", &r.tcp4_gbps),
+        Record::from_runs("tcp-rr-p50", path, "us", &r.rr_p50),
+        Record::from_runs("tcp-rr-p99", path, "us", &r.rr_p99),
+        Record::from_runs("tcp-crr", path, "connections/s", &r.crr_per_s),
+    ]
+}
+
+/// Fills in `ratio_to_kernel`: each path against `kernel-nat` (no XDP) for the same
+/// workload; nat-fast also gets a note with its ratio to `kernel-nat+xdp` (the kernel
+/// path in the same XDP attachment state).
+pub fn add_ratios(records: &mut [Record]) {
+    let base: Vec<(String, f64)> = records
+        .iter()
+        .filter(|r| r.path == "kernel-nat")
+        .map(|r| (r.workload.clone(), r.value))
+        .collect();
+    let same_xdp: Vec<(String, f64)> = records
+        .iter()
+        .filter(|r| r.path == "kernel-nat+xdp")
+        .map(|r| (r.workload.clone(), r.value))
+        .collect();
+    for r in records.iter_mut() {
+        if r.path == "kernel-nat" {
+            continue;
+        }
+        if let Some((_, b)) = base.iter().find(|(w, _)| *w == r.workload) {
+            if *b != 0.0 && b.is_finite() && r.value.is_finite() {
+                r.ratio_to_kernel = Some(r.value / b);
+            }
+        }
+        if r.path == "nat-fast" {
+            if let Some((_, b)) = same_xdp.iter().find(|(w, _)| *w == r.workload) {
+                if *b != 0.0 && b.is_finite() {
+                    let note = format!("ratio to kernel-nat+xdp: {:.2}", r.value / b);
+                    r.note = Some(match r.note.take() {
+                        Some(n) => format!("{n}; {note}"),
+                        None => note,
+                    });
+                }
+            }
+        }
+    }
+}

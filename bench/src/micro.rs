@@ -1,0 +1,1196 @@
+//! The translator alone, in process: nanoseconds and allocations per packet through
+//! [`dovesnap::nat::Translator`], and how it scales with the size of its session table.
+//!
+//! Frames are built here from scratch (Ethernet II / IPv4 / UDP or TCP, checksums by a
+//! plain RFC 1071 loop of this module) and every workload checks, before timing it, that
+//! the translator accepts its frames and that the translated frames' checksums verify
+//! from scratch.
+//!
+//! Timing: each workload keeps a buffer of frames, restores it from templates (untimed)
+//! and times one pass of translator calls over the whole buffer with [`Instant`]; the
+//! figure is timed nanoseconds over frames, so neither the restoring copy nor the clock
+//! reads of single packets are in it. The translator's `now` is one fixed [`Instant`].
+//!
+//! Allocations and memory come from [`CountingAlloc`], which the `dovesnap-bench` binary
+//! installs as its global allocator; without it the allocation figure is reported as not
+//! measured and memory falls back to the RSS delta from `/proc/self/statm`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dovesnap::fastpath::{MAX_SESSIONS, TRANSLATOR_PORTS};
+use dovesnap::nat::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+
+use crate::report::Record;
+
+/// What [`run`] measures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MicroOptions {
+    /// Fewer runs, smaller tables (no 1M-session table), shorter loops.
+    pub quick: bool,
+}
+
+/// The translator microbenchmark: one record per workload (see the module docs).
+pub fn run(opts: &MicroOptions) -> Vec<Record> {
+    let sizes = if opts.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    run_with(&sizes)
+}
+
+/// How much [`run_with`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sizes {
+    /// Runs per record (each record's value is the median).
+    pub runs: usize,
+    /// Established flows of the steady-state workloads (UDP and TCP each).
+    pub flows: usize,
+    /// Frames per run of each steady-state workload.
+    pub steady_packets: usize,
+    /// SYNs per fresh translator in the new-session workload (each opens a session and a
+    /// mapping, so at most the size of the port range).
+    pub syn_batch: usize,
+    /// Fresh translators per run of the new-session workload.
+    pub syn_batches: usize,
+    /// Session-table sizes of the scale workloads.
+    pub scale: Vec<usize>,
+    /// Sessions, chosen at random, that the scale workloads send through.
+    pub scale_subset: usize,
+    /// Frames per run of each scale workload.
+    pub scale_packets: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Sizes {
+        Sizes {
+            runs: 5,
+            flows: 256,
+            steady_packets: 2_000_000,
+            syn_batch: 4096,
+            syn_batches: 8,
+            scale: vec![10_000, 100_000, 1_000_000],
+            scale_subset: 65_536,
+            scale_packets: 1_000_000,
+        }
+    }
+
+    pub fn quick() -> Sizes {
+        Sizes {
+            runs: 3,
+            flows: 256,
+            steady_packets: 500_000,
+            syn_batch: 4096,
+            syn_batches: 4,
+            scale: vec![10_000, 100_000],
+            scale_subset: 65_536,
+            scale_packets: 300_000,
+        }
+    }
+}
+
+/// [`run`] with explicit sizes.
+pub fn run_with(sizes: &Sizes) -> Vec<Record> {
+    let now = Instant::now();
+    let mut records = steady_state(sizes, now);
+    records.extend(new_sessions(sizes, now));
+    for &n in &sizes.scale {
+        records.extend(scale(sizes, n, now));
+    }
+    records
+}
+
+// ---------------------------------------------------------------------------------------
+// Counting allocator
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static THREAD_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed by this thread.
+    static THREAD_LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+/// A global allocator that forwards to [`System`] and counts allocations (`alloc`,
+/// `alloc_zeroed` and `realloc` calls) and bytes, process-wide and per thread. Install it
+/// in a binary with `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountingAlloc;
+
+fn note(allocation: bool, grown: i64) {
+    if allocation {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+    if grown > 0 {
+        ALLOCATED_BYTES.fetch_add(grown as u64, Ordering::Relaxed);
+    }
+    // Const-initialized thread-locals without destructors: no allocation, no lazy
+    // registration, so they are safe to touch from inside the allocator. `try_with`
+    // skips counting rather than panicking if a thread is being torn down.
+    let _ = THREAD_ALLOCATIONS.try_with(|c| c.set(c.get() + u64::from(allocation)));
+    let _ = THREAD_LIVE_BYTES.try_with(|c| c.set(c.get() + grown));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// returned memory satisfies `GlobalAlloc`'s contract exactly as `System`'s does; the
+// counting only touches atomics and destructor-free thread-locals and never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract (non-zero size),
+        // which is the contract of `System.alloc`.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            note(true, layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`: the caller's contract is `System.alloc_zeroed`'s.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            note(true, layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with `layout`
+        // (the caller's contract), so `System.dealloc` may free it.
+        unsafe { System.dealloc(ptr, layout) };
+        note(false, -(layout.size() as i64));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from `System` with `layout`, and `new_size` is valid for it
+        // (the caller's contract), which is what `System.realloc` requires.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            note(true, new_size as i64 - layout.size() as i64);
+        }
+        p
+    }
+}
+
+/// Allocations (including reallocations) made by the whole process through
+/// [`CountingAlloc`]; stays 0 if it is not the global allocator.
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Bytes ever allocated by the whole process through [`CountingAlloc`] (growth only).
+pub fn allocated_bytes() -> u64 {
+    ALLOCATED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Allocations made by the calling thread through [`CountingAlloc`].
+pub fn thread_allocations() -> u64 {
+    THREAD_ALLOCATIONS.with(Cell::get)
+}
+
+/// Bytes allocated minus bytes freed by the calling thread through [`CountingAlloc`].
+pub fn thread_live_bytes() -> i64 {
+    THREAD_LIVE_BYTES.with(Cell::get)
+}
+
+/// Whether [`CountingAlloc`] is the global allocator: an allocation made on purpose
+/// moves the counter.
+pub fn counting_allocator_installed() -> bool {
+    let before = thread_allocations();
+    let v: Vec<u8> = black_box(Vec::with_capacity(black_box(64)));
+    drop(black_box(v));
+    thread_allocations() != before
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+const L4_AT: usize = ETH_LEN + IP_LEN;
+/// 64 bytes on the wire with the FCS: 14 + 20 + 8 + 18 bytes of payload in memory.
+const UDP_FRAME: usize = 60;
+/// A 1500-byte IP packet: 14 + 20 + 20 + 1460 bytes of payload.
+const TCP_FRAME: usize = 1514;
+const SYN_FRAME: usize = ETH_LEN + IP_LEN + 20;
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+
+const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+/// Containers behind the translator in every workload.
+const CONTAINERS: usize = 16;
+
+fn container_ip(c: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 88, 0, 2 + c as u8)
+}
+
+fn container_mac(c: usize) -> [u8; 6] {
+    [0x02, 0, 0, 1, 0, c as u8]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4 {
+    Udp,
+    Tcp { flags: u8 },
+}
+
+/// How the TCP/UDP checksum field is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Csum {
+    /// Complete.
+    Full,
+    /// Only the pseudo-header sum, as a container's transmit offload leaves it.
+    Partial,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FrameSpec {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    l4: L4,
+    /// Length of the whole frame.
+    len: usize,
+    csum: Csum,
+}
+
+impl FrameSpec {
+    /// From a container (outbound).
+    fn out(c: usize, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4, len: usize) -> Self {
+        FrameSpec {
+            eth_dst: GW_MAC,
+            eth_src: container_mac(c),
+            src: container_ip(c),
+            sport,
+            dst,
+            dport,
+            l4,
+            len,
+            csum: Csum::Full,
+        }
+    }
+
+    /// From a remote, to the external address (inbound).
+    fn inb(src: Ipv4Addr, sport: u16, ext_port: u16, l4: L4, len: usize) -> Self {
+        FrameSpec {
+            eth_dst: UPLINK_MAC,
+            eth_src: PEER_MAC,
+            src,
+            sport,
+            dst: EXT,
+            dport: ext_port,
+            l4,
+            len,
+            csum: Csum::Full,
+        }
+    }
+}
+
+/// RFC 1071 sum of `data` added to `acc`, not folded.
+fn sum(data: &[u8], mut acc: u64) -> u64 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u64 {
+    sum(
+        &src.octets(),
+        sum(&dst.octets(), u64::from(proto) + len as u64),
+    )
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Writes the frame `spec` describes into `buf[..spec.len]`.
+fn write_frame(buf: &mut [u8], spec: &FrameSpec) {
+    let f = &mut buf[..spec.len];
+    f[0..6].copy_from_slice(&spec.eth_dst);
+    f[6..12].copy_from_slice(&spec.eth_src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let (proto, hl) = match spec.l4 {
+        L4::Udp => (PROTO_UDP, 8),
+        L4::Tcp { .. } => (PROTO_TCP, 20),
+    };
+    let ip_total = spec.len - ETH_LEN;
+    {
+        let ip = &mut f[ETH_LEN..L4_AT];
+        ip.fill(0);
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&spec.sport.to_be_bytes()); // any identification
+        ip[6] = 0x40; // DF
+        ip[8] = 64;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&spec.src.octets());
+        ip[16..20].copy_from_slice(&spec.dst.octets());
+        let c = !fold(sum(ip, 0));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let l4 = &mut f[L4_AT..];
+    let l4_len = l4.len();
+    l4[..hl].fill(0);
+    l4[0..2].copy_from_slice(&spec.sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&spec.dport.to_be_bytes());
+    let csum_at = match spec.l4 {
+        L4::Udp => {
+            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            6
+        }
+        L4::Tcp { flags } => {
+            l4[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+            l4[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+            l4[12] = 0x50;
+            l4[13] = flags;
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            16
+        }
+    };
+    for (i, b) in l4[hl..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let ps = pseudo(spec.src, spec.dst, proto, l4_len);
+    let c = match spec.csum {
+        Csum::Partial => fold(ps),
+        Csum::Full => match !fold(sum(l4, ps)) {
+            0 if proto == PROTO_UDP => 0xffff,
+            c => c,
+        },
+    };
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Frames concatenated, `frame_len` bytes each.
+fn frames(specs: impl IntoIterator<Item = FrameSpec>, frame_len: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for s in specs {
+        debug_assert_eq!(s.len, frame_len);
+        let at = buf.len();
+        buf.resize(at + frame_len, 0);
+        write_frame(&mut buf[at..], &s);
+    }
+    buf
+}
+
+/// Checks a translated frame from scratch: IPv4 header checksum, complete TCP/UDP
+/// checksum (UDP: unless 0).
+fn verify(frame: &[u8]) -> Result<(), String> {
+    if frame.len() < L4_AT || frame[12..14] != [0x08, 0x00] || frame[ETH_LEN] != 0x45 {
+        return Err("not an IPv4 frame without options".into());
+    }
+    let ip = &frame[ETH_LEN..L4_AT];
+    if fold(sum(ip, 0)) != 0xffff {
+        return Err("bad IPv4 header checksum".into());
+    }
+    let total = usize::from(be16(ip, 2));
+    let l4 = frame
+        .get(L4_AT..ETH_LEN + total)
+        .ok_or("IPv4 total length beyond the frame")?;
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let proto = ip[9];
+    if proto == PROTO_UDP && be16(l4, 6) == 0 {
+        return Ok(());
+    }
+    if fold(sum(l4, pseudo(src, dst, proto, l4.len()))) != 0xffff {
+        return Err(format!("bad transport checksum (protocol {proto})"));
+    }
+    Ok(())
+}
+
+/// TCP/UDP source port of a frame.
+fn src_port(frame: &[u8]) -> u16 {
+    be16(frame, L4_AT)
+}
+
+// ---------------------------------------------------------------------------------------
+// Translators and timing
+
+fn config(max_sessions: usize) -> Config {
+    Config {
+        external_ip: EXT,
+        uplink_mac: UPLINK_MAC,
+        ports: TRANSLATOR_PORTS,
+        max_sessions,
+        timeouts: Timeouts::default(),
+    }
+}
+
+fn translator(max_sessions: usize) -> Translator {
+    let mut t = Translator::new(config(max_sessions));
+    for c in 0..CONTAINERS {
+        t.add_endpoint(endpoint(c));
+    }
+    t
+}
+
+fn endpoint(c: usize) -> EndpointInfo {
+    EndpointInfo {
+        ip: container_ip(c),
+        mac: container_mac(c),
+        gateway_mac: GW_MAC,
+        port: c as u32,
+    }
+}
+
+fn is_uplink(v: Verdict) -> bool {
+    matches!(v, Verdict::Uplink { .. })
+}
+
+fn is_endpoint(v: Verdict) -> bool {
+    matches!(v, Verdict::Endpoint { .. })
+}
+
+/// Passes one frame through the translator and requires `expect` of the verdict.
+fn once(
+    frame: &mut [u8],
+    what: &str,
+    expect: fn(Verdict) -> bool,
+    mut step: impl FnMut(&mut [u8]) -> Verdict,
+) -> Result<(), String> {
+    let v = step(frame);
+    if expect(v) {
+        Ok(())
+    } else {
+        Err(format!("{what}: unexpected verdict {v:?}"))
+    }
+}
+
+/// What a timed loop saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timed {
+    elapsed: Duration,
+    packets: u64,
+    unexpected: u64,
+    allocations: u64,
+}
+
+impl Timed {
+    fn ns_per_packet(&self) -> f64 {
+        self.elapsed.as_nanos() as f64 / self.packets.max(1) as f64
+    }
+}
+
+/// Translates the frames of `templates` (`frame_len` bytes each) in passes over a work
+/// copy until at least `packets` frames have gone through. Each pass restores the copy
+/// (untimed) and times the translator calls of the whole pass. Counts verdicts failing
+/// `expect` and this thread's allocations during the loop.
+fn timed(
+    templates: &[u8],
+    frame_len: usize,
+    work: &mut Vec<u8>,
+    packets: usize,
+    expect: fn(Verdict) -> bool,
+    mut step: impl FnMut(&mut [u8]) -> Verdict,
+) -> Timed {
+    work.clear();
+    work.extend_from_slice(templates);
+    let mut out = Timed::default();
+    let allocs_before = thread_allocations();
+    while out.packets < packets as u64 {
+        work.copy_from_slice(templates);
+        let mut unexpected = 0u64;
+        let start = Instant::now();
+        for frame in work.chunks_exact_mut(frame_len) {
+            unexpected += u64::from(!expect(step(frame)));
+        }
+        out.elapsed += start.elapsed();
+        out.unexpected += unexpected;
+        out.packets += (templates.len() / frame_len) as u64;
+    }
+    out.allocations = thread_allocations() - allocs_before;
+    black_box(&work);
+    out
+}
+
+fn failed(workload: &str, unit: &str, why: &str) -> Record {
+    Record::from_runs(workload, "translator", unit, &[])
+        .with_note(format!("FAILED, not measured: {why}"))
+}
+
+/// A small xorshift64* generator: deterministic, good enough to pick sessions.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workloads
+
+/// The remote of steady-state flow `i`.
+fn remote(i: usize) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(198, 51, 100, 1 + (i % 64) as u8),
+        5000 + (i / 64) as u16,
+    )
+}
+
+struct Steady {
+    udp_out: Vec<u8>,
+    udp_in: Vec<u8>,
+    tcp_out: Vec<u8>,
+    tcp_out_partial: Vec<u8>,
+}
+
+/// Opens `flows` UDP and `flows` TCP sessions (SYN, SYN-ACK, ACK) on `t` and returns the
+/// steady-state frame templates, each checked once through a clone of `t`.
+fn steady_setup(t: &mut Translator, flows: usize, now: Instant) -> Result<Steady, String> {
+    let udp_specs: Vec<FrameSpec> = (0..flows)
+        .map(|i| {
+            let (r, rp) = remote(i);
+            FrameSpec::out(i % CONTAINERS, 40_000 + i as u16, r, rp, L4::Udp, UDP_FRAME)
+        })
+        .collect();
+    let udp_out = frames(udp_specs.iter().copied(), UDP_FRAME);
+    let mut udp_in_specs = Vec::with_capacity(flows);
+    for (i, f) in udp_out.chunks_exact(UDP_FRAME).enumerate() {
+        let mut f = f.to_vec();
+        once(&mut f, "udp first packet", is_uplink, |f| {
+            t.outbound(now, f)
+        })?;
+        let (r, rp) = remote(i);
+        udp_in_specs.push(FrameSpec::inb(r, rp, src_port(&f), L4::Udp, UDP_FRAME));
+    }
+    let udp_in = frames(udp_in_specs, UDP_FRAME);
+
+    let tcp_spec = |i: usize, flags: u8, len: usize| {
+        let (r, rp) = remote(i);
+        FrameSpec::out(
+            i % CONTAINERS,
+            50_000 + i as u16,
+            r,
+            rp,
+            L4::Tcp { flags },
+            len,
+        )
+    };
+    for i in 0..flows {
+        let mut syn = frames([tcp_spec(i, SYN, SYN_FRAME)], SYN_FRAME);
+        once(&mut syn, "tcp syn", is_uplink, |f| t.outbound(now, f))?;
+        let (r, rp) = remote(i);
+        let syn_ack = FrameSpec::inb(
+            r,
+            rp,
+            src_port(&syn),
+            L4::Tcp { flags: SYN | ACK },
+            SYN_FRAME,
+        );
+        let mut syn_ack = frames([syn_ack], SYN_FRAME);
+        once(&mut syn_ack, "tcp syn-ack", is_endpoint, |f| {
+            t.inbound(now, f)
+        })?;
+        let mut ack = frames([tcp_spec(i, ACK, SYN_FRAME)], SYN_FRAME);
+        once(&mut ack, "tcp ack", is_uplink, |f| t.outbound(now, f))?;
+    }
+    let tcp_out = frames(
+        (0..flows).map(|i| tcp_spec(i, ACK | PSH, TCP_FRAME)),
+        TCP_FRAME,
+    );
+    let tcp_out_partial = frames(
+        (0..flows).map(|i| FrameSpec {
+            csum: Csum::Partial,
+            ..tcp_spec(i, ACK | PSH, TCP_FRAME)
+        }),
+        TCP_FRAME,
+    );
+    let steady = Steady {
+        udp_out,
+        udp_in,
+        tcp_out,
+        tcp_out_partial,
+    };
+    let sessions = t.session_count();
+    if sessions != 2 * flows {
+        return Err(format!(
+            "{sessions} sessions after setup, expected {}",
+            2 * flows
+        ));
+    }
+    // Check every template once (steady-state frames only refresh their sessions).
+    let check = t;
+    let checks: [(&[u8], usize, bool); 4] = [
+        (&steady.udp_out, UDP_FRAME, true),
+        (&steady.udp_in, UDP_FRAME, false),
+        (&steady.tcp_out, TCP_FRAME, true),
+        (&steady.tcp_out_partial, TCP_FRAME, true),
+    ];
+    for (templates, len, outbound) in checks {
+        for f in templates.chunks_exact(len) {
+            let mut f = f.to_vec();
+            if outbound {
+                once(&mut f, "template", is_uplink, |f| check.outbound(now, f))?;
+            } else {
+                once(&mut f, "template", is_endpoint, |f| check.inbound(now, f))?;
+            }
+            verify(&f).map_err(|e| format!("translated template: {e}"))?;
+        }
+    }
+    if check.session_count() != sessions {
+        return Err("steady-state frames created sessions".into());
+    }
+    Ok(steady)
+}
+
+/// Outbound / inbound UDP and outbound TCP over established flows, and allocations per
+/// packet over all of them.
+fn steady_state(sizes: &Sizes, now: Instant) -> Vec<Record> {
+    const WORKLOADS: [&str; 4] = [
+        "translator-outbound",
+        "translator-inbound",
+        "translator-outbound-tcp",
+        "translator-outbound-tcp-partial-csum",
+    ];
+    let mut t = translator(MAX_SESSIONS);
+    let steady = match steady_setup(&mut t, sizes.flows, now) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut r: Vec<Record> = WORKLOADS
+                .iter()
+                .map(|w| failed(w, "ns/packet", &e))
+                .collect();
+            r.push(failed("translator-allocations", "allocs/packet", &e));
+            return r;
+        }
+    };
+    let counting = counting_allocator_installed();
+    let mut work = Vec::new();
+    let mut runs: [Vec<f64>; 4] = Default::default();
+    let mut alloc_runs = Vec::new();
+    let mut totals = [Timed::default(); 4];
+    // Warm-up, then runs with the workloads interleaved.
+    for run in 0..=sizes.runs {
+        let packets = if run == 0 {
+            sizes.steady_packets / 10
+        } else {
+            sizes.steady_packets
+        };
+        let results = [
+            timed(
+                &steady.udp_out,
+                UDP_FRAME,
+                &mut work,
+                packets,
+                is_uplink,
+                |f| t.outbound(now, f),
+            ),
+            timed(
+                &steady.udp_in,
+                UDP_FRAME,
+                &mut work,
+                packets,
+                is_endpoint,
+                |f| t.inbound(now, f),
+            ),
+            timed(
+                &steady.tcp_out,
+                TCP_FRAME,
+                &mut work,
+                packets,
+                is_uplink,
+                |f| t.outbound(now, f),
+            ),
+            timed(
+                &steady.tcp_out_partial,
+                TCP_FRAME,
+                &mut work,
+                packets,
+                is_uplink,
+                |f| t.outbound(now, f),
+            ),
+        ];
+        if run == 0 {
+            continue;
+        }
+        let run_allocs: u64 = results.iter().map(|r| r.allocations).sum();
+        let run_packets: u64 = results.iter().map(|r| r.packets).sum();
+        alloc_runs.push(run_allocs as f64 / run_packets as f64);
+        for (i, r) in results.iter().enumerate() {
+            runs[i].push(r.ns_per_packet());
+            totals[i].packets += r.packets;
+            totals[i].unexpected += r.unexpected;
+            totals[i].allocations += r.allocations;
+        }
+    }
+    let flows = sizes.flows;
+    let common = format!(
+        "Translator call only: passes over {flows} frames restored from templates untimed \
+         between passes, each pass timed as a whole; fixed `now`; {} frames per run; \
+         ports {}..={}, max_sessions {MAX_SESSIONS}",
+        sizes.steady_packets,
+        TRANSLATOR_PORTS.start(),
+        TRANSLATOR_PORTS.end()
+    );
+    let setups = [
+        format!(
+            "Outbound UDP, 60-byte frames (64 B on the wire), {flows} established flows from \
+             {CONTAINERS} containers, one EIM mapping each."
+        ),
+        format!(
+            "Inbound UDP replies on the same {flows} sessions, 60-byte frames (64 B on the \
+             wire)."
+        ),
+        format!(
+            "Outbound TCP ACK|PSH segments, 1514-byte frames (1500-byte IP packets), {flows} \
+             established sessions (SYN, SYN-ACK, ACK seen); complete checksums, so the \
+             translator updates them incrementally (RFC 1624)."
+        ),
+        "As translator-outbound-tcp but the TCP checksum holds only the pseudo-header sum \
+         (a container's transmit offload), so the translator sums all 1480 bytes."
+            .to_string(),
+    ];
+    let mut records = Vec::new();
+    for i in 0..4 {
+        let r = if totals[i].unexpected > 0 {
+            failed(
+                WORKLOADS[i],
+                "ns/packet",
+                &format!("{} frames got an unexpected verdict", totals[i].unexpected),
+            )
+        } else {
+            Record::from_runs(WORKLOADS[i], "translator", "ns/packet", &runs[i])
+                .with_note(format!("{} {common}.", setups[i]))
+        };
+        records.push(r);
+    }
+    let packets: u64 = totals.iter().map(|t| t.packets).sum();
+    let per_workload = WORKLOADS
+        .iter()
+        .zip(&totals)
+        .map(|(w, t)| format!("{w} {}", t.allocations))
+        .collect::<Vec<_>>()
+        .join(", ");
+    records.push(if counting {
+        Record::from_runs(
+            "translator-allocations",
+            "translator",
+            "allocs/packet",
+            &alloc_runs,
+        )
+        .with_note(format!(
+            "Allocations by the benchmark thread (counting global allocator) during the \
+                 steady-state loops of the four workloads above: {packets} frames in all; \
+                 allocations per workload over all runs: {per_workload}; each run's value is \
+                 its allocations over its frames of all four workloads."
+        ))
+    } else {
+        Record::from_runs("translator-allocations", "translator", "allocs/packet", &[]).with_note(
+            "Not measured: dovesnap_bench::micro::CountingAlloc is not the global \
+                 allocator of this binary (a deliberate Vec allocation did not move its \
+                 counter).",
+        )
+    });
+    records
+}
+
+/// ns per SYN that opens a session and a mapping, on fresh translators.
+fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
+    const WORKLOAD: &str = "translator-new-session";
+    let batch = sizes.syn_batch;
+    let range = usize::from(TRANSLATOR_PORTS.end() - TRANSLATOR_PORTS.start()) + 1;
+    if batch == 0 || batch > range {
+        return vec![failed(
+            WORKLOAD,
+            "ns/packet",
+            &format!("a batch of {batch} SYNs needs 1..={range} fresh mappings"),
+        )];
+    }
+    // Each SYN from a fresh inside port (as a client's ephemeral ports), so each needs a
+    // new mapping too.
+    let templates = frames(
+        (0..batch).map(|i| {
+            let (r, rp) = remote(i);
+            FrameSpec::out(
+                i % CONTAINERS,
+                20_000 + (i / CONTAINERS) as u16,
+                r,
+                rp,
+                L4::Tcp { flags: SYN },
+                SYN_FRAME,
+            )
+        }),
+        SYN_FRAME,
+    );
+    let mut work = templates.clone();
+    let mut runs = Vec::new();
+    let mut cold = Vec::new();
+    let mut unexpected = 0u64;
+    for run in 0..=sizes.runs {
+        // Batch 0 goes through a fresh translator (its tables' pages not yet touched);
+        // the timed batches reuse it, emptied untimed in between.
+        let mut t = translator(MAX_SESSIONS);
+        let mut elapsed = Duration::ZERO;
+        for b in 0..=sizes.syn_batches {
+            if b > 0 {
+                for c in 0..CONTAINERS {
+                    t.remove_endpoint(container_ip(c));
+                    t.add_endpoint(endpoint(c));
+                }
+            }
+            work.copy_from_slice(&templates);
+            let start = Instant::now();
+            for f in work.chunks_exact_mut(SYN_FRAME) {
+                unexpected += u64::from(!is_uplink(t.outbound(now, f)));
+            }
+            let took = start.elapsed();
+            if b == 0 {
+                cold.push(took.as_nanos() as f64 / batch as f64);
+            } else {
+                elapsed += took;
+            }
+            if t.session_count() != batch {
+                unexpected += 1;
+            }
+            if let Some(f) = work.chunks_exact(SYN_FRAME).next() {
+                if verify(f).is_err() {
+                    unexpected += 1;
+                }
+            }
+        }
+        drop(black_box(t));
+        if run > 0 {
+            runs.push(elapsed.as_nanos() as f64 / (sizes.syn_batches * batch) as f64);
+        }
+    }
+    if unexpected > 0 {
+        return vec![failed(
+            WORKLOAD,
+            "ns/packet",
+            &format!("{unexpected} SYNs were not translated into new sessions"),
+        )];
+    }
+    vec![
+        Record::from_runs(WORKLOAD, "translator", "ns/packet", &runs).with_note(format!(
+            "Outbound TCP SYNs (54-byte frames), each from a fresh inside port, so each \
+             creates a session and an EIM mapping (port from the pool); per run {} batches of \
+             {batch} SYNs through one translator (max_sessions {MAX_SESSIONS}, ports {}..={}), \
+             emptied (remove_endpoint) untimed before each batch, so the table fills from \
+             empty over memory already touched; translator call only, timed per batch; fixed \
+             `now`. The first batch on a freshly made translator, page faults of its \
+             preallocated tables included, took {:.0} ns per SYN (median).",
+            sizes.syn_batches,
+            TRANSLATOR_PORTS.start(),
+            TRANSLATOR_PORTS.end(),
+            crate::report::median(&cold),
+        )),
+    ]
+}
+
+/// Remote peers per inside endpoint in the scale workloads: 1M sessions need 4000 inside
+/// endpoints, which fits the production port range (4536 ports) under endpoint-independent
+/// mapping.
+const REMOTES_PER_ENDPOINT: usize = 250;
+
+/// Session `i` of a scale table: inside endpoint `i / 250` (container, port) talking to
+/// its `i % 250`-th remote.
+fn scale_spec(i: usize) -> FrameSpec {
+    let e = i / REMOTES_PER_ENDPOINT;
+    let j = i % REMOTES_PER_ENDPOINT;
+    // 198.18.0.0/15; j * 7919 is a bijection mod 2^17, so remotes differ per endpoint.
+    let r = Ipv4Addr::from(0xc612_0000 | ((j as u32 * 7919 + e as u32) & 0x1_ffff));
+    FrameSpec::out(
+        e % CONTAINERS,
+        10_000 + (e / CONTAINERS) as u16,
+        r,
+        443 + (j % 7) as u16,
+        L4::Udp,
+        UDP_FRAME,
+    )
+}
+
+/// A table of `n` live UDP sessions: memory per session, and outbound ns per packet
+/// over a random subset.
+fn scale(sizes: &Sizes, n: usize, now: Instant) -> Vec<Record> {
+    let ns_name = format!("translator-outbound-at-{n}-sessions");
+    let mem_name = format!("translator-memory-at-{n}-sessions");
+    let endpoints = n.div_ceil(REMOTES_PER_ENDPOINT);
+    let range = usize::from(TRANSLATOR_PORTS.end() - TRANSLATOR_PORTS.start()) + 1;
+    if n == 0 || endpoints > range {
+        let why = format!(
+            "{n} sessions at {REMOTES_PER_ENDPOINT} remotes per inside endpoint need \
+             {endpoints} mappings; the port range has {range}"
+        );
+        return vec![
+            failed(&ns_name, "ns/packet", &why),
+            failed(&mem_name, "bytes/session", &why),
+        ];
+    }
+    let counting = counting_allocator_installed();
+    let subset = sizes.scale_subset.min(n);
+    let mut ns_runs = Vec::new();
+    let mut mem_runs = Vec::new();
+    let mut rss_runs = Vec::new();
+    let mut fill_ns = Vec::new();
+    let mut problem = None;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let mut frame = [0u8; UDP_FRAME];
+    let mut work = Vec::new();
+    for _ in 0..sizes.runs {
+        let live0 = thread_live_bytes();
+        let rss0 = rss_bytes();
+        let mut t = translator(n);
+        let start = Instant::now();
+        for i in 0..n {
+            write_frame(&mut frame, &scale_spec(i));
+            if !is_uplink(t.outbound(now, &mut frame)) {
+                problem.get_or_insert_with(|| format!("filling: session {i} was not created"));
+            }
+        }
+        fill_ns.push(start.elapsed().as_nanos() as f64 / n as f64);
+        let live1 = thread_live_bytes();
+        let rss1 = rss_bytes();
+        if t.session_count() != n {
+            problem.get_or_insert_with(|| format!("{} sessions, expected {n}", t.session_count()));
+        }
+        if counting {
+            mem_runs.push((live1 - live0) as f64 / n as f64);
+        }
+        if let (Some(a), Some(b)) = (rss0, rss1) {
+            rss_runs.push((b as f64 - a as f64) / n as f64);
+        }
+        // A random subset, in random order (partial Fisher-Yates).
+        let mut ids: Vec<u32> = (0..n as u32).collect();
+        for k in 0..subset {
+            let pick = k + rng.below(n - k);
+            ids.swap(k, pick);
+        }
+        let templates = frames(
+            ids[..subset].iter().map(|&i| scale_spec(i as usize)),
+            UDP_FRAME,
+        );
+        drop(ids);
+        let r = timed(
+            &templates,
+            UDP_FRAME,
+            &mut work,
+            sizes.scale_packets,
+            is_uplink,
+            |f| t.outbound(now, f),
+        );
+        if r.unexpected > 0 {
+            problem.get_or_insert_with(|| format!("{} unexpected verdicts", r.unexpected));
+        }
+        if t.session_count() != n {
+            problem.get_or_insert_with(|| "the timed frames changed the table".into());
+        }
+        ns_runs.push(r.ns_per_packet());
+        drop(black_box(t));
+    }
+    if let Some(why) = problem {
+        return vec![
+            failed(&ns_name, "ns/packet", &why),
+            failed(&mem_name, "bytes/session", &why),
+        ];
+    }
+    let setup = format!(
+        "{n} live UDP sessions: {endpoints} inside endpoints ({CONTAINERS} containers) with \
+         {REMOTES_PER_ENDPOINT} remotes each, one EIM mapping per endpoint; max_sessions {n}, \
+         production ports {}..={}",
+        TRANSLATOR_PORTS.start(),
+        TRANSLATOR_PORTS.end()
+    );
+    let fill = crate::report::median(&fill_ns);
+    let rss = crate::report::median(&rss_runs);
+    let ns = Record::from_runs(&ns_name, "translator", "ns/packet", &ns_runs).with_note(format!(
+        "{setup}. Outbound 60-byte UDP frames over {subset} sessions picked at random, in \
+         random order; translator call only, passes restored untimed; {} frames per run; \
+         fixed `now`. Filling the table took {fill:.0} ns per session (median; frame \
+         building included).",
+        sizes.scale_packets
+    ));
+    let mem = if counting {
+        Record::from_runs(&mem_name, "translator", "bytes/session", &mem_runs).with_note(format!(
+            "{setup}. Heap bytes live after building and filling the translator, divided by \
+             {n} (counting allocator, this thread; includes the capacity reserved up front \
+             for max_sessions). RSS delta for comparison: {rss:.0} bytes/session (median; \
+             understated after the first run, the allocator reuses freed memory)."
+        ))
+    } else {
+        Record::from_runs(&mem_name, "translator", "bytes/session", &rss_runs).with_note(format!(
+            "{setup}. RSS delta (/proc/self/statm) over building and filling, divided by {n}; \
+             the counting allocator is not installed, so heap bytes are not measured (RSS \
+             misses untouched reserved capacity and memory the allocator reused)."
+        ))
+    };
+    vec![ns, mem]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
+    fn tiny() -> Sizes {
+        Sizes {
+            runs: 2,
+            flows: 16,
+            steady_packets: 2_000,
+            syn_batch: 256,
+            syn_batches: 2,
+            scale: vec![1_000, 2_600],
+            scale_subset: 500,
+            scale_packets: 2_000,
+        }
+    }
+
+    #[test]
+    fn frames_verify_and_corruption_is_caught() {
+        let spec = FrameSpec::out(1, 4000, Ipv4Addr::new(198, 51, 100, 1), 53, L4::Udp, 60);
+        let mut f = frames([spec], 60);
+        verify(&f).unwrap();
+        f[50] ^= 1;
+        assert!(verify(&f).is_err());
+        let tcp = FrameSpec::out(
+            1,
+            4000,
+            Ipv4Addr::new(198, 51, 100, 1),
+            80,
+            L4::Tcp { flags: ACK },
+            TCP_FRAME,
+        );
+        let f = frames([tcp], TCP_FRAME);
+        verify(&f).unwrap();
+        let partial = frames(
+            [FrameSpec {
+                csum: Csum::Partial,
+                ..tcp
+            }],
+            TCP_FRAME,
+        );
+        assert!(verify(&partial).is_err());
+    }
+
+    #[test]
+    fn allocator_counts() {
+        assert!(counting_allocator_installed());
+        let live = thread_live_bytes();
+        let v = black_box(vec![0u8; 1000]);
+        assert!(thread_live_bytes() - live >= 1000);
+        drop(v);
+        assert_eq!(thread_live_bytes(), live);
+        assert!(allocations() > 0 && allocated_bytes() >= 1000);
+    }
+
+    #[test]
+    fn tiny_run_measures_everything() {
+        let records = run_with(&tiny());
+        let names: Vec<&str> = records.iter().map(|r| r.workload.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "translator-outbound",
+                "translator-inbound",
+                "translator-outbound-tcp",
+                "translator-outbound-tcp-partial-csum",
+                "translator-allocations",
+                "translator-new-session",
+                "translator-outbound-at-1000-sessions",
+                "translator-memory-at-1000-sessions",
+                "translator-outbound-at-2600-sessions",
+                "translator-memory-at-2600-sessions",
+            ]
+        );
+        for r in &records {
+            assert_eq!(r.runs, 2, "{r:?}");
+            assert!(
+                r.note.as_deref().is_some_and(|n| !n.contains("FAILED")),
+                "{r:?}"
+            );
+            if r.unit == "allocs/packet" {
+                assert_eq!(r.value, 0.0, "{r:?}");
+            } else {
+                assert!(r.value > 0.0 && r.value.is_finite(), "{r:?}");
+            }
+        }
+    }
+
+    fn print_run(quick: bool) {
+        let start = Instant::now();
+        for r in run(&MicroOptions { quick }) {
+            println!(
+                "{:<45} {:>12.1} {:<14} min {:>10.1} max {:>10.1} runs {}\n    {}",
+                r.workload,
+                r.value,
+                r.unit,
+                r.min,
+                r.max,
+                r.runs,
+                r.note.unwrap_or_default()
+            );
+        }
+        println!("took {:?}", start.elapsed());
+    }
+
+    /// `cargo test --release -p dovesnap-bench --lib micro::tests::print_quick -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a benchmark: run in release mode, alone"]
+    fn print_quick_run() {
+        print_run(true);
+    }
+
+    #[test]
+    #[ignore = "a benchmark: run in release mode, alone"]
+    fn print_full_run() {
+        print_run(false);
+    }
+
+    #[test]
+    fn too_many_sessions_for_the_port_range_is_reported() {
+        let sizes = Sizes { runs: 1, ..tiny() };
+        let r = scale(&sizes, 2_000_000, Instant::now());
+        assert_eq!(r.len(), 2);
+        assert!(r
+            .iter()
+            .all(|r| r.runs == 0 && r.note.as_deref().unwrap().contains("FAILED")));
+    }
+}

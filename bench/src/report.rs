@@ -1,0 +1,83 @@
+//! The benchmark's results: one [`Record`] per workload and path, medians over runs,
+//! written as `target/bench/report.json` and shown as a table and a chart.
+
+use serde::{Deserialize, Serialize};
+
+/// One figure: a workload measured through one path, several runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// e.g. `udp-64B-pps`, `tcp-1-stream`, `tcp-rr-p50`, `translator-ns-per-packet`.
+    pub workload: String,
+    /// e.g. `nat-fast`, `kernel-nat`, `kernel-nat+xdp`, `routing`, `translator`.
+    pub path: String,
+    /// The median of the runs.
+    pub value: f64,
+    pub unit: String,
+    pub runs: usize,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    /// `value` divided by the kernel nat path's value for the same workload (same
+    /// XDP attachment state where that matters), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_kernel: Option<f64>,
+    /// Anything a reader needs to interpret the figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Record {
+    /// A record from the raw per-run values (at least one); `value` is the median.
+    pub fn from_runs(workload: &str, path: &str, unit: &str, runs: &[f64]) -> Record {
+        let mut v: Vec<f64> = runs.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let median = median_sorted(&v);
+        Record {
+            workload: workload.into(),
+            path: path.into(),
+            value: median,
+            unit: unit.into(),
+            runs: v.len(),
+            min: v.first().copied().unwrap_or(f64::NAN),
+            median,
+            max: v.last().copied().unwrap_or(f64::NAN),
+            ratio_to_kernel: None,
+            note: None,
+        }
+    }
+
+    /// The same record with a note.
+    pub fn with_note(mut self, note: impl Into<String>) -> Record {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median of `runs` (NaN when empty).
+pub fn median(runs: &[f64]) -> f64 {
+    let mut v = runs.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    median_sorted(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_min_max() {
+        let r = Record::from_runs("w", "p", "u", &[3.0, 1.0, 2.0]);
+        assert_eq!((r.min, r.median, r.max, r.runs), (1.0, 2.0, 3.0, 3));
+        assert_eq!(r.value, 2.0);
+        assert_eq!(median(&[1.0, 2.0, 3.0, 10.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
