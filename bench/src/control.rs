@@ -115,11 +115,159 @@ impl Drop for Cleanup {
             .args(["link", "del", "dsbup0"])
             .stderr(Stdio::null())
             .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", DFAR_NS])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The far side of the control-plane part's uplink, for the data-path workloads
+/// through real containers: a namespace holding `dsbup1` (10.241.9.2) and the servers.
+const DFAR_NS: &str = "dsb-dfar";
+const DFAR_IP: &str = "10.241.9.2";
+
+fn bench_exe() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?)
+}
+
+/// Runs a bench tool inside the network namespace of a container (its init's pid) and
+/// parses the JSON line it prints.
+fn tool_in_container(pid: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n"])
+        .arg(bench_exe()?)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench tool {args:?} in container {pid} failed: {}",
+            out.status
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    Ok(serde_json::from_str(line)?)
+}
+
+/// TCP stream, request/response and connection rate from a real container on each
+/// network to the far namespace, through that network's NAT.
+fn container_data_path(nets: &[&str], runs: usize, seconds: f64) -> Result<Vec<Record>> {
+    let secs = format!("{seconds}");
+    let mut servers = Vec::new();
+    for (tool, port) in [
+        ("stream-server", "5301"),
+        ("rr-server", "5302"),
+        ("crr-server", "5303"),
+    ] {
+        servers.push(KillOnDrop(
+            Command::new("ip")
+                .args(["netns", "exec", DFAR_NS])
+                .arg(bench_exe()?)
+                .args([tool, "--port", port])
+                .stdout(Stdio::null())
+                .spawn()?,
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut records = Vec::new();
+    for name in nets {
+        let net = format!("dsb-{name}");
+        let c = format!("dsb-dp-{name}");
+        let _ = docker(&["rm", "-f", &c]);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &c,
+            "--network",
+            &net,
+            IMAGE,
+            "sleep",
+            "3600",
+        ])?;
+        let _guard = RemoveContainer(c.clone());
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c])?;
+        let (mut gbps, mut p50, mut p99, mut crr) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            let v = tool_in_container(
+                &pid,
+                &[
+                    "stream-client",
+                    "--dst",
+                    DFAR_IP,
+                    "--port",
+                    "5301",
+                    "--seconds",
+                    &secs,
+                ],
+            )?;
+            gbps.push(v["gbps"].as_f64().unwrap_or(0.0));
+            let v = tool_in_container(
+                &pid,
+                &[
+                    "rr-client",
+                    "--dst",
+                    DFAR_IP,
+                    "--port",
+                    "5302",
+                    "--seconds",
+                    &secs,
+                ],
+            )?;
+            p50.push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
+            p99.push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
+            let v = tool_in_container(
+                &pid,
+                &[
+                    "crr-client",
+                    "--dst",
+                    DFAR_IP,
+                    "--port",
+                    "5303",
+                    "--seconds",
+                    &secs,
+                ],
+            )?;
+            crr.push(v["per_second"].as_f64().unwrap_or(0.0));
+        }
+        let note = "from a docker container to a far namespace behind a veth uplink";
+        records.push(
+            Record::from_runs("container-tcp-1-stream", name, "Gbit/s", &gbps).with_note(note),
+        );
+        records.push(Record::from_runs("container-tcp-rr-p50", name, "us", &p50).with_note(note));
+        records.push(Record::from_runs("container-tcp-rr-p99", name, "us", &p99).with_note(note));
+        records.push(
+            Record::from_runs("container-tcp-crr", name, "connections/s", &crr).with_note(note),
+        );
+    }
+    Ok(records)
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
     }
 }
 
 /// Runs the control-plane workloads; `runs` samples each.
-pub fn run(runs: usize) -> Result<Vec<Record>> {
+pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
     docker(&["version", "--format", "{{.Server.Version}}"])
         .context("dockerd is not reachable (cargo xtask bench starts it)")?;
     ensure_image()?;
@@ -133,13 +281,33 @@ pub fn run(runs: usize) -> Result<Vec<Record>> {
         .args(["link", "del", "dsbup0"])
         .stderr(Stdio::null())
         .status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", DFAR_NS])
+        .stderr(Stdio::null())
+        .status();
     for args in [
         vec![
             "link", "add", "dsbup0", "type", "veth", "peer", "name", "dsbup1",
         ],
         vec!["addr", "add", "10.241.9.1/24", "dev", "dsbup0"],
         vec!["link", "set", "dsbup0", "up"],
-        vec!["link", "set", "dsbup1", "up"],
+        vec!["netns", "add", DFAR_NS],
+        vec!["link", "set", "dsbup1", "netns", DFAR_NS],
+        vec![
+            "netns",
+            "exec",
+            DFAR_NS,
+            "ip",
+            "addr",
+            "add",
+            "10.241.9.2/24",
+            "dev",
+            "dsbup1",
+        ],
+        vec![
+            "netns", "exec", DFAR_NS, "ip", "link", "set", "dsbup1", "up",
+        ],
+        vec!["netns", "exec", DFAR_NS, "ip", "link", "set", "lo", "up"],
     ] {
         if !Command::new("ip").args(&args).status()?.success() {
             bail!("ip {} failed", args.join(" "));
@@ -230,6 +398,11 @@ pub fn run(runs: usize) -> Result<Vec<Record>> {
                 .with_note("docker network disconnect: leave + delete endpoint"),
         );
     }
+    records.extend(container_data_path(
+        &["docker-bridge", "ovs-nat", "ovs-nat-fast"],
+        runs.min(5),
+        seconds,
+    )?);
     // Ratios against Docker's own bridge driver.
     let base: Vec<(String, f64)> = records
         .iter()

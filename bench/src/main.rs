@@ -113,7 +113,7 @@ fn run(
 
     if !skip_docker {
         eprintln!("bench: control plane through dockerd");
-        match control::run(if quick { 3 } else { 10 }) {
+        match control::run(if quick { 3 } else { 10 }, plan.seconds) {
             Ok(r) => records.extend(r),
             Err(e) => eprintln!("bench: control-plane part skipped: {e:#}"),
         }
