@@ -13,14 +13,18 @@
 //! - [`nat`]: the nat-fast packet translator (pure: frames in, verdicts out, no I/O).
 //! - [`control`]: the daemon's control socket and the CLI client for it.
 //! - [`fastpath`]: nat-fast's control side and its data-plane thread.
+//! - [`metrics`]: Prometheus text exposition of the status (opt-in `--metrics`).
 //! - [`nexthop`]: next hops for the translator, from the kernel's routes and neighbours.
+//! - [`doctor`]: `dovesnap doctor`, the host checks (OVS, XDP, AF_XDP, Docker, netfilter).
 
 pub mod afxdp;
 pub mod api;
 pub mod control;
+pub mod doctor;
 pub mod driver;
 pub mod fastpath;
 pub mod firewall;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod nexthop;

@@ -10,6 +10,7 @@ use tracing::info;
 use dovesnap::control::{self, DEFAULT_CONTROL_SOCKET};
 use dovesnap::driver::Driver;
 use dovesnap::firewall::NftFirewall;
+use dovesnap::metrics::DEFAULT_METRICS_ADDR;
 use dovesnap::netlink::Netlink;
 use dovesnap::ovsdb::{Ovsdb, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
 use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
@@ -41,12 +42,26 @@ enum Cmd {
         /// ovsdb-server's unix socket.
         #[arg(long, default_value = DEFAULT_OVSDB_SOCKET)]
         ovsdb: PathBuf,
+        /// Serve Prometheus metrics on GET /metrics at this address (off unless given;
+        /// the flag alone listens on 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_ADDR)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Show the daemon's networks and endpoints.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Check this host (OVS, datapath, XDP, AF_XDP, Docker, netfilter, ports) and say
+    /// what to fix; exits with status 1 if any check fails.
+    Doctor {
+        /// Print a JSON array of {check, status, detail, fix} instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// ovsdb-server's unix socket.
+        #[arg(long, default_value = DEFAULT_OVSDB_SOCKET)]
+        ovsdb: PathBuf,
     },
 }
 
@@ -63,7 +78,11 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Daemon { socket, ovsdb } => daemon(socket, ovsdb, cli.control_socket).await,
+            Cmd::Daemon {
+                socket,
+                ovsdb,
+                metrics,
+            } => daemon(socket, ovsdb, cli.control_socket, metrics).await,
             Cmd::Status { json } => {
                 let status = control::fetch_status(&cli.control_socket).await?;
                 if json {
@@ -73,11 +92,34 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
+            Cmd::Doctor { json, ovsdb } => {
+                use dovesnap::doctor;
+                let opts = doctor::Options {
+                    ovsdb,
+                    ..doctor::Options::default()
+                };
+                let checks = doctor::run(&opts).await;
+                if json {
+                    println!("{}", doctor::render_json(&checks));
+                } else {
+                    print!("{}", doctor::render_table(&checks));
+                }
+                if doctor::has_failures(&checks) {
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
         }
     })
 }
 
-async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Result<()> {
+async fn daemon(
+    socket: PathBuf,
+    ovsdb: PathBuf,
+    control_socket: PathBuf,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
     let netlink = Netlink::new()?;
     let firewall = NftFirewall::new();
@@ -108,6 +150,23 @@ async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Res
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut rx1 = tx.subscribe();
     let mut rx2 = tx.subscribe();
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!(%addr, "serving Prometheus metrics on /metrics");
+            let mut rx3 = tx.subscribe();
+            Some(tokio::spawn(dovesnap::metrics::serve_metrics(
+                listener,
+                driver.clone(),
+                async move {
+                    let _ = rx3.recv().await;
+                },
+            )))
+        }
+        None => None,
+    };
     let plugin_task = tokio::spawn(server::serve(plugin, driver.clone(), async move {
         let _ = rx1.recv().await;
     }));
@@ -125,6 +184,9 @@ async fn daemon(socket: PathBuf, ovsdb: PathBuf, control_socket: PathBuf) -> Res
     let _ = tx.send(());
     let _ = plugin_task.await;
     let _ = control_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     if let Err(e) = driver.shutdown().await {
         tracing::warn!("unclean shutdown: {e}");
     }

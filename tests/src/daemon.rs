@@ -35,6 +35,11 @@ impl Daemon {
     /// Starts the daemon serving the plugin API on `socket`, its control socket beside
     /// it, and waits until both answer.
     pub fn start(socket: &Path) -> Self {
+        Daemon::start_with(socket, &[])
+    }
+
+    /// [`Daemon::start`] with more `dovesnap daemon` flags (e.g. `--metrics ADDR`).
+    pub fn start_with(socket: &Path, extra: &[&str]) -> Self {
         // The control socket and the log go to a folder of the test's own, never beside
         // the plugin socket: dockerd treats every socket in its plugin folder as a plugin.
         let scratch = std::env::temp_dir().join(crate::unique_name("dsd"));
@@ -51,6 +56,7 @@ impl Daemon {
             .arg("daemon")
             .arg("--socket")
             .arg(socket)
+            .args(extra)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))

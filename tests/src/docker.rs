@@ -49,6 +49,11 @@ pub fn start_plugin() -> Daemon {
     Daemon::start(Path::new(PLUGIN_SOCKET))
 }
 
+/// [`start_plugin`] with more `dovesnap daemon` flags.
+pub fn start_plugin_with(extra: &[&str]) -> Daemon {
+    Daemon::start_with(Path::new(PLUGIN_SOCKET), extra)
+}
+
 /// Runs `docker ARGS`, returning the output whatever the status.
 pub fn docker(args: &[&str]) -> Output {
     run("docker", args)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use dovesnap_tests::daemon::Daemon;
-use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::docker::{docker, start_plugin, start_plugin_with, Container, Network};
 use dovesnap_tests::{require_root, run, sh, Netns, Veth};
 
 const HOST_UPLINK_IP: &str = "10.232.110.1";
@@ -44,6 +44,28 @@ const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,sock
 const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
 
 const BLOB_BYTES: usize = 4 << 20;
+const METRICS_ADDR: &str = "127.0.0.1:19477";
+
+/// GET /metrics from the daemon (plain HTTP/1.0 over TCP on loopback).
+fn scrape_metrics() -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(METRICS_ADDR).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the first sample of `metric` whose labels contain `label`.
+fn metric_value(text: &str, metric: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .next()
+        .unwrap_or(0)
+}
 
 fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
     let port = port.to_string();
@@ -331,7 +353,7 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn translator_carries_tcp_udp_icmp_and_published_ports() {
     require_root();
-    let plugin = start_plugin();
+    let plugin = start_plugin_with(&["--metrics", METRICS_ADDR]);
     let far = Far::new();
     let net = create_network("dsfast-a", "10.232.11.0/24", &far.uplink.host);
     let net_id = net.id();
@@ -435,6 +457,47 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
             "netfilter tracked translator traffic for {ip}: {left:#?}"
         );
     }
+
+    // Prometheus metrics: per-endpoint frames both ways, sessions, XDP decisions.
+    let metrics = scrape_metrics();
+    assert!(
+        metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}"
+    );
+    let c_port = status["networks"][0]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{c_ip}/")))
+        })
+        .and_then(|e| e["port"].as_str())
+        .map(str::to_string)
+        .expect("the client's endpoint in the status");
+    let out_frames = metric_value(
+        &metrics,
+        "dovesnap_endpoint_frames_total",
+        &format!("port=\"{c_port}\",direction=\"out\""),
+    );
+    let in_bytes = metric_value(
+        &metrics,
+        "dovesnap_endpoint_bytes_total",
+        &format!("port=\"{c_port}\",direction=\"in\""),
+    );
+    assert!(
+        out_frames > 100,
+        "endpoint out frames {out_frames}: {metrics}"
+    );
+    assert!(
+        in_bytes > BLOB_BYTES as u64,
+        "endpoint in bytes {in_bytes}: {metrics}"
+    );
+    assert!(
+        metrics.contains("dovesnap_translator_sessions{uplink="),
+        "{metrics}"
+    );
 
     // `dovesnap status` shows the fast path: attachments, sessions, counters.
     let table = plugin.status_text();

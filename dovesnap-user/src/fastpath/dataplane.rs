@@ -148,10 +148,27 @@ pub struct EndpointInfoSpec {
 
 /// A snapshot for `dovesnap status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct DataplaneStatus {
     pub uplinks: Vec<UplinkStatus>,
+    /// Frames and bytes through the translator, per endpoint.
+    pub endpoints: Vec<EndpointCounters>,
     /// Data-plane counters (frames, drops by reason, next-hop waits).
     pub counters: Vec<(String, u64)>,
+}
+
+/// What the translator carried for one endpoint (frames it sent out for the container,
+/// and frames it delivered to it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct EndpointCounters {
+    /// The veth host end.
+    pub port: String,
+    pub ip: String,
+    pub out_frames: u64,
+    pub out_bytes: u64,
+    pub in_frames: u64,
+    pub in_bytes: u64,
 }
 
 /// One uplink's translator.
@@ -233,6 +250,8 @@ pub struct Dataplane {
     uplink_names: HashMap<String, usize>,
     endpoints: HashMap<String, (PortId, usize, Ipv4Addr, u32)>,
     roles: HashMap<u32, Role>,
+    /// Per endpoint socket: frames/bytes out (from the container) and in.
+    traffic: HashMap<u32, [u64; 4]>,
     nexthops: NextHops,
     resolver: Resolver,
     events: Receiver<NextHopEvent>,
@@ -258,6 +277,7 @@ impl Dataplane {
             uplink_names: HashMap::new(),
             endpoints: HashMap::new(),
             roles: HashMap::new(),
+            traffic: HashMap::new(),
             nexthops: NextHops::new(65536),
             resolver,
             events,
@@ -358,6 +378,11 @@ impl Dataplane {
             self.xsk.drop_frame(rx.frame);
             return;
         };
+        let len = rx.frame.len() as u64;
+        if let (Role::Endpoint(_), Some(t)) = (role, self.traffic.get_mut(&rx.port.0)) {
+            t[0] += 1;
+            t[1] += len;
+        }
         let (uplink_idx, verdict) = {
             let frame = self.xsk.frame_mut(&mut rx.frame);
             match role {
@@ -374,6 +399,10 @@ impl Dataplane {
         match verdict {
             Verdict::Endpoint { port } => {
                 self.counters.to_endpoint += 1;
+                if let Some(t) = self.traffic.get_mut(&port) {
+                    t[2] += 1;
+                    t[3] += len;
+                }
                 self.xsk.send(PortId(port), rx.frame);
             }
             Verdict::Uplink { remote } => self.send_uplink(uplink_idx, remote, rx.frame, now),
@@ -680,6 +709,7 @@ impl Dataplane {
             port: port.0,
         });
         self.roles.insert(port.0, Role::Endpoint(idx));
+        self.traffic.insert(port.0, [0; 4]);
         self.endpoints
             .insert(host_ifname, (port, idx, spec.ip, slot));
         Ok(())
@@ -695,6 +725,7 @@ impl Dataplane {
         self.sync_port_events();
         let _ = self.maps.clear_xsk(slot);
         self.roles.remove(&port.0);
+        self.traffic.remove(&port.0);
         self.xsk.close(port);
     }
 
@@ -737,7 +768,27 @@ impl Dataplane {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),
         );
-        DataplaneStatus { uplinks, counters }
+        let mut endpoints: Vec<EndpointCounters> = self
+            .endpoints
+            .iter()
+            .map(|(name, (port, _, ip, _))| {
+                let t = self.traffic.get(&port.0).copied().unwrap_or_default();
+                EndpointCounters {
+                    port: name.clone(),
+                    ip: ip.to_string(),
+                    out_frames: t[0],
+                    out_bytes: t[1],
+                    in_frames: t[2],
+                    in_bytes: t[3],
+                }
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.port.cmp(&b.port));
+        DataplaneStatus {
+            uplinks,
+            endpoints,
+            counters,
+        }
     }
 
     fn shutdown(&mut self) {

@@ -1,0 +1,1366 @@
+//! `dovesnap doctor`: checks that this host can run dovesnap and says what to fix.
+//!
+//! [`run`] performs one check per function below, in a fixed order, and returns a
+//! [`Check`] for each: a status ([`Status::Ok`], [`Status::Warn`] or
+//! [`Status::Fail`]), a one-line finding and, unless OK, what to do about it. Nothing
+//! here panics or waits indefinitely when a service is missing: a refused or absent
+//! socket is a finding, and every call to a live service is bounded by
+//! [`SERVICE_TIMEOUT`] in case that service hangs.
+//!
+//! The checks only look: the one thing they create is short-lived (the XDP program is
+//! loaded and unloaded without attaching it; an AF_XDP socket is bound on `lo` and
+//! closed). The parsing of `/proc` files and `iptables` output, the port-range logic
+//! and the rendering are pure functions, unit-tested below.
+
+use std::io;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::afxdp::{AfXdpError, Xsk, XskConfig};
+use crate::fastpath::TRANSLATOR_PORTS;
+use crate::firewall::NftFirewall;
+use crate::ovsdb::{self, Ovsdb};
+use crate::server::DEFAULT_PLUGIN_SOCKET;
+use crate::xdp::{XdpError, XdpProgram};
+
+/// Where dockerd serves its API.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The longest a responsive-looking service may take to answer one check.
+pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where bpffs is conventionally mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Nothing to do.
+    Ok,
+    /// Works, with a consequence or a missing piece worth knowing about.
+    Warn,
+    /// dovesnap (or a mode of it) will not work until this is fixed.
+    Fail,
+}
+
+impl Status {
+    /// `OK`, `WARN` or `FAIL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check's result. Serialized as `{check, status, detail, fix}` (`fix` is `null`
+/// when there is nothing to do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// A short stable name, e.g. `ovsdb`.
+    pub check: String,
+    pub status: Status,
+    /// One line: what was found.
+    pub detail: String,
+    /// What to do, when the status is not OK.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    /// A passed check. Multi-line text (a tool's stderr) is joined into one line.
+    pub fn ok(check: &str, detail: impl Into<String>) -> Self {
+        Check {
+            check: check.to_owned(),
+            status: Status::Ok,
+            detail: one_line(&detail.into()),
+            fix: None,
+        }
+    }
+
+    /// A check that passed with something worth knowing, and what to do about it.
+    pub fn warn(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            status: Status::Warn,
+            fix: Some(one_line(&fix.into())),
+            ..Check::ok(check, detail)
+        }
+    }
+
+    /// A failed check and how to fix it.
+    pub fn fail(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            status: Status::Fail,
+            fix: Some(one_line(&fix.into())),
+            ..Check::ok(check, detail)
+        }
+    }
+}
+
+/// `text` on one line: its non-empty lines, trimmed, joined with ` / `.
+pub fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" / ")
+}
+
+/// What to check against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// ovsdb-server's unix socket.
+    pub ovsdb: PathBuf,
+    /// dockerd's API socket.
+    pub docker: PathBuf,
+    /// Where the daemon serves the plugin API (Docker looks for it there).
+    pub plugin_socket: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ovsdb: PathBuf::from(ovsdb::DEFAULT_SOCKET),
+            docker: PathBuf::from(DEFAULT_DOCKER_SOCKET),
+            plugin_socket: PathBuf::from(DEFAULT_PLUGIN_SOCKET),
+        }
+    }
+}
+
+/// Runs every check. Some calls block (loading the XDP program, running `nft` and
+/// `iptables`); they are short, and doctor runs alone.
+pub async fn run(opts: &Options) -> Vec<Check> {
+    let mut checks = vec![check_root()];
+    let ovs = connect_ovsdb(&opts.ovsdb).await;
+    checks.push(match &ovs {
+        Ok(_) => Check::ok(
+            "ovsdb",
+            format!("ovsdb-server answers at {}", opts.ovsdb.display()),
+        ),
+        Err(c) => c.clone(),
+    });
+    checks.push(check_vswitchd(&opts.ovsdb).await);
+    checks.push(check_datapath(ovs.as_ref().ok()).await);
+    checks.push(check_bpffs());
+    checks.push(check_xdp());
+    checks.push(check_afxdp());
+    checks.push(check_docker(&opts.docker).await);
+    checks.push(check_plugin_socket(&opts.plugin_socket));
+    checks.push(check_nftables());
+    checks.push(check_forward_policy());
+    checks.push(check_ip_forward());
+    checks.push(check_local_port_range());
+    checks.push(check_reserved_ports());
+    checks.push(check_default_route());
+    checks
+}
+
+/// Whether any check failed (doctor then exits with status 1).
+pub fn has_failures(checks: &[Check]) -> bool {
+    checks.iter().any(|c| c.status == Status::Fail)
+}
+
+// ---- the checks -------------------------------------------------------------------
+
+/// dovesnap creates bridges, veths, XDP programs and firewall rules: it runs as root.
+pub fn check_root() -> Check {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        Check::ok("root", "running as root")
+    } else {
+        Check::fail(
+            "root",
+            format!("running as uid {euid}, not root: most checks below need root"),
+            "run `sudo dovesnap doctor` (the daemon itself must run as root too)",
+        )
+    }
+}
+
+/// Connects to ovsdb-server; the error is the `ovsdb` check's finding.
+async fn connect_ovsdb(path: &Path) -> Result<Ovsdb, Check> {
+    let fix = format!(
+        "start Open vSwitch: `systemctl start openvswitch-switch`, or without systemd \
+         `/usr/share/openvswitch/scripts/ovs-ctl start`; or pass the right socket with \
+         `--ovsdb` (now {})",
+        path.display()
+    );
+    match tokio::time::timeout(SERVICE_TIMEOUT, Ovsdb::connect(path)).await {
+        Ok(Ok(ovs)) => Ok(ovs),
+        Ok(Err(ovsdb::OvsdbError::Connect { source, .. })) => Err(Check::fail(
+            "ovsdb",
+            format!("cannot reach ovsdb-server at {}: {source}", path.display()),
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                "run as root (ovsdb-server's socket is root-only)".to_owned()
+            } else {
+                fix
+            },
+        )),
+        Ok(Err(e)) => Err(Check::fail("ovsdb", e.to_string(), fix)),
+        Err(_) => Err(Check::fail(
+            "ovsdb",
+            format!(
+                "ovsdb-server at {} accepted the connection but did not answer within {} s",
+                path.display(),
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            "ovsdb-server looks stuck: restart Open vSwitch \
+             (`systemctl restart openvswitch-switch` or `ovs-ctl restart`)",
+        )),
+    }
+}
+
+/// ovs-vswitchd applies what dovesnap writes to OVSDB: it must run and answer. Found
+/// by name in `/proc`, then asked for its version on its control socket.
+pub async fn check_vswitchd(ovsdb_socket: &Path) -> Check {
+    const NAME: &str = "ovs-vswitchd";
+    let fix = "start it: `systemctl start openvswitch-switch`, or without systemd \
+               `ovs-vswitchd --pidfile --detach` (or `/usr/share/openvswitch/scripts/ovs-ctl \
+               start`); without it dovesnap's OVS changes time out";
+    let Some(pid) = find_process(NAME) else {
+        return Check::fail(NAME, "ovs-vswitchd is not running", fix);
+    };
+    let rundir = ovsdb_socket
+        .parent()
+        .filter(|d| d.join(format!("{NAME}.{pid}.ctl")).exists())
+        .unwrap_or(Path::new("/var/run/openvswitch"));
+    let ctl = rundir.join(format!("{NAME}.{pid}.ctl"));
+    if !ctl.exists() {
+        return Check::ok(
+            NAME,
+            format!(
+                "running (pid {pid}); its control socket is not at {} so it was not queried",
+                ctl.display()
+            ),
+        );
+    }
+    match tokio::time::timeout(SERVICE_TIMEOUT, unixctl_call(&ctl, "version")).await {
+        Ok(Ok(version)) => Check::ok(
+            NAME,
+            format!(
+                "running (pid {pid}) and answering: {}",
+                version.lines().next().unwrap_or("").trim()
+            ),
+        ),
+        Ok(Err(e)) => Check::fail(
+            NAME,
+            format!(
+                "running (pid {pid}) but its control socket {}: {e}",
+                ctl.display()
+            ),
+            if e.permission_denied() {
+                "run as root (ovs-vswitchd's control socket is root-only)"
+            } else {
+                "restart Open vSwitch (`systemctl restart openvswitch-switch` or `ovs-ctl restart`)"
+            },
+        ),
+        Err(_) => Check::fail(
+            NAME,
+            format!(
+                "running (pid {pid}) but did not answer `version` within {} s",
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            "ovs-vswitchd looks stuck: restart Open vSwitch \
+             (`systemctl restart openvswitch-switch` or `ovs-ctl restart`)",
+        ),
+    }
+}
+
+/// The datapath types ovs-vswitchd offers and the one dovesnap will give new bridges.
+pub async fn check_datapath(ovs: Option<&Ovsdb>) -> Check {
+    const NAME: &str = "datapath";
+    let Some(ovs) = ovs else {
+        return Check::warn(
+            NAME,
+            "not checked: ovsdb-server is unreachable",
+            "fix the `ovsdb` check first",
+        );
+    };
+    let types = match tokio::time::timeout(SERVICE_TIMEOUT, ovs.datapath_types()).await {
+        Ok(Ok(types)) => types,
+        Ok(Err(e)) => {
+            return Check::fail(
+                NAME,
+                format!("cannot read Open_vSwitch.datapath_types: {e}"),
+                "check that ovsdb-server serves the Open_vSwitch database (`ovs-vsctl show`)",
+            )
+        }
+        Err(_) => {
+            return Check::fail(
+                NAME,
+                format!(
+                    "ovsdb-server did not answer within {} s",
+                    SERVICE_TIMEOUT.as_secs()
+                ),
+                "restart Open vSwitch (`systemctl restart openvswitch-switch`)",
+            )
+        }
+    };
+    datapath_finding(&types, ovsdb::default_datapath_type())
+}
+
+/// The `datapath` finding for the types OVS offers and the one dovesnap picked.
+pub fn datapath_finding(types: &[String], chosen: &str) -> Check {
+    const NAME: &str = "datapath";
+    let offered = if types.is_empty() {
+        "none".to_owned()
+    } else {
+        types.join(", ")
+    };
+    if types.is_empty() {
+        return Check::fail(
+            NAME,
+            "OVS lists no datapath types: ovs-vswitchd has never run against this database",
+            "start ovs-vswitchd (`systemctl start openvswitch-switch` or \
+             `ovs-vswitchd --pidfile --detach`)",
+        );
+    }
+    if !types.iter().any(|t| t == chosen) {
+        return Check::fail(
+            NAME,
+            format!("dovesnap would use `{chosen}` but OVS offers only: {offered}"),
+            "install an Open vSwitch build with that datapath, or report this",
+        );
+    }
+    if chosen == "netdev" {
+        return Check::warn(
+            NAME,
+            format!(
+                "types: {offered}; dovesnap uses `netdev` (userspace): the openvswitch kernel \
+                 module is not loaded, so ovs-vswitchd forwards every frame between \
+                 containers itself (more CPU and latency, lower throughput, no kernel flow \
+                 offload)"
+            ),
+            "for the kernel datapath: `modprobe openvswitch` (kernel CONFIG_OPENVSWITCH), \
+             then restart Open vSwitch; bridges made before keep `netdev`",
+        );
+    }
+    Check::ok(
+        NAME,
+        format!("types: {offered}; dovesnap uses `{chosen}` (the kernel datapath)"),
+    )
+}
+
+/// bpffs: dovesnap does not pin anything, but `bpftool` and other tools want it.
+pub fn check_bpffs() -> Check {
+    const NAME: &str = "bpffs";
+    match std::fs::read_to_string("/proc/mounts") {
+        Ok(mounts) if bpffs_mounted(&mounts, BPFFS) => {
+            Check::ok(NAME, format!("bpffs is mounted at {BPFFS}"))
+        }
+        Ok(_) => Check::warn(
+            NAME,
+            format!(
+                "no bpffs at {BPFFS}: dovesnap does not need it, but tools that inspect or \
+                 pin eBPF objects (bpftool, ...) do"
+            ),
+            format!("`mount -t bpf bpf {BPFFS}` (or a `sys-fs-bpf.mount` unit)"),
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read /proc/mounts: {e}"),
+            "check that /proc is mounted",
+        ),
+    }
+}
+
+/// nat-fast's XDP program: loaded (the verifier runs) and unloaded, attached nowhere.
+pub fn check_xdp() -> Check {
+    const NAME: &str = "xdp";
+    match XdpProgram::load() {
+        Ok(prog) => {
+            drop(prog);
+            Check::ok(
+                NAME,
+                "the embedded XDP program loads (the kernel's verifier accepts it)",
+            )
+        }
+        Err(XdpError::NotBuilt) => Check::fail(
+            NAME,
+            "this binary was built without its XDP program (AYA_BUILD_SKIP was set): \
+             nat-fast networks will not work (flat and nat do not need XDP)",
+            "rebuild dovesnap without AYA_BUILD_SKIP after `cargo xtask setup`",
+        ),
+        Err(e @ XdpError::PermissionDenied { .. }) => Check::fail(
+            NAME,
+            e.to_string(),
+            "run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{e}; nat-fast networks will not work"),
+            "check the kernel's BPF support (CONFIG_BPF_SYSCALL, BTF at \
+             /sys/kernel/btf/vmlinux) and that dovesnap was built for this kernel",
+        ),
+    }
+}
+
+/// AF_XDP: the translator's UMEM and its anchor socket on `lo` queue 0.
+pub fn check_afxdp() -> Check {
+    const NAME: &str = "afxdp";
+    let cfg = XskConfig::default();
+    let anchor = cfg.anchor_ifname.clone();
+    match Xsk::new(cfg) {
+        Ok(xsk) => {
+            drop(xsk);
+            Check::ok(
+                NAME,
+                format!("an AF_XDP socket and its UMEM can be created ({anchor} queue 0)"),
+            )
+        }
+        Err(e) if afxdp_busy(&e) => Check::warn(
+            NAME,
+            format!(
+                "{anchor} queue 0 already has an AF_XDP socket (EBUSY): in use by a running \
+                 dovesnap daemon's translator, so this check cannot bind its own"
+            ),
+            format!(
+                "nothing to do if `dovesnap daemon` runs nat-fast networks; otherwise find the \
+                 other AF_XDP user of {anchor} with `ss --xdp`"
+            ),
+        ),
+        Err(e @ AfXdpError::Umem { .. }) => Check::fail(
+            NAME,
+            format!("{e}; nat-fast networks will not work"),
+            "run as root; check `ulimit -l` (locked memory) and CONFIG_XDP_SOCKETS",
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{e}; nat-fast networks will not work"),
+            "run as root on a kernel with CONFIG_XDP_SOCKETS",
+        ),
+    }
+}
+
+/// Whether the anchor could not be bound because another socket holds the queue.
+fn afxdp_busy(e: &AfXdpError) -> bool {
+    match e {
+        AfXdpError::AlreadyOpen { .. } => true,
+        AfXdpError::Bind { cause, .. } => {
+            cause.contains(&format!("os error {}", libc::EBUSY))
+                || cause.contains("Device or resource busy")
+        }
+        _ => false,
+    }
+}
+
+/// dockerd answers `GET /_ping` on its socket.
+pub async fn check_docker(socket: &Path) -> Check {
+    const NAME: &str = "docker";
+    let start = "start dockerd (`systemctl start docker`)";
+    match tokio::time::timeout(SERVICE_TIMEOUT, docker_ping(socket)).await {
+        Ok(Ok(PingAnswer { status: 200, api })) => Check::ok(
+            NAME,
+            format!(
+                "dockerd answers /_ping at {}{}",
+                socket.display(),
+                api.map(|v| format!(" (API {v})")).unwrap_or_default()
+            ),
+        ),
+        Ok(Ok(PingAnswer { status, .. })) => Check::fail(
+            NAME,
+            format!(
+                "dockerd at {} answered /_ping with {status}",
+                socket.display()
+            ),
+            "see dockerd's log (`journalctl -u docker`)",
+        ),
+        Ok(Err(PingError::Connect(e))) => {
+            let (what, fix) = match e.kind() {
+                io::ErrorKind::NotFound => ("no socket", start.to_owned()),
+                io::ErrorKind::ConnectionRefused => {
+                    ("a stale socket (nothing listens)", start.to_owned())
+                }
+                io::ErrorKind::PermissionDenied => (
+                    "permission denied",
+                    "run as root (dockerd's socket is root/docker-group only)".to_owned(),
+                ),
+                _ => ("cannot connect", start.to_owned()),
+            };
+            Check::fail(NAME, format!("{what} at {}: {e}", socket.display()), fix)
+        }
+        Ok(Err(PingError::Http(e))) => Check::fail(
+            NAME,
+            format!("dockerd at {}: {e}", socket.display()),
+            "see dockerd's log (`journalctl -u docker`)",
+        ),
+        Err(_) => Check::fail(
+            NAME,
+            format!(
+                "dockerd at {} did not answer /_ping within {} s",
+                socket.display(),
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            "dockerd looks stuck: see its log and restart it (`systemctl restart docker`)",
+        ),
+    }
+}
+
+struct PingAnswer {
+    status: u16,
+    /// The `Api-Version` header.
+    api: Option<String>,
+}
+
+enum PingError {
+    Connect(io::Error),
+    Http(String),
+}
+
+async fn docker_ping(socket: &Path) -> Result<PingAnswer, PingError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(PingError::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| PingError::Http(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let req = Request::get("/_ping")
+        .header(hyper::header::HOST, "docker")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| PingError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| PingError::Http(e.to_string()));
+    conn.abort();
+    let resp = resp?;
+    Ok(PingAnswer {
+        status: resp.status().as_u16(),
+        api: resp
+            .headers()
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    })
+}
+
+/// The plugin socket Docker discovers the driver by: present and listening means the
+/// daemon runs.
+pub fn check_plugin_socket(path: &Path) -> Check {
+    const NAME: &str = "plugin-socket";
+    let start = "start the daemon: `systemctl start dovesnap` (packaging/dovesnap.service) \
+                 or `dovesnap daemon`";
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Check::warn(
+            NAME,
+            format!(
+                "no plugin socket at {}: the dovesnap daemon is not running, so Docker \
+                 cannot use the `ovs` driver",
+                path.display()
+            ),
+            start,
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot look at {}: {e}", path.display()),
+            "run as root",
+        ),
+        Ok(meta) if !meta.file_type().is_socket() => Check::fail(
+            NAME,
+            format!("{} exists but is not a socket", path.display()),
+            format!("remove it (`rm {}`), then {start}", path.display()),
+        ),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Check::ok(
+                NAME,
+                format!("the dovesnap daemon listens at {}", path.display()),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Check::warn(
+                NAME,
+                format!(
+                    "{} is a stale socket (nothing listens): the daemon was killed",
+                    path.display()
+                ),
+                format!("{start}; it replaces the stale socket"),
+            ),
+            Err(e) => Check::warn(
+                NAME,
+                format!("cannot connect to {}: {e}", path.display()),
+                "run as root",
+            ),
+        },
+    }
+}
+
+/// nat and nat-fast networks need a working `nft`.
+pub fn check_nftables() -> Check {
+    const NAME: &str = "nftables";
+    match NftFirewall::new().probe() {
+        Ok(()) => Check::ok(NAME, "`nft` runs and dovesnap's table can be listed"),
+        Err(e @ crate::firewall::FirewallError::NftMissing { .. }) => Check::fail(
+            NAME,
+            format!("{e}; nat and nat-fast networks will not work"),
+            "`apt-get install nftables`",
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{e}; nat and nat-fast networks will not work"),
+            "run as root (or with CAP_NET_ADMIN); if root already, see nft's error in the finding",
+        ),
+    }
+}
+
+/// The filter table's FORWARD policy (Docker usually sets DROP).
+pub fn check_forward_policy() -> Check {
+    const NAME: &str = "forward-policy";
+    let out = match std::process::Command::new("iptables")
+        .args(["-S", "FORWARD"])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Check::warn(
+                NAME,
+                "iptables is not installed, so the FORWARD policy was not read (dovesnap \
+                 adds no iptables rules then)",
+                "if another tool drops forwarded traffic, check `nft list ruleset`",
+            )
+        }
+        Err(e) => {
+            return Check::warn(
+                NAME,
+                format!("cannot run `iptables -S FORWARD`: {e}"),
+                "run as root",
+            )
+        }
+    };
+    if !out.status.success() {
+        return Check::warn(
+            NAME,
+            format!(
+                "`iptables -S FORWARD` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            "run as root",
+        );
+    }
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let docker_user = std::process::Command::new("iptables")
+        .args(["-S", "DOCKER-USER"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    forward_finding(chain_policy(&listing, "FORWARD").as_deref(), docker_user)
+}
+
+/// The `forward-policy` finding for a FORWARD policy and whether DOCKER-USER exists.
+pub fn forward_finding(policy: Option<&str>, docker_user: bool) -> Check {
+    const NAME: &str = "forward-policy";
+    let chain = if docker_user {
+        "DOCKER-USER"
+    } else {
+        "FORWARD (there is no DOCKER-USER chain)"
+    };
+    match policy {
+        Some("DROP") => Check::ok(
+            NAME,
+            format!(
+                "FORWARD policy DROP: fine, dovesnap adds ACCEPT rules for its nat networks at \
+                 the top of {chain} and loosens nothing else"
+            ),
+        ),
+        Some("ACCEPT") => Check::ok(
+            NAME,
+            "FORWARD policy ACCEPT; dovesnap's nftables table does the isolation of its \
+             networks",
+        ),
+        Some(other) => Check::warn(
+            NAME,
+            format!("unexpected FORWARD policy `{other}`"),
+            "check `iptables -S FORWARD`",
+        ),
+        None => Check::warn(
+            NAME,
+            "no policy line in `iptables -S FORWARD`",
+            "check `iptables -S FORWARD` and `nft list ruleset`",
+        ),
+    }
+}
+
+/// `net.ipv4.ip_forward`: nat networks route, so it must be on.
+pub fn check_ip_forward() -> Check {
+    const NAME: &str = "ip-forward";
+    match read_sysctl("net/ipv4/ip_forward") {
+        Ok(v) if v == "1" => Check::ok(NAME, "net.ipv4.ip_forward = 1"),
+        Ok(v) => Check::warn(
+            NAME,
+            format!(
+                "net.ipv4.ip_forward = {v}: nat networks cannot route until it is 1; dovesnap \
+                 turns it on when it creates a non-internal nat network"
+            ),
+            "`sysctl -w net.ipv4.ip_forward=1` now, or let dovesnap do it; if it is off on \
+             purpose, use only flat or internal networks",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read net.ipv4.ip_forward: {e}"),
+            "check that /proc/sys is mounted",
+        ),
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` must stay below the translator's ports.
+pub fn check_local_port_range() -> Check {
+    const NAME: &str = "local-port-range";
+    match read_sysctl("net/ipv4/ip_local_port_range") {
+        Ok(v) => match parse_port_range(&v) {
+            Some(range) => port_range_finding(range),
+            None => Check::warn(
+                NAME,
+                format!("cannot parse net.ipv4.ip_local_port_range `{v}`"),
+                "check `sysctl net.ipv4.ip_local_port_range`",
+            ),
+        },
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read net.ipv4.ip_local_port_range: {e}"),
+            "check that /proc/sys is mounted",
+        ),
+    }
+}
+
+/// The `local-port-range` finding for the kernel's ephemeral range.
+pub fn port_range_finding(range: RangeInclusive<u16>) -> Check {
+    const NAME: &str = "local-port-range";
+    let (t0, t1) = (*TRANSLATOR_PORTS.start(), *TRANSLATOR_PORTS.end());
+    let (lo, hi) = (*range.start(), *range.end());
+    match overlap(&range, &TRANSLATOR_PORTS) {
+        None => Check::ok(
+            NAME,
+            format!(
+                "net.ipv4.ip_local_port_range = {lo} {hi}: below nat-fast's translator ports \
+                 {t0}-{t1}"
+            ),
+        ),
+        Some(common) => {
+            let new_lo = if lo < t0 { lo } else { 32768 };
+            let new_hi = t0 - 1;
+            Check::fail(
+                NAME,
+                format!(
+                    "net.ipv4.ip_local_port_range = {lo} {hi} overlaps nat-fast's translator \
+                     ports {t0}-{t1} (at {}-{}): the host's own connections could take ports \
+                     whose replies the uplink's XDP program steers to the translator",
+                    common.start(),
+                    common.end()
+                ),
+                format!(
+                    "`sysctl -w net.ipv4.ip_local_port_range=\"{new_lo} {new_hi}\"` and \
+                     persist it: `echo 'net.ipv4.ip_local_port_range = {new_lo} {new_hi}' > \
+                     /etc/sysctl.d/60-dovesnap.conf`"
+                ),
+            )
+        }
+    }
+}
+
+/// `net.ipv4.ip_local_reserved_ports`: informational.
+pub fn check_reserved_ports() -> Check {
+    const NAME: &str = "reserved-ports";
+    match read_sysctl("net/ipv4/ip_local_reserved_ports") {
+        Ok(v) => match parse_port_list(&v) {
+            Some(list) => reserved_finding(&v, &list),
+            None => Check::warn(
+                NAME,
+                format!("cannot parse net.ipv4.ip_local_reserved_ports `{v}`"),
+                "check `sysctl net.ipv4.ip_local_reserved_ports`",
+            ),
+        },
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read net.ipv4.ip_local_reserved_ports: {e}"),
+            "check that /proc/sys is mounted",
+        ),
+    }
+}
+
+/// The `reserved-ports` finding (always OK: it only informs).
+pub fn reserved_finding(raw: &str, list: &[RangeInclusive<u16>]) -> Check {
+    const NAME: &str = "reserved-ports";
+    let (t0, t1) = (*TRANSLATOR_PORTS.start(), *TRANSLATOR_PORTS.end());
+    if list.is_empty() {
+        return Check::ok(NAME, "net.ipv4.ip_local_reserved_ports is empty");
+    }
+    let covered = covered_ports(list, &TRANSLATOR_PORTS);
+    let total = u32::from(t1 - t0) + 1;
+    Check::ok(
+        NAME,
+        format!(
+            "net.ipv4.ip_local_reserved_ports = {}; {covered} of the {total} translator \
+             ports ({t0}-{t1}) are among them",
+            raw.trim()
+        ),
+    )
+}
+
+/// A default IPv4 route: nat-fast's uplink when `ovs.nat.uplink` is not given.
+pub fn check_default_route() -> Check {
+    const NAME: &str = "default-route";
+    match std::fs::read_to_string("/proc/net/route") {
+        Ok(table) => match default_route(&table) {
+            Some(r) => Check::ok(
+                NAME,
+                format!(
+                    "default via {} dev {}: nat-fast's default uplink is {}",
+                    r.gateway, r.iface, r.iface
+                ),
+            ),
+            None => Check::warn(
+                NAME,
+                "no default IPv4 route: nat-fast networks need `-o ovs.nat.uplink=IFACE`, and \
+                 nat networks reach only directly connected networks",
+                "add a default route (`ip route add default via GATEWAY`), or name the uplink \
+                 with `-o ovs.nat.uplink=IFACE` on each nat-fast network",
+            ),
+        },
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read /proc/net/route: {e}"),
+            "check that /proc is mounted",
+        ),
+    }
+}
+
+// ---- helpers with I/O -------------------------------------------------------------
+
+fn read_sysctl(name: &str) -> io::Result<String> {
+    std::fs::read_to_string(Path::new("/proc/sys").join(name)).map(|s| s.trim().to_owned())
+}
+
+/// The pid of a process whose `comm` is `name` (the lowest, if several).
+fn find_process(name: &str) -> Option<u32> {
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() == name && found.is_none_or(|f| pid < f) {
+            found = Some(pid);
+        }
+    }
+    found
+}
+
+/// Why a unixctl call failed.
+#[derive(Debug, thiserror::Error)]
+enum UnixctlError {
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Answer(String),
+}
+
+impl UnixctlError {
+    fn permission_denied(&self) -> bool {
+        matches!(self, UnixctlError::Io { source, .. }
+            if source.kind() == io::ErrorKind::PermissionDenied)
+    }
+}
+
+/// One call on an OVS unixctl socket (JSON-RPC without framing): the result string.
+async fn unixctl_call(ctl: &Path, method: &str) -> Result<String, UnixctlError> {
+    let io = |what| move |source| UnixctlError::Io { what, source };
+    let mut stream = UnixStream::connect(ctl).await.map_err(io("connect"))?;
+    let req = serde_json::json!({"id": 0, "method": method, "params": []});
+    stream
+        .write_all(req.to_string().as_bytes())
+        .await
+        .map_err(io("send"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(io("read"))?;
+        if n == 0 {
+            return Err(UnixctlError::Answer(
+                "closed the connection without answering".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&buf) {
+            if let Some(result) = answer.get("result").and_then(|r| r.as_str()) {
+                return Ok(result.to_owned());
+            }
+            return Err(UnixctlError::Answer(format!(
+                "answered an error: {}",
+                answer["error"]
+            )));
+        }
+        if buf.len() > 1 << 20 {
+            return Err(UnixctlError::Answer(
+                "answered more than 1 MiB without a complete reply".into(),
+            ));
+        }
+    }
+}
+
+// ---- pure parsing and logic -------------------------------------------------------
+
+/// Whether `/proc/mounts` text has a bpf filesystem mounted at `at`.
+pub fn bpffs_mounted(mounts: &str, at: &str) -> bool {
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, point, fstype) = (f.next(), f.next(), f.next());
+        point == Some(at) && fstype == Some("bpf")
+    })
+}
+
+/// `net.ipv4.ip_local_port_range`'s value: two port numbers (tab or space separated).
+pub fn parse_port_range(s: &str) -> Option<RangeInclusive<u16>> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (it.next().is_none() && lo <= hi).then_some(lo..=hi)
+}
+
+/// `net.ipv4.ip_local_reserved_ports`'s value: comma-separated ports and ranges
+/// (`8080,9148-9150`); empty means none.
+pub fn parse_port_list(s: &str) -> Option<Vec<RangeInclusive<u16>>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|item| {
+            let item = item.trim();
+            match item.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                    (a <= b).then_some(a..=b)
+                }
+                None => item.parse().ok().map(|p| p..=p),
+            }
+        })
+        .collect()
+}
+
+/// The ports two ranges have in common, if any.
+pub fn overlap(a: &RangeInclusive<u16>, b: &RangeInclusive<u16>) -> Option<RangeInclusive<u16>> {
+    let lo = *a.start().max(b.start());
+    let hi = *a.end().min(b.end());
+    (lo <= hi).then_some(lo..=hi)
+}
+
+/// How many ports of `target` lie in any of `ranges` (which may overlap each other).
+pub fn covered_ports(ranges: &[RangeInclusive<u16>], target: &RangeInclusive<u16>) -> u32 {
+    let mut parts: Vec<RangeInclusive<u16>> =
+        ranges.iter().filter_map(|r| overlap(r, target)).collect();
+    parts.sort_by_key(|r| *r.start());
+    let mut total = 0u32;
+    let mut next: u32 = 0; // first port not yet counted
+    for r in parts {
+        let (lo, hi) = (u32::from(*r.start()).max(next), u32::from(*r.end()));
+        if lo <= hi {
+            total += hi - lo + 1;
+            next = hi + 1;
+        }
+    }
+    total
+}
+
+/// A default route read from `/proc/net/route`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub iface: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub metric: u32,
+}
+
+/// The default IPv4 route of `/proc/net/route` text: destination and mask 0, up; the
+/// lowest metric wins. Addresses there are hex in host byte order.
+pub fn default_route(table: &str) -> Option<DefaultRoute> {
+    const RTF_UP: u32 = 0x1;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+            let (dst, gw, flags, metric, mask) = (
+                hex(f[1])?,
+                hex(f[2])?,
+                hex(f[3])?,
+                f[6].parse().ok()?,
+                hex(f[7])?,
+            );
+            (dst == 0 && mask == 0 && flags & RTF_UP != 0).then(|| DefaultRoute {
+                iface: f[0].to_owned(),
+                gateway: std::net::Ipv4Addr::from(gw.to_ne_bytes()),
+                metric,
+            })
+        })
+        .min_by_key(|r| r.metric)
+}
+
+/// The policy of `chain` in `iptables -S` output (`-P FORWARD DROP`).
+pub fn chain_policy(listing: &str, chain: &str) -> Option<String> {
+    listing.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some("-P") && f.next() == Some(chain))
+            .then(|| f.next().map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// The checks as an aligned table for people: `CHECK STATUS DETAIL`, the fix on an
+/// indented line under a check that is not OK, and a summary line.
+pub fn render_table(checks: &[Check]) -> String {
+    let name_w = checks
+        .iter()
+        .map(|c| c.check.chars().count())
+        .chain(["CHECK".len()])
+        .max()
+        .unwrap_or(0);
+    let status_w = "STATUS".len();
+    let mut out = format!("{:name_w$}  {:status_w$}  DETAIL\n", "CHECK", "STATUS");
+    for c in checks {
+        out.push_str(&format!(
+            "{:name_w$}  {:status_w$}  {}\n",
+            c.check,
+            c.status.as_str(),
+            c.detail
+        ));
+        if let Some(fix) = c.fix.as_deref().filter(|_| c.status != Status::Ok) {
+            out.push_str(&format!("{:name_w$}  {:status_w$}  fix: {fix}\n", "", ""));
+        }
+    }
+    let count = |s| checks.iter().filter(|c| c.status == s).count();
+    out.push_str(&format!(
+        "\n{} OK, {} WARN, {} FAIL\n",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    ));
+    out
+}
+
+/// The checks as a JSON array of `{check, status, detail, fix}`.
+pub fn render_json(checks: &[Check]) -> String {
+    serde_json::to_string_pretty(checks).expect("checks serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_bpffs_in_proc_mounts() {
+        let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n";
+        assert!(bpffs_mounted(mounts, "/sys/fs/bpf"));
+        assert!(!bpffs_mounted("sysfs /sys sysfs rw 0 0\n", "/sys/fs/bpf"));
+        // Something else mounted there is not bpffs.
+        assert!(!bpffs_mounted(
+            "tmpfs /sys/fs/bpf tmpfs rw 0 0\n",
+            "/sys/fs/bpf"
+        ));
+        assert!(!bpffs_mounted("", "/sys/fs/bpf"));
+    }
+
+    #[test]
+    fn parses_the_port_range_sysctl() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("1024 65535"), Some(1024..=65535));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("32768"), None);
+        assert_eq!(parse_port_range("1 2 3"), None);
+        assert_eq!(parse_port_range("a b"), None);
+        assert_eq!(parse_port_range("1 70000"), None);
+    }
+
+    #[test]
+    fn parses_the_reserved_ports_sysctl() {
+        assert_eq!(parse_port_list(""), Some(vec![]));
+        assert_eq!(parse_port_list("\n"), Some(vec![]));
+        assert_eq!(
+            parse_port_list("8080,9148-9150"),
+            Some(vec![8080..=8080, 9148..=9150])
+        );
+        assert_eq!(parse_port_list("61000-65535\n"), Some(vec![61000..=65535]));
+        assert_eq!(parse_port_list("9150-9148"), None);
+        assert_eq!(parse_port_list("80,x"), None);
+        assert_eq!(parse_port_list("80,"), None);
+    }
+
+    #[test]
+    fn overlap_and_coverage() {
+        assert_eq!(overlap(&(32768..=60999), &TRANSLATOR_PORTS), None);
+        assert_eq!(
+            overlap(&(32768..=61000), &TRANSLATOR_PORTS),
+            Some(61000..=61000)
+        );
+        assert_eq!(
+            overlap(&(1024..=65535), &TRANSLATOR_PORTS),
+            Some(61000..=65535)
+        );
+        assert_eq!(
+            overlap(&(62000..=62010), &TRANSLATOR_PORTS),
+            Some(62000..=62010)
+        );
+
+        assert_eq!(covered_ports(&[], &TRANSLATOR_PORTS), 0);
+        assert_eq!(covered_ports(&[8080..=8080], &TRANSLATOR_PORTS), 0);
+        assert_eq!(covered_ports(&[61000..=65535], &TRANSLATOR_PORTS), 4536);
+        // Overlapping and unsorted ranges are counted once.
+        assert_eq!(
+            covered_ports(
+                &[61005..=61009, 61000..=61006, 65535..=65535],
+                &TRANSLATOR_PORTS
+            ),
+            11
+        );
+        assert_eq!(covered_ports(&[0..=65535], &(0..=65535)), 65536);
+    }
+
+    #[test]
+    fn port_range_overlapping_the_translator_fails_with_the_sysctl() {
+        let ok = port_range_finding(32768..=60999);
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(ok.fix, None);
+
+        let bad = port_range_finding(1024..=65535);
+        assert_eq!(bad.status, Status::Fail);
+        assert!(bad.detail.contains("61000-65535"), "{}", bad.detail);
+        let fix = bad.fix.unwrap();
+        assert!(
+            fix.contains("sysctl -w net.ipv4.ip_local_port_range=\"1024 60999\""),
+            "{fix}"
+        );
+
+        // A range entirely inside the translator's falls back to Linux's default start.
+        let inside = port_range_finding(62000..=63000);
+        assert!(inside.fix.unwrap().contains("\"32768 60999\""));
+    }
+
+    #[test]
+    fn reserved_ports_only_inform() {
+        let none = reserved_finding("", &[]);
+        assert_eq!(none.status, Status::Ok);
+        assert!(none.detail.contains("empty"));
+        let some = reserved_finding("61000-61999\n", &[61000..=61999]);
+        assert_eq!(some.status, Status::Ok);
+        assert!(some.detail.contains("1000 of the 4536"), "{}", some.detail);
+    }
+
+    #[test]
+    fn netdev_datapath_warns_and_a_missing_one_fails() {
+        let types = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let netdev = datapath_finding(&types(&["netdev", "system"]), "netdev");
+        assert_eq!(netdev.status, Status::Warn);
+        assert!(netdev.detail.contains("userspace"));
+        assert!(netdev.fix.unwrap().contains("modprobe openvswitch"));
+        assert_eq!(
+            datapath_finding(&types(&["netdev", "system"]), "system").status,
+            Status::Ok
+        );
+        assert_eq!(
+            datapath_finding(&types(&["netdev"]), "system").status,
+            Status::Fail
+        );
+        assert_eq!(datapath_finding(&[], "netdev").status, Status::Fail);
+    }
+
+    #[test]
+    fn finds_the_default_route() {
+        // A real table (x86, little-endian): default via 192.0.2.1 on eth0 metric 100,
+        // a worse one on eth1, and an on-link route.
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth1\t00000000\t010A0A0A\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let r = default_route(table).unwrap();
+        assert_eq!(r.iface, "eth0");
+        assert_eq!(r.metric, 100);
+        if cfg!(target_endian = "little") {
+            assert_eq!(r.gateway, std::net::Ipv4Addr::new(192, 0, 2, 1));
+        }
+        let no_default =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(default_route(no_default), None);
+        // A default route that is down does not count.
+        let down =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route(down), None);
+        assert_eq!(default_route(""), None);
+    }
+
+    #[test]
+    fn reads_the_forward_policy() {
+        let listing = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n";
+        assert_eq!(chain_policy(listing, "FORWARD").as_deref(), Some("DROP"));
+        assert_eq!(chain_policy(listing, "INPUT"), None);
+        assert_eq!(chain_policy("", "FORWARD"), None);
+
+        let drop = forward_finding(Some("DROP"), true);
+        assert_eq!(drop.status, Status::Ok);
+        assert!(drop.detail.contains("DOCKER-USER"));
+        assert!(forward_finding(Some("DROP"), false)
+            .detail
+            .contains("no DOCKER-USER"));
+        assert_eq!(forward_finding(Some("ACCEPT"), true).status, Status::Ok);
+        assert_eq!(forward_finding(None, true).status, Status::Warn);
+    }
+
+    #[test]
+    fn findings_are_one_line() {
+        assert_eq!(one_line("a\n  b  \n\nc\n"), "a / b / c");
+        assert_eq!(one_line("single"), "single");
+        let c = Check::fail("nftables", "nft failed:\nnetlink: Error", "do\nthis");
+        assert_eq!(c.detail, "nft failed: / netlink: Error");
+        assert_eq!(c.fix.as_deref(), Some("do / this"));
+    }
+
+    #[test]
+    fn afxdp_busy_is_recognised() {
+        let busy = AfXdpError::Bind {
+            ifname: "lo".into(),
+            queue: 0,
+            cause: "Device or resource busy (os error 16) (this is the UMEM's anchor socket)"
+                .into(),
+        };
+        assert!(afxdp_busy(&busy));
+        let other = AfXdpError::Bind {
+            ifname: "lo".into(),
+            queue: 0,
+            cause: "Operation not permitted (os error 1)".into(),
+        };
+        assert!(!afxdp_busy(&other));
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("dovesnap-doctor-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn plugin_socket_absent_stale_live_or_not_a_socket() {
+        let dir = scratch("plugin");
+        let sock = dir.join("ovs.sock");
+        let absent = check_plugin_socket(&sock);
+        assert_eq!(absent.status, Status::Warn);
+        assert!(absent.detail.contains("not running"), "{}", absent.detail);
+
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(check_plugin_socket(&sock).status, Status::Ok);
+        drop(listener); // the file stays: a killed daemon's socket
+        let stale = check_plugin_socket(&sock);
+        assert_eq!(stale.status, Status::Warn);
+        assert!(stale.detail.contains("stale"), "{}", stale.detail);
+
+        std::fs::remove_file(&sock).unwrap();
+        std::fs::write(&sock, b"").unwrap();
+        assert_eq!(check_plugin_socket(&sock).status, Status::Fail);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn docker_absent_or_stale_is_a_finding() {
+        let dir = scratch("docker");
+        let sock = dir.join("docker.sock");
+        let absent = check_docker(&sock).await;
+        assert_eq!(absent.status, Status::Fail);
+        assert!(absent.detail.starts_with("no socket"), "{}", absent.detail);
+
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let stale = check_docker(&sock).await;
+        assert_eq!(stale.status, Status::Fail);
+        assert!(stale.detail.contains("stale"), "{}", stale.detail);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn docker_ping_reads_status_and_api_version() {
+        let dir = scratch("ping");
+        let sock = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client hung up");
+                req.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK")
+                .await
+                .unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        let c = check_docker(&sock).await;
+        let req = server.await.unwrap();
+        assert!(req.starts_with("GET /_ping HTTP/1.1\r\n"), "{req}");
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert!(c.detail.contains("API 1.41"), "{}", c.detail);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn sample() -> Vec<Check> {
+        vec![
+            Check::ok("root", "running as root"),
+            Check::warn("datapath", "netdev only", "modprobe openvswitch"),
+            Check::fail("local-port-range", "overlaps", "sysctl -w ..."),
+        ]
+    }
+
+    #[test]
+    fn renders_an_aligned_table_with_fixes_and_a_summary() {
+        let table = render_table(&sample());
+        let expected = "\
+CHECK             STATUS  DETAIL
+root              OK      running as root
+datapath          WARN    netdev only
+                          fix: modprobe openvswitch
+local-port-range  FAIL    overlaps
+                          fix: sysctl -w ...
+
+1 OK, 1 WARN, 1 FAIL
+";
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn renders_json_and_reports_failures() {
+        let checks = sample();
+        let v: serde_json::Value = serde_json::from_str(&render_json(&checks)).unwrap();
+        assert_eq!(v[0]["check"], "root");
+        assert_eq!(v[0]["status"], "OK");
+        assert_eq!(v[0]["fix"], serde_json::Value::Null);
+        assert_eq!(v[1]["status"], "WARN");
+        assert_eq!(v[2]["status"], "FAIL");
+        assert_eq!(v[2]["fix"], "sysctl -w ...");
+        let back: Vec<Check> = serde_json::from_value(v).unwrap();
+        assert_eq!(back, checks);
+
+        assert!(has_failures(&checks));
+        assert!(!has_failures(&checks[..2]));
+    }
+}

@@ -1,0 +1,369 @@
+//! Prometheus metrics (opt-in: `dovesnap daemon --metrics [ADDR]`, loopback by default).
+//!
+//! `GET /metrics` answers the text exposition format (version 0.0.4), rendered from the
+//! same [`Status`] snapshot as `dovesnap status`: networks and endpoints, and for the
+//! nat-fast path per-endpoint and per-network frames and bytes, per-uplink sessions,
+//! translations, session churn and drops by reason, XDP decisions and data-plane
+//! counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::control::{Status, StatusSource};
+
+/// Where `--metrics` listens when given without an address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
+
+const CONTENT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Collects samples per metric, so each metric's HELP/TYPE is written once.
+#[derive(Default)]
+struct Out {
+    metrics: BTreeMap<&'static str, (&'static str, &'static str, Vec<String>)>,
+}
+
+impl Out {
+    fn add(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: u64,
+    ) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let sample = if labels.is_empty() {
+            format!("{name} {value}")
+        } else {
+            format!("{name}{{{}}} {value}", labels.join(","))
+        };
+        self.metrics
+            .entry(name)
+            .or_insert((kind, help, Vec::new()))
+            .2
+            .push(sample);
+    }
+
+    fn finish(self) -> String {
+        let mut s = String::new();
+        for (name, (kind, help, samples)) in self.metrics {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            for x in samples {
+                s.push_str(&x);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The exposition text for `status`.
+pub fn render(status: &Status) -> String {
+    let mut o = Out::default();
+    let mut by_port: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for n in &status.networks {
+        o.add(
+            "dovesnap_network_endpoints",
+            "gauge",
+            "Endpoints (containers) on the network.",
+            &[
+                ("network", short(&n.id)),
+                ("bridge", &n.bridge),
+                ("mode", &n.mode),
+            ],
+            n.endpoints.len() as u64,
+        );
+        for e in &n.endpoints {
+            by_port.insert(&e.port, (short(&n.id), short(&e.id)));
+            if n.mode == "nat-fast" {
+                o.add(
+                    "dovesnap_endpoint_fast_path",
+                    "gauge",
+                    "1 when the endpoint's routed traffic goes through the nat-fast translator, 0 when it is on the kernel path.",
+                    &[
+                        ("network", short(&n.id)),
+                        ("endpoint", short(&e.id)),
+                        ("port", &e.port),
+                    ],
+                    u64::from(e.fast_path),
+                );
+            }
+        }
+    }
+    let Some(fp) = &status.fast_path else {
+        return o.finish();
+    };
+    let mut per_network: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+    for e in &fp.dataplane.endpoints {
+        let Some((net, ep)) = by_port.get(e.port.as_str()).copied() else {
+            continue;
+        };
+        for (dir, frames, bytes) in [
+            ("out", e.out_frames, e.out_bytes),
+            ("in", e.in_frames, e.in_bytes),
+        ] {
+            let labels = [
+                ("network", net),
+                ("endpoint", ep),
+                ("port", e.port.as_str()),
+                ("direction", dir),
+            ];
+            o.add(
+                "dovesnap_endpoint_frames_total",
+                "counter",
+                "Frames the translator carried for the endpoint (out: from the container).",
+                &labels,
+                frames,
+            );
+            o.add(
+                "dovesnap_endpoint_bytes_total",
+                "counter",
+                "Bytes the translator carried for the endpoint (out: from the container).",
+                &labels,
+                bytes,
+            );
+        }
+        let t = per_network.entry(net).or_default();
+        t[0] += e.out_frames;
+        t[1] += e.out_bytes;
+        t[2] += e.in_frames;
+        t[3] += e.in_bytes;
+    }
+    for (net, t) in per_network {
+        for (dir, frames, bytes) in [("out", t[0], t[1]), ("in", t[2], t[3])] {
+            let labels = [("network", net), ("direction", dir)];
+            o.add(
+                "dovesnap_network_frames_total",
+                "counter",
+                "Frames the translator carried for the network's endpoints.",
+                &labels,
+                frames,
+            );
+            o.add(
+                "dovesnap_network_bytes_total",
+                "counter",
+                "Bytes the translator carried for the network's endpoints.",
+                &labels,
+                bytes,
+            );
+        }
+    }
+    for u in &fp.dataplane.uplinks {
+        o.add(
+            "dovesnap_translator_sessions",
+            "gauge",
+            "Live translator sessions on the uplink.",
+            &[("uplink", &u.name)],
+            u.sessions as u64,
+        );
+        for (k, v) in &u.counters {
+            if let Some(reason) = k.strip_prefix("drop_") {
+                o.add(
+                    "dovesnap_translator_drops_total",
+                    "counter",
+                    "Frames the translator dropped, by reason.",
+                    &[("uplink", &u.name), ("reason", reason)],
+                    *v,
+                );
+            } else {
+                o.add(
+                    "dovesnap_translator_events_total",
+                    "counter",
+                    "Translations (outbound, inbound) and session churn (created, expired, evicted, removed).",
+                    &[("uplink", &u.name), ("event", k)],
+                    *v,
+                );
+            }
+        }
+    }
+    for (k, v) in &fp.xdp_counters {
+        o.add(
+            "dovesnap_xdp_frames_total",
+            "counter",
+            "Frames seen by the XDP program, by classification and decision (all CPUs).",
+            &[("counter", k)],
+            *v,
+        );
+    }
+    for (k, v) in &fp.dataplane.counters {
+        o.add(
+            "dovesnap_dataplane_total",
+            "counter",
+            "Data-plane thread counters (frames, next-hop waits, AF_XDP rings).",
+            &[("counter", k)],
+            *v,
+        );
+    }
+    o.finish()
+}
+
+/// Serves `GET /metrics` until `shutdown`.
+pub async fn serve_metrics<S: StatusSource>(
+    listener: TcpListener,
+    source: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let source = Arc::clone(&source);
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let source = Arc::clone(&source);
+                            async move { Ok::<_, std::convert::Infallible>(handle(&*source, req).await) }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc);
+                        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn).await {
+                            debug!(%peer, "metrics connection timed out: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot accept a metrics connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn handle<S: StatusSource>(source: &S, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |code: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT));
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "dovesnap serves GET /metrics\n".into(),
+        );
+    }
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/metrics must be a GET\n".into(),
+        );
+    }
+    text(StatusCode::OK, render(&source.status().await))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{EndpointStatus, NetworkStatus};
+    use crate::fastpath::dataplane::{DataplaneStatus, EndpointCounters, UplinkStatus};
+    use crate::fastpath::FastPathStatus;
+
+    fn status() -> Status {
+        Status {
+            networks: vec![NetworkStatus {
+                id: "0123456789abcdef".into(),
+                bridge: "ovsbr-01234567".into(),
+                mode: "nat-fast".into(),
+                endpoints: vec![EndpointStatus {
+                    id: "fedcba9876543210".into(),
+                    port: "ovsvfedcba9876".into(),
+                    fast_path: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            fast_path: Some(FastPathStatus {
+                attached: vec![],
+                xdp_counters: vec![("endpoint-redirect".into(), 7)],
+                dataplane: DataplaneStatus {
+                    uplinks: vec![UplinkStatus {
+                        name: "eth0".into(),
+                        sessions: 3,
+                        counters: vec![("outbound".into(), 10), ("drop_no_session".into(), 2)],
+                        ..Default::default()
+                    }],
+                    endpoints: vec![EndpointCounters {
+                        port: "ovsvfedcba9876".into(),
+                        ip: "10.0.0.2".into(),
+                        out_frames: 5,
+                        out_bytes: 500,
+                        in_frames: 6,
+                        in_bytes: 600,
+                    }],
+                    counters: vec![("rx".into(), 11)],
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_every_family_once_with_labels() {
+        let t = render(&status());
+        for line in [
+            r#"dovesnap_network_endpoints{network="0123456789ab",bridge="ovsbr-01234567",mode="nat-fast"} 1"#,
+            r#"dovesnap_endpoint_fast_path{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876"} 1"#,
+            r#"dovesnap_endpoint_frames_total{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876",direction="out"} 5"#,
+            r#"dovesnap_endpoint_bytes_total{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876",direction="in"} 600"#,
+            r#"dovesnap_network_frames_total{network="0123456789ab",direction="in"} 6"#,
+            r#"dovesnap_translator_sessions{uplink="eth0"} 3"#,
+            r#"dovesnap_translator_drops_total{uplink="eth0",reason="no_session"} 2"#,
+            r#"dovesnap_translator_events_total{uplink="eth0",event="outbound"} 10"#,
+            r#"dovesnap_xdp_frames_total{counter="endpoint-redirect"} 7"#,
+            r#"dovesnap_dataplane_total{counter="rx"} 11"#,
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
+        }
+        assert_eq!(
+            t.matches("# TYPE dovesnap_endpoint_frames_total counter")
+                .count(),
+            1
+        );
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = l.rsplit_once(' ').expect("sample has a value");
+            value.parse::<u64>().expect("numeric value");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn no_fast_path_no_fast_path_metrics() {
+        let mut s = status();
+        s.fast_path = None;
+        let t = render(&s);
+        assert!(t.contains("dovesnap_network_endpoints"));
+        assert!(!t.contains("dovesnap_translator"));
+    }
+}
