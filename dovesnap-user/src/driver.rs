@@ -29,7 +29,7 @@ use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
-use crate::netlink::{disable_tx_checksum, format_mac, parse_mac, Netlink};
+use crate::netlink::{disable_tx_checksum, format_mac, link_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
 
@@ -192,14 +192,9 @@ impl Driver {
                     "the nat-fast uplink {name} has no IPv4 address to translate to"
                 ))
             })?;
-        let mac = self
-            .netlink
-            .mac(&name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
-            })?;
+        let mac = link_mac(&link).ok_or_else(|| {
+            ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
+        })?;
         Ok(fastpath::UplinkSpec {
             rx_queues: fastpath::rx_queues(&name),
             name,
@@ -224,18 +219,14 @@ impl Driver {
             .await
             .map_err(nl_err)?
             .ok_or_else(|| gone("the host end"))?;
-        let bridge_ifindex = self
+        let bridge = self
             .netlink
-            .index(&net.bridge)
+            .get(&net.bridge)
             .await
             .map_err(nl_err)?
             .ok_or_else(|| gone("the bridge"))?;
-        let gateway_mac = self
-            .netlink
-            .mac(&net.bridge)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| gone("the bridge MAC"))?;
+        let bridge_ifindex = bridge.header.index;
+        let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
         let mac = parse_mac(&ep.mac)
             .ok_or_else(|| ApiError::new(format!("endpoint {} has a bad MAC", ep.id)))?;
         Ok(Some(EndpointSpec {

@@ -229,16 +229,7 @@ impl Netlink {
 
     /// The MAC address of `name`, if it exists and has one.
     pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
-        Ok(self.get(name).await?.and_then(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    let mut mac = [0; 6];
-                    mac.copy_from_slice(a);
-                    Some(mac)
-                }
-                _ => None,
-            })
-        }))
+        Ok(self.get(name).await?.as_ref().and_then(link_mac))
     }
 
     /// Deletes `name` (for a veth, both ends). Returns whether it existed.
@@ -349,6 +340,18 @@ pub fn disable_tx_checksum(name: &str) -> Result<(), NetlinkError> {
 }
 
 /// Formats a MAC address the way Docker and `ip link` do.
+/// The MAC address of a link already looked up with [`Netlink::get`], if it has one.
+pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(a) if a.len() == 6 => {
+            let mut mac = [0; 6];
+            mac.copy_from_slice(a);
+            Some(mac)
+        }
+        _ => None,
+    })
+}
+
 pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

@@ -331,7 +331,7 @@ impl FastPath {
             xsk_slots: 1,
             addr: u32::from_ne_bytes(ep.ip.octets()),
             subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
-            netmask: u32::from_ne_bytes(prefix_mask(ep.subnet.prefix()).to_be_bytes()),
+            netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
             fib_ifindex: ep.bridge_ifindex,
             uplink_ifindex: uplink.ifindex,
             port_lo: 0,
@@ -475,10 +475,6 @@ impl Drop for FastPath {
             self.stop_inner();
         }
     }
-}
-
-fn prefix_mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// The host's ephemeral port range (`net.ipv4.ip_local_port_range`).

@@ -83,6 +83,11 @@ impl Ipv4Net {
         self.prefix
     }
 
+    /// The netmask of the prefix (e.g. 255.255.255.0 for /24).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(Self::mask(self.prefix))
+    }
+
     /// Whether `ip` is inside the subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
@@ -455,7 +460,12 @@ mod tests {
         assert_eq!(s.to_string(), "10.231.1.0/24");
         assert!(s.contains(Ipv4Addr::new(10, 231, 1, 255)));
         assert!(!s.contains(Ipv4Addr::new(10, 231, 2, 1)));
+        assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!("0.0.0.0/0".parse::<Ipv4Net>().unwrap().prefix(), 0);
+        assert_eq!(
+            "0.0.0.0/0".parse::<Ipv4Net>().unwrap().netmask(),
+            Ipv4Addr::UNSPECIFIED
+        );
         assert_eq!(
             "10.0.0.1/32".parse::<Ipv4Net>().unwrap().addr(),
             Ipv4Addr::new(10, 0, 0, 1)
