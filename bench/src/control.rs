@@ -127,16 +127,12 @@ impl Drop for Cleanup {
 const DFAR_NS: &str = "dsb-dfar";
 const DFAR_IP: &str = "10.241.9.2";
 
-fn bench_exe() -> Result<PathBuf> {
-    Ok(std::env::current_exe()?)
-}
-
 /// Runs a bench tool inside the network namespace of a container (its init's pid) and
 /// parses the JSON line it prints.
 fn tool_in_container(pid: &str, args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new("nsenter")
         .args(["-t", pid, "-n"])
-        .arg(bench_exe()?)
+        .arg(crate::harness::self_exe())
         .args(args)
         .stderr(Stdio::inherit())
         .output()?;
@@ -146,13 +142,7 @@ fn tool_in_container(pid: &str, args: &[&str]) -> Result<serde_json::Value> {
             out.status
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("{}");
-    Ok(serde_json::from_str(line)?)
+    crate::harness::tool_result(&out.stdout)
 }
 
 /// TCP stream, request/response and connection rate from a real container on each
@@ -168,7 +158,7 @@ fn container_data_path(nets: &[&str], runs: usize, seconds: f64) -> Result<Vec<R
         servers.push(KillOnDrop(
             Command::new("ip")
                 .args(["netns", "exec", DFAR_NS])
-                .arg(bench_exe()?)
+                .arg(crate::harness::self_exe())
                 .args([tool, "--port", port])
                 .stdout(Stdio::null())
                 .spawn()?,

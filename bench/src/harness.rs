@@ -440,19 +440,24 @@ impl Drop for Bg {
     }
 }
 
-/// Runs a tool to completion in `ns` and parses its one-line JSON result.
-pub fn run_tool(ns: &str, args: &[&str]) -> Result<Value> {
-    let out = tool(ns, args).stderr(Stdio::inherit()).output()?;
-    if !out.status.success() {
-        bail!("bench tool {args:?} in {ns} failed: {}", out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The result a tool printed: its last line that is a JSON object (`{}` if none).
+pub fn tool_result(stdout: &[u8]) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
     let line = text
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
         .unwrap_or("{}");
     Ok(serde_json::from_str(line)?)
+}
+
+/// Runs a tool to completion in `ns` and parses its one-line JSON result.
+pub fn run_tool(ns: &str, args: &[&str]) -> Result<Value> {
+    let out = tool(ns, args).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("bench tool {args:?} in {ns} failed: {}", out.status);
+    }
+    tool_result(&out.stdout)
 }
 
 /// A spawned tool whose JSON result is read when it ends.
@@ -464,14 +469,55 @@ pub fn spawn_tool(ns: &str, args: &[&str]) -> Result<Child> {
 }
 
 pub fn wait_tool(child: Child) -> Result<Value> {
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("{}");
-    Ok(serde_json::from_str(line)?)
+    tool_result(&child.wait_with_output()?.stdout)
+}
+
+/// One small-packet UDP round: an XDP drop sink on `sink_if` in `sink_ns`, the
+/// generator in the container pinned to CPU 0 for `plan.seconds`.
+struct UdpRound {
+    sent: f64,
+    seconds: f64,
+    frames: f64,
+    /// Machine CPU time (all CPUs) spent while the generator ran.
+    busy_seconds: f64,
+}
+
+fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str) -> Result<UdpRound> {
+    let sink_secs = format!("{}", plan.seconds + 1.5);
+    let sink = spawn_tool(
+        sink_ns,
+        &["sink", "--ifname", sink_if, "--seconds", &sink_secs],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (busy0, _) = cpu_times();
+    let t0 = Instant::now();
+    let gen = run_tool(
+        NS_C,
+        &[
+            "udp-gen",
+            "--dst",
+            &FAR_IP.to_string(),
+            "--port",
+            &UDP_PORT.to_string(),
+            "--flows",
+            "256",
+            "--payload",
+            "18",
+            "--seconds",
+            &format!("{}", plan.seconds),
+            "--cpu",
+            "0",
+        ],
+    )?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (busy1, _) = cpu_times();
+    let sunk = wait_tool(sink)?;
+    Ok(UdpRound {
+        sent: gen["sent"].as_f64().unwrap_or(0.0),
+        seconds: gen["seconds"].as_f64().unwrap_or(elapsed),
+        frames: sunk["frames"].as_f64().unwrap_or(0.0),
+        busy_seconds: busy1 - busy0,
+    })
 }
 
 /// Per-run values of the data-path workloads on one path.
@@ -503,35 +549,12 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
     for run in 0..plan.runs {
         // Small-packet UDP: generator pinned to CPU 0 in the container, XDP sink on
         // the far side.
-        let sink_secs = format!("{}", plan.seconds + 1.5);
-        let sink = spawn_tool(NS_F, &["sink", "--ifname", "f0", "--seconds", &sink_secs])?;
-        std::thread::sleep(Duration::from_millis(500));
-        let (busy0, _) = cpu_times();
-        let t0 = Instant::now();
-        let gen = run_tool(
-            NS_C,
-            &[
-                "udp-gen",
-                "--dst",
-                &far,
-                "--port",
-                &UDP_PORT.to_string(),
-                "--flows",
-                "256",
-                "--payload",
-                "18",
-                "--seconds",
-                &secs,
-                "--cpu",
-                "0",
-            ],
-        )?;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let (busy1, _) = cpu_times();
-        let sunk = wait_tool(sink)?;
-        let sent = gen["sent"].as_f64().unwrap_or(0.0);
-        let seconds = gen["seconds"].as_f64().unwrap_or(elapsed);
-        let frames = sunk["frames"].as_f64().unwrap_or(0.0);
+        let UdpRound {
+            sent,
+            seconds,
+            frames,
+            busy_seconds,
+        } = udp_round(plan, NS_F, "f0")?;
         r.udp_pps.push(frames / seconds);
         r.udp_loss.push(if sent > 0.0 {
             (sent - frames).max(0.0) / sent
@@ -539,7 +562,7 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
             1.0
         });
         if frames > 0.0 {
-            r.udp_cpu_ns.push((busy1 - busy0) * 1e9 / frames);
+            r.udp_cpu_ns.push(busy_seconds * 1e9 / frames);
         }
         // TCP streams.
         for (streams, out) in [("1", &mut r.tcp1_gbps), ("4", &mut r.tcp4_gbps)] {
@@ -607,33 +630,10 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
 /// The generator alone: the same generator into an XDP drop sink on the container's
 /// own veth peer (h0), nothing forwarded. Shows the generator is not the bottleneck.
 pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
-    let secs = format!("{}", plan.seconds);
     let mut pps = Vec::new();
     for _ in 0..plan.runs {
-        let sink_secs = format!("{}", plan.seconds + 1.5);
-        let sink = spawn_tool(NS_H, &["sink", "--ifname", "h0", "--seconds", &sink_secs])?;
-        std::thread::sleep(Duration::from_millis(500));
-        let gen = run_tool(
-            NS_C,
-            &[
-                "udp-gen",
-                "--dst",
-                &FAR_IP.to_string(),
-                "--port",
-                &UDP_PORT.to_string(),
-                "--flows",
-                "256",
-                "--payload",
-                "18",
-                "--seconds",
-                &secs,
-                "--cpu",
-                "0",
-            ],
-        )?;
-        let sunk = wait_tool(sink)?;
-        let seconds = gen["seconds"].as_f64().unwrap_or(plan.seconds);
-        pps.push(sunk["frames"].as_f64().unwrap_or(0.0) / seconds);
+        let round = udp_round(plan, NS_H, "h0")?;
+        pps.push(round.frames / round.seconds);
     }
     Ok(pps)
 }
