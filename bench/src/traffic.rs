@@ -940,10 +940,11 @@ pub fn stream_client(
         .into_iter()
         .map(|mut conn| {
             let barrier = Arc::clone(&barrier);
-            thread::spawn(move || -> io::Result<(u64, u64, Instant)> {
+            thread::spawn(move || -> io::Result<(u64, u64, Instant, Instant)> {
                 let buf = vec![0xa5u8; STREAM_WRITE];
                 barrier.wait();
-                let deadline = Instant::now() + duration;
+                let started = Instant::now();
+                let deadline = started + duration;
                 let mut sent = 0u64;
                 while Instant::now() < deadline {
                     conn.write_all(&buf)?;
@@ -952,26 +953,34 @@ pub fn stream_client(
                 conn.shutdown(Shutdown::Write)?;
                 let mut count = [0u8; 8];
                 conn.read_exact(&mut count)?;
-                Ok((u64::from_be_bytes(count), sent, Instant::now()))
+                Ok((u64::from_be_bytes(count), sent, started, Instant::now()))
             })
         })
         .collect();
     barrier.wait();
-    let start = Instant::now();
     let mut result = StreamResult {
         streams,
         ..Default::default()
     };
-    let mut end = start;
+    // The window is the streams' own: from the first one's start (taken by the sending
+    // thread itself, so a late-scheduled coordinator cannot shorten it) to the last
+    // count received.
+    let mut start: Option<Instant> = None;
+    let mut end: Option<Instant> = None;
     for t in threads {
-        let (bytes, sent, done) = t
+        let (bytes, sent, started, done) = t
             .join()
             .map_err(|_| anyhow::anyhow!("a stream thread panicked"))?
             .with_context(|| format!("a stream to {addr} failed"))?;
         result.bytes += bytes;
         result.sent += sent;
-        end = end.max(done);
+        start = Some(start.map_or(started, |s| s.min(started)));
+        end = Some(end.map_or(done, |e| e.max(done)));
     }
+    let (start, end) = (
+        start.context("no stream ran")?,
+        end.context("no stream ran")?,
+    );
     result.seconds = (end - start).as_secs_f64();
     result.gbps = result.bytes as f64 * 8.0 / result.seconds / 1e9;
     Ok(result)
