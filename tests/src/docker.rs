@@ -170,3 +170,50 @@ impl Drop for Container {
         let _ = docker(&["rm", "-f", &self.name]);
     }
 }
+
+/// A UDP and TCP "who am I" server in python (`python3 -c WHOAMI IP PORT`): answers
+/// each datagram or connection with the peer's address (`from A.B.C.D`).
+pub const WHOAMI: &str = r#"
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
+def udp():
+    while True:
+        d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+while True:
+    c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
+"#;
+
+/// One datagram to `argv[1]:argv[2]`; prints the answer, or `refused` when an ICMP
+/// port unreachable came back (the kernel turns it into ECONNREFUSED on a connected
+/// socket).
+const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'ping')\ntry:\n    print(s.recv(2048).decode().strip())\nexcept ConnectionRefusedError:\n    print('refused')";
+
+/// Answers every datagram on port `argv[1]` with `udp-pong`.
+pub const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
+
+/// Sends one datagram to `ip:port` from python run with `prefix` (the command that
+/// enters a namespace, e.g. `nsenter -t PID -n`); returns the answer (`refused` on an
+/// ICMP port unreachable), empty on failure. The test image's busybox has no UDP
+/// netcat, so UDP runs from python inside the container's network namespace.
+pub fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
+    let port = port.to_string();
+    let mut args: Vec<&str> = prefix[1..].to_vec();
+    args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
+    let out = run(prefix[0], &args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Opens a TCP connection from the container to `ip:port` (busybox nc) and returns
+/// what the server said; an error when nothing came back.
+pub fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
+    let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.is_empty() {
+        Err(format!("container got no TCP answer from {ip}:{port}"))
+    } else {
+        Ok(text)
+    }
+}

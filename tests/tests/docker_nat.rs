@@ -7,43 +7,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dovesnap_tests::docker::{docker, start_plugin, Container, Network};
+use dovesnap_tests::docker::{
+    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG, WHOAMI,
+};
 use dovesnap_tests::{require_root, run, sh, Netns, Veth};
 
 const HOST_UPLINK_IP: &str = "10.232.100.1";
 const FAR_IP: &str = "10.232.100.2";
-
-/// A UDP and TCP "who am I" server in python: answers each datagram or connection
-/// with the peer's address.
-const WHOAMI: &str = r#"
-import socket, sys, threading
-ip, port = sys.argv[1], int(sys.argv[2])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
-t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(16)
-def udp():
-    while True:
-        d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
-threading.Thread(target=udp, daemon=True).start()
-while True:
-    c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
-"#;
-
-/// Sends one datagram to `argv[1]:argv[2]` and prints the answer.
-const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.sendto(b'ping',(sys.argv[1],int(sys.argv[2])))\nprint(s.recvfrom(2048)[0].decode().strip())";
-
-/// Answers every datagram on port `argv[1]` with `udp-pong`.
-const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
-
-/// Runs `python3 -c UDP_CLIENT ip port` with `prefix` (the command that enters a
-/// namespace); returns the answer, empty on failure. The test image's busybox has no
-/// UDP netcat, so UDP runs from python inside the container's network namespace.
-fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
-    let port = port.to_string();
-    let mut args: Vec<&str> = prefix[1..].to_vec();
-    args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
-    let out = run(prefix[0], &args);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The far side: namespace, uplink veth, a who-am-I server; removed on drop.
 struct Far {
@@ -103,16 +73,6 @@ fn wget(ns: Option<&Netns>, url: &str) -> String {
         None => run("timeout", &args),
     };
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
-    let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if text.is_empty() {
-        Err(format!("container got no TCP answer from {ip}:{port}"))
-    } else {
-        Ok(text)
-    }
 }
 
 /// Names of our rules still present anywhere: the nft table's chains for `net_id` and

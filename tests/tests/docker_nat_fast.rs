@@ -13,35 +13,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use dovesnap_tests::daemon::Daemon;
-use dovesnap_tests::docker::{docker, start_plugin, start_plugin_with, Container, Network};
+use dovesnap_tests::docker::{
+    container_tcp, docker, start_plugin, start_plugin_with, udp_ask, Container, Network, UDP_PONG,
+    WHOAMI,
+};
 use dovesnap_tests::{require_root, run, sh, Netns, Veth};
 
 const HOST_UPLINK_IP: &str = "10.232.110.1";
 const FAR_IP: &str = "10.232.110.2";
-
-/// A UDP and TCP "who am I" server: answers each datagram or connection with the
-/// peer's address.
-const WHOAMI: &str = r#"
-import socket, sys, threading
-ip, port = sys.argv[1], int(sys.argv[2])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
-t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
-def udp():
-    while True:
-        d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
-threading.Thread(target=udp, daemon=True).start()
-while True:
-    c, a = t.accept(); c.sendall(("from %s\n" % a[0]).encode()); c.close()
-"#;
-
-/// One datagram to `argv[1]:argv[2]`; prints the answer, or `refused` when an ICMP
-/// port unreachable came back (the kernel turns it into ECONNREFUSED on a connected
-/// socket).
-const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'ping')\ntry:\n    print(s.recv(2048).decode().strip())\nexcept ConnectionRefusedError:\n    print('refused')";
-
-/// Answers every datagram on port `argv[1]` with `udp-pong`.
-const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
 
 const BLOB_BYTES: usize = 4 << 20;
 const METRICS_ADDR: &str = "127.0.0.1:19477";
@@ -65,14 +44,6 @@ fn metric_value(text: &str, metric: &str, label: &str) -> u64 {
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
         .next()
         .unwrap_or(0)
-}
-
-fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
-    let port = port.to_string();
-    let mut args: Vec<&str> = prefix[1..].to_vec();
-    args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
-    let out = run(prefix[0], &args);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 struct Far {
@@ -160,16 +131,6 @@ fn wget(ns: &Netns, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn container_tcp(c: &Container, ip: &str, port: u16) -> Result<String, String> {
-    let out = c.exec(&["timeout", "5", "nc", ip, &port.to_string()]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if text.is_empty() {
-        Err(format!("container got no TCP answer from {ip}:{port}"))
-    } else {
-        Ok(text)
-    }
-}
-
 /// A named counter from a `[[name, value], ...]` list of the status JSON.
 fn counter_in(list: &Value, name: &str) -> u64 {
     list.as_array()
@@ -226,10 +187,6 @@ fn create_network(name: &str, subnet: &str, uplink: &str) -> Network {
     )
 }
 
-fn status_of(plugin: &Daemon) -> Value {
-    plugin.status()
-}
-
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
@@ -276,7 +233,7 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
             "network {who}: {text}"
         );
     }
-    let status = status_of(&plugin);
+    let status = plugin.status();
     assert!(translator_counter(&status, "outbound") > 0, "{status:#}");
     for ip in [&ip_a, &ip_b] {
         assert!(conntrack_entries(ip).is_empty(), "netfilter saw {ip}");
@@ -376,14 +333,14 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     let c = Container::idle("dsfast-cli", &net);
     let c_ip = c.ip(&net);
     assert!(xdp_attached(&far.uplink.host), "no XDP on the uplink");
-    let status = status_of(&plugin);
+    let status = plugin.status();
     let eps = status["networks"][0]["endpoints"].as_array().cloned();
     assert!(
         eps.iter().flatten().all(|e| e["fast_path"] == true),
         "endpoints not on the fast path: {status:#}"
     );
     flush_conntrack();
-    let before = status_of(&plugin);
+    let before = plugin.status();
 
     // Outbound TCP, UDP and ICMP: the far side sees the uplink's address.
     let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
@@ -436,7 +393,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     assert_eq!(answer, "udp-pong", "far -> published UDP");
 
     // The counters: frames were steered both ways and translated; netfilter saw none.
-    let after = status_of(&plugin);
+    let after = plugin.status();
     let delta = |f: fn(&Value, &str) -> u64, name: &str| f(&after, name) - f(&before, name);
     let out_steered = delta(xdp_counter, "endpoint-redirect");
     let in_steered = delta(xdp_counter, "uplink-redirect");
