@@ -17,8 +17,15 @@
 //!   program on h0 and u0 (which turns TSO off on their peers);
 //! - `kernel-nat`: this project's nat mode (nftables masquerade), `kernel-nat+xdp` the
 //!   same with the XDP_PASS program attached;
-//! - `nat-fast`: XDP steering + AF_XDP translator (the kernel nat rules present, as in
-//!   production, but unused by steered traffic).
+//! - `nat-fast`: XDP steering + AF_XDP translator, established sessions offloaded to
+//!   XDP (rewritten and redirected in the kernel; the kernel nat rules present, as in
+//!   production, but unused by steered traffic); `nat-fast-no-offload`: every packet
+//!   through the AF_XDP translator (`-o ovs.nat.offload=false`).
+//!
+//! Both veth pairs have two queues, and the container's transmit queue `i` is used by
+//! CPU `i` (XPS), so one generator per CPU feeds one receive queue each (the
+//! two-generator UDP round). The far end has GRO on (NAPI: it accepts XDP-redirected
+//! frames, as a NIC would) and sends complete checksums, as the container does.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -104,18 +111,40 @@ impl Topology {
             in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
         }
         let t = Topology { _private: () };
-        sh(
-            "ip",
+        for (a, a_ns, b, b_ns) in [("c0", NS_C, "h0", NS_H), ("f0", NS_F, "u0", NS_H)] {
+            sh(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    a,
+                    "netns",
+                    a_ns,
+                    "numtxqueues",
+                    "2",
+                    "numrxqueues",
+                    "2",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    b,
+                    "netns",
+                    b_ns,
+                    "numtxqueues",
+                    "2",
+                    "numrxqueues",
+                    "2",
+                ],
+            )?;
+        }
+        in_ns(
+            NS_C,
             &[
-                "link", "add", "c0", "netns", NS_C, "type", "veth", "peer", "name", "h0", "netns",
-                NS_H,
-            ],
-        )?;
-        sh(
-            "ip",
-            &[
-                "link", "add", "f0", "netns", NS_F, "type", "veth", "peer", "name", "u0", "netns",
-                NS_H,
+                "sh",
+                "-c",
+                "echo 1 > /sys/class/net/c0/queues/tx-0/xps_cpus && \
+                 echo 2 > /sys/class/net/c0/queues/tx-1/xps_cpus",
             ],
         )?;
         let addr = |ns: &str, dev: &str, ip: Ipv4Addr| -> Result<()> {
@@ -145,10 +174,21 @@ impl Topology {
         in_ns(NS_H, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         // As dovesnap does for containers' veth ends: complete checksums from the
         // container, so the translator never needs to finish a partial one.
+        // As dovesnap does for containers with offload: GRO on (set while up) makes c0
+        // a target of XDP redirects from h0.
         in_ns(
             NS_C,
-            &["ethtool", "-K", "c0", "tx-checksum-ip-generic", "off"],
+            &[
+                "ethtool",
+                "-K",
+                "c0",
+                "tx-checksum-ip-generic",
+                "off",
+                "gro",
+                "on",
+            ],
         )?;
+        in_ns(NS_F, &["ethtool", "-K", "f0", "gro", "on", "tx", "off"])?;
         // Static neighbours: no ARP in the measured window.
         let mac = |ns: &str, dev: &str| -> Result<String> {
             let out = in_ns(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
@@ -306,6 +346,7 @@ pub const PATHS: &[&str] = &[
     "kernel-nat",
     "kernel-nat+xdp",
     "nat-fast",
+    "nat-fast-no-offload",
 ];
 
 impl PathState {
@@ -324,7 +365,7 @@ impl PathState {
                 fw.add_network(&nat_network(None))?;
                 PathState::KernelNatXdp(fw, passive_xdp()?)
             }
-            "nat-fast" => {
+            "nat-fast" | "nat-fast-no-offload" => {
                 let fw = NftFirewall::new();
                 fw.add_network(&nat_network(Some(
                     dovesnap::fastpath::KERNEL_MASQUERADE_PORTS,
@@ -349,6 +390,7 @@ impl PathState {
                     gateway_mac: mac_of("h0")?,
                     bridge_ifindex: ifindex("h0")?,
                     subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
+                    offload: path == "nat-fast",
                 };
                 fp.add_endpoint(&ep, &uplink)?;
                 PathState::NatFast(fw, Box::new(fp))
@@ -472,17 +514,54 @@ pub fn wait_tool(child: Child) -> Result<Value> {
     tool_result(&child.wait_with_output()?.stdout)
 }
 
-/// One small-packet UDP round: an XDP drop sink on `sink_if` in `sink_ns`, the
-/// generator in the container pinned to CPU 0 for `plan.seconds`.
+/// One small-packet UDP round: an XDP drop sink on `sink_if` in `sink_ns`, `gens`
+/// generators in the container, generator `g` pinned to CPU `g` (and so to transmit
+/// queue `g`), 256 flows in all, for `plan.seconds`. Towards the far side, every flow
+/// is first opened both ways (one datagram out, the echo back) so that a stateful NAT
+/// sees established sessions, as it would for real UDP traffic.
 struct UdpRound {
     sent: f64,
     seconds: f64,
     frames: f64,
-    /// Machine CPU time (all CPUs) spent while the generator ran.
+    /// Machine CPU time (all CPUs) spent while the generators ran.
     busy_seconds: f64,
 }
 
-fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str) -> Result<UdpRound> {
+fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpRound> {
+    let per = 256 / gens;
+    let port = |g: u16| (UDP_PORT + g * per).to_string();
+    if sink_ns == NS_F {
+        let echo = spawn_tool(
+            NS_F,
+            &[
+                "udp-echo",
+                "--port",
+                &port(0),
+                "--flows",
+                "256",
+                "--seconds",
+                "4",
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        for g in 0..gens {
+            run_tool(
+                NS_C,
+                &[
+                    "udp-warm",
+                    "--dst",
+                    &FAR_IP.to_string(),
+                    "--port",
+                    &port(g),
+                    "--flows",
+                    &per.to_string(),
+                    "--cpu",
+                    "0",
+                ],
+            )?;
+        }
+        wait_tool(echo).ok();
+    }
     let sink_secs = format!("{}", plan.seconds + 1.5);
     let sink = spawn_tool(
         sink_ns,
@@ -491,30 +570,41 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str) -> Result<UdpRound> {
     std::thread::sleep(Duration::from_millis(500));
     let (busy0, _) = cpu_times();
     let t0 = Instant::now();
-    let gen = run_tool(
-        NS_C,
-        &[
-            "udp-gen",
-            "--dst",
-            &FAR_IP.to_string(),
-            "--port",
-            &UDP_PORT.to_string(),
-            "--flows",
-            "256",
-            "--payload",
-            "18",
-            "--seconds",
-            &format!("{}", plan.seconds),
-            "--cpu",
-            "0",
-        ],
-    )?;
+    let generators = (0..gens)
+        .map(|g| {
+            spawn_tool(
+                NS_C,
+                &[
+                    "udp-gen",
+                    "--dst",
+                    &FAR_IP.to_string(),
+                    "--port",
+                    &port(g),
+                    "--flows",
+                    &per.to_string(),
+                    "--payload",
+                    "18",
+                    "--seconds",
+                    &format!("{}", plan.seconds),
+                    "--cpu",
+                    &g.to_string(),
+                ],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut sent = 0.0;
+    let mut seconds: f64 = 0.0;
+    for gen in generators {
+        let v = wait_tool(gen)?;
+        sent += v["sent"].as_f64().unwrap_or(0.0);
+        seconds = seconds.max(v["seconds"].as_f64().unwrap_or(0.0));
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let (busy1, _) = cpu_times();
     let sunk = wait_tool(sink)?;
     Ok(UdpRound {
-        sent: gen["sent"].as_f64().unwrap_or(0.0),
-        seconds: gen["seconds"].as_f64().unwrap_or(elapsed),
+        sent,
+        seconds: if seconds > 0.0 { seconds } else { elapsed },
         frames: sunk["frames"].as_f64().unwrap_or(0.0),
         busy_seconds: busy1 - busy0,
     })
@@ -526,6 +616,10 @@ pub struct PathRuns {
     pub udp_pps: Vec<f64>,
     pub udp_loss: Vec<f64>,
     pub udp_cpu_ns: Vec<f64>,
+    /// The same with two generators (two CPUs, two queues).
+    pub udp2_pps: Vec<f64>,
+    pub udp2_loss: Vec<f64>,
+    pub udp2_cpu_ns: Vec<f64>,
     pub tcp1_gbps: Vec<f64>,
     pub tcp4_gbps: Vec<f64>,
     pub rr_p50: Vec<f64>,
@@ -547,22 +641,27 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
     let _rr = Bg::start(NS_F, &["rr-server", "--port", &RR_PORT.to_string()])?;
     let _crr = Bg::start(NS_F, &["crr-server", "--port", &CRR_PORT.to_string()])?;
     for run in 0..plan.runs {
-        // Small-packet UDP: generator pinned to CPU 0 in the container, XDP sink on
-        // the far side.
-        let UdpRound {
-            sent,
-            seconds,
-            frames,
-            busy_seconds,
-        } = udp_round(plan, NS_F, "f0")?;
-        r.udp_pps.push(frames / seconds);
-        r.udp_loss.push(if sent > 0.0 {
-            (sent - frames).max(0.0) / sent
-        } else {
-            1.0
-        });
-        if frames > 0.0 {
-            r.udp_cpu_ns.push(busy_seconds * 1e9 / frames);
+        // Small-packet UDP: one generator pinned to CPU 0, then two (CPUs 0 and 1), in
+        // the container; XDP sink on the far side.
+        for (gens, pps, loss, cpu) in [
+            (1, &mut r.udp_pps, &mut r.udp_loss, &mut r.udp_cpu_ns),
+            (2, &mut r.udp2_pps, &mut r.udp2_loss, &mut r.udp2_cpu_ns),
+        ] {
+            let UdpRound {
+                sent,
+                seconds,
+                frames,
+                busy_seconds,
+            } = udp_round(plan, NS_F, "f0", gens)?;
+            pps.push(frames / seconds);
+            loss.push(if sent > 0.0 {
+                (sent - frames).max(0.0) / sent
+            } else {
+                1.0
+            });
+            if frames > 0.0 {
+                cpu.push(busy_seconds * 1e9 / frames);
+            }
         }
         // TCP streams.
         for (streams, out) in [("1", &mut r.tcp1_gbps), ("4", &mut r.tcp4_gbps)] {
@@ -613,10 +712,11 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
         r.crr_per_s.push(v["per_second"].as_f64().unwrap_or(0.0));
         if !quiet {
             eprintln!(
-                "    run {}: udp {:.0} pps (loss {:.1}%), tcp {:.2}/{:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
+                "    run {}: udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, tcp {:.2}/{:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
                 run + 1,
                 r.udp_pps.last().unwrap_or(&0.0),
                 r.udp_loss.last().unwrap_or(&0.0) * 100.0,
+                r.udp2_pps.last().unwrap_or(&0.0),
                 r.tcp1_gbps.last().unwrap_or(&0.0),
                 r.tcp4_gbps.last().unwrap_or(&0.0),
                 r.rr_p50.last().unwrap_or(&0.0),
@@ -632,7 +732,7 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
 pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
     let mut pps = Vec::new();
     for _ in 0..plan.runs {
-        let round = udp_round(plan, NS_H, "h0")?;
+        let round = udp_round(plan, NS_H, "h0", 1)?;
         pps.push(round.frames / round.seconds);
     }
     Ok(pps)
@@ -652,6 +752,16 @@ pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
             &r.udp_cpu_ns,
         )
         .with_note("CPU time the whole machine spent, divided by packets delivered"),
+        Record::from_runs("udp-64B-pps-2cpu", path, "packets/s", &r.udp2_pps).with_note(
+            "64-byte frames, 256 flows, two generators on CPUs 0 and 1 (one queue each)",
+        ),
+        Record::from_runs("udp-64B-loss-2cpu", path, "fraction", &r.udp2_loss),
+        Record::from_runs(
+            "udp-64B-cpu-per-packet-2cpu",
+            path,
+            "ns CPU/packet",
+            &r.udp2_cpu_ns,
+        ),
         Record::from_runs("tcp-1-stream", path, "Gbit/s", &r.tcp1_gbps),
         Record::from_runs("tcp-4-streams", path, "Gbit/s", &r.tcp4_gbps),
         Record::from_runs("tcp-rr-p50", path, "us", &r.rr_p50),
@@ -683,7 +793,7 @@ pub fn add_ratios(records: &mut [Record]) {
                 r.ratio_to_kernel = Some(r.value / b);
             }
         }
-        if r.path == "nat-fast" {
+        if r.path.starts_with("nat-fast") {
             if let Some((_, b)) = same_xdp.iter().find(|(w, _)| *w == r.workload) {
                 if *b != 0.0 && b.is_finite() {
                     let note = format!("ratio to kernel-nat+xdp: {:.2}", r.value / b);

@@ -469,6 +469,7 @@ fn endpoint(c: usize) -> EndpointInfo {
         mac: container_mac(c),
         gateway_mac: GW_MAC,
         port: c as u32,
+        offload: true,
     }
 }
 

@@ -89,6 +89,30 @@ pub enum Tool {
         #[arg(long, value_enum, default_value_t = GenMode::Packet)]
         mode: GenMode,
     },
+    /// Opens each of the generator's packet-mode flows both ways before a one-way flood
+    /// (a stateful NAT offloads a UDP session once it has seen a reply): one datagram
+    /// from source port `PACKET_SRC_PORT + i` to `dst:port + i`, then waits for the
+    /// answers; prints {"flows","answered"}.
+    UdpWarm {
+        #[arg(long)]
+        dst: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 256)]
+        flows: u16,
+        /// Pin to this CPU (so the datagrams leave by that CPU's transmit queue).
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Answers every datagram on ports `port..port + flows` until `seconds` pass.
+    UdpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 256)]
+        flows: u16,
+        #[arg(long, value_parser = parse_seconds)]
+        seconds: Duration,
+    },
     /// XDP counting sink on an interface of this namespace; prints {"frames","bytes",..}.
     Sink {
         /// Interface to attach to.
@@ -179,6 +203,17 @@ impl Tool {
                 cpu,
                 mode,
             } => print_json(&udp_gen(dst, port, flows, payload, seconds, cpu, mode)?),
+            Tool::UdpWarm {
+                dst,
+                port,
+                flows,
+                cpu,
+            } => print_json(&udp_warm(dst, port, flows, cpu)?),
+            Tool::UdpEcho {
+                port,
+                flows,
+                seconds,
+            } => udp_echo(port, flows, seconds),
             Tool::Sink {
                 ifname,
                 seconds,
@@ -391,6 +426,70 @@ fn socket_gen(
         turn = (turn + 1) % sockets.len();
         fd
     }))
+}
+
+/// See [`Tool::UdpWarm`].
+pub fn udp_warm(
+    dst: Ipv4Addr,
+    port: u16,
+    flows: u16,
+    cpu: Option<usize>,
+) -> Result<serde_json::Value> {
+    if let Some(cpu) = cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let sockets = (0..flows)
+        .map(|i| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PACKET_SRC_PORT.wrapping_add(i)))
+                .context("cannot bind a warm-up socket")?;
+            s.send_to(b"warm", (dst, port.wrapping_add(i)))
+                .context("cannot send a warm-up datagram")?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut answered = vec![false; sockets.len()];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline && answered.iter().any(|a| !a) {
+        for (s, a) in sockets.iter().zip(answered.iter_mut()) {
+            if !*a && s.recv(&mut buf).is_ok() {
+                *a = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(serde_json::json!({
+        "flows": flows,
+        "answered": answered.iter().filter(|a| **a).count(),
+    }))
+}
+
+/// See [`Tool::UdpEcho`].
+pub fn udp_echo(port: u16, flows: u16, duration: Duration) -> Result<()> {
+    let sockets = (0..flows)
+        .map(|i| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.wrapping_add(i)))
+                .context("cannot bind an echo socket")?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let end = Instant::now() + duration;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        let mut busy = false;
+        for s in &sockets {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+                busy = true;
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    Ok(())
 }
 
 fn packet_gen(

@@ -36,6 +36,19 @@ pub const XSKS_MAP: &str = "XSKS";
 /// Capacity of [`XSKS_MAP`]: valid slots are `0..MAX_XSKS`.
 pub const MAX_XSKS: u32 = 1024;
 
+/// Name of the hash map from [`FlowKey`] to [`FlowAction`]: established sessions the
+/// translator offloaded, one entry per direction. A frame of such a flow is rewritten and
+/// redirected by the program itself ([`DEVS_MAP`]), never reaching userspace.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Capacity of [`FLOWS_MAP`] (two entries per offloaded session).
+pub const MAX_FLOWS: u32 = 131072;
+
+/// Name of the `DevMapHash` of the interfaces offloaded frames leave by, keyed by their
+/// ifindex ([`FlowAction::out_ifindex`]).
+pub const DEVS_MAP: &str = "DEVS";
+/// Capacity of [`DEVS_MAP`].
+pub const MAX_DEVS: u32 = 1024;
+
 /// [`IfaceConfig::kind`] of the host end of a nat-fast container's veth.
 pub const IFACE_ENDPOINT: u32 = 1;
 /// [`IfaceConfig::kind`] of the uplink carrying the external address.
@@ -124,6 +137,61 @@ pub struct PortKey {
     pub _pad: u8,
 }
 
+/// The key of [`FLOWS_MAP`]: a TCP/UDP flow as it arrives on one interface. Addresses
+/// and ports in network byte order (the wire bytes read natively). 20 bytes, no implicit
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// The interface the frame arrives on (a container's veth host end, or the uplink).
+    pub ifindex: u32,
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Explicit padding; must be zero (the kernel hashes every byte).
+    pub _pad: [u8; 3],
+}
+
+/// The value of [`FLOWS_MAP`]: the rewrite the translator would do for a frame of the
+/// flow, and where the frame goes. The program writes `last_seen`, `packets` and `bytes`;
+/// userspace writes the rest once, at offload time. 56 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowAction {
+    /// New source address, network byte order.
+    pub src: u32,
+    /// New destination address, network byte order.
+    pub dst: u32,
+    /// New source port, network byte order.
+    pub sport: u16,
+    /// New destination port, network byte order.
+    pub dport: u16,
+    /// The interface the rewritten frame is redirected to (must be in [`DEVS_MAP`]).
+    pub out_ifindex: u32,
+    /// New destination MAC (the next hop's, or the container's).
+    pub eth_dst: [u8; 6],
+    /// New source MAC (the uplink's, or the gateway's).
+    pub eth_src: [u8; 6],
+    /// Largest IPv4 total length allowed out (the output MTU); bigger frames go to the
+    /// slow path, which leaves them to the kernel's fragmentation and ICMP.
+    pub max_len: u16,
+    /// Explicit padding; write zero.
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last frame the program forwarded.
+    pub last_seen: u64,
+    /// Frames the program forwarded.
+    pub packets: u64,
+    /// Their bytes, from the Ethernet header on.
+    pub bytes: u64,
+}
+
 /// An IPv4 address as the program compares it: its four wire bytes as a native-endian
 /// `u32`, which is what a 4-byte load from the packet yields.
 #[inline(always)]
@@ -177,19 +245,32 @@ unsafe impl aya::Pod for IfaceConfig {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowAction {}
 
 const _: () = {
     assert!(core::mem::size_of::<IfaceConfig>() == 44);
     assert!(core::mem::size_of::<PortKey>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 20);
+    assert!(core::mem::size_of::<FlowAction>() == 56);
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 24;
+pub const COUNTERS: u32 = 28;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
 /// Every frame increments exactly one classification counter (`Ipv4`, `Arp`, `Ipv6`,
-/// `Other` or `Malformed`) and exactly one verdict counter (`Pass` or `Redirect`).
+/// `Other` or `Malformed`) and exactly one verdict counter (`Pass`, `Redirect`, or
+/// `OffloadRedirectFailed`, a drop). A frame of an offloaded flow rewritten by the
+/// program itself counts `OffloadOutbound` (arrived on an endpoint) or `OffloadInbound`
+/// (on the uplink) as its decision; one that matched an offloaded flow but needs the
+/// translator (TCP SYN/FIN/RST, a partial or wrong checksum, too big) counts
+/// `OffloadSlowPath` besides its ordinary decision.
 /// A frame arriving on an interface in [`IFACES_MAP`] also increments exactly one
 /// decision counter (`Endpoint*` or `Uplink*`); a frame the program tried to redirect
 /// but whose [`XSKS_MAP`] slot holds no socket additionally counts `XskMissing` and is
@@ -249,6 +330,16 @@ pub enum Counter {
     UplinkOptionsOrFragment = 22,
     /// Endpoint: would be steered, but arrived on an rx queue without a socket.
     EndpointQueueWithoutSocket = 23,
+    /// Offloaded: a container's frame rewritten and redirected to the uplink in XDP.
+    OffloadOutbound = 24,
+    /// Offloaded: an uplink frame rewritten and redirected to the container in XDP.
+    OffloadInbound = 25,
+    /// Matched an offloaded flow but left for the translator (TCP SYN/FIN/RST, partial
+    /// or bad checksum, larger than the output MTU, TTL expiring).
+    OffloadSlowPath = 26,
+    /// Verdict: an offloaded frame whose redirect failed (output device missing from
+    /// `DEVS`), dropped since it was already rewritten.
+    OffloadRedirectFailed = 27,
 }
 
 impl Counter {
@@ -278,6 +369,10 @@ impl Counter {
         Counter::UplinkQueueWithoutSocket,
         Counter::UplinkOptionsOrFragment,
         Counter::EndpointQueueWithoutSocket,
+        Counter::OffloadOutbound,
+        Counter::OffloadInbound,
+        Counter::OffloadSlowPath,
+        Counter::OffloadRedirectFailed,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -313,6 +408,10 @@ impl Counter {
             Counter::UplinkQueueWithoutSocket => "uplink-queue-without-socket",
             Counter::UplinkOptionsOrFragment => "uplink-options-or-fragment",
             Counter::EndpointQueueWithoutSocket => "endpoint-queue-without-socket",
+            Counter::OffloadOutbound => "offload-outbound",
+            Counter::OffloadInbound => "offload-inbound",
+            Counter::OffloadSlowPath => "offload-slow-path",
+            Counter::OffloadRedirectFailed => "offload-redirect-failed",
         }
     }
 }
@@ -346,6 +445,12 @@ mod tests {
         assert_eq!(core::mem::offset_of!(IfaceConfig, gateway_mac), 36);
         assert_eq!(core::mem::offset_of!(PortKey, port), 4);
         assert_eq!(core::mem::offset_of!(PortKey, proto), 6);
+        assert_eq!(core::mem::offset_of!(FlowKey, sport), 12);
+        assert_eq!(core::mem::offset_of!(FlowKey, proto), 16);
+        assert_eq!(core::mem::offset_of!(FlowAction, out_ifindex), 12);
+        assert_eq!(core::mem::offset_of!(FlowAction, max_len), 28);
+        assert_eq!(core::mem::offset_of!(FlowAction, last_seen), 32);
+        assert_eq!(core::mem::align_of::<FlowAction>(), 8);
     }
 
     #[test]

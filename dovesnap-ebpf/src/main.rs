@@ -11,6 +11,13 @@
 //! - the uplink: IPv4 addressed to the external address whose port, echo identifier or
 //!   embedded ICMP-error flow belongs to the translator goes to the rx queue's socket.
 //!
+//! Before either decision, a TCP/UDP frame of a flow in [`FLOWS`] (a session the
+//! translator found established both ways and offloaded) is rewritten here exactly as
+//! the translator would (addresses, port, TTL, checksums, MACs) and redirected through
+//! [`DEVS`] to its output interface, never waking userspace; frames the translator must
+//! see (TCP SYN/FIN/RST, partial or bad checksums, too big, TTL expiring) take the
+//! normal path.
+//!
 //! Everything else passes, and so does a steered frame whose [`XSKS`] slot holds no
 //! socket (`bpf_redirect_map` with `XDP_PASS` as its fallback): with the translator
 //! gone, the kernel's own nat rules take over. Each frame counts one classification, one
@@ -33,16 +40,17 @@ mod program {
             bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
             BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         },
+        helpers::bpf_ktime_get_ns,
         helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
-        maps::{HashMap, PerCpuArray, XskMap},
+        maps::{DevMapHash, HashMap, PerCpuArray, XskMap},
         programs::XdpContext,
         EbpfContext as _,
     };
     use dovesnap_ebpf::{
-        Counter, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK, MAX_IFACES,
-        MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES,
-        SINK_PASSED, SINK_SLOTS,
+        Counter, FlowAction, FlowKey, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK,
+        MAX_DEVS, MAX_FLOWS, MAX_IFACES, MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        SINK_BYTES, SINK_FRAMES, SINK_PASSED, SINK_SLOTS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -60,6 +68,14 @@ mod program {
     /// The translator's AF_XDP sockets.
     #[map]
     static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
+
+    /// Offloaded flows, one entry per direction, keyed as the frames arrive.
+    #[map]
+    static FLOWS: HashMap<FlowKey, FlowAction> = HashMap::with_max_entries(MAX_FLOWS, 0);
+
+    /// The interfaces offloaded frames leave by, keyed by ifindex.
+    #[map]
+    static DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_DEVS, 0);
 
     /// The benchmark sink's counters (see `SINK_FRAMES`, ...), per CPU.
     #[map]
@@ -89,7 +105,7 @@ mod program {
     #[repr(C)]
     struct EthHdr {
         dst: [u8; 6],
-        _src: [u8; 6],
+        src: [u8; 6],
         ether_type: [u8; 2],
     }
 
@@ -99,11 +115,11 @@ mod program {
         version_ihl: u8,
         tos: u8,
         tot_len: [u8; 2],
-        _id: [u8; 2],
+        id: [u8; 2],
         frag_off: [u8; 2],
         ttl: u8,
         proto: u8,
-        _check: [u8; 2],
+        check: [u8; 2],
         src: [u8; 4],
         dst: [u8; 4],
     }
@@ -128,6 +144,31 @@ mod program {
         src: [u8; 2],
         dst: [u8; 2],
     }
+
+    /// The fixed 20-byte TCP header.
+    #[repr(C)]
+    struct TcpHdr {
+        ports: Ports,
+        _seq: [u8; 4],
+        _ack: [u8; 4],
+        data_off: u8,
+        flags: u8,
+        _window: [u8; 2],
+        check: [u8; 2],
+        _urgent: [u8; 2],
+    }
+
+    /// The 8-byte UDP header.
+    #[repr(C)]
+    struct UdpHdr {
+        ports: Ports,
+        len: [u8; 2],
+        check: [u8; 2],
+    }
+
+    const TCP_FIN: u8 = 0x01;
+    const TCP_SYN: u8 = 0x02;
+    const TCP_RST: u8 = 0x04;
 
     /// The 8-byte ICMP header; `id` is the echo identifier for echo messages.
     #[repr(C)]
@@ -169,10 +210,26 @@ mod program {
         Some(unsafe { &*((start + offset) as *const T) })
     }
 
+    /// A mutable `T` at `offset` into the frame, as [`ptr_at`].
+    #[inline(always)]
+    fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<&mut T> {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if start + offset + mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: as in `ptr_at`; the frame is writable in XDP, and no other reference to
+        // these bytes is alive while the returned one is used (callers re-borrow per
+        // header and finish with one before taking the next).
+        Some(unsafe { &mut *((start + offset) as *mut T) })
+    }
+
     /// What to do with a frame on a configured interface, and the decision counter.
     enum Steer {
         Pass(Counter),
         Redirect(Counter, u32),
+        /// Rewritten in place for an offloaded flow: redirect to this ifindex.
+        Offloaded(Counter, u32),
     }
 
     #[xdp]
@@ -201,6 +258,21 @@ mod program {
                 count(decision)?;
                 pass()
             }
+            Steer::Offloaded(decision, ifindex) => match DEVS.redirect(ifindex, 0) {
+                Ok(action) => {
+                    count(decision)?;
+                    count(Counter::Redirect)?;
+                    Ok(action)
+                }
+                Err(_) => {
+                    // Already rewritten: passing it would hand the kernel a translated
+                    // frame. Userspace removes flows before their device, so this is a
+                    // race at teardown only.
+                    count(decision)?;
+                    count(Counter::OffloadRedirectFailed)?;
+                    Ok(xdp_action::XDP_DROP)
+                }
+            },
             Steer::Redirect(decision, slot) => {
                 count(decision)?;
                 // XDP_PASS in the flags' low bits is what the helper returns when the
@@ -259,6 +331,9 @@ mod program {
         if cfg.in_subnet(dst) {
             return Steer::Pass(Counter::EndpointInSubnet);
         }
+        if let Some(out) = offload(ctx, true) {
+            return Steer::Offloaded(Counter::OffloadOutbound, out);
+        }
 
         // Ask the kernel where it would route the packet if it arrived on the gateway's
         // interface: only what leaves through the uplink is NAT traffic.
@@ -312,6 +387,9 @@ mod program {
         }
         if !ip.is_plain() || ip.is_fragment() {
             return Steer::Pass(Counter::UplinkOptionsOrFragment);
+        }
+        if let Some(out) = offload(ctx, false) {
+            return Steer::Offloaded(Counter::OffloadInbound, out);
         }
         let ours = match ip.proto {
             PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
@@ -382,6 +460,204 @@ mod program {
             }
             _ => false,
         }
+    }
+
+    /// Folds a 32-bit ones' complement sum to 16 bits (end-around carry). Three rounds
+    /// cover every sum built here (at most a handful of 16-bit terms).
+    #[inline(always)]
+    fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// The unfolded sum of an address's two 16-bit words.
+    #[inline(always)]
+    fn sum_addr(a: [u8; 4]) -> u32 {
+        u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]))
+    }
+
+    /// RFC 1624 equation 3 for one word, exactly as the translator computes it
+    /// (`nat::checksum::update16`).
+    #[inline(always)]
+    fn update16(hc: u16, old: u16, new: u16) -> u16 {
+        !fold(u32::from(!hc) + u32::from(!old) + u32::from(new))
+    }
+
+    /// RFC 1624 equation 3 for an address, as `nat::checksum::update` does it.
+    #[inline(always)]
+    fn update_addr(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+        !fold(u32::from(!hc) + u32::from(!fold(sum_addr(old))) + u32::from(fold(sum_addr(new))))
+    }
+
+    /// `nat::checksum::is_partial`: the field holds only the pseudo-header sum.
+    #[inline(always)]
+    fn is_partial(field: u16, pseudo: u32) -> bool {
+        let norm = |v: u16| if v == 0 { 0xffff } else { v };
+        norm(field) == norm(fold(pseudo))
+    }
+
+    /// An offloaded flow's frame, rewritten in place: returns the ifindex to redirect to.
+    /// `None` (frame untouched) when the frame has no offloaded flow, or needs the
+    /// translator (counted `OffloadSlowPath`). The caller checked: IPv4, IHL 5, not a
+    /// fragment; on an endpoint also the source, TTL and subnet. `outbound` rewrites the
+    /// source address and port (container to uplink), else the destination.
+    #[inline(always)]
+    fn offload(ctx: &XdpContext, outbound: bool) -> Option<u32> {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, L3)?;
+        let proto = ip.proto;
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return None;
+        }
+        let ports = ptr_at::<Ports>(ctx, L4)?;
+        let key = FlowKey {
+            ifindex: ctx.ingress_ifindex() as u32,
+            src: u32::from_ne_bytes(ip.src),
+            dst: u32::from_ne_bytes(ip.dst),
+            sport: u16::from_ne_bytes(ports.src),
+            dport: u16::from_ne_bytes(ports.dst),
+            proto,
+            _pad: [0; 3],
+        };
+        let flow = FLOWS.get_ptr_mut(&key)?;
+        // SAFETY: a pointer from a successful lookup stays valid for this run (RCU); the
+        // fields read here are written once by userspace before the entry is inserted.
+        let act = unsafe { *flow };
+        match rewrite(ctx, &act, outbound) {
+            Some(()) => {
+                // SAFETY: as above. Plain stores: the eBPF target has no atomic
+                // read-modify-write in Rust's core, so two CPUs forwarding the same flow at
+                // the same instant may lose a count (the counters are for reporting);
+                // `last_seen` is one aligned 8-byte store either way.
+                unsafe {
+                    let len = (ctx.data_end() - ctx.data()) as u64;
+                    core::ptr::write_volatile(&mut (*flow).last_seen, bpf_ktime_get_ns());
+                    let packets = core::ptr::read_volatile(&(*flow).packets);
+                    core::ptr::write_volatile(&mut (*flow).packets, packets + 1);
+                    let bytes = core::ptr::read_volatile(&(*flow).bytes);
+                    core::ptr::write_volatile(&mut (*flow).bytes, bytes + len);
+                }
+                Some(act.out_ifindex)
+            }
+            None => {
+                let _ = count(Counter::OffloadSlowPath);
+                None
+            }
+        }
+    }
+
+    /// Checks that the translator would forward the frame unchanged in structure, then
+    /// applies its rewrite: TTL, address and IPv4 checksum, port and TCP/UDP checksum
+    /// (the same RFC 1624 steps in the same order, so the bytes are identical), MACs.
+    /// `None` leaves the frame as it was.
+    #[inline(always)]
+    fn rewrite(ctx: &XdpContext, act: &FlowAction, outbound: bool) -> Option<()> {
+        let frame_len = ctx.data_end() - ctx.data();
+        let ip = ptr_at_mut::<Ipv4Hdr>(ctx, L3)?;
+        let tot_len = u16::from_be_bytes(ip.tot_len);
+        let l4_len = usize::from(tot_len).checked_sub(mem::size_of::<Ipv4Hdr>())?;
+        if L3 + usize::from(tot_len) > frame_len || tot_len > act.max_len || ip.ttl <= 1 {
+            return None;
+        }
+        // The header checksum must verify, as the translator checks it.
+        let words = [
+            u16::from_be_bytes([ip.version_ihl, ip.tos]),
+            tot_len,
+            u16::from_be_bytes(ip.id),
+            u16::from_be_bytes(ip.frag_off),
+            u16::from_be_bytes([ip.ttl, ip.proto]),
+            u16::from_be_bytes(ip.check),
+        ];
+        let mut sum = sum_addr(ip.src) + sum_addr(ip.dst);
+        for w in words {
+            sum += u32::from(w);
+        }
+        if fold(sum) != 0xffff {
+            return None;
+        }
+        let proto = ip.proto;
+        let (old_src, old_dst) = (ip.src, ip.dst);
+        // The transport header: complete, no connection-state flags, a checksum that is
+        // either absent (UDP 0) or complete (not the pseudo-header sum of offload).
+        let (csum_at, cover) = if proto == PROTO_TCP {
+            let tcp = ptr_at::<TcpHdr>(ctx, L4)?;
+            let off = usize::from(tcp.data_off >> 4) * 4;
+            if l4_len < mem::size_of::<TcpHdr>()
+                || off < mem::size_of::<TcpHdr>()
+                || off > l4_len
+                || tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+            {
+                return None;
+            }
+            (L4 + 16, l4_len as u16)
+        } else {
+            let udp = ptr_at::<UdpHdr>(ctx, L4)?;
+            let len = u16::from_be_bytes(udp.len);
+            if len < 8 || usize::from(len) > l4_len {
+                return None;
+            }
+            (L4 + 6, len)
+        };
+        let check = ptr_at_mut::<[u8; 2]>(ctx, csum_at)?;
+        let cs = u16::from_be_bytes(*check);
+        let has_csum = !(proto == PROTO_UDP && cs == 0);
+        let pseudo = sum_addr(old_src) + sum_addr(old_dst) + u32::from(proto) + u32::from(cover);
+        if has_csum && is_partial(cs, pseudo) {
+            return None;
+        }
+
+        // Rewrite: IPv4 header (TTL, then the address), as `nat::wire` does it.
+        let (new_src, new_dst) = if outbound {
+            (act.src.to_ne_bytes(), old_dst)
+        } else {
+            (old_src, act.dst.to_ne_bytes())
+        };
+        let ip = ptr_at_mut::<Ipv4Hdr>(ctx, L3)?;
+        let old_tp = u16::from_be_bytes([ip.ttl, ip.proto]);
+        ip.ttl -= 1;
+        let mut hc = update16(
+            u16::from_be_bytes(ip.check),
+            old_tp,
+            u16::from_be_bytes([ip.ttl, ip.proto]),
+        );
+        if outbound {
+            hc = update_addr(hc, old_src, new_src);
+            ip.src = new_src;
+        } else {
+            hc = update_addr(hc, old_dst, new_dst);
+            ip.dst = new_dst;
+        }
+        ip.check = hc.to_be_bytes();
+
+        // Transport: the port, then the checksum over both addresses and the port.
+        let ports = ptr_at_mut::<Ports>(ctx, L4)?;
+        let (old_port, new_port) = if outbound {
+            let old = u16::from_be_bytes(ports.src);
+            ports.src = act.sport.to_ne_bytes();
+            (old, u16::from_be(act.sport))
+        } else {
+            let old = u16::from_be_bytes(ports.dst);
+            ports.dst = act.dport.to_ne_bytes();
+            (old, u16::from_be(act.dport))
+        };
+        if has_csum {
+            let c = update_addr(cs, old_src, new_src);
+            let c = update_addr(c, old_dst, new_dst);
+            let c = update16(c, old_port, new_port);
+            let c = if proto == PROTO_UDP && c == 0 {
+                0xffff
+            } else {
+                c
+            };
+            let check = ptr_at_mut::<[u8; 2]>(ctx, csum_at)?;
+            *check = c.to_be_bytes();
+        }
+
+        let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
+        eth.dst = act.eth_dst;
+        eth.src = act.eth_src;
+        Some(())
     }
 
     /// The benchmark's counting sink (not part of nat-fast): counts and drops IPv4

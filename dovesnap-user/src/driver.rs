@@ -29,7 +29,7 @@ use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
-use crate::netlink::{disable_tx_checksum, format_mac, link_mac, parse_mac, Netlink};
+use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
 
@@ -237,6 +237,7 @@ impl Driver {
             gateway_mac,
             bridge_ifindex,
             subnet: nat.subnet,
+            offload: net.options.offload(),
         }))
     }
 
@@ -686,6 +687,22 @@ impl Driver {
             // The userspace datapath forwards partially checksummed frames as they are,
             // and the nat-fast translator sees them as the container wrote them.
             if let Err(e) = disable_tx_checksum(&ep.container_ifname) {
+                let _ = self.netlink.delete(&ep.host_ifname).await;
+                return Err(nl_err(e));
+            }
+        }
+        if net.options.mode == Mode::NatFast && net.options.offload() {
+            // Offloaded sessions reach the container by an XDP redirect to this veth,
+            // which needs the container end's NAPI queues (GRO on gives them). The
+            // kernel marks the host end as a redirect target only when GRO goes on while
+            // the container end is up: up, GRO, down again before Docker moves it (the
+            // mark and the setting survive the move).
+            let gro = async {
+                self.netlink.set_up(&ep.container_ifname).await?;
+                enable_gro(&ep.container_ifname)?;
+                self.netlink.set_down(&ep.container_ifname).await
+            };
+            if let Err(e) = gro.await {
                 let _ = self.netlink.delete(&ep.host_ifname).await;
                 return Err(nl_err(e));
             }

@@ -84,6 +84,9 @@ fn short(id: &str) -> &str {
 }
 
 /// The exposition text for `status`.
+/// A pair of counter families: (frames name, frames help, bytes name, bytes help).
+type Family = (&'static str, &'static str, &'static str, &'static str);
+
 pub fn render(status: &Status) -> String {
     let mut o = Out::default();
     let mut by_port: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
@@ -119,14 +122,29 @@ pub fn render(status: &Status) -> String {
     let Some(fp) = &status.fast_path else {
         return o.finish();
     };
-    let mut per_network: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+    let mut per_network: BTreeMap<&str, [u64; 8]> = BTreeMap::new();
     for e in &fp.dataplane.endpoints {
         let Some((net, ep)) = by_port.get(e.port.as_str()).copied() else {
             continue;
         };
-        for (dir, frames, bytes) in [
-            ("out", e.out_frames, e.out_bytes),
-            ("in", e.in_frames, e.in_bytes),
+        let x = &e.offload;
+        const TRANSLATOR: Family = (
+            "dovesnap_endpoint_frames_total",
+            "Frames the translator carried for the endpoint (out: from the container).",
+            "dovesnap_endpoint_bytes_total",
+            "Bytes the translator carried for the endpoint (out: from the container).",
+        );
+        const OFFLOADED: Family = (
+            "dovesnap_endpoint_offloaded_frames_total",
+            "Frames of offloaded sessions XDP forwarded itself for the endpoint (out: from the container).",
+            "dovesnap_endpoint_offloaded_bytes_total",
+            "Bytes of offloaded sessions XDP forwarded itself for the endpoint (out: from the container).",
+        );
+        for (family, dir, frames, bytes) in [
+            (TRANSLATOR, "out", e.out_frames, e.out_bytes),
+            (TRANSLATOR, "in", e.in_frames, e.in_bytes),
+            (OFFLOADED, "out", x.out_frames, x.out_bytes),
+            (OFFLOADED, "in", x.in_frames, x.in_bytes),
         ] {
             let labels = [
                 ("network", net),
@@ -134,44 +152,48 @@ pub fn render(status: &Status) -> String {
                 ("port", e.port.as_str()),
                 ("direction", dir),
             ];
-            o.add(
-                "dovesnap_endpoint_frames_total",
-                "counter",
-                "Frames the translator carried for the endpoint (out: from the container).",
-                &labels,
-                frames,
-            );
-            o.add(
-                "dovesnap_endpoint_bytes_total",
-                "counter",
-                "Bytes the translator carried for the endpoint (out: from the container).",
-                &labels,
-                bytes,
-            );
+            o.add(family.0, "counter", family.1, &labels, frames);
+            o.add(family.2, "counter", family.3, &labels, bytes);
         }
         let t = per_network.entry(net).or_default();
-        t[0] += e.out_frames;
-        t[1] += e.out_bytes;
-        t[2] += e.in_frames;
-        t[3] += e.in_bytes;
+        for (i, v) in [
+            e.out_frames,
+            e.out_bytes,
+            e.in_frames,
+            e.in_bytes,
+            x.out_frames,
+            x.out_bytes,
+            x.in_frames,
+            x.in_bytes,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t[i] += v;
+        }
     }
     for (net, t) in per_network {
-        for (dir, frames, bytes) in [("out", t[0], t[1]), ("in", t[2], t[3])] {
+        const TRANSLATOR: Family = (
+            "dovesnap_network_frames_total",
+            "Frames the translator carried for the network's endpoints.",
+            "dovesnap_network_bytes_total",
+            "Bytes the translator carried for the network's endpoints.",
+        );
+        const OFFLOADED: Family = (
+            "dovesnap_network_offloaded_frames_total",
+            "Frames of offloaded sessions XDP forwarded itself for the network's endpoints.",
+            "dovesnap_network_offloaded_bytes_total",
+            "Bytes of offloaded sessions XDP forwarded itself for the network's endpoints.",
+        );
+        for (family, dir, frames, bytes) in [
+            (TRANSLATOR, "out", t[0], t[1]),
+            (TRANSLATOR, "in", t[2], t[3]),
+            (OFFLOADED, "out", t[4], t[5]),
+            (OFFLOADED, "in", t[6], t[7]),
+        ] {
             let labels = [("network", net), ("direction", dir)];
-            o.add(
-                "dovesnap_network_frames_total",
-                "counter",
-                "Frames the translator carried for the network's endpoints.",
-                &labels,
-                frames,
-            );
-            o.add(
-                "dovesnap_network_bytes_total",
-                "counter",
-                "Bytes the translator carried for the network's endpoints.",
-                &labels,
-                bytes,
-            );
+            o.add(family.0, "counter", family.1, &labels, frames);
+            o.add(family.2, "counter", family.3, &labels, bytes);
         }
     }
     for u in &fp.dataplane.uplinks {
@@ -318,6 +340,12 @@ mod tests {
                         out_bytes: 500,
                         in_frames: 6,
                         in_bytes: 600,
+                        offload: crate::fastpath::offload::OffloadTraffic {
+                            out_frames: 50,
+                            out_bytes: 5000,
+                            in_frames: 60,
+                            in_bytes: 6000,
+                        },
                     }],
                     counters: vec![("rx".into(), 11)],
                 },
@@ -334,6 +362,8 @@ mod tests {
             r#"dovesnap_endpoint_frames_total{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876",direction="out"} 5"#,
             r#"dovesnap_endpoint_bytes_total{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876",direction="in"} 600"#,
             r#"dovesnap_network_frames_total{network="0123456789ab",direction="in"} 6"#,
+            r#"dovesnap_endpoint_offloaded_frames_total{network="0123456789ab",endpoint="fedcba987654",port="ovsvfedcba9876",direction="out"} 50"#,
+            r#"dovesnap_network_offloaded_bytes_total{network="0123456789ab",direction="in"} 6000"#,
             r#"dovesnap_translator_sessions{uplink="eth0"} 3"#,
             r#"dovesnap_translator_drops_total{uplink="eth0",reason="no_session"} 2"#,
             r#"dovesnap_translator_events_total{uplink="eth0",event="outbound"} 10"#,

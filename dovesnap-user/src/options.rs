@@ -43,6 +43,9 @@ pub const BRIDGE_USERSPACE: &str = "ovs.bridge.userspace";
 /// `ovs.nat.uplink`: nat-fast only, the interface the translator sends from (default:
 /// the interface of the host's default route).
 pub const NAT_UPLINK: &str = "ovs.nat.uplink";
+/// `ovs.nat.offload`: nat-fast only, whether established sessions are rewritten and
+/// forwarded in XDP (default `true`) or every packet goes through the AF_XDP translator.
+pub const NAT_OFFLOAD: &str = "ovs.nat.offload";
 
 /// Every option key dovesnap accepts, in the order they are listed to the user.
 pub const ACCEPTED_KEYS: &[&str] = &[
@@ -56,6 +59,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_DPID,
     BRIDGE_USERSPACE,
     NAT_UPLINK,
+    NAT_OFFLOAD,
 ];
 
 /// The smallest MTU accepted: the IPv4 minimum (RFC 791).
@@ -226,9 +230,16 @@ pub struct NetworkOptions {
     pub userspace: bool,
     /// nat-fast: the uplink interface named by `ovs.nat.uplink`.
     pub nat_uplink: Option<String>,
+    /// nat-fast: `ovs.nat.offload` as given (absent: on, see [`NetworkOptions::offload`]).
+    pub nat_offload: Option<bool>,
 }
 
 impl NetworkOptions {
+    /// Whether a nat-fast network offloads established sessions to XDP.
+    pub fn offload(&self) -> bool {
+        self.nat_offload.unwrap_or(true)
+    }
+
     /// Parses the `com.docker.network.generic` map of a `CreateNetwork` request.
     pub fn from_generic(generic: &HashMap<String, Value>) -> Result<Self, OptionsError> {
         let mut sorted: Vec<(&String, &Value)> = generic.iter().collect();
@@ -310,6 +321,9 @@ impl NetworkOptions {
         if let Some(uplink) = &self.nat_uplink {
             map.insert(NAT_UPLINK.to_owned(), uplink.clone());
         }
+        if let Some(offload) = self.nat_offload {
+            map.insert(NAT_OFFLOAD.to_owned(), offload.to_string());
+        }
         map
     }
 
@@ -349,18 +363,25 @@ impl NetworkOptions {
                     }
                     opts.nat_uplink = Some(value)
                 }
+                NAT_OFFLOAD => opts.nat_offload = Some(parse_bool(key, &value)?),
                 _ => unreachable!("resolve_key only returns accepted keys"),
             }
         }
         if let Some((m, _)) = mode {
             opts.mode = m;
         }
-        if opts.nat_uplink.is_some() && opts.mode != Mode::NatFast {
-            return Err(OptionsError::Invalid {
-                key: NAT_UPLINK.to_owned(),
-                value: opts.nat_uplink.clone().unwrap_or_default(),
-                expected: "only with mode=nat-fast".to_owned(),
-            });
+        if opts.mode != Mode::NatFast {
+            let given = [
+                (NAT_UPLINK, opts.nat_uplink.clone()),
+                (NAT_OFFLOAD, opts.nat_offload.map(|b| b.to_string())),
+            ];
+            if let Some((key, Some(value))) = given.into_iter().find(|(_, v)| v.is_some()) {
+                return Err(OptionsError::Invalid {
+                    key: key.to_owned(),
+                    value,
+                    expected: "only with mode=nat-fast".to_owned(),
+                });
+            }
         }
         Ok(opts)
     }
@@ -1073,6 +1094,7 @@ mod tests {
             dpid: Some("00000000000000a1".into()),
             userspace: true,
             nat_uplink: Some("eth0".into()),
+            nat_offload: Some(false),
         };
         for o in [full, NetworkOptions::default()] {
             let map = o.to_string_map();
@@ -1088,6 +1110,17 @@ mod tests {
         assert!(e.to_string().contains("only with mode=nat-fast"), "{e}");
         let e = parse(&[(MODE, "nat-fast"), (NAT_UPLINK, "bad name!")]).unwrap_err();
         assert!(e.to_string().contains("interface name"), "{e}");
+    }
+
+    #[test]
+    fn nat_offload_defaults_on_for_nat_fast_only() {
+        assert!(parse(&[(MODE, "nat-fast")]).unwrap().offload());
+        let off = parse(&[(MODE, "nat-fast"), (NAT_OFFLOAD, "false")]).unwrap();
+        assert!(!off.offload());
+        let e = parse(&[(MODE, "nat"), (NAT_OFFLOAD, "false")]).unwrap_err();
+        assert!(e.to_string().contains("only with mode=nat-fast"), "{e}");
+        let e = parse(&[(MODE, "nat-fast"), (NAT_OFFLOAD, "sometimes")]).unwrap_err();
+        assert!(e.to_string().contains("expected one of true, false"), "{e}");
     }
 
     #[test]

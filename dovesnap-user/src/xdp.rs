@@ -24,16 +24,16 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::{
-    addr_octets, be_addr, Counter, IfaceConfig, PortKey, IFACE_ENDPOINT, IFACE_UPLINK, MAX_XSKS,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    addr_octets, be_addr, Counter, FlowAction, FlowKey, IfaceConfig, PortKey, IFACE_ENDPOINT,
+    IFACE_UPLINK, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SINK_BYTES, SINK_FRAMES, SINK_MAP, SINK_PASSED,
-    SINK_PROGRAM_NAME, STATS_MAP, XSKS_MAP,
+    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SINK_BYTES, SINK_FRAMES, SINK_MAP,
+    SINK_PASSED, SINK_PROGRAM_NAME, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
@@ -398,6 +398,15 @@ counters! {
     UplinkQueueWithoutSocket => uplink_queue_without_socket,
     UplinkOptionsOrFragment => uplink_options_or_fragment,
     EndpointQueueWithoutSocket => endpoint_queue_without_socket,
+    /// Container frames of offloaded flows rewritten and redirected in XDP.
+    OffloadOutbound => offload_outbound,
+    /// Uplink frames of offloaded flows rewritten and redirected in XDP.
+    OffloadInbound => offload_inbound,
+    /// Frames of offloaded flows left to the translator (TCP SYN/FIN/RST, partial or bad
+    /// checksum, too big, TTL expiring).
+    OffloadSlowPath => offload_slow_path,
+    /// Offloaded frames dropped because their output device was gone.
+    OffloadRedirectFailed => offload_redirect_failed,
 }
 
 impl Counters {
@@ -408,25 +417,34 @@ impl Counters {
 
     /// Every verdict given (each frame gets exactly one): equals [`Counters::frames`].
     pub fn verdicts(&self) -> u64 {
-        self.pass + self.redirect
+        self.pass + self.redirect + self.offload_redirect_failed
     }
 
     /// Frames that arrived on an endpoint interface (one decision counter each).
     pub fn endpoint_frames(&self) -> u64 {
-        Counter::ALL
-            .iter()
-            .filter(|c| c.name().starts_with("endpoint-"))
-            .map(|c| self.get(*c))
-            .sum()
+        self.offload_outbound + self.prefixed("endpoint-")
     }
 
     /// Frames that arrived on an uplink interface (one decision counter each).
     pub fn uplink_frames(&self) -> u64 {
+        self.offload_inbound + self.prefixed("uplink-")
+    }
+
+    fn prefixed(&self, prefix: &str) -> u64 {
         Counter::ALL
             .iter()
-            .filter(|c| c.name().starts_with("uplink-"))
+            .filter(|c| c.name().starts_with(prefix))
             .map(|c| self.get(*c))
             .sum()
+    }
+
+    /// What each counter grew by since `before` (wrapping, like the kernel's counters).
+    pub fn since(&self, before: &Counters) -> Counters {
+        let mut d = Counters::default();
+        for c in Counter::ALL {
+            *d.slot(c) = self.get(c).wrapping_sub(before.get(c));
+        }
+        d
     }
 
     /// The counters that differ from `before`, as `name: before -> after`, for test
@@ -675,38 +693,30 @@ impl XdpProgram {
         HashMap::try_from(map).map_err(|_| mismatch)
     }
 
-    /// Moves the `PORTS` and `XSKS` maps out of the program into a [`DataplaneMaps`] for
-    /// the translator thread. Works once per loaded program ([`XdpError::MapsTaken`]
-    /// after). The maps stay shared with the kernel program: dropping the
-    /// `DataplaneMaps` closes userspace's handle, not the maps.
+    /// Moves the maps the translator thread keeps current (`PORTS`, `XSKS`, `FLOWS`,
+    /// `DEVS`) out of the program into a [`DataplaneMaps`]. Works once per loaded program
+    /// ([`XdpError::MapsTaken`] after). The maps stay shared with the kernel program:
+    /// dropping the `DataplaneMaps` closes userspace's handle, not the maps.
     pub fn take_dataplane_maps(&mut self) -> Result<DataplaneMaps, XdpError> {
         if self.maps_taken {
             return Err(XdpError::MapsTaken);
         }
-        let ports = self
-            .ebpf
-            .take_map(PORTS_MAP)
-            .ok_or(XdpError::ObjectMismatch {
-                kind: "map",
-                name: PORTS_MAP,
-            })?;
-        let ports = HashMap::try_from(ports).map_err(|_| XdpError::ObjectMismatch {
-            kind: "map",
-            name: PORTS_MAP,
-        })?;
-        let xsks = self
-            .ebpf
-            .take_map(XSKS_MAP)
-            .ok_or(XdpError::ObjectMismatch {
-                kind: "map",
-                name: XSKS_MAP,
-            })?;
-        let xsks = XskMap::try_from(xsks).map_err(|_| XdpError::ObjectMismatch {
-            kind: "map",
-            name: XSKS_MAP,
-        })?;
+        fn take<M: TryFrom<aya::maps::Map>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<M, XdpError> {
+            let mismatch = || XdpError::ObjectMismatch { kind: "map", name };
+            let map = ebpf.take_map(name).ok_or_else(mismatch)?;
+            M::try_from(map).map_err(|_| mismatch())
+        }
+        let maps = DataplaneMaps {
+            ports: take(&mut self.ebpf, PORTS_MAP)?,
+            xsks: take(&mut self.ebpf, XSKS_MAP)?,
+            flows: take(&mut self.ebpf, FLOWS_MAP)?,
+            devs: take(&mut self.ebpf, DEVS_MAP)?,
+        };
         self.maps_taken = true;
-        Ok(DataplaneMaps { ports, xsks })
+        Ok(maps)
     }
 
     /// Runs the program once on `frame` as if it had arrived on rx queue `queue` of
@@ -720,6 +730,18 @@ impl XdpProgram {
         ingress_ifindex: u32,
         queue: u32,
     ) -> Result<u32, XdpError> {
+        self.test_run_frame(frame, ingress_ifindex, queue)
+            .map(|(action, _)| action)
+    }
+
+    /// [`XdpProgram::test_run`], also returning the frame as the program left it (its
+    /// rewrites included).
+    pub fn test_run_frame(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        queue: u32,
+    ) -> Result<(u32, Vec<u8>), XdpError> {
         let program: &Xdp = match self.ebpf.program(PROGRAM_NAME) {
             Some(program) => program.try_into().map_err(|_| XdpError::ObjectMismatch {
                 kind: "program",
@@ -743,27 +765,32 @@ impl XdpProgram {
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect();
+        // The program never grows the frame; headroom for safety.
+        let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ..TestRunOptions::new()
         };
-        program
-            .test_run(opts)
-            .map(|result| result.return_value)
-            .map_err(|e| XdpError::TestRun {
-                ifindex: ingress_ifindex,
-                queue,
-                cause: chain(&e),
-            })
+        let result = program.test_run(opts).map_err(|e| XdpError::TestRun {
+            ifindex: ingress_ifindex,
+            queue,
+            cause: chain(&e),
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 }
 
 /// The maps the translator thread updates: published ports and echo identifiers
-/// (`PORTS`) and its AF_XDP sockets (`XSKS`). `Send`, so the thread can own it.
+/// (`PORTS`), its AF_XDP sockets (`XSKS`), offloaded flows (`FLOWS`) and the devices
+/// they leave by (`DEVS`). `Send`, so the thread can own it.
 pub struct DataplaneMaps {
     ports: HashMap<MapData, PortKey, u32>,
     xsks: XskMap<MapData>,
+    flows: HashMap<MapData, FlowKey, FlowAction>,
+    devs: DevMapHash<MapData>,
 }
 
 impl fmt::Debug for DataplaneMaps {
@@ -829,6 +856,78 @@ impl DataplaneMaps {
         self.xsks
             .set(slot, fd, 0)
             .map_err(|e| map_error(XSKS_MAP, format!("set socket slot {slot}"), &e))
+    }
+
+    /// Installs (or replaces) an offloaded flow: frames matching `key` are rewritten by
+    /// the program as `action` says and redirected to `action.out_ifindex`, which must be
+    /// in `DEVS` ([`DataplaneMaps::set_dev`]) first.
+    pub fn set_flow(&mut self, key: &FlowKey, action: &FlowAction) -> Result<(), XdpError> {
+        let key = FlowKey {
+            _pad: [0; 3],
+            ..*key
+        };
+        self.flows
+            .insert(key, action, 0)
+            .map_err(|e| map_error(FLOWS_MAP, format!("add flow {key:?}"), &e))
+    }
+
+    /// The flow's current entry (with the program's `last_seen`, `packets`, `bytes`).
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowAction>, XdpError> {
+        let key = FlowKey {
+            _pad: [0; 3],
+            ..*key
+        };
+        match self.flows.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_enoent(&e) => Ok(None),
+            Err(e) => Err(map_error(FLOWS_MAP, format!("read flow {key:?}"), &e)),
+        }
+    }
+
+    /// Removes a flow: its frames take the translator's path again. Absent is not an
+    /// error.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        let key = FlowKey {
+            _pad: [0; 3],
+            ..*key
+        };
+        match self.flows.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(FLOWS_MAP, format!("remove flow {key:?}"), &e)),
+        }
+    }
+
+    /// Every flow entry, for status and tests.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowAction)>, XdpError> {
+        let mut flows = self
+            .flows
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(FLOWS_MAP, "list the flows".into(), &e))?;
+        flows.sort_by_key(|(k, _)| *k);
+        Ok(flows)
+    }
+
+    /// Lets offloaded frames be redirected to `ifindex`.
+    pub fn set_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        self.devs
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| XdpError::Map {
+                map: DEVS_MAP,
+                what: format!("add device {ifindex}"),
+                cause: chain(&e),
+            })
+    }
+
+    /// Removes `ifindex` from the redirect targets (after its flows). Absent is not an
+    /// error.
+    pub fn remove_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        match self.devs.remove(ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(DEVS_MAP, format!("remove device {ifindex}"), &e)),
+        }
     }
 
     /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing

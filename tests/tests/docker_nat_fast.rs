@@ -68,6 +68,11 @@ impl Far {
             ],
         );
         uplink.peer_into(&ns, &format!("{FAR_IP}/24"));
+        // The far end stands in for a NIC: it takes frames redirected by XDP (a veth
+        // needs GRO on for that, which gives it NAPI queues) and sends complete
+        // checksums (a veth would otherwise send partial ones, which offloaded flows
+        // leave to the translator).
+        ns.sh("ethtool", &["-K", &uplink.peer, "gro", "on", "tx", "off"]);
         let dir = std::env::temp_dir().join(format!("dovesnap-far-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("far www dir");
         sh(
@@ -174,17 +179,14 @@ fn xdp_attached(ifname: &str) -> bool {
 }
 
 fn create_network(name: &str, subnet: &str, uplink: &str) -> Network {
-    Network::create(
-        name,
-        &[
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            &format!("ovs.nat.uplink={uplink}"),
-            "--subnet",
-            subnet,
-        ],
-    )
+    create_network_with(name, subnet, uplink, &[])
+}
+
+fn create_network_with(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -> Network {
+    let uplink_opt = format!("ovs.nat.uplink={uplink}");
+    let mut args = vec!["-o", "mode=nat-fast", "-o", &uplink_opt, "--subnet", subnet];
+    args.extend_from_slice(extra);
+    Network::create(name, &args)
 }
 
 #[test]
@@ -194,7 +196,14 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     let mut plugin = start_plugin();
     let far = Far::new();
     let a = create_network("dsfast-na", "10.232.12.0/24", &far.uplink.host);
-    let b = create_network("dsfast-nb", "10.232.13.0/24", &far.uplink.host);
+    // One network offloads established sessions to XDP (the default), the other keeps
+    // every packet on the AF_XDP translator.
+    let b = create_network_with(
+        "dsfast-nb",
+        "10.232.13.0/24",
+        &far.uplink.host,
+        &["-o", "ovs.nat.offload=false"],
+    );
     let ca = Container::idle("dsfast-ca", &a);
     let cb = Container::idle("dsfast-cb", &b);
     let (ip_a, ip_b) = (ca.ip(&a), cb.ip(&b));
@@ -235,6 +244,27 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     }
     let status = plugin.status();
     assert!(translator_counter(&status, "outbound") > 0, "{status:#}");
+    let offloaded = |ip: &str| {
+        status["fast_path"]["dataplane"]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["ip"].as_str() == Some(ip))
+            .map(|e| {
+                e["offload"]["out_frames"].as_u64().unwrap_or(0)
+                    + e["offload"]["in_frames"].as_u64().unwrap_or(0)
+            })
+            .expect("the endpoint's counters")
+    };
+    assert!(
+        offloaded(&ip_a) > 0,
+        "network a offloaded nothing: {status:#}"
+    );
+    assert_eq!(
+        offloaded(&ip_b),
+        0,
+        "ovs.nat.offload=false offloaded: {status:#}"
+    );
     for ip in [&ip_a, &ip_b] {
         assert!(conntrack_entries(ip).is_empty(), "netfilter saw {ip}");
     }
@@ -397,13 +427,34 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     let delta = |f: fn(&Value, &str) -> u64, name: &str| f(&after, name) - f(&before, name);
     let out_steered = delta(xdp_counter, "endpoint-redirect");
     let in_steered = delta(xdp_counter, "uplink-redirect");
+    // Established sessions were offloaded: the bulk of the download was rewritten and
+    // forwarded by XDP itself, the handshakes and everything else by the translator.
+    let out_offloaded = delta(xdp_counter, "offload-outbound");
+    let in_offloaded = delta(xdp_counter, "offload-inbound");
     assert!(
-        out_steered > 100,
-        "too few container frames steered ({out_steered}): {after:#}"
+        out_steered + out_offloaded > 40 && out_steered > 5,
+        "too few container frames steered ({out_steered} + {out_offloaded}): {after:#}"
     );
     assert!(
-        in_steered > BLOB_BYTES as u64 / 1500,
-        "too few uplink frames steered ({in_steered}): {after:#}"
+        in_steered + in_offloaded > BLOB_BYTES as u64 / 1500,
+        "too few uplink frames steered ({in_steered} + {in_offloaded}): {after:#}"
+    );
+    assert!(
+        in_offloaded > BLOB_BYTES as u64 / 1500 / 2,
+        "the download was not offloaded to XDP ({in_offloaded} frames): {after:#}"
+    );
+    assert!(out_offloaded > 0, "no ACK offloaded: {after:#}");
+    assert_eq!(
+        delta(xdp_counter, "offload-redirect-failed"),
+        0,
+        "{after:#}"
+    );
+    assert!(
+        counter_in(
+            &after["fast_path"]["dataplane"]["counters"],
+            "offload_installs"
+        ) > 0,
+        "{after:#}"
     );
     assert!(delta(translator_counter, "outbound") >= out_steered / 2);
     assert!(delta(translator_counter, "inbound") >= in_steered / 2);
@@ -438,14 +489,23 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
         "dovesnap_endpoint_frames_total",
         &format!("port=\"{c_port}\",direction=\"out\""),
     );
+    let out_offloaded = metric_value(
+        &metrics,
+        "dovesnap_endpoint_offloaded_frames_total",
+        &format!("port=\"{c_port}\",direction=\"out\""),
+    );
     let in_bytes = metric_value(
         &metrics,
         "dovesnap_endpoint_bytes_total",
         &format!("port=\"{c_port}\",direction=\"in\""),
+    ) + metric_value(
+        &metrics,
+        "dovesnap_endpoint_offloaded_bytes_total",
+        &format!("port=\"{c_port}\",direction=\"in\""),
     );
     assert!(
-        out_frames > 100,
-        "endpoint out frames {out_frames}: {metrics}"
+        out_frames > 5 && out_frames + out_offloaded > 40,
+        "endpoint out frames {out_frames} + {out_offloaded}: {metrics}"
     );
     assert!(
         in_bytes > BLOB_BYTES as u64,

@@ -9,7 +9,7 @@
 //! namespace of their own, so the host's forwarding settings are never touched.
 
 use std::fs::File;
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
@@ -463,46 +463,9 @@ impl<'a> Watch<'a> {
     fn delta(&self, what: &str) -> Counters {
         let after = self.xdp.counters().expect("counters");
         assert_invariants(&after);
-        let b = &self.before;
-        let mut d = Counters::default();
-        for c in dovesnap::xdp::Counter::ALL {
-            let v = after.get(c) - b.get(c);
-            set(&mut d, c, v);
-        }
-        eprintln!("{what}: {}", after.diff(b));
-        d
+        eprintln!("{what}: {}", after.diff(&self.before));
+        after.since(&self.before)
     }
-}
-
-fn set(counters: &mut Counters, counter: dovesnap::xdp::Counter, value: u64) {
-    use dovesnap::xdp::Counter as C;
-    let slot = match counter {
-        C::Ipv4 => &mut counters.ipv4,
-        C::Arp => &mut counters.arp,
-        C::Ipv6 => &mut counters.ipv6,
-        C::Other => &mut counters.other,
-        C::Malformed => &mut counters.malformed,
-        C::Pass => &mut counters.pass,
-        C::Redirect => &mut counters.redirect,
-        C::XskMissing => &mut counters.xsk_missing,
-        C::EndpointRedirect => &mut counters.endpoint_redirect,
-        C::EndpointNotToGateway => &mut counters.endpoint_not_to_gateway,
-        C::EndpointOtherProtocol => &mut counters.endpoint_other_protocol,
-        C::EndpointOptionsOrFragment => &mut counters.endpoint_options_or_fragment,
-        C::EndpointTtlExpiring => &mut counters.endpoint_ttl_expiring,
-        C::EndpointInSubnet => &mut counters.endpoint_in_subnet,
-        C::EndpointNotForwarded => &mut counters.endpoint_not_forwarded,
-        C::EndpointNotViaUplink => &mut counters.endpoint_not_via_uplink,
-        C::EndpointTooBig => &mut counters.endpoint_too_big,
-        C::EndpointSpoofedSource => &mut counters.endpoint_spoofed_source,
-        C::UplinkRedirect => &mut counters.uplink_redirect,
-        C::UplinkNotForUs => &mut counters.uplink_not_for_us,
-        C::UplinkNoSession => &mut counters.uplink_no_session,
-        C::UplinkQueueWithoutSocket => &mut counters.uplink_queue_without_socket,
-        C::UplinkOptionsOrFragment => &mut counters.uplink_options_or_fragment,
-        C::EndpointQueueWithoutSocket => &mut counters.endpoint_queue_without_socket,
-    };
-    *slot = value;
 }
 
 fn ping(ns: &Netns, args: &[&str]) -> bool {
@@ -1447,3 +1410,279 @@ fn steering_decisions_on_crafted_frames() {
 }
 
 const MAX_SLOT: u32 = dovesnap::xdp::MAX_XSKS;
+
+/// An IPv4 frame with every checksum right: Ethernet `src_mac` -> `dst_mac`, IHL 5,
+/// `ttl`, then a TCP segment (`flags`, data offset 5) or a UDP datagram (`udp_sum`: with
+/// a checksum, or 0) carrying `payload`.
+#[allow(clippy::too_many_arguments)]
+fn full_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    proto: u8,
+    ttl: u8,
+    tcp_flags: u8,
+    udp_sum: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    use dovesnap::nat::checksum::{checksum, fold, pseudo_header_sum, sum};
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    let csum_at = if proto == PROTO_TCP {
+        l4.extend_from_slice(&[0, 0, 0x10, 0x01, 0, 0, 0x20, 0x02, 0x50, tcp_flags]);
+        l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+        16
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        6
+    };
+    l4.extend_from_slice(payload);
+    if proto == PROTO_TCP || udp_sum {
+        let pseudo = pseudo_header_sum(src.0, dst.0, proto, l4.len() as u16);
+        let mut c = !fold(sum(&l4, pseudo));
+        if proto == PROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, proto, 0, 0]);
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// Established-flow offload: for TCP and UDP sessions the translator established, the
+/// program's rewrite of every later frame (both directions, payloads of many lengths,
+/// UDP with and without a checksum) is byte for byte what the translator (plus the data
+/// plane's next-hop MAC) produces, and it redirects them; frames the translator must see
+/// (FIN, RST, SYN, a partial or broken checksum, too big, TTL 1) are left untouched for
+/// the slow path; removing the flow restores plain steering.
+#[test]
+#[ignore = "needs root: netns, veth, XDP"]
+fn offloaded_flows_rewrite_like_the_translator() {
+    use dovesnap::fastpath::offload::{EndpointPath, Offloads, UplinkPath};
+    use dovesnap::nat::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+    use std::time::Instant;
+    const XDP_PASS: u32 = 2;
+    const XDP_REDIRECT: u32 = 4;
+
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        let mut xdp = XdpProgram::load().expect("load the XDP program");
+        xdp.set_iface(topo.ep, &topo.endpoint_config(1))
+            .expect("configure the endpoint");
+        xdp.set_iface(topo.up, &topo.uplink_config(1))
+            .expect("configure the uplink");
+        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        let ext = Ipv4Addr::new(10, 202, 2, 1);
+        let inside = Ipv4Addr::new(10, 202, 1, 2);
+        let remote = Ipv4Addr::new(10, 202, 9, 7);
+        let (up_mac, c_mac, far_mac) = (
+            mac(&topo.r, "up0"),
+            mac(&topo.c, "eth0"),
+            mac(&topo.f, "eth0"),
+        );
+        let gw = topo.gateway_mac;
+        let mut t = Translator::new(Config {
+            external_ip: ext,
+            uplink_mac: up_mac,
+            ports: PORT_LO..=PORT_HI,
+            max_sessions: 64,
+            timeouts: Timeouts::default(),
+        });
+        t.add_endpoint(EndpointInfo {
+            ip: inside,
+            mac: c_mac,
+            gateway_mac: gw,
+            port: 1,
+            offload: true,
+        });
+        let mut offloads = Offloads::default();
+        let up_path = UplinkPath {
+            ifindex: topo.up,
+            mac: up_mac,
+            mtu: 1280,
+            external_ip: ext,
+        };
+        offloads
+            .add_uplink(&mut maps, 0, up_path)
+            .expect("uplink device");
+        let ep_path = EndpointPath {
+            ifindex: topo.ep,
+            mac: c_mac,
+            gateway_mac: gw,
+            mtu: 1500,
+        };
+        offloads
+            .add_endpoint(&mut maps, 0, inside, ep_path)
+            .expect("endpoint device");
+        let run = |frame: &[u8], ifindex: u32| {
+            in_netns(&topo.r, || xdp.test_run_frame(frame, ifindex, 0)).expect("test run")
+        };
+        let now = Instant::now();
+        let ack = 0x10;
+        let (fin, syn, rst) = (0x01, 0x02, 0x04);
+        let to_gw = (c_mac, gw);
+        let to_ext = (far_mac, up_mac);
+
+        for (proto, udp_sum, sport, dport) in [
+            (PROTO_TCP, true, 43512, 80),
+            (PROTO_UDP, true, 5353, 53),
+            (PROTO_UDP, false, 5354, 53),
+        ] {
+            let out = |flags: u8, ttl: u8, payload: &[u8]| {
+                full_frame(
+                    to_gw,
+                    (inside, sport),
+                    (remote, dport),
+                    proto,
+                    ttl,
+                    flags,
+                    udp_sum,
+                    payload,
+                )
+            };
+            // Establish through the translator, as the AF_XDP path would.
+            let mut first = out(syn, 64, b"");
+            let v = t.outbound(now, &mut first);
+            let Verdict::Uplink { .. } = v else {
+                panic!("first packet: {v:?}")
+            };
+            let ext_port = u16::from_be_bytes([first[34], first[35]]);
+            let inb = |flags: u8, ttl: u8, payload: &[u8]| {
+                full_frame(
+                    to_ext,
+                    (remote, dport),
+                    (ext, ext_port),
+                    proto,
+                    ttl,
+                    flags,
+                    udp_sum,
+                    payload,
+                )
+            };
+            let mut reply = inb(syn | ack, 64, b"");
+            assert!(matches!(
+                t.inbound(now, &mut reply),
+                Verdict::Endpoint { .. }
+            ));
+            let o = t.take_offload().expect("established both ways");
+            assert_eq!(o.external_port, ext_port);
+            offloads
+                .install(&mut maps, 0, &o, far_mac)
+                .expect("install the flow");
+
+            let before = xdp.counters().expect("counters");
+            let payloads: Vec<Vec<u8>> = [0usize, 1, 2, 3, 7, 64, 511, 1000, 1200]
+                .iter()
+                .map(|n| (0..*n).map(|i| (i * 7 + *n) as u8).collect())
+                .collect();
+            for p in &payloads {
+                // Outbound: the translator's bytes, with the next hop's MAC as the data
+                // plane writes it.
+                let frame = out(ack, 64, p);
+                let mut want = frame.clone();
+                assert!(matches!(t.outbound(now, &mut want), Verdict::Uplink { .. }));
+                want[..6].copy_from_slice(&far_mac);
+                let (action, got) = run(&frame, topo.ep);
+                assert_eq!(action, XDP_REDIRECT, "outbound {proto} {} bytes", p.len());
+                assert_eq!(got, want, "outbound {proto} {} bytes", p.len());
+                // Inbound.
+                let frame = inb(ack, 64, p);
+                let mut want = frame.clone();
+                assert!(matches!(
+                    t.inbound(now, &mut want),
+                    Verdict::Endpoint { .. }
+                ));
+                let (action, got) = run(&frame, topo.up);
+                assert_eq!(action, XDP_REDIRECT, "inbound {proto} {} bytes", p.len());
+                assert_eq!(got, want, "inbound {proto} {} bytes", p.len());
+            }
+            let d = xdp.counters().expect("counters").since(&before);
+            let n = payloads.len() as u64;
+            assert_eq!((d.offload_outbound, d.offload_inbound), (n, n), "{d:?}");
+            assert_eq!(d.redirect, 2 * n);
+            assert_eq!(
+                d.offload_slow_path + d.endpoint_redirect + d.uplink_redirect,
+                0
+            );
+
+            // What the translator must see stays untouched and takes the usual way.
+            let mut slow: Vec<(Vec<u8>, u32, &str)> = vec![
+                (inb(ack, 1, b"x"), topo.up, "inbound TTL 1"),
+                (
+                    out(ack, 64, &[0u8; 1300]),
+                    topo.ep,
+                    "bigger than the uplink MTU",
+                ),
+            ];
+            let mut bad_ip = out(ack, 64, b"x");
+            bad_ip[24] ^= 0x55;
+            slow.push((bad_ip, topo.ep, "bad IPv4 checksum"));
+            if proto == PROTO_TCP {
+                for (flags, what) in [(fin | ack, "FIN"), (rst, "RST"), (syn, "SYN")] {
+                    slow.push((out(flags, 64, b""), topo.ep, what));
+                    slow.push((inb(flags, 64, b""), topo.up, what));
+                }
+            }
+            if udp_sum {
+                // A partial checksum (transmit offload): only the pseudo-header sum.
+                let mut partial = out(ack, 64, b"data");
+                let l4_len = partial.len() as u16 - 34;
+                let p = dovesnap::nat::checksum::pseudo_header_sum(inside, remote, proto, l4_len);
+                let at = if proto == PROTO_TCP { 50 } else { 40 };
+                partial[at..at + 2]
+                    .copy_from_slice(&dovesnap::nat::checksum::fold(p).to_be_bytes());
+                slow.push((partial, topo.ep, "partial checksum"));
+            }
+            for (frame, ifindex, what) in &slow {
+                let before = xdp.counters().expect("counters");
+                let (action, got) = run(frame, *ifindex);
+                let d = xdp.counters().expect("counters").since(&before);
+                assert_eq!(action, XDP_PASS, "{what}: no socket, so the kernel");
+                assert_eq!(&got, frame, "{what}: left as it was");
+                assert_eq!(d.offload_slow_path, 1, "{what}: {d:?}");
+                assert_eq!(d.offload_outbound + d.offload_inbound, 0, "{what}");
+            }
+
+            // The entries carry the kernel's bookkeeping; removing them ends the offload.
+            let flows = maps.flows().expect("flows");
+            assert_eq!(flows.len(), 2);
+            for (_, a) in &flows {
+                assert_eq!(a.packets, n, "{a:?}");
+                assert!(a.last_seen > 0 && a.bytes > 0, "{a:?}");
+            }
+            offloads.remove(&mut maps, 0, &o);
+            assert!(maps.flows().expect("flows").is_empty());
+            let before = xdp.counters().expect("counters");
+            let frame = out(ack, 64, b"after");
+            let (action, got) = run(&frame, topo.ep);
+            let d = xdp.counters().expect("counters").since(&before);
+            assert_eq!((action, &got), (XDP_PASS, &frame));
+            assert_eq!(
+                (d.endpoint_redirect, d.xsk_missing, d.offload_slow_path),
+                (1, 1, 0)
+            );
+        }
+        offloads.remove_endpoint(&mut maps, 0, inside);
+        offloads.remove_uplink(&mut maps, 0);
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}

@@ -29,6 +29,8 @@ use crate::nat::{
 use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::xdp::DataplaneMaps;
 
+use super::offload::{self, EndpointPath, Offloads, UplinkPath};
+
 /// How long a frame may wait for its next hop before it is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames held for next-hop resolution, in all (each holds a UMEM frame).
@@ -97,6 +99,7 @@ impl Waker {
 pub enum Command {
     AddUplink {
         name: String,
+        ifindex: u32,
         config: Config,
         queues: u32,
         first_slot: u32,
@@ -110,7 +113,9 @@ pub enum Command {
         host_ifname: String,
         uplink: String,
         info: EndpointInfoSpec,
+        /// First socket slot; the endpoint's rx queue `q` gets `slot + q`.
         slot: u32,
+        queues: u32,
         reply: Sender<Result<(), String>>,
     },
     RemoveEndpoint {
@@ -144,6 +149,10 @@ pub struct EndpointInfoSpec {
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
     pub gateway_mac: [u8; 6],
+    /// The veth host end's ifindex (where offloaded frames for the container go).
+    pub ifindex: u32,
+    /// Whether established sessions go to the XDP fast path (`ovs.nat.offload`).
+    pub offload: bool,
 }
 
 /// A snapshot for `dovesnap status`.
@@ -169,6 +178,8 @@ pub struct EndpointCounters {
     pub out_bytes: u64,
     pub in_frames: u64,
     pub in_bytes: u64,
+    /// Frames and bytes the XDP program forwarded itself for offloaded sessions.
+    pub offload: offload::OffloadTraffic,
 }
 
 /// One uplink's translator.
@@ -195,8 +206,9 @@ struct Uplink {
 
 #[derive(Clone, Copy)]
 enum Role {
-    /// A container's veth: frames go outbound through uplink `usize`.
-    Endpoint(usize),
+    /// A container's veth (one of its queues): frames go outbound through uplink
+    /// `usize`; the `u32` is the endpoint's first socket, its id for counters and TX.
+    Endpoint(usize, u32),
     /// One queue of uplink `usize`: frames go inbound.
     Uplink(usize),
 }
@@ -248,7 +260,8 @@ pub struct Dataplane {
     maps: DataplaneMaps,
     uplinks: Vec<Option<Uplink>>,
     uplink_names: HashMap<String, usize>,
-    endpoints: HashMap<String, (PortId, usize, Ipv4Addr, u32)>,
+    /// host ifname -> (sockets by rx queue, uplink, address, slots by rx queue).
+    endpoints: HashMap<String, (Vec<PortId>, usize, Ipv4Addr, Vec<u32>)>,
     roles: HashMap<u32, Role>,
     /// Per endpoint socket: frames/bytes out (from the container) and in.
     traffic: HashMap<u32, [u64; 4]>,
@@ -258,7 +271,9 @@ pub struct Dataplane {
     pending: VecDeque<Held>,
     counters: Counters,
     last_flush_warning: Instant,
+    last_offload_warning: Instant,
     waker: std::sync::Arc<Waker>,
+    offloads: Offloads,
 }
 
 impl Dataplane {
@@ -284,7 +299,9 @@ impl Dataplane {
             pending: VecDeque::new(),
             counters: Counters::default(),
             last_flush_warning: Instant::now() - WARN_INTERVAL,
+            last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
+            offloads: Offloads::default(),
         })
     }
 
@@ -307,9 +324,13 @@ impl Dataplane {
             }
             let now = Instant::now();
             while let Ok(ev) = self.events.try_recv() {
+                let all = matches!(ev, NextHopEvent::RoutesChanged);
                 let changed = self.nexthops.apply(ev);
                 if !changed.is_empty() {
                     self.retry_pending(&changed, now);
+                }
+                if !self.offloads.is_empty() && (all || !changed.is_empty()) {
+                    self.revalidate_offloads(if all { &[] } else { &changed });
                 }
             }
             batch.clear();
@@ -326,12 +347,19 @@ impl Dataplane {
                 }
             }
             self.sync_port_events();
+            self.sync_offloads();
             if now.duration_since(last_expire) >= EXPIRE_INTERVAL {
                 last_expire = now;
-                for up in self.uplinks.iter_mut().flatten() {
-                    up.translator.expire(now);
+                let mono = offload::monotonic_ns();
+                let (offloads, maps) = (&self.offloads, &self.maps);
+                for (idx, up) in self.uplinks.iter_mut().enumerate() {
+                    if let Some(up) = up {
+                        up.translator
+                            .expire_offloaded(now, |o| offloads.last_seen(maps, idx, o, now, mono));
+                    }
                 }
                 self.sync_port_events();
+                self.sync_offloads();
             }
             if n > 0 {
                 last_frame = now;
@@ -379,14 +407,16 @@ impl Dataplane {
             return;
         };
         let len = rx.frame.len() as u64;
-        if let (Role::Endpoint(_), Some(t)) = (role, self.traffic.get_mut(&rx.port.0)) {
-            t[0] += 1;
-            t[1] += len;
+        if let Role::Endpoint(_, first) = role {
+            if let Some(t) = self.traffic.get_mut(&first) {
+                t[0] += 1;
+                t[1] += len;
+            }
         }
         let (uplink_idx, verdict) = {
             let frame = self.xsk.frame_mut(&mut rx.frame);
             match role {
-                Role::Endpoint(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                Role::Endpoint(u, _) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
                     Some(up) => (u, up.translator.outbound(now, frame)),
                     None => (u, Verdict::Drop(crate::nat::DropReason::UnknownEndpoint)),
                 },
@@ -409,6 +439,63 @@ impl Dataplane {
             Verdict::Drop(_) => {
                 self.counters.dropped += 1;
                 self.xsk.drop_frame(rx.frame);
+                return;
+            }
+        }
+        self.try_offload(uplink_idx, now);
+    }
+
+    /// Hands the session of the frame just translated to the XDP program if the
+    /// translator says it is ready; gives it back on any failure (it stays on this path).
+    fn try_offload(&mut self, idx: usize, now: Instant) {
+        let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(o) = up.translator.take_offload() else {
+            return;
+        };
+        let r = match self.nexthops.lookup(*o.remote.ip()) {
+            Lookup::Ready { mac, .. } => self.offloads.install(&mut self.maps, idx, &o, mac),
+            // Not resolved yet: the next packet tries again.
+            _ => Err(String::new()),
+        };
+        if let Err(e) = r {
+            up.translator.unoffload(&o);
+            if !e.is_empty() && now.duration_since(self.last_offload_warning) >= WARN_INTERVAL {
+                self.last_offload_warning = now;
+                warn!("cannot offload a session to XDP (it stays on AF_XDP): {e}");
+            }
+        }
+    }
+
+    /// Removes the flow entries of sessions the translators took back.
+    fn sync_offloads(&mut self) {
+        for (idx, up) in self.uplinks.iter_mut().enumerate() {
+            if let Some(up) = up {
+                for o in up.translator.drain_unoffloaded() {
+                    self.offloads.remove(&mut self.maps, idx, &o);
+                }
+            }
+        }
+    }
+
+    /// After a route or neighbour change for `remotes` (all remotes if empty): sessions
+    /// whose next hop is no longer what their entries say leave the fast path at once.
+    fn revalidate_offloads(&mut self, remotes: &[Ipv4Addr]) {
+        let nexthops = &self.nexthops;
+        let current = |ip| match nexthops.lookup(ip) {
+            Lookup::Ready { mac, .. } => Some(mac),
+            _ => None,
+        };
+        let stale = if remotes.is_empty() {
+            self.offloads.all()
+        } else {
+            self.offloads.stale_next_hops(remotes, current)
+        };
+        for (idx, o) in stale {
+            self.offloads.remove(&mut self.maps, idx, &o);
+            if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
+                up.translator.unoffload(&o);
             }
         }
     }
@@ -509,12 +596,13 @@ impl Dataplane {
         match cmd {
             Command::AddUplink {
                 name,
+                ifindex,
                 config,
                 queues,
                 first_slot,
                 reply,
             } => {
-                let _ = reply.send(self.add_uplink(name, config, queues, first_slot));
+                let _ = reply.send(self.add_uplink(name, ifindex, config, queues, first_slot));
             }
             Command::RemoveUplink { name, reply } => {
                 self.remove_uplink(&name);
@@ -525,9 +613,10 @@ impl Dataplane {
                 uplink,
                 info,
                 slot,
+                queues,
                 reply,
             } => {
-                let _ = reply.send(self.add_endpoint(host_ifname, &uplink, info, slot));
+                let _ = reply.send(self.add_endpoint(host_ifname, &uplink, info, slot, queues));
             }
             Command::RemoveEndpoint { host_ifname, reply } => {
                 self.remove_endpoint(&host_ifname);
@@ -585,6 +674,7 @@ impl Dataplane {
     fn add_uplink(
         &mut self,
         name: String,
+        ifindex: u32,
         config: Config,
         queues: u32,
         first_slot: u32,
@@ -625,6 +715,15 @@ impl Dataplane {
         for p in &ports {
             self.roles.insert(p.0, Role::Uplink(idx));
         }
+        let path = UplinkPath {
+            ifindex,
+            mac: config.uplink_mac,
+            mtu: offload::mtu_of(&name),
+            external_ip,
+        };
+        if let Err(e) = self.offloads.add_uplink(&mut self.maps, idx, path) {
+            warn!(uplink = %name, "no XDP offload through this uplink: {e}");
+        }
         info!(uplink = %name, %external_ip, queues, "nat-fast uplink ready");
         self.uplinks[idx] = Some(Uplink {
             translator: Translator::new(config),
@@ -659,6 +758,7 @@ impl Dataplane {
         for ep in eps {
             self.remove_endpoint(&ep);
         }
+        self.offloads.remove_uplink(&mut self.maps, idx);
         if let Some(up) = self.uplinks[idx].take() {
             // Published ports and ICMP identifiers of this address leave the map too.
             let addr = up.external_ip;
@@ -683,6 +783,7 @@ impl Dataplane {
         uplink: &str,
         spec: EndpointInfoSpec,
         slot: u32,
+        queues: u32,
     ) -> Result<(), String> {
         let Some(&idx) = self.uplink_names.get(uplink) else {
             return Err(format!("no nat-fast uplink {uplink}"));
@@ -690,43 +791,77 @@ impl Dataplane {
         if self.endpoints.contains_key(&host_ifname) {
             self.remove_endpoint(&host_ifname);
         }
-        let port = self
-            .xsk
-            .open(&host_ifname, 0)
-            .map_err(|e| format!("cannot open an AF_XDP socket on {host_ifname}: {e}"))?;
-        let fd = self.xsk.fd(port).expect("just opened");
-        if let Err(e) = self.maps.set_xsk(slot, fd) {
-            self.xsk.close(port);
-            return Err(format!(
-                "cannot register the AF_XDP socket of {host_ifname}: {e}"
-            ));
+        let mut ports = Vec::new();
+        let mut slots = Vec::new();
+        for q in 0..queues.max(1) {
+            let port = match self.xsk.open(&host_ifname, q) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.close_ports(&ports, &slots);
+                    return Err(format!(
+                        "cannot open an AF_XDP socket on {host_ifname} queue {q}: {e}"
+                    ));
+                }
+            };
+            let fd = self.xsk.fd(port).expect("just opened");
+            if let Err(e) = self.maps.set_xsk(slot + q, fd) {
+                self.xsk.close(port);
+                self.close_ports(&ports, &slots);
+                return Err(format!(
+                    "cannot register the AF_XDP socket of {host_ifname}: {e}"
+                ));
+            }
+            ports.push(port);
+            slots.push(slot + q);
+        }
+        let first = ports[0];
+        let mut offload = spec.offload;
+        if offload {
+            let path = EndpointPath {
+                ifindex: spec.ifindex,
+                mac: spec.mac,
+                gateway_mac: spec.gateway_mac,
+                mtu: offload::mtu_of(&host_ifname),
+            };
+            if let Err(e) = self
+                .offloads
+                .add_endpoint(&mut self.maps, idx, spec.ip, path)
+            {
+                warn!(port = %host_ifname, "no XDP offload for this endpoint: {e}");
+                offload = false;
+            }
         }
         let up = self.uplinks[idx].as_mut().expect("named uplink exists");
         up.translator.add_endpoint(EndpointInfo {
             ip: spec.ip,
             mac: spec.mac,
             gateway_mac: spec.gateway_mac,
-            port: port.0,
+            port: first.0,
+            offload,
         });
-        self.roles.insert(port.0, Role::Endpoint(idx));
-        self.traffic.insert(port.0, [0; 4]);
+        for p in &ports {
+            self.roles.insert(p.0, Role::Endpoint(idx, first.0));
+        }
+        self.traffic.insert(first.0, [0; 4]);
         self.endpoints
-            .insert(host_ifname, (port, idx, spec.ip, slot));
+            .insert(host_ifname, (ports, idx, spec.ip, slots));
         Ok(())
     }
 
     fn remove_endpoint(&mut self, host_ifname: &str) {
-        let Some((port, idx, ip, slot)) = self.endpoints.remove(host_ifname) else {
+        let Some((ports, idx, ip, slots)) = self.endpoints.remove(host_ifname) else {
             return;
         };
         if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
             up.translator.remove_endpoint(ip);
         }
         self.sync_port_events();
-        let _ = self.maps.clear_xsk(slot);
-        self.roles.remove(&port.0);
-        self.traffic.remove(&port.0);
-        self.xsk.close(port);
+        self.sync_offloads();
+        self.offloads.remove_endpoint(&mut self.maps, idx, ip);
+        if let Some(first) = ports.first() {
+            self.traffic.remove(&first.0);
+        }
+        self.close_ports(&ports, &slots);
     }
 
     fn status(&self) -> DataplaneStatus {
@@ -753,6 +888,17 @@ impl Dataplane {
             })
             .collect();
         let mut counters = self.counters.list();
+        counters.extend(
+            [
+                ("offloaded_sessions", self.offloads.len() as u64),
+                ("offload_installs", self.offloads.installs),
+                ("offload_removals", self.offloads.removals),
+                ("offload_failures", self.offloads.failures),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        let offloaded = self.offloads.traffic(&self.maps);
         let x = self.xsk.stats();
         counters.extend(
             [
@@ -771,8 +917,12 @@ impl Dataplane {
         let mut endpoints: Vec<EndpointCounters> = self
             .endpoints
             .iter()
-            .map(|(name, (port, _, ip, _))| {
-                let t = self.traffic.get(&port.0).copied().unwrap_or_default();
+            .map(|(name, (ports, idx, ip, _))| {
+                let t = ports
+                    .first()
+                    .and_then(|p| self.traffic.get(&p.0))
+                    .copied()
+                    .unwrap_or_default();
                 EndpointCounters {
                     port: name.clone(),
                     ip: ip.to_string(),
@@ -780,6 +930,7 @@ impl Dataplane {
                     out_bytes: t[1],
                     in_frames: t[2],
                     in_bytes: t[3],
+                    offload: offloaded.get(&(*idx, *ip)).copied().unwrap_or_default(),
                 }
             })
             .collect();

@@ -18,6 +18,7 @@
 //! [`KERNEL_MASQUERADE_PORTS`], clear of the translator's [`TRANSLATOR_PORTS`]).
 
 pub mod dataplane;
+pub mod offload;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -92,6 +93,8 @@ pub struct EndpointSpec {
     pub gateway_mac: [u8; 6],
     pub bridge_ifindex: u32,
     pub subnet: Ipv4Net,
+    /// Established sessions go to the XDP fast path (`-o ovs.nat.offload`, default on).
+    pub offload: bool,
 }
 
 /// Status for `dovesnap status`.
@@ -118,8 +121,8 @@ pub struct FastPath {
     waker: std::sync::Arc<dataplane::Waker>,
     thread: Option<JoinHandle<()>>,
     uplinks: HashMap<String, UplinkState>,
-    /// host ifname -> (ifindex, slot, uplink name)
-    endpoints: HashMap<String, (u32, u32, String)>,
+    /// host ifname -> (ifindex, first slot, slots, uplink name)
+    endpoints: HashMap<String, (u32, u32, u32, String)>,
     slots: Vec<bool>,
 }
 
@@ -211,8 +214,10 @@ impl FastPath {
             timeouts: Timeouts::default(),
         };
         let name = spec.name.clone();
+        let ifindex = spec.ifindex;
         let r = self.call(|reply| Command::AddUplink {
             name,
+            ifindex,
             config,
             queues,
             first_slot,
@@ -294,7 +299,10 @@ impl FastPath {
             self.remove_endpoint(&ep.host_ifname);
         }
         self.acquire_uplink(uplink)?;
-        let slot = match self.alloc_slots(1) {
+        // A socket per rx queue: a frame steered on a queue without one would take the
+        // kernel path, and a connection would start on one path and go on on the other.
+        let queues = rx_queues(&ep.host_ifname).max(1);
+        let slot = match self.alloc_slots(queues) {
             Ok(s) => s,
             Err(e) => {
                 self.release_uplink(&uplink.name);
@@ -307,12 +315,15 @@ impl FastPath {
             ip: ep.ip,
             mac: ep.mac,
             gateway_mac: ep.gateway_mac,
+            ifindex: ep.host_ifindex,
+            offload: ep.offload,
         };
         let r = self.call(|reply| Command::AddEndpoint {
             host_ifname,
             uplink: up_name,
             info,
             slot,
+            queues,
             reply,
         });
         let r = match r {
@@ -321,14 +332,14 @@ impl FastPath {
             Err(e) => Err(e),
         };
         if let Err(e) = r {
-            self.free_slots(slot, 1);
+            self.free_slots(slot, queues);
             self.release_uplink(&uplink.name);
             return Err(e);
         }
         let cfg = IfaceConfig {
             kind: IFACE_ENDPOINT,
             xsk_slot: slot,
-            xsk_slots: 1,
+            xsk_slots: queues,
             addr: u32::from_ne_bytes(ep.ip.octets()),
             subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
             netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
@@ -341,7 +352,7 @@ impl FastPath {
         };
         self.endpoints.insert(
             ep.host_ifname.clone(),
-            (ep.host_ifindex, slot, uplink.name.clone()),
+            (ep.host_ifindex, slot, queues, uplink.name.clone()),
         );
         let attach = self
             .xdp
@@ -357,7 +368,7 @@ impl FastPath {
 
     /// Takes an endpoint off the fast path (Leave, DeleteEndpoint). Idempotent.
     pub fn remove_endpoint(&mut self, host_ifname: &str) {
-        let Some((ifindex, slot, uplink)) = self.endpoints.remove(host_ifname) else {
+        let Some((ifindex, slot, queues, uplink)) = self.endpoints.remove(host_ifname) else {
             return;
         };
         if self.xdp.attached().iter().any(|a| a == host_ifname) {
@@ -371,7 +382,7 @@ impl FastPath {
             host_ifname: name,
             reply,
         });
-        self.free_slots(slot, 1);
+        self.free_slots(slot, queues);
         self.release_uplink(&uplink);
     }
 
@@ -484,8 +495,13 @@ fn ephemeral_ports() -> Option<(u16, u16)> {
     Some((it.next()??, it.next()??))
 }
 
-/// The number of RX queues of `ifname` (one AF_XDP socket each), from sysfs.
+/// The number of RX queues of `ifname` (one AF_XDP socket each): from the driver,
+/// asked in the calling thread's network namespace, else from sysfs (which shows the
+/// namespace sysfs was mounted in).
 pub fn rx_queues(ifname: &str) -> u32 {
+    if let Some(n) = crate::netlink::rx_queue_count(ifname) {
+        return n;
+    }
     std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
         .map(|d| {
             d.filter_map(Result::ok)

@@ -83,6 +83,9 @@ pub struct EndpointInfo {
     pub gateway_mac: [u8; 6],
     /// Opaque TX port id for the adapter.
     pub port: u32,
+    /// Whether its established sessions may go to the XDP fast path
+    /// ([`Translator::take_offload`]).
+    pub offload: bool,
 }
 
 /// A transport protocol the translator handles.
@@ -213,6 +216,20 @@ impl fmt::Display for DropReason {
 pub enum PortEvent {
     Opened { protocol: Protocol, port: u16 },
     Closed { protocol: Protocol, port: u16 },
+}
+
+/// A session handed to the XDP fast path ([`Translator::take_offload`]): established
+/// both ways, its frames rewritten in the kernel until the translator takes it back
+/// ([`Translator::drain_unoffloaded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Offloaded {
+    pub protocol: Protocol,
+    /// Container address and port.
+    pub inside: SocketAddrV4,
+    /// Remote address and port.
+    pub remote: SocketAddrV4,
+    /// External port on [`Config::external_ip`].
+    pub external_port: u16,
 }
 
 /// Errors of the control-plane operations.

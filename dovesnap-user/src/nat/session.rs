@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use super::{DropReason, PortEvent, Protocol, SessionView, Stats, Timeouts};
+use super::{DropReason, Offloaded, PortEvent, Protocol, SessionView, Stats, Timeouts};
 
 /// An address and port (ICMP: echo identifier; 0 for the remote side of ICMP).
 pub type Endpoint = (Ipv4Addr, u16);
@@ -126,6 +126,11 @@ pub struct Session {
     pub tcp: TcpTrack,
     pub last_seen: Instant,
     pub expires: Instant,
+    /// A packet came back from the remote (UDP is offloaded only once it did).
+    pub replied: bool,
+    /// Handed to the XDP fast path: its packets may not reach the translator, so
+    /// `last_seen` is refreshed from the kernel's flow entries before it expires.
+    pub offloaded: bool,
 }
 
 impl Session {
@@ -147,6 +152,25 @@ impl Session {
     pub fn touch(&mut self, now: Instant, t: &Timeouts) {
         self.last_seen = now;
         self.expires = now + self.timeout(t);
+    }
+
+    /// Whether its packets can all be rewritten without the translator: TCP with both
+    /// SYNs and no FIN or RST, UDP that has seen a reply. ICMP never.
+    pub fn is_offloadable(&self) -> bool {
+        match self.protocol {
+            Protocol::Tcp => self.tcp.name() == "ESTABLISHED",
+            Protocol::Udp => self.replied,
+            Protocol::Icmp => false,
+        }
+    }
+
+    pub fn offloaded_view(&self) -> Offloaded {
+        Offloaded {
+            protocol: self.protocol,
+            inside: SocketAddrV4::new(self.inside.0, self.inside.1),
+            remote: SocketAddrV4::new(self.remote.0, self.remote.1),
+            external_port: self.external_port,
+        }
     }
 
     pub fn view(&self) -> SessionView {
@@ -258,6 +282,8 @@ pub struct SessionTable {
     mappings: HashMap<(Protocol, Endpoint), u16>,
     pools: [PortPool; 3],
     events: VecDeque<PortEvent>,
+    /// Offloaded sessions removed or taken back, for the data plane to clear.
+    unoffloaded: VecDeque<Offloaded>,
     /// Per [`Room`]: until when a scan is known to find nothing to evict, unless
     /// `victim_hint` says something may have become evictable since.
     no_victim_until: [Option<Instant>; 4],
@@ -278,6 +304,7 @@ impl SessionTable {
             mappings: HashMap::with_capacity(max_sessions.min(3 * range_len)),
             pools: [PortPool::new(ports), PortPool::new(ports), pool],
             events: VecDeque::with_capacity(range_len.min(4096)),
+            unoffloaded: VecDeque::new(),
             no_victim_until: [None; 4],
             victim_hint: [true; 4],
         }
@@ -419,6 +446,8 @@ impl SessionTable {
             tcp,
             last_seen: now,
             expires: now,
+            replied: false,
+            offloaded: false,
         };
         s.touch(now, timeouts);
         if s.is_transitory() {
@@ -535,6 +564,9 @@ impl SessionTable {
         if s.origin == Origin::Dynamic {
             self.unref(s.protocol, s.external_port);
         }
+        if s.offloaded {
+            self.unoffloaded.push_back(s.offloaded_view());
+        }
         self.victim_hint = [true; 4];
         match why {
             Removal::Expired => stats.sessions_expired += 1,
@@ -560,9 +592,65 @@ impl SessionTable {
         n
     }
 
-    /// Removes every session expired at `now`.
+    /// Removes every session expired at `now`, except offloaded ones: only
+    /// [`SessionTable::expire_offloaded`] knows whether those are idle.
     pub fn expire(&mut self, now: Instant, stats: &mut Stats) -> usize {
-        self.remove_where(Removal::Expired, stats, |s| s.expires <= now)
+        self.remove_where(Removal::Expired, stats, |s| {
+            s.expires <= now && !s.offloaded
+        })
+    }
+
+    /// Removes every session expired at `now`. An offloaded one is first asked about:
+    /// `last_seen(session)` returns when the kernel last forwarded one of its packets,
+    /// and a session seen since its timeout started is refreshed instead.
+    pub fn expire_offloaded(
+        &mut self,
+        now: Instant,
+        timeouts: &Timeouts,
+        stats: &mut Stats,
+        mut last_seen: impl FnMut(&Session) -> Option<Instant>,
+    ) -> usize {
+        let mut n = 0;
+        for id in 0..self.slots.len() {
+            let Some(s) = self.slots[id].as_mut() else {
+                continue;
+            };
+            if s.expires > now {
+                continue;
+            }
+            if s.offloaded {
+                if let Some(t) = last_seen(s).filter(|t| *t > s.last_seen) {
+                    s.touch(t, timeouts);
+                    if s.expires > now {
+                        continue;
+                    }
+                }
+            }
+            self.remove(id as u32, Removal::Expired, stats);
+            n += 1;
+        }
+        n
+    }
+
+    /// Takes a session off the fast path (its flow entries must go): queues it for
+    /// [`SessionTable::drain_unoffloaded`].
+    pub fn unoffload(&mut self, id: u32) {
+        let s = self.get_mut(id);
+        if s.offloaded {
+            s.offloaded = false;
+            let view = s.offloaded_view();
+            self.unoffloaded.push_back(view);
+        }
+    }
+
+    /// Sessions taken off the fast path (removed, or changed state) since the last call.
+    pub fn drain_unoffloaded(&mut self) -> std::collections::vec_deque::Drain<'_, Offloaded> {
+        self.unoffloaded.drain(..)
+    }
+
+    /// The session with this inside key, if any.
+    pub fn find_inside(&self, key: &InsideKey) -> Option<u32> {
+        self.by_inside.get(key).copied()
     }
 
     /// Frees a slot or a port of a protocol: first every expired session goes, then, if

@@ -16,7 +16,8 @@ use super::wire::{
     ETHERTYPE_IPV4,
 };
 use super::{
-    Config, DropReason, EndpointInfo, NatError, PortEvent, Protocol, SessionView, Stats, Verdict,
+    Config, DropReason, EndpointInfo, NatError, Offloaded, PortEvent, Protocol, SessionView, Stats,
+    Verdict,
 };
 
 const ETH_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -33,6 +34,9 @@ pub struct Translator {
     published_by_inside: HashMap<(Protocol, Endpoint), u16>,
     table: SessionTable,
     stats: Stats,
+    /// The TCP/UDP session the last translated packet belonged to, for
+    /// [`Translator::take_offload`].
+    last_session: Option<u32>,
 }
 
 /// The IPv4 header fields every path needs, read once the frame is validated.
@@ -334,6 +338,7 @@ impl Translator {
             published: HashMap::new(),
             published_by_inside: HashMap::new(),
             stats: Stats::default(),
+            last_session: None,
         })
     }
 
@@ -425,6 +430,7 @@ impl Translator {
     /// frame to the external address itself is hairpinned: translated both ways and
     /// delivered to the target endpoint.
     pub fn outbound(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
+        self.last_session = None;
         match self.translate_outbound(now, frame) {
             Ok(remote) => {
                 self.stats.translated_outbound += 1;
@@ -443,6 +449,7 @@ impl Translator {
     /// Translates a frame that arrived on the uplink for the external address. On
     /// `Endpoint`, the frame is rewritten and both MACs set.
     pub fn inbound(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
+        self.last_session = None;
         self.finish_inbound(now, frame, false)
     }
 
@@ -503,6 +510,7 @@ impl Translator {
                 };
                 let ext = self.refresh(now, id, Direction::Outbound, ports.tcp_flags);
                 rewrite(frame, Direction::Outbound, external_ip, ext, true);
+                self.last_session = Some(id);
             }
             Protocol::Icmp => {
                 let (msg_type, ident) = icmp_head(frame)?;
@@ -593,6 +601,9 @@ impl Translator {
                 let inside = self.table.get(id).inside;
                 let ep = self.endpoint(inside.0)?;
                 rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+                if !hairpin {
+                    self.last_session = Some(id);
+                }
                 ep
             }
             Protocol::Icmp => {
@@ -714,17 +725,79 @@ impl Translator {
         if s.protocol == Protocol::Tcp {
             s.tcp.on_segment(dir, flags);
         }
+        if dir == Direction::Inbound {
+            s.replied = true;
+        }
         s.touch(now, &timeouts);
         let ext = s.external_port;
+        let leaves_fast_path = s.offloaded && !s.is_offloadable();
         if !was_transitory && s.is_transitory() {
             self.table.note_transitory();
+        }
+        if leaves_fast_path {
+            // A SYN, FIN or RST: the state changed, and the kernel must stop rewriting.
+            self.table.unoffload(id);
         }
         ext
     }
 
-    /// Removes every session idle past its timeout; returns how many.
+    /// The session of the last packet translated, if it can now go to the XDP fast path
+    /// (established both ways, not already there, not hairpinned): marks it offloaded and
+    /// returns it. The caller installs its flow entries, or calls
+    /// [`Translator::unoffload`] if it cannot.
+    pub fn take_offload(&mut self) -> Option<Offloaded> {
+        let id = self.last_session.take()?;
+        let external_ip = self.config.external_ip;
+        let s = self.table.get_mut(id);
+        if s.offloaded || !s.is_offloadable() || s.remote.0 == external_ip {
+            return None;
+        }
+        if !self.endpoints.get(&s.inside.0).is_some_and(|e| e.offload) {
+            return None;
+        }
+        s.offloaded = true;
+        Some(s.offloaded_view())
+    }
+
+    /// Takes a session back from the fast path without queueing it in
+    /// [`Translator::drain_unoffloaded`] (the caller already removed its entries, e.g.
+    /// after a next-hop change). A missing session is ignored.
+    pub fn unoffload(&mut self, o: &Offloaded) {
+        let key = InsideKey {
+            protocol: o.protocol,
+            inside: (*o.inside.ip(), o.inside.port()),
+            remote: (*o.remote.ip(), o.remote.port()),
+        };
+        if let Some(id) = self.table.find_inside(&key) {
+            self.table.get_mut(id).offloaded = false;
+        }
+    }
+
+    /// Offloaded sessions removed or taken back since the last call: their flow entries
+    /// must go.
+    pub fn drain_unoffloaded(&mut self) -> impl Iterator<Item = Offloaded> + '_ {
+        self.table.drain_unoffloaded()
+    }
+
+    /// [`Translator::expire`], asking `last_seen(session)` when an offloaded session is
+    /// due: the kernel's last forwarding time keeps a busy one alive.
+    pub fn expire_offloaded(
+        &mut self,
+        now: Instant,
+        mut last_seen: impl FnMut(&Offloaded) -> Option<Instant>,
+    ) -> usize {
+        let timeouts = self.config.timeouts;
+        self.table
+            .expire_offloaded(now, &timeouts, &mut self.stats, |s| {
+                last_seen(&s.offloaded_view())
+            })
+    }
+
+    /// Removes every session idle past its timeout (offloaded ones included, as if the
+    /// kernel had forwarded nothing: see [`Translator::expire_offloaded`]); returns how
+    /// many.
     pub fn expire(&mut self, now: Instant) -> usize {
-        self.table.expire(now, &mut self.stats)
+        self.expire_offloaded(now, |_| None)
     }
 
     /// ICMP echo identifiers that became live or died since the last call, in order.
@@ -772,6 +845,7 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         mac: [2, 0, 0, 0, 0, 2],
         gateway_mac: [2, 0, 0, 0, 0, 3],
         port: 7,
+        offload: true,
     });
     t.publish(Protocol::Tcp, 8080, INSIDE, 80)
         .expect("publish tcp");
@@ -863,12 +937,14 @@ mod tests {
             mac: C1_MAC,
             gateway_mac: GW_MAC,
             port: 1,
+            offload: true,
         });
         t.add_endpoint(EndpointInfo {
             ip: C2,
             mac: C2_MAC,
             gateway_mac: GW2_MAC,
             port: 2,
+            offload: true,
         });
         t
     }
@@ -958,6 +1034,96 @@ mod tests {
         assert_eq!(t.stats().translated_outbound, 1);
         assert_eq!(t.stats().translated_inbound, 1);
         assert_eq!(t.stats().sessions_created, 1);
+    }
+
+    #[test]
+    fn offload_waits_for_both_directions() {
+        let mut t = nat();
+        let now = Instant::now();
+        // UDP: the first datagram out is not enough, the reply is.
+        let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        assert_eq!(t.take_offload(), None, "no reply yet");
+        let (v, _) = go_in(&mut t, now, in_udp(R, 53, sport));
+        assert!(matches!(v, Verdict::Endpoint { port: 1 }));
+        let o = t.take_offload().expect("replied UDP is offloadable");
+        assert_eq!(o.protocol, Protocol::Udp);
+        assert_eq!(o.inside, SocketAddrV4::new(C1, 5000));
+        assert_eq!(o.remote, SocketAddrV4::new(R, 53));
+        assert_eq!(o.external_port, sport);
+        assert_eq!(t.take_offload(), None, "taken once");
+        go_out(&mut t, now, out_udp(C1, 5000, R, 53));
+        assert_eq!(t.take_offload(), None, "already offloaded");
+
+        // TCP: only once both SYNs went through, never with a FIN seen.
+        let ext = go_out(&mut t, now, out_tcp(C1, 7000, R, 80, SYN)).sport;
+        assert_eq!(t.take_offload(), None);
+        go_in(&mut t, now, in_tcp(R, 80, ext, SYN | ACK));
+        let o = t.take_offload().expect("established TCP");
+        assert_eq!(o.protocol, Protocol::Tcp);
+        assert_eq!(t.drain_unoffloaded().count(), 0);
+        // A FIN reaches the translator (XDP leaves it alone): the session comes back.
+        go_out(&mut t, now, out_tcp(C1, 7000, R, 80, FIN | ACK));
+        assert_eq!(t.drain_unoffloaded().collect::<Vec<_>>(), vec![o]);
+        assert_eq!(t.take_offload(), None, "closing sessions stay in userspace");
+    }
+
+    #[test]
+    fn icmp_and_hairpin_are_not_offloaded() {
+        let mut t = nat();
+        let now = Instant::now();
+        let mut f = from_container(C1, R, 1, &echo(8, 77, 1));
+        assert!(matches!(t.outbound(now, &mut f), Verdict::Uplink { .. }));
+        assert_eq!(t.take_offload(), None);
+        t.publish(Protocol::Udp, 8053, C2, 53).unwrap();
+        let mut f = out_udp(C1, 6000, EXT, 8053);
+        assert!(matches!(
+            t.outbound(now, &mut f),
+            Verdict::Endpoint { port: 2 }
+        ));
+        assert_eq!(t.take_offload(), None, "hairpin stays in userspace");
+    }
+
+    #[test]
+    fn offloaded_sessions_expire_by_the_kernels_clock() {
+        let mut t = nat();
+        let t0 = Instant::now();
+        let sport = go_out(&mut t, t0, out_udp(C1, 5000, R, 53)).sport;
+        go_in(&mut t, t0, in_udp(R, 53, sport));
+        let o = t.take_offload().unwrap();
+        let udp = t.config().timeouts.udp;
+        // Busy in the kernel: each expiry pass finds a recent last-seen.
+        let later = t0 + udp + Duration::from_secs(1);
+        let seen = later - Duration::from_secs(2);
+        assert_eq!(t.expire_offloaded(later, |s| (*s == o).then_some(seen)), 0);
+        assert_eq!(t.session_count(), 1);
+        // Table pressure never expires an offloaded session behind the kernel's back.
+        let even_later = seen + udp + Duration::from_secs(1);
+        assert_eq!(t.expire_offloaded(even_later, |_| Some(seen)), 1);
+        assert_eq!(t.session_count(), 0);
+        assert_eq!(t.drain_unoffloaded().collect::<Vec<_>>(), vec![o]);
+    }
+
+    #[test]
+    fn unoffload_lets_the_session_return() {
+        let mut t = nat();
+        let now = Instant::now();
+        let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        go_in(&mut t, now, in_udp(R, 53, sport));
+        let o = t.take_offload().unwrap();
+        t.unoffload(&o);
+        assert_eq!(
+            t.drain_unoffloaded().count(),
+            0,
+            "the caller cleared the entries"
+        );
+        go_out(&mut t, now, out_udp(C1, 5000, R, 53));
+        assert_eq!(
+            t.take_offload(),
+            Some(o),
+            "offloaded again on the next packet"
+        );
+        assert_eq!(t.remove_endpoint(C1), 1);
+        assert_eq!(t.drain_unoffloaded().collect::<Vec<_>>(), vec![o]);
     }
 
     #[test]
