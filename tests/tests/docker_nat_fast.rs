@@ -242,6 +242,24 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
             "network {who}: {text}"
         );
     }
+    // A bulk download on each: a's goes to XDP after its first packets, b's stays on
+    // the translator; both arrive intact.
+    for c in [&ca, &cb] {
+        let body = c
+            .exec(&[
+                "sh",
+                "-c",
+                &format!("timeout 20 wget -q -O - http://{FAR_IP}:8000/blob | md5sum"),
+            ])
+            .stdout;
+        let got = String::from_utf8_lossy(&body);
+        assert_eq!(
+            got.split_whitespace().next().unwrap_or_default(),
+            far.blob_md5(),
+            "download on {}",
+            c.name
+        );
+    }
     let status = plugin.status();
     assert!(translator_counter(&status, "outbound") > 0, "{status:#}");
     let offloaded = |ip: &str| {
@@ -403,6 +421,59 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
         got.split_whitespace().next().unwrap_or_default(),
         far.blob_md5(),
         "bulk transfer through the translator corrupted or lost data"
+    );
+    // The next hop changes its MAC (and the host learns it): offloaded sessions must
+    // leave XDP at once, or they would go on sending to the old address. A download is
+    // in flight while it happens (its reader stalls, so the connection is open and
+    // offloaded at the change), and must arrive intact.
+    let invalidated = |st: &Value| {
+        counter_in(
+            &st["fast_path"]["dataplane"]["counters"],
+            "offload_nexthop_invalidations",
+        )
+    };
+    let invalidated_before = invalidated(&plugin.status());
+    let download = std::thread::spawn({
+        let name = c.name.clone();
+        move || {
+            docker(&[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                &format!("timeout 30 wget -q -O - http://{FAR_IP}:8000/blob | (sleep 1.5; md5sum)"),
+            ])
+        }
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    let new_mac = "02:00:5e:10:20:30";
+    far.ns.sh(
+        "ip",
+        &["link", "set", "dev", &far.uplink.peer, "address", new_mac],
+    );
+    sh(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            FAR_IP,
+            "lladdr",
+            new_mac,
+            "dev",
+            &far.uplink.host,
+        ],
+    );
+    let out = download.join().expect("download thread");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
+        Some(far.blob_md5().as_str()),
+        "a download across a next-hop MAC change lost data"
+    );
+    assert!(
+        invalidated(&plugin.status()) > invalidated_before,
+        "no offloaded session left XDP on the neighbour change"
     );
 
     // Inbound: published TCP and UDP from the far side.

@@ -1505,6 +1505,8 @@ fn offloaded_flows_rewrite_like_the_translator() {
             max_sessions: 64,
             timeouts: Timeouts::default(),
         });
+        // Offer sessions as soon as they are established (the daemon waits a few packets).
+        t.set_offload_after(0);
         t.add_endpoint(EndpointInfo {
             ip: inside,
             mac: c_mac,

@@ -492,6 +492,7 @@ impl Dataplane {
         } else {
             self.offloads.stale_next_hops(remotes, current)
         };
+        self.offloads.nexthop_invalidations += stale.len() as u64;
         for (idx, o) in stale {
             self.offloads.remove(&mut self.maps, idx, &o);
             if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
@@ -894,6 +895,10 @@ impl Dataplane {
                 ("offload_installs", self.offloads.installs),
                 ("offload_removals", self.offloads.removals),
                 ("offload_failures", self.offloads.failures),
+                (
+                    "offload_nexthop_invalidations",
+                    self.offloads.nexthop_invalidations,
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),

@@ -148,6 +148,8 @@ pub struct Offloads {
     pub installs: u64,
     pub removals: u64,
     pub failures: u64,
+    /// Sessions taken off XDP because their next hop changed.
+    pub nexthop_invalidations: u64,
 }
 
 impl Offloads {

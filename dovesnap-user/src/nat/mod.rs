@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-pub use translator::{fuzz_harness, Translator};
+pub use translator::{fuzz_harness, Translator, OFFLOAD_AFTER_PACKETS};
 
 /// What the translator is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -128,6 +128,8 @@ pub struct Session {
     pub expires: Instant,
     /// A packet came back from the remote (UDP is offloaded only once it did).
     pub replied: bool,
+    /// Packets the translator carried for it (saturating).
+    pub packets: u32,
     /// Handed to the XDP fast path: its packets may not reach the translator, so
     /// `last_seen` is refreshed from the kernel's flow entries before it expires.
     pub offloaded: bool,
@@ -447,6 +449,7 @@ impl SessionTable {
             last_seen: now,
             expires: now,
             replied: false,
+            packets: 0,
             offloaded: false,
         };
         s.touch(now, timeouts);

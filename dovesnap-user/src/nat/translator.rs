@@ -37,7 +37,14 @@ pub struct Translator {
     /// The TCP/UDP session the last translated packet belonged to, for
     /// [`Translator::take_offload`].
     last_session: Option<u32>,
+    /// Packets a session must have carried before it is offered for offload.
+    offload_after: u32,
 }
+
+/// Packets a session carries through the translator before it is offloaded: short
+/// exchanges (a DNS query, a connection per request) finish here without paying for
+/// two map updates and two removals, long ones go to XDP after their first few packets.
+pub const OFFLOAD_AFTER_PACKETS: u32 = 8;
 
 /// The IPv4 header fields every path needs, read once the frame is validated.
 #[derive(Debug, Clone, Copy)]
@@ -339,6 +346,7 @@ impl Translator {
             published_by_inside: HashMap::new(),
             stats: Stats::default(),
             last_session: None,
+            offload_after: OFFLOAD_AFTER_PACKETS,
         })
     }
 
@@ -728,6 +736,7 @@ impl Translator {
         if dir == Direction::Inbound {
             s.replied = true;
         }
+        s.packets = s.packets.saturating_add(1);
         s.touch(now, &timeouts);
         let ext = s.external_port;
         let leaves_fast_path = s.offloaded && !s.is_offloadable();
@@ -749,7 +758,11 @@ impl Translator {
         let id = self.last_session.take()?;
         let external_ip = self.config.external_ip;
         let s = self.table.get_mut(id);
-        if s.offloaded || !s.is_offloadable() || s.remote.0 == external_ip {
+        if s.offloaded
+            || !s.is_offloadable()
+            || s.packets < self.offload_after
+            || s.remote.0 == external_ip
+        {
             return None;
         }
         if !self.endpoints.get(&s.inside.0).is_some_and(|e| e.offload) {
@@ -757,6 +770,12 @@ impl Translator {
         }
         s.offloaded = true;
         Some(s.offloaded_view())
+    }
+
+    /// Sets how many packets a session carries here before [`Translator::take_offload`]
+    /// offers it ([`OFFLOAD_AFTER_PACKETS`] by default).
+    pub fn set_offload_after(&mut self, packets: u32) {
+        self.offload_after = packets;
     }
 
     /// Takes a session back from the fast path without queueing it in
@@ -1039,6 +1058,7 @@ mod tests {
     #[test]
     fn offload_waits_for_both_directions() {
         let mut t = nat();
+        t.set_offload_after(0);
         let now = Instant::now();
         // UDP: the first datagram out is not enough, the reply is.
         let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
@@ -1068,8 +1088,28 @@ mod tests {
     }
 
     #[test]
+    fn short_sessions_stay_in_userspace() {
+        let mut t = nat();
+        let now = Instant::now();
+        let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        go_in(&mut t, now, in_udp(R, 53, sport));
+        assert_eq!(
+            t.take_offload(),
+            None,
+            "2 packets: a DNS exchange stays here"
+        );
+        for _ in 2..OFFLOAD_AFTER_PACKETS - 1 {
+            go_out(&mut t, now, out_udp(C1, 5000, R, 53));
+            assert_eq!(t.take_offload(), None);
+        }
+        go_out(&mut t, now, out_udp(C1, 5000, R, 53));
+        assert!(t.take_offload().is_some(), "offered at the threshold");
+    }
+
+    #[test]
     fn icmp_and_hairpin_are_not_offloaded() {
         let mut t = nat();
+        t.set_offload_after(0);
         let now = Instant::now();
         let mut f = from_container(C1, R, 1, &echo(8, 77, 1));
         assert!(matches!(t.outbound(now, &mut f), Verdict::Uplink { .. }));
@@ -1086,6 +1126,7 @@ mod tests {
     #[test]
     fn offloaded_sessions_expire_by_the_kernels_clock() {
         let mut t = nat();
+        t.set_offload_after(0);
         let t0 = Instant::now();
         let sport = go_out(&mut t, t0, out_udp(C1, 5000, R, 53)).sport;
         go_in(&mut t, t0, in_udp(R, 53, sport));
@@ -1106,6 +1147,7 @@ mod tests {
     #[test]
     fn unoffload_lets_the_session_return() {
         let mut t = nat();
+        t.set_offload_after(0);
         let now = Instant::now();
         let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
         go_in(&mut t, now, in_udp(R, 53, sport));
