@@ -111,6 +111,7 @@ fn main() -> Result<()> {
 
 fn setup() -> Result<()> {
     require_root()?;
+    close_inherited_fds();
     toolchain::install_packages()?;
     toolchain::ensure_ebpf_toolchain()?;
     services::ensure_bpffs()?;
@@ -147,6 +148,30 @@ fn test(filter: Option<&str>) -> Result<()> {
     ];
     privileged.extend(&filter);
     cargo(&privileged)
+}
+
+/// Marks every descriptor above stderr close-on-exec. Run as `flock LOCK cargo xtask
+/// ...`, this process inherits the lock's descriptor; without this, ovsdb-server,
+/// ovs-vswitchd and dockerd started by set-up would inherit it too and hold the lock
+/// for as long as they run.
+fn close_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number of this process; setting FD_CLOEXEC
+        // touches no memory, and a stale number (the directory's own) just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 fn require_root() -> Result<()> {
