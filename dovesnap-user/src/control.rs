@@ -46,6 +46,9 @@ pub struct Status {
     /// The nat-fast data path, once a nat-fast network has had an endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<crate::fastpath::FastPathStatus>,
+    /// Repairs the reconciler made since the daemon started, by kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<(String, u64)>,
 }
 
 /// One Docker network on an OVS bridge.
@@ -378,6 +381,15 @@ pub fn render_status_table(status: &Status) -> String {
     if let Some(fp) = &status.fast_path {
         render_fast_path(fp, &mut push);
     }
+    if !status.repairs.is_empty() {
+        let repairs: Vec<String> = status
+            .repairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        push("");
+        push(&format!("repaired: {}", repairs.join(" ")));
+    }
     out
 }
 
@@ -476,6 +488,7 @@ mod tests {
                 },
             ],
             fast_path: None,
+            repairs: vec![],
         }
     }
 

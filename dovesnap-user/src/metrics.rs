@@ -116,6 +116,15 @@ pub fn render(status: &Status) -> String {
             }
         }
     }
+    for (what, n) in &status.repairs {
+        o.add(
+            "dovesnap_repairs_total",
+            "counter",
+            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path).",
+            &[("what", what)],
+            *n,
+        );
+    }
     let Some(fp) = &status.fast_path else {
         return o.finish();
     };
@@ -322,6 +331,7 @@ mod tests {
                     counters: vec![("rx".into(), 11)],
                 },
             }),
+            repairs: vec![("veth".into(), 1)],
         }
     }
 
