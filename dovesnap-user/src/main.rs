@@ -50,6 +50,11 @@ enum Cmd {
         /// veths and gateway addresses deleted behind the plugin's back (0: off).
         #[arg(long, value_name = "SECS", default_value_t = 5)]
         reconcile_interval: u64,
+        /// Sessions each nat-fast uplink's translator holds; when full, transitory TCP
+        /// sessions are evicted, and new flows are dropped if none is.
+        #[arg(long, value_name = "N", default_value_t = dovesnap::fastpath::MAX_SESSIONS as u32,
+              value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+        nat_max_sessions: u32,
     },
     /// Show the daemon's networks and endpoints.
     Status {
@@ -87,7 +92,9 @@ fn main() -> Result<()> {
                 ovsdb,
                 metrics,
                 reconcile_interval,
+                nat_max_sessions,
             } => {
+                dovesnap::fastpath::set_max_sessions(nat_max_sessions as usize);
                 daemon(
                     socket,
                     ovsdb,

@@ -469,6 +469,254 @@ fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
     drop(far);
 }
 
+// ---- the translator: a full session table, garbage frames ---------------------------
+
+/// Sends one datagram from a fixed source port (`argv[3]`) to `argv[1]:argv[2]` and
+/// prints the answer (empty on a timeout): the same 5-tuple, so the same session.
+const UDP_FIXED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[3])))\ns.settimeout(2)\ns.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\ntry:\n    print(s.recv(2048).decode().strip())\nexcept OSError:\n    pass";
+
+/// Sends one datagram from each of `argv[3]` fresh source ports to `argv[1]:argv[2]`
+/// (one new translator session each), answers ignored.
+const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n    s.close()";
+
+/// Garbage frames from a container (AF_PACKET on eth0), addressed to the gateway's MAC
+/// and routed destinations so that the XDP program steers what it can parse to the
+/// translator: bad checksums, truncated and inconsistent headers, fragments, TTL 1,
+/// other protocols, unhandled ICMP, random bytes. argv: gateway MAC, own MAC, own IP,
+/// destination IP, rounds.
+const GARBAGE: &str = r#"
+import random, socket, struct, sys
+gw, me, sip, dip, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+mac = lambda m: bytes(int(x, 16) for x in m.split(':'))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+eth = mac(gw) + mac(me) + b'\x08\x00'
+r = random.Random(7)
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def ip(proto, payload, ihl=5, ttl=64, frag=0, good=True, tot=None):
+    h = struct.pack('!BBHHHBBH4s4s', 0x40 | ihl, 0, tot if tot is not None else 20 + len(payload),
+                    r.randrange(65536), frag, ttl, proto, 0, socket.inet_aton(sip), socket.inet_aton(dip))
+    if good: h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    return h + payload
+udp = lambda sport: struct.pack('!HHHH', sport, 7000, 12, 0) + b'abcd'
+kinds = [
+    lambda: ip(17, udp(40000), good=False),
+    lambda: ip(6, b'\x9c\x40\x1b'),
+    lambda: ip(17, b'\x9c\x40'),
+    lambda: ip(1, b'\x08'),
+    lambda: ip(6, bytes(20), ihl=3),
+    lambda: ip(6, bytes(20), ihl=15),
+    lambda: ip(17, bytes(8), tot=1400),
+    lambda: ip(17, bytes(8), tot=10),
+    lambda: ip(17, udp(40001), frag=0x2000),
+    lambda: ip(17, udp(40002), ttl=1),
+    lambda: ip(47, bytes(8)),
+    lambda: ip(1, bytes([42, 0, 0, 0]) + bytes(4)),
+    lambda: ip(1, bytes([3, 3, 0, 0, 0, 0, 0, 0]) + bytes(r.randrange(0, 40))),
+    lambda: ip(6, struct.pack('!HHIIBBHHH', 40003, 7000, 1, 0, 0x20, 0xff, 512, 0, 0)),
+    lambda: bytes(r.randrange(256) for _ in range(r.randrange(1, 80))),
+]
+n = 0
+for _ in range(rounds):
+    for k in kinds:
+        try:
+            s.send(eth + k()); n += 1
+        except OSError:
+            pass
+print(n)
+"#;
+
+/// The sum of the translator counters (of every uplink) named `name`.
+fn translator(status: &serde_json::Value, name: &str) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["counters"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p[0].as_str() == Some(name))
+        .filter_map(|p| p[1].as_u64())
+        .sum()
+}
+
+/// Every `drop_*` translator counter, summed over uplinks.
+fn translator_drops(status: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for u in status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for p in u["counters"].as_array().into_iter().flatten() {
+            if let (Some(k), Some(v)) = (p[0].as_str(), p[1].as_u64()) {
+                if k.starts_with("drop_") {
+                    *out.entry(k.to_string()).or_default() += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn sessions(status: &serde_json::Value) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["sessions"].as_u64())
+        .sum()
+}
+
+const TABLE: u64 = 32;
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn translator_survives_a_full_table_and_garbage() {
+    require_root();
+    let plugin = start_plugin_with(&["--nat-max-sessions", &TABLE.to_string()]);
+    let far = Far::new("10.233.103");
+    let fast = Network::create(
+        "dsflt-tr-fast",
+        &[
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &format!("ovs.nat.uplink={}", far._uplink.host),
+            "--subnet",
+            "10.233.8.0/24",
+        ],
+    );
+    let c = Container::idle("dsflt-tr-c", &fast);
+    let hog = Container::idle("dsflt-tr-hog", &fast);
+    let (c_pid, hog_pid) = (c.pid(), hog.pid());
+    let in_c = |script: &str, args: &[&str]| {
+        let mut full = vec!["-t", &c_pid, "-n", "timeout", "60", "python3", "-c", script];
+        full.extend_from_slice(args);
+        String::from_utf8_lossy(&run("nsenter", &full).stdout)
+            .trim()
+            .to_string()
+    };
+    let from_host = format!("from {}", far.host_ip);
+    // A session of c's made before the table fills.
+    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]), from_host);
+
+    // The hog fills the table with UDP sessions, which may not be evicted before they
+    // time out (RFC 4787): new flows are refused and counted, the daemon keeps going,
+    // established sessions keep working.
+    let before = plugin.status();
+    run(
+        "nsenter",
+        &[
+            "-t",
+            &hog_pid,
+            "-n",
+            "python3",
+            "-c",
+            UDP_SPRAY,
+            &far.far_ip,
+            "7000",
+            "200",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let full = plugin.status();
+    assert_eq!(
+        sessions(&full),
+        TABLE,
+        "{:#}",
+        full["fast_path"]["dataplane"]
+    );
+    let exhausted =
+        translator(&full, "drop_ports_exhausted") - translator(&before, "drop_ports_exhausted");
+    assert!(
+        exhausted > 0,
+        "no refusal counted: {:#}",
+        full["fast_path"]["dataplane"]
+    );
+    assert_eq!(
+        in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]),
+        from_host,
+        "an established session stopped working under a full table"
+    );
+    // The hog goes (its sessions with its endpoint): new flows work again at once.
+    drop(hog);
+    recovery(
+        "full session table: new flows after the hog left",
+        Duration::from_secs(15),
+        || far.reached_from(&c),
+    );
+
+    // Evictable sessions (closed TCP) make room: 60 connections through a 32-slot table
+    // all succeed, and the evictions are counted.
+    let before = plugin.status();
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "for i in $(seq 1 60); do timeout 3 nc {} 7000; done",
+            far.far_ip
+        ),
+    ]);
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .matches(&from_host)
+        .count();
+    assert_eq!(answered, 60, "connections lost while evicting");
+    let after = plugin.status();
+    let evicted = translator(&after, "sessions_evicted") - translator(&before, "sessions_evicted");
+    assert!(
+        evicted > 0,
+        "no eviction counted: {:#}",
+        after["fast_path"]["dataplane"]
+    );
+    eprintln!("evicted {evicted} sessions for 60 connections through {TABLE} slots");
+
+    // Garbage: the translator drops what it cannot translate, by reason; nothing
+    // crashes and legit traffic goes on.
+    let gw_mac = std::fs::read_to_string(format!(
+        "/sys/class/net/{}/address",
+        bridge_of(&plugin, &fast.id())
+    ))
+    .expect("bridge MAC");
+    let my_mac = String::from_utf8_lossy(&c.exec(&["cat", "/sys/class/net/eth0/address"]).stdout)
+        .trim()
+        .to_string();
+    let c_ip = c.ip(&fast);
+    let before = plugin.status();
+    let started = Instant::now();
+    let sent = in_c(
+        GARBAGE,
+        &[gw_mac.trim(), &my_mac, &c_ip, &far.far_ip, "400"],
+    );
+    eprintln!(
+        "garbage: {sent} frames in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(sent.parse::<u64>().unwrap_or(0) >= 5000, "sent {sent}");
+    let after = plugin.status();
+    let (b, a) = (translator_drops(&before), translator_drops(&after));
+    let grew: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| **v > b.get(*k).copied().unwrap_or(0))
+        .map(|(k, v)| format!("{k}+{}", v - b.get(k).copied().unwrap_or(0)))
+        .collect();
+    eprintln!("translator drops by reason: {grew:?}");
+    assert!(grew.len() >= 2, "garbage not dropped by reason: {a:?}");
+    eprintln!("{}", plugin.status_text());
+    recovery("garbage flood: legit TCP", Duration::from_secs(5), || {
+        far.reached_from(&c)
+    });
+    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40101"]), from_host);
+    assert!(c.ping(&far.far_ip), "ICMP after the garbage");
+    assert!(port_of(&plugin, &c_ip).1, "c fell off the fast path");
+
+    drop(c);
+    drop(fast);
+    drop(plugin);
+    drop(far);
+}
+
 // ---- dockerd -----------------------------------------------------------------------
 
 const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
