@@ -379,3 +379,30 @@ fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ifindex_moves_only_after_it_was_seen() {
+        let s = State::default();
+        assert!(!s.moved("ovsbr-1", 7), "first sight is not a move");
+        assert!(!s.moved("ovsbr-1", 7));
+        assert!(s.moved("ovsbr-1", 9));
+        assert!(!s.moved("ovsbr-1", 9));
+        s.forget(&HashSet::new());
+        assert!(!s.moved("ovsbr-1", 11), "forgotten names start over");
+    }
+
+    #[test]
+    fn repairs_are_counted_by_kind() {
+        let s = State::default();
+        s.count("veth");
+        s.count("bridge");
+        s.count("veth");
+        let r = s.repairs.lock().unwrap();
+        assert_eq!(r.get("veth"), Some(&2));
+        assert_eq!(r.get("bridge"), Some(&1));
+    }
+}
