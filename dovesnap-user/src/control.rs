@@ -662,6 +662,19 @@ abc           br-flat      flat      netdev    -            -
     }
 
     #[test]
+    fn table_ends_with_the_repairs() {
+        let mut s = sample();
+        s.repairs = vec![("bridge".into(), 1), ("veth".into(), 2)];
+        let table = render_status_table(&s);
+        assert!(table.ends_with("\nrepaired: bridge=1 veth=2\n"), "{table}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""repairs":[["bridge",1],["veth",2]]"#),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn table_of_nothing_says_so() {
         assert_eq!(
             render_status_table(&Status::default()),

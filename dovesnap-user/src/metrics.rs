@@ -349,6 +349,7 @@ mod tests {
             r#"dovesnap_translator_events_total{uplink="eth0",event="outbound"} 10"#,
             r#"dovesnap_xdp_frames_total{counter="endpoint-redirect"} 7"#,
             r#"dovesnap_dataplane_total{counter="rx"} 11"#,
+            r#"dovesnap_repairs_total{what="veth"} 1"#,
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }
