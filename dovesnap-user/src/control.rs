@@ -46,6 +46,9 @@ pub struct Status {
     /// The nat-fast data path, once a nat-fast network has had an endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<crate::fastpath::FastPathStatus>,
+    /// Repairs the reconciler made since the daemon started, by kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<(String, u64)>,
 }
 
 /// One Docker network on an OVS bridge.
@@ -378,6 +381,15 @@ pub fn render_status_table(status: &Status) -> String {
     if let Some(fp) = &status.fast_path {
         render_fast_path(fp, &mut push);
     }
+    if !status.repairs.is_empty() {
+        let repairs: Vec<String> = status
+            .repairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        push("");
+        push(&format!("repaired: {}", repairs.join(" ")));
+    }
     out
 }
 
@@ -476,6 +488,7 @@ mod tests {
                 },
             ],
             fast_path: None,
+            repairs: vec![],
         }
     }
 
@@ -645,6 +658,19 @@ abc           br-flat      flat      netdev    -            -
         assert_eq!(
             render_status_table(&s),
             "NETWORK  BRIDGE   MODE  DATAPATH  SUBNET  GATEWAY\nabc      br-flat  flat  netdev    -       -\n"
+        );
+    }
+
+    #[test]
+    fn table_ends_with_the_repairs() {
+        let mut s = sample();
+        s.repairs = vec![("bridge".into(), 1), ("veth".into(), 2)];
+        let table = render_status_table(&s);
+        assert!(table.ends_with("\nrepaired: bridge=1 veth=2\n"), "{table}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""repairs":[["bridge",1],["veth",2]]"#),
+            "{json}"
         );
     }
 

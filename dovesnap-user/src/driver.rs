@@ -33,6 +33,8 @@ use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, pars
 use crate::options::{Mode, NetworkOptions};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
 
+mod reconcile;
+
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
 /// `external_ids` key on bridges: the network's addressing as JSON.
@@ -108,6 +110,10 @@ pub struct Endpoint {
     /// Ports published for this endpoint (nat mode), host ports as chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// The container's network namespace (Docker's sandbox key), from Join until
+    /// Leave: where the reconciler puts a re-created container end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// The driver; all Docker calls go through one lock, so they apply in order.
@@ -119,6 +125,8 @@ pub struct Driver {
     /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
     /// with `networks` held.
     fastpath: std::sync::Mutex<Option<FastPath>>,
+    /// What the reconciler saw and repaired.
+    reconciler: reconcile::State,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
@@ -135,6 +143,7 @@ impl Driver {
             firewall,
             networks: Mutex::new(HashMap::new()),
             fastpath: std::sync::Mutex::new(None),
+            reconciler: reconcile::State::default(),
         }
     }
 
@@ -239,6 +248,30 @@ impl Driver {
             subnet: nat.subnet,
             offload: net.options.offload(),
         }))
+    }
+
+    /// Sets up a new veth's container end, still in the host namespace, for the
+    /// network's data path. The userspace datapath forwards partially checksummed frames
+    /// as they are, and the nat-fast translator sees them as the container wrote them:
+    /// transmit checksum offload off. Offloaded nat-fast sessions reach the container by
+    /// an XDP redirect to the veth, which needs the container end's NAPI queues (GRO on
+    /// gives them); the kernel marks the host end as a redirect target only when GRO goes
+    /// on while the container end is up: up, GRO, down again before Docker moves it (the
+    /// mark and the setting survive the move).
+    async fn prepare_container_end(
+        &self,
+        net: &Network,
+        name: &str,
+    ) -> Result<(), crate::netlink::NetlinkError> {
+        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
+            disable_tx_checksum(name)?;
+        }
+        if net.options.mode == Mode::NatFast && net.options.offload() {
+            self.netlink.set_up(name).await?;
+            enable_gro(name)?;
+            self.netlink.set_down(name).await?;
+        }
+        Ok(())
     }
 
     /// Puts a joined nat-fast endpoint (and its published ports) on the fast path.
@@ -475,35 +508,6 @@ impl Driver {
             ovsdb::default_datapath_type().to_string()
         };
 
-        let mut external_ids = BTreeMap::new();
-        external_ids.insert(EXT_NETWORK_ID.to_string(), id.to_string());
-        external_ids.insert(
-            EXT_NETWORK_IPAM.to_string(),
-            serde_json::to_string(&ipam).expect("Ipam serializes"),
-        );
-        for (k, v) in options.to_string_map() {
-            external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
-        }
-        if internal {
-            external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
-        }
-        let spec = BridgeSpec {
-            name: bridge.clone(),
-            datapath_type: datapath_type.clone(),
-            external_ids,
-            mtu: options.mtu,
-            controllers: options.controllers.clone(),
-            datapath_id: options.dpid.clone(),
-            uplinks: options
-                .add_ports
-                .iter()
-                .map(|u| UplinkSpec {
-                    name: u.name.clone(),
-                    ofport: u.ofport,
-                })
-                .collect(),
-        };
-        self.ovs.create_bridge(&spec).await.map_err(ovs_err)?;
         let net = Network {
             id: id.to_string(),
             bridge,
@@ -513,6 +517,10 @@ impl Driver {
             internal,
             endpoints: HashMap::new(),
         };
+        self.ovs
+            .create_bridge(&bridge_spec(&net))
+            .await
+            .map_err(ovs_err)?;
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
             let _ = fw(|| self.firewall.remove_network(id));
@@ -671,6 +679,7 @@ impl Driver {
             host_ifname: format!("{HOST_VETH_PREFIX}{}", &eid[..10]),
             container_ifname: format!("{CONTAINER_VETH_PREFIX}{}", &eid[..10]),
             published: Vec::new(),
+            sandbox: None,
         };
         // A leftover from a crash between veth and port creation is ours to replace.
         self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
@@ -683,44 +692,11 @@ impl Driver {
             )
             .await
             .map_err(nl_err)?;
-        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
-            // The userspace datapath forwards partially checksummed frames as they are,
-            // and the nat-fast translator sees them as the container wrote them.
-            if let Err(e) = disable_tx_checksum(&ep.container_ifname) {
-                let _ = self.netlink.delete(&ep.host_ifname).await;
-                return Err(nl_err(e));
-            }
+        if let Err(e) = self.prepare_container_end(net, &ep.container_ifname).await {
+            let _ = self.netlink.delete(&ep.host_ifname).await;
+            return Err(nl_err(e));
         }
-        if net.options.mode == Mode::NatFast && net.options.offload() {
-            // Offloaded sessions reach the container by an XDP redirect to this veth,
-            // which needs the container end's NAPI queues (GRO on gives them). The
-            // kernel marks the host end as a redirect target only when GRO goes on while
-            // the container end is up: up, GRO, down again before Docker moves it (the
-            // mark and the setting survive the move).
-            let gro = async {
-                self.netlink.set_up(&ep.container_ifname).await?;
-                enable_gro(&ep.container_ifname)?;
-                self.netlink.set_down(&ep.container_ifname).await
-            };
-            if let Err(e) = gro.await {
-                let _ = self.netlink.delete(&ep.host_ifname).await;
-                return Err(nl_err(e));
-            }
-        }
-        let mut external_ids = BTreeMap::new();
-        external_ids.insert(EXT_ENDPOINT_ID.to_string(), eid.to_string());
-        external_ids.insert(EXT_NETWORK_ID.to_string(), nid.to_string());
-        external_ids.insert(
-            EXT_ENDPOINT.to_string(),
-            serde_json::to_string(&ep).expect("Endpoint serializes"),
-        );
-        let port = PortSpec {
-            name: ep.host_ifname.clone(),
-            tag: net.options.vlan,
-            external_ids,
-            mtu: net.options.mtu,
-            ofport: None,
-        };
+        let port = port_spec(net, &ep);
         if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
             // Leave nothing behind: the veth goes with the failed port.
             let _ = self.netlink.delete(&ep.host_ifname).await;
@@ -773,11 +749,11 @@ impl Driver {
     async fn join_inner(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let networks = self.networks.lock().await;
-        let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         let ep = net
             .endpoints
-            .get(eid)
+            .get_mut(eid)
             .ok_or_else(|| unknown_endpoint(nid, eid))?;
         if !self
             .netlink
@@ -791,6 +767,21 @@ impl Driver {
                 ep.container_ifname
             )));
         }
+        // The reconciler needs the container's namespace to re-create a lost veth.
+        let sandbox = Some(req.sandbox_key.clone()).filter(|k| !k.is_empty());
+        if ep.sandbox != sandbox {
+            ep.sandbox = sandbox;
+            let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
+            if let Err(e) = self
+                .ovs
+                .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+                .await
+            {
+                warn!(endpoint = %eid, "could not record the sandbox in OVSDB: {e}");
+            }
+        }
+        let net = &*net;
+        let ep = &net.endpoints[eid];
         self.fast_join(net, ep).await;
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
@@ -959,10 +950,16 @@ impl NetworkDriver for Driver {
     async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let networks = self.networks.lock().await;
-        if let Some(net) = networks.get(nid) {
+        let mut networks = self.networks.lock().await;
+        if let Some(net) = networks.get_mut(nid) {
             if let Some(ep) = net.endpoints.get(eid) {
                 self.fast_leave(net, ep);
+            }
+            // The container is leaving: its namespace is no place for a repair
+            // (in memory only; a plugin restart in between is harmless: the
+            // reconciler only enters a namespace that still exists).
+            if let Some(ep) = net.endpoints.get_mut(eid) {
+                ep.sandbox = None;
             }
         }
         Ok(())
@@ -1009,7 +1006,60 @@ impl StatusSource for Driver {
         Status {
             networks: out,
             fast_path: fast_path.map(|(s, _)| s),
+            repairs: self.repairs(),
         }
+    }
+}
+
+/// The OVSDB bridge of `net`: its options and addressing go into `external_ids`, so a
+/// restarted plugin (and the reconciler) can make it again.
+fn bridge_spec(net: &Network) -> BridgeSpec {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_NETWORK_IPAM.to_string(),
+        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
+    );
+    for (k, v) in net.options.to_string_map() {
+        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+    }
+    if net.internal {
+        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+    }
+    BridgeSpec {
+        name: net.bridge.clone(),
+        datapath_type: net.datapath_type.clone(),
+        external_ids,
+        mtu: net.options.mtu,
+        controllers: net.options.controllers.clone(),
+        datapath_id: net.options.dpid.clone(),
+        uplinks: net
+            .options
+            .add_ports
+            .iter()
+            .map(|u| UplinkSpec {
+                name: u.name.clone(),
+                ofport: u.ofport,
+            })
+            .collect(),
+    }
+}
+
+/// The OVSDB port of endpoint `ep` of `net`, with the endpoint's record.
+fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(EXT_ENDPOINT_ID.to_string(), ep.id.clone());
+    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_ENDPOINT.to_string(),
+        serde_json::to_string(ep).expect("Endpoint serializes"),
+    );
+    PortSpec {
+        name: ep.host_ifname.clone(),
+        tag: net.options.vlan,
+        external_ids,
+        mtu: net.options.mtu,
+        ofport: None,
     }
 }
 

@@ -46,6 +46,15 @@ enum Cmd {
         /// the flag alone listens on 127.0.0.1:9477).
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_ADDR)]
         metrics: Option<std::net::SocketAddr>,
+        /// Seconds between passes of the reconciler, which re-creates bridges, ports,
+        /// veths and gateway addresses deleted behind the plugin's back (0: off).
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        reconcile_interval: u64,
+        /// Sessions each nat-fast uplink's translator holds; when full, transitory TCP
+        /// sessions are evicted, and new flows are dropped if none is.
+        #[arg(long, value_name = "N", default_value_t = dovesnap::fastpath::MAX_SESSIONS as u32,
+              value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+        nat_max_sessions: u32,
     },
     /// Show the daemon's networks and endpoints.
     Status {
@@ -82,7 +91,19 @@ fn main() -> Result<()> {
                 socket,
                 ovsdb,
                 metrics,
-            } => daemon(socket, ovsdb, cli.control_socket, metrics).await,
+                reconcile_interval,
+                nat_max_sessions,
+            } => {
+                dovesnap::fastpath::set_max_sessions(nat_max_sessions as usize);
+                daemon(
+                    socket,
+                    ovsdb,
+                    cli.control_socket,
+                    metrics,
+                    reconcile_interval,
+                )
+                .await
+            }
             Cmd::Status { json } => {
                 let status = control::fetch_status(&cli.control_socket).await?;
                 if json {
@@ -119,6 +140,7 @@ async fn daemon(
     ovsdb: PathBuf,
     control_socket: PathBuf,
     metrics: Option<std::net::SocketAddr>,
+    reconcile_interval: u64,
 ) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
     let netlink = Netlink::new()?;
@@ -177,6 +199,19 @@ async fn daemon(
             let _ = rx2.recv().await;
         },
     ));
+    let reconcile_task = (reconcile_interval > 0).then(|| {
+        let driver = driver.clone();
+        let mut stop = tx.subscribe();
+        let every = std::time::Duration::from_secs(reconcile_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.recv() => break,
+                    _ = tokio::time::sleep(every) => driver.reconcile().await,
+                }
+            }
+        })
+    });
     shutdown.await;
     info!(
         "shutting down: XDP detached; bridges, ports and nat rules stay (containers keep working)"
@@ -185,6 +220,9 @@ async fn daemon(
     let _ = plugin_task.await;
     let _ = control_task.await;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = reconcile_task {
         let _ = t.await;
     }
     if let Err(e) = driver.shutdown().await {

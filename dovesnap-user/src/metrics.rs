@@ -119,6 +119,15 @@ pub fn render(status: &Status) -> String {
             }
         }
     }
+    for (what, n) in &status.repairs {
+        o.add(
+            "dovesnap_repairs_total",
+            "counter",
+            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path).",
+            &[("what", what)],
+            *n,
+        );
+    }
     let Some(fp) = &status.fast_path else {
         return o.finish();
     };
@@ -350,6 +359,7 @@ mod tests {
                     counters: vec![("rx".into(), 11)],
                 },
             }),
+            repairs: vec![("veth".into(), 1)],
         }
     }
 
@@ -369,6 +379,7 @@ mod tests {
             r#"dovesnap_translator_events_total{uplink="eth0",event="outbound"} 10"#,
             r#"dovesnap_xdp_frames_total{counter="endpoint-redirect"} 7"#,
             r#"dovesnap_dataplane_total{counter="rx"} 11"#,
+            r#"dovesnap_repairs_total{what="veth"} 1"#,
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }

@@ -301,6 +301,66 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Moves link `name` into the network namespace open as `netns_fd`.
+    pub async fn move_to_netns(
+        &self,
+        name: &str,
+        netns_fd: std::os::fd::RawFd,
+    ) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name)
+            .setns_by_fd(netns_fd)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Link {
+                action: "move to a network namespace",
+                name: name.into(),
+                source,
+            })
+    }
+
+    /// Renames link `name` to `new_name` (the link must be down).
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?.ok_or_else(|| NetlinkError::Link {
+            action: "rename",
+            name: name.into(),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+        let msg = LinkUnspec::new_with_index(index).name(new_name).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Link {
+                action: "rename",
+                name: name.into(),
+                source,
+            })
+    }
+
+    /// Adds an IPv4 default route through `gateway`.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Link {
+                action: "add a default route through",
+                name: gateway.to_string(),
+                source,
+            })
+    }
+}
+
 /// Turns off transmit checksum offload on `name` (ethtool's legacy `ETHTOOL_STXCSUM`,
 /// which clears every TX checksum feature and with them TSO).
 ///

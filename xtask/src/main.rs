@@ -5,7 +5,8 @@
 //!   ovsdb-server/ovs-vswitchd and dockerd when they are not running. What it starts
 //!   is recorded so that `teardown` stops exactly that and nothing else.
 //! - `run`: set-up, build, run the plugin daemon in the foreground.
-//! - `test`: set-up, then every test: unit, privileged integration, Docker end to end.
+//! - `test`: set-up, then every test: unit, a short fuzz run of each fuzz target,
+//!   privileged integration, Docker end to end.
 //! - `bench`: set-up, release build, then the benchmark (`dovesnap-bench run`):
 //!   nat-fast against the kernel path, `target/bench/report.json` and `chart.svg`.
 //! - `teardown`: stops the services that `setup` started.
@@ -111,8 +112,10 @@ fn main() -> Result<()> {
 
 fn setup() -> Result<()> {
     require_root()?;
+    close_inherited_fds();
     toolchain::install_packages()?;
     toolchain::ensure_ebpf_toolchain()?;
+    toolchain::ensure_cargo_fuzz()?;
     services::ensure_bpffs()?;
     services::ensure_ovs()?;
     services::ensure_dockerd()?;
@@ -131,6 +134,9 @@ fn test(filter: Option<&str>) -> Result<()> {
     let mut unit = vec!["test", "--workspace", "--exclude", "dovesnap-ebpf", "--"];
     unit.extend(&filter);
     cargo(&unit)?;
+    if filter.is_empty() {
+        fuzz()?;
+    }
     // Privileged tests (netns, OVS, XDP, Docker): ignored by default so a plain
     // `cargo test` never reports them as passed without running them; run here,
     // serially, since they share the host's OVS, netfilter and Docker.
@@ -147,6 +153,74 @@ fn test(filter: Option<&str>) -> Result<()> {
     ];
     privileged.extend(&filter);
     cargo(&privileged)
+}
+
+/// Marks every descriptor above stderr close-on-exec. Run as `flock LOCK cargo xtask
+/// ...`, this process inherits the lock's descriptor; without this, ovsdb-server,
+/// ovs-vswitchd and dockerd started by set-up would inherit it too and hold the lock
+/// for as long as they run.
+fn close_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number of this process; setting FD_CLOEXEC
+        // touches no memory, and a stale number (the directory's own) just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Seconds of libFuzzer per fuzz target in `cargo xtask test` (`DOVESNAP_FUZZ_SECONDS`
+/// to change, 0 to skip).
+const FUZZ_SECONDS: u64 = 20;
+
+/// A short libFuzzer run of each fuzz target (`dovesnap-user/fuzz`), seeded with the
+/// repository's corpus; a crash fails the test command (libFuzzer exits non-zero and
+/// leaves the input in `dovesnap-user/fuzz/artifacts/TARGET/`). New inputs go to a
+/// scratch corpus under `target/`, so the repository's stays as committed.
+fn fuzz() -> Result<()> {
+    let seconds = match std::env::var("DOVESNAP_FUZZ_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .context("DOVESNAP_FUZZ_SECONDS must be a number of seconds")?,
+        Err(_) => FUZZ_SECONDS,
+    };
+    if seconds == 0 {
+        eprintln!("xtask: fuzzing skipped (DOVESNAP_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    let dir = workspace_root().join("dovesnap-user/fuzz");
+    for target in ["translate", "api"] {
+        let scratch = workspace_root().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .current_dir(&dir)
+            // The fuzz targets do not load the XDP program: skip building it.
+            .env("AYA_BUILD_SKIP", "1");
+        let seeds = dir.join("corpus").join(target);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        cmd.arg("--").arg(format!("-max_total_time={seconds}"));
+        run(&mut cmd).with_context(|| {
+            format!(
+                "fuzz target {target} failed: the crashing input is in {}",
+                dir.join("artifacts").join(target).display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn require_root() -> Result<()> {

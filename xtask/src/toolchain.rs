@@ -147,3 +147,17 @@ fn llvm_major() -> Result<String> {
         .map(str::to_string)
         .context("cannot read the LLVM version from `rustc +nightly -vV`")
 }
+
+/// Makes sure `cargo fuzz` (cargo-fuzz, for the short fuzz runs of `cargo xtask test`)
+/// is installed.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz (once)");
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        bail!("cargo-fuzz was installed but `cargo fuzz` does not run; see the output above");
+    }
+    Ok(())
+}

@@ -52,8 +52,22 @@ pub fn kernel_masquerade_ports() -> (u16, u16) {
     KERNEL_MASQUERADE_PORTS
 }
 
-/// Sessions per uplink before the translator evicts.
+/// Sessions per uplink before the translator evicts (default of
+/// `dovesnap daemon --nat-max-sessions`).
 pub const MAX_SESSIONS: usize = 65536;
+
+static MAX_SESSIONS_SETTING: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MAX_SESSIONS);
+
+/// Sets the session-table size of uplinks acquired from now on (the daemon's
+/// `--nat-max-sessions`, set once at start).
+pub fn set_max_sessions(n: usize) {
+    MAX_SESSIONS_SETTING.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn max_sessions() -> usize {
+    MAX_SESSIONS_SETTING.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Slots of the socket map (`XSKS`); one per endpoint, one per uplink queue.
 const XSK_SLOTS: u32 = 1024;
@@ -210,7 +224,7 @@ impl FastPath {
             external_ip: spec.addr,
             uplink_mac: spec.mac,
             ports: TRANSLATOR_PORTS,
-            max_sessions: MAX_SESSIONS,
+            max_sessions: max_sessions(),
             timeouts: Timeouts::default(),
         };
         let name = spec.name.clone();

@@ -2151,6 +2151,26 @@ mod tests {
         }
     }
 
+    /// The fuzz target's seed corpus (`dovesnap-user/fuzz/corpus/translate`): each seed
+    /// goes through the harness, and the well-formed ones translate.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/translate");
+        let mut translated = 0;
+        let mut seeds = 0;
+        for e in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
+            let data = std::fs::read(e.expect("entry").path()).expect("corpus file");
+            let st = fuzz_harness(&data);
+            translated += st.translated_outbound + st.translated_inbound;
+            seeds += 1;
+        }
+        assert!(seeds >= 5, "corpus too small: {seeds}");
+        assert!(
+            translated >= 8,
+            "the seeds translate too little: {translated}"
+        );
+    }
+
     /// The fuzz target's harness over deterministic pseudo-random inputs: mutated valid
     /// frames of every kind, in records, so sessions form and are hit.
     #[test]

@@ -1,0 +1,408 @@
+//! The reconciler: puts back what dovesnap made when it vanished behind its back.
+//!
+//! The daemon runs [`Driver::reconcile`] every few seconds (`--reconcile-interval`).
+//! One pass, under the driver lock (so never in the middle of a Docker call), compares
+//! every network with OVSDB and the kernel and repairs, logging each repair and
+//! counting it by kind (`dovesnap status`, `dovesnap_repairs_total`):
+//!
+//! - `bridge`: the network's bridge is missing from OVSDB (`ovs-vsctl del-br`): made
+//!   again from the options and addressing the driver holds, then its ports below.
+//! - `port`: an endpoint's veth is there but its port is missing from the bridge.
+//! - `veth`: an endpoint's veth pair is gone (`ip link del`, which takes both ends)
+//!   while its container runs: made again with the same names and MAC, the container
+//!   end moved into the container's namespace (Docker's sandbox, recorded at Join),
+//!   named the first free `ethN` there (the name it had is not known to the driver),
+//!   given its address and, when the container has no default route, one through the
+//!   gateway; its OVS port is made again so ovs-vswitchd opens the new interface.
+//! - `gateway`: a nat network's gateway address is missing from its bridge port (when
+//!   ovs-vswitchd restarts, the userspace datapath makes its internal ports anew).
+//! - `fast-path`: a nat-fast endpoint's veth or bridge was made anew (another ifindex,
+//!   maybe another MAC): the endpoint is taken off the fast path and put back on.
+//!
+//! An endpoint whose veth is gone and whose container has left (or never joined) is
+//! not repaired: Docker is about to delete it, or will fail its Join with a clear error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+use tracing::{debug, info, warn};
+
+use super::{bridge_spec, parse_cidr, port_spec, Driver, Endpoint, Network, EXT_NETWORK_ID};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::options::Mode;
+
+/// The reconciler's memory between passes.
+#[derive(Default)]
+pub(super) struct State {
+    /// ifindex last seen of each bridge and veth host end of nat-fast networks.
+    seen: Mutex<HashMap<String, u32>>,
+    /// Repairs made since start, by kind.
+    repairs: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl State {
+    fn count(&self, what: &'static str) {
+        *self
+            .repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(what)
+            .or_default() += 1;
+    }
+
+    /// Whether `name`'s ifindex is not what the last pass saw (false the first time).
+    fn moved(&self, name: &str, ifindex: u32) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(name.to_string(), ifindex)
+            .is_some_and(|old| old != ifindex)
+    }
+
+    fn forget(&self, keep: &HashSet<String>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|k, _| keep.contains(k));
+    }
+}
+
+impl Driver {
+    /// Repairs made since the daemon started, by kind.
+    pub fn repairs(&self) -> Vec<(String, u64)> {
+        let repairs = self
+            .reconciler
+            .repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        repairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// One reconciliation pass over every network (see the module documentation).
+    pub async fn reconcile(&self) {
+        let networks = self.networks.lock().await;
+        let bridges = match self.ovs.list_bridges().await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!("reconcile: OVSDB not answering, next pass will retry: {e}");
+                return;
+            }
+        };
+        let mut keep = HashSet::new();
+        for net in networks.values() {
+            let bridge = bridges.iter().find(|b| b.name == net.bridge);
+            let ports = match bridge {
+                Some(b) if b.external_ids.get(EXT_NETWORK_ID) != Some(&net.id) => {
+                    warn!(network = %net.id, bridge = %net.bridge,
+                          "reconcile: the bridge now belongs to something else; leaving it");
+                    continue;
+                }
+                Some(b) => b.ports.iter().map(|p| p.name.clone()).collect(),
+                None => {
+                    if let Err(e) = self.ovs.create_bridge(&bridge_spec(net)).await {
+                        warn!(network = %net.id, bridge = %net.bridge,
+                              "reconcile: cannot re-create the missing bridge: {e}");
+                        continue;
+                    }
+                    self.reconciler.count("bridge");
+                    info!(network = %net.id, bridge = %net.bridge,
+                          "repaired: the bridge was missing from OVSDB; re-created it");
+                    HashSet::new()
+                }
+            };
+            self.reconcile_network(net, &ports, &mut keep).await;
+        }
+        self.reconciler.forget(&keep);
+    }
+
+    async fn reconcile_network(
+        &self,
+        net: &Network,
+        ports: &HashSet<String>,
+        keep: &mut HashSet<String>,
+    ) {
+        let mut remade = HashSet::new();
+        for ep in net.endpoints.values() {
+            match self.netlink.exists(&ep.host_ifname).await {
+                Ok(true) if !ports.contains(&ep.host_ifname) => {
+                    if let Err(e) = self.ovs.add_port(&net.bridge, &port_spec(net, ep)).await {
+                        warn!(endpoint = %ep.id, "reconcile: cannot re-add the port: {e}");
+                        continue;
+                    }
+                    self.reconciler.count("port");
+                    info!(network = %net.id, endpoint = %ep.id, port = %ep.host_ifname,
+                          "repaired: the port was missing from the bridge; re-added it");
+                }
+                Ok(true) => {}
+                Ok(false) => {
+                    let Some(sandbox) = ep
+                        .sandbox
+                        .as_deref()
+                        .filter(|s| std::path::Path::new(s).exists())
+                    else {
+                        continue;
+                    };
+                    match self.repair_veth(net, ep, sandbox, ports).await {
+                        Ok(name) => {
+                            self.reconciler.count("veth");
+                            remade.insert(ep.host_ifname.clone());
+                            info!(network = %net.id, endpoint = %ep.id, port = %ep.host_ifname,
+                                  container_ifname = %name,
+                                  "repaired: the veth was gone; re-created it into the container");
+                        }
+                        Err(e) => {
+                            warn!(endpoint = %ep.id, "reconcile: cannot re-create the veth: {e}")
+                        }
+                    }
+                }
+                Err(e) => warn!(endpoint = %ep.id, "reconcile: {e}"),
+            }
+        }
+        let Some(nat) = net.nat() else {
+            return;
+        };
+        let Ok(Some(bridge_index)) = self.netlink.index(&net.bridge).await else {
+            // ovs-vswitchd has not made the bridge's port (yet): next pass.
+            return;
+        };
+        let has_gateway = self
+            .netlink
+            .ipv4_addresses(bridge_index)
+            .await
+            .is_ok_and(|a| a.contains(&nat.gateway));
+        if !has_gateway {
+            match self
+                .netlink
+                .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
+                .await
+            {
+                Ok(()) => {
+                    // The bridge port is new, with a new MAC: containers' ARP caches
+                    // still name the old one until told.
+                    if let Ok(Some(mac)) = self.netlink.mac(&net.bridge).await {
+                        if let Err(e) = announce(bridge_index, mac, nat.gateway) {
+                            warn!(network = %net.id, "reconcile: {e}");
+                        }
+                    }
+                    self.reconciler.count("gateway");
+                    info!(network = %net.id, bridge = %net.bridge, gateway = %nat.gateway,
+                          "repaired: the gateway address was missing from the bridge; restored it");
+                }
+                Err(e) => warn!(network = %net.id, "reconcile: cannot restore the gateway: {e}"),
+            }
+        }
+        if net.options.mode != Mode::NatFast || net.internal {
+            return;
+        }
+        keep.insert(net.bridge.clone());
+        let bridge_moved = self.reconciler.moved(&net.bridge, bridge_index);
+        for ep in net.endpoints.values() {
+            let Ok(Some(index)) = self.netlink.index(&ep.host_ifname).await else {
+                continue;
+            };
+            keep.insert(ep.host_ifname.clone());
+            let moved = self.reconciler.moved(&ep.host_ifname, index);
+            let joined = ep.sandbox.is_some();
+            if joined && (bridge_moved || moved || remade.contains(&ep.host_ifname)) {
+                self.fast_leave(net, ep);
+                self.fast_join(net, ep).await;
+                self.reconciler.count("fast-path");
+                info!(network = %net.id, endpoint = %ep.id,
+                      "repaired: an interface under the endpoint was re-created; back on the fast path");
+            }
+        }
+    }
+
+    /// Makes `ep`'s veth pair again, moves the container end into `sandbox` and
+    /// configures it there, and re-creates the OVS port. Returns the container-side
+    /// name.
+    async fn repair_veth(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        sandbox: &str,
+        ports: &HashSet<String>,
+    ) -> Result<String, String> {
+        let netns = std::fs::File::open(sandbox)
+            .map_err(|e| format!("cannot open the container's namespace {sandbox}: {e}"))?;
+        let mac = crate::netlink::parse_mac(&ep.mac);
+        let nl = |e: NetlinkError| e.to_string();
+        self.netlink
+            .delete(&ep.container_ifname)
+            .await
+            .map_err(nl)?;
+        self.netlink
+            .create_veth(&ep.host_ifname, &ep.container_ifname, mac, net.options.mtu)
+            .await
+            .map_err(nl)?;
+        let configured = async {
+            self.prepare_container_end(net, &ep.container_ifname)
+                .await
+                .map_err(nl)?;
+            self.netlink
+                .move_to_netns(&ep.container_ifname, netns.as_raw_fd())
+                .await
+                .map_err(nl)?;
+            let address = parse_cidr(&ep.address);
+            let gateway = net.ipam.gateway;
+            let peer = ep.container_ifname.clone();
+            tokio::task::block_in_place(|| {
+                std::thread::spawn(move || configure_in_netns(netns, &peer, address, gateway))
+                    .join()
+                    .map_err(|_| "the namespace thread panicked".to_string())?
+            })
+        };
+        let name = match configured.await {
+            Ok(name) => name,
+            Err(e) => {
+                let _ = self.netlink.delete(&ep.host_ifname).await;
+                return Err(e);
+            }
+        };
+        // A port row whose interface vanished is not re-opened by every datapath:
+        // replace it, which makes ovs-vswitchd open the new interface.
+        if ports.contains(&ep.host_ifname) {
+            self.ovs
+                .delete_port(&net.bridge, &ep.host_ifname)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.ovs
+            .add_port(&net.bridge, &port_spec(net, ep))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(name)
+    }
+}
+
+/// In a thread of its own that enters the container's network namespace: names the
+/// container end the first free `ethN`, gives it `address`, brings it up, and adds a
+/// default route through `gateway` when the container has none. Returns the name.
+fn configure_in_netns(
+    netns: std::fs::File,
+    peer: &str,
+    address: Option<(Ipv4Addr, u8)>,
+    gateway: Option<Ipv4Addr>,
+) -> Result<String, String> {
+    // SAFETY: setns(2) with a file descriptor we own, open on a network namespace; it
+    // changes the namespace of this thread only, a thread made for this call that
+    // ends with it.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "cannot enter the container's namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let nl = |e: NetlinkError| e.to_string();
+        // Opened after setns: this socket talks to the container's namespace.
+        let netlink = Netlink::new().map_err(nl)?;
+        let mut name = None;
+        for i in 0..64 {
+            let candidate = format!("eth{i}");
+            if !netlink.exists(&candidate).await.map_err(nl)? {
+                name = Some(candidate);
+                break;
+            }
+        }
+        let name = name.ok_or("the container has no free ethN name")?;
+        netlink.rename(peer, &name).await.map_err(nl)?;
+        match address {
+            Some((ip, prefix)) => netlink.set_address_up(&name, ip, prefix).await,
+            None => netlink.set_up(&name).await,
+        }
+        .map_err(nl)?;
+        if let (Some(gw), Some(_)) = (gateway, address) {
+            if netlink
+                .default_route_interface()
+                .await
+                .map_err(nl)?
+                .is_none()
+            {
+                netlink.add_default_route(gw).await.map_err(nl)?;
+            }
+        }
+        Ok(name)
+    })
+}
+
+/// Sends a gratuitous ARP for `ip` at `mac` out of interface `ifindex`, so neighbours
+/// replace the MAC they hold for `ip`.
+fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
+    let mut frame = [0u8; 42];
+    frame[0..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    // ARP request, Ethernet/IPv4, sender = target = ip.
+    frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    frame[22..28].copy_from_slice(&mac);
+    frame[28..32].copy_from_slice(&ip.octets());
+    frame[38..42].copy_from_slice(&ip.octets());
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot open a packet socket for a gratuitous ARP: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    for _ in 0..2 {
+        // SAFETY: frame and addr are live for the call, with their true lengths.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(format!(
+                "cannot send a gratuitous ARP: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ifindex_moves_only_after_it_was_seen() {
+        let s = State::default();
+        assert!(!s.moved("ovsbr-1", 7), "first sight is not a move");
+        assert!(!s.moved("ovsbr-1", 7));
+        assert!(s.moved("ovsbr-1", 9));
+        assert!(!s.moved("ovsbr-1", 9));
+        s.forget(&HashSet::new());
+        assert!(!s.moved("ovsbr-1", 11), "forgotten names start over");
+    }
+
+    #[test]
+    fn repairs_are_counted_by_kind() {
+        let s = State::default();
+        s.count("veth");
+        s.count("bridge");
+        s.count("veth");
+        let r = s.repairs.lock().unwrap();
+        assert_eq!(r.get("veth"), Some(&2));
+        assert_eq!(r.get("bridge"), Some(&1));
+    }
+}

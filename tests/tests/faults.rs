@@ -1,0 +1,884 @@
+//! Fault tests: real dockerd, real plugin, real OVS, and something breaking under them
+//! (Open vSwitch restarted, dockerd restarted, a veth or a bridge deleted behind the
+//! plugin's back, the translator's session table full, garbage frames). After each the
+//! plugin must converge back, running containers keep or regain connectivity, nothing
+//! leaks, and the test prints how long recovery took (`recovery: ...` lines).
+//!
+//! Restarting ovsdb-server, ovs-vswitchd or dockerd disrupts the whole host for a few
+//! seconds: these tests run under the shared lock like every privileged test, and a
+//! guard starts the services again (the way `cargo xtask setup` does) even when the
+//! test fails.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dovesnap_tests::daemon::Daemon;
+use dovesnap_tests::docker::{
+    container_tcp, docker, docker_ok, start_plugin_with, Container, Network, WHOAMI,
+};
+use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh, Netns, Veth};
+
+/// The plugin with a fast reconciler, so that repairs show within a test's patience.
+fn start_plugin() -> Daemon {
+    start_plugin_with(&["--reconcile-interval", "1"])
+}
+
+/// Polls `ok` every 100 ms until it holds; returns how long that took, or panics
+/// after `limit` saying `what` did not recover.
+fn recovery(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not recover within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    eprintln!("recovery: {what}: {} ms", took.as_millis());
+    took
+}
+
+/// One ping with a one-second wait, from inside the container.
+fn ping_once(c: &Container, addr: &str) -> bool {
+    c.exec(&["ping", "-c", "1", "-W", "1", addr])
+        .status
+        .success()
+}
+
+/// Ports of OVS bridge `bridge` (empty when it is gone).
+fn ovs_ports(bridge: &str) -> Vec<String> {
+    let out = run("ovs-vsctl", &["list-ports", bridge]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Host veths dovesnap made (`ovsv...`).
+fn dovesnap_veths() -> Vec<String> {
+    host_veths()
+        .into_iter()
+        .filter(|v| v.starts_with("ovsv") || v.starts_with("ovsc"))
+        .collect()
+}
+
+/// The bridge of network `id` in `dovesnap status --json`.
+fn bridge_of(plugin: &Daemon, id: &str) -> String {
+    let status = plugin.status();
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"].as_str() == Some(id))
+        .and_then(|n| n["bridge"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("network {id} not in status: {status:#}"))
+}
+
+/// The repairs the reconciler counted, by kind.
+fn repairs(plugin: &Daemon, what: &str) -> u64 {
+    let status = plugin.status();
+    status["repairs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p[0].as_str() == Some(what))
+        .and_then(|p| p[1].as_u64())
+        .unwrap_or(0)
+}
+
+// ---- Open vSwitch ------------------------------------------------------------------
+
+fn ovsdb_running() -> bool {
+    run("ovs-appctl", &["-t", "ovsdb-server", "version"])
+        .status
+        .success()
+}
+
+fn vswitchd_running() -> bool {
+    run("ovs-appctl", &["-t", "ovs-vswitchd", "version"])
+        .status
+        .success()
+}
+
+/// Marks every inherited descriptor close-on-exec before this test starts a host
+/// daemon: run under `flock LOCK cargo test ...`, the test holds the lock's descriptor,
+/// and a daemon inheriting it would hold the shared lock for as long as it runs.
+fn cloexec_inherited_fds() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number of this process touches no memory; a
+        // stale number (the directory listing's own) just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Stops an Open vSwitch daemon (`ovs-appctl exit`) and waits until its process is gone.
+fn stop_ovs_daemon(name: &str) {
+    let pidfile = format!("/var/run/openvswitch/{name}.pid");
+    let pid = std::fs::read_to_string(&pidfile).expect("OVS pidfile");
+    sh("ovs-appctl", &["-t", name, "exit"]);
+    let start = Instant::now();
+    while std::path::Path::new("/proc").join(pid.trim()).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts ovsdb-server as `cargo xtask setup` does (xtask/src/services.rs).
+fn start_ovsdb() {
+    cloexec_inherited_fds();
+    sh(
+        "ovsdb-server",
+        &[
+            "--remote=punix:/var/run/openvswitch/db.sock",
+            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+            "--pidfile",
+            "--detach",
+            "--log-file",
+        ],
+    );
+}
+
+/// Starts ovs-vswitchd as `cargo xtask setup` does.
+fn start_vswitchd() {
+    cloexec_inherited_fds();
+    sh("ovs-vswitchd", &["--pidfile", "--detach", "--log-file"]);
+}
+
+/// Starts whatever of ovsdb-server and ovs-vswitchd is not running, on drop: the host's
+/// Open vSwitch is shared, so a failed test must not leave it down.
+struct OvsRestore;
+
+impl Drop for OvsRestore {
+    fn drop(&mut self) {
+        if !ovsdb_running() {
+            start_ovsdb();
+        }
+        if !vswitchd_running() {
+            start_vswitchd();
+        }
+        let start = Instant::now();
+        while !run("ovs-vsctl", &["--timeout=2", "show"]).status.success()
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The far side of a nat network: a namespace behind a veth uplink with a who-am-I
+/// server (TCP and UDP on port 7000).
+struct Far {
+    ns: Netns,
+    _uplink: Veth,
+    server: Option<Child>,
+    host_ip: String,
+    far_ip: String,
+}
+
+impl Far {
+    fn new(prefix24: &str) -> Self {
+        let ns = Netns::new("dsxfar");
+        let uplink = Veth::new("dsxup");
+        let (host_ip, far_ip) = (format!("{prefix24}.1"), format!("{prefix24}.2"));
+        sh(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", &uplink.host],
+        );
+        uplink.peer_into(&ns, &format!("{far_ip}/24"));
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", WHOAMI])
+            .args([&far_ip, "7000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("who-am-I server");
+        std::thread::sleep(Duration::from_millis(500));
+        Far {
+            ns,
+            _uplink: uplink,
+            server: Some(server),
+            host_ip,
+            far_ip,
+        }
+    }
+
+    /// Whether a TCP connection from `c` reaches the far side masqueraded.
+    fn reached_from(&self, c: &Container) -> bool {
+        container_tcp(c, &self.far_ip, 7000)
+            .is_ok_and(|s| s.trim() == format!("from {}", self.host_ip))
+    }
+}
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = &self.ns;
+    }
+}
+
+/// Nothing of dovesnap's is left: no bridge of `bridges`, no dovesnap veth.
+fn assert_no_leak(bridges: &[String]) {
+    let left: Vec<String> = ovs_bridges()
+        .into_iter()
+        .filter(|b| bridges.contains(b))
+        .collect();
+    assert!(left.is_empty(), "bridges left behind: {left:?}");
+    let veths = dovesnap_veths();
+    assert!(veths.is_empty(), "veths left behind: {veths:?}");
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd; restarts the host's OVS (cargo xtask test)"]
+fn ovs_restarts_under_the_plugin() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new("10.233.100");
+    let flat = Network::create("dsflt-ovs-flat", &["--subnet", "10.233.1.0/24"]);
+    let nat = Network::create(
+        "dsflt-ovs-nat",
+        &["-o", "mode=nat", "--subnet", "10.233.2.0/24"],
+    );
+    let a = Container::idle("dsflt-ovs-a", &flat);
+    let b = Container::idle("dsflt-ovs-b", &flat);
+    let n = Container::idle("dsflt-ovs-n", &nat);
+    let b_ip = b.ip(&flat);
+    assert!(a.ping(&b_ip), "flat L2 before the fault");
+    assert!(far.reached_from(&n), "nat outbound before the fault");
+    let bridges = vec![
+        bridge_of(&plugin, &flat.id()),
+        bridge_of(&plugin, &nat.id()),
+    ];
+
+    // ovs-vswitchd: the userspace datapath lives in the process, so its bridges'
+    // internal ports (and the nat gateway's address on them) vanish with it; the new
+    // process rebuilds bridges and ports from the database, and the plugin's
+    // reconciler puts the gateway address back.
+    // Declared after the fixtures, so dropped before them: they clean up through OVS.
+    let _restore = OvsRestore;
+    stop_ovs_daemon("ovs-vswitchd");
+    let down = Instant::now();
+    start_vswitchd();
+    recovery(
+        "ovs-vswitchd restart: flat L2",
+        Duration::from_secs(30),
+        || ping_once(&a, &b_ip),
+    );
+    recovery(
+        "ovs-vswitchd restart: nat outbound",
+        Duration::from_secs(30),
+        || far.reached_from(&n),
+    );
+    eprintln!(
+        "recovery: ovs-vswitchd restart: both paths back {} ms after the exit",
+        down.elapsed().as_millis()
+    );
+    // The plugin still serves Docker: a new container joins and talks.
+    let c = Container::idle("dsflt-ovs-c", &flat);
+    assert!(c.ping(&b_ip), "a container created after the restart");
+
+    // ovsdb-server: ovs-vswitchd keeps forwarding and reconnects; the plugin's OVSDB
+    // client reconnects on its next call.
+    stop_ovs_daemon("ovsdb-server");
+    let down = Instant::now();
+    start_ovsdb();
+    recovery(
+        "ovsdb-server restart: flat L2",
+        Duration::from_secs(30),
+        || ping_once(&a, &b_ip),
+    );
+    let d = Container::idle("dsflt-ovs-d", &flat);
+    assert!(
+        d.ping(&b_ip),
+        "a container created after the ovsdb-server restart"
+    );
+    assert!(
+        far.reached_from(&n),
+        "nat outbound after the ovsdb-server restart"
+    );
+    eprintln!(
+        "recovery: ovsdb-server restart: create/join served {} ms after the exit",
+        down.elapsed().as_millis()
+    );
+
+    // Exactly the live endpoints: four containers on flat, one on nat.
+    let flat_ports = ovs_ports(&bridges[0]);
+    assert_eq!(flat_ports.len(), 4, "flat bridge ports: {flat_ports:?}");
+    assert_eq!(ovs_ports(&bridges[1]).len(), 1);
+    assert_eq!(dovesnap_veths().len(), 5, "{:?}", dovesnap_veths());
+
+    drop((a, b, c, d, n));
+    drop((flat, nat));
+    assert_no_leak(&bridges);
+    drop(plugin);
+    drop(far);
+}
+
+// ---- deleted behind the plugin's back ------------------------------------------------
+
+/// The OVS port (veth host end) of the endpoint with address `ip`, and whether it is
+/// on the nat-fast path.
+fn port_of(plugin: &Daemon, ip: &str) -> (String, bool) {
+    let status = plugin.status();
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{ip}/")))
+        })
+        .map(|e| {
+            (
+                e["port"].as_str().unwrap_or_default().to_string(),
+                e["fast_path"] == true,
+            )
+        })
+        .unwrap_or_else(|| panic!("no endpoint with address {ip}: {status:#}"))
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP and dockerd (cargo xtask test)"]
+fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new("10.233.102");
+    let flat = Network::create("dsflt-del-flat", &["--subnet", "10.233.5.0/24"]);
+    let nat = Network::create(
+        "dsflt-del-nat",
+        &["-o", "mode=nat", "--subnet", "10.233.6.0/24"],
+    );
+    let fast = Network::create(
+        "dsflt-del-fast",
+        &[
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &format!("ovs.nat.uplink={}", far._uplink.host),
+            "--subnet",
+            "10.233.7.0/24",
+        ],
+    );
+    let a = Container::idle("dsflt-del-a", &flat);
+    let b = Container::idle("dsflt-del-b", &flat);
+    let n = Container::idle("dsflt-del-n", &nat);
+    let f = Container::idle("dsflt-del-f", &fast);
+    let (a_ip, b_ip, f_ip) = (a.ip(&flat), b.ip(&flat), f.ip(&fast));
+    assert!(a.ping(&b_ip), "flat L2 before the fault");
+    assert!(far.reached_from(&n), "nat outbound before the fault");
+    assert!(far.reached_from(&f), "nat-fast outbound before the fault");
+    let bridges = vec![
+        bridge_of(&plugin, &flat.id()),
+        bridge_of(&plugin, &nat.id()),
+        bridge_of(&plugin, &fast.id()),
+    ];
+
+    // A container's veth deleted (both ends go): re-created into the container with its
+    // address and MAC, its OVS port made again.
+    let (a_port, _) = port_of(&plugin, &a_ip);
+    sh("ip", &["link", "del", &a_port]);
+    assert!(
+        !ping_once(&a, &b_ip),
+        "the fault did not cut the container off"
+    );
+    recovery("veth deleted: flat L2", Duration::from_secs(15), || {
+        ping_once(&a, &b_ip)
+    });
+    assert!(repairs(&plugin, "veth") >= 1);
+    let inside = String::from_utf8_lossy(&a.exec(&["ip", "-o", "-4", "addr"]).stdout).into_owned();
+    assert!(inside.contains(&format!("{a_ip}/24")), "{inside}");
+    assert!(
+        String::from_utf8_lossy(&a.exec(&["ip", "route"]).stdout).contains("default via"),
+        "no default route after the repair"
+    );
+
+    // The same on nat-fast: the endpoint goes back on the fast path.
+    let (f_port, on_fast) = port_of(&plugin, &f_ip);
+    assert!(on_fast, "nat-fast endpoint not on the fast path");
+    sh("ip", &["link", "del", &f_port]);
+    recovery(
+        "veth deleted: nat-fast outbound",
+        Duration::from_secs(15),
+        || far.reached_from(&f),
+    );
+    recovery(
+        "veth deleted: nat-fast endpoint back on the fast path",
+        Duration::from_secs(15),
+        || port_of(&plugin, &f_ip).1,
+    );
+
+    // A bridge deleted from OVSDB (its ports with it): made again with its ports.
+    sh("ovs-vsctl", &["del-br", &bridges[0]]);
+    recovery("bridge deleted: flat L2", Duration::from_secs(15), || {
+        ping_once(&a, &b_ip)
+    });
+    assert!(repairs(&plugin, "bridge") >= 1);
+    // A nat bridge: its internal port (the gateway) goes too; the address comes back.
+    sh("ovs-vsctl", &["del-br", &bridges[1]]);
+    recovery(
+        "bridge deleted: nat outbound",
+        Duration::from_secs(15),
+        || far.reached_from(&n),
+    );
+    assert!(repairs(&plugin, "gateway") >= 1);
+    // A nat-fast bridge: the fast path follows the new bridge port.
+    sh("ovs-vsctl", &["del-br", &bridges[2]]);
+    recovery(
+        "bridge deleted: nat-fast outbound",
+        Duration::from_secs(15),
+        || far.reached_from(&f) && port_of(&plugin, &f_ip).1,
+    );
+    eprintln!("{}", plugin.status_text());
+
+    // Exactly what the live containers need, and the plugin still serves Docker.
+    assert_eq!(
+        ovs_ports(&bridges[0]).len(),
+        2,
+        "{:?}",
+        ovs_ports(&bridges[0])
+    );
+    assert_eq!(ovs_ports(&bridges[1]).len(), 1);
+    assert_eq!(ovs_ports(&bridges[2]).len(), 1);
+    assert_eq!(dovesnap_veths().len(), 4, "{:?}", dovesnap_veths());
+    let c = Container::idle("dsflt-del-c", &flat);
+    assert!(c.ping(&a_ip), "a new container reaches the repaired one");
+
+    drop((a, b, c, n, f));
+    drop((flat, nat, fast));
+    assert_no_leak(&bridges);
+    drop(plugin);
+    drop(far);
+}
+
+// ---- the translator: a full session table, garbage frames ---------------------------
+
+/// Sends one datagram from a fixed source port (`argv[3]`) to `argv[1]:argv[2]` and
+/// prints the answer (empty on a timeout): the same 5-tuple, so the same session.
+const UDP_FIXED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[3])))\ns.settimeout(2)\ns.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\ntry:\n    print(s.recv(2048).decode().strip())\nexcept OSError:\n    pass";
+
+/// Sends one datagram from each of `argv[3]` fresh source ports to `argv[1]:argv[2]`
+/// (one new translator session each), answers ignored.
+const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n    s.close()";
+
+/// Garbage frames from a container (AF_PACKET on eth0), addressed to the gateway's MAC
+/// and routed destinations so that the XDP program steers what it can parse to the
+/// translator: bad checksums, truncated and inconsistent headers, fragments, TTL 1,
+/// other protocols, unhandled ICMP, random bytes. argv: gateway MAC, own MAC, own IP,
+/// destination IP, rounds.
+const GARBAGE: &str = r#"
+import random, socket, struct, sys
+gw, me, sip, dip, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+mac = lambda m: bytes(int(x, 16) for x in m.split(':'))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+eth = mac(gw) + mac(me) + b'\x08\x00'
+r = random.Random(7)
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def ip(proto, payload, ihl=5, ttl=64, frag=0, good=True, tot=None):
+    h = struct.pack('!BBHHHBBH4s4s', 0x40 | ihl, 0, tot if tot is not None else 20 + len(payload),
+                    r.randrange(65536), frag, ttl, proto, 0, socket.inet_aton(sip), socket.inet_aton(dip))
+    if good: h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    return h + payload
+udp = lambda sport: struct.pack('!HHHH', sport, 7000, 12, 0) + b'abcd'
+kinds = [
+    lambda: ip(17, udp(40000), good=False),
+    lambda: ip(6, b'\x9c\x40\x1b'),
+    lambda: ip(17, b'\x9c\x40'),
+    lambda: ip(1, b'\x08'),
+    lambda: ip(6, bytes(20), ihl=3),
+    lambda: ip(6, bytes(20), ihl=15),
+    lambda: ip(17, bytes(8), tot=1400),
+    lambda: ip(17, bytes(8), tot=10),
+    lambda: ip(17, udp(40001), frag=0x2000),
+    lambda: ip(17, udp(40002), ttl=1),
+    lambda: ip(47, bytes(8)),
+    lambda: ip(1, bytes([42, 0, 0, 0]) + bytes(4)),
+    lambda: ip(1, bytes([3, 3, 0, 0, 0, 0, 0, 0]) + bytes(r.randrange(0, 40))),
+    lambda: ip(6, struct.pack('!HHIIBBHHH', 40003, 7000, 1, 0, 0x20, 0xff, 512, 0, 0)),
+    lambda: bytes(r.randrange(256) for _ in range(r.randrange(1, 80))),
+]
+n = 0
+for _ in range(rounds):
+    for k in kinds:
+        try:
+            s.send(eth + k()); n += 1
+        except OSError:
+            pass
+print(n)
+"#;
+
+/// The sum of the translator counters (of every uplink) named `name`.
+fn translator(status: &serde_json::Value, name: &str) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["counters"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p[0].as_str() == Some(name))
+        .filter_map(|p| p[1].as_u64())
+        .sum()
+}
+
+/// Every `drop_*` translator counter, summed over uplinks.
+fn translator_drops(status: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for u in status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for p in u["counters"].as_array().into_iter().flatten() {
+            if let (Some(k), Some(v)) = (p[0].as_str(), p[1].as_u64()) {
+                if k.starts_with("drop_") {
+                    *out.entry(k.to_string()).or_default() += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn sessions(status: &serde_json::Value) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["sessions"].as_u64())
+        .sum()
+}
+
+const TABLE: u64 = 32;
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn translator_survives_a_full_table_and_garbage() {
+    require_root();
+    let plugin = start_plugin_with(&["--nat-max-sessions", &TABLE.to_string()]);
+    let far = Far::new("10.233.103");
+    let fast = Network::create(
+        "dsflt-tr-fast",
+        &[
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &format!("ovs.nat.uplink={}", far._uplink.host),
+            "--subnet",
+            "10.233.8.0/24",
+        ],
+    );
+    let c = Container::idle("dsflt-tr-c", &fast);
+    let hog = Container::idle("dsflt-tr-hog", &fast);
+    let (c_pid, hog_pid) = (c.pid(), hog.pid());
+    let in_c = |script: &str, args: &[&str]| {
+        let mut full = vec!["-t", &c_pid, "-n", "timeout", "60", "python3", "-c", script];
+        full.extend_from_slice(args);
+        String::from_utf8_lossy(&run("nsenter", &full).stdout)
+            .trim()
+            .to_string()
+    };
+    let from_host = format!("from {}", far.host_ip);
+    // A session of c's made before the table fills.
+    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]), from_host);
+
+    // The hog fills the table with UDP sessions, which may not be evicted before they
+    // time out (RFC 4787): new flows are refused and counted, the daemon keeps going,
+    // established sessions keep working.
+    let before = plugin.status();
+    run(
+        "nsenter",
+        &[
+            "-t",
+            &hog_pid,
+            "-n",
+            "python3",
+            "-c",
+            UDP_SPRAY,
+            &far.far_ip,
+            "7000",
+            "200",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let full = plugin.status();
+    assert_eq!(
+        sessions(&full),
+        TABLE,
+        "{:#}",
+        full["fast_path"]["dataplane"]
+    );
+    let exhausted =
+        translator(&full, "drop_ports_exhausted") - translator(&before, "drop_ports_exhausted");
+    assert!(
+        exhausted > 0,
+        "no refusal counted: {:#}",
+        full["fast_path"]["dataplane"]
+    );
+    assert_eq!(
+        in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]),
+        from_host,
+        "an established session stopped working under a full table"
+    );
+    // The hog goes (its sessions with its endpoint): new flows work again at once.
+    drop(hog);
+    recovery(
+        "full session table: new flows after the hog left",
+        Duration::from_secs(15),
+        || far.reached_from(&c),
+    );
+
+    // Evictable sessions (closed TCP) make room: 60 connections through a 32-slot table
+    // all succeed, and the evictions are counted.
+    let before = plugin.status();
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "for i in $(seq 1 60); do timeout 3 nc {} 7000; done",
+            far.far_ip
+        ),
+    ]);
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .matches(&from_host)
+        .count();
+    assert_eq!(answered, 60, "connections lost while evicting");
+    let after = plugin.status();
+    let evicted = translator(&after, "sessions_evicted") - translator(&before, "sessions_evicted");
+    assert!(
+        evicted > 0,
+        "no eviction counted: {:#}",
+        after["fast_path"]["dataplane"]
+    );
+    eprintln!("evicted {evicted} sessions for 60 connections through {TABLE} slots");
+
+    // Garbage: the translator drops what it cannot translate, by reason; nothing
+    // crashes and legit traffic goes on.
+    let gw_mac = std::fs::read_to_string(format!(
+        "/sys/class/net/{}/address",
+        bridge_of(&plugin, &fast.id())
+    ))
+    .expect("bridge MAC");
+    let my_mac = String::from_utf8_lossy(&c.exec(&["cat", "/sys/class/net/eth0/address"]).stdout)
+        .trim()
+        .to_string();
+    let c_ip = c.ip(&fast);
+    let before = plugin.status();
+    let started = Instant::now();
+    let sent = in_c(
+        GARBAGE,
+        &[gw_mac.trim(), &my_mac, &c_ip, &far.far_ip, "400"],
+    );
+    eprintln!(
+        "garbage: {sent} frames in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(sent.parse::<u64>().unwrap_or(0) >= 5000, "sent {sent}");
+    let after = plugin.status();
+    let (b, a) = (translator_drops(&before), translator_drops(&after));
+    let grew: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| **v > b.get(*k).copied().unwrap_or(0))
+        .map(|(k, v)| format!("{k}+{}", v - b.get(k).copied().unwrap_or(0)))
+        .collect();
+    eprintln!("translator drops by reason: {grew:?}");
+    assert!(grew.len() >= 2, "garbage not dropped by reason: {a:?}");
+    eprintln!("{}", plugin.status_text());
+    recovery("garbage flood: legit TCP", Duration::from_secs(5), || {
+        far.reached_from(&c)
+    });
+    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40101"]), from_host);
+    assert!(c.ping(&far.far_ip), "ICMP after the garbage");
+    assert!(port_of(&plugin, &c_ip).1, "c fell off the fast path");
+
+    drop(c);
+    drop(fast);
+    drop(plugin);
+    drop(far);
+}
+
+// ---- dockerd -----------------------------------------------------------------------
+
+const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
+
+fn docker_ready() -> bool {
+    run("timeout", &["5", "docker", "info"]).status.success()
+}
+
+/// Starts dockerd as `cargo xtask setup` does (xtask/src/services.rs).
+#[expect(
+    clippy::zombie_processes,
+    reason = "dockerd outlives the test, in a session of its own"
+)]
+fn start_dockerd() {
+    cloexec_inherited_fds();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DOCKERD_LOG)
+        .expect("dockerd log");
+    Command::new("setsid")
+        .args([
+            "dockerd",
+            "--storage-driver=vfs",
+            "--pidfile=/var/run/docker.pid",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("cannot start dockerd");
+}
+
+/// Stops dockerd with SIGTERM (what `systemctl restart docker` does) and waits for it.
+fn stop_dockerd() {
+    let pid = std::fs::read_to_string("/var/run/docker.pid").expect("dockerd pidfile");
+    let pid = pid.trim().to_string();
+    sh("kill", &[&pid]);
+    let start = Instant::now();
+    while std::path::Path::new("/proc").join(&pid).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts dockerd again on drop if it is down.
+struct DockerRestore;
+
+impl Drop for DockerRestore {
+    fn drop(&mut self) {
+        if !docker_ready() {
+            start_dockerd();
+            let start = Instant::now();
+            while !docker_ready() && start.elapsed() < Duration::from_secs(90) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Endpoint ids of the plugin's network `id`.
+fn endpoints_of(plugin: &Daemon, id: &str) -> Vec<String> {
+    let status = plugin.status();
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["id"].as_str() == Some(id))
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd; restarts the host's dockerd (cargo xtask test)"]
+fn dockerd_restarts_under_the_plugin() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new("10.233.101");
+    let flat = Network::create("dsflt-dk-flat", &["--subnet", "10.233.3.0/24"]);
+    let nat = Network::create(
+        "dsflt-dk-nat",
+        &["-o", "mode=nat", "--subnet", "10.233.4.0/24"],
+    );
+    // This host's dockerd runs without live-restore (Docker's default): stopping it
+    // stops every container. What a user expects then: containers with a restart
+    // policy come back on their networks, with their addresses, and the plugin holds
+    // exactly their endpoints (the old ones are deleted, none leak).
+    let always = ["--restart", "always"];
+    let a = Container::run("dsflt-dk-a", &flat, &always, &["sleep", "3600"]);
+    let b = Container::run("dsflt-dk-b", &flat, &always, &["sleep", "3600"]);
+    let n = Container::run("dsflt-dk-n", &nat, &always, &["sleep", "3600"]);
+    let once = Container::idle("dsflt-dk-once", &flat);
+    let b_ip = b.ip(&flat);
+    assert!(a.ping(&b_ip), "flat L2 before the fault");
+    assert!(far.reached_from(&n), "nat outbound before the fault");
+    let live_restore = docker_ok(&["info", "-f", "{{.LiveRestoreEnabled}}"]);
+    assert_eq!(live_restore, "false", "this test expects Docker's default");
+    let flat_id = flat.id();
+    let bridges = vec![bridge_of(&plugin, &flat_id), bridge_of(&plugin, &nat.id())];
+    let before = endpoints_of(&plugin, &flat_id);
+    assert_eq!(before.len(), 3);
+
+    // Declared after the fixtures, so dropped before them: they clean up through Docker.
+    let _restore = DockerRestore;
+    stop_dockerd();
+    let down = Instant::now();
+    // Every container stopped: Docker left and deleted its endpoints on the way down.
+    assert!(
+        endpoints_of(&plugin, &flat_id).is_empty(),
+        "endpoints kept while dockerd is down: {:?}",
+        endpoints_of(&plugin, &flat_id)
+    );
+    start_dockerd();
+    recovery(
+        "dockerd restart: docker answers",
+        Duration::from_secs(90),
+        docker_ready,
+    );
+    recovery(
+        "dockerd restart: restarted containers talk on flat",
+        Duration::from_secs(60),
+        || ping_once(&a, &b_ip),
+    );
+    recovery(
+        "dockerd restart: nat outbound",
+        Duration::from_secs(60),
+        || far.reached_from(&n),
+    );
+    eprintln!(
+        "recovery: dockerd restart: containers back {} ms after dockerd stopped",
+        down.elapsed().as_millis()
+    );
+    assert_eq!(b.ip(&flat), b_ip, "b came back with another address");
+    let state = docker_ok(&["inspect", "-f", "{{.State.Running}}", &once.name]);
+    assert_eq!(
+        state, "false",
+        "a container without restart policy stays down"
+    );
+    let after = endpoints_of(&plugin, &flat_id);
+    assert_eq!(
+        after.len(),
+        2,
+        "flat endpoints after the restart: {after:?}"
+    );
+    assert!(
+        after.iter().all(|e| !before.contains(e)),
+        "old endpoints kept"
+    );
+    assert_eq!(ovs_ports(&bridges[0]).len(), 2);
+    assert_eq!(ovs_ports(&bridges[1]).len(), 1);
+    // The plugin serves the restarted dockerd: a new container joins.
+    let c = Container::idle("dsflt-dk-c", &flat);
+    assert!(c.ping(&b_ip), "a container created after the restart");
+
+    drop((a, b, c, n, once));
+    drop((flat, nat));
+    assert_no_leak(&bridges);
+    let _ = docker(&["ps"]);
+    drop(plugin);
+    drop(far);
+}
