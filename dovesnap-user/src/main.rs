@@ -12,7 +12,7 @@ use dovesnap::driver::Driver;
 use dovesnap::firewall::NftFirewall;
 use dovesnap::metrics::DEFAULT_METRICS_ADDR;
 use dovesnap::netlink::Netlink;
-use dovesnap::ovsdb::{Ovsdb, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
+use dovesnap::ovsdb::{Ovsdb, Remote, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
 use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
 
 #[derive(Parser)]
@@ -46,6 +46,8 @@ enum Cmd {
         /// the flag alone listens on 127.0.0.1:9477).
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_ADDR)]
         metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        ovn: OvnArgs,
     },
     /// Show the daemon's networks and endpoints.
     Status {
@@ -62,7 +64,25 @@ enum Cmd {
         /// ovsdb-server's unix socket.
         #[arg(long, default_value = DEFAULT_OVSDB_SOCKET)]
         ovsdb: PathBuf,
+        /// Also check this OVN northbound database (default: as overlay networks
+        /// find it, from this host's Open_vSwitch external_ids).
+        #[arg(long, value_name = "REMOTE")]
+        ovn_nb: Option<Remote>,
     },
+}
+
+/// Overlay mode (OVN) settings of the daemon.
+#[derive(clap::Args)]
+struct OvnArgs {
+    /// The OVN northbound database of overlay networks (`tcp:HOST:6641` or
+    /// `unix:PATH`); a network's `-o ovs.ovn.nb` wins. Default: this host's
+    /// external_ids:ovn-nb, else the host of external_ids:ovn-remote at port 6641.
+    #[arg(long, value_name = "REMOTE")]
+    ovn_nb: Option<Remote>,
+    /// This host's tunnel endpoint address, written to external_ids:ovn-encap-ip
+    /// (where ovn-controller reads it) at start. Default: leave it as set.
+    #[arg(long, value_name = "IP")]
+    ovn_encap_ip: Option<std::net::IpAddr>,
 }
 
 fn main() -> Result<()> {
@@ -82,7 +102,8 @@ fn main() -> Result<()> {
                 socket,
                 ovsdb,
                 metrics,
-            } => daemon(socket, ovsdb, cli.control_socket, metrics).await,
+                ovn,
+            } => daemon(socket, ovsdb, cli.control_socket, metrics, ovn).await,
             Cmd::Status { json } => {
                 let status = control::fetch_status(&cli.control_socket).await?;
                 if json {
@@ -92,10 +113,15 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Cmd::Doctor { json, ovsdb } => {
+            Cmd::Doctor {
+                json,
+                ovsdb,
+                ovn_nb,
+            } => {
                 use dovesnap::doctor;
                 let opts = doctor::Options {
                     ovsdb,
+                    ovn_nb,
                     ..doctor::Options::default()
                 };
                 let checks = doctor::run(&opts).await;
@@ -119,14 +145,21 @@ async fn daemon(
     ovsdb: PathBuf,
     control_socket: PathBuf,
     metrics: Option<std::net::SocketAddr>,
+    ovn: OvnArgs,
 ) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
+    if let Some(ip) = ovn.ovn_encap_ip {
+        ovs.set_switch_external_id(dovesnap::ovn::EXT_ENCAP_IP, Some(&ip.to_string()))
+            .await
+            .context("cannot set external_ids:ovn-encap-ip")?;
+    }
     let netlink = Netlink::new()?;
     let firewall = NftFirewall::new();
     if let Err(e) = firewall.probe() {
         tracing::warn!("nat networks will not work: {e}");
     }
-    let driver = Arc::new(Driver::new(ovs, netlink, Box::new(firewall)));
+    let driver =
+        Arc::new(Driver::new(ovs, netlink, Box::new(firewall)).with_ovn_northbound(ovn.ovn_nb));
     let (networks, endpoints) = driver
         .recover()
         .await
