@@ -487,6 +487,14 @@ impl Driver {
                     chassis: record.chassis,
                 }),
             };
+            if br.is_none() {
+                // Without the bridge this host's endpoints are unknown: reconciling
+                // would take every port of this chassis for stale.
+                warn!(network = %id, bridge = %net.bridge,
+                      "integration bridge missing: not reconciling with OVN");
+                found.push(net);
+                continue;
+            }
             match self.reconcile_overlay(&net).await {
                 Ok(removed) => {
                     info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
