@@ -3,7 +3,7 @@
 //! ovn-controller and dovesnap daemon (driven through its plugin API, as dockerd would);
 //! one central ovn-northd with its northbound and southbound databases sits in a
 //! namespace of its own. The hosts reach the central databases and each other (geneve
-//! tunnels) over a private LAN, 192.0.2.0/24 on a Linux bridge in the central
+//! tunnels) over a private LAN, 198.18.77.0/24 (RFC 2544 benchmarking space) on a Linux bridge in the central
 //! namespace. Containers are namespaces that get the endpoint's interface, as Docker
 //! does at Join. Nothing here touches the global Open vSwitch, dockerd or a global OVN.
 
@@ -12,10 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::Daemon;
-use dovesnap_tests::{require_root, sh, unique_name, Netns};
+use dovesnap_tests::docker::{self, Container, Network};
+use dovesnap_tests::{require_root, run, sh, unique_name, Netns};
 use serde_json::{json, Value};
 
-const CENTRAL_IP: &str = "192.0.2.254";
+/// The test LAN (RFC 2544 benchmarking space, unused elsewhere); hosts are .1, .2, ...
+const LAN: &str = "198.18.77";
+const CENTRAL_IP: &str = "198.18.77.254";
 const SUBNET: &str = "10.30.0.0/24";
 /// The switch a network on [`SUBNET`] maps to without `ovs.ovn.switch`.
 const SWITCH: &str = "dovesnap-10.30.0.0-24";
@@ -223,7 +226,7 @@ impl Host {
         let system_id = format!("host{n}");
         let dir = root.join(&system_id);
         std::fs::create_dir_all(&dir).unwrap();
-        let ip = format!("192.0.2.{n}");
+        let ip = format!("{LAN}.{n}");
         let host = Host {
             system_id,
             ip,
@@ -507,9 +510,15 @@ fn pings(ctr: &Netns, to: &str) -> bool {
 
 /// Fetches `http://to:8080/` from `ctr` (TCP across the tunnel); the body.
 fn fetch(ctr: &Netns, to: &str) -> String {
-    // bash's /dev/tcp: busybox wget crashes in a bare namespace here.
-    let script =
-        format!("exec 3<>/dev/tcp/{to}/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+    fetch_port(ctr, to, 8080)
+}
+
+/// Fetches `http://to:port/` from `ctr`; the body.
+fn fetch_port(ctr: &Netns, to: &str, port: u16) -> String {
+    // bash's /dev/tcp (busybox wget's -T crashes).
+    let script = format!(
+        "exec 3<>/dev/tcp/{to}/{port} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
     let start = Instant::now();
     loop {
         let out = ctr.run("timeout", &["5", "bash", "-c", &script]);
@@ -522,7 +531,7 @@ fn fetch(ctr: &Netns, to: &str) -> String {
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "GET http://{to}:8080/ from {}: {text} {}",
+            "GET http://{to}:{port}/ from {}: {text} {}",
             ctr.name,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -676,28 +685,8 @@ fn overlay_refusals_are_clear_and_leak_nothing() {
     };
     let pool = json!([{"AddressSpace": "x", "Pool": SUBNET, "Gateway": "10.30.0.1/24"}]);
     // No subnet.
-    let e = create(&id("c1"), json!({"mode": "overlay"}), json!([]));
+    let e = create(&id("d1"), json!({"mode": "overlay"}), json!([]));
     assert!(e.contains("needs an IPv4 subnet"), "{e}");
-    // An integration bridge that does not exist.
-    let e = create(
-        &id("c2"),
-        json!({"mode": "overlay", "ovs.ovn.bridge": "br-nope"}),
-        pool.clone(),
-    );
-    assert!(
-        e.contains("integration bridge br-nope does not exist"),
-        "{e}"
-    );
-    // A northbound database that does not answer.
-    let e = create(
-        &id("c3"),
-        json!({"mode": "overlay", "ovs.ovn.nb": "tcp:192.0.2.253:6641"}),
-        pool.clone(),
-    );
-    assert!(
-        e.contains("OVN northbound database at tcp:192.0.2.253:6641"),
-        "{e}"
-    );
     // A switch that already serves another subnet.
     central.nbctl(&[
         "ls-add",
@@ -708,31 +697,231 @@ fn overlay_refusals_are_clear_and_leak_nothing() {
         "taken",
         "external_ids:dovesnap-subnet=10.99.0.0/24",
     ]);
-    let e = create(
-        &id("c4"),
-        json!({"mode": "overlay", "ovs.ovn.switch": "taken"}),
-        pool.clone(),
-    );
-    assert!(
-        e.contains("serves subnet 10.99.0.0/24, not 10.30.0.0/24"),
-        "{e}"
-    );
-    // Bridge options make no sense for overlay.
-    let e = create(
-        &id("c5"),
-        json!({"mode": "overlay", "ovs.bridge.vlan": "7"}),
-        pool,
-    );
-    assert!(e.contains("nothing with mode=overlay"), "{e}");
+    let refusals = [
+        (
+            json!({"mode": "overlay", "ovs.ovn.bridge": "br-nope"}),
+            "integration bridge br-nope does not exist",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.ovn.nb": "tcp:198.18.77.253:6641"}),
+            "OVN northbound database at tcp:198.18.77.253:6641",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.ovn.switch": "taken"}),
+            "serves subnet 10.99.0.0/24, not 10.30.0.0/24",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.bridge.vlan": "7"}),
+            "nothing with mode=overlay",
+        ),
+    ];
+    for (i, (opts, expected)) in refusals.into_iter().enumerate() {
+        let e = create(&id(&format!("c{i}")), opts, pool.clone());
+        assert!(e.contains(expected), "{e}");
+    }
     assert_eq!(central.switches(), ["taken"]);
     let record = h1.vsctl(&["get", "Open_vSwitch", ".", "external_ids"]);
     assert!(!record.contains("dovesnap-overlay"), "{record}");
     // A host that is no chassis.
     h1.vsctl(&["remove", "Open_vSwitch", ".", "external_ids", "system-id"]);
-    let e = create(
-        &id("c6"),
-        json!({"mode": "overlay"}),
-        json!([{"AddressSpace": "x", "Pool": SUBNET, "Gateway": "10.30.0.1/24"}]),
-    );
+    let e = create(&id("d6"), json!({"mode": "overlay"}), pool);
     assert!(e.contains("external_ids:system-id is not set"), "{e}");
+}
+
+/// The root namespace as an OVN host: the global Open vSwitch (where dockerd's plugin
+/// works) becomes a chassis for the test's central, with its own uplink bridge on the
+/// test LAN. Drop stops its ovn-controller, deletes br-int and the uplink bridge and
+/// removes the chassis settings, leaving the global OVS as it was.
+struct RootChassis {
+    veth: String,
+    phy: String,
+    pidfile: PathBuf,
+}
+
+/// The `Open_vSwitch` keys the root chassis sets (and removes).
+const ROOT_KEYS: [&str; 5] = [
+    "ovn-remote",
+    "ovn-encap-ip",
+    "ovn-encap-type",
+    "system-id",
+    "ovn-bridge-datapath-type",
+];
+
+impl RootChassis {
+    fn start(root: &Path, central: &Central) -> Self {
+        let ids = sh("ovs-vsctl", &["get", "Open_vSwitch", ".", "external_ids"]);
+        assert!(
+            !ids.contains("ovn-remote") && !ids.contains("system-id"),
+            "the global Open vSwitch is already an OVN chassis ({ids}): not disturbing it"
+        );
+        assert!(
+            !sh("ovs-vsctl", &["list-br"]).lines().any(|b| b == "br-int"),
+            "the global Open vSwitch already has a br-int: not disturbing it"
+        );
+        let veth = unique_name("dsova");
+        let chassis = RootChassis {
+            phy: format!("{veth}b"),
+            pidfile: root.join("root-ovn-controller.pid"),
+            veth,
+        };
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &chassis.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lan0",
+                "netns",
+                &central.lan.name,
+            ],
+        );
+        central
+            .lan
+            .sh("ip", &["link", "set", "lan0", "master", "lanbr", "up"]);
+        central.lan.sh("ethtool", &["-K", "lan0", "tx", "off"]);
+        sh("ip", &["link", "set", &chassis.veth, "up"]);
+        sh(
+            "ovs-vsctl",
+            &[
+                "--timeout=20",
+                "add-br",
+                &chassis.phy,
+                "--",
+                "set",
+                "bridge",
+                &chassis.phy,
+                "datapath_type=netdev",
+                "--",
+                "add-port",
+                &chassis.phy,
+                &chassis.veth,
+            ],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("{LAN}.100/24"), "dev", &chassis.phy],
+        );
+        sh("ip", &["link", "set", &chassis.phy, "up"]);
+        sh("ethtool", &["-K", &chassis.phy, "tx", "off"]);
+        sh(
+            "ovs-vsctl",
+            &[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:ovn-remote=tcp:{CENTRAL_IP}:6642"),
+                &format!("external_ids:ovn-encap-ip={LAN}.100"),
+                "external_ids:ovn-encap-type=geneve",
+                "external_ids:system-id=dockerhost",
+                "external_ids:ovn-bridge-datapath-type=netdev",
+            ],
+        );
+        let mut c = Command::new("ovn-controller");
+        c.arg(format!("--pidfile={}", chassis.pidfile.display()))
+            .arg(format!(
+                "--log-file={}",
+                root.join("root-ovn-controller.log").display()
+            ))
+            .arg("--detach");
+        for var in ["OVN_RUNDIR", "OVN_LOGDIR"] {
+            c.env(var, root);
+        }
+        let out = c.output().expect("ovn-controller");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until("the root chassis", Duration::from_secs(30), || {
+            central
+                .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+                .split_whitespace()
+                .any(|c| c == "dockerhost")
+                && sh("ovs-vsctl", &["list-br"]).lines().any(|b| b == "br-int")
+        });
+        chassis
+    }
+}
+
+impl Drop for RootChassis {
+    fn drop(&mut self) {
+        stop_pidfile(&self.pidfile, libc::SIGTERM);
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", "br-int"]);
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", &self.phy]);
+        for key in ROOT_KEYS {
+            let _ = run(
+                "ovs-vsctl",
+                &["remove", "Open_vSwitch", ".", "external_ids", key],
+            );
+        }
+        let _ = run("ip", &["link", "del", &self.veth]);
+    }
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, dockerd and OVN (cargo xtask test)"]
+fn a_docker_host_and_an_api_host_share_a_network() {
+    require_root();
+    let scratch = Scratch::new();
+    let root = scratch.0.clone();
+    let central = Central::start(&root);
+    let mut h2 = Host::start(&root, &central, 2);
+    h2.start_plugin();
+    let _chassis = RootChassis::start(&root, &central);
+    let _plugin = docker::start_plugin();
+
+    let n2 = id("d2");
+    h2.create_network(&n2, json!({"mode": "overlay"}));
+    let e2 = id("f2");
+    let c2 = h2.attach(&n2, &e2, "10.30.0.21/24");
+    {
+        // The docker host takes the upper half of the subnet; host2 the lower one.
+        let net = Network::create(
+            "dsovl-net",
+            &[
+                "-o",
+                "mode=overlay",
+                "--subnet",
+                SUBNET,
+                "--ip-range",
+                "10.30.0.128/25",
+            ],
+        );
+        let web = Container::httpd("dsovl-web", &net, "hello-from-docker");
+        let ip = web.ip(&net);
+        assert!(ip.starts_with("10.30.0.1"), "{ip}");
+        let ids = central.switch_ids(SWITCH);
+        assert!(
+            ids.contains("dovesnap-host-dockerhost") && ids.contains("dovesnap-host-host2"),
+            "{ids}"
+        );
+        let ports = central.ports(SWITCH);
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        for p in &ports {
+            wait_port_up(&central, p);
+        }
+        // ICMP both ways, TCP from host2's container to the Docker container.
+        assert!(pings(&c2, &ip), "host2 -> docker ping");
+        assert!(web.ping("10.30.0.21"), "docker -> host2 ping");
+        assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
+        // No gateway: overlay networks are internal in this version.
+        let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(!routes.contains("default"), "{routes}");
+    }
+    // `docker network rm` on the docker host: the switch stays for host2.
+    assert_eq!(central.switches(), [SWITCH]);
+    let ids = central.switch_ids(SWITCH);
+    assert!(
+        !ids.contains("dockerhost") && ids.contains("host2"),
+        "{ids}"
+    );
+    assert_eq!(central.ports(SWITCH), [lsp(&e2)]);
+    assert!(!sh("ovs-vsctl", &["list-ports", "br-int"]).contains("ovsv"));
+    h2.detach(&n2, &e2);
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
+    assert!(central.switches().is_empty());
 }

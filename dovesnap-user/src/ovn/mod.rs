@@ -85,14 +85,14 @@ pub enum OvnError {
     Contended(String),
     #[error("{0}")]
     Chassis(String),
+    #[error("unexpected answer from the OVN northbound database: {0}")]
+    Unexpected(OvsdbError),
 }
 
+/// Reading a northbound answer (a malformed row, ...).
 impl From<OvsdbError> for OvnError {
     fn from(e: OvsdbError) -> Self {
-        OvnError::Northbound {
-            remote: "?".into(),
-            source: e,
-        }
+        OvnError::Unexpected(e)
     }
 }
 

@@ -289,6 +289,14 @@ fn remove_ports(switch_uuid: &str, port_uuids: &[&str]) -> Txn {
     txn
 }
 
+fn refused(what: String, r: ovsdb::Refusal) -> OvnError {
+    OvnError::Refused {
+        what,
+        error: r.error,
+        details: r.details.unwrap_or_default(),
+    }
+}
+
 /// What a join did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Joined {
@@ -387,13 +395,7 @@ impl Northbound {
                         Ok(_) => return Ok(Joined::Created),
                         // Another host created it first: join theirs.
                         Err(r) if r.op == Some(0) => continue,
-                        Err(r) => {
-                            return Err(OvnError::Refused {
-                                what: format!("create logical switch {name}"),
-                                error: r.error,
-                                details: r.details.unwrap_or_default(),
-                            })
-                        }
+                        Err(r) => return Err(refused(format!("create logical switch {name}"), r)),
                     }
                 }
                 Some(state) => {
@@ -426,13 +428,7 @@ impl Northbound {
             match self.transact(&txn).await? {
                 Ok(_) => return Ok(last),
                 Err(r) if r.op == Some(0) => continue,
-                Err(r) => {
-                    return Err(OvnError::Refused {
-                        what: format!("leave logical switch {name}"),
-                        error: r.error,
-                        details: r.details.unwrap_or_default(),
-                    })
-                }
+                Err(r) => return Err(refused(format!("leave logical switch {name}"), r)),
             }
         }
         Err(OvnError::Contended(format!("leave logical switch {name}")))
@@ -483,11 +479,10 @@ impl Northbound {
                 Ok(_) => return Ok(()),
                 Err(r) if r.op == Some(0) => continue,
                 Err(r) => {
-                    return Err(OvnError::Refused {
-                        what: format!("add logical port {} to switch {name}", spec.name),
-                        error: r.error,
-                        details: r.details.unwrap_or_default(),
-                    })
+                    return Err(refused(
+                        format!("add logical port {} to switch {name}", spec.name),
+                        r,
+                    ))
                 }
             }
         }
