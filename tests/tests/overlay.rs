@@ -568,12 +568,17 @@ fn two_hosts_share_a_switch_survive_a_host_loss_and_clean_up() {
     // The same network on both hosts (Docker gives each host its own network id):
     // one logical switch, referenced by both.
     let (n1, n2) = (id("a1"), id("b2"));
-    h1.create_network(
-        &n1,
-        json!({"mode": "overlay", "ovs.ovn.nb": format!("tcp:{CENTRAL_IP}:6641")}),
-    );
-    // host2 finds the northbound database from its ovn-remote (port 6641).
-    h2.create_network(&n2, json!({"mode": "overlay"}));
+    // Both at once: one creates the switch, the other joins it.
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            h1.create_network(
+                &n1,
+                json!({"mode": "overlay", "ovs.ovn.nb": format!("tcp:{CENTRAL_IP}:6641")}),
+            )
+        });
+        // host2 finds the northbound database from its ovn-remote (port 6641).
+        t.spawn(|| h2.create_network(&n2, json!({"mode": "overlay"})));
+    });
     assert_eq!(central.switches(), [SWITCH]);
     let ids = central.switch_ids(SWITCH);
     assert!(ids.contains(&format!("dovesnap-host-host1={n1}")), "{ids}");
@@ -624,6 +629,32 @@ fn two_hosts_share_a_switch_survive_a_host_loss_and_clean_up() {
         .run("ip", &["link", "show", &format!("ovsv{}", &e4[..10])])
         .status
         .success());
+    assert_eq!(central.ports(SWITCH).len(), 3);
+    // The same new address on both hosts at once: exactly one gets it.
+    let (e5, e6) = (id("e5"), id("e6"));
+    let create = |h: &Host, nid: &str, eid: &str| {
+        let body = json!({"NetworkID": nid, "EndpointID": eid,
+                          "Interface": {"Address": "10.30.0.50/24"}});
+        let (_, v) = h
+            .plugin()
+            .call("/NetworkDriver.CreateEndpoint", &body.to_string());
+        v.get("Err").is_none()
+    };
+    let (ok1, ok2) = std::thread::scope(|t| {
+        let a = t.spawn(|| create(&h1, &n1, &e5));
+        let b = t.spawn(|| create(&h2, &n2, &e6));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(ok1 ^ ok2, "both or neither got 10.30.0.50: {ok1} {ok2}");
+    let (winner, nid, eid) = if ok1 {
+        (&h1, &n1, &e5)
+    } else {
+        (&h2, &n2, &e6)
+    };
+    winner.ok(
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
     assert_eq!(central.ports(SWITCH).len(), 3);
 
     // host2 goes down (plugin and ovn-controller crash). Meanwhile its container e3
