@@ -520,6 +520,7 @@ impl Driver {
         let subnet = net.ipam.subnet.clone().unwrap_or_default();
         nb.join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
             .await?;
+        self.reap_dead_chassis(ov).await?;
         let state = nb
             .switch(&ov.switch)
             .await?
@@ -541,6 +542,24 @@ impl Driver {
             }
         }
         Ok(stale.len())
+    }
+
+    /// Removes from the overlay's switch the ports and references of hosts that are no
+    /// longer OVN chassis (removed from the southbound database after they died).
+    /// Skipped while this host itself is not registered (its view is not to be trusted
+    /// then) or when the southbound database is not a TCP/unix remote we can reach.
+    async fn reap_dead_chassis(&self, ov: &Overlay) -> Result<usize, OvnError> {
+        let ids = self.ovs.switch_external_ids().await?;
+        let Some(sb) = Chassis::from_external_ids(&ids).southbound() else {
+            return Ok(0);
+        };
+        let live = self.northbound(&sb).chassis_names().await?;
+        if !live.contains(&ov.chassis) {
+            return Ok(0);
+        }
+        self.northbound(&ov.northbound)
+            .reap_dead_chassis(&ov.switch, &live)
+            .await
     }
 
     /// Overlay: the network's logical switch, joined (or created) in OVN, and the
@@ -602,6 +621,14 @@ impl Driver {
             let _ = nb.leave_switch(&switch, &host).await;
             return Err(ovs_err(e));
         }
+        let overlay = Overlay {
+            switch,
+            northbound,
+            chassis: host,
+        };
+        if let Err(e) = self.reap_dead_chassis(&overlay).await {
+            warn!(network = %id, "could not remove the ports of dead hosts: {e}");
+        }
         Ok(Network {
             id: id.to_string(),
             bridge,
@@ -610,11 +637,7 @@ impl Driver {
             ipam,
             internal: false,
             endpoints: HashMap::new(),
-            overlay: Some(Overlay {
-                switch,
-                northbound,
-                chassis: host,
-            }),
+            overlay: Some(overlay),
         })
     }
 

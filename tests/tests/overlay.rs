@@ -555,7 +555,7 @@ fn wait_port_up(central: &Central, port: &str) {
 
 #[test]
 #[ignore = "needs root and OVN (cargo xtask test)"]
-fn two_hosts_share_a_switch_survive_a_host_loss_and_clean_up() {
+fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     require_root();
     let scratch = Scratch::new();
     let root = scratch.0.clone();
@@ -679,6 +679,27 @@ fn two_hosts_share_a_switch_survive_a_host_loss_and_clean_up() {
     wait_port_up(&central, &lsp(&e2));
     assert!(pings(&c1, "10.30.0.21"), "ping after host2's return");
     assert_eq!(fetch(&c1, "10.30.0.21"), "hello from host2");
+
+    // A third host joins, then dies for good: once an operator removes its chassis
+    // from OVN, the next plugin to start (host1's here) removes its ports and reference.
+    let mut h3 = Host::start(&root, &central, 3);
+    h3.start_plugin();
+    let n3 = id("c3");
+    h3.create_network(&n3, json!({"mode": "overlay"}));
+    let e7 = id("e7");
+    let _c7 = h3.attach(&n3, &e7, "10.30.0.31/24");
+    wait_port_up(&central, &lsp(&e7));
+    assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 ping");
+    h3.plugin.as_mut().unwrap().kill();
+    h3.kill_controller();
+    central.sbctl(&["chassis-del", "host3"]);
+    assert!(central.ports(SWITCH).contains(&lsp(&e7)));
+    drop(h1.plugin.take());
+    h1.start_plugin();
+    let ids = central.switch_ids(SWITCH);
+    assert!(!ids.contains("host3"), "{ids}");
+    assert!(!central.ports(SWITCH).contains(&lsp(&e7)));
+    assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 after the reaping");
 
     // The network leaves host1: the switch stays for host2.
     h1.detach(&n1, &e1);

@@ -141,6 +141,17 @@ impl Chassis {
             .ok_or_else(|| missing(EXT_SYSTEM_ID))
     }
 
+    /// The southbound database (the first of `ovn-remote`).
+    pub fn southbound(&self) -> Option<Remote> {
+        self.ovn_remote
+            .as_deref()?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Where the northbound database is: `external_ids:ovn-nb`, else the host of the
     /// first `ovn-remote` (the southbound database, usually on the same central host)
     /// with the northbound port 6641.

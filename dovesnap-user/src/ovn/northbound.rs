@@ -25,6 +25,8 @@ use super::OvnError;
 
 /// The database name.
 pub const DB: &str = "OVN_Northbound";
+/// The southbound database (where the chassis register).
+pub const SB_DB: &str = "OVN_Southbound";
 /// `Logical_Switch.external_ids`: the network's subnet.
 pub const EXT_SUBNET: &str = "dovesnap-subnet";
 /// `Logical_Switch.external_ids` key prefix: one per host using the switch.
@@ -297,6 +299,51 @@ fn refused(what: String, r: ovsdb::Refusal) -> OvnError {
     }
 }
 
+/// Removes the ports of chassis not in `live` and their references on the switch (one
+/// transaction, guarded on what was read).
+fn reap(state: &SwitchState, live: &[String]) -> Option<(Txn, Vec<String>)> {
+    let dead = |c: &str| !live.iter().any(|l| l == c);
+    let ports: Vec<&str> = state
+        .ports
+        .iter()
+        .filter(|p| p.external_ids.get(EXT_CHASSIS).is_some_and(|c| dead(c)))
+        .map(|p| p.uuid.as_str())
+        .collect();
+    let hosts: Vec<String> = state
+        .switch
+        .hosts()
+        .into_iter()
+        .filter(|h| dead(h))
+        .map(str::to_string)
+        .collect();
+    if ports.is_empty() && hosts.is_empty() {
+        return None;
+    }
+    let mut txn = Txn::on(DB);
+    let sw = &state.switch;
+    guard_unchanged(
+        &mut txn,
+        &sw.uuid,
+        "external_ids",
+        string_map(&sw.external_ids),
+    );
+    let set: Vec<Value> = ports.iter().map(|u| json!(["uuid", u])).collect();
+    let keys: Vec<String> = hosts.iter().map(|h| host_key(h)).collect();
+    txn.mutate(
+        LS,
+        vec![ovsdb::eq("_uuid", json!(["uuid", sw.uuid]))],
+        vec![
+            json!(["ports", "delete", ["set", set]]),
+            json!(["external_ids", "delete", ["set", keys]]),
+        ],
+    );
+    txn.comment(&format!(
+        "dovesnap: reaping chassis gone from the southbound database: {}",
+        hosts.join(", ")
+    ));
+    Some((txn, hosts))
+}
+
 /// What a join did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Joined {
@@ -489,6 +536,49 @@ impl Northbound {
         Err(OvnError::Contended(format!("add a port to switch {name}")))
     }
 
+    /// Removes from switch `name` the ports and references of chassis that are not in
+    /// `live` (the southbound database's registered chassis): hosts that died and
+    /// were removed from OVN (`ovn-sbctl chassis-del`). Returns how many ports went.
+    pub async fn reap_dead_chassis(&self, name: &str, live: &[String]) -> Result<usize, OvnError> {
+        for _ in 0..RETRIES {
+            let Some(state) = self.switch(name).await? else {
+                return Ok(0);
+            };
+            let Some((txn, hosts)) = reap(&state, live) else {
+                return Ok(0);
+            };
+            let ports = state
+                .ports
+                .iter()
+                .filter(|p| {
+                    p.external_ids
+                        .get(EXT_CHASSIS)
+                        .is_some_and(|c| !live.contains(c))
+                })
+                .count();
+            match self.transact(&txn).await? {
+                Ok(_) => {
+                    tracing::info!(switch = %name, ?hosts, ports, "reaped dead chassis");
+                    return Ok(ports);
+                }
+                Err(r) if r.op == Some(0) => continue,
+                Err(r) => return Err(refused(format!("reap dead chassis on {name}"), r)),
+            }
+        }
+        Err(OvnError::Contended(format!("reap dead chassis on {name}")))
+    }
+
+    /// The chassis registered in this (southbound) database.
+    pub async fn chassis_names(&self) -> Result<Vec<String>, OvnError> {
+        let mut txn = Txn::on(SB_DB);
+        txn.select("Chassis", vec![], &["name"]);
+        let results = self.commit("read the chassis", &txn).await?;
+        ovsdb::rows(&results, 0)?
+            .iter()
+            .map(|r| Ok(Row::new("Chassis", r)?.string("name")?.to_string()))
+            .collect()
+    }
+
     /// Removes the ports named `ports` from switch `name` (missing ones are skipped).
     pub async fn remove_ports(&self, name: &str, ports: &[&str]) -> Result<(), OvnError> {
         let Some(state) = self.switch(name).await? else {
@@ -596,6 +686,36 @@ mod tests {
                 ["set", [["uuid", "p-1"], ["uuid", "p-2"]]]
             ]])
         );
+    }
+
+    #[test]
+    fn reaps_only_dead_chassis() {
+        let mut sw = switch(&["h1", "h3"]);
+        sw.ports = vec!["p-1".into(), "p-3".into()];
+        let port = |uuid: &str, chassis: &str| PortInfo {
+            uuid: uuid.into(),
+            name: uuid.into(),
+            addresses: vec![],
+            external_ids: [(EXT_CHASSIS.to_string(), chassis.to_string())].into(),
+        };
+        let state = SwitchState {
+            switch: sw,
+            ports: vec![port("p-1", "h1"), port("p-3", "h3")],
+        };
+        let live = vec!["h1".to_string(), "h2".to_string()];
+        let (txn, hosts) = reap(&state, &live).unwrap();
+        assert_eq!(hosts, ["h3"]);
+        let p = txn.params();
+        assert_eq!(p[1]["op"], "wait");
+        assert_eq!(
+            p[2]["mutations"],
+            json!([
+                ["ports", "delete", ["set", [["uuid", "p-3"]]]],
+                ["external_ids", "delete", ["set", ["dovesnap-host-h3"]]]
+            ])
+        );
+        let all = vec!["h1".to_string(), "h3".to_string()];
+        assert!(reap(&state, &all).is_none());
     }
 
     #[test]
