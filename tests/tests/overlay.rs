@@ -774,10 +774,51 @@ fn overlay_refusals_are_clear_and_leak_nothing() {
     assert_eq!(central.switches(), ["taken"]);
     let record = h1.vsctl(&["get", "Open_vSwitch", ".", "external_ids"]);
     assert!(!record.contains("dovesnap-overlay"), "{record}");
+    // `dovesnap doctor` on this host: the chassis settings, br-int and the northbound
+    // database found from ovn-remote.
+    let doctor = |h: &Host| -> Vec<Value> {
+        let db = h.db_sock().display().to_string();
+        let bin = dovesnap_tests::daemon::dovesnap_bin();
+        let out =
+            h.ns.run(bin.to_str().unwrap(), &["doctor", "--json", "--ovsdb", &db]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_else(|| panic!("doctor: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let status = |checks: &[Value], name: &str| {
+        let c = checks.iter().find(|c| c["check"] == name).cloned();
+        c.unwrap_or_else(|| panic!("no {name} in {checks:?}"))
+    };
+    let checks = doctor(&h1);
+    let chassis = status(&checks, "ovn-chassis");
+    assert_eq!(chassis["status"], "OK", "{chassis}");
+    assert!(
+        chassis["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("chassis host1"),
+        "{chassis}"
+    );
+    let nb = status(&checks, "ovn-northbound");
+    assert_eq!(nb["status"], "OK", "{nb}");
+    assert!(
+        nb["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("tcp:{CENTRAL_IP}:6641")),
+        "{nb}"
+    );
     // A host that is no chassis.
     h1.vsctl(&["remove", "Open_vSwitch", ".", "external_ids", "system-id"]);
     let e = create(&id("d6"), json!({"mode": "overlay"}), pool);
     assert!(e.contains("external_ids:system-id is not set"), "{e}");
+    let chassis = status(&doctor(&h1), "ovn-chassis");
+    assert_eq!(chassis["status"], "FAIL", "{chassis}");
+    assert!(
+        chassis["fix"].as_str().unwrap().contains("system-id"),
+        "{chassis}"
+    );
 }
 
 /// The root namespace as an OVN host: the global Open vSwitch (where dockerd's plugin
