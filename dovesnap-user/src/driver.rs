@@ -603,6 +603,8 @@ impl Driver {
                      external_ids:ovn-nb (or a tcp: external_ids:ovn-remote) in Open_vSwitch",
                 )
             })?;
+        // Tunnelled frames must still fit the hosts' links: geneve adds 58 bytes.
+        options.mtu.get_or_insert(ovn::DEFAULT_MTU);
         let switch = ovn::switch_name(options.ovn_switch.as_deref(), &subnet);
         options.ovn_nb = Some(northbound.clone());
         options.ovn_switch = Some(switch.clone());

@@ -611,8 +611,15 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     // ICMP both ways and TCP across the tunnel.
     assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 ping");
     assert!(pings(&c2, "10.30.0.11"), "host2 -> host1 ping");
-    let _web = web_server(&c2, &root, "hello from host2");
-    assert_eq!(fetch(&c1, "10.30.0.21"), "hello from host2");
+    // A body of many full-size segments: they fit the tunnel (overlay MTU 1442).
+    let big = "0123456789abcdef".repeat(16 * 1024);
+    let _web = web_server(&c2, &root, &big);
+    assert!(
+        fetch(&c1, "10.30.0.21") == big,
+        "the 256 KiB body did not come through whole"
+    );
+    let mtu = c1.sh("ip", &["-o", "link", "show", "eth0"]);
+    assert!(mtu.contains("mtu 1442"), "{mtu}");
 
     // An address another host's container has is refused, and nothing is left.
     let e4 = id("e4");
@@ -678,7 +685,7 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     });
     wait_port_up(&central, &lsp(&e2));
     assert!(pings(&c1, "10.30.0.21"), "ping after host2's return");
-    assert_eq!(fetch(&c1, "10.30.0.21"), "hello from host2");
+    assert!(fetch(&c1, "10.30.0.21") == big, "after host2's return");
 
     // A third host joins, then dies for good: once an operator removes its chassis
     // from OVN, the next plugin to start (host1's here) removes its ports and reference.

@@ -31,6 +31,9 @@ pub const EXT_OVN_REMOTE: &str = "ovn-remote";
 pub const EXT_ENCAP_IP: &str = "ovn-encap-ip";
 /// `Open_vSwitch.external_ids`: the tunnel type(s) (OVN's).
 pub const EXT_ENCAP_TYPE: &str = "ovn-encap-type";
+/// The containers' MTU on an overlay network unless `ovs.bridge.mtu` says otherwise:
+/// a 1500-byte underlay minus geneve's 58 bytes of encapsulation.
+pub const DEFAULT_MTU: u32 = 1442;
 /// The northbound port OVN's tools use by default.
 pub const NB_PORT: u16 = 6641;
 /// The southbound port OVN's tools use by default.
