@@ -7,6 +7,7 @@
 //! namespace. Containers are namespaces that get the endpoint's interface, as Docker
 //! does at Join. Nothing here touches the global Open vSwitch, dockerd or a global OVN.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -464,12 +465,14 @@ impl Drop for Host {
     }
 }
 
-/// A process in a namespace, killed on drop.
+/// A process in a namespace, in a process group of its own: the group (the process
+/// and what it forked, e.g. httpd's per-connection children) is killed on drop.
 struct Spawned(Child);
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) on the process group our own child leads; no memory involved.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -485,6 +488,7 @@ fn web_server(ctr: &Netns, root: &Path, body: &str) -> Spawned {
                 "netns", "exec", &ctr.name, "busybox", "httpd", "-f", "-p", "8080", "-h",
             ])
             .arg(&www)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
