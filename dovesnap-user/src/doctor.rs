@@ -127,6 +127,8 @@ pub struct Options {
     pub docker: PathBuf,
     /// Where the daemon serves the plugin API (Docker looks for it there).
     pub plugin_socket: PathBuf,
+    /// The OVN northbound database to check (default: the host's settings).
+    pub ovn_nb: Option<ovsdb::Remote>,
 }
 
 impl Default for Options {
@@ -135,6 +137,7 @@ impl Default for Options {
             ovsdb: PathBuf::from(ovsdb::DEFAULT_SOCKET),
             docker: PathBuf::from(DEFAULT_DOCKER_SOCKET),
             plugin_socket: PathBuf::from(DEFAULT_PLUGIN_SOCKET),
+            ovn_nb: None,
         }
     }
 }
@@ -164,6 +167,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     checks.push(check_local_port_range());
     checks.push(check_reserved_ports());
     checks.push(check_default_route());
+    checks.extend(check_ovn(ovs.as_ref().ok(), opts.ovn_nb.as_ref()).await);
     checks
 }
 
@@ -309,6 +313,125 @@ pub async fn check_datapath(ovs: Option<&Ovsdb>) -> Check {
         }
     };
     datapath_finding(&types, ovsdb::default_datapath_type())
+}
+
+/// Overlay mode: this host's OVN chassis settings and integration bridge, and whether
+/// the northbound database answers. A host with no OVN settings at all passes: it only
+/// matters for mode=overlay.
+pub async fn check_ovn(ovs: Option<&Ovsdb>, nb: Option<&ovsdb::Remote>) -> Vec<Check> {
+    let Some(ovs) = ovs else {
+        return vec![Check::warn(
+            "ovn-chassis",
+            "not checked: ovsdb-server is unreachable",
+            "fix the `ovsdb` check first",
+        )];
+    };
+    let ids = match tokio::time::timeout(SERVICE_TIMEOUT, ovs.switch_external_ids()).await {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) => {
+            return vec![Check::fail(
+                "ovn-chassis",
+                format!("cannot read Open_vSwitch.external_ids: {e}"),
+                "check that ovsdb-server serves the Open_vSwitch database (`ovs-vsctl show`)",
+            )]
+        }
+        Err(_) => {
+            return vec![Check::fail(
+                "ovn-chassis",
+                "ovsdb-server did not answer",
+                "restart Open vSwitch",
+            )]
+        }
+    };
+    let chassis = crate::ovn::Chassis::from_external_ids(&ids);
+    let bridge = ovs
+        .bridge(crate::ovn::DEFAULT_BRIDGE)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    let mut checks = vec![ovn_chassis_finding(&chassis, nb.is_some(), bridge)];
+    if checks[0].detail.starts_with("not an OVN chassis") {
+        return checks;
+    }
+    let Some(remote) = nb.cloned().or_else(|| chassis.northbound()) else {
+        checks.push(Check::fail(
+            "ovn-northbound",
+            "no northbound database configured",
+            "set external_ids:ovn-nb=tcp:CENTRAL:6641 (`ovs-vsctl set Open_vSwitch . \
+             external_ids:ovn-nb=...`), or run the daemon with --ovn-nb",
+        ));
+        return checks;
+    };
+    let nb = crate::ovn::Northbound::new(remote.clone());
+    checks.push(
+        match tokio::time::timeout(SERVICE_TIMEOUT, nb.ping()).await {
+            Ok(Ok(())) => Check::ok(
+                "ovn-northbound",
+                format!("the OVN northbound database answers at {remote}"),
+            ),
+            Ok(Err(e)) => Check::fail(
+                "ovn-northbound",
+                e.to_string(),
+                format!(
+                    "start ovn-northd's databases on the central host and let them listen \
+                     (`ovn-nbctl set-connection ptcp:6641`), or point dovesnap elsewhere \
+                     (external_ids:ovn-nb, --ovn-nb, -o ovs.ovn.nb); now {remote}"
+                ),
+            ),
+            Err(_) => Check::fail(
+                "ovn-northbound",
+                format!(
+                    "{remote} did not answer within {} s",
+                    SERVICE_TIMEOUT.as_secs()
+                ),
+                "check the address and that no firewall drops TCP to it",
+            ),
+        },
+    );
+    checks
+}
+
+/// The `ovn-chassis` finding from the host's `Open_vSwitch.external_ids`.
+pub fn ovn_chassis_finding(
+    chassis: &crate::ovn::Chassis,
+    nb_given: bool,
+    integration_bridge: bool,
+) -> Check {
+    const NAME: &str = "ovn-chassis";
+    let configured = chassis.system_id.is_some()
+        || chassis.ovn_remote.is_some()
+        || chassis.encap_ip.is_some()
+        || chassis.ovn_nb.is_some()
+        || nb_given;
+    if !configured {
+        return Check::ok(
+            NAME,
+            "not an OVN chassis (only mode=overlay needs one; README, \"Multi-host networks\")",
+        );
+    }
+    if let Err(e) = chassis.name() {
+        return Check::fail(NAME, "OVN chassis settings incomplete", e.to_string());
+    }
+    let detail = format!(
+        "chassis {} (ovn-remote {}, encap {} {})",
+        chassis.system_id.as_deref().unwrap_or_default(),
+        chassis.ovn_remote.as_deref().unwrap_or_default(),
+        chassis.encap_type.as_deref().unwrap_or("geneve"),
+        chassis.encap_ip.as_deref().unwrap_or_default(),
+    );
+    if !integration_bridge {
+        return Check::fail(
+            NAME,
+            format!(
+                "{detail}, but no integration bridge {}",
+                crate::ovn::DEFAULT_BRIDGE
+            ),
+            "start ovn-controller on this host (`/usr/share/ovn/scripts/ovn-ctl \
+             start_controller`): it creates br-int",
+        );
+    }
+    Check::ok(NAME, detail)
 }
 
 /// The `datapath` finding for the types OVS offers and the one dovesnap picked.
@@ -1065,6 +1188,39 @@ pub fn render_json(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ovn_chassis_findings() {
+        use crate::ovn::Chassis;
+        let none = ovn_chassis_finding(&Chassis::default(), false, false);
+        assert_eq!(none.status, Status::Ok);
+        assert!(
+            none.detail.starts_with("not an OVN chassis"),
+            "{}",
+            none.detail
+        );
+        let half = Chassis {
+            ovn_remote: Some("tcp:192.0.2.254:6642".into()),
+            ..Chassis::default()
+        };
+        let c = ovn_chassis_finding(&half, false, false);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.fix.unwrap().contains("external_ids:ovn-encap-ip"));
+        let full = Chassis {
+            system_id: Some("h1".into()),
+            encap_ip: Some("192.0.2.1".into()),
+            ..half
+        };
+        let c = ovn_chassis_finding(&full, false, false);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.fix.unwrap().contains("ovn-controller"));
+        let c = ovn_chassis_finding(&full, false, true);
+        assert_eq!(c.status, Status::Ok);
+        assert_eq!(
+            c.detail,
+            "chassis h1 (ovn-remote tcp:192.0.2.254:6642, encap geneve 192.0.2.1)"
+        );
+    }
 
     #[test]
     fn finds_bpffs_in_proc_mounts() {

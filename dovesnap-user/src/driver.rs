@@ -14,6 +14,12 @@
 //! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
 //! - Leave: nothing to undo at L2 (Docker moves the interface back).
 //! - DeleteEndpoint: port and veth removed. DeleteNetwork: bridge removed.
+//!
+//! Overlay mode has no bridge of its own: the network is an OVN logical switch
+//! (`crate::ovn`), recorded on this host in `Open_vSwitch.external_ids`
+//! (`dovesnap-overlay-<network id>`); each endpoint is a logical switch port, created
+//! before its veth, whose host end joins the integration bridge with
+//! `external_ids:iface-id` naming that port.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -31,7 +37,8 @@ use crate::firewall::{
 };
 use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
-use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, UplinkSpec};
+use crate::ovn::{self, Chassis, Northbound, OvnError};
+use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 
 mod reconcile;
 
@@ -49,6 +56,9 @@ pub const EXT_OPTION_PREFIX: &str = "dovesnap-opt-";
 pub const EXT_ENDPOINT_ID: &str = "dovesnap-endpoint-id";
 /// `external_ids` key on ports: the endpoint's addresses and names as JSON.
 pub const EXT_ENDPOINT: &str = "dovesnap-endpoint";
+
+/// `Open_vSwitch.external_ids` key prefix: an overlay network on this host, as JSON.
+pub const EXT_OVERLAY_PREFIX: &str = "dovesnap-overlay-";
 
 /// Prefix of the host end of an endpoint's veth (the OVS port).
 pub const HOST_VETH_PREFIX: &str = "ovsv";
@@ -75,6 +85,24 @@ struct Network {
     ipam: Ipam,
     internal: bool,
     endpoints: HashMap<String, Endpoint>,
+    /// Overlay networks: the logical switch and this host's chassis.
+    overlay: Option<Overlay>,
+}
+
+#[derive(Debug, Clone)]
+struct Overlay {
+    switch: String,
+    northbound: Remote,
+    chassis: String,
+}
+
+/// How an overlay network is recorded on this host (`Open_vSwitch.external_ids`);
+/// the options hold the resolved switch and northbound database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OverlayRecord {
+    options: BTreeMap<String, String>,
+    ipam: Ipam,
+    chassis: String,
 }
 
 impl Network {
@@ -122,6 +150,10 @@ pub struct Driver {
     netlink: Netlink,
     firewall: Box<dyn Firewall>,
     networks: Mutex<HashMap<String, Network>>,
+    /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
+    ovn_nb: Option<Remote>,
+    /// One northbound connection per database, made on first use.
+    northbound: std::sync::Mutex<HashMap<Remote, std::sync::Arc<Northbound>>>,
     /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
     /// with `networks` held.
     fastpath: std::sync::Mutex<Option<FastPath>>,
@@ -142,9 +174,25 @@ impl Driver {
             netlink,
             firewall,
             networks: Mutex::new(HashMap::new()),
+            ovn_nb: None,
+            northbound: std::sync::Mutex::new(HashMap::new()),
             fastpath: std::sync::Mutex::new(None),
             reconciler: reconcile::State::default(),
         }
+    }
+
+    /// Sets the northbound database overlay networks use unless `ovs.ovn.nb` says
+    /// otherwise (the daemon's `--ovn-nb`).
+    pub fn with_ovn_northbound(mut self, remote: Option<Remote>) -> Self {
+        self.ovn_nb = remote;
+        self
+    }
+
+    fn northbound(&self, remote: &Remote) -> std::sync::Arc<Northbound> {
+        let mut all = self.northbound.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(remote.clone())
+            .or_insert_with(|| std::sync::Arc::new(Northbound::new(remote.clone())))
+            .clone()
     }
 
     /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
@@ -328,7 +376,7 @@ impl Driver {
         let bridges = self.ovs.list_bridges().await?;
         let mut networks = self.networks.lock().await;
         let mut endpoints = 0;
-        for br in bridges {
+        for br in &bridges {
             let Some(id) = br.external_ids.get(EXT_NETWORK_ID) else {
                 continue;
             };
@@ -351,7 +399,7 @@ impl Driver {
                 .get(EXT_NETWORK_IPAM)
                 .and_then(|j| serde_json::from_str(j).ok())
                 .unwrap_or_default();
-            let mut net = Network {
+            let net = Network {
                 id: id.clone(),
                 bridge: br.name.clone(),
                 datapath_type: br.datapath_type.clone(),
@@ -362,21 +410,16 @@ impl Driver {
                     .get(EXT_NETWORK_INTERNAL)
                     .map(String::as_str)
                     == Some("true"),
-                endpoints: HashMap::new(),
+                endpoints: endpoints_of(br, None),
+                overlay: None,
             };
-            for port in &br.ports {
-                let Some(ep) = port
-                    .external_ids
-                    .get(EXT_ENDPOINT)
-                    .and_then(|j| serde_json::from_str::<Endpoint>(j).ok())
-                else {
-                    continue;
-                };
-                net.endpoints.insert(ep.id.clone(), ep);
-                endpoints += 1;
-            }
+            endpoints += net.endpoints.len();
             info!(network = %id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
             networks.insert(id.clone(), net);
+        }
+        for net in self.recover_overlays(&bridges).await? {
+            endpoints += net.endpoints.len();
+            networks.insert(net.id.clone(), net);
         }
         // Netfilter follows what OVSDB says: leftovers of a crash go, missing rules
         // (published ports included) come back.
@@ -429,6 +472,241 @@ impl Driver {
         Ok((networks.len(), endpoints))
     }
 
+    /// Overlay networks recorded in `Open_vSwitch.external_ids`, with their endpoints
+    /// from the integration bridge's ports. Each is then reconciled with OVN (a failure
+    /// there is logged: the northbound database may be down for now).
+    async fn recover_overlays(
+        &self,
+        bridges: &[ovsdb::BridgeInfo],
+    ) -> Result<Vec<Network>, ovsdb::OvsdbError> {
+        let ids = self.ovs.switch_external_ids().await?;
+        let mut found = Vec::new();
+        for (key, json) in &ids {
+            let Some(id) = key.strip_prefix(EXT_OVERLAY_PREFIX) else {
+                continue;
+            };
+            let record = serde_json::from_str::<OverlayRecord>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    let options =
+                        NetworkOptions::from_string_map(&r.options).map_err(|e| e.to_string())?;
+                    Ok((r, options))
+                });
+            let (record, options) = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(network = %id, "skipping an unreadable overlay record: {e}");
+                    continue;
+                }
+            };
+            let (Some(switch), Some(northbound)) =
+                (options.ovn_switch.clone(), options.ovn_nb.clone())
+            else {
+                warn!(network = %id, "skipping an overlay record without switch or northbound");
+                continue;
+            };
+            let bridge = integration_bridge(&options);
+            let br = bridges.iter().find(|b| b.name == bridge);
+            let net = Network {
+                id: id.to_string(),
+                datapath_type: br.map(|b| b.datapath_type.clone()).unwrap_or_default(),
+                endpoints: br.map(|b| endpoints_of(b, Some(id))).unwrap_or_default(),
+                bridge,
+                options,
+                ipam: record.ipam,
+                internal: false,
+                overlay: Some(Overlay {
+                    switch,
+                    northbound,
+                    chassis: record.chassis,
+                }),
+            };
+            if br.is_none() {
+                // Without the bridge this host's endpoints are unknown: reconciling
+                // would take every port of this chassis for stale.
+                warn!(network = %id, bridge = %net.bridge,
+                      "integration bridge missing: not reconciling with OVN");
+                found.push(net);
+                continue;
+            }
+            match self.reconcile_overlay(&net).await {
+                Ok(removed) => {
+                    info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+                          endpoints = net.endpoints.len(), stale_ports_removed = removed,
+                          "recovered overlay network")
+                }
+                Err(e) => warn!(network = %id, "could not reconcile with OVN: {e}"),
+            }
+            found.push(net);
+        }
+        Ok(found)
+    }
+
+    /// Makes OVN match this host's view of an overlay network: the host's reference on
+    /// the switch (re-creating the switch if it went), no logical port of this chassis
+    /// without a local endpoint (a container that went while the plugin was down), and
+    /// a logical port for each local endpoint. Returns how many stale ports it removed.
+    async fn reconcile_overlay(&self, net: &Network) -> Result<usize, OvnError> {
+        let Some(ov) = &net.overlay else {
+            return Ok(0);
+        };
+        let nb = self.northbound(&ov.northbound);
+        let subnet = net.ipam.subnet.clone().unwrap_or_default();
+        nb.join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
+            .await?;
+        self.reap_dead_chassis(ov).await?;
+        let state = nb
+            .switch(&ov.switch)
+            .await?
+            .ok_or_else(|| OvnError::NoSwitch(ov.switch.clone()))?;
+        let live: Vec<String> = net.endpoints.keys().map(|e| ovn::port_name(e)).collect();
+        let stale: Vec<&str> = state
+            .ports
+            .iter()
+            .filter(|p| {
+                p.external_ids.get(ovn::northbound::EXT_CHASSIS) == Some(&ov.chassis)
+                    && !live.contains(&p.name)
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        nb.remove_ports(&ov.switch, &stale).await?;
+        for ep in net.endpoints.values() {
+            if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
+                nb.add_port(&ov.switch, &logical_port(ov, ep)).await?;
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes from the overlay's switch the ports and references of hosts that are no
+    /// longer OVN chassis (removed from the southbound database after they died).
+    /// Skipped while this host itself is not registered (its view is not to be trusted
+    /// then) or when the southbound database is not a TCP/unix remote we can reach.
+    async fn reap_dead_chassis(&self, ov: &Overlay) -> Result<usize, OvnError> {
+        let ids = self.ovs.switch_external_ids().await?;
+        let Some(sb) = Chassis::from_external_ids(&ids).southbound() else {
+            return Ok(0);
+        };
+        let live = self.northbound(&sb).chassis_names().await?;
+        if !live.contains(&ov.chassis) {
+            return Ok(0);
+        }
+        self.northbound(&ov.northbound)
+            .reap_dead_chassis(&ov.switch, &live)
+            .await
+    }
+
+    /// Overlay: the network's logical switch, joined (or created) in OVN, and the
+    /// network recorded on this host.
+    async fn create_overlay_network(
+        &self,
+        id: &str,
+        mut options: NetworkOptions,
+        ipam: Ipam,
+    ) -> ApiResult<Network> {
+        let subnet = ipam.subnet.clone().ok_or_else(|| {
+            ApiError::new(
+                "mode=overlay needs an IPv4 subnet: give --subnet, the same on every host \
+                 (and each host its own --ip-range of it)",
+            )
+        })?;
+        let chassis =
+            Chassis::from_external_ids(&self.ovs.switch_external_ids().await.map_err(ovs_err)?);
+        let host = chassis.name().map_err(ovn_err)?.to_string();
+        let bridge = integration_bridge(&options);
+        let br = self
+            .ovs
+            .bridge(&bridge)
+            .await
+            .map_err(ovs_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "the OVN integration bridge {bridge} does not exist: is ovn-controller \
+                 running on this host? (it creates the bridge; another name: -o ovs.ovn.bridge)"
+                ))
+            })?;
+        let northbound = options
+            .ovn_nb
+            .clone()
+            .or_else(|| self.ovn_nb.clone())
+            .or_else(|| chassis.northbound())
+            .ok_or_else(|| {
+                ApiError::new(
+                    "mode=overlay: where is the OVN northbound database? give -o \
+                     ovs.ovn.nb=tcp:HOST:6641, the daemon's --ovn-nb, or set \
+                     external_ids:ovn-nb (or a tcp: external_ids:ovn-remote) in Open_vSwitch",
+                )
+            })?;
+        // Tunnelled frames must still fit the hosts' links: geneve adds 58 bytes.
+        options.mtu.get_or_insert(ovn::DEFAULT_MTU);
+        let switch = ovn::switch_name(options.ovn_switch.as_deref(), &subnet);
+        options.ovn_nb = Some(northbound.clone());
+        options.ovn_switch = Some(switch.clone());
+        let nb = self.northbound(&northbound);
+        nb.join_switch(&switch, &subnet, &host, id)
+            .await
+            .map_err(ovn_err)?;
+        let record = OverlayRecord {
+            options: options.to_string_map(),
+            ipam: ipam.clone(),
+            chassis: host.clone(),
+        };
+        let json = serde_json::to_string(&record).expect("OverlayRecord serializes");
+        let key = format!("{EXT_OVERLAY_PREFIX}{id}");
+        if let Err(e) = self.ovs.set_switch_external_id(&key, Some(&json)).await {
+            let _ = nb.leave_switch(&switch, &host).await;
+            return Err(ovs_err(e));
+        }
+        let overlay = Overlay {
+            switch,
+            northbound,
+            chassis: host,
+        };
+        if let Err(e) = self.reap_dead_chassis(&overlay).await {
+            warn!(network = %id, "could not remove the ports of dead hosts: {e}");
+        }
+        Ok(Network {
+            id: id.to_string(),
+            bridge,
+            datapath_type: br.datapath_type,
+            options,
+            ipam,
+            internal: false,
+            endpoints: HashMap::new(),
+            overlay: Some(overlay),
+        })
+    }
+
+    /// Overlay: the endpoints' OVS ports and logical ports, this host's reference on
+    /// the switch (the last host deletes it) and the host's record. Returns the errors.
+    async fn delete_overlay_network(&self, net: &Network, ov: &Overlay) -> Vec<String> {
+        let mut errors = Vec::new();
+        for ep in net.endpoints.values() {
+            if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
+                if !e.is_not_found() {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let nb = self.northbound(&ov.northbound);
+        let ports: Vec<String> = net.endpoints.keys().map(|e| ovn::port_name(e)).collect();
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        if let Err(e) = nb.remove_ports(&ov.switch, &ports).await {
+            errors.push(e.to_string());
+        }
+        match nb.leave_switch(&ov.switch, &ov.chassis).await {
+            Ok(deleted) => {
+                info!(network = %net.id, switch = %ov.switch, deleted, "left logical switch")
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        let key = format!("{EXT_OVERLAY_PREFIX}{}", net.id);
+        if let Err(e) = self.ovs.set_switch_external_id(&key, None).await {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+
     /// On a clean stop: detaches every XDP program and closes every AF_XDP socket
     /// (nat-fast traffic falls back to the kernel path). Bridges, ports and netfilter
     /// rules stay, so running containers keep their connectivity while the plugin is
@@ -473,6 +751,13 @@ impl Driver {
         if networks.contains_key(id) {
             return Err(ApiError::new(format!("network {id} already exists")));
         }
+        if options.mode == Mode::Overlay {
+            let net = self.create_overlay_network(id, options, ipam).await?;
+            info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+                  bridge = %net.bridge, "created overlay network");
+            networks.insert(id.to_string(), net);
+            return Ok(());
+        }
         let bridge = options
             .bridge_name
             .clone()
@@ -516,6 +801,7 @@ impl Driver {
             ipam,
             internal,
             endpoints: HashMap::new(),
+            overlay: None,
         };
         self.ovs
             .create_bridge(&bridge_spec(&net))
@@ -619,7 +905,24 @@ impl Driver {
                 errors.push(e.to_string());
             }
         }
-        // Only delete a bridge that still carries this network's id.
+        if let Some(ov) = &net.overlay {
+            errors.extend(self.delete_overlay_network(net, ov).await);
+        } else {
+            self.delete_bridge_of(net, id, &mut errors).await;
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::new(format!(
+                "could not fully remove network {id}: {}",
+                errors.join("; ")
+            )));
+        }
+        info!(network = %id, bridge = %net.bridge, "deleted network");
+        networks.remove(id);
+        Ok(())
+    }
+
+    /// Deletes a network's own bridge, if it still carries the network's id.
+    async fn delete_bridge_of(&self, net: &Network, id: &str, errors: &mut Vec<String>) {
         match self.ovs.bridge(&net.bridge).await {
             Ok(Some(br)) if br.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id) => {
                 if let Err(e) = self.ovs.delete_bridge(&net.bridge).await {
@@ -631,15 +934,6 @@ impl Driver {
             }
             Err(e) => errors.push(e.to_string()),
         }
-        if !errors.is_empty() {
-            return Err(ApiError::new(format!(
-                "could not fully remove network {id}: {}",
-                errors.join("; ")
-            )));
-        }
-        info!(network = %id, bridge = %net.bridge, "deleted network");
-        networks.remove(id);
-        Ok(())
     }
 
     async fn create_endpoint_inner(
@@ -681,6 +975,42 @@ impl Driver {
             published: Vec::new(),
             sandbox: None,
         };
+        // Overlay: the logical port first, so an address another host uses is refused
+        // before anything is made here.
+        let lsp = match &net.overlay {
+            Some(ov) => {
+                let spec = logical_port(ov, &ep);
+                self.northbound(&ov.northbound)
+                    .add_port(&ov.switch, &spec)
+                    .await
+                    .map_err(ovn_err)?;
+                Some((ov.clone(), spec.name))
+            }
+            None => None,
+        };
+        if let Err(e) = self.plumb_endpoint(net, &ep, mac).await {
+            if let Some((ov, name)) = &lsp {
+                let _ = self
+                    .northbound(&ov.northbound)
+                    .remove_ports(&ov.switch, &[name])
+                    .await;
+            }
+            return Err(e);
+        }
+        info!(network = %nid, endpoint = %eid, port = %ep.host_ifname, mac = %ep.mac, "created endpoint");
+        net.endpoints.insert(eid.to_string(), ep.clone());
+        Ok(api::CreateEndpointResponse {
+            interface: mac_from_us.then(|| api::EndpointInterface {
+                mac_address: ep.mac,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// The veth pair of an endpoint, its host end a port of the network's bridge (for
+    /// overlay, of the integration bridge, bound to the endpoint's logical port). On
+    /// failure nothing is left behind.
+    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> ApiResult<()> {
         // A leftover from a crash between veth and port creation is ours to replace.
         self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
         self.netlink
@@ -696,20 +1026,13 @@ impl Driver {
             let _ = self.netlink.delete(&ep.host_ifname).await;
             return Err(nl_err(e));
         }
-        let port = port_spec(net, &ep);
+        let port = port_spec(net, ep);
         if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
             // Leave nothing behind: the veth goes with the failed port.
             let _ = self.netlink.delete(&ep.host_ifname).await;
             return Err(ovs_err(e));
         }
-        info!(network = %nid, endpoint = %eid, port = %ep.host_ifname, mac = %ep.mac, "created endpoint");
-        net.endpoints.insert(eid.to_string(), ep.clone());
-        Ok(api::CreateEndpointResponse {
-            interface: mac_from_us.then(|| api::EndpointInterface {
-                mac_address: ep.mac,
-                ..Default::default()
-            }),
-        })
+        Ok(())
     }
 
     async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
@@ -734,6 +1057,16 @@ impl Driver {
         }
         if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
             errors.push(e.to_string());
+        }
+        if let Some(ov) = &net.overlay {
+            let name = ovn::port_name(eid);
+            let removed = self
+                .northbound(&ov.northbound)
+                .remove_ports(&ov.switch, &[&name])
+                .await;
+            if let Err(e) = removed {
+                errors.push(e.to_string());
+            }
         }
         if !errors.is_empty() {
             return Err(ApiError::new(format!(
@@ -788,7 +1121,12 @@ impl Driver {
                 src_name: ep.container_ifname.clone(),
                 dst_prefix: "eth".into(),
             },
-            gateway: net.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            // Overlay networks are internal in this version: no gateway exists on the
+            // switch, so no default route through it.
+            gateway: match net.overlay {
+                Some(_) => String::new(),
+                None => net.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            },
             ..Default::default()
         })
     }
@@ -1060,6 +1398,11 @@ fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
         external_ids,
         mtu: net.options.mtu,
         ofport: None,
+        // Overlay: ovn-controller binds the interface to the endpoint's logical port.
+        interface_external_ids: match net.overlay {
+            Some(_) => BTreeMap::from([("iface-id".to_string(), ovn::port_name(&ep.id))]),
+            None => BTreeMap::new(),
+        },
     }
 }
 
@@ -1082,6 +1425,43 @@ fn fast_ports(
         .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))
         .map(|p| (fast_proto(p.proto), p.host_port, p.container_port))
         .collect()
+}
+
+fn ovn_err(e: OvnError) -> ApiError {
+    ApiError::new(e.to_string())
+}
+
+/// The integration bridge of an overlay network.
+fn integration_bridge(options: &NetworkOptions) -> String {
+    options
+        .ovn_bridge
+        .clone()
+        .unwrap_or_else(|| ovn::DEFAULT_BRIDGE.to_string())
+}
+
+/// The endpoints recorded on a bridge's ports (only `network`'s when given: the
+/// integration bridge carries the ports of every overlay network).
+fn endpoints_of(br: &ovsdb::BridgeInfo, network: Option<&str>) -> HashMap<String, Endpoint> {
+    br.ports
+        .iter()
+        .filter(|p| {
+            network
+                .is_none_or(|n| p.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(n))
+        })
+        .filter_map(|p| serde_json::from_str::<Endpoint>(p.external_ids.get(EXT_ENDPOINT)?).ok())
+        .map(|ep| (ep.id.clone(), ep))
+        .collect()
+}
+
+/// The logical switch port of an endpoint of this host.
+fn logical_port(ov: &Overlay, ep: &Endpoint) -> ovn::northbound::PortSpec {
+    ovn::northbound::PortSpec {
+        name: ovn::port_name(&ep.id),
+        mac: ep.mac.clone(),
+        ip: parse_cidr(&ep.address).map(|(ip, _)| ip),
+        chassis: ov.chassis.clone(),
+        endpoint_id: ep.id.clone(),
+    }
 }
 
 fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {

@@ -6,6 +6,7 @@
 //! - [`server`]: the HTTP/1.1 server on the plugin's unix socket.
 //! - [`options`]: `-o` network options, parsed and validated.
 //! - [`ovsdb`]: an RFC 7047 JSON-RPC client and the OVS operations built on it.
+//! - [`ovn`]: overlay mode: the OVN northbound database client and chassis settings.
 //! - [`netlink`]: veth pairs and link settings through rtnetlink.
 //! - [`driver`]: the driver itself: networks, endpoints, recovery.
 //! - [`xdp`]: loading and attaching the embedded eBPF program.
@@ -29,6 +30,7 @@ pub mod nat;
 pub mod netlink;
 pub mod nexthop;
 pub mod options;
+pub mod ovn;
 pub mod ovsdb;
 pub mod server;
 pub mod xdp;

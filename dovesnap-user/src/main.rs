@@ -12,7 +12,7 @@ use dovesnap::driver::Driver;
 use dovesnap::firewall::NftFirewall;
 use dovesnap::metrics::DEFAULT_METRICS_ADDR;
 use dovesnap::netlink::Netlink;
-use dovesnap::ovsdb::{Ovsdb, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
+use dovesnap::ovsdb::{Ovsdb, Remote, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
 use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
 
 #[derive(Parser)]
@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = dovesnap::fastpath::MAX_SESSIONS as u32,
               value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
         nat_max_sessions: u32,
+        #[command(flatten)]
+        ovn: OvnArgs,
     },
     /// Show the daemon's networks and endpoints.
     Status {
@@ -71,7 +73,25 @@ enum Cmd {
         /// ovsdb-server's unix socket.
         #[arg(long, default_value = DEFAULT_OVSDB_SOCKET)]
         ovsdb: PathBuf,
+        /// Also check this OVN northbound database (default: as overlay networks
+        /// find it, from this host's Open_vSwitch external_ids).
+        #[arg(long, value_name = "REMOTE")]
+        ovn_nb: Option<Remote>,
     },
+}
+
+/// Overlay mode (OVN) settings of the daemon.
+#[derive(clap::Args)]
+struct OvnArgs {
+    /// The OVN northbound database of overlay networks (`tcp:HOST:6641` or
+    /// `unix:PATH`); a network's `-o ovs.ovn.nb` wins. Default: this host's
+    /// external_ids:ovn-nb, else the host of external_ids:ovn-remote at port 6641.
+    #[arg(long, value_name = "REMOTE")]
+    ovn_nb: Option<Remote>,
+    /// This host's tunnel endpoint address, written to external_ids:ovn-encap-ip
+    /// (where ovn-controller reads it) at start. Default: leave it as set.
+    #[arg(long, value_name = "IP")]
+    ovn_encap_ip: Option<std::net::IpAddr>,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +113,7 @@ fn main() -> Result<()> {
                 metrics,
                 reconcile_interval,
                 nat_max_sessions,
+                ovn,
             } => {
                 dovesnap::fastpath::set_max_sessions(nat_max_sessions as usize);
                 daemon(
@@ -101,6 +122,7 @@ fn main() -> Result<()> {
                     cli.control_socket,
                     metrics,
                     reconcile_interval,
+                    ovn,
                 )
                 .await
             }
@@ -113,10 +135,15 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Cmd::Doctor { json, ovsdb } => {
+            Cmd::Doctor {
+                json,
+                ovsdb,
+                ovn_nb,
+            } => {
                 use dovesnap::doctor;
                 let opts = doctor::Options {
                     ovsdb,
+                    ovn_nb,
                     ..doctor::Options::default()
                 };
                 let checks = doctor::run(&opts).await;
@@ -141,14 +168,21 @@ async fn daemon(
     control_socket: PathBuf,
     metrics: Option<std::net::SocketAddr>,
     reconcile_interval: u64,
+    ovn: OvnArgs,
 ) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
+    if let Some(ip) = ovn.ovn_encap_ip {
+        ovs.set_switch_external_id(dovesnap::ovn::EXT_ENCAP_IP, Some(&ip.to_string()))
+            .await
+            .context("cannot set external_ids:ovn-encap-ip")?;
+    }
     let netlink = Netlink::new()?;
     let firewall = NftFirewall::new();
     if let Err(e) = firewall.probe() {
         tracing::warn!("nat networks will not work: {e}");
     }
-    let driver = Arc::new(Driver::new(ovs, netlink, Box::new(firewall)));
+    let driver =
+        Arc::new(Driver::new(ovs, netlink, Box::new(firewall)).with_ovn_northbound(ovn.ovn_nb));
     let (networks, endpoints) = driver
         .recover()
         .await

@@ -46,6 +46,16 @@ pub const NAT_UPLINK: &str = "ovs.nat.uplink";
 /// `ovs.nat.offload`: nat-fast only, whether established sessions are rewritten and
 /// forwarded in XDP (default `true`) or every packet goes through the AF_XDP translator.
 pub const NAT_OFFLOAD: &str = "ovs.nat.offload";
+/// `ovs.ovn.switch`: overlay only, the OVN logical switch the network maps to (default:
+/// derived from the subnet, so the same `--subnet` on every host gives the same switch).
+pub const OVN_SWITCH: &str = "ovs.ovn.switch";
+/// `ovs.ovn.nb`: overlay only, the OVN northbound database (`tcp:HOST:PORT` or
+/// `unix:PATH`); default: the daemon's `--ovn-nb`, then this host's
+/// `external_ids:ovn-nb`, then `ovn-remote` with port 6641.
+pub const OVN_NB: &str = "ovs.ovn.nb";
+/// `ovs.ovn.bridge`: overlay only, the integration bridge ovn-controller manages
+/// (default `br-int`).
+pub const OVN_BRIDGE: &str = "ovs.ovn.bridge";
 
 /// Every option key dovesnap accepts, in the order they are listed to the user.
 pub const ACCEPTED_KEYS: &[&str] = &[
@@ -60,6 +70,9 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_USERSPACE,
     NAT_UPLINK,
     NAT_OFFLOAD,
+    OVN_SWITCH,
+    OVN_NB,
+    OVN_BRIDGE,
 ];
 
 /// The smallest MTU accepted: the IPv4 minimum (RFC 791).
@@ -69,7 +82,10 @@ pub const MAX_MTU: u32 = 9216;
 /// The largest OpenFlow port number a port may ask for (`OFPP_MAX` is 0xff00).
 pub const MAX_OFPORT: u32 = 0xfeff;
 
-const EXPECTED_MODE: &str = "one of flat, nat, nat-fast";
+const EXPECTED_MODE: &str = "one of flat, nat, nat-fast, overlay";
+const EXPECTED_SWITCH: &str =
+    "an OVN logical switch name: 1 to 63 characters from A-Z a-z 0-9 _ . -";
+const EXPECTED_NB: &str = "an OVSDB remote: tcp:HOST:PORT or unix:PATH";
 const EXPECTED_IFNAME: &str =
     "a Linux interface name: 1 to 15 characters from A-Z a-z 0-9 _ . -, not \".\" or \"..\"";
 const EXPECTED_VLAN: &str = "a VLAN id from 1 to 4094";
@@ -150,6 +166,9 @@ pub enum Mode {
     Nat,
     /// As [`Mode::Nat`], with the translation done by the XDP/AF_XDP fast path.
     NatFast,
+    /// One L2 network across hosts: an OVN logical switch, containers on the
+    /// integration bridge; internal (no way out) in this version.
+    Overlay,
 }
 
 impl Mode {
@@ -158,6 +177,7 @@ impl Mode {
             Mode::Flat => "flat",
             Mode::Nat => "nat",
             Mode::NatFast => "nat-fast",
+            Mode::Overlay => "overlay",
         }
     }
 
@@ -172,11 +192,7 @@ impl Mode {
             "flat" => Ok(Mode::Flat),
             "nat" => Ok(Mode::Nat),
             "nat-fast" => Ok(Mode::NatFast),
-            "overlay" => Err(OptionsError::NotYetSupported {
-                key: key.to_owned(),
-                value: value.to_owned(),
-                hint: format!("use {EXPECTED_MODE}"),
-            }),
+            "overlay" => Ok(Mode::Overlay),
             _ => Err(invalid(key, value, EXPECTED_MODE)),
         }
     }
@@ -191,7 +207,7 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = OptionsError;
 
-    /// Parses `flat`, `nat` or `nat-fast` (ASCII case-insensitive).
+    /// Parses `flat`, `nat`, `nat-fast` or `overlay` (ASCII case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Mode::parse_for(MODE, s)
     }
@@ -232,6 +248,12 @@ pub struct NetworkOptions {
     pub nat_uplink: Option<String>,
     /// nat-fast: `ovs.nat.offload` as given (absent: on, see [`NetworkOptions::offload`]).
     pub nat_offload: Option<bool>,
+    /// overlay: the logical switch named by `ovs.ovn.switch`.
+    pub ovn_switch: Option<String>,
+    /// overlay: the northbound database named by `ovs.ovn.nb`.
+    pub ovn_nb: Option<crate::ovsdb::Remote>,
+    /// overlay: the integration bridge named by `ovs.ovn.bridge`.
+    pub ovn_bridge: Option<String>,
 }
 
 impl NetworkOptions {
@@ -324,6 +346,15 @@ impl NetworkOptions {
         if let Some(offload) = self.nat_offload {
             map.insert(NAT_OFFLOAD.to_owned(), offload.to_string());
         }
+        if let Some(switch) = &self.ovn_switch {
+            map.insert(OVN_SWITCH.to_owned(), switch.clone());
+        }
+        if let Some(nb) = &self.ovn_nb {
+            map.insert(OVN_NB.to_owned(), nb.to_string());
+        }
+        if let Some(bridge) = &self.ovn_bridge {
+            map.insert(OVN_BRIDGE.to_owned(), bridge.clone());
+        }
         map
     }
 
@@ -364,6 +395,24 @@ impl NetworkOptions {
                     opts.nat_uplink = Some(value)
                 }
                 NAT_OFFLOAD => opts.nat_offload = Some(parse_bool(key, &value)?),
+                OVN_SWITCH => {
+                    let ok = (1..=63).contains(&value.len())
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    if !ok {
+                        return Err(invalid(key, &value, EXPECTED_SWITCH));
+                    }
+                    opts.ovn_switch = Some(value)
+                }
+                OVN_NB => {
+                    opts.ovn_nb = Some(
+                        value
+                            .parse()
+                            .map_err(|_| invalid(key, &value, EXPECTED_NB))?,
+                    )
+                }
+                OVN_BRIDGE => opts.ovn_bridge = Some(parse_bridge_name(&value)?),
                 _ => unreachable!("resolve_key only returns accepted keys"),
             }
         }
@@ -383,7 +432,52 @@ impl NetworkOptions {
                 });
             }
         }
+        opts.check_overlay()?;
         Ok(opts)
+    }
+
+    /// The `ovs.ovn.*` options go with mode=overlay only, and an overlay network has no
+    /// bridge of its own for the `ovs.bridge.*` options (but `ovs.bridge.mtu` sets
+    /// its containers' MTU).
+    fn check_overlay(&self) -> Result<(), OptionsError> {
+        let only_overlay = |key: &str, value: String| OptionsError::Invalid {
+            key: key.to_owned(),
+            value,
+            expected: "only with mode=overlay".to_owned(),
+        };
+        if self.mode != Mode::Overlay {
+            if let Some(v) = &self.ovn_switch {
+                return Err(only_overlay(OVN_SWITCH, v.clone()));
+            }
+            if let Some(v) = &self.ovn_nb {
+                return Err(only_overlay(OVN_NB, v.to_string()));
+            }
+            if let Some(v) = &self.ovn_bridge {
+                return Err(only_overlay(OVN_BRIDGE, v.clone()));
+            }
+            return Ok(());
+        }
+        let not_overlay = |key: &str, value: String| OptionsError::Invalid {
+            key: key.to_owned(),
+            value,
+            expected: "nothing with mode=overlay: containers go on OVN's integration \
+                       bridge (ovs.ovn.bridge), not on a bridge of the network's own"
+                .to_owned(),
+        };
+        let map = self.to_string_map();
+        for key in [
+            BRIDGE_NAME,
+            BRIDGE_VLAN,
+            BRIDGE_ADD_PORTS,
+            BRIDGE_CONTROLLER,
+            BRIDGE_DPID,
+            BRIDGE_USERSPACE,
+        ] {
+            if let Some(v) = map.get(key) {
+                return Err(not_overlay(key, v.clone()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -756,24 +850,56 @@ mod tests {
     fn bad_mode_names_key_value_and_choices() {
         assert_eq!(
             err(MODE, "bridge"),
-            r#"invalid mode "bridge": expected one of flat, nat, nat-fast"#
+            r#"invalid mode "bridge": expected one of flat, nat, nat-fast, overlay"#
         );
         assert_eq!(
             err(BRIDGE_MODE, ""),
-            r#"invalid ovs.bridge.mode "": expected one of flat, nat, nat-fast"#
+            r#"invalid ovs.bridge.mode "": expected one of flat, nat, nat-fast, overlay"#
         );
         assert!(err(MODE, "natfast").contains("nat-fast"));
     }
 
     #[test]
-    fn overlay_is_reserved_but_refused() {
-        let e = one(MODE, "overlay").unwrap_err();
-        assert!(matches!(e, OptionsError::NotYetSupported { .. }));
+    fn overlay_options() {
+        let o = parse(&[
+            (MODE, "overlay"),
+            (OVN_SWITCH, "web-tier"),
+            (OVN_NB, "tcp:192.0.2.254:6641"),
+            (OVN_BRIDGE, "br-int"),
+            (BRIDGE_MTU, "1400"),
+        ])
+        .unwrap();
+        assert_eq!(o.mode, Mode::Overlay);
+        assert_eq!(o.ovn_switch.as_deref(), Some("web-tier"));
         assert_eq!(
-            e.to_string(),
-            "mode=overlay is not yet supported by dovesnap; use one of flat, nat, nat-fast"
+            o.ovn_nb,
+            Some(crate::ovsdb::Remote::Tcp("192.0.2.254:6641".into()))
         );
-        assert!(err(BRIDGE_MODE, "overlay").starts_with("ovs.bridge.mode=overlay is not yet"));
+        assert_eq!(
+            NetworkOptions::from_string_map(&o.to_string_map()).unwrap(),
+            o
+        );
+
+        let e = parse(&[(OVN_SWITCH, "s")]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            r#"invalid ovs.ovn.switch "s": expected only with mode=overlay"#
+        );
+        let e = parse(&[(MODE, "overlay"), (BRIDGE_VLAN, "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(r#"invalid ovs.bridge.vlan "5": expected nothing with mode=overlay"#),
+            "{e}"
+        );
+        let e = parse(&[(MODE, "overlay"), (OVN_NB, "ssl:h:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tcp:HOST:PORT or unix:PATH"), "{e}");
+        let e = parse(&[(MODE, "overlay"), (OVN_SWITCH, "a b")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("logical switch name"), "{e}");
     }
 
     #[test]
@@ -1095,6 +1221,7 @@ mod tests {
             userspace: true,
             nat_uplink: Some("eth0".into()),
             nat_offload: Some(false),
+            ..NetworkOptions::default()
         };
         for o in [full, NetworkOptions::default()] {
             let map = o.to_string_map();

@@ -40,6 +40,12 @@ impl Daemon {
 
     /// [`Daemon::start`] with more `dovesnap daemon` flags (e.g. `--metrics ADDR`).
     pub fn start_with(socket: &Path, extra: &[&str]) -> Self {
+        Daemon::start_in(None, socket, extra)
+    }
+
+    /// [`Daemon::start_with`] inside network namespace `netns` (`ip netns exec` execs
+    /// the daemon, so signals reach it).
+    pub fn start_in(netns: Option<&str>, socket: &Path, extra: &[&str]) -> Self {
         // The control socket and the log go to a folder of the test's own, never beside
         // the plugin socket: dockerd treats every socket in its plugin folder as a plugin.
         let scratch = std::env::temp_dir().join(crate::unique_name("dsd"));
@@ -50,7 +56,15 @@ impl Daemon {
             std::fs::create_dir_all(dir).expect("socket folder");
         }
         let logf = std::fs::File::create(&log).expect("daemon log");
-        let child = Command::new(dovesnap_bin())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(dovesnap_bin());
+                c
+            }
+            None => Command::new(dovesnap_bin()),
+        };
+        let child = cmd
             .arg("--control-socket")
             .arg(&control)
             .arg("daemon")

@@ -11,6 +11,9 @@ use crate::{run, succeeds};
 const PACKAGES: &[&str] = &[
     // Open vSwitch (userspace datapath here; the kernel one where the module exists).
     "openvswitch-switch",
+    // OVN for overlay mode: ovn-northd + NB/SB databases, ovn-controller.
+    "ovn-central",
+    "ovn-host",
     // Docker engine for the end-to-end tests.
     "docker.io",
     // eBPF / AF_XDP build: clang and libelf for xsk-rs' libxdp build, llvm tools.

@@ -88,6 +88,11 @@ impl Driver {
         };
         let mut keep = HashSet::new();
         for net in networks.values() {
+            if net.overlay.is_some() {
+                // The integration bridge is ovn-controller's, not ours to re-create; an
+                // overlay network's endpoints are not reconciled in this version.
+                continue;
+            }
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
             let ports = match bridge {
                 Some(b) if b.external_ids.get(EXT_NETWORK_ID) != Some(&net.id) => {

@@ -3,7 +3,7 @@
 //! results in, typed [`BridgeInfo`] out. No I/O here, so the message shapes are
 //! unit-tested without a server.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 
@@ -379,11 +379,11 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
         false,
         Guard::PortExists(spec.name.clone()),
     );
-    let iface = change.txn.insert(
-        "Interface",
-        interface_row(&spec.name, "", mtu, ofport),
-        "iface",
-    );
+    let mut iface_row = interface_row(&spec.name, "", mtu, ofport);
+    if !spec.interface_external_ids.is_empty() {
+        iface_row["external_ids"] = datum::string_map(&spec.interface_external_ids);
+    }
+    let iface = change.txn.insert("Interface", iface_row, "iface");
     change.new_interfaces.push(iface);
     let mut port = Map::new();
     port.insert("name".into(), json!(spec.name));
@@ -572,6 +572,36 @@ pub(crate) fn parse_bridges(results: &[Value]) -> Result<Vec<BridgeInfo>, OvsdbE
     Ok(bridges)
 }
 
+/// Reads `Open_vSwitch.external_ids` (the chassis settings of OVN live there).
+pub(crate) fn query_switch_external_ids() -> Txn {
+    let mut txn = Txn::default();
+    txn.select(DB, vec![], &["external_ids"]);
+    txn
+}
+
+pub(crate) fn parse_switch_external_ids(
+    results: &[Value],
+) -> Result<BTreeMap<String, String>, OvsdbError> {
+    match txn::rows(results, 0)? {
+        [row] => Row::new(DB, row)?.string_map("external_ids"),
+        rows => Err(OvsdbError::Protocol(format!(
+            "expected one Open_vSwitch row, found {}; run `ovs-vsctl --no-wait init`",
+            rows.len()
+        ))),
+    }
+}
+
+/// Sets `key=value` in `Open_vSwitch.external_ids` (`None`: removes the key).
+pub(crate) fn set_switch_external_id(key: &str, value: Option<&str>) -> Txn {
+    let mut txn = Txn::default();
+    let mut mutations = vec![json!(["external_ids", "delete", datum::set([json!(key)])])];
+    if let Some(value) = value {
+        mutations.push(json!(["external_ids", "insert", ["map", [[key, value]]]]));
+    }
+    txn.mutate(DB, vec![], mutations);
+    txn
+}
+
 /// Reads `Open_vSwitch.datapath_types`.
 pub(crate) fn query_datapath_types() -> Txn {
     let mut txn = Txn::default();
@@ -733,12 +763,14 @@ mod tests {
             external_ids: [("endpoint".to_string(), "e1".to_string())].into(),
             mtu: Some(1450),
             ofport: Some(5),
+            interface_external_ids: [("iface-id".to_string(), "lsp1".to_string())].into(),
         };
         let change = add_port("br0", &spec).unwrap();
         let ops = ops(&change);
         assert_eq!(
             op_of(&ops, "insert", "Interface")[0]["row"],
-            json!({"name": "veth1", "type": "", "mtu_request": 1450, "ofport_request": 5})
+            json!({"name": "veth1", "type": "", "mtu_request": 1450, "ofport_request": 5,
+                   "external_ids": ["map", [["iface-id", "lsp1"]]]})
         );
         assert_eq!(
             op_of(&ops, "insert", "Port")[0]["row"],

@@ -307,6 +307,26 @@ impl Ovsdb {
         Ok(bridge::parse_bridges(&results)?.into_iter().next())
     }
 
+    /// `Open_vSwitch.external_ids`: OVN's chassis settings (`system-id`,
+    /// `ovn-remote`, `ovn-encap-ip`, ...) and dovesnap's overlay network records.
+    pub async fn switch_external_ids(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, OvsdbError> {
+        bridge::parse_switch_external_ids(&self.read(&bridge::query_switch_external_ids()).await?)
+    }
+
+    /// Sets (or with `None` removes) `key` in `Open_vSwitch.external_ids`
+    /// (bookkeeping: nothing for ovs-vswitchd to apply).
+    pub async fn set_switch_external_id(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), OvsdbError> {
+        self.read(&bridge::set_switch_external_id(key, value))
+            .await
+            .map(drop)
+    }
+
     /// The datapath types ovs-vswitchd supports (`Open_vSwitch.datapath_types`).
     pub async fn datapath_types(&self) -> Result<Vec<String>, OvsdbError> {
         bridge::parse_datapath_types(&self.read(&bridge::query_datapath_types()).await?)

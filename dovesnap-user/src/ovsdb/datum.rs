@@ -41,6 +41,18 @@ pub(crate) fn set_elements(value: &Value) -> Vec<&Value> {
     }
 }
 
+/// The strings of a set of strings (either form).
+pub(crate) fn set_strings(value: &Value) -> Result<Vec<String>, OvsdbError> {
+    set_elements(value)
+        .into_iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| OvsdbError::Protocol(format!("expected a set of strings: {value}")))
+        })
+        .collect()
+}
+
 /// The id of a `["uuid", id]` atom.
 pub(crate) fn as_uuid(value: &Value) -> Option<&str> {
     match value.as_array().map(Vec::as_slice) {

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::OvsdbError;
+use super::{OvsdbError, Remote};
 
 /// Called by the reader task with each notification's method and params.
 pub(crate) type NotifyFn = Box<dyn FnMut(&str, Value) + Send>;
@@ -191,6 +191,37 @@ impl Connection {
                 source,
             })?;
         Ok(Self::new(stream, notify))
+    }
+
+    /// Connects to `remote` (a unix socket or a TCP address), giving up after
+    /// `timeout`.
+    pub(crate) async fn connect_remote(
+        remote: &Remote,
+        timeout: Duration,
+        notify: NotifyFn,
+    ) -> Result<Self, OvsdbError> {
+        let failed = |source| OvsdbError::ConnectRemote {
+            remote: remote.to_string(),
+            source,
+        };
+        let timed_out = || failed(std::io::ErrorKind::TimedOut.into());
+        Ok(match remote {
+            Remote::Unix(path) => Self::new(
+                tokio::time::timeout(timeout, UnixStream::connect(path))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?,
+                notify,
+            ),
+            Remote::Tcp(addr) => {
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(addr.as_str()))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?;
+                let _ = stream.set_nodelay(true);
+                Self::new(stream, notify)
+            }
+        })
     }
 
     /// Runs the protocol over an already connected stream.

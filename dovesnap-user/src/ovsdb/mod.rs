@@ -25,6 +25,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::Ovsdb;
+pub(crate) use datum::{set_strings, Row};
+pub(crate) use jsonrpc::Connection;
+pub(crate) use txn::{check, eq, rows, Refusal, Txn};
 
 /// Where Debian's (and upstream's default) ovsdb-server listens.
 pub const DEFAULT_SOCKET: &str = "/var/run/openvswitch/db.sock";
@@ -39,6 +42,52 @@ pub fn default_datapath_type() -> &'static str {
         "system"
     } else {
         "netdev"
+    }
+}
+
+/// Where an OVSDB server listens, in the `ovs-vsctl --db` notation: `unix:PATH` or
+/// `tcp:HOST:PORT` (a bare path is taken as a unix socket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Remote {
+    Unix(PathBuf),
+    /// `HOST:PORT`, with an IPv6 host in brackets.
+    Tcp(String),
+}
+
+impl std::str::FromStr for Remote {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: unix: needs a socket path"));
+            }
+            return Ok(Remote::Unix(path.into()));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{s:?}: expected tcp:HOST:PORT"))?;
+            if host.is_empty() || !port.parse::<u16>().is_ok_and(|p| p != 0) {
+                return Err(format!("{s:?}: expected tcp:HOST:PORT with a port 1-65535"));
+            }
+            return Ok(Remote::Tcp(addr.to_string()));
+        }
+        if s.starts_with('/') {
+            return Ok(Remote::Unix(s.into()));
+        }
+        Err(format!(
+            "{s:?}: expected tcp:HOST:PORT or unix:PATH (ssl: is not supported)"
+        ))
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Unix(path) => write!(f, "unix:{}", path.display()),
+            Remote::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
     }
 }
 
@@ -90,6 +139,8 @@ pub struct PortSpec {
     pub mtu: Option<u32>,
     /// The OpenFlow port number to ask for (`Interface.ofport_request`, 1..=65279).
     pub ofport: Option<u32>,
+    /// `Interface.external_ids` (`iface-id`: the OVN logical port bound here).
+    pub interface_external_ids: BTreeMap<String, String>,
 }
 
 impl PortSpec {
@@ -137,6 +188,12 @@ pub enum OvsdbError {
     )]
     Connect {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the OVSDB server at {remote}: {source}")]
+    ConnectRemote {
+        remote: String,
         #[source]
         source: std::io::Error,
     },
@@ -193,5 +250,45 @@ impl OvsdbError {
             self,
             OvsdbError::NoSuchBridge(_) | OvsdbError::NoSuchPort { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_remotes() {
+        assert_eq!(
+            "tcp:192.0.2.1:6641".parse::<Remote>().unwrap(),
+            Remote::Tcp("192.0.2.1:6641".into())
+        );
+        assert_eq!(
+            "tcp:[2001:db8::1]:6641".parse::<Remote>().unwrap(),
+            Remote::Tcp("[2001:db8::1]:6641".into())
+        );
+        assert_eq!(
+            "unix:/run/ovn/ovnnb_db.sock".parse::<Remote>().unwrap(),
+            Remote::Unix("/run/ovn/ovnnb_db.sock".into())
+        );
+        assert_eq!(
+            "/run/x.sock".parse::<Remote>().unwrap().to_string(),
+            "unix:/run/x.sock"
+        );
+        for bad in [
+            "tcp:1.2.3.4",
+            "tcp::6641",
+            "tcp:h:0",
+            "tcp:h:99999",
+            "unix:",
+            "ssl:h:1",
+            "h",
+        ] {
+            assert!(bad.parse::<Remote>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "tcp:h:6641".parse::<Remote>().unwrap().to_string(),
+            "tcp:h:6641"
+        );
     }
 }

@@ -24,15 +24,36 @@ pub(crate) fn is_row(id: &str) -> Value {
 }
 
 /// The operations of one transaction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Txn {
+    db: &'static str,
     ops: Vec<Value>,
 }
 
+impl Default for Txn {
+    /// A transaction on the `Open_vSwitch` database.
+    fn default() -> Self {
+        Txn::on(DB)
+    }
+}
+
 impl Txn {
+    /// A transaction on database `db` (`OVN_Northbound`, ...).
+    pub(crate) fn on(db: &'static str) -> Self {
+        Txn {
+            db,
+            ops: Vec::new(),
+        }
+    }
+
     fn push(&mut self, op: Value) -> usize {
         self.ops.push(op);
         self.ops.len() - 1
+    }
+
+    /// Adds an operation written out in full (a `wait` on given columns, ...).
+    pub(crate) fn push_raw(&mut self, op: Value) -> usize {
+        self.push(op)
     }
 
     /// A note that ovsdb-server writes to its log with the transaction.
@@ -93,7 +114,7 @@ impl Txn {
     /// The `params` of the `transact` request.
     pub(crate) fn params(&self) -> Value {
         let mut params = Vec::with_capacity(self.ops.len() + 1);
-        params.push(json!(DB));
+        params.push(json!(self.db));
         params.extend(self.ops.iter().cloned());
         Value::Array(params)
     }
@@ -221,6 +242,9 @@ mod tests {
                    "until": "==", "rows": [{}]})
         );
         assert_eq!(p[2]["rows"], json!([]));
+        let mut nb = Txn::on("OVN_Northbound");
+        nb.delete("Logical_Switch", vec![eq("name", "s")]);
+        assert_eq!(nb.params()[0], json!("OVN_Northbound"));
         assert_eq!(is_row("u1"), json!(["_uuid", "==", ["uuid", "u1"]]));
     }
 

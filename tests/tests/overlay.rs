@@ -1,0 +1,1060 @@
+//! Overlay mode on OVN, with several "hosts" on one machine: each host is a network
+//! namespace with its own ovsdb-server, ovs-vswitchd (userspace datapath),
+//! ovn-controller and dovesnap daemon (driven through its plugin API, as dockerd would);
+//! one central ovn-northd with its northbound and southbound databases sits in a
+//! namespace of its own. The hosts reach the central databases and each other (geneve
+//! tunnels) over a private LAN, 198.18.77.0/24 (RFC 2544 benchmarking space) on a Linux bridge in the central
+//! namespace. Containers are namespaces that get the endpoint's interface, as Docker
+//! does at Join. Nothing here touches the global Open vSwitch, dockerd or a global OVN.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dovesnap_tests::daemon::Daemon;
+use dovesnap_tests::docker::{self, Container, Network};
+use dovesnap_tests::{require_root, run, sh, unique_name, Netns};
+use serde_json::{json, Value};
+
+/// The test LAN (RFC 2544 benchmarking space, unused elsewhere); hosts are .1, .2, ...
+const LAN: &str = "198.18.77";
+const CENTRAL_IP: &str = "198.18.77.254";
+const SUBNET: &str = "10.30.0.0/24";
+/// The switch a network on [`SUBNET`] maps to without `ovs.ovn.switch`.
+const SWITCH: &str = "dovesnap-10.30.0.0-24";
+
+/// A scratch folder, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("dsovn"));
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops the daemon whose `--pidfile` is `pidfile` (SIGTERM, then SIGKILL).
+fn stop_pidfile(pidfile: &Path, signal: i32) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: kill(2) on a pid a daemon we started wrote; no memory is involved.
+    unsafe { libc::kill(pid, signal) };
+    let start = Instant::now();
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if start.elapsed() > Duration::from_secs(3) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(pidfile);
+}
+
+/// Runs an OVS/OVN daemon with `--detach` in `ns`, its run, log and db folders in `dir`.
+fn start_daemon(ns: &Netns, dir: &Path, cmd: &str, args: &[String]) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name, cmd]).args(args);
+    for var in [
+        "OVS_RUNDIR",
+        "OVS_LOGDIR",
+        "OVS_DBDIR",
+        "OVN_RUNDIR",
+        "OVN_LOGDIR",
+        "OVN_DBDIR",
+    ] {
+        c.env(var, dir);
+    }
+    let out = c.output().expect("start daemon");
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// ovn-northd and the NB/SB databases, listening on [`CENTRAL_IP`] in the LAN namespace.
+struct Central {
+    dir: PathBuf,
+    pidfiles: Vec<PathBuf>,
+    lan: Netns,
+}
+
+impl Central {
+    fn start(root: &Path) -> Self {
+        let dir = root.join("central");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lan = Netns::new("ovlan");
+        let mut central = Central {
+            dir: dir.clone(),
+            pidfiles: Vec::new(),
+            lan,
+        };
+        let lan = &central.lan;
+        lan.sh("ip", &["link", "add", "lanbr", "type", "bridge"]);
+        lan.sh(
+            "ip",
+            &["addr", "add", &format!("{CENTRAL_IP}/24"), "dev", "lanbr"],
+        );
+        lan.sh("ip", &["link", "set", "lanbr", "up"]);
+        for (db, port) in [("nb", 6641), ("sb", 6642)] {
+            let file = dir.join(format!("{db}.db"));
+            sh(
+                "ovsdb-tool",
+                &[
+                    "create",
+                    file.to_str().unwrap(),
+                    &format!("/usr/share/ovn/ovn-{db}.ovsschema"),
+                ],
+            );
+            let pid = dir.join(format!("{db}.pid"));
+            start_daemon(
+                lan,
+                &dir,
+                "ovsdb-server",
+                &[
+                    file.display().to_string(),
+                    format!(
+                        "--remote=punix:{}",
+                        dir.join(format!("{db}.sock")).display()
+                    ),
+                    format!("--remote=ptcp:{port}:{CENTRAL_IP}"),
+                    format!("--pidfile={}", pid.display()),
+                    format!("--unixctl={}", dir.join(format!("{db}.ctl")).display()),
+                    format!("--log-file={}", dir.join(format!("{db}.log")).display()),
+                    "--detach".into(),
+                ],
+            );
+            central.pidfiles.push(pid);
+        }
+        let pid = dir.join("northd.pid");
+        start_daemon(
+            &central.lan,
+            &dir,
+            "ovn-northd",
+            &[
+                format!("--ovnnb-db=unix:{}", dir.join("nb.sock").display()),
+                format!("--ovnsb-db=unix:{}", dir.join("sb.sock").display()),
+                format!("--pidfile={}", pid.display()),
+                format!("--unixctl={}", dir.join("northd.ctl").display()),
+                format!("--log-file={}", dir.join("northd.log").display()),
+                "--detach".into(),
+            ],
+        );
+        central.pidfiles.push(pid);
+        central
+    }
+
+    fn ctl(&self, tool: &str, db: &str, args: &[&str]) -> String {
+        let db = format!("--db=unix:{}", self.dir.join(db).display());
+        let mut full = vec![db.as_str()];
+        full.extend_from_slice(args);
+        sh(tool, &full)
+    }
+
+    fn nbctl(&self, args: &[&str]) -> String {
+        self.ctl("ovn-nbctl", "nb.sock", args)
+    }
+
+    fn sbctl(&self, args: &[&str]) -> String {
+        self.ctl("ovn-sbctl", "sb.sock", args)
+    }
+
+    /// The logical switches' names.
+    fn switches(&self) -> Vec<String> {
+        self.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The names of the switch's ports.
+    fn ports(&self, switch: &str) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .nbctl(&["lsp-list", switch])
+            .lines()
+            .filter_map(|l| Some(l.split_once(" (")?.1.trim_end_matches(')').to_string()))
+            .collect();
+        p.sort();
+        p
+    }
+
+    fn switch_ids(&self, switch: &str) -> String {
+        self.nbctl(&["get", "Logical_Switch", switch, "external_ids"])
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        for p in self.pidfiles.iter().rev() {
+            stop_pidfile(p, libc::SIGTERM);
+        }
+    }
+}
+
+/// One host: its namespace on the LAN, OVS, ovn-controller and dovesnap.
+struct Host {
+    system_id: String,
+    ip: String,
+    dir: PathBuf,
+    plugin: Option<Daemon>,
+    ns: Netns,
+}
+
+impl Host {
+    fn start(root: &Path, central: &Central, n: u8) -> Self {
+        let system_id = format!("host{n}");
+        let dir = root.join(&system_id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ip = format!("{LAN}.{n}");
+        let host = Host {
+            system_id,
+            ip,
+            dir,
+            plugin: None,
+            ns: Netns::new("ovh"),
+        };
+        // The LAN: a veth whose far end is a port of the central bridge. The userspace
+        // datapath forwards partially checksummed frames as they are: no TX offload on
+        // the veth's LAN end nor on br-phy.
+        let lan_end = format!("lan{n}");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "uplink",
+                "netns",
+                &host.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &lan_end,
+                "netns",
+                &central.lan.name,
+            ],
+        );
+        central
+            .lan
+            .sh("ip", &["link", "set", &lan_end, "master", "lanbr", "up"]);
+        central.lan.sh("ethtool", &["-K", &lan_end, "tx", "off"]);
+        host.ns.sh("ip", &["link", "set", "uplink", "up"]);
+
+        let db = host.dir.join("conf.db");
+        sh(
+            "ovsdb-tool",
+            &[
+                "create",
+                db.to_str().unwrap(),
+                "/usr/share/openvswitch/vswitch.ovsschema",
+            ],
+        );
+        start_daemon(
+            &host.ns,
+            &host.dir,
+            "ovsdb-server",
+            &[
+                db.display().to_string(),
+                format!("--remote=punix:{}", host.db_sock().display()),
+                format!("--pidfile={}", host.pidfile("ovsdb-server").display()),
+                format!("--unixctl={}", host.dir.join("ovsdb.ctl").display()),
+                format!("--log-file={}", host.dir.join("ovsdb-server.log").display()),
+                "--detach".into(),
+            ],
+        );
+        host.vsctl(&["--no-wait", "init"]);
+        start_daemon(
+            &host.ns,
+            &host.dir,
+            "ovs-vswitchd",
+            &[
+                format!("unix:{}", host.db_sock().display()),
+                format!("--pidfile={}", host.pidfile("ovs-vswitchd").display()),
+                format!("--unixctl={}", host.dir.join("vswitchd.ctl").display()),
+                format!("--log-file={}", host.dir.join("ovs-vswitchd.log").display()),
+                "--detach".into(),
+            ],
+        );
+        // Userspace tunnelling: the host's address lives on a bridge holding the uplink.
+        host.vsctl(&[
+            "--timeout=20",
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-phy",
+            "uplink",
+        ]);
+        host.ns.sh(
+            "ip",
+            &["addr", "add", &format!("{}/24", host.ip), "dev", "br-phy"],
+        );
+        host.ns.sh("ip", &["link", "set", "br-phy", "up"]);
+        host.ns.sh("ethtool", &["-K", "br-phy", "tx", "off"]);
+        host.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("external_ids:ovn-remote=tcp:{CENTRAL_IP}:6642"),
+            &format!("external_ids:ovn-encap-ip={}", host.ip),
+            "external_ids:ovn-encap-type=geneve",
+            &format!("external_ids:system-id={}", host.system_id),
+            "external_ids:ovn-bridge-datapath-type=netdev",
+        ]);
+        host.start_controller(central);
+        host
+    }
+
+    fn db_sock(&self) -> PathBuf {
+        self.dir.join("db.sock")
+    }
+
+    fn pidfile(&self, daemon: &str) -> PathBuf {
+        self.dir.join(format!("{daemon}.pid"))
+    }
+
+    fn vsctl(&self, args: &[&str]) -> String {
+        let db = format!("--db=unix:{}", self.db_sock().display());
+        let mut full = vec![db.as_str()];
+        full.extend_from_slice(args);
+        sh("ovs-vsctl", &full)
+    }
+
+    /// Starts ovn-controller and waits until it made br-int and registered its chassis.
+    fn start_controller(&self, central: &Central) {
+        start_daemon(
+            &self.ns,
+            &self.dir,
+            "ovn-controller",
+            &[
+                format!("unix:{}", self.db_sock().display()),
+                format!("--pidfile={}", self.pidfile("ovn-controller").display()),
+                format!(
+                    "--log-file={}",
+                    self.dir.join("ovn-controller.log").display()
+                ),
+                "--detach".into(),
+            ],
+        );
+        wait_until(
+            &format!("{}'s chassis and br-int", self.system_id),
+            Duration::from_secs(30),
+            || {
+                central
+                    .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+                    .split_whitespace()
+                    .any(|c| c == self.system_id)
+                    && self.vsctl(&["list-br"]).lines().any(|b| b == "br-int")
+            },
+        );
+    }
+
+    /// Kills ovn-controller as a crash would (its chassis stays in the southbound
+    /// database, its flows stay in ovs-vswitchd).
+    fn kill_controller(&self) {
+        stop_pidfile(&self.pidfile("ovn-controller"), libc::SIGKILL);
+    }
+
+    fn start_plugin(&mut self) {
+        let socket = self.dir.join("plugin.sock");
+        let db = self.db_sock().display().to_string();
+        self.plugin = Some(Daemon::start_in(
+            Some(&self.ns.name),
+            &socket,
+            &["--ovsdb", &db],
+        ));
+    }
+
+    fn plugin(&self) -> &Daemon {
+        self.plugin.as_ref().expect("plugin running")
+    }
+
+    fn ok(&self, path: &str, body: Value) -> Value {
+        let (code, v) = self.plugin().call(path, &body.to_string());
+        assert_eq!(code, 200, "{path}: {v}");
+        assert!(
+            v.get("Err").is_none(),
+            "{} {path} failed: {v}",
+            self.system_id
+        );
+        v
+    }
+
+    fn err(&self, path: &str, body: Value) -> String {
+        let (_, v) = self.plugin().call(path, &body.to_string());
+        v.get("Err")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{path} {body} did not fail: {v}"))
+            .to_string()
+    }
+
+    fn create_network(&self, nid: &str, opts: Value) {
+        self.ok(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": nid, "Options": {"com.docker.network.generic": opts},
+                   "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": SUBNET,
+                                 "Gateway": "10.30.0.1/24"}],
+                   "IPv6Data": []}),
+        );
+    }
+
+    /// CreateEndpoint + Join, then what Docker does: the container end into the
+    /// container's namespace as eth0, with the address.
+    fn attach(&self, nid: &str, eid: &str, addr: &str) -> Netns {
+        self.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}}),
+        );
+        let v = self.ok(
+            "/NetworkDriver.Join",
+            json!({"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/var/run/docker/netns/x"}),
+        );
+        assert!(
+            v["Gateway"].as_str().unwrap_or_default().is_empty(),
+            "overlay networks are internal, no gateway: {v}"
+        );
+        let src = v["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+        let ctr = Netns::new("ovc");
+        self.ns.sh("ip", &["link", "set", &src, "netns", &ctr.name]);
+        ctr.sh("ip", &["link", "set", &src, "name", "eth0"]);
+        ctr.sh("ip", &["addr", "add", addr, "dev", "eth0"]);
+        ctr.sh("ip", &["link", "set", "eth0", "up"]);
+        ctr
+    }
+
+    fn detach(&self, nid: &str, eid: &str) {
+        let ids = json!({"NetworkID": nid, "EndpointID": eid});
+        self.ok("/NetworkDriver.Leave", ids.clone());
+        self.ok("/NetworkDriver.DeleteEndpoint", ids);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        drop(self.plugin.take());
+        for d in ["ovn-controller", "ovs-vswitchd", "ovsdb-server"] {
+            stop_pidfile(&self.pidfile(d), libc::SIGTERM);
+        }
+    }
+}
+
+/// A process in a namespace, in a process group of its own: the group (the process
+/// and what it forked, e.g. httpd's per-connection children) is killed on drop.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our own child leads; no memory involved.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A web server in `ctr` on port 8080 answering `body`.
+fn web_server(ctr: &Netns, root: &Path, body: &str) -> Spawned {
+    let www = root.join(format!("www-{}", ctr.name));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), body).unwrap();
+    Spawned(
+        Command::new("ip")
+            .args([
+                "netns", "exec", &ctr.name, "busybox", "httpd", "-f", "-p", "8080", "-h",
+            ])
+            .arg(&www)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox httpd"),
+    )
+}
+
+/// Pings `to` from `ctr` until a reply comes (flows take a moment after binding).
+fn pings(ctr: &Netns, to: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if ctr
+            .run("ping", &["-c", "1", "-W", "1", to])
+            .status
+            .success()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Fetches `http://to:8080/` from `ctr` (TCP across the tunnel); the body.
+fn fetch(ctr: &Netns, to: &str) -> String {
+    fetch_port(ctr, to, 8080)
+}
+
+/// Fetches `http://to:port/` from `ctr`; the body.
+fn fetch_port(ctr: &Netns, to: &str, port: u16) -> String {
+    // bash's /dev/tcp (busybox wget's -T crashes).
+    let script = format!(
+        "exec 3<>/dev/tcp/{to}/{port} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let start = Instant::now();
+    loop {
+        let out = ctr.run("timeout", &["5", "bash", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.starts_with("HTTP/1.") {
+            return text
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_string())
+                .unwrap_or_default();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "GET http://{to}:{port}/ from {}: {text} {}",
+            ctr.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}{}", "0".repeat(64 - prefix.len()))
+}
+
+fn lsp(eid: &str) -> String {
+    format!("dovesnap-{eid}")
+}
+
+fn wait_port_up(central: &Central, port: &str) {
+    wait_until(&format!("{port} up"), Duration::from_secs(30), || {
+        central.nbctl(&["lsp-get-up", port]).trim() == "up"
+    });
+}
+
+#[test]
+#[ignore = "needs root and OVN (cargo xtask test)"]
+fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
+    require_root();
+    let scratch = Scratch::new();
+    let root = scratch.0.clone();
+    let central = Central::start(&root);
+    let mut h1 = Host::start(&root, &central, 1);
+    let mut h2 = Host::start(&root, &central, 2);
+    h1.start_plugin();
+    h2.start_plugin();
+
+    // The same network on both hosts (Docker gives each host its own network id):
+    // one logical switch, referenced by both.
+    let (n1, n2) = (id("a1"), id("b2"));
+    // Both at once: one creates the switch, the other joins it.
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            h1.create_network(
+                &n1,
+                json!({"mode": "overlay", "ovs.ovn.nb": format!("tcp:{CENTRAL_IP}:6641")}),
+            )
+        });
+        // host2 finds the northbound database from its ovn-remote (port 6641).
+        t.spawn(|| h2.create_network(&n2, json!({"mode": "overlay"})));
+    });
+    assert_eq!(central.switches(), [SWITCH]);
+    let ids = central.switch_ids(SWITCH);
+    assert!(ids.contains(&format!("dovesnap-host-host1={n1}")), "{ids}");
+    assert!(ids.contains(&format!("dovesnap-host-host2={n2}")), "{ids}");
+
+    // Containers: one on host1, two on host2 (each host its own --ip-range).
+    let (e1, e2, e3) = (id("e1"), id("e2"), id("e3"));
+    let c1 = h1.attach(&n1, &e1, "10.30.0.11/24");
+    let c2 = h2.attach(&n2, &e2, "10.30.0.21/24");
+    let _c3 = h2.attach(&n2, &e3, "10.30.0.22/24");
+    let mut ports = vec![lsp(&e1), lsp(&e2), lsp(&e3)];
+    ports.sort();
+    assert_eq!(central.ports(SWITCH), ports);
+    let iface = format!("ovsv{}", &e1[..10]);
+    let bound = h1.vsctl(&["get", "Interface", &iface, "external_ids:iface-id"]);
+    assert_eq!(bound.trim().trim_matches('"'), lsp(&e1));
+    assert_eq!(
+        central
+            .nbctl(&["lsp-get-addresses", &lsp(&e2)])
+            .split_whitespace()
+            .nth(1),
+        Some("10.30.0.21")
+    );
+    for p in &ports {
+        wait_port_up(&central, p);
+    }
+    let binding = central.sbctl(&["show"]);
+    assert!(binding.contains("Chassis host1") && binding.contains("Chassis host2"));
+
+    // ICMP both ways and TCP across the tunnel.
+    assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 ping");
+    assert!(pings(&c2, "10.30.0.11"), "host2 -> host1 ping");
+    // A body of many full-size segments: they fit the tunnel (overlay MTU 1442).
+    let big = "0123456789abcdef".repeat(16 * 1024);
+    let _web = web_server(&c2, &root, &big);
+    assert!(
+        fetch(&c1, "10.30.0.21") == big,
+        "the 256 KiB body did not come through whole"
+    );
+    let mtu = c1.sh("ip", &["-o", "link", "show", "eth0"]);
+    assert!(mtu.contains("mtu 1442"), "{mtu}");
+
+    // An address another host's container has is refused, and nothing is left.
+    let e4 = id("e4");
+    let msg = h1.err(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": n1, "EndpointID": e4, "Interface": {"Address": "10.30.0.21/24"}}),
+    );
+    assert!(
+        msg.contains("address 10.30.0.21 is already used") && msg.contains("host2"),
+        "{msg}"
+    );
+    assert!(!h1
+        .ns
+        .run("ip", &["link", "show", &format!("ovsv{}", &e4[..10])])
+        .status
+        .success());
+    assert_eq!(central.ports(SWITCH).len(), 3);
+    // The same new address on both hosts at once: exactly one gets it.
+    let (e5, e6) = (id("e5"), id("e6"));
+    let create = |h: &Host, nid: &str, eid: &str| {
+        let body = json!({"NetworkID": nid, "EndpointID": eid,
+                          "Interface": {"Address": "10.30.0.50/24"}});
+        let (_, v) = h
+            .plugin()
+            .call("/NetworkDriver.CreateEndpoint", &body.to_string());
+        v.get("Err").is_none()
+    };
+    let (ok1, ok2) = std::thread::scope(|t| {
+        let a = t.spawn(|| create(&h1, &n1, &e5));
+        let b = t.spawn(|| create(&h2, &n2, &e6));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(ok1 ^ ok2, "both or neither got 10.30.0.50: {ok1} {ok2}");
+    let (winner, nid, eid) = if ok1 {
+        (&h1, &n1, &e5)
+    } else {
+        (&h2, &n2, &e6)
+    };
+    winner.ok(
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": nid, "EndpointID": eid}),
+    );
+    assert_eq!(central.ports(SWITCH).len(), 3);
+
+    // host2 goes down (plugin and ovn-controller crash). Meanwhile its container e3
+    // goes away with the host's state (port and veth gone); its logical port is stale.
+    h2.plugin.as_mut().unwrap().kill();
+    h2.kill_controller();
+    let e3_port = format!("ovsv{}", &e3[..10]);
+    h2.vsctl(&["del-port", "br-int", &e3_port]);
+    let _ = h2.ns.run("ip", &["link", "del", &e3_port]);
+    assert!(central.ports(SWITCH).contains(&lsp(&e3)));
+    // host2 returns: the plugin reconciles OVN with what the host has.
+    h2.start_controller(&central);
+    h2.start_plugin();
+    wait_until("the stale port to go", Duration::from_secs(10), || {
+        !central.ports(SWITCH).contains(&lsp(&e3))
+    });
+    assert_eq!(central.ports(SWITCH), {
+        let mut p = vec![lsp(&e1), lsp(&e2)];
+        p.sort();
+        p
+    });
+    wait_port_up(&central, &lsp(&e2));
+    assert!(pings(&c1, "10.30.0.21"), "ping after host2's return");
+    assert!(fetch(&c1, "10.30.0.21") == big, "after host2's return");
+
+    // A third host joins, then dies for good: once an operator removes its chassis
+    // from OVN, the next plugin to start (host1's here) removes its ports and reference.
+    let mut h3 = Host::start(&root, &central, 3);
+    h3.start_plugin();
+    let n3 = id("c3");
+    h3.create_network(&n3, json!({"mode": "overlay"}));
+    let e7 = id("e7");
+    let _c7 = h3.attach(&n3, &e7, "10.30.0.31/24");
+    wait_port_up(&central, &lsp(&e7));
+    assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 ping");
+    h3.plugin.as_mut().unwrap().kill();
+    h3.kill_controller();
+    central.sbctl(&["chassis-del", "host3"]);
+    assert!(central.ports(SWITCH).contains(&lsp(&e7)));
+    drop(h1.plugin.take());
+    h1.start_plugin();
+    let ids = central.switch_ids(SWITCH);
+    assert!(!ids.contains("host3"), "{ids}");
+    assert!(!central.ports(SWITCH).contains(&lsp(&e7)));
+    assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 after the reaping");
+
+    // The network leaves host1: the switch stays for host2.
+    h1.detach(&n1, &e1);
+    h1.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n1}));
+    assert_eq!(central.switches(), [SWITCH]);
+    assert_eq!(central.ports(SWITCH), [lsp(&e2)]);
+    let ids = central.switch_ids(SWITCH);
+    assert!(!ids.contains("host1") && ids.contains("host2"), "{ids}");
+    assert!(!h1.vsctl(&["list-ports", "br-int"]).contains("ovsv"));
+    let record = h1.vsctl(&["get", "Open_vSwitch", ".", "external_ids"]);
+    assert!(!record.contains("dovesnap-overlay"), "{record}");
+    // And the last host: the switch goes.
+    h2.detach(&n2, &e2);
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
+    assert!(central.switches().is_empty(), "{:?}", central.switches());
+}
+
+#[test]
+#[ignore = "needs root and OVN (cargo xtask test)"]
+fn overlay_refusals_are_clear_and_leak_nothing() {
+    require_root();
+    let scratch = Scratch::new();
+    let root = scratch.0.clone();
+    let central = Central::start(&root);
+    let mut h1 = Host::start(&root, &central, 1);
+    h1.start_plugin();
+    let create = |nid: &str, opts: Value, pool: Value| {
+        let (_, v) = h1.plugin().call(
+            "/NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": nid, "Options": {"com.docker.network.generic": opts},
+                    "IPv4Data": pool, "IPv6Data": []})
+            .to_string(),
+        );
+        v["Err"].as_str().unwrap_or_default().to_string()
+    };
+    let pool = json!([{"AddressSpace": "x", "Pool": SUBNET, "Gateway": "10.30.0.1/24"}]);
+    // No subnet.
+    let e = create(&id("d1"), json!({"mode": "overlay"}), json!([]));
+    assert!(e.contains("needs an IPv4 subnet"), "{e}");
+    // A switch that already serves another subnet.
+    central.nbctl(&[
+        "ls-add",
+        "taken",
+        "--",
+        "set",
+        "Logical_Switch",
+        "taken",
+        "external_ids:dovesnap-subnet=10.99.0.0/24",
+    ]);
+    let refusals = [
+        (
+            json!({"mode": "overlay", "ovs.ovn.bridge": "br-nope"}),
+            "integration bridge br-nope does not exist",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.ovn.nb": "tcp:198.18.77.253:6641"}),
+            "OVN northbound database at tcp:198.18.77.253:6641",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.ovn.switch": "taken"}),
+            "serves subnet 10.99.0.0/24, not 10.30.0.0/24",
+        ),
+        (
+            json!({"mode": "overlay", "ovs.bridge.vlan": "7"}),
+            "nothing with mode=overlay",
+        ),
+    ];
+    for (i, (opts, expected)) in refusals.into_iter().enumerate() {
+        let e = create(&id(&format!("c{i}")), opts, pool.clone());
+        assert!(e.contains(expected), "{e}");
+    }
+    assert_eq!(central.switches(), ["taken"]);
+    let record = h1.vsctl(&["get", "Open_vSwitch", ".", "external_ids"]);
+    assert!(!record.contains("dovesnap-overlay"), "{record}");
+    // `dovesnap doctor` on this host: the chassis settings, br-int and the northbound
+    // database found from ovn-remote.
+    let doctor = |h: &Host| -> Vec<Value> {
+        let db = h.db_sock().display().to_string();
+        let bin = dovesnap_tests::daemon::dovesnap_bin();
+        let out =
+            h.ns.run(bin.to_str().unwrap(), &["doctor", "--json", "--ovsdb", &db]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_else(|| panic!("doctor: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let status = |checks: &[Value], name: &str| {
+        let c = checks.iter().find(|c| c["check"] == name).cloned();
+        c.unwrap_or_else(|| panic!("no {name} in {checks:?}"))
+    };
+    let checks = doctor(&h1);
+    let chassis = status(&checks, "ovn-chassis");
+    assert_eq!(chassis["status"], "OK", "{chassis}");
+    assert!(
+        chassis["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("chassis host1"),
+        "{chassis}"
+    );
+    let nb = status(&checks, "ovn-northbound");
+    assert_eq!(nb["status"], "OK", "{nb}");
+    assert!(
+        nb["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("tcp:{CENTRAL_IP}:6641")),
+        "{nb}"
+    );
+    // A host that is no chassis.
+    h1.vsctl(&["remove", "Open_vSwitch", ".", "external_ids", "system-id"]);
+    let e = create(&id("d6"), json!({"mode": "overlay"}), pool);
+    assert!(e.contains("external_ids:system-id is not set"), "{e}");
+    let chassis = status(&doctor(&h1), "ovn-chassis");
+    assert_eq!(chassis["status"], "FAIL", "{chassis}");
+    assert!(
+        chassis["fix"].as_str().unwrap().contains("system-id"),
+        "{chassis}"
+    );
+}
+
+/// The root namespace as an OVN host: the global Open vSwitch (where dockerd's plugin
+/// works) becomes a chassis for the test's central, with its own uplink bridge on the
+/// test LAN. Drop stops its ovn-controller, deletes br-int and the uplink bridge and
+/// removes the chassis settings, leaving the global OVS as it was.
+struct RootChassis {
+    veth: String,
+    phy: String,
+    pidfile: PathBuf,
+}
+
+/// The `Open_vSwitch` keys the root chassis sets (and removes).
+const ROOT_KEYS: [&str; 5] = [
+    "ovn-remote",
+    "ovn-encap-ip",
+    "ovn-encap-type",
+    "system-id",
+    "ovn-bridge-datapath-type",
+];
+
+impl RootChassis {
+    fn start(root: &Path, central: &Central) -> Self {
+        let ids = sh("ovs-vsctl", &["get", "Open_vSwitch", ".", "external_ids"]);
+        assert!(
+            !ids.contains("ovn-remote") && !ids.contains("system-id"),
+            "the global Open vSwitch is already an OVN chassis ({ids}): not disturbing it"
+        );
+        assert!(
+            !sh("ovs-vsctl", &["list-br"]).lines().any(|b| b == "br-int"),
+            "the global Open vSwitch already has a br-int: not disturbing it"
+        );
+        let veth = unique_name("dsova");
+        let chassis = RootChassis {
+            phy: format!("{veth}b"),
+            pidfile: root.join("root-ovn-controller.pid"),
+            veth,
+        };
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &chassis.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lan0",
+                "netns",
+                &central.lan.name,
+            ],
+        );
+        central
+            .lan
+            .sh("ip", &["link", "set", "lan0", "master", "lanbr", "up"]);
+        central.lan.sh("ethtool", &["-K", "lan0", "tx", "off"]);
+        sh("ip", &["link", "set", &chassis.veth, "up"]);
+        sh(
+            "ovs-vsctl",
+            &[
+                "--timeout=20",
+                "add-br",
+                &chassis.phy,
+                "--",
+                "set",
+                "bridge",
+                &chassis.phy,
+                "datapath_type=netdev",
+                "--",
+                "add-port",
+                &chassis.phy,
+                &chassis.veth,
+            ],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("{LAN}.100/24"), "dev", &chassis.phy],
+        );
+        sh("ip", &["link", "set", &chassis.phy, "up"]);
+        sh("ethtool", &["-K", &chassis.phy, "tx", "off"]);
+        sh(
+            "ovs-vsctl",
+            &[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:ovn-remote=tcp:{CENTRAL_IP}:6642"),
+                &format!("external_ids:ovn-encap-ip={LAN}.100"),
+                "external_ids:ovn-encap-type=geneve",
+                "external_ids:system-id=dockerhost",
+                "external_ids:ovn-bridge-datapath-type=netdev",
+            ],
+        );
+        let mut c = Command::new("ovn-controller");
+        c.arg(format!("--pidfile={}", chassis.pidfile.display()))
+            .arg(format!(
+                "--log-file={}",
+                root.join("root-ovn-controller.log").display()
+            ))
+            .arg("--detach");
+        for var in ["OVN_RUNDIR", "OVN_LOGDIR"] {
+            c.env(var, root);
+        }
+        let out = c.output().expect("ovn-controller");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until("the root chassis", Duration::from_secs(30), || {
+            central
+                .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+                .split_whitespace()
+                .any(|c| c == "dockerhost")
+                && sh("ovs-vsctl", &["list-br"]).lines().any(|b| b == "br-int")
+        });
+        chassis
+    }
+}
+
+impl Drop for RootChassis {
+    fn drop(&mut self) {
+        stop_pidfile(&self.pidfile, libc::SIGTERM);
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", "br-int"]);
+        let _ = run("ovs-vsctl", &["--if-exists", "del-br", &self.phy]);
+        for key in ROOT_KEYS {
+            let _ = run(
+                "ovs-vsctl",
+                &["remove", "Open_vSwitch", ".", "external_ids", key],
+            );
+        }
+        let _ = run("ip", &["link", "del", &self.veth]);
+    }
+}
+
+/// Docker creates its `docker_gwbridge` network for containers whose network has no
+/// gateway; removed on drop unless it was there before.
+struct GwBridge(bool);
+
+impl GwBridge {
+    fn note() -> Self {
+        GwBridge(
+            docker::docker(&["network", "inspect", "docker_gwbridge"])
+                .status
+                .success(),
+        )
+    }
+}
+
+impl Drop for GwBridge {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = docker::docker(&["network", "rm", "docker_gwbridge"]);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, dockerd and OVN (cargo xtask test)"]
+fn a_docker_host_and_an_api_host_share_a_network() {
+    require_root();
+    let scratch = Scratch::new();
+    let root = scratch.0.clone();
+    let central = Central::start(&root);
+    let mut h2 = Host::start(&root, &central, 2);
+    h2.start_plugin();
+    let _chassis = RootChassis::start(&root, &central);
+    let _gwbridge = GwBridge::note();
+    let _plugin = docker::start_plugin();
+
+    let n2 = id("d2");
+    h2.create_network(&n2, json!({"mode": "overlay"}));
+    let e2 = id("f2");
+    let c2 = h2.attach(&n2, &e2, "10.30.0.21/24");
+    {
+        // The docker host takes the upper half of the subnet; host2 the lower one.
+        let net = Network::create(
+            "dsovl-net",
+            &[
+                "-o",
+                "mode=overlay",
+                "--subnet",
+                SUBNET,
+                "--ip-range",
+                "10.30.0.128/25",
+            ],
+        );
+        let web = Container::httpd("dsovl-web", &net, "hello-from-docker");
+        let ip = web.ip(&net);
+        assert!(ip.starts_with("10.30.0.1"), "{ip}");
+        let ids = central.switch_ids(SWITCH);
+        assert!(
+            ids.contains("dovesnap-host-dockerhost") && ids.contains("dovesnap-host-host2"),
+            "{ids}"
+        );
+        let ports = central.ports(SWITCH);
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        for p in &ports {
+            wait_port_up(&central, p);
+        }
+        // ICMP both ways, TCP from host2's container to the Docker container.
+        assert!(pings(&c2, &ip), "host2 -> docker ping");
+        assert!(web.ping("10.30.0.21"), "docker -> host2 ping");
+        assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
+        // No gateway on the switch: no default route through the overlay (Docker gives
+        // the container its docker_gwbridge for the way out instead).
+        let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(
+            !routes
+                .lines()
+                .any(|l| l.starts_with("default") && l.contains("dev eth0")),
+            "{routes}"
+        );
+    }
+    // `docker network rm` on the docker host: the switch stays for host2.
+    assert_eq!(central.switches(), [SWITCH]);
+    let ids = central.switch_ids(SWITCH);
+    assert!(
+        !ids.contains("dockerhost") && ids.contains("host2"),
+        "{ids}"
+    );
+    assert_eq!(central.ports(SWITCH), [lsp(&e2)]);
+    assert!(!sh("ovs-vsctl", &["list-ports", "br-int"]).contains("ovsv"));
+    h2.detach(&n2, &e2);
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
+    assert!(central.switches().is_empty());
+}
