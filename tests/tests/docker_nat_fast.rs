@@ -602,8 +602,17 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
 
     drop(c);
     drop(web);
-    // The last endpoint took the uplink's program with it.
+    // The last endpoint took the uplink's program with it, and every offloaded flow
+    // went with its session.
     assert!(!xdp_attached(&far.uplink.host), "XDP left on the uplink");
+    let last = plugin.status();
+    let counters = &last["fast_path"]["dataplane"]["counters"];
+    assert_eq!(counter_in(counters, "offloaded_sessions"), 0, "{last:#}");
+    assert_eq!(
+        counter_in(counters, "offload_installs"),
+        counter_in(counters, "offload_removals"),
+        "an offloaded flow outlived its endpoint: {last:#}"
+    );
     drop(net);
     let _ = net_id;
     drop(plugin);
