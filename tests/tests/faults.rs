@@ -808,9 +808,21 @@ fn dockerd_restarts_under_the_plugin() {
     // stops every container. What a user expects then: containers with a restart
     // policy come back on their networks, with their addresses, and the plugin holds
     // exactly their endpoints (the old ones are deleted, none leak).
+    // Fixed addresses: Docker restores those; without `--ip` the restarted containers
+    // may trade addresses (seen in CI), and a ping to "b's address" would prove nothing.
     let always = ["--restart", "always"];
-    let a = Container::run("dsflt-dk-a", &flat, &always, &["sleep", "3600"]);
-    let b = Container::run("dsflt-dk-b", &flat, &always, &["sleep", "3600"]);
+    let a = Container::run(
+        "dsflt-dk-a",
+        &flat,
+        &["--restart", "always", "--ip", "10.233.3.10"],
+        &["sleep", "3600"],
+    );
+    let b = Container::run(
+        "dsflt-dk-b",
+        &flat,
+        &["--restart", "always", "--ip", "10.233.3.20"],
+        &["sleep", "3600"],
+    );
     let n = Container::run("dsflt-dk-n", &nat, &always, &["sleep", "3600"]);
     let once = Container::idle("dsflt-dk-once", &flat);
     let b_ip = b.ip(&flat);
