@@ -288,13 +288,24 @@ impl Netlink {
     async fn set_state(&self, name: &str, up: bool) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_name(name);
         let msg = if up { msg.up() } else { msg.down() }.build();
+        let action = if up { "set up" } else { "set down" };
+        self.set_link(msg, action, name).await
+    }
+
+    /// Applies one RTM_SETLINK message to link `name`; `action` names it in the error.
+    async fn set_link(
+        &self,
+        msg: LinkMessage,
+        action: &'static str,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
             .map_err(|source| NetlinkError::Link {
-                action: if up { "set up" } else { "set down" },
+                action,
                 name: name.into(),
                 source,
             })
@@ -311,16 +322,8 @@ impl Netlink {
         let msg = LinkUnspec::new_with_name(name)
             .setns_by_fd(netns_fd)
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, "move to a network namespace", name)
             .await
-            .map_err(|source| NetlinkError::Link {
-                action: "move to a network namespace",
-                name: name.into(),
-                source,
-            })
     }
 
     /// Renames link `name` to `new_name` (the link must be down).
@@ -331,16 +334,7 @@ impl Netlink {
             source: rtnetlink::Error::RequestFailed,
         })?;
         let msg = LinkUnspec::new_with_index(index).name(new_name).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Link {
-                action: "rename",
-                name: name.into(),
-                source,
-            })
+        self.set_link(msg, "rename", name).await
     }
 
     /// Adds an IPv4 default route through `gateway`.

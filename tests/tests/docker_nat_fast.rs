@@ -131,6 +131,23 @@ impl Drop for Far {
     }
 }
 
+/// The MD5 of the far side's blob as container `name` receives it over HTTP, the
+/// body piped through `reader` (a shell command ending in `md5sum`) within `secs`.
+fn blob_md5_in(name: &str, secs: u32, reader: &str) -> String {
+    let out = docker(&[
+        "exec",
+        name,
+        "sh",
+        "-c",
+        &format!("timeout {secs} wget -q -O - http://{FAR_IP}:8000/blob | {reader}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn wget(ns: &Netns, url: &str) -> String {
     let out = ns.run("timeout", &["5", "busybox", "wget", "-q", "-O", "-", url]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -245,16 +262,8 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     // A bulk download on each: a's goes to XDP after its first packets, b's stays on
     // the translator; both arrive intact.
     for c in [&ca, &cb] {
-        let body = c
-            .exec(&[
-                "sh",
-                "-c",
-                &format!("timeout 20 wget -q -O - http://{FAR_IP}:8000/blob | md5sum"),
-            ])
-            .stdout;
-        let got = String::from_utf8_lossy(&body);
         assert_eq!(
-            got.split_whitespace().next().unwrap_or_default(),
+            blob_md5_in(&c.name, 20, "md5sum"),
             far.blob_md5(),
             "download on {}",
             c.name
@@ -409,16 +418,8 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
         "ICMP port unreachable back to the container"
     );
     // HTTP and a bulk transfer with intact data.
-    let body = c
-        .exec(&[
-            "sh",
-            "-c",
-            &format!("timeout 20 wget -q -O - http://{FAR_IP}:8000/blob | md5sum"),
-        ])
-        .stdout;
-    let got = String::from_utf8_lossy(&body);
     assert_eq!(
-        got.split_whitespace().next().unwrap_or_default(),
+        blob_md5_in(&c.name, 20, "md5sum"),
         far.blob_md5(),
         "bulk transfer through the translator corrupted or lost data"
     );
@@ -435,15 +436,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     let invalidated_before = invalidated(&plugin.status());
     let download = std::thread::spawn({
         let name = c.name.clone();
-        move || {
-            docker(&[
-                "exec",
-                &name,
-                "sh",
-                "-c",
-                &format!("timeout 30 wget -q -O - http://{FAR_IP}:8000/blob | (sleep 1.5; md5sum)"),
-            ])
-        }
+        move || blob_md5_in(&name, 30, "(sleep 1.5; md5sum)")
     });
     std::thread::sleep(Duration::from_millis(900));
     let new_mac = "02:00:5e:10:20:30";
@@ -463,12 +456,10 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
             &far.uplink.host,
         ],
     );
-    let out = download.join().expect("download thread");
+    let got = download.join().expect("download thread");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next(),
-        Some(far.blob_md5().as_str()),
+        got,
+        far.blob_md5(),
         "a download across a next-hop MAC change lost data"
     );
     assert!(

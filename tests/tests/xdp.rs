@@ -410,11 +410,7 @@ impl Topology {
 
     /// Loads the program, configures both interfaces and attaches to both (in R).
     fn program(&self) -> XdpProgram {
-        let mut xdp = XdpProgram::load().expect("load the XDP program");
-        xdp.set_iface(self.ep, &self.endpoint_config(2))
-            .expect("configure the endpoint");
-        xdp.set_iface(self.up, &self.uplink_config(2))
-            .expect("configure the uplink");
+        let mut xdp = self.configured(2);
         in_netns(&self.r, || {
             for dev in ["ep0", "up0"] {
                 assert_eq!(
@@ -424,6 +420,17 @@ impl Topology {
                 );
             }
         });
+        xdp
+    }
+
+    /// Loads the program and configures both interfaces (`queues` rx queues "with a
+    /// socket" each), without attaching it: for `BPF_PROG_TEST_RUN`.
+    fn configured(&self, queues: u32) -> XdpProgram {
+        let mut xdp = XdpProgram::load().expect("load the XDP program");
+        xdp.set_iface(self.ep, &self.endpoint_config(queues))
+            .expect("configure the endpoint");
+        xdp.set_iface(self.up, &self.uplink_config(queues))
+            .expect("configure the uplink");
         xdp
     }
 }
@@ -785,11 +792,7 @@ fn steering_decisions_on_crafted_frames() {
     {
         let topo = Topology::new();
         names = topo.names();
-        let mut xdp = XdpProgram::load().expect("load the XDP program");
-        xdp.set_iface(topo.ep, &topo.endpoint_config(1))
-            .expect("configure the endpoint");
-        xdp.set_iface(topo.up, &topo.uplink_config(1))
-            .expect("configure the uplink");
+        let mut xdp = topo.configured(1);
         let mut maps = xdp.take_dataplane_maps().expect("maps");
         maps.set_port(PortKey::new([10, 202, 2, 1], ECHO_ID, PROTO_ICMP))
             .expect("own an echo identifier");
@@ -1483,11 +1486,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
     {
         let topo = Topology::new();
         names = topo.names();
-        let mut xdp = XdpProgram::load().expect("load the XDP program");
-        xdp.set_iface(topo.ep, &topo.endpoint_config(1))
-            .expect("configure the endpoint");
-        xdp.set_iface(topo.up, &topo.uplink_config(1))
-            .expect("configure the uplink");
+        let mut xdp = topo.configured(1);
         let mut maps = xdp.take_dataplane_maps().expect("maps");
         let ext = Ipv4Addr::new(10, 202, 2, 1);
         let inside = Ipv4Addr::new(10, 202, 1, 2);

@@ -684,28 +684,7 @@ impl Dataplane {
             return Err(format!("uplink {name} is already in use by the translator"));
         }
         let external_ip = config.external_ip;
-        let mut ports = Vec::new();
-        let mut slots = Vec::new();
-        for q in 0..queues.max(1) {
-            let port = match self.xsk.open(&name, q) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.close_ports(&ports, &slots);
-                    return Err(format!(
-                        "cannot open an AF_XDP socket on {name} queue {q}: {e}"
-                    ));
-                }
-            };
-            let slot = first_slot + q;
-            let fd = self.xsk.fd(port).expect("just opened");
-            if let Err(e) = self.maps.set_xsk(slot, fd) {
-                self.xsk.close(port);
-                self.close_ports(&ports, &slots);
-                return Err(format!("cannot register the AF_XDP socket of {name}: {e}"));
-            }
-            ports.push(port);
-            slots.push(slot);
-        }
+        let (ports, slots) = self.open_queues(&name, queues, first_slot)?;
         let idx = match self.uplinks.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -734,6 +713,41 @@ impl Dataplane {
         });
         self.uplink_names.insert(name, idx);
         Ok(())
+    }
+
+    /// Opens an AF_XDP socket on each of `ifname`'s first `queues` rx queues (at least
+    /// one) and registers queue `q`'s in slot `first_slot + q`. All or nothing.
+    fn open_queues(
+        &mut self,
+        ifname: &str,
+        queues: u32,
+        first_slot: u32,
+    ) -> Result<(Vec<PortId>, Vec<u32>), String> {
+        let mut ports = Vec::new();
+        let mut slots = Vec::new();
+        for q in 0..queues.max(1) {
+            let port = match self.xsk.open(ifname, q) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.close_ports(&ports, &slots);
+                    return Err(format!(
+                        "cannot open an AF_XDP socket on {ifname} queue {q}: {e}"
+                    ));
+                }
+            };
+            let slot = first_slot + q;
+            let fd = self.xsk.fd(port).expect("just opened");
+            if let Err(e) = self.maps.set_xsk(slot, fd) {
+                self.xsk.close(port);
+                self.close_ports(&ports, &slots);
+                return Err(format!(
+                    "cannot register the AF_XDP socket of {ifname}: {e}"
+                ));
+            }
+            ports.push(port);
+            slots.push(slot);
+        }
+        Ok((ports, slots))
     }
 
     fn close_ports(&mut self, ports: &[PortId], slots: &[u32]) {
@@ -792,29 +806,7 @@ impl Dataplane {
         if self.endpoints.contains_key(&host_ifname) {
             self.remove_endpoint(&host_ifname);
         }
-        let mut ports = Vec::new();
-        let mut slots = Vec::new();
-        for q in 0..queues.max(1) {
-            let port = match self.xsk.open(&host_ifname, q) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.close_ports(&ports, &slots);
-                    return Err(format!(
-                        "cannot open an AF_XDP socket on {host_ifname} queue {q}: {e}"
-                    ));
-                }
-            };
-            let fd = self.xsk.fd(port).expect("just opened");
-            if let Err(e) = self.maps.set_xsk(slot + q, fd) {
-                self.xsk.close(port);
-                self.close_ports(&ports, &slots);
-                return Err(format!(
-                    "cannot register the AF_XDP socket of {host_ifname}: {e}"
-                ));
-            }
-            ports.push(port);
-            slots.push(slot + q);
-        }
+        let (ports, slots) = self.open_queues(&host_ifname, queues, slot)?;
         let first = ports[0];
         let mut offload = spec.offload;
         if offload {

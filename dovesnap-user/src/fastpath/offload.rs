@@ -117,6 +117,14 @@ struct Installed {
     next_hop_mac: [u8; 6],
 }
 
+impl Installed {
+    /// Both entries as the kernel holds them now (zeroes for one that is gone).
+    fn read(&self, maps: &DataplaneMaps) -> [FlowAction; 2] {
+        self.keys
+            .map(|k| maps.flow(&k).ok().flatten().unwrap_or_default())
+    }
+}
+
 /// Frames and bytes the XDP program forwarded for one endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -240,8 +248,7 @@ impl Offloads {
     }
 
     fn retire(&mut self, maps: &mut DataplaneMaps, idx: usize, o: &Offloaded, inst: &Installed) {
-        let read = |k: &FlowKey| maps.flow(k).ok().flatten().unwrap_or_default();
-        let (out, inb) = (read(&inst.keys[0]), read(&inst.keys[1]));
+        let [out, inb] = inst.read(maps);
         self.retired
             .entry((idx, *o.inside.ip()))
             .or_default()
@@ -320,10 +327,8 @@ impl Offloads {
     pub fn traffic(&self, maps: &DataplaneMaps) -> HashMap<(usize, Ipv4Addr), OffloadTraffic> {
         let mut t = self.retired.clone();
         for ((idx, o), inst) in &self.installed {
-            let read = |k: &FlowKey| maps.flow(k).ok().flatten().unwrap_or_default();
-            t.entry((*idx, *o.inside.ip()))
-                .or_default()
-                .add(&read(&inst.keys[0]), &read(&inst.keys[1]));
+            let [out, inb] = inst.read(maps);
+            t.entry((*idx, *o.inside.ip())).or_default().add(&out, &inb);
         }
         t
     }
