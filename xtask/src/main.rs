@@ -9,8 +9,11 @@
 //!   privileged integration, Docker end to end.
 //! - `bench`: set-up, release build, then the benchmark (`dovesnap-bench run`):
 //!   nat-fast against the kernel path, `target/bench/report.json` and `chart.svg`.
+//! - `image`: set-up, then the `dovesnap:local` image of `packaging/` (`test` builds
+//!   it too, for the packaging test).
 //! - `teardown`: stops the services that `setup` started.
 
+mod image;
 mod services;
 mod toolchain;
 
@@ -51,6 +54,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then build the `dovesnap:local` image that packaging/docker-compose.yml runs.
+    Image,
     /// Stop the services that `setup` started (and nothing else).
     Teardown,
 }
@@ -106,6 +111,10 @@ fn main() -> Result<()> {
             cmd.args(&args).current_dir(workspace_root());
             run(&mut cmd)
         }
+        Cmd::Image => {
+            setup()?;
+            image::build()
+        }
         Cmd::Teardown => services::teardown(),
     }
 }
@@ -136,6 +145,8 @@ fn test(filter: Option<&str>) -> Result<()> {
     cargo(&unit)?;
     if filter.is_empty() {
         fuzz()?;
+        // The packaging test runs docker-compose.yml on this image.
+        image::build()?;
     }
     // Privileged tests (netns, OVS, XDP, Docker): ignored by default so a plain
     // `cargo test` never reports them as passed without running them; run here,

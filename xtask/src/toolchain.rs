@@ -16,6 +16,12 @@ const PACKAGES: &[&str] = &[
     "ovn-host",
     // Docker engine for the end-to-end tests.
     "docker.io",
+    // The packaging test: Compose, a Debian base image where no registry answers,
+    // `strip` for the image's binary, `systemd-analyze` for the unit file.
+    "docker-compose",
+    "debootstrap",
+    "binutils",
+    "systemd",
     // eBPF / AF_XDP build: clang and libelf for xsk-rs' libxdp build, llvm tools.
     "clang",
     "llvm",
