@@ -122,6 +122,15 @@ impl Network {
                 .then(crate::fastpath::kernel_masquerade_ports),
         })
     }
+
+    /// The gateway a container gets a default route through (Join, a repaired veth).
+    /// None on overlay networks: internal in this version, the switch has no gateway.
+    fn container_gateway(&self) -> Option<Ipv4Addr> {
+        match self.overlay {
+            Some(_) => None,
+            None => self.ipam.gateway,
+        }
+    }
 }
 
 /// An endpoint as stored in its port's `external_ids`.
@@ -1121,12 +1130,10 @@ impl Driver {
                 src_name: ep.container_ifname.clone(),
                 dst_prefix: "eth".into(),
             },
-            // Overlay networks are internal in this version: no gateway exists on the
-            // switch, so no default route through it.
-            gateway: match net.overlay {
-                Some(_) => String::new(),
-                None => net.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
-            },
+            gateway: net
+                .container_gateway()
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         })
     }

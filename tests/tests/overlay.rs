@@ -999,7 +999,8 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     h2.start_plugin();
     let _chassis = RootChassis::start(&root, &central);
     let _gwbridge = GwBridge::note();
-    let _plugin = docker::start_plugin();
+    // A fast reconciler, for the veth deleted behind its back below.
+    let plugin = docker::start_plugin_with(&["--reconcile-interval", "1"]);
 
     let n2 = id("d2");
     h2.create_network(&n2, json!({"mode": "overlay"}));
@@ -1044,6 +1045,33 @@ fn a_docker_host_and_an_api_host_share_a_network() {
                 .any(|l| l.starts_with("default") && l.contains("dev eth0")),
             "{routes}"
         );
+        // The container's veth deleted behind the plugin's back: the reconciler makes
+        // it again into the container and puts its port back on br-int with its
+        // iface-id; ovn-controller binds it again and host2 reaches it.
+        let endpoint = docker::docker_ok(&[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"dsovl-net\").EndpointID}}",
+            &web.name,
+        ]);
+        let port = format!("ovsv{}", &endpoint[..10]);
+        sh("ip", &["link", "del", &port]);
+        let start = Instant::now();
+        while !(pings(&c2, &ip) && web.ping("10.30.0.21")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "overlay: the deleted veth was not repaired; plugin log:\n{}",
+                plugin.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "recovery: overlay veth deleted: {} ms",
+            start.elapsed().as_millis()
+        );
+        let repairs = plugin.status()["repairs"].to_string();
+        assert!(repairs.contains("\"veth\""), "{repairs}");
+        assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
     }
     // `docker network rm` on the docker host: the switch stays for host2.
     assert_eq!(central.switches(), [SWITCH]);

@@ -19,6 +19,10 @@
 //! - `fast-path`: a nat-fast endpoint's veth or bridge was made anew (another ifindex,
 //!   maybe another MAC): the endpoint is taken off the fast path and put back on.
 //!
+//! Overlay networks get the port and veth repairs on the integration bridge, which is
+//! never re-created here (ovn-controller owns it); the port is made again with its
+//! `iface-id`, so ovn-controller binds it to the endpoint's logical port again.
+//!
 //! An endpoint whose veth is gone and whose container has left (or never joined) is
 //! not repaired: Docker is about to delete it, or will fail its Join with a clear error.
 
@@ -88,12 +92,19 @@ impl Driver {
         };
         let mut keep = HashSet::new();
         for net in networks.values() {
+            let bridge = bridges.iter().find(|b| b.name == net.bridge);
             if net.overlay.is_some() {
-                // The integration bridge is ovn-controller's, not ours to re-create; an
-                // overlay network's endpoints are not reconciled in this version.
+                // The integration bridge is ovn-controller's: never re-created or
+                // claimed here, but the ports and veths of our endpoints on it are ours.
+                let Some(b) = bridge else {
+                    debug!(network = %net.id, bridge = %net.bridge,
+                           "reconcile: no integration bridge (ovn-controller makes it)");
+                    continue;
+                };
+                let ports = b.ports.iter().map(|p| p.name.clone()).collect();
+                self.reconcile_network(net, &ports, &mut keep).await;
                 continue;
             }
-            let bridge = bridges.iter().find(|b| b.name == net.bridge);
             let ports = match bridge {
                 Some(b) if b.external_ids.get(EXT_NETWORK_ID) != Some(&net.id) => {
                     warn!(network = %net.id, bridge = %net.bridge,
@@ -247,7 +258,7 @@ impl Driver {
                 .await
                 .map_err(nl)?;
             let address = parse_cidr(&ep.address);
-            let gateway = net.ipam.gateway;
+            let gateway = net.container_gateway();
             let peer = ep.container_ifname.clone();
             tokio::task::block_in_place(|| {
                 std::thread::spawn(move || configure_in_netns(netns, &peer, address, gateway))
