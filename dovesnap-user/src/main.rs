@@ -50,8 +50,9 @@ enum Cmd {
         /// veths and gateway addresses deleted behind the plugin's back (0: off).
         #[arg(long, value_name = "SECS", default_value_t = 5)]
         reconcile_interval: u64,
-        /// Sessions each nat-fast uplink's translator holds; when full, transitory TCP
-        /// sessions are evicted, and new flows are dropped if none is.
+        /// Sessions each nat-fast uplink's translator holds; when full, the least recently
+        /// seen transitory TCP or unanswered UDP/ICMP session is evicted, and new flows
+        /// are dropped if there is none.
         #[arg(long, value_name = "N", default_value_t = dovesnap::fastpath::MAX_SESSIONS as u32,
               value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
         nat_max_sessions: u32,

@@ -387,8 +387,9 @@ fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
 const UDP_FIXED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[3])))\ns.settimeout(2)\ns.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\ntry:\n    print(s.recv(2048).decode().strip())\nexcept OSError:\n    pass";
 
 /// Sends one datagram from each of `argv[3]` fresh source ports to `argv[1]:argv[2]`
-/// (one new translator session each), answers ignored.
-const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n    s.close()";
+/// (one new translator session each), waiting up to 0.3 s for each answer, so every
+/// session that got one is answered before the next is made.
+const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.settimeout(0.3)\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n    try:\n        s.recv(2048)\n    except OSError:\n        pass\n    s.close()";
 
 /// Garbage frames from a container (AF_PACKET on eth0), addressed to the gateway's MAC
 /// and routed destinations so that the XDP program steers what it can parse to the
@@ -513,9 +514,9 @@ fn translator_survives_a_full_table_and_garbage() {
     // A session of c's made before the table fills.
     assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]), from_host);
 
-    // The hog fills the table with UDP sessions, which may not be evicted before they
-    // time out (RFC 4787): new flows are refused and counted, the daemon keeps going,
-    // established sessions keep working.
+    // The hog fills the table with answered UDP sessions, which are not evicted before
+    // they time out (RFC 4787): new flows are refused and counted, the daemon keeps
+    // going, established sessions keep working.
     let before = plugin.status();
     run(
         "nsenter",
@@ -528,7 +529,7 @@ fn translator_survives_a_full_table_and_garbage() {
             UDP_SPRAY,
             &far.far_ip,
             "7000",
-            "200",
+            "40",
         ],
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -557,6 +558,30 @@ fn translator_survives_a_full_table_and_garbage() {
         "full session table: new flows after the hog left",
         Duration::from_secs(15),
         || far.reached_from(&c),
+    );
+
+    // Unanswered UDP makes room (a scan, or one-way traffic to a silent peer): c
+    // sprays a port the far side drops, filling the table, and a new conversation
+    // still gets through by evicting the oldest unanswered session.
+    far.ns.sh(
+        "iptables",
+        &["-A", "INPUT", "-p", "udp", "--dport", "7001", "-j", "DROP"],
+    );
+    let before = plugin.status();
+    in_c(UDP_SPRAY, &[&far.far_ip, "7001", "40"]);
+    assert_eq!(
+        in_c(UDP_FIXED, &[&far.far_ip, "7000", "40101"]),
+        from_host,
+        "a new flow was refused while unanswered sessions filled the table"
+    );
+    let after = plugin.status();
+    let evicted = translator(&after, "sessions_evicted") - translator(&before, "sessions_evicted");
+    let refused =
+        translator(&after, "drop_ports_exhausted") - translator(&before, "drop_ports_exhausted");
+    assert!(
+        evicted >= 8 && refused == 0,
+        "evicted {evicted}, refused {refused}: {:#}",
+        after["fast_path"]["dataplane"]
     );
 
     // Evictable sessions (closed TCP) make room: 60 connections through a 32-slot table

@@ -262,7 +262,7 @@ pub struct Stats {
     pub sessions_created: u64,
     /// Removed by [`Translator::expire`] or reclaimed after their timeout.
     pub sessions_expired: u64,
-    /// Removed before their timeout to make room (transitory TCP sessions).
+    /// Removed before their timeout to make room (transitory TCP, unanswered UDP/ICMP).
     pub sessions_evicted: u64,
     /// Removed by `remove_endpoint` / `unpublish`.
     pub sessions_removed: u64,

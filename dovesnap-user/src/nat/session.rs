@@ -136,9 +136,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether an eviction may take it before its timeout (RFC 5382: transitory TCP).
-    pub fn is_transitory(&self) -> bool {
-        self.protocol == Protocol::Tcp && !self.tcp.is_established()
+    /// Whether an eviction may take it before its timeout when the table or a port
+    /// pool is full: transitory TCP (RFC 5382), and UDP or ICMP that never had an
+    /// answer (what conntrack's early drop takes: a scan, a flood, one-way traffic to
+    /// a silent peer). Sessions that carry a conversation stay until they time out.
+    pub fn is_evictable(&self) -> bool {
+        match self.protocol {
+            Protocol::Tcp => !self.tcp.is_established(),
+            Protocol::Udp | Protocol::Icmp => !self.replied,
+        }
     }
 
     pub fn timeout(&self, t: &Timeouts) -> Duration {
@@ -410,7 +416,7 @@ impl SessionTable {
 
     /// Makes a session. `published` is the published external port it comes through;
     /// otherwise it uses the inside endpoint's mapping, making one if needed. Evicts an
-    /// expired or transitory session if there is no room. Does not check that the keys
+    /// expired or evictable session if there is no room. Does not check that the keys
     /// are free: the caller looked them up first.
     #[allow(clippy::too_many_arguments)]
     pub fn create(
@@ -453,7 +459,7 @@ impl SessionTable {
             offloaded: false,
         };
         s.touch(now, timeouts);
-        if s.is_transitory() {
+        if s.is_evictable() {
             self.victim_hint = [true; 4];
         }
         let id = match self.free_slots.pop() {
@@ -657,7 +663,7 @@ impl SessionTable {
     }
 
     /// Frees a slot or a port of a protocol: first every expired session goes, then, if
-    /// that was not enough, the least recently seen transitory session that frees what is
+    /// that was not enough, the least recently seen evictable session that frees what is
     /// needed. Remembers when nothing can be evicted, so a full table under a flood costs
     /// one scan per change, not one per packet.
     fn make_room(&mut self, now: Instant, room: Room, stats: &mut Stats) -> bool {
@@ -688,7 +694,7 @@ impl SessionTable {
                 continue;
             }
             soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
-            if s.is_transitory() && best.is_none_or(|(t, _)| s.last_seen < t) {
+            if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
                 best = Some((s.last_seen, id as u32));
             }
         }
@@ -710,7 +716,7 @@ impl SessionTable {
     }
 
     /// Something may have become evictable (a TCP session turned transitory).
-    pub fn note_transitory(&mut self) {
+    pub fn note_evictable(&mut self) {
         self.victim_hint = [true; 4];
     }
 }

@@ -729,7 +729,7 @@ impl Translator {
     fn refresh(&mut self, now: Instant, id: u32, dir: Direction, flags: u8) -> u16 {
         let timeouts = self.config.timeouts;
         let s = self.table.get_mut(id);
-        let was_transitory = s.is_transitory();
+        let was_evictable = s.is_evictable();
         if s.protocol == Protocol::Tcp {
             s.tcp.on_segment(dir, flags);
         }
@@ -740,8 +740,8 @@ impl Translator {
         s.touch(now, &timeouts);
         let ext = s.external_port;
         let leaves_fast_path = s.offloaded && !s.is_offloadable();
-        if !was_transitory && s.is_transitory() {
-            self.table.note_transitory();
+        if !was_evictable && s.is_evictable() {
+            self.table.note_evictable();
         }
         if leaves_fast_path {
             // A SYN, FIN or RST: the state changed, and the kernel must stop rewriting.
@@ -1655,10 +1655,12 @@ mod tests {
             t.sessions().filter(|s| s.published == Some(40050)).count(),
             2
         );
-        // The published port is never handed out dynamically.
+        // The published port is never handed out dynamically (answered sessions, so
+        // none is evicted to make room).
         for i in 0..99u16 {
             let s = go_out(&mut t, now, out_udp(C2, 1000 + i, R, 53));
             assert_ne!(s.sport, 40050);
+            go_in(&mut t, now, in_udp(R, 53, s.sport));
         }
         assert_eq!(
             drop_out(&mut t, now, out_udp(C2, 2000, R, 53)),
@@ -1776,8 +1778,10 @@ mod tests {
 
         // Expired sessions are reclaimed first, counted as expired.
         let mut t = with(PORTS, 2);
-        go_out(&mut t, now, out_udp(C1, 1, R, 80));
-        go_out(&mut t, now, out_udp(C1, 2, R, 80));
+        for sp in [1, 2] {
+            let p = go_out(&mut t, now, out_udp(C1, sp, R, 80)).sport;
+            go_in(&mut t, now, in_udp(R, 80, p));
+        }
         assert_eq!(
             drop_out(&mut t, now, out_udp(C1, 3, R, 80)),
             DropReason::PortsExhausted
@@ -1789,6 +1793,43 @@ mod tests {
     }
 
     #[test]
+    fn unanswered_udp_and_icmp_make_room_answered_do_not() {
+        let now = Instant::now();
+        let mut t = with(PORTS, 3);
+        // A silent peer: three unanswered UDP sessions fill the table.
+        for (i, sp) in [1, 2, 3].into_iter().enumerate() {
+            go_out(
+                &mut t,
+                now + Duration::from_secs(i as u64),
+                out_udp(C1, sp, R, 9),
+            );
+        }
+        // A new flow takes the least recently seen one's place.
+        let p = go_out(&mut t, now + Duration::from_secs(5), out_udp(C1, 4, R, 53)).sport;
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert!(t.sessions().all(|s| s.inside.port() != 1));
+        // Answered, it is a conversation: never evicted, the next oldest goes instead.
+        go_in(&mut t, now + Duration::from_secs(5), in_udp(R, 53, p));
+        for sp in [5, 6] {
+            go_out(&mut t, now + Duration::from_secs(6), out_udp(C1, sp, R, 9));
+        }
+        assert_eq!(t.stats().sessions_evicted, 3);
+        assert!(t.sessions().any(|s| s.inside.port() == 4));
+        // An unanswered echo request is evictable too; an answered one is not.
+        let mut t = with(PORTS, 1);
+        go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1)));
+        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        let mut t = with(PORTS, 1);
+        let id = go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1))).dport;
+        go_in(&mut t, now, from_uplink(R, EXT, 1, &echo(0, id, 1)));
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 1, R, 53)),
+            DropReason::PortsExhausted
+        );
+    }
+
+    #[test]
     fn port_range_exhaustion() {
         let to = Timeouts::default();
         let now = Instant::now();
@@ -1796,6 +1837,9 @@ mod tests {
         let a = go_out(&mut t, now, out_udp(C1, 1, R, 53)).sport;
         let b = go_out(&mut t, now, out_udp(C1, 2, R, 53)).sport;
         assert_ne!(a, b);
+        // Answered: not evictable, so the pool stays exhausted for new mappings.
+        go_in(&mut t, now, in_udp(R, 53, a));
+        go_in(&mut t, now, in_udp(R, 53, b));
         // Sessions of existing mappings still fit.
         go_out(&mut t, now, out_udp(C1, 1, R2, 53));
         assert_eq!(
