@@ -451,6 +451,7 @@ fn config(max_sessions: usize) -> Config {
         uplink_mac: UPLINK_MAC,
         ports: TRANSLATOR_PORTS,
         max_sessions,
+        max_sessions_per_endpoint: None,
         timeouts: Timeouts::default(),
     }
 }

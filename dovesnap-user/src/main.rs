@@ -56,6 +56,14 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = dovesnap::fastpath::MAX_SESSIONS as u32,
               value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
         nat_max_sessions: u32,
+        /// Sessions one container may start through a nat-fast uplink (those through
+        /// its published ports are not counted); at its limit, its own least recently
+        /// seen evictable session makes room, else its new flow is dropped
+        /// (`endpoint_session_limit`). Keeps one container from filling the table for
+        /// the others. Default: no limit but --nat-max-sessions.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+        nat_max_sessions_per_endpoint: Option<u32>,
         #[command(flatten)]
         ovn: OvnArgs,
     },
@@ -114,9 +122,13 @@ fn main() -> Result<()> {
                 metrics,
                 reconcile_interval,
                 nat_max_sessions,
+                nat_max_sessions_per_endpoint,
                 ovn,
             } => {
-                dovesnap::fastpath::set_max_sessions(nat_max_sessions as usize);
+                dovesnap::fastpath::set_session_limits(
+                    nat_max_sessions as usize,
+                    nat_max_sessions_per_endpoint.map(|n| n as usize),
+                );
                 daemon(
                     socket,
                     ovsdb,

@@ -168,4 +168,4 @@ pub fn ovs_bridges() -> Vec<String> {
 
 pub mod daemon;
 pub mod docker;
-pub mod host_ovs;
+pub mod host_services;

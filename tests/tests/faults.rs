@@ -16,8 +16,9 @@ use dovesnap_tests::daemon::Daemon;
 use dovesnap_tests::docker::{
     container_tcp, docker, docker_ok, start_plugin_with, Container, Network, WHOAMI,
 };
-use dovesnap_tests::host_ovs::{
-    cloexec_inherited_fds, start_ovsdb, start_vswitchd, stop_ovs_daemon, OvsRestore,
+use dovesnap_tests::host_services::{
+    docker_ready, start_dockerd, start_ovsdb, start_vswitchd, stop_dockerd, stop_ovs_daemon,
+    DockerRestore, OvsRestore,
 };
 use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh, Netns, Veth};
 
@@ -483,57 +484,78 @@ fn sessions(status: &serde_json::Value) -> u64 {
 
 const TABLE: u64 = 32;
 
+/// A plugin with the given flags, a far namespace behind the uplink, and two
+/// containers (`c`, and `hog` which fills the table) on one nat-fast network. Fields
+/// drop in this order: containers, network, plugin, far side.
+struct TwoOnFast {
+    c: Container,
+    hog: Container,
+    fast: Network,
+    plugin: Daemon,
+    far: Far,
+}
+
+impl TwoOnFast {
+    fn new(name: &str, far_prefix: &str, subnet: &str, plugin_args: &[&str]) -> Self {
+        let plugin = start_plugin_with(plugin_args);
+        let far = Far::new(far_prefix);
+        let fast = Network::create(
+            &format!("dsflt-{name}-fast"),
+            &[
+                "-o",
+                "mode=nat-fast",
+                "-o",
+                &format!("ovs.nat.uplink={}", far._uplink.host),
+                "--subnet",
+                subnet,
+            ],
+        );
+        TwoOnFast {
+            c: Container::idle(&format!("dsflt-{name}-c"), &fast),
+            hog: Container::idle(&format!("dsflt-{name}-hog"), &fast),
+            fast,
+            plugin,
+            far,
+        }
+    }
+}
+
+/// Runs a python3 script in the network namespace of process `pid` (60 s at most);
+/// returns its trimmed stdout.
+fn python_in(pid: &str, script: &str, args: &[&str]) -> String {
+    let mut full = vec!["-t", pid, "-n", "timeout", "60", "python3", "-c", script];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&run("nsenter", &full).stdout)
+        .trim()
+        .to_string()
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn translator_survives_a_full_table_and_garbage() {
     require_root();
-    let plugin = start_plugin_with(&["--nat-max-sessions", &TABLE.to_string()]);
-    let far = Far::new("10.233.103");
-    let fast = Network::create(
-        "dsflt-tr-fast",
-        &[
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            &format!("ovs.nat.uplink={}", far._uplink.host),
-            "--subnet",
-            "10.233.8.0/24",
-        ],
+    let t = TwoOnFast::new(
+        "tr",
+        "10.233.103",
+        "10.233.8.0/24",
+        &["--nat-max-sessions", &TABLE.to_string()],
     );
-    let c = Container::idle("dsflt-tr-c", &fast);
-    let hog = Container::idle("dsflt-tr-hog", &fast);
-    let (c_pid, hog_pid) = (c.pid(), hog.pid());
-    let in_c = |script: &str, args: &[&str]| {
-        let mut full = vec!["-t", &c_pid, "-n", "timeout", "60", "python3", "-c", script];
-        full.extend_from_slice(args);
-        String::from_utf8_lossy(&run("nsenter", &full).stdout)
-            .trim()
-            .to_string()
-    };
-    let from_host = format!("from {}", far.host_ip);
+    let c_pid = t.c.pid();
+    let in_c = |script: &str, args: &[&str]| python_in(&c_pid, script, args);
+    let from_host = format!("from {}", t.far.host_ip);
     // A session of c's made before the table fills.
-    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]), from_host);
+    assert_eq!(
+        in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
+        from_host
+    );
 
     // The hog fills the table with answered UDP sessions, which are not evicted before
     // they time out (RFC 4787): new flows are refused and counted, the daemon keeps
     // going, established sessions keep working.
-    let before = plugin.status();
-    run(
-        "nsenter",
-        &[
-            "-t",
-            &hog_pid,
-            "-n",
-            "python3",
-            "-c",
-            UDP_SPRAY,
-            &far.far_ip,
-            "7000",
-            "40",
-        ],
-    );
+    let before = t.plugin.status();
+    python_in(&t.hog.pid(), UDP_SPRAY, &[&t.far.far_ip, "7000", "40"]);
     std::thread::sleep(Duration::from_millis(500));
-    let full = plugin.status();
+    let full = t.plugin.status();
     assert_eq!(
         sessions(&full),
         TABLE,
@@ -548,33 +570,33 @@ fn translator_survives_a_full_table_and_garbage() {
         full["fast_path"]["dataplane"]
     );
     assert_eq!(
-        in_c(UDP_FIXED, &[&far.far_ip, "7000", "40100"]),
+        in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
         from_host,
         "an established session stopped working under a full table"
     );
     // The hog goes (its sessions with its endpoint): new flows work again at once.
-    drop(hog);
+    drop(t.hog);
     recovery(
         "full session table: new flows after the hog left",
         Duration::from_secs(15),
-        || far.reached_from(&c),
+        || t.far.reached_from(&t.c),
     );
 
     // Unanswered UDP makes room (a scan, or one-way traffic to a silent peer): c
     // sprays a port the far side drops, filling the table, and a new conversation
     // still gets through by evicting the oldest unanswered session.
-    far.ns.sh(
+    t.far.ns.sh(
         "iptables",
         &["-A", "INPUT", "-p", "udp", "--dport", "7001", "-j", "DROP"],
     );
-    let before = plugin.status();
-    in_c(UDP_SPRAY, &[&far.far_ip, "7001", "40"]);
+    let before = t.plugin.status();
+    in_c(UDP_SPRAY, &[&t.far.far_ip, "7001", "40"]);
     assert_eq!(
-        in_c(UDP_FIXED, &[&far.far_ip, "7000", "40101"]),
+        in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40101"]),
         from_host,
         "a new flow was refused while unanswered sessions filled the table"
     );
-    let after = plugin.status();
+    let after = t.plugin.status();
     let evicted = translator(&after, "sessions_evicted") - translator(&before, "sessions_evicted");
     let refused =
         translator(&after, "drop_ports_exhausted") - translator(&before, "drop_ports_exhausted");
@@ -586,20 +608,20 @@ fn translator_survives_a_full_table_and_garbage() {
 
     // Evictable sessions (closed TCP) make room: 60 connections through a 32-slot table
     // all succeed, and the evictions are counted.
-    let before = plugin.status();
-    let out = c.exec(&[
+    let before = t.plugin.status();
+    let out = t.c.exec(&[
         "sh",
         "-c",
         &format!(
             "for i in $(seq 1 60); do timeout 3 nc {} 7000; done",
-            far.far_ip
+            t.far.far_ip
         ),
     ]);
     let answered = String::from_utf8_lossy(&out.stdout)
         .matches(&from_host)
         .count();
     assert_eq!(answered, 60, "connections lost while evicting");
-    let after = plugin.status();
+    let after = t.plugin.status();
     let evicted = translator(&after, "sessions_evicted") - translator(&before, "sessions_evicted");
     assert!(
         evicted > 0,
@@ -612,25 +634,25 @@ fn translator_survives_a_full_table_and_garbage() {
     // crashes and legit traffic goes on.
     let gw_mac = std::fs::read_to_string(format!(
         "/sys/class/net/{}/address",
-        bridge_of(&plugin, &fast.id())
+        bridge_of(&t.plugin, &t.fast.id())
     ))
     .expect("bridge MAC");
-    let my_mac = String::from_utf8_lossy(&c.exec(&["cat", "/sys/class/net/eth0/address"]).stdout)
+    let my_mac = String::from_utf8_lossy(&t.c.exec(&["cat", "/sys/class/net/eth0/address"]).stdout)
         .trim()
         .to_string();
-    let c_ip = c.ip(&fast);
-    let before = plugin.status();
+    let c_ip = t.c.ip(&t.fast);
+    let before = t.plugin.status();
     let started = Instant::now();
     let sent = in_c(
         GARBAGE,
-        &[gw_mac.trim(), &my_mac, &c_ip, &far.far_ip, "400"],
+        &[gw_mac.trim(), &my_mac, &c_ip, &t.far.far_ip, "400"],
     );
     eprintln!(
         "garbage: {sent} frames in {} ms",
         started.elapsed().as_millis()
     );
     assert!(sent.parse::<u64>().unwrap_or(0) >= 5000, "sent {sent}");
-    let after = plugin.status();
+    let after = t.plugin.status();
     let (b, a) = (translator_drops(&before), translator_drops(&after));
     let grew: Vec<String> = a
         .iter()
@@ -639,82 +661,67 @@ fn translator_survives_a_full_table_and_garbage() {
         .collect();
     eprintln!("translator drops by reason: {grew:?}");
     assert!(grew.len() >= 2, "garbage not dropped by reason: {a:?}");
-    eprintln!("{}", plugin.status_text());
+    eprintln!("{}", t.plugin.status_text());
     recovery("garbage flood: legit TCP", Duration::from_secs(5), || {
-        far.reached_from(&c)
+        t.far.reached_from(&t.c)
     });
-    assert_eq!(in_c(UDP_FIXED, &[&far.far_ip, "7000", "40101"]), from_host);
-    assert!(c.ping(&far.far_ip), "ICMP after the garbage");
-    assert!(port_of(&plugin, &c_ip).1, "c fell off the fast path");
+    assert_eq!(
+        in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40101"]),
+        from_host
+    );
+    assert!(t.c.ping(&t.far.far_ip), "ICMP after the garbage");
+    assert!(port_of(&t.plugin, &c_ip).1, "c fell off the fast path");
+}
 
-    drop(c);
-    drop(fast);
-    drop(plugin);
-    drop(far);
+/// `--nat-max-sessions-per-endpoint`: a container that would fill the table holds only
+/// its share; the others still start conversations.
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn one_container_cannot_fill_the_table_for_the_others() {
+    const SHARE: u64 = 20;
+    require_root();
+    let t = TwoOnFast::new(
+        "share",
+        "10.233.104",
+        "10.233.9.0/24",
+        &[
+            "--nat-max-sessions",
+            &TABLE.to_string(),
+            "--nat-max-sessions-per-endpoint",
+            &SHARE.to_string(),
+        ],
+    );
+    let from_host = format!("from {}", t.far.host_ip);
+    // The hog tries 40 answered conversations (more than the whole table): it gets its
+    // share, the rest is refused by reason.
+    python_in(&t.hog.pid(), UDP_SPRAY, &[&t.far.far_ip, "7000", "40"]);
+    let status = t.plugin.status();
+    assert_eq!(
+        sessions(&status),
+        SHARE,
+        "{:#}",
+        status["fast_path"]["dataplane"]
+    );
+    let refused = translator(&status, "drop_endpoint_session_limit");
+    assert!(
+        refused >= 40 - SHARE,
+        "refused {refused}: {:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert_eq!(translator(&status, "drop_ports_exhausted"), 0);
+    // c still starts new conversations, UDP and TCP.
+    assert_eq!(
+        python_in(&t.c.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
+        from_host
+    );
+    assert!(
+        t.far.reached_from(&t.c),
+        "c's new TCP connection was refused"
+    );
+    eprintln!("hog held {SHARE} of {TABLE} sessions, {refused} of its flows refused; c unaffected");
 }
 
 // ---- dockerd -----------------------------------------------------------------------
-
-const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
-
-fn docker_ready() -> bool {
-    run("timeout", &["5", "docker", "info"]).status.success()
-}
-
-/// Starts dockerd as `cargo xtask setup` does (xtask/src/services.rs).
-#[expect(
-    clippy::zombie_processes,
-    reason = "dockerd outlives the test, in a session of its own"
-)]
-fn start_dockerd() {
-    cloexec_inherited_fds();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(DOCKERD_LOG)
-        .expect("dockerd log");
-    Command::new("setsid")
-        .args([
-            "dockerd",
-            "--storage-driver=vfs",
-            "--pidfile=/var/run/docker.pid",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("cannot start dockerd");
-}
-
-/// Stops dockerd with SIGTERM (what `systemctl restart docker` does) and waits for it.
-fn stop_dockerd() {
-    let pid = std::fs::read_to_string("/var/run/docker.pid").expect("dockerd pidfile");
-    let pid = pid.trim().to_string();
-    sh("kill", &[&pid]);
-    let start = Instant::now();
-    while std::path::Path::new("/proc").join(&pid).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "dockerd did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Starts dockerd again on drop if it is down.
-struct DockerRestore;
-
-impl Drop for DockerRestore {
-    fn drop(&mut self) {
-        if !docker_ready() {
-            start_dockerd();
-            let start = Instant::now();
-            while !docker_ready() && start.elapsed() < Duration::from_secs(90) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
 
 /// Endpoint ids of the plugin's network `id`.
 fn endpoints_of(plugin: &Daemon, id: &str) -> Vec<String> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::dovesnap_bin;
 use dovesnap_tests::docker::{docker, docker_ok, Container, Network, PLUGIN_SOCKET};
-use dovesnap_tests::host_ovs::{stop_ovs_daemon, OvsRestore};
+use dovesnap_tests::host_services::{stop_ovs_daemon, OvsRestore};
 use dovesnap_tests::{host_veths, require_root, run, sh, Netns, Veth};
 use serde_json::Value;
 

@@ -1502,6 +1502,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
             uplink_mac: up_mac,
             ports: PORT_LO..=PORT_HI,
             max_sessions: 64,
+            max_sessions_per_endpoint: None,
             timeouts: Timeouts::default(),
         });
         // Offer sessions as soon as they are established (the daemon waits a few packets).

@@ -14,7 +14,6 @@
 //! - `teardown`: stops the services that `setup` started.
 
 mod image;
-mod services;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +21,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use xtask::services;
+use xtask::{run, succeeds};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "dovesnap developer tasks")]
@@ -121,7 +122,7 @@ fn main() -> Result<()> {
 
 fn setup() -> Result<()> {
     require_root()?;
-    close_inherited_fds();
+    services::close_inherited_fds();
     toolchain::install_packages()?;
     toolchain::ensure_ebpf_toolchain()?;
     toolchain::ensure_cargo_fuzz()?;
@@ -164,30 +165,6 @@ fn test(filter: Option<&str>) -> Result<()> {
     ];
     privileged.extend(&filter);
     cargo(&privileged)
-}
-
-/// Marks every descriptor above stderr close-on-exec. Run as `flock LOCK cargo xtask
-/// ...`, this process inherits the lock's descriptor; without this, ovsdb-server,
-/// ovs-vswitchd and dockerd started by set-up would inherit it too and hold the lock
-/// for as long as they run.
-fn close_inherited_fds() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .collect();
-    for fd in fds {
-        // SAFETY: fcntl on a descriptor number of this process; setting FD_CLOEXEC
-        // touches no memory, and a stale number (the directory's own) just fails.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
-    }
 }
 
 /// Seconds of libFuzzer per fuzz target in `cargo xtask test` (`DOVESNAP_FUZZ_SECONDS`
@@ -249,27 +226,6 @@ fn require_root() -> Result<()> {
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args(args).current_dir(workspace_root()))
-}
-
-/// Runs a command, failing with its name on a non-zero exit.
-pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
-/// Runs a command and says whether it succeeded, printing nothing.
-pub(crate) fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 pub(crate) fn workspace_root() -> PathBuf {

@@ -1,7 +1,9 @@
 //! The services dovesnap needs: bpffs, ovsdb-server + ovs-vswitchd, dockerd.
 //!
 //! Each `ensure_*` starts its service only when it is not already running and records
-//! that in [`STATE_DIR`], so [`teardown`] stops exactly what set-up started.
+//! that in [`STATE_DIR`], so [`teardown`] stops exactly what set-up started. The
+//! `start_*` and `stop_*` primitives are also what the fault tests use to restart the
+//! host's services under the plugin.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,7 +17,32 @@ const STATE_DIR: &str = "/run/dovesnap-xtask";
 const OVS_DB: &str = "/etc/openvswitch/conf.db";
 const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const OVS_RUNDIR: &str = "/var/run/openvswitch";
-const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
+pub const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
+const DOCKERD_PIDFILE: &str = "/var/run/docker.pid";
+
+/// Marks every descriptor above stderr close-on-exec. Run as `flock LOCK cargo xtask
+/// ...` (or a test under it), this process inherits the lock's descriptor; without
+/// this, the daemons started here would inherit it too and hold the lock for as long
+/// as they run.
+pub fn close_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number of this process; setting FD_CLOEXEC
+        // touches no memory, and a stale number (the directory's own) just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
 
 fn mark_started(what: &str) -> Result<()> {
     std::fs::create_dir_all(STATE_DIR)?;
@@ -31,7 +58,7 @@ fn forget(what: &str) {
     let _ = std::fs::remove_file(Path::new(STATE_DIR).join(what));
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while !ready() {
         if start.elapsed() > timeout {
@@ -55,12 +82,45 @@ pub fn ensure_bpffs() -> Result<()> {
     mark_started("bpffs")
 }
 
-fn ovs_ready() -> bool {
+pub fn ovs_ready() -> bool {
     succeeds(Command::new("ovs-vsctl").args(["--timeout=2", "show"]))
 }
 
-fn vswitchd_running() -> bool {
+pub fn ovsdb_running() -> bool {
+    succeeds(Command::new("ovs-appctl").args(["-t", "ovsdb-server", "version"]))
+}
+
+pub fn vswitchd_running() -> bool {
     succeeds(Command::new("ovs-appctl").args(["-t", "ovs-vswitchd", "version"]))
+}
+
+/// Starts ovsdb-server on the host's database (detached, with a pidfile).
+pub fn start_ovsdb_server() -> Result<()> {
+    close_inherited_fds();
+    run(Command::new("ovsdb-server").args([
+        "--remote=punix:/var/run/openvswitch/db.sock",
+        "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+        "--pidfile",
+        "--detach",
+        "--log-file",
+    ]))
+}
+
+/// Starts ovs-vswitchd (detached, with a pidfile).
+pub fn start_vswitchd() -> Result<()> {
+    close_inherited_fds();
+    run(Command::new("ovs-vswitchd").args(["--pidfile", "--detach", "--log-file"]))
+}
+
+/// Stops an Open vSwitch daemon (`ovs-appctl exit`) and waits until its process is gone.
+pub fn stop_ovs_daemon(name: &str) -> Result<()> {
+    let pidfile = format!("{OVS_RUNDIR}/{name}.pid");
+    let pid = std::fs::read_to_string(&pidfile).with_context(|| format!("no {pidfile}"))?;
+    let pid = pid.trim().to_string();
+    run(Command::new("ovs-appctl").args(["-t", name, "exit"]))?;
+    wait_until(&format!("{name} exit"), Duration::from_secs(20), || {
+        !Path::new("/proc").join(&pid).exists()
+    })
 }
 
 /// Starts ovsdb-server and ovs-vswitchd (no systemd here) unless they are running.
@@ -73,46 +133,67 @@ pub fn ensure_ovs() -> Result<()> {
     if !Path::new(OVS_DB).exists() {
         run(Command::new("ovsdb-tool").args(["create", OVS_DB, OVS_SCHEMA]))?;
     }
-    if !succeeds(Command::new("ovs-appctl").args(["-t", "ovsdb-server", "version"])) {
-        run(Command::new("ovsdb-server").args([
-            "--remote=punix:/var/run/openvswitch/db.sock",
-            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-            "--pidfile",
-            "--detach",
-            "--log-file",
-        ]))?;
+    if !ovsdb_running() {
+        start_ovsdb_server()?;
         mark_started("ovsdb-server")?;
         run(Command::new("ovs-vsctl").args(["--no-wait", "init"]))?;
     }
     if !vswitchd_running() {
-        run(Command::new("ovs-vswitchd").args(["--pidfile", "--detach", "--log-file"]))?;
+        start_vswitchd()?;
         mark_started("ovs-vswitchd")?;
     }
     wait_until("Open vSwitch", Duration::from_secs(30), ovs_ready)
 }
 
-fn docker_ready() -> bool {
+pub fn docker_ready() -> bool {
     succeeds(Command::new("timeout").args(["5", "docker", "info"]))
 }
 
-/// Starts dockerd (vfs storage: no overlay support needed) unless it is running.
-pub fn ensure_dockerd() -> Result<()> {
-    if docker_ready() {
-        return Ok(());
-    }
-    let log = std::fs::File::create(DOCKERD_LOG).context("cannot create the dockerd log")?;
+/// Starts dockerd (vfs storage: no overlay support needed) in a session of its own,
+/// appending to [`DOCKERD_LOG`]; does not wait for it.
+pub fn start_dockerd() -> Result<()> {
+    close_inherited_fds();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DOCKERD_LOG)
+        .context("cannot open the dockerd log")?;
     // setsid: dockerd outlives this process, in a session of its own.
     Command::new("setsid")
         .args([
             "dockerd",
             "--storage-driver=vfs",
-            "--pidfile=/var/run/docker.pid",
+            &format!("--pidfile={DOCKERD_PIDFILE}"),
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("cannot start dockerd (is docker.io installed?)")?;
+    Ok(())
+}
+
+/// Stops dockerd with SIGTERM (what `systemctl stop docker` does) and waits for it.
+pub fn stop_dockerd() -> Result<()> {
+    let pid = std::fs::read_to_string(DOCKERD_PIDFILE).context("no dockerd pidfile")?;
+    let pid = pid.trim().to_string();
+    run(Command::new("kill").arg(&pid))?;
+    wait_until("dockerd exit", Duration::from_secs(60), || {
+        !Path::new("/proc").join(&pid).exists()
+    })
+}
+
+/// Starts dockerd unless it is running, and waits until it answers.
+pub fn ensure_dockerd() -> Result<()> {
+    if docker_ready() {
+        return Ok(());
+    }
+    if let Err(e) = std::fs::remove_file(DOCKERD_LOG) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e).context("cannot reset the dockerd log");
+        }
+    }
+    start_dockerd()?;
     mark_started("dockerd")?;
     wait_until("dockerd", Duration::from_secs(90), docker_ready)
         .with_context(|| format!("see {DOCKERD_LOG}"))
@@ -122,14 +203,8 @@ pub fn ensure_dockerd() -> Result<()> {
 pub fn teardown() -> Result<()> {
     let mut failures = Vec::new();
     if was_started("dockerd") {
-        if let Ok(pid) = std::fs::read_to_string("/var/run/docker.pid") {
-            let pid = pid.trim().to_string();
-            if run(Command::new("kill").arg(&pid)).is_err() {
-                failures.push("dockerd".to_string());
-            }
-            let _ = wait_until("dockerd exit", Duration::from_secs(30), || {
-                !Path::new("/proc").join(&pid).exists()
-            });
+        if Path::new(DOCKERD_PIDFILE).exists() && stop_dockerd().is_err() {
+            failures.push("dockerd".to_string());
         }
         forget("dockerd");
     }

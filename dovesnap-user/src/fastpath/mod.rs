@@ -23,6 +23,7 @@ pub mod offload;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
@@ -56,17 +57,24 @@ pub fn kernel_masquerade_ports() -> (u16, u16) {
 /// `dovesnap daemon --nat-max-sessions`).
 pub const MAX_SESSIONS: usize = 65536;
 
-static MAX_SESSIONS_SETTING: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(MAX_SESSIONS);
+static MAX_SESSIONS_SETTING: AtomicUsize = AtomicUsize::new(MAX_SESSIONS);
+/// 0: no per-endpoint limit.
+static MAX_SESSIONS_PER_ENDPOINT_SETTING: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets the session-table size of uplinks acquired from now on (the daemon's
-/// `--nat-max-sessions`, set once at start).
-pub fn set_max_sessions(n: usize) {
-    MAX_SESSIONS_SETTING.store(n, std::sync::atomic::Ordering::Relaxed);
+/// Sets the session-table size of uplinks acquired from now on and the limit per
+/// container address (the daemon's `--nat-max-sessions` and
+/// `--nat-max-sessions-per-endpoint`, set once at start).
+pub fn set_session_limits(max_sessions: usize, per_endpoint: Option<usize>) {
+    MAX_SESSIONS_SETTING.store(max_sessions, Ordering::Relaxed);
+    MAX_SESSIONS_PER_ENDPOINT_SETTING.store(per_endpoint.unwrap_or(0), Ordering::Relaxed);
 }
 
 fn max_sessions() -> usize {
-    MAX_SESSIONS_SETTING.load(std::sync::atomic::Ordering::Relaxed)
+    MAX_SESSIONS_SETTING.load(Ordering::Relaxed)
+}
+
+fn max_sessions_per_endpoint() -> Option<usize> {
+    Some(MAX_SESSIONS_PER_ENDPOINT_SETTING.load(Ordering::Relaxed)).filter(|n| *n > 0)
 }
 
 /// Slots of the socket map (`XSKS`); one per endpoint, one per uplink queue.
@@ -225,6 +233,7 @@ impl FastPath {
             uplink_mac: spec.mac,
             ports: TRANSLATOR_PORTS,
             max_sessions: max_sessions(),
+            max_sessions_per_endpoint: max_sessions_per_endpoint(),
             timeouts: Timeouts::default(),
         };
         let name = spec.name.clone();

@@ -47,6 +47,9 @@ pub struct Config {
     pub ports: RangeInclusive<u16>,
     /// Upper bound on live sessions (and so on memory).
     pub max_sessions: usize,
+    /// Upper bound on the sessions one container address starts (those through its
+    /// published ports are not counted); `None`: only `max_sessions` bounds them.
+    pub max_sessions_per_endpoint: Option<usize>,
     pub timeouts: Timeouts,
 }
 
@@ -193,6 +196,9 @@ drop_reasons! {
     UnknownEndpoint => "unknown_endpoint",
     /// No free external port or session slot, and nothing could be evicted.
     PortsExhausted => "ports_exhausted",
+    /// The container already holds its limit of sessions (`Config::max_sessions_per_endpoint`)
+    /// and none of them could be evicted.
+    EndpointSessionLimit => "endpoint_session_limit",
     /// The external port is mapped, but not for this remote (address-and-port-dependent
     /// filtering).
     Filtered => "filtered",

@@ -4,8 +4,13 @@
 //! Memory is bounded by `max_sessions` (slab, both indexes, mappings) and by the size of
 //! the port range (pools). Lookups and refreshes allocate nothing; creating a session
 //! inserts into hash maps sized up front.
+//!
+//! With a per-endpoint limit, each container address may hold at most that many
+//! sessions it started (dynamic ones; those through its published ports are not
+//! counted): at its limit it can only make room among its own sessions, so one
+//! container cannot fill the table for the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -277,10 +282,24 @@ pub enum Removal {
     Removed,
 }
 
+/// The dynamic sessions of one container address, for the per-endpoint limit.
+#[derive(Debug, Default)]
+struct EndpointSessions {
+    ids: HashSet<u32>,
+    /// Until when a scan of its sessions is known to find nothing to evict, unless
+    /// `hint` says one of them may have become evictable since.
+    no_victim_until: Option<Instant>,
+    hint: bool,
+}
+
 /// Sessions, their indexes and the port pools.
 #[derive(Debug)]
 pub struct SessionTable {
     max_sessions: usize,
+    /// At most this many dynamic sessions per inside address (`None`: no limit).
+    per_endpoint: Option<usize>,
+    /// Dynamic sessions by inside address; kept only with a per-endpoint limit.
+    by_endpoint: HashMap<Ipv4Addr, EndpointSessions>,
     slots: Vec<Option<Session>>,
     free_slots: Vec<u32>,
     len: usize,
@@ -299,11 +318,17 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    pub fn new(max_sessions: usize, ports: &RangeInclusive<u16>) -> Self {
+    pub fn new(
+        max_sessions: usize,
+        per_endpoint: Option<usize>,
+        ports: &RangeInclusive<u16>,
+    ) -> Self {
         let pool = PortPool::new(ports);
         let range_len = pool.slots.len();
         SessionTable {
             max_sessions,
+            per_endpoint,
+            by_endpoint: HashMap::new(),
             slots: Vec::with_capacity(max_sessions),
             free_slots: Vec::with_capacity(max_sessions),
             len: 0,
@@ -430,6 +455,9 @@ impl SessionTable {
         published: Option<u16>,
         tcp: TcpTrack,
     ) -> Result<u32, DropReason> {
+        if published.is_none() && !self.endpoint_room(now, inside.0, stats) {
+            return Err(DropReason::EndpointSessionLimit);
+        }
         if self.len >= self.max_sessions && !self.make_room(now, Room::Slot, stats) {
             return Err(DropReason::PortsExhausted);
         }
@@ -459,7 +487,8 @@ impl SessionTable {
             offloaded: false,
         };
         s.touch(now, timeouts);
-        if s.is_evictable() {
+        let evictable = s.is_evictable();
+        if evictable {
             self.victim_hint = [true; 4];
         }
         let id = match self.free_slots.pop() {
@@ -473,6 +502,11 @@ impl SessionTable {
             }
         };
         self.len += 1;
+        if origin == Origin::Dynamic && self.per_endpoint.is_some() {
+            let e = self.by_endpoint.entry(inside.0).or_default();
+            e.ids.insert(id);
+            e.hint |= evictable;
+        }
         self.by_inside.insert(
             InsideKey {
                 protocol,
@@ -572,6 +606,13 @@ impl SessionTable {
         });
         if s.origin == Origin::Dynamic {
             self.unref(s.protocol, s.external_port);
+            if let Some(e) = self.by_endpoint.get_mut(&s.inside.0) {
+                e.ids.remove(&id);
+                e.hint = true;
+                if e.ids.is_empty() {
+                    self.by_endpoint.remove(&s.inside.0);
+                }
+            }
         }
         if s.offloaded {
             self.unoffloaded.push_back(s.offloaded_view());
@@ -708,6 +749,52 @@ impl SessionTable {
         false
     }
 
+    /// Whether `ip` may start one more session under the per-endpoint limit; at its
+    /// limit, first its expired sessions go, then its least recently seen evictable one.
+    /// Remembers, per address, when none of its sessions can go (see
+    /// [`SessionTable::make_room`]).
+    fn endpoint_room(&mut self, now: Instant, ip: Ipv4Addr, stats: &mut Stats) -> bool {
+        let Some(max) = self.per_endpoint else {
+            return true;
+        };
+        let Some(e) = self.by_endpoint.get_mut(&ip) else {
+            return max > 0;
+        };
+        if e.ids.len() < max {
+            return true;
+        }
+        if !e.hint && e.no_victim_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let mut expired = Vec::new();
+        let mut best: Option<(Instant, u32)> = None;
+        let mut soonest: Option<Instant> = None;
+        for &id in &e.ids {
+            let s = self.slots[id as usize].as_ref().expect("live session id");
+            if s.expires <= now && !s.offloaded {
+                expired.push(id);
+                continue;
+            }
+            soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
+            if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
+                best = Some((s.last_seen, id));
+            }
+        }
+        if !expired.is_empty() {
+            for id in expired {
+                self.remove(id, Removal::Expired, stats);
+            }
+            return true;
+        }
+        if let Some((_, id)) = best {
+            self.remove(id, Removal::Evicted, stats);
+            return true;
+        }
+        e.hint = false;
+        e.no_victim_until = soonest;
+        false
+    }
+
     fn has_room(&self, room: Room) -> bool {
         match room {
             Room::Slot => self.len < self.max_sessions,
@@ -715,9 +802,13 @@ impl SessionTable {
         }
     }
 
-    /// Something may have become evictable (a TCP session turned transitory).
-    pub fn note_evictable(&mut self) {
+    /// Session `id` may have become evictable (a TCP session turned transitory).
+    pub fn note_evictable(&mut self, id: u32) {
         self.victim_hint = [true; 4];
+        let ip = self.get(id).inside.0;
+        if let Some(e) = self.by_endpoint.get_mut(&ip) {
+            e.hint = true;
+        }
     }
 }
 
@@ -763,7 +854,7 @@ mod tests {
         let now = Instant::now();
         let t = Timeouts::default();
         let mut st = Stats::default();
-        let mut tab = SessionTable::new(10, &(1000..=1001));
+        let mut tab = SessionTable::new(10, None, &(1000..=1001));
         let a = tab
             .create(
                 now,
@@ -815,7 +906,7 @@ mod tests {
 
     #[test]
     fn reserve_and_unreserve() {
-        let mut tab = SessionTable::new(10, &(1000..=1001));
+        let mut tab = SessionTable::new(10, None, &(1000..=1001));
         assert_eq!(tab.reserve(Protocol::Tcp, 1000), Ok(()));
         assert_eq!(tab.reserve(Protocol::Tcp, 1000), Err(false));
         assert_eq!(tab.reserve(Protocol::Tcp, 80), Ok(()));

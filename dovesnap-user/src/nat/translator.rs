@@ -325,7 +325,7 @@ impl Translator {
     }
 
     /// Makes a translator, refusing an empty port range, a range containing 0,
-    /// `max_sessions == 0` or more than `u32::MAX` sessions.
+    /// `max_sessions == 0`, more than `u32::MAX` sessions or a per-endpoint limit of 0.
     pub fn try_new(config: Config) -> Result<Self, NatError> {
         if config.ports.is_empty() {
             return Err(NatError::InvalidConfig("the port range is empty"));
@@ -338,8 +338,17 @@ impl Translator {
                 "max_sessions must be between 1 and 2^32 - 1",
             ));
         }
+        if config.max_sessions_per_endpoint == Some(0) {
+            return Err(NatError::InvalidConfig(
+                "max_sessions_per_endpoint must be at least 1",
+            ));
+        }
         Ok(Translator {
-            table: SessionTable::new(config.max_sessions, &config.ports),
+            table: SessionTable::new(
+                config.max_sessions,
+                config.max_sessions_per_endpoint,
+                &config.ports,
+            ),
             config,
             endpoints: HashMap::new(),
             published: HashMap::new(),
@@ -741,7 +750,7 @@ impl Translator {
         let ext = s.external_port;
         let leaves_fast_path = s.offloaded && !s.is_offloadable();
         if !was_evictable && s.is_evictable() {
-            self.table.note_evictable();
+            self.table.note_evictable(id);
         }
         if leaves_fast_path {
             // A SYN, FIN or RST: the state changed, and the kernel must stop rewriting.
@@ -857,6 +866,7 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         uplink_mac: [2, 0, 0, 0, 0, 1],
         ports: 40000..=40007,
         max_sessions: 16,
+        max_sessions_per_endpoint: Some(8),
         timeouts: super::Timeouts::default(),
     });
     t.add_endpoint(EndpointInfo {
@@ -900,6 +910,10 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         }
         for _ in t.drain_port_events() {}
         assert!(t.session_count() <= t.config.max_sessions);
+        assert!(
+            t.sessions().filter(|s| s.published.is_none()).count() <= 8,
+            "the endpoint holds more than its limit of sessions"
+        );
     }
     let _ = t.sessions().count();
     t.stats
@@ -945,12 +959,17 @@ mod tests {
             uplink_mac: UPLINK_MAC,
             ports,
             max_sessions,
+            max_sessions_per_endpoint: None,
             timeouts: Timeouts::default(),
         }
     }
 
     fn with(ports: std::ops::RangeInclusive<u16>, max_sessions: usize) -> Translator {
-        let mut t = Translator::new(config(ports, max_sessions));
+        with_config(config(ports, max_sessions))
+    }
+
+    fn with_config(config: Config) -> Translator {
+        let mut t = Translator::new(config);
         t.add_endpoint(EndpointInfo {
             ip: C1,
             mac: C1_MAC,
@@ -1827,6 +1846,76 @@ mod tests {
             drop_out(&mut t, now, out_udp(C1, 1, R, 53)),
             DropReason::PortsExhausted
         );
+    }
+
+    #[test]
+    fn per_endpoint_limit_keeps_one_container_from_filling_the_table() {
+        let to = Timeouts::default();
+        let now = Instant::now();
+        let limited = || {
+            with_config(Config {
+                max_sessions_per_endpoint: Some(3),
+                ..config(PORTS, 100)
+            })
+        };
+        assert!(Translator::try_new(Config {
+            max_sessions_per_endpoint: Some(0),
+            ..config(PORTS, 100)
+        })
+        .is_err());
+        // C1 holds three answered conversations: its fourth flow is refused, C2's not.
+        let mut t = limited();
+        for sp in [1, 2, 3] {
+            let p = go_out(&mut t, now, out_udp(C1, sp, R, 53)).sport;
+            go_in(&mut t, now, in_udp(R, 53, p));
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_udp(C1, 4, R, 53)),
+            DropReason::EndpointSessionLimit
+        );
+        assert_eq!(t.stats().drops(DropReason::EndpointSessionLimit), 1);
+        go_out(&mut t, now, out_udp(C2, 4, R, 53));
+        // Its existing flows carry on, and sessions through its published ports are
+        // not counted.
+        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
+        go_in(&mut t, now, in_tcp(R, 50000, 8080, SYN));
+        // Once they expire, it starts again (without waiting for an expiry sweep).
+        go_out(&mut t, now + to.udp, out_udp(C1, 4, R, 53));
+
+        // At its limit, C1 makes room among its own sessions: its unanswered one goes,
+        // not C2's older unanswered one.
+        let mut t = limited();
+        go_out(&mut t, now, out_udp(C2, 9, R, 53));
+        for sp in [1, 2] {
+            let p = go_out(&mut t, now, out_udp(C1, sp, R, 53)).sport;
+            go_in(&mut t, now, in_udp(R, 53, p));
+        }
+        let later = now + Duration::from_secs(1);
+        go_out(&mut t, later, out_udp(C1, 3, R, 9));
+        go_out(&mut t, later, out_udp(C1, 4, R, 53));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert!(t.sessions().any(|s| s.inside.ip() == &C2));
+        assert!(t.sessions().all(|s| s.inside.port() != 3));
+
+        // Refused once (nothing of its own to evict), then one of its connections
+        // closes: the next SYN gets through at once.
+        let mut t = limited();
+        let mut ports = Vec::new();
+        for sp in [1, 2, 3] {
+            let p = go_out(&mut t, now, out_tcp(C1, sp, R, 80, SYN)).sport;
+            go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+            ports.push(p);
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C1, 4, R, 80, SYN)),
+            DropReason::EndpointSessionLimit
+        );
+        go_out(&mut t, now, out_tcp(C1, 2, R, 80, FIN | ACK));
+        go_in(&mut t, now, in_tcp(R, 80, ports[1], FIN | ACK));
+        go_out(&mut t, later, out_tcp(C1, 4, R, 80, SYN));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert_eq!(t.session_count(), 3);
     }
 
     #[test]
