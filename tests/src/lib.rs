@@ -168,4 +168,5 @@ pub fn ovs_bridges() -> Vec<String> {
 
 pub mod daemon;
 pub mod docker;
+pub mod far;
 pub mod host_services;

@@ -4,65 +4,17 @@
 //! (host 10.232.100.1/24, far 10.232.100.2/24). Servers in the far namespace report the
 //! source address they see, which shows the masquerade.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dovesnap_tests::docker::{
-    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG, WHOAMI,
+    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG,
 };
-use dovesnap_tests::{require_root, run, sh, Netns, Veth};
+use dovesnap_tests::far::Far;
+use dovesnap_tests::{require_root, run, sh, Netns};
 
 const HOST_UPLINK_IP: &str = "10.232.100.1";
 const FAR_IP: &str = "10.232.100.2";
-
-/// The far side: namespace, uplink veth, a who-am-I server; removed on drop.
-struct Far {
-    ns: Netns,
-    /// Held for its Drop: the uplink veth goes with the fixture.
-    _uplink: Veth,
-    server: Option<Child>,
-}
-
-impl Far {
-    fn new() -> Self {
-        let ns = Netns::new("dsnfar");
-        let uplink = Veth::new("dsnup");
-        sh(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{HOST_UPLINK_IP}/24"),
-                "dev",
-                &uplink.host,
-            ],
-        );
-        uplink.peer_into(&ns, &format!("{FAR_IP}/24"));
-        let server = Command::new("ip")
-            .args([
-                "netns", "exec", &ns.name, "python3", "-c", WHOAMI, FAR_IP, "7000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("who-am-I server");
-        std::thread::sleep(Duration::from_millis(500));
-        Far {
-            ns,
-            _uplink: uplink,
-            server: Some(server),
-        }
-    }
-}
-
-impl Drop for Far {
-    fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-    }
-}
 
 /// Fetches `url` with busybox wget from namespace `ns` (the host's when None); returns
 /// the trimmed body, empty on failure.
@@ -100,7 +52,7 @@ fn rules_left(net_id: &str) -> Vec<String> {
 fn outbound_published_hairpin_and_cleanup() {
     require_root();
     let mut plugin = start_plugin();
-    let far = Far::new();
+    let far = Far::new("dsn", "10.232.100");
     let net_id;
     {
         let net = Network::create(
@@ -247,7 +199,7 @@ fn two_nat_networks_are_isolated() {
     assert!(cb.fetch(&format!("http://{ip}/")).is_err(), "b reached a");
     assert!(!cb.ping(&ip), "b pinged a");
     // An --internal nat network has no way out.
-    let far = Far::new();
+    let far = Far::new("dsn", "10.232.100");
     let internal = Network::create(
         "dsnat-iso-int",
         &["-o", "mode=nat", "--internal", "--subnet", "10.232.7.0/24"],
@@ -291,7 +243,7 @@ fn works_under_a_forward_drop_policy() {
     sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
 
     let _plugin = start_plugin();
-    let far = Far::new();
+    let far = Far::new("dsn", "10.232.100");
     let net = Network::create(
         "dsnat-drop",
         &["-o", "mode=nat", "--subnet", "10.232.4.0/24"],
@@ -337,7 +289,7 @@ fn published_host_port(status: &serde_json::Value, container_port: u16) -> Optio
 fn dynamic_and_ranged_host_ports() {
     require_root();
     let plugin = start_plugin();
-    let far = Far::new();
+    let far = Far::new("dsn", "10.232.100");
     let net = Network::create(
         "dsnat-dyn",
         &["-o", "mode=nat", "--subnet", "10.232.8.0/24"],

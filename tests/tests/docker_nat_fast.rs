@@ -8,16 +8,16 @@
 //! through the translator while the host's conntrack table has no entry for them
 //! (netfilter never saw them).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use dovesnap_tests::docker::{
     container_tcp, docker, start_plugin, start_plugin_with, udp_ask, Container, Network, UDP_PONG,
-    WHOAMI,
 };
-use dovesnap_tests::{require_root, run, sh, Netns, Veth};
+use dovesnap_tests::far::Far;
+use dovesnap_tests::{require_root, run, sh, Netns};
 
 const HOST_UPLINK_IP: &str = "10.232.110.1";
 const FAR_IP: &str = "10.232.110.2";
@@ -46,33 +46,24 @@ fn metric_value(text: &str, metric: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-struct Far {
-    ns: Netns,
-    uplink: Veth,
-    servers: Vec<Child>,
+/// The far side (see `dovesnap_tests::far`), standing in for a NIC, with an HTTP
+/// server of a random blob on port 8000.
+struct BlobFar {
+    far: Far,
     dir: std::path::PathBuf,
 }
 
-impl Far {
+impl BlobFar {
     fn new() -> Self {
-        let ns = Netns::new("dsffar");
-        let uplink = Veth::new("dsfup");
-        sh(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{HOST_UPLINK_IP}/24"),
-                "dev",
-                &uplink.host,
-            ],
-        );
-        uplink.peer_into(&ns, &format!("{FAR_IP}/24"));
+        let mut far = Far::new("dsf", "10.232.110");
         // The far end stands in for a NIC: it takes frames redirected by XDP (a veth
         // needs GRO on for that, which gives it NAPI queues) and sends complete
         // checksums (a veth would otherwise send partial ones, which offloaded flows
         // leave to the translator).
-        ns.sh("ethtool", &["-K", &uplink.peer, "gro", "on", "tx", "off"]);
+        far.ns.sh(
+            "ethtool",
+            &["-K", &far.uplink.peer, "gro", "on", "tx", "off"],
+        );
         let dir = std::env::temp_dir().join(format!("dovesnap-far-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("far www dir");
         sh(
@@ -82,34 +73,16 @@ impl Far {
                 &format!("head -c {BLOB_BYTES} /dev/urandom > {}/blob", dir.display()),
             ],
         );
-        let spawn = |args: &[&str]| {
-            Command::new("ip")
-                .args(["netns", "exec", &ns.name])
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("far server")
-        };
-        let servers = vec![
-            spawn(&["python3", "-c", WHOAMI, FAR_IP, "7000"]),
-            spawn(&[
-                "busybox",
-                "httpd",
-                "-f",
-                "-p",
-                "8000",
-                "-h",
-                dir.to_str().expect("utf-8 path"),
-            ]),
-        ];
-        std::thread::sleep(Duration::from_millis(500));
-        Far {
-            ns,
-            uplink,
-            servers,
-            dir,
-        }
+        far.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8000",
+            "-h",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        BlobFar { far, dir }
     }
 
     fn blob_md5(&self) -> String {
@@ -121,12 +94,16 @@ impl Far {
     }
 }
 
-impl Drop for Far {
+impl std::ops::Deref for BlobFar {
+    type Target = Far;
+
+    fn deref(&self) -> &Far {
+        &self.far
+    }
+}
+
+impl Drop for BlobFar {
     fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -211,7 +188,7 @@ fn create_network_with(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -
 fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     require_root();
     let mut plugin = start_plugin();
-    let far = Far::new();
+    let far = BlobFar::new();
     let a = create_network("dsfast-na", "10.232.12.0/24", &far.uplink.host);
     // One network offloads established sessions to XDP (the default), the other keeps
     // every packet on the AF_XDP translator.
@@ -368,7 +345,7 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
 fn translator_carries_tcp_udp_icmp_and_published_ports() {
     require_root();
     let plugin = start_plugin_with(&["--metrics", METRICS_ADDR]);
-    let far = Far::new();
+    let far = BlobFar::new();
     let net = create_network("dsfast-a", "10.232.11.0/24", &far.uplink.host);
     let net_id = net.id();
     // Nothing is attached before an endpoint joins.

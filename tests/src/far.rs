@@ -1,0 +1,74 @@
+//! The far side of a nat network: a namespace behind a veth that the plugin uses as its
+//! uplink (host `PREFIX.1/24`, far `PREFIX.2/24`), with a who-am-I server (TCP and UDP
+//! on port 7000, answering `from <source address>`) and whatever other servers a test
+//! spawns there. Servers, namespace and veth go on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::docker::{container_tcp, Container, WHOAMI};
+use crate::{sh, Netns, Veth};
+
+pub struct Far {
+    pub ns: Netns,
+    /// `host` is the uplink the plugin is given; `peer` sits in `ns`.
+    pub uplink: Veth,
+    pub host_ip: String,
+    pub far_ip: String,
+    servers: Vec<Child>,
+}
+
+impl Far {
+    /// `tag` names the namespace (`<tag>far`) and the veth (`<tag>up`); `prefix24` is
+    /// the first three octets of the link's /24.
+    pub fn new(tag: &str, prefix24: &str) -> Self {
+        let ns = Netns::new(&format!("{tag}far"));
+        let uplink = Veth::new(&format!("{tag}up"));
+        let (host_ip, far_ip) = (format!("{prefix24}.1"), format!("{prefix24}.2"));
+        sh(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", &uplink.host],
+        );
+        uplink.peer_into(&ns, &format!("{far_ip}/24"));
+        let mut far = Far {
+            ns,
+            uplink,
+            host_ip,
+            far_ip,
+            servers: Vec::new(),
+        };
+        let ip = far.far_ip.clone();
+        far.spawn(&["python3", "-c", WHOAMI, &ip, "7000"]);
+        far
+    }
+
+    /// Starts a server in the far namespace (killed on drop) and gives it half a second
+    /// to listen.
+    pub fn spawn(&mut self, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("far server");
+        self.servers.push(child);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Whether a TCP connection from `c` reaches the who-am-I server masqueraded to the
+    /// uplink's address.
+    pub fn reached_from(&self, c: &Container) -> bool {
+        container_tcp(c, &self.far_ip, 7000)
+            .is_ok_and(|s| s.trim() == format!("from {}", self.host_ip))
+    }
+}
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
