@@ -17,7 +17,7 @@ const STATE_DIR: &str = "/run/dovesnap-xtask";
 const OVS_DB: &str = "/etc/openvswitch/conf.db";
 const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const OVS_RUNDIR: &str = "/var/run/openvswitch";
-pub const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
+const DOCKERD_LOG: &str = "/var/log/dovesnap-xtask-dockerd.log";
 const DOCKERD_PIDFILE: &str = "/var/run/docker.pid";
 
 /// Marks every descriptor above stderr close-on-exec. Run as `flock LOCK cargo xtask

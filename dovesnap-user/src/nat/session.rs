@@ -282,14 +282,59 @@ pub enum Removal {
     Removed,
 }
 
+/// What a scan for something to evict found last time: nothing until `until` (the
+/// soonest expiry among the candidates), unless `stale` says a candidate may have
+/// become evictable since. Makes a full table under a flood cost one scan per change,
+/// not one per packet.
+#[derive(Debug, Clone, Copy)]
+struct VictimMemo {
+    stale: bool,
+    until: Option<Instant>,
+}
+
+impl Default for VictimMemo {
+    fn default() -> Self {
+        VictimMemo {
+            stale: true,
+            until: None,
+        }
+    }
+}
+
+impl VictimMemo {
+    /// Whether a scan now is known to find nothing.
+    fn nothing_to_find(&self, now: Instant) -> bool {
+        !self.stale && self.until.is_some_and(|t| now < t)
+    }
+
+    /// A scan found nothing; `soonest` is the earliest expiry among the candidates.
+    fn found_nothing(&mut self, soonest: Option<Instant>) {
+        self.stale = false;
+        self.until = soonest;
+    }
+}
+
+/// Among `candidates` (none expired), the least recently seen evictable one and the
+/// soonest expiry of them all.
+fn least_recent_evictable<'a>(
+    candidates: impl Iterator<Item = (u32, &'a Session)>,
+) -> (Option<u32>, Option<Instant>) {
+    let mut best: Option<(Instant, u32)> = None;
+    let mut soonest: Option<Instant> = None;
+    for (id, s) in candidates {
+        soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
+        if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
+            best = Some((s.last_seen, id));
+        }
+    }
+    (best.map(|(_, id)| id), soonest)
+}
+
 /// The dynamic sessions of one container address, for the per-endpoint limit.
 #[derive(Debug, Default)]
 struct EndpointSessions {
     ids: HashSet<u32>,
-    /// Until when a scan of its sessions is known to find nothing to evict, unless
-    /// `hint` says one of them may have become evictable since.
-    no_victim_until: Option<Instant>,
-    hint: bool,
+    victims: VictimMemo,
 }
 
 /// Sessions, their indexes and the port pools.
@@ -311,10 +356,8 @@ pub struct SessionTable {
     events: VecDeque<PortEvent>,
     /// Offloaded sessions removed or taken back, for the data plane to clear.
     unoffloaded: VecDeque<Offloaded>,
-    /// Per [`Room`]: until when a scan is known to find nothing to evict, unless
-    /// `victim_hint` says something may have become evictable since.
-    no_victim_until: [Option<Instant>; 4],
-    victim_hint: [bool; 4],
+    /// Per [`Room`]: what the last scan for something to evict found.
+    victims: [VictimMemo; 4],
 }
 
 impl SessionTable {
@@ -338,8 +381,7 @@ impl SessionTable {
             pools: [PortPool::new(ports), PortPool::new(ports), pool],
             events: VecDeque::with_capacity(range_len.min(4096)),
             unoffloaded: VecDeque::new(),
-            no_victim_until: [None; 4],
-            victim_hint: [true; 4],
+            victims: [VictimMemo::default(); 4],
         }
     }
 
@@ -489,7 +531,7 @@ impl SessionTable {
         s.touch(now, timeouts);
         let evictable = s.is_evictable();
         if evictable {
-            self.victim_hint = [true; 4];
+            self.victims_may_have_changed();
         }
         let id = match self.free_slots.pop() {
             Some(id) => {
@@ -505,7 +547,7 @@ impl SessionTable {
         if origin == Origin::Dynamic && self.per_endpoint.is_some() {
             let e = self.by_endpoint.entry(inside.0).or_default();
             e.ids.insert(id);
-            e.hint |= evictable;
+            e.victims.stale |= evictable;
         }
         self.by_inside.insert(
             InsideKey {
@@ -608,7 +650,7 @@ impl SessionTable {
             self.unref(s.protocol, s.external_port);
             if let Some(e) = self.by_endpoint.get_mut(&s.inside.0) {
                 e.ids.remove(&id);
-                e.hint = true;
+                e.victims.stale = true;
                 if e.ids.is_empty() {
                     self.by_endpoint.remove(&s.inside.0);
                 }
@@ -617,7 +659,7 @@ impl SessionTable {
         if s.offloaded {
             self.unoffloaded.push_back(s.offloaded_view());
         }
-        self.victim_hint = [true; 4];
+        self.victims_may_have_changed();
         match why {
             Removal::Expired => stats.sessions_expired += 1,
             Removal::Evicted => stats.sessions_evicted += 1,
@@ -709,50 +751,43 @@ impl SessionTable {
     /// one scan per change, not one per packet.
     fn make_room(&mut self, now: Instant, room: Room, stats: &mut Stats) -> bool {
         let ri = room.index();
-        if !self.victim_hint[ri] && self.no_victim_until[ri].is_some_and(|t| now < t) {
+        if self.victims[ri].nothing_to_find(now) {
             return false;
         }
         self.expire(now, stats);
         if self.has_room(room) {
             return true;
         }
-        let mut best: Option<(Instant, u32)> = None;
-        let mut soonest: Option<Instant> = None;
-        for (id, s) in self.slots.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let frees = match room {
+        let pools = &self.pools;
+        let candidates = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| Some((id as u32, s.as_ref()?)))
+            .filter(|(_, s)| match room {
                 Room::Slot => true,
                 Room::Port(p) => {
                     s.protocol == p
                         && s.origin == Origin::Dynamic
                         && matches!(
-                            self.pools[p.index()].slot(s.external_port),
+                            pools[p.index()].slot(s.external_port),
                             Some(PortSlot::Mapped { refs: 1, .. })
                         )
                 }
-            };
-            if !frees {
-                continue;
-            }
-            soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
-            if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
-                best = Some((s.last_seen, id as u32));
-            }
-        }
-        if let Some((_, id)) = best {
+            });
+        let (victim, soonest) = least_recent_evictable(candidates);
+        if let Some(id) = victim {
             self.remove(id, Removal::Evicted, stats);
             return true;
         }
-        // Nothing now; nothing until the soonest expiry unless something changes.
-        self.victim_hint[ri] = false;
-        self.no_victim_until[ri] = soonest;
+        self.victims[ri].found_nothing(soonest);
         false
     }
 
     /// Whether `ip` may start one more session under the per-endpoint limit; at its
     /// limit, first its expired sessions go, then its least recently seen evictable one.
-    /// Remembers, per address, when none of its sessions can go (see
-    /// [`SessionTable::make_room`]).
+    /// Remembers, per address, when none of its sessions can go (as
+    /// [`SessionTable::make_room`] does for the whole table).
     fn endpoint_room(&mut self, now: Instant, ip: Ipv4Addr, stats: &mut Stats) -> bool {
         let Some(max) = self.per_endpoint else {
             return true;
@@ -763,35 +798,31 @@ impl SessionTable {
         if e.ids.len() < max {
             return true;
         }
-        if !e.hint && e.no_victim_until.is_some_and(|t| now < t) {
+        if e.victims.nothing_to_find(now) {
             return false;
         }
-        let mut expired = Vec::new();
-        let mut best: Option<(Instant, u32)> = None;
-        let mut soonest: Option<Instant> = None;
-        for &id in &e.ids {
-            let s = self.slots[id as usize].as_ref().expect("live session id");
-            if s.expires <= now && !s.offloaded {
-                expired.push(id);
-                continue;
-            }
-            soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
-            if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
-                best = Some((s.last_seen, id));
-            }
-        }
+        let slots = &self.slots;
+        let session = |id: u32| slots[id as usize].as_ref().expect("live session id");
+        // Expired sessions go first (offloaded ones are only expired by the kernel's
+        // clock, see `expire_offloaded`).
+        let expired: Vec<u32> = e
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| session(id).expires <= now && !session(id).offloaded)
+            .collect();
         if !expired.is_empty() {
             for id in expired {
                 self.remove(id, Removal::Expired, stats);
             }
             return true;
         }
-        if let Some((_, id)) = best {
+        let (victim, soonest) = least_recent_evictable(e.ids.iter().map(|&id| (id, session(id))));
+        if let Some(id) = victim {
             self.remove(id, Removal::Evicted, stats);
             return true;
         }
-        e.hint = false;
-        e.no_victim_until = soonest;
+        e.victims.found_nothing(soonest);
         false
     }
 
@@ -804,10 +835,17 @@ impl SessionTable {
 
     /// Session `id` may have become evictable (a TCP session turned transitory).
     pub fn note_evictable(&mut self, id: u32) {
-        self.victim_hint = [true; 4];
+        self.victims_may_have_changed();
         let ip = self.get(id).inside.0;
         if let Some(e) = self.by_endpoint.get_mut(&ip) {
-            e.hint = true;
+            e.victims.stale = true;
+        }
+    }
+
+    /// A session came, went or became evictable: every table-wide memo is stale.
+    fn victims_may_have_changed(&mut self) {
+        for m in &mut self.victims {
+            m.stale = true;
         }
     }
 }

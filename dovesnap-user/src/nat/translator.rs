@@ -861,12 +861,13 @@ impl Translator {
 pub fn fuzz_harness(data: &[u8]) -> Stats {
     const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const SHARE: usize = 8;
     let mut t = Translator::new(Config {
         external_ip: EXT,
         uplink_mac: [2, 0, 0, 0, 0, 1],
         ports: 40000..=40007,
         max_sessions: 16,
-        max_sessions_per_endpoint: Some(8),
+        max_sessions_per_endpoint: Some(SHARE),
         timeouts: super::Timeouts::default(),
     });
     t.add_endpoint(EndpointInfo {
@@ -911,7 +912,7 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         for _ in t.drain_port_events() {}
         assert!(t.session_count() <= t.config.max_sessions);
         assert!(
-            t.sessions().filter(|s| s.published.is_none()).count() <= 8,
+            t.sessions().filter(|s| s.published.is_none()).count() <= SHARE,
             "the endpoint holds more than its limit of sessions"
         );
     }
