@@ -24,9 +24,9 @@ pub const IFACES_MAP: &str = "IFACES";
 /// Capacity of [`IFACES_MAP`].
 pub const MAX_IFACES: u32 = 1024;
 
-/// Name of the hash map from [`PortKey`] to `u32` (unused value, write 0): the published
-/// TCP/UDP ports and live ICMP echo identifiers the translator owns on an uplink address,
-/// beyond the uplink's reserved port range ([`IfaceConfig::port_lo`]..=`port_hi`).
+/// Name of the hash map from [`PortKey`] to `u32` (unused value, write 0): the TCP/UDP
+/// ports and ICMP echo identifiers the translator owns on an uplink address right now
+/// (mapped to a container, or published). The uplink steers exactly these.
 pub const PORTS_MAP: &str = "PORTS";
 /// Capacity of [`PORTS_MAP`].
 pub const MAX_PORTS: u32 = 65536;
@@ -84,8 +84,7 @@ pub const PROTO_UDP: u8 = 17;
 ///
 /// Byte orders: `addr`, `subnet` and `netmask` are IPv4 addresses in network byte order,
 /// i.e. the four wire bytes read as a native-endian `u32` (`u32::from_ne_bytes(octets)`,
-/// see [`be_addr`]); `port_lo`/`port_hi` are in host byte order. 44 bytes, no implicit
-/// padding.
+/// see [`be_addr`]). 40 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceConfig {
@@ -113,10 +112,6 @@ pub struct IfaceConfig {
     pub fib_ifindex: u32,
     /// Endpoint: only destinations the kernel routes out of this ifindex are steered.
     pub uplink_ifindex: u32,
-    /// Uplink, host byte order: first port of the translator's reserved TCP/UDP range.
-    pub port_lo: u16,
-    /// Uplink, host byte order: last port (inclusive); `port_lo > port_hi` is empty.
-    pub port_hi: u16,
     /// Endpoint: only frames addressed to this MAC (the gateway's) are routed traffic.
     pub gateway_mac: [u8; 6],
     /// Explicit padding; write zero.
@@ -224,12 +219,6 @@ impl PortKey {
 }
 
 impl IfaceConfig {
-    /// Whether the uplink's reserved range holds `port` (host byte order).
-    #[inline(always)]
-    pub const fn in_port_range(&self, port: u16) -> bool {
-        self.port_lo <= port && port <= self.port_hi
-    }
-
     /// Whether an endpoint's `dst` (network byte order) lies inside its subnet.
     #[inline(always)]
     pub const fn in_subnet(&self, dst: u32) -> bool {
@@ -253,7 +242,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowAction {}
 
 const _: () = {
-    assert!(core::mem::size_of::<IfaceConfig>() == 44);
+    assert!(core::mem::size_of::<IfaceConfig>() == 40);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 20);
     assert!(core::mem::size_of::<FlowAction>() == 56);
@@ -441,8 +430,7 @@ mod tests {
     #[test]
     fn layouts_are_fixed() {
         assert_eq!(core::mem::align_of::<IfaceConfig>(), 4);
-        assert_eq!(core::mem::offset_of!(IfaceConfig, port_lo), 32);
-        assert_eq!(core::mem::offset_of!(IfaceConfig, gateway_mac), 36);
+        assert_eq!(core::mem::offset_of!(IfaceConfig, gateway_mac), 32);
         assert_eq!(core::mem::offset_of!(PortKey, port), 4);
         assert_eq!(core::mem::offset_of!(PortKey, proto), 6);
         assert_eq!(core::mem::offset_of!(FlowKey, sport), 12);
@@ -464,24 +452,14 @@ mod tests {
     }
 
     #[test]
-    fn ranges_and_subnets() {
+    fn subnets() {
         let cfg = IfaceConfig {
-            port_lo: 40000,
-            port_hi: 40099,
             subnet: be_addr([10, 1, 0, 0]),
             netmask: be_addr([255, 255, 0, 0]),
             ..Default::default()
         };
-        assert!(cfg.in_port_range(40000) && cfg.in_port_range(40099));
-        assert!(!cfg.in_port_range(39999) && !cfg.in_port_range(40100));
         assert!(cfg.in_subnet(be_addr([10, 1, 200, 3])));
         assert!(!cfg.in_subnet(be_addr([10, 2, 0, 1])));
-        let empty = IfaceConfig {
-            port_lo: 1,
-            port_hi: 0,
-            ..Default::default()
-        };
-        assert!(!empty.in_port_range(0) && !empty.in_port_range(1));
     }
 
     #[test]

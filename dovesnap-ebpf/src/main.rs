@@ -393,7 +393,7 @@ mod program {
         }
         let ours = match ip.proto {
             PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
-                Some(ports) => owns_port(cfg, u16::from_be_bytes(ports.dst), ip.proto),
+                Some(ports) => owns_key(cfg, u16::from_be_bytes(ports.dst), ip.proto),
                 None => false,
             },
             PROTO_ICMP => owns_icmp(ctx, cfg),
@@ -409,13 +409,10 @@ mod program {
         Steer::Redirect(Counter::UplinkRedirect, cfg.xsk_slot.wrapping_add(queue))
     }
 
-    /// Whether a TCP/UDP `port` (host order) on the external address is the
-    /// translator's: in the reserved range, or published.
-    #[inline(always)]
-    fn owns_port(cfg: &IfaceConfig, port: u16, proto: u8) -> bool {
-        cfg.in_port_range(port) || owns_key(cfg, port, proto)
-    }
-
+    /// Whether a TCP/UDP port or ICMP echo identifier (host order) on the external
+    /// address is the translator's: mapped to a container right now, or published. A
+    /// port of the translator's range that it does not use is left to the kernel
+    /// (another NAT's, or a host socket's).
     #[inline(always)]
     fn owns_key(cfg: &IfaceConfig, port: u16, proto: u8) -> bool {
         let key = PortKey {
@@ -446,7 +443,7 @@ mod program {
                 }
                 match inner.proto {
                     PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, INNER_L4) {
-                        Some(ports) => owns_port(cfg, u16::from_be_bytes(ports.src), inner.proto),
+                        Some(ports) => owns_key(cfg, u16::from_be_bytes(ports.src), inner.proto),
                         None => false,
                     },
                     PROTO_ICMP => match ptr_at::<IcmpHdr>(ctx, INNER_L4) {

@@ -87,6 +87,9 @@ pub struct EndpointStatus {
     /// nat-fast: the endpoint's routed traffic goes through the XDP/AF_XDP translator.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fast_path: bool,
+    /// nat-fast: why the endpoint is on the kernel's nat path instead.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kernel_path: String,
 }
 
 /// Where the control server gets the status from (the driver).
@@ -410,10 +413,21 @@ fn render_fast_path(fp: &crate::fastpath::FastPathStatus, push: &mut impl FnMut(
             attached.join(", ")
         }
     ));
+    for (port, why) in &fp.kernel_path {
+        push(&format!("  kernel path: {port}: {why}"));
+    }
     for u in &fp.dataplane.uplinks {
         push(&format!(
-            "  uplink {} ({}): {} endpoint(s), {} session(s)",
-            u.name, u.external_ip, u.endpoints, u.sessions
+            "  uplink {} ({}): {} endpoint(s), {} session(s){}",
+            u.name,
+            u.external_ip,
+            u.endpoints,
+            u.sessions,
+            if u.redirect_target {
+                ""
+            } else {
+                "; not an XDP redirect target: offloaded sessions send out through AF_XDP"
+            }
         ));
         for s in &u.session_list {
             push(&format!("    {s}"));
@@ -466,6 +480,7 @@ mod tests {
                             address: "10.0.0.2/24".into(),
                             published: vec!["0.0.0.0:8080->80/tcp".into()],
                             fast_path: true,
+                            kernel_path: String::new(),
                         },
                         EndpointStatus {
                             id: "9f8e7d6c5b4a".into(),
@@ -474,6 +489,7 @@ mod tests {
                             address: "10.0.0.3/24".into(),
                             published: vec![],
                             fast_path: false,
+                            kernel_path: "nat-fast: br0 has generic only XDP".into(),
                         },
                     ],
                 },
@@ -671,6 +687,42 @@ abc           br-flat      flat      netdev    -            -
         assert!(
             json.contains(r#""repairs":[["bridge",1],["veth",2]]"#),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn table_says_which_endpoints_and_uplinks_fall_short_of_the_fast_path() {
+        let mut s = sample();
+        s.fast_path = Some(crate::fastpath::FastPathStatus {
+            kernel_path: vec![("ovs9f8e7d6c".into(), "br0 has generic only XDP".into())],
+            dataplane: crate::fastpath::dataplane::DataplaneStatus {
+                uplinks: vec![crate::fastpath::dataplane::UplinkStatus {
+                    name: "veth0".into(),
+                    external_ip: "192.0.2.1".into(),
+                    endpoints: 1,
+                    redirect_target: false,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let table = render_status_table(&s);
+        assert!(
+            table.contains("  kernel path: ovs9f8e7d6c: br0 has generic only XDP\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "  uplink veth0 (192.0.2.1): 1 endpoint(s), 0 session(s); not an XDP redirect \
+                 target: offloaded sessions send out through AF_XDP\n"
+            ),
+            "{table}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["networks"][0]["endpoints"][1]["kernel_path"],
+            "nat-fast: br0 has generic only XDP"
         );
     }
 

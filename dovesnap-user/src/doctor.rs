@@ -29,6 +29,7 @@ use tokio::net::UnixStream;
 use crate::afxdp::{AfXdpError, Xsk, XskConfig};
 use crate::fastpath::TRANSLATOR_PORTS;
 use crate::firewall::NftFirewall;
+use crate::options::NAT_UPLINK;
 use crate::ovsdb::{self, Ovsdb};
 use crate::server::DEFAULT_PLUGIN_SOCKET;
 use crate::xdp::{XdpError, XdpProgram};
@@ -167,6 +168,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     checks.push(check_local_port_range());
     checks.push(check_reserved_ports());
     checks.push(check_default_route());
+    checks.extend(check_nat_fast_uplinks(ovs.as_ref().ok()).await);
     checks.extend(check_ovn(ovs.as_ref().ok(), opts.ovn_nb.as_ref()).await);
     checks
 }
@@ -956,6 +958,79 @@ pub fn check_default_route() -> Check {
     }
 }
 
+/// What nat-fast does on each uplink it would use: those of existing nat-fast networks
+/// (their `ovs.nat.uplink`, recorded on their bridges) and the default route's interface.
+pub async fn check_nat_fast_uplinks(ovs: Option<&Ovsdb>) -> Vec<Check> {
+    let mut uplinks: Vec<String> = Vec::new();
+    if let Some(ovs) = ovs {
+        if let Ok(bridges) = ovs.list_bridges().await {
+            let key = format!("{}{}", crate::driver::EXT_OPTION_PREFIX, NAT_UPLINK);
+            uplinks.extend(
+                bridges
+                    .iter()
+                    .filter_map(|b| b.external_ids.get(&key).cloned()),
+            );
+        }
+    }
+    if let Some(r) = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| default_route(&t))
+    {
+        uplinks.push(r.iface);
+    }
+    uplinks.sort();
+    uplinks.dedup();
+    uplinks
+        .iter()
+        .map(|name| {
+            let features = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.trim().parse::<u32>().map_err(|e| e.to_string()))
+                .and_then(|i| crate::netdev::query(i).map_err(|e| e.to_string()));
+            uplink_finding(name, features)
+        })
+        .collect()
+}
+
+/// The finding for nat-fast uplink `name` with the XDP features the kernel reported.
+pub fn uplink_finding(name: &str, features: Result<crate::netdev::XdpFeatures, String>) -> Check {
+    const NAME: &str = "nat-fast-uplink";
+    match features {
+        Err(e) => Check::warn(
+            NAME,
+            format!("{name}: cannot read its XDP features ({e}): nat-fast endpoints on it stay on the kernel's nat path"),
+            "check that the interface exists; the kernel must be 6.3 or later (netdev netlink family)",
+        ),
+        Ok(f) if !f.native() => Check::warn(
+            NAME,
+            format!(
+                "{name}: {f}: nat-fast endpoints on this uplink use the kernel's nat path (in \
+                 generic mode XDP sees GRO super-packets, which AF_XDP frames cannot hold)"
+            ),
+            format!(
+                "to use the fast path, give nat-fast networks an uplink whose driver runs XDP \
+                 natively (`-o ovs.nat.uplink=IFACE`); a bridge or macvlan never does; or use \
+                 mode=nat for {name}'s networks"
+            ),
+        ),
+        Ok(f) if !f.redirect_target() => Check::warn(
+            NAME,
+            format!(
+                "{name}: {f}: nat-fast translates here, and offloads sessions to XDP toward \
+                 containers only (outbound frames stay on AF_XDP)"
+            ),
+            format!(
+                "for a veth uplink, `ethtool -K PEER gro on` on its peer (or an XDP program \
+                 there) makes {name} a redirect target; a NIC needs a driver with ndo_xdp_xmit"
+            ),
+        ),
+        Ok(f) => Check::ok(
+            NAME,
+            format!("{name}: {f}: nat-fast translates and offloads both ways"),
+        ),
+    }
+}
+
 // ---- helpers with I/O -------------------------------------------------------------
 
 fn read_sysctl(name: &str) -> io::Result<String> {
@@ -1336,6 +1411,24 @@ mod tests {
             Status::Fail
         );
         assert_eq!(datapath_finding(&[], "netdev").status, Status::Fail);
+    }
+
+    #[test]
+    fn uplink_findings_say_what_nat_fast_does() {
+        use crate::netdev::XdpFeatures;
+        let full = uplink_finding("eth0", Ok(XdpFeatures(1 | 2 | 4)));
+        assert_eq!(full.status, Status::Ok);
+        assert!(full.detail.contains("offloads both ways"), "{full:?}");
+        let veth = uplink_finding("veth0", Ok(XdpFeatures(1 | 2)));
+        assert_eq!(veth.status, Status::Warn);
+        assert!(veth.detail.contains("toward containers only"), "{veth:?}");
+        assert!(veth.fix.as_deref().unwrap().contains("gro on"), "{veth:?}");
+        let bridge = uplink_finding("br0", Ok(XdpFeatures(0)));
+        assert_eq!(bridge.status, Status::Warn);
+        assert!(bridge.detail.contains("kernel's nat path"), "{bridge:?}");
+        let gone = uplink_finding("nope0", Err("No such file".into()));
+        assert_eq!(gone.status, Status::Warn);
+        assert!(gone.detail.starts_with("nope0: cannot read"), "{gone:?}");
     }
 
     #[test]

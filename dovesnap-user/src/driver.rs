@@ -361,7 +361,10 @@ impl Driver {
         });
         if let Err(e) = r {
             warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
-            self.if_fastpath(|fp| fp.remove_endpoint(&ep.host_ifname));
+            self.if_fastpath(|fp| {
+                fp.remove_endpoint(&ep.host_ifname);
+                fp.set_kernel_path(&ep.host_ifname, e.to_string());
+            });
         }
     }
 
@@ -1333,6 +1336,13 @@ impl StatusSource for Driver {
                         fast_path: fast_path
                             .as_ref()
                             .is_some_and(|(_, names)| names.contains(&e.host_ifname)),
+                        kernel_path: fast_path
+                            .as_ref()
+                            .and_then(|(s, _)| {
+                                s.kernel_path.iter().find(|(p, _)| *p == e.host_ifname)
+                            })
+                            .map(|(_, why)| why.clone())
+                            .unwrap_or_default(),
                     })
                     .collect();
                 endpoints.sort_by(|a, b| a.id.cmp(&b.id));

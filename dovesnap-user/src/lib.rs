@@ -8,6 +8,7 @@
 //! - [`ovsdb`]: an RFC 7047 JSON-RPC client and the OVS operations built on it.
 //! - [`ovn`]: overlay mode: the OVN northbound database client and chassis settings.
 //! - [`netlink`]: veth pairs and link settings through rtnetlink.
+//! - [`netdev`]: a device's XDP features (native XDP, redirect target) from the kernel.
 //! - [`driver`]: the driver itself: networks, endpoints, recovery.
 //! - [`xdp`]: loading and attaching the embedded eBPF program.
 //! - [`afxdp`]: AF_XDP sockets over one shared UMEM, the translator's packet I/O.
@@ -27,6 +28,7 @@ pub mod fastpath;
 pub mod firewall;
 pub mod metrics;
 pub mod nat;
+pub mod netdev;
 pub mod netlink;
 pub mod nexthop;
 pub mod options;

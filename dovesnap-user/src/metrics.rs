@@ -334,6 +334,7 @@ mod tests {
             }],
             fast_path: Some(FastPathStatus {
                 attached: vec![],
+                kernel_path: vec![],
                 xdp_counters: vec![("endpoint-redirect".into(), 7)],
                 dataplane: DataplaneStatus {
                     uplinks: vec![UplinkStatus {

@@ -1243,8 +1243,6 @@ mod tests {
             xsk_slot: MAX_XSKS - 4,
             xsk_slots: 4,
             addr: be_addr([192, 0, 2, 1]),
-            port_lo: 40000,
-            port_hi: 40999,
             ..Default::default()
         };
         assert!(validate_iface(2, &uplink).is_ok());

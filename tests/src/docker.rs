@@ -72,7 +72,13 @@ pub struct Network {
 impl Network {
     /// `docker network create -d ovs EXTRA... NAME`.
     pub fn create(name: &str, extra: &[&str]) -> Self {
-        let mut args = vec!["network", "create", "-d", "ovs"];
+        Network::create_with_driver(name, "ovs", extra)
+    }
+
+    /// `docker network create -d DRIVER EXTRA... NAME` (e.g. Docker's own `bridge`, as
+    /// the reference users compare with).
+    pub fn create_with_driver(name: &str, driver: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["network", "create", "-d", driver];
         args.extend_from_slice(extra);
         args.push(name);
         let _ = docker(&["network", "rm", name]);

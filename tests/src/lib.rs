@@ -77,6 +77,13 @@ impl Netns {
         full.extend_from_slice(args);
         sh("ip", &full)
     }
+
+    /// The body of `url` fetched from inside the namespace by busybox wget within 5 s
+    /// (trimmed; empty on failure).
+    pub fn wget(&self, url: &str) -> String {
+        let out = self.run("timeout", &["5", "busybox", "wget", "-q", "-O", "-", url]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
 }
 
 impl Drop for Netns {
@@ -170,3 +177,4 @@ pub mod daemon;
 pub mod docker;
 pub mod far;
 pub mod host_services;
+pub mod status;

@@ -17,7 +17,8 @@ use dovesnap_tests::docker::{
     container_tcp, docker, start_plugin, start_plugin_with, udp_ask, Container, Network, UDP_PONG,
 };
 use dovesnap_tests::far::Far;
-use dovesnap_tests::{require_root, run, sh, Netns};
+use dovesnap_tests::status::{counter_in, translator_counter, xdp_counter};
+use dovesnap_tests::{require_root, run, sh};
 
 const HOST_UPLINK_IP: &str = "10.232.110.1";
 const FAR_IP: &str = "10.232.110.2";
@@ -123,34 +124,6 @@ fn blob_md5_in(name: &str, secs: u32, reader: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
-}
-
-fn wget(ns: &Netns, url: &str) -> String {
-    let out = ns.run("timeout", &["5", "busybox", "wget", "-q", "-O", "-", url]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A named counter from a `[[name, value], ...]` list of the status JSON.
-fn counter_in(list: &Value, name: &str) -> u64 {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p[0].as_str() == Some(name))
-        .and_then(|p| p[1].as_u64())
-        .unwrap_or(0)
-}
-
-fn xdp_counter(status: &Value, name: &str) -> u64 {
-    counter_in(&status["fast_path"]["xdp_counters"], name)
-}
-
-fn translator_counter(status: &Value, name: &str) -> u64 {
-    status["fast_path"]["dataplane"]["uplinks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|u| counter_in(&u["counters"], name))
-        .sum()
 }
 
 /// Conntrack entries of the host that mention `needle` (an address).
@@ -446,7 +419,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
 
     // Inbound: published TCP and UDP from the far side.
     let url = format!("http://{HOST_UPLINK_IP}:18180/");
-    assert_eq!(wget(&far.ns, &url), "fast-web", "far -> published TCP");
+    assert_eq!(far.ns.wget(&url), "fast-web", "far -> published TCP");
     let web_pid = web.pid();
     let mut pong = Command::new("nsenter")
         .args(["-t", &web_pid, "-n", "python3", "-c", UDP_PONG, "81"])

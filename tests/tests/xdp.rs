@@ -386,8 +386,6 @@ impl Topology {
             netmask: addr([255, 255, 255, 0]),
             fib_ifindex: self.ep,
             uplink_ifindex: self.up,
-            port_lo: 0,
-            port_hi: 0,
             gateway_mac: self.gateway_mac,
             _pad: [0; 2],
         }
@@ -402,8 +400,6 @@ impl Topology {
             xsk_slot: UPLINK_SLOT,
             xsk_slots: queues,
             addr: addr([10, 202, 2, 1]),
-            port_lo: PORT_LO,
-            port_hi: PORT_HI,
             ..Default::default()
         }
     }
@@ -620,16 +616,26 @@ fn steering_fails_open_without_sockets() {
         assert!(d.uplink_no_session >= 2, "{d:?}");
         assert_eq!(d.uplink_redirect, 0, "{d:?}");
 
-        // A datagram to the translator's port range: steered, no socket, and the
-        // kernel delivers it to whoever listens there.
+        // A port of the translator's range that it has not mapped is another NAT's or
+        // a host socket's: untouched. Once mapped it is steered; with no socket there,
+        // the kernel still delivers it to whoever listens.
         let listener = udp_socket(&topo.r, "10.202.2.1:40000");
         let sender = udp_socket(&topo.f, "10.202.2.2:0");
         let w = Watch::new(&xdp);
         sender.send_to(b"in", "10.202.2.1:40000").expect("send");
+        assert!(receives(&listener, b"in"), "another NAT's reply lost");
+        let d = w.delta("far sends to an unmapped port of the range");
+        assert_eq!(d.uplink_no_session, 1, "{d:?}");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+        let mapped = PortKey::new([10, 202, 2, 1], 40000, PROTO_UDP);
+        maps.set_port(mapped).expect("map 40000/udp");
+        let w = Watch::new(&xdp);
+        sender.send_to(b"in", "10.202.2.1:40000").expect("send");
         assert!(receives(&listener, b"in"), "uplink UDP lost: not fail-open");
-        let d = w.delta("far sends to the port range");
+        let d = w.delta("far sends to a mapped port");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
         assert_eq!(d.xsk_missing, 1, "{d:?}");
+        maps.remove_port(&mapped).expect("unmap 40000/udp");
 
         // A published port outside the range: steered only while it is in PORTS.
         let published = PortKey::new([10, 202, 2, 1], 8080, PROTO_UDP);
@@ -671,20 +677,24 @@ fn steering_fails_open_without_sockets() {
         assert_eq!(d.uplink_redirect, 2, "{d:?}");
 
         // ICMP errors about the translator's packets: an echo request it sent (F has no
-        // route to 10.202.9.0/24) and a datagram from its port range (F port 9 is
+        // route to 10.202.9.0/24) and a datagram from a port it has mapped (F port 9 is
         // closed).
         let w = Watch::new(&xdp);
         assert!(!ping(&topo.r, &["-W", "1", "-e", &id, "10.202.9.9"]));
         let d = w.delta("unreachable about an owned echo request");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
+        let mapped = PortKey::new([10, 202, 2, 1], 40001, PROTO_UDP);
+        maps.set_port(mapped).expect("map 40001/udp");
         let from_range = udp_socket(&topo.r, "10.202.2.1:40001");
         let w = Watch::new(&xdp);
         from_range.send_to(b"x", "10.202.2.2:9").expect("send");
         std::thread::sleep(Duration::from_millis(300));
-        let d = w.delta("port unreachable about the port range");
+        let d = w.delta("port unreachable about a mapped port");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
-        // A datagram from outside the range draws an error that is the host's.
-        let from_host = udp_socket(&topo.r, "10.202.2.1:39999");
+        maps.remove_port(&mapped).expect("unmap 40001/udp");
+        // A datagram from a port the translator has not mapped draws an error that is
+        // the host's.
+        let from_host = udp_socket(&topo.r, "10.202.2.1:40002");
         let w = Watch::new(&xdp);
         from_host.send_to(b"x", "10.202.2.2:9").expect("send");
         std::thread::sleep(Duration::from_millis(300));
@@ -798,6 +808,17 @@ fn steering_decisions_on_crafted_frames() {
             .expect("own an echo identifier");
         maps.set_port(PortKey::new([10, 202, 2, 1], 8443, PROTO_TCP))
             .expect("publish 8443/tcp");
+        // Ports of the translator's range it has mapped to containers (the data plane
+        // adds them as the translator allocates them); the rest of the range is not
+        // its own.
+        for (port, proto) in [
+            (PORT_LO, PROTO_UDP),
+            (PORT_HI, PROTO_TCP),
+            (PORT_LO + 5, PROTO_UDP),
+        ] {
+            maps.set_port(PortKey::new([10, 202, 2, 1], port, proto))
+                .expect("map a translator port");
+        }
 
         let gw = topo.gateway_mac;
         let other_mac = [0x02, 0, 0, 0, 0, 0x77];
@@ -1037,7 +1058,7 @@ fn steering_decisions_on_crafted_frames() {
                 C::UplinkRedirect,
             ),
             (
-                "uplink above range",
+                "uplink range port the translator does not use (another NAT's)",
                 ipv4_frame(
                     other_mac,
                     far,
@@ -1046,7 +1067,23 @@ fn steering_decisions_on_crafted_frames() {
                     64,
                     0,
                     false,
-                    &udp(53, PORT_HI + 1),
+                    &udp(53, PORT_LO + 1),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink mapped port, other protocol",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_TCP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_LO),
                 ),
                 topo.up,
                 0,
@@ -1520,6 +1557,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
             mac: up_mac,
             mtu: 1280,
             external_ip: ext,
+            redirect_target: true,
         };
         offloads
             .add_uplink(&mut maps, 0, up_path)
@@ -1529,6 +1567,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
             mac: c_mac,
             gateway_mac: gw,
             mtu: 1500,
+            redirect_target: true,
         };
         offloads
             .add_endpoint(&mut maps, 0, inside, ep_path)

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
 use crate::nat::{
-    Config, EndpointInfo, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
+    Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
 use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::xdp::DataplaneMaps;
@@ -43,6 +43,9 @@ const WARN_INTERVAL: Duration = Duration::from_secs(5);
 const SPIN_WINDOW: Duration = Duration::from_micros(200);
 /// How often sessions are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the devices offloads redirect to are asked whether they still accept
+/// redirects.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the thread sleeps in poll(2) when nothing is happening (it also bounds how
 /// late a command is seen).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -192,6 +195,10 @@ pub struct UplinkStatus {
     /// Up to [`SESSIONS_SHOWN`] sessions, most recent first.
     pub session_list: Vec<String>,
     pub counters: Vec<(String, u64)>,
+    /// The uplink accepts XDP redirects: offloaded sessions' outbound frames are sent
+    /// by XDP; otherwise they stay on AF_XDP.
+    #[serde(default)]
+    pub redirect_target: bool,
 }
 
 /// Sessions listed per uplink in a status snapshot.
@@ -274,6 +281,8 @@ pub struct Dataplane {
     last_offload_warning: Instant,
     waker: std::sync::Arc<Waker>,
     offloads: Offloads,
+    /// Asks the kernel for devices' XDP features (`None`: it cannot answer).
+    netdev: Option<crate::netdev::Querier>,
 }
 
 impl Dataplane {
@@ -302,6 +311,11 @@ impl Dataplane {
             last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
+            netdev: crate::netdev::Querier::new()
+                .inspect_err(|e| {
+                    warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
+                })
+                .ok(),
         })
     }
 
@@ -310,6 +324,7 @@ impl Dataplane {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut batch: Vec<Rx> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
+        let mut last_recheck = Instant::now();
         let mut last_frame = Instant::now() - SPIN_WINDOW;
         loop {
             loop {
@@ -360,6 +375,10 @@ impl Dataplane {
                 }
                 self.sync_port_events();
                 self.sync_offloads();
+            }
+            if now.duration_since(last_recheck) >= RECHECK_INTERVAL {
+                last_recheck = now;
+                self.recheck_redirect_targets();
             }
             if n > 0 {
                 last_frame = now;
@@ -426,6 +445,10 @@ impl Dataplane {
                 },
             }
         };
+        // A port the translator just mapped must be in PORTS before the frame leaves:
+        // the reply can arrive (in softirq) before this thread runs again, and one the
+        // uplink does not steer is the kernel's.
+        self.sync_port_events();
         match verdict {
             Verdict::Endpoint { port } => {
                 self.counters.to_endpoint += 1;
@@ -493,11 +516,48 @@ impl Dataplane {
             self.offloads.stale_next_hops(remotes, current)
         };
         self.offloads.nexthop_invalidations += stale.len() as u64;
-        for (idx, o) in stale {
-            self.offloads.remove(&mut self.maps, idx, &o);
+        for (idx, o) in &stale {
+            self.offloads.remove(&mut self.maps, *idx, o);
+        }
+        self.give_back(stale);
+    }
+
+    /// Hands sessions whose flow entries were removed back to their translators.
+    fn give_back(&mut self, sessions: Vec<(usize, Offloaded)>) {
+        for (idx, o) in sessions {
             if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
                 up.translator.unoffload(&o);
             }
+        }
+    }
+
+    /// Whether XDP redirects to `ifindex` are delivered now; `false` when the kernel
+    /// cannot say (no redirect is then risked).
+    fn redirect_target(&self, ifindex: u32) -> bool {
+        self.netdev
+            .as_ref()
+            .and_then(|q| q.get(ifindex).ok())
+            .is_some_and(|f| f.redirect_target())
+    }
+
+    /// Asks the kernel again whether each device offloads redirect to still accepts
+    /// them (a veth peer's GRO can be turned off at any time): flows toward one that
+    /// stopped leave XDP at once, and new sessions use one that started.
+    fn recheck_redirect_targets(&mut self) {
+        for (ifindex, was) in self.offloads.redirect_targets() {
+            let now = self.redirect_target(ifindex);
+            if now == was {
+                continue;
+            }
+            info!(
+                ifindex,
+                redirect_target = now,
+                "a nat-fast device changed whether it accepts XDP redirects"
+            );
+            let stale = self
+                .offloads
+                .set_redirect_target(&mut self.maps, ifindex, now);
+            self.give_back(stale);
         }
     }
 
@@ -700,7 +760,16 @@ impl Dataplane {
             mac: config.uplink_mac,
             mtu: offload::mtu_of(&name),
             external_ip,
+            redirect_target: self.redirect_target(ifindex),
         };
+        if !path.redirect_target {
+            warn!(
+                uplink = %name,
+                "the uplink does not accept XDP redirects (a veth whose peer has GRO off, \
+                 or a driver without ndo_xdp_xmit): offloaded sessions send their outbound \
+                 frames through AF_XDP"
+            );
+        }
         if let Err(e) = self.offloads.add_uplink(&mut self.maps, idx, path) {
             warn!(uplink = %name, "no XDP offload through this uplink: {e}");
         }
@@ -815,6 +884,7 @@ impl Dataplane {
                 mac: spec.mac,
                 gateway_mac: spec.gateway_mac,
                 mtu: offload::mtu_of(&host_ifname),
+                redirect_target: self.redirect_target(spec.ifindex),
             };
             if let Err(e) = self
                 .offloads
@@ -877,6 +947,7 @@ impl Dataplane {
                         .map(|s| session_line(&s, up.external_ip, now))
                         .collect(),
                     counters: translator_counters(up.translator.stats()),
+                    redirect_target: self.offloads.uplink_redirect_target(*idx),
                 })
             })
             .collect();
@@ -890,6 +961,12 @@ impl Dataplane {
                 (
                     "offload_nexthop_invalidations",
                     self.offloads.nexthop_invalidations,
+                ),
+                ("offload_one_way", self.offloads.one_way),
+                ("offload_declined", self.offloads.declined),
+                (
+                    "offload_target_invalidations",
+                    self.offloads.target_invalidations,
                 ),
             ]
             .into_iter()

@@ -91,6 +91,19 @@ pub enum FastPathError {
     Stopped,
     #[error("nat-fast: all {XSK_SLOTS} AF_XDP socket slots are in use")]
     NoSlot,
+    #[error(
+        "nat-fast: {ifname} has {features}: XDP would run in generic mode there, after GRO, \
+         on super-packets larger than any AF_XDP frame, so this endpoint stays on the \
+         kernel's nat path (as fast as mode=nat). A Linux bridge, a macvlan or a NIC driver \
+         without XDP is such an interface; name one with native XDP in ovs.nat.uplink, or \
+         use mode=nat"
+    )]
+    GenericXdp {
+        ifname: String,
+        features: crate::netdev::XdpFeatures,
+    },
+    #[error("nat-fast: cannot ask the kernel for {ifname}'s XDP features: {cause}")]
+    Features { ifname: String, cause: String },
 }
 
 /// An uplink: the interface the translator sends from and receives on.
@@ -125,6 +138,8 @@ pub struct EndpointSpec {
 pub struct FastPathStatus {
     /// Interfaces with the XDP program, and how it is attached.
     pub attached: Vec<(String, String)>,
+    /// nat-fast endpoints (veth host ends) on the kernel's nat path, and why.
+    pub kernel_path: Vec<(String, String)>,
     /// XDP counters by name (all CPUs).
     pub xdp_counters: Vec<(String, u64)>,
     pub dataplane: DataplaneStatus,
@@ -145,6 +160,8 @@ pub struct FastPath {
     uplinks: HashMap<String, UplinkState>,
     /// host ifname -> (ifindex, first slot, slots, uplink name)
     endpoints: HashMap<String, (u32, u32, u32, String)>,
+    /// Endpoints that could not go on the fast path: host ifname -> why.
+    kernel_path: HashMap<String, String>,
     slots: Vec<bool>,
 }
 
@@ -189,6 +206,7 @@ impl FastPath {
             thread: Some(thread),
             uplinks: HashMap::new(),
             endpoints: HashMap::new(),
+            kernel_path: HashMap::new(),
             slots: vec![false; XSK_SLOTS as usize],
         })
     }
@@ -266,8 +284,6 @@ impl FastPath {
             netmask: 0,
             fib_ifindex: 0,
             uplink_ifindex: spec.ifindex,
-            port_lo: *TRANSLATOR_PORTS.start(),
-            port_hi: *TRANSLATOR_PORTS.end(),
             gateway_mac: [0; 6],
             _pad: [0; 2],
         };
@@ -321,6 +337,10 @@ impl FastPath {
         if self.endpoints.contains_key(&ep.host_ifname) {
             self.remove_endpoint(&ep.host_ifname);
         }
+        // The program must run natively on both interfaces: in generic mode it sees
+        // GRO/GSO super-packets, and steering those to AF_XDP would lose them.
+        require_native_xdp(&uplink.name, uplink.ifindex)?;
+        require_native_xdp(&ep.host_ifname, ep.host_ifindex)?;
         self.acquire_uplink(uplink)?;
         // A socket per rx queue: a frame steered on a queue without one would take the
         // kernel path, and a connection would start on one path and go on on the other.
@@ -368,8 +388,6 @@ impl FastPath {
             netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
             fib_ifindex: ep.bridge_ifindex,
             uplink_ifindex: uplink.ifindex,
-            port_lo: 0,
-            port_hi: 0,
             gateway_mac: ep.gateway_mac,
             _pad: [0; 2],
         };
@@ -389,8 +407,15 @@ impl FastPath {
         Ok(())
     }
 
+    /// Records why an endpoint stays on the kernel's nat path (shown by `dovesnap
+    /// status` until the endpoint is removed or goes on the fast path).
+    pub fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
+        self.kernel_path.insert(host_ifname.to_string(), why);
+    }
+
     /// Takes an endpoint off the fast path (Leave, DeleteEndpoint). Idempotent.
     pub fn remove_endpoint(&mut self, host_ifname: &str) {
+        self.kernel_path.remove(host_ifname);
         let Some((ifindex, slot, queues, uplink)) = self.endpoints.remove(host_ifname) else {
             return;
         };
@@ -477,8 +502,15 @@ impl FastPath {
         let dataplane = self
             .call(|reply| Command::Status { reply })
             .unwrap_or_default();
+        let mut kernel_path: Vec<(String, String)> = self
+            .kernel_path
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        kernel_path.sort();
         FastPathStatus {
             attached,
+            kernel_path,
             xdp_counters,
             dataplane,
         }
@@ -508,6 +540,22 @@ impl Drop for FastPath {
         if self.thread.is_some() {
             self.stop_inner();
         }
+    }
+}
+
+/// Refuses an interface whose driver cannot run XDP itself.
+fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
+    let features = crate::netdev::query(ifindex).map_err(|e| FastPathError::Features {
+        ifname: ifname.to_string(),
+        cause: e.to_string(),
+    })?;
+    if features.native() {
+        Ok(())
+    } else {
+        Err(FastPathError::GenericXdp {
+            ifname: ifname.to_string(),
+            features,
+        })
     }
 }
 

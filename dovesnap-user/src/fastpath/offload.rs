@@ -31,6 +31,8 @@ pub struct UplinkPath {
     pub mtu: u16,
     /// The translated-to address.
     pub external_ip: Ipv4Addr,
+    /// Frames redirected to it by XDP are sent ([`crate::netdev::XdpFeatures`]).
+    pub redirect_target: bool,
 }
 
 /// Where an endpoint's offloaded frames are delivered.
@@ -44,6 +46,8 @@ pub struct EndpointPath {
     pub gateway_mac: [u8; 6],
     /// Largest IPv4 packet delivered (the veth's MTU).
     pub mtu: u16,
+    /// Frames redirected to the veth by XDP reach the container (its peer has GRO on).
+    pub redirect_target: bool,
 }
 
 /// The two flow entries of an offloaded session: `[outbound, inbound]`, each keyed as
@@ -110,18 +114,24 @@ pub fn flow_entries(
     [out, inb]
 }
 
-/// One installed session.
+/// One installed session: `[outbound, inbound]`, either left out where its output
+/// device does not accept XDP redirects (those frames stay on AF_XDP).
 #[derive(Clone, Copy, Debug)]
 struct Installed {
-    keys: [FlowKey; 2],
+    keys: [Option<FlowKey>; 2],
+    /// The devices the entries redirect to.
+    out_ifindex: [u32; 2],
     next_hop_mac: [u8; 6],
 }
 
 impl Installed {
-    /// Both entries as the kernel holds them now (zeroes for one that is gone).
+    /// Both entries as the kernel holds them now (zeroes for one that is gone or was
+    /// never installed).
     fn read(&self, maps: &DataplaneMaps) -> [FlowAction; 2] {
-        self.keys
-            .map(|k| maps.flow(&k).ok().flatten().unwrap_or_default())
+        self.keys.map(|k| {
+            k.and_then(|k| maps.flow(&k).ok().flatten())
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -158,6 +168,13 @@ pub struct Offloads {
     pub failures: u64,
     /// Sessions taken off XDP because their next hop changed.
     pub nexthop_invalidations: u64,
+    /// Sessions offloaded in one direction only: the other one's output device does not
+    /// accept XDP redirects.
+    pub one_way: u64,
+    /// Sessions kept whole on AF_XDP: neither device accepts XDP redirects.
+    pub declined: u64,
+    /// Sessions taken off XDP because a device stopped accepting redirects.
+    pub target_invalidations: u64,
 }
 
 impl Offloads {
@@ -175,7 +192,7 @@ impl Offloads {
 
     /// Removes an uplink's flows, then the uplink from the redirect targets.
     pub fn remove_uplink(&mut self, maps: &mut DataplaneMaps, idx: usize) {
-        self.remove_where(maps, |u, _| u == idx);
+        self.remove_where(maps, |u, _, _| u == idx);
         if let Some(up) = self.uplinks.remove(&idx) {
             let _ = maps.remove_dev(up.ifindex);
         }
@@ -198,7 +215,7 @@ impl Offloads {
     /// Removes the endpoint's flows (normally gone already with its sessions) and its
     /// device.
     pub fn remove_endpoint(&mut self, maps: &mut DataplaneMaps, idx: usize, ip: Ipv4Addr) {
-        self.remove_where(maps, |u, o| u == idx && *o.inside.ip() == ip);
+        self.remove_where(maps, |u, o, _| u == idx && *o.inside.ip() == ip);
         if let Some(ep) = self.endpoints.remove(&(idx, ip)) {
             let _ = maps.remove_dev(ep.ifindex);
         }
@@ -219,25 +236,96 @@ impl Offloads {
             .endpoints
             .get(&(idx, *o.inside.ip()))
             .ok_or("endpoint does not offload")?;
+        // A redirect to a device that does not accept it is dropped without a trace:
+        // only directions whose output takes redirects go to XDP.
+        let wanted = [up.redirect_target, ep.redirect_target];
+        if wanted == [false, false] {
+            self.declined += 1;
+            return Err(String::new());
+        }
         let entries = flow_entries(o, up, next_hop_mac, ep);
+        let mut keys = [None; 2];
         for (i, (k, a)) in entries.iter().enumerate() {
+            if !wanted[i] {
+                continue;
+            }
             if let Err(e) = maps.set_flow(k, a) {
-                if i == 1 {
-                    let _ = maps.remove_flow(&entries[0].0);
+                for k in keys.iter().flatten() {
+                    let _ = maps.remove_flow(k);
                 }
                 self.failures += 1;
                 return Err(e.to_string());
             }
+            keys[i] = Some(*k);
         }
         self.installs += 1;
+        if wanted != [true, true] {
+            self.one_way += 1;
+        }
         self.installed.insert(
             (idx, *o),
             Installed {
-                keys: [entries[0].0, entries[1].0],
+                keys,
+                out_ifindex: [entries[0].1.out_ifindex, entries[1].1.out_ifindex],
                 next_hop_mac,
             },
         );
         Ok(())
+    }
+
+    /// Records whether `ifindex` (an uplink or an endpoint's veth) accepts XDP
+    /// redirects now. When it stopped, the sessions redirected to it leave XDP and are
+    /// returned, for the caller to hand back to their translators (the next packet
+    /// offloads them again in the direction that still works).
+    pub fn set_redirect_target(
+        &mut self,
+        maps: &mut DataplaneMaps,
+        ifindex: u32,
+        target: bool,
+    ) -> Vec<(usize, Offloaded)> {
+        let paths = self
+            .uplinks
+            .values_mut()
+            .filter(|u| u.ifindex == ifindex)
+            .map(|u| &mut u.redirect_target)
+            .chain(
+                self.endpoints
+                    .values_mut()
+                    .filter(|e| e.ifindex == ifindex)
+                    .map(|e| &mut e.redirect_target),
+            );
+        for t in paths {
+            *t = target;
+        }
+        if target {
+            return Vec::new();
+        }
+        let stale = self.remove_where(maps, |_, _, inst| {
+            inst.keys
+                .iter()
+                .zip(inst.out_ifindex)
+                .any(|(k, out)| k.is_some() && out == ifindex)
+        });
+        self.target_invalidations += stale.len() as u64;
+        stale
+    }
+
+    /// The devices offloads may redirect to, with what was last recorded of them.
+    pub fn redirect_targets(&self) -> Vec<(u32, bool)> {
+        self.uplinks
+            .values()
+            .map(|u| (u.ifindex, u.redirect_target))
+            .chain(
+                self.endpoints
+                    .values()
+                    .map(|e| (e.ifindex, e.redirect_target)),
+            )
+            .collect()
+    }
+
+    /// Whether uplink `idx` accepts XDP redirects (as last recorded).
+    pub fn uplink_redirect_target(&self, idx: usize) -> bool {
+        self.uplinks.get(&idx).is_some_and(|u| u.redirect_target)
     }
 
     /// Removes a session's entries (the translator took it back). Absent is fine.
@@ -253,24 +341,24 @@ impl Offloads {
             .entry((idx, *o.inside.ip()))
             .or_default()
             .add(&out, &inb);
-        for k in &inst.keys {
+        for k in inst.keys.iter().flatten() {
             let _ = maps.remove_flow(k);
         }
         self.removals += 1;
     }
 
-    /// Removes every session `pred(uplink, session)` selects; returns them, so the
-    /// caller can hand them back to their translators.
-    pub fn remove_where(
+    /// Removes every session `pred(uplink, session, entries)` selects; returns them,
+    /// so the caller can hand them back to their translators.
+    fn remove_where(
         &mut self,
         maps: &mut DataplaneMaps,
-        mut pred: impl FnMut(usize, &Offloaded) -> bool,
+        mut pred: impl FnMut(usize, &Offloaded, &Installed) -> bool,
     ) -> Vec<(usize, Offloaded)> {
         let chosen: Vec<(usize, Offloaded)> = self
             .installed
-            .keys()
-            .filter(|(u, o)| pred(*u, o))
-            .copied()
+            .iter()
+            .filter(|((u, o), inst)| pred(*u, o, inst))
+            .map(|(k, _)| *k)
             .collect();
         for (u, o) in &chosen {
             self.remove(maps, *u, o);
@@ -314,6 +402,7 @@ impl Offloads {
         let newest = inst
             .keys
             .iter()
+            .flatten()
             .filter_map(|k| maps.flow(k).ok().flatten())
             .map(|a| a.last_seen)
             .max()
@@ -380,12 +469,14 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external_ip: Ipv4Addr::new(192, 0, 2, 1),
+            redirect_target: true,
         };
         let ep = EndpointPath {
             ifindex: 9,
             mac: [2, 0, 0, 0, 1, 2],
             gateway_mac: [2, 0, 0, 0, 1, 1],
             mtu: 1400,
+            redirect_target: true,
         };
         let nh = [2, 0, 0, 0, 0, 0xfe];
         let [(ok, oa), (ik, ia)] = flow_entries(&o, &up, nh, &ep);

@@ -16,7 +16,7 @@
 //!   leaving the translator always carry complete ones.
 //! - Time is [`std::time::Instant`], passed in by the caller.
 //! - Per packet, nothing allocates except a new session's hash-map inserts (the maps are
-//!   sized for [`Config::max_sessions`] up front) and an ICMP [`PortEvent`] push beyond
+//!   sized for [`Config::max_sessions`] up front) and a [`PortEvent`] push beyond
 //!   the event queue's initial capacity (drain it regularly).
 //! - Published ports may lie outside [`Config::ports`]; the steering must then send them
 //!   to the translator too. A published port inside the range is withheld from dynamic use.
@@ -216,8 +216,10 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// A change the XDP steering needs to know about: ICMP echo identifiers whose replies
-/// must be steered to the translator. (TCP/UDP are steered by range and emit nothing.)
+/// A change the XDP steering needs to know about: an external TCP/UDP port or ICMP echo
+/// identifier the translator started or stopped using. The uplink steers exactly these
+/// (and published ports) to the translator, so another NAT or socket of the host that
+/// uses a port of the same range keeps its replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortEvent {
     Opened { protocol: Protocol, port: u16 },

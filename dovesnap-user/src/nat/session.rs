@@ -599,9 +599,7 @@ impl SessionTable {
             };
         }
         self.mappings.insert((protocol, inside), port);
-        if protocol == Protocol::Icmp {
-            self.events.push_back(PortEvent::Opened { protocol, port });
-        }
+        self.events.push_back(PortEvent::Opened { protocol, port });
         Ok(port)
     }
 
@@ -623,9 +621,7 @@ impl SessionTable {
                 *slot = PortSlot::Free;
                 pool.free.push_back(port);
                 self.mappings.remove(&key);
-                if protocol == Protocol::Icmp {
-                    self.events.push_back(PortEvent::Closed { protocol, port });
-                }
+                self.events.push_back(PortEvent::Closed { protocol, port });
             }
         }
     }

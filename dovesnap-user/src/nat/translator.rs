@@ -1445,10 +1445,23 @@ mod tests {
                 port: id
             }]
         );
-        // TCP and UDP mappings emit nothing.
-        go_out(&mut t, now, out_udp(C1, 1, R, 2));
-        go_out(&mut t, now, out_tcp(C1, 1, R, 2, SYN));
-        assert_eq!(t.drain_port_events().count(), 0);
+        // TCP and UDP mappings are announced too: the uplink steers only live ports.
+        let u = go_out(&mut t, now, out_udp(C1, 1, R, 2));
+        let c = go_out(&mut t, now, out_tcp(C1, 1, R, 2, SYN));
+        let ev: Vec<PortEvent> = t.drain_port_events().collect();
+        assert_eq!(
+            ev,
+            vec![
+                PortEvent::Opened {
+                    protocol: Protocol::Udp,
+                    port: u.sport
+                },
+                PortEvent::Opened {
+                    protocol: Protocol::Tcp,
+                    port: c.sport
+                }
+            ]
+        );
     }
 
     /// The original packet C1 sent, translated, as the remote side sees it; and the ICMP

@@ -1,0 +1,34 @@
+//! Readers of `dovesnap status --json` (the `Daemon::status` value) shared by the
+//! nat-fast tests.
+
+use serde_json::Value;
+
+/// A named counter from a `[[name, value], ...]` list of the status JSON (0 if absent).
+pub fn counter_in(list: &Value, name: &str) -> u64 {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p[0].as_str() == Some(name))
+        .and_then(|p| p[1].as_u64())
+        .unwrap_or(0)
+}
+
+/// An XDP decision counter (all CPUs).
+pub fn xdp_counter(status: &Value, name: &str) -> u64 {
+    counter_in(&status["fast_path"]["xdp_counters"], name)
+}
+
+/// A data-plane counter (AF_XDP, offload, next hops).
+pub fn dataplane_counter(status: &Value, name: &str) -> u64 {
+    counter_in(&status["fast_path"]["dataplane"]["counters"], name)
+}
+
+/// A translator counter summed over every uplink.
+pub fn translator_counter(status: &Value, name: &str) -> u64 {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| counter_in(&u["counters"], name))
+        .sum()
+}

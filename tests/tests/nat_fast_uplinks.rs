@@ -1,0 +1,617 @@
+//! nat-fast never loses traffic, whatever the uplink is: a plain veth, a veth whose
+//! far end has GRO on, a Linux bridge holding the address and a macvlan.
+//!
+//! The far side keeps the kernel's defaults (no ethtool on its end unless the kind
+//! says so: GRO off, TX checksum offload on), unlike docker_nat_fast.rs whose far end
+//! stands in for a well-behaved NIC. On each uplink two nat-fast networks, one that
+//! offloads established sessions to XDP (the default) and one with
+//! `ovs.nat.offload=false`, each with one container that carries a 20 MiB download,
+//! a 20 MiB upload (SHA-256 compared at both ends), a ping and a published port. Then
+//! the status says which path each endpoint took: the fast path on the veths (with
+//! offload one way only when the uplink takes no XDP redirects), the kernel's nat path
+//! (with the reason, generic XDP) on the bridge and the macvlan, where conntrack shows
+//! that netfilter carried the traffic.
+//!
+//! Beside them: other NATs on the same uplink (an ovs nat network and Docker's own
+//! bridge) whose flows leave from ports of the translator's range keep their replies.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use dovesnap_tests::docker::{start_plugin, Container, Network};
+use dovesnap_tests::far::Far;
+use dovesnap_tests::status::{dataplane_counter, xdp_counter};
+use dovesnap_tests::{require_root, run, sh};
+
+const BLOB_BYTES: usize = 20 << 20;
+/// Port of the far side's HTTP server of the blob.
+const BLOB_PORT: u16 = 8000;
+/// Ports of the far side's upload receivers: the offload network's, the other's.
+const UPLOAD_PORTS: [u16; 2] = [9001, 9002];
+
+/// `python3 -c RECEIVER IP PORT N OUT`: takes one connection, reads exactly N bytes
+/// (busybox nc does not half-close, so no waiting for EOF), closes, then writes the hex
+/// SHA-256 of what came (or how much was missing) to OUT.
+const RECEIVER: &str = r#"
+import hashlib, os, socket, sys
+ip, port, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port)); s.listen(1)
+c, _ = s.accept(); c.settimeout(30)
+h, left = hashlib.sha256(), n
+try:
+    while left:
+        d = c.recv(min(left, 1 << 20))
+        if not d:
+            break
+        h.update(d); left -= len(d)
+except OSError:
+    pass
+c.close()
+with open(out + ".tmp", "w") as f:
+    f.write(h.hexdigest() if left == 0 else "short by %d bytes" % left)
+os.rename(out + ".tmp", out)
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The veth's host end holds the address; the far end has kernel defaults.
+    Veth,
+    /// The same with GRO on at the far end (NAPI, so the uplink takes XDP redirects).
+    VethGro,
+    /// A Linux bridge holds the address, the veth is its port.
+    Bridge,
+    /// A macvlan (mode bridge) on the veth holds the address.
+    Macvlan,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Veth, Kind::VethGro, Kind::Bridge, Kind::Macvlan];
+
+    /// Whether nat-fast keeps the endpoints on the fast path over this uplink.
+    fn fast(self) -> bool {
+        matches!(self, Kind::Veth | Kind::VethGro)
+    }
+}
+
+/// A link made in the host namespace (bridge, macvlan), deleted on drop.
+struct LinkDev {
+    name: String,
+}
+
+impl LinkDev {
+    /// `ip link add NAME ARGS...`, after removing a leftover of that name.
+    fn new(name: &str, args: &[&str]) -> Self {
+        let _ = run("ip", &["link", "del", name]);
+        let mut full = vec!["link", "add", name];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+        LinkDev { name: name.into() }
+    }
+}
+
+impl Drop for LinkDev {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.name]);
+    }
+}
+
+/// A folder of the test's own (the blob, the upload results), removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("dovesnap-uplinks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www")).expect("scratch folder");
+        let blob = dir.join("www/blob");
+        sh(
+            "sh",
+            &[
+                "-c",
+                &format!("head -c {BLOB_BYTES} /dev/urandom > {}", blob.display()),
+            ],
+        );
+        Scratch { dir }
+    }
+
+    fn www(&self) -> PathBuf {
+        self.dir.join("www")
+    }
+
+    fn blob_sha(&self) -> String {
+        first_word(&sh(
+            "sha256sum",
+            &[self.www().join("blob").to_str().unwrap()],
+        ))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The far side of one kind of uplink: `Far` (namespace, veth, who-am-I server) with
+/// the address moved to a bridge or macvlan where the kind says so, an HTTP server of
+/// the blob and the two upload receivers.
+struct Uplink {
+    // Dropped first: the bridge or macvlan goes before the veth under it.
+    _dev: Option<LinkDev>,
+    far: Far,
+    /// What `ovs.nat.uplink` names.
+    name: String,
+    /// Where the receivers write the SHA-256 of what they got, per upload port.
+    results: [PathBuf; 2],
+}
+
+impl Uplink {
+    fn new(kind: Kind, idx: usize, scratch: &Scratch) -> Self {
+        let mut far = Far::new("dsu", &format!("10.232.{}", 130 + idx));
+        let host = far.uplink.host.clone();
+        let host_cidr = format!("{}/24", far.host_ip);
+        let dev = match kind {
+            Kind::Veth => {
+                // The premise: kernel defaults at the far end.
+                let k = far.ns.sh("ethtool", &["-k", &far.uplink.peer]);
+                assert!(
+                    k.contains("generic-receive-offload: off") && k.contains("tx-checksumming: on"),
+                    "the far veth end does not have the defaults this test is about: {k}"
+                );
+                None
+            }
+            Kind::VethGro => {
+                far.ns.sh("ethtool", &["-K", &far.uplink.peer, "gro", "on"]);
+                None
+            }
+            Kind::Bridge => {
+                sh("ip", &["addr", "flush", "dev", &host]);
+                let br = LinkDev::new("dsubr0", &["type", "bridge"]);
+                sh("ip", &["link", "set", &host, "master", &br.name]);
+                Some(br)
+            }
+            Kind::Macvlan => {
+                sh("ip", &["addr", "flush", "dev", &host]);
+                Some(LinkDev::new(
+                    "dsumv0",
+                    &["link", &host, "type", "macvlan", "mode", "bridge"],
+                ))
+            }
+        };
+        if let Some(d) = &dev {
+            sh("ip", &["addr", "add", &host_cidr, "dev", &d.name]);
+            sh("ip", &["link", "set", &d.name, "up"]);
+        }
+        let name = dev.as_ref().map_or(host, |d| d.name.clone());
+        far.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &BLOB_PORT.to_string(),
+            "-h",
+            scratch.www().to_str().expect("utf-8 path"),
+        ]);
+        let results = UPLOAD_PORTS.map(|p| scratch.dir.join(format!("up-{idx}-{p}")));
+        let far_ip = far.far_ip.clone();
+        for (port, out) in UPLOAD_PORTS.iter().zip(&results) {
+            far.spawn(&[
+                "python3",
+                "-c",
+                RECEIVER,
+                &far_ip,
+                &port.to_string(),
+                &BLOB_BYTES.to_string(),
+                out.to_str().expect("utf-8 path"),
+            ]);
+        }
+        Uplink {
+            _dev: dev,
+            far,
+            name,
+            results,
+        }
+    }
+}
+
+fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The SHA-256 of the far side's blob as container `c` downloads it.
+fn download_sha(c: &Container, far_ip: &str) -> (String, Output) {
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!("timeout 30 wget -q -O - http://{far_ip}:{BLOB_PORT}/blob | sha256sum"),
+    ]);
+    (first_word(&String::from_utf8_lossy(&out.stdout)), out)
+}
+
+/// Uploads 20 MiB of fresh random data from `c` to the receiver on `port`; returns the
+/// SHA-256 the container computed and the one the receiver wrote to `result`.
+fn upload(c: &Container, far_ip: &str, port: u16, result: &Path) -> (String, String, Output) {
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "head -c {BLOB_BYTES} /dev/urandom > /tmp/up && sha256sum /tmp/up && \
+             timeout 30 nc {far_ip} {port} < /tmp/up; rm -f /tmp/up"
+        ),
+    ]);
+    let sent = first_word(&String::from_utf8_lossy(&out.stdout));
+    let start = Instant::now();
+    let got = loop {
+        if let Ok(s) = std::fs::read_to_string(result) {
+            break s.trim().to_string();
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            break "no result from the receiver".to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (sent, got, out)
+}
+
+/// `networks[].endpoints[]` of the container with address `ip` on network `net_id`.
+fn endpoint(status: &Value, net_id: &str, ip: &str) -> Value {
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["id"].as_str() == Some(net_id))
+        .flat_map(|n| n["endpoints"].as_array().into_iter().flatten())
+        .find(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{ip}/")))
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// `fast_path.dataplane.endpoints[]` (the translator's counters) of address `ip`.
+fn translator_endpoint(status: &Value, ip: &str) -> Value {
+    status["fast_path"]["dataplane"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["ip"].as_str() == Some(ip))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// `fast_path.dataplane.uplinks[]` named `name`.
+fn uplink_status(status: &Value, name: &str) -> Value {
+    status["fast_path"]["dataplane"]["uplinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["name"].as_str() == Some(name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Conntrack entries of the host that mention every one of `needles`.
+fn conntrack_entries(needles: &[&str]) -> Vec<String> {
+    let out = run("conntrack", &["-L"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Download, upload, ping and published port of one container; returns its address.
+fn traffic(
+    what: &str,
+    up: &Uplink,
+    scratch: &Scratch,
+    net: &Network,
+    c: &Container,
+    slot: usize,
+    host_port: u16,
+) -> String {
+    let far = &up.far;
+    let c_ip = c.ip(net);
+    let (got, out) = download_sha(c, &far.far_ip);
+    assert_eq!(
+        got,
+        scratch.blob_sha(),
+        "{what}: 20 MiB download lost or corrupted: {}",
+        output_text(&out)
+    );
+    let (sent, received, out) = upload(c, &far.far_ip, UPLOAD_PORTS[slot], &up.results[slot]);
+    assert_eq!(sent.len(), 64, "{what}: no upload: {}", output_text(&out));
+    assert_eq!(
+        received,
+        sent,
+        "{what}: 20 MiB upload lost or corrupted: {}",
+        output_text(&out)
+    );
+    let out = c.exec(&["ping", "-c", "2", "-W", "2", &far.far_ip]);
+    assert!(
+        out.status.success(),
+        "{what}: no ping to {}: {}",
+        far.far_ip,
+        output_text(&out)
+    );
+    let url = format!("http://{}:{host_port}/", far.host_ip);
+    assert_eq!(far.ns.wget(&url), what, "{what}: published port {url}");
+    c_ip
+}
+
+fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scratch: &Scratch) {
+    let started = Instant::now();
+    let up = Uplink::new(kind, idx, scratch);
+    let uplink_opt = format!("ovs.nat.uplink={}", up.name);
+    let mut nets = Vec::new();
+    let mut containers = Vec::new();
+    for (slot, extra) in [&[][..], &["-o", "ovs.nat.offload=false"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("dsup-{idx}-{}", ["on", "off"][slot]);
+        let subnet = format!("10.232.{}.0/24", 50 + 2 * idx + slot);
+        let mut args = vec![
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &uplink_opt,
+            "--subnet",
+            &subnet,
+        ];
+        args.extend_from_slice(extra);
+        let net = Network::create(&what, &args);
+        let publish = format!("{}:80", 18230 + 2 * idx + slot);
+        let script = format!("echo {what} > /www/index.html && exec httpd -f -p 80 -h /www");
+        let c = Container::run(&what, &net, &["-p", &publish], &["sh", "-c", &script]);
+        nets.push(net);
+        containers.push(c);
+    }
+    let _ = run("conntrack", &["-F"]);
+    let s0 = plugin.status();
+    let mut ips = Vec::new();
+    let mut statuses = Vec::new();
+    for slot in 0..2 {
+        let what = format!("dsup-{idx}-{}", ["on", "off"][slot]);
+        let host_port = 18230 + 2 * idx as u16 + slot as u16;
+        ips.push(traffic(
+            &what,
+            &up,
+            scratch,
+            &nets[slot],
+            &containers[slot],
+            slot,
+            host_port,
+        ));
+        statuses.push(plugin.status());
+    }
+    // s1: after the offload network's transfers, s2: after the other's.
+    let (s1, s2) = (&statuses[0], &statuses[1]);
+    for slot in 0..2 {
+        let (net, ip) = (&nets[slot], ips[slot].as_str());
+        let ep = endpoint(s2, &net.id(), ip);
+        assert!(
+            ep.is_object(),
+            "{kind:?}: no endpoint {ip} in the status: {s2:#}"
+        );
+        let reason = ep["kernel_path"].as_str().unwrap_or_default();
+        if kind.fast() {
+            assert_eq!(
+                ep["fast_path"], true,
+                "{kind:?}: endpoint {ip} not on the fast path: {s2:#}"
+            );
+            assert!(
+                reason.is_empty(),
+                "{kind:?}: endpoint {ip} on the fast path with a kernel_path reason: {s2:#}"
+            );
+            let t = translator_endpoint(s2, ip);
+            assert!(
+                t["out_frames"].as_u64().unwrap_or(0) > 0,
+                "{kind:?}: the translator carried nothing for {ip}: {s2:#}"
+            );
+            let left = conntrack_entries(&[ip]);
+            assert!(
+                left.is_empty(),
+                "{kind:?}: netfilter tracked fast-path traffic of {ip}: {left:#?}\n{s2:#}"
+            );
+        } else {
+            assert_ne!(
+                ep["fast_path"], true,
+                "{kind:?}: endpoint {ip} on the fast path over a generic-XDP uplink: {s2:#}"
+            );
+            assert!(
+                reason.to_ascii_lowercase().contains("generic"),
+                "{kind:?}: endpoint {ip}'s kernel_path does not name generic XDP \
+                 ({reason:?}): {s2:#}"
+            );
+            let seen = conntrack_entries(&[ip, &up.far.far_ip]);
+            assert!(
+                !seen.is_empty(),
+                "{kind:?}: no conntrack entry for {ip} -> {}: the kernel path did not \
+                 carry it: {s2:#}",
+                up.far.far_ip
+            );
+        }
+    }
+    if kind.fast() {
+        let u = uplink_status(s2, &up.name);
+        let redirect = kind == Kind::VethGro;
+        assert_eq!(
+            u["redirect_target"].as_bool(),
+            Some(redirect),
+            "{kind:?}: uplink {} redirect_target: {s2:#}",
+            up.name
+        );
+        // Nothing is offloaded where offload is off.
+        let off = &translator_endpoint(s2, &ips[1])["offload"];
+        assert_eq!(
+            off["out_frames"].as_u64().unwrap_or(0) + off["in_frames"].as_u64().unwrap_or(0),
+            0,
+            "{kind:?}: ovs.nat.offload=false offloaded: {s2:#}"
+        );
+        let one_way = |s: &Value| dataplane_counter(s, "offload_one_way");
+        if redirect {
+            assert_eq!(
+                one_way(s2),
+                one_way(&s0),
+                "{kind:?}: one-way offload on an uplink that takes redirects: {s2:#}"
+            );
+        } else {
+            assert!(
+                one_way(s1) > one_way(&s0),
+                "{kind:?}: no session offloaded one way on an uplink that takes no \
+                 redirects: {s1:#}"
+            );
+            assert_eq!(
+                one_way(s2),
+                one_way(s1),
+                "{kind:?}: ovs.nat.offload=false counted one-way offloads: {s2:#}"
+            );
+        }
+        assert_eq!(
+            xdp_counter(s2, "offload-redirect-failed"),
+            0,
+            "{kind:?}: XDP redirects failed: {s2:#}"
+        );
+    }
+    // Containers, then networks, then the uplink.
+    drop(containers);
+    drop(nets);
+    drop(up);
+    eprintln!("{kind:?}: {:.1?}", started.elapsed());
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn every_kind_of_uplink_carries_traffic_intact() {
+    require_root();
+    let plugin = start_plugin();
+    let scratch = Scratch::new();
+    for (idx, kind) in Kind::ALL.into_iter().enumerate() {
+        one_kind(&plugin, kind, idx, &scratch);
+    }
+    drop(plugin);
+    drop(scratch);
+}
+
+/// `python3 -c FIXED_PORT_CLIENT PROTO SPORT IP PORT`: one UDP datagram or TCP
+/// connection from source port SPORT; prints the who-am-I answer.
+const FIXED_PORT_CLIENT: &str = r#"
+import socket, sys
+proto, sport, ip, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", sport)); s.settimeout(3); s.connect((ip, port))
+if proto == "udp":
+    s.send(b"who")
+print(s.recv(2048).decode().strip())
+"#;
+
+/// What the who-am-I server answers `c` from source port `sport` (`udp` or `tcp`).
+fn ask_from_port(c: &Container, proto: &str, sport: u16, far: &Far) -> String {
+    let pid = c.pid();
+    let out = run(
+        "nsenter",
+        &[
+            "-t",
+            &pid,
+            "-n",
+            "timeout",
+            "5",
+            "python3",
+            "-c",
+            FIXED_PORT_CLIENT,
+            proto,
+            &sport.to_string(),
+            &far.far_ip,
+            "7000",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn other_nats_on_the_uplink_keep_their_replies() {
+    require_root();
+    let plugin = start_plugin();
+    let far = Far::new("dsc", "10.232.134");
+    let uplink_opt = format!("ovs.nat.uplink={}", far.uplink.host);
+    let fast = Network::create(
+        "dsup-co-fast",
+        &[
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            &uplink_opt,
+            "--subnet",
+            "10.232.58.0/24",
+        ],
+    );
+    let nat = Network::create(
+        "dsup-co-nat",
+        &["-o", "mode=nat", "--subnet", "10.232.59.0/24"],
+    );
+    let bridge =
+        Network::create_with_driver("dsup-co-br", "bridge", &["--subnet", "10.232.60.0/24"]);
+    let cf = Container::idle("dsup-co-fast", &fast);
+    let cn = Container::idle("dsup-co-nat", &nat);
+    let cb = Container::idle("dsup-co-br", &bridge);
+    // The nat-fast container talks first: the uplink has the program, and the
+    // translator has mapped ports of its range.
+    assert!(far.reached_from(&cf), "nat-fast container cut off");
+    let status = plugin.status();
+    let ep = endpoint(&status, &fast.id(), &cf.ip(&fast));
+    assert_eq!(ep["fast_path"], true, "{status:#}");
+    let before = xdp_counter(&status, "uplink-no-session");
+    // The kernel keeps these source ports through its masquerade: replies come back to
+    // ports of the translator's range that the translator does not own.
+    let expected = format!("from {}", far.host_ip);
+    for (c, what, sport) in [(&cn, "ovs nat", 65000), (&cb, "Docker bridge", 65100)] {
+        for proto in ["udp", "tcp"] {
+            let got = ask_from_port(c, proto, sport, &far);
+            assert_eq!(
+                got,
+                expected,
+                "{what} container, {proto} from port {sport}: {}",
+                plugin.status()
+            );
+        }
+    }
+    let status = plugin.status();
+    assert!(
+        xdp_counter(&status, "uplink-no-session") >= before + 4,
+        "the replies did not pass the uplink's program untouched: {status:#}"
+    );
+    // And the translator's own flows still work beside them.
+    assert!(
+        far.reached_from(&cf),
+        "nat-fast container cut off afterwards"
+    );
+    let seen = ask_from_port(&cf, "udp", 65000, &far);
+    assert_eq!(
+        seen,
+        expected,
+        "nat-fast container, udp: {}",
+        plugin.status()
+    );
+    drop((cf, cn, cb));
+    drop((fast, nat, bridge));
+}
