@@ -148,6 +148,18 @@ impl NextHops {
                 vec![dst]
             }
             NextHopEvent::Neighbour { ifindex, ip, mac } => {
+                if self.neighbours.len() >= self.max_routes
+                    && !self.neighbours.contains_key(&(ifindex, ip))
+                {
+                    // Bounded: keep the next hops of cached routes only (the kernel
+                    // reports every neighbour of the host, not just ours).
+                    let routes = &self.routes;
+                    self.neighbours.retain(|(i, n), _| {
+                        routes.values().any(|r| {
+                            matches!(r, RouteState::Via { next_hop, oif } if next_hop == n && oif == i)
+                        })
+                    });
+                }
                 self.neighbours.insert((ifindex, ip), mac);
                 self.routes
                     .iter()
@@ -449,5 +461,37 @@ mod tests {
             });
             assert!(nh.len() <= 2);
         }
+    }
+
+    #[test]
+    fn neighbours_stay_bounded_by_the_routes_in_use() {
+        let mut nh = NextHops::new(4);
+        let gw = Ipv4Addr::new(192, 0, 2, 1);
+        nh.apply(NextHopEvent::Route {
+            dst: Ipv4Addr::new(198, 51, 100, 7),
+            next_hop: gw,
+            oif: 2,
+        });
+        nh.apply(NextHopEvent::Neighbour {
+            ifindex: 2,
+            ip: gw,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+        });
+        // The host's other neighbours come and go by the thousand.
+        for i in 0..1000u32 {
+            nh.apply(NextHopEvent::Neighbour {
+                ifindex: 3,
+                ip: Ipv4Addr::from(0x0a00_0000 + i),
+                mac: Some([2, 0, 0, 0, 1, 1]),
+            });
+            assert!(nh.neighbours.len() <= 5);
+        }
+        assert_eq!(
+            nh.lookup(Ipv4Addr::new(198, 51, 100, 7)),
+            Lookup::Ready {
+                mac: [2, 0, 0, 0, 0, 1],
+                oif: 2
+            }
+        );
     }
 }

@@ -12,12 +12,15 @@
 use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::Daemon;
-use dovesnap_tests::docker::{docker, docker_ok, start_plugin_with, Container, Network};
+use dovesnap_tests::docker::{
+    docker, docker_ok, start_plugin_with, udp_ask, Container, Network, UDP_PONG,
+};
 use dovesnap_tests::far::Far;
 use dovesnap_tests::host_services::{
     docker_ready, start_dockerd, start_ovsdb, start_vswitchd, stop_dockerd, stop_ovs_daemon,
     DockerRestore, OvsRestore,
 };
+use dovesnap_tests::status::translator_counter as translator;
 use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh};
 
 /// The plugin with a fast reconciler, so that repairs show within a test's patience.
@@ -333,10 +336,12 @@ fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
 /// prints the answer (empty on a timeout): the same 5-tuple, so the same session.
 const UDP_FIXED: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[3])))\ns.settimeout(2)\ns.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\ntry:\n    print(s.recv(2048).decode().strip())\nexcept OSError:\n    pass";
 
-/// Sends one datagram from each of `argv[3]` fresh source ports to `argv[1]:argv[2]`
-/// (one new translator session each), waiting up to 0.3 s for each answer, so every
-/// session that got one is answered before the next is made.
-const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.settimeout(0.3)\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n    try:\n        s.recv(2048)\n    except OSError:\n        pass\n    s.close()";
+/// Holds a short conversation (a datagram, its answer, a second datagram and its
+/// answer) from each of `argv[3]` source ports, `argv[4]` and up, with
+/// `argv[1]:argv[2]` (one new translator session each, assured like a conntrack
+/// entry), waiting up to 0.3 s for each answer, so every session is a conversation
+/// before the next is made. Fixed ports: no flow can land on an existing session.
+const UDP_SPRAY: &str = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.bind(('0.0.0.0',int(sys.argv[4])+i))\n    s.settimeout(0.3)\n    for m in (b'x', b'y'):\n        s.sendto(m,(sys.argv[1],int(sys.argv[2])))\n        try:\n            s.recv(2048)\n        except OSError:\n            break\n    s.close()";
 
 /// Garbage frames from a container (AF_PACKET on eth0), addressed to the gateway's MAC
 /// and routed destinations so that the XDP program steers what it can parse to the
@@ -387,18 +392,6 @@ for _ in range(rounds):
             pass
 print(n)
 "#;
-
-/// The sum of the translator counters (of every uplink) named `name`.
-fn translator(status: &serde_json::Value, name: &str) -> u64 {
-    status["fast_path"]["dataplane"]["uplinks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|u| u["counters"].as_array().cloned().unwrap_or_default())
-        .filter(|p| p[0].as_str() == Some(name))
-        .filter_map(|p| p[1].as_u64())
-        .sum()
-}
 
 /// Every `drop_*` translator counter, summed over uplinks.
 fn translator_drops(status: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
@@ -489,17 +482,25 @@ fn translator_survives_a_full_table_and_garbage() {
     let c_pid = t.c.pid();
     let in_c = |script: &str, args: &[&str]| python_in(&c_pid, script, args);
     let from_host = format!("from {}", t.far.host_ip);
-    // A session of c's made before the table fills.
-    assert_eq!(
-        in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
-        from_host
-    );
+    // A conversation of c's (two exchanges on one session: assured) made before the
+    // table fills.
+    for _ in 0..2 {
+        assert_eq!(
+            in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
+            from_host
+        );
+    }
 
-    // The hog fills the table with answered UDP sessions, which are not evicted before
-    // they time out (RFC 4787): new flows are refused and counted, the daemon keeps
-    // going, established sessions keep working.
+    // The hog fills the table with UDP conversations, which are not evicted before
+    // they time out (RFC 4787; a lone question and its answer would be): new flows
+    // are refused and counted, the daemon keeps going, established sessions keep
+    // working.
     let before = t.plugin.status();
-    python_in(&t.hog.pid(), UDP_SPRAY, &[&t.far.far_ip, "7000", "40"]);
+    python_in(
+        &t.hog.pid(),
+        UDP_SPRAY,
+        &[&t.far.far_ip, "7000", "40", "20000"],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let full = t.plugin.status();
     assert_eq!(
@@ -536,7 +537,7 @@ fn translator_survives_a_full_table_and_garbage() {
         &["-A", "INPUT", "-p", "udp", "--dport", "7001", "-j", "DROP"],
     );
     let before = t.plugin.status();
-    in_c(UDP_SPRAY, &[&t.far.far_ip, "7001", "40"]);
+    in_c(UDP_SPRAY, &[&t.far.far_ip, "7001", "40", "21000"]);
     assert_eq!(
         in_c(UDP_FIXED, &[&t.far.far_ip, "7000", "40101"]),
         from_host,
@@ -638,9 +639,13 @@ fn one_container_cannot_fill_the_table_for_the_others() {
         ],
     );
     let from_host = format!("from {}", t.far.host_ip);
-    // The hog tries 40 answered conversations (more than the whole table): it gets its
-    // share, the rest is refused by reason.
-    python_in(&t.hog.pid(), UDP_SPRAY, &[&t.far.far_ip, "7000", "40"]);
+    // The hog tries 40 conversations (more than the whole table): it gets its share,
+    // the rest is refused by reason.
+    python_in(
+        &t.hog.pid(),
+        UDP_SPRAY,
+        &[&t.far.far_ip, "7000", "40", "20000"],
+    );
     let status = t.plugin.status();
     assert_eq!(
         sessions(&status),
@@ -665,6 +670,190 @@ fn one_container_cannot_fill_the_table_for_the_others() {
         "c's new TCP connection was refused"
     );
     eprintln!("hog held {SHARE} of {TABLE} sessions, {refused} of its flows refused; c unaffected");
+}
+
+/// Asks `argv[3]` questions of `argv[1]:argv[2]` over UDP, each from a fresh source
+/// port as resolvers do, one at a time (up to 1 s for each answer); prints how many
+/// were answered.
+const DNS_CHURN: &str = "import socket,sys\nn=0\nfor i in range(int(sys.argv[3])):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.settimeout(1)\n    s.sendto(b'q',(sys.argv[1],int(sys.argv[2])))\n    try:\n        s.recv(2048); n+=1\n    except OSError:\n        pass\n    s.close()\nprint(n)";
+
+/// From the far side, with raw sockets: `argv[5]` UDP datagrams to `argv[1]:argv[3]`
+/// and as many TCP SYNs to `argv[1]:argv[4]`, each pair from a different source port
+/// of `argv[2]` (cycling through 64,000 of them).
+const PUBLISHED_SPRAY: &str = r#"
+import socket, struct, sys
+dst, src, uport, tport, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+S, D = socket.inet_aton(src), socket.inet_aton(dst)
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def ip(proto, l4):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, S, D)
+    return h[:10] + struct.pack('!H', csum(h)) + h[12:] + l4
+def l4sum(proto, seg):
+    return csum(S + D + struct.pack('!BBH', 0, proto, len(seg)) + seg)
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i in range(n):
+    sp = 1024 + i % 64000
+    u = struct.pack('!HHHH', sp, uport, 12, 0) + b'spry'
+    u = u[:6] + struct.pack('!H', l4sum(17, u) or 0xffff) + u[8:]
+    r.sendto(ip(17, u), (dst, 0))
+    t = struct.pack('!HHIIBBHHH', sp, tport, i, 0, 5 << 4, 0x02, 65535, 0, 0)
+    t = t[:16] + struct.pack('!H', l4sum(6, t)) + t[18:]
+    r.sendto(ip(6, t), (dst, 0))
+"#;
+
+/// A process in the background, killed on drop.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The port pool and the table under ordinary churn and hostile traffic, with the
+/// default limits: a resolver's 20,000 questions from fresh source ports (lone
+/// exchanges, evictable like conntrack's unassured entries), then 70,000 datagrams and
+/// 70,000 SYNs from distinct source ports at a container's published ports, each
+/// answered by it (the far side drops its own RSTs and ICMP errors, so nothing closes
+/// them). Afterwards both containers open UDP and TCP flows at once, and the published
+/// ports answer new conversations.
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn churn_and_sprays_never_pin_the_pool() {
+    const QUESTIONS: u64 = 20_000;
+    const SPRAY: u32 = 70_000;
+    require_root();
+    let mut t = TwoOnFast::new("pool", "10.233.105", "10.233.10.0/24", &[]);
+    t.far.spawn(&["python3", "-c", UDP_PONG, "53"]);
+    let from_host = format!("from {}", t.far.host_ip);
+    let started = Instant::now();
+    let answered = python_in(
+        &t.c.pid(),
+        DNS_CHURN,
+        &[&t.far.far_ip, "53", &QUESTIONS.to_string()],
+    );
+    let churn_time = started.elapsed();
+    let status = t.plugin.status();
+    assert_eq!(
+        answered,
+        QUESTIONS.to_string(),
+        "questions lost: {:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert_eq!(
+        translator(&status, "drop_ports_exhausted"),
+        0,
+        "{:#}",
+        status["fast_path"]["dataplane"]
+    );
+    let ready = Instant::now();
+    assert_eq!(
+        python_in(&t.c.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
+        from_host
+    );
+    assert!(
+        t.far.reached_from(&t.c),
+        "the resolver's container cannot open TCP"
+    );
+    assert!(
+        t.far.reached_from(&t.hog),
+        "another container cannot open TCP"
+    );
+    assert_eq!(
+        python_in(&t.hog.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
+        from_host
+    );
+    eprintln!(
+        "{QUESTIONS} questions from fresh ports in {:.1?}; new flows {:.0?} after",
+        churn_time,
+        ready.elapsed()
+    );
+
+    // A server with a published TCP port (httpd) and UDP port (an answerer in its
+    // namespace); the far side sprays both.
+    let srv = Container::run(
+        "dsflt-pool-srv",
+        &t.fast,
+        &["-p", "18310:80", "-p", "18311:53/udp"],
+        &[
+            "sh",
+            "-c",
+            "echo pool > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let pid = srv.pid();
+    let _answerer = Background(
+        std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "python3", "-c", UDP_PONG, "53"])
+            .spawn()
+            .expect("answerer in the server's namespace"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for rule in [
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--tcp-flags",
+            "RST",
+            "RST",
+            "-j",
+            "DROP",
+        ][..],
+        &["-A", "OUTPUT", "-p", "icmp", "-j", "DROP"][..],
+    ] {
+        t.far.ns.sh("iptables", rule);
+    }
+    let started = Instant::now();
+    t.far.ns.sh(
+        "python3",
+        &[
+            "-c",
+            PUBLISHED_SPRAY,
+            &t.far.host_ip,
+            &t.far.far_ip,
+            "18311",
+            "18310",
+            &SPRAY.to_string(),
+        ],
+    );
+    let spray_time = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = t.plugin.status();
+    let ready = Instant::now();
+    let far_ns = ["ip", "netns", "exec", t.far.ns.name.as_str()];
+    assert_eq!(
+        udp_ask(&far_ns, &t.far.host_ip, 18311),
+        "udp-pong",
+        "the published UDP port stopped answering: {:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert_eq!(
+        t.far.ns.wget(&format!("http://{}:18310/", t.far.host_ip)),
+        "pool",
+        "the published TCP port stopped answering: {:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert!(
+        t.far.reached_from(&t.c),
+        "a container cannot open TCP after the spray"
+    );
+    assert_eq!(
+        python_in(&t.hog.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40102"]),
+        from_host
+    );
+    eprintln!(
+        "{SPRAY} datagrams and {SPRAY} SYNs at published ports in {:.1?} ({} sessions, {} evicted); new conversations {:.0?} after",
+        spray_time,
+        status["fast_path"]["dataplane"]["uplinks"][0]["sessions"],
+        translator(&status, "sessions_evicted"),
+        ready.elapsed()
+    );
 }
 
 // ---- dockerd -----------------------------------------------------------------------

@@ -339,13 +339,19 @@ impl Dataplane {
             }
             let now = Instant::now();
             while let Ok(ev) = self.events.try_recv() {
-                let all = matches!(ev, NextHopEvent::RoutesChanged);
+                let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
                 let changed = self.nexthops.apply(ev);
                 if !changed.is_empty() {
                     self.retry_pending(&changed, now);
                 }
-                if !self.offloads.is_empty() && (all || !changed.is_empty()) {
-                    self.revalidate_offloads(if all { &[] } else { &changed });
+                if routes_changed {
+                    // Ask again for every offloaded destination: the answers say which
+                    // flows' next hop changed, and only those leave XDP.
+                    for remote in self.offloads.remotes() {
+                        self.resolver.request(remote);
+                    }
+                } else if !self.offloads.is_empty() && !changed.is_empty() {
+                    self.revalidate_offloads(&changed);
                 }
             }
             batch.clear();
@@ -502,19 +508,15 @@ impl Dataplane {
         }
     }
 
-    /// After a route or neighbour change for `remotes` (all remotes if empty): sessions
-    /// whose next hop is no longer what their entries say leave the fast path at once.
+    /// After a route or neighbour answer for `remotes`: sessions whose next hop is no
+    /// longer what their entries say (or is not known now) leave the fast path at once.
     fn revalidate_offloads(&mut self, remotes: &[Ipv4Addr]) {
         let nexthops = &self.nexthops;
         let current = |ip| match nexthops.lookup(ip) {
             Lookup::Ready { mac, .. } => Some(mac),
             _ => None,
         };
-        let stale = if remotes.is_empty() {
-            self.offloads.all()
-        } else {
-            self.offloads.stale_next_hops(remotes, current)
-        };
+        let stale = self.offloads.stale_next_hops(remotes, current);
         self.offloads.nexthop_invalidations += stale.len() as u64;
         for (idx, o) in &stale {
             self.offloads.remove(&mut self.maps, *idx, o);

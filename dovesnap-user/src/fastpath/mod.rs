@@ -77,6 +77,10 @@ fn max_sessions_per_endpoint() -> Option<usize> {
     Some(MAX_SESSIONS_PER_ENDPOINT_SETTING.load(Ordering::Relaxed)).filter(|n| *n > 0)
 }
 
+/// How long a control call waits for the data-plane thread (it answers between two
+/// batches, normally within microseconds).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Slots of the socket map (`XSKS`); one per endpoint, one per uplink queue.
 const XSK_SLOTS: u32 = 1024;
 
@@ -89,6 +93,11 @@ pub enum FastPathError {
     Dataplane(String),
     #[error("nat-fast: the data-plane thread has stopped")]
     Stopped,
+    #[error(
+        "nat-fast: the data-plane thread did not answer within {} s",
+        CALL_TIMEOUT.as_secs()
+    )]
+    Timeout,
     #[error("nat-fast: all {XSK_SLOTS} AF_XDP socket slots are in use")]
     NoSlot,
     #[error(
@@ -211,13 +220,19 @@ impl FastPath {
         })
     }
 
+    /// Sends a command to the data-plane thread and waits for its answer, at most
+    /// [`CALL_TIMEOUT`]: the driver lock is held meanwhile, and a stuck thread must not
+    /// hold Docker's calls with it.
     fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, FastPathError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.commands
             .send(make(tx))
             .map_err(|_| FastPathError::Stopped)?;
         self.waker.wake();
-        rx.recv().map_err(|_| FastPathError::Stopped)
+        rx.recv_timeout(CALL_TIMEOUT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => FastPathError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => FastPathError::Stopped,
+        })
     }
 
     fn alloc_slots(&mut self, n: u32) -> Result<u32, FastPathError> {

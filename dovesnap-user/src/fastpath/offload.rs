@@ -383,9 +383,12 @@ impl Offloads {
             .collect()
     }
 
-    /// Every installed session.
-    pub fn all(&self) -> Vec<(usize, Offloaded)> {
-        self.installed.keys().copied().collect()
+    /// The remote addresses of the installed sessions (each once).
+    pub fn remotes(&self) -> Vec<Ipv4Addr> {
+        let mut r: Vec<Ipv4Addr> = self.installed.keys().map(|(_, o)| *o.remote.ip()).collect();
+        r.sort_unstable();
+        r.dedup();
+        r
     }
 
     /// When the XDP program last forwarded a frame of the session, on the `Instant`

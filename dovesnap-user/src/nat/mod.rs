@@ -62,6 +62,10 @@ pub struct Timeouts {
     pub tcp_transitory: Duration,
     /// RFC 4787 REQ-5: at least 2 min; 5 min recommended.
     pub udp: Duration,
+    /// UDP to port 53 not yet assured (a lone question and its answer): RFC 4787
+    /// REQ-5a allows a shorter timer for well-known destination ports; resolvers use a
+    /// fresh source port per question, and 5 minutes each would pin the port pool.
+    pub udp_dns: Duration,
     /// RFC 5508 REQ-1: ICMP query sessions at least 60 s.
     pub icmp: Duration,
 }
@@ -72,6 +76,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(2 * 3600 + 4 * 60),
             tcp_transitory: Duration::from_secs(4 * 60),
             udp: Duration::from_secs(5 * 60),
+            udp_dns: Duration::from_secs(30),
             icmp: Duration::from_secs(60),
         }
     }

@@ -131,8 +131,8 @@ pub struct Session {
     pub tcp: TcpTrack,
     pub last_seen: Instant,
     pub expires: Instant,
-    /// A packet came back from the remote (UDP is offloaded only once it did).
-    pub replied: bool,
+    /// Packets seen going out (bit [`Session::OUT`]) and coming in ([`Session::IN`]).
+    pub directions: u8,
     /// Packets the translator carried for it (saturating).
     pub packets: u32,
     /// Handed to the XDP fast path: its packets may not reach the translator, so
@@ -141,21 +141,35 @@ pub struct Session {
 }
 
 impl Session {
+    pub const OUT: u8 = 1;
+    pub const IN: u8 = 2;
+
+    /// Traffic went both ways.
+    pub fn answered(&self) -> bool {
+        self.directions == Session::OUT | Session::IN
+    }
+
+    /// Confirmed like conntrack's ASSURED: traffic both ways and more than one
+    /// exchange (a completed TCP handshake, a UDP or ICMP conversation beyond one
+    /// question and its answer).
+    pub fn is_assured(&self) -> bool {
+        self.answered() && self.packets >= 3
+    }
+
     /// Whether an eviction may take it before its timeout when the table or a port
-    /// pool is full: transitory TCP (RFC 5382), and UDP or ICMP that never had an
-    /// answer (what conntrack's early drop takes: a scan, a flood, one-way traffic to
-    /// a silent peer). Sessions that carry a conversation stay until they time out.
+    /// pool is full: what conntrack's early drop takes, i.e. every session that is not
+    /// assured (a scan, a flood of SYNs or datagrams to a published port, one-way
+    /// traffic to a silent peer, a lone DNS question and its answer) and transitory
+    /// TCP (RFC 5382). Sessions that carry a conversation stay until they time out.
     pub fn is_evictable(&self) -> bool {
-        match self.protocol {
-            Protocol::Tcp => !self.tcp.is_established(),
-            Protocol::Udp | Protocol::Icmp => !self.replied,
-        }
+        !self.is_assured() || (self.protocol == Protocol::Tcp && !self.tcp.is_established())
     }
 
     pub fn timeout(&self, t: &Timeouts) -> Duration {
         match self.protocol {
             Protocol::Tcp if self.tcp.is_established() => t.tcp_established,
             Protocol::Tcp => t.tcp_transitory,
+            Protocol::Udp if self.remote.1 == 53 && !self.is_assured() => t.udp_dns,
             Protocol::Udp => t.udp,
             Protocol::Icmp => t.icmp,
         }
@@ -172,7 +186,7 @@ impl Session {
     pub fn is_offloadable(&self) -> bool {
         match self.protocol {
             Protocol::Tcp => self.tcp.name() == "ESTABLISHED",
-            Protocol::Udp => self.replied,
+            Protocol::Udp => self.answered(),
             Protocol::Icmp => false,
         }
     }
@@ -524,7 +538,7 @@ impl SessionTable {
             tcp,
             last_seen: now,
             expires: now,
-            replied: false,
+            directions: 0,
             packets: 0,
             offloaded: false,
         };

@@ -10,7 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::checksum;
-use super::session::{Direction, Endpoint, InsideKey, OutsideKey, Removal, SessionTable, TcpTrack};
+use super::session::{
+    Direction, Endpoint, InsideKey, OutsideKey, Removal, Session, SessionTable, TcpTrack,
+};
 use super::wire::{
     icmp_type, tcp_flags, EthernetFrame, IcmpPacket, Ipv4Packet, QuotedL4, TcpPacket, UdpPacket,
     ETHERTYPE_IPV4,
@@ -742,9 +744,10 @@ impl Translator {
         if s.protocol == Protocol::Tcp {
             s.tcp.on_segment(dir, flags);
         }
-        if dir == Direction::Inbound {
-            s.replied = true;
-        }
+        s.directions |= match dir {
+            Direction::Outbound => Session::OUT,
+            Direction::Inbound => Session::IN,
+        };
         s.packets = s.packets.saturating_add(1);
         s.touch(now, &timeouts);
         let ext = s.external_port;
@@ -1021,6 +1024,22 @@ mod tests {
     fn go_in(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> (Verdict, Seen) {
         let v = t.inbound(now, &mut f);
         (v, verify(&f))
+    }
+
+    /// A UDP conversation from `src:sp` to `dst:dp`: a question, its answer and one
+    /// more datagram (assured, like conntrack's). Returns the external port.
+    fn converse_udp(
+        t: &mut Translator,
+        now: Instant,
+        src: Ipv4Addr,
+        sp: u16,
+        dst: Ipv4Addr,
+        dp: u16,
+    ) -> u16 {
+        let p = go_out(t, now, out_udp(src, sp, dst, dp)).sport;
+        go_in(t, now, in_udp(dst, dp, p));
+        go_out(t, now, out_udp(src, sp, dst, dp));
+        p
     }
 
     fn drop_out(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> DropReason {
@@ -1320,16 +1339,16 @@ mod tests {
         let to = Timeouts::default();
         let now = Instant::now();
         let mut t = nat();
-        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 7000)).sport;
         let t1 = now + Duration::from_secs(200);
-        let (v, _) = go_in(&mut t, t1, in_udp(R, 53, p));
+        let (v, _) = go_in(&mut t, t1, in_udp(R, 7000, p));
         assert_eq!(v, Verdict::Endpoint { port: 1 });
         // Refreshed by the inbound datagram (RFC 4787 REQ-6).
         assert_eq!(t.expire(now + to.udp), 0);
         assert_eq!(t.sessions().next().unwrap().last_seen, t1);
         assert_eq!(t.expire(t1 + to.udp), 1);
         assert_eq!(
-            drop_in(&mut t, t1 + to.udp, in_udp(R, 53, p)),
+            drop_in(&mut t, t1 + to.udp, in_udp(R, 7000, p)),
             DropReason::NoSession
         );
     }
@@ -1682,26 +1701,25 @@ mod tests {
         let s = go_out(&mut t, now, out_udp(C1, 53, R, 7777));
         assert_eq!(s.sport, 40050);
         // New traffic from the published inside port keeps the published external port.
-        let s = go_out(&mut t, now, out_udp(C1, 53, R2, 53));
+        let s = go_out(&mut t, now, out_udp(C1, 53, R2, 7000));
         assert_eq!(s.sport, 40050);
         assert_eq!(
             t.sessions().filter(|s| s.published == Some(40050)).count(),
             2
         );
-        // The published port is never handed out dynamically (answered sessions, so
-        // none is evicted to make room).
+        // The published port is never handed out dynamically (conversations, so none
+        // is evicted to make room).
         for i in 0..99u16 {
-            let s = go_out(&mut t, now, out_udp(C2, 1000 + i, R, 53));
-            assert_ne!(s.sport, 40050);
-            go_in(&mut t, now, in_udp(R, 53, s.sport));
+            let p = converse_udp(&mut t, now, C2, 1000 + i, R, 7000);
+            assert_ne!(p, 40050);
         }
         assert_eq!(
-            drop_out(&mut t, now, out_udp(C2, 2000, R, 53)),
+            drop_out(&mut t, now, out_udp(C2, 2000, R, 7000)),
             DropReason::PortsExhausted
         );
         assert_eq!(t.unpublish(Protocol::Udp, 40050), 2);
         // Returned to the pool.
-        assert_eq!(go_out(&mut t, now, out_udp(C2, 2000, R, 53)).sport, 40050);
+        assert_eq!(go_out(&mut t, now, out_udp(C2, 2000, R, 7000)).sport, 40050);
     }
 
     #[test]
@@ -1779,11 +1797,12 @@ mod tests {
             DropReason::NoSession
         );
 
-        // Established sessions are not evicted.
+        // Established sessions (the handshake completed) are not evicted.
         let mut t = with(PORTS, 2);
         for sp in [1, 2] {
             let p = go_out(&mut t, now, out_tcp(C1, sp, R, 80, SYN)).sport;
             go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+            go_out(&mut t, now, out_tcp(C1, sp, R, 80, ACK));
         }
         assert_eq!(
             drop_out(&mut t, now, out_tcp(C1, 3, R, 80, SYN)),
@@ -1812,8 +1831,7 @@ mod tests {
         // Expired sessions are reclaimed first, counted as expired.
         let mut t = with(PORTS, 2);
         for sp in [1, 2] {
-            let p = go_out(&mut t, now, out_udp(C1, sp, R, 80)).sport;
-            go_in(&mut t, now, in_udp(R, 80, p));
+            converse_udp(&mut t, now, C1, sp, R, 80);
         }
         assert_eq!(
             drop_out(&mut t, now, out_udp(C1, 3, R, 80)),
@@ -1826,7 +1844,7 @@ mod tests {
     }
 
     #[test]
-    fn unanswered_udp_and_icmp_make_room_answered_do_not() {
+    fn unassured_udp_and_icmp_make_room_conversations_do_not() {
         let now = Instant::now();
         let mut t = with(PORTS, 3);
         // A silent peer: three unanswered UDP sessions fill the table.
@@ -1838,28 +1856,92 @@ mod tests {
             );
         }
         // A new flow takes the least recently seen one's place.
-        let p = go_out(&mut t, now + Duration::from_secs(5), out_udp(C1, 4, R, 53)).sport;
+        let later = now + Duration::from_secs(5);
+        let p = go_out(&mut t, later, out_udp(C1, 4, R, 7000)).sport;
         assert_eq!(t.stats().sessions_evicted, 1);
         assert!(t.sessions().all(|s| s.inside.port() != 1));
-        // Answered, it is a conversation: never evicted, the next oldest goes instead.
-        go_in(&mut t, now + Duration::from_secs(5), in_udp(R, 53, p));
+        // A conversation (an answer, then more) is never evicted: the next oldest goes.
+        go_in(&mut t, later, in_udp(R, 7000, p));
+        go_out(&mut t, later, out_udp(C1, 4, R, 7000));
         for sp in [5, 6] {
             go_out(&mut t, now + Duration::from_secs(6), out_udp(C1, sp, R, 9));
         }
         assert_eq!(t.stats().sessions_evicted, 3);
         assert!(t.sessions().any(|s| s.inside.port() == 4));
-        // An unanswered echo request is evictable too; an answered one is not.
+        // An unanswered echo request is evictable, and so is a lone request with its
+        // reply; a second exchange makes it a conversation.
         let mut t = with(PORTS, 1);
         go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1)));
-        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        go_out(&mut t, now, out_udp(C1, 1, R, 7000));
         assert_eq!(t.stats().sessions_evicted, 1);
         let mut t = with(PORTS, 1);
         let id = go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1))).dport;
         go_in(&mut t, now, from_uplink(R, EXT, 1, &echo(0, id, 1)));
+        go_out(&mut t, now, out_udp(C1, 1, R, 7000));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        let mut t = with(PORTS, 1);
+        let id = go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 1))).dport;
+        go_in(&mut t, now, from_uplink(R, EXT, 1, &echo(0, id, 1)));
+        go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 7, 2)));
         assert_eq!(
-            drop_out(&mut t, now, out_udp(C1, 1, R, 53)),
+            drop_out(&mut t, now, out_udp(C1, 1, R, 7000)),
             DropReason::PortsExhausted
         );
+    }
+
+    /// A resolver asks each question from a fresh source port: 20 times the pool in
+    /// lone question/answer pairs never exhausts it (each is evictable, like
+    /// conntrack's unassured entries, and DNS's timer is short), a conversation held
+    /// meanwhile survives, and other flows get through at once.
+    #[test]
+    fn dns_churn_never_pins_the_pool() {
+        let to = Timeouts::default();
+        assert!(to.udp_dns < to.udp);
+        let now = Instant::now();
+        let mut t = with(50000..=50009, 1000);
+        let kept = converse_udp(&mut t, now, C1, 9000, R, 7000);
+        for i in 0..200u16 {
+            let at = now + Duration::from_millis(u64::from(i) * 10);
+            let p = go_out(&mut t, at, out_udp(C1, 10000 + i, R, 53)).sport;
+            let (v, _) = go_in(&mut t, at, in_udp(R, 53, p));
+            assert_eq!(v, Verdict::Endpoint { port: 1 }, "answer {i} lost");
+        }
+        assert_eq!(t.stats().drops(DropReason::PortsExhausted), 0);
+        assert!(t.sessions().any(|s| s.external_port == kept));
+        let at = now + Duration::from_secs(3);
+        go_out(&mut t, at, out_tcp(C1, 4000, R, 443, SYN));
+        go_out(&mut t, at, out_udp(C2, 4000, R, 7000));
+        // Unevicted, a lone DNS exchange still leaves within the DNS timer.
+        let mut t = nat();
+        let p = go_out(&mut t, now, out_udp(C1, 1, R, 53)).sport;
+        go_in(&mut t, now, in_udp(R, 53, p));
+        assert_eq!(t.expire(now + to.udp_dns), 1);
+    }
+
+    /// Datagrams from distinct source ports to a published UDP port, each answered by
+    /// the container, and SYNs to a published TCP port answered by SYN-ACKs: none pins
+    /// the table; a real conversation through the published port still gets in.
+    #[test]
+    fn inbound_spray_on_published_ports_never_pins_the_table() {
+        let mut t = with(PORTS, 50);
+        t.publish(Protocol::Udp, 5353, C1, 53).unwrap();
+        t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
+        let now = Instant::now();
+        for i in 0..500u16 {
+            let at = now + Duration::from_millis(u64::from(i));
+            let (v, _) = go_in(&mut t, at, in_udp(R, 20000 + i, 5353));
+            assert_eq!(v, Verdict::Endpoint { port: 1 }, "datagram {i} refused");
+            go_out(&mut t, at, out_udp(C1, 53, R, 20000 + i));
+            let (v, _) = go_in(&mut t, at, in_tcp(R, 30000 + i, 8080, SYN));
+            assert_eq!(v, Verdict::Endpoint { port: 1 }, "SYN {i} refused");
+            go_out(&mut t, at, out_tcp(C1, 80, R, 30000 + i, SYN | ACK));
+        }
+        assert!(t.session_count() <= 50);
+        assert_eq!(t.stats().drops(DropReason::PortsExhausted), 0);
+        // Outbound flows of the container, and another container's, still fit.
+        let at = now + Duration::from_secs(1);
+        go_out(&mut t, at, out_udp(C1, 1, R, 7000));
+        go_out(&mut t, at, out_tcp(C2, 1, R, 443, SYN));
     }
 
     #[test]
@@ -1877,37 +1959,35 @@ mod tests {
             ..config(PORTS, 100)
         })
         .is_err());
-        // C1 holds three answered conversations: its fourth flow is refused, C2's not.
+        // C1 holds three conversations: its fourth flow is refused, C2's not.
         let mut t = limited();
         for sp in [1, 2, 3] {
-            let p = go_out(&mut t, now, out_udp(C1, sp, R, 53)).sport;
-            go_in(&mut t, now, in_udp(R, 53, p));
+            converse_udp(&mut t, now, C1, sp, R, 7000);
         }
         assert_eq!(
-            drop_out(&mut t, now, out_udp(C1, 4, R, 53)),
+            drop_out(&mut t, now, out_udp(C1, 4, R, 7000)),
             DropReason::EndpointSessionLimit
         );
         assert_eq!(t.stats().drops(DropReason::EndpointSessionLimit), 1);
-        go_out(&mut t, now, out_udp(C2, 4, R, 53));
+        go_out(&mut t, now, out_udp(C2, 4, R, 7000));
         // Its existing flows carry on, and sessions through its published ports are
         // not counted.
-        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        go_out(&mut t, now, out_udp(C1, 1, R, 7000));
         t.publish(Protocol::Tcp, 8080, C1, 80).unwrap();
         go_in(&mut t, now, in_tcp(R, 50000, 8080, SYN));
         // Once they expire, it starts again (without waiting for an expiry sweep).
-        go_out(&mut t, now + to.udp, out_udp(C1, 4, R, 53));
+        go_out(&mut t, now + to.udp, out_udp(C1, 4, R, 7000));
 
         // At its limit, C1 makes room among its own sessions: its unanswered one goes,
         // not C2's older unanswered one.
         let mut t = limited();
-        go_out(&mut t, now, out_udp(C2, 9, R, 53));
+        go_out(&mut t, now, out_udp(C2, 9, R, 7000));
         for sp in [1, 2] {
-            let p = go_out(&mut t, now, out_udp(C1, sp, R, 53)).sport;
-            go_in(&mut t, now, in_udp(R, 53, p));
+            converse_udp(&mut t, now, C1, sp, R, 7000);
         }
         let later = now + Duration::from_secs(1);
         go_out(&mut t, later, out_udp(C1, 3, R, 9));
-        go_out(&mut t, later, out_udp(C1, 4, R, 53));
+        go_out(&mut t, later, out_udp(C1, 4, R, 7000));
         assert_eq!(t.stats().sessions_evicted, 1);
         assert!(t.sessions().any(|s| s.inside.ip() == &C2));
         assert!(t.sessions().all(|s| s.inside.port() != 3));
@@ -1919,6 +1999,7 @@ mod tests {
         for sp in [1, 2, 3] {
             let p = go_out(&mut t, now, out_tcp(C1, sp, R, 80, SYN)).sport;
             go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+            go_out(&mut t, now, out_tcp(C1, sp, R, 80, ACK));
             ports.push(p);
         }
         assert_eq!(
@@ -1937,16 +2018,18 @@ mod tests {
         let to = Timeouts::default();
         let now = Instant::now();
         let mut t = with(50000..=50001, 100);
-        let a = go_out(&mut t, now, out_udp(C1, 1, R, 53)).sport;
-        let b = go_out(&mut t, now, out_udp(C1, 2, R, 53)).sport;
+        let a = go_out(&mut t, now, out_udp(C1, 1, R, 7000)).sport;
+        let b = go_out(&mut t, now, out_udp(C1, 2, R, 7000)).sport;
         assert_ne!(a, b);
-        // Answered: not evictable, so the pool stays exhausted for new mappings.
-        go_in(&mut t, now, in_udp(R, 53, a));
-        go_in(&mut t, now, in_udp(R, 53, b));
+        // Conversations: not evictable, so the pool stays exhausted for new mappings.
+        for (sp, p) in [(1, a), (2, b)] {
+            go_in(&mut t, now, in_udp(R, 7000, p));
+            go_out(&mut t, now, out_udp(C1, sp, R, 7000));
+        }
         // Sessions of existing mappings still fit.
-        go_out(&mut t, now, out_udp(C1, 1, R2, 53));
+        go_out(&mut t, now, out_udp(C1, 1, R2, 7000));
         assert_eq!(
-            drop_out(&mut t, now, out_udp(C1, 3, R, 53)),
+            drop_out(&mut t, now, out_udp(C1, 3, R, 7000)),
             DropReason::PortsExhausted
         );
         // Other protocols have their own identifiers.
@@ -1962,7 +2045,7 @@ mod tests {
         assert_eq!(t.stats().sessions_evicted, 1);
         // The UDP ports come back when their sessions expire.
         let later = now + to.udp;
-        let c = go_out(&mut t, later, out_udp(C1, 3, R, 53)).sport;
+        let c = go_out(&mut t, later, out_udp(C1, 3, R, 7000)).sport;
         assert!(c == a || c == b);
     }
 
@@ -1971,9 +2054,9 @@ mod tests {
         let to = Timeouts::default();
         let now = Instant::now();
         let mut t = nat();
-        go_out(&mut t, now, out_udp(C1, 1, R, 53));
-        go_out(&mut t, now, out_udp(C1, 2, R, 53));
-        go_out(&mut t, now, out_udp(C2, 2, R, 53));
+        go_out(&mut t, now, out_udp(C1, 1, R, 7000));
+        go_out(&mut t, now, out_udp(C1, 2, R, 7000));
+        go_out(&mut t, now, out_udp(C2, 2, R, 7000));
         go_out(&mut t, now, from_container(C1, R, 1, &echo(8, 1, 1)));
         t.drain_port_events().for_each(drop);
         assert_eq!(t.expire(now + to.icmp), 1);
@@ -1981,7 +2064,7 @@ mod tests {
         assert_eq!(t.remove_endpoint(C1), 2);
         assert_eq!(t.session_count(), 1);
         assert_eq!(
-            drop_out(&mut t, now, out_udp(C1, 1, R, 53)),
+            drop_out(&mut t, now, out_udp(C1, 1, R, 7000)),
             DropReason::UnknownEndpoint
         );
         assert_eq!(t.expire(now + to.udp), 1);
