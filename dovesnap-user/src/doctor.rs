@@ -933,8 +933,8 @@ pub fn reserved_finding(raw: &str, list: &[RangeInclusive<u16>]) -> Check {
 /// A default IPv4 route: nat-fast's uplink when `ovs.nat.uplink` is not given.
 pub fn check_default_route() -> Check {
     const NAME: &str = "default-route";
-    match std::fs::read_to_string("/proc/net/route") {
-        Ok(table) => match default_route(&table) {
+    match host_default_route() {
+        Ok(route) => match route {
             Some(r) => Check::ok(
                 NAME,
                 format!(
@@ -972,10 +972,7 @@ pub async fn check_nat_fast_uplinks(ovs: Option<&Ovsdb>) -> Vec<Check> {
             );
         }
     }
-    if let Some(r) = std::fs::read_to_string("/proc/net/route")
-        .ok()
-        .and_then(|t| default_route(&t))
-    {
+    if let Ok(Some(r)) = host_default_route() {
         uplinks.push(r.iface);
     }
     uplinks.sort();
@@ -1032,6 +1029,11 @@ pub fn uplink_finding(name: &str, features: Result<crate::netdev::XdpFeatures, S
 }
 
 // ---- helpers with I/O -------------------------------------------------------------
+
+/// The host's default IPv4 route, from `/proc/net/route`.
+fn host_default_route() -> io::Result<Option<DefaultRoute>> {
+    std::fs::read_to_string("/proc/net/route").map(|t| default_route(&t))
+}
 
 fn read_sysctl(name: &str) -> io::Result<String> {
     std::fs::read_to_string(Path::new("/proc/sys").join(name)).map(|s| s.trim().to_owned())

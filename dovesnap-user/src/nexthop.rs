@@ -152,13 +152,21 @@ impl NextHops {
                     && !self.neighbours.contains_key(&(ifindex, ip))
                 {
                     // Bounded: keep the next hops of cached routes only (the kernel
-                    // reports every neighbour of the host, not just ours).
-                    let routes = &self.routes;
-                    self.neighbours.retain(|(i, n), _| {
-                        routes.values().any(|r| {
-                            matches!(r, RouteState::Via { next_hop, oif } if next_hop == n && oif == i)
+                    // reports every neighbour of the host, not just ours); if they alone
+                    // fill it, start over as the route cache does.
+                    let in_use: std::collections::HashSet<(u32, Ipv4Addr)> = self
+                        .routes
+                        .values()
+                        .filter_map(|r| match r {
+                            RouteState::Via { next_hop, oif } => Some((*oif, *next_hop)),
+                            RouteState::Unreachable => None,
                         })
-                    });
+                        .collect();
+                    self.neighbours.retain(|k, _| in_use.contains(k));
+                    if self.neighbours.len() >= self.max_routes {
+                        self.neighbours.clear();
+                        self.routes.clear();
+                    }
                 }
                 self.neighbours.insert((ifindex, ip), mac);
                 self.routes

@@ -32,3 +32,13 @@ pub fn translator_counter(status: &Value, name: &str) -> u64 {
         .map(|u| counter_in(&u["counters"], name))
         .sum()
 }
+
+/// The element of array `list` whose string field `field` is `value` (`Null` if none).
+pub fn find_in(list: &Value, field: &str, value: &str) -> Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e[field].as_str() == Some(value))
+        .cloned()
+        .unwrap_or(Value::Null)
+}

@@ -459,6 +459,22 @@ impl TwoOnFast {
     }
 }
 
+impl TwoOnFast {
+    /// Both containers open a new UDP flow (from source port `sport`) and a new TCP
+    /// connection to the far side, masqueraded to the uplink's address.
+    fn new_flows_work(&self, sport: &str, when: &str) {
+        let from_host = format!("from {}", self.far.host_ip);
+        for (c, who) in [(&self.c, "c"), (&self.hog, "hog")] {
+            assert_eq!(
+                python_in(&c.pid(), UDP_FIXED, &[&self.far.far_ip, "7000", sport]),
+                from_host,
+                "{who} cannot open UDP {when}"
+            );
+            assert!(self.far.reached_from(c), "{who} cannot open TCP {when}");
+        }
+    }
+}
+
 /// Runs a python3 script in the network namespace of process `pid` (60 s at most);
 /// returns its trimmed stdout.
 fn python_in(pid: &str, script: &str, args: &[&str]) -> String {
@@ -729,7 +745,6 @@ fn churn_and_sprays_never_pin_the_pool() {
     require_root();
     let mut t = TwoOnFast::new("pool", "10.233.105", "10.233.10.0/24", &[]);
     t.far.spawn(&["python3", "-c", UDP_PONG, "53"]);
-    let from_host = format!("from {}", t.far.host_ip);
     let started = Instant::now();
     let answered = python_in(
         &t.c.pid(),
@@ -751,22 +766,7 @@ fn churn_and_sprays_never_pin_the_pool() {
         status["fast_path"]["dataplane"]
     );
     let ready = Instant::now();
-    assert_eq!(
-        python_in(&t.c.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
-        from_host
-    );
-    assert!(
-        t.far.reached_from(&t.c),
-        "the resolver's container cannot open TCP"
-    );
-    assert!(
-        t.far.reached_from(&t.hog),
-        "another container cannot open TCP"
-    );
-    assert_eq!(
-        python_in(&t.hog.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40100"]),
-        from_host
-    );
+    t.new_flows_work("40100", "after the resolver's churn");
     eprintln!(
         "{QUESTIONS} questions from fresh ports in {:.1?}; new flows {:.0?} after",
         churn_time,
@@ -839,14 +839,7 @@ fn churn_and_sprays_never_pin_the_pool() {
         "the published TCP port stopped answering: {:#}",
         status["fast_path"]["dataplane"]
     );
-    assert!(
-        t.far.reached_from(&t.c),
-        "a container cannot open TCP after the spray"
-    );
-    assert_eq!(
-        python_in(&t.hog.pid(), UDP_FIXED, &[&t.far.far_ip, "7000", "40102"]),
-        from_host
-    );
+    t.new_flows_work("40102", "after the spray");
     eprintln!(
         "{SPRAY} datagrams and {SPRAY} SYNs at published ports in {:.1?} ({} sessions, {} evicted); new conversations {:.0?} after",
         spray_time,

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use dovesnap_tests::docker::{start_plugin, Container, Network};
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::{dataplane_counter, xdp_counter};
+use dovesnap_tests::status::{dataplane_counter, find_in, xdp_counter};
 use dovesnap_tests::{require_root, run, sh};
 
 const BLOB_BYTES: usize = 20 << 20;
@@ -285,28 +285,6 @@ fn endpoint(status: &Value, net_id: &str, ip: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `fast_path.dataplane.endpoints[]` (the translator's counters) of address `ip`.
-fn translator_endpoint(status: &Value, ip: &str) -> Value {
-    status["fast_path"]["dataplane"]["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["ip"].as_str() == Some(ip))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-/// `fast_path.dataplane.uplinks[]` named `name`.
-fn uplink_status(status: &Value, name: &str) -> Value {
-    status["fast_path"]["dataplane"]["uplinks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|u| u["name"].as_str() == Some(name))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Conntrack entries of the host that mention every one of `needles`.
 fn conntrack_entries(needles: &[&str]) -> Vec<String> {
     let out = run("conntrack", &["-L"]);
@@ -421,7 +399,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
                 reason.is_empty(),
                 "{kind:?}: endpoint {ip} on the fast path with a kernel_path reason: {s2:#}"
             );
-            let t = translator_endpoint(s2, ip);
+            let t = find_in(&s2["fast_path"]["dataplane"]["endpoints"], "ip", ip);
             assert!(
                 t["out_frames"].as_u64().unwrap_or(0) > 0,
                 "{kind:?}: the translator carried nothing for {ip}: {s2:#}"
@@ -451,7 +429,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
         }
     }
     if kind.fast() {
-        let u = uplink_status(s2, &up.name);
+        let u = find_in(&s2["fast_path"]["dataplane"]["uplinks"], "name", &up.name);
         let redirect = kind == Kind::VethGro;
         assert_eq!(
             u["redirect_target"].as_bool(),
@@ -460,7 +438,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
             up.name
         );
         // Nothing is offloaded where offload is off.
-        let off = &translator_endpoint(s2, &ips[1])["offload"];
+        let off = &find_in(&s2["fast_path"]["dataplane"]["endpoints"], "ip", &ips[1])["offload"];
         assert_eq!(
             off["out_frames"].as_u64().unwrap_or(0) + off["in_frames"].as_u64().unwrap_or(0),
             0,

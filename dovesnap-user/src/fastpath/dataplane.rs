@@ -454,7 +454,7 @@ impl Dataplane {
         // A port the translator just mapped must be in PORTS before the frame leaves:
         // the reply can arrive (in softirq) before this thread runs again, and one the
         // uplink does not steer is the kernel's.
-        self.sync_port_events();
+        self.sync_port_events_of(uplink_idx);
         match verdict {
             Verdict::Endpoint { port } => {
                 self.counters.to_endpoint += 1;
@@ -635,22 +635,30 @@ impl Dataplane {
     /// Mirrors the translators' ICMP identifiers into the ports map, so the XDP program
     /// steers the echo replies (TCP and UDP are steered by range).
     fn sync_port_events(&mut self) {
-        for up in self.uplinks.iter_mut().flatten() {
-            let addr = up.external_ip;
-            for ev in up.translator.drain_port_events() {
-                let (protocol, port, open) = match ev {
-                    PortEvent::Opened { protocol, port } => (protocol, port, true),
-                    PortEvent::Closed { protocol, port } => (protocol, port, false),
-                };
-                let key = port_key(addr, protocol, port);
-                let r = if open {
-                    self.maps.set_port(key)
-                } else {
-                    self.maps.remove_port(&key)
-                };
-                if let Err(e) = r {
-                    warn!("cannot update the XDP ports map: {e}");
-                }
+        for idx in 0..self.uplinks.len() {
+            self.sync_port_events_of(idx);
+        }
+    }
+
+    /// Mirrors the ports uplink `idx`'s translator mapped or freed into `PORTS`.
+    fn sync_port_events_of(&mut self, idx: usize) {
+        let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let addr = up.external_ip;
+        for ev in up.translator.drain_port_events() {
+            let (protocol, port, open) = match ev {
+                PortEvent::Opened { protocol, port } => (protocol, port, true),
+                PortEvent::Closed { protocol, port } => (protocol, port, false),
+            };
+            let key = port_key(addr, protocol, port);
+            let r = if open {
+                self.maps.set_port(key)
+            } else {
+                self.maps.remove_port(&key)
+            };
+            if let Err(e) = r {
+                warn!("cannot update the XDP ports map: {e}");
             }
         }
     }

@@ -171,7 +171,9 @@ pub struct Offloads {
     /// Sessions offloaded in one direction only: the other one's output device does not
     /// accept XDP redirects.
     pub one_way: u64,
-    /// Sessions kept whole on AF_XDP: neither device accepts XDP redirects.
+    /// Offers declined because neither device accepts XDP redirects: the session stays
+    /// whole on AF_XDP and is offered again with its next packet, so this counts
+    /// offers, not sessions.
     pub declined: u64,
     /// Sessions taken off XDP because a device stopped accepting redirects.
     pub target_invalidations: u64,
