@@ -43,6 +43,12 @@ pub const FLOWS_MAP: &str = "FLOWS";
 /// Capacity of [`FLOWS_MAP`] (two entries per offloaded session).
 pub const MAX_FLOWS: u32 = 131072;
 
+/// Name of the one-entry `Array<u32>` of the data plane's state ([`STATE_BYPASS`]).
+pub const STATE_MAP: &str = "STATE";
+/// [`STATE_MAP`] bit: the translator is down (crashed, stalled or restarting); the
+/// program passes every frame to the kernel, whose nat path then carries all traffic.
+pub const STATE_BYPASS: u32 = 1;
+
 /// Name of the `DevMapHash` of the interfaces offloaded frames leave by, keyed by their
 /// ifindex ([`FlowAction::out_ifindex`]).
 pub const DEVS_MAP: &str = "DEVS";
@@ -249,7 +255,7 @@ const _: () = {
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 28;
+pub const COUNTERS: u32 = 29;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -329,6 +335,9 @@ pub enum Counter {
     /// Verdict: an offloaded frame whose redirect failed (output device missing from
     /// `DEVS`), dropped since it was already rewritten.
     OffloadRedirectFailed = 27,
+    /// Passed to the kernel on a configured interface because the translator is down
+    /// ([`STATE_BYPASS`]).
+    Bypassed = 28,
 }
 
 impl Counter {
@@ -362,6 +371,7 @@ impl Counter {
         Counter::OffloadInbound,
         Counter::OffloadSlowPath,
         Counter::OffloadRedirectFailed,
+        Counter::Bypassed,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -401,6 +411,7 @@ impl Counter {
             Counter::OffloadInbound => "offload-inbound",
             Counter::OffloadSlowPath => "offload-slow-path",
             Counter::OffloadRedirectFailed => "offload-redirect-failed",
+            Counter::Bypassed => "bypassed",
         }
     }
 }

@@ -43,14 +43,14 @@ mod program {
         helpers::bpf_ktime_get_ns,
         helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
-        maps::{DevMapHash, HashMap, PerCpuArray, XskMap},
+        maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
         programs::XdpContext,
         EbpfContext as _,
     };
     use dovesnap_ebpf::{
         Counter, FlowAction, FlowKey, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK,
         MAX_DEVS, MAX_FLOWS, MAX_IFACES, MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        SINK_BYTES, SINK_FRAMES, SINK_PASSED, SINK_SLOTS,
+        SINK_BYTES, SINK_FRAMES, SINK_PASSED, SINK_SLOTS, STATE_BYPASS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -76,6 +76,10 @@ mod program {
     /// The interfaces offloaded frames leave by, keyed by ifindex.
     #[map]
     static DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_DEVS, 0);
+
+    /// The data plane's state: [`STATE_BYPASS`] while the translator is down.
+    #[map]
+    static STATE: Array<u32> = Array::with_max_entries(1, 0);
 
     /// The benchmark sink's counters (see `SINK_FRAMES`, ...), per CPU.
     #[map]
@@ -248,6 +252,12 @@ mod program {
             Some(cfg) => *cfg,
             None => return pass(),
         };
+        // The translator is down: everything takes the kernel's path, whose conntrack
+        // holds the sessions the translator handed over.
+        if STATE.get(0).is_some_and(|s| s & STATE_BYPASS != 0) {
+            count(Counter::Bypassed)?;
+            return pass();
+        }
         let steer = match cfg.kind {
             IFACE_ENDPOINT => endpoint(ctx, &cfg, class),
             IFACE_UPLINK => uplink(ctx, &cfg, class),

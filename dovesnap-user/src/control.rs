@@ -49,6 +49,20 @@ pub struct Status {
     /// Repairs the reconciler made since the daemon started, by kind.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<(String, u64)>,
+    /// The reconciler's own supervision.
+    #[serde(default)]
+    pub reconciler: ReconcilerHealth,
+}
+
+/// Passes of the reconciler, and those that failed (a panic, or a pass that did not
+/// finish within its time limit); a failed pass is retried after a backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconcilerHealth {
+    pub passes: u64,
+    pub panics: u64,
+    pub stalls: u64,
+    pub last_failure: String,
 }
 
 /// One Docker network on an OVS bridge.
@@ -393,6 +407,17 @@ pub fn render_status_table(status: &Status) -> String {
         push("");
         push(&format!("repaired: {}", repairs.join(" ")));
     }
+    let r = &status.reconciler;
+    if r.panics + r.stalls > 0 {
+        push(&format!(
+            "reconciler: {} failed pass(es) of {} ({} panicked, {} stuck; last: {})",
+            r.panics + r.stalls,
+            r.passes,
+            r.panics,
+            r.stalls,
+            r.last_failure
+        ));
+    }
     out
 }
 
@@ -413,6 +438,32 @@ fn render_fast_path(fp: &crate::fastpath::FastPathStatus, push: &mut impl FnMut(
             attached.join(", ")
         }
     ));
+    let h = &fp.health;
+    if h.state != "up" && !h.state.is_empty() {
+        let back = match h.resumes_in_ms {
+            Some(ms) => format!("; fast path back in {} s", ms.div_ceil(1000)),
+            None => "; stays on the kernel path until the daemon restarts".to_owned(),
+        };
+        push(&format!(
+            "  DATA PLANE {}: {}; every nat-fast frame takes the kernel's path{back}",
+            h.state.to_uppercase(),
+            h.last_failure
+        ));
+    }
+    if h.failures > 0 {
+        push(&format!(
+            "  data plane failures: {} (last: {}), restarts: {}, sessions handed to the kernel: {}{}",
+            h.failures,
+            h.last_failure,
+            h.restarts,
+            h.sessions_handed_to_kernel,
+            if h.handover_failures > 0 {
+                format!(" ({} refused)", h.handover_failures)
+            } else {
+                String::new()
+            }
+        ));
+    }
     for (port, why) in &fp.kernel_path {
         push(&format!("  kernel path: {port}: {why}"));
     }
@@ -505,6 +556,7 @@ mod tests {
             ],
             fast_path: None,
             repairs: vec![],
+            reconciler: ReconcilerHealth::default(),
         }
     }
 
@@ -705,13 +757,35 @@ abc           br-flat      flat      netdev    -            -
                 }],
                 ..Default::default()
             },
+            health: crate::fastpath::supervisor::HealthStatus {
+                state: "down".into(),
+                failures: 1,
+                restarts: 0,
+                sessions_handed_to_kernel: 2,
+                last_failure: "the data-plane thread panicked: boom".into(),
+                resumes_in_ms: Some(1500),
+                ..Default::default()
+            },
             ..Default::default()
         });
+        s.reconciler.passes = 9;
+        s.reconciler.stalls = 1;
+        s.reconciler.last_failure = "did not finish within 60 s".into();
         let table = render_status_table(&s);
         assert!(
             table.contains("  kernel path: ovs9f8e7d6c: br0 has generic only XDP\n"),
             "{table}"
         );
+        for line in [
+            "  DATA PLANE DOWN: the data-plane thread panicked: boom; every nat-fast frame \
+             takes the kernel's path; fast path back in 2 s\n",
+            "  data plane failures: 1 (last: the data-plane thread panicked: boom), restarts: 0, \
+             sessions handed to the kernel: 2\n",
+            "reconciler: 1 failed pass(es) of 9 (0 panicked, 1 stuck; last: did not finish \
+             within 60 s)\n",
+        ] {
+            assert!(table.contains(line), "missing {line:?} in\n{table}");
+        }
         assert!(
             table.contains(
                 "  uplink veth0 (192.0.2.1): 1 endpoint(s), 0 session(s); not an XDP redirect \

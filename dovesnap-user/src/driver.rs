@@ -1314,6 +1314,15 @@ impl NetworkDriver for Driver {
     }
 }
 
+impl Driver {
+    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail.
+    /// False when no nat-fast data plane runs.
+    pub fn inject_fault(&self, fault: crate::fastpath::Fault) -> bool {
+        let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|fp| fp.inject(fault)).is_some()
+    }
+}
+
 impl StatusSource for Driver {
     async fn status(&self) -> Status {
         let networks = self.networks.lock().await;
@@ -1333,9 +1342,10 @@ impl StatusSource for Driver {
                         mac: e.mac.clone(),
                         address: e.address.clone(),
                         published: e.published.iter().map(|p| p.to_string()).collect(),
-                        fast_path: fast_path
-                            .as_ref()
-                            .is_some_and(|(_, names)| names.contains(&e.host_ifname)),
+                        fast_path: fast_path.as_ref().is_some_and(|(s, names)| {
+                            names.contains(&e.host_ifname)
+                                && !s.kernel_path.iter().any(|(p, _)| *p == e.host_ifname)
+                        }),
                         kernel_path: fast_path
                             .as_ref()
                             .and_then(|(s, _)| {
@@ -1362,6 +1372,7 @@ impl StatusSource for Driver {
             networks: out,
             fast_path: fast_path.map(|(s, _)| s),
             repairs: self.repairs(),
+            reconciler: self.reconciler_health(),
         }
     }
 }

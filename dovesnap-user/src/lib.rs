@@ -21,6 +21,7 @@
 
 pub mod afxdp;
 pub mod api;
+pub mod conntrack;
 pub mod control;
 pub mod doctor;
 pub mod driver;
@@ -31,6 +32,7 @@ pub mod nat;
 pub mod netdev;
 pub mod netlink;
 pub mod nexthop;
+pub mod nlmsg;
 pub mod options;
 pub mod ovn;
 pub mod ovsdb;

@@ -66,6 +66,10 @@ enum Cmd {
         nat_max_sessions_per_endpoint: Option<u32>,
         #[command(flatten)]
         ovn: OvnArgs,
+        /// For the project's tests: SIGUSR1 makes the nat-fast data-plane thread panic,
+        /// SIGUSR2 stalls it for 5 s (to exercise its supervision).
+        #[arg(long, hide = true)]
+        test_hooks: bool,
     },
     /// Show the daemon's networks and endpoints.
     Status {
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
                 nat_max_sessions,
                 nat_max_sessions_per_endpoint,
                 ovn,
+                test_hooks,
             } => {
                 dovesnap::fastpath::set_session_limits(
                     nat_max_sessions as usize,
@@ -136,6 +141,7 @@ fn main() -> Result<()> {
                     metrics,
                     reconcile_interval,
                     ovn,
+                    test_hooks,
                 )
                 .await
             }
@@ -182,6 +188,7 @@ async fn daemon(
     metrics: Option<std::net::SocketAddr>,
     reconcile_interval: u64,
     ovn: OvnArgs,
+    test_hooks: bool,
 ) -> Result<()> {
     let ovs = Ovsdb::connect(&ovsdb).await?;
     if let Some(ip) = ovn.ovn_encap_ip {
@@ -251,10 +258,45 @@ async fn daemon(
         let mut stop = tx.subscribe();
         let every = std::time::Duration::from_secs(reconcile_interval);
         tokio::spawn(async move {
+            // A failed pass (panic, or stuck past the limit) is retried after a backoff
+            // that doubles up to a minute and resets after a good pass.
+            let limit = std::time::Duration::from_secs(60);
+            let mut wait = every;
             loop {
                 tokio::select! {
                     _ = stop.recv() => break,
-                    _ = tokio::time::sleep(every) => driver.reconcile().await,
+                    _ = tokio::time::sleep(wait) => {
+                        wait = if driver.reconcile_supervised(limit).await {
+                            every
+                        } else {
+                            (wait * 2).min(std::time::Duration::from_secs(60))
+                        };
+                    }
+                }
+            }
+        })
+    });
+    let hooks_task = test_hooks.then(|| {
+        tracing::warn!("test hooks on: SIGUSR1 panics the nat-fast data plane, SIGUSR2 stalls it");
+        let driver = driver.clone();
+        let mut stop = tx.subscribe();
+        tokio::spawn(async move {
+            use dovesnap::fastpath::Fault;
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut usr1), Ok(mut usr2)) = (
+                signal(SignalKind::user_defined1()),
+                signal(SignalKind::user_defined2()),
+            ) else {
+                return;
+            };
+            loop {
+                let fault = tokio::select! {
+                    _ = stop.recv() => break,
+                    _ = usr1.recv() => Fault::Panic,
+                    _ = usr2.recv() => Fault::Stall(std::time::Duration::from_secs(5)),
+                };
+                if !driver.inject_fault(fault) {
+                    tracing::warn!("test hook: no nat-fast data plane to fail");
                 }
             }
         })
@@ -270,6 +312,9 @@ async fn daemon(
         let _ = t.await;
     }
     if let Some(t) = reconcile_task {
+        let _ = t.await;
+    }
+    if let Some(t) = hooks_task {
         let _ = t.await;
     }
     if let Err(e) = driver.shutdown().await {

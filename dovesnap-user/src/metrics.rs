@@ -128,6 +128,16 @@ pub fn render(status: &Status) -> String {
             *n,
         );
     }
+    let r = &status.reconciler;
+    for (kind, n) in [("panic", r.panics), ("stall", r.stalls)] {
+        o.add(
+            "dovesnap_reconciler_failures_total",
+            "counter",
+            "Reconciler passes that panicked or did not finish in time (retried after a backoff).",
+            &[("kind", kind)],
+            n,
+        );
+    }
     let Some(fp) = &status.fast_path else {
         return o.finish();
     };
@@ -204,6 +214,33 @@ pub fn render(status: &Status) -> String {
             o.add(family.0, "counter", family.1, &labels, frames);
             o.add(family.2, "counter", family.3, &labels, bytes);
         }
+    }
+    let h = &fp.health;
+    o.add(
+        "dovesnap_dataplane_up",
+        "gauge",
+        "1 while nat-fast frames go through the fast path; 0 while its data plane is down and every frame takes the kernel's path.",
+        &[],
+        u64::from(h.state == "up"),
+    );
+    for (name, help, v) in [
+        (
+            "dovesnap_dataplane_failures_total",
+            "Panics and stalls of the nat-fast data-plane thread.",
+            h.failures,
+        ),
+        (
+            "dovesnap_dataplane_restarts_total",
+            "Times the nat-fast fast path came back after a failure.",
+            h.restarts,
+        ),
+        (
+            "dovesnap_dataplane_sessions_handed_to_kernel_total",
+            "Translator sessions given to the kernel's conntrack when the data plane failed.",
+            h.sessions_handed_to_kernel,
+        ),
+    ] {
+        o.add(name, "counter", help, &[], v);
     }
     for u in &fp.dataplane.uplinks {
         o.add(
@@ -359,8 +396,18 @@ mod tests {
                     }],
                     counters: vec![("rx".into(), 11)],
                 },
+                health: crate::fastpath::supervisor::HealthStatus {
+                    state: "down".into(),
+                    failures: 1,
+                    sessions_handed_to_kernel: 4,
+                    ..Default::default()
+                },
             }),
             repairs: vec![("veth".into(), 1)],
+            reconciler: crate::control::ReconcilerHealth {
+                panics: 2,
+                ..Default::default()
+            },
         }
     }
 
@@ -381,6 +428,10 @@ mod tests {
             r#"dovesnap_xdp_frames_total{counter="endpoint-redirect"} 7"#,
             r#"dovesnap_dataplane_total{counter="rx"} 11"#,
             r#"dovesnap_repairs_total{what="veth"} 1"#,
+            "dovesnap_dataplane_up 0",
+            "dovesnap_dataplane_failures_total 1",
+            "dovesnap_dataplane_sessions_handed_to_kernel_total 4",
+            r#"dovesnap_reconciler_failures_total{kind="panic"} 2"#,
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
         }

@@ -15,6 +15,8 @@
 
 use std::io;
 
+use crate::nlmsg::{attributes, message, Socket, NLM_F_REQUEST};
+
 /// `enum netdev_xdp_act` (include/uapi/linux/netdev.h).
 const XDP_ACT_BASIC: u64 = 1;
 const XDP_ACT_REDIRECT: u64 = 2;
@@ -27,9 +29,6 @@ const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// A device's XDP capabilities as the kernel reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,7 +82,7 @@ pub struct Querier {
 impl Querier {
     /// Opens a socket in the calling thread's network namespace.
     pub fn new() -> io::Result<Querier> {
-        let sock = Socket::open()?;
+        let sock = Socket::open(rtnetlink::sys::protocols::NETLINK_GENERIC)?;
         let reply = sock.request(&family_request())?;
         let family = parse_family_id(&reply).ok_or_else(|| {
             io::Error::new(
@@ -101,31 +100,11 @@ impl Querier {
     }
 }
 
-/// A netlink message: header, generic header, attributes.
-fn message(kind: u16, cmd: u8, version: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut m = vec![0u8; 20];
-    for (ty, value) in attrs {
-        let len = 4 + value.len();
-        m.extend_from_slice(&(len as u16).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(value);
-        m.resize(m.len().next_multiple_of(4), 0);
-    }
-    let total = m.len() as u32;
-    m[0..4].copy_from_slice(&total.to_ne_bytes());
-    m[4..6].copy_from_slice(&kind.to_ne_bytes());
-    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    m[16] = cmd;
-    m[17] = version;
-    m
-}
-
 fn family_request() -> Vec<u8> {
     message(
         GENL_ID_CTRL,
-        CTRL_CMD_GETFAMILY,
-        1,
+        NLM_F_REQUEST,
+        [CTRL_CMD_GETFAMILY, 1, 0, 0],
         &[(CTRL_ATTR_FAMILY_NAME, b"netdev\0")],
     )
 }
@@ -133,34 +112,10 @@ fn family_request() -> Vec<u8> {
 fn dev_get_request(family: u16, ifindex: u32) -> Vec<u8> {
     message(
         family,
-        NETDEV_CMD_DEV_GET,
-        1,
+        NLM_F_REQUEST,
+        [NETDEV_CMD_DEV_GET, 1, 0, 0],
         &[(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes())],
     )
-}
-
-/// The attributes of the first message of `reply`, or the error it carries.
-fn attributes(reply: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
-    let short = || io::Error::new(io::ErrorKind::InvalidData, "short netlink reply");
-    let len = u32::from_ne_bytes(reply.get(0..4).ok_or_else(short)?.try_into().unwrap()) as usize;
-    let kind = u16::from_ne_bytes(reply.get(4..6).ok_or_else(short)?.try_into().unwrap());
-    let msg = reply.get(..len).ok_or_else(short)?;
-    if kind == NLMSG_ERROR {
-        let code = i32::from_ne_bytes(msg.get(16..20).ok_or_else(short)?.try_into().unwrap());
-        return Err(io::Error::from_raw_os_error(-code));
-    }
-    let mut attrs = Vec::new();
-    let mut rest = msg.get(20..).ok_or_else(short)?;
-    while rest.len() >= 4 {
-        let alen = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if alen < 4 || alen > rest.len() {
-            break;
-        }
-        attrs.push((ty, &rest[4..alen]));
-        rest = &rest[alen.next_multiple_of(4).min(rest.len())..];
-    }
-    Ok(attrs)
 }
 
 fn parse_family_id(reply: &[u8]) -> Option<u16> {
@@ -184,34 +139,14 @@ fn parse_xdp_features(reply: &[u8]) -> io::Result<u64> {
         })
 }
 
-/// A generic-netlink socket (rtnetlink's own netlink-sys socket), connected to the
-/// kernel.
-struct Socket(rtnetlink::sys::Socket);
-
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        let sock = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_GENERIC)?;
-        sock.connect(&rtnetlink::sys::SocketAddr::new(0, 0))?;
-        Ok(Socket(sock))
-    }
-
-    /// Sends one request to the kernel and returns its first reply (generic netlink
-    /// queues the reply before the send returns).
-    fn request(&self, msg: &[u8]) -> io::Result<Vec<u8>> {
-        self.0.send(msg, 0)?;
-        let mut buf = Vec::with_capacity(8192);
-        self.0.recv(&mut buf, 0)?;
-        Ok(buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nlmsg::NLMSG_ERROR;
 
     /// A reply as the kernel sends it: header, generic header, attributes.
     fn reply(kind: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        message(kind, 1, 1, attrs)
+        message(kind, NLM_F_REQUEST, [1, 1, 0, 0], attrs)
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use aya::maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::{
@@ -33,7 +33,7 @@ pub use dovesnap_ebpf::{
 };
 use dovesnap_ebpf::{
     DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SINK_BYTES, SINK_FRAMES, SINK_MAP,
-    SINK_PASSED, SINK_PROGRAM_NAME, STATS_MAP, XSKS_MAP,
+    SINK_PASSED, SINK_PROGRAM_NAME, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
@@ -407,6 +407,8 @@ counters! {
     OffloadSlowPath => offload_slow_path,
     /// Offloaded frames dropped because their output device was gone.
     OffloadRedirectFailed => offload_redirect_failed,
+    /// Frames passed to the kernel while the translator was down.
+    Bypassed => bypassed,
 }
 
 impl Counters {
@@ -710,6 +712,7 @@ impl XdpProgram {
             M::try_from(map).map_err(|_| mismatch())
         }
         let maps = DataplaneMaps {
+            bypass: Bypass(take(&mut self.ebpf, STATE_MAP)?),
             ports: take(&mut self.ebpf, PORTS_MAP)?,
             xsks: take(&mut self.ebpf, XSKS_MAP)?,
             flows: take(&mut self.ebpf, FLOWS_MAP)?,
@@ -787,6 +790,8 @@ impl XdpProgram {
 /// (`PORTS`), its AF_XDP sockets (`XSKS`), offloaded flows (`FLOWS`) and the devices
 /// they leave by (`DEVS`). `Send`, so the thread can own it.
 pub struct DataplaneMaps {
+    /// The whole fast path's off switch; a second handle serves the watchdog.
+    pub bypass: Bypass,
     ports: HashMap<MapData, PortKey, u32>,
     xsks: XskMap<MapData>,
     flows: HashMap<MapData, FlowKey, FlowAction>,
@@ -808,6 +813,50 @@ fn describe_key(key: &PortKey) -> String {
         other => format!("protocol {other}"),
     };
     format!("{proto} {a}.{b}.{c}.{d}:{}", key.port_host())
+}
+
+/// The program's off switch ([`STATE_MAP`]): while on, every frame on every configured
+/// interface goes to the kernel, as if no program were attached.
+pub struct Bypass(Array<MapData, u32>);
+
+impl fmt::Debug for Bypass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Bypass").field(&self.is_on()).finish()
+    }
+}
+
+impl Bypass {
+    /// Turns the switch on (everything to the kernel) or off.
+    pub fn set(&mut self, on: bool) -> Result<(), XdpError> {
+        let value = if on { STATE_BYPASS } else { 0 };
+        self.0
+            .set(0, value, 0)
+            .map_err(|e| map_error(STATE_MAP, format!("set bypass {on}"), &e))
+    }
+
+    /// Whether the switch is on (false if the map cannot be read).
+    pub fn is_on(&self) -> bool {
+        self.0.get(&0, 0).is_ok_and(|v| v & STATE_BYPASS != 0)
+    }
+
+    /// A second handle on the same map (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Bypass, XdpError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let fd = self
+            .0
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| XdpError::Load {
+                cause: format!("cannot duplicate the {STATE_MAP} map's descriptor: {e}"),
+            })?;
+        let data = MapData::from_fd(fd).map_err(|e| map_error(STATE_MAP, "reopen".into(), &e))?;
+        Array::try_from(aya::maps::Map::Array(data))
+            .map(Bypass)
+            .map_err(|e| map_error(STATE_MAP, "reopen".into(), &e))
+    }
 }
 
 impl DataplaneMaps {

@@ -111,6 +111,15 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the daemon (with `--test-hooks`, SIGUSR1 and SIGUSR2 fail its
+    /// nat-fast data plane on purpose).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
     /// Stops the daemon with SIGTERM and waits for it; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {

@@ -965,3 +965,144 @@ fn dockerd_restarts_under_the_plugin() {
     drop(plugin);
     drop(far);
 }
+
+/// A far-side TCP server sending each client `argv[2]` blocks of 64 KiB of a known
+/// pattern, `argv[3]` seconds apart, so that a download lasts a few seconds.
+const SLOW_SERVER: &str = "import socket,time,sys\nb=bytes(range(256))*256\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('0.0.0.0',int(sys.argv[1])))\nl.listen(8)\nwhile True:\n    c,_=l.accept()\n    for i in range(int(sys.argv[2])):\n        c.sendall(b)\n        time.sleep(float(sys.argv[3]))\n    c.close()";
+
+/// Downloads from `argv[1]:argv[2]` until the server closes; prints the byte count and
+/// the SHA-256.
+const DOWNLOAD: &str = "import socket,sys,hashlib\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=20)\nh=hashlib.sha256()\nn=0\nwhile True:\n    d=s.recv(65536)\n    if not d:\n        break\n    h.update(d)\n    n+=len(d)\nprint(n,h.hexdigest())";
+
+fn health(plugin: &Daemon) -> serde_json::Value {
+    plugin.status()["fast_path"]["health"].clone()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
+fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
+    const BLOCKS: u32 = 160;
+    require_root();
+    let mut t = TwoOnFast::new(
+        "sup",
+        "10.233.106",
+        "10.233.11.0/24",
+        &["--reconcile-interval", "1", "--test-hooks"],
+    );
+    t.far.spawn(&[
+        "python3",
+        "-c",
+        SLOW_SERVER,
+        "7100",
+        &BLOCKS.to_string(),
+        "0.02",
+    ]);
+    let expected = String::from_utf8_lossy(
+        &run(
+            "python3",
+            &[
+                "-c",
+                "import hashlib,sys\nb=bytes(range(256))*256\nprint(len(b)*int(sys.argv[1]),hashlib.sha256(b*int(sys.argv[1])).hexdigest())",
+                &BLOCKS.to_string(),
+            ],
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    // A 10 MiB download over about 3 s; the data plane panics one second in.
+    let pid = t.c.pid();
+    let far_ip = t.far.far_ip.clone();
+    let download = std::thread::spawn(move || python_in(&pid, DOWNLOAD, &[&far_ip, "7100"]));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = t.plugin.status();
+    let bypassed_before = dovesnap_tests::status::xdp_counter(&before, "bypassed");
+    t.plugin.signal(libc::SIGUSR1);
+    recovery(
+        "the failure shown in status",
+        Duration::from_secs(5),
+        || health(&t.plugin)["failures"] == 1,
+    );
+    let h = health(&t.plugin);
+    assert!(
+        h["last_failure"]
+            .as_str()
+            .is_some_and(|s| s.contains("panicked")),
+        "{h:#}"
+    );
+    assert!(
+        h["sessions_handed_to_kernel"].as_u64() >= Some(1),
+        "the download's session was not handed to conntrack: {h:#}"
+    );
+    // The kernel holds the download with the translator's mapping: to the uplink's
+    // address, from the container.
+    let ct = String::from_utf8_lossy(
+        &run(
+            "conntrack",
+            &[
+                "-L",
+                "-p",
+                "tcp",
+                "--orig-port-dst",
+                "7100",
+                "-d",
+                &t.far.far_ip,
+            ],
+        )
+        .stdout,
+    )
+    .to_string();
+    assert!(
+        ct.contains(&format!("src={}", t.c.ip(&t.fast)))
+            && ct.contains(&format!("dst={}", t.far.host_ip)),
+        "no conntrack entry for the download:\n{ct}"
+    );
+    let got = download.join().expect("download thread");
+    assert_eq!(
+        got, expected,
+        "the download broke when the data plane failed"
+    );
+    let status = t.plugin.status();
+    assert!(
+        dovesnap_tests::status::xdp_counter(&status, "bypassed") > bypassed_before,
+        "no frame took the kernel's path while the data plane was down"
+    );
+    // It comes back (after a 1 s backoff) and new connections use the fast path again.
+    recovery(
+        "the fast path after the panic",
+        Duration::from_secs(5),
+        || health(&t.plugin)["state"] == "up",
+    );
+    assert_eq!(health(&t.plugin)["restarts"], 1);
+    let outbound = translator(&t.plugin.status(), "outbound");
+    assert!(
+        t.far.reached_from(&t.c),
+        "no new connection after the restart"
+    );
+    assert!(
+        translator(&t.plugin.status(), "outbound") > outbound,
+        "the new connection did not go through the translator"
+    );
+
+    // A stall: the watchdog turns the bypass on; new flows take the kernel's path
+    // meanwhile, and the thread takes over again once it is back.
+    t.plugin.signal(libc::SIGUSR2);
+    recovery("the stall noticed", Duration::from_secs(6), || {
+        health(&t.plugin)["state"] == "stalled"
+    });
+    assert!(t.far.reached_from(&t.c), "no new connection while stalled");
+    recovery(
+        "the fast path after the stall",
+        Duration::from_secs(15),
+        || {
+            let h = health(&t.plugin);
+            h["state"] == "up" && h["restarts"] == 2
+        },
+    );
+    assert!(
+        t.far.reached_from(&t.c),
+        "no new connection after the stall"
+    );
+    let text = t.plugin.status_text();
+    assert!(text.contains("data plane failures: 2"), "{text}");
+}

@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
@@ -44,6 +44,8 @@ pub(super) struct State {
     seen: Mutex<HashMap<String, u32>>,
     /// Repairs made since start, by kind.
     repairs: Mutex<BTreeMap<&'static str, u64>>,
+    /// Passes and failed passes (see [`Driver::reconcile_supervised`]).
+    health: Mutex<crate::control::ReconcilerHealth>,
 }
 
 impl State {
@@ -78,6 +80,54 @@ impl Driver {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         repairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// The reconciler's passes and failures.
+    pub fn reconciler_health(&self) -> crate::control::ReconcilerHealth {
+        self.reconciler
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One pass in its own task, so that a panic or a pass stuck past `limit` is
+    /// caught, logged and counted instead of ending reconciliation for good. Returns
+    /// whether the pass finished; the caller backs off after a failure.
+    pub async fn reconcile_supervised(self: &Arc<Self>, limit: std::time::Duration) -> bool {
+        let me = Arc::clone(self);
+        let mut task = tokio::spawn(async move { me.reconcile().await });
+        let outcome = tokio::time::timeout(limit, &mut task).await;
+        let mut h = self
+            .reconciler
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        h.passes += 1;
+        match outcome {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                let why = if e.is_panic() {
+                    crate::fastpath::supervisor::panic_message(&*e.into_panic())
+                } else {
+                    e.to_string()
+                };
+                tracing::error!("reconciler pass failed: {why}; retrying after a backoff");
+                h.panics += 1;
+                h.last_failure = format!("panicked: {why}");
+                false
+            }
+            Err(_) => {
+                task.abort();
+                tracing::error!(
+                    "reconciler pass still running after {} s: abandoned; retrying after a backoff",
+                    limit.as_secs()
+                );
+                h.stalls += 1;
+                h.last_failure = format!("did not finish within {} s", limit.as_secs());
+                false
+            }
+        }
     }
 
     /// One reconciliation pass over every network (see the module documentation).

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use dovesnap_ebpf::PortKey;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
 use crate::nat::{
@@ -30,6 +30,7 @@ use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::xdp::DataplaneMaps;
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
+use super::supervisor::{panic_message, Backoff, Health, State};
 
 /// How long a frame may wait for its next hop before it is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -142,7 +143,18 @@ pub enum Command {
     Status {
         reply: Sender<DataplaneStatus>,
     },
+    /// Test hook (`dovesnap daemon --test-hooks`): fail on purpose.
+    Fault(Fault),
     Stop,
+}
+
+/// A failure made on purpose, to test the supervision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The thread panics.
+    Panic,
+    /// The thread blocks this long without a turn of its loop.
+    Stall(Duration),
 }
 
 /// What the control plane knows of an endpoint (the translator's port id is the
@@ -283,6 +295,9 @@ pub struct Dataplane {
     offloads: Offloads,
     /// Asks the kernel for devices' XDP features (`None`: it cannot answer).
     netdev: Option<crate::netdev::Querier>,
+    /// Shared with the watchdog and status (see [`super::supervisor`]).
+    health: std::sync::Arc<Health>,
+    backoff: Backoff,
 }
 
 impl Dataplane {
@@ -292,6 +307,7 @@ impl Dataplane {
         resolver: Resolver,
         events: Receiver<NextHopEvent>,
         waker: std::sync::Arc<Waker>,
+        health: std::sync::Arc<Health>,
     ) -> Result<Self, String> {
         let xsk = Xsk::new(xsk_config).map_err(|e| format!("cannot set up AF_XDP: {e}"))?;
         Ok(Dataplane {
@@ -316,12 +332,111 @@ impl Dataplane {
                     warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
                 })
                 .ok(),
+            health,
+            backoff: Backoff::default(),
         })
+    }
+
+    /// The thread's body: [`Dataplane::run`], and after a panic the same data plane
+    /// again, its sessions handed to the kernel meanwhile (see [`super::supervisor`]).
+    pub fn supervise(mut self, commands: Receiver<Command>) {
+        loop {
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(&commands);
+            }));
+            match turn {
+                Ok(()) => return,
+                Err(payload) => {
+                    let why = format!(
+                        "the data-plane thread panicked: {}",
+                        panic_message(&*payload)
+                    );
+                    self.go_down(&why);
+                }
+            }
+        }
+    }
+
+    /// After a failure: sessions to conntrack, then every frame to the kernel's path,
+    /// then a backoff before the fast path comes back (or never, after too many).
+    fn go_down(&mut self, why: &str) {
+        let now = Instant::now();
+        error!("nat-fast: {why}: its sessions go to the kernel's conntrack and every nat-fast frame to the kernel's path");
+        // Sessions first: a frame of theirs reaching the kernel before its entry exists
+        // would get a different mapping, or a reset from the host.
+        let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.hand_over()));
+        match handed {
+            Ok(Ok(h)) => {
+                info!(
+                    created = h.created,
+                    failed = h.failed,
+                    "nat-fast: sessions handed to conntrack"
+                );
+                if let Some(e) = &h.first_error {
+                    warn!("nat-fast: conntrack refused a session: {e}");
+                }
+                self.health.handed_over(h.created, h.failed);
+            }
+            Ok(Err(e)) => error!("nat-fast: cannot hand sessions to conntrack: {e}"),
+            Err(p) => error!(
+                "nat-fast: handing sessions over panicked: {}",
+                panic_message(&*p)
+            ),
+        }
+        if let Err(e) = self.maps.bypass.set(true) {
+            error!("nat-fast: cannot turn the XDP bypass on: {e}");
+        }
+        match self.backoff.on_failure(now) {
+            Some(wait) => {
+                warn!(
+                    "nat-fast: the fast path comes back in {} ms",
+                    wait.as_millis()
+                );
+                self.health.failed(why, Some(now + wait));
+            }
+            None => {
+                error!("nat-fast: too many failures: the fast path stays off (everything on the kernel's path) until the daemon restarts");
+                self.health.failed(why, None);
+            }
+        }
+    }
+
+    /// Every live TCP/UDP session, as a conntrack entry with the same mapping.
+    fn hand_over(&self) -> std::io::Result<crate::conntrack::Handed> {
+        let now = Instant::now();
+        let entries: Vec<crate::conntrack::Entry> = self
+            .uplinks
+            .iter()
+            .flatten()
+            .flat_map(|up| {
+                up.translator.sessions().filter_map(move |s| {
+                    crate::conntrack::Entry::from_session(&s, up.external_ip, now)
+                })
+            })
+            .collect();
+        Ok(crate::conntrack::Conntrack::open()?.hand_over(entries))
+    }
+
+    /// Follows the supervision's state at each turn of the loop.
+    fn supervision_turn(&mut self, now: Instant) {
+        self.health.beat(now);
+        match self.health.state() {
+            State::Up | State::GaveUp => {}
+            State::Stalled => self.go_down("the data-plane thread made no progress"),
+            State::Down if self.health.resume_due(now) => match self.maps.bypass.set(false) {
+                Ok(()) => {
+                    info!("nat-fast: the fast path is back");
+                    self.health.resumed();
+                }
+                Err(e) => error!("nat-fast: cannot turn the XDP bypass off: {e}"),
+            },
+            State::Down => {}
+        }
     }
 
     /// Runs until [`Command::Stop`] or until the control plane hangs up; closes every
     /// socket on the way out.
-    pub fn run(mut self, commands: Receiver<Command>) {
+    pub fn run(&mut self, commands: &Receiver<Command>) {
         let mut batch: Vec<Rx> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
@@ -338,6 +453,7 @@ impl Dataplane {
                 }
             }
             let now = Instant::now();
+            self.supervision_turn(now);
             while let Ok(ev) = self.events.try_recv() {
                 let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
                 let changed = self.nexthops.apply(ev);
@@ -732,6 +848,8 @@ impl Dataplane {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::Fault(Fault::Panic) => panic!("test hook: told to panic"),
+            Command::Fault(Fault::Stall(d)) => std::thread::sleep(d),
             Command::Stop => unreachable!("handled by run"),
         }
     }

@@ -19,6 +19,7 @@
 
 pub mod dataplane;
 pub mod offload;
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -36,7 +37,9 @@ use crate::firewall::Ipv4Net;
 use crate::nat::{Config, Protocol, Timeouts};
 use crate::nexthop;
 use crate::xdp::{XdpError, XdpProgram};
+pub use dataplane::Fault;
 use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
+use supervisor::{Health, HealthStatus, Watchdog};
 
 /// External TCP/UDP ports (and ICMP identifiers) the translator allocates from: above
 /// Linux's default ephemeral range (32768-60999), so the host's own connections and
@@ -80,6 +83,9 @@ fn max_sessions_per_endpoint() -> Option<usize> {
 /// How long a control call waits for the data-plane thread (it answers between two
 /// batches, normally within microseconds).
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long status waits for the data-plane thread.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Slots of the socket map (`XSKS`); one per endpoint, one per uplink queue.
 const XSK_SLOTS: u32 = 1024;
@@ -152,6 +158,8 @@ pub struct FastPathStatus {
     /// XDP counters by name (all CPUs).
     pub xdp_counters: Vec<(String, u64)>,
     pub dataplane: DataplaneStatus,
+    /// The data-plane thread's supervision: up, or down and why.
+    pub health: HealthStatus,
 }
 
 struct UplinkState {
@@ -166,6 +174,8 @@ pub struct FastPath {
     commands: Sender<Command>,
     waker: std::sync::Arc<dataplane::Waker>,
     thread: Option<JoinHandle<()>>,
+    health: std::sync::Arc<Health>,
+    watchdog: Watchdog,
     uplinks: HashMap<String, UplinkState>,
     /// host ifname -> (ifindex, first slot, slots, uplink name)
     endpoints: HashMap<String, (u32, u32, u32, String)>,
@@ -200,19 +210,32 @@ impl FastPath {
             dataplane::Waker::new()
                 .map_err(|e| FastPathError::Dataplane(format!("cannot make an eventfd: {e}")))?,
         );
-        let dp = Dataplane::new(XskConfig::default(), maps, resolver, ev_rx, waker.clone())
-            .map_err(FastPathError::Dataplane)?;
+        let health = std::sync::Arc::new(Health::default());
+        let watchdog_bypass = maps.bypass.try_clone()?;
+        let dp = Dataplane::new(
+            XskConfig::default(),
+            maps,
+            resolver,
+            ev_rx,
+            waker.clone(),
+            health.clone(),
+        )
+        .map_err(FastPathError::Dataplane)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("dovesnap-nat".into())
-            .spawn(move || dp.run(rx))
+            .spawn(move || dp.supervise(rx))
             .map_err(|e| FastPathError::Dataplane(format!("cannot start the thread: {e}")))?;
+        let watchdog = Watchdog::start(health.clone(), watchdog_bypass)
+            .map_err(|e| FastPathError::Dataplane(format!("cannot start the watchdog: {e}")))?;
         info!("nat-fast data plane started");
         Ok(FastPath {
             xdp,
             commands: tx,
             waker,
             thread: Some(thread),
+            health,
+            watchdog,
             uplinks: HashMap::new(),
             endpoints: HashMap::new(),
             kernel_path: HashMap::new(),
@@ -224,12 +247,20 @@ impl FastPath {
     /// [`CALL_TIMEOUT`]: the driver lock is held meanwhile, and a stuck thread must not
     /// hold Docker's calls with it.
     fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, FastPathError> {
+        self.call_within(CALL_TIMEOUT, make)
+    }
+
+    fn call_within<T>(
+        &self,
+        timeout: std::time::Duration,
+        make: impl FnOnce(Sender<T>) -> Command,
+    ) -> Result<T, FastPathError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.commands
             .send(make(tx))
             .map_err(|_| FastPathError::Stopped)?;
         self.waker.wake();
-        rx.recv_timeout(CALL_TIMEOUT).map_err(|e| match e {
+        rx.recv_timeout(timeout).map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => FastPathError::Timeout,
             crossbeam_channel::RecvTimeoutError::Disconnected => FastPathError::Stopped,
         })
@@ -514,21 +545,43 @@ impl FastPath {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let dataplane = self
-            .call(|reply| Command::Status { reply })
-            .unwrap_or_default();
+        // Status must answer while the thread is stuck: not asked then, and asked
+        // briefly otherwise (the watchdog needs a few seconds to call a stall one).
+        let dataplane = if self.health.state() == supervisor::State::Stalled {
+            DataplaneStatus::default()
+        } else {
+            self.call_within(STATUS_TIMEOUT, |reply| Command::Status { reply })
+                .unwrap_or_default()
+        };
+        let health = self.health.status();
         let mut kernel_path: Vec<(String, String)> = self
             .kernel_path
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if self.health.is_down() {
+            // Every endpoint's frames go to the kernel while the data plane is down.
+            let why = format!(
+                "the nat-fast data plane is {}: {}",
+                health.state, health.last_failure
+            );
+            kernel_path.extend(self.endpoints.keys().map(|k| (k.clone(), why.clone())));
+        }
         kernel_path.sort();
         FastPathStatus {
             attached,
             kernel_path,
             xdp_counters,
             dataplane,
+            health,
         }
+    }
+
+    /// Test hook (`dovesnap daemon --test-hooks`): makes the data-plane thread fail.
+    pub fn inject(&self, fault: Fault) {
+        warn!(?fault, "test hook: failing the data plane on purpose");
+        let _ = self.commands.send(Command::Fault(fault));
+        self.waker.wake();
     }
 
     /// Detaches every program, closes every socket and stops the thread.
@@ -537,6 +590,7 @@ impl FastPath {
     }
 
     fn stop_inner(&mut self) {
+        self.watchdog.stop();
         if let Err(e) = self.xdp.detach_all() {
             warn!("cannot detach every XDP program: {e}");
         }
