@@ -55,6 +55,17 @@ pub const DEVS_MAP: &str = "DEVS";
 /// Capacity of [`DEVS_MAP`].
 pub const MAX_DEVS: u32 = 1024;
 
+/// Name of the LRU hash map from [`FragKey`] to a `u64` timestamp
+/// (`bpf_ktime_get_ns`): the fragmented datagrams whose first fragment the program
+/// steered to the translator, so that their later fragments (which carry no transport
+/// header) follow it. Written and read by the program only.
+pub const FRAGS_MAP: &str = "FRAGS";
+/// Capacity of [`FRAGS_MAP`] (least recently used entries go first).
+pub const MAX_FRAGS: u32 = 4096;
+/// How long after its first fragment a datagram's later fragments still follow it, in
+/// nanoseconds: the kernel's default reassembly timeout (`ipfrag_time`, 30 s).
+pub const FRAG_LIFETIME_NS: u64 = 30_000_000_000;
+
 /// [`IfaceConfig::kind`] of the host end of a nat-fast container's veth.
 pub const IFACE_ENDPOINT: u32 = 1;
 /// [`IfaceConfig::kind`] of the uplink carrying the external address.
@@ -160,6 +171,27 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// The key of [`FRAGS_MAP`]: one fragmented datagram as it arrives on one interface
+/// (RFC 791: source, destination, protocol and identification name it). Addresses in
+/// network byte order, `id` as the wire bytes read natively. 16 bytes, no implicit
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    /// The interface the fragments arrive on.
+    pub ifindex: u32,
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// The IPv4 identification field, network byte order.
+    pub id: u16,
+    /// The IPv4 protocol.
+    pub proto: u8,
+    /// Explicit padding; must be zero (the kernel hashes every byte).
+    pub _pad: u8,
+}
+
 /// The value of [`FLOWS_MAP`]: the rewrite the translator would do for a frame of the
 /// flow, and where the frame goes. The program writes `last_seen`, `packets` and `bytes`;
 /// userspace writes the rest once, at offload time. 56 bytes, no implicit padding.
@@ -252,10 +284,11 @@ const _: () = {
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 20);
     assert!(core::mem::size_of::<FlowAction>() == 56);
+    assert!(core::mem::size_of::<FragKey>() == 16);
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 29;
+pub const COUNTERS: u32 = 33;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -297,8 +330,9 @@ pub enum Counter {
     /// Endpoint: not IPv4 (or a malformed IPv4 header), or an IPv4 protocol other than
     /// TCP, UDP and ICMP.
     EndpointOtherProtocol = 10,
-    /// Endpoint: IPv4 header with options (IHL != 5), or a fragment.
-    EndpointOptionsOrFragment = 11,
+    /// Endpoint: IPv4 header with options (IHL != 5), left to the kernel (fragments
+    /// are counted `EndpointFragment*`).
+    EndpointOptions = 11,
     /// Endpoint: TTL <= 1, left to the kernel to answer with time-exceeded.
     EndpointTtlExpiring = 12,
     /// Endpoint: destination inside the endpoint's subnet.
@@ -321,8 +355,9 @@ pub enum Counter {
     UplinkNoSession = 20,
     /// Uplink: would be steered, but arrived on an rx queue without a socket.
     UplinkQueueWithoutSocket = 21,
-    /// Uplink: to the external address, with IPv4 options or fragmented.
-    UplinkOptionsOrFragment = 22,
+    /// Uplink: to the external address, with IPv4 options (fragments are counted
+    /// `UplinkFragment*`).
+    UplinkOptions = 22,
     /// Endpoint: would be steered, but arrived on an rx queue without a socket.
     EndpointQueueWithoutSocket = 23,
     /// Offloaded: a container's frame rewritten and redirected to the uplink in XDP.
@@ -335,9 +370,23 @@ pub enum Counter {
     /// Verdict: an offloaded frame whose redirect failed (output device missing from
     /// `DEVS`), dropped since it was already rewritten.
     OffloadRedirectFailed = 27,
+    /// Endpoint: a fragment steered to the socket (see `XskMissing` for failures): a
+    /// first fragment that passed every check a whole packet must pass (its datagram is
+    /// recorded in [`FRAGS_MAP`]), or a later fragment of such a datagram.
+    EndpointFragment = 28,
+    /// Endpoint: a later fragment whose first fragment was not steered (left to the
+    /// kernel, which holds the rest of the datagram).
+    EndpointFragmentKernel = 29,
+    /// Uplink: a fragment steered to the queue's socket: a first fragment whose port,
+    /// echo identifier or quoted flow is the translator's (its datagram is recorded in
+    /// [`FRAGS_MAP`]), or a later fragment of such a datagram.
+    UplinkFragment = 30,
+    /// Uplink: a later fragment whose first fragment was not steered (another NAT's or
+    /// a host socket's datagram): left to the kernel.
+    UplinkFragmentKernel = 31,
     /// Passed to the kernel on a configured interface because the translator is down
     /// ([`STATE_BYPASS`]).
-    Bypassed = 28,
+    Bypassed = 32,
 }
 
 impl Counter {
@@ -354,7 +403,7 @@ impl Counter {
         Counter::EndpointRedirect,
         Counter::EndpointNotToGateway,
         Counter::EndpointOtherProtocol,
-        Counter::EndpointOptionsOrFragment,
+        Counter::EndpointOptions,
         Counter::EndpointTtlExpiring,
         Counter::EndpointInSubnet,
         Counter::EndpointNotForwarded,
@@ -365,12 +414,16 @@ impl Counter {
         Counter::UplinkNotForUs,
         Counter::UplinkNoSession,
         Counter::UplinkQueueWithoutSocket,
-        Counter::UplinkOptionsOrFragment,
+        Counter::UplinkOptions,
         Counter::EndpointQueueWithoutSocket,
         Counter::OffloadOutbound,
         Counter::OffloadInbound,
         Counter::OffloadSlowPath,
         Counter::OffloadRedirectFailed,
+        Counter::EndpointFragment,
+        Counter::EndpointFragmentKernel,
+        Counter::UplinkFragment,
+        Counter::UplinkFragmentKernel,
         Counter::Bypassed,
     ];
 
@@ -394,7 +447,7 @@ impl Counter {
             Counter::EndpointRedirect => "endpoint-redirect",
             Counter::EndpointNotToGateway => "endpoint-not-to-gateway",
             Counter::EndpointOtherProtocol => "endpoint-other-protocol",
-            Counter::EndpointOptionsOrFragment => "endpoint-options-or-fragment",
+            Counter::EndpointOptions => "endpoint-options",
             Counter::EndpointTtlExpiring => "endpoint-ttl-expiring",
             Counter::EndpointInSubnet => "endpoint-in-subnet",
             Counter::EndpointNotForwarded => "endpoint-not-forwarded",
@@ -405,12 +458,16 @@ impl Counter {
             Counter::UplinkNotForUs => "uplink-not-for-us",
             Counter::UplinkNoSession => "uplink-no-session",
             Counter::UplinkQueueWithoutSocket => "uplink-queue-without-socket",
-            Counter::UplinkOptionsOrFragment => "uplink-options-or-fragment",
+            Counter::UplinkOptions => "uplink-options",
             Counter::EndpointQueueWithoutSocket => "endpoint-queue-without-socket",
             Counter::OffloadOutbound => "offload-outbound",
             Counter::OffloadInbound => "offload-inbound",
             Counter::OffloadSlowPath => "offload-slow-path",
             Counter::OffloadRedirectFailed => "offload-redirect-failed",
+            Counter::EndpointFragment => "endpoint-fragment",
+            Counter::EndpointFragmentKernel => "endpoint-fragment-kernel",
+            Counter::UplinkFragment => "uplink-fragment",
+            Counter::UplinkFragmentKernel => "uplink-fragment-kernel",
             Counter::Bypassed => "bypassed",
         }
     }
@@ -450,6 +507,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowAction, max_len), 28);
         assert_eq!(core::mem::offset_of!(FlowAction, last_seen), 32);
         assert_eq!(core::mem::align_of::<FlowAction>(), 8);
+        assert_eq!(core::mem::offset_of!(FragKey, id), 12);
+        assert_eq!(core::mem::offset_of!(FragKey, proto), 14);
     }
 
     #[test]

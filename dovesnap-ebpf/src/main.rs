@@ -11,6 +11,10 @@
 //! - the uplink: IPv4 addressed to the external address whose port, echo identifier or
 //!   embedded ICMP-error flow belongs to the translator goes to the rx queue's socket.
 //!
+//! IPv4 fragments go where their datagram's first fragment went: the first one (it
+//! carries the transport header) is judged like a whole packet and, when steered,
+//! recorded in [`FRAGS`]; a later fragment is steered iff its datagram is there.
+//!
 //! Before either decision, a TCP/UDP frame of a flow in [`FLOWS`] (a session the
 //! translator found established both ways and offloaded) is rewritten here exactly as
 //! the translator would (addresses, port, TTL, checksums, MACs) and redirected through
@@ -43,14 +47,15 @@ mod program {
         helpers::bpf_ktime_get_ns,
         helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
-        maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
+        maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, XskMap},
         programs::XdpContext,
         EbpfContext as _,
     };
     use dovesnap_ebpf::{
-        Counter, FlowAction, FlowKey, IfaceConfig, PortKey, COUNTERS, IFACE_ENDPOINT, IFACE_UPLINK,
-        MAX_DEVS, MAX_FLOWS, MAX_IFACES, MAX_PORTS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        SINK_BYTES, SINK_FRAMES, SINK_PASSED, SINK_SLOTS, STATE_BYPASS,
+        Counter, FlowAction, FlowKey, FragKey, IfaceConfig, PortKey, COUNTERS, FRAG_LIFETIME_NS,
+        IFACE_ENDPOINT, IFACE_UPLINK, MAX_DEVS, MAX_FLOWS, MAX_FRAGS, MAX_IFACES, MAX_PORTS,
+        MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES, SINK_PASSED,
+        SINK_SLOTS, STATE_BYPASS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -80,6 +85,10 @@ mod program {
     /// The data plane's state: [`STATE_BYPASS`] while the translator is down.
     #[map]
     static STATE: Array<u32> = Array::with_max_entries(1, 0);
+
+    /// Fragmented datagrams whose first fragment was steered -> when (ns).
+    #[map]
+    static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
     /// The benchmark sink's counters (see `SINK_FRAMES`, ...), per CPU.
     #[map]
@@ -135,10 +144,152 @@ mod program {
             self.version_ihl == 0x45
         }
 
-        /// More-fragments set or a non-zero fragment offset.
+        /// Which part of its datagram the packet is.
         #[inline(always)]
-        fn is_fragment(&self) -> bool {
-            u16::from_be_bytes(self.frag_off) & 0x3fff != 0
+        fn piece(&self) -> Piece {
+            let f = u16::from_be_bytes(self.frag_off);
+            if f & 0x1fff != 0 {
+                Piece::Later
+            } else if f & 0x2000 != 0 {
+                Piece::First
+            } else {
+                Piece::Whole
+            }
+        }
+
+        /// The [`FRAGS`] key of the packet's datagram arriving on `ifindex`.
+        #[inline(always)]
+        fn frag_key(&self, ifindex: u32) -> FragKey {
+            FragKey {
+                ifindex,
+                src: u32::from_ne_bytes(self.src),
+                dst: u32::from_ne_bytes(self.dst),
+                id: u16::from_ne_bytes(self.id),
+                proto: self.proto,
+                _pad: 0,
+            }
+        }
+    }
+
+    /// Where a packet stands in its datagram (RFC 791).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Piece {
+        /// Not fragmented.
+        Whole,
+        /// Offset 0, more fragments: carries the transport header.
+        First,
+        /// A non-zero offset: payload bytes only.
+        Later,
+    }
+
+    /// The decision counters of one kind of interface, for the steps both share.
+    struct Side {
+        /// Arrived on an endpoint (offloaded frames go out of the uplink).
+        outbound: bool,
+        redirect: Counter,
+        fragment: Counter,
+        fragment_kernel: Counter,
+        no_socket: Counter,
+        offloaded: Counter,
+    }
+
+    const ENDPOINT: Side = Side {
+        outbound: true,
+        redirect: Counter::EndpointRedirect,
+        fragment: Counter::EndpointFragment,
+        fragment_kernel: Counter::EndpointFragmentKernel,
+        no_socket: Counter::EndpointQueueWithoutSocket,
+        offloaded: Counter::OffloadOutbound,
+    };
+
+    const UPLINK: Side = Side {
+        outbound: false,
+        redirect: Counter::UplinkRedirect,
+        fragment: Counter::UplinkFragment,
+        fragment_kernel: Counter::UplinkFragmentKernel,
+        no_socket: Counter::UplinkQueueWithoutSocket,
+        offloaded: Counter::OffloadInbound,
+    };
+
+    /// What both sides do before their own checks: a later fragment goes where its
+    /// datagram's first fragment went; a whole packet of an offloaded flow is rewritten
+    /// here. `None`: a first fragment or a whole packet that takes the side's ordinary
+    /// path. Fragments never take an offloaded flow: only the translator knows which
+    /// datagram a later one belongs to.
+    #[inline(always)]
+    fn later_or_offloaded(
+        ctx: &XdpContext,
+        cfg: &IfaceConfig,
+        ip: &Ipv4Hdr,
+        piece: Piece,
+        side: &Side,
+    ) -> Option<Steer> {
+        match piece {
+            Piece::Later if datagram_steered(ctx, ip) => {
+                Some(to_queue(ctx, cfg, side.fragment, side.no_socket))
+            }
+            Piece::Later => Some(Steer::Pass(side.fragment_kernel)),
+            Piece::First => None,
+            Piece::Whole => {
+                offload(ctx, side.outbound).map(|out| Steer::Offloaded(side.offloaded, out))
+            }
+        }
+    }
+
+    /// A frame that passed every check of its side goes to the socket of its rx queue;
+    /// a steered first fragment records its datagram, so that the later ones follow.
+    #[inline(always)]
+    fn to_translator(
+        ctx: &XdpContext,
+        cfg: &IfaceConfig,
+        ip: &Ipv4Hdr,
+        piece: Piece,
+        side: &Side,
+    ) -> Steer {
+        if piece != Piece::First {
+            return to_queue(ctx, cfg, side.redirect, side.no_socket);
+        }
+        let steer = to_queue(ctx, cfg, side.fragment, side.no_socket);
+        if matches!(steer, Steer::Redirect(..)) {
+            record_datagram(ctx, ip);
+        }
+        steer
+    }
+
+    /// Steers to the socket of the rx queue the frame arrived on (`decision`), or passes
+    /// it (`no_socket`) when that queue has none.
+    #[inline(always)]
+    fn to_queue(
+        ctx: &XdpContext,
+        cfg: &IfaceConfig,
+        decision: Counter,
+        no_socket: Counter,
+    ) -> Steer {
+        let queue = ctx.rx_queue_index();
+        if queue >= cfg.xsk_slots {
+            return Steer::Pass(no_socket);
+        }
+        Steer::Redirect(decision, cfg.xsk_slot.wrapping_add(queue))
+    }
+
+    /// Records that a first fragment is steered: its datagram's later fragments follow.
+    #[inline(always)]
+    fn record_datagram(ctx: &XdpContext, ip: &Ipv4Hdr) {
+        let key = ip.frag_key(ctx.ingress_ifindex() as u32);
+        // A full map evicts its least recently used entry; a failed insert (no memory)
+        // leaves the later fragments to the kernel, which then drops the datagram.
+        let _ = FRAGS.insert(&key, &unsafe { bpf_ktime_get_ns() }, 0);
+    }
+
+    /// Whether a later fragment's datagram had its first fragment steered (within the
+    /// kernel's reassembly timeout).
+    #[inline(always)]
+    fn datagram_steered(ctx: &XdpContext, ip: &Ipv4Hdr) -> bool {
+        let key = ip.frag_key(ctx.ingress_ifindex() as u32);
+        // SAFETY: the value is copied out at once.
+        match unsafe { FRAGS.get(&key) } {
+            Some(at) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(*at) < FRAG_LIFETIME_NS,
+            None => false,
         }
     }
 
@@ -324,9 +475,10 @@ mod program {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
             return Steer::Pass(Counter::EndpointOtherProtocol);
         };
-        if !ip.is_plain() || ip.is_fragment() {
-            return Steer::Pass(Counter::EndpointOptionsOrFragment);
+        if !ip.is_plain() {
+            return Steer::Pass(Counter::EndpointOptions);
         }
+        let piece = ip.piece();
         if !matches!(ip.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
             return Steer::Pass(Counter::EndpointOtherProtocol);
         }
@@ -341,8 +493,9 @@ mod program {
         if cfg.in_subnet(dst) {
             return Steer::Pass(Counter::EndpointInSubnet);
         }
-        if let Some(out) = offload(ctx, true) {
-            return Steer::Offloaded(Counter::OffloadOutbound, out);
+        // A later fragment: its first fragment went through the checks below.
+        if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &ENDPOINT) {
+            return steer;
         }
 
         // Ask the kernel where it would route the packet if it arrived on the gateway's
@@ -375,11 +528,7 @@ mod program {
         if params.ifindex != cfg.uplink_ifindex {
             return Steer::Pass(Counter::EndpointNotViaUplink);
         }
-        let queue = ctx.rx_queue_index();
-        if queue >= cfg.xsk_slots {
-            return Steer::Pass(Counter::EndpointQueueWithoutSocket);
-        }
-        Steer::Redirect(Counter::EndpointRedirect, cfg.xsk_slot.wrapping_add(queue))
+        to_translator(ctx, cfg, ip, piece, &ENDPOINT)
     }
 
     /// Frames arriving on the uplink: the translator's return traffic goes to the socket
@@ -395,11 +544,12 @@ mod program {
         if u32::from_ne_bytes(ip.dst) != cfg.addr {
             return Steer::Pass(Counter::UplinkNotForUs);
         }
-        if !ip.is_plain() || ip.is_fragment() {
-            return Steer::Pass(Counter::UplinkOptionsOrFragment);
+        if !ip.is_plain() {
+            return Steer::Pass(Counter::UplinkOptions);
         }
-        if let Some(out) = offload(ctx, false) {
-            return Steer::Offloaded(Counter::OffloadInbound, out);
+        let piece = ip.piece();
+        if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &UPLINK) {
+            return steer;
         }
         let ours = match ip.proto {
             PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
@@ -412,11 +562,7 @@ mod program {
         if !ours {
             return Steer::Pass(Counter::UplinkNoSession);
         }
-        let queue = ctx.rx_queue_index();
-        if queue >= cfg.xsk_slots {
-            return Steer::Pass(Counter::UplinkQueueWithoutSocket);
-        }
-        Steer::Redirect(Counter::UplinkRedirect, cfg.xsk_slot.wrapping_add(queue))
+        to_translator(ctx, cfg, ip, piece, &UPLINK)
     }
 
     /// Whether a TCP/UDP port or ICMP echo identifier (host order) on the external

@@ -385,7 +385,7 @@ counters! {
     EndpointRedirect => endpoint_redirect,
     EndpointNotToGateway => endpoint_not_to_gateway,
     EndpointOtherProtocol => endpoint_other_protocol,
-    EndpointOptionsOrFragment => endpoint_options_or_fragment,
+    EndpointOptions => endpoint_options,
     EndpointTtlExpiring => endpoint_ttl_expiring,
     EndpointInSubnet => endpoint_in_subnet,
     EndpointNotForwarded => endpoint_not_forwarded,
@@ -396,7 +396,7 @@ counters! {
     UplinkNotForUs => uplink_not_for_us,
     UplinkNoSession => uplink_no_session,
     UplinkQueueWithoutSocket => uplink_queue_without_socket,
-    UplinkOptionsOrFragment => uplink_options_or_fragment,
+    UplinkOptions => uplink_options,
     EndpointQueueWithoutSocket => endpoint_queue_without_socket,
     /// Container frames of offloaded flows rewritten and redirected in XDP.
     OffloadOutbound => offload_outbound,
@@ -407,6 +407,14 @@ counters! {
     OffloadSlowPath => offload_slow_path,
     /// Offloaded frames dropped because their output device was gone.
     OffloadRedirectFailed => offload_redirect_failed,
+    /// Container fragments steered to the translator.
+    EndpointFragment => endpoint_fragment,
+    /// Container fragments left to the kernel with their first fragment.
+    EndpointFragmentKernel => endpoint_fragment_kernel,
+    /// Uplink fragments steered to the translator.
+    UplinkFragment => uplink_fragment,
+    /// Uplink fragments left to the kernel with their first fragment.
+    UplinkFragmentKernel => uplink_fragment_kernel,
     /// Frames passed to the kernel while the translator was down.
     Bypassed => bypassed,
 }
@@ -420,6 +428,15 @@ impl Counters {
     /// Every verdict given (each frame gets exactly one): equals [`Counters::frames`].
     pub fn verdicts(&self) -> u64 {
         self.pass + self.redirect + self.offload_redirect_failed
+    }
+
+    /// Frames the program decided to steer to a socket (whole or fragments, both
+    /// kinds of interface): each then counts `redirect` or `xsk_missing`.
+    pub fn steered(&self) -> u64 {
+        self.endpoint_redirect
+            + self.uplink_redirect
+            + self.endpoint_fragment
+            + self.uplink_fragment
     }
 
     /// Frames that arrived on an endpoint interface (one decision counter each).

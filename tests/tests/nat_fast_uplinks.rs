@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use dovesnap_tests::docker::{start_plugin, Container, Network};
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::{dataplane_counter, find_in, xdp_counter};
+use dovesnap_tests::status::{dataplane_counter, find_in, translator_counter, xdp_counter};
 use dovesnap_tests::{require_root, run, sh};
 
 const BLOB_BYTES: usize = 20 << 20;
@@ -502,27 +502,25 @@ if proto == "udp":
 print(s.recv(2048).decode().strip())
 "#;
 
+/// Runs `python3 -c script args...` in container `c`'s network namespace within
+/// `secs` seconds; returns what it printed, trimmed.
+fn python_in(c: &Container, secs: &str, script: &str, args: &[&str]) -> String {
+    let pid = c.pid();
+    let mut full = vec!["-t", &pid, "-n", "timeout", secs, "python3", "-c", script];
+    full.extend_from_slice(args);
+    let out = run("nsenter", &full);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// What the who-am-I server answers `c` from source port `sport` (`udp` or `tcp`).
 fn ask_from_port(c: &Container, proto: &str, sport: u16, far: &Far) -> String {
-    let pid = c.pid();
-    let out = run(
-        "nsenter",
-        &[
-            "-t",
-            &pid,
-            "-n",
-            "timeout",
-            "5",
-            "python3",
-            "-c",
-            FIXED_PORT_CLIENT,
-            proto,
-            &sport.to_string(),
-            &far.far_ip,
-            "7000",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let sport = sport.to_string();
+    python_in(
+        c,
+        "5",
+        FIXED_PORT_CLIENT,
+        &[proto, &sport, &far.far_ip, "7000"],
+    )
 }
 
 #[test]
@@ -530,7 +528,7 @@ fn ask_from_port(c: &Container, proto: &str, sport: u16, far: &Far) -> String {
 fn other_nats_on_the_uplink_keep_their_replies() {
     require_root();
     let plugin = start_plugin();
-    let far = Far::new("dsc", "10.232.134");
+    let mut far = Far::new("dsc", "10.232.134");
     let uplink_opt = format!("ovs.nat.uplink={}", far.uplink.host);
     let fast = Network::create(
         "dsup-co-fast",
@@ -590,6 +588,115 @@ fn other_nats_on_the_uplink_keep_their_replies() {
         "nat-fast container, udp: {}",
         plugin.status()
     );
+    big_datagrams(&plugin, &mut far, (&cf, &cf.ip(&fast)), &cn);
     drop((cf, cn, cb));
     drop((fast, nat, bridge));
+}
+
+/// A status counter reader (`xdp_counter`, `translator_counter`).
+type Counter = fn(&Value, &str) -> u64;
+
+/// Port of the far side's big-datagram server.
+const BIG_PORT: u16 = 7100;
+
+/// Python that makes `big`: the 65,000 bytes every big datagram carries.
+const BIG: &str = "import hashlib, socket, sys\nbig = b''.join(hashlib.sha256(b'%d' % i).digest() for i in range(2032))[:65000]\n";
+
+/// After [`BIG`], `python3 -c` with `IP PORT`: answers `big?` with one datagram of
+/// `big`, any other datagram with its length and SHA-256.
+const BIG_SERVER: &str = r#"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    d, a = u.recvfrom(65535)
+    u.sendto(big if d == b"big?" else ("%d %s" % (len(d), hashlib.sha256(d).hexdigest())).encode(), a)
+"#;
+
+/// After [`BIG`], `python3 -c` with `IP PORT down|up`: `down` asks for the big datagram
+/// and prints its length and SHA-256; `up` sends `big` and prints what the server
+/// says it got.
+const BIG_CLIENT: &str = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); s.connect((sys.argv[1], int(sys.argv[2])))
+if sys.argv[3] == "down":
+    s.send(b"big?"); d = s.recv(65535); print(len(d), hashlib.sha256(d).hexdigest())
+else:
+    s.send(big); print(s.recv(2048).decode())
+"#;
+
+/// One big-datagram exchange from container `c`'s namespace (`down` or `up`).
+fn big_exchange(c: &Container, far: &Far, way: &str) -> String {
+    let client = format!("{BIG}{BIG_CLIENT}");
+    let port = BIG_PORT.to_string();
+    python_in(c, "8", &client, &[&far.far_ip, &port, way])
+}
+
+/// 65,000-byte UDP datagrams, fragmented by the sender with the kernel's defaults: the
+/// nat-fast container gets one from the far side and sends one, both intact and every
+/// fragment through the translator (none through netfilter); the kernel-nat container
+/// beside it gets one through the kernel, its fragments left alone by the uplink.
+fn big_datagrams(
+    plugin: &dovesnap_tests::daemon::Daemon,
+    far: &mut Far,
+    (cf, cf_ip): (&Container, &str),
+    cn: &Container,
+) {
+    far.spawn(&[
+        "python3",
+        "-c",
+        &format!("{BIG}{BIG_SERVER}"),
+        &far.far_ip.clone(),
+        &BIG_PORT.to_string(),
+    ]);
+    let want = sh(
+        "python3",
+        &[
+            "-c",
+            &format!("{BIG}print(len(big), hashlib.sha256(big).hexdigest())"),
+        ],
+    );
+    let want = want.trim();
+    // 65,008 bytes of UDP in 1,480-byte pieces.
+    const PIECES: u64 = 44;
+    let before = plugin.status();
+    // The reply to a small question, then a datagram out.
+    for way in ["down", "up"] {
+        let got = big_exchange(cf, far, way);
+        assert_eq!(got, want, "nat-fast container, {way}: {}", plugin.status());
+    }
+    let after = plugin.status();
+    let counts: Vec<(&str, u64)> = [
+        (xdp_counter as Counter, "uplink-fragment"),
+        (xdp_counter, "endpoint-fragment"),
+        (translator_counter, "fragments_inbound"),
+        (translator_counter, "fragments_outbound"),
+        (xdp_counter, "uplink-fragment-kernel"),
+        (xdp_counter, "endpoint-fragment-kernel"),
+        (translator_counter, "drop_fragment_without_head"),
+    ]
+    .into_iter()
+    .map(|(f, name)| (name, f(&after, name) - f(&before, name)))
+    .collect();
+    eprintln!("big datagrams: {counts:?}");
+    // Every fragment steered and translated both ways, none left to the kernel.
+    for (i, (name, n)) in counts.iter().enumerate() {
+        let ok = if i < 4 { *n >= PIECES } else { *n == 0 };
+        assert!(ok, "{name}: {n}: {after:#}");
+    }
+    let port = format!("dport={BIG_PORT}");
+    let left = conntrack_entries(&[cf_ip, &port]);
+    assert!(
+        left.is_empty(),
+        "netfilter saw the big datagrams: {left:#?}"
+    );
+    // The kernel's NAT beside it: its reply's fragments pass the uplink untouched.
+    let before = plugin.status();
+    assert_eq!(
+        big_exchange(cn, far, "down"),
+        want,
+        "kernel-nat container: the 65,000-byte reply: {}",
+        plugin.status()
+    );
+    let after = plugin.status();
+    let grew = |name| xdp_counter(&after, name) - xdp_counter(&before, name);
+    assert!(grew("uplink-fragment-kernel") >= PIECES - 1, "{after:#}");
+    assert_eq!(grew("uplink-fragment"), 0, "{after:#}");
 }

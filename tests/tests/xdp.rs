@@ -438,7 +438,7 @@ fn assert_invariants(c: &Counters) {
     assert_eq!(c.redirect, 0, "redirected without a socket: {c:?}");
     assert_eq!(
         c.xsk_missing,
-        c.endpoint_redirect + c.uplink_redirect,
+        c.steered(),
         "every steered frame found no socket: {c:?}"
     );
     assert!(
@@ -901,21 +901,49 @@ fn steering_decisions_on_crafted_frames() {
                 e(PROTO_UDP, 64, 0, true, &udp(1, 2)),
                 topo.ep,
                 0,
-                C::EndpointOptionsOrFragment,
+                C::EndpointOptions,
+            ),
+            (
+                "endpoint later fragment before its first",
+                e(PROTO_UDP, 64, 0x0010, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointFragmentKernel,
             ),
             (
                 "endpoint first fragment",
                 e(PROTO_UDP, 64, 0x2000, false, &udp(1, 2)),
                 topo.ep,
                 0,
-                C::EndpointOptionsOrFragment,
+                C::EndpointFragment,
             ),
             (
                 "endpoint later fragment",
                 e(PROTO_UDP, 64, 0x0010, false, &udp(1, 2)),
                 topo.ep,
                 0,
-                C::EndpointOptionsOrFragment,
+                C::EndpointFragment,
+            ),
+            (
+                "endpoint later fragment of another datagram",
+                e(PROTO_TCP, 64, 0x0010, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointFragmentKernel,
+            ),
+            (
+                "endpoint first fragment to a local address",
+                ipv4_frame(gw, ours, ext, PROTO_TCP, 64, 0x2000, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointNotForwarded,
+            ),
+            (
+                "endpoint its later fragment",
+                ipv4_frame(gw, ours, ext, PROTO_TCP, 64, 0x0010, false, &udp(1, 2)),
+                topo.ep,
+                0,
+                C::EndpointFragmentKernel,
             ),
             (
                 "endpoint DF is no fragment",
@@ -1154,7 +1182,7 @@ fn steering_decisions_on_crafted_frames() {
                 C::UplinkNotForUs,
             ),
             (
-                "uplink fragment",
+                "uplink first fragment, translator's port",
                 ipv4_frame(
                     other_mac,
                     far,
@@ -1167,7 +1195,37 @@ fn steering_decisions_on_crafted_frames() {
                 ),
                 topo.up,
                 0,
-                C::UplinkOptionsOrFragment,
+                C::UplinkFragment,
+            ),
+            (
+                "uplink its later fragment",
+                ipv4_frame(other_mac, far, ext, PROTO_UDP, 64, 0x00b9, false, &[7; 8]),
+                topo.up,
+                0,
+                C::UplinkFragment,
+            ),
+            (
+                "uplink first fragment, another NAT's port",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_TCP,
+                    64,
+                    0x2000,
+                    false,
+                    &udp(53, PORT_LO + 1),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink its later fragment",
+                ipv4_frame(other_mac, far, ext, PROTO_TCP, 64, 0x00b9, false, &[7; 8]),
+                topo.up,
+                0,
+                C::UplinkFragmentKernel,
             ),
             (
                 "uplink options",
@@ -1183,7 +1241,7 @@ fn steering_decisions_on_crafted_frames() {
                 ),
                 topo.up,
                 0,
-                C::UplinkOptionsOrFragment,
+                C::UplinkOptions,
             ),
             (
                 "uplink GRE",
@@ -1391,7 +1449,13 @@ fn steering_decisions_on_crafted_frames() {
                 let decisions = (after.endpoint_frames() + after.uplink_frames())
                     - (before.endpoint_frames() + before.uplink_frames());
                 assert_eq!(decisions, 1, "{what}: {}", after.diff(&before));
-                let steered = matches!(expected, C::EndpointRedirect | C::UplinkRedirect);
+                let steered = matches!(
+                    expected,
+                    C::EndpointRedirect
+                        | C::UplinkRedirect
+                        | C::EndpointFragment
+                        | C::UplinkFragment
+                );
                 assert_eq!(
                     after.xsk_missing - before.xsk_missing,
                     u64::from(steered),
@@ -1699,6 +1763,27 @@ fn offloaded_flows_rewrite_like_the_translator() {
                 assert_eq!(&got, frame, "{what}: left as it was");
                 assert_eq!(d.offload_slow_path, 1, "{what}: {d:?}");
                 assert_eq!(d.offload_outbound + d.offload_inbound, 0, "{what}");
+            }
+            // A fragment of the flow is never offloaded: the translator alone knows
+            // which datagram a later fragment belongs to.
+            for (mut frame, ifindex, what) in [
+                (out(ack, 64, b"frag"), topo.ep, "outbound first fragment"),
+                (inb(ack, 64, b"frag"), topo.up, "inbound first fragment"),
+            ] {
+                frame[20] |= 0x20; // MF
+                frame[24..26].copy_from_slice(&[0, 0]);
+                let c = dovesnap::nat::checksum::checksum(&frame[14..34]);
+                frame[24..26].copy_from_slice(&c.to_be_bytes());
+                let before = xdp.counters().expect("counters");
+                let (action, got) = run(&frame, ifindex);
+                let d = xdp.counters().expect("counters").since(&before);
+                assert_eq!(action, XDP_PASS, "{what}: no socket, so the kernel");
+                assert_eq!(&got, &frame, "{what}: left as it was");
+                assert_eq!(
+                    d.offload_outbound + d.offload_inbound + d.offload_slow_path,
+                    0,
+                    "{what}: {d:?}"
+                );
             }
 
             // The entries carry the kernel's bookkeeping; removing them ends the offload.

@@ -1177,6 +1177,8 @@ fn translator_counters(st: &Stats) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = [
         ("outbound", st.translated_outbound),
         ("inbound", st.translated_inbound),
+        ("fragments_outbound", st.fragments_outbound),
+        ("fragments_inbound", st.fragments_inbound),
         ("sessions_created", st.sessions_created),
         ("sessions_expired", st.sessions_expired),
         ("sessions_evicted", st.sessions_evicted),

@@ -11,7 +11,12 @@
 //! - Endpoint-independent mapping, address-and-port-dependent filtering; external ports
 //!   (and ICMP echo identifiers, in their own namespace) come only from [`Config::ports`].
 //! - IPv4 only, Ethernet II only (a VLAN-tagged frame is [`DropReason::NotIpv4`]); IP
-//!   options (IHL > 5) are carried through; fragments are dropped.
+//!   options (IHL > 5) are carried through.
+//! - Fragments are translated one by one, never reassembled: the first (it carries the
+//!   transport header) like a whole packet, its TCP/UDP/ICMP checksum updated
+//!   incrementally since it covers the whole datagram; later ones get the addresses
+//!   their first one got ([`fragment`]), or are dropped
+//!   ([`DropReason::FragmentWithoutHead`]) when it was not seen.
 //! - Frames from a container may carry partial (offloaded) TCP/UDP checksums; frames
 //!   leaving the translator always carry complete ones.
 //! - Time is [`std::time::Instant`], passed in by the caller.
@@ -24,6 +29,7 @@
 //!   translated out, then in, and delivered to the target endpoint.
 
 pub mod checksum;
+pub mod fragment;
 pub mod session;
 pub mod translator;
 pub mod wire;
@@ -188,8 +194,12 @@ drop_reasons! {
     Malformed => "malformed",
     /// Not an untagged IPv4 Ethernet frame.
     NotIpv4 => "not_ipv4",
-    /// An IP fragment (MF set or offset != 0).
+    /// A fragment that cannot be translated by itself: part of a fragmented ICMP error,
+    /// or an ICMP error quoting a later fragment (no transport header to match).
     Fragment => "fragment",
+    /// A later fragment whose datagram's first fragment was not translated (lost,
+    /// dropped, reordered behind it, or older than the fragment table remembers).
+    FragmentWithoutHead => "fragment_without_head",
     /// Not TCP, UDP or ICMP, or an ICMP type the translator does not handle.
     UnsupportedProtocol => "unsupported_protocol",
     /// TTL <= 1 on arrival.
@@ -272,6 +282,11 @@ pub enum NatError {
 pub struct Stats {
     pub translated_outbound: u64,
     pub translated_inbound: u64,
+    /// Fragments translated outbound (first and later ones; also in
+    /// `translated_outbound`).
+    pub fragments_outbound: u64,
+    /// Fragments translated inbound (also in `translated_inbound`).
+    pub fragments_inbound: u64,
     pub sessions_created: u64,
     /// Removed by [`Translator::expire`] or reclaimed after their timeout.
     pub sessions_expired: u64,

@@ -21,7 +21,7 @@ use super::{DropReason, Offloaded, PortEvent, Protocol, SessionView, Stats, Time
 pub type Endpoint = (Ipv4Addr, u16);
 
 /// Which way a packet goes through the translator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Container to uplink.
     Outbound,

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::checksum;
+use super::fragment::{FragKey, FragTable, FRAG_DATAGRAMS, FRAG_LIFETIME};
 use super::session::{
     Direction, Endpoint, InsideKey, OutsideKey, Removal, Session, SessionTable, TcpTrack,
 };
@@ -41,6 +42,8 @@ pub struct Translator {
     last_session: Option<u32>,
     /// Packets a session must have carried before it is offered for offload.
     offload_after: u32,
+    /// Fragmented datagrams whose first fragment was translated.
+    frags: FragTable,
 }
 
 /// Packets a session carries through the translator before it is offloaded: short
@@ -48,16 +51,42 @@ pub struct Translator {
 /// two map updates and two removals, long ones go to XDP after their first few packets.
 pub const OFFLOAD_AFTER_PACKETS: u32 = 8;
 
+/// Where a packet stands in its datagram (RFC 791).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// Not fragmented.
+    Whole,
+    /// Offset 0 with more fragments: carries the transport header.
+    First,
+    /// A non-zero offset: payload bytes only.
+    Later,
+}
+
 /// The IPv4 header fields every path needs, read once the frame is validated.
 #[derive(Debug, Clone, Copy)]
 struct Head {
     src: Ipv4Addr,
     dst: Ipv4Addr,
     protocol: u8,
+    ident: u16,
+    piece: Piece,
+}
+
+impl Head {
+    /// The fragment table's key of this packet's datagram going `dir`.
+    fn frag_key(&self, dir: Direction) -> FragKey {
+        FragKey {
+            protocol: self.protocol,
+            src: self.src,
+            dst: self.dst,
+            ident: self.ident,
+            dir,
+        }
+    }
 }
 
 /// Validates Ethernet and IPv4 headers; on success `frame[ETH_LEN..]` is a valid
-/// `Ipv4Packet` (lengths, checksum), not a fragment, and its TTL allows forwarding.
+/// `Ipv4Packet` (lengths, checksum) and its TTL allows forwarding.
 fn check_frame(frame: &[u8], check_ttl: bool) -> Result<Head, DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
     if eth.ethertype() != ETHERTYPE_IPV4 {
@@ -67,16 +96,22 @@ fn check_frame(frame: &[u8], check_ttl: bool) -> Result<Head, DropReason> {
     if !ip.verify_checksum() {
         return Err(DropReason::BadChecksum);
     }
-    if ip.is_fragment() {
-        return Err(DropReason::Fragment);
-    }
     if check_ttl && ip.ttl() <= 1 {
         return Err(DropReason::TtlExceeded);
     }
+    let piece = if ip.frag_offset() != 0 {
+        Piece::Later
+    } else if ip.more_frags() {
+        Piece::First
+    } else {
+        Piece::Whole
+    };
     Ok(Head {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         protocol: ip.protocol(),
+        ident: ip.ident(),
+        piece,
     })
 }
 
@@ -96,7 +131,14 @@ struct Ports {
     tcp_flags: u8,
 }
 
-fn transport_ports(protocol: Protocol, l4: &[u8]) -> Result<Ports, DropReason> {
+/// The ports of a TCP/UDP header; `first_fragment`: the header of a datagram that goes
+/// on in later fragments (its UDP length is not held against `l4`'s; a TCP header must
+/// still be whole in it).
+fn transport_ports(
+    protocol: Protocol,
+    l4: &[u8],
+    first_fragment: bool,
+) -> Result<Ports, DropReason> {
     match protocol {
         Protocol::Tcp => {
             let t = TcpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
@@ -107,7 +149,12 @@ fn transport_ports(protocol: Protocol, l4: &[u8]) -> Result<Ports, DropReason> {
             })
         }
         _ => {
-            let u = UdpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
+            let u = if first_fragment {
+                UdpPacket::new_checked_first_fragment(l4)
+            } else {
+                UdpPacket::new_checked(l4)
+            }
+            .map_err(|_| DropReason::Malformed)?;
             Ok(Ports {
                 src: u.src_port(),
                 dst: u.dst_port(),
@@ -140,7 +187,10 @@ fn set_be16(b: &mut [u8], at: usize, v: u16) {
 /// Rewrites the port at `port_at` of a validated TCP/UDP header and fixes its checksum.
 /// `old_addrs` / `new_addrs` are the (source, destination) pseudo-header addresses before
 /// and after the IP rewrite. A checksum field holding only the pseudo-header sum (transmit
-/// offload) is recomputed from scratch; otherwise it is updated incrementally.
+/// offload) is recomputed from scratch; otherwise it is updated incrementally. `whole`
+/// is false for a first fragment: its checksum covers bytes of later fragments, so it
+/// is only ever updated incrementally (a sender completes the checksum of a datagram
+/// before fragmenting it, so it is never partial).
 fn rewrite_transport(
     l4: &mut [u8],
     protocol: Protocol,
@@ -148,6 +198,7 @@ fn rewrite_transport(
     new_port: u16,
     old_addrs: (Ipv4Addr, Ipv4Addr),
     new_addrs: (Ipv4Addr, Ipv4Addr),
+    whole: bool,
 ) {
     let (csum_at, cover) = match protocol {
         Protocol::Tcp => (TcpPacket::<&[u8]>::CHECKSUM_OFFSET, l4.len()),
@@ -165,7 +216,7 @@ fn rewrite_transport(
     let proto = protocol.number();
     let len16 = cover as u16; // IP total length bounds it
     let old_pseudo = checksum::pseudo_header_sum(old_addrs.0, old_addrs.1, proto, len16);
-    let new_cs = if checksum::is_partial(cs, old_pseudo) {
+    let new_cs = if whole && checksum::is_partial(cs, old_pseudo) {
         set_be16(l4, csum_at, 0);
         let pseudo = checksum::pseudo_header_sum(new_addrs.0, new_addrs.1, proto, len16);
         !checksum::fold(checksum::sum(&l4[..cover], pseudo))
@@ -183,9 +234,11 @@ fn rewrite_transport(
 }
 
 /// Rewrites the source (outbound) or destination (inbound) address and port / echo
-/// identifier of a validated frame, decrements the TTL, and fixes every checksum.
+/// identifier of a validated frame (a whole packet or a first fragment), decrements the
+/// TTL, and fixes every checksum.
 fn rewrite(frame: &mut [u8], dir: Direction, addr: Ipv4Addr, port: u16, decrement_ttl: bool) {
     let mut ip = ip_of_mut(frame);
+    let whole = !ip.is_fragment();
     if decrement_ttl {
         ip.decrement_ttl();
     }
@@ -204,7 +257,7 @@ fn rewrite(frame: &mut [u8], dir: Direction, addr: Ipv4Addr, port: u16, decremen
         }
         Some(p) => {
             let port_at = if dir == Direction::Inbound { 2 } else { 0 };
-            rewrite_transport(l4, p, port_at, port, old_addrs, new_addrs);
+            rewrite_transport(l4, p, port_at, port, old_addrs, new_addrs, whole);
         }
         None => unreachable!("protocol checked before rewriting"),
     }
@@ -358,6 +411,7 @@ impl Translator {
             stats: Stats::default(),
             last_session: None,
             offload_after: OFFLOAD_AFTER_PACKETS,
+            frags: FragTable::new(FRAG_DATAGRAMS, FRAG_LIFETIME),
         })
     }
 
@@ -498,9 +552,22 @@ impl Translator {
             Protocol::from_number(head.protocol).ok_or(DropReason::UnsupportedProtocol)?;
         let external_ip = self.config.external_ip;
         let timeouts = self.config.timeouts;
+        if head.piece == Piece::Later {
+            let addr = self
+                .frags
+                .get(now, &head.frag_key(Direction::Outbound))
+                .ok_or(DropReason::FragmentWithoutHead)?;
+            let mut ip = ip_of_mut(frame);
+            ip.decrement_ttl();
+            ip.rewrite_addr(false, addr);
+            EthernetFrame::new_unchecked(&mut *frame).set_src_addr(self.config.uplink_mac);
+            self.stats.fragments_outbound += 1;
+            return Ok(head.dst);
+        }
+        let first = head.piece == Piece::First;
         match protocol {
             Protocol::Tcp | Protocol::Udp => {
-                let ports = transport_ports(protocol, ip_of(frame).payload())?;
+                let ports = transport_ports(protocol, ip_of(frame).payload(), first)?;
                 let key = InsideKey {
                     protocol,
                     inside: (head.src, ports.src),
@@ -557,6 +624,9 @@ impl Translator {
                         rewrite(frame, Direction::Outbound, external_ip, ext, true);
                     }
                     t if icmp_type::is_error(t) => {
+                        if first {
+                            return Err(DropReason::Fragment);
+                        }
                         let q = parse_quote(frame)?;
                         // The quoted packet went from the remote to this container.
                         if q.dst != head.src {
@@ -587,6 +657,11 @@ impl Translator {
             }
         }
         EthernetFrame::new_unchecked(&mut *frame).set_src_addr(self.config.uplink_mac);
+        if first {
+            self.frags
+                .insert(now, head.frag_key(Direction::Outbound), external_ip);
+            self.stats.fragments_outbound += 1;
+        }
         Ok(head.dst)
     }
 
@@ -603,9 +678,27 @@ impl Translator {
         }
         let protocol =
             Protocol::from_number(head.protocol).ok_or(DropReason::UnsupportedProtocol)?;
-        let ep = match protocol {
+        if head.piece == Piece::Later {
+            let addr = self
+                .frags
+                .get(now, &head.frag_key(Direction::Inbound))
+                .ok_or(DropReason::FragmentWithoutHead)?;
+            let ep = self.endpoint(addr)?;
+            let mut ip = ip_of_mut(frame);
+            if !hairpin {
+                ip.decrement_ttl();
+            }
+            ip.rewrite_addr(true, addr);
+            let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+            eth.set_src_addr(ep.gateway_mac);
+            eth.set_dst_addr(ep.mac);
+            self.stats.fragments_inbound += 1;
+            return Ok(ep.port);
+        }
+        let first = head.piece == Piece::First;
+        let (ep, inside) = match protocol {
             Protocol::Tcp | Protocol::Udp => {
-                let ports = transport_ports(protocol, ip_of(frame).payload())?;
+                let ports = transport_ports(protocol, ip_of(frame).payload(), first)?;
                 let key = OutsideKey {
                     protocol,
                     external_port: ports.dst,
@@ -623,7 +716,7 @@ impl Translator {
                 if !hairpin {
                     self.last_session = Some(id);
                 }
-                ep
+                (ep, inside.0)
             }
             Protocol::Icmp => {
                 let (msg_type, ident) = icmp_head(frame)?;
@@ -642,9 +735,12 @@ impl Translator {
                         let inside = self.table.get(id).inside;
                         let ep = self.endpoint(inside.0)?;
                         rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
-                        ep
+                        (ep, inside.0)
                     }
                     t if icmp_type::is_error(t) => {
+                        if first {
+                            return Err(DropReason::Fragment);
+                        }
                         let q = parse_quote(frame)?;
                         // The quoted packet went from us (the external address) outside.
                         if q.src != self.config.external_ip {
@@ -662,7 +758,7 @@ impl Translator {
                         let inside = self.table.get(id).inside;
                         let ep = self.endpoint(inside.0)?;
                         rewrite_error(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
-                        ep
+                        (ep, inside.0)
                     }
                     _ => return Err(DropReason::UnsupportedProtocol),
                 }
@@ -671,6 +767,11 @@ impl Translator {
         let mut eth = EthernetFrame::new_unchecked(&mut *frame);
         eth.set_src_addr(ep.gateway_mac);
         eth.set_dst_addr(ep.mac);
+        if first {
+            self.frags
+                .insert(now, head.frag_key(Direction::Inbound), inside);
+            self.stats.fragments_inbound += 1;
+        }
         Ok(ep.port)
     }
 
@@ -2105,23 +2206,345 @@ mod tests {
         assert_eq!(go_out(&mut t, now, f).ttl, 254);
     }
 
+    /// Splits an IPv4 packet (IHL 5) into fragments of `chunk` payload bytes (a multiple
+    /// of 8): offsets, MF, total lengths, DF cleared, header checksums redone.
+    fn fragments(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        assert_eq!(chunk % 8, 0);
+        let payload = &packet[20..];
+        payload
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| {
+                let mut h = packet[..20].to_vec();
+                h[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+                let mf = if (i + 1) * chunk < payload.len() {
+                    0x2000
+                } else {
+                    0
+                };
+                h[6..8].copy_from_slice(&((i * chunk / 8) as u16 | mf).to_be_bytes());
+                h[10..12].copy_from_slice(&[0, 0]);
+                let c = !ref_sum(&[&h]);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                h.extend_from_slice(part);
+                h
+            })
+            .collect()
+    }
+
+    /// [`fragments`] as frames from C1.
+    fn container_pieces(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let pieces = fragments(packet, chunk);
+        pieces.iter().map(|p| eth(GW_MAC, C1_MAC, p)).collect()
+    }
+
+    /// [`fragments`] as frames arriving on the uplink.
+    fn uplink_pieces(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let pieces = fragments(packet, chunk);
+        pieces
+            .iter()
+            .map(|p| eth(UPLINK_MAC, UPLINK_PEER_MAC, p))
+            .collect()
+    }
+
+    /// Puts translated fragments (Ethernet frames, in order) back together as the
+    /// receiver would: each fragment's IPv4 header checksum verifies, all agree on
+    /// addresses, protocol, identification and MACs, and the offsets line up. Returns
+    /// the whole datagram as `verify` sees it: its transport checksum is checked over
+    /// the reassembled bytes, so an incremental update that went wrong shows.
+    fn reassemble(frames: &[Vec<u8>]) -> Seen {
+        let first = &frames[0];
+        let mut data = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let ipb = &f[14..];
+            assert_eq!(
+                ref_sum(&[&ipb[..20]]),
+                0xffff,
+                "fragment {i}: IPv4 checksum"
+            );
+            assert_eq!(f[..12], first[..12], "fragment {i}: MACs");
+            assert_eq!(ipb[4..6], first[18..20], "fragment {i}: identification");
+            assert_eq!(ipb[8..10], first[22..24], "fragment {i}: TTL and protocol");
+            assert_eq!(ipb[12..20], first[26..34], "fragment {i}: addresses");
+            let flags = u16::from_be_bytes([ipb[6], ipb[7]]);
+            assert_eq!(usize::from(flags & 0x1fff) * 8, data.len(), "fragment {i}");
+            assert_eq!(
+                flags & 0x2000 != 0,
+                i + 1 < frames.len(),
+                "fragment {i}: MF"
+            );
+            let total = usize::from(u16::from_be_bytes([ipb[2], ipb[3]]));
+            data.extend_from_slice(&ipb[20..total]);
+        }
+        let mut h = first[14..34].to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        h[6..8].copy_from_slice(&[0, 0]);
+        h[10..12].copy_from_slice(&[0, 0]);
+        let c = !ref_sum(&[&h]);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(&data);
+        verify(&eth(
+            first[..6].try_into().unwrap(),
+            first[6..12].try_into().unwrap(),
+            &h,
+        ))
+    }
+
+    /// Every fragment through the translator one way; every verdict must be `want`.
+    fn send_fragments(
+        t: &mut Translator,
+        now: Instant,
+        frames: Vec<Vec<u8>>,
+        inbound: bool,
+        want: Verdict,
+    ) -> Vec<Vec<u8>> {
+        frames
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                let v = if inbound {
+                    t.inbound(now, &mut f)
+                } else {
+                    t.outbound(now, &mut f)
+                };
+                assert_eq!(v, want, "fragment {i}");
+                f
+            })
+            .collect()
+    }
+
+    /// A datagram's payload the size of `n` with no repeating pattern.
+    fn big_payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn udp_fragments_are_translated_both_ways() {
+        let now = Instant::now();
+        let mut t = nat();
+        // Out: 3000 bytes of data in three fragments (the first holds the UDP header).
+        let data = big_payload(3000);
+        let ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 5000, 53, &data, true));
+        let frames = container_pieces(&ipb, 1200);
+        let out = send_fragments(&mut t, now, frames, false, Verdict::Uplink { remote: R });
+        assert_eq!(out.len(), 3);
+        let s = reassemble(&out);
+        assert_eq!((s.src, s.dst, s.dport, s.ttl), (EXT, R, 53, 63));
+        assert_eq!(s.eth_src, UPLINK_MAC);
+        assert!(PORTS.contains(&s.sport), "{s:?}");
+        assert_eq!(&s.l4[8..], &data[..]);
+        assert_eq!(t.session_count(), 1);
+        // In: the answer, fragmented by the remote, reaches the container.
+        let back = big_payload(4000);
+        let ipb = ip(R, EXT, 17, 57, &[], &udp(R, EXT, 53, s.sport, &back, true));
+        let frames = uplink_pieces(&ipb, 1480);
+        let got = send_fragments(&mut t, now, frames, true, Verdict::Endpoint { port: 1 });
+        let r = reassemble(&got);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport, r.ttl),
+            (R, 53, C1, 5000, 56)
+        );
+        assert_eq!((r.eth_src, r.eth_dst), (GW_MAC, C1_MAC));
+        assert_eq!(&r.l4[8..], &back[..]);
+        assert_eq!(t.stats().fragments_outbound, 3);
+        assert_eq!(t.stats().fragments_inbound, 3);
+        assert_eq!(t.stats().translated_outbound, 3);
+        assert_eq!(t.stats().translated_inbound, 3);
+        assert_eq!(t.stats().total_drops(), 0);
+        // Without a UDP checksum: it stays 0.
+        let ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 5000, 53, &data, false));
+        let frames = container_pieces(&ipb, 1200);
+        let out = send_fragments(&mut t, now, frames, false, Verdict::Uplink { remote: R });
+        assert_eq!(reassemble(&out).l4[6..8], [0, 0]);
+    }
+
+    #[test]
+    fn tcp_and_icmp_echo_fragments() {
+        let now = Instant::now();
+        let mut t = nat();
+        // A TCP segment fragmented on its way (no DF): the header stays in the first.
+        let p = go_out(&mut t, now, out_tcp(C1, 5001, R, 80, SYN)).sport;
+        go_in(&mut t, now, in_tcp(R, 80, p, SYN | ACK));
+        let data = big_payload(2500);
+        let ipb = ip(C1, R, 6, 64, &[], &tcp(C1, R, 5001, 80, ACK, &data));
+        let frames = container_pieces(&ipb, 1000);
+        let out = send_fragments(&mut t, now, frames, false, Verdict::Uplink { remote: R });
+        let s = reassemble(&out);
+        assert_eq!((s.src, s.sport, s.dst, s.dport), (EXT, p, R, 80));
+        assert_eq!(&s.l4[20..], &data[..]);
+        let ipb = ip(R, EXT, 6, 57, &[], &tcp(R, EXT, 80, p, ACK, &data));
+        let frames = uplink_pieces(&ipb, 1000);
+        let got = send_fragments(&mut t, now, frames, true, Verdict::Endpoint { port: 1 });
+        let r = reassemble(&got);
+        assert_eq!((r.dst, r.dport), (C1, 5001));
+        // A big ping: the echo identifier is mapped in the first fragment, the ICMP
+        // checksum (over the whole message) follows.
+        let mut rest = [0u8; 4];
+        rest[..2].copy_from_slice(&77u16.to_be_bytes());
+        let req = icmp(8, 0, rest, &data);
+        let frames = container_pieces(&ip(C1, R, 1, 64, &[], &req), 1480);
+        let out = send_fragments(&mut t, now, frames, false, Verdict::Uplink { remote: R });
+        let s = reassemble(&out);
+        let id = s.dport;
+        assert_eq!((s.src, s.proto, &s.l4[8..]), (EXT, 1, &data[..]));
+        assert!(PORTS.contains(&id));
+        let mut rest = [0u8; 4];
+        rest[..2].copy_from_slice(&id.to_be_bytes());
+        let reply = icmp(0, 0, rest, &data);
+        let frames = uplink_pieces(&ip(R, EXT, 1, 57, &[], &reply), 1480);
+        let got = send_fragments(&mut t, now, frames, true, Verdict::Endpoint { port: 1 });
+        let r = reassemble(&got);
+        assert_eq!((r.dst, r.dport, &r.l4[8..]), (C1, 77, &data[..]));
+    }
+
+    #[test]
+    fn fragments_hairpin_through_a_published_port() {
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Udp, 5353, C2, 53).unwrap();
+        let data = big_payload(2000);
+        let ipb = ip(C1, EXT, 17, 64, &[], &udp(C1, EXT, 4000, 5353, &data, true));
+        let frames = container_pieces(&ipb, 1200);
+        let got = send_fragments(&mut t, now, frames, false, Verdict::Endpoint { port: 2 });
+        let s = reassemble(&got);
+        assert_eq!((s.src, s.dst, s.dport, s.ttl), (EXT, C2, 53, 63));
+        assert_eq!((s.eth_src, s.eth_dst), (GW2_MAC, C2_MAC));
+        assert_eq!(&s.l4[8..], &data[..]);
+    }
+
+    #[test]
+    fn later_fragments_without_their_first_are_dropped() {
+        let now = Instant::now();
+        let mut t = nat();
+        let data = big_payload(3000);
+        let p = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        let answer = |ident: u16| {
+            let mut ipb = ip(R, EXT, 17, 57, &[], &udp(R, EXT, 53, p, &data, true));
+            ipb[4..6].copy_from_slice(&ident.to_be_bytes());
+            uplink_pieces(&ipb, 1480)
+        };
+        // The first fragment lost: the others are dropped, each counted.
+        let frames = answer(1);
+        for f in &frames[1..] {
+            assert_eq!(
+                drop_in(&mut t, now, f.clone()),
+                DropReason::FragmentWithoutHead
+            );
+        }
+        assert_eq!(t.stats().drops(DropReason::FragmentWithoutHead), 2);
+        // Another datagram's first fragment does not adopt them.
+        let other = answer(2);
+        let mut head = other[0].clone();
+        assert_eq!(t.inbound(now, &mut head), Verdict::Endpoint { port: 1 });
+        assert_eq!(
+            drop_in(&mut t, now, frames[1].clone()),
+            DropReason::FragmentWithoutHead
+        );
+        // Nor one going the other way, nor one from another remote.
+        let mut ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 5000, 53, &data, true));
+        ipb[4..6].copy_from_slice(&2u16.to_be_bytes());
+        let out_later = fragments(&ipb, 1480).pop().unwrap();
+        assert_eq!(
+            drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &out_later)),
+            DropReason::FragmentWithoutHead
+        );
+        let mut stray = other[1].clone();
+        stray[14 + 12..14 + 16].copy_from_slice(&R2.octets());
+        let mut ipb = stray[14..].to_vec();
+        ipb[10..12].copy_from_slice(&[0, 0]);
+        let c = !ref_sum(&[&ipb[..20]]);
+        stray[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(drop_in(&mut t, now, stray), DropReason::FragmentWithoutHead);
+        // Its own later fragments follow it, until the kernel's reassembly time is up.
+        let mut f = other[1].clone();
+        assert_eq!(t.inbound(now, &mut f), Verdict::Endpoint { port: 1 });
+        let late = now + FRAG_LIFETIME;
+        assert_eq!(
+            drop_in(&mut t, late, other[2].clone()),
+            DropReason::FragmentWithoutHead
+        );
+        // A first fragment the translator drops (no session) takes its datagram with it.
+        let mut ipb = ip(R, EXT, 17, 57, &[], &udp(R, EXT, 53, 40099, &data, true));
+        ipb[4..6].copy_from_slice(&3u16.to_be_bytes());
+        let frames: Vec<_> = uplink_pieces(&ipb, 1480);
+        assert_eq!(
+            drop_in(&mut t, now, frames[0].clone()),
+            DropReason::NoSession
+        );
+        assert_eq!(
+            drop_in(&mut t, now, frames[1].clone()),
+            DropReason::FragmentWithoutHead
+        );
+        // A first fragment too short for its UDP header is malformed.
+        let mut ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 5000, 53, &data, true));
+        ipb[4..6].copy_from_slice(&4u16.to_be_bytes());
+        let tiny = fragments(&ipb, 8);
+        let mut short = tiny[0].clone();
+        short.truncate(20 + 4);
+        short[2..4].copy_from_slice(&24u16.to_be_bytes());
+        short[10..12].copy_from_slice(&[0, 0]);
+        let c = !ref_sum(&[&short[..20]]);
+        short[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &short)),
+            DropReason::Malformed
+        );
+        assert_eq!(t.stats().drops(DropReason::FragmentWithoutHead), 7);
+    }
+
+    #[test]
+    fn the_fragment_table_stays_bounded() {
+        let now = Instant::now();
+        let mut t = nat();
+        let data = big_payload(1500);
+        let datagram = |ident: u16| {
+            let mut ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 5000, 53, &data, true));
+            ipb[4..6].copy_from_slice(&ident.to_be_bytes());
+            container_pieces(&ipb, 1480)
+        };
+        let n = FRAG_DATAGRAMS as u16 + 100;
+        for ident in 0..n {
+            let mut head = datagram(ident).remove(0);
+            assert_eq!(t.outbound(now, &mut head), Verdict::Uplink { remote: R });
+            assert!(t.frags.len() <= FRAG_DATAGRAMS);
+        }
+        assert_eq!(t.frags.len(), FRAG_DATAGRAMS);
+        assert_eq!(t.frags.evicted(), 100);
+        // The oldest were forgotten, the newest are known.
+        let mut oldest = datagram(0).pop().unwrap();
+        assert!(matches!(
+            t.outbound(now, &mut oldest),
+            Verdict::Drop(DropReason::FragmentWithoutHead)
+        ));
+        let mut newest = datagram(n - 1).pop().unwrap();
+        assert_eq!(t.outbound(now, &mut newest), Verdict::Uplink { remote: R });
+        // Old entries lapse when new ones come.
+        let mut head = datagram(n).remove(0);
+        assert_eq!(
+            t.outbound(now + FRAG_LIFETIME, &mut head),
+            Verdict::Uplink { remote: R }
+        );
+        assert_eq!(t.frags.len(), 1);
+    }
+
     #[test]
     fn other_drops() {
         let now = Instant::now();
         let mut t = nat();
-        // Fragments: MF, and a non-zero offset.
-        for frag in [0x20u8, 0x00] {
-            let mut ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 1, 2, b"abc", true));
-            ipb[6] = frag;
-            ipb[7] = if frag == 0 { 1 } else { 0 };
-            ipb[10..12].copy_from_slice(&[0, 0]);
-            let c = !ref_sum(&[&ipb[..20]]);
-            ipb[10..12].copy_from_slice(&c.to_be_bytes());
-            assert_eq!(
-                drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &ipb)),
-                DropReason::Fragment
-            );
-        }
+        // A later fragment whose first one was never seen.
+        let ipb = ip(C1, R, 17, 64, &[], &udp(C1, R, 1, 2, &[7; 24], true));
+        let later = fragments(&ipb, 16).pop().unwrap();
+        assert_eq!(
+            drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &later)),
+            DropReason::FragmentWithoutHead
+        );
+        // The first fragment of an ICMP error.
+        let err = icmp(3, 3, [0; 4], &in_udp(R, 53, 5000)[14..]);
+        let first = fragments(&ip(C1, R, 1, 64, &[], &err), 16).remove(0);
+        assert_eq!(
+            drop_out(&mut t, now, eth(GW_MAC, C1_MAC, &first)),
+            DropReason::Fragment
+        );
         // Not IPv4.
         let mut f = out_udp(C1, 1, R, 2);
         f[12..14].copy_from_slice(&[0x86, 0xdd]);
@@ -2169,6 +2592,7 @@ mod tests {
                 "malformed",
                 "not_ipv4",
                 "fragment",
+                "fragment_without_head",
                 "unsupported_protocol",
                 "unknown_endpoint",
                 "bad_checksum",
@@ -2337,7 +2761,9 @@ mod tests {
         make_partial(&mut partial, C1, R, 6);
         let mut trans = out_udp(C1, 5000, R, 53);
         t.outbound(now, &mut trans);
-        let frames: [(bool, Vec<u8>); 11] = [
+        let big = ip(R, EXT, 17, 57, &[], &udp(R, EXT, 53, p, &[9; 2000], true));
+        let pieces: Vec<_> = uplink_pieces(&big, 1480);
+        let frames: [(bool, Vec<u8>); 13] = [
             (false, out_udp(C1, 5000, R, 53)),
             (true, in_udp(R, 53, p)),
             (false, out_tcp(C1, 5001, R, 443, ACK)),
@@ -2349,6 +2775,8 @@ mod tests {
             (false, out_tcp(C1, 80, R2, 1234, SYN | ACK)),
             (true, error_about(&trans, 3, 3, Some(28))),
             (true, in_udp(R2, 53, p)), // filtered: a drop allocates nothing either
+            (true, pieces[0].clone()),
+            (true, pieces[1].clone()),
         ];
         let mut copies: Vec<Vec<u8>> = frames.iter().map(|(_, f)| f.clone()).collect();
         let before = counting::allocations();

@@ -105,6 +105,7 @@ mod ip {
     use super::Field;
     pub const VER_IHL: usize = 0;
     pub const TOTAL_LEN: Field = 2..4;
+    pub const IDENT: Field = 4..6;
     pub const FLAGS_FRAG: Field = 6..8;
     pub const TTL: usize = 8;
     /// TTL and protocol share the 16-bit word at offset 8.
@@ -166,6 +167,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), ip::TOTAL_LEN)
+    }
+
+    /// The identification field: with source, destination and protocol, it names the
+    /// datagram a fragment belongs to.
+    pub fn ident(&self) -> u16 {
+        be16(self.buffer.as_ref(), ip::IDENT)
     }
 
     pub fn more_frags(&self) -> bool {
@@ -410,6 +417,20 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         }
         if l > b.len() {
             return Err(WireError::Truncated);
+        }
+        Ok(UdpPacket { buffer })
+    }
+
+    /// The first fragment of a datagram: the header present and its length at least 8;
+    /// the datagram goes on past the buffer (in later fragments), so the length is not
+    /// held against the buffer's.
+    pub fn new_checked_first_fragment(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        if b.len() < udp::HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if usize::from(be16(b, udp::LENGTH)) < udp::HEADER_LEN {
+            return Err(WireError::BadHeaderLength);
         }
         Ok(UdpPacket { buffer })
     }
@@ -701,6 +722,13 @@ mod tests {
         assert!(UdpPacket::new_checked(&u[..]).is_err()); // length 9 > 8
         u[5] = 8;
         assert!(UdpPacket::new_checked(&u[..]).is_ok());
+        // A first fragment: the length may exceed what this fragment holds.
+        u[4..6].copy_from_slice(&65008u16.to_be_bytes());
+        assert!(UdpPacket::new_checked(&u[..]).is_err());
+        assert!(UdpPacket::new_checked_first_fragment(&u[..]).is_ok());
+        u[4..6].copy_from_slice(&7u16.to_be_bytes());
+        assert!(UdpPacket::new_checked_first_fragment(&u[..]).is_err());
+        assert!(UdpPacket::new_checked_first_fragment(&u[..7]).is_err());
 
         assert!(IcmpPacket::new_checked(&[0u8; 7][..]).is_err());
         assert!(QuotedL4::new_checked(&[0u8; 8][..], 6).is_ok());
