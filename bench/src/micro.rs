@@ -452,6 +452,7 @@ fn config(max_sessions: usize) -> Config {
         ports: TRANSLATOR_PORTS,
         max_sessions,
         max_sessions_per_endpoint: None,
+        max_ports_per_endpoint: None,
         timeouts: Timeouts::default(),
     }
 }
@@ -927,7 +928,7 @@ fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
 }
 
 /// Remote peers per inside endpoint in the scale workloads: 1M sessions need 4000 inside
-/// endpoints, which fits the production port range (4536 ports) under endpoint-independent
+/// endpoints, which fits the default port range (31,744 ports) under endpoint-independent
 /// mapping.
 const REMOTES_PER_ENDPOINT: usize = 250;
 

@@ -25,11 +25,23 @@ pub const IFACES_MAP: &str = "IFACES";
 pub const MAX_IFACES: u32 = 1024;
 
 /// Name of the hash map from [`PortKey`] to `u32` (unused value, write 0): the TCP/UDP
-/// ports and ICMP echo identifiers the translator owns on an uplink address right now
-/// (mapped to a container, or published). The uplink steers exactly these.
+/// ports the translator publishes on an uplink address (new inbound flows come from any
+/// remote, so these are steered by port). Dynamic sessions are in [`SESSIONS_MAP`].
 pub const PORTS_MAP: &str = "PORTS";
 /// Capacity of [`PORTS_MAP`].
 pub const MAX_PORTS: u32 = 65536;
+
+/// Name of the hash map from [`FlowKey`] to `u32` (unused value, write 0): the dynamic
+/// sessions the translator holds right now, each keyed by its reply as it arrives on the
+/// uplink (`ifindex` 0, `src`/`sport` the remote, `dst`/`dport` the external address and
+/// port; ICMP: `sport` 0, `dport` the echo identifier). The uplink steers a frame to the
+/// translator only if its exact reverse tuple is here (or its port is in [`PORTS_MAP`],
+/// published), so a host socket or another NAT using the same port number towards
+/// another remote keeps its frames.
+pub const SESSIONS_MAP: &str = "SESSIONS";
+/// Default capacity of [`SESSIONS_MAP`]; the loader sizes it from the translator's
+/// session limit. The map is not preallocated: only live entries take memory.
+pub const MAX_STEERED_SESSIONS: u32 = 262144;
 
 /// Name of the `XskMap` of AF_XDP sockets, indexed by slot ([`IfaceConfig::xsk_slot`]).
 pub const XSKS_MAP: &str = "XSKS";

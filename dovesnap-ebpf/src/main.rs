@@ -8,8 +8,9 @@
 //!   and anything else the program is attached to);
 //! - an endpoint (the host end of a nat-fast container's veth): routed IPv4 TCP/UDP/ICMP
 //!   that the kernel would send out of the uplink goes to the endpoint's AF_XDP socket;
-//! - the uplink: IPv4 addressed to the external address whose port, echo identifier or
-//!   embedded ICMP-error flow belongs to the translator goes to the rx queue's socket.
+//! - the uplink: IPv4 addressed to the external address whose exact reverse tuple is one
+//!   of the translator's dynamic sessions ([`SESSIONS`]; for an ICMP error, the quoted
+//!   packet's), or whose port is published ([`PORTS`]), goes to the rx queue's socket.
 //!
 //! IPv4 fragments go where their datagram's first fragment went: the first one (it
 //! carries the transport header) is judged like a whole packet and, when steered,
@@ -54,8 +55,8 @@ mod program {
     use dovesnap_ebpf::{
         Counter, FlowAction, FlowKey, FragKey, IfaceConfig, PortKey, COUNTERS, FRAG_LIFETIME_NS,
         IFACE_ENDPOINT, IFACE_UPLINK, MAX_DEVS, MAX_FLOWS, MAX_FRAGS, MAX_IFACES, MAX_PORTS,
-        MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES, SINK_PASSED,
-        SINK_SLOTS, STATE_BYPASS,
+        MAX_STEERED_SESSIONS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES,
+        SINK_PASSED, SINK_SLOTS, STATE_BYPASS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -66,9 +67,18 @@ mod program {
     #[map]
     static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
 
-    /// Published ports and live echo identifiers owned by the translator (value unused).
+    /// Published ports of the translator (value unused).
     #[map]
     static PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+    /// The translator's dynamic sessions, keyed by their reply's tuple on the uplink
+    /// (value unused). Not preallocated (`BPF_F_NO_PREALLOC`): sized by the loader from
+    /// the session limit, it only takes memory for live sessions.
+    #[map]
+    static SESSIONS: HashMap<FlowKey, u32> =
+        HashMap::with_max_entries(MAX_STEERED_SESSIONS, BPF_F_NO_PREALLOC);
+
+    const BPF_F_NO_PREALLOC: u32 = 1;
 
     /// The translator's AF_XDP sockets.
     #[map]
@@ -551,12 +561,13 @@ mod program {
         if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &UPLINK) {
             return steer;
         }
+        let remote = u32::from_ne_bytes(ip.src);
         let ours = match ip.proto {
             PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
-                Some(ports) => owns_key(cfg, u16::from_be_bytes(ports.dst), ip.proto),
+                Some(ports) => owns_flow(cfg, ip.proto, ports.dst, remote, ports.src),
                 None => false,
             },
-            PROTO_ICMP => owns_icmp(ctx, cfg),
+            PROTO_ICMP => owns_icmp(ctx, cfg, remote),
             _ => false,
         };
         if !ours {
@@ -565,10 +576,30 @@ mod program {
         to_translator(ctx, cfg, ip, piece, &UPLINK)
     }
 
-    /// Whether a TCP/UDP port or ICMP echo identifier (host order) on the external
-    /// address is the translator's: mapped to a container right now, or published. A
-    /// port of the translator's range that it does not use is left to the kernel
-    /// (another NAT's, or a host socket's).
+    /// Whether a frame to external `port` (or ICMP echo identifier) from `remote`:`rport`
+    /// (wire bytes; `[0, 0]` for ICMP) is the translator's: the exact reverse tuple of one
+    /// of its dynamic sessions, or a published port. Any other frame to a port of the
+    /// translator's range is left to the kernel (a host socket's, another NAT's).
+    #[inline(always)]
+    fn owns_flow(cfg: &IfaceConfig, proto: u8, port: [u8; 2], remote: u32, rport: [u8; 2]) -> bool {
+        let key = FlowKey {
+            ifindex: 0,
+            src: remote,
+            dst: cfg.addr,
+            sport: u16::from_ne_bytes(rport),
+            dport: u16::from_ne_bytes(port),
+            proto,
+            _pad: [0; 3],
+        };
+        // SAFETY: only the presence of the key is used; the value is not read.
+        if unsafe { SESSIONS.get(&key) }.is_some() {
+            return true;
+        }
+        proto != PROTO_ICMP && owns_key(cfg, u16::from_be_bytes(port), proto)
+    }
+
+    /// Whether a TCP/UDP port (host order) on the external address is published by the
+    /// translator.
     #[inline(always)]
     fn owns_key(cfg: &IfaceConfig, port: u16, proto: u8) -> bool {
         let key = PortKey {
@@ -581,15 +612,16 @@ mod program {
         unsafe { PORTS.get(&key) }.is_some()
     }
 
-    /// ICMP to the external address that belongs to the translator: echo replies with a
-    /// known identifier, and errors about a packet the translator sent.
+    /// ICMP to the external address from `remote` that belongs to the translator: echo
+    /// replies of one of its echo sessions, and errors about a packet it sent (matched
+    /// by the quoted packet's tuple, whoever reports the error).
     #[inline(always)]
-    fn owns_icmp(ctx: &XdpContext, cfg: &IfaceConfig) -> bool {
+    fn owns_icmp(ctx: &XdpContext, cfg: &IfaceConfig, remote: u32) -> bool {
         let Some(icmp) = ptr_at::<IcmpHdr>(ctx, L4) else {
             return false;
         };
         match icmp.kind {
-            ICMP_ECHO_REPLY => owns_key(cfg, u16::from_be_bytes(icmp.id), PROTO_ICMP),
+            ICMP_ECHO_REPLY => owns_flow(cfg, PROTO_ICMP, icmp.id, remote, [0, 0]),
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
                 let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, INNER_L3) else {
                     return false;
@@ -597,14 +629,15 @@ mod program {
                 if !inner.is_plain() || u32::from_ne_bytes(inner.src) != cfg.addr {
                     return false;
                 }
+                let to = u32::from_ne_bytes(inner.dst);
                 match inner.proto {
                     PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, INNER_L4) {
-                        Some(ports) => owns_key(cfg, u16::from_be_bytes(ports.src), inner.proto),
+                        Some(ports) => owns_flow(cfg, inner.proto, ports.src, to, ports.dst),
                         None => false,
                     },
                     PROTO_ICMP => match ptr_at::<IcmpHdr>(ctx, INNER_L4) {
                         Some(echo) if echo.kind == ICMP_ECHO_REQUEST => {
-                            owns_key(cfg, u16::from_be_bytes(echo.id), PROTO_ICMP)
+                            owns_flow(cfg, PROTO_ICMP, echo.id, to, [0, 0])
                         }
                         _ => false,
                     },

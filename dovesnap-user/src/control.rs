@@ -468,8 +468,13 @@ fn render_fast_path(fp: &crate::fastpath::FastPathStatus, push: &mut impl FnMut(
         push(&format!("  kernel path: {port}: {why}"));
     }
     for u in &fp.dataplane.uplinks {
+        let ports = match (u.ports.as_str(), u.port_share) {
+            ("", _) => String::new(),
+            (r, 0) => format!(", ports {r}"),
+            (r, n) => format!(", ports {r} (at most {n} per container and protocol)"),
+        };
         push(&format!(
-            "  uplink {} ({}): {} endpoint(s), {} session(s){}",
+            "  uplink {} ({}): {} endpoint(s), {} session(s){ports}{}",
             u.name,
             u.external_ip,
             u.endpoints,
@@ -748,13 +753,23 @@ abc           br-flat      flat      netdev    -            -
         s.fast_path = Some(crate::fastpath::FastPathStatus {
             kernel_path: vec![("ovs9f8e7d6c".into(), "br0 has generic only XDP".into())],
             dataplane: crate::fastpath::dataplane::DataplaneStatus {
-                uplinks: vec![crate::fastpath::dataplane::UplinkStatus {
-                    name: "veth0".into(),
-                    external_ip: "192.0.2.1".into(),
-                    endpoints: 1,
-                    redirect_target: false,
-                    ..Default::default()
-                }],
+                uplinks: vec![
+                    crate::fastpath::dataplane::UplinkStatus {
+                        name: "veth0".into(),
+                        external_ip: "192.0.2.1".into(),
+                        endpoints: 1,
+                        redirect_target: false,
+                        ..Default::default()
+                    },
+                    crate::fastpath::dataplane::UplinkStatus {
+                        name: "eth1".into(),
+                        external_ip: "198.51.100.1".into(),
+                        redirect_target: true,
+                        ports: "1024-32767".into(),
+                        port_share: 23808,
+                        ..Default::default()
+                    },
+                ],
                 ..Default::default()
             },
             health: crate::fastpath::supervisor::HealthStatus {
@@ -786,6 +801,13 @@ abc           br-flat      flat      netdev    -            -
         ] {
             assert!(table.contains(line), "missing {line:?} in\n{table}");
         }
+        assert!(
+            table.contains(
+                "  uplink eth1 (198.51.100.1): 0 endpoint(s), 0 session(s), ports 1024-32767 \
+                 (at most 23808 per container and protocol)\n"
+            ),
+            "{table}"
+        );
         assert!(
             table.contains(
                 "  uplink veth0 (192.0.2.1): 1 endpoint(s), 0 session(s); not an XDP redirect \

@@ -865,19 +865,27 @@ pub fn port_range_finding(range: RangeInclusive<u16>) -> Check {
         None => Check::ok(
             NAME,
             format!(
-                "net.ipv4.ip_local_port_range = {lo} {hi}: below nat-fast's translator ports \
-                 {t0}-{t1}"
+                "net.ipv4.ip_local_port_range = {lo} {hi}: clear of nat-fast's translator \
+                 ports {t0}-{t1} (the default --nat-ports)"
             ),
         ),
         Some(common) => {
-            let new_lo = if lo < t0 { lo } else { 32768 };
-            let new_hi = t0 - 1;
+            // Keep the part of the range outside the translator's; Linux's default if
+            // none is left.
+            let (new_lo, new_hi) = if hi > t1 {
+                (lo.max(t1 + 1), hi)
+            } else if lo < t0 {
+                (lo, t0 - 1)
+            } else {
+                (32768, 60999)
+            };
             Check::fail(
                 NAME,
                 format!(
                     "net.ipv4.ip_local_port_range = {lo} {hi} overlaps nat-fast's translator \
-                     ports {t0}-{t1} (at {}-{}): the host's own connections could take ports \
-                     whose replies the uplink's XDP program steers to the translator",
+                     ports {t0}-{t1} (the default --nat-ports; at {}-{}): a host connection \
+                     and a translated one could take the same port towards the same remote, \
+                     and the host's would lose its replies to the translator",
                     common.start(),
                     common.end()
                 ),
@@ -1341,25 +1349,25 @@ mod tests {
     fn overlap_and_coverage() {
         assert_eq!(overlap(&(32768..=60999), &TRANSLATOR_PORTS), None);
         assert_eq!(
-            overlap(&(32768..=61000), &TRANSLATOR_PORTS),
-            Some(61000..=61000)
+            overlap(&(32767..=60999), &TRANSLATOR_PORTS),
+            Some(32767..=32767)
         );
         assert_eq!(
             overlap(&(1024..=65535), &TRANSLATOR_PORTS),
-            Some(61000..=65535)
+            Some(1024..=32767)
         );
         assert_eq!(
-            overlap(&(62000..=62010), &TRANSLATOR_PORTS),
-            Some(62000..=62010)
+            overlap(&(2000..=2010), &TRANSLATOR_PORTS),
+            Some(2000..=2010)
         );
 
         assert_eq!(covered_ports(&[], &TRANSLATOR_PORTS), 0);
-        assert_eq!(covered_ports(&[8080..=8080], &TRANSLATOR_PORTS), 0);
-        assert_eq!(covered_ports(&[61000..=65535], &TRANSLATOR_PORTS), 4536);
+        assert_eq!(covered_ports(&[40000..=40000], &TRANSLATOR_PORTS), 0);
+        assert_eq!(covered_ports(&[1024..=32767], &TRANSLATOR_PORTS), 31744);
         // Overlapping and unsorted ranges are counted once.
         assert_eq!(
             covered_ports(
-                &[61005..=61009, 61000..=61006, 65535..=65535],
+                &[8005..=8009, 8000..=8006, 32767..=32767],
                 &TRANSLATOR_PORTS
             ),
             11
@@ -1375,15 +1383,15 @@ mod tests {
 
         let bad = port_range_finding(1024..=65535);
         assert_eq!(bad.status, Status::Fail);
-        assert!(bad.detail.contains("61000-65535"), "{}", bad.detail);
+        assert!(bad.detail.contains("1024-32767"), "{}", bad.detail);
         let fix = bad.fix.unwrap();
         assert!(
-            fix.contains("sysctl -w net.ipv4.ip_local_port_range=\"1024 60999\""),
+            fix.contains("sysctl -w net.ipv4.ip_local_port_range=\"32768 65535\""),
             "{fix}"
         );
 
-        // A range entirely inside the translator's falls back to Linux's default start.
-        let inside = port_range_finding(62000..=63000);
+        // A range entirely inside the translator's falls back to Linux's default.
+        let inside = port_range_finding(2000..=3000);
         assert!(inside.fix.unwrap().contains("\"32768 60999\""));
     }
 
@@ -1392,9 +1400,9 @@ mod tests {
         let none = reserved_finding("", &[]);
         assert_eq!(none.status, Status::Ok);
         assert!(none.detail.contains("empty"));
-        let some = reserved_finding("61000-61999\n", &[61000..=61999]);
+        let some = reserved_finding("9000-9999\n", &[9000..=9999]);
         assert_eq!(some.status, Status::Ok);
-        assert!(some.detail.contains("1000 of the 4536"), "{}", some.detail);
+        assert!(some.detail.contains("1000 of the 31744"), "{}", some.detail);
     }
 
     #[test]

@@ -64,6 +64,22 @@ enum Cmd {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
         nat_max_sessions_per_endpoint: Option<u32>,
+        /// External ports (and ICMP identifiers) the nat-fast translator maps containers
+        /// to, LO-HI within 1024-65535. The kernel masquerade of nat-fast networks (their
+        /// fallback path) takes the larger rest (32768-65535 by default), which must keep
+        /// at least 1024 ports. The uplink steers a mapped port's replies by their exact
+        /// remote, so host services listening on ports of this range keep their traffic;
+        /// keep net.ipv4.ip_local_port_range (default 32768-60999) outside it.
+        #[arg(long, value_name = "LO-HI", default_value = "1024-32767",
+              value_parser = dovesnap::fastpath::parse_nat_ports)]
+        nat_ports: std::ops::RangeInclusive<u16>,
+        /// External ports per protocol one container may map (its share of --nat-ports);
+        /// at its share, its own least recently seen evictable session makes room, else
+        /// its new flow is dropped (`endpoint_port_share`) while other containers still
+        /// get ports. Default: 3/4 of the range.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=65535))]
+        nat_ports_per_endpoint: Option<u32>,
         #[command(flatten)]
         ovn: OvnArgs,
         /// For the project's tests: SIGUSR1 makes the nat-fast data-plane thread panic,
@@ -127,9 +143,16 @@ fn main() -> Result<()> {
                 reconcile_interval,
                 nat_max_sessions,
                 nat_max_sessions_per_endpoint,
+                nat_ports,
+                nat_ports_per_endpoint,
                 ovn,
                 test_hooks,
             } => {
+                dovesnap::fastpath::set_port_range(
+                    nat_ports,
+                    nat_ports_per_endpoint.map(|n| n as usize),
+                )
+                .map_err(anyhow::Error::msg)?;
                 dovesnap::fastpath::set_session_limits(
                     nat_max_sessions as usize,
                     nat_max_sessions_per_endpoint.map(|n| n as usize),

@@ -27,13 +27,15 @@ use std::os::fd::AsRawFd;
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
+pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
     addr_octets, be_addr, Counter, FlowAction, FlowKey, IfaceConfig, PortKey, IFACE_ENDPOINT,
     IFACE_UPLINK, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SINK_BYTES, SINK_FRAMES, SINK_MAP,
-    SINK_PASSED, SINK_PROGRAM_NAME, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
+    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SESSIONS_MAP, SINK_BYTES,
+    SINK_FRAMES, SINK_MAP, SINK_PASSED, SINK_PROGRAM_NAME, STATE_BYPASS, STATE_MAP, STATS_MAP,
+    XSKS_MAP,
 };
 use thiserror::Error;
 
@@ -525,20 +527,30 @@ impl XdpProgram {
     /// Loads the embedded object: creates its maps and loads the program into the
     /// kernel (the verifier runs here). Attaches nothing. Needs root or CAP_BPF.
     pub fn load() -> Result<Self, XdpError> {
+        Self::load_sized(MAX_STEERED_SESSIONS)
+    }
+
+    /// [`XdpProgram::load`] with room for `sessions` steered dynamic sessions in
+    /// `SESSIONS` (the translators' session limits; the map is not preallocated, so a
+    /// large size costs nothing until used).
+    pub fn load_sized(sessions: u32) -> Result<Self, XdpError> {
         let bytes = object();
         if bytes.is_empty() {
             return Err(XdpError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(bytes).map_err(|e| {
-            if is_eperm(&e) {
-                XdpError::PermissionDenied {
-                    what: "creating the XDP program's maps",
-                    cause: chain(&e),
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(SESSIONS_MAP, sessions.max(1))
+            .load(bytes)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    XdpError::PermissionDenied {
+                        what: "creating the XDP program's maps",
+                        cause: chain(&e),
+                    }
+                } else {
+                    XdpError::Load { cause: chain(&e) }
                 }
-            } else {
-                XdpError::Load { cause: chain(&e) }
-            }
-        })?;
+            })?;
         let program = xdp_mut(&mut ebpf)?;
         program.load().map_err(|e| {
             if is_eperm(&e) {
@@ -712,8 +724,8 @@ impl XdpProgram {
         HashMap::try_from(map).map_err(|_| mismatch)
     }
 
-    /// Moves the maps the translator thread keeps current (`PORTS`, `XSKS`, `FLOWS`,
-    /// `DEVS`) out of the program into a [`DataplaneMaps`]. Works once per loaded program
+    /// Moves the maps the translator thread keeps current (`PORTS`, `SESSIONS`, `XSKS`,
+    /// `FLOWS`, `DEVS`) out of the program into a [`DataplaneMaps`]. Works once per loaded program
     /// ([`XdpError::MapsTaken`] after). The maps stay shared with the kernel program:
     /// dropping the `DataplaneMaps` closes userspace's handle, not the maps.
     pub fn take_dataplane_maps(&mut self) -> Result<DataplaneMaps, XdpError> {
@@ -731,6 +743,7 @@ impl XdpProgram {
         let maps = DataplaneMaps {
             bypass: Bypass(take(&mut self.ebpf, STATE_MAP)?),
             ports: take(&mut self.ebpf, PORTS_MAP)?,
+            sessions: take(&mut self.ebpf, SESSIONS_MAP)?,
             xsks: take(&mut self.ebpf, XSKS_MAP)?,
             flows: take(&mut self.ebpf, FLOWS_MAP)?,
             devs: take(&mut self.ebpf, DEVS_MAP)?,
@@ -803,13 +816,14 @@ impl XdpProgram {
     }
 }
 
-/// The maps the translator thread updates: published ports and echo identifiers
-/// (`PORTS`), its AF_XDP sockets (`XSKS`), offloaded flows (`FLOWS`) and the devices
-/// they leave by (`DEVS`). `Send`, so the thread can own it.
+/// The maps the translator thread updates: published ports (`PORTS`), the reply tuples
+/// of its dynamic sessions (`SESSIONS`), its AF_XDP sockets (`XSKS`), offloaded flows
+/// (`FLOWS`) and the devices they leave by (`DEVS`). `Send`, so the thread can own it.
 pub struct DataplaneMaps {
     /// The whole fast path's off switch; a second handle serves the watchdog.
     pub bypass: Bypass,
     ports: HashMap<MapData, PortKey, u32>,
+    sessions: HashMap<MapData, FlowKey, u32>,
     xsks: XskMap<MapData>,
     flows: HashMap<MapData, FlowKey, FlowAction>,
     devs: DevMapHash<MapData>,
@@ -818,6 +832,27 @@ pub struct DataplaneMaps {
 impl fmt::Debug for DataplaneMaps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataplaneMaps").finish_non_exhaustive()
+    }
+}
+
+/// The `SESSIONS` key of a dynamic session: its reply's tuple as it arrives on the
+/// uplink, from `remote`:`remote_port` (0 for ICMP) to `external`:`port` (ICMP: the echo
+/// identifier). Host-order ports.
+pub fn steered_session_key(
+    external: [u8; 4],
+    port: u16,
+    remote: [u8; 4],
+    remote_port: u16,
+    proto: u8,
+) -> FlowKey {
+    FlowKey {
+        ifindex: 0,
+        src: be_addr(remote),
+        dst: be_addr(external),
+        sport: remote_port.to_be(),
+        dport: port.to_be(),
+        proto,
+        _pad: [0; 3],
     }
 }
 
@@ -877,8 +912,8 @@ impl Bypass {
 }
 
 impl DataplaneMaps {
-    /// Marks `key` (a published port, or a live echo identifier) as the translator's:
-    /// uplink frames for it are steered. Setting a present key again is not an error.
+    /// Marks `key` (a published port) as the translator's: uplink frames for it are
+    /// steered. Setting a present key again is not an error.
     pub fn set_port(&mut self, key: PortKey) -> Result<(), XdpError> {
         let key = PortKey { _pad: 0, ..key };
         self.ports
@@ -907,6 +942,48 @@ impl DataplaneMaps {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| map_error(PORTS_MAP, "list the ports".into(), &e))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Steers the replies of a dynamic session to the translator: `key` is the reply's
+    /// tuple as it arrives on the uplink ([`steered_session_key`]). Setting a present
+    /// key again is not an error.
+    pub fn set_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        let key = FlowKey {
+            _pad: [0; 3],
+            ..*key
+        };
+        self.sessions
+            .insert(key, 0, 0)
+            .map_err(|e| map_error(SESSIONS_MAP, format!("add session {key:?}"), &e))
+    }
+
+    /// Gives a session's replies back to the kernel. Removing an absent key is not an
+    /// error.
+    pub fn remove_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        let key = FlowKey {
+            _pad: [0; 3],
+            ..*key
+        };
+        match self.sessions.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(map_error(
+                SESSIONS_MAP,
+                format!("remove session {key:?}"),
+                &e,
+            )),
+        }
+    }
+
+    /// Every key in `SESSIONS`, sorted.
+    pub fn sessions(&self) -> Result<Vec<FlowKey>, XdpError> {
+        let mut keys = self
+            .sessions
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(SESSIONS_MAP, "list the sessions".into(), &e))?;
         keys.sort();
         Ok(keys)
     }
@@ -1100,6 +1177,7 @@ impl XdpSink {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(IFACES_MAP, 1)
             .map_max_entries(PORTS_MAP, 1)
+            .map_max_entries(SESSIONS_MAP, 1)
             .map_max_entries(XSKS_MAP, 1)
             .load(bytes)
             .map_err(|e| {

@@ -720,6 +720,61 @@ for i in range(n):
     r.sendto(ip(6, t), (dst, 0))
 "#;
 
+/// A TCP server for many concurrent connections (epoll): greets each with `k`, echoes
+/// what it receives, holds the connection until the client closes it.
+const HOLD_SERVER: &str = r#"
+import resource, selectors, socket, sys
+h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", int(sys.argv[1]))); l.listen(4096); l.setblocking(False)
+sel = selectors.DefaultSelector(); sel.register(l, selectors.EVENT_READ)
+while True:
+    for k, _ in sel.select():
+        s = k.fileobj
+        if s is l:
+            while True:
+                try:
+                    c, _ = l.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False); c.send(b"k"); sel.register(c, selectors.EVENT_READ)
+        else:
+            try:
+                d = s.recv(64)
+            except OSError:
+                d = b""
+            if d:
+                s.send(d)
+            else:
+                sel.unregister(s); s.close()
+"#;
+
+/// Opens `argv[3]` TCP connections to `argv[1]:argv[2]` and keeps them all open; prints
+/// `open N` (N: those the server greeted), waits for a line on stdin, then sends a
+/// byte on every one and prints `alive N` (N: those that echoed it).
+const HOLD_CLIENT: &str = r#"
+import resource, socket, sys
+h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ss = [socket.create_connection((dst, port), 5) for _ in range(n)]
+def count(b):
+    ok = 0
+    for s in ss:
+        s.settimeout(5)
+        try:
+            ok += s.recv(1) == b
+        except OSError:
+            pass
+    return ok
+print("open", count(b"k"), flush=True)
+sys.stdin.readline()
+for s in ss:
+    s.sendall(b"p")
+print("alive", count(b"p"), flush=True)
+"#;
+
 /// A process in the background, killed on drop.
 struct Background(std::process::Child);
 
@@ -732,7 +787,9 @@ impl Drop for Background {
 
 /// The port pool and the table under ordinary churn and hostile traffic, with the
 /// default limits: a resolver's 20,000 questions from fresh source ports (lone
-/// exchanges, evictable like conntrack's unassured entries), then 70,000 datagrams and
+/// exchanges, evictable like conntrack's unassured entries), 10,000 concurrent TCP
+/// connections from one container (while a host socket bound to one of their external
+/// ports keeps its own traffic from another remote), then 70,000 datagrams and
 /// 70,000 SYNs from distinct source ports at a container's published ports, each
 /// answered by it (the far side drops its own RSTs and ICMP errors, so nothing closes
 /// them). Afterwards both containers open UDP and TCP flows at once, and the published
@@ -741,6 +798,7 @@ impl Drop for Background {
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn churn_and_sprays_never_pin_the_pool() {
     const QUESTIONS: u64 = 20_000;
+    const CONNECTIONS: u64 = 10_000;
     const SPRAY: u32 = 70_000;
     require_root();
     let mut t = TwoOnFast::new("pool", "10.233.105", "10.233.10.0/24", &[]);
@@ -772,6 +830,101 @@ fn churn_and_sprays_never_pin_the_pool() {
         churn_time,
         ready.elapsed()
     );
+
+    // Many concurrent connections from one container (the kernel path's count, not
+    // 4,536): c holds CONNECTIONS TCP connections to one far server at once, all
+    // greeted; meanwhile both containers still open new flows at once.
+    t.far.spawn(&["python3", "-c", HOLD_SERVER, "7100"]);
+    let started = Instant::now();
+    let mut client = std::process::Command::new("nsenter")
+        .args(["-t", &t.c.pid(), "-n", "timeout", "180", "python3", "-c"])
+        .args([HOLD_CLIENT, &t.far.far_ip, "7100", &CONNECTIONS.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("connection holder in c's namespace");
+    let mut stdin = client.stdin.take().expect("stdin");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        client.stdout.take().expect("stdout"),
+    ));
+    let _client = Background(client);
+    let mut line = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let opened = line();
+    let open_time = started.elapsed();
+    let status = t.plugin.status();
+    assert_eq!(
+        opened,
+        format!("open {CONNECTIONS}"),
+        "{:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert!(
+        sessions(&status) >= CONNECTIONS,
+        "{:#}",
+        status["fast_path"]["dataplane"]
+    );
+    for refusal in ["drop_ports_exhausted", "drop_endpoint_port_share"] {
+        assert_eq!(translator(&status, refusal), 0, "{refusal}");
+    }
+    let ready = Instant::now();
+    t.new_flows_work("40101", &format!("while c holds {CONNECTIONS} connections"));
+    let new_flows = ready.elapsed();
+
+    // A host socket on a port the translator maps (to the far server) keeps its own
+    // traffic: the uplink steers the translator's replies by their whole tuple, so a
+    // connection from another remote port to that port number reaches the host.
+    let peers = t.far.ns.sh(
+        "ss",
+        &["-Htn", "state", "established", "sport", "=", ":7100"],
+    );
+    let port: u16 = peers
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no held connection seen from the far side: {peers}"));
+    let host_socket = std::net::TcpListener::bind((t.far.host_ip.as_str(), port))
+        .unwrap_or_else(|e| panic!("cannot bind a host socket to {port}: {e}"));
+    host_socket.set_nonblocking(true).expect("nonblocking");
+    let accepter = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((mut s, _)) = host_socket.accept() {
+                let _ = std::io::Write::write_all(&mut s, b"host\n");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
+    let far_client = "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),5)\nprint(s.recv(64).decode().strip())";
+    let got = t.far.ns.sh(
+        "python3",
+        &["-c", far_client, &t.far.host_ip, &port.to_string()],
+    );
+    assert!(
+        accepter.join().expect("accepter"),
+        "the host socket on {port} got nothing"
+    );
+    assert_eq!(
+        got.trim(),
+        "host",
+        "the host socket on port {port} lost its traffic"
+    );
+    // And c's connections, the one on that port included, all still answer.
+    std::io::Write::write_all(&mut stdin, b"go\n").expect("tell the holder");
+    assert_eq!(line(), format!("alive {CONNECTIONS}"));
+    eprintln!(
+        "{CONNECTIONS} concurrent connections from one container opened in {open_time:.1?}; \
+         new flows {new_flows:.0?} after; a host socket on mapped port {port} reached"
+    );
+    drop(_client);
 
     // A server with a published TCP port (httpd) and UDP port (an answerer in its
     // namespace); the far side sprays both.

@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use dovesnap::xdp::{
-    be_addr, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram, IFACE_ENDPOINT,
-    IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    be_addr, steered_session_key, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram,
+    IFACE_ENDPOINT, IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_tests::{host_veths, require_root, sh, unique_name, Netns, Veth};
 
@@ -617,25 +617,39 @@ fn steering_fails_open_without_sockets() {
         assert_eq!(d.uplink_redirect, 0, "{d:?}");
 
         // A port of the translator's range that it has not mapped is another NAT's or
-        // a host socket's: untouched. Once mapped it is steered; with no socket there,
-        // the kernel still delivers it to whoever listens.
+        // a host socket's: untouched. Once a session maps it for one remote, that
+        // remote's frames are steered (with no socket there, the kernel still delivers
+        // them to whoever listens); every other remote's stay the host socket's.
         let listener = udp_socket(&topo.r, "10.202.2.1:40000");
         let sender = udp_socket(&topo.f, "10.202.2.2:0");
+        let other = udp_socket(&topo.f, "10.202.2.2:0");
         let w = Watch::new(&xdp);
         sender.send_to(b"in", "10.202.2.1:40000").expect("send");
         assert!(receives(&listener, b"in"), "another NAT's reply lost");
         let d = w.delta("far sends to an unmapped port of the range");
         assert_eq!(d.uplink_no_session, 1, "{d:?}");
         assert_eq!(d.uplink_redirect, 0, "{d:?}");
-        let mapped = PortKey::new([10, 202, 2, 1], 40000, PROTO_UDP);
-        maps.set_port(mapped).expect("map 40000/udp");
+        let sport = sender.local_addr().expect("local addr").port();
+        let mapped = steered_session_key([10, 202, 2, 1], 40000, [10, 202, 2, 2], sport, PROTO_UDP);
+        maps.set_session(&mapped).expect("map 40000/udp");
+        maps.set_session(&mapped).expect("mapping again is fine");
+        assert_eq!(maps.sessions().expect("sessions"), vec![mapped]);
         let w = Watch::new(&xdp);
         sender.send_to(b"in", "10.202.2.1:40000").expect("send");
         assert!(receives(&listener, b"in"), "uplink UDP lost: not fail-open");
         let d = w.delta("far sends to a mapped port");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
         assert_eq!(d.xsk_missing, 1, "{d:?}");
-        maps.remove_port(&mapped).expect("unmap 40000/udp");
+        let w = Watch::new(&xdp);
+        other.send_to(b"other", "10.202.2.1:40000").expect("send");
+        assert!(receives(&listener, b"other"));
+        let d = w.delta("another remote port sends to the mapped port");
+        assert_eq!(d.uplink_no_session, 1, "{d:?}");
+        assert_eq!(d.uplink_redirect, 0, "{d:?}");
+        maps.remove_session(&mapped).expect("unmap 40000/udp");
+        maps.remove_session(&mapped)
+            .expect("removing again is fine");
+        assert!(maps.sessions().expect("sessions").is_empty());
 
         // A published port outside the range: steered only while it is in PORTS.
         let published = PortKey::new([10, 202, 2, 1], 8080, PROTO_UDP);
@@ -660,14 +674,22 @@ fn steering_fails_open_without_sockets() {
         assert_eq!(d.uplink_redirect, 0, "{d:?}");
 
         // Echo replies for an identifier the translator owns; without it, the host's.
-        let echo = PortKey::new([10, 202, 2, 1], ECHO_ID, PROTO_ICMP);
+        let echo = steered_session_key([10, 202, 2, 1], ECHO_ID, [10, 202, 2, 2], 0, PROTO_ICMP);
         let id = ECHO_ID.to_string();
         let w = Watch::new(&xdp);
         assert!(ping(&topo.r, &["-e", &id, "10.202.2.2"]));
         let d = w.delta("router pings far, identifier not owned");
         assert_eq!(d.uplink_redirect, 0, "{d:?}");
         assert!(d.uplink_no_session >= 1, "{d:?}");
-        maps.set_port(echo).expect("own the echo identifier");
+        maps.set_session(&echo).expect("own the echo identifier");
+        maps.set_session(&steered_session_key(
+            [10, 202, 2, 1],
+            ECHO_ID,
+            [10, 202, 9, 9],
+            0,
+            PROTO_ICMP,
+        ))
+        .expect("own the echo identifier towards 10.202.9.9");
         let w = Watch::new(&xdp);
         assert!(
             ping(&topo.r, &["-c", "2", "-i", "0.2", "-e", &id, "10.202.2.2"]),
@@ -683,15 +705,15 @@ fn steering_fails_open_without_sockets() {
         assert!(!ping(&topo.r, &["-W", "1", "-e", &id, "10.202.9.9"]));
         let d = w.delta("unreachable about an owned echo request");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
-        let mapped = PortKey::new([10, 202, 2, 1], 40001, PROTO_UDP);
-        maps.set_port(mapped).expect("map 40001/udp");
+        let mapped = steered_session_key([10, 202, 2, 1], 40001, [10, 202, 2, 2], 9, PROTO_UDP);
+        maps.set_session(&mapped).expect("map 40001/udp");
         let from_range = udp_socket(&topo.r, "10.202.2.1:40001");
         let w = Watch::new(&xdp);
         from_range.send_to(b"x", "10.202.2.2:9").expect("send");
         std::thread::sleep(Duration::from_millis(300));
         let d = w.delta("port unreachable about a mapped port");
         assert_eq!(d.uplink_redirect, 1, "{d:?}");
-        maps.remove_port(&mapped).expect("unmap 40001/udp");
+        maps.remove_session(&mapped).expect("unmap 40001/udp");
         // A datagram from a port the translator has not mapped draws an error that is
         // the host's.
         let from_host = udp_socket(&topo.r, "10.202.2.1:40002");
@@ -804,20 +826,20 @@ fn steering_decisions_on_crafted_frames() {
         names = topo.names();
         let mut xdp = topo.configured(1);
         let mut maps = xdp.take_dataplane_maps().expect("maps");
-        maps.set_port(PortKey::new([10, 202, 2, 1], ECHO_ID, PROTO_ICMP))
-            .expect("own an echo identifier");
         maps.set_port(PortKey::new([10, 202, 2, 1], 8443, PROTO_TCP))
             .expect("publish 8443/tcp");
-        // Ports of the translator's range it has mapped to containers (the data plane
-        // adds them as the translator allocates them); the rest of the range is not
-        // its own.
-        for (port, proto) in [
-            (PORT_LO, PROTO_UDP),
-            (PORT_HI, PROTO_TCP),
-            (PORT_LO + 5, PROTO_UDP),
+        // Sessions of the translator (the data plane adds them as the translator makes
+        // them), keyed by their replies' tuple; the same port from another remote, and
+        // the rest of the range, are not its own.
+        for (port, remote_port, proto) in [
+            (ECHO_ID, 0, PROTO_ICMP),
+            (PORT_LO, 53, PROTO_UDP),
+            (PORT_HI, 80, PROTO_TCP),
+            (PORT_LO + 5, 9, PROTO_UDP),
         ] {
-            maps.set_port(PortKey::new([10, 202, 2, 1], port, proto))
-                .expect("map a translator port");
+            let key =
+                steered_session_key([10, 202, 2, 1], port, [10, 202, 2, 2], remote_port, proto);
+            maps.set_session(&key).expect("map a translator session");
         }
 
         let gw = topo.gateway_mac;
@@ -1096,6 +1118,38 @@ fn steering_decisions_on_crafted_frames() {
                     0,
                     false,
                     &udp(53, PORT_LO + 1),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink mapped port, other remote port (a host socket's)",
+                ipv4_frame(
+                    other_mac,
+                    far,
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(54, PORT_LO),
+                ),
+                topo.up,
+                0,
+                C::UplinkNoSession,
+            ),
+            (
+                "uplink mapped port, other remote address",
+                ipv4_frame(
+                    other_mac,
+                    [10, 202, 2, 3],
+                    ext,
+                    PROTO_UDP,
+                    64,
+                    0,
+                    false,
+                    &udp(53, PORT_LO),
                 ),
                 topo.up,
                 0,
@@ -1604,6 +1658,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
             ports: PORT_LO..=PORT_HI,
             max_sessions: 64,
             max_sessions_per_endpoint: None,
+            max_ports_per_endpoint: None,
             timeouts: Timeouts::default(),
         });
         // Offer sessions as soon as they are established (the daemon waits a few packets).

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use dovesnap_ebpf::PortKey;
+use dovesnap_ebpf::{FlowKey, PortKey};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
@@ -211,6 +211,12 @@ pub struct UplinkStatus {
     /// by XDP; otherwise they stay on AF_XDP.
     #[serde(default)]
     pub redirect_target: bool,
+    /// The translator's external port range (`LO-HI`).
+    #[serde(default)]
+    pub ports: String,
+    /// Ports per protocol one container may map (0: the whole range).
+    #[serde(default)]
+    pub port_share: usize,
 }
 
 /// Sessions listed per uplink in a status snapshot.
@@ -251,6 +257,9 @@ struct Counters {
     held_overflow: u64,
     unreachable: u64,
     stray: u64,
+    /// Sessions whose steering entry could not be written (`SESSIONS` full): their
+    /// replies take the kernel path.
+    steer_failed: u64,
 }
 
 impl Counters {
@@ -266,6 +275,7 @@ impl Counters {
             ("nexthop_wait_overflow", self.held_overflow),
             ("nexthop_unreachable", self.unreachable),
             ("stray_frames", self.stray),
+            ("steer_map_failed", self.steer_failed),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -290,6 +300,7 @@ pub struct Dataplane {
     pending: VecDeque<Held>,
     counters: Counters,
     last_flush_warning: Instant,
+    last_steer_warning: Instant,
     last_offload_warning: Instant,
     waker: std::sync::Arc<Waker>,
     offloads: Offloads,
@@ -324,6 +335,7 @@ impl Dataplane {
             pending: VecDeque::new(),
             counters: Counters::default(),
             last_flush_warning: Instant::now() - WARN_INTERVAL,
+            last_steer_warning: Instant::now() - WARN_INTERVAL,
             last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
@@ -567,9 +579,9 @@ impl Dataplane {
                 },
             }
         };
-        // A port the translator just mapped must be in PORTS before the frame leaves:
-        // the reply can arrive (in softirq) before this thread runs again, and one the
-        // uplink does not steer is the kernel's.
+        // A session the translator just started must be in SESSIONS before the frame
+        // leaves: the reply can arrive (in softirq) before this thread runs again, and
+        // one the uplink does not steer is the kernel's.
         self.sync_port_events_of(uplink_idx);
         match verdict {
             Verdict::Endpoint { port } => {
@@ -748,33 +760,46 @@ impl Dataplane {
         }
     }
 
-    /// Mirrors the translators' ICMP identifiers into the ports map, so the XDP program
-    /// steers the echo replies (TCP and UDP are steered by range).
+    /// Mirrors every translator's session starts and ends into the steering map.
     fn sync_port_events(&mut self) {
         for idx in 0..self.uplinks.len() {
             self.sync_port_events_of(idx);
         }
     }
 
-    /// Mirrors the ports uplink `idx`'s translator mapped or freed into `PORTS`.
+    /// Mirrors the dynamic sessions uplink `idx`'s translator started or ended into
+    /// `SESSIONS`, keyed by their replies' tuple: the uplink steers exactly those.
     fn sync_port_events_of(&mut self, idx: usize) {
         let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
         let addr = up.external_ip;
         for ev in up.translator.drain_port_events() {
-            let (protocol, port, open) = match ev {
-                PortEvent::Opened { protocol, port } => (protocol, port, true),
-                PortEvent::Closed { protocol, port } => (protocol, port, false),
+            let (protocol, port, remote, open) = match ev {
+                PortEvent::Opened {
+                    protocol,
+                    port,
+                    remote,
+                } => (protocol, port, remote, true),
+                PortEvent::Closed {
+                    protocol,
+                    port,
+                    remote,
+                } => (protocol, port, remote, false),
             };
-            let key = port_key(addr, protocol, port);
+            let key = session_key(addr, protocol, port, remote);
             let r = if open {
-                self.maps.set_port(key)
+                self.maps.set_session(&key)
             } else {
-                self.maps.remove_port(&key)
+                self.maps.remove_session(&key)
             };
             if let Err(e) = r {
-                warn!("cannot update the XDP ports map: {e}");
+                self.counters.steer_failed += 1;
+                let now = Instant::now();
+                if now.duration_since(self.last_steer_warning) >= WARN_INTERVAL {
+                    self.last_steer_warning = now;
+                    warn!("cannot update the XDP sessions map: {e}");
+                }
             }
         }
     }
@@ -972,17 +997,27 @@ impl Dataplane {
         }
         self.offloads.remove_uplink(&mut self.maps, idx);
         if let Some(up) = self.uplinks[idx].take() {
-            // Published ports and ICMP identifiers of this address leave the map too.
-            let addr = up.external_ip;
+            // Published ports and sessions of this address leave the maps too.
+            let addr = u32::from(up.external_ip).to_be();
             let stale: Vec<PortKey> = self
                 .maps
                 .ports()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|k| k.addr == u32::from(addr).to_be())
+                .filter(|k| k.addr == addr)
                 .collect();
             for k in stale {
                 let _ = self.maps.remove_port(&k);
+            }
+            let stale: Vec<FlowKey> = self
+                .maps
+                .sessions()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| k.dst == addr)
+                .collect();
+            for k in stale {
+                let _ = self.maps.remove_session(&k);
             }
             self.close_ports(&up.ports, &up.slots);
             self.pending.retain(|h| h.uplink != idx);
@@ -1076,6 +1111,11 @@ impl Dataplane {
                         .collect(),
                     counters: translator_counters(up.translator.stats()),
                     redirect_target: self.offloads.uplink_redirect_target(*idx),
+                    ports: {
+                        let r = &up.translator.config().ports;
+                        format!("{}-{}", r.start(), r.end())
+                    },
+                    port_share: up.translator.config().max_ports_per_endpoint.unwrap_or(0),
                 })
             })
             .collect();
@@ -1192,6 +1232,22 @@ fn translator_counters(st: &Stats) -> Vec<(String, u64)> {
             .map(|(r, n)| (format!("drop_{}", r.name()), n)),
     );
     out
+}
+
+/// The `SESSIONS` key of a dynamic session of `addr` (see [`PortEvent`]).
+pub fn session_key(
+    addr: Ipv4Addr,
+    protocol: Protocol,
+    port: u16,
+    remote: std::net::SocketAddrV4,
+) -> FlowKey {
+    crate::xdp::steered_session_key(
+        addr.octets(),
+        port,
+        remote.ip().octets(),
+        remote.port(),
+        protocol.number(),
+    )
 }
 
 /// The ports-map key of `port` (a TCP/UDP port or an ICMP identifier) on `addr`.

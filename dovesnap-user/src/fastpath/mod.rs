@@ -15,7 +15,7 @@
 //!
 //! Fail-open is the rule: whatever the XDP program does not steer, and everything
 //! while no socket is registered, goes through the kernel path (netfilter NAT with
-//! [`KERNEL_MASQUERADE_PORTS`], clear of the translator's [`TRANSLATOR_PORTS`]).
+//! [`kernel_masquerade_ports`], clear of the translator's [`translator_ports`]).
 
 pub mod dataplane;
 pub mod offload;
@@ -24,7 +24,7 @@ pub mod supervisor;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
@@ -41,19 +41,127 @@ pub use dataplane::Fault;
 use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
 use supervisor::{Health, HealthStatus, Watchdog};
 
-/// External TCP/UDP ports (and ICMP identifiers) the translator allocates from: above
-/// Linux's default ephemeral range (32768-60999), so the host's own connections and
-/// the translator's never meet, and the uplink XDP program can steer the whole range
-/// without looking up sessions.
-pub const TRANSLATOR_PORTS: RangeInclusive<u16> = 61000..=65535;
+/// Default external TCP/UDP ports (and ICMP identifiers) the translator allocates from
+/// (`dovesnap daemon --nat-ports`): below Linux's default ephemeral range (32768-60999),
+/// so the host's own autobound sockets and the translator's ports never meet. The uplink
+/// steers the translator's dynamic sessions by their exact reply tuple (the XDP
+/// `SESSIONS` map), not by port, so a host service listening on a port of this range,
+/// or another NAT's flow on one, keeps its frames.
+pub const TRANSLATOR_PORTS: RangeInclusive<u16> = 1024..=32767;
 
-/// Source ports the kernel's masquerade may use for nat-fast networks (the fallback
-/// path): everything below [`TRANSLATOR_PORTS`].
-pub const KERNEL_MASQUERADE_PORTS: (u16, u16) = (1024, 60999);
+/// Source ports the kernel's masquerade uses for nat-fast networks (the fallback path)
+/// with the default [`TRANSLATOR_PORTS`]: the rest of the unprivileged ports.
+pub const KERNEL_MASQUERADE_PORTS: (u16, u16) = (32768, 65535);
 
-/// The kernel masquerade range of nat-fast networks (see [`KERNEL_MASQUERADE_PORTS`]).
+/// The smallest kernel masquerade range a `--nat-ports` choice must leave.
+pub const MIN_KERNEL_MASQUERADE_PORTS: u32 = 1024;
+
+/// Default share of the pool (per protocol) one container may map: 3/4, so that one
+/// container's exhaustion leaves a quarter of the ports to the others.
+pub fn default_port_share(range: &RangeInclusive<u16>) -> usize {
+    (range_len(range) * 3 / 4).max(1)
+}
+
+fn range_len(range: &RangeInclusive<u16>) -> usize {
+    if range.is_empty() {
+        0
+    } else {
+        usize::from(range.end() - range.start()) + 1
+    }
+}
+
+static PORTS_LO: AtomicU16 = AtomicU16::new(*TRANSLATOR_PORTS.start());
+static PORTS_HI: AtomicU16 = AtomicU16::new(*TRANSLATOR_PORTS.end());
+/// 0: the default share ([`default_port_share`]).
+static PORT_SHARE_SETTING: AtomicUsize = AtomicUsize::new(0);
+
+/// The translator's external port range (the daemon's `--nat-ports`).
+pub fn translator_ports() -> RangeInclusive<u16> {
+    PORTS_LO.load(Ordering::Relaxed)..=PORTS_HI.load(Ordering::Relaxed)
+}
+
+/// Ports one container may map per protocol (`--nat-ports-per-endpoint`, default 3/4
+/// of [`translator_ports`]).
+pub fn port_share() -> usize {
+    match PORT_SHARE_SETTING.load(Ordering::Relaxed) {
+        0 => default_port_share(&translator_ports()),
+        n => n,
+    }
+}
+
+/// The kernel masquerade range of nat-fast networks: the larger of the unprivileged
+/// ports below and above [`translator_ports`], so the fallback path and the translator
+/// never pick the same port. Computed from the daemon's setting, so the rules of a
+/// network made before a restart are brought to it at start (`Firewall::reconcile`).
 pub fn kernel_masquerade_ports() -> (u16, u16) {
-    KERNEL_MASQUERADE_PORTS
+    masquerade_ports_for(&translator_ports())
+}
+
+/// [`kernel_masquerade_ports`] for a given translator range.
+pub fn masquerade_ports_for(range: &RangeInclusive<u16>) -> (u16, u16) {
+    let below = u32::from(*range.start()).saturating_sub(1024);
+    let above = 65535 - u32::from(*range.end());
+    if above >= below && above > 0 {
+        (*range.end() + 1, 65535)
+    } else {
+        (1024, range.start().saturating_sub(1).max(1024))
+    }
+}
+
+/// Parses and checks `--nat-ports LO-HI`: unprivileged ports only (1024-65535), and it
+/// must leave at least [`MIN_KERNEL_MASQUERADE_PORTS`] contiguous ports to the kernel's
+/// masquerade (the fallback path of nat-fast networks).
+pub fn parse_nat_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected LO-HI, e.g. 1024-32767"))?;
+    let port = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{text:?}: {v:?} is not a port (1024-65535)"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo < 1024 {
+        return Err(format!(
+            "{text:?}: the range must start at 1024 or above (ports below 1024 are the \
+             host's privileged services)"
+        ));
+    }
+    if lo > hi {
+        return Err(format!("{text:?}: {lo} is above {hi}"));
+    }
+    let left = (u32::from(lo) - 1024).max(65535 - u32::from(hi));
+    if left < MIN_KERNEL_MASQUERADE_PORTS {
+        return Err(format!(
+            "{text:?} leaves {left} contiguous ports to the kernel's masquerade (the \
+             fallback path of nat-fast networks); leave at least \
+             {MIN_KERNEL_MASQUERADE_PORTS} below or above the range"
+        ));
+    }
+    Ok(lo..=hi)
+}
+
+/// Sets the translator's port range and the per-container share (the daemon's
+/// `--nat-ports` and `--nat-ports-per-endpoint`, set once at start). The share must fit
+/// the range.
+pub fn set_port_range(range: RangeInclusive<u16>, share: Option<usize>) -> Result<(), String> {
+    let n = range_len(&range);
+    if n == 0 {
+        return Err("the nat-fast port range is empty".into());
+    }
+    if let Some(s) = share {
+        if s == 0 || s > n {
+            return Err(format!(
+                "--nat-ports-per-endpoint {s}: give 1 to {n} (the ports of --nat-ports {}-{})",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+    PORTS_LO.store(*range.start(), Ordering::Relaxed);
+    PORTS_HI.store(*range.end(), Ordering::Relaxed);
+    PORT_SHARE_SETTING.store(share.unwrap_or(0), Ordering::Relaxed);
+    Ok(())
 }
 
 /// Sessions per uplink before the translator evicts (default of
@@ -188,20 +296,22 @@ impl FastPath {
     /// Loads the XDP program and starts the data-plane thread and the next-hop
     /// resolver (on the current tokio runtime). Nothing is attached yet.
     pub fn start() -> Result<Self, FastPathError> {
+        let ports = translator_ports();
         if let Some((lo, hi)) = ephemeral_ports() {
-            if hi >= *TRANSLATOR_PORTS.start() && lo <= *TRANSLATOR_PORTS.end() {
+            if hi >= *ports.start() && lo <= *ports.end() {
                 warn!(
                     "net.ipv4.ip_local_port_range ({lo}-{hi}) overlaps the nat-fast \
-                     translator's ports ({}-{}): the host's own connections on those ports \
-                     would be steered to the translator; lower the range's upper bound \
-                     below {}",
-                    TRANSLATOR_PORTS.start(),
-                    TRANSLATOR_PORTS.end(),
-                    TRANSLATOR_PORTS.start()
+                     translator's ports ({}-{}): a host connection and a translated one \
+                     could pick the same port towards the same remote, and the host's \
+                     would lose its replies; keep the two ranges apart (see --nat-ports)",
+                    ports.start(),
+                    ports.end(),
                 );
             }
         }
-        let mut xdp = XdpProgram::load()?;
+        // Room in the steering map for every uplink's full table (not preallocated).
+        let steered = u32::try_from(max_sessions().saturating_mul(2)).unwrap_or(u32::MAX);
+        let mut xdp = XdpProgram::load_sized(steered.max(crate::xdp::MAX_STEERED_SESSIONS))?;
         let maps = xdp.take_dataplane_maps()?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let (resolver, _task) = nexthop::spawn_resolver(ev_tx)
@@ -295,9 +405,10 @@ impl FastPath {
         let config = Config {
             external_ip: spec.addr,
             uplink_mac: spec.mac,
-            ports: TRANSLATOR_PORTS,
+            ports: translator_ports(),
             max_sessions: max_sessions(),
             max_sessions_per_endpoint: max_sessions_per_endpoint(),
+            max_ports_per_endpoint: Some(port_share()),
             timeouts: Timeouts::default(),
         };
         let name = spec.name.clone();
@@ -650,4 +761,32 @@ pub fn rx_queues(ifname: &str) -> u32 {
         })
         .unwrap_or(1)
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_ports_are_checked_and_leave_the_kernel_the_rest() {
+        assert_eq!(parse_nat_ports("1024-32767"), Ok(1024..=32767));
+        assert_eq!(
+            masquerade_ports_for(&TRANSLATOR_PORTS),
+            KERNEL_MASQUERADE_PORTS
+        );
+        assert_eq!(masquerade_ports_for(&(61000..=65535)), (1024, 60999));
+        // In the middle: the larger side.
+        assert_eq!(masquerade_ports_for(&(20000..=30000)), (30001, 65535));
+        assert_eq!(masquerade_ports_for(&(40000..=60000)), (1024, 39999));
+        let err = |t: &str| parse_nat_ports(t).unwrap_err();
+        assert!(err("1024").contains("expected LO-HI"));
+        assert!(err("80-2000").contains("1024 or above"));
+        assert!(err("3000-2000").contains("3000 is above 2000"));
+        assert!(err("2000-70000").contains("not a port"));
+        assert!(err("1024-65535").contains("leaves 0 contiguous ports"));
+        assert!(err("1024-64600").contains("leave at least 1024"));
+        assert_eq!(parse_nat_ports("2048-64511"), Ok(2048..=64511));
+        assert_eq!(default_port_share(&TRANSLATOR_PORTS), 23808);
+        assert_eq!(default_port_share(&(5..=5)), 1);
+    }
 }

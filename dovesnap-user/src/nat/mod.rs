@@ -56,6 +56,10 @@ pub struct Config {
     /// Upper bound on the sessions one container address starts (those through its
     /// published ports are not counted); `None`: only `max_sessions` bounds them.
     pub max_sessions_per_endpoint: Option<usize>,
+    /// Upper bound on the external ports (per protocol) one container address maps from
+    /// [`Config::ports`]: its share of the pool, so that one container's exhaustion
+    /// leaves ports for the others. `None`: the whole pool.
+    pub max_ports_per_endpoint: Option<usize>,
     pub timeouts: Timeouts,
 }
 
@@ -214,6 +218,10 @@ drop_reasons! {
     /// The container already holds its limit of sessions (`Config::max_sessions_per_endpoint`)
     /// and none of them could be evicted.
     EndpointSessionLimit => "endpoint_session_limit",
+    /// The container already holds its share of the protocol's port pool
+    /// (`Config::max_ports_per_endpoint`) and none of its own sessions could be evicted
+    /// to free one; other containers still get ports.
+    EndpointPortShare => "endpoint_port_share",
     /// The external port is mapped, but not for this remote (address-and-port-dependent
     /// filtering).
     Filtered => "filtered",
@@ -231,14 +239,23 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// A change the XDP steering needs to know about: an external TCP/UDP port or ICMP echo
-/// identifier the translator started or stopped using. The uplink steers exactly these
-/// (and published ports) to the translator, so another NAT or socket of the host that
-/// uses a port of the same range keeps its replies.
+/// A change the XDP steering needs to know about: a dynamic session (from the port pool)
+/// started or ended. The uplink steers exactly these sessions' replies, by their full
+/// tuple (`remote` to `port` on the external address; for ICMP `port` is the echo
+/// identifier and `remote`'s port 0), and published ports by port; so a host socket or
+/// another NAT using a port number of the translator's range keeps its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortEvent {
-    Opened { protocol: Protocol, port: u16 },
-    Closed { protocol: Protocol, port: u16 },
+    Opened {
+        protocol: Protocol,
+        port: u16,
+        remote: SocketAddrV4,
+    },
+    Closed {
+        protocol: Protocol,
+        port: u16,
+        remote: SocketAddrV4,
+    },
 }
 
 /// A session handed to the XDP fast path ([`Translator::take_offload`]): established

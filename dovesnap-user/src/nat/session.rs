@@ -8,7 +8,13 @@
 //! With a per-endpoint limit, each container address may hold at most that many
 //! sessions it started (dynamic ones; those through its published ports are not
 //! counted): at its limit it can only make room among its own sessions, so one
-//! container cannot fill the table for the others.
+//! container cannot fill the table for the others. Likewise with a port share, each
+//! container address maps at most that many external ports per protocol: at its share
+//! it can only free one of its own, so one container cannot drain the pool.
+//!
+//! Every dynamic session's start and end is queued as a [`PortEvent`] (its protocol,
+//! external port and remote), which the data plane mirrors into the uplink's exact
+//! steering map.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -328,27 +334,84 @@ impl VictimMemo {
     }
 }
 
-/// Among `candidates` (none expired), the least recently seen evictable one and the
-/// soonest expiry of them all.
+/// One scan for something to evict takes up to `1/EVICT_BATCH_DIVISOR` of what it makes
+/// room in (the table's slots, a pool's ports, a container's share), at least one: a
+/// full table under a flood of new flows then costs one scan per batch, not one per
+/// flow. Small tables evict one at a time.
+const EVICT_BATCH_DIVISOR: usize = 256;
+
+fn evict_batch(capacity: usize) -> usize {
+    (capacity / EVICT_BATCH_DIVISOR).max(1)
+}
+
+/// Among `candidates` (none expired), the `batch` least recently seen evictable ones
+/// (oldest first) and the soonest expiry of them all.
 fn least_recent_evictable<'a>(
     candidates: impl Iterator<Item = (u32, &'a Session)>,
-) -> (Option<u32>, Option<Instant>) {
-    let mut best: Option<(Instant, u32)> = None;
+    batch: usize,
+) -> (Vec<u32>, Option<Instant>) {
+    // A max-heap of the `batch` oldest seen so far: its top is the newest of them.
+    let mut best: std::collections::BinaryHeap<(Instant, std::cmp::Reverse<u32>)> =
+        std::collections::BinaryHeap::with_capacity(batch + 1);
     let mut soonest: Option<Instant> = None;
     for (id, s) in candidates {
         soonest = Some(soonest.map_or(s.expires, |t| t.min(s.expires)));
-        if s.is_evictable() && best.is_none_or(|(t, _)| s.last_seen < t) {
-            best = Some((s.last_seen, id));
+        if !s.is_evictable() {
+            continue;
+        }
+        if best.len() < batch {
+            best.push((s.last_seen, std::cmp::Reverse(id)));
+        } else if best.peek().is_some_and(|(t, _)| s.last_seen < *t) {
+            best.pop();
+            best.push((s.last_seen, std::cmp::Reverse(id)));
         }
     }
-    (best.map(|(_, id)| id), soonest)
+    let victims = best
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, std::cmp::Reverse(id))| id)
+        .collect();
+    (victims, soonest)
 }
 
-/// The dynamic sessions of one container address, for the per-endpoint limit.
+/// The sessions among `ids` (of `protocol`, if given) expired at `now`; offloaded ones
+/// are only expired by the kernel's clock (see `SessionTable::expire_offloaded`).
+fn expired_among(
+    slots: &[Option<Session>],
+    ids: &HashSet<u32>,
+    now: Instant,
+    protocol: Option<Protocol>,
+) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|&id| {
+            slots[id as usize].as_ref().is_some_and(|s| {
+                s.expires <= now && !s.offloaded && protocol.is_none_or(|p| s.protocol == p)
+            })
+        })
+        .collect()
+}
+
+/// The dynamic sessions of one container address and the ports they map, for the
+/// per-endpoint limit and the port share.
 #[derive(Debug, Default)]
 struct EndpointSessions {
     ids: HashSet<u32>,
     victims: VictimMemo,
+    /// External ports mapped to this address, per protocol.
+    ports: [usize; 3],
+    /// Per protocol: what the last scan for one of its ports to free found.
+    port_victims: [VictimMemo; 3],
+}
+
+impl EndpointSessions {
+    /// One of its sessions came, went or may have become evictable.
+    fn changed(&mut self) {
+        self.victims.stale = true;
+        for m in &mut self.port_victims {
+            m.stale = true;
+        }
+    }
 }
 
 /// Sessions, their indexes and the port pools.
@@ -357,7 +420,10 @@ pub struct SessionTable {
     max_sessions: usize,
     /// At most this many dynamic sessions per inside address (`None`: no limit).
     per_endpoint: Option<usize>,
-    /// Dynamic sessions by inside address; kept only with a per-endpoint limit.
+    /// At most this many mapped external ports per inside address and protocol
+    /// (`None`: the whole pool).
+    port_share: Option<usize>,
+    /// Dynamic sessions and mapped ports by inside address.
     by_endpoint: HashMap<Ipv4Addr, EndpointSessions>,
     slots: Vec<Option<Session>>,
     free_slots: Vec<u32>,
@@ -378,6 +444,7 @@ impl SessionTable {
     pub fn new(
         max_sessions: usize,
         per_endpoint: Option<usize>,
+        port_share: Option<usize>,
         ports: &RangeInclusive<u16>,
     ) -> Self {
         let pool = PortPool::new(ports);
@@ -385,6 +452,7 @@ impl SessionTable {
         SessionTable {
             max_sessions,
             per_endpoint,
+            port_share,
             by_endpoint: HashMap::new(),
             slots: Vec::with_capacity(max_sessions),
             free_slots: Vec::with_capacity(max_sessions),
@@ -393,7 +461,7 @@ impl SessionTable {
             by_outside: HashMap::with_capacity(max_sessions),
             mappings: HashMap::with_capacity(max_sessions.min(3 * range_len)),
             pools: [PortPool::new(ports), PortPool::new(ports), pool],
-            events: VecDeque::with_capacity(range_len.min(4096)),
+            events: VecDeque::with_capacity(max_sessions.min(4096)),
             unoffloaded: VecDeque::new(),
             victims: [VictimMemo::default(); 4],
         }
@@ -526,6 +594,7 @@ impl SessionTable {
             // max_sessions is 0.
             if origin == Origin::Dynamic {
                 self.unref(protocol, external_port);
+                self.forget_if_idle(inside.0);
             }
             return Err(DropReason::PortsExhausted);
         }
@@ -558,10 +627,17 @@ impl SessionTable {
             }
         };
         self.len += 1;
-        if origin == Origin::Dynamic && self.per_endpoint.is_some() {
+        if origin == Origin::Dynamic {
             let e = self.by_endpoint.entry(inside.0).or_default();
             e.ids.insert(id);
-            e.victims.stale |= evictable;
+            if evictable {
+                e.changed();
+            }
+            self.events.push_back(PortEvent::Opened {
+                protocol,
+                port: external_port,
+                remote: SocketAddrV4::new(remote.0, remote.1),
+            });
         }
         self.by_inside.insert(
             InsideKey {
@@ -600,6 +676,9 @@ impl SessionTable {
             }
             unreachable!("a mapping always owns its port");
         }
+        if !self.endpoint_port_room(now, inside.0, protocol, stats) {
+            return Err(DropReason::EndpointPortShare);
+        }
         if self.pools[pi].free.is_empty() && !self.make_room(now, Room::Port(protocol), stats) {
             return Err(DropReason::PortsExhausted);
         }
@@ -613,7 +692,7 @@ impl SessionTable {
             };
         }
         self.mappings.insert((protocol, inside), port);
-        self.events.push_back(PortEvent::Opened { protocol, port });
+        self.by_endpoint.entry(inside.0).or_default().ports[pi] += 1;
         Ok(port)
     }
 
@@ -632,10 +711,14 @@ impl SessionTable {
             *refs -= 1;
             if *refs == 0 {
                 let key = (protocol, (*inside, *inside_port));
+                let ip = *inside;
                 *slot = PortSlot::Free;
                 pool.free.push_back(port);
                 self.mappings.remove(&key);
-                self.events.push_back(PortEvent::Closed { protocol, port });
+                if let Some(e) = self.by_endpoint.get_mut(&ip) {
+                    e.ports[protocol.index()] -= 1;
+                    e.changed();
+                }
             }
         }
     }
@@ -657,14 +740,17 @@ impl SessionTable {
             remote: s.remote,
         });
         if s.origin == Origin::Dynamic {
+            self.events.push_back(PortEvent::Closed {
+                protocol: s.protocol,
+                port: s.external_port,
+                remote: SocketAddrV4::new(s.remote.0, s.remote.1),
+            });
             self.unref(s.protocol, s.external_port);
             if let Some(e) = self.by_endpoint.get_mut(&s.inside.0) {
                 e.ids.remove(&id);
-                e.victims.stale = true;
-                if e.ids.is_empty() {
-                    self.by_endpoint.remove(&s.inside.0);
-                }
+                e.changed();
             }
+            self.forget_if_idle(s.inside.0);
         }
         if s.offloaded {
             self.unoffloaded.push_back(s.offloaded_view());
@@ -756,9 +842,10 @@ impl SessionTable {
     }
 
     /// Frees a slot or a port of a protocol: first every expired session goes, then, if
-    /// that was not enough, the least recently seen evictable session that frees what is
-    /// needed. Remembers when nothing can be evicted, so a full table under a flood costs
-    /// one scan per change, not one per packet.
+    /// that was not enough, the least recently seen evictable sessions that free what is
+    /// needed (a batch of them in a large table, see [`EVICT_BATCH_DIVISOR`]). Remembers
+    /// when nothing can be evicted, so a full table under a flood costs one scan per
+    /// change, not one per packet.
     fn make_room(&mut self, now: Instant, room: Room, stats: &mut Stats) -> bool {
         let ri = room.index();
         if self.victims[ri].nothing_to_find(now) {
@@ -785,10 +872,13 @@ impl SessionTable {
                         )
                 }
             });
-        let (victim, soonest) = least_recent_evictable(candidates);
-        if let Some(id) = victim {
-            self.remove(id, Removal::Evicted, stats);
-            return true;
+        let batch = evict_batch(match room {
+            Room::Slot => self.max_sessions,
+            Room::Port(p) => self.pools[p.index()].slots.len(),
+        });
+        let (victims, soonest) = least_recent_evictable(candidates, batch);
+        if !victims.is_empty() {
+            return self.remove_all(victims, Removal::Evicted, stats);
         }
         self.victims[ri].found_nothing(soonest);
         false
@@ -813,26 +903,90 @@ impl SessionTable {
         }
         let slots = &self.slots;
         let session = |id: u32| slots[id as usize].as_ref().expect("live session id");
-        // Expired sessions go first (offloaded ones are only expired by the kernel's
-        // clock, see `expire_offloaded`).
-        let expired: Vec<u32> = e
-            .ids
-            .iter()
-            .copied()
-            .filter(|&id| session(id).expires <= now && !session(id).offloaded)
-            .collect();
+        // Expired sessions go first.
+        let expired = expired_among(slots, &e.ids, now, None);
         if !expired.is_empty() {
-            for id in expired {
-                self.remove(id, Removal::Expired, stats);
-            }
-            return true;
+            return self.remove_all(expired, Removal::Expired, stats);
         }
-        let (victim, soonest) = least_recent_evictable(e.ids.iter().map(|&id| (id, session(id))));
-        if let Some(id) = victim {
-            self.remove(id, Removal::Evicted, stats);
-            return true;
+        let (victims, soonest) =
+            least_recent_evictable(e.ids.iter().map(|&id| (id, session(id))), evict_batch(max));
+        if !victims.is_empty() {
+            return self.remove_all(victims, Removal::Evicted, stats);
         }
         e.victims.found_nothing(soonest);
+        false
+    }
+
+    /// Removes `ids`; whether there were any.
+    fn remove_all(&mut self, ids: Vec<u32>, why: Removal, stats: &mut Stats) -> bool {
+        let any = !ids.is_empty();
+        for id in ids {
+            self.remove(id, why, stats);
+        }
+        any
+    }
+
+    /// Forgets an address that has no dynamic session (and so no mapped port) left.
+    fn forget_if_idle(&mut self, ip: Ipv4Addr) {
+        if self
+            .by_endpoint
+            .get(&ip)
+            .is_some_and(|e| e.ids.is_empty() && e.ports.iter().all(|n| *n == 0))
+        {
+            self.by_endpoint.remove(&ip);
+        }
+    }
+
+    /// Whether `ip` may map one more external port of `protocol` under the port share;
+    /// at its share, first its expired sessions go, then its least recently seen
+    /// evictable session that alone holds one of its ports. Remembers, per address and
+    /// protocol, when none can go (as [`SessionTable::make_room`] does).
+    fn endpoint_port_room(
+        &mut self,
+        now: Instant,
+        ip: Ipv4Addr,
+        protocol: Protocol,
+        stats: &mut Stats,
+    ) -> bool {
+        let Some(share) = self.port_share else {
+            return true;
+        };
+        let pi = protocol.index();
+        let Some(e) = self.by_endpoint.get_mut(&ip) else {
+            return share > 0;
+        };
+        if e.ports[pi] < share {
+            return true;
+        }
+        if e.port_victims[pi].nothing_to_find(now) {
+            return false;
+        }
+        let expired = expired_among(&self.slots, &e.ids, now, Some(protocol));
+        self.remove_all(expired, Removal::Expired, stats);
+        let Some(e) = self.by_endpoint.get_mut(&ip) else {
+            return true;
+        };
+        if e.ports[pi] < share {
+            return true;
+        }
+        let slots = &self.slots;
+        let pool = &self.pools[pi];
+        let candidates = e
+            .ids
+            .iter()
+            .map(|&id| (id, slots[id as usize].as_ref().expect("live session id")))
+            .filter(|(_, s)| {
+                s.protocol == protocol
+                    && matches!(
+                        pool.slot(s.external_port),
+                        Some(PortSlot::Mapped { refs: 1, .. })
+                    )
+            });
+        let (victims, soonest) = least_recent_evictable(candidates, evict_batch(share));
+        if !victims.is_empty() {
+            return self.remove_all(victims, Removal::Evicted, stats);
+        }
+        e.port_victims[pi].found_nothing(soonest);
         false
     }
 
@@ -848,7 +1002,7 @@ impl SessionTable {
         self.victims_may_have_changed();
         let ip = self.get(id).inside.0;
         if let Some(e) = self.by_endpoint.get_mut(&ip) {
-            e.victims.stale = true;
+            e.changed();
         }
     }
 
@@ -902,7 +1056,7 @@ mod tests {
         let now = Instant::now();
         let t = Timeouts::default();
         let mut st = Stats::default();
-        let mut tab = SessionTable::new(10, None, &(1000..=1001));
+        let mut tab = SessionTable::new(10, None, None, &(1000..=1001));
         let a = tab
             .create(
                 now,
@@ -954,7 +1108,7 @@ mod tests {
 
     #[test]
     fn reserve_and_unreserve() {
-        let mut tab = SessionTable::new(10, None, &(1000..=1001));
+        let mut tab = SessionTable::new(10, None, None, &(1000..=1001));
         assert_eq!(tab.reserve(Protocol::Tcp, 1000), Ok(()));
         assert_eq!(tab.reserve(Protocol::Tcp, 1000), Err(false));
         assert_eq!(tab.reserve(Protocol::Tcp, 80), Ok(()));
@@ -964,5 +1118,109 @@ mod tests {
         assert!(tab.in_range(1001));
         assert!(!tab.in_range(999));
         assert!(!tab.in_range(1002));
+    }
+
+    /// Creates a dynamic UDP session of `inside` to `remote`, seen at `now`.
+    fn udp(
+        tab: &mut SessionTable,
+        st: &mut Stats,
+        now: Instant,
+        inside: Endpoint,
+        remote: Endpoint,
+    ) -> Result<u32, DropReason> {
+        let t = Timeouts::default();
+        tab.create(
+            now,
+            &t,
+            st,
+            Protocol::Udp,
+            inside,
+            remote,
+            None,
+            TcpTrack::default(),
+        )
+    }
+
+    #[test]
+    fn a_large_full_table_evicts_its_oldest_in_batches() {
+        let now = Instant::now();
+        let mut st = Stats::default();
+        // 512 slots: batches of 2 (1/256 of the table).
+        let mut tab = SessionTable::new(512, None, None, &(10000..=19999));
+        for i in 0..512u16 {
+            let at = now + Duration::from_millis(u64::from(i));
+            udp(&mut tab, &mut st, at, ep(2, 1000 + i), ep(9, 7)).unwrap();
+        }
+        let later = now + Duration::from_secs(1);
+        udp(&mut tab, &mut st, later, ep(2, 5000), ep(9, 7)).unwrap();
+        assert_eq!(st.sessions_evicted, 2);
+        // The two oldest went, and their steering entries with them.
+        let inside: HashSet<u16> = tab.iter().map(|s| s.inside.1).collect();
+        assert!(!inside.contains(&1000) && !inside.contains(&1001));
+        assert!(inside.contains(&1002));
+        // The batch left room for the next one without another scan.
+        udp(&mut tab, &mut st, later, ep(2, 5001), ep(9, 7)).unwrap();
+        assert_eq!(st.sessions_evicted, 2);
+        let closed = tab
+            .drain_events()
+            .filter(|e| matches!(e, PortEvent::Closed { .. }))
+            .count();
+        assert_eq!(closed, 2);
+    }
+
+    #[test]
+    fn the_port_share_counts_ports_not_sessions() {
+        let now = Instant::now();
+        let mut st = Stats::default();
+        let mut tab = SessionTable::new(100, None, Some(2), &(1000..=1009));
+        // Two ports, each to many remotes: still within the share.
+        for port in [1, 2] {
+            for r in 10..15 {
+                udp(&mut tab, &mut st, now, ep(2, port), ep(r, 7)).unwrap();
+            }
+        }
+        assert_eq!(tab.len(), 10);
+        // Unanswered sessions are evictable: the third port frees the oldest of its
+        // own ports (all five sessions of one port must go for that, so none qualifies:
+        // each port has five references) and is refused.
+        assert_eq!(
+            udp(&mut tab, &mut st, now, ep(2, 3), ep(10, 7)),
+            Err(DropReason::EndpointPortShare)
+        );
+        // Another address has its own share; TCP has its own too.
+        udp(&mut tab, &mut st, now, ep(3, 3), ep(10, 7)).unwrap();
+        let t = Timeouts::default();
+        tab.create(
+            now,
+            &t,
+            &mut st,
+            Protocol::Tcp,
+            ep(2, 3),
+            ep(10, 7),
+            None,
+            TcpTrack::default(),
+        )
+        .unwrap();
+        // One of its ports down to a single session: that session can go for the new
+        // port.
+        let ids: Vec<u32> = (0..tab.slots.len() as u32)
+            .filter(|&id| {
+                tab.slots[id as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.inside == ep(2, 1) && s.remote != ep(10, 7))
+            })
+            .collect();
+        for id in ids {
+            tab.remove(id, Removal::Removed, &mut st);
+        }
+        let later = now + Duration::from_secs(1);
+        udp(&mut tab, &mut st, later, ep(2, 3), ep(10, 7)).unwrap();
+        assert_eq!(st.sessions_evicted, 1);
+        assert!(tab.iter().all(|s| s.inside != ep(2, 1)));
+        assert_eq!(
+            st.drops(DropReason::EndpointPortShare),
+            0,
+            "counted by the caller"
+        );
     }
 }

@@ -398,10 +398,16 @@ impl Translator {
                 "max_sessions_per_endpoint must be at least 1",
             ));
         }
+        if config.max_ports_per_endpoint == Some(0) {
+            return Err(NatError::InvalidConfig(
+                "max_ports_per_endpoint must be at least 1",
+            ));
+        }
         Ok(Translator {
             table: SessionTable::new(
                 config.max_sessions,
                 config.max_sessions_per_endpoint,
+                config.max_ports_per_endpoint,
                 &config.ports,
             ),
             config,
@@ -932,7 +938,8 @@ impl Translator {
         self.expire_offloaded(now, |_| None)
     }
 
-    /// ICMP echo identifiers that became live or died since the last call, in order.
+    /// Dynamic sessions that started or ended since the last call, in order (see
+    /// [`PortEvent`]).
     pub fn drain_port_events(&mut self) -> impl Iterator<Item = PortEvent> + '_ {
         self.table.drain_events()
     }
@@ -972,8 +979,11 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         ports: 40000..=40007,
         max_sessions: 16,
         max_sessions_per_endpoint: Some(SHARE),
+        max_ports_per_endpoint: Some(6),
         timeouts: super::Timeouts::default(),
     });
+    // What the uplink would steer, from the events: always the live dynamic sessions.
+    let mut steered = std::collections::HashSet::new();
     t.add_endpoint(EndpointInfo {
         ip: INSIDE,
         mac: [2, 0, 0, 0, 0, 2],
@@ -1013,7 +1023,29 @@ pub fn fuzz_harness(data: &[u8]) -> Stats {
         if ctl & 0x1c == 0x1c {
             t.expire(now);
         }
-        for _ in t.drain_port_events() {}
+        for ev in t.drain_port_events() {
+            match ev {
+                PortEvent::Opened {
+                    protocol,
+                    port,
+                    remote,
+                } => assert!(steered.insert((protocol, port, remote)), "opened twice"),
+                PortEvent::Closed {
+                    protocol,
+                    port,
+                    remote,
+                } => assert!(steered.remove(&(protocol, port, remote)), "closed unopened"),
+            }
+        }
+        let live: std::collections::HashSet<_> = t
+            .sessions()
+            .filter(|s| s.published.is_none())
+            .map(|s| (s.protocol, s.external_port, s.remote))
+            .collect();
+        assert_eq!(
+            steered, live,
+            "the steering map would differ from the sessions"
+        );
         assert!(t.session_count() <= t.config.max_sessions);
         assert!(
             t.sessions().filter(|s| s.published.is_none()).count() <= SHARE,
@@ -1065,6 +1097,7 @@ mod tests {
             ports,
             max_sessions,
             max_sessions_per_endpoint: None,
+            max_ports_per_endpoint: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -1532,17 +1565,31 @@ mod tests {
         assert_eq!(s.sport, 8 << 8);
         let id = s.dport;
         assert!(PORTS.contains(&id));
+        let sock = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port);
         let ev: Vec<_> = t.drain_port_events().collect();
         assert_eq!(
             ev,
             vec![PortEvent::Opened {
                 protocol: Protocol::Icmp,
-                port: id
+                port: id,
+                remote: sock(R, 0),
             }]
         );
-        // Same identifier to another host: same external identifier, no new event.
+        // Same identifier to another host: same external identifier (EIM), and a
+        // session of its own that the uplink steers by its tuple.
         let s2 = go_out(&mut t, now, from_container(C1, R2, 1, &echo(8, 0x4242, 1)));
         assert_eq!(s2.dport, id);
+        let ev: Vec<_> = t.drain_port_events().collect();
+        assert_eq!(
+            ev,
+            vec![PortEvent::Opened {
+                protocol: Protocol::Icmp,
+                port: id,
+                remote: sock(R2, 0),
+            }]
+        );
+        // A packet of a known session announces nothing.
+        go_out(&mut t, now, from_container(C1, R2, 1, &echo(8, 0x4242, 2)));
         assert_eq!(t.drain_port_events().count(), 0);
 
         let (v, r) = go_in(&mut t, now, from_uplink(R, EXT, 1, &echo(0, id, 1)));
@@ -1557,15 +1604,25 @@ mod tests {
         assert_eq!(drop_in(&mut t, now, f), DropReason::UnsupportedProtocol);
 
         assert_eq!(t.expire(now + to.icmp), 2);
-        let ev: Vec<_> = t.drain_port_events().collect();
+        let mut ev: Vec<_> = t.drain_port_events().collect();
+        ev.sort_by_key(|e| format!("{e:?}"));
         assert_eq!(
             ev,
-            vec![PortEvent::Closed {
-                protocol: Protocol::Icmp,
-                port: id
-            }]
+            vec![
+                PortEvent::Closed {
+                    protocol: Protocol::Icmp,
+                    port: id,
+                    remote: sock(R, 0),
+                },
+                PortEvent::Closed {
+                    protocol: Protocol::Icmp,
+                    port: id,
+                    remote: sock(R2, 0),
+                },
+            ]
         );
-        // TCP and UDP mappings are announced too: the uplink steers only live ports.
+        // TCP and UDP sessions are announced too, with their remote: the uplink steers
+        // exactly their replies.
         let u = go_out(&mut t, now, out_udp(C1, 1, R, 2));
         let c = go_out(&mut t, now, out_tcp(C1, 1, R, 2, SYN));
         let ev: Vec<PortEvent> = t.drain_port_events().collect();
@@ -1574,11 +1631,13 @@ mod tests {
             vec![
                 PortEvent::Opened {
                     protocol: Protocol::Udp,
-                    port: u.sport
+                    port: u.sport,
+                    remote: sock(R, 2),
                 },
                 PortEvent::Opened {
                     protocol: Protocol::Tcp,
-                    port: c.sport
+                    port: c.sport,
+                    remote: sock(R, 2),
                 }
             ]
         );
@@ -2112,6 +2171,71 @@ mod tests {
         go_out(&mut t, later, out_tcp(C1, 4, R, 80, SYN));
         assert_eq!(t.stats().sessions_evicted, 1);
         assert_eq!(t.session_count(), 3);
+    }
+
+    #[test]
+    fn port_share_leaves_ports_to_the_other_containers() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        // 10 ports per protocol, a share of 6 per container.
+        let shared = || {
+            with_config(Config {
+                max_ports_per_endpoint: Some(6),
+                ..config(40000..=40009, 100)
+            })
+        };
+        assert!(Translator::try_new(Config {
+            max_ports_per_endpoint: Some(0),
+            ..config(PORTS, 100)
+        })
+        .is_err());
+        let connect = |t: &mut Translator, ip: Ipv4Addr, sp: u16| {
+            let p = go_out(t, now, out_tcp(ip, sp, R, 80, SYN)).sport;
+            go_in(t, now, in_tcp(R, 80, p, SYN | ACK));
+            go_out(t, now, out_tcp(ip, sp, R, 80, ACK));
+            p
+        };
+        // C1 holds six connections (assured, not evictable): its seventh is refused
+        // and counted, though the pool has four ports left.
+        let mut t = shared();
+        for sp in 1..=6 {
+            connect(&mut t, C1, sp);
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C1, 7, R, 80, SYN)),
+            DropReason::EndpointPortShare
+        );
+        assert_eq!(t.stats().drops(DropReason::EndpointPortShare), 1);
+        // Its mapped ports still reach other remotes (no new port), and UDP has a share
+        // of its own.
+        go_out(&mut t, now, out_tcp(C1, 1, R2, 80, SYN));
+        go_out(&mut t, now, out_udp(C1, 1, R, 53));
+        // C2 opens the four ports left at once.
+        for sp in 1..=4 {
+            connect(&mut t, C2, sp);
+        }
+        assert_eq!(
+            drop_out(&mut t, now, out_tcp(C2, 5, R, 80, SYN)),
+            DropReason::PortsExhausted
+        );
+        // C1 closes one connection: its next one gets through.
+        go_out(&mut t, now, out_tcp(C1, 2, R, 80, RST));
+        go_out(&mut t, later, out_tcp(C1, 7, R, 80, SYN));
+        assert_eq!(t.stats().sessions_evicted, 1);
+
+        // At its share, C1 frees one of its own evictable ports (an unanswered SYN),
+        // never C2's older unanswered one.
+        let mut t = shared();
+        go_out(&mut t, now, out_tcp(C2, 9, R, 80, SYN));
+        for sp in 1..=5 {
+            connect(&mut t, C1, sp);
+        }
+        go_out(&mut t, now, out_tcp(C1, 6, R, 80, SYN));
+        go_out(&mut t, later, out_tcp(C1, 7, R, 80, SYN));
+        assert_eq!(t.stats().sessions_evicted, 1);
+        assert!(t.sessions().any(|s| s.inside.ip() == &C2));
+        assert!(t.sessions().all(|s| s.inside.port() != 6));
+        assert_eq!(t.stats().drops(DropReason::EndpointPortShare), 0);
     }
 
     #[test]
