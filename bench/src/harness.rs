@@ -391,6 +391,7 @@ impl PathState {
                     bridge_ifindex: ifindex("h0")?,
                     subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
                     offload: path == "nat-fast",
+                    adopt: false,
                 };
                 fp.add_endpoint(&ep, &uplink)?;
                 PathState::NatFast(fw, Box::new(fp))

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::nat::{Protocol, SessionView};
 use crate::nlmsg::{
-    attributes, message, nest, Socket, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    attributes, message, nest, nested, Socket, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 /// `NFNL_SUBSYS_CTNETLINK << 8`, plus the message type.
 const IPCTNL_MSG_CT_NEW: u16 = 1 << 8;
+const IPCTNL_MSG_CT_GET: u16 = (1 << 8) | 1;
 const IPCTNL_MSG_CT_DELETE: u16 = (1 << 8) | 2;
 const AF_INET: u8 = 2;
 
@@ -197,6 +198,115 @@ pub fn delete_request(e: &Entry, reply: bool) -> Vec<u8> {
     )
 }
 
+/// An entry of the kernel's table, as far as adopting it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    /// TCP (6) or UDP (17); other protocols are not listed.
+    pub protocol: u8,
+    /// The original direction (source, destination) and the reply direction as the
+    /// kernel expects it after its rewrites.
+    pub orig: (SocketAddrV4, SocketAddrV4),
+    pub reply: (SocketAddrV4, SocketAddrV4),
+    /// TCP only: `enum tcp_conntrack`.
+    pub tcp_state: Option<u8>,
+}
+
+impl Tracked {
+    /// Carrying traffic: UDP, or TCP from established to closing (a handshake or a
+    /// TIME_WAIT is left alone).
+    pub fn is_open(&self) -> bool {
+        match self.tcp_state {
+            None => self.protocol == IPPROTO_UDP,
+            Some(state) => (3..=6).contains(&state),
+        }
+    }
+
+    /// A container's flow masqueraded to `external_ip`: (inside, remote, external port).
+    pub fn masqueraded(&self, external_ip: Ipv4Addr) -> Option<(SocketAddrV4, SocketAddrV4, u16)> {
+        let ((src, dst), (rsrc, rdst)) = (self.orig, self.reply);
+        (*rdst.ip() == external_ip && *src.ip() != external_ip && rsrc == dst).then_some((
+            src,
+            dst,
+            rdst.port(),
+        ))
+    }
+
+    /// A flow through a published port of `external_ip`: (remote, published port,
+    /// inside).
+    pub fn published(&self, external_ip: Ipv4Addr) -> Option<(SocketAddrV4, u16, SocketAddrV4)> {
+        let ((src, dst), (rsrc, rdst)) = (self.orig, self.reply);
+        (*dst.ip() == external_ip && rsrc != dst && rdst == src).then_some((src, dst.port(), rsrc))
+    }
+}
+
+fn parse_tuple(v: &[u8]) -> Option<(u8, SocketAddrV4, SocketAddrV4)> {
+    let mut addrs = (None, None);
+    let mut ports = (None, None, None);
+    for (ty, value) in nested(v) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (t, a) in nested(value) {
+                    let ip = <[u8; 4]>::try_from(a).ok().map(Ipv4Addr::from);
+                    match t {
+                        CTA_IP_V4_SRC => addrs.0 = ip,
+                        CTA_IP_V4_DST => addrs.1 = ip,
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (t, a) in nested(value) {
+                    let port = <[u8; 2]>::try_from(a).ok().map(u16::from_be_bytes);
+                    match t {
+                        CTA_PROTO_NUM => ports.0 = a.first().copied(),
+                        CTA_PROTO_SRC_PORT => ports.1 = port,
+                        CTA_PROTO_DST_PORT => ports.2 = port,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((
+        ports.0?,
+        SocketAddrV4::new(addrs.0?, ports.1?),
+        SocketAddrV4::new(addrs.1?, ports.2?),
+    ))
+}
+
+/// One message of a conntrack dump; `None` for other protocols or a malformed one.
+pub fn parse_entry(msg: &[u8]) -> Option<Tracked> {
+    let attrs = attributes(msg).ok()?;
+    let find = |ty| attrs.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v);
+    let (protocol, osrc, odst) = parse_tuple(find(CTA_TUPLE_ORIG)?)?;
+    let (_, rsrc, rdst) = parse_tuple(find(CTA_TUPLE_REPLY)?)?;
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return None;
+    }
+    let tcp_state = find(CTA_PROTOINFO).and_then(|p| {
+        nested(p)
+            .into_iter()
+            .find(|(t, _)| *t == CTA_PROTOINFO_TCP)
+            .and_then(|(_, tcp)| {
+                nested(tcp)
+                    .into_iter()
+                    .find(|(t, _)| *t == CTA_PROTOINFO_TCP_STATE)
+                    .and_then(|(_, v)| v.first().copied())
+            })
+    });
+    Some(Tracked {
+        protocol,
+        orig: (osrc, odst),
+        reply: (rsrc, rdst),
+        tcp_state: if protocol == IPPROTO_TCP {
+            Some(tcp_state.unwrap_or(0))
+        } else {
+            None
+        },
+    })
+}
+
 /// What a hand-over did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Handed {
@@ -236,6 +346,19 @@ impl Conntrack {
             }
             r => r,
         }
+    }
+
+    /// The kernel's IPv4 TCP and UDP entries.
+    pub fn list(&self) -> io::Result<Vec<Tracked>> {
+        let req = message(
+            IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            [AF_INET, 0, 0, 0],
+            &[],
+        );
+        let mut out = Vec::new();
+        self.0.dump(&req, |m| out.extend(parse_entry(m)))?;
+        Ok(out)
     }
 
     /// Creates every entry, counting what worked and what did not.
@@ -320,14 +443,69 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_request_is_a_ctnetlink_create_with_source_nat() {
-        let e = Entry::from_session(
+    /// A dump message as the kernel sends one for `e` after its nat setup.
+    fn dumped(e: &Entry, tcp_state: u8) -> Vec<u8> {
+        let Nat::Source(to) = e.nat else {
+            unreachable!()
+        };
+        let orig = tuple(e.protocol, e.src, e.dst);
+        let reply = tuple(e.protocol, e.dst, to);
+        let tcp = nest(&[(CTA_PROTOINFO_TCP_STATE, &[tcp_state])]);
+        let info = nest(&[(CTA_PROTOINFO_TCP | NLA_F_NESTED, &tcp)]);
+        message(
+            IPCTNL_MSG_CT_NEW,
+            0,
+            [AF_INET, 0, 0, 0],
+            &[
+                (CTA_TUPLE_ORIG | NLA_F_NESTED, &orig),
+                (CTA_TUPLE_REPLY | NLA_F_NESTED, &reply),
+                (CTA_PROTOINFO | NLA_F_NESTED, &info),
+            ],
+        )
+    }
+
+    /// The entry of an established TCP session of the container.
+    fn established() -> Entry {
+        Entry::from_session(
             &view(Protocol::Tcp, "ESTABLISHED", None),
             EXT,
             Instant::now(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn dumped_entries_are_read_and_classified() {
+        let e = established();
+        let t = parse_entry(&dumped(&e, 3)).unwrap();
+        assert_eq!(t.tcp_state, Some(3));
+        assert!(t.is_open());
+        assert_eq!(
+            t.masqueraded(EXT),
+            Some((e.src, e.dst, 61001)),
+            "the container's flow, masqueraded to port 61001"
+        );
+        assert_eq!(t.published(EXT), None);
+        assert_eq!(t.masqueraded(Ipv4Addr::new(192, 0, 2, 9)), None);
+        // TIME_WAIT is not adopted; a truncated message is no entry.
+        assert!(!parse_entry(&dumped(&e, 7)).unwrap().is_open());
+        let m = dumped(&e, 3);
+        assert_eq!(parse_entry(&m[..30]), None);
+        // Through a published port: the far side's flow to the external address,
+        // rewritten to the container.
+        let p = Tracked {
+            protocol: IPPROTO_TCP,
+            orig: (e.dst, SocketAddrV4::new(EXT, 8080)),
+            reply: (e.src, e.dst),
+            tcp_state: Some(3),
+        };
+        assert_eq!(p.published(EXT), Some((e.dst, 8080, e.src)));
+        assert_eq!(p.masqueraded(EXT), None);
+    }
+
+    #[test]
+    fn the_request_is_a_ctnetlink_create_with_source_nat() {
+        let e = established();
         let m = new_request(&e);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x100);
         let flags = u16::from_ne_bytes([m[6], m[7]]);

@@ -304,6 +304,7 @@ impl Driver {
             bridge_ifindex,
             subnet: nat.subnet,
             offload: net.options.offload(),
+            adopt: false,
         }))
     }
 
@@ -334,7 +335,10 @@ impl Driver {
     /// Puts a joined nat-fast endpoint (and its published ports) on the fast path.
     /// Fail-open: on error the endpoint stays on the kernel nat path, which is
     /// logged and visible in `dovesnap status`.
-    async fn fast_join(&self, net: &Network, ep: &Endpoint) {
+    /// Puts a nat-fast endpoint on the fast path; `adopt` takes over the flows the
+    /// kernel's conntrack carries for it (recovery: the container lived on while the
+    /// daemon was away).
+    async fn fast_join(&self, net: &Network, ep: &Endpoint, adopt: bool) {
         if net.options.mode != Mode::NatFast || net.internal {
             return;
         }
@@ -345,7 +349,7 @@ impl Driver {
             Ok::<_, ApiError>(Some((spec, self.uplink_spec(net).await?)))
         };
         let (spec, uplink) = match specs.await {
-            Ok(Some(v)) => v,
+            Ok(Some((spec, uplink))) => (EndpointSpec { adopt, ..spec }, uplink),
             Ok(None) => return,
             Err(e) => {
                 warn!(endpoint = %ep.id, "staying on the kernel nat path: {}", e.0);
@@ -477,7 +481,7 @@ impl Driver {
                         .await
                         .unwrap_or(true);
                 if joined {
-                    self.fast_join(net, ep).await;
+                    self.fast_join(net, ep, true).await;
                 }
             }
         }
@@ -1127,7 +1131,7 @@ impl Driver {
         }
         let net = &*net;
         let ep = &net.endpoints[eid];
-        self.fast_join(net, ep).await;
+        self.fast_join(net, ep, false).await;
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),

@@ -9,7 +9,9 @@ pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
 /// Set on the type of an attribute that holds attributes.
 pub const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -59,8 +61,14 @@ pub fn attributes(reply: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
         }
         return Err(io::Error::from_raw_os_error(-code));
     }
+    Ok(nested(msg.get(20..).ok_or_else(short)?))
+}
+
+/// The attributes in `bytes` (a message's payload after its family header, or a nested
+/// attribute's value); a truncated one ends the walk.
+pub fn nested(bytes: &[u8]) -> Vec<(u16, &[u8])> {
     let mut attrs = Vec::new();
-    let mut rest = msg.get(20..).ok_or_else(short)?;
+    let mut rest = bytes;
     while rest.len() >= 4 {
         let alen = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
         let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
@@ -70,7 +78,28 @@ pub fn attributes(reply: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
         attrs.push((ty, &rest[4..alen]));
         rest = &rest[alen.next_multiple_of(4).min(rest.len())..];
     }
-    Ok(attrs)
+    attrs
+}
+
+/// Splits a buffer the kernel sent into its messages.
+pub fn messages(buf: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 16 {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+        if len < 16 || len > rest.len() {
+            break;
+        }
+        out.push(&rest[..len]);
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+    out
+}
+
+/// A message's type (`nlmsg_type`).
+pub fn kind(msg: &[u8]) -> u16 {
+    msg.get(4..6)
+        .map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]))
 }
 
 /// A netlink socket (rtnetlink's own netlink-sys socket), connected to the kernel.
@@ -92,5 +121,23 @@ impl Socket {
         let mut buf = Vec::with_capacity(8192);
         self.0.recv(&mut buf, 0)?;
         Ok(buf)
+    }
+
+    /// Sends a dump request and calls `each` with every message of the answer until
+    /// the kernel says it is done (or reports an error).
+    pub fn dump(&self, msg: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        self.0.send(msg, 0)?;
+        loop {
+            // The kernel fills at most a page or two per read of a dump.
+            let mut buf = Vec::with_capacity(65536);
+            self.0.recv(&mut buf, 0)?;
+            for m in messages(&buf) {
+                match kind(m) {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => return attributes(m).map(|_| ()),
+                    _ => each(m),
+                }
+            }
+        }
     }
 }

@@ -1131,45 +1131,50 @@ fn health(plugin: &Daemon) -> serde_json::Value {
     plugin.status()["fast_path"]["health"].clone()
 }
 
+/// What [`DOWNLOAD`] prints for `blocks` blocks of [`SLOW_SERVER`].
+fn expected_download(blocks: u32) -> String {
+    let script = "import hashlib,sys\nb=bytes(range(256))*256\nn=int(sys.argv[1])\nprint(len(b)*n,hashlib.sha256(b*n).hexdigest())";
+    String::from_utf8_lossy(&run("python3", &["-c", script, &blocks.to_string()]).stdout)
+        .trim()
+        .to_string()
+}
+
+/// Starts [`DOWNLOAD`] from `far_ip:port` in the network namespace of `pid`.
+fn download_from(pid: String, far_ip: String, port: u16) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || python_in(&pid, DOWNLOAD, &[&far_ip, &port.to_string()]))
+}
+
+/// The conntrack entries of TCP flows to `far_ip:port`.
+fn conntrack_to(far_ip: &str, port: u16) -> String {
+    let port = port.to_string();
+    let out = run(
+        "conntrack",
+        &["-L", "-p", "tcp", "--orig-port-dst", &port, "-d", far_ip],
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
-    const BLOCKS: u32 = 160;
+    // 64 KiB blocks 20 ms apart: 10 MiB over about 3 s, 25 MiB over about 8 s.
+    const SHORT: (u16, u32) = (7100, 160);
+    const LONG: (u16, u32) = (7101, 400);
+    const ARGS: [&str; 3] = ["--reconcile-interval", "1", "--test-hooks"];
     require_root();
-    let mut t = TwoOnFast::new(
-        "sup",
-        "10.233.106",
-        "10.233.11.0/24",
-        &["--reconcile-interval", "1", "--test-hooks"],
-    );
-    t.far.spawn(&[
-        "python3",
-        "-c",
-        SLOW_SERVER,
-        "7100",
-        &BLOCKS.to_string(),
-        "0.02",
-    ]);
-    let expected = String::from_utf8_lossy(
-        &run(
-            "python3",
-            &[
-                "-c",
-                "import hashlib,sys\nb=bytes(range(256))*256\nprint(len(b)*int(sys.argv[1]),hashlib.sha256(b*int(sys.argv[1])).hexdigest())",
-                &BLOCKS.to_string(),
-            ],
-        )
-        .stdout,
-    )
-    .trim()
-    .to_string();
-    // A 10 MiB download over about 3 s; the data plane panics one second in.
-    let pid = t.c.pid();
+    let mut t = TwoOnFast::new("sup", "10.233.106", "10.233.11.0/24", &ARGS);
+    for (port, blocks) in [SHORT, LONG] {
+        let (port, blocks) = (port.to_string(), blocks.to_string());
+        t.far
+            .spawn(&["python3", "-c", SLOW_SERVER, &port, &blocks, "0.02"]);
+    }
+    let c_ip = t.c.ip(&t.fast);
     let far_ip = t.far.far_ip.clone();
-    let download = std::thread::spawn(move || python_in(&pid, DOWNLOAD, &[&far_ip, "7100"]));
+
+    // A panic one second into a download.
+    let download = download_from(t.c.pid(), far_ip.clone(), SHORT.0);
     std::thread::sleep(Duration::from_secs(1));
-    let before = t.plugin.status();
-    let bypassed_before = dovesnap_tests::status::xdp_counter(&before, "bypassed");
+    let bypassed_before = dovesnap_tests::status::xdp_counter(&t.plugin.status(), "bypassed");
     t.plugin.signal(libc::SIGUSR1);
     recovery(
         "the failure shown in status",
@@ -1187,37 +1192,21 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
         h["sessions_handed_to_kernel"].as_u64() >= Some(1),
         "the download's session was not handed to conntrack: {h:#}"
     );
-    // The kernel holds the download with the translator's mapping: to the uplink's
-    // address, from the container.
-    let ct = String::from_utf8_lossy(
-        &run(
-            "conntrack",
-            &[
-                "-L",
-                "-p",
-                "tcp",
-                "--orig-port-dst",
-                "7100",
-                "-d",
-                &t.far.far_ip,
-            ],
-        )
-        .stdout,
-    )
-    .to_string();
+    // The kernel holds the download with the translator's mapping: from the container,
+    // to the uplink's address.
+    let ct = conntrack_to(&far_ip, SHORT.0);
     assert!(
-        ct.contains(&format!("src={}", t.c.ip(&t.fast)))
-            && ct.contains(&format!("dst={}", t.far.host_ip)),
+        ct.contains(&format!("src={c_ip}")) && ct.contains(&format!("dst={}", t.far.host_ip)),
         "no conntrack entry for the download:\n{ct}"
     );
     let got = download.join().expect("download thread");
     assert_eq!(
-        got, expected,
+        got,
+        expected_download(SHORT.1),
         "the download broke when the data plane failed"
     );
-    let status = t.plugin.status();
     assert!(
-        dovesnap_tests::status::xdp_counter(&status, "bypassed") > bypassed_before,
+        dovesnap_tests::status::xdp_counter(&t.plugin.status(), "bypassed") > bypassed_before,
         "no frame took the kernel's path while the data plane was down"
     );
     // It comes back (after a 1 s backoff) and new connections use the fast path again.
@@ -1237,12 +1226,14 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
         "the new connection did not go through the translator"
     );
 
-    // A stall: the watchdog turns the bypass on; new flows take the kernel's path
-    // meanwhile, and the thread takes over again once it is back.
+    // A stall: the watchdog turns the bypass on; a download started meanwhile runs on
+    // the kernel's path and is taken over, with the kernel's mapping, when the fast
+    // path comes back.
     t.plugin.signal(libc::SIGUSR2);
     recovery("the stall noticed", Duration::from_secs(6), || {
         health(&t.plugin)["state"] == "stalled"
     });
+    let long = download_from(t.c.pid(), far_ip.clone(), LONG.0);
     assert!(t.far.reached_from(&t.c), "no new connection while stalled");
     recovery(
         "the fast path after the stall",
@@ -1252,10 +1243,39 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
             h["state"] == "up" && h["restarts"] == 2
         },
     );
+    let adopted = translator(&t.plugin.status(), "sessions_adopted");
+    assert!(adopted >= 1, "the kernel's download was not taken over");
+    assert_eq!(
+        long.join().expect("download thread"),
+        expected_download(LONG.1),
+        "a download started on the kernel's path broke when the fast path came back"
+    );
     assert!(
         t.far.reached_from(&t.c),
         "no new connection after the stall"
     );
     let text = t.plugin.status_text();
     assert!(text.contains("data plane failures: 2"), "{text}");
+
+    // The daemon restarted during a download: its sessions go to conntrack at the
+    // stop, and the new daemon takes them back.
+    let download = download_from(t.c.pid(), far_ip.clone(), SHORT.0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(t.plugin.terminate(), "the daemon did not stop cleanly");
+    t.plugin = start_plugin_with(&ARGS);
+    assert_eq!(
+        download.join().expect("download thread"),
+        expected_download(SHORT.1),
+        "the download broke across a restart of the daemon"
+    );
+    let status = t.plugin.status();
+    assert!(
+        translator(&status, "sessions_adopted") >= 1,
+        "the restarted daemon took no flow over: {:#}",
+        status["fast_path"]["dataplane"]
+    );
+    assert!(
+        t.far.reached_from(&t.c),
+        "no new connection after the restart"
+    );
 }

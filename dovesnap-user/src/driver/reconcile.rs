@@ -269,7 +269,7 @@ impl Driver {
             let joined = ep.sandbox.is_some();
             if joined && (bridge_moved || moved || remade.contains(&ep.host_ifname)) {
                 self.fast_leave(net, ep);
-                self.fast_join(net, ep).await;
+                self.fast_join(net, ep, false).await;
                 self.reconciler.count("fast-path");
                 info!(network = %net.id, endpoint = %ep.id,
                       "repaired: an interface under the endpoint was re-created; back on the fast path");

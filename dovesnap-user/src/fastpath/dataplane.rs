@@ -168,6 +168,8 @@ pub struct EndpointInfoSpec {
     pub ifindex: u32,
     /// Whether established sessions go to the XDP fast path (`ovs.nat.offload`).
     pub offload: bool,
+    /// Take over the flows the kernel's conntrack carries for it (at recovery).
+    pub adopt: bool,
 }
 
 /// A snapshot for `dovesnap status`.
@@ -435,13 +437,17 @@ impl Dataplane {
         match self.health.state() {
             State::Up | State::GaveUp => {}
             State::Stalled => self.go_down("the data-plane thread made no progress"),
-            State::Down if self.health.resume_due(now) => match self.maps.bypass.set(false) {
-                Ok(()) => {
-                    info!("nat-fast: the fast path is back");
-                    self.health.resumed();
+            State::Down if self.health.resume_due(now) => {
+                // Flows the kernel started meanwhile keep the mapping the far side knows.
+                self.adopt_from_kernel(None);
+                match self.maps.bypass.set(false) {
+                    Ok(()) => {
+                        info!("nat-fast: the fast path is back");
+                        self.health.resumed();
+                    }
+                    Err(e) => error!("nat-fast: cannot turn the XDP bypass off: {e}"),
                 }
-                Err(e) => error!("nat-fast: cannot turn the XDP bypass off: {e}"),
-            },
+            }
             State::Down => {}
         }
     }
@@ -1071,7 +1077,57 @@ impl Dataplane {
         self.traffic.insert(first.0, [0; 4]);
         self.endpoints
             .insert(host_ifname, (ports, idx, spec.ip, slots));
+        if spec.adopt {
+            // Before the control plane attaches the program to its veth: the first
+            // frame it steers already finds its flow.
+            self.adopt_from_kernel(Some(spec.ip));
+        }
         Ok(())
+    }
+
+    /// Takes over the open flows the kernel's conntrack carries for the endpoints (all,
+    /// or the one at `only`), with the kernel's mappings (see
+    /// [`crate::nat::session::SessionTable::adopt`]): those handed over at a failure or
+    /// a shutdown, and those the kernel started while the fast path was off.
+    fn adopt_from_kernel(&mut self, only: Option<Ipv4Addr>) {
+        use crate::nat::session::Adoptee;
+        let flows = match crate::conntrack::Conntrack::open().and_then(|c| c.list()) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("nat-fast: cannot read the kernel's conntrack, no flow taken over: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for up in self.uplinks.iter_mut().flatten() {
+            let ext = up.external_ip;
+            let adoptees = flows.iter().filter(|f| f.is_open()).filter_map(|f| {
+                let protocol = if f.protocol == 6 {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                };
+                let (inside, remote, external_port, published) =
+                    if let Some((inside, remote, port)) = f.masqueraded(ext) {
+                        (inside, remote, port, false)
+                    } else {
+                        let (remote, port, inside) = f.published(ext)?;
+                        (inside, remote, port, true)
+                    };
+                only.is_none_or(|ip| *inside.ip() == ip).then_some(Adoptee {
+                    protocol,
+                    inside: (*inside.ip(), inside.port()),
+                    remote: (*remote.ip(), remote.port()),
+                    external_port,
+                    published,
+                })
+            });
+            let (adopted, refused) = up.translator.adopt(now, adoptees);
+            if adopted + refused > 0 {
+                info!(uplink = %ext, adopted, refused, "nat-fast: flows taken over from the kernel's conntrack");
+            }
+        }
+        self.sync_port_events();
     }
 
     fn remove_endpoint(&mut self, host_ifname: &str) {
@@ -1185,6 +1241,24 @@ impl Dataplane {
     }
 
     fn shutdown(&mut self) {
+        // The kernel's path carries on while the daemon is away: its sessions too, with
+        // their mappings (taken back by the next start's recovery).
+        match self.hand_over() {
+            Ok(h) => {
+                if h.created + h.failed > 0 {
+                    info!(
+                        created = h.created,
+                        failed = h.failed,
+                        "nat-fast: sessions handed to conntrack at shutdown"
+                    );
+                }
+                self.health.handed_over(h.created, h.failed);
+            }
+            Err(e) => warn!("nat-fast: cannot hand sessions to conntrack: {e}"),
+        }
+        if let Err(e) = self.maps.bypass.set(true) {
+            warn!("nat-fast: cannot turn the XDP bypass on: {e}");
+        }
         let names: Vec<String> = self.uplink_names.keys().cloned().collect();
         for n in names {
             self.remove_uplink(&n);
@@ -1223,6 +1297,7 @@ fn translator_counters(st: &Stats) -> Vec<(String, u64)> {
         ("sessions_expired", st.sessions_expired),
         ("sessions_evicted", st.sessions_evicted),
         ("sessions_removed", st.sessions_removed),
+        ("sessions_adopted", st.sessions_adopted),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -253,6 +253,9 @@ pub struct EndpointSpec {
     pub subnet: Ipv4Net,
     /// Established sessions go to the XDP fast path (`-o ovs.nat.offload`, default on).
     pub offload: bool,
+    /// Take over the flows the kernel's conntrack carries for it (recovery at start:
+    /// sessions handed over at the last shutdown, flows started while it was down).
+    pub adopt: bool,
 }
 
 /// Status for `dovesnap status`.
@@ -517,6 +520,7 @@ impl FastPath {
             gateway_mac: ep.gateway_mac,
             ifindex: ep.host_ifindex,
             offload: ep.offload,
+            adopt: ep.adopt,
         };
         let r = self.call(|reply| Command::AddEndpoint {
             host_ifname,
@@ -702,13 +706,15 @@ impl FastPath {
 
     fn stop_inner(&mut self) {
         self.watchdog.stop();
-        if let Err(e) = self.xdp.detach_all() {
-            warn!("cannot detach every XDP program: {e}");
-        }
+        // The thread hands its sessions to conntrack and turns the bypass on before it
+        // closes its sockets; only then do the programs go.
         let _ = self.commands.send(Command::Stop);
         self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Err(e) = self.xdp.detach_all() {
+            warn!("cannot detach every XDP program: {e}");
         }
         self.endpoints.clear();
         self.uplinks.clear();

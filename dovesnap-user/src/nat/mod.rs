@@ -311,6 +311,8 @@ pub struct Stats {
     pub sessions_evicted: u64,
     /// Removed by `remove_endpoint` / `unpublish`.
     pub sessions_removed: u64,
+    /// Taken over from the kernel's conntrack (see `SessionTable::adopt`).
+    pub sessions_adopted: u64,
     drops: [u64; DropReason::COUNT],
 }
 

@@ -58,6 +58,21 @@ pub enum Origin {
     Dynamic,
     /// Through this published external port.
     Published(u16),
+    /// Taken over from the kernel's conntrack with a port outside the pool (the
+    /// kernel masquerade's): the session's own, released with it.
+    Adopted,
+}
+
+/// A flow the kernel's conntrack carried, to take over with its mapping (see
+/// [`SessionTable::adopt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoptee {
+    pub protocol: Protocol,
+    pub inside: Endpoint,
+    pub remote: Endpoint,
+    /// The external port the far side knows (for a published flow, the published port).
+    pub external_port: u16,
+    pub published: bool,
 }
 
 mod tcp_bits {
@@ -218,7 +233,7 @@ impl Session {
             },
             published: match self.origin {
                 Origin::Published(p) => Some(p),
-                Origin::Dynamic => None,
+                Origin::Dynamic | Origin::Adopted => None,
             },
             last_seen: self.last_seen,
             expires: self.expires,
@@ -612,10 +627,20 @@ impl SessionTable {
             offloaded: false,
         };
         s.touch(now, timeouts);
+        let id = self.insert(s);
+        stats.sessions_created += 1;
+        Ok(id)
+    }
+
+    /// Files a new session: its slot, both indexes, its container's sessions, and the
+    /// uplink's steering (dynamic and adopted sessions) through a port event.
+    fn insert(&mut self, s: Session) -> u32 {
         let evictable = s.is_evictable();
         if evictable {
             self.victims_may_have_changed();
         }
+        let (protocol, inside, remote, external_port, origin) =
+            (s.protocol, s.inside, s.remote, s.external_port, s.origin);
         let id = match self.free_slots.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(s);
@@ -633,30 +658,133 @@ impl SessionTable {
             if evictable {
                 e.changed();
             }
+        }
+        if matches!(origin, Origin::Dynamic | Origin::Adopted) {
             self.events.push_back(PortEvent::Opened {
                 protocol,
                 port: external_port,
                 remote: SocketAddrV4::new(remote.0, remote.1),
             });
         }
-        self.by_inside.insert(
-            InsideKey {
-                protocol,
-                inside,
-                remote,
-            },
-            id,
-        );
-        self.by_outside.insert(
-            OutsideKey {
-                protocol,
-                external_port,
-                remote,
-            },
-            id,
-        );
-        stats.sessions_created += 1;
+        let inside_key = InsideKey {
+            protocol,
+            inside,
+            remote,
+        };
+        self.by_inside.insert(inside_key, id);
+        let outside_key = OutsideKey {
+            protocol,
+            external_port,
+            remote,
+        };
+        self.by_outside.insert(outside_key, id);
+        id
+    }
+
+    /// Takes over a flow the kernel's conntrack carried (handed over at a failure or a
+    /// shutdown, or started while the fast path was down) with the kernel's mapping, so
+    /// the far side sees nothing change. A pool port becomes the inside endpoint's
+    /// mapping (shared as usual); a port outside the pool stays this session's own
+    /// ([`Origin::Adopted`]). The session is assured (it carried a conversation), TCP
+    /// established. An existing session for the same flow is kept as it is; a flow
+    /// whose external side another session holds is refused. Call
+    /// [`SessionTable::adoption_done`] after a batch.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        timeouts: &Timeouts,
+        stats: &mut Stats,
+        a: Adoptee,
+    ) -> Result<u32, DropReason> {
+        let (protocol, inside, remote) = (a.protocol, a.inside, a.remote);
+        let inside_key = InsideKey {
+            protocol,
+            inside,
+            remote,
+        };
+        if let Some(&id) = self.by_inside.get(&inside_key) {
+            return Ok(id);
+        }
+        let outside_key = OutsideKey {
+            protocol,
+            external_port: a.external_port,
+            remote,
+        };
+        if self.by_outside.contains_key(&outside_key) {
+            return Err(DropReason::PortsExhausted);
+        }
+        if self.len >= self.max_sessions && !self.make_room(now, Room::Slot, stats) {
+            return Err(DropReason::PortsExhausted);
+        }
+        let pi = protocol.index();
+        let origin = if a.published {
+            Origin::Published(a.external_port)
+        } else {
+            let mapped = self.mappings.get(&(protocol, inside)).copied();
+            match self.pools[pi].slot_mut(a.external_port) {
+                None => Origin::Adopted,
+                Some(PortSlot::Free) if mapped.is_none() => {
+                    *self.pools[pi]
+                        .slot_mut(a.external_port)
+                        .expect("in the pool") = PortSlot::Mapped {
+                        inside: inside.0,
+                        inside_port: inside.1,
+                        refs: 1,
+                    };
+                    self.mappings.insert((protocol, inside), a.external_port);
+                    self.by_endpoint.entry(inside.0).or_default().ports[pi] += 1;
+                    Origin::Dynamic
+                }
+                Some(PortSlot::Mapped {
+                    inside: ip,
+                    inside_port,
+                    refs,
+                }) if (*ip, *inside_port) == inside && mapped == Some(a.external_port) => {
+                    *refs += 1;
+                    Origin::Dynamic
+                }
+                // Held by another endpoint or a publication, or this endpoint already
+                // maps elsewhere: the far side knows this port for this flow only.
+                Some(_) => return Err(DropReason::PortsExhausted),
+            }
+        };
+        let mut tcp = TcpTrack::default();
+        if protocol == Protocol::Tcp {
+            tcp.on_segment(Direction::Outbound, super::wire::tcp_flags::SYN);
+            tcp.on_segment(Direction::Inbound, super::wire::tcp_flags::SYN);
+        }
+        let mut s = Session {
+            protocol,
+            inside,
+            remote,
+            external_port: a.external_port,
+            origin,
+            tcp,
+            last_seen: now,
+            expires: now,
+            directions: Session::OUT | Session::IN,
+            packets: 3,
+            offloaded: false,
+        };
+        s.touch(now, timeouts);
+        let id = self.insert(s);
+        if let Some(e) = self.by_endpoint.get_mut(&inside.0) {
+            // Its mapped ports changed.
+            e.changed();
+        }
+        stats.sessions_adopted += 1;
         Ok(id)
+    }
+
+    /// After a batch of [`SessionTable::adopt`]: the ports it claimed leave the free
+    /// lists.
+    pub fn adoption_done(&mut self) {
+        for pool in &mut self.pools {
+            let slots = &pool.slots;
+            let first = pool.first;
+            pool.free
+                .retain(|p| matches!(slots.get(usize::from(*p - first)), Some(PortSlot::Free)));
+        }
     }
 
     /// The inside endpoint's external port, taking a reference on it; allocates one
@@ -683,7 +811,13 @@ impl SessionTable {
             return Err(DropReason::PortsExhausted);
         }
         let pool = &mut self.pools[pi];
-        let port = pool.free.pop_front().ok_or(DropReason::PortsExhausted)?;
+        // Adoption claims ports without taking them out of the free list.
+        let port = loop {
+            let p = pool.free.pop_front().ok_or(DropReason::PortsExhausted)?;
+            if matches!(pool.slot(p), Some(PortSlot::Free)) {
+                break p;
+            }
+        };
         if let Some(s) = pool.slot_mut(port) {
             *s = PortSlot::Mapped {
                 inside: inside.0,
@@ -739,6 +873,13 @@ impl SessionTable {
             external_port: s.external_port,
             remote: s.remote,
         });
+        if s.origin == Origin::Adopted {
+            self.events.push_back(PortEvent::Closed {
+                protocol: s.protocol,
+                port: s.external_port,
+                remote: SocketAddrV4::new(s.remote.0, s.remote.1),
+            });
+        }
         if s.origin == Origin::Dynamic {
             self.events.push_back(PortEvent::Closed {
                 protocol: s.protocol,

@@ -944,6 +944,39 @@ impl Translator {
         self.table.drain_events()
     }
 
+    /// Takes over flows the kernel's conntrack carried for this translator's endpoints
+    /// (see [`super::session::SessionTable::adopt`]); flows of other addresses, or
+    /// through a port that is not published to that container, are skipped. Returns how
+    /// many were adopted and how many refused (their external side is taken).
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        flows: impl IntoIterator<Item = super::session::Adoptee>,
+    ) -> (u64, u64) {
+        let timeouts = self.config.timeouts;
+        let (mut adopted, mut refused) = (0, 0);
+        for a in flows {
+            let inside = SocketAddrV4::new(a.inside.0, a.inside.1);
+            // A publication is registered after its endpoint: a published flow is taken
+            // unless its port is published to another container.
+            let ours = self.endpoints.contains_key(&a.inside.0)
+                && (!a.published
+                    || self
+                        .published
+                        .get(&(a.protocol, a.external_port))
+                        .is_none_or(|to| *to == inside));
+            if !ours {
+                continue;
+            }
+            match self.table.adopt(now, &timeouts, &mut self.stats, a) {
+                Ok(_) => adopted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        self.table.adoption_done();
+        (adopted, refused)
+    }
+
     pub fn sessions(&self) -> impl Iterator<Item = SessionView> + '_ {
         self.table.iter().map(|s| s.view())
     }
@@ -1553,6 +1586,73 @@ mod tests {
             assert_eq!(v, Verdict::Endpoint { port: 1 });
             assert_eq!((r.dst, r.dport), (C1, 33000));
         }
+    }
+
+    #[test]
+    fn flows_the_kernel_carried_are_adopted_with_its_mapping() {
+        use super::super::session::Adoptee;
+        let now = Instant::now();
+        let mut t = nat();
+        t.publish(Protocol::Tcp, 8080, C2, 80).unwrap();
+        let flow = |inside: (Ipv4Addr, u16), ext: u16, published: bool| Adoptee {
+            protocol: Protocol::Tcp,
+            inside,
+            remote: (R, 443),
+            external_port: ext,
+            published,
+        };
+        let (adopted, refused) = t.adopt(
+            now,
+            [
+                // Handed over earlier: a pool port.
+                flow((C1, 5000), 40050, false),
+                // Started by the kernel's masquerade: a port outside the pool.
+                flow((C1, 5001), 33000, false),
+                // In through a published port.
+                flow((C2, 80), 8080, true),
+                // The same external side again, for another flow: refused.
+                flow((C2, 5002), 40050, false),
+                // Not this translator's container: skipped.
+                flow((Ipv4Addr::new(10, 9, 9, 9), 1), 40060, false),
+            ],
+        );
+        assert_eq!((adopted, refused), (3, 1));
+        assert_eq!(t.stats().sessions_adopted, 3);
+        // Both ways go on with the kernel's mapping, as established TCP.
+        let s = go_out(&mut t, now, out_tcp(C1, 5000, R, 443, tcp_flags::ACK));
+        assert_eq!(s.sport, 40050);
+        let s = go_out(&mut t, now, out_tcp(C1, 5001, R, 443, tcp_flags::ACK));
+        assert_eq!(s.sport, 33000);
+        let (v, r) = go_in(&mut t, now, in_tcp(R, 443, 33000, tcp_flags::ACK));
+        assert_eq!(v, Verdict::Endpoint { port: 1 });
+        assert_eq!((r.dst, r.dport), (C1, 5001));
+        let (v, r) = go_in(&mut t, now, in_tcp(R, 443, 8080, tcp_flags::ACK));
+        assert_eq!(v, Verdict::Endpoint { port: 2 });
+        assert_eq!((r.dst, r.dport), (C2, 80));
+        // The uplink steers the two dynamic ones by their tuples.
+        let ev: Vec<_> = t.drain_port_events().collect();
+        for port in [40050, 33000] {
+            assert!(ev.contains(&PortEvent::Opened {
+                protocol: Protocol::Tcp,
+                port,
+                remote: SocketAddrV4::new(R, 443),
+            }));
+        }
+        // The pool port is that inside endpoint's mapping (EIM) and out of the free
+        // list; the foreign one is not a mapping: its endpoint's next flow gets a pool
+        // port.
+        let s = go_out(&mut t, now, out_tcp(C1, 5000, R2, 443, tcp_flags::SYN));
+        assert_eq!(s.sport, 40050);
+        let s = go_out(&mut t, now, out_tcp(C1, 5001, R2, 443, tcp_flags::SYN));
+        assert!(PORTS.contains(&s.sport) && s.sport != 40050, "{}", s.sport);
+        for p in 0..98 {
+            let s = go_out(&mut t, now, out_tcp(C2, 6000 + p, R, 443, tcp_flags::SYN));
+            assert_ne!(s.sport, 40050, "a claimed port was handed out again");
+        }
+        // Adopting the same flows again changes nothing.
+        let created = t.stats().sessions_adopted;
+        t.adopt(now, [flow((C1, 5000), 40050, false)]);
+        assert_eq!(t.stats().sessions_adopted, created);
     }
 
     #[test]
