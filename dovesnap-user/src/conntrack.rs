@@ -89,10 +89,14 @@ impl Entry {
     /// take it over: TCP once established (or closing), UDP always; not ICMP (an echo
     /// is simply asked again).
     pub fn from_session(s: &SessionView, external_ip: Ipv4Addr, now: Instant) -> Option<Entry> {
+        let open = s.protocol != Protocol::Tcp || matches!(s.state, "ESTABLISHED" | "FIN_WAIT");
+        Entry::of_session(s, external_ip, now).filter(|_| open)
+    }
+
+    /// The entry a TCP or UDP session has or would have, whatever its state.
+    pub fn of_session(s: &SessionView, external_ip: Ipv4Addr, now: Instant) -> Option<Entry> {
         let (protocol, timeout) = match s.protocol {
-            Protocol::Tcp if matches!(s.state, "ESTABLISHED" | "FIN_WAIT") => {
-                (IPPROTO_TCP, TCP_TIMEOUT)
-            }
+            Protocol::Tcp => (IPPROTO_TCP, TCP_TIMEOUT),
             Protocol::Udp => (
                 IPPROTO_UDP,
                 s.expires
@@ -359,6 +363,16 @@ impl Conntrack {
         let mut out = Vec::new();
         self.0.dump(&req, |m| out.extend(parse_entry(m)))?;
         Ok(out)
+    }
+
+    /// Deletes the entry holding `e`'s original tuple, if any: once the translator
+    /// carries a flow again, the kernel's entry would only linger (an established one
+    /// for days) and be taken over again, long dead, at the next start.
+    pub fn forget(&self, e: &Entry) -> io::Result<()> {
+        match self.ask(&delete_request(e, false)) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
     }
 
     /// Creates every entry, counting what worked and what did not.

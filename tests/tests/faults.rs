@@ -1119,9 +1119,10 @@ fn dockerd_restarts_under_the_plugin() {
     drop(far);
 }
 
-/// A far-side TCP server sending each client `argv[2]` blocks of 64 KiB of a known
-/// pattern, `argv[3]` seconds apart, so that a download lasts a few seconds.
-const SLOW_SERVER: &str = "import socket,time,sys\nb=bytes(range(256))*256\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('0.0.0.0',int(sys.argv[1])))\nl.listen(8)\nwhile True:\n    c,_=l.accept()\n    for i in range(int(sys.argv[2])):\n        c.sendall(b)\n        time.sleep(float(sys.argv[3]))\n    c.close()";
+/// A far-side TCP server sending each client (in a thread of its own) `argv[2]` blocks
+/// of 64 KiB of a known pattern, `argv[3]` seconds apart, so that a download lasts a
+/// few seconds.
+const SLOW_SERVER: &str = "import socket,time,sys,threading\nb=bytes(range(256))*256\ndef serve(c):\n    for i in range(int(sys.argv[2])):\n        c.sendall(b)\n        time.sleep(float(sys.argv[3]))\n    c.close()\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('0.0.0.0',int(sys.argv[1])))\nl.listen(16)\nwhile True:\n    c,_=l.accept()\n    threading.Thread(target=serve,args=(c,),daemon=True).start()";
 
 /// Downloads from `argv[1]:argv[2]` until the server closes; prints the byte count and
 /// the SHA-256.
@@ -1226,9 +1227,12 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
         "the new connection did not go through the translator"
     );
 
-    // A stall: the watchdog turns the bypass on; a download started meanwhile runs on
-    // the kernel's path and is taken over, with the kernel's mapping, when the fast
-    // path comes back.
+    // A stall: the watchdog hands the sessions of its last snapshot (1 s old at most)
+    // to conntrack and turns the bypass on, so a download running through the stall
+    // goes on; a download started meanwhile runs on the kernel's path and is taken
+    // over, with the kernel's mapping, when the fast path comes back.
+    let through = download_from(t.c.pid(), far_ip.clone(), LONG.0);
+    std::thread::sleep(Duration::from_secs(2));
     t.plugin.signal(libc::SIGUSR2);
     recovery("the stall noticed", Duration::from_secs(6), || {
         health(&t.plugin)["state"] == "stalled"
@@ -1249,6 +1253,11 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
         long.join().expect("download thread"),
         expected_download(LONG.1),
         "a download started on the kernel's path broke when the fast path came back"
+    );
+    assert_eq!(
+        through.join().expect("download thread"),
+        expected_download(LONG.1),
+        "a download running through the stall broke"
     );
     assert!(
         t.far.reached_from(&t.c),
@@ -1277,5 +1286,16 @@ fn a_failed_data_plane_hands_its_flows_to_the_kernel_and_comes_back() {
     assert!(
         t.far.reached_from(&t.c),
         "no new connection after the restart"
+    );
+    // Once the translator carries them again, the kernel's entries go (they would
+    // linger for days and be taken over again, long dead, at the next start).
+    recovery(
+        "the kernel's entries of taken-over flows deleted",
+        Duration::from_secs(6),
+        || {
+            [SHORT.0, LONG.0]
+                .iter()
+                .all(|p| !conntrack_to(&far_ip, *p).contains(&format!("src={c_ip}")))
+        },
     );
 }

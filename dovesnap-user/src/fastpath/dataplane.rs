@@ -30,7 +30,7 @@ use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::xdp::DataplaneMaps;
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
-use super::supervisor::{panic_message, Backoff, Health, State};
+use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
 
 /// How long a frame may wait for its next hop before it is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,6 +47,9 @@ const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the devices offloads redirect to are asked whether they still accept
 /// redirects.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long after taking flows over (or coming back) the kernel's entries of the flows
+/// the translator carries are deleted: the program steers them by then.
+const FORGET_KERNEL_ENTRIES_AFTER: Duration = Duration::from_secs(2);
 /// How long the thread sleeps in poll(2) when nothing is happening (it also bounds how
 /// late a command is seen).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -311,6 +314,10 @@ pub struct Dataplane {
     /// Shared with the watchdog and status (see [`super::supervisor`]).
     health: std::sync::Arc<Health>,
     backoff: Backoff,
+    /// When to delete the kernel's entries of the flows the translator carries again
+    /// (taken over, or handed over and back): a moment after it took them, once the
+    /// program steers them.
+    forget_kernel_entries_at: Option<Instant>,
 }
 
 impl Dataplane {
@@ -348,6 +355,7 @@ impl Dataplane {
                 .ok(),
             health,
             backoff: Backoff::default(),
+            forget_kernel_entries_at: None,
         })
     }
 
@@ -415,11 +423,39 @@ impl Dataplane {
         }
     }
 
-    /// Every live TCP/UDP session, as a conntrack entry with the same mapping.
-    fn hand_over(&self) -> std::io::Result<crate::conntrack::Handed> {
-        let now = Instant::now();
-        let entries: Vec<crate::conntrack::Entry> = self
-            .uplinks
+    /// Deletes the kernel's entries of the flows the translator carries (see
+    /// `forget_kernel_entries_at`), once the fast path is up.
+    fn forget_kernel_entries(&mut self, now: Instant) {
+        if self.forget_kernel_entries_at.is_none_or(|t| now < t) || self.health.is_down() {
+            return;
+        }
+        self.forget_kernel_entries_at = None;
+        let ct = match crate::conntrack::Conntrack::open() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("nat-fast: cannot open conntrack to clear taken-over entries: {e}");
+                return;
+            }
+        };
+        let mut failed = 0u64;
+        for up in self.uplinks.iter().flatten() {
+            for s in up.translator.sessions() {
+                if let Some(e) = crate::conntrack::Entry::of_session(&s, up.external_ip, now) {
+                    failed += u64::from(ct.forget(&e).is_err());
+                }
+            }
+        }
+        if failed > 0 {
+            warn!(
+                failed,
+                "nat-fast: some kernel entries of taken-over flows could not be deleted"
+            );
+        }
+    }
+
+    /// Every live TCP/UDP session, as the conntrack entry that carries it on.
+    fn kernel_entries(&self, now: Instant) -> Vec<crate::conntrack::Entry> {
+        self.uplinks
             .iter()
             .flatten()
             .flat_map(|up| {
@@ -427,7 +463,12 @@ impl Dataplane {
                     crate::conntrack::Entry::from_session(&s, up.external_ip, now)
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// Hands every live TCP/UDP session to conntrack, with the same mapping.
+    fn hand_over(&self) -> std::io::Result<crate::conntrack::Handed> {
+        let entries = self.kernel_entries(Instant::now());
         Ok(crate::conntrack::Conntrack::open()?.hand_over(entries))
     }
 
@@ -444,6 +485,7 @@ impl Dataplane {
                     Ok(()) => {
                         info!("nat-fast: the fast path is back");
                         self.health.resumed();
+                        self.forget_kernel_entries_at = Some(now + FORGET_KERNEL_ENTRIES_AFTER);
                     }
                     Err(e) => error!("nat-fast: cannot turn the XDP bypass off: {e}"),
                 }
@@ -458,6 +500,7 @@ impl Dataplane {
         let mut batch: Vec<Rx> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
+        let mut last_snapshot = Instant::now();
         let mut last_frame = Instant::now() - SPIN_WINDOW;
         loop {
             loop {
@@ -516,9 +559,14 @@ impl Dataplane {
                 self.sync_port_events();
                 self.sync_offloads();
             }
+            if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
+                last_snapshot = now;
+                self.health.set_snapshot(self.kernel_entries(now));
+            }
             if now.duration_since(last_recheck) >= RECHECK_INTERVAL {
                 last_recheck = now;
                 self.recheck_redirect_targets();
+                self.forget_kernel_entries(now);
             }
             if n > 0 {
                 last_frame = now;
@@ -1123,6 +1171,9 @@ impl Dataplane {
                 })
             });
             let (adopted, refused) = up.translator.adopt(now, adoptees);
+            if adopted > 0 {
+                self.forget_kernel_entries_at = Some(now + FORGET_KERNEL_ENTRIES_AFTER);
+            }
             if adopted + refused > 0 {
                 info!(uplink = %ext, adopted, refused, "nat-fast: flows taken over from the kernel's conntrack");
             }

@@ -9,8 +9,10 @@
 //!   the same sessions and mappings.
 //! - **No progress** for [`STALL_AFTER`] (a loop that never returns, a blocked call):
 //!   the watchdog thread, which shares nothing with the data plane but [`Health`] and
-//!   a handle on the bypass switch, turns the bypass on. If the thread comes back, it
-//!   hands over its sessions and takes the same backoff as after a panic.
+//!   a handle on the bypass switch, hands the sessions of the thread's last snapshot
+//!   (taken every [`SNAPSHOT_EVERY`]) to conntrack and turns the bypass on. If the
+//!   thread comes back, it hands over its sessions and takes the same backoff as after
+//!   a panic.
 //! - After [`GIVE_UP_AFTER`] failures within [`FAILURE_WINDOW`] the fast path stays off
 //!   (everything on the kernel path) until the daemon restarts; status says so.
 
@@ -28,6 +30,8 @@ use crate::xdp::Bypass;
 /// A loop turn at least this late means the thread is stuck (it turns at least every
 /// 100 ms when idle).
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
+/// How often the data-plane thread leaves the watchdog a snapshot of its sessions.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// How often the watchdog looks.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// Failures within [`FAILURE_WINDOW`] after which the fast path stays off.
@@ -88,6 +92,8 @@ pub struct Health {
     handed_over: AtomicU64,
     handover_failed: AtomicU64,
     detail: Mutex<Detail>,
+    /// The sessions as conntrack entries, for the watchdog to hand over after a stall.
+    snapshot: Mutex<Vec<crate::conntrack::Entry>>,
 }
 
 impl Default for Health {
@@ -102,6 +108,7 @@ impl Default for Health {
             handed_over: AtomicU64::new(0),
             handover_failed: AtomicU64::new(0),
             detail: Mutex::default(),
+            snapshot: Mutex::default(),
         }
     }
 }
@@ -167,6 +174,15 @@ impl Health {
         } else {
             State::GaveUp
         });
+    }
+
+    /// The thread's sessions now (see [`SNAPSHOT_EVERY`]).
+    pub fn set_snapshot(&self, entries: Vec<crate::conntrack::Entry>) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = entries;
+    }
+
+    fn take_snapshot(&self) -> Vec<crate::conntrack::Entry> {
+        std::mem::take(&mut *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Down, and its backoff is over.
@@ -255,6 +271,15 @@ impl Watchdog {
                             late.as_millis()
                         );
                         error!("nat-fast: {why}: every nat-fast frame goes to the kernel's path");
+                        // Its sessions first, as after a panic, from its last snapshot.
+                        let entries = h.take_snapshot();
+                        match crate::conntrack::Conntrack::open() {
+                            Ok(ct) => {
+                                let handed = ct.hand_over(entries);
+                                h.handed_over(handed.created, handed.failed);
+                            }
+                            Err(e) => error!("nat-fast: cannot hand sessions to conntrack: {e}"),
+                        }
                         if let Err(e) = bypass.set(true) {
                             error!("nat-fast: cannot turn the XDP bypass on: {e}");
                         }
