@@ -18,6 +18,12 @@
 //! - [`metrics`]: Prometheus text exposition of the status (opt-in `--metrics`).
 //! - [`nexthop`]: next hops for the translator, from the kernel's routes and neighbours.
 //! - [`doctor`]: `dovesnap doctor`, the host checks (OVS, XDP, AF_XDP, Docker, netfilter).
+//! - `fuzz` (feature `fuzzing`): the entry points of the fuzz targets (`dovesnap-user/fuzz`).
+//!
+//! Features, all off in the daemon, each enabled by the crate that needs it: `fuzzing`
+//! (the `fuzz` module; `dovesnap-user/fuzz`), `testing` (what the integration tests read
+//! of the XDP program, `xdp::testing`; `tests`), `bench` (`xdp::XdpSink`, the benchmark's
+//! counting sink; `bench`).
 
 pub mod afxdp;
 pub mod api;
@@ -27,6 +33,8 @@ pub mod doctor;
 pub mod driver;
 pub mod fastpath;
 pub mod firewall;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod metrics;
 pub mod nat;
 pub mod netdev;

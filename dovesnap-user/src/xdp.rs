@@ -12,8 +12,11 @@
 //! translator thread as a [`DataplaneMaps`]. Interfaces not in `IFACES` see the program
 //! classify, count and pass, nothing else.
 //!
-//! [`XdpSink`] is the benchmark's counting sink, a second program in the same object
-//! (`cargo xtask bench` only; the plugin never loads it).
+//! Behind features, for the other crates of the workspace only: `XdpSink` (`sink`,
+//! feature `bench`), the benchmark's counting sink, a second program in the same object
+//! that the plugin never loads; what the integration tests read of the program
+//! (`testing`, feature `testing`): `XdpProgram::test_run`, `XdpProgram::ifaces`, and
+//! per-direction sums and diffs of [`Counters`].
 //!
 //! Nothing is pinned to bpffs: the program lives exactly as long as the `XdpProgram`
 //! (the maps as long as the last of it and its `DataplaneMaps`).
@@ -25,7 +28,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode};
+use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
@@ -33,11 +36,17 @@ pub use dovesnap_ebpf::{
     IFACE_UPLINK, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SESSIONS_MAP, SINK_BYTES,
-    SINK_FRAMES, SINK_MAP, SINK_PASSED, SINK_PROGRAM_NAME, STATE_BYPASS, STATE_MAP, STATS_MAP,
-    XSKS_MAP,
+    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SESSIONS_MAP, STATE_BYPASS,
+    STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
+
+#[cfg(any(test, feature = "bench"))]
+mod sink;
+#[cfg(any(test, feature = "testing"))]
+mod testing;
+#[cfg(any(test, feature = "bench"))]
+pub use sink::XdpSink;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 fn object() -> &'static [u8] {
@@ -96,7 +105,11 @@ pub enum XdpError {
     },
 
     /// The kernel rejected the benchmark's counting sink (normally the verifier).
-    #[error("the kernel rejected the benchmark's XDP sink `{SINK_PROGRAM_NAME}`: {cause}")]
+    #[cfg(any(test, feature = "bench"))]
+    #[error(
+        "the kernel rejected the benchmark's XDP sink `{}`: {cause}",
+        dovesnap_ebpf::SINK_PROGRAM_NAME
+    )]
     SinkVerifier {
         /// The kernel's error and verifier log.
         cause: String,
@@ -193,6 +206,7 @@ pub enum XdpError {
     MapsTaken,
 
     /// `BPF_PROG_TEST_RUN` failed.
+    #[cfg(any(test, feature = "testing"))]
     #[error("cannot test-run the XDP program on interface {ifindex} queue {queue}: {cause}")]
     TestRun {
         /// The ingress ifindex given.
@@ -295,6 +309,47 @@ fn is_eperm(err: &(dyn StdError + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// Loads the embedded object with `loader` (map sizes): parses it and creates its maps,
+/// loading no program yet. `what` names the step in a refusal.
+fn load_object(loader: &mut EbpfLoader<'_>, what: &'static str) -> Result<Ebpf, XdpError> {
+    let bytes = object();
+    if bytes.is_empty() {
+        return Err(XdpError::NotBuilt);
+    }
+    loader
+        .load(bytes)
+        .map_err(refused_or(what, |cause| XdpError::Load { cause }))
+}
+
+/// Loads the object's program `name` into the kernel (the verifier runs here) and
+/// returns it. `what` names the step in a refusal; `rejected` makes any other error.
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    what: &'static str,
+    rejected: fn(String) -> XdpError,
+) -> Result<&'a mut Xdp, XdpError> {
+    let program = program_mut(ebpf, name)?;
+    program.load().map_err(refused_or(what, rejected))?;
+    Ok(program)
+}
+
+/// Maps a kernel refusal to [`XdpError::PermissionDenied`] naming `what` was refused
+/// (EPERM, see [`is_eperm`]), any other error to `other` with the error's chain.
+fn refused_or<E: StdError + 'static>(
+    what: &'static str,
+    other: fn(String) -> XdpError,
+) -> impl FnOnce(E) -> XdpError {
+    move |e| {
+        let cause = chain(&e);
+        if is_eperm(&e) {
+            XdpError::PermissionDenied { what, cause }
+        } else {
+            other(cause)
+        }
+    }
 }
 
 /// Checks `ifname` the way the kernel would, before it reaches a `CString` or netlink.
@@ -441,24 +496,6 @@ impl Counters {
             + self.uplink_fragment
     }
 
-    /// Frames that arrived on an endpoint interface (one decision counter each).
-    pub fn endpoint_frames(&self) -> u64 {
-        self.offload_outbound + self.prefixed("endpoint-")
-    }
-
-    /// Frames that arrived on an uplink interface (one decision counter each).
-    pub fn uplink_frames(&self) -> u64 {
-        self.offload_inbound + self.prefixed("uplink-")
-    }
-
-    fn prefixed(&self, prefix: &str) -> u64 {
-        Counter::ALL
-            .iter()
-            .filter(|c| c.name().starts_with(prefix))
-            .map(|c| self.get(*c))
-            .sum()
-    }
-
     /// What each counter grew by since `before` (wrapping, like the kernel's counters).
     pub fn since(&self, before: &Counters) -> Counters {
         let mut d = Counters::default();
@@ -466,23 +503,6 @@ impl Counters {
             *d.slot(c) = self.get(c).wrapping_sub(before.get(c));
         }
         d
-    }
-
-    /// The counters that differ from `before`, as `name: before -> after`, for test
-    /// and log messages.
-    pub fn diff(&self, before: &Counters) -> String {
-        Counter::ALL
-            .iter()
-            .filter(|c| self.get(**c) != before.get(**c))
-            .map(|c| {
-                format!(
-                    "{}: +{}",
-                    c.name(),
-                    self.get(*c).wrapping_sub(before.get(*c))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     /// Builds the totals from per-CPU values, as `read(counter)` returns them.
@@ -534,34 +554,16 @@ impl XdpProgram {
     /// `SESSIONS` (the translators' session limits; the map is not preallocated, so a
     /// large size costs nothing until used).
     pub fn load_sized(sessions: u32) -> Result<Self, XdpError> {
-        let bytes = object();
-        if bytes.is_empty() {
-            return Err(XdpError::NotBuilt);
-        }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(SESSIONS_MAP, sessions.max(1))
-            .load(bytes)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    XdpError::PermissionDenied {
-                        what: "creating the XDP program's maps",
-                        cause: chain(&e),
-                    }
-                } else {
-                    XdpError::Load { cause: chain(&e) }
-                }
-            })?;
-        let program = xdp_mut(&mut ebpf)?;
-        program.load().map_err(|e| {
-            if is_eperm(&e) {
-                XdpError::PermissionDenied {
-                    what: "loading the XDP program",
-                    cause: chain(&e),
-                }
-            } else {
-                XdpError::Verifier { cause: chain(&e) }
-            }
-        })?;
+        let mut ebpf = load_object(
+            EbpfLoader::new().map_max_entries(SESSIONS_MAP, sessions.max(1)),
+            "creating the XDP program's maps",
+        )?;
+        load_program(
+            &mut ebpf,
+            PROGRAM_NAME,
+            "loading the XDP program",
+            |cause| XdpError::Verifier { cause },
+        )?;
         Ok(XdpProgram {
             ebpf,
             attachments: BTreeMap::new(),
@@ -689,26 +691,6 @@ impl XdpProgram {
         }
     }
 
-    /// Every configured interface, sorted by ifindex.
-    pub fn ifaces(&self) -> Result<Vec<(u32, IfaceConfig)>, XdpError> {
-        let map = self.ebpf.map(IFACES_MAP).ok_or(XdpError::ObjectMismatch {
-            kind: "map",
-            name: IFACES_MAP,
-        })?;
-        let map = HashMap::<_, u32, IfaceConfig>::try_from(map).map_err(|_| {
-            XdpError::ObjectMismatch {
-                kind: "map",
-                name: IFACES_MAP,
-            }
-        })?;
-        let mut out = map
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(IFACES_MAP, "list the interfaces".into(), &e))?;
-        out.sort_by_key(|(ifindex, _)| *ifindex);
-        Ok(out)
-    }
-
     fn ifaces_mut(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, XdpError> {
         let mismatch = XdpError::ObjectMismatch {
             kind: "map",
@@ -750,69 +732,6 @@ impl XdpProgram {
         };
         self.maps_taken = true;
         Ok(maps)
-    }
-
-    /// Runs the program once on `frame` as if it had arrived on rx queue `queue` of
-    /// `ingress_ifindex` (`BPF_PROG_TEST_RUN`; the interface must exist in the calling
-    /// thread's network namespace and have more than `queue` rx queues) and returns the
-    /// XDP action (`XDP_PASS` = 2, `XDP_REDIRECT` = 4, ...). The frame is counted like a
-    /// real one but delivered nowhere. For diagnostics and tests.
-    pub fn test_run(
-        &self,
-        frame: &[u8],
-        ingress_ifindex: u32,
-        queue: u32,
-    ) -> Result<u32, XdpError> {
-        self.test_run_frame(frame, ingress_ifindex, queue)
-            .map(|(action, _)| action)
-    }
-
-    /// [`XdpProgram::test_run`], also returning the frame as the program left it (its
-    /// rewrites included).
-    pub fn test_run_frame(
-        &self,
-        frame: &[u8],
-        ingress_ifindex: u32,
-        queue: u32,
-    ) -> Result<(u32, Vec<u8>), XdpError> {
-        let program: &Xdp = match self.ebpf.program(PROGRAM_NAME) {
-            Some(program) => program.try_into().map_err(|_| XdpError::ObjectMismatch {
-                kind: "program",
-                name: PROGRAM_NAME,
-            })?,
-            None => {
-                return Err(XdpError::ObjectMismatch {
-                    kind: "program",
-                    name: PROGRAM_NAME,
-                })
-            }
-        };
-        let data_end = u32::try_from(frame.len()).map_err(|_| XdpError::TestRun {
-            ifindex: ingress_ifindex,
-            queue,
-            cause: format!("frame of {} bytes is too long", frame.len()),
-        })?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex; the kernel wants data 0 and data_end == the frame's length.
-        let ctx: Vec<u8> = [0, data_end, 0, ingress_ifindex, queue, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
-        // The program never grows the frame; headroom for safety.
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        };
-        let result = program.test_run(opts).map_err(|e| XdpError::TestRun {
-            ifindex: ingress_ifindex,
-            queue,
-            cause: chain(&e),
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
     }
 }
 
@@ -1114,11 +1033,16 @@ fn attach_native_or_skb(
 }
 
 fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    program_mut(ebpf, PROGRAM_NAME)
+}
+
+/// The object's XDP program `name`; a missing one is a build mismatch.
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, XdpError> {
     let mismatch = XdpError::ObjectMismatch {
         kind: "program",
-        name: PROGRAM_NAME,
+        name,
     };
-    match ebpf.program_mut(PROGRAM_NAME) {
+    match ebpf.program_mut(name) {
         Some(program) => program.try_into().map_err(|_| mismatch),
         None => Err(mismatch),
     }
@@ -1128,175 +1052,6 @@ impl Drop for XdpProgram {
     fn drop(&mut self) {
         if let Err(e) = self.detach_all() {
             tracing::warn!("{e}");
-        }
-    }
-}
-
-/// The benchmark's counting sink (`dovesnap_sink`) attached to one interface: it counts
-/// and drops every IPv4 frame arriving there and passes everything else (ARP, IPv6)
-/// uncounted, so the interface's address still resolves. [`XdpSink::counts`] reads the
-/// totals since the attachment; dropping the value detaches the program.
-///
-/// Loads its own copy of the embedded object (only the sink program is loaded into the
-/// kernel; the steering maps are created at minimal size and never used), so a sink
-/// never shares state with an [`XdpProgram`]. The interface must be in the calling
-/// thread's network namespace: run it through `ip netns exec NS ...` to sink inside a
-/// namespace. An interface can hold one XDP program at a time.
-pub struct XdpSink {
-    ebpf: Ebpf,
-    ifname: String,
-    link: Option<aya::programs::xdp::XdpLinkId>,
-    mode: AttachMode,
-}
-
-impl fmt::Debug for XdpSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("XdpSink")
-            .field("ifname", &self.ifname)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
-    }
-}
-
-impl XdpSink {
-    /// Loads the sink and attaches it to `ifname`, native mode first, generic (SKB)
-    /// mode when native fails. Needs root (or CAP_BPF and CAP_NET_ADMIN).
-    pub fn attach(ifname: &str) -> Result<Self, XdpError> {
-        Self::attach_in(ifname, None)
-    }
-
-    /// Like [`XdpSink::attach`], but only in `mode` when it is given (no fallback).
-    pub fn attach_in(ifname: &str, mode: Option<AttachMode>) -> Result<Self, XdpError> {
-        validate_ifname(ifname)?;
-        let bytes = object();
-        if bytes.is_empty() {
-            return Err(XdpError::NotBuilt);
-        }
-        // The steering program's maps come with the object; the sink never uses them, so
-        // they are created as small as the kernel allows rather than at full size.
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(IFACES_MAP, 1)
-            .map_max_entries(PORTS_MAP, 1)
-            .map_max_entries(SESSIONS_MAP, 1)
-            .map_max_entries(XSKS_MAP, 1)
-            .load(bytes)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    XdpError::PermissionDenied {
-                        what: "creating the XDP sink's maps",
-                        cause: chain(&e),
-                    }
-                } else {
-                    XdpError::Load { cause: chain(&e) }
-                }
-            })?;
-        let program = sink_mut(&mut ebpf)?;
-        program.load().map_err(|e| {
-            if is_eperm(&e) {
-                XdpError::PermissionDenied {
-                    what: "loading the XDP sink",
-                    cause: chain(&e),
-                }
-            } else {
-                XdpError::SinkVerifier { cause: chain(&e) }
-            }
-        })?;
-        let (link, mode) = match mode {
-            None => attach_native_or_skb(program, ifname)?,
-            Some(mode) => {
-                let flags = match mode {
-                    AttachMode::Driver => XdpMode::Driver,
-                    AttachMode::Skb => XdpMode::Skb,
-                };
-                let link = program.attach(ifname, flags).map_err(|e| match e {
-                    ProgramError::UnknownInterface { .. } => XdpError::InterfaceNotFound {
-                        ifname: ifname.to_string(),
-                    },
-                    e if is_eperm(&e) => XdpError::PermissionDenied {
-                        what: "attaching the XDP sink",
-                        cause: chain(&e),
-                    },
-                    e => XdpError::Attach {
-                        ifname: ifname.to_string(),
-                        driver: match mode {
-                            AttachMode::Driver => chain(&e),
-                            AttachMode::Skb => "not tried".into(),
-                        },
-                        skb: match mode {
-                            AttachMode::Driver => "not tried".into(),
-                            AttachMode::Skb => chain(&e),
-                        },
-                    },
-                })?;
-                (link, mode)
-            }
-        };
-        Ok(XdpSink {
-            ebpf,
-            ifname: ifname.to_string(),
-            link: Some(link),
-            mode,
-        })
-    }
-
-    /// How the sink is attached.
-    pub fn mode(&self) -> AttachMode {
-        self.mode
-    }
-
-    /// The interface the sink is attached to.
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
-    /// IPv4 frames and their bytes (Ethernet header to end of frame, no FCS) counted and
-    /// dropped since the attachment, summed over all CPUs.
-    pub fn counts(&self) -> Result<(u64, u64), XdpError> {
-        Ok((self.read(SINK_FRAMES)?, self.read(SINK_BYTES)?))
-    }
-
-    /// Non-IPv4 frames passed to the kernel uncounted (ARP, IPv6) since the attachment.
-    pub fn passed(&self) -> Result<u64, XdpError> {
-        self.read(SINK_PASSED)
-    }
-
-    fn read(&self, index: u32) -> Result<u64, XdpError> {
-        let mismatch = || XdpError::ObjectMismatch {
-            kind: "map",
-            name: SINK_MAP,
-        };
-        let map = self.ebpf.map(SINK_MAP).ok_or_else(mismatch)?;
-        let counts = PerCpuArray::<_, u64>::try_from(map).map_err(|_| mismatch())?;
-        let values = counts
-            .get(&index, 0)
-            .map_err(|e| map_error(SINK_MAP, format!("read slot {index}"), &e))?;
-        Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
-    }
-}
-
-fn sink_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
-    let mismatch = XdpError::ObjectMismatch {
-        kind: "program",
-        name: SINK_PROGRAM_NAME,
-    };
-    match ebpf.program_mut(SINK_PROGRAM_NAME) {
-        Some(program) => program.try_into().map_err(|_| mismatch),
-        None => Err(mismatch),
-    }
-}
-
-impl Drop for XdpSink {
-    fn drop(&mut self) {
-        let Some(link) = self.link.take() else {
-            return;
-        };
-        let result = sink_mut(&mut self.ebpf)
-            .map_err(|e| e.to_string())
-            .and_then(|program| program.detach(link).map_err(|e| chain(&e)));
-        if let Err(cause) = result {
-            if interface_exists(&self.ifname) {
-                tracing::warn!(ifname = %self.ifname, "cannot detach the XDP sink: {cause}");
-            }
         }
     }
 }
@@ -1535,35 +1290,14 @@ mod tests {
             IFACES_MAP,
             PORTS_MAP,
             XSKS_MAP,
-            SINK_PROGRAM_NAME,
-            SINK_MAP,
+            dovesnap_ebpf::SINK_PROGRAM_NAME,
+            dovesnap_ebpf::SINK_MAP,
         ] {
             assert!(
                 obj.windows(name.len()).any(|w| w == name.as_bytes()),
                 "object lacks `{name}`"
             );
         }
-    }
-
-    /// The sink loads (verifier included) and reports a missing interface by name; as
-    /// non-root it explains the privileges instead. Attaches nothing.
-    #[test]
-    fn sink_loads_or_explains() {
-        match XdpSink::attach("dsnosuch0") {
-            Ok(sink) => panic!("attached to a missing interface: {sink:?}"),
-            Err(XdpError::InterfaceNotFound { ifname }) => assert_eq!(ifname, "dsnosuch0"),
-            Err(XdpError::NotBuilt) => assert!(object().is_empty()),
-            Err(e @ XdpError::PermissionDenied { .. }) => {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let euid = unsafe { libc::geteuid() };
-                assert_ne!(euid, 0, "root was refused: {e}");
-            }
-            Err(e) => panic!("loading the XDP sink failed: {e}"),
-        }
-        assert!(matches!(
-            XdpSink::attach("a/b"),
-            Err(XdpError::InvalidInterfaceName { .. })
-        ));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Arbitrary bytes, as a sequence of frames, through the translator in both directions
-//! (see `dovesnap::nat::fuzz_harness` for the input format).
+//! (see `dovesnap::fuzz::translate` for the input format).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    dovesnap::nat::fuzz_harness(data);
+    dovesnap::fuzz::translate(data);
 });

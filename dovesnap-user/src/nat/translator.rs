@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::checksum;
 use super::fragment::{FragKey, FragTable, FRAG_DATAGRAMS, FRAG_LIFETIME};
@@ -995,128 +995,10 @@ impl Translator {
     }
 }
 
-/// Fuzzing entry point shared by `dovesnap-user/fuzz` and a unit test: a translator with
-/// one endpoint and published ports, fed a sequence of records
-/// `[control, length, frame bytes...]`. Control bit 0 picks inbound, bit 1 patches the
-/// Ethernet/IPv4 header into something the translator accepts (so the fuzzer reaches the
-/// transport code), bits 2..5 advance the clock, bits 5..8 extend the length.
-/// Panics if the translator panics or emits a frame whose IPv4 checksum is wrong; returns
-/// the translator's counters.
-pub fn fuzz_harness(data: &[u8]) -> Stats {
-    const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-    const SHARE: usize = 8;
-    let mut t = Translator::new(Config {
-        external_ip: EXT,
-        uplink_mac: [2, 0, 0, 0, 0, 1],
-        ports: 40000..=40007,
-        max_sessions: 16,
-        max_sessions_per_endpoint: Some(SHARE),
-        max_ports_per_endpoint: Some(6),
-        timeouts: super::Timeouts::default(),
-    });
-    // What the uplink would steer, from the events: always the live dynamic sessions.
-    let mut steered = std::collections::HashSet::new();
-    t.add_endpoint(EndpointInfo {
-        ip: INSIDE,
-        mac: [2, 0, 0, 0, 0, 2],
-        gateway_mac: [2, 0, 0, 0, 0, 3],
-        port: 7,
-        offload: true,
-    });
-    t.publish(Protocol::Tcp, 8080, INSIDE, 80)
-        .expect("publish tcp");
-    t.publish(Protocol::Udp, 40001, INSIDE, 53)
-        .expect("publish udp");
-    let mut now = Instant::now();
-    let mut buf = [0u8; 2048];
-    let mut rest = data;
-    while let [ctl, len, tail @ ..] = rest {
-        let n = (usize::from(*len) | usize::from(ctl >> 5) << 8).min(tail.len());
-        let frame = &mut buf[..n];
-        frame.copy_from_slice(&tail[..n]);
-        rest = &tail[n..];
-        let inbound = ctl & 1 != 0;
-        if ctl & 2 != 0 {
-            patch_headers(frame, inbound, INSIDE, EXT);
-        }
-        let verdict = if inbound {
-            t.inbound(now, frame)
-        } else {
-            t.outbound(now, frame)
-        };
-        if !matches!(verdict, Verdict::Drop(_)) {
-            let ip = ip_of(frame);
-            assert!(
-                ip.verify_checksum(),
-                "translated frame with a bad IP checksum"
-            );
-        }
-        now += Duration::from_secs(u64::from((ctl >> 2) & 7) * 45);
-        if ctl & 0x1c == 0x1c {
-            t.expire(now);
-        }
-        for ev in t.drain_port_events() {
-            match ev {
-                PortEvent::Opened {
-                    protocol,
-                    port,
-                    remote,
-                } => assert!(steered.insert((protocol, port, remote)), "opened twice"),
-                PortEvent::Closed {
-                    protocol,
-                    port,
-                    remote,
-                } => assert!(steered.remove(&(protocol, port, remote)), "closed unopened"),
-            }
-        }
-        let live: std::collections::HashSet<_> = t
-            .sessions()
-            .filter(|s| s.published.is_none())
-            .map(|s| (s.protocol, s.external_port, s.remote))
-            .collect();
-        assert_eq!(
-            steered, live,
-            "the steering map would differ from the sessions"
-        );
-        assert!(t.session_count() <= t.config.max_sessions);
-        assert!(
-            t.sessions().filter(|s| s.published.is_none()).count() <= SHARE,
-            "the endpoint holds more than its limit of sessions"
-        );
-    }
-    let _ = t.sessions().count();
-    t.stats
-}
-
-/// Makes a fuzz input's headers plausible: IPv4 ethertype, version 4, total length from
-/// the buffer, the endpoint (outbound) or external (inbound) address, TTL > 1, a valid
-/// header checksum. Leaves the fragment field and everything else as they are.
-fn patch_headers(frame: &mut [u8], inbound: bool, inside: Ipv4Addr, ext: Ipv4Addr) {
-    if frame.len() < ETH_LEN + 20 {
-        return;
-    }
-    frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip = &mut frame[ETH_LEN..];
-    let mut ihl = usize::from(ip[0] & 0x0f).max(5);
-    if ihl * 4 > ip.len() {
-        ihl = 5;
-    }
-    ip[0] = 0x40 | ihl as u8;
-    let total = ip.len().min(usize::from(u16::MAX)) as u16;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = ip[8].max(2);
-    if inbound {
-        ip[16..20].copy_from_slice(&ext.octets());
-    } else {
-        ip[12..16].copy_from_slice(&inside.octets());
-    }
-    let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
-    p.fill_checksum();
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::testkit::*;
     use super::super::Timeouts;
     use super::*;
@@ -3033,28 +2915,9 @@ mod tests {
         }
     }
 
-    /// The fuzz target's seed corpus (`dovesnap-user/fuzz/corpus/translate`): each seed
-    /// goes through the harness, and the well-formed ones translate.
-    #[test]
-    fn fuzz_corpus_replays() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/translate");
-        let mut translated = 0;
-        let mut seeds = 0;
-        for e in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
-            let data = std::fs::read(e.expect("entry").path()).expect("corpus file");
-            let st = fuzz_harness(&data);
-            translated += st.translated_outbound + st.translated_inbound;
-            seeds += 1;
-        }
-        assert!(seeds >= 5, "corpus too small: {seeds}");
-        assert!(
-            translated >= 8,
-            "the seeds translate too little: {translated}"
-        );
-    }
-
-    /// The fuzz target's harness over deterministic pseudo-random inputs: mutated valid
-    /// frames of every kind, in records, so sessions form and are hit.
+    /// The fuzz target's harness (`crate::fuzz::translate`) over deterministic
+    /// pseudo-random inputs: mutated valid frames of every kind, in records, so sessions
+    /// form and are hit.
     #[test]
     fn fuzz_harness_on_pseudo_random_inputs() {
         let mut seed_out = out_udp(C1, 5000, R, 53);
@@ -3101,7 +2964,7 @@ mod tests {
                 input.push(n as u8);
                 input.extend_from_slice(&f[..n]);
             }
-            let st = fuzz_harness(&input);
+            let st = crate::fuzz::translate(&input);
             out += st.translated_outbound;
             inb += st.translated_inbound;
             created += st.sessions_created;
@@ -3115,7 +2978,7 @@ mod tests {
         for _ in 0..500 {
             let n = rng.below(600);
             let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
-            fuzz_harness(&noise);
+            crate::fuzz::translate(&noise);
         }
     }
 }
