@@ -370,7 +370,7 @@ impl PathState {
                 fw.add_network(&nat_network(Some(
                     dovesnap::fastpath::KERNEL_MASQUERADE_PORTS,
                 )))?;
-                let mut fp = FastPath::start()?;
+                let mut fp = FastPath::start(dovesnap::fastpath::FastPathConfig::default())?;
                 let uplink = UplinkSpec {
                     name: "u0".into(),
                     ifindex: ifindex("u0")?,

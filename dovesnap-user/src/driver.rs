@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiError, ApiResult, NetworkDriver};
 use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
-use crate::fastpath::{self, EndpointSpec, FastPath, FastPathError};
+use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
@@ -107,7 +107,7 @@ struct OverlayRecord {
 
 impl Network {
     /// What the firewall needs for a nat network (None for flat networks).
-    fn nat(&self) -> Option<NatNetwork> {
+    fn nat(&self, fast: &FastPathConfig) -> Option<NatNetwork> {
         if !self.options.mode.is_nat() {
             return None;
         }
@@ -119,7 +119,7 @@ impl Network {
             gateway: self.ipam.gateway?,
             internal: self.internal,
             masquerade_ports: (self.options.mode == Mode::NatFast)
-                .then(crate::fastpath::kernel_masquerade_ports),
+                .then(|| fast.kernel_masquerade_ports()),
         })
     }
 
@@ -166,6 +166,8 @@ pub struct Driver {
     /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
     /// with `networks` held.
     fastpath: std::sync::Mutex<Option<FastPath>>,
+    /// Given to the fast path when it starts; the nft rules' masquerade range too.
+    fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
     reconciler: reconcile::State,
 }
@@ -186,8 +188,15 @@ impl Driver {
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
             fastpath: std::sync::Mutex::new(None),
+            fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
         }
+    }
+
+    /// The daemon's nat-fast settings (default: [`FastPathConfig::default`]).
+    pub fn with_fastpath_config(mut self, config: FastPathConfig) -> Self {
+        self.fastpath_config = config;
+        self
     }
 
     /// Sets the northbound database overlay networks use unless `ovs.ovn.nb` says
@@ -213,7 +222,7 @@ impl Driver {
         tokio::task::block_in_place(|| {
             let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {
-                *guard = Some(FastPath::start()?);
+                *guard = Some(FastPath::start(self.fastpath_config.clone())?);
             }
             f(guard.as_mut().expect("just started"))
         })
@@ -276,7 +285,7 @@ impl Driver {
             return Ok(None);
         };
         let nat = net
-            .nat()
+            .nat(&self.fastpath_config)
             .ok_or_else(|| ApiError::new(format!("network {} has no subnet", net.id)))?;
         let gone = |what: &str| ApiError::new(format!("{what} of endpoint {} is gone", ep.id));
         let host_ifindex = self
@@ -443,7 +452,7 @@ impl Driver {
             .values()
             .filter_map(|n| {
                 Some(ExpectedNetwork {
-                    network: n.nat()?,
+                    network: n.nat(&self.fastpath_config)?,
                     endpoints: n
                         .endpoints
                         .values()
@@ -892,7 +901,7 @@ impl Driver {
     /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
     /// network's netfilter rules.
     async fn program_nat(&self, net: &Network) -> ApiResult<()> {
-        let Some(nat) = net.nat() else {
+        let Some(nat) = net.nat(&self.fastpath_config) else {
             return Ok(());
         };
         self.netlink

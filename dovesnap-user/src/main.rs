@@ -148,24 +148,23 @@ fn main() -> Result<()> {
                 ovn,
                 test_hooks,
             } => {
-                dovesnap::fastpath::set_port_range(
+                let fast = dovesnap::fastpath::FastPathConfig::new(
                     nat_ports,
                     nat_ports_per_endpoint.map(|n| n as usize),
-                )
-                .map_err(anyhow::Error::msg)?;
-                dovesnap::fastpath::set_session_limits(
                     nat_max_sessions as usize,
                     nat_max_sessions_per_endpoint.map(|n| n as usize),
-                );
-                daemon(
+                )
+                .map_err(anyhow::Error::msg)?;
+                daemon(Settings {
                     socket,
                     ovsdb,
-                    cli.control_socket,
+                    control_socket: cli.control_socket,
                     metrics,
                     reconcile_interval,
                     ovn,
+                    fast,
                     test_hooks,
-                )
+                })
                 .await
             }
             Cmd::Status { json } => {
@@ -204,15 +203,29 @@ fn main() -> Result<()> {
     })
 }
 
-async fn daemon(
+/// What `dovesnap daemon` runs with, checked.
+struct Settings {
     socket: PathBuf,
     ovsdb: PathBuf,
     control_socket: PathBuf,
     metrics: Option<std::net::SocketAddr>,
     reconcile_interval: u64,
     ovn: OvnArgs,
+    fast: dovesnap::fastpath::FastPathConfig,
     test_hooks: bool,
-) -> Result<()> {
+}
+
+async fn daemon(settings: Settings) -> Result<()> {
+    let Settings {
+        socket,
+        ovsdb,
+        control_socket,
+        metrics,
+        reconcile_interval,
+        ovn,
+        fast,
+        test_hooks,
+    } = settings;
     let ovs = Ovsdb::connect(&ovsdb).await?;
     if let Some(ip) = ovn.ovn_encap_ip {
         ovs.set_switch_external_id(dovesnap::ovn::EXT_ENCAP_IP, Some(&ip.to_string()))
@@ -224,8 +237,11 @@ async fn daemon(
     if let Err(e) = firewall.probe() {
         tracing::warn!("nat networks will not work: {e}");
     }
-    let driver =
-        Arc::new(Driver::new(ovs, netlink, Box::new(firewall)).with_ovn_northbound(ovn.ovn_nb));
+    let driver = Arc::new(
+        Driver::new(ovs, netlink, Box::new(firewall))
+            .with_ovn_northbound(ovn.ovn_nb)
+            .with_fastpath_config(fast),
+    );
     let (networks, endpoints) = driver
         .recover()
         .await

@@ -222,7 +222,7 @@ impl Driver {
                 Err(e) => warn!(endpoint = %ep.id, "reconcile: {e}"),
             }
         }
-        let Some(nat) = net.nat() else {
+        let Some(nat) = net.nat(&self.fastpath_config) else {
             return;
         };
         let Ok(Some(bridge_index)) = self.netlink.index(&net.bridge).await else {

@@ -10,12 +10,13 @@
 //! - ports are published: the translator DNATs them and the `PORTS` map steers them;
 //! - an endpoint leaves: everything above is undone in reverse; the last endpoint of
 //!   an uplink takes the uplink's sockets and program with it;
-//! - the daemon stops: every program is detached and every socket closed, so traffic
-//!   falls back to the kernel's nat rules, which nat-fast networks carry all along.
+//! - the daemon stops: the sessions go to the kernel's conntrack, then every program is
+//!   detached and every socket closed, so traffic falls back to the kernel's nat rules,
+//!   which nat-fast networks carry all along.
 //!
 //! Fail-open is the rule: whatever the XDP program does not steer, and everything
 //! while no socket is registered, goes through the kernel path (netfilter NAT with
-//! [`kernel_masquerade_ports`], clear of the translator's [`translator_ports`]).
+//! [`FastPathConfig::kernel_masquerade_ports`], clear of the translator's ports).
 
 pub mod dataplane;
 pub mod offload;
@@ -24,7 +25,6 @@ pub mod supervisor;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
@@ -70,34 +70,9 @@ fn range_len(range: &RangeInclusive<u16>) -> usize {
     }
 }
 
-static PORTS_LO: AtomicU16 = AtomicU16::new(*TRANSLATOR_PORTS.start());
-static PORTS_HI: AtomicU16 = AtomicU16::new(*TRANSLATOR_PORTS.end());
-/// 0: the default share ([`default_port_share`]).
-static PORT_SHARE_SETTING: AtomicUsize = AtomicUsize::new(0);
-
-/// The translator's external port range (the daemon's `--nat-ports`).
-pub fn translator_ports() -> RangeInclusive<u16> {
-    PORTS_LO.load(Ordering::Relaxed)..=PORTS_HI.load(Ordering::Relaxed)
-}
-
-/// Ports one container may map per protocol (`--nat-ports-per-endpoint`, default 3/4
-/// of [`translator_ports`]).
-pub fn port_share() -> usize {
-    match PORT_SHARE_SETTING.load(Ordering::Relaxed) {
-        0 => default_port_share(&translator_ports()),
-        n => n,
-    }
-}
-
-/// The kernel masquerade range of nat-fast networks: the larger of the unprivileged
-/// ports below and above [`translator_ports`], so the fallback path and the translator
-/// never pick the same port. Computed from the daemon's setting, so the rules of a
-/// network made before a restart are brought to it at start (`Firewall::reconcile`).
-pub fn kernel_masquerade_ports() -> (u16, u16) {
-    masquerade_ports_for(&translator_ports())
-}
-
-/// [`kernel_masquerade_ports`] for a given translator range.
+/// The kernel masquerade range of nat-fast networks for a translator range: the larger
+/// of the unprivileged ports below and above it, so the fallback path and the
+/// translator never pick the same port.
 pub fn masquerade_ports_for(range: &RangeInclusive<u16>) -> (u16, u16) {
     let below = u32::from(*range.start()).saturating_sub(1024);
     let above = 65535 - u32::from(*range.end());
@@ -141,51 +116,85 @@ pub fn parse_nat_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(lo..=hi)
 }
 
-/// Sets the translator's port range and the per-container share (the daemon's
-/// `--nat-ports` and `--nat-ports-per-endpoint`, set once at start). The share must fit
-/// the range.
-pub fn set_port_range(range: RangeInclusive<u16>, share: Option<usize>) -> Result<(), String> {
-    let n = range_len(&range);
-    if n == 0 {
-        return Err("the nat-fast port range is empty".into());
-    }
-    if let Some(s) = share {
-        if s == 0 || s > n {
-            return Err(format!(
-                "--nat-ports-per-endpoint {s}: give 1 to {n} (the ports of --nat-ports {}-{})",
-                range.start(),
-                range.end()
-            ));
-        }
-    }
-    PORTS_LO.store(*range.start(), Ordering::Relaxed);
-    PORTS_HI.store(*range.end(), Ordering::Relaxed);
-    PORT_SHARE_SETTING.store(share.unwrap_or(0), Ordering::Relaxed);
-    Ok(())
-}
-
 /// Sessions per uplink before the translator evicts (default of
 /// `dovesnap daemon --nat-max-sessions`).
 pub const MAX_SESSIONS: usize = 65536;
 
-static MAX_SESSIONS_SETTING: AtomicUsize = AtomicUsize::new(MAX_SESSIONS);
-/// 0: no per-endpoint limit.
-static MAX_SESSIONS_PER_ENDPOINT_SETTING: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets the session-table size of uplinks acquired from now on and the limit per
-/// container address (the daemon's `--nat-max-sessions` and
-/// `--nat-max-sessions-per-endpoint`, set once at start).
-pub fn set_session_limits(max_sessions: usize, per_endpoint: Option<usize>) {
-    MAX_SESSIONS_SETTING.store(max_sessions, Ordering::Relaxed);
-    MAX_SESSIONS_PER_ENDPOINT_SETTING.store(per_endpoint.unwrap_or(0), Ordering::Relaxed);
+/// The daemon's nat-fast settings (`--nat-ports`, `--nat-ports-per-endpoint`,
+/// `--nat-max-sessions`, `--nat-max-sessions-per-endpoint`), given to
+/// [`FastPath::start`] and to the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastPathConfig {
+    /// The translator's external ports (and ICMP echo identifiers).
+    pub ports: RangeInclusive<u16>,
+    /// Ports one container may map per protocol.
+    pub port_share: usize,
+    /// Sessions per uplink.
+    pub max_sessions: usize,
+    /// Sessions one container may start (`None`: no limit but `max_sessions`).
+    pub max_sessions_per_endpoint: Option<usize>,
 }
 
-fn max_sessions() -> usize {
-    MAX_SESSIONS_SETTING.load(Ordering::Relaxed)
+impl Default for FastPathConfig {
+    fn default() -> Self {
+        FastPathConfig {
+            ports: TRANSLATOR_PORTS,
+            port_share: default_port_share(&TRANSLATOR_PORTS),
+            max_sessions: MAX_SESSIONS,
+            max_sessions_per_endpoint: None,
+        }
+    }
 }
 
-fn max_sessions_per_endpoint() -> Option<usize> {
-    Some(MAX_SESSIONS_PER_ENDPOINT_SETTING.load(Ordering::Relaxed)).filter(|n| *n > 0)
+impl FastPathConfig {
+    /// Checks the settings: a non-empty range, a share that fits it (default 3/4 of
+    /// it, see [`default_port_share`]).
+    pub fn new(
+        ports: RangeInclusive<u16>,
+        port_share: Option<usize>,
+        max_sessions: usize,
+        max_sessions_per_endpoint: Option<usize>,
+    ) -> Result<Self, String> {
+        let n = range_len(&ports);
+        if n == 0 {
+            return Err("the nat-fast port range is empty".into());
+        }
+        if let Some(s) = port_share {
+            if s == 0 || s > n {
+                return Err(format!(
+                    "--nat-ports-per-endpoint {s}: give 1 to {n} (the ports of --nat-ports {}-{})",
+                    ports.start(),
+                    ports.end()
+                ));
+            }
+        }
+        Ok(FastPathConfig {
+            port_share: port_share.unwrap_or_else(|| default_port_share(&ports)),
+            ports,
+            max_sessions,
+            max_sessions_per_endpoint,
+        })
+    }
+
+    /// The kernel masquerade range of nat-fast networks (see [`masquerade_ports_for`]):
+    /// from the daemon's setting, so the rules of a network made before a restart are
+    /// brought to it at start (`Firewall::reconcile`).
+    pub fn kernel_masquerade_ports(&self) -> (u16, u16) {
+        masquerade_ports_for(&self.ports)
+    }
+
+    /// An uplink translator's configuration.
+    fn translator(&self, spec: &UplinkSpec) -> Config {
+        Config {
+            external_ip: spec.addr,
+            uplink_mac: spec.mac,
+            ports: self.ports.clone(),
+            max_sessions: self.max_sessions,
+            max_sessions_per_endpoint: self.max_sessions_per_endpoint,
+            max_ports_per_endpoint: Some(self.port_share),
+            timeouts: Timeouts::default(),
+        }
+    }
 }
 
 /// How long a control call waits for the data-plane thread (it answers between two
@@ -285,6 +294,7 @@ pub struct FastPath {
     commands: Sender<Command>,
     waker: std::sync::Arc<dataplane::Waker>,
     thread: Option<JoinHandle<()>>,
+    config: FastPathConfig,
     health: std::sync::Arc<Health>,
     watchdog: Watchdog,
     uplinks: HashMap<String, UplinkState>,
@@ -298,8 +308,8 @@ pub struct FastPath {
 impl FastPath {
     /// Loads the XDP program and starts the data-plane thread and the next-hop
     /// resolver (on the current tokio runtime). Nothing is attached yet.
-    pub fn start() -> Result<Self, FastPathError> {
-        let ports = translator_ports();
+    pub fn start(config: FastPathConfig) -> Result<Self, FastPathError> {
+        let ports = config.ports.clone();
         if let Some((lo, hi)) = ephemeral_ports() {
             if hi >= *ports.start() && lo <= *ports.end() {
                 warn!(
@@ -313,7 +323,7 @@ impl FastPath {
             }
         }
         // Room in the steering map for every uplink's full table (not preallocated).
-        let steered = u32::try_from(max_sessions().saturating_mul(2)).unwrap_or(u32::MAX);
+        let steered = u32::try_from(config.max_sessions.saturating_mul(2)).unwrap_or(u32::MAX);
         let mut xdp = XdpProgram::load_sized(steered.max(crate::xdp::MAX_STEERED_SESSIONS))?;
         let maps = xdp.take_dataplane_maps()?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
@@ -347,6 +357,7 @@ impl FastPath {
             commands: tx,
             waker,
             thread: Some(thread),
+            config,
             health,
             watchdog,
             uplinks: HashMap::new(),
@@ -405,15 +416,7 @@ impl FastPath {
         }
         let queues = spec.rx_queues.max(1);
         let first_slot = self.alloc_slots(queues)?;
-        let config = Config {
-            external_ip: spec.addr,
-            uplink_mac: spec.mac,
-            ports: translator_ports(),
-            max_sessions: max_sessions(),
-            max_sessions_per_endpoint: max_sessions_per_endpoint(),
-            max_ports_per_endpoint: Some(port_share()),
-            timeouts: Timeouts::default(),
-        };
+        let config = self.config.translator(spec);
         let name = spec.name.clone();
         let ifindex = spec.ifindex;
         let r = self.call(|reply| Command::AddUplink {
@@ -794,5 +797,20 @@ mod tests {
         assert_eq!(parse_nat_ports("2048-64511"), Ok(2048..=64511));
         assert_eq!(default_port_share(&TRANSLATOR_PORTS), 23808);
         assert_eq!(default_port_share(&(5..=5)), 1);
+    }
+
+    #[test]
+    fn settings_are_checked_and_defaulted() {
+        let c = FastPathConfig::new(2048..=4095, None, 100, Some(10)).unwrap();
+        assert_eq!(c.port_share, 1536);
+        assert_eq!(c.kernel_masquerade_ports(), (4096, 65535));
+        assert_eq!(FastPathConfig::default().port_share, 23808);
+        assert_eq!(
+            FastPathConfig::default().kernel_masquerade_ports(),
+            KERNEL_MASQUERADE_PORTS
+        );
+        let err = FastPathConfig::new(2048..=4095, Some(3000), 100, None).unwrap_err();
+        assert!(err.contains("give 1 to 2048"), "{err}");
+        assert!(FastPathConfig::new(2048..=4095, Some(0), 100, None).is_err());
     }
 }
