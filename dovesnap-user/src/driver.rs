@@ -950,8 +950,9 @@ impl Driver {
     async fn delete_bridge_of(&self, net: &Network, id: &str, errors: &mut Vec<String>) {
         match self.ovs.bridge(&net.bridge).await {
             Ok(Some(br)) if br.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id) => {
-                if let Err(e) = self.ovs.delete_bridge(&net.bridge).await {
-                    errors.push(e.to_string());
+                match self.ovs.delete_bridge(&net.bridge).await {
+                    Err(e) if !e.is_not_found() => errors.push(e.to_string()),
+                    _ => {}
                 }
             }
             Ok(_) => {
@@ -1077,8 +1078,12 @@ impl Driver {
                 errors.push(e.to_string());
             }
         }
+        // What is already gone (a port or veth deleted by hand, an earlier attempt
+        // that stopped half way) counts as done: a retry always succeeds.
         if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
-            errors.push(e.to_string());
+            if !e.is_not_found() {
+                errors.push(e.to_string());
+            }
         }
         if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
             errors.push(e.to_string());
@@ -1248,10 +1253,15 @@ impl Driver {
         fw(|| self.firewall.remove_ports(nid, eid))?;
         ep.published.clear();
         let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
-        self.ovs
+        match self
+            .ovs
             .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
             .await
-            .map_err(ovs_err)
+        {
+            // A port deleted by hand keeps no record to update.
+            Err(e) if !e.is_not_found() => Err(ovs_err(e)),
+            _ => Ok(()),
+        }
     }
 
     async fn endpoint_info_inner(

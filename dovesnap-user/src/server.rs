@@ -10,7 +10,15 @@
 //! than POST 405 and a body over [`MAX_BODY_BYTES`] 413, all with an `Err` message.
 //!
 //! Every connection is served by its own task, so a slow call (say, a `Join` waiting
-//! on OVS) does not hold up the others.
+//! on OVS) does not hold up the others. Every driver call runs as a task of its own
+//! too, not as part of the request: when dockerd closes the connection before the
+//! answer (its timeout, a restart), the call still runs to its end, never stopping
+//! half way between OVSDB and the kernel. A call that made something (CreateNetwork,
+//! CreateEndpoint, Join, ProgramExternalConnectivity) and whose answer nobody was
+//! left to hear is then undone with its counterpart (DeleteNetwork, DeleteEndpoint,
+//! Leave, RevokeExternalConnectivity): Docker took the call as failed and will never
+//! delete what it does not know. At shutdown the server waits (bounded) for the calls
+//! still running.
 //!
 //! The accept loop (`serve_unix`) is shared with the control socket
 //! ([`crate::control`]).
@@ -35,11 +43,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::api::{ActivateResponse, ApiResult, ErrorResponse, NetworkDriver, CONTENT_TYPE};
+use crate::api::{
+    ActivateResponse, AllocateNetworkRequest, ApiResult, CreateEndpointRequest,
+    CreateNetworkRequest, EndpointRequest, ErrorResponse, JoinRequest, NetworkDriver,
+    NetworkRequest, ProgramExternalConnectivityRequest, CONTENT_TYPE,
+};
 
 /// Where Docker looks for the plugin; the file name is the driver name (`ovs`).
 pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
@@ -53,6 +65,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight calls may take to finish once shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown then waits for driver calls whose connection is gone to finish
+/// (or be undone). With [`DRAIN_TIMEOUT`] it stays within the 30 s that the systemd
+/// unit and the Compose file give the daemon to stop.
+const CALL_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Binds the plugin socket at `path` (normally [`DEFAULT_PLUGIN_SOCKET`]): creates
 /// the parent directory, removes a stale socket left by a dead process (but refuses
 /// if a live process still answers on it, or if `path` is not a socket), binds and
@@ -65,17 +82,137 @@ pub fn bind_plugin_socket(path: &Path) -> io::Result<UnixListener> {
 
 /// Serves the libnetwork remote driver protocol on `listener` until `shutdown`
 /// completes. Then it stops accepting, removes the socket file (so Docker does not
-/// find a dead plugin), lets in-flight calls finish for a few seconds and returns.
+/// find a dead plugin), lets in-flight calls finish (and answer) for a few seconds,
+/// waits a while longer for driver calls still running without a connection (see
+/// the module's documentation) and returns.
 pub async fn serve<D: NetworkDriver>(
     listener: UnixListener,
     driver: Arc<D>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let handler = move |req: Request<Incoming>| {
-        let driver = Arc::clone(&driver);
-        async move { handle(&*driver, req).await }
+    let calls = InFlight::default();
+    let handler = {
+        let calls = calls.clone();
+        move |req: Request<Incoming>| {
+            let driver = Arc::clone(&driver);
+            let calls = calls.clone();
+            async move { handle(driver, &calls, req).await }
+        }
     };
     serve_unix(listener, "plugin", handler, shutdown).await;
+    if tokio::time::timeout(CALL_DRAIN_TIMEOUT, calls.idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            calls = calls.count(),
+            "driver calls still running after shutdown; abandoning them"
+        );
+    }
+}
+
+/// Counts the driver calls running as tasks, so shutdown can wait for them.
+#[derive(Clone, Default)]
+struct InFlight(Arc<watch::Sender<usize>>);
+
+/// One running call; dropping it (the call's task ended) lowers the count.
+struct CallGuard(InFlight);
+
+impl InFlight {
+    fn enter(&self) -> CallGuard {
+        self.0.send_modify(|n| *n += 1);
+        CallGuard(self.clone())
+    }
+
+    fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Returns once no call is running.
+    async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`: `wait_for` cannot fail.
+        let _ = rx.wait_for(|&n| n == 0).await;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// What undoes a call that made something, when its answer reached nobody.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    Nothing,
+    DeleteNetwork(NetworkRequest),
+    FreeNetwork(NetworkRequest),
+    DeleteEndpoint(EndpointRequest),
+    Leave(EndpointRequest),
+    Revoke(EndpointRequest),
+}
+
+impl Undo {
+    fn network(id: &str) -> NetworkRequest {
+        NetworkRequest {
+            network_id: id.to_owned(),
+        }
+    }
+
+    fn endpoint(network: &str, endpoint: &str) -> EndpointRequest {
+        EndpointRequest {
+            network_id: network.to_owned(),
+            endpoint_id: endpoint.to_owned(),
+        }
+    }
+
+    fn of_create_network(r: &CreateNetworkRequest) -> Undo {
+        Undo::DeleteNetwork(Undo::network(&r.network_id))
+    }
+
+    fn of_allocate_network(r: &AllocateNetworkRequest) -> Undo {
+        Undo::FreeNetwork(Undo::network(&r.network_id))
+    }
+
+    fn of_create_endpoint(r: &CreateEndpointRequest) -> Undo {
+        Undo::DeleteEndpoint(Undo::endpoint(&r.network_id, &r.endpoint_id))
+    }
+
+    fn of_join(r: &JoinRequest) -> Undo {
+        Undo::Leave(Undo::endpoint(&r.network_id, &r.endpoint_id))
+    }
+
+    fn of_program(r: &ProgramExternalConnectivityRequest) -> Undo {
+        Undo::Revoke(Undo::endpoint(&r.network_id, &r.endpoint_id))
+    }
+
+    fn nothing<R>(_: &R) -> Undo {
+        Undo::Nothing
+    }
+
+    /// The counterpart's name, for logs (None: nothing to undo).
+    fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Undo::Nothing => return None,
+            Undo::DeleteNetwork(_) => Route::DeleteNetwork.name(),
+            Undo::FreeNetwork(_) => Route::FreeNetwork.name(),
+            Undo::DeleteEndpoint(_) => Route::DeleteEndpoint.name(),
+            Undo::Leave(_) => Route::Leave.name(),
+            Undo::Revoke(_) => Route::RevokeExternalConnectivity.name(),
+        })
+    }
+
+    async fn run<D: NetworkDriver>(self, driver: &D) -> ApiResult<()> {
+        match self {
+            Undo::Nothing => Ok(()),
+            Undo::DeleteNetwork(r) => driver.delete_network(r).await,
+            Undo::FreeNetwork(r) => driver.free_network(r).await,
+            Undo::DeleteEndpoint(r) => driver.delete_endpoint(r).await,
+            Undo::Leave(r) => driver.leave(r).await,
+            Undo::Revoke(r) => driver.revoke_external_connectivity(r).await,
+        }
+    }
 }
 
 /// The calls of the protocol.
@@ -174,7 +311,11 @@ impl Route {
     }
 }
 
-async fn handle<D: NetworkDriver>(driver: &D, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle<D: NetworkDriver>(
+    driver: Arc<D>,
+    calls: &InFlight,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some(route) = Route::from_path(&path) else {
         warn!(%path, method = %req.method(), "unknown plugin call");
@@ -200,7 +341,7 @@ async fn handle<D: NetworkDriver>(driver: &D, req: Request<Incoming>) -> Respons
         Err(resp) => return resp,
     };
     debug!(call = route.name(), bytes = body.len(), "plugin call");
-    let resp = dispatch(driver, route, &body).await;
+    let resp = dispatch(driver, calls, route, &body).await;
     debug!(
         call = route.name(),
         status = resp.status().as_u16(),
@@ -210,10 +351,17 @@ async fn handle<D: NetworkDriver>(driver: &D, req: Request<Incoming>) -> Respons
 }
 
 async fn dispatch<D: NetworkDriver>(
-    driver: &D,
+    driver: Arc<D>,
+    calls: &InFlight,
     route: Route,
     body: &[u8],
 ) -> Response<Full<Bytes>> {
+    let c = Call {
+        route,
+        body,
+        driver,
+        calls,
+    };
     match route {
         // Docker sends these with an empty or `null` body: nothing to decode.
         Route::Activate => json_response(
@@ -222,58 +370,159 @@ async fn dispatch<D: NetworkDriver>(
                 implements: vec!["NetworkDriver".into()],
             },
         ),
-        Route::GetCapabilities => json_response(StatusCode::OK, &driver.capabilities()),
-        Route::CreateNetwork => call(route, body, |r| driver.create_network(r)).await,
-        Route::DeleteNetwork => call(route, body, |r| driver.delete_network(r)).await,
-        Route::AllocateNetwork => call(route, body, |r| driver.allocate_network(r)).await,
-        Route::FreeNetwork => call(route, body, |r| driver.free_network(r)).await,
-        Route::CreateEndpoint => call(route, body, |r| driver.create_endpoint(r)).await,
-        Route::EndpointOperInfo => call(route, body, |r| driver.endpoint_info(r)).await,
-        Route::DeleteEndpoint => call(route, body, |r| driver.delete_endpoint(r)).await,
-        Route::Join => call(route, body, |r| driver.join(r)).await,
-        Route::Leave => call(route, body, |r| driver.leave(r)).await,
-        Route::DiscoverNew => call(route, body, |r| driver.discover_new(r)).await,
-        Route::DiscoverDelete => call(route, body, |r| driver.discover_delete(r)).await,
+        Route::GetCapabilities => json_response(StatusCode::OK, &c.driver.capabilities()),
+        Route::CreateNetwork => {
+            c.run_undoable(
+                |d, r| async move { d.create_network(r).await },
+                Undo::of_create_network,
+            )
+            .await
+        }
+        Route::DeleteNetwork => c.run(|d, r| async move { d.delete_network(r).await }).await,
+        Route::AllocateNetwork => {
+            c.run_undoable(
+                |d, r| async move { d.allocate_network(r).await },
+                Undo::of_allocate_network,
+            )
+            .await
+        }
+        Route::FreeNetwork => c.run(|d, r| async move { d.free_network(r).await }).await,
+        Route::CreateEndpoint => {
+            c.run_undoable(
+                |d, r| async move { d.create_endpoint(r).await },
+                Undo::of_create_endpoint,
+            )
+            .await
+        }
+        Route::EndpointOperInfo => c.run(|d, r| async move { d.endpoint_info(r).await }).await,
+        Route::DeleteEndpoint => {
+            c.run(|d, r| async move { d.delete_endpoint(r).await })
+                .await
+        }
+        Route::Join => {
+            c.run_undoable(|d, r| async move { d.join(r).await }, Undo::of_join)
+                .await
+        }
+        Route::Leave => c.run(|d, r| async move { d.leave(r).await }).await,
+        Route::DiscoverNew => c.run(|d, r| async move { d.discover_new(r).await }).await,
+        Route::DiscoverDelete => {
+            c.run(|d, r| async move { d.discover_delete(r).await })
+                .await
+        }
         Route::ProgramExternalConnectivity => {
-            call(route, body, |r| driver.program_external_connectivity(r)).await
+            c.run_undoable(
+                |d, r| async move { d.program_external_connectivity(r).await },
+                Undo::of_program,
+            )
+            .await
         }
         Route::RevokeExternalConnectivity => {
-            call(route, body, |r| driver.revoke_external_connectivity(r)).await
+            c.run(|d, r| async move { d.revoke_external_connectivity(r).await })
+                .await
         }
     }
 }
 
-/// Decodes the request, runs the driver method and encodes its answer.
-async fn call<Req, Resp, Fut>(
+/// One driver call on its way: the decoded request runs in a task of its own.
+struct Call<'a, D> {
     route: Route,
-    body: &[u8],
-    method: impl FnOnce(Req) -> Fut,
-) -> Response<Full<Bytes>>
-where
-    Req: DeserializeOwned,
-    Resp: Serialize,
-    Fut: Future<Output = ApiResult<Resp>>,
-{
-    let req: Req = match serde_json::from_slice(body) {
-        Ok(req) => req,
-        Err(e) => {
-            warn!(call = route.name(), error = %e, "malformed plugin call");
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "malformed {} request: {e}; expected a JSON object like {}",
-                    route.name(),
-                    route.example()
-                ),
+    body: &'a [u8],
+    driver: Arc<D>,
+    calls: &'a InFlight,
+}
+
+impl<D: NetworkDriver> Call<'_, D> {
+    /// [`Call::run_undoable`] for a call that makes nothing to undo.
+    async fn run<Req, Resp, Fut>(
+        self,
+        method: impl FnOnce(Arc<D>, Req) -> Fut + Send + 'static,
+    ) -> Response<Full<Bytes>>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        Fut: Future<Output = ApiResult<Resp>> + Send + 'static,
+    {
+        self.run_undoable(method, Undo::nothing).await
+    }
+
+    /// Decodes the request, runs the driver method in its own task and encodes its
+    /// answer. When the request goes away first (the connection closed), the task
+    /// still runs the method to its end and, if it succeeded, runs `undo`'s
+    /// counterpart: nobody heard that it did.
+    async fn run_undoable<Req, Resp, Fut>(
+        self,
+        method: impl FnOnce(Arc<D>, Req) -> Fut + Send + 'static,
+        undo: fn(&Req) -> Undo,
+    ) -> Response<Full<Bytes>>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        Fut: Future<Output = ApiResult<Resp>> + Send + 'static,
+    {
+        let route = self.route;
+        let req: Req = match serde_json::from_slice(self.body) {
+            Ok(req) => req,
+            Err(e) => {
+                warn!(call = route.name(), error = %e, "malformed plugin call");
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "malformed {} request: {e}; expected a JSON object like {}",
+                        route.name(),
+                        route.example()
+                    ),
+                );
+            }
+        };
+        let undo = undo(&req);
+        let (tx, rx) = oneshot::channel();
+        let guard = self.calls.enter();
+        let driver = self.driver;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let result = method(Arc::clone(&driver), req).await;
+            let made = result.is_ok();
+            let resp = match result {
+                Ok(resp) => json_response(StatusCode::OK, &resp),
+                Err(e) => {
+                    warn!(call = route.name(), error = %e, "plugin call failed");
+                    // 200 with `Err` is how libnetwork expects a driver to refuse.
+                    error_response(StatusCode::OK, e.0)
+                }
+            };
+            if tx.send(resp).is_ok() {
+                return;
+            }
+            let Some(counterpart) = undo.name().filter(|_| made) else {
+                info!(
+                    call = route.name(),
+                    "plugin call finished after its connection closed"
+                );
+                return;
+            };
+            warn!(
+                call = route.name(),
+                undo = counterpart,
+                "the connection closed before the answer: Docker takes the call as failed; \
+                 undoing it"
             );
-        }
-    };
-    match method(req).await {
-        Ok(resp) => json_response(StatusCode::OK, &resp),
-        Err(e) => {
-            warn!(call = route.name(), error = %e, "plugin call failed");
-            // 200 with `Err` is how libnetwork expects a driver to refuse.
-            error_response(StatusCode::OK, e.0)
+            match undo.run(&*driver).await {
+                Ok(()) => info!(call = route.name(), "undone"),
+                Err(e) => {
+                    warn!(call = route.name(), undo = counterpart, error = %e, "could not undo")
+                }
+            }
+        });
+        match rx.await {
+            Ok(resp) => resp,
+            Err(_) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "dovesnap's {} call ended without an answer (it panicked; see the \
+                     daemon's log)",
+                    route.name()
+                ),
+            ),
         }
     }
 }
@@ -593,7 +842,7 @@ mod tests {
     use serde_json::{json, Value};
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::{oneshot, Barrier};
+    use tokio::sync::{oneshot, Barrier, Semaphore};
     use tokio::task::JoinHandle;
 
     /// Records every call; refuses anything on network `fail`; `Join` can wait on a
@@ -602,6 +851,8 @@ mod tests {
     struct TestDriver {
         calls: Mutex<Vec<String>>,
         join_barrier: Option<Barrier>,
+        /// CreateNetwork waits for a permit (once it has recorded the call).
+        create_gate: Option<Semaphore>,
     }
 
     impl TestDriver {
@@ -623,7 +874,11 @@ mod tests {
 
     impl NetworkDriver for TestDriver {
         async fn create_network(&self, req: CreateNetworkRequest) -> ApiResult<()> {
-            self.record("create_network", &req.network_id)
+            let result = self.record("create_network", &req.network_id);
+            if let Some(gate) = &self.create_gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            result
         }
         async fn delete_network(&self, req: NetworkRequest) -> ApiResult<()> {
             self.record("delete_network", &req.network_id)
@@ -1074,6 +1329,112 @@ mod tests {
             .await
             .expect("server stops after the call")
             .unwrap();
+    }
+
+    /// Sends `body` to `call` on a raw connection, waits until the driver has seen
+    /// the call, and closes the connection without reading the answer (dockerd
+    /// timing out).
+    async fn send_and_hang_up(s: &TestServer, call: &str, body: &str) {
+        let seen = s.driver.calls().len() + 1;
+        let mut stream = UnixStream::connect(&s.socket).await.unwrap();
+        let head = format!(
+            "POST {call} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while s.driver.calls().len() < seen {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the call reaches the driver");
+        drop(stream);
+        // Let the server notice the connection is gone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_whose_connection_closed_runs_to_its_end_and_is_undone() {
+        let mut s = TestServer::start(TestDriver {
+            create_gate: Some(Semaphore::new(0)),
+            ..Default::default()
+        });
+        send_and_hang_up(&s, "/NetworkDriver.CreateNetwork", r#"{"NetworkID":"n1"}"#).await;
+        // Shutdown waits for the call, which has no connection any more.
+        s.stop.take().unwrap().send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let server = s.task.take().unwrap();
+        assert!(
+            !server.is_finished(),
+            "the server waits for the detached call"
+        );
+        assert_eq!(s.driver.calls(), ["create_network n1"]);
+        // The call ends well; nobody heard it, so it is undone before the server stops.
+        s.driver.create_gate.as_ref().unwrap().add_permits(1);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops after the call")
+            .unwrap();
+        assert_eq!(s.driver.calls(), ["create_network n1", "delete_network n1"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_call_whose_connection_closed_is_not_undone() {
+        let mut s = TestServer::start(TestDriver {
+            create_gate: Some(Semaphore::new(0)),
+            ..Default::default()
+        });
+        send_and_hang_up(
+            &s,
+            "/NetworkDriver.CreateNetwork",
+            r#"{"NetworkID":"fail"}"#,
+        )
+        .await;
+        s.driver.create_gate.as_ref().unwrap().add_permits(1);
+        // A call that was heard is not undone either.
+        s.driver.create_gate.as_ref().unwrap().add_permits(1);
+        let (status, _) = s
+            .post("/NetworkDriver.CreateNetwork", r#"{"NetworkID":"n2"}"#)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        s.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.task.take().unwrap())
+            .await
+            .expect("server stops")
+            .unwrap();
+        assert_eq!(
+            s.driver.calls(),
+            ["create_network fail", "create_network n2"]
+        );
+    }
+
+    #[test]
+    fn calls_that_make_something_have_a_counterpart() {
+        let ep = || EndpointRequest {
+            network_id: "n".into(),
+            endpoint_id: "e".into(),
+        };
+        let undo = Undo::of_create_endpoint(&CreateEndpointRequest {
+            network_id: "n".into(),
+            endpoint_id: "e".into(),
+            ..Default::default()
+        });
+        assert_eq!(undo, Undo::DeleteEndpoint(ep()));
+        assert_eq!(undo.name(), Some("NetworkDriver.DeleteEndpoint"));
+        let join = Undo::of_join(&JoinRequest {
+            network_id: "n".into(),
+            endpoint_id: "e".into(),
+            ..Default::default()
+        });
+        assert_eq!(join, Undo::Leave(ep()));
+        let program = Undo::of_program(&ProgramExternalConnectivityRequest {
+            network_id: "n".into(),
+            endpoint_id: "e".into(),
+            options: None,
+        });
+        assert_eq!(program, Undo::Revoke(ep()));
+        assert_eq!(Undo::nothing(&ep()).name(), None);
     }
 
     #[tokio::test]

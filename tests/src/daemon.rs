@@ -227,6 +227,22 @@ pub fn api_call(socket: &Path, path: &str, body: &str) -> (u16, Value) {
     (code, json)
 }
 
+/// Sends a plugin API call as [`api_call`] does, waits at most `patience` for the
+/// answer and closes the connection (what dockerd does when a call times out).
+/// Returns whether an answer came in time.
+pub fn api_call_hang_up(socket: &Path, path: &str, body: &str, patience: Duration) -> bool {
+    let mut s = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(patience)).ok();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut first = [0u8; 1];
+    matches!(s.read(&mut first), Ok(1))
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {

@@ -58,3 +58,30 @@ impl Drop for DockerRestore {
         }
     }
 }
+
+/// ovs-vswitchd stopped with SIGSTOP (it neither applies changes nor answers) until
+/// the guard is dropped, which sends SIGCONT, also when the test fails.
+pub struct VswitchdPaused {
+    pid: i32,
+}
+
+impl VswitchdPaused {
+    pub fn pause() -> Self {
+        let pid = std::fs::read_to_string("/var/run/openvswitch/ovs-vswitchd.pid")
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .expect("ovs-vswitchd's pidfile: is Open vSwitch running (`cargo xtask setup`)?");
+        let guard = VswitchdPaused { pid };
+        // SAFETY: kill(2) with a pid from ovs-vswitchd's pidfile; no memory is involved.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "cannot stop ovs-vswitchd (pid {pid})");
+        guard
+    }
+}
+
+impl Drop for VswitchdPaused {
+    fn drop(&mut self) {
+        // SAFETY: as in `pause`.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+}

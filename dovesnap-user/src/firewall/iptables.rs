@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::process::Command;
 
+use super::command::{output_within, RunError, COMMAND_TIMEOUT};
 use super::{network_tag, FirewallError, NatNetwork, TAG_PREFIX};
 
 /// Docker's chain for user rules, evaluated first from `FORWARD`.
@@ -179,13 +180,21 @@ impl Iptables {
 
     /// `Ok(None)` when there is no `iptables` at all.
     fn run(&self, args: &[String]) -> Result<Option<Run>, FirewallError> {
-        let out = match Command::new(self.program).arg("-w").args(args).output() {
+        let mut cmd = Command::new(self.program);
+        cmd.arg("-w").args(args);
+        let out = match output_within(&mut cmd, None, COMMAND_TIMEOUT) {
             Ok(out) => out,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(RunError::Spawn(e)) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(RunError::Spawn(source) | RunError::Io(source)) => {
                 return Err(FirewallError::IptablesSpawn {
                     args: args.join(" "),
                     source,
+                })
+            }
+            Err(RunError::TimedOut(after)) => {
+                return Err(FirewallError::Timeout {
+                    command: format!("{} -w {}", self.program, args.join(" ")),
+                    after,
                 })
             }
         };

@@ -30,6 +30,7 @@
 //! `ip_local_port_range` when none was given, as Docker's own allocator uses), and
 //! the chosen ports are returned as [`PublishedPort`]s.
 
+mod command;
 mod iptables;
 pub mod nft;
 mod ports;
@@ -37,6 +38,7 @@ mod ports;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::time::Duration;
 
 pub use nft::NftFirewall;
 pub use ports::{
@@ -305,6 +307,14 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+
+    /// `nft` or `iptables` did not finish in time and was killed.
+    #[error(
+        "`{command}` did not finish within {after:?} and was killed: another process may \
+         hold the netfilter (xtables) lock, or the kernel is not answering; nothing else \
+         was changed by this call"
+    )]
+    Timeout { command: String, after: Duration },
 
     /// A Docker id that cannot name a chain or a comment.
     #[error(

@@ -64,9 +64,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 
 use nftables::expr::{
@@ -80,6 +79,7 @@ use nftables::schema::{
 use nftables::stmt::{JumpTarget, Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use super::command::{output_within, RunError, COMMAND_TIMEOUT};
 use super::iptables::Iptables;
 use super::ports::{dynamic_range, host_listening_ports, resolve, Taken};
 use super::{
@@ -820,28 +820,26 @@ fn stale_endpoints_batch(
 
 /// Runs `nft` with `args`, `stdin` on its standard input; stdout on success.
 fn run_nft(args: &[&str], stdin: Option<&str>, action: &str) -> Result<String, FirewallError> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| FirewallError::NftMissing { source })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| FirewallError::Nft {
+    let out = match output_within(
+        Command::new("nft").args(args),
+        stdin.map(str::as_bytes),
+        COMMAND_TIMEOUT,
+    ) {
+        Ok(out) => out,
+        Err(RunError::Spawn(source)) => return Err(FirewallError::NftMissing { source }),
+        Err(RunError::Io(e)) => {
+            return Err(FirewallError::Nft {
                 action: action.to_string(),
-                stderr: format!("cannot write the ruleset to nft: {e}"),
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|e| FirewallError::Nft {
-        action: action.to_string(),
-        stderr: format!("cannot wait for nft: {e}"),
-    })?;
+                stderr: format!("cannot feed or wait for nft: {e}"),
+            })
+        }
+        Err(RunError::TimedOut(after)) => {
+            return Err(FirewallError::Timeout {
+                command: format!("nft {} ({action})", args.join(" ")),
+                after,
+            })
+        }
+    };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

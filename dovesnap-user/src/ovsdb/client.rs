@@ -288,10 +288,7 @@ impl Ovsdb {
             .and_then(|r| r.get("count"))
             .and_then(Value::as_i64);
         if count == Some(0) {
-            return Err(OvsdbError::Invalid {
-                what: format!("port {port}"),
-                reason: "no such port".into(),
-            });
+            return Err(OvsdbError::PortGone(port.to_string()));
         }
         Ok(())
     }

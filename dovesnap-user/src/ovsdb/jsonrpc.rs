@@ -24,8 +24,10 @@ use super::{OvsdbError, Remote};
 /// Called by the reader task with each notification's method and params.
 pub(crate) type NotifyFn = Box<dyn FnMut(&str, Value) + Send>;
 
-/// How long a call waits for its response before giving up.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call (or connecting) waits before giving up. ovsdb-server answers in
+/// milliseconds; driver calls make these under the driver lock, and Docker gives a
+/// plugin call 30 s in all, so a hung or stopped server must fail a call well before.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Splits a byte stream into top-level JSON objects without parsing them twice: it
 /// tracks nesting depth and string state over the bytes it has not looked at yet.
@@ -184,8 +186,9 @@ pub(crate) struct Connection {
 impl Connection {
     /// Connects to the unix socket at `path`.
     pub(crate) async fn connect(path: &Path, notify: NotifyFn) -> Result<Self, OvsdbError> {
-        let stream = UnixStream::connect(path)
+        let stream = tokio::time::timeout(CALL_TIMEOUT, UnixStream::connect(path))
             .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
             .map_err(|source| OvsdbError::Connect {
                 path: path.to_path_buf(),
                 source,

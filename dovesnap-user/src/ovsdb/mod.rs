@@ -199,7 +199,10 @@ pub enum OvsdbError {
     },
     #[error("lost the connection to ovsdb-server ({0}); the next call reconnects")]
     Disconnected(String),
-    #[error("ovsdb-server did not answer `{method}` within {after:?}")]
+    #[error(
+        "ovsdb-server did not answer `{method}` within {after:?}: is it running, and not \
+         stopped or overloaded?"
+    )]
     CallTimeout { method: String, after: Duration },
     #[error("ovsdb-server answered `{method}` with an error: {error}")]
     Rpc {
@@ -238,6 +241,8 @@ pub enum OvsdbError {
     PortExists(String),
     #[error("OVS bridge {bridge} has no port named {port}")]
     NoSuchPort { bridge: String, port: String },
+    #[error("there is no OVS port named {0}")]
+    PortGone(String),
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
 }
@@ -248,7 +253,7 @@ impl OvsdbError {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            OvsdbError::NoSuchBridge(_) | OvsdbError::NoSuchPort { .. }
+            OvsdbError::NoSuchBridge(_) | OvsdbError::NoSuchPort { .. } | OvsdbError::PortGone(_)
         )
     }
 }
