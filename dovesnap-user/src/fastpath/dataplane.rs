@@ -27,7 +27,7 @@ use crate::nat::{
     Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
 use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
-use crate::xdp::DataplaneMaps;
+use crate::xdp::{DataplaneMaps, XdpError};
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
 use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
@@ -102,7 +102,31 @@ impl Waker {
     }
 }
 
-/// A request from the control plane. Replies carry an error message for the user.
+/// Why the data plane refused a command (shown to the user as the reason an endpoint,
+/// uplink or published port is not on the fast path).
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot set up AF_XDP: {0}")]
+    AfXdp(crate::afxdp::AfXdpError),
+    #[error("no nat-fast uplink {0}")]
+    NoUplink(String),
+    #[error("uplink {0} is already in use by the translator")]
+    UplinkInUse(String),
+    #[error("cannot open an AF_XDP socket on {ifname} queue {queue}: {cause}")]
+    Socket {
+        ifname: String,
+        queue: u32,
+        cause: crate::afxdp::AfXdpError,
+    },
+    #[error("cannot register the AF_XDP socket of {ifname}: {cause}")]
+    Register { ifname: String, cause: XdpError },
+    #[error(transparent)]
+    Nat(#[from] crate::nat::NatError),
+    #[error(transparent)]
+    Map(#[from] XdpError),
+}
+
+/// A request from the control plane.
 pub enum Command {
     AddUplink {
         name: String,
@@ -110,7 +134,7 @@ pub enum Command {
         config: Config,
         queues: u32,
         first_slot: u32,
-        reply: Sender<Result<(), String>>,
+        reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveUplink {
         name: String,
@@ -123,7 +147,7 @@ pub enum Command {
         /// First socket slot; the endpoint's rx queue `q` gets `slot + q`.
         slot: u32,
         queues: u32,
-        reply: Sender<Result<(), String>>,
+        reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveEndpoint {
         host_ifname: String,
@@ -135,7 +159,7 @@ pub enum Command {
         external_port: u16,
         ip: Ipv4Addr,
         internal_port: u16,
-        reply: Sender<Result<(), String>>,
+        reply: Sender<Result<(), DataplaneError>>,
     },
     Unpublish {
         uplink: String,
@@ -288,6 +312,24 @@ impl Counters {
     }
 }
 
+/// An endpoint's sockets: one per rx queue of its veth, in the socket map's slots.
+struct EndpointSockets {
+    ports: Vec<PortId>,
+    /// Index of its uplink in `Dataplane::uplinks`.
+    uplink: usize,
+    ip: Ipv4Addr,
+    slots: Vec<u32>,
+}
+
+/// What the translator carried for one endpoint: out from the container, in to it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    out_frames: u64,
+    out_bytes: u64,
+    in_frames: u64,
+    in_bytes: u64,
+}
+
 /// The thread's state.
 pub struct Dataplane {
     xsk: Xsk,
@@ -295,10 +337,10 @@ pub struct Dataplane {
     uplinks: Vec<Option<Uplink>>,
     uplink_names: HashMap<String, usize>,
     /// host ifname -> (sockets by rx queue, uplink, address, slots by rx queue).
-    endpoints: HashMap<String, (Vec<PortId>, usize, Ipv4Addr, Vec<u32>)>,
+    endpoints: HashMap<String, EndpointSockets>,
     roles: HashMap<u32, Role>,
     /// Per endpoint socket: frames/bytes out (from the container) and in.
-    traffic: HashMap<u32, [u64; 4]>,
+    traffic: HashMap<u32, Traffic>,
     nexthops: NextHops,
     resolver: Resolver,
     events: Receiver<NextHopEvent>,
@@ -328,8 +370,8 @@ impl Dataplane {
         events: Receiver<NextHopEvent>,
         waker: std::sync::Arc<Waker>,
         health: std::sync::Arc<Health>,
-    ) -> Result<Self, String> {
-        let xsk = Xsk::new(xsk_config).map_err(|e| format!("cannot set up AF_XDP: {e}"))?;
+    ) -> Result<Self, DataplaneError> {
+        let xsk = Xsk::new(xsk_config).map_err(DataplaneError::AfXdp)?;
         Ok(Dataplane {
             xsk,
             maps,
@@ -616,8 +658,8 @@ impl Dataplane {
         let len = rx.frame.len() as u64;
         if let Role::Endpoint(_, first) = role {
             if let Some(t) = self.traffic.get_mut(&first) {
-                t[0] += 1;
-                t[1] += len;
+                t.out_frames += 1;
+                t.out_bytes += len;
             }
         }
         let (uplink_idx, verdict) = {
@@ -641,8 +683,8 @@ impl Dataplane {
             Verdict::Endpoint { port } => {
                 self.counters.to_endpoint += 1;
                 if let Some(t) = self.traffic.get_mut(&port) {
-                    t[2] += 1;
-                    t[3] += len;
+                    t.in_frames += 1;
+                    t.in_bytes += len;
                 }
                 self.xsk.send(PortId(port), rx.frame);
             }
@@ -668,11 +710,11 @@ impl Dataplane {
         let r = match self.nexthops.lookup(*o.remote.ip()) {
             Lookup::Ready { mac, .. } => self.offloads.install(&mut self.maps, idx, &o, mac),
             // Not resolved yet: the next packet tries again.
-            _ => Err(String::new()),
+            _ => Err(offload::NotOffloaded::NextHopPending),
         };
         if let Err(e) = r {
             up.translator.unoffload(&o);
-            if !e.is_empty() && now.duration_since(self.last_offload_warning) >= WARN_INTERVAL {
+            if e.is_failure() && now.duration_since(self.last_offload_warning) >= WARN_INTERVAL {
                 self.last_offload_warning = now;
                 warn!("cannot offload a session to XDP (it stays on AF_XDP): {e}");
             }
@@ -900,13 +942,13 @@ impl Dataplane {
                     Some((addr, up)) => up
                         .translator
                         .publish(protocol, external_port, ip, internal_port)
-                        .map_err(|e| e.to_string())
+                        .map_err(DataplaneError::from)
                         .and_then(|()| {
                             self.maps
                                 .set_port(port_key(addr, protocol, external_port))
-                                .map_err(|e| e.to_string())
+                                .map_err(DataplaneError::from)
                         }),
-                    None => Err(format!("no nat-fast uplink {uplink}")),
+                    None => Err(DataplaneError::NoUplink(uplink)),
                 };
                 let _ = reply.send(r);
             }
@@ -946,9 +988,9 @@ impl Dataplane {
         config: Config,
         queues: u32,
         first_slot: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), DataplaneError> {
         if self.uplink_names.contains_key(&name) {
-            return Err(format!("uplink {name} is already in use by the translator"));
+            return Err(DataplaneError::UplinkInUse(name));
         }
         let external_ip = config.external_ip;
         let (ports, slots) = self.open_queues(&name, queues, first_slot)?;
@@ -998,7 +1040,7 @@ impl Dataplane {
         ifname: &str,
         queues: u32,
         first_slot: u32,
-    ) -> Result<(Vec<PortId>, Vec<u32>), String> {
+    ) -> Result<(Vec<PortId>, Vec<u32>), DataplaneError> {
         let mut ports = Vec::new();
         let mut slots = Vec::new();
         for q in 0..queues.max(1) {
@@ -1006,9 +1048,11 @@ impl Dataplane {
                 Ok(p) => p,
                 Err(e) => {
                     self.close_ports(&ports, &slots);
-                    return Err(format!(
-                        "cannot open an AF_XDP socket on {ifname} queue {q}: {e}"
-                    ));
+                    return Err(DataplaneError::Socket {
+                        ifname: ifname.to_string(),
+                        queue: q,
+                        cause: e,
+                    });
                 }
             };
             let slot = first_slot + q;
@@ -1016,9 +1060,10 @@ impl Dataplane {
             if let Err(e) = self.maps.set_xsk(slot, fd) {
                 self.xsk.close(port);
                 self.close_ports(&ports, &slots);
-                return Err(format!(
-                    "cannot register the AF_XDP socket of {ifname}: {e}"
-                ));
+                return Err(DataplaneError::Register {
+                    ifname: ifname.to_string(),
+                    cause: e,
+                });
             }
             ports.push(port);
             slots.push(slot);
@@ -1043,7 +1088,7 @@ impl Dataplane {
         let eps: Vec<String> = self
             .endpoints
             .iter()
-            .filter(|(_, (_, u, _, _))| *u == idx)
+            .filter(|(_, e)| e.uplink == idx)
             .map(|(k, _)| k.clone())
             .collect();
         for ep in eps {
@@ -1085,9 +1130,9 @@ impl Dataplane {
         spec: EndpointInfoSpec,
         slot: u32,
         queues: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), DataplaneError> {
         let Some(&idx) = self.uplink_names.get(uplink) else {
-            return Err(format!("no nat-fast uplink {uplink}"));
+            return Err(DataplaneError::NoUplink(uplink.to_string()));
         };
         if self.endpoints.contains_key(&host_ifname) {
             self.remove_endpoint(&host_ifname);
@@ -1122,9 +1167,16 @@ impl Dataplane {
         for p in &ports {
             self.roles.insert(p.0, Role::Endpoint(idx, first.0));
         }
-        self.traffic.insert(first.0, [0; 4]);
-        self.endpoints
-            .insert(host_ifname, (ports, idx, spec.ip, slots));
+        self.traffic.insert(first.0, Traffic::default());
+        self.endpoints.insert(
+            host_ifname,
+            EndpointSockets {
+                ports,
+                uplink: idx,
+                ip: spec.ip,
+                slots,
+            },
+        );
         if spec.adopt {
             // Before the control plane attaches the program to its veth: the first
             // frame it steers already finds its flow.
@@ -1182,7 +1234,13 @@ impl Dataplane {
     }
 
     fn remove_endpoint(&mut self, host_ifname: &str) {
-        let Some((ports, idx, ip, slots)) = self.endpoints.remove(host_ifname) else {
+        let Some(EndpointSockets {
+            ports,
+            uplink: idx,
+            ip,
+            slots,
+        }) = self.endpoints.remove(host_ifname)
+        else {
             return;
         };
         if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
@@ -1204,7 +1262,7 @@ impl Dataplane {
             .iter()
             .filter_map(|(name, idx)| {
                 let up = self.uplinks.get(*idx)?.as_ref()?;
-                let endpoints = self.endpoints.values().filter(|e| e.1 == *idx).count();
+                let endpoints = self.endpoints.values().filter(|e| e.uplink == *idx).count();
                 Some(UplinkStatus {
                     name: name.clone(),
                     external_ip: up.external_ip.to_string(),
@@ -1266,20 +1324,24 @@ impl Dataplane {
         let mut endpoints: Vec<EndpointCounters> = self
             .endpoints
             .iter()
-            .map(|(name, (ports, idx, ip, _))| {
-                let t = ports
+            .map(|(name, e)| {
+                let t = e
+                    .ports
                     .first()
                     .and_then(|p| self.traffic.get(&p.0))
                     .copied()
                     .unwrap_or_default();
                 EndpointCounters {
                     port: name.clone(),
-                    ip: ip.to_string(),
-                    out_frames: t[0],
-                    out_bytes: t[1],
-                    in_frames: t[2],
-                    in_bytes: t[3],
-                    offload: offloaded.get(&(*idx, *ip)).copied().unwrap_or_default(),
+                    ip: e.ip.to_string(),
+                    out_frames: t.out_frames,
+                    out_bytes: t.out_bytes,
+                    in_frames: t.in_frames,
+                    in_bytes: t.in_bytes,
+                    offload: offloaded
+                        .get(&(e.uplink, e.ip))
+                        .copied()
+                        .unwrap_or_default(),
                 }
             })
             .collect();

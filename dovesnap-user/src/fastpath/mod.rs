@@ -213,7 +213,12 @@ pub enum FastPathError {
     #[error("nat-fast: {0}")]
     Xdp(#[from] XdpError),
     #[error("nat-fast: {0}")]
-    Dataplane(String),
+    Dataplane(#[from] dataplane::DataplaneError),
+    #[error("nat-fast: cannot start: {what}: {cause}")]
+    Start {
+        what: &'static str,
+        cause: std::io::Error,
+    },
     #[error("nat-fast: the data-plane thread has stopped")]
     Stopped,
     #[error(
@@ -282,6 +287,14 @@ pub struct FastPathStatus {
     pub health: HealthStatus,
 }
 
+/// An endpoint on the fast path: its veth and the socket-map slots of its queues.
+struct EndpointSlots {
+    ifindex: u32,
+    first_slot: u32,
+    slots: u32,
+    uplink: String,
+}
+
 struct UplinkState {
     spec: UplinkSpec,
     first_slot: u32,
@@ -298,8 +311,8 @@ pub struct FastPath {
     health: std::sync::Arc<Health>,
     watchdog: Watchdog,
     uplinks: HashMap<String, UplinkState>,
-    /// host ifname -> (ifindex, first slot, slots, uplink name)
-    endpoints: HashMap<String, (u32, u32, u32, String)>,
+    /// Endpoints on the fast path, by host ifname.
+    endpoints: HashMap<String, EndpointSlots>,
     /// Endpoints that could not go on the fast path: host ifname -> why.
     kernel_path: HashMap<String, String>,
     slots: Vec<bool>,
@@ -327,12 +340,18 @@ impl FastPath {
         let mut xdp = XdpProgram::load_sized(steered.max(crate::xdp::MAX_STEERED_SESSIONS))?;
         let maps = xdp.take_dataplane_maps()?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
-        let (resolver, _task) = nexthop::spawn_resolver(ev_tx)
-            .map_err(|e| FastPathError::Dataplane(format!("cannot open rtnetlink: {e}")))?;
-        let waker = std::sync::Arc::new(
-            dataplane::Waker::new()
-                .map_err(|e| FastPathError::Dataplane(format!("cannot make an eventfd: {e}")))?,
-        );
+        let (resolver, _task) =
+            nexthop::spawn_resolver(ev_tx).map_err(|cause| FastPathError::Start {
+                what: "rtnetlink",
+                cause,
+            })?;
+        let waker =
+            std::sync::Arc::new(
+                dataplane::Waker::new().map_err(|cause| FastPathError::Start {
+                    what: "eventfd",
+                    cause,
+                })?,
+            );
         let health = std::sync::Arc::new(Health::default());
         let watchdog_bypass = maps.bypass.try_clone()?;
         let dp = Dataplane::new(
@@ -348,9 +367,16 @@ impl FastPath {
         let thread = std::thread::Builder::new()
             .name("dovesnap-nat".into())
             .spawn(move || dp.supervise(rx))
-            .map_err(|e| FastPathError::Dataplane(format!("cannot start the thread: {e}")))?;
-        let watchdog = Watchdog::start(health.clone(), watchdog_bypass)
-            .map_err(|e| FastPathError::Dataplane(format!("cannot start the watchdog: {e}")))?;
+            .map_err(|cause| FastPathError::Start {
+                what: "data-plane thread",
+                cause,
+            })?;
+        let watchdog = Watchdog::start(health.clone(), watchdog_bypass).map_err(|cause| {
+            FastPathError::Start {
+                what: "watchdog thread",
+                cause,
+            }
+        })?;
         info!("nat-fast data plane started");
         Ok(FastPath {
             xdp,
@@ -557,7 +583,12 @@ impl FastPath {
         };
         self.endpoints.insert(
             ep.host_ifname.clone(),
-            (ep.host_ifindex, slot, queues, uplink.name.clone()),
+            EndpointSlots {
+                ifindex: ep.host_ifindex,
+                first_slot: slot,
+                slots: queues,
+                uplink: uplink.name.clone(),
+            },
         );
         let attach = self
             .xdp
@@ -580,7 +611,13 @@ impl FastPath {
     /// Takes an endpoint off the fast path (Leave, DeleteEndpoint). Idempotent.
     pub fn remove_endpoint(&mut self, host_ifname: &str) {
         self.kernel_path.remove(host_ifname);
-        let Some((ifindex, slot, queues, uplink)) = self.endpoints.remove(host_ifname) else {
+        let Some(EndpointSlots {
+            ifindex,
+            first_slot: slot,
+            slots: queues,
+            uplink,
+        }) = self.endpoints.remove(host_ifname)
+        else {
             return;
         };
         if self.xdp.attached().iter().any(|a| a == host_ifname) {

@@ -154,6 +154,28 @@ impl OffloadTraffic {
     }
 }
 
+/// Why a session offered for offload stays on AF_XDP.
+#[derive(Debug, thiserror::Error)]
+pub enum NotOffloaded {
+    /// Its next hop is not resolved yet: the next packet offers it again.
+    #[error("its next hop is not resolved yet")]
+    NextHopPending,
+    /// Neither its uplink nor its veth accepts XDP redirects.
+    #[error("neither device accepts XDP redirects")]
+    NoRedirectTarget,
+    #[error("{0}")]
+    Unregistered(&'static str),
+    #[error(transparent)]
+    Map(#[from] crate::xdp::XdpError),
+}
+
+impl NotOffloaded {
+    /// Worth a warning: something failed, rather than the session not being ready.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, NotOffloaded::Unregistered(_) | NotOffloaded::Map(_))
+    }
+}
+
 /// The offloaded sessions of every uplink (by the data plane's uplink index), the
 /// endpoints that allow offload, and the devices registered in `DEVS`.
 #[derive(Default)]
@@ -232,18 +254,21 @@ impl Offloads {
         idx: usize,
         o: &Offloaded,
         next_hop_mac: [u8; 6],
-    ) -> Result<(), String> {
-        let up = self.uplinks.get(&idx).ok_or("uplink not registered")?;
+    ) -> Result<(), NotOffloaded> {
+        let up = self
+            .uplinks
+            .get(&idx)
+            .ok_or(NotOffloaded::Unregistered("uplink not registered"))?;
         let ep = self
             .endpoints
             .get(&(idx, *o.inside.ip()))
-            .ok_or("endpoint does not offload")?;
+            .ok_or(NotOffloaded::Unregistered("endpoint does not offload"))?;
         // A redirect to a device that does not accept it is dropped without a trace:
         // only directions whose output takes redirects go to XDP.
         let wanted = [up.redirect_target, ep.redirect_target];
         if wanted == [false, false] {
             self.declined += 1;
-            return Err(String::new());
+            return Err(NotOffloaded::NoRedirectTarget);
         }
         let entries = flow_entries(o, up, next_hop_mac, ep);
         let mut keys = [None; 2];
@@ -256,7 +281,7 @@ impl Offloads {
                     let _ = maps.remove_flow(k);
                 }
                 self.failures += 1;
-                return Err(e.to_string());
+                return Err(NotOffloaded::Map(e));
             }
             keys[i] = Some(*k);
         }
