@@ -784,6 +784,21 @@ impl Dataplane {
                 .offloads
                 .set_redirect_target(&mut self.maps, ifindex, now);
             self.give_back(stale);
+            self.sync_offload_offers();
+        }
+    }
+
+    /// Offers for offload only sessions that can be offloaded: an endpoint neither of
+    /// whose devices accepts XDP redirects keeps every session on AF_XDP without
+    /// asking on every packet.
+    fn sync_offload_offers(&mut self) {
+        for e in self.endpoints.values() {
+            let Some(can) = self.offloads.can_offload(e.uplink, e.ip) else {
+                continue;
+            };
+            if let Some(up) = self.uplinks.get_mut(e.uplink).and_then(Option::as_mut) {
+                up.translator.set_offload(e.ip, can);
+            }
         }
     }
 
@@ -1177,6 +1192,7 @@ impl Dataplane {
                 slots,
             },
         );
+        self.sync_offload_offers();
         if spec.adopt {
             // Before the control plane attaches the program to its veth: the first
             // frame it steers already finds its flow.

@@ -350,6 +350,14 @@ impl Offloads {
             .collect()
     }
 
+    /// Whether a session of endpoint `ip` on uplink `idx` can be offloaded at all (one
+    /// of its two devices accepts XDP redirects); `None` if the endpoint does not
+    /// offload.
+    pub fn can_offload(&self, idx: usize, ip: Ipv4Addr) -> Option<bool> {
+        let ep = self.endpoints.get(&(idx, ip))?;
+        Some(ep.redirect_target || self.uplink_redirect_target(idx))
+    }
+
     /// Whether uplink `idx` accepts XDP redirects (as last recorded).
     pub fn uplink_redirect_target(&self, idx: usize) -> bool {
         self.uplinks.get(&idx).is_some_and(|u| u.redirect_target)

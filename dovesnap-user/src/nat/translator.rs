@@ -891,6 +891,15 @@ impl Translator {
         Some(s.offloaded_view())
     }
 
+    /// Whether `ip`'s sessions are offered for offload (the data plane turns it off
+    /// while neither of the endpoint's devices accepts XDP redirects, so that no
+    /// session is offered on every packet in vain).
+    pub fn set_offload(&mut self, ip: Ipv4Addr, on: bool) {
+        if let Some(e) = self.endpoints.get_mut(&ip) {
+            e.offload = on;
+        }
+    }
+
     /// Sets how many packets a session carries here before [`Translator::take_offload`]
     /// offers it ([`OFFLOAD_AFTER_PACKETS`] by default).
     pub fn set_offload_after(&mut self, packets: u32) {
@@ -1192,6 +1201,20 @@ mod tests {
         }
         go_out(&mut t, now, out_udp(C1, 5000, R, 53));
         assert!(t.take_offload().is_some(), "offered at the threshold");
+    }
+
+    #[test]
+    fn an_endpoint_without_offload_is_not_offered() {
+        let mut t = nat();
+        t.set_offload_after(0);
+        let now = Instant::now();
+        t.set_offload(C1, false);
+        let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
+        go_in(&mut t, now, in_udp(R, 53, sport));
+        assert_eq!(t.take_offload(), None, "offload off for C1");
+        t.set_offload(C1, true);
+        go_out(&mut t, now, out_udp(C1, 5000, R, 53));
+        assert!(t.take_offload().is_some(), "offered once it is on again");
     }
 
     #[test]
