@@ -52,6 +52,29 @@ pub struct Status {
     /// The reconciler's own supervision.
     #[serde(default)]
     pub reconciler: ReconcilerHealth,
+    /// OVSDB records dovesnap found at start and could not trust: left alone (their
+    /// bridge, ports, interfaces and rules untouched) and not managed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bad_records: Vec<BadRecord>,
+}
+
+/// An OVSDB record of dovesnap's that does not read (or names what dovesnap would not
+/// have made): reported, never acted on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BadRecord {
+    /// Where it is: `bridge NAME`, `port NAME` or `Open_vSwitch external_ids:KEY`.
+    pub record: String,
+    /// The network or endpoint id it claims (as recorded; may be invalid or empty).
+    pub id: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (id {:?}): {}", self.record, self.id, self.reason)
+    }
 }
 
 /// Passes of the reconciler, and those that failed (a panic, or a pass that did not
@@ -418,6 +441,13 @@ pub fn render_status_table(status: &Status) -> String {
             r.last_failure
         ));
     }
+    if !status.bad_records.is_empty() {
+        push("");
+        push("unreadable records (left alone, not managed):");
+        for b in &status.bad_records {
+            push(&format!("  {b}"));
+        }
+    }
     out
 }
 
@@ -562,6 +592,7 @@ mod tests {
             fast_path: None,
             repairs: vec![],
             reconciler: ReconcilerHealth::default(),
+            bad_records: vec![],
         }
     }
 
@@ -745,6 +776,26 @@ abc           br-flat      flat      netdev    -            -
             json.contains(r#""repairs":[["bridge",1],["veth",2]]"#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn table_names_the_bad_records() {
+        let mut s = sample();
+        assert!(!serde_json::to_string(&s).unwrap().contains("bad_records"));
+        s.bad_records = vec![BadRecord {
+            record: "bridge ovsbr-3f2a9c1d".into(),
+            id: "3f2a9c1d4e5b".into(),
+            reason: "options: bad mode".into(),
+        }];
+        let table = render_status_table(&s);
+        assert!(
+            table.ends_with(
+                "unreadable records (left alone, not managed):\n  bridge ovsbr-3f2a9c1d (id \"3f2a9c1d4e5b\"): options: bad mode\n"
+            ),
+            "{table}"
+        );
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     });
     checks.push(check_vswitchd(&opts.ovsdb).await);
     checks.push(check_datapath(ovs.as_ref().ok()).await);
+    checks.push(check_records(ovs.as_ref().ok()).await);
     checks.push(check_bpffs());
     checks.push(check_xdp());
     checks.push(check_afxdp());
@@ -315,6 +316,58 @@ pub async fn check_datapath(ovs: Option<&Ovsdb>) -> Check {
         }
     };
     datapath_finding(&types, ovsdb::default_datapath_type())
+}
+
+/// dovesnap's records in OVSDB (bridges', ports' and overlay `external_ids`) that the
+/// daemon cannot trust and leaves alone.
+pub async fn check_records(ovs: Option<&Ovsdb>) -> Check {
+    const NAME: &str = "records";
+    let Some(ovs) = ovs else {
+        return Check::warn(
+            NAME,
+            "not checked: ovsdb-server is unreachable",
+            "fix the `ovsdb` check first",
+        );
+    };
+    let read = async {
+        Ok::<_, ovsdb::OvsdbError>((ovs.list_bridges().await?, ovs.switch_external_ids().await?))
+    };
+    match tokio::time::timeout(SERVICE_TIMEOUT, read).await {
+        Ok(Ok((bridges, ids))) => records_finding(&crate::driver::records::audit(&bridges, &ids)),
+        Ok(Err(e)) => Check::fail(
+            NAME,
+            format!("cannot read the bridges and ports: {e}"),
+            "check that ovsdb-server serves the Open_vSwitch database (`ovs-vsctl show`)",
+        ),
+        Err(_) => Check::fail(
+            NAME,
+            format!(
+                "ovsdb-server did not answer within {} s",
+                SERVICE_TIMEOUT.as_secs()
+            ),
+            "restart Open vSwitch (`systemctl restart openvswitch-switch`)",
+        ),
+    }
+}
+
+/// The `records` finding for the records that cannot be trusted.
+pub fn records_finding(bad: &[crate::control::BadRecord]) -> Check {
+    if bad.is_empty() {
+        return Check::ok("records", "every dovesnap record in OVSDB reads");
+    }
+    let list: Vec<String> = bad.iter().map(ToString::to_string).collect();
+    Check::warn(
+        "records",
+        format!(
+            "{} record(s) cannot be trusted and are left alone (not managed, their \
+             interfaces and rules untouched): {}",
+            bad.len(),
+            list.join("; ")
+        ),
+        "restore or remove these external_ids by hand (`ovs-vsctl list bridge`/`list port`), \
+         or remove the network/container with Docker and then the leftover bridge or port \
+         (`ovs-vsctl del-br`/`del-port`)",
+    )
 }
 
 /// Overlay mode: this host's OVN chassis settings and integration bridge, and whether
@@ -1273,6 +1326,20 @@ pub fn render_json(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_finding_names_each_bad_record() {
+        assert_eq!(records_finding(&[]).status, Status::Ok);
+        let bad = crate::control::BadRecord {
+            record: "port ovsv9f8e7d6c5b".into(),
+            id: "9f8e7d6c5b4a".into(),
+            reason: "sandbox \"/proc/1/ns/net\" is not ...".into(),
+        };
+        let c = records_finding(&[bad]);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("port ovsv9f8e7d6c5b"), "{c:?}");
+        assert!(c.detail.contains("/proc/1/ns/net"), "{c:?}");
+    }
 
     #[test]
     fn ovn_chassis_findings() {

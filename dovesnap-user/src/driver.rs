@@ -41,6 +41,7 @@ use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 
 mod reconcile;
+pub mod records;
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
@@ -170,6 +171,8 @@ pub struct Driver {
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
     reconciler: reconcile::State,
+    /// The records recovery could not trust (and left alone).
+    bad_records: std::sync::Mutex<Vec<crate::control::BadRecord>>,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
@@ -190,6 +193,7 @@ impl Driver {
             fastpath: std::sync::Mutex::new(None),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
+            bad_records: std::sync::Mutex::default(),
         }
     }
 
@@ -401,56 +405,45 @@ impl Driver {
         let bridges = self.ovs.list_bridges().await?;
         let mut networks = self.networks.lock().await;
         let mut endpoints = 0;
+        let mut bad = Vec::new();
+        // Records that cannot be trusted are left alone: their network's rules (or the
+        // endpoint's published ports) are kept as they are, not reconciled away.
+        let mut untouched_networks = Vec::new();
+        let mut untouched_endpoints: HashMap<String, Vec<String>> = HashMap::new();
         for br in &bridges {
-            let Some(id) = br.external_ids.get(EXT_NETWORK_ID) else {
-                continue;
-            };
-            let opts: BTreeMap<String, String> = br
-                .external_ids
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((k.strip_prefix(EXT_OPTION_PREFIX)?.to_string(), v.clone()))
-                })
-                .collect();
-            let options = match NetworkOptions::from_string_map(&opts) {
-                Ok(o) => o,
-                Err(e) => {
-                    warn!(bridge = %br.name, "skipping bridge with unreadable options: {e}");
+            let (net, bad_endpoints) = match records::network_of(br) {
+                None => continue,
+                Some(Ok(read)) => read,
+                Some(Err(b)) => {
+                    untouched_networks.push(b.id.clone());
+                    bad.push(b);
                     continue;
                 }
             };
-            let ipam = br
-                .external_ids
-                .get(EXT_NETWORK_IPAM)
-                .and_then(|j| serde_json::from_str(j).ok())
-                .unwrap_or_default();
-            let net = Network {
-                id: id.clone(),
-                bridge: br.name.clone(),
-                datapath_type: br.datapath_type.clone(),
-                options,
-                ipam,
-                internal: br
-                    .external_ids
-                    .get(EXT_NETWORK_INTERNAL)
-                    .map(String::as_str)
-                    == Some("true"),
-                endpoints: endpoints_of(br, None),
-                overlay: None,
-            };
+            untouched_endpoints
+                .entry(net.id.clone())
+                .or_default()
+                .extend(bad_endpoints.iter().map(|b| b.id.clone()));
+            bad.extend(bad_endpoints);
             endpoints += net.endpoints.len();
-            info!(network = %id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
-            networks.insert(id.clone(), net);
+            info!(network = %net.id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
+            networks.insert(net.id.clone(), net);
         }
-        for net in self.recover_overlays(&bridges).await? {
+        for net in self.recover_overlays(&bridges, &mut bad).await? {
             endpoints += net.endpoints.len();
             networks.insert(net.id.clone(), net);
         }
+        for b in &bad {
+            warn!(record = %b.record, id = %b.id,
+                  "leaving alone a record that cannot be trusted: {}", b.reason);
+        }
+        *self.bad_records.lock().unwrap_or_else(|e| e.into_inner()) = bad;
         // Netfilter follows what OVSDB says: leftovers of a crash go, missing rules
         // (published ports included) come back.
         let expected: Vec<ExpectedNetwork> = networks
             .values()
             .filter_map(|n| {
+                let untouched = untouched_endpoints.get(&n.id).into_iter().flatten();
                 Some(ExpectedNetwork {
                     network: n.nat(&self.fastpath_config)?,
                     endpoints: n
@@ -464,6 +457,12 @@ impl Driver {
                                 ports: e.published.clone(),
                             })
                         })
+                        // Listed without ports: whatever rules they have are kept.
+                        .chain(untouched.map(|id| EndpointPorts {
+                            endpoint_id: id.clone(),
+                            container_ip: Ipv4Addr::UNSPECIFIED,
+                            ports: Vec::new(),
+                        }))
                         .collect(),
                 })
             })
@@ -473,7 +472,10 @@ impl Driver {
                 warn!("{e}");
             }
         }
-        if let Err(e) = tokio::task::block_in_place(|| self.firewall.reconcile(&expected)) {
+        if let Err(e) = tokio::task::block_in_place(|| {
+            self.firewall
+                .reconcile_keeping(&expected, &untouched_networks)
+        }) {
             warn!("could not reconcile the nat rules with OVSDB: {e}");
         }
         // Joined nat-fast endpoints (their container end has left the host namespace)
@@ -503,39 +505,41 @@ impl Driver {
     async fn recover_overlays(
         &self,
         bridges: &[ovsdb::BridgeInfo],
+        bad: &mut Vec<crate::control::BadRecord>,
     ) -> Result<Vec<Network>, ovsdb::OvsdbError> {
         let ids = self.ovs.switch_external_ids().await?;
         let mut found = Vec::new();
         for (key, json) in &ids {
-            let Some(id) = key.strip_prefix(EXT_OVERLAY_PREFIX) else {
-                continue;
-            };
-            let record = serde_json::from_str::<OverlayRecord>(json)
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    let options =
-                        NetworkOptions::from_string_map(&r.options).map_err(|e| e.to_string())?;
-                    Ok((r, options))
-                });
-            let (record, options) = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(network = %id, "skipping an unreadable overlay record: {e}");
+            let records::OverlayRead {
+                id,
+                record,
+                options,
+                switch,
+                northbound,
+            } = match records::overlay_of(key, json) {
+                None => continue,
+                Some(Ok(read)) => read,
+                Some(Err(b)) => {
+                    bad.push(b);
                     continue;
                 }
             };
-            let (Some(switch), Some(northbound)) =
-                (options.ovn_switch.clone(), options.ovn_nb.clone())
-            else {
-                warn!(network = %id, "skipping an overlay record without switch or northbound");
-                continue;
-            };
+            let id = id.as_str();
             let bridge = integration_bridge(&options);
             let br = bridges.iter().find(|b| b.name == bridge);
+            let mut untrusted_ids = Vec::new();
             let net = Network {
                 id: id.to_string(),
                 datapath_type: br.map(|b| b.datapath_type.clone()).unwrap_or_default(),
-                endpoints: br.map(|b| endpoints_of(b, Some(id))).unwrap_or_default(),
+                endpoints: match br {
+                    Some(b) => {
+                        let (good, untrusted) = records::endpoints_of(b, Some(id));
+                        untrusted_ids.extend(untrusted.iter().map(|b| b.id.clone()));
+                        bad.extend(untrusted);
+                        good
+                    }
+                    None => HashMap::new(),
+                },
                 bridge,
                 options,
                 ipam: record.ipam,
@@ -554,7 +558,7 @@ impl Driver {
                 found.push(net);
                 continue;
             }
-            match self.reconcile_overlay(&net).await {
+            match self.reconcile_overlay(&net, &untrusted_ids).await {
                 Ok(removed) => {
                     info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
                           endpoints = net.endpoints.len(), stale_ports_removed = removed,
@@ -570,8 +574,14 @@ impl Driver {
     /// Makes OVN match this host's view of an overlay network: the host's reference on
     /// the switch (re-creating the switch if it went), no logical port of this chassis
     /// without a local endpoint (a container that went while the plugin was down), and
-    /// a logical port for each local endpoint. Returns how many stale ports it removed.
-    async fn reconcile_overlay(&self, net: &Network) -> Result<usize, OvnError> {
+    /// a logical port for each local endpoint. The ports of `untrusted` endpoints (whose
+    /// records cannot be trusted) are left as they are. Returns how many stale ports it
+    /// removed.
+    async fn reconcile_overlay(
+        &self,
+        net: &Network,
+        untrusted: &[String],
+    ) -> Result<usize, OvnError> {
         let Some(ov) = &net.overlay else {
             return Ok(0);
         };
@@ -584,7 +594,12 @@ impl Driver {
             .switch(&ov.switch)
             .await?
             .ok_or_else(|| OvnError::NoSwitch(ov.switch.clone()))?;
-        let live: Vec<String> = net.endpoints.keys().map(|e| ovn::port_name(e)).collect();
+        let live: Vec<String> = net
+            .endpoints
+            .keys()
+            .chain(untrusted)
+            .map(|e| ovn::port_name(e))
+            .collect();
         let stale: Vec<&str> = state
             .ports
             .iter()
@@ -992,12 +1007,13 @@ impl Driver {
         if net.endpoints.contains_key(eid) {
             return Err(ApiError::new(format!("endpoint {eid} already exists")));
         }
+        let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
             id: eid.to_string(),
             address,
             mac: format_mac(mac),
-            host_ifname: format!("{HOST_VETH_PREFIX}{}", &eid[..10]),
-            container_ifname: format!("{CONTAINER_VETH_PREFIX}{}", &eid[..10]),
+            host_ifname,
+            container_ifname,
             published: Vec::new(),
             sandbox: None,
         };
@@ -1131,7 +1147,16 @@ impl Driver {
             )));
         }
         // The reconciler needs the container's namespace to re-create a lost veth.
-        let sandbox = Some(req.sandbox_key.clone()).filter(|k| !k.is_empty());
+        // Only a namespace in Docker's netns folder: the one the reconciler may enter.
+        let sandbox = Some(req.sandbox_key.clone()).filter(|k| match records::check_sandbox(k) {
+            Ok(()) => true,
+            Err(e) => {
+                if !k.is_empty() {
+                    warn!(endpoint = %eid, "not recording the sandbox (a lost veth cannot be repaired): {e}");
+                }
+                false
+            }
+        });
         if ep.sandbox != sandbox {
             ep.sandbox = sandbox;
             let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
@@ -1396,6 +1421,11 @@ impl StatusSource for Driver {
             fast_path: fast_path.map(|(s, _)| s),
             repairs: self.repairs(),
             reconciler: self.reconciler_health(),
+            bad_records: self
+                .bad_records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -1490,20 +1520,6 @@ fn integration_bridge(options: &NetworkOptions) -> String {
         .unwrap_or_else(|| ovn::DEFAULT_BRIDGE.to_string())
 }
 
-/// The endpoints recorded on a bridge's ports (only `network`'s when given: the
-/// integration bridge carries the ports of every overlay network).
-fn endpoints_of(br: &ovsdb::BridgeInfo, network: Option<&str>) -> HashMap<String, Endpoint> {
-    br.ports
-        .iter()
-        .filter(|p| {
-            network
-                .is_none_or(|n| p.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(n))
-        })
-        .filter_map(|p| serde_json::from_str::<Endpoint>(p.external_ids.get(EXT_ENDPOINT)?).ok())
-        .map(|ep| (ep.id.clone(), ep))
-        .collect()
-}
-
 /// The logical switch port of an endpoint of this host.
 fn logical_port(ov: &Overlay, ep: &Endpoint) -> ovn::northbound::PortSpec {
     ovn::northbound::PortSpec {
@@ -1536,13 +1552,8 @@ fn unknown_endpoint(nid: &str, eid: &str) -> ApiError {
 
 /// Docker ids are 64 hex digits; anything else is refused before it reaches a name.
 fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
-    if id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(id)
-    } else {
-        Err(ApiError::new(format!(
-            "invalid {what} id {id:?}: expected Docker's hexadecimal id (12 to 128 letters and digits)"
-        )))
-    }
+    records::check_id(what, id).map_err(ApiError::new)?;
+    Ok(id)
 }
 
 /// `a.b.c.d/n` into its parts.

@@ -408,6 +408,7 @@ mod tests {
                 panics: 2,
                 ..Default::default()
             },
+            bad_records: vec![],
         }
     }
 

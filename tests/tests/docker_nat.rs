@@ -180,6 +180,205 @@ fn outbound_published_hairpin_and_cleanup() {
     drop(far);
 }
 
+/// `ovs-vsctl get TABLE RECORD external_ids:KEY`, as ovs-vsctl prints it (a quoted
+/// string that `set` takes back as is).
+fn external_id(table: &str, record: &str, key: &str) -> String {
+    sh(
+        "ovs-vsctl",
+        &["get", table, record, &format!("external_ids:{key}")],
+    )
+    .trim()
+    .to_string()
+}
+
+/// Sets (or restores) `external_ids:KEY` to `value`, given in ovs-vsctl's syntax.
+fn set_external_id(table: &str, record: &str, key: &str, value: &str) {
+    sh(
+        "ovs-vsctl",
+        &["set", table, record, &format!("external_ids:{key}={value}")],
+    );
+}
+
+/// What the corrupting test changed in OVSDB, and the containers and networks it made:
+/// on drop (pass or fail) the plugin is stopped, the records are put back, a fresh
+/// plugin recovers them and Docker removes everything through it.
+struct Corrupted {
+    plugin: Option<dovesnap_tests::daemon::Daemon>,
+    /// `ovs-vsctl` argument lists that put the records back.
+    restore: Vec<Vec<String>>,
+    containers: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Drop for Corrupted {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.plugin.take() {
+            p.terminate();
+        }
+        for args in &self.restore {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let _ = run("ovs-vsctl", &args);
+        }
+        let plugin = start_plugin();
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+        drop(plugin);
+    }
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn records_that_cannot_be_trusted_are_left_alone() {
+    require_root();
+    let mut plugin = start_plugin();
+    let far = Far::new("dsr", "10.232.100");
+    let foreign = dovesnap_tests::Veth::new("dsfor");
+    let mut nets = Vec::new();
+    let mut containers = Vec::new();
+    for (i, what) in ["opt", "ipam", "ep"].iter().enumerate() {
+        let subnet = format!("10.232.{}.0/24", 21 + i);
+        let gateway = format!("10.232.{}.1", 21 + i);
+        let net = Network::create(
+            &format!("dsrec-{what}"),
+            &["-o", "mode=nat", "--subnet", &subnet, "--gateway", &gateway],
+        );
+        let publish = format!("{}:80", 18191 + i);
+        containers.push(Container::run(
+            &format!("dsrec-{what}"),
+            &net,
+            &["-p", &publish],
+            &[
+                "sh",
+                "-c",
+                &format!("echo rec-{what} > /www/index.html; exec httpd -f -p 80 -h /www"),
+            ],
+        ));
+        nets.push(net);
+    }
+    let ids: Vec<String> = nets.iter().map(Network::id).collect();
+    let bridges: Vec<String> = ids.iter().map(|id| format!("ovsbr-{}", &id[..8])).collect();
+    let works = |i: usize| {
+        let url = format!("http://{HOST_UPLINK_IP}:{}/", 18191 + i);
+        wget(Some(&far.ns), &url) == ["rec-opt", "rec-ipam", "rec-ep"][i]
+            && far.reached_from(&containers[i])
+    };
+    for i in 0..3 {
+        assert!(works(i), "network {i} before the restart");
+    }
+    let rules: Vec<Vec<String>> = ids.iter().map(|id| rules_left(id)).collect();
+    let port = sh("ovs-vsctl", &["list-ports", &bridges[2]])
+        .lines()
+        .find(|p| p.starts_with("ovsv"))
+        .expect("the endpoint's port")
+        .to_string();
+
+    // Stopped plugin; three records corrupted behind its back.
+    assert!(plugin.terminate(), "dovesnap did not stop cleanly");
+    drop(plugin);
+    let mut bad = Corrupted {
+        plugin: None,
+        restore: Vec::new(),
+        containers: containers.iter().map(|c| c.name.clone()).collect(),
+        networks: nets.iter().map(|n| n.name.clone()).collect(),
+    };
+    let opt = "dovesnap-opt-ovs.bridge.mtu";
+    let restore = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    bad.restore.push(restore(&[
+        "remove",
+        "bridge",
+        &bridges[0],
+        "external_ids",
+        opt,
+    ]));
+    set_external_id("bridge", &bridges[0], opt, "banana");
+    let ipam = external_id("bridge", &bridges[1], "dovesnap-ipam");
+    let arg = format!("external_ids:dovesnap-ipam={ipam}");
+    bad.restore
+        .push(restore(&["set", "bridge", &bridges[1], &arg]));
+    set_external_id("bridge", &bridges[1], "dovesnap-ipam", "\"{not json\"");
+    let record = external_id("port", &port, "dovesnap-endpoint");
+    let arg = format!("external_ids:dovesnap-endpoint={record}");
+    bad.restore.push(restore(&["set", "port", &port, &arg]));
+    let json: String = serde_json::from_str(&record).expect("ovs-vsctl quotes like JSON");
+    let mut ep: serde_json::Value = serde_json::from_str(&json).expect("endpoint record");
+    ep["host_ifname"] = foreign.host.clone().into();
+    ep["container_ifname"] = foreign.peer.clone().into();
+    ep["sandbox"] = "/proc/1/ns/net".into();
+    let quoted = serde_json::to_string(&ep.to_string()).unwrap();
+    set_external_id("port", &port, "dovesnap-endpoint", &quoted);
+
+    bad.plugin = Some(start_plugin());
+    let plugin = bad.plugin.as_ref().unwrap();
+    // Rules and connectivity of all three stay.
+    for i in 0..3 {
+        assert_eq!(
+            rules_left(&ids[i]),
+            rules[i],
+            "rules of network {i} changed"
+        );
+        assert!(works(i), "network {i} after the restart");
+    }
+    // Status and doctor name the three records.
+    let status = plugin.status();
+    let records = status["bad_records"].to_string();
+    for (record, why) in [
+        (format!("bridge {}", bridges[0]), "options"),
+        (format!("bridge {}", bridges[1]), "dovesnap-ipam"),
+        (format!("port {port}"), "interfaces"),
+    ] {
+        assert!(
+            records.contains(&record) && records.contains(why),
+            "{record}: {records}"
+        );
+    }
+    assert!(plugin.status_text().contains("unreadable records"));
+    let doctor = run(
+        dovesnap_tests::daemon::dovesnap_bin().to_str().unwrap(),
+        &["doctor", "--json"],
+    );
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    let checks: serde_json::Value = serde_json::from_str(&doctor).expect("doctor --json");
+    let check = checks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["check"] == "records")
+        .unwrap_or_else(|| panic!("no records check: {doctor}"));
+    assert_eq!(check["status"], "WARN", "{check}");
+    for record in [&bridges[0], &bridges[1], &port] {
+        assert!(
+            check["detail"].to_string().contains(record.as_str()),
+            "{check}"
+        );
+    }
+    // Docker removing the container reaches the plugin, which leaves the foreign
+    // interface alone.
+    docker(&["rm", "-f", &containers[2].name]);
+    let link = run("ip", &["link", "show", &foreign.host]);
+    assert!(link.status.success(), "the foreign interface was deleted");
+
+    // Records put back: recovered, then removed by Docker through the plugin.
+    drop(bad);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            rules_left(id),
+            Vec::<String>::new(),
+            "rules of network {i} left"
+        );
+    }
+    let left = dovesnap_tests::ovs_bridges();
+    assert!(
+        bridges.iter().all(|b| !left.contains(b)),
+        "bridges left: {left:?}"
+    );
+    drop(foreign);
+    drop(far);
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn two_nat_networks_are_isolated() {

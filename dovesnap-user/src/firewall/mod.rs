@@ -199,7 +199,9 @@ pub struct EndpointPorts {
 pub struct ExpectedNetwork {
     /// The network.
     pub network: NatNetwork,
-    /// Endpoints with published ports (endpoints without may be left out).
+    /// Endpoints with published ports (endpoints without may be left out). An endpoint
+    /// listed without ports keeps whatever rules it has (its record could not be read);
+    /// an endpoint id that is not an id keeps every endpoint's rules of the network.
     pub endpoints: Vec<EndpointPorts>,
 }
 
@@ -239,7 +241,18 @@ pub trait Firewall: Send + Sync {
     /// Makes the rules match `expected` exactly: networks and endpoints not listed lose
     /// their rules (leftovers of a crash), listed ones get whatever is missing. Keeps
     /// going after a failure and reports every failure at the end.
-    fn reconcile(&self, expected: &[ExpectedNetwork]) -> Result<(), FirewallError>;
+    fn reconcile(&self, expected: &[ExpectedNetwork]) -> Result<(), FirewallError> {
+        self.reconcile_keeping(expected, &[])
+    }
+
+    /// [`Firewall::reconcile`], leaving the rules of the `untouched` networks (whose
+    /// records could not be read) exactly as they are. An id there that is not a Docker
+    /// id (its rules cannot be told apart) keeps every unlisted network's rules.
+    fn reconcile_keeping(
+        &self,
+        expected: &[ExpectedNetwork],
+        untouched: &[String],
+    ) -> Result<(), FirewallError>;
 }
 
 /// A firewall that does nothing: for flat networks and for tests of the driver.
@@ -270,7 +283,11 @@ impl Firewall for NoopFirewall {
         Ok(())
     }
 
-    fn reconcile(&self, _expected: &[ExpectedNetwork]) -> Result<(), FirewallError> {
+    fn reconcile_keeping(
+        &self,
+        _expected: &[ExpectedNetwork],
+        _untouched: &[String],
+    ) -> Result<(), FirewallError> {
         Ok(())
     }
 }

@@ -990,16 +990,24 @@ impl NftFirewall {
         let id12 = exp.network.short_id()?;
         let mut errors = Vec::new();
         let mut keep = BTreeSet::new();
+        let mut keep_all = false;
         for ep in &exp.endpoints {
             match short_id("endpoint", &ep.endpoint_id) {
                 Ok(ep12) => {
                     keep.insert(ep12.to_string());
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    // Its rules cannot be told apart: none is withdrawn.
+                    keep_all = true;
+                    errors.push(e);
+                }
             }
         }
         let state = list_table()?;
-        if let Some(b) = stale_endpoints_batch(id12, &keep, &state) {
+        if let Some(b) = (!keep_all)
+            .then(|| stale_endpoints_batch(id12, &keep, &state))
+            .flatten()
+        {
             if let Err(e) = apply(&b, &format!("withdraw stale ports of network {id12}")) {
                 errors.push(e);
             }
@@ -1065,16 +1073,29 @@ impl Firewall for NftFirewall {
         )
     }
 
-    fn reconcile(&self, expected: &[ExpectedNetwork]) -> Result<(), FirewallError> {
+    fn reconcile_keeping(
+        &self,
+        expected: &[ExpectedNetwork],
+        untouched: &[String],
+    ) -> Result<(), FirewallError> {
         let _g = self.guard();
         let mut errors = Vec::new();
         // Ids of every network meant to exist, even if its description is refused
         // below: its rules are then left as they are rather than removed.
-        let keep: BTreeSet<String> = expected
+        let mut keep: BTreeSet<String> = expected
             .iter()
             .filter_map(|e| short_id("network", &e.network.id).ok())
             .map(str::to_string)
             .collect();
+        let mut keep_all = false;
+        for id in untouched {
+            match short_id("network", id) {
+                Ok(id12) => {
+                    keep.insert(id12.to_string());
+                }
+                Err(_) => keep_all = true,
+            }
+        }
 
         let mut present = BTreeSet::new();
         match list_table() {
@@ -1084,6 +1105,12 @@ impl Firewall for NftFirewall {
         match self.iptables.tagged_ids() {
             Ok(ids) => present.extend(ids),
             Err(e) => errors.push(e),
+        }
+        if keep_all {
+            tracing::warn!(
+                "a network record's id does not read: keeping the rules of every network"
+            );
+            present.clear();
         }
         for stale in present.difference(&keep) {
             tracing::info!(network = %stale, "removing firewall rules of a network that is gone");

@@ -1,0 +1,465 @@
+//! dovesnap's own OVSDB records, read at start without trusting them.
+//!
+//! Anything with write access to OVSDB (an operator's `ovs-vsctl set`, another tool, a
+//! bug of an older version) can change a bridge's or port's `external_ids`. The root
+//! daemon deletes the interfaces an endpoint record names and enters the namespace it
+//! names, and keeps netfilter in line with the networks it recovered, so a record is
+//! only used once it reads like what dovesnap itself writes: ids like the API's,
+//! interface names as `CreateEndpoint` makes them, sandboxes in Docker's netns folder,
+//! options and IPAM that parse. Anything else becomes a [`BadRecord`]: logged, shown by
+//! `dovesnap status` and `dovesnap doctor`, and left alone (its bridge, ports,
+//! interfaces and nat rules are never touched).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{
+    parse_cidr, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX, EXT_ENDPOINT,
+    EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL, EXT_NETWORK_IPAM, EXT_OPTION_PREFIX,
+    EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
+};
+use crate::control::BadRecord;
+use crate::firewall::Ipv4Net;
+use crate::netlink::parse_mac;
+use crate::options::NetworkOptions;
+use crate::ovsdb::{BridgeInfo, PortInfo, Remote};
+
+/// Where Docker keeps its containers' network namespaces (its sandbox keys), with and
+/// without the `/var/run` -> `/run` link.
+pub const DOCKER_NETNS_DIRS: [&str; 2] = ["/var/run/docker/netns/", "/run/docker/netns/"];
+
+/// Docker ids as the API takes them: 12 to 128 ASCII letters and digits (so slicing
+/// one is safe).
+pub(super) fn check_id(what: &str, id: &str) -> Result<(), String> {
+    if id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} id {id:?}: expected Docker's hexadecimal id (12 to 128 letters and digits)"
+        ))
+    }
+}
+
+/// The veth pair of an endpoint (host end, container end); `eid` has passed
+/// [`check_id`].
+pub(super) fn veth_names(eid: &str) -> (String, String) {
+    (
+        format!("{HOST_VETH_PREFIX}{}", &eid[..10]),
+        format!("{CONTAINER_VETH_PREFIX}{}", &eid[..10]),
+    )
+}
+
+/// A sandbox key Docker would give: one namespace file in its netns folder.
+pub fn check_sandbox(path: &str) -> Result<(), String> {
+    let name = DOCKER_NETNS_DIRS.iter().find_map(|d| path.strip_prefix(d));
+    match name {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && !n.starts_with('.')
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "sandbox {path:?} is not a namespace in Docker's netns folder ({})",
+            DOCKER_NETNS_DIRS.join(" or ")
+        )),
+    }
+}
+
+/// An endpoint record against the port that holds it: everything dovesnap would act
+/// on must be what `CreateEndpoint` and `Join` write.
+fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
+    check_id("endpoint", &ep.id)?;
+    if let Some(pid) = port.external_ids.get(EXT_ENDPOINT_ID) {
+        if *pid != ep.id {
+            return Err(format!(
+                "the record is of endpoint {:?} but the port belongs to {pid:?}",
+                ep.id
+            ));
+        }
+    }
+    let (host, container) = veth_names(&ep.id);
+    if ep.host_ifname != host || ep.container_ifname != container {
+        return Err(format!(
+            "interfaces {:?}/{:?} are not the endpoint's veth pair {host}/{container}",
+            ep.host_ifname, ep.container_ifname
+        ));
+    }
+    if port.name != host {
+        return Err(format!(
+            "the port is {:?}, the endpoint's is {host}",
+            port.name
+        ));
+    }
+    if !ep.address.is_empty() && parse_cidr(&ep.address).is_none() {
+        return Err(format!("address {:?} is not an IPv4 CIDR", ep.address));
+    }
+    if parse_mac(&ep.mac).is_none() {
+        return Err(format!("MAC address {:?} does not read", ep.mac));
+    }
+    if let Some(sandbox) = &ep.sandbox {
+        check_sandbox(sandbox)?;
+    }
+    Ok(())
+}
+
+/// The endpoints recorded on a bridge's ports (only `network`'s when given: the
+/// integration bridge carries the ports of every overlay network), and the records
+/// that cannot be trusted.
+pub(super) fn endpoints_of(
+    br: &BridgeInfo,
+    network: Option<&str>,
+) -> (HashMap<String, Endpoint>, Vec<BadRecord>) {
+    let mut good = HashMap::new();
+    let mut bad = Vec::new();
+    for p in &br.ports {
+        if network
+            .is_some_and(|n| p.external_ids.get(EXT_NETWORK_ID).map(String::as_str) != Some(n))
+        {
+            continue;
+        }
+        let claimed = p.external_ids.get(EXT_ENDPOINT_ID);
+        let Some(json) = p.external_ids.get(EXT_ENDPOINT) else {
+            if let Some(id) = claimed {
+                bad.push(BadRecord {
+                    record: format!("port {}", p.name),
+                    id: id.clone(),
+                    reason: format!("{EXT_ENDPOINT_ID} without a {EXT_ENDPOINT} record"),
+                });
+            }
+            continue;
+        };
+        let read = serde_json::from_str::<Endpoint>(json)
+            .map_err(|e| format!("{EXT_ENDPOINT} does not read: {e}"))
+            .and_then(|ep| check_endpoint(p, &ep).map(|()| ep));
+        match read {
+            Ok(ep) => {
+                good.insert(ep.id.clone(), ep);
+            }
+            Err(reason) => bad.push(BadRecord {
+                record: format!("port {}", p.name),
+                id: claimed.cloned().unwrap_or_default(),
+                reason,
+            }),
+        }
+    }
+    (good, bad)
+}
+
+/// A bridge's network record: `None` when the bridge is not dovesnap's, else the
+/// network (with its trusted endpoints) and its endpoint records that cannot be
+/// trusted, or why the network's own record cannot be.
+pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadRecord>), BadRecord>> {
+    let id = br.external_ids.get(EXT_NETWORK_ID)?;
+    let bad = |reason: String| BadRecord {
+        record: format!("bridge {}", br.name),
+        id: id.clone(),
+        reason,
+    };
+    Some((|| {
+        check_id("network", id).map_err(bad)?;
+        let opts: BTreeMap<String, String> = br
+            .external_ids
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(EXT_OPTION_PREFIX)?.to_string(), v.clone())))
+            .collect();
+        let options = NetworkOptions::from_string_map(&opts)
+            .map_err(|e| bad(format!("options do not read: {e}")))?;
+        let ipam = match br.external_ids.get(EXT_NETWORK_IPAM) {
+            None => Ipam::default(),
+            Some(json) => check_ipam(json).map_err(bad)?,
+        };
+        if options.mode.is_nat() && (ipam.subnet.is_none() || ipam.gateway.is_none()) {
+            return Err(bad(format!(
+                "a {} network without an IPv4 subnet and gateway in {EXT_NETWORK_IPAM}",
+                options.mode
+            )));
+        }
+        let (endpoints, bad_endpoints) = endpoints_of(br, None);
+        let net = Network {
+            id: id.clone(),
+            bridge: br.name.clone(),
+            datapath_type: br.datapath_type.clone(),
+            options,
+            ipam,
+            internal: br
+                .external_ids
+                .get(EXT_NETWORK_INTERNAL)
+                .map(String::as_str)
+                == Some("true"),
+            endpoints,
+            overlay: None,
+        };
+        Ok((net, bad_endpoints))
+    })())
+}
+
+/// An IPAM record: JSON whose subnet, if any, is an IPv4 CIDR.
+fn check_ipam(json: &str) -> Result<Ipam, String> {
+    let ipam: Ipam =
+        serde_json::from_str(json).map_err(|e| format!("{EXT_NETWORK_IPAM} does not read: {e}"))?;
+    if let Some(s) = &ipam.subnet {
+        s.parse::<Ipv4Net>()
+            .map_err(|_| format!("IPAM subnet {s:?} is not an IPv4 CIDR"))?;
+    }
+    Ok(ipam)
+}
+
+/// An overlay record (`Open_vSwitch.external_ids:dovesnap-overlay-ID`): the network id,
+/// the record, its options, switch and northbound database.
+#[derive(Debug)]
+pub(super) struct OverlayRead {
+    pub id: String,
+    pub record: OverlayRecord,
+    pub options: NetworkOptions,
+    pub switch: String,
+    pub northbound: Remote,
+}
+
+/// `None` when `key` is not an overlay record.
+pub(super) fn overlay_of(key: &str, json: &str) -> Option<Result<OverlayRead, BadRecord>> {
+    let id = key.strip_prefix(EXT_OVERLAY_PREFIX)?;
+    let read = || -> Result<OverlayRead, String> {
+        check_id("network", id)?;
+        let record = serde_json::from_str::<OverlayRecord>(json).map_err(|e| e.to_string())?;
+        let options = NetworkOptions::from_string_map(&record.options)
+            .map_err(|e| format!("options do not read: {e}"))?;
+        if let Some(s) = &record.ipam.subnet {
+            s.parse::<Ipv4Net>()
+                .map_err(|_| format!("IPAM subnet {s:?} is not an IPv4 CIDR"))?;
+        }
+        let (Some(switch), Some(northbound)) = (options.ovn_switch.clone(), options.ovn_nb.clone())
+        else {
+            return Err("no logical switch or northbound database".into());
+        };
+        Ok(OverlayRead {
+            id: id.to_string(),
+            record,
+            options,
+            switch,
+            northbound,
+        })
+    };
+    Some(read().map_err(|reason| BadRecord {
+        record: format!("Open_vSwitch external_ids:{key}"),
+        id: id.to_string(),
+        reason,
+    }))
+}
+
+/// Every record of dovesnap's in OVSDB that cannot be trusted (what recovery would
+/// leave alone): for `dovesnap doctor`, which reads OVSDB itself.
+pub fn audit(bridges: &[BridgeInfo], switch_ids: &BTreeMap<String, String>) -> Vec<BadRecord> {
+    let mut bad = Vec::new();
+    for br in bridges {
+        match network_of(br) {
+            None => {}
+            Some(Ok((_, eps))) => bad.extend(eps),
+            Some(Err(b)) => bad.push(b),
+        }
+    }
+    for (key, json) in switch_ids {
+        match overlay_of(key, json) {
+            None => {}
+            Some(Err(b)) => bad.push(b),
+            Some(Ok(ov)) => {
+                let bridge = super::integration_bridge(&ov.options);
+                if let Some(br) = bridges.iter().find(|b| b.name == bridge) {
+                    bad.extend(endpoints_of(br, Some(&ov.id)).1);
+                }
+            }
+        }
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NID: &str = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+    const EID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+    fn endpoint() -> Endpoint {
+        let (host, container) = veth_names(EID);
+        Endpoint {
+            id: EID.into(),
+            address: "10.231.1.2/24".into(),
+            mac: "02:42:0a:e7:01:02".into(),
+            host_ifname: host,
+            container_ifname: container,
+            published: vec![],
+            sandbox: Some("/var/run/docker/netns/1a2b3c4d5e6f".into()),
+        }
+    }
+
+    fn port(ep: &Endpoint) -> PortInfo {
+        PortInfo {
+            name: ep.host_ifname.clone(),
+            tag: None,
+            external_ids: [
+                (EXT_ENDPOINT_ID.to_string(), ep.id.clone()),
+                (EXT_ENDPOINT.to_string(), serde_json::to_string(ep).unwrap()),
+            ]
+            .into(),
+            interface_type: String::new(),
+            ofport: Some(2),
+        }
+    }
+
+    fn bridge(ids: &[(&str, &str)], ports: Vec<PortInfo>) -> BridgeInfo {
+        BridgeInfo {
+            name: "ovsbr-3f2a9c1d".into(),
+            datapath_type: "netdev".into(),
+            external_ids: ids
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports,
+        }
+    }
+
+    fn nat_ids() -> Vec<(&'static str, &'static str)> {
+        vec![
+            (EXT_NETWORK_ID, NID),
+            ("dovesnap-opt-mode", "nat"),
+            (
+                EXT_NETWORK_IPAM,
+                r#"{"subnet":"10.231.1.0/24","gateway":"10.231.1.1"}"#,
+            ),
+        ]
+    }
+
+    #[test]
+    fn ids_are_checked_before_they_are_sliced() {
+        assert!(check_id("endpoint", EID).is_ok());
+        assert!(check_id("endpoint", "short").is_err());
+        // Ten bytes would cut the 'é' in half.
+        assert!(check_id("endpoint", "abcdefghié0123456").is_err());
+        assert!(check_id("endpoint", "../../etc/passwd").is_err());
+        assert!(check_id("endpoint", &"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn sandboxes_must_be_in_dockers_netns_folder() {
+        assert!(check_sandbox("/var/run/docker/netns/1a2b3c4d5e6f").is_ok());
+        assert!(check_sandbox("/run/docker/netns/default").is_ok());
+        for bad in [
+            "/proc/1/ns/net",
+            "/run/netns/foreign",
+            "/var/run/docker/netns/",
+            "/var/run/docker/netns/../../../proc/1/ns/net",
+            "/var/run/docker/netns/a/b",
+            "/var/run/docker/netns/..",
+            "var/run/docker/netns/x",
+        ] {
+            assert!(check_sandbox(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_sound_network_and_endpoint_are_recovered() {
+        let ep = endpoint();
+        let br = bridge(&nat_ids(), vec![port(&ep)]);
+        let (net, bad) = network_of(&br).unwrap().unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(net.endpoints[EID], ep);
+        assert_eq!(net.ipam.subnet.as_deref(), Some("10.231.1.0/24"));
+        assert!(audit(&[br], &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn bridges_without_dovesnap_ids_are_not_records() {
+        assert!(network_of(&bridge(&[], vec![])).is_none());
+    }
+
+    #[test]
+    fn a_network_whose_options_or_ipam_do_not_read_is_bad() {
+        let mut ids = nat_ids();
+        ids.push(("dovesnap-opt-ovs.bridge.mtu", "banana"));
+        let b = network_of(&bridge(&ids, vec![])).unwrap().unwrap_err();
+        assert_eq!(b.record, "bridge ovsbr-3f2a9c1d");
+        assert_eq!(b.id, NID);
+        assert!(b.reason.contains("options"), "{b:?}");
+
+        for ipam in [
+            "{not json",
+            r#"{"subnet":"banana","gateway":"10.231.1.1"}"#,
+            r#"{"subnet":null,"gateway":null}"#,
+        ] {
+            let mut ids = nat_ids();
+            ids[2].1 = ipam;
+            let b = network_of(&bridge(&ids, vec![])).unwrap().unwrap_err();
+            assert!(
+                b.reason.contains("IPAM") || b.reason.contains("ipam"),
+                "{b:?}"
+            );
+        }
+        // A flat network may have no IPAM at all.
+        let flat = [(EXT_NETWORK_ID, NID), ("dovesnap-opt-mode", "flat")];
+        assert!(network_of(&bridge(&flat, vec![])).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_network_id_that_is_not_an_id_is_bad() {
+        let mut ids = nat_ids();
+        ids[0].1 = "ééééééééééééé";
+        assert!(network_of(&bridge(&ids, vec![])).unwrap().is_err());
+    }
+
+    #[test]
+    fn endpoint_records_naming_foreign_things_are_bad_and_left_out() {
+        let mutations: Vec<fn(&mut Endpoint)> = vec![
+            |e| e.host_ifname = "eth0".into(),
+            |e| e.container_ifname = "foreign0".into(),
+            |e| e.sandbox = Some("/proc/1/ns/net".into()),
+            |e| e.id = "ééééééééééééé".into(),
+            |e| e.address = "banana".into(),
+            |e| e.mac = "banana".into(),
+        ];
+        for mutate in mutations {
+            let good = endpoint();
+            let mut ep = good.clone();
+            mutate(&mut ep);
+            let mut p = port(&good);
+            p.external_ids
+                .insert(EXT_ENDPOINT.into(), serde_json::to_string(&ep).unwrap());
+            let br = bridge(&nat_ids(), vec![p]);
+            let (net, bad) = network_of(&br).unwrap().unwrap();
+            assert!(net.endpoints.is_empty(), "{ep:?}");
+            assert_eq!(bad.len(), 1, "{ep:?}");
+            assert_eq!(bad[0].record, format!("port {}", good.host_ifname));
+            assert_eq!(bad[0].id, EID, "the port's id is the one reported");
+            assert_eq!(audit(&[br], &BTreeMap::new()), bad);
+        }
+        // A record that is not JSON, and an id without a record.
+        let good = endpoint();
+        let mut p = port(&good);
+        p.external_ids.insert(EXT_ENDPOINT.into(), "{".into());
+        let mut q = port(&good);
+        q.name = "ovsvother".into();
+        q.external_ids.remove(EXT_ENDPOINT);
+        let (_, bad) = endpoints_of(&bridge(&nat_ids(), vec![p, q]), None);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        // The port of another endpoint.
+        let mut p = port(&good);
+        p.name = "ovsv0123456789".into();
+        assert_eq!(endpoints_of(&bridge(&nat_ids(), vec![p]), None).1.len(), 1);
+    }
+
+    #[test]
+    fn overlay_records_are_checked() {
+        assert!(overlay_of("something-else", "{}").is_none());
+        let key = format!("{EXT_OVERLAY_PREFIX}{NID}");
+        let b = overlay_of(&key, "{").unwrap().unwrap_err();
+        assert_eq!(b.id, NID);
+        let ok = r#"{"options":{"mode":"overlay","ovs.ovn.switch":"ls0","ovs.ovn.nb":"tcp:127.0.0.1:6641"},"ipam":{"subnet":"10.9.0.0/24","gateway":null},"chassis":"h1"}"#;
+        assert!(overlay_of(&key, ok).unwrap().is_ok());
+        let bad_key = format!("{EXT_OVERLAY_PREFIX}é-not-an-id");
+        assert!(overlay_of(&bad_key, ok).unwrap().is_err());
+        let ids: BTreeMap<String, String> = [(bad_key, ok.to_string())].into();
+        assert_eq!(audit(&[], &ids).len(), 1);
+    }
+}
