@@ -11,23 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use dovesnap_bench::report::Record;
+use dovesnap_testbed::cmd::sh;
 
 const IMAGE: &str = "dovesnap-busybox:bench";
 const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
 
 fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("cannot run docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(sh("docker", args)?.trim().to_string())
+}
+
+/// Removes the nat-fast network's veth uplink and its far namespace, if there.
+fn remove_uplink() {
+    let _ = sh("ip", &["link", "del", "dsbup0"]);
+    let _ = sh("ip", &["netns", "del", DFAR_NS]);
 }
 
 fn timed(args: &[&str]) -> Result<f64> {
@@ -111,14 +107,7 @@ impl Drop for Cleanup {
         for n in &self.networks {
             let _ = docker(&["network", "rm", n]);
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", "dsbup0"])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", DFAR_NS])
-            .stderr(Stdio::null())
-            .status();
+        remove_uplink();
     }
 }
 
@@ -267,14 +256,7 @@ pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
         containers: Vec::new(),
     };
     // A veth uplink for the nat-fast network, so no real NIC gets an XDP program.
-    let _ = Command::new("ip")
-        .args(["link", "del", "dsbup0"])
-        .stderr(Stdio::null())
-        .status();
-    let _ = Command::new("ip")
-        .args(["netns", "del", DFAR_NS])
-        .stderr(Stdio::null())
-        .status();
+    remove_uplink();
     for args in [
         vec![
             "link", "add", "dsbup0", "type", "veth", "peer", "name", "dsbup1",

@@ -41,6 +41,7 @@ use dovesnap::fastpath::{EndpointSpec, FastPath, UplinkSpec};
 use dovesnap::firewall::{Firewall, Ipv4Net, NatNetwork, NftFirewall};
 use dovesnap::xdp::XdpProgram;
 use dovesnap_bench::report::Record;
+use dovesnap_testbed::cmd::{in_ns, in_ns_line, sh_line, veth_pair};
 
 pub const NS_C: &str = "dsb-c";
 pub const NS_H: &str = "dsb-h";
@@ -74,29 +75,6 @@ impl Plan {
     }
 }
 
-/// Runs `cmd args` and fails with its output when it fails.
-fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd} {}` failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
-    let mut full = vec!["netns", "exec", ns];
-    full.extend_from_slice(args);
-    sh("ip", &full)
-}
-
 /// The three namespaces; removed on drop.
 pub struct Topology {
     _private: (),
@@ -107,36 +85,12 @@ impl Topology {
     pub fn build() -> Result<Topology> {
         Topology::remove();
         for ns in [NS_C, NS_H, NS_F] {
-            sh("ip", &["netns", "add", ns])?;
-            in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
+            sh_line(&format!("ip netns add {ns}"))?;
+            in_ns_line(ns, "ip link set lo up")?;
         }
         let t = Topology { _private: () };
         for (a, a_ns, b, b_ns) in [("c0", NS_C, "h0", NS_H), ("f0", NS_F, "u0", NS_H)] {
-            sh(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    a,
-                    "netns",
-                    a_ns,
-                    "numtxqueues",
-                    "2",
-                    "numrxqueues",
-                    "2",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    b,
-                    "netns",
-                    b_ns,
-                    "numtxqueues",
-                    "2",
-                    "numrxqueues",
-                    "2",
-                ],
-            )?;
+            sh_line(&veth_pair(a, Some(a_ns), b, Some(b_ns), 2))?;
         }
         in_ns(
             NS_C,
@@ -147,111 +101,41 @@ impl Topology {
                  echo 2 > /sys/class/net/c0/queues/tx-1/xps_cpus",
             ],
         )?;
-        let addr = |ns: &str, dev: &str, ip: Ipv4Addr| -> Result<()> {
-            in_ns(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev])?;
-            in_ns(ns, &["ip", "link", "set", dev, "up"])?;
-            Ok(())
-        };
-        addr(NS_C, "c0", C_IP)?;
-        addr(NS_H, "h0", GW_IP)?;
-        addr(NS_H, "u0", UPLINK_IP)?;
-        addr(NS_F, "f0", FAR_IP)?;
-        in_ns(
-            NS_C,
-            &["ip", "route", "add", "default", "via", &GW_IP.to_string()],
-        )?;
-        in_ns(
-            NS_F,
-            &[
-                "ip",
-                "route",
-                "add",
-                "10.240.1.0/24",
-                "via",
-                &UPLINK_IP.to_string(),
-            ],
-        )?;
-        in_ns(NS_H, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for (ns, dev, ip) in [
+            (NS_C, "c0", C_IP),
+            (NS_H, "h0", GW_IP),
+            (NS_H, "u0", UPLINK_IP),
+            (NS_F, "f0", FAR_IP),
+        ] {
+            in_ns_line(ns, &format!("ip addr add {ip}/24 dev {dev}"))?;
+            in_ns_line(ns, &format!("ip link set {dev} up"))?;
+        }
+        in_ns_line(NS_C, &format!("ip route add default via {GW_IP}"))?;
+        in_ns_line(NS_F, &format!("ip route add 10.240.1.0/24 via {UPLINK_IP}"))?;
+        in_ns_line(NS_H, "sysctl -qw net.ipv4.ip_forward=1")?;
         // As dovesnap does for containers' veth ends: complete checksums from the
         // container, so the translator never needs to finish a partial one.
         // As dovesnap does for containers with offload: GRO on (set while up) makes c0
         // a target of XDP redirects from h0.
-        in_ns(
-            NS_C,
-            &[
-                "ethtool",
-                "-K",
-                "c0",
-                "tx-checksum-ip-generic",
-                "off",
-                "gro",
-                "on",
-            ],
-        )?;
-        in_ns(NS_F, &["ethtool", "-K", "f0", "gro", "on", "tx", "off"])?;
+        in_ns_line(NS_C, "ethtool -K c0 tx-checksum-ip-generic off gro on")?;
+        in_ns_line(NS_F, "ethtool -K f0 gro on tx off")?;
         // Static neighbours: no ARP in the measured window.
         let mac = |ns: &str, dev: &str| -> Result<String> {
             let out = in_ns(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
             Ok(out.trim().to_string())
         };
-        let (h0, u0, c0, f0) = (
-            mac(NS_H, "h0")?,
-            mac(NS_H, "u0")?,
-            mac(NS_C, "c0")?,
-            mac(NS_F, "f0")?,
-        );
-        in_ns(
-            NS_C,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &GW_IP.to_string(),
-                "lladdr",
-                &h0,
-                "dev",
-                "c0",
-            ],
-        )?;
-        in_ns(
-            NS_F,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &UPLINK_IP.to_string(),
-                "lladdr",
-                &u0,
-                "dev",
-                "f0",
-            ],
-        )?;
-        in_ns(
-            NS_H,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &C_IP.to_string(),
-                "lladdr",
-                &c0,
-                "dev",
-                "h0",
-            ],
-        )?;
-        in_ns(
-            NS_H,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &FAR_IP.to_string(),
-                "lladdr",
-                &f0,
-                "dev",
-                "u0",
-            ],
-        )?;
+        for (ns, ip, (mac_ns, mac_dev), dev) in [
+            (NS_C, GW_IP, (NS_H, "h0"), "c0"),
+            (NS_F, UPLINK_IP, (NS_H, "u0"), "f0"),
+            (NS_H, C_IP, (NS_C, "c0"), "h0"),
+            (NS_H, FAR_IP, (NS_F, "f0"), "u0"),
+        ] {
+            let lladdr = mac(mac_ns, mac_dev)?;
+            in_ns_line(
+                ns,
+                &format!("ip neigh replace {ip} lladdr {lladdr} dev {dev}"),
+            )?;
+        }
         Ok(t)
     }
 
@@ -741,34 +625,35 @@ pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
 
 /// Records for one path's runs.
 pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
-    vec![
-        Record::from_runs("udp-64B-pps", path, "packets/s", &r.udp_pps).with_note(
-            "64-byte frames, 256 flows, one generator CPU, XDP drop sink on the far side",
-        ),
-        Record::from_runs("udp-64B-loss", path, "fraction", &r.udp_loss),
-        Record::from_runs(
-            "udp-64B-cpu-per-packet",
-            path,
-            "ns CPU/packet",
-            &r.udp_cpu_ns,
-        )
-        .with_note("CPU time the whole machine spent, divided by packets delivered"),
-        Record::from_runs("udp-64B-pps-2cpu", path, "packets/s", &r.udp2_pps).with_note(
-            "64-byte frames, 256 flows, two generators on CPUs 0 and 1 (one queue each)",
-        ),
-        Record::from_runs("udp-64B-loss-2cpu", path, "fraction", &r.udp2_loss),
-        Record::from_runs(
-            "udp-64B-cpu-per-packet-2cpu",
-            path,
-            "ns CPU/packet",
-            &r.udp2_cpu_ns,
-        ),
-        Record::from_runs("tcp-1-stream", path, "Gbit/s", &r.tcp1_gbps),
-        Record::from_runs("tcp-4-streams", path, "Gbit/s", &r.tcp4_gbps),
-        Record::from_runs("tcp-rr-p50", path, "us", &r.rr_p50),
-        Record::from_runs("tcp-rr-p99", path, "us", &r.rr_p99),
-        Record::from_runs("tcp-crr", path, "connections/s", &r.crr_per_s),
-    ]
+    const ONE_CPU: &str =
+        "64-byte frames, 256 flows, one generator CPU, XDP drop sink on the far side";
+    const TWO_CPUS: &str =
+        "64-byte frames, 256 flows, two generators on CPUs 0 and 1 (one queue each)";
+    const CPU: &str = "CPU time the whole machine spent, divided by packets delivered";
+    let cpu_ns = "ns CPU/packet";
+    let table: [(&str, &str, &Vec<f64>, Option<&str>); 11] = [
+        ("udp-64B-pps", "packets/s", &r.udp_pps, Some(ONE_CPU)),
+        ("udp-64B-loss", "fraction", &r.udp_loss, None),
+        ("udp-64B-cpu-per-packet", cpu_ns, &r.udp_cpu_ns, Some(CPU)),
+        ("udp-64B-pps-2cpu", "packets/s", &r.udp2_pps, Some(TWO_CPUS)),
+        ("udp-64B-loss-2cpu", "fraction", &r.udp2_loss, None),
+        ("udp-64B-cpu-per-packet-2cpu", cpu_ns, &r.udp2_cpu_ns, None),
+        ("tcp-1-stream", "Gbit/s", &r.tcp1_gbps, None),
+        ("tcp-4-streams", "Gbit/s", &r.tcp4_gbps, None),
+        ("tcp-rr-p50", "us", &r.rr_p50, None),
+        ("tcp-rr-p99", "us", &r.rr_p99, None),
+        ("tcp-crr", "connections/s", &r.crr_per_s, None),
+    ];
+    table
+        .into_iter()
+        .map(|(workload, unit, runs, note)| {
+            let record = Record::from_runs(workload, path, unit, runs);
+            match note {
+                Some(n) => record.with_note(n),
+                None => record,
+            }
+        })
+        .collect()
 }
 
 /// Fills in `ratio_to_kernel`: each path against `kernel-nat` (no XDP) for the same

@@ -20,7 +20,7 @@ use dovesnap_bench::traffic;
 
 /// Counts allocations, so the translator microbenchmark can show it makes none.
 #[global_allocator]
-static ALLOC: micro::CountingAlloc = micro::CountingAlloc;
+static ALLOC: dovesnap_testbed::alloc::CountingAlloc = dovesnap_testbed::alloc::CountingAlloc;
 
 #[derive(Parser)]
 #[command(name = "dovesnap-bench", about = "nat-fast against the kernel path")]

@@ -1,8 +1,8 @@
 //! The translator alone, in process: nanoseconds and allocations per packet through
 //! [`dovesnap::nat::Translator`], and how it scales with the size of its session table.
 //!
-//! Frames are built here from scratch (Ethernet II / IPv4 / UDP or TCP, checksums by a
-//! plain RFC 1071 loop of this module) and every workload checks, before timing it, that
+//! Frames are built from scratch by `dovesnap_testbed::frame` (Ethernet II / IPv4 / UDP or
+//! TCP, checksums by a plain RFC 1071 loop) and every workload checks, before timing it, that
 //! the translator accepts its frames and that the translated frames' checksums verify
 //! from scratch.
 //!
@@ -11,19 +11,23 @@
 //! figure is timed nanoseconds over frames, so neither the restoring copy nor the clock
 //! reads of single packets are in it. The translator's `now` is one fixed [`Instant`].
 //!
-//! Allocations and memory come from [`CountingAlloc`], which the `dovesnap-bench` binary
+//! Allocations and memory come from `dovesnap_testbed::alloc::CountingAlloc`, which the `dovesnap-bench` binary
 //! installs as its global allocator; without it the allocation figure is reported as not
 //! measured and memory falls back to the RSS delta from `/proc/self/statm`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dovesnap::fastpath::{MAX_SESSIONS, TRANSLATOR_PORTS};
 use dovesnap::nat::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+use dovesnap_testbed::alloc::{
+    counting_allocator_installed, thread_allocations, thread_live_bytes,
+};
+use dovesnap_testbed::frame::{
+    set_l4_checksum, verify, write_tcp, write_udp, Csum, Ipv4Header, DF, ETH_LEN, IP_LEN, L4_AT,
+    PROTO_TCP, PROTO_UDP,
+};
 
 use crate::report::Record;
 
@@ -105,109 +109,6 @@ pub fn run_with(sizes: &Sizes) -> Vec<Record> {
     records
 }
 
-// ---------------------------------------------------------------------------------------
-// Counting allocator
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static THREAD_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    /// Bytes allocated minus bytes freed by this thread.
-    static THREAD_LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
-}
-
-/// A global allocator that forwards to [`System`] and counts allocations (`alloc`,
-/// `alloc_zeroed` and `realloc` calls) and bytes, process-wide and per thread. Install it
-/// in a binary with `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CountingAlloc;
-
-fn note(allocation: bool, grown: i64) {
-    if allocation {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-    if grown > 0 {
-        ALLOCATED_BYTES.fetch_add(grown as u64, Ordering::Relaxed);
-    }
-    // Const-initialized thread-locals without destructors: no allocation, no lazy
-    // registration, so they are safe to touch from inside the allocator. `try_with`
-    // skips counting rather than panicking if a thread is being torn down.
-    let _ = THREAD_ALLOCATIONS.try_with(|c| c.set(c.get() + u64::from(allocation)));
-    let _ = THREAD_LIVE_BYTES.try_with(|c| c.set(c.get() + grown));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// returned memory satisfies `GlobalAlloc`'s contract exactly as `System`'s does; the
-// counting only touches atomics and destructor-free thread-locals and never allocates.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract (non-zero size),
-        // which is the contract of `System.alloc`.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(true, layout.size() as i64);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`: the caller's contract is `System.alloc_zeroed`'s.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            note(true, layout.size() as i64);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with `layout`
-        // (the caller's contract), so `System.dealloc` may free it.
-        unsafe { System.dealloc(ptr, layout) };
-        note(false, -(layout.size() as i64));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from `System` with `layout`, and `new_size` is valid for it
-        // (the caller's contract), which is what `System.realloc` requires.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            note(true, new_size as i64 - layout.size() as i64);
-        }
-        p
-    }
-}
-
-/// Allocations (including reallocations) made by the whole process through
-/// [`CountingAlloc`]; stays 0 if it is not the global allocator.
-pub fn allocations() -> u64 {
-    ALLOCATIONS.load(Ordering::Relaxed)
-}
-
-/// Bytes ever allocated by the whole process through [`CountingAlloc`] (growth only).
-pub fn allocated_bytes() -> u64 {
-    ALLOCATED_BYTES.load(Ordering::Relaxed)
-}
-
-/// Allocations made by the calling thread through [`CountingAlloc`].
-pub fn thread_allocations() -> u64 {
-    THREAD_ALLOCATIONS.with(Cell::get)
-}
-
-/// Bytes allocated minus bytes freed by the calling thread through [`CountingAlloc`].
-pub fn thread_live_bytes() -> i64 {
-    THREAD_LIVE_BYTES.with(Cell::get)
-}
-
-/// Whether [`CountingAlloc`] is the global allocator: an allocation made on purpose
-/// moves the counter.
-pub fn counting_allocator_installed() -> bool {
-    let before = thread_allocations();
-    let v: Vec<u8> = black_box(Vec::with_capacity(black_box(64)));
-    drop(black_box(v));
-    thread_allocations() != before
-}
-
 /// Resident set size of this process, from `/proc/self/statm`.
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -220,17 +121,12 @@ fn rss_bytes() -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 // Frames
 
-const ETH_LEN: usize = 14;
-const IP_LEN: usize = 20;
-const L4_AT: usize = ETH_LEN + IP_LEN;
 /// 64 bytes on the wire with the FCS: 14 + 20 + 8 + 18 bytes of payload in memory.
 const UDP_FRAME: usize = 60;
 /// A 1500-byte IP packet: 14 + 20 + 20 + 1460 bytes of payload.
 const TCP_FRAME: usize = 1514;
 const SYN_FRAME: usize = ETH_LEN + IP_LEN + 20;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
@@ -254,15 +150,6 @@ fn container_mac(c: usize) -> [u8; 6] {
 enum L4 {
     Udp,
     Tcp { flags: u8 },
-}
-
-/// How the TCP/UDP checksum field is filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Csum {
-    /// Complete.
-    Full,
-    /// Only the pseudo-header sum, as a container's transmit offload leaves it.
-    Partial,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -311,92 +198,35 @@ impl FrameSpec {
     }
 }
 
-/// RFC 1071 sum of `data` added to `acc`, not folded.
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u64 {
-    sum(
-        &src.octets(),
-        sum(&dst.octets(), u64::from(proto) + len as u64),
-    )
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// Writes the frame `spec` describes into `buf[..spec.len]`.
+/// Writes the frame `spec` describes into `buf[..spec.len]`: DF, TTL 64, the source
+/// port as identification, payload bytes counting up.
 fn write_frame(buf: &mut [u8], spec: &FrameSpec) {
     let f = &mut buf[..spec.len];
-    f[0..6].copy_from_slice(&spec.eth_dst);
-    f[6..12].copy_from_slice(&spec.eth_src);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let (proto, hl) = match spec.l4 {
-        L4::Udp => (PROTO_UDP, 8),
-        L4::Tcp { .. } => (PROTO_TCP, 20),
+    let proto = match spec.l4 {
+        L4::Udp => PROTO_UDP,
+        L4::Tcp { .. } => PROTO_TCP,
     };
-    let ip_total = spec.len - ETH_LEN;
-    {
-        let ip = &mut f[ETH_LEN..L4_AT];
-        ip.fill(0);
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&spec.sport.to_be_bytes()); // any identification
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = proto;
-        ip[12..16].copy_from_slice(&spec.src.octets());
-        ip[16..20].copy_from_slice(&spec.dst.octets());
-        let c = !fold(sum(ip, 0));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    let l4 = &mut f[L4_AT..];
-    let l4_len = l4.len();
-    l4[..hl].fill(0);
-    l4[0..2].copy_from_slice(&spec.sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&spec.dport.to_be_bytes());
-    let csum_at = match spec.l4 {
+    let header = Ipv4Header {
+        eth_src: spec.eth_src,
+        ident: spec.sport,
+        frag: DF,
+        ..Ipv4Header::new(spec.eth_dst, spec.src, spec.dst, proto)
+    };
+    header.write(f);
+    let hl = match spec.l4 {
         L4::Udp => {
-            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            6
+            write_udp(&mut f[L4_AT..], spec.sport, spec.dport);
+            8
         }
         L4::Tcp { flags } => {
-            l4[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
-            l4[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
-            l4[12] = 0x50;
-            l4[13] = flags;
-            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
-            16
+            write_tcp(&mut f[L4_AT..], spec.sport, spec.dport, flags);
+            20
         }
     };
-    for (i, b) in l4[hl..].iter_mut().enumerate() {
+    for (i, b) in f[L4_AT + hl..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    let ps = pseudo(spec.src, spec.dst, proto, l4_len);
-    let c = match spec.csum {
-        Csum::Partial => fold(ps),
-        Csum::Full => match !fold(sum(l4, ps)) {
-            0 if proto == PROTO_UDP => 0xffff,
-            c => c,
-        },
-    };
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    set_l4_checksum(f, spec.csum);
 }
 
 /// Frames concatenated, `frame_len` bytes each.
@@ -411,35 +241,9 @@ fn frames(specs: impl IntoIterator<Item = FrameSpec>, frame_len: usize) -> Vec<u
     buf
 }
 
-/// Checks a translated frame from scratch: IPv4 header checksum, complete TCP/UDP
-/// checksum (UDP: unless 0).
-fn verify(frame: &[u8]) -> Result<(), String> {
-    if frame.len() < L4_AT || frame[12..14] != [0x08, 0x00] || frame[ETH_LEN] != 0x45 {
-        return Err("not an IPv4 frame without options".into());
-    }
-    let ip = &frame[ETH_LEN..L4_AT];
-    if fold(sum(ip, 0)) != 0xffff {
-        return Err("bad IPv4 header checksum".into());
-    }
-    let total = usize::from(be16(ip, 2));
-    let l4 = frame
-        .get(L4_AT..ETH_LEN + total)
-        .ok_or("IPv4 total length beyond the frame")?;
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let proto = ip[9];
-    if proto == PROTO_UDP && be16(l4, 6) == 0 {
-        return Ok(());
-    }
-    if fold(sum(l4, pseudo(src, dst, proto, l4.len()))) != 0xffff {
-        return Err(format!("bad transport checksum (protocol {proto})"));
-    }
-    Ok(())
-}
-
 /// TCP/UDP source port of a frame.
 fn src_port(frame: &[u8]) -> u16 {
-    be16(frame, L4_AT)
+    u16::from_be_bytes([frame[L4_AT], frame[L4_AT + 1]])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1071,7 +875,7 @@ mod tests {
     use super::*;
 
     #[global_allocator]
-    static ALLOC: CountingAlloc = CountingAlloc;
+    static ALLOC: dovesnap_testbed::alloc::CountingAlloc = dovesnap_testbed::alloc::CountingAlloc;
 
     fn tiny() -> Sizes {
         Sizes {
@@ -1111,17 +915,6 @@ mod tests {
             TCP_FRAME,
         );
         assert!(verify(&partial).is_err());
-    }
-
-    #[test]
-    fn allocator_counts() {
-        assert!(counting_allocator_installed());
-        let live = thread_live_bytes();
-        let v = black_box(vec![0u8; 1000]);
-        assert!(thread_live_bytes() - live >= 1000);
-        drop(v);
-        assert_eq!(thread_live_bytes(), live);
-        assert!(allocations() > 0 && allocated_bytes() >= 1000);
     }
 
     #[test]

@@ -39,7 +39,6 @@
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -47,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use dovesnap::xdp::{AttachMode, XdpSink};
+use dovesnap_testbed::frame::{self, set_l4_checksum, Csum, Ipv4Header, DF};
 use serde::{Deserialize, Serialize};
 
 /// Datagrams per `sendmmsg(2)` call.
@@ -509,15 +509,14 @@ fn packet_gen(
     }
     let frames: Vec<Vec<u8>> = (0..flows)
         .map(|i| {
+            let header = Ipv4Header {
+                eth_src: path.src_mac,
+                ..Ipv4Header::new(path.dst_mac, path.src, dst, frame::PROTO_UDP)
+            };
             udp_frame(
-                &FrameSpec {
-                    src_mac: path.src_mac,
-                    dst_mac: path.dst_mac,
-                    src: path.src,
-                    dst,
-                    src_port: PACKET_SRC_PORT.wrapping_add(i),
-                    dst_port: port_base + i,
-                },
+                header,
+                PACKET_SRC_PORT.wrapping_add(i),
+                port_base + i,
                 payload,
             )
         })
@@ -599,19 +598,9 @@ struct TxPath {
 
 /// Runs `ip -j ARGS` and parses its JSON array.
 fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>> {
-    let out = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip -j {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let text = dovesnap_testbed::cmd::sh("ip", &full)?;
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -714,63 +703,13 @@ fn resolve_path(dst: Ipv4Addr, port: u16, payload: usize) -> Result<(TxPath, u64
     ))
 }
 
-/// Addresses of one generated UDP flow.
-#[derive(Clone, Copy, Debug)]
-struct FrameSpec {
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    src_port: u16,
-    dst_port: u16,
-}
-
 /// An Ethernet/IPv4/UDP frame with `payload` zero bytes, DF set, TTL 64 and complete
 /// IPv4 and UDP checksums.
-fn udp_frame(spec: &FrameSpec, payload: usize) -> Vec<u8> {
-    let udp_len = 8 + payload;
-    let ip_len = 20 + udp_len;
-    let mut f = vec![0u8; 14 + ip_len];
-    f[0..6].copy_from_slice(&spec.dst_mac);
-    f[6..12].copy_from_slice(&spec.src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&spec.src.octets());
-    ip[16..20].copy_from_slice(&spec.dst.octets());
-    let check = !fold(sum16(ip, 0));
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-    let udp = &mut f[34..];
-    udp[0..2].copy_from_slice(&spec.src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&spec.dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    let pseudo = sum16(&spec.src.octets(), 0) + sum16(&spec.dst.octets(), 0) + 17 + udp_len as u32;
-    let mut check = !fold(sum16(udp, pseudo));
-    if check == 0 {
-        check = 0xffff;
-    }
-    udp[6..8].copy_from_slice(&check.to_be_bytes());
+fn udp_frame(header: Ipv4Header, src_port: u16, dst_port: u16, payload: usize) -> Vec<u8> {
+    let header = Ipv4Header { frag: DF, ..header };
+    let mut f = header.frame(&frame::udp(src_port, dst_port, &vec![0; payload]));
+    set_l4_checksum(&mut f, Csum::Full);
     f
-}
-
-/// Adds `bytes` as big-endian 16-bit words to `sum` (RFC 1071; odd tail padded).
-fn sum16(bytes: &[u8], mut sum: u32) -> u32 {
-    for pair in bytes.chunks(2) {
-        let hi = u32::from(pair[0]) << 8;
-        sum += hi | pair.get(1).copied().map_or(0, u32::from);
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Pins the calling thread to `cpu`.
@@ -1444,39 +1383,22 @@ mod tests {
     /// sum over a header including its checksum is 0xffff).
     #[test]
     fn udp_frames_are_valid() {
-        let spec = FrameSpec {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(10, 240, 1, 2),
-            dst: Ipv4Addr::new(10, 240, 2, 2),
-            src_port: 20007,
-            dst_port: 9007,
+        let (src, dst) = (Ipv4Addr::new(10, 240, 1, 2), Ipv4Addr::new(10, 240, 2, 2));
+        let header = Ipv4Header {
+            eth_src: [2, 0, 0, 0, 0, 1],
+            ..Ipv4Header::new([2, 0, 0, 0, 0, 2], src, dst, frame::PROTO_UDP)
         };
         for payload in [18, 19, 0, 1000] {
-            let f = udp_frame(&spec, payload);
+            let f = udp_frame(header, 20007, 9007, payload);
             assert_eq!(f.len(), 42 + payload);
-            assert_eq!(&f[0..6], &spec.dst_mac);
-            assert_eq!(&f[6..12], &spec.src_mac);
-            assert_eq!(&f[12..14], &[0x08, 0x00]);
-            assert_eq!(f[14], 0x45);
+            assert_eq!(&f[0..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
             assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, 28 + payload);
-            assert_eq!(f[23], 17);
-            assert_eq!(&f[26..30], &spec.src.octets());
-            assert_eq!(&f[30..34], &spec.dst.octets());
-            assert_eq!(fold(sum16(&f[14..34], 0)), 0xffff, "IPv4 checksum");
+            assert_eq!((f[20], f[23]), (0x40, 17), "DF, UDP");
             assert_eq!(u16::from_be_bytes([f[34], f[35]]), 20007);
             assert_eq!(u16::from_be_bytes([f[36], f[37]]), 9007);
-            let udp_len = 8 + payload as u32;
-            let pseudo = sum16(&spec.src.octets(), 0) + sum16(&spec.dst.octets(), 0) + 17 + udp_len;
-            assert_eq!(fold(sum16(&f[34..], pseudo)), 0xffff, "UDP checksum");
+            frame::verify(&f).unwrap();
+            assert_ne!(&f[40..42], &[0, 0], "UDP checksum filled");
         }
-        // 18 bytes of payload: a 60-byte frame, 64 on the wire with the FCS.
-        assert_eq!(udp_frame(&spec, 18).len(), 60);
-        // RFC 1071's example: 0001 f203 f4f5 f6f7 sums to ddf2.
-        assert_eq!(
-            fold(sum16(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7], 0)),
-            0xddf2
-        );
         assert_eq!(
             parse_mac("aa:37:af:10:b7:4e"),
             Some([0xaa, 0x37, 0xaf, 0x10, 0xb7, 0x4e])

@@ -75,6 +75,25 @@ impl Network {
         Network::create_with_driver(name, "ovs", extra)
     }
 
+    /// A flat ovs network on `subnet`.
+    pub fn flat(name: &str, subnet: &str) -> Self {
+        Network::create(name, &["--subnet", subnet])
+    }
+
+    /// An ovs network in nat mode on `subnet`.
+    pub fn nat(name: &str, subnet: &str) -> Self {
+        Network::create(name, &["-o", "mode=nat", "--subnet", subnet])
+    }
+
+    /// An ovs network in nat-fast mode on `subnet`, its uplink interface `uplink`.
+    pub fn nat_fast(name: &str, uplink: &str, subnet: &str) -> Self {
+        let uplink = format!("ovs.nat.uplink={uplink}");
+        Network::create(
+            name,
+            &["-o", "mode=nat-fast", "-o", &uplink, "--subnet", subnet],
+        )
+    }
+
     /// `docker network create -d DRIVER EXTRA... NAME` (e.g. Docker's own `bridge`, as
     /// the reference users compare with).
     pub fn create_with_driver(name: &str, driver: &str, extra: &[&str]) -> Self {

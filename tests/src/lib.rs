@@ -7,6 +7,8 @@
 //! passing.
 
 use std::process::{Command, Output};
+
+use dovesnap_testbed::cmd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Fails the test unless it runs as root: privileged tests never pass by skipping.
@@ -21,17 +23,18 @@ pub fn require_root() {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "`{} {}` failed ({}): {}{}",
-        cmd,
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cmd::sh(cmd, args).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// [`sh`] of a command line split at whitespace (names, numbers and addresses only).
+pub fn sh_line(line: &str) -> String {
+    cmd::sh_line(line).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Polls `ready` every 200 ms, panicking naming `what` when it does not hold within
+/// `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, ready: impl FnMut() -> bool) {
+    cmd::wait_until(what, timeout, ready).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs a command and returns its output whatever the exit status.
@@ -76,6 +79,11 @@ impl Netns {
         let mut full = vec!["netns", "exec", &self.name, cmd];
         full.extend_from_slice(args);
         sh("ip", &full)
+    }
+
+    /// [`sh_line`] inside the namespace.
+    pub fn line(&self, line: &str) -> String {
+        cmd::in_ns_line(&self.name, line).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The body of `url` fetched from inside the namespace by busybox wget within 5 s

@@ -222,44 +222,12 @@ fn sink_counts_what_the_generator_sent() {
     let dropped_before = tx_dropped(&pair.gen, &pair.gen_if);
 
     // Packet mode first: it resolves the sink's MAC (one priming datagram, in `sent`).
-    let packet = run_tool(
-        &pair.gen,
-        &[
-            "udp-gen",
-            "--dst",
-            SINK_IP,
-            "--port",
-            "9000",
-            "--flows",
-            "16",
-            "--payload",
-            "18",
-            "--seconds",
-            "1",
-            "--mode",
-            "packet",
-        ],
-    );
-    let socket = run_tool(
-        &pair.gen,
-        &[
-            "udp-gen",
-            "--dst",
-            SINK_IP,
-            "--port",
-            "9000",
-            "--flows",
-            "16",
-            "--payload",
-            "18",
-            "--seconds",
-            "0.5",
-            "--mode",
-            "socket",
-            "--cpu",
-            "0",
-        ],
-    );
+    let gen = |rest: &str| {
+        let line = format!("udp-gen --dst {SINK_IP} --port 9000 --flows 16 --payload 18 {rest}");
+        run_tool(&pair.gen, &line.split_whitespace().collect::<Vec<_>>())
+    };
+    let packet = gen("--seconds 1 --mode packet");
+    let socket = gen("--seconds 0.5 --mode socket --cpu 0");
     let counted = sink.terminate();
     assert!(
         !has_xdp(&pair.sink, &pair.sink_if),

@@ -260,22 +260,9 @@ fn churn_leaves_exactly_what_live_containers_need() {
     let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     let far = Far::new();
     let uplink = far.uplink.host.clone();
-    let flat = Network::create("dschurn-flat", &["--subnet", "10.234.1.0/22"]);
-    let nat = Network::create(
-        "dschurn-nat",
-        &["-o", "mode=nat", "--subnet", "10.234.4.0/22"],
-    );
-    let fast = Network::create(
-        "dschurn-fast",
-        &[
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            &format!("ovs.nat.uplink={uplink}"),
-            "--subnet",
-            "10.234.8.0/22",
-        ],
-    );
+    let flat = Network::flat("dschurn-flat", "10.234.1.0/22");
+    let nat = Network::nat("dschurn-nat", "10.234.4.0/22");
+    let fast = Network::nat_fast("dschurn-fast", &uplink, "10.234.8.0/22");
     let nets = [(&flat, flat.id()), (&nat, nat.id()), (&fast, fast.id())];
     let _sweep = Sweep;
 

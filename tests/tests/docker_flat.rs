@@ -169,7 +169,7 @@ fn plugin_restart_keeps_containers_connected() {
     require_root();
     let mut plugin = start_plugin();
     {
-        let net = Network::create("dsflat-restart", &["--subnet", "10.231.3.0/24"]);
+        let net = Network::flat("dsflat-restart", "10.231.3.0/24");
         let a = Container::httpd("dsflat-ra", &net, "still-here");
         let b = Container::idle("dsflat-rb", &net);
         let ip = a.ip(&net);

@@ -384,14 +384,8 @@ fn records_that_cannot_be_trusted_are_left_alone() {
 fn two_nat_networks_are_isolated() {
     require_root();
     let _plugin = start_plugin();
-    let a = Network::create(
-        "dsnat-iso-a",
-        &["-o", "mode=nat", "--subnet", "10.232.2.0/24"],
-    );
-    let b = Network::create(
-        "dsnat-iso-b",
-        &["-o", "mode=nat", "--subnet", "10.232.3.0/24"],
-    );
+    let a = Network::nat("dsnat-iso-a", "10.232.2.0/24");
+    let b = Network::nat("dsnat-iso-b", "10.232.3.0/24");
     let ca = Container::httpd("dsnat-iso-ca", &a, "a");
     let cb = Container::idle("dsnat-iso-cb", &b);
     let ip = ca.ip(&a);
@@ -443,10 +437,7 @@ fn works_under_a_forward_drop_policy() {
 
     let _plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
-    let net = Network::create(
-        "dsnat-drop",
-        &["-o", "mode=nat", "--subnet", "10.232.4.0/24"],
-    );
+    let net = Network::nat("dsnat-drop", "10.232.4.0/24");
     let web = Container::run(
         "dsnat-drop-web",
         &net,
@@ -489,10 +480,7 @@ fn dynamic_and_ranged_host_ports() {
     require_root();
     let plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
-    let net = Network::create(
-        "dsnat-dyn",
-        &["-o", "mode=nat", "--subnet", "10.232.8.0/24"],
-    );
+    let net = Network::nat("dsnat-dyn", "10.232.8.0/24");
     // -P: Docker sends host port 0 to a remote driver; dovesnap picks a free one.
     let _a = Container::run(
         "dsnat-dyn-a",

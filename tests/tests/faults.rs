@@ -110,11 +110,8 @@ fn ovs_restarts_under_the_plugin() {
     require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.100");
-    let flat = Network::create("dsflt-ovs-flat", &["--subnet", "10.233.1.0/24"]);
-    let nat = Network::create(
-        "dsflt-ovs-nat",
-        &["-o", "mode=nat", "--subnet", "10.233.2.0/24"],
-    );
+    let flat = Network::flat("dsflt-ovs-flat", "10.233.1.0/24");
+    let nat = Network::nat("dsflt-ovs-nat", "10.233.2.0/24");
     let a = Container::idle("dsflt-ovs-a", &flat);
     let b = Container::idle("dsflt-ovs-b", &flat);
     let n = Container::idle("dsflt-ovs-n", &nat);
@@ -221,22 +218,9 @@ fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
     require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.102");
-    let flat = Network::create("dsflt-del-flat", &["--subnet", "10.233.5.0/24"]);
-    let nat = Network::create(
-        "dsflt-del-nat",
-        &["-o", "mode=nat", "--subnet", "10.233.6.0/24"],
-    );
-    let fast = Network::create(
-        "dsflt-del-fast",
-        &[
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            &format!("ovs.nat.uplink={}", far.uplink.host),
-            "--subnet",
-            "10.233.7.0/24",
-        ],
-    );
+    let flat = Network::flat("dsflt-del-flat", "10.233.5.0/24");
+    let nat = Network::nat("dsflt-del-nat", "10.233.6.0/24");
+    let fast = Network::nat_fast("dsflt-del-fast", &far.uplink.host, "10.233.7.0/24");
     let a = Container::idle("dsflt-del-a", &flat);
     let b = Container::idle("dsflt-del-b", &flat);
     let n = Container::idle("dsflt-del-n", &nat);
@@ -438,17 +422,7 @@ impl TwoOnFast {
     fn new(name: &str, far_prefix: &str, subnet: &str, plugin_args: &[&str]) -> Self {
         let plugin = start_plugin_with(plugin_args);
         let far = Far::new("dsx", far_prefix);
-        let fast = Network::create(
-            &format!("dsflt-{name}-fast"),
-            &[
-                "-o",
-                "mode=nat-fast",
-                "-o",
-                &format!("ovs.nat.uplink={}", far.uplink.host),
-                "--subnet",
-                subnet,
-            ],
-        );
+        let fast = Network::nat_fast(&format!("dsflt-{name}-fast"), &far.uplink.host, subnet);
         TwoOnFast {
             c: Container::idle(&format!("dsflt-{name}-c"), &fast),
             hog: Container::idle(&format!("dsflt-{name}-hog"), &fast),
@@ -1023,11 +997,8 @@ fn dockerd_restarts_under_the_plugin() {
     require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.101");
-    let flat = Network::create("dsflt-dk-flat", &["--subnet", "10.233.3.0/24"]);
-    let nat = Network::create(
-        "dsflt-dk-nat",
-        &["-o", "mode=nat", "--subnet", "10.233.4.0/24"],
-    );
+    let flat = Network::flat("dsflt-dk-flat", "10.233.3.0/24");
+    let nat = Network::nat("dsflt-dk-nat", "10.233.4.0/24");
     // This host's dockerd runs without live-restore (Docker's default): stopping it
     // stops every container. What a user expects then: containers with a restart
     // policy come back on their networks, with their addresses, and the plugin holds

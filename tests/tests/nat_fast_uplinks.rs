@@ -541,10 +541,7 @@ fn other_nats_on_the_uplink_keep_their_replies() {
             "10.232.58.0/24",
         ],
     );
-    let nat = Network::create(
-        "dsup-co-nat",
-        &["-o", "mode=nat", "--subnet", "10.232.59.0/24"],
-    );
+    let nat = Network::nat("dsup-co-nat", "10.232.59.0/24");
     let bridge =
         Network::create_with_driver("dsup-co-br", "bridge", &["--subnet", "10.232.60.0/24"]);
     let cf = Container::idle("dsup-co-fast", &fast);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::Daemon;
 use dovesnap_tests::docker::{self, Container, Network};
-use dovesnap_tests::{require_root, run, sh, unique_name, Netns};
+use dovesnap_tests::{require_root, run, sh, unique_name, wait_until, Netns};
 use serde_json::{json, Value};
 
 /// The test LAN (RFC 2544 benchmarking space, unused elsewhere); hosts are .1, .2, ...
@@ -84,14 +84,6 @@ fn start_daemon(ns: &Netns, dir: &Path, cmd: &str, args: &[String]) {
         "{cmd} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// ovn-northd and the NB/SB databases, listening on [`CENTRAL_IP`] in the LAN namespace.

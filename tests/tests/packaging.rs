@@ -275,23 +275,9 @@ fn compose_runs_open_vswitch_and_the_plugin() {
         assert!(line.contains(" OK "), "{line}");
     }
 
-    let uplink_opt = format!("ovs.nat.uplink={}", uplink.host);
-    let flat = Network::create("dspkg-flat", &["--subnet", "10.236.1.0/24"]);
-    let nat = Network::create(
-        "dspkg-nat",
-        &["-o", "mode=nat", "--subnet", "10.236.2.0/24"],
-    );
-    let fast = Network::create(
-        "dspkg-fast",
-        &[
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            &uplink_opt,
-            "--subnet",
-            "10.236.3.0/24",
-        ],
-    );
+    let flat = Network::flat("dspkg-flat", "10.236.1.0/24");
+    let nat = Network::nat("dspkg-nat", "10.236.2.0/24");
+    let fast = Network::nat_fast("dspkg-fast", &uplink.host, "10.236.3.0/24");
     let a = Container::idle("dspkg-a", &flat);
     let b = Container::idle("dspkg-b", &flat);
     let c = Container::idle("dspkg-c", &nat);

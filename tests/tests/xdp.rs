@@ -17,6 +17,8 @@ use dovesnap::xdp::{
     be_addr, steered_session_key, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram,
     IFACE_ENDPOINT, IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
+use dovesnap_testbed::cmd::veth_pair;
+use dovesnap_testbed::frame::{self, icmp, Ipv4Header};
 use dovesnap_tests::{host_veths, require_root, sh, unique_name, Netns, Veth};
 
 /// Whether `ip link show dev IF` reports an XDP program (`xdp`, `xdpgeneric`,
@@ -274,64 +276,14 @@ impl Topology {
         let (c, r, f) = (Netns::new("dxc"), Netns::new("dxr"), Netns::new("dxf"));
         for ns in [&c, &r, &f] {
             for key in ["all", "default"] {
-                ns.sh(
-                    "sysctl",
-                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-                );
+                ns.line(&format!("sysctl -qw net.ipv6.conf.{key}.disable_ipv6=1"));
             }
         }
-        r.sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                "ep0",
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "netns",
-                &c.name,
-            ],
-        );
-        r.sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                "up0",
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "netns",
-                &f.name,
-            ],
-        );
+        r.line(&veth_pair("ep0", None, "eth0", Some(&c.name), 2));
+        r.line(&veth_pair("up0", None, "eth0", Some(&f.name), 2));
         // No dummy driver on every kernel: a veth pair inside R leads nowhere just as well.
-        r.sh(
-            "ip",
-            &["link", "add", "dm0", "type", "veth", "peer", "name", "dm1"],
-        );
-        r.sh("ip", &["link", "set", "dm1", "up"]);
+        r.line("ip link add dm0 type veth peer name dm1");
+        r.line("ip link set dm1 up");
         for (ns, dev, cidr) in [
             (&c, "eth0", "10.202.1.2/24"),
             (&r, "ep0", "10.202.1.1/24"),
@@ -339,21 +291,15 @@ impl Topology {
             (&r, "dm0", "10.202.3.1/24"),
             (&f, "eth0", "10.202.2.2/24"),
         ] {
-            ns.sh("ip", &["addr", "add", cidr, "dev", dev]);
-            ns.sh("ip", &["link", "set", dev, "up"]);
+            ns.line(&format!("ip addr add {cidr} dev {dev}"));
+            ns.line(&format!("ip link set {dev} up"));
         }
-        r.sh("ip", &["link", "set", "up0", "mtu", "1280"]);
-        c.sh("ip", &["route", "add", "default", "via", "10.202.1.1"]);
-        f.sh(
-            "ip",
-            &["route", "add", "10.202.1.0/24", "via", "10.202.2.1"],
-        );
-        r.sh(
-            "ip",
-            &["route", "add", "10.202.9.0/24", "via", "10.202.2.2"],
-        );
+        r.line("ip link set up0 mtu 1280");
+        c.line("ip route add default via 10.202.1.1");
+        f.line("ip route add 10.202.1.0/24 via 10.202.2.1");
+        r.line("ip route add 10.202.9.0/24 via 10.202.2.2");
         for ns in [&r, &f] {
-            ns.sh("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"]);
+            ns.line("sysctl -qw net.ipv4.conf.all.forwarding=1");
         }
         let (ep, up) = (ifindex(&r, "ep0"), ifindex(&r, "up0"));
         let gateway_mac = mac(&r, "ep0");
@@ -751,47 +697,22 @@ fn ipv4_frame(
     dst: [u8; 4],
     proto: u8,
     ttl: u8,
-    frag_off: u16,
+    frag: u16,
     options: bool,
     l4: &[u8],
 ) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ihl = if options { 6 } else { 5 };
-    let total = (ihl * 4 + l4.len()) as u16;
-    f.push(0x40 | ihl as u8);
-    f.push(0);
-    f.extend_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&[0, 1]);
-    f.extend_from_slice(&frag_off.to_be_bytes());
-    f.push(ttl);
-    f.push(proto);
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&dst);
-    if options {
-        f.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
+    let header = Ipv4Header::new(dst_mac, src, dst, proto);
+    Ipv4Header {
+        ttl,
+        frag,
+        options,
+        ..header
     }
-    f.extend_from_slice(l4);
-    f
+    .frame(l4)
 }
 
 fn udp(src: u16, dst: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&src.to_be_bytes());
-    v.extend_from_slice(&dst.to_be_bytes());
-    v.extend_from_slice(&[0, 12, 0, 0, b'd', b'a', b't', b'a']);
-    v
-}
-
-fn icmp(kind: u8, id: u16, rest: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind, 0, 0, 0];
-    v.extend_from_slice(&id.to_be_bytes());
-    v.extend_from_slice(&[0, 1]);
-    v.extend_from_slice(rest);
-    v
+    frame::udp(src, dst, b"data")
 }
 
 /// An ICMP error of `kind` quoting an IPv4 header from `inner_src` with `inner_proto`
@@ -811,6 +732,15 @@ fn icmp_error(kind: u8, inner_src: [u8; 4], inner_proto: u8, inner_l4: &[u8]) ->
     let mut v = vec![kind, 0, 0, 0, 0, 0, 0, 0];
     v.extend_from_slice(quoted);
     v
+}
+
+/// A crafted frame, where it arrives and the decision expected.
+struct Case {
+    what: &'static str,
+    frame: Vec<u8>,
+    ifindex: u32,
+    queue: u32,
+    expected: dovesnap::xdp::Counter,
 }
 
 /// Every decision, on crafted frames run through the loaded program with
@@ -859,631 +789,96 @@ fn steering_decisions_on_crafted_frames() {
         truncated.truncate(14 + 12);
 
         use dovesnap::xdp::Counter as C;
-        // (what, frame, interface, rx queue, expected decision)
-        let cases: Vec<(&str, Vec<u8>, u32, u32, C)> = vec![
-            (
-                "endpoint UDP out",
-                e(PROTO_UDP, 64, 0, false, &udp(1234, 53)),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint queue 1",
-                e(PROTO_UDP, 64, 0, false, &udp(1234, 53)),
-                topo.ep,
-                1,
-                C::EndpointQueueWithoutSocket,
-            ),
-            (
-                "endpoint TCP out",
-                e(PROTO_TCP, 64, 0, false, &udp(1234, 80)),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint ICMP out",
-                e(PROTO_ICMP, 64, 0, false, &icmp(8, 7, &[])),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint TTL 2",
-                e(PROTO_UDP, 2, 0, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint other MAC",
-                ipv4_frame(other_mac, ours, far, PROTO_UDP, 64, 0, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointNotToGateway,
-            ),
-            ("endpoint IPv6", ipv6, topo.ep, 0, C::EndpointOtherProtocol),
-            (
-                "endpoint truncated IPv4",
-                truncated,
-                topo.ep,
-                0,
-                C::EndpointOtherProtocol,
-            ),
-            (
-                "endpoint GRE",
-                e(47, 64, 0, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointOtherProtocol,
-            ),
-            (
-                "endpoint options",
-                e(PROTO_UDP, 64, 0, true, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointOptions,
-            ),
-            (
-                "endpoint later fragment before its first",
-                e(PROTO_UDP, 64, 0x0010, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointFragmentKernel,
-            ),
-            (
-                "endpoint first fragment",
-                e(PROTO_UDP, 64, 0x2000, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointFragment,
-            ),
-            (
-                "endpoint later fragment",
-                e(PROTO_UDP, 64, 0x0010, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointFragment,
-            ),
-            (
-                "endpoint later fragment of another datagram",
-                e(PROTO_TCP, 64, 0x0010, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointFragmentKernel,
-            ),
-            (
-                "endpoint first fragment to a local address",
-                ipv4_frame(gw, ours, ext, PROTO_TCP, 64, 0x2000, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointNotForwarded,
-            ),
-            (
-                "endpoint its later fragment",
-                ipv4_frame(gw, ours, ext, PROTO_TCP, 64, 0x0010, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointFragmentKernel,
-            ),
-            (
-                "endpoint DF is no fragment",
-                e(PROTO_UDP, 64, 0x4000, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint spoofed",
-                ipv4_frame(
-                    gw,
-                    [10, 202, 1, 9],
-                    far,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(1, 2),
-                ),
-                topo.ep,
-                0,
-                C::EndpointSpoofedSource,
-            ),
-            (
-                "endpoint TTL 1",
-                e(PROTO_UDP, 1, 0, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointTtlExpiring,
-            ),
-            (
-                "endpoint in subnet",
-                ipv4_frame(
-                    gw,
-                    ours,
-                    [10, 202, 1, 77],
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(1, 2),
-                ),
-                topo.ep,
-                0,
-                C::EndpointInSubnet,
-            ),
-            (
-                "endpoint to local",
-                ipv4_frame(gw, ours, ext, PROTO_UDP, 64, 0, false, &udp(1, 2)),
-                topo.ep,
-                0,
-                C::EndpointNotForwarded,
-            ),
-            (
-                "endpoint no route",
-                ipv4_frame(
-                    gw,
-                    ours,
-                    [192, 0, 2, 1],
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(1, 2),
-                ),
-                topo.ep,
-                0,
-                C::EndpointNotForwarded,
-            ),
-            (
-                "endpoint via dm0",
-                ipv4_frame(
-                    gw,
-                    ours,
-                    [10, 202, 3, 9],
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(1, 2),
-                ),
-                topo.ep,
-                0,
-                C::EndpointNotViaUplink,
-            ),
-            (
-                "endpoint routed via far",
-                ipv4_frame(
-                    gw,
-                    ours,
-                    [10, 202, 9, 9],
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(1, 2),
-                ),
-                topo.ep,
-                0,
-                C::EndpointRedirect,
-            ),
-            (
-                "endpoint too big",
-                e(PROTO_UDP, 64, 0, false, &big),
-                topo.ep,
-                0,
-                C::EndpointTooBig,
-            ),
-            (
-                "uplink range low",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink range high",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_TCP,
-                    64,
-                    0,
-                    false,
-                    &udp(80, PORT_HI),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink range port the translator does not use (another NAT's)",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO + 1),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink mapped port, other remote port (a host socket's)",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(54, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink mapped port, other remote address",
-                ipv4_frame(
-                    other_mac,
-                    [10, 202, 2, 3],
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink mapped port, other protocol",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_TCP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink published",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_TCP,
-                    64,
-                    0,
-                    false,
-                    &udp(5555, 8443),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink published, other proto",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(5555, 8443),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink queue 1",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                1,
-                C::UplinkQueueWithoutSocket,
-            ),
-            (
-                "uplink not ours",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    [10, 202, 1, 2],
-                    PROTO_UDP,
-                    64,
-                    0,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkNotForUs,
-            ),
-            (
-                "uplink first fragment, translator's port",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0x2000,
-                    false,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkFragment,
-            ),
-            (
-                "uplink its later fragment",
-                ipv4_frame(other_mac, far, ext, PROTO_UDP, 64, 0x00b9, false, &[7; 8]),
-                topo.up,
-                0,
-                C::UplinkFragment,
-            ),
-            (
-                "uplink first fragment, another NAT's port",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_TCP,
-                    64,
-                    0x2000,
-                    false,
-                    &udp(53, PORT_LO + 1),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink its later fragment",
-                ipv4_frame(other_mac, far, ext, PROTO_TCP, 64, 0x00b9, false, &[7; 8]),
-                topo.up,
-                0,
-                C::UplinkFragmentKernel,
-            ),
-            (
-                "uplink options",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_UDP,
-                    64,
-                    0,
-                    true,
-                    &udp(53, PORT_LO),
-                ),
-                topo.up,
-                0,
-                C::UplinkOptions,
-            ),
-            (
-                "uplink GRE",
-                ipv4_frame(other_mac, far, ext, 47, 64, 0, false, &udp(53, PORT_LO)),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink echo reply owned",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp(0, ECHO_ID, &[]),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink echo reply other",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp(0, ECHO_ID + 1, &[]),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink echo request owned id",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp(8, ECHO_ID, &[]),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink unreachable, our UDP",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(3, ext, PROTO_UDP, &udp(PORT_LO + 5, 9)),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink time exceeded, published TCP",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(11, ext, PROTO_TCP, &udp(8443, 9)),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink param problem, our echo",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(12, ext, PROTO_ICMP, &icmp(8, ECHO_ID, &[])),
-                ),
-                topo.up,
-                0,
-                C::UplinkRedirect,
-            ),
-            (
-                "uplink unreachable, host UDP",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(3, ext, PROTO_UDP, &udp(22, 9)),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink unreachable, other source",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(3, far, PROTO_UDP, &udp(PORT_LO, 9)),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink unreachable, quoted reply",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(3, ext, PROTO_ICMP, &icmp(0, ECHO_ID, &[])),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink unreachable, truncated quote",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(3, ext, PROTO_UDP, &udp(PORT_LO, 9))[..8 + 20 + 1],
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
-            (
-                "uplink redirect type 5",
-                ipv4_frame(
-                    other_mac,
-                    far,
-                    ext,
-                    PROTO_ICMP,
-                    64,
-                    0,
-                    false,
-                    &icmp_error(5, ext, PROTO_UDP, &udp(PORT_LO, 9)),
-                ),
-                topo.up,
-                0,
-                C::UplinkNoSession,
-            ),
+        // Frames from the container: to the far side (`e`), or to `dst` (`to`).
+        let to =
+            |dst, proto, frag, l4: &[u8]| ipv4_frame(gw, ours, dst, proto, 64, frag, false, l4);
+        // Frames from the far side to the external address (`i`), or from `src` to `dst`.
+        let i =
+            |proto, frag, l4: &[u8]| ipv4_frame(other_mac, far, ext, proto, 64, frag, false, l4);
+        let ia = |src, dst, l4: &[u8]| ipv4_frame(other_mac, src, dst, PROTO_UDP, 64, 0, false, l4);
+        // An ICMP error from the far side quoting a packet from `src`.
+        let err = |kind, src, proto, l4: &[u8]| i(PROTO_ICMP, 0, &icmp_error(kind, src, proto, l4));
+        let truncated_quote = &icmp_error(3, ext, PROTO_UDP, &udp(PORT_LO, 9))[..8 + 20 + 1];
+        let ep = |what, frame, expected| Case {
+            what,
+            frame,
+            ifindex: topo.ep,
+            queue: 0,
+            expected,
+        };
+        let up = |what, frame, expected| Case {
+            what,
+            frame,
+            ifindex: topo.up,
+            queue: 0,
+            expected,
+        };
+        let udp12 = &udp(1, 2);
+        #[rustfmt::skip]
+        let cases = [
+            ep("endpoint UDP out", e(PROTO_UDP, 64, 0, false, &udp(1234, 53)), C::EndpointRedirect),
+            Case { queue: 1, ..ep("endpoint queue 1", e(PROTO_UDP, 64, 0, false, &udp(1234, 53)), C::EndpointQueueWithoutSocket) },
+            ep("endpoint TCP out", e(PROTO_TCP, 64, 0, false, &udp(1234, 80)), C::EndpointRedirect),
+            ep("endpoint ICMP out", e(PROTO_ICMP, 64, 0, false, &icmp(8, 7, &[])), C::EndpointRedirect),
+            ep("endpoint TTL 2", e(PROTO_UDP, 2, 0, false, udp12), C::EndpointRedirect),
+            ep("endpoint other MAC", ipv4_frame(other_mac, ours, far, PROTO_UDP, 64, 0, false, udp12), C::EndpointNotToGateway),
+            ep("endpoint IPv6", ipv6, C::EndpointOtherProtocol),
+            ep("endpoint truncated IPv4", truncated, C::EndpointOtherProtocol),
+            ep("endpoint GRE", e(47, 64, 0, false, udp12), C::EndpointOtherProtocol),
+            ep("endpoint options", e(PROTO_UDP, 64, 0, true, udp12), C::EndpointOptions),
+            ep("endpoint later fragment before its first", e(PROTO_UDP, 64, 0x0010, false, udp12), C::EndpointFragmentKernel),
+            ep("endpoint first fragment", e(PROTO_UDP, 64, 0x2000, false, udp12), C::EndpointFragment),
+            ep("endpoint later fragment", e(PROTO_UDP, 64, 0x0010, false, udp12), C::EndpointFragment),
+            ep("endpoint later fragment of another datagram", e(PROTO_TCP, 64, 0x0010, false, udp12), C::EndpointFragmentKernel),
+            ep("endpoint first fragment to a local address", to(ext, PROTO_TCP, 0x2000, udp12), C::EndpointNotForwarded),
+            ep("endpoint its later fragment", to(ext, PROTO_TCP, 0x0010, udp12), C::EndpointFragmentKernel),
+            ep("endpoint DF is no fragment", e(PROTO_UDP, 64, 0x4000, false, udp12), C::EndpointRedirect),
+            ep("endpoint spoofed", ipv4_frame(gw, [10, 202, 1, 9], far, PROTO_UDP, 64, 0, false, udp12), C::EndpointSpoofedSource),
+            ep("endpoint TTL 1", e(PROTO_UDP, 1, 0, false, udp12), C::EndpointTtlExpiring),
+            ep("endpoint in subnet", to([10, 202, 1, 77], PROTO_UDP, 0, udp12), C::EndpointInSubnet),
+            ep("endpoint to local", to(ext, PROTO_UDP, 0, udp12), C::EndpointNotForwarded),
+            ep("endpoint no route", to([192, 0, 2, 1], PROTO_UDP, 0, udp12), C::EndpointNotForwarded),
+            ep("endpoint via dm0", to([10, 202, 3, 9], PROTO_UDP, 0, udp12), C::EndpointNotViaUplink),
+            ep("endpoint routed via far", to([10, 202, 9, 9], PROTO_UDP, 0, udp12), C::EndpointRedirect),
+            ep("endpoint too big", e(PROTO_UDP, 64, 0, false, &big), C::EndpointTooBig),
+            up("uplink range low", i(PROTO_UDP, 0, &udp(53, PORT_LO)), C::UplinkRedirect),
+            up("uplink range high", i(PROTO_TCP, 0, &udp(80, PORT_HI)), C::UplinkRedirect),
+            up("uplink range port the translator does not use (another NAT's)", i(PROTO_UDP, 0, &udp(53, PORT_LO + 1)), C::UplinkNoSession),
+            up("uplink mapped port, other remote port (a host socket's)", i(PROTO_UDP, 0, &udp(54, PORT_LO)), C::UplinkNoSession),
+            up("uplink mapped port, other remote address", ia([10, 202, 2, 3], ext, &udp(53, PORT_LO)), C::UplinkNoSession),
+            up("uplink mapped port, other protocol", i(PROTO_TCP, 0, &udp(53, PORT_LO)), C::UplinkNoSession),
+            up("uplink published", i(PROTO_TCP, 0, &udp(5555, 8443)), C::UplinkRedirect),
+            up("uplink published, other proto", i(PROTO_UDP, 0, &udp(5555, 8443)), C::UplinkNoSession),
+            Case { queue: 1, ..up("uplink queue 1", i(PROTO_UDP, 0, &udp(53, PORT_LO)), C::UplinkQueueWithoutSocket) },
+            up("uplink not ours", ia(far, [10, 202, 1, 2], &udp(53, PORT_LO)), C::UplinkNotForUs),
+            up("uplink first fragment, translator's port", i(PROTO_UDP, 0x2000, &udp(53, PORT_LO)), C::UplinkFragment),
+            up("uplink its later fragment", i(PROTO_UDP, 0x00b9, &[7; 8]), C::UplinkFragment),
+            up("uplink first fragment, another NAT's port", i(PROTO_TCP, 0x2000, &udp(53, PORT_LO + 1)), C::UplinkNoSession),
+            up("uplink its later fragment", i(PROTO_TCP, 0x00b9, &[7; 8]), C::UplinkFragmentKernel),
+            up("uplink options", ipv4_frame(other_mac, far, ext, PROTO_UDP, 64, 0, true, &udp(53, PORT_LO)), C::UplinkOptions),
+            up("uplink GRE", i(47, 0, &udp(53, PORT_LO)), C::UplinkNoSession),
+            up("uplink echo reply owned", i(PROTO_ICMP, 0, &icmp(0, ECHO_ID, &[])), C::UplinkRedirect),
+            up("uplink echo reply other", i(PROTO_ICMP, 0, &icmp(0, ECHO_ID + 1, &[])), C::UplinkNoSession),
+            up("uplink echo request owned id", i(PROTO_ICMP, 0, &icmp(8, ECHO_ID, &[])), C::UplinkNoSession),
+            up("uplink unreachable, our UDP", err(3, ext, PROTO_UDP, &udp(PORT_LO + 5, 9)), C::UplinkRedirect),
+            up("uplink time exceeded, published TCP", err(11, ext, PROTO_TCP, &udp(8443, 9)), C::UplinkRedirect),
+            up("uplink param problem, our echo", err(12, ext, PROTO_ICMP, &icmp(8, ECHO_ID, &[])), C::UplinkRedirect),
+            up("uplink unreachable, host UDP", err(3, ext, PROTO_UDP, &udp(22, 9)), C::UplinkNoSession),
+            up("uplink unreachable, other source", err(3, far, PROTO_UDP, &udp(PORT_LO, 9)), C::UplinkNoSession),
+            up("uplink unreachable, quoted reply", err(3, ext, PROTO_ICMP, &icmp(0, ECHO_ID, &[])), C::UplinkNoSession),
+            up("uplink unreachable, truncated quote", i(PROTO_ICMP, 0, truncated_quote), C::UplinkNoSession),
+            up("uplink redirect type 5", err(5, ext, PROTO_UDP, &udp(PORT_LO, 9)), C::UplinkNoSession),
         ];
 
         in_netns(&topo.r, || {
-            for (what, frame, ifindex, queue, expected) in &cases {
+            for Case {
+                what,
+                frame,
+                ifindex,
+                queue,
+                expected,
+            } in &cases
+            {
                 let before = xdp.counters().expect("counters");
                 let action = xdp
                     .test_run(frame, *ifindex, *queue)

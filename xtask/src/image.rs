@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, run, succeeds, workspace_root};
+use crate::{build_daemon, run, succeeds, workspace_root};
 
 /// The image docker-compose.yml runs.
 pub const IMAGE: &str = "dovesnap:local";
@@ -25,14 +25,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// Release build, a build context in `target/image` (the Dockerfile, its
 /// `.dockerignore`, `ovs-run` and the binary without debug info), then `docker build`.
 pub fn build() -> Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "dovesnap-user",
-        "--bin",
-        "dovesnap",
-    ])?;
+    build_daemon()?;
     let root = workspace_root();
     let ctx = root.join("target/image");
     if ctx.exists() {

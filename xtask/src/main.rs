@@ -67,14 +67,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::Run { args } => {
             setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "dovesnap-user",
-                "--bin",
-                "dovesnap",
-            ])?;
+            build_daemon()?;
             let bin = workspace_root().join("target/release/dovesnap");
             let status = Command::new(&bin)
                 .arg("daemon")
@@ -94,14 +87,7 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["build", "--release", "-p", "dovesnap-bench"])?;
             // The control-plane part runs the plugin daemon from the same directory.
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "dovesnap-user",
-                "--bin",
-                "dovesnap",
-            ])?;
+            build_daemon()?;
             let bin = workspace_root().join("target/release/dovesnap-bench");
             let out = workspace_root().join("target/bench");
             let mut cmd = Command::new(&bin);
@@ -223,6 +209,18 @@ fn require_root() -> Result<()> {
 }
 
 /// Runs cargo from the workspace root, failing on a non-zero exit.
+/// Builds the release `dovesnap` binary (`target/release/dovesnap`).
+pub(crate) fn build_daemon() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "dovesnap-user",
+        "--bin",
+        "dovesnap",
+    ])
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args(args).current_dir(workspace_root()))

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -58,16 +58,7 @@ fn forget(what: &str) {
     let _ = std::fs::remove_file(Path::new(STATE_DIR).join(what));
 }
 
-pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !ready() {
-        if start.elapsed() > timeout {
-            bail!("{what} did not become ready within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
+pub use dovesnap_testbed::cmd::wait_until;
 
 /// Mounts bpffs on /sys/fs/bpf if nothing is mounted there.
 pub fn ensure_bpffs() -> Result<()> {
