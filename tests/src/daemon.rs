@@ -143,34 +143,13 @@ impl Daemon {
 
     /// Runs `dovesnap status --json` against this daemon.
     pub fn status(&self) -> Value {
-        let out = Command::new(dovesnap_bin())
-            .arg("--control-socket")
-            .arg(&self.control)
-            .args(["status", "--json"])
-            .output()
-            .expect("dovesnap status");
-        assert!(
-            out.status.success(),
-            "dovesnap status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status is JSON")
+        serde_json::from_slice(&status_output(Some(&self.control), &["--json"]))
+            .expect("status is JSON")
     }
 
     /// Runs `dovesnap status` (the table) against this daemon.
     pub fn status_text(&self) -> String {
-        let out = Command::new(dovesnap_bin())
-            .arg("--control-socket")
-            .arg(&self.control)
-            .arg("status")
-            .output()
-            .expect("dovesnap status");
-        assert!(
-            out.status.success(),
-            "dovesnap status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&status_output(Some(&self.control), &[])).into_owned()
     }
 
     /// One plugin API call: POST `path` with `body`; returns the HTTP status and the
@@ -254,4 +233,24 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The output of `dovesnap [--control-socket CONTROL] status ARGS...` (the default
+/// control socket when `None`), asserting that it succeeded.
+pub fn status_output(control: Option<&std::path::Path>, args: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new(dovesnap_bin());
+    if let Some(control) = control {
+        cmd.arg("--control-socket").arg(control);
+    }
+    let out = cmd
+        .arg("status")
+        .args(args)
+        .output()
+        .expect("dovesnap status");
+    assert!(
+        out.status.success(),
+        "dovesnap status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

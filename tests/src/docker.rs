@@ -6,7 +6,7 @@ use std::process::Output;
 use std::sync::Once;
 
 use crate::daemon::Daemon;
-use crate::{run, sh};
+use crate::{run, sh, Netns};
 
 /// The image every test container runs: busybox with its applets, from `docker import`
 /// (no registry is reachable).
@@ -137,8 +137,21 @@ impl Container {
 
     /// An httpd serving `body` at `/` on port 80.
     pub fn httpd(name: &str, net: &Network, body: &str) -> Self {
+        Container::httpd_with(name, net, &[], body)
+    }
+
+    /// [`Container::httpd`] publishing 80/tcp on host port `tcp_port` and 81/udp (for a
+    /// [`Container::udp_pong`]) on `tcp_port + 1`; see [`assert_published`].
+    pub fn published_web(name: &str, net: &Network, tcp_port: u16, body: &str) -> Self {
+        let tcp = format!("{tcp_port}:80");
+        let udp = format!("{}:81/udp", tcp_port + 1);
+        Container::httpd_with(name, net, &["-p", &tcp, "-p", &udp], body)
+    }
+
+    /// [`Container::httpd`] with `extra` `docker run` arguments (e.g. `-p`).
+    pub fn httpd_with(name: &str, net: &Network, extra: &[&str], body: &str) -> Self {
         let script = format!("echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
-        Container::run(name, net, &[], &["sh", "-c", &script])
+        Container::run(name, net, extra, &["sh", "-c", &script])
     }
 
     /// A container that just sleeps, to run commands in.
@@ -182,6 +195,21 @@ impl Container {
         docker_ok(&["inspect", "-f", "{{.State.Pid}}", &self.name])
     }
 
+    /// A python UDP server in the container's network namespace answering every
+    /// datagram on `port` with `udp-pong` (the image's busybox has none); stopped on
+    /// drop. Returns once it had time to bind.
+    pub fn udp_pong(&self, port: u16) -> UdpPong {
+        let child = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid(), "-n", "python3", "-c", UDP_PONG])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("UDP pong server");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        UdpPong(child)
+    }
+
     /// Pings `addr` from inside the container; returns whether a reply came.
     pub fn ping(&self, addr: &str) -> bool {
         self.exec(&["ping", "-c", "2", "-W", "2", addr])
@@ -193,6 +221,16 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+/// A [`Container::udp_pong`] server, killed on drop.
+pub struct UdpPong(std::process::Child);
+
+impl Drop for UdpPong {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -229,6 +267,31 @@ pub fn udp_ask(prefix: &[&str], ip: &str, port: u16) -> String {
     args.extend(["timeout", "5", "python3", "-c", UDP_CLIENT, ip, &port]);
     let out = run(prefix[0], &args);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Asserts that TCP, UDP (port 7000, a [`WHOAMI`] server) and ICMP echo from `c` reach
+/// `far_ip` and that the far side sees them from `masquerade` (the host's address).
+pub fn assert_outbound_masqueraded(c: &Container, far_ip: &str, masquerade: &str) {
+    let seen = container_tcp(c, far_ip, 7000).expect("container -> far TCP");
+    assert_eq!(seen.trim(), format!("from {masquerade}"));
+    let c_pid = c.pid();
+    assert_eq!(
+        udp_ask(&["nsenter", "-t", &c_pid, "-n"], far_ip, 7000),
+        format!("from {masquerade}"),
+        "container -> far UDP"
+    );
+    assert!(c.ping(far_ip), "container -> far ICMP echo");
+}
+
+/// Asserts that `far` reaches `web` (a [`Container::published_web`] serving `body` on
+/// `tcp_port`) at `host_ip` by TCP and by UDP.
+pub fn assert_published(web: &Container, far: &Netns, host_ip: &str, tcp_port: u16, body: &str) {
+    let url = format!("http://{host_ip}:{tcp_port}/");
+    assert_eq!(far.wget(&url), body, "far -> published TCP");
+    let pong = web.udp_pong(81);
+    let answer = udp_ask(&["ip", "netns", "exec", &far.name], host_ip, tcp_port + 1);
+    drop(pong);
+    assert_eq!(answer, "udp-pong", "far -> published UDP");
 }
 
 /// Opens a TCP connection from the container to `ip:port` (busybox nc) and returns

@@ -186,3 +186,18 @@ pub mod docker;
 pub mod far;
 pub mod host_services;
 pub mod status;
+
+/// OVS bridges and host veths whose names start with one of the given prefixes: what a
+/// test checks is not left behind.
+pub fn leftovers(bridge_prefixes: &[&str], veth_prefixes: &[&str]) -> Vec<String> {
+    let mut left: Vec<String> = ovs_bridges()
+        .into_iter()
+        .filter(|b| bridge_prefixes.iter().any(|p| b.starts_with(p)))
+        .collect();
+    left.extend(
+        host_veths()
+            .into_iter()
+            .filter(|v| veth_prefixes.iter().any(|p| v.starts_with(p))),
+    );
+    left
+}

@@ -2,19 +2,10 @@
 //! real Open vSwitch (userspace datapath here). Run by `cargo xtask test`.
 
 use dovesnap_tests::docker::{docker, start_plugin, Container, Network, PLUGIN_SOCKET};
-use dovesnap_tests::{host_veths, ovs_bridges, require_root, sh, Netns, Veth};
+use dovesnap_tests::{host_veths, leftovers, ovs_bridges, require_root, sh, Netns, Veth};
 
 fn dovesnap_leftovers() -> Vec<String> {
-    let mut left: Vec<String> = ovs_bridges()
-        .into_iter()
-        .filter(|b| b.starts_with("ovsbr-") || b.starts_with("dsflat"))
-        .collect();
-    left.extend(
-        host_veths()
-            .into_iter()
-            .filter(|v| v.starts_with("ovsv") || v.starts_with("ovsc")),
-    );
-    left
+    leftovers(&["ovsbr-", "dsflat"], &["ovsv", "ovsc"])
 }
 
 #[test]

@@ -4,11 +4,9 @@
 //! (host 10.232.100.1/24, far 10.232.100.2/24). Servers in the far namespace report the
 //! source address they see, which shows the masquerade.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use dovesnap_tests::docker::{
-    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG,
+    assert_outbound_masqueraded, assert_published, container_tcp, docker, start_plugin, Container,
+    Network,
 };
 use dovesnap_tests::far::Far;
 use dovesnap_tests::{require_root, run, sh, Netns};
@@ -72,47 +70,16 @@ fn outbound_published_hairpin_and_cleanup() {
         let addrs = sh("ip", &["-o", "addr", "show", "dev", &bridge]);
         assert!(addrs.contains("10.232.1.1/24"), "{addrs}");
 
-        let web = Container::run(
-            "dsnat-web",
-            &net,
-            &["-p", "18080:80", "-p", "18081:81/udp"],
-            &[
-                "sh",
-                "-c",
-                "echo nat-web > /www/index.html; exec httpd -f -p 80 -h /www",
-            ],
-        );
+        let web = Container::published_web("dsnat-web", &net, 18080, "nat-web");
         let c = Container::idle("dsnat-cli", &net);
 
         // Outbound: TCP, UDP and ICMP to the far side, masqueraded to the host's uplink
         // address.
-        let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
-        assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
-        let c_pid = c.pid();
-        let in_c = ["nsenter", "-t", &c_pid, "-n"];
-        assert_eq!(
-            udp_ask(&in_c, FAR_IP, 7000),
-            format!("from {HOST_UPLINK_IP}"),
-            "container -> far UDP"
-        );
-        assert!(c.ping(FAR_IP), "container -> far ICMP");
+        assert_outbound_masqueraded(&c, FAR_IP, HOST_UPLINK_IP);
 
         // Inbound: the far side reaches the published TCP port.
         let url = format!("http://{HOST_UPLINK_IP}:18080/");
-        assert_eq!(wget(Some(&far.ns), &url), "nat-web", "far -> published TCP");
-        let web_pid = web.pid();
-        let mut pong = Command::new("nsenter")
-            .args(["-t", &web_pid, "-n", "python3", "-c", UDP_PONG, "81"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("UDP pong server");
-        std::thread::sleep(Duration::from_millis(500));
-        let in_far = ["ip", "netns", "exec", &far.ns.name];
-        let answer = udp_ask(&in_far, HOST_UPLINK_IP, 18081);
-        let _ = pong.kill();
-        let _ = pong.wait();
-        assert_eq!(answer, "udp-pong", "far -> published UDP");
+        assert_published(&web, &far.ns, HOST_UPLINK_IP, 18080, "nat-web");
 
         // The host itself reaches the published port at its own address.
         assert_eq!(wget(None, &url), "nat-web", "host -> published port");

@@ -8,13 +8,13 @@
 //! through the translator while the host's conntrack table has no entry for them
 //! (netfilter never saw them).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use dovesnap_tests::docker::{
-    container_tcp, docker, start_plugin, start_plugin_with, udp_ask, Container, Network, UDP_PONG,
+    assert_outbound_masqueraded, assert_published, container_tcp, docker, start_plugin,
+    start_plugin_with, udp_ask, Container, Network,
 };
 use dovesnap_tests::far::Far;
 use dovesnap_tests::status::{counter_in, translator_counter, xdp_counter};
@@ -176,39 +176,20 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     let (ip_a, ip_b) = (ca.ip(&a), cb.ip(&b));
     flush_conntrack();
     // Both networks at once, in parallel, through one uplink's translator.
-    let ta = std::thread::spawn({
-        let name = ca.name.clone();
-        move || {
-            docker(&[
-                "exec",
-                &name,
-                "sh",
-                "-c",
-                &format!("for i in 1 2 3 4 5; do timeout 5 nc {FAR_IP} 7000; done"),
-            ])
+    let script = format!("for i in 1 2 3 4 5; do timeout 5 nc {FAR_IP} 7000; done");
+    std::thread::scope(|scope| {
+        let clients = [("a", &ca), ("b", &cb)]
+            .map(|(who, c)| (who, scope.spawn(|| c.exec(&["sh", "-c", &script]))));
+        for (who, t) in clients {
+            let out = t.join().expect("client thread");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                text.matches(&format!("from {HOST_UPLINK_IP}")).count(),
+                5,
+                "network {who}: {text}"
+            );
         }
     });
-    let tb = std::thread::spawn({
-        let name = cb.name.clone();
-        move || {
-            docker(&[
-                "exec",
-                &name,
-                "sh",
-                "-c",
-                &format!("for i in 1 2 3 4 5; do timeout 5 nc {FAR_IP} 7000; done"),
-            ])
-        }
-    });
-    for (who, t) in [("a", ta), ("b", tb)] {
-        let out = t.join().expect("client thread");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(
-            text.matches(&format!("from {HOST_UPLINK_IP}")).count(),
-            5,
-            "network {who}: {text}"
-        );
-    }
     // A bulk download on each: a's goes to XDP after its first packets, b's stays on
     // the translator; both arrive intact.
     for c in [&ca, &cb] {
@@ -327,16 +308,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
         "XDP on the uplink too early"
     );
 
-    let web = Container::run(
-        "dsfast-web",
-        &net,
-        &["-p", "18180:80", "-p", "18181:81/udp"],
-        &[
-            "sh",
-            "-c",
-            "echo fast-web > /www/index.html; exec httpd -f -p 80 -h /www",
-        ],
-    );
+    let web = Container::published_web("dsfast-web", &net, 18180, "fast-web");
     let c = Container::idle("dsfast-cli", &net);
     let c_ip = c.ip(&net);
     assert!(xdp_attached(&far.uplink.host), "no XDP on the uplink");
@@ -350,16 +322,9 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     let before = plugin.status();
 
     // Outbound TCP, UDP and ICMP: the far side sees the uplink's address.
-    let seen = container_tcp(&c, FAR_IP, 7000).expect("container -> far TCP");
-    assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
+    assert_outbound_masqueraded(&c, FAR_IP, HOST_UPLINK_IP);
     let c_pid = c.pid();
     let in_c = ["nsenter", "-t", &c_pid, "-n"];
-    assert_eq!(
-        udp_ask(&in_c, FAR_IP, 7000),
-        format!("from {HOST_UPLINK_IP}"),
-        "container -> far UDP"
-    );
-    assert!(c.ping(FAR_IP), "container -> far ICMP echo");
     // An ICMP error comes back to the right container: port unreachable from the far
     // side reaches the client's socket as ECONNREFUSED.
     assert_eq!(
@@ -418,21 +383,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     );
 
     // Inbound: published TCP and UDP from the far side.
-    let url = format!("http://{HOST_UPLINK_IP}:18180/");
-    assert_eq!(far.ns.wget(&url), "fast-web", "far -> published TCP");
-    let web_pid = web.pid();
-    let mut pong = Command::new("nsenter")
-        .args(["-t", &web_pid, "-n", "python3", "-c", UDP_PONG, "81"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("UDP pong server");
-    std::thread::sleep(Duration::from_millis(500));
-    let in_far = ["ip", "netns", "exec", &far.ns.name];
-    let answer = udp_ask(&in_far, HOST_UPLINK_IP, 18181);
-    let _ = pong.kill();
-    let _ = pong.wait();
-    assert_eq!(answer, "udp-pong", "far -> published UDP");
+    assert_published(&web, &far.ns, HOST_UPLINK_IP, 18180, "fast-web");
 
     // The counters: frames were steered both ways and translated; netfilter saw none.
     let after = plugin.status();

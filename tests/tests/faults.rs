@@ -912,14 +912,7 @@ fn churn_and_sprays_never_pin_the_pool() {
             "echo pool > /www/index.html && exec httpd -f -p 80 -h /www",
         ],
     );
-    let pid = srv.pid();
-    let _answerer = Background(
-        std::process::Command::new("nsenter")
-            .args(["-t", &pid, "-n", "python3", "-c", UDP_PONG, "53"])
-            .spawn()
-            .expect("answerer in the server's namespace"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let _answerer = srv.udp_pong(53);
     for rule in [
         &[
             "-A",

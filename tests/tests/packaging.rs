@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use dovesnap_tests::daemon::dovesnap_bin;
+use dovesnap_tests::daemon::{dovesnap_bin, status_output};
 use dovesnap_tests::docker::{docker, docker_ok, Container, Network, PLUGIN_SOCKET};
 use dovesnap_tests::host_services::{stop_ovs_daemon, OvsRestore};
 use dovesnap_tests::{host_veths, require_root, run, sh, Netns, Veth};
@@ -168,16 +168,7 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Durati
 /// `dovesnap status --json` from the host, through the control socket the plugin
 /// service shares at its default path.
 fn status() -> Value {
-    let out = Command::new(dovesnap_bin())
-        .args(["status", "--json"])
-        .output()
-        .expect("dovesnap status");
-    assert!(
-        out.status.success(),
-        "dovesnap status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
+    serde_json::from_slice(&status_output(None, &["--json"])).expect("status is JSON")
 }
 
 fn translated_outbound(status: &Value) -> u64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dovesnap_tests::daemon::{api_call_hang_up, Daemon};
 use dovesnap_tests::host_services::VswitchdPaused;
-use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh, unique_name};
+use dovesnap_tests::{host_veths, leftovers, ovs_bridges, require_root, run, sh, unique_name};
 use serde_json::{json, Value};
 
 fn socket() -> PathBuf {
@@ -34,6 +34,15 @@ fn err(d: &Daemon, path: &str, body: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("{path} {body} did not fail: {v}"))
         .to_string()
+}
+
+fn delete_network(d: &Daemon, nid: &str) {
+    ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
+}
+
+fn delete_endpoint(d: &Daemon, nid: &str, eid: &str) {
+    let body = json!({"NetworkID": nid, "EndpointID": eid});
+    ok(d, "/NetworkDriver.DeleteEndpoint", body);
 }
 
 fn create_network(d: &Daemon, nid: &str, subnet: &str, opts: Value) {
@@ -64,16 +73,7 @@ impl Drop for Cleanup {
 }
 
 fn ours_left() -> Vec<String> {
-    let mut left: Vec<String> = ovs_bridges()
-        .into_iter()
-        .filter(|b| b.starts_with("ovsbr-a") || b.starts_with("dsapi"))
-        .collect();
-    left.extend(
-        host_veths()
-            .into_iter()
-            .filter(|v| v.starts_with("ovsva") || v.starts_with("ovsca")),
-    );
-    left
+    leftovers(&["ovsbr-a", "dsapi"], &["ovsva", "ovsca"])
 }
 
 #[test]
@@ -156,25 +156,13 @@ fn endpoint_lifecycle_makes_and_removes_everything() {
         "/NetworkDriver.Leave",
         json!({"NetworkID": nid, "EndpointID": eid}),
     );
-    ok(
-        &d,
-        "/NetworkDriver.DeleteEndpoint",
-        json!({"NetworkID": nid, "EndpointID": eid}),
-    );
+    delete_endpoint(&d, &nid, &eid);
     assert!(!host_veths().contains(&host), "veth left behind");
     let ports = sh("ovs-vsctl", &["list-ports", bridge]);
     assert!(!ports.contains(&host), "port left behind: {ports}");
     // Deleting twice is fine (Docker retries).
-    ok(
-        &d,
-        "/NetworkDriver.DeleteEndpoint",
-        json!({"NetworkID": nid, "EndpointID": eid}),
-    );
-    ok(
-        &d,
-        "/NetworkDriver.DeleteNetwork",
-        json!({"NetworkID": nid}),
-    );
+    delete_endpoint(&d, &nid, &eid);
+    delete_network(&d, &nid);
     assert_eq!(ours_left(), Vec::<String>::new());
 }
 
@@ -227,11 +215,7 @@ fn bad_requests_change_nothing() {
         .to_string(),
     );
     assert!(e.contains("MAC"), "{e}");
-    ok(
-        &d,
-        "/NetworkDriver.DeleteNetwork",
-        json!({"NetworkID": nid}),
-    );
+    delete_network(&d, &nid);
     assert_eq!(ours_left(), Vec::<String>::new());
 }
 
@@ -283,11 +267,7 @@ fn concurrent_endpoints_and_restart_recovery() {
             json!({"NetworkID": nid, "EndpointID": id(&format!("a3e{i}"))}),
         );
     }
-    ok(
-        &d,
-        "/NetworkDriver.DeleteNetwork",
-        json!({"NetworkID": nid}),
-    );
+    delete_network(&d, &nid);
     assert_eq!(ours_left(), Vec::<String>::new());
 }
 
@@ -391,11 +371,7 @@ fn calls_cut_off_half_way_leave_nothing_docker_does_not_know() {
     assert!(!host_veths().contains(&host), "veth left behind");
     ok(&d, "/NetworkDriver.DeleteEndpoint", ep);
     sh("ovs-vsctl", &["del-br", "ovsbr-a4000000"]);
-    ok(
-        &d,
-        "/NetworkDriver.DeleteNetwork",
-        json!({"NetworkID": known}),
-    );
+    delete_network(&d, &known);
     assert_eq!(d.status()["networks"], json!([]));
     assert_eq!(ours_left(), Vec::<String>::new());
 }
