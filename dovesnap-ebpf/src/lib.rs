@@ -494,6 +494,50 @@ const _: () = {
     }
 };
 
+/// The Internet checksum's incremental arithmetic (RFC 1624), shared so that the XDP
+/// program's in-place rewrites and the userspace translator compute exactly the same
+/// value. Written without loops, as the verifier prefers.
+pub mod checksum {
+    /// Folds a 32-bit ones' complement sum to 16 bits (end-around carry). Two rounds
+    /// fold any `u32`: the first leaves at most 0x1fffe, the second at most 0xffff.
+    #[inline(always)]
+    pub const fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// RFC 1624 equation 3 for one 16-bit word: `HC' = ~(~HC + ~m + m')`.
+    #[inline(always)]
+    pub const fn update16(hc: u16, old: u16, new: u16) -> u16 {
+        !fold((!hc) as u32 + (!old) as u32 + new as u32)
+    }
+
+    /// RFC 1624 equation 3 with the old and new contents given as unfolded sums (e.g. a
+    /// region summed before and after it was rewritten in place).
+    #[inline(always)]
+    pub const fn update_sums(hc: u16, old_sum: u32, new_sum: u32) -> u16 {
+        !fold((!hc) as u32 + (!fold(old_sum)) as u32 + fold(new_sum) as u32)
+    }
+
+    /// Whether a TCP/UDP checksum field holds only the pseudo-header sum, as a frame
+    /// with `CHECKSUM_PARTIAL` (transmit offload) carries it: Linux writes
+    /// `~tcp_v4_check(len, saddr, daddr, 0)`, the folded, non-complemented pseudo-header
+    /// sum. Compared in ones' complement arithmetic, where 0x0000 and 0xffff are both
+    /// zero.
+    #[inline(always)]
+    pub const fn is_partial(field: u16, pseudo_sum: u32) -> bool {
+        const fn norm(v: u16) -> u16 {
+            if v == 0 {
+                0xffff
+            } else {
+                v
+            }
+        }
+        norm(field) == norm(fold(pseudo_sum))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

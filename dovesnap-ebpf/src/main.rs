@@ -52,6 +52,7 @@ mod program {
         programs::XdpContext,
         EbpfContext as _,
     };
+    use dovesnap_ebpf::checksum::{fold, is_partial, update16, update_sums};
     use dovesnap_ebpf::{
         Counter, FlowAction, FlowKey, FragKey, IfaceConfig, PortKey, COUNTERS, FRAG_LIFETIME_NS,
         IFACE_ENDPOINT, IFACE_UPLINK, MAX_DEVS, MAX_FLOWS, MAX_FRAGS, MAX_IFACES, MAX_PORTS,
@@ -648,40 +649,16 @@ mod program {
         }
     }
 
-    /// Folds a 32-bit ones' complement sum to 16 bits (end-around carry). Three rounds
-    /// cover every sum built here (at most a handful of 16-bit terms).
-    #[inline(always)]
-    fn fold(mut sum: u32) -> u16 {
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum as u16
-    }
-
     /// The unfolded sum of an address's two 16-bit words.
     #[inline(always)]
     fn sum_addr(a: [u8; 4]) -> u32 {
         u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]))
     }
 
-    /// RFC 1624 equation 3 for one word, exactly as the translator computes it
-    /// (`nat::checksum::update16`).
-    #[inline(always)]
-    fn update16(hc: u16, old: u16, new: u16) -> u16 {
-        !fold(u32::from(!hc) + u32::from(!old) + u32::from(new))
-    }
-
     /// RFC 1624 equation 3 for an address, as `nat::checksum::update` does it.
     #[inline(always)]
     fn update_addr(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-        !fold(u32::from(!hc) + u32::from(!fold(sum_addr(old))) + u32::from(fold(sum_addr(new))))
-    }
-
-    /// `nat::checksum::is_partial`: the field holds only the pseudo-header sum.
-    #[inline(always)]
-    fn is_partial(field: u16, pseudo: u32) -> bool {
-        let norm = |v: u16| if v == 0 { 0xffff } else { v };
-        norm(field) == norm(fold(pseudo))
+        update_sums(hc, sum_addr(old), sum_addr(new))
     }
 
     /// An offloaded flow's frame, rewritten in place: returns the ifindex to redirect to.

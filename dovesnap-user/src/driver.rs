@@ -1558,10 +1558,8 @@ fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
 
 /// `a.b.c.d/n` into its parts.
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (addr, len) = s.split_once('/')?;
-    let len: u8 = len.parse().ok()?;
-    (len <= 32).then_some(())?;
-    Some((addr.parse().ok()?, len))
+    let c: crate::host::addr::Ipv4Cidr = s.parse().ok()?;
+    Some((c.addr, c.prefix))
 }
 
 /// The network's IPv4 addressing from Docker's IPAM data (first pool).

@@ -35,6 +35,7 @@ pub mod fastpath;
 pub mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
+pub mod host;
 pub mod metrics;
 pub mod nat;
 pub mod netdev;

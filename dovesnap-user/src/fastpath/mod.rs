@@ -787,9 +787,8 @@ fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
 
 /// The host's ephemeral port range (`net.ipv4.ip_local_port_range`).
 fn ephemeral_ports() -> Option<(u16, u16)> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
-    Some((it.next()??, it.next()??))
+    let range = crate::host::sysctl::local_port_range().ok()?;
+    Some((*range.start(), *range.end()))
 }
 
 /// The number of RX queues of `ifname` (one AF_XDP socket each): from the driver,

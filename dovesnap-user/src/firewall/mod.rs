@@ -40,6 +40,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::host::addr::Ipv4Cidr;
 pub use nft::NftFirewall;
 pub use ports::{
     parse_exposed_ports, parse_port_map, ExposedPort, PortMapping, PortRange, Proto, PublishedPort,
@@ -102,18 +103,22 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+impl From<Ipv4Cidr> for Ipv4Net {
+    /// The subnet an interface address lies in.
+    fn from(c: Ipv4Cidr) -> Self {
+        Ipv4Net::new(c.addr, c.prefix).expect("an Ipv4Cidr's prefix is at most 32")
+    }
+}
+
 impl FromStr for Ipv4Net {
     type Err = FirewallError;
 
     /// `a.b.c.d/n`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || FirewallError::InvalidSubnet(s.to_string());
-        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
-        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let prefix: u8 = len.parse().map_err(|_| bad())?;
-        Ipv4Net::new(addr.parse().map_err(|_| bad())?, prefix).ok_or_else(bad)
+        let c: Ipv4Cidr = s
+            .parse()
+            .map_err(|_| FirewallError::InvalidSubnet(s.to_string()))?;
+        Ok(Ipv4Net::from(c))
     }
 }
 

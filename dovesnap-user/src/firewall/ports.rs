@@ -506,12 +506,9 @@ fn in_use(p: &PublishedPort, holder: String) -> FirewallError {
 /// (`/proc/sys/net/ipv4/ip_local_port_range`), which Docker's allocator also uses;
 /// [`FALLBACK_DYNAMIC_RANGE`] when it cannot be read.
 pub(crate) fn dynamic_range() -> PortRange {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    crate::host::sysctl::local_port_range()
         .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(str::parse::<u16>);
-            PortRange::new(it.next()?.ok()?, it.next()?.ok()?)
-        })
+        .and_then(|r| PortRange::new(*r.start(), *r.end()))
         .unwrap_or(FALLBACK_DYNAMIC_RANGE)
 }
 

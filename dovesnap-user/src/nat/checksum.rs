@@ -3,9 +3,14 @@
 //! Sums are carried unfolded in a `u32` between calls ([`sum`] folds its 64-bit
 //! accumulator down to 32 bits, so chaining a handful of them cannot overflow), and
 //! folded to 16 bits only at the end with [`fold`]. The checksum written into a header
-//! is the ones' complement of the folded sum.
+//! is the ones' complement of the folded sum. [`fold`], [`update16`], [`update_sums`] and
+//! [`is_partial`] come from `dovesnap_ebpf::checksum`, which the XDP program uses too.
 
 use std::net::Ipv4Addr;
+
+// The incremental arithmetic is the XDP program's own, so both rewrite a checksum to the
+// same value.
+pub use dovesnap_ebpf::checksum::{fold, is_partial, update16, update_sums};
 
 /// Ones' complement sum of `data` as big-endian 16-bit words (an odd trailing byte is
 /// padded with a zero byte on the right), added to `initial`. Not folded to 16 bits.
@@ -23,14 +28,6 @@ pub fn sum(data: &[u8], initial: u32) -> u32 {
         acc = (acc & 0xffff_ffff) + (acc >> 32);
     }
     acc as u32
-}
-
-/// Folds a 32-bit ones' complement sum to 16 bits (end-around carry).
-pub fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Adds two unfolded sums without losing a carry.
@@ -57,31 +54,11 @@ pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: u16
         + u32::from(l4_len)
 }
 
-/// RFC 1624 equation 3 for one 16-bit word: `HC' = ~(~HC + ~m + m')`.
-pub fn update16(hc: u16, old: u16, new: u16) -> u16 {
-    !fold(u32::from(!hc) + u32::from(!old) + u32::from(new))
-}
-
 /// RFC 1624 equation 3 for a run of words: `old` and `new` are the same field before and
 /// after the change (same length, starting at an even offset of the checksummed data).
 pub fn update(hc: u16, old: &[u8], new: &[u8]) -> u16 {
     debug_assert_eq!(old.len(), new.len());
     update_sums(hc, sum(old, 0), sum(new, 0))
-}
-
-/// RFC 1624 equation 3 with the old and new contents given as unfolded sums (e.g. a region
-/// summed before and after it was rewritten in place).
-pub fn update_sums(hc: u16, old_sum: u32, new_sum: u32) -> u16 {
-    !fold(u32::from(!hc) + u32::from(!fold(old_sum)) + u32::from(fold(new_sum)))
-}
-
-/// Whether a TCP/UDP checksum field holds only the pseudo-header sum, as a frame with
-/// `CHECKSUM_PARTIAL` (transmit offload) carries it: Linux writes
-/// `~tcp_v4_check(len, saddr, daddr, 0)`, the folded, non-complemented pseudo-header sum.
-/// Compared in ones' complement arithmetic, where 0x0000 and 0xffff are both zero.
-pub fn is_partial(field: u16, pseudo_sum: u32) -> bool {
-    let norm = |v: u16| if v == 0 { 0xffff } else { v };
-    norm(field) == norm(fold(pseudo_sum))
 }
 
 #[cfg(test)]

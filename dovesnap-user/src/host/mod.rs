@@ -1,0 +1,8 @@
+//! Facts of the host every part reads the same way: kernel settings ([`sysctl`]) and
+//! typed addresses ([`addr`]).
+//!
+//! One reader per fact, so that the driver, the fast path, the firewall and the doctor
+//! never disagree on how a value is parsed.
+
+pub mod addr;
+pub mod sysctl;
