@@ -1,5 +1,5 @@
 //! The translator alone, in process: nanoseconds and allocations per packet through
-//! [`dovesnap::nat::Translator`], and how it scales with the size of its session table.
+//! [`dovesnap::translator::Translator`], and how it scales with the size of its session table.
 //!
 //! Frames are built from scratch by `dovesnap_testbed::frame` (Ethernet II / IPv4 / UDP or
 //! TCP, checksums by a plain RFC 1071 loop) and every workload checks, before timing it, that
@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use dovesnap::fastpath::{MAX_SESSIONS, TRANSLATOR_PORTS};
-use dovesnap::nat::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+use dovesnap::translator::{Config, EndpointInfo, Timeouts, Translator, Verdict};
 use dovesnap_testbed::alloc::{
     counting_allocator_installed, thread_allocations, thread_live_bytes,
 };

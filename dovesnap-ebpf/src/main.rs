@@ -655,7 +655,7 @@ mod program {
         u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]))
     }
 
-    /// RFC 1624 equation 3 for an address, as `nat::checksum::update` does it.
+    /// RFC 1624 equation 3 for an address, as `translator::checksum::update` does it.
     #[inline(always)]
     fn update_addr(hc: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
         update_sums(hc, sum_addr(old), sum_addr(new))
@@ -770,7 +770,7 @@ mod program {
             return None;
         }
 
-        // Rewrite: IPv4 header (TTL, then the address), as `nat::wire` does it.
+        // Rewrite: IPv4 header (TTL, then the address), as `translator::wire` does it.
         let (new_src, new_dst) = if outbound {
             (act.src.to_ne_bytes(), old_dst)
         } else {

@@ -10,11 +10,11 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::nat::{Protocol, SessionView};
 use crate::nlmsg::{
     attributes, message, nest, nested, Socket, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_EXCL, NLM_F_REQUEST,
 };
+use crate::translator::{Protocol, SessionView};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8`, plus the message type.
 const IPCTNL_MSG_CT_NEW: u16 = 1 << 8;

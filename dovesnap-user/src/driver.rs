@@ -1487,10 +1487,10 @@ fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
     }
 }
 
-fn fast_proto(p: Proto) -> crate::nat::Protocol {
+fn fast_proto(p: Proto) -> crate::translator::Protocol {
     match p {
-        Proto::Tcp => crate::nat::Protocol::Tcp,
-        Proto::Udp => crate::nat::Protocol::Udp,
+        Proto::Tcp => crate::translator::Protocol::Tcp,
+        Proto::Udp => crate::translator::Protocol::Udp,
     }
 }
 
@@ -1500,7 +1500,7 @@ fn fast_proto(p: Proto) -> crate::nat::Protocol {
 fn fast_ports(
     published: &[PublishedPort],
     uplink_addr: Ipv4Addr,
-) -> Vec<(crate::nat::Protocol, u16, u16)> {
+) -> Vec<(crate::translator::Protocol, u16, u16)> {
     published
         .iter()
         .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))

@@ -17,9 +17,11 @@ use crate::api::{
     EndpointRequest, JoinRequest, NetworkRequest, ProgramExternalConnectivityRequest,
 };
 use crate::firewall::{parse_exposed_ports, parse_port_map, EXPOSED_PORTS_OPTION, PORT_MAP_OPTION};
-use crate::nat::wire::{EthernetFrame, Ipv4Packet, ETHERTYPE_IPV4};
-use crate::nat::{Config, EndpointInfo, PortEvent, Protocol, Stats, Timeouts, Translator, Verdict};
 use crate::options::NetworkOptions;
+use crate::translator::wire::{EthernetFrame, Ipv4Packet, ETHERTYPE_IPV4};
+use crate::translator::{
+    Config, EndpointInfo, PortEvent, Protocol, Stats, Timeouts, Translator, Verdict,
+};
 
 /// Target `api`: everything a plugin call's body goes through before the driver touches
 /// the host: the JSON decoding of every request type, the `-o` network options, and the
@@ -181,7 +183,7 @@ fn patch_headers(frame: &mut [u8], inbound: bool, inside: Ipv4Addr, ext: Ipv4Add
 }
 
 /// The targets' seed corpora replayed. The translator's harness also runs over
-/// pseudo-random inputs in `nat::translator::tests::fuzz_harness_on_pseudo_random_inputs`.
+/// pseudo-random inputs in `translator::translate::tests::fuzz_harness_on_pseudo_random_inputs`.
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

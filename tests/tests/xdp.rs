@@ -978,7 +978,7 @@ fn full_frame(
     udp_sum: bool,
     payload: &[u8],
 ) -> Vec<u8> {
-    use dovesnap::nat::checksum::{checksum, fold, pseudo_header_sum, sum};
+    use dovesnap::translator::checksum::{checksum, fold, pseudo_header_sum, sum};
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.1.to_be_bytes());
     l4.extend_from_slice(&dst.1.to_be_bytes());
@@ -1026,7 +1026,7 @@ fn full_frame(
 #[ignore = "needs root: netns, veth, XDP"]
 fn offloaded_flows_rewrite_like_the_translator() {
     use dovesnap::fastpath::offload::{EndpointPath, Offloads, UplinkPath};
-    use dovesnap::nat::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+    use dovesnap::translator::{Config, EndpointInfo, Timeouts, Translator, Verdict};
     use std::time::Instant;
     const XDP_PASS: u32 = 2;
     const XDP_REDIRECT: u32 = 4;
@@ -1199,10 +1199,12 @@ fn offloaded_flows_rewrite_like_the_translator() {
                 // A partial checksum (transmit offload): only the pseudo-header sum.
                 let mut partial = out(ack, 64, b"data");
                 let l4_len = partial.len() as u16 - 34;
-                let p = dovesnap::nat::checksum::pseudo_header_sum(inside, remote, proto, l4_len);
+                let p = dovesnap::translator::checksum::pseudo_header_sum(
+                    inside, remote, proto, l4_len,
+                );
                 let at = if proto == PROTO_TCP { 50 } else { 40 };
                 partial[at..at + 2]
-                    .copy_from_slice(&dovesnap::nat::checksum::fold(p).to_be_bytes());
+                    .copy_from_slice(&dovesnap::translator::checksum::fold(p).to_be_bytes());
                 slow.push((partial, topo.ep, "partial checksum"));
             }
             for (frame, ifindex, what) in &slow {
@@ -1222,7 +1224,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
             ] {
                 frame[20] |= 0x20; // MF
                 frame[24..26].copy_from_slice(&[0, 0]);
-                let c = dovesnap::nat::checksum::checksum(&frame[14..34]);
+                let c = dovesnap::translator::checksum::checksum(&frame[14..34]);
                 frame[24..26].copy_from_slice(&c.to_be_bytes());
                 let before = xdp.counters().expect("counters");
                 let (action, got) = run(&frame, ifindex);

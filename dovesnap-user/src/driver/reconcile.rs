@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use super::{bridge_spec, parse_cidr, port_spec, Driver, Endpoint, Network, EXT_NETWORK_ID};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::options::Mode;
+use crate::translator::wire::ArpRepr;
 
 /// The reconciler's memory between passes.
 #[derive(Default)]
@@ -397,15 +398,8 @@ fn configure_in_netns(
 /// Sends a gratuitous ARP for `ip` at `mac` out of interface `ifindex`, so neighbours
 /// replace the MAC they hold for `ip`.
 fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
-    let mut frame = [0u8; 42];
-    frame[0..6].copy_from_slice(&[0xff; 6]);
-    frame[6..12].copy_from_slice(&mac);
-    frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    // ARP request, Ethernet/IPv4, sender = target = ip.
-    frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame[22..28].copy_from_slice(&mac);
-    frame[28..32].copy_from_slice(&ip.octets());
-    frame[38..42].copy_from_slice(&ip.octets());
+    let mut frame = [0u8; ArpRepr::FRAME_LEN];
+    ArpRepr::gratuitous(mac, ip).emit([0xff; 6], &mut frame);
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };

@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 use crate::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
-use crate::nat::{
+use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
+use crate::translator::{
     Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
-use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::xdp::{DataplaneMaps, XdpError};
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
@@ -121,7 +121,7 @@ pub enum DataplaneError {
     #[error("cannot register the AF_XDP socket of {ifname}: {cause}")]
     Register { ifname: String, cause: XdpError },
     #[error(transparent)]
-    Nat(#[from] crate::nat::NatError),
+    Nat(#[from] crate::translator::NatError),
     #[error(transparent)]
     Map(#[from] XdpError),
 }
@@ -667,11 +667,14 @@ impl Dataplane {
             match role {
                 Role::Endpoint(u, _) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
                     Some(up) => (u, up.translator.outbound(now, frame)),
-                    None => (u, Verdict::Drop(crate::nat::DropReason::UnknownEndpoint)),
+                    None => (
+                        u,
+                        Verdict::Drop(crate::translator::DropReason::UnknownEndpoint),
+                    ),
                 },
                 Role::Uplink(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
                     Some(up) => (u, up.translator.inbound(now, frame)),
-                    None => (u, Verdict::Drop(crate::nat::DropReason::NoSession)),
+                    None => (u, Verdict::Drop(crate::translator::DropReason::NoSession)),
                 },
             }
         };
@@ -1203,10 +1206,10 @@ impl Dataplane {
 
     /// Takes over the open flows the kernel's conntrack carries for the endpoints (all,
     /// or the one at `only`), with the kernel's mappings (see
-    /// [`crate::nat::session::SessionTable::adopt`]): those handed over at a failure or
+    /// [`crate::translator::session::SessionTable::adopt`]): those handed over at a failure or
     /// a shutdown, and those the kernel started while the fast path was off.
     fn adopt_from_kernel(&mut self, only: Option<Ipv4Addr>) {
-        use crate::nat::session::Adoptee;
+        use crate::translator::session::Adoptee;
         let flows = match crate::conntrack::Conntrack::open().and_then(|c| c.list()) {
             Ok(f) => f,
             Err(e) => {

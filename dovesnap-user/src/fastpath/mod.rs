@@ -34,8 +34,8 @@ use tracing::{info, warn};
 
 use crate::afxdp::XskConfig;
 use crate::firewall::Ipv4Net;
-use crate::nat::{Config, Protocol, Timeouts};
 use crate::nexthop;
+use crate::translator::{Config, Protocol, Timeouts};
 use crate::xdp::{XdpError, XdpProgram};
 pub use dataplane::Fault;
 use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};

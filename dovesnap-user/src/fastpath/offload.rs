@@ -1,7 +1,7 @@
 //! Established-flow offload: the translator's sessions as XDP flow entries.
 //!
 //! The translator owns every session. Once one is established both ways
-//! ([`Translator::take_offload`](crate::nat::Translator::take_offload)), the data plane
+//! ([`Translator::take_offload`](crate::translator::Translator::take_offload)), the data plane
 //! installs two `FLOWS` entries (one per direction, keyed as frames arrive) carrying the
 //! exact rewrite the translator does, and the XDP program forwards the session's frames
 //! itself through `DEVS`. The entries go when the translator takes the session back
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dovesnap_ebpf::{be_addr, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::nat::{Offloaded, Protocol};
+use crate::translator::{Offloaded, Protocol};
 use crate::xdp::{DataplaneMaps, XdpError};
 
 /// Where an uplink's offloaded frames leave from.

@@ -31,7 +31,7 @@
 pub mod checksum;
 pub mod fragment;
 pub mod session;
-pub mod translator;
+pub mod translate;
 pub mod wire;
 
 use std::fmt;
@@ -39,7 +39,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-pub use translator::{Translator, OFFLOAD_AFTER_PACKETS};
+pub use translate::{Translator, OFFLOAD_AFTER_PACKETS};
 
 /// What the translator is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -648,6 +648,89 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> QuotedL4<T> {
     }
 }
 
+/// EtherType of ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// An Ethernet/IPv4 ARP message (RFC 826) as a value, smoltcp's `Repr` style: [`emit`]
+/// writes it with its Ethernet header, [`parse`] reads one back.
+///
+/// [`emit`]: ArpRepr::emit
+/// [`parse`]: ArpRepr::parse
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpRepr {
+    /// 1 request, 2 reply.
+    pub operation: u16,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: [u8; 6],
+    pub target_ip: Ipv4Addr,
+}
+
+mod arp {
+    use super::Field;
+    /// Hardware type 1 (Ethernet), protocol IPv4, address lengths 6 and 4.
+    pub const HEADER: [u8; 6] = [0, 1, 8, 0, 6, 4];
+    pub const FIXED: Field = 14..20;
+    pub const OPER: Field = 20..22;
+    pub const SHA: Field = 22..28;
+    pub const SPA: Field = 28..32;
+    pub const THA: Field = 32..38;
+    pub const TPA: Field = 38..42;
+}
+
+impl ArpRepr {
+    /// Length of the frame [`ArpRepr::emit`] writes (Ethernet header and ARP message).
+    pub const FRAME_LEN: usize = 42;
+    pub const REQUEST: u16 = 1;
+    pub const REPLY: u16 = 2;
+
+    /// A gratuitous ARP: a request from `mac` for its own `ip`, so that neighbours
+    /// replace the MAC they hold for `ip`.
+    pub fn gratuitous(mac: [u8; 6], ip: Ipv4Addr) -> Self {
+        ArpRepr {
+            operation: Self::REQUEST,
+            sender_mac: mac,
+            sender_ip: ip,
+            target_mac: [0; 6],
+            target_ip: ip,
+        }
+    }
+
+    /// Writes the message into `frame`, in an Ethernet frame from the sender's MAC to
+    /// `eth_dst`.
+    pub fn emit(&self, eth_dst: [u8; 6], frame: &mut [u8; Self::FRAME_LEN]) {
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_dst_addr(eth_dst);
+        eth.set_src_addr(self.sender_mac);
+        set_be16(frame, eth::ETHERTYPE, ETHERTYPE_ARP);
+        frame[arp::FIXED].copy_from_slice(&arp::HEADER);
+        set_be16(frame, arp::OPER, self.operation);
+        frame[arp::SHA].copy_from_slice(&self.sender_mac);
+        frame[arp::SPA].copy_from_slice(&self.sender_ip.octets());
+        frame[arp::THA].copy_from_slice(&self.target_mac);
+        frame[arp::TPA].copy_from_slice(&self.target_ip.octets());
+    }
+
+    /// The Ethernet/IPv4 ARP message of `frame`.
+    pub fn parse(frame: &[u8]) -> Result<Self, WireError> {
+        if frame.len() < Self::FRAME_LEN
+            || be16(frame, eth::ETHERTYPE) != ETHERTYPE_ARP
+            || frame[arp::FIXED] != arp::HEADER
+        {
+            return Err(WireError::Truncated);
+        }
+        let mac = |f: Field| <[u8; 6]>::try_from(&frame[f]).expect("6 bytes");
+        let ip = |f: Field| Ipv4Addr::from(<[u8; 4]>::try_from(&frame[f]).expect("4 bytes"));
+        Ok(ArpRepr {
+            operation: be16(frame, arp::OPER),
+            sender_mac: mac(arp::SHA),
+            sender_ip: ip(arp::SPA),
+            target_mac: mac(arp::THA),
+            target_ip: ip(arp::TPA),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,5 +824,27 @@ mod tests {
             .checksum()
             .is_some());
         assert!(QuotedL4::new_checked(&[0u8; 8][..], 47).is_err());
+    }
+
+    #[test]
+    fn arp_emits_and_parses() {
+        let mac = [2, 0, 0, 0, 0, 7];
+        let ip = Ipv4Addr::new(10, 9, 8, 7);
+        let garp = ArpRepr::gratuitous(mac, ip);
+        let mut frame = [0u8; ArpRepr::FRAME_LEN];
+        garp.emit([0xff; 6], &mut frame);
+        assert_eq!(
+            &frame[..14],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 7, 8, 6]
+        );
+        assert_eq!(&frame[14..22], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(&frame[28..32], &ip.octets());
+        assert_eq!(&frame[32..38], &[0; 6]);
+        assert_eq!(&frame[38..42], &ip.octets());
+        assert_eq!(ArpRepr::parse(&frame), Ok(garp));
+        assert!(ArpRepr::parse(&frame[..41]).is_err());
+        frame[12] = 0x08;
+        frame[13] = 0x00;
+        assert!(ArpRepr::parse(&frame).is_err(), "IPv4 is no ARP");
     }
 }
