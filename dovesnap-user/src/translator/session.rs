@@ -288,6 +288,7 @@ impl PortPool {
         self.slots.get_mut(usize::from(i))
     }
 
+    #[cfg(test)]
     fn contains(&self, port: u16) -> bool {
         self.slot(port).is_some()
     }
@@ -548,6 +549,7 @@ impl SessionTable {
     }
 
     /// Whether `port` is inside the translator's range.
+    #[cfg(test)]
     pub fn in_range(&self, port: u16) -> bool {
         self.pools[0].contains(port)
     }

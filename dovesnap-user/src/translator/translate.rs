@@ -901,7 +901,8 @@ impl Translator {
     }
 
     /// Sets how many packets a session carries here before [`Translator::take_offload`]
-    /// offers it ([`OFFLOAD_AFTER_PACKETS`] by default).
+    /// offers it ([`OFFLOAD_AFTER_PACKETS`] by default): for tests of the offload itself.
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_offload_after(&mut self, packets: u32) {
         self.offload_after = packets;
     }

@@ -227,11 +227,6 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         let end = usize::from(self.total_len()).min(b.len());
         &b[self.header_len()..end]
     }
-
-    /// Length of the payload the header declares (total length - header length).
-    pub fn payload_len(&self) -> usize {
-        usize::from(self.total_len()) - self.header_len()
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
@@ -247,7 +242,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         set_be16(self.buffer.as_mut(), ip::CHECKSUM, c);
     }
 
-    /// Recomputes the header checksum from scratch.
+    /// Recomputes the header checksum from scratch (the translator only ever updates it).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let c = super::checksum::checksum(self.header());
@@ -288,14 +284,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         let hl = self.header_len();
         let end = usize::from(self.total_len()).min(self.buffer.as_ref().len());
         &mut self.buffer.as_mut()[hl..end]
-    }
-
-    /// The header (options included) and the payload, at once.
-    pub fn header_and_payload_mut(&mut self) -> (&mut [u8], &mut [u8]) {
-        let hl = self.header_len();
-        let end = usize::from(self.total_len()).min(self.buffer.as_ref().len());
-        let (h, rest) = self.buffer.as_mut()[..end].split_at_mut(hl);
-        (h, rest)
     }
 }
 
@@ -490,7 +478,6 @@ mod icmp {
     pub const CODE: usize = 1;
     pub const CHECKSUM: Field = 2..4;
     pub const ECHO_IDENT: Field = 4..6;
-    pub const ECHO_SEQ: Field = 6..8;
     pub const HEADER_LEN: usize = 8;
 }
 
@@ -533,10 +520,6 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     /// Echo request/reply identifier (bytes 4..6).
     pub fn echo_ident(&self) -> u16 {
         be16(self.buffer.as_ref(), icmp::ECHO_IDENT)
-    }
-
-    pub fn echo_seq(&self) -> u16 {
-        be16(self.buffer.as_ref(), icmp::ECHO_SEQ)
     }
 
     /// Everything after the 8-byte header (for errors: the offending packet's copy).
