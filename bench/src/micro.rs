@@ -28,6 +28,7 @@ use dovesnap_testbed::frame::{
     set_l4_checksum, verify, write_tcp, write_udp, Csum, Ipv4Header, DF, ETH_LEN, IP_LEN, L4_AT,
     PROTO_TCP, PROTO_UDP,
 };
+use dovesnap_testbed::rand::XorShift;
 
 use crate::report::Record;
 
@@ -352,22 +353,6 @@ fn timed(
 fn failed(workload: &str, unit: &str, why: &str) -> Record {
     Record::from_runs(workload, "translator", unit, &[])
         .with_note(format!("FAILED, not measured: {why}"))
-}
-
-/// A small xorshift64* generator: deterministic, good enough to pick sessions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -777,7 +762,7 @@ fn scale(sizes: &Sizes, n: usize, now: Instant) -> Vec<Record> {
     let mut rss_runs = Vec::new();
     let mut fill_ns = Vec::new();
     let mut problem = None;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ n as u64);
     let mut frame = [0u8; UDP_FRAME];
     let mut work = Vec::new();
     for _ in 0..sizes.runs {

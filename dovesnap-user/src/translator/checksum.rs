@@ -64,6 +64,7 @@ pub fn update(hc: u16, old: &[u8], new: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dovesnap_testbed::rand::XorShift;
 
     /// RFC 1071 the slow, obvious way: 32-bit accumulate, fold, complement.
     fn reference(data: &[u8]) -> u16 {
@@ -86,16 +87,6 @@ mod tests {
         fold(sum(data, 0)) == 0xffff
     }
 
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn rfc1071_example() {
         // RFC 1071 section 3: the sum of 0001 f203 f4f5 f6f7 is ddf2.
@@ -109,7 +100,7 @@ mod tests {
     fn from_scratch_matches_reference_on_random_data() {
         let mut rng = XorShift(0x1234_5678_9abc_def1);
         for len in 0..300 {
-            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             assert_eq!(checksum(&data), reference(&data), "len {len}");
         }
         // All-ones data: many carries.
@@ -130,8 +121,8 @@ mod tests {
     fn incremental_matches_recompute() {
         let mut rng = XorShift(0xdead_beef_cafe_f00d);
         for round in 0..5000 {
-            let len = 2 * (4 + (rng.next() % 40) as usize);
-            let mut data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let len = 2 * (4 + (rng.next_u64() % 40) as usize);
+            let mut data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             // Checksum field at offset 0..2, as in a header.
             data[0] = 0;
             data[1] = 0;
@@ -140,17 +131,21 @@ mod tests {
             assert!(verifies(&data));
 
             // Change a 16-bit word and a 32-bit field (even offsets past the checksum).
-            let w = 2 + 2 * (rng.next() as usize % ((len - 2) / 2));
+            let w = 2 + 2 * (rng.next_u64() as usize % ((len - 2) / 2));
             let old16 = u16::from_be_bytes([data[w], data[w + 1]]);
-            let new16 = if round % 7 == 0 { 0 } else { rng.next() as u16 };
+            let new16 = if round % 7 == 0 {
+                0
+            } else {
+                rng.next_u64() as u16
+            };
             data[w..w + 2].copy_from_slice(&new16.to_be_bytes());
             let c = update16(u16::from_be_bytes([data[0], data[1]]), old16, new16);
             data[..2].copy_from_slice(&c.to_be_bytes());
             assert!(verifies(&data), "round {round} after update16");
 
-            let f = 2 + 2 * (rng.next() as usize % ((len - 4) / 2));
+            let f = 2 + 2 * (rng.next_u64() as usize % ((len - 4) / 2));
             let old: [u8; 4] = data[f..f + 4].try_into().unwrap();
-            let new: [u8; 4] = (rng.next() as u32).to_be_bytes();
+            let new: [u8; 4] = (rng.next_u64() as u32).to_be_bytes();
             data[f..f + 4].copy_from_slice(&new);
             let c = update(u16::from_be_bytes([data[0], data[1]]), &old, &new);
             data[..2].copy_from_slice(&c.to_be_bytes());

@@ -1012,6 +1012,7 @@ mod tests {
     use super::super::testkit::*;
     use super::super::Timeouts;
     use super::*;
+    use dovesnap_testbed::rand::XorShift;
 
     const PORTS: std::ops::RangeInclusive<u16> = 40000..=40099;
 
@@ -2843,40 +2844,9 @@ mod tests {
         assert_eq!(DropReason::PortsExhausted.name(), "ports_exhausted");
     }
 
-    /// Counts heap allocations made by the current thread.
-    mod counting {
-        use std::alloc::{GlobalAlloc, Layout, System};
-        use std::cell::Cell;
-
-        thread_local! {
-            static COUNT: Cell<u64> = const { Cell::new(0) };
-        }
-
-        pub struct Counting;
-
-        // SAFETY: every method forwards to `System` with the caller's arguments unchanged;
-        // counting touches only a const-initialised thread-local `Cell`, which does not
-        // allocate.
-        unsafe impl GlobalAlloc for Counting {
-            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-                let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-                // SAFETY: forwarded as is; the caller upholds `GlobalAlloc::alloc`'s contract.
-                unsafe { System.alloc(layout) }
-            }
-
-            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-                // SAFETY: `ptr` came from `System.alloc` with this `layout` (see `alloc`).
-                unsafe { System.dealloc(ptr, layout) }
-            }
-        }
-
-        #[global_allocator]
-        static ALLOCATOR: Counting = Counting;
-
-        pub fn allocations() -> u64 {
-            COUNT.with(|c| c.get())
-        }
-    }
+    #[global_allocator]
+    static ALLOCATOR: dovesnap_testbed::alloc::CountingAlloc =
+        dovesnap_testbed::alloc::CountingAlloc;
 
     #[test]
     fn no_allocation_per_packet_on_live_sessions() {
@@ -2909,7 +2879,7 @@ mod tests {
             (true, pieces[1].clone()),
         ];
         let mut copies: Vec<Vec<u8>> = frames.iter().map(|(_, f)| f.clone()).collect();
-        let before = counting::allocations();
+        let before = dovesnap_testbed::alloc::thread_allocations();
         for _ in 0..100 {
             for ((inbound, f), c) in frames.iter().zip(copies.iter_mut()) {
                 c.copy_from_slice(f);
@@ -2920,23 +2890,10 @@ mod tests {
                 }
             }
         }
-        let after = counting::allocations();
+        let after = dovesnap_testbed::alloc::thread_allocations();
         assert_eq!(after - before, 0, "allocations on the per-packet path");
         assert_eq!(t.stats().drops(DropReason::Filtered), 100);
         assert_eq!(t.stats().total_drops(), 100);
-    }
-
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// The fuzz target's harness (`crate::fuzz::translate`) over deterministic
@@ -2975,7 +2932,7 @@ mod tests {
                 let mut f = f.clone();
                 for _ in 0..rng.below(4) {
                     let i = rng.below(f.len());
-                    f[i] = rng.next() as u8;
+                    f[i] = rng.next_u64() as u8;
                 }
                 if rng.below(8) == 0 {
                     f.truncate(rng.below(f.len() + 1));
@@ -3001,7 +2958,7 @@ mod tests {
         // Pure noise too.
         for _ in 0..500 {
             let n = rng.below(600);
-            let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let noise: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             crate::fuzz::translate(&noise);
         }
     }
