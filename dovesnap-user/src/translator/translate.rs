@@ -166,6 +166,13 @@ fn transport_ports(
 
 /// Type and echo identifier (meaningful for echo messages only) of a validated frame's ICMP
 /// message.
+/// Addresses a frame from the gateway to endpoint `ep`.
+fn address_to(frame: &mut [u8], ep: &EndpointInfo) {
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_src_addr(ep.gateway_mac);
+    eth.set_dst_addr(ep.mac);
+}
+
 fn icmp_head(frame: &[u8]) -> Result<(u8, u16), DropReason> {
     let ip = ip_of(frame);
     let icmp = IcmpPacket::new_checked(ip.payload()).map_err(|_| DropReason::Malformed)?;
@@ -557,7 +564,6 @@ impl Translator {
         let protocol =
             Protocol::from_number(head.protocol).ok_or(DropReason::UnsupportedProtocol)?;
         let external_ip = self.config.external_ip;
-        let timeouts = self.config.timeouts;
         if head.piece == Piece::Later {
             let addr = self
                 .frags
@@ -579,27 +585,10 @@ impl Translator {
                     inside: (head.src, ports.src),
                     remote: (head.dst, ports.dst),
                 };
-                let id = match self.table.lookup_inside(now, &key, &mut self.stats) {
-                    Some(id) => id,
-                    None => {
-                        // Only a SYN opens a TCP session (RFC 5382); any datagram opens a
-                        // UDP one (RFC 4787).
-                        if protocol == Protocol::Tcp && !is_pure_syn(ports.tcp_flags) {
-                            return Err(DropReason::NoSession);
-                        }
-                        let published = self.published_by_inside.get(&(protocol, key.inside));
-                        self.table.create(
-                            now,
-                            &timeouts,
-                            &mut self.stats,
-                            protocol,
-                            key.inside,
-                            key.remote,
-                            published.copied(),
-                            TcpTrack::default(),
-                        )?
-                    }
-                };
+                // Only a SYN opens a TCP session (RFC 5382); any datagram opens a UDP
+                // one (RFC 4787).
+                let opens = protocol != Protocol::Tcp || is_pure_syn(ports.tcp_flags);
+                let id = self.outbound_session(now, &key, opens)?;
                 let ext = self.refresh(now, id, Direction::Outbound, ports.tcp_flags);
                 rewrite(frame, Direction::Outbound, external_ip, ext, true);
                 self.last_session = Some(id);
@@ -613,19 +602,7 @@ impl Translator {
                             inside: (head.src, ident),
                             remote: (head.dst, 0),
                         };
-                        let id = match self.table.lookup_inside(now, &key, &mut self.stats) {
-                            Some(id) => id,
-                            None => self.table.create(
-                                now,
-                                &timeouts,
-                                &mut self.stats,
-                                protocol,
-                                key.inside,
-                                key.remote,
-                                None,
-                                TcpTrack::default(),
-                            )?,
-                        };
+                        let id = self.outbound_session(now, &key, true)?;
                         let ext = self.refresh(now, id, Direction::Outbound, 0);
                         rewrite(frame, Direction::Outbound, external_ip, ext, true);
                     }
@@ -695,9 +672,7 @@ impl Translator {
                 ip.decrement_ttl();
             }
             ip.rewrite_addr(true, addr);
-            let mut eth = EthernetFrame::new_unchecked(&mut *frame);
-            eth.set_src_addr(ep.gateway_mac);
-            eth.set_dst_addr(ep.mac);
+            address_to(frame, &ep);
             self.stats.fragments_inbound += 1;
             return Ok(ep.port);
         }
@@ -714,15 +689,11 @@ impl Translator {
                     Some(id) => id,
                     None => self.open_published(now, &key, ports.tcp_flags)?,
                 };
-                let ext = self.refresh(now, id, Direction::Inbound, ports.tcp_flags);
-                debug_assert_eq!(ext, ports.dst);
-                let inside = self.table.get(id).inside;
-                let ep = self.endpoint(inside.0)?;
-                rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+                let delivered = self.deliver(now, frame, id, ports.tcp_flags, hairpin)?;
                 if !hairpin {
                     self.last_session = Some(id);
                 }
-                (ep, inside.0)
+                delivered
             }
             Protocol::Icmp => {
                 let (msg_type, ident) = icmp_head(frame)?;
@@ -737,11 +708,7 @@ impl Translator {
                             .table
                             .lookup_outside(now, &key, &mut self.stats)
                             .ok_or_else(|| self.miss(protocol, key.external_port))?;
-                        self.refresh(now, id, Direction::Inbound, 0);
-                        let inside = self.table.get(id).inside;
-                        let ep = self.endpoint(inside.0)?;
-                        rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
-                        (ep, inside.0)
+                        self.deliver(now, frame, id, 0, hairpin)?
                     }
                     t if icmp_type::is_error(t) => {
                         if first {
@@ -770,15 +737,61 @@ impl Translator {
                 }
             }
         };
-        let mut eth = EthernetFrame::new_unchecked(&mut *frame);
-        eth.set_src_addr(ep.gateway_mac);
-        eth.set_dst_addr(ep.mac);
+        address_to(frame, &ep);
         if first {
             self.frags
                 .insert(now, head.frag_key(Direction::Inbound), inside);
             self.stats.fragments_inbound += 1;
         }
         Ok(ep.port)
+    }
+
+    /// The session of an outbound packet: found, or made when `opens` (a packet that may
+    /// start one).
+    fn outbound_session(
+        &mut self,
+        now: Instant,
+        key: &InsideKey,
+        opens: bool,
+    ) -> Result<u32, DropReason> {
+        if let Some(id) = self.table.lookup_inside(now, key, &mut self.stats) {
+            return Ok(id);
+        }
+        if !opens {
+            return Err(DropReason::NoSession);
+        }
+        let published = self
+            .published_by_inside
+            .get(&(key.protocol, key.inside))
+            .copied();
+        let timeouts = self.config.timeouts;
+        self.table.create(
+            now,
+            &timeouts,
+            &mut self.stats,
+            key.protocol,
+            key.inside,
+            key.remote,
+            published,
+            TcpTrack::default(),
+        )
+    }
+
+    /// Refreshes session `id` with an inbound packet and rewrites the packet's destination
+    /// to the session's inside address: the endpoint it goes to, and that address.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        id: u32,
+        tcp_flags: u8,
+        hairpin: bool,
+    ) -> Result<(EndpointInfo, Ipv4Addr), DropReason> {
+        self.refresh(now, id, Direction::Inbound, tcp_flags);
+        let inside = self.table.get(id).inside;
+        let ep = self.endpoint(inside.0)?;
+        rewrite(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
+        Ok((ep, inside.0))
     }
 
     /// An inbound TCP/UDP packet without a session: a published port opens one (TCP: only
