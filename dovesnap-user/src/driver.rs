@@ -775,6 +775,13 @@ impl Driver {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
         let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
+        if let Some(v6) = req.ipv6_data.as_deref().and_then(|p| p.first()) {
+            return Err(ApiError::new(format!(
+                "IPv6 is not supported by dovesnap networks yet (Docker passed the IPv6 pool \
+                 {:?}); create the network without --ipv6",
+                v6.pool
+            )));
+        }
         let internal = req
             .options
             .as_ref()
@@ -1567,6 +1574,14 @@ fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
     let Some(pool) = pools.first() else {
         return Ok(Ipam::default());
     };
+    if pools.len() > 1 {
+        let all: Vec<&str> = pools.iter().map(|p| p.pool.as_str()).collect();
+        return Err(ApiError::new(format!(
+            "a dovesnap network has one IPv4 subnet, Docker passed {} ({}); give one --subnet",
+            pools.len(),
+            all.join(", ")
+        )));
+    }
     parse_cidr(&pool.pool)
         .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
     let gateway = if pool.gateway.is_empty() {
@@ -1622,6 +1637,16 @@ mod tests {
             let err = valid_id("network", bad).unwrap_err();
             assert!(err.0.contains("invalid network id"), "{err}");
         }
+    }
+
+    #[test]
+    fn ipam_refuses_several_pools() {
+        let pool = |p: &str| api::IpamData {
+            pool: p.into(),
+            ..Default::default()
+        };
+        let e = ipam_from(&[pool("10.0.0.0/24"), pool("10.0.1.0/24")]).unwrap_err();
+        assert!(e.0.contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
     }
 
     #[test]

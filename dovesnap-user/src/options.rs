@@ -32,6 +32,9 @@ pub const BRIDGE_NAME: &str = "ovs.bridge.name";
 pub const BRIDGE_VLAN: &str = "ovs.bridge.vlan";
 /// `ovs.bridge.mtu`: the MTU of the bridge and the containers' interfaces.
 pub const BRIDGE_MTU: &str = "ovs.bridge.mtu";
+/// `com.docker.network.driver.mtu`: alias of [`BRIDGE_MTU`], Docker's generic spelling
+/// (`docker network create -o com.docker.network.driver.mtu=1400`).
+pub const DOCKER_MTU: &str = "com.docker.network.driver.mtu";
 /// `ovs.bridge.add_ports`: host interfaces to add to the bridge, `IFNAME[/OFPORT],...`.
 pub const BRIDGE_ADD_PORTS: &str = "ovs.bridge.add_ports";
 /// `ovs.bridge.controller`: OpenFlow controller targets, comma-separated.
@@ -64,6 +67,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_NAME,
     BRIDGE_VLAN,
     BRIDGE_MTU,
+    DOCKER_MTU,
     BRIDGE_ADD_PORTS,
     BRIDGE_CONTROLLER,
     BRIDGE_DPID,
@@ -124,12 +128,18 @@ pub enum OptionsError {
         key: String,
         suggestion: Option<&'static str>,
     },
-    /// `mode` and its alias `ovs.bridge.mode` both given, with different values.
+    /// An option and its alias (`mode` and `ovs.bridge.mode`, `ovs.bridge.mtu` and
+    /// `com.docker.network.driver.mtu`) both given, with different values.
     #[error(
-        "conflicting options mode={mode:?} and ovs.bridge.mode={alias:?}: \
+        "conflicting options {option}={value:?} and {alias}={alias_value:?}: \
          they are two names of the same option, give only one"
     )]
-    ConflictingMode { mode: String, alias: String },
+    ConflictingAlias {
+        option: &'static str,
+        value: String,
+        alias: &'static str,
+        alias_value: String,
+    },
     /// A value that is a JSON array, object or null.
     #[error("invalid {key}: expected a string (or a boolean or number), not a JSON {found}")]
     WrongType { key: String, found: &'static str },
@@ -369,9 +379,11 @@ impl NetworkOptions {
                     let parsed = Mode::parse_for(key, &value)?;
                     match &mode {
                         Some((earlier, earlier_text)) if *earlier != parsed => {
-                            return Err(OptionsError::ConflictingMode {
-                                mode: earlier_text.clone(),
-                                alias: value,
+                            return Err(OptionsError::ConflictingAlias {
+                                option: MODE,
+                                value: earlier_text.clone(),
+                                alias: BRIDGE_MODE,
+                                alias_value: value,
                             });
                         }
                         _ => mode = Some((parsed, value)),
@@ -379,7 +391,20 @@ impl NetworkOptions {
                 }
                 BRIDGE_NAME => opts.bridge_name = Some(parse_bridge_name(&value)?),
                 BRIDGE_VLAN => opts.vlan = Some(parse_vlan(&value)?),
-                BRIDGE_MTU => opts.mtu = Some(parse_mtu(&value)?),
+                BRIDGE_MTU | DOCKER_MTU => {
+                    let mtu = parse_mtu(key, &value)?;
+                    match opts.mtu {
+                        Some(earlier) if earlier != mtu => {
+                            return Err(OptionsError::ConflictingAlias {
+                                option: BRIDGE_MTU,
+                                value: earlier.to_string(),
+                                alias: DOCKER_MTU,
+                                alias_value: value,
+                            });
+                        }
+                        _ => opts.mtu = Some(mtu),
+                    }
+                }
                 BRIDGE_ADD_PORTS => opts.add_ports = parse_add_ports(&value)?,
                 BRIDGE_CONTROLLER => opts.controllers = parse_controllers(&value)?,
                 BRIDGE_DPID => opts.dpid = Some(parse_dpid(&value)?),
@@ -572,10 +597,10 @@ fn parse_vlan(value: &str) -> Result<u16, OptionsError> {
         .ok_or_else(|| invalid(BRIDGE_VLAN, value, EXPECTED_VLAN))
 }
 
-fn parse_mtu(value: &str) -> Result<u32, OptionsError> {
+fn parse_mtu(key: &str, value: &str) -> Result<u32, OptionsError> {
     parse_decimal::<u32>(value)
         .filter(|v| (MIN_MTU..=MAX_MTU).contains(v))
-        .ok_or_else(|| invalid(BRIDGE_MTU, value, EXPECTED_MTU))
+        .ok_or_else(|| invalid(key, value, EXPECTED_MTU))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, OptionsError> {
@@ -911,12 +936,28 @@ mod tests {
         let e = parse(&[(MODE, "nat"), (BRIDGE_MODE, "flat")]).unwrap_err();
         assert_eq!(
             e,
-            OptionsError::ConflictingMode {
-                mode: "nat".into(),
-                alias: "flat".into()
+            OptionsError::ConflictingAlias {
+                option: MODE,
+                value: "nat".into(),
+                alias: BRIDGE_MODE,
+                alias_value: "flat".into()
             }
         );
         assert!(e.to_string().contains("give only one"));
+    }
+
+    #[test]
+    fn dockers_mtu_option_is_an_alias() {
+        assert_eq!(one(DOCKER_MTU, "1400").unwrap().mtu, Some(1400));
+        let same = parse(&[(BRIDGE_MTU, "1400"), (DOCKER_MTU, "1400")]).unwrap();
+        assert_eq!(same.mtu, Some(1400));
+        let e = parse(&[(BRIDGE_MTU, "1400"), (DOCKER_MTU, "1500")]).unwrap_err();
+        assert!(
+            e.to_string().contains("com.docker.network.driver.mtu"),
+            "{e}"
+        );
+        let e = one(DOCKER_MTU, "20").unwrap_err().to_string();
+        assert!(e.contains("invalid com.docker.network.driver.mtu"), "{e}");
     }
 
     #[test]

@@ -137,6 +137,33 @@ fn bad_options_are_refused_clearly() {
         (&["-o", "ovs.bridge.vlna=10"], "ovs.bridge.vlna"),
         (&["-o", "ovs.bridge.name=bad name"], "ovs.bridge.name"),
         (&["-o", "ovs.bridge.add_ports=nosuchif0"], "nosuchif0"),
+        (
+            &["-o", "com.docker.network.driver.mtu=20"],
+            "com.docker.network.driver.mtu",
+        ),
+        (
+            &[
+                "-o",
+                "ovs.bridge.mtu=1400",
+                "-o",
+                "com.docker.network.driver.mtu=1500",
+            ],
+            "two names of the same option",
+        ),
+        (
+            &["--subnet", "10.231.90.0/24", "--subnet", "10.231.91.0/24"],
+            "one IPv4 subnet",
+        ),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "10.231.92.0/24",
+                "--subnet",
+                "fd00:d0e5::/64",
+            ],
+            "IPv6 is not supported",
+        ),
     ];
     for (opts, needle) in cases {
         let mut args = vec!["network", "create", "-d", "ovs"];
@@ -150,6 +177,21 @@ fn bad_options_are_refused_clearly() {
             err.contains(needle),
             "{opts:?}: error does not name {needle}: {err}"
         );
+    }
+    // Docker's own spelling of the MTU option works like ovs.bridge.mtu.
+    {
+        let net = Network::create(
+            "dsflat-mtu",
+            &[
+                "--subnet",
+                "10.231.93.0/24",
+                "-o",
+                "com.docker.network.driver.mtu=1400",
+            ],
+        );
+        let c = Container::idle("dsflat-mtu-c", &net);
+        let mtu = c.exec(&["cat", "/sys/class/net/eth0/mtu"]);
+        assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1400");
     }
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
