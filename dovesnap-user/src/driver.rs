@@ -345,12 +345,10 @@ impl Driver {
         Ok(())
     }
 
-    /// Puts a joined nat-fast endpoint (and its published ports) on the fast path.
-    /// Fail-open: on error the endpoint stays on the kernel nat path, which is
-    /// logged and visible in `dovesnap status`.
-    /// Puts a nat-fast endpoint on the fast path; `adopt` takes over the flows the
-    /// kernel's conntrack carries for it (recovery: the container lived on while the
-    /// daemon was away).
+    /// Puts a joined nat-fast endpoint (and its published ports) on the fast path;
+    /// `adopt` takes over the flows the kernel's conntrack carries for it (recovery: the
+    /// container lived on while the daemon was away). Fail-open: on error the endpoint
+    /// stays on the kernel nat path, which is logged and visible in `dovesnap status`.
     async fn fast_join(&self, net: &Network, ep: &Endpoint, adopt: bool) {
         if net.options.mode != Mode::NatFast || net.internal {
             return;
