@@ -152,7 +152,7 @@ pub fn render(status: &Status) -> String {
         o.add(
             "dovesnap_repairs_total",
             "counter",
-            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path).",
+            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path, logical-switch, logical-port).",
             &[("what", what)],
             *n,
         );
