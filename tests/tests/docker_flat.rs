@@ -312,9 +312,12 @@ fn idle_metrics_connections_do_not_slow_docker() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // At most 32 held at once, each for the 5 s header timeout: the rest were closed
+    // unserved (more were served when opening them took longer).
+    let served = 32 * (open_took.as_secs() / 5 + 2);
     let rejected = metric_value(&text, "dovesnap_metrics_connections_rejected_total", "");
     assert!(
-        rejected >= (IDLE_CONNECTIONS - 32) as u64,
+        rejected >= IDLE_CONNECTIONS as u64 - served,
         "{rejected} connections rejected: {text}"
     );
     assert!(
