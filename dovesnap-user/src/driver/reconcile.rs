@@ -152,6 +152,9 @@ impl Driver {
             }
         };
         let mut keep = HashSet::new();
+        // Northbound databases that did not answer this pass: not asked again in it,
+        // so one unreachable database costs one timeout, not one per network.
+        let mut unreachable = HashSet::new();
         for net in networks.values() {
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
             if net.overlay.is_some() {
@@ -164,7 +167,11 @@ impl Driver {
                 };
                 let ports = b.ports.iter().map(|p| p.name.clone()).collect();
                 self.reconcile_network(net, &ports, &mut keep).await;
-                self.reconcile_ovn(net).await;
+                if let Some(ov) = &net.overlay {
+                    if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
+                        unreachable.insert(ov.northbound.clone());
+                    }
+                }
                 continue;
             }
             let ports = match bridge {
@@ -193,17 +200,18 @@ impl Driver {
 
     /// Overlay: this host's reference on the logical switch and a logical port for
     /// each of its endpoints, made again when gone; then the chassis missing for the
-    /// grace period are reaped (see the module documentation).
-    async fn reconcile_ovn(&self, net: &Network) {
+    /// grace period are reaped (see the module documentation). False when the
+    /// northbound database did not answer.
+    async fn reconcile_ovn(&self, net: &Network) -> bool {
         let Some(ov) = &net.overlay else {
-            return;
+            return true;
         };
         let nb = self.northbound(&ov.northbound);
         let state = match nb.switch(&ov.switch).await {
             Ok(state) => state,
             Err(e) => {
                 debug!(network = %net.id, "reconcile: OVN northbound not answering: {e}");
-                return;
+                return false;
             }
         };
         let joined = state
@@ -217,7 +225,7 @@ impl Driver {
             {
                 warn!(network = %net.id, switch = %ov.switch,
                       "reconcile: cannot take this host's reference on the switch again: {e}");
-                return;
+                return true;
             }
             self.reconciler.count("logical-switch");
             info!(network = %net.id, switch = %ov.switch,
@@ -244,6 +252,7 @@ impl Driver {
         if let Err(e) = self.reap_dead_chassis(ov).await {
             debug!(network = %net.id, "reconcile: could not reap dead chassis: {e}");
         }
+        true
     }
 
     async fn reconcile_network(
