@@ -68,8 +68,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections the plugin socket serves at once. dockerd opens one per concurrent
 /// driver call and keeps two idle; at the cap the server stops accepting until a
 /// connection ends, so the next ones wait in the socket's backlog instead of being
-/// refused (dockerd would retry a refused call only after a second, with its body
-/// already spent).
+/// refused (dockerd would retry a refused call only after a second, its body maybe
+/// spent by then).
 pub const MAX_PLUGIN_CONNECTIONS: usize = 256;
 
 /// How long in-flight calls may take to finish once shutdown is asked for.
