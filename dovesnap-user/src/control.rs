@@ -34,6 +34,10 @@ pub const STATUS_PATH: &str = "/status";
 
 const JSON: &str = "application/json";
 
+/// Connections the control socket serves at once (`dovesnap status` opens one per
+/// call); at the cap it accepts again when one ends.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
+
 /// How long the CLI waits for the daemon's answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -202,7 +206,14 @@ pub async fn serve_control<S: StatusSource>(
         let source = Arc::clone(&source);
         async move { handle(&*source, req).await }
     };
-    serve_unix(listener, "control", handler, shutdown).await;
+    serve_unix(
+        listener,
+        "control",
+        MAX_CONTROL_CONNECTIONS,
+        handler,
+        shutdown,
+    )
+    .await;
 }
 
 async fn handle<S: StatusSource>(source: &S, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, ApiResult, NetworkDriver};
 use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
@@ -164,6 +164,9 @@ pub struct Driver {
     ovn_nb: Option<Remote>,
     /// One northbound connection per database, made on first use.
     northbound: std::sync::Mutex<HashMap<Remote, std::sync::Arc<Northbound>>>,
+    /// Since when each chassis named by an overlay switch has been missing from the
+    /// southbound database (its ports are reaped after the grace period).
+    missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
     /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
     /// with `networks` held.
     fastpath: std::sync::Mutex<Option<FastPath>>,
@@ -190,6 +193,7 @@ impl Driver {
             networks: Mutex::new(HashMap::new()),
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
+            missing_chassis: std::sync::Mutex::default(),
             fastpath: std::sync::Mutex::new(None),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
@@ -207,6 +211,16 @@ impl Driver {
     /// otherwise (the daemon's `--ovn-nb`).
     pub fn with_ovn_northbound(mut self, remote: Option<Remote>) -> Self {
         self.ovn_nb = remote;
+        self
+    }
+
+    /// How long a chassis must have been missing from the southbound database before
+    /// its logical ports and references are reaped (the daemon's `--ovn-reap-after`).
+    pub fn with_ovn_reap_after(self, grace: std::time::Duration) -> Self {
+        *self
+            .missing_chassis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ovn::reap::MissingChassis::new(grace);
         self
     }
 
@@ -617,9 +631,11 @@ impl Driver {
     }
 
     /// Removes from the overlay's switch the ports and references of hosts that are no
-    /// longer OVN chassis (removed from the southbound database after they died).
-    /// Skipped while this host itself is not registered (its view is not to be trusted
-    /// then) or when the southbound database is not a TCP/unix remote we can reach.
+    /// longer OVN chassis (removed from the southbound database after they died), once
+    /// they have been missing for the grace period (`ovn::reap`: every look, here at
+    /// start, CreateNetwork and each reconciler pass, counts). Skipped while this host
+    /// itself is not registered (its view is not to be trusted then) or when the
+    /// southbound database is not a TCP/unix remote we can reach.
     async fn reap_dead_chassis(&self, ov: &Overlay) -> Result<usize, OvnError> {
         let ids = self.ovs.switch_external_ids().await?;
         let Some(sb) = Chassis::from_external_ids(&ids).southbound() else {
@@ -629,9 +645,30 @@ impl Driver {
         if !live.contains(&ov.chassis) {
             return Ok(0);
         }
-        self.northbound(&ov.northbound)
-            .reap_dead_chassis(&ov.switch, &live)
-            .await
+        let nb = self.northbound(&ov.northbound);
+        let Some(state) = nb.switch(&ov.switch).await? else {
+            return Ok(0);
+        };
+        let named = state.chassis();
+        let (dead, grace) = {
+            let mut missing = self
+                .missing_chassis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let dead = missing.expired(std::time::Instant::now(), &live, &named);
+            (dead, missing.grace())
+        };
+        for c in named.iter().filter(|c| !live.contains(c)) {
+            if !dead.contains(c) {
+                debug!(switch = %ov.switch, chassis = %c, grace_secs = grace.as_secs(),
+                       "chassis missing from the southbound database: its ports are reaped \
+                        if it stays missing for the grace period");
+            }
+        }
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        nb.reap_dead_chassis(&ov.switch, &dead).await
     }
 
     /// Overlay: the network's logical switch, joined (or created) in OVN, and the

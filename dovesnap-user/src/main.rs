@@ -121,6 +121,12 @@ struct OvnArgs {
     /// (where ovn-controller reads it) at start. Default: leave it as set.
     #[arg(long, value_name = "IP")]
     ovn_encap_ip: Option<std::net::IpAddr>,
+    /// Seconds a chassis must have been missing from the southbound database before
+    /// this host removes its logical ports and switch references (a host that died and
+    /// was removed from OVN). Guards against a southbound answer that briefly lacks a
+    /// live host (ovn-controller restarting, a database failover); 0 reaps at once.
+    #[arg(long, value_name = "SECS", default_value_t = dovesnap::ovn::reap::DEFAULT_REAP_AFTER.as_secs())]
+    ovn_reap_after: u64,
 }
 
 fn main() -> Result<()> {
@@ -240,6 +246,7 @@ async fn daemon(settings: Settings) -> Result<()> {
     let driver = Arc::new(
         Driver::new(ovs, netlink, Box::new(firewall))
             .with_ovn_northbound(ovn.ovn_nb)
+            .with_ovn_reap_after(std::time::Duration::from_secs(ovn.ovn_reap_after))
             .with_fastpath_config(fast),
     );
     let (networks, endpoints) = driver

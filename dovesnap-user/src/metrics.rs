@@ -5,20 +5,33 @@
 //! nat-fast path per-endpoint and per-network frames and bytes, per-uplink sessions,
 //! translations, session churn and drops by reason, XDP decisions and data-plane
 //! counters.
+//!
+//! The listener is open to anyone who can reach its address, so it is bounded: at most
+//! [`MAX_METRICS_CONNECTIONS`] connections at once (more are closed as soon as they are
+//! accepted and counted in `dovesnap_metrics_connections_rejected_total`), request
+//! headers within [`HEADER_TIMEOUT`] (which also closes idle keep-alive connections),
+//! each connection at most [`CONNECTION_TIMEOUT`]. A request never reads the driver:
+//! it is answered from a rendered snapshot, which one background task refreshes when a
+//! request finds it older than [`SNAPSHOT_MAX_AGE`] (so at most once per that period,
+//! however many clients scrape); the request waits up to [`SNAPSHOT_WAIT`] for the new
+//! one and else answers with the one it has. The driver's lock and the data plane's
+//! status call are thus taken by one task, at most about once a second.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
 use crate::control::{Status, StatusSource};
@@ -27,6 +40,22 @@ use crate::control::{Status, StatusSource};
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
 const CONTENT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Connections served at once; more are closed at once (a scraper needs one).
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request headers (and how long a keep-alive
+/// connection may stay idle).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may last in all.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A snapshot younger than this is served as it is.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How long a request waits for a fresher snapshot before answering with the last one.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// Collects samples per metric, so each metric's HELP/TYPE is written once.
 #[derive(Default)]
@@ -123,7 +152,7 @@ pub fn render(status: &Status) -> String {
         o.add(
             "dovesnap_repairs_total",
             "counter",
-            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path).",
+            "Things the reconciler found missing and made again (bridge, port, veth, gateway, fast-path, logical-switch, logical-port).",
             &[("what", what)],
             *n,
         );
@@ -291,29 +320,136 @@ pub fn render(status: &Status) -> String {
     o.finish()
 }
 
-/// Serves `GET /metrics` until `shutdown`.
+/// The last rendered exposition text and when its status was read.
+struct Snapshot {
+    taken: Instant,
+    text: String,
+}
+
+/// What the connections share: the snapshot, the refresher's wake-up and the
+/// listener's own counters.
+#[derive(Default)]
+struct Shared {
+    latest: watch::Sender<Option<Arc<Snapshot>>>,
+    wanted: Notify,
+    rejected: AtomicU64,
+}
+
+impl Shared {
+    /// A snapshot no older than [`SNAPSHOT_MAX_AGE`] if the refresher makes one within
+    /// [`SNAPSHOT_WAIT`], else the last one (None before the first).
+    async fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let mut rx = self.latest.subscribe();
+        let last = rx.borrow_and_update().clone();
+        if last
+            .as_ref()
+            .is_some_and(|s| s.taken.elapsed() < SNAPSHOT_MAX_AGE)
+        {
+            return last;
+        }
+        self.wanted.notify_one();
+        match tokio::time::timeout(SNAPSHOT_WAIT, rx.changed()).await {
+            Ok(Ok(())) => rx.borrow().clone(),
+            _ => last,
+        }
+    }
+
+    /// The listener's own metrics, appended to every answer.
+    fn own_metrics(&self, open: usize) -> String {
+        let mut o = Out::default();
+        o.add(
+            "dovesnap_metrics_connections_rejected_total",
+            "counter",
+            "Metrics connections closed unserved because MAX_METRICS_CONNECTIONS were open.",
+            &[],
+            self.rejected.load(Ordering::Relaxed),
+        );
+        o.add(
+            "dovesnap_metrics_connections",
+            "gauge",
+            "Metrics connections open.",
+            &[],
+            open as u64,
+        );
+        o.finish()
+    }
+}
+
+/// Reads `source`'s status when a request asks for a fresher snapshot: the only task
+/// of the listener that reaches the driver.
+async fn refresh<S: StatusSource>(source: Arc<S>, shared: Arc<Shared>) {
+    loop {
+        shared.wanted.notified().await;
+        let fresh = shared
+            .latest
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.taken.elapsed() < SNAPSHOT_MAX_AGE);
+        if fresh {
+            // Another request's refresh just finished: it sees that one.
+            shared.latest.send_modify(|_| {});
+            continue;
+        }
+        let taken = Instant::now();
+        let text = render(&source.status().await);
+        shared
+            .latest
+            .send_replace(Some(Arc::new(Snapshot { taken, text })));
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown`, with at most [`MAX_METRICS_CONNECTIONS`]
+/// connections at once (see the module's documentation).
 pub async fn serve_metrics<S: StatusSource>(
     listener: TcpListener,
     source: Arc<S>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_metrics_capped(listener, source, MAX_METRICS_CONNECTIONS, shutdown).await
+}
+
+async fn serve_metrics_capped<S: StatusSource>(
+    listener: TcpListener,
+    source: Arc<S>,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let shared = Arc::new(Shared::default());
+    let refresher = tokio::spawn(refresh(source, Arc::clone(&shared)));
+    let slots = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let source = Arc::clone(&source);
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        drop(stream);
+                        let n = shared.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            warn!(%peer, rejected = n, max_connections,
+                                  "metrics connections over the cap closed unserved");
+                        }
+                        continue;
+                    };
+                    let shared = Arc::clone(&shared);
+                    let slots = Arc::clone(&slots);
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
-                            let source = Arc::clone(&source);
-                            async move { Ok::<_, std::convert::Infallible>(handle(&*source, req).await) }
+                            let shared = Arc::clone(&shared);
+                            let open = max_connections - slots.available_permits();
+                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, open, req).await) }
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
                             .serve_connection(TokioIo::new(stream), svc);
-                        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn).await {
-                            debug!(%peer, "metrics connection timed out: {e}");
+                        match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                            Err(_) => debug!(%peer, "metrics connection timed out"),
+                            Ok(Err(e)) => debug!(%peer, "metrics connection ended: {e}"),
+                            Ok(Ok(())) => {}
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -323,9 +459,10 @@ pub async fn serve_metrics<S: StatusSource>(
             },
         }
     }
+    refresher.abort();
 }
 
-async fn handle<S: StatusSource>(source: &S, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Shared, open: usize, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let text = |code: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = code;
@@ -345,7 +482,19 @@ async fn handle<S: StatusSource>(source: &S, req: Request<Incoming>) -> Response
             "/metrics must be a GET\n".into(),
         );
     }
-    text(StatusCode::OK, render(&source.status().await))
+    match shared.snapshot().await {
+        Some(s) => text(
+            StatusCode::OK,
+            format!("{}{}", s.text, shared.own_metrics(open)),
+        ),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the daemon's status did not answer within {SNAPSHOT_WAIT:?}: is a driver \
+                 call holding it? try again\n"
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +594,99 @@ mod tests {
             let (_, value) = l.rsplit_once(' ').expect("sample has a value");
             value.parse::<u64>().expect("numeric value");
         }
+    }
+
+    /// Counts its status calls; each takes a little while, like the driver's.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl StatusSource for Counting {
+        async fn status(&self) -> Status {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            status()
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Over the cap a connection is closed unserved and counted; the ones within it
+    /// are served; many scrapes at once read the status once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_connections_and_serves_scrapes_from_one_snapshot() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source = Arc::new(Counting::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_metrics_capped(listener, source.clone(), 3, async {
+            let _ = stopped.await;
+        }));
+        let idle: Vec<_> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            v
+        };
+        // The fourth is accepted and closed at once.
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+            .await
+            .expect("a connection over the cap is closed, not kept");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        drop(idle);
+        // Served again once the server has seen the idle ones go (until then a scrape
+        // can still be over the cap: tried again).
+        let scrape = || async move {
+            loop {
+                match get(addr, "/metrics").await {
+                    Ok(t) if !t.is_empty() => break t,
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        };
+        let scrapes: Vec<_> = (0..3).map(|_| tokio::spawn(scrape())).collect();
+        for s in scrapes {
+            let text = tokio::time::timeout(Duration::from_secs(5), s)
+                .await
+                .expect("served again")
+                .unwrap();
+            assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+            assert!(text.contains("dovesnap_translator_sessions{uplink=\"eth0\"} 3"));
+            let rejected = text
+                .lines()
+                .find_map(|l| l.strip_prefix("dovesnap_metrics_connections_rejected_total "))
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(rejected >= Some(1), "{text}");
+        }
+        assert_eq!(source.0.load(Ordering::Relaxed), 1, "one status read");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A status that does not come in time (no refresher here): the request answers
+    /// with the last snapshot after a bounded wait, never waiting for the driver.
+    #[tokio::test]
+    async fn a_slow_status_is_not_waited_for() {
+        let shared = Shared::default();
+        shared.latest.send_replace(Some(Arc::new(Snapshot {
+            taken: Instant::now() - SNAPSHOT_MAX_AGE * 2,
+            text: "old".into(),
+        })));
+        let before = Instant::now();
+        let last = shared.snapshot().await.expect("the last snapshot");
+        assert_eq!(last.text, "old");
+        assert!(before.elapsed() < SNAPSHOT_WAIT * 2);
     }
 
     #[test]

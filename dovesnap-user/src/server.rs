@@ -59,8 +59,18 @@ pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
 /// The largest request body accepted. Docker's requests are a few KiB at most.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// How long a client may take to send the request headers.
+/// How long a client may take to send the request headers. hyper starts this timer
+/// when a connection opens and again after each answer, so it also closes a
+/// keep-alive connection left idle this long (dockerd's HTTP client keeps at most two
+/// idle and opens a new one when the server closed them).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections the plugin socket serves at once. dockerd opens one per concurrent
+/// driver call and keeps two idle; at the cap the server stops accepting until a
+/// connection ends, so the next ones wait in the socket's backlog instead of being
+/// refused (dockerd would retry a refused call only after a second, its body maybe
+/// spent by then).
+pub const MAX_PLUGIN_CONNECTIONS: usize = 256;
 
 /// How long in-flight calls may take to finish once shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,7 +109,14 @@ pub async fn serve<D: NetworkDriver>(
             async move { handle(driver, &calls, req).await }
         }
     };
-    serve_unix(listener, "plugin", handler, shutdown).await;
+    serve_unix(
+        listener,
+        "plugin",
+        MAX_PLUGIN_CONNECTIONS,
+        handler,
+        shutdown,
+    )
+    .await;
     if tokio::time::timeout(CALL_DRAIN_TIMEOUT, calls.idle())
         .await
         .is_err()
@@ -668,13 +685,15 @@ pub(crate) fn bind_private_socket(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves HTTP/1.1 on `listener`, one task per connection, until `shutdown`
-/// completes; then removes the socket file, asks every connection to close after its
-/// current request and waits up to [`DRAIN_TIMEOUT`] for them. `what` names the
-/// socket in logs.
+/// Serves HTTP/1.1 on `listener`, one task per connection and at most `max_connections`
+/// at once (at the cap it accepts again when one ends), until `shutdown` completes;
+/// then removes the socket file, asks every connection to close after its current
+/// request and waits up to [`DRAIN_TIMEOUT`] for them. `what` names the socket in
+/// logs.
 pub(crate) async fn serve_unix<H, Fut>(
     listener: UnixListener,
     what: &'static str,
+    max_connections: usize,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -687,11 +706,20 @@ pub(crate) async fn serve_unix<H, Fut>(
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     let (stop_tx, stop_rx) = watch::channel(());
     let mut conns = JoinSet::new();
+    let mut at_cap = false;
     tokio::pin!(shutdown);
     loop {
+        if conns.len() >= max_connections && !at_cap {
+            warn!(
+                socket = what,
+                connections = conns.len(),
+                "connection cap reached: accepting again when one ends"
+            );
+        }
+        at_cap = conns.len() >= max_connections;
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if !at_cap => match accepted {
                 Ok((stream, _)) => {
                     conns.spawn(serve_connection(stream, handler.clone(), stop_rx.clone(), what));
                 }
@@ -1295,6 +1323,48 @@ mod tests {
         names.sort();
         assert_eq!(names, ["veth-e0", "veth-e1", "veth-e2", "veth-e3"]);
         s.stop().await;
+    }
+
+    /// At the cap a new connection is not refused: it waits in the backlog and is
+    /// served as soon as another connection ends.
+    #[tokio::test]
+    async fn at_the_connection_cap_a_new_connection_waits_for_a_free_slot() {
+        let dir = TempDir::new("cap");
+        let path = dir.path().join("cap.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handler =
+            |_req: Request<Incoming>| async { Response::new(Full::new(Bytes::from_static(b"ok"))) };
+        let server = tokio::spawn(serve_unix(listener, "test", 2, handler, async {
+            let _ = stop_rx.await;
+        }));
+        // Accepted in order: these two take both slots and send nothing.
+        let idle = UnixStream::connect(&path).await.unwrap();
+        let _idle2 = UnixStream::connect(&path).await.unwrap();
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        third
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
+                .await
+                .is_err(),
+            "a third connection was served past the cap of 2"
+        );
+        drop(idle);
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("served once a slot is free")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        stop_tx.send(()).unwrap();
+        drop(third);
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

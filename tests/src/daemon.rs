@@ -141,6 +141,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs `dovesnap status --json` against this daemon.
     pub fn status(&self) -> Value {
         serde_json::from_slice(&status_output(Some(&self.control), &["--json"]))
@@ -171,6 +176,28 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(scratch);
         }
     }
+}
+
+/// GET /metrics from a daemon's `--metrics ADDR` (plain HTTP/1.0 over TCP); what was
+/// read in 5 s, empty if the connection failed or was closed unanswered.
+pub fn scrape_metrics(addr: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the first sample of `metric` whose labels contain `label`, 0 if none.
+pub fn metric_value(text: &str, metric: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .next()
+        .unwrap_or(0)
 }
 
 /// A raw HTTP/1.1 POST over a unix socket (what Docker does), returning status and JSON.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use dovesnap_tests::daemon::{metric_value, scrape_metrics};
 use dovesnap_tests::docker::{
     assert_outbound_masqueraded, assert_published, container_tcp, docker, start_plugin,
     start_plugin_with, udp_ask, Container, Network,
@@ -25,27 +26,6 @@ const FAR_IP: &str = "10.232.110.2";
 
 const BLOB_BYTES: usize = 4 << 20;
 const METRICS_ADDR: &str = "127.0.0.1:19477";
-
-/// GET /metrics from the daemon (plain HTTP/1.0 over TCP on loopback).
-fn scrape_metrics() -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(METRICS_ADDR).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-/// The value of the first sample of `metric` whose labels contain `label`.
-fn metric_value(text: &str, metric: &str, label: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
-        .next()
-        .unwrap_or(0)
-}
 
 /// The far side (see `dovesnap_tests::far`), standing in for a NIC, with an HTTP
 /// server of a random blob on port 8000.
@@ -430,7 +410,7 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     }
 
     // Prometheus metrics: per-endpoint frames both ways, sessions, XDP decisions.
-    let metrics = scrape_metrics();
+    let metrics = scrape_metrics(METRICS_ADDR);
     assert!(
         metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
         "{metrics}"

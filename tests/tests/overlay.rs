@@ -24,6 +24,10 @@ const SUBNET: &str = "10.30.0.0/24";
 /// The switch a network on [`SUBNET`] maps to without `ovs.ovn.switch`.
 const SWITCH: &str = "dovesnap-10.30.0.0-24";
 
+/// The API hosts' `--ovn-reap-after`: how long a chassis must be missing from the
+/// southbound database before the other hosts remove its ports.
+const REAP_AFTER: Duration = Duration::from_secs(8);
+
 /// A scratch folder, removed on drop.
 struct Scratch(PathBuf);
 
@@ -377,10 +381,18 @@ impl Host {
     fn start_plugin(&mut self) {
         let socket = self.dir.join("plugin.sock");
         let db = self.db_sock().display().to_string();
+        let reap_after = REAP_AFTER.as_secs().to_string();
         self.plugin = Some(Daemon::start_in(
             Some(&self.ns.name),
             &socket,
-            &["--ovsdb", &db],
+            &[
+                "--ovsdb",
+                &db,
+                "--reconcile-interval",
+                "1",
+                "--ovn-reap-after",
+                &reap_after,
+            ],
         ));
     }
 
@@ -683,8 +695,8 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     assert!(pings(&c1, "10.30.0.21"), "ping after host2's return");
     assert!(fetch(&c1, "10.30.0.21") == big, "after host2's return");
 
-    // A third host joins, then dies for good: once an operator removes its chassis
-    // from OVN, the next plugin to start (host1's here) removes its ports and reference.
+    // A third host joins. Its chassis missing from the southbound database for less
+    // than the grace period (ovn-controller restarted) keeps its ports.
     let mut h3 = Host::start(&root, &central, 3);
     h3.start_plugin();
     let n3 = id("c3");
@@ -693,15 +705,47 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     let _c7 = h3.attach(&n3, &e7, "10.30.0.31/24");
     wait_port_up(&central, &lsp(&e7));
     assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 ping");
+    h3.kill_controller();
+    let missing = Instant::now();
+    central.sbctl(&["chassis-del", "host3"]);
+    // The other hosts' reconcilers (1 s) see it missing meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    h3.start_controller(&central);
+    let back = missing.elapsed();
+    assert!(back < REAP_AFTER, "host3 took {back:?} to register again");
+    std::thread::sleep((REAP_AFTER + Duration::from_secs(2)).saturating_sub(back));
+    assert!(
+        central.ports(SWITCH).contains(&lsp(&e7)),
+        "host3's port was reaped after {back:?} missing"
+    );
+    assert!(central.switch_ids(SWITCH).contains("host3"));
+    // Its own logical port deleted behind its back: host3's reconciler makes it again.
+    central.nbctl(&["lsp-del", &lsp(&e7)]);
+    wait_until(
+        "host3's logical port to come back",
+        Duration::from_secs(10),
+        || central.ports(SWITCH).contains(&lsp(&e7)),
+    );
+    wait_port_up(&central, &lsp(&e7));
+    assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 after the repair");
+
+    // Then it dies for good: once an operator removes its chassis from OVN, the other
+    // hosts' reconcilers remove its ports and reference after the grace period.
     h3.plugin.as_mut().unwrap().kill();
     h3.kill_controller();
+    let gone = Instant::now();
     central.sbctl(&["chassis-del", "host3"]);
     assert!(central.ports(SWITCH).contains(&lsp(&e7)));
-    drop(h1.plugin.take());
-    h1.start_plugin();
+    wait_until("host3's ports to be reaped", REAP_AFTER * 3, || {
+        !central.ports(SWITCH).contains(&lsp(&e7))
+    });
+    assert!(
+        gone.elapsed() >= REAP_AFTER,
+        "reaped after {:?}, before the grace period",
+        gone.elapsed()
+    );
     let ids = central.switch_ids(SWITCH);
     assert!(!ids.contains("host3"), "{ids}");
-    assert!(!central.ports(SWITCH).contains(&lsp(&e7)));
     assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 after the reaping");
 
     // The network leaves host1: the switch stays for host2.

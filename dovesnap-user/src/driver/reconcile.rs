@@ -21,7 +21,16 @@
 //!
 //! Overlay networks get the port and veth repairs on the integration bridge, which is
 //! never re-created here (ovn-controller owns it); the port is made again with its
-//! `iface-id`, so ovn-controller binds it to the endpoint's logical port again.
+//! `iface-id`, so ovn-controller binds it to the endpoint's logical port again. In the
+//! northbound database:
+//!
+//! - `logical-switch`: this host's reference on the network's logical switch is gone
+//!   (or the switch itself): taken again (the switch made again if need be).
+//! - `logical-port`: an endpoint's logical switch port is gone (another host reaped
+//!   this chassis, an operator deleted it): made again.
+//!
+//! and then the ports of chassis missing from the southbound database for the grace
+//! period are reaped (`crate::ovn::reap`).
 //!
 //! An endpoint whose veth is gone and whose container has left (or never joined) is
 //! not repaired: Docker is about to delete it, or will fail its Join with a clear error.
@@ -33,7 +42,9 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{bridge_spec, parse_cidr, port_spec, Driver, Endpoint, Network, EXT_NETWORK_ID};
+use super::{
+    bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network, EXT_NETWORK_ID,
+};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::options::Mode;
 use crate::translator::wire::ArpRepr;
@@ -142,6 +153,9 @@ impl Driver {
             }
         };
         let mut keep = HashSet::new();
+        // Northbound databases that did not answer this pass: not asked again in it,
+        // so one unreachable database costs one timeout, not one per network.
+        let mut unreachable = HashSet::new();
         for net in networks.values() {
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
             if net.overlay.is_some() {
@@ -154,6 +168,11 @@ impl Driver {
                 };
                 let ports = b.ports.iter().map(|p| p.name.clone()).collect();
                 self.reconcile_network(net, &ports, &mut keep).await;
+                if let Some(ov) = &net.overlay {
+                    if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
+                        unreachable.insert(ov.northbound.clone());
+                    }
+                }
                 continue;
             }
             let ports = match bridge {
@@ -178,6 +197,63 @@ impl Driver {
             self.reconcile_network(net, &ports, &mut keep).await;
         }
         self.reconciler.forget(&keep);
+    }
+
+    /// Overlay: this host's reference on the logical switch and a logical port for
+    /// each of its endpoints, made again when gone; then the chassis missing for the
+    /// grace period are reaped (see the module documentation). False when the
+    /// northbound database did not answer.
+    async fn reconcile_ovn(&self, net: &Network) -> bool {
+        let Some(ov) = &net.overlay else {
+            return true;
+        };
+        let nb = self.northbound(&ov.northbound);
+        let state = match nb.switch(&ov.switch).await {
+            Ok(state) => state,
+            Err(e) => {
+                debug!(network = %net.id, "reconcile: OVN northbound not answering: {e}");
+                return false;
+            }
+        };
+        let joined = state
+            .as_ref()
+            .is_some_and(|s| s.switch.hosts().contains(&ov.chassis.as_str()));
+        if !joined {
+            let subnet = net.ipam.subnet.clone().unwrap_or_default();
+            if let Err(e) = nb
+                .join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
+                .await
+            {
+                warn!(network = %net.id, switch = %ov.switch,
+                      "reconcile: cannot take this host's reference on the switch again: {e}");
+                return true;
+            }
+            self.reconciler.count("logical-switch");
+            info!(network = %net.id, switch = %ov.switch,
+                  "repaired: this host's reference on the logical switch was gone; took it again");
+        }
+        let ports: HashSet<&str> = state
+            .iter()
+            .flat_map(|s| s.ports.iter().map(|p| p.name.as_str()))
+            .collect();
+        for ep in net.endpoints.values() {
+            let name = crate::ovn::port_name(&ep.id);
+            if ports.contains(name.as_str()) {
+                continue;
+            }
+            if let Err(e) = nb.add_port(&ov.switch, &logical_port(ov, ep)).await {
+                warn!(endpoint = %ep.id, port = %name,
+                      "reconcile: cannot make the logical port again: {e}");
+                continue;
+            }
+            self.reconciler.count("logical-port");
+            info!(network = %net.id, endpoint = %ep.id, port = %name,
+                  "repaired: the endpoint's logical port was gone; made it again");
+        }
+        if let Err(e) = self.reap_dead_chassis(ov).await {
+            debug!(network = %net.id, "reconcile: could not reap dead chassis: {e}");
+        }
+        true
     }
 
     async fn reconcile_network(

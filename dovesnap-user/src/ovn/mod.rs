@@ -10,6 +10,7 @@
 //!   switch a network maps to.
 
 pub mod northbound;
+pub mod reap;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -164,6 +164,27 @@ pub struct SwitchState {
     pub ports: Vec<PortInfo>,
 }
 
+impl SwitchState {
+    /// The chassis the switch names: those holding a reference and those owning a
+    /// port, sorted, once each.
+    pub fn chassis(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .switch
+            .hosts()
+            .into_iter()
+            .chain(
+                self.ports
+                    .iter()
+                    .filter_map(|p| p.external_ids.get(EXT_CHASSIS).map(String::as_str)),
+            )
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 fn parse_query(name: &str, results: &[Value]) -> Result<Option<SwitchState>, OvnError> {
     let mut switches = parse_switches(ovsdb::rows(results, 0)?)?;
     if switches.len() > 1 {
@@ -299,10 +320,10 @@ fn refused(what: String, r: ovsdb::Refusal) -> OvnError {
     }
 }
 
-/// Removes the ports of chassis not in `live` and their references on the switch (one
+/// Removes the ports of the chassis in `dead` and their references on the switch (one
 /// transaction, guarded on what was read).
-fn reap(state: &SwitchState, live: &[String]) -> Option<(Txn, Vec<String>)> {
-    let dead = |c: &str| !live.iter().any(|l| l == c);
+fn reap(state: &SwitchState, dead: &[String]) -> Option<(Txn, Vec<String>)> {
+    let dead = |c: &str| dead.iter().any(|d| d == c);
     let ports: Vec<&str> = state
         .ports
         .iter()
@@ -536,15 +557,16 @@ impl Northbound {
         Err(OvnError::Contended(format!("add a port to switch {name}")))
     }
 
-    /// Removes from switch `name` the ports and references of chassis that are not in
-    /// `live` (the southbound database's registered chassis): hosts that died and
-    /// were removed from OVN (`ovn-sbctl chassis-del`). Returns how many ports went.
-    pub async fn reap_dead_chassis(&self, name: &str, live: &[String]) -> Result<usize, OvnError> {
+    /// Removes from switch `name` the ports and references of the chassis in `dead`:
+    /// hosts that died and were removed from OVN (`ovn-sbctl chassis-del`), missing
+    /// from the southbound database for the grace period (see [`crate::ovn::reap`]).
+    /// Returns how many ports went.
+    pub async fn reap_dead_chassis(&self, name: &str, dead: &[String]) -> Result<usize, OvnError> {
         for _ in 0..RETRIES {
             let Some(state) = self.switch(name).await? else {
                 return Ok(0);
             };
-            let Some((txn, hosts)) = reap(&state, live) else {
+            let Some((txn, hosts)) = reap(&state, dead) else {
                 return Ok(0);
             };
             let ports = state
@@ -553,7 +575,7 @@ impl Northbound {
                 .filter(|p| {
                     p.external_ids
                         .get(EXT_CHASSIS)
-                        .is_some_and(|c| !live.contains(c))
+                        .is_some_and(|c| dead.contains(c))
                 })
                 .count();
             match self.transact(&txn).await? {
@@ -702,8 +724,8 @@ mod tests {
             switch: sw,
             ports: vec![port("p-1", "h1"), port("p-3", "h3")],
         };
-        let live = vec!["h1".to_string(), "h2".to_string()];
-        let (txn, hosts) = reap(&state, &live).unwrap();
+        assert_eq!(state.chassis(), ["h1", "h3"]);
+        let (txn, hosts) = reap(&state, &["h3".to_string(), "h4".to_string()]).unwrap();
         assert_eq!(hosts, ["h3"]);
         let p = txn.params();
         assert_eq!(p[1]["op"], "wait");
@@ -714,8 +736,7 @@ mod tests {
                 ["external_ids", "delete", ["set", ["dovesnap-host-h3"]]]
             ])
         );
-        let all = vec!["h1".to_string(), "h3".to_string()];
-        assert!(reap(&state, &all).is_none());
+        assert!(reap(&state, &["h2".to_string()]).is_none());
     }
 
     #[test]

@@ -29,18 +29,44 @@ pub(crate) type NotifyFn = Box<dyn FnMut(&str, Value) + Send>;
 /// plugin call 30 s in all, so a hung or stopped server must fail a call well before.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest JSON-RPC message accepted from a peer. ovsdb-server's biggest answers
+/// (a whole table of a large OVN northbound database) are a few MiB; a peer that sends
+/// more without closing its object is not speaking OVSDB, and the reader drops the
+/// connection instead of buffering it without end.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Splits a byte stream into top-level JSON objects without parsing them twice: it
 /// tracks nesting depth and string state over the bytes it has not looked at yet.
-#[derive(Debug, Default)]
+/// An unfinished object longer than its limit ([`MAX_MESSAGE_BYTES`]) is an error.
+#[derive(Debug)]
 pub(crate) struct Framer {
     buf: Vec<u8>,
     scanned: usize,
     depth: usize,
     in_string: bool,
     escaped: bool,
+    limit: usize,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer::with_limit(MAX_MESSAGE_BYTES)
+    }
 }
 
 impl Framer {
+    /// A framer that refuses unfinished objects of more than `limit` bytes.
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Framer {
+            buf: Vec::new(),
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            limit,
+        }
+    }
+
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -79,6 +105,13 @@ impl Framer {
                     )))
                 }
             }
+        }
+        // Everything buffered now belongs to one unfinished object.
+        if self.buf.len() > self.limit {
+            return Err(OvsdbError::MessageTooLarge {
+                received: self.buf.len(),
+                limit: self.limit,
+            });
         }
         Ok(None)
     }
@@ -152,6 +185,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Wakes the writer when the connection closes, so it drops its half of the
+    /// stream and the socket closes (the reader has stopped by then).
+    closing: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -173,6 +209,7 @@ impl Shared {
         for (_, tx) in pending {
             let _ = tx.send(Err(Failure::Closed(reason.clone())));
         }
+        self.closing.notify_one();
     }
 }
 
@@ -232,12 +269,27 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        Self::with_message_limit(stream, notify, MAX_MESSAGE_BYTES)
+    }
+
+    /// [`Connection::new`], dropping the connection when the peer sends more than
+    /// `limit` bytes without finishing a message.
+    fn with_message_limit<S>(stream: S, notify: NotifyFn, limit: usize) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (reader, writer) = tokio::io::split(stream);
         let shared = Arc::new(Shared::default());
         let (out, rx) = mpsc::unbounded_channel();
         let tasks = [
             tokio::spawn(write_loop(writer, rx, shared.clone())),
-            tokio::spawn(read_loop(reader, shared.clone(), out.clone(), notify)),
+            tokio::spawn(read_loop(
+                reader,
+                Framer::with_limit(limit),
+                shared.clone(),
+                out.clone(),
+                notify,
+            )),
         ];
         Connection { shared, out, tasks }
     }
@@ -302,7 +354,14 @@ async fn write_loop<W: AsyncWrite>(
     shared: Arc<Shared>,
 ) {
     tokio::pin!(writer);
-    while let Some(message) = rx.recv().await {
+    loop {
+        let message = tokio::select! {
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            () = shared.closing.notified() => return,
+        };
         if let Err(e) = writer.write_all(&message).await {
             shared.close(format!("cannot write to ovsdb-server: {e}"));
             return;
@@ -312,12 +371,12 @@ async fn write_loop<W: AsyncWrite>(
 
 async fn read_loop<R: AsyncRead>(
     reader: R,
+    mut framer: Framer,
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     mut notify: NotifyFn,
 ) {
     tokio::pin!(reader);
-    let mut framer = Framer::default();
     let mut buf = vec![0u8; 64 * 1024];
     let reason = 'read: loop {
         let n = match reader.read(&mut buf).await {
@@ -409,6 +468,70 @@ mod tests {
         let mut f = Framer::default();
         f.push(b"\n[1]");
         assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn framer_refuses_an_endless_object_but_not_one_at_the_limit() {
+        let mut f = Framer::with_limit(16);
+        f.push(br#"{"a":"0123456789"}"#[..16].as_ref());
+        assert!(f.next_frame().unwrap().is_none());
+        f.push(b"xx");
+        let err = f.next_frame().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OvsdbError::MessageTooLarge {
+                    received: 18,
+                    limit: 16
+                }
+            ),
+            "{err:?}"
+        );
+        // Complete objects are split off before the rest is measured.
+        let mut f = Framer::with_limit(16);
+        f.push(br#"{"id":1,"result":[]}{"a""#);
+        assert_eq!(frames(&mut f), [r#"{"id":1,"result":[]}"#]);
+    }
+
+    /// A peer that opens an object and never closes it: the pending call fails with
+    /// an error naming the limit, the connection is dropped (the peer reads EOF), and
+    /// the buffer never grew much past the limit.
+    #[tokio::test]
+    async fn an_endless_message_drops_the_connection() {
+        const LIMIT: usize = 1 << 20;
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let conn = Connection::with_message_limit(client, Box::new(|_, _| {}), LIMIT);
+        let flood = async move {
+            let mut request = [0u8; 256];
+            let _ = server.read(&mut request).await.unwrap();
+            server.write_all(br#"{"id":0,"result":""#).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            // Until the client hangs up; far more than the limit if it never does.
+            while sent < 64 * LIMIT {
+                if server.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            // Closed with our bytes unread: EOF or a reset, never a hang.
+            let mut rest = Vec::new();
+            let closed = match server.read_to_end(&mut rest).await {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            };
+            (sent, closed)
+        };
+        let (result, (sent, closed)) = tokio::join!(conn.call("list_dbs", json!([])), flood);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("without finishing a JSON message"), "{err}");
+        assert!(err.contains(&LIMIT.to_string()), "{err}");
+        assert!(
+            sent < 4 * LIMIT,
+            "the client read {sent} bytes before giving up"
+        );
+        assert!(closed, "the client did not close the connection");
+        assert!(conn.is_closed());
     }
 
     #[test]

@@ -212,6 +212,12 @@ pub enum OvsdbError {
     #[error("unexpected data from ovsdb-server: {0}")]
     Protocol(String),
     #[error(
+        "the OVSDB peer sent {received} bytes without finishing a JSON message (the limit is \
+         {limit}); dropped the connection: is the remote an OVSDB server (ovsdb-server, the \
+         OVN databases)? the next call reconnects"
+    )]
+    MessageTooLarge { received: usize, limit: usize },
+    #[error(
         "OVSDB refused to {what}: {error}{}",
         details.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
     )]
