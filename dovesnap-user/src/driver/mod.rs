@@ -1,0 +1,794 @@
+//! The network driver: Docker's calls turned into OVS bridges, ports and veth pairs.
+//!
+//! State lives in OVSDB: each network's bridge carries its Docker network id and its
+//! options in `external_ids`, each endpoint's port carries the endpoint id, addresses
+//! and interface names. The in-memory table is a cache of that, rebuilt by
+//! [`Driver::recover`] at start, so a restarted plugin picks up where it was and never
+//! touches a bridge or port it does not own.
+//!
+//! Lifecycle (flat mode):
+//! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port and any
+//!   `ovs.bridge.add_ports` uplinks.
+//! - CreateEndpoint: a veth pair; the host end becomes a port of the bridge (with the
+//!   access VLAN tag), the container end waits for Join.
+//! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
+//! - Leave: nothing to undo at L2 (Docker moves the interface back).
+//! - DeleteEndpoint: port and veth removed. DeleteNetwork: bridge removed.
+//!
+//! Overlay mode has no bridge of its own: the network is an OVN logical switch
+//! (`crate::ovn`), recorded on this host in `Open_vSwitch.external_ids`
+//! (`dovesnap-overlay-<network id>`); each endpoint is a logical switch port, created
+//! before its veth, whose host end joins the integration bridge with
+//! `external_ids:iface-id` naming that port.
+//!
+//! Where each mode lives: this file holds the table, the lock and Docker's calls, with
+//! what every mode shares (a bridge per network, a veth and port per endpoint: flat mode
+//! is exactly that); [`model`] the typed network and endpoint and their pure conversions;
+//! [`nat`] the nftables rules of nat networks and published ports; [`nat_fast`] the fast
+//! path's endpoints and uplink; [`overlay`] the OVN logical switch and ports;
+//! [`reconcile`] the periodic repair and [`records`] the distrustful reading of OVSDB at
+//! start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::api::{self, ApiError, ApiResult, NetworkDriver};
+use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
+use crate::firewall::{
+    enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
+    Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
+};
+use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, parse_mac, Netlink};
+use crate::options::{Mode, NetworkOptions};
+use crate::ovn::{self, Chassis, Northbound, OvnError};
+use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
+
+mod model;
+mod nat;
+mod nat_fast;
+mod overlay;
+mod reconcile;
+pub mod records;
+
+use model::*;
+pub use model::{Endpoint, Ipam};
+use nat_fast::{fast_ports, fast_proto};
+use overlay::{integration_bridge, logical_port, ovn_err};
+
+/// `external_ids` key on bridges: the Docker network id (ownership marker).
+pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
+
+/// `external_ids` key on bridges: the network's addressing as JSON.
+pub const EXT_NETWORK_IPAM: &str = "dovesnap-ipam";
+
+/// `external_ids` key on bridges: `true` for `docker network create --internal`.
+pub const EXT_NETWORK_INTERNAL: &str = "dovesnap-internal";
+
+/// Docker's network option for `--internal`.
+pub const DOCKER_INTERNAL_OPTION: &str = "com.docker.network.internal";
+
+/// `external_ids` key prefix on bridges: one entry per network option.
+pub const EXT_OPTION_PREFIX: &str = "dovesnap-opt-";
+
+/// `external_ids` key on ports: the Docker endpoint id (ownership marker).
+pub const EXT_ENDPOINT_ID: &str = "dovesnap-endpoint-id";
+
+/// `external_ids` key on ports: the endpoint's addresses and names as JSON.
+pub const EXT_ENDPOINT: &str = "dovesnap-endpoint";
+
+/// `Open_vSwitch.external_ids` key prefix: an overlay network on this host, as JSON.
+pub const EXT_OVERLAY_PREFIX: &str = "dovesnap-overlay-";
+
+/// Prefix of the host end of an endpoint's veth (the OVS port).
+pub const HOST_VETH_PREFIX: &str = "ovsv";
+
+/// Prefix of the container end of an endpoint's veth, until Docker renames it.
+pub const CONTAINER_VETH_PREFIX: &str = "ovsc";
+
+/// Prefix of bridges whose name dovesnap chose.
+pub const BRIDGE_PREFIX: &str = "ovsbr-";
+
+/// The driver; all Docker calls go through one lock, so they apply in order.
+pub struct Driver {
+    ovs: Ovsdb,
+    netlink: Netlink,
+    firewall: Box<dyn Firewall>,
+    networks: Mutex<HashMap<String, Network>>,
+    /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
+    ovn_nb: Option<Remote>,
+    /// One northbound connection per database, made on first use.
+    northbound: std::sync::Mutex<HashMap<Remote, std::sync::Arc<Northbound>>>,
+    /// Since when each chassis named by an overlay switch has been missing from the
+    /// southbound database (its ports are reaped after the grace period).
+    missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
+    /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
+    /// with `networks` held.
+    fastpath: std::sync::Mutex<Option<FastPath>>,
+    /// Given to the fast path when it starts; the nft rules' masquerade range too.
+    fastpath_config: FastPathConfig,
+    /// What the reconciler saw and repaired.
+    reconciler: reconcile::State,
+    /// The records recovery could not trust (and left alone).
+    bad_records: std::sync::Mutex<Vec<crate::control::BadRecord>>,
+}
+
+/// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
+/// other tasks.
+fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> ApiResult<T> {
+    tokio::task::block_in_place(f).map_err(|e| ApiError::new(e.to_string()))
+}
+
+impl Driver {
+    pub fn new(ovs: Ovsdb, netlink: Netlink, firewall: Box<dyn Firewall>) -> Self {
+        Driver {
+            ovs,
+            netlink,
+            firewall,
+            networks: Mutex::new(HashMap::new()),
+            ovn_nb: None,
+            northbound: std::sync::Mutex::new(HashMap::new()),
+            missing_chassis: std::sync::Mutex::default(),
+            fastpath: std::sync::Mutex::new(None),
+            fastpath_config: FastPathConfig::default(),
+            reconciler: reconcile::State::default(),
+            bad_records: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The daemon's nat-fast settings (default: [`FastPathConfig::default`]).
+    pub fn with_fastpath_config(mut self, config: FastPathConfig) -> Self {
+        self.fastpath_config = config;
+        self
+    }
+
+    /// Sets the northbound database overlay networks use unless `ovs.ovn.nb` says
+    /// otherwise (the daemon's `--ovn-nb`).
+    pub fn with_ovn_northbound(mut self, remote: Option<Remote>) -> Self {
+        self.ovn_nb = remote;
+        self
+    }
+
+    /// Sets up a new veth's container end, still in the host namespace, for the
+    /// network's data path. The userspace datapath forwards partially checksummed frames
+    /// as they are, and the nat-fast translator sees them as the container wrote them:
+    /// transmit checksum offload off. Offloaded nat-fast sessions reach the container by
+    /// an XDP redirect to the veth, which needs the container end's NAPI queues (GRO on
+    /// gives them); the kernel marks the host end as a redirect target only when GRO goes
+    /// on while the container end is up: up, GRO, down again before Docker moves it (the
+    /// mark and the setting survive the move).
+    async fn prepare_container_end(
+        &self,
+        net: &Network,
+        name: &str,
+    ) -> Result<(), crate::netlink::NetlinkError> {
+        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
+            disable_tx_checksum(name)?;
+        }
+        if net.options.mode == Mode::NatFast && net.options.offload() {
+            self.netlink.set_up(name).await?;
+            enable_gro(name)?;
+            self.netlink.set_down(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the network table from the bridges and ports dovesnap owns in OVSDB.
+    /// Returns how many networks and endpoints it found.
+    pub async fn recover(&self) -> Result<(usize, usize), ovsdb::OvsdbError> {
+        let bridges = self.ovs.list_bridges().await?;
+        let mut networks = self.networks.lock().await;
+        let mut endpoints = 0;
+        let mut bad = Vec::new();
+        // Records that cannot be trusted are left alone: their network's rules (or the
+        // endpoint's published ports) are kept as they are, not reconciled away.
+        let mut untouched_networks = Vec::new();
+        let mut untouched_endpoints: HashMap<String, Vec<String>> = HashMap::new();
+        for br in &bridges {
+            let (net, bad_endpoints) = match records::network_of(br) {
+                None => continue,
+                Some(Ok(read)) => read,
+                Some(Err(b)) => {
+                    untouched_networks.push(b.id.clone());
+                    bad.push(b);
+                    continue;
+                }
+            };
+            untouched_endpoints
+                .entry(net.id.clone())
+                .or_default()
+                .extend(bad_endpoints.iter().map(|b| b.id.clone()));
+            bad.extend(bad_endpoints);
+            endpoints += net.endpoints.len();
+            info!(network = %net.id, bridge = %br.name, endpoints = net.endpoints.len(), "recovered network");
+            networks.insert(net.id.clone(), net);
+        }
+        for net in self.recover_overlays(&bridges, &mut bad).await? {
+            endpoints += net.endpoints.len();
+            networks.insert(net.id.clone(), net);
+        }
+        for b in &bad {
+            warn!(record = %b.record, id = %b.id,
+                  "leaving alone a record that cannot be trusted: {}", b.reason);
+        }
+        *self.bad_records.lock().unwrap_or_else(|e| e.into_inner()) = bad;
+        // Netfilter follows what OVSDB says: leftovers of a crash go, missing rules
+        // (published ports included) come back.
+        let expected: Vec<ExpectedNetwork> = networks
+            .values()
+            .filter_map(|n| {
+                let untouched = untouched_endpoints.get(&n.id).into_iter().flatten();
+                Some(ExpectedNetwork {
+                    network: n.nat(&self.fastpath_config)?,
+                    endpoints: n
+                        .endpoints
+                        .values()
+                        .filter(|e| !e.published.is_empty())
+                        .filter_map(|e| {
+                            Some(EndpointPorts {
+                                endpoint_id: e.id.clone(),
+                                container_ip: parse_cidr(&e.address)?.0,
+                                ports: e.published.clone(),
+                            })
+                        })
+                        // Listed without ports: whatever rules they have are kept.
+                        .chain(untouched.map(|id| EndpointPorts {
+                            endpoint_id: id.clone(),
+                            container_ip: Ipv4Addr::UNSPECIFIED,
+                            ports: Vec::new(),
+                        }))
+                        .collect(),
+                })
+            })
+            .collect();
+        if !expected.is_empty() {
+            if let Err(e) = enable_ip_forward() {
+                warn!("{e}");
+            }
+        }
+        if let Err(e) = tokio::task::block_in_place(|| {
+            self.firewall
+                .reconcile_keeping(&expected, &untouched_networks)
+        }) {
+            warn!("could not reconcile the nat rules with OVSDB: {e}");
+        }
+        // Joined nat-fast endpoints (their container end has left the host namespace)
+        // go back on the fast path.
+        for net in networks.values() {
+            if net.options.mode != Mode::NatFast {
+                continue;
+            }
+            for ep in net.endpoints.values() {
+                let joined = self.netlink.exists(&ep.host_ifname).await.unwrap_or(false)
+                    && !self
+                        .netlink
+                        .exists(&ep.container_ifname)
+                        .await
+                        .unwrap_or(true);
+                if joined {
+                    self.fast_join(net, ep, true).await;
+                }
+            }
+        }
+        Ok((networks.len(), endpoints))
+    }
+
+    /// On a clean stop: detaches every XDP program and closes every AF_XDP socket
+    /// (nat-fast traffic falls back to the kernel path). Bridges, ports and netfilter
+    /// rules stay, so running containers keep their connectivity while the plugin is
+    /// down (an upgrade, say); the next start's [`Driver::recover`] reconciles them,
+    /// and they go with their network.
+    pub async fn shutdown(&self) -> Result<(), FirewallError> {
+        let _networks = self.networks.lock().await;
+        tokio::task::block_in_place(|| {
+            let fp = self
+                .fastpath
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(fp) = fp {
+                fp.stop();
+            }
+        });
+        Ok(())
+    }
+
+    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        let id = valid_id("network", &req.network_id)?;
+        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())
+            .map_err(|e| ApiError::new(e.to_string()))?;
+        if options.mode == Mode::NatFast {
+            options.nat_uplink = Some(self.check_uplink(&options).await?);
+        }
+        let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
+        if let Some(v6) = req.ipv6_data.as_deref().and_then(|p| p.first()) {
+            return Err(ApiError::new(format!(
+                "IPv6 is not supported by dovesnap networks yet (Docker passed the IPv6 pool \
+                 {:?}); create the network without --ipv6",
+                v6.pool
+            )));
+        }
+        let internal = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(DOCKER_INTERNAL_OPTION))
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
+        if options.mode.is_nat() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
+            return Err(ApiError::new(format!(
+                "mode={} needs an IPv4 subnet and gateway from IPAM; give --subnet",
+                options.mode
+            )));
+        }
+
+        let mut networks = self.networks.lock().await;
+        if networks.contains_key(id) {
+            return Err(ApiError::new(format!("network {id} already exists")));
+        }
+        if options.mode == Mode::Overlay {
+            let net = self.create_overlay_network(id, options, ipam).await?;
+            info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+                  bridge = %net.bridge, "created overlay network");
+            networks.insert(id.to_string(), net);
+            return Ok(());
+        }
+        let bridge = options
+            .bridge_name
+            .clone()
+            .unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &id[..8]));
+        if let Some(other) = networks.values().find(|n| n.bridge == bridge) {
+            return Err(ApiError::new(format!(
+                "bridge {bridge} already serves network {}; choose another ovs.bridge.name",
+                other.id
+            )));
+        }
+        if self.ovs.bridge(&bridge).await.map_err(ovs_err)?.is_some() {
+            return Err(ApiError::new(format!(
+                "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
+                 choose another ovs.bridge.name"
+            )));
+        }
+        if self.netlink.exists(&bridge).await.map_err(nl_err)? {
+            return Err(ApiError::new(format!(
+                "a host interface named {bridge} already exists; choose another ovs.bridge.name"
+            )));
+        }
+        for up in &options.add_ports {
+            if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
+                return Err(ApiError::new(format!(
+                    "ovs.bridge.add_ports names {}, but the host has no such interface",
+                    up.name
+                )));
+            }
+        }
+        let datapath_type = if options.userspace {
+            "netdev".to_string()
+        } else {
+            ovsdb::default_datapath_type().to_string()
+        };
+
+        let net = Network {
+            id: id.to_string(),
+            bridge,
+            datapath_type,
+            options,
+            ipam,
+            internal,
+            endpoints: HashMap::new(),
+            overlay: None,
+        };
+        self.ovs
+            .create_bridge(&bridge_spec(&net))
+            .await
+            .map_err(ovs_err)?;
+        if let Err(e) = self.program_nat(&net).await {
+            // Leave nothing behind: the bridge and any rule go with the failed network.
+            let _ = fw(|| self.firewall.remove_network(id));
+            let _ = self.ovs.delete_bridge(&net.bridge).await;
+            return Err(e);
+        }
+        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath_type,
+              mode = %net.options.mode, internal, "created network");
+        networks.insert(id.to_string(), net);
+        Ok(())
+    }
+
+    async fn delete_network_inner(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        let id = valid_id("network", &req.network_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get(id) else {
+            // Deleting what is not there is success: Docker may retry.
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        if net.options.mode.is_nat() {
+            if let Err(e) = fw(|| self.firewall.remove_network(id)) {
+                errors.push(e.to_string());
+            }
+        }
+        for ep in net.endpoints.values() {
+            if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(ov) = &net.overlay {
+            errors.extend(self.delete_overlay_network(net, ov).await);
+        } else {
+            self.delete_bridge_of(net, id, &mut errors).await;
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::new(format!(
+                "could not fully remove network {id}: {}",
+                errors.join("; ")
+            )));
+        }
+        info!(network = %id, bridge = %net.bridge, "deleted network");
+        networks.remove(id);
+        Ok(())
+    }
+
+    /// Deletes a network's own bridge, if it still carries the network's id.
+    async fn delete_bridge_of(&self, net: &Network, id: &str, errors: &mut Vec<String>) {
+        match self.ovs.bridge(&net.bridge).await {
+            Ok(Some(br)) if br.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id) => {
+                match self.ovs.delete_bridge(&net.bridge).await {
+                    Err(e) if !e.is_not_found() => errors.push(e.to_string()),
+                    _ => {}
+                }
+            }
+            Ok(_) => {
+                warn!(bridge = %net.bridge, "bridge is gone or no longer ours; not deleting it")
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+
+    async fn create_endpoint_inner(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let iface = req.interface.unwrap_or_default();
+        let address = iface.address.clone();
+        if !address.is_empty() {
+            parse_cidr(&address).ok_or_else(|| {
+                ApiError::new(format!("endpoint address {address:?} is not an IPv4 CIDR"))
+            })?;
+        }
+        let (mac, mac_from_us) = if iface.mac_address.is_empty() {
+            (generate_mac(&address, eid), true)
+        } else {
+            let mac = parse_mac(&iface.mac_address).ok_or_else(|| {
+                ApiError::new(format!(
+                    "endpoint MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
+                    iface.mac_address
+                ))
+            })?;
+            (mac, false)
+        };
+
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        if net.endpoints.contains_key(eid) {
+            return Err(ApiError::new(format!("endpoint {eid} already exists")));
+        }
+        let (host_ifname, container_ifname) = records::veth_names(eid);
+        let ep = Endpoint {
+            id: eid.to_string(),
+            address,
+            mac: format_mac(mac),
+            host_ifname,
+            container_ifname,
+            published: Vec::new(),
+            sandbox: None,
+        };
+        // Overlay: the logical port first, so an address another host uses is refused
+        // before anything is made here.
+        let lsp = match &net.overlay {
+            Some(ov) => {
+                let spec = logical_port(ov, &ep);
+                self.northbound(&ov.northbound)
+                    .add_port(&ov.switch, &spec)
+                    .await
+                    .map_err(ovn_err)?;
+                Some((ov.clone(), spec.name))
+            }
+            None => None,
+        };
+        if let Err(e) = self.plumb_endpoint(net, &ep, mac).await {
+            if let Some((ov, name)) = &lsp {
+                let _ = self
+                    .northbound(&ov.northbound)
+                    .remove_ports(&ov.switch, &[name])
+                    .await;
+            }
+            return Err(e);
+        }
+        info!(network = %nid, endpoint = %eid, port = %ep.host_ifname, mac = %ep.mac, "created endpoint");
+        net.endpoints.insert(eid.to_string(), ep.clone());
+        Ok(api::CreateEndpointResponse {
+            interface: mac_from_us.then(|| api::EndpointInterface {
+                mac_address: ep.mac,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// The veth pair of an endpoint, its host end a port of the network's bridge (for
+    /// overlay, of the integration bridge, bound to the endpoint's logical port). On
+    /// failure nothing is left behind.
+    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> ApiResult<()> {
+        // A leftover from a crash between veth and port creation is ours to replace.
+        self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
+        self.netlink
+            .create_veth(
+                &ep.host_ifname,
+                &ep.container_ifname,
+                Some(mac),
+                net.options.mtu,
+            )
+            .await
+            .map_err(nl_err)?;
+        if let Err(e) = self.prepare_container_end(net, &ep.container_ifname).await {
+            let _ = self.netlink.delete(&ep.host_ifname).await;
+            return Err(nl_err(e));
+        }
+        let port = port_spec(net, ep);
+        if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
+            // Leave nothing behind: the veth goes with the failed port.
+            let _ = self.netlink.delete(&ep.host_ifname).await;
+            return Err(ovs_err(e));
+        }
+        Ok(())
+    }
+
+    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get_mut(nid) else {
+            return Ok(());
+        };
+        let Some(ep) = net.endpoints.get(eid).cloned() else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        self.fast_leave(net, &ep);
+        if net.options.mode.is_nat() {
+            if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
+                errors.push(e.to_string());
+            }
+        }
+        // What is already gone (a port or veth deleted by hand, an earlier attempt
+        // that stopped half way) counts as done: a retry always succeeds.
+        if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
+            if !e.is_not_found() {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+            errors.push(e.to_string());
+        }
+        if let Some(ov) = &net.overlay {
+            let name = ovn::port_name(eid);
+            let removed = self
+                .northbound(&ov.northbound)
+                .remove_ports(&ov.switch, &[&name])
+                .await;
+            if let Err(e) = removed {
+                errors.push(e.to_string());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::new(format!(
+                "could not fully remove endpoint {eid}: {}",
+                errors.join("; ")
+            )));
+        }
+        net.endpoints.remove(eid);
+        info!(network = %nid, endpoint = %eid, "deleted endpoint");
+        Ok(())
+    }
+
+    async fn join_inner(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        let ep = net
+            .endpoints
+            .get_mut(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
+        if !self
+            .netlink
+            .exists(&ep.container_ifname)
+            .await
+            .map_err(nl_err)?
+        {
+            return Err(ApiError::new(format!(
+                "the container end {} of endpoint {eid} is gone (deleted behind dovesnap's back?); \
+                 disconnect and reconnect the container",
+                ep.container_ifname
+            )));
+        }
+        // The reconciler needs the container's namespace to re-create a lost veth.
+        // Only a namespace in Docker's netns folder: the one the reconciler may enter.
+        let sandbox = Some(req.sandbox_key.clone()).filter(|k| match records::check_sandbox(k) {
+            Ok(()) => true,
+            Err(e) => {
+                if !k.is_empty() {
+                    warn!(endpoint = %eid, "not recording the sandbox (a lost veth cannot be repaired): {e}");
+                }
+                false
+            }
+        });
+        if ep.sandbox != sandbox {
+            ep.sandbox = sandbox;
+            let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
+            if let Err(e) = self
+                .ovs
+                .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+                .await
+            {
+                warn!(endpoint = %eid, "could not record the sandbox in OVSDB: {e}");
+            }
+        }
+        let net = &*net;
+        let ep = &net.endpoints[eid];
+        self.fast_join(net, ep, false).await;
+        Ok(api::JoinResponse {
+            interface_name: api::InterfaceName {
+                src_name: ep.container_ifname.clone(),
+                dst_prefix: "eth".into(),
+            },
+            gateway: net
+                .container_gateway()
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    async fn endpoint_info_inner(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let networks = self.networks.lock().await;
+        let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
+        let ep = net
+            .endpoints
+            .get(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
+        let mut value = HashMap::new();
+        value.insert("bridge".into(), net.bridge.clone().into());
+        value.insert("port".into(), ep.host_ifname.clone().into());
+        value.insert("mac".into(), ep.mac.clone().into());
+        Ok(api::EndpointInfoResponse { value })
+    }
+}
+
+impl NetworkDriver for Driver {
+    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        self.create_network_inner(req).await
+    }
+    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        self.delete_network_inner(req).await
+    }
+    async fn create_endpoint(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        self.create_endpoint_inner(req).await
+    }
+    async fn endpoint_info(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        self.endpoint_info_inner(req).await
+    }
+    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        self.delete_endpoint_inner(req).await
+    }
+    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        self.join_inner(req).await
+    }
+    async fn program_external_connectivity(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        self.program_external_inner(req).await
+    }
+    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        self.revoke_external_inner(req).await
+    }
+    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        if let Some(net) = networks.get_mut(nid) {
+            if let Some(ep) = net.endpoints.get(eid) {
+                self.fast_leave(net, ep);
+            }
+            // The container is leaving: its namespace is no place for a repair
+            // (in memory only; a plugin restart in between is harmless: the
+            // reconciler only enters a namespace that still exists).
+            if let Some(ep) = net.endpoints.get_mut(eid) {
+                ep.sandbox = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StatusSource for Driver {
+    async fn status(&self) -> Status {
+        let networks = self.networks.lock().await;
+        let fast_path = tokio::task::block_in_place(|| {
+            let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().map(|fp| (fp.status(), fp.endpoint_names()))
+        });
+        let mut out: Vec<NetworkStatus> = networks
+            .values()
+            .map(|n| {
+                let mut endpoints: Vec<EndpointStatus> = n
+                    .endpoints
+                    .values()
+                    .map(|e| EndpointStatus {
+                        id: e.id.clone(),
+                        port: e.host_ifname.clone(),
+                        mac: e.mac.clone(),
+                        address: e.address.clone(),
+                        published: e.published.iter().map(|p| p.to_string()).collect(),
+                        fast_path: fast_path.as_ref().is_some_and(|(s, names)| {
+                            names.contains(&e.host_ifname)
+                                && !s.kernel_path.iter().any(|(p, _)| *p == e.host_ifname)
+                        }),
+                        kernel_path: fast_path
+                            .as_ref()
+                            .and_then(|(s, _)| {
+                                s.kernel_path.iter().find(|(p, _)| *p == e.host_ifname)
+                            })
+                            .map(|(_, why)| why.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+                NetworkStatus {
+                    id: n.id.clone(),
+                    bridge: n.bridge.clone(),
+                    mode: n.options.mode.to_string(),
+                    subnet: n.ipam.subnet.clone().unwrap_or_default(),
+                    gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    datapath_type: n.datapath_type.clone(),
+                    endpoints,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Status {
+            networks: out,
+            fast_path: fast_path.map(|(s, _)| s),
+            repairs: self.repairs(),
+            reconciler: self.reconciler_health(),
+            bad_records: self
+                .bad_records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {
+    ApiError::new(e.to_string())
+}
+
+fn nl_err(e: crate::netlink::NetlinkError) -> ApiError {
+    ApiError::new(e.to_string())
+}

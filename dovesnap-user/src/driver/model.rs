@@ -1,0 +1,277 @@
+//! The driver's model of networks and endpoints: what it keeps in memory and in
+//! OVSDB, and the pure conversions from Docker's requests (IPAM, addresses, MACs, ids)
+//! and to OVS specs.
+
+use super::*;
+
+/// What the network's IPAM gave (kept in OVSDB so a restart recovers it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ipam {
+    /// IPv4 subnet in CIDR form.
+    pub subnet: Option<String>,
+    /// IPv4 gateway, without prefix length.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Network {
+    pub(super) id: String,
+    pub(super) bridge: String,
+    pub(super) datapath_type: String,
+    pub(super) options: NetworkOptions,
+    pub(super) ipam: Ipam,
+    pub(super) internal: bool,
+    pub(super) endpoints: HashMap<String, Endpoint>,
+    /// Overlay networks: the logical switch and this host's chassis.
+    pub(super) overlay: Option<Overlay>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Overlay {
+    pub(super) switch: String,
+    pub(super) northbound: Remote,
+    pub(super) chassis: String,
+}
+
+/// How an overlay network is recorded on this host (`Open_vSwitch.external_ids`);
+/// the options hold the resolved switch and northbound database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct OverlayRecord {
+    pub(super) options: BTreeMap<String, String>,
+    pub(super) ipam: Ipam,
+    pub(super) chassis: String,
+}
+
+impl Network {
+    /// What the firewall needs for a nat network (None for flat networks).
+    pub(super) fn nat(&self, fast: &FastPathConfig) -> Option<NatNetwork> {
+        if !self.options.mode.is_nat() {
+            return None;
+        }
+        let subnet: Ipv4Net = self.ipam.subnet.as_deref()?.parse().ok()?;
+        Some(NatNetwork {
+            id: self.id.clone(),
+            bridge: self.bridge.clone(),
+            subnet,
+            gateway: self.ipam.gateway?,
+            internal: self.internal,
+            masquerade_ports: (self.options.mode == Mode::NatFast)
+                .then(|| fast.kernel_masquerade_ports()),
+        })
+    }
+
+    /// The gateway a container gets a default route through (Join, a repaired veth).
+    /// None on overlay networks: internal in this version, the switch has no gateway.
+    pub(super) fn container_gateway(&self) -> Option<Ipv4Addr> {
+        match self.overlay {
+            Some(_) => None,
+            None => self.ipam.gateway,
+        }
+    }
+}
+
+/// An endpoint as stored in its port's `external_ids`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    /// IPv4 address with prefix length, as Docker gave it (may be empty).
+    pub address: String,
+    pub mac: String,
+    /// Host end of the veth: the OVS port.
+    pub host_ifname: String,
+    /// Container end of the veth, before Docker moves and renames it.
+    pub container_ifname: String,
+    /// Ports published for this endpoint (nat mode), host ports as chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
+    /// The container's network namespace (Docker's sandbox key), from Join until
+    /// Leave: where the reconciler puts a re-created container end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+/// The OVSDB bridge of `net`: its options and addressing go into `external_ids`, so a
+/// restarted plugin (and the reconciler) can make it again.
+pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_NETWORK_IPAM.to_string(),
+        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
+    );
+    for (k, v) in net.options.to_string_map() {
+        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+    }
+    if net.internal {
+        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+    }
+    BridgeSpec {
+        name: net.bridge.clone(),
+        datapath_type: net.datapath_type.clone(),
+        external_ids,
+        mtu: net.options.mtu,
+        controllers: net.options.controllers.clone(),
+        datapath_id: net.options.dpid.clone(),
+        uplinks: net
+            .options
+            .add_ports
+            .iter()
+            .map(|u| UplinkSpec {
+                name: u.name.clone(),
+                ofport: u.ofport,
+            })
+            .collect(),
+    }
+}
+
+/// The OVSDB port of endpoint `ep` of `net`, with the endpoint's record.
+pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(EXT_ENDPOINT_ID.to_string(), ep.id.clone());
+    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_ENDPOINT.to_string(),
+        serde_json::to_string(ep).expect("Endpoint serializes"),
+    );
+    PortSpec {
+        name: ep.host_ifname.clone(),
+        tag: net.options.vlan,
+        external_ids,
+        mtu: net.options.mtu,
+        ofport: None,
+        // Overlay: ovn-controller binds the interface to the endpoint's logical port.
+        interface_external_ids: match net.overlay {
+            Some(_) => BTreeMap::from([("iface-id".to_string(), ovn::port_name(&ep.id))]),
+            None => BTreeMap::new(),
+        },
+    }
+}
+
+pub(super) fn unknown_network(id: &str) -> ApiError {
+    ApiError::new(format!(
+        "network {id} is not known to dovesnap (was it created while another plugin served \
+         the ovs driver?)"
+    ))
+}
+
+pub(super) fn unknown_endpoint(nid: &str, eid: &str) -> ApiError {
+    ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+}
+
+/// Docker ids are 64 hex digits; anything else is refused before it reaches a name.
+pub(super) fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
+    records::check_id(what, id).map_err(ApiError::new)?;
+    Ok(id)
+}
+
+/// `a.b.c.d/n` into its parts.
+pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let c: crate::host::addr::Ipv4Cidr = s.parse().ok()?;
+    Some((c.addr, c.prefix))
+}
+
+/// The network's IPv4 addressing from Docker's IPAM data (first pool).
+pub(super) fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
+    let Some(pool) = pools.first() else {
+        return Ok(Ipam::default());
+    };
+    if pools.len() > 1 {
+        let all: Vec<&str> = pools.iter().map(|p| p.pool.as_str()).collect();
+        return Err(ApiError::new(format!(
+            "a dovesnap network has one IPv4 subnet, Docker passed {} ({}); give one --subnet",
+            pools.len(),
+            all.join(", ")
+        )));
+    }
+    parse_cidr(&pool.pool)
+        .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
+    let gateway = if pool.gateway.is_empty() {
+        None
+    } else {
+        Some(
+            parse_cidr(&pool.gateway)
+                .map(|(a, _)| a)
+                .or_else(|| pool.gateway.parse().ok())
+                .ok_or_else(|| {
+                    ApiError::new(format!(
+                        "IPAM gateway {:?} is not an IPv4 address",
+                        pool.gateway
+                    ))
+                })?,
+        )
+    };
+    Ok(Ipam {
+        subnet: Some(pool.pool.clone()),
+        gateway,
+    })
+}
+
+/// A MAC for an endpoint Docker gave none: `02:42` and the IPv4 address, as Docker's
+/// bridge driver does, or locally administered bytes from the endpoint id.
+pub(super) fn generate_mac(address: &str, endpoint_id: &str) -> [u8; 6] {
+    if let Some((ip, _)) = parse_cidr(address) {
+        let o = ip.octets();
+        return [0x02, 0x42, o[0], o[1], o[2], o[3]];
+    }
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    for (i, pair) in endpoint_id.as_bytes().chunks(2).skip(1).take(5).enumerate() {
+        let s = std::str::from_utf8(pair).unwrap_or("0");
+        mac[i + 1] = u8::from_str_radix(s, 16).unwrap_or(0);
+    }
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(valid_id("network", &"a".repeat(64)).is_ok());
+        for bad in [
+            "",
+            "short",
+            "../../etc/passwd",
+            "abc def ghi jkl",
+            &"a".repeat(129),
+        ] {
+            let err = valid_id("network", bad).unwrap_err();
+            assert!(err.0.contains("invalid network id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ipam_refuses_several_pools() {
+        let pool = |p: &str| api::IpamData {
+            pool: p.into(),
+            ..Default::default()
+        };
+        let e = ipam_from(&[pool("10.0.0.0/24"), pool("10.0.1.0/24")]).unwrap_err();
+        assert!(e.0.contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
+    }
+
+    #[test]
+    fn ipam_takes_first_pool() {
+        let ipam = ipam_from(&[api::IpamData {
+            pool: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1/24".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(ipam.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(ipam.subnet.as_deref(), Some("10.0.0.0/24"));
+        assert_eq!(ipam_from(&[]).unwrap(), Ipam::default());
+        assert!(ipam_from(&[api::IpamData {
+            pool: "nonsense".into(),
+            ..Default::default()
+        }])
+        .is_err());
+    }
+
+    #[test]
+    fn macs_follow_docker_convention() {
+        assert_eq!(generate_mac("10.1.2.3/24", "x"), [0x02, 0x42, 10, 1, 2, 3]);
+        let m = generate_mac("", "00112233445566778899");
+        assert_eq!(m, [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    }
+}

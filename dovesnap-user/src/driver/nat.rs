@@ -1,0 +1,125 @@
+//! nat mode (and nat-fast's kernel path): the nftables rules of a network and of its
+//! endpoints' published ports.
+
+use super::*;
+
+impl Driver {
+    /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
+    /// network's netfilter rules.
+    pub(super) async fn program_nat(&self, net: &Network) -> ApiResult<()> {
+        let Some(nat) = net.nat(&self.fastpath_config) else {
+            return Ok(());
+        };
+        self.netlink
+            .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
+            .await
+            .map_err(nl_err)?;
+        fw(enable_ip_forward)?;
+        fw(|| self.firewall.add_network(&nat))
+    }
+
+    /// nat mode: publishes the container's `-p` ports (Docker sends the port map here
+    /// and with CreateEndpoint; only this call is made once per container and network).
+    pub(super) async fn program_external_inner(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        if !net.options.mode.is_nat() {
+            return Ok(());
+        }
+        let ep = net
+            .endpoints
+            .get_mut(eid)
+            .ok_or_else(|| unknown_endpoint(nid, eid))?;
+        let map = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(PORT_MAP_OPTION))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let mappings = parse_port_map(&map).map_err(|e| ApiError::new(e.to_string()))?;
+        if mappings.is_empty() || net.internal {
+            return Ok(());
+        }
+        let ip = parse_cidr(&ep.address)
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "endpoint {eid} has no IPv4 address to publish ports to"
+                ))
+            })?
+            .0;
+        let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
+        let mut stored = ep.clone();
+        stored.published = published.clone();
+        let json = serde_json::to_string(&stored).expect("Endpoint serializes");
+        if let Err(e) = self
+            .ovs
+            .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+            .await
+        {
+            let _ = fw(|| self.firewall.remove_ports(nid, eid));
+            return Err(ovs_err(e));
+        }
+        info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
+        ep.published = published;
+        if net.options.mode == Mode::NatFast {
+            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+            let host_ifname = ep.host_ifname.clone();
+            let ports = ep.published.clone();
+            self.if_fastpath(|fp| {
+                if !fp.has_endpoint(&host_ifname) {
+                    return;
+                }
+                let Some(addr) = fp.uplink_addr(&uplink) else {
+                    return;
+                };
+                for p in fast_ports(&ports, addr) {
+                    if let Err(e) = fp.publish(&uplink, p.0, p.1, ip, p.2) {
+                        warn!(endpoint = %eid, "port {} stays on the kernel path: {e}", p.1);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn revoke_external_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        let nid = valid_id("network", &req.network_id)?;
+        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let mut networks = self.networks.lock().await;
+        let Some(net) = networks.get_mut(nid) else {
+            return Ok(());
+        };
+        let Some(ep) = net.endpoints.get_mut(eid) else {
+            return Ok(());
+        };
+        if ep.published.is_empty() {
+            return Ok(());
+        }
+        if net.options.mode == Mode::NatFast {
+            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+            let ports = ep.published.clone();
+            self.if_fastpath(|fp| {
+                for p in &ports {
+                    fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+                }
+            });
+        }
+        fw(|| self.firewall.remove_ports(nid, eid))?;
+        ep.published.clear();
+        let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
+        match self
+            .ovs
+            .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
+            .await
+        {
+            // A port deleted by hand keeps no record to update.
+            Err(e) if !e.is_not_found() => Err(ovs_err(e)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! nat-fast mode: putting joined endpoints (and their published ports) on the XDP +
+//! AF_XDP fast path and taking them off, the uplink's checks, and the fast path's
+//! lifetime (started with the first nat-fast endpoint).
+
+use super::*;
+
+pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
+    match p {
+        Proto::Tcp => crate::translator::Protocol::Tcp,
+        Proto::Udp => crate::translator::Protocol::Udp,
+    }
+}
+
+/// The publications the translator serves: those on every address or on the uplink's
+/// own (others, e.g. bound to a second address, stay with the kernel's DNAT), as
+/// (protocol, external port, container port).
+pub(super) fn fast_ports(
+    published: &[PublishedPort],
+    uplink_addr: Ipv4Addr,
+) -> Vec<(crate::translator::Protocol, u16, u16)> {
+    published
+        .iter()
+        .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))
+        .map(|p| (fast_proto(p.proto), p.host_port, p.container_port))
+        .collect()
+}
+
+impl Driver {
+    /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
+    /// the data-plane thread).
+    pub(super) fn with_fastpath<T>(
+        &self,
+        f: impl FnOnce(&mut FastPath) -> Result<T, FastPathError>,
+    ) -> Result<T, FastPathError> {
+        tokio::task::block_in_place(|| {
+            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = Some(FastPath::start(self.fastpath_config.clone())?);
+            }
+            f(guard.as_mut().expect("just started"))
+        })
+    }
+
+    /// Runs `f` on the fast path if it is running.
+    pub(super) fn if_fastpath(&self, f: impl FnOnce(&mut FastPath)) {
+        tokio::task::block_in_place(|| {
+            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fp) = guard.as_mut() {
+                f(fp);
+            }
+        })
+    }
+
+    /// The uplink of a nat-fast network as it is now (address, MAC, queues).
+    pub(super) async fn uplink_spec(&self, net: &Network) -> ApiResult<fastpath::UplinkSpec> {
+        let name =
+            net.options.nat_uplink.clone().ok_or_else(|| {
+                ApiError::new(format!("nat-fast network {} has no uplink", net.id))
+            })?;
+        let link = self
+            .netlink
+            .get(&name)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "the nat-fast uplink {name} of network {} is gone",
+                    net.id
+                ))
+            })?;
+        let ifindex = link.header.index;
+        let addr = *self
+            .netlink
+            .ipv4_addresses(ifindex)
+            .await
+            .map_err(nl_err)?
+            .first()
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "the nat-fast uplink {name} has no IPv4 address to translate to"
+                ))
+            })?;
+        let mac = link_mac(&link).ok_or_else(|| {
+            ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
+        })?;
+        Ok(fastpath::UplinkSpec {
+            rx_queues: fastpath::rx_queues(&name),
+            name,
+            ifindex,
+            addr,
+            mac,
+        })
+    }
+
+    /// What the fast path needs of an endpoint; `None` when it has no address.
+    pub(super) async fn endpoint_spec(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> ApiResult<Option<EndpointSpec>> {
+        let Some((ip, _)) = parse_cidr(&ep.address) else {
+            return Ok(None);
+        };
+        let nat = net
+            .nat(&self.fastpath_config)
+            .ok_or_else(|| ApiError::new(format!("network {} has no subnet", net.id)))?;
+        let gone = |what: &str| ApiError::new(format!("{what} of endpoint {} is gone", ep.id));
+        let host_ifindex = self
+            .netlink
+            .index(&ep.host_ifname)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| gone("the host end"))?;
+        let bridge = self
+            .netlink
+            .get(&net.bridge)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| gone("the bridge"))?;
+        let bridge_ifindex = bridge.header.index;
+        let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
+        let mac = parse_mac(&ep.mac)
+            .ok_or_else(|| ApiError::new(format!("endpoint {} has a bad MAC", ep.id)))?;
+        Ok(Some(EndpointSpec {
+            host_ifname: ep.host_ifname.clone(),
+            host_ifindex,
+            ip,
+            mac,
+            gateway_mac,
+            bridge_ifindex,
+            subnet: nat.subnet,
+            offload: net.options.offload(),
+            adopt: false,
+        }))
+    }
+
+    /// Puts a joined nat-fast endpoint (and its published ports) on the fast path;
+    /// `adopt` takes over the flows the kernel's conntrack carries for it (recovery: the
+    /// container lived on while the daemon was away). Fail-open: on error the endpoint
+    /// stays on the kernel nat path, which is logged and visible in `dovesnap status`.
+    pub(super) async fn fast_join(&self, net: &Network, ep: &Endpoint, adopt: bool) {
+        if net.options.mode != Mode::NatFast || net.internal {
+            return;
+        }
+        let specs = async {
+            let Some(spec) = self.endpoint_spec(net, ep).await? else {
+                return Ok(None);
+            };
+            Ok::<_, ApiError>(Some((spec, self.uplink_spec(net).await?)))
+        };
+        let (spec, uplink) = match specs.await {
+            Ok(Some((spec, uplink))) => (EndpointSpec { adopt, ..spec }, uplink),
+            Ok(None) => return,
+            Err(e) => {
+                warn!(endpoint = %ep.id, "staying on the kernel nat path: {}", e.0);
+                return;
+            }
+        };
+        let r = self.with_fastpath(|fp| {
+            fp.add_endpoint(&spec, &uplink)?;
+            for p in fast_ports(&ep.published, uplink.addr) {
+                fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
+            self.if_fastpath(|fp| {
+                fp.remove_endpoint(&ep.host_ifname);
+                fp.set_kernel_path(&ep.host_ifname, e.to_string());
+            });
+        }
+    }
+
+    /// Takes an endpoint and its published ports off the fast path (idempotent).
+    pub(super) fn fast_leave(&self, net: &Network, ep: &Endpoint) {
+        if net.options.mode != Mode::NatFast {
+            return;
+        }
+        let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+        self.if_fastpath(|fp| {
+            for p in &ep.published {
+                fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+            }
+            fp.remove_endpoint(&ep.host_ifname);
+        });
+    }
+
+    /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default
+    /// route; it must exist, have an IPv4 address and not be one of the bridge's ports.
+    pub(super) async fn check_uplink(&self, options: &NetworkOptions) -> ApiResult<String> {
+        let name = match &options.nat_uplink {
+            Some(n) => n.clone(),
+            None => {
+                let ifindex = self
+                    .netlink
+                    .default_route_interface()
+                    .await
+                    .map_err(nl_err)?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            "mode=nat-fast needs an uplink: the host has no IPv4 default route; \
+                             give -o ovs.nat.uplink=IFNAME",
+                        )
+                    })?;
+                self.netlink
+                    .name_of(ifindex)
+                    .await
+                    .map_err(nl_err)?
+                    .ok_or_else(|| ApiError::new("the default route's interface vanished"))?
+            }
+        };
+        if options.add_ports.iter().any(|u| u.name == name) {
+            return Err(ApiError::new(format!(
+                "ovs.nat.uplink {name} is also in ovs.bridge.add_ports: the uplink must be a \
+                 routed interface, not a bridge port"
+            )));
+        }
+        let ifindex = self
+            .netlink
+            .index(&name)
+            .await
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                ApiError::new(format!(
+                    "ovs.nat.uplink names {name}, but the host has no such interface"
+                ))
+            })?;
+        if self
+            .netlink
+            .ipv4_addresses(ifindex)
+            .await
+            .map_err(nl_err)?
+            .is_empty()
+        {
+            return Err(ApiError::new(format!(
+                "the nat-fast uplink {name} has no IPv4 address to translate to"
+            )));
+        }
+        Ok(name)
+    }
+
+    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail.
+    /// False when no nat-fast data plane runs.
+    pub fn inject_fault(&self, fault: crate::fastpath::Fault) -> bool {
+        let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|fp| fp.inject(fault)).is_some()
+    }
+}
