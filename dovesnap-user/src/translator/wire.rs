@@ -27,6 +27,29 @@ fn set_be16(b: &mut [u8], f: Field, v: u16) {
     b[f].copy_from_slice(&v.to_be_bytes());
 }
 
+/// Getters of big-endian 16-bit fields of a view, and their setters where the buffer is
+/// mutable: `be16_fields!(View { getter / setter: field::RANGE, ... })`.
+macro_rules! be16_fields {
+    ($view:ident { $($(#[$doc:meta])* $get:ident / $set:ident : $field:expr),* $(,)? }) => {
+        impl<T: AsRef<[u8]>> $view<T> {
+            $(
+                $(#[$doc])*
+                pub fn $get(&self) -> u16 {
+                    be16(self.buffer.as_ref(), $field)
+                }
+            )*
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $view<T> {
+            $(
+                pub fn $set(&mut self, v: u16) {
+                    set_be16(self.buffer.as_mut(), $field, v);
+                }
+            )*
+        }
+    };
+}
+
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 
@@ -336,37 +359,17 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         Ok(TcpPacket { buffer })
     }
 
-    pub fn src_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), tcp::SRC_PORT)
-    }
-
-    pub fn dst_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), tcp::DST_PORT)
-    }
-
     /// The flag bits, see [`tcp_flags`].
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[tcp::FLAGS]
     }
-
-    pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), tcp::CHECKSUM)
-    }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
-    pub fn set_src_port(&mut self, p: u16) {
-        set_be16(self.buffer.as_mut(), tcp::SRC_PORT, p);
-    }
-
-    pub fn set_dst_port(&mut self, p: u16) {
-        set_be16(self.buffer.as_mut(), tcp::DST_PORT, p);
-    }
-
-    pub fn set_checksum(&mut self, c: u16) {
-        set_be16(self.buffer.as_mut(), tcp::CHECKSUM, c);
-    }
-}
+be16_fields!(TcpPacket {
+    src_port / set_src_port: tcp::SRC_PORT,
+    dst_port / set_dst_port: tcp::DST_PORT,
+    checksum / set_checksum: tcp::CHECKSUM,
+});
 
 mod udp {
     use super::Field;
@@ -423,14 +426,6 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         Ok(UdpPacket { buffer })
     }
 
-    pub fn src_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), udp::SRC_PORT)
-    }
-
-    pub fn dst_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), udp::DST_PORT)
-    }
-
     pub fn len(&self) -> u16 {
         be16(self.buffer.as_ref(), udp::LENGTH)
     }
@@ -438,25 +433,13 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == udp::HEADER_LEN as u16
     }
-
-    pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), udp::CHECKSUM)
-    }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
-    pub fn set_src_port(&mut self, p: u16) {
-        set_be16(self.buffer.as_mut(), udp::SRC_PORT, p);
-    }
-
-    pub fn set_dst_port(&mut self, p: u16) {
-        set_be16(self.buffer.as_mut(), udp::DST_PORT, p);
-    }
-
-    pub fn set_checksum(&mut self, c: u16) {
-        set_be16(self.buffer.as_mut(), udp::CHECKSUM, c);
-    }
-}
+be16_fields!(UdpPacket {
+    src_port / set_src_port: udp::SRC_PORT,
+    dst_port / set_dst_port: udp::DST_PORT,
+    checksum / set_checksum: udp::CHECKSUM,
+});
 
 /// ICMPv4 message types the translator knows.
 pub mod icmp_type {
@@ -513,30 +496,19 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
         self.buffer.as_ref()[icmp::CODE]
     }
 
-    pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), icmp::CHECKSUM)
-    }
-
-    /// Echo request/reply identifier (bytes 4..6).
-    pub fn echo_ident(&self) -> u16 {
-        be16(self.buffer.as_ref(), icmp::ECHO_IDENT)
-    }
-
     /// Everything after the 8-byte header (for errors: the offending packet's copy).
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[icmp::HEADER_LEN..]
     }
 }
 
+be16_fields!(IcmpPacket {
+    checksum / set_checksum: icmp::CHECKSUM,
+    /// Echo request/reply identifier (bytes 4..6).
+    echo_ident / set_echo_ident: icmp::ECHO_IDENT,
+});
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
-    pub fn set_checksum(&mut self, c: u16) {
-        set_be16(self.buffer.as_mut(), icmp::CHECKSUM, c);
-    }
-
-    pub fn set_echo_ident(&mut self, id: u16) {
-        set_be16(self.buffer.as_mut(), icmp::ECHO_IDENT, id);
-    }
-
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[icmp::HEADER_LEN..]
     }
