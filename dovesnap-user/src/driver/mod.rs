@@ -43,7 +43,8 @@ use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
-use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, parse_mac, Netlink};
+use crate::host::ethtool::{disable_tx_checksum, enable_gro};
+use crate::netlink::{format_mac, link_mac, parse_mac, Netlink};
 use crate::options::{Mode, NetworkOptions};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};

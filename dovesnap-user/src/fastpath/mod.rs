@@ -795,7 +795,7 @@ fn ephemeral_ports() -> Option<(u16, u16)> {
 /// asked in the calling thread's network namespace, else from sysfs (which shows the
 /// namespace sysfs was mounted in).
 pub fn rx_queues(ifname: &str) -> u32 {
-    if let Some(n) = crate::netlink::rx_queue_count(ifname) {
+    if let Some(n) = crate::host::ethtool::rx_queue_count(ifname) {
         return n;
     }
     std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))

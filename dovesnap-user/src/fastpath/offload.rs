@@ -484,7 +484,7 @@ pub fn monotonic_ns() -> u64 {
 /// An interface's MTU (in the calling thread's network namespace), or 1500 if it
 /// cannot be read.
 pub fn mtu_of(ifname: &str) -> u16 {
-    crate::netlink::mtu(ifname)
+    crate::host::ethtool::mtu(ifname)
         .and_then(|m| u16::try_from(m).ok())
         .unwrap_or(1500)
 }
