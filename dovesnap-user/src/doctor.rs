@@ -837,16 +837,17 @@ pub fn check_forward_policy() -> Check {
 pub fn forward_finding(policy: Option<&str>, docker_user: bool) -> Check {
     const NAME: &str = "forward-policy";
     let chain = if docker_user {
-        "DOCKER-USER"
+        "FORWARD below Docker's jumps to DOCKER-USER and DOCKER-ISOLATION-STAGE-1 (your \
+         DOCKER-USER rules come first)"
     } else {
-        "FORWARD (there is no DOCKER-USER chain)"
+        "the top of FORWARD (there is no DOCKER-USER chain)"
     };
     match policy {
         Some("DROP") => Check::ok(
             NAME,
             format!(
-                "FORWARD policy DROP: fine, dovesnap adds ACCEPT rules for its nat networks at \
-                 the top of {chain} and loosens nothing else"
+                "FORWARD policy DROP: fine, dovesnap adds ACCEPT rules for its nat networks in \
+                 {chain} and loosens nothing else"
             ),
         ),
         Some("ACCEPT") => Check::ok(

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dovesnap_tests::docker::{
-    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG,
+    container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG, WHOAMI,
 };
 use dovesnap_tests::far::Far;
 use dovesnap_tests::{require_root, run, sh, Netns};
@@ -547,5 +547,150 @@ fn dynamic_and_ranged_host_ports() {
     assert_eq!(
         wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:{pb}/")),
         "dyn-b"
+    );
+}
+
+/// A rule of the test's in `DOCKER-USER`, deleted on drop (also on failure).
+struct UserRule(Vec<String>);
+
+impl UserRule {
+    /// `iptables -I DOCKER-USER -d IP -p tcp --dport PORT -j DROP`, as an administrator
+    /// would add it (commented so that a leftover is recognisable).
+    fn drop_tcp(ip: &str, port: u16) -> Self {
+        let spec: Vec<String> = [
+            "-d",
+            ip,
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            "hfwtest",
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rule = UserRule(spec);
+        rule.iptables("-I");
+        rule
+    }
+
+    fn iptables(&self, op: &str) -> std::process::Output {
+        let mut args = vec!["-w", op, "DOCKER-USER"];
+        args.extend(self.0.iter().map(String::as_str));
+        run("iptables", &args)
+    }
+}
+
+impl Drop for UserRule {
+    fn drop(&mut self) {
+        while self.iptables("-D").status.success() {}
+    }
+}
+
+/// The test's tagged rule lines of `iptables -S CHAIN` for network `id`.
+fn tagged_in(chain: &str, id: &str) -> Vec<String> {
+    let tag = format!("dovesnap:{}", &id[..12]);
+    sh("iptables", &["-w", "-S", chain])
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_string)
+        .collect()
+}
+
+/// issue 16: the administrator's DOCKER-USER rules apply to nat containers whether
+/// added before or after the network, and a nat network is isolated from Docker's
+/// bridge networks as two Docker bridge networks are from each other. A Docker bridge
+/// container is the reference for both.
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn docker_user_rules_and_docker_isolation_apply() {
+    require_root();
+    assert!(
+        run("iptables", &["-w", "-S", "DOCKER-USER"])
+            .status
+            .success(),
+        "dockerd's DOCKER-USER chain is missing: run `cargo xtask setup`"
+    );
+    let _plugin = start_plugin();
+    let mut far = Far::new("hfw", "10.234.10");
+    let far_ip = far.far_ip.clone();
+    // P1 and P2 are dropped by the administrator, P3 (the who-am-I's own 7000) not.
+    let (p1, p2, p3) = (7001, 7002, 7000);
+    for port in [p1, p2] {
+        far.spawn(&["python3", "-c", WHOAMI, &far_ip, &port.to_string()]);
+    }
+    let _before = UserRule::drop_tcp(&far_ip, p1);
+    let nat = Network::create("hfw-nat", &["-o", "mode=nat", "--subnet", "10.234.1.0/24"]);
+    let bridge = Network::create_with_driver("hfw-br", "bridge", &["--subnet", "10.234.3.0/24"]);
+    let cn = Container::idle("hfw-nat-c", &nat);
+    let cb = Container::idle("hfw-br-c", &bridge);
+    let reach = |c: &Container, port| container_tcp(c, &far_ip, port).is_ok();
+    for c in [&cn, &cb] {
+        assert!(reach(c, p3), "{} cannot reach {far_ip}:{p3}", c.name);
+        assert!(reach(c, p2), "{} cannot reach {far_ip}:{p2}", c.name);
+        assert!(
+            !reach(c, p1),
+            "{} reached {far_ip}:{p1} (dropped before)",
+            c.name
+        );
+    }
+    let _after = UserRule::drop_tcp(&far_ip, p2);
+    for c in [&cn, &cb] {
+        assert!(
+            !reach(c, p2),
+            "{} reached {far_ip}:{p2} (dropped after)",
+            c.name
+        );
+        assert!(reach(c, p3), "{} cannot reach {far_ip}:{p3}", c.name);
+    }
+
+    // Docker's default bridge: its unpublished port is out of reach from the nat
+    // network as from another Docker bridge network; the same container is reachable
+    // from its own network.
+    let default = std::mem::ManuallyDrop::new(Network {
+        name: "bridge".into(),
+    });
+    let web = Container::httpd("hfw-def-web", &default, "default-web");
+    let url = format!("http://{}/", web.ip(&default));
+    let neighbour = Container::idle("hfw-def-c", &default);
+    assert_eq!(
+        neighbour.fetch(&url).expect("same bridge").trim(),
+        "default-web"
+    );
+    assert!(
+        cb.fetch(&url).is_err(),
+        "Docker bridge network reached the default bridge"
+    );
+    assert!(
+        cn.fetch(&url).is_err(),
+        "nat network reached the default bridge"
+    );
+
+    // dockerd flushes its isolation chains when it restarts: the reconciler puts the
+    // network's rules back within a pass.
+    let nat_id = nat.id();
+    let iso = tagged_in("DOCKER-ISOLATION-STAGE-1", &nat_id);
+    assert_eq!(iso.len(), 1, "{iso:?}");
+    let mut del: Vec<&str> = vec!["-w", "-D"];
+    del.extend(
+        iso[0]
+            .split_whitespace()
+            .skip(1)
+            .map(|w| w.trim_matches('"')),
+    );
+    sh("iptables", &del);
+    let back = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        tagged_in("DOCKER-ISOLATION-STAGE-1", &nat_id) == iso
+    });
+    assert!(back, "the isolation rule was not put back");
+    assert!(
+        cn.fetch(&url).is_err(),
+        "nat network reached the default bridge"
     );
 }

@@ -4,7 +4,9 @@
 //! into packet-filter state, netavark-style: [`NftFirewall`] drives nftables (the `nft`
 //! binary, through JSON built with the `nftables` crate) and, where Docker's own
 //! iptables rules would drop forwarded traffic, adds narrowly scoped accept rules to
-//! Docker's `DOCKER-USER` chain; [`NoopFirewall`] does nothing (flat networks, tests).
+//! `FORWARD` below Docker's jumps (so the administrator's `DOCKER-USER` rules come
+//! first) and joins Docker's isolation chains (see `iptables`); [`NoopFirewall`] does
+//! nothing (flat networks, tests).
 //!
 //! What a nat network gets (see [`nft`] for the ruleset):
 //! - traffic from its subnet leaving by any interface other than its bridge is
@@ -237,6 +239,14 @@ pub trait Firewall: Send + Sync {
 
     /// Withdraws every port the endpoint published (nothing to withdraw is not an error).
     fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError>;
+
+    /// Puts back the networks' rules in Docker's iptables chains that dockerd removed
+    /// (a restart flushes its isolation chains) or moved (its jumps go back to the top
+    /// of `FORWARD`), touching nothing else: the reconciler's check on every pass.
+    /// Returns how many rules were put back.
+    fn restore_forwarding(&self, _nets: &[NatNetwork]) -> Result<usize, FirewallError> {
+        Ok(0)
+    }
 
     /// Makes the rules match `expected` exactly: networks and endpoints not listed lose
     /// their rules (leftovers of a crash), listed ones get whatever is missing. Keeps
