@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiError, ApiResult, NetworkDriver};
 use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
+use crate::firewall::hostrules;
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
@@ -369,7 +370,14 @@ impl Driver {
                 return;
             }
         };
+        let subnet = net.nat(&self.fastpath_config).map(|n| n.subnet);
         let r = self.with_fastpath(|fp| {
+            // The host's forward rules first: the container's first frame must not
+            // pass them by.
+            let mut subnets = fp.host_subnets();
+            subnets.extend(subnet.filter(|s| !subnets.contains(s)));
+            let rules = hostrules::read_or_all(&subnets);
+            fp.set_host_rules(subnets, rules)?;
             fp.add_endpoint(&spec, &uplink)?;
             for p in fast_ports(&ep.published, uplink.addr) {
                 fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;

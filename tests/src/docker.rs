@@ -86,6 +86,15 @@ impl Network {
         Network { name: name.into() }
     }
 
+    /// A nat-fast network on `uplink` (`-o mode=nat-fast -o ovs.nat.uplink=UPLINK
+    /// --subnet SUBNET EXTRA...`).
+    pub fn nat_fast(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -> Self {
+        let uplink_opt = format!("ovs.nat.uplink={uplink}");
+        let mut args = vec!["-o", "mode=nat-fast", "-o", &uplink_opt, "--subnet", subnet];
+        args.extend_from_slice(extra);
+        Network::create(name, &args)
+    }
+
     /// The network's full id.
     pub fn id(&self) -> String {
         docker_ok(&["network", "inspect", "-f", "{{.Id}}", &self.name])

@@ -11,6 +11,7 @@ use dovesnap_tests::docker::{
     container_tcp, docker, start_plugin, udp_ask, Container, Network, UDP_PONG, WHOAMI,
 };
 use dovesnap_tests::far::Far;
+use dovesnap_tests::status::xdp_counter;
 use dovesnap_tests::{require_root, run, sh, Netns};
 
 const HOST_UPLINK_IP: &str = "10.232.100.1";
@@ -602,10 +603,10 @@ fn tagged_in(chain: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// issue 16: the administrator's DOCKER-USER rules apply to nat containers whether
-/// added before or after the network, and a nat network is isolated from Docker's
-/// bridge networks as two Docker bridge networks are from each other. A Docker bridge
-/// container is the reference for both.
+/// issue 16: the administrator's DOCKER-USER rules apply to nat and nat-fast
+/// containers whether added before or after the network, and a nat network is isolated
+/// from Docker's bridge networks as two Docker bridge networks are from each other. A
+/// Docker bridge container is the reference for both.
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn docker_user_rules_and_docker_isolation_apply() {
@@ -616,8 +617,13 @@ fn docker_user_rules_and_docker_isolation_apply() {
             .success(),
         "dockerd's DOCKER-USER chain is missing: run `cargo xtask setup`"
     );
-    let _plugin = start_plugin();
+    let plugin = start_plugin();
     let mut far = Far::new("hfw", "10.234.10");
+    // As in docker_nat_fast: the far end stands in for a NIC (GRO on, full checksums).
+    far.ns.sh(
+        "ethtool",
+        &["-K", &far.uplink.peer, "gro", "on", "tx", "off"],
+    );
     let far_ip = far.far_ip.clone();
     // P1 and P2 are dropped by the administrator, P3 (the who-am-I's own 7000) not.
     let (p1, p2, p3) = (7001, 7002, 7000);
@@ -626,11 +632,13 @@ fn docker_user_rules_and_docker_isolation_apply() {
     }
     let _before = UserRule::drop_tcp(&far_ip, p1);
     let nat = Network::create("hfw-nat", &["-o", "mode=nat", "--subnet", "10.234.1.0/24"]);
+    let fast = Network::nat_fast("hfw-fast", "10.234.2.0/24", &far.uplink.host, &[]);
     let bridge = Network::create_with_driver("hfw-br", "bridge", &["--subnet", "10.234.3.0/24"]);
     let cn = Container::idle("hfw-nat-c", &nat);
+    let cf = Container::idle("hfw-fast-c", &fast);
     let cb = Container::idle("hfw-br-c", &bridge);
     let reach = |c: &Container, port| container_tcp(c, &far_ip, port).is_ok();
-    for c in [&cn, &cb] {
+    for c in [&cn, &cf, &cb] {
         assert!(reach(c, p3), "{} cannot reach {far_ip}:{p3}", c.name);
         assert!(reach(c, p2), "{} cannot reach {far_ip}:{p2}", c.name);
         assert!(
@@ -639,8 +647,30 @@ fn docker_user_rules_and_docker_isolation_apply() {
             c.name
         );
     }
+    // nat-fast left P1 to the kernel (where the rule dropped it) and carried P3 itself.
+    let status = plugin.status();
+    assert!(
+        xdp_counter(&status, "endpoint-host-firewall") > 0,
+        "{status}"
+    );
+    assert!(xdp_counter(&status, "endpoint-redirect") > 0, "{status}");
     let _after = UserRule::drop_tcp(&far_ip, p2);
-    for c in [&cn, &cb] {
+    // nat-fast reads the rules again on every reconciler pass (5 s).
+    let host_rules = || {
+        plugin.status()["fast_path"]["host_rules"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let seen = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        host_rules() == 2
+    });
+    assert!(
+        seen,
+        "nat-fast did not pick up the new rule: {}",
+        plugin.status()
+    );
+    for c in [&cn, &cf, &cb] {
         assert!(
             !reach(c, p2),
             "{} reached {far_ip}:{p2} (dropped after)",

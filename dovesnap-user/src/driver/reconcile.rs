@@ -184,6 +184,20 @@ impl Driver {
             .values()
             .filter_map(|n| n.nat(&self.fastpath_config))
             .collect();
+        // The host's forward rules may have changed: nat-fast follows within a pass.
+        let fast: Vec<_> = networks
+            .values()
+            .filter(|n| n.options.mode == Mode::NatFast && !n.internal)
+            .filter_map(|n| n.nat(&self.fastpath_config).map(|n| n.subnet))
+            .collect();
+        if !fast.is_empty() {
+            self.if_fastpath(|fp| {
+                let rules = crate::firewall::hostrules::read_or_all(&fast);
+                if let Err(e) = fp.set_host_rules(fast, rules) {
+                    warn!("reconcile: cannot bring nat-fast up to date with the host's forward rules: {e}");
+                }
+            });
+        }
         if !nats.is_empty() {
             match tokio::task::block_in_place(|| self.firewall.restore_forwarding(&nats)) {
                 Ok(0) => {}

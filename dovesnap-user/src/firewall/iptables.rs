@@ -243,7 +243,7 @@ pub(crate) struct TaggedRule {
 
 /// Splits an `iptables -S` line into arguments: words, with `"..."` quoting (and
 /// backslash escapes inside quotes), as iptables prints comments.
-fn tokenize(line: &str) -> Vec<String> {
+pub(super) fn tokenize(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -364,6 +364,11 @@ impl Iptables {
             .run(&["-S".to_string(), chain.to_string()])?
             .filter(|r| r.ok)
             .map(|r| r.stdout))
+    }
+
+    /// `iptables -S DOCKER-USER`; `None` when there is no such chain (or no iptables).
+    pub(crate) fn list_user(&self) -> Result<Option<String>, FirewallError> {
+        self.list(USER_CHAIN)
     }
 
     /// `iptables -S` of every chain that can hold our rules; `None` when there is no

@@ -33,6 +33,7 @@
 //! the chosen ports are returned as [`PublishedPort`]s.
 
 mod command;
+pub mod hostrules;
 mod iptables;
 pub mod nft;
 mod ports;
@@ -57,7 +58,7 @@ pub const TAG_PREFIX: &str = "dovesnap:";
 pub const SHORT_ID_LEN: usize = 12;
 
 /// An IPv4 subnet: network address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
     addr: Ipv4Addr,
     prefix: u8,

@@ -819,7 +819,11 @@ fn stale_endpoints_batch(
 // ---- running nft ------------------------------------------------------------------
 
 /// Runs `nft` with `args`, `stdin` on its standard input; stdout on success.
-fn run_nft(args: &[&str], stdin: Option<&str>, action: &str) -> Result<String, FirewallError> {
+pub(super) fn run_nft(
+    args: &[&str],
+    stdin: Option<&str>,
+    action: &str,
+) -> Result<String, FirewallError> {
     let out = match output_within(
         Command::new("nft").args(args),
         stdin.map(str::as_bytes),
