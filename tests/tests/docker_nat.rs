@@ -593,6 +593,32 @@ impl Drop for UserRule {
     }
 }
 
+/// An administrator's nftables table `inet hfwt` with a forward chain that drops TCP
+/// to one address and port; deleted on drop.
+struct NftTable;
+
+impl NftTable {
+    fn drop_tcp(ip: &str, port: u16) -> Self {
+        let _ = run("nft", &["delete", "table", "inet", "hfwt"]);
+        let table = NftTable;
+        sh("nft", &["add", "table", "inet", "hfwt"]);
+        let hook = "{ type filter hook forward priority 0; policy accept; }";
+        sh("nft", &["add", "chain", "inet", "hfwt", "hfwchain", hook]);
+        let port = port.to_string();
+        let rule = ["ip", "daddr", ip, "tcp", "dport", &port, "drop"];
+        let mut args = vec!["add", "rule", "inet", "hfwt", "hfwchain"];
+        args.extend(rule);
+        sh("nft", &args);
+        table
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = run("nft", &["delete", "table", "inet", "hfwt"]);
+    }
+}
+
 /// The test's tagged rule lines of `iptables -S CHAIN` for network `id`.
 fn tagged_in(chain: &str, id: &str) -> Vec<String> {
     let tag = format!("dovesnap:{}", &id[..12]);
@@ -626,8 +652,9 @@ fn docker_user_rules_and_docker_isolation_apply() {
     );
     let far_ip = far.far_ip.clone();
     // P1 and P2 are dropped by the administrator, P3 (the who-am-I's own 7000) not.
-    let (p1, p2, p3) = (7001, 7002, 7000);
-    for port in [p1, p2] {
+    // P4 is dropped by a forward chain of an nftables table of the administrator's.
+    let (p1, p2, p3, p4) = (7001, 7002, 7000, 7003);
+    for port in [p1, p2, p4] {
         far.spawn(&["python3", "-c", WHOAMI, &far_ip, &port.to_string()]);
     }
     let _before = UserRule::drop_tcp(&far_ip, p1);
@@ -678,6 +705,19 @@ fn docker_user_rules_and_docker_isolation_apply() {
         );
         assert!(reach(c, p3), "{} cannot reach {far_ip}:{p3}", c.name);
     }
+
+    let _table = NftTable::drop_tcp(&far_ip, p4);
+    let seen = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        host_rules() == 3
+    });
+    assert!(
+        seen,
+        "nat-fast did not pick up the nft rule: {}",
+        plugin.status()
+    );
+    assert!(!reach(&cf, p4), "nat-fast reached {far_ip}:{p4} (nft drop)");
+    assert!(reach(&cf, p3), "nat-fast cannot reach {far_ip}:{p3}");
 
     // Docker's default bridge: its unpublished port is out of reach from the nat
     // network as from another Docker bridge network; the same container is reachable

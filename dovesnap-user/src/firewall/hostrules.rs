@@ -555,6 +555,7 @@ mod tests {
 
     #[test]
     fn nft_forward_chains_are_read_and_others_skipped() {
+        // As nft 1.0.6 prints `nft -j list ruleset`.
         let rs = json!({"nftables": [
             {"metainfo": {"json_schema_version": 1}},
             {"table": {"family": "inet", "name": "adm", "handle": 1}},
@@ -575,7 +576,7 @@ mod tests {
                 {"accept": null}]}},
             {"rule": {"family": "inet", "table": "adm", "chain": "fwd", "handle": 6, "expr": [
                 {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}},
-                {"reject": null}]}},
+                {"reject": {"type": "icmp", "expr": "port-unreachable"}}]}},
             {"rule": {"family": "inet", "table": "adm", "chain": "in", "handle": 7, "expr": [
                 {"drop": null}]}},
             {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 8, "expr": [
