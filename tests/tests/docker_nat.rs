@@ -683,20 +683,21 @@ fn docker_user_rules_and_docker_isolation_apply() {
     assert!(xdp_counter(&status, "endpoint-redirect") > 0, "{status}");
     let _after = UserRule::drop_tcp(&far_ip, p2);
     // nat-fast reads the rules again on every reconciler pass (5 s).
-    let host_rules = || {
-        plugin.status()["fast_path"]["host_rules"]
-            .as_array()
-            .map_or(0, Vec::len)
+    let picked_up = |n: usize| {
+        let seen = (0..40).any(|_| {
+            std::thread::sleep(Duration::from_millis(500));
+            plugin.status()["fast_path"]["host_rules"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == n
+        });
+        assert!(
+            seen,
+            "nat-fast does not list {n} host rules: {}",
+            plugin.status()
+        );
     };
-    let seen = (0..40).any(|_| {
-        std::thread::sleep(Duration::from_millis(500));
-        host_rules() == 2
-    });
-    assert!(
-        seen,
-        "nat-fast did not pick up the new rule: {}",
-        plugin.status()
-    );
+    picked_up(2);
     for c in [&cn, &cf, &cb] {
         assert!(
             !reach(c, p2),
@@ -707,15 +708,7 @@ fn docker_user_rules_and_docker_isolation_apply() {
     }
 
     let _table = NftTable::drop_tcp(&far_ip, p4);
-    let seen = (0..40).any(|_| {
-        std::thread::sleep(Duration::from_millis(500));
-        host_rules() == 3
-    });
-    assert!(
-        seen,
-        "nat-fast did not pick up the nft rule: {}",
-        plugin.status()
-    );
+    picked_up(3);
     assert!(!reach(&cf, p4), "nat-fast reached {far_ip}:{p4} (nft drop)");
     assert!(reach(&cf, p3), "nat-fast cannot reach {far_ip}:{p3}");
 
