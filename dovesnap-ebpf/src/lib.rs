@@ -78,6 +78,52 @@ pub const MAX_FRAGS: u32 = 4096;
 /// nanoseconds: the kernel's default reassembly timeout (`ipfrag_time`, 30 s).
 pub const FRAG_LIFETIME_NS: u64 = 30_000_000_000;
 
+/// Name of the LPM trie (`Key<u32>` of far prefixes in network byte order ->
+/// [`HostFwMatch`]) of the host's forward rules that nat-fast honours by leaving the
+/// matching frames to the kernel: a container's frame to a far address in it, or an
+/// uplink frame from one, is passed when its protocol and far port match too.
+pub const HOSTFW_MAP: &str = "HOSTFW";
+/// Capacity of [`HOSTFW_MAP`] (prefixes).
+pub const MAX_HOSTFW: u32 = 4096;
+/// Name of the one-entry `Array<u32>` that turns the [`HOSTFW_MAP`] lookup on (non-zero):
+/// the fast path pays nothing for it while the host has no such rule.
+pub const HOSTFW_ON_MAP: &str = "HOSTFW_ON";
+
+/// The value of [`HOSTFW_MAP`]: which of the prefix's frames a host rule may drop.
+/// 8 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostFwMatch {
+    /// [`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_ICMP`], or 0 for every protocol.
+    pub proto: u8,
+    /// Explicit padding; write zero.
+    pub _pad: u8,
+    /// Lowest far port (host byte order) for TCP/UDP; 0 with `port_hi` 65535 for all.
+    pub port_lo: u16,
+    /// Highest far port (host byte order).
+    pub port_hi: u16,
+    /// Explicit padding; write zero.
+    pub _pad2: u16,
+}
+
+impl HostFwMatch {
+    /// Whether a frame of `proto` with far port `port` (host order; `None` for ICMP
+    /// or when unknown) is covered.
+    #[inline(always)]
+    pub const fn covers(&self, proto: u8, port: Option<u16>) -> bool {
+        if self.proto == 0 {
+            return true;
+        }
+        if self.proto != proto {
+            return false;
+        }
+        match port {
+            Some(p) => p >= self.port_lo && p <= self.port_hi,
+            None => true,
+        }
+    }
+}
+
 /// [`IfaceConfig::kind`] of the host end of a nat-fast container's veth.
 pub const IFACE_ENDPOINT: u32 = 1;
 /// [`IfaceConfig::kind`] of the uplink carrying the external address.
@@ -290,6 +336,9 @@ unsafe impl aya::Pod for FlowKey {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowAction {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HostFwMatch {}
 
 const _: () = {
     assert!(core::mem::size_of::<IfaceConfig>() == 40);
@@ -297,10 +346,11 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 20);
     assert!(core::mem::size_of::<FlowAction>() == 56);
     assert!(core::mem::size_of::<FragKey>() == 16);
+    assert!(core::mem::size_of::<HostFwMatch>() == 8);
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 33;
+pub const COUNTERS: u32 = 35;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -399,6 +449,12 @@ pub enum Counter {
     /// Passed to the kernel on a configured interface because the translator is down
     /// ([`STATE_BYPASS`]).
     Bypassed = 32,
+    /// Endpoint: to a far address, protocol and port that a host forward rule may drop
+    /// ([`HOSTFW_MAP`]): left to the kernel, where the rule applies.
+    EndpointHostFirewall = 33,
+    /// Uplink: from a far address, protocol and port that a host forward rule covers
+    /// ([`HOSTFW_MAP`]; the host's own traffic from there included): left to the kernel.
+    UplinkHostFirewall = 34,
 }
 
 impl Counter {
@@ -437,6 +493,8 @@ impl Counter {
         Counter::UplinkFragment,
         Counter::UplinkFragmentKernel,
         Counter::Bypassed,
+        Counter::EndpointHostFirewall,
+        Counter::UplinkHostFirewall,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -481,6 +539,8 @@ impl Counter {
             Counter::UplinkFragment => "uplink-fragment",
             Counter::UplinkFragmentKernel => "uplink-fragment-kernel",
             Counter::Bypassed => "bypassed",
+            Counter::EndpointHostFirewall => "endpoint-host-firewall",
+            Counter::UplinkHostFirewall => "uplink-host-firewall",
         }
     }
 }
@@ -575,6 +635,23 @@ mod tests {
         assert_eq!(bytes, [192, 0, 2, 1, 0x1f, 0x90, 6, 0]);
         assert_eq!(key.port_host(), 0x1f90);
         assert_eq!(addr_octets(key.addr), [192, 0, 2, 1]);
+    }
+
+    #[test]
+    fn host_firewall_matches() {
+        let any = HostFwMatch::default();
+        assert!(any.covers(PROTO_ICMP, None));
+        let tcp = HostFwMatch {
+            proto: PROTO_TCP,
+            port_lo: 7001,
+            port_hi: 7002,
+            ..Default::default()
+        };
+        assert!(tcp.covers(PROTO_TCP, Some(7001)) && tcp.covers(PROTO_TCP, Some(7002)));
+        assert!(!tcp.covers(PROTO_TCP, Some(7000)));
+        assert!(!tcp.covers(PROTO_UDP, Some(7001)));
+        assert!(!tcp.covers(PROTO_ICMP, None));
+        assert!(tcp.covers(PROTO_TCP, None));
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //! see (TCP SYN/FIN/RST, partial or bad checksums, too big, TTL expiring) take the
 //! normal path.
 //!
+//! Before both, a frame to (endpoint) or from (uplink) a far address, protocol and port
+//! that one of the host's forward rules may drop ([`HOSTFW`], written by userspace from
+//! `DOCKER-USER` and nftables forward chains; only looked up while [`HOSTFW_ON`] is set)
+//! passes to the kernel, whose nft rules NAT it and whose filter applies the rule.
+//!
 //! Everything else passes, and so does a steered frame whose [`XSKS`] slot holds no
 //! socket (`bpf_redirect_map` with `XDP_PASS` as its fallback): with the translator
 //! gone, the kernel's own nat rules take over. Each frame counts one classification, one
@@ -48,16 +53,18 @@ mod program {
         helpers::bpf_ktime_get_ns,
         helpers::generated::bpf_fib_lookup,
         macros::{map, xdp},
-        maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, XskMap},
+        maps::{
+            lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap,
+        },
         programs::XdpContext,
         EbpfContext as _,
     };
     use dovesnap_ebpf::checksum::{fold, is_partial, update16, update_sums};
     use dovesnap_ebpf::{
-        Counter, FlowAction, FlowKey, FragKey, IfaceConfig, PortKey, COUNTERS, FRAG_LIFETIME_NS,
-        IFACE_ENDPOINT, IFACE_UPLINK, MAX_DEVS, MAX_FLOWS, MAX_FRAGS, MAX_IFACES, MAX_PORTS,
-        MAX_STEERED_SESSIONS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SINK_BYTES, SINK_FRAMES,
-        SINK_PASSED, SINK_SLOTS, STATE_BYPASS,
+        Counter, FlowAction, FlowKey, FragKey, HostFwMatch, IfaceConfig, PortKey, COUNTERS,
+        FRAG_LIFETIME_NS, IFACE_ENDPOINT, IFACE_UPLINK, MAX_DEVS, MAX_FLOWS, MAX_FRAGS, MAX_HOSTFW,
+        MAX_IFACES, MAX_PORTS, MAX_STEERED_SESSIONS, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        SINK_BYTES, SINK_FRAMES, SINK_PASSED, SINK_SLOTS, STATE_BYPASS,
     };
 
     /// One `u64` per [`Counter`], per CPU; userspace sums the CPUs.
@@ -100,6 +107,15 @@ mod program {
     /// Fragmented datagrams whose first fragment was steered -> when (ns).
     #[map]
     static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+
+    /// Far prefixes (wire-order address) -> what of them a host forward rule may drop
+    /// (see [`host_filtered`]).
+    #[map]
+    static HOSTFW: LpmTrie<u32, HostFwMatch> = LpmTrie::with_max_entries(MAX_HOSTFW, 0);
+
+    /// Entry 0 non-zero: [`HOSTFW`] has entries and is consulted.
+    #[map]
+    static HOSTFW_ON: Array<u32> = Array::with_max_entries(1, 0);
 
     /// The benchmark sink's counters (see `SINK_FRAMES`, ...), per CPU.
     #[map]
@@ -304,6 +320,34 @@ mod program {
         }
     }
 
+    /// Whether a host forward rule may drop a frame of `proto` to or from far address
+    /// `far` (wire order) with far port `port` (wire bytes; `None` for ICMP): such a
+    /// frame is left to the kernel, where the rule applies. A single array load while
+    /// the host has no such rule.
+    #[inline(always)]
+    fn host_filtered(proto: u8, far: u32, port: Option<[u8; 2]>) -> bool {
+        if !HOSTFW_ON.get(0).is_some_and(|on| *on != 0) {
+            return false;
+        }
+        let key = Key::new(32, far);
+        match HOSTFW.get(&key) {
+            Some(m) => m.covers(proto, port.map(u16::from_be_bytes)),
+            None => false,
+        }
+    }
+
+    /// The far port of a whole TCP/UDP packet or first fragment: the destination port
+    /// going out (`outbound`), the source port coming in. `None` for ICMP, or when the
+    /// header is not there (then every port counts).
+    #[inline(always)]
+    fn far_port(ctx: &XdpContext, proto: u8, outbound: bool) -> Option<[u8; 2]> {
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return None;
+        }
+        let ports = ptr_at::<Ports>(ctx, L4)?;
+        Some(if outbound { ports.dst } else { ports.src })
+    }
+
     /// The first 4 bytes of a TCP or UDP header.
     #[repr(C)]
     struct Ports {
@@ -504,6 +548,11 @@ mod program {
         if cfg.in_subnet(dst) {
             return Steer::Pass(Counter::EndpointInSubnet);
         }
+        // The administrator's forward rules apply on the kernel's path (a later fragment
+        // follows its first fragment, below).
+        if piece != Piece::Later && host_filtered(ip.proto, dst, far_port(ctx, ip.proto, true)) {
+            return Steer::Pass(Counter::EndpointHostFirewall);
+        }
         // A later fragment: its first fragment went through the checks below.
         if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &ENDPOINT) {
             return steer;
@@ -559,10 +608,14 @@ mod program {
             return Steer::Pass(Counter::UplinkOptions);
         }
         let piece = ip.piece();
+        let remote = u32::from_ne_bytes(ip.src);
+        if piece != Piece::Later && host_filtered(ip.proto, remote, far_port(ctx, ip.proto, false))
+        {
+            return Steer::Pass(Counter::UplinkHostFirewall);
+        }
         if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &UPLINK) {
             return steer;
         }
-        let remote = u32::from_ne_bytes(ip.src);
         let ours = match ip.proto {
             PROTO_TCP | PROTO_UDP => match ptr_at::<Ports>(ctx, L4) {
                 Some(ports) => owns_flow(cfg, ip.proto, ports.dst, remote, ports.src),

@@ -508,6 +508,9 @@ fn render_fast_path(fp: &crate::fastpath::FastPathStatus, push: &mut impl FnMut(
     for (port, why) in &fp.kernel_path {
         push(&format!("  kernel path: {port}: {why}"));
     }
+    for (place, rule, how) in &fp.host_rules {
+        push(&format!("  host rule ({place}) {rule}: {how}"));
+    }
     for u in &fp.dataplane.uplinks {
         let ports = match (u.ports.as_str(), u.port_share) {
             ("", _) => String::new(),
@@ -843,6 +846,11 @@ abc           br-flat      flat      netdev    -            -
                 resumes_in_ms: Some(1500),
                 ..Default::default()
             },
+            host_rules: vec![(
+                "iptables DOCKER-USER".into(),
+                "-A DOCKER-USER -d 192.0.2.9/32 -j DROP".into(),
+                "exact: 192.0.2.9/32 all protocols on the kernel's path".into(),
+            )],
             ..Default::default()
         });
         s.reconciler.passes = 9;
@@ -854,6 +862,8 @@ abc           br-flat      flat      netdev    -            -
             "{table}"
         );
         for line in [
+            "  host rule (iptables DOCKER-USER) -A DOCKER-USER -d 192.0.2.9/32 -j DROP: exact: \
+             192.0.2.9/32 all protocols on the kernel's path\n",
             "  DATA PLANE DOWN: the data-plane thread panicked: boom; every nat-fast frame \
              takes the kernel's path; fast path back in 2 s\n",
             "  data plane failures: 1 (last: the data-plane thread panicked: boom), restarts: 0, \

@@ -171,6 +171,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     checks.push(check_reserved_ports());
     checks.push(check_default_route());
     checks.extend(check_nat_fast_uplinks(ovs.as_ref().ok()).await);
+    checks.push(check_host_rules(ovs.as_ref().ok()).await);
     checks.extend(check_ovn(ovs.as_ref().ok(), opts.ovn_nb.as_ref()).await);
     checks
 }
@@ -792,6 +793,78 @@ pub fn check_nftables() -> Check {
     }
 }
 
+/// The host's forward rules that may drop nat-fast traffic (`DOCKER-USER`, the forward
+/// chains of the host's own nftables tables), judged against the subnets of the
+/// nat-fast networks recorded in OVSDB, and how nat-fast honours each.
+pub async fn check_host_rules(ovs: Option<&Ovsdb>) -> Check {
+    let mut subnets = Vec::new();
+    if let Some(ovs) = ovs {
+        if let Ok(bridges) = ovs.list_bridges().await {
+            let mode = format!(
+                "{}{}",
+                crate::driver::EXT_OPTION_PREFIX,
+                crate::options::MODE
+            );
+            subnets.extend(
+                bridges
+                    .iter()
+                    .filter(|b| b.external_ids.get(&mode).is_some_and(|m| m == "nat-fast"))
+                    .filter_map(|b| b.external_ids.get(crate::driver::EXT_NETWORK_IPAM))
+                    .filter_map(|ipam| {
+                        serde_json::from_str::<crate::driver::Ipam>(ipam)
+                            .ok()?
+                            .subnet?
+                            .parse::<crate::firewall::Ipv4Net>()
+                            .ok()
+                    }),
+            );
+        }
+    }
+    match crate::firewall::hostrules::read(&subnets) {
+        Ok(rules) => host_rules_finding(&rules),
+        Err(e) => Check::warn(
+            "nat-fast-host-rules",
+            format!("cannot read the host's forward rules ({e}): nat-fast then keeps all its traffic on the kernel's path"),
+            "run as root, with iptables and nft installed",
+        ),
+    }
+}
+
+/// The `nat-fast-host-rules` finding for the rules read.
+pub fn host_rules_finding(rules: &[crate::firewall::hostrules::HostRule]) -> Check {
+    use crate::firewall::hostrules::Honoured;
+    const NAME: &str = "nat-fast-host-rules";
+    if rules.is_empty() {
+        return Check::ok(
+            NAME,
+            "no drop or reject rule in DOCKER-USER or an nftables forward chain: nat-fast has \
+             nothing to honour",
+        );
+    }
+    let list = rules
+        .iter()
+        .map(|r| format!("{} `{}`: {}", r.place, r.text, r.how()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if rules
+        .iter()
+        .any(|r| matches!(r.honoured, Honoured::Kernel(_)))
+    {
+        Check::warn(
+            NAME,
+            format!("nat-fast honours the host's forward rules by the kernel's path: {list}"),
+            "a rule nat-fast cannot bound keeps all nat-fast traffic on the kernel's path (as \
+             slow as mode=nat); give it a destination address (-d) outside the containers' \
+             subnets, a protocol and a port to keep the rest on the fast path",
+        )
+    } else {
+        Check::ok(
+            NAME,
+            format!("nat-fast honours the host's forward rules exactly: {list}"),
+        )
+    }
+}
+
 /// The filter table's FORWARD policy (Docker usually sets DROP).
 pub fn check_forward_policy() -> Check {
     const NAME: &str = "forward-policy";
@@ -838,16 +911,17 @@ pub fn check_forward_policy() -> Check {
 pub fn forward_finding(policy: Option<&str>, docker_user: bool) -> Check {
     const NAME: &str = "forward-policy";
     let chain = if docker_user {
-        "DOCKER-USER"
+        "FORWARD below Docker's jumps to DOCKER-USER and DOCKER-ISOLATION-STAGE-1 (your \
+         DOCKER-USER rules come first)"
     } else {
-        "FORWARD (there is no DOCKER-USER chain)"
+        "the top of FORWARD (there is no DOCKER-USER chain)"
     };
     match policy {
         Some("DROP") => Check::ok(
             NAME,
             format!(
-                "FORWARD policy DROP: fine, dovesnap adds ACCEPT rules for its nat networks at \
-                 the top of {chain} and loosens nothing else"
+                "FORWARD policy DROP: fine, dovesnap adds ACCEPT rules for its nat networks in \
+                 {chain} and loosens nothing else"
             ),
         ),
         Some("ACCEPT") => Check::ok(
@@ -1314,6 +1388,28 @@ pub fn render_json(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_rules_findings_say_how_each_is_honoured() {
+        use crate::firewall::hostrules::parse_iptables;
+        assert_eq!(host_rules_finding(&[]).status, Status::Ok);
+        let subnets = ["10.234.2.0/24".parse().unwrap()];
+        let exact = parse_iptables(
+            "-A DOCKER-USER -d 10.234.10.2/32 -p tcp -m tcp --dport 7001 -j DROP\n",
+            &subnets,
+        );
+        let c = host_rules_finding(&exact);
+        assert_eq!(c.status, Status::Ok);
+        assert!(
+            c.detail.contains("10.234.10.2/32 tcp port 7001"),
+            "{}",
+            c.detail
+        );
+        let all = parse_iptables("-A DOCKER-USER -s 10.234.2.0/24 -j DROP\n", &subnets);
+        let c = host_rules_finding(&all);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("all nat-fast traffic"), "{}", c.detail);
+    }
 
     #[test]
     fn records_finding_names_each_bad_record() {

@@ -521,6 +521,7 @@ mod tests {
             fast_path: Some(FastPathStatus {
                 attached: vec![],
                 kernel_path: vec![],
+                host_rules: vec![],
                 xdp_counters: vec![("endpoint-redirect".into(), 7)],
                 dataplane: DataplaneStatus {
                     uplinks: vec![UplinkStatus {

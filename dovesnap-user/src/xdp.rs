@@ -27,17 +27,18 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
-    addr_octets, be_addr, Counter, FlowAction, FlowKey, IfaceConfig, PortKey, IFACE_ENDPOINT,
-    IFACE_UPLINK, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    addr_octets, be_addr, Counter, FlowAction, FlowKey, HostFwMatch, IfaceConfig, PortKey,
+    IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    DEVS_MAP, FLOWS_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME, SESSIONS_MAP, STATE_BYPASS,
-    STATE_MAP, STATS_MAP, XSKS_MAP,
+    DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME,
+    SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
@@ -474,6 +475,10 @@ counters! {
     UplinkFragmentKernel => uplink_fragment_kernel,
     /// Frames passed to the kernel while the translator was down.
     Bypassed => bypassed,
+    /// Container frames kept on the kernel's path by a host forward rule.
+    EndpointHostFirewall => endpoint_host_firewall,
+    /// Uplink frames kept on the kernel's path by a host forward rule.
+    UplinkHostFirewall => uplink_host_firewall,
 }
 
 impl Counters {
@@ -729,6 +734,8 @@ impl XdpProgram {
             xsks: take(&mut self.ebpf, XSKS_MAP)?,
             flows: take(&mut self.ebpf, FLOWS_MAP)?,
             devs: take(&mut self.ebpf, DEVS_MAP)?,
+            hostfw: take(&mut self.ebpf, HOSTFW_MAP)?,
+            hostfw_on: take(&mut self.ebpf, HOSTFW_ON_MAP)?,
         };
         self.maps_taken = true;
         Ok(maps)
@@ -746,6 +753,8 @@ pub struct DataplaneMaps {
     xsks: XskMap<MapData>,
     flows: HashMap<MapData, FlowKey, FlowAction>,
     devs: DevMapHash<MapData>,
+    hostfw: LpmTrie<MapData, u32, HostFwMatch>,
+    hostfw_on: Array<MapData, u32>,
 }
 
 impl fmt::Debug for DataplaneMaps {
@@ -994,6 +1003,49 @@ impl DataplaneMaps {
 
     /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
     /// an empty slot is not an error.
+    /// Makes `HOSTFW` exactly `entries` (far prefix as octets and length, what of it
+    /// stays on the kernel's path) and turns its lookup on when there are any (off
+    /// when none). Prefixes no longer wanted go first, then the wanted ones are written
+    /// in place (an update replaces its entry whole), so a prefix that stays is never
+    /// missing in between.
+    pub fn set_host_filter(
+        &mut self,
+        entries: &[([u8; 4], u8, HostFwMatch)],
+    ) -> Result<(), XdpError> {
+        if entries.len() > MAX_HOSTFW as usize {
+            return Err(XdpError::Map {
+                map: HOSTFW_MAP,
+                what: "write the host forward rules".into(),
+                cause: format!(
+                    "{} prefixes, more than the map's {MAX_HOSTFW}",
+                    entries.len()
+                ),
+            });
+        }
+        let old: Vec<LpmKey<u32>> = self.hostfw.keys().filter_map(Result::ok).collect();
+        let key = |addr: [u8; 4], len: u8| LpmKey::new(u32::from(len), be_addr(addr));
+        let wanted: Vec<LpmKey<u32>> = entries.iter().map(|(a, l, _)| key(*a, *l)).collect();
+        for k in &old {
+            let gone = !wanted
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data());
+            if gone {
+                self.hostfw
+                    .remove(k)
+                    .map_err(|e| map_error(HOSTFW_MAP, "remove a prefix".into(), &e))?;
+            }
+        }
+        for (k, (_, _, m)) in wanted.iter().zip(entries) {
+            self.hostfw
+                .insert(k, m, 0)
+                .map_err(|e| map_error(HOSTFW_MAP, "write a prefix".into(), &e))?;
+        }
+        let on = u32::from(!entries.is_empty());
+        self.hostfw_on
+            .set(0, on, 0)
+            .map_err(|e| map_error(HOSTFW_ON_MAP, format!("set {on}"), &e))
+    }
+
     pub fn clear_xsk(&mut self, slot: u32) -> Result<(), XdpError> {
         if slot >= MAX_XSKS {
             return Err(XdpError::InvalidSlot { slot });

@@ -87,11 +87,15 @@ impl Network {
 
     /// An ovs network in nat-fast mode on `subnet`, its uplink interface `uplink`.
     pub fn nat_fast(name: &str, uplink: &str, subnet: &str) -> Self {
+        Network::nat_fast_with(name, uplink, subnet, &[])
+    }
+
+    /// [`Network::nat_fast`] with `extra` options (`-o ovs.nat.offload=false`, ...).
+    pub fn nat_fast_with(name: &str, uplink: &str, subnet: &str, extra: &[&str]) -> Self {
         let uplink = format!("ovs.nat.uplink={uplink}");
-        Network::create(
-            name,
-            &["-o", "mode=nat-fast", "-o", &uplink, "--subnet", subnet],
-        )
+        let mut args = vec!["-o", "mode=nat-fast", "-o", &uplink, "--subnet", subnet];
+        args.extend_from_slice(extra);
+        Network::create(name, &args)
     }
 
     /// `docker network create -d DRIVER EXTRA... NAME` (e.g. Docker's own `bridge`, as

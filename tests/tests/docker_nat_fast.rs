@@ -130,10 +130,7 @@ fn create_network(name: &str, subnet: &str, uplink: &str) -> Network {
 }
 
 fn create_network_with(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -> Network {
-    let uplink_opt = format!("ovs.nat.uplink={uplink}");
-    let mut args = vec!["-o", "mode=nat-fast", "-o", &uplink_opt, "--subnet", subnet];
-    args.extend_from_slice(extra);
-    Network::create(name, &args)
+    Network::nat_fast_with(name, uplink, subnet, extra)
 }
 
 #[test]

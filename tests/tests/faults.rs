@@ -1049,6 +1049,25 @@ fn dockerd_restarts_under_the_plugin() {
         Duration::from_secs(60),
         || far.reached_from(&n),
     );
+    // dockerd flushed its isolation chains and put its jumps back on top of FORWARD:
+    // the reconciler puts the nat network's rules back (issue 16).
+    let tag = format!("dovesnap:{}", &nat.id()[..12]);
+    let in_chain = |chain: &str| sh("iptables", &["-w", "-S", chain]).contains(&tag);
+    recovery(
+        "dockerd restart: the nat network in Docker's isolation chains",
+        Duration::from_secs(30),
+        || in_chain("DOCKER-ISOLATION-STAGE-1") && in_chain("DOCKER-ISOLATION-STAGE-2"),
+    );
+    let forward = sh("iptables", &["-w", "-S", "FORWARD"]);
+    let lines: Vec<&str> = forward.lines().collect();
+    let first_ours = lines.iter().position(|l| l.contains(&tag));
+    let last_jump = lines
+        .iter()
+        .rposition(|l| l.ends_with("-j DOCKER-USER") || l.ends_with("-j DOCKER-ISOLATION-STAGE-1"));
+    assert!(
+        first_ours > last_jump,
+        "accepts above Docker's jumps:\n{forward}"
+    );
     eprintln!(
         "recovery: dockerd restart: containers back {} ms after dockerd stopped",
         down.elapsed().as_millis()

@@ -357,6 +357,13 @@ fn iptables_tagged() -> Vec<String> {
         .collect()
 }
 
+/// Whether dockerd's isolation chains exist (dovesnap's bridges join them).
+fn docker_isolation() -> bool {
+    ["DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"]
+        .iter()
+        .all(|c| run("iptables", &["-w", "-S", c]).status.success())
+}
+
 /// Number of rules in our table, and of our iptables rules, for `id12`.
 fn rule_counts(id12: &str) -> (usize, usize) {
     let nft = list_table().expect("list our table");
@@ -447,7 +454,20 @@ fn masquerade_published_ports_hairpin_and_removal() {
     let once = rule_counts(id12(&net_id));
     fw.add_network(&net).expect("add the network again");
     assert_eq!(rule_counts(id12(&net_id)), once);
-    assert_eq!(once.1, 3, "three DOCKER-USER/FORWARD rules");
+    assert_eq!(
+        once.1,
+        if docker_isolation() { 5 } else { 3 },
+        "three FORWARD accepts (and two isolation rules beside dockerd)"
+    );
+    let forward = sh("iptables", &["-w", "-S", "FORWARD"]);
+    let first_ours = forward.lines().position(|l| l.contains("dovesnap:"));
+    let last_jump = forward.lines().collect::<Vec<_>>().iter().rposition(|l| {
+        *l == "-A FORWARD -j DOCKER-USER" || *l == "-A FORWARD -j DOCKER-ISOLATION-STAGE-1"
+    });
+    assert!(
+        first_ours > last_jump,
+        "our accepts are above Docker's jumps:\n{forward}"
+    );
 
     // Outbound: the far side sees the host's uplink address.
     assert_eq!(wget(Some(&ctr.ns), &far_url), Some(far.host_ip()));
@@ -743,10 +763,36 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
         }],
     }];
 
-    // A new daemon: a is gone, b's stale endpoint too; b's own ports stay.
+    // An earlier version's accepts at the top of DOCKER-USER (when dockerd made it).
+    let old_tag = format!("dovesnap:{}", id12(&b_id));
+    let old_rule = [
+        "-i",
+        &b.veth.host,
+        "-m",
+        "comment",
+        "--comment",
+        &old_tag,
+        "-j",
+        "ACCEPT",
+    ];
+    let user_chain = run("iptables", &["-w", "-S", "DOCKER-USER"])
+        .status
+        .success();
+    if user_chain {
+        let mut args = vec!["-w", "-I", "DOCKER-USER"];
+        args.extend(old_rule);
+        sh("iptables", &args);
+    }
+
+    // A new daemon: a is gone, b's stale endpoint too; b's own ports stay; the old
+    // accepts are gone from DOCKER-USER.
     let fw = NftFirewall::new();
     fw.reconcile(&expected).expect("reconcile");
     assert_gone(id12(&a_id));
+    if user_chain {
+        let user = sh("iptables", &["-w", "-S", "DOCKER-USER"]);
+        assert!(!user.contains("dovesnap:"), "old accepts left:\n{user}");
+    }
     let state = list_table().expect("list");
     let found: Vec<_> = state.published().into_iter().map(|f| f.port).collect();
     assert_eq!(found, b_ports);
@@ -762,20 +808,12 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
     // Rules lost behind dovesnap's back come back.
     let br = b.veth.host.clone();
     let tag = format!("dovesnap:{}", id12(&b_id));
-    let chain = if run("iptables", &["-w", "-S", "DOCKER-USER"])
-        .status
-        .success()
-    {
-        "DOCKER-USER"
-    } else {
-        "FORWARD"
-    };
     sh(
         "iptables",
         &[
             "-w",
             "-D",
-            chain,
+            "FORWARD",
             "-i",
             &br,
             "-m",

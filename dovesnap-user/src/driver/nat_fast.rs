@@ -3,6 +3,7 @@
 //! lifetime (started with the first nat-fast endpoint).
 
 use super::*;
+use crate::firewall::hostrules;
 
 pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
     match p {
@@ -156,7 +157,14 @@ impl Driver {
                 return;
             }
         };
+        let subnet = net.nat(&self.fastpath_config).map(|n| n.subnet);
         let r = self.with_fastpath(|fp| {
+            // The host's forward rules first: the container's first frame must not
+            // pass them by.
+            let mut subnets = fp.host_subnets();
+            subnets.extend(subnet.filter(|s| !subnets.contains(s)));
+            let rules = hostrules::read_or_all(&subnets);
+            fp.set_host_rules(subnets, rules)?;
             fp.add_endpoint(&spec, &uplink)?;
             for p in fast_ports(&ep.published, uplink.addr) {
                 fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;

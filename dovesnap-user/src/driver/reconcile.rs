@@ -18,6 +18,9 @@
 //!   ovs-vswitchd restarts, the userspace datapath makes its internal ports anew).
 //! - `fast-path`: a nat-fast endpoint's veth or bridge was made anew (another ifindex,
 //!   maybe another MAC): the endpoint is taken off the fast path and put back on.
+//! - `firewall`: a nat network's rules in Docker's iptables chains are missing or out
+//!   of place: dockerd flushes its isolation chains when it restarts and puts its jumps
+//!   back at the top of `FORWARD` (`Firewall::restore_forwarding`).
 //!
 //! Overlay networks get the port and veth repairs on the integration bridge, which is
 //! never re-created here (ovn-controller owns it); the port is made again with its
@@ -197,6 +200,34 @@ impl Driver {
             self.reconcile_network(net, &ports, &mut keep).await;
         }
         self.reconciler.forget(&keep);
+        let nats: Vec<_> = networks
+            .values()
+            .filter_map(|n| n.nat(&self.fastpath_config))
+            .collect();
+        // The host's forward rules may have changed: nat-fast follows within a pass.
+        let fast: Vec<_> = networks
+            .values()
+            .filter(|n| n.options.mode == Mode::NatFast && !n.internal)
+            .filter_map(|n| n.nat(&self.fastpath_config).map(|n| n.subnet))
+            .collect();
+        if !fast.is_empty() {
+            self.if_fastpath(|fp| {
+                let rules = crate::firewall::hostrules::read_or_all(&fast);
+                if let Err(e) = fp.set_host_rules(fast, rules) {
+                    warn!("reconcile: cannot bring nat-fast up to date with the host's forward rules: {e}");
+                }
+            });
+        }
+        if !nats.is_empty() {
+            match tokio::task::block_in_place(|| self.firewall.restore_forwarding(&nats)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.reconciler.count("firewall");
+                    info!("repaired: put back {n} rules of nat networks in Docker's iptables chains (dockerd restarted or moved its jumps)");
+                }
+                Err(e) => warn!("reconcile: cannot check the nat networks' iptables rules: {e}"),
+            }
+        }
     }
 
     /// Overlay: this host's reference on the logical switch and a logical port for

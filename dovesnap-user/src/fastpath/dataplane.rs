@@ -27,7 +27,7 @@ use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::translator::{
     Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
-use crate::xdp::{DataplaneMaps, XdpError};
+use crate::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
 use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
@@ -166,6 +166,14 @@ pub enum Command {
         protocol: Protocol,
         external_port: u16,
         reply: Sender<()>,
+    },
+    /// The host's forward rules changed: `HOSTFW` becomes `entries` (see
+    /// `firewall::hostrules`), after the sessions they newly cover were handed to the
+    /// kernel's conntrack (their next frames take the kernel's path). Answers how many
+    /// sessions went.
+    HostFilter {
+        entries: Vec<([u8; 4], u8, HostFwMatch)>,
+        reply: Sender<Result<crate::conntrack::Handed, DataplaneError>>,
     },
     Status {
         reply: Sender<DataplaneStatus>,
@@ -360,6 +368,8 @@ pub struct Dataplane {
     /// (taken over, or handed over and back): a moment after it took them, once the
     /// program steers them.
     forget_kernel_entries_at: Option<Instant>,
+    /// What `HOSTFW` holds (see [`Command::HostFilter`]).
+    host_filter: Vec<([u8; 4], u8, HostFwMatch)>,
 }
 
 impl Dataplane {
@@ -398,6 +408,7 @@ impl Dataplane {
             health,
             backoff: Backoff::default(),
             forget_kernel_entries_at: None,
+            host_filter: Vec::new(),
         })
     }
 
@@ -506,6 +517,50 @@ impl Dataplane {
                 })
             })
             .collect()
+    }
+
+    /// [`Command::HostFilter`]: sessions first (a frame of theirs reaching the kernel
+    /// before its entry exists would get another mapping), then the map.
+    fn set_host_filter(
+        &mut self,
+        entries: Vec<([u8; 4], u8, HostFwMatch)>,
+    ) -> Result<crate::conntrack::Handed, DataplaneError> {
+        use crate::firewall::hostrules::covered;
+        let now = Instant::now();
+        let old = std::mem::take(&mut self.host_filter);
+        let newly = |s: &crate::translator::SessionView| {
+            let proto = s.protocol.number();
+            let port = (proto != PROTO_ICMP).then(|| s.remote.port());
+            covered(&entries, *s.remote.ip(), proto, port)
+                && !covered(&old, *s.remote.ip(), proto, port)
+        };
+        let moving: Vec<_> = self
+            .uplinks
+            .iter()
+            .flatten()
+            .flat_map(|up| {
+                up.translator
+                    .sessions()
+                    .filter(|s| newly(s))
+                    .filter_map(|s| crate::conntrack::Entry::from_session(&s, up.external_ip, now))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let handed = if moving.is_empty() {
+            crate::conntrack::Handed::default()
+        } else {
+            match crate::conntrack::Conntrack::open() {
+                Ok(ct) => ct.hand_over(moving),
+                Err(e) => {
+                    warn!("nat-fast: cannot open conntrack to hand over sessions the host's rules now cover: {e}");
+                    crate::conntrack::Handed::default()
+                }
+            }
+        };
+        let written = self.maps.set_host_filter(&entries);
+        self.host_filter = entries;
+        written?;
+        Ok(handed)
     }
 
     /// Hands every live TCP/UDP session to conntrack, with the same mapping.
@@ -947,6 +1002,9 @@ impl Dataplane {
             Command::RemoveEndpoint { host_ifname, reply } => {
                 self.remove_endpoint(&host_ifname);
                 let _ = reply.send(());
+            }
+            Command::HostFilter { entries, reply } => {
+                let _ = reply.send(self.set_host_filter(entries));
             }
             Command::Publish {
                 uplink,

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::afxdp::XskConfig;
+use crate::firewall::hostrules::{self, HostRule};
 use crate::firewall::Ipv4Net;
 use crate::nexthop;
 use crate::translator::{Config, Protocol, Timeouts};
@@ -285,6 +286,9 @@ pub struct FastPathStatus {
     pub dataplane: DataplaneStatus,
     /// The data-plane thread's supervision: up, or down and why.
     pub health: HealthStatus,
+    /// The host's forward rules that may drop nat-fast traffic: where, the rule, and
+    /// how nat-fast honours it (`firewall::hostrules`).
+    pub host_rules: Vec<(String, String, String)>,
 }
 
 /// An endpoint on the fast path: its veth and the socket-map slots of its queues.
@@ -316,6 +320,10 @@ pub struct FastPath {
     /// Endpoints that could not go on the fast path: host ifname -> why.
     kernel_path: HashMap<String, String>,
     slots: Vec<bool>,
+    /// The host's forward rules last read, and what `HOSTFW` holds for them.
+    host_rules: Vec<HostRule>,
+    host_entries: Vec<([u8; 4], u8, crate::xdp::HostFwMatch)>,
+    host_subnets: Vec<Ipv4Net>,
 }
 
 impl FastPath {
@@ -390,6 +398,9 @@ impl FastPath {
             endpoints: HashMap::new(),
             kernel_path: HashMap::new(),
             slots: vec![false; XSK_SLOTS as usize],
+            host_rules: Vec::new(),
+            host_entries: Vec::new(),
+            host_subnets: Vec::new(),
         })
     }
 
@@ -682,6 +693,43 @@ impl FastPath {
         });
     }
 
+    /// Keeps on the kernel's path what the host's forward `rules` may drop (see
+    /// `firewall::hostrules`): when their compiled entries changed, the data plane hands
+    /// the sessions they newly cover to the kernel's conntrack and then rewrites
+    /// `HOSTFW`. Call it before the first endpoint goes on the fast path, and again
+    /// whenever the rules may have changed.
+    pub fn set_host_rules(
+        &mut self,
+        subnets: Vec<Ipv4Net>,
+        rules: Vec<HostRule>,
+    ) -> Result<(), FastPathError> {
+        let entries = hostrules::compile(&rules);
+        self.host_rules = rules;
+        self.host_subnets = subnets;
+        if entries == self.host_entries {
+            return Ok(());
+        }
+        let handed = self
+            .call(|reply| Command::HostFilter {
+                entries: entries.clone(),
+                reply,
+            })?
+            .map_err(FastPathError::Dataplane)?;
+        info!(
+            prefixes = entries.len(),
+            sessions_handed_over = handed.created,
+            refused = handed.failed,
+            "nat-fast: the host's forward rules changed; what they may drop takes the kernel's path"
+        );
+        self.host_entries = entries;
+        Ok(())
+    }
+
+    /// The nat-fast subnets the host's rules were last judged against.
+    pub fn host_subnets(&self) -> Vec<Ipv4Net> {
+        self.host_subnets.clone()
+    }
+
     /// A snapshot of counters and sessions.
     pub fn status(&self) -> FastPathStatus {
         let attached = self
@@ -729,6 +777,11 @@ impl FastPath {
             xdp_counters,
             dataplane,
             health,
+            host_rules: self
+                .host_rules
+                .iter()
+                .map(|r| (r.place.clone(), r.text.clone(), r.how()))
+                .collect(),
         }
     }
 

@@ -4,7 +4,9 @@
 //! into packet-filter state, netavark-style: [`NftFirewall`] drives nftables (the `nft`
 //! binary, through JSON built with the `nftables` crate) and, where Docker's own
 //! iptables rules would drop forwarded traffic, adds narrowly scoped accept rules to
-//! Docker's `DOCKER-USER` chain; [`NoopFirewall`] does nothing (flat networks, tests).
+//! `FORWARD` below Docker's jumps (so the administrator's `DOCKER-USER` rules come
+//! first) and joins Docker's isolation chains (see `iptables`); [`NoopFirewall`] does
+//! nothing (flat networks, tests).
 //!
 //! What a nat network gets (see [`nft`] for the ruleset):
 //! - traffic from its subnet leaving by any interface other than its bridge is
@@ -31,6 +33,7 @@
 //! the chosen ports are returned as [`PublishedPort`]s.
 
 mod command;
+pub mod hostrules;
 mod iptables;
 pub mod nft;
 mod ports;
@@ -56,7 +59,7 @@ pub const TAG_PREFIX: &str = "dovesnap:";
 pub const SHORT_ID_LEN: usize = 12;
 
 /// An IPv4 subnet: network address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
     addr: Ipv4Addr,
     prefix: u8,
@@ -242,6 +245,14 @@ pub trait Firewall: Send + Sync {
 
     /// Withdraws every port the endpoint published (nothing to withdraw is not an error).
     fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError>;
+
+    /// Puts back the networks' rules in Docker's iptables chains that dockerd removed
+    /// (a restart flushes its isolation chains) or moved (its jumps go back to the top
+    /// of `FORWARD`), touching nothing else: the reconciler's check on every pass.
+    /// Returns how many rules were put back.
+    fn restore_forwarding(&self, _nets: &[NatNetwork]) -> Result<usize, FirewallError> {
+        Ok(0)
+    }
 
     /// Makes the rules match `expected` exactly: networks and endpoints not listed lose
     /// their rules (leftovers of a crash), listed ones get whatever is missing. Keeps

@@ -819,7 +819,11 @@ fn stale_endpoints_batch(
 // ---- running nft ------------------------------------------------------------------
 
 /// Runs `nft` with `args`, `stdin` on its standard input; stdout on success.
-fn run_nft(args: &[&str], stdin: Option<&str>, action: &str) -> Result<String, FirewallError> {
+pub(super) fn run_nft(
+    args: &[&str],
+    stdin: Option<&str>,
+    action: &str,
+) -> Result<String, FirewallError> {
     let out = match output_within(
         Command::new("nft").args(args),
         stdin.map(str::as_bytes),
@@ -924,7 +928,7 @@ impl NftFirewall {
             &network_batch(net, &state)?,
             &format!("add nat network {id12} (bridge {})", net.bridge),
         )?;
-        self.iptables.ensure(net, id12)
+        self.iptables.ensure(net, id12).map(drop)
     }
 
     fn remove_network_locked(&self, id12: &str) -> Result<(), FirewallError> {
@@ -1071,6 +1075,16 @@ impl Firewall for NftFirewall {
             &batch(out),
             &format!("withdraw ports of endpoint {ep12} on network {id12}"),
         )
+    }
+
+    fn restore_forwarding(&self, nets: &[NatNetwork]) -> Result<usize, FirewallError> {
+        let ids = nets
+            .iter()
+            .map(|n| n.validate().and_then(|()| n.short_id()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<_> = nets.iter().zip(ids).collect();
+        let _g = self.guard();
+        self.iptables.ensure_all(&pairs)
     }
 
     fn reconcile_keeping(
