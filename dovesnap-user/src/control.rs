@@ -24,7 +24,7 @@ use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
 use crate::api::ErrorResponse;
-use crate::server::{bind_private_socket, json_response_as, serve_unix};
+use crate::http::{bind_private_socket, json_response_as, serve_unix};
 
 /// Where the daemon serves its control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dovesnap/dovesnap.sock";
@@ -559,7 +559,7 @@ fn nonzero(counters: &[(String, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::testutil::{request, TempDir};
+    use crate::http::testutil::{request, TempDir};
     use tokio::sync::oneshot;
 
     fn sample() -> Status {

@@ -36,6 +36,7 @@ pub mod firewall;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod host;
+pub mod http;
 pub mod metrics;
 pub mod netdev;
 pub mod netlink;
