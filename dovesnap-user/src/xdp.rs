@@ -874,6 +874,21 @@ impl DataplaneMaps {
         Ok(keys)
     }
 
+    /// Removes every published port and steered session of the uplink address `addr`
+    /// (network byte order): the address left the translator.
+    pub fn remove_address(&mut self, addr: u32) {
+        for k in self.ports().unwrap_or_default() {
+            if k.addr == addr {
+                let _ = self.remove_port(&k);
+            }
+        }
+        for k in self.sessions().unwrap_or_default() {
+            if k.dst == addr {
+                let _ = self.remove_session(&k);
+            }
+        }
+    }
+
     /// Steers the replies of a dynamic session to the translator: `key` is the reply's
     /// tuple as it arrives on the uplink ([`steered_session_key`]). Setting a present
     /// key again is not an error.

@@ -1173,27 +1173,7 @@ impl Dataplane {
         self.offloads.remove_uplink(&mut self.maps, idx);
         if let Some(up) = self.uplinks[idx].take() {
             // Published ports and sessions of this address leave the maps too.
-            let addr = u32::from(up.external_ip).to_be();
-            let stale: Vec<PortKey> = self
-                .maps
-                .ports()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|k| k.addr == addr)
-                .collect();
-            for k in stale {
-                let _ = self.maps.remove_port(&k);
-            }
-            let stale: Vec<FlowKey> = self
-                .maps
-                .sessions()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|k| k.dst == addr)
-                .collect();
-            for k in stale {
-                let _ = self.maps.remove_session(&k);
-            }
+            self.maps.remove_address(u32::from(up.external_ip).to_be());
             self.close_ports(&up.ports, &up.slots);
             self.pending.retain(|h| h.uplink != idx);
         }
