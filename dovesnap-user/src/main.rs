@@ -259,6 +259,7 @@ async fn daemon(settings: Settings) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let control = control::bind_control_socket(&control_socket)
         .with_context(|| format!("cannot listen on {}", control_socket.display()))?;
+    let alias = server::link_alias(&socket);
     info!(socket = %socket.display(), control = %control_socket.display(), "dovesnap serving");
 
     let shutdown = async {
@@ -367,6 +368,9 @@ async fn daemon(settings: Settings) -> Result<()> {
         tracing::warn!("unclean shutdown: {e}");
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(alias) = alias {
+        server::unlink_alias(&alias);
+    }
     let _ = std::fs::remove_file(&control_socket);
     Ok(())
 }

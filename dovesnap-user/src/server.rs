@@ -25,7 +25,7 @@
 
 use std::future::Future;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +73,46 @@ const CALL_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Must be called from within a Tokio runtime.
 pub fn bind_plugin_socket(path: &Path) -> io::Result<UnixListener> {
     bind_private_socket(path)
+}
+
+/// The second driver name dovesnap answers to, the Go dovesnap's: `-d dovesnap` works like
+/// `-d ovs`.
+pub const ALIAS_SOCKET_NAME: &str = "dovesnap.sock";
+
+/// Makes `DIR/dovesnap.sock` a symlink to the plugin socket when that is `DIR/ovs.sock`
+/// (dockerd finds a plugin by `stat`ing `NAME.sock`, which follows the link), so that
+/// `docker network create -d dovesnap` reaches this plugin. A stale symlink is replaced;
+/// anything else at that path is left alone, with a warning. Returns the link made.
+pub fn link_alias(socket: &Path) -> Option<PathBuf> {
+    let target = socket.file_name()?;
+    if target != "ovs.sock" {
+        return None;
+    }
+    let alias = socket.with_file_name(ALIAS_SOCKET_NAME);
+    match std::fs::symlink_metadata(&alias) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let _ = std::fs::remove_file(&alias);
+        }
+        Ok(_) => {
+            warn!(path = %alias.display(), "not answering as -d dovesnap: something else is there");
+            return None;
+        }
+        Err(_) => {}
+    }
+    match std::os::unix::fs::symlink(target, &alias) {
+        Ok(()) => Some(alias),
+        Err(e) => {
+            warn!(path = %alias.display(), error = %e, "not answering as -d dovesnap");
+            None
+        }
+    }
+}
+
+/// Removes the link [`link_alias`] made, if it still points at `ovs.sock`.
+pub fn unlink_alias(alias: &Path) {
+    if std::fs::read_link(alias).is_ok_and(|t| t.as_os_str() == "ovs.sock") {
+        let _ = std::fs::remove_file(alias);
+    }
 }
 
 /// Serves the libnetwork remote driver protocol on `listener` until `shutdown`
@@ -1277,5 +1317,26 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(e.to_string().contains("is not a socket"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn the_dovesnap_alias_links_to_ovs_sock_only() {
+        let dir = TempDir::new("alias");
+        let sock = dir.path().join("ovs.sock");
+        let alias = link_alias(&sock).expect("alias made");
+        assert_eq!(alias, dir.path().join(ALIAS_SOCKET_NAME));
+        assert_eq!(
+            std::fs::read_link(&alias).unwrap(),
+            PathBuf::from("ovs.sock")
+        );
+        // A stale link is replaced; a foreign file is left alone.
+        assert_eq!(link_alias(&sock), Some(alias.clone()));
+        unlink_alias(&alias);
+        assert!(std::fs::symlink_metadata(&alias).is_err());
+        std::fs::write(&alias, b"someone else's").unwrap();
+        assert_eq!(link_alias(&sock), None);
+        unlink_alias(&alias);
+        assert!(alias.exists(), "a foreign file was removed");
+        assert_eq!(link_alias(&dir.path().join("other.sock")), None);
     }
 }

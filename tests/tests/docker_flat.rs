@@ -184,10 +184,12 @@ fn bad_options_are_refused_clearly() {
             "{opts:?}: error does not name {needle}: {err}"
         );
     }
-    // Docker's own spelling of the MTU option works like ovs.bridge.mtu.
+    // Docker's own spelling of the MTU option works like ovs.bridge.mtu, and the plugin
+    // answers as `-d dovesnap` too (the Go dovesnap's driver name).
     {
-        let net = Network::create(
+        let net = Network::create_with_driver(
             "dsflat-mtu",
+            "dovesnap",
             &[
                 "--subnet",
                 "10.231.93.0/24",
@@ -198,6 +200,8 @@ fn bad_options_are_refused_clearly() {
         let c = Container::idle("dsflat-mtu-c", &net);
         let mtu = c.exec(&["cat", "/sys/class/net/eth0/mtu"]);
         assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1400");
+        let driver = docker(&["network", "inspect", "-f", "{{.Driver}}", &net.name]);
+        assert_eq!(String::from_utf8_lossy(&driver.stdout).trim(), "dovesnap");
     }
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
