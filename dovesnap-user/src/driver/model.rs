@@ -60,6 +60,22 @@ impl Network {
         })
     }
 
+    /// The `external_ids` key that marks the network's bridge as its own: the
+    /// ownership marker for a bridge dovesnap made, the attachment marker for an
+    /// existing one (`ovs.bridge.existing`), which nothing ever deletes a bridge for.
+    pub(super) fn marker(&self) -> &'static str {
+        if self.options.existing {
+            EXT_ATTACHED_NETWORK_ID
+        } else {
+            EXT_NETWORK_ID
+        }
+    }
+
+    /// Whether `bridge` carries this network's marker.
+    pub(super) fn marks(&self, bridge: &ovsdb::BridgeInfo) -> bool {
+        bridge.external_ids.get(self.marker()) == Some(&self.id)
+    }
+
     /// The gateway a container gets a default route through (Join, a repaired veth).
     /// None on overlay networks: internal in this version, the switch has no gateway.
     pub(super) fn container_gateway(&self) -> Option<Ipv4Addr> {
@@ -93,22 +109,10 @@ pub struct Endpoint {
 /// The OVSDB bridge of `net`: its options and addressing go into `external_ids`, so a
 /// restarted plugin (and the reconciler) can make it again.
 pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
-    let mut external_ids = BTreeMap::new();
-    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
-    external_ids.insert(
-        EXT_NETWORK_IPAM.to_string(),
-        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
-    );
-    for (k, v) in net.options.to_string_map() {
-        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
-    }
-    if net.internal {
-        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
-    }
     BridgeSpec {
         name: net.bridge.clone(),
         datapath_type: net.datapath_type.clone(),
-        external_ids,
+        external_ids: network_record(net),
         mtu: net.options.mtu,
         controllers: net.options.controllers.clone(),
         datapath_id: net.options.dpid.clone(),
@@ -122,6 +126,24 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
             })
             .collect(),
     }
+}
+
+/// The network's record in its bridge's `external_ids`: its marker
+/// ([`Network::marker`]), addressing and options.
+pub(super) fn network_record(net: &Network) -> BTreeMap<String, String> {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(net.marker().to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_NETWORK_IPAM.to_string(),
+        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
+    );
+    for (k, v) in net.options.to_string_map() {
+        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+    }
+    if net.internal {
+        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+    }
+    external_ids
 }
 
 /// The OVSDB port of endpoint `ep` of `net`, with the endpoint's record.
