@@ -64,6 +64,18 @@ pub const OVN_NB: &str = "ovs.ovn.nb";
 /// (default `br-int`).
 pub const OVN_BRIDGE: &str = "ovs.ovn.bridge";
 
+/// `ovs.port.vlan`: endpoint option (`docker network connect --driver-opt
+/// ovs.port.vlan=N`), the access VLAN of this container's port, overriding the
+/// network's [`BRIDGE_VLAN`].
+pub const PORT_VLAN: &str = "ovs.port.vlan";
+
+/// Every endpoint (`--driver-opt`) option key dovesnap accepts.
+pub const ACCEPTED_ENDPOINT_KEYS: &[&str] = &[PORT_VLAN];
+
+/// Endpoint option keys under this prefix are Docker's own (port map, exposed ports,
+/// MAC address, ...), sent beside the `--driver-opt` pairs and not checked here.
+pub const DOCKER_OPTION_PREFIX: &str = "com.docker.";
+
 /// Every option key dovesnap accepts, in the order they are listed to the user.
 pub const ACCEPTED_KEYS: &[&str] = &[
     MODE,
@@ -130,6 +142,16 @@ pub enum OptionsError {
         ACCEPTED_KEYS.join(", ")
     )]
     UnknownKey {
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+    /// An endpoint (`--driver-opt`) key dovesnap does not know.
+    #[error(
+        "unknown endpoint option {key:?}{}; dovesnap accepts {} as --driver-opt",
+        did_you_mean(.suggestion),
+        ACCEPTED_ENDPOINT_KEYS.join(", ")
+    )]
+    UnknownEndpointKey {
         key: String,
         suggestion: Option<&'static str>,
     },
@@ -565,6 +587,57 @@ impl NetworkOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// The validated endpoint options of one container's connection to a network
+/// (`docker network connect --driver-opt KEY=VALUE`, `docker run --network
+/// name=NET,driver-opt=KEY=VALUE`). Docker sends them as top-level keys of
+/// CreateEndpoint's `Options`, beside its own `com.docker.*` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointOptions {
+    /// `ovs.port.vlan`: the port's access VLAN, instead of the network's.
+    pub vlan: Option<u16>,
+}
+
+impl EndpointOptions {
+    /// Parses CreateEndpoint's `Options`: Docker's `com.docker.*` keys are skipped,
+    /// every other key must be an endpoint option dovesnap knows.
+    pub fn from_docker_options(
+        options: Option<&HashMap<String, Value>>,
+    ) -> Result<Self, OptionsError> {
+        let mut sorted: Vec<(&String, &Value)> = options.into_iter().flatten().collect();
+        sorted.sort_by_key(|(k, _)| *k);
+        let mut opts = EndpointOptions::default();
+        for (key, value) in sorted {
+            if key.starts_with(DOCKER_OPTION_PREFIX) {
+                continue;
+            }
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(OptionsError::WrongType {
+                        key: key.clone(),
+                        found: json_kind(other),
+                    })
+                }
+            };
+            match key.as_str() {
+                PORT_VLAN => opts.vlan = Some(parse_vlan(PORT_VLAN, &text)?),
+                _ => {
+                    let lower = key.to_ascii_lowercase();
+                    let close = edit_distance(&lower, PORT_VLAN) <= 2
+                        || lower == "vlan"
+                        || lower == BRIDGE_VLAN;
+                    return Err(OptionsError::UnknownEndpointKey {
+                        key: key.clone(),
+                        suggestion: close.then_some(PORT_VLAN),
+                    });
+                }
+            }
+        }
+        Ok(opts)
     }
 }
 
@@ -1111,6 +1184,61 @@ mod tests {
             (MODE, "overlay"),
         ]);
         assert!(e.unwrap_err().to_string().contains("mode=overlay"));
+    }
+
+    fn endpoint(pairs: &[(&str, Value)]) -> Result<EndpointOptions, OptionsError> {
+        EndpointOptions::from_docker_options(Some(&generic(pairs)))
+    }
+
+    #[test]
+    fn endpoint_vlan() {
+        assert_eq!(
+            EndpointOptions::from_docker_options(None),
+            Ok(Default::default())
+        );
+        let o = endpoint(&[(PORT_VLAN, "42".into())]).unwrap();
+        assert_eq!(o.vlan, Some(42));
+        assert_eq!(
+            endpoint(&[(PORT_VLAN, 4094.into())]).unwrap().vlan,
+            Some(4094)
+        );
+        for bad in ["0", "4095", "", "x"] {
+            assert_eq!(
+                endpoint(&[(PORT_VLAN, bad.into())])
+                    .unwrap_err()
+                    .to_string(),
+                format!("invalid ovs.port.vlan {bad:?}: expected a VLAN id from 1 to 4094")
+            );
+        }
+        assert!(endpoint(&[(PORT_VLAN, Value::Null)]).is_err());
+    }
+
+    #[test]
+    fn endpoint_options_skip_dockers_keys_and_refuse_unknown_ones() {
+        let dockers = [
+            ("com.docker.network.portmap", serde_json::json!([])),
+            (
+                "com.docker.network.endpoint.exposedports",
+                serde_json::json!([]),
+            ),
+            ("com.docker.network.endpoint.macaddress", "AkIKAAAC".into()),
+        ];
+        assert_eq!(endpoint(&dockers).unwrap(), EndpointOptions::default());
+        assert_eq!(
+            endpoint(&[("ovs.port.vlna", "5".into())])
+                .unwrap_err()
+                .to_string(),
+            "unknown endpoint option \"ovs.port.vlna\" (did you mean \"ovs.port.vlan\"?); \
+             dovesnap accepts ovs.port.vlan as --driver-opt"
+        );
+        for key in ["vlan", BRIDGE_VLAN] {
+            let e = endpoint(&[(key, "5".into())]).unwrap_err().to_string();
+            assert!(e.contains("did you mean \"ovs.port.vlan\""), "{e}");
+        }
+        let e = endpoint(&[("color", "blue".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown endpoint option \"color\"; "), "{e}");
     }
 
     #[test]

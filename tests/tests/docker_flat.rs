@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::{metric_value, scrape_metrics};
 use dovesnap_tests::docker::{
-    docker, ensure_image, start_plugin, start_plugin_with, Container, Network, IMAGE, PLUGIN_SOCKET,
+    docker, docker_ok, ensure_image, start_plugin, start_plugin_with, Container, Network, IMAGE,
+    PLUGIN_SOCKET,
 };
 use dovesnap_tests::{
-    host_veths, leftovers, ovs_bridges, require_root, sh, Netns, TestBridge, Veth,
+    host_veths, leftovers, ovs_bridges, require_root, run, sh, wait_until, Netns, TestBridge, Veth,
 };
 
 fn dovesnap_leftovers() -> Vec<String> {
@@ -356,6 +357,107 @@ fn a_network_on_an_existing_bridge_leaves_the_bridge_as_it_was() {
     drop(plugin);
     drop(admin);
     drop(bridge);
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+/// A container running `sleep` on `net`, its port on VLAN `vlan` (`docker run
+/// --network name=NET,driver-opt=ovs.port.vlan=VLAN`).
+fn vlan_container(name: &str, net: &Network, vlan: u16) -> Container {
+    ensure_image();
+    let _ = docker(&["rm", "-f", name]);
+    let network = format!("name={},driver-opt=ovs.port.vlan={vlan}", net.name);
+    let c = Container { name: name.into() };
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        &network,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    c
+}
+
+/// The OVS port of `c`'s endpoint on `net`.
+fn port_of(c: &Container, net: &Network) -> String {
+    let fmt = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").EndpointID}}}}",
+        net.name
+    );
+    let eid = docker_ok(&["inspect", "-f", &fmt, &c.name]);
+    let port = sh(
+        "ovs-vsctl",
+        &[
+            "--bare",
+            "--columns=name",
+            "find",
+            "port",
+            &format!("external_ids:dovesnap-endpoint-id={eid}"),
+        ],
+    );
+    port.trim().to_string()
+}
+
+/// The VLAN tag of the port of `c`'s endpoint on `net`.
+fn port_tag(c: &Container, net: &Network) -> String {
+    let port = port_of(c, net);
+    sh("ovs-vsctl", &["get", "port", &port, "tag"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn a_container_vlan_overrides_the_networks() {
+    require_root();
+    let _plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    {
+        let net = Network::create(
+            "dsbr-vlan",
+            &["--subnet", "10.235.2.0/24", "-o", "ovs.bridge.vlan=5"],
+        );
+        let other = Network::flat("dsbr-vlan2", "10.235.3.0/24");
+        let a = vlan_container("dsbr-va", &net, 10);
+        let b = vlan_container("dsbr-vb", &net, 20);
+        let c = Container::idle("dsbr-vc", &other);
+        for (opt, key) in [
+            ("ovs.port.vlan=5000", "ovs.port.vlan"),
+            ("ovs.port.vlna=3", "ovs.port.vlna"),
+        ] {
+            let out = docker(&[
+                "network",
+                "connect",
+                "--driver-opt",
+                opt,
+                &net.name,
+                &c.name,
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(key), "{opt}: {err}");
+        }
+        docker_ok(&[
+            "network",
+            "connect",
+            "--driver-opt",
+            "ovs.port.vlan=10",
+            &net.name,
+            &c.name,
+        ]);
+        assert_eq!(port_tag(&a, &net), "10");
+        assert_eq!(port_tag(&b, &net), "20");
+        assert_eq!(port_tag(&c, &net), "10");
+        let ip = a.ip(&net);
+        assert!(c.ping(&ip), "same VLAN 10: no ping");
+        assert!(!b.ping(&ip), "VLAN 20 reached VLAN 10");
+        // The reconciler puts a deleted port back with the container's own tag.
+        sh("ovs-vsctl", &["del-port", &port_of(&a, &net)]);
+        wait_until("port re-added", Duration::from_secs(10), || {
+            run("ovs-vsctl", &["get", "port", &port_of(&a, &net), "tag"]).stdout == b"10\n"
+        });
+    }
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
 

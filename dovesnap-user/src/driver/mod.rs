@@ -48,7 +48,7 @@ use crate::firewall::{
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
 use crate::netlink::{disable_tx_checksum, enable_gro, format_mac, link_mac, parse_mac, Netlink};
-use crate::options::{Mode, NetworkOptions};
+use crate::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 
@@ -487,6 +487,8 @@ impl Driver {
     ) -> ApiResult<api::CreateEndpointResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())
+            .map_err(|e| ApiError::new(e.to_string()))?;
         let iface = req.interface.unwrap_or_default();
         let address = iface.address.clone();
         if !address.is_empty() {
@@ -511,6 +513,11 @@ impl Driver {
         if net.endpoints.contains_key(eid) {
             return Err(ApiError::new(format!("endpoint {eid} already exists")));
         }
+        if net.overlay.is_some() && endpoint_options.vlan.is_some() {
+            return Err(ApiError::new(format!(
+                "{PORT_VLAN} is not for overlay networks: OVN gives their ports no VLAN"
+            )));
+        }
         let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
             id: eid.to_string(),
@@ -519,6 +526,7 @@ impl Driver {
             host_ifname,
             container_ifname,
             published: Vec::new(),
+            vlan: endpoint_options.vlan,
             sandbox: None,
         };
         // Overlay: the logical port first, so an address another host uses is refused

@@ -100,6 +100,9 @@ pub struct Endpoint {
     /// Ports published for this endpoint (nat mode), host ports as chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// `ovs.port.vlan`: the port's own access VLAN, instead of the network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     /// The container's network namespace (Docker's sandbox key), from Join until
     /// Leave: where the reconciler puts a re-created container end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,7 +160,7 @@ pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
     );
     PortSpec {
         name: ep.host_ifname.clone(),
-        tag: net.options.vlan,
+        tag: ep.vlan.or(net.options.vlan),
         external_ids,
         mtu: net.options.mtu,
         ofport: None,

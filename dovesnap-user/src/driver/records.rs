@@ -99,6 +99,9 @@ fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
     if parse_mac(&ep.mac).is_none() {
         return Err(format!("MAC address {:?} does not read", ep.mac));
     }
+    if let Some(vlan) = ep.vlan.filter(|v| !(1..=4094).contains(v)) {
+        return Err(format!("VLAN {vlan} is not from 1 to 4094"));
+    }
     if let Some(sandbox) = &ep.sandbox {
         check_sandbox(sandbox)?;
     }
@@ -306,6 +309,7 @@ mod tests {
             host_ifname: host,
             container_ifname: container,
             published: vec![],
+            vlan: Some(7),
             sandbox: Some("/var/run/docker/netns/1a2b3c4d5e6f".into()),
         }
     }
@@ -403,6 +407,15 @@ mod tests {
         assert!(net.options.existing);
         assert_eq!(net.marker(), EXT_ATTACHED_NETWORK_ID);
         assert_eq!(net.endpoints.len(), 1);
+        assert_eq!(net.endpoints[EID].vlan, Some(7));
+        let mut bad_vlan = endpoint();
+        bad_vlan.vlan = Some(4095);
+        let br = bridge(&attached, vec![port(&bad_vlan)]);
+        let (net, bad) = network_of(&br).unwrap().unwrap();
+        assert!(
+            net.endpoints.is_empty() && bad[0].reason.contains("VLAN 4095"),
+            "{bad:?}"
+        );
         // A marker that does not match the options is not trusted either way.
         let b = network_of(&bridge(&attached[..3], vec![]))
             .unwrap()
