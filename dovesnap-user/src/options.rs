@@ -28,6 +28,10 @@ pub const MODE: &str = "mode";
 pub const BRIDGE_MODE: &str = "ovs.bridge.mode";
 /// `ovs.bridge.name`: the OVS bridge (and its Linux interface) name.
 pub const BRIDGE_NAME: &str = "ovs.bridge.name";
+/// `ovs.bridge.existing`: attach to the existing OVS bridge named by [`BRIDGE_NAME`]
+/// (made by the administrator) instead of creating one; dovesnap then only adds and
+/// removes its containers' ports and never changes or deletes the bridge.
+pub const BRIDGE_EXISTING: &str = "ovs.bridge.existing";
 /// `ovs.bridge.vlan`: the VLAN id the containers' ports are access ports of.
 pub const BRIDGE_VLAN: &str = "ovs.bridge.vlan";
 /// `ovs.bridge.mtu`: the MTU of the bridge and the containers' interfaces.
@@ -60,11 +64,24 @@ pub const OVN_NB: &str = "ovs.ovn.nb";
 /// (default `br-int`).
 pub const OVN_BRIDGE: &str = "ovs.ovn.bridge";
 
+/// `ovs.port.vlan`: endpoint option (`docker network connect --driver-opt
+/// ovs.port.vlan=N`), the access VLAN of this container's port, overriding the
+/// network's [`BRIDGE_VLAN`].
+pub const PORT_VLAN: &str = "ovs.port.vlan";
+
+/// Every endpoint (`--driver-opt`) option key dovesnap accepts.
+pub const ACCEPTED_ENDPOINT_KEYS: &[&str] = &[PORT_VLAN];
+
+/// Endpoint option keys under this prefix are Docker's own (port map, exposed ports,
+/// MAC address, ...), sent beside the `--driver-opt` pairs and not checked here.
+pub const DOCKER_OPTION_PREFIX: &str = "com.docker.";
+
 /// Every option key dovesnap accepts, in the order they are listed to the user.
 pub const ACCEPTED_KEYS: &[&str] = &[
     MODE,
     BRIDGE_MODE,
     BRIDGE_NAME,
+    BRIDGE_EXISTING,
     BRIDGE_VLAN,
     BRIDGE_MTU,
     DOCKER_MTU,
@@ -125,6 +142,16 @@ pub enum OptionsError {
         ACCEPTED_KEYS.join(", ")
     )]
     UnknownKey {
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+    /// An endpoint (`--driver-opt`) key dovesnap does not know.
+    #[error(
+        "unknown endpoint option {key:?}{}; dovesnap accepts {} as --driver-opt",
+        did_you_mean(.suggestion),
+        ACCEPTED_ENDPOINT_KEYS.join(", ")
+    )]
+    UnknownEndpointKey {
         key: String,
         suggestion: Option<&'static str>,
     },
@@ -245,6 +272,9 @@ impl fmt::Display for Uplink {
 pub struct NetworkOptions {
     pub mode: Mode,
     pub bridge_name: Option<String>,
+    /// `ovs.bridge.existing`: the bridge is the administrator's, dovesnap only plugs
+    /// its containers' ports into it.
+    pub existing: bool,
     pub vlan: Option<u16>,
     pub mtu: Option<u32>,
     pub add_ports: Vec<Uplink>,
@@ -331,6 +361,9 @@ impl NetworkOptions {
         if let Some(name) = &self.bridge_name {
             map.insert(BRIDGE_NAME.to_owned(), name.clone());
         }
+        if self.existing {
+            map.insert(BRIDGE_EXISTING.to_owned(), "true".to_owned());
+        }
         if let Some(vlan) = self.vlan {
             map.insert(BRIDGE_VLAN.to_owned(), vlan.to_string());
         }
@@ -390,7 +423,8 @@ impl NetworkOptions {
                     }
                 }
                 BRIDGE_NAME => opts.bridge_name = Some(parse_bridge_name(&value)?),
-                BRIDGE_VLAN => opts.vlan = Some(parse_vlan(&value)?),
+                BRIDGE_EXISTING => opts.existing = parse_bool(key, &value)?,
+                BRIDGE_VLAN => opts.vlan = Some(parse_vlan(key, &value)?),
                 BRIDGE_MTU | DOCKER_MTU => {
                     let mtu = parse_mtu(key, &value)?;
                     match opts.mtu {
@@ -458,7 +492,57 @@ impl NetworkOptions {
             }
         }
         opts.check_overlay()?;
+        opts.check_existing()?;
         Ok(opts)
+    }
+
+    /// `ovs.bridge.existing=true` needs the bridge's name, works in flat mode only (nat
+    /// would put the gateway address on the administrator's bridge), and refuses every
+    /// option that would change the bridge: dovesnap only adds its containers' ports.
+    fn check_existing(&self) -> Result<(), OptionsError> {
+        if !self.existing {
+            return Ok(());
+        }
+        let existing_with = |key: &str, value: String, why: &str| OptionsError::Invalid {
+            key: key.to_owned(),
+            value,
+            expected: format!("nothing with {BRIDGE_EXISTING}=true: {why}"),
+        };
+        if self.bridge_name.is_none() {
+            return Err(OptionsError::Invalid {
+                key: BRIDGE_EXISTING.to_owned(),
+                value: "true".to_owned(),
+                expected: format!(
+                    "{BRIDGE_NAME}=BRIDGE as well, naming the existing OVS bridge to attach to"
+                ),
+            });
+        }
+        if self.mode != Mode::Flat {
+            return Err(existing_with(
+                MODE,
+                self.mode.to_string(),
+                "only mode=flat attaches to an existing bridge (nat and nat-fast would put \
+                 the gateway address and rules on the administrator's bridge)",
+            ));
+        }
+        let map = self.to_string_map();
+        for key in [
+            BRIDGE_MTU,
+            BRIDGE_ADD_PORTS,
+            BRIDGE_CONTROLLER,
+            BRIDGE_DPID,
+            BRIDGE_USERSPACE,
+        ] {
+            if let Some(v) = map.get(key) {
+                return Err(existing_with(
+                    key,
+                    v.clone(),
+                    "dovesnap does not change a bridge it did not create; set it on the \
+                     bridge with ovs-vsctl",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The `ovs.ovn.*` options go with mode=overlay only, and an overlay network has no
@@ -503,6 +587,57 @@ impl NetworkOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// The validated endpoint options of one container's connection to a network
+/// (`docker network connect --driver-opt KEY=VALUE`, `docker run --network
+/// name=NET,driver-opt=KEY=VALUE`). Docker sends them as top-level keys of
+/// CreateEndpoint's `Options`, beside its own `com.docker.*` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointOptions {
+    /// `ovs.port.vlan`: the port's access VLAN, instead of the network's.
+    pub vlan: Option<u16>,
+}
+
+impl EndpointOptions {
+    /// Parses CreateEndpoint's `Options`: Docker's `com.docker.*` keys are skipped,
+    /// every other key must be an endpoint option dovesnap knows.
+    pub fn from_docker_options(
+        options: Option<&HashMap<String, Value>>,
+    ) -> Result<Self, OptionsError> {
+        let mut sorted: Vec<(&String, &Value)> = options.into_iter().flatten().collect();
+        sorted.sort_by_key(|(k, _)| *k);
+        let mut opts = EndpointOptions::default();
+        for (key, value) in sorted {
+            if key.starts_with(DOCKER_OPTION_PREFIX) {
+                continue;
+            }
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(OptionsError::WrongType {
+                        key: key.clone(),
+                        found: json_kind(other),
+                    })
+                }
+            };
+            match key.as_str() {
+                PORT_VLAN => opts.vlan = Some(parse_vlan(PORT_VLAN, &text)?),
+                _ => {
+                    let lower = key.to_ascii_lowercase();
+                    let close = edit_distance(&lower, PORT_VLAN) <= 2
+                        || lower == "vlan"
+                        || lower == BRIDGE_VLAN;
+                    return Err(OptionsError::UnknownEndpointKey {
+                        key: key.clone(),
+                        suggestion: close.then_some(PORT_VLAN),
+                    });
+                }
+            }
+        }
+        Ok(opts)
     }
 }
 
@@ -591,10 +726,10 @@ fn parse_bridge_name(value: &str) -> Result<String, OptionsError> {
     }
 }
 
-fn parse_vlan(value: &str) -> Result<u16, OptionsError> {
+fn parse_vlan(key: &str, value: &str) -> Result<u16, OptionsError> {
     parse_decimal::<u16>(value)
         .filter(|v| (1..=4094).contains(v))
-        .ok_or_else(|| invalid(BRIDGE_VLAN, value, EXPECTED_VLAN))
+        .ok_or_else(|| invalid(key, value, EXPECTED_VLAN))
 }
 
 fn parse_mtu(key: &str, value: &str) -> Result<u32, OptionsError> {
@@ -1001,6 +1136,112 @@ mod tests {
     }
 
     #[test]
+    fn existing_bridge() {
+        let o = parse(&[
+            (BRIDGE_EXISTING, "true"),
+            (BRIDGE_NAME, "br0"),
+            (BRIDGE_VLAN, "7"),
+        ])
+        .unwrap();
+        assert!(o.existing);
+        assert_eq!(o.bridge_name.as_deref(), Some("br0"));
+        assert_eq!(NetworkOptions::from_string_map(&o.to_string_map()), Ok(o));
+        assert!(!parse(&[(BRIDGE_EXISTING, "false")]).unwrap().existing);
+        assert_eq!(
+            err(BRIDGE_EXISTING, "true"),
+            "invalid ovs.bridge.existing \"true\": expected ovs.bridge.name=BRIDGE as well, \
+             naming the existing OVS bridge to attach to"
+        );
+        assert!(err(BRIDGE_EXISTING, "maybe").contains("one of true, false"));
+        for (key, value) in [
+            (BRIDGE_MTU, "1400"),
+            (DOCKER_MTU, "1400"),
+            (BRIDGE_ADD_PORTS, "eth1"),
+            (BRIDGE_CONTROLLER, "tcp:192.0.2.1:6653"),
+            (BRIDGE_DPID, "a1"),
+            (BRIDGE_USERSPACE, "true"),
+            (MODE, "nat"),
+            (MODE, "nat-fast"),
+        ] {
+            let e = parse(&[
+                (BRIDGE_EXISTING, "true"),
+                (BRIDGE_NAME, "br0"),
+                (key, value),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("nothing with ovs.bridge.existing=true"),
+                "{key}: {e}"
+            );
+            let named = if key == DOCKER_MTU { BRIDGE_MTU } else { key };
+            assert!(e.starts_with(&format!("invalid {named} ")), "{key}: {e}");
+        }
+        // Overlay has no bridge of its own to name.
+        let e = parse(&[
+            (BRIDGE_EXISTING, "true"),
+            (BRIDGE_NAME, "br0"),
+            (MODE, "overlay"),
+        ]);
+        assert!(e.unwrap_err().to_string().contains("mode=overlay"));
+    }
+
+    fn endpoint(pairs: &[(&str, Value)]) -> Result<EndpointOptions, OptionsError> {
+        EndpointOptions::from_docker_options(Some(&generic(pairs)))
+    }
+
+    #[test]
+    fn endpoint_vlan() {
+        assert_eq!(
+            EndpointOptions::from_docker_options(None),
+            Ok(Default::default())
+        );
+        let o = endpoint(&[(PORT_VLAN, "42".into())]).unwrap();
+        assert_eq!(o.vlan, Some(42));
+        assert_eq!(
+            endpoint(&[(PORT_VLAN, 4094.into())]).unwrap().vlan,
+            Some(4094)
+        );
+        for bad in ["0", "4095", "", "x"] {
+            assert_eq!(
+                endpoint(&[(PORT_VLAN, bad.into())])
+                    .unwrap_err()
+                    .to_string(),
+                format!("invalid ovs.port.vlan {bad:?}: expected a VLAN id from 1 to 4094")
+            );
+        }
+        assert!(endpoint(&[(PORT_VLAN, Value::Null)]).is_err());
+    }
+
+    #[test]
+    fn endpoint_options_skip_dockers_keys_and_refuse_unknown_ones() {
+        let dockers = [
+            ("com.docker.network.portmap", serde_json::json!([])),
+            (
+                "com.docker.network.endpoint.exposedports",
+                serde_json::json!([]),
+            ),
+            ("com.docker.network.endpoint.macaddress", "AkIKAAAC".into()),
+        ];
+        assert_eq!(endpoint(&dockers).unwrap(), EndpointOptions::default());
+        assert_eq!(
+            endpoint(&[("ovs.port.vlna", "5".into())])
+                .unwrap_err()
+                .to_string(),
+            "unknown endpoint option \"ovs.port.vlna\" (did you mean \"ovs.port.vlan\"?); \
+             dovesnap accepts ovs.port.vlan as --driver-opt"
+        );
+        for key in ["vlan", BRIDGE_VLAN] {
+            let e = endpoint(&[(key, "5".into())]).unwrap_err().to_string();
+            assert!(e.contains("did you mean \"ovs.port.vlan\""), "{e}");
+        }
+        let e = endpoint(&[("color", "blue".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown endpoint option \"color\"; "), "{e}");
+    }
+
+    #[test]
     fn mtu() {
         assert_eq!(one(BRIDGE_MTU, "68").unwrap().mtu, Some(68));
         assert_eq!(one(BRIDGE_MTU, "1500").unwrap().mtu, Some(1500));
@@ -1264,7 +1505,13 @@ mod tests {
             nat_offload: Some(false),
             ..NetworkOptions::default()
         };
-        for o in [full, NetworkOptions::default()] {
+        let existing = NetworkOptions {
+            bridge_name: Some("br0".into()),
+            existing: true,
+            vlan: Some(5),
+            ..NetworkOptions::default()
+        };
+        for o in [full, existing, NetworkOptions::default()] {
             let map = o.to_string_map();
             assert_eq!(NetworkOptions::from_string_map(&map).unwrap(), o);
         }

@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::daemon::{metric_value, scrape_metrics};
 use dovesnap_tests::docker::{
-    docker, ensure_image, start_plugin, start_plugin_with, Container, Network, IMAGE, PLUGIN_SOCKET,
+    docker, docker_ok, ensure_image, start_plugin, start_plugin_with, Container, Network, IMAGE,
+    PLUGIN_SOCKET,
 };
-use dovesnap_tests::{host_veths, leftovers, ovs_bridges, require_root, sh, Netns, Veth};
+use dovesnap_tests::{
+    host_veths, leftovers, ovs_bridges, require_root, run, sh, wait_until, Netns, TestBridge, Veth,
+};
 
 fn dovesnap_leftovers() -> Vec<String> {
-    leftovers(&["ovsbr-", "dsflat"], &["ovsv", "ovsc"])
+    leftovers(&["ovsbr-", "dsflat", "dsbr"], &["ovsv", "ovsc", "dsbr"])
 }
 
 #[test]
@@ -172,17 +175,7 @@ fn bad_options_are_refused_clearly() {
         ),
     ];
     for (opts, needle) in cases {
-        let mut args = vec!["network", "create", "-d", "ovs"];
-        args.extend_from_slice(opts);
-        args.push("dsflat-bad");
-        let out = docker(&args);
-        let _ = docker(&["network", "rm", "dsflat-bad"]);
-        assert!(!out.status.success(), "{opts:?} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(needle),
-            "{opts:?}: error does not name {needle}: {err}"
-        );
+        assert_refused(opts, needle);
     }
     // Docker's own spelling of the MTU option works like ovs.bridge.mtu, and the plugin
     // answers as `-d dovesnap` too (the Go dovesnap's driver name).
@@ -253,6 +246,222 @@ fn plugin_restart_keeps_containers_connected() {
     }
     // A stopped plugin (SIGTERM) removes its socket, so dockerd does not find a dead one.
     assert!(!std::path::Path::new(PLUGIN_SOCKET).exists());
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+/// `docker network create -d ovs OPTS... dsflat-bad` must fail with an error naming
+/// `needle`.
+fn assert_refused(opts: &[&str], needle: &str) {
+    let mut args = vec!["network", "create", "-d", "ovs"];
+    args.extend_from_slice(opts);
+    args.push("dsflat-bad");
+    let out = docker(&args);
+    let _ = docker(&["network", "rm", "dsflat-bad"]);
+    assert!(!out.status.success(), "{opts:?} was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "{opts:?}: error does not name {needle}: {err}"
+    );
+}
+
+/// The bridge's external ids as `ovs-vsctl br-get-external-id` prints them.
+fn bridge_ids(bridge: &str) -> String {
+    sh("ovs-vsctl", &["br-get-external-id", bridge])
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn a_network_on_an_existing_bridge_leaves_the_bridge_as_it_was() {
+    require_root();
+    let mut plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    // The administrator's bridge, with a port and an external id of their own.
+    let bridge = TestBridge::new("dsbr");
+    let admin = Veth::new("dsbra");
+    sh("ovs-vsctl", &["add-port", &bridge.name, &admin.host]);
+    sh(
+        "ovs-vsctl",
+        &["br-set-external-id", &bridge.name, "owner", "admin"],
+    );
+    let name = format!("ovs.bridge.name={}", bridge.name);
+    let existing = ["-o", "ovs.bridge.existing=true", "-o", &name];
+    let with = |more: &[&'static str]| [&existing[..], more].concat();
+    assert_refused(&["-o", "ovs.bridge.existing=true"], "ovs.bridge.name");
+    assert_refused(&["-o", &name], "ovs.bridge.existing=true");
+    assert_refused(
+        &[
+            "-o",
+            "ovs.bridge.existing=true",
+            "-o",
+            "ovs.bridge.name=dsbrnone",
+        ],
+        "has no bridge of that name",
+    );
+    for (opt, key) in [
+        ("ovs.bridge.mtu=1400", "ovs.bridge.mtu"),
+        ("ovs.bridge.dpid=a1", "ovs.bridge.dpid"),
+        ("ovs.bridge.userspace=true", "ovs.bridge.userspace"),
+        (
+            "ovs.bridge.controller=tcp:127.0.0.1:6653",
+            "ovs.bridge.controller",
+        ),
+        ("mode=nat", "mode"),
+    ] {
+        assert_refused(&with(&["--subnet", "10.235.9.0/24", "-o", opt]), key);
+    }
+    {
+        let mut args = with(&["--subnet", "10.235.1.0/24"]);
+        let net = Network::create("dsbr-net", &args);
+        args[5] = "10.235.8.0/24";
+        assert_refused(&args, "already serves");
+        let a = Container::httpd("dsbr-a", &net, "on-the-admins-bridge");
+        let b = Container::idle("dsbr-b", &net);
+        let url = format!("http://{}/", a.ip(&net));
+        assert_eq!(b.fetch(&url).unwrap().trim(), "on-the-admins-bridge");
+        let ids = bridge_ids(&bridge.name);
+        assert!(
+            ids.contains(&format!("dovesnap-attached-network-id={}", net.id())),
+            "{ids}"
+        );
+        assert!(!ids.contains("dovesnap-network-id="), "{ids}");
+
+        plugin.kill();
+        plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+        let status = plugin.status();
+        let recovered = status["networks"]
+            .as_array()
+            .expect("networks")
+            .iter()
+            .any(|n| {
+                n["id"] == net.id().as_str() && n["endpoints"].as_array().map(Vec::len) == Some(2)
+            });
+        assert!(
+            recovered,
+            "network and its endpoints not recovered: {status}"
+        );
+        assert_eq!(b.fetch(&url).unwrap().trim(), "on-the-admins-bridge");
+    }
+    // docker network rm: the bridge, the admin's port and id stay; dovesnap's go.
+    assert_eq!(
+        sh("ovs-vsctl", &["list-ports", &bridge.name]).trim(),
+        admin.host
+    );
+    let ids = bridge_ids(&bridge.name);
+    assert_eq!(ids.trim(), "owner=admin");
+    {
+        // The reconciler never re-creates an existing bridge the admin deleted.
+        let _net = Network::create("dsbr-net", &with(&["--subnet", "10.235.1.0/24"]));
+        sh("ovs-vsctl", &["del-br", &bridge.name]);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !ovs_bridges().contains(&bridge.name),
+            "existing bridge re-created"
+        );
+    }
+    drop(plugin);
+    drop(admin);
+    drop(bridge);
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+/// A container running `sleep` on `net`, its port on VLAN `vlan` (`docker run
+/// --network name=NET,driver-opt=ovs.port.vlan=VLAN`).
+fn vlan_container(name: &str, net: &Network, vlan: u16) -> Container {
+    ensure_image();
+    let _ = docker(&["rm", "-f", name]);
+    let network = format!("name={},driver-opt=ovs.port.vlan={vlan}", net.name);
+    let c = Container { name: name.into() };
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        &network,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    c
+}
+
+/// The OVS port of `c`'s endpoint on `net`.
+fn port_of(c: &Container, net: &Network) -> String {
+    let fmt = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").EndpointID}}}}",
+        net.name
+    );
+    let eid = docker_ok(&["inspect", "-f", &fmt, &c.name]);
+    let port = sh(
+        "ovs-vsctl",
+        &[
+            "--bare",
+            "--columns=name",
+            "find",
+            "port",
+            &format!("external_ids:dovesnap-endpoint-id={eid}"),
+        ],
+    );
+    port.trim().to_string()
+}
+
+/// The VLAN tag of the port of `c`'s endpoint on `net`.
+fn port_tag(c: &Container, net: &Network) -> String {
+    let port = port_of(c, net);
+    sh("ovs-vsctl", &["get", "port", &port, "tag"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn a_container_vlan_overrides_the_networks() {
+    require_root();
+    let _plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    {
+        let net = Network::create(
+            "dsbr-vlan",
+            &["--subnet", "10.235.2.0/24", "-o", "ovs.bridge.vlan=5"],
+        );
+        let other = Network::flat("dsbr-vlan2", "10.235.3.0/24");
+        let a = vlan_container("dsbr-va", &net, 10);
+        let b = vlan_container("dsbr-vb", &net, 20);
+        let c = Container::idle("dsbr-vc", &other);
+        for (opt, key) in [
+            ("ovs.port.vlan=5000", "ovs.port.vlan"),
+            ("ovs.port.vlna=3", "ovs.port.vlna"),
+        ] {
+            let out = docker(&[
+                "network",
+                "connect",
+                "--driver-opt",
+                opt,
+                &net.name,
+                &c.name,
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(key), "{opt}: {err}");
+        }
+        docker_ok(&[
+            "network",
+            "connect",
+            "--driver-opt",
+            "ovs.port.vlan=10",
+            &net.name,
+            &c.name,
+        ]);
+        assert_eq!(port_tag(&a, &net), "10");
+        assert_eq!(port_tag(&b, &net), "20");
+        assert_eq!(port_tag(&c, &net), "10");
+        let ip = a.ip(&net);
+        assert!(c.ping(&ip), "same VLAN 10: no ping");
+        assert!(!b.ping(&ip), "VLAN 20 reached VLAN 10");
+        // The reconciler puts a deleted port back with the container's own tag.
+        sh("ovs-vsctl", &["del-port", &port_of(&a, &net)]);
+        wait_until("port re-added", Duration::from_secs(10), || {
+            run("ovs-vsctl", &["get", "port", &port_of(&a, &net), "tag"]).stdout == b"10\n"
+        });
+    }
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
 

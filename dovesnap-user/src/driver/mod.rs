@@ -15,6 +15,10 @@
 //! - Leave: nothing to undo at L2 (Docker moves the interface back).
 //! - DeleteEndpoint: port and veth removed. DeleteNetwork: bridge removed.
 //!
+//! A flat network on an existing bridge (`ovs.bridge.existing`) skips the bridge's
+//! creation and deletion: its record goes on the administrator's bridge under
+//! [`EXT_ATTACHED_NETWORK_ID`] and leaves with the network; only its ports are its own.
+//!
 //! Overlay mode has no bridge of its own: the network is an OVN logical switch
 //! (`crate::ovn`), recorded on this host in `Open_vSwitch.external_ids`
 //! (`dovesnap-overlay-<network id>`); each endpoint is a logical switch port, created
@@ -45,7 +49,7 @@ use crate::firewall::{
 };
 use crate::host::ethtool::{disable_tx_checksum, enable_gro};
 use crate::netlink::{format_mac, link_mac, parse_mac, Netlink};
-use crate::options::{Mode, NetworkOptions};
+use crate::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 
@@ -63,6 +67,11 @@ use overlay::{integration_bridge, logical_port, ovn_err};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
+
+/// `external_ids` key on an existing bridge a network is attached to
+/// (`ovs.bridge.existing`): the Docker network id. Not an ownership marker: dovesnap
+/// never deletes a bridge for it, only its own ports and this record.
+pub const EXT_ATTACHED_NETWORK_ID: &str = "dovesnap-attached-network-id";
 
 /// `external_ids` key on bridges: the network's addressing as JSON.
 pub const EXT_NETWORK_IPAM: &str = "dovesnap-ipam";
@@ -346,29 +355,36 @@ impl Driver {
                 other.id
             )));
         }
-        if self.ovs.bridge(&bridge).await.map_err(ovs_err)?.is_some() {
-            return Err(ApiError::new(format!(
-                "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
-                 choose another ovs.bridge.name"
-            )));
-        }
-        if self.netlink.exists(&bridge).await.map_err(nl_err)? {
-            return Err(ApiError::new(format!(
-                "a host interface named {bridge} already exists; choose another ovs.bridge.name"
-            )));
-        }
-        for up in &options.add_ports {
-            if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
+        let found = self.ovs.bridge(&bridge).await.map_err(ovs_err)?;
+        let datapath_type = if options.existing {
+            existing_bridge(&bridge, found)?
+        } else {
+            if found.is_some() {
                 return Err(ApiError::new(format!(
-                    "ovs.bridge.add_ports names {}, but the host has no such interface",
-                    up.name
+                    "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
+                     choose another ovs.bridge.name, or attach the network to it with \
+                     -o ovs.bridge.existing=true"
                 )));
             }
-        }
-        let datapath_type = if options.userspace {
-            "netdev".to_string()
-        } else {
-            ovsdb::default_datapath_type().to_string()
+            if self.netlink.exists(&bridge).await.map_err(nl_err)? {
+                return Err(ApiError::new(format!(
+                    "a host interface named {bridge} already exists; choose another \
+                     ovs.bridge.name"
+                )));
+            }
+            for up in &options.add_ports {
+                if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
+                    return Err(ApiError::new(format!(
+                        "ovs.bridge.add_ports names {}, but the host has no such interface",
+                        up.name
+                    )));
+                }
+            }
+            if options.userspace {
+                "netdev".to_string()
+            } else {
+                ovsdb::default_datapath_type().to_string()
+            }
         };
 
         let net = Network {
@@ -381,14 +397,22 @@ impl Driver {
             endpoints: HashMap::new(),
             overlay: None,
         };
-        self.ovs
-            .create_bridge(&bridge_spec(&net))
-            .await
-            .map_err(ovs_err)?;
+        if net.options.existing {
+            // The administrator's bridge: only the network's record goes on it.
+            self.ovs
+                .update_bridge_external_ids(&net.bridge, &network_record(&net), &[])
+                .await
+                .map_err(ovs_err)?;
+        } else {
+            self.ovs
+                .create_bridge(&bridge_spec(&net))
+                .await
+                .map_err(ovs_err)?;
+        }
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
             let _ = fw(|| self.firewall.remove_network(id));
-            let _ = self.ovs.delete_bridge(&net.bridge).await;
+            self.release_bridge(&net, &mut Vec::new()).await;
             return Err(e);
         }
         info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath_type,
@@ -418,7 +442,7 @@ impl Driver {
         if let Some(ov) = &net.overlay {
             errors.extend(self.delete_overlay_network(net, ov).await);
         } else {
-            self.delete_bridge_of(net, id, &mut errors).await;
+            self.release_bridge(net, &mut errors).await;
         }
         if !errors.is_empty() {
             return Err(ApiError::new(format!(
@@ -431,15 +455,26 @@ impl Driver {
         Ok(())
     }
 
-    /// Deletes a network's own bridge, if it still carries the network's id.
-    async fn delete_bridge_of(&self, net: &Network, id: &str, errors: &mut Vec<String>) {
+    /// Deletes a network's own bridge, if it still carries the network's id; from an
+    /// existing bridge (`ovs.bridge.existing`) only the network's record goes, the
+    /// bridge and its other ports stay.
+    async fn release_bridge(&self, net: &Network, errors: &mut Vec<String>) {
         match self.ovs.bridge(&net.bridge).await {
-            Ok(Some(br)) if br.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id) => {
-                match self.ovs.delete_bridge(&net.bridge).await {
+            Ok(Some(br)) if net.marks(&br) && net.options.existing => {
+                let record: Vec<String> = network_record(net).into_keys().collect();
+                let released = self
+                    .ovs
+                    .update_bridge_external_ids(&net.bridge, &BTreeMap::new(), &record)
+                    .await;
+                match released {
                     Err(e) if !e.is_not_found() => errors.push(e.to_string()),
                     _ => {}
                 }
             }
+            Ok(Some(br)) if net.marks(&br) => match self.ovs.delete_bridge(&net.bridge).await {
+                Err(e) if !e.is_not_found() => errors.push(e.to_string()),
+                _ => {}
+            },
             Ok(_) => {
                 warn!(bridge = %net.bridge, "bridge is gone or no longer ours; not deleting it")
             }
@@ -453,6 +488,8 @@ impl Driver {
     ) -> ApiResult<api::CreateEndpointResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())
+            .map_err(|e| ApiError::new(e.to_string()))?;
         let iface = req.interface.unwrap_or_default();
         let address = iface.address.clone();
         if !address.is_empty() {
@@ -477,6 +514,11 @@ impl Driver {
         if net.endpoints.contains_key(eid) {
             return Err(ApiError::new(format!("endpoint {eid} already exists")));
         }
+        if net.overlay.is_some() && endpoint_options.vlan.is_some() {
+            return Err(ApiError::new(format!(
+                "{PORT_VLAN} is not for overlay networks: OVN gives their ports no VLAN"
+            )));
+        }
         let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
             id: eid.to_string(),
@@ -485,6 +527,7 @@ impl Driver {
             host_ifname,
             container_ifname,
             published: Vec::new(),
+            vlan: endpoint_options.vlan,
             sandbox: None,
         };
         // Overlay: the logical port first, so an address another host uses is refused
@@ -784,6 +827,28 @@ impl StatusSource for Driver {
                 .clone(),
         }
     }
+}
+
+/// The datapath type of the existing bridge `name` a network attaches to
+/// (`ovs.bridge.existing`): it must be there, and serve no other dovesnap network.
+fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> ApiResult<String> {
+    let Some(br) = found else {
+        return Err(ApiError::new(format!(
+            "ovs.bridge.existing=true names the OVS bridge {name}, but OVS has no bridge of \
+             that name; make it first (ovs-vsctl add-br {name}) or leave out \
+             ovs.bridge.existing to let dovesnap create it"
+        )));
+    };
+    let other = [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
+        .iter()
+        .find_map(|k| br.external_ids.get(*k));
+    if let Some(other) = other {
+        return Err(ApiError::new(format!(
+            "the OVS bridge {name} already serves dovesnap network {other}; a bridge serves \
+             one network, choose another ovs.bridge.name"
+        )));
+    }
+    Ok(br.datapath_type)
 }
 
 fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {

@@ -60,6 +60,22 @@ impl Network {
         })
     }
 
+    /// The `external_ids` key that marks the network's bridge as its own: the
+    /// ownership marker for a bridge dovesnap made, the attachment marker for an
+    /// existing one (`ovs.bridge.existing`), which nothing ever deletes a bridge for.
+    pub(super) fn marker(&self) -> &'static str {
+        if self.options.existing {
+            EXT_ATTACHED_NETWORK_ID
+        } else {
+            EXT_NETWORK_ID
+        }
+    }
+
+    /// Whether `bridge` carries this network's marker.
+    pub(super) fn marks(&self, bridge: &ovsdb::BridgeInfo) -> bool {
+        bridge.external_ids.get(self.marker()) == Some(&self.id)
+    }
+
     /// The gateway a container gets a default route through (Join, a repaired veth).
     /// None on overlay networks: internal in this version, the switch has no gateway.
     pub(super) fn container_gateway(&self) -> Option<Ipv4Addr> {
@@ -84,6 +100,9 @@ pub struct Endpoint {
     /// Ports published for this endpoint (nat mode), host ports as chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// `ovs.port.vlan`: the port's own access VLAN, instead of the network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     /// The container's network namespace (Docker's sandbox key), from Join until
     /// Leave: where the reconciler puts a re-created container end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,22 +112,10 @@ pub struct Endpoint {
 /// The OVSDB bridge of `net`: its options and addressing go into `external_ids`, so a
 /// restarted plugin (and the reconciler) can make it again.
 pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
-    let mut external_ids = BTreeMap::new();
-    external_ids.insert(EXT_NETWORK_ID.to_string(), net.id.clone());
-    external_ids.insert(
-        EXT_NETWORK_IPAM.to_string(),
-        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
-    );
-    for (k, v) in net.options.to_string_map() {
-        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
-    }
-    if net.internal {
-        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
-    }
     BridgeSpec {
         name: net.bridge.clone(),
         datapath_type: net.datapath_type.clone(),
-        external_ids,
+        external_ids: network_record(net),
         mtu: net.options.mtu,
         controllers: net.options.controllers.clone(),
         datapath_id: net.options.dpid.clone(),
@@ -124,6 +131,24 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
     }
 }
 
+/// The network's record in its bridge's `external_ids`: its marker
+/// ([`Network::marker`]), addressing and options.
+pub(super) fn network_record(net: &Network) -> BTreeMap<String, String> {
+    let mut external_ids = BTreeMap::new();
+    external_ids.insert(net.marker().to_string(), net.id.clone());
+    external_ids.insert(
+        EXT_NETWORK_IPAM.to_string(),
+        serde_json::to_string(&net.ipam).expect("Ipam serializes"),
+    );
+    for (k, v) in net.options.to_string_map() {
+        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+    }
+    if net.internal {
+        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+    }
+    external_ids
+}
+
 /// The OVSDB port of endpoint `ep` of `net`, with the endpoint's record.
 pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
     let mut external_ids = BTreeMap::new();
@@ -135,7 +160,7 @@ pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
     );
     PortSpec {
         name: ep.host_ifname.clone(),
-        tag: net.options.vlan,
+        tag: ep.vlan.or(net.options.vlan),
         external_ids,
         mtu: net.options.mtu,
         ofport: None,

@@ -7,6 +7,8 @@
 //!
 //! - `bridge`: the network's bridge is missing from OVSDB (`ovs-vsctl del-br`): made
 //!   again from the options and addressing the driver holds, then its ports below.
+//!   Never an existing bridge a network is attached to (`ovs.bridge.existing`): that
+//!   one is the administrator's, its absence is logged each pass instead.
 //! - `port`: an endpoint's veth is there but its port is missing from the bridge.
 //! - `veth`: an endpoint's veth pair is gone (`ip link del`, which takes both ends)
 //!   while its container runs: made again with the same names and MAC, the container
@@ -45,9 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{
-    bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network, EXT_NETWORK_ID,
-};
+use super::{bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::options::Mode;
 use crate::translator::wire::ArpRepr;
@@ -179,7 +179,16 @@ impl Driver {
                 continue;
             }
             let ports = match bridge {
-                Some(b) if b.external_ids.get(EXT_NETWORK_ID) != Some(&net.id) => {
+                // An existing bridge (`ovs.bridge.existing`) is the administrator's: never
+                // re-created, its other ports never touched; only ours are repaired.
+                None if net.options.existing => {
+                    warn!(network = %net.id, bridge = %net.bridge,
+                          "reconcile: the existing bridge the network is attached to is gone; \
+                           dovesnap does not re-create a bridge it did not make: make it again \
+                           (ovs-vsctl add-br) or remove the network");
+                    continue;
+                }
+                Some(b) if !net.marks(b) => {
                     warn!(network = %net.id, bridge = %net.bridge,
                           "reconcile: the bridge now belongs to something else; leaving it");
                     continue;

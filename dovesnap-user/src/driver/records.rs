@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
-    parse_cidr, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX, EXT_ENDPOINT,
-    EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL, EXT_NETWORK_IPAM, EXT_OPTION_PREFIX,
-    EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
+    parse_cidr, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
+    EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
+    EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
 use crate::control::BadRecord;
 use crate::firewall::Ipv4Net;
@@ -99,6 +99,9 @@ fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
     if parse_mac(&ep.mac).is_none() {
         return Err(format!("MAC address {:?} does not read", ep.mac));
     }
+    if let Some(vlan) = ep.vlan.filter(|v| !(1..=4094).contains(v)) {
+        return Err(format!("VLAN {vlan} is not from 1 to 4094"));
+    }
     if let Some(sandbox) = &ep.sandbox {
         check_sandbox(sandbox)?;
     }
@@ -151,8 +154,14 @@ pub(super) fn endpoints_of(
 /// A bridge's network record: `None` when the bridge is not dovesnap's, else the
 /// network (with its trusted endpoints) and its endpoint records that cannot be
 /// trusted, or why the network's own record cannot be.
+/// A bridge dovesnap made carries [`EXT_NETWORK_ID`]; an existing bridge a network is
+/// attached to, [`EXT_ATTACHED_NETWORK_ID`] (and its options say
+/// `ovs.bridge.existing`).
 pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadRecord>), BadRecord>> {
-    let id = br.external_ids.get(EXT_NETWORK_ID)?;
+    let (id, attached) = match br.external_ids.get(EXT_NETWORK_ID) {
+        Some(id) => (id, false),
+        None => (br.external_ids.get(EXT_ATTACHED_NETWORK_ID)?, true),
+    };
     let bad = |reason: String| BadRecord {
         record: format!("bridge {}", br.name),
         id: id.clone(),
@@ -167,6 +176,15 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
             .collect();
         let options = NetworkOptions::from_string_map(&opts)
             .map_err(|e| bad(format!("options do not read: {e}")))?;
+        let mixed = options.existing != attached
+            || (!attached && br.external_ids.contains_key(EXT_ATTACHED_NETWORK_ID));
+        if mixed {
+            return Err(bad(format!(
+                "{EXT_NETWORK_ID} and {EXT_ATTACHED_NETWORK_ID} are for bridges dovesnap made \
+                 and existing bridges (ovs.bridge.existing) respectively, and this record mixes \
+                 them"
+            )));
+        }
         let ipam = match br.external_ids.get(EXT_NETWORK_IPAM) {
             None => Ipam::default(),
             Some(json) => check_ipam(json).map_err(bad)?,
@@ -291,6 +309,7 @@ mod tests {
             host_ifname: host,
             container_ifname: container,
             published: vec![],
+            vlan: Some(7),
             sandbox: Some("/var/run/docker/netns/1a2b3c4d5e6f".into()),
         }
     }
@@ -368,6 +387,46 @@ mod tests {
         assert_eq!(net.endpoints[EID], ep);
         assert_eq!(net.ipam.subnet.as_deref(), Some("10.231.1.0/24"));
         assert!(audit(&[br], &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn an_attached_existing_bridge_is_recovered_without_its_foreign_ports() {
+        let ep = endpoint();
+        let mut foreign = port(&ep);
+        foreign.name = "admin0".into();
+        foreign.external_ids.clear();
+        let attached = [
+            (EXT_ATTACHED_NETWORK_ID, NID),
+            ("dovesnap-opt-mode", "flat"),
+            ("dovesnap-opt-ovs.bridge.name", "ovsbr-3f2a9c1d"),
+            ("dovesnap-opt-ovs.bridge.existing", "true"),
+        ];
+        let br = bridge(&attached, vec![port(&ep), foreign]);
+        let (net, bad) = network_of(&br).unwrap().unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(net.options.existing);
+        assert_eq!(net.marker(), EXT_ATTACHED_NETWORK_ID);
+        assert_eq!(net.endpoints.len(), 1);
+        assert_eq!(net.endpoints[EID].vlan, Some(7));
+        let mut bad_vlan = endpoint();
+        bad_vlan.vlan = Some(4095);
+        let br = bridge(&attached, vec![port(&bad_vlan)]);
+        let (net, bad) = network_of(&br).unwrap().unwrap();
+        assert!(
+            net.endpoints.is_empty() && bad[0].reason.contains("VLAN 4095"),
+            "{bad:?}"
+        );
+        // A marker that does not match the options is not trusted either way.
+        let b = network_of(&bridge(&attached[..3], vec![]))
+            .unwrap()
+            .unwrap_err();
+        assert!(b.reason.contains("mixes"), "{b:?}");
+        let mut both = attached.to_vec();
+        both[0].0 = EXT_NETWORK_ID;
+        assert!(network_of(&bridge(&both, vec![])).unwrap().is_err());
+        both.push((EXT_ATTACHED_NETWORK_ID, NID));
+        both.retain(|(k, _)| *k != "dovesnap-opt-ovs.bridge.existing");
+        assert!(network_of(&bridge(&both, vec![])).unwrap().is_err());
     }
 
     #[test]

@@ -432,6 +432,27 @@ pub(crate) fn set_port_external_id(port: &str, key: &str, value: &str) -> Txn {
     txn
 }
 
+/// Sets the `set` entries and removes the `remove` keys in the `external_ids` of
+/// bridge `bridge`, nothing else of it.
+pub(crate) fn update_bridge_external_ids(
+    bridge: &str,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> Txn {
+    let mut txn = Txn::default();
+    let keys = set.keys().chain(remove).map(|k| json!(k));
+    let pairs: Vec<Value> = set.iter().map(|(k, v)| json!([k, v])).collect();
+    txn.mutate(
+        "Bridge",
+        vec![eq("name", bridge)],
+        vec![
+            json!(["external_ids", "delete", datum::set(keys)]),
+            json!(["external_ids", "insert", ["map", pairs]]),
+        ],
+    );
+    txn
+}
+
 /// Removes port `uuid` (named `port`) from `bridge`; its interface goes with it.
 pub(crate) fn remove_port(bridge: &str, port: &str, uuid: &str) -> Change {
     let mut change = Change::new(format!("remove port {port} from bridge {bridge}"));

@@ -280,15 +280,34 @@ impl Ovsdb {
         key: &str,
         value: &str,
     ) -> Result<(), OvsdbError> {
-        let results = self
-            .read(&bridge::set_port_external_id(port, key, value))
-            .await?;
+        let txn = bridge::set_port_external_id(port, key, value);
+        if !self.mutated(&txn).await? {
+            return Err(OvsdbError::PortGone(port.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Runs a transaction of one mutation; whether it matched a row.
+    async fn mutated(&self, txn: &Txn) -> Result<bool, OvsdbError> {
+        let results = self.read(txn).await?;
         let count = results
             .first()
             .and_then(|r| r.get("count"))
             .and_then(Value::as_i64);
-        if count == Some(0) {
-            return Err(OvsdbError::PortGone(port.to_string()));
+        Ok(count != Some(0))
+    }
+
+    /// Sets `set` and removes `remove` in the `external_ids` of bridge `bridge`
+    /// (bookkeeping only, as [`Ovsdb::set_port_external_id`]); the bridge must exist.
+    pub async fn update_bridge_external_ids(
+        &self,
+        bridge: &str,
+        set: &std::collections::BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), OvsdbError> {
+        let txn = bridge::update_bridge_external_ids(bridge, set, remove);
+        if !self.mutated(&txn).await? {
+            return Err(OvsdbError::NoSuchBridge(bridge.to_string()));
         }
         Ok(())
     }
