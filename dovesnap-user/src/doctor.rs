@@ -131,6 +131,9 @@ pub struct Options {
     pub plugin_socket: PathBuf,
     /// The OVN northbound database to check (default: the host's settings).
     pub ovn_nb: Option<ovsdb::Remote>,
+    /// The daemon's `--nat-ports`: the translator's port range the host's own ranges
+    /// must stay clear of.
+    pub nat_ports: RangeInclusive<u16>,
 }
 
 impl Default for Options {
@@ -140,6 +143,7 @@ impl Default for Options {
             docker: PathBuf::from(DEFAULT_DOCKER_SOCKET),
             plugin_socket: PathBuf::from(DEFAULT_PLUGIN_SOCKET),
             ovn_nb: None,
+            nat_ports: TRANSLATOR_PORTS,
         }
     }
 }
@@ -167,8 +171,8 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     checks.push(check_nftables());
     checks.push(check_forward_policy());
     checks.push(check_ip_forward());
-    checks.push(check_local_port_range());
-    checks.push(check_reserved_ports());
+    checks.push(check_local_port_range(&opts.nat_ports));
+    checks.push(check_reserved_ports(&opts.nat_ports));
     checks.push(check_default_route());
     checks.extend(check_nat_fast_uplinks(ovs.as_ref().ok()).await);
     checks.push(check_host_rules(ovs.as_ref().ok()).await);
@@ -965,10 +969,10 @@ pub fn check_ip_forward() -> Check {
 }
 
 /// `net.ipv4.ip_local_port_range` must stay below the translator's ports.
-pub fn check_local_port_range() -> Check {
+pub fn check_local_port_range(translator: &RangeInclusive<u16>) -> Check {
     const NAME: &str = "local-port-range";
     match sysctl::local_port_range() {
-        Ok(range) => port_range_finding(range),
+        Ok(range) => port_range_finding(range, translator),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => Check::warn(
             NAME,
             e.to_string(),
@@ -983,16 +987,17 @@ pub fn check_local_port_range() -> Check {
 }
 
 /// The `local-port-range` finding for the kernel's ephemeral range.
-pub fn port_range_finding(range: RangeInclusive<u16>) -> Check {
+pub fn port_range_finding(range: RangeInclusive<u16>, translator: &RangeInclusive<u16>) -> Check {
     const NAME: &str = "local-port-range";
-    let (t0, t1) = (*TRANSLATOR_PORTS.start(), *TRANSLATOR_PORTS.end());
+    let (t0, t1) = (*translator.start(), *translator.end());
+    let which = nat_ports_name(translator);
     let (lo, hi) = (*range.start(), *range.end());
-    match overlap(&range, &TRANSLATOR_PORTS) {
+    match overlap(&range, translator) {
         None => Check::ok(
             NAME,
             format!(
                 "net.ipv4.ip_local_port_range = {lo} {hi}: clear of nat-fast's translator \
-                 ports {t0}-{t1} (the default --nat-ports)"
+                 ports {t0}-{t1} ({which})"
             ),
         ),
         Some(common) => {
@@ -1009,7 +1014,7 @@ pub fn port_range_finding(range: RangeInclusive<u16>) -> Check {
                 NAME,
                 format!(
                     "net.ipv4.ip_local_port_range = {lo} {hi} overlaps nat-fast's translator \
-                     ports {t0}-{t1} (the default --nat-ports; at {}-{}): a host connection \
+                     ports {t0}-{t1} ({which}; at {}-{}): a host connection \
                      and a translated one could take the same port towards the same remote, \
                      and the host's would lose its replies to the translator",
                     common.start(),
@@ -1026,11 +1031,11 @@ pub fn port_range_finding(range: RangeInclusive<u16>) -> Check {
 }
 
 /// `net.ipv4.ip_local_reserved_ports`: informational.
-pub fn check_reserved_ports() -> Check {
+pub fn check_reserved_ports(translator: &RangeInclusive<u16>) -> Check {
     const NAME: &str = "reserved-ports";
     match sysctl::read("net/ipv4/ip_local_reserved_ports") {
         Ok(v) => match parse_port_list(&v) {
-            Some(list) => reserved_finding(&v, &list),
+            Some(list) => reserved_finding(&v, &list, translator),
             None => Check::warn(
                 NAME,
                 format!("cannot parse net.ipv4.ip_local_reserved_ports `{v}`"),
@@ -1045,14 +1050,27 @@ pub fn check_reserved_ports() -> Check {
     }
 }
 
+/// `--nat-ports` as the findings name it: the default or the one given.
+fn nat_ports_name(translator: &RangeInclusive<u16>) -> &'static str {
+    if *translator == TRANSLATOR_PORTS {
+        "the default --nat-ports"
+    } else {
+        "--nat-ports"
+    }
+}
+
 /// The `reserved-ports` finding (always OK: it only informs).
-pub fn reserved_finding(raw: &str, list: &[RangeInclusive<u16>]) -> Check {
+pub fn reserved_finding(
+    raw: &str,
+    list: &[RangeInclusive<u16>],
+    translator: &RangeInclusive<u16>,
+) -> Check {
     const NAME: &str = "reserved-ports";
-    let (t0, t1) = (*TRANSLATOR_PORTS.start(), *TRANSLATOR_PORTS.end());
+    let (t0, t1) = (*translator.start(), *translator.end());
     if list.is_empty() {
         return Check::ok(NAME, "net.ipv4.ip_local_reserved_ports is empty");
     }
-    let covered = covered_ports(list, &TRANSLATOR_PORTS);
+    let covered = covered_ports(list, translator);
     let total = u32::from(t1 - t0) + 1;
     Check::ok(
         NAME,
@@ -1520,11 +1538,11 @@ mod tests {
 
     #[test]
     fn port_range_overlapping_the_translator_fails_with_the_sysctl() {
-        let ok = port_range_finding(32768..=60999);
+        let ok = port_range_finding(32768..=60999, &TRANSLATOR_PORTS);
         assert_eq!(ok.status, Status::Ok);
         assert_eq!(ok.fix, None);
 
-        let bad = port_range_finding(1024..=65535);
+        let bad = port_range_finding(1024..=65535, &TRANSLATOR_PORTS);
         assert_eq!(bad.status, Status::Fail);
         assert!(bad.detail.contains("1024-32767"), "{}", bad.detail);
         let fix = bad.fix.unwrap();
@@ -1534,16 +1552,25 @@ mod tests {
         );
 
         // A range entirely inside the translator's falls back to Linux's default.
-        let inside = port_range_finding(2000..=3000);
+        let inside = port_range_finding(2000..=3000, &TRANSLATOR_PORTS);
         assert!(inside.fix.unwrap().contains("\"32768 60999\""));
+
+        // Against the daemon's own --nat-ports, not the default.
+        let moved = port_range_finding(32768..=60999, &(40000..=50000));
+        assert_eq!(moved.status, Status::Fail);
+        assert!(
+            moved.detail.contains("40000-50000 (--nat-ports"),
+            "{}",
+            moved.detail
+        );
     }
 
     #[test]
     fn reserved_ports_only_inform() {
-        let none = reserved_finding("", &[]);
+        let none = reserved_finding("", &[], &TRANSLATOR_PORTS);
         assert_eq!(none.status, Status::Ok);
         assert!(none.detail.contains("empty"));
-        let some = reserved_finding("9000-9999\n", &[9000..=9999]);
+        let some = reserved_finding("9000-9999\n", &[9000..=9999], &TRANSLATOR_PORTS);
         assert_eq!(some.status, Status::Ok);
         assert!(some.detail.contains("1000 of the 31744"), "{}", some.detail);
     }

@@ -106,6 +106,10 @@ enum Cmd {
         /// find it, from this host's Open_vSwitch external_ids).
         #[arg(long, value_name = "REMOTE")]
         ovn_nb: Option<Remote>,
+        /// The daemon's --nat-ports, which the host's port ranges are checked against.
+        #[arg(long, value_name = "LO-HI", default_value = "1024-32767",
+              value_parser = dovesnap::fastpath::parse_nat_ports)]
+        nat_ports: std::ops::RangeInclusive<u16>,
     },
 }
 
@@ -186,11 +190,13 @@ fn main() -> Result<()> {
                 json,
                 ovsdb,
                 ovn_nb,
+                nat_ports,
             } => {
                 use dovesnap::doctor;
                 let opts = doctor::Options {
                     ovsdb,
                     ovn_nb,
+                    nat_ports,
                     ..doctor::Options::default()
                 };
                 let checks = doctor::run(&opts).await;
