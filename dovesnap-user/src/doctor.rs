@@ -291,15 +291,20 @@ pub async fn check_vswitchd(ovsdb_socket: &Path) -> Check {
     }
 }
 
+/// The finding of a check that needs ovsdb-server when it is unreachable.
+fn unchecked_without_ovsdb(name: &'static str) -> Check {
+    Check::warn(
+        name,
+        "not checked: ovsdb-server is unreachable",
+        "fix the `ovsdb` check first",
+    )
+}
+
 /// The datapath types ovs-vswitchd offers and the one dovesnap will give new bridges.
 pub async fn check_datapath(ovs: Option<&Ovsdb>) -> Check {
     const NAME: &str = "datapath";
     let Some(ovs) = ovs else {
-        return Check::warn(
-            NAME,
-            "not checked: ovsdb-server is unreachable",
-            "fix the `ovsdb` check first",
-        );
+        return unchecked_without_ovsdb(NAME);
     };
     let types = match tokio::time::timeout(SERVICE_TIMEOUT, ovs.datapath_types()).await {
         Ok(Ok(types)) => types,
@@ -329,11 +334,7 @@ pub async fn check_datapath(ovs: Option<&Ovsdb>) -> Check {
 pub async fn check_records(ovs: Option<&Ovsdb>) -> Check {
     const NAME: &str = "records";
     let Some(ovs) = ovs else {
-        return Check::warn(
-            NAME,
-            "not checked: ovsdb-server is unreachable",
-            "fix the `ovsdb` check first",
-        );
+        return unchecked_without_ovsdb(NAME);
     };
     let read = async {
         Ok::<_, ovsdb::OvsdbError>((ovs.list_bridges().await?, ovs.switch_external_ids().await?))
@@ -381,11 +382,7 @@ pub fn records_finding(bad: &[crate::control::BadRecord]) -> Check {
 /// matters for mode=overlay.
 pub async fn check_ovn(ovs: Option<&Ovsdb>, nb: Option<&ovsdb::Remote>) -> Vec<Check> {
     let Some(ovs) = ovs else {
-        return vec![Check::warn(
-            "ovn-chassis",
-            "not checked: ovsdb-server is unreachable",
-            "fix the `ovsdb` check first",
-        )];
+        return vec![unchecked_without_ovsdb("ovn-chassis")];
     };
     let ids = match tokio::time::timeout(SERVICE_TIMEOUT, ovs.switch_external_ids()).await {
         Ok(Ok(ids)) => ids,
@@ -804,24 +801,7 @@ pub async fn check_host_rules(ovs: Option<&Ovsdb>) -> Check {
     let mut subnets = Vec::new();
     if let Some(ovs) = ovs {
         if let Ok(bridges) = ovs.list_bridges().await {
-            let mode = format!(
-                "{}{}",
-                crate::driver::EXT_OPTION_PREFIX,
-                crate::options::MODE
-            );
-            subnets.extend(
-                bridges
-                    .iter()
-                    .filter(|b| b.external_ids.get(&mode).is_some_and(|m| m == "nat-fast"))
-                    .filter_map(|b| b.external_ids.get(crate::driver::EXT_NETWORK_IPAM))
-                    .filter_map(|ipam| {
-                        serde_json::from_str::<crate::driver::Ipam>(ipam)
-                            .ok()?
-                            .subnet?
-                            .parse::<crate::firewall::Ipv4Net>()
-                            .ok()
-                    }),
-            );
+            subnets = crate::driver::records::nat_fast_subnets(&bridges);
         }
     }
     match crate::firewall::hostrules::read(&subnets) {

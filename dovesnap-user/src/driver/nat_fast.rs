@@ -3,7 +3,6 @@
 //! lifetime (started with the first nat-fast endpoint).
 
 use super::*;
-use crate::firewall::hostrules;
 
 pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
     match p {
@@ -163,8 +162,7 @@ impl Driver {
             // pass them by.
             let mut subnets = fp.host_subnets();
             subnets.extend(subnet.filter(|s| !subnets.contains(s)));
-            let rules = hostrules::read_or_all(&subnets);
-            fp.set_host_rules(subnets, rules)?;
+            fp.follow_host_rules(subnets)?;
             fp.add_endpoint(&spec, &uplink)?;
             for p in fast_ports(&ep.published, uplink.addr) {
                 fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;

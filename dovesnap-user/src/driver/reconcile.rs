@@ -221,8 +221,7 @@ impl Driver {
             .collect();
         if !fast.is_empty() {
             self.if_fastpath(|fp| {
-                let rules = crate::firewall::hostrules::read_or_all(&fast);
-                if let Err(e) = fp.set_host_rules(fast, rules) {
+                if let Err(e) = fp.follow_host_rules(fast) {
                     warn!("reconcile: cannot bring nat-fast up to date with the host's forward rules: {e}");
                 }
             });

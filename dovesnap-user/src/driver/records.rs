@@ -269,6 +269,21 @@ pub(super) fn overlay_of(key: &str, json: &str) -> Option<Result<OverlayRead, Ba
 
 /// Every record of dovesnap's in OVSDB that cannot be trusted (what recovery would
 /// leave alone): for `dovesnap doctor`, which reads OVSDB itself.
+/// The subnets of the nat-fast networks recorded on `bridges`, read as recovery reads
+/// them (records that cannot be trusted are skipped): what `dovesnap doctor` judges the
+/// host's forward rules against.
+pub fn nat_fast_subnets(bridges: &[BridgeInfo]) -> Vec<Ipv4Net> {
+    bridges
+        .iter()
+        .filter_map(|br| match network_of(br)? {
+            Ok((net, _)) if net.options.mode == crate::options::Mode::NatFast => {
+                net.ipam.subnet.as_deref()?.parse().ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn audit(bridges: &[BridgeInfo], switch_ids: &BTreeMap<String, String>) -> Vec<BadRecord> {
     let mut bad = Vec::new();
     for br in bridges {

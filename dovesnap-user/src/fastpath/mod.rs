@@ -331,7 +331,8 @@ impl FastPath {
     /// resolver (on the current tokio runtime). Nothing is attached yet.
     pub fn start(config: FastPathConfig) -> Result<Self, FastPathError> {
         let ports = config.ports.clone();
-        if let Some((lo, hi)) = ephemeral_ports() {
+        if let Ok(range) = crate::host::sysctl::local_port_range() {
+            let (lo, hi) = (*range.start(), *range.end());
             if hi >= *ports.start() && lo <= *ports.end() {
                 warn!(
                     "net.ipv4.ip_local_port_range ({lo}-{hi}) overlaps the nat-fast \
@@ -693,16 +694,13 @@ impl FastPath {
         });
     }
 
-    /// Keeps on the kernel's path what the host's forward `rules` may drop (see
-    /// `firewall::hostrules`): when their compiled entries changed, the data plane hands
-    /// the sessions they newly cover to the kernel's conntrack and then rewrites
-    /// `HOSTFW`. Call it before the first endpoint goes on the fast path, and again
-    /// whenever the rules may have changed.
-    pub fn set_host_rules(
-        &mut self,
-        subnets: Vec<Ipv4Net>,
-        rules: Vec<HostRule>,
-    ) -> Result<(), FastPathError> {
+    /// Reads the host's forward rules, judged against the nat-fast `subnets`, and keeps
+    /// on the kernel's path what they may drop (see `firewall::hostrules`): when their
+    /// compiled entries changed, the data plane hands the sessions they newly cover to
+    /// the kernel's conntrack and then rewrites `HOSTFW`. Call it before the first
+    /// endpoint goes on the fast path, and again whenever the rules may have changed.
+    pub fn follow_host_rules(&mut self, subnets: Vec<Ipv4Net>) -> Result<(), FastPathError> {
+        let rules: Vec<HostRule> = hostrules::read_or_all(&subnets);
         let entries = hostrules::compile(&rules);
         self.host_rules = rules;
         self.host_subnets = subnets;
@@ -836,12 +834,6 @@ fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
             features,
         })
     }
-}
-
-/// The host's ephemeral port range (`net.ipv4.ip_local_port_range`).
-fn ephemeral_ports() -> Option<(u16, u16)> {
-    let range = crate::host::sysctl::local_port_range().ok()?;
-    Some((*range.start(), *range.end()))
 }
 
 /// The number of RX queues of `ifname` (one AF_XDP socket each): from the driver,
