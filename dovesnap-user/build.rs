@@ -1,5 +1,5 @@
 //! Builds the XDP program (`dovesnap-ebpf`, a `bpfel-unknown-none` binary) with
-//! aya-build and leaves the object at `$OUT_DIR/dovesnap-ebpf`, where `src/xdp.rs`
+//! aya-build and leaves the object at `$OUT_DIR/dovesnap-ebpf`, where `src/fastpath/xdp.rs`
 //! embeds it with `include_bytes_aligned!`.
 //!
 //! The eBPF build needs the nightly toolchain with `rust-src` (for `-Z build-std=core`)

@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use dovesnap::fastpath::xdp::XdpProgram;
 use dovesnap::fastpath::{EndpointSpec, FastPath, UplinkSpec};
 use dovesnap::firewall::{Firewall, Ipv4Net, NatNetwork, NftFirewall};
-use dovesnap::xdp::XdpProgram;
 use dovesnap_bench::report::Record;
 use dovesnap_testbed::cmd::{in_ns, in_ns_line, sh_line, veth_pair};
 
@@ -197,14 +197,14 @@ fn passive_xdp() -> Result<XdpProgram> {
 // sysfs shows the namespace it was mounted in, not the one this thread entered:
 // interface facts come from netlink (opened in `dsb-h`).
 fn ifindex(name: &str) -> Result<u32> {
-    let nl = dovesnap::netlink::Netlink::new()?;
+    let nl = dovesnap::host::netlink::Netlink::new()?;
     tokio::runtime::Handle::current()
         .block_on(nl.index(name))?
         .with_context(|| format!("no interface {name} in {NS_H}"))
 }
 
 fn mac_of(name: &str) -> Result<[u8; 6]> {
-    let nl = dovesnap::netlink::Netlink::new()?;
+    let nl = dovesnap::host::netlink::Netlink::new()?;
     tokio::runtime::Handle::current()
         .block_on(nl.mac(name))?
         .with_context(|| format!("no MAC on {name} in {NS_H}"))
@@ -264,7 +264,7 @@ impl PathState {
                 };
                 let c0_mac = {
                     let s = in_ns(NS_C, &["cat", "/sys/class/net/c0/address"])?;
-                    dovesnap::netlink::parse_mac(s.trim()).context("bad MAC")?
+                    dovesnap::host::netlink::parse_mac(s.trim()).context("bad MAC")?
                 };
                 let ep = EndpointSpec {
                     host_ifname: "h0".into(),

@@ -45,7 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use dovesnap::xdp::{AttachMode, XdpSink};
+use dovesnap::fastpath::xdp::{AttachMode, XdpSink};
 use dovesnap_testbed::frame::{self, set_l4_checksum, Csum, Ipv4Header, DF};
 use serde::{Deserialize, Serialize};
 

@@ -26,14 +26,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::afxdp::{AfXdpError, Xsk, XskConfig};
+use crate::fastpath::afxdp::{AfXdpError, Xsk, XskConfig};
+use crate::fastpath::xdp::{XdpError, XdpProgram};
 use crate::fastpath::TRANSLATOR_PORTS;
 use crate::firewall::NftFirewall;
 use crate::host::sysctl;
-use crate::options::NAT_UPLINK;
 use crate::ovsdb::{self, Ovsdb};
-use crate::server::DEFAULT_PLUGIN_SOCKET;
-use crate::xdp::{XdpError, XdpProgram};
+use crate::plugin::options::NAT_UPLINK;
+use crate::plugin::server::DEFAULT_PLUGIN_SOCKET;
 
 /// Where dockerd serves its API.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -358,7 +358,7 @@ pub async fn check_records(ovs: Option<&Ovsdb>) -> Check {
 }
 
 /// The `records` finding for the records that cannot be trusted.
-pub fn records_finding(bad: &[crate::control::BadRecord]) -> Check {
+pub fn records_finding(bad: &[crate::daemon::control::BadRecord]) -> Check {
     if bad.is_empty() {
         return Check::ok("records", "every dovesnap record in OVSDB reads");
     }
@@ -1115,14 +1115,17 @@ pub async fn check_nat_fast_uplinks(ovs: Option<&Ovsdb>) -> Vec<Check> {
             let features = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
                 .map_err(|e| e.to_string())
                 .and_then(|i| i.trim().parse::<u32>().map_err(|e| e.to_string()))
-                .and_then(|i| crate::netdev::query(i).map_err(|e| e.to_string()));
+                .and_then(|i| crate::host::netdev::query(i).map_err(|e| e.to_string()));
             uplink_finding(name, features)
         })
         .collect()
 }
 
 /// The finding for nat-fast uplink `name` with the XDP features the kernel reported.
-pub fn uplink_finding(name: &str, features: Result<crate::netdev::XdpFeatures, String>) -> Check {
+pub fn uplink_finding(
+    name: &str,
+    features: Result<crate::host::netdev::XdpFeatures, String>,
+) -> Check {
     const NAME: &str = "nat-fast-uplink";
     match features {
         Err(e) => Check::warn(
@@ -1412,7 +1415,7 @@ mod tests {
     #[test]
     fn records_finding_names_each_bad_record() {
         assert_eq!(records_finding(&[]).status, Status::Ok);
-        let bad = crate::control::BadRecord {
+        let bad = crate::daemon::control::BadRecord {
             record: "port ovsv9f8e7d6c5b".into(),
             id: "9f8e7d6c5b4a".into(),
             reason: "sandbox \"/proc/1/ns/net\" is not ...".into(),
@@ -1575,7 +1578,7 @@ mod tests {
 
     #[test]
     fn uplink_findings_say_what_nat_fast_does() {
-        use crate::netdev::XdpFeatures;
+        use crate::host::netdev::XdpFeatures;
         let full = uplink_finding("eth0", Ok(XdpFeatures(1 | 2 | 4)));
         assert_eq!(full.status, Status::Ok);
         assert!(full.detail.contains("offloads both ways"), "{full:?}");

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::api::{
+use crate::firewall::{parse_exposed_ports, parse_port_map, EXPOSED_PORTS_OPTION, PORT_MAP_OPTION};
+use crate::plugin::api::{
     AllocateNetworkRequest, CreateEndpointRequest, CreateNetworkRequest, DiscoveryNotification,
     EndpointRequest, JoinRequest, NetworkRequest, ProgramExternalConnectivityRequest,
 };
-use crate::firewall::{parse_exposed_ports, parse_port_map, EXPOSED_PORTS_OPTION, PORT_MAP_OPTION};
-use crate::options::NetworkOptions;
+use crate::plugin::options::NetworkOptions;
 use crate::translator::wire::{EthernetFrame, Ipv4Packet, ETHERTYPE_IPV4};
 use crate::translator::{
     Config, EndpointInfo, PortEvent, Protocol, Stats, Timeouts, Translator, Verdict,

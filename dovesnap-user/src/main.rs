@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-use dovesnap::control::{self, DEFAULT_CONTROL_SOCKET};
+use dovesnap::daemon::control::{self, DEFAULT_CONTROL_SOCKET};
+use dovesnap::daemon::metrics::DEFAULT_METRICS_ADDR;
 use dovesnap::driver::Driver;
 use dovesnap::firewall::NftFirewall;
-use dovesnap::metrics::DEFAULT_METRICS_ADDR;
-use dovesnap::netlink::Netlink;
+use dovesnap::host::netlink::Netlink;
 use dovesnap::ovsdb::{Ovsdb, Remote, DEFAULT_SOCKET as DEFAULT_OVSDB_SOCKET};
-use dovesnap::server::{self, DEFAULT_PLUGIN_SOCKET};
+use dovesnap::plugin::server::{self, DEFAULT_PLUGIN_SOCKET};
 
 #[derive(Parser)]
 #[command(
@@ -286,7 +286,7 @@ async fn daemon(settings: Settings) -> Result<()> {
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
             info!(%addr, "serving Prometheus metrics on /metrics");
             let mut rx3 = tx.subscribe();
-            Some(tokio::spawn(dovesnap::metrics::serve_metrics(
+            Some(tokio::spawn(dovesnap::daemon::metrics::serve_metrics(
                 listener,
                 driver.clone(),
                 async move {

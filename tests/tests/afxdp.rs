@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dovesnap::afxdp::{AfXdpError, FrameState, PortId, Rx, Xsk, XskConfig, XskStats};
+use dovesnap::fastpath::afxdp::{AfXdpError, FrameState, PortId, Rx, Xsk, XskConfig, XskStats};
 use dovesnap_tests::{require_root, sh, Netns, Veth};
 
 /// Whether `ip link show dev IF` reports an XDP program.

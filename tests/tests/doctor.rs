@@ -86,7 +86,7 @@ fn doctor_reports_a_healthy_host_as_json() {
 fn doctor_says_when_a_daemon_holds_the_afxdp_anchor() {
     require_root();
     // Hold the anchor socket on lo queue 0 as a running daemon's translator does.
-    let held = dovesnap::afxdp::Xsk::new(dovesnap::afxdp::XskConfig::default())
+    let held = dovesnap::fastpath::afxdp::Xsk::new(dovesnap::fastpath::afxdp::XskConfig::default())
         .expect("cannot create an AF_XDP socket on lo (is another one bound there?)");
     let (checks, _, all) = doctor();
     drop(held);

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
-use dovesnap::xdp::{
+use dovesnap::fastpath::xdp::{
     be_addr, steered_session_key, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram,
     IFACE_ENDPOINT, IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
@@ -740,7 +740,7 @@ struct Case {
     frame: Vec<u8>,
     ifindex: u32,
     queue: u32,
-    expected: dovesnap::xdp::Counter,
+    expected: dovesnap::fastpath::xdp::Counter,
 }
 
 /// Every decision, on crafted frames run through the loaded program with
@@ -788,7 +788,7 @@ fn steering_decisions_on_crafted_frames() {
         let mut truncated = e(PROTO_UDP, 64, 0, false, &udp(1, 2));
         truncated.truncate(14 + 12);
 
-        use dovesnap::xdp::Counter as C;
+        use dovesnap::fastpath::xdp::Counter as C;
         // Frames from the container: to the far side (`e`), or to `dst` (`to`).
         let to =
             |dst, proto, frag, l4: &[u8]| ipv4_frame(gw, ours, dst, proto, 64, frag, false, l4);
@@ -962,7 +962,7 @@ fn steering_decisions_on_crafted_frames() {
     assert_gone(&names);
 }
 
-const MAX_SLOT: u32 = dovesnap::xdp::MAX_XSKS;
+const MAX_SLOT: u32 = dovesnap::fastpath::xdp::MAX_XSKS;
 
 /// An IPv4 frame with every checksum right: Ethernet `src_mac` -> `dst_mac`, IHL 5,
 /// `ttl`, then a TCP segment (`flags`, data offset 5) or a UDP datagram (`udp_sum`: with

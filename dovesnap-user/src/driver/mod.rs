@@ -40,18 +40,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::api::{self, ApiError, ApiResult, NetworkDriver};
-use crate::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::daemon::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
 use crate::host::ethtool::{disable_tx_checksum, enable_gro};
-use crate::netlink::{format_mac, link_mac, parse_mac, Netlink};
-use crate::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
+use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
+use crate::plugin::api::{self, ApiError, ApiResult, NetworkDriver};
+use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
 
 mod model;
 mod nat;
@@ -124,7 +124,7 @@ pub struct Driver {
     /// What the reconciler saw and repaired.
     reconciler: reconcile::State,
     /// The records recovery could not trust (and left alone).
-    bad_records: std::sync::Mutex<Vec<crate::control::BadRecord>>,
+    bad_records: std::sync::Mutex<Vec<crate::daemon::control::BadRecord>>,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
@@ -175,7 +175,7 @@ impl Driver {
         &self,
         net: &Network,
         name: &str,
-    ) -> Result<(), crate::netlink::NetlinkError> {
+    ) -> Result<(), crate::host::netlink::NetlinkError> {
         if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
             disable_tx_checksum(name)?;
         }
@@ -855,6 +855,6 @@ fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {
     ApiError::new(e.to_string())
 }
 
-fn nl_err(e: crate::netlink::NetlinkError) -> ApiError {
+fn nl_err(e: crate::host::netlink::NetlinkError) -> ApiError {
     ApiError::new(e.to_string())
 }

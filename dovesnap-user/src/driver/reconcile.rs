@@ -48,8 +48,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::{bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network};
-use crate::netlink::{Netlink, NetlinkError};
-use crate::options::Mode;
+use crate::host::netlink::{Netlink, NetlinkError};
+use crate::plugin::options::Mode;
 use crate::translator::wire::ArpRepr;
 
 /// The reconciler's memory between passes.
@@ -60,7 +60,7 @@ pub(super) struct State {
     /// Repairs made since start, by kind.
     repairs: Mutex<BTreeMap<&'static str, u64>>,
     /// Passes and failed passes (see [`Driver::reconcile_supervised`]).
-    health: Mutex<crate::control::ReconcilerHealth>,
+    health: Mutex<crate::daemon::control::ReconcilerHealth>,
 }
 
 impl State {
@@ -98,7 +98,7 @@ impl Driver {
     }
 
     /// The reconciler's passes and failures.
-    pub fn reconciler_health(&self) -> crate::control::ReconcilerHealth {
+    pub fn reconciler_health(&self) -> crate::daemon::control::ReconcilerHealth {
         self.reconciler
             .health
             .lock()
@@ -405,7 +405,7 @@ impl Driver {
     ) -> Result<String, String> {
         let netns = std::fs::File::open(sandbox)
             .map_err(|e| format!("cannot open the container's namespace {sandbox}: {e}"))?;
-        let mac = crate::netlink::parse_mac(&ep.mac);
+        let mac = crate::host::netlink::parse_mac(&ep.mac);
         let nl = |e: NetlinkError| e.to_string();
         self.netlink
             .delete(&ep.container_ifname)

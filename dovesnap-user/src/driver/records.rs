@@ -17,11 +17,11 @@ use super::{
     EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
-use crate::control::BadRecord;
+use crate::daemon::control::BadRecord;
 use crate::firewall::Ipv4Net;
-use crate::netlink::parse_mac;
-use crate::options::NetworkOptions;
+use crate::host::netlink::parse_mac;
 use crate::ovsdb::{BridgeInfo, PortInfo, Remote};
+use crate::plugin::options::NetworkOptions;
 
 /// Where Docker keeps its containers' network namespaces (its sandbox keys), with and
 /// without the `/var/run` -> `/run` link.
@@ -276,7 +276,7 @@ pub fn nat_fast_subnets(bridges: &[BridgeInfo]) -> Vec<Ipv4Net> {
     bridges
         .iter()
         .filter_map(|br| match network_of(br)? {
-            Ok((net, _)) if net.options.mode == crate::options::Mode::NatFast => {
+            Ok((net, _)) if net.options.mode == crate::plugin::options::Mode::NatFast => {
                 net.ipam.subnet.as_deref()?.parse().ok()
             }
             _ => None,

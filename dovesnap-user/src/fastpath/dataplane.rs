@@ -22,12 +22,12 @@ use dovesnap_ebpf::{FlowKey, PortKey};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
-use crate::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
-use crate::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
+use crate::fastpath::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
+use crate::fastpath::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
+use crate::fastpath::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 use crate::translator::{
     Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
-use crate::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 
 use super::offload::{self, EndpointPath, Offloads, UplinkPath};
 use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
@@ -107,7 +107,7 @@ impl Waker {
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("cannot set up AF_XDP: {0}")]
-    AfXdp(crate::afxdp::AfXdpError),
+    AfXdp(crate::fastpath::afxdp::AfXdpError),
     #[error("no nat-fast uplink {0}")]
     NoUplink(String),
     #[error("uplink {0} is already in use by the translator")]
@@ -116,7 +116,7 @@ pub enum DataplaneError {
     Socket {
         ifname: String,
         queue: u32,
-        cause: crate::afxdp::AfXdpError,
+        cause: crate::fastpath::afxdp::AfXdpError,
     },
     #[error("cannot register the AF_XDP socket of {ifname}: {cause}")]
     Register { ifname: String, cause: XdpError },
@@ -173,7 +173,7 @@ pub enum Command {
     /// sessions went.
     HostFilter {
         entries: Vec<([u8; 4], u8, HostFwMatch)>,
-        reply: Sender<Result<crate::conntrack::Handed, DataplaneError>>,
+        reply: Sender<Result<crate::fastpath::conntrack::Handed, DataplaneError>>,
     },
     Status {
         reply: Sender<DataplaneStatus>,
@@ -360,7 +360,7 @@ pub struct Dataplane {
     waker: std::sync::Arc<Waker>,
     offloads: Offloads,
     /// Asks the kernel for devices' XDP features (`None`: it cannot answer).
-    netdev: Option<crate::netdev::Querier>,
+    netdev: Option<crate::host::netdev::Querier>,
     /// Shared with the watchdog and status (see [`super::supervisor`]).
     health: std::sync::Arc<Health>,
     backoff: Backoff,
@@ -400,7 +400,7 @@ impl Dataplane {
             last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
-            netdev: crate::netdev::Querier::new()
+            netdev: crate::host::netdev::Querier::new()
                 .inspect_err(|e| {
                     warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
                 })
@@ -483,7 +483,7 @@ impl Dataplane {
             return;
         }
         self.forget_kernel_entries_at = None;
-        let ct = match crate::conntrack::Conntrack::open() {
+        let ct = match crate::fastpath::conntrack::Conntrack::open() {
             Ok(c) => c,
             Err(e) => {
                 warn!("nat-fast: cannot open conntrack to clear taken-over entries: {e}");
@@ -493,7 +493,9 @@ impl Dataplane {
         let mut failed = 0u64;
         for up in self.uplinks.iter().flatten() {
             for s in up.translator.sessions() {
-                if let Some(e) = crate::conntrack::Entry::of_session(&s, up.external_ip, now) {
+                if let Some(e) =
+                    crate::fastpath::conntrack::Entry::of_session(&s, up.external_ip, now)
+                {
                     failed += u64::from(ct.forget(&e).is_err());
                 }
             }
@@ -507,13 +509,13 @@ impl Dataplane {
     }
 
     /// Every live TCP/UDP session, as the conntrack entry that carries it on.
-    fn kernel_entries(&self, now: Instant) -> Vec<crate::conntrack::Entry> {
+    fn kernel_entries(&self, now: Instant) -> Vec<crate::fastpath::conntrack::Entry> {
         self.uplinks
             .iter()
             .flatten()
             .flat_map(|up| {
                 up.translator.sessions().filter_map(move |s| {
-                    crate::conntrack::Entry::from_session(&s, up.external_ip, now)
+                    crate::fastpath::conntrack::Entry::from_session(&s, up.external_ip, now)
                 })
             })
             .collect()
@@ -524,7 +526,7 @@ impl Dataplane {
     fn set_host_filter(
         &mut self,
         entries: Vec<([u8; 4], u8, HostFwMatch)>,
-    ) -> Result<crate::conntrack::Handed, DataplaneError> {
+    ) -> Result<crate::fastpath::conntrack::Handed, DataplaneError> {
         use crate::firewall::hostrules::covered;
         let now = Instant::now();
         let old = std::mem::take(&mut self.host_filter);
@@ -542,18 +544,20 @@ impl Dataplane {
                 up.translator
                     .sessions()
                     .filter(|s| newly(s))
-                    .filter_map(|s| crate::conntrack::Entry::from_session(&s, up.external_ip, now))
+                    .filter_map(|s| {
+                        crate::fastpath::conntrack::Entry::from_session(&s, up.external_ip, now)
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
         let handed = if moving.is_empty() {
-            crate::conntrack::Handed::default()
+            crate::fastpath::conntrack::Handed::default()
         } else {
-            match crate::conntrack::Conntrack::open() {
+            match crate::fastpath::conntrack::Conntrack::open() {
                 Ok(ct) => ct.hand_over(moving),
                 Err(e) => {
                     warn!("nat-fast: cannot open conntrack to hand over sessions the host's rules now cover: {e}");
-                    crate::conntrack::Handed::default()
+                    crate::fastpath::conntrack::Handed::default()
                 }
             }
         };
@@ -564,9 +568,9 @@ impl Dataplane {
     }
 
     /// Hands every live TCP/UDP session to conntrack, with the same mapping.
-    fn hand_over(&self) -> std::io::Result<crate::conntrack::Handed> {
+    fn hand_over(&self) -> std::io::Result<crate::fastpath::conntrack::Handed> {
         let entries = self.kernel_entries(Instant::now());
-        Ok(crate::conntrack::Conntrack::open()?.hand_over(entries))
+        Ok(crate::fastpath::conntrack::Conntrack::open()?.hand_over(entries))
     }
 
     /// Follows the supervision's state at each turn of the loop.
@@ -1248,7 +1252,7 @@ impl Dataplane {
     /// a shutdown, and those the kernel started while the fast path was off.
     fn adopt_from_kernel(&mut self, only: Option<Ipv4Addr>) {
         use crate::translator::session::Adoptee;
-        let flows = match crate::conntrack::Conntrack::open().and_then(|c| c.list()) {
+        let flows = match crate::fastpath::conntrack::Conntrack::open().and_then(|c| c.list()) {
             Ok(f) => f,
             Err(e) => {
                 warn!("nat-fast: cannot read the kernel's conntrack, no flow taken over: {e}");
@@ -1486,7 +1490,7 @@ pub fn session_key(
     port: u16,
     remote: std::net::SocketAddrV4,
 ) -> FlowKey {
-    crate::xdp::steered_session_key(
+    crate::fastpath::xdp::steered_session_key(
         addr.octets(),
         port,
         remote.ip().octets(),

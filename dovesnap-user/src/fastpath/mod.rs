@@ -18,9 +18,13 @@
 //! while no socket is registered, goes through the kernel path (netfilter NAT with
 //! [`FastPathConfig::kernel_masquerade_ports`], clear of the translator's ports).
 
+pub mod afxdp;
+pub mod conntrack;
 pub mod dataplane;
+pub mod nexthop;
 pub mod offload;
 pub mod supervisor;
+pub mod xdp;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -32,12 +36,11 @@ use dovesnap_ebpf::{IfaceConfig, IFACE_ENDPOINT, IFACE_UPLINK};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::afxdp::XskConfig;
+use crate::fastpath::afxdp::XskConfig;
+use crate::fastpath::xdp::{XdpError, XdpProgram};
 use crate::firewall::hostrules::{self, HostRule};
 use crate::firewall::Ipv4Net;
-use crate::nexthop;
 use crate::translator::{Config, Protocol, Timeouts};
-use crate::xdp::{XdpError, XdpProgram};
 pub use dataplane::Fault;
 use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
 use supervisor::{Health, HealthStatus, Watchdog};
@@ -238,7 +241,7 @@ pub enum FastPathError {
     )]
     GenericXdp {
         ifname: String,
-        features: crate::netdev::XdpFeatures,
+        features: crate::host::netdev::XdpFeatures,
     },
     #[error("nat-fast: cannot ask the kernel for {ifname}'s XDP features: {cause}")]
     Features { ifname: String, cause: String },
@@ -322,7 +325,7 @@ pub struct FastPath {
     slots: Vec<bool>,
     /// The host's forward rules last read, and what `HOSTFW` holds for them.
     host_rules: Vec<HostRule>,
-    host_entries: Vec<([u8; 4], u8, crate::xdp::HostFwMatch)>,
+    host_entries: Vec<([u8; 4], u8, crate::fastpath::xdp::HostFwMatch)>,
     host_subnets: Vec<Ipv4Net>,
 }
 
@@ -346,7 +349,8 @@ impl FastPath {
         }
         // Room in the steering map for every uplink's full table (not preallocated).
         let steered = u32::try_from(config.max_sessions.saturating_mul(2)).unwrap_or(u32::MAX);
-        let mut xdp = XdpProgram::load_sized(steered.max(crate::xdp::MAX_STEERED_SESSIONS))?;
+        let mut xdp =
+            XdpProgram::load_sized(steered.max(crate::fastpath::xdp::MAX_STEERED_SESSIONS))?;
         let maps = xdp.take_dataplane_maps()?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let (resolver, _task) =
@@ -822,7 +826,7 @@ impl Drop for FastPath {
 
 /// Refuses an interface whose driver cannot run XDP itself.
 fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
-    let features = crate::netdev::query(ifindex).map_err(|e| FastPathError::Features {
+    let features = crate::host::netdev::query(ifindex).map_err(|e| FastPathError::Features {
         ifname: ifname.to_string(),
         cause: e.to_string(),
     })?;

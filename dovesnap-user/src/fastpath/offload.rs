@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use dovesnap_ebpf::{be_addr, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
+use crate::fastpath::xdp::{DataplaneMaps, XdpError};
 use crate::translator::{Offloaded, Protocol};
-use crate::xdp::{DataplaneMaps, XdpError};
 
 /// Where an uplink's offloaded frames leave from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct UplinkPath {
     pub mtu: u16,
     /// The translated-to address.
     pub external_ip: Ipv4Addr,
-    /// Frames redirected to it by XDP are sent ([`crate::netdev::XdpFeatures`]).
+    /// Frames redirected to it by XDP are sent ([`crate::host::netdev::XdpFeatures`]).
     pub redirect_target: bool,
 }
 
@@ -166,7 +166,7 @@ pub enum NotOffloaded {
     #[error("{0}")]
     Unregistered(&'static str),
     #[error(transparent)]
-    Map(#[from] crate::xdp::XdpError),
+    Map(#[from] crate::fastpath::xdp::XdpError),
 }
 
 impl NotOffloaded {

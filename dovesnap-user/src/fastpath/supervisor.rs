@@ -3,7 +3,7 @@
 //!
 //! - **Panic**: the thread catches it ([`super::dataplane::Dataplane::supervise`]),
 //!   hands every live TCP/UDP session to the kernel's conntrack with the translator's
-//!   own mapping ([`crate::conntrack`]), and turns the XDP program's bypass on: every
+//!   own mapping ([`crate::fastpath::conntrack`]), and turns the XDP program's bypass on: every
 //!   frame takes the kernel's nat path, which nat-fast networks always carry, so
 //!   connections go on. After a backoff ([`Backoff`]) the fast path comes back with
 //!   the same sessions and mappings.
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use crate::xdp::Bypass;
+use crate::fastpath::xdp::Bypass;
 
 /// A loop turn at least this late means the thread is stuck (it turns at least every
 /// 100 ms when idle).
@@ -93,7 +93,7 @@ pub struct Health {
     handover_failed: AtomicU64,
     detail: Mutex<Detail>,
     /// The sessions as conntrack entries, for the watchdog to hand over after a stall.
-    snapshot: Mutex<Vec<crate::conntrack::Entry>>,
+    snapshot: Mutex<Vec<crate::fastpath::conntrack::Entry>>,
 }
 
 impl Default for Health {
@@ -177,11 +177,11 @@ impl Health {
     }
 
     /// The thread's sessions now (see [`SNAPSHOT_EVERY`]).
-    pub fn set_snapshot(&self, entries: Vec<crate::conntrack::Entry>) {
+    pub fn set_snapshot(&self, entries: Vec<crate::fastpath::conntrack::Entry>) {
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = entries;
     }
 
-    fn take_snapshot(&self) -> Vec<crate::conntrack::Entry> {
+    fn take_snapshot(&self) -> Vec<crate::fastpath::conntrack::Entry> {
         std::mem::take(&mut *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -273,7 +273,7 @@ impl Watchdog {
                         error!("nat-fast: {why}: every nat-fast frame goes to the kernel's path");
                         // Its sessions first, as after a panic, from its last snapshot.
                         let entries = h.take_snapshot();
-                        match crate::conntrack::Conntrack::open() {
+                        match crate::fastpath::conntrack::Conntrack::open() {
                             Ok(ct) => {
                                 let handed = ct.hand_over(entries);
                                 h.handed_over(handed.created, handed.failed);

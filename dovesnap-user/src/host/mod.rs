@@ -1,9 +1,14 @@
 //! Facts of the host every part reads the same way: kernel settings ([`sysctl`]),
-//! typed addresses ([`addr`]) and interface ioctls ([`ethtool`]).
+//! typed addresses ([`addr`]), interface ioctls ([`ethtool`]), links through rtnetlink
+//! ([`netlink`]), a device's XDP features ([`netdev`]) and the raw netlink messages
+//! both read ([`nlmsg`]).
 //!
 //! One reader per fact, so that the driver, the fast path, the firewall and the doctor
 //! never disagree on how a value is parsed.
 
 pub mod addr;
 pub mod ethtool;
+pub mod netdev;
+pub mod netlink;
+pub mod nlmsg;
 pub mod sysctl;

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::api::{ErrorResponse, CONTENT_TYPE};
+use crate::plugin::api::{ErrorResponse, CONTENT_TYPE};
 
 /// How long a client may take to send the request headers. hyper starts this timer
 /// when a connection opens and again after each answer, so it also closes a

@@ -6,7 +6,7 @@
 //! the wire format. Every request type accepts unknown fields: newer Docker engines add
 //! fields, and refusing them would break the plugin on an engine upgrade.
 //!
-//! The server ([`crate::server`]) decodes a request, calls the matching
+//! The server ([`crate::plugin::server`]) decodes a request, calls the matching
 //! [`NetworkDriver`] method and encodes the answer; a driver error becomes
 //! `{"Err": "..."}`.
 

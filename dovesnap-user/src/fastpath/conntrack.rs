@@ -10,7 +10,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::nlmsg::{
+use crate::host::nlmsg::{
     attributes, message, nest, nested, Socket, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_EXCL, NLM_F_REQUEST,
 };
@@ -396,7 +396,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nlmsg::attributes;
+    use crate::host::nlmsg::attributes;
 
     fn view(protocol: Protocol, state: &'static str, published: Option<u16>) -> SessionView {
         let now = Instant::now();

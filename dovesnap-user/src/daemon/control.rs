@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
-use crate::api::ErrorResponse;
-use crate::http::{bind_private_socket, json_response_as, serve_unix};
+use crate::daemon::http::{bind_private_socket, json_response_as, serve_unix};
+use crate::plugin::api::ErrorResponse;
 
 /// Where the daemon serves its control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dovesnap/dovesnap.sock";
@@ -187,7 +187,7 @@ pub enum ControlError {
 }
 
 /// Binds the control socket at `path` (normally [`DEFAULT_CONTROL_SOCKET`]), as
-/// [`crate::server::bind_plugin_socket`] does: parent directory created, stale socket
+/// [`crate::plugin::server::bind_plugin_socket`] does: parent directory created, stale socket
 /// replaced, a live one refused, mode 0600.
 ///
 /// Must be called from within a Tokio runtime.
@@ -559,7 +559,7 @@ fn nonzero(counters: &[(String, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::testutil::{request, TempDir};
+    use crate::daemon::http::testutil::{request, TempDir};
     use tokio::sync::oneshot;
 
     fn sample() -> Status {

@@ -1,6 +1,6 @@
 //! `docker network create -o KEY=VALUE` options, parsed and validated.
 //!
-//! Docker hands the `-o` pairs to the driver under [`crate::api::GENERIC_OPTIONS`] as a
+//! Docker hands the `-o` pairs to the driver under [`crate::plugin::api::GENERIC_OPTIONS`] as a
 //! JSON object. The CLI always sends strings, but Docker API clients may send booleans
 //! or numbers, so those are accepted too and read as their JSON text.
 //!
@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
-use crate::api::GENERIC_OPTIONS;
+use crate::plugin::api::GENERIC_OPTIONS;
 
 /// `mode`: how containers reach the outside world.
 pub const MODE: &str = "mode";

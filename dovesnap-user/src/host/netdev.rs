@@ -15,7 +15,7 @@
 
 use std::io;
 
-use crate::nlmsg::{attributes, message, Socket, NLM_F_REQUEST};
+use crate::host::nlmsg::{attributes, message, Socket, NLM_F_REQUEST};
 
 /// `enum netdev_xdp_act` (include/uapi/linux/netdev.h).
 const XDP_ACT_BASIC: u64 = 1;
@@ -142,7 +142,7 @@ fn parse_xdp_features(reply: &[u8]) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nlmsg::NLMSG_ERROR;
+    use crate::host::nlmsg::NLMSG_ERROR;
 
     /// A reply as the kernel sends it: header, generic header, attributes.
     fn reply(kind: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {

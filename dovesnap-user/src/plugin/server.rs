@@ -2,7 +2,7 @@
 //!
 //! Docker finds the plugin by its socket file (`/run/docker/plugins/ovs.sock` makes
 //! the driver `ovs`) and POSTs JSON to `/Plugin.Activate` and `/NetworkDriver.*`. Each
-//! call is decoded into the [`crate::api`] request type and handed to the
+//! call is decoded into the [`crate::plugin::api`] request type and handed to the
 //! [`NetworkDriver`]; the answer goes back as JSON with [`CONTENT_TYPE`].
 //!
 //! Status codes: a driver error is `200 {"Err": "..."}`, which is what Docker shows to
@@ -21,7 +21,7 @@
 //! still running.
 //!
 //! The accept loop (`serve_unix`) is shared with the control socket
-//! ([`crate::control`]).
+//! ([`crate::daemon::control`]).
 
 use std::future::Future;
 use std::io;
@@ -40,12 +40,12 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::api::{
+use crate::daemon::http::{bind_private_socket, error_response, json_response, serve_unix};
+use crate::plugin::api::{
     ActivateResponse, AllocateNetworkRequest, ApiResult, CreateEndpointRequest,
     CreateNetworkRequest, EndpointRequest, JoinRequest, NetworkDriver, NetworkRequest,
     ProgramExternalConnectivityRequest,
 };
-use crate::http::{bind_private_socket, error_response, json_response, serve_unix};
 
 /// Where Docker looks for the plugin; the file name is the driver name (`ovs`).
 pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
@@ -614,8 +614,8 @@ async fn read_body(route: Route, req: Request<Incoming>) -> Result<Bytes, Respon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::*;
-    use crate::http::testutil::{request, TempDir};
+    use crate::daemon::http::testutil::{request, TempDir};
+    use crate::plugin::api::*;
     use serde_json::{json, Value};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     use std::path::PathBuf;
