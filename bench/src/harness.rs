@@ -39,7 +39,8 @@ use serde_json::Value;
 
 use dovesnap::fastpath::xdp::XdpProgram;
 use dovesnap::fastpath::{EndpointSpec, FastPath, UplinkSpec};
-use dovesnap::firewall::{Firewall, Ipv4Net, NatNetwork, NftFirewall};
+use dovesnap::firewall::{Firewall, NatNetwork, NftFirewall};
+use dovesnap::host::addr::Ipv4Net;
 use dovesnap_bench::report::Record;
 use dovesnap_testbed::cmd::{in_ns, in_ns_line, sh_line, veth_pair};
 

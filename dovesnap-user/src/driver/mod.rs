@@ -44,8 +44,9 @@ use crate::daemon::control::{EndpointStatus, NetworkStatus, Status, StatusSource
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
-    Ipv4Net, NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
+    NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
+use crate::host::addr::Ipv4Net;
 use crate::host::ethtool::{disable_tx_checksum, enable_gro};
 use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};

@@ -18,7 +18,7 @@ use super::{
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
 use crate::daemon::control::BadRecord;
-use crate::firewall::Ipv4Net;
+use crate::host::addr::Ipv4Net;
 use crate::host::netlink::parse_mac;
 use crate::ovsdb::{BridgeInfo, PortInfo, Remote};
 use crate::plugin::options::NetworkOptions;

@@ -39,7 +39,7 @@ use tracing::{info, warn};
 use crate::fastpath::afxdp::XskConfig;
 use crate::fastpath::xdp::{XdpError, XdpProgram};
 use crate::firewall::hostrules::{self, HostRule};
-use crate::firewall::Ipv4Net;
+use crate::host::addr::Ipv4Net;
 use crate::translator::{Config, Protocol, Timeouts};
 pub use dataplane::Fault;
 use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};

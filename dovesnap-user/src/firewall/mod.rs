@@ -38,12 +38,10 @@ mod iptables;
 pub mod nft;
 mod ports;
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 use std::time::Duration;
 
-use crate::host::addr::Ipv4Cidr;
+use crate::host::addr::Ipv4Net;
 pub use nft::NftFirewall;
 pub use ports::{
     parse_exposed_ports, parse_port_map, ExposedPort, PortMapping, PortRange, Proto, PublishedPort,
@@ -57,73 +55,6 @@ pub const TAG_PREFIX: &str = "dovesnap:";
 /// Number of characters of a Docker id used in chain names and comments (Docker's
 /// own short id length).
 pub const SHORT_ID_LEN: usize = 12;
-
-/// An IPv4 subnet: network address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Net {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
-
-impl Ipv4Net {
-    /// The subnet of `addr/prefix`; host bits of `addr` are cleared. `None` when the
-    /// prefix is longer than 32.
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
-        (prefix <= 32).then(|| Ipv4Net {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix)),
-            prefix,
-        })
-    }
-
-    fn mask(prefix: u8) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// The netmask of the prefix (e.g. 255.255.255.0 for /24).
-    pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(Self::mask(self.prefix))
-    }
-
-    /// Whether `ip` is inside the subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl From<Ipv4Cidr> for Ipv4Net {
-    /// The subnet an interface address lies in.
-    fn from(c: Ipv4Cidr) -> Self {
-        Ipv4Net::new(c.addr, c.prefix).expect("an Ipv4Cidr's prefix is at most 32")
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = FirewallError;
-
-    /// `a.b.c.d/n`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let c: Ipv4Cidr = s
-            .parse()
-            .map_err(|_| FirewallError::InvalidSubnet(s.to_string()))?;
-        Ok(Ipv4Net::from(c))
-    }
-}
 
 /// What the firewall needs to know about a nat network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,10 +293,6 @@ pub enum FirewallError {
     #[error("invalid nat network {id}: {reason}")]
     InvalidNetwork { id: String, reason: String },
 
-    /// A subnet that is not `a.b.c.d/n`.
-    #[error("subnet {0:?} is not an IPv4 CIDR like 10.10.0.0/24")]
-    InvalidSubnet(String),
-
     /// An iptables argument outside the characters dovesnap's rules use.
     #[error(
         "refusing to pass {0:?} to iptables: dovesnap's rules only use letters, digits and \
@@ -496,34 +423,6 @@ mod tests {
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal: false,
             masquerade_ports: None,
-        }
-    }
-
-    #[test]
-    fn subnet_parsing_masks_and_validates() {
-        let s: Ipv4Net = "10.231.1.7/24".parse().unwrap();
-        assert_eq!(s.to_string(), "10.231.1.0/24");
-        assert!(s.contains(Ipv4Addr::new(10, 231, 1, 255)));
-        assert!(!s.contains(Ipv4Addr::new(10, 231, 2, 1)));
-        assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!("0.0.0.0/0".parse::<Ipv4Net>().unwrap().prefix(), 0);
-        assert_eq!(
-            "0.0.0.0/0".parse::<Ipv4Net>().unwrap().netmask(),
-            Ipv4Addr::UNSPECIFIED
-        );
-        assert_eq!(
-            "10.0.0.1/32".parse::<Ipv4Net>().unwrap().addr(),
-            Ipv4Addr::new(10, 0, 0, 1)
-        );
-        for bad in [
-            "10.0.0.0",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "10.0.0/8",
-            "x/8",
-            "10.0.0.0/+8",
-        ] {
-            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad} accepted");
         }
     }
 

@@ -84,8 +84,9 @@ use super::iptables::Iptables;
 use super::ports::{dynamic_range, host_listening_ports, resolve, Taken};
 use super::{
     enable_ip_forward, network_tag, short_id, EndpointPorts, ExpectedNetwork, Firewall,
-    FirewallError, Ipv4Net, NatNetwork, PortMapping, Proto, PublishedPort,
+    FirewallError, NatNetwork, PortMapping, Proto, PublishedPort,
 };
+use crate::host::addr::Ipv4Net;
 
 /// The table dovesnap owns.
 pub const TABLE: &str = "dovesnap";

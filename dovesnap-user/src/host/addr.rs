@@ -43,6 +43,70 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
+/// An IPv4 subnet: network address and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Net {
+    /// The subnet of `addr/prefix`; host bits of `addr` are cleared. `None` when the
+    /// prefix is longer than 32.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        (prefix <= 32).then(|| Ipv4Net {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix)),
+            prefix,
+        })
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The netmask of the prefix (e.g. 255.255.255.0 for /24).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(Self::mask(self.prefix))
+    }
+
+    /// Whether `ip` is inside the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl From<Ipv4Cidr> for Ipv4Net {
+    /// The subnet an interface address lies in.
+    fn from(c: Ipv4Cidr) -> Self {
+        Ipv4Net::new(c.addr, c.prefix).expect("an Ipv4Cidr's prefix is at most 32")
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = BadCidr;
+
+    /// `a.b.c.d/n`, parsed as [`Ipv4Cidr`] is; host bits are cleared.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<Ipv4Cidr>().map(Ipv4Net::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +129,34 @@ mod tests {
             "",
         ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn subnet_parsing_masks_and_validates() {
+        let s: Ipv4Net = "10.231.1.7/24".parse().unwrap();
+        assert_eq!(s.to_string(), "10.231.1.0/24");
+        assert!(s.contains(Ipv4Addr::new(10, 231, 1, 255)));
+        assert!(!s.contains(Ipv4Addr::new(10, 231, 2, 1)));
+        assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Net>().unwrap().prefix(), 0);
+        assert_eq!(
+            "0.0.0.0/0".parse::<Ipv4Net>().unwrap().netmask(),
+            Ipv4Addr::UNSPECIFIED
+        );
+        assert_eq!(
+            "10.0.0.1/32".parse::<Ipv4Net>().unwrap().addr(),
+            Ipv4Addr::new(10, 0, 0, 1)
+        );
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x/8",
+            "10.0.0.0/+8",
+        ] {
+            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad} accepted");
         }
     }
 }
