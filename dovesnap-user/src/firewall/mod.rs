@@ -86,9 +86,7 @@ impl NatNetwork {
             id: self.id.clone(),
             reason,
         };
-        if !crate::plugin::options::is_valid_interface_name(&self.bridge)
-            || self.bridge.starts_with('-')
-        {
+        if !crate::host::ifname::is_plain(&self.bridge) || self.bridge.starts_with('-') {
             return Err(bad(format!(
                 "bridge name {:?} is not an interface name (1 to 15 of A-Za-z0-9_.-, not \
                  starting with -)",

@@ -80,7 +80,7 @@ pub fn mtu(name: &str) -> Option<u32> {
 
 /// An `ifreq` naming `name`.
 fn ifreq_for(name: &str) -> std::io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+    if crate::host::ifname::check(name).is_err() {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.

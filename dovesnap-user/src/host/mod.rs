@@ -1,5 +1,5 @@
 //! Facts of the host every part reads the same way: kernel settings ([`sysctl`]),
-//! typed addresses ([`addr`]), interface ioctls ([`ethtool`]), links through rtnetlink
+//! typed addresses ([`addr`]), interface ioctls ([`ethtool`]), interface names ([`ifname`]), links through rtnetlink
 //! ([`netlink`]), a device's XDP features ([`netdev`]) and the raw netlink messages
 //! both read ([`nlmsg`]).
 //!
@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod ethtool;
+pub mod ifname;
 pub mod netdev;
 pub mod netlink;
 pub mod nlmsg;

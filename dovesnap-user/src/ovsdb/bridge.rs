@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use super::datum::{self, Row};
 use super::txn::{self, eq, is_row, Refusal, Txn, DB};
 use super::{BridgeInfo, BridgeSpec, OvsdbError, PortInfo, PortSpec};
+use crate::host::ifname;
 
 /// What a failed guard (`wait` operation) means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,23 +128,9 @@ fn invalid(what: impl Into<String>, reason: impl Into<String>) -> OvsdbError {
     }
 }
 
-/// Linux's rules for an interface name (`dev_valid_name`), which OVS port names here
-/// also are.
+/// Linux's rules for an interface name, which OVS port names here also are.
 fn check_ifname(what: &str, name: &str) -> Result<(), OvsdbError> {
-    let bad = |reason: &str| invalid(format!("{what} name {name:?}"), reason);
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(bad("must be a non-empty interface name"));
-    }
-    if name.len() > 15 {
-        return Err(bad("interface names have at most 15 bytes"));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(bad("interface names cannot contain '/', ':' or whitespace"));
-    }
-    Ok(())
+    ifname::check(name).map_err(|e| invalid(format!("{what} name {name:?}"), e.to_string()))
 }
 
 fn check_mtu(what: &str, mtu: Option<u32>) -> Result<Option<u32>, OvsdbError> {

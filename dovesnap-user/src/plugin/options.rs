@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+use crate::host::ifname;
 use crate::plugin::api::GENERIC_OPTIONS;
 
 /// `mode`: how containers reach the outside world.
@@ -444,7 +445,7 @@ impl NetworkOptions {
                 BRIDGE_DPID => opts.dpid = Some(parse_dpid(&value)?),
                 BRIDGE_USERSPACE => opts.userspace = parse_bool(key, &value)?,
                 NAT_UPLINK => {
-                    if !is_valid_interface_name(&value) {
+                    if !ifname::is_plain(&value) {
                         return Err(invalid(
                             key,
                             &value,
@@ -698,17 +699,6 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Whether `name` is a valid Linux interface name as dovesnap accepts them: 1 to 15
-/// bytes (`IFNAMSIZ` is 16 with the NUL) of `[A-Za-z0-9_.-]`, not `.` or `..`.
-pub fn is_valid_interface_name(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
 /// Parses an unsigned decimal number of plain digits (no sign, no spaces); `None`
 /// for anything else, including overflow.
 fn parse_decimal<T: FromStr>(s: &str) -> Option<T> {
@@ -719,7 +709,7 @@ fn parse_decimal<T: FromStr>(s: &str) -> Option<T> {
 }
 
 fn parse_bridge_name(value: &str) -> Result<String, OptionsError> {
-    if is_valid_interface_name(value) {
+    if ifname::is_plain(value) {
         Ok(value.to_owned())
     } else {
         Err(invalid(BRIDGE_NAME, value, EXPECTED_IFNAME))
@@ -789,7 +779,7 @@ fn parse_add_ports(value: &str) -> Result<Vec<Uplink>, OptionsError> {
             Some((name, port)) => (name, Some(port)),
             None => (item.as_str(), None),
         };
-        if !is_valid_interface_name(name) {
+        if !ifname::is_plain(name) {
             return Err(invalid(
                 BRIDGE_ADD_PORTS,
                 value,
