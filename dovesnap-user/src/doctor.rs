@@ -358,7 +358,7 @@ pub async fn check_records(ovs: Option<&Ovsdb>) -> Check {
 }
 
 /// The `records` finding for the records that cannot be trusted.
-pub fn records_finding(bad: &[crate::daemon::control::BadRecord]) -> Check {
+pub fn records_finding(bad: &[crate::daemon::status::BadRecord]) -> Check {
     if bad.is_empty() {
         return Check::ok("records", "every dovesnap record in OVSDB reads");
     }
@@ -1415,7 +1415,7 @@ mod tests {
     #[test]
     fn records_finding_names_each_bad_record() {
         assert_eq!(records_finding(&[]).status, Status::Ok);
-        let bad = crate::daemon::control::BadRecord {
+        let bad = crate::daemon::status::BadRecord {
             record: "port ovsv9f8e7d6c5b".into(),
             id: "9f8e7d6c5b4a".into(),
             reason: "sandbox \"/proc/1/ns/net\" is not ...".into(),

@@ -182,7 +182,7 @@ fn main() -> Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
-                    print!("{}", control::render_status_table(&status));
+                    print!("{}", dovesnap::daemon::status::render_status_table(&status));
                 }
                 Ok(())
             }

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::daemon::control::{Status, StatusSource};
+use crate::daemon::status::{Status, StatusSource};
 
 /// Where `--metrics` listens when given without an address.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
@@ -500,7 +500,7 @@ async fn handle(shared: &Shared, open: usize, req: Request<Incoming>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::control::{EndpointStatus, NetworkStatus};
+    use crate::daemon::status::{EndpointStatus, NetworkStatus};
     use crate::fastpath::dataplane::{DataplaneStatus, EndpointCounters, UplinkStatus};
     use crate::fastpath::FastPathStatus;
 
@@ -554,7 +554,7 @@ mod tests {
                 },
             }),
             repairs: vec![("veth".into(), 1)],
-            reconciler: crate::daemon::control::ReconcilerHealth {
+            reconciler: crate::daemon::status::ReconcilerHealth {
                 panics: 2,
                 ..Default::default()
             },

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::daemon::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
+use crate::daemon::status::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
@@ -125,7 +125,7 @@ pub struct Driver {
     /// What the reconciler saw and repaired.
     reconciler: reconcile::State,
     /// The records recovery could not trust (and left alone).
-    bad_records: std::sync::Mutex<Vec<crate::daemon::control::BadRecord>>,
+    bad_records: std::sync::Mutex<Vec<crate::daemon::status::BadRecord>>,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's

@@ -50,7 +50,7 @@ impl Driver {
     pub(super) async fn recover_overlays(
         &self,
         bridges: &[ovsdb::BridgeInfo],
-        bad: &mut Vec<crate::daemon::control::BadRecord>,
+        bad: &mut Vec<crate::daemon::status::BadRecord>,
     ) -> Result<Vec<Network>, ovsdb::OvsdbError> {
         let ids = self.ovs.switch_external_ids().await?;
         let mut found = Vec::new();

@@ -60,7 +60,7 @@ pub(super) struct State {
     /// Repairs made since start, by kind.
     repairs: Mutex<BTreeMap<&'static str, u64>>,
     /// Passes and failed passes (see [`Driver::reconcile_supervised`]).
-    health: Mutex<crate::daemon::control::ReconcilerHealth>,
+    health: Mutex<crate::daemon::status::ReconcilerHealth>,
 }
 
 impl State {
@@ -98,7 +98,7 @@ impl Driver {
     }
 
     /// The reconciler's passes and failures.
-    pub fn reconciler_health(&self) -> crate::daemon::control::ReconcilerHealth {
+    pub fn reconciler_health(&self) -> crate::daemon::status::ReconcilerHealth {
         self.reconciler
             .health
             .lock()

@@ -17,7 +17,7 @@ use super::{
     EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
-use crate::daemon::control::BadRecord;
+use crate::daemon::status::BadRecord;
 use crate::host::addr::Ipv4Net;
 use crate::host::netlink::parse_mac;
 use crate::ovsdb::{BridgeInfo, PortInfo, Remote};
