@@ -30,6 +30,7 @@ use crate::fastpath::afxdp::{AfXdpError, Xsk, XskConfig};
 use crate::fastpath::xdp::{XdpError, XdpProgram};
 use crate::fastpath::TRANSLATOR_PORTS;
 use crate::firewall::NftFirewall;
+use crate::host::netlink::{DefaultRoute, Netlink};
 use crate::host::sysctl;
 use crate::ovsdb::{self, Ovsdb};
 use crate::plugin::options::NAT_UPLINK;
@@ -173,8 +174,14 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     checks.push(check_ip_forward());
     checks.push(check_local_port_range(&opts.nat_ports));
     checks.push(check_reserved_ports(&opts.nat_ports));
-    checks.push(check_default_route());
-    checks.extend(check_nat_fast_uplinks(ovs.as_ref().ok()).await);
+    let route = read_default_route().await;
+    checks.push(check_default_route(&route));
+    let default_uplink = route
+        .as_ref()
+        .ok()
+        .and_then(|r| r.as_ref())
+        .map(|r| r.1.as_str());
+    checks.extend(check_nat_fast_uplinks(ovs.as_ref().ok(), default_uplink).await);
     checks.push(check_host_rules(ovs.as_ref().ok()).await);
     checks.extend(check_ovn(ovs.as_ref().ok(), opts.ovn_nb.as_ref()).await);
     checks
@@ -1062,37 +1069,53 @@ pub fn reserved_finding(
     )
 }
 
+/// The host's default IPv4 route, as the driver reads it (netlink), with its
+/// interface's name: nat-fast's uplink when `ovs.nat.uplink` is not given.
+pub async fn read_default_route() -> Result<Option<(DefaultRoute, String)>, String> {
+    let netlink = Netlink::new().map_err(|e| e.to_string())?;
+    let Some(route) = netlink.default_route().await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let name = netlink
+        .name_of(route.ifindex)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| format!("ifindex {}", route.ifindex));
+    Ok(Some((route, name)))
+}
+
 /// A default IPv4 route: nat-fast's uplink when `ovs.nat.uplink` is not given.
-pub fn check_default_route() -> Check {
+pub fn check_default_route(route: &Result<Option<(DefaultRoute, String)>, String>) -> Check {
     const NAME: &str = "default-route";
-    match host_default_route() {
-        Ok(route) => match route {
-            Some(r) => Check::ok(
+    match route {
+        Ok(Some((r, iface))) => {
+            let via = r.gateway.map(|g| format!("via {g} ")).unwrap_or_default();
+            Check::ok(
                 NAME,
-                format!(
-                    "default via {} dev {}: nat-fast's default uplink is {}",
-                    r.gateway, r.iface, r.iface
-                ),
-            ),
-            None => Check::warn(
-                NAME,
-                "no default IPv4 route: nat-fast networks need `-o ovs.nat.uplink=IFACE`, and \
-                 nat networks reach only directly connected networks",
-                "add a default route (`ip route add default via GATEWAY`), or name the uplink \
-                 with `-o ovs.nat.uplink=IFACE` on each nat-fast network",
-            ),
-        },
+                format!("default {via}dev {iface}: nat-fast's default uplink is {iface}"),
+            )
+        }
+        Ok(None) => Check::warn(
+            NAME,
+            "no default IPv4 route: nat-fast networks need `-o ovs.nat.uplink=IFACE`, and \
+             nat networks reach only directly connected networks",
+            "add a default route (`ip route add default via GATEWAY`), or name the uplink \
+             with `-o ovs.nat.uplink=IFACE` on each nat-fast network",
+        ),
         Err(e) => Check::warn(
             NAME,
-            format!("cannot read /proc/net/route: {e}"),
-            "check that /proc is mounted",
+            format!("cannot read the routing table: {e}"),
+            "check that netlink works in this namespace",
         ),
     }
 }
 
 /// What nat-fast does on each uplink it would use: those of existing nat-fast networks
 /// (their `ovs.nat.uplink`, recorded on their bridges) and the default route's interface.
-pub async fn check_nat_fast_uplinks(ovs: Option<&Ovsdb>) -> Vec<Check> {
+pub async fn check_nat_fast_uplinks(
+    ovs: Option<&Ovsdb>,
+    default_uplink: Option<&str>,
+) -> Vec<Check> {
     let mut uplinks: Vec<String> = Vec::new();
     if let Some(ovs) = ovs {
         if let Ok(bridges) = ovs.list_bridges().await {
@@ -1104,9 +1127,7 @@ pub async fn check_nat_fast_uplinks(ovs: Option<&Ovsdb>) -> Vec<Check> {
             );
         }
     }
-    if let Ok(Some(r)) = host_default_route() {
-        uplinks.push(r.iface);
-    }
+    uplinks.extend(default_uplink.map(str::to_owned));
     uplinks.sort();
     uplinks.dedup();
     uplinks
@@ -1164,11 +1185,6 @@ pub fn uplink_finding(
 }
 
 // ---- helpers with I/O -------------------------------------------------------------
-
-/// The host's default IPv4 route, from `/proc/net/route`.
-fn host_default_route() -> io::Result<Option<DefaultRoute>> {
-    std::fs::read_to_string("/proc/net/route").map(|t| default_route(&t))
-}
 
 /// The pid of a process whose `comm` is `name` (the lowest, if several).
 fn find_process(name: &str) -> Option<u32> {
@@ -1300,43 +1316,6 @@ pub fn covered_ports(ranges: &[RangeInclusive<u16>], target: &RangeInclusive<u16
         }
     }
     total
-}
-
-/// A default route read from `/proc/net/route`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DefaultRoute {
-    pub iface: String,
-    pub gateway: std::net::Ipv4Addr,
-    pub metric: u32,
-}
-
-/// The default IPv4 route of `/proc/net/route` text: destination and mask 0, up; the
-/// lowest metric wins. Addresses there are hex in host byte order.
-pub fn default_route(table: &str) -> Option<DefaultRoute> {
-    const RTF_UP: u32 = 0x1;
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-            let (dst, gw, flags, metric, mask) = (
-                hex(f[1])?,
-                hex(f[2])?,
-                hex(f[3])?,
-                f[6].parse().ok()?,
-                hex(f[7])?,
-            );
-            (dst == 0 && mask == 0 && flags & RTF_UP != 0).then(|| DefaultRoute {
-                iface: f[0].to_owned(),
-                gateway: std::net::Ipv4Addr::from(gw.to_ne_bytes()),
-                metric,
-            })
-        })
-        .min_by_key(|r| r.metric)
 }
 
 /// The policy of `chain` in `iptables -S` output (`-P FORWARD DROP`).
@@ -1595,30 +1574,31 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_default_route() {
-        // A real table (x86, little-endian): default via 192.0.2.1 on eth0 metric 100,
-        // a worse one on eth1, and an on-link route.
-        let table =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-            eth1\t00000000\t010A0A0A\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
-            eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
-            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        let r = default_route(table).unwrap();
-        assert_eq!(r.iface, "eth0");
-        assert_eq!(r.metric, 100);
-        if cfg!(target_endian = "little") {
-            assert_eq!(r.gateway, std::net::Ipv4Addr::new(192, 0, 2, 1));
-        }
-        let no_default =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(default_route(no_default), None);
-        // A default route that is down does not count.
-        let down =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-            eth0\t00000000\t010200C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n";
-        assert_eq!(default_route(down), None);
-        assert_eq!(default_route(""), None);
+    fn default_route_finding_names_the_uplink() {
+        let route = DefaultRoute {
+            ifindex: 2,
+            gateway: Some(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            metric: 100,
+        };
+        let found = check_default_route(&Ok(Some((route.clone(), "eth0".into()))));
+        assert_eq!(found.status, Status::Ok);
+        assert_eq!(
+            found.detail,
+            "default via 192.0.2.1 dev eth0: nat-fast's default uplink is eth0"
+        );
+        let onlink = DefaultRoute {
+            gateway: None,
+            ..route
+        };
+        let found = check_default_route(&Ok(Some((onlink, "wg0".into()))));
+        assert_eq!(
+            found.detail,
+            "default dev wg0: nat-fast's default uplink is wg0"
+        );
+        assert_eq!(check_default_route(&Ok(None)).status, Status::Warn);
+        let broken = check_default_route(&Err("EPERM".into()));
+        assert_eq!(broken.status, Status::Warn);
+        assert!(broken.detail.contains("EPERM"), "{broken:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::RouteAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,34 +156,39 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The interface of the main table's IPv4 default route with the lowest metric,
-    /// if the host has one.
-    pub async fn default_route_interface(&self) -> Result<Option<u32>, NetlinkError> {
+    /// The main table's IPv4 default route with the lowest metric, if the host has
+    /// one: the one reading of it that the driver (nat-fast's default uplink) and the
+    /// doctor share.
+    pub async fn default_route(&self) -> Result<Option<DefaultRoute>, NetlinkError> {
         let mut dump = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
-        let mut best: Option<(u32, u32)> = None;
+        let mut best: Option<DefaultRoute> = None;
         loop {
             match dump.try_next().await {
                 Ok(Some(r)) => {
                     if r.header.destination_prefix_length != 0 || r.header.table != 254 {
                         continue;
                     }
-                    let mut oif = None;
-                    let mut metric = 0;
+                    let mut route = DefaultRoute {
+                        ifindex: 0,
+                        gateway: None,
+                        metric: 0,
+                    };
                     for a in &r.attributes {
                         match a {
-                            RouteAttribute::Oif(i) => oif = Some(*i),
-                            RouteAttribute::Priority(p) => metric = *p,
+                            RouteAttribute::Oif(i) => route.ifindex = *i,
+                            RouteAttribute::Priority(p) => route.metric = *p,
+                            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                                route.gateway = Some(*gw)
+                            }
                             _ => {}
                         }
                     }
-                    if let Some(oif) = oif {
-                        if best.is_none_or(|(m, _)| metric < m) {
-                            best = Some((metric, oif));
-                        }
+                    if route.ifindex != 0 && best.as_ref().is_none_or(|b| route.metric < b.metric) {
+                        best = Some(route);
                     }
                 }
                 Ok(None) => break,
@@ -196,7 +201,12 @@ impl Netlink {
                 }
             }
         }
-        Ok(best.map(|(_, oif)| oif))
+        Ok(best)
+    }
+
+    /// The interface of [`Netlink::default_route`], if the host has one.
+    pub async fn default_route_interface(&self) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.default_route().await?.map(|r| r.ifindex))
     }
 
     /// The name of the interface with index `ifindex`.
@@ -351,6 +361,17 @@ impl Netlink {
                 source,
             })
     }
+}
+
+/// The host's IPv4 default route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    /// The outgoing interface.
+    pub ifindex: u32,
+    /// The next hop; `None` for a route straight out of the interface.
+    pub gateway: Option<Ipv4Addr>,
+    /// The route's metric (lowest wins).
+    pub metric: u32,
 }
 
 /// The MAC address of a link already looked up with [`Netlink::get`], if it has one.
