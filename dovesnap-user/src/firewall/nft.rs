@@ -1160,6 +1160,17 @@ mod tests {
         }
     }
 
+    /// The batch publishing `ports` for endpoint 5b7e0e2a41c3 (10.231.1.2) of [`net`].
+    fn publish_on_net(ports: &[PublishedPort], state: &TableState) -> Nftables<'static> {
+        ports_batch(
+            "3f2a9c1d4e5b",
+            "5b7e0e2a41c3",
+            Ipv4Addr::new(10, 231, 1, 2),
+            ports,
+            state,
+        )
+    }
+
     fn two_ports() -> Vec<PublishedPort> {
         vec![
             PublishedPort {
@@ -1388,13 +1399,7 @@ mod tests {
 
     #[test]
     fn port_rules_dnat_with_endpoint_comment() {
-        let b = ports_batch(
-            "3f2a9c1d4e5b",
-            "5b7e0e2a41c3",
-            Ipv4Addr::new(10, 231, 1, 2),
-            &two_ports(),
-            &TableState::default(),
-        );
+        let b = publish_on_net(&two_ports(), &TableState::default());
         let rules = added_rules(&b);
         assert_eq!(rules.len(), 2);
         assert!(rules
@@ -1422,13 +1427,7 @@ mod tests {
         let n = net();
         let state = listing_after(&[
             network_batch(&n, &TableState::default()).unwrap(),
-            ports_batch(
-                "3f2a9c1d4e5b",
-                "5b7e0e2a41c3",
-                Ipv4Addr::new(10, 231, 1, 2),
-                &two_ports(),
-                &TableState::default(),
-            ),
+            publish_on_net(&two_ports(), &TableState::default()),
         ]);
         assert!(state.exists);
         assert_eq!(
@@ -1459,13 +1458,7 @@ mod tests {
         assert!(!to_json(&again).to_string().contains("ep:5b7e0e2a41c3"));
 
         // Re-publishing the endpoint deletes its two rules first.
-        let ports_again = ports_batch(
-            "3f2a9c1d4e5b",
-            "5b7e0e2a41c3",
-            Ipv4Addr::new(10, 231, 1, 2),
-            &two_ports()[..1],
-            &state,
-        );
+        let ports_again = publish_on_net(&two_ports()[..1], &state);
         let v = to_json(&ports_again);
         let cmds = v["nftables"].as_array().unwrap();
         assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 2);
@@ -1486,13 +1479,7 @@ mod tests {
         let state = listing_after(&[
             network_batch(&a, &TableState::default()).unwrap(),
             network_batch(&b, &TableState::default()).unwrap(),
-            ports_batch(
-                "3f2a9c1d4e5b",
-                "5b7e0e2a41c3",
-                Ipv4Addr::new(10, 231, 1, 2),
-                &two_ports(),
-                &TableState::default(),
-            ),
+            publish_on_net(&two_ports(), &TableState::default()),
         ]);
         assert_eq!(state.network_ids().len(), 2);
         let rm = remove_network_batch("3f2a9c1d4e5b", &state).unwrap();
@@ -1547,13 +1534,7 @@ mod tests {
     fn stale_endpoints_are_found() {
         let state = listing_after(&[
             network_batch(&net(), &TableState::default()).unwrap(),
-            ports_batch(
-                "3f2a9c1d4e5b",
-                "5b7e0e2a41c3",
-                Ipv4Addr::new(10, 231, 1, 2),
-                &two_ports(),
-                &TableState::default(),
-            ),
+            publish_on_net(&two_ports(), &TableState::default()),
         ]);
         let keep: BTreeSet<String> = ["5b7e0e2a41c3".to_string()].into();
         assert!(stale_endpoints_batch("3f2a9c1d4e5b", &keep, &state).is_none());

@@ -321,17 +321,25 @@ fn host_address(raw: Option<&str>) -> Result<Option<Ipv4Addr>, FirewallError> {
     }
 }
 
-/// Parses Docker's [`PORT_MAP_OPTION`] value. `null` (nothing published) gives an
-/// empty list.
-pub fn parse_port_map(value: &Value) -> Result<Vec<PortMapping>, FirewallError> {
+/// Docker's list-valued option `option` decoded as a list of `T` (`what`, for the
+/// error); `null` is the empty list.
+fn wire_list<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    option: &str,
+    what: &str,
+) -> Result<Vec<T>, FirewallError> {
     if value.is_null() {
         return Ok(Vec::new());
     }
-    let wire: Vec<WireBinding> = serde_json::from_value(value.clone()).map_err(|e| {
-        FirewallError::PortMap(format!(
-            "{PORT_MAP_OPTION} is not a list of port bindings ({e}): {value}"
-        ))
-    })?;
+    serde_json::from_value(value.clone()).map_err(|e| {
+        FirewallError::PortMap(format!("{option} is not a list of {what} ({e}): {value}"))
+    })
+}
+
+/// Parses Docker's [`PORT_MAP_OPTION`] value. `null` (nothing published) gives an
+/// empty list.
+pub fn parse_port_map(value: &Value) -> Result<Vec<PortMapping>, FirewallError> {
+    let wire: Vec<WireBinding> = wire_list(value, PORT_MAP_OPTION, "port bindings")?;
     wire.iter()
         .map(|b| {
             let proto = Proto::from_number(b.proto)?;
@@ -374,14 +382,7 @@ pub fn parse_port_map(value: &Value) -> Result<Vec<PortMapping>, FirewallError> 
 
 /// Parses Docker's [`EXPOSED_PORTS_OPTION`] value. `null` gives an empty list.
 pub fn parse_exposed_ports(value: &Value) -> Result<Vec<ExposedPort>, FirewallError> {
-    if value.is_null() {
-        return Ok(Vec::new());
-    }
-    let wire: Vec<WireTransportPort> = serde_json::from_value(value.clone()).map_err(|e| {
-        FirewallError::PortMap(format!(
-            "{EXPOSED_PORTS_OPTION} is not a list of ports ({e}): {value}"
-        ))
-    })?;
+    let wire: Vec<WireTransportPort> = wire_list(value, EXPOSED_PORTS_OPTION, "ports")?;
     wire.iter()
         .map(|p| {
             Ok(ExposedPort {

@@ -301,8 +301,13 @@ pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
 
 /// Finds a bridge's uuid (for [`delete_bridge`]): one select, result 0.
 pub(crate) fn find_bridge(name: &str) -> Txn {
+    find_named("Bridge", name)
+}
+
+/// One select of the `_uuid` of `table`'s row named `name`.
+fn find_named(table: &str, name: &str) -> Txn {
     let mut txn = Txn::default();
-    txn.select("Bridge", vec![eq("name", name)], &["_uuid"]);
+    txn.select(table, vec![eq("name", name)], &["_uuid"]);
     txn
 }
 
@@ -399,9 +404,7 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
 
 /// Finds a port's uuid (for [`remove_port`]): one select, result 0.
 pub(crate) fn find_port(name: &str) -> Txn {
-    let mut txn = Txn::default();
-    txn.select("Port", vec![eq("name", name)], &["_uuid"]);
-    txn
+    find_named("Port", name)
 }
 
 /// Sets `key=value` in port `port`'s `external_ids`, replacing any earlier value: one

@@ -111,33 +111,32 @@ impl<'a> Row<'a> {
 
     /// An integer column, or an optional integer column (`None` when empty).
     pub(crate) fn opt_int(&self, column: &str) -> Result<Option<i64>, OvsdbError> {
-        let value = self
-            .columns
-            .get(column)
-            .ok_or_else(|| self.bad(column, "an integer"))?;
-        match set_elements(value).as_slice() {
-            [] => Ok(None),
-            [v] => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| self.bad(column, "an integer")),
-            _ => Err(self.bad(column, "at most one integer")),
-        }
+        self.optional(column, ("an integer", "at most one integer"), Value::as_i64)
     }
 
     /// An optional string column (`None` when empty).
     pub(crate) fn opt_string(&self, column: &str) -> Result<Option<&'a str>, OvsdbError> {
+        self.optional(column, ("a string", "at most one string"), Value::as_str)
+    }
+
+    /// An optional column of one atom read by `read` (`None` when the set is empty);
+    /// `expected` names the atom and the "at most one" case for the error.
+    fn optional<T>(
+        &self,
+        column: &str,
+        expected: (&str, &str),
+        read: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, OvsdbError> {
         let value = self
             .columns
             .get(column)
-            .ok_or_else(|| self.bad(column, "a string"))?;
+            .ok_or_else(|| self.bad(column, expected.0))?;
         match set_elements(value).as_slice() {
             [] => Ok(None),
-            [v] => v
-                .as_str()
+            [v] => read(v)
                 .map(Some)
-                .ok_or_else(|| self.bad(column, "a string")),
-            _ => Err(self.bad(column, "at most one string")),
+                .ok_or_else(|| self.bad(column, expected.0)),
+            _ => Err(self.bad(column, expected.1)),
         }
     }
 

@@ -172,11 +172,14 @@ pub(crate) fn check(
     Ok(Ok(results))
 }
 
+/// Member `key` of the result at `index`.
+fn field<'a>(results: &'a [Value], index: usize, key: &str) -> Option<&'a Value> {
+    results.get(index).and_then(|r| r.get(key))
+}
+
 /// The rows of the `select` at `index`.
 pub(crate) fn rows(results: &[Value], index: usize) -> Result<&[Value], OvsdbError> {
-    results
-        .get(index)
-        .and_then(|r| r.get("rows"))
+    field(results, index, "rows")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .ok_or_else(|| OvsdbError::Protocol(format!("result {index} has no rows")))
@@ -184,9 +187,7 @@ pub(crate) fn rows(results: &[Value], index: usize) -> Result<&[Value], OvsdbErr
 
 /// The uuid of the row the `insert` at `index` created.
 pub(crate) fn inserted(results: &[Value], index: usize) -> Result<String, OvsdbError> {
-    results
-        .get(index)
-        .and_then(|r| r.get("uuid"))
+    field(results, index, "uuid")
         .and_then(datum::as_uuid)
         .map(str::to_string)
         .ok_or_else(|| OvsdbError::Protocol(format!("result {index} has no inserted uuid")))
