@@ -16,14 +16,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyperlocal::{UnixClientExt, UnixConnector};
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
-use crate::daemon::http::{bind_private_socket, json_response_as, serve_unix};
+use crate::daemon::http::{bind_private_socket, json_response_as, method_not_allowed, serve_unix};
 use crate::plugin::api::ErrorResponse;
 
 /// Where the daemon serves its control API.
@@ -130,13 +129,8 @@ async fn handle<S: StatusSource>(source: &S, req: Request<Incoming>) -> Response
         );
     }
     if req.method() != Method::GET {
-        let mut resp = control_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{STATUS_PATH} must be a GET, not {}", req.method()),
-        );
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return resp;
+        let why = format!("{STATUS_PATH} must be a GET, not {}", req.method());
+        return method_not_allowed(control_error(StatusCode::METHOD_NOT_ALLOWED, why), "GET");
     }
     json_response_as(StatusCode::OK, &source.status().await, JSON)
 }

@@ -71,6 +71,17 @@ pub(crate) fn error_response(status: StatusCode, msg: String) -> Response<Full<B
     json_response(status, &ErrorResponse { err: msg })
 }
 
+/// `resp` (an error answer) as a 405 that names the one method `allowed` in `Allow`.
+pub(crate) fn method_not_allowed(
+    mut resp: Response<Full<Bytes>>,
+    allowed: &'static str,
+) -> Response<Full<Bytes>> {
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allowed));
+    resp
+}
+
 /// Binds a unix socket only root can use: creates the parent directory, replaces a
 /// stale socket, refuses a live one or a non-socket file, binds and sets mode 0600.
 ///

@@ -66,16 +66,25 @@ pub fn mtu(name: &str) -> Option<u32> {
     with_socket(|fd| {
         // SAFETY: `ifr` names the interface (NUL-terminated); SIOCGIFMTU writes the MTU
         // into its union.
-        let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        unsafe { ifreq_ioctl(fd, libc::SIOCGIFMTU, &mut ifr) }
     })
     .ok()?;
     // SAFETY: SIOCGIFMTU succeeded, so the union holds `ifru_mtu`.
     u32::try_from(unsafe { ifr.ifr_ifru.ifru_mtu }).ok()
+}
+
+/// `ioctl(fd, request, ifr)`, its -1 turned into the OS error.
+///
+/// # Safety
+/// `ifr` must be what `request` expects: a NUL-terminated name and, for requests that
+/// follow a pointer in its union, a pointer to a live buffer of the request's size.
+unsafe fn ifreq_ioctl(fd: i32, request: libc::Ioctl, ifr: &mut libc::ifreq) -> std::io::Result<()> {
+    // SAFETY: the caller upholds what `request` needs of `ifr`; `fd` is a socket.
+    if unsafe { libc::ioctl(fd, request, ifr as *mut libc::ifreq) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// An `ifreq` naming `name`.
@@ -117,12 +126,7 @@ fn ethtool(name: &str, what: &'static str, data: &mut [u32]) -> Result<(), Ethto
     with_socket(|fd| {
         // SAFETY: `ifr` names the interface (NUL-terminated) and points at `data`, a
         // buffer of the size the command's struct has, which outlives the call.
-        let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        unsafe { ifreq_ioctl(fd, libc::SIOCETHTOOL, &mut ifr) }
     })
     .map_err(err)
 }

@@ -32,6 +32,17 @@ pub enum NetlinkError {
     },
 }
 
+impl NetlinkError {
+    /// [`NetlinkError::Link`]: `action` on link `name` failed with `source`.
+    fn link(action: &'static str, name: impl Into<String>, source: rtnetlink::Error) -> Self {
+        NetlinkError::Link {
+            action,
+            name: name.into(),
+            source,
+        }
+    }
+}
+
 /// `ENODEV`/`ENOENT` from the kernel: the link is not there.
 fn is_missing(err: &rtnetlink::Error) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(m)
@@ -104,11 +115,7 @@ impl Netlink {
         match res {
             Ok(link) => Ok(link),
             Err(e) if is_missing(&e) => Ok(None),
-            Err(source) => Err(NetlinkError::Link {
-                action: "look up",
-                name: name.into(),
-                source,
-            }),
+            Err(source) => Err(NetlinkError::link("look up", name, source)),
         }
     }
 
@@ -145,11 +152,11 @@ impl Netlink {
                 }
                 Ok(None) => break,
                 Err(source) => {
-                    return Err(NetlinkError::Link {
-                        action: "read the addresses of",
-                        name: format!("#{ifindex}"),
+                    return Err(NetlinkError::link(
+                        "read the addresses of",
+                        format!("#{ifindex}"),
                         source,
-                    })
+                    ))
                 }
             }
         }
@@ -193,11 +200,7 @@ impl Netlink {
                 }
                 Ok(None) => break,
                 Err(source) => {
-                    return Err(NetlinkError::Link {
-                        action: "read the routes of",
-                        name: "the host".into(),
-                        source,
-                    })
+                    return Err(NetlinkError::link("read the routes of", "the host", source))
                 }
             }
         }
@@ -227,11 +230,7 @@ impl Netlink {
                 })
             })),
             Err(e) if is_missing(&e) => Ok(None),
-            Err(source) => Err(NetlinkError::Link {
-                action: "look up",
-                name: format!("#{ifindex}"),
-                source,
-            }),
+            Err(source) => Err(NetlinkError::link("look up", format!("#{ifindex}"), source)),
         }
     }
 
@@ -248,11 +247,7 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if is_missing(&e) => Ok(false),
-            Err(source) => Err(NetlinkError::Link {
-                action: "delete",
-                name: name.into(),
-                source,
-            }),
+            Err(source) => Err(NetlinkError::link("delete", name, source)),
         }
     }
 
@@ -264,22 +259,17 @@ impl Netlink {
         addr: std::net::Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
-        let index = self.index(name).await?.ok_or_else(|| NetlinkError::Link {
-            action: "address",
-            name: name.into(),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+        let index = self
+            .index(name)
+            .await?
+            .ok_or_else(|| NetlinkError::link("address", name, rtnetlink::Error::RequestFailed))?;
         self.handle
             .address()
             .add(index, addr.into(), prefix_len)
             .replace()
             .execute()
             .await
-            .map_err(|source| NetlinkError::Link {
-                action: "address",
-                name: name.into(),
-                source,
-            })?;
+            .map_err(|source| NetlinkError::link("address", name, source))?;
         self.set_up(name).await
     }
 
@@ -336,11 +326,10 @@ impl Netlink {
 
     /// Renames link `name` to `new_name` (the link must be down).
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), NetlinkError> {
-        let index = self.index(name).await?.ok_or_else(|| NetlinkError::Link {
-            action: "rename",
-            name: name.into(),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+        let index = self
+            .index(name)
+            .await?
+            .ok_or_else(|| NetlinkError::link("rename", name, rtnetlink::Error::RequestFailed))?;
         let msg = LinkUnspec::new_with_index(index).name(new_name).build();
         self.set_link(msg, "rename", name).await
     }
@@ -355,10 +344,8 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(|source| NetlinkError::Link {
-                action: "add a default route through",
-                name: gateway.to_string(),
-                source,
+            .map_err(|source| {
+                NetlinkError::link("add a default route through", gateway.to_string(), source)
             })
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -40,7 +40,9 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::daemon::http::{bind_private_socket, error_response, json_response, serve_unix};
+use crate::daemon::http::{
+    bind_private_socket, error_response, json_response, method_not_allowed, serve_unix,
+};
 use crate::plugin::api::{
     ActivateResponse, AllocateNetworkRequest, ApiResult, CreateEndpointRequest,
     CreateNetworkRequest, EndpointRequest, JoinRequest, NetworkDriver, NetworkRequest,
@@ -370,13 +372,8 @@ async fn handle<D: NetworkDriver>(
     };
     if req.method() != Method::POST {
         warn!(call = route.name(), method = %req.method(), "plugin call with the wrong method");
-        let mut resp = error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("plugin call {path} must be a POST, not {}", req.method()),
-        );
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
-        return resp;
+        let why = format!("plugin call {path} must be a POST, not {}", req.method());
+        return method_not_allowed(error_response(StatusCode::METHOD_NOT_ALLOWED, why), "POST");
     }
     let body = match read_body(route, req).await {
         Ok(body) => body,
