@@ -414,14 +414,29 @@ struct UdpRound {
 
 fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpRound> {
     let per = 256 / gens;
-    let port = |g: u16| (UDP_PORT + g * per).to_string();
+    let (far, flows) = (FAR_IP.to_string(), per.to_string());
+    let ports: Vec<String> = (0..gens)
+        .map(|g| (UDP_PORT + g * per).to_string())
+        .collect();
+    // Generator `g`'s flows: `tool --dst FAR_IP --port P --flows N`, `P` its first port.
+    let flow_args = |tool: &'static str, g: u16| -> Vec<&str> {
+        vec![
+            tool,
+            "--dst",
+            &far,
+            "--port",
+            &ports[usize::from(g)],
+            "--flows",
+            &flows,
+        ]
+    };
     if sink_ns == NS_F {
         let echo = spawn_tool(
             NS_F,
             &[
                 "udp-echo",
                 "--port",
-                &port(0),
+                &ports[0],
                 "--flows",
                 "256",
                 "--seconds",
@@ -430,20 +445,9 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
         )?;
         std::thread::sleep(Duration::from_millis(300));
         for g in 0..gens {
-            run_tool(
-                NS_C,
-                &[
-                    "udp-warm",
-                    "--dst",
-                    &FAR_IP.to_string(),
-                    "--port",
-                    &port(g),
-                    "--flows",
-                    &per.to_string(),
-                    "--cpu",
-                    "0",
-                ],
-            )?;
+            let mut args = flow_args("udp-warm", g);
+            args.extend(["--cpu", "0"]);
+            run_tool(NS_C, &args)?;
         }
         wait_tool(echo).ok();
     }
@@ -455,26 +459,13 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
     std::thread::sleep(Duration::from_millis(500));
     let (busy0, _) = cpu_times();
     let t0 = Instant::now();
+    let run_secs = format!("{}", plan.seconds);
     let generators = (0..gens)
         .map(|g| {
-            spawn_tool(
-                NS_C,
-                &[
-                    "udp-gen",
-                    "--dst",
-                    &FAR_IP.to_string(),
-                    "--port",
-                    &port(g),
-                    "--flows",
-                    &per.to_string(),
-                    "--payload",
-                    "18",
-                    "--seconds",
-                    &format!("{}", plan.seconds),
-                    "--cpu",
-                    &g.to_string(),
-                ],
-            )
+            let cpu = g.to_string();
+            let mut args = flow_args("udp-gen", g);
+            args.extend(["--payload", "18", "--seconds", &run_secs, "--cpu", &cpu]);
+            spawn_tool(NS_C, &args)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut sent = 0.0;

@@ -11,7 +11,7 @@ use dovesnap_tests::docker::{
     Network, WHOAMI,
 };
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::xdp_counter;
+use dovesnap_tests::status::{endpoints, xdp_counter};
 use dovesnap_tests::{require_root, run, sh, Netns};
 
 const HOST_UPLINK_IP: &str = "10.232.100.1";
@@ -434,10 +434,8 @@ fn works_under_a_forward_drop_policy() {
 /// endpoints (`IP:HOSTPORT->CPORT/tcp`).
 fn published_host_port(status: &serde_json::Value, container_port: u16) -> Option<u16> {
     let suffix = format!("->{container_port}/tcp");
-    status["networks"]
-        .as_array()?
+    endpoints(status, None)
         .iter()
-        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
         .flat_map(|e| e["published"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p.as_str().map(str::to_string))
         .find(|p| p.ends_with(&suffix))

@@ -23,7 +23,9 @@ use serde_json::Value;
 
 use dovesnap_tests::docker::{start_plugin, Container, Network};
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::{dataplane_counter, find_in, translator_counter, xdp_counter};
+use dovesnap_tests::status::{
+    dataplane_counter, endpoint_at, find_in, translator_counter, xdp_counter,
+};
 use dovesnap_tests::{require_root, run, sh};
 
 const BLOB_BYTES: usize = 20 << 20;
@@ -268,23 +270,6 @@ fn upload(c: &Container, far_ip: &str, port: u16, result: &Path) -> (String, Str
     (sent, got, out)
 }
 
-/// `networks[].endpoints[]` of the container with address `ip` on network `net_id`.
-fn endpoint(status: &Value, net_id: &str, ip: &str) -> Value {
-    status["networks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["id"].as_str() == Some(net_id))
-        .flat_map(|n| n["endpoints"].as_array().into_iter().flatten())
-        .find(|e| {
-            e["address"]
-                .as_str()
-                .is_some_and(|a| a.starts_with(&format!("{ip}/")))
-        })
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Conntrack entries of the host that mention every one of `needles`.
 fn conntrack_entries(needles: &[&str]) -> Vec<String> {
     let out = run("conntrack", &["-L"]);
@@ -384,7 +369,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
     let (s1, s2) = (&statuses[0], &statuses[1]);
     for slot in 0..2 {
         let (net, ip) = (&nets[slot], ips[slot].as_str());
-        let ep = endpoint(s2, &net.id(), ip);
+        let ep = endpoint_at(s2, Some(&net.id()), ip);
         assert!(
             ep.is_object(),
             "{kind:?}: no endpoint {ip} in the status: {s2:#}"
@@ -551,7 +536,7 @@ fn other_nats_on_the_uplink_keep_their_replies() {
     // translator has mapped ports of its range.
     assert!(far.reached_from(&cf), "nat-fast container cut off");
     let status = plugin.status();
-    let ep = endpoint(&status, &fast.id(), &cf.ip(&fast));
+    let ep = endpoint_at(&status, Some(&fast.id()), &cf.ip(&fast));
     assert_eq!(ep["fast_path"], true, "{status:#}");
     let before = xdp_counter(&status, "uplink-no-session");
     // The kernel keeps these source ports through its masquerade: replies come back to
