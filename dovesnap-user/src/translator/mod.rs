@@ -154,11 +154,18 @@ impl From<Protocol> for u8 {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// `Display` as the type's `name()`.
+macro_rules! display_by_name {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
 }
+
+display_by_name!(Protocol, DropReason);
 
 /// Where a translated frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,12 +238,6 @@ drop_reasons! {
     NotForUs => "not_for_us",
     /// A published-port session would duplicate the inside 5-tuple of another session.
     SessionConflict => "session_conflict",
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// A change the XDP steering needs to know about: a dynamic session (from the port pool)
