@@ -51,7 +51,6 @@ fn rules_left(net_id: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn outbound_published_hairpin_and_cleanup() {
-    require_root();
     let mut plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net_id;
@@ -203,7 +202,6 @@ impl Drop for Corrupted {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn records_that_cannot_be_trusted_are_left_alone() {
-    require_root();
     let mut plugin = start_plugin();
     let far = Far::new("dsr", "10.232.100");
     let foreign = dovesnap_tests::Veth::new("dsfor");
@@ -352,7 +350,6 @@ fn records_that_cannot_be_trusted_are_left_alone() {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn two_nat_networks_are_isolated() {
-    require_root();
     let _plugin = start_plugin();
     let a = Network::nat("dsnat-iso-a", "10.232.2.0/24");
     let b = Network::nat("dsnat-iso-b", "10.232.3.0/24");
@@ -445,7 +442,6 @@ fn published_host_port(status: &serde_json::Value, container_port: u16) -> Optio
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn dynamic_and_ranged_host_ports() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net = Network::nat("dsnat-dyn", "10.232.8.0/24");

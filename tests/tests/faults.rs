@@ -98,7 +98,6 @@ fn assert_no_leak(bridges: &[String]) {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd; restarts the host's OVS (cargo xtask test)"]
 fn ovs_restarts_under_the_plugin() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.100");
     let flat = Network::flat("dsflt-ovs-flat", "10.233.1.0/24");
@@ -195,7 +194,6 @@ fn port_of(plugin: &Daemon, ip: &str) -> (String, bool) {
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP and dockerd (cargo xtask test)"]
 fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.102");
     let flat = Network::flat("dsflt-del-flat", "10.233.5.0/24");
@@ -962,7 +960,6 @@ fn endpoints_of(plugin: &Daemon, id: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd; restarts the host's dockerd (cargo xtask test)"]
 fn dockerd_restarts_under_the_plugin() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.101");
     let flat = Network::flat("dsflt-dk-flat", "10.233.3.0/24");

@@ -26,7 +26,7 @@ use dovesnap_tests::far::Far;
 use dovesnap_tests::status::{
     dataplane_counter, endpoint_at, find_in, translator_counter, xdp_counter,
 };
-use dovesnap_tests::{require_root, run, sh};
+use dovesnap_tests::{run, sh};
 
 const BLOB_BYTES: usize = 20 << 20;
 /// Port of the far side's HTTP server of the blob.
@@ -464,7 +464,6 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn every_kind_of_uplink_carries_traffic_intact() {
-    require_root();
     let plugin = start_plugin();
     let scratch = Scratch::new();
     for (idx, kind) in Kind::ALL.into_iter().enumerate() {
@@ -511,7 +510,6 @@ fn ask_from_port(c: &Container, proto: &str, sport: u16, far: &Far) -> String {
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn other_nats_on_the_uplink_keep_their_replies() {
-    require_root();
     let plugin = start_plugin();
     let mut far = Far::new("dsc", "10.232.134");
     let uplink_opt = format!("ovs.nat.uplink={}", far.uplink.host);

@@ -79,7 +79,6 @@ fn ours_left() -> Vec<String> {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn activate_and_capabilities() {
-    require_root();
     let d = Daemon::start(&socket());
     let v = ok(&d, "/Plugin.Activate", json!({}));
     assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
@@ -92,7 +91,6 @@ fn activate_and_capabilities() {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn endpoint_lifecycle_makes_and_removes_everything() {
-    require_root();
     let d = Daemon::start(&socket());
     let _cleanup = Cleanup("a1");
     let nid = id("a1");
@@ -169,7 +167,6 @@ fn endpoint_lifecycle_makes_and_removes_everything() {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn bad_requests_change_nothing() {
-    require_root();
     let d = Daemon::start(&socket());
     let _cleanup = Cleanup("a2");
     let nid = id("a2");
