@@ -630,7 +630,7 @@ impl Translator {
                         // Errors neither create nor refresh sessions.
                         let id = self
                             .table
-                            .lookup_inside(now, &key, &mut self.stats)
+                            .lookup(now, &key, &mut self.stats)
                             .ok_or(DropReason::NoSession)?;
                         let ext = self.table.get(id).external_port;
                         rewrite_error(frame, Direction::Outbound, external_ip, ext, true);
@@ -685,7 +685,7 @@ impl Translator {
                     external_port: ports.dst,
                     remote: (head.src, ports.src),
                 };
-                let id = match self.table.lookup_outside(now, &key, &mut self.stats) {
+                let id = match self.table.lookup(now, &key, &mut self.stats) {
                     Some(id) => id,
                     None => self.open_published(now, &key, ports.tcp_flags)?,
                 };
@@ -706,7 +706,7 @@ impl Translator {
                         };
                         let id = self
                             .table
-                            .lookup_outside(now, &key, &mut self.stats)
+                            .lookup(now, &key, &mut self.stats)
                             .ok_or_else(|| self.miss(protocol, key.external_port))?;
                         self.deliver(now, frame, id, 0, hairpin)?
                     }
@@ -726,7 +726,7 @@ impl Translator {
                         };
                         let id = self
                             .table
-                            .lookup_outside(now, &key, &mut self.stats)
+                            .lookup(now, &key, &mut self.stats)
                             .ok_or(DropReason::NoSession)?;
                         let inside = self.table.get(id).inside;
                         let ep = self.endpoint(inside.0)?;
@@ -754,7 +754,7 @@ impl Translator {
         key: &InsideKey,
         opens: bool,
     ) -> Result<u32, DropReason> {
-        if let Some(id) = self.table.lookup_inside(now, key, &mut self.stats) {
+        if let Some(id) = self.table.lookup(now, key, &mut self.stats) {
             return Ok(id);
         }
         if !opens {
@@ -819,11 +819,7 @@ impl Translator {
             inside,
             remote: key.remote,
         };
-        if self
-            .table
-            .lookup_inside(now, &ikey, &mut self.stats)
-            .is_some()
-        {
+        if self.table.lookup(now, &ikey, &mut self.stats).is_some() {
             // The container already talks to this remote from this port through another
             // external port; a second session would make its replies ambiguous.
             return Err(DropReason::SessionConflict);
