@@ -229,36 +229,33 @@ fn bad_requests_change_nothing() {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn concurrent_endpoints_and_restart_recovery() {
-    let sock = socket();
     let (nid, _cleanup) = Cleanup::network("a3");
-    {
-        let mut d = Daemon::start(&sock);
-        create_network(&d, &nid, "10.231.12.0/24", json!({}));
-        std::thread::scope(|s| {
-            for i in 0..8 {
-                let d = &d;
-                let nid = &nid;
-                s.spawn(move || {
-                    let eid = id(&format!("a3e{i}"));
-                    ok(
-                        d,
-                        "/NetworkDriver.CreateEndpoint",
-                        json!({"NetworkID": nid, "EndpointID": eid,
-                               "Interface": {"Address": format!("10.231.12.{}/24", 10 + i)}}),
-                    );
-                });
-            }
-        });
-        let ports = sh("ovs-vsctl", &["list-ports", "ovsbr-a3000000"]);
-        assert_eq!(
-            ports.lines().filter(|p| p.starts_with("ovsva3e")).count(),
-            8,
-            "{ports}"
-        );
-        d.kill();
-    }
-    // The first daemon crashed (SIGKILL): a new one recovers from OVSDB.
-    let d = Daemon::start(&sock);
+    let mut d = Daemon::start(&socket());
+    create_network(&d, &nid, "10.231.12.0/24", json!({}));
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let d = &d;
+            let nid = &nid;
+            s.spawn(move || {
+                let eid = id(&format!("a3e{i}"));
+                ok(
+                    d,
+                    "/NetworkDriver.CreateEndpoint",
+                    json!({"NetworkID": nid, "EndpointID": eid,
+                           "Interface": {"Address": format!("10.231.12.{}/24", 10 + i)}}),
+                );
+            });
+        }
+    });
+    let ports = sh("ovs-vsctl", &["list-ports", "ovsbr-a3000000"]);
+    assert_eq!(
+        ports.lines().filter(|p| p.starts_with("ovsva3e")).count(),
+        8,
+        "{ports}"
+    );
+    d.kill();
+    // The first daemon crashed (SIGKILL): a new one on its socket recovers from OVSDB.
+    let d = Daemon::start(&d.socket);
     let st = d.status();
     assert_eq!(
         st["networks"][0]["endpoints"].as_array().map(Vec::len),
