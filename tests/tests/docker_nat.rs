@@ -215,15 +215,11 @@ fn records_that_cannot_be_trusted_are_left_alone() {
             &["-o", "mode=nat", "--subnet", &subnet, "--gateway", &gateway],
         );
         let publish = format!("{}:80", 18191 + i);
-        containers.push(Container::run(
+        containers.push(Container::httpd_with(
             &format!("dsrec-{what}"),
             &net,
             &["-p", &publish],
-            &[
-                "sh",
-                "-c",
-                &format!("echo rec-{what} > /www/index.html; exec httpd -f -p 80 -h /www"),
-            ],
+            &format!("rec-{what}"),
         ));
         nets.push(net);
     }
@@ -405,16 +401,7 @@ fn works_under_a_forward_drop_policy() {
     let _plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net = Network::nat("dsnat-drop", "10.232.4.0/24");
-    let web = Container::run(
-        "dsnat-drop-web",
-        &net,
-        &["-p", "18090:80"],
-        &[
-            "sh",
-            "-c",
-            "echo drop-ok > /www/index.html; exec httpd -f -p 80 -h /www",
-        ],
-    );
+    let web = Container::httpd_with("dsnat-drop-web", &net, &["-p", "18090:80"], "drop-ok");
     let seen = container_tcp(&web, FAR_IP, 7000).expect("outbound under FORWARD DROP");
     assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
     let url = format!("http://{HOST_UPLINK_IP}:18090/");
@@ -446,38 +433,12 @@ fn dynamic_and_ranged_host_ports() {
     let far = Far::new("dsn", "10.232.100");
     let net = Network::nat("dsnat-dyn", "10.232.8.0/24");
     // -P: Docker sends host port 0 to a remote driver; dovesnap picks a free one.
-    let _a = Container::run(
-        "dsnat-dyn-a",
-        &net,
-        &["--expose", "80", "-P"],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-a > /www/index.html; exec httpd -f -p 80 -h /www",
-        ],
-    );
+    let _a = Container::httpd_with("dsnat-dyn-a", &net, &["--expose", "80", "-P"], "dyn-a");
     // A host range with one container port: one port of the range is chosen.
-    let _b = Container::run(
-        "dsnat-dyn-b",
-        &net,
-        &["-p", "18100-18102:81"],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-b > /www/index.html; exec httpd -f -p 81 -h /www",
-        ],
-    );
+    let _b = Container::httpd_on("dsnat-dyn-b", &net, 81, &["-p", "18100-18102:81"], "dyn-b");
     // Bound to one host address: reachable there only.
-    let _c = Container::run(
-        "dsnat-dyn-c",
-        &net,
-        &["-p", &format!("{HOST_UPLINK_IP}:18110:82")],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-c > /www/index.html; exec httpd -f -p 82 -h /www",
-        ],
-    );
+    let bound = format!("{HOST_UPLINK_IP}:18110:82");
+    let _c = Container::httpd_on("dsnat-dyn-c", &net, 82, &["-p", &bound], "dyn-c");
     assert_eq!(
         wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:18110/")),
         "dyn-c"

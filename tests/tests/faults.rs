@@ -880,15 +880,11 @@ fn churn_and_sprays_never_pin_the_pool() {
 
     // A server with a published TCP port (httpd) and UDP port (an answerer in its
     // namespace); the far side sprays both.
-    let srv = Container::run(
+    let srv = Container::httpd_with(
         "dsflt-pool-srv",
         &t.fast,
         &["-p", "18310:80", "-p", "18311:53/udp"],
-        &[
-            "sh",
-            "-c",
-            "echo pool > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
+        "pool",
     );
     let _answerer = srv.udp_pong(53);
     for rule in [

@@ -342,8 +342,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
         args.extend_from_slice(extra);
         let net = Network::create(&what, &args);
         let publish = format!("{}:80", 18230 + 2 * idx + slot);
-        let script = format!("echo {what} > /www/index.html && exec httpd -f -p 80 -h /www");
-        let c = Container::run(&what, &net, &["-p", &publish], &["sh", "-c", &script]);
+        let c = Container::httpd_with(&what, &net, &["-p", &publish], &what);
         nets.push(net);
         containers.push(c);
     }
