@@ -99,6 +99,19 @@ struct Cleanup {
     containers: Vec<String>,
 }
 
+impl Cleanup {
+    /// Creates network `name` with `args` (after removing a stale one), to be removed.
+    fn network(&mut self, name: &str, args: &[&str]) -> Result<()> {
+        let _ = docker(&["network", "rm", name]);
+        let mut full = vec!["network", "create"];
+        full.extend_from_slice(args);
+        full.push(name);
+        docker(&full)?;
+        self.networks.push(name.into());
+        Ok(())
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for c in &self.containers {
@@ -315,27 +328,11 @@ pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
         ),
     ];
     for (name, args) in &nets {
-        let net = format!("dsb-{name}");
-        let _ = docker(&["network", "rm", &net]);
-        let mut full = vec!["network", "create"];
-        full.extend(args.iter().copied());
-        full.push(&net);
-        docker(&full)?;
-        clean.networks.push(net);
+        clean.network(&format!("dsb-{name}"), args)?;
     }
     // A container to connect and disconnect, living on a network of its own.
     let home = "dsb-home";
-    let _ = docker(&["network", "rm", home]);
-    docker(&[
-        "network",
-        "create",
-        "-d",
-        "bridge",
-        "--subnet",
-        "10.241.8.0/24",
-        home,
-    ])?;
-    clean.networks.push(home.into());
+    clean.network(home, &["-d", "bridge", "--subnet", "10.241.8.0/24"])?;
     let idle = "dsb-idle";
     let _ = docker(&["rm", "-f", idle]);
     docker(&[

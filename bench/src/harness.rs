@@ -415,14 +415,29 @@ struct UdpRound {
 
 fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpRound> {
     let per = 256 / gens;
-    let port = |g: u16| (UDP_PORT + g * per).to_string();
+    let (far, flows) = (FAR_IP.to_string(), per.to_string());
+    let ports: Vec<String> = (0..gens)
+        .map(|g| (UDP_PORT + g * per).to_string())
+        .collect();
+    // Generator `g`'s flows: `tool --dst FAR_IP --port P --flows N`, `P` its first port.
+    let flow_args = |tool: &'static str, g: u16| -> Vec<&str> {
+        vec![
+            tool,
+            "--dst",
+            &far,
+            "--port",
+            &ports[usize::from(g)],
+            "--flows",
+            &flows,
+        ]
+    };
     if sink_ns == NS_F {
         let echo = spawn_tool(
             NS_F,
             &[
                 "udp-echo",
                 "--port",
-                &port(0),
+                &ports[0],
                 "--flows",
                 "256",
                 "--seconds",
@@ -431,20 +446,9 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
         )?;
         std::thread::sleep(Duration::from_millis(300));
         for g in 0..gens {
-            run_tool(
-                NS_C,
-                &[
-                    "udp-warm",
-                    "--dst",
-                    &FAR_IP.to_string(),
-                    "--port",
-                    &port(g),
-                    "--flows",
-                    &per.to_string(),
-                    "--cpu",
-                    "0",
-                ],
-            )?;
+            let mut args = flow_args("udp-warm", g);
+            args.extend(["--cpu", "0"]);
+            run_tool(NS_C, &args)?;
         }
         wait_tool(echo).ok();
     }
@@ -456,26 +460,13 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
     std::thread::sleep(Duration::from_millis(500));
     let (busy0, _) = cpu_times();
     let t0 = Instant::now();
+    let run_secs = format!("{}", plan.seconds);
     let generators = (0..gens)
         .map(|g| {
-            spawn_tool(
-                NS_C,
-                &[
-                    "udp-gen",
-                    "--dst",
-                    &FAR_IP.to_string(),
-                    "--port",
-                    &port(g),
-                    "--flows",
-                    &per.to_string(),
-                    "--payload",
-                    "18",
-                    "--seconds",
-                    &format!("{}", plan.seconds),
-                    "--cpu",
-                    &g.to_string(),
-                ],
-            )
+            let cpu = g.to_string();
+            let mut args = flow_args("udp-gen", g);
+            args.extend(["--payload", "18", "--seconds", &run_secs, "--cpu", &cpu]);
+            spawn_tool(NS_C, &args)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut sent = 0.0;
@@ -496,16 +487,19 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
     })
 }
 
+/// Per-run values of the small-packet UDP workload with a given number of generators.
+#[derive(Default, Debug)]
+pub struct UdpRuns {
+    pub pps: Vec<f64>,
+    pub loss: Vec<f64>,
+    pub cpu_ns: Vec<f64>,
+}
+
 /// Per-run values of the data-path workloads on one path.
 #[derive(Default, Debug)]
 pub struct PathRuns {
-    pub udp_pps: Vec<f64>,
-    pub udp_loss: Vec<f64>,
-    pub udp_cpu_ns: Vec<f64>,
-    /// The same with two generators (two CPUs, two queues).
-    pub udp2_pps: Vec<f64>,
-    pub udp2_loss: Vec<f64>,
-    pub udp2_cpu_ns: Vec<f64>,
+    /// With one generator (one CPU, one queue), then with two (two CPUs, two queues).
+    pub udp: [UdpRuns; 2],
     pub tcp1_gbps: Vec<f64>,
     pub tcp4_gbps: Vec<f64>,
     pub rr_p50: Vec<f64>,
@@ -529,24 +523,21 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
     for run in 0..plan.runs {
         // Small-packet UDP: one generator pinned to CPU 0, then two (CPUs 0 and 1), in
         // the container; XDP sink on the far side.
-        for (gens, pps, loss, cpu) in [
-            (1, &mut r.udp_pps, &mut r.udp_loss, &mut r.udp_cpu_ns),
-            (2, &mut r.udp2_pps, &mut r.udp2_loss, &mut r.udp2_cpu_ns),
-        ] {
+        for (gens, udp) in (1..).zip(&mut r.udp) {
             let UdpRound {
                 sent,
                 seconds,
                 frames,
                 busy_seconds,
             } = udp_round(plan, NS_F, "f0", gens)?;
-            pps.push(frames / seconds);
-            loss.push(if sent > 0.0 {
+            udp.pps.push(frames / seconds);
+            udp.loss.push(if sent > 0.0 {
                 (sent - frames).max(0.0) / sent
             } else {
                 1.0
             });
             if frames > 0.0 {
-                cpu.push(busy_seconds * 1e9 / frames);
+                udp.cpu_ns.push(busy_seconds * 1e9 / frames);
             }
         }
         // TCP streams.
@@ -600,9 +591,9 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
             eprintln!(
                 "    run {}: udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, tcp {:.2}/{:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
                 run + 1,
-                r.udp_pps.last().unwrap_or(&0.0),
-                r.udp_loss.last().unwrap_or(&0.0) * 100.0,
-                r.udp2_pps.last().unwrap_or(&0.0),
+                r.udp[0].pps.last().unwrap_or(&0.0),
+                r.udp[0].loss.last().unwrap_or(&0.0) * 100.0,
+                r.udp[1].pps.last().unwrap_or(&0.0),
                 r.tcp1_gbps.last().unwrap_or(&0.0),
                 r.tcp4_gbps.last().unwrap_or(&0.0),
                 r.rr_p50.last().unwrap_or(&0.0),
@@ -633,12 +624,27 @@ pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
     const CPU: &str = "CPU time the whole machine spent, divided by packets delivered";
     let cpu_ns = "ns CPU/packet";
     let table: [(&str, &str, &Vec<f64>, Option<&str>); 11] = [
-        ("udp-64B-pps", "packets/s", &r.udp_pps, Some(ONE_CPU)),
-        ("udp-64B-loss", "fraction", &r.udp_loss, None),
-        ("udp-64B-cpu-per-packet", cpu_ns, &r.udp_cpu_ns, Some(CPU)),
-        ("udp-64B-pps-2cpu", "packets/s", &r.udp2_pps, Some(TWO_CPUS)),
-        ("udp-64B-loss-2cpu", "fraction", &r.udp2_loss, None),
-        ("udp-64B-cpu-per-packet-2cpu", cpu_ns, &r.udp2_cpu_ns, None),
+        ("udp-64B-pps", "packets/s", &r.udp[0].pps, Some(ONE_CPU)),
+        ("udp-64B-loss", "fraction", &r.udp[0].loss, None),
+        (
+            "udp-64B-cpu-per-packet",
+            cpu_ns,
+            &r.udp[0].cpu_ns,
+            Some(CPU),
+        ),
+        (
+            "udp-64B-pps-2cpu",
+            "packets/s",
+            &r.udp[1].pps,
+            Some(TWO_CPUS),
+        ),
+        ("udp-64B-loss-2cpu", "fraction", &r.udp[1].loss, None),
+        (
+            "udp-64B-cpu-per-packet-2cpu",
+            cpu_ns,
+            &r.udp[1].cpu_ns,
+            None,
+        ),
         ("tcp-1-stream", "Gbit/s", &r.tcp1_gbps, None),
         ("tcp-4-streams", "Gbit/s", &r.tcp4_gbps, None),
         ("tcp-rr-p50", "us", &r.rr_p50, None),

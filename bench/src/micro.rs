@@ -155,11 +155,9 @@ enum L4 {
 
 #[derive(Debug, Clone, Copy)]
 struct FrameSpec {
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-    src: Ipv4Addr,
+    /// The Ethernet and IPv4 headers: DF, TTL 64, the source port as identification.
+    ip: Ipv4Header,
     sport: u16,
-    dst: Ipv4Addr,
     dport: u16,
     l4: L4,
     /// Length of the whole frame.
@@ -168,14 +166,21 @@ struct FrameSpec {
 }
 
 impl FrameSpec {
-    /// From a container (outbound).
-    fn out(c: usize, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4, len: usize) -> Self {
+    /// `l4` from `sport` to `dport` behind the addresses of `ip` (its protocol,
+    /// identification and flags are set here).
+    fn new(ip: Ipv4Header, sport: u16, dport: u16, l4: L4, len: usize) -> Self {
+        let proto = match l4 {
+            L4::Udp => PROTO_UDP,
+            L4::Tcp { .. } => PROTO_TCP,
+        };
         FrameSpec {
-            eth_dst: GW_MAC,
-            eth_src: container_mac(c),
-            src: container_ip(c),
+            ip: Ipv4Header {
+                proto,
+                ident: sport,
+                frag: DF,
+                ..ip
+            },
             sport,
-            dst,
             dport,
             l4,
             len,
@@ -183,37 +188,29 @@ impl FrameSpec {
         }
     }
 
+    /// From a container (outbound).
+    fn out(c: usize, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4, len: usize) -> Self {
+        let ip = Ipv4Header {
+            eth_src: container_mac(c),
+            ..Ipv4Header::new(GW_MAC, container_ip(c), dst, PROTO_UDP)
+        };
+        FrameSpec::new(ip, sport, dport, l4, len)
+    }
+
     /// From a remote, to the external address (inbound).
     fn inb(src: Ipv4Addr, sport: u16, ext_port: u16, l4: L4, len: usize) -> Self {
-        FrameSpec {
-            eth_dst: UPLINK_MAC,
+        let ip = Ipv4Header {
             eth_src: PEER_MAC,
-            src,
-            sport,
-            dst: EXT,
-            dport: ext_port,
-            l4,
-            len,
-            csum: Csum::Full,
-        }
+            ..Ipv4Header::new(UPLINK_MAC, src, EXT, PROTO_UDP)
+        };
+        FrameSpec::new(ip, sport, ext_port, l4, len)
     }
 }
 
-/// Writes the frame `spec` describes into `buf[..spec.len]`: DF, TTL 64, the source
-/// port as identification, payload bytes counting up.
+/// Writes the frame `spec` describes into `buf[..spec.len]`, payload bytes counting up.
 fn write_frame(buf: &mut [u8], spec: &FrameSpec) {
     let f = &mut buf[..spec.len];
-    let proto = match spec.l4 {
-        L4::Udp => PROTO_UDP,
-        L4::Tcp { .. } => PROTO_TCP,
-    };
-    let header = Ipv4Header {
-        eth_src: spec.eth_src,
-        ident: spec.sport,
-        frag: DF,
-        ..Ipv4Header::new(spec.eth_dst, spec.src, spec.dst, proto)
-    };
-    header.write(f);
+    spec.ip.write(f);
     let hl = match spec.l4 {
         L4::Udp => {
             write_udp(&mut f[L4_AT..], spec.sport, spec.dport);

@@ -38,7 +38,7 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -60,6 +60,32 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 /// `crr-client`: connect and read time-outs of one connection (a lost SYN is an error).
 const CRR_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Where a client or generator sends: `--dst ADDR --port PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct Peer {
+    /// Destination address.
+    #[arg(long)]
+    pub dst: Ipv4Addr,
+    /// Destination port (generators: of the first flow; flow i goes to port + i).
+    #[arg(long)]
+    pub port: u16,
+}
+
+impl Peer {
+    pub fn addr(self) -> SocketAddr {
+        SocketAddr::from((self.dst, self.port))
+    }
+}
+
+/// Where a server listens: `--bind ADDR` (default all) `--port PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct Listen {
+    #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
+    pub bind: Ipv4Addr,
+    #[arg(long)]
+    pub port: u16,
+}
+
 /// The tools, as `dovesnap-bench` subcommands (`#[command(subcommand)]` or
 /// `#[command(flatten)]` it into the binary's own enum). [`Tool::run`] runs one and
 /// prints its JSON line.
@@ -67,12 +93,8 @@ const CRR_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Tool {
     /// UDP load generator (sendmmsg); prints {"sent","seconds","errors"}.
     UdpGen {
-        /// Destination address.
-        #[arg(long)]
-        dst: Ipv4Addr,
-        /// First destination port: flow i goes to port + i.
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        to: Peer,
         /// Number of flows (sockets, each with its own source port).
         #[arg(long, default_value_t = 256)]
         flows: u16,
@@ -94,10 +116,8 @@ pub enum Tool {
     /// from source port `PACKET_SRC_PORT + i` to `dst:port + i`, then waits for the
     /// answers; prints {"flows","answered"}.
     UdpWarm {
-        #[arg(long)]
-        dst: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        to: Peer,
         #[arg(long, default_value_t = 256)]
         flows: u16,
         /// Pin to this CPU (so the datagrams leave by that CPU's transmit queue).
@@ -130,17 +150,13 @@ pub enum Tool {
     },
     /// Bulk TCP receiver; reports each connection's byte count back to its client.
     StreamServer {
-        #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
-        bind: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        at: Listen,
     },
     /// Bulk TCP sender (128 KiB writes); prints {"bytes","seconds","gbps",..}.
     StreamClient {
-        #[arg(long)]
-        dst: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        to: Peer,
         /// Parallel connections.
         #[arg(long, default_value_t = 1)]
         streams: usize,
@@ -149,17 +165,13 @@ pub enum Tool {
     },
     /// 1-byte echo server for rr-client.
     RrServer {
-        #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
-        bind: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        at: Listen,
     },
     /// TCP_RR over one connection; prints {"transactions","p50_us","p99_us","mean_us",..}.
     RrClient {
-        #[arg(long)]
-        dst: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        to: Peer,
         /// Measured window (after the warm-up).
         #[arg(long, value_parser = parse_seconds)]
         seconds: Duration,
@@ -169,18 +181,14 @@ pub enum Tool {
     },
     /// 1-byte echo server for crr-client (one request per connection).
     CrrServer {
-        #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
-        bind: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        at: Listen,
     },
     /// TCP_CRR (connect, 1-byte request, 1-byte response, RST); prints
     /// {"connections","per_second","errors",..}.
     CrrClient {
-        #[arg(long)]
-        dst: Ipv4Addr,
-        #[arg(long)]
-        port: u16,
+        #[command(flatten)]
+        to: Peer,
         #[arg(long, value_parser = parse_seconds)]
         seconds: Duration,
         /// Connection loops running at once.
@@ -195,20 +203,14 @@ impl Tool {
     pub fn run(self) -> Result<()> {
         match self {
             Tool::UdpGen {
-                dst,
-                port,
+                to,
                 flows,
                 payload,
                 seconds,
                 cpu,
                 mode,
-            } => print_json(&udp_gen(dst, port, flows, payload, seconds, cpu, mode)?),
-            Tool::UdpWarm {
-                dst,
-                port,
-                flows,
-                cpu,
-            } => print_json(&udp_warm(dst, port, flows, cpu)?),
+            } => print_json(&udp_gen(to, flows, payload, seconds, cpu, mode)?),
+            Tool::UdpWarm { to, flows, cpu } => print_json(&udp_warm(to, flows, cpu)?),
             Tool::UdpEcho {
                 port,
                 flows,
@@ -220,27 +222,23 @@ impl Tool {
                 until_stdin_eof,
                 generic,
             } => print_json(&sink(&ifname, seconds, until_stdin_eof, generic)?),
-            Tool::StreamServer { bind, port } => stream_server(bind, port),
+            Tool::StreamServer { at } => stream_server(at),
             Tool::StreamClient {
-                dst,
-                port,
+                to,
                 streams,
                 seconds,
-            } => print_json(&stream_client(dst, port, streams, seconds)?),
-            Tool::RrServer { bind, port } => rr_server(bind, port),
+            } => print_json(&stream_client(to, streams, seconds)?),
+            Tool::RrServer { at } | Tool::CrrServer { at } => echo_server(at),
             Tool::RrClient {
-                dst,
-                port,
+                to,
                 seconds,
                 warmup,
-            } => print_json(&rr_client(dst, port, seconds, warmup)?),
-            Tool::CrrServer { bind, port } => crr_server(bind, port),
+            } => print_json(&rr_client(to, seconds, warmup)?),
             Tool::CrrClient {
-                dst,
-                port,
+                to,
                 seconds,
                 concurrency,
-            } => print_json(&crr_client(dst, port, seconds, concurrency)?),
+            } => print_json(&crr_client(to, seconds, concurrency)?),
         }
     }
 }
@@ -308,14 +306,14 @@ pub struct UdpGenResult {
 /// - [`GenMode::Socket`]: flow `i` is a connected UDP socket with its own ephemeral
 ///   source port; each batch goes to one socket, the sockets in turn.
 pub fn udp_gen(
-    dst: Ipv4Addr,
-    port_base: u16,
+    to: Peer,
     flows: u16,
     payload: usize,
     duration: Duration,
     cpu: Option<usize>,
     mode: GenMode,
 ) -> Result<UdpGenResult> {
+    let port_base = to.port;
     if flows == 0 {
         bail!("--flows must be at least 1");
     }
@@ -332,8 +330,8 @@ pub fn udp_gen(
         pin_to_cpu(cpu)?;
     }
     match mode {
-        GenMode::Socket => socket_gen(dst, port_base, flows, payload, duration),
-        GenMode::Packet => packet_gen(dst, port_base, flows, payload, duration),
+        GenMode::Socket => socket_gen(to, flows, payload, duration),
+        GenMode::Packet => packet_gen(to, flows, payload, duration),
     }
 }
 
@@ -391,13 +389,11 @@ fn zeroed_msgs() -> [libc::mmsghdr; BATCH] {
     unsafe { std::mem::zeroed() }
 }
 
-fn socket_gen(
-    dst: Ipv4Addr,
-    port_base: u16,
-    flows: u16,
-    payload: usize,
-    duration: Duration,
-) -> Result<UdpGenResult> {
+fn socket_gen(to: Peer, flows: u16, payload: usize, duration: Duration) -> Result<UdpGenResult> {
+    let Peer {
+        dst,
+        port: port_base,
+    } = to;
     let sockets = (0..flows)
         .map(|i| {
             let dst = SocketAddrV4::new(dst, port_base + i);
@@ -429,12 +425,8 @@ fn socket_gen(
 }
 
 /// See [`Tool::UdpWarm`].
-pub fn udp_warm(
-    dst: Ipv4Addr,
-    port: u16,
-    flows: u16,
-    cpu: Option<usize>,
-) -> Result<serde_json::Value> {
+pub fn udp_warm(to: Peer, flows: u16, cpu: Option<usize>) -> Result<serde_json::Value> {
+    let Peer { dst, port } = to;
     if let Some(cpu) = cpu {
         pin_to_cpu(cpu)?;
     }
@@ -492,13 +484,11 @@ pub fn udp_echo(port: u16, flows: u16, duration: Duration) -> Result<()> {
     Ok(())
 }
 
-fn packet_gen(
-    dst: Ipv4Addr,
-    port_base: u16,
-    flows: u16,
-    payload: usize,
-    duration: Duration,
-) -> Result<UdpGenResult> {
+fn packet_gen(to: Peer, flows: u16, payload: usize, duration: Duration) -> Result<UdpGenResult> {
+    let Peer {
+        dst,
+        port: port_base,
+    } = to;
     let (path, primed) = resolve_path(dst, port_base, payload)?;
     if payload + 28 > path.mtu {
         bail!(
@@ -538,19 +528,8 @@ fn packet_gen(
     // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    // SAFETY: `socket` is open; the option value is a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("cannot set PACKET_QDISC_BYPASS");
-    }
+    set_option(&socket, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+        .context("cannot set PACKET_QDISC_BYPASS")?;
     // SAFETY: sockaddr_ll is plain C data; all-zero is valid before the fields are set.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -837,19 +816,15 @@ pub fn sink(
 }
 
 /// Bulk TCP receiver (see the module docs for the protocol); serves until killed.
-pub fn stream_server(bind: Ipv4Addr, port: u16) -> Result<()> {
-    serve(bind, port, Handler::Stream)
+pub fn stream_server(at: Listen) -> Result<()> {
+    serve(at, Handler::Stream)
 }
 
-/// 1-byte echo server for [`rr_client`]; serves until killed.
-pub fn rr_server(bind: Ipv4Addr, port: u16) -> Result<()> {
-    serve(bind, port, Handler::Echo)
-}
-
-/// 1-byte echo server for [`crr_client`] (the same echo as [`rr_server`]: each
-/// connection carries one transaction and ends with the client's RST).
-pub fn crr_server(bind: Ipv4Addr, port: u16) -> Result<()> {
-    serve(bind, port, Handler::Echo)
+/// 1-byte echo server for [`rr_client`] and [`crr_client`] (for the latter each
+/// connection carries one transaction and ends with the client's RST); serves until
+/// killed.
+pub fn echo_server(at: Listen) -> Result<()> {
+    serve(at, Handler::Echo)
 }
 
 /// What a server does with each connection.
@@ -861,11 +836,21 @@ enum Handler {
     Echo,
 }
 
-fn serve(bind: Ipv4Addr, port: u16, handler: Handler) -> Result<()> {
+fn serve(at: Listen, handler: Handler) -> Result<()> {
+    let Listen { bind, port } = at;
     let listener = TcpListener::bind((bind, port))
         .with_context(|| format!("cannot listen on {bind}:{port}"))?;
     print_json(&serde_json::json!({ "listening": listener.local_addr()?.to_string() }))?;
     serve_on(listener, handler)
+}
+
+/// Fails unless `n` (the value of `flag`) is 1 to [`SERVER_WORKERS`]: a client's
+/// connections each need a server thread of their own.
+fn check_workers(flag: &str, n: usize) -> Result<()> {
+    if n == 0 || n > SERVER_WORKERS {
+        bail!("{flag} must be 1 to {SERVER_WORKERS} (the server's worker count)");
+    }
+    Ok(())
 }
 
 /// Serves `listener` with [`SERVER_WORKERS`] accepting threads; returns only if every
@@ -960,16 +945,9 @@ pub struct StreamResult {
 
 /// Writes [`STREAM_WRITE`]-byte buffers on `streams` connections for `duration`; the
 /// result counts what the server read (see the module docs).
-pub fn stream_client(
-    dst: Ipv4Addr,
-    port: u16,
-    streams: usize,
-    duration: Duration,
-) -> Result<StreamResult> {
-    if streams == 0 || streams > SERVER_WORKERS {
-        bail!("--streams must be 1 to {SERVER_WORKERS} (the server's worker count)");
-    }
-    let addr = SocketAddr::from((dst, port));
+pub fn stream_client(to: Peer, streams: usize, duration: Duration) -> Result<StreamResult> {
+    check_workers("--streams", streams)?;
+    let addr = to.addr();
     let conns = (0..streams)
         .map(|_| connect_retry(addr))
         .collect::<Result<Vec<_>>>()?;
@@ -1042,13 +1020,8 @@ pub struct RrResult {
 /// they come back; `warmup` of transactions first, then `duration` recorded (each
 /// transaction's latency into a preallocated vector, sorted at the end; percentiles by
 /// nearest rank).
-pub fn rr_client(
-    dst: Ipv4Addr,
-    port: u16,
-    duration: Duration,
-    warmup: Duration,
-) -> Result<RrResult> {
-    let addr = SocketAddr::from((dst, port));
+pub fn rr_client(to: Peer, duration: Duration, warmup: Duration) -> Result<RrResult> {
+    let addr = to.addr();
     let mut conn = connect_retry(addr)?;
     conn.set_nodelay(true)?;
     // Room for 250k transactions/s, well above what a veth round trip allows.
@@ -1122,16 +1095,9 @@ pub struct CrrResult {
 
 /// TCP_CRR: `concurrency` threads each loop connect, 1-byte request, 1-byte response,
 /// abortive close (`SO_LINGER` 0: RST, no TIME_WAIT) for `duration`.
-pub fn crr_client(
-    dst: Ipv4Addr,
-    port: u16,
-    duration: Duration,
-    concurrency: usize,
-) -> Result<CrrResult> {
-    if concurrency == 0 || concurrency > SERVER_WORKERS {
-        bail!("--concurrency must be 1 to {SERVER_WORKERS} (the server's worker count)");
-    }
-    let addr = SocketAddr::from((dst, port));
+pub fn crr_client(to: Peer, duration: Duration, concurrency: usize) -> Result<CrrResult> {
+    check_workers("--concurrency", concurrency)?;
+    let addr = to.addr();
     // Wait for the server once, so that start-up is not counted as errors.
     abort_on_close(&connect_retry(addr)?)?;
     let barrier = Arc::new(Barrier::new(concurrency + 1));
@@ -1177,15 +1143,26 @@ fn abort_on_close(conn: &TcpStream) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `conn` is an open TCP socket; `linger` is a valid struct of the size
-    // passed, which the kernel only reads.
+    set_option(conn, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+}
+
+/// `setsockopt(2)` of `level`/`name` to `value`, which must be the C type the option
+/// takes (`c_int`, `linger`, ...).
+fn set_option<T>(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `socket` is an open descriptor; `value` is a valid `T` of the size passed,
+    // which the kernel only reads.
     let rc = unsafe {
         libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            socket.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -1241,8 +1218,10 @@ mod tests {
                 "0",
             ]),
             Tool::UdpGen {
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                port: 9000,
+                to: Peer {
+                    dst: Ipv4Addr::new(10, 0, 0, 2),
+                    port: 9000
+                },
                 flows: 256,
                 payload: 18,
                 seconds: Duration::from_millis(2500),
@@ -1282,39 +1261,34 @@ mod tests {
         assert_eq!(
             parse(&["stream-server", "--port", "5201"]),
             Tool::StreamServer {
-                bind: Ipv4Addr::UNSPECIFIED,
-                port: 5201
+                at: Listen {
+                    bind: Ipv4Addr::UNSPECIFIED,
+                    port: 5201
+                }
             }
         );
+        // The TCP clients take the same peer and window.
+        let to = Peer {
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            port: 1,
+        };
+        let client = |tool| parse(&[tool, "--dst", "10.0.0.2", "--port", "1", "--seconds", "1"]);
         assert_eq!(
-            parse(&[
-                "rr-client",
-                "--dst",
-                "10.0.0.2",
-                "--port",
-                "1",
-                "--seconds",
-                "1"
-            ]),
+            client("rr-client"),
             Tool::RrClient {
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                port: 1,
+                to,
                 seconds: Duration::from_secs(1),
                 warmup: Duration::from_millis(500),
             }
         );
-        assert!(matches!(
-            parse(&[
-                "crr-client",
-                "--dst",
-                "10.0.0.2",
-                "--port",
-                "1",
-                "--seconds",
-                "1"
-            ]),
-            Tool::CrrClient { concurrency: 4, .. }
-        ));
+        assert_eq!(
+            client("crr-client"),
+            Tool::CrrClient {
+                to,
+                seconds: Duration::from_secs(1),
+                concurrency: 4,
+            }
+        );
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("x").is_err());
     }
@@ -1343,13 +1317,19 @@ mod tests {
         port
     }
 
+    fn local(port: u16) -> Peer {
+        Peer {
+            dst: Ipv4Addr::LOCALHOST,
+            port,
+        }
+    }
+
     #[test]
     fn udp_gen_on_loopback() {
         let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let port = rx.local_addr().expect("addr").port();
         let r = udp_gen(
-            Ipv4Addr::LOCALHOST,
-            port,
+            local(port),
             1,
             18,
             Duration::from_millis(100),
@@ -1361,17 +1341,7 @@ mod tests {
         assert_eq!(r.errors, 0, "{r:?}");
         let mut buf = [0u8; 64];
         assert_eq!(rx.recv(&mut buf).expect("recv"), 18);
-        let gen = |port, flows, mode| {
-            udp_gen(
-                Ipv4Addr::LOCALHOST,
-                port,
-                flows,
-                18,
-                Duration::ZERO,
-                None,
-                mode,
-            )
-        };
+        let gen = |port, flows, mode| udp_gen(local(port), flows, 18, Duration::ZERO, None, mode);
         assert!(gen(65535, 2, GenMode::Socket).is_err());
         assert!(gen(9, 0, GenMode::Socket).is_err());
         // Packet mode needs an Ethernet next hop, and says so.
@@ -1413,16 +1383,15 @@ mod tests {
         let echo = loopback_server(Handler::Echo);
         let short = Duration::from_millis(200);
 
-        let s = stream_client(Ipv4Addr::LOCALHOST, stream, 2, short).expect("stream");
+        let s = stream_client(local(stream), 2, short).expect("stream");
         assert!(s.bytes > 0 && s.bytes == s.sent, "{s:?}");
         assert!(s.gbps > 0.0 && s.seconds >= 0.2, "{s:?}");
 
-        let rr =
-            rr_client(Ipv4Addr::LOCALHOST, echo, short, Duration::from_millis(50)).expect("rr");
+        let rr = rr_client(local(echo), short, Duration::from_millis(50)).expect("rr");
         assert!(rr.transactions > 100, "{rr:?}");
         assert!(rr.min_us <= rr.p50_us && rr.p50_us <= rr.p99_us && rr.p99_us <= rr.max_us);
 
-        let crr = crr_client(Ipv4Addr::LOCALHOST, echo, short, 2).expect("crr");
+        let crr = crr_client(local(echo), short, 2).expect("crr");
         assert!(crr.connections > 10 && crr.errors == 0, "{crr:?}");
         assert!(crr.per_second > 0.0);
     }

@@ -44,8 +44,10 @@ impl Daemon {
     }
 
     /// [`Daemon::start_with`] inside network namespace `netns` (`ip netns exec` execs
-    /// the daemon, so signals reach it).
+    /// the daemon, so signals reach it). Fails the test unless it runs as root: every
+    /// daemon fixture starts here, so a test that starts one needs no check of its own.
     pub fn start_in(netns: Option<&str>, socket: &Path, extra: &[&str]) -> Self {
+        crate::require_root();
         // The control socket and the log go to a folder of the test's own, never beside
         // the plugin socket: dockerd treats every socket in its plugin folder as a plugin.
         let scratch = std::env::temp_dir().join(crate::unique_name("dsd"));

@@ -154,7 +154,12 @@ impl Container {
 
     /// [`Container::httpd`] with `extra` `docker run` arguments (e.g. `-p`).
     pub fn httpd_with(name: &str, net: &Network, extra: &[&str], body: &str) -> Self {
-        let script = format!("echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+        Container::httpd_on(name, net, 80, extra, body)
+    }
+
+    /// [`Container::httpd_with`] serving on `port` instead of 80.
+    pub fn httpd_on(name: &str, net: &Network, port: u16, extra: &[&str], body: &str) -> Self {
+        let script = format!("echo {body} > /www/index.html && exec httpd -f -p {port} -h /www");
         Container::run(name, net, extra, &["sh", "-c", &script])
     }
 

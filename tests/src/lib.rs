@@ -3,7 +3,8 @@
 //! Every fixture is RAII: what it creates (namespace, veth, OVS bridge) is removed in
 //! `Drop`, also when the test panics. Privileged tests are `#[ignore = "needs root ..."]`
 //! and `cargo xtask test` runs them with `--ignored --test-threads=1`; they call
-//! [`require_root`] first so that a run without the privileges fails loudly instead of
+//! [`require_root`] first (the daemon fixtures, `Daemon::start*` and `start_plugin*`,
+//! call it themselves) so that a run without the privileges fails loudly instead of
 //! passing.
 
 use std::process::{Command, Output};

@@ -42,3 +42,28 @@ pub fn find_in(list: &Value, field: &str, value: &str) -> Value {
         .cloned()
         .unwrap_or(Value::Null)
 }
+
+/// The endpoints (`networks[].endpoints[]`) of the network with id `network`, or of every
+/// network if `None`.
+pub fn endpoints(status: &Value, network: Option<&str>) -> Vec<Value> {
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| network.is_none_or(|id| n["id"].as_str() == Some(id)))
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The endpoint (see [`endpoints`]) whose address is `ip` (`Null` if none).
+pub fn endpoint_at(status: &Value, network: Option<&str>, ip: &str) -> Value {
+    let prefix = format!("{ip}/");
+    endpoints(status, network)
+        .into_iter()
+        .find(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&prefix))
+        })
+        .unwrap_or(Value::Null)
+}

@@ -7,57 +7,19 @@
 //! have repaired nothing (Docker's own teardown is not a fault).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
 
 use dovesnap_tests::daemon::Daemon;
-use dovesnap_tests::docker::{docker, ensure_image, start_plugin_with, Network, IMAGE, WHOAMI};
-use dovesnap_tests::{host_veths, require_root, run, sh, Netns, Veth};
+use dovesnap_tests::docker::{docker, ensure_image, start_plugin_with, Network, IMAGE};
+use dovesnap_tests::far::Far;
+use dovesnap_tests::{host_veths, require_root, run};
 
 const TOTAL: usize = 200;
 const THREADS: usize = 4;
 /// Containers each thread keeps running while it churns.
 const WINDOW: usize = 3;
-
-/// The uplink of the nat networks: a far namespace behind a veth.
-struct Far {
-    _ns: Netns,
-    uplink: Veth,
-    server: Child,
-}
-
-impl Far {
-    fn new() -> Self {
-        let ns = Netns::new("dschf");
-        let uplink = Veth::new("dschu");
-        sh(
-            "ip",
-            &["addr", "add", "10.234.100.1/24", "dev", &uplink.host],
-        );
-        uplink.peer_into(&ns, "10.234.100.2/24");
-        let server = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", WHOAMI])
-            .args(["10.234.100.2", "7000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("who-am-I server");
-        Far {
-            _ns: ns,
-            uplink,
-            server,
-        }
-    }
-}
-
-impl Drop for Far {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
 
 /// Removes every container the test may have made, on drop (also on panic).
 struct Sweep;
@@ -258,7 +220,8 @@ fn churn_leaves_exactly_what_live_containers_need() {
     require_root();
     ensure_image();
     let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
-    let far = Far::new();
+    // The uplink of the nat networks: a far namespace behind a veth.
+    let far = Far::new("dsh", "10.234.100");
     let uplink = far.uplink.host.clone();
     let flat = Network::flat("dschurn-flat", "10.234.1.0/22");
     let nat = Network::nat("dschurn-nat", "10.234.4.0/22");

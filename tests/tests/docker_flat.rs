@@ -20,7 +20,6 @@ fn dovesnap_leftovers() -> Vec<String> {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn two_containers_talk_by_ip_and_name() {
-    require_root();
     let _plugin = start_plugin();
     {
         let net = Network::create(
@@ -69,7 +68,6 @@ fn two_containers_talk_by_ip_and_name() {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn vlan_tag_reaches_the_uplink() {
-    require_root();
     let _plugin = start_plugin();
     // The far end of the uplink: a namespace that captures what comes out of it. (This
     // kernel has no 802.1Q interfaces, so the far side reads the tags with tcpdump.)
@@ -137,7 +135,6 @@ fn vlan_tag_reaches_the_uplink() {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn bad_options_are_refused_clearly() {
-    require_root();
     let _plugin = start_plugin();
     let cases: &[(&[&str], &str)] = &[
         (&["-o", "ovs.bridge.vlan=5000"], "ovs.bridge.vlan"),
@@ -202,7 +199,6 @@ fn bad_options_are_refused_clearly() {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn plugin_restart_keeps_containers_connected() {
-    require_root();
     let mut plugin = start_plugin();
     {
         let net = Network::flat("dsflat-restart", "10.231.3.0/24");
@@ -273,7 +269,6 @@ fn bridge_ids(bridge: &str) -> String {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn a_network_on_an_existing_bridge_leaves_the_bridge_as_it_was() {
-    require_root();
     let mut plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     // The administrator's bridge, with a port and an external id of their own.
     let bridge = TestBridge::new("dsbr");
@@ -416,7 +411,6 @@ fn port_tag(c: &Container, net: &Network) -> String {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn a_container_vlan_overrides_the_networks() {
-    require_root();
     let _plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     {
         let net = Network::create(

@@ -11,7 +11,7 @@ use dovesnap_tests::docker::{
     Network, WHOAMI,
 };
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::xdp_counter;
+use dovesnap_tests::status::{endpoints, xdp_counter};
 use dovesnap_tests::{require_root, run, sh, Netns};
 
 const HOST_UPLINK_IP: &str = "10.232.100.1";
@@ -51,7 +51,6 @@ fn rules_left(net_id: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn outbound_published_hairpin_and_cleanup() {
-    require_root();
     let mut plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net_id;
@@ -203,7 +202,6 @@ impl Drop for Corrupted {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn records_that_cannot_be_trusted_are_left_alone() {
-    require_root();
     let mut plugin = start_plugin();
     let far = Far::new("dsr", "10.232.100");
     let foreign = dovesnap_tests::Veth::new("dsfor");
@@ -217,15 +215,11 @@ fn records_that_cannot_be_trusted_are_left_alone() {
             &["-o", "mode=nat", "--subnet", &subnet, "--gateway", &gateway],
         );
         let publish = format!("{}:80", 18191 + i);
-        containers.push(Container::run(
+        containers.push(Container::httpd_with(
             &format!("dsrec-{what}"),
             &net,
             &["-p", &publish],
-            &[
-                "sh",
-                "-c",
-                &format!("echo rec-{what} > /www/index.html; exec httpd -f -p 80 -h /www"),
-            ],
+            &format!("rec-{what}"),
         ));
         nets.push(net);
     }
@@ -352,7 +346,6 @@ fn records_that_cannot_be_trusted_are_left_alone() {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn two_nat_networks_are_isolated() {
-    require_root();
     let _plugin = start_plugin();
     let a = Network::nat("dsnat-iso-a", "10.232.2.0/24");
     let b = Network::nat("dsnat-iso-b", "10.232.3.0/24");
@@ -408,16 +401,7 @@ fn works_under_a_forward_drop_policy() {
     let _plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net = Network::nat("dsnat-drop", "10.232.4.0/24");
-    let web = Container::run(
-        "dsnat-drop-web",
-        &net,
-        &["-p", "18090:80"],
-        &[
-            "sh",
-            "-c",
-            "echo drop-ok > /www/index.html; exec httpd -f -p 80 -h /www",
-        ],
-    );
+    let web = Container::httpd_with("dsnat-drop-web", &net, &["-p", "18090:80"], "drop-ok");
     let seen = container_tcp(&web, FAR_IP, 7000).expect("outbound under FORWARD DROP");
     assert_eq!(seen.trim(), format!("from {HOST_UPLINK_IP}"));
     let url = format!("http://{HOST_UPLINK_IP}:18090/");
@@ -434,10 +418,8 @@ fn works_under_a_forward_drop_policy() {
 /// endpoints (`IP:HOSTPORT->CPORT/tcp`).
 fn published_host_port(status: &serde_json::Value, container_port: u16) -> Option<u16> {
     let suffix = format!("->{container_port}/tcp");
-    status["networks"]
-        .as_array()?
+    endpoints(status, None)
         .iter()
-        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
         .flat_map(|e| e["published"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p.as_str().map(str::to_string))
         .find(|p| p.ends_with(&suffix))
@@ -447,43 +429,16 @@ fn published_host_port(status: &serde_json::Value, container_port: u16) -> Optio
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn dynamic_and_ranged_host_ports() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsn", "10.232.100");
     let net = Network::nat("dsnat-dyn", "10.232.8.0/24");
     // -P: Docker sends host port 0 to a remote driver; dovesnap picks a free one.
-    let _a = Container::run(
-        "dsnat-dyn-a",
-        &net,
-        &["--expose", "80", "-P"],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-a > /www/index.html; exec httpd -f -p 80 -h /www",
-        ],
-    );
+    let _a = Container::httpd_with("dsnat-dyn-a", &net, &["--expose", "80", "-P"], "dyn-a");
     // A host range with one container port: one port of the range is chosen.
-    let _b = Container::run(
-        "dsnat-dyn-b",
-        &net,
-        &["-p", "18100-18102:81"],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-b > /www/index.html; exec httpd -f -p 81 -h /www",
-        ],
-    );
+    let _b = Container::httpd_on("dsnat-dyn-b", &net, 81, &["-p", "18100-18102:81"], "dyn-b");
     // Bound to one host address: reachable there only.
-    let _c = Container::run(
-        "dsnat-dyn-c",
-        &net,
-        &["-p", &format!("{HOST_UPLINK_IP}:18110:82")],
-        &[
-            "sh",
-            "-c",
-            "echo dyn-c > /www/index.html; exec httpd -f -p 82 -h /www",
-        ],
-    );
+    let bound = format!("{HOST_UPLINK_IP}:18110:82");
+    let _c = Container::httpd_on("dsnat-dyn-c", &net, 82, &["-p", &bound], "dyn-c");
     assert_eq!(
         wget(Some(&far.ns), &format!("http://{HOST_UPLINK_IP}:18110/")),
         "dyn-c"

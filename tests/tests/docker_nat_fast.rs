@@ -19,7 +19,7 @@ use dovesnap_tests::docker::{
 };
 use dovesnap_tests::far::Far;
 use dovesnap_tests::status::{counter_in, translator_counter, xdp_counter};
-use dovesnap_tests::{require_root, run, sh};
+use dovesnap_tests::{run, sh};
 
 const HOST_UPLINK_IP: &str = "10.232.110.1";
 const FAR_IP: &str = "10.232.110.2";
@@ -136,7 +136,6 @@ fn create_network_with(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
-    require_root();
     let mut plugin = start_plugin();
     let far = BlobFar::new();
     let a = create_network("dsfast-na", "10.232.12.0/24", &far.uplink.host);
@@ -274,7 +273,6 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn translator_carries_tcp_udp_icmp_and_published_ports() {
-    require_root();
     let plugin = start_plugin_with(&["--metrics", METRICS_ADDR]);
     let far = BlobFar::new();
     let net = create_network("dsfast-a", "10.232.11.0/24", &far.uplink.host);

@@ -20,7 +20,9 @@ use dovesnap_tests::host_services::{
     docker_ready, start_dockerd, start_ovsdb, start_vswitchd, stop_dockerd, stop_ovs_daemon,
     DockerRestore, OvsRestore,
 };
-use dovesnap_tests::status::translator_counter as translator;
+use dovesnap_tests::status::{
+    counter_in, endpoint_at, endpoints, find_in, translator_counter as translator,
+};
 use dovesnap_tests::{host_veths, ovs_bridges, require_root, run, sh};
 
 /// The plugin with a fast reconciler, so that repairs show within a test's patience.
@@ -71,26 +73,15 @@ fn dovesnap_veths() -> Vec<String> {
 /// The bridge of network `id` in `dovesnap status --json`.
 fn bridge_of(plugin: &Daemon, id: &str) -> String {
     let status = plugin.status();
-    status["networks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["id"].as_str() == Some(id))
-        .and_then(|n| n["bridge"].as_str())
+    find_in(&status["networks"], "id", id)["bridge"]
+        .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| panic!("network {id} not in status: {status:#}"))
 }
 
 /// The repairs the reconciler counted, by kind.
 fn repairs(plugin: &Daemon, what: &str) -> u64 {
-    let status = plugin.status();
-    status["repairs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p[0].as_str() == Some(what))
-        .and_then(|p| p[1].as_u64())
-        .unwrap_or(0)
+    counter_in(&plugin.status()["repairs"], what)
 }
 
 /// Nothing of dovesnap's is left: no bridge of `bridges`, no dovesnap veth.
@@ -107,7 +98,6 @@ fn assert_no_leak(bridges: &[String]) {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd; restarts the host's OVS (cargo xtask test)"]
 fn ovs_restarts_under_the_plugin() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.100");
     let flat = Network::flat("dsflt-ovs-flat", "10.233.1.0/24");
@@ -193,29 +183,17 @@ fn ovs_restarts_under_the_plugin() {
 /// on the nat-fast path.
 fn port_of(plugin: &Daemon, ip: &str) -> (String, bool) {
     let status = plugin.status();
-    status["networks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
-        .find(|e| {
-            e["address"]
-                .as_str()
-                .is_some_and(|a| a.starts_with(&format!("{ip}/")))
-        })
-        .map(|e| {
-            (
-                e["port"].as_str().unwrap_or_default().to_string(),
-                e["fast_path"] == true,
-            )
-        })
-        .unwrap_or_else(|| panic!("no endpoint with address {ip}: {status:#}"))
+    let e = endpoint_at(&status, None, ip);
+    assert!(!e.is_null(), "no endpoint with address {ip}: {status:#}");
+    (
+        e["port"].as_str().unwrap_or_default().to_string(),
+        e["fast_path"] == true,
+    )
 }
 
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP and dockerd (cargo xtask test)"]
 fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.102");
     let flat = Network::flat("dsflt-del-flat", "10.233.5.0/24");
@@ -902,15 +880,11 @@ fn churn_and_sprays_never_pin_the_pool() {
 
     // A server with a published TCP port (httpd) and UDP port (an answerer in its
     // namespace); the far side sprays both.
-    let srv = Container::run(
+    let srv = Container::httpd_with(
         "dsflt-pool-srv",
         &t.fast,
         &["-p", "18310:80", "-p", "18311:53/udp"],
-        &[
-            "sh",
-            "-c",
-            "echo pool > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
+        "pool",
     );
     let _answerer = srv.udp_pong(53);
     for rule in [
@@ -973,13 +947,8 @@ fn churn_and_sprays_never_pin_the_pool() {
 
 /// Endpoint ids of the plugin's network `id`.
 fn endpoints_of(plugin: &Daemon, id: &str) -> Vec<String> {
-    let status = plugin.status();
-    status["networks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["id"].as_str() == Some(id))
-        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+    endpoints(&plugin.status(), Some(id))
+        .iter()
         .filter_map(|e| e["id"].as_str().map(str::to_string))
         .collect()
 }
@@ -987,7 +956,6 @@ fn endpoints_of(plugin: &Daemon, id: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd; restarts the host's dockerd (cargo xtask test)"]
 fn dockerd_restarts_under_the_plugin() {
-    require_root();
     let plugin = start_plugin();
     let far = Far::new("dsx", "10.233.101");
     let flat = Network::flat("dsflt-dk-flat", "10.233.3.0/24");

@@ -155,7 +155,28 @@ struct TempIptablesRule {
     spec: Vec<String>,
 }
 
+/// An iptables rule spec accepting what `dir` (`-i` in, `-o` out) `iface`, with comment
+/// `tag`.
+fn accept_spec<'a>(dir: &'a str, iface: &'a str, tag: &'a str) -> [&'a str; 8] {
+    [
+        dir,
+        iface,
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+        "ACCEPT",
+    ]
+}
+
 impl TempIptablesRule {
+    /// Accepts FORWARD traffic in and out of `iface` (comment `fwtest`), as a host's
+    /// own firewall set-up would; both rules go on drop.
+    fn accept_forward(iface: &str) -> [Self; 2] {
+        ["-i", "-o"].map(|dir| Self::insert("FORWARD", &accept_spec(dir, iface, "fwtest")))
+    }
+
     fn insert(chain: &str, spec: &[&str]) -> Self {
         let mut args = vec!["-w", "-I", chain];
         args.extend_from_slice(spec);
@@ -605,32 +626,7 @@ fn forward_drop_policy_opens_only_our_networks() {
     );
     // ...and that is the policy's doing: accepted by hand, it passes.
     {
-        let _in = TempIptablesRule::insert(
-            "FORWARD",
-            &[
-                "-i",
-                &stranger.veth.host,
-                "-m",
-                "comment",
-                "--comment",
-                "fwtest",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        let _back = TempIptablesRule::insert(
-            "FORWARD",
-            &[
-                "-o",
-                &stranger.veth.host,
-                "-m",
-                "comment",
-                "--comment",
-                "fwtest",
-                "-j",
-                "ACCEPT",
-            ],
-        );
+        let _accepted = TempIptablesRule::accept_forward(&stranger.veth.host);
         assert!(
             ping(&stranger.ns, &far.peer_ip()),
             "the stranger's set-up is broken"
@@ -671,33 +667,7 @@ fn nat_networks_are_isolated() {
     // An internal network has no way out, nor in; the host itself is still reachable.
     // Docker's FORWARD policy would drop its traffic anyway: accept it there by hand
     // to see dovesnap's own rules do it.
-    let br = internal.veth.host.clone();
-    let _in = TempIptablesRule::insert(
-        "FORWARD",
-        &[
-            "-i",
-            &br,
-            "-m",
-            "comment",
-            "--comment",
-            "fwtest",
-            "-j",
-            "ACCEPT",
-        ],
-    );
-    let _out = TempIptablesRule::insert(
-        "FORWARD",
-        &[
-            "-o",
-            &br,
-            "-m",
-            "comment",
-            "--comment",
-            "fwtest",
-            "-j",
-            "ACCEPT",
-        ],
-    );
+    let _accepted = TempIptablesRule::accept_forward(&internal.veth.host);
     assert!(!ping(&internal.ns, &far.peer_ip()), "internal reached far");
     assert!(!ping(&internal.ns, &a.peer_ip()), "internal reached a");
     assert!(!ping(&a.ns, &internal.peer_ip()), "a reached internal");
@@ -765,16 +735,7 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
 
     // An earlier version's accepts at the top of DOCKER-USER (when dockerd made it).
     let old_tag = format!("dovesnap:{}", id12(&b_id));
-    let old_rule = [
-        "-i",
-        &b.veth.host,
-        "-m",
-        "comment",
-        "--comment",
-        &old_tag,
-        "-j",
-        "ACCEPT",
-    ];
+    let old_rule = accept_spec("-i", &b.veth.host, &old_tag);
     let user_chain = run("iptables", &["-w", "-S", "DOCKER-USER"])
         .status
         .success();
@@ -806,24 +767,10 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
     assert_eq!(rule_counts(id12(&b_id)), before);
 
     // Rules lost behind dovesnap's back come back.
-    let br = b.veth.host.clone();
     let tag = format!("dovesnap:{}", id12(&b_id));
-    sh(
-        "iptables",
-        &[
-            "-w",
-            "-D",
-            "FORWARD",
-            "-i",
-            &br,
-            "-m",
-            "comment",
-            "--comment",
-            &tag,
-            "-j",
-            "ACCEPT",
-        ],
-    );
+    let mut args = vec!["-w", "-D", "FORWARD"];
+    args.extend(accept_spec("-i", &b.veth.host, &tag));
+    sh("iptables", &args);
     let snat = format!("nw-{}-snat", id12(&b_id));
     sh("nft", &["flush", "chain", "ip", TABLE, &snat]);
     assert!(

@@ -23,8 +23,10 @@ use serde_json::Value;
 
 use dovesnap_tests::docker::{start_plugin, Container, Network};
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::{dataplane_counter, find_in, translator_counter, xdp_counter};
-use dovesnap_tests::{require_root, run, sh};
+use dovesnap_tests::status::{
+    dataplane_counter, endpoint_at, find_in, translator_counter, xdp_counter,
+};
+use dovesnap_tests::{run, sh};
 
 const BLOB_BYTES: usize = 20 << 20;
 /// Port of the far side's HTTP server of the blob.
@@ -268,23 +270,6 @@ fn upload(c: &Container, far_ip: &str, port: u16, result: &Path) -> (String, Str
     (sent, got, out)
 }
 
-/// `networks[].endpoints[]` of the container with address `ip` on network `net_id`.
-fn endpoint(status: &Value, net_id: &str, ip: &str) -> Value {
-    status["networks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["id"].as_str() == Some(net_id))
-        .flat_map(|n| n["endpoints"].as_array().into_iter().flatten())
-        .find(|e| {
-            e["address"]
-                .as_str()
-                .is_some_and(|a| a.starts_with(&format!("{ip}/")))
-        })
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Conntrack entries of the host that mention every one of `needles`.
 fn conntrack_entries(needles: &[&str]) -> Vec<String> {
     let out = run("conntrack", &["-L"]);
@@ -357,8 +342,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
         args.extend_from_slice(extra);
         let net = Network::create(&what, &args);
         let publish = format!("{}:80", 18230 + 2 * idx + slot);
-        let script = format!("echo {what} > /www/index.html && exec httpd -f -p 80 -h /www");
-        let c = Container::run(&what, &net, &["-p", &publish], &["sh", "-c", &script]);
+        let c = Container::httpd_with(&what, &net, &["-p", &publish], &what);
         nets.push(net);
         containers.push(c);
     }
@@ -384,7 +368,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
     let (s1, s2) = (&statuses[0], &statuses[1]);
     for slot in 0..2 {
         let (net, ip) = (&nets[slot], ips[slot].as_str());
-        let ep = endpoint(s2, &net.id(), ip);
+        let ep = endpoint_at(s2, Some(&net.id()), ip);
         assert!(
             ep.is_object(),
             "{kind:?}: no endpoint {ip} in the status: {s2:#}"
@@ -479,7 +463,6 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn every_kind_of_uplink_carries_traffic_intact() {
-    require_root();
     let plugin = start_plugin();
     let scratch = Scratch::new();
     for (idx, kind) in Kind::ALL.into_iter().enumerate() {
@@ -526,7 +509,6 @@ fn ask_from_port(c: &Container, proto: &str, sport: u16, far: &Far) -> String {
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn other_nats_on_the_uplink_keep_their_replies() {
-    require_root();
     let plugin = start_plugin();
     let mut far = Far::new("dsc", "10.232.134");
     let uplink_opt = format!("ovs.nat.uplink={}", far.uplink.host);
@@ -551,7 +533,7 @@ fn other_nats_on_the_uplink_keep_their_replies() {
     // translator has mapped ports of its range.
     assert!(far.reached_from(&cf), "nat-fast container cut off");
     let status = plugin.status();
-    let ep = endpoint(&status, &fast.id(), &cf.ip(&fast));
+    let ep = endpoint_at(&status, Some(&fast.id()), &cf.ip(&fast));
     assert_eq!(ep["fast_path"], true, "{status:#}");
     let before = xdp_counter(&status, "uplink-no-session");
     // The kernel keeps these source ports through its masquerade: replies come back to

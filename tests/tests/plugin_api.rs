@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dovesnap_tests::daemon::{api_call_hang_up, Daemon};
 use dovesnap_tests::host_services::VswitchdPaused;
-use dovesnap_tests::{host_veths, leftovers, ovs_bridges, require_root, run, sh, unique_name};
+use dovesnap_tests::{host_veths, leftovers, ovs_bridges, run, sh, unique_name};
 use serde_json::{json, Value};
 
 fn socket() -> PathBuf {
@@ -40,6 +40,12 @@ fn delete_network(d: &Daemon, nid: &str) {
     ok(d, "/NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
 }
 
+/// Deletes network `nid`, the test's last: nothing of the tests' may be left after it.
+fn delete_network_leaving_nothing(d: &Daemon, nid: &str) {
+    delete_network(d, nid);
+    assert_eq!(ours_left(), Vec::<String>::new());
+}
+
 fn delete_endpoint(d: &Daemon, nid: &str, eid: &str) {
     let body = json!({"NetworkID": nid, "EndpointID": eid});
     ok(d, "/NetworkDriver.DeleteEndpoint", body);
@@ -60,6 +66,14 @@ fn create_network(d: &Daemon, nid: &str, subnet: &str, opts: Value) {
 /// with `prefix` (the test's own), so a failed test does not fail the next ones.
 struct Cleanup(&'static str);
 
+impl Cleanup {
+    /// The id of the test's network `prefix` (see [`id`]), and the cleanup of what the
+    /// plugin makes for it.
+    fn network(prefix: &'static str) -> (String, Cleanup) {
+        (id(prefix), Cleanup(prefix))
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let bridge = format!("ovsbr-{}", id(self.0).get(..8).unwrap_or_default());
@@ -79,7 +93,6 @@ fn ours_left() -> Vec<String> {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn activate_and_capabilities() {
-    require_root();
     let d = Daemon::start(&socket());
     let v = ok(&d, "/Plugin.Activate", json!({}));
     assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
@@ -92,10 +105,8 @@ fn activate_and_capabilities() {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn endpoint_lifecycle_makes_and_removes_everything() {
-    require_root();
     let d = Daemon::start(&socket());
-    let _cleanup = Cleanup("a1");
-    let nid = id("a1");
+    let (nid, _cleanup) = Cleanup::network("a1");
     let eid = id("a1e1");
     create_network(
         &d,
@@ -162,17 +173,14 @@ fn endpoint_lifecycle_makes_and_removes_everything() {
     assert!(!ports.contains(&host), "port left behind: {ports}");
     // Deleting twice is fine (Docker retries).
     delete_endpoint(&d, &nid, &eid);
-    delete_network(&d, &nid);
-    assert_eq!(ours_left(), Vec::<String>::new());
+    delete_network_leaving_nothing(&d, &nid);
 }
 
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn bad_requests_change_nothing() {
-    require_root();
     let d = Daemon::start(&socket());
-    let _cleanup = Cleanup("a2");
-    let nid = id("a2");
+    let (nid, _cleanup) = Cleanup::network("a2");
     let bad_json = err(&d, "/NetworkDriver.CreateNetwork", "{not json");
     assert!(bad_json.contains("CreateNetwork"), "{bad_json}");
     let wrong_type = err(&d, "/NetworkDriver.CreateNetwork", r#"{"NetworkID": 5}"#);
@@ -215,45 +223,39 @@ fn bad_requests_change_nothing() {
         .to_string(),
     );
     assert!(e.contains("MAC"), "{e}");
-    delete_network(&d, &nid);
-    assert_eq!(ours_left(), Vec::<String>::new());
+    delete_network_leaving_nothing(&d, &nid);
 }
 
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn concurrent_endpoints_and_restart_recovery() {
-    require_root();
-    let sock = socket();
-    let _cleanup = Cleanup("a3");
-    let nid = id("a3");
-    {
-        let mut d = Daemon::start(&sock);
-        create_network(&d, &nid, "10.231.12.0/24", json!({}));
-        std::thread::scope(|s| {
-            for i in 0..8 {
-                let d = &d;
-                let nid = &nid;
-                s.spawn(move || {
-                    let eid = id(&format!("a3e{i}"));
-                    ok(
-                        d,
-                        "/NetworkDriver.CreateEndpoint",
-                        json!({"NetworkID": nid, "EndpointID": eid,
-                               "Interface": {"Address": format!("10.231.12.{}/24", 10 + i)}}),
-                    );
-                });
-            }
-        });
-        let ports = sh("ovs-vsctl", &["list-ports", "ovsbr-a3000000"]);
-        assert_eq!(
-            ports.lines().filter(|p| p.starts_with("ovsva3e")).count(),
-            8,
-            "{ports}"
-        );
-        d.kill();
-    }
-    // The first daemon crashed (SIGKILL): a new one recovers from OVSDB.
-    let d = Daemon::start(&sock);
+    let (nid, _cleanup) = Cleanup::network("a3");
+    let mut d = Daemon::start(&socket());
+    create_network(&d, &nid, "10.231.12.0/24", json!({}));
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let d = &d;
+            let nid = &nid;
+            s.spawn(move || {
+                let eid = id(&format!("a3e{i}"));
+                ok(
+                    d,
+                    "/NetworkDriver.CreateEndpoint",
+                    json!({"NetworkID": nid, "EndpointID": eid,
+                           "Interface": {"Address": format!("10.231.12.{}/24", 10 + i)}}),
+                );
+            });
+        }
+    });
+    let ports = sh("ovs-vsctl", &["list-ports", "ovsbr-a3000000"]);
+    assert_eq!(
+        ports.lines().filter(|p| p.starts_with("ovsva3e")).count(),
+        8,
+        "{ports}"
+    );
+    d.kill();
+    // The first daemon crashed (SIGKILL): a new one on its socket recovers from OVSDB.
+    let d = Daemon::start(&d.socket);
     let st = d.status();
     assert_eq!(
         st["networks"][0]["endpoints"].as_array().map(Vec::len),
@@ -267,8 +269,7 @@ fn concurrent_endpoints_and_restart_recovery() {
             json!({"NetworkID": nid, "EndpointID": id(&format!("a3e{i}"))}),
         );
     }
-    delete_network(&d, &nid);
-    assert_eq!(ours_left(), Vec::<String>::new());
+    delete_network_leaving_nothing(&d, &nid);
 }
 
 /// dockerd gives up on calls while ovs-vswitchd hangs (SIGSTOP): CreateEndpoint (veth
@@ -280,12 +281,9 @@ fn concurrent_endpoints_and_restart_recovery() {
 #[test]
 #[ignore = "needs root and a running Open vSwitch (cargo xtask test)"]
 fn calls_cut_off_half_way_leave_nothing_docker_does_not_know() {
-    require_root();
     let sock = socket();
-    let _cleanup = Cleanup("a4");
-    let _cleanup_nat = Cleanup("a41");
-    let known = id("a4");
-    let cut_net = id("a41");
+    let (known, _cleanup) = Cleanup::network("a4");
+    let (cut_net, _cleanup_nat) = Cleanup::network("a41");
     let cut_ep = id("a4e1");
     let first_log = {
         let mut d = Daemon::start(&sock);

@@ -49,12 +49,7 @@ fn assert_clean(veth: &str, ns: &str) {
         !host_veths().iter().any(|v| v == veth),
         "veth {veth} left behind"
     );
-    assert!(
-        !ns_names().split_whitespace().any(|n| n == ns),
-        "netns {ns} left behind"
-    );
-    let fds = bpf_fds();
-    assert!(fds.is_empty(), "BPF objects still open: {fds:?}");
+    assert_gone(&[ns.to_string()]);
 }
 
 #[test]
@@ -438,7 +433,7 @@ fn receives(sock: &UdpSocket, payload: &[u8]) -> bool {
     matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == payload)
 }
 
-/// Asserts nothing made by the steering tests is left.
+/// Asserts that none of the namespaces `names` is left, nor any BPF descriptor.
 fn assert_gone(names: &[String]) {
     let list = ns_names();
     for name in names {

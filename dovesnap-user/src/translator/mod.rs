@@ -154,11 +154,18 @@ impl From<Protocol> for u8 {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// `Display` as the type's `name()`.
+macro_rules! display_by_name {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
 }
+
+display_by_name!(Protocol, DropReason);
 
 /// Where a translated frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,12 +238,6 @@ drop_reasons! {
     NotForUs => "not_for_us",
     /// A published-port session would duplicate the inside 5-tuple of another session.
     SessionConflict => "session_conflict",
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// A change the XDP steering needs to know about: a dynamic session (from the port pool)
@@ -364,6 +365,8 @@ pub struct SessionView {
 #[cfg(test)]
 pub(crate) mod testkit {
     use std::net::Ipv4Addr;
+
+    use dovesnap_testbed::frame::Ipv4Header;
 
     pub const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -527,19 +530,24 @@ pub(crate) mod testkit {
         )
     }
 
-    /// The fields of a frame whose IPv4 header checksum verifies.
+    /// The fields of a frame whose IPv4 header checksum verifies: its headers (read
+    /// through `Deref`, as `seen.src`; `options` says whether the IPv4 header has any)
+    /// and its transport header's.
     #[derive(Debug)]
     pub struct Seen {
-        pub eth_dst: [u8; 6],
-        pub eth_src: [u8; 6],
-        pub src: Ipv4Addr,
-        pub dst: Ipv4Addr,
-        pub ttl: u8,
-        pub proto: u8,
+        pub header: Ipv4Header,
         /// TCP/UDP ports; ICMP: (type << 8 | code, echo identifier).
         pub sport: u16,
         pub dport: u16,
         pub l4: Vec<u8>,
+    }
+
+    impl std::ops::Deref for Seen {
+        type Target = Ipv4Header;
+
+        fn deref(&self) -> &Ipv4Header {
+            &self.header
+        }
     }
 
     /// Parses a translated frame and checks every checksum from scratch: IPv4 header,
@@ -584,13 +592,19 @@ pub(crate) mod testkit {
         eth_dst.copy_from_slice(&frame[0..6]);
         let mut eth_src = [0; 6];
         eth_src.copy_from_slice(&frame[6..12]);
-        Seen {
+        let header = Ipv4Header {
             eth_dst,
             eth_src,
             src,
             dst,
-            ttl: ipb[8],
             proto,
+            ttl: ipb[8],
+            ident: u16::from_be_bytes([ipb[4], ipb[5]]),
+            frag: u16::from_be_bytes([ipb[6], ipb[7]]),
+            options: hl > 20,
+        };
+        Seen {
+            header,
             sport,
             dport,
             l4: l4.to_vec(),

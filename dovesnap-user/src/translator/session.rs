@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
+use super::wire::tcp_flags;
 use super::{DropReason, Offloaded, PortEvent, Protocol, SessionView, Stats, Timeouts};
 
 /// An address and port (ICMP: echo identifier; 0 for the remote side of ICMP).
@@ -51,6 +52,24 @@ pub struct OutsideKey {
     pub remote: Endpoint,
 }
 
+/// A key of one of the session table's two indexes: [`InsideKey`] for outbound packets,
+/// [`OutsideKey`] for inbound ones.
+pub trait SessionKey: Eq + std::hash::Hash + Sized {
+    fn index(table: &SessionTable) -> &HashMap<Self, u32>;
+}
+
+impl SessionKey for InsideKey {
+    fn index(table: &SessionTable) -> &HashMap<Self, u32> {
+        &table.by_inside
+    }
+}
+
+impl SessionKey for OutsideKey {
+    fn index(table: &SessionTable) -> &HashMap<Self, u32> {
+        &table.by_outside
+    }
+}
+
 /// How a session got its external port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -75,65 +94,61 @@ pub struct Adoptee {
     pub published: bool,
 }
 
-mod tcp_bits {
-    pub const SYN_OUT: u8 = 0x01;
-    pub const SYN_IN: u8 = 0x02;
-    pub const FIN_OUT: u8 = 0x04;
-    pub const FIN_IN: u8 = 0x08;
-    pub const RST: u8 = 0x10;
+/// TCP flags seen per direction, enough for RFC 5382's established/transitory split: the
+/// SYN, FIN and RST bits ([`super::wire::tcp_flags`]) of the segments seen each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpTrack {
+    outbound: u8,
+    inbound: u8,
 }
 
-/// TCP flags seen per direction, enough for RFC 5382's established/transitory split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TcpTrack(u8);
-
 impl TcpTrack {
+    const TRACKED: u8 = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+
     /// Records a segment's flags (see [`super::wire::tcp_flags`]).
     pub fn on_segment(&mut self, dir: Direction, flags: u8) {
-        use super::wire::tcp_flags;
-        use tcp_bits::*;
-        let (syn, fin) = match dir {
-            Direction::Outbound => (SYN_OUT, FIN_OUT),
-            Direction::Inbound => (SYN_IN, FIN_IN),
+        // A SYN after a reset or a close both ways starts a new connection on the same
+        // 4-tuple.
+        if flags & tcp_flags::SYN != 0 && (self.either(tcp_flags::RST) || self.both(tcp_flags::FIN))
+        {
+            *self = TcpTrack::default();
+        }
+        let seen = match dir {
+            Direction::Outbound => &mut self.outbound,
+            Direction::Inbound => &mut self.inbound,
         };
-        if flags & tcp_flags::SYN != 0 {
-            // A SYN after a reset or a close both ways starts a new connection on the
-            // same 4-tuple.
-            if self.0 & RST != 0 || self.0 & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN {
-                self.0 = 0;
-            }
-            self.0 |= syn;
-        }
-        if flags & tcp_flags::FIN != 0 {
-            self.0 |= fin;
-        }
-        if flags & tcp_flags::RST != 0 {
-            self.0 |= RST;
-        }
+        *seen |= flags & Self::TRACKED;
+    }
+
+    /// `flag` seen both ways.
+    fn both(self, flag: u8) -> bool {
+        self.outbound & self.inbound & flag != 0
+    }
+
+    /// `flag` seen either way.
+    fn either(self, flag: u8) -> bool {
+        (self.outbound | self.inbound) & flag != 0
     }
 
     /// Both SYNs seen, not reset, not closed both ways.
     pub fn is_established(self) -> bool {
-        use tcp_bits::*;
-        self.0 & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN
-            && self.0 & RST == 0
-            && self.0 & (FIN_OUT | FIN_IN) != FIN_OUT | FIN_IN
+        use tcp_flags::*;
+        self.both(SYN) && !self.either(RST) && !self.both(FIN)
     }
 
     pub fn name(self) -> &'static str {
-        use tcp_bits::*;
-        let b = self.0;
-        if b & RST != 0 {
+        use tcp_flags::*;
+        if self.either(RST) {
             "RESET"
-        } else if b & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN {
+        } else if self.both(FIN) {
             "CLOSING"
-        } else if b & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN {
-            if b & (FIN_OUT | FIN_IN) != 0 {
+        } else if self.both(SYN) {
+            if self.either(FIN) {
                 "FIN_WAIT"
             } else {
                 "ESTABLISHED"
             }
-        } else if b & SYN_OUT != 0 {
+        } else if self.outbound & SYN != 0 {
             "SYN_SENT"
         } else {
             "SYN_RECEIVED"
@@ -507,30 +522,15 @@ impl SessionTable {
         self.events.drain(..)
     }
 
-    /// The live session for an outbound packet. An expired session still in the table is
-    /// removed and not returned.
-    pub fn lookup_inside(
+    /// The live session for a packet, by its inside key (outbound) or outside key
+    /// (inbound). An expired session still in the table is removed and not returned.
+    pub fn lookup<K: SessionKey>(
         &mut self,
         now: Instant,
-        key: &InsideKey,
+        key: &K,
         stats: &mut Stats,
     ) -> Option<u32> {
-        let id = *self.by_inside.get(key)?;
-        self.live(now, id, stats)
-    }
-
-    /// The live session for an inbound packet (see [`SessionTable::lookup_inside`]).
-    pub fn lookup_outside(
-        &mut self,
-        now: Instant,
-        key: &OutsideKey,
-        stats: &mut Stats,
-    ) -> Option<u32> {
-        let id = *self.by_outside.get(key)?;
-        self.live(now, id, stats)
-    }
-
-    fn live(&mut self, now: Instant, id: u32, stats: &mut Stats) -> Option<u32> {
+        let id = *K::index(self).get(key)?;
         if self.get(id).expires <= now {
             self.remove(id, Removal::Expired, stats);
             None
@@ -1197,33 +1197,10 @@ mod tests {
     #[test]
     fn mapping_is_shared_and_released_with_last_session() {
         let now = Instant::now();
-        let t = Timeouts::default();
         let mut st = Stats::default();
         let mut tab = SessionTable::new(10, None, None, &(1000..=1001));
-        let a = tab
-            .create(
-                now,
-                &t,
-                &mut st,
-                Protocol::Udp,
-                ep(2, 5),
-                ep(9, 53),
-                None,
-                TcpTrack::default(),
-            )
-            .unwrap();
-        let b = tab
-            .create(
-                now,
-                &t,
-                &mut st,
-                Protocol::Udp,
-                ep(2, 5),
-                ep(8, 53),
-                None,
-                TcpTrack::default(),
-            )
-            .unwrap();
+        let a = udp(&mut tab, &mut st, now, ep(2, 5), ep(9, 53)).unwrap();
+        let b = udp(&mut tab, &mut st, now, ep(2, 5), ep(8, 53)).unwrap();
         assert_eq!(tab.get(a).external_port, tab.get(b).external_port);
         let p = tab.get(a).external_port;
         assert!(tab.is_mapped(Protocol::Udp, p));
@@ -1234,18 +1211,7 @@ mod tests {
         assert!(!tab.is_mapped(Protocol::Udp, p));
         assert_eq!(st.sessions_removed, 2);
         // FIFO reuse: the other port comes first.
-        let c = tab
-            .create(
-                now,
-                &t,
-                &mut st,
-                Protocol::Udp,
-                ep(3, 5),
-                ep(9, 53),
-                None,
-                TcpTrack::default(),
-            )
-            .unwrap();
+        let c = udp(&mut tab, &mut st, now, ep(3, 5), ep(9, 53)).unwrap();
         assert_ne!(tab.get(c).external_port, p);
     }
 

@@ -607,31 +607,7 @@ impl Translator {
                         rewrite(frame, Direction::Outbound, external_ip, ext, true);
                     }
                     t if icmp_type::is_error(t) => {
-                        if first {
-                            return Err(DropReason::Fragment);
-                        }
-                        let q = parse_quote(frame)?;
-                        // The quoted packet went from the remote to this container.
-                        if q.dst != head.src {
-                            return Err(DropReason::NoSession);
-                        }
-                        let key = match q.protocol {
-                            Protocol::Icmp => InsideKey {
-                                protocol: q.protocol,
-                                inside: (q.dst, q.src_port),
-                                remote: (q.src, 0),
-                            },
-                            _ => InsideKey {
-                                protocol: q.protocol,
-                                inside: (q.dst, q.dst_port),
-                                remote: (q.src, q.src_port),
-                            },
-                        };
-                        // Errors neither create nor refresh sessions.
-                        let id = self
-                            .table
-                            .lookup_inside(now, &key, &mut self.stats)
-                            .ok_or(DropReason::NoSession)?;
+                        let id = self.error_session(now, frame, first, Direction::Outbound)?;
                         let ext = self.table.get(id).external_port;
                         rewrite_error(frame, Direction::Outbound, external_ip, ext, true);
                     }
@@ -685,7 +661,7 @@ impl Translator {
                     external_port: ports.dst,
                     remote: (head.src, ports.src),
                 };
-                let id = match self.table.lookup_outside(now, &key, &mut self.stats) {
+                let id = match self.table.lookup(now, &key, &mut self.stats) {
                     Some(id) => id,
                     None => self.open_published(now, &key, ports.tcp_flags)?,
                 };
@@ -706,28 +682,12 @@ impl Translator {
                         };
                         let id = self
                             .table
-                            .lookup_outside(now, &key, &mut self.stats)
+                            .lookup(now, &key, &mut self.stats)
                             .ok_or_else(|| self.miss(protocol, key.external_port))?;
                         self.deliver(now, frame, id, 0, hairpin)?
                     }
                     t if icmp_type::is_error(t) => {
-                        if first {
-                            return Err(DropReason::Fragment);
-                        }
-                        let q = parse_quote(frame)?;
-                        // The quoted packet went from us (the external address) outside.
-                        if q.src != self.config.external_ip {
-                            return Err(DropReason::NoSession);
-                        }
-                        let key = OutsideKey {
-                            protocol: q.protocol,
-                            external_port: q.src_port,
-                            remote: (q.dst, q.dst_port),
-                        };
-                        let id = self
-                            .table
-                            .lookup_outside(now, &key, &mut self.stats)
-                            .ok_or(DropReason::NoSession)?;
+                        let id = self.error_session(now, frame, first, Direction::Inbound)?;
                         let inside = self.table.get(id).inside;
                         let ep = self.endpoint(inside.0)?;
                         rewrite_error(frame, Direction::Inbound, inside.0, inside.1, !hairpin);
@@ -746,6 +706,50 @@ impl Translator {
         Ok(ep.port)
     }
 
+    /// The session an ICMP error going `dir` is about, found by the packet it quotes: one
+    /// that came in to the error's source (the container), for an outbound error; one
+    /// that went out from the external address, for an inbound error. Errors neither
+    /// create nor refresh sessions, and one in a first fragment is not translated.
+    fn error_session(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        first: bool,
+        dir: Direction,
+    ) -> Result<u32, DropReason> {
+        if first {
+            return Err(DropReason::Fragment);
+        }
+        let q = parse_quote(frame)?;
+        let id = match dir {
+            Direction::Outbound if q.dst == ip_of(frame).src_addr() => {
+                let key = match q.protocol {
+                    Protocol::Icmp => InsideKey {
+                        protocol: q.protocol,
+                        inside: (q.dst, q.src_port),
+                        remote: (q.src, 0),
+                    },
+                    _ => InsideKey {
+                        protocol: q.protocol,
+                        inside: (q.dst, q.dst_port),
+                        remote: (q.src, q.src_port),
+                    },
+                };
+                self.table.lookup(now, &key, &mut self.stats)
+            }
+            Direction::Inbound if q.src == self.config.external_ip => {
+                let key = OutsideKey {
+                    protocol: q.protocol,
+                    external_port: q.src_port,
+                    remote: (q.dst, q.dst_port),
+                };
+                self.table.lookup(now, &key, &mut self.stats)
+            }
+            _ => None,
+        };
+        id.ok_or(DropReason::NoSession)
+    }
+
     /// The session of an outbound packet: found, or made when `opens` (a packet that may
     /// start one).
     fn outbound_session(
@@ -754,7 +758,7 @@ impl Translator {
         key: &InsideKey,
         opens: bool,
     ) -> Result<u32, DropReason> {
-        if let Some(id) = self.table.lookup_inside(now, key, &mut self.stats) {
+        if let Some(id) = self.table.lookup(now, key, &mut self.stats) {
             return Ok(id);
         }
         if !opens {
@@ -764,6 +768,17 @@ impl Translator {
             .published_by_inside
             .get(&(key.protocol, key.inside))
             .copied();
+        self.create_session(now, key, published)
+    }
+
+    /// A new session of `key`, through the published external port `published` if any
+    /// (else one from the pool).
+    fn create_session(
+        &mut self,
+        now: Instant,
+        key: &InsideKey,
+        published: Option<u16>,
+    ) -> Result<u32, DropReason> {
         let timeouts = self.config.timeouts;
         self.table.create(
             now,
@@ -819,26 +834,12 @@ impl Translator {
             inside,
             remote: key.remote,
         };
-        if self
-            .table
-            .lookup_inside(now, &ikey, &mut self.stats)
-            .is_some()
-        {
+        if self.table.lookup(now, &ikey, &mut self.stats).is_some() {
             // The container already talks to this remote from this port through another
             // external port; a second session would make its replies ambiguous.
             return Err(DropReason::SessionConflict);
         }
-        let timeouts = self.config.timeouts;
-        self.table.create(
-            now,
-            &timeouts,
-            &mut self.stats,
-            key.protocol,
-            inside,
-            key.remote,
-            Some(key.external_port),
-            TcpTrack::default(),
-        )
+        self.create_session(now, &ikey, Some(key.external_port))
     }
 
     fn miss(&self, protocol: Protocol, external_port: u16) -> DropReason {
@@ -1068,6 +1069,13 @@ mod tests {
         with(PORTS, 1000)
     }
 
+    /// [`nat`] offering sessions for offload from their first packet both ways.
+    fn offloading_nat() -> Translator {
+        let mut t = nat();
+        t.set_offload_after(0);
+        t
+    }
+
     fn out_tcp(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, flags: u8) -> Vec<u8> {
         from_container(src, dst, 6, &tcp(src, dst, sp, dp, flags, b"hello"))
     }
@@ -1115,9 +1123,15 @@ mod tests {
         p
     }
 
-    fn drop_out(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> DropReason {
+    /// Why `go` (outbound or inbound) drops `f`, which it must leave alone.
+    fn dropped(
+        t: &mut Translator,
+        now: Instant,
+        mut f: Vec<u8>,
+        go: fn(&mut Translator, Instant, &mut [u8]) -> Verdict,
+    ) -> DropReason {
         let before = f.clone();
-        match t.outbound(now, &mut f) {
+        match go(t, now, &mut f) {
             Verdict::Drop(r) => {
                 assert_eq!(f, before, "a dropped frame is left alone");
                 r
@@ -1126,15 +1140,12 @@ mod tests {
         }
     }
 
-    fn drop_in(t: &mut Translator, now: Instant, mut f: Vec<u8>) -> DropReason {
-        let before = f.clone();
-        match t.inbound(now, &mut f) {
-            Verdict::Drop(r) => {
-                assert_eq!(f, before, "a dropped frame is left alone");
-                r
-            }
-            v => panic!("expected a drop, got {v:?}"),
-        }
+    fn drop_out(t: &mut Translator, now: Instant, f: Vec<u8>) -> DropReason {
+        dropped(t, now, f, Translator::outbound)
+    }
+
+    fn drop_in(t: &mut Translator, now: Instant, f: Vec<u8>) -> DropReason {
+        dropped(t, now, f, Translator::inbound)
     }
 
     #[test]
@@ -1169,8 +1180,7 @@ mod tests {
 
     #[test]
     fn offload_waits_for_both_directions() {
-        let mut t = nat();
-        t.set_offload_after(0);
+        let mut t = offloading_nat();
         let now = Instant::now();
         // UDP: the first datagram out is not enough, the reply is.
         let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
@@ -1220,8 +1230,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_without_offload_is_not_offered() {
-        let mut t = nat();
-        t.set_offload_after(0);
+        let mut t = offloading_nat();
         let now = Instant::now();
         t.set_offload(C1, false);
         let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
@@ -1234,8 +1243,7 @@ mod tests {
 
     #[test]
     fn icmp_and_hairpin_are_not_offloaded() {
-        let mut t = nat();
-        t.set_offload_after(0);
+        let mut t = offloading_nat();
         let now = Instant::now();
         let mut f = from_container(C1, R, 1, &echo(8, 77, 1));
         assert!(matches!(t.outbound(now, &mut f), Verdict::Uplink { .. }));
@@ -1251,8 +1259,7 @@ mod tests {
 
     #[test]
     fn offloaded_sessions_expire_by_the_kernels_clock() {
-        let mut t = nat();
-        t.set_offload_after(0);
+        let mut t = offloading_nat();
         let t0 = Instant::now();
         let sport = go_out(&mut t, t0, out_udp(C1, 5000, R, 53)).sport;
         go_in(&mut t, t0, in_udp(R, 53, sport));
@@ -1272,8 +1279,7 @@ mod tests {
 
     #[test]
     fn unoffload_lets_the_session_return() {
-        let mut t = nat();
-        t.set_offload_after(0);
+        let mut t = offloading_nat();
         let now = Instant::now();
         let sport = go_out(&mut t, now, out_udp(C1, 5000, R, 53)).sport;
         go_in(&mut t, now, in_udp(R, 53, sport));
