@@ -289,11 +289,12 @@ impl Frame {
     }
 }
 
-/// One received frame and the port it came in on.
+/// One received frame and the port it came in on (a UMEM [`Frame`], or another
+/// [`crate::fastpath::frameio::FrameIo`]'s frame).
 #[derive(Debug)]
-pub struct Rx {
+pub struct Rx<F = Frame> {
     pub port: PortId,
-    pub frame: Frame,
+    pub frame: F,
 }
 
 /// Where the UMEM's frames are (always sums to `total`).

@@ -1,10 +1,12 @@
 //! The nat-fast data-plane thread: AF_XDP sockets in, translator, AF_XDP sockets out.
 //!
-//! One thread owns everything on the packet path: the [`Xsk`] (UMEM and sockets), one
-//! [`Translator`] per uplink, the next-hop cache, and the eBPF maps the translator
-//! keeps current (the socket map and the ICMP identifiers in the ports map). The
-//! control plane talks to it only through [`Command`]s on a channel, answered on
-//! reply channels, so nothing on the packet path takes a lock.
+//! One thread owns everything on the packet path: its frame I/O (a [`FrameIo`]: the
+//! [`Xsk`], UMEM and sockets, in the daemon), one [`Translator`] per uplink, the
+//! next-hop cache, and the eBPF maps the translator keeps current (a [`SteeringMaps`]:
+//! the socket map, the ports and sessions maps, the offloaded flows). The control plane
+//! talks to it only through [`Command`]s on a channel, answered on reply channels, so
+//! nothing on the packet path takes a lock. Unit tests drive it on in-memory fakes of
+//! both (see `dataplane/tests.rs`).
 //!
 //! Per batch: receive from every socket, translate each frame in place, address it
 //! (the translator sets the Ethernet header towards containers; towards the uplink the
@@ -22,7 +24,8 @@ use dovesnap_ebpf::{FlowKey, PortKey};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
-use crate::fastpath::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
+use crate::fastpath::afxdp::{PortId, Rx, Xsk, XskConfig};
+use crate::fastpath::frameio::{FrameIo, SteeringMaps};
 use crate::fastpath::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::fastpath::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 use crate::translator::{
@@ -275,8 +278,8 @@ enum Role {
     Uplink(usize),
 }
 
-struct Held {
-    frame: Frame,
+struct Held<F> {
+    frame: F,
     uplink: usize,
     remote: Ipv4Addr,
     since: Instant,
@@ -338,10 +341,11 @@ struct Traffic {
     in_bytes: u64,
 }
 
-/// The thread's state.
-pub struct Dataplane {
-    xsk: Xsk,
-    maps: DataplaneMaps,
+/// The thread's state: generic over its frame I/O and its maps (AF_XDP sockets and
+/// the eBPF maps in the daemon, in-memory fakes in unit tests).
+pub struct Dataplane<Io: FrameIo = Xsk, Maps: SteeringMaps = DataplaneMaps> {
+    io: Io,
+    maps: Maps,
     uplinks: Vec<Option<Uplink>>,
     uplink_names: HashMap<String, usize>,
     /// host ifname -> (sockets by rx queue, uplink, address, slots by rx queue).
@@ -352,7 +356,7 @@ pub struct Dataplane {
     nexthops: NextHops,
     resolver: Resolver,
     events: Receiver<NextHopEvent>,
-    pending: VecDeque<Held>,
+    pending: VecDeque<Held<Io::Frame>>,
     counters: Counters,
     last_flush_warning: Instant,
     last_steer_warning: Instant,
@@ -372,18 +376,51 @@ pub struct Dataplane {
     host_filter: Vec<([u8; 4], u8, HostFwMatch)>,
 }
 
+/// What the data-plane thread is connected to besides its sockets and maps.
+pub struct Links {
+    /// Asks for next hops; the answers come on `events`.
+    pub resolver: Resolver,
+    pub events: Receiver<NextHopEvent>,
+    /// Wakes the thread when a command is queued.
+    pub waker: std::sync::Arc<Waker>,
+    /// Shared with the watchdog and status (see [`super::supervisor`]).
+    pub health: std::sync::Arc<Health>,
+}
+
 impl Dataplane {
+    /// The daemon's data plane: AF_XDP sockets of a new UMEM, the loaded program's maps.
     pub fn new(
         xsk_config: XskConfig,
         maps: DataplaneMaps,
-        resolver: Resolver,
-        events: Receiver<NextHopEvent>,
-        waker: std::sync::Arc<Waker>,
-        health: std::sync::Arc<Health>,
+        links: Links,
     ) -> Result<Self, DataplaneError> {
         let xsk = Xsk::new(xsk_config).map_err(DataplaneError::AfXdp)?;
-        Ok(Dataplane {
-            xsk,
+        let netdev = crate::host::netdev::Querier::new()
+            .inspect_err(|e| {
+                warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
+            })
+            .ok();
+        Ok(Dataplane::with_io(xsk, maps, links, netdev))
+    }
+}
+
+impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
+    /// A data plane on `io` and `maps`; `netdev` asks the kernel for devices' XDP
+    /// features (`None`: nothing is offloaded to XDP).
+    pub fn with_io(
+        io: Io,
+        maps: Maps,
+        links: Links,
+        netdev: Option<crate::host::netdev::Querier>,
+    ) -> Self {
+        let Links {
+            resolver,
+            events,
+            waker,
+            health,
+        } = links;
+        Dataplane {
+            io,
             maps,
             uplinks: Vec::new(),
             uplink_names: HashMap::new(),
@@ -400,16 +437,12 @@ impl Dataplane {
             last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
-            netdev: crate::host::netdev::Querier::new()
-                .inspect_err(|e| {
-                    warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
-                })
-                .ok(),
+            netdev,
             health,
             backoff: Backoff::default(),
             forget_kernel_entries_at: None,
             host_filter: Vec::new(),
-        })
+        }
     }
 
     /// The thread's body: [`Dataplane::run`], and after a panic the same data plane
@@ -458,7 +491,7 @@ impl Dataplane {
                 panic_message(&*p)
             ),
         }
-        if let Err(e) = self.maps.bypass.set(true) {
+        if let Err(e) = self.maps.set_bypass(true) {
             error!("nat-fast: cannot turn the XDP bypass on: {e}");
         }
         match self.backoff.on_failure(now) {
@@ -582,7 +615,7 @@ impl Dataplane {
             State::Down if self.health.resume_due(now) => {
                 // Flows the kernel started meanwhile keep the mapping the far side knows.
                 self.adopt_from_kernel(None);
-                match self.maps.bypass.set(false) {
+                match self.maps.set_bypass(false) {
                     Ok(()) => {
                         info!("nat-fast: the fast path is back");
                         self.health.resumed();
@@ -598,7 +631,7 @@ impl Dataplane {
     /// Runs until [`Command::Stop`] or until the control plane hangs up; closes every
     /// socket on the way out.
     pub fn run(&mut self, commands: &Receiver<Command>) {
-        let mut batch: Vec<Rx> = Vec::with_capacity(256);
+        let mut batch: Vec<Rx<Io::Frame>> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
         let mut last_snapshot = Instant::now();
@@ -616,37 +649,7 @@ impl Dataplane {
             }
             let now = Instant::now();
             self.supervision_turn(now);
-            while let Ok(ev) = self.events.try_recv() {
-                let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
-                let changed = self.nexthops.apply(ev);
-                if !changed.is_empty() {
-                    self.retry_pending(&changed, now);
-                }
-                if routes_changed {
-                    // Ask again for every offloaded destination: the answers say which
-                    // flows' next hop changed, and only those leave XDP.
-                    for remote in self.offloads.remotes() {
-                        self.resolver.request(remote);
-                    }
-                } else if !self.offloads.is_empty() && !changed.is_empty() {
-                    self.revalidate_offloads(&changed);
-                }
-            }
-            batch.clear();
-            let n = self.xsk.recv(&mut batch);
-            for rx in batch.drain(..) {
-                self.handle(rx, now);
-            }
-            self.sweep_pending(now);
-            if let Err(e) = self.xsk.flush() {
-                // Once per interval: a vanished interface fails every flush.
-                if now.duration_since(self.last_flush_warning) >= WARN_INTERVAL {
-                    self.last_flush_warning = now;
-                    warn!("AF_XDP flush failed: {e}");
-                }
-            }
-            self.sync_port_events();
-            self.sync_offloads();
+            let n = self.process(&mut batch, now);
             if now.duration_since(last_expire) >= EXPIRE_INTERVAL {
                 last_expire = now;
                 let mono = offload::monotonic_ns();
@@ -684,12 +687,51 @@ impl Dataplane {
         }
     }
 
+    /// One batch: next-hop answers (and the frames that waited for them), every frame
+    /// received (translated, addressed, queued on the port it leaves by), the frames
+    /// that waited too long, a flush, and the maps brought up to date. How many frames
+    /// came in.
+    fn process(&mut self, batch: &mut Vec<Rx<Io::Frame>>, now: Instant) -> usize {
+        while let Ok(ev) = self.events.try_recv() {
+            let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
+            let changed = self.nexthops.apply(ev);
+            if !changed.is_empty() {
+                self.retry_pending(&changed, now);
+            }
+            if routes_changed {
+                // Ask again for every offloaded destination: the answers say which
+                // flows' next hop changed, and only those leave XDP.
+                for remote in self.offloads.remotes() {
+                    self.resolver.request(remote);
+                }
+            } else if !self.offloads.is_empty() && !changed.is_empty() {
+                self.revalidate_offloads(&changed);
+            }
+        }
+        batch.clear();
+        let n = self.io.recv(batch);
+        for rx in batch.drain(..) {
+            self.handle(rx, now);
+        }
+        self.sweep_pending(now);
+        if let Err(e) = self.io.flush() {
+            // Once per interval: a vanished interface fails every flush.
+            if now.duration_since(self.last_flush_warning) >= WARN_INTERVAL {
+                self.last_flush_warning = now;
+                warn!("AF_XDP flush failed: {e}");
+            }
+        }
+        self.sync_port_events();
+        self.sync_offloads();
+        n
+    }
+
     /// Sleeps until a socket has frames, a command is queued or `timeout` passes.
     fn wait(&mut self, timeout: Duration) {
         let mut fds: Vec<libc::pollfd> = self
             .roles
             .keys()
-            .filter_map(|p| self.xsk.fd(PortId(*p)))
+            .filter_map(|p| self.io.fd(PortId(*p)))
             .chain(std::iter::once(self.waker.raw()))
             .map(|fd| libc::pollfd {
                 fd,
@@ -707,14 +749,14 @@ impl Dataplane {
         self.waker.drain();
     }
 
-    fn handle(&mut self, mut rx: Rx, now: Instant) {
+    fn handle(&mut self, mut rx: Rx<Io::Frame>, now: Instant) {
         self.counters.rx += 1;
         let Some(role) = self.roles.get(&rx.port.0).copied() else {
             self.counters.stray += 1;
-            self.xsk.drop_frame(rx.frame);
+            self.io.drop_frame(rx.frame);
             return;
         };
-        let len = rx.frame.len() as u64;
+        let len = self.io.len(&rx.frame) as u64;
         if let Role::Endpoint(_, first) = role {
             if let Some(t) = self.traffic.get_mut(&first) {
                 t.out_frames += 1;
@@ -722,7 +764,7 @@ impl Dataplane {
             }
         }
         let (uplink_idx, verdict) = {
-            let frame = self.xsk.frame_mut(&mut rx.frame);
+            let frame = self.io.bytes_mut(&mut rx.frame);
             match role {
                 Role::Endpoint(u, _) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
                     Some(up) => (u, up.translator.outbound(now, frame)),
@@ -748,12 +790,12 @@ impl Dataplane {
                     t.in_frames += 1;
                     t.in_bytes += len;
                 }
-                self.xsk.send(PortId(port), rx.frame);
+                self.io.send(PortId(port), rx.frame);
             }
             Verdict::Uplink { remote } => self.send_uplink(uplink_idx, remote, rx.frame, now),
             Verdict::Drop(_) => {
                 self.counters.dropped += 1;
-                self.xsk.drop_frame(rx.frame);
+                self.io.drop_frame(rx.frame);
                 return;
             }
         }
@@ -864,7 +906,7 @@ impl Dataplane {
         }
     }
 
-    fn send_uplink(&mut self, uplink: usize, remote: Ipv4Addr, mut frame: Frame, now: Instant) {
+    fn send_uplink(&mut self, uplink: usize, remote: Ipv4Addr, mut frame: Io::Frame, now: Instant) {
         match self.nexthops.lookup(remote) {
             Lookup::Ready { mac, .. } => {
                 let Some(port) = self
@@ -874,19 +916,19 @@ impl Dataplane {
                     .and_then(|u| u.ports.first().copied())
                 else {
                     self.counters.dropped += 1;
-                    self.xsk.drop_frame(frame);
+                    self.io.drop_frame(frame);
                     return;
                 };
-                let bytes = self.xsk.frame_mut(&mut frame);
+                let bytes = self.io.bytes_mut(&mut frame);
                 if bytes.len() >= 6 {
                     bytes[..6].copy_from_slice(&mac);
                 }
                 self.counters.to_uplink += 1;
-                self.xsk.send(port, frame);
+                self.io.send(port, frame);
             }
             Lookup::Unreachable => {
                 self.counters.unreachable += 1;
-                self.xsk.drop_frame(frame);
+                self.io.drop_frame(frame);
             }
             Lookup::Unknown => {
                 if self.nexthops.should_ask(remote, now) {
@@ -894,7 +936,7 @@ impl Dataplane {
                 }
                 if self.pending.len() >= PENDING_MAX {
                     self.counters.held_overflow += 1;
-                    self.xsk.drop_frame(frame);
+                    self.io.drop_frame(frame);
                     return;
                 }
                 self.counters.held += 1;
@@ -909,7 +951,7 @@ impl Dataplane {
     }
 
     fn retry_pending(&mut self, changed: &[Ipv4Addr], now: Instant) {
-        let held: Vec<Held> = self.pending.drain(..).collect();
+        let held: Vec<Held<Io::Frame>> = self.pending.drain(..).collect();
         for h in held {
             if changed.contains(&h.remote) && self.nexthops.lookup(h.remote) != Lookup::Unknown {
                 if matches!(self.nexthops.lookup(h.remote), Lookup::Ready { .. }) {
@@ -929,7 +971,7 @@ impl Dataplane {
             }
             let h = self.pending.pop_front().expect("front exists");
             self.counters.held_timeout += 1;
-            self.xsk.drop_frame(h.frame);
+            self.io.drop_frame(h.frame);
         }
     }
 
@@ -1124,7 +1166,7 @@ impl Dataplane {
         let mut ports = Vec::new();
         let mut slots = Vec::new();
         for q in 0..queues.max(1) {
-            let port = match self.xsk.open(ifname, q) {
+            let port = match self.io.open(ifname, q) {
                 Ok(p) => p,
                 Err(e) => {
                     self.close_ports(&ports, &slots);
@@ -1136,9 +1178,9 @@ impl Dataplane {
                 }
             };
             let slot = first_slot + q;
-            let fd = self.xsk.fd(port).expect("just opened");
+            let fd = self.io.fd(port).expect("just opened");
             if let Err(e) = self.maps.set_xsk(slot, fd) {
-                self.xsk.close(port);
+                self.io.close(port);
                 self.close_ports(&ports, &slots);
                 return Err(DataplaneError::Register {
                     ifname: ifname.to_string(),
@@ -1157,7 +1199,7 @@ impl Dataplane {
         }
         for p in ports {
             self.roles.remove(&p.0);
-            self.xsk.close(*p);
+            self.io.close(*p);
         }
     }
 
@@ -1367,7 +1409,7 @@ impl Dataplane {
             .map(|(k, v)| (k.to_string(), v)),
         );
         let offloaded = self.offloads.traffic(&self.maps);
-        let x = self.xsk.stats();
+        let x = self.io.stats();
         counters.extend(
             [
                 ("xsk_rx", x.rx),
@@ -1430,7 +1472,7 @@ impl Dataplane {
             }
             Err(e) => warn!("nat-fast: cannot hand sessions to conntrack: {e}"),
         }
-        if let Err(e) = self.maps.bypass.set(true) {
+        if let Err(e) = self.maps.set_bypass(true) {
             warn!("nat-fast: cannot turn the XDP bypass on: {e}");
         }
         let names: Vec<String> = self.uplink_names.keys().cloned().collect();
@@ -1438,10 +1480,13 @@ impl Dataplane {
             self.remove_uplink(&n);
         }
         for h in std::mem::take(&mut self.pending) {
-            self.xsk.drop_frame(h.frame);
+            self.io.drop_frame(h.frame);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// `tcp 10.0.0.2:43512 -> 192.0.2.1:61003 -> 198.51.100.7:80 ESTABLISHED (idle 2s)`.
 fn session_line(s: &SessionView, external_ip: Ipv4Addr, now: Instant) -> String {

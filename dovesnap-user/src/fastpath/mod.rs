@@ -21,6 +21,7 @@
 pub mod afxdp;
 pub mod conntrack;
 pub mod dataplane;
+pub mod frameio;
 pub mod nexthop;
 pub mod offload;
 pub mod supervisor;
@@ -367,15 +368,13 @@ impl FastPath {
             );
         let health = std::sync::Arc::new(Health::default());
         let watchdog_bypass = maps.bypass.try_clone()?;
-        let dp = Dataplane::new(
-            XskConfig::default(),
-            maps,
+        let links = dataplane::Links {
             resolver,
-            ev_rx,
-            waker.clone(),
-            health.clone(),
-        )
-        .map_err(FastPathError::Dataplane)?;
+            events: ev_rx,
+            waker: waker.clone(),
+            health: health.clone(),
+        };
+        let dp = Dataplane::new(XskConfig::default(), maps, links)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("dovesnap-nat".into())

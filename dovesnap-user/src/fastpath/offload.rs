@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use dovesnap_ebpf::{be_addr, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::fastpath::xdp::{DataplaneMaps, XdpError};
+use crate::fastpath::frameio::SteeringMaps;
+use crate::fastpath::xdp::XdpError;
 use crate::translator::{Offloaded, Protocol};
 
 /// Where an uplink's offloaded frames leave from.
@@ -127,7 +128,7 @@ struct Installed {
 impl Installed {
     /// Both entries as the kernel holds them now (zeroes for one that is gone or was
     /// never installed).
-    fn read(&self, maps: &DataplaneMaps) -> [FlowAction; 2] {
+    fn read(&self, maps: &impl SteeringMaps) -> [FlowAction; 2] {
         self.keys.map(|k| {
             k.and_then(|k| maps.flow(&k).ok().flatten())
                 .unwrap_or_default()
@@ -205,7 +206,7 @@ impl Offloads {
     /// Registers an uplink as a redirect target.
     pub fn add_uplink(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         up: UplinkPath,
     ) -> Result<(), XdpError> {
@@ -215,7 +216,7 @@ impl Offloads {
     }
 
     /// Removes an uplink's flows, then the uplink from the redirect targets.
-    pub fn remove_uplink(&mut self, maps: &mut DataplaneMaps, idx: usize) {
+    pub fn remove_uplink(&mut self, maps: &mut impl SteeringMaps, idx: usize) {
         self.remove_where(maps, |u, _, _| u == idx);
         if let Some(up) = self.uplinks.remove(&idx) {
             let _ = maps.remove_dev(up.ifindex);
@@ -226,7 +227,7 @@ impl Offloads {
     /// Lets `ip`'s sessions on uplink `idx` be offloaded to `ep`.
     pub fn add_endpoint(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         ip: Ipv4Addr,
         ep: EndpointPath,
@@ -238,7 +239,7 @@ impl Offloads {
 
     /// Removes the endpoint's flows (normally gone already with its sessions) and its
     /// device.
-    pub fn remove_endpoint(&mut self, maps: &mut DataplaneMaps, idx: usize, ip: Ipv4Addr) {
+    pub fn remove_endpoint(&mut self, maps: &mut impl SteeringMaps, idx: usize, ip: Ipv4Addr) {
         self.remove_where(maps, |u, o, _| u == idx && *o.inside.ip() == ip);
         if let Some(ep) = self.endpoints.remove(&(idx, ip)) {
             let _ = maps.remove_dev(ep.ifindex);
@@ -250,7 +251,7 @@ impl Offloads {
     /// caller gives the session back to the translator.
     pub fn install(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         o: &Offloaded,
         next_hop_mac: [u8; 6],
@@ -306,7 +307,7 @@ impl Offloads {
     /// offloads them again in the direction that still works).
     pub fn set_redirect_target(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         ifindex: u32,
         target: bool,
     ) -> Vec<(usize, Offloaded)> {
@@ -364,13 +365,19 @@ impl Offloads {
     }
 
     /// Removes a session's entries (the translator took it back). Absent is fine.
-    pub fn remove(&mut self, maps: &mut DataplaneMaps, idx: usize, o: &Offloaded) {
+    pub fn remove(&mut self, maps: &mut impl SteeringMaps, idx: usize, o: &Offloaded) {
         if let Some(inst) = self.installed.remove(&(idx, *o)) {
             self.retire(maps, idx, o, &inst);
         }
     }
 
-    fn retire(&mut self, maps: &mut DataplaneMaps, idx: usize, o: &Offloaded, inst: &Installed) {
+    fn retire(
+        &mut self,
+        maps: &mut impl SteeringMaps,
+        idx: usize,
+        o: &Offloaded,
+        inst: &Installed,
+    ) {
         let [out, inb] = inst.read(maps);
         self.retired
             .entry((idx, *o.inside.ip()))
@@ -386,7 +393,7 @@ impl Offloads {
     /// so the caller can hand them back to their translators.
     fn remove_where(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         mut pred: impl FnMut(usize, &Offloaded, &Installed) -> bool,
     ) -> Vec<(usize, Offloaded)> {
         let chosen: Vec<(usize, Offloaded)> = self
@@ -430,7 +437,7 @@ impl Offloads {
     /// clock (`now` and the kernel's monotonic clock read together).
     pub fn last_seen(
         &self,
-        maps: &DataplaneMaps,
+        maps: &impl SteeringMaps,
         idx: usize,
         o: &Offloaded,
         now: Instant,
@@ -451,7 +458,7 @@ impl Offloads {
 
     /// Offloaded traffic per (uplink, container address): removed flows plus the live
     /// ones read now.
-    pub fn traffic(&self, maps: &DataplaneMaps) -> HashMap<(usize, Ipv4Addr), OffloadTraffic> {
+    pub fn traffic(&self, maps: &impl SteeringMaps) -> HashMap<(usize, Ipv4Addr), OffloadTraffic> {
         let mut t = self.retired.clone();
         for ((idx, o), inst) in &self.installed {
             let [out, inb] = inst.read(maps);
