@@ -29,11 +29,14 @@ use crate::fastpath::frameio::{FrameIo, SteeringMaps};
 use crate::fastpath::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::fastpath::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 use crate::translator::{
-    Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
+    Config, EndpointInfo, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
 
-use super::offload::{self, EndpointPath, Offloads, UplinkPath};
+use super::offload::{
+    self, EndpointOf, EndpointPath, Offloads, RedirectTarget, SessionOf, UplinkPath,
+};
 use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
+use super::EndpointSpec;
 
 /// How long a frame may wait for its next hop before it is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -135,8 +138,8 @@ pub enum Command {
         name: String,
         ifindex: u32,
         config: Config,
-        queues: u32,
-        first_slot: u32,
+        /// Socket slots, one per rx queue: queue `q` gets `slots.first + q`.
+        slots: Slots,
         reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveUplink {
@@ -144,12 +147,10 @@ pub enum Command {
         reply: Sender<()>,
     },
     AddEndpoint {
-        host_ifname: String,
+        endpoint: EndpointSpec,
         uplink: String,
-        info: EndpointInfoSpec,
-        /// First socket slot; the endpoint's rx queue `q` gets `slot + q`.
-        slot: u32,
-        queues: u32,
+        /// Socket slots, one per rx queue of its veth.
+        slots: Slots,
         reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveEndpoint {
@@ -195,19 +196,18 @@ pub enum Fault {
     Stall(Duration),
 }
 
-/// What the control plane knows of an endpoint (the translator's port id is the
-/// data plane's business).
-#[derive(Clone, Debug)]
-pub struct EndpointInfoSpec {
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub gateway_mac: [u8; 6],
-    /// The veth host end's ifindex (where offloaded frames for the container go).
-    pub ifindex: u32,
-    /// Whether established sessions go to the XDP fast path (`ovs.nat.offload`).
-    pub offload: bool,
-    /// Take over the flows the kernel's conntrack carries for it (at recovery).
-    pub adopt: bool,
+/// A run of slots of the socket map (`XSKS`): an interface's rx queue `q` gets
+/// `first + q`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slots {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl Slots {
+    pub fn iter(self) -> std::ops::Range<u32> {
+        self.first..self.first + self.count
+    }
 }
 
 /// A snapshot for `dovesnap status`.
@@ -265,17 +265,30 @@ pub const SESSIONS_SHOWN: usize = 50;
 struct Uplink {
     translator: Translator,
     external_ip: Ipv4Addr,
+    queues: Queues,
+}
+
+/// An interface's sockets: queue `q`'s is `ports[q]`, in socket-map slot
+/// `first_slot + q`.
+struct Queues {
     ports: Vec<PortId>,
-    slots: Vec<u32>,
+    first_slot: u32,
+}
+
+impl Queues {
+    /// Queue 0's socket: the one frames are sent from, and the endpoint's id.
+    fn first(&self) -> PortId {
+        self.ports[0]
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Role {
-    /// A container's veth (one of its queues): frames go outbound through uplink
-    /// `usize`; the `u32` is the endpoint's first socket, its id for counters and TX.
-    Endpoint(usize, u32),
-    /// One queue of uplink `usize`: frames go inbound.
-    Uplink(usize),
+    /// A container's veth (one of its queues): frames go outbound through `uplink`;
+    /// `first` is the endpoint's first socket, its id for counters and TX.
+    Endpoint { uplink: usize, first: u32 },
+    /// One queue of an uplink: frames go inbound.
+    Uplink { uplink: usize },
 }
 
 struct Held<F> {
@@ -325,11 +338,10 @@ impl Counters {
 
 /// An endpoint's sockets: one per rx queue of its veth, in the socket map's slots.
 struct EndpointSockets {
-    ports: Vec<PortId>,
+    queues: Queues,
     /// Index of its uplink in `Dataplane::uplinks`.
     uplink: usize,
     ip: Ipv4Addr,
-    slots: Vec<u32>,
 }
 
 /// What the translator carried for one endpoint: out from the container, in to it.
@@ -348,7 +360,7 @@ pub struct Dataplane<Io: FrameIo = Xsk, Maps: SteeringMaps = DataplaneMaps> {
     maps: Maps,
     uplinks: Vec<Option<Uplink>>,
     uplink_names: HashMap<String, usize>,
-    /// host ifname -> (sockets by rx queue, uplink, address, slots by rx queue).
+    /// By host ifname.
     endpoints: HashMap<String, EndpointSockets>,
     roles: HashMap<u32, Role>,
     /// Per endpoint socket: frames/bytes out (from the container) and in.
@@ -757,7 +769,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             return;
         };
         let len = self.io.len(&rx.frame) as u64;
-        if let Role::Endpoint(_, first) = role {
+        if let Role::Endpoint { first, .. } = role {
             if let Some(t) = self.traffic.get_mut(&first) {
                 t.out_frames += 1;
                 t.out_bytes += len;
@@ -766,17 +778,21 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         let (uplink_idx, verdict) = {
             let frame = self.io.bytes_mut(&mut rx.frame);
             match role {
-                Role::Endpoint(u, _) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
-                    Some(up) => (u, up.translator.outbound(now, frame)),
-                    None => (
-                        u,
-                        Verdict::Drop(crate::translator::DropReason::UnknownEndpoint),
-                    ),
-                },
-                Role::Uplink(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
-                    Some(up) => (u, up.translator.inbound(now, frame)),
-                    None => (u, Verdict::Drop(crate::translator::DropReason::NoSession)),
-                },
+                Role::Endpoint { uplink: u, .. } => {
+                    match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                        Some(up) => (u, up.translator.outbound(now, frame)),
+                        None => (
+                            u,
+                            Verdict::Drop(crate::translator::DropReason::UnknownEndpoint),
+                        ),
+                    }
+                }
+                Role::Uplink { uplink: u } => {
+                    match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                        Some(up) => (u, up.translator.inbound(now, frame)),
+                        None => (u, Verdict::Drop(crate::translator::DropReason::NoSession)),
+                    }
+                }
             }
         };
         // A session the translator just started must be in SESSIONS before the frame
@@ -846,17 +862,17 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         };
         let stale = self.offloads.stale_next_hops(remotes, current);
         self.offloads.nexthop_invalidations += stale.len() as u64;
-        for (idx, o) in &stale {
-            self.offloads.remove(&mut self.maps, *idx, o);
+        for s in &stale {
+            self.offloads.remove(&mut self.maps, s.uplink, &s.session);
         }
         self.give_back(stale);
     }
 
     /// Hands sessions whose flow entries were removed back to their translators.
-    fn give_back(&mut self, sessions: Vec<(usize, Offloaded)>) {
-        for (idx, o) in sessions {
-            if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
-                up.translator.unoffload(&o);
+    fn give_back(&mut self, sessions: Vec<SessionOf>) {
+        for s in sessions {
+            if let Some(up) = self.uplinks.get_mut(s.uplink).and_then(Option::as_mut) {
+                up.translator.unoffload(&s.session);
             }
         }
     }
@@ -874,7 +890,11 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
     /// them (a veth peer's GRO can be turned off at any time): flows toward one that
     /// stopped leave XDP at once, and new sessions use one that started.
     fn recheck_redirect_targets(&mut self) {
-        for (ifindex, was) in self.offloads.redirect_targets() {
+        for RedirectTarget {
+            ifindex,
+            accepts: was,
+        } in self.offloads.redirect_targets()
+        {
             let now = self.redirect_target(ifindex);
             if now == was {
                 continue;
@@ -913,7 +933,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                     .uplinks
                     .get(uplink)
                     .and_then(Option::as_ref)
-                    .and_then(|u| u.ports.first().copied())
+                    .map(|u| u.queues.first())
                 else {
                     self.counters.dropped += 1;
                     self.io.drop_frame(frame);
@@ -1025,25 +1045,22 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                 name,
                 ifindex,
                 config,
-                queues,
-                first_slot,
+                slots,
                 reply,
             } => {
-                let _ = reply.send(self.add_uplink(name, ifindex, config, queues, first_slot));
+                let _ = reply.send(self.add_uplink(name, ifindex, config, slots));
             }
             Command::RemoveUplink { name, reply } => {
                 self.remove_uplink(&name);
                 let _ = reply.send(());
             }
             Command::AddEndpoint {
-                host_ifname,
+                endpoint,
                 uplink,
-                info,
-                slot,
-                queues,
+                slots,
                 reply,
             } => {
-                let _ = reply.send(self.add_endpoint(host_ifname, &uplink, info, slot, queues));
+                let _ = reply.send(self.add_endpoint(endpoint, &uplink, slots));
             }
             Command::RemoveEndpoint { host_ifname, reply } => {
                 self.remove_endpoint(&host_ifname);
@@ -1108,14 +1125,13 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         name: String,
         ifindex: u32,
         config: Config,
-        queues: u32,
-        first_slot: u32,
+        slots: Slots,
     ) -> Result<(), DataplaneError> {
         if self.uplink_names.contains_key(&name) {
             return Err(DataplaneError::UplinkInUse(name));
         }
         let external_ip = config.external_ip;
-        let (ports, slots) = self.open_queues(&name, queues, first_slot)?;
+        let queues = self.open_queues(&name, slots)?;
         let idx = match self.uplinks.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -1123,8 +1139,8 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                 self.uplinks.len() - 1
             }
         };
-        for p in &ports {
-            self.roles.insert(p.0, Role::Uplink(idx));
+        for p in &queues.ports {
+            self.roles.insert(p.0, Role::Uplink { uplink: idx });
         }
         let path = UplinkPath {
             ifindex,
@@ -1144,32 +1160,28 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         if let Err(e) = self.offloads.add_uplink(&mut self.maps, idx, path) {
             warn!(uplink = %name, "no XDP offload through this uplink: {e}");
         }
-        info!(uplink = %name, %external_ip, queues, "nat-fast uplink ready");
+        info!(uplink = %name, %external_ip, queues = queues.ports.len(), "nat-fast uplink ready");
         self.uplinks[idx] = Some(Uplink {
             translator: Translator::new(config),
             external_ip,
-            ports,
-            slots,
+            queues,
         });
         self.uplink_names.insert(name, idx);
         Ok(())
     }
 
-    /// Opens an AF_XDP socket on each of `ifname`'s first `queues` rx queues (at least
-    /// one) and registers queue `q`'s in slot `first_slot + q`. All or nothing.
-    fn open_queues(
-        &mut self,
-        ifname: &str,
-        queues: u32,
-        first_slot: u32,
-    ) -> Result<(Vec<PortId>, Vec<u32>), DataplaneError> {
-        let mut ports = Vec::new();
-        let mut slots = Vec::new();
-        for q in 0..queues.max(1) {
+    /// Opens a socket on each of `ifname`'s first `slots.count` rx queues (at least
+    /// one) and registers queue `q`'s in slot `slots.first + q`. All or nothing.
+    fn open_queues(&mut self, ifname: &str, slots: Slots) -> Result<Queues, DataplaneError> {
+        let mut queues = Queues {
+            ports: Vec::new(),
+            first_slot: slots.first,
+        };
+        for q in 0..slots.count.max(1) {
             let port = match self.io.open(ifname, q) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.close_ports(&ports, &slots);
+                    self.close_queues(&queues);
                     return Err(DataplaneError::Socket {
                         ifname: ifname.to_string(),
                         queue: q,
@@ -1177,27 +1189,25 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                     });
                 }
             };
-            let slot = first_slot + q;
             let fd = self.io.fd(port).expect("just opened");
-            if let Err(e) = self.maps.set_xsk(slot, fd) {
+            if let Err(e) = self.maps.set_xsk(slots.first + q, fd) {
                 self.io.close(port);
-                self.close_ports(&ports, &slots);
+                self.close_queues(&queues);
                 return Err(DataplaneError::Register {
                     ifname: ifname.to_string(),
                     cause: e,
                 });
             }
-            ports.push(port);
-            slots.push(slot);
+            queues.ports.push(port);
         }
-        Ok((ports, slots))
+        Ok(queues)
     }
 
-    fn close_ports(&mut self, ports: &[PortId], slots: &[u32]) {
-        for s in slots {
-            let _ = self.maps.clear_xsk(*s);
+    fn close_queues(&mut self, queues: &Queues) {
+        for slot in (queues.first_slot..).take(queues.ports.len()) {
+            let _ = self.maps.clear_xsk(slot);
         }
-        for p in ports {
+        for p in &queues.ports {
             self.roles.remove(&p.0);
             self.io.close(*p);
         }
@@ -1220,35 +1230,34 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         if let Some(up) = self.uplinks[idx].take() {
             // Published ports and sessions of this address leave the maps too.
             self.maps.remove_address(u32::from(up.external_ip).to_be());
-            self.close_ports(&up.ports, &up.slots);
+            self.close_queues(&up.queues);
             self.pending.retain(|h| h.uplink != idx);
         }
     }
 
     fn add_endpoint(
         &mut self,
-        host_ifname: String,
+        spec: EndpointSpec,
         uplink: &str,
-        spec: EndpointInfoSpec,
-        slot: u32,
-        queues: u32,
+        slots: Slots,
     ) -> Result<(), DataplaneError> {
         let Some(&idx) = self.uplink_names.get(uplink) else {
             return Err(DataplaneError::NoUplink(uplink.to_string()));
         };
+        let host_ifname = spec.host_ifname;
         if self.endpoints.contains_key(&host_ifname) {
             self.remove_endpoint(&host_ifname);
         }
-        let (ports, slots) = self.open_queues(&host_ifname, queues, slot)?;
-        let first = ports[0];
+        let queues = self.open_queues(&host_ifname, slots)?;
+        let first = queues.first();
         let mut offload = spec.offload;
         if offload {
             let path = EndpointPath {
-                ifindex: spec.ifindex,
+                ifindex: spec.host_ifindex,
                 mac: spec.mac,
                 gateway_mac: spec.gateway_mac,
                 mtu: offload::mtu_of(&host_ifname),
-                redirect_target: self.redirect_target(spec.ifindex),
+                redirect_target: self.redirect_target(spec.host_ifindex),
             };
             if let Err(e) = self
                 .offloads
@@ -1266,17 +1275,20 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             port: first.0,
             offload,
         });
-        for p in &ports {
-            self.roles.insert(p.0, Role::Endpoint(idx, first.0));
+        let role = Role::Endpoint {
+            uplink: idx,
+            first: first.0,
+        };
+        for p in &queues.ports {
+            self.roles.insert(p.0, role);
         }
         self.traffic.insert(first.0, Traffic::default());
         self.endpoints.insert(
             host_ifname,
             EndpointSockets {
-                ports,
+                queues,
                 uplink: idx,
                 ip: spec.ip,
-                slots,
             },
         );
         self.sync_offload_offers();
@@ -1338,10 +1350,9 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
 
     fn remove_endpoint(&mut self, host_ifname: &str) {
         let Some(EndpointSockets {
-            ports,
+            queues,
             uplink: idx,
             ip,
-            slots,
         }) = self.endpoints.remove(host_ifname)
         else {
             return;
@@ -1352,10 +1363,8 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         self.sync_port_events();
         self.sync_offloads();
         self.offloads.remove_endpoint(&mut self.maps, idx, ip);
-        if let Some(first) = ports.first() {
-            self.traffic.remove(&first.0);
-        }
-        self.close_ports(&ports, &slots);
+        self.traffic.remove(&queues.first().0);
+        self.close_queues(&queues);
     }
 
     fn status(&self) -> DataplaneStatus {
@@ -1428,10 +1437,9 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             .endpoints
             .iter()
             .map(|(name, e)| {
-                let t = e
-                    .ports
-                    .first()
-                    .and_then(|p| self.traffic.get(&p.0))
+                let t = self
+                    .traffic
+                    .get(&e.queues.first().0)
                     .copied()
                     .unwrap_or_default();
                 EndpointCounters {
@@ -1442,7 +1450,10 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                     in_frames: t.in_frames,
                     in_bytes: t.in_bytes,
                     offload: offloaded
-                        .get(&(e.uplink, e.ip))
+                        .get(&EndpointOf {
+                            uplink: e.uplink,
+                            ip: e.ip,
+                        })
                         .copied()
                         .unwrap_or_default(),
                 }

@@ -43,7 +43,7 @@ use crate::firewall::hostrules::{self, HostRule};
 use crate::host::addr::Ipv4Net;
 use crate::translator::{Config, Protocol, Timeouts};
 pub use dataplane::Fault;
-use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
+use dataplane::{Command, Dataplane, DataplaneError, DataplaneStatus, Slots};
 use supervisor::{Health, HealthStatus, Watchdog};
 
 /// Default external TCP/UDP ports (and ICMP identifiers) the translator allocates from
@@ -245,7 +245,10 @@ pub enum FastPathError {
         features: crate::host::netdev::XdpFeatures,
     },
     #[error("nat-fast: cannot ask the kernel for {ifname}'s XDP features: {cause}")]
-    Features { ifname: String, cause: String },
+    Features {
+        ifname: String,
+        cause: std::io::Error,
+    },
 }
 
 /// An uplink: the interface the translator sends from and receives on.
@@ -298,14 +301,13 @@ pub struct FastPathStatus {
 /// An endpoint on the fast path: its veth and the socket-map slots of its queues.
 struct EndpointSlots {
     ifindex: u32,
-    first_slot: u32,
-    slots: u32,
+    slots: Slots,
     uplink: String,
 }
 
 struct UplinkState {
     spec: UplinkSpec,
-    first_slot: u32,
+    slots: Slots,
     users: usize,
 }
 
@@ -415,6 +417,14 @@ impl FastPath {
         self.call_within(CALL_TIMEOUT, make)
     }
 
+    /// [`FastPath::call`] for a command the data plane may refuse.
+    fn request<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, DataplaneError>>) -> Command,
+    ) -> Result<T, FastPathError> {
+        Ok(self.call(make)??)
+    }
+
     fn call_within<T>(
         &self,
         timeout: std::time::Duration,
@@ -431,19 +441,22 @@ impl FastPath {
         })
     }
 
-    fn alloc_slots(&mut self, n: u32) -> Result<u32, FastPathError> {
-        let n = n as usize;
+    fn alloc_slots(&mut self, count: u32) -> Result<Slots, FastPathError> {
+        let n = count as usize;
         let start = (0..=self.slots.len().saturating_sub(n))
             .find(|&s| self.slots[s..s + n].iter().all(|u| !u))
             .ok_or(FastPathError::NoSlot)?;
         for s in &mut self.slots[start..start + n] {
             *s = true;
         }
-        Ok(start as u32)
+        Ok(Slots {
+            first: start as u32,
+            count,
+        })
     }
 
-    fn free_slots(&mut self, first: u32, n: u32) {
-        for s in first..first + n {
+    fn free_slots(&mut self, slots: Slots) {
+        for s in slots.iter() {
             if let Some(u) = self.slots.get_mut(s as usize) {
                 *u = false;
             }
@@ -455,34 +468,25 @@ impl FastPath {
             u.users += 1;
             return Ok(());
         }
-        let queues = spec.rx_queues.max(1);
-        let first_slot = self.alloc_slots(queues)?;
+        let slots = self.alloc_slots(spec.rx_queues.max(1))?;
         let config = self.config.translator(spec);
         let name = spec.name.clone();
         let ifindex = spec.ifindex;
-        let r = self.call(|reply| Command::AddUplink {
+        let r = self.request(|reply| Command::AddUplink {
             name,
             ifindex,
             config,
-            queues,
-            first_slot,
+            slots,
             reply,
         });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.free_slots(first_slot, queues);
-                return Err(FastPathError::Dataplane(e));
-            }
-            Err(e) => {
-                self.free_slots(first_slot, queues);
-                return Err(e);
-            }
+        if let Err(e) = r {
+            self.free_slots(slots);
+            return Err(e);
         }
         let cfg = IfaceConfig {
             kind: IFACE_UPLINK,
-            xsk_slot: first_slot,
-            xsk_slots: queues,
+            xsk_slot: slots.first,
+            xsk_slots: slots.count,
             addr: u32::from_ne_bytes(spec.addr.octets()),
             subnet: 0,
             netmask: 0,
@@ -499,14 +503,14 @@ impl FastPath {
             let _ = self.xdp.remove_iface(spec.ifindex);
             let name = spec.name.clone();
             let _ = self.call(|reply| Command::RemoveUplink { name, reply });
-            self.free_slots(first_slot, queues);
+            self.free_slots(slots);
             return Err(e.into());
         }
         self.uplinks.insert(
             spec.name.clone(),
             UplinkState {
                 spec: spec.clone(),
-                first_slot,
+                slots,
                 users: 1,
             },
         );
@@ -528,7 +532,7 @@ impl FastPath {
         let _ = self.xdp.remove_iface(u.spec.ifindex);
         let name = name.to_string();
         let _ = self.call(|reply| Command::RemoveUplink { name, reply });
-        self.free_slots(u.first_slot, u.spec.rx_queues.max(1));
+        self.free_slots(u.slots);
         info!(uplink = %u.spec.name, "nat-fast uplink released");
     }
 
@@ -549,45 +553,30 @@ impl FastPath {
         // A socket per rx queue: a frame steered on a queue without one would take the
         // kernel path, and a connection would start on one path and go on on the other.
         let queues = rx_queues(&ep.host_ifname).max(1);
-        let slot = match self.alloc_slots(queues) {
+        let slots = match self.alloc_slots(queues) {
             Ok(s) => s,
             Err(e) => {
                 self.release_uplink(&uplink.name);
                 return Err(e);
             }
         };
-        let host_ifname = ep.host_ifname.clone();
+        let endpoint = ep.clone();
         let up_name = uplink.name.clone();
-        let info = EndpointInfoSpec {
-            ip: ep.ip,
-            mac: ep.mac,
-            gateway_mac: ep.gateway_mac,
-            ifindex: ep.host_ifindex,
-            offload: ep.offload,
-            adopt: ep.adopt,
-        };
-        let r = self.call(|reply| Command::AddEndpoint {
-            host_ifname,
+        let r = self.request(|reply| Command::AddEndpoint {
+            endpoint,
             uplink: up_name,
-            info,
-            slot,
-            queues,
+            slots,
             reply,
         });
-        let r = match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FastPathError::Dataplane(e)),
-            Err(e) => Err(e),
-        };
         if let Err(e) = r {
-            self.free_slots(slot, queues);
+            self.free_slots(slots);
             self.release_uplink(&uplink.name);
             return Err(e);
         }
         let cfg = IfaceConfig {
             kind: IFACE_ENDPOINT,
-            xsk_slot: slot,
-            xsk_slots: queues,
+            xsk_slot: slots.first,
+            xsk_slots: slots.count,
             addr: u32::from_ne_bytes(ep.ip.octets()),
             subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
             netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
@@ -600,8 +589,7 @@ impl FastPath {
             ep.host_ifname.clone(),
             EndpointSlots {
                 ifindex: ep.host_ifindex,
-                first_slot: slot,
-                slots: queues,
+                slots,
                 uplink: uplink.name.clone(),
             },
         );
@@ -628,8 +616,7 @@ impl FastPath {
         self.kernel_path.remove(host_ifname);
         let Some(EndpointSlots {
             ifindex,
-            first_slot: slot,
-            slots: queues,
+            slots,
             uplink,
         }) = self.endpoints.remove(host_ifname)
         else {
@@ -646,7 +633,7 @@ impl FastPath {
             host_ifname: name,
             reply,
         });
-        self.free_slots(slot, queues);
+        self.free_slots(slots);
         self.release_uplink(&uplink);
     }
 
@@ -675,15 +662,14 @@ impl FastPath {
         internal_port: u16,
     ) -> Result<(), FastPathError> {
         let uplink = uplink.to_string();
-        self.call(|reply| Command::Publish {
+        self.request(|reply| Command::Publish {
             uplink,
             protocol,
             external_port,
             ip,
             internal_port,
             reply,
-        })?
-        .map_err(FastPathError::Dataplane)
+        })
     }
 
     /// Withdraws a publication. Idempotent.
@@ -710,12 +696,10 @@ impl FastPath {
         if entries == self.host_entries {
             return Ok(());
         }
-        let handed = self
-            .call(|reply| Command::HostFilter {
-                entries: entries.clone(),
-                reply,
-            })?
-            .map_err(FastPathError::Dataplane)?;
+        let handed = self.request(|reply| Command::HostFilter {
+            entries: entries.clone(),
+            reply,
+        })?;
         info!(
             prefixes = entries.len(),
             sessions_handed_over = handed.created,
@@ -825,10 +809,11 @@ impl Drop for FastPath {
 
 /// Refuses an interface whose driver cannot run XDP itself.
 fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
-    let features = crate::host::netdev::query(ifindex).map_err(|e| FastPathError::Features {
-        ifname: ifname.to_string(),
-        cause: e.to_string(),
-    })?;
+    let features =
+        crate::host::netdev::query(ifindex).map_err(|cause| FastPathError::Features {
+            ifname: ifname.to_string(),
+            cause,
+        })?;
     if features.native() {
         Ok(())
     } else {

@@ -161,8 +161,8 @@ pub enum XdpError {
     /// Detaching failed on one or more interfaces (each is still attempted).
     #[error("cannot detach XDP from {}", format_failures(.failures))]
     Detach {
-        /// Interface and error, for each failure.
-        failures: Vec<(String, String)>,
+        /// Each interface that kept the program, and why.
+        failures: Vec<DetachFailure>,
     },
 
     /// The statistics map could not be read.
@@ -272,10 +272,24 @@ fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
     Ok(())
 }
 
-fn format_failures(failures: &[(String, String)]) -> String {
+/// An interface the program could not be detached from, and why (the error with its
+/// causes, as one line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetachFailure {
+    pub ifname: String,
+    pub cause: String,
+}
+
+impl fmt::Display for DetachFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` ({})", self.ifname, self.cause)
+    }
+}
+
+fn format_failures(failures: &[DetachFailure]) -> String {
     failures
         .iter()
-        .map(|(ifname, cause)| format!("`{ifname}` ({cause})"))
+        .map(DetachFailure::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -602,8 +616,8 @@ impl XdpProgram {
                 ifname: ifname.to_string(),
             })?;
         self.detach_one(ifname, attachment)
-            .map_err(|cause| XdpError::Detach {
-                failures: vec![(ifname.to_string(), cause)],
+            .map_err(|failure| XdpError::Detach {
+                failures: vec![failure],
             })
     }
 
@@ -611,13 +625,9 @@ impl XdpProgram {
     /// fail, and reports every failure.
     pub fn detach_all(&mut self) -> Result<(), XdpError> {
         let attachments = std::mem::take(&mut self.attachments);
-        let failures: Vec<(String, String)> = attachments
+        let failures: Vec<DetachFailure> = attachments
             .into_iter()
-            .filter_map(|(ifname, attachment)| {
-                self.detach_one(&ifname, attachment)
-                    .err()
-                    .map(|cause| (ifname, cause))
-            })
+            .filter_map(|(ifname, attachment)| self.detach_one(&ifname, attachment).err())
             .collect();
         if failures.is_empty() {
             Ok(())
@@ -626,8 +636,12 @@ impl XdpProgram {
         }
     }
 
-    fn detach_one(&mut self, ifname: &str, attachment: Attachment) -> Result<(), String> {
-        let program = xdp_mut(&mut self.ebpf).map_err(|e| e.to_string())?;
+    fn detach_one(&mut self, ifname: &str, attachment: Attachment) -> Result<(), DetachFailure> {
+        let failure = |cause| DetachFailure {
+            ifname: ifname.to_string(),
+            cause,
+        };
+        let program = xdp_mut(&mut self.ebpf).map_err(|e| failure(e.to_string()))?;
         match program.detach(attachment.link) {
             Ok(()) => {
                 tracing::info!(ifname, "detached XDP program");
@@ -637,7 +651,7 @@ impl XdpProgram {
                 tracing::info!(ifname, "interface gone; XDP program went with it");
                 Ok(())
             }
-            Err(e) => Err(chain(&e)),
+            Err(e) => Err(failure(chain(&e))),
         }
     }
 
@@ -1418,7 +1432,16 @@ mod tests {
         };
         assert!(err.to_string().contains("nosuch0"));
         let err = XdpError::Detach {
-            failures: vec![("a0".into(), "x".into()), ("b0".into(), "y".into())],
+            failures: vec![
+                DetachFailure {
+                    ifname: "a0".into(),
+                    cause: "x".into(),
+                },
+                DetachFailure {
+                    ifname: "b0".into(),
+                    cause: "y".into(),
+                },
+            ],
         };
         assert_eq!(err.to_string(), "cannot detach XDP from `a0` (x), `b0` (y)");
     }

@@ -238,27 +238,30 @@ impl Rig {
             name: UPLINK.into(),
             ifindex: UPLINK_IFINDEX,
             config,
-            queues: 1,
-            first_slot: 0,
+            slots: Slots { first: 0, count: 1 },
             reply,
         })
     }
 
     fn add_endpoint(&mut self, uplink: &str, queues: u32) -> Result<(), DataplaneError> {
-        let info = EndpointInfoSpec {
+        let endpoint = EndpointSpec {
+            host_ifname: EP.into(),
+            host_ifindex: EP_IFINDEX,
             ip: C1,
             mac: C1_MAC,
             gateway_mac: GW_MAC,
-            ifindex: EP_IFINDEX,
+            bridge_ifindex: 10,
+            subnet: "10.0.0.0/24".parse().expect("subnet"),
             offload: false,
             adopt: false,
         };
         self.ask(|reply| Command::AddEndpoint {
-            host_ifname: EP.into(),
+            endpoint,
             uplink: uplink.into(),
-            info,
-            slot: 8,
-            queues,
+            slots: Slots {
+                first: 8,
+                count: queues,
+            },
             reply,
         })
     }
