@@ -783,7 +783,7 @@ impl Xsk {
             }
         }
 
-        let mut port = Port {
+        let port = Port {
             id,
             ifname: ifname.to_string(),
             queue,
@@ -800,15 +800,8 @@ impl Xsk {
             self.cfg.frame_count,
             self.open_ports() + 1,
         );
-        top_up(
-            &mut port,
-            &mut self.ledger,
-            &self.descs,
-            &mut self.fill_scratch,
-            target,
-            &mut self.totals,
-        );
         self.ports[slot] = Some(port);
+        self.refill(slot, target);
         self.rebuild_pollfds();
         Ok(id)
     }
@@ -933,14 +926,7 @@ impl Xsk {
                 total += 1;
             }
             port.counters.rx += n as u64;
-            top_up(
-                port,
-                &mut self.ledger,
-                &self.descs,
-                &mut self.fill_scratch,
-                target,
-                &mut self.totals,
-            );
+            self.refill((start + k) % slots, target);
         }
         self.totals.rx += total as u64;
         total
@@ -1030,6 +1016,20 @@ impl Xsk {
         }
     }
 
+    /// Tops up the fill ring of the port in `slot` to `target` frames (see [`top_up`]).
+    fn refill(&mut self, slot: usize, target: u32) {
+        if let Some(port) = self.ports[slot].as_mut() {
+            top_up(
+                port,
+                &mut self.ledger,
+                &self.descs,
+                &mut self.fill_scratch,
+                target,
+                &mut self.totals,
+            );
+        }
+    }
+
     /// Per port: reaps the completion ring into the pool, puts queued frames on the TX
     /// ring (if it is full, wakes the kernel and tries once more; what still does not fit
     /// is dropped back to the pool and counted), wakes the kernel with one `sendto` if
@@ -1039,7 +1039,10 @@ impl Xsk {
         let ring_size = self.cfg.ring_size;
         let target = fill_target(ring_size, self.cfg.frame_count, self.open_ports());
         let mut first_err = None;
-        for port in self.ports.iter_mut().flatten() {
+        for slot in 0..self.ports.len() {
+            let Some(port) = self.ports[slot].as_mut() else {
+                continue;
+            };
             reap(
                 port,
                 &mut self.ledger,
@@ -1082,14 +1085,7 @@ impl Xsk {
                     source,
                 });
             }
-            top_up(
-                port,
-                &mut self.ledger,
-                &self.descs,
-                &mut self.fill_scratch,
-                target,
-                &mut self.totals,
-            );
+            self.refill(slot, target);
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -159,10 +159,7 @@ pub enum Command {
     },
     Publish {
         uplink: String,
-        protocol: Protocol,
-        external_port: u16,
-        ip: Ipv4Addr,
-        internal_port: u16,
+        port: Publication,
         reply: Sender<Result<(), DataplaneError>>,
     },
     Unpublish {
@@ -185,6 +182,15 @@ pub enum Command {
     /// Test hook (`dovesnap daemon --test-hooks`): fail on purpose.
     Fault(Fault),
     Stop,
+}
+
+/// A published port: `external_port` of the uplink's address to `ip:internal_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publication {
+    pub protocol: Protocol,
+    pub external_port: u16,
+    pub ip: Ipv4Addr,
+    pub internal_port: u16,
 }
 
 /// A failure made on purpose, to test the supervision.
@@ -1071,25 +1077,10 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             }
             Command::Publish {
                 uplink,
-                protocol,
-                external_port,
-                ip,
-                internal_port,
+                port,
                 reply,
             } => {
-                let r = match self.uplink_mut(&uplink) {
-                    Some((addr, up)) => up
-                        .translator
-                        .publish(protocol, external_port, ip, internal_port)
-                        .map_err(DataplaneError::from)
-                        .and_then(|()| {
-                            self.maps
-                                .set_port(port_key(addr, protocol, external_port))
-                                .map_err(DataplaneError::from)
-                        }),
-                    None => Err(DataplaneError::NoUplink(uplink)),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.publish(&uplink, port));
             }
             Command::Unpublish {
                 uplink,
@@ -1112,6 +1103,17 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             Command::Fault(Fault::Stall(d)) => std::thread::sleep(d),
             Command::Stop => unreachable!("handled by run"),
         }
+    }
+
+    fn publish(&mut self, uplink: &str, p: Publication) -> Result<(), DataplaneError> {
+        let Some((addr, up)) = self.uplink_mut(uplink) else {
+            return Err(DataplaneError::NoUplink(uplink.to_string()));
+        };
+        up.translator
+            .publish(p.protocol, p.external_port, p.ip, p.internal_port)?;
+        self.maps
+            .set_port(port_key(addr, p.protocol, p.external_port))?;
+        Ok(())
     }
 
     fn uplink_mut(&mut self, name: &str) -> Option<(Ipv4Addr, &mut Uplink)> {

@@ -43,7 +43,7 @@ use crate::firewall::hostrules::{self, HostRule};
 use crate::host::addr::Ipv4Net;
 use crate::translator::{Config, Protocol, Timeouts};
 pub use dataplane::Fault;
-use dataplane::{Command, Dataplane, DataplaneError, DataplaneStatus, Slots};
+use dataplane::{Command, Dataplane, DataplaneError, DataplaneStatus, Publication, Slots};
 use supervisor::{Health, HealthStatus, Watchdog};
 
 /// Default external TCP/UDP ports (and ICMP identifiers) the translator allocates from
@@ -483,23 +483,8 @@ impl FastPath {
             self.free_slots(slots);
             return Err(e);
         }
-        let cfg = IfaceConfig {
-            kind: IFACE_UPLINK,
-            xsk_slot: slots.first,
-            xsk_slots: slots.count,
-            addr: u32::from_ne_bytes(spec.addr.octets()),
-            subnet: 0,
-            netmask: 0,
-            fib_ifindex: 0,
-            uplink_ifindex: spec.ifindex,
-            gateway_mac: [0; 6],
-            _pad: [0; 2],
-        };
-        let attach = self
-            .xdp
-            .set_iface(spec.ifindex, &cfg)
-            .and_then(|()| self.xdp.attach(&spec.name).map(|_| ()));
-        if let Err(e) = attach {
+        let cfg = iface_entry(IFACE_UPLINK, slots, spec.addr, spec.ifindex);
+        if let Err(e) = self.steer(&spec.name, spec.ifindex, &cfg) {
             let _ = self.xdp.remove_iface(spec.ifindex);
             let name = spec.name.clone();
             let _ = self.call(|reply| Command::RemoveUplink { name, reply });
@@ -574,16 +559,11 @@ impl FastPath {
             return Err(e);
         }
         let cfg = IfaceConfig {
-            kind: IFACE_ENDPOINT,
-            xsk_slot: slots.first,
-            xsk_slots: slots.count,
-            addr: u32::from_ne_bytes(ep.ip.octets()),
             subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
             netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
             fib_ifindex: ep.bridge_ifindex,
-            uplink_ifindex: uplink.ifindex,
             gateway_mac: ep.gateway_mac,
-            _pad: [0; 2],
+            ..iface_entry(IFACE_ENDPOINT, slots, ep.ip, uplink.ifindex)
         };
         self.endpoints.insert(
             ep.host_ifname.clone(),
@@ -593,16 +573,18 @@ impl FastPath {
                 uplink: uplink.name.clone(),
             },
         );
-        let attach = self
-            .xdp
-            .set_iface(ep.host_ifindex, &cfg)
-            .and_then(|()| self.xdp.attach(&ep.host_ifname).map(|_| ()));
-        if let Err(e) = attach {
+        if let Err(e) = self.steer(&ep.host_ifname, ep.host_ifindex, &cfg) {
             self.remove_endpoint(&ep.host_ifname);
             return Err(e.into());
         }
         info!(port = %ep.host_ifname, ip = %ep.ip, uplink = %uplink.name, "endpoint on the nat-fast path");
         Ok(())
+    }
+
+    /// Configures `ifname` in `IFACES` and attaches the program to it.
+    fn steer(&mut self, ifname: &str, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+        self.xdp.set_iface(ifindex, cfg)?;
+        self.xdp.attach(ifname).map(|_| ())
     }
 
     /// Records why an endpoint stays on the kernel's nat path (shown by `dovesnap
@@ -662,12 +644,15 @@ impl FastPath {
         internal_port: u16,
     ) -> Result<(), FastPathError> {
         let uplink = uplink.to_string();
-        self.request(|reply| Command::Publish {
-            uplink,
+        let port = Publication {
             protocol,
             external_port,
             ip,
             internal_port,
+        };
+        self.request(|reply| Command::Publish {
+            uplink,
+            port,
             reply,
         })
     }
@@ -804,6 +789,20 @@ impl Drop for FastPath {
         if self.thread.is_some() {
             self.stop_inner();
         }
+    }
+}
+
+/// The `IFACES` entry of an interface of `kind` whose rx queues have `slots`, with
+/// address `addr` (the container's, or the uplink's external one), translating through
+/// the uplink `uplink_ifindex`. Endpoints add their subnet, FIB input and gateway.
+fn iface_entry(kind: u32, slots: Slots, addr: Ipv4Addr, uplink_ifindex: u32) -> IfaceConfig {
+    IfaceConfig {
+        kind,
+        xsk_slot: slots.first,
+        xsk_slots: slots.count,
+        addr: u32::from_ne_bytes(addr.octets()),
+        uplink_ifindex,
+        ..IfaceConfig::default()
     }
 }
 

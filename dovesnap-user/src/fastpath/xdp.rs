@@ -236,6 +236,20 @@ fn is_enoent(err: &MapError) -> bool {
     }
 }
 
+/// The value of a map lookup or removal, `None` where the key is absent (not an error);
+/// any other failure is `map`'s, doing `what`.
+fn unless_absent<T>(
+    result: Result<T, MapError>,
+    map: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, XdpError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(map_error(map, what(), &e)),
+    }
+}
+
 /// Checks what the program relies on: a known kind and socket slots inside `XSKS`.
 fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
     let invalid = |reason: String| Err(XdpError::InvalidIface { ifindex, reason });
@@ -699,15 +713,10 @@ impl XdpProgram {
     /// Removing an interface that is not configured is not an error.
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), XdpError> {
         let mut map = self.ifaces_mut()?;
-        match map.remove(&ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                IFACES_MAP,
-                format!("remove interface {ifindex}"),
-                &e,
-            )),
-        }
+        unless_absent(map.remove(&ifindex), IFACES_MAP, || {
+            format!("remove interface {ifindex}")
+        })
+        .map(|_| ())
     }
 
     fn ifaces_mut(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, XdpError> {
@@ -866,15 +875,10 @@ impl DataplaneMaps {
     /// Gives `key` back to the kernel. Removing an absent key is not an error.
     pub fn remove_port(&mut self, key: &PortKey) -> Result<(), XdpError> {
         let key = PortKey { _pad: 0, ..*key };
-        match self.ports.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                PORTS_MAP,
-                format!("remove {}", describe_key(&key)),
-                &e,
-            )),
-        }
+        unless_absent(self.ports.remove(&key), PORTS_MAP, || {
+            format!("remove {}", describe_key(&key))
+        })
+        .map(|_| ())
     }
 
     /// Every key in `PORTS`, sorted.
@@ -923,15 +927,10 @@ impl DataplaneMaps {
             _pad: [0; 3],
             ..*key
         };
-        match self.sessions.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                SESSIONS_MAP,
-                format!("remove session {key:?}"),
-                &e,
-            )),
-        }
+        unless_absent(self.sessions.remove(&key), SESSIONS_MAP, || {
+            format!("remove session {key:?}")
+        })
+        .map(|_| ())
     }
 
     /// Every key in `SESSIONS`, sorted.
@@ -977,11 +976,9 @@ impl DataplaneMaps {
             _pad: [0; 3],
             ..*key
         };
-        match self.flows.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(map_error(FLOWS_MAP, format!("read flow {key:?}"), &e)),
-        }
+        unless_absent(self.flows.get(&key, 0), FLOWS_MAP, || {
+            format!("read flow {key:?}")
+        })
     }
 
     /// Removes a flow: its frames take the translator's path again. Absent is not an
@@ -991,11 +988,10 @@ impl DataplaneMaps {
             _pad: [0; 3],
             ..*key
         };
-        match self.flows.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(FLOWS_MAP, format!("remove flow {key:?}"), &e)),
-        }
+        unless_absent(self.flows.remove(&key), FLOWS_MAP, || {
+            format!("remove flow {key:?}")
+        })
+        .map(|_| ())
     }
 
     /// Every flow entry, for status and tests.
@@ -1023,15 +1019,12 @@ impl DataplaneMaps {
     /// Removes `ifindex` from the redirect targets (after its flows). Absent is not an
     /// error.
     pub fn remove_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        match self.devs.remove(ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(DEVS_MAP, format!("remove device {ifindex}"), &e)),
-        }
+        unless_absent(self.devs.remove(ifindex), DEVS_MAP, || {
+            format!("remove device {ifindex}")
+        })
+        .map(|_| ())
     }
 
-    /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
-    /// an empty slot is not an error.
     /// Makes `HOSTFW` exactly `entries` (far prefix as octets and length, what of it
     /// stays on the kernel's path) and turns its lookup on when there are any (off
     /// when none). Prefixes no longer wanted go first, then the wanted ones are written
@@ -1075,15 +1068,16 @@ impl DataplaneMaps {
             .map_err(|e| map_error(HOSTFW_ON_MAP, format!("set {on}"), &e))
     }
 
+    /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
+    /// an empty slot is not an error.
     pub fn clear_xsk(&mut self, slot: u32) -> Result<(), XdpError> {
         if slot >= MAX_XSKS {
             return Err(XdpError::InvalidSlot { slot });
         }
-        match self.xsks.unset(slot) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(XSKS_MAP, format!("clear socket slot {slot}"), &e)),
-        }
+        unless_absent(self.xsks.unset(slot), XSKS_MAP, || {
+            format!("clear socket slot {slot}")
+        })
+        .map(|_| ())
     }
 }
 

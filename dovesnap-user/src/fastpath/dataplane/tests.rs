@@ -266,6 +266,27 @@ impl Rig {
         })
     }
 
+    /// Publishes `external_port` of `uplink` to `C1:internal_port`.
+    fn publish(
+        &mut self,
+        uplink: &str,
+        protocol: Protocol,
+        external_port: u16,
+        internal_port: u16,
+    ) -> Result<(), DataplaneError> {
+        let port = Publication {
+            protocol,
+            external_port,
+            ip: C1,
+            internal_port,
+        };
+        self.ask(|reply| Command::Publish {
+            uplink: uplink.into(),
+            port,
+            reply,
+        })
+    }
+
     /// An uplink and one endpoint on it, its next hop known.
     fn ready() -> Rig {
         let mut rig = Rig::new();
@@ -507,14 +528,7 @@ fn a_held_frame_is_dropped_after_the_timeout_and_an_unreachable_one_at_once() {
 #[test]
 fn a_published_port_dnats_inbound_and_snats_the_answer() {
     let mut rig = Rig::ready();
-    let r = rig.ask(|reply| Command::Publish {
-        uplink: UPLINK.into(),
-        protocol: Protocol::Tcp,
-        external_port: 8080,
-        ip: C1,
-        internal_port: 80,
-        reply,
-    });
+    let r = rig.publish(UPLINK, Protocol::Tcp, 8080, 80);
     assert!(r.is_ok(), "{r:?}");
     assert!(rig
         .dp
@@ -599,14 +613,7 @@ fn removing_the_endpoint_stops_translation() {
 fn removing_the_uplink_takes_its_endpoints_ports_and_sessions() {
     let mut rig = Rig::ready();
     rig.pass(EP, from_c1(R, PROTO_UDP, &udp(5353, 53, b"query")));
-    let r = rig.ask(|reply| Command::Publish {
-        uplink: UPLINK.into(),
-        protocol: Protocol::Udp,
-        external_port: 5000,
-        ip: C1,
-        internal_port: 5000,
-        reply,
-    });
+    let r = rig.publish(UPLINK, Protocol::Udp, 5000, 5000);
     assert!(r.is_ok(), "{r:?}");
     rig.ask(|reply| Command::RemoveUplink {
         name: UPLINK.into(),
@@ -632,16 +639,7 @@ fn commands_on_a_missing_or_busy_uplink_get_typed_errors() {
         FastPathError::from(e).to_string(),
         "nat-fast: no nat-fast uplink nope"
     );
-    let e = rig
-        .ask(|reply| Command::Publish {
-            uplink: "nope".into(),
-            protocol: Protocol::Tcp,
-            external_port: 8080,
-            ip: C1,
-            internal_port: 80,
-            reply,
-        })
-        .unwrap_err();
+    let e = rig.publish("nope", Protocol::Tcp, 8080, 80).unwrap_err();
     assert!(matches!(e, DataplaneError::NoUplink(_)), "{e:?}");
 
     rig.add_uplink().expect("uplink");
@@ -651,16 +649,7 @@ fn commands_on_a_missing_or_busy_uplink_get_typed_errors() {
         "{e:?}"
     );
     // The translator refuses a publication it cannot take.
-    let e = rig
-        .ask(|reply| Command::Publish {
-            uplink: UPLINK.into(),
-            protocol: Protocol::Tcp,
-            external_port: 0,
-            ip: C1,
-            internal_port: 80,
-            reply,
-        })
-        .unwrap_err();
+    let e = rig.publish(UPLINK, Protocol::Tcp, 0, 80).unwrap_err();
     assert!(matches!(e, DataplaneError::Nat(_)), "{e:?}");
 }
 
