@@ -236,6 +236,27 @@ fn is_enoent(err: &MapError) -> bool {
     }
 }
 
+/// `key` with its padding zeroed: the kernel hashes the raw bytes.
+fn padded(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        _pad: [0; 3],
+        ..*key
+    }
+}
+
+/// The keys a map's key iterator yields, sorted; a failure is `map`'s, doing `what`.
+fn sorted_keys<K: Ord>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    map: &'static str,
+    what: &str,
+) -> Result<Vec<K>, XdpError> {
+    let mut keys = keys
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_error(map, what.into(), &e))?;
+    keys.sort();
+    Ok(keys)
+}
+
 /// The value of a map lookup or removal, `None` where the key is absent (not an error);
 /// any other failure is `map`'s, doing `what`.
 fn unless_absent<T>(
@@ -301,11 +322,8 @@ impl fmt::Display for DetachFailure {
 }
 
 fn format_failures(failures: &[DetachFailure]) -> String {
-    failures
-        .iter()
-        .map(DetachFailure::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    let each: Vec<String> = failures.iter().map(DetachFailure::to_string).collect();
+    each.join(", ")
 }
 
 /// An error and all its sources as one line: aya's own messages are terse ("`bpf_link_create`
@@ -883,13 +901,7 @@ impl DataplaneMaps {
 
     /// Every key in `PORTS`, sorted.
     pub fn ports(&self) -> Result<Vec<PortKey>, XdpError> {
-        let mut keys = self
-            .ports
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(PORTS_MAP, "list the ports".into(), &e))?;
-        keys.sort();
-        Ok(keys)
+        sorted_keys(self.ports.keys(), PORTS_MAP, "list the ports")
     }
 
     /// Removes every published port and steered session of the uplink address `addr`
@@ -911,10 +923,7 @@ impl DataplaneMaps {
     /// tuple as it arrives on the uplink ([`steered_session_key`]). Setting a present
     /// key again is not an error.
     pub fn set_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         self.sessions
             .insert(key, 0, 0)
             .map_err(|e| map_error(SESSIONS_MAP, format!("add session {key:?}"), &e))
@@ -923,10 +932,7 @@ impl DataplaneMaps {
     /// Gives a session's replies back to the kernel. Removing an absent key is not an
     /// error.
     pub fn remove_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         unless_absent(self.sessions.remove(&key), SESSIONS_MAP, || {
             format!("remove session {key:?}")
         })
@@ -935,13 +941,7 @@ impl DataplaneMaps {
 
     /// Every key in `SESSIONS`, sorted.
     pub fn sessions(&self) -> Result<Vec<FlowKey>, XdpError> {
-        let mut keys = self
-            .sessions
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(SESSIONS_MAP, "list the sessions".into(), &e))?;
-        keys.sort();
-        Ok(keys)
+        sorted_keys(self.sessions.keys(), SESSIONS_MAP, "list the sessions")
     }
 
     /// Puts the AF_XDP socket `fd` in `slot`: frames steered there go to it. The socket
@@ -961,10 +961,7 @@ impl DataplaneMaps {
     /// the program as `action` says and redirected to `action.out_ifindex`, which must be
     /// in `DEVS` ([`DataplaneMaps::set_dev`]) first.
     pub fn set_flow(&mut self, key: &FlowKey, action: &FlowAction) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         self.flows
             .insert(key, action, 0)
             .map_err(|e| map_error(FLOWS_MAP, format!("add flow {key:?}"), &e))
@@ -972,10 +969,7 @@ impl DataplaneMaps {
 
     /// The flow's current entry (with the program's `last_seen`, `packets`, `bytes`).
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowAction>, XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         unless_absent(self.flows.get(&key, 0), FLOWS_MAP, || {
             format!("read flow {key:?}")
         })
@@ -984,10 +978,7 @@ impl DataplaneMaps {
     /// Removes a flow: its frames take the translator's path again. Absent is not an
     /// error.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         unless_absent(self.flows.remove(&key), FLOWS_MAP, || {
             format!("remove flow {key:?}")
         })
