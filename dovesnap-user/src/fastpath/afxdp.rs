@@ -54,7 +54,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -883,6 +883,23 @@ impl Xsk {
             return Err(AfXdpError::Poll(err));
         }
         Ok(rc as usize)
+    }
+
+    /// [`Xsk::poll`] that also returns when `wake` (the data plane's eventfd) is
+    /// readable.
+    pub fn poll_or_woken(
+        &mut self,
+        timeout: Duration,
+        wake: BorrowedFd<'_>,
+    ) -> Result<usize, AfXdpError> {
+        self.pollfds.push(libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ready = self.poll(timeout);
+        self.pollfds.pop();
+        ready
     }
 
     /// Appends up to [`XskConfig::batch`] received frames per socket to `out` and tops up

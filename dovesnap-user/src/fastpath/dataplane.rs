@@ -103,8 +103,8 @@ impl Waker {
         };
     }
 
-    fn raw(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
     }
 }
 
@@ -746,22 +746,8 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
 
     /// Sleeps until a socket has frames, a command is queued or `timeout` passes.
     fn wait(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = self
-            .roles
-            .keys()
-            .filter_map(|p| self.io.fd(PortId(*p)))
-            .chain(std::iter::once(self.waker.raw()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a live, correctly sized array of pollfd for the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            debug!("poll: {}", std::io::Error::last_os_error());
+        if let Err(e) = self.io.wait(timeout, self.waker.fd()) {
+            debug!("{e}");
             std::thread::sleep(timeout);
         }
         self.waker.drain();

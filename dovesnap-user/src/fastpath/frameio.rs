@@ -4,7 +4,8 @@
 //! daemon). The data plane is generic over both, so that its logic runs in unit tests
 //! on in-memory fakes, without root, without a loaded program and without AF_XDP.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
 
 use dovesnap_ebpf::{FlowAction, FlowKey, HostFwMatch, PortKey};
 
@@ -40,6 +41,8 @@ pub trait FrameIo {
     fn flush(&mut self) -> Result<(), AfXdpError>;
     /// Counters, for status.
     fn stats(&self) -> XskStats;
+    /// Sleeps until a port has frames, `wake` is readable or `timeout` passes.
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) -> Result<(), AfXdpError>;
 }
 
 impl FrameIo for Xsk {
@@ -74,6 +77,9 @@ impl FrameIo for Xsk {
     }
     fn stats(&self) -> XskStats {
         Xsk::stats(self)
+    }
+    fn wait(&mut self, timeout: Duration, wake: BorrowedFd<'_>) -> Result<(), AfXdpError> {
+        self.poll_or_woken(timeout, wake).map(|_| ())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use dovesnap_ebpf::{FlowAction, FlowKey, HostFwMatch, PortKey};
 use dovesnap_testbed::frame::{
@@ -116,6 +116,9 @@ impl FrameIo for FakeIo {
     }
     fn stats(&self) -> XskStats {
         XskStats::default()
+    }
+    fn wait(&mut self, _: Duration, _: BorrowedFd<'_>) -> Result<(), AfXdpError> {
+        Ok(())
     }
 }
 
