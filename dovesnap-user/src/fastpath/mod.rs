@@ -21,6 +21,8 @@
 pub mod afxdp;
 pub mod conntrack;
 pub mod dataplane;
+#[cfg(test)]
+mod fakes;
 pub mod frameio;
 pub mod nexthop;
 pub mod offload;

@@ -591,29 +591,157 @@ mod tests {
     use super::*;
     use std::net::SocketAddrV4;
 
-    #[test]
-    fn entries_mirror_the_translators_rewrite() {
-        let o = Offloaded {
+    use crate::fastpath::fakes::FakeMaps;
+
+    const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const NH: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+    fn session() -> Offloaded {
+        Offloaded {
             protocol: Protocol::Tcp,
-            inside: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 43512),
+            inside: SocketAddrV4::new(INSIDE, 43512),
             remote: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 80),
             external_port: 61003,
-        };
-        let up = UplinkPath {
+        }
+    }
+
+    fn uplink(redirect_target: bool) -> UplinkPath {
+        UplinkPath {
             ifindex: 2,
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external_ip: Ipv4Addr::new(192, 0, 2, 1),
-            redirect_target: true,
-        };
-        let ep = EndpointPath {
+            redirect_target,
+        }
+    }
+
+    fn endpoint(redirect_target: bool) -> EndpointPath {
+        EndpointPath {
             ifindex: 9,
             mac: [2, 0, 0, 0, 1, 2],
             gateway_mac: [2, 0, 0, 0, 1, 1],
             mtu: 1400,
-            redirect_target: true,
+            redirect_target,
+        }
+    }
+
+    /// Uplink 0 and the endpoint `INSIDE` on it, each accepting redirects or not.
+    fn registered(up: bool, ep: bool) -> (Offloads, FakeMaps) {
+        let (mut offloads, mut maps) = (Offloads::default(), FakeMaps::default());
+        offloads
+            .add_uplink(&mut maps, 0, uplink(up))
+            .expect("uplink");
+        offloads
+            .add_endpoint(&mut maps, 0, INSIDE, endpoint(ep))
+            .expect("endpoint");
+        (offloads, maps)
+    }
+
+    #[test]
+    fn install_writes_both_entries_and_remove_takes_them_back() {
+        let (mut offloads, mut maps) = registered(true, true);
+        assert_eq!(maps.devs.iter().copied().collect::<Vec<_>>(), [2, 9]);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let want = flow_entries(&o, &uplink(true), NH, &endpoint(true));
+        for e in want.iter() {
+            assert_eq!(maps.flows.get(&e.key), Some(&e.action));
+        }
+        assert_eq!(
+            (offloads.len(), offloads.installs, offloads.one_way),
+            (1, 1, 0)
+        );
+        assert_eq!(offloads.remotes(), [*o.remote.ip()]);
+        assert_eq!(offloads.can_offload(0, INSIDE), Some(true));
+
+        // The program counted frames; they stay in the endpoint's traffic after removal.
+        for e in want.iter() {
+            maps.flows.get_mut(&e.key).expect("entry").packets = 3;
+        }
+        offloads.remove(&mut maps, 0, &o);
+        assert!(maps.flows.is_empty());
+        assert_eq!((offloads.len(), offloads.removals), (0, 1));
+        let of = EndpointOf {
+            uplink: 0,
+            ip: INSIDE,
         };
-        let nh = [2, 0, 0, 0, 0, 0xfe];
+        let t = offloads.traffic(&maps)[&of];
+        assert_eq!((t.out_frames, t.in_frames), (3, 3));
+
+        offloads.remove_endpoint(&mut maps, 0, INSIDE);
+        offloads.remove_uplink(&mut maps, 0);
+        assert!(maps.devs.is_empty());
+        assert!(offloads.traffic(&maps).is_empty());
+    }
+
+    #[test]
+    fn only_directions_whose_device_takes_redirects_go_to_xdp() {
+        let (mut offloads, mut maps) = registered(false, true);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let want = flow_entries(&o, &uplink(false), NH, &endpoint(true));
+        assert_eq!(maps.flows.keys().collect::<Vec<_>>(), [&want.inbound.key]);
+        assert_eq!(offloads.one_way, 1);
+
+        let (mut offloads, mut maps) = registered(false, false);
+        assert_eq!(offloads.can_offload(0, INSIDE), Some(false));
+        let e = offloads.install(&mut maps, 0, &o, NH).unwrap_err();
+        assert!(matches!(e, NotOffloaded::NoRedirectTarget), "{e:?}");
+        assert!(!e.is_failure());
+        assert!(maps.flows.is_empty());
+        assert_eq!((offloads.len(), offloads.declined), (0, 1));
+    }
+
+    #[test]
+    fn a_refused_write_leaves_nothing_installed() {
+        let (mut offloads, mut maps) = registered(true, true);
+        maps.flow_writes_left = Some(1);
+        let e = offloads.install(&mut maps, 0, &session(), NH).unwrap_err();
+        assert!(matches!(e, NotOffloaded::Map(_)) && e.is_failure(), "{e:?}");
+        assert!(maps.flows.is_empty(), "the outbound entry was taken back");
+        assert_eq!((offloads.len(), offloads.failures), (0, 1));
+        let e = Offloads::default()
+            .install(&mut maps, 0, &session(), NH)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "uplink not registered");
+    }
+
+    #[test]
+    fn sessions_leave_xdp_when_their_next_hop_or_device_changes() {
+        let (mut offloads, mut maps) = registered(true, true);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let remote = *o.remote.ip();
+        assert!(offloads.stale_next_hops(&[remote], |_| Some(NH)).is_empty());
+        let moved = offloads.stale_next_hops(&[remote], |_| Some([2, 0, 0, 0, 0, 0xfd]));
+        let this = SessionOf {
+            uplink: 0,
+            session: o,
+        };
+        assert_eq!(moved, [this]);
+        assert_eq!(offloads.stale_next_hops(&[remote], |_| None), [this]);
+
+        let targets = offloads.redirect_targets();
+        assert!(targets.contains(&RedirectTarget {
+            ifindex: 9,
+            accepts: true
+        }));
+        assert!(offloads.set_redirect_target(&mut maps, 9, true).is_empty());
+        assert_eq!(offloads.set_redirect_target(&mut maps, 9, false), [this]);
+        assert!(maps.flows.is_empty());
+        assert_eq!(offloads.target_invalidations, 1);
+        assert_eq!(
+            offloads.can_offload(0, INSIDE),
+            Some(true),
+            "the uplink still does"
+        );
+    }
+
+    #[test]
+    fn entries_mirror_the_translators_rewrite() {
+        let o = session();
+        let (up, ep) = (uplink(true), endpoint(true));
+        let nh = NH;
         let Both {
             outbound: FlowEntry {
                 key: ok,

@@ -1,18 +1,15 @@
 //! The data plane driven without root: an in-memory [`FrameIo`] and [`SteeringMaps`],
 //! frames built by `dovesnap_testbed::frame`, next hops answered by hand.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
-use std::os::fd::{BorrowedFd, RawFd};
 
-use dovesnap_ebpf::{FlowAction, FlowKey, HostFwMatch, PortKey};
 use dovesnap_testbed::frame::{
     self, fold, icmp, set_l4_checksum, sum, tcp, udp, Csum, Ipv4Header, L4_AT, PROTO_ICMP,
     PROTO_TCP, PROTO_UDP,
 };
 
 use super::*;
-use crate::fastpath::afxdp::{AfXdpError, XskStats};
+use crate::fastpath::fakes::{FakeIo, FakeMaps};
 use crate::fastpath::{FastPathConfig, FastPathError, UplinkSpec};
 use crate::translator::testkit::{ACK, C1, C1_MAC, C2, EXT, GW_MAC, R, ROUTER, SYN, UPLINK_MAC};
 
@@ -21,176 +18,6 @@ const UPLINK_IFINDEX: u32 = 2;
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const EP: &str = "vethc1";
 const EP_IFINDEX: u32 = 11;
-
-/// One open port of [`FakeIo`].
-struct Queue {
-    ifname: String,
-    queue: u32,
-}
-
-/// Frames in and out of memory: tests put frames on a port, the data plane's sends
-/// land in `sent` at its flush.
-#[derive(Default)]
-struct FakeIo {
-    open: HashMap<PortId, Queue>,
-    next_id: u32,
-    incoming: Vec<Rx<Vec<u8>>>,
-    queued: Vec<Rx<Vec<u8>>>,
-    sent: Vec<Rx<Vec<u8>>>,
-    dropped: usize,
-    /// An interface and queue whose port does not open.
-    refuse: Option<(String, u32)>,
-}
-
-impl FakeIo {
-    fn port(&self, ifname: &str, queue: u32) -> PortId {
-        *self
-            .open
-            .iter()
-            .find(|(_, q)| q.ifname == ifname && q.queue == queue)
-            .map(|(p, _)| p)
-            .unwrap_or_else(|| panic!("no open port on {ifname} queue {queue}"))
-    }
-
-    /// A frame arrives on `ifname`'s queue 0.
-    fn arrive(&mut self, ifname: &str, frame: Vec<u8>) {
-        let port = self.port(ifname, 0);
-        self.incoming.push(Rx { port, frame });
-    }
-
-    /// The frames sent since the last call.
-    fn take_sent(&mut self) -> Vec<Rx<Vec<u8>>> {
-        std::mem::take(&mut self.sent)
-    }
-}
-
-impl FrameIo for FakeIo {
-    type Frame = Vec<u8>;
-
-    fn open(&mut self, ifname: &str, queue: u32) -> Result<PortId, AfXdpError> {
-        if self.refuse == Some((ifname.to_string(), queue)) {
-            return Err(AfXdpError::Bind {
-                ifname: ifname.to_string(),
-                queue,
-                cause: "refused by the test".into(),
-            });
-        }
-        self.next_id += 1;
-        let port = PortId(self.next_id);
-        let ifname = ifname.to_string();
-        self.open.insert(port, Queue { ifname, queue });
-        Ok(port)
-    }
-    fn close(&mut self, port: PortId) {
-        self.open.remove(&port);
-    }
-    fn fd(&self, port: PortId) -> Option<RawFd> {
-        self.open
-            .contains_key(&port)
-            .then_some(100 + port.0 as RawFd)
-    }
-    fn recv(&mut self, out: &mut Vec<Rx<Vec<u8>>>) -> usize {
-        let n = self.incoming.len();
-        out.append(&mut self.incoming);
-        n
-    }
-    fn bytes_mut<'a>(&'a self, frame: &'a mut Vec<u8>) -> &'a mut [u8] {
-        frame
-    }
-    fn len(&self, frame: &Vec<u8>) -> usize {
-        frame.len()
-    }
-    fn send(&mut self, port: PortId, frame: Vec<u8>) {
-        if self.open.contains_key(&port) {
-            self.queued.push(Rx { port, frame });
-        } else {
-            self.dropped += 1;
-        }
-    }
-    fn drop_frame(&mut self, _frame: Vec<u8>) {
-        self.dropped += 1;
-    }
-    fn flush(&mut self) -> Result<(), AfXdpError> {
-        self.sent.append(&mut self.queued);
-        Ok(())
-    }
-    fn stats(&self) -> XskStats {
-        XskStats::default()
-    }
-    fn wait(&mut self, _: Duration, _: BorrowedFd<'_>) -> Result<(), AfXdpError> {
-        Ok(())
-    }
-}
-
-/// The maps as sets.
-#[derive(Default)]
-struct FakeMaps {
-    ports: BTreeSet<PortKey>,
-    sessions: BTreeSet<FlowKey>,
-    xsks: BTreeMap<u32, RawFd>,
-    flows: HashMap<FlowKey, FlowAction>,
-    devs: BTreeSet<u32>,
-    host_filter: Vec<([u8; 4], u8, HostFwMatch)>,
-    bypass: bool,
-}
-
-impl SteeringMaps for FakeMaps {
-    fn set_port(&mut self, key: PortKey) -> Result<(), XdpError> {
-        self.ports.insert(key);
-        Ok(())
-    }
-    fn remove_port(&mut self, key: &PortKey) -> Result<(), XdpError> {
-        self.ports.remove(key);
-        Ok(())
-    }
-    fn remove_address(&mut self, addr: u32) {
-        self.ports.retain(|k| k.addr != addr);
-        self.sessions.retain(|k| k.dst != addr);
-    }
-    fn set_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        self.sessions.insert(*key);
-        Ok(())
-    }
-    fn remove_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        self.sessions.remove(key);
-        Ok(())
-    }
-    fn set_xsk(&mut self, slot: u32, fd: RawFd) -> Result<(), XdpError> {
-        self.xsks.insert(slot, fd);
-        Ok(())
-    }
-    fn clear_xsk(&mut self, slot: u32) -> Result<(), XdpError> {
-        self.xsks.remove(&slot);
-        Ok(())
-    }
-    fn set_flow(&mut self, key: &FlowKey, action: &FlowAction) -> Result<(), XdpError> {
-        self.flows.insert(*key, *action);
-        Ok(())
-    }
-    fn flow(&self, key: &FlowKey) -> Result<Option<FlowAction>, XdpError> {
-        Ok(self.flows.get(key).copied())
-    }
-    fn remove_flow(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        self.flows.remove(key);
-        Ok(())
-    }
-    fn set_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        self.devs.insert(ifindex);
-        Ok(())
-    }
-    fn remove_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        self.devs.remove(&ifindex);
-        Ok(())
-    }
-    fn set_host_filter(&mut self, entries: &[([u8; 4], u8, HostFwMatch)]) -> Result<(), XdpError> {
-        self.host_filter = entries.to_vec();
-        Ok(())
-    }
-    fn set_bypass(&mut self, on: bool) -> Result<(), XdpError> {
-        self.bypass = on;
-        Ok(())
-    }
-}
 
 /// A data plane on fakes, the next-hop events it reads, the requests it makes.
 struct Rig {
