@@ -54,7 +54,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -289,11 +289,12 @@ impl Frame {
     }
 }
 
-/// One received frame and the port it came in on.
+/// One received frame and the port it came in on (a UMEM [`Frame`], or another
+/// [`crate::fastpath::frameio::FrameIo`]'s frame).
 #[derive(Debug)]
-pub struct Rx {
+pub struct Rx<F = Frame> {
     pub port: PortId,
-    pub frame: Frame,
+    pub frame: F,
 }
 
 /// Where the UMEM's frames are (always sums to `total`).
@@ -782,7 +783,7 @@ impl Xsk {
             }
         }
 
-        let mut port = Port {
+        let port = Port {
             id,
             ifname: ifname.to_string(),
             queue,
@@ -799,15 +800,8 @@ impl Xsk {
             self.cfg.frame_count,
             self.open_ports() + 1,
         );
-        top_up(
-            &mut port,
-            &mut self.ledger,
-            &self.descs,
-            &mut self.fill_scratch,
-            target,
-            &mut self.totals,
-        );
         self.ports[slot] = Some(port);
+        self.refill(slot, target);
         self.rebuild_pollfds();
         Ok(id)
     }
@@ -891,6 +885,23 @@ impl Xsk {
         Ok(rc as usize)
     }
 
+    /// [`Xsk::poll`] that also returns when `wake` (the data plane's eventfd) is
+    /// readable.
+    pub fn poll_or_woken(
+        &mut self,
+        timeout: Duration,
+        wake: BorrowedFd<'_>,
+    ) -> Result<usize, AfXdpError> {
+        self.pollfds.push(libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ready = self.poll(timeout);
+        self.pollfds.pop();
+        ready
+    }
+
     /// Appends up to [`XskConfig::batch`] received frames per socket to `out` and tops up
     /// the fill rings it read from; how many were appended.
     pub fn recv(&mut self, out: &mut Vec<Rx>) -> usize {
@@ -932,14 +943,7 @@ impl Xsk {
                 total += 1;
             }
             port.counters.rx += n as u64;
-            top_up(
-                port,
-                &mut self.ledger,
-                &self.descs,
-                &mut self.fill_scratch,
-                target,
-                &mut self.totals,
-            );
+            self.refill((start + k) % slots, target);
         }
         self.totals.rx += total as u64;
         total
@@ -1029,6 +1033,20 @@ impl Xsk {
         }
     }
 
+    /// Tops up the fill ring of the port in `slot` to `target` frames (see [`top_up`]).
+    fn refill(&mut self, slot: usize, target: u32) {
+        if let Some(port) = self.ports[slot].as_mut() {
+            top_up(
+                port,
+                &mut self.ledger,
+                &self.descs,
+                &mut self.fill_scratch,
+                target,
+                &mut self.totals,
+            );
+        }
+    }
+
     /// Per port: reaps the completion ring into the pool, puts queued frames on the TX
     /// ring (if it is full, wakes the kernel and tries once more; what still does not fit
     /// is dropped back to the pool and counted), wakes the kernel with one `sendto` if
@@ -1038,7 +1056,10 @@ impl Xsk {
         let ring_size = self.cfg.ring_size;
         let target = fill_target(ring_size, self.cfg.frame_count, self.open_ports());
         let mut first_err = None;
-        for port in self.ports.iter_mut().flatten() {
+        for slot in 0..self.ports.len() {
+            let Some(port) = self.ports[slot].as_mut() else {
+                continue;
+            };
             reap(
                 port,
                 &mut self.ledger,
@@ -1081,14 +1102,7 @@ impl Xsk {
                     source,
                 });
             }
-            top_up(
-                port,
-                &mut self.ledger,
-                &self.descs,
-                &mut self.fill_scratch,
-                target,
-                &mut self.totals,
-            );
+            self.refill(slot, target);
         }
         first_err.map_or(Ok(()), Err)
     }

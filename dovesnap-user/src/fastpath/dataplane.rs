@@ -1,10 +1,12 @@
 //! The nat-fast data-plane thread: AF_XDP sockets in, translator, AF_XDP sockets out.
 //!
-//! One thread owns everything on the packet path: the [`Xsk`] (UMEM and sockets), one
-//! [`Translator`] per uplink, the next-hop cache, and the eBPF maps the translator
-//! keeps current (the socket map and the ICMP identifiers in the ports map). The
-//! control plane talks to it only through [`Command`]s on a channel, answered on
-//! reply channels, so nothing on the packet path takes a lock.
+//! One thread owns everything on the packet path: its frame I/O (a [`FrameIo`]: the
+//! [`Xsk`], UMEM and sockets, in the daemon), one [`Translator`] per uplink, the
+//! next-hop cache, and the eBPF maps the translator keeps current (a [`SteeringMaps`]:
+//! the socket map, the ports and sessions maps, the offloaded flows). The control plane
+//! talks to it only through [`Command`]s on a channel, answered on reply channels, so
+//! nothing on the packet path takes a lock. Unit tests drive it on in-memory fakes of
+//! both (see `dataplane/tests.rs`).
 //!
 //! Per batch: receive from every socket, translate each frame in place, address it
 //! (the translator sets the Ethernet header towards containers; towards the uplink the
@@ -22,15 +24,19 @@ use dovesnap_ebpf::{FlowKey, PortKey};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
-use crate::fastpath::afxdp::{Frame, PortId, Rx, Xsk, XskConfig};
+use crate::fastpath::afxdp::{PortId, Rx, Xsk, XskConfig};
+use crate::fastpath::frameio::{FrameIo, SteeringMaps};
 use crate::fastpath::nexthop::{Lookup, NextHopEvent, NextHops, Resolver};
 use crate::fastpath::xdp::{DataplaneMaps, HostFwMatch, XdpError, PROTO_ICMP};
 use crate::translator::{
-    Config, EndpointInfo, Offloaded, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
+    Config, EndpointInfo, PortEvent, Protocol, SessionView, Stats, Translator, Verdict,
 };
 
-use super::offload::{self, EndpointPath, Offloads, UplinkPath};
+use super::offload::{
+    self, EndpointOf, EndpointPath, Offloads, RedirectTarget, SessionOf, UplinkPath,
+};
 use super::supervisor::{panic_message, Backoff, Health, State, SNAPSHOT_EVERY};
+use super::EndpointSpec;
 
 /// How long a frame may wait for its next hop before it is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -97,8 +103,8 @@ impl Waker {
         };
     }
 
-    fn raw(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
     }
 }
 
@@ -132,8 +138,8 @@ pub enum Command {
         name: String,
         ifindex: u32,
         config: Config,
-        queues: u32,
-        first_slot: u32,
+        /// Socket slots, one per rx queue: queue `q` gets `slots.first + q`.
+        slots: Slots,
         reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveUplink {
@@ -141,12 +147,10 @@ pub enum Command {
         reply: Sender<()>,
     },
     AddEndpoint {
-        host_ifname: String,
+        endpoint: EndpointSpec,
         uplink: String,
-        info: EndpointInfoSpec,
-        /// First socket slot; the endpoint's rx queue `q` gets `slot + q`.
-        slot: u32,
-        queues: u32,
+        /// Socket slots, one per rx queue of its veth.
+        slots: Slots,
         reply: Sender<Result<(), DataplaneError>>,
     },
     RemoveEndpoint {
@@ -155,10 +159,7 @@ pub enum Command {
     },
     Publish {
         uplink: String,
-        protocol: Protocol,
-        external_port: u16,
-        ip: Ipv4Addr,
-        internal_port: u16,
+        port: Publication,
         reply: Sender<Result<(), DataplaneError>>,
     },
     Unpublish {
@@ -183,6 +184,15 @@ pub enum Command {
     Stop,
 }
 
+/// A published port: `external_port` of the uplink's address to `ip:internal_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publication {
+    pub protocol: Protocol,
+    pub external_port: u16,
+    pub ip: Ipv4Addr,
+    pub internal_port: u16,
+}
+
 /// A failure made on purpose, to test the supervision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -192,19 +202,18 @@ pub enum Fault {
     Stall(Duration),
 }
 
-/// What the control plane knows of an endpoint (the translator's port id is the
-/// data plane's business).
-#[derive(Clone, Debug)]
-pub struct EndpointInfoSpec {
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub gateway_mac: [u8; 6],
-    /// The veth host end's ifindex (where offloaded frames for the container go).
-    pub ifindex: u32,
-    /// Whether established sessions go to the XDP fast path (`ovs.nat.offload`).
-    pub offload: bool,
-    /// Take over the flows the kernel's conntrack carries for it (at recovery).
-    pub adopt: bool,
+/// A run of slots of the socket map (`XSKS`): an interface's rx queue `q` gets
+/// `first + q`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slots {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl Slots {
+    pub fn iter(self) -> std::ops::Range<u32> {
+        self.first..self.first + self.count
+    }
 }
 
 /// A snapshot for `dovesnap status`.
@@ -262,21 +271,34 @@ pub const SESSIONS_SHOWN: usize = 50;
 struct Uplink {
     translator: Translator,
     external_ip: Ipv4Addr,
+    queues: Queues,
+}
+
+/// An interface's sockets: queue `q`'s is `ports[q]`, in socket-map slot
+/// `first_slot + q`.
+struct Queues {
     ports: Vec<PortId>,
-    slots: Vec<u32>,
+    first_slot: u32,
+}
+
+impl Queues {
+    /// Queue 0's socket: the one frames are sent from, and the endpoint's id.
+    fn first(&self) -> PortId {
+        self.ports[0]
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Role {
-    /// A container's veth (one of its queues): frames go outbound through uplink
-    /// `usize`; the `u32` is the endpoint's first socket, its id for counters and TX.
-    Endpoint(usize, u32),
-    /// One queue of uplink `usize`: frames go inbound.
-    Uplink(usize),
+    /// A container's veth (one of its queues): frames go outbound through `uplink`;
+    /// `first` is the endpoint's first socket, its id for counters and TX.
+    Endpoint { uplink: usize, first: u32 },
+    /// One queue of an uplink: frames go inbound.
+    Uplink { uplink: usize },
 }
 
-struct Held {
-    frame: Frame,
+struct Held<F> {
+    frame: F,
     uplink: usize,
     remote: Ipv4Addr,
     since: Instant,
@@ -322,11 +344,10 @@ impl Counters {
 
 /// An endpoint's sockets: one per rx queue of its veth, in the socket map's slots.
 struct EndpointSockets {
-    ports: Vec<PortId>,
+    queues: Queues,
     /// Index of its uplink in `Dataplane::uplinks`.
     uplink: usize,
     ip: Ipv4Addr,
-    slots: Vec<u32>,
 }
 
 /// What the translator carried for one endpoint: out from the container, in to it.
@@ -338,13 +359,14 @@ struct Traffic {
     in_bytes: u64,
 }
 
-/// The thread's state.
-pub struct Dataplane {
-    xsk: Xsk,
-    maps: DataplaneMaps,
+/// The thread's state: generic over its frame I/O and its maps (AF_XDP sockets and
+/// the eBPF maps in the daemon, in-memory fakes in unit tests).
+pub struct Dataplane<Io: FrameIo = Xsk, Maps: SteeringMaps = DataplaneMaps> {
+    io: Io,
+    maps: Maps,
     uplinks: Vec<Option<Uplink>>,
     uplink_names: HashMap<String, usize>,
-    /// host ifname -> (sockets by rx queue, uplink, address, slots by rx queue).
+    /// By host ifname.
     endpoints: HashMap<String, EndpointSockets>,
     roles: HashMap<u32, Role>,
     /// Per endpoint socket: frames/bytes out (from the container) and in.
@@ -352,7 +374,7 @@ pub struct Dataplane {
     nexthops: NextHops,
     resolver: Resolver,
     events: Receiver<NextHopEvent>,
-    pending: VecDeque<Held>,
+    pending: VecDeque<Held<Io::Frame>>,
     counters: Counters,
     last_flush_warning: Instant,
     last_steer_warning: Instant,
@@ -372,18 +394,51 @@ pub struct Dataplane {
     host_filter: Vec<([u8; 4], u8, HostFwMatch)>,
 }
 
+/// What the data-plane thread is connected to besides its sockets and maps.
+pub struct Links {
+    /// Asks for next hops; the answers come on `events`.
+    pub resolver: Resolver,
+    pub events: Receiver<NextHopEvent>,
+    /// Wakes the thread when a command is queued.
+    pub waker: std::sync::Arc<Waker>,
+    /// Shared with the watchdog and status (see [`super::supervisor`]).
+    pub health: std::sync::Arc<Health>,
+}
+
 impl Dataplane {
+    /// The daemon's data plane: AF_XDP sockets of a new UMEM, the loaded program's maps.
     pub fn new(
         xsk_config: XskConfig,
         maps: DataplaneMaps,
-        resolver: Resolver,
-        events: Receiver<NextHopEvent>,
-        waker: std::sync::Arc<Waker>,
-        health: std::sync::Arc<Health>,
+        links: Links,
     ) -> Result<Self, DataplaneError> {
         let xsk = Xsk::new(xsk_config).map_err(DataplaneError::AfXdp)?;
-        Ok(Dataplane {
-            xsk,
+        let netdev = crate::host::netdev::Querier::new()
+            .inspect_err(|e| {
+                warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
+            })
+            .ok();
+        Ok(Dataplane::with_io(xsk, maps, links, netdev))
+    }
+}
+
+impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
+    /// A data plane on `io` and `maps`; `netdev` asks the kernel for devices' XDP
+    /// features (`None`: nothing is offloaded to XDP).
+    pub fn with_io(
+        io: Io,
+        maps: Maps,
+        links: Links,
+        netdev: Option<crate::host::netdev::Querier>,
+    ) -> Self {
+        let Links {
+            resolver,
+            events,
+            waker,
+            health,
+        } = links;
+        Dataplane {
+            io,
             maps,
             uplinks: Vec::new(),
             uplink_names: HashMap::new(),
@@ -400,16 +455,12 @@ impl Dataplane {
             last_offload_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
-            netdev: crate::host::netdev::Querier::new()
-                .inspect_err(|e| {
-                    warn!("cannot ask the kernel for XDP features ({e}): no offload to XDP")
-                })
-                .ok(),
+            netdev,
             health,
             backoff: Backoff::default(),
             forget_kernel_entries_at: None,
             host_filter: Vec::new(),
-        })
+        }
     }
 
     /// The thread's body: [`Dataplane::run`], and after a panic the same data plane
@@ -458,7 +509,7 @@ impl Dataplane {
                 panic_message(&*p)
             ),
         }
-        if let Err(e) = self.maps.bypass.set(true) {
+        if let Err(e) = self.maps.set_bypass(true) {
             error!("nat-fast: cannot turn the XDP bypass on: {e}");
         }
         match self.backoff.on_failure(now) {
@@ -582,7 +633,7 @@ impl Dataplane {
             State::Down if self.health.resume_due(now) => {
                 // Flows the kernel started meanwhile keep the mapping the far side knows.
                 self.adopt_from_kernel(None);
-                match self.maps.bypass.set(false) {
+                match self.maps.set_bypass(false) {
                     Ok(()) => {
                         info!("nat-fast: the fast path is back");
                         self.health.resumed();
@@ -598,7 +649,7 @@ impl Dataplane {
     /// Runs until [`Command::Stop`] or until the control plane hangs up; closes every
     /// socket on the way out.
     pub fn run(&mut self, commands: &Receiver<Command>) {
-        let mut batch: Vec<Rx> = Vec::with_capacity(256);
+        let mut batch: Vec<Rx<Io::Frame>> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
         let mut last_snapshot = Instant::now();
@@ -616,37 +667,7 @@ impl Dataplane {
             }
             let now = Instant::now();
             self.supervision_turn(now);
-            while let Ok(ev) = self.events.try_recv() {
-                let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
-                let changed = self.nexthops.apply(ev);
-                if !changed.is_empty() {
-                    self.retry_pending(&changed, now);
-                }
-                if routes_changed {
-                    // Ask again for every offloaded destination: the answers say which
-                    // flows' next hop changed, and only those leave XDP.
-                    for remote in self.offloads.remotes() {
-                        self.resolver.request(remote);
-                    }
-                } else if !self.offloads.is_empty() && !changed.is_empty() {
-                    self.revalidate_offloads(&changed);
-                }
-            }
-            batch.clear();
-            let n = self.xsk.recv(&mut batch);
-            for rx in batch.drain(..) {
-                self.handle(rx, now);
-            }
-            self.sweep_pending(now);
-            if let Err(e) = self.xsk.flush() {
-                // Once per interval: a vanished interface fails every flush.
-                if now.duration_since(self.last_flush_warning) >= WARN_INTERVAL {
-                    self.last_flush_warning = now;
-                    warn!("AF_XDP flush failed: {e}");
-                }
-            }
-            self.sync_port_events();
-            self.sync_offloads();
+            let n = self.process(&mut batch, now);
             if now.duration_since(last_expire) >= EXPIRE_INTERVAL {
                 last_expire = now;
                 let mono = offload::monotonic_ns();
@@ -684,57 +705,86 @@ impl Dataplane {
         }
     }
 
+    /// One batch: next-hop answers (and the frames that waited for them), every frame
+    /// received (translated, addressed, queued on the port it leaves by), the frames
+    /// that waited too long, a flush, and the maps brought up to date. How many frames
+    /// came in.
+    fn process(&mut self, batch: &mut Vec<Rx<Io::Frame>>, now: Instant) -> usize {
+        while let Ok(ev) = self.events.try_recv() {
+            let routes_changed = matches!(ev, NextHopEvent::RoutesChanged);
+            let changed = self.nexthops.apply(ev);
+            if !changed.is_empty() {
+                self.retry_pending(&changed, now);
+            }
+            if routes_changed {
+                // Ask again for every offloaded destination: the answers say which
+                // flows' next hop changed, and only those leave XDP.
+                for remote in self.offloads.remotes() {
+                    self.resolver.request(remote);
+                }
+            } else if !self.offloads.is_empty() && !changed.is_empty() {
+                self.revalidate_offloads(&changed);
+            }
+        }
+        batch.clear();
+        let n = self.io.recv(batch);
+        for rx in batch.drain(..) {
+            self.handle(rx, now);
+        }
+        self.sweep_pending(now);
+        if let Err(e) = self.io.flush() {
+            // Once per interval: a vanished interface fails every flush.
+            if now.duration_since(self.last_flush_warning) >= WARN_INTERVAL {
+                self.last_flush_warning = now;
+                warn!("AF_XDP flush failed: {e}");
+            }
+        }
+        self.sync_port_events();
+        self.sync_offloads();
+        n
+    }
+
     /// Sleeps until a socket has frames, a command is queued or `timeout` passes.
     fn wait(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = self
-            .roles
-            .keys()
-            .filter_map(|p| self.xsk.fd(PortId(*p)))
-            .chain(std::iter::once(self.waker.raw()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a live, correctly sized array of pollfd for the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            debug!("poll: {}", std::io::Error::last_os_error());
+        if let Err(e) = self.io.wait(timeout, self.waker.fd()) {
+            debug!("{e}");
             std::thread::sleep(timeout);
         }
         self.waker.drain();
     }
 
-    fn handle(&mut self, mut rx: Rx, now: Instant) {
+    fn handle(&mut self, mut rx: Rx<Io::Frame>, now: Instant) {
         self.counters.rx += 1;
         let Some(role) = self.roles.get(&rx.port.0).copied() else {
             self.counters.stray += 1;
-            self.xsk.drop_frame(rx.frame);
+            self.io.drop_frame(rx.frame);
             return;
         };
-        let len = rx.frame.len() as u64;
-        if let Role::Endpoint(_, first) = role {
+        let len = self.io.len(&rx.frame) as u64;
+        if let Role::Endpoint { first, .. } = role {
             if let Some(t) = self.traffic.get_mut(&first) {
                 t.out_frames += 1;
                 t.out_bytes += len;
             }
         }
         let (uplink_idx, verdict) = {
-            let frame = self.xsk.frame_mut(&mut rx.frame);
+            let frame = self.io.bytes_mut(&mut rx.frame);
             match role {
-                Role::Endpoint(u, _) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
-                    Some(up) => (u, up.translator.outbound(now, frame)),
-                    None => (
-                        u,
-                        Verdict::Drop(crate::translator::DropReason::UnknownEndpoint),
-                    ),
-                },
-                Role::Uplink(u) => match self.uplinks.get_mut(u).and_then(Option::as_mut) {
-                    Some(up) => (u, up.translator.inbound(now, frame)),
-                    None => (u, Verdict::Drop(crate::translator::DropReason::NoSession)),
-                },
+                Role::Endpoint { uplink: u, .. } => {
+                    match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                        Some(up) => (u, up.translator.outbound(now, frame)),
+                        None => (
+                            u,
+                            Verdict::Drop(crate::translator::DropReason::UnknownEndpoint),
+                        ),
+                    }
+                }
+                Role::Uplink { uplink: u } => {
+                    match self.uplinks.get_mut(u).and_then(Option::as_mut) {
+                        Some(up) => (u, up.translator.inbound(now, frame)),
+                        None => (u, Verdict::Drop(crate::translator::DropReason::NoSession)),
+                    }
+                }
             }
         };
         // A session the translator just started must be in SESSIONS before the frame
@@ -748,12 +798,12 @@ impl Dataplane {
                     t.in_frames += 1;
                     t.in_bytes += len;
                 }
-                self.xsk.send(PortId(port), rx.frame);
+                self.io.send(PortId(port), rx.frame);
             }
             Verdict::Uplink { remote } => self.send_uplink(uplink_idx, remote, rx.frame, now),
             Verdict::Drop(_) => {
                 self.counters.dropped += 1;
-                self.xsk.drop_frame(rx.frame);
+                self.io.drop_frame(rx.frame);
                 return;
             }
         }
@@ -804,17 +854,17 @@ impl Dataplane {
         };
         let stale = self.offloads.stale_next_hops(remotes, current);
         self.offloads.nexthop_invalidations += stale.len() as u64;
-        for (idx, o) in &stale {
-            self.offloads.remove(&mut self.maps, *idx, o);
+        for s in &stale {
+            self.offloads.remove(&mut self.maps, s.uplink, &s.session);
         }
         self.give_back(stale);
     }
 
     /// Hands sessions whose flow entries were removed back to their translators.
-    fn give_back(&mut self, sessions: Vec<(usize, Offloaded)>) {
-        for (idx, o) in sessions {
-            if let Some(up) = self.uplinks.get_mut(idx).and_then(Option::as_mut) {
-                up.translator.unoffload(&o);
+    fn give_back(&mut self, sessions: Vec<SessionOf>) {
+        for s in sessions {
+            if let Some(up) = self.uplinks.get_mut(s.uplink).and_then(Option::as_mut) {
+                up.translator.unoffload(&s.session);
             }
         }
     }
@@ -832,7 +882,11 @@ impl Dataplane {
     /// them (a veth peer's GRO can be turned off at any time): flows toward one that
     /// stopped leave XDP at once, and new sessions use one that started.
     fn recheck_redirect_targets(&mut self) {
-        for (ifindex, was) in self.offloads.redirect_targets() {
+        for RedirectTarget {
+            ifindex,
+            accepts: was,
+        } in self.offloads.redirect_targets()
+        {
             let now = self.redirect_target(ifindex);
             if now == was {
                 continue;
@@ -864,29 +918,29 @@ impl Dataplane {
         }
     }
 
-    fn send_uplink(&mut self, uplink: usize, remote: Ipv4Addr, mut frame: Frame, now: Instant) {
+    fn send_uplink(&mut self, uplink: usize, remote: Ipv4Addr, mut frame: Io::Frame, now: Instant) {
         match self.nexthops.lookup(remote) {
             Lookup::Ready { mac, .. } => {
                 let Some(port) = self
                     .uplinks
                     .get(uplink)
                     .and_then(Option::as_ref)
-                    .and_then(|u| u.ports.first().copied())
+                    .map(|u| u.queues.first())
                 else {
                     self.counters.dropped += 1;
-                    self.xsk.drop_frame(frame);
+                    self.io.drop_frame(frame);
                     return;
                 };
-                let bytes = self.xsk.frame_mut(&mut frame);
+                let bytes = self.io.bytes_mut(&mut frame);
                 if bytes.len() >= 6 {
                     bytes[..6].copy_from_slice(&mac);
                 }
                 self.counters.to_uplink += 1;
-                self.xsk.send(port, frame);
+                self.io.send(port, frame);
             }
             Lookup::Unreachable => {
                 self.counters.unreachable += 1;
-                self.xsk.drop_frame(frame);
+                self.io.drop_frame(frame);
             }
             Lookup::Unknown => {
                 if self.nexthops.should_ask(remote, now) {
@@ -894,7 +948,7 @@ impl Dataplane {
                 }
                 if self.pending.len() >= PENDING_MAX {
                     self.counters.held_overflow += 1;
-                    self.xsk.drop_frame(frame);
+                    self.io.drop_frame(frame);
                     return;
                 }
                 self.counters.held += 1;
@@ -909,7 +963,7 @@ impl Dataplane {
     }
 
     fn retry_pending(&mut self, changed: &[Ipv4Addr], now: Instant) {
-        let held: Vec<Held> = self.pending.drain(..).collect();
+        let held: Vec<Held<Io::Frame>> = self.pending.drain(..).collect();
         for h in held {
             if changed.contains(&h.remote) && self.nexthops.lookup(h.remote) != Lookup::Unknown {
                 if matches!(self.nexthops.lookup(h.remote), Lookup::Ready { .. }) {
@@ -929,7 +983,7 @@ impl Dataplane {
             }
             let h = self.pending.pop_front().expect("front exists");
             self.counters.held_timeout += 1;
-            self.xsk.drop_frame(h.frame);
+            self.io.drop_frame(h.frame);
         }
     }
 
@@ -983,25 +1037,22 @@ impl Dataplane {
                 name,
                 ifindex,
                 config,
-                queues,
-                first_slot,
+                slots,
                 reply,
             } => {
-                let _ = reply.send(self.add_uplink(name, ifindex, config, queues, first_slot));
+                let _ = reply.send(self.add_uplink(name, ifindex, config, slots));
             }
             Command::RemoveUplink { name, reply } => {
                 self.remove_uplink(&name);
                 let _ = reply.send(());
             }
             Command::AddEndpoint {
-                host_ifname,
+                endpoint,
                 uplink,
-                info,
-                slot,
-                queues,
+                slots,
                 reply,
             } => {
-                let _ = reply.send(self.add_endpoint(host_ifname, &uplink, info, slot, queues));
+                let _ = reply.send(self.add_endpoint(endpoint, &uplink, slots));
             }
             Command::RemoveEndpoint { host_ifname, reply } => {
                 self.remove_endpoint(&host_ifname);
@@ -1012,25 +1063,10 @@ impl Dataplane {
             }
             Command::Publish {
                 uplink,
-                protocol,
-                external_port,
-                ip,
-                internal_port,
+                port,
                 reply,
             } => {
-                let r = match self.uplink_mut(&uplink) {
-                    Some((addr, up)) => up
-                        .translator
-                        .publish(protocol, external_port, ip, internal_port)
-                        .map_err(DataplaneError::from)
-                        .and_then(|()| {
-                            self.maps
-                                .set_port(port_key(addr, protocol, external_port))
-                                .map_err(DataplaneError::from)
-                        }),
-                    None => Err(DataplaneError::NoUplink(uplink)),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.publish(&uplink, port));
             }
             Command::Unpublish {
                 uplink,
@@ -1055,6 +1091,17 @@ impl Dataplane {
         }
     }
 
+    fn publish(&mut self, uplink: &str, p: Publication) -> Result<(), DataplaneError> {
+        let Some((addr, up)) = self.uplink_mut(uplink) else {
+            return Err(DataplaneError::NoUplink(uplink.to_string()));
+        };
+        up.translator
+            .publish(p.protocol, p.external_port, p.ip, p.internal_port)?;
+        self.maps
+            .set_port(port_key(addr, p.protocol, p.external_port))?;
+        Ok(())
+    }
+
     fn uplink_mut(&mut self, name: &str) -> Option<(Ipv4Addr, &mut Uplink)> {
         let idx = *self.uplink_names.get(name)?;
         let up = self.uplinks.get_mut(idx)?.as_mut()?;
@@ -1066,14 +1113,13 @@ impl Dataplane {
         name: String,
         ifindex: u32,
         config: Config,
-        queues: u32,
-        first_slot: u32,
+        slots: Slots,
     ) -> Result<(), DataplaneError> {
         if self.uplink_names.contains_key(&name) {
             return Err(DataplaneError::UplinkInUse(name));
         }
         let external_ip = config.external_ip;
-        let (ports, slots) = self.open_queues(&name, queues, first_slot)?;
+        let queues = self.open_queues(&name, slots)?;
         let idx = match self.uplinks.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -1081,8 +1127,8 @@ impl Dataplane {
                 self.uplinks.len() - 1
             }
         };
-        for p in &ports {
-            self.roles.insert(p.0, Role::Uplink(idx));
+        for p in &queues.ports {
+            self.roles.insert(p.0, Role::Uplink { uplink: idx });
         }
         let path = UplinkPath {
             ifindex,
@@ -1102,32 +1148,28 @@ impl Dataplane {
         if let Err(e) = self.offloads.add_uplink(&mut self.maps, idx, path) {
             warn!(uplink = %name, "no XDP offload through this uplink: {e}");
         }
-        info!(uplink = %name, %external_ip, queues, "nat-fast uplink ready");
+        info!(uplink = %name, %external_ip, queues = queues.ports.len(), "nat-fast uplink ready");
         self.uplinks[idx] = Some(Uplink {
             translator: Translator::new(config),
             external_ip,
-            ports,
-            slots,
+            queues,
         });
         self.uplink_names.insert(name, idx);
         Ok(())
     }
 
-    /// Opens an AF_XDP socket on each of `ifname`'s first `queues` rx queues (at least
-    /// one) and registers queue `q`'s in slot `first_slot + q`. All or nothing.
-    fn open_queues(
-        &mut self,
-        ifname: &str,
-        queues: u32,
-        first_slot: u32,
-    ) -> Result<(Vec<PortId>, Vec<u32>), DataplaneError> {
-        let mut ports = Vec::new();
-        let mut slots = Vec::new();
-        for q in 0..queues.max(1) {
-            let port = match self.xsk.open(ifname, q) {
+    /// Opens a socket on each of `ifname`'s first `slots.count` rx queues (at least
+    /// one) and registers queue `q`'s in slot `slots.first + q`. All or nothing.
+    fn open_queues(&mut self, ifname: &str, slots: Slots) -> Result<Queues, DataplaneError> {
+        let mut queues = Queues {
+            ports: Vec::new(),
+            first_slot: slots.first,
+        };
+        for q in 0..slots.count.max(1) {
+            let port = match self.io.open(ifname, q) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.close_ports(&ports, &slots);
+                    self.close_queues(&queues);
                     return Err(DataplaneError::Socket {
                         ifname: ifname.to_string(),
                         queue: q,
@@ -1135,29 +1177,27 @@ impl Dataplane {
                     });
                 }
             };
-            let slot = first_slot + q;
-            let fd = self.xsk.fd(port).expect("just opened");
-            if let Err(e) = self.maps.set_xsk(slot, fd) {
-                self.xsk.close(port);
-                self.close_ports(&ports, &slots);
+            let fd = self.io.fd(port).expect("just opened");
+            if let Err(e) = self.maps.set_xsk(slots.first + q, fd) {
+                self.io.close(port);
+                self.close_queues(&queues);
                 return Err(DataplaneError::Register {
                     ifname: ifname.to_string(),
                     cause: e,
                 });
             }
-            ports.push(port);
-            slots.push(slot);
+            queues.ports.push(port);
         }
-        Ok((ports, slots))
+        Ok(queues)
     }
 
-    fn close_ports(&mut self, ports: &[PortId], slots: &[u32]) {
-        for s in slots {
-            let _ = self.maps.clear_xsk(*s);
+    fn close_queues(&mut self, queues: &Queues) {
+        for slot in (queues.first_slot..).take(queues.ports.len()) {
+            let _ = self.maps.clear_xsk(slot);
         }
-        for p in ports {
+        for p in &queues.ports {
             self.roles.remove(&p.0);
-            self.xsk.close(*p);
+            self.io.close(*p);
         }
     }
 
@@ -1178,35 +1218,34 @@ impl Dataplane {
         if let Some(up) = self.uplinks[idx].take() {
             // Published ports and sessions of this address leave the maps too.
             self.maps.remove_address(u32::from(up.external_ip).to_be());
-            self.close_ports(&up.ports, &up.slots);
+            self.close_queues(&up.queues);
             self.pending.retain(|h| h.uplink != idx);
         }
     }
 
     fn add_endpoint(
         &mut self,
-        host_ifname: String,
+        spec: EndpointSpec,
         uplink: &str,
-        spec: EndpointInfoSpec,
-        slot: u32,
-        queues: u32,
+        slots: Slots,
     ) -> Result<(), DataplaneError> {
         let Some(&idx) = self.uplink_names.get(uplink) else {
             return Err(DataplaneError::NoUplink(uplink.to_string()));
         };
+        let host_ifname = spec.host_ifname;
         if self.endpoints.contains_key(&host_ifname) {
             self.remove_endpoint(&host_ifname);
         }
-        let (ports, slots) = self.open_queues(&host_ifname, queues, slot)?;
-        let first = ports[0];
+        let queues = self.open_queues(&host_ifname, slots)?;
+        let first = queues.first();
         let mut offload = spec.offload;
         if offload {
             let path = EndpointPath {
-                ifindex: spec.ifindex,
+                ifindex: spec.host_ifindex,
                 mac: spec.mac,
                 gateway_mac: spec.gateway_mac,
                 mtu: offload::mtu_of(&host_ifname),
-                redirect_target: self.redirect_target(spec.ifindex),
+                redirect_target: self.redirect_target(spec.host_ifindex),
             };
             if let Err(e) = self
                 .offloads
@@ -1224,17 +1263,20 @@ impl Dataplane {
             port: first.0,
             offload,
         });
-        for p in &ports {
-            self.roles.insert(p.0, Role::Endpoint(idx, first.0));
+        let role = Role::Endpoint {
+            uplink: idx,
+            first: first.0,
+        };
+        for p in &queues.ports {
+            self.roles.insert(p.0, role);
         }
         self.traffic.insert(first.0, Traffic::default());
         self.endpoints.insert(
             host_ifname,
             EndpointSockets {
-                ports,
+                queues,
                 uplink: idx,
                 ip: spec.ip,
-                slots,
             },
         );
         self.sync_offload_offers();
@@ -1296,10 +1338,9 @@ impl Dataplane {
 
     fn remove_endpoint(&mut self, host_ifname: &str) {
         let Some(EndpointSockets {
-            ports,
+            queues,
             uplink: idx,
             ip,
-            slots,
         }) = self.endpoints.remove(host_ifname)
         else {
             return;
@@ -1310,10 +1351,8 @@ impl Dataplane {
         self.sync_port_events();
         self.sync_offloads();
         self.offloads.remove_endpoint(&mut self.maps, idx, ip);
-        if let Some(first) = ports.first() {
-            self.traffic.remove(&first.0);
-        }
-        self.close_ports(&ports, &slots);
+        self.traffic.remove(&queues.first().0);
+        self.close_queues(&queues);
     }
 
     fn status(&self) -> DataplaneStatus {
@@ -1367,7 +1406,7 @@ impl Dataplane {
             .map(|(k, v)| (k.to_string(), v)),
         );
         let offloaded = self.offloads.traffic(&self.maps);
-        let x = self.xsk.stats();
+        let x = self.io.stats();
         counters.extend(
             [
                 ("xsk_rx", x.rx),
@@ -1386,10 +1425,9 @@ impl Dataplane {
             .endpoints
             .iter()
             .map(|(name, e)| {
-                let t = e
-                    .ports
-                    .first()
-                    .and_then(|p| self.traffic.get(&p.0))
+                let t = self
+                    .traffic
+                    .get(&e.queues.first().0)
                     .copied()
                     .unwrap_or_default();
                 EndpointCounters {
@@ -1400,7 +1438,10 @@ impl Dataplane {
                     in_frames: t.in_frames,
                     in_bytes: t.in_bytes,
                     offload: offloaded
-                        .get(&(e.uplink, e.ip))
+                        .get(&EndpointOf {
+                            uplink: e.uplink,
+                            ip: e.ip,
+                        })
                         .copied()
                         .unwrap_or_default(),
                 }
@@ -1430,7 +1471,7 @@ impl Dataplane {
             }
             Err(e) => warn!("nat-fast: cannot hand sessions to conntrack: {e}"),
         }
-        if let Err(e) = self.maps.bypass.set(true) {
+        if let Err(e) = self.maps.set_bypass(true) {
             warn!("nat-fast: cannot turn the XDP bypass on: {e}");
         }
         let names: Vec<String> = self.uplink_names.keys().cloned().collect();
@@ -1438,10 +1479,13 @@ impl Dataplane {
             self.remove_uplink(&n);
         }
         for h in std::mem::take(&mut self.pending) {
-            self.xsk.drop_frame(h.frame);
+            self.io.drop_frame(h.frame);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// `tcp 10.0.0.2:43512 -> 192.0.2.1:61003 -> 198.51.100.7:80 ESTABLISHED (idle 2s)`.
 fn session_line(s: &SessionView, external_ip: Ipv4Addr, now: Instant) -> String {

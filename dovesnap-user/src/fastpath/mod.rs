@@ -21,6 +21,9 @@
 pub mod afxdp;
 pub mod conntrack;
 pub mod dataplane;
+#[cfg(test)]
+mod fakes;
+pub mod frameio;
 pub mod nexthop;
 pub mod offload;
 pub mod supervisor;
@@ -42,7 +45,7 @@ use crate::firewall::hostrules::{self, HostRule};
 use crate::host::addr::Ipv4Net;
 use crate::translator::{Config, Protocol, Timeouts};
 pub use dataplane::Fault;
-use dataplane::{Command, Dataplane, DataplaneStatus, EndpointInfoSpec};
+use dataplane::{Command, Dataplane, DataplaneError, DataplaneStatus, Publication, Slots};
 use supervisor::{Health, HealthStatus, Watchdog};
 
 /// Default external TCP/UDP ports (and ICMP identifiers) the translator allocates from
@@ -244,7 +247,10 @@ pub enum FastPathError {
         features: crate::host::netdev::XdpFeatures,
     },
     #[error("nat-fast: cannot ask the kernel for {ifname}'s XDP features: {cause}")]
-    Features { ifname: String, cause: String },
+    Features {
+        ifname: String,
+        cause: std::io::Error,
+    },
 }
 
 /// An uplink: the interface the translator sends from and receives on.
@@ -297,14 +303,13 @@ pub struct FastPathStatus {
 /// An endpoint on the fast path: its veth and the socket-map slots of its queues.
 struct EndpointSlots {
     ifindex: u32,
-    first_slot: u32,
-    slots: u32,
+    slots: Slots,
     uplink: String,
 }
 
 struct UplinkState {
     spec: UplinkSpec,
-    first_slot: u32,
+    slots: Slots,
     users: usize,
 }
 
@@ -367,15 +372,13 @@ impl FastPath {
             );
         let health = std::sync::Arc::new(Health::default());
         let watchdog_bypass = maps.bypass.try_clone()?;
-        let dp = Dataplane::new(
-            XskConfig::default(),
-            maps,
+        let links = dataplane::Links {
             resolver,
-            ev_rx,
-            waker.clone(),
-            health.clone(),
-        )
-        .map_err(FastPathError::Dataplane)?;
+            events: ev_rx,
+            waker: waker.clone(),
+            health: health.clone(),
+        };
+        let dp = Dataplane::new(XskConfig::default(), maps, links)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("dovesnap-nat".into())
@@ -416,6 +419,14 @@ impl FastPath {
         self.call_within(CALL_TIMEOUT, make)
     }
 
+    /// [`FastPath::call`] for a command the data plane may refuse.
+    fn request<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, DataplaneError>>) -> Command,
+    ) -> Result<T, FastPathError> {
+        Ok(self.call(make)??)
+    }
+
     fn call_within<T>(
         &self,
         timeout: std::time::Duration,
@@ -432,19 +443,22 @@ impl FastPath {
         })
     }
 
-    fn alloc_slots(&mut self, n: u32) -> Result<u32, FastPathError> {
-        let n = n as usize;
+    fn alloc_slots(&mut self, count: u32) -> Result<Slots, FastPathError> {
+        let n = count as usize;
         let start = (0..=self.slots.len().saturating_sub(n))
             .find(|&s| self.slots[s..s + n].iter().all(|u| !u))
             .ok_or(FastPathError::NoSlot)?;
         for s in &mut self.slots[start..start + n] {
             *s = true;
         }
-        Ok(start as u32)
+        Ok(Slots {
+            first: start as u32,
+            count,
+        })
     }
 
-    fn free_slots(&mut self, first: u32, n: u32) {
-        for s in first..first + n {
+    fn free_slots(&mut self, slots: Slots) {
+        for s in slots.iter() {
             if let Some(u) = self.slots.get_mut(s as usize) {
                 *u = false;
             }
@@ -456,58 +470,34 @@ impl FastPath {
             u.users += 1;
             return Ok(());
         }
-        let queues = spec.rx_queues.max(1);
-        let first_slot = self.alloc_slots(queues)?;
+        let slots = self.alloc_slots(spec.rx_queues.max(1))?;
         let config = self.config.translator(spec);
         let name = spec.name.clone();
         let ifindex = spec.ifindex;
-        let r = self.call(|reply| Command::AddUplink {
+        let r = self.request(|reply| Command::AddUplink {
             name,
             ifindex,
             config,
-            queues,
-            first_slot,
+            slots,
             reply,
         });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.free_slots(first_slot, queues);
-                return Err(FastPathError::Dataplane(e));
-            }
-            Err(e) => {
-                self.free_slots(first_slot, queues);
-                return Err(e);
-            }
+        if let Err(e) = r {
+            self.free_slots(slots);
+            return Err(e);
         }
-        let cfg = IfaceConfig {
-            kind: IFACE_UPLINK,
-            xsk_slot: first_slot,
-            xsk_slots: queues,
-            addr: u32::from_ne_bytes(spec.addr.octets()),
-            subnet: 0,
-            netmask: 0,
-            fib_ifindex: 0,
-            uplink_ifindex: spec.ifindex,
-            gateway_mac: [0; 6],
-            _pad: [0; 2],
-        };
-        let attach = self
-            .xdp
-            .set_iface(spec.ifindex, &cfg)
-            .and_then(|()| self.xdp.attach(&spec.name).map(|_| ()));
-        if let Err(e) = attach {
+        let cfg = iface_entry(IFACE_UPLINK, slots, spec.addr, spec.ifindex);
+        if let Err(e) = self.steer(&spec.name, spec.ifindex, &cfg) {
             let _ = self.xdp.remove_iface(spec.ifindex);
             let name = spec.name.clone();
             let _ = self.call(|reply| Command::RemoveUplink { name, reply });
-            self.free_slots(first_slot, queues);
+            self.free_slots(slots);
             return Err(e.into());
         }
         self.uplinks.insert(
             spec.name.clone(),
             UplinkState {
                 spec: spec.clone(),
-                first_slot,
+                slots,
                 users: 1,
             },
         );
@@ -529,7 +519,7 @@ impl FastPath {
         let _ = self.xdp.remove_iface(u.spec.ifindex);
         let name = name.to_string();
         let _ = self.call(|reply| Command::RemoveUplink { name, reply });
-        self.free_slots(u.first_slot, u.spec.rx_queues.max(1));
+        self.free_slots(u.slots);
         info!(uplink = %u.spec.name, "nat-fast uplink released");
     }
 
@@ -550,72 +540,53 @@ impl FastPath {
         // A socket per rx queue: a frame steered on a queue without one would take the
         // kernel path, and a connection would start on one path and go on on the other.
         let queues = rx_queues(&ep.host_ifname).max(1);
-        let slot = match self.alloc_slots(queues) {
+        let slots = match self.alloc_slots(queues) {
             Ok(s) => s,
             Err(e) => {
                 self.release_uplink(&uplink.name);
                 return Err(e);
             }
         };
-        let host_ifname = ep.host_ifname.clone();
+        let endpoint = ep.clone();
         let up_name = uplink.name.clone();
-        let info = EndpointInfoSpec {
-            ip: ep.ip,
-            mac: ep.mac,
-            gateway_mac: ep.gateway_mac,
-            ifindex: ep.host_ifindex,
-            offload: ep.offload,
-            adopt: ep.adopt,
-        };
-        let r = self.call(|reply| Command::AddEndpoint {
-            host_ifname,
+        let r = self.request(|reply| Command::AddEndpoint {
+            endpoint,
             uplink: up_name,
-            info,
-            slot,
-            queues,
+            slots,
             reply,
         });
-        let r = match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FastPathError::Dataplane(e)),
-            Err(e) => Err(e),
-        };
         if let Err(e) = r {
-            self.free_slots(slot, queues);
+            self.free_slots(slots);
             self.release_uplink(&uplink.name);
             return Err(e);
         }
         let cfg = IfaceConfig {
-            kind: IFACE_ENDPOINT,
-            xsk_slot: slot,
-            xsk_slots: queues,
-            addr: u32::from_ne_bytes(ep.ip.octets()),
             subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
             netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
             fib_ifindex: ep.bridge_ifindex,
-            uplink_ifindex: uplink.ifindex,
             gateway_mac: ep.gateway_mac,
-            _pad: [0; 2],
+            ..iface_entry(IFACE_ENDPOINT, slots, ep.ip, uplink.ifindex)
         };
         self.endpoints.insert(
             ep.host_ifname.clone(),
             EndpointSlots {
                 ifindex: ep.host_ifindex,
-                first_slot: slot,
-                slots: queues,
+                slots,
                 uplink: uplink.name.clone(),
             },
         );
-        let attach = self
-            .xdp
-            .set_iface(ep.host_ifindex, &cfg)
-            .and_then(|()| self.xdp.attach(&ep.host_ifname).map(|_| ()));
-        if let Err(e) = attach {
+        if let Err(e) = self.steer(&ep.host_ifname, ep.host_ifindex, &cfg) {
             self.remove_endpoint(&ep.host_ifname);
             return Err(e.into());
         }
         info!(port = %ep.host_ifname, ip = %ep.ip, uplink = %uplink.name, "endpoint on the nat-fast path");
         Ok(())
+    }
+
+    /// Configures `ifname` in `IFACES` and attaches the program to it.
+    fn steer(&mut self, ifname: &str, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+        self.xdp.set_iface(ifindex, cfg)?;
+        self.xdp.attach(ifname).map(|_| ())
     }
 
     /// Records why an endpoint stays on the kernel's nat path (shown by `dovesnap
@@ -629,8 +600,7 @@ impl FastPath {
         self.kernel_path.remove(host_ifname);
         let Some(EndpointSlots {
             ifindex,
-            first_slot: slot,
-            slots: queues,
+            slots,
             uplink,
         }) = self.endpoints.remove(host_ifname)
         else {
@@ -647,7 +617,7 @@ impl FastPath {
             host_ifname: name,
             reply,
         });
-        self.free_slots(slot, queues);
+        self.free_slots(slots);
         self.release_uplink(&uplink);
     }
 
@@ -676,15 +646,17 @@ impl FastPath {
         internal_port: u16,
     ) -> Result<(), FastPathError> {
         let uplink = uplink.to_string();
-        self.call(|reply| Command::Publish {
-            uplink,
+        let port = Publication {
             protocol,
             external_port,
             ip,
             internal_port,
+        };
+        self.request(|reply| Command::Publish {
+            uplink,
+            port,
             reply,
-        })?
-        .map_err(FastPathError::Dataplane)
+        })
     }
 
     /// Withdraws a publication. Idempotent.
@@ -711,12 +683,10 @@ impl FastPath {
         if entries == self.host_entries {
             return Ok(());
         }
-        let handed = self
-            .call(|reply| Command::HostFilter {
-                entries: entries.clone(),
-                reply,
-            })?
-            .map_err(FastPathError::Dataplane)?;
+        let handed = self.request(|reply| Command::HostFilter {
+            entries: entries.clone(),
+            reply,
+        })?;
         info!(
             prefixes = entries.len(),
             sessions_handed_over = handed.created,
@@ -824,12 +794,27 @@ impl Drop for FastPath {
     }
 }
 
+/// The `IFACES` entry of an interface of `kind` whose rx queues have `slots`, with
+/// address `addr` (the container's, or the uplink's external one), translating through
+/// the uplink `uplink_ifindex`. Endpoints add their subnet, FIB input and gateway.
+fn iface_entry(kind: u32, slots: Slots, addr: Ipv4Addr, uplink_ifindex: u32) -> IfaceConfig {
+    IfaceConfig {
+        kind,
+        xsk_slot: slots.first,
+        xsk_slots: slots.count,
+        addr: u32::from_ne_bytes(addr.octets()),
+        uplink_ifindex,
+        ..IfaceConfig::default()
+    }
+}
+
 /// Refuses an interface whose driver cannot run XDP itself.
 fn require_native_xdp(ifname: &str, ifindex: u32) -> Result<(), FastPathError> {
-    let features = crate::host::netdev::query(ifindex).map_err(|e| FastPathError::Features {
-        ifname: ifname.to_string(),
-        cause: e.to_string(),
-    })?;
+    let features =
+        crate::host::netdev::query(ifindex).map_err(|cause| FastPathError::Features {
+            ifname: ifname.to_string(),
+            cause,
+        })?;
     if features.native() {
         Ok(())
     } else {

@@ -208,6 +208,14 @@ impl Resolver {
     pub fn request(&self, dst: Ipv4Addr) -> bool {
         self.requests.send(dst).is_ok()
     }
+
+    /// A resolver with no task behind it: the requests arrive on the receiver (for
+    /// tests, which answer them with [`NextHopEvent`]s themselves).
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Resolver, tokio::sync::mpsc::UnboundedReceiver<Ipv4Addr>) {
+        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Resolver { requests }, rx)
+    }
 }
 
 /// Starts the resolver on the current tokio runtime. It runs until every [`Resolver`]

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use dovesnap_ebpf::{be_addr, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::fastpath::xdp::{DataplaneMaps, XdpError};
+use crate::fastpath::frameio::SteeringMaps;
+use crate::fastpath::xdp::XdpError;
 use crate::translator::{Offloaded, Protocol};
 
 /// Where an uplink's offloaded frames leave from.
@@ -50,31 +51,78 @@ pub struct EndpointPath {
     pub redirect_target: bool,
 }
 
-/// The two flow entries of an offloaded session: `[outbound, inbound]`, each keyed as
-/// its frames arrive (on the endpoint, on the uplink) and rewritten exactly as the
-/// translator would: outbound the source becomes `external_ip:external_port` and the
-/// MACs uplink -> next hop; inbound the destination becomes the container's address and
-/// port and the MACs gateway -> container.
+/// Something of each direction of an offloaded session: outbound (from the container,
+/// arriving on its veth) and inbound (the replies, arriving on the uplink).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Both<T> {
+    pub outbound: T,
+    pub inbound: T,
+}
+
+impl<T> Both<T> {
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Both<U> {
+        Both {
+            outbound: f(self.outbound),
+            inbound: f(self.inbound),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        [&self.outbound, &self.inbound].into_iter()
+    }
+}
+
+/// One direction's flow entry: the frames it matches and how they are rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub action: FlowAction,
+}
+
+/// Where a rewritten frame goes: the device, the Ethernet header, the largest packet.
+struct Hop {
+    ifindex: u32,
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    mtu: u16,
+}
+
+/// Rewrites a frame to the addresses and ports of `reply` reversed (a NAT's rewrite of
+/// one direction is the other direction's key, turned around) and sends it to `hop`.
+fn rewrite_to(reply: &FlowKey, hop: Hop) -> FlowAction {
+    FlowAction {
+        src: reply.dst,
+        dst: reply.src,
+        sport: reply.dport,
+        dport: reply.sport,
+        out_ifindex: hop.ifindex,
+        eth_dst: hop.eth_dst,
+        eth_src: hop.eth_src,
+        max_len: hop.mtu,
+        ..FlowAction::default()
+    }
+}
+
+/// The two flow entries of an offloaded session, each keyed as its frames arrive (on
+/// the endpoint, on the uplink) and rewritten exactly as the translator would:
+/// outbound the source becomes `external_ip:external_port` and the MACs uplink -> next
+/// hop; inbound the destination becomes the container's address and port and the MACs
+/// gateway -> container.
 pub fn flow_entries(
     o: &Offloaded,
     up: &UplinkPath,
     next_hop_mac: [u8; 6],
     ep: &EndpointPath,
-) -> [(FlowKey, FlowAction); 2] {
+) -> Both<FlowEntry> {
     let proto = match o.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
         Protocol::Icmp => unreachable!("ICMP sessions are never offloaded"),
     };
-    let inside = be_addr(o.inside.ip().octets());
-    let remote = be_addr(o.remote.ip().octets());
-    let external = be_addr(up.external_ip.octets());
-    let (in_port, remote_port, ext_port) = (
-        o.inside.port().to_be(),
-        o.remote.port().to_be(),
-        o.external_port.to_be(),
-    );
-    let key = |ifindex, src, dst, sport, dport| FlowKey {
+    let end = |a: std::net::SocketAddrV4| (be_addr(a.ip().octets()), a.port().to_be());
+    let (inside, remote) = (end(o.inside), end(o.remote));
+    let external = (be_addr(up.external_ip.octets()), o.external_port.to_be());
+    let key = |ifindex, (src, sport): (u32, u16), (dst, dport): (u32, u16)| FlowKey {
         ifindex,
         src,
         dst,
@@ -83,56 +131,85 @@ pub fn flow_entries(
         proto,
         _pad: [0; 3],
     };
-    let out = (
-        key(ep.ifindex, inside, remote, in_port, remote_port),
-        FlowAction {
-            src: external,
-            dst: remote,
-            sport: ext_port,
-            dport: remote_port,
-            out_ifindex: up.ifindex,
-            eth_dst: next_hop_mac,
-            eth_src: up.mac,
-            max_len: up.mtu,
-            ..FlowAction::default()
+    let keys = Both {
+        outbound: key(ep.ifindex, inside, remote),
+        inbound: key(up.ifindex, remote, external),
+    };
+    let to_next_hop = Hop {
+        ifindex: up.ifindex,
+        eth_dst: next_hop_mac,
+        eth_src: up.mac,
+        mtu: up.mtu,
+    };
+    let to_container = Hop {
+        ifindex: ep.ifindex,
+        eth_dst: ep.mac,
+        eth_src: ep.gateway_mac,
+        mtu: ep.mtu,
+    };
+    Both {
+        outbound: FlowEntry {
+            key: keys.outbound,
+            action: rewrite_to(&keys.inbound, to_next_hop),
         },
-    );
-    let inb = (
-        key(up.ifindex, remote, external, remote_port, ext_port),
-        FlowAction {
-            src: remote,
-            dst: inside,
-            sport: remote_port,
-            dport: in_port,
-            out_ifindex: ep.ifindex,
-            eth_dst: ep.mac,
-            eth_src: ep.gateway_mac,
-            max_len: ep.mtu,
-            ..FlowAction::default()
+        inbound: FlowEntry {
+            key: keys.inbound,
+            action: rewrite_to(&keys.outbound, to_container),
         },
-    );
-    [out, inb]
+    }
 }
 
-/// One installed session: `[outbound, inbound]`, either left out where its output
-/// device does not accept XDP redirects (those frames stay on AF_XDP).
+/// One installed session, either direction left out where its output device does not
+/// accept XDP redirects (those frames stay on AF_XDP).
 #[derive(Clone, Copy, Debug)]
 struct Installed {
-    keys: [Option<FlowKey>; 2],
+    keys: Both<Option<FlowKey>>,
     /// The devices the entries redirect to.
-    out_ifindex: [u32; 2],
+    out_ifindex: Both<u32>,
     next_hop_mac: [u8; 6],
 }
 
 impl Installed {
     /// Both entries as the kernel holds them now (zeroes for one that is gone or was
     /// never installed).
-    fn read(&self, maps: &DataplaneMaps) -> [FlowAction; 2] {
+    fn read(&self, maps: &impl SteeringMaps) -> Both<FlowAction> {
         self.keys.map(|k| {
             k.and_then(|k| maps.flow(&k).ok().flatten())
                 .unwrap_or_default()
         })
     }
+}
+
+/// An endpoint of an uplink (by the data plane's uplink index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointOf {
+    pub uplink: usize,
+    pub ip: Ipv4Addr,
+}
+
+/// An offloaded session of an uplink (by the data plane's uplink index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionOf {
+    pub uplink: usize,
+    pub session: Offloaded,
+}
+
+impl SessionOf {
+    /// The endpoint whose session it is.
+    pub fn endpoint(&self) -> EndpointOf {
+        EndpointOf {
+            uplink: self.uplink,
+            ip: *self.session.inside.ip(),
+        }
+    }
+}
+
+/// A device offloads redirect to, and whether it accepts XDP redirects (as last
+/// recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectTarget {
+    pub ifindex: u32,
+    pub accepts: bool,
 }
 
 /// Frames and bytes the XDP program forwarded for one endpoint.
@@ -146,11 +223,11 @@ pub struct OffloadTraffic {
 }
 
 impl OffloadTraffic {
-    fn add(&mut self, out: &FlowAction, inb: &FlowAction) {
-        self.out_frames += out.packets;
-        self.out_bytes += out.bytes;
-        self.in_frames += inb.packets;
-        self.in_bytes += inb.bytes;
+    fn add(&mut self, seen: &Both<FlowAction>) {
+        self.out_frames += seen.outbound.packets;
+        self.out_bytes += seen.outbound.bytes;
+        self.in_frames += seen.inbound.packets;
+        self.in_bytes += seen.inbound.bytes;
     }
 }
 
@@ -180,11 +257,11 @@ impl NotOffloaded {
 /// endpoints that allow offload, and the devices registered in `DEVS`.
 #[derive(Default)]
 pub struct Offloads {
-    installed: HashMap<(usize, Offloaded), Installed>,
-    endpoints: HashMap<(usize, Ipv4Addr), EndpointPath>,
+    installed: HashMap<SessionOf, Installed>,
+    endpoints: HashMap<EndpointOf, EndpointPath>,
     uplinks: HashMap<usize, UplinkPath>,
-    /// Traffic of flows already removed, per (uplink, container address).
-    retired: HashMap<(usize, Ipv4Addr), OffloadTraffic>,
+    /// Traffic of flows already removed, per endpoint.
+    retired: HashMap<EndpointOf, OffloadTraffic>,
     pub installs: u64,
     pub removals: u64,
     pub failures: u64,
@@ -205,7 +282,7 @@ impl Offloads {
     /// Registers an uplink as a redirect target.
     pub fn add_uplink(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         up: UplinkPath,
     ) -> Result<(), XdpError> {
@@ -215,42 +292,43 @@ impl Offloads {
     }
 
     /// Removes an uplink's flows, then the uplink from the redirect targets.
-    pub fn remove_uplink(&mut self, maps: &mut DataplaneMaps, idx: usize) {
-        self.remove_where(maps, |u, _, _| u == idx);
+    pub fn remove_uplink(&mut self, maps: &mut impl SteeringMaps, idx: usize) {
+        self.remove_where(maps, |s, _| s.uplink == idx);
         if let Some(up) = self.uplinks.remove(&idx) {
             let _ = maps.remove_dev(up.ifindex);
         }
-        self.retired.retain(|(u, _), _| *u != idx);
+        self.retired.retain(|e, _| e.uplink != idx);
     }
 
     /// Lets `ip`'s sessions on uplink `idx` be offloaded to `ep`.
     pub fn add_endpoint(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         ip: Ipv4Addr,
         ep: EndpointPath,
     ) -> Result<(), XdpError> {
         maps.set_dev(ep.ifindex)?;
-        self.endpoints.insert((idx, ip), ep);
+        self.endpoints.insert(EndpointOf { uplink: idx, ip }, ep);
         Ok(())
     }
 
     /// Removes the endpoint's flows (normally gone already with its sessions) and its
     /// device.
-    pub fn remove_endpoint(&mut self, maps: &mut DataplaneMaps, idx: usize, ip: Ipv4Addr) {
-        self.remove_where(maps, |u, o, _| u == idx && *o.inside.ip() == ip);
-        if let Some(ep) = self.endpoints.remove(&(idx, ip)) {
+    pub fn remove_endpoint(&mut self, maps: &mut impl SteeringMaps, idx: usize, ip: Ipv4Addr) {
+        self.remove_where(maps, |s, _| s.uplink == idx && *s.session.inside.ip() == ip);
+        let of = EndpointOf { uplink: idx, ip };
+        if let Some(ep) = self.endpoints.remove(&of) {
             let _ = maps.remove_dev(ep.ifindex);
         }
-        self.retired.remove(&(idx, ip));
+        self.retired.remove(&of);
     }
 
     /// Installs a session's two entries. On error nothing stays installed, and the
     /// caller gives the session back to the translator.
     pub fn install(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         idx: usize,
         o: &Offloaded,
         next_hop_mac: [u8; 6],
@@ -261,39 +339,47 @@ impl Offloads {
             .ok_or(NotOffloaded::Unregistered("uplink not registered"))?;
         let ep = self
             .endpoints
-            .get(&(idx, *o.inside.ip()))
+            .get(&EndpointOf {
+                uplink: idx,
+                ip: *o.inside.ip(),
+            })
             .ok_or(NotOffloaded::Unregistered("endpoint does not offload"))?;
         // A redirect to a device that does not accept it is dropped without a trace:
         // only directions whose output takes redirects go to XDP.
-        let wanted = [up.redirect_target, ep.redirect_target];
-        if wanted == [false, false] {
+        let wanted = Both {
+            outbound: up.redirect_target,
+            inbound: ep.redirect_target,
+        };
+        if !wanted.outbound && !wanted.inbound {
             self.declined += 1;
             return Err(NotOffloaded::NoRedirectTarget);
         }
         let entries = flow_entries(o, up, next_hop_mac, ep);
-        let mut keys = [None; 2];
-        for (i, (k, a)) in entries.iter().enumerate() {
-            if !wanted[i] {
-                continue;
-            }
-            if let Err(e) = maps.set_flow(k, a) {
-                for k in keys.iter().flatten() {
-                    let _ = maps.remove_flow(k);
+        let chosen = Both {
+            outbound: wanted.outbound.then_some(entries.outbound),
+            inbound: wanted.inbound.then_some(entries.inbound),
+        };
+        for (done, entry) in chosen.iter().flatten().enumerate() {
+            if let Err(e) = maps.set_flow(&entry.key, &entry.action) {
+                for written in chosen.iter().flatten().take(done) {
+                    let _ = maps.remove_flow(&written.key);
                 }
                 self.failures += 1;
                 return Err(NotOffloaded::Map(e));
             }
-            keys[i] = Some(*k);
         }
         self.installs += 1;
-        if wanted != [true, true] {
+        if !(wanted.outbound && wanted.inbound) {
             self.one_way += 1;
         }
         self.installed.insert(
-            (idx, *o),
+            SessionOf {
+                uplink: idx,
+                session: *o,
+            },
             Installed {
-                keys,
-                out_ifindex: [entries[0].1.out_ifindex, entries[1].1.out_ifindex],
+                keys: chosen.map(|e| e.map(|e| e.key)),
+                out_ifindex: entries.map(|e| e.action.out_ifindex),
                 next_hop_mac,
             },
         );
@@ -306,10 +392,10 @@ impl Offloads {
     /// offloads them again in the direction that still works).
     pub fn set_redirect_target(
         &mut self,
-        maps: &mut DataplaneMaps,
+        maps: &mut impl SteeringMaps,
         ifindex: u32,
         target: bool,
-    ) -> Vec<(usize, Offloaded)> {
+    ) -> Vec<SessionOf> {
         let paths = self
             .uplinks
             .values_mut()
@@ -327,26 +413,29 @@ impl Offloads {
         if target {
             return Vec::new();
         }
-        let stale = self.remove_where(maps, |_, _, inst| {
+        let stale = self.remove_where(maps, |_, inst| {
             inst.keys
                 .iter()
-                .zip(inst.out_ifindex)
-                .any(|(k, out)| k.is_some() && out == ifindex)
+                .zip(inst.out_ifindex.iter())
+                .any(|(k, out)| k.is_some() && *out == ifindex)
         });
         self.target_invalidations += stale.len() as u64;
         stale
     }
 
     /// The devices offloads may redirect to, with what was last recorded of them.
-    pub fn redirect_targets(&self) -> Vec<(u32, bool)> {
-        self.uplinks
+    pub fn redirect_targets(&self) -> Vec<RedirectTarget> {
+        let uplinks = self
+            .uplinks
             .values()
-            .map(|u| (u.ifindex, u.redirect_target))
-            .chain(
-                self.endpoints
-                    .values()
-                    .map(|e| (e.ifindex, e.redirect_target)),
-            )
+            .map(|u| (u.ifindex, u.redirect_target));
+        let endpoints = self
+            .endpoints
+            .values()
+            .map(|e| (e.ifindex, e.redirect_target));
+        uplinks
+            .chain(endpoints)
+            .map(|(ifindex, accepts)| RedirectTarget { ifindex, accepts })
             .collect()
     }
 
@@ -354,7 +443,7 @@ impl Offloads {
     /// of its two devices accepts XDP redirects); `None` if the endpoint does not
     /// offload.
     pub fn can_offload(&self, idx: usize, ip: Ipv4Addr) -> Option<bool> {
-        let ep = self.endpoints.get(&(idx, ip))?;
+        let ep = self.endpoints.get(&EndpointOf { uplink: idx, ip })?;
         Some(ep.redirect_target || self.uplink_redirect_target(idx))
     }
 
@@ -364,39 +453,42 @@ impl Offloads {
     }
 
     /// Removes a session's entries (the translator took it back). Absent is fine.
-    pub fn remove(&mut self, maps: &mut DataplaneMaps, idx: usize, o: &Offloaded) {
-        if let Some(inst) = self.installed.remove(&(idx, *o)) {
-            self.retire(maps, idx, o, &inst);
+    pub fn remove(&mut self, maps: &mut impl SteeringMaps, idx: usize, o: &Offloaded) {
+        let of = SessionOf {
+            uplink: idx,
+            session: *o,
+        };
+        if let Some(inst) = self.installed.remove(&of) {
+            self.retire(maps, &of, &inst);
         }
     }
 
-    fn retire(&mut self, maps: &mut DataplaneMaps, idx: usize, o: &Offloaded, inst: &Installed) {
-        let [out, inb] = inst.read(maps);
+    fn retire(&mut self, maps: &mut impl SteeringMaps, of: &SessionOf, inst: &Installed) {
         self.retired
-            .entry((idx, *o.inside.ip()))
+            .entry(of.endpoint())
             .or_default()
-            .add(&out, &inb);
+            .add(&inst.read(maps));
         for k in inst.keys.iter().flatten() {
             let _ = maps.remove_flow(k);
         }
         self.removals += 1;
     }
 
-    /// Removes every session `pred(uplink, session, entries)` selects; returns them,
-    /// so the caller can hand them back to their translators.
+    /// Removes every session `pred(session, entries)` selects; returns them, so the
+    /// caller can hand them back to their translators.
     fn remove_where(
         &mut self,
-        maps: &mut DataplaneMaps,
-        mut pred: impl FnMut(usize, &Offloaded, &Installed) -> bool,
-    ) -> Vec<(usize, Offloaded)> {
-        let chosen: Vec<(usize, Offloaded)> = self
+        maps: &mut impl SteeringMaps,
+        mut pred: impl FnMut(&SessionOf, &Installed) -> bool,
+    ) -> Vec<SessionOf> {
+        let chosen: Vec<SessionOf> = self
             .installed
             .iter()
-            .filter(|((u, o), inst)| pred(*u, o, inst))
-            .map(|(k, _)| *k)
+            .filter(|(s, inst)| pred(s, inst))
+            .map(|(s, _)| *s)
             .collect();
-        for (u, o) in &chosen {
-            self.remove(maps, *u, o);
+        for s in &chosen {
+            self.remove(maps, s.uplink, &s.session);
         }
         chosen
     }
@@ -407,20 +499,24 @@ impl Offloads {
         &self,
         remotes: &[Ipv4Addr],
         mut current: impl FnMut(Ipv4Addr) -> Option<[u8; 6]>,
-    ) -> Vec<(usize, Offloaded)> {
+    ) -> Vec<SessionOf> {
         self.installed
             .iter()
-            .filter(|((_, o), inst)| {
-                remotes.contains(o.remote.ip())
-                    && current(*o.remote.ip()) != Some(inst.next_hop_mac)
+            .filter(|(s, inst)| {
+                let remote = *s.session.remote.ip();
+                remotes.contains(&remote) && current(remote) != Some(inst.next_hop_mac)
             })
-            .map(|(k, _)| *k)
+            .map(|(s, _)| *s)
             .collect()
     }
 
     /// The remote addresses of the installed sessions (each once).
     pub fn remotes(&self) -> Vec<Ipv4Addr> {
-        let mut r: Vec<Ipv4Addr> = self.installed.keys().map(|(_, o)| *o.remote.ip()).collect();
+        let mut r: Vec<Ipv4Addr> = self
+            .installed
+            .keys()
+            .map(|s| *s.session.remote.ip())
+            .collect();
         r.sort_unstable();
         r.dedup();
         r
@@ -430,13 +526,16 @@ impl Offloads {
     /// clock (`now` and the kernel's monotonic clock read together).
     pub fn last_seen(
         &self,
-        maps: &DataplaneMaps,
+        maps: &impl SteeringMaps,
         idx: usize,
         o: &Offloaded,
         now: Instant,
         now_mono_ns: u64,
     ) -> Option<Instant> {
-        let inst = self.installed.get(&(idx, *o))?;
+        let inst = self.installed.get(&SessionOf {
+            uplink: idx,
+            session: *o,
+        })?;
         let newest = inst
             .keys
             .iter()
@@ -449,13 +548,11 @@ impl Offloads {
         now.checked_sub(ago)
     }
 
-    /// Offloaded traffic per (uplink, container address): removed flows plus the live
-    /// ones read now.
-    pub fn traffic(&self, maps: &DataplaneMaps) -> HashMap<(usize, Ipv4Addr), OffloadTraffic> {
+    /// Offloaded traffic per endpoint: removed flows plus the live ones read now.
+    pub fn traffic(&self, maps: &impl SteeringMaps) -> HashMap<EndpointOf, OffloadTraffic> {
         let mut t = self.retired.clone();
-        for ((idx, o), inst) in &self.installed {
-            let [out, inb] = inst.read(maps);
-            t.entry((*idx, *o.inside.ip())).or_default().add(&out, &inb);
+        for (s, inst) in &self.installed {
+            t.entry(s.endpoint()).or_default().add(&inst.read(maps));
         }
         t
     }
@@ -494,30 +591,167 @@ mod tests {
     use super::*;
     use std::net::SocketAddrV4;
 
-    #[test]
-    fn entries_mirror_the_translators_rewrite() {
-        let o = Offloaded {
+    use crate::fastpath::fakes::FakeMaps;
+
+    const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const NH: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+    fn session() -> Offloaded {
+        Offloaded {
             protocol: Protocol::Tcp,
-            inside: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 43512),
+            inside: SocketAddrV4::new(INSIDE, 43512),
             remote: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 80),
             external_port: 61003,
-        };
-        let up = UplinkPath {
+        }
+    }
+
+    fn uplink(redirect_target: bool) -> UplinkPath {
+        UplinkPath {
             ifindex: 2,
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             external_ip: Ipv4Addr::new(192, 0, 2, 1),
-            redirect_target: true,
-        };
-        let ep = EndpointPath {
+            redirect_target,
+        }
+    }
+
+    fn endpoint(redirect_target: bool) -> EndpointPath {
+        EndpointPath {
             ifindex: 9,
             mac: [2, 0, 0, 0, 1, 2],
             gateway_mac: [2, 0, 0, 0, 1, 1],
             mtu: 1400,
-            redirect_target: true,
+            redirect_target,
+        }
+    }
+
+    /// Uplink 0 and the endpoint `INSIDE` on it, each accepting redirects or not.
+    fn registered(up: bool, ep: bool) -> (Offloads, FakeMaps) {
+        let (mut offloads, mut maps) = (Offloads::default(), FakeMaps::default());
+        offloads
+            .add_uplink(&mut maps, 0, uplink(up))
+            .expect("uplink");
+        offloads
+            .add_endpoint(&mut maps, 0, INSIDE, endpoint(ep))
+            .expect("endpoint");
+        (offloads, maps)
+    }
+
+    #[test]
+    fn install_writes_both_entries_and_remove_takes_them_back() {
+        let (mut offloads, mut maps) = registered(true, true);
+        assert_eq!(maps.devs.iter().copied().collect::<Vec<_>>(), [2, 9]);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let want = flow_entries(&o, &uplink(true), NH, &endpoint(true));
+        for e in want.iter() {
+            assert_eq!(maps.flows.get(&e.key), Some(&e.action));
+        }
+        assert_eq!(
+            (offloads.len(), offloads.installs, offloads.one_way),
+            (1, 1, 0)
+        );
+        assert_eq!(offloads.remotes(), [*o.remote.ip()]);
+        assert_eq!(offloads.can_offload(0, INSIDE), Some(true));
+
+        // The program counted frames; they stay in the endpoint's traffic after removal.
+        for e in want.iter() {
+            maps.flows.get_mut(&e.key).expect("entry").packets = 3;
+        }
+        offloads.remove(&mut maps, 0, &o);
+        assert!(maps.flows.is_empty());
+        assert_eq!((offloads.len(), offloads.removals), (0, 1));
+        let of = EndpointOf {
+            uplink: 0,
+            ip: INSIDE,
         };
-        let nh = [2, 0, 0, 0, 0, 0xfe];
-        let [(ok, oa), (ik, ia)] = flow_entries(&o, &up, nh, &ep);
+        let t = offloads.traffic(&maps)[&of];
+        assert_eq!((t.out_frames, t.in_frames), (3, 3));
+
+        offloads.remove_endpoint(&mut maps, 0, INSIDE);
+        offloads.remove_uplink(&mut maps, 0);
+        assert!(maps.devs.is_empty());
+        assert!(offloads.traffic(&maps).is_empty());
+    }
+
+    #[test]
+    fn only_directions_whose_device_takes_redirects_go_to_xdp() {
+        let (mut offloads, mut maps) = registered(false, true);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let want = flow_entries(&o, &uplink(false), NH, &endpoint(true));
+        assert_eq!(maps.flows.keys().collect::<Vec<_>>(), [&want.inbound.key]);
+        assert_eq!(offloads.one_way, 1);
+
+        let (mut offloads, mut maps) = registered(false, false);
+        assert_eq!(offloads.can_offload(0, INSIDE), Some(false));
+        let e = offloads.install(&mut maps, 0, &o, NH).unwrap_err();
+        assert!(matches!(e, NotOffloaded::NoRedirectTarget), "{e:?}");
+        assert!(!e.is_failure());
+        assert!(maps.flows.is_empty());
+        assert_eq!((offloads.len(), offloads.declined), (0, 1));
+    }
+
+    #[test]
+    fn a_refused_write_leaves_nothing_installed() {
+        let (mut offloads, mut maps) = registered(true, true);
+        maps.flow_writes_left = Some(1);
+        let e = offloads.install(&mut maps, 0, &session(), NH).unwrap_err();
+        assert!(matches!(e, NotOffloaded::Map(_)) && e.is_failure(), "{e:?}");
+        assert!(maps.flows.is_empty(), "the outbound entry was taken back");
+        assert_eq!((offloads.len(), offloads.failures), (0, 1));
+        let e = Offloads::default()
+            .install(&mut maps, 0, &session(), NH)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "uplink not registered");
+    }
+
+    #[test]
+    fn sessions_leave_xdp_when_their_next_hop_or_device_changes() {
+        let (mut offloads, mut maps) = registered(true, true);
+        let o = session();
+        offloads.install(&mut maps, 0, &o, NH).expect("installed");
+        let remote = *o.remote.ip();
+        assert!(offloads.stale_next_hops(&[remote], |_| Some(NH)).is_empty());
+        let moved = offloads.stale_next_hops(&[remote], |_| Some([2, 0, 0, 0, 0, 0xfd]));
+        let this = SessionOf {
+            uplink: 0,
+            session: o,
+        };
+        assert_eq!(moved, [this]);
+        assert_eq!(offloads.stale_next_hops(&[remote], |_| None), [this]);
+
+        let targets = offloads.redirect_targets();
+        assert!(targets.contains(&RedirectTarget {
+            ifindex: 9,
+            accepts: true
+        }));
+        assert!(offloads.set_redirect_target(&mut maps, 9, true).is_empty());
+        assert_eq!(offloads.set_redirect_target(&mut maps, 9, false), [this]);
+        assert!(maps.flows.is_empty());
+        assert_eq!(offloads.target_invalidations, 1);
+        assert_eq!(
+            offloads.can_offload(0, INSIDE),
+            Some(true),
+            "the uplink still does"
+        );
+    }
+
+    #[test]
+    fn entries_mirror_the_translators_rewrite() {
+        let o = session();
+        let (up, ep) = (uplink(true), endpoint(true));
+        let nh = NH;
+        let Both {
+            outbound: FlowEntry {
+                key: ok,
+                action: oa,
+            },
+            inbound: FlowEntry {
+                key: ik,
+                action: ia,
+            },
+        } = flow_entries(&o, &up, nh, &ep);
         // Keys hold wire bytes.
         assert_eq!(ok.ifindex, 9);
         assert_eq!(ok.src.to_ne_bytes(), [10, 0, 0, 2]);

@@ -161,8 +161,8 @@ pub enum XdpError {
     /// Detaching failed on one or more interfaces (each is still attempted).
     #[error("cannot detach XDP from {}", format_failures(.failures))]
     Detach {
-        /// Interface and error, for each failure.
-        failures: Vec<(String, String)>,
+        /// Each interface that kept the program, and why.
+        failures: Vec<DetachFailure>,
     },
 
     /// The statistics map could not be read.
@@ -236,6 +236,41 @@ fn is_enoent(err: &MapError) -> bool {
     }
 }
 
+/// `key` with its padding zeroed: the kernel hashes the raw bytes.
+fn padded(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        _pad: [0; 3],
+        ..*key
+    }
+}
+
+/// The keys a map's key iterator yields, sorted; a failure is `map`'s, doing `what`.
+fn sorted_keys<K: Ord>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    map: &'static str,
+    what: &str,
+) -> Result<Vec<K>, XdpError> {
+    let mut keys = keys
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_error(map, what.into(), &e))?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// The value of a map lookup or removal, `None` where the key is absent (not an error);
+/// any other failure is `map`'s, doing `what`.
+fn unless_absent<T>(
+    result: Result<T, MapError>,
+    map: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, XdpError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(map_error(map, what(), &e)),
+    }
+}
+
 /// Checks what the program relies on: a known kind and socket slots inside `XSKS`.
 fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
     let invalid = |reason: String| Err(XdpError::InvalidIface { ifindex, reason });
@@ -272,12 +307,23 @@ fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
     Ok(())
 }
 
-fn format_failures(failures: &[(String, String)]) -> String {
-    failures
-        .iter()
-        .map(|(ifname, cause)| format!("`{ifname}` ({cause})"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// An interface the program could not be detached from, and why (the error with its
+/// causes, as one line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetachFailure {
+    pub ifname: String,
+    pub cause: String,
+}
+
+impl fmt::Display for DetachFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` ({})", self.ifname, self.cause)
+    }
+}
+
+fn format_failures(failures: &[DetachFailure]) -> String {
+    let each: Vec<String> = failures.iter().map(DetachFailure::to_string).collect();
+    each.join(", ")
 }
 
 /// An error and all its sources as one line: aya's own messages are terse ("`bpf_link_create`
@@ -602,8 +648,8 @@ impl XdpProgram {
                 ifname: ifname.to_string(),
             })?;
         self.detach_one(ifname, attachment)
-            .map_err(|cause| XdpError::Detach {
-                failures: vec![(ifname.to_string(), cause)],
+            .map_err(|failure| XdpError::Detach {
+                failures: vec![failure],
             })
     }
 
@@ -611,13 +657,9 @@ impl XdpProgram {
     /// fail, and reports every failure.
     pub fn detach_all(&mut self) -> Result<(), XdpError> {
         let attachments = std::mem::take(&mut self.attachments);
-        let failures: Vec<(String, String)> = attachments
+        let failures: Vec<DetachFailure> = attachments
             .into_iter()
-            .filter_map(|(ifname, attachment)| {
-                self.detach_one(&ifname, attachment)
-                    .err()
-                    .map(|cause| (ifname, cause))
-            })
+            .filter_map(|(ifname, attachment)| self.detach_one(&ifname, attachment).err())
             .collect();
         if failures.is_empty() {
             Ok(())
@@ -626,8 +668,12 @@ impl XdpProgram {
         }
     }
 
-    fn detach_one(&mut self, ifname: &str, attachment: Attachment) -> Result<(), String> {
-        let program = xdp_mut(&mut self.ebpf).map_err(|e| e.to_string())?;
+    fn detach_one(&mut self, ifname: &str, attachment: Attachment) -> Result<(), DetachFailure> {
+        let failure = |cause| DetachFailure {
+            ifname: ifname.to_string(),
+            cause,
+        };
+        let program = xdp_mut(&mut self.ebpf).map_err(|e| failure(e.to_string()))?;
         match program.detach(attachment.link) {
             Ok(()) => {
                 tracing::info!(ifname, "detached XDP program");
@@ -637,7 +683,7 @@ impl XdpProgram {
                 tracing::info!(ifname, "interface gone; XDP program went with it");
                 Ok(())
             }
-            Err(e) => Err(chain(&e)),
+            Err(e) => Err(failure(chain(&e))),
         }
     }
 
@@ -685,15 +731,10 @@ impl XdpProgram {
     /// Removing an interface that is not configured is not an error.
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), XdpError> {
         let mut map = self.ifaces_mut()?;
-        match map.remove(&ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                IFACES_MAP,
-                format!("remove interface {ifindex}"),
-                &e,
-            )),
-        }
+        unless_absent(map.remove(&ifindex), IFACES_MAP, || {
+            format!("remove interface {ifindex}")
+        })
+        .map(|_| ())
     }
 
     fn ifaces_mut(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, XdpError> {
@@ -852,26 +893,15 @@ impl DataplaneMaps {
     /// Gives `key` back to the kernel. Removing an absent key is not an error.
     pub fn remove_port(&mut self, key: &PortKey) -> Result<(), XdpError> {
         let key = PortKey { _pad: 0, ..*key };
-        match self.ports.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                PORTS_MAP,
-                format!("remove {}", describe_key(&key)),
-                &e,
-            )),
-        }
+        unless_absent(self.ports.remove(&key), PORTS_MAP, || {
+            format!("remove {}", describe_key(&key))
+        })
+        .map(|_| ())
     }
 
     /// Every key in `PORTS`, sorted.
     pub fn ports(&self) -> Result<Vec<PortKey>, XdpError> {
-        let mut keys = self
-            .ports
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(PORTS_MAP, "list the ports".into(), &e))?;
-        keys.sort();
-        Ok(keys)
+        sorted_keys(self.ports.keys(), PORTS_MAP, "list the ports")
     }
 
     /// Removes every published port and steered session of the uplink address `addr`
@@ -893,10 +923,7 @@ impl DataplaneMaps {
     /// tuple as it arrives on the uplink ([`steered_session_key`]). Setting a present
     /// key again is not an error.
     pub fn set_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         self.sessions
             .insert(key, 0, 0)
             .map_err(|e| map_error(SESSIONS_MAP, format!("add session {key:?}"), &e))
@@ -905,30 +932,16 @@ impl DataplaneMaps {
     /// Gives a session's replies back to the kernel. Removing an absent key is not an
     /// error.
     pub fn remove_session(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
-        match self.sessions.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(
-                SESSIONS_MAP,
-                format!("remove session {key:?}"),
-                &e,
-            )),
-        }
+        let key = padded(key);
+        unless_absent(self.sessions.remove(&key), SESSIONS_MAP, || {
+            format!("remove session {key:?}")
+        })
+        .map(|_| ())
     }
 
     /// Every key in `SESSIONS`, sorted.
     pub fn sessions(&self) -> Result<Vec<FlowKey>, XdpError> {
-        let mut keys = self
-            .sessions
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| map_error(SESSIONS_MAP, "list the sessions".into(), &e))?;
-        keys.sort();
-        Ok(keys)
+        sorted_keys(self.sessions.keys(), SESSIONS_MAP, "list the sessions")
     }
 
     /// Puts the AF_XDP socket `fd` in `slot`: frames steered there go to it. The socket
@@ -948,10 +961,7 @@ impl DataplaneMaps {
     /// the program as `action` says and redirected to `action.out_ifindex`, which must be
     /// in `DEVS` ([`DataplaneMaps::set_dev`]) first.
     pub fn set_flow(&mut self, key: &FlowKey, action: &FlowAction) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
+        let key = padded(key);
         self.flows
             .insert(key, action, 0)
             .map_err(|e| map_error(FLOWS_MAP, format!("add flow {key:?}"), &e))
@@ -959,29 +969,20 @@ impl DataplaneMaps {
 
     /// The flow's current entry (with the program's `last_seen`, `packets`, `bytes`).
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowAction>, XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
-        match self.flows.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(map_error(FLOWS_MAP, format!("read flow {key:?}"), &e)),
-        }
+        let key = padded(key);
+        unless_absent(self.flows.get(&key, 0), FLOWS_MAP, || {
+            format!("read flow {key:?}")
+        })
     }
 
     /// Removes a flow: its frames take the translator's path again. Absent is not an
     /// error.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), XdpError> {
-        let key = FlowKey {
-            _pad: [0; 3],
-            ..*key
-        };
-        match self.flows.remove(&key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(FLOWS_MAP, format!("remove flow {key:?}"), &e)),
-        }
+        let key = padded(key);
+        unless_absent(self.flows.remove(&key), FLOWS_MAP, || {
+            format!("remove flow {key:?}")
+        })
+        .map(|_| ())
     }
 
     /// Every flow entry, for status and tests.
@@ -1009,15 +1010,12 @@ impl DataplaneMaps {
     /// Removes `ifindex` from the redirect targets (after its flows). Absent is not an
     /// error.
     pub fn remove_dev(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        match self.devs.remove(ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(DEVS_MAP, format!("remove device {ifindex}"), &e)),
-        }
+        unless_absent(self.devs.remove(ifindex), DEVS_MAP, || {
+            format!("remove device {ifindex}")
+        })
+        .map(|_| ())
     }
 
-    /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
-    /// an empty slot is not an error.
     /// Makes `HOSTFW` exactly `entries` (far prefix as octets and length, what of it
     /// stays on the kernel's path) and turns its lookup on when there are any (off
     /// when none). Prefixes no longer wanted go first, then the wanted ones are written
@@ -1061,15 +1059,16 @@ impl DataplaneMaps {
             .map_err(|e| map_error(HOSTFW_ON_MAP, format!("set {on}"), &e))
     }
 
+    /// Empties `slot`: frames steered there pass to the kernel (`xsk-missing`). Clearing
+    /// an empty slot is not an error.
     pub fn clear_xsk(&mut self, slot: u32) -> Result<(), XdpError> {
         if slot >= MAX_XSKS {
             return Err(XdpError::InvalidSlot { slot });
         }
-        match self.xsks.unset(slot) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            Err(e) => Err(map_error(XSKS_MAP, format!("clear socket slot {slot}"), &e)),
-        }
+        unless_absent(self.xsks.unset(slot), XSKS_MAP, || {
+            format!("clear socket slot {slot}")
+        })
+        .map(|_| ())
     }
 }
 
@@ -1418,7 +1417,16 @@ mod tests {
         };
         assert!(err.to_string().contains("nosuch0"));
         let err = XdpError::Detach {
-            failures: vec![("a0".into(), "x".into()), ("b0".into(), "y".into())],
+            failures: vec![
+                DetachFailure {
+                    ifname: "a0".into(),
+                    cause: "x".into(),
+                },
+                DetachFailure {
+                    ifname: "b0".into(),
+                    cause: "y".into(),
+                },
+            ],
         };
         assert_eq!(err.to_string(), "cannot detach XDP from `a0` (x), `b0` (y)");
     }
