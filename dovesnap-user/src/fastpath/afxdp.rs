@@ -81,8 +81,6 @@ const ANCHOR_RING: u32 = 64;
 /// Smallest and largest frame size of an aligned UMEM (the kernel's limits).
 const MIN_FRAME_SIZE: u32 = 2048;
 const MAX_FRAME_SIZE: u32 = 4096;
-/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
-const IFNAME_MAX: usize = 15;
 
 /// Everything that can go wrong creating or driving the AF_XDP sockets.
 #[derive(Debug, Error)]
@@ -222,7 +220,7 @@ impl XskConfig {
         {
             return bad(format!("frame_count {} is too large", self.frame_count));
         }
-        if self.anchor_ifname.is_empty() || self.anchor_ifname.len() > IFNAME_MAX {
+        if crate::host::ifname::check(&self.anchor_ifname).is_err() {
             return bad(format!(
                 "anchor_ifname {:?} is not an interface name",
                 self.anchor_ifname
@@ -718,8 +716,8 @@ impl Xsk {
             queue,
             cause,
         };
-        if ifname.is_empty() || ifname.len() > IFNAME_MAX {
-            return Err(bind_err("not an interface name".into()));
+        if let Err(e) = crate::host::ifname::check(ifname) {
+            return Err(bind_err(format!("not an interface name: {e}")));
         }
         let iface: Interface = ifname
             .parse()

@@ -54,8 +54,7 @@ fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dovesnap-ebpf"))
 }
 
-/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
-const IFNAME_MAX: usize = 15;
+use crate::host::ifname::IFNAME_MAX;
 
 /// Everything that can go wrong loading, attaching or reading the XDP program.
 #[derive(Debug, Error)]
@@ -401,20 +400,9 @@ fn refused_or<E: StdError + 'static>(
 
 /// Checks `ifname` the way the kernel would, before it reaches a `CString` or netlink.
 fn validate_ifname(ifname: &str) -> Result<(), XdpError> {
-    let ok = !ifname.is_empty()
-        && ifname.len() <= IFNAME_MAX
-        && ifname != "."
-        && ifname != ".."
-        && !ifname
-            .chars()
-            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(XdpError::InvalidInterfaceName {
-            ifname: ifname.to_string(),
-        })
-    }
+    crate::host::ifname::check(ifname).map_err(|_| XdpError::InvalidInterfaceName {
+        ifname: ifname.to_string(),
+    })
 }
 
 /// Whether an interface of that name exists in this network namespace.
