@@ -51,9 +51,10 @@ use crate::host::ethtool::{disable_tx_checksum, enable_gro};
 use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
-use crate::plugin::api::{self, ApiError, ApiResult, NetworkDriver};
-use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
+use crate::plugin::api::{self, ApiResult, NetworkDriver};
+use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions};
 
+mod error;
 mod model;
 mod nat;
 mod nat_fast;
@@ -61,10 +62,11 @@ mod overlay;
 mod reconcile;
 pub mod records;
 
+pub use error::{DriverError, DriverResult};
 use model::*;
 pub use model::{Endpoint, Ipam};
 use nat_fast::{fast_ports, fast_proto};
-use overlay::{integration_bridge, logical_port, ovn_err};
+use overlay::{integration_bridge, logical_port};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
@@ -130,8 +132,8 @@ pub struct Driver {
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
 /// other tasks.
-fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> ApiResult<T> {
-    tokio::task::block_in_place(f).map_err(|e| ApiError::new(e.to_string()))
+fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
+    Ok(tokio::task::block_in_place(f)?)
 }
 
 impl Driver {
@@ -308,20 +310,17 @@ impl Driver {
         Ok(())
     }
 
-    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
-        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())
-            .map_err(|e| ApiError::new(e.to_string()))?;
+        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())?;
         if options.mode == Mode::NatFast {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
         let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
         if let Some(v6) = req.ipv6_data.as_deref().and_then(|p| p.first()) {
-            return Err(ApiError::new(format!(
-                "IPv6 is not supported by dovesnap networks yet (Docker passed the IPv6 pool \
-                 {:?}); create the network without --ipv6",
-                v6.pool
-            )));
+            return Err(DriverError::Ipv6 {
+                pool: v6.pool.clone(),
+            });
         }
         let internal = req
             .options
@@ -329,15 +328,12 @@ impl Driver {
             .and_then(|o| o.get(DOCKER_INTERNAL_OPTION))
             .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
         if options.mode.is_nat() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
-            return Err(ApiError::new(format!(
-                "mode={} needs an IPv4 subnet and gateway from IPAM; give --subnet",
-                options.mode
-            )));
+            return Err(DriverError::NatWithoutSubnet(options.mode));
         }
 
         let mut networks = self.networks.lock().await;
         if networks.contains_key(id) {
-            return Err(ApiError::new(format!("network {id} already exists")));
+            return Err(DriverError::NetworkExists(id.to_string()));
         }
         if options.mode == Mode::Overlay {
             let net = self.create_overlay_network(id, options, ipam).await?;
@@ -351,34 +347,24 @@ impl Driver {
             .clone()
             .unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &id[..8]));
         if let Some(other) = networks.values().find(|n| n.bridge == bridge) {
-            return Err(ApiError::new(format!(
-                "bridge {bridge} already serves network {}; choose another ovs.bridge.name",
-                other.id
-            )));
+            return Err(DriverError::BridgeInUse {
+                bridge,
+                other: other.id.clone(),
+            });
         }
-        let found = self.ovs.bridge(&bridge).await.map_err(ovs_err)?;
+        let found = self.ovs.bridge(&bridge).await?;
         let datapath_type = if options.existing {
             existing_bridge(&bridge, found)?
         } else {
             if found.is_some() {
-                return Err(ApiError::new(format!(
-                    "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
-                     choose another ovs.bridge.name, or attach the network to it with \
-                     -o ovs.bridge.existing=true"
-                )));
+                return Err(DriverError::BridgeNotOurs(bridge));
             }
-            if self.netlink.exists(&bridge).await.map_err(nl_err)? {
-                return Err(ApiError::new(format!(
-                    "a host interface named {bridge} already exists; choose another \
-                     ovs.bridge.name"
-                )));
+            if self.netlink.exists(&bridge).await? {
+                return Err(DriverError::InterfaceExists(bridge));
             }
             for up in &options.add_ports {
-                if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
-                    return Err(ApiError::new(format!(
-                        "ovs.bridge.add_ports names {}, but the host has no such interface",
-                        up.name
-                    )));
+                if !self.netlink.exists(&up.name).await? {
+                    return Err(DriverError::NoSuchPort(up.name.clone()));
                 }
             }
             if options.userspace {
@@ -402,13 +388,9 @@ impl Driver {
             // The administrator's bridge: only the network's record goes on it.
             self.ovs
                 .update_bridge_external_ids(&net.bridge, &network_record(&net), &[])
-                .await
-                .map_err(ovs_err)?;
+                .await?;
         } else {
-            self.ovs
-                .create_bridge(&bridge_spec(&net))
-                .await
-                .map_err(ovs_err)?;
+            self.ovs.create_bridge(&bridge_spec(&net)).await?;
         }
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
@@ -422,7 +404,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn delete_network_inner(&self, req: api::NetworkRequest) -> ApiResult<()> {
+    async fn delete_network_inner(&self, req: api::NetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
         let mut networks = self.networks.lock().await;
         let Some(net) = networks.get(id) else {
@@ -446,10 +428,10 @@ impl Driver {
             self.release_bridge(net, &mut errors).await;
         }
         if !errors.is_empty() {
-            return Err(ApiError::new(format!(
-                "could not fully remove network {id}: {}",
-                errors.join("; ")
-            )));
+            return Err(DriverError::Incomplete {
+                what: format!("network {id}"),
+                errors,
+            });
         }
         info!(network = %id, bridge = %net.bridge, "deleted network");
         networks.remove(id);
@@ -486,39 +468,30 @@ impl Driver {
     async fn create_endpoint_inner(
         &self,
         req: api::CreateEndpointRequest,
-    ) -> ApiResult<api::CreateEndpointResponse> {
+    ) -> DriverResult<api::CreateEndpointResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())
-            .map_err(|e| ApiError::new(e.to_string()))?;
+        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())?;
         let iface = req.interface.unwrap_or_default();
         let address = iface.address.clone();
         if !address.is_empty() {
-            parse_cidr(&address).ok_or_else(|| {
-                ApiError::new(format!("endpoint address {address:?} is not an IPv4 CIDR"))
-            })?;
+            parse_cidr(&address).ok_or_else(|| DriverError::BadAddress(address.clone()))?;
         }
         let (mac, mac_from_us) = if iface.mac_address.is_empty() {
             (generate_mac(&address, eid), true)
         } else {
-            let mac = parse_mac(&iface.mac_address).ok_or_else(|| {
-                ApiError::new(format!(
-                    "endpoint MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
-                    iface.mac_address
-                ))
-            })?;
+            let mac = parse_mac(&iface.mac_address)
+                .ok_or_else(|| DriverError::BadMac(iface.mac_address.clone()))?;
             (mac, false)
         };
 
         let mut networks = self.networks.lock().await;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if net.endpoints.contains_key(eid) {
-            return Err(ApiError::new(format!("endpoint {eid} already exists")));
+            return Err(DriverError::EndpointExists(eid.to_string()));
         }
         if net.overlay.is_some() && endpoint_options.vlan.is_some() {
-            return Err(ApiError::new(format!(
-                "{PORT_VLAN} is not for overlay networks: OVN gives their ports no VLAN"
-            )));
+            return Err(DriverError::VlanOnOverlay);
         }
         let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
@@ -538,8 +511,7 @@ impl Driver {
                 let spec = logical_port(ov, &ep);
                 self.northbound(&ov.northbound)
                     .add_port(&ov.switch, &spec)
-                    .await
-                    .map_err(ovn_err)?;
+                    .await?;
                 Some((ov.clone(), spec.name))
             }
             None => None,
@@ -566,9 +538,9 @@ impl Driver {
     /// The veth pair of an endpoint, its host end a port of the network's bridge (for
     /// overlay, of the integration bridge, bound to the endpoint's logical port). On
     /// failure nothing is left behind.
-    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> ApiResult<()> {
+    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> DriverResult<()> {
         // A leftover from a crash between veth and port creation is ours to replace.
-        self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
+        self.netlink.delete(&ep.host_ifname).await?;
         self.netlink
             .create_veth(
                 &ep.host_ifname,
@@ -576,22 +548,21 @@ impl Driver {
                 Some(mac),
                 net.options.mtu,
             )
-            .await
-            .map_err(nl_err)?;
+            .await?;
         if let Err(e) = self.prepare_container_end(net, &ep.container_ifname).await {
             let _ = self.netlink.delete(&ep.host_ifname).await;
-            return Err(nl_err(e));
+            return Err(e.into());
         }
         let port = port_spec(net, ep);
         if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
             // Leave nothing behind: the veth goes with the failed port.
             let _ = self.netlink.delete(&ep.host_ifname).await;
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         Ok(())
     }
 
-    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let mut networks = self.networks.lock().await;
@@ -629,17 +600,17 @@ impl Driver {
             }
         }
         if !errors.is_empty() {
-            return Err(ApiError::new(format!(
-                "could not fully remove endpoint {eid}: {}",
-                errors.join("; ")
-            )));
+            return Err(DriverError::Incomplete {
+                what: format!("endpoint {eid}"),
+                errors,
+            });
         }
         net.endpoints.remove(eid);
         info!(network = %nid, endpoint = %eid, "deleted endpoint");
         Ok(())
     }
 
-    async fn join_inner(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+    async fn join_inner(&self, req: api::JoinRequest) -> DriverResult<api::JoinResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let mut networks = self.networks.lock().await;
@@ -648,17 +619,11 @@ impl Driver {
             .endpoints
             .get_mut(eid)
             .ok_or_else(|| unknown_endpoint(nid, eid))?;
-        if !self
-            .netlink
-            .exists(&ep.container_ifname)
-            .await
-            .map_err(nl_err)?
-        {
-            return Err(ApiError::new(format!(
-                "the container end {} of endpoint {eid} is gone (deleted behind dovesnap's back?); \
-                 disconnect and reconnect the container",
-                ep.container_ifname
-            )));
+        if !self.netlink.exists(&ep.container_ifname).await? {
+            return Err(DriverError::ContainerEndGone {
+                endpoint: eid.to_string(),
+                ifname: ep.container_ifname.clone(),
+            });
         }
         // The reconciler needs the container's namespace to re-create a lost veth.
         // Only a namespace in Docker's netns folder: the one the reconciler may enter.
@@ -701,7 +666,7 @@ impl Driver {
     async fn endpoint_info_inner(
         &self,
         req: api::EndpointRequest,
-    ) -> ApiResult<api::EndpointInfoResponse> {
+    ) -> DriverResult<api::EndpointInfoResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let networks = self.networks.lock().await;
@@ -716,43 +681,8 @@ impl Driver {
         value.insert("mac".into(), ep.mac.clone().into());
         Ok(api::EndpointInfoResponse { value })
     }
-}
 
-impl NetworkDriver for Driver {
-    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
-        self.create_network_inner(req).await
-    }
-    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
-        self.delete_network_inner(req).await
-    }
-    async fn create_endpoint(
-        &self,
-        req: api::CreateEndpointRequest,
-    ) -> ApiResult<api::CreateEndpointResponse> {
-        self.create_endpoint_inner(req).await
-    }
-    async fn endpoint_info(
-        &self,
-        req: api::EndpointRequest,
-    ) -> ApiResult<api::EndpointInfoResponse> {
-        self.endpoint_info_inner(req).await
-    }
-    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        self.delete_endpoint_inner(req).await
-    }
-    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
-        self.join_inner(req).await
-    }
-    async fn program_external_connectivity(
-        &self,
-        req: api::ProgramExternalConnectivityRequest,
-    ) -> ApiResult<()> {
-        self.program_external_inner(req).await
-    }
-    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        self.revoke_external_inner(req).await
-    }
-    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
+    async fn leave_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let mut networks = self.networks.lock().await;
@@ -768,6 +698,46 @@ impl NetworkDriver for Driver {
             }
         }
         Ok(())
+    }
+}
+
+/// Docker's calls: the driver's typed errors become `{"Err": ...}` here.
+impl NetworkDriver for Driver {
+    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        Ok(self.create_network_inner(req).await?)
+    }
+    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        Ok(self.delete_network_inner(req).await?)
+    }
+    async fn create_endpoint(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        Ok(self.create_endpoint_inner(req).await?)
+    }
+    async fn endpoint_info(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        Ok(self.endpoint_info_inner(req).await?)
+    }
+    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.delete_endpoint_inner(req).await?)
+    }
+    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        Ok(self.join_inner(req).await?)
+    }
+    async fn program_external_connectivity(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        Ok(self.program_external_inner(req).await?)
+    }
+    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.revoke_external_inner(req).await?)
+    }
+    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.leave_inner(req).await?)
     }
 }
 
@@ -832,30 +802,18 @@ impl StatusSource for Driver {
 
 /// The datapath type of the existing bridge `name` a network attaches to
 /// (`ovs.bridge.existing`): it must be there, and serve no other dovesnap network.
-fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> ApiResult<String> {
+fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult<String> {
     let Some(br) = found else {
-        return Err(ApiError::new(format!(
-            "ovs.bridge.existing=true names the OVS bridge {name}, but OVS has no bridge of \
-             that name; make it first (ovs-vsctl add-br {name}) or leave out \
-             ovs.bridge.existing to let dovesnap create it"
-        )));
+        return Err(DriverError::NoExistingBridge(name.to_string()));
     };
     let other = [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
         .iter()
         .find_map(|k| br.external_ids.get(*k));
     if let Some(other) = other {
-        return Err(ApiError::new(format!(
-            "the OVS bridge {name} already serves dovesnap network {other}; a bridge serves \
-             one network, choose another ovs.bridge.name"
-        )));
+        return Err(DriverError::ExistingBridgeInUse {
+            bridge: name.to_string(),
+            other: other.clone(),
+        });
     }
     Ok(br.datapath_type)
-}
-
-fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {
-    ApiError::new(e.to_string())
-}
-
-fn nl_err(e: crate::host::netlink::NetlinkError) -> ApiError {
-    ApiError::new(e.to_string())
 }

@@ -172,20 +172,20 @@ pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
     }
 }
 
-pub(super) fn unknown_network(id: &str) -> ApiError {
-    ApiError::new(format!(
-        "network {id} is not known to dovesnap (was it created while another plugin served \
-         the ovs driver?)"
-    ))
+pub(super) fn unknown_network(id: &str) -> DriverError {
+    DriverError::UnknownNetwork(id.to_string())
 }
 
-pub(super) fn unknown_endpoint(nid: &str, eid: &str) -> ApiError {
-    ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+pub(super) fn unknown_endpoint(nid: &str, eid: &str) -> DriverError {
+    DriverError::UnknownEndpoint {
+        network: nid.to_string(),
+        endpoint: eid.to_string(),
+    }
 }
 
 /// Docker ids are 64 hex digits; anything else is refused before it reaches a name.
-pub(super) fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
-    records::check_id(what, id).map_err(ApiError::new)?;
+pub(super) fn valid_id<'a>(what: &'static str, id: &'a str) -> DriverResult<&'a str> {
+    records::check_id(what, id)?;
     Ok(id)
 }
 
@@ -196,20 +196,16 @@ pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 }
 
 /// The network's IPv4 addressing from Docker's IPAM data (first pool).
-pub(super) fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
+pub(super) fn ipam_from(pools: &[api::IpamData]) -> DriverResult<Ipam> {
     let Some(pool) = pools.first() else {
         return Ok(Ipam::default());
     };
     if pools.len() > 1 {
-        let all: Vec<&str> = pools.iter().map(|p| p.pool.as_str()).collect();
-        return Err(ApiError::new(format!(
-            "a dovesnap network has one IPv4 subnet, Docker passed {} ({}); give one --subnet",
-            pools.len(),
-            all.join(", ")
-        )));
+        return Err(DriverError::SeveralPools {
+            pools: pools.iter().map(|p| p.pool.clone()).collect(),
+        });
     }
-    parse_cidr(&pool.pool)
-        .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
+    parse_cidr(&pool.pool).ok_or_else(|| DriverError::BadPool(pool.pool.clone()))?;
     let gateway = if pool.gateway.is_empty() {
         None
     } else {
@@ -217,12 +213,7 @@ pub(super) fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
             parse_cidr(&pool.gateway)
                 .map(|(a, _)| a)
                 .or_else(|| pool.gateway.parse().ok())
-                .ok_or_else(|| {
-                    ApiError::new(format!(
-                        "IPAM gateway {:?} is not an IPv4 address",
-                        pool.gateway
-                    ))
-                })?,
+                .ok_or_else(|| DriverError::BadGateway(pool.gateway.clone()))?,
         )
     };
     Ok(Ipam {
@@ -261,7 +252,7 @@ mod tests {
             &"a".repeat(129),
         ] {
             let err = valid_id("network", bad).unwrap_err();
-            assert!(err.0.contains("invalid network id"), "{err}");
+            assert!(err.to_string().contains("invalid network id"), "{err}");
         }
     }
 
@@ -272,7 +263,7 @@ mod tests {
             ..Default::default()
         };
         let e = ipam_from(&[pool("10.0.0.0/24"), pool("10.0.1.0/24")]).unwrap_err();
-        assert!(e.0.contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
     }
 
     #[test]

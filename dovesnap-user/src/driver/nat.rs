@@ -6,14 +6,13 @@ use super::*;
 impl Driver {
     /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
     /// network's netfilter rules.
-    pub(super) async fn program_nat(&self, net: &Network) -> ApiResult<()> {
+    pub(super) async fn program_nat(&self, net: &Network) -> DriverResult<()> {
         let Some(nat) = net.nat(&self.fastpath_config) else {
             return Ok(());
         };
         self.netlink
             .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
-            .await
-            .map_err(nl_err)?;
+            .await?;
         fw(enable_ip_forward)?;
         fw(|| self.firewall.add_network(&nat))
     }
@@ -23,7 +22,7 @@ impl Driver {
     pub(super) async fn program_external_inner(
         &self,
         req: api::ProgramExternalConnectivityRequest,
-    ) -> ApiResult<()> {
+    ) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let mut networks = self.networks.lock().await;
@@ -41,16 +40,12 @@ impl Driver {
             .and_then(|o| o.get(PORT_MAP_OPTION))
             .cloned()
             .unwrap_or(serde_json::Value::Null);
-        let mappings = parse_port_map(&map).map_err(|e| ApiError::new(e.to_string()))?;
+        let mappings = parse_port_map(&map)?;
         if mappings.is_empty() || net.internal {
             return Ok(());
         }
         let ip = parse_cidr(&ep.address)
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "endpoint {eid} has no IPv4 address to publish ports to"
-                ))
-            })?
+            .ok_or_else(|| DriverError::NoAddressToPublish(eid.to_string()))?
             .0;
         let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
         let mut stored = ep.clone();
@@ -62,7 +57,7 @@ impl Driver {
             .await
         {
             let _ = fw(|| self.firewall.remove_ports(nid, eid));
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
         ep.published = published;
@@ -87,7 +82,10 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) async fn revoke_external_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
+    pub(super) async fn revoke_external_inner(
+        &self,
+        req: api::EndpointRequest,
+    ) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let mut networks = self.networks.lock().await;
@@ -118,7 +116,7 @@ impl Driver {
             .await
         {
             // A port deleted by hand keeps no record to update.
-            Err(e) if !e.is_not_found() => Err(ovs_err(e)),
+            Err(e) if !e.is_not_found() => Err(e.into()),
             _ => Ok(()),
         }
     }

@@ -52,37 +52,23 @@ impl Driver {
     }
 
     /// The uplink of a nat-fast network as it is now (address, MAC, queues).
-    pub(super) async fn uplink_spec(&self, net: &Network) -> ApiResult<fastpath::UplinkSpec> {
-        let name =
-            net.options.nat_uplink.clone().ok_or_else(|| {
-                ApiError::new(format!("nat-fast network {} has no uplink", net.id))
-            })?;
-        let link = self
-            .netlink
-            .get(&name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the nat-fast uplink {name} of network {} is gone",
-                    net.id
-                ))
-            })?;
+    pub(super) async fn uplink_spec(&self, net: &Network) -> DriverResult<fastpath::UplinkSpec> {
+        let name = (net.options.nat_uplink.clone())
+            .ok_or_else(|| DriverError::NoUplink(net.id.clone()))?;
+        let Some(link) = self.netlink.get(&name).await? else {
+            return Err(DriverError::UplinkGone {
+                uplink: name,
+                network: net.id.clone(),
+            });
+        };
         let ifindex = link.header.index;
-        let addr = *self
-            .netlink
-            .ipv4_addresses(ifindex)
-            .await
-            .map_err(nl_err)?
-            .first()
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the nat-fast uplink {name} has no IPv4 address to translate to"
-                ))
-            })?;
-        let mac = link_mac(&link).ok_or_else(|| {
-            ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
-        })?;
+        let addresses = self.netlink.ipv4_addresses(ifindex).await?;
+        let Some(&addr) = addresses.first() else {
+            return Err(DriverError::UplinkWithoutAddress(name));
+        };
+        let Some(mac) = link_mac(&link) else {
+            return Err(DriverError::UplinkWithoutMac(name));
+        };
         Ok(fastpath::UplinkSpec {
             rx_queues: fastpath::rx_queues(&name),
             name,
@@ -97,30 +83,22 @@ impl Driver {
         &self,
         net: &Network,
         ep: &Endpoint,
-    ) -> ApiResult<Option<EndpointSpec>> {
+    ) -> DriverResult<Option<EndpointSpec>> {
         let Some((ip, _)) = parse_cidr(&ep.address) else {
             return Ok(None);
         };
-        let nat = net
-            .nat(&self.fastpath_config)
-            .ok_or_else(|| ApiError::new(format!("network {} has no subnet", net.id)))?;
-        let gone = |what: &str| ApiError::new(format!("{what} of endpoint {} is gone", ep.id));
-        let host_ifindex = self
-            .netlink
-            .index(&ep.host_ifname)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| gone("the host end"))?;
-        let bridge = self
-            .netlink
-            .get(&net.bridge)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| gone("the bridge"))?;
+        let nat = (net.nat(&self.fastpath_config))
+            .ok_or_else(|| DriverError::NoSubnet(net.id.clone()))?;
+        let gone = |what| DriverError::EndpointPartGone {
+            what,
+            endpoint: ep.id.clone(),
+        };
+        let host_ifindex =
+            (self.netlink.index(&ep.host_ifname).await?).ok_or_else(|| gone("the host end"))?;
+        let bridge = (self.netlink.get(&net.bridge).await?).ok_or_else(|| gone("the bridge"))?;
         let bridge_ifindex = bridge.header.index;
         let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
-        let mac = parse_mac(&ep.mac)
-            .ok_or_else(|| ApiError::new(format!("endpoint {} has a bad MAC", ep.id)))?;
+        let mac = parse_mac(&ep.mac).ok_or_else(|| gone("a readable MAC"))?;
         Ok(Some(EndpointSpec {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex,
@@ -146,13 +124,13 @@ impl Driver {
             let Some(spec) = self.endpoint_spec(net, ep).await? else {
                 return Ok(None);
             };
-            Ok::<_, ApiError>(Some((spec, self.uplink_spec(net).await?)))
+            Ok::<_, DriverError>(Some((spec, self.uplink_spec(net).await?)))
         };
         let (spec, uplink) = match specs.await {
             Ok(Some((spec, uplink))) => (EndpointSpec { adopt, ..spec }, uplink),
             Ok(None) => return,
             Err(e) => {
-                warn!(endpoint = %ep.id, "staying on the kernel nat path: {}", e.0);
+                warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
                 return;
             }
         };
@@ -194,54 +172,23 @@ impl Driver {
 
     /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default
     /// route; it must exist, have an IPv4 address and not be one of the bridge's ports.
-    pub(super) async fn check_uplink(&self, options: &NetworkOptions) -> ApiResult<String> {
+    pub(super) async fn check_uplink(&self, options: &NetworkOptions) -> DriverResult<String> {
         let name = match &options.nat_uplink {
             Some(n) => n.clone(),
             None => {
-                let ifindex = self
-                    .netlink
-                    .default_route_interface()
-                    .await
-                    .map_err(nl_err)?
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            "mode=nat-fast needs an uplink: the host has no IPv4 default route; \
-                             give -o ovs.nat.uplink=IFNAME",
-                        )
-                    })?;
-                self.netlink
-                    .name_of(ifindex)
-                    .await
-                    .map_err(nl_err)?
-                    .ok_or_else(|| ApiError::new("the default route's interface vanished"))?
+                let ifindex = (self.netlink.default_route_interface().await?)
+                    .ok_or(DriverError::NoDefaultRoute)?;
+                (self.netlink.name_of(ifindex).await?).ok_or(DriverError::DefaultRouteVanished)?
             }
         };
         if options.add_ports.iter().any(|u| u.name == name) {
-            return Err(ApiError::new(format!(
-                "ovs.nat.uplink {name} is also in ovs.bridge.add_ports: the uplink must be a \
-                 routed interface, not a bridge port"
-            )));
+            return Err(DriverError::UplinkIsBridgePort(name));
         }
-        let ifindex = self
-            .netlink
-            .index(&name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "ovs.nat.uplink names {name}, but the host has no such interface"
-                ))
-            })?;
-        if self
-            .netlink
-            .ipv4_addresses(ifindex)
-            .await
-            .map_err(nl_err)?
-            .is_empty()
-        {
-            return Err(ApiError::new(format!(
-                "the nat-fast uplink {name} has no IPv4 address to translate to"
-            )));
+        let Some(ifindex) = self.netlink.index(&name).await? else {
+            return Err(DriverError::NoSuchUplink(name));
+        };
+        if self.netlink.ipv4_addresses(ifindex).await?.is_empty() {
+            return Err(DriverError::UplinkWithoutAddress(name));
         }
         Ok(name)
     }

@@ -3,10 +3,6 @@
 
 use super::*;
 
-pub(super) fn ovn_err(e: OvnError) -> ApiError {
-    ApiError::new(e.to_string())
-}
-
 /// The integration bridge of an overlay network.
 pub(super) fn integration_bridge(options: &NetworkOptions) -> String {
     options
@@ -211,49 +207,28 @@ impl Driver {
         id: &str,
         mut options: NetworkOptions,
         ipam: Ipam,
-    ) -> ApiResult<Network> {
-        let subnet = ipam.subnet.clone().ok_or_else(|| {
-            ApiError::new(
-                "mode=overlay needs an IPv4 subnet: give --subnet, the same on every host \
-                 (and each host its own --ip-range of it)",
-            )
-        })?;
-        let chassis =
-            Chassis::from_external_ids(&self.ovs.switch_external_ids().await.map_err(ovs_err)?);
-        let host = chassis.name().map_err(ovn_err)?.to_string();
-        let bridge = integration_bridge(&options);
-        let br = self
-            .ovs
-            .bridge(&bridge)
-            .await
-            .map_err(ovs_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the OVN integration bridge {bridge} does not exist: is ovn-controller \
-                 running on this host? (it creates the bridge; another name: -o ovs.ovn.bridge)"
-                ))
-            })?;
-        let northbound = options
-            .ovn_nb
+    ) -> DriverResult<Network> {
+        let subnet = ipam
+            .subnet
             .clone()
+            .ok_or(DriverError::OverlayWithoutSubnet)?;
+        let chassis = Chassis::from_external_ids(&self.ovs.switch_external_ids().await?);
+        let host = chassis.name()?.to_string();
+        let bridge = integration_bridge(&options);
+        let Some(br) = self.ovs.bridge(&bridge).await? else {
+            return Err(DriverError::NoIntegrationBridge(bridge));
+        };
+        let northbound = (options.ovn_nb.clone())
             .or_else(|| self.ovn_nb.clone())
             .or_else(|| chassis.northbound())
-            .ok_or_else(|| {
-                ApiError::new(
-                    "mode=overlay: where is the OVN northbound database? give -o \
-                     ovs.ovn.nb=tcp:HOST:6641, the daemon's --ovn-nb, or set \
-                     external_ids:ovn-nb (or a tcp: external_ids:ovn-remote) in Open_vSwitch",
-                )
-            })?;
+            .ok_or(DriverError::NoNorthbound)?;
         // Tunnelled frames must still fit the hosts' links: geneve adds 58 bytes.
         options.mtu.get_or_insert(ovn::DEFAULT_MTU);
         let switch = ovn::switch_name(options.ovn_switch.as_deref(), &subnet);
         options.ovn_nb = Some(northbound.clone());
         options.ovn_switch = Some(switch.clone());
         let nb = self.northbound(&northbound);
-        nb.join_switch(&switch, &subnet, &host, id)
-            .await
-            .map_err(ovn_err)?;
+        nb.join_switch(&switch, &subnet, &host, id).await?;
         let record = OverlayRecord {
             options: options.to_string_map(),
             ipam: ipam.clone(),
@@ -263,7 +238,7 @@ impl Driver {
         let key = format!("{EXT_OVERLAY_PREFIX}{id}");
         if let Err(e) = self.ovs.set_switch_external_id(&key, Some(&json)).await {
             let _ = nb.leave_switch(&switch, &host).await;
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         let overlay = Overlay {
             switch,

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
-    parse_cidr, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
+    parse_cidr, DriverError, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
     EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
@@ -29,13 +29,14 @@ pub const DOCKER_NETNS_DIRS: [&str; 2] = ["/var/run/docker/netns/", "/run/docker
 
 /// Docker ids as the API takes them: 12 to 128 ASCII letters and digits (so slicing
 /// one is safe).
-pub(super) fn check_id(what: &str, id: &str) -> Result<(), String> {
+pub(super) fn check_id(what: &'static str, id: &str) -> Result<(), DriverError> {
     if id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
-        Err(format!(
-            "invalid {what} id {id:?}: expected Docker's hexadecimal id (12 to 128 letters and digits)"
-        ))
+        Err(DriverError::InvalidId {
+            what,
+            id: id.to_string(),
+        })
     }
 }
 
@@ -71,7 +72,7 @@ pub fn check_sandbox(path: &str) -> Result<(), String> {
 /// An endpoint record against the port that holds it: everything dovesnap would act
 /// on must be what `CreateEndpoint` and `Join` write.
 fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
-    check_id("endpoint", &ep.id)?;
+    check_id("endpoint", &ep.id).map_err(|e| e.to_string())?;
     if let Some(pid) = port.external_ids.get(EXT_ENDPOINT_ID) {
         if *pid != ep.id {
             return Err(format!(
@@ -168,7 +169,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
         reason,
     };
     Some((|| {
-        check_id("network", id).map_err(bad)?;
+        check_id("network", id).map_err(|e| bad(e.to_string()))?;
         let opts: BTreeMap<String, String> = br
             .external_ids
             .iter()
@@ -240,7 +241,7 @@ pub(super) struct OverlayRead {
 pub(super) fn overlay_of(key: &str, json: &str) -> Option<Result<OverlayRead, BadRecord>> {
     let id = key.strip_prefix(EXT_OVERLAY_PREFIX)?;
     let read = || -> Result<OverlayRead, String> {
-        check_id("network", id)?;
+        check_id("network", id).map_err(|e| e.to_string())?;
         let record = serde_json::from_str::<OverlayRecord>(json).map_err(|e| e.to_string())?;
         let options = NetworkOptions::from_string_map(&record.options)
             .map_err(|e| format!("options do not read: {e}"))?;
