@@ -46,7 +46,7 @@ use crate::firewall::{
     enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
     NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
 };
-use crate::host::addr::Ipv4Net;
+use crate::host::addr::{Ipv4Cidr, Ipv4Net};
 use crate::host::ethtool::{disable_tx_checksum, enable_gro};
 use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
@@ -64,7 +64,7 @@ pub mod records;
 
 pub use error::{DriverError, DriverResult};
 use model::*;
-pub use model::{Endpoint, Ipam};
+pub use model::{Datapath, Endpoint, Ipam, Mac};
 use nat_fast::{fast_ports, fast_proto};
 use overlay::{integration_bridge, logical_port};
 
@@ -179,7 +179,7 @@ impl Driver {
         net: &Network,
         name: &str,
     ) -> Result<(), crate::host::netlink::NetlinkError> {
-        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
+        if net.datapath == Datapath::Netdev || net.options.mode == Mode::NatFast {
             disable_tx_checksum(name)?;
         }
         if net.options.mode == Mode::NatFast && net.options.offload() {
@@ -244,7 +244,7 @@ impl Driver {
                         .filter_map(|e| {
                             Some(EndpointPorts {
                                 endpoint_id: e.id.clone(),
-                                container_ip: parse_cidr(&e.address)?.0,
+                                container_ip: e.address?.addr,
                                 ports: e.published.clone(),
                             })
                         })
@@ -337,7 +337,7 @@ impl Driver {
         }
         if options.mode == Mode::Overlay {
             let net = self.create_overlay_network(id, options, ipam).await?;
-            info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+            info!(network = %id, switch = ?net.options.ovn_switch,
                   bridge = %net.bridge, "created overlay network");
             networks.insert(id.to_string(), net);
             return Ok(());
@@ -353,7 +353,7 @@ impl Driver {
             });
         }
         let found = self.ovs.bridge(&bridge).await?;
-        let datapath_type = if options.existing {
+        let datapath = if options.existing {
             existing_bridge(&bridge, found)?
         } else {
             if found.is_some() {
@@ -368,21 +368,21 @@ impl Driver {
                 }
             }
             if options.userspace {
-                "netdev".to_string()
+                Datapath::Netdev
             } else {
-                ovsdb::default_datapath_type().to_string()
+                Datapath::of(ovsdb::default_datapath_type())
             }
         };
 
         let net = Network {
             id: id.to_string(),
             bridge,
-            datapath_type,
+            datapath,
             options,
             ipam,
             internal,
             endpoints: HashMap::new(),
-            overlay: None,
+            chassis: String::new(),
         };
         if net.options.existing {
             // The administrator's bridge: only the network's record goes on it.
@@ -398,7 +398,7 @@ impl Driver {
             self.release_bridge(&net, &mut Vec::new()).await;
             return Err(e);
         }
-        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath_type,
+        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath,
               mode = %net.options.mode, internal, "created network");
         networks.insert(id.to_string(), net);
         Ok(())
@@ -422,8 +422,8 @@ impl Driver {
                 errors.push(e.to_string());
             }
         }
-        if let Some(ov) = &net.overlay {
-            errors.extend(self.delete_overlay_network(net, ov).await);
+        if let Some(ov) = net.overlay() {
+            errors.extend(self.delete_overlay_network(net, &ov).await);
         } else {
             self.release_bridge(net, &mut errors).await;
         }
@@ -473,16 +473,16 @@ impl Driver {
         let eid = valid_id("endpoint", &req.endpoint_id)?;
         let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())?;
         let iface = req.interface.unwrap_or_default();
-        let address = iface.address.clone();
-        if !address.is_empty() {
-            parse_cidr(&address).ok_or_else(|| DriverError::BadAddress(address.clone()))?;
-        }
-        let (mac, mac_from_us) = if iface.mac_address.is_empty() {
-            (generate_mac(&address, eid), true)
-        } else {
-            let mac = parse_mac(&iface.mac_address)
-                .ok_or_else(|| DriverError::BadMac(iface.mac_address.clone()))?;
-            (mac, false)
+        let address = match iface.address.as_str() {
+            "" => None,
+            a => Some(
+                a.parse::<Ipv4Cidr>()
+                    .map_err(|_| DriverError::BadAddress(a.to_string()))?,
+            ),
+        };
+        let (mac, mac_from_us) = match iface.mac_address.as_str() {
+            "" => (generate_mac(address, eid), true),
+            m => (m.parse::<Mac>()?, false),
         };
 
         let mut networks = self.networks.lock().await;
@@ -490,14 +490,14 @@ impl Driver {
         if net.endpoints.contains_key(eid) {
             return Err(DriverError::EndpointExists(eid.to_string()));
         }
-        if net.overlay.is_some() && endpoint_options.vlan.is_some() {
+        if net.options.mode == Mode::Overlay && endpoint_options.vlan.is_some() {
             return Err(DriverError::VlanOnOverlay);
         }
         let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
             id: eid.to_string(),
             address,
-            mac: format_mac(mac),
+            mac,
             host_ifname,
             container_ifname,
             published: Vec::new(),
@@ -506,13 +506,13 @@ impl Driver {
         };
         // Overlay: the logical port first, so an address another host uses is refused
         // before anything is made here.
-        let lsp = match &net.overlay {
+        let lsp = match net.overlay() {
             Some(ov) => {
-                let spec = logical_port(ov, &ep);
+                let spec = logical_port(&ov, &ep);
                 self.northbound(&ov.northbound)
                     .add_port(&ov.switch, &spec)
                     .await?;
-                Some((ov.clone(), spec.name))
+                Some((ov, spec.name))
             }
             None => None,
         };
@@ -529,7 +529,7 @@ impl Driver {
         net.endpoints.insert(eid.to_string(), ep.clone());
         Ok(api::CreateEndpointResponse {
             interface: mac_from_us.then(|| api::EndpointInterface {
-                mac_address: ep.mac,
+                mac_address: ep.mac.to_string(),
                 ..Default::default()
             }),
         })
@@ -538,14 +538,14 @@ impl Driver {
     /// The veth pair of an endpoint, its host end a port of the network's bridge (for
     /// overlay, of the integration bridge, bound to the endpoint's logical port). On
     /// failure nothing is left behind.
-    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> DriverResult<()> {
+    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: Mac) -> DriverResult<()> {
         // A leftover from a crash between veth and port creation is ours to replace.
         self.netlink.delete(&ep.host_ifname).await?;
         self.netlink
             .create_veth(
                 &ep.host_ifname,
                 &ep.container_ifname,
-                Some(mac),
+                Some(mac.0),
                 net.options.mtu,
             )
             .await?;
@@ -589,7 +589,7 @@ impl Driver {
         if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
             errors.push(e.to_string());
         }
-        if let Some(ov) = &net.overlay {
+        if let Some(ov) = net.overlay() {
             let name = ovn::port_name(eid);
             let removed = self
                 .northbound(&ov.northbound)
@@ -678,7 +678,7 @@ impl Driver {
         let mut value = HashMap::new();
         value.insert("bridge".into(), net.bridge.clone().into());
         value.insert("port".into(), ep.host_ifname.clone().into());
-        value.insert("mac".into(), ep.mac.clone().into());
+        value.insert("mac".into(), ep.mac.to_string().into());
         Ok(api::EndpointInfoResponse { value })
     }
 
@@ -757,8 +757,8 @@ impl StatusSource for Driver {
                     .map(|e| EndpointStatus {
                         id: e.id.clone(),
                         port: e.host_ifname.clone(),
-                        mac: e.mac.clone(),
-                        address: e.address.clone(),
+                        mac: e.mac.to_string(),
+                        address: e.address.map(|a| a.to_string()).unwrap_or_default(),
                         published: e.published.iter().map(|p| p.to_string()).collect(),
                         fast_path: fast_path.as_ref().is_some_and(|(s, names)| {
                             names.contains(&e.host_ifname)
@@ -778,9 +778,9 @@ impl StatusSource for Driver {
                     id: n.id.clone(),
                     bridge: n.bridge.clone(),
                     mode: n.options.mode.to_string(),
-                    subnet: n.ipam.subnet.clone().unwrap_or_default(),
+                    subnet: n.subnet_text(),
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                    datapath_type: n.datapath_type.clone(),
+                    datapath_type: n.datapath.to_string(),
                     endpoints,
                 }
             })
@@ -802,7 +802,7 @@ impl StatusSource for Driver {
 
 /// The datapath type of the existing bridge `name` a network attaches to
 /// (`ovs.bridge.existing`): it must be there, and serve no other dovesnap network.
-fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult<String> {
+fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult<Datapath> {
     let Some(br) = found else {
         return Err(DriverError::NoExistingBridge(name.to_string()));
     };
@@ -815,5 +815,5 @@ fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult
             other: other.clone(),
         });
     }
-    Ok(br.datapath_type)
+    Ok(Datapath::of(&br.datapath_type))
 }

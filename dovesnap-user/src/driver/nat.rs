@@ -44,9 +44,9 @@ impl Driver {
         if mappings.is_empty() || net.internal {
             return Ok(());
         }
-        let ip = parse_cidr(&ep.address)
+        let ip = (ep.address)
             .ok_or_else(|| DriverError::NoAddressToPublish(eid.to_string()))?
-            .0;
+            .addr;
         let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
         let mut stored = ep.clone();
         stored.published = published.clone();

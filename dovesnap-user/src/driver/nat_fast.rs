@@ -84,7 +84,7 @@ impl Driver {
         net: &Network,
         ep: &Endpoint,
     ) -> DriverResult<Option<EndpointSpec>> {
-        let Some((ip, _)) = parse_cidr(&ep.address) else {
+        let Some(Ipv4Cidr { addr: ip, .. }) = ep.address else {
             return Ok(None);
         };
         let nat = (net.nat(&self.fastpath_config))
@@ -98,12 +98,11 @@ impl Driver {
         let bridge = (self.netlink.get(&net.bridge).await?).ok_or_else(|| gone("the bridge"))?;
         let bridge_ifindex = bridge.header.index;
         let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
-        let mac = parse_mac(&ep.mac).ok_or_else(|| gone("a readable MAC"))?;
         Ok(Some(EndpointSpec {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex,
             ip,
-            mac,
+            mac: ep.mac.0,
             gateway_mac,
             bridge_ifindex,
             subnet: nat.subnet,

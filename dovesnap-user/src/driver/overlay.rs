@@ -15,8 +15,8 @@ pub(super) fn integration_bridge(options: &NetworkOptions) -> String {
 pub(super) fn logical_port(ov: &Overlay, ep: &Endpoint) -> ovn::northbound::PortSpec {
     ovn::northbound::PortSpec {
         name: ovn::port_name(&ep.id),
-        mac: ep.mac.clone(),
-        ip: parse_cidr(&ep.address).map(|(ip, _)| ip),
+        mac: ep.mac.to_string(),
+        ip: ep.address.map(|c| c.addr),
         chassis: ov.chassis.clone(),
         endpoint_id: ep.id.clone(),
     }
@@ -71,7 +71,7 @@ impl Driver {
             let mut untrusted_ids = Vec::new();
             let net = Network {
                 id: id.to_string(),
-                datapath_type: br.map(|b| b.datapath_type.clone()).unwrap_or_default(),
+                datapath: Datapath::of(br.map_or("", |b| &b.datapath_type)),
                 endpoints: match br {
                     Some(b) => {
                         let (good, untrusted) = records::endpoints_of(b, Some(id));
@@ -85,11 +85,7 @@ impl Driver {
                 options,
                 ipam: record.ipam,
                 internal: false,
-                overlay: Some(Overlay {
-                    switch,
-                    northbound,
-                    chassis: record.chassis,
-                }),
+                chassis: record.chassis,
             };
             if br.is_none() {
                 // Without the bridge this host's endpoints are unknown: reconciling
@@ -101,7 +97,7 @@ impl Driver {
             }
             match self.reconcile_overlay(&net, &untrusted_ids).await {
                 Ok(removed) => {
-                    info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+                    info!(network = %id, switch = %switch, northbound = %northbound,
                           endpoints = net.endpoints.len(), stale_ports_removed = removed,
                           "recovered overlay network")
                 }
@@ -123,14 +119,14 @@ impl Driver {
         net: &Network,
         untrusted: &[String],
     ) -> Result<usize, OvnError> {
-        let Some(ov) = &net.overlay else {
+        let Some(ov) = net.overlay() else {
             return Ok(0);
         };
         let nb = self.northbound(&ov.northbound);
-        let subnet = net.ipam.subnet.clone().unwrap_or_default();
+        let subnet = net.subnet_text();
         nb.join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
             .await?;
-        self.reap_dead_chassis(ov).await?;
+        self.reap_dead_chassis(&ov).await?;
         let state = nb
             .switch(&ov.switch)
             .await?
@@ -153,7 +149,7 @@ impl Driver {
         nb.remove_ports(&ov.switch, &stale).await?;
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
-                nb.add_port(&ov.switch, &logical_port(ov, ep)).await?;
+                nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
             }
         }
         Ok(stale.len())
@@ -208,10 +204,9 @@ impl Driver {
         mut options: NetworkOptions,
         ipam: Ipam,
     ) -> DriverResult<Network> {
-        let subnet = ipam
-            .subnet
-            .clone()
-            .ok_or(DriverError::OverlayWithoutSubnet)?;
+        let subnet = (ipam.subnet)
+            .ok_or(DriverError::OverlayWithoutSubnet)?
+            .to_string();
         let chassis = Chassis::from_external_ids(&self.ovs.switch_external_ids().await?);
         let host = chassis.name()?.to_string();
         let bridge = integration_bridge(&options);
@@ -251,12 +246,12 @@ impl Driver {
         Ok(Network {
             id: id.to_string(),
             bridge,
-            datapath_type: br.datapath_type,
+            datapath: Datapath::of(&br.datapath_type),
             options,
             ipam,
             internal: false,
             endpoints: HashMap::new(),
-            overlay: Some(overlay),
+            chassis: overlay.chassis,
         })
     }
 

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network};
+use super::{bridge_spec, logical_port, port_spec, Driver, Endpoint, Network};
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
 use crate::translator::wire::ArpRepr;
@@ -161,7 +161,7 @@ impl Driver {
         let mut unreachable = HashSet::new();
         for net in networks.values() {
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
-            if net.overlay.is_some() {
+            if let Some(ov) = net.overlay() {
                 // The integration bridge is ovn-controller's: never re-created or
                 // claimed here, but the ports and veths of our endpoints on it are ours.
                 let Some(b) = bridge else {
@@ -171,10 +171,8 @@ impl Driver {
                 };
                 let ports = b.ports.iter().map(|p| p.name.clone()).collect();
                 self.reconcile_network(net, &ports, &mut keep).await;
-                if let Some(ov) = &net.overlay {
-                    if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
-                        unreachable.insert(ov.northbound.clone());
-                    }
+                if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
+                    unreachable.insert(ov.northbound);
                 }
                 continue;
             }
@@ -243,7 +241,7 @@ impl Driver {
     /// grace period are reaped (see the module documentation). False when the
     /// northbound database did not answer.
     async fn reconcile_ovn(&self, net: &Network) -> bool {
-        let Some(ov) = &net.overlay else {
+        let Some(ov) = net.overlay() else {
             return true;
         };
         let nb = self.northbound(&ov.northbound);
@@ -258,7 +256,7 @@ impl Driver {
             .as_ref()
             .is_some_and(|s| s.switch.hosts().contains(&ov.chassis.as_str()));
         if !joined {
-            let subnet = net.ipam.subnet.clone().unwrap_or_default();
+            let subnet = net.subnet_text();
             if let Err(e) = nb
                 .join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
                 .await
@@ -280,7 +278,7 @@ impl Driver {
             if ports.contains(name.as_str()) {
                 continue;
             }
-            if let Err(e) = nb.add_port(&ov.switch, &logical_port(ov, ep)).await {
+            if let Err(e) = nb.add_port(&ov.switch, &logical_port(&ov, ep)).await {
                 warn!(endpoint = %ep.id, port = %name,
                       "reconcile: cannot make the logical port again: {e}");
                 continue;
@@ -289,7 +287,7 @@ impl Driver {
             info!(network = %net.id, endpoint = %ep.id, port = %name,
                   "repaired: the endpoint's logical port was gone; made it again");
         }
-        if let Err(e) = self.reap_dead_chassis(ov).await {
+        if let Err(e) = self.reap_dead_chassis(&ov).await {
             debug!(network = %net.id, "reconcile: could not reap dead chassis: {e}");
         }
         true
@@ -405,7 +403,7 @@ impl Driver {
     ) -> Result<String, String> {
         let netns = std::fs::File::open(sandbox)
             .map_err(|e| format!("cannot open the container's namespace {sandbox}: {e}"))?;
-        let mac = crate::host::netlink::parse_mac(&ep.mac);
+        let mac = Some(ep.mac.0);
         let nl = |e: NetlinkError| e.to_string();
         self.netlink
             .delete(&ep.container_ifname)
@@ -423,7 +421,7 @@ impl Driver {
                 .move_to_netns(&ep.container_ifname, netns.as_raw_fd())
                 .await
                 .map_err(nl)?;
-            let address = parse_cidr(&ep.address);
+            let address = ep.address.map(|c| (c.addr, c.prefix));
             let gateway = net.container_gateway();
             let peer = ep.container_ifname.clone();
             tokio::task::block_in_place(|| {
