@@ -43,17 +43,17 @@ use tracing::{debug, info, warn};
 use crate::daemon::control::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
-    enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
-    NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
+    parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, Proto,
+    PublishedPort, PORT_MAP_OPTION,
 };
 use crate::host::addr::{Ipv4Cidr, Ipv4Net};
-use crate::host::ethtool::{disable_tx_checksum, enable_gro};
-use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
+use crate::host::netlink::{format_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 use crate::plugin::api::{self, ApiResult, NetworkDriver};
 use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions};
 
+mod backend;
 mod error;
 mod model;
 mod nat;
@@ -62,6 +62,7 @@ mod overlay;
 mod reconcile;
 pub mod records;
 
+pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
 use model::*;
 pub use model::{Datapath, Endpoint, Ipam, Mac};
@@ -106,10 +107,11 @@ pub const CONTAINER_VETH_PREFIX: &str = "ovsc";
 /// Prefix of bridges whose name dovesnap chose.
 pub const BRIDGE_PREFIX: &str = "ovsbr-";
 
-/// The driver; all Docker calls go through one lock, so they apply in order.
-pub struct Driver {
-    ovs: Ovsdb,
-    netlink: Netlink,
+/// The driver; all Docker calls go through one lock, so they apply in order. The
+/// daemon's runs on OVSDB, netlink and the XDP fast path; the driver's tests on fakes.
+pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
+    ovs: S,
+    netlink: L,
     firewall: Box<dyn Firewall>,
     networks: Mutex<HashMap<String, Network>>,
     /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
@@ -121,7 +123,7 @@ pub struct Driver {
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
     /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
     /// with `networks` held.
-    fastpath: std::sync::Mutex<Option<FastPath>>,
+    fastpath: std::sync::Mutex<Option<F>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -138,6 +140,14 @@ fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
 
 impl Driver {
     pub fn new(ovs: Ovsdb, netlink: Netlink, firewall: Box<dyn Firewall>) -> Self {
+        Driver::with_backends(ovs, netlink, firewall)
+    }
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
+    /// A driver on the given switch, links and firewall (its fast path, of type `F`,
+    /// starts with the first nat-fast endpoint).
+    pub fn with_backends(ovs: S, netlink: L, firewall: Box<dyn Firewall>) -> Self {
         Driver {
             ovs,
             netlink,
@@ -180,11 +190,11 @@ impl Driver {
         name: &str,
     ) -> Result<(), crate::host::netlink::NetlinkError> {
         if net.datapath == Datapath::Netdev || net.options.mode == Mode::NatFast {
-            disable_tx_checksum(name)?;
+            self.netlink.disable_tx_checksum(name)?;
         }
         if net.options.mode == Mode::NatFast && net.options.offload() {
             self.netlink.set_up(name).await?;
-            enable_gro(name)?;
+            self.netlink.enable_gro(name)?;
             self.netlink.set_down(name).await?;
         }
         Ok(())
@@ -259,7 +269,7 @@ impl Driver {
             })
             .collect();
         if !expected.is_empty() {
-            if let Err(e) = enable_ip_forward() {
+            if let Err(e) = self.netlink.enable_ip_forward() {
                 warn!("{e}");
             }
         }
@@ -702,7 +712,7 @@ impl Driver {
 }
 
 /// Docker's calls: the driver's typed errors become `{"Err": ...}` here.
-impl NetworkDriver for Driver {
+impl<S: Switch, L: Links, F: NatFastPath> NetworkDriver for Driver<S, L, F> {
     async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
         Ok(self.create_network_inner(req).await?)
     }
@@ -741,7 +751,7 @@ impl NetworkDriver for Driver {
     }
 }
 
-impl StatusSource for Driver {
+impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
     async fn status(&self) -> Status {
         let networks = self.networks.lock().await;
         let fast_path = tokio::task::block_in_place(|| {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
     /// network's netfilter rules.
     pub(super) async fn program_nat(&self, net: &Network) -> DriverResult<()> {
@@ -13,7 +13,7 @@ impl Driver {
         self.netlink
             .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
             .await?;
-        fw(enable_ip_forward)?;
+        fw(|| self.netlink.enable_ip_forward())?;
         fw(|| self.firewall.add_network(&nat))
     }
 
@@ -73,7 +73,7 @@ impl Driver {
                     return;
                 };
                 for p in fast_ports(&ports, addr) {
-                    if let Err(e) = fp.publish(&uplink, p.0, p.1, ip, p.2) {
+                    if let Err(e) = fp.publish(&uplink, p, ip) {
                         warn!(endpoint = %eid, "port {} stays on the kernel path: {e}", p.1);
                     }
                 }

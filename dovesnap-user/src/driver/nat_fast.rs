@@ -17,7 +17,7 @@ pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
 pub(super) fn fast_ports(
     published: &[PublishedPort],
     uplink_addr: Ipv4Addr,
-) -> Vec<(crate::translator::Protocol, u16, u16)> {
+) -> Vec<backend::FastPort> {
     published
         .iter()
         .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))
@@ -25,24 +25,24 @@ pub(super) fn fast_ports(
         .collect()
 }
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
     /// the data-plane thread).
     pub(super) fn with_fastpath<T>(
         &self,
-        f: impl FnOnce(&mut FastPath) -> Result<T, FastPathError>,
+        f: impl FnOnce(&mut F) -> Result<T, FastPathError>,
     ) -> Result<T, FastPathError> {
         tokio::task::block_in_place(|| {
             let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {
-                *guard = Some(FastPath::start(self.fastpath_config.clone())?);
+                *guard = Some(F::start(self.fastpath_config.clone())?);
             }
             f(guard.as_mut().expect("just started"))
         })
     }
 
     /// Runs `f` on the fast path if it is running.
-    pub(super) fn if_fastpath(&self, f: impl FnOnce(&mut FastPath)) {
+    pub(super) fn if_fastpath(&self, f: impl FnOnce(&mut F)) {
         tokio::task::block_in_place(|| {
             let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(fp) = guard.as_mut() {
@@ -55,18 +55,18 @@ impl Driver {
     pub(super) async fn uplink_spec(&self, net: &Network) -> DriverResult<fastpath::UplinkSpec> {
         let name = (net.options.nat_uplink.clone())
             .ok_or_else(|| DriverError::NoUplink(net.id.clone()))?;
-        let Some(link) = self.netlink.get(&name).await? else {
+        let Some(link) = self.netlink.link(&name).await? else {
             return Err(DriverError::UplinkGone {
                 uplink: name,
                 network: net.id.clone(),
             });
         };
-        let ifindex = link.header.index;
+        let ifindex = link.index;
         let addresses = self.netlink.ipv4_addresses(ifindex).await?;
         let Some(&addr) = addresses.first() else {
             return Err(DriverError::UplinkWithoutAddress(name));
         };
-        let Some(mac) = link_mac(&link) else {
+        let Some(mac) = link.mac else {
             return Err(DriverError::UplinkWithoutMac(name));
         };
         Ok(fastpath::UplinkSpec {
@@ -95,9 +95,9 @@ impl Driver {
         };
         let host_ifindex =
             (self.netlink.index(&ep.host_ifname).await?).ok_or_else(|| gone("the host end"))?;
-        let bridge = (self.netlink.get(&net.bridge).await?).ok_or_else(|| gone("the bridge"))?;
-        let bridge_ifindex = bridge.header.index;
-        let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
+        let bridge = (self.netlink.link(&net.bridge).await?).ok_or_else(|| gone("the bridge"))?;
+        let bridge_ifindex = bridge.index;
+        let gateway_mac = bridge.mac.ok_or_else(|| gone("the bridge MAC"))?;
         Ok(Some(EndpointSpec {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex,
@@ -142,7 +142,7 @@ impl Driver {
             fp.follow_host_rules(subnets)?;
             fp.add_endpoint(&spec, &uplink)?;
             for p in fast_ports(&ep.published, uplink.addr) {
-                fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;
+                fp.publish(&uplink.name, p, spec.ip)?;
             }
             Ok(())
         });

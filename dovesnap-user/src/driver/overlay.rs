@@ -22,7 +22,7 @@ pub(super) fn logical_port(ov: &Overlay, ep: &Endpoint) -> ovn::northbound::Port
     }
 }
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// How long a chassis must have been missing from the southbound database before
     /// its logical ports and references are reaped (the daemon's `--ovn-reap-after`).
     pub fn with_ovn_reap_after(self, grace: std::time::Duration) -> Self {

@@ -47,7 +47,9 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{bridge_spec, logical_port, port_spec, Driver, Endpoint, Network};
+use super::{
+    bridge_spec, logical_port, port_spec, Driver, Endpoint, Links, NatFastPath, Network, Switch,
+};
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
 use crate::translator::wire::ArpRepr;
@@ -86,7 +88,7 @@ impl State {
     }
 }
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// Repairs made since the daemon started, by kind.
     pub fn repairs(&self) -> Vec<(String, u64)> {
         let repairs = self
@@ -357,7 +359,8 @@ impl Driver {
                 Ok(()) => {
                     // The bridge port is new, with a new MAC: containers' ARP caches
                     // still name the old one until told.
-                    if let Ok(Some(mac)) = self.netlink.mac(&net.bridge).await {
+                    let link = self.netlink.link(&net.bridge).await;
+                    if let Ok(Some(super::Link { mac: Some(mac), .. })) = link {
                         if let Err(e) = announce(bridge_index, mac, nat.gateway) {
                             warn!(network = %net.id, "reconcile: {e}");
                         }
