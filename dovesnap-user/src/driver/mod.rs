@@ -61,6 +61,8 @@ mod nat_fast;
 mod overlay;
 mod reconcile;
 pub mod records;
+#[cfg(test)]
+mod tests;
 
 pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
