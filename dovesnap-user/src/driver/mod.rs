@@ -68,7 +68,7 @@ pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
 use model::*;
 pub use model::{Datapath, Endpoint, Ipam, Mac};
-use nat_fast::{fast_ports, fast_proto};
+use nat_fast::{fast_leave, fast_ports, fast_proto};
 use overlay::{integration_bridge, logical_port};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
@@ -109,13 +109,19 @@ pub const CONTAINER_VETH_PREFIX: &str = "ovsc";
 /// Prefix of bridges whose name dovesnap chose.
 pub const BRIDGE_PREFIX: &str = "ovsbr-";
 
-/// The driver; all Docker calls go through one lock, so they apply in order. The
-/// daemon's runs on OVSDB, netlink and the XDP fast path; the driver's tests on fakes.
+/// The driver. The daemon's runs on OVSDB, netlink and the XDP fast path; the
+/// driver's tests on fakes.
+///
+/// Locks: every Docker call and reconciler pass holds [`Driver::state`] (the network
+/// table and the fast path) from start to end, so they apply in order. The other
+/// mutexes are leaves: each guards one map or counter for one access, never across an
+/// await or while taking another lock, so there is no order to keep.
 pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     ovs: S,
     netlink: L,
     firewall: Box<dyn Firewall>,
-    networks: Mutex<HashMap<String, Network>>,
+    /// The driver's one lock.
+    state: Mutex<DriverState<F>>,
     /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
     ovn_nb: Option<Remote>,
     /// One northbound connection per database, made on first use.
@@ -123,15 +129,20 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     /// Since when each chassis named by an overlay switch has been missing from the
     /// southbound database (its ports are reaped after the grace period).
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
-    /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
-    /// with `networks` held.
-    fastpath: std::sync::Mutex<Option<F>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
     reconciler: reconcile::State,
     /// The records recovery could not trust (and left alone).
     bad_records: std::sync::Mutex<Vec<crate::daemon::control::BadRecord>>,
+}
+
+/// What Docker's calls change, behind the driver's one lock: the network table and the
+/// nat-fast data path serving its endpoints. Neither is reachable without the other's
+/// lock, which is what keeps the fast path in step with the table.
+struct DriverState<F> {
+    networks: HashMap<String, Network>,
+    fastpath: nat_fast::FastSlot<F>,
 }
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
@@ -154,11 +165,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             ovs,
             netlink,
             firewall,
-            networks: Mutex::new(HashMap::new()),
+            state: Mutex::new(DriverState {
+                networks: HashMap::new(),
+                fastpath: nat_fast::FastSlot::default(),
+            }),
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
             missing_chassis: std::sync::Mutex::default(),
-            fastpath: std::sync::Mutex::new(None),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -206,7 +219,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// Returns how many networks and endpoints it found.
     pub async fn recover(&self) -> Result<(usize, usize), ovsdb::OvsdbError> {
         let bridges = self.ovs.list_bridges().await?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let mut endpoints = 0;
         let mut bad = Vec::new();
         // Records that cannot be trusted are left alone: their network's rules (or the
@@ -295,7 +309,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                         .await
                         .unwrap_or(true);
                 if joined {
-                    self.fast_join(net, ep, true).await;
+                    self.fast_join(fastpath, net, ep, true).await;
                 }
             }
         }
@@ -308,17 +322,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// down (an upgrade, say); the next start's [`Driver::recover`] reconciles them,
     /// and they go with their network.
     pub async fn shutdown(&self) -> Result<(), FirewallError> {
-        let _networks = self.networks.lock().await;
-        tokio::task::block_in_place(|| {
-            let fp = self
-                .fastpath
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(fp) = fp {
-                fp.stop();
-            }
-        });
+        let mut state = self.state.lock().await;
+        if let Some(fp) = state.fastpath.take() {
+            tokio::task::block_in_place(|| fp.stop());
+        }
         Ok(())
     }
 
@@ -343,7 +350,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Err(DriverError::NatWithoutSubnet(options.mode));
         }
 
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         if networks.contains_key(id) {
             return Err(DriverError::NetworkExists(id.to_string()));
         }
@@ -418,7 +426,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
 
     async fn delete_network_inner(&self, req: api::NetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         let Some(net) = networks.get(id) else {
             // Deleting what is not there is success: Docker may retry.
             return Ok(());
@@ -497,7 +506,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             m => (m.parse::<Mac>()?, false),
         };
 
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if net.endpoints.contains_key(eid) {
             return Err(DriverError::EndpointExists(eid.to_string()));
@@ -577,7 +587,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get_mut(nid) else {
             return Ok(());
         };
@@ -585,7 +596,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Ok(());
         };
         let mut errors = Vec::new();
-        self.fast_leave(net, &ep);
+        fast_leave(fastpath, net, &ep);
         if net.options.mode.is_nat() {
             if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
                 errors.push(e.to_string());
@@ -625,7 +636,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     async fn join_inner(&self, req: api::JoinRequest) -> DriverResult<api::JoinResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         let ep = net
             .endpoints
@@ -661,7 +673,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         }
         let net = &*net;
         let ep = &net.endpoints[eid];
-        self.fast_join(net, ep, false).await;
+        self.fast_join(fastpath, net, ep, false).await;
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),
@@ -681,7 +693,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     ) -> DriverResult<api::EndpointInfoResponse> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let networks = self.networks.lock().await;
+        let state = self.state.lock().await;
+        let networks = &state.networks;
         let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
         let ep = net
             .endpoints
@@ -697,10 +710,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     async fn leave_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         if let Some(net) = networks.get_mut(nid) {
             if let Some(ep) = net.endpoints.get(eid) {
-                self.fast_leave(net, ep);
+                fast_leave(fastpath, net, ep);
             }
             // The container is leaving: its namespace is no place for a repair
             // (in memory only; a plugin restart in between is harmless: the
@@ -755,11 +769,10 @@ impl<S: Switch, L: Links, F: NatFastPath> NetworkDriver for Driver<S, L, F> {
 
 impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
     async fn status(&self) -> Status {
-        let networks = self.networks.lock().await;
-        let fast_path = tokio::task::block_in_place(|| {
-            let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().map(|fp| (fp.status(), fp.endpoint_names()))
-        });
+        let state = self.state.lock().await;
+        let networks = &state.networks;
+        let fast_path = (state.fastpath.get())
+            .map(|fp| tokio::task::block_in_place(|| (fp.status(), fp.endpoint_names())));
         let mut out: Vec<NetworkStatus> = networks
             .values()
             .map(|n| {

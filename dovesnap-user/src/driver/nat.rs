@@ -25,7 +25,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     ) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if !net.options.mode.is_nat() {
             return Ok(());
@@ -65,7 +66,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             let uplink = net.options.nat_uplink.clone().unwrap_or_default();
             let host_ifname = ep.host_ifname.clone();
             let ports = ep.published.clone();
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 if !fp.has_endpoint(&host_ifname) {
                     return;
                 }
@@ -88,7 +89,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     ) -> DriverResult<()> {
         let nid = valid_id("network", &req.network_id)?;
         let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get_mut(nid) else {
             return Ok(());
         };
@@ -101,7 +103,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if net.options.mode == Mode::NatFast {
             let uplink = net.options.nat_uplink.clone().unwrap_or_default();
             let ports = ep.published.clone();
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 for p in &ports {
                     fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
                 }

@@ -25,32 +25,64 @@ pub(super) fn fast_ports(
         .collect()
 }
 
-impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
-    /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
-    /// the data-plane thread).
-    pub(super) fn with_fastpath<T>(
-        &self,
+/// The nat-fast data path, started with the first nat-fast endpoint; part of the
+/// driver's state, so only reached with the driver's lock held. Its calls block (they
+/// wait for the data-plane thread): each runs in `block_in_place`.
+pub(super) struct FastSlot<F>(Option<F>);
+
+impl<F> Default for FastSlot<F> {
+    fn default() -> Self {
+        FastSlot(None)
+    }
+}
+
+impl<F: NatFastPath> FastSlot<F> {
+    /// Runs `f` on the fast path, starting it with `config` first if needed.
+    pub(super) fn with<T>(
+        &mut self,
+        config: &FastPathConfig,
         f: impl FnOnce(&mut F) -> Result<T, FastPathError>,
     ) -> Result<T, FastPathError> {
         tokio::task::block_in_place(|| {
-            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.is_none() {
-                *guard = Some(F::start(self.fastpath_config.clone())?);
-            }
-            f(guard.as_mut().expect("just started"))
+            let fp = match &mut self.0 {
+                Some(fp) => fp,
+                empty => empty.insert(F::start(config.clone())?),
+            };
+            f(fp)
         })
     }
 
     /// Runs `f` on the fast path if it is running.
-    pub(super) fn if_fastpath(&self, f: impl FnOnce(&mut F)) {
-        tokio::task::block_in_place(|| {
-            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(fp) = guard.as_mut() {
-                f(fp);
-            }
-        })
+    pub(super) fn if_running(&mut self, f: impl FnOnce(&mut F)) {
+        if let Some(fp) = &mut self.0 {
+            tokio::task::block_in_place(|| f(fp));
+        }
     }
 
+    pub(super) fn get(&self) -> Option<&F> {
+        self.0.as_ref()
+    }
+
+    pub(super) fn take(&mut self) -> Option<F> {
+        self.0.take()
+    }
+}
+
+/// Takes an endpoint and its published ports off the fast path (idempotent).
+pub(super) fn fast_leave<F: NatFastPath>(fastpath: &mut FastSlot<F>, net: &Network, ep: &Endpoint) {
+    if net.options.mode != Mode::NatFast {
+        return;
+    }
+    let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+    fastpath.if_running(|fp| {
+        for p in &ep.published {
+            fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+        }
+        fp.remove_endpoint(&ep.host_ifname);
+    });
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// The uplink of a nat-fast network as it is now (address, MAC, queues).
     pub(super) async fn uplink_spec(&self, net: &Network) -> DriverResult<fastpath::UplinkSpec> {
         let name = (net.options.nat_uplink.clone())
@@ -115,7 +147,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// `adopt` takes over the flows the kernel's conntrack carries for it (recovery: the
     /// container lived on while the daemon was away). Fail-open: on error the endpoint
     /// stays on the kernel nat path, which is logged and visible in `dovesnap status`.
-    pub(super) async fn fast_join(&self, net: &Network, ep: &Endpoint, adopt: bool) {
+    pub(super) async fn fast_join(
+        &self,
+        fastpath: &mut FastSlot<F>,
+        net: &Network,
+        ep: &Endpoint,
+        adopt: bool,
+    ) {
         if net.options.mode != Mode::NatFast || net.internal {
             return;
         }
@@ -134,7 +172,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             }
         };
         let subnet = net.nat(&self.fastpath_config).map(|n| n.subnet);
-        let r = self.with_fastpath(|fp| {
+        let r = fastpath.with(&self.fastpath_config, |fp| {
             // The host's forward rules first: the container's first frame must not
             // pass them by.
             let mut subnets = fp.host_subnets();
@@ -148,25 +186,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         });
         if let Err(e) = r {
             warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 fp.remove_endpoint(&ep.host_ifname);
                 fp.set_kernel_path(&ep.host_ifname, e.to_string());
             });
         }
-    }
-
-    /// Takes an endpoint and its published ports off the fast path (idempotent).
-    pub(super) fn fast_leave(&self, net: &Network, ep: &Endpoint) {
-        if net.options.mode != Mode::NatFast {
-            return;
-        }
-        let uplink = net.options.nat_uplink.clone().unwrap_or_default();
-        self.if_fastpath(|fp| {
-            for p in &ep.published {
-                fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
-            }
-            fp.remove_endpoint(&ep.host_ifname);
-        });
     }
 
     /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default
@@ -192,10 +216,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         Ok(name)
     }
 
-    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail.
-    /// False when no nat-fast data plane runs.
+    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail
+    /// (once the Docker call or reconciler pass under way is done). False when no
+    /// nat-fast data plane runs.
     pub fn inject_fault(&self, fault: crate::fastpath::Fault) -> bool {
-        let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map(|fp| fp.inject(fault)).is_some()
+        tokio::task::block_in_place(|| {
+            let state = self.state.blocking_lock();
+            state.fastpath.get().map(|fp| fp.inject(fault)).is_some()
+        })
     }
 }

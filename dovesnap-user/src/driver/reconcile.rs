@@ -48,7 +48,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::{
-    bridge_spec, logical_port, port_spec, Driver, Endpoint, Links, NatFastPath, Network, Switch,
+    bridge_spec, logical_port, port_spec, Driver, DriverState, Endpoint, Links, NatFastPath,
+    Network, Switch,
 };
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
@@ -149,7 +150,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
 
     /// One reconciliation pass over every network (see the module documentation).
     pub async fn reconcile(&self) {
-        let networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let bridges = match self.ovs.list_bridges().await {
             Ok(b) => b,
             Err(e) => {
@@ -172,7 +174,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                     continue;
                 };
                 let ports = b.ports.iter().map(|p| p.name.clone()).collect();
-                self.reconcile_network(net, &ports, &mut keep).await;
+                self.reconcile_network(fastpath, net, &ports, &mut keep)
+                    .await;
                 if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
                     unreachable.insert(ov.northbound);
                 }
@@ -206,7 +209,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                     HashSet::new()
                 }
             };
-            self.reconcile_network(net, &ports, &mut keep).await;
+            self.reconcile_network(fastpath, net, &ports, &mut keep)
+                .await;
         }
         self.reconciler.forget(&keep);
         let nats: Vec<_> = networks
@@ -220,7 +224,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .filter_map(|n| n.nat(&self.fastpath_config).map(|n| n.subnet))
             .collect();
         if !fast.is_empty() {
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 if let Err(e) = fp.follow_host_rules(fast) {
                     warn!("reconcile: cannot bring nat-fast up to date with the host's forward rules: {e}");
                 }
@@ -297,6 +301,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
 
     async fn reconcile_network(
         &self,
+        fastpath: &mut super::nat_fast::FastSlot<F>,
         net: &Network,
         ports: &HashSet<String>,
         keep: &mut HashSet<String>,
@@ -385,8 +390,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             let moved = self.reconciler.moved(&ep.host_ifname, index);
             let joined = ep.sandbox.is_some();
             if joined && (bridge_moved || moved || remade.contains(&ep.host_ifname)) {
-                self.fast_leave(net, ep);
-                self.fast_join(net, ep, false).await;
+                super::fast_leave(fastpath, net, ep);
+                self.fast_join(fastpath, net, ep, false).await;
                 self.reconciler.count("fast-path");
                 info!(network = %net.id, endpoint = %ep.id,
                       "repaired: an interface under the endpoint was re-created; back on the fast path");

@@ -558,8 +558,8 @@ impl Rig {
     }
 
     fn fast<T>(&self, f: impl FnOnce(&FakeFastPath) -> T) -> T {
-        let guard = self.driver.fastpath.lock().unwrap();
-        f(guard.as_ref().expect("the fast path started"))
+        let state = self.driver.state.try_lock().expect("no call under way");
+        f(state.fastpath.get().expect("the fast path started"))
     }
 }
 
@@ -651,12 +651,13 @@ async fn flat_network_makes_its_bridge_with_its_options_and_removes_it() {
     assert_eq!(spec.uplinks[0].name, "eth1");
     assert_eq!(spec.external_ids[EXT_NETWORK_ID], NID);
     assert_eq!(spec.external_ids["dovesnap-opt-ovs.bridge.vlan"], "100");
-    // A flat network has no gateway on the host and no rules.
+    // A flat network has no gateway on the host, no rules and no fast path.
     assert!(r.rules.lock().unwrap().networks.is_empty());
+    assert!(!r.driver.inject_fault(Fault::Panic));
 
     r.delete_network(NID).await.unwrap();
     assert!(r.bridges().is_empty());
-    assert!(r.driver.networks.lock().await.is_empty());
+    assert!(r.driver.state.lock().await.networks.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -730,7 +731,7 @@ async fn a_firewall_failure_takes_the_new_network_back() {
         r.rules.lock().unwrap().networks.is_empty(),
         "rules rolled back"
     );
-    assert!(r.driver.networks.lock().await.is_empty());
+    assert!(r.driver.state.lock().await.networks.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -741,7 +742,8 @@ async fn a_port_failure_takes_the_new_veth_back() {
     r.fail("add_port");
     refused!(r.endpoint(NID, EID, "10.231.1.2/24"), DriverError::Ovsdb(_));
     assert_eq!(r.links(), before, "no veth end left");
-    let networks = r.driver.networks.lock().await;
+    let state = r.driver.state.lock().await;
+    let networks = &state.networks;
     assert!(networks[NID].endpoints.is_empty());
 }
 
@@ -796,6 +798,9 @@ async fn nat_fast_join_puts_the_endpoint_on_the_fast_path_and_leave_takes_it_off
         vec![("eth0".to_string(), (tcp, 8080, 80), spec.ip)]
     );
 
+    // The test hook reaches the running data plane (taking the driver's lock).
+    assert!(r.driver.inject_fault(Fault::Panic));
+
     r.driver.leave_inner(ids(NID, EID)).await.unwrap();
     assert!(r.fast(|fp| fp.endpoints.is_empty()));
     assert!(r.fast(|fp| fp.published.lock().unwrap().is_empty()));
@@ -833,7 +838,8 @@ async fn nat_fast_needs_a_usable_uplink() {
     );
     // Without ovs.nat.uplink, the default route's interface.
     r.net("mode=nat-fast", Some("10.233.1.0/24")).await;
-    let networks = r.driver.networks.lock().await;
+    let state = r.driver.state.lock().await;
+    let networks = &state.networks;
     assert_eq!(networks[NID].options.nat_uplink.as_deref(), Some("eth0"));
 }
 
@@ -1003,7 +1009,7 @@ async fn a_failed_teardown_reports_every_error_and_keeps_the_network_for_a_retry
         panic!("{e}");
     };
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(r.driver.networks.lock().await.contains_key(NID));
+    assert!(r.driver.state.lock().await.networks.contains_key(NID));
     r.host.lock().unwrap().failing.clear();
     r.delete_network(NID).await.unwrap();
     assert!(r.bridges().is_empty());
