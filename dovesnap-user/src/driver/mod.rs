@@ -68,7 +68,7 @@ pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
 use model::*;
 pub use model::{Datapath, Endpoint, Ipam, Mac};
-use nat_fast::{fast_leave, fast_ports, fast_proto};
+use nat_fast::{fast_leave, fast_ports, fast_unpublish};
 use overlay::{integration_bridge, logical_port};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
@@ -490,8 +490,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         &self,
         req: api::CreateEndpointRequest,
     ) -> DriverResult<api::CreateEndpointResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())?;
         let iface = req.interface.unwrap_or_default();
         let address = match iface.address.as_str() {
@@ -585,8 +584,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     }
 
     async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get_mut(nid) else {
@@ -634,8 +632,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     }
 
     async fn join_inner(&self, req: api::JoinRequest) -> DriverResult<api::JoinResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
@@ -691,8 +688,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         &self,
         req: api::EndpointRequest,
     ) -> DriverResult<api::EndpointInfoResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let state = self.state.lock().await;
         let networks = &state.networks;
         let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
@@ -708,8 +704,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     }
 
     async fn leave_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         if let Some(net) = networks.get_mut(nid) {
@@ -760,7 +755,7 @@ impl<S: Switch, L: Links, F: NatFastPath> NetworkDriver for Driver<S, L, F> {
         Ok(self.program_external_inner(req).await?)
     }
     async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        Ok(self.revoke_external_inner(req).await?)
+        Ok(self.unpublish_ports(req).await?)
     }
     async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
         Ok(self.leave_inner(req).await?)

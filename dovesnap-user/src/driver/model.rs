@@ -274,6 +274,11 @@ pub(super) fn valid_id<'a>(what: &'static str, id: &'a str) -> DriverResult<&'a 
     Ok(id)
 }
 
+/// The network and endpoint ids of a request about an endpoint, checked.
+pub(super) fn endpoint_ids<'a>(nid: &'a str, eid: &'a str) -> DriverResult<(&'a str, &'a str)> {
+    Ok((valid_id("network", nid)?, valid_id("endpoint", eid)?))
+}
+
 /// The network's IPv4 addressing from Docker's IPAM data (first pool).
 pub(super) fn ipam_from(pools: &[api::IpamData]) -> DriverResult<Ipam> {
     let Some(pool) = pools.first() else {

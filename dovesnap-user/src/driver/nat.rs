@@ -23,8 +23,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         &self,
         req: api::ProgramExternalConnectivityRequest,
     ) -> DriverResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
@@ -83,15 +82,12 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         Ok(())
     }
 
-    pub(super) async fn revoke_external_inner(
-        &self,
-        req: api::EndpointRequest,
-    ) -> DriverResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut state = self.state.lock().await;
-        let DriverState { networks, fastpath } = &mut *state;
-        let Some(net) = networks.get_mut(nid) else {
+    /// RevokeExternalConnectivity: withdraws the endpoint's published ports.
+    pub(super) async fn unpublish_ports(&self, req: api::EndpointRequest) -> DriverResult<()> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut guard = self.state.lock().await;
+        let state = &mut *guard;
+        let Some(net) = state.networks.get_mut(nid) else {
             return Ok(());
         };
         let Some(ep) = net.endpoints.get_mut(eid) else {
@@ -100,15 +96,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if ep.published.is_empty() {
             return Ok(());
         }
-        if net.options.mode == Mode::NatFast {
-            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
-            let ports = ep.published.clone();
-            fastpath.if_running(|fp| {
-                for p in &ports {
-                    fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
-                }
-            });
-        }
+        fast_unpublish(&mut state.fastpath, &net.options, &ep.published);
         fw(|| self.firewall.remove_ports(nid, eid))?;
         ep.published.clear();
         let json = serde_json::to_string(&*ep).expect("Endpoint serializes");

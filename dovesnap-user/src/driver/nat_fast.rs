@@ -73,12 +73,24 @@ pub(super) fn fast_leave<F: NatFastPath>(fastpath: &mut FastSlot<F>, net: &Netwo
     if net.options.mode != Mode::NatFast {
         return;
     }
-    let uplink = net.options.nat_uplink.clone().unwrap_or_default();
+    fast_unpublish(fastpath, &net.options, &ep.published);
+    fastpath.if_running(|fp| fp.remove_endpoint(&ep.host_ifname));
+}
+
+/// Withdraws `published` from a nat-fast network's uplink on the fast path.
+pub(super) fn fast_unpublish<F: NatFastPath>(
+    fastpath: &mut FastSlot<F>,
+    options: &NetworkOptions,
+    published: &[PublishedPort],
+) {
+    if options.mode != Mode::NatFast {
+        return;
+    }
+    let uplink = options.nat_uplink.clone().unwrap_or_default();
     fastpath.if_running(|fp| {
-        for p in &ep.published {
+        for p in published {
             fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
         }
-        fp.remove_endpoint(&ep.host_ifname);
     });
 }
 

@@ -863,7 +863,7 @@ async fn published_ports_are_recorded_and_revoked() {
         "the port's record holds the publication"
     );
 
-    r.driver.revoke_external_inner(ids(NID, EID)).await.unwrap();
+    r.driver.unpublish_ports(ids(NID, EID)).await.unwrap();
     assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
     let record = r.host.lock().unwrap().port(&host_end).unwrap().external_ids[EXT_ENDPOINT].clone();
     assert!(!record.contains("published"), "{record}");
