@@ -43,28 +43,33 @@ use tracing::{debug, info, warn};
 use crate::daemon::status::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
-    enable_ip_forward, parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError,
-    NatNetwork, Proto, PublishedPort, PORT_MAP_OPTION,
+    parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, Proto,
+    PublishedPort, PORT_MAP_OPTION,
 };
-use crate::host::addr::Ipv4Net;
-use crate::host::ethtool::{disable_tx_checksum, enable_gro};
-use crate::host::netlink::{format_mac, link_mac, parse_mac, Netlink};
+use crate::host::addr::{Ipv4Cidr, Ipv4Net};
+use crate::host::netlink::{format_mac, parse_mac, Netlink};
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
-use crate::plugin::api::{self, ApiError, ApiResult, NetworkDriver};
-use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions, PORT_VLAN};
+use crate::plugin::api::{self, ApiResult, NetworkDriver};
+use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions};
 
+mod backend;
+mod error;
 mod model;
 mod nat;
 mod nat_fast;
 mod overlay;
 mod reconcile;
 pub mod records;
+#[cfg(test)]
+mod tests;
 
+pub use backend::{Link, Links, NatFastPath, Switch};
+pub use error::{DriverError, DriverResult};
 use model::*;
-pub use model::{Endpoint, Ipam};
-use nat_fast::{fast_ports, fast_proto};
-use overlay::{integration_bridge, logical_port, ovn_err};
+pub use model::{Datapath, Endpoint, Ipam, Mac};
+use nat_fast::{fast_leave, fast_ports, fast_unpublish};
+use overlay::{integration_bridge, logical_port};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
@@ -104,12 +109,19 @@ pub const CONTAINER_VETH_PREFIX: &str = "ovsc";
 /// Prefix of bridges whose name dovesnap chose.
 pub const BRIDGE_PREFIX: &str = "ovsbr-";
 
-/// The driver; all Docker calls go through one lock, so they apply in order.
-pub struct Driver {
-    ovs: Ovsdb,
-    netlink: Netlink,
+/// The driver. The daemon's runs on OVSDB, netlink and the XDP fast path; the
+/// driver's tests on fakes.
+///
+/// Locks: every Docker call and reconciler pass holds [`Driver::state`] (the network
+/// table and the fast path) from start to end, so they apply in order. The other
+/// mutexes are leaves: each guards one map or counter for one access, never across an
+/// await or while taking another lock, so there is no order to keep.
+pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
+    ovs: S,
+    netlink: L,
     firewall: Box<dyn Firewall>,
-    networks: Mutex<HashMap<String, Network>>,
+    /// The driver's one lock.
+    state: Mutex<DriverState<F>>,
     /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
     ovn_nb: Option<Remote>,
     /// One northbound connection per database, made on first use.
@@ -117,9 +129,6 @@ pub struct Driver {
     /// Since when each chassis named by an overlay switch has been missing from the
     /// southbound database (its ports are reaped after the grace period).
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
-    /// The nat-fast data path, started with the first nat-fast endpoint. Only touched
-    /// with `networks` held.
-    fastpath: std::sync::Mutex<Option<FastPath>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -128,23 +137,41 @@ pub struct Driver {
     bad_records: std::sync::Mutex<Vec<crate::daemon::status::BadRecord>>,
 }
 
+/// What Docker's calls change, behind the driver's one lock: the network table and the
+/// nat-fast data path serving its endpoints. Neither is reachable without the other's
+/// lock, which is what keeps the fast path in step with the table.
+struct DriverState<F> {
+    networks: HashMap<String, Network>,
+    fastpath: nat_fast::FastSlot<F>,
+}
+
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
 /// other tasks.
-fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> ApiResult<T> {
-    tokio::task::block_in_place(f).map_err(|e| ApiError::new(e.to_string()))
+fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
+    Ok(tokio::task::block_in_place(f)?)
 }
 
 impl Driver {
     pub fn new(ovs: Ovsdb, netlink: Netlink, firewall: Box<dyn Firewall>) -> Self {
+        Driver::with_backends(ovs, netlink, firewall)
+    }
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
+    /// A driver on the given switch, links and firewall (its fast path, of type `F`,
+    /// starts with the first nat-fast endpoint).
+    pub fn with_backends(ovs: S, netlink: L, firewall: Box<dyn Firewall>) -> Self {
         Driver {
             ovs,
             netlink,
             firewall,
-            networks: Mutex::new(HashMap::new()),
+            state: Mutex::new(DriverState {
+                networks: HashMap::new(),
+                fastpath: nat_fast::FastSlot::default(),
+            }),
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
             missing_chassis: std::sync::Mutex::default(),
-            fastpath: std::sync::Mutex::new(None),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -177,12 +204,12 @@ impl Driver {
         net: &Network,
         name: &str,
     ) -> Result<(), crate::host::netlink::NetlinkError> {
-        if net.datapath_type == "netdev" || net.options.mode == Mode::NatFast {
-            disable_tx_checksum(name)?;
+        if net.datapath == Datapath::Netdev || net.options.mode == Mode::NatFast {
+            self.netlink.disable_tx_checksum(name)?;
         }
         if net.options.mode == Mode::NatFast && net.options.offload() {
             self.netlink.set_up(name).await?;
-            enable_gro(name)?;
+            self.netlink.enable_gro(name)?;
             self.netlink.set_down(name).await?;
         }
         Ok(())
@@ -192,7 +219,8 @@ impl Driver {
     /// Returns how many networks and endpoints it found.
     pub async fn recover(&self) -> Result<(usize, usize), ovsdb::OvsdbError> {
         let bridges = self.ovs.list_bridges().await?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let mut endpoints = 0;
         let mut bad = Vec::new();
         // Records that cannot be trusted are left alone: their network's rules (or the
@@ -242,7 +270,7 @@ impl Driver {
                         .filter_map(|e| {
                             Some(EndpointPorts {
                                 endpoint_id: e.id.clone(),
-                                container_ip: parse_cidr(&e.address)?.0,
+                                container_ip: e.address?.addr,
                                 ports: e.published.clone(),
                             })
                         })
@@ -257,7 +285,7 @@ impl Driver {
             })
             .collect();
         if !expected.is_empty() {
-            if let Err(e) = enable_ip_forward() {
+            if let Err(e) = self.netlink.enable_ip_forward() {
                 warn!("{e}");
             }
         }
@@ -281,7 +309,7 @@ impl Driver {
                         .await
                         .unwrap_or(true);
                 if joined {
-                    self.fast_join(net, ep, true).await;
+                    self.fast_join(fastpath, net, ep, true).await;
                 }
             }
         }
@@ -294,34 +322,24 @@ impl Driver {
     /// down (an upgrade, say); the next start's [`Driver::recover`] reconciles them,
     /// and they go with their network.
     pub async fn shutdown(&self) -> Result<(), FirewallError> {
-        let _networks = self.networks.lock().await;
-        tokio::task::block_in_place(|| {
-            let fp = self
-                .fastpath
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(fp) = fp {
-                fp.stop();
-            }
-        });
+        let mut state = self.state.lock().await;
+        if let Some(fp) = state.fastpath.take() {
+            tokio::task::block_in_place(|| fp.stop());
+        }
         Ok(())
     }
 
-    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+    async fn create_network_inner(&self, req: api::CreateNetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
-        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())
-            .map_err(|e| ApiError::new(e.to_string()))?;
+        let mut options = NetworkOptions::from_docker_options(req.options.as_ref())?;
         if options.mode == Mode::NatFast {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
         let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
         if let Some(v6) = req.ipv6_data.as_deref().and_then(|p| p.first()) {
-            return Err(ApiError::new(format!(
-                "IPv6 is not supported by dovesnap networks yet (Docker passed the IPv6 pool \
-                 {:?}); create the network without --ipv6",
-                v6.pool
-            )));
+            return Err(DriverError::Ipv6 {
+                pool: v6.pool.clone(),
+            });
         }
         let internal = req
             .options
@@ -329,19 +347,17 @@ impl Driver {
             .and_then(|o| o.get(DOCKER_INTERNAL_OPTION))
             .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
         if options.mode.is_nat() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
-            return Err(ApiError::new(format!(
-                "mode={} needs an IPv4 subnet and gateway from IPAM; give --subnet",
-                options.mode
-            )));
+            return Err(DriverError::NatWithoutSubnet(options.mode));
         }
 
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         if networks.contains_key(id) {
-            return Err(ApiError::new(format!("network {id} already exists")));
+            return Err(DriverError::NetworkExists(id.to_string()));
         }
         if options.mode == Mode::Overlay {
             let net = self.create_overlay_network(id, options, ipam).await?;
-            info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+            info!(network = %id, switch = ?net.options.ovn_switch,
                   bridge = %net.bridge, "created overlay network");
             networks.insert(id.to_string(), net);
             return Ok(());
@@ -351,64 +367,50 @@ impl Driver {
             .clone()
             .unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &id[..8]));
         if let Some(other) = networks.values().find(|n| n.bridge == bridge) {
-            return Err(ApiError::new(format!(
-                "bridge {bridge} already serves network {}; choose another ovs.bridge.name",
-                other.id
-            )));
+            return Err(DriverError::BridgeInUse {
+                bridge,
+                other: other.id.clone(),
+            });
         }
-        let found = self.ovs.bridge(&bridge).await.map_err(ovs_err)?;
-        let datapath_type = if options.existing {
+        let found = self.ovs.bridge(&bridge).await?;
+        let datapath = if options.existing {
             existing_bridge(&bridge, found)?
         } else {
             if found.is_some() {
-                return Err(ApiError::new(format!(
-                    "an OVS bridge named {bridge} already exists and dovesnap does not own it; \
-                     choose another ovs.bridge.name, or attach the network to it with \
-                     -o ovs.bridge.existing=true"
-                )));
+                return Err(DriverError::BridgeNotOurs(bridge));
             }
-            if self.netlink.exists(&bridge).await.map_err(nl_err)? {
-                return Err(ApiError::new(format!(
-                    "a host interface named {bridge} already exists; choose another \
-                     ovs.bridge.name"
-                )));
+            if self.netlink.exists(&bridge).await? {
+                return Err(DriverError::InterfaceExists(bridge));
             }
             for up in &options.add_ports {
-                if !self.netlink.exists(&up.name).await.map_err(nl_err)? {
-                    return Err(ApiError::new(format!(
-                        "ovs.bridge.add_ports names {}, but the host has no such interface",
-                        up.name
-                    )));
+                if !self.netlink.exists(&up.name).await? {
+                    return Err(DriverError::NoSuchPort(up.name.clone()));
                 }
             }
             if options.userspace {
-                "netdev".to_string()
+                Datapath::Netdev
             } else {
-                ovsdb::default_datapath_type().to_string()
+                Datapath::of(ovsdb::default_datapath_type())
             }
         };
 
         let net = Network {
             id: id.to_string(),
             bridge,
-            datapath_type,
+            datapath,
             options,
             ipam,
             internal,
             endpoints: HashMap::new(),
-            overlay: None,
+            chassis: String::new(),
         };
         if net.options.existing {
             // The administrator's bridge: only the network's record goes on it.
             self.ovs
                 .update_bridge_external_ids(&net.bridge, &network_record(&net), &[])
-                .await
-                .map_err(ovs_err)?;
+                .await?;
         } else {
-            self.ovs
-                .create_bridge(&bridge_spec(&net))
-                .await
-                .map_err(ovs_err)?;
+            self.ovs.create_bridge(&bridge_spec(&net)).await?;
         }
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
@@ -416,15 +418,16 @@ impl Driver {
             self.release_bridge(&net, &mut Vec::new()).await;
             return Err(e);
         }
-        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath_type,
+        info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath,
               mode = %net.options.mode, internal, "created network");
         networks.insert(id.to_string(), net);
         Ok(())
     }
 
-    async fn delete_network_inner(&self, req: api::NetworkRequest) -> ApiResult<()> {
+    async fn delete_network_inner(&self, req: api::NetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         let Some(net) = networks.get(id) else {
             // Deleting what is not there is success: Docker may retry.
             return Ok(());
@@ -440,16 +443,16 @@ impl Driver {
                 errors.push(e.to_string());
             }
         }
-        if let Some(ov) = &net.overlay {
-            errors.extend(self.delete_overlay_network(net, ov).await);
+        if let Some(ov) = net.overlay() {
+            errors.extend(self.delete_overlay_network(net, &ov).await);
         } else {
             self.release_bridge(net, &mut errors).await;
         }
         if !errors.is_empty() {
-            return Err(ApiError::new(format!(
-                "could not fully remove network {id}: {}",
-                errors.join("; ")
-            )));
+            return Err(DriverError::Incomplete {
+                what: format!("network {id}"),
+                errors,
+            });
         }
         info!(network = %id, bridge = %net.bridge, "deleted network");
         networks.remove(id);
@@ -486,45 +489,36 @@ impl Driver {
     async fn create_endpoint_inner(
         &self,
         req: api::CreateEndpointRequest,
-    ) -> ApiResult<api::CreateEndpointResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())
-            .map_err(|e| ApiError::new(e.to_string()))?;
+    ) -> DriverResult<api::CreateEndpointResponse> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let endpoint_options = EndpointOptions::from_docker_options(req.options.as_ref())?;
         let iface = req.interface.unwrap_or_default();
-        let address = iface.address.clone();
-        if !address.is_empty() {
-            parse_cidr(&address).ok_or_else(|| {
-                ApiError::new(format!("endpoint address {address:?} is not an IPv4 CIDR"))
-            })?;
-        }
-        let (mac, mac_from_us) = if iface.mac_address.is_empty() {
-            (generate_mac(&address, eid), true)
-        } else {
-            let mac = parse_mac(&iface.mac_address).ok_or_else(|| {
-                ApiError::new(format!(
-                    "endpoint MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
-                    iface.mac_address
-                ))
-            })?;
-            (mac, false)
+        let address = match iface.address.as_str() {
+            "" => None,
+            a => Some(
+                a.parse::<Ipv4Cidr>()
+                    .map_err(|_| DriverError::BadAddress(a.to_string()))?,
+            ),
+        };
+        let (mac, mac_from_us) = match iface.mac_address.as_str() {
+            "" => (generate_mac(address, eid), true),
+            m => (m.parse::<Mac>()?, false),
         };
 
-        let mut networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let networks = &mut state.networks;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if net.endpoints.contains_key(eid) {
-            return Err(ApiError::new(format!("endpoint {eid} already exists")));
+            return Err(DriverError::EndpointExists(eid.to_string()));
         }
-        if net.overlay.is_some() && endpoint_options.vlan.is_some() {
-            return Err(ApiError::new(format!(
-                "{PORT_VLAN} is not for overlay networks: OVN gives their ports no VLAN"
-            )));
+        if net.options.mode == Mode::Overlay && endpoint_options.vlan.is_some() {
+            return Err(DriverError::VlanOnOverlay);
         }
         let (host_ifname, container_ifname) = records::veth_names(eid);
         let ep = Endpoint {
             id: eid.to_string(),
             address,
-            mac: format_mac(mac),
+            mac,
             host_ifname,
             container_ifname,
             published: Vec::new(),
@@ -533,14 +527,13 @@ impl Driver {
         };
         // Overlay: the logical port first, so an address another host uses is refused
         // before anything is made here.
-        let lsp = match &net.overlay {
+        let lsp = match net.overlay() {
             Some(ov) => {
-                let spec = logical_port(ov, &ep);
+                let spec = logical_port(&ov, &ep);
                 self.northbound(&ov.northbound)
                     .add_port(&ov.switch, &spec)
-                    .await
-                    .map_err(ovn_err)?;
-                Some((ov.clone(), spec.name))
+                    .await?;
+                Some((ov, spec.name))
             }
             None => None,
         };
@@ -557,7 +550,7 @@ impl Driver {
         net.endpoints.insert(eid.to_string(), ep.clone());
         Ok(api::CreateEndpointResponse {
             interface: mac_from_us.then(|| api::EndpointInterface {
-                mac_address: ep.mac,
+                mac_address: ep.mac.to_string(),
                 ..Default::default()
             }),
         })
@@ -566,35 +559,34 @@ impl Driver {
     /// The veth pair of an endpoint, its host end a port of the network's bridge (for
     /// overlay, of the integration bridge, bound to the endpoint's logical port). On
     /// failure nothing is left behind.
-    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> ApiResult<()> {
+    async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: Mac) -> DriverResult<()> {
         // A leftover from a crash between veth and port creation is ours to replace.
-        self.netlink.delete(&ep.host_ifname).await.map_err(nl_err)?;
+        self.netlink.delete(&ep.host_ifname).await?;
         self.netlink
             .create_veth(
                 &ep.host_ifname,
                 &ep.container_ifname,
-                Some(mac),
+                Some(mac.0),
                 net.options.mtu,
             )
-            .await
-            .map_err(nl_err)?;
+            .await?;
         if let Err(e) = self.prepare_container_end(net, &ep.container_ifname).await {
             let _ = self.netlink.delete(&ep.host_ifname).await;
-            return Err(nl_err(e));
+            return Err(e.into());
         }
         let port = port_spec(net, ep);
         if let Err(e) = self.ovs.add_port(&net.bridge, &port).await {
             // Leave nothing behind: the veth goes with the failed port.
             let _ = self.netlink.delete(&ep.host_ifname).await;
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         Ok(())
     }
 
-    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+    async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get_mut(nid) else {
             return Ok(());
         };
@@ -602,7 +594,7 @@ impl Driver {
             return Ok(());
         };
         let mut errors = Vec::new();
-        self.fast_leave(net, &ep);
+        fast_leave(fastpath, net, &ep);
         if net.options.mode.is_nat() {
             if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
                 errors.push(e.to_string());
@@ -618,7 +610,7 @@ impl Driver {
         if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
             errors.push(e.to_string());
         }
-        if let Some(ov) = &net.overlay {
+        if let Some(ov) = net.overlay() {
             let name = ovn::port_name(eid);
             let removed = self
                 .northbound(&ov.northbound)
@@ -629,36 +621,30 @@ impl Driver {
             }
         }
         if !errors.is_empty() {
-            return Err(ApiError::new(format!(
-                "could not fully remove endpoint {eid}: {}",
-                errors.join("; ")
-            )));
+            return Err(DriverError::Incomplete {
+                what: format!("endpoint {eid}"),
+                errors,
+            });
         }
         net.endpoints.remove(eid);
         info!(network = %nid, endpoint = %eid, "deleted endpoint");
         Ok(())
     }
 
-    async fn join_inner(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+    async fn join_inner(&self, req: api::JoinRequest) -> DriverResult<api::JoinResponse> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         let ep = net
             .endpoints
             .get_mut(eid)
             .ok_or_else(|| unknown_endpoint(nid, eid))?;
-        if !self
-            .netlink
-            .exists(&ep.container_ifname)
-            .await
-            .map_err(nl_err)?
-        {
-            return Err(ApiError::new(format!(
-                "the container end {} of endpoint {eid} is gone (deleted behind dovesnap's back?); \
-                 disconnect and reconnect the container",
-                ep.container_ifname
-            )));
+        if !self.netlink.exists(&ep.container_ifname).await? {
+            return Err(DriverError::ContainerEndGone {
+                endpoint: eid.to_string(),
+                ifname: ep.container_ifname.clone(),
+            });
         }
         // The reconciler needs the container's namespace to re-create a lost veth.
         // Only a namespace in Docker's netns folder: the one the reconciler may enter.
@@ -684,7 +670,7 @@ impl Driver {
         }
         let net = &*net;
         let ep = &net.endpoints[eid];
-        self.fast_join(net, ep, false).await;
+        self.fast_join(fastpath, net, ep, false).await;
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),
@@ -701,10 +687,10 @@ impl Driver {
     async fn endpoint_info_inner(
         &self,
         req: api::EndpointRequest,
-    ) -> ApiResult<api::EndpointInfoResponse> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let networks = self.networks.lock().await;
+    ) -> DriverResult<api::EndpointInfoResponse> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let state = self.state.lock().await;
+        let networks = &state.networks;
         let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
         let ep = net
             .endpoints
@@ -713,52 +699,17 @@ impl Driver {
         let mut value = HashMap::new();
         value.insert("bridge".into(), net.bridge.clone().into());
         value.insert("port".into(), ep.host_ifname.clone().into());
-        value.insert("mac".into(), ep.mac.clone().into());
+        value.insert("mac".into(), ep.mac.to_string().into());
         Ok(api::EndpointInfoResponse { value })
     }
-}
 
-impl NetworkDriver for Driver {
-    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
-        self.create_network_inner(req).await
-    }
-    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
-        self.delete_network_inner(req).await
-    }
-    async fn create_endpoint(
-        &self,
-        req: api::CreateEndpointRequest,
-    ) -> ApiResult<api::CreateEndpointResponse> {
-        self.create_endpoint_inner(req).await
-    }
-    async fn endpoint_info(
-        &self,
-        req: api::EndpointRequest,
-    ) -> ApiResult<api::EndpointInfoResponse> {
-        self.endpoint_info_inner(req).await
-    }
-    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        self.delete_endpoint_inner(req).await
-    }
-    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
-        self.join_inner(req).await
-    }
-    async fn program_external_connectivity(
-        &self,
-        req: api::ProgramExternalConnectivityRequest,
-    ) -> ApiResult<()> {
-        self.program_external_inner(req).await
-    }
-    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        self.revoke_external_inner(req).await
-    }
-    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+    async fn leave_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         if let Some(net) = networks.get_mut(nid) {
             if let Some(ep) = net.endpoints.get(eid) {
-                self.fast_leave(net, ep);
+                fast_leave(fastpath, net, ep);
             }
             // The container is leaving: its namespace is no place for a repair
             // (in memory only; a plugin restart in between is harmless: the
@@ -771,13 +722,52 @@ impl NetworkDriver for Driver {
     }
 }
 
-impl StatusSource for Driver {
+/// Docker's calls: the driver's typed errors become `{"Err": ...}` here.
+impl<S: Switch, L: Links, F: NatFastPath> NetworkDriver for Driver<S, L, F> {
+    async fn create_network(&self, req: api::CreateNetworkRequest) -> ApiResult<()> {
+        Ok(self.create_network_inner(req).await?)
+    }
+    async fn delete_network(&self, req: api::NetworkRequest) -> ApiResult<()> {
+        Ok(self.delete_network_inner(req).await?)
+    }
+    async fn create_endpoint(
+        &self,
+        req: api::CreateEndpointRequest,
+    ) -> ApiResult<api::CreateEndpointResponse> {
+        Ok(self.create_endpoint_inner(req).await?)
+    }
+    async fn endpoint_info(
+        &self,
+        req: api::EndpointRequest,
+    ) -> ApiResult<api::EndpointInfoResponse> {
+        Ok(self.endpoint_info_inner(req).await?)
+    }
+    async fn delete_endpoint(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.delete_endpoint_inner(req).await?)
+    }
+    async fn join(&self, req: api::JoinRequest) -> ApiResult<api::JoinResponse> {
+        Ok(self.join_inner(req).await?)
+    }
+    async fn program_external_connectivity(
+        &self,
+        req: api::ProgramExternalConnectivityRequest,
+    ) -> ApiResult<()> {
+        Ok(self.program_external_inner(req).await?)
+    }
+    async fn revoke_external_connectivity(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.unpublish_ports(req).await?)
+    }
+    async fn leave(&self, req: api::EndpointRequest) -> ApiResult<()> {
+        Ok(self.leave_inner(req).await?)
+    }
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
     async fn status(&self) -> Status {
-        let networks = self.networks.lock().await;
-        let fast_path = tokio::task::block_in_place(|| {
-            let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().map(|fp| (fp.status(), fp.endpoint_names()))
-        });
+        let state = self.state.lock().await;
+        let networks = &state.networks;
+        let fast_path = (state.fastpath.get())
+            .map(|fp| tokio::task::block_in_place(|| (fp.status(), fp.endpoint_names())));
         let mut out: Vec<NetworkStatus> = networks
             .values()
             .map(|n| {
@@ -787,8 +777,8 @@ impl StatusSource for Driver {
                     .map(|e| EndpointStatus {
                         id: e.id.clone(),
                         port: e.host_ifname.clone(),
-                        mac: e.mac.clone(),
-                        address: e.address.clone(),
+                        mac: e.mac.to_string(),
+                        address: e.address.map(|a| a.to_string()).unwrap_or_default(),
                         published: e.published.iter().map(|p| p.to_string()).collect(),
                         fast_path: fast_path.as_ref().is_some_and(|(s, names)| {
                             names.contains(&e.host_ifname)
@@ -808,9 +798,9 @@ impl StatusSource for Driver {
                     id: n.id.clone(),
                     bridge: n.bridge.clone(),
                     mode: n.options.mode.to_string(),
-                    subnet: n.ipam.subnet.clone().unwrap_or_default(),
+                    subnet: n.subnet_text(),
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                    datapath_type: n.datapath_type.clone(),
+                    datapath_type: n.datapath.to_string(),
                     endpoints,
                 }
             })
@@ -832,30 +822,18 @@ impl StatusSource for Driver {
 
 /// The datapath type of the existing bridge `name` a network attaches to
 /// (`ovs.bridge.existing`): it must be there, and serve no other dovesnap network.
-fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> ApiResult<String> {
+fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult<Datapath> {
     let Some(br) = found else {
-        return Err(ApiError::new(format!(
-            "ovs.bridge.existing=true names the OVS bridge {name}, but OVS has no bridge of \
-             that name; make it first (ovs-vsctl add-br {name}) or leave out \
-             ovs.bridge.existing to let dovesnap create it"
-        )));
+        return Err(DriverError::NoExistingBridge(name.to_string()));
     };
     let other = [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
         .iter()
         .find_map(|k| br.external_ids.get(*k));
     if let Some(other) = other {
-        return Err(ApiError::new(format!(
-            "the OVS bridge {name} already serves dovesnap network {other}; a bridge serves \
-             one network, choose another ovs.bridge.name"
-        )));
+        return Err(DriverError::ExistingBridgeInUse {
+            bridge: name.to_string(),
+            other: other.clone(),
+        });
     }
-    Ok(br.datapath_type)
-}
-
-fn ovs_err(e: ovsdb::OvsdbError) -> ApiError {
-    ApiError::new(e.to_string())
-}
-
-fn nl_err(e: crate::host::netlink::NetlinkError) -> ApiError {
-    ApiError::new(e.to_string())
+    Ok(Datapath::of(&br.datapath_type))
 }

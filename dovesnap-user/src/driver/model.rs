@@ -7,25 +7,86 @@ use super::*;
 /// What the network's IPAM gave (kept in OVSDB so a restart recovers it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ipam {
-    /// IPv4 subnet in CIDR form.
-    pub subnet: Option<String>,
+    /// IPv4 subnet (`"a.b.c.d/n"` in the record).
+    #[serde(
+        serialize_with = "text::or_null",
+        deserialize_with = "text::read_optional"
+    )]
+    pub subnet: Option<Ipv4Net>,
     /// IPv4 gateway, without prefix length.
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// An Ethernet address (`aa:bb:cc:dd:ee:ff` in records and in Docker's API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_mac(self.0))
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = DriverError;
+
+    /// `aa:bb:cc:dd:ee:ff`, either case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_mac(s)
+            .map(Mac)
+            .ok_or_else(|| DriverError::BadMac(s.to_string()))
+    }
+}
+
+/// The OVS datapath of a network's bridge (`Bridge.datapath_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datapath {
+    /// The kernel module (OVS's default, also when `datapath_type` is empty).
+    System,
+    /// The userspace datapath.
+    Netdev,
+}
+
+impl Datapath {
+    /// The datapath a bridge's `datapath_type` names.
+    pub fn of(datapath_type: &str) -> Self {
+        match datapath_type {
+            "netdev" => Datapath::Netdev,
+            _ => Datapath::System,
+        }
+    }
+
+    /// As OVSDB writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::System => "system",
+            Datapath::Netdev => "netdev",
+        }
+    }
+}
+
+impl std::fmt::Display for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct Network {
     pub(super) id: String,
     pub(super) bridge: String,
-    pub(super) datapath_type: String,
+    pub(super) datapath: Datapath,
+    /// What the network is (`options.mode`), with its settings.
     pub(super) options: NetworkOptions,
     pub(super) ipam: Ipam,
     pub(super) internal: bool,
     pub(super) endpoints: HashMap<String, Endpoint>,
-    /// Overlay networks: the logical switch and this host's chassis.
-    pub(super) overlay: Option<Overlay>,
+    /// Overlay networks: this host's OVN chassis as recorded when the network was
+    /// created (empty for the other modes; see [`Network::overlay`]).
+    pub(super) chassis: String,
 }
 
+/// An overlay network's place in OVN: its logical switch and database, and this host.
 #[derive(Debug, Clone)]
 pub(super) struct Overlay {
     pub(super) switch: String,
@@ -48,11 +109,10 @@ impl Network {
         if !self.options.mode.is_nat() {
             return None;
         }
-        let subnet: Ipv4Net = self.ipam.subnet.as_deref()?.parse().ok()?;
         Some(NatNetwork {
             id: self.id.clone(),
             bridge: self.bridge.clone(),
-            subnet,
+            subnet: self.ipam.subnet?,
             gateway: self.ipam.gateway?,
             internal: self.internal,
             masquerade_ports: (self.options.mode == Mode::NatFast)
@@ -76,12 +136,31 @@ impl Network {
         bridge.external_ids.get(self.marker()) == Some(&self.id)
     }
 
+    /// An overlay network's logical switch, database and chassis; `None` for the
+    /// other modes. The mode says what the network is: the switch and database are its
+    /// options (resolved at creation, required of a recovered record).
+    pub(super) fn overlay(&self) -> Option<Overlay> {
+        if self.options.mode != Mode::Overlay {
+            return None;
+        }
+        Some(Overlay {
+            switch: self.options.ovn_switch.clone()?,
+            northbound: self.options.ovn_nb.clone()?,
+            chassis: self.chassis.clone(),
+        })
+    }
+
+    /// The subnet as OVN's switches take it (`""` when the network has none).
+    pub(super) fn subnet_text(&self) -> String {
+        self.ipam.subnet.map(|s| s.to_string()).unwrap_or_default()
+    }
+
     /// The gateway a container gets a default route through (Join, a repaired veth).
     /// None on overlay networks: internal in this version, the switch has no gateway.
     pub(super) fn container_gateway(&self) -> Option<Ipv4Addr> {
-        match self.overlay {
-            Some(_) => None,
-            None => self.ipam.gateway,
+        match self.options.mode {
+            Mode::Overlay => None,
+            _ => self.ipam.gateway,
         }
     }
 }
@@ -90,9 +169,15 @@ impl Network {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: String,
-    /// IPv4 address with prefix length, as Docker gave it (may be empty).
-    pub address: String,
-    pub mac: String,
+    /// IPv4 address with prefix length, as Docker gave it (`""` in the record when
+    /// Docker gave none).
+    #[serde(
+        serialize_with = "text::or_empty",
+        deserialize_with = "text::read_optional"
+    )]
+    pub address: Option<Ipv4Cidr>,
+    #[serde(serialize_with = "text::write", deserialize_with = "text::read")]
+    pub mac: Mac,
     /// Host end of the veth: the OVS port.
     pub host_ifname: String,
     /// Container end of the veth, before Docker moves and renames it.
@@ -114,7 +199,7 @@ pub struct Endpoint {
 pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
     BridgeSpec {
         name: net.bridge.clone(),
-        datapath_type: net.datapath_type.clone(),
+        datapath_type: net.datapath.as_str().to_string(),
         external_ids: network_record(net),
         mtu: net.options.mtu,
         controllers: net.options.controllers.clone(),
@@ -165,85 +250,120 @@ pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
         mtu: net.options.mtu,
         ofport: None,
         // Overlay: ovn-controller binds the interface to the endpoint's logical port.
-        interface_external_ids: match net.overlay {
-            Some(_) => BTreeMap::from([("iface-id".to_string(), ovn::port_name(&ep.id))]),
-            None => BTreeMap::new(),
+        interface_external_ids: match net.options.mode {
+            Mode::Overlay => BTreeMap::from([("iface-id".to_string(), ovn::port_name(&ep.id))]),
+            _ => BTreeMap::new(),
         },
     }
 }
 
-pub(super) fn unknown_network(id: &str) -> ApiError {
-    ApiError::new(format!(
-        "network {id} is not known to dovesnap (was it created while another plugin served \
-         the ovs driver?)"
-    ))
+pub(super) fn unknown_network(id: &str) -> DriverError {
+    DriverError::UnknownNetwork(id.to_string())
 }
 
-pub(super) fn unknown_endpoint(nid: &str, eid: &str) -> ApiError {
-    ApiError::new(format!("endpoint {eid} does not exist in network {nid}"))
+pub(super) fn unknown_endpoint(nid: &str, eid: &str) -> DriverError {
+    DriverError::UnknownEndpoint {
+        network: nid.to_string(),
+        endpoint: eid.to_string(),
+    }
 }
 
 /// Docker ids are 64 hex digits; anything else is refused before it reaches a name.
-pub(super) fn valid_id<'a>(what: &str, id: &'a str) -> ApiResult<&'a str> {
-    records::check_id(what, id).map_err(ApiError::new)?;
+pub(super) fn valid_id<'a>(what: &'static str, id: &'a str) -> DriverResult<&'a str> {
+    records::check_id(what, id)?;
     Ok(id)
 }
 
-/// `a.b.c.d/n` into its parts.
-pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let c: crate::host::addr::Ipv4Cidr = s.parse().ok()?;
-    Some((c.addr, c.prefix))
+/// The network and endpoint ids of a request about an endpoint, checked.
+pub(super) fn endpoint_ids<'a>(nid: &'a str, eid: &'a str) -> DriverResult<(&'a str, &'a str)> {
+    Ok((valid_id("network", nid)?, valid_id("endpoint", eid)?))
 }
 
 /// The network's IPv4 addressing from Docker's IPAM data (first pool).
-pub(super) fn ipam_from(pools: &[api::IpamData]) -> ApiResult<Ipam> {
+pub(super) fn ipam_from(pools: &[api::IpamData]) -> DriverResult<Ipam> {
     let Some(pool) = pools.first() else {
         return Ok(Ipam::default());
     };
     if pools.len() > 1 {
-        let all: Vec<&str> = pools.iter().map(|p| p.pool.as_str()).collect();
-        return Err(ApiError::new(format!(
-            "a dovesnap network has one IPv4 subnet, Docker passed {} ({}); give one --subnet",
-            pools.len(),
-            all.join(", ")
-        )));
+        return Err(DriverError::SeveralPools {
+            pools: pools.iter().map(|p| p.pool.clone()).collect(),
+        });
     }
-    parse_cidr(&pool.pool)
-        .ok_or_else(|| ApiError::new(format!("IPAM pool {:?} is not an IPv4 CIDR", pool.pool)))?;
+    let subnet: Ipv4Net =
+        (pool.pool.parse()).map_err(|_| DriverError::BadPool(pool.pool.clone()))?;
     let gateway = if pool.gateway.is_empty() {
         None
     } else {
         Some(
-            parse_cidr(&pool.gateway)
-                .map(|(a, _)| a)
+            (pool.gateway.parse::<Ipv4Cidr>().map(|c| c.addr).ok())
                 .or_else(|| pool.gateway.parse().ok())
-                .ok_or_else(|| {
-                    ApiError::new(format!(
-                        "IPAM gateway {:?} is not an IPv4 address",
-                        pool.gateway
-                    ))
-                })?,
+                .ok_or_else(|| DriverError::BadGateway(pool.gateway.clone()))?,
         )
     };
     Ok(Ipam {
-        subnet: Some(pool.pool.clone()),
+        subnet: Some(subnet),
         gateway,
     })
 }
 
 /// A MAC for an endpoint Docker gave none: `02:42` and the IPv4 address, as Docker's
 /// bridge driver does, or locally administered bytes from the endpoint id.
-pub(super) fn generate_mac(address: &str, endpoint_id: &str) -> [u8; 6] {
-    if let Some((ip, _)) = parse_cidr(address) {
-        let o = ip.octets();
-        return [0x02, 0x42, o[0], o[1], o[2], o[3]];
+pub(super) fn generate_mac(address: Option<Ipv4Cidr>, endpoint_id: &str) -> Mac {
+    if let Some(c) = address {
+        let o = c.addr.octets();
+        return Mac([0x02, 0x42, o[0], o[1], o[2], o[3]]);
     }
     let mut mac = [0x02, 0, 0, 0, 0, 0];
     for (i, pair) in endpoint_id.as_bytes().chunks(2).skip(1).take(5).enumerate() {
         let s = std::str::from_utf8(pair).unwrap_or("0");
         mac[i + 1] = u8::from_str_radix(s, 16).unwrap_or(0);
     }
-    mac
+    Mac(mac)
+}
+
+/// Record fields kept as text (as older versions wrote them) but typed in memory.
+pub(super) mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    /// A value as its text.
+    pub fn write<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// `None` as `null`.
+    pub fn or_null<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(ToString::to_string).serialize(s)
+    }
+
+    /// `None` as `""`.
+    pub fn or_empty<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref()
+            .map_or_else(String::new, ToString::to_string)
+            .serialize(s)
+    }
+
+    fn parse<'de, T: FromStr, D: Deserializer<'de>>(s: &str) -> Result<T, D::Error> {
+        s.parse()
+            .map_err(|_| D::Error::custom(format!("{s:?} does not read")))
+    }
+
+    /// A value from its text.
+    pub fn read<'de, T: FromStr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        parse::<T, D>(&String::deserialize(d)?)
+    }
+
+    /// `null` and `""` read as `None`.
+    pub fn read_optional<'de, T: FromStr, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .filter(|s| !s.is_empty())
+            .map(|s| parse::<T, D>(&s))
+            .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +381,7 @@ mod tests {
             &"a".repeat(129),
         ] {
             let err = valid_id("network", bad).unwrap_err();
-            assert!(err.0.contains("invalid network id"), "{err}");
+            assert!(err.to_string().contains("invalid network id"), "{err}");
         }
     }
 
@@ -272,7 +392,7 @@ mod tests {
             ..Default::default()
         };
         let e = ipam_from(&[pool("10.0.0.0/24"), pool("10.0.1.0/24")]).unwrap_err();
-        assert!(e.0.contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/24, 10.0.1.0/24"), "{e}");
     }
 
     #[test]
@@ -284,7 +404,7 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(ipam.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(ipam.subnet.as_deref(), Some("10.0.0.0/24"));
+        assert_eq!(ipam.subnet, Some("10.0.0.0/24".parse().unwrap()));
         assert_eq!(ipam_from(&[]).unwrap(), Ipam::default());
         assert!(ipam_from(&[api::IpamData {
             pool: "nonsense".into(),
@@ -295,8 +415,9 @@ mod tests {
 
     #[test]
     fn macs_follow_docker_convention() {
-        assert_eq!(generate_mac("10.1.2.3/24", "x"), [0x02, 0x42, 10, 1, 2, 3]);
-        let m = generate_mac("", "00112233445566778899");
-        assert_eq!(m, [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        let addr = "10.1.2.3/24".parse().ok();
+        assert_eq!(generate_mac(addr, "x"), Mac([0x02, 0x42, 10, 1, 2, 3]));
+        let m = generate_mac(None, "00112233445566778899");
+        assert_eq!(m, Mac([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]));
     }
 }

@@ -3,18 +3,17 @@
 
 use super::*;
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
     /// network's netfilter rules.
-    pub(super) async fn program_nat(&self, net: &Network) -> ApiResult<()> {
+    pub(super) async fn program_nat(&self, net: &Network) -> DriverResult<()> {
         let Some(nat) = net.nat(&self.fastpath_config) else {
             return Ok(());
         };
         self.netlink
             .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
-            .await
-            .map_err(nl_err)?;
-        fw(enable_ip_forward)?;
+            .await?;
+        fw(|| self.netlink.enable_ip_forward())?;
         fw(|| self.firewall.add_network(&nat))
     }
 
@@ -23,10 +22,10 @@ impl Driver {
     pub(super) async fn program_external_inner(
         &self,
         req: api::ProgramExternalConnectivityRequest,
-    ) -> ApiResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
+    ) -> DriverResult<()> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if !net.options.mode.is_nat() {
             return Ok(());
@@ -41,17 +40,13 @@ impl Driver {
             .and_then(|o| o.get(PORT_MAP_OPTION))
             .cloned()
             .unwrap_or(serde_json::Value::Null);
-        let mappings = parse_port_map(&map).map_err(|e| ApiError::new(e.to_string()))?;
+        let mappings = parse_port_map(&map)?;
         if mappings.is_empty() || net.internal {
             return Ok(());
         }
-        let ip = parse_cidr(&ep.address)
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "endpoint {eid} has no IPv4 address to publish ports to"
-                ))
-            })?
-            .0;
+        let ip = (ep.address)
+            .ok_or_else(|| DriverError::NoAddressToPublish(eid.to_string()))?
+            .addr;
         let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
         let mut stored = ep.clone();
         stored.published = published.clone();
@@ -62,7 +57,7 @@ impl Driver {
             .await
         {
             let _ = fw(|| self.firewall.remove_ports(nid, eid));
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
         ep.published = published;
@@ -70,7 +65,7 @@ impl Driver {
             let uplink = net.options.nat_uplink.clone().unwrap_or_default();
             let host_ifname = ep.host_ifname.clone();
             let ports = ep.published.clone();
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 if !fp.has_endpoint(&host_ifname) {
                     return;
                 }
@@ -78,7 +73,7 @@ impl Driver {
                     return;
                 };
                 for p in fast_ports(&ports, addr) {
-                    if let Err(e) = fp.publish(&uplink, p.0, p.1, ip, p.2) {
+                    if let Err(e) = fp.publish(&uplink, p, ip) {
                         warn!(endpoint = %eid, "port {} stays on the kernel path: {e}", p.1);
                     }
                 }
@@ -87,11 +82,12 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) async fn revoke_external_inner(&self, req: api::EndpointRequest) -> ApiResult<()> {
-        let nid = valid_id("network", &req.network_id)?;
-        let eid = valid_id("endpoint", &req.endpoint_id)?;
-        let mut networks = self.networks.lock().await;
-        let Some(net) = networks.get_mut(nid) else {
+    /// RevokeExternalConnectivity: withdraws the endpoint's published ports.
+    pub(super) async fn unpublish_ports(&self, req: api::EndpointRequest) -> DriverResult<()> {
+        let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
+        let mut guard = self.state.lock().await;
+        let state = &mut *guard;
+        let Some(net) = state.networks.get_mut(nid) else {
             return Ok(());
         };
         let Some(ep) = net.endpoints.get_mut(eid) else {
@@ -100,15 +96,7 @@ impl Driver {
         if ep.published.is_empty() {
             return Ok(());
         }
-        if net.options.mode == Mode::NatFast {
-            let uplink = net.options.nat_uplink.clone().unwrap_or_default();
-            let ports = ep.published.clone();
-            self.if_fastpath(|fp| {
-                for p in &ports {
-                    fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
-                }
-            });
-        }
+        fast_unpublish(&mut state.fastpath, &net.options, &ep.published);
         fw(|| self.firewall.remove_ports(nid, eid))?;
         ep.published.clear();
         let json = serde_json::to_string(&*ep).expect("Endpoint serializes");
@@ -118,7 +106,7 @@ impl Driver {
             .await
         {
             // A port deleted by hand keeps no record to update.
-            Err(e) if !e.is_not_found() => Err(ovs_err(e)),
+            Err(e) if !e.is_not_found() => Err(e.into()),
             _ => Ok(()),
         }
     }

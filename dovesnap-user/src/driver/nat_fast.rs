@@ -17,7 +17,7 @@ pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
 pub(super) fn fast_ports(
     published: &[PublishedPort],
     uplink_addr: Ipv4Addr,
-) -> Vec<(crate::translator::Protocol, u16, u16)> {
+) -> Vec<backend::FastPort> {
     published
         .iter()
         .filter(|p| p.host_ip.is_none_or(|ip| ip == uplink_addr))
@@ -25,64 +25,94 @@ pub(super) fn fast_ports(
         .collect()
 }
 
-impl Driver {
-    /// Runs `f` on the fast path, starting it first if needed (blocking: it waits for
-    /// the data-plane thread).
-    pub(super) fn with_fastpath<T>(
-        &self,
-        f: impl FnOnce(&mut FastPath) -> Result<T, FastPathError>,
+/// The nat-fast data path, started with the first nat-fast endpoint; part of the
+/// driver's state, so only reached with the driver's lock held. Its calls block (they
+/// wait for the data-plane thread): each runs in `block_in_place`.
+pub(super) struct FastSlot<F>(Option<F>);
+
+impl<F> Default for FastSlot<F> {
+    fn default() -> Self {
+        FastSlot(None)
+    }
+}
+
+impl<F: NatFastPath> FastSlot<F> {
+    /// Runs `f` on the fast path, starting it with `config` first if needed.
+    pub(super) fn with<T>(
+        &mut self,
+        config: &FastPathConfig,
+        f: impl FnOnce(&mut F) -> Result<T, FastPathError>,
     ) -> Result<T, FastPathError> {
         tokio::task::block_in_place(|| {
-            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.is_none() {
-                *guard = Some(FastPath::start(self.fastpath_config.clone())?);
-            }
-            f(guard.as_mut().expect("just started"))
+            let fp = match &mut self.0 {
+                Some(fp) => fp,
+                empty => empty.insert(F::start(config.clone())?),
+            };
+            f(fp)
         })
     }
 
     /// Runs `f` on the fast path if it is running.
-    pub(super) fn if_fastpath(&self, f: impl FnOnce(&mut FastPath)) {
-        tokio::task::block_in_place(|| {
-            let mut guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(fp) = guard.as_mut() {
-                f(fp);
-            }
-        })
+    pub(super) fn if_running(&mut self, f: impl FnOnce(&mut F)) {
+        if let Some(fp) = &mut self.0 {
+            tokio::task::block_in_place(|| f(fp));
+        }
     }
 
+    pub(super) fn get(&self) -> Option<&F> {
+        self.0.as_ref()
+    }
+
+    pub(super) fn take(&mut self) -> Option<F> {
+        self.0.take()
+    }
+}
+
+/// Takes an endpoint and its published ports off the fast path (idempotent).
+pub(super) fn fast_leave<F: NatFastPath>(fastpath: &mut FastSlot<F>, net: &Network, ep: &Endpoint) {
+    if net.options.mode != Mode::NatFast {
+        return;
+    }
+    fast_unpublish(fastpath, &net.options, &ep.published);
+    fastpath.if_running(|fp| fp.remove_endpoint(&ep.host_ifname));
+}
+
+/// Withdraws `published` from a nat-fast network's uplink on the fast path.
+pub(super) fn fast_unpublish<F: NatFastPath>(
+    fastpath: &mut FastSlot<F>,
+    options: &NetworkOptions,
+    published: &[PublishedPort],
+) {
+    if options.mode != Mode::NatFast {
+        return;
+    }
+    let uplink = options.nat_uplink.clone().unwrap_or_default();
+    fastpath.if_running(|fp| {
+        for p in published {
+            fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
+        }
+    });
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// The uplink of a nat-fast network as it is now (address, MAC, queues).
-    pub(super) async fn uplink_spec(&self, net: &Network) -> ApiResult<fastpath::UplinkSpec> {
-        let name =
-            net.options.nat_uplink.clone().ok_or_else(|| {
-                ApiError::new(format!("nat-fast network {} has no uplink", net.id))
-            })?;
-        let link = self
-            .netlink
-            .get(&name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the nat-fast uplink {name} of network {} is gone",
-                    net.id
-                ))
-            })?;
-        let ifindex = link.header.index;
-        let addr = *self
-            .netlink
-            .ipv4_addresses(ifindex)
-            .await
-            .map_err(nl_err)?
-            .first()
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the nat-fast uplink {name} has no IPv4 address to translate to"
-                ))
-            })?;
-        let mac = link_mac(&link).ok_or_else(|| {
-            ApiError::new(format!("the nat-fast uplink {name} has no MAC address"))
-        })?;
+    pub(super) async fn uplink_spec(&self, net: &Network) -> DriverResult<fastpath::UplinkSpec> {
+        let name = (net.options.nat_uplink.clone())
+            .ok_or_else(|| DriverError::NoUplink(net.id.clone()))?;
+        let Some(link) = self.netlink.link(&name).await? else {
+            return Err(DriverError::UplinkGone {
+                uplink: name,
+                network: net.id.clone(),
+            });
+        };
+        let ifindex = link.index;
+        let addresses = self.netlink.ipv4_addresses(ifindex).await?;
+        let Some(&addr) = addresses.first() else {
+            return Err(DriverError::UplinkWithoutAddress(name));
+        };
+        let Some(mac) = link.mac else {
+            return Err(DriverError::UplinkWithoutMac(name));
+        };
         Ok(fastpath::UplinkSpec {
             rx_queues: fastpath::rx_queues(&name),
             name,
@@ -97,35 +127,26 @@ impl Driver {
         &self,
         net: &Network,
         ep: &Endpoint,
-    ) -> ApiResult<Option<EndpointSpec>> {
-        let Some((ip, _)) = parse_cidr(&ep.address) else {
+    ) -> DriverResult<Option<EndpointSpec>> {
+        let Some(Ipv4Cidr { addr: ip, .. }) = ep.address else {
             return Ok(None);
         };
-        let nat = net
-            .nat(&self.fastpath_config)
-            .ok_or_else(|| ApiError::new(format!("network {} has no subnet", net.id)))?;
-        let gone = |what: &str| ApiError::new(format!("{what} of endpoint {} is gone", ep.id));
-        let host_ifindex = self
-            .netlink
-            .index(&ep.host_ifname)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| gone("the host end"))?;
-        let bridge = self
-            .netlink
-            .get(&net.bridge)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| gone("the bridge"))?;
-        let bridge_ifindex = bridge.header.index;
-        let gateway_mac = link_mac(&bridge).ok_or_else(|| gone("the bridge MAC"))?;
-        let mac = parse_mac(&ep.mac)
-            .ok_or_else(|| ApiError::new(format!("endpoint {} has a bad MAC", ep.id)))?;
+        let nat = (net.nat(&self.fastpath_config))
+            .ok_or_else(|| DriverError::NoSubnet(net.id.clone()))?;
+        let gone = |what| DriverError::EndpointPartGone {
+            what,
+            endpoint: ep.id.clone(),
+        };
+        let host_ifindex =
+            (self.netlink.index(&ep.host_ifname).await?).ok_or_else(|| gone("the host end"))?;
+        let bridge = (self.netlink.link(&net.bridge).await?).ok_or_else(|| gone("the bridge"))?;
+        let bridge_ifindex = bridge.index;
+        let gateway_mac = bridge.mac.ok_or_else(|| gone("the bridge MAC"))?;
         Ok(Some(EndpointSpec {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex,
             ip,
-            mac,
+            mac: ep.mac.0,
             gateway_mac,
             bridge_ifindex,
             subnet: nat.subnet,
@@ -138,7 +159,13 @@ impl Driver {
     /// `adopt` takes over the flows the kernel's conntrack carries for it (recovery: the
     /// container lived on while the daemon was away). Fail-open: on error the endpoint
     /// stays on the kernel nat path, which is logged and visible in `dovesnap status`.
-    pub(super) async fn fast_join(&self, net: &Network, ep: &Endpoint, adopt: bool) {
+    pub(super) async fn fast_join(
+        &self,
+        fastpath: &mut FastSlot<F>,
+        net: &Network,
+        ep: &Endpoint,
+        adopt: bool,
+    ) {
         if net.options.mode != Mode::NatFast || net.internal {
             return;
         }
@@ -146,18 +173,18 @@ impl Driver {
             let Some(spec) = self.endpoint_spec(net, ep).await? else {
                 return Ok(None);
             };
-            Ok::<_, ApiError>(Some((spec, self.uplink_spec(net).await?)))
+            Ok::<_, DriverError>(Some((spec, self.uplink_spec(net).await?)))
         };
         let (spec, uplink) = match specs.await {
             Ok(Some((spec, uplink))) => (EndpointSpec { adopt, ..spec }, uplink),
             Ok(None) => return,
             Err(e) => {
-                warn!(endpoint = %ep.id, "staying on the kernel nat path: {}", e.0);
+                warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
                 return;
             }
         };
         let subnet = net.nat(&self.fastpath_config).map(|n| n.subnet);
-        let r = self.with_fastpath(|fp| {
+        let r = fastpath.with(&self.fastpath_config, |fp| {
             // The host's forward rules first: the container's first frame must not
             // pass them by.
             let mut subnets = fp.host_subnets();
@@ -165,91 +192,49 @@ impl Driver {
             fp.follow_host_rules(subnets)?;
             fp.add_endpoint(&spec, &uplink)?;
             for p in fast_ports(&ep.published, uplink.addr) {
-                fp.publish(&uplink.name, p.0, p.1, spec.ip, p.2)?;
+                fp.publish(&uplink.name, p, spec.ip)?;
             }
             Ok(())
         });
         if let Err(e) = r {
             warn!(endpoint = %ep.id, "staying on the kernel nat path: {e}");
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 fp.remove_endpoint(&ep.host_ifname);
                 fp.set_kernel_path(&ep.host_ifname, e.to_string());
             });
         }
     }
 
-    /// Takes an endpoint and its published ports off the fast path (idempotent).
-    pub(super) fn fast_leave(&self, net: &Network, ep: &Endpoint) {
-        if net.options.mode != Mode::NatFast {
-            return;
-        }
-        let uplink = net.options.nat_uplink.clone().unwrap_or_default();
-        self.if_fastpath(|fp| {
-            for p in &ep.published {
-                fp.unpublish(&uplink, fast_proto(p.proto), p.host_port);
-            }
-            fp.remove_endpoint(&ep.host_ifname);
-        });
-    }
-
     /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default
     /// route; it must exist, have an IPv4 address and not be one of the bridge's ports.
-    pub(super) async fn check_uplink(&self, options: &NetworkOptions) -> ApiResult<String> {
+    pub(super) async fn check_uplink(&self, options: &NetworkOptions) -> DriverResult<String> {
         let name = match &options.nat_uplink {
             Some(n) => n.clone(),
             None => {
-                let ifindex = self
-                    .netlink
-                    .default_route_interface()
-                    .await
-                    .map_err(nl_err)?
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            "mode=nat-fast needs an uplink: the host has no IPv4 default route; \
-                             give -o ovs.nat.uplink=IFNAME",
-                        )
-                    })?;
-                self.netlink
-                    .name_of(ifindex)
-                    .await
-                    .map_err(nl_err)?
-                    .ok_or_else(|| ApiError::new("the default route's interface vanished"))?
+                let ifindex = (self.netlink.default_route_interface().await?)
+                    .ok_or(DriverError::NoDefaultRoute)?;
+                (self.netlink.name_of(ifindex).await?).ok_or(DriverError::DefaultRouteVanished)?
             }
         };
         if options.add_ports.iter().any(|u| u.name == name) {
-            return Err(ApiError::new(format!(
-                "ovs.nat.uplink {name} is also in ovs.bridge.add_ports: the uplink must be a \
-                 routed interface, not a bridge port"
-            )));
+            return Err(DriverError::UplinkIsBridgePort(name));
         }
-        let ifindex = self
-            .netlink
-            .index(&name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "ovs.nat.uplink names {name}, but the host has no such interface"
-                ))
-            })?;
-        if self
-            .netlink
-            .ipv4_addresses(ifindex)
-            .await
-            .map_err(nl_err)?
-            .is_empty()
-        {
-            return Err(ApiError::new(format!(
-                "the nat-fast uplink {name} has no IPv4 address to translate to"
-            )));
+        let Some(ifindex) = self.netlink.index(&name).await? else {
+            return Err(DriverError::NoSuchUplink(name));
+        };
+        if self.netlink.ipv4_addresses(ifindex).await?.is_empty() {
+            return Err(DriverError::UplinkWithoutAddress(name));
         }
         Ok(name)
     }
 
-    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail.
-    /// False when no nat-fast data plane runs.
+    /// Test hook (`dovesnap daemon --test-hooks`): makes the nat-fast data plane fail
+    /// (once the Docker call or reconciler pass under way is done). False when no
+    /// nat-fast data plane runs.
     pub fn inject_fault(&self, fault: crate::fastpath::Fault) -> bool {
-        let guard = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map(|fp| fp.inject(fault)).is_some()
+        tokio::task::block_in_place(|| {
+            let state = self.state.blocking_lock();
+            state.fastpath.get().map(|fp| fp.inject(fault)).is_some()
+        })
     }
 }

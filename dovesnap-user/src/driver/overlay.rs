@@ -3,10 +3,6 @@
 
 use super::*;
 
-pub(super) fn ovn_err(e: OvnError) -> ApiError {
-    ApiError::new(e.to_string())
-}
-
 /// The integration bridge of an overlay network.
 pub(super) fn integration_bridge(options: &NetworkOptions) -> String {
     options
@@ -19,14 +15,14 @@ pub(super) fn integration_bridge(options: &NetworkOptions) -> String {
 pub(super) fn logical_port(ov: &Overlay, ep: &Endpoint) -> ovn::northbound::PortSpec {
     ovn::northbound::PortSpec {
         name: ovn::port_name(&ep.id),
-        mac: ep.mac.clone(),
-        ip: parse_cidr(&ep.address).map(|(ip, _)| ip),
+        mac: ep.mac.to_string(),
+        ip: ep.address.map(|c| c.addr),
         chassis: ov.chassis.clone(),
         endpoint_id: ep.id.clone(),
     }
 }
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// How long a chassis must have been missing from the southbound database before
     /// its logical ports and references are reaped (the daemon's `--ovn-reap-after`).
     pub fn with_ovn_reap_after(self, grace: std::time::Duration) -> Self {
@@ -75,7 +71,7 @@ impl Driver {
             let mut untrusted_ids = Vec::new();
             let net = Network {
                 id: id.to_string(),
-                datapath_type: br.map(|b| b.datapath_type.clone()).unwrap_or_default(),
+                datapath: Datapath::of(br.map_or("", |b| &b.datapath_type)),
                 endpoints: match br {
                     Some(b) => {
                         let (good, untrusted) = records::endpoints_of(b, Some(id));
@@ -89,11 +85,7 @@ impl Driver {
                 options,
                 ipam: record.ipam,
                 internal: false,
-                overlay: Some(Overlay {
-                    switch,
-                    northbound,
-                    chassis: record.chassis,
-                }),
+                chassis: record.chassis,
             };
             if br.is_none() {
                 // Without the bridge this host's endpoints are unknown: reconciling
@@ -105,7 +97,7 @@ impl Driver {
             }
             match self.reconcile_overlay(&net, &untrusted_ids).await {
                 Ok(removed) => {
-                    info!(network = %id, switch = ?net.overlay.as_ref().map(|o| &o.switch),
+                    info!(network = %id, switch = %switch, northbound = %northbound,
                           endpoints = net.endpoints.len(), stale_ports_removed = removed,
                           "recovered overlay network")
                 }
@@ -127,14 +119,14 @@ impl Driver {
         net: &Network,
         untrusted: &[String],
     ) -> Result<usize, OvnError> {
-        let Some(ov) = &net.overlay else {
+        let Some(ov) = net.overlay() else {
             return Ok(0);
         };
         let nb = self.northbound(&ov.northbound);
-        let subnet = net.ipam.subnet.clone().unwrap_or_default();
+        let subnet = net.subnet_text();
         nb.join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
             .await?;
-        self.reap_dead_chassis(ov).await?;
+        self.reap_dead_chassis(&ov).await?;
         let state = nb
             .switch(&ov.switch)
             .await?
@@ -157,7 +149,7 @@ impl Driver {
         nb.remove_ports(&ov.switch, &stale).await?;
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
-                nb.add_port(&ov.switch, &logical_port(ov, ep)).await?;
+                nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
             }
         }
         Ok(stale.len())
@@ -211,49 +203,27 @@ impl Driver {
         id: &str,
         mut options: NetworkOptions,
         ipam: Ipam,
-    ) -> ApiResult<Network> {
-        let subnet = ipam.subnet.clone().ok_or_else(|| {
-            ApiError::new(
-                "mode=overlay needs an IPv4 subnet: give --subnet, the same on every host \
-                 (and each host its own --ip-range of it)",
-            )
-        })?;
-        let chassis =
-            Chassis::from_external_ids(&self.ovs.switch_external_ids().await.map_err(ovs_err)?);
-        let host = chassis.name().map_err(ovn_err)?.to_string();
+    ) -> DriverResult<Network> {
+        let subnet = (ipam.subnet)
+            .ok_or(DriverError::OverlayWithoutSubnet)?
+            .to_string();
+        let chassis = Chassis::from_external_ids(&self.ovs.switch_external_ids().await?);
+        let host = chassis.name()?.to_string();
         let bridge = integration_bridge(&options);
-        let br = self
-            .ovs
-            .bridge(&bridge)
-            .await
-            .map_err(ovs_err)?
-            .ok_or_else(|| {
-                ApiError::new(format!(
-                    "the OVN integration bridge {bridge} does not exist: is ovn-controller \
-                 running on this host? (it creates the bridge; another name: -o ovs.ovn.bridge)"
-                ))
-            })?;
-        let northbound = options
-            .ovn_nb
-            .clone()
+        let Some(br) = self.ovs.bridge(&bridge).await? else {
+            return Err(DriverError::NoIntegrationBridge(bridge));
+        };
+        let northbound = (options.ovn_nb.clone())
             .or_else(|| self.ovn_nb.clone())
             .or_else(|| chassis.northbound())
-            .ok_or_else(|| {
-                ApiError::new(
-                    "mode=overlay: where is the OVN northbound database? give -o \
-                     ovs.ovn.nb=tcp:HOST:6641, the daemon's --ovn-nb, or set \
-                     external_ids:ovn-nb (or a tcp: external_ids:ovn-remote) in Open_vSwitch",
-                )
-            })?;
+            .ok_or(DriverError::NoNorthbound)?;
         // Tunnelled frames must still fit the hosts' links: geneve adds 58 bytes.
         options.mtu.get_or_insert(ovn::DEFAULT_MTU);
         let switch = ovn::switch_name(options.ovn_switch.as_deref(), &subnet);
         options.ovn_nb = Some(northbound.clone());
         options.ovn_switch = Some(switch.clone());
         let nb = self.northbound(&northbound);
-        nb.join_switch(&switch, &subnet, &host, id)
-            .await
-            .map_err(ovn_err)?;
+        nb.join_switch(&switch, &subnet, &host, id).await?;
         let record = OverlayRecord {
             options: options.to_string_map(),
             ipam: ipam.clone(),
@@ -263,7 +233,7 @@ impl Driver {
         let key = format!("{EXT_OVERLAY_PREFIX}{id}");
         if let Err(e) = self.ovs.set_switch_external_id(&key, Some(&json)).await {
             let _ = nb.leave_switch(&switch, &host).await;
-            return Err(ovs_err(e));
+            return Err(e.into());
         }
         let overlay = Overlay {
             switch,
@@ -276,12 +246,12 @@ impl Driver {
         Ok(Network {
             id: id.to_string(),
             bridge,
-            datapath_type: br.datapath_type,
+            datapath: Datapath::of(&br.datapath_type),
             options,
             ipam,
             internal: false,
             endpoints: HashMap::new(),
-            overlay: Some(overlay),
+            chassis: overlay.chassis,
         })
     }
 

@@ -47,7 +47,10 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{bridge_spec, logical_port, parse_cidr, port_spec, Driver, Endpoint, Network};
+use super::{
+    bridge_spec, logical_port, port_spec, Driver, DriverState, Endpoint, Links, NatFastPath,
+    Network, Switch,
+};
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
 use crate::translator::wire::ArpRepr;
@@ -86,7 +89,7 @@ impl State {
     }
 }
 
-impl Driver {
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// Repairs made since the daemon started, by kind.
     pub fn repairs(&self) -> Vec<(String, u64)> {
         let repairs = self
@@ -147,7 +150,8 @@ impl Driver {
 
     /// One reconciliation pass over every network (see the module documentation).
     pub async fn reconcile(&self) {
-        let networks = self.networks.lock().await;
+        let mut state = self.state.lock().await;
+        let DriverState { networks, fastpath } = &mut *state;
         let bridges = match self.ovs.list_bridges().await {
             Ok(b) => b,
             Err(e) => {
@@ -161,7 +165,7 @@ impl Driver {
         let mut unreachable = HashSet::new();
         for net in networks.values() {
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
-            if net.overlay.is_some() {
+            if let Some(ov) = net.overlay() {
                 // The integration bridge is ovn-controller's: never re-created or
                 // claimed here, but the ports and veths of our endpoints on it are ours.
                 let Some(b) = bridge else {
@@ -170,11 +174,10 @@ impl Driver {
                     continue;
                 };
                 let ports = b.ports.iter().map(|p| p.name.clone()).collect();
-                self.reconcile_network(net, &ports, &mut keep).await;
-                if let Some(ov) = &net.overlay {
-                    if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
-                        unreachable.insert(ov.northbound.clone());
-                    }
+                self.reconcile_network(fastpath, net, &ports, &mut keep)
+                    .await;
+                if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
+                    unreachable.insert(ov.northbound);
                 }
                 continue;
             }
@@ -206,7 +209,8 @@ impl Driver {
                     HashSet::new()
                 }
             };
-            self.reconcile_network(net, &ports, &mut keep).await;
+            self.reconcile_network(fastpath, net, &ports, &mut keep)
+                .await;
         }
         self.reconciler.forget(&keep);
         let nats: Vec<_> = networks
@@ -220,7 +224,7 @@ impl Driver {
             .filter_map(|n| n.nat(&self.fastpath_config).map(|n| n.subnet))
             .collect();
         if !fast.is_empty() {
-            self.if_fastpath(|fp| {
+            fastpath.if_running(|fp| {
                 if let Err(e) = fp.follow_host_rules(fast) {
                     warn!("reconcile: cannot bring nat-fast up to date with the host's forward rules: {e}");
                 }
@@ -243,7 +247,7 @@ impl Driver {
     /// grace period are reaped (see the module documentation). False when the
     /// northbound database did not answer.
     async fn reconcile_ovn(&self, net: &Network) -> bool {
-        let Some(ov) = &net.overlay else {
+        let Some(ov) = net.overlay() else {
             return true;
         };
         let nb = self.northbound(&ov.northbound);
@@ -258,7 +262,7 @@ impl Driver {
             .as_ref()
             .is_some_and(|s| s.switch.hosts().contains(&ov.chassis.as_str()));
         if !joined {
-            let subnet = net.ipam.subnet.clone().unwrap_or_default();
+            let subnet = net.subnet_text();
             if let Err(e) = nb
                 .join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
                 .await
@@ -280,7 +284,7 @@ impl Driver {
             if ports.contains(name.as_str()) {
                 continue;
             }
-            if let Err(e) = nb.add_port(&ov.switch, &logical_port(ov, ep)).await {
+            if let Err(e) = nb.add_port(&ov.switch, &logical_port(&ov, ep)).await {
                 warn!(endpoint = %ep.id, port = %name,
                       "reconcile: cannot make the logical port again: {e}");
                 continue;
@@ -289,7 +293,7 @@ impl Driver {
             info!(network = %net.id, endpoint = %ep.id, port = %name,
                   "repaired: the endpoint's logical port was gone; made it again");
         }
-        if let Err(e) = self.reap_dead_chassis(ov).await {
+        if let Err(e) = self.reap_dead_chassis(&ov).await {
             debug!(network = %net.id, "reconcile: could not reap dead chassis: {e}");
         }
         true
@@ -297,6 +301,7 @@ impl Driver {
 
     async fn reconcile_network(
         &self,
+        fastpath: &mut super::nat_fast::FastSlot<F>,
         net: &Network,
         ports: &HashSet<String>,
         keep: &mut HashSet<String>,
@@ -359,7 +364,8 @@ impl Driver {
                 Ok(()) => {
                     // The bridge port is new, with a new MAC: containers' ARP caches
                     // still name the old one until told.
-                    if let Ok(Some(mac)) = self.netlink.mac(&net.bridge).await {
+                    let link = self.netlink.link(&net.bridge).await;
+                    if let Ok(Some(super::Link { mac: Some(mac), .. })) = link {
                         if let Err(e) = announce(bridge_index, mac, nat.gateway) {
                             warn!(network = %net.id, "reconcile: {e}");
                         }
@@ -384,8 +390,8 @@ impl Driver {
             let moved = self.reconciler.moved(&ep.host_ifname, index);
             let joined = ep.sandbox.is_some();
             if joined && (bridge_moved || moved || remade.contains(&ep.host_ifname)) {
-                self.fast_leave(net, ep);
-                self.fast_join(net, ep, false).await;
+                super::fast_leave(fastpath, net, ep);
+                self.fast_join(fastpath, net, ep, false).await;
                 self.reconciler.count("fast-path");
                 info!(network = %net.id, endpoint = %ep.id,
                       "repaired: an interface under the endpoint was re-created; back on the fast path");
@@ -405,7 +411,7 @@ impl Driver {
     ) -> Result<String, String> {
         let netns = std::fs::File::open(sandbox)
             .map_err(|e| format!("cannot open the container's namespace {sandbox}: {e}"))?;
-        let mac = crate::host::netlink::parse_mac(&ep.mac);
+        let mac = Some(ep.mac.0);
         let nl = |e: NetlinkError| e.to_string();
         self.netlink
             .delete(&ep.container_ifname)
@@ -423,7 +429,7 @@ impl Driver {
                 .move_to_netns(&ep.container_ifname, netns.as_raw_fd())
                 .await
                 .map_err(nl)?;
-            let address = parse_cidr(&ep.address);
+            let address = ep.address.map(|c| (c.addr, c.prefix));
             let gateway = net.container_gateway();
             let peer = ep.container_ifname.clone();
             tokio::task::block_in_place(|| {

@@ -13,13 +13,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
-    parse_cidr, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
+    Datapath, DriverError, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
     EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
 };
 use crate::daemon::status::BadRecord;
 use crate::host::addr::Ipv4Net;
-use crate::host::netlink::parse_mac;
 use crate::ovsdb::{BridgeInfo, PortInfo, Remote};
 use crate::plugin::options::NetworkOptions;
 
@@ -29,13 +28,14 @@ pub const DOCKER_NETNS_DIRS: [&str; 2] = ["/var/run/docker/netns/", "/run/docker
 
 /// Docker ids as the API takes them: 12 to 128 ASCII letters and digits (so slicing
 /// one is safe).
-pub(super) fn check_id(what: &str, id: &str) -> Result<(), String> {
+pub(super) fn check_id(what: &'static str, id: &str) -> Result<(), DriverError> {
     if id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
-        Err(format!(
-            "invalid {what} id {id:?}: expected Docker's hexadecimal id (12 to 128 letters and digits)"
-        ))
+        Err(DriverError::InvalidId {
+            what,
+            id: id.to_string(),
+        })
     }
 }
 
@@ -71,7 +71,7 @@ pub fn check_sandbox(path: &str) -> Result<(), String> {
 /// An endpoint record against the port that holds it: everything dovesnap would act
 /// on must be what `CreateEndpoint` and `Join` write.
 fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
-    check_id("endpoint", &ep.id)?;
+    check_id("endpoint", &ep.id).map_err(|e| e.to_string())?;
     if let Some(pid) = port.external_ids.get(EXT_ENDPOINT_ID) {
         if *pid != ep.id {
             return Err(format!(
@@ -92,12 +92,6 @@ fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
             "the port is {:?}, the endpoint's is {host}",
             port.name
         ));
-    }
-    if !ep.address.is_empty() && parse_cidr(&ep.address).is_none() {
-        return Err(format!("address {:?} is not an IPv4 CIDR", ep.address));
-    }
-    if parse_mac(&ep.mac).is_none() {
-        return Err(format!("MAC address {:?} does not read", ep.mac));
     }
     if let Some(vlan) = ep.vlan.filter(|v| !(1..=4094).contains(v)) {
         return Err(format!("VLAN {vlan} is not from 1 to 4094"));
@@ -168,7 +162,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
         reason,
     };
     Some((|| {
-        check_id("network", id).map_err(bad)?;
+        check_id("network", id).map_err(|e| bad(e.to_string()))?;
         let opts: BTreeMap<String, String> = br
             .external_ids
             .iter()
@@ -199,7 +193,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
         let net = Network {
             id: id.clone(),
             bridge: br.name.clone(),
-            datapath_type: br.datapath_type.clone(),
+            datapath: Datapath::of(&br.datapath_type),
             options,
             ipam,
             internal: br
@@ -208,7 +202,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
                 .map(String::as_str)
                 == Some("true"),
             endpoints,
-            overlay: None,
+            chassis: String::new(),
         };
         Ok((net, bad_endpoints))
     })())
@@ -216,13 +210,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
 
 /// An IPAM record: JSON whose subnet, if any, is an IPv4 CIDR.
 fn check_ipam(json: &str) -> Result<Ipam, String> {
-    let ipam: Ipam =
-        serde_json::from_str(json).map_err(|e| format!("{EXT_NETWORK_IPAM} does not read: {e}"))?;
-    if let Some(s) = &ipam.subnet {
-        s.parse::<Ipv4Net>()
-            .map_err(|_| format!("IPAM subnet {s:?} is not an IPv4 CIDR"))?;
-    }
-    Ok(ipam)
+    serde_json::from_str(json).map_err(|e| format!("{EXT_NETWORK_IPAM} does not read: {e}"))
 }
 
 /// An overlay record (`Open_vSwitch.external_ids:dovesnap-overlay-ID`): the network id,
@@ -240,14 +228,10 @@ pub(super) struct OverlayRead {
 pub(super) fn overlay_of(key: &str, json: &str) -> Option<Result<OverlayRead, BadRecord>> {
     let id = key.strip_prefix(EXT_OVERLAY_PREFIX)?;
     let read = || -> Result<OverlayRead, String> {
-        check_id("network", id)?;
+        check_id("network", id).map_err(|e| e.to_string())?;
         let record = serde_json::from_str::<OverlayRecord>(json).map_err(|e| e.to_string())?;
         let options = NetworkOptions::from_string_map(&record.options)
             .map_err(|e| format!("options do not read: {e}"))?;
-        if let Some(s) = &record.ipam.subnet {
-            s.parse::<Ipv4Net>()
-                .map_err(|_| format!("IPAM subnet {s:?} is not an IPv4 CIDR"))?;
-        }
         let (Some(switch), Some(northbound)) = (options.ovn_switch.clone(), options.ovn_nb.clone())
         else {
             return Err("no logical switch or northbound database".into());
@@ -277,7 +261,7 @@ pub fn nat_fast_subnets(bridges: &[BridgeInfo]) -> Vec<Ipv4Net> {
         .iter()
         .filter_map(|br| match network_of(br)? {
             Ok((net, _)) if net.options.mode == crate::plugin::options::Mode::NatFast => {
-                net.ipam.subnet.as_deref()?.parse().ok()
+                net.ipam.subnet
             }
             _ => None,
         })
@@ -319,8 +303,8 @@ mod tests {
         let (host, container) = veth_names(EID);
         Endpoint {
             id: EID.into(),
-            address: "10.231.1.2/24".into(),
-            mac: "02:42:0a:e7:01:02".into(),
+            address: "10.231.1.2/24".parse().ok(),
+            mac: "02:42:0a:e7:01:02".parse().unwrap(),
             host_ifname: host,
             container_ifname: container,
             published: vec![],
@@ -400,7 +384,7 @@ mod tests {
         let (net, bad) = network_of(&br).unwrap().unwrap();
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(net.endpoints[EID], ep);
-        assert_eq!(net.ipam.subnet.as_deref(), Some("10.231.1.0/24"));
+        assert_eq!(net.ipam.subnet, "10.231.1.0/24".parse().ok());
         assert!(audit(&[br], &BTreeMap::new()).is_empty());
     }
 
@@ -445,6 +429,36 @@ mod tests {
     }
 
     #[test]
+    fn records_read_as_older_versions_wrote_them() {
+        let json = format!(
+            r#"{{"id":"{EID}","address":"","mac":"02:42:0A:E7:01:02","host_ifname":"ovsv{}","container_ifname":"ovsc{}"}}"#,
+            &EID[..10],
+            &EID[..10]
+        );
+        let ep: Endpoint = serde_json::from_str(&json).unwrap();
+        assert_eq!(ep.address, None);
+        assert_eq!(ep.mac.0, [0x02, 0x42, 0x0a, 0xe7, 0x01, 0x02]);
+        let written = serde_json::to_value(&ep).unwrap();
+        assert_eq!(written["address"], "");
+        assert_eq!(written["mac"], "02:42:0a:e7:01:02");
+        let ep = endpoint();
+        let written = serde_json::to_value(&ep).unwrap();
+        assert_eq!(written["address"], "10.231.1.2/24");
+        let ipam: Ipam =
+            serde_json::from_str(r#"{"subnet":"10.231.1.0/24","gateway":"10.231.1.1"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&ipam).unwrap(),
+            r#"{"subnet":"10.231.1.0/24","gateway":"10.231.1.1"}"#
+        );
+        let none: Ipam = serde_json::from_str(r#"{"subnet":null,"gateway":null}"#).unwrap();
+        assert_eq!(none, Ipam::default());
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"subnet":null,"gateway":null}"#
+        );
+    }
+
+    #[test]
     fn bridges_without_dovesnap_ids_are_not_records() {
         assert!(network_of(&bridge(&[], vec![])).is_none());
     }
@@ -485,18 +499,19 @@ mod tests {
 
     #[test]
     fn endpoint_records_naming_foreign_things_are_bad_and_left_out() {
-        let mutations: Vec<fn(&mut Endpoint)> = vec![
-            |e| e.host_ifname = "eth0".into(),
-            |e| e.container_ifname = "foreign0".into(),
-            |e| e.sandbox = Some("/proc/1/ns/net".into()),
-            |e| e.id = "ééééééééééééé".into(),
-            |e| e.address = "banana".into(),
-            |e| e.mac = "banana".into(),
+        let mutations = [
+            ("host_ifname", "eth0"),
+            ("container_ifname", "foreign0"),
+            ("sandbox", "/proc/1/ns/net"),
+            ("id", "ééééééééééééé"),
+            ("address", "banana"),
+            ("address", "10.231.1.2"),
+            ("mac", "banana"),
         ];
-        for mutate in mutations {
+        for (field, value) in mutations {
             let good = endpoint();
-            let mut ep = good.clone();
-            mutate(&mut ep);
+            let mut ep = serde_json::to_value(&good).unwrap();
+            ep[field] = value.into();
             let mut p = port(&good);
             p.external_ids
                 .insert(EXT_ENDPOINT.into(), serde_json::to_string(&ep).unwrap());

@@ -1,0 +1,1035 @@
+//! The driver's mode logic on in-memory fakes of OVSDB, the host's links, the
+//! firewall and the fast path: what each Docker call makes and unmakes, and that a
+//! failure half way leaves nothing behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use super::backend::{FastPort, Link};
+use super::*;
+use crate::fastpath::{FastPathStatus, Fault, UplinkSpec as FastUplinkSpec};
+use crate::firewall::PortMapping;
+use crate::host::netlink::NetlinkError;
+use crate::ovsdb::{BridgeInfo, OvsdbError, PortInfo};
+
+const NID: &str = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+const NID2: &str = "7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4b3a291807f6e5d4c3b2a19080";
+const EID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+/// The host as the fakes see it: OVSDB's bridges and the kernel's links, shared
+/// (ovs-vswitchd makes a bridge's internal interface), every call recorded.
+#[derive(Default)]
+struct Host {
+    bridges: BTreeMap<String, BridgeInfo>,
+    /// Every bridge `create_bridge` was asked for.
+    created: Vec<BridgeSpec>,
+    switch_ids: BTreeMap<String, String>,
+    links: BTreeMap<String, FakeLink>,
+    next_index: u32,
+    default_route: Option<u32>,
+    /// Operations that fail (by name).
+    failing: HashSet<&'static str>,
+    calls: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FakeLink {
+    index: u32,
+    mac: Option<[u8; 6]>,
+    peer: Option<String>,
+    addrs: Vec<Ipv4Addr>,
+}
+
+impl Host {
+    /// Records `op` on `name`; true when it is to fail.
+    fn call(&mut self, op: &'static str, name: &str) -> bool {
+        self.calls.push(format!("{op} {name}"));
+        self.failing.contains(op)
+    }
+
+    fn add_link(&mut self, name: &str, mac: Option<[u8; 6]>, peer: Option<&str>) -> u32 {
+        self.next_index += 1;
+        let link = FakeLink {
+            index: self.next_index,
+            mac,
+            peer: peer.map(str::to_string),
+            addrs: Vec::new(),
+        };
+        self.links.insert(name.to_string(), link);
+        self.next_index
+    }
+
+    fn port_names(&self, bridge: &str) -> Vec<String> {
+        self.bridges[bridge]
+            .ports
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn port(&self, name: &str) -> Option<&PortInfo> {
+        self.bridges
+            .values()
+            .flat_map(|b| &b.ports)
+            .find(|p| p.name == name)
+    }
+}
+
+type Shared = Arc<Mutex<Host>>;
+type Nl = Result<(), NetlinkError>;
+
+fn ovs_failure(op: &str) -> OvsdbError {
+    OvsdbError::Protocol(format!("{op} failed (injected)"))
+}
+
+fn nl_failure(op: &str) -> NetlinkError {
+    NetlinkError::Connect(std::io::Error::other(format!("{op} failed (injected)")))
+}
+
+struct FakeSwitch(Shared);
+
+impl Switch for FakeSwitch {
+    async fn list_bridges(&self) -> Result<Vec<BridgeInfo>, OvsdbError> {
+        Ok(self.0.lock().unwrap().bridges.values().cloned().collect())
+    }
+
+    async fn bridge(&self, name: &str) -> Result<Option<BridgeInfo>, OvsdbError> {
+        Ok(self.0.lock().unwrap().bridges.get(name).cloned())
+    }
+
+    async fn create_bridge(&self, spec: &BridgeSpec) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("create_bridge", &spec.name) {
+            return Err(ovs_failure("create_bridge"));
+        }
+        if h.bridges.contains_key(&spec.name) {
+            return Err(OvsdbError::BridgeExists(spec.name.clone()));
+        }
+        h.created.push(spec.clone());
+        let br = BridgeInfo {
+            name: spec.name.clone(),
+            datapath_type: spec.datapath_type.clone(),
+            external_ids: spec.external_ids.clone(),
+            ports: Vec::new(),
+        };
+        h.bridges.insert(spec.name.clone(), br);
+        let index = h.next_index + 1;
+        h.add_link(&spec.name, Some([0x0e, 0, 0, 0, 0, index as u8]), None);
+        Ok(())
+    }
+
+    async fn delete_bridge(&self, name: &str) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("delete_bridge", name) {
+            return Err(ovs_failure("delete_bridge"));
+        }
+        h.bridges
+            .remove(name)
+            .ok_or_else(|| OvsdbError::NoSuchBridge(name.to_string()))?;
+        h.links.remove(name);
+        Ok(())
+    }
+
+    async fn update_bridge_external_ids(
+        &self,
+        bridge: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("update_bridge_external_ids", bridge) {
+            return Err(ovs_failure("update_bridge_external_ids"));
+        }
+        let br = (h.bridges.get_mut(bridge))
+            .ok_or_else(|| OvsdbError::NoSuchBridge(bridge.to_string()))?;
+        br.external_ids.extend(set.clone());
+        br.external_ids.retain(|k, _| !remove.contains(k));
+        Ok(())
+    }
+
+    async fn add_port(&self, bridge: &str, spec: &PortSpec) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("add_port", &spec.name) {
+            return Err(ovs_failure("add_port"));
+        }
+        if h.port(&spec.name).is_some() {
+            return Err(OvsdbError::PortExists(spec.name.clone()));
+        }
+        let br = (h.bridges.get_mut(bridge))
+            .ok_or_else(|| OvsdbError::NoSuchBridge(bridge.to_string()))?;
+        br.ports.push(PortInfo {
+            name: spec.name.clone(),
+            tag: spec.tag,
+            external_ids: spec.external_ids.clone(),
+            interface_type: String::new(),
+            ofport: None,
+        });
+        Ok(())
+    }
+
+    async fn delete_port(&self, bridge: &str, port: &str) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("delete_port", port) {
+            return Err(ovs_failure("delete_port"));
+        }
+        let no_port = || OvsdbError::NoSuchPort {
+            bridge: bridge.to_string(),
+            port: port.to_string(),
+        };
+        let br = h.bridges.get_mut(bridge).ok_or_else(no_port)?;
+        let at = br.ports.iter().position(|p| p.name == port);
+        br.ports.remove(at.ok_or_else(no_port)?);
+        Ok(())
+    }
+
+    async fn set_port_external_id(
+        &self,
+        port: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("set_port_external_id", port) {
+            return Err(ovs_failure("set_port_external_id"));
+        }
+        let p = (h.bridges.values_mut().flat_map(|b| &mut b.ports))
+            .find(|p| p.name == port)
+            .ok_or_else(|| OvsdbError::PortGone(port.to_string()))?;
+        p.external_ids.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    async fn switch_external_ids(&self) -> Result<BTreeMap<String, String>, OvsdbError> {
+        Ok(self.0.lock().unwrap().switch_ids.clone())
+    }
+
+    async fn set_switch_external_id(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        match value {
+            Some(v) => h.switch_ids.insert(key.to_string(), v.to_string()),
+            None => h.switch_ids.remove(key),
+        };
+        Ok(())
+    }
+}
+
+struct FakeLinks(Shared);
+
+impl Links for FakeLinks {
+    async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let h = self.0.lock().unwrap();
+        Ok(h.links.get(name).map(|l| Link {
+            index: l.index,
+            mac: l.mac,
+        }))
+    }
+
+    async fn name_of(&self, ifindex: u32) -> Result<Option<String>, NetlinkError> {
+        let h = self.0.lock().unwrap();
+        Ok(h.links
+            .iter()
+            .find(|(_, l)| l.index == ifindex)
+            .map(|(n, _)| n.clone()))
+    }
+
+    async fn ipv4_addresses(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let h = self.0.lock().unwrap();
+        let link = h.links.values().find(|l| l.index == ifindex);
+        Ok(link.map(|l| l.addrs.clone()).unwrap_or_default())
+    }
+
+    async fn default_route_interface(&self) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.0.lock().unwrap().default_route)
+    }
+
+    async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        mac: Option<[u8; 6]>,
+        _: Option<u32>,
+    ) -> Nl {
+        let mut h = self.0.lock().unwrap();
+        if h.call("create_veth", host) || h.links.contains_key(host) || h.links.contains_key(peer) {
+            return Err(nl_failure("create_veth"));
+        }
+        h.add_link(host, Some([0x0e, 1, 1, 1, 1, 1]), Some(peer));
+        h.add_link(peer, mac, Some(host));
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, NetlinkError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("delete", name) {
+            return Err(nl_failure("delete"));
+        }
+        let Some(link) = h.links.remove(name) else {
+            return Ok(false);
+        };
+        if let Some(peer) = link.peer {
+            h.links.remove(&peer);
+        }
+        Ok(true)
+    }
+
+    async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
+        self.0.lock().unwrap().call("set_up", name);
+        Ok(())
+    }
+
+    async fn set_down(&self, name: &str) -> Result<(), NetlinkError> {
+        self.0.lock().unwrap().call("set_down", name);
+        Ok(())
+    }
+
+    async fn set_address_up(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        _prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("set_address_up", name) {
+            return Err(nl_failure("set_address_up"));
+        }
+        let link = h
+            .links
+            .get_mut(name)
+            .ok_or_else(|| nl_failure("set_address_up"))?;
+        link.addrs.push(addr);
+        Ok(())
+    }
+
+    async fn move_to_netns(&self, name: &str, _fd: std::os::fd::RawFd) -> Result<(), NetlinkError> {
+        self.0.lock().unwrap().links.remove(name);
+        Ok(())
+    }
+
+    fn disable_tx_checksum(&self, name: &str) -> Result<(), NetlinkError> {
+        self.0.lock().unwrap().call("disable_tx_checksum", name);
+        Ok(())
+    }
+
+    fn enable_gro(&self, name: &str) -> Result<(), NetlinkError> {
+        self.0.lock().unwrap().call("enable_gro", name);
+        Ok(())
+    }
+
+    fn enable_ip_forward(&self) -> Result<(), FirewallError> {
+        self.0.lock().unwrap().call("enable_ip_forward", "");
+        Ok(())
+    }
+}
+
+/// The fast path: endpoints, uplinks and publications in memory. Refuses every
+/// endpoint when started with `max_sessions: 0` (how a test makes it fail).
+#[derive(Default)]
+struct FakeFastPath {
+    refuse: bool,
+    endpoints: BTreeMap<String, EndpointSpec>,
+    uplinks: BTreeMap<String, Ipv4Addr>,
+    /// (uplink, port, container): `publish` takes `&self`.
+    published: Mutex<Vec<(String, FastPort, Ipv4Addr)>>,
+    kernel_path: BTreeMap<String, String>,
+    subnets: Vec<Ipv4Net>,
+}
+
+impl NatFastPath for FakeFastPath {
+    fn start(config: FastPathConfig) -> Result<Self, FastPathError> {
+        Ok(FakeFastPath {
+            refuse: config.max_sessions == 0,
+            ..Default::default()
+        })
+    }
+    fn stop(self) {}
+    fn status(&self) -> FastPathStatus {
+        FastPathStatus {
+            kernel_path: self.kernel_path.clone().into_iter().collect(),
+            ..Default::default()
+        }
+    }
+    fn endpoint_names(&self) -> Vec<String> {
+        self.endpoints.keys().cloned().collect()
+    }
+    fn has_endpoint(&self, host_ifname: &str) -> bool {
+        self.endpoints.contains_key(host_ifname)
+    }
+    fn uplink_addr(&self, uplink: &str) -> Option<Ipv4Addr> {
+        self.uplinks.get(uplink).copied()
+    }
+    fn host_subnets(&self) -> Vec<Ipv4Net> {
+        self.subnets.clone()
+    }
+    fn follow_host_rules(&mut self, subnets: Vec<Ipv4Net>) -> Result<(), FastPathError> {
+        self.subnets = subnets;
+        Ok(())
+    }
+    fn add_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        up: &FastUplinkSpec,
+    ) -> Result<(), FastPathError> {
+        if self.refuse {
+            return Err(FastPathError::Start {
+                what: "attach the endpoint",
+                cause: std::io::Error::other("refused by the test"),
+            });
+        }
+        self.uplinks.insert(up.name.clone(), up.addr);
+        self.endpoints.insert(ep.host_ifname.clone(), ep.clone());
+        Ok(())
+    }
+    fn remove_endpoint(&mut self, host_ifname: &str) {
+        self.endpoints.remove(host_ifname);
+        self.kernel_path.remove(host_ifname);
+    }
+    fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
+        self.kernel_path.insert(host_ifname.to_string(), why);
+    }
+    fn publish(&self, uplink: &str, port: FastPort, ip: Ipv4Addr) -> Result<(), FastPathError> {
+        let mut published = self.published.lock().unwrap();
+        published.push((uplink.to_string(), port, ip));
+        Ok(())
+    }
+    fn unpublish(&self, uplink: &str, protocol: crate::translator::Protocol, port: u16) {
+        let mut published = self.published.lock().unwrap();
+        published.retain(|(u, p, _)| (u.as_str(), p.0, p.1) != (uplink, protocol, port));
+    }
+    fn inject(&self, _fault: Fault) {}
+}
+
+/// The firewall's rules in memory.
+#[derive(Default)]
+struct Rules {
+    networks: BTreeMap<String, NatNetwork>,
+    ports: BTreeMap<(String, String), Vec<PublishedPort>>,
+    fail_add_network: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeFirewall(Arc<Mutex<Rules>>);
+
+impl Firewall for FakeFirewall {
+    fn add_network(&self, net: &NatNetwork) -> Result<(), FirewallError> {
+        let mut r = self.0.lock().unwrap();
+        r.networks.insert(net.id.clone(), net.clone());
+        if r.fail_add_network {
+            return Err(FirewallError::Nft {
+                action: "add the network's rules".into(),
+                stderr: "injected".into(),
+            });
+        }
+        Ok(())
+    }
+    fn remove_network(&self, network_id: &str) -> Result<(), FirewallError> {
+        let mut r = self.0.lock().unwrap();
+        r.networks.remove(network_id);
+        r.ports.retain(|(n, _), _| n != network_id);
+        Ok(())
+    }
+    fn add_ports(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        _container_ip: Ipv4Addr,
+        ports: &[PortMapping],
+    ) -> Result<Vec<PublishedPort>, FirewallError> {
+        let published: Vec<PublishedPort> = ports
+            .iter()
+            .map(|m| PublishedPort {
+                proto: m.proto,
+                host_ip: m.host_ip,
+                host_port: m.host_ports.map_or(0, |r| r.start()),
+                container_port: m.container_ports.start(),
+            })
+            .collect();
+        let key = (network_id.to_string(), endpoint_id.to_string());
+        self.0.lock().unwrap().ports.insert(key, published.clone());
+        Ok(published)
+    }
+    fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
+        let key = (network_id.to_string(), endpoint_id.to_string());
+        self.0.lock().unwrap().ports.remove(&key);
+        Ok(())
+    }
+    fn reconcile_keeping(&self, _: &[ExpectedNetwork], _: &[String]) -> Result<(), FirewallError> {
+        Ok(())
+    }
+}
+
+type TestDriver = Driver<FakeSwitch, FakeLinks, FakeFastPath>;
+
+/// Asserts that a driver call fails with an error matching the pattern.
+macro_rules! refused {
+    ($call:expr, $pattern:pat $(if $guard:expr)?) => {{
+        let e = $call.await.unwrap_err();
+        assert!(matches!(&e, $pattern $(if $guard)?), "{e}");
+    }};
+}
+
+/// A driver on fakes, and the fakes' state. The host has an uplink `eth0` (with an
+/// address and the default route) and a spare interface `eth1`.
+struct Rig {
+    host: Shared,
+    rules: Arc<Mutex<Rules>>,
+    driver: TestDriver,
+}
+
+fn rig_with(config: FastPathConfig) -> Rig {
+    let host = Shared::default();
+    {
+        let mut h = host.lock().unwrap();
+        let eth0 = h.add_link("eth0", Some([0x0e, 9, 9, 9, 9, 9]), None);
+        h.links.get_mut("eth0").unwrap().addrs.push(UPLINK_IP);
+        h.default_route = Some(eth0);
+        h.add_link("eth1", Some([0x0e, 8, 8, 8, 8, 8]), None);
+    }
+    let firewall = FakeFirewall::default();
+    let rules = firewall.0.clone();
+    let driver = TestDriver::with_backends(
+        FakeSwitch(host.clone()),
+        FakeLinks(host.clone()),
+        Box::new(firewall),
+    )
+    .with_fastpath_config(config);
+    Rig {
+        host,
+        rules,
+        driver,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(FastPathConfig::default())
+}
+
+impl Rig {
+    fn fail(&self, op: &'static str) {
+        self.host.lock().unwrap().failing.insert(op);
+    }
+
+    fn links(&self) -> Vec<String> {
+        self.host.lock().unwrap().links.keys().cloned().collect()
+    }
+
+    /// The ports of network [`NID`]'s bridge.
+    fn ports(&self) -> Vec<String> {
+        self.host.lock().unwrap().port_names(&bridge_of(NID))
+    }
+
+    fn bridges(&self) -> Vec<String> {
+        self.host.lock().unwrap().bridges.keys().cloned().collect()
+    }
+
+    /// Network [`NID`], which must be made.
+    async fn net(&self, opts: &str, subnet: Option<&str>) {
+        self.create_network(network(NID, opts, subnet))
+            .await
+            .unwrap()
+    }
+
+    async fn create_network(&self, req: api::CreateNetworkRequest) -> DriverResult<()> {
+        self.driver.create_network_inner(req).await
+    }
+
+    async fn endpoint(
+        &self,
+        nid: &str,
+        eid: &str,
+        address: &str,
+    ) -> DriverResult<api::CreateEndpointResponse> {
+        self.driver
+            .create_endpoint_inner(endpoint(nid, eid, address))
+            .await
+    }
+
+    async fn delete_network(&self, nid: &str) -> DriverResult<()> {
+        let req = api::NetworkRequest {
+            network_id: nid.into(),
+        };
+        self.driver.delete_network_inner(req).await
+    }
+
+    fn fast<T>(&self, f: impl FnOnce(&FakeFastPath) -> T) -> T {
+        let state = self.driver.state.try_lock().expect("no call under way");
+        f(state.fastpath.get().expect("the fast path started"))
+    }
+}
+
+fn bridge_of(nid: &str) -> String {
+    format!("{BRIDGE_PREFIX}{}", &nid[..8])
+}
+
+/// CreateNetwork with `opts` (`KEY=VALUE ...`, as after `-o`) and a /24 `subnet`
+/// whose gateway is `.1`.
+fn network(nid: &str, opts: &str, subnet: Option<&str>) -> api::CreateNetworkRequest {
+    let generic: serde_json::Map<String, serde_json::Value> = (opts.split_whitespace())
+        .map(|kv| kv.split_once('=').expect("KEY=VALUE"))
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    api::CreateNetworkRequest {
+        network_id: nid.into(),
+        options: Some([(api::GENERIC_OPTIONS.to_string(), json!(generic))].into()),
+        ipv4_data: subnet.map(|s| {
+            let gateway = s.replace(".0/", ".1/");
+            vec![api::IpamData {
+                pool: s.into(),
+                gateway,
+                ..Default::default()
+            }]
+        }),
+        ipv6_data: None,
+    }
+}
+
+fn endpoint(nid: &str, eid: &str, address: &str) -> api::CreateEndpointRequest {
+    api::CreateEndpointRequest {
+        network_id: nid.into(),
+        endpoint_id: eid.into(),
+        interface: Some(api::EndpointInterface {
+            address: address.into(),
+            ..Default::default()
+        }),
+        options: None,
+    }
+}
+
+fn ids(nid: &str, eid: &str) -> api::EndpointRequest {
+    api::EndpointRequest {
+        network_id: nid.into(),
+        endpoint_id: eid.into(),
+    }
+}
+
+fn join(nid: &str, eid: &str) -> api::JoinRequest {
+    api::JoinRequest {
+        network_id: nid.into(),
+        endpoint_id: eid.into(),
+        ..Default::default()
+    }
+}
+
+/// `-p HOST:CONTAINER` (TCP) as Docker sends it.
+fn port_map(
+    nid: &str,
+    eid: &str,
+    host: u16,
+    container: u16,
+) -> api::ProgramExternalConnectivityRequest {
+    let map = json!([{"Proto": 6, "IP": "", "Port": container, "HostIP": "",
+                      "HostPort": host, "HostPortEnd": host}]);
+    api::ProgramExternalConnectivityRequest {
+        network_id: nid.into(),
+        endpoint_id: eid.into(),
+        options: Some([(PORT_MAP_OPTION.to_string(), map)].into()),
+    }
+}
+
+fn veths() -> (String, String) {
+    records::veth_names(EID)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn flat_network_makes_its_bridge_with_its_options_and_removes_it() {
+    let r = rig();
+    r.net(
+        "mode=flat ovs.bridge.mtu=1400 ovs.bridge.vlan=100 ovs.bridge.add_ports=eth1",
+        None,
+    )
+    .await;
+    let spec = r.host.lock().unwrap().created[0].clone();
+    assert_eq!(spec.name, bridge_of(NID));
+    assert_eq!(spec.mtu, Some(1400));
+    assert_eq!(spec.uplinks.len(), 1);
+    assert_eq!(spec.uplinks[0].name, "eth1");
+    assert_eq!(spec.external_ids[EXT_NETWORK_ID], NID);
+    assert_eq!(spec.external_ids["dovesnap-opt-ovs.bridge.vlan"], "100");
+    // A flat network has no gateway on the host, no rules and no fast path.
+    assert!(r.rules.lock().unwrap().networks.is_empty());
+    assert!(!r.driver.inject_fault(Fault::Panic));
+
+    r.delete_network(NID).await.unwrap();
+    assert!(r.bridges().is_empty());
+    assert!(r.driver.state.lock().await.networks.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_endpoint_is_a_veth_and_a_tagged_port_until_it_is_deleted() {
+    let r = rig();
+    r.net("mode=flat ovs.bridge.vlan=100", Some("10.231.1.0/24"))
+        .await;
+    let created = r.endpoint(NID, EID, "10.231.1.2/24").await.unwrap();
+    // Docker gave no MAC: the driver's, from the address, goes back to Docker.
+    assert_eq!(created.interface.unwrap().mac_address, "02:42:0a:e7:01:02");
+    let (host_end, container_end) = veths();
+    assert!(r.links().contains(&host_end) && r.links().contains(&container_end));
+    let port = r.host.lock().unwrap().port(&host_end).cloned().unwrap();
+    assert_eq!(port.tag, Some(100));
+    assert_eq!(port.external_ids[EXT_ENDPOINT_ID], EID);
+    let record: Endpoint = serde_json::from_str(&port.external_ids[EXT_ENDPOINT]).unwrap();
+    assert_eq!(record.address, "10.231.1.2/24".parse().ok());
+
+    let joined = r.driver.join_inner(join(NID, EID)).await.unwrap();
+    assert_eq!(joined.interface_name.src_name, container_end);
+    assert_eq!(joined.interface_name.dst_prefix, "eth");
+    assert_eq!(joined.gateway, "10.231.1.1");
+    r.driver.leave_inner(ids(NID, EID)).await.unwrap();
+
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert!(r.ports().is_empty());
+    assert!(!r.links().contains(&host_end) && !r.links().contains(&container_end));
+    // Deleting it again (Docker retries) is no error.
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_nat_network_gets_its_gateway_and_rules_and_loses_them_with_it() {
+    let r = rig();
+    r.net("mode=nat", Some("10.232.1.0/24")).await;
+    let bridge = bridge_of(NID);
+    let gateway = Ipv4Addr::new(10, 232, 1, 1);
+    assert_eq!(r.host.lock().unwrap().links[&bridge].addrs, vec![gateway]);
+    let nat = r.rules.lock().unwrap().networks[NID].clone();
+    assert_eq!(nat.subnet, "10.232.1.0/24".parse().unwrap());
+    assert_eq!(nat.gateway, gateway);
+    assert_eq!(nat.bridge, bridge);
+    assert!(nat.masquerade_ports.is_none(), "only nat-fast shares ports");
+
+    r.delete_network(NID).await.unwrap();
+    assert!(r.rules.lock().unwrap().networks.is_empty());
+    assert!(r.bridges().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_nat_network_without_a_subnet_is_refused_before_anything_is_made() {
+    let r = rig();
+    refused!(
+        r.create_network(network(NID, "mode=nat", None)),
+        DriverError::NatWithoutSubnet(Mode::Nat)
+    );
+    assert!(r.bridges().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_firewall_failure_takes_the_new_network_back() {
+    let r = rig();
+    r.rules.lock().unwrap().fail_add_network = true;
+    refused!(
+        r.create_network(network(NID, "mode=nat", Some("10.232.1.0/24"))),
+        DriverError::Firewall(_)
+    );
+    assert!(r.bridges().is_empty(), "the bridge went with the network");
+    assert!(!r.links().contains(&bridge_of(NID)));
+    assert!(
+        r.rules.lock().unwrap().networks.is_empty(),
+        "rules rolled back"
+    );
+    assert!(r.driver.state.lock().await.networks.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_port_failure_takes_the_new_veth_back() {
+    let r = rig();
+    r.net("mode=flat", Some("10.231.1.0/24")).await;
+    let before = r.links();
+    r.fail("add_port");
+    refused!(r.endpoint(NID, EID, "10.231.1.2/24"), DriverError::Ovsdb(_));
+    assert_eq!(r.links(), before, "no veth end left");
+    let state = r.driver.state.lock().await;
+    let networks = &state.networks;
+    assert!(networks[NID].endpoints.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_veth_failure_leaves_no_port() {
+    let r = rig();
+    r.net("mode=flat", None).await;
+    r.fail("create_veth");
+    refused!(r.endpoint(NID, EID, ""), DriverError::Netlink(_));
+    assert!(r.ports().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn nat_fast_join_puts_the_endpoint_on_the_fast_path_and_leave_takes_it_off() {
+    let r = rig();
+    r.net("mode=nat-fast ovs.nat.uplink=eth0", Some("10.233.1.0/24"))
+        .await;
+    let nat = r.rules.lock().unwrap().networks[NID].clone();
+    assert!(
+        nat.masquerade_ports.is_some(),
+        "the kernel path keeps its own ports"
+    );
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    let (host_end, container_end) = veths();
+    let calls = r.host.lock().unwrap().calls.clone();
+    assert!(
+        calls.contains(&format!("disable_tx_checksum {container_end}")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&format!("enable_gro {container_end}")),
+        "{calls:?}"
+    );
+
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
+    let spec = r.fast(|fp| fp.endpoints[&host_end].clone());
+    assert_eq!(spec.ip, Ipv4Addr::new(10, 233, 1, 2));
+    assert_eq!(spec.mac, [0x02, 0x42, 10, 233, 1, 2]);
+    assert_eq!(spec.subnet, "10.233.1.0/24".parse().unwrap());
+    assert_eq!(r.fast(|fp| fp.uplinks["eth0"]), UPLINK_IP);
+    assert_eq!(r.fast(|fp| fp.subnets.clone()), vec![spec.subnet]);
+
+    // Published ports of an endpoint on the fast path are the translator's too.
+    r.driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .unwrap();
+    let published = r.fast(|fp| fp.published.lock().unwrap().clone());
+    let tcp = crate::translator::Protocol::Tcp;
+    assert_eq!(
+        published,
+        vec![("eth0".to_string(), (tcp, 8080, 80), spec.ip)]
+    );
+
+    // The test hook reaches the running data plane (taking the driver's lock).
+    assert!(r.driver.inject_fault(Fault::Panic));
+
+    r.driver.leave_inner(ids(NID, EID)).await.unwrap();
+    assert!(r.fast(|fp| fp.endpoints.is_empty()));
+    assert!(r.fast(|fp| fp.published.lock().unwrap().is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_fast_path_failure_leaves_the_endpoint_on_the_kernel_path() {
+    let r = rig_with(FastPathConfig {
+        max_sessions: 0,
+        ..Default::default()
+    });
+    r.net("mode=nat-fast ovs.nat.uplink=eth0", Some("10.233.1.0/24"))
+        .await;
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    // Fail-open: the join succeeds, the endpoint is on the kernel's nat path.
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
+    let (host_end, _) = veths();
+    assert!(r.fast(|fp| fp.endpoints.is_empty()));
+    let why = r.fast(|fp| fp.kernel_path[&host_end].clone());
+    assert!(why.contains("refused by the test"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn nat_fast_needs_a_usable_uplink() {
+    let r = rig();
+    let no_such = "mode=nat-fast ovs.nat.uplink=eth9";
+    refused!(
+        r.create_network(network(NID, no_such, Some("10.233.1.0/24"))),
+        DriverError::NoSuchUplink(n) if n == "eth9"
+    );
+    let no_address = "mode=nat-fast ovs.nat.uplink=eth1";
+    refused!(
+        r.create_network(network(NID, no_address, Some("10.233.1.0/24"))),
+        DriverError::UplinkWithoutAddress(n) if n == "eth1"
+    );
+    // Without ovs.nat.uplink, the default route's interface.
+    r.net("mode=nat-fast", Some("10.233.1.0/24")).await;
+    let state = r.driver.state.lock().await;
+    let networks = &state.networks;
+    assert_eq!(networks[NID].options.nat_uplink.as_deref(), Some("eth0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn published_ports_are_recorded_and_revoked() {
+    let r = rig();
+    r.net("mode=nat", Some("10.232.1.0/24")).await;
+    r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
+    r.driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .unwrap();
+    let key = (NID.to_string(), EID.to_string());
+    assert_eq!(r.rules.lock().unwrap().ports[&key][0].host_port, 8080);
+    let (host_end, _) = veths();
+    let record = r.host.lock().unwrap().port(&host_end).unwrap().external_ids[EXT_ENDPOINT].clone();
+    let record: Endpoint = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        record.published.len(),
+        1,
+        "the port's record holds the publication"
+    );
+
+    r.driver.unpublish_ports(ids(NID, EID)).await.unwrap();
+    assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
+    let record = r.host.lock().unwrap().port(&host_end).unwrap().external_ids[EXT_ENDPOINT].clone();
+    assert!(!record.contains("published"), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn duplicate_and_unknown_ids_are_typed_refusals() {
+    let r = rig();
+    let flat = || network(NID, "mode=flat", Some("10.231.1.0/24"));
+    r.create_network(flat()).await.unwrap();
+    refused!(
+        r.create_network(flat()),
+        DriverError::NetworkExists(id) if id == NID
+    );
+    r.endpoint(NID, EID, "").await.unwrap();
+    refused!(
+        r.endpoint(NID, EID, ""),
+        DriverError::EndpointExists(id) if id == EID
+    );
+    refused!(
+        r.driver.join_inner(join(NID2, EID)),
+        DriverError::UnknownNetwork(id) if id == NID2
+    );
+    refused!(
+        r.driver.join_inner(join(NID, NID2)),
+        DriverError::UnknownEndpoint { .. }
+    );
+    refused!(
+        r.driver.join_inner(join("../etc", EID)),
+        DriverError::InvalidId {
+            what: "network",
+            ..
+        }
+    );
+    refused!(
+        r.endpoint(NID, NID2, "10.231.1.2"),
+        DriverError::BadAddress(_)
+    );
+    // Two networks on one bridge name.
+    let named = |nid| network(nid, "mode=flat ovs.bridge.name=br-x", None);
+    r.create_network(named(NID2)).await.unwrap();
+    refused!(
+        r.create_network(named(&NID2.replace('7', "1"))),
+        DriverError::BridgeInUse { .. }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn docker_sees_the_same_messages_at_the_edge() {
+    let r = rig();
+    let flat = || network(NID, "mode=flat", None);
+    NetworkDriver::create_network(&r.driver, flat())
+        .await
+        .unwrap();
+    let e = NetworkDriver::create_network(&r.driver, flat())
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, format!("network {NID} already exists"));
+    let e = NetworkDriver::join(&r.driver, join(NID2, EID))
+        .await
+        .unwrap_err();
+    assert!(e.0.contains("is not known to dovesnap"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_existing_bridge_is_attached_to_and_never_deleted() {
+    let r = rig();
+    r.host.lock().unwrap().bridges.insert(
+        "br-admin".into(),
+        BridgeInfo {
+            name: "br-admin".into(),
+            datapath_type: "system".into(),
+            external_ids: BTreeMap::new(),
+            ports: vec![PortInfo {
+                name: "admin0".into(),
+                tag: None,
+                external_ids: BTreeMap::new(),
+                interface_type: String::new(),
+                ofport: Some(1),
+            }],
+        },
+    );
+    let opts = "mode=flat ovs.bridge.name=br-admin ovs.bridge.existing=true";
+    r.net(opts, None).await;
+    assert!(r.host.lock().unwrap().created.is_empty(), "no bridge made");
+    let ids_now = r.host.lock().unwrap().bridges["br-admin"]
+        .external_ids
+        .clone();
+    assert_eq!(ids_now[EXT_ATTACHED_NETWORK_ID], NID);
+    assert!(!ids_now.contains_key(EXT_NETWORK_ID));
+    r.endpoint(NID, EID, "").await.unwrap();
+    // A second network may not take the bridge.
+    refused!(
+        r.create_network(network(NID2, opts, None)),
+        DriverError::BridgeInUse { .. }
+    );
+
+    // Docker deletes the endpoints first.
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    r.delete_network(NID).await.unwrap();
+    let h = r.host.lock().unwrap();
+    let br = &h.bridges["br-admin"];
+    assert!(
+        br.external_ids.is_empty(),
+        "the record left: {:?}",
+        br.external_ids
+    );
+    assert_eq!(h.port_names("br-admin"), vec!["admin0".to_string()]);
+    assert!(!h.calls.iter().any(|c| c.starts_with("delete_bridge")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_existing_bridge_must_exist_and_a_foreign_one_is_not_taken() {
+    let r = rig();
+    let existing = "mode=flat ovs.bridge.name=br-none ovs.bridge.existing=true";
+    refused!(
+        r.create_network(network(NID, existing, None)),
+        DriverError::NoExistingBridge(b) if b == "br-none"
+    );
+    r.net("mode=flat", None).await;
+    // Another driver (a plugin that lost its table) finds the bridge foreign.
+    let other = TestDriver::with_backends(
+        FakeSwitch(r.host.clone()),
+        FakeLinks(r.host.clone()),
+        Box::new(FakeFirewall::default()),
+    );
+    let opts = format!("mode=flat ovs.bridge.name={}", bridge_of(NID));
+    refused!(
+        other.create_network_inner(network(NID2, &opts, None)),
+        DriverError::BridgeNotOurs(_)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_failed_teardown_reports_every_error_and_keeps_the_network_for_a_retry() {
+    let r = rig();
+    r.net("mode=flat", None).await;
+    r.endpoint(NID, EID, "").await.unwrap();
+    r.fail("delete");
+    r.fail("delete_bridge");
+    let e = r.delete_network(NID).await.unwrap_err();
+    let DriverError::Incomplete { errors, .. } = &e else {
+        panic!("{e}");
+    };
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(r.driver.state.lock().await.networks.contains_key(NID));
+    r.host.lock().unwrap().failing.clear();
+    r.delete_network(NID).await.unwrap();
+    assert!(r.bridges().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_restarted_driver_recovers_its_networks_from_the_switch() {
+    let r = rig();
+    r.net("mode=nat", Some("10.232.1.0/24")).await;
+    r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
+    let restarted = TestDriver::with_backends(
+        FakeSwitch(r.host.clone()),
+        FakeLinks(r.host.clone()),
+        Box::new(FakeFirewall(r.rules.clone())),
+    );
+    assert_eq!(restarted.recover().await.unwrap(), (1, 1));
+    let status = restarted.status().await;
+    let net = &status.networks[0];
+    assert_eq!(net.subnet, "10.232.1.0/24");
+    assert_eq!(net.endpoints[0].address, "10.232.1.2/24");
+    assert_eq!(net.endpoints[0].mac, "02:42:0a:e8:01:02");
+    restarted.join_inner(join(NID, EID)).await.unwrap();
+}
