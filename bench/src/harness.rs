@@ -265,7 +265,7 @@ impl PathState {
                 };
                 let c0_mac = {
                     let s = in_ns(NS_C, &["cat", "/sys/class/net/c0/address"])?;
-                    dovesnap::host::netlink::parse_mac(s.trim()).context("bad MAC")?
+                    s.trim().parse::<dovesnap::host::addr::Mac>()?.0
                 };
                 let ep = EndpointSpec {
                     host_ifname: "h0".into(),

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use dovesnap::fastpath::xdp::{AttachMode, XdpSink};
+use dovesnap::host::addr::Mac;
 use dovesnap_testbed::frame::{self, set_l4_checksum, Csum, Ipv4Header, DF};
 use serde::{Deserialize, Serialize};
 
@@ -588,12 +589,7 @@ fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>> {
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.trim().split(':');
-    for byte in mac.iter_mut() {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    s.trim().parse::<Mac>().ok().map(|m| m.0)
 }
 
 /// The next hop's MAC address if the neighbour table has a usable entry.

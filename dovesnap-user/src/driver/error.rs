@@ -39,8 +39,8 @@ pub enum DriverError {
     NatWithoutSubnet(Mode),
     #[error("endpoint address {0:?} is not an IPv4 CIDR")]
     BadAddress(String),
-    #[error("endpoint MAC address {0:?} is not of the form aa:bb:cc:dd:ee:ff")]
-    BadMac(String),
+    #[error("endpoint MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff", .0.0)]
+    BadMac(#[from] crate::host::addr::BadMac),
     #[error(
         "{} is not for overlay networks: OVN gives their ports no VLAN",
         PORT_VLAN

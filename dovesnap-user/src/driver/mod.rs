@@ -46,8 +46,9 @@ use crate::firewall::{
     parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, Proto,
     PublishedPort, PORT_MAP_OPTION,
 };
+use crate::host::addr::Mac;
 use crate::host::addr::{Ipv4Cidr, Ipv4Net};
-use crate::host::netlink::{format_mac, parse_mac, Netlink};
+use crate::host::netlink::Netlink;
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 use crate::plugin::api::{self, ApiResult, NetworkDriver};
@@ -67,7 +68,7 @@ mod tests;
 pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
 use model::*;
-pub use model::{Datapath, Endpoint, Ipam, Mac};
+pub use model::{Datapath, Endpoint, Ipam};
 use nat_fast::{fast_leave, fast_ports, fast_unpublish};
 use overlay::{integration_bridge, logical_port};
 

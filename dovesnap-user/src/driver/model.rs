@@ -17,27 +17,6 @@ pub struct Ipam {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// An Ethernet address (`aa:bb:cc:dd:ee:ff` in records and in Docker's API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl std::fmt::Display for Mac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&format_mac(self.0))
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = DriverError;
-
-    /// `aa:bb:cc:dd:ee:ff`, either case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_mac(s)
-            .map(Mac)
-            .ok_or_else(|| DriverError::BadMac(s.to_string()))
-    }
-}
-
 /// The OVS datapath of a network's bridge (`Bridge.datapath_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datapath {

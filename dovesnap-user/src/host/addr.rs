@@ -107,6 +107,44 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An Ethernet address, `aa:bb:cc:dd:ee:ff` in records, in Docker's API and in `ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+/// Text that is not six two-digit hex bytes separated by `:`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a MAC address (aa:bb:cc:dd:ee:ff)")]
+pub struct BadMac(pub String);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for Mac {
+    type Err = BadMac;
+
+    /// `aa:bb:cc:dd:ee:ff`, either case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadMac(s.to_string());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(Mac(mac)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +195,23 @@ mod tests {
             "10.0.0.0/+8",
         ] {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn macs_round_trip_and_bad_ones_are_refused() {
+        let mac = Mac([0x02, 0x42, 0x0a, 0x00, 0x00, 0xff]);
+        assert_eq!(mac.to_string(), "02:42:0a:00:00:ff");
+        assert_eq!("02:42:0A:00:00:FF".parse::<Mac>(), Ok(mac));
+        for s in [
+            "",
+            "02:42:0a:00:00",
+            "02:42:0a:00:00:ff:01",
+            "2:42:0a:00:00:ff",
+            "zz:42:0a:00:00:ff",
+            "+2:42:0a:00:00:ff",
+        ] {
+            assert!(s.parse::<Mac>().is_err(), "{s}");
         }
     }
 }
