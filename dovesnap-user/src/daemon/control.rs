@@ -22,8 +22,9 @@ use hyperlocal::{UnixClientExt, UnixConnector};
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
-use crate::daemon::http::{bind_private_socket, json_response_as, method_not_allowed, serve_unix};
-use crate::plugin::api::ErrorResponse;
+use crate::daemon::http::{
+    bind_private_socket, json_response_as, method_not_allowed, serve_unix, ErrorResponse,
+};
 
 /// Where the daemon serves its control API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dovesnap/dovesnap.sock";
@@ -88,9 +89,9 @@ pub enum ControlError {
     },
 }
 
-/// Binds the control socket at `path` (normally [`DEFAULT_CONTROL_SOCKET`]), as
-/// [`crate::plugin::server::bind_plugin_socket`] does: parent directory created, stale socket
-/// replaced, a live one refused, mode 0600.
+/// Binds the control socket at `path` (normally [`DEFAULT_CONTROL_SOCKET`]) as the
+/// plugin socket is bound: parent directory created, stale socket replaced, a live one
+/// refused, mode 0600.
 ///
 /// Must be called from within a Tokio runtime.
 pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {

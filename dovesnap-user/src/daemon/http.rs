@@ -18,13 +18,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
-
-use crate::plugin::api::{ErrorResponse, CONTENT_TYPE};
 
 /// How long a client may take to send the request headers. hyper starts this timer
 /// when a connection opens and again after each answer, so it also closes a
@@ -35,11 +33,15 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight calls may take to finish once shutdown is asked for.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A JSON answer with the plugin content type; a unit answer (`null`) becomes `{}`.
-pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
-    json_response_as(status, value, CONTENT_TYPE)
+/// The `{"Err": "..."}` body of a failed call: Docker's plugin protocol's shape, which
+/// the control socket shares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorResponse {
+    #[serde(rename = "Err")]
+    pub err: String,
 }
 
+/// A JSON answer with `content_type`; a unit answer (`null`) becomes `{}`.
 pub(crate) fn json_response_as<T: Serialize>(
     status: StatusCode,
     value: &T,
@@ -64,11 +66,6 @@ pub(crate) fn json_response_as<T: Serialize>(
     resp.headers_mut()
         .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
     resp
-}
-
-/// `{"Err": msg}` with the plugin content type.
-pub(crate) fn error_response(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
-    json_response(status, &ErrorResponse { err: msg })
 }
 
 /// `resp` (an error answer) as a 405 that names the one method `allowed` in `Allow`.

@@ -29,8 +29,8 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use crate::fastpath::xdp::{HostFwMatch, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::host::addr::Ipv4Net;
+use dovesnap_ebpf::{HostFwMatch, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Far traffic a rule may drop: a far prefix, a protocol (0: all) and far ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

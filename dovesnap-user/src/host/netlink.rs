@@ -2,7 +2,7 @@
 //! ethtool ioctls are in [`crate::host::ethtool`].)
 //!
 //! Only the operations the driver needs, each one netlink request; names are validated
-//! by the caller ([`crate::plugin::options`] for user input, the driver for generated names).
+//! by the caller (`plugin::options` for user input, the driver for generated names).
 
 use std::net::{IpAddr, Ipv4Addr};
 

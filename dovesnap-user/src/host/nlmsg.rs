@@ -1,6 +1,6 @@
 //! Hand-written netlink messages, for the two families the rtnetlink crates do not
 //! speak: `netdev` (generic netlink, [`crate::host::netdev`]) and ctnetlink
-//! ([`crate::fastpath::conntrack`]). Both put a 4-byte family header after `nlmsghdr`
+//! (`fastpath::conntrack`). Both put a 4-byte family header after `nlmsghdr`
 //! (`genlmsghdr` or `nfgenmsg`), so one builder serves both.
 
 use std::io;

@@ -230,12 +230,7 @@ impl ApiError {
     }
 }
 
-/// The `{"Err": "..."}` body of a failed call.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ErrorResponse {
-    #[serde(rename = "Err")]
-    pub err: String,
-}
+pub use crate::daemon::http::ErrorResponse;
 
 pub type ApiResult<T> = Result<T, ApiError>;
 

@@ -40,14 +40,22 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::daemon::http::{
-    bind_private_socket, error_response, json_response, method_not_allowed, serve_unix,
-};
+use crate::daemon::http::{bind_private_socket, json_response_as, method_not_allowed, serve_unix};
 use crate::plugin::api::{
     ActivateResponse, AllocateNetworkRequest, ApiResult, CreateEndpointRequest,
-    CreateNetworkRequest, EndpointRequest, JoinRequest, NetworkDriver, NetworkRequest,
-    ProgramExternalConnectivityRequest,
+    CreateNetworkRequest, EndpointRequest, ErrorResponse, JoinRequest, NetworkDriver,
+    NetworkRequest, ProgramExternalConnectivityRequest, CONTENT_TYPE,
 };
+
+/// A JSON answer with the plugin content type; a unit answer (`null`) becomes `{}`.
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    json_response_as(status, value, CONTENT_TYPE)
+}
+
+/// `{"Err": msg}` with the plugin content type.
+fn error_response(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
+    json_response(status, &ErrorResponse { err: msg })
+}
 
 /// Where Docker looks for the plugin; the file name is the driver name (`ovs`).
 pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
