@@ -67,6 +67,68 @@ fn two_containers_talk_by_ip_and_name() {
 
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn ipv6_containers_talk_by_name() {
+    let plugin = start_plugin();
+    {
+        let net = Network::create(
+            "dsflat-v6",
+            &[
+                "--ipv6",
+                "--subnet",
+                "10.231.94.0/24",
+                "--subnet",
+                "fd31:231:94::/64",
+            ],
+        );
+        let srv = Container::httpd("dsflat-v6-srv", &net, "hello-over-ipv6");
+        let cli = Container::idle("dsflat-v6-cli", &net);
+        let v6 = |c: &Container| {
+            let out = c.exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let srv_addrs = v6(&srv);
+        assert!(srv_addrs.contains("fd31:231:94::"), "server: {srv_addrs}");
+        // By name, over IPv6 only: Docker's resolver answers the AAAA record.
+        wait_until(
+            "ping6 to the server by name",
+            Duration::from_secs(10),
+            || {
+                cli.exec(&["ping6", "-c", "1", "-W", "1", "dsflat-v6-srv"])
+                    .status
+                    .success()
+            },
+        );
+        let srv_ip = srv_addrs
+            .split_whitespace()
+            .find(|w| w.starts_with("fd31:"))
+            .and_then(|a| a.split('/').next())
+            .expect("server's IPv6 address")
+            .to_string();
+        let body = cli
+            .fetch(&format!("http://[{srv_ip}]/"))
+            .expect("fetch over IPv6");
+        assert_eq!(body.trim(), "hello-over-ipv6");
+        // The plugin knows both addresses (`dovesnap status`).
+        let status = plugin.status();
+        let srv_v6 = format!("{srv_ip}/64");
+        let known = status["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| {
+                n["subnet_ipv6"] == "fd31:231:94::/64"
+                    && (n["endpoints"].as_array().into_iter().flatten())
+                        .any(|e| e["address_ipv6"] == srv_v6.as_str())
+            });
+        assert!(known, "{status}");
+    }
+    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
 fn vlan_tag_reaches_the_uplink() {
     let _plugin = start_plugin();
     // The far end of the uplink: a namespace that captures what comes out of it. (This
@@ -162,13 +224,15 @@ fn bad_options_are_refused_clearly() {
         ),
         (
             &[
+                "-o",
+                "mode=nat",
                 "--ipv6",
                 "--subnet",
                 "10.231.92.0/24",
                 "--subnet",
                 "fd00:d0e5::/64",
             ],
-            "IPv6 is not supported",
+            "IPv6 is supported on flat networks only",
         ),
     ];
     for (opts, needle) in cases {

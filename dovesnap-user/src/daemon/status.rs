@@ -73,6 +73,9 @@ pub struct NetworkStatus {
     pub mode: String,
     /// The IPv4 subnet in CIDR form; empty if none.
     pub subnet: String,
+    /// The IPv6 subnet (`--ipv6`, flat networks) in CIDR form.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subnet_ipv6: String,
     /// The gateway address; empty if none.
     pub gateway: String,
     /// OVS `datapath_type`: `system` or `netdev`.
@@ -91,6 +94,9 @@ pub struct EndpointStatus {
     pub mac: String,
     /// The IPv4 address with prefix length.
     pub address: String,
+    /// The IPv6 address with prefix length (`--ipv6`, flat networks).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub address_ipv6: String,
     /// Published ports (nat modes), e.g. `0.0.0.0:8080->80/tcp`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<String>,
@@ -165,21 +171,51 @@ pub fn render_status_table(status: &Status) -> String {
         .iter()
         .map(|n| n.endpoints.iter().map(|e| e.published.join(",")).collect())
         .collect();
-    for (n, published) in status.networks.iter().zip(&published) {
+    // Both families in one column: `v4 v6`, either alone, or nothing.
+    let both = |v4: &str, v6: &str| {
+        [v4, v6]
+            .iter()
+            .filter(|a| !a.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let subnets: Vec<String> = status
+        .networks
+        .iter()
+        .map(|n| both(&n.subnet, &n.subnet_ipv6))
+        .collect();
+    let addresses: Vec<Vec<String>> = status
+        .networks
+        .iter()
+        .map(|n| {
+            n.endpoints
+                .iter()
+                .map(|e| both(&e.address, &e.address_ipv6))
+                .collect()
+        })
+        .collect();
+    for (((n, published), subnet), addresses) in status
+        .networks
+        .iter()
+        .zip(&published)
+        .zip(&subnets)
+        .zip(&addresses)
+    {
         net_rows.push(vec![
             short_id(&n.id),
             or_dash(&n.bridge),
             or_dash(&n.mode),
             or_dash(&n.datapath_type),
-            or_dash(&n.subnet),
+            or_dash(subnet),
             or_dash(&n.gateway),
         ]);
-        for (e, published) in n.endpoints.iter().zip(published) {
+        for ((e, published), address) in n.endpoints.iter().zip(published).zip(addresses) {
             ep_rows.push(vec![
                 short_id(&e.id),
                 or_dash(&e.port),
                 or_dash(&e.mac),
-                or_dash(&e.address),
+                or_dash(address),
                 or_dash(published),
             ]);
         }
@@ -342,6 +378,7 @@ pub(crate) mod tests {
                     bridge: "ovsbr-3f2a1".into(),
                     mode: "nat-fast".into(),
                     subnet: "10.0.0.0/24".into(),
+                    subnet_ipv6: String::new(),
                     gateway: "10.0.0.1".into(),
                     datapath_type: "system".into(),
                     endpoints: vec![
@@ -350,6 +387,7 @@ pub(crate) mod tests {
                             port: "ovs1a2b3c4d".into(),
                             mac: "02:42:0a:00:00:02".into(),
                             address: "10.0.0.2/24".into(),
+                            address_ipv6: String::new(),
                             published: vec!["0.0.0.0:8080->80/tcp".into()],
                             fast_path: true,
                             kernel_path: String::new(),
@@ -359,6 +397,7 @@ pub(crate) mod tests {
                             port: "ovs9f8e7d6c".into(),
                             mac: "02:42:0a:00:00:03".into(),
                             address: "10.0.0.3/24".into(),
+                            address_ipv6: String::new(),
                             published: vec![],
                             fast_path: false,
                             kernel_path: "nat-fast: br0 has generic only XDP".into(),
@@ -370,6 +409,7 @@ pub(crate) mod tests {
                     bridge: "br-flat".into(),
                     mode: "flat".into(),
                     subnet: String::new(),
+                    subnet_ipv6: String::new(),
                     gateway: String::new(),
                     datapath_type: "netdev".into(),
                     endpoints: vec![],
@@ -404,6 +444,25 @@ NETWORK       BRIDGE       MODE      DATAPATH  SUBNET       GATEWAY
 abc           br-flat      flat      netdev    -            -
 ";
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn table_shows_both_families() {
+        let mut status = sample();
+        status.networks.truncate(1);
+        status.networks[0].subnet_ipv6 = "fd00:d0e5::/64".into();
+        status.networks[0].endpoints.truncate(1);
+        status.networks[0].endpoints[0].address_ipv6 = "fd00:d0e5::2/64".into();
+        let table = render_status_table(&status);
+        assert!(table.contains(" 10.0.0.0/24 fd00:d0e5::/64 "), "{table}");
+        assert!(table.contains(" 10.0.0.2/24 fd00:d0e5::2/64 "), "{table}");
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(
+            json.contains(r#""address_ipv6":"fd00:d0e5::2/64""#),
+            "{json}"
+        );
+        // An IPv4-only status says nothing of IPv6.
+        assert!(!serde_json::to_string(&sample()).unwrap().contains("ipv6"));
     }
 
     #[test]

@@ -21,10 +21,23 @@ pub enum DriverError {
     #[error(transparent)]
     Options(#[from] OptionsError),
     #[error(
-        "IPv6 is not supported by dovesnap networks yet (Docker passed the IPv6 pool {pool:?}); \
-         create the network without --ipv6"
+        "IPv6 is supported on flat networks only in this version (mode={mode} was given the \
+         IPv6 pool {pool:?}); create the network without --ipv6, or with mode=flat"
     )]
-    Ipv6 { pool: String },
+    Ipv6 { mode: Mode, pool: String },
+    #[error(
+        "a dovesnap network has at most one IPv6 subnet, Docker passed {} ({}); give one \
+         IPv6 --subnet",
+        pools.len(),
+        pools.join(", ")
+    )]
+    SeveralPools6 { pools: Vec<String> },
+    #[error("IPAM pool {0:?} is not an IPv6 CIDR")]
+    BadPool6(String),
+    #[error("IPv6 gateway {0:?} is not an IPv6 address")]
+    BadGateway6(String),
+    #[error("endpoint address {0:?} is not an IPv6 CIDR")]
+    BadAddress6(String),
     #[error(
         "a dovesnap network has one IPv4 subnet, Docker passed {} ({}); give one --subnet",
         pools.len(),

@@ -34,7 +34,7 @@
 //! start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -46,8 +46,7 @@ use crate::firewall::{
     parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, Proto,
     PublishedPort, PORT_MAP_OPTION,
 };
-use crate::host::addr::Mac;
-use crate::host::addr::{Ipv4Cidr, Ipv4Net};
+use crate::host::addr::{Ipv4Cidr, Ipv4Net, Ipv6Cidr, Mac};
 use crate::host::netlink::Netlink;
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
@@ -336,12 +335,12 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if options.mode == Mode::NatFast {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
-        let ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
-        if let Some(v6) = req.ipv6_data.as_deref().and_then(|p| p.first()) {
-            return Err(DriverError::Ipv6 {
-                pool: v6.pool.clone(),
-            });
-        }
+        let mut ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
+        add_ipv6(
+            &mut ipam,
+            options.mode,
+            req.ipv6_data.as_deref().unwrap_or_default(),
+        )?;
         let internal = req
             .options
             .as_ref()
@@ -501,6 +500,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                     .map_err(|_| DriverError::BadAddress(a.to_string()))?,
             ),
         };
+        let address6 = match iface.address_ipv6.as_str() {
+            "" => None,
+            a => Some(
+                a.parse::<Ipv6Cidr>()
+                    .map_err(|_| DriverError::BadAddress6(a.to_string()))?,
+            ),
+        };
         let (mac, mac_from_us) = match iface.mac_address.as_str() {
             "" => (generate_mac(address, eid), true),
             m => (m.parse::<Mac>()?, false),
@@ -519,6 +525,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let ep = Endpoint {
             id: eid.to_string(),
             address,
+            address6,
             mac,
             host_ifname,
             container_ifname,
@@ -681,6 +688,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .container_gateway()
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
+            gateway_ipv6: net
+                .container_gateway6()
+                .map(|g: Ipv6Addr| g.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -780,6 +791,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                         port: e.host_ifname.clone(),
                         mac: e.mac.to_string(),
                         address: e.address.map(|a| a.to_string()).unwrap_or_default(),
+                        address_ipv6: e.address6.map(|a| a.to_string()).unwrap_or_default(),
                         published: e.published.iter().map(|p| p.to_string()).collect(),
                         fast_path: fast_path.as_ref().is_some_and(|(s, names)| {
                             names.contains(&e.host_ifname)
@@ -800,6 +812,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     bridge: n.bridge.clone(),
                     mode: n.options.mode.to_string(),
                     subnet: n.subnet_text(),
+                    subnet_ipv6: n.ipam.subnet6.map(|s| s.to_string()).unwrap_or_default(),
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
                     datapath_type: n.datapath.to_string(),
                     endpoints,

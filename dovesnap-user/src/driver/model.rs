@@ -15,6 +15,17 @@ pub struct Ipam {
     pub subnet: Option<Ipv4Net>,
     /// IPv4 gateway, without prefix length.
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 subnet (`--ipv6`, flat networks only); records older versions wrote have none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "text::or_null",
+        deserialize_with = "text::read_optional"
+    )]
+    pub subnet6: Option<Ipv6Cidr>,
+    /// IPv6 gateway, without prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// The OVS datapath of a network's bridge (`Bridge.datapath_type`).
@@ -142,6 +153,14 @@ impl Network {
             _ => self.ipam.gateway,
         }
     }
+
+    /// The IPv6 gateway Join gives the container (flat networks with `--ipv6`).
+    pub(super) fn container_gateway6(&self) -> Option<Ipv6Addr> {
+        match self.options.mode {
+            Mode::Overlay => None,
+            _ => self.ipam.gateway6,
+        }
+    }
 }
 
 /// An endpoint as stored in its port's `external_ids`.
@@ -155,6 +174,15 @@ pub struct Endpoint {
         deserialize_with = "text::read_optional"
     )]
     pub address: Option<Ipv4Cidr>,
+    /// IPv6 address with prefix length (`--ipv6` flat networks); absent from records
+    /// of endpoints without one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "text::or_null",
+        deserialize_with = "text::read_optional"
+    )]
+    pub address6: Option<Ipv6Cidr>,
     #[serde(serialize_with = "text::write", deserialize_with = "text::read")]
     pub mac: Mac,
     /// Host end of the veth: the OVS port.
@@ -282,7 +310,40 @@ pub(super) fn ipam_from(pools: &[api::IpamData]) -> DriverResult<Ipam> {
     Ok(Ipam {
         subnet: Some(subnet),
         gateway,
+        ..Ipam::default()
     })
+}
+
+/// Adds Docker's IPv6 pool (`--ipv6`), if any, to `ipam`: refused on every mode but flat.
+pub(super) fn add_ipv6(ipam: &mut Ipam, mode: Mode, pools: &[api::IpamData]) -> DriverResult<()> {
+    let Some(pool) = pools.first() else {
+        return Ok(());
+    };
+    if mode != Mode::Flat {
+        return Err(DriverError::Ipv6 {
+            mode,
+            pool: pool.pool.clone(),
+        });
+    }
+    if pools.len() > 1 {
+        return Err(DriverError::SeveralPools6 {
+            pools: pools.iter().map(|p| p.pool.clone()).collect(),
+        });
+    }
+    let subnet = (pool.pool.parse::<Ipv6Cidr>())
+        .map_err(|_| DriverError::BadPool6(pool.pool.clone()))?
+        .network();
+    let gateway = match pool.gateway.as_str() {
+        "" => None,
+        g => Some(
+            (g.parse::<Ipv6Cidr>().map(|c| c.addr).ok())
+                .or_else(|| g.parse().ok())
+                .ok_or_else(|| DriverError::BadGateway6(g.to_string()))?,
+        ),
+    };
+    ipam.subnet6 = Some(subnet);
+    ipam.gateway6 = gateway;
+    Ok(())
 }
 
 /// A MAC for an endpoint Docker gave none: `02:42` and the IPv4 address, as Docker's

@@ -304,6 +304,7 @@ mod tests {
         Endpoint {
             id: EID.into(),
             address: "10.231.1.2/24".parse().ok(),
+            address6: None,
             mac: "02:42:0a:e7:01:02".parse().unwrap(),
             host_ifname: host,
             container_ifname: container,

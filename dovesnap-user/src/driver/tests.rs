@@ -1033,3 +1033,81 @@ async fn a_restarted_driver_recovers_its_networks_from_the_switch() {
     assert_eq!(net.endpoints[0].mac, "02:42:0a:e8:01:02");
     restarted.join_inner(join(NID, EID)).await.unwrap();
 }
+
+/// `network` with Docker's IPv6 pool as `--ipv6 --subnet fd31:1::/64` gives it.
+fn network6(opts: &str) -> api::CreateNetworkRequest {
+    api::CreateNetworkRequest {
+        ipv6_data: Some(vec![api::IpamData {
+            pool: "fd31:1::/64".into(),
+            gateway: "fd31:1::1/64".into(),
+            ..Default::default()
+        }]),
+        ..network(NID, opts, Some("10.231.1.0/24"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_flat_network_carries_ipv6_and_records_it() {
+    let r = rig();
+    r.create_network(network6("mode=flat")).await.unwrap();
+    let spec = r.host.lock().unwrap().created[0].clone();
+    let ipam: Ipam = serde_json::from_str(&spec.external_ids[EXT_NETWORK_IPAM]).unwrap();
+    assert_eq!(ipam.subnet6, "fd31:1::/64".parse().ok());
+    assert_eq!(ipam.gateway6, "fd31:1::1".parse().ok());
+    let request = api::CreateEndpointRequest {
+        interface: Some(api::EndpointInterface {
+            address: "10.231.1.2/24".into(),
+            address_ipv6: "fd31:1::2/64".into(),
+            ..Default::default()
+        }),
+        ..endpoint(NID, EID, "")
+    };
+    r.driver.create_endpoint_inner(request).await.unwrap();
+    let (host_end, _) = veths();
+    let port = r.host.lock().unwrap().port(&host_end).cloned().unwrap();
+    let record: Endpoint = serde_json::from_str(&port.external_ids[EXT_ENDPOINT]).unwrap();
+    assert_eq!(record.address6, "fd31:1::2/64".parse().ok());
+    let joined = r.driver.join_inner(join(NID, EID)).await.unwrap();
+    assert_eq!(joined.gateway, "10.231.1.1");
+    assert_eq!(joined.gateway_ipv6, "fd31:1::1");
+    let status = r.driver.status().await;
+    assert_eq!(status.networks[0].subnet_ipv6, "fd31:1::/64");
+    assert_eq!(status.networks[0].endpoints[0].address_ipv6, "fd31:1::2/64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn ipv6_on_other_modes_and_bad_ipv6_input_are_refused_before_anything_is_made() {
+    let r = rig();
+    for mode in ["nat", "nat-fast"] {
+        let err = r
+            .create_network(network6(&format!("mode={mode}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DriverError::Ipv6 { pool, .. } if pool == "fd31:1::/64"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("flat networks only"), "{err}");
+    }
+    let mut bad = network6("mode=flat");
+    bad.ipv6_data.as_mut().unwrap()[0].pool = "fd31:1::/129".into();
+    refused!(r.create_network(bad), DriverError::BadPool6(_));
+    assert!(r.bridges().is_empty());
+    assert!(r.rules.lock().unwrap().networks.is_empty());
+
+    r.create_network(network6("mode=flat")).await.unwrap();
+    let request = api::CreateEndpointRequest {
+        interface: Some(api::EndpointInterface {
+            address_ipv6: "fd31:1::2".into(),
+            ..Default::default()
+        }),
+        ..endpoint(NID, EID, "10.231.1.2/24")
+    };
+    refused!(
+        r.driver.create_endpoint_inner(request),
+        DriverError::BadAddress6(_)
+    );
+    let (host_end, container_end) = veths();
+    assert!(r.ports().is_empty());
+    assert!(!r.links().contains(&host_end) && !r.links().contains(&container_end));
+}

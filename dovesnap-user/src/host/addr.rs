@@ -1,7 +1,7 @@
 //! Typed addresses parsed once, the same way everywhere.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An IPv4 address with a prefix length, `a.b.c.d/n` (an interface's address: the host
@@ -12,9 +12,10 @@ pub struct Ipv4Cidr {
     pub prefix: u8,
 }
 
-/// Text that is not `a.b.c.d/n` with `n` at most 32 (one or two digits, no sign).
+/// Text that is not an address with a prefix length: `a.b.c.d/n` (`n` at most 32) or
+/// `a:b::c/n` (`n` at most 128), `n` plain digits.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not an IPv4 address with a prefix length (a.b.c.d/n)")]
+#[error("`{0}` is not an IP address with a prefix length (a.b.c.d/n or a:b::c/n)")]
 pub struct BadCidr(pub String);
 
 impl FromStr for Ipv4Cidr {
@@ -104,6 +105,54 @@ impl FromStr for Ipv4Net {
     /// `a.b.c.d/n`, parsed as [`Ipv4Cidr`] is; host bits are cleared.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse::<Ipv4Cidr>().map(Ipv4Net::from)
+    }
+}
+
+/// An IPv6 address with a prefix length, `a:b::c/n`: an interface's address (host bits
+/// kept) or, through [`Ipv6Cidr::network`], a subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Cidr {
+    /// The subnet the address lies in: host bits cleared.
+    pub fn network(self) -> Ipv6Cidr {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        Ipv6Cidr {
+            addr: Ipv6Addr::from(u128::from(self.addr) & mask),
+            prefix: self.prefix,
+        }
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = BadCidr;
+
+    /// `a:b::c/n` with `n` at most 128 (one to three digits, no sign).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadCidr(s.to_string());
+        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+        if !(1..=3).contains(&len.len()) || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let prefix: u8 = len.parse().map_err(|_| bad())?;
+        if prefix > 128 || (len.len() > 1 && len.starts_with('0')) {
+            return Err(bad());
+        }
+        Ok(Ipv6Cidr {
+            addr: addr.parse().map_err(|_| bad())?,
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -212,6 +261,25 @@ mod tests {
             "+2:42:0a:00:00:ff",
         ] {
             assert!(s.parse::<Mac>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn ipv6_cidrs_parse_strictly() {
+        let c: Ipv6Cidr = "fd00:d0e5:1::7/64".parse().unwrap();
+        assert_eq!(c.to_string(), "fd00:d0e5:1::7/64");
+        assert_eq!(c.network().to_string(), "fd00:d0e5:1::/64");
+        assert_eq!("::/0".parse::<Ipv6Cidr>().unwrap().network().prefix, 0);
+        for bad in [
+            "fd00::1",
+            "fd00::1/",
+            "fd00::1/129",
+            "fd00::1/+64",
+            "fd00::1/064",
+            "10.0.0.1/8",
+            "x/64",
+        ] {
+            assert!(bad.parse::<Ipv6Cidr>().is_err(), "{bad:?}");
         }
     }
 }
