@@ -19,8 +19,7 @@ pub struct Ipam {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "text::or_null",
-        deserialize_with = "text::read_optional"
+        with = "text::optional"
     )]
     pub subnet6: Option<Ipv6Cidr>,
     /// IPv6 gateway, without prefix length.
@@ -179,8 +178,7 @@ pub struct Endpoint {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "text::or_null",
-        deserialize_with = "text::read_optional"
+        with = "text::optional"
     )]
     pub address6: Option<Ipv6Cidr>,
     #[serde(serialize_with = "text::write", deserialize_with = "text::read")]
@@ -393,6 +391,12 @@ pub(super) mod text {
     /// A value from its text.
     pub fn read<'de, T: FromStr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         parse::<T, D>(&String::deserialize(d)?)
+    }
+
+    /// An optional value as its text, `None` as `null` (`#[serde(with = ...)]`).
+    pub mod optional {
+        pub use super::or_null as serialize;
+        pub use super::read_optional as deserialize;
     }
 
     /// `null` and `""` read as `None`.

@@ -18,31 +18,45 @@ pub struct Ipv4Cidr {
 #[error("`{0}` is not an IP address with a prefix length (a.b.c.d/n or a:b::c/n)")]
 pub struct BadCidr(pub String);
 
-impl FromStr for Ipv4Cidr {
-    type Err = BadCidr;
+/// `FromStr` and `Display` of an address-with-prefix type: `ADDRESS/N`, `N` at most
+/// `$max`.
+macro_rules! cidr_text {
+    ($name:ident, $max:expr) => {
+        impl FromStr for $name {
+            type Err = BadCidr;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadCidr(s.to_string());
-        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
-        if !(1..=2).contains(&len.len()) || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let (addr, prefix) = split_cidr(s, $max)?;
+                Ok($name { addr, prefix })
+            }
         }
-        let prefix: u8 = len.parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.addr, self.prefix)
+            }
         }
-        Ok(Ipv4Cidr {
-            addr: addr.parse().map_err(|_| bad())?,
-            prefix,
-        })
-    }
+    };
 }
 
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+/// `ADDRESS/N`: the address as `A` parses it and `N` plain decimal digits (no sign,
+/// no leading zero) at most `max_prefix`.
+fn split_cidr<A: FromStr>(s: &str, max_prefix: u8) -> Result<(A, u8), BadCidr> {
+    let bad = || BadCidr(s.to_string());
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let plain = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+    if !plain || (len.len() > 1 && len.starts_with('0')) {
+        return Err(bad());
     }
+    let prefix = len
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= max_prefix)
+        .ok_or_else(bad)?;
+    Ok((addr.parse().map_err(|_| bad())?, prefix))
 }
+
+cidr_text!(Ipv4Cidr, 32);
 
 /// An IPv4 subnet: network address and prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,32 +143,7 @@ impl Ipv6Cidr {
     }
 }
 
-impl FromStr for Ipv6Cidr {
-    type Err = BadCidr;
-
-    /// `a:b::c/n` with `n` at most 128 (one to three digits, no sign).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadCidr(s.to_string());
-        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
-        if !(1..=3).contains(&len.len()) || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let prefix: u8 = len.parse().map_err(|_| bad())?;
-        if prefix > 128 || (len.len() > 1 && len.starts_with('0')) {
-            return Err(bad());
-        }
-        Ok(Ipv6Cidr {
-            addr: addr.parse().map_err(|_| bad())?,
-            prefix,
-        })
-    }
-}
-
-impl fmt::Display for Ipv6Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+cidr_text!(Ipv6Cidr, 128);
 
 /// An Ethernet address, `aa:bb:cc:dd:ee:ff` in records, in Docker's API and in `ip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
