@@ -438,7 +438,16 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 errors.push(e.to_string());
             }
         }
+        // A bridge that stays (an administrator's, or overlay's br-int) keeps no port of
+        // the network's; a bridge of our own goes with its ports.
+        let bridge_stays = net.options.existing || net.options.mode == Mode::Overlay;
         for ep in net.endpoints.values() {
+            if bridge_stays {
+                match self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
+                    Err(e) if !e.is_not_found() => errors.push(e.to_string()),
+                    _ => {}
+                }
+            }
             if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
                 errors.push(e.to_string());
             }

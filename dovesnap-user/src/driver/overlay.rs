@@ -259,13 +259,6 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// the switch (the last host deletes it) and the host's record. Returns the errors.
     pub(super) async fn delete_overlay_network(&self, net: &Network, ov: &Overlay) -> Vec<String> {
         let mut errors = Vec::new();
-        for ep in net.endpoints.values() {
-            if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
-                if !e.is_not_found() {
-                    errors.push(e.to_string());
-                }
-            }
-        }
         let nb = self.northbound(&ov.northbound);
         let ports: Vec<String> = net.endpoints.keys().map(|e| ovn::port_name(e)).collect();
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();

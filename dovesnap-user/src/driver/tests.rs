@@ -961,7 +961,10 @@ async fn an_existing_bridge_is_attached_to_and_never_deleted() {
         DriverError::BridgeInUse { .. }
     );
 
-    // Docker deletes the endpoints first.
+    // Docker deletes the endpoints first; a network deleted with an endpoint left
+    // (a plugin restarted meanwhile, a forced removal) takes its port off too.
+    let second = "0123456789ab0123456789ab0123456789ab0123456789ab0123456789ab0123";
+    r.endpoint(NID, second, "").await.unwrap();
     r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
     r.delete_network(NID).await.unwrap();
     let h = r.host.lock().unwrap();
