@@ -142,20 +142,26 @@ pub struct TestBridge {
 
 impl TestBridge {
     pub fn new(prefix: &str) -> Self {
-        let name = unique_name(prefix);
-        sh(
-            "ovs-vsctl",
-            &[
-                "add-br",
-                &name,
-                "--",
-                "set",
-                "bridge",
-                &name,
-                "datapath_type=netdev",
-            ],
-        );
-        TestBridge { name }
+        let bridge = TestBridge {
+            name: unique_name(prefix),
+        };
+        bridge.remake();
+        bridge
+    }
+
+    /// Makes the bridge (again, after a test deleted it), as an administrator would.
+    pub fn remake(&self) {
+        let name = self.name.as_str();
+        let args = [
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+        ];
+        sh("ovs-vsctl", &args);
     }
 }
 

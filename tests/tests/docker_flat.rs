@@ -408,14 +408,36 @@ fn a_network_on_an_existing_bridge_leaves_the_bridge_as_it_was() {
     let ids = bridge_ids(&bridge.name);
     assert_eq!(ids.trim(), "owner=admin");
     {
-        // The reconciler never re-creates an existing bridge the admin deleted.
-        let _net = Network::create("dsbr-net", &with(&["--subnet", "10.235.1.0/24"]));
+        // The reconciler never re-creates an existing bridge the admin deleted...
+        let net = Network::create("dsbr-net", &with(&["--subnet", "10.235.1.0/24"]));
+        let a = Container::httpd("dsbr-a", &net, "attached-again");
+        let b = Container::idle("dsbr-b", &net);
+        let url = format!("http://{}/", a.ip(&net));
         sh("ovs-vsctl", &["del-br", &bridge.name]);
         std::thread::sleep(Duration::from_secs(3));
         assert!(
             !ovs_bridges().contains(&bridge.name),
             "existing bridge re-created"
         );
+        // ...and attaches to it again, with its containers' ports, once the admin has
+        // made it again.
+        bridge.remake();
+        wait_until(
+            "the network attached again",
+            Duration::from_secs(10),
+            || {
+                sh("ovs-vsctl", &["list-ports", &bridge.name])
+                    .lines()
+                    .count()
+                    == 2
+            },
+        );
+        let ids = bridge_ids(&bridge.name);
+        assert!(
+            ids.contains(&format!("dovesnap-attached-network-id={}", net.id())),
+            "{ids}"
+        );
+        assert_eq!(b.fetch(&url).unwrap().trim(), "attached-again");
     }
     drop(plugin);
     drop(admin);

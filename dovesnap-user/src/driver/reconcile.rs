@@ -48,8 +48,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::{
-    bridge_spec, logical_port, port_spec, Driver, DriverState, Endpoint, Links, NatFastPath,
-    Network, Switch,
+    bridge_spec, logical_port, network_record, port_spec, Driver, DriverState, Endpoint, Links,
+    NatFastPath, Network, Switch, EXT_ATTACHED_NETWORK_ID, EXT_NETWORK_ID,
 };
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
@@ -173,7 +173,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                            "reconcile: no integration bridge (ovn-controller makes it)");
                     continue;
                 };
-                let ports = b.ports.iter().map(|p| p.name.clone()).collect();
+                let ports = port_names(b);
                 self.reconcile_network(fastpath, net, &ports, &mut keep)
                     .await;
                 if !unreachable.contains(&ov.northbound) && !self.reconcile_ovn(net).await {
@@ -181,34 +181,53 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 }
                 continue;
             }
-            let ports = match bridge {
+            let (repair, ports) = match bridge {
                 // An existing bridge (`ovs.bridge.existing`) is the administrator's: never
                 // re-created, its other ports never touched; only ours are repaired.
                 None if net.options.existing => {
                     warn!(network = %net.id, bridge = %net.bridge,
                           "reconcile: the existing bridge the network is attached to is gone; \
                            dovesnap does not re-create a bridge it did not make: make it again \
-                           (ovs-vsctl add-br) or remove the network");
+                           (ovs-vsctl add-br) and the network attaches to it, or remove the \
+                           network");
                     continue;
+                }
+                // The administrator made the bridge again (it carries no network's
+                // record): attach to it as at creation; the ports follow below.
+                Some(b) if net.options.existing && !carries_a_network(b) => {
+                    let record = network_record(net);
+                    let attached = (self.ovs)
+                        .update_bridge_external_ids(&net.bridge, &record, &[])
+                        .await;
+                    let repair = (
+                        "attach to the existing bridge made again",
+                        "the existing bridge was made again; attached the network to it",
+                    );
+                    (Some((attached, repair)), port_names(b))
                 }
                 Some(b) if !net.marks(b) => {
                     warn!(network = %net.id, bridge = %net.bridge,
                           "reconcile: the bridge now belongs to something else; leaving it");
                     continue;
                 }
-                Some(b) => b.ports.iter().map(|p| p.name.clone()).collect(),
+                Some(b) => (None, port_names(b)),
                 None => {
-                    if let Err(e) = self.ovs.create_bridge(&bridge_spec(net)).await {
-                        warn!(network = %net.id, bridge = %net.bridge,
-                              "reconcile: cannot re-create the missing bridge: {e}");
-                        continue;
-                    }
-                    self.reconciler.count("bridge");
-                    info!(network = %net.id, bridge = %net.bridge,
-                          "repaired: the bridge was missing from OVSDB; re-created it");
-                    HashSet::new()
+                    let made = self.ovs.create_bridge(&bridge_spec(net)).await;
+                    let repair = (
+                        "re-create the missing bridge",
+                        "the bridge was missing from OVSDB; re-created it",
+                    );
+                    (Some((made, repair)), HashSet::new())
                 }
             };
+            if let Some((result, (action, repaired))) = repair {
+                if let Err(e) = result {
+                    warn!(network = %net.id, bridge = %net.bridge, "reconcile: cannot {action}: {e}");
+                    continue;
+                }
+                self.reconciler.count("bridge");
+                info!(network = %net.id, bridge = %net.bridge, "repaired: {repaired}");
+            }
             self.reconcile_network(fastpath, net, &ports, &mut keep)
                 .await;
         }
@@ -559,6 +578,18 @@ fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The names of `bridge`'s ports.
+fn port_names(bridge: &crate::ovsdb::BridgeInfo) -> HashSet<String> {
+    bridge.ports.iter().map(|p| p.name.clone()).collect()
+}
+
+/// Whether `bridge` carries a dovesnap network's record (its own or an attached one).
+fn carries_a_network(bridge: &crate::ovsdb::BridgeInfo) -> bool {
+    [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
+        .iter()
+        .any(|k| bridge.external_ids.contains_key(*k))
 }
 
 #[cfg(test)]

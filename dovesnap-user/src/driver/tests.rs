@@ -1114,3 +1114,44 @@ async fn ipv6_on_other_modes_and_bad_ipv6_input_are_refused_before_anything_is_m
     assert!(r.ports().is_empty());
     assert!(!r.links().contains(&host_end) && !r.links().contains(&container_end));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_existing_bridge_made_again_is_attached_to_again() {
+    let r = rig();
+    let admin_bridge = || BridgeInfo {
+        name: "br-admin".into(),
+        datapath_type: "system".into(),
+        external_ids: BTreeMap::new(),
+        ports: vec![],
+    };
+    r.host
+        .lock()
+        .unwrap()
+        .bridges
+        .insert("br-admin".into(), admin_bridge());
+    r.net(
+        "mode=flat ovs.bridge.name=br-admin ovs.bridge.existing=true",
+        None,
+    )
+    .await;
+    r.endpoint(NID, EID, "").await.unwrap();
+    let (host_end, _) = veths();
+
+    // The administrator deletes the bridge: the reconciler does not make it again.
+    r.host.lock().unwrap().bridges.remove("br-admin");
+    r.driver.reconcile().await;
+    assert!(r.bridges().is_empty(), "an existing bridge was re-created");
+
+    // They make it again: the network attaches to it, and its port comes back.
+    r.host
+        .lock()
+        .unwrap()
+        .bridges
+        .insert("br-admin".into(), admin_bridge());
+    r.driver.reconcile().await;
+    let h = r.host.lock().unwrap();
+    let br = &h.bridges["br-admin"];
+    assert_eq!(br.external_ids[EXT_ATTACHED_NETWORK_ID], NID);
+    assert_eq!(h.port_names("br-admin"), vec![host_end]);
+    assert!(h.created.is_empty(), "no bridge made by dovesnap");
+}
