@@ -23,6 +23,8 @@ const CENTRAL_IP: &str = "198.18.77.254";
 const SUBNET: &str = "10.30.0.0/24";
 /// The switch a network on [`SUBNET`] maps to without `ovs.ovn.switch`.
 const SWITCH: &str = "dovesnap-10.30.0.0-24";
+/// A second logical switch on the same subnet, to show overlay networks are isolated.
+const ISOLATED: &str = "dsovl-isolated";
 
 /// The API hosts' `--ovn-reap-after`: how long a chassis must be missing from the
 /// southbound database before the other hosts remove its ports.
@@ -628,6 +630,42 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     );
     let mtu = c1.sh("ip", &["-o", "link", "show", "eth0"]);
     assert!(mtu.contains("mtu 1442"), "{mtu}");
+
+    // Two overlay networks cannot reach each other, even on the same addresses plan:
+    // another logical switch across the same two hosts.
+    let (m1, m2, f1, f2) = (id("m1"), id("m2"), id("f1"), id("f2"));
+    let other = json!({"mode": "overlay", "ovs.ovn.switch": ISOLATED});
+    h1.create_network(&m1, other.clone());
+    h2.create_network(&m2, other);
+    let d1 = h1.attach(&m1, &f1, "10.30.0.31/24");
+    let d2 = h2.attach(&m2, &f2, "10.30.0.32/24");
+    wait_port_up(&central, &lsp(&f1));
+    wait_port_up(&central, &lsp(&f2));
+    assert!(
+        pings(&d1, "10.30.0.32"),
+        "the second network works across hosts"
+    );
+    for (from, to) in [
+        (&c1, "10.30.0.31"),
+        (&c2, "10.30.0.32"),
+        (&d1, "10.30.0.11"),
+        (&d2, "10.30.0.21"),
+    ] {
+        let crossed = from
+            .run("ping", &["-c", "2", "-W", "1", to])
+            .status
+            .success();
+        assert!(!crossed, "{to} answered from the other overlay network");
+    }
+    h1.detach(&m1, &f1);
+    h2.detach(&m2, &f2);
+    h1.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": m1}));
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": m2}));
+    assert_eq!(
+        central.switches(),
+        [SWITCH],
+        "the second switch went with its networks"
+    );
 
     // An address another host's container has is refused, and nothing is left.
     let e4 = id("e4");
