@@ -697,10 +697,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .container_gateway()
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
-            gateway_ipv6: net
-                .container_gateway6()
-                .map(|g: Ipv6Addr| g.to_string())
-                .unwrap_or_default(),
+            // Only flat networks carry IPv6 (`add_ipv6`), and a flat network's gateway
+            // is the container's.
+            gateway_ipv6: net.ipam.gateway6.map(|g| g.to_string()).unwrap_or_default(),
             ..Default::default()
         })
     }

@@ -152,14 +152,6 @@ impl Network {
             _ => self.ipam.gateway,
         }
     }
-
-    /// The IPv6 gateway Join gives the container (flat networks with `--ipv6`).
-    pub(super) fn container_gateway6(&self) -> Option<Ipv6Addr> {
-        match self.options.mode {
-            Mode::Overlay => None,
-            _ => self.ipam.gateway6,
-        }
-    }
 }
 
 /// An endpoint as stored in its port's `external_ids`.

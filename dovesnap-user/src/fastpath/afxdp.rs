@@ -654,7 +654,7 @@ impl Xsk {
         let iface: Interface = cfg
             .anchor_ifname
             .parse()
-            .map_err(|_| bind_err("the name contains a NUL byte".into()))?;
+            .map_err(|_| bind_err("not an interface name".into()))?;
         let (tx, rx, rings) = bind_with_retry(|| {
             // SAFETY: the UMEM is new, so no socket of it is bound to this pair yet (the
             // xsk-rs contract only restricts binding a pair twice).
@@ -721,7 +721,7 @@ impl Xsk {
         }
         let iface: Interface = ifname
             .parse()
-            .map_err(|_| bind_err("the name contains a NUL byte".into()))?;
+            .map_err(|_| bind_err("not an interface name".into()))?;
         let slot = match self.ports.iter().position(Option::is_none) {
             Some(slot) => slot,
             None if self.ports.len() <= 0xffff => {
