@@ -723,7 +723,9 @@ impl fmt::Display for Tunnel {
 /// `driver::tunnels`), and a flat bridge meshed to more hosts than this wants OVN.
 pub const MAX_TUNNELS: usize = 64;
 
-const EXPECTED_TUNNELS: &str = "comma-separated KIND:REMOTE[:KEY] items, where KIND is vxlan,      gre or geneve, REMOTE the far end's IPv4 address or [IPv6] address, and KEY the VNI      (0 to 16777215) of vxlan and geneve or the key (0 to 4294967295) of gre";
+const EXPECTED_TUNNELS: &str = "comma-separated KIND:REMOTE[:KEY] items, where KIND is vxlan, \
+     gre or geneve, REMOTE the far end's IPv4 address or [IPv6] address, and KEY the VNI \
+     (0 to 16777215) of vxlan and geneve or the key (0 to 4294967295) of gre";
 
 fn parse_tunnels(value: &str) -> Result<Vec<Tunnel>, OptionsError> {
     let bad = |why: String| invalid(BRIDGE_TUNNELS, value, format!("{EXPECTED_TUNNELS}; {why}"));
@@ -1835,6 +1837,7 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert!(err(BRIDGE_TUNNELS, "vxlan:192.0.2.1,,gre:192.0.2.2").contains("no empty items"));
+        assert!(err(BRIDGE_TUNNELS, "x").contains("where KIND is vxlan, gre or geneve, REMOTE"));
         let e = err(BRIDGE_TUNNELS, "vxlan:192.0.2.1:5,gre:192.0.2.1");
         assert!(
             e.contains("but vxlan:192.0.2.1:5 and gre:192.0.2.1 both go to 192.0.2.1"),
