@@ -72,12 +72,12 @@ fn a_vxlan_tunnel_carries_a_flat_network_across_two_hosts() {
         h1.vsctl(&["get", "Interface", &port, "type", "options"]),
         format!("vxlan\n{{key=\"{VNI}\", remote_ip=\"{}\"}}\n", h2.ip)
     );
+    // `dovesnap status`, as JSON and as the table.
+    let shown = format!("{port}: vxlan:{}:{VNI}", h2.ip);
     let status = h1.plugin().status();
-    assert_eq!(
-        status["networks"][0]["tunnels"],
-        json!([format!("{port}: vxlan:{}:{VNI}", h2.ip)]),
-        "{status}"
-    );
+    assert_eq!(status["networks"][0]["tunnels"], json!([shown]), "{status}");
+    let table = h1.plugin().status_text();
+    assert!(table.contains(&format!("\n  tunnel {shown}\n")), "{table}");
 
     let (e1, e2) = (id("e1"), id("e2"));
     let (c1, _) = h1.attach(&n1, &e1, "10.241.0.11/24");

@@ -1239,6 +1239,15 @@ async fn tunnels_are_made_with_the_bridge_repaired_and_shown() {
         "{calls:?}"
     );
 
+    // A bridge deleted by hand is made again with its tunnels, in one transaction.
+    r.host.lock().unwrap().bridges.remove(&bridge);
+    r.driver.reconcile().await;
+    let remade = r.host.lock().unwrap().created.last().cloned().unwrap();
+    assert_eq!(remade.tunnels, spec.tunnels);
+    let mut ports = r.ports();
+    ports.sort();
+    assert_eq!(ports, vec![gre.clone(), vxlan.clone()]);
+
     // A restarted daemon reads them back from the record and names them the same.
     let restarted = TestDriver::with_backends(
         FakeSwitch(r.host.clone()),
