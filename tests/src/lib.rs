@@ -192,6 +192,7 @@ pub mod daemon;
 pub mod docker;
 pub mod far;
 pub mod host_services;
+pub mod hosts;
 pub mod status;
 
 /// OVS bridges and host veths whose names start with one of the given prefixes: what a

@@ -7,13 +7,14 @@
 //! namespace. Containers are namespaces that get the endpoint's interface, as Docker
 //! does at Join. Nothing here touches the global Open vSwitch, dockerd or a global OVN.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dovesnap_tests::daemon::Daemon;
 use dovesnap_tests::docker::{self, Container, Network};
+use dovesnap_tests::hosts::{
+    self, fetch_port, id, pings, start_daemon, stop_pidfile, web_server, Lan, Scratch,
+};
 use dovesnap_tests::{require_root, run, sh, unique_name, wait_until, Netns};
 use serde_json::{json, Value};
 
@@ -30,92 +31,25 @@ const ISOLATED: &str = "dsovl-isolated";
 /// southbound database before the other hosts remove its ports.
 const REAP_AFTER: Duration = Duration::from_secs(8);
 
-/// A scratch folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_name("dsovn"));
-        std::fs::create_dir_all(&dir).expect("scratch folder");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Stops the daemon whose `--pidfile` is `pidfile` (SIGTERM, then SIGKILL).
-fn stop_pidfile(pidfile: &Path, signal: i32) {
-    let Some(pid) = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    // SAFETY: kill(2) on a pid a daemon we started wrote; no memory is involved.
-    unsafe { libc::kill(pid, signal) };
-    let start = Instant::now();
-    // SAFETY: signal 0 only checks that the process exists.
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        if start.elapsed() > Duration::from_secs(3) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(pidfile);
-}
-
-/// Runs an OVS/OVN daemon with `--detach` in `ns`, its run, log and db folders in `dir`.
-fn start_daemon(ns: &Netns, dir: &Path, cmd: &str, args: &[String]) {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns.name, cmd]).args(args);
-    for var in [
-        "OVS_RUNDIR",
-        "OVS_LOGDIR",
-        "OVS_DBDIR",
-        "OVN_RUNDIR",
-        "OVN_LOGDIR",
-        "OVN_DBDIR",
-    ] {
-        c.env(var, dir);
-    }
-    let out = c.output().expect("start daemon");
-    assert!(
-        out.status.success(),
-        "{cmd} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// ovn-northd and the NB/SB databases, listening on [`CENTRAL_IP`] in the LAN namespace.
 struct Central {
     dir: PathBuf,
     pidfiles: Vec<PathBuf>,
-    lan: Netns,
+    lan: Lan,
 }
 
 impl Central {
     fn start(root: &Path) -> Self {
         let dir = root.join("central");
         std::fs::create_dir_all(&dir).unwrap();
-        let lan = Netns::new("ovlan");
+        let lan = Lan::new("ovlan", LAN);
+        assert_eq!(lan.ip(254), CENTRAL_IP);
         let mut central = Central {
             dir: dir.clone(),
             pidfiles: Vec::new(),
             lan,
         };
-        let lan = &central.lan;
-        lan.sh("ip", &["link", "add", "lanbr", "type", "bridge"]);
-        lan.sh(
-            "ip",
-            &["addr", "add", &format!("{CENTRAL_IP}/24"), "dev", "lanbr"],
-        );
-        lan.sh("ip", &["link", "set", "lanbr", "up"]);
+        let lan = &central.lan.ns;
         for (db, port) in [("nb", 6641), ("sb", 6642)] {
             let file = dir.join(format!("{db}.db"));
             sh(
@@ -148,7 +82,7 @@ impl Central {
         }
         let pid = dir.join("northd.pid");
         start_daemon(
-            &central.lan,
+            &central.lan.ns,
             &dir,
             "ovn-northd",
             &[
@@ -211,111 +145,25 @@ impl Drop for Central {
     }
 }
 
-/// One host: its namespace on the LAN, OVS, ovn-controller and dovesnap.
-struct Host {
-    system_id: String,
-    ip: String,
-    dir: PathBuf,
-    plugin: Option<Daemon>,
-    ns: Netns,
+/// One OVN host: a [`hosts::Host`] that is also a chassis (its ovn-controller).
+struct Host(hosts::Host);
+
+impl std::ops::Deref for Host {
+    type Target = hosts::Host;
+    fn deref(&self) -> &hosts::Host {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut hosts::Host {
+        &mut self.0
+    }
 }
 
 impl Host {
     fn start(root: &Path, central: &Central, n: u8) -> Self {
-        let system_id = format!("host{n}");
-        let dir = root.join(&system_id);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ip = format!("{LAN}.{n}");
-        let host = Host {
-            system_id,
-            ip,
-            dir,
-            plugin: None,
-            ns: Netns::new("ovh"),
-        };
-        // The LAN: a veth whose far end is a port of the central bridge. The userspace
-        // datapath forwards partially checksummed frames as they are: no TX offload on
-        // the veth's LAN end nor on br-phy.
-        let lan_end = format!("lan{n}");
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                "uplink",
-                "netns",
-                &host.ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &lan_end,
-                "netns",
-                &central.lan.name,
-            ],
-        );
-        central
-            .lan
-            .sh("ip", &["link", "set", &lan_end, "master", "lanbr", "up"]);
-        central.lan.sh("ethtool", &["-K", &lan_end, "tx", "off"]);
-        host.ns.sh("ip", &["link", "set", "uplink", "up"]);
-
-        let db = host.dir.join("conf.db");
-        sh(
-            "ovsdb-tool",
-            &[
-                "create",
-                db.to_str().unwrap(),
-                "/usr/share/openvswitch/vswitch.ovsschema",
-            ],
-        );
-        start_daemon(
-            &host.ns,
-            &host.dir,
-            "ovsdb-server",
-            &[
-                db.display().to_string(),
-                format!("--remote=punix:{}", host.db_sock().display()),
-                format!("--pidfile={}", host.pidfile("ovsdb-server").display()),
-                format!("--unixctl={}", host.dir.join("ovsdb.ctl").display()),
-                format!("--log-file={}", host.dir.join("ovsdb-server.log").display()),
-                "--detach".into(),
-            ],
-        );
-        host.vsctl(&["--no-wait", "init"]);
-        start_daemon(
-            &host.ns,
-            &host.dir,
-            "ovs-vswitchd",
-            &[
-                format!("unix:{}", host.db_sock().display()),
-                format!("--pidfile={}", host.pidfile("ovs-vswitchd").display()),
-                format!("--unixctl={}", host.dir.join("vswitchd.ctl").display()),
-                format!("--log-file={}", host.dir.join("ovs-vswitchd.log").display()),
-                "--detach".into(),
-            ],
-        );
-        // Userspace tunnelling: the host's address lives on a bridge holding the uplink.
-        host.vsctl(&[
-            "--timeout=20",
-            "add-br",
-            "br-phy",
-            "--",
-            "set",
-            "bridge",
-            "br-phy",
-            "datapath_type=netdev",
-            "--",
-            "add-port",
-            "br-phy",
-            "uplink",
-        ]);
-        host.ns.sh(
-            "ip",
-            &["addr", "add", &format!("{}/24", host.ip), "dev", "br-phy"],
-        );
-        host.ns.sh("ip", &["link", "set", "br-phy", "up"]);
-        host.ns.sh("ethtool", &["-K", "br-phy", "tx", "off"]);
+        let host = Host(hosts::Host::start(root, &central.lan, n, "ovh", "ovc"));
         host.vsctl(&[
             "set",
             "Open_vSwitch",
@@ -323,26 +171,11 @@ impl Host {
             &format!("external_ids:ovn-remote=tcp:{CENTRAL_IP}:6642"),
             &format!("external_ids:ovn-encap-ip={}", host.ip),
             "external_ids:ovn-encap-type=geneve",
-            &format!("external_ids:system-id={}", host.system_id),
+            &format!("external_ids:system-id={}", host.name),
             "external_ids:ovn-bridge-datapath-type=netdev",
         ]);
         host.start_controller(central);
         host
-    }
-
-    fn db_sock(&self) -> PathBuf {
-        self.dir.join("db.sock")
-    }
-
-    fn pidfile(&self, daemon: &str) -> PathBuf {
-        self.dir.join(format!("{daemon}.pid"))
-    }
-
-    fn vsctl(&self, args: &[&str]) -> String {
-        let db = format!("--db=unix:{}", self.db_sock().display());
-        let mut full = vec![db.as_str()];
-        full.extend_from_slice(args);
-        sh("ovs-vsctl", &full)
     }
 
     /// Starts ovn-controller and waits until it made br-int and registered its chassis.
@@ -362,13 +195,13 @@ impl Host {
             ],
         );
         wait_until(
-            &format!("{}'s chassis and br-int", self.system_id),
+            &format!("{}'s chassis and br-int", self.name),
             Duration::from_secs(30),
             || {
                 central
                     .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
                     .split_whitespace()
-                    .any(|c| c == self.system_id)
+                    .any(|c| c == self.name)
                     && self.vsctl(&["list-br"]).lines().any(|b| b == "br-int")
             },
         );
@@ -381,176 +214,35 @@ impl Host {
     }
 
     fn start_plugin(&mut self) {
-        let socket = self.dir.join("plugin.sock");
-        let db = self.db_sock().display().to_string();
         let reap_after = REAP_AFTER.as_secs().to_string();
-        self.plugin = Some(Daemon::start_in(
-            Some(&self.ns.name),
-            &socket,
-            &[
-                "--ovsdb",
-                &db,
-                "--reconcile-interval",
-                "1",
-                "--ovn-reap-after",
-                &reap_after,
-            ],
-        ));
-    }
-
-    fn plugin(&self) -> &Daemon {
-        self.plugin.as_ref().expect("plugin running")
-    }
-
-    fn ok(&self, path: &str, body: Value) -> Value {
-        let (code, v) = self.plugin().call(path, &body.to_string());
-        assert_eq!(code, 200, "{path}: {v}");
-        assert!(
-            v.get("Err").is_none(),
-            "{} {path} failed: {v}",
-            self.system_id
-        );
-        v
-    }
-
-    fn err(&self, path: &str, body: Value) -> String {
-        let (_, v) = self.plugin().call(path, &body.to_string());
-        v.get("Err")
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("{path} {body} did not fail: {v}"))
-            .to_string()
+        self.0.start_plugin(&["--ovn-reap-after", &reap_after]);
     }
 
     fn create_network(&self, nid: &str, opts: Value) {
-        self.ok(
-            "/NetworkDriver.CreateNetwork",
-            json!({"NetworkID": nid, "Options": {"com.docker.network.generic": opts},
-                   "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": SUBNET,
-                                 "Gateway": "10.30.0.1/24"}],
-                   "IPv6Data": []}),
-        );
+        self.0.create_network(nid, opts, SUBNET, "10.30.0.1/24");
     }
 
-    /// CreateEndpoint + Join, then what Docker does: the container end into the
-    /// container's namespace as eth0, with the address.
+    /// Attaches a container (see [`hosts::Host::attach`]); overlay gives no gateway.
     fn attach(&self, nid: &str, eid: &str, addr: &str) -> Netns {
-        self.ok(
-            "/NetworkDriver.CreateEndpoint",
-            json!({"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}}),
-        );
-        let v = self.ok(
-            "/NetworkDriver.Join",
-            json!({"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/var/run/docker/netns/x"}),
-        );
+        let (ctr, joined) = self.0.attach(nid, eid, addr);
         assert!(
-            v["Gateway"].as_str().unwrap_or_default().is_empty(),
-            "overlay networks are internal, no gateway: {v}"
+            joined["Gateway"].as_str().unwrap_or_default().is_empty(),
+            "overlay networks are internal, no gateway: {joined}"
         );
-        let src = v["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
-        let ctr = Netns::new("ovc");
-        self.ns.sh("ip", &["link", "set", &src, "netns", &ctr.name]);
-        ctr.sh("ip", &["link", "set", &src, "name", "eth0"]);
-        ctr.sh("ip", &["addr", "add", addr, "dev", "eth0"]);
-        ctr.sh("ip", &["link", "set", "eth0", "up"]);
         ctr
-    }
-
-    fn detach(&self, nid: &str, eid: &str) {
-        let ids = json!({"NetworkID": nid, "EndpointID": eid});
-        self.ok("/NetworkDriver.Leave", ids.clone());
-        self.ok("/NetworkDriver.DeleteEndpoint", ids);
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        drop(self.plugin.take());
-        for d in ["ovn-controller", "ovs-vswitchd", "ovsdb-server"] {
-            stop_pidfile(&self.pidfile(d), libc::SIGTERM);
-        }
+        // Before the plugin, OVS and the namespace go (hosts::Host's own drop).
+        stop_pidfile(&self.pidfile("ovn-controller"), libc::SIGTERM);
     }
-}
-
-/// A process in a namespace, in a process group of its own: the group (the process
-/// and what it forked, e.g. httpd's per-connection children) is killed on drop.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group our own child leads; no memory involved.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-/// A web server in `ctr` on port 8080 answering `body`.
-fn web_server(ctr: &Netns, root: &Path, body: &str) -> Spawned {
-    let www = root.join(format!("www-{}", ctr.name));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), body).unwrap();
-    Spawned(
-        Command::new("ip")
-            .args([
-                "netns", "exec", &ctr.name, "busybox", "httpd", "-f", "-p", "8080", "-h",
-            ])
-            .arg(&www)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("busybox httpd"),
-    )
-}
-
-/// Pings `to` from `ctr` until a reply comes (flows take a moment after binding).
-fn pings(ctr: &Netns, to: &str) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if ctr
-            .run("ping", &["-c", "1", "-W", "1", to])
-            .status
-            .success()
-        {
-            return true;
-        }
-    }
-    false
 }
 
 /// Fetches `http://to:8080/` from `ctr` (TCP across the tunnel); the body.
 fn fetch(ctr: &Netns, to: &str) -> String {
     fetch_port(ctr, to, 8080)
-}
-
-/// Fetches `http://to:port/` from `ctr`; the body.
-fn fetch_port(ctr: &Netns, to: &str, port: u16) -> String {
-    // bash's /dev/tcp (busybox wget's -T crashes).
-    let script = format!(
-        "exec 3<>/dev/tcp/{to}/{port} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-    );
-    let start = Instant::now();
-    loop {
-        let out = ctr.run("timeout", &["5", "bash", "-c", &script]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && text.starts_with("HTTP/1.") {
-            return text
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_string())
-                .unwrap_or_default();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "GET http://{to}:{port}/ from {}: {text} {}",
-            ctr.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn id(prefix: &str) -> String {
-    format!("{prefix}{}", "0".repeat(64 - prefix.len()))
 }
 
 fn lsp(eid: &str) -> String {
@@ -567,7 +259,7 @@ fn wait_port_up(central: &Central, port: &str) {
 #[ignore = "needs root and OVN (cargo xtask test)"]
 fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     require_root();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("dsovn");
     let root = scratch.0.clone();
     let central = Central::start(&root);
     let mut h1 = Host::start(&root, &central, 1);
@@ -806,7 +498,7 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
 #[ignore = "needs root and OVN (cargo xtask test)"]
 fn overlay_refusals_are_clear_and_leak_nothing() {
     require_root();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("dsovn");
     let root = scratch.0.clone();
     let central = Central::start(&root);
     let mut h1 = Host::start(&root, &central, 1);
@@ -942,26 +634,7 @@ impl RootChassis {
             pidfile: root.join("root-ovn-controller.pid"),
             veth,
         };
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &chassis.veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "lan0",
-                "netns",
-                &central.lan.name,
-            ],
-        );
-        central
-            .lan
-            .sh("ip", &["link", "set", "lan0", "master", "lanbr", "up"]);
-        central.lan.sh("ethtool", &["-K", "lan0", "tx", "off"]);
-        sh("ip", &["link", "set", &chassis.veth, "up"]);
+        central.lan.plug(None, &chassis.veth, "lan0");
         sh(
             "ovs-vsctl",
             &[
@@ -1066,7 +739,7 @@ impl Drop for GwBridge {
 #[ignore = "needs root, Open vSwitch, dockerd and OVN (cargo xtask test)"]
 fn a_docker_host_and_an_api_host_share_a_network() {
     require_root();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("dsovn");
     let root = scratch.0.clone();
     let central = Central::start(&root);
     let mut h2 = Host::start(&root, &central, 2);

@@ -81,6 +81,9 @@ pub struct NetworkStatus {
     /// OVS `datapath_type`: `system` or `netdev`.
     pub datapath_type: String,
     pub endpoints: Vec<EndpointStatus>,
+    /// Tunnel ports (`ovs.bridge.tunnels`), `PORT: KIND:REMOTE[:KEY]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tunnels: Vec<String>,
 }
 
 /// One container endpoint: a veth pair with its host side on the bridge.
@@ -235,6 +238,9 @@ pub fn render_status_table(status: &Status) -> String {
     let mut eps = ep_lines[1..].iter();
     for (n, line) in status.networks.iter().zip(&net_lines[1..]) {
         push(line);
+        for tunnel in &n.tunnels {
+            push(&format!("  tunnel {tunnel}"));
+        }
         for ep_line in eps.by_ref().take(n.endpoints.len()) {
             push(ep_line);
         }
@@ -381,6 +387,7 @@ pub(crate) mod tests {
                     subnet_ipv6: String::new(),
                     gateway: "10.0.0.1".into(),
                     datapath_type: "system".into(),
+                    tunnels: vec![],
                     endpoints: vec![
                         EndpointStatus {
                             id: "1a2b3c4d5e6f7a8b9c0d".into(),
@@ -413,6 +420,7 @@ pub(crate) mod tests {
                     gateway: String::new(),
                     datapath_type: "netdev".into(),
                     endpoints: vec![],
+                    tunnels: vec![],
                 },
             ],
             fast_path: None,
@@ -473,6 +481,31 @@ abc           br-flat      flat      netdev    -            -
             render_status_table(&s),
             "NETWORK  BRIDGE   MODE  DATAPATH  SUBNET  GATEWAY\nabc      br-flat  flat  netdev    -       -\n"
         );
+    }
+
+    #[test]
+    fn table_lists_a_networks_tunnels_under_it() {
+        let mut s = sample();
+        s.networks.remove(0);
+        s.networks[0].tunnels = vec![
+            "vxlabc000000: vxlan:198.18.78.2:42".into(),
+            "greabc000001: gre:[2001:db8::2]".into(),
+        ];
+        assert_eq!(
+            render_status_table(&s),
+            "NETWORK  BRIDGE   MODE  DATAPATH  SUBNET  GATEWAY\n\
+             abc      br-flat  flat  netdev    -       -\n  \
+             tunnel vxlabc000000: vxlan:198.18.78.2:42\n  \
+             tunnel greabc000001: gre:[2001:db8::2]\n"
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""tunnels":["vxlabc000000: vxlan"#),
+            "{json}"
+        );
+        assert!(!serde_json::to_string(&sample())
+            .unwrap()
+            .contains("tunnels"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::firewall::FirewallError;
 use crate::host::addr::Ipv4Net;
 use crate::host::ethtool;
 use crate::host::netlink::{link_mac, Netlink, NetlinkError};
-use crate::ovsdb::{BridgeInfo, BridgeSpec, Ovsdb, OvsdbError, PortSpec};
+use crate::ovsdb::{BridgeInfo, BridgeSpec, Ovsdb, OvsdbError, PortSpec, TunnelSpec};
 use crate::translator::Protocol;
 
 /// The Open vSwitch database: bridges, their ports, and `external_ids` records.
@@ -45,6 +45,12 @@ pub trait Switch: Send + Sync + 'static {
         &self,
         bridge: &str,
         port: &str,
+    ) -> impl Future<Output = Result<(), OvsdbError>> + Send;
+    /// Adds a tunnel port to `bridge` (made again after it was deleted).
+    fn add_tunnel(
+        &self,
+        bridge: &str,
+        tunnel: &TunnelSpec,
     ) -> impl Future<Output = Result<(), OvsdbError>> + Send;
     fn set_port_external_id(
         &self,
@@ -184,6 +190,9 @@ impl Switch for Ovsdb {
     }
     async fn delete_port(&self, bridge: &str, port: &str) -> Ovs<()> {
         Ovsdb::delete_port(self, bridge, port).await
+    }
+    async fn add_tunnel(&self, bridge: &str, tunnel: &TunnelSpec) -> Ovs<()> {
+        Ovsdb::add_tunnel(self, bridge, tunnel).await
     }
     async fn set_port_external_id(&self, port: &str, key: &str, value: &str) -> Ovs<()> {
         Ovsdb::set_port_external_id(self, port, key, value).await

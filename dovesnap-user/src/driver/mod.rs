@@ -7,8 +7,9 @@
 //! touches a bridge or port it does not own.
 //!
 //! Lifecycle (flat mode):
-//! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port and any
-//!   `ovs.bridge.add_ports` uplinks.
+//! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port, any
+//!   `ovs.bridge.add_ports` uplinks and any `ovs.bridge.tunnels` tunnel ports
+//!   ([`tunnels`]).
 //! - CreateEndpoint: a veth pair; the host end becomes a port of the bridge (with the
 //!   access VLAN tag), the container end waits for Join.
 //! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
@@ -63,6 +64,7 @@ mod reconcile;
 pub mod records;
 #[cfg(test)]
 mod tests;
+mod tunnels;
 
 pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
@@ -824,6 +826,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
                     datapath_type: n.datapath.to_string(),
                     endpoints,
+                    tunnels: tunnels::tunnel_status(n),
                 }
             })
             .collect();

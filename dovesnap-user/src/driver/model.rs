@@ -210,6 +210,7 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
                 ofport: u.ofport,
             })
             .collect(),
+        tunnels: super::tunnels::tunnel_specs(net),
     }
 }
 

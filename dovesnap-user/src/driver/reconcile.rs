@@ -67,7 +67,7 @@ pub(super) struct State {
 }
 
 impl State {
-    fn count(&self, what: &'static str) {
+    pub(super) fn count(&self, what: &'static str) {
         *self
             .repairs
             .lock()
@@ -210,7 +210,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                           "reconcile: the bridge now belongs to something else; leaving it");
                     continue;
                 }
-                Some(b) => (None, port_names(b)),
+                Some(b) => {
+                    let ports = port_names(b);
+                    self.reconcile_tunnels(net, &ports).await;
+                    (None, ports)
+                }
                 None => {
                     let made = self.ovs.create_bridge(&bridge_spec(net)).await;
                     let repair = (

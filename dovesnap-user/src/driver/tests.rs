@@ -12,7 +12,7 @@ use super::*;
 use crate::fastpath::{FastPathStatus, Fault, UplinkSpec as FastUplinkSpec};
 use crate::firewall::PortMapping;
 use crate::host::netlink::NetlinkError;
-use crate::ovsdb::{BridgeInfo, OvsdbError, PortInfo};
+use crate::ovsdb::{BridgeInfo, OvsdbError, PortInfo, TunnelSpec};
 
 const NID: &str = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
 const NID2: &str = "7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4b3a291807f6e5d4c3b2a19080";
@@ -91,6 +91,17 @@ fn nl_failure(op: &str) -> NetlinkError {
 
 struct FakeSwitch(Shared);
 
+/// The port OVSDB shows for a tunnel.
+fn tunnel_port(tunnel: &TunnelSpec) -> PortInfo {
+    PortInfo {
+        name: tunnel.name.clone(),
+        tag: None,
+        external_ids: BTreeMap::new(),
+        interface_type: tunnel.kind.clone(),
+        ofport: None,
+    }
+}
+
 impl Switch for FakeSwitch {
     async fn list_bridges(&self) -> Result<Vec<BridgeInfo>, OvsdbError> {
         Ok(self.0.lock().unwrap().bridges.values().cloned().collect())
@@ -113,7 +124,7 @@ impl Switch for FakeSwitch {
             name: spec.name.clone(),
             datapath_type: spec.datapath_type.clone(),
             external_ids: spec.external_ids.clone(),
-            ports: Vec::new(),
+            ports: spec.tunnels.iter().map(tunnel_port).collect(),
         };
         h.bridges.insert(spec.name.clone(), br);
         let index = h.next_index + 1;
@@ -167,6 +178,20 @@ impl Switch for FakeSwitch {
             interface_type: String::new(),
             ofport: None,
         });
+        Ok(())
+    }
+
+    async fn add_tunnel(&self, bridge: &str, tunnel: &TunnelSpec) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("add_tunnel", &tunnel.name) {
+            return Err(ovs_failure("add_tunnel"));
+        }
+        if h.port(&tunnel.name).is_some() {
+            return Err(OvsdbError::PortExists(tunnel.name.clone()));
+        }
+        let br = (h.bridges.get_mut(bridge))
+            .ok_or_else(|| OvsdbError::NoSuchBridge(bridge.to_string()))?;
+        br.ports.push(tunnel_port(tunnel));
         Ok(())
     }
 
@@ -1154,4 +1179,107 @@ async fn an_existing_bridge_made_again_is_attached_to_again() {
     assert_eq!(br.external_ids[EXT_ATTACHED_NETWORK_ID], NID);
     assert_eq!(h.port_names("br-admin"), vec![host_end]);
     assert!(h.created.is_empty(), "no bridge made by dovesnap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn tunnels_are_made_with_the_bridge_repaired_and_shown() {
+    let r = rig();
+    r.net(
+        "mode=flat ovs.bridge.tunnels=vxlan:198.18.78.2:4242,gre:[2001:db8::2]",
+        Some("10.241.0.0/24"),
+    )
+    .await;
+    let (vxlan, gre) = ("vxl3f2a9c1d0".to_string(), "gre3f2a9c1d1".to_string());
+    let spec = r.host.lock().unwrap().created[0].clone();
+    assert_eq!(
+        spec.tunnels,
+        vec![
+            TunnelSpec {
+                name: vxlan.clone(),
+                kind: "vxlan".into(),
+                remote_ip: "198.18.78.2".parse().unwrap(),
+                key: Some(4242),
+            },
+            TunnelSpec {
+                name: gre.clone(),
+                kind: "gre".into(),
+                remote_ip: "2001:db8::2".parse().unwrap(),
+                key: None,
+            },
+        ]
+    );
+    // No MTU given: 1500 less the largest overhead (GRE over IPv6, 58 bytes).
+    assert_eq!(spec.mtu, Some(1442));
+    assert_eq!(
+        spec.external_ids["dovesnap-opt-ovs.bridge.tunnels"],
+        "vxlan:198.18.78.2:4242,gre:[2001:db8::2]"
+    );
+    let status = r.driver.status().await;
+    assert_eq!(
+        status.networks[0].tunnels,
+        vec![
+            format!("{vxlan}: vxlan:198.18.78.2:4242"),
+            format!("{gre}: gre:[2001:db8::2]")
+        ]
+    );
+
+    // A tunnel port deleted by hand comes back with the next pass; the other stays.
+    r.host.lock().unwrap().failing.clear();
+    let bridge = bridge_of(NID);
+    r.driver.ovs.delete_port(&bridge, &vxlan).await.unwrap();
+    r.driver.reconcile().await;
+    let mut ports = r.ports();
+    ports.sort();
+    assert_eq!(ports, vec![gre.clone(), vxlan.clone()]);
+    assert_eq!(r.driver.repairs(), vec![("tunnel".to_string(), 1)]);
+    let calls = r.host.lock().unwrap().calls.clone();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("add_tunnel")).count(),
+        1,
+        "{calls:?}"
+    );
+
+    // A bridge deleted by hand is made again with its tunnels, in one transaction.
+    r.host.lock().unwrap().bridges.remove(&bridge);
+    r.driver.reconcile().await;
+    let remade = r.host.lock().unwrap().created.last().cloned().unwrap();
+    assert_eq!(remade.tunnels, spec.tunnels);
+    let mut ports = r.ports();
+    ports.sort();
+    assert_eq!(ports, vec![gre.clone(), vxlan.clone()]);
+
+    // A restarted daemon reads them back from the record and names them the same.
+    let restarted = TestDriver::with_backends(
+        FakeSwitch(r.host.clone()),
+        FakeLinks(r.host.clone()),
+        Box::new(FakeFirewall(r.rules.clone())),
+    );
+    assert_eq!(restarted.recover().await.unwrap(), (1, 0));
+    assert_eq!(
+        restarted.status().await.networks[0].tunnels,
+        status.networks[0].tunnels
+    );
+
+    // They go with the bridge.
+    r.delete_network(NID).await.unwrap();
+    assert!(r.bridges().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn bad_tunnels_are_refused_before_anything_is_made() {
+    let r = rig();
+    for opts in [
+        "mode=flat ovs.bridge.tunnels=vxlan:198.18.78.2:16777216",
+        "mode=nat ovs.bridge.tunnels=vxlan:198.18.78.2",
+        "mode=flat ovs.bridge.tunnels=vxlan:198.18.78.2,geneve:198.18.78.2",
+    ] {
+        let e = r
+            .create_network(network(NID, opts, Some("10.241.0.0/24")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("invalid ovs.bridge.tunnels"), "{e}");
+    }
+    assert!(r.bridges().is_empty());
+    assert!(r.host.lock().unwrap().created.is_empty());
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::datum::{self, Row};
 use super::txn::{self, eq, is_row, Refusal, Txn, DB};
-use super::{BridgeInfo, BridgeSpec, OvsdbError, PortInfo, PortSpec};
+use super::{BridgeInfo, BridgeSpec, OvsdbError, PortInfo, PortSpec, TunnelSpec};
 use crate::host::ifname;
 
 /// What a failed guard (`wait` operation) means.
@@ -182,6 +182,42 @@ fn interface_row(name: &str, kind: &str, mtu: Option<u32>, ofport: Option<u32>) 
     Value::Object(row)
 }
 
+/// The tunnel kinds [`TunnelSpec::kind`] may name.
+const TUNNEL_KINDS: [&str; 3] = ["vxlan", "gre", "geneve"];
+
+fn check_tunnel(tunnel: &TunnelSpec) -> Result<(), OvsdbError> {
+    check_ifname("tunnel", &tunnel.name)?;
+    if !TUNNEL_KINDS.contains(&tunnel.kind.as_str()) {
+        return Err(invalid(
+            format!("tunnel {} of type {:?}", tunnel.name, tunnel.kind),
+            "expected vxlan, gre or geneve",
+        ));
+    }
+    Ok(())
+}
+
+/// The Interface row of a tunnel port: its type and `options:remote_ip` (and `key`).
+fn tunnel_row(tunnel: &TunnelSpec) -> Value {
+    let mut options = vec![("remote_ip".to_string(), tunnel.remote_ip.to_string())];
+    if let Some(key) = tunnel.key {
+        options.push(("key".to_string(), key.to_string()));
+    }
+    let mut row = interface_row(&tunnel.name, &tunnel.kind, None, None);
+    row["options"] = datum::string_map(options.iter().map(|(k, v)| (k, v)));
+    row
+}
+
+/// Adds a tunnel port to `bridge` (the reconciler's repair of one deleted by hand).
+pub(crate) fn add_tunnel(bridge: &str, tunnel: &TunnelSpec) -> Result<Change, OvsdbError> {
+    check_tunnel(tunnel)?;
+    Ok(insert_port(
+        bridge,
+        &tunnel.name,
+        tunnel_row(tunnel),
+        Map::new(),
+    ))
+}
+
 /// Creates the bridge with its internal port, uplinks and controllers, and links it
 /// from the `Open_vSwitch` row.
 pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
@@ -206,6 +242,15 @@ pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
             return Err(invalid(
                 format!("uplink {}", uplink.name),
                 "named twice, or named like the bridge",
+            ));
+        }
+    }
+    for tunnel in &spec.tunnels {
+        check_tunnel(tunnel)?;
+        if !names.insert(&tunnel.name) {
+            return Err(invalid(
+                format!("tunnel {}", tunnel.name),
+                "named twice, or named like the bridge or an uplink",
             ));
         }
     }
@@ -255,6 +300,9 @@ pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
             &uplink.name,
             interface_row(&uplink.name, "", None, uplink.ofport),
         );
+    }
+    for tunnel in &spec.tunnels {
+        attach(&mut change, &tunnel.name, tunnel_row(tunnel));
     }
 
     let mut controllers = Vec::new();
@@ -358,7 +406,22 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
         ));
     }
 
-    let mut change = Change::new(format!("add port {} to bridge {bridge}", spec.name));
+    let mut iface_row = interface_row(&spec.name, "", mtu, ofport);
+    if !spec.interface_external_ids.is_empty() {
+        iface_row["external_ids"] = datum::string_map(&spec.interface_external_ids);
+    }
+    let mut port = Map::new();
+    port.insert("external_ids".into(), datum::string_map(&spec.external_ids));
+    if let Some(tag) = spec.tag {
+        port.insert("tag".into(), json!(tag));
+    }
+    Ok(insert_port(bridge, &spec.name, iface_row, port))
+}
+
+/// Inserts port `name` with the one interface `iface_row` into `bridge`; `port` holds
+/// the Port row's other columns.
+fn insert_port(bridge: &str, name: &str, iface_row: Value, mut port: Map<String, Value>) -> Change {
+    let mut change = Change::new(format!("add port {name} to bridge {bridge}"));
     change.guard(
         "Bridge",
         vec![eq("name", bridge)],
@@ -367,23 +430,14 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
     );
     change.guard(
         "Port",
-        vec![eq("name", spec.name.as_str())],
+        vec![eq("name", name)],
         false,
-        Guard::PortExists(spec.name.clone()),
+        Guard::PortExists(name.to_string()),
     );
-    let mut iface_row = interface_row(&spec.name, "", mtu, ofport);
-    if !spec.interface_external_ids.is_empty() {
-        iface_row["external_ids"] = datum::string_map(&spec.interface_external_ids);
-    }
     let iface = change.txn.insert("Interface", iface_row, "iface");
     change.new_interfaces.push(iface);
-    let mut port = Map::new();
-    port.insert("name".into(), json!(spec.name));
+    port.insert("name".into(), json!(name));
     port.insert("interfaces".into(), datum::named_uuid("iface"));
-    port.insert("external_ids".into(), datum::string_map(&spec.external_ids));
-    if let Some(tag) = spec.tag {
-        port.insert("tag".into(), json!(tag));
-    }
     let insert = change.txn.insert("Port", Value::Object(port), "port");
     change.txn.mutate(
         "Bridge",
@@ -396,10 +450,10 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
     );
     change.undo = Some(Undo::RemovePort {
         bridge: bridge.to_string(),
-        port: spec.name.clone(),
+        port: name.to_string(),
         insert,
     });
-    Ok(change.finish())
+    change.finish()
 }
 
 /// Finds a port's uuid (for [`remove_port`]): one select, result 0.
@@ -667,6 +721,12 @@ mod tests {
                 name: "eth1".into(),
                 ofport: Some(7),
             }],
+            tunnels: vec![TunnelSpec {
+                name: "vxl1".into(),
+                kind: "vxlan".into(),
+                remote_ip: "192.0.2.2".parse().unwrap(),
+                key: Some(42),
+            }],
         }
     }
 
@@ -689,6 +749,11 @@ mod tests {
             ifaces[1]["row"],
             json!({"name": "eth1", "type": "", "ofport_request": 7})
         );
+        assert_eq!(
+            ifaces[2]["row"],
+            json!({"name": "vxl1", "type": "vxlan",
+                   "options": ["map", [["remote_ip", "192.0.2.2"], ["key", "42"]]]})
+        );
         let ports = op_of(&ops, "insert", "Port");
         assert_eq!(
             ports[0]["row"],
@@ -704,7 +769,8 @@ mod tests {
             json!({
                 "name": "br0",
                 "datapath_type": "netdev",
-                "ports": ["set", [["named-uuid", "port0"], ["named-uuid", "port1"]]],
+                "ports": ["set", [["named-uuid", "port0"], ["named-uuid", "port1"],
+                                  ["named-uuid", "port2"]]],
                 "external_ids": ["map", [["dovesnap-network", "n1"]]],
                 "controller": ["set", [["named-uuid", "ctl0"]]],
                 "fail_mode": "secure",
@@ -720,11 +786,11 @@ mod tests {
         assert_eq!(ops[change.next_cfg]["op"], "select");
         assert_eq!(change.next_cfg, ops.len() - 1);
 
-        // Guards: bridge absent, both port names absent.
+        // Guards: bridge absent, the three port names absent.
         let waits = op_of(&ops, "wait", "Bridge");
         assert_eq!(waits[0]["where"], json!([["name", "==", "br0"]]));
         assert_eq!(waits[0]["rows"], json!([]));
-        assert_eq!(op_of(&ops, "wait", "Port").len(), 2);
+        assert_eq!(op_of(&ops, "wait", "Port").len(), 3);
     }
 
     #[test]
@@ -760,10 +826,40 @@ mod tests {
         assert!(bad(|s| s.mtu = Some(10)).contains("MTU"));
         assert!(bad(|s| s.datapath_type = String::new()).contains("datapath type"));
         assert!(bad(|s| s.controllers = vec![" ".into()]).contains("controller"));
+        assert!(bad(|s| s.tunnels[0].name = "eth1".into()).contains("named twice"));
+        assert!(bad(|s| s.tunnels[0].kind = "stt".into()).contains("vxlan, gre or geneve"));
+        assert!(bad(|s| s.tunnels[0].name = "x".repeat(16)).contains("15 bytes"));
         let mut port = PortSpec::new("v1");
         port.tag = Some(4096);
         assert!(add_port("br0", &port).is_err());
         assert!(add_port("br0", &PortSpec::new("a/b")).is_err());
+    }
+
+    #[test]
+    fn add_tunnel_is_a_guarded_port_with_its_options() {
+        let tunnel = full_spec().tunnels.remove(0);
+        let change = add_tunnel("br0", &tunnel).unwrap();
+        let ops = ops(&change);
+        assert_eq!(
+            op_of(&ops, "insert", "Interface")[0]["row"],
+            json!({"name": "vxl1", "type": "vxlan",
+                   "options": ["map", [["remote_ip", "192.0.2.2"], ["key", "42"]]]})
+        );
+        assert_eq!(
+            op_of(&ops, "insert", "Port")[0]["row"],
+            json!({"name": "vxl1", "interfaces": ["named-uuid", "iface"]})
+        );
+        assert_eq!(op_of(&ops, "wait", "Bridge").len(), 1);
+        assert_eq!(op_of(&ops, "wait", "Port")[0]["rows"], json!([]));
+        let keyless = TunnelSpec {
+            key: None,
+            ..tunnel
+        };
+        let change = add_tunnel("br0", &keyless).unwrap();
+        assert_eq!(
+            op_of(&super::tests::ops(&change), "insert", "Interface")[0]["row"]["options"],
+            json!(["map", [["remote_ip", "192.0.2.2"]]])
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Mutex};
 use super::bridge::{self, Change};
 use super::jsonrpc::{Connection, NotifyFn};
 use super::txn::{self, Refusal, Txn, DB};
-use super::{BridgeInfo, BridgeSpec, OvsdbError, PortSpec, DEFAULT_APPLY_TIMEOUT};
+use super::{BridgeInfo, BridgeSpec, OvsdbError, PortSpec, TunnelSpec, DEFAULT_APPLY_TIMEOUT};
 
 /// The id of the `cur_cfg` monitor, echoed in its `update` notifications.
 const MONITOR_ID: &str = "dovesnap-cur-cfg";
@@ -254,6 +254,11 @@ impl Ovsdb {
     /// Adds an existing host interface to `bridge` as a port.
     pub async fn add_port(&self, bridge: &str, spec: &PortSpec) -> Result<(), OvsdbError> {
         self.apply(bridge::add_port(bridge, spec)?).await
+    }
+
+    /// Adds a tunnel port to `bridge`.
+    pub async fn add_tunnel(&self, bridge: &str, tunnel: &TunnelSpec) -> Result<(), OvsdbError> {
+        self.apply(bridge::add_tunnel(bridge, tunnel)?).await
     }
 
     /// Removes port `port` (and its interface) from `bridge`.

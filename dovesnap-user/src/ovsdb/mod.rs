@@ -107,6 +107,8 @@ pub struct BridgeSpec {
     pub datapath_id: Option<String>,
     /// Existing host interfaces to attach as ports.
     pub uplinks: Vec<UplinkSpec>,
+    /// Tunnel ports to make with the bridge.
+    pub tunnels: Vec<TunnelSpec>,
 }
 
 impl BridgeSpec {
@@ -126,6 +128,19 @@ pub struct UplinkSpec {
     pub name: String,
     /// The OpenFlow port number to ask for (`Interface.ofport_request`, 1..=65279).
     pub ofport: Option<u32>,
+}
+
+/// A tunnel port: a port whose one interface has a tunnel type and `options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    /// The port and interface name (OVSDB only: a tunnel has no Linux interface).
+    pub name: String,
+    /// `Interface.type`: `vxlan`, `gre` or `geneve`.
+    pub kind: String,
+    /// `options:remote_ip`.
+    pub remote_ip: std::net::IpAddr,
+    /// `options:key` (VNI or GRE key); absent, OVS's default (none).
+    pub key: Option<u32>,
 }
 
 /// An existing host interface (a container's veth) to add to a bridge.

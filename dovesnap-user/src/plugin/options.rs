@@ -48,6 +48,9 @@ pub const BRIDGE_CONTROLLER: &str = "ovs.bridge.controller";
 pub const BRIDGE_DPID: &str = "ovs.bridge.dpid";
 /// `ovs.bridge.userspace`: use the userspace (netdev) datapath instead of the kernel's.
 pub const BRIDGE_USERSPACE: &str = "ovs.bridge.userspace";
+/// `ovs.bridge.tunnels`: tunnel ports to add to the bridge,
+/// `KIND:REMOTE[:KEY],...` (see [`Tunnel`]).
+pub const BRIDGE_TUNNELS: &str = "ovs.bridge.tunnels";
 /// `ovs.nat.uplink`: nat-fast only, the interface the translator sends from (default:
 /// the interface of the host's default route).
 pub const NAT_UPLINK: &str = "ovs.nat.uplink";
@@ -90,6 +93,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_CONTROLLER,
     BRIDGE_DPID,
     BRIDGE_USERSPACE,
+    BRIDGE_TUNNELS,
     NAT_UPLINK,
     NAT_OFFLOAD,
     OVN_SWITCH,
@@ -295,6 +299,8 @@ pub struct NetworkOptions {
     pub ovn_nb: Option<crate::ovsdb::Remote>,
     /// overlay: the integration bridge named by `ovs.ovn.bridge`.
     pub ovn_bridge: Option<String>,
+    /// `ovs.bridge.tunnels`: tunnel ports on the bridge, in the order given.
+    pub tunnels: Vec<Tunnel>,
 }
 
 impl NetworkOptions {
@@ -399,6 +405,10 @@ impl NetworkOptions {
         if let Some(bridge) = &self.ovn_bridge {
             map.insert(OVN_BRIDGE.to_owned(), bridge.clone());
         }
+        if !self.tunnels.is_empty() {
+            let tunnels: Vec<String> = self.tunnels.iter().map(Tunnel::to_string).collect();
+            map.insert(BRIDGE_TUNNELS.to_owned(), tunnels.join(","));
+        }
         map
     }
 
@@ -444,6 +454,7 @@ impl NetworkOptions {
                 BRIDGE_CONTROLLER => opts.controllers = parse_controllers(&value)?,
                 BRIDGE_DPID => opts.dpid = Some(parse_dpid(&value)?),
                 BRIDGE_USERSPACE => opts.userspace = parse_bool(key, &value)?,
+                BRIDGE_TUNNELS => opts.tunnels = parse_tunnels(&value)?,
                 NAT_UPLINK => {
                     if !ifname::is_plain(&value) {
                         return Err(invalid(
@@ -494,6 +505,8 @@ impl NetworkOptions {
         }
         opts.check_overlay()?;
         opts.check_existing()?;
+        opts.check_tunnels()?;
+        opts.default_tunnel_mtu();
         Ok(opts)
     }
 
@@ -533,6 +546,7 @@ impl NetworkOptions {
             BRIDGE_CONTROLLER,
             BRIDGE_DPID,
             BRIDGE_USERSPACE,
+            BRIDGE_TUNNELS,
         ] {
             if let Some(v) = map.get(key) {
                 return Err(existing_with(
@@ -582,6 +596,7 @@ impl NetworkOptions {
             BRIDGE_CONTROLLER,
             BRIDGE_DPID,
             BRIDGE_USERSPACE,
+            BRIDGE_TUNNELS,
         ] {
             if let Some(v) = map.get(key) {
                 return Err(not_overlay(key, v.clone()));
@@ -589,6 +604,182 @@ impl NetworkOptions {
         }
         Ok(())
     }
+}
+
+/// The MTU a network with tunnels gets when `ovs.bridge.mtu` is not given: an
+/// Ethernet underlay's 1500 bytes less the largest encapsulation among its tunnels,
+/// so full-size container packets fit in one underlay packet.
+pub const UNDERLAY_MTU: u32 = 1500;
+
+impl NetworkOptions {
+    /// Tunnels stretch a flat network's L2 segment to other hosts; a nat network's
+    /// bridge holds its gateway address, which every host would then answer for.
+    fn check_tunnels(&self) -> Result<(), OptionsError> {
+        if self.tunnels.is_empty() || !self.mode.is_nat() {
+            return Ok(());
+        }
+        Err(OptionsError::Invalid {
+            key: BRIDGE_TUNNELS.to_owned(),
+            value: self.to_string_map()[BRIDGE_TUNNELS].clone(),
+            expected: format!(
+                "nothing with mode={}: tunnels join flat networks across hosts, and each \
+                 host's nat bridge would answer for the same gateway address",
+                self.mode
+            ),
+        })
+    }
+
+    /// With tunnels and no `ovs.bridge.mtu`, the MTU is [`UNDERLAY_MTU`] less the
+    /// largest tunnel overhead (stored like a given MTU, so it survives restarts).
+    fn default_tunnel_mtu(&mut self) {
+        if self.mtu.is_none() {
+            if let Some(overhead) = self.tunnels.iter().map(Tunnel::overhead).max() {
+                self.mtu = Some(UNDERLAY_MTU - overhead);
+            }
+        }
+    }
+}
+
+/// The encapsulation of a tunnel port (OVS `Interface.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelKind {
+    Vxlan,
+    Gre,
+    Geneve,
+}
+
+impl TunnelKind {
+    /// The OVS interface type, also the option's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Vxlan => "vxlan",
+            TunnelKind::Gre => "gre",
+            TunnelKind::Geneve => "geneve",
+        }
+    }
+
+    /// The largest key: a 24-bit VNI for VXLAN and Geneve, a 32-bit GRE key.
+    pub fn max_key(self) -> u32 {
+        match self {
+            TunnelKind::Vxlan | TunnelKind::Geneve => (1 << 24) - 1,
+            TunnelKind::Gre => u32::MAX,
+        }
+    }
+
+    /// Bytes the encapsulation adds over an IPv4 underlay, the inner Ethernet header
+    /// included: outer IPv4 20 + UDP 8 + VXLAN/Geneve 8 + 14, or IPv4 20 + GRE 4 + 14.
+    fn base_overhead(self) -> u32 {
+        match self {
+            TunnelKind::Vxlan | TunnelKind::Geneve => 50,
+            TunnelKind::Gre => 38,
+        }
+    }
+}
+
+impl fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One tunnel port of `ovs.bridge.tunnels`: `KIND:REMOTE[:KEY]`, the remote an IPv4
+/// address or a bracketed IPv6 one (`vxlan:[2001:db8::2]:42`). The key is the VNI
+/// of VXLAN and Geneve, the GRE key of GRE; absent, OVS uses none (VNI 0).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    pub remote: IpAddr,
+    pub key: Option<u32>,
+}
+
+impl Tunnel {
+    /// Bytes the encapsulation adds to each container packet on the underlay.
+    pub fn overhead(&self) -> u32 {
+        let v6 = if self.remote.is_ipv6() { 20 } else { 0 };
+        let gre_key = if self.kind == TunnelKind::Gre && self.key.is_some() {
+            4
+        } else {
+            0
+        };
+        self.kind.base_overhead() + v6 + gre_key
+    }
+}
+
+impl fmt::Display for Tunnel {
+    /// The syntax of `ovs.bridge.tunnels`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.remote {
+            IpAddr::V4(ip) => write!(f, "{}:{ip}", self.kind)?,
+            IpAddr::V6(ip) => write!(f, "{}:[{ip}]", self.kind)?,
+        }
+        match self.key {
+            Some(key) => write!(f, ":{key}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The most tunnels one network takes: their port names carry the index (see
+/// `driver::tunnels`), and a flat bridge meshed to more hosts than this wants OVN.
+pub const MAX_TUNNELS: usize = 64;
+
+const EXPECTED_TUNNELS: &str = "comma-separated KIND:REMOTE[:KEY] items, where KIND is vxlan, \
+     gre or geneve, REMOTE the far end's IPv4 address or [IPv6] address, and KEY the VNI \
+     (0 to 16777215) of vxlan and geneve or the key (0 to 4294967295) of gre";
+
+fn parse_tunnels(value: &str) -> Result<Vec<Tunnel>, OptionsError> {
+    let bad = |why: String| invalid(BRIDGE_TUNNELS, value, format!("{EXPECTED_TUNNELS}; {why}"));
+    let mut tunnels: Vec<Tunnel> = Vec::new();
+    for item in split_list(BRIDGE_TUNNELS, value, "KIND:REMOTE[:KEY] items")? {
+        let tunnel = parse_tunnel(&item).map_err(|why| bad(format!("{item:?} {why}")))?;
+        if let Some(other) = tunnels.iter().find(|t| t.remote == tunnel.remote) {
+            return Err(bad(format!(
+                "each remote at most once (two tunnels to one host would make a loop), \
+                 but {other} and {tunnel} both go to {}",
+                tunnel.remote
+            )));
+        }
+        tunnels.push(tunnel);
+    }
+    if tunnels.len() > MAX_TUNNELS {
+        return Err(bad(format!(
+            "at most {MAX_TUNNELS} tunnels, not {}",
+            tunnels.len()
+        )));
+    }
+    Ok(tunnels)
+}
+
+/// Parses one `KIND:REMOTE[:KEY]`; the error completes "ITEM ...".
+fn parse_tunnel(item: &str) -> Result<Tunnel, String> {
+    let (kind, rest) = item.split_once(':').ok_or("has no remote address")?;
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "vxlan" => TunnelKind::Vxlan,
+        "gre" => TunnelKind::Gre,
+        "geneve" => TunnelKind::Geneve,
+        _ => return Err(format!("has an unknown kind {kind:?}")),
+    };
+    let (remote, key) = split_host_port(rest)?;
+    let remote = remote.ok_or("has no remote address")?;
+    let remote: IpAddr = remote
+        .parse()
+        .map_err(|_| format!("has {remote:?}, which is not an IP address"))?;
+    if remote.is_unspecified() || remote.is_multicast() || remote.is_loopback() {
+        return Err(format!(
+            "has {remote}, which is not the unicast address of another host"
+        ));
+    }
+    let key = match key {
+        None => None,
+        Some(k) => Some(
+            parse_decimal::<u32>(k)
+                .filter(|k| *k <= kind.max_key())
+                .ok_or_else(|| {
+                    format!("has key {k:?}, expected 0 to {} for {kind}", kind.max_key())
+                })?,
+        ),
+    };
+    Ok(Tunnel { kind, remote, key })
 }
 
 /// The validated endpoint options of one container's connection to a network
@@ -1571,5 +1762,114 @@ mod tests {
         assert_eq!(edit_distance("abc", ""), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("vlna", "vlan"), 2);
+    }
+
+    #[test]
+    fn tunnels() {
+        let o = one(
+            BRIDGE_TUNNELS,
+            "vxlan:198.18.78.2:4242, GRE:192.0.2.7,geneve:[2001:db8::2]:0",
+        )
+        .unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(
+            o.tunnels,
+            vec![
+                Tunnel {
+                    kind: TunnelKind::Vxlan,
+                    remote: "198.18.78.2".parse().unwrap(),
+                    key: Some(4242)
+                },
+                Tunnel {
+                    kind: TunnelKind::Gre,
+                    remote: "192.0.2.7".parse().unwrap(),
+                    key: None
+                },
+                Tunnel {
+                    kind: TunnelKind::Geneve,
+                    remote: v6,
+                    key: Some(0)
+                },
+            ]
+        );
+        // The MTU defaults to 1500 less the largest overhead: Geneve over IPv6.
+        assert_eq!(o.mtu, Some(1430));
+        assert_eq!(
+            o.to_string_map()[BRIDGE_TUNNELS],
+            "vxlan:198.18.78.2:4242,gre:192.0.2.7,geneve:[2001:db8::2]:0"
+        );
+        assert_eq!(NetworkOptions::from_string_map(&o.to_string_map()), Ok(o));
+        let mtu = |v: &str| one(BRIDGE_TUNNELS, v).unwrap().mtu;
+        assert_eq!(mtu("vxlan:192.0.2.1:16777215"), Some(1450));
+        assert_eq!(mtu("gre:192.0.2.1"), Some(1462));
+        assert_eq!(mtu("gre:192.0.2.1:4294967295"), Some(1458));
+        assert_eq!(mtu(""), None);
+        // A given MTU is kept (a jumbo-frame underlay has room).
+        let o = parse(&[(BRIDGE_TUNNELS, "vxlan:192.0.2.1"), (BRIDGE_MTU, "8950")]).unwrap();
+        assert_eq!(o.mtu, Some(8950));
+
+        for (bad, why) in [
+            ("vxlan", "has no remote address"),
+            ("vxlan:", "has no remote address"),
+            ("ipip:192.0.2.1", r#"has an unknown kind "ipip""#),
+            ("vxlan:192.0.2.300", "not an IP address"),
+            ("vxlan:host.example", "not an IP address"),
+            ("vxlan:2001:db8::1", "without brackets"),
+            (
+                "vxlan:192.0.2.1:16777216",
+                r#"has key "16777216", expected 0 to 16777215 for vxlan"#,
+            ),
+            ("geneve:192.0.2.1:-1", "expected 0 to 16777215 for geneve"),
+            (
+                "gre:192.0.2.1:4294967296",
+                "expected 0 to 4294967295 for gre",
+            ),
+            ("vxlan:192.0.2.1:", r#"has key """#),
+            ("vxlan:0.0.0.0", "not the unicast address of another host"),
+            ("vxlan:127.0.0.1", "not the unicast address"),
+            ("vxlan:[ff02::1]", "not the unicast address"),
+        ] {
+            let e = err(BRIDGE_TUNNELS, bad);
+            assert!(
+                e.starts_with(&format!("invalid ovs.bridge.tunnels {bad:?}: expected comma-separated KIND:REMOTE[:KEY]")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(err(BRIDGE_TUNNELS, "vxlan:192.0.2.1,,gre:192.0.2.2").contains("no empty items"));
+        assert!(err(BRIDGE_TUNNELS, "x").contains("where KIND is vxlan, gre or geneve, REMOTE"));
+        let e = err(BRIDGE_TUNNELS, "vxlan:192.0.2.1:5,gre:192.0.2.1");
+        assert!(
+            e.contains("but vxlan:192.0.2.1:5 and gre:192.0.2.1 both go to 192.0.2.1"),
+            "{e}"
+        );
+        let many: Vec<String> = (1..=65).map(|i| format!("vxlan:10.9.0.{i}")).collect();
+        assert!(err(BRIDGE_TUNNELS, &many.join(",")).contains("at most 64 tunnels, not 65"));
+
+        // Only flat networks on bridges of dovesnap's own.
+        for mode in ["nat", "nat-fast"] {
+            let e = parse(&[(MODE, mode), (BRIDGE_TUNNELS, "vxlan:192.0.2.1")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "invalid ovs.bridge.tunnels \"vxlan:192.0.2.1\": expected nothing with mode={mode}"
+                )),
+                "{e}"
+            );
+        }
+        let e = parse(&[(MODE, "overlay"), (BRIDGE_TUNNELS, "vxlan:192.0.2.1")]).unwrap_err();
+        assert!(e.to_string().contains("nothing with mode=overlay"), "{e}");
+        let e = parse(&[
+            (BRIDGE_EXISTING, "true"),
+            (BRIDGE_NAME, "br0"),
+            (BRIDGE_TUNNELS, "vxlan:192.0.2.1"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("invalid ovs.bridge.tunnels \"vxlan:192.0.2.1\": expected nothing with ovs.bridge.existing=true"),
+            "{e}"
+        );
     }
 }
