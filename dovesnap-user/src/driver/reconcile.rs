@@ -232,6 +232,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .await;
         }
         self.reconciler.forget(&keep);
+        for _ in 0..self.reconcile_trunks(networks).await {
+            self.reconciler.count("trunk");
+        }
         let nats: Vec<_> = networks
             .values()
             .filter_map(|n| n.nat(&self.fastpath_config))
