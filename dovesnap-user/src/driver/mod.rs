@@ -8,7 +8,8 @@
 //!
 //! Lifecycle (flat mode):
 //! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port and any
-//!   `ovs.bridge.add_ports` uplinks.
+//!   `ovs.bridge.add_ports` uplinks; a VLAN network's uplinks are shared with other
+//!   VLAN networks through their trunk bridges instead ([`trunk`]).
 //! - CreateEndpoint: a veth pair; the host end becomes a port of the bridge (with the
 //!   access VLAN tag), the container end waits for Join.
 //! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
