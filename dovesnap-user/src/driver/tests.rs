@@ -1414,3 +1414,55 @@ async fn a_vlan_network_of_an_earlier_version_keeps_its_uplink_until_deleted() {
         .unwrap();
     assert!(eth1_trunks(&r).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn uplinks_on_foreign_bridges_are_refused_before_anything_is_made() {
+    let r = rig();
+    let foreign = |name: &str, port: Option<&str>| BridgeInfo {
+        name: name.into(),
+        datapath_type: "netdev".into(),
+        external_ids: BTreeMap::new(),
+        ports: (port.iter())
+            .map(|p| PortInfo {
+                name: p.to_string(),
+                tag: None,
+                external_ids: BTreeMap::new(),
+                interface_type: String::new(),
+                ofport: None,
+                trunks: Vec::new(),
+            })
+            .collect(),
+    };
+    let add = |b: BridgeInfo| r.host.lock().unwrap().bridges.insert(b.name.clone(), b);
+    add(foreign("br-admin", Some("eth1")));
+    for vlan in ["", "ovs.bridge.vlan=100"] {
+        let e = r.create_network(vlan_net(NID, vlan)).await.unwrap_err();
+        assert!(
+            matches!(&e, DriverError::UplinkInUse { bridge, .. } if bridge == "br-admin"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("ovs-vsctl del-port br-admin eth1"),
+            "{e}"
+        );
+    }
+    r.host.lock().unwrap().bridges.clear();
+    add(foreign("ovstk-eth1", None));
+    refused!(
+        r.create_network(vlan_net(NID, "ovs.bridge.vlan=100")),
+        DriverError::TrunkBridgeNotOurs { .. }
+    );
+    assert_eq!(r.bridges(), vec!["ovstk-eth1".to_string()]);
+    r.host.lock().unwrap().bridges.clear();
+
+    let names: Vec<String> = (0..11).map(|i| format!("up{i}")).collect();
+    for n in &names {
+        r.host.lock().unwrap().add_link(n, None, None);
+    }
+    let opts = format!("ovs.bridge.vlan=5 ovs.bridge.add_ports={}", names.join(","));
+    refused!(
+        r.create_network(network(NID, &opts, None)),
+        DriverError::TooManyTrunkUplinks(11)
+    );
+    assert!(r.bridges().is_empty());
+}

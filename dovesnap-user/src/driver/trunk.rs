@@ -470,3 +470,29 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         repairs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_and_patch_names_fit_an_interface_name() {
+        assert_eq!(trunk_bridge("eth1"), "ovstk-eth1");
+        assert_eq!(trunk_bridge("enp5s0f1"), "ovstk-enp5s0f1");
+        let long = trunk_bridge("enp175s0f1np1");
+        assert_eq!(long.len(), 15, "{long}");
+        assert!(long.starts_with(TRUNK_BRIDGE_PREFIX), "{long}");
+        // Stable (the reconciler and a restarted plugin find it again), and distinct.
+        assert_eq!(long, trunk_bridge("enp175s0f1np1"));
+        assert_ne!(long, trunk_bridge("enp175s0f1np2"));
+        let id = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+        let (here, there) = patch_names(id, MAX_TRUNK_UPLINKS - 1);
+        assert_eq!(
+            (here.as_str(), there.as_str()),
+            ("ovsnp9-3f2a9c1d", "ovstp9-3f2a9c1d")
+        );
+        for name in [long, here, there] {
+            crate::host::ifname::check(&name).unwrap();
+        }
+    }
+}
