@@ -1466,3 +1466,26 @@ async fn uplinks_on_foreign_bridges_are_refused_before_anything_is_made() {
     );
     assert!(r.bridges().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_trunk_left_by_a_crash_does_not_keep_a_gone_networks_vlan() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    // The plugin died between deleting the network's bridge and leaving the trunk:
+    // a restarted one finds no network, but the trunk with its patch port.
+    r.host.lock().unwrap().bridges.remove(&bridge_of(NID));
+    let restarted = r.restarted();
+    assert_eq!(restarted.recover().await.unwrap(), (0, 0));
+    let create = vlan_net(NID2, "ovs.bridge.vlan=200");
+    restarted.create_network_inner(create).await.unwrap();
+    assert_eq!(
+        eth1_trunks(&r),
+        Some(vec![200]),
+        "the gone network's VLAN stays off"
+    );
+    let req = api::NetworkRequest {
+        network_id: NID2.into(),
+    };
+    restarted.delete_network_inner(req).await.unwrap();
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+}

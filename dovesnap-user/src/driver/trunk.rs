@@ -122,14 +122,22 @@ fn holds_uplink(bridge: &ovsdb::BridgeInfo, uplink: &str) -> bool {
     bridge.ports.iter().any(|p| p.name == uplink)
 }
 
+/// Whether some bridge records network `id` (trusted or not): its patch port on a
+/// trunk is alive, not the leftover of a network gone in a crash.
+fn recorded(bridges: &[ovsdb::BridgeInfo], id: &str) -> bool {
+    (bridges.iter()).any(|b| b.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id))
+}
+
 /// The VLANs the trunk of `uplink` carries for the networks of `networks` other than
-/// `except`, and for the networks' patch ports found on `trunk` (networks whose
-/// records dovesnap did not trust keep theirs), sorted.
+/// `except`, and for the patch ports found on `trunk` whose network still has a
+/// bridge (networks whose records dovesnap did not trust keep theirs; a crash's
+/// leftovers do not count), sorted.
 fn vlans_on(
     networks: &HashMap<String, Network>,
     uplink: &str,
     except: &str,
     trunk: Option<&ovsdb::BridgeInfo>,
+    bridges: &[ovsdb::BridgeInfo],
 ) -> Vec<u16> {
     let mut vlans: Vec<u16> = networks
         .values()
@@ -141,7 +149,7 @@ fn vlans_on(
                 .filter(|p| {
                     p.external_ids
                         .get(EXT_TRUNK_NETWORK)
-                        .is_some_and(|n| n != except)
+                        .is_some_and(|n| n != except && recorded(bridges, n))
                 })
                 .filter_map(|p| p.tag),
         )
@@ -285,8 +293,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         networks: &HashMap<String, Network>,
     ) -> DriverResult<()> {
         let trunk = trunk_bridge(uplink);
-        let found = self.ovs.bridge(&trunk).await?;
-        let mut vlans = vlans_on(networks, uplink, &net.id, found.as_ref());
+        let bridges = self.ovs.list_bridges().await?;
+        let found = bridges.iter().find(|b| b.name == trunk);
+        let mut vlans = vlans_on(networks, uplink, &net.id, found, &bridges);
         vlans.extend(net.options.vlan);
         vlans.sort_unstable();
         match found {
@@ -329,18 +338,21 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         errors: &mut Vec<String>,
     ) {
         let trunk = trunk_bridge(uplink);
-        let found = match self.ovs.bridge(&trunk).await {
-            Ok(Some(b)) if is_trunk_of(&b, uplink) => b,
-            // Gone already, or never made (the network's bridge held the uplink).
-            Ok(_) => return,
+        let bridges = match self.ovs.list_bridges().await {
+            Ok(b) => b,
             Err(e) => return errors.push(e.to_string()),
+        };
+        let found = bridges.iter().find(|b| b.name == trunk);
+        // Gone already, or never made (the network's bridge held the uplink).
+        let Some(found) = found.filter(|b| is_trunk_of(b, uplink)) else {
+            return;
         };
         let (_, there) = patch_names(&net.id, index);
         match self.ovs.delete_port(&trunk, &there).await {
             Err(e) if !e.is_not_found() => return errors.push(e.to_string()),
             _ => {}
         }
-        let vlans = vlans_on(networks, uplink, &net.id, Some(&found));
+        let vlans = vlans_on(networks, uplink, &net.id, Some(found), &bridges);
         let left = if vlans.is_empty() {
             self.ovs.delete_bridge(&trunk).await
         } else {
@@ -404,7 +416,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 }
                 let trunk = trunk_bridge(&up.name);
                 if !bridges.contains_key(&trunk) {
-                    let vlans = vlans_on(networks, &up.name, "", None);
+                    let vlans = vlans_on(networks, &up.name, "", None, &[]);
                     let spec = trunk_spec(&up.name, net.datapath, &vlans);
                     let r = self.ovs.create_bridge(&spec).await;
                     let made = r.is_ok();
@@ -426,7 +438,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                           "reconcile: the uplink's trunk bridge now belongs to something else; leaving it");
                     continue;
                 };
-                let vlans = vlans_on(networks, &up.name, "", Some(tb));
+                let all: Vec<_> = bridges.values().cloned().collect();
+                let vlans = vlans_on(networks, &up.name, "", Some(tb), &all);
                 if !tb.ports.iter().any(|p| p.name == there) {
                     let r = self.ovs.add_port(&trunk, &trunk_patch(net, i)).await;
                     repaired(
