@@ -127,71 +127,118 @@ fn ipv6_containers_talk_by_name() {
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
 
+/// The OVS bridge holding `port`, if any.
+fn bridge_of_port(port: &str) -> Option<String> {
+    let out = run("ovs-vsctl", &["port-to-br", port]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
-fn vlan_tag_reaches_the_uplink() {
-    let _plugin = start_plugin();
-    // The far end of the uplink: a namespace that captures what comes out of it. (This
-    // kernel has no 802.1Q interfaces, so the far side reads the tags with tcpdump.)
-    let far = Netns::new("dsfar");
-    let uplink = Veth::new("dsup");
-    sh("ip", &["link", "set", &uplink.peer, "netns", &far.name]);
-    far.sh("ip", &["link", "set", &uplink.peer, "up"]);
+fn vlan_networks_share_one_trunk_uplink() {
+    let plugin = start_plugin();
+    // The far end of the uplink: an OVS switch (this kernel has no 802.1Q links) with
+    // the uplink's peer as its trunk port and an access port per VLAN, each leading
+    // to a namespace with the VLAN's far address. Each also holds a decoy address in
+    // the other VLAN's subnet: reached only by frames that crossed VLANs.
+    let uplink = Veth::new("dstkup");
+    let far_switch = TestBridge::new("dstkf");
+    sh("ip", &["link", "set", &uplink.peer, "up"]);
+    sh("ovs-vsctl", &["add-port", &far_switch.name, &uplink.peer]);
+    let _far = [
+        (100, "10.237.100.254/24", "10.237.200.253/24"),
+        (200, "10.237.200.254/24", "10.237.100.253/24"),
+    ]
+    .map(|(vlan, addr, decoy)| {
+        let ns = Netns::new("dstkns");
+        let link = Veth::new("dstkv");
+        let tag = format!("tag={vlan}");
+        sh(
+            "ovs-vsctl",
+            &["add-port", &far_switch.name, &link.host, &tag],
+        );
+        link.peer_into(&ns, addr);
+        ns.sh("ip", &["addr", "add", decoy, "dev", &link.peer]);
+        (ns, link)
+    });
     {
         let add_ports = format!("ovs.bridge.add_ports={}", uplink.host);
-        let net = Network::create(
-            "dsflat-vlan",
-            &[
-                "--subnet",
-                "10.231.2.0/24",
-                "-o",
-                "ovs.bridge.vlan=100",
-                "-o",
-                &add_ports,
-            ],
+        let net = |name: &str, subnet: &str, vlan: &str| {
+            Network::create(name, &["--subnet", subnet, "-o", vlan, "-o", &add_ports])
+        };
+        let n100 = net("dstk-100", "10.237.100.0/24", "ovs.bridge.vlan=100");
+        let n200 = net("dstk-200", "10.237.200.0/24", "ovs.bridge.vlan=200");
+        let a = Container::run(
+            "dstk-a",
+            &n100,
+            &["--cap-add", "NET_ADMIN"],
+            &["sleep", "3600"],
         );
-        let c = Container::idle("dsflat-vlan-c", &net);
-        let capture = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &far.name, "timeout", "15", "tcpdump", "-l", "-n", "-e",
-            ])
-            .args(["-i", &uplink.peer, "-c", "2", "vlan 100 and arp"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tcpdump");
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        // Nobody answers 10.231.2.200: the container's ARP requests flood out the uplink.
-        assert!(!c.ping("10.231.2.200"));
-        let seen = capture.wait_with_output().expect("tcpdump output");
-        let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
-        let mac = c.exec(&["cat", "/sys/class/net/eth0/address"]);
-        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+        let b = Container::idle("dstk-b", &n200);
+
+        // One trunk bridge holds the uplink, which carries exactly the two VLANs.
+        let trunk = bridge_of_port(&uplink.host).expect("the uplink is on a bridge");
+        assert!(trunk.starts_with("ovstk-"), "{trunk}");
+        let vlans = || sh("ovs-vsctl", &["get", "port", &uplink.host, "trunks"]);
+        assert_eq!(vlans().trim(), "[100, 200]");
+        let status = plugin.status().to_string();
         assert!(
-            seen.contains("vlan 100") && seen.contains(&mac),
-            "no ARP from {mac} tagged with VLAN 100 on the far end: {seen:?}"
+            status.contains(&format!("{trunk}:{}/200", uplink.host)),
+            "{status}"
         );
-        let port = sh(
-            "ovs-vsctl",
-            &[
-                "--format=csv",
-                "--columns=name,tag",
-                "find",
-                "port",
-                "tag=100",
-            ],
+
+        // Each network's frames leave tagged with its VLAN: they reach that VLAN's
+        // far address, never the other VLAN's decoy.
+        assert!(
+            a.ping("10.237.100.254"),
+            "VLAN 100 does not reach its far end"
         );
         assert!(
-            port.contains("ovsv"),
-            "container port not tagged 100: {port}"
+            b.ping("10.237.200.254"),
+            "VLAN 200 does not reach its far end"
         );
-        // The uplink is a plain trunk port of the bridge.
-        let bridge = sh("ovs-vsctl", &["port-to-br", &uplink.host]);
-        assert!(bridge.trim().starts_with("ovsbr-"), "{bridge}");
+        assert!(
+            !a.ping("10.237.100.253"),
+            "VLAN 100 frames reached VLAN 200"
+        );
+        assert!(
+            !b.ping("10.237.200.253"),
+            "VLAN 200 frames reached VLAN 100"
+        );
+        // Containers of the two networks cannot reach each other, even when one
+        // takes the other's subnet as on-link (its decoy on VLAN 100 answers).
+        let b_ip = b.ip(&n200);
+        let on_link = ["ip", "route", "add", "10.237.200.0/24", "dev", "eth0"];
+        assert!(a.exec(&on_link).status.success());
+        assert!(a.ping("10.237.200.253"), "the on-link route does not work");
+        assert!(
+            !a.ping(&b_ip),
+            "a container on VLAN 100 reached {b_ip} on VLAN 200"
+        );
+
+        // A third network on a VLAN the uplink already carries is refused.
+        assert_refused(
+            &["-o", "ovs.bridge.vlan=100", "-o", &add_ports],
+            "with VLAN 100",
+        );
+
+        // One network out: the other keeps the uplink and its VLAN.
+        drop(b);
+        drop(n200);
+        assert_eq!(vlans().trim(), "[100]");
+        assert!(a.ping("10.237.100.254"), "VLAN 100 lost its uplink");
+        drop(a);
+        drop(n100);
     }
-    // The uplink interface survives network removal; it is the host's, not ours.
+    // The last one out takes the trunk bridge: the uplink is the host's again.
+    assert_eq!(bridge_of_port(&uplink.host), None);
     assert!(host_veths().contains(&uplink.host));
-    assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
+    assert_eq!(
+        leftovers(&["ovsbr-", "ovstk-"], &["ovsv", "ovsc"]),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

@@ -234,6 +234,7 @@ fn uplink_port_and_full_deletion() {
             uplinks: vec![UplinkSpec {
                 name: uplink.host.clone(),
                 ofport: Some(7),
+                ..UplinkSpec::default()
             }],
             controllers: vec!["tcp:127.0.0.1:1".into(), "tcp:127.0.0.1:2".into()],
             ..netdev_bridge(&br.name)
@@ -307,7 +308,7 @@ fn missing_interface_is_a_clear_error_and_leaves_nothing() {
         let spec = BridgeSpec {
             uplinks: vec![UplinkSpec {
                 name: missing.clone(),
-                ofport: None,
+                ..UplinkSpec::default()
             }],
             ..netdev_bridge(&br2.name)
         };

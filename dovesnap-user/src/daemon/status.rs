@@ -80,6 +80,10 @@ pub struct NetworkStatus {
     pub gateway: String,
     /// OVS `datapath_type`: `system` or `netdev`.
     pub datapath_type: String,
+    /// The shared uplinks of a VLAN network, `TRUNK-BRIDGE:UPLINK/VLAN` each, space
+    /// separated (see `driver::trunk`); empty when it has none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trunk: String,
     pub endpoints: Vec<EndpointStatus>,
     /// Tunnel ports (`ovs.bridge.tunnels`), `PORT: KIND:REMOTE[:KEY]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -188,6 +192,10 @@ pub fn render_status_table(status: &Status) -> String {
         .iter()
         .map(|n| both(&n.subnet, &n.subnet_ipv6))
         .collect();
+    // A VLAN network's shared uplinks after its bridge.
+    let bridges: Vec<String> = (status.networks.iter())
+        .map(|n| both(&n.bridge, &n.trunk))
+        .collect();
     let addresses: Vec<Vec<String>> = status
         .networks
         .iter()
@@ -198,16 +206,17 @@ pub fn render_status_table(status: &Status) -> String {
                 .collect()
         })
         .collect();
-    for (((n, published), subnet), addresses) in status
+    for ((((n, published), subnet), addresses), bridge) in status
         .networks
         .iter()
         .zip(&published)
         .zip(&subnets)
         .zip(&addresses)
+        .zip(&bridges)
     {
         net_rows.push(vec![
             short_id(&n.id),
-            or_dash(&n.bridge),
+            or_dash(bridge),
             or_dash(&n.mode),
             or_dash(&n.datapath_type),
             or_dash(subnet),
@@ -388,6 +397,7 @@ pub(crate) mod tests {
                     gateway: "10.0.0.1".into(),
                     datapath_type: "system".into(),
                     tunnels: vec![],
+                    trunk: String::new(),
                     endpoints: vec![
                         EndpointStatus {
                             id: "1a2b3c4d5e6f7a8b9c0d".into(),
@@ -419,6 +429,7 @@ pub(crate) mod tests {
                     subnet_ipv6: String::new(),
                     gateway: String::new(),
                     datapath_type: "netdev".into(),
+                    trunk: String::new(),
                     endpoints: vec![],
                     tunnels: vec![],
                 },
@@ -428,6 +439,17 @@ pub(crate) mod tests {
             reconciler: ReconcilerHealth::default(),
             bad_records: vec![],
         }
+    }
+
+    #[test]
+    fn a_shared_uplink_follows_the_bridge() {
+        let mut s = sample();
+        s.networks[1].trunk = "ovstk-eth1:eth1/100".into();
+        let table = render_status_table(&s);
+        assert!(table.contains("br-flat ovstk-eth1:eth1/100"), "{table}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["networks"][1]["trunk"], "ovstk-eth1:eth1/100");
+        assert!(json["networks"][0].get("trunk").is_none());
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub trait Switch: Send + Sync + 'static {
         bridge: &str,
         tunnel: &TunnelSpec,
     ) -> impl Future<Output = Result<(), OvsdbError>> + Send;
+    /// Sets the VLANs trunk port `port` of `bridge` carries (`Port.trunks`).
+    fn set_port_trunks(
+        &self,
+        bridge: &str,
+        port: &str,
+        trunks: &[u16],
+    ) -> impl Future<Output = Result<(), OvsdbError>> + Send;
     fn set_port_external_id(
         &self,
         port: &str,
@@ -193,6 +200,9 @@ impl Switch for Ovsdb {
     }
     async fn add_tunnel(&self, bridge: &str, tunnel: &TunnelSpec) -> Ovs<()> {
         Ovsdb::add_tunnel(self, bridge, tunnel).await
+    }
+    async fn set_port_trunks(&self, bridge: &str, port: &str, trunks: &[u16]) -> Ovs<()> {
+        Ovsdb::set_port_trunks(self, bridge, port, trunks).await
     }
     async fn set_port_external_id(&self, port: &str, key: &str, value: &str) -> Ovs<()> {
         Ovsdb::set_port_external_id(self, port, key, value).await

@@ -85,6 +85,30 @@ pub enum DriverError {
     InterfaceExists(String),
     #[error("ovs.bridge.add_ports names {0}, but the host has no such interface")]
     NoSuchPort(String),
+    #[error("ovs.bridge.add_ports names {uplink}, which network {other} already uses{how}")]
+    UplinkShared {
+        uplink: String,
+        other: String,
+        how: String,
+    },
+    #[error(
+        "ovs.bridge.add_ports names {uplink}, but it is a port of the OVS bridge {bridge}, \
+         which is not dovesnap's trunk bridge for it: take it off there (ovs-vsctl del-port \
+         {bridge} {uplink}) or choose another uplink; if {bridge} is the bridge of a network \
+         made by an earlier dovesnap version, re-create that network to share the uplink"
+    )]
+    UplinkInUse { uplink: String, bridge: String },
+    #[error(
+        "the trunk bridge of uplink {uplink} is named {bridge}, but an OVS bridge of that \
+         name exists that dovesnap did not make for {uplink}; remove or rename it"
+    )]
+    TrunkBridgeNotOurs { bridge: String, uplink: String },
+    #[error(
+        "a network with ovs.bridge.vlan takes at most {max} uplinks, ovs.bridge.add_ports \
+         names {0}",
+        max = super::trunk::MAX_TRUNK_UPLINKS
+    )]
+    TooManyTrunkUplinks(usize),
     #[error(
         "ovs.bridge.existing=true names the OVS bridge {0}, but OVS has no bridge of that name; \
          make it first (ovs-vsctl add-br {0}) or leave out ovs.bridge.existing to let dovesnap \

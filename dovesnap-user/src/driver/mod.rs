@@ -9,7 +9,8 @@
 //! Lifecycle (flat mode):
 //! - CreateNetwork: one OVSDB transaction makes the bridge, its internal port, any
 //!   `ovs.bridge.add_ports` uplinks and any `ovs.bridge.tunnels` tunnel ports
-//!   ([`tunnels`]).
+//!   ([`tunnels`]); a VLAN network's uplinks are shared with other
+//!   VLAN networks through their trunk bridges instead ([`trunk`]).
 //! - CreateEndpoint: a veth pair; the host end becomes a port of the bridge (with the
 //!   access VLAN tag), the container end waits for Join.
 //! - Join: hands the container end to Docker (`SrcName`, `DstPrefix`), with the gateway.
@@ -64,6 +65,7 @@ mod reconcile;
 pub mod records;
 #[cfg(test)]
 mod tests;
+mod trunk;
 mod tunnels;
 
 pub use backend::{Link, Links, NatFastPath, Switch};
@@ -72,6 +74,7 @@ use model::*;
 pub use model::{Datapath, Endpoint, Ipam};
 use nat_fast::{fast_leave, fast_ports, fast_unpublish};
 use overlay::{integration_bridge, logical_port};
+pub use trunk::{trunk_bridge, EXT_TRUNK_NETWORK, EXT_TRUNK_UPLINK, TRUNK_BRIDGE_PREFIX};
 
 /// `external_ids` key on bridges: the Docker network id (ownership marker).
 pub const EXT_NETWORK_ID: &str = "dovesnap-network-id";
@@ -412,12 +415,20 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .update_bridge_external_ids(&net.bridge, &network_record(&net), &[])
                 .await?;
         } else {
-            self.ovs.create_bridge(&bridge_spec(&net)).await?;
+            // Uplinks shared through trunk bridges: joined before the bridge whose
+            // patch ports point at them.
+            self.check_uplinks(&net, networks).await?;
+            self.join_trunks(&net, networks).await?;
+            if let Err(e) = self.ovs.create_bridge(&bridge_spec(&net)).await {
+                self.leave_trunks(&net, networks, &mut Vec::new()).await;
+                return Err(e.into());
+            }
         }
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
             let _ = fw(|| self.firewall.remove_network(id));
             self.release_bridge(&net, &mut Vec::new()).await;
+            self.leave_trunks(&net, networks, &mut Vec::new()).await;
             return Err(e);
         }
         info!(network = %id, bridge = %net.bridge, datapath_type = %net.datapath,
@@ -458,6 +469,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             errors.extend(self.delete_overlay_network(net, &ov).await);
         } else {
             self.release_bridge(net, &mut errors).await;
+            self.leave_trunks(net, networks, &mut errors).await;
         }
         if !errors.is_empty() {
             return Err(DriverError::Incomplete {
@@ -825,6 +837,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     subnet_ipv6: n.ipam.subnet6.map(|s| s.to_string()).unwrap_or_default(),
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
                     datapath_type: n.datapath.to_string(),
+                    trunk: trunk::trunk_status(n),
                     endpoints,
                     tunnels: tunnels::tunnel_status(n),
                 }

@@ -201,13 +201,15 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
         mtu: net.options.mtu,
         controllers: net.options.controllers.clone(),
         datapath_id: net.options.dpid.clone(),
-        uplinks: net
-            .options
-            .add_ports
-            .iter()
-            .map(|u| UplinkSpec {
-                name: u.name.clone(),
-                ofport: u.ofport,
+        // A VLAN network reaches its uplinks through their trunk bridges.
+        uplinks: (net.options.add_ports.iter().enumerate())
+            .map(|(i, u)| match trunk::trunked(&net.options) {
+                true => trunk::network_patch(net, i, u),
+                false => UplinkSpec {
+                    name: u.name.clone(),
+                    ofport: u.ofport,
+                    ..UplinkSpec::default()
+                },
             })
             .collect(),
         tunnels: super::tunnels::tunnel_specs(net),
@@ -252,6 +254,7 @@ pub(super) fn port_spec(net: &Network, ep: &Endpoint) -> PortSpec {
             Mode::Overlay => BTreeMap::from([("iface-id".to_string(), ovn::port_name(&ep.id))]),
             _ => BTreeMap::new(),
         },
+        ..PortSpec::default()
     }
 }
 

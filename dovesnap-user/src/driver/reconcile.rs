@@ -20,6 +20,9 @@
 //!   ovs-vswitchd restarts, the userspace datapath makes its internal ports anew).
 //! - `fast-path`: a nat-fast endpoint's veth or bridge was made anew (another ifindex,
 //!   maybe another MAC): the endpoint is taken off the fast path and put back on.
+//! - `trunk`: a VLAN network's patch port (on its bridge or its uplink's trunk bridge),
+//!   the trunk bridge, the uplink on it, or the uplink's VLANs are gone or changed
+//!   (`driver::trunk`): made again, set again.
 //! - `firewall`: a nat network's rules in Docker's iptables chains are missing or out
 //!   of place: dockerd flushes its isolation chains when it restarts and puts its jumps
 //!   back at the top of `FORWARD` (`Firewall::restore_forwarding`).
@@ -236,6 +239,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .await;
         }
         self.reconciler.forget(&keep);
+        for _ in 0..self.reconcile_trunks(networks).await {
+            self.reconciler.count("trunk");
+        }
         let nats: Vec<_> = networks
             .values()
             .filter_map(|n| n.nat(&self.fastpath_config))

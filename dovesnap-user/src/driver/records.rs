@@ -325,6 +325,7 @@ mod tests {
             .into(),
             interface_type: String::new(),
             ofport: Some(2),
+            trunks: Vec::new(),
         }
     }
 

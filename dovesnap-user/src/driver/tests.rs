@@ -99,6 +99,7 @@ fn tunnel_port(tunnel: &TunnelSpec) -> PortInfo {
         external_ids: BTreeMap::new(),
         interface_type: tunnel.kind.clone(),
         ofport: None,
+        trunks: Vec::new(),
     }
 }
 
@@ -119,12 +120,26 @@ impl Switch for FakeSwitch {
         if h.bridges.contains_key(&spec.name) {
             return Err(OvsdbError::BridgeExists(spec.name.clone()));
         }
+        if let Some(taken) = spec.uplinks.iter().find(|u| h.port(&u.name).is_some()) {
+            return Err(OvsdbError::PortExists(taken.name.clone()));
+        }
         h.created.push(spec.clone());
+        let ports = (spec.uplinks.iter())
+            .map(|u| PortInfo {
+                name: u.name.clone(),
+                tag: u.tag,
+                external_ids: BTreeMap::new(),
+                interface_type: if u.patch_peer.is_some() { "patch" } else { "" }.into(),
+                ofport: u.ofport,
+                trunks: u.trunks.clone(),
+            })
+            .chain(spec.tunnels.iter().map(tunnel_port))
+            .collect();
         let br = BridgeInfo {
             name: spec.name.clone(),
             datapath_type: spec.datapath_type.clone(),
             external_ids: spec.external_ids.clone(),
-            ports: spec.tunnels.iter().map(tunnel_port).collect(),
+            ports,
         };
         h.bridges.insert(spec.name.clone(), br);
         let index = h.next_index + 1;
@@ -175,9 +190,39 @@ impl Switch for FakeSwitch {
             name: spec.name.clone(),
             tag: spec.tag,
             external_ids: spec.external_ids.clone(),
-            interface_type: String::new(),
-            ofport: None,
+            interface_type: if spec.patch_peer.is_some() {
+                "patch"
+            } else {
+                ""
+            }
+            .into(),
+            ofport: spec.ofport,
+            trunks: spec.trunks.clone(),
         });
+        Ok(())
+    }
+
+    async fn set_port_trunks(
+        &self,
+        bridge: &str,
+        port: &str,
+        trunks: &[u16],
+    ) -> Result<(), OvsdbError> {
+        let mut h = self.0.lock().unwrap();
+        if h.call("set_port_trunks", port) {
+            return Err(ovs_failure("set_port_trunks"));
+        }
+        let p = (h
+            .bridges
+            .get_mut(bridge)
+            .into_iter()
+            .flat_map(|b| &mut b.ports))
+        .find(|p| p.name == port)
+        .ok_or_else(|| OvsdbError::NoSuchPort {
+            bridge: bridge.to_string(),
+            port: port.to_string(),
+        })?;
+        p.trunks = trunks.to_vec();
         Ok(())
     }
 
@@ -536,6 +581,27 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// Network `nid` on VLAN `vlan` with uplink `eth1`, which must be made.
+    async fn trunked_net(&self, nid: &str, vlan: u16) {
+        let opts = format!("ovs.bridge.vlan={vlan}");
+        self.create_network(vlan_net(nid, &opts)).await.unwrap()
+    }
+
+    /// The patch port joining network `nid` to `eth1`'s trunk bridge.
+    fn trunk_patch(&self, nid: &str) -> Option<PortInfo> {
+        let name = format!("ovstp0-{}", &nid[..8]);
+        self.host.lock().unwrap().port(&name).cloned()
+    }
+
+    /// Another driver on the same host and rules: the plugin restarted.
+    fn restarted(&self) -> TestDriver {
+        TestDriver::with_backends(
+            FakeSwitch(self.host.clone()),
+            FakeLinks(self.host.clone()),
+            Box::new(FakeFirewall(self.rules.clone())),
+        )
+    }
+
     fn fail(&self, op: &'static str) {
         self.host.lock().unwrap().failing.insert(op);
     }
@@ -665,15 +731,17 @@ fn veths() -> (String, String) {
 async fn flat_network_makes_its_bridge_with_its_options_and_removes_it() {
     let r = rig();
     r.net(
-        "mode=flat ovs.bridge.mtu=1400 ovs.bridge.vlan=100 ovs.bridge.add_ports=eth1",
+        "mode=flat ovs.bridge.mtu=1400 ovs.bridge.vlan=100 ovs.bridge.add_ports=eth1/5",
         None,
     )
     .await;
-    let spec = r.host.lock().unwrap().created[0].clone();
+    let spec = r.host.lock().unwrap().created[1].clone();
     assert_eq!(spec.name, bridge_of(NID));
     assert_eq!(spec.mtu, Some(1400));
     assert_eq!(spec.uplinks.len(), 1);
-    assert_eq!(spec.uplinks[0].name, "eth1");
+    // A VLAN network reaches its uplink through the uplink's trunk bridge.
+    assert_eq!(spec.uplinks[0].name, format!("ovsnp0-{}", &NID[..8]));
+    assert_eq!(spec.uplinks[0].ofport, Some(5));
     assert_eq!(spec.external_ids[EXT_NETWORK_ID], NID);
     assert_eq!(spec.external_ids["dovesnap-opt-ovs.bridge.vlan"], "100");
     // A flat network has no gateway on the host, no rules and no fast path.
@@ -968,6 +1036,7 @@ async fn an_existing_bridge_is_attached_to_and_never_deleted() {
                 external_ids: BTreeMap::new(),
                 interface_type: String::new(),
                 ofport: Some(1),
+                trunks: Vec::new(),
             }],
         },
     );
@@ -1048,11 +1117,7 @@ async fn a_restarted_driver_recovers_its_networks_from_the_switch() {
     let r = rig();
     r.net("mode=nat", Some("10.232.1.0/24")).await;
     r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
-    let restarted = TestDriver::with_backends(
-        FakeSwitch(r.host.clone()),
-        FakeLinks(r.host.clone()),
-        Box::new(FakeFirewall(r.rules.clone())),
-    );
+    let restarted = r.restarted();
     assert_eq!(restarted.recover().await.unwrap(), (1, 1));
     let status = restarted.status().await;
     let net = &status.networks[0];
@@ -1179,6 +1244,277 @@ async fn an_existing_bridge_made_again_is_attached_to_again() {
     assert_eq!(br.external_ids[EXT_ATTACHED_NETWORK_ID], NID);
     assert_eq!(h.port_names("br-admin"), vec![host_end]);
     assert!(h.created.is_empty(), "no bridge made by dovesnap");
+}
+
+const NID3: &str = "5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b";
+
+/// The uplink port of `eth1`'s trunk bridge: its VLANs, or None without a trunk bridge.
+fn eth1_trunks(r: &Rig) -> Option<Vec<u16>> {
+    let h = r.host.lock().unwrap();
+    let trunk = h.bridges.get("ovstk-eth1")?;
+    assert_eq!(trunk.external_ids[EXT_TRUNK_UPLINK], "eth1");
+    Some(
+        trunk
+            .ports
+            .iter()
+            .find(|p| p.name == "eth1")?
+            .trunks
+            .clone(),
+    )
+}
+
+fn vlan_net(nid: &str, vlan: &str) -> api::CreateNetworkRequest {
+    let opts = format!("mode=flat ovs.bridge.add_ports=eth1 {vlan}");
+    network(nid, &opts, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn vlan_networks_share_an_uplink_through_its_trunk_bridge() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    assert_eq!(eth1_trunks(&r), Some(vec![100]));
+    r.trunked_net(NID2, 200).await;
+    assert_eq!(eth1_trunks(&r), Some(vec![100, 200]));
+    {
+        let h = r.host.lock().unwrap();
+        // Each network joins the trunk by a patch pair, both ends on its VLAN.
+        let theirs = h.port(&format!("ovstp0-{}", &NID2[..8])).unwrap();
+        assert_eq!(
+            (theirs.tag, theirs.interface_type.as_str()),
+            (Some(200), "patch")
+        );
+        assert_eq!(theirs.external_ids[EXT_TRUNK_NETWORK], NID2);
+        let ours = h.port(&format!("ovsnp0-{}", &NID2[..8])).unwrap();
+        assert_eq!(
+            (ours.tag, ours.interface_type.as_str()),
+            (Some(200), "patch")
+        );
+        assert!(h.port_names(&bridge_of(NID2)).contains(&ours.name));
+    }
+    let status = r.driver.status().await;
+    let shown: Vec<&str> = status.networks.iter().map(|n| n.trunk.as_str()).collect();
+    assert!(shown.contains(&"ovstk-eth1:eth1/200"), "{shown:?}");
+
+    // Refusals name the other network and change nothing.
+    let before = r.bridges();
+    let refusals = [
+        ("ovs.bridge.vlan=100", "with VLAN 100"),
+        ("", "without ovs.bridge.vlan takes its uplink whole"),
+    ];
+    for (opts, says) in refusals {
+        let e = r.create_network(vlan_net(NID3, opts)).await.unwrap_err();
+        assert!(matches!(&e, DriverError::UplinkShared { .. }), "{e}");
+        assert!(e.to_string().contains(says), "{opts}: {e}");
+        assert!(e.to_string().contains("which network"), "{e}");
+    }
+    assert_eq!(r.bridges(), before);
+    assert_eq!(eth1_trunks(&r), Some(vec![100, 200]));
+
+    // One network out: the other keeps the trunk and its VLAN.
+    r.delete_network(NID).await.unwrap();
+    assert_eq!(eth1_trunks(&r), Some(vec![200]));
+    assert!(r.trunk_patch(NID).is_none());
+    // The last one out: the trunk bridge goes, and the uplink with it is the host's again.
+    r.delete_network(NID2).await.unwrap();
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+    // An untagged network may take it whole now, and then keeps it to itself.
+    r.create_network(vlan_net(NID3, "")).await.unwrap();
+    assert!(r
+        .host
+        .lock()
+        .unwrap()
+        .port_names(&bridge_of(NID3))
+        .contains(&"eth1".to_string()));
+    let e = r
+        .create_network(vlan_net(NID, "ovs.bridge.vlan=100"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("without a VLAN, which takes the whole uplink"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_failed_trunk_join_takes_back_what_it_did() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    let before = r.bridges();
+    // The trunk widened and the patch port added, then the network's bridge fails.
+    r.fail("create_bridge");
+    refused!(
+        r.create_network(vlan_net(NID2, "ovs.bridge.vlan=200")),
+        DriverError::Ovsdb(_)
+    );
+    assert_eq!(eth1_trunks(&r), Some(vec![100]));
+    assert!(r.trunk_patch(NID2).is_none());
+    r.host.lock().unwrap().failing.clear();
+    // The patch port fails on a new trunk bridge: the trunk bridge goes again.
+    r.delete_network(NID).await.unwrap();
+    r.fail("add_port");
+    refused!(
+        r.create_network(vlan_net(NID2, "ovs.bridge.vlan=200")),
+        DriverError::Ovsdb(_)
+    );
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+    assert_eq!(before.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_reconciler_and_a_restart_keep_the_trunk() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    r.trunked_net(NID2, 200).await;
+    // Deleted behind dovesnap's back: the trunk bridge (with the uplink and both patch
+    // ports), and a network's own patch port.
+    {
+        let mut h = r.host.lock().unwrap();
+        h.bridges.remove("ovstk-eth1");
+        let own = h.bridges.get_mut(&bridge_of(NID)).unwrap();
+        own.ports.retain(|p| !p.name.starts_with("ovsnp"));
+    }
+    r.driver.reconcile().await;
+    assert_eq!(eth1_trunks(&r), Some(vec![100, 200]));
+    {
+        let h = r.host.lock().unwrap();
+        for nid in [NID, NID2] {
+            assert!(h.port(&format!("ovstp0-{}", &nid[..8])).is_some());
+            assert!(h.port(&format!("ovsnp0-{}", &nid[..8])).is_some());
+        }
+    }
+    let repairs = r.driver.repairs();
+    assert!(repairs.contains(&("trunk".to_string(), 4)), "{repairs:?}");
+    // Someone narrows the uplink's VLANs: put right.
+    r.driver
+        .ovs
+        .set_port_trunks("ovstk-eth1", "eth1", &[100])
+        .await
+        .unwrap();
+    r.driver.reconcile().await;
+    assert_eq!(eth1_trunks(&r), Some(vec![100, 200]));
+
+    // A restarted plugin finds the networks in their bridges' records and removes
+    // the trunk with the last of them.
+    let restarted = r.restarted();
+    assert_eq!(restarted.recover().await.unwrap(), (2, 0));
+    for nid in [NID, NID2] {
+        let req = api::NetworkRequest {
+            network_id: nid.into(),
+        };
+        restarted.delete_network_inner(req).await.unwrap();
+    }
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_vlan_network_of_an_earlier_version_keeps_its_uplink_until_deleted() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    // As earlier versions made it: the uplink on the network's own bridge, no trunk.
+    {
+        let mut h = r.host.lock().unwrap();
+        let mut uplink = h.bridges.remove("ovstk-eth1").unwrap().ports.remove(0);
+        uplink.trunks.clear();
+        let own = h.bridges.get_mut(&bridge_of(NID)).unwrap();
+        own.ports = vec![uplink];
+    }
+    let old = r.restarted();
+    assert_eq!(old.recover().await.unwrap(), (1, 0));
+    old.reconcile().await;
+    assert_eq!(r.bridges(), vec![bridge_of(NID)], "no trunk made for it");
+    let e = old
+        .create_network_inner(vlan_net(NID2, "ovs.bridge.vlan=200"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DriverError::UplinkInUse { bridge, .. } if *bridge == bridge_of(NID)),
+        "{e}"
+    );
+    let req = |nid: &str| api::NetworkRequest {
+        network_id: nid.into(),
+    };
+    old.delete_network_inner(req(NID)).await.unwrap();
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+    old.create_network_inner(vlan_net(NID2, "ovs.bridge.vlan=200"))
+        .await
+        .unwrap();
+    assert!(eth1_trunks(&r).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn uplinks_on_foreign_bridges_are_refused_before_anything_is_made() {
+    let r = rig();
+    let foreign = |name: &str, port: Option<&str>| BridgeInfo {
+        name: name.into(),
+        datapath_type: "netdev".into(),
+        external_ids: BTreeMap::new(),
+        ports: (port.iter())
+            .map(|p| PortInfo {
+                name: p.to_string(),
+                tag: None,
+                external_ids: BTreeMap::new(),
+                interface_type: String::new(),
+                ofport: None,
+                trunks: Vec::new(),
+            })
+            .collect(),
+    };
+    let add = |b: BridgeInfo| r.host.lock().unwrap().bridges.insert(b.name.clone(), b);
+    add(foreign("br-admin", Some("eth1")));
+    for vlan in ["", "ovs.bridge.vlan=100"] {
+        let e = r.create_network(vlan_net(NID, vlan)).await.unwrap_err();
+        assert!(
+            matches!(&e, DriverError::UplinkInUse { bridge, .. } if bridge == "br-admin"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("ovs-vsctl del-port br-admin eth1"),
+            "{e}"
+        );
+    }
+    r.host.lock().unwrap().bridges.clear();
+    add(foreign("ovstk-eth1", None));
+    refused!(
+        r.create_network(vlan_net(NID, "ovs.bridge.vlan=100")),
+        DriverError::TrunkBridgeNotOurs { .. }
+    );
+    assert_eq!(r.bridges(), vec!["ovstk-eth1".to_string()]);
+    r.host.lock().unwrap().bridges.clear();
+
+    let names: Vec<String> = (0..11).map(|i| format!("up{i}")).collect();
+    for n in &names {
+        r.host.lock().unwrap().add_link(n, None, None);
+    }
+    let opts = format!("ovs.bridge.vlan=5 ovs.bridge.add_ports={}", names.join(","));
+    refused!(
+        r.create_network(network(NID, &opts, None)),
+        DriverError::TooManyTrunkUplinks(11)
+    );
+    assert!(r.bridges().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_trunk_left_by_a_crash_does_not_keep_a_gone_networks_vlan() {
+    let r = rig();
+    r.trunked_net(NID, 100).await;
+    // The plugin died between deleting the network's bridge and leaving the trunk:
+    // a restarted one finds no network, but the trunk with its patch port.
+    r.host.lock().unwrap().bridges.remove(&bridge_of(NID));
+    let restarted = r.restarted();
+    assert_eq!(restarted.recover().await.unwrap(), (0, 0));
+    let create = vlan_net(NID2, "ovs.bridge.vlan=200");
+    restarted.create_network_inner(create).await.unwrap();
+    assert_eq!(
+        eth1_trunks(&r),
+        Some(vec![200]),
+        "the gone network's VLAN stays off"
+    );
+    let req = api::NetworkRequest {
+        network_id: NID2.into(),
+    };
+    restarted.delete_network_inner(req).await.unwrap();
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

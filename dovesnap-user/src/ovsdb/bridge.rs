@@ -218,6 +218,47 @@ pub(crate) fn add_tunnel(bridge: &str, tunnel: &TunnelSpec) -> Result<Change, Ov
     ))
 }
 
+/// The Interface row of a port: a host interface, or a patch port to `patch_peer`.
+fn port_interface_row(
+    name: &str,
+    patch_peer: Option<&str>,
+    mtu: Option<u32>,
+    ofport: Option<u32>,
+) -> Result<Value, OvsdbError> {
+    let Some(peer) = patch_peer else {
+        return Ok(interface_row(name, "", mtu, ofport));
+    };
+    check_ifname("patch peer", peer)?;
+    if peer == name {
+        return Err(invalid(format!("patch port {name}"), "its peer is itself"));
+    }
+    let mut row = interface_row(name, "patch", None, ofport);
+    let options = [("peer".to_string(), peer.to_string())];
+    row["options"] = datum::string_map(options.iter().map(|(k, v)| (k, v)));
+    Ok(row)
+}
+
+/// Checks a port's access VLAN and trunks (0..=4095).
+fn check_vlans(port: &str, tag: Option<u16>, trunks: &[u16]) -> Result<(), OvsdbError> {
+    match tag.iter().chain(trunks).find(|&&t| t > 4095) {
+        Some(bad) => Err(invalid(
+            format!("VLAN {bad} for port {port}"),
+            "expected 0..=4095",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `tag` and `trunks` columns of a Port row, when set.
+fn set_vlans(port: &mut Map<String, Value>, tag: Option<u16>, trunks: &[u16]) {
+    if let Some(tag) = tag {
+        port.insert("tag".into(), json!(tag));
+    }
+    if !trunks.is_empty() {
+        port.insert("trunks".into(), datum::set(trunks.iter().map(|t| json!(t))));
+    }
+}
+
 /// Creates the bridge with its internal port, uplinks and controllers, and links it
 /// from the `Open_vSwitch` row.
 pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
@@ -238,6 +279,7 @@ pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
     for uplink in &spec.uplinks {
         check_ifname("uplink", &uplink.name)?;
         check_ofport(&uplink.name, uplink.ofport)?;
+        check_vlans(&uplink.name, uplink.tag, &uplink.trunks)?;
         if !names.insert(&uplink.name) {
             return Err(invalid(
                 format!("uplink {}", uplink.name),
@@ -278,31 +320,42 @@ pub(crate) fn create_bridge(spec: &BridgeSpec) -> Result<Change, OvsdbError> {
     }
 
     let mut ports = Vec::new();
-    let mut attach = |change: &mut Change, name: &str, iface: Value| {
-        let i = ports.len();
-        let op = change.txn.insert("Interface", iface, &format!("iface{i}"));
-        change.new_interfaces.push(op);
-        change.txn.insert(
-            "Port",
-            json!({"name": name, "interfaces": datum::named_uuid(&format!("iface{i}"))}),
-            &format!("port{i}"),
-        );
-        ports.push(datum::named_uuid(&format!("port{i}")));
-    };
+    let mut attach =
+        |change: &mut Change, name: &str, iface: Value, vlans: (Option<u16>, &[u16])| {
+            let i = ports.len();
+            let op = change.txn.insert("Interface", iface, &format!("iface{i}"));
+            change.new_interfaces.push(op);
+            let mut port = Map::new();
+            port.insert("name".into(), json!(name));
+            port.insert("interfaces".into(), datum::named_uuid(&format!("iface{i}")));
+            set_vlans(&mut port, vlans.0, vlans.1);
+            change
+                .txn
+                .insert("Port", Value::Object(port), &format!("port{i}"));
+            ports.push(datum::named_uuid(&format!("port{i}")));
+        };
     attach(
         &mut change,
         &spec.name,
         interface_row(&spec.name, "internal", mtu, None),
+        (None, &[]),
     );
     for uplink in &spec.uplinks {
+        let iface = port_interface_row(
+            &uplink.name,
+            uplink.patch_peer.as_deref(),
+            None,
+            uplink.ofport,
+        )?;
         attach(
             &mut change,
             &uplink.name,
-            interface_row(&uplink.name, "", None, uplink.ofport),
+            iface,
+            (uplink.tag, &uplink.trunks),
         );
     }
     for tunnel in &spec.tunnels {
-        attach(&mut change, &tunnel.name, tunnel_row(tunnel));
+        attach(&mut change, &tunnel.name, tunnel_row(tunnel), (None, &[]));
     }
 
     let mut controllers = Vec::new();
@@ -399,22 +452,15 @@ pub(crate) fn add_port(bridge: &str, spec: &PortSpec) -> Result<Change, OvsdbErr
     check_ifname("port", &spec.name)?;
     let mtu = check_mtu(&spec.name, spec.mtu)?;
     let ofport = check_ofport(&spec.name, spec.ofport)?;
-    if let Some(tag) = spec.tag.filter(|&t| t > 4095) {
-        return Err(invalid(
-            format!("VLAN tag {tag} for port {}", spec.name),
-            "expected 0..=4095",
-        ));
-    }
+    check_vlans(&spec.name, spec.tag, &spec.trunks)?;
 
-    let mut iface_row = interface_row(&spec.name, "", mtu, ofport);
+    let mut iface_row = port_interface_row(&spec.name, spec.patch_peer.as_deref(), mtu, ofport)?;
     if !spec.interface_external_ids.is_empty() {
         iface_row["external_ids"] = datum::string_map(&spec.interface_external_ids);
     }
     let mut port = Map::new();
     port.insert("external_ids".into(), datum::string_map(&spec.external_ids));
-    if let Some(tag) = spec.tag {
-        port.insert("tag".into(), json!(tag));
-    }
+    set_vlans(&mut port, spec.tag, &spec.trunks);
     Ok(insert_port(bridge, &spec.name, iface_row, port))
 }
 
@@ -454,6 +500,31 @@ fn insert_port(bridge: &str, name: &str, iface_row: Value, mut port: Map<String,
         insert,
     });
     change.finish()
+}
+
+/// Sets the VLANs trunk port `port` of `bridge` carries (`Port.trunks`; empty: all).
+pub(crate) fn set_port_trunks(
+    bridge: &str,
+    port: &str,
+    trunks: &[u16],
+) -> Result<Change, OvsdbError> {
+    check_vlans(port, None, trunks)?;
+    let mut change = Change::new(format!("set the VLANs of port {port} on bridge {bridge}"));
+    change.guard(
+        "Port",
+        vec![eq("name", port)],
+        true,
+        Guard::NoSuchPort {
+            bridge: bridge.to_string(),
+            port: port.to_string(),
+        },
+    );
+    change.txn.update(
+        "Port",
+        vec![eq("name", port)],
+        json!({"trunks": datum::set(trunks.iter().map(|t| json!(t)))}),
+    );
+    Ok(change.finish())
 }
 
 /// Finds a port's uuid (for [`remove_port`]): one select, result 0.
@@ -531,7 +602,7 @@ pub(crate) fn interface_status(uuids: &[String]) -> Txn {
         txn.select(
             "Interface",
             vec![is_row(uuid)],
-            &["name", "error", "ofport"],
+            &["name", "type", "error", "ofport"],
         );
     }
     txn
@@ -542,11 +613,16 @@ pub(crate) fn interface_status(uuids: &[String]) -> Txn {
 /// ovs-vswitchd writes each interface's `ofport` (and `error` on failure) in the same
 /// transaction as `cur_cfg`, so once the change is applied: `error` set or `ofport`
 /// -1 means it could not open the interface, and an empty `ofport` means it never got
-/// to it, which happens when the bridge itself could not be created.
+/// to it, which happens when the bridge itself could not be created. Patch ports are
+/// not judged: one end reports "No usable peer" until the other end is made (a
+/// separate change), and their names and peers are checked before the change.
 pub(crate) fn interface_failure(results: &[Value]) -> Result<Option<(String, String)>, OvsdbError> {
     for i in 0..results.len() {
         for row in txn::rows(results, i)? {
             let row = Row::new("Interface", row)?;
+            if row.string("type")? == "patch" {
+                continue;
+            }
             let name = row.string("name")?.to_string();
             if let Some(error) = row.opt_string("error")? {
                 return Ok(Some((name, error.to_string())));
@@ -578,7 +654,14 @@ pub(crate) fn query_bridges(name: Option<&str>) -> Txn {
     txn.select(
         "Port",
         vec![],
-        &["_uuid", "name", "tag", "external_ids", "interfaces"],
+        &[
+            "_uuid",
+            "name",
+            "tag",
+            "trunks",
+            "external_ids",
+            "interfaces",
+        ],
     );
     txn.select("Interface", vec![], &["_uuid", "type", "ofport"]);
     txn
@@ -612,6 +695,11 @@ pub(crate) fn parse_bridges(results: &[Value]) -> Result<Vec<BridgeInfo>, OvsdbE
             external_ids: row.string_map("external_ids")?,
             interface_type,
             ofport,
+            trunks: row
+                .int_set("trunks")?
+                .into_iter()
+                .filter_map(|t| u16::try_from(t).ok())
+                .collect(),
         };
         ports.insert(row.uuid("_uuid")?, info);
     }
@@ -720,6 +808,7 @@ mod tests {
             uplinks: vec![UplinkSpec {
                 name: "eth1".into(),
                 ofport: Some(7),
+                ..UplinkSpec::default()
             }],
             tunnels: vec![TunnelSpec {
                 name: "vxl1".into(),
@@ -871,6 +960,7 @@ mod tests {
             mtu: Some(1450),
             ofport: Some(5),
             interface_external_ids: [("iface-id".to_string(), "lsp1".to_string())].into(),
+            ..PortSpec::default()
         };
         let change = add_port("br0", &spec).unwrap();
         let ops = ops(&change);
@@ -987,18 +1077,86 @@ mod tests {
     }
 
     #[test]
+    fn trunks_and_patch_ports() {
+        let spec = BridgeSpec {
+            uplinks: vec![
+                UplinkSpec {
+                    name: "eth1".into(),
+                    trunks: vec![100, 200],
+                    ..UplinkSpec::default()
+                },
+                UplinkSpec {
+                    name: "p-here".into(),
+                    ofport: Some(3),
+                    tag: Some(100),
+                    patch_peer: Some("p-there".into()),
+                    ..UplinkSpec::default()
+                },
+            ],
+            ..BridgeSpec::new("ovstk-eth1")
+        };
+        let made = ops(&create_bridge(&spec).unwrap());
+        let ports = op_of(&made, "insert", "Port");
+        assert_eq!(ports[1]["row"]["trunks"], json!(["set", [100, 200]]));
+        assert_eq!(ports[2]["row"]["tag"], json!(100));
+        assert!(ports[2]["row"].get("trunks").is_none());
+        let ifaces = op_of(&made, "insert", "Interface");
+        assert_eq!(
+            ifaces[2]["row"],
+            json!({"name": "p-here", "type": "patch", "ofport_request": 3,
+                   "options": ["map", [["peer", "p-there"]]]})
+        );
+        let patch = PortSpec {
+            tag: Some(200),
+            patch_peer: Some("p-here".into()),
+            ..PortSpec::new("p-there")
+        };
+        let added = ops(&add_port("ovstk-eth1", &patch).unwrap());
+        assert_eq!(
+            op_of(&added, "insert", "Interface")[0]["row"]["type"],
+            "patch"
+        );
+        assert_eq!(op_of(&added, "insert", "Port")[0]["row"]["tag"], 200);
+        let change = set_port_trunks("ovstk-eth1", "eth1", &[100]).unwrap();
+        let set = ops(&change);
+        assert_eq!(
+            op_of(&set, "update", "Port")[0]["row"],
+            json!({"trunks": ["set", [100]]})
+        );
+        let e = change.refused(Refusal {
+            op: Some(1),
+            error: "timed out".into(),
+            details: None,
+        });
+        assert!(e.is_not_found(), "{e}");
+        // Bad VLANs and a patch port that is its own peer are refused before OVSDB.
+        assert!(set_port_trunks("b", "eth1", &[4096]).is_err());
+        let own_peer = PortSpec {
+            patch_peer: Some("p".into()),
+            ..PortSpec::new("p")
+        };
+        assert!(add_port("b", &own_peer).is_err());
+    }
+
+    #[test]
     fn reports_interface_errors() {
-        let ok = [json!({"rows": [{"name": "v1", "error": ["set", []], "ofport": 3}]})];
+        let ok = [json!({"rows": [{"name": "v1", "type": "", "error": ["set", []], "ofport": 3}]})];
         assert_eq!(interface_failure(&ok).unwrap(), None);
+        let waiting = [
+            json!({"rows": [{"name": "p0", "type": "patch", "ofport": -1,
+            "error": "No usable peer 'p1' exists in 'netdev' datapath."}]}),
+        ];
+        assert_eq!(interface_failure(&waiting).unwrap(), None);
         let failed = [
-            json!({"rows": [{"name": "br0", "error": ["set", []], "ofport": 65534}]}),
-            json!({"rows": [{"name": "nope0", "ofport": -1,
+            json!({"rows": [{"name": "br0", "type": "internal", "error": ["set", []], "ofport": 65534}]}),
+            json!({"rows": [{"name": "nope0", "type": "", "ofport": -1,
                              "error": "could not open network device nope0 (No such device)"}]}),
         ];
         let (name, message) = interface_failure(&failed).unwrap().unwrap();
         assert_eq!(name, "nope0");
         assert!(message.contains("No such device"));
-        let silent = [json!({"rows": [{"name": "x", "error": ["set", []], "ofport": -1}]})];
+        let silent =
+            [json!({"rows": [{"name": "x", "type": "", "error": ["set", []], "ofport": -1}]})];
         assert!(interface_failure(&silent)
             .unwrap()
             .unwrap()
@@ -1019,10 +1177,11 @@ mod tests {
             ]}),
             json!({"rows": [
                 {"_uuid": ["uuid", "p1"], "name": "br0", "tag": ["set", []],
+                 "trunks": ["set", [100, 200]],
                  "external_ids": ["map", []], "interfaces": ["uuid", "i1"]},
-                {"_uuid": ["uuid", "p2"], "name": "a-veth", "tag": 10,
+                {"_uuid": ["uuid", "p2"], "name": "a-veth", "tag": 10, "trunks": ["set", []],
                  "external_ids": ["map", [["ep", "e1"]]], "interfaces": ["uuid", "i2"]},
-                {"_uuid": ["uuid", "p3"], "name": "br1", "tag": ["set", []],
+                {"_uuid": ["uuid", "p3"], "name": "br1", "tag": ["set", []], "trunks": 300,
                  "external_ids": ["map", []], "interfaces": ["uuid", "i3"]},
             ]}),
             json!({"rows": [
@@ -1038,6 +1197,9 @@ mod tests {
         let ports = &bridges[0].ports;
         assert_eq!(ports[0].name, "a-veth");
         assert_eq!(ports[0].tag, Some(10));
+        assert_eq!(ports[0].trunks, Vec::<u16>::new());
+        assert_eq!(ports[1].trunks, vec![100, 200]);
+        assert_eq!(bridges[1].ports[0].trunks, vec![300]);
         assert_eq!(ports[0].interface_type, "");
         assert_eq!(ports[0].ofport, Some(1));
         assert_eq!(ports[0].external_ids["ep"], "e1");

@@ -261,6 +261,17 @@ impl Ovsdb {
         self.apply(bridge::add_tunnel(bridge, tunnel)?).await
     }
 
+    /// Sets the VLANs trunk port `port` of `bridge` carries (empty: all of them).
+    pub async fn set_port_trunks(
+        &self,
+        bridge: &str,
+        port: &str,
+        trunks: &[u16],
+    ) -> Result<(), OvsdbError> {
+        self.apply(bridge::set_port_trunks(bridge, port, trunks)?)
+            .await
+    }
+
     /// Removes port `port` (and its interface) from `bridge`.
     pub async fn delete_port(&self, bridge: &str, port: &str) -> Result<(), OvsdbError> {
         let found = self.read(&bridge::find_port(port)).await?;
@@ -444,7 +455,7 @@ mod tests {
                                 ("select", Some("Open_vSwitch")) => json!({"rows": [
                                     {"next_cfg": 5, "datapath_types": ["set", ["netdev"]]}]}),
                                 ("select", Some("Interface")) => json!({"rows": [
-                                    {"name": "fake0", "error": ["set", []], "ofport": 1}]}),
+                                    {"name": "fake0", "type": "", "error": ["set", []], "ofport": 1}]}),
                                 _ => json!({}),
                             })
                             .collect();

@@ -109,6 +109,19 @@ impl<'a> Row<'a> {
             .collect()
     }
 
+    /// A set of integers column.
+    pub(crate) fn int_set(&self, column: &str) -> Result<Vec<i64>, OvsdbError> {
+        let value =
+            (self.columns.get(column)).ok_or_else(|| self.bad(column, "a set of integers"))?;
+        set_elements(value)
+            .into_iter()
+            .map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| self.bad(column, "a set of integers"))
+            })
+            .collect()
+    }
+
     /// An integer column, or an optional integer column (`None` when empty).
     pub(crate) fn opt_int(&self, column: &str) -> Result<Option<i64>, OvsdbError> {
         self.optional(column, ("an integer", "at most one integer"), Value::as_i64)

@@ -105,7 +105,7 @@ pub struct BridgeSpec {
     pub controllers: Vec<String>,
     /// 16 hex digits (an optional `0x` is accepted) for `other_config:datapath-id`.
     pub datapath_id: Option<String>,
-    /// Existing host interfaces to attach as ports.
+    /// Ports to attach: existing host interfaces, or patch ports (see [`UplinkSpec`]).
     pub uplinks: Vec<UplinkSpec>,
     /// Tunnel ports to make with the bridge.
     pub tunnels: Vec<TunnelSpec>,
@@ -122,12 +122,19 @@ impl BridgeSpec {
     }
 }
 
-/// An existing host interface attached to a new bridge.
+/// A port made with a new bridge: an existing host interface, or (with `patch_peer`)
+/// one end of an OVS patch-port pair.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UplinkSpec {
     pub name: String,
     /// The OpenFlow port number to ask for (`Interface.ofport_request`, 1..=65279).
     pub ofport: Option<u32>,
+    /// Access VLAN (`Port.tag`, 0..=4095).
+    pub tag: Option<u16>,
+    /// The VLANs a trunk port carries (`Port.trunks`; empty: all of them).
+    pub trunks: Vec<u16>,
+    /// A patch port (`Interface.type=patch`) whose peer is the port of that name.
+    pub patch_peer: Option<String>,
 }
 
 /// A tunnel port: a port whose one interface has a tunnel type and `options`.
@@ -149,6 +156,8 @@ pub struct PortSpec {
     pub name: String,
     /// Access VLAN (`Port.tag`, 0..=4095).
     pub tag: Option<u16>,
+    /// The VLANs a trunk port carries (`Port.trunks`; empty: all of them).
+    pub trunks: Vec<u16>,
     pub external_ids: BTreeMap<String, String>,
     /// `Interface.mtu_request`.
     pub mtu: Option<u32>,
@@ -156,6 +165,9 @@ pub struct PortSpec {
     pub ofport: Option<u32>,
     /// `Interface.external_ids` (`iface-id`: the OVN logical port bound here).
     pub interface_external_ids: BTreeMap<String, String>,
+    /// A patch port (`Interface.type=patch`) whose peer is the port of that name,
+    /// instead of a host interface.
+    pub patch_peer: Option<String>,
 }
 
 impl PortSpec {
@@ -188,6 +200,8 @@ pub struct PortInfo {
     pub interface_type: String,
     /// The OpenFlow port number, once ovs-vswitchd has assigned one.
     pub ofport: Option<u32>,
+    /// The VLANs a trunk port carries (`Port.trunks`; empty: all of them).
+    pub trunks: Vec<u16>,
 }
 
 /// Why an OVSDB operation failed.

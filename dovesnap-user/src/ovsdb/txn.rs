@@ -87,6 +87,11 @@ impl Txn {
         )
     }
 
+    /// Sets the columns of `row` in the rows of `table` matching `conditions`.
+    pub(crate) fn update(&mut self, table: &str, conditions: Vec<Value>, row: Value) -> usize {
+        self.push(json!({"op": "update", "table": table, "where": conditions, "row": row}))
+    }
+
     pub(crate) fn delete(&mut self, table: &str, conditions: Vec<Value>) -> usize {
         self.push(json!({"op": "delete", "table": table, "where": conditions}))
     }
