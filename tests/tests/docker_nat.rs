@@ -677,7 +677,7 @@ fn docker_user_rules_and_docker_isolation_apply() {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn routed_network_is_reached_at_the_containers_own_addresses() {
-    let plugin = start_plugin();
+    let mut plugin = start_plugin();
     let far = Far::new("dsr", "10.238.100");
     far.ns.sh(
         "ip",
@@ -719,6 +719,14 @@ fn routed_network_is_reached_at_the_containers_own_addresses() {
             .find(|n| n["id"].as_str().is_some_and(|id| net_id.starts_with(id)))
             .map(|n| n["mode"].clone());
         assert_eq!(mode, Some(serde_json::json!("routed")), "{status}");
+
+        // A crash and a restart keep the routed rules as they were (the restarted
+        // plugin tells the network routed from its records and its table).
+        let rules = rules_left(&net_id);
+        plugin.kill();
+        plugin = start_plugin();
+        assert_eq!(rules_left(&net_id), rules, "rules changed across a restart");
+        assert_eq!(far.ns.wget(&format!("http://{web_ip}/")), "routed-web");
     }
     drop(plugin);
     assert_eq!(rules_left(&net_id), Vec::<String>::new(), "rules left");
