@@ -184,6 +184,7 @@ fn nat_network(masquerade_ports: Option<(u16, u16)>) -> NatNetwork {
         subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
         gateway: GW_IP,
         internal: false,
+        routed: false,
         masquerade_ports,
     }
 }

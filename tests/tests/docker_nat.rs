@@ -669,3 +669,65 @@ fn docker_user_rules_and_docker_isolation_apply() {
         "nat network reached the default bridge"
     );
 }
+
+/// `mode=routed`: no translation either way. The far side routes the subnet via the
+/// host and reaches a container at its own address, on its published port only (the
+/// host port of `-p` ignored, as Docker's `gateway_mode_ipv4=routed` does) and by ICMP;
+/// the container reaches the far side with its own address as the source.
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn routed_network_is_reached_at_the_containers_own_addresses() {
+    let mut plugin = start_plugin();
+    let far = Far::new("dsr", "10.238.100");
+    far.ns.sh(
+        "ip",
+        &["route", "add", "10.238.1.0/24", "via", &far.host_ip],
+    );
+    let net_id;
+    {
+        let net = Network::create(
+            "dsrt-a",
+            &["-o", "mode=routed", "--subnet", "10.238.1.0/24"],
+        );
+        net_id = net.id();
+        let web = Container::httpd_with("dsrt-web", &net, &["-p", "18070:80"], "routed-web");
+        let plain = Container::httpd("dsrt-plain", &net, "unpublished");
+        let (web_ip, plain_ip) = (web.ip(&net), plain.ip(&net));
+
+        // Inbound through the route: the published container port and ICMP, at the
+        // container's own address; nothing else, and nothing on the host port.
+        assert_eq!(far.ns.wget(&format!("http://{web_ip}/")), "routed-web");
+        let ping = far.ns.run("ping", &["-c", "1", "-W", "2", &web_ip]);
+        assert!(ping.status.success(), "far -> routed container ICMP echo");
+        assert_eq!(
+            far.ns.wget(&format!("http://{plain_ip}/")),
+            "",
+            "unpublished"
+        );
+        let host_port = format!("http://{}:18070/", far.host_ip);
+        assert_eq!(far.ns.wget(&host_port), "", "routed mode maps no host port");
+
+        // Outbound: the far side sees the container's own address.
+        let seen = container_tcp(&plain, &far.far_ip, 7000).expect("routed -> far TCP");
+        assert_eq!(seen.trim(), format!("from {plain_ip}"));
+
+        let status = plugin.status();
+        let mode = status["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"].as_str().is_some_and(|id| net_id.starts_with(id)))
+            .map(|n| n["mode"].clone());
+        assert_eq!(mode, Some(serde_json::json!("routed")), "{status}");
+
+        // A crash and a restart keep the routed rules as they were (the restarted
+        // plugin tells the network routed from its records and its table).
+        let rules = rules_left(&net_id);
+        plugin.kill();
+        plugin = start_plugin();
+        assert_eq!(rules_left(&net_id), rules, "rules changed across a restart");
+        assert_eq!(far.ns.wget(&format!("http://{web_ip}/")), "routed-web");
+    }
+    drop(plugin);
+    assert_eq!(rules_left(&net_id), Vec::<String>::new(), "rules left");
+}

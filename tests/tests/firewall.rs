@@ -97,6 +97,7 @@ impl Lan {
             subnet: format!("10.232.{}.0/24", self.net).parse().unwrap(),
             gateway: Ipv4Addr::new(10, 232, self.net, 1),
             internal,
+            routed: false,
             masquerade_ports: None,
         }
     }

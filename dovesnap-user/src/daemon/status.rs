@@ -69,7 +69,8 @@ pub struct NetworkStatus {
     pub id: String,
     /// The OVS bridge name.
     pub bridge: String,
-    /// `flat`, `nat` or `nat-fast` (a string, so an older CLI can show a newer mode).
+    /// `flat`, `nat`, `nat-fast`, `routed` or `overlay` (a string, so an older CLI can
+    /// show a newer mode).
     pub mode: String,
     /// The IPv4 subnet in CIDR form; empty if none.
     pub subnet: String,

@@ -351,7 +351,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .as_ref()
             .and_then(|o| o.get(DOCKER_INTERNAL_OPTION))
             .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
-        if options.mode.is_nat() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
+        if options.mode.has_gateway() && (ipam.gateway.is_none() || ipam.subnet.is_none()) {
             return Err(DriverError::NatWithoutSubnet(options.mode));
         }
 
@@ -446,7 +446,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Ok(());
         };
         let mut errors = Vec::new();
-        if net.options.mode.is_nat() {
+        if net.options.mode.has_gateway() {
             if let Err(e) = fw(|| self.firewall.remove_network(id)) {
                 errors.push(e.to_string());
             }
@@ -626,7 +626,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         };
         let mut errors = Vec::new();
         fast_leave(fastpath, net, &ep);
-        if net.options.mode.is_nat() {
+        if net.options.mode.has_gateway() {
             if let Err(e) = fw(|| self.firewall.remove_ports(nid, eid)) {
                 errors.push(e.to_string());
             }

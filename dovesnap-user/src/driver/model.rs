@@ -93,9 +93,10 @@ pub(super) struct OverlayRecord {
 }
 
 impl Network {
-    /// What the firewall needs for a nat network (None for flat networks).
+    /// What the firewall needs for a nat or routed network (None for flat and overlay
+    /// networks).
     pub(super) fn nat(&self, fast: &FastPathConfig) -> Option<NatNetwork> {
-        if !self.options.mode.is_nat() {
+        if !self.options.mode.has_gateway() {
             return None;
         }
         Some(NatNetwork {
@@ -104,6 +105,7 @@ impl Network {
             subnet: self.ipam.subnet?,
             gateway: self.ipam.gateway?,
             internal: self.internal,
+            routed: self.options.mode == Mode::Routed,
             masquerade_ports: (self.options.mode == Mode::NatFast)
                 .then(|| fast.kernel_masquerade_ports()),
         })

@@ -1,11 +1,11 @@
-//! nat mode (and nat-fast's kernel path): the nftables rules of a network and of its
-//! endpoints' published ports.
+//! nat mode (and nat-fast's kernel path) and routed mode: the nftables rules of a
+//! network and of its endpoints' published ports.
 
 use super::*;
 
 impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
-    /// nat mode: the gateway on the bridge's internal port, IPv4 forwarding, and the
-    /// network's netfilter rules.
+    /// nat and routed modes: the gateway on the bridge's internal port, IPv4
+    /// forwarding, and the network's netfilter rules.
     pub(super) async fn program_nat(&self, net: &Network) -> DriverResult<()> {
         let Some(nat) = net.nat(&self.fastpath_config) else {
             return Ok(());
@@ -17,7 +17,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         fw(|| self.firewall.add_network(&nat))
     }
 
-    /// nat mode: publishes the container's `-p` ports (Docker sends the port map here
+    /// nat and routed modes: publishes the container's `-p` ports (Docker sends the port map here
     /// and with CreateEndpoint; only this call is made once per container and network).
     pub(super) async fn program_external_inner(
         &self,
@@ -27,7 +27,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
-        if !net.options.mode.is_nat() {
+        if !net.options.mode.has_gateway() {
             return Ok(());
         }
         let ep = net

@@ -183,7 +183,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
             None => Ipam::default(),
             Some(json) => check_ipam(json).map_err(bad)?,
         };
-        if options.mode.is_nat() && (ipam.subnet.is_none() || ipam.gateway.is_none()) {
+        if options.mode.has_gateway() && (ipam.subnet.is_none() || ipam.gateway.is_none()) {
             return Err(bad(format!(
                 "a {} network without an IPv4 subnet and gateway in {EXT_NETWORK_IPAM}",
                 options.mode

@@ -801,6 +801,53 @@ async fn a_nat_network_gets_its_gateway_and_rules_and_loses_them_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_routed_network_gets_its_gateway_and_unmasqueraded_rules_and_keeps_its_mode() {
+    let r = rig();
+    refused!(
+        r.create_network(network(NID, "mode=routed", None)),
+        DriverError::NatWithoutSubnet(Mode::Routed)
+    );
+    refused!(
+        r.create_network(network(
+            NID,
+            "mode=routed ovs.bridge.name=br-admin ovs.bridge.existing=true",
+            Some("10.238.1.0/24"),
+        )),
+        DriverError::Options(_)
+    );
+    assert!(r.bridges().is_empty());
+
+    r.net("mode=routed", Some("10.238.1.0/24")).await;
+    let gateway = Ipv4Addr::new(10, 238, 1, 1);
+    assert_eq!(
+        r.host.lock().unwrap().links[&bridge_of(NID)].addrs,
+        vec![gateway]
+    );
+    let rules = r.rules.lock().unwrap().networks[NID].clone();
+    assert!(rules.routed && rules.masquerade_ports.is_none());
+    assert_eq!(rules.gateway, gateway);
+    r.endpoint(NID, EID, "10.238.1.2/24").await.unwrap();
+    r.driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .unwrap();
+    let key = (NID.to_string(), EID.to_string());
+    assert!(r.rules.lock().unwrap().ports.contains_key(&key));
+
+    let restarted = TestDriver::with_backends(
+        FakeSwitch(r.host.clone()),
+        FakeLinks(r.host.clone()),
+        Box::new(FakeFirewall(r.rules.clone())),
+    );
+    assert_eq!(restarted.recover().await.unwrap(), (1, 1));
+    assert_eq!(restarted.status().await.networks[0].mode, "routed");
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
+    r.delete_network(NID).await.unwrap();
+    assert!(r.rules.lock().unwrap().networks.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_nat_network_without_a_subnet_is_refused_before_anything_is_made() {
     let r = rig();
     refused!(

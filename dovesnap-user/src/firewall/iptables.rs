@@ -16,6 +16,8 @@
 //! -A FORWARD -i BR -m comment --comment "dovesnap:ID12" -j ACCEPT
 //! ```
 //!
+//! (a routed network, entered without DNAT, gets `-o BR -j ACCEPT` in place of the first
+//! rule: its nft forward chain does the filtering)
 //! so the administrator's `DOCKER-USER` rules see the network's traffic first, whether
 //! they were added before or after the network. Where Docker's isolation chains exist,
 //! the bridge joins them as Docker's own bridges do:
@@ -82,12 +84,16 @@ pub(crate) fn desired_rules(net: &NatNetwork, id12: &str, isolation: bool) -> Ve
         chain,
         spec: spec(&[matches, &comment[..], &["-j", target]].concat()),
     };
+    // A routed network is entered at its containers' own addresses, without DNAT: every
+    // packet to it goes on to dovesnap's nft forward chain, which lets in only replies,
+    // ICMP and the published container ports.
+    let inbound: &[&str] = if net.routed {
+        &["-o", br]
+    } else {
+        &["-o", br, "-m", "conntrack", "--ctstate", "DNAT"]
+    };
     let mut out = vec![
-        rule(
-            FORWARD_CHAIN,
-            &["-o", br, "-m", "conntrack", "--ctstate", "DNAT"],
-            "ACCEPT",
-        ),
+        rule(FORWARD_CHAIN, inbound, "ACCEPT"),
         rule(
             FORWARD_CHAIN,
             &[
@@ -493,6 +499,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal,
+            routed: false,
             masquerade_ports: None,
         }
     }
@@ -579,6 +586,21 @@ mod tests {
         );
         assert_eq!(desired_rules(&net(false), ID12, false).len(), 3);
         assert!(desired_rules(&net(true), ID12, true).is_empty());
+    }
+
+    #[test]
+    fn routed_networks_are_entered_without_dnat() {
+        let routed = NatNetwork {
+            routed: true,
+            ..net(false)
+        };
+        let rules = desired_rules(&routed, ID12, true);
+        assert_eq!(rules.len(), 5);
+        assert_eq!(
+            rules[0].spec.join(" "),
+            "-o ovsbr-3f2a9c1d -m comment --comment dovesnap:3f2a9c1d4e5b -j ACCEPT"
+        );
+        assert_eq!(rules[1..], desired_rules(&net(false), ID12, true)[1..]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Kernel netfilter for `nat` networks: masquerade, published ports, isolation.
+//! Kernel netfilter for `nat` and `routed` networks: masquerade, published ports,
+//! isolation.
 //!
 //! A [`Firewall`] backend turns a [`NatNetwork`] and its containers' [`PortMapping`]s
 //! into packet-filter state, netavark-style: [`NftFirewall`] drives nftables (the `nft`
@@ -17,6 +18,10 @@
 //! - nothing enters the subnet from outside except replies and published ports;
 //! - forwarding between two nat bridges is dropped (a container connected to both
 //!   networks still reaches both: it does not go through the host's forwarding).
+//!
+//! A routed network ([`NatNetwork::routed`]) gets the same isolation and forwarding
+//! without masquerade or DNAT: only replies, ICMP and its published container ports
+//! (at the containers' own addresses) enter it.
 //!
 //! Every rule lives in the project's own table `ip dovesnap` (per-network chains
 //! `nw-<id12>-*`, jump rules commented `dovesnap:<id12>`) or, for iptables, carries the
@@ -69,6 +74,10 @@ pub struct NatNetwork {
     pub gateway: Ipv4Addr,
     /// `docker network create --internal`: no way out, no way in, no published ports.
     pub internal: bool,
+    /// `mode=routed`: no masquerade and no DNAT; the subnet is reached through a route
+    /// via the host, and only replies, ICMP and the published container ports
+    /// (`-p`, at the container's own address, the host port ignored) enter it.
+    pub routed: bool,
     /// Source ports the outbound masquerade may use for TCP and UDP (`None`: any, the
     /// kernel's choice). nat-fast networks keep the kernel out of the range their
     /// userspace translator allocates from, so the two NATs never hand out the same
@@ -420,6 +429,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal: false,
+            routed: false,
             masquerade_ports: None,
         }
     }

@@ -57,6 +57,12 @@
 //! }
 //! ```
 //!
+//! A routed network (`NatNetwork::routed`) has no `postrouting` or `published` jump and
+//! no snat chain: its forward chain ends, before the final drop, with
+//! `oifname BR meta l4proto icmp accept` and `oifname BR jump nw-<id12>-dnat`, and that
+//! chain holds one `ip daddr CONTAINER tcp dport PORT accept` per published port
+//! (nothing is translated; the container is reached at its own address).
+//!
 //! The base chains `prerouting` and `output` only send traffic for local addresses to
 //! `published`; per-network rules are reached through jump rules commented
 //! `dovesnap:<id12>`, and published ports carry their endpoint (`ep:<id12>`). The
@@ -305,6 +311,9 @@ pub struct FoundPort {
     pub endpoint: String,
     pub container_ip: Ipv4Addr,
     pub port: PublishedPort,
+    /// A routed network's port: an accept of the container's own address and port,
+    /// which claims no host port.
+    pub routed: bool,
 }
 
 impl TableState {
@@ -401,15 +410,28 @@ impl TableState {
             .filter_map(|r| {
                 let network = r.chain.strip_prefix("nw-")?.strip_suffix("-dnat")?;
                 let endpoint = r.comment.as_deref()?.strip_prefix("ep:")?;
-                let (container_ip, port) = parse_dnat_rule(&r.expr)?;
+                let (container_ip, port, routed) = parse_port_rule(&r.expr)?;
                 Some(FoundPort {
                     network: network.to_string(),
                     endpoint: endpoint.to_string(),
                     container_ip,
                     port,
+                    routed,
                 })
             })
             .collect()
+    }
+
+    /// Whether network `id12` is routed: its forward chain sends inbound traffic to its
+    /// port chain (a nat network reaches that chain from `published` instead).
+    pub fn is_routed(&self, id12: &str) -> bool {
+        let (fwd, ports) = (fwd_chain(id12), dnat_chain(id12));
+        self.rules.iter().any(|r| {
+            r.chain == fwd
+                && r.expr.iter().any(
+                    |st| matches!(st, Statement::Jump(JumpTarget { target }) if *target == ports),
+                )
+        })
     }
 
     /// Rules of endpoint `ep12` in network `id12`'s DNAT chain.
@@ -441,9 +463,10 @@ fn number(e: &Expression<'static>) -> Option<u16> {
     }
 }
 
-/// `[ip daddr A] tcp|udp dport P dnat to C:Q` back into its parts.
-fn parse_dnat_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPort)> {
-    let (mut host_ip, mut proto_port, mut target) = (None, None, None);
+/// A port rule back into its parts: `[ip daddr A] tcp|udp dport P dnat to C:Q` (nat),
+/// or `ip daddr C tcp|udp dport P accept` (routed, the last item `true`).
+fn parse_port_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPort, bool)> {
+    let (mut host_ip, mut proto_port, mut target, mut accepted) = (None, None, None, false);
     for st in expr {
         match st {
             Statement::Match(Match {
@@ -461,10 +484,21 @@ fn parse_dnat_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPo
                 port: Some(p),
                 ..
             })) => target = Some((a.parse::<Ipv4Addr>().ok()?, number(p)?)),
+            Statement::Accept(None) => accepted = true,
             _ => return None,
         }
     }
     let (proto, host_port) = proto_port?;
+    if accepted {
+        // Routed: the address is the container's, the port its own.
+        let port = PublishedPort {
+            proto,
+            host_ip: None,
+            host_port,
+            container_port: host_port,
+        };
+        return (target.is_none()).then_some((host_ip?, port, true));
+    }
     let (container_ip, container_port) = target?;
     Some((
         container_ip,
@@ -474,6 +508,7 @@ fn parse_dnat_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPo
             host_port,
             container_port,
         },
+        false,
     ))
 }
 
@@ -596,6 +631,30 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
         ]);
         return rules;
     }
+    if net.routed {
+        rules.extend(forward_rules(
+            &fwd,
+            br,
+            vec![],
+            vec![
+                rule(
+                    &fwd,
+                    vec![
+                        oifname(Operator::EQ, br),
+                        matches(meta(MetaKey::L4proto), Operator::EQ, s("icmp")),
+                        accept(),
+                    ],
+                    note("routed: ICMP reaches the containers"),
+                ),
+                rule(
+                    &fwd,
+                    vec![oifname(Operator::EQ, br), jump(dnat)],
+                    note("routed: the published container ports"),
+                ),
+            ],
+        ));
+        return rules;
+    }
     rules.extend([
         rule(
             POSTROUTING,
@@ -636,19 +695,34 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
             ));
         }
     }
+    rules.push(rule(
+        &snat,
+        vec![oifname(Operator::NEQ, br), Statement::Masquerade(None)],
+        note("outbound"),
+    ));
+    let published = rule(
+        &fwd,
+        vec![ct_status_dnat(), accept()],
+        note("published ports"),
+    );
+    rules.extend(forward_rules(&fwd, br, vec![published], vec![]));
+    rules
+}
+
+/// The forwarding policy of a network that is not internal: `first`, replies, isolation
+/// from the other nat and routed networks, everything out, `inbound`, and nothing else
+/// in.
+fn forward_rules(
+    fwd: &str,
+    br: &str,
+    first: Vec<Rule<'static>>,
+    inbound: Vec<Rule<'static>>,
+) -> Vec<Rule<'static>> {
+    let note = |s: &str| Some(s.to_string());
+    let mut rules = first;
     rules.extend([
         rule(
-            &snat,
-            vec![oifname(Operator::NEQ, br), Statement::Masquerade(None)],
-            note("outbound"),
-        ),
-        rule(
-            &fwd,
-            vec![ct_status_dnat(), accept()],
-            note("published ports"),
-        ),
-        rule(
-            &fwd,
+            fwd,
             vec![
                 oifname(Operator::EQ, br),
                 matches(
@@ -661,7 +735,7 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
             None,
         ),
         rule(
-            &fwd,
+            fwd,
             vec![
                 iifname(Operator::EQ, br),
                 oifname(Operator::EQ, &format!("@{BRIDGE_SET}")),
@@ -670,13 +744,14 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
             ],
             note("isolation from other nat networks"),
         ),
-        rule(&fwd, vec![iifname(Operator::EQ, br), accept()], None),
-        rule(
-            &fwd,
-            vec![oifname(Operator::EQ, br), drop_()],
-            note("nothing else enters the network"),
-        ),
+        rule(fwd, vec![iifname(Operator::EQ, br), accept()], None),
     ]);
+    rules.extend(inbound);
+    rules.push(rule(
+        fwd,
+        vec![oifname(Operator::EQ, br), drop_()],
+        note("nothing else enters the network"),
+    ));
     rules
 }
 
@@ -704,6 +779,12 @@ pub fn network_batch(
                 remove_chain(c, &mut out);
             }
         }
+    } else if net.routed {
+        // No translation: the DNAT chain holds the ports' accepts (kept, like NAT's).
+        if state.chains.contains(snat.as_str()) {
+            remove_chain(&snat, &mut out);
+        }
+        out.push(add(NfListObject::Chain(chain(&dnat))));
     } else {
         out.push(add(NfListObject::Chain(chain(&snat))));
         out.push(flush_chain(&snat));
@@ -752,8 +833,31 @@ pub fn remove_network_batch(id12: &str, state: &TableState) -> Option<Nftables<'
     Some(batch(out))
 }
 
-/// One DNAT rule per published port.
-fn port_rule(id12: &str, ep12: &str, container_ip: Ipv4Addr, p: &PublishedPort) -> Rule<'static> {
+/// One rule per published port: a DNAT from the host port (nat), or on a routed
+/// network an accept of the container's own address and port.
+fn port_rule(
+    id12: &str,
+    ep12: &str,
+    container_ip: Ipv4Addr,
+    p: &PublishedPort,
+    routed: bool,
+) -> Rule<'static> {
+    if routed {
+        let expr = vec![
+            matches(
+                payload("ip", "daddr"),
+                Operator::EQ,
+                s(container_ip.to_string()),
+            ),
+            matches(
+                payload(p.proto.as_str(), "dport"),
+                Operator::EQ,
+                Expression::Number(u32::from(p.container_port)),
+            ),
+            accept(),
+        ];
+        return rule(&dnat_chain(id12), expr, Some(endpoint_tag(ep12)));
+    }
     let mut expr = Vec::new();
     if let Some(ip) = p.host_ip {
         expr.push(matches(
@@ -776,7 +880,8 @@ fn port_rule(id12: &str, ep12: &str, container_ip: Ipv4Addr, p: &PublishedPort) 
     rule(&dnat_chain(id12), expr, Some(endpoint_tag(ep12)))
 }
 
-/// Replaces endpoint `ep12`'s published ports with `ports`.
+/// Replaces endpoint `ep12`'s published ports with `ports` (the network's kind read
+/// from `state`: see [`TableState::is_routed`]).
 pub fn ports_batch(
     id12: &str,
     ep12: &str,
@@ -784,13 +889,18 @@ pub fn ports_batch(
     ports: &[PublishedPort],
     state: &TableState,
 ) -> Nftables<'static> {
+    let routed = state.is_routed(id12);
     let mut out: Vec<NfObject<'static>> =
         state.endpoint_rules(id12, ep12).map(delete_rule).collect();
-    out.extend(
-        ports
-            .iter()
-            .map(|p| add(NfListObject::Rule(port_rule(id12, ep12, container_ip, p)))),
-    );
+    out.extend(ports.iter().map(|p| {
+        add(NfListObject::Rule(port_rule(
+            id12,
+            ep12,
+            container_ip,
+            p,
+            routed,
+        )))
+    }));
     batch(out)
 }
 
@@ -815,6 +925,27 @@ fn stale_endpoints_batch(
         .map(delete_rule)
         .collect();
     (!out.is_empty()).then(|| batch(out))
+}
+
+/// What `-p` means on a routed network (as Docker's `gateway_mode_ipv4=routed`): each
+/// container port of the mappings, reachable at the container's own address; host
+/// addresses and ports are ignored.
+pub fn routed_ports(mappings: &[PortMapping]) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = Vec::new();
+    for m in mappings {
+        for port in m.container_ports.start()..=m.container_ports.end() {
+            let p = PublishedPort {
+                proto: m.proto,
+                host_ip: None,
+                host_port: port,
+                container_port: port,
+            };
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 // ---- running nft ------------------------------------------------------------------
@@ -957,9 +1088,6 @@ impl NftFirewall {
         container_ip: Ipv4Addr,
         ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError> {
-        for p in ports {
-            p.validate()?;
-        }
         let state = list_table()?;
         if !state.chains.contains(&dnat_chain(id12)) {
             return Err(FirewallError::UnknownNetwork {
@@ -967,9 +1095,23 @@ impl NftFirewall {
                 table: TABLE.to_string(),
             });
         }
+        if state.is_routed(id12) {
+            // The container's own ports at its own address: no host port to choose or
+            // to clash over.
+            let direct = routed_ports(ports);
+            apply(
+                &ports_batch(id12, ep12, container_ip, &direct, &state),
+                &format!("open ports of endpoint {ep12} on routed network {id12}"),
+            )?;
+            return Ok(direct);
+        }
+        for p in ports {
+            p.validate()?;
+        }
         let (mine, others): (Vec<FoundPort>, Vec<FoundPort>) = state
             .published()
             .into_iter()
+            .filter(|f| !f.routed)
             .partition(|f| f.network == id12 && f.endpoint == ep12);
         let taken: Vec<Taken> = others
             .into_iter()
@@ -1145,6 +1287,7 @@ impl Firewall for NftFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::PortRange;
     use serde_json::{json, Value};
 
     const NET_ID: &str = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
@@ -1156,6 +1299,7 @@ mod tests {
             subnet: "10.231.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 1, 1),
             internal: false,
+            routed: false,
             masquerade_ports: None,
         }
     }
@@ -1248,6 +1392,19 @@ mod tests {
         let json = serde_json::to_string(&batch(objects)).unwrap();
         let listing: Nftables<'static> = serde_json::from_str(&json).unwrap();
         TableState::from_listing(&listing)
+    }
+
+    /// The forward chain rules of [`net`]'s batch `b`, after checking that the batch
+    /// sends nothing to `postrouting` or `published` (no masquerade, no DNAT).
+    fn untranslated_forward(b: &Nftables<'_>) -> Vec<(String, Option<String>, Value)> {
+        let rules = added_rules(b);
+        assert!(rules
+            .iter()
+            .all(|r| r.0 != "postrouting" && r.0 != "published"));
+        rules
+            .into_iter()
+            .filter(|r| r.0 == "nw-3f2a9c1d4e5b-fwd")
+            .collect()
     }
 
     #[test]
@@ -1381,13 +1538,7 @@ mod tests {
         assert!(rules
             .iter()
             .all(|r| !r.0.ends_with("-snat") && !r.0.ends_with("-dnat")));
-        assert!(rules
-            .iter()
-            .all(|r| r.0 != "postrouting" && r.0 != "published"));
-        let fwd: Vec<_> = rules
-            .iter()
-            .filter(|r| r.0 == "nw-3f2a9c1d4e5b-fwd")
-            .collect();
+        let fwd = untranslated_forward(&b);
         assert_eq!(fwd.len(), 3);
         assert!(fwd[1..].iter().all(|r| r.2[1] == json!({"drop": null})));
         let text = to_json(&b).to_string();
@@ -1474,6 +1625,7 @@ mod tests {
             subnet: "10.231.2.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 231, 2, 1),
             internal: false,
+            routed: false,
             masquerade_ports: None,
         };
         let state = listing_after(&[
@@ -1540,6 +1692,82 @@ mod tests {
         assert!(stale_endpoints_batch("3f2a9c1d4e5b", &keep, &state).is_none());
         let b = stale_endpoints_batch("3f2a9c1d4e5b", &BTreeSet::new(), &state).unwrap();
         assert_eq!(b.objects.len(), 2);
+    }
+
+    #[test]
+    fn routed_networks_translate_nothing_and_open_only_published_ports() {
+        let routed = NatNetwork {
+            routed: true,
+            ..net()
+        };
+        let b = network_batch(&routed, &TableState::default()).unwrap();
+        let text = to_json(&b).to_string();
+        assert!(
+            !text.contains("masquerade") && !text.contains("{\"dnat\""),
+            "{text}"
+        );
+        let fwd: Vec<_> = untranslated_forward(&b)
+            .into_iter()
+            .map(|r| r.1.unwrap_or_default())
+            .collect();
+        assert_eq!(
+            fwd,
+            [
+                "",
+                "isolation from other nat networks",
+                "",
+                "routed: ICMP reaches the containers",
+                "routed: the published container ports",
+                "nothing else enters the network",
+            ]
+        );
+
+        // `-p 8080:80 -p 53-54/udp -p 9090:80`: the container's own ports, the host
+        // ports ignored, each port opened once.
+        let mapping = |proto, host: Option<u16>, (lo, hi)| PortMapping {
+            proto,
+            host_ip: None,
+            host_ports: host.and_then(PortRange::single),
+            container_ports: PortRange::new(lo, hi).unwrap(),
+        };
+        let mappings = [
+            mapping(Proto::Tcp, Some(8080), (80, 80)),
+            mapping(Proto::Udp, None, (53, 54)),
+            mapping(Proto::Tcp, Some(9090), (80, 80)),
+        ];
+        let direct = routed_ports(&mappings);
+        assert_eq!(
+            direct
+                .iter()
+                .map(|p| (p.host_ip, p.host_port, p.container_port))
+                .collect::<Vec<_>>(),
+            [(None, 80, 80), (None, 53, 53), (None, 54, 54)]
+        );
+        let state = listing_after(&[b]);
+        assert!(state.is_routed("3f2a9c1d4e5b"));
+        let ports = publish_on_net(&direct, &state);
+        assert_eq!(
+            added_rules(&ports)[0].2,
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.231.1.2"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+                {"accept": null}
+            ])
+        );
+        // Read back: the container's ports, no host port claimed.
+        let found = listing_after(&[
+            network_batch(&routed, &TableState::default()).unwrap(),
+            ports,
+        ])
+        .published();
+        assert_eq!(found.len(), 3);
+        assert!(found
+            .iter()
+            .all(|f| f.routed && f.container_ip == Ipv4Addr::new(10, 231, 1, 2)));
+        assert_eq!(found[0].port, direct[0]);
+
+        let nat = listing_after(&[network_batch(&net(), &TableState::default()).unwrap()]);
+        assert!(!nat.is_routed("3f2a9c1d4e5b"));
     }
 
     #[test]

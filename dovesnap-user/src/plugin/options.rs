@@ -108,7 +108,7 @@ pub const MAX_MTU: u32 = 9216;
 /// The largest OpenFlow port number a port may ask for (`OFPP_MAX` is 0xff00).
 pub const MAX_OFPORT: u32 = 0xfeff;
 
-const EXPECTED_MODE: &str = "one of flat, nat, nat-fast, overlay";
+const EXPECTED_MODE: &str = "one of flat, nat, nat-fast, routed, overlay";
 const EXPECTED_SWITCH: &str =
     "an OVN logical switch name: 1 to 63 characters from A-Z a-z 0-9 _ . -";
 const EXPECTED_NB: &str = "an OVSDB remote: tcp:HOST:PORT or unix:PATH";
@@ -208,6 +208,10 @@ pub enum Mode {
     Nat,
     /// As [`Mode::Nat`], with the translation done by the XDP/AF_XDP fast path.
     NatFast,
+    /// The host routes for the network without translating: containers leave with
+    /// their own addresses, and the far side reaches them through a route to the
+    /// subnet via the host (Docker's `gateway_mode_ipv4=routed`).
+    Routed,
     /// One L2 network across hosts: an OVN logical switch, containers on the
     /// integration bridge; internal (no way out) in this version.
     Overlay,
@@ -219,6 +223,7 @@ impl Mode {
             Mode::Flat => "flat",
             Mode::Nat => "nat",
             Mode::NatFast => "nat-fast",
+            Mode::Routed => "routed",
             Mode::Overlay => "overlay",
         }
     }
@@ -228,12 +233,19 @@ impl Mode {
         matches!(self, Mode::Nat | Mode::NatFast)
     }
 
+    /// Whether the host is the network's gateway: the gateway address on the bridge,
+    /// forwarding, and the firewall's rules (nat, nat-fast and routed).
+    pub fn has_gateway(self) -> bool {
+        self.is_nat() || self == Mode::Routed
+    }
+
     /// Parses a mode given under `key` (the error names that key).
     fn parse_for(key: &str, value: &str) -> Result<Mode, OptionsError> {
         match value.to_ascii_lowercase().as_str() {
             "flat" => Ok(Mode::Flat),
             "nat" => Ok(Mode::Nat),
             "nat-fast" => Ok(Mode::NatFast),
+            "routed" => Ok(Mode::Routed),
             "overlay" => Ok(Mode::Overlay),
             _ => Err(invalid(key, value, EXPECTED_MODE)),
         }
@@ -249,7 +261,7 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = OptionsError;
 
-    /// Parses `flat`, `nat`, `nat-fast` or `overlay` (ASCII case-insensitive).
+    /// Parses `flat`, `nat`, `nat-fast`, `routed` or `overlay` (ASCII case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Mode::parse_for(MODE, s)
     }
@@ -535,8 +547,8 @@ impl NetworkOptions {
             return Err(existing_with(
                 MODE,
                 self.mode.to_string(),
-                "only mode=flat attaches to an existing bridge (nat and nat-fast would put \
-                 the gateway address and rules on the administrator's bridge)",
+                "only mode=flat attaches to an existing bridge (nat, nat-fast and routed would \
+                 put the gateway address and rules on the administrator's bridge)",
             ));
         }
         let map = self.to_string_map();
@@ -612,10 +624,11 @@ impl NetworkOptions {
 pub const UNDERLAY_MTU: u32 = 1500;
 
 impl NetworkOptions {
-    /// Tunnels stretch a flat network's L2 segment to other hosts; a nat network's
-    /// bridge holds its gateway address, which every host would then answer for.
+    /// Tunnels stretch a flat network's L2 segment to other hosts; a nat or routed
+    /// network's bridge holds its gateway address, which every host would then answer
+    /// for.
     fn check_tunnels(&self) -> Result<(), OptionsError> {
-        if self.tunnels.is_empty() || !self.mode.is_nat() {
+        if self.tunnels.is_empty() || !self.mode.has_gateway() {
             return Ok(());
         }
         Err(OptionsError::Invalid {
@@ -623,7 +636,7 @@ impl NetworkOptions {
             value: self.to_string_map()[BRIDGE_TUNNELS].clone(),
             expected: format!(
                 "nothing with mode={}: tunnels join flat networks across hosts, and each \
-                 host's nat bridge would answer for the same gateway address",
+                 host's bridge would answer for the same gateway address",
                 self.mode
             ),
         })
@@ -1177,6 +1190,7 @@ mod tests {
             ("flat", Mode::Flat),
             ("nat", Mode::Nat),
             ("nat-fast", Mode::NatFast),
+            ("routed", Mode::Routed),
         ] {
             assert_eq!(s.parse::<Mode>().unwrap(), m);
             assert_eq!(m.to_string(), s);
@@ -1185,17 +1199,20 @@ mod tests {
         }
         assert_eq!("NAT".parse::<Mode>().unwrap(), Mode::Nat);
         assert!(Mode::NatFast.is_nat() && Mode::Nat.is_nat() && !Mode::Flat.is_nat());
+        assert!(!Mode::Routed.is_nat() && Mode::Routed.has_gateway());
+        assert!(Mode::Nat.has_gateway() && !Mode::Flat.has_gateway());
+        assert!(!Mode::Overlay.has_gateway());
     }
 
     #[test]
     fn bad_mode_names_key_value_and_choices() {
         assert_eq!(
             err(MODE, "bridge"),
-            r#"invalid mode "bridge": expected one of flat, nat, nat-fast, overlay"#
+            r#"invalid mode "bridge": expected one of flat, nat, nat-fast, routed, overlay"#
         );
         assert_eq!(
             err(BRIDGE_MODE, ""),
-            r#"invalid ovs.bridge.mode "": expected one of flat, nat, nat-fast, overlay"#
+            r#"invalid ovs.bridge.mode "": expected one of flat, nat, nat-fast, routed, overlay"#
         );
         assert!(err(MODE, "natfast").contains("nat-fast"));
     }
@@ -1847,7 +1864,7 @@ mod tests {
         assert!(err(BRIDGE_TUNNELS, &many.join(",")).contains("at most 64 tunnels, not 65"));
 
         // Only flat networks on bridges of dovesnap's own.
-        for mode in ["nat", "nat-fast"] {
+        for mode in ["nat", "nat-fast", "routed"] {
             let e = parse(&[(MODE, mode), (BRIDGE_TUNNELS, "vxlan:192.0.2.1")])
                 .unwrap_err()
                 .to_string();
