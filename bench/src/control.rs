@@ -345,3 +345,35 @@ pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
     drop(clean);
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_row_leads_and_every_network_is_its_own() {
+        assert_eq!(
+            NETWORKS[0].name, REFERENCE,
+            "Docker's bridge is the first row"
+        );
+        let rows = data_path_networks();
+        assert_eq!(rows, ["docker-bridge", "ovs-nat", "ovs-nat-fast"]);
+        // Only nat-fast tunes the far end; the reference runs kernel defaults.
+        for net in NETWORKS {
+            let tuned = net.far_end.is_some_and(|f| f != KERNEL_DEFAULTS);
+            assert_eq!(tuned, net.name == "ovs-nat-fast", "{}", net.name);
+        }
+        let mut subnets: Vec<&str> = NETWORKS
+            .iter()
+            .filter_map(|n| {
+                n.create
+                    .iter()
+                    .position(|a| *a == "--subnet")
+                    .map(|i| n.create[i + 1])
+            })
+            .collect();
+        subnets.sort_unstable();
+        subnets.dedup();
+        assert_eq!(subnets.len(), NETWORKS.len(), "one subnet per network");
+    }
+}

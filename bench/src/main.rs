@@ -1,8 +1,10 @@
 //! `dovesnap-bench`: the benchmark binary behind `cargo xtask bench`.
 //!
-//! `dovesnap-bench run [--quick]` builds the namespaces, measures every path and
-//! workload, and writes `target/bench/report.json` and `target/bench/chart.svg`; the
-//! other subcommands are the load tools it runs inside the namespaces.
+//! `dovesnap-bench run [--quick]` measures containers on each network through dockerd
+//! (Docker's bridge the reference), then builds the namespaces and measures every path
+//! and workload, and writes `target/bench/report.json`, `chart.svg` and
+//! `chart-containers.svg`; the other subcommands are the load tools it runs inside the
+//! namespaces and containers.
 
 mod chart;
 mod control;
@@ -23,7 +25,10 @@ use dovesnap_bench::traffic;
 static ALLOC: dovesnap_testbed::alloc::CountingAlloc = dovesnap_testbed::alloc::CountingAlloc;
 
 #[derive(Parser)]
-#[command(name = "dovesnap-bench", about = "nat-fast against the kernel path")]
+#[command(
+    name = "dovesnap-bench",
+    about = "dovesnap's networks against Docker's bridge and the kernel path"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -33,13 +38,13 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark (as root): namespaces, every path, every workload.
     Run {
-        /// Fewer and shorter runs (under five minutes); for CI's smoke test.
+        /// Fewer and shorter runs (about six minutes); for CI's smoke test.
         #[arg(long)]
         quick: bool,
         /// Where report.json and chart.svg go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
-        /// Only these paths (comma-separated), e.g. kernel-nat,nat-fast.
+        /// Only these namespace paths (comma-separated), e.g. kernel-nat,nat-fast.
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
         /// Skip the in-process translator microbenchmark.
