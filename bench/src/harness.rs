@@ -365,11 +365,14 @@ pub fn offloads(place: &Place, ifname: &str) -> Result<String> {
     Ok(format!("{ifname}: {}", summarize_offloads(&out)))
 }
 
-/// The offloads that shape the figures, from `ethtool -k` output.
+/// The offloads that shape the figures, from `ethtool -k` output. TSO is the IPv4 TCP
+/// feature itself (`tx-tcp-segmentation`): the `tcp-segmentation-offload` summary line
+/// stays `on` while any TCP variant is (e.g. `tx-tcp-accecn-segmentation`, which does
+/// not need a checksum offload).
 pub fn summarize_offloads(ethtool_k: &str) -> String {
     [
         ("tx-checksum-ip-generic", "tx-csum"),
-        ("tcp-segmentation-offload", "tso"),
+        ("tx-tcp-segmentation", "tso"),
         ("generic-receive-offload", "gro"),
     ]
     .iter()
@@ -933,10 +936,12 @@ mod tests {
 
     #[test]
     fn offload_summary_from_ethtool() {
-        let out = "Features for c0:\nrx-checksumming: on\ntx-checksumming: off\n\
+        let out = "Features for c0:\nrx-checksumming: on\ntx-checksumming: on\n\
                    \ttx-checksum-ipv4: off [fixed]\n\ttx-checksum-ip-generic: off\n\
-                   tcp-segmentation-offload: off\n\ttx-tcp-segmentation: off [requested on]\n\
-                   generic-receive-offload: on\n";
+                   \ttx-checksum-sctp: on\ntcp-segmentation-offload: on\n\
+                   \ttx-tcp-segmentation: off [requested on]\n\
+                   \ttx-tcp6-segmentation: off [requested on]\n\
+                   \ttx-tcp-accecn-segmentation: on\ngeneric-receive-offload: on\n";
         assert_eq!(summarize_offloads(out), "tx-csum off, tso off, gro on");
         assert_eq!(summarize_offloads(""), "tx-csum ?, tso ?, gro ?");
     }
