@@ -829,12 +829,19 @@ pub fn measure_path(plan: Plan, ends: &Ends, with_udp: bool) -> Result<PathRuns>
         let v = client("crr-client", CRR_PORT, &[])?;
         r.crr_per_s.push(v["per_second"].as_f64().unwrap_or(0.0));
         let last = |v: &Vec<f64>| v.last().copied().unwrap_or(f64::NAN);
+        let udp = if with_udp {
+            format!(
+                "udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, ",
+                last(&r.udp[0].pps),
+                last(&r.udp[0].loss) * 100.0,
+                last(&r.udp[1].pps),
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "    run {}: udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, tcp up {:.2} / 4 streams {:.2} / down {:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
+            "    run {}: {udp}tcp up {:.2} / 4 streams {:.2} / down {:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
             run + 1,
-            last(&r.udp[0].pps),
-            last(&r.udp[0].loss) * 100.0,
-            last(&r.udp[1].pps),
             last(&r.tcp1_gbps),
             last(&r.tcp4_gbps),
             last(&r.tcp1_down_gbps),
