@@ -1,6 +1,7 @@
 //! An SVG bar chart of the data-path results: one group per workload, one bar per path,
-//! each bar the path's median relative to the kernel nat path (1.0 = as fast as the
-//! kernel; for latency and CPU per packet, lower is better and the axis says so).
+//! each bar the path's median relative to a base path (the kernel nat path in the
+//! namespace section, Docker's bridge in the container section; 1.0 = as fast as the
+//! base; for latency and CPU per packet, lower is better and the axis says so).
 
 use std::fmt::Write as _;
 
@@ -11,21 +12,25 @@ const DRAWN: &[(&str, &str, bool)] = &[
     ("udp-64B-pps", "UDP 64B pps", true),
     ("udp-64B-cpu-per-packet", "CPU ns/packet", false),
     ("tcp-1-stream", "TCP 1 stream", true),
+    ("tcp-1-stream-download", "TCP download", true),
     ("tcp-4-streams", "TCP 4 streams", true),
     ("tcp-rr-p50", "RR p50 latency", false),
     ("tcp-rr-p99", "RR p99 latency", false),
     ("tcp-crr", "new conns/s", true),
 ];
 
-const COLORS: &[&str] = &["#9e9e9e", "#cfcfcf", "#1f77b4", "#8fbbe0", "#d62728"];
+const COLORS: &[&str] = &[
+    "#9e9e9e", "#616161", "#cfcfcf", "#1f77b4", "#0b3d66", "#8fbbe0", "#d62728", "#f2a0a1",
+];
 
-/// The chart for `records` over `paths` (in legend order).
-pub fn svg(records: &[Record], paths: &[&str], title: &str) -> String {
+/// The chart for `records` over `paths` (in legend order), relative to `base`, of the
+/// workloads named `{prefix}{workload}`.
+pub fn svg(records: &[Record], paths: &[&str], base: &str, prefix: &str, title: &str) -> String {
     let group_w = 40.0 + 22.0 * paths.len() as f64;
     let (left, top, plot_h) = (50.0, 50.0, 260.0);
     let width = left + group_w * DRAWN.len() as f64 + 20.0;
     let height = top + plot_h + 120.0;
-    // Ratios to kernel-nat, capped for drawing.
+    // Ratios to the base path, capped for drawing.
     let max_ratio = 3.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -40,7 +45,8 @@ pub fn svg(records: &[Record], paths: &[&str], title: &str) -> String {
     );
     let _ = writeln!(
         out,
-        r#"<text x="{left}" y="36">median of each path relative to kernel-nat (= 1.0); labels are the medians</text>"#
+        r#"<text x="{left}" y="36">median of each path relative to {} (= 1.0); labels are the medians</text>"#,
+        escape(base)
     );
     let y_of = |ratio: f64| top + plot_h - (ratio.min(max_ratio) / max_ratio) * plot_h;
     for tick in [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0] {
@@ -55,19 +61,20 @@ pub fn svg(records: &[Record], paths: &[&str], title: &str) -> String {
         );
     }
     for (gi, (workload, label, higher_better)) in DRAWN.iter().enumerate() {
+        let workload = format!("{prefix}{workload}");
         let gx = left + group_w * gi as f64 + 20.0;
-        let base = records
+        let base_value = records
             .iter()
-            .find(|r| r.workload == *workload && r.path == "kernel-nat")
+            .find(|r| r.workload == workload && r.path == base)
             .map(|r| r.value);
         for (pi, path) in paths.iter().enumerate() {
             let Some(r) = records
                 .iter()
-                .find(|r| r.workload == *workload && r.path == *path)
+                .find(|r| r.workload == workload && r.path == *path)
             else {
                 continue;
             };
-            let ratio = match base {
+            let ratio = match base_value {
                 Some(b) if b > 0.0 && r.value.is_finite() => r.value / b,
                 _ => continue,
             };
@@ -151,13 +158,35 @@ mod tests {
             Record::from_runs("udp-64B-pps", "kernel-nat", "packets/s", &[1e6]),
             Record::from_runs("udp-64B-pps", "nat-fast", "packets/s", &[1.5e6]),
         ];
-        let s = svg(&recs, &["kernel-nat", "nat-fast"], "t");
+        let s = svg(&recs, &["kernel-nat", "nat-fast"], "kernel-nat", "", "t");
         assert!(s.starts_with("<svg"));
         assert!(s.contains("1.50M") && s.contains("1.00M"));
         assert_eq!(
             s.matches("<rect x=").count(),
             2 + 2,
             "two bars, two legend boxes"
+        );
+        let recs = vec![
+            Record::from_runs(
+                "container-tcp-crr",
+                "docker-bridge",
+                "connections/s",
+                &[10.0],
+            ),
+            Record::from_runs("container-tcp-crr", "ovs-nat-fast", "connections/s", &[5.0]),
+            Record::from_runs("tcp-crr", "ovs-nat-fast", "connections/s", &[7.0]),
+        ];
+        let s = svg(
+            &recs,
+            &["docker-bridge", "ovs-nat-fast"],
+            "docker-bridge",
+            "container-",
+            "t",
+        );
+        assert!(s.contains("relative to docker-bridge"));
+        assert!(
+            s.contains("ovs-nat-fast: 5.00") && !s.contains("7.00"),
+            "{s}"
         );
     }
 }

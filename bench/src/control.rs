@@ -4,14 +4,17 @@
 //! bench` starts) and runs its own `dovesnap daemon` (the release binary beside this
 //! one). Runs in the host's namespace, before the data-path part.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use dovesnap_bench::report::Record;
+use dovesnap_bench::report::{ratios_to, Record};
 use dovesnap_testbed::cmd::sh;
+
+use crate::harness::{offload_note, set_offloads, Ends, Place, Plan, KERNEL_DEFAULTS, NIC_LIKE};
 
 const IMAGE: &str = "dovesnap-busybox:bench";
 const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
@@ -127,50 +130,79 @@ impl Drop for Cleanup {
 /// The far side of the control-plane part's uplink, for the data-path workloads
 /// through real containers: a namespace holding `dsbup1` (10.241.9.2) and the servers.
 const DFAR_NS: &str = "dsb-dfar";
-const DFAR_IP: &str = "10.241.9.2";
+const DFAR_IF: &str = "dsbup1";
+const DFAR_IP: Ipv4Addr = Ipv4Addr::new(10, 241, 9, 2);
 
-/// Runs a bench tool inside the network namespace of a container (its init's pid) and
-/// parses the JSON line it prints.
-fn tool_in_container(pid: &str, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new("nsenter")
-        .args(["-t", pid, "-n"])
-        .arg(crate::harness::self_exe())
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "bench tool {args:?} in container {pid} failed: {}",
-            out.status
-        );
-    }
-    crate::harness::tool_result(&out.stdout)
+/// One network of the container section: a row of the report. A new row is one entry
+/// in [`NETWORKS`].
+struct Network {
+    /// The path name in the report; the docker network is `dsb-{name}`.
+    name: &'static str,
+    /// `docker network create` arguments (before the name).
+    create: &'static [&'static str],
+    /// `ethtool -K dsbup1 ...` (the far end) while this network's data path is
+    /// measured; `None`: no data-path workloads (the network reaches nothing outside).
+    far_end: Option<&'static [&'static str]>,
 }
 
-/// TCP stream, request/response and connection rate from a real container on each
-/// network to the far namespace, through that network's NAT.
-fn container_data_path(nets: &[&str], runs: usize, seconds: f64) -> Result<Vec<Record>> {
-    let secs = format!("{seconds}");
-    let mut servers = Vec::new();
-    for (tool, port) in [
-        ("stream-server", "5301"),
-        ("rr-server", "5302"),
-        ("crr-server", "5303"),
-    ] {
-        servers.push(KillOnDrop(
-            Command::new("ip")
-                .args(["netns", "exec", DFAR_NS])
-                .arg(crate::harness::self_exe())
-                .args([tool, "--port", port])
-                .stdout(Stdio::null())
-                .spawn()?,
-        ));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+/// The reference row: Docker's own bridge driver.
+pub const REFERENCE: &str = "docker-bridge";
+
+/// The rows of the container section's data-path workloads, in report order.
+pub fn data_path_networks() -> Vec<&'static str> {
+    NETWORKS
+        .iter()
+        .filter(|n| n.far_end.is_some())
+        .map(|n| n.name)
+        .collect()
+}
+
+const NETWORKS: &[Network] = &[
+    Network {
+        name: REFERENCE,
+        create: &["-d", "bridge", "--subnet", "10.241.1.0/24"],
+        far_end: Some(KERNEL_DEFAULTS),
+    },
+    Network {
+        name: "ovs-flat",
+        create: &["-d", "ovs", "--subnet", "10.241.2.0/24"],
+        far_end: None,
+    },
+    Network {
+        name: "ovs-nat",
+        create: &["-d", "ovs", "-o", "mode=nat", "--subnet", "10.241.3.0/24"],
+        far_end: Some(KERNEL_DEFAULTS),
+    },
+    Network {
+        name: "ovs-nat-fast",
+        create: &[
+            "-d",
+            "ovs",
+            "-o",
+            "mode=nat-fast",
+            "-o",
+            "ovs.nat.uplink=dsbup0",
+            "--subnet",
+            "10.241.4.0/24",
+        ],
+        // The far end stands in for a NIC: it takes XDP-redirected frames (GRO gives a
+        // veth the NAPI queues that needs) and sends complete checksums.
+        far_end: Some(NIC_LIKE),
+    },
+];
+
+/// Every data-path workload from a real container on each network (with a data path) to
+/// the far namespace, through that network's NAT; records named `container-*`, each
+/// noting the offloads in force on the container's eth0 and the far end.
+fn container_data_path(plan: Plan) -> Result<Vec<Record>> {
     let mut records = Vec::new();
-    for name in nets {
-        let net = format!("dsb-{name}");
-        let c = format!("dsb-dp-{name}");
+    let far = Place::netns(DFAR_NS);
+    for net in NETWORKS {
+        let Some(far_end) = net.far_end else {
+            continue;
+        };
+        eprintln!("bench: container data path {}", net.name);
+        let c = format!("dsb-dp-{}", net.name);
         let _ = docker(&["rm", "-f", &c]);
         docker(&[
             "run",
@@ -178,76 +210,34 @@ fn container_data_path(nets: &[&str], runs: usize, seconds: f64) -> Result<Vec<R
             "--name",
             &c,
             "--network",
-            &net,
+            &format!("dsb-{}", net.name),
             IMAGE,
             "sleep",
             "3600",
         ])?;
         let _guard = RemoveContainer(c.clone());
         let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c])?;
-        let (mut gbps, mut p50, mut p99, mut crr) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..runs {
-            let v = tool_in_container(
-                &pid,
-                &[
-                    "stream-client",
-                    "--dst",
-                    DFAR_IP,
-                    "--port",
-                    "5301",
-                    "--seconds",
-                    &secs,
-                ],
-            )?;
-            gbps.push(v["gbps"].as_f64().unwrap_or(0.0));
-            let v = tool_in_container(
-                &pid,
-                &[
-                    "rr-client",
-                    "--dst",
-                    DFAR_IP,
-                    "--port",
-                    "5302",
-                    "--seconds",
-                    &secs,
-                ],
-            )?;
-            p50.push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
-            p99.push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
-            let v = tool_in_container(
-                &pid,
-                &[
-                    "crr-client",
-                    "--dst",
-                    DFAR_IP,
-                    "--port",
-                    "5303",
-                    "--seconds",
-                    &secs,
-                ],
-            )?;
-            crr.push(v["per_second"].as_f64().unwrap_or(0.0));
+        let sender = Place::Container { pid };
+        set_offloads(&far, DFAR_IF, far_end)?;
+        let offloads = format!(
+            "from a docker container to a far namespace behind a veth uplink; {}",
+            offload_note(&sender, "eth0", &far, DFAR_IF, far_end)
+        );
+        eprintln!("    {offloads}");
+        let ends = Ends {
+            sender,
+            far_ns: DFAR_NS,
+            far_if: DFAR_IF,
+            far_ip: DFAR_IP,
+        };
+        let runs = crate::harness::measure_path(plan, &ends, true)?;
+        for mut r in crate::harness::records("container-", net.name, &runs) {
+            r.add_note(&offloads);
+            records.push(r);
         }
-        let note = "from a docker container to a far namespace behind a veth uplink";
-        records.push(
-            Record::from_runs("container-tcp-1-stream", name, "Gbit/s", &gbps).with_note(note),
-        );
-        records.push(Record::from_runs("container-tcp-rr-p50", name, "us", &p50).with_note(note));
-        records.push(Record::from_runs("container-tcp-rr-p99", name, "us", &p99).with_note(note));
-        records.push(
-            Record::from_runs("container-tcp-crr", name, "connections/s", &crr).with_note(note),
-        );
     }
+    set_offloads(&far, DFAR_IF, KERNEL_DEFAULTS)?;
     Ok(records)
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct RemoveContainer(String);
@@ -258,8 +248,9 @@ impl Drop for RemoveContainer {
     }
 }
 
-/// Runs the control-plane workloads; `runs` samples each.
-pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
+/// Runs the control-plane workloads (`runs` samples each), then the data-path workloads
+/// through containers (`plan`); every non-reference record gets `ratio_to_bridge`.
+pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
     docker(&["version", "--format", "{{.Server.Version}}"])
         .context("dockerd is not reachable (cargo xtask bench starts it)")?;
     ensure_image()?;
@@ -293,42 +284,13 @@ pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
             "netns", "exec", DFAR_NS, "ip", "link", "set", "dsbup1", "up",
         ],
         vec!["netns", "exec", DFAR_NS, "ip", "link", "set", "lo", "up"],
-        // The far end stands in for a NIC: it takes XDP-redirected frames (GRO gives a
-        // veth the NAPI queues that needs) and sends complete checksums.
-        vec![
-            "netns", "exec", DFAR_NS, "ethtool", "-K", "dsbup1", "gro", "on", "tx", "off",
-        ],
     ] {
         if !Command::new("ip").args(&args).status()?.success() {
             bail!("ip {} failed", args.join(" "));
         }
     }
-    let nets: [(&str, Vec<&str>); 4] = [
-        (
-            "docker-bridge",
-            vec!["-d", "bridge", "--subnet", "10.241.1.0/24"],
-        ),
-        ("ovs-flat", vec!["-d", "ovs", "--subnet", "10.241.2.0/24"]),
-        (
-            "ovs-nat",
-            vec!["-d", "ovs", "-o", "mode=nat", "--subnet", "10.241.3.0/24"],
-        ),
-        (
-            "ovs-nat-fast",
-            vec![
-                "-d",
-                "ovs",
-                "-o",
-                "mode=nat-fast",
-                "-o",
-                "ovs.nat.uplink=dsbup0",
-                "--subnet",
-                "10.241.4.0/24",
-            ],
-        ),
-    ];
-    for (name, args) in &nets {
-        clean.network(&format!("dsb-{name}"), args)?;
+    for net in NETWORKS {
+        clean.network(&format!("dsb-{}", net.name), net.create)?;
     }
     // A container to connect and disconnect, living on a network of its own.
     let home = "dsb-home";
@@ -349,7 +311,7 @@ pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
     clean.containers.push(idle.into());
 
     let mut records = Vec::new();
-    for (name, _) in &nets {
+    for Network { name, .. } in NETWORKS {
         let net = format!("dsb-{name}");
         let mut run_ms = Vec::new();
         let mut join_ms = Vec::new();
@@ -372,26 +334,46 @@ pub fn run(runs: usize, seconds: f64) -> Result<Vec<Record>> {
                 .with_note("docker network disconnect: leave + delete endpoint"),
         );
     }
-    records.extend(container_data_path(
-        &["docker-bridge", "ovs-nat", "ovs-nat-fast"],
-        runs.min(5),
-        seconds,
-    )?);
-    // Ratios against Docker's own bridge driver.
-    let base: Vec<(String, f64)> = records
-        .iter()
-        .filter(|r| r.path == "docker-bridge")
-        .map(|r| (r.workload.clone(), r.value))
-        .collect();
-    for r in records.iter_mut().filter(|r| r.path != "docker-bridge") {
-        if let Some((_, b)) = base.iter().find(|(w, _)| *w == r.workload) {
-            let n = format!("{:.2}x Docker's bridge driver", r.value / b);
-            r.note = Some(match r.note.take() {
-                Some(x) => format!("{x}; {n}"),
-                None => n,
-            });
-        }
+    records.extend(container_data_path(Plan {
+        runs: plan.runs.min(runs),
+        ..plan
+    })?);
+    let ratios = ratios_to(&records, REFERENCE);
+    for (r, ratio) in records.iter_mut().zip(ratios) {
+        r.ratio_to_bridge = ratio;
     }
     drop(clean);
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_row_leads_and_every_network_is_its_own() {
+        assert_eq!(
+            NETWORKS[0].name, REFERENCE,
+            "Docker's bridge is the first row"
+        );
+        let rows = data_path_networks();
+        assert_eq!(rows, ["docker-bridge", "ovs-nat", "ovs-nat-fast"]);
+        // Only nat-fast tunes the far end; the reference runs kernel defaults.
+        for net in NETWORKS {
+            let tuned = net.far_end.is_some_and(|f| f != KERNEL_DEFAULTS);
+            assert_eq!(tuned, net.name == "ovs-nat-fast", "{}", net.name);
+        }
+        let mut subnets: Vec<&str> = NETWORKS
+            .iter()
+            .filter_map(|n| {
+                n.create
+                    .iter()
+                    .position(|a| *a == "--subnet")
+                    .map(|i| n.create[i + 1])
+            })
+            .collect();
+        subnets.sort_unstable();
+        subnets.dedup();
+        assert_eq!(subnets.len(), NETWORKS.len(), "one subnet per network");
+    }
 }

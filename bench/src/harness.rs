@@ -12,11 +12,14 @@
 //! live there. Load generators and servers run in `dsb-c` and `dsb-f` as subcommands of
 //! this binary (`ip netns exec`).
 //!
-//! Paths, all over the same interfaces:
-//! - `routing`: plain forwarding, no NAT (the ceiling); `routing+xdp` with an XDP_PASS
-//!   program on h0 and u0 (which turns TSO off on their peers);
+//! Paths, all over the same interfaces (one [`NsPath`] entry each in [`PATHS`]):
+//! - `routing`: plain forwarding, no NAT; `routing+xdp` with an XDP_PASS program on h0
+//!   and u0 (which turns TSO off on their peers); `routing-tso` with the container end
+//!   at kernel defaults (TX checksum offload and TSO on, as in a container on Docker's
+//!   bridge): the true ceiling for TCP;
 //! - `kernel-nat`: this project's nat mode (nftables masquerade), `kernel-nat+xdp` the
-//!   same with the XDP_PASS program attached;
+//!   same with the XDP_PASS program attached, `kernel-nat-tso` with the container end
+//!   at kernel defaults (Docker's bridge's NAT, on the same veths);
 //! - `nat-fast`: XDP steering + AF_XDP translator, established sessions offloaded to
 //!   XDP (rewritten and redirected in the kernel; the kernel nat rules present, as in
 //!   production, but unused by steered traffic); `nat-fast-no-offload`: every packet
@@ -24,8 +27,12 @@
 //!
 //! Both veth pairs have two queues, and the container's transmit queue `i` is used by
 //! CPU `i` (XPS), so one generator per CPU feeds one receive queue each (the
-//! two-generator UDP round). The far end has GRO on (NAPI: it accepts XDP-redirected
-//! frames, as a NIC would) and sends complete checksums, as the container does.
+//! two-generator UDP round). Offloads are set per path ([`NsPath::container_end`],
+//! [`NsPath::far_end`]) and read back into every record's note: the container end has
+//! TX checksum offload off and GRO on as dovesnap sets them (kernel defaults in the
+//! `-tso` paths); the far end runs kernel defaults except for nat-fast, where it has
+//! GRO on (NAPI: it accepts XDP-redirected frames, as a NIC would) and sends complete
+//! checksums (as a NIC's receive path delivers them).
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -41,7 +48,7 @@ use dovesnap::fastpath::xdp::XdpProgram;
 use dovesnap::fastpath::{EndpointSpec, FastPath, UplinkSpec};
 use dovesnap::firewall::{Firewall, NatNetwork, NftFirewall};
 use dovesnap::host::addr::Ipv4Net;
-use dovesnap_bench::report::Record;
+use dovesnap_bench::report::{ratios_to, Record};
 use dovesnap_testbed::cmd::{in_ns, in_ns_line, sh_line, veth_pair};
 
 pub const NS_C: &str = "dsb-c";
@@ -114,12 +121,6 @@ impl Topology {
         in_ns_line(NS_C, &format!("ip route add default via {GW_IP}"))?;
         in_ns_line(NS_F, &format!("ip route add 10.240.1.0/24 via {UPLINK_IP}"))?;
         in_ns_line(NS_H, "sysctl -qw net.ipv4.ip_forward=1")?;
-        // As dovesnap does for containers' veth ends: complete checksums from the
-        // container, so the translator never needs to finish a partial one.
-        // As dovesnap does for containers with offload: GRO on (set while up) makes c0
-        // a target of XDP redirects from h0.
-        in_ns_line(NS_C, "ethtool -K c0 tx-checksum-ip-generic off gro on")?;
-        in_ns_line(NS_F, "ethtool -K f0 gro on tx off")?;
         // Static neighbours: no ARP in the measured window.
         let mac = |ns: &str, dev: &str| -> Result<String> {
             let out = in_ns(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
@@ -225,33 +226,189 @@ fn rx_queues(name: &str) -> Result<u32> {
         .max(1))
 }
 
-/// The names of the paths, in report order.
-pub const PATHS: &[&str] = &[
-    "routing",
-    "routing+xdp",
-    "kernel-nat",
-    "kernel-nat+xdp",
-    "nat-fast",
-    "nat-fast-no-offload",
+/// What a namespace-section path installs in `dsb-h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Routing,
+    RoutingXdp,
+    KernelNat,
+    KernelNatXdp,
+    NatFast { offload: bool },
+}
+
+/// One path of the namespace section: a row of the report.
+#[derive(Clone, Copy, Debug)]
+pub struct NsPath {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// `ethtool -K c0 ...` while this path is measured.
+    pub container_end: &'static [&'static str],
+    /// `ethtool -K f0 ...` while this path is measured.
+    pub far_end: &'static [&'static str],
+    /// Whether the small-packet UDP rounds run (the `-tso` baselines skip them: the
+    /// generator writes whole frames, which offloads do not touch).
+    pub udp: bool,
+}
+
+/// As dovesnap sets a container's veth end: complete checksums (so a translator never
+/// finishes a partial one) and GRO on (set while up, it makes the veth a target of XDP
+/// redirects from its peer).
+const DOVESNAP_END: &[&str] = &["tx-checksum-ip-generic", "off", "gro", "on"];
+/// A fresh veth's features, what a container on Docker's bridge runs with.
+pub const KERNEL_DEFAULTS: &[&str] = &["tx-checksum-ip-generic", "on", "tso", "on", "gro", "off"];
+/// A far end standing in for a NIC, for nat-fast: GRO on (NAPI queues, so XDP redirects
+/// into its peer are accepted) and complete checksums on what it sends. See
+/// [`far_end_note`] for what each setting is needed for.
+pub const NIC_LIKE: &[&str] = &["gro", "on", "tx-checksum-ip-generic", "off"];
+
+/// Why a far end is tuned, for the records' notes; `None` at kernel defaults.
+pub fn far_end_note(far_end: &[&str]) -> Option<&'static str> {
+    (far_end != KERNEL_DEFAULTS).then_some(
+        "far end tuned as a NIC stands in: GRO on (a veth takes XDP redirects into its peer \
+         only then; at defaults nat-fast's upload fell to about 0 Gbit/s) and tx-csum off \
+         (a NIC delivers complete checksums; with the veth's partial ones nat-fast's download \
+         fell to about 0.3 Gbit/s)",
+    )
+}
+/// The paths, in report order. A new path is one entry here (and a [`Kind`] if it
+/// installs something new).
+pub const PATHS: &[NsPath] = &[
+    NsPath {
+        name: "routing",
+        kind: Kind::Routing,
+        container_end: DOVESNAP_END,
+        far_end: KERNEL_DEFAULTS,
+        udp: true,
+    },
+    NsPath {
+        name: "routing-tso",
+        kind: Kind::Routing,
+        container_end: KERNEL_DEFAULTS,
+        far_end: KERNEL_DEFAULTS,
+        udp: false,
+    },
+    NsPath {
+        name: "routing+xdp",
+        kind: Kind::RoutingXdp,
+        container_end: DOVESNAP_END,
+        far_end: KERNEL_DEFAULTS,
+        udp: true,
+    },
+    NsPath {
+        name: "kernel-nat",
+        kind: Kind::KernelNat,
+        container_end: DOVESNAP_END,
+        far_end: KERNEL_DEFAULTS,
+        udp: true,
+    },
+    NsPath {
+        name: "kernel-nat-tso",
+        kind: Kind::KernelNat,
+        container_end: KERNEL_DEFAULTS,
+        far_end: KERNEL_DEFAULTS,
+        udp: false,
+    },
+    NsPath {
+        name: "kernel-nat+xdp",
+        kind: Kind::KernelNatXdp,
+        container_end: DOVESNAP_END,
+        far_end: KERNEL_DEFAULTS,
+        udp: true,
+    },
+    NsPath {
+        name: "nat-fast",
+        kind: Kind::NatFast { offload: true },
+        container_end: DOVESNAP_END,
+        far_end: NIC_LIKE,
+        udp: true,
+    },
+    NsPath {
+        name: "nat-fast-no-offload",
+        kind: Kind::NatFast { offload: false },
+        container_end: DOVESNAP_END,
+        far_end: NIC_LIKE,
+        udp: true,
+    },
 ];
 
+/// `ethtool -K IF ARGS` where `place` says.
+pub fn set_offloads(place: &Place, ifname: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["-K", ifname];
+    full.extend_from_slice(args);
+    place.run("ethtool", &full).map(drop)
+}
+
+/// `offloads: container IF: ...; far IF: ...` and why the far end is tuned, if it is.
+pub fn offload_note(
+    container: &Place,
+    container_if: &str,
+    far: &Place,
+    far_if: &str,
+    far_end: &[&str],
+) -> String {
+    let read = |place: &Place, ifname: &str| {
+        offloads(place, ifname).unwrap_or_else(|e| format!("{ifname}: {e:#}"))
+    };
+    let mut note = format!(
+        "offloads: container {}; far {}",
+        read(container, container_if),
+        read(far, far_if)
+    );
+    if let Some(why) = far_end_note(far_end) {
+        note = format!("{note}; {why}");
+    }
+    note
+}
+
+/// `IF: tx-csum on, tso on, gro off` as `ethtool -k IF` where `place` says shows them.
+pub fn offloads(place: &Place, ifname: &str) -> Result<String> {
+    let out = place.run("ethtool", &["-k", ifname])?;
+    Ok(format!("{ifname}: {}", summarize_offloads(&out)))
+}
+
+/// The offloads that shape the figures, from `ethtool -k` output. TSO is the IPv4 TCP
+/// feature itself (`tx-tcp-segmentation`): the `tcp-segmentation-offload` summary line
+/// stays `on` while any TCP variant is (e.g. `tx-tcp-accecn-segmentation`, which does
+/// not need a checksum offload).
+pub fn summarize_offloads(ethtool_k: &str) -> String {
+    [
+        ("tx-checksum-ip-generic", "tx-csum"),
+        ("tx-tcp-segmentation", "tso"),
+        ("generic-receive-offload", "gro"),
+    ]
+    .iter()
+    .map(|(feature, short)| {
+        let state = ethtool_k
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(feature)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?");
+        format!("{short} {state}")
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 impl PathState {
-    /// Installs `path` (run inside `dsb-h`, on the tokio runtime for nat-fast).
-    pub fn install(path: &str) -> Result<PathState> {
-        Ok(match path {
-            "routing" => PathState::Routing,
-            "routing+xdp" => PathState::RoutingXdp(passive_xdp()?),
-            "kernel-nat" => {
+    /// Installs `path` (run inside `dsb-h`, on the tokio runtime for nat-fast), with
+    /// its offload settings on the container and far ends.
+    pub fn install(path: &NsPath) -> Result<PathState> {
+        set_offloads(&Place::netns(NS_C), "c0", path.container_end)?;
+        set_offloads(&Place::netns(NS_F), "f0", path.far_end)?;
+        Ok(match path.kind {
+            Kind::Routing => PathState::Routing,
+            Kind::RoutingXdp => PathState::RoutingXdp(passive_xdp()?),
+            Kind::KernelNat => {
                 let fw = NftFirewall::new();
                 fw.add_network(&nat_network(None))?;
                 PathState::KernelNat(fw)
             }
-            "kernel-nat+xdp" => {
+            Kind::KernelNatXdp => {
                 let fw = NftFirewall::new();
                 fw.add_network(&nat_network(None))?;
                 PathState::KernelNatXdp(fw, passive_xdp()?)
             }
-            "nat-fast" | "nat-fast-no-offload" => {
+            Kind::NatFast { offload } => {
                 let fw = NftFirewall::new();
                 fw.add_network(&nat_network(Some(
                     dovesnap::fastpath::KERNEL_MASQUERADE_PORTS,
@@ -276,14 +433,25 @@ impl PathState {
                     gateway_mac: mac_of("h0")?,
                     bridge_ifindex: ifindex("h0")?,
                     subnet: Ipv4Net::new(Ipv4Addr::new(10, 240, 1, 0), 24).expect("valid"),
-                    offload: path == "nat-fast",
+                    offload,
                     adopt: false,
                 };
                 fp.add_endpoint(&ep, &uplink)?;
                 PathState::NatFast(fw, Box::new(fp))
             }
-            other => bail!("unknown path {other}"),
         })
+    }
+
+    /// The offloads in force on `path`, for the records' notes (read after `install`:
+    /// an XDP program on a veth changes its peer's features).
+    pub fn offload_note(path: &NsPath) -> String {
+        offload_note(
+            &Place::netns(NS_C),
+            "c0",
+            &Place::netns(NS_F),
+            "f0",
+            path.far_end,
+        )
     }
 
     /// Removes what `install` put in place.
@@ -341,18 +509,61 @@ pub fn self_exe() -> PathBuf {
     std::env::current_exe().expect("current exe")
 }
 
-fn tool(ns: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(self_exe()).args(args);
-    c
+/// Where a tool runs: a named network namespace, or a container's (its init's pid).
+/// Both `ip netns exec` and `nsenter` exec the tool, so a child's pid is the tool's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Netns(String),
+    Container { pid: String },
 }
 
-/// Starts a long-running tool (a server) in `ns`; killed on drop.
+impl Place {
+    pub fn netns(name: &str) -> Place {
+        Place::Netns(name.to_string())
+    }
+
+    /// `program args` in this place's network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut c = match self {
+            Place::Netns(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                c
+            }
+            Place::Container { pid } => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", pid, "-n"]);
+                c
+            }
+        };
+        c.arg(program).args(args);
+        c
+    }
+
+    /// Runs `program args` here to completion; its stdout, or an error with its stderr.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = self.command(program, args).output()?;
+        if !out.status.success() {
+            bail!(
+                "{program} {} in {self:?} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn tool(place: &Place, args: &[&str]) -> Command {
+    place.command(self_exe(), args)
+}
+
+/// Starts a long-running tool (a server) in `place`; killed on drop.
 pub struct Bg(Child);
 
 impl Bg {
-    pub fn start(ns: &str, args: &[&str]) -> Result<Bg> {
-        let child = tool(ns, args)
+    pub fn start(place: &Place, args: &[&str]) -> Result<Bg> {
+        let child = tool(place, args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -380,18 +591,18 @@ pub fn tool_result(stdout: &[u8]) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// Runs a tool to completion in `ns` and parses its one-line JSON result.
-pub fn run_tool(ns: &str, args: &[&str]) -> Result<Value> {
-    let out = tool(ns, args).stderr(Stdio::inherit()).output()?;
+/// Runs a tool to completion in `place` and parses its one-line JSON result.
+pub fn run_tool(place: &Place, args: &[&str]) -> Result<Value> {
+    let out = tool(place, args).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
-        bail!("bench tool {args:?} in {ns} failed: {}", out.status);
+        bail!("bench tool {args:?} in {place:?} failed: {}", out.status);
     }
     tool_result(&out.stdout)
 }
 
 /// A spawned tool whose JSON result is read when it ends.
-pub fn spawn_tool(ns: &str, args: &[&str]) -> Result<Child> {
-    Ok(tool(ns, args)
+pub fn spawn_tool(place: &Place, args: &[&str]) -> Result<Child> {
+    Ok(tool(place, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?)
@@ -399,6 +610,40 @@ pub fn spawn_tool(ns: &str, args: &[&str]) -> Result<Child> {
 
 pub fn wait_tool(child: Child) -> Result<Value> {
     tool_result(&child.wait_with_output()?.stdout)
+}
+
+/// Ends a spawned tool early with SIGTERM (the sink still prints its result) and reads
+/// its result.
+fn stop_tool(child: Child) -> Result<Value> {
+    // SAFETY: kill(2) on our own child's pid (not yet reaped: `child` is unwaited).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_tool(child)
+}
+
+/// The two ends of a measured path: the sender (container) and the far namespace with
+/// its servers and sink.
+#[derive(Clone, Debug)]
+pub struct Ends {
+    pub sender: Place,
+    pub far_ns: &'static str,
+    pub far_if: &'static str,
+    pub far_ip: Ipv4Addr,
+}
+
+impl Ends {
+    /// The namespace section's ends: `dsb-c` to `dsb-f`.
+    pub fn namespaces() -> Ends {
+        Ends {
+            sender: Place::netns(NS_C),
+            far_ns: NS_F,
+            far_if: "f0",
+            far_ip: FAR_IP,
+        }
+    }
+
+    fn far(&self) -> Place {
+        Place::netns(self.far_ns)
+    }
 }
 
 /// One small-packet UDP round: an XDP drop sink on `sink_if` in `sink_ns`, `gens`
@@ -414,9 +659,10 @@ struct UdpRound {
     busy_seconds: f64,
 }
 
-fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpRound> {
+fn udp_round(plan: Plan, ends: &Ends, sink: (&Place, &str), gens: u16) -> Result<UdpRound> {
+    let (sink_place, sink_if) = sink;
     let per = 256 / gens;
-    let (far, flows) = (FAR_IP.to_string(), per.to_string());
+    let (far, flows) = (ends.far_ip.to_string(), per.to_string());
     let ports: Vec<String> = (0..gens)
         .map(|g| (UDP_PORT + g * per).to_string())
         .collect();
@@ -432,9 +678,9 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
             &flows,
         ]
     };
-    if sink_ns == NS_F {
+    if *sink_place == ends.far() {
         let echo = spawn_tool(
-            NS_F,
+            sink_place,
             &[
                 "udp-echo",
                 "--port",
@@ -449,13 +695,18 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
         for g in 0..gens {
             let mut args = flow_args("udp-warm", g);
             args.extend(["--cpu", "0"]);
-            run_tool(NS_C, &args)?;
+            run_tool(&ends.sender, &args)?;
         }
-        wait_tool(echo).ok();
+        // Every flow has been answered (or the warm-up gave up): no need to wait out
+        // the echo's window.
+        let mut echo = echo;
+        let _ = echo.kill();
+        let _ = echo.wait();
     }
-    let sink_secs = format!("{}", plan.seconds + 1.5);
+    // The sink's own limit is a safety net: it is stopped once the generators are done.
+    let sink_secs = format!("{}", plan.seconds + 5.0);
     let sink = spawn_tool(
-        sink_ns,
+        sink_place,
         &["sink", "--ifname", sink_if, "--seconds", &sink_secs],
     )?;
     std::thread::sleep(Duration::from_millis(500));
@@ -467,7 +718,7 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
             let cpu = g.to_string();
             let mut args = flow_args("udp-gen", g);
             args.extend(["--payload", "18", "--seconds", &run_secs, "--cpu", &cpu]);
-            spawn_tool(NS_C, &args)
+            spawn_tool(&ends.sender, &args)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut sent = 0.0;
@@ -479,7 +730,9 @@ fn udp_round(plan: Plan, sink_ns: &str, sink_if: &str, gens: u16) -> Result<UdpR
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let (busy1, _) = cpu_times();
-    let sunk = wait_tool(sink)?;
+    // Frames still in flight reach the sink within microseconds.
+    std::thread::sleep(Duration::from_millis(200));
+    let sunk = stop_tool(sink)?;
     Ok(UdpRound {
         sent,
         seconds: if seconds > 0.0 { seconds } else { elapsed },
@@ -502,6 +755,7 @@ pub struct PathRuns {
     /// With one generator (one CPU, one queue), then with two (two CPUs, two queues).
     pub udp: [UdpRuns; 2],
     pub tcp1_gbps: Vec<f64>,
+    pub tcp1_down_gbps: Vec<f64>,
     pub tcp4_gbps: Vec<f64>,
     pub rr_p50: Vec<f64>,
     pub rr_p99: Vec<f64>,
@@ -510,27 +764,43 @@ pub struct PathRuns {
 
 const UDP_PORT: u16 = 9000;
 const STREAM_PORT: u16 = 5201;
+const SOURCE_PORT: u16 = 5204;
 const RR_PORT: u16 = 5202;
 const CRR_PORT: u16 = 5203;
 
-/// Measures every workload on the installed path, `plan.runs` times.
-pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
+/// Measures every workload between `ends` on the installed path, `plan.runs` times;
+/// the small-packet UDP rounds only when `with_udp`.
+pub fn measure_path(plan: Plan, ends: &Ends, with_udp: bool) -> Result<PathRuns> {
     let secs = format!("{}", plan.seconds);
-    let far = FAR_IP.to_string();
+    let far = ends.far_ip.to_string();
+    let far_place = ends.far();
     let mut r = PathRuns::default();
-    let _stream = Bg::start(NS_F, &["stream-server", "--port", &STREAM_PORT.to_string()])?;
-    let _rr = Bg::start(NS_F, &["rr-server", "--port", &RR_PORT.to_string()])?;
-    let _crr = Bg::start(NS_F, &["crr-server", "--port", &CRR_PORT.to_string()])?;
+    let _servers = [
+        ("stream-server", STREAM_PORT),
+        ("source-server", SOURCE_PORT),
+        ("rr-server", RR_PORT),
+        ("crr-server", CRR_PORT),
+    ]
+    .into_iter()
+    .map(|(server, port)| Bg::start(&far_place, &[server, "--port", &port.to_string()]))
+    .collect::<Result<Vec<_>>>()?;
+    // `CLIENT --dst FAR --port PORT --seconds S` plus `more`, in the container.
+    let client = |name: &str, port: u16, more: &[&str]| -> Result<Value> {
+        let port = port.to_string();
+        let mut args = vec![name, "--dst", &far, "--port", &port, "--seconds", &secs];
+        args.extend_from_slice(more);
+        run_tool(&ends.sender, &args)
+    };
     for run in 0..plan.runs {
         // Small-packet UDP: one generator pinned to CPU 0, then two (CPUs 0 and 1), in
         // the container; XDP sink on the far side.
-        for (gens, udp) in (1..).zip(&mut r.udp) {
+        for (gens, udp) in (1..).zip(&mut r.udp).filter(|_| with_udp) {
             let UdpRound {
                 sent,
                 seconds,
                 frames,
                 busy_seconds,
-            } = udp_round(plan, NS_F, "f0", gens)?;
+            } = udp_round(plan, ends, (&far_place, ends.far_if), gens)?;
             udp.pps.push(frames / seconds);
             udp.loss.push(if sent > 0.0 {
                 (sent - frames).max(0.0) / sent
@@ -541,66 +811,44 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
                 udp.cpu_ns.push(busy_seconds * 1e9 / frames);
             }
         }
-        // TCP streams.
-        for (streams, out) in [("1", &mut r.tcp1_gbps), ("4", &mut r.tcp4_gbps)] {
-            let v = run_tool(
-                NS_C,
-                &[
-                    "stream-client",
-                    "--dst",
-                    &far,
-                    "--port",
-                    &STREAM_PORT.to_string(),
-                    "--streams",
-                    streams,
-                    "--seconds",
-                    &secs,
-                ],
-            )?;
-            out.push(v["gbps"].as_f64().unwrap_or(0.0));
-        }
+        // TCP streams: upload with one and four connections, download with one.
+        let gbps = |v: Value| v["gbps"].as_f64().unwrap_or(0.0);
+        r.tcp1_gbps
+            .push(gbps(client("stream-client", STREAM_PORT, &[])?));
+        r.tcp4_gbps.push(gbps(client(
+            "stream-client",
+            STREAM_PORT,
+            &["--streams", "4"],
+        )?));
+        r.tcp1_down_gbps
+            .push(gbps(client("stream-client", SOURCE_PORT, &["--download"])?));
         // Request/response latency.
-        let v = run_tool(
-            NS_C,
-            &[
-                "rr-client",
-                "--dst",
-                &far,
-                "--port",
-                &RR_PORT.to_string(),
-                "--seconds",
-                &secs,
-            ],
-        )?;
+        let v = client("rr-client", RR_PORT, &[])?;
         r.rr_p50.push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
         r.rr_p99.push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
         // New connections per second.
-        let v = run_tool(
-            NS_C,
-            &[
-                "crr-client",
-                "--dst",
-                &far,
-                "--port",
-                &CRR_PORT.to_string(),
-                "--seconds",
-                &secs,
-            ],
-        )?;
+        let v = client("crr-client", CRR_PORT, &[])?;
         r.crr_per_s.push(v["per_second"].as_f64().unwrap_or(0.0));
-        if !quiet {
-            eprintln!(
-                "    run {}: udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, tcp {:.2}/{:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
-                run + 1,
-                r.udp[0].pps.last().unwrap_or(&0.0),
-                r.udp[0].loss.last().unwrap_or(&0.0) * 100.0,
-                r.udp[1].pps.last().unwrap_or(&0.0),
-                r.tcp1_gbps.last().unwrap_or(&0.0),
-                r.tcp4_gbps.last().unwrap_or(&0.0),
-                r.rr_p50.last().unwrap_or(&0.0),
-                r.crr_per_s.last().unwrap_or(&0.0),
-            );
-        }
+        let last = |v: &Vec<f64>| v.last().copied().unwrap_or(f64::NAN);
+        let udp = if with_udp {
+            format!(
+                "udp {:.0} pps (loss {:.1}%), 2 CPUs {:.0} pps, ",
+                last(&r.udp[0].pps),
+                last(&r.udp[0].loss) * 100.0,
+                last(&r.udp[1].pps),
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "    run {}: {udp}tcp up {:.2} / 4 streams {:.2} / down {:.2} Gbit/s, rr p50 {:.1} us, crr {:.0}/s",
+            run + 1,
+            last(&r.tcp1_gbps),
+            last(&r.tcp4_gbps),
+            last(&r.tcp1_down_gbps),
+            last(&r.rr_p50),
+            last(&r.crr_per_s),
+        );
     }
     Ok(r)
 }
@@ -610,21 +858,21 @@ pub fn measure_path(plan: Plan, quiet: bool) -> Result<PathRuns> {
 pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
     let mut pps = Vec::new();
     for _ in 0..plan.runs {
-        let round = udp_round(plan, NS_H, "h0", 1)?;
+        let round = udp_round(plan, &Ends::namespaces(), (&Place::netns(NS_H), "h0"), 1)?;
         pps.push(round.frames / round.seconds);
     }
     Ok(pps)
 }
 
-/// Records for one path's runs.
-pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
+/// Records for one path's runs, workloads named `{prefix}{workload}`; workloads not
+/// measured (no runs) are left out.
+pub fn records(prefix: &str, path: &str, r: &PathRuns) -> Vec<Record> {
     const ONE_CPU: &str =
         "64-byte frames, 256 flows, one generator CPU, XDP drop sink on the far side";
-    const TWO_CPUS: &str =
-        "64-byte frames, 256 flows, two generators on CPUs 0 and 1 (one queue each)";
+    const TWO_CPUS: &str = "64-byte frames, 256 flows, two generators on CPUs 0 and 1";
     const CPU: &str = "CPU time the whole machine spent, divided by packets delivered";
     let cpu_ns = "ns CPU/packet";
-    let table: [(&str, &str, &Vec<f64>, Option<&str>); 11] = [
+    let table: [(&str, &str, &Vec<f64>, Option<&str>); 12] = [
         ("udp-64B-pps", "packets/s", &r.udp[0].pps, Some(ONE_CPU)),
         ("udp-64B-loss", "fraction", &r.udp[0].loss, None),
         (
@@ -646,16 +894,28 @@ pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
             &r.udp[1].cpu_ns,
             None,
         ),
-        ("tcp-1-stream", "Gbit/s", &r.tcp1_gbps, None),
-        ("tcp-4-streams", "Gbit/s", &r.tcp4_gbps, None),
+        (
+            "tcp-1-stream",
+            "Gbit/s",
+            &r.tcp1_gbps,
+            Some("upload: container to far"),
+        ),
+        (
+            "tcp-1-stream-download",
+            "Gbit/s",
+            &r.tcp1_down_gbps,
+            Some("download: far to container, on a connection the container opened"),
+        ),
+        ("tcp-4-streams", "Gbit/s", &r.tcp4_gbps, Some("upload")),
         ("tcp-rr-p50", "us", &r.rr_p50, None),
         ("tcp-rr-p99", "us", &r.rr_p99, None),
         ("tcp-crr", "connections/s", &r.crr_per_s, None),
     ];
     table
         .into_iter()
+        .filter(|(_, _, runs, _)| !runs.is_empty())
         .map(|(workload, unit, runs, note)| {
-            let record = Record::from_runs(workload, path, unit, runs);
+            let record = Record::from_runs(&format!("{prefix}{workload}"), path, unit, runs);
             match note {
                 Some(n) => record.with_note(n),
                 None => record,
@@ -668,35 +928,65 @@ pub fn records(path: &str, r: &PathRuns) -> Vec<Record> {
 /// workload; nat-fast also gets a note with its ratio to `kernel-nat+xdp` (the kernel
 /// path in the same XDP attachment state).
 pub fn add_ratios(records: &mut [Record]) {
-    let base: Vec<(String, f64)> = records
-        .iter()
-        .filter(|r| r.path == "kernel-nat")
-        .map(|r| (r.workload.clone(), r.value))
-        .collect();
-    let same_xdp: Vec<(String, f64)> = records
-        .iter()
-        .filter(|r| r.path == "kernel-nat+xdp")
-        .map(|r| (r.workload.clone(), r.value))
-        .collect();
-    for r in records.iter_mut() {
-        if r.path == "kernel-nat" {
-            continue;
+    let to_kernel = ratios_to(records, "kernel-nat");
+    let to_same_xdp = ratios_to(records, "kernel-nat+xdp");
+    for ((r, k), x) in records.iter_mut().zip(to_kernel).zip(to_same_xdp) {
+        r.ratio_to_kernel = k;
+        if let (true, Some(x)) = (r.path.starts_with("nat-fast"), x) {
+            r.add_note(&format!("ratio to kernel-nat+xdp: {x:.2}"));
         }
-        if let Some((_, b)) = base.iter().find(|(w, _)| *w == r.workload) {
-            if *b != 0.0 && b.is_finite() && r.value.is_finite() {
-                r.ratio_to_kernel = Some(r.value / b);
-            }
-        }
-        if r.path.starts_with("nat-fast") {
-            if let Some((_, b)) = same_xdp.iter().find(|(w, _)| *w == r.workload) {
-                if *b != 0.0 && b.is_finite() {
-                    let note = format!("ratio to kernel-nat+xdp: {:.2}", r.value / b);
-                    r.note = Some(match r.note.take() {
-                        Some(n) => format!("{n}; {note}"),
-                        None => note,
-                    });
-                }
-            }
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_summary_from_ethtool() {
+        let out = "Features for c0:\nrx-checksumming: on\ntx-checksumming: on\n\
+                   \ttx-checksum-ipv4: off [fixed]\n\ttx-checksum-ip-generic: off\n\
+                   \ttx-checksum-sctp: on\ntcp-segmentation-offload: on\n\
+                   \ttx-tcp-segmentation: off [requested on]\n\
+                   \ttx-tcp6-segmentation: off [requested on]\n\
+                   \ttx-tcp-accecn-segmentation: on\ngeneric-receive-offload: on\n";
+        assert_eq!(summarize_offloads(out), "tx-csum off, tso off, gro on");
+        assert_eq!(summarize_offloads(""), "tx-csum ?, tso ?, gro ?");
+    }
+
+    #[test]
+    fn every_path_has_a_unique_name_and_the_kernel_baseline_exists() {
+        let mut names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PATHS.len());
+        assert!(names.contains(&"kernel-nat") && names.contains(&"kernel-nat+xdp"));
+    }
+
+    #[test]
+    fn records_leave_out_what_was_not_measured_and_ratios_fill_in() {
+        let runs = PathRuns {
+            tcp1_gbps: vec![2.0, 4.0, 3.0],
+            ..Default::default()
+        };
+        let recs = records("container-", "x", &runs);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].workload, "container-tcp-1-stream");
+        assert_eq!((recs[0].value, recs[0].runs), (3.0, 3));
+
+        let rec = |p: &str, v: f64| Record::from_runs("tcp-1-stream", p, "Gbit/s", &[v]);
+        let mut all = vec![
+            rec("kernel-nat", 2.0),
+            rec("kernel-nat+xdp", 1.0),
+            rec("nat-fast", 4.0),
+        ];
+        add_ratios(&mut all);
+        assert_eq!(all[0].ratio_to_kernel, None);
+        assert_eq!(all[1].ratio_to_kernel, Some(0.5));
+        assert_eq!(all[2].ratio_to_kernel, Some(2.0));
+        assert_eq!(
+            all[2].note.as_deref(),
+            Some("ratio to kernel-nat+xdp: 4.00")
+        );
     }
 }

@@ -21,6 +21,10 @@ pub struct Record {
     /// XDP attachment state where that matters), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_kernel: Option<f64>,
+    /// Container section: `value` divided by Docker's own bridge driver's value
+    /// (`docker-bridge`, the reference row) for the same workload, same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_to_bridge: Option<f64>,
     /// Anything a reader needs to interpret the figure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -42,6 +46,7 @@ impl Record {
             median,
             max: v.last().copied().unwrap_or(f64::NAN),
             ratio_to_kernel: None,
+            ratio_to_bridge: None,
             note: None,
         }
     }
@@ -51,6 +56,33 @@ impl Record {
         self.note = Some(note.into());
         self
     }
+
+    /// Appends `more` to the note (`; `-separated).
+    pub fn add_note(&mut self, more: &str) {
+        self.note = Some(match self.note.take() {
+            Some(n) => format!("{n}; {more}"),
+            None => more.to_string(),
+        });
+    }
+}
+
+/// For each record, its value divided by the value of the `base` path's record for the
+/// same workload: `None` for the base path itself, for workloads the base path lacks,
+/// and where either value is not finite or the base is 0.
+pub fn ratios_to(records: &[Record], base: &str) -> Vec<Option<f64>> {
+    records
+        .iter()
+        .map(|r| {
+            if r.path == base || !r.value.is_finite() {
+                return None;
+            }
+            records
+                .iter()
+                .find(|b| b.path == base && b.workload == r.workload)
+                .filter(|b| b.value != 0.0 && b.value.is_finite())
+                .map(|b| r.value / b.value)
+        })
+        .collect()
 }
 
 fn median_sorted(v: &[f64]) -> f64 {
@@ -79,5 +111,41 @@ mod tests {
         assert_eq!(r.value, 2.0);
         assert_eq!(median(&[1.0, 2.0, 3.0, 10.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn ratios_to_the_base_path_of_the_same_workload() {
+        let rec = |w: &str, p: &str, v: f64| Record::from_runs(w, p, "u", &[v]);
+        let records = [
+            rec("tcp", "docker-bridge", 10.0),
+            rec("tcp", "ovs-nat-fast", 5.0),
+            rec("rr", "ovs-nat-fast", 3.0),
+            rec("rr", "docker-bridge", 0.0),
+            rec("crr", "docker-bridge", 4.0),
+            rec("crr", "ovs-nat", f64::NAN),
+            rec("udp", "ovs-nat", 7.0),
+        ];
+        assert_eq!(
+            ratios_to(&records, "docker-bridge"),
+            [None, Some(0.5), None, None, None, None, None],
+            "the base itself, a zero base, a NaN value and a missing base give none"
+        );
+        assert_eq!(ratios_to(&records, "absent"), [None; 7]);
+    }
+
+    #[test]
+    fn ratio_to_bridge_in_json_only_when_set() {
+        let mut r = Record::from_runs("w", "p", "u", &[1.0]);
+        assert!(!serde_json::to_string(&r)
+            .unwrap()
+            .contains("ratio_to_bridge"));
+        r.ratio_to_bridge = Some(0.5);
+        r.add_note("a");
+        r.add_note("b");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""ratio_to_bridge":0.5"#), "{json}");
+        assert_eq!(r.note.as_deref(), Some("a; b"));
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.ratio_to_bridge, Some(0.5));
     }
 }

@@ -8,6 +8,7 @@
 //! | `udp-gen`       | [`UdpGenResult`] `{"sent","seconds","errors","mode"}`           |
 //! | `sink`          | [`SinkResult`] `{"frames","bytes","passed","mode","seconds"}`   |
 //! | `stream-client` | [`StreamResult`] `{"bytes","sent","seconds","gbps","streams"}`  |
+//! | `stream-client --download` | [`StreamResult`] (bytes received; `sent` 0)          |
 //! | `rr-client`     | [`RrResult`] `{"transactions","p50_us","p99_us","mean_us",...}` |
 //! | `crr-client`    | [`CrrResult`] `{"connections","per_second","errors","seconds"}` |
 //! | `*-server`      | `{"listening":"ADDR:PORT"}` once bound; then serves until killed |
@@ -29,6 +30,9 @@
 //! - `stream-client` counts at the receiver: after the window each connection
 //!   half-closes, the server answers with the bytes it read (8 bytes, big-endian) and
 //!   closes; `seconds` runs until the last answer, so in-flight data is included.
+//! - `stream-client --download` is the other direction (server to client): `source-server` writes
+//!   [`STREAM_WRITE`]-byte buffers on each connection until the client goes away; the
+//!   client counts what it read from the common start until `seconds` pass.
 //! - `crr-client` aborts each connection with `SO_LINGER` 0 (an RST after reading the
 //!   response): no TIME_WAIT on either side, so the client's ephemeral ports never run
 //!   out whatever the rate. The NAT in between sees SYN, data, RST per connection.
@@ -163,6 +167,16 @@ pub enum Tool {
         streams: usize,
         #[arg(long, value_parser = parse_seconds)]
         seconds: Duration,
+        /// The other direction: read from a source-server (`bytes` is what was read,
+        /// `sent` 0).
+        #[arg(long)]
+        download: bool,
+    },
+    /// Bulk TCP sender to whoever connects, for `stream-client --download`; sends until
+    /// the client closes.
+    SourceServer {
+        #[command(flatten)]
+        at: Listen,
     },
     /// 1-byte echo server for rr-client.
     RrServer {
@@ -228,7 +242,15 @@ impl Tool {
                 to,
                 streams,
                 seconds,
+                download: false,
             } => print_json(&stream_client(to, streams, seconds)?),
+            Tool::StreamClient {
+                to,
+                streams,
+                seconds,
+                download: true,
+            } => print_json(&download_client(to, streams, seconds)?),
+            Tool::SourceServer { at } => serve(at, Handler::Source),
             Tool::RrServer { at } | Tool::CrrServer { at } => echo_server(at),
             Tool::RrClient {
                 to,
@@ -830,6 +852,8 @@ enum Handler {
     Stream,
     /// Answer every byte with one byte, until end of file or reset.
     Echo,
+    /// Write until the peer goes away (its close or reset ends the connection).
+    Source,
 }
 
 fn serve(at: Listen, handler: Handler) -> Result<()> {
@@ -895,6 +919,12 @@ fn handle(mut stream: TcpStream, handler: Handler) -> io::Result<()> {
             stream.write_all(&total.to_be_bytes())?;
             stream.shutdown(Shutdown::Write)
         }
+        Handler::Source => {
+            let buf = vec![0x5au8; STREAM_WRITE];
+            loop {
+                stream.write_all(&buf)?;
+            }
+        }
         Handler::Echo => {
             stream.set_nodelay(true)?;
             let mut byte = [0u8; 1];
@@ -942,6 +972,74 @@ pub struct StreamResult {
 /// Writes [`STREAM_WRITE`]-byte buffers on `streams` connections for `duration`; the
 /// result counts what the server read (see the module docs).
 pub fn stream_client(to: Peer, streams: usize, duration: Duration) -> Result<StreamResult> {
+    run_streams(to, streams, move |mut conn| {
+        let buf = vec![0xa5u8; STREAM_WRITE];
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            conn.write_all(&buf)?;
+            sent += buf.len() as u64;
+        }
+        conn.shutdown(Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        conn.read_exact(&mut count)?;
+        Ok(StreamRun {
+            bytes: u64::from_be_bytes(count),
+            sent,
+            started,
+            done: Instant::now(),
+        })
+    })
+}
+
+/// Reads on `streams` connections to a `source-server` for `duration` (the download
+/// direction); the result counts the bytes read, from the first stream's start to the
+/// last one's end (`sent` is 0).
+pub fn download_client(to: Peer, streams: usize, duration: Duration) -> Result<StreamResult> {
+    run_streams(to, streams, move |mut conn| {
+        let mut buf = vec![0u8; STREAM_WRITE];
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut bytes = 0u64;
+        while Instant::now() < deadline {
+            match conn.read(&mut buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source server closed early",
+                    ))
+                }
+                Ok(n) => bytes += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Closing with unread data resets the connection: the server's write fails and
+        // its worker moves on.
+        Ok(StreamRun {
+            bytes,
+            sent: 0,
+            started,
+            done: Instant::now(),
+        })
+    })
+}
+
+/// One connection's share of a stream or download run.
+struct StreamRun {
+    bytes: u64,
+    sent: u64,
+    started: Instant,
+    done: Instant,
+}
+
+/// Connects `streams` connections to `to`, runs `each` on every one in its own thread
+/// (all starting together) and sums their counts.
+fn run_streams<F>(to: Peer, streams: usize, each: F) -> Result<StreamResult>
+where
+    F: Fn(TcpStream) -> io::Result<StreamRun> + Clone + Send + 'static,
+{
     check_workers("--streams", streams)?;
     let addr = to.addr();
     let conns = (0..streams)
@@ -950,22 +1048,12 @@ pub fn stream_client(to: Peer, streams: usize, duration: Duration) -> Result<Str
     let barrier = Arc::new(Barrier::new(streams + 1));
     let threads: Vec<_> = conns
         .into_iter()
-        .map(|mut conn| {
+        .map(|conn| {
             let barrier = Arc::clone(&barrier);
-            thread::spawn(move || -> io::Result<(u64, u64, Instant, Instant)> {
-                let buf = vec![0xa5u8; STREAM_WRITE];
+            let each = each.clone();
+            thread::spawn(move || {
                 barrier.wait();
-                let started = Instant::now();
-                let deadline = started + duration;
-                let mut sent = 0u64;
-                while Instant::now() < deadline {
-                    conn.write_all(&buf)?;
-                    sent += buf.len() as u64;
-                }
-                conn.shutdown(Shutdown::Write)?;
-                let mut count = [0u8; 8];
-                conn.read_exact(&mut count)?;
-                Ok((u64::from_be_bytes(count), sent, started, Instant::now()))
+                each(conn)
             })
         })
         .collect();
@@ -974,25 +1062,22 @@ pub fn stream_client(to: Peer, streams: usize, duration: Duration) -> Result<Str
         streams,
         ..Default::default()
     };
-    // The window is the streams' own: from the first one's start (taken by the sending
+    // The window is the streams' own: from the first one's start (taken by the stream's
     // thread itself, so a late-scheduled coordinator cannot shorten it) to the last
-    // count received.
-    let mut start: Option<Instant> = None;
-    let mut end: Option<Instant> = None;
+    // one's end.
+    let mut window: Option<(Instant, Instant)> = None;
     for t in threads {
-        let (bytes, sent, started, done) = t
+        let run = t
             .join()
             .map_err(|_| anyhow::anyhow!("a stream thread panicked"))?
-            .with_context(|| format!("a stream to {addr} failed"))?;
-        result.bytes += bytes;
-        result.sent += sent;
-        start = Some(start.map_or(started, |s| s.min(started)));
-        end = Some(end.map_or(done, |e| e.max(done)));
+            .with_context(|| format!("a stream with {addr} failed"))?;
+        result.bytes += run.bytes;
+        result.sent += run.sent;
+        window = Some(window.map_or((run.started, run.done), |(s, e)| {
+            (s.min(run.started), e.max(run.done))
+        }));
     }
-    let (start, end) = (
-        start.context("no stream ran")?,
-        end.context("no stream ran")?,
-    );
+    let (start, end) = window.context("no stream ran")?;
     result.seconds = (end - start).as_secs_f64();
     result.gbps = result.bytes as f64 * 8.0 / result.seconds / 1e9;
     Ok(result)
@@ -1245,6 +1330,29 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            parse(&[
+                "stream-client",
+                "--dst",
+                "10.0.0.2",
+                "--port",
+                "5204",
+                "--seconds",
+                "1",
+                "--download"
+            ]),
+            Tool::StreamClient {
+                streams: 1,
+                download: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["source-server", "--port", "5204"]),
+            Tool::SourceServer {
+                at: Listen { port: 5204, .. }
+            }
+        ));
         assert_eq!(
             parse(&["sink", "--ifname", "f0", "--seconds", "3"]),
             Tool::Sink {
@@ -1382,6 +1490,14 @@ mod tests {
         let s = stream_client(local(stream), 2, short).expect("stream");
         assert!(s.bytes > 0 && s.bytes == s.sent, "{s:?}");
         assert!(s.gbps > 0.0 && s.seconds >= 0.2, "{s:?}");
+
+        let source = loopback_server(Handler::Source);
+        let d = download_client(local(source), 2, short).expect("download");
+        assert!(d.bytes > 0 && d.sent == 0 && d.streams == 2, "{d:?}");
+        assert!(d.gbps > 0.0 && d.seconds >= 0.2, "{d:?}");
+        // The server survives its clients going away: a second download works.
+        let again = download_client(local(source), 1, short).expect("download again");
+        assert!(again.bytes > 0, "{again:?}");
 
         let rr = rr_client(local(echo), short, Duration::from_millis(50)).expect("rr");
         assert!(rr.transactions > 100, "{rr:?}");

@@ -255,7 +255,8 @@ fn sink_counts_what_the_generator_sent() {
     drop(pair);
 }
 
-/// rr, crr and stream clients complete against their servers with sane figures.
+/// rr, crr and stream clients (both directions) complete against their servers with
+/// sane figures.
 #[test]
 #[ignore = "needs root: netns, veth, and the dovesnap-bench binary"]
 fn tcp_tools_complete() {
@@ -266,6 +267,7 @@ fn tcp_tools_complete() {
         ("stream-server", "5201"),
         ("rr-server", "5202"),
         ("crr-server", "5203"),
+        ("source-server", "5204"),
     ] {
         let mut server = Background::start(&pair.sink, &[tool, "--port", port]);
         server.wait_listening();
@@ -345,6 +347,25 @@ fn tcp_tools_complete() {
     );
     assert!(f64_of(&stream, "gbps") > 0.1, "{stream}");
     assert!(f64_of(&stream, "seconds") >= 1.0, "{stream}");
+
+    // The download direction: the far side sends, the client counts what it read.
+    let download = run_tool(
+        &pair.gen,
+        &[
+            "stream-client",
+            "--dst",
+            SINK_IP,
+            "--port",
+            "5204",
+            "--seconds",
+            "1",
+            "--download",
+        ],
+    );
+    eprintln!("download {download}");
+    assert!(u64_of(&download, "bytes") > 10 << 20, "{download}");
+    assert_eq!(u64_of(&download, "sent"), 0, "{download}");
+    assert!(f64_of(&download, "seconds") >= 1.0, "{download}");
 
     drop(servers);
     drop(pair);

@@ -8,7 +8,8 @@
 //! - `test`: set-up, then every test: unit, a short fuzz run of each fuzz target,
 //!   privileged integration, Docker end to end.
 //! - `bench`: set-up, release build, then the benchmark (`dovesnap-bench run`):
-//!   nat-fast against the kernel path, `target/bench/report.json` and `chart.svg`.
+//!   containers on each network against Docker's bridge, namespace paths against the
+//!   kernel, `target/bench/report.json`, `chart.svg` and `chart-containers.svg`.
 //! - `image`: set-up, then the `dovesnap:local` image of `packaging/` (`test` builds
 //!   it too, for the packaging test).
 //! - `teardown`: stops the services that `setup` started.
