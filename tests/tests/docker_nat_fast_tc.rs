@@ -118,6 +118,15 @@ fn patch_whole(port: &str, tc_end: &str, patch_end: &str) -> bool {
         && redirects(patch_end) == [tc_end.to_string()]
 }
 
+/// A temporary folder, removed on drop (also when an assertion fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).status.success()
 }
@@ -127,8 +136,9 @@ fn link_exists(name: &str) -> bool {
 fn split_endpoint_keeps_tso_and_carries_traffic() {
     let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     let mut far = Far::new("dtc", "10.237.100");
-    let dir = std::env::temp_dir().join(format!("dovesnap-tc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = TempDir(std::env::temp_dir().join(format!("dovesnap-tc-{}", std::process::id())));
+    let dir = &tmp.0;
+    std::fs::create_dir_all(dir).expect("temp dir");
     let blob = dir.join("blob").to_string_lossy().into_owned();
     sh(
         "sh",
@@ -207,6 +217,5 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
     for name in [&port, &tc_end, &patch_end] {
         assert!(!link_exists(name), "{name} left after docker network rm");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     drop(far);
 }
