@@ -72,6 +72,9 @@ pub struct NetworkStatus {
     /// `flat`, `nat`, `nat-fast`, `routed` or `overlay` (a string, so an older CLI can
     /// show a newer mode).
     pub mode: String,
+    /// nat-fast: `ovs.nat.engine`, `xdp` or `tc`; empty for other modes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub engine: String,
     /// The IPv4 subnet in CIDR form; empty if none.
     pub subnet: String,
     /// The IPv6 subnet (`--ipv6`, flat networks) in CIDR form.
@@ -124,6 +127,15 @@ pub trait StatusSource: Send + Sync + 'static {
 /// Docker's short form of an id.
 fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+/// The mode column: `nat-fast/tc` for the tc engine; the default engine goes unsaid,
+/// as before the option existed.
+fn mode_with_engine(n: &NetworkStatus) -> String {
+    match n.engine.as_str() {
+        "" | "xdp" => n.mode.clone(),
+        engine => format!("{}/{engine}", n.mode),
+    }
 }
 
 fn or_dash(s: &str) -> &str {
@@ -207,18 +219,20 @@ pub fn render_status_table(status: &Status) -> String {
                 .collect()
         })
         .collect();
-    for ((((n, published), subnet), addresses), bridge) in status
+    let modes: Vec<String> = status.networks.iter().map(mode_with_engine).collect();
+    for (((((n, published), subnet), addresses), bridge), mode) in status
         .networks
         .iter()
         .zip(&published)
         .zip(&subnets)
         .zip(&addresses)
         .zip(&bridges)
+        .zip(&modes)
     {
         net_rows.push(vec![
             short_id(&n.id),
             or_dash(bridge),
-            or_dash(&n.mode),
+            or_dash(mode),
             or_dash(&n.datapath_type),
             or_dash(subnet),
             or_dash(&n.gateway),
@@ -393,6 +407,7 @@ pub(crate) mod tests {
                     id: "3f2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a".into(),
                     bridge: "ovsbr-3f2a1".into(),
                     mode: "nat-fast".into(),
+                    engine: "xdp".into(),
                     subnet: "10.0.0.0/24".into(),
                     subnet_ipv6: String::new(),
                     gateway: "10.0.0.1".into(),
@@ -426,6 +441,7 @@ pub(crate) mod tests {
                     id: "abc".into(),
                     bridge: "br-flat".into(),
                     mode: "flat".into(),
+                    engine: String::new(),
                     subnet: String::new(),
                     subnet_ipv6: String::new(),
                     gateway: String::new(),
@@ -461,6 +477,14 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(s.networks[0].id, "n");
         assert_eq!(s.networks[0].bridge, "");
+    }
+
+    #[test]
+    fn the_mode_column_names_the_tc_engine_only() {
+        let mut status = sample();
+        assert!(!render_status_table(&status).contains("nat-fast/"));
+        status.networks[0].engine = "tc".into();
+        assert!(render_status_table(&status).contains(" nat-fast/tc "));
     }
 
     #[test]

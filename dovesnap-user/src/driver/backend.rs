@@ -134,6 +134,16 @@ pub trait Links: Send + Sync + 'static {
     fn enable_gro(&self, name: &str) -> Result<(), NetlinkError>;
     /// `net.ipv4.ip_forward=1`: nat networks route between their bridge and the uplink.
     fn enable_ip_forward(&self) -> Result<(), FirewallError>;
+    /// A tc patch: every frame `from` receives leaves through `to` (clsact, u32,
+    /// mirred; [`crate::host::tc`]).
+    fn patch(&self, from: &str, to: &str) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Removes every tc patch of `name` (its clsact qdisc); done if there is none.
+    fn delete_patch(&self, name: &str) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The ifindexes the ingress filters of `name` redirect to (`None`: no such link).
+    fn patch_targets(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u32>>, NetlinkError>> + Send;
 }
 
 /// A port the fast path publishes: (protocol, external port, container port).
@@ -263,6 +273,15 @@ impl Links for Netlink {
     }
     fn enable_ip_forward(&self) -> Result<(), FirewallError> {
         crate::firewall::enable_ip_forward()
+    }
+    async fn patch(&self, from: &str, to: &str) -> Nl<()> {
+        Netlink::patch(self, from, to).await
+    }
+    async fn delete_patch(&self, name: &str) -> Nl<()> {
+        Netlink::delete_patch(self, name).await
+    }
+    async fn patch_targets(&self, name: &str) -> Nl<Option<Vec<u32>>> {
+        Netlink::patch_targets(self, name).await
     }
 }
 

@@ -591,6 +591,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// overlay, of the integration bridge, bound to the endpoint's logical port). On
     /// failure nothing is left behind.
     async fn plumb_endpoint(&self, net: &Network, ep: &Endpoint, mac: Mac) -> DriverResult<()> {
+        if nat_fast::is_split(net) {
+            return self.plumb_split(net, ep, mac).await;
+        }
         // A leftover from a crash between veth and port creation is ours to replace.
         self.netlink.delete(&ep.host_ifname).await?;
         self.netlink
@@ -640,6 +643,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         }
         if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
             errors.push(e.to_string());
+        }
+        if nat_fast::is_split(net) {
+            if let Err(e) = self.delete_split_links(&ep).await {
+                errors.push(e.to_string());
+            }
         }
         if let Some(ov) = net.overlay() {
             let name = ovn::port_name(eid);
@@ -833,6 +841,10 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     id: n.id.clone(),
                     bridge: n.bridge.clone(),
                     mode: n.options.mode.to_string(),
+                    engine: match n.options.mode {
+                        Mode::NatFast => n.options.engine().to_string(),
+                        _ => String::new(),
+                    },
                     subnet: n.subnet_text(),
                     subnet_ipv6: n.ipam.subnet6.map(|s| s.to_string()).unwrap_or_default(),
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),

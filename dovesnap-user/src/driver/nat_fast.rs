@@ -1,8 +1,44 @@
 //! nat-fast mode: putting joined endpoints (and their published ports) on the XDP +
-//! AF_XDP fast path and taking them off, the uplink's checks, and the fast path's
-//! lifetime (started with the first nat-fast endpoint).
+//! AF_XDP fast path and taking them off, the uplink's checks, the fast path's
+//! lifetime (started with the first nat-fast endpoint), and the split endpoints of
+//! `ovs.nat.engine=tc` networks.
 
 use super::*;
+use crate::host::netlink::NetlinkError;
+use crate::plugin::options::NatEngine;
+
+/// Prefix of a split endpoint's container-side host end, the one tc programs will sit
+/// on (`ovs.nat.engine=tc`; never an OVS port).
+pub const TC_VETH_PREFIX: &str = "ovst";
+
+/// Prefix of the peer of a split endpoint's OVS port, the end the patch uses.
+pub const PATCH_VETH_PREFIX: &str = "ovsq";
+
+/// Whether the network's endpoints are split (`mode=nat-fast`, `ovs.nat.engine=tc`):
+///
+/// ```text
+/// container eth0 (ovsc<id>: TX csum, TSO on) <-> ovst<id>   (host; tc ingress: redirect to ovsq)
+/// ovsq<id> (TX csum off: GSO segmented here) <-> ovsv<id>   (the OVS port)
+///                                      ovsq<id> tc ingress: redirect to ovst
+/// ```
+///
+/// OVS's userspace datapath reads its ports through packet sockets, which see frames
+/// before tc does and cannot take TSO frames: the split keeps both away from the
+/// container's veth (docs/design/nat-fast-tc.md §2.1). The OVS port keeps the name
+/// every other endpoint's has, so records and ports are the same for both engines.
+pub(super) fn is_split(net: &Network) -> bool {
+    net.options.mode == Mode::NatFast && net.options.engine() == NatEngine::Tc
+}
+
+/// The names of a split endpoint's extra links: (the container's host end, the OVS
+/// port's peer).
+pub(super) fn split_names(ep: &Endpoint) -> (String, String) {
+    let id = &ep.id[..10];
+    (
+        format!("{TC_VETH_PREFIX}{id}"),
+        format!("{PATCH_VETH_PREFIX}{id}"),
+    )
+}
 
 pub(super) fn fast_proto(p: Proto) -> crate::translator::Protocol {
     match p {
@@ -166,7 +202,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         ep: &Endpoint,
         adopt: bool,
     ) {
-        if net.options.mode != Mode::NatFast || net.internal {
+        if net.options.mode != Mode::NatFast || net.internal || is_split(net) {
             return;
         }
         let specs = async {
@@ -203,6 +239,82 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 fp.set_kernel_path(&ep.host_ifname, e.to_string());
             });
         }
+    }
+
+    /// A split endpoint's links (see [`is_split`]): the container's pair, the OVS port's
+    /// pair and the patch between them, then the OVS port. On failure nothing is left
+    /// behind.
+    pub(super) async fn plumb_split(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        mac: Mac,
+    ) -> DriverResult<()> {
+        let (tc_end, _) = split_names(ep);
+        // Leftovers from a crash half way are ours to replace.
+        self.delete_split_links(ep).await?;
+        let made = async {
+            (self.netlink)
+                .create_veth(&tc_end, &ep.container_ifname, Some(mac.0), net.options.mtu)
+                .await?;
+            self.make_ovs_pair(net, ep).await
+        };
+        if let Err(e) = made.await {
+            let _ = self.delete_split_links(ep).await;
+            return Err(e.into());
+        }
+        if let Err(e) = self.ovs.add_port(&net.bridge, &port_spec(net, ep)).await {
+            let _ = self.delete_split_links(ep).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The OVS port's veth pair of a split endpoint whose container pair exists, and
+    /// the patch both ways. The OVS port's peer gets TX checksum offload off, so the
+    /// kernel segments and checksums what the container sent before OVS reads it.
+    pub(super) async fn make_ovs_pair(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> Result<(), NetlinkError> {
+        let (tc_end, patch_end) = split_names(ep);
+        self.netlink.delete(&ep.host_ifname).await?;
+        (self.netlink)
+            .create_veth(&ep.host_ifname, &patch_end, None, net.options.mtu)
+            .await?;
+        self.netlink.disable_tx_checksum(&patch_end)?;
+        self.netlink.set_up(&patch_end).await?;
+        // A filter left on the container's end would redirect to the old pair too.
+        self.netlink.delete_patch(&tc_end).await?;
+        self.netlink.patch(&tc_end, &patch_end).await?;
+        self.netlink.patch(&patch_end, &tc_end).await
+    }
+
+    /// Deletes a split endpoint's two veth pairs (the container's end with them, if it
+    /// is still in the host); what is already gone counts as done.
+    pub(super) async fn delete_split_links(&self, ep: &Endpoint) -> Result<(), NetlinkError> {
+        let (tc_end, _) = split_names(ep);
+        let container = self.netlink.delete(&tc_end).await;
+        self.netlink.delete(&ep.host_ifname).await?;
+        container.map(|_| ())
+    }
+
+    /// Whether the patch of a split endpoint is whole: each end redirects to the other
+    /// and nowhere else. `None` when a link is missing.
+    pub(super) async fn patch_is_whole(&self, ep: &Endpoint) -> Result<Option<bool>, NetlinkError> {
+        let (tc_end, patch_end) = split_names(ep);
+        let (Some(tc_index), Some(patch_index)) = (
+            self.netlink.index(&tc_end).await?,
+            self.netlink.index(&patch_end).await?,
+        ) else {
+            return Ok(None);
+        };
+        let out = self.netlink.patch_targets(&tc_end).await?;
+        let back = self.netlink.patch_targets(&patch_end).await?;
+        Ok(Some(
+            out == Some(vec![patch_index]) && back == Some(vec![tc_index]),
+        ))
     }
 
     /// nat-fast: the uplink named by `ovs.nat.uplink`, or the interface of the default

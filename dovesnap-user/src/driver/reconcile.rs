@@ -337,6 +337,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     ) {
         let mut remade = HashSet::new();
         for ep in net.endpoints.values() {
+            if super::nat_fast::is_split(net) && self.reconcile_split(net, ep, ports).await {
+                continue;
+            }
             match self.netlink.exists(&ep.host_ifname).await {
                 Ok(true) if !ports.contains(&ep.host_ifname) => {
                     if let Err(e) = self.ovs.add_port(&net.bridge, &port_spec(net, ep)).await {
@@ -406,7 +409,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 Err(e) => warn!(network = %net.id, "reconcile: cannot restore the gateway: {e}"),
             }
         }
-        if net.options.mode != Mode::NatFast || net.internal {
+        if net.options.mode != Mode::NatFast || net.internal || super::nat_fast::is_split(net) {
             return;
         }
         keep.insert(net.bridge.clone());
@@ -428,6 +431,63 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         }
     }
 
+    /// A split endpoint (`ovs.nat.engine=tc`) whose container pair is there: re-makes
+    /// its OVS port's pair (and port) or its patch when they are gone. Returns false
+    /// when the container pair itself is gone, which the common veth repair handles
+    /// (it re-makes the whole split).
+    async fn reconcile_split(&self, net: &Network, ep: &Endpoint, ports: &HashSet<String>) -> bool {
+        let (tc_end, _) = super::nat_fast::split_names(ep);
+        match self.netlink.exists(&tc_end).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Also when the OVS pair is there: the veth repair starts anew.
+                let _ = self.netlink.delete(&ep.host_ifname).await;
+                return false;
+            }
+            Err(e) => {
+                warn!(endpoint = %ep.id, "reconcile: {e}");
+                return true;
+            }
+        }
+        let repaired = match self.patch_is_whole(ep).await {
+            Ok(Some(true)) => None,
+            // The OVS port's pair is gone (one end deleted takes both).
+            Ok(None) => Some(("split", "the OVS port's veth pair was gone; re-made it")),
+            Ok(Some(false)) => Some(("patch", "the tc patch was not whole; re-made it")),
+            Err(e) => {
+                warn!(endpoint = %ep.id, "reconcile: {e}");
+                return true;
+            }
+        };
+        if let Some((what, message)) = repaired {
+            // Re-making the pair re-makes both filters too.
+            if let Err(e) = self.make_ovs_pair(net, ep).await {
+                warn!(endpoint = %ep.id, "reconcile: cannot re-make the split: {e}");
+                return true;
+            }
+            if ports.contains(&ep.host_ifname) {
+                if let Err(e) = self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
+                    warn!(endpoint = %ep.id, "reconcile: cannot replace the port: {e}");
+                    return true;
+                }
+            }
+            self.reconciler.count(what);
+            info!(network = %net.id, endpoint = %ep.id, port = %ep.host_ifname, "repaired: {message}");
+        } else if ports.contains(&ep.host_ifname) {
+            return true;
+        }
+        match self.ovs.add_port(&net.bridge, &port_spec(net, ep)).await {
+            Ok(()) if repaired.is_none() => {
+                self.reconciler.count("port");
+                info!(network = %net.id, endpoint = %ep.id, port = %ep.host_ifname,
+                      "repaired: the port was missing from the bridge; re-added it");
+            }
+            Ok(()) => {}
+            Err(e) => warn!(endpoint = %ep.id, "reconcile: cannot re-add the port: {e}"),
+        }
+        true
+    }
+
     /// Makes `ep`'s veth pair again, moves the container end into `sandbox` and
     /// configures it there, and re-creates the OVS port. Returns the container-side
     /// name.
@@ -446,14 +506,22 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .delete(&ep.container_ifname)
             .await
             .map_err(nl)?;
+        // A split endpoint's container pair ends in the tc end, not the OVS port.
+        let split = super::nat_fast::is_split(net);
+        let host_end = match split {
+            true => super::nat_fast::split_names(ep).0,
+            false => ep.host_ifname.clone(),
+        };
         self.netlink
-            .create_veth(&ep.host_ifname, &ep.container_ifname, mac, net.options.mtu)
+            .create_veth(&host_end, &ep.container_ifname, mac, net.options.mtu)
             .await
             .map_err(nl)?;
         let configured = async {
-            self.prepare_container_end(net, &ep.container_ifname)
-                .await
-                .map_err(nl)?;
+            if !split {
+                self.prepare_container_end(net, &ep.container_ifname)
+                    .await
+                    .map_err(nl)?;
+            }
             self.netlink
                 .move_to_netns(&ep.container_ifname, netns.as_raw_fd())
                 .await
@@ -470,10 +538,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let name = match configured.await {
             Ok(name) => name,
             Err(e) => {
-                let _ = self.netlink.delete(&ep.host_ifname).await;
+                let _ = self.netlink.delete(&host_end).await;
                 return Err(e);
             }
         };
+        if split {
+            self.make_ovs_pair(net, ep).await.map_err(nl)?;
+        }
         // A port row whose interface vanished is not re-opened by every datapath:
         // replace it, which makes ovs-vswitchd open the new interface.
         if ports.contains(&ep.host_ifname) {

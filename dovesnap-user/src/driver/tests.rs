@@ -41,6 +41,8 @@ struct FakeLink {
     mac: Option<[u8; 6]>,
     peer: Option<String>,
     addrs: Vec<Ipv4Addr>,
+    /// The links its tc patches redirect to (by ifindex).
+    patched_to: Vec<u32>,
 }
 
 impl Host {
@@ -57,6 +59,7 @@ impl Host {
             mac,
             peer: peer.map(str::to_string),
             addrs: Vec::new(),
+            patched_to: Vec::new(),
         };
         self.links.insert(name.to_string(), link);
         self.next_index
@@ -395,6 +398,31 @@ impl Links for FakeLinks {
     fn enable_ip_forward(&self) -> Result<(), FirewallError> {
         self.0.lock().unwrap().call("enable_ip_forward", "");
         Ok(())
+    }
+
+    async fn patch(&self, from: &str, to: &str) -> Nl {
+        let mut h = self.0.lock().unwrap();
+        if h.call("patch", from) {
+            return Err(nl_failure("patch"));
+        }
+        let to = h.links.get(to).ok_or_else(|| nl_failure("patch"))?.index;
+        let from = h.links.get_mut(from).ok_or_else(|| nl_failure("patch"))?;
+        from.patched_to.push(to);
+        Ok(())
+    }
+
+    async fn delete_patch(&self, name: &str) -> Nl {
+        let mut h = self.0.lock().unwrap();
+        h.call("delete_patch", name);
+        if let Some(link) = h.links.get_mut(name) {
+            link.patched_to.clear();
+        }
+        Ok(())
+    }
+
+    async fn patch_targets(&self, name: &str) -> Result<Option<Vec<u32>>, NetlinkError> {
+        let h = self.0.lock().unwrap();
+        Ok(h.links.get(name).map(|l| l.patched_to.clone()))
     }
 }
 
@@ -1665,4 +1693,103 @@ async fn bad_tunnels_are_refused_before_anything_is_made() {
     }
     assert!(r.bridges().is_empty());
     assert!(r.host.lock().unwrap().created.is_empty());
+}
+
+const TC_NET: &str = "mode=nat-fast ovs.nat.uplink=eth0 ovs.nat.engine=tc";
+
+/// The extra links of [`EID`]'s split endpoint: (the container's host end, the OVS
+/// port's peer).
+fn split() -> (String, String) {
+    let id = &EID[..10];
+    (format!("ovst{id}"), format!("ovsq{id}"))
+}
+
+impl Rig {
+    /// Whether each end of [`EID`]'s patch redirects to the other and nowhere else.
+    fn patch_whole(&self) -> bool {
+        let (tc_end, patch_end) = split();
+        let h = self.host.lock().unwrap();
+        let (Some(t), Some(p)) = (h.links.get(&tc_end), h.links.get(&patch_end)) else {
+            return false;
+        };
+        t.patched_to == [p.index] && p.patched_to == [t.index]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn nat_fast_tc_splits_the_endpoint_and_delete_takes_all_of_it() {
+    let r = rig();
+    r.net(TC_NET, Some("10.233.1.0/24")).await;
+    let before = r.links();
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    let (host_end, container_end) = veths();
+    let (tc_end, patch_end) = split();
+    for name in [&host_end, &container_end, &tc_end, &patch_end] {
+        assert!(r.links().contains(name), "{name} missing: {:?}", r.links());
+    }
+    // The OVS port is the usual name; the container's veth is not on the bridge.
+    assert_eq!(r.ports(), vec![host_end.clone()]);
+    assert!(r.patch_whole());
+    let calls = r.host.lock().unwrap().calls.clone();
+    assert!(calls.contains(&format!("disable_tx_checksum {patch_end}")));
+    assert!(
+        !calls.iter().any(|c| c.ends_with(&container_end)),
+        "the container end keeps its offloads: {calls:?}"
+    );
+
+    // Joined, it stays on the kernel path: no fast path, status says which engine.
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
+    assert!(r.driver.state.lock().await.fastpath.get().is_none());
+    let status = r.driver.status().await;
+    assert_eq!(status.networks[0].engine, "tc");
+    assert!(!status.networks[0].endpoints[0].fast_path);
+
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert_eq!(r.links(), before, "split links left");
+    assert!(r.ports().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_failed_split_leaves_nothing() {
+    for op in ["patch", "add_port"] {
+        let r = rig();
+        r.net(TC_NET, Some("10.233.1.0/24")).await;
+        let before = r.links();
+        r.fail(op);
+        assert!(r.endpoint(NID, EID, "10.233.1.2/24").await.is_err(), "{op}");
+        assert_eq!(r.links(), before, "links left after a failed {op}");
+        assert!(r.ports().is_empty(), "port left after a failed {op}");
+        let state = r.driver.state.lock().await;
+        assert!(state.networks[NID].endpoints.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_reconciler_remakes_a_lost_split_pair_and_patch() {
+    let r = rig();
+    r.net(TC_NET, Some("10.233.1.0/24")).await;
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    let (host_end, _) = veths();
+    let (tc_end, patch_end) = split();
+
+    // `ip link del ovsq...` takes the OVS port's end with it.
+    r.driver.netlink.delete(&patch_end).await.unwrap();
+    assert!(!r.links().contains(&host_end));
+    r.driver.reconcile().await;
+    assert!(r.links().contains(&host_end) && r.links().contains(&patch_end));
+    assert!(r.patch_whole(), "the patch is re-made with the pair");
+    assert_eq!(r.ports(), vec![host_end.clone()]);
+
+    // `tc qdisc del dev ovst... clsact`: the filters are re-made.
+    r.driver.netlink.delete_patch(&tc_end).await.unwrap();
+    assert!(!r.patch_whole());
+    r.driver.reconcile().await;
+    assert!(r.patch_whole());
+    let repairs: BTreeMap<String, u64> = r.driver.repairs().into_iter().collect();
+    assert_eq!(repairs.get("split"), Some(&1), "{repairs:?}");
+    assert_eq!(repairs.get("patch"), Some(&1), "{repairs:?}");
+
+    // A whole split is left alone.
+    r.driver.reconcile().await;
+    assert_eq!(r.driver.repairs().len(), repairs.len());
 }

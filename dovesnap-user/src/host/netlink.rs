@@ -63,6 +63,12 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for the other host modules that speak rtnetlink
+    /// ([`crate::host::tc`]).
+    pub(super) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Creates a veth pair: `host` stays in the host namespace and is set up; `peer`
     /// (the container end, handed to Docker) gets `peer_mac` when given. Both get `mtu`.
     pub async fn create_veth(

@@ -57,6 +57,10 @@ pub const NAT_UPLINK: &str = "ovs.nat.uplink";
 /// `ovs.nat.offload`: nat-fast only, whether established sessions are rewritten and
 /// forwarded in XDP (default `true`) or every packet goes through the AF_XDP translator.
 pub const NAT_OFFLOAD: &str = "ovs.nat.offload";
+/// `ovs.nat.engine`: nat-fast only, what carries the network's traffic: `xdp` (default;
+/// XDP on the veths plus the AF_XDP translator) or `tc` (each endpoint split so that the
+/// container keeps TSO and checksum offload; see [`NatEngine`]).
+pub const NAT_ENGINE: &str = "ovs.nat.engine";
 /// `ovs.ovn.switch`: overlay only, the OVN logical switch the network maps to (default:
 /// derived from the subnet, so the same `--subnet` on every host gives the same switch).
 pub const OVN_SWITCH: &str = "ovs.ovn.switch";
@@ -96,6 +100,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     BRIDGE_TUNNELS,
     NAT_UPLINK,
     NAT_OFFLOAD,
+    NAT_ENGINE,
     OVN_SWITCH,
     OVN_NB,
     OVN_BRIDGE,
@@ -305,6 +310,8 @@ pub struct NetworkOptions {
     pub nat_uplink: Option<String>,
     /// nat-fast: `ovs.nat.offload` as given (absent: on, see [`NetworkOptions::offload`]).
     pub nat_offload: Option<bool>,
+    /// nat-fast: `ovs.nat.engine` as given (absent: xdp, see [`NetworkOptions::engine`]).
+    pub nat_engine: Option<NatEngine>,
     /// overlay: the logical switch named by `ovs.ovn.switch`.
     pub ovn_switch: Option<String>,
     /// overlay: the northbound database named by `ovs.ovn.nb`.
@@ -315,10 +322,49 @@ pub struct NetworkOptions {
     pub tunnels: Vec<Tunnel>,
 }
 
+/// What carries a nat-fast network's traffic (`ovs.nat.engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NatEngine {
+    /// XDP on each endpoint's veth and the AF_XDP translator. The container end has
+    /// TX checksum offload (and so TSO) off.
+    #[default]
+    Xdp,
+    /// The endpoint is split in two veth pairs joined by tc redirects, so the container
+    /// keeps TSO and checksum offload and OVS still sees whole, checksummed frames.
+    /// For now all of its traffic takes the kernel path (OVS, the gateway, the nft
+    /// masquerade), as in nat mode; tcx programs come later
+    /// (docs/design/nat-fast-tc.md).
+    Tc,
+}
+
+impl NatEngine {
+    fn parse(value: &str) -> Result<Self, OptionsError> {
+        match value {
+            "xdp" => Ok(NatEngine::Xdp),
+            "tc" => Ok(NatEngine::Tc),
+            _ => Err(invalid(NAT_ENGINE, value, "one of xdp, tc")),
+        }
+    }
+}
+
+impl fmt::Display for NatEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NatEngine::Xdp => "xdp",
+            NatEngine::Tc => "tc",
+        })
+    }
+}
+
 impl NetworkOptions {
     /// Whether a nat-fast network offloads established sessions to XDP.
     pub fn offload(&self) -> bool {
         self.nat_offload.unwrap_or(true)
+    }
+
+    /// What carries a nat-fast network's traffic (meaningless for other modes).
+    pub fn engine(&self) -> NatEngine {
+        self.nat_engine.unwrap_or_default()
     }
 
     /// Parses the `com.docker.network.generic` map of a `CreateNetwork` request.
@@ -408,6 +454,9 @@ impl NetworkOptions {
         if let Some(offload) = self.nat_offload {
             map.insert(NAT_OFFLOAD.to_owned(), offload.to_string());
         }
+        if let Some(engine) = self.nat_engine {
+            map.insert(NAT_ENGINE.to_owned(), engine.to_string());
+        }
         if let Some(switch) = &self.ovn_switch {
             map.insert(OVN_SWITCH.to_owned(), switch.clone());
         }
@@ -478,6 +527,7 @@ impl NetworkOptions {
                     opts.nat_uplink = Some(value)
                 }
                 NAT_OFFLOAD => opts.nat_offload = Some(parse_bool(key, &value)?),
+                NAT_ENGINE => opts.nat_engine = Some(NatEngine::parse(&value)?),
                 OVN_SWITCH => {
                     let ok = (1..=63).contains(&value.len())
                         && value
@@ -506,6 +556,7 @@ impl NetworkOptions {
             let given = [
                 (NAT_UPLINK, opts.nat_uplink.clone()),
                 (NAT_OFFLOAD, opts.nat_offload.map(|b| b.to_string())),
+                (NAT_ENGINE, opts.nat_engine.map(|e| e.to_string())),
             ];
             if let Some((key, Some(value))) = given.into_iter().find(|(_, v)| v.is_some()) {
                 return Err(OptionsError::Invalid {
@@ -514,6 +565,16 @@ impl NetworkOptions {
                     expected: "only with mode=nat-fast".to_owned(),
                 });
             }
+        }
+        if let (Some(NatEngine::Tc), Some(offload)) = (opts.nat_engine, opts.nat_offload) {
+            return Err(OptionsError::Invalid {
+                key: NAT_OFFLOAD.to_owned(),
+                value: offload.to_string(),
+                expected: format!(
+                    "nothing with {NAT_ENGINE}=tc: it turns XDP offload on or off, \
+                     and the tc engine uses no XDP"
+                ),
+            });
         }
         opts.check_overlay()?;
         opts.check_existing()?;
@@ -1703,13 +1764,18 @@ mod tests {
             nat_offload: Some(false),
             ..NetworkOptions::default()
         };
+        let tc = NetworkOptions {
+            mode: Mode::NatFast,
+            nat_engine: Some(NatEngine::Tc),
+            ..NetworkOptions::default()
+        };
         let existing = NetworkOptions {
             bridge_name: Some("br0".into()),
             existing: true,
             vlan: Some(5),
             ..NetworkOptions::default()
         };
-        for o in [full, existing, NetworkOptions::default()] {
+        for o in [full, existing, tc, NetworkOptions::default()] {
             let map = o.to_string_map();
             assert_eq!(NetworkOptions::from_string_map(&map).unwrap(), o);
         }
@@ -1723,6 +1789,32 @@ mod tests {
         assert!(e.to_string().contains("only with mode=nat-fast"), "{e}");
         let e = parse(&[(MODE, "nat-fast"), (NAT_UPLINK, "bad name!")]).unwrap_err();
         assert!(e.to_string().contains("interface name"), "{e}");
+    }
+
+    #[test]
+    fn nat_engine_defaults_to_xdp_and_is_checked() {
+        assert_eq!(
+            parse(&[(MODE, "nat-fast")]).unwrap().engine(),
+            NatEngine::Xdp
+        );
+        let tc = parse(&[(MODE, "nat-fast"), (NAT_ENGINE, "tc")]).unwrap();
+        assert_eq!(tc.engine(), NatEngine::Tc);
+        let xdp = parse(&[(MODE, "nat-fast"), (NAT_ENGINE, "xdp")]).unwrap();
+        assert_eq!(xdp.engine(), NatEngine::Xdp);
+        let e = parse(&[(MODE, "nat"), (NAT_ENGINE, "tc")]).unwrap_err();
+        assert!(e.to_string().contains("only with mode=nat-fast"), "{e}");
+        let e = parse(&[(MODE, "nat-fast"), (NAT_ENGINE, "ebpf")]).unwrap_err();
+        assert!(e.to_string().contains("one of xdp, tc"), "{e}");
+        let e = parse(&[
+            (MODE, "nat-fast"),
+            (NAT_ENGINE, "tc"),
+            (NAT_OFFLOAD, "true"),
+        ]);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("ovs.nat.engine=tc") && e.contains("uses no XDP"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,221 @@
+//! nat-fast with `ovs.nat.engine=tc`, end to end (real dockerd, plugin, OVS): each
+//! endpoint is split in two veth pairs joined by tc redirects, so the container keeps
+//! TSO and checksum offload while OVS's userspace datapath still sees whole,
+//! checksummed frames. In this step all of the network's traffic takes the kernel path
+//! (OVS, the gateway, the nft masquerade), as in nat mode (docs/design/nat-fast-tc.md).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use dovesnap_tests::docker::{assert_outbound_masqueraded, start_plugin_with, Container, Network};
+use dovesnap_tests::far::Far;
+use dovesnap_tests::status::endpoint_at;
+use dovesnap_tests::{run, sh, wait_until};
+
+const HOST_UPLINK_IP: &str = "10.237.100.1";
+const FAR_IP: &str = "10.237.100.2";
+const BULK_PORT: u16 = 9000;
+const BULK_BYTES: usize = 20_000_000;
+
+/// A bulk server for the far side: a client's first byte `G` gets the file `argv[2]`,
+/// `P` has the rest of the connection read and its MD5 sent back.
+const BULK_SERVER: &str = r#"
+import hashlib,socket,sys
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
+s.bind(('0.0.0.0',int(sys.argv[1]))); s.listen(4)
+data=open(sys.argv[2],'rb').read()
+while True:
+    c,_=s.accept()
+    if c.recv(1)==b'G': c.sendall(data)
+    else:
+        h=hashlib.md5()
+        while True:
+            b=c.recv(1<<20)
+            if not b: break
+            h.update(b)
+        c.sendall(h.hexdigest().encode())
+    c.close()
+"#;
+
+/// The client of [`BULK_SERVER`]: `get` prints the MD5 of what it received, `put FILE`
+/// sends the file and prints the MD5 the server saw.
+const BULK_CLIENT: &str = r#"
+import hashlib,socket,sys
+c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=20)
+if sys.argv[3]=='get':
+    c.sendall(b'G'); h=hashlib.md5()
+    while True:
+        b=c.recv(1<<20)
+        if not b: break
+        h.update(b)
+    print(h.hexdigest())
+else:
+    c.sendall(b'P'+open(sys.argv[4],'rb').read()); c.shutdown(socket.SHUT_WR)
+    print(c.recv(64).decode())
+"#;
+
+/// The MD5 of a file, as `md5sum` prints it.
+fn md5_of(path: &str) -> String {
+    let out = sh("md5sum", &[path]);
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs [`BULK_CLIENT`] in container `c`'s network namespace (so with its eth0 and
+/// offload settings) and returns what it printed.
+fn bulk(c: &Container, args: &[&str]) -> String {
+    let pid = c.pid();
+    let port = BULK_PORT.to_string();
+    let mut full = vec![
+        "-t",
+        &pid,
+        "-n",
+        "python3",
+        "-c",
+        BULK_CLIENT,
+        FAR_IP,
+        &port,
+    ];
+    full.extend_from_slice(args);
+    let out = run("nsenter", &full);
+    assert!(
+        out.status.success(),
+        "bulk {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An endpoint's links: (the OVS port, the container's host end, the OVS port's peer).
+fn split_links(ep: &Value) -> (String, String, String) {
+    let port = ep["port"].as_str().expect("endpoint port").to_string();
+    let id = port
+        .strip_prefix("ovsv")
+        .expect("ovsv<id> port")
+        .to_string();
+    (port, format!("ovst{id}"), format!("ovsq{id}"))
+}
+
+/// `tc filter show dev NAME ingress`'s redirect targets, one per filter action.
+fn redirects(name: &str) -> Vec<String> {
+    let out = run("tc", &["filter", "show", "dev", name, "ingress"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("Redirect to device ").nth(1))
+        .map(|rest| rest.split(')').next().unwrap_or(rest).trim().to_string())
+        .collect()
+}
+
+/// Whether the patch between the container's end and the OVS port's peer is whole:
+/// exactly one redirect each way, and the OVS port is on the bridge.
+fn patch_whole(port: &str, tc_end: &str, patch_end: &str) -> bool {
+    let on_bridge = run("ovs-vsctl", &["port-to-br", port]).status.success();
+    on_bridge
+        && redirects(tc_end) == [patch_end.to_string()]
+        && redirects(patch_end) == [tc_end.to_string()]
+}
+
+/// A temporary folder, removed on drop (also when an assertion fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn link_exists(name: &str) -> bool {
+    run("ip", &["link", "show", "dev", name]).status.success()
+}
+
+#[test]
+#[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
+fn split_endpoint_keeps_tso_and_carries_traffic() {
+    let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    let mut far = Far::new("dtc", "10.237.100");
+    let tmp = TempDir(std::env::temp_dir().join(format!("dovesnap-tc-{}", std::process::id())));
+    let dir = &tmp.0;
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let blob = dir.join("blob").to_string_lossy().into_owned();
+    sh(
+        "sh",
+        &["-c", &format!("head -c {BULK_BYTES} /dev/urandom > {blob}")],
+    );
+    let blob_md5 = md5_of(&blob);
+    far.spawn(&["python3", "-c", BULK_SERVER, &BULK_PORT.to_string(), &blob]);
+
+    let links;
+    {
+        let net = Network::nat_fast_with(
+            "dstc-net",
+            &far.uplink.host,
+            "10.237.1.0/24",
+            &["-o", "ovs.nat.engine=tc"],
+        );
+        let web = Container::httpd("dstc-web", &net, "tc-web");
+        let c = Container::idle("dstc-cli", &net);
+
+        // Status names the engine; no endpoint is on the XDP fast path.
+        let status = plugin.status();
+        let net_status = (status["networks"].as_array().into_iter().flatten())
+            .find(|n| n["id"].as_str() == Some(&net.id()))
+            .cloned()
+            .expect("network in status");
+        assert_eq!(net_status["engine"], "tc", "{net_status}");
+        assert!(plugin.status_text().contains("nat-fast/tc"));
+        let ep = endpoint_at(&status, None, &c.ip(&net));
+        assert_ne!(ep["fast_path"], true, "{ep}");
+        let (port, tc_end, patch_end) = split_links(&ep);
+        links = (port.clone(), tc_end.clone(), patch_end.clone());
+        assert!(
+            patch_whole(&port, &tc_end, &patch_end),
+            "filters: {tc_end} {:?}, {patch_end} {:?}",
+            redirects(&tc_end),
+            redirects(&patch_end)
+        );
+
+        // The container keeps TSO and TX checksum offload.
+        let features = sh("nsenter", &["-t", &c.pid(), "-n", "ethtool", "-k", "eth0"]);
+        for f in ["tcp-segmentation-offload: on", "tx-checksumming: on"] {
+            assert!(features.contains(f), "{f}? {features}");
+        }
+
+        // Out to the far side (TCP, UDP, ICMP), masqueraded; in-subnet to a neighbour.
+        assert_outbound_masqueraded(&c, FAR_IP, HOST_UPLINK_IP);
+        let web_ip = web.ip(&net);
+        assert!(c.ping(&web_ip), "in-subnet ping");
+        let page = c
+            .fetch(&format!("http://{web_ip}/"))
+            .expect("in-subnet TCP");
+        assert_eq!(page.trim(), "tc-web");
+
+        // 20 MB down and up, intact, with TSO on in the container.
+        assert_eq!(bulk(&c, &["get"]), blob_md5, "download");
+        let sent = dir.join("sent").to_string_lossy().into_owned();
+        sh("cp", &[&blob, &sent]);
+        assert_eq!(bulk(&c, &["put", &sent]), blob_md5, "upload");
+
+        // The reconciler re-makes a deleted OVS-side pair and lost filters.
+        sh("ip", &["link", "del", &patch_end]);
+        wait_until(
+            "the OVS-side pair is re-made",
+            Duration::from_secs(15),
+            || link_exists(&patch_end) && patch_whole(&port, &tc_end, &patch_end),
+        );
+        assert!(far.reached_from(&c), "traffic after the pair was re-made");
+        sh("tc", &["qdisc", "del", "dev", &tc_end, "clsact"]);
+        wait_until("the patch is re-made", Duration::from_secs(15), || {
+            patch_whole(&port, &tc_end, &patch_end)
+        });
+        assert!(far.reached_from(&c), "traffic after the patch was re-made");
+    }
+    // Containers and network gone: nothing of the split is left.
+    let (port, tc_end, patch_end) = links;
+    for name in [&port, &tc_end, &patch_end] {
+        assert!(!link_exists(name), "{name} left after docker network rm");
+    }
+    drop(far);
+}
