@@ -27,7 +27,6 @@ ARG BASE=debian:bookworm-slim
 ARG TOOLCHAIN_BASE=${BASE}
 
 FROM ${TOOLCHAIN_BASE} AS toolchain
-ENV PATH=/root/.cargo/bin:$PATH
 # curl: rustup. gcc, libc6-dev: the host crates. clang, libelf-dev, zlib1g-dev, m4,
 # pkg-config, make: xsk-rs' libxdp and libbpf builds. binutils: strip.
 # Rust: the toolchains this repository is built and tested with; a newer nightly may
@@ -36,9 +35,10 @@ ENV PATH=/root/.cargo/bin:$PATH
 # nightly is linked under that name (what `rustup toolchain link` does). bpf-linker
 # has no prebuilt download: it builds against the libLLVM inside the nightly
 # toolchain, found through a prefix of symlinks that stays in place (bpf-linker
-# keeps an rpath to it). One RUN: on the vfs storage driver every layer is a full
-# copy of the file system.
-RUN stable=1.95.0 nightly=nightly-2026-05-20 bpf_linker=0.13.0 \
+# keeps an rpath to it). One RUN, and PATH set in it rather than by ENV: on the vfs
+# storage driver every layer is a full copy of the file system.
+RUN export PATH="/root/.cargo/bin:$PATH" \
+    && stable=1.95.0 nightly=nightly-2026-05-20 bpf_linker=0.13.0 \
     && apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates curl gcc libc6-dev clang m4 make libelf-dev zlib1g-dev \
@@ -72,7 +72,8 @@ FROM toolchain AS build
 COPY . /src
 # The release profile keeps debug info (for perf on a host); the image does not need
 # it, and compiling without it is faster. target/ goes with the layer that made it.
-RUN cd /src \
+RUN export PATH="/root/.cargo/bin:$PATH" \
+    && cd /src \
     && CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release --locked \
         -p dovesnap-user --bin dovesnap \
     && strip --strip-debug -o /dovesnap target/release/dovesnap \
