@@ -123,30 +123,20 @@ fn unit_file_discovery_file_and_compose_file_are_valid() {
 
 /// Makes [`DOCKER_NETNS`] a shared mount if it is not (systemd makes every mount
 /// shared; this machine's root is private, and Docker refuses the plugin service's
-/// `rslave` bind of a private mount), the way `ip netns` does for /run/netns. Drop
-/// undoes what it did.
-struct SharedNetnsDir {
-    made: bool,
-}
-
-impl SharedNetnsDir {
-    fn ensure() -> Self {
-        let out = sh("findmnt", &["-n", "-o", "PROPAGATION", "-T", DOCKER_NETNS]);
-        if out.lines().next().unwrap_or("").contains("shared") {
-            return SharedNetnsDir { made: false };
-        }
-        sh("mount", &["--rbind", DOCKER_NETNS, DOCKER_NETNS]);
-        sh("mount", &["--make-shared", DOCKER_NETNS]);
-        SharedNetnsDir { made: true }
+/// `rslave` bind of a private mount), the way `ip netns` does for /run/netns.
+///
+/// The mount is left in place: the namespaces Docker mounts while it is there (among
+/// them `default`, the host's, which dockerd makes once for host-network containers
+/// and then trusts) sit on top of it, and unmounting it took them along, after which
+/// every `--network host` container failed to start ("can't get final child's PID
+/// from pipe"). A shared bind of the folder onto itself is what systemd hosts have.
+fn ensure_shared_netns_dir() {
+    let out = sh("findmnt", &["-n", "-o", "PROPAGATION", "-T", DOCKER_NETNS]);
+    if out.lines().next().unwrap_or("").contains("shared") {
+        return;
     }
-}
-
-impl Drop for SharedNetnsDir {
-    fn drop(&mut self) {
-        if self.made {
-            let _ = run("umount", &["-R", DOCKER_NETNS]);
-        }
-    }
+    sh("mount", &["--rbind", DOCKER_NETNS, DOCKER_NETNS]);
+    sh("mount", &["--make-shared", DOCKER_NETNS]);
 }
 
 /// The Compose project, brought down with its volume on drop (after printing the
@@ -263,8 +253,8 @@ fn compose_runs_open_vswitch_and_the_plugin() {
     uplink.peer_into(&far, &format!("{FAR_IP}/24"));
 
     // Guards drop in reverse order: the project goes down before the host's OVS
-    // comes back and before the netns folder's mount is undone.
-    let _netns = SharedNetnsDir::ensure();
+    // comes back.
+    ensure_shared_netns_dir();
     let _restore = OvsRestore;
     stop_ovs_daemon("ovs-vswitchd");
     stop_ovs_daemon("ovsdb-server");
