@@ -1,12 +1,16 @@
-//! Packaging: the files in `packaging/` as a user runs them.
+//! Packaging: the files in `packaging/` and the root `docker-compose.yml` as a user
+//! runs them.
 //!
 //! - The systemd unit passes `systemd-analyze verify`, the legacy discovery file names
 //!   the socket the daemon serves, and Compose accepts `docker-compose.yml`.
-//! - `docker-compose.yml` as shipped, on the `dovesnap:local` image (`cargo xtask
-//!   image`; `cargo xtask test` builds it first): Open vSwitch and the plugin come up
-//!   as containers, dockerd finds the plugin, flat, nat and nat-fast networks work,
-//!   `docker-compose stop plugin` (SIGTERM) detaches XDP and leaves containers
-//!   connected, `start` recovers them, and nothing is left once the project is down.
+//! - The quickstart, `docker-compose up -d --build` at the repository root: the image
+//!   is built from the checkout (root `Dockerfile`; its bases from `DOVESNAP_BASE` and
+//!   `DOVESNAP_TOOLCHAIN_BASE`, which `cargo xtask test` sets to locally made
+//!   stand-ins where no registry answers), Open vSwitch and the plugin come up as
+//!   containers, dockerd finds the plugin under both driver names (`ovs`,
+//!   `dovesnap`), flat, nat and nat-fast networks work, `docker-compose stop plugin` (SIGTERM) detaches XDP and leaves
+//!   containers connected, `start` recovers them, and nothing is left once the
+//!   project is down.
 //!
 //! The Compose test stops the host's ovsdb-server and ovs-vswitchd for its duration
 //! (the `ovs` service takes their sockets) and starts them again afterwards, passed or
@@ -23,8 +27,14 @@ use dovesnap_tests::host_services::{stop_ovs_daemon, OvsRestore};
 use dovesnap_tests::{host_veths, require_root, run, sh, Netns, Veth};
 use serde_json::Value;
 
-/// The image docker-compose.yml runs.
+/// The image docker-compose.yml builds and runs.
 const IMAGE: &str = "dovesnap:local";
+/// The variables docker-compose.yml takes the Dockerfile's bases from, and their
+/// default.
+const BASE_ENVS: [&str; 2] = ["DOVESNAP_BASE", "DOVESNAP_TOOLCHAIN_BASE"];
+const DEFAULT_BASE: &str = "debian:bookworm-slim";
+/// The second name dockerd finds the plugin by (a symlink to `ovs.sock`).
+const ALIAS_SOCKET: &str = "/run/docker/plugins/dovesnap.sock";
 /// The Compose project name: containers are `dsxpkg_ovs_1` and `dsxpkg_plugin_1`.
 const PROJECT: &str = "dsxpkg";
 /// Docker's netns folder; the plugin service follows it as a slave mount.
@@ -33,20 +43,25 @@ const DOCKER_NETNS: &str = "/run/docker/netns";
 const HOST_UPLINK_IP: &str = "10.236.9.1";
 const FAR_IP: &str = "10.236.9.2";
 
-fn packaging(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../packaging")
-        .join(file)
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn packaging(file: &str) -> PathBuf {
+    repo_root().join("packaging").join(file)
+}
+
+/// `docker-compose -p PROJECT -f docker-compose.yml ARGS` at the repository root, as
+/// the README's quickstart runs it.
 fn compose(args: &[&str]) -> Output {
-    let file = packaging("docker-compose.yml");
+    let file = repo_root().join("docker-compose.yml");
     Command::new("docker-compose")
         .arg("-p")
         .arg(PROJECT)
         .arg("-f")
         .arg(&file)
         .args(args)
+        .current_dir(repo_root())
         .output()
         .expect("cannot run docker-compose (cargo xtask setup installs it)")
 }
@@ -108,30 +123,20 @@ fn unit_file_discovery_file_and_compose_file_are_valid() {
 
 /// Makes [`DOCKER_NETNS`] a shared mount if it is not (systemd makes every mount
 /// shared; this machine's root is private, and Docker refuses the plugin service's
-/// `rslave` bind of a private mount), the way `ip netns` does for /run/netns. Drop
-/// undoes what it did.
-struct SharedNetnsDir {
-    made: bool,
-}
-
-impl SharedNetnsDir {
-    fn ensure() -> Self {
-        let out = sh("findmnt", &["-n", "-o", "PROPAGATION", "-T", DOCKER_NETNS]);
-        if out.lines().next().unwrap_or("").contains("shared") {
-            return SharedNetnsDir { made: false };
-        }
-        sh("mount", &["--rbind", DOCKER_NETNS, DOCKER_NETNS]);
-        sh("mount", &["--make-shared", DOCKER_NETNS]);
-        SharedNetnsDir { made: true }
+/// `rslave` bind of a private mount), the way `ip netns` does for /run/netns.
+///
+/// The mount is left in place: the namespaces Docker mounts while it is there (among
+/// them `default`, the host's, which dockerd makes once for host-network containers
+/// and then trusts) sit on top of it, and unmounting it took them along, after which
+/// every `--network host` container failed to start ("can't get final child's PID
+/// from pipe"). A shared bind of the folder onto itself is what systemd hosts have.
+fn ensure_shared_netns_dir() {
+    let out = sh("findmnt", &["-n", "-o", "PROPAGATION", "-T", DOCKER_NETNS]);
+    if out.lines().next().unwrap_or("").contains("shared") {
+        return;
     }
-}
-
-impl Drop for SharedNetnsDir {
-    fn drop(&mut self) {
-        if self.made {
-            let _ = run("umount", &["-R", DOCKER_NETNS]);
-        }
-    }
+    sh("mount", &["--rbind", DOCKER_NETNS, DOCKER_NETNS]);
+    sh("mount", &["--make-shared", DOCKER_NETNS]);
 }
 
 /// The Compose project, brought down with its volume on drop (after printing the
@@ -139,9 +144,10 @@ impl Drop for SharedNetnsDir {
 struct Project;
 
 impl Project {
+    /// The quickstart: `docker-compose up -d --build`.
     fn up() -> Self {
         let project = Project;
-        compose_ok(&["up", "-d"]);
+        compose_ok(&["up", "-d", "--build"]);
         project
     }
 }
@@ -210,15 +216,27 @@ fn ping_once(c: &Container, addr: &str) -> bool {
 #[ignore = "privileged: stops the host's OVS, runs docker-compose.yml; run by cargo xtask test"]
 fn compose_runs_open_vswitch_and_the_plugin() {
     require_root();
-    assert!(
-        docker(&["image", "inspect", IMAGE]).status.success(),
-        "no {IMAGE} image: build it with `cargo xtask image` (`cargo xtask test` does)"
-    );
+    for var in BASE_ENVS {
+        let base = std::env::var(var).unwrap_or_else(|_| DEFAULT_BASE.into());
+        assert!(
+            docker(&["image", "inspect", &base]).status.success(),
+            "no {base} image ({var}) to build {IMAGE} from: `cargo xtask test` finds or \
+             makes one (by hand: `cargo xtask image` says what to set)"
+        );
+    }
     assert!(
         !Path::new(PLUGIN_SOCKET).exists(),
         "{PLUGIN_SOCKET} exists: another plugin is running"
     );
     let _ = compose(&["down", "-v"]);
+    // The image is built (`up --build` below finds every layer cached) before the
+    // host's Open vSwitch is stopped: a cold build takes minutes.
+    let started = Instant::now();
+    compose_ok(&["build"]);
+    eprintln!(
+        "packaging: docker-compose build: {} ms",
+        started.elapsed().as_millis()
+    );
 
     let far = Netns::new("dspfar");
     let uplink = Veth::new("dspup");
@@ -235,8 +253,8 @@ fn compose_runs_open_vswitch_and_the_plugin() {
     uplink.peer_into(&far, &format!("{FAR_IP}/24"));
 
     // Guards drop in reverse order: the project goes down before the host's OVS
-    // comes back and before the netns folder's mount is undone.
-    let _netns = SharedNetnsDir::ensure();
+    // comes back.
+    ensure_shared_netns_dir();
     let _restore = OvsRestore;
     stop_ovs_daemon("ovs-vswitchd");
     stop_ovs_daemon("ovsdb-server");
@@ -266,7 +284,17 @@ fn compose_runs_open_vswitch_and_the_plugin() {
         assert!(line.contains(" OK "), "{line}");
     }
 
-    let flat = Network::flat("dspkg-flat", "10.236.1.0/24");
+    // The Go dovesnap's driver name: the same plugin, through the alias socket.
+    assert!(
+        std::fs::read_link(ALIAS_SOCKET).is_ok_and(|t| t.as_os_str() == "ovs.sock"),
+        "{ALIAS_SOCKET} is not a link to ovs.sock"
+    );
+    let flat =
+        Network::create_with_driver("dspkg-flat", "dovesnap", &["--subnet", "10.236.1.0/24"]);
+    assert_eq!(
+        docker_ok(&["network", "inspect", "-f", "{{.Driver}}", &flat.name]),
+        "dovesnap"
+    );
     let nat = Network::nat("dspkg-nat", "10.236.2.0/24");
     let fast = Network::nat_fast("dspkg-fast", &uplink.host, "10.236.3.0/24");
     let a = Container::idle("dspkg-a", &flat);
@@ -330,6 +358,10 @@ fn compose_runs_open_vswitch_and_the_plugin() {
     assert!(
         !Path::new(PLUGIN_SOCKET).exists(),
         "the plugin's socket outlived it"
+    );
+    assert!(
+        std::fs::symlink_metadata(ALIAS_SOCKET).is_err(),
+        "{ALIAS_SOCKET} outlived the plugin"
     );
     let leftovers: Vec<String> = host_veths()
         .into_iter()

@@ -10,8 +10,8 @@
 //! - `bench`: set-up, release build, then the benchmark (`dovesnap-bench run`):
 //!   containers on each network against Docker's bridge, namespace paths against the
 //!   kernel, `target/bench/report.json`, `chart.svg` and `chart-containers.svg`.
-//! - `image`: set-up, then the `dovesnap:local` image of `packaging/` (`test` builds
-//!   it too, for the packaging test).
+//! - `image`: set-up, then the `dovesnap:local` image of the root `Dockerfile` (the
+//!   packaging test builds it through `docker-compose up -d --build`).
 //! - `teardown`: stops the services that `setup` started.
 
 mod image;
@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then build the `dovesnap:local` image that packaging/docker-compose.yml runs.
+    /// Set up, then build the `dovesnap:local` image that docker-compose.yml runs.
     Image,
     /// Stop the services that `setup` started (and nothing else).
     Teardown,
@@ -133,8 +133,12 @@ fn test(filter: Option<&str>) -> Result<()> {
     cargo(&unit)?;
     if filter.is_empty() {
         fuzz()?;
-        // The packaging test runs docker-compose.yml on this image.
-        image::build()?;
+    }
+    // The packaging test runs `docker-compose up -d --build` at the root: its build
+    // starts FROM the bases this machine has (made locally where no registry answers),
+    // passed on as docker-compose.yml's DOVESNAP_BASE and DOVESNAP_TOOLCHAIN_BASE.
+    for (_, var, value) in image::Bases::find()?.args() {
+        std::env::set_var(var, value);
     }
     // Privileged tests (netns, OVS, XDP, Docker): ignored by default so a plain
     // `cargo test` never reports them as passed without running them; run here,
