@@ -461,7 +461,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                     _ => {}
                 }
             }
-            if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+            if let Err(e) = self.delete_endpoint_links(net, ep).await {
                 errors.push(e.to_string());
             }
         }
@@ -617,6 +617,20 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         Ok(())
     }
 
+    /// Deletes an endpoint's links in the host: its veth (the container end with it,
+    /// if still there) and, when split (`ovs.nat.engine=tc`), the container's pair too.
+    /// What is already gone counts as done.
+    async fn delete_endpoint_links(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> Result<(), crate::host::netlink::NetlinkError> {
+        if nat_fast::is_split(net) {
+            return self.delete_split_links(ep).await;
+        }
+        self.netlink.delete(&ep.host_ifname).await.map(|_| ())
+    }
+
     async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
         let (nid, eid) = endpoint_ids(&req.network_id, &req.endpoint_id)?;
         let mut state = self.state.lock().await;
@@ -641,13 +655,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 errors.push(e.to_string());
             }
         }
-        if let Err(e) = self.netlink.delete(&ep.host_ifname).await {
+        if let Err(e) = self.delete_endpoint_links(net, &ep).await {
             errors.push(e.to_string());
-        }
-        if nat_fast::is_split(net) {
-            if let Err(e) = self.delete_split_links(&ep).await {
-                errors.push(e.to_string());
-            }
         }
         if let Some(ov) = net.overlay() {
             let name = ovn::port_name(eid);

@@ -1750,6 +1750,18 @@ async fn nat_fast_tc_splits_the_endpoint_and_delete_takes_all_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn deleting_a_tc_network_with_its_endpoints_takes_their_split_links() {
+    let r = rig();
+    let before = r.links();
+    r.net(TC_NET, Some("10.233.1.0/24")).await;
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    let (tc_end, _) = split();
+    assert!(r.links().contains(&tc_end));
+    r.delete_network(NID).await.unwrap();
+    assert_eq!(r.links(), before, "split links left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_failed_split_leaves_nothing() {
     for op in ["patch", "add_port"] {
         let r = rig();
