@@ -88,6 +88,13 @@ pub struct NetworkStatus {
     /// separated (see `driver::trunk`); empty when it has none.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub trunk: String,
+    /// The network's VLAN (`ovs.bridge.vlan`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// The other networks on the same bridge (a shared bridge, see
+    /// `driver::shared`), by id; empty when the bridge is the network's alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
     pub endpoints: Vec<EndpointStatus>,
     /// Tunnel ports (`ovs.bridge.tunnels`), `PORT: KIND:REMOTE[:KEY]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -205,9 +212,23 @@ pub fn render_status_table(status: &Status) -> String {
         .iter()
         .map(|n| both(&n.subnet, &n.subnet_ipv6))
         .collect();
-    // A VLAN network's shared uplinks after its bridge.
+    // A VLAN network's shared uplinks after its bridge, and the networks it shares
+    // the bridge with (`br-x/300 shared:1a2b3c4d5e6f,...`).
     let bridges: Vec<String> = (status.networks.iter())
-        .map(|n| both(&n.bridge, &n.trunk))
+        .map(|n| {
+            let bridge = match n.vlan {
+                Some(v) if !n.shared_with.is_empty() => format!("{}/{v}", n.bridge),
+                _ => n.bridge.clone(),
+            };
+            let shared = match n.shared_with.as_slice() {
+                [] => String::new(),
+                ids => {
+                    let ids: Vec<&str> = ids.iter().map(|i| short_id(i)).collect();
+                    format!("shared:{}", ids.join(","))
+                }
+            };
+            both(&both(&bridge, &n.trunk), &shared)
+        })
         .collect();
     let addresses: Vec<Vec<String>> = status
         .networks
@@ -414,6 +435,8 @@ pub(crate) mod tests {
                     datapath_type: "system".into(),
                     tunnels: vec![],
                     trunk: String::new(),
+                    vlan: None,
+                    shared_with: vec![],
                     endpoints: vec![
                         EndpointStatus {
                             id: "1a2b3c4d5e6f7a8b9c0d".into(),
@@ -447,6 +470,8 @@ pub(crate) mod tests {
                     gateway: String::new(),
                     datapath_type: "netdev".into(),
                     trunk: String::new(),
+                    vlan: None,
+                    shared_with: vec![],
                     endpoints: vec![],
                     tunnels: vec![],
                 },

@@ -74,8 +74,21 @@ pub enum DriverError {
     UnknownEndpoint { network: String, endpoint: String },
 
     // The host: bridges and interfaces.
-    #[error("bridge {bridge} already serves network {other}; choose another ovs.bridge.name")]
-    BridgeInUse { bridge: String, other: String },
+    #[error("bridge {bridge} already serves network {other}{why}")]
+    BridgeShared {
+        bridge: String,
+        other: String,
+        why: String,
+    },
+    #[error(
+        "ovs.port.vlan={vlan} is the VLAN of network {other}, which shares bridge {bridge} \
+         with this one: the container would join that network; choose another VLAN"
+    )]
+    PortVlanShared {
+        vlan: u16,
+        bridge: String,
+        other: String,
+    },
     #[error(
         "an OVS bridge named {0} already exists and dovesnap does not own it; choose another \
          ovs.bridge.name, or attach the network to it with -o ovs.bridge.existing=true"
@@ -116,8 +129,9 @@ pub enum DriverError {
     )]
     NoExistingBridge(String),
     #[error(
-        "the OVS bridge {bridge} already serves dovesnap network {other}; a bridge serves one \
-         network, choose another ovs.bridge.name"
+        "the OVS bridge {bridge} carries the record of dovesnap network {other}, which this \
+         plugin does not serve (a record it did not trust: see dovesnap status); remove that \
+         record or choose another ovs.bridge.name"
     )]
     ExistingBridgeInUse { bridge: String, other: String },
     #[error(

@@ -63,6 +63,7 @@ mod nat_fast;
 mod overlay;
 mod reconcile;
 pub mod records;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod trunk;
@@ -71,7 +72,7 @@ mod tunnels;
 pub use backend::{Link, Links, NatFastPath, Switch};
 pub use error::{DriverError, DriverResult};
 use model::*;
-pub use model::{Datapath, Endpoint, Ipam};
+pub use model::{Datapath, Endpoint, Ipam, RECORD_SLOT_SEPARATOR};
 use nat_fast::{fast_leave, fast_ports, fast_unpublish};
 use overlay::{integration_bridge, logical_port};
 pub use trunk::{trunk_bridge, EXT_TRUNK_NETWORK, EXT_TRUNK_UPLINK, TRUNK_BRIDGE_PREFIX};
@@ -232,11 +233,12 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         // endpoint's published ports) are kept as they are, not reconciled away.
         let mut untouched_networks = Vec::new();
         let mut untouched_endpoints: HashMap<String, Vec<String>> = HashMap::new();
-        for br in &bridges {
-            let (net, bad_endpoints) = match records::network_of(br) {
-                None => continue,
-                Some(Ok(read)) => read,
-                Some(Err(b)) => {
+        for (br, read) in (bridges.iter())
+            .flat_map(|br| records::networks_of(br).into_iter().map(move |r| (br, r)))
+        {
+            let (net, bad_endpoints) = match read {
+                Ok(read) => read,
+                Err(b) => {
                     untouched_networks.push(b.id.clone());
                     bad.push(b);
                     continue;
@@ -371,31 +373,36 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .bridge_name
             .clone()
             .unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &id[..8]));
-        if let Some(other) = networks.values().find(|n| n.bridge == bridge) {
-            return Err(DriverError::BridgeInUse {
-                bridge,
-                other: other.id.clone(),
-            });
-        }
+        // Networks of this plugin on the bridge already: the new one shares it with
+        // them ([`shared`]) or is refused.
+        let sharing: Vec<&Network> = networks.values().filter(|n| n.bridge == bridge).collect();
+        let shared_datapath = match sharing.is_empty() {
+            true => None,
+            false => Some(shared::check_share(&mut options, &bridge, &sharing)?),
+        };
         let found = self.ovs.bridge(&bridge).await?;
         let datapath = if options.existing {
-            existing_bridge(&bridge, found)?
+            existing_bridge(&bridge, found, &sharing)?
         } else {
-            if found.is_some() {
-                return Err(DriverError::BridgeNotOurs(bridge));
-            }
-            if self.netlink.exists(&bridge).await? {
-                return Err(DriverError::InterfaceExists(bridge));
+            match (&found, shared_datapath) {
+                // Another network's bridge: still there and still its.
+                (Some(b), Some(_)) if sharing.iter().any(|n| n.marks(b)) => {}
+                (Some(_), _) => return Err(DriverError::BridgeNotOurs(bridge)),
+                (None, Some(_)) => return Err(DriverError::NoExistingBridge(bridge)),
+                (None, None) if self.netlink.exists(&bridge).await? => {
+                    return Err(DriverError::InterfaceExists(bridge))
+                }
+                (None, None) => {}
             }
             for up in &options.add_ports {
                 if !self.netlink.exists(&up.name).await? {
                     return Err(DriverError::NoSuchPort(up.name.clone()));
                 }
             }
-            if options.userspace {
-                Datapath::Netdev
-            } else {
-                Datapath::of(ovsdb::default_datapath_type())
+            match shared_datapath {
+                Some(d) => d,
+                None if options.userspace => Datapath::Netdev,
+                None => Datapath::of(ovsdb::default_datapath_type()),
             }
         };
 
@@ -409,20 +416,20 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             endpoints: HashMap::new(),
             chassis: String::new(),
         };
-        if net.options.existing {
-            // The administrator's bridge: only the network's record goes on it.
-            self.ovs
-                .update_bridge_external_ids(&net.bridge, &network_record(&net), &[])
-                .await?;
+        // Uplinks shared through trunk bridges: joined before the bridge whose patch
+        // ports point at them.
+        self.check_uplinks(&net, networks).await?;
+        self.join_trunks(&net, networks).await?;
+        // A bridge that is there (another network's, the administrator's) is joined:
+        // the network's record and patch ports go on it; else it is made.
+        let made = if net.options.existing || shared_datapath.is_some() {
+            self.join_bridge(&net).await
         } else {
-            // Uplinks shared through trunk bridges: joined before the bridge whose
-            // patch ports point at them.
-            self.check_uplinks(&net, networks).await?;
-            self.join_trunks(&net, networks).await?;
-            if let Err(e) = self.ovs.create_bridge(&bridge_spec(&net)).await {
-                self.leave_trunks(&net, networks, &mut Vec::new()).await;
-                return Err(e.into());
-            }
+            (self.ovs.create_bridge(&bridge_spec(&net)).await).map_err(DriverError::from)
+        };
+        if let Err(e) = made {
+            self.leave_trunks(&net, networks, &mut Vec::new()).await;
+            return Err(e);
         }
         if let Err(e) = self.program_nat(&net).await {
             // Leave nothing behind: the bridge and any rule go with the failed network.
@@ -451,9 +458,12 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 errors.push(e.to_string());
             }
         }
-        // A bridge that stays (an administrator's, or overlay's br-int) keeps no port of
-        // the network's; a bridge of our own goes with its ports.
-        let bridge_stays = net.options.existing || net.options.mode == Mode::Overlay;
+        // A bridge that stays (an administrator's, overlay's br-int, one shared with
+        // other networks) keeps no port of the network's; a bridge of our own goes with
+        // its ports.
+        let bridge_stays = net.options.existing
+            || net.options.mode == Mode::Overlay
+            || !shared::shared_with(networks, net).is_empty();
         for ep in net.endpoints.values() {
             if bridge_stays {
                 match self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {
@@ -482,21 +492,18 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         Ok(())
     }
 
-    /// Deletes a network's own bridge, if it still carries the network's id; from an
-    /// existing bridge (`ovs.bridge.existing`) only the network's record goes, the
-    /// bridge and its other ports stay.
+    /// Deletes a network's own bridge, if it still carries the network's id and no
+    /// other network's; from an existing bridge (`ovs.bridge.existing`) or one another
+    /// network shares, only the network's record and patch ports go, the bridge and its
+    /// other ports stay.
     async fn release_bridge(&self, net: &Network, errors: &mut Vec<String>) {
         match self.ovs.bridge(&net.bridge).await {
-            Ok(Some(br)) if net.marks(&br) && net.options.existing => {
-                let record: Vec<String> = network_record(net).into_keys().collect();
-                let released = self
-                    .ovs
-                    .update_bridge_external_ids(&net.bridge, &BTreeMap::new(), &record)
-                    .await;
-                match released {
-                    Err(e) if !e.is_not_found() => errors.push(e.to_string()),
-                    _ => {}
-                }
+            Ok(Some(br))
+                if net.marks(&br)
+                    && (net.options.existing
+                        || shared::recorded_networks(&br).iter().any(|n| *n != net.id)) =>
+            {
+                self.leave_bridge(net, &br, errors).await;
             }
             Ok(Some(br)) if net.marks(&br) => match self.ovs.delete_bridge(&net.bridge).await {
                 Err(e) if !e.is_not_found() => errors.push(e.to_string()),
@@ -537,6 +544,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
 
         let mut state = self.state.lock().await;
         let networks = &mut state.networks;
+        let net = networks.get(nid).ok_or_else(|| unknown_network(nid))?;
+        shared::check_port_vlan(networks, net, endpoint_options.vlan)?;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
         if net.endpoints.contains_key(eid) {
             return Err(DriverError::EndpointExists(eid.to_string()));
@@ -822,6 +831,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
         let mut out: Vec<NetworkStatus> = networks
             .values()
             .map(|n| {
+                let shared_with = shared::shared_with(networks, n);
                 let mut endpoints: Vec<EndpointStatus> = n
                     .endpoints
                     .values()
@@ -859,6 +869,8 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     gateway: n.ipam.gateway.map(|g| g.to_string()).unwrap_or_default(),
                     datapath_type: n.datapath.to_string(),
                     trunk: trunk::trunk_status(n),
+                    vlan: n.options.vlan,
+                    shared_with,
                     endpoints,
                     tunnels: tunnels::tunnel_status(n),
                 }
@@ -880,18 +892,23 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
 }
 
 /// The datapath type of the existing bridge `name` a network attaches to
-/// (`ovs.bridge.existing`): it must be there, and serve no other dovesnap network.
-fn existing_bridge(name: &str, found: Option<ovsdb::BridgeInfo>) -> DriverResult<Datapath> {
+/// (`ovs.bridge.existing`): it must be there, and carry the record of no dovesnap
+/// network but those of `sharing` (this plugin's networks on it, already checked by
+/// [`shared::check_share`]).
+fn existing_bridge(
+    name: &str,
+    found: Option<ovsdb::BridgeInfo>,
+    sharing: &[&Network],
+) -> DriverResult<Datapath> {
     let Some(br) = found else {
         return Err(DriverError::NoExistingBridge(name.to_string()));
     };
-    let other = [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
-        .iter()
-        .find_map(|k| br.external_ids.get(*k));
+    let other = (shared::recorded_networks(&br).into_iter())
+        .find(|id| !sharing.iter().any(|n| n.id == *id));
     if let Some(other) = other {
         return Err(DriverError::ExistingBridgeInUse {
             bridge: name.to_string(),
-            other: other.clone(),
+            other: other.to_string(),
         });
     }
     Ok(Datapath::of(&br.datapath_type))

@@ -122,9 +122,18 @@ impl Network {
         }
     }
 
-    /// Whether `bridge` carries this network's marker.
+    /// Whether `bridge` carries this network's marker (in either slot).
     pub(super) fn marks(&self, bridge: &ovsdb::BridgeInfo) -> bool {
-        bridge.external_ids.get(self.marker()) == Some(&self.id)
+        self.slot_in(bridge).is_some()
+    }
+
+    /// The slot of the network's record on `bridge` ([`record_key`]): `Some(false)`
+    /// plain, `Some(true)` keyed, `None` when the bridge does not carry it.
+    pub(super) fn slot_in(&self, bridge: &ovsdb::BridgeInfo) -> Option<bool> {
+        [false, true].into_iter().find(|&keyed| {
+            let key = record_key(self.marker(), &self.id, keyed);
+            bridge.external_ids.get(&key) == Some(&self.id)
+        })
     }
 
     /// An overlay network's logical switch, database and chassis; `None` for the
@@ -199,7 +208,7 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
     BridgeSpec {
         name: net.bridge.clone(),
         datapath_type: net.datapath.as_str().to_string(),
-        external_ids: network_record(net),
+        external_ids: network_record(net, false),
         mtu: net.options.mtu,
         controllers: net.options.controllers.clone(),
         datapath_id: net.options.dpid.clone(),
@@ -218,20 +227,50 @@ pub(super) fn bridge_spec(net: &Network) -> BridgeSpec {
     }
 }
 
-/// The network's record in its bridge's `external_ids`: its marker
-/// ([`Network::marker`]), addressing and options.
-pub(super) fn network_record(net: &Network) -> BTreeMap<String, String> {
+/// Between a record key and the network id of its slot (`KEY@ID`).
+pub const RECORD_SLOT_SEPARATOR: char = '@';
+
+/// Where `key` of network `id`'s record goes in its bridge's `external_ids`.
+///
+/// A bridge holds one record per network on it, each in its own *slot*: the first
+/// network on a bridge writes the plain keys (`dovesnap-network-id`, `dovesnap-ipam`,
+/// `dovesnap-opt-...`, as every version wrote them, so a bridge with one network looks
+/// as it always did); a network joining a bridge whose plain slot is taken (a shared
+/// bridge) writes the same keys followed by `@<network id>`. Recovery reads every slot
+/// alike ([`records::networks_of`]).
+pub(super) fn record_key(key: &str, id: &str, keyed: bool) -> String {
+    if keyed {
+        format!("{key}{RECORD_SLOT_SEPARATOR}{id}")
+    } else {
+        key.to_string()
+    }
+}
+
+/// Whether the plain slot of `bridge`'s records is taken, so a network joining it
+/// writes a keyed one (`None`, no bridge yet: plain).
+pub(super) fn plain_slot_taken(bridge: Option<&ovsdb::BridgeInfo>) -> bool {
+    bridge.is_some_and(|b| {
+        [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
+            .iter()
+            .any(|k| b.external_ids.contains_key(*k))
+    })
+}
+
+/// The network's record in its bridge's `external_ids`, in the slot `keyed` says
+/// ([`record_key`]): its marker ([`Network::marker`]), addressing and options.
+pub(super) fn network_record(net: &Network, keyed: bool) -> BTreeMap<String, String> {
+    let key = |k: &str| record_key(k, &net.id, keyed);
     let mut external_ids = BTreeMap::new();
-    external_ids.insert(net.marker().to_string(), net.id.clone());
+    external_ids.insert(key(net.marker()), net.id.clone());
     external_ids.insert(
-        EXT_NETWORK_IPAM.to_string(),
+        key(EXT_NETWORK_IPAM),
         serde_json::to_string(&net.ipam).expect("Ipam serializes"),
     );
     for (k, v) in net.options.to_string_map() {
-        external_ids.insert(format!("{EXT_OPTION_PREFIX}{k}"), v);
+        external_ids.insert(key(&format!("{EXT_OPTION_PREFIX}{k}")), v);
     }
     if net.internal {
-        external_ids.insert(EXT_NETWORK_INTERNAL.to_string(), "true".to_string());
+        external_ids.insert(key(EXT_NETWORK_INTERNAL), "true".to_string());
     }
     external_ids
 }

@@ -74,7 +74,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 datapath: Datapath::of(br.map_or("", |b| &b.datapath_type)),
                 endpoints: match br {
                     Some(b) => {
-                        let (good, untrusted) = records::endpoints_of(b, Some(id));
+                        let (good, untrusted) =
+                            records::endpoints_of(b, records::PortsOf::Network(id));
                         untrusted_ids.extend(untrusted.iter().map(|b| b.id.clone()));
                         bad.extend(untrusted);
                         good

@@ -51,8 +51,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::{
-    bridge_spec, logical_port, network_record, port_spec, Driver, DriverState, Endpoint, Links,
-    NatFastPath, Network, Switch, EXT_ATTACHED_NETWORK_ID, EXT_NETWORK_ID,
+    bridge_spec, logical_port, port_spec, shared, Driver, DriverState, Endpoint, Links,
+    NatFastPath, Network, Switch,
 };
 use crate::host::netlink::{Netlink, NetlinkError};
 use crate::plugin::options::Mode;
@@ -166,6 +166,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         // Northbound databases that did not answer this pass: not asked again in it,
         // so one unreachable database costs one timeout, not one per network.
         let mut unreachable = HashSet::new();
+        // Bridges made again in this pass: the other networks sharing one join it.
+        let mut remade = HashSet::new();
         for net in networks.values() {
             let bridge = bridges.iter().find(|b| b.name == net.bridge);
             if let Some(ov) = net.overlay() {
@@ -195,13 +197,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                            network");
                     continue;
                 }
-                // The administrator made the bridge again (it carries no network's
-                // record): attach to it as at creation; the ports follow below.
-                Some(b) if net.options.existing && !carries_a_network(b) => {
-                    let record = network_record(net);
-                    let attached = (self.ovs)
-                        .update_bridge_external_ids(&net.bridge, &record, &[])
-                        .await;
+                // The administrator made the bridge again (it carries the record of no
+                // network but those sharing it here): attach to it as at creation; the
+                // ports follow below.
+                Some(b) if net.options.existing && !net.marks(b) && !foreign(b, networks) => {
+                    let attached = self.join_bridge(net).await;
                     let repair = (
                         "attach to the existing bridge made again",
                         "the existing bridge was made again; attached the network to it",
@@ -218,8 +218,21 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                     self.reconcile_tunnels(net, &ports).await;
                     (None, ports)
                 }
+                // Another network sharing the bridge made it again in this pass.
+                None if remade.contains(&net.bridge) => {
+                    let joined = self.join_bridge(net).await;
+                    let repair = (
+                        "join the shared bridge made again",
+                        "the shared bridge was missing from OVSDB; joined it again",
+                    );
+                    (Some((joined, repair)), HashSet::new())
+                }
                 None => {
-                    let made = self.ovs.create_bridge(&bridge_spec(net)).await;
+                    let made = (self.ovs.create_bridge(&bridge_spec(net)).await)
+                        .map_err(super::DriverError::from);
+                    if made.is_ok() {
+                        remade.insert(net.bridge.clone());
+                    }
                     let repair = (
                         "re-create the missing bridge",
                         "the bridge was missing from OVSDB; re-created it",
@@ -666,11 +679,10 @@ fn port_names(bridge: &crate::ovsdb::BridgeInfo) -> HashSet<String> {
     bridge.ports.iter().map(|p| p.name.clone()).collect()
 }
 
-/// Whether `bridge` carries a dovesnap network's record (its own or an attached one).
-fn carries_a_network(bridge: &crate::ovsdb::BridgeInfo) -> bool {
-    [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID]
-        .iter()
-        .any(|k| bridge.external_ids.contains_key(*k))
+/// Whether `bridge` carries the record of a dovesnap network that is not in
+/// `networks` (a record this plugin did not trust, another plugin's).
+fn foreign(bridge: &crate::ovsdb::BridgeInfo, networks: &HashMap<String, Network>) -> bool {
+    (shared::recorded_networks(bridge).iter()).any(|id| !networks.contains_key(*id))
 }
 
 #[cfg(test)]

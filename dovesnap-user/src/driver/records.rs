@@ -16,6 +16,7 @@ use super::{
     Datapath, DriverError, Endpoint, Ipam, Network, OverlayRecord, CONTAINER_VETH_PREFIX,
     EXT_ATTACHED_NETWORK_ID, EXT_ENDPOINT, EXT_ENDPOINT_ID, EXT_NETWORK_ID, EXT_NETWORK_INTERNAL,
     EXT_NETWORK_IPAM, EXT_OPTION_PREFIX, EXT_OVERLAY_PREFIX, HOST_VETH_PREFIX,
+    RECORD_SLOT_SEPARATOR,
 };
 use crate::daemon::status::BadRecord;
 use crate::host::addr::Ipv4Net;
@@ -102,19 +103,40 @@ fn check_endpoint(port: &PortInfo, ep: &Endpoint) -> Result<(), String> {
     Ok(())
 }
 
-/// The endpoints recorded on a bridge's ports (only `network`'s when given: the
-/// integration bridge carries the ports of every overlay network), and the records
+/// Which of a bridge's ports [`endpoints_of`] reads.
+#[derive(Clone, Copy)]
+pub(super) enum PortsOf<'a> {
+    /// Every port (a bridge with one network on it, as every version wrote them).
+    All,
+    /// The ports recorded as network `id`'s (the integration bridge carries the ports
+    /// of every overlay network; a shared bridge, those of each network on it).
+    Network(&'a str),
+    /// Network `id`'s and those recorded without a network (the plain slot's network
+    /// on a shared bridge: ports of versions that did not record the network).
+    NetworkOrUnlabelled(&'a str),
+}
+
+impl PortsOf<'_> {
+    fn takes(self, port: &PortInfo) -> bool {
+        let recorded = port.external_ids.get(EXT_NETWORK_ID).map(String::as_str);
+        match self {
+            PortsOf::All => true,
+            PortsOf::Network(id) => recorded == Some(id),
+            PortsOf::NetworkOrUnlabelled(id) => recorded.is_none_or(|n| n == id),
+        }
+    }
+}
+
+/// The endpoints recorded on a bridge's ports (those `which` says), and the records
 /// that cannot be trusted.
 pub(super) fn endpoints_of(
     br: &BridgeInfo,
-    network: Option<&str>,
+    which: PortsOf<'_>,
 ) -> (HashMap<String, Endpoint>, Vec<BadRecord>) {
     let mut good = HashMap::new();
     let mut bad = Vec::new();
     for p in &br.ports {
-        if network
-            .is_some_and(|n| p.external_ids.get(EXT_NETWORK_ID).map(String::as_str) != Some(n))
-        {
+        if !which.takes(p) {
             continue;
         }
         let claimed = p.external_ids.get(EXT_ENDPOINT_ID);
@@ -145,16 +167,69 @@ pub(super) fn endpoints_of(
     (good, bad)
 }
 
-/// A bridge's network record: `None` when the bridge is not dovesnap's, else the
-/// network (with its trusted endpoints) and its endpoint records that cannot be
-/// trusted, or why the network's own record cannot be.
+/// A network read from a bridge's records: the network (with its trusted endpoints)
+/// and its endpoint records that cannot be trusted, or why the network's own record
+/// cannot be.
+pub(super) type NetworkRead = Result<(Network, Vec<BadRecord>), BadRecord>;
+
+/// The slots of a bridge's records ([`record_key`](super::model::record_key)): `None`
+/// for the plain one, `Some(id)` for each keyed one, the plain first.
+fn slots(br: &BridgeInfo) -> Vec<Option<&str>> {
+    let markers = [EXT_NETWORK_ID, EXT_ATTACHED_NETWORK_ID];
+    let plain = markers.iter().any(|k| br.external_ids.contains_key(*k));
+    let keyed = (br.external_ids.keys())
+        .filter_map(|k| k.rsplit_once(RECORD_SLOT_SEPARATOR))
+        .filter(|(base, _)| markers.contains(base))
+        .map(|(_, id)| Some(id));
+    let mut slots: Vec<Option<&str>> = plain.then_some(None).into_iter().chain(keyed).collect();
+    slots.dedup();
+    slots
+}
+
+/// The networks recorded on a bridge, one per slot of its records (none when the
+/// bridge is not dovesnap's; several on a shared bridge).
 /// A bridge dovesnap made carries [`EXT_NETWORK_ID`]; an existing bridge a network is
 /// attached to, [`EXT_ATTACHED_NETWORK_ID`] (and its options say
-/// `ovs.bridge.existing`).
-pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadRecord>), BadRecord>> {
-    let (id, attached) = match br.external_ids.get(EXT_NETWORK_ID) {
+/// `ovs.bridge.existing`); each in the plain slot or keyed by the network's id.
+pub(super) fn networks_of(br: &BridgeInfo) -> Vec<NetworkRead> {
+    let slots = slots(br);
+    let shared = slots.len() > 1;
+    (slots.iter())
+        .filter_map(|slot| {
+            // The slot's keys, without their `@ID`.
+            let ids: BTreeMap<String, String> = (br.external_ids.iter())
+                .filter_map(|(k, v)| {
+                    let base = match (slot, k.rsplit_once(RECORD_SLOT_SEPARATOR)) {
+                        (None, None) => k.as_str(),
+                        (Some(id), Some((base, of))) if of == *id => base,
+                        _ => return None,
+                    };
+                    Some((base.to_string(), v.clone()))
+                })
+                .collect();
+            let which = match (slot, shared) {
+                (_, false) => PortsOf::All,
+                (Some(id), true) => PortsOf::Network(id),
+                (None, true) => PortsOf::NetworkOrUnlabelled(
+                    (ids.get(EXT_NETWORK_ID).or(ids.get(EXT_ATTACHED_NETWORK_ID)))
+                        .map_or("", String::as_str),
+                ),
+            };
+            read_slot(br, *slot, &ids, which)
+        })
+        .collect()
+}
+
+/// One slot's record: `ids` are its keys (without `@ID`).
+fn read_slot(
+    br: &BridgeInfo,
+    slot: Option<&str>,
+    ids: &BTreeMap<String, String>,
+    which: PortsOf<'_>,
+) -> Option<NetworkRead> {
+    let (id, attached) = match ids.get(EXT_NETWORK_ID) {
         Some(id) => (id, false),
-        None => (br.external_ids.get(EXT_ATTACHED_NETWORK_ID)?, true),
+        None => (ids.get(EXT_ATTACHED_NETWORK_ID)?, true),
     };
     let bad = |reason: String| BadRecord {
         record: format!("bridge {}", br.name),
@@ -163,15 +238,20 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
     };
     Some((|| {
         check_id("network", id).map_err(|e| bad(e.to_string()))?;
-        let opts: BTreeMap<String, String> = br
-            .external_ids
+        if slot.is_some_and(|s| s != id) {
+            return Err(bad(format!(
+                "the record is keyed by network {:?} but names network {id:?}",
+                slot.unwrap_or_default()
+            )));
+        }
+        let opts: BTreeMap<String, String> = ids
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(EXT_OPTION_PREFIX)?.to_string(), v.clone())))
             .collect();
         let options = NetworkOptions::from_string_map(&opts)
             .map_err(|e| bad(format!("options do not read: {e}")))?;
         let mixed = options.existing != attached
-            || (!attached && br.external_ids.contains_key(EXT_ATTACHED_NETWORK_ID));
+            || (!attached && ids.contains_key(EXT_ATTACHED_NETWORK_ID));
         if mixed {
             return Err(bad(format!(
                 "{EXT_NETWORK_ID} and {EXT_ATTACHED_NETWORK_ID} are for bridges dovesnap made \
@@ -179,7 +259,7 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
                  them"
             )));
         }
-        let ipam = match br.external_ids.get(EXT_NETWORK_IPAM) {
+        let ipam = match ids.get(EXT_NETWORK_IPAM) {
             None => Ipam::default(),
             Some(json) => check_ipam(json).map_err(bad)?,
         };
@@ -189,18 +269,14 @@ pub(super) fn network_of(br: &BridgeInfo) -> Option<Result<(Network, Vec<BadReco
                 options.mode
             )));
         }
-        let (endpoints, bad_endpoints) = endpoints_of(br, None);
+        let (endpoints, bad_endpoints) = endpoints_of(br, which);
         let net = Network {
             id: id.clone(),
             bridge: br.name.clone(),
             datapath: Datapath::of(&br.datapath_type),
             options,
             ipam,
-            internal: br
-                .external_ids
-                .get(EXT_NETWORK_INTERNAL)
-                .map(String::as_str)
-                == Some("true"),
+            internal: ids.get(EXT_NETWORK_INTERNAL).map(String::as_str) == Some("true"),
             endpoints,
             chassis: String::new(),
         };
@@ -259,7 +335,8 @@ pub(super) fn overlay_of(key: &str, json: &str) -> Option<Result<OverlayRead, Ba
 pub fn nat_fast_subnets(bridges: &[BridgeInfo]) -> Vec<Ipv4Net> {
     bridges
         .iter()
-        .filter_map(|br| match network_of(br)? {
+        .flat_map(networks_of)
+        .filter_map(|read| match read {
             Ok((net, _)) if net.options.mode == crate::plugin::options::Mode::NatFast => {
                 net.ipam.subnet
             }
@@ -270,11 +347,10 @@ pub fn nat_fast_subnets(bridges: &[BridgeInfo]) -> Vec<Ipv4Net> {
 
 pub fn audit(bridges: &[BridgeInfo], switch_ids: &BTreeMap<String, String>) -> Vec<BadRecord> {
     let mut bad = Vec::new();
-    for br in bridges {
-        match network_of(br) {
-            None => {}
-            Some(Ok((_, eps))) => bad.extend(eps),
-            Some(Err(b)) => bad.push(b),
+    for read in bridges.iter().flat_map(networks_of) {
+        match read {
+            Ok((_, eps)) => bad.extend(eps),
+            Err(b) => bad.push(b),
         }
     }
     for (key, json) in switch_ids {
@@ -284,7 +360,7 @@ pub fn audit(bridges: &[BridgeInfo], switch_ids: &BTreeMap<String, String>) -> V
             Some(Ok(ov)) => {
                 let bridge = super::integration_bridge(&ov.options);
                 if let Some(br) = bridges.iter().find(|b| b.name == bridge) {
-                    bad.extend(endpoints_of(br, Some(&ov.id)).1);
+                    bad.extend(endpoints_of(br, PortsOf::Network(&ov.id)).1);
                 }
             }
         }
@@ -350,6 +426,13 @@ mod tests {
                 r#"{"subnet":"10.231.1.0/24","gateway":"10.231.1.1"}"#,
             ),
         ]
+    }
+
+    /// The one network a bridge records (None when it records none).
+    fn network_of(br: &BridgeInfo) -> Option<NetworkRead> {
+        let mut reads = networks_of(br);
+        assert!(reads.len() <= 1, "{reads:?}");
+        reads.pop()
     }
 
     #[test]
@@ -428,6 +511,55 @@ mod tests {
         both.push((EXT_ATTACHED_NETWORK_ID, NID));
         both.retain(|(k, _)| *k != "dovesnap-opt-ovs.bridge.existing");
         assert!(network_of(&bridge(&both, vec![])).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_shared_bridge_records_each_network_in_its_slot() {
+        const NID2: &str = "7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4b3a291807f6e5d4c3b2a19080";
+        const EID2: &str = "0123456789ab0123456789ab0123456789ab0123456789ab0123456789ab0123";
+        let keyed = |k: &str| format!("{k}@{NID2}");
+        let ids: Vec<(String, String)> = vec![
+            // The plain slot as older versions wrote it.
+            (EXT_ATTACHED_NETWORK_ID.into(), NID.into()),
+            ("dovesnap-opt-ovs.bridge.existing".into(), "true".into()),
+            (
+                "dovesnap-opt-ovs.bridge.name".into(),
+                "ovsbr-3f2a9c1d".into(),
+            ),
+            ("dovesnap-opt-ovs.bridge.vlan".into(), "300".into()),
+            (keyed(EXT_ATTACHED_NETWORK_ID), NID2.into()),
+            (keyed("dovesnap-opt-ovs.bridge.existing"), "true".into()),
+            (
+                keyed("dovesnap-opt-ovs.bridge.name"),
+                "ovsbr-3f2a9c1d".into(),
+            ),
+            (keyed("dovesnap-opt-ovs.bridge.vlan"), "400".into()),
+            ("admin-key".into(), "admin value".into()),
+        ];
+        let ids: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // An older version's port (no network recorded on it) is the plain slot's.
+        let mut old = port(&endpoint());
+        old.external_ids.remove(EXT_NETWORK_ID);
+        let mut theirs = endpoint();
+        theirs.id = EID2.into();
+        (theirs.host_ifname, theirs.container_ifname) = veth_names(EID2);
+        let mut p2 = port(&theirs);
+        p2.external_ids.insert(EXT_NETWORK_ID.into(), NID2.into());
+        let reads = networks_of(&bridge(&ids, vec![old, p2]));
+        let nets: Vec<Network> = reads.into_iter().map(|r| r.unwrap().0).collect();
+        assert_eq!(nets.len(), 2);
+        let (a, b) = (&nets[0], &nets[1]);
+        assert_eq!((a.id.as_str(), a.options.vlan), (NID, Some(300)));
+        assert_eq!((b.id.as_str(), b.options.vlan), (NID2, Some(400)));
+        assert!(a.options.existing && b.options.existing);
+        assert_eq!(a.endpoints.keys().collect::<Vec<_>>(), vec![EID]);
+        assert_eq!(b.endpoints.keys().collect::<Vec<_>>(), vec![EID2]);
+        // A keyed slot whose marker names another network is not trusted.
+        let mut forged = ids.clone();
+        forged[4].1 = NID;
+        let reads = networks_of(&bridge(&forged, vec![]));
+        let bad = reads.into_iter().find_map(Result::err).expect("refused");
+        assert!(bad.reason.contains("keyed by network"), "{bad:?}");
     }
 
     #[test]
@@ -532,12 +664,17 @@ mod tests {
         let mut q = port(&good);
         q.name = "ovsvother".into();
         q.external_ids.remove(EXT_ENDPOINT);
-        let (_, bad) = endpoints_of(&bridge(&nat_ids(), vec![p, q]), None);
+        let (_, bad) = endpoints_of(&bridge(&nat_ids(), vec![p, q]), PortsOf::All);
         assert_eq!(bad.len(), 2, "{bad:?}");
         // The port of another endpoint.
         let mut p = port(&good);
         p.name = "ovsv0123456789".into();
-        assert_eq!(endpoints_of(&bridge(&nat_ids(), vec![p]), None).1.len(), 1);
+        assert_eq!(
+            endpoints_of(&bridge(&nat_ids(), vec![p]), PortsOf::All)
+                .1
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -1075,7 +1075,7 @@ async fn duplicate_and_unknown_ids_are_typed_refusals() {
     r.create_network(named(NID2)).await.unwrap();
     refused!(
         r.create_network(named(&NID2.replace('7', "1"))),
-        DriverError::BridgeInUse { .. }
+        DriverError::BridgeShared { .. }
     );
 }
 
@@ -1127,7 +1127,7 @@ async fn an_existing_bridge_is_attached_to_and_never_deleted() {
     // A second network may not take the bridge.
     refused!(
         r.create_network(network(NID2, opts, None)),
-        DriverError::BridgeInUse { .. }
+        DriverError::BridgeShared { .. }
     );
 
     // Docker deletes the endpoints first; a network deleted with an endpoint left
@@ -1804,4 +1804,288 @@ async fn the_reconciler_remakes_a_lost_split_pair_and_patch() {
     // A whole split is left alone.
     r.driver.reconcile().await;
     assert_eq!(r.driver.repairs().len(), repairs.len());
+}
+
+/// Network `nid` on the shared bridge `br-x` with `opts` (`ovs.bridge.vlan=...`).
+fn on_br_x(nid: &str, opts: &str) -> api::CreateNetworkRequest {
+    network(nid, &format!("mode=flat ovs.bridge.name=br-x {opts}"), None)
+}
+
+const EID2: &str = "0123456789ab0123456789ab0123456789ab0123456789ab0123456789ab0123";
+
+impl Rig {
+    fn br_x_ids(&self) -> BTreeMap<String, String> {
+        self.host.lock().unwrap().bridges["br-x"]
+            .external_ids
+            .clone()
+    }
+
+    fn tag(&self, port: &str) -> Option<u16> {
+        self.host.lock().unwrap().port(port).and_then(|p| p.tag)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn vlan_networks_share_a_named_bridge_whichever_leaves_first() {
+    for first_out in [NID, NID2] {
+        let r = rig();
+        let opts = "ovs.bridge.vlan=300 ovs.bridge.mtu=1400 ovs.bridge.userspace=true";
+        r.create_network(on_br_x(NID, opts)).await.unwrap();
+        r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
+            .await
+            .unwrap();
+        assert_eq!(r.host.lock().unwrap().created.len(), 1, "one bridge made");
+        // One record per network: the first in the plain keys, the second keyed.
+        let ids = r.br_x_ids();
+        assert_eq!(ids[EXT_NETWORK_ID], NID);
+        assert_eq!(ids[&format!("{EXT_NETWORK_ID}@{NID2}")], NID2);
+        assert_eq!(ids[&format!("dovesnap-opt-ovs.bridge.vlan@{NID2}")], "400");
+        // The joiner takes the bridge's settings (its veths get the bridge's MTU).
+        {
+            let state = r.driver.state.lock().await;
+            let joined = &state.networks[NID2];
+            assert_eq!(joined.options.mtu, Some(1400));
+            assert_eq!(joined.datapath, Datapath::Netdev);
+        }
+        r.endpoint(NID, EID, "").await.unwrap();
+        r.endpoint(NID2, EID2, "").await.unwrap();
+        let (p1, p2) = (records::veth_names(EID).0, records::veth_names(EID2).0);
+        assert_eq!((r.tag(&p1), r.tag(&p2)), (Some(300), Some(400)));
+        let status = r.driver.status().await;
+        let shown: Vec<_> = (status.networks.iter())
+            .map(|n| (n.bridge.as_str(), n.vlan, n.shared_with.clone()))
+            .collect();
+        assert!(
+            shown.contains(&("br-x", Some(300), vec![NID2.to_string()])),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&("br-x", Some(400), vec![NID.to_string()])),
+            "{shown:?}"
+        );
+
+        // A restarted plugin reads both records and each network's own endpoint.
+        let restarted = r.restarted();
+        assert_eq!(restarted.recover().await.unwrap(), (2, 2));
+        {
+            let state = restarted.state.lock().await;
+            assert_eq!(state.networks[NID2].options.vlan, Some(400));
+            assert!(state.networks[NID2].endpoints.contains_key(EID2));
+            assert!(state.networks[NID].endpoints.contains_key(EID));
+        }
+
+        // The first out (its endpoint still there) leaves the bridge and the other.
+        let (last_out, stays) = if first_out == NID {
+            (NID2, &p2)
+        } else {
+            (NID, &p1)
+        };
+        let req = |nid: &str| api::NetworkRequest {
+            network_id: nid.into(),
+        };
+        restarted
+            .delete_network_inner(req(first_out))
+            .await
+            .unwrap();
+        let ids = r.br_x_ids();
+        assert!(!ids.values().any(|v| v == first_out), "{ids:?}");
+        assert!(ids.values().any(|v| v == last_out), "{ids:?}");
+        assert_eq!(
+            r.host.lock().unwrap().port_names("br-x"),
+            vec![stays.clone()]
+        );
+        // The last one out deletes it.
+        restarted.delete_network_inner(req(last_out)).await.unwrap();
+        assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_bridge_is_shared_only_as_it_can_be() {
+    let r = rig();
+    let opts = "ovs.bridge.vlan=300 ovs.bridge.mtu=1400 ovs.bridge.controller=tcp:192.0.2.1:6653";
+    r.create_network(on_br_x(NID, opts)).await.unwrap();
+    let before = r.br_x_ids();
+    let refusals = [
+        ("ovs.bridge.vlan=300", "with VLAN 300"),
+        ("", "each need their own ovs.bridge.vlan"),
+        (
+            "ovs.bridge.vlan=400 ovs.bridge.mtu=1500",
+            "ovs.bridge.mtu=1400, and this network asks for ovs.bridge.mtu=1500",
+        ),
+        (
+            "ovs.bridge.vlan=400 ovs.bridge.controller=tcp:192.0.2.2:6653",
+            "ovs.bridge.controller",
+        ),
+        (
+            "ovs.bridge.vlan=400 ovs.bridge.tunnels=vxlan:192.0.2.9",
+            "tunnels are not supported on a shared bridge",
+        ),
+        (
+            "ovs.bridge.vlan=400 mode=nat",
+            "only flat networks share a bridge",
+        ),
+        (
+            "ovs.bridge.vlan=400 ovs.bridge.existing=true",
+            "ovs.bridge.existing alike",
+        ),
+    ];
+    for (opts, says) in refusals {
+        let req = if opts.contains("mode=nat") {
+            network(
+                NID2,
+                &format!("ovs.bridge.name=br-x {opts}"),
+                Some("10.239.9.0/24"),
+            )
+        } else {
+            on_br_x(NID2, opts)
+        };
+        let e = r.create_network(req).await.unwrap_err();
+        assert!(
+            matches!(&e, DriverError::BridgeShared { .. }),
+            "{opts}: {e}"
+        );
+        assert!(e.to_string().contains(says), "{opts}: {e}");
+        assert!(e.to_string().contains(NID), "names the other network: {e}");
+        assert_eq!(r.br_x_ids(), before, "{opts}: the bridge changed");
+        assert_eq!(r.bridges(), vec!["br-x".to_string()]);
+    }
+    // An untagged first network keeps its bridge to itself.
+    let r2 = rig();
+    r2.create_network(on_br_x(NID, "")).await.unwrap();
+    let e = r2
+        .create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("without a VLAN"), "{e}");
+
+    // A container's own VLAN may not be another network's on the bridge, and a
+    // network may not join on a VLAN a container there has as its own.
+    r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
+        .await
+        .unwrap();
+    let mut req = endpoint(NID2, EID, "");
+    req.options = Some([(crate::plugin::options::PORT_VLAN.to_string(), json!("300"))].into());
+    refused!(
+        r.driver.create_endpoint_inner(req.clone()),
+        DriverError::PortVlanShared { vlan: 300, .. }
+    );
+    req.options = Some([(crate::plugin::options::PORT_VLAN.to_string(), json!("500"))].into());
+    r.driver.create_endpoint_inner(req).await.unwrap();
+    let e = r
+        .create_network(on_br_x(NID3, "ovs.bridge.vlan=500"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("ovs.port.vlan=500"), "{e}");
+    assert!(r.links().iter().filter(|l| l.starts_with("ovsv")).count() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn networks_on_a_shared_bridge_each_reach_their_uplink_through_its_trunk() {
+    let r = rig();
+    let opts = |vlan| format!("ovs.bridge.vlan={vlan} ovs.bridge.add_ports=eth1");
+    r.create_network(on_br_x(NID, &opts(300))).await.unwrap();
+    r.create_network(on_br_x(NID2, &opts(400))).await.unwrap();
+    assert_eq!(eth1_trunks(&r), Some(vec![300, 400]));
+    let patch = |nid: &str| format!("ovsnp0-{}", &nid[..8]);
+    let ports = r.host.lock().unwrap().port_names("br-x");
+    assert!(
+        ports.contains(&patch(NID)) && ports.contains(&patch(NID2)),
+        "{ports:?}"
+    );
+    assert_eq!(r.tag(&patch(NID2)), Some(400));
+    r.delete_network(NID).await.unwrap();
+    assert_eq!(eth1_trunks(&r), Some(vec![400]));
+    assert_eq!(r.host.lock().unwrap().port_names("br-x"), vec![patch(NID2)]);
+    r.delete_network(NID2).await.unwrap();
+    assert!(r.bridges().is_empty(), "{:?}", r.bridges());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_failed_join_leaves_the_shared_bridge_as_it_was() {
+    let r = rig();
+    r.create_network(on_br_x(NID, "ovs.bridge.vlan=300"))
+        .await
+        .unwrap();
+    let before = r.br_x_ids();
+    r.fail("add_port");
+    let opts = "ovs.bridge.vlan=400 ovs.bridge.add_ports=eth1";
+    assert!(r.create_network(on_br_x(NID2, opts)).await.is_err());
+    assert_eq!(r.br_x_ids(), before);
+    assert_eq!(r.bridges(), vec!["br-x".to_string()], "no trunk left");
+    r.host.lock().unwrap().failing.clear();
+    r.create_network(on_br_x(NID2, opts)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_reconciler_makes_a_shared_bridge_again_with_every_network_on_it() {
+    let r = rig();
+    r.create_network(on_br_x(NID, "ovs.bridge.vlan=300"))
+        .await
+        .unwrap();
+    r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
+        .await
+        .unwrap();
+    r.endpoint(NID, EID, "").await.unwrap();
+    r.endpoint(NID2, EID2, "").await.unwrap();
+    r.host.lock().unwrap().bridges.remove("br-x");
+    r.driver.reconcile().await;
+    let (p1, p2) = (records::veth_names(EID).0, records::veth_names(EID2).0);
+    assert_eq!((r.tag(&p1), r.tag(&p2)), (Some(300), Some(400)));
+    let restarted = r.restarted();
+    assert_eq!(restarted.recover().await.unwrap(), (2, 2));
+    let repairs = r.driver.repairs();
+    assert!(repairs.contains(&("bridge".to_string(), 2)), "{repairs:?}");
+    // A second pass has nothing to do.
+    r.driver.reconcile().await;
+    assert_eq!(r.driver.repairs(), repairs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_existing_bridge_serves_several_networks_and_keeps_its_ports() {
+    let r = rig();
+    let admin = || BridgeInfo {
+        name: "br-x".into(),
+        datapath_type: "system".into(),
+        external_ids: BTreeMap::from([("owner".to_string(), "admin".to_string())]),
+        ports: vec![PortInfo {
+            name: "admin0".into(),
+            tag: None,
+            external_ids: BTreeMap::new(),
+            interface_type: String::new(),
+            ofport: Some(1),
+            trunks: Vec::new(),
+        }],
+    };
+    r.host
+        .lock()
+        .unwrap()
+        .bridges
+        .insert("br-x".into(), admin());
+    let existing = |vlan| format!("ovs.bridge.existing=true ovs.bridge.vlan={vlan}");
+    r.create_network(on_br_x(NID, &existing(300)))
+        .await
+        .unwrap();
+    r.create_network(on_br_x(NID2, &existing(400)))
+        .await
+        .unwrap();
+    let ids = r.br_x_ids();
+    assert_eq!(ids[EXT_ATTACHED_NETWORK_ID], NID);
+    assert_eq!(ids[&format!("{EXT_ATTACHED_NETWORK_ID}@{NID2}")], NID2);
+    r.endpoint(NID2, EID2, "").await.unwrap();
+    // The administrator makes the bridge again: both networks attach to it again.
+    r.host
+        .lock()
+        .unwrap()
+        .bridges
+        .insert("br-x".into(), admin());
+    r.driver.reconcile().await;
+    assert_eq!(r.restarted().recover().await.unwrap(), (2, 1));
+    for nid in [NID, NID2] {
+        r.delete_network(nid).await.unwrap();
+    }
+    let h = r.host.lock().unwrap();
+    assert_eq!(h.bridges["br-x"].external_ids, admin().external_ids);
+    assert_eq!(h.port_names("br-x"), vec!["admin0".to_string()]);
+    assert!(h.created.is_empty() && !h.calls.iter().any(|c| c.starts_with("delete_bridge")));
 }

@@ -122,10 +122,11 @@ fn holds_uplink(bridge: &ovsdb::BridgeInfo, uplink: &str) -> bool {
     bridge.ports.iter().any(|p| p.name == uplink)
 }
 
-/// Whether some bridge records network `id` (trusted or not): its patch port on a
-/// trunk is alive, not the leftover of a network gone in a crash.
+/// Whether some bridge records network `id` (trusted or not, in any slot of a shared
+/// bridge): its patch port on a trunk is alive, not the leftover of a network gone in
+/// a crash.
 fn recorded(bridges: &[ovsdb::BridgeInfo], id: &str) -> bool {
-    (bridges.iter()).any(|b| b.external_ids.get(EXT_NETWORK_ID).map(String::as_str) == Some(id))
+    (bridges.iter()).any(|b| super::shared::recorded_networks(b).contains(&id))
 }
 
 /// The VLANs the trunk of `uplink` carries for the networks of `networks` other than
