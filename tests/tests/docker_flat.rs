@@ -592,6 +592,98 @@ fn a_container_vlan_overrides_the_networks() {
     assert_eq!(dovesnap_leftovers(), Vec::<String>::new());
 }
 
+#[test]
+#[ignore = "needs root, Open vSwitch and dockerd (cargo xtask test)"]
+fn networks_naming_one_bridge_share_it_on_their_vlans() {
+    let plugin = start_plugin();
+    let bridge = "dssb0";
+    let name = format!("ovs.bridge.name={bridge}");
+    {
+        let net = |n: &str, subnet: &str, vlan: &str| {
+            Network::create(n, &["--subnet", subnet, "-o", &name, "-o", vlan])
+        };
+        let n300 = net("dssb-300", "10.239.3.0/24", "ovs.bridge.vlan=300");
+        let n400 = net("dssb-400", "10.239.4.0/24", "ovs.bridge.vlan=400");
+        let a = Container::run(
+            "dssb-a",
+            &n300,
+            &["--cap-add", "NET_ADMIN"],
+            &["sleep", "3600"],
+        );
+        let a2 = Container::idle("dssb-a2", &n300);
+        let b = Container::idle("dssb-b", &n400);
+        // One bridge, each network's ports on its own VLAN.
+        for (c, net, vlan) in [(&a, &n300, "300"), (&a2, &n300, "300"), (&b, &n400, "400")] {
+            assert_eq!(bridge_of_port(&port_of(c, net)).as_deref(), Some(bridge));
+            assert_eq!(port_tag(c, net), vlan);
+        }
+        let ids = bridge_ids(bridge);
+        assert!(
+            ids.contains(&format!("dovesnap-network-id={}", n300.id())),
+            "{ids}"
+        );
+        assert!(
+            ids.contains(&format!("dovesnap-network-id@{0}={0}", n400.id())),
+            "{ids}"
+        );
+        let status = plugin.status();
+        let shares = status["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == n300.id().as_str() && n["shared_with"][0] == n400.id().as_str());
+        assert!(shares, "{status}");
+
+        // Two containers of one network reach each other; across networks nothing
+        // passes, even with the other's subnet on-link.
+        assert!(a.ping(&a2.ip(&n300)), "same network, same VLAN: no ping");
+        let b_ip = b.ip(&n400);
+        let on_link = ["ip", "route", "add", "10.239.4.0/24", "dev", "eth0"];
+        assert!(a.exec(&on_link).status.success());
+        assert!(!a.ping(&b_ip), "VLAN 300 reached {b_ip} on VLAN 400");
+        assert_refused(&["-o", &name, "-o", "ovs.bridge.vlan=300"], "with VLAN 300");
+
+        // The first network out leaves the bridge and the other network working.
+        drop((a, a2));
+        drop(n300);
+        assert!(ovs_bridges().contains(&bridge.to_string()));
+        let b2 = Container::idle("dssb-b2", &n400);
+        assert!(b2.ping(&b_ip), "the remaining network lost its bridge");
+        drop((b, b2));
+    }
+    // The last one out deletes the bridge.
+    assert!(!ovs_bridges().contains(&bridge.to_string()));
+
+    // An administrator's bridge serves two networks and keeps its own port and ids.
+    let admin_bridge = TestBridge::new("dssba");
+    let admin = Veth::new("dssbf");
+    sh("ovs-vsctl", &["add-port", &admin_bridge.name, &admin.host]);
+    let name = format!("ovs.bridge.name={}", admin_bridge.name);
+    {
+        let net = |n: &str, subnet: &str, vlan: &str| {
+            let opts = ["-o", "ovs.bridge.existing=true", "-o", &name, "-o", vlan];
+            Network::create(n, &[&["--subnet", subnet][..], &opts].concat())
+        };
+        let _n5 = net("dssb-e5", "10.239.5.0/24", "ovs.bridge.vlan=500");
+        let n6 = net("dssb-e6", "10.239.6.0/24", "ovs.bridge.vlan=600");
+        let ids = bridge_ids(&admin_bridge.name);
+        let attached = format!("dovesnap-attached-network-id@{0}={0}", n6.id());
+        assert!(ids.contains(&attached), "{ids}");
+    }
+    assert_eq!(
+        sh("ovs-vsctl", &["list-ports", &admin_bridge.name]).trim(),
+        admin.host
+    );
+    assert_eq!(bridge_ids(&admin_bridge.name).trim(), "");
+    drop(plugin);
+    drop(admin);
+    drop(admin_bridge);
+    assert_eq!(
+        leftovers(&["ovsbr-", "dssb"], &["ovsv", "ovsc", "dssb"]),
+        Vec::<String>::new()
+    );
+}
+
 /// Where the limits test's daemon serves metrics.
 const METRICS_ADDR: &str = "127.0.0.1:19478";
 
