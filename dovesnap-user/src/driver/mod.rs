@@ -20,6 +20,9 @@
 //! A flat network on an existing bridge (`ovs.bridge.existing`) skips the bridge's
 //! creation and deletion: its record goes on the administrator's bridge under
 //! [`EXT_ATTACHED_NETWORK_ID`] and leaves with the network; only its ports are its own.
+//! Flat VLAN networks naming one bridge share it ([`shared`]): the first makes it (or
+//! the administrator did), the others join it, each with its own record slot; the
+//! last one out of a dovesnap-made bridge deletes it.
 //!
 //! Overlay mode has no bridge of its own: the network is an OVN logical switch
 //! (`crate::ovn`), recorded on this host in `Open_vSwitch.external_ids`

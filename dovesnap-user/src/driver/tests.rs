@@ -1096,25 +1096,27 @@ async fn docker_sees_the_same_messages_at_the_edge() {
     assert!(e.0.contains("is not known to dovesnap"), "{e}");
 }
 
+/// An administrator's bridge `name` with a port of theirs, `admin0`.
+fn admin_bridge(name: &str) -> BridgeInfo {
+    BridgeInfo {
+        name: name.into(),
+        datapath_type: "system".into(),
+        external_ids: BTreeMap::new(),
+        ports: vec![PortInfo {
+            name: "admin0".into(),
+            tag: None,
+            external_ids: BTreeMap::new(),
+            interface_type: String::new(),
+            ofport: Some(1),
+            trunks: Vec::new(),
+        }],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn an_existing_bridge_is_attached_to_and_never_deleted() {
     let r = rig();
-    r.host.lock().unwrap().bridges.insert(
-        "br-admin".into(),
-        BridgeInfo {
-            name: "br-admin".into(),
-            datapath_type: "system".into(),
-            external_ids: BTreeMap::new(),
-            ports: vec![PortInfo {
-                name: "admin0".into(),
-                tag: None,
-                external_ids: BTreeMap::new(),
-                interface_type: String::new(),
-                ofport: Some(1),
-                trunks: Vec::new(),
-            }],
-        },
-    );
+    (r.host.lock().unwrap().bridges).insert("br-admin".into(), admin_bridge("br-admin"));
     let opts = "mode=flat ovs.bridge.name=br-admin ovs.bridge.existing=true";
     r.net(opts, None).await;
     assert!(r.host.lock().unwrap().created.is_empty(), "no bridge made");
@@ -2044,18 +2046,10 @@ async fn the_reconciler_makes_a_shared_bridge_again_with_every_network_on_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn an_existing_bridge_serves_several_networks_and_keeps_its_ports() {
     let r = rig();
-    let admin = || BridgeInfo {
-        name: "br-x".into(),
-        datapath_type: "system".into(),
-        external_ids: BTreeMap::from([("owner".to_string(), "admin".to_string())]),
-        ports: vec![PortInfo {
-            name: "admin0".into(),
-            tag: None,
-            external_ids: BTreeMap::new(),
-            interface_type: String::new(),
-            ofport: Some(1),
-            trunks: Vec::new(),
-        }],
+    let admin = || {
+        let mut br = admin_bridge("br-x");
+        br.external_ids.insert("owner".into(), "admin".into());
+        br
     };
     r.host
         .lock()
