@@ -495,6 +495,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_shared_bridge_shows_the_vlan_and_the_other_networks() {
+        let mut s = sample();
+        s.networks[1].vlan = Some(300);
+        s.networks[1].shared_with = vec!["d53fd46efc27d3a4d8382207".into()];
+        let table = render_status_table(&s);
+        assert!(
+            table.contains("br-flat/300 shared:d53fd46efc27 "),
+            "{table}"
+        );
+        // Alone on its bridge, a VLAN network's line is as before.
+        s.networks[1].shared_with.clear();
+        assert!(!render_status_table(&s).contains("br-flat/"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["networks"][1]["vlan"], 300);
+        assert!(json["networks"][0].get("shared_with").is_none());
+    }
+
+    #[test]
     fn status_decodes_with_missing_and_unknown_fields() {
         let s: Status = serde_json::from_str(
             r#"{"networks":[{"id":"n","endpoints":[{"id":"e","extra":1}]}],"version":2}"#,
