@@ -81,6 +81,12 @@ pub enum DriverError {
         why: String,
     },
     #[error(
+        "the bridge {0} of the networks this one would share it with is missing from OVSDB \
+         (deleted behind dovesnap's back); the reconciler makes it again within a pass: \
+         retry then"
+    )]
+    SharedBridgeGone(String),
+    #[error(
         "ovs.port.vlan={vlan} is the VLAN of network {other}, which shares bridge {bridge} \
          with this one: the container would join that network; choose another VLAN"
     )]

@@ -391,7 +391,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 // Another network's bridge: still there and still its.
                 (Some(b), Some(_)) if sharing.iter().any(|n| n.marks(b)) => {}
                 (Some(_), _) => return Err(DriverError::BridgeNotOurs(bridge)),
-                (None, Some(_)) => return Err(DriverError::NoExistingBridge(bridge)),
+                (None, Some(_)) => return Err(DriverError::SharedBridgeGone(bridge)),
                 (None, None) if self.netlink.exists(&bridge).await? => {
                     return Err(DriverError::InterfaceExists(bridge))
                 }
@@ -464,9 +464,14 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         // A bridge that stays (an administrator's, overlay's br-int, one shared with
         // other networks) keeps no port of the network's; a bridge of our own goes with
         // its ports.
+        let shared_with_unknown = match self.ovs.bridge(&net.bridge).await {
+            Ok(Some(br)) => (shared::recorded_networks(&br).iter()).any(|n| *n != net.id),
+            _ => false,
+        };
         let bridge_stays = net.options.existing
             || net.options.mode == Mode::Overlay
-            || !shared::shared_with(networks, net).is_empty();
+            || !shared::shared_with(networks, net).is_empty()
+            || shared_with_unknown;
         for ep in net.endpoints.values() {
             if bridge_stays {
                 match self.ovs.delete_port(&net.bridge, &ep.host_ifname).await {

@@ -2083,3 +2083,34 @@ async fn an_existing_bridge_serves_several_networks_and_keeps_its_ports() {
     assert_eq!(h.port_names("br-x"), vec!["admin0".to_string()]);
     assert!(h.created.is_empty() && !h.calls.iter().any(|c| c.starts_with("delete_bridge")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_shared_bridge_stays_for_a_network_whose_record_was_not_trusted() {
+    let r = rig();
+    r.create_network(on_br_x(NID, "ovs.bridge.vlan=300"))
+        .await
+        .unwrap();
+    r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
+        .await
+        .unwrap();
+    r.endpoint(NID, EID, "").await.unwrap();
+    r.endpoint(NID2, EID2, "").await.unwrap();
+    // Someone spoils the second network's record: a restarted plugin leaves it alone.
+    let key = format!("dovesnap-opt-ovs.bridge.vlan@{NID2}");
+    let spoiled = BTreeMap::from([(key, "banana".to_string())]);
+    (r.driver
+        .ovs
+        .update_bridge_external_ids("br-x", &spoiled, &[])
+        .await)
+        .unwrap();
+    let restarted = r.restarted();
+    assert_eq!(restarted.recover().await.unwrap(), (1, 1));
+    let req = api::NetworkRequest {
+        network_id: NID.into(),
+    };
+    restarted.delete_network_inner(req).await.unwrap();
+    // The bridge stays with the untrusted network's port; the deleted one's went.
+    let ports = r.host.lock().unwrap().port_names("br-x");
+    assert_eq!(ports, vec![records::veth_names(EID2).0]);
+    assert!(r.br_x_ids().values().any(|v| v == NID2));
+}
