@@ -1822,6 +1822,16 @@ impl Rig {
             .clone()
     }
 
+    /// Networks [`NID`] (VLAN 300) and [`NID2`] (VLAN 400) sharing `br-x`, an
+    /// endpoint each.
+    async fn shared_br_x(&self) {
+        for (nid, eid, vlan) in [(NID, EID, 300), (NID2, EID2, 400)] {
+            let opts = format!("ovs.bridge.vlan={vlan}");
+            self.create_network(on_br_x(nid, &opts)).await.unwrap();
+            self.endpoint(nid, eid, "").await.unwrap();
+        }
+    }
+
     fn tag(&self, port: &str) -> Option<u16> {
         self.host.lock().unwrap().port(port).and_then(|p| p.tag)
     }
@@ -2022,14 +2032,7 @@ async fn a_failed_join_leaves_the_shared_bridge_as_it_was() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn the_reconciler_makes_a_shared_bridge_again_with_every_network_on_it() {
     let r = rig();
-    r.create_network(on_br_x(NID, "ovs.bridge.vlan=300"))
-        .await
-        .unwrap();
-    r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
-        .await
-        .unwrap();
-    r.endpoint(NID, EID, "").await.unwrap();
-    r.endpoint(NID2, EID2, "").await.unwrap();
+    r.shared_br_x().await;
     r.host.lock().unwrap().bridges.remove("br-x");
     r.driver.reconcile().await;
     let (p1, p2) = (records::veth_names(EID).0, records::veth_names(EID2).0);
@@ -2087,14 +2090,7 @@ async fn an_existing_bridge_serves_several_networks_and_keeps_its_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_shared_bridge_stays_for_a_network_whose_record_was_not_trusted() {
     let r = rig();
-    r.create_network(on_br_x(NID, "ovs.bridge.vlan=300"))
-        .await
-        .unwrap();
-    r.create_network(on_br_x(NID2, "ovs.bridge.vlan=400"))
-        .await
-        .unwrap();
-    r.endpoint(NID, EID, "").await.unwrap();
-    r.endpoint(NID2, EID2, "").await.unwrap();
+    r.shared_br_x().await;
     // Someone spoils the second network's record: a restarted plugin leaves it alone.
     let key = format!("dovesnap-opt-ovs.bridge.vlan@{NID2}");
     let spoiled = BTreeMap::from([(key, "banana".to_string())]);
