@@ -3,5 +3,6 @@
 //! network and endpoint options, parsed and validated ([`options`]).
 
 pub mod api;
+pub mod ipam;
 pub mod options;
 pub mod server;
