@@ -114,9 +114,18 @@ impl<S: Switch, L: Links, F: NatFastPath> IpamDriver for Driver<S, L, F> {
 /// Refuses a network that is not overlay but whose addresses came from dovesnap's IPAM
 /// (`--ipam-driver ovs`): its pool is shared through OVN, which only overlay networks
 /// use.
+/// An overlay network on Docker's own IPAM is allowed (each host its own `--ip-range`),
+/// with a warning: without the ranges two hosts hand out the same address.
 pub(super) fn check_ipam_mode(mode: Mode, pools: &[api::IpamData]) -> DriverResult<()> {
-    if mode != Mode::Overlay && pools.iter().any(|p| p.address_space == wire::ADDRESS_SPACE) {
+    let ours = pools.iter().any(|p| p.address_space == wire::ADDRESS_SPACE);
+    if mode != Mode::Overlay && ours {
         return Err(DriverError::IpamNotOverlay(mode));
+    }
+    if mode == Mode::Overlay && !ours && !pools.is_empty() {
+        warn!(
+            "overlay network on Docker's own IPAM: each host allocates alone, so give each \
+             host its own --ip-range, or create the network with --ipam-driver ovs"
+        );
     }
     Ok(())
 }

@@ -180,12 +180,20 @@ impl std::str::FromStr for PoolId {
         ) else {
             return Err(bad());
         };
+        let subnet: Ipv4Net = subnet.parse().map_err(|_| bad())?;
+        let range = match range {
+            "" => None,
+            r => Some(r.parse().map_err(|_| bad())?),
+        };
+        // What `check_pool_request` let through, and nothing else: a forged id must
+        // not reach the address arithmetic.
+        check_subnet(subnet).map_err(|_| bad())?;
+        if let Some(r) = range {
+            check_range(subnet, r).map_err(|_| bad())?;
+        }
         Ok(PoolId {
-            subnet: subnet.parse().map_err(|_| bad())?,
-            range: match range {
-                "" => None,
-                r => Some(r.parse().map_err(|_| bad())?),
-            },
+            subnet,
+            range,
             northbound: nb.parse().map_err(|_| bad())?,
             token: token.to_string(),
         })
@@ -234,12 +242,7 @@ pub fn check_pool_request(
             req.pool
         )));
     }
-    if subnet.prefix() > 30 {
-        return Err(ApiError::new(format!(
-            "--subnet {subnet} is too small for dovesnap's IPAM: a /30 or larger leaves \
-             addresses for a gateway and containers"
-        )));
-    }
+    check_subnet(subnet)?;
     let range = match req.sub_pool.as_str() {
         "" => None,
         r => {
@@ -248,11 +251,7 @@ pub fn check_pool_request(
                     "--ip-range {r:?} is not an IPv4 subnet (a.b.c.d/n)"
                 ))
             })?;
-            if !subnet.contains(range.addr()) || range.prefix() < subnet.prefix() {
-                return Err(ApiError::new(format!(
-                    "--ip-range {range} is not inside --subnet {subnet}"
-                )));
-            }
+            check_range(subnet, range)?;
             Some(range)
         }
     };
@@ -275,6 +274,25 @@ pub fn check_pool_request(
         )));
     }
     Ok((subnet, range, nb))
+}
+
+fn check_subnet(subnet: Ipv4Net) -> ApiResult<()> {
+    if subnet.prefix() > 30 {
+        return Err(ApiError::new(format!(
+            "--subnet {subnet} is too small for dovesnap's IPAM: a /30 or larger leaves \
+             addresses for a gateway and containers"
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(subnet: Ipv4Net, range: Ipv4Net) -> ApiResult<()> {
+    if !subnet.contains(range.addr()) || range.prefix() < subnet.prefix() {
+        return Err(ApiError::new(format!(
+            "--ip-range {range} is not inside --subnet {subnet}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a `RequestAddress` asks for: whether it is the gateway, and the preferred
@@ -376,6 +394,10 @@ mod tests {
             "10.32.0.0/24",
             "x||tcp:1.2.3.4:1|t",
             "10.32.0.0/24||tcp:1.2.3.4:1|t|x",
+            // Nothing RequestPool hands out: no host addresses, a range outside.
+            "0.0.0.0/32||tcp:1.2.3.4:1|t",
+            "255.255.255.255/32||tcp:1.2.3.4:1|t",
+            "10.32.0.0/24|10.33.0.0/25|tcp:1.2.3.4:1|t",
         ] {
             let e = bad.parse::<PoolId>().unwrap_err().0;
             assert!(e.contains("not a pool id"), "{e}");
