@@ -5,6 +5,7 @@
 //!
 //! - `northbound`: the northbound database client (switches, ports, the per-host
 //!   reference count, the address collision check).
+//! - `ipam`: the address pools of `--ipam-driver ovs`, claims shared by the hosts.
 //! - here: the host's chassis settings (read from the local `Open_vSwitch` table, where
 //!   ovn-controller reads them too), where the northbound database is, and which
 //!   switch a network maps to.

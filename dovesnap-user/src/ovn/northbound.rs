@@ -11,6 +11,8 @@
 //! - `Logical_Switch_Port`: `name` is the OVS interface's `external_ids:iface-id`;
 //!   `addresses` `["MAC IP"]`; `external_ids:dovesnap-chassis` the host that owns it
 //!   (so a returning host can delete the ports it lost while down).
+//! - `Address_Set` `dovesnap_pool_*`: the address pools of dovesnap's IPAM, see
+//!   [`super::ipam`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
