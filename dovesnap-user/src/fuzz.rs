@@ -57,6 +57,28 @@ pub fn api(data: &[u8]) -> usize {
     accepted += usize::from(serde_json::from_slice::<EndpointRequest>(data).is_ok());
     accepted += usize::from(serde_json::from_slice::<AllocateNetworkRequest>(data).is_ok());
     accepted += usize::from(serde_json::from_slice::<DiscoveryNotification>(data).is_ok());
+    accepted + ipam(data)
+}
+
+/// The IPAM calls' bodies (`--ipam-driver ovs`) through their checks, up to where the
+/// northbound database would be asked.
+fn ipam(data: &[u8]) -> usize {
+    use crate::plugin::ipam::{self, PoolId};
+    let mut accepted = 0;
+    if let Ok(r) = serde_json::from_slice::<ipam::RequestPoolRequest>(data) {
+        accepted += 1 + usize::from(ipam::check_pool_request(&r).is_ok());
+    }
+    if let Ok(r) = serde_json::from_slice::<ipam::RequestAddressRequest>(data) {
+        accepted += 1;
+        if let Ok(pool) = r.pool_id.parse::<PoolId>() {
+            let free = ipam::hosts(pool.subnet, pool.range);
+            accepted += usize::from(free.start() <= free.end());
+            accepted += usize::from(ipam::check_address_request(&pool, &r).is_ok());
+        }
+    }
+    if let Ok(r) = serde_json::from_slice::<ipam::ReleaseAddressRequest>(data) {
+        accepted += 1 + usize::from(ipam::released_address(&r.address).is_ok());
+    }
     accepted
 }
 

@@ -255,6 +255,50 @@ fn wait_port_up(central: &Central, port: &str) {
     });
 }
 
+// dovesnap's IPAM (`--ipam-driver ovs`): the hosts share one pool per subnet, its
+// claims in the northbound database.
+
+/// The subnet the API hosts allocate from through dovesnap's IPAM.
+const IPAM_SUBNET: &str = "10.32.0.0/24";
+
+/// What Docker asks of the IPAM driver on each host at `docker network create
+/// --ipam-driver ovs --subnet SUBNET`: the pool, then the gateway, which every host
+/// gets alike. The pool id.
+fn ipam_pool(h: &hosts::Host, subnet: &str) -> String {
+    let pool = h.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "dovesnap-ovn", "Pool": subnet, "SubPool": "",
+               "Options": {}, "V6": false}),
+    );
+    let id = pool["PoolID"].as_str().unwrap().to_string();
+    let gw = ipam_request(h, &id, "", true);
+    assert_eq!(gw["Address"], subnet.replace(".0/", ".1/"), "{gw}");
+    id
+}
+
+/// `IpamDriver.RequestAddress` (`preferred` empty: any free address); the answer.
+fn ipam_request(h: &hosts::Host, pool: &str, preferred: &str, gateway: bool) -> Value {
+    let opts = if gateway {
+        json!({"RequestAddressType": "com.docker.network.gateway"})
+    } else {
+        json!({})
+    };
+    let body = json!({"PoolID": pool, "Address": preferred, "Options": opts});
+    h.plugin()
+        .call("/IpamDriver.RequestAddress", &body.to_string())
+        .1
+}
+
+/// The pools (`Address_Set` rows) in the northbound database: name and external_ids.
+fn pools(central: &Central) -> String {
+    central.nbctl(&[
+        "--bare",
+        "--columns=name,external_ids",
+        "list",
+        "Address_Set",
+    ])
+}
+
 #[test]
 #[ignore = "needs root and OVN (cargo xtask test)"]
 fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
@@ -435,6 +479,89 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     let _c7 = h3.attach(&n3, &e7, "10.30.0.31/24");
     wait_port_up(&central, &lsp(&e7));
     assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 ping");
+
+    // dovesnap's IPAM: the three hosts make the same request (no --ip-range) and 21
+    // containers' addresses are asked for at once, 7 per host: none twice, all in the
+    // subnet, none the gateway.
+    let ipam_start = Instant::now();
+    let all = [&*h1, &*h2, &*h3];
+    let pool_ids: Vec<String> = all.iter().map(|h| ipam_pool(h, IPAM_SUBNET)).collect();
+    let claimed: Vec<Vec<String>> = std::thread::scope(|t| {
+        let tasks: Vec<Vec<_>> = all
+            .iter()
+            .zip(&pool_ids)
+            .map(|(h, p)| {
+                (0..7)
+                    .map(|_| t.spawn(move || ipam_request(h, p, "", false)))
+                    .collect()
+            })
+            .collect();
+        tasks
+            .into_iter()
+            .map(|host| {
+                host.into_iter()
+                    .map(|c| {
+                        let v = c.join().unwrap();
+                        let a = v["Address"].as_str();
+                        a.unwrap_or_else(|| panic!("no address: {v}")).to_string()
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let mut flat: Vec<&String> = claimed.iter().flatten().collect();
+    flat.sort();
+    flat.dedup();
+    assert_eq!(
+        flat.len(),
+        21,
+        "an address was handed out twice: {claimed:?}"
+    );
+    eprintln!(
+        "ipam: 3 pools, 3 gateways and 21 addresses on three hosts at once: {} ms",
+        ipam_start.elapsed().as_millis()
+    );
+    for a in &flat {
+        let host = a
+            .strip_prefix("10.32.0.")
+            .and_then(|h| h.strip_suffix("/24"));
+        let n: u8 = host.and_then(|h| h.parse().ok()).unwrap_or(0);
+        assert!(
+            (2..=254).contains(&n),
+            "{a} is not a container address of {IPAM_SUBNET}"
+        );
+    }
+    // An address another host holds is refused; once released, it can be had.
+    let theirs = claimed[1][0].trim_end_matches("/24");
+    let refused = ipam_request(&h1, &pool_ids[0], theirs, false);
+    let msg = refused["Err"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("already claimed") && msg.contains("host2"),
+        "{refused}"
+    );
+    let release = |h: &hosts::Host, pool: &str, a: &str| {
+        h.ok(
+            "/IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool, "Address": a}),
+        );
+    };
+    release(&h2, &pool_ids[1], theirs);
+    let mine = ipam_request(&h1, &pool_ids[0], theirs, false);
+    assert_eq!(mine["Address"], claimed[1][0], "{mine}");
+    // host1 and host2 give everything back; host3's claims stay until it is reaped.
+    release(&h1, &pool_ids[0], theirs);
+    for (i, h) in [(0, &*h1), (1, &*h2)] {
+        for a in &claimed[i] {
+            release(h, &pool_ids[i], a);
+        }
+        h.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool_ids[i]}));
+    }
+    let left = pools(&central);
+    assert!(!left.contains("host1") && !left.contains("host2"), "{left}");
+    // host3's seven and the gateway.
+    assert_eq!(left.matches("dovesnap-ip-").count(), 8, "{left}");
+    assert!(left.contains("host3"), "{left}");
+
     h3.kill_controller();
     let missing = Instant::now();
     central.sbctl(&["chassis-del", "host3"]);
@@ -476,6 +603,12 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     );
     let ids = central.switch_ids(SWITCH);
     assert!(!ids.contains("host3"), "{ids}");
+    // Its addresses in the IPAM pool go too, and with them the pool: nobody uses it.
+    wait_until(
+        "host3's pool claims to be reaped",
+        Duration::from_secs(5),
+        || pools(&central).trim().is_empty(),
+    );
     assert!(pings(&c1, "10.30.0.21"), "host1 -> host2 after the reaping");
 
     // The network leaves host1: the switch stays for host2.
@@ -735,6 +868,68 @@ impl Drop for GwBridge {
     }
 }
 
+/// The name for `--ipam-driver`: `ovs`, unless this dockerd activated the plugin before
+/// it was an IPAM driver too (dockerd keeps a legacy plugin's first `Plugin.Activate`
+/// answer until it restarts; CI's dockerd is fresh): then a name it has never seen, a
+/// link to the same socket, removed on drop.
+struct IpamDriverName {
+    name: String,
+    link: Option<PathBuf>,
+}
+
+impl IpamDriverName {
+    /// Finds the name while checking, through Docker, that a network of another mode
+    /// than overlay is refused dovesnap's IPAM, and that its pool goes with it.
+    fn probe(central: &Central) -> Self {
+        let refused = |driver: &str| {
+            let out = docker::docker(&[
+                "network",
+                "create",
+                "-d",
+                "ovs",
+                "--ipam-driver",
+                driver,
+                "--subnet",
+                IPAM_SUBNET,
+                "dsovl-flat",
+            ]);
+            assert!(!out.status.success(), "a flat network took dovesnap's IPAM");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let mut d = IpamDriverName {
+            name: "ovs".into(),
+            link: None,
+        };
+        let mut msg = refused(&d.name);
+        if msg.contains("does not implement the requested driver") {
+            let name = unique_name("dsipam");
+            let link = Path::new(docker::PLUGIN_SOCKET).with_file_name(format!("{name}.sock"));
+            std::os::unix::fs::symlink("ovs.sock", &link).unwrap();
+            eprintln!("this dockerd activated `ovs` before it was an IPAM driver: using {name}");
+            d = IpamDriverName {
+                name,
+                link: Some(link),
+            };
+            msg = refused(&d.name);
+        }
+        assert!(msg.contains("for mode=overlay networks only"), "{msg}");
+        assert_eq!(
+            pools(central).trim(),
+            "",
+            "the refused network's pool stayed"
+        );
+        d
+    }
+}
+
+impl Drop for IpamDriverName {
+    fn drop(&mut self) {
+        if let Some(link) = &self.link {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch, dockerd and OVN (cargo xtask test)"]
 fn a_docker_host_and_an_api_host_share_a_network() {
@@ -748,27 +943,44 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     let _gwbridge = GwBridge::note();
     // A fast reconciler, for the veth deleted behind its back below.
     let plugin = docker::start_plugin_with(&["--reconcile-interval", "1"]);
+    let ipam = IpamDriverName::probe(&central);
 
+    // The same command on both hosts, no --ip-range: dovesnap's IPAM hands out the
+    // addresses from one pool in the northbound database. host2 asks as Docker would.
     let n2 = id("d2");
+    let pool2 = ipam_pool(&h2, SUBNET);
     h2.create_network(&n2, json!({"mode": "overlay"}));
+    let h2_addr = ipam_request(&h2, &pool2, "", false)["Address"]
+        .as_str()
+        .expect("host2's address")
+        .to_string();
+    let h2_ip = h2_addr.trim_end_matches("/24").to_string();
     let e2 = id("f2");
-    let c2 = h2.attach(&n2, &e2, "10.30.0.21/24");
+    let c2 = h2.attach(&n2, &e2, &h2_addr);
     {
-        // The docker host takes the upper half of the subnet; host2 the lower one.
         let net = Network::create(
             "dsovl-net",
             &[
+                "--ipam-driver",
+                &ipam.name,
                 "-o",
                 "mode=overlay",
                 "--subnet",
                 SUBNET,
-                "--ip-range",
-                "10.30.0.128/25",
             ],
         );
         let web = Container::httpd("dsovl-web", &net, "hello-from-docker");
         let ip = web.ip(&net);
-        assert!(ip.starts_with("10.30.0.1"), "{ip}");
+        assert!(
+            ip.starts_with("10.30.0.") && ip != h2_ip,
+            "{ip} (host2 has {h2_ip})"
+        );
+        let claims = pools(&central);
+        assert!(
+            claims.contains(&format!("dovesnap-ip-{ip}=dockerhost "))
+                && claims.contains(&format!("dovesnap-ip-{h2_ip}=host2 ")),
+            "{claims}"
+        );
         let ids = central.switch_ids(SWITCH);
         assert!(
             ids.contains("dovesnap-host-dockerhost") && ids.contains("dovesnap-host-host2"),
@@ -781,7 +993,7 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         }
         // ICMP both ways, TCP from host2's container to the Docker container.
         assert!(pings(&c2, &ip), "host2 -> docker ping");
-        assert!(web.ping("10.30.0.21"), "docker -> host2 ping");
+        assert!(web.ping(&h2_ip), "docker -> host2 ping");
         assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
         // No gateway on the switch: no default route through the overlay (Docker gives
         // the container its docker_gwbridge for the way out instead).
@@ -804,7 +1016,7 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         let port = format!("ovsv{}", &endpoint[..10]);
         sh("ip", &["link", "del", &port]);
         let start = Instant::now();
-        while !(pings(&c2, &ip) && web.ping("10.30.0.21")) {
+        while !(pings(&c2, &ip) && web.ping(&h2_ip)) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "overlay: the deleted veth was not repaired; plugin log:\n{}",
@@ -829,7 +1041,20 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     );
     assert_eq!(central.ports(SWITCH), [lsp(&e2)]);
     assert!(!sh("ovs-vsctl", &["list-ports", "br-int"]).contains("ovsv"));
+    // Docker released its addresses and its use of the pool: host2's remain.
+    let claims = pools(&central);
+    assert!(!claims.contains("dockerhost"), "{claims}");
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty());
+    h2.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool2, "Address": h2_addr}),
+    );
+    h2.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool2}));
+    assert_eq!(
+        pools(&central).trim(),
+        "",
+        "the pool went with its last user"
+    );
 }

@@ -196,6 +196,14 @@ pub enum DriverError {
          in Open_vSwitch"
     )]
     NoNorthbound,
+    #[error(
+        "--ipam-driver ovs shares addresses between hosts through OVN, for mode=overlay \
+         networks only (this one is mode={0}): leave out --ipam-driver ovs"
+    )]
+    IpamNotOverlay(Mode),
+    /// A request of Docker's IPAM protocol that dovesnap cannot take.
+    #[error("{}", .0 .0)]
+    Ipam(crate::plugin::api::ApiError),
 
     /// A teardown that went on past failures: every one of them.
     #[error("could not fully remove {what}: {}", errors.join("; "))]

@@ -60,6 +60,7 @@ use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions};
 
 mod backend;
 mod error;
+mod ipam;
 mod model;
 mod nat;
 mod nat_fast;
@@ -345,6 +346,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if options.mode == Mode::NatFast {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
         }
+        ipam::check_ipam_mode(options.mode, req.ipv4_data.as_deref().unwrap_or_default())?;
         let mut ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;
         add_ipv6(
             &mut ipam,

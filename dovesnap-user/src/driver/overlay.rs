@@ -194,7 +194,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if dead.is_empty() {
             return Ok(0);
         }
-        nb.reap_dead_chassis(&ov.switch, &dead).await
+        let ports = nb.reap_dead_chassis(&ov.switch, &dead).await?;
+        // Their addresses in dovesnap's IPAM pools (`--ipam-driver ovs`) go too.
+        let freed = nb.reap_pools(&dead).await?;
+        if freed > 0 {
+            info!(switch = %ov.switch, ?dead, freed, "freed dead chassis' pool addresses");
+        }
+        Ok(ports)
     }
 
     /// Overlay: the network's logical switch, joined (or created) in OVN, and the

@@ -886,6 +886,51 @@ async fn a_nat_network_without_a_subnet_is_refused_before_anything_is_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn dovesnap_ipam_is_for_overlay_networks_and_checks_before_asking_ovn() {
+    use crate::plugin::ipam::{IpamDriver, RequestAddressRequest, RequestPoolRequest};
+    let r = rig();
+    let mut req = network(NID, "mode=nat", Some("10.32.0.0/24"));
+    req.ipv4_data.as_mut().unwrap()[0].address_space = "dovesnap-ovn".into();
+    refused!(
+        r.create_network(req),
+        DriverError::IpamNotOverlay(Mode::Nat)
+    );
+    assert!(r.bridges().is_empty());
+    // Bad requests are refused before the northbound database is asked for anything.
+    let pool = |pool: &str, v6: bool| RequestPoolRequest {
+        pool: pool.into(),
+        v6,
+        ..Default::default()
+    };
+    let e = r.driver.request_pool(pool("", false)).await.unwrap_err().0;
+    assert!(e.contains("needs --subnet"), "{e}");
+    let e = r
+        .driver
+        .request_pool(pool("fd00::/64", true))
+        .await
+        .unwrap_err()
+        .0;
+    assert!(e.contains("IPv4 only"), "{e}");
+    // A host that is no OVN chassis cannot take part.
+    let e = r
+        .driver
+        .request_pool(pool("10.32.0.0/24", false))
+        .await
+        .unwrap_err()
+        .0;
+    assert!(e.contains("external_ids:ovn-remote is not set"), "{e}");
+    let e = (r.driver)
+        .request_address(RequestAddressRequest {
+            pool_id: "10.32.0.0/24".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .0;
+    assert!(e.contains("not a pool id"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_firewall_failure_takes_the_new_network_back() {
     let r = rig();
     r.rules.lock().unwrap().fail_add_network = true;

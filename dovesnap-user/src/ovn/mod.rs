@@ -5,10 +5,12 @@
 //!
 //! - `northbound`: the northbound database client (switches, ports, the per-host
 //!   reference count, the address collision check).
+//! - `ipam`: the address pools of `--ipam-driver ovs`, claims shared by the hosts.
 //! - here: the host's chassis settings (read from the local `Open_vSwitch` table, where
 //!   ovn-controller reads them too), where the northbound database is, and which
 //!   switch a network maps to.
 
+pub mod ipam;
 pub mod northbound;
 pub mod reap;
 
@@ -84,6 +86,30 @@ pub enum OvnError {
         switch: String,
         port: String,
         chassis: String,
+    },
+    #[error(
+        "the address pool {0} is gone from the OVN northbound database (removed behind \
+         dovesnap's back?): remove the network and create it again"
+    )]
+    NoPool(String),
+    #[error(
+        "several OVN address sets are named {0}; dovesnap cannot tell which is the pool \
+         (remove the extra ones with `ovn-nbctl destroy Address_Set UUID`)"
+    )]
+    DuplicatePool(String),
+    #[error(
+        "no free address left in pool {pool} ({claimed} claimed by the hosts): use a \
+         larger --subnet, or remove containers"
+    )]
+    PoolExhausted { pool: String, claimed: usize },
+    #[error(
+        "address {ip} is already claimed in pool {pool} by {holder}: choose another --ip, \
+         or leave it out and let dovesnap pick a free one"
+    )]
+    Claimed {
+        ip: Ipv4Addr,
+        pool: String,
+        holder: String,
     },
     #[error("other hosts kept changing OVN at the same time; could not {0}, try again")]
     Contended(String),

@@ -11,6 +11,8 @@
 //! - `Logical_Switch_Port`: `name` is the OVS interface's `external_ids:iface-id`;
 //!   `addresses` `["MAC IP"]`; `external_ids:dovesnap-chassis` the host that owns it
 //!   (so a returning host can delete the ports it lost while down).
+//! - `Address_Set` `dovesnap_pool_*`: the address pools of dovesnap's IPAM, see
+//!   [`super::ipam`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -312,7 +314,7 @@ fn remove_ports(switch_uuid: &str, port_uuids: &[&str]) -> Txn {
     txn
 }
 
-fn refused(what: String, r: ovsdb::Refusal) -> OvnError {
+pub(super) fn refused(what: String, r: ovsdb::Refusal) -> OvnError {
     OvnError::Refused {
         what,
         error: r.error,
@@ -407,7 +409,10 @@ impl Northbound {
     }
 
     /// Runs `txn`: `Ok(Err(refusal))` when the server refused it.
-    async fn transact(&self, txn: &Txn) -> Result<Result<Vec<Value>, ovsdb::Refusal>, OvnError> {
+    pub(super) async fn transact(
+        &self,
+        txn: &Txn,
+    ) -> Result<Result<Vec<Value>, ovsdb::Refusal>, OvnError> {
         let mut conn = self.conn.lock().await;
         if conn.as_ref().is_none_or(Connection::is_closed) {
             let c = Connection::connect_remote(&self.remote, CONNECT_TIMEOUT, Box::new(|_, _| {}))
@@ -423,7 +428,7 @@ impl Northbound {
         ovsdb::check(result, txn.len()).map_err(|e| self.nb_err(e))
     }
 
-    async fn commit(&self, what: &str, txn: &Txn) -> Result<Vec<Value>, OvnError> {
+    pub(super) async fn commit(&self, what: &str, txn: &Txn) -> Result<Vec<Value>, OvnError> {
         self.transact(txn).await?.map_err(|r| OvnError::Refused {
             what: what.to_string(),
             error: r.error,

@@ -1,9 +1,11 @@
 //! The HTTP/1.1 server on the plugin's unix socket.
 //!
 //! Docker finds the plugin by its socket file (`/run/docker/plugins/ovs.sock` makes
-//! the driver `ovs`) and POSTs JSON to `/Plugin.Activate` and `/NetworkDriver.*`. Each
-//! call is decoded into the [`crate::plugin::api`] request type and handed to the
-//! [`NetworkDriver`]; the answer goes back as JSON with [`CONTENT_TYPE`].
+//! the driver `ovs`) and POSTs JSON to `/Plugin.Activate`, `/NetworkDriver.*` and
+//! `/IpamDriver.*` (the same object is Docker's IPAM driver, `--ipam-driver ovs`: see
+//! [`crate::plugin::ipam`]). Each call is decoded into its request type and handed to
+//! the [`NetworkDriver`] or [`IpamDriver`]; the answer goes back as JSON with
+//! [`CONTENT_TYPE`].
 //!
 //! Status codes: a driver error is `200 {"Err": "..."}`, which is what Docker shows to
 //! the user; a body that does not decode is 400, an unknown call 404, another method
@@ -46,6 +48,11 @@ use crate::plugin::api::{
     CreateNetworkRequest, EndpointRequest, ErrorResponse, JoinRequest, NetworkDriver,
     NetworkRequest, ProgramExternalConnectivityRequest, CONTENT_TYPE,
 };
+use crate::plugin::ipam::IpamDriver;
+
+/// What the plugin socket serves: the network driver and the IPAM driver, one object.
+pub trait Plugin: NetworkDriver + IpamDriver {}
+impl<D: NetworkDriver + IpamDriver> Plugin for D {}
 
 /// A JSON answer with the plugin content type; a unit answer (`null`) becomes `{}`.
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -130,7 +137,7 @@ pub fn unlink_alias(alias: &Path) {
 /// find a dead plugin), lets in-flight calls finish (and answer) for a few seconds,
 /// waits a while longer for driver calls still running without a connection (see
 /// the module's documentation) and returns.
-pub async fn serve<D: NetworkDriver>(
+pub async fn serve<D: Plugin>(
     listener: UnixListener,
     driver: Arc<D>,
     shutdown: impl Future<Output = ()>,
@@ -285,6 +292,12 @@ enum Route {
     DiscoverDelete,
     ProgramExternalConnectivity,
     RevokeExternalConnectivity,
+    IpamCapabilities,
+    AddressSpaces,
+    RequestPool,
+    ReleasePool,
+    RequestAddress,
+    ReleaseAddress,
 }
 
 const NETWORK_EXAMPLE: &str = r#"{"NetworkID":"..."}"#;
@@ -292,7 +305,7 @@ const ENDPOINT_EXAMPLE: &str = r#"{"NetworkID":"...","EndpointID":"..."}"#;
 const DISCOVERY_EXAMPLE: &str = r#"{"DiscoveryType":1,"DiscoveryData":{}}"#;
 
 impl Route {
-    const ALL: [Route; 15] = [
+    const ALL: [Route; 21] = [
         Route::Activate,
         Route::GetCapabilities,
         Route::CreateNetwork,
@@ -308,6 +321,12 @@ impl Route {
         Route::DiscoverDelete,
         Route::ProgramExternalConnectivity,
         Route::RevokeExternalConnectivity,
+        Route::IpamCapabilities,
+        Route::AddressSpaces,
+        Route::RequestPool,
+        Route::ReleasePool,
+        Route::RequestAddress,
+        Route::ReleaseAddress,
     ];
 
     /// The call's name, which is also its path without the leading `/`.
@@ -328,6 +347,12 @@ impl Route {
             Route::DiscoverDelete => "NetworkDriver.DiscoverDelete",
             Route::ProgramExternalConnectivity => "NetworkDriver.ProgramExternalConnectivity",
             Route::RevokeExternalConnectivity => "NetworkDriver.RevokeExternalConnectivity",
+            Route::IpamCapabilities => "IpamDriver.GetCapabilities",
+            Route::AddressSpaces => "IpamDriver.GetDefaultAddressSpaces",
+            Route::RequestPool => "IpamDriver.RequestPool",
+            Route::ReleasePool => "IpamDriver.ReleasePool",
+            Route::RequestAddress => "IpamDriver.RequestAddress",
+            Route::ReleaseAddress => "IpamDriver.ReleaseAddress",
         }
     }
 
@@ -339,7 +364,14 @@ impl Route {
     /// A minimal valid request body, for the message about a malformed one.
     fn example(self) -> &'static str {
         match self {
-            Route::Activate | Route::GetCapabilities => "{}",
+            Route::Activate
+            | Route::GetCapabilities
+            | Route::IpamCapabilities
+            | Route::AddressSpaces => "{}",
+            Route::RequestPool => r#"{"AddressSpace":"dovesnap-ovn","Pool":"10.0.0.0/24"}"#,
+            Route::ReleasePool => r#"{"PoolID":"..."}"#,
+            Route::RequestAddress => r#"{"PoolID":"...","Address":""}"#,
+            Route::ReleaseAddress => r#"{"PoolID":"...","Address":"10.0.0.2"}"#,
             Route::CreateNetwork => {
                 r#"{"NetworkID":"...","Options":{"com.docker.network.generic":{"mode":"nat"}},"IPv4Data":[{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}]}"#
             }
@@ -363,7 +395,7 @@ impl Route {
     }
 }
 
-async fn handle<D: NetworkDriver>(
+async fn handle<D: Plugin>(
     driver: Arc<D>,
     calls: &InFlight,
     req: Request<Incoming>,
@@ -374,7 +406,7 @@ async fn handle<D: NetworkDriver>(
         return error_response(
             StatusCode::NOT_FOUND,
             format!(
-                "unknown plugin call {path}; dovesnap serves Plugin.Activate and NetworkDriver.*"
+                "unknown plugin call {path}; dovesnap serves Plugin.Activate, NetworkDriver.* and IpamDriver.*"
             ),
         );
     };
@@ -397,7 +429,7 @@ async fn handle<D: NetworkDriver>(
     resp
 }
 
-async fn dispatch<D: NetworkDriver>(
+async fn dispatch<D: Plugin>(
     driver: Arc<D>,
     calls: &InFlight,
     route: Route,
@@ -414,10 +446,25 @@ async fn dispatch<D: NetworkDriver>(
         Route::Activate => json_response(
             StatusCode::OK,
             &ActivateResponse {
-                implements: vec!["NetworkDriver".into()],
+                implements: vec!["NetworkDriver".into(), "IpamDriver".into()],
             },
         ),
         Route::GetCapabilities => json_response(StatusCode::OK, &c.driver.capabilities()),
+        Route::IpamCapabilities => json_response(StatusCode::OK, &c.driver.ipam_capabilities()),
+        Route::AddressSpaces => json_response(StatusCode::OK, &c.driver.address_spaces()),
+        // An address or pool whose answer reached nobody stays claimed until its
+        // network goes (the pool's last user deletes it): the request does not say
+        // which claim the answer made.
+        Route::RequestPool => c.run(|d, r| async move { d.request_pool(r).await }).await,
+        Route::ReleasePool => c.run(|d, r| async move { d.release_pool(r).await }).await,
+        Route::RequestAddress => {
+            c.run(|d, r| async move { d.request_address(r).await })
+                .await
+        }
+        Route::ReleaseAddress => {
+            c.run(|d, r| async move { d.release_address(r).await })
+                .await
+        }
         Route::CreateNetwork => {
             c.run_undoable(
                 |d, r| async move { d.create_network(r).await },
@@ -478,7 +525,7 @@ struct Call<'a, D> {
     calls: &'a InFlight,
 }
 
-impl<D: NetworkDriver> Call<'_, D> {
+impl<D: Plugin> Call<'_, D> {
     /// [`Call::run_undoable`] for a call that makes nothing to undo.
     async fn run<Req, Resp, Fut>(
         self,
@@ -621,6 +668,10 @@ mod tests {
     use super::*;
     use crate::daemon::http::testutil::{request, TempDir};
     use crate::plugin::api::*;
+    use crate::plugin::ipam::{
+        ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse,
+        RequestPoolRequest, RequestPoolResponse,
+    };
     use serde_json::{json, Value};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     use std::path::PathBuf;
@@ -655,6 +706,33 @@ mod tests {
 
         fn calls(&self) -> Vec<String> {
             self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl crate::plugin::ipam::IpamDriver for TestDriver {
+        async fn request_pool(&self, req: RequestPoolRequest) -> ApiResult<RequestPoolResponse> {
+            self.record("request_pool", &req.pool)?;
+            Ok(RequestPoolResponse {
+                pool_id: format!("id-{}", req.pool),
+                pool: req.pool,
+                ..Default::default()
+            })
+        }
+        async fn release_pool(&self, req: ReleasePoolRequest) -> ApiResult<()> {
+            self.record("release_pool", &req.pool_id)
+        }
+        async fn request_address(
+            &self,
+            req: RequestAddressRequest,
+        ) -> ApiResult<RequestAddressResponse> {
+            self.record("request_address", &req.pool_id)?;
+            Ok(RequestAddressResponse {
+                address: "10.0.0.2/24".into(),
+                ..Default::default()
+            })
+        }
+        async fn release_address(&self, req: ReleaseAddressRequest) -> ApiResult<()> {
+            self.record("release_address", &req.pool_id)
         }
     }
 
@@ -820,10 +898,22 @@ mod tests {
         for body in ["", "null", "{}"] {
             let (status, v) = s.post("/Plugin.Activate", body).await;
             assert_eq!(status, StatusCode::OK);
-            assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
+            assert_eq!(v, json!({"Implements": ["NetworkDriver", "IpamDriver"]}));
             let (status, v) = s.post("/NetworkDriver.GetCapabilities", body).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(v, json!({"Scope": "local", "ConnectivityScope": "local"}));
+            let (status, v) = s.post("/IpamDriver.GetCapabilities", body).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                v,
+                json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})
+            );
+            let (_, v) = s.post("/IpamDriver.GetDefaultAddressSpaces", body).await;
+            assert_eq!(
+                v,
+                json!({"LocalDefaultAddressSpace": "dovesnap-ovn",
+                       "GlobalDefaultAddressSpace": "dovesnap-ovn"})
+            );
         }
         s.stop().await;
     }
@@ -931,14 +1021,14 @@ mod tests {
     #[tokio::test]
     async fn unknown_calls_are_404() {
         let s = TestServer::start(TestDriver::default());
-        for path in ["/IpamDriver.RequestPool", "/NetworkDriver.Frobnicate", "/"] {
+        for path in ["/IpamDriver.Frobnicate", "/NetworkDriver.Frobnicate", "/"] {
             let (status, v) = s.post(path, "{}").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
             assert_eq!(
                 v["Err"],
                 format!(
-                    "unknown plugin call {path}; dovesnap serves Plugin.Activate and \
-                     NetworkDriver.*"
+                    "unknown plugin call {path}; dovesnap serves Plugin.Activate, \
+                     NetworkDriver.* and IpamDriver.*"
                 )
             );
         }
