@@ -32,7 +32,7 @@ fn wget(ns: Option<&Netns>, url: &str) -> String {
 /// `dovesnap:` iptables comments.
 fn rules_left(net_id: &str) -> Vec<String> {
     let mut left = Vec::new();
-    let nft = run("nft", &["list", "table", "ip", "dovesnap"]);
+    let nft = run("nft", &["list", "table", "inet", "dovesnap"]);
     let text = String::from_utf8_lossy(&nft.stdout);
     for l in text.lines() {
         if l.contains(&net_id[..12]) {
