@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dovesnap::firewall::nft::{list_table, TABLE};
+use dovesnap::firewall::nft::{list_table, FAMILY, TABLE};
 use dovesnap::firewall::{
     EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, NftFirewall, PortMapping,
     PortRange, Proto, PublishedPort,
@@ -367,7 +367,7 @@ fn udp_ask(ns: Option<&Netns>, to: SocketAddr) -> Option<String> {
 
 /// `nft list table inet dovesnap`, or "" when the table does not exist.
 fn nft_table_text() -> String {
-    let out = run("nft", &["list", "table", "inet", TABLE]);
+    let out = run("nft", &["list", "table", FAMILY, TABLE]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -781,7 +781,7 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
     args.extend(accept_spec("-i", &b.veth.host, &tag));
     sh("iptables", &args);
     let snat = format!("nw-{}-snat", id12(&b_id));
-    sh("nft", &["flush", "chain", "ip", TABLE, &snat]);
+    sh("nft", &["flush", "chain", FAMILY, TABLE, &snat]);
     assert!(
         !ping(&b.ns, &far.peer_ip()),
         "b still works without its rules"
