@@ -1218,6 +1218,18 @@ async fn a_restarted_driver_recovers_its_networks_from_the_switch() {
     restarted.join_inner(join(NID, EID)).await.unwrap();
 }
 
+/// [`endpoint`] 10.231.1.2/24 with the IPv6 address `address6` (as Docker sends it).
+fn endpoint6(address6: &str) -> api::CreateEndpointRequest {
+    api::CreateEndpointRequest {
+        interface: Some(api::EndpointInterface {
+            address: "10.231.1.2/24".into(),
+            address_ipv6: address6.into(),
+            ..Default::default()
+        }),
+        ..endpoint(NID, EID, "10.231.1.2/24")
+    }
+}
+
 /// `network` with Docker's IPv6 pool as `--ipv6 --subnet fd31:1::/64` gives it.
 fn network6(opts: &str) -> api::CreateNetworkRequest {
     api::CreateNetworkRequest {
@@ -1253,15 +1265,10 @@ async fn nat_and_routed_networks_carry_ipv6_through_their_gateway() {
             calls.contains(&format!("set_address6_up {bridge} fd31:1::1/64")),
             "{mode}: {calls:?}"
         );
-        let request = api::CreateEndpointRequest {
-            interface: Some(api::EndpointInterface {
-                address: "10.231.1.2/24".into(),
-                address_ipv6: "fd31:1::2/64".into(),
-                ..Default::default()
-            }),
-            ..endpoint(NID, EID, "10.231.1.2/24")
-        };
-        r.driver.create_endpoint_inner(request).await.unwrap();
+        r.driver
+            .create_endpoint_inner(endpoint6("fd31:1::2/64"))
+            .await
+            .unwrap();
         let joined = r.driver.join_inner(join(NID, EID)).await.unwrap();
         assert_eq!(joined.gateway, "10.231.1.1");
         assert_eq!(joined.gateway_ipv6, gateway6.to_string(), "{mode}");
@@ -1290,15 +1297,10 @@ async fn a_flat_network_carries_ipv6_and_records_it() {
     let ipam: Ipam = serde_json::from_str(&spec.external_ids[EXT_NETWORK_IPAM]).unwrap();
     assert_eq!(ipam.subnet6, "fd31:1::/64".parse().ok());
     assert_eq!(ipam.gateway6, "fd31:1::1".parse().ok());
-    let request = api::CreateEndpointRequest {
-        interface: Some(api::EndpointInterface {
-            address: "10.231.1.2/24".into(),
-            address_ipv6: "fd31:1::2/64".into(),
-            ..Default::default()
-        }),
-        ..endpoint(NID, EID, "")
-    };
-    r.driver.create_endpoint_inner(request).await.unwrap();
+    r.driver
+        .create_endpoint_inner(endpoint6("fd31:1::2/64"))
+        .await
+        .unwrap();
     let (host_end, _) = veths();
     let port = r.host.lock().unwrap().port(&host_end).cloned().unwrap();
     let record: Endpoint = serde_json::from_str(&port.external_ids[EXT_ENDPOINT]).unwrap();
@@ -1360,15 +1362,8 @@ async fn ipv6_on_other_modes_and_bad_ipv6_input_are_refused_before_anything_is_m
     assert!(r.rules.lock().unwrap().networks.is_empty());
 
     r.create_network(network6("mode=flat")).await.unwrap();
-    let request = api::CreateEndpointRequest {
-        interface: Some(api::EndpointInterface {
-            address_ipv6: "fd31:1::2".into(),
-            ..Default::default()
-        }),
-        ..endpoint(NID, EID, "10.231.1.2/24")
-    };
     refused!(
-        r.driver.create_endpoint_inner(request),
+        r.driver.create_endpoint_inner(endpoint6("fd31:1::2")),
         DriverError::BadAddress6(_)
     );
     let (host_end, container_end) = veths();

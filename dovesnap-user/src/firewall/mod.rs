@@ -23,12 +23,14 @@
 //! without masquerade or DNAT: only replies, ICMP and its published container ports
 //! (at the containers' own addresses) enter it.
 //!
-//! Every rule lives in the project's own table `ip dovesnap` (per-network chains
+//! Every rule lives in the project's own table `inet dovesnap` (per-network chains
 //! `nw-<id12>-*`, jump rules commented `dovesnap:<id12>`) or, for iptables, carries the
 //! comment `dovesnap:<id12>`: removing one network touches nothing else, and
 //! [`Firewall::reconcile`] removes what a crash left behind. The host's forward policy
 //! is never changed; IPv4 forwarding (`net.ipv4.ip_forward`) is switched on for
-//! non-internal networks.
+//! non-internal networks, IPv6 forwarding (`net.ipv6.conf.all.forwarding`) for those
+//! with `--ipv6` ([`NatNetwork::ipv6`]: the same masquerade, published ports and
+//! isolation for the IPv6 subnet, in the same table). `ip6tables` is not touched.
 //!
 //! Ports come from Docker's endpoint options, parsed by [`parse_port_map`]. Docker
 //! leaves host-port allocation to the driver for remote drivers: a mapping without a
@@ -388,7 +390,7 @@ pub enum FirewallError {
 
     /// Ports were asked for on a network without a published-port chain.
     #[error(
-        "network {id} has no published-port chain in table ip {table}: it was not added \
+        "network {id} has no published-port chain in table inet {table}: it was not added \
          (add_network) or it is internal (internal networks publish no ports)"
     )]
     UnknownNetwork { id: String, table: String },

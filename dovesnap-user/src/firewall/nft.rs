@@ -1,12 +1,12 @@
-//! The nftables backend: table `ip dovesnap`, built as `nftables::schema` values by
+//! The nftables backend: table `inet dovesnap` (both families in one table), built as `nftables::schema` values by
 //! pure functions and applied with `nft -j -f -`, one atomic transaction per call.
 //!
 //! For a network `3f2a9c1d4e5b...` on bridge `ovsbr-3f2a9c1d` (10.231.1.0/24) whose
 //! container 10.231.1.2 (endpoint `5b7e0e2a41c3...`) publishes `-p 8080:80` and
-//! `-p 192.0.2.10:5353:53/udp`, `nft list table ip dovesnap` shows (nft 1.0.6):
+//! `-p 192.0.2.10:5353:53/udp`, `nft list table inet dovesnap` shows (nft 1.0.6):
 //!
 //! ```text
-//! table ip dovesnap {
+//! table inet dovesnap {
 //!     set nat-bridges {
 //!         type ifname
 //!         elements = { "ovsbr-3f2a9c1d" }
@@ -20,6 +20,7 @@
 //!     chain output {
 //!         type nat hook output priority -100; policy accept;
 //!         ip daddr != 127.0.0.0/8 fib daddr type local jump published
+//!         ip6 daddr != ::1 fib daddr type local jump published
 //!     }
 //!
 //!     chain postrouting {
@@ -51,17 +52,25 @@
 //!     }
 //!
 //!     chain nw-3f2a9c1d4e5b-dnat {
-//!         tcp dport 8080 dnat to 10.231.1.2:80 comment "ep:5b7e0e2a41c3"
-//!         ip daddr 192.0.2.10 udp dport 5353 dnat to 10.231.1.2:53 comment "ep:5b7e0e2a41c3"
+//!         tcp dport 8080 dnat ip to 10.231.1.2:80 comment "ep:5b7e0e2a41c3"
+//!         ip daddr 192.0.2.10 udp dport 5353 dnat ip to 10.231.1.2:53 comment "ep:5b7e0e2a41c3"
 //!     }
 //! }
 //! ```
 //!
+//! With `--ipv6` ([`NatNetwork::ipv6`], say fd31:231:1::/64 and the container
+//! fd31:231:1::2) the network also gets `ip6 saddr fd31:231:1::/64 jump
+//! nw-<id12>-snat` in `postrouting`, the hairpin rule for `ip6 daddr` in its snat
+//! chain, and a port on every address a second DNAT, `tcp dport 8080 dnat ip6 to
+//! [fd31:231:1::2]:80` (a port on an IPv6 host address has only that one, with `ip6
+//! daddr`). The forward rules name interfaces only and serve both families.
+//!
 //! A routed network (`NatNetwork::routed`) has no `postrouting` or `published` jump and
 //! no snat chain: its forward chain ends, before the final drop, with
-//! `oifname BR meta l4proto icmp accept` and `oifname BR jump nw-<id12>-dnat`, and that
-//! chain holds one `ip daddr CONTAINER tcp dport PORT accept` per published port
-//! (nothing is translated; the container is reached at its own address).
+//! `oifname BR meta l4proto icmp accept`, the same for `ipv6-icmp`, and `oifname BR
+//! jump nw-<id12>-dnat`, and that chain holds one `ip daddr CONTAINER tcp dport PORT
+//! accept` per published port and container address (`ip6 daddr` for its IPv6 one;
+//! nothing is translated; the container is reached at its own address).
 //!
 //! The base chains `prerouting` and `output` only send traffic for local addresses to
 //! `published`; per-network rules are reached through jump rules commented
@@ -661,29 +670,24 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
         return rules;
     }
     if net.routed {
+        let icmp_in = |l4proto: &str, what: &str| {
+            rule(
+                &fwd,
+                vec![
+                    oifname(Operator::EQ, br),
+                    matches(meta(MetaKey::L4proto), Operator::EQ, s(l4proto)),
+                    accept(),
+                ],
+                note(&format!("routed: {what} reaches the containers")),
+            )
+        };
         rules.extend(forward_rules(
             &fwd,
             br,
             vec![],
             vec![
-                rule(
-                    &fwd,
-                    vec![
-                        oifname(Operator::EQ, br),
-                        matches(meta(MetaKey::L4proto), Operator::EQ, s("icmp")),
-                        accept(),
-                    ],
-                    note("routed: ICMP reaches the containers"),
-                ),
-                rule(
-                    &fwd,
-                    vec![
-                        oifname(Operator::EQ, br),
-                        matches(meta(MetaKey::L4proto), Operator::EQ, s("ipv6-icmp")),
-                        accept(),
-                    ],
-                    note("routed: ICMPv6 reaches the containers"),
-                ),
+                icmp_in("icmp", "ICMP"),
+                icmp_in("ipv6-icmp", "ICMPv6"),
                 rule(
                     &fwd,
                     vec![oifname(Operator::EQ, br), jump(dnat)],
@@ -693,46 +697,31 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
         ));
         return rules;
     }
-    rules.extend([
-        rule(
+    // The network's subnets, as (payload protocol, prefix): IPv4's, and IPv6's.
+    let subnets: Vec<(&str, Expression<'static>)> = std::iter::once(("ip", prefix(net.subnet)))
+        .chain(net.ipv6.map(|v6| ("ip6", prefix6(v6.subnet))))
+        .collect();
+    for (proto, subnet) in &subnets {
+        rules.push(rule(
             POSTROUTING,
             vec![
-                matches(payload("ip", "saddr"), Operator::EQ, prefix(net.subnet)),
+                matches(payload(proto, "saddr"), Operator::EQ, subnet.clone()),
                 jump(snat.clone()),
             ],
             tag.clone(),
-        ),
-        rule(PUBLISHED, vec![jump(dnat)], tag.clone()),
-        rule(
+        ));
+    }
+    rules.push(rule(PUBLISHED, vec![jump(dnat)], tag));
+    for (proto, subnet) in subnets {
+        rules.push(rule(
             &snat,
             vec![
-                matches(payload("ip", "daddr"), Operator::EQ, prefix(net.subnet)),
+                matches(payload(proto, "daddr"), Operator::EQ, subnet),
                 ct_status_dnat(),
                 Statement::Masquerade(None),
             ],
             note("hairpin: containers reaching the network's own published ports"),
-        ),
-    ]);
-    if let Some(v6) = net.ipv6 {
-        rules.extend([
-            rule(
-                POSTROUTING,
-                vec![
-                    matches(payload("ip6", "saddr"), Operator::EQ, prefix6(v6.subnet)),
-                    jump(snat.clone()),
-                ],
-                tag,
-            ),
-            rule(
-                &snat,
-                vec![
-                    matches(payload("ip6", "daddr"), Operator::EQ, prefix6(v6.subnet)),
-                    ct_status_dnat(),
-                    Statement::Masquerade(None),
-                ],
-                note("hairpin: containers reaching the network's own published ports"),
-            ),
-        ]);
+        ));
     }
     if let Some((lo, hi)) = net.masquerade_ports {
         for proto in ["tcp", "udp"] {
@@ -1886,12 +1875,7 @@ mod tests {
     #[test]
     fn ipv6_ports_dnat_to_the_containers_v6_address() {
         let ports = vec![
-            PublishedPort {
-                proto: Proto::Tcp,
-                host_ip: None,
-                host_port: 8080,
-                container_port: 80,
-            },
+            two_ports()[0],
             PublishedPort {
                 proto: Proto::Tcp,
                 host_ip: Some("fd31:ff::1".parse().unwrap()),
