@@ -1272,6 +1272,18 @@ async fn nat_and_routed_networks_carry_ipv6_through_their_gateway() {
         let joined = r.driver.join_inner(join(NID, EID)).await.unwrap();
         assert_eq!(joined.gateway, "10.231.1.1");
         assert_eq!(joined.gateway_ipv6, gateway6.to_string(), "{mode}");
+        // A re-made bridge port (no addresses) gets both gateways back.
+        {
+            let mut host = r.host.lock().unwrap();
+            host.links.get_mut(&bridge).unwrap().addrs.clear();
+            host.calls.clear();
+        }
+        r.driver.reconcile().await;
+        let calls = r.host.lock().unwrap().calls.clone();
+        assert!(
+            calls.contains(&format!("set_address6_up {bridge} fd31:1::1/64")),
+            "{mode}: {calls:?}"
+        );
         r.driver
             .program_external_inner(port_map(NID, EID, 8080, 80))
             .await
