@@ -187,6 +187,7 @@ fn nat_network(masquerade_ports: Option<(u16, u16)>) -> NatNetwork {
         internal: false,
         routed: false,
         masquerade_ports,
+        ipv6: None,
     }
 }
 

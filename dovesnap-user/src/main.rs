@@ -249,6 +249,13 @@ async fn daemon(settings: Settings) -> Result<()> {
     if let Err(e) = firewall.probe() {
         tracing::warn!("nat networks will not work: {e}");
     }
+    // Versions before IPv6 support kept their rules in `ip dovesnap`: the driver's
+    // recovery puts them back in `inet dovesnap`.
+    match firewall.remove_legacy_table() {
+        Ok(true) => tracing::info!("deleted the old nft table ip dovesnap (now inet dovesnap)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("cannot delete the old nft table ip dovesnap: {e}"),
+    }
     let driver = Arc::new(
         Driver::new(ovs, netlink, Box::new(firewall))
             .with_ovn_northbound(ovn.ovn_nb)

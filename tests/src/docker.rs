@@ -184,6 +184,15 @@ impl Container {
         docker_ok(&["inspect", "-f", &fmt, &self.name])
     }
 
+    /// The container's global IPv6 address on `net` (empty without one).
+    pub fn ip6(&self, net: &Network) -> String {
+        let fmt = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").GlobalIPv6Address}}}}",
+            net.name
+        );
+        docker_ok(&["inspect", "-f", &fmt, &self.name])
+    }
+
     /// Fetches `url` from inside the container with busybox wget (bounded by `timeout`,
     /// since busybox's own `-T` crashes); returns the body on success.
     pub fn fetch(&self, url: &str) -> Result<String, String> {
@@ -248,8 +257,9 @@ impl Drop for UdpPong {
 pub const WHOAMI: &str = r#"
 import socket, sys, threading
 ip, port = sys.argv[1], int(sys.argv[2])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
-t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((ip, port))
+t = socket.socket(fam); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
 def udp():
     while True:
         d, a = u.recvfrom(2048); u.sendto(("from %s\n" % a[0]).encode(), a)
@@ -261,10 +271,11 @@ while True:
 /// One datagram to `argv[1]:argv[2]`; prints the answer, or `refused` when an ICMP
 /// port unreachable came back (the kernel turns it into ECONNREFUSED on a connected
 /// socket).
-const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'ping')\ntry:\n    print(s.recv(2048).decode().strip())\nexcept ConnectionRefusedError:\n    print('refused')";
+const UDP_CLIENT: &str = "import socket,sys\ns=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.send(b'ping')\ntry:\n    print(s.recv(2048).decode().strip())\nexcept ConnectionRefusedError:\n    print('refused')";
 
-/// Answers every datagram on port `argv[1]` with `udp-pong`.
-pub const UDP_PONG: &str = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
+/// Answers every datagram on port `argv[1]` with `udp-pong`, over IPv4 and, where the
+/// namespace has IPv6, IPv6 (one dual-stack socket).
+pub const UDP_PONG: &str = "import socket,sys\ntry:\n    u=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); u.bind(('::',int(sys.argv[1])))\nexcept OSError:\n    u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',int(sys.argv[1])))\nwhile True:\n    d,a=u.recvfrom(2048); u.sendto(b'udp-pong',a)";
 
 /// Sends one datagram to `ip:port` from python run with `prefix` (the command that
 /// enters a namespace, e.g. `nsenter -t PID -n`); returns the answer (`refused` on an
@@ -295,12 +306,21 @@ pub fn assert_outbound_masqueraded(c: &Container, far_ip: &str, masquerade: &str
 /// Asserts that `far` reaches `web` (a [`Container::published_web`] serving `body` on
 /// `tcp_port`) at `host_ip` by TCP and by UDP.
 pub fn assert_published(web: &Container, far: &Netns, host_ip: &str, tcp_port: u16, body: &str) {
-    let url = format!("http://{host_ip}:{tcp_port}/");
+    let url = format!("http://{}:{tcp_port}/", url_host(host_ip));
     assert_eq!(far.wget(&url), body, "far -> published TCP");
     let pong = web.udp_pong(81);
     let answer = udp_ask(&["ip", "netns", "exec", &far.name], host_ip, tcp_port + 1);
     drop(pong);
     assert_eq!(answer, "udp-pong", "far -> published UDP");
+}
+
+/// `ip` as a URL's host: an IPv6 address in brackets.
+pub fn url_host(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
 }
 
 /// Opens a TCP connection from the container to `ip:port` (busybox nc) and returns

@@ -15,6 +15,8 @@ pub struct Far {
     pub uplink: Veth,
     pub host_ip: String,
     pub far_ip: String,
+    /// IPv6 on the link, once [`Far::add_ipv6`] put it there: (host, far) addresses.
+    pub ip6: Option<(String, String)>,
     servers: Vec<Child>,
 }
 
@@ -35,11 +37,51 @@ impl Far {
             uplink,
             host_ip,
             far_ip,
+            ip6: None,
             servers: Vec::new(),
         };
         let ip = far.far_ip.clone();
         far.spawn(&["python3", "-c", WHOAMI, &ip, "7000"]);
         far
+    }
+
+    /// IPv6 on the link too: host `PREFIX::1/64`, far `PREFIX::2/64` (no duplicate
+    /// address detection, so both answer at once), and a who-am-I server on the far
+    /// address. The far side gets no route beyond the link: what it answers reaches
+    /// the host's own address only.
+    pub fn add_ipv6(&mut self, prefix: &str) {
+        let (host, far) = (format!("{prefix}::1"), format!("{prefix}::2"));
+        let with_len = |a: &str| format!("{a}/64");
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &with_len(&host),
+                "dev",
+                &self.uplink.host,
+                "nodad",
+            ],
+        );
+        self.ns.sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &with_len(&far),
+                "dev",
+                &self.uplink.peer,
+                "nodad",
+            ],
+        );
+        self.spawn(&["python3", "-c", WHOAMI, &far, "7000"]);
+        self.ip6 = Some((host, far));
+    }
+
+    /// The (host, far) IPv6 addresses [`Far::add_ipv6`] set.
+    pub fn ipv6(&self) -> (&str, &str) {
+        let (host, far) = self.ip6.as_ref().expect("Far::add_ipv6 first");
+        (host, far)
     }
 
     /// Starts a server in the far namespace (killed on drop) and gives it half a second

@@ -92,7 +92,7 @@ fn live_on(name: &str) -> usize {
 
 /// Published-port rules (`ep:` comments) in dovesnap's nftables table for a network.
 fn nft_port_rules(net_id: &str) -> usize {
-    let out = run("nft", &["list", "table", "ip", "dovesnap"]);
+    let out = run("nft", &["list", "table", "inet", "dovesnap"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let chain = format!("chain nw-{}-dnat", &net_id[..12]);
     let Some(start) = text.find(&chain) else {
@@ -315,7 +315,7 @@ fn churn_leaves_exactly_what_live_containers_need() {
         .filter(|b| bridges.contains(b))
         .collect();
     assert!(still.is_empty(), "bridges left: {still:?}");
-    let nft = String::from_utf8_lossy(&run("nft", &["list", "table", "ip", "dovesnap"]).stdout)
+    let nft = String::from_utf8_lossy(&run("nft", &["list", "table", "inet", "dovesnap"]).stdout)
         .into_owned();
     for id in &ids {
         assert!(!nft.contains(&id[..12]), "rules of {id} left: {nft}");

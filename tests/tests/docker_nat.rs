@@ -1,8 +1,9 @@
 //! nat mode end to end: real dockerd, real plugin, real OVS, real netfilter.
 //!
 //! Topology: a "far" namespace joined to the host by a veth that plays the uplink
-//! (host 10.232.100.1/24, far 10.232.100.2/24). Servers in the far namespace report the
-//! source address they see, which shows the masquerade.
+//! (host 10.232.100.1/24, far 10.232.100.2/24; for IPv6 fd31:232:100::1/64 and ::2, the
+//! far side with no route to any container subnet). Servers in the far namespace report
+//! the source address they see, which shows the masquerade.
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ fn wget(ns: Option<&Netns>, url: &str) -> String {
 /// `dovesnap:` iptables comments.
 fn rules_left(net_id: &str) -> Vec<String> {
     let mut left = Vec::new();
-    let nft = run("nft", &["list", "table", "ip", "dovesnap"]);
+    let nft = run("nft", &["list", "table", "inet", "dovesnap"]);
     let text = String::from_utf8_lossy(&nft.stdout);
     for l in text.lines() {
         if l.contains(&net_id[..12]) {
@@ -52,7 +53,8 @@ fn rules_left(net_id: &str) -> Vec<String> {
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn outbound_published_hairpin_and_cleanup() {
     let mut plugin = start_plugin();
-    let far = Far::new("dsn", "10.232.100");
+    let mut far = Far::new("dsn", "10.232.100");
+    far.add_ipv6("fd31:232:100");
     let net_id;
     {
         let net = Network::create(
@@ -64,13 +66,19 @@ fn outbound_published_hairpin_and_cleanup() {
                 "10.232.1.0/24",
                 "--gateway",
                 "10.232.1.1",
+                "--ipv6",
+                "--subnet",
+                "fd31:232:1::/64",
+                "--gateway",
+                "fd31:232:1::1",
             ],
         );
         net_id = net.id();
-        // The gateway sits on the bridge.
+        // The gateways sit on the bridge.
         let bridge = format!("ovsbr-{}", &net_id[..8]);
         let addrs = sh("ip", &["-o", "addr", "show", "dev", &bridge]);
         assert!(addrs.contains("10.232.1.1/24"), "{addrs}");
+        assert!(addrs.contains("fd31:232:1::1/64"), "{addrs}");
 
         let web = Container::published_web("dsnat-web", &net, 18080, "nat-web");
         let c = Container::idle("dsnat-cli", &net);
@@ -100,6 +108,16 @@ fn outbound_published_hairpin_and_cleanup() {
                 .trim(),
             "nat-web"
         );
+        // IPv6: out to the far side masqueraded to the host's uplink address (the far
+        // side has no route to fd31:232:1::/64), and the published ports answer on
+        // the host's IPv6 address, from the far side and from the host itself.
+        let (host6, far6) = far.ipv6();
+        assert!(c.ip6(&net).starts_with("fd31:232:1::"), "container IPv6");
+        assert_outbound_masqueraded(&c, far6, host6);
+        assert_published(&web, &far.ns, host6, 18080, "nat-web");
+        let url6 = format!("http://[{host6}]:18080/");
+        assert_eq!(wget(None, &url6), "nat-web", "host -> published port, IPv6");
+
         // docker ps cannot show a remote driver's ports; dovesnap status does.
         let status = plugin.status().to_string();
         assert!(status.contains(":18080->80/tcp"), "{status}");
@@ -107,10 +125,18 @@ fn outbound_published_hairpin_and_cleanup() {
         assert!(!rules.is_empty(), "no rules while the network exists?");
 
         // A crash and a restart neither lose nor duplicate rules, and the published
-        // port keeps working.
+        // port keeps working. The restart also deletes the table of versions before
+        // IPv6 support (`ip dovesnap`) in favour of `inet dovesnap`.
         plugin.kill();
+        sh("nft", &["add", "table", "ip", "dovesnap"]);
         plugin = start_plugin();
+        let legacy = run("nft", &["list", "table", "ip", "dovesnap"]);
+        assert!(
+            !legacy.status.success(),
+            "the old ip dovesnap table is left"
+        );
         assert_eq!(rules_left(&net_id), rules, "rules changed across a restart");
+        assert_eq!(wget(Some(&far.ns), &url6), "nat-web", "IPv6 after restart");
         assert_eq!(
             wget(Some(&far.ns), &url),
             "nat-web",
@@ -678,16 +704,31 @@ fn docker_user_rules_and_docker_isolation_apply() {
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn routed_network_is_reached_at_the_containers_own_addresses() {
     let mut plugin = start_plugin();
-    let far = Far::new("dsr", "10.238.100");
+    let mut far = Far::new("dsr", "10.238.100");
+    far.add_ipv6("fd31:238:100");
     far.ns.sh(
         "ip",
         &["route", "add", "10.238.1.0/24", "via", &far.host_ip],
     );
+    let (host6, far6) = far.ipv6();
+    let (host6, far6) = (host6.to_string(), far6.to_string());
+    far.ns
+        .sh("ip", &["route", "add", "fd31:238:1::/64", "via", &host6]);
     let net_id;
     {
         let net = Network::create(
             "dsrt-a",
-            &["-o", "mode=routed", "--subnet", "10.238.1.0/24"],
+            &[
+                "-o",
+                "mode=routed",
+                "--subnet",
+                "10.238.1.0/24",
+                "--ipv6",
+                "--subnet",
+                "fd31:238:1::/64",
+                "--gateway",
+                "fd31:238:1::1",
+            ],
         );
         net_id = net.id();
         let web = Container::httpd_with("dsrt-web", &net, &["-p", "18070:80"], "routed-web");
@@ -710,6 +751,23 @@ fn routed_network_is_reached_at_the_containers_own_addresses() {
         // Outbound: the far side sees the container's own address.
         let seen = container_tcp(&plain, &far.far_ip, 7000).expect("routed -> far TCP");
         assert_eq!(seen.trim(), format!("from {plain_ip}"));
+
+        // IPv6 alike: through the route to fd31:238:1::/64, the published port and
+        // ICMPv6 at the container's own IPv6 address; outbound untranslated.
+        let (web_ip6, plain_ip6) = (web.ip6(&net), plain.ip6(&net));
+        assert_eq!(far.ns.wget(&format!("http://[{web_ip6}]/")), "routed-web");
+        let ping6 = far.ns.run("ping", &["-6", "-c", "1", "-W", "2", &web_ip6]);
+        assert!(
+            ping6.status.success(),
+            "far -> routed container ICMPv6 echo"
+        );
+        assert_eq!(
+            far.ns.wget(&format!("http://[{plain_ip6}]/")),
+            "",
+            "unpublished"
+        );
+        let seen = container_tcp(&plain, &far6, 7000).expect("routed -> far TCP, IPv6");
+        assert_eq!(seen.trim(), format!("from {plain_ip6}"));
 
         let status = plugin.status();
         let mode = status["networks"]

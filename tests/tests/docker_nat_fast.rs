@@ -83,6 +83,12 @@ impl std::ops::Deref for BlobFar {
     }
 }
 
+impl std::ops::DerefMut for BlobFar {
+    fn deref_mut(&mut self) -> &mut Far {
+        &mut self.far
+    }
+}
+
 impl Drop for BlobFar {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -274,8 +280,16 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn translator_carries_tcp_udp_icmp_and_published_ports() {
     let plugin = start_plugin_with(&["--metrics", METRICS_ADDR]);
-    let far = BlobFar::new();
-    let net = create_network("dsfast-a", "10.232.11.0/24", &far.uplink.host);
+    let mut far = BlobFar::new();
+    far.add_ipv6("fd31:232:110");
+    let v6 = [
+        "--ipv6",
+        "--subnet",
+        "fd31:232:11::/64",
+        "--gateway",
+        "fd31:232:11::1",
+    ];
+    let net = create_network_with("dsfast-a", "10.232.11.0/24", &far.uplink.host, &v6);
     let net_id = net.id();
     // Nothing is attached before an endpoint joins.
     assert!(
@@ -465,6 +479,14 @@ fn translator_carries_tcp_udp_icmp_and_published_ports() {
     assert!(
         table.contains(&format!("{c_ip}:")),
         "no session of {c_ip}: {table}"
+    );
+    // IPv6 takes the kernel's path (the XDP program passes it): masqueraded to the
+    // uplink's IPv6 address, and `dovesnap status` says so under the network.
+    let (host6, far6) = far.ipv6();
+    assert_outbound_masqueraded(&c, far6, host6);
+    assert!(
+        table.contains("\n  ipv6: kernel path (nft masquerade)\n"),
+        "{table}"
     );
 
     drop(c);

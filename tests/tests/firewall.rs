@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dovesnap::firewall::nft::{list_table, TABLE};
+use dovesnap::firewall::nft::{list_table, FAMILY, TABLE};
 use dovesnap::firewall::{
     EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, NftFirewall, PortMapping,
     PortRange, Proto, PublishedPort,
@@ -99,6 +99,7 @@ impl Lan {
             internal,
             routed: false,
             masquerade_ports: None,
+            ipv6: None,
         }
     }
 }
@@ -364,9 +365,9 @@ fn udp_ask(ns: Option<&Netns>, to: SocketAddr) -> Option<String> {
 
 // ---- state checks -----------------------------------------------------------------
 
-/// `nft list table ip dovesnap`, or "" when the table does not exist.
+/// `nft list table inet dovesnap`, or "" when the table does not exist.
 fn nft_table_text() -> String {
-    let out = run("nft", &["list", "table", "ip", TABLE]);
+    let out = run("nft", &["list", "table", FAMILY, TABLE]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -410,7 +411,7 @@ fn assert_no_foreign_state() {
     let tagged = iptables_tagged();
     assert!(
         ids.is_empty() && tagged.is_empty(),
-        "table ip {TABLE} or iptables already holds dovesnap rules ({ids:?}, {tagged:?}): is \
+        "table inet {TABLE} or iptables already holds dovesnap rules ({ids:?}, {tagged:?}): is \
          a dovesnap daemon running? stop it (and remove its networks) before these tests"
     );
 }
@@ -500,7 +501,7 @@ fn masquerade_published_ports_hairpin_and_removal() {
     let echo = udp_echo(&ctr.ns, 5353, 3);
     let asked = [tcp(18080, 80), udp(15353, 5353)];
     let published = fw
-        .add_ports(&net_id, &ep_id, ctr.peer_addr(), &asked)
+        .add_ports(&net_id, &ep_id, ctr.peer_addr(), None, &asked)
         .expect("publish the ports");
     let expected = vec![
         PublishedPort {
@@ -519,7 +520,7 @@ fn masquerade_published_ports_hairpin_and_removal() {
     assert_eq!(published, expected);
     let with_ports = rule_counts(id12(&net_id));
     assert_eq!(
-        fw.add_ports(&net_id, &ep_id, ctr.peer_addr(), &asked)
+        fw.add_ports(&net_id, &ep_id, ctr.peer_addr(), None, &asked)
             .expect("publish again"),
         expected
     );
@@ -527,7 +528,7 @@ fn masquerade_published_ports_hairpin_and_removal() {
     fw.add_network(&net).expect("re-adding keeps the ports");
     assert_eq!(rule_counts(id12(&net_id)), with_ports);
 
-    eprintln!("--- nft list table ip {TABLE} ---\n{}", nft_table_text());
+    eprintln!("--- nft list table inet {TABLE} ---\n{}", nft_table_text());
     eprintln!("--- iptables ---\n{}", iptables_tagged().join("\n"));
 
     // From the far side: the client's own address is kept.
@@ -555,7 +556,7 @@ fn masquerade_published_ports_hairpin_and_removal() {
         ..tcp(1, 80)
     };
     let chosen = fw
-        .add_ports(&net_id, &other_ep, ctr.peer_addr(), &[open])
+        .add_ports(&net_id, &other_ep, ctr.peer_addr(), None, &[open])
         .expect("publish an open port");
     assert_eq!(chosen.len(), 1);
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
@@ -571,7 +572,7 @@ fn masquerade_published_ports_hairpin_and_removal() {
     // A clash with another endpoint's port is refused, with nothing changed.
     let before = nft_table_text();
     let err = fw
-        .add_ports(&net_id, &other_ep, ctr.peer_addr(), &[tcp(18080, 80)])
+        .add_ports(&net_id, &other_ep, ctr.peer_addr(), None, &[tcp(18080, 80)])
         .unwrap_err();
     assert!(matches!(err, FirewallError::PortInUse { .. }), "{err}");
     assert_eq!(nft_table_text(), before);
@@ -615,7 +616,7 @@ fn forward_drop_policy_opens_only_our_networks() {
 
     assert!(ping(&ctr.ns, &far.peer_ip()), "nat network blocked by DROP");
     let _web = Httpd::start(&ctr.ns, 80);
-    fw.add_ports(&net_id, &new_id(), ctr.peer_addr(), &[tcp(28080, 80)])
+    fw.add_ports(&net_id, &new_id(), ctr.peer_addr(), None, &[tcp(28080, 80)])
         .expect("publish");
     let url = format!("http://{}:28080/cgi-bin/ip", far.host_ip());
     assert_eq!(wget(Some(&far.ns), &url), Some(far.peer_ip()));
@@ -674,14 +675,20 @@ fn nat_networks_are_isolated() {
     assert!(!ping(&a.ns, &internal.peer_ip()), "a reached internal");
     assert!(ping(&internal.ns, &internal.host_ip()));
     let err = fw
-        .add_ports(&i_id, &new_id(), internal.peer_addr(), &[tcp(48080, 80)])
+        .add_ports(
+            &i_id,
+            &new_id(),
+            internal.peer_addr(),
+            None,
+            &[tcp(48080, 80)],
+        )
         .unwrap_err();
     assert!(matches!(err, FirewallError::UnknownNetwork { .. }), "{err}");
 
     // A published port is public: reachable from the other nat network through a
     // host address (masqueraded as it leaves its network, like any outbound traffic).
     let _web = Httpd::start(&b.ns, 80);
-    fw.add_ports(&b_id, &new_id(), b.peer_addr(), &[tcp(48080, 80)])
+    fw.add_ports(&b_id, &new_id(), b.peer_addr(), None, &[tcp(48080, 80)])
         .expect("publish on b");
     let url = format!("http://{}:48080/cgi-bin/ip", far.host_ip());
     assert_eq!(wget(Some(&a.ns), &url), Some(b.host_ip()));
@@ -711,11 +718,11 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
         let fw = NftFirewall::new();
         fw.add_network(&a.nat_network(&a_id, false)).expect("add a");
         fw.add_network(&b.nat_network(&b_id, false)).expect("add b");
-        fw.add_ports(&a_id, &a_ep, a.peer_addr(), &[tcp(38080, 80)])
+        fw.add_ports(&a_id, &a_ep, a.peer_addr(), None, &[tcp(38080, 80)])
             .expect("publish on a");
-        fw.add_ports(&b_id, &b_ep, b.peer_addr(), &[tcp(38081, 80)])
+        fw.add_ports(&b_id, &b_ep, b.peer_addr(), None, &[tcp(38081, 80)])
             .expect("publish on b");
-        fw.add_ports(&b_id, &b_stale_ep, b.peer_addr(), &[tcp(38082, 80)])
+        fw.add_ports(&b_id, &b_stale_ep, b.peer_addr(), None, &[tcp(38082, 80)])
             .expect("publish a stale endpoint on b");
     }
     let b_counts = rule_counts(id12(&b_id));
@@ -730,6 +737,7 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
         endpoints: vec![EndpointPorts {
             endpoint_id: b_ep.clone(),
             container_ip: b.peer_addr(),
+            container_ip6: None,
             ports: b_ports.clone(),
         }],
     }];
@@ -773,7 +781,7 @@ fn reconcile_removes_leftovers_and_restores_missing_rules() {
     args.extend(accept_spec("-i", &b.veth.host, &tag));
     sh("iptables", &args);
     let snat = format!("nw-{}-snat", id12(&b_id));
-    sh("nft", &["flush", "chain", "ip", TABLE, &snat]);
+    sh("nft", &["flush", "chain", FAMILY, TABLE, &snat]);
     assert!(
         !ping(&b.ns, &far.peer_ip()),
         "b still works without its rules"

@@ -136,6 +136,9 @@ fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// Under a nat-fast network with IPv6: its IPv6 traffic takes the kernel's nat path.
+pub const NAT_FAST_IPV6_LINE: &str = "  ipv6: kernel path (nft masquerade)";
+
 /// The mode column: `nat-fast/tc` for the tc engine; the default engine goes unsaid,
 /// as before the option existed.
 fn mode_with_engine(n: &NetworkStatus) -> String {
@@ -285,6 +288,10 @@ pub fn render_status_table(status: &Status) -> String {
         push(line);
         for tunnel in &n.tunnels {
             push(&format!("  tunnel {tunnel}"));
+        }
+        if n.mode == "nat-fast" && !n.subnet_ipv6.is_empty() {
+            // The XDP program passes every non-IPv4 frame to the kernel.
+            push(NAT_FAST_IPV6_LINE);
         }
         for ep_line in eps.by_ref().take(n.endpoints.len()) {
             push(ep_line);
@@ -554,6 +561,12 @@ abc           br-flat      flat      netdev    -            -
         let table = render_status_table(&status);
         assert!(table.contains(" 10.0.0.0/24 fd00:d0e5::/64 "), "{table}");
         assert!(table.contains(" 10.0.0.2/24 fd00:d0e5::2/64 "), "{table}");
+        // nat-fast carries IPv6 on the kernel path, and says so under the network.
+        assert!(
+            table.contains(&format!("\n{NAT_FAST_IPV6_LINE}\n")),
+            "{table}"
+        );
+        assert!(!render_status_table(&sample()).contains("ipv6:"));
         let json = serde_json::to_string(&status).unwrap();
         assert!(
             json.contains(r#""address_ipv6":"fd00:d0e5::2/64""#),

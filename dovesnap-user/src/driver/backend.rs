@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::fastpath::{EndpointSpec, FastPath, FastPathConfig, FastPathError, FastPathStatus};
 use crate::fastpath::{Fault, UplinkSpec as FastUplinkSpec};
@@ -121,6 +121,13 @@ pub trait Links: Send + Sync + 'static {
         &self,
         name: &str,
         addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// An IPv6 address on `name` (no duplicate address detection), the link up.
+    fn set_address6_up(
+        &self,
+        name: &str,
+        addr: Ipv6Addr,
         prefix_len: u8,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     fn move_to_netns(
@@ -260,6 +267,9 @@ impl Links for Netlink {
         Netlink::set_down(self, name).await
     }
     async fn set_address_up(&self, name: &str, addr: Ipv4Addr, prefix_len: u8) -> Nl<()> {
+        Netlink::set_address_up(self, name, addr, prefix_len).await
+    }
+    async fn set_address6_up(&self, name: &str, addr: Ipv6Addr, prefix_len: u8) -> Nl<()> {
         Netlink::set_address_up(self, name, addr, prefix_len).await
     }
     async fn move_to_netns(&self, name: &str, netns_fd: std::os::fd::RawFd) -> Nl<()> {

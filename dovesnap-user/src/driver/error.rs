@@ -21,10 +21,18 @@ pub enum DriverError {
     #[error(transparent)]
     Options(#[from] OptionsError),
     #[error(
-        "IPv6 is supported on flat networks only in this version (mode={mode} was given the \
-         IPv6 pool {pool:?}); create the network without --ipv6, or with mode=flat"
+        "IPv6 is not supported on {mode} networks in this version (given the IPv6 pool \
+         {pool:?}); create the network without --ipv6, or with another mode"
     )]
     Ipv6 { mode: Mode, pool: String },
+    #[error(
+        "a mode={mode} network with --ipv6 needs an IPv6 gateway (its address on the \
+         bridge), and Docker's IPAM gave none for {pool:?}; pass --gateway with an address \
+         of the IPv6 subnet"
+    )]
+    NoGateway6 { mode: Mode, pool: String },
+    #[error("cannot make a mode={mode} network with --ipv6: {reason}")]
+    BadIpv6 { mode: Mode, reason: String },
     #[error(
         "a dovesnap network has at most one IPv6 subnet, Docker passed {} ({}); give one \
          IPv6 --subnet",

@@ -48,8 +48,8 @@ use tracing::{debug, info, warn};
 use crate::daemon::status::{EndpointStatus, NetworkStatus, Status, StatusSource};
 use crate::fastpath::{self, EndpointSpec, FastPath, FastPathConfig, FastPathError};
 use crate::firewall::{
-    parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, NatNetwork, Proto,
-    PublishedPort, PORT_MAP_OPTION,
+    parse_port_map, EndpointPorts, ExpectedNetwork, Firewall, FirewallError, Nat6, NatNetwork,
+    Proto, PublishedPort, PORT_MAP_OPTION,
 };
 use crate::host::addr::{Ipv4Cidr, Ipv4Net, Ipv6Cidr, Mac};
 use crate::host::netlink::Netlink;
@@ -282,6 +282,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                             Some(EndpointPorts {
                                 endpoint_id: e.id.clone(),
                                 container_ip: e.address?.addr,
+                                container_ip6: e.address6.map(|a| a.addr),
                                 ports: e.published.clone(),
                             })
                         })
@@ -289,6 +290,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                         .chain(untouched.map(|id| EndpointPorts {
                             endpoint_id: id.clone(),
                             container_ip: Ipv4Addr::UNSPECIFIED,
+                            container_ip6: None,
                             ports: Vec::new(),
                         }))
                         .collect(),
@@ -747,8 +749,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .container_gateway()
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
-            // Only flat networks carry IPv6 (`add_ipv6`), and a flat network's gateway
-            // is the container's.
+            // A flat network's IPv6 gateway is the container's; a nat or routed
+            // network's is on the bridge (`program_nat`).
             gateway_ipv6: net.ipam.gateway6.map(|g| g.to_string()).unwrap_or_default(),
             ..Default::default()
         })

@@ -15,7 +15,7 @@ pub struct Ipam {
     pub subnet: Option<Ipv4Net>,
     /// IPv4 gateway, without prefix length.
     pub gateway: Option<Ipv4Addr>,
-    /// IPv6 subnet (`--ipv6`, flat networks only); records older versions wrote have none.
+    /// IPv6 subnet (`--ipv6`; not on overlay networks); records older versions wrote have none.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -108,6 +108,11 @@ impl Network {
             routed: self.options.mode == Mode::Routed,
             masquerade_ports: (self.options.mode == Mode::NatFast)
                 .then(|| fast.kernel_masquerade_ports()),
+            ipv6: self
+                .ipam
+                .subnet6
+                .zip(self.ipam.gateway6)
+                .map(|(subnet, gateway)| Nat6 { subnet, gateway }),
         })
     }
 
@@ -349,12 +354,14 @@ pub(super) fn ipam_from(pools: &[api::IpamData]) -> DriverResult<Ipam> {
     })
 }
 
-/// Adds Docker's IPv6 pool (`--ipv6`), if any, to `ipam`: refused on every mode but flat.
+/// Adds Docker's IPv6 pool (`--ipv6`), if any, to `ipam`: refused on overlay networks.
+/// A mode with a gateway (nat, nat-fast, routed) needs the gateway, inside a subnet of
+/// /48 to /126 ([`Nat6::problem`]).
 pub(super) fn add_ipv6(ipam: &mut Ipam, mode: Mode, pools: &[api::IpamData]) -> DriverResult<()> {
     let Some(pool) = pools.first() else {
         return Ok(());
     };
-    if mode != Mode::Flat {
+    if mode == Mode::Overlay {
         return Err(DriverError::Ipv6 {
             mode,
             pool: pool.pool.clone(),
@@ -376,6 +383,15 @@ pub(super) fn add_ipv6(ipam: &mut Ipam, mode: Mode, pools: &[api::IpamData]) -> 
                 .ok_or_else(|| DriverError::BadGateway6(g.to_string()))?,
         ),
     };
+    if mode.has_gateway() {
+        let gateway = gateway.ok_or_else(|| DriverError::NoGateway6 {
+            mode,
+            pool: pool.pool.clone(),
+        })?;
+        if let Some(reason) = (Nat6 { subnet, gateway }).problem() {
+            return Err(DriverError::BadIpv6 { mode, reason });
+        }
+    }
     ipam.subnet6 = Some(subnet);
     ipam.gateway6 = gateway;
     Ok(())

@@ -4,8 +4,9 @@
 use super::*;
 
 impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
-    /// nat and routed modes: the gateway on the bridge's internal port, IPv4
-    /// forwarding, and the network's netfilter rules.
+    /// nat and routed modes: the gateway on the bridge's internal port (IPv6's too on
+    /// `--ipv6` networks), IPv4 forwarding, and the network's netfilter rules (which
+    /// also turn on IPv6 forwarding for `--ipv6` networks).
     pub(super) async fn program_nat(&self, net: &Network) -> DriverResult<()> {
         let Some(nat) = net.nat(&self.fastpath_config) else {
             return Ok(());
@@ -13,6 +14,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         self.netlink
             .set_address_up(&net.bridge, nat.gateway, nat.subnet.prefix())
             .await?;
+        if let Some(v6) = nat.ipv6 {
+            self.netlink
+                .set_address6_up(&net.bridge, v6.gateway, v6.subnet.prefix)
+                .await?;
+        }
         fw(|| self.netlink.enable_ip_forward())?;
         fw(|| self.firewall.add_network(&nat))
     }
@@ -47,7 +53,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let ip = (ep.address)
             .ok_or_else(|| DriverError::NoAddressToPublish(eid.to_string()))?
             .addr;
-        let published = fw(|| self.firewall.add_ports(nid, eid, ip, &mappings))?;
+        let ip6 = ep.address6.map(|a| a.addr);
+        let published = fw(|| self.firewall.add_ports(nid, eid, ip, ip6, &mappings))?;
         let mut stored = ep.clone();
         stored.published = published.clone();
         let json = serde_json::to_string(&stored).expect("Endpoint serializes");

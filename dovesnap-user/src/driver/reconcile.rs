@@ -407,6 +407,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 .await
             {
                 Ok(()) => {
+                    // A re-made bridge port lost its IPv6 gateway too.
+                    if let Some(v6) = nat.ipv6 {
+                        if let Err(e) = (self.netlink)
+                            .set_address6_up(&net.bridge, v6.gateway, v6.subnet.prefix)
+                            .await
+                        {
+                            warn!(network = %net.id, "reconcile: cannot restore the IPv6 gateway: {e}");
+                        }
+                    }
                     // The bridge port is new, with a new MAC: containers' ARP caches
                     // still name the old one until told.
                     let link = self.netlink.link(&net.bridge).await;

@@ -380,6 +380,17 @@ impl Links for FakeLinks {
         Ok(())
     }
 
+    async fn set_address6_up(
+        &self,
+        name: &str,
+        addr: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut h = self.0.lock().unwrap();
+        h.call("set_address6_up", &format!("{name} {addr}/{prefix}"));
+        Ok(())
+    }
+
     async fn move_to_netns(&self, name: &str, _fd: std::os::fd::RawFd) -> Result<(), NetlinkError> {
         self.0.lock().unwrap().links.remove(name);
         Ok(())
@@ -508,6 +519,8 @@ impl NatFastPath for FakeFastPath {
 struct Rules {
     networks: BTreeMap<String, NatNetwork>,
     ports: BTreeMap<(String, String), Vec<PublishedPort>>,
+    /// The container's IPv6 address each endpoint's ports were published for.
+    ports_ip6: BTreeMap<(String, String), Option<Ipv6Addr>>,
     fail_add_network: bool,
 }
 
@@ -537,6 +550,7 @@ impl Firewall for FakeFirewall {
         network_id: &str,
         endpoint_id: &str,
         _container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
         ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError> {
         let published: Vec<PublishedPort> = ports
@@ -549,7 +563,9 @@ impl Firewall for FakeFirewall {
             })
             .collect();
         let key = (network_id.to_string(), endpoint_id.to_string());
-        self.0.lock().unwrap().ports.insert(key, published.clone());
+        let mut rules = self.0.lock().unwrap();
+        rules.ports_ip6.insert(key.clone(), container_ip6);
+        rules.ports.insert(key, published.clone());
         Ok(published)
     }
     fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
@@ -1249,6 +1265,18 @@ async fn a_restarted_driver_recovers_its_networks_from_the_switch() {
     restarted.join_inner(join(NID, EID)).await.unwrap();
 }
 
+/// [`endpoint`] 10.231.1.2/24 with the IPv6 address `address6` (as Docker sends it).
+fn endpoint6(address6: &str) -> api::CreateEndpointRequest {
+    api::CreateEndpointRequest {
+        interface: Some(api::EndpointInterface {
+            address: "10.231.1.2/24".into(),
+            address_ipv6: address6.into(),
+            ..Default::default()
+        }),
+        ..endpoint(NID, EID, "10.231.1.2/24")
+    }
+}
+
 /// `network` with Docker's IPv6 pool as `--ipv6 --subnet fd31:1::/64` gives it.
 fn network6(opts: &str) -> api::CreateNetworkRequest {
     api::CreateNetworkRequest {
@@ -1262,6 +1290,65 @@ fn network6(opts: &str) -> api::CreateNetworkRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn nat_and_routed_networks_carry_ipv6_through_their_gateway() {
+    for mode in ["nat", "routed"] {
+        let r = rig();
+        r.create_network(network6(&format!("mode={mode}")))
+            .await
+            .unwrap();
+        let gateway6: Ipv6Addr = "fd31:1::1".parse().unwrap();
+        let nat = r.rules.lock().unwrap().networks[NID].clone();
+        assert_eq!(
+            nat.ipv6,
+            Some(Nat6 {
+                subnet: "fd31:1::/64".parse().unwrap(),
+                gateway: gateway6,
+            }),
+            "{mode}"
+        );
+        let bridge = bridge_of(NID);
+        let calls = r.host.lock().unwrap().calls.clone();
+        assert!(
+            calls.contains(&format!("set_address6_up {bridge} fd31:1::1/64")),
+            "{mode}: {calls:?}"
+        );
+        r.driver
+            .create_endpoint_inner(endpoint6("fd31:1::2/64"))
+            .await
+            .unwrap();
+        let joined = r.driver.join_inner(join(NID, EID)).await.unwrap();
+        assert_eq!(joined.gateway, "10.231.1.1");
+        assert_eq!(joined.gateway_ipv6, gateway6.to_string(), "{mode}");
+        // A re-made bridge port (no addresses) gets both gateways back.
+        {
+            let mut host = r.host.lock().unwrap();
+            host.links.get_mut(&bridge).unwrap().addrs.clear();
+            host.calls.clear();
+        }
+        r.driver.reconcile().await;
+        let calls = r.host.lock().unwrap().calls.clone();
+        assert!(
+            calls.contains(&format!("set_address6_up {bridge} fd31:1::1/64")),
+            "{mode}: {calls:?}"
+        );
+        r.driver
+            .program_external_inner(port_map(NID, EID, 8080, 80))
+            .await
+            .unwrap();
+        let key = (NID.to_string(), EID.to_string());
+        assert_eq!(
+            r.rules.lock().unwrap().ports_ip6[&key],
+            Some("fd31:1::2".parse().unwrap()),
+            "{mode}: the ports reach the container's IPv6 address too"
+        );
+        r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+        r.delete_network(NID).await.unwrap();
+        assert!(r.rules.lock().unwrap().networks.is_empty());
+        assert!(r.bridges().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_flat_network_carries_ipv6_and_records_it() {
     let r = rig();
     r.create_network(network6("mode=flat")).await.unwrap();
@@ -1269,15 +1356,10 @@ async fn a_flat_network_carries_ipv6_and_records_it() {
     let ipam: Ipam = serde_json::from_str(&spec.external_ids[EXT_NETWORK_IPAM]).unwrap();
     assert_eq!(ipam.subnet6, "fd31:1::/64".parse().ok());
     assert_eq!(ipam.gateway6, "fd31:1::1".parse().ok());
-    let request = api::CreateEndpointRequest {
-        interface: Some(api::EndpointInterface {
-            address: "10.231.1.2/24".into(),
-            address_ipv6: "fd31:1::2/64".into(),
-            ..Default::default()
-        }),
-        ..endpoint(NID, EID, "")
-    };
-    r.driver.create_endpoint_inner(request).await.unwrap();
+    r.driver
+        .create_endpoint_inner(endpoint6("fd31:1::2/64"))
+        .await
+        .unwrap();
     let (host_end, _) = veths();
     let port = r.host.lock().unwrap().port(&host_end).cloned().unwrap();
     let record: Endpoint = serde_json::from_str(&port.external_ids[EXT_ENDPOINT]).unwrap();
@@ -1293,17 +1375,45 @@ async fn a_flat_network_carries_ipv6_and_records_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn ipv6_on_other_modes_and_bad_ipv6_input_are_refused_before_anything_is_made() {
     let r = rig();
-    for mode in ["nat", "nat-fast"] {
+    let err = r
+        .create_network(network6("mode=overlay"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DriverError::Ipv6 { pool, .. } if pool == "fd31:1::/64"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("overlay networks"), "{err}");
+    // A mode with a gateway needs an IPv6 gateway inside a subnet of /48 to /126.
+    let with_pool = |mode: &str, pool: &str, gateway: &str| {
+        let mut req = network6(&format!("mode={mode}"));
+        let data = &mut req.ipv6_data.as_mut().unwrap()[0];
+        data.pool = pool.into();
+        data.gateway = gateway.into();
+        req
+    };
+    refused!(
+        r.create_network(with_pool("nat", "fd31:1::/64", "")),
+        DriverError::NoGateway6 { .. }
+    );
+    for (mode, pool, gateway, expected) in [
+        ("nat", "fd31:1::/64", "fd31:2::1", "outside the subnet"),
+        (
+            "routed",
+            "fd31::/32",
+            "fd31::1",
+            "prefix outside /48 to /126",
+        ),
+        ("nat-fast", "fd31:1::/127", "fd31:1::1", "prefix outside"),
+    ] {
         let err = r
-            .create_network(network6(&format!("mode={mode}")))
+            .create_network(with_pool(mode, pool, gateway))
             .await
             .unwrap_err();
-        assert!(
-            matches!(&err, DriverError::Ipv6 { pool, .. } if pool == "fd31:1::/64"),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("flat networks only"), "{err}");
+        assert!(matches!(&err, DriverError::BadIpv6 { .. }), "{err:?}");
+        assert!(err.to_string().contains(expected), "{mode} {pool}: {err}");
     }
+    assert!(r.bridges().is_empty());
     let mut bad = network6("mode=flat");
     bad.ipv6_data.as_mut().unwrap()[0].pool = "fd31:1::/129".into();
     refused!(r.create_network(bad), DriverError::BadPool6(_));
@@ -1311,15 +1421,8 @@ async fn ipv6_on_other_modes_and_bad_ipv6_input_are_refused_before_anything_is_m
     assert!(r.rules.lock().unwrap().networks.is_empty());
 
     r.create_network(network6("mode=flat")).await.unwrap();
-    let request = api::CreateEndpointRequest {
-        interface: Some(api::EndpointInterface {
-            address_ipv6: "fd31:1::2".into(),
-            ..Default::default()
-        }),
-        ..endpoint(NID, EID, "10.231.1.2/24")
-    };
     refused!(
-        r.driver.create_endpoint_inner(request),
+        r.driver.create_endpoint_inner(endpoint6("fd31:1::2")),
         DriverError::BadAddress6(_)
     );
     let (host_end, container_end) = veths();

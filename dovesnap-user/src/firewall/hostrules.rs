@@ -5,7 +5,7 @@
 //!
 //! Read from `iptables -S DOCKER-USER` and from the forward-hook base chains of the
 //! host's own `ip` and `inet` nftables tables (`nft -j list ruleset`; iptables-nft's
-//! `ip filter` is what `iptables -S` shows, `ip dovesnap` is dovesnap's). A rule counts
+//! `ip filter` is what `iptables -S` shows, `inet dovesnap` is dovesnap's). A rule counts
 //! when its verdict may drop: `DROP`, `REJECT`, a jump or goto into another chain (whose
 //! rules are not followed: the jump's own matches bound them), or anything else that is
 //! not known to let the packet go on (`ACCEPT`, `RETURN`, `LOG`, ...). A base chain
@@ -284,9 +284,11 @@ pub fn parse_iptables(listing: &str, subnets: &[Ipv4Net]) -> Vec<HostRule> {
 }
 
 /// Tables never read here: iptables-nft's filter table (read through `iptables -S`)
-/// and dovesnap's own.
+/// and dovesnap's own (`inet dovesnap`, and `ip dovesnap` of older versions).
 fn skipped_table(family: &str, table: &str) -> bool {
-    family == "ip" && (table == "filter" || table == super::nft::TABLE)
+    (family == "ip" && table == "filter")
+        || (table == super::nft::TABLE
+            && (family == super::nft::FAMILY || family == super::nft::LEGACY_FAMILY))
 }
 
 /// The rules that may drop in the forward-hook base chains of the `ip` and `inet`
@@ -580,7 +582,12 @@ mod tests {
             {"rule": {"family": "inet", "table": "adm", "chain": "in", "handle": 7, "expr": [
                 {"drop": null}]}},
             {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 8, "expr": [
-                {"drop": null}]}}
+                {"drop": null}]}},
+            // dovesnap's own forward chain (its drops are isolation, not the host's).
+            {"chain": {"family": "inet", "table": "dovesnap", "name": "forward", "handle": 9,
+                       "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "dovesnap", "chain": "forward", "handle": 10,
+                      "expr": [{"drop": null}]}}
         ]});
         let rules = parse_nft(&rs, &subnets());
         assert_eq!(rules.len(), 2, "{rules:#?}");

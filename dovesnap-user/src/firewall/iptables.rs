@@ -501,6 +501,7 @@ mod tests {
             internal,
             routed: false,
             masquerade_ports: None,
+            ipv6: None,
         }
     }
 

@@ -23,12 +23,14 @@
 //! without masquerade or DNAT: only replies, ICMP and its published container ports
 //! (at the containers' own addresses) enter it.
 //!
-//! Every rule lives in the project's own table `ip dovesnap` (per-network chains
+//! Every rule lives in the project's own table `inet dovesnap` (per-network chains
 //! `nw-<id12>-*`, jump rules commented `dovesnap:<id12>`) or, for iptables, carries the
 //! comment `dovesnap:<id12>`: removing one network touches nothing else, and
 //! [`Firewall::reconcile`] removes what a crash left behind. The host's forward policy
 //! is never changed; IPv4 forwarding (`net.ipv4.ip_forward`) is switched on for
-//! non-internal networks.
+//! non-internal networks, IPv6 forwarding (`net.ipv6.conf.all.forwarding`) for those
+//! with `--ipv6` ([`NatNetwork::ipv6`]: the same masquerade, published ports and
+//! isolation for the IPv6 subnet, in the same table). `ip6tables` is not touched.
 //!
 //! Ports come from Docker's endpoint options, parsed by [`parse_port_map`]. Docker
 //! leaves host-port allocation to the driver for remote drivers: a mapping without a
@@ -43,10 +45,10 @@ mod iptables;
 pub mod nft;
 mod ports;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use crate::host::addr::Ipv4Net;
+use crate::host::addr::{Ipv4Net, Ipv6Cidr};
 pub use nft::NftFirewall;
 pub use ports::{
     parse_exposed_ports, parse_port_map, ExposedPort, PortMapping, PortRange, Proto, PublishedPort,
@@ -83,6 +85,47 @@ pub struct NatNetwork {
     /// userspace translator allocates from, so the two NATs never hand out the same
     /// external port.
     pub masquerade_ports: Option<(u16, u16)>,
+    /// `--ipv6`: the network's IPv6 subnet and gateway, given the same treatment as
+    /// IPv4 (masquerade, published ports, isolation; routed: no translation).
+    pub ipv6: Option<Nat6>,
+}
+
+/// A nat or routed network's IPv6 side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nat6 {
+    /// The IPv6 subnet (host bits clear).
+    pub subnet: Ipv6Cidr,
+    /// The gateway address on the bridge.
+    pub gateway: Ipv6Addr,
+}
+
+impl Nat6 {
+    /// The narrowest prefix accepted: wider subnets are refused, like IPv4's /8.
+    pub const MIN_PREFIX: u8 = 48;
+    /// The longest prefix accepted: room for the gateway and at least one container.
+    pub const MAX_PREFIX: u8 = 126;
+
+    /// Why the subnet and gateway cannot serve a nat or routed network, if they
+    /// cannot: a prefix outside /48 to /126, or a gateway outside the subnet.
+    pub fn problem(&self) -> Option<String> {
+        let prefix = self.subnet.prefix;
+        if !(Self::MIN_PREFIX..=Self::MAX_PREFIX).contains(&prefix) {
+            return Some(format!(
+                "IPv6 subnet {} has a prefix outside /{} to /{}: give a /64 (or any prefix \
+                 in that range) with --subnet",
+                self.subnet,
+                Self::MIN_PREFIX,
+                Self::MAX_PREFIX
+            ));
+        }
+        if !self.subnet.contains(self.gateway) {
+            return Some(format!(
+                "IPv6 gateway {} is outside the subnet {}",
+                self.gateway, self.subnet
+            ));
+        }
+        None
+    }
 }
 
 impl NatNetwork {
@@ -121,6 +164,9 @@ impl NatNetwork {
                 self.gateway, self.subnet
             )));
         }
+        if let Some(reason) = self.ipv6.as_ref().and_then(Nat6::problem) {
+            return Err(bad(reason));
+        }
         Ok(())
     }
 
@@ -137,6 +183,9 @@ pub struct EndpointPorts {
     pub endpoint_id: String,
     /// The container's address on the network.
     pub container_ip: Ipv4Addr,
+    /// The container's IPv6 address (`--ipv6` networks): published ports reach it
+    /// from the host's IPv6 addresses.
+    pub container_ip6: Option<Ipv6Addr>,
     /// Concrete publications (host ports already chosen).
     pub ports: Vec<PublishedPort>,
 }
@@ -171,7 +220,8 @@ pub trait Firewall: Send + Sync {
     /// reports every failure at the end.
     fn remove_network(&self, network_id: &str) -> Result<(), FirewallError>;
 
-    /// Publishes `ports` of the container at `container_ip`, replacing what the
+    /// Publishes `ports` of the container at `container_ip` (and, for IPv6 host
+    /// addresses and mappings on every address, at `container_ip6`), replacing what the
     /// endpoint published before, and returns the concrete publications (with the host
     /// ports chosen for mappings that left them open). Fails without changing anything
     /// when a host port is already published by another endpoint or no port is free.
@@ -180,6 +230,7 @@ pub trait Firewall: Send + Sync {
         network_id: &str,
         endpoint_id: &str,
         container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
         ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError>;
 
@@ -230,6 +281,7 @@ impl Firewall for NoopFirewall {
         _network_id: &str,
         _endpoint_id: &str,
         _container_ip: Ipv4Addr,
+        _container_ip6: Option<Ipv6Addr>,
         _ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError> {
         Ok(Vec::new())
@@ -338,7 +390,7 @@ pub enum FirewallError {
 
     /// Ports were asked for on a network without a published-port chain.
     #[error(
-        "network {id} has no published-port chain in table ip {table}: it was not added \
+        "network {id} has no published-port chain in table inet {table}: it was not added \
          (add_network) or it is internal (internal networks publish no ports)"
     )]
     UnknownNetwork { id: String, table: String },
@@ -352,6 +404,23 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+
+    /// `/proc/sys/net/ipv6/conf/all/forwarding` could not be read or written.
+    #[error(
+        "cannot enable IPv6 forwarding (write 1 to /proc/sys/net/ipv6/conf/all/forwarding): \
+         {source}; --ipv6 nat and routed networks need it (is IPv6 disabled on this host?)"
+    )]
+    Ipv6Forward {
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A published port's host address is IPv6 but the container has no IPv6 address.
+    #[error(
+        "cannot publish on IPv6 host address {0}: the network has no IPv6 (create it with \
+         --ipv6) or the container got no IPv6 address"
+    )]
+    NoIpv6Container(IpAddr),
 
     /// Several steps of a teardown or reconciliation failed; each was still tried.
     #[error("{} firewall operations failed: {}", .0.len(), join_errors(.0))]
@@ -418,6 +487,49 @@ pub fn enable_ip_forward() -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Turns on IPv6 forwarding (`net.ipv6.conf.all.forwarding=1`) unless it is already
+/// on, as Docker does for IPv6 bridges. With forwarding on, the kernel stops accepting
+/// router advertisements on interfaces whose `accept_ra` is 1 (the default): those are
+/// named in a warning (`accept_ra=2` keeps them configured by SLAAC).
+pub fn enable_ipv6_forward() -> Result<(), FirewallError> {
+    const NAME: &str = "net/ipv6/conf/all/forwarding";
+    let err = |source| FirewallError::Ipv6Forward { source };
+    if crate::host::sysctl::read(NAME).map_err(err)? == "1" {
+        return Ok(());
+    }
+    let ra_hosts = ra_accepting_interfaces();
+    std::fs::write(std::path::Path::new("/proc/sys").join(NAME), "1\n").map_err(err)?;
+    tracing::info!("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding=1) for --ipv6 networks");
+    if !ra_hosts.is_empty() {
+        tracing::warn!(
+            interfaces = ?ra_hosts,
+            "with IPv6 forwarding on, these interfaces (accept_ra=1) no longer take router \
+             advertisements; set net.ipv6.conf.IFACE.accept_ra=2 where the host's IPv6 \
+             address or default route comes from SLAAC"
+        );
+    }
+    Ok(())
+}
+
+/// Interfaces whose `accept_ra` is 1: they ignore router advertisements once IPv6
+/// forwarding is on.
+fn ra_accepting_interfaces() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !matches!(n.as_str(), "all" | "default" | "lo"))
+        .filter(|n| {
+            crate::host::sysctl::read(&format!("net/ipv6/conf/{n}/accept_ra"))
+                .is_ok_and(|v| v == "1")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +543,7 @@ mod tests {
             internal: false,
             routed: false,
             masquerade_ports: None,
+            ipv6: None,
         }
     }
 
@@ -488,7 +601,13 @@ mod tests {
         let fw: &dyn Firewall = &NoopFirewall;
         fw.add_network(&net()).unwrap();
         let ports = fw
-            .add_ports(&net().id, &net().id, Ipv4Addr::new(10, 231, 1, 2), &[])
+            .add_ports(
+                &net().id,
+                &net().id,
+                Ipv4Addr::new(10, 231, 1, 2),
+                None,
+                &[],
+            )
             .unwrap();
         assert!(ports.is_empty());
         fw.remove_ports(&net().id, &net().id).unwrap();

@@ -1,12 +1,12 @@
-//! The nftables backend: table `ip dovesnap`, built as `nftables::schema` values by
+//! The nftables backend: table `inet dovesnap` (both families in one table), built as `nftables::schema` values by
 //! pure functions and applied with `nft -j -f -`, one atomic transaction per call.
 //!
 //! For a network `3f2a9c1d4e5b...` on bridge `ovsbr-3f2a9c1d` (10.231.1.0/24) whose
 //! container 10.231.1.2 (endpoint `5b7e0e2a41c3...`) publishes `-p 8080:80` and
-//! `-p 192.0.2.10:5353:53/udp`, `nft list table ip dovesnap` shows (nft 1.0.6):
+//! `-p 192.0.2.10:5353:53/udp`, `nft list table inet dovesnap` shows (nft 1.0.6):
 //!
 //! ```text
-//! table ip dovesnap {
+//! table inet dovesnap {
 //!     set nat-bridges {
 //!         type ifname
 //!         elements = { "ovsbr-3f2a9c1d" }
@@ -20,6 +20,7 @@
 //!     chain output {
 //!         type nat hook output priority -100; policy accept;
 //!         ip daddr != 127.0.0.0/8 fib daddr type local jump published
+//!         ip6 daddr != ::1 fib daddr type local jump published
 //!     }
 //!
 //!     chain postrouting {
@@ -51,17 +52,25 @@
 //!     }
 //!
 //!     chain nw-3f2a9c1d4e5b-dnat {
-//!         tcp dport 8080 dnat to 10.231.1.2:80 comment "ep:5b7e0e2a41c3"
-//!         ip daddr 192.0.2.10 udp dport 5353 dnat to 10.231.1.2:53 comment "ep:5b7e0e2a41c3"
+//!         tcp dport 8080 dnat ip to 10.231.1.2:80 comment "ep:5b7e0e2a41c3"
+//!         ip daddr 192.0.2.10 udp dport 5353 dnat ip to 10.231.1.2:53 comment "ep:5b7e0e2a41c3"
 //!     }
 //! }
 //! ```
 //!
+//! With `--ipv6` ([`NatNetwork::ipv6`], say fd31:231:1::/64 and the container
+//! fd31:231:1::2) the network also gets `ip6 saddr fd31:231:1::/64 jump
+//! nw-<id12>-snat` in `postrouting`, the hairpin rule for `ip6 daddr` in its snat
+//! chain, and a port on every address a second DNAT, `tcp dport 8080 dnat ip6 to
+//! [fd31:231:1::2]:80` (a port on an IPv6 host address has only that one, with `ip6
+//! daddr`). The forward rules name interfaces only and serve both families.
+//!
 //! A routed network (`NatNetwork::routed`) has no `postrouting` or `published` jump and
 //! no snat chain: its forward chain ends, before the final drop, with
-//! `oifname BR meta l4proto icmp accept` and `oifname BR jump nw-<id12>-dnat`, and that
-//! chain holds one `ip daddr CONTAINER tcp dport PORT accept` per published port
-//! (nothing is translated; the container is reached at its own address).
+//! `oifname BR meta l4proto icmp accept`, the same for `ipv6-icmp`, and `oifname BR
+//! jump nw-<id12>-dnat`, and that chain holds one `ip daddr CONTAINER tcp dport PORT
+//! accept` per published port and container address (`ip6 daddr` for its IPv6 one;
+//! nothing is translated; the container is reached at its own address).
 //!
 //! The base chains `prerouting` and `output` only send traffic for local addresses to
 //! `published`; per-network rules are reached through jump rules commented
@@ -70,7 +79,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -82,20 +91,25 @@ use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
     SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, NAT};
+use nftables::stmt::{JumpTarget, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::command::{output_within, RunError, COMMAND_TIMEOUT};
 use super::iptables::Iptables;
 use super::ports::{dynamic_range, host_listening_ports, resolve, Taken};
 use super::{
-    enable_ip_forward, network_tag, short_id, EndpointPorts, ExpectedNetwork, Firewall,
-    FirewallError, NatNetwork, PortMapping, Proto, PublishedPort,
+    enable_ip_forward, enable_ipv6_forward, network_tag, short_id, EndpointPorts, ExpectedNetwork,
+    Firewall, FirewallError, NatNetwork, PortMapping, Proto, PublishedPort,
 };
-use crate::host::addr::Ipv4Net;
+use crate::host::addr::{Ipv4Net, Ipv6Cidr};
 
-/// The table dovesnap owns.
+/// The table dovesnap owns (family `inet`: one table for IPv4 and IPv6).
 pub const TABLE: &str = "dovesnap";
+/// The family of [`TABLE`], as `nft` spells it.
+pub const FAMILY: &str = "inet";
+/// The family of the table versions before IPv6 support used (`ip dovesnap`),
+/// deleted at start by [`NftFirewall::remove_legacy_table`].
+pub const LEGACY_FAMILY: &str = "ip";
 /// The set of every nat network's bridge (isolation).
 pub const BRIDGE_SET: &str = "nat-bridges";
 
@@ -161,6 +175,13 @@ fn prefix(net: Ipv4Net) -> Expression<'static> {
     }))
 }
 
+fn prefix6(net: Ipv6Cidr) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(net.network().addr.to_string())),
+        len: u32::from(net.prefix),
+    }))
+}
+
 fn ct(key: &str) -> Expression<'static> {
     Expression::Named(NamedExpression::CT(CT {
         key: Cow::Owned(key.to_string()),
@@ -205,7 +226,7 @@ fn drop_() -> Statement<'static> {
 
 fn rule(chain: &str, expr: Vec<Statement<'static>>, comment: Option<String>) -> Rule<'static> {
     Rule {
-        family: NfFamily::IP,
+        family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         chain: Cow::Owned(chain.to_string()),
         expr: Cow::Owned(expr),
@@ -217,7 +238,7 @@ fn rule(chain: &str, expr: Vec<Statement<'static>>, comment: Option<String>) -> 
 
 fn chain(name: &str) -> Chain<'static> {
     Chain {
-        family: NfFamily::IP,
+        family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         name: Cow::Owned(name.to_string()),
         newname: None,
@@ -242,7 +263,7 @@ fn base_chain(name: &str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'
 
 fn table() -> Table<'static> {
     Table {
-        family: NfFamily::IP,
+        family: NfFamily::INet,
         name: Cow::Borrowed(TABLE),
         handle: None,
     }
@@ -250,7 +271,7 @@ fn table() -> Table<'static> {
 
 fn bridge_element(bridge: &str) -> Element<'static> {
     Element {
-        family: NfFamily::IP,
+        family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         name: Cow::Borrowed(BRIDGE_SET),
         elem: Cow::Owned(vec![s(bridge)]),
@@ -309,7 +330,9 @@ pub struct TableState {
 pub struct FoundPort {
     pub network: String,
     pub endpoint: String,
-    pub container_ip: Ipv4Addr,
+    /// The address the rule leads to (a port on every host address has one rule per
+    /// family of the container's addresses).
+    pub container_ip: IpAddr,
     pub port: PublishedPort,
     /// A routed network's port: an accept of the container's own address and port,
     /// which claims no host port.
@@ -325,17 +348,17 @@ impl TableState {
                 continue;
             };
             match obj {
-                NfListObject::Table(t) if t.family == NfFamily::IP && t.name == TABLE => {
+                NfListObject::Table(t) if t.family == NfFamily::INet && t.name == TABLE => {
                     state.exists = true;
                 }
-                NfListObject::Chain(c) if c.family == NfFamily::IP && c.table == TABLE => {
+                NfListObject::Chain(c) if c.family == NfFamily::INet && c.table == TABLE => {
                     state.chains.insert(c.name.to_string());
                 }
-                NfListObject::Rule(r) if r.family == NfFamily::IP && r.table == TABLE => {
+                NfListObject::Rule(r) if r.family == NfFamily::INet && r.table == TABLE => {
                     state.rules.push(r.clone());
                 }
                 NfListObject::Set(set)
-                    if set.family == NfFamily::IP
+                    if set.family == NfFamily::INet
                         && set.table == TABLE
                         && set.name == BRIDGE_SET =>
                 {
@@ -465,7 +488,7 @@ fn number(e: &Expression<'static>) -> Option<u16> {
 
 /// A port rule back into its parts: `[ip daddr A] tcp|udp dport P dnat to C:Q` (nat),
 /// or `ip daddr C tcp|udp dport P accept` (routed, the last item `true`).
-fn parse_port_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPort, bool)> {
+fn parse_port_rule(expr: &[Statement<'static>]) -> Option<(IpAddr, PublishedPort, bool)> {
     let (mut host_ip, mut proto_port, mut target, mut accepted) = (None, None, None, false);
     for st in expr {
         match st {
@@ -474,7 +497,12 @@ fn parse_port_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPo
                 right,
                 op: Operator::EQ,
             }) => match (f.protocol.as_ref(), f.field.as_ref(), right) {
-                ("ip", "daddr", Expression::String(a)) => host_ip = Some(a.parse().ok()?),
+                ("ip", "daddr", Expression::String(a)) => {
+                    host_ip = Some(IpAddr::V4(a.parse().ok()?))
+                }
+                ("ip6", "daddr", Expression::String(a)) => {
+                    host_ip = Some(IpAddr::V6(a.parse().ok()?))
+                }
                 ("tcp", "dport", n) => proto_port = Some((Proto::Tcp, number(n)?)),
                 ("udp", "dport", n) => proto_port = Some((Proto::Udp, number(n)?)),
                 _ => return None,
@@ -483,7 +511,7 @@ fn parse_port_rule(expr: &[Statement<'static>]) -> Option<(Ipv4Addr, PublishedPo
                 addr: Some(Expression::String(a)),
                 port: Some(p),
                 ..
-            })) => target = Some((a.parse::<Ipv4Addr>().ok()?, number(p)?)),
+            })) => target = Some((a.parse::<IpAddr>().ok()?, number(p)?)),
             Statement::Accept(None) => accepted = true,
             _ => return None,
         }
@@ -531,10 +559,15 @@ pub fn skeleton() -> Vec<NfObject<'static>> {
         Operator::NEQ,
         prefix(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix")),
     );
+    let not_loopback6 = matches(
+        payload("ip6", "daddr"),
+        Operator::NEQ,
+        s(Ipv6Addr::LOCALHOST.to_string()),
+    );
     vec![
         add(NfListObject::Table(table())),
         add(NfListObject::Set(Box::new(Set {
-            family: NfFamily::IP,
+            family: NfFamily::INet,
             table: Cow::Borrowed(TABLE),
             name: Cow::Borrowed(BRIDGE_SET),
             handle: None,
@@ -583,7 +616,12 @@ pub fn skeleton() -> Vec<NfObject<'static>> {
         flush_chain(OUTPUT),
         add(NfListObject::Rule(rule(
             OUTPUT,
-            vec![not_loopback, local, jump(PUBLISHED.into())],
+            vec![not_loopback, local.clone(), jump(PUBLISHED.into())],
+            None,
+        ))),
+        add(NfListObject::Rule(rule(
+            OUTPUT,
+            vec![not_loopback6, local, jump(PUBLISHED.into())],
             None,
         ))),
     ]
@@ -632,20 +670,24 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
         return rules;
     }
     if net.routed {
+        let icmp_in = |l4proto: &str, what: &str| {
+            rule(
+                &fwd,
+                vec![
+                    oifname(Operator::EQ, br),
+                    matches(meta(MetaKey::L4proto), Operator::EQ, s(l4proto)),
+                    accept(),
+                ],
+                note(&format!("routed: {what} reaches the containers")),
+            )
+        };
         rules.extend(forward_rules(
             &fwd,
             br,
             vec![],
             vec![
-                rule(
-                    &fwd,
-                    vec![
-                        oifname(Operator::EQ, br),
-                        matches(meta(MetaKey::L4proto), Operator::EQ, s("icmp")),
-                        accept(),
-                    ],
-                    note("routed: ICMP reaches the containers"),
-                ),
+                icmp_in("icmp", "ICMP"),
+                icmp_in("ipv6-icmp", "ICMPv6"),
                 rule(
                     &fwd,
                     vec![oifname(Operator::EQ, br), jump(dnat)],
@@ -655,26 +697,32 @@ fn network_rules(net: &NatNetwork, id12: &str) -> Vec<Rule<'static>> {
         ));
         return rules;
     }
-    rules.extend([
-        rule(
+    // The network's subnets, as (payload protocol, prefix): IPv4's, and IPv6's.
+    let subnets: Vec<(&str, Expression<'static>)> = std::iter::once(("ip", prefix(net.subnet)))
+        .chain(net.ipv6.map(|v6| ("ip6", prefix6(v6.subnet))))
+        .collect();
+    for (proto, subnet) in &subnets {
+        rules.push(rule(
             POSTROUTING,
             vec![
-                matches(payload("ip", "saddr"), Operator::EQ, prefix(net.subnet)),
+                matches(payload(proto, "saddr"), Operator::EQ, subnet.clone()),
                 jump(snat.clone()),
             ],
             tag.clone(),
-        ),
-        rule(PUBLISHED, vec![jump(dnat)], tag),
-        rule(
+        ));
+    }
+    rules.push(rule(PUBLISHED, vec![jump(dnat)], tag));
+    for (proto, subnet) in subnets {
+        rules.push(rule(
             &snat,
             vec![
-                matches(payload("ip", "daddr"), Operator::EQ, prefix(net.subnet)),
+                matches(payload(proto, "daddr"), Operator::EQ, subnet),
                 ct_status_dnat(),
                 Statement::Masquerade(None),
             ],
             note("hairpin: containers reaching the network's own published ports"),
-        ),
-    ]);
+        ));
+    }
     if let Some((lo, hi)) = net.masquerade_ports {
         for proto in ["tcp", "udp"] {
             rules.push(rule(
@@ -833,51 +881,75 @@ pub fn remove_network_batch(id12: &str, state: &TableState) -> Option<Nftables<'
     Some(batch(out))
 }
 
-/// One rule per published port: a DNAT from the host port (nat), or on a routed
-/// network an accept of the container's own address and port.
-fn port_rule(
+/// A container's addresses on a network: IPv4, and IPv6 on `--ipv6` networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerIps {
+    pub v4: Ipv4Addr,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The payload protocol (`ip`, `ip6`) and NAT family of an address.
+fn family_of(ip: IpAddr) -> (&'static str, NATFamily) {
+    match ip {
+        IpAddr::V4(_) => ("ip", NATFamily::IP),
+        IpAddr::V6(_) => ("ip6", NATFamily::IP6),
+    }
+}
+
+/// The rules of one published port: a DNAT from the host port to each of the
+/// container's addresses the host address allows (nat: every address means both
+/// families; an IPv6 host address the IPv6 one), or on a routed network an accept of
+/// each of the container's own addresses and the port.
+fn port_rules(
     id12: &str,
     ep12: &str,
-    container_ip: Ipv4Addr,
+    ips: ContainerIps,
     p: &PublishedPort,
     routed: bool,
-) -> Rule<'static> {
-    if routed {
-        let expr = vec![
-            matches(
-                payload("ip", "daddr"),
-                Operator::EQ,
-                s(container_ip.to_string()),
-            ),
-            matches(
-                payload(p.proto.as_str(), "dport"),
-                Operator::EQ,
-                Expression::Number(u32::from(p.container_port)),
-            ),
-            accept(),
-        ];
-        return rule(&dnat_chain(id12), expr, Some(endpoint_tag(ep12)));
-    }
-    let mut expr = Vec::new();
-    if let Some(ip) = p.host_ip {
-        expr.push(matches(
-            payload("ip", "daddr"),
+) -> Vec<Rule<'static>> {
+    let targets: Vec<IpAddr> = [Some(IpAddr::V4(ips.v4)), ips.v6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+        .filter(|t| routed || p.host_ip.is_none_or(|h| h.is_ipv4() == t.is_ipv4()))
+        .collect();
+    let dport = |port: u16| {
+        matches(
+            payload(p.proto.as_str(), "dport"),
             Operator::EQ,
-            s(ip.to_string()),
-        ));
-    }
-    expr.push(matches(
-        payload(p.proto.as_str(), "dport"),
-        Operator::EQ,
-        Expression::Number(u32::from(p.host_port)),
-    ));
-    expr.push(Statement::DNAT(Some(NAT {
-        addr: Some(s(container_ip.to_string())),
-        family: None,
-        port: Some(Expression::Number(u32::from(p.container_port))),
-        flags: None,
-    })));
-    rule(&dnat_chain(id12), expr, Some(endpoint_tag(ep12)))
+            Expression::Number(u32::from(port)),
+        )
+    };
+    targets
+        .into_iter()
+        .map(|target| {
+            let (proto, family) = family_of(target);
+            let expr = if routed {
+                vec![
+                    matches(payload(proto, "daddr"), Operator::EQ, s(target.to_string())),
+                    dport(p.container_port),
+                    accept(),
+                ]
+            } else {
+                let mut expr = Vec::new();
+                if let Some(ip) = p.host_ip {
+                    expr.push(matches(
+                        payload(proto, "daddr"),
+                        Operator::EQ,
+                        s(ip.to_string()),
+                    ));
+                }
+                expr.push(dport(p.host_port));
+                expr.push(Statement::DNAT(Some(NAT {
+                    addr: Some(s(target.to_string())),
+                    family: Some(family),
+                    port: Some(Expression::Number(u32::from(p.container_port))),
+                    flags: None,
+                })));
+                expr
+            };
+            rule(&dnat_chain(id12), expr, Some(endpoint_tag(ep12)))
+        })
+        .collect()
 }
 
 /// Replaces endpoint `ep12`'s published ports with `ports` (the network's kind read
@@ -885,22 +957,19 @@ fn port_rule(
 pub fn ports_batch(
     id12: &str,
     ep12: &str,
-    container_ip: Ipv4Addr,
+    ips: ContainerIps,
     ports: &[PublishedPort],
     state: &TableState,
 ) -> Nftables<'static> {
     let routed = state.is_routed(id12);
     let mut out: Vec<NfObject<'static>> =
         state.endpoint_rules(id12, ep12).map(delete_rule).collect();
-    out.extend(ports.iter().map(|p| {
-        add(NfListObject::Rule(port_rule(
-            id12,
-            ep12,
-            container_ip,
-            p,
-            routed,
-        )))
-    }));
+    out.extend(
+        ports
+            .iter()
+            .flat_map(|p| port_rules(id12, ep12, ips, p, routed))
+            .map(|r| add(NfListObject::Rule(r))),
+    );
     batch(out)
 }
 
@@ -986,10 +1055,10 @@ pub(super) fn run_nft(
     }
 }
 
-/// Lists table `ip dovesnap` (absent: an empty state).
+/// Lists table `inet dovesnap` (absent: an empty state).
 pub fn list_table() -> Result<TableState, FirewallError> {
-    let action = format!("list table ip {TABLE}");
-    match run_nft(&["-j", "list", "table", "ip", TABLE], None, &action) {
+    let action = format!("list table {FAMILY} {TABLE}");
+    match run_nft(&["-j", "list", "table", FAMILY, TABLE], None, &action) {
         Ok(json) => {
             let listing: Nftables<'static> =
                 serde_json::from_str(&json).map_err(|e| FirewallError::NftOutput {
@@ -1044,6 +1113,24 @@ impl NftFirewall {
         list_table().map(drop)
     }
 
+    /// Deletes the table `ip dovesnap` of versions before IPv6 support, if there is
+    /// one: call it at start, before the reconciler puts every network's rules back in
+    /// `inet dovesnap` (until then the networks' forwarding and NAT are down). Returns
+    /// whether there was one.
+    pub fn remove_legacy_table(&self) -> Result<bool, FirewallError> {
+        let _g = self.guard();
+        let action = format!("delete the old table {LEGACY_FAMILY} {TABLE}");
+        match run_nft(&["delete", "table", LEGACY_FAMILY, TABLE], None, &action) {
+            Ok(_) => Ok(true),
+            Err(FirewallError::Nft { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding the lock leaves no half-state in memory: go on.
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
@@ -1054,6 +1141,9 @@ impl NftFirewall {
         let id12 = net.short_id()?;
         if !net.internal {
             enable_ip_forward()?;
+            if net.ipv6.is_some() {
+                enable_ipv6_forward()?;
+            }
         }
         let state = list_table()?;
         apply(
@@ -1085,7 +1175,7 @@ impl NftFirewall {
         &self,
         id12: &str,
         ep12: &str,
-        container_ip: Ipv4Addr,
+        ips: ContainerIps,
         ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError> {
         let state = list_table()?;
@@ -1100,13 +1190,18 @@ impl NftFirewall {
             // to clash over.
             let direct = routed_ports(ports);
             apply(
-                &ports_batch(id12, ep12, container_ip, &direct, &state),
+                &ports_batch(id12, ep12, ips, &direct, &state),
                 &format!("open ports of endpoint {ep12} on routed network {id12}"),
             )?;
             return Ok(direct);
         }
         for p in ports {
             p.validate()?;
+            if let Some(ip @ IpAddr::V6(_)) = p.host_ip {
+                if ips.v6.is_none() {
+                    return Err(FirewallError::NoIpv6Container(ip));
+                }
+            }
         }
         let (mine, others): (Vec<FoundPort>, Vec<FoundPort>) = state
             .published()
@@ -1120,13 +1215,16 @@ impl NftFirewall {
                 holder: format!("endpoint {} of network {}", f.endpoint, f.network),
             })
             .collect();
-        let previous: Vec<PublishedPort> = mine.into_iter().map(|f| f.port).collect();
+        // A port on every address has a rule per family: one publication.
+        let mut previous: Vec<PublishedPort> = mine.into_iter().map(|f| f.port).collect();
+        previous.sort();
+        previous.dedup();
         let listening = host_listening_ports();
         let resolved = resolve(ports, &taken, &previous, dynamic_range(), &|proto, port| {
             listening.contains(&(proto, port))
         })?;
         apply(
-            &ports_batch(id12, ep12, container_ip, &resolved, &state),
+            &ports_batch(id12, ep12, ips, &resolved, &state),
             &format!("publish ports of endpoint {ep12} on network {id12}"),
         )?;
         Ok(resolved)
@@ -1174,8 +1272,11 @@ impl NftFirewall {
             .iter()
             .map(|p| PortMapping::try_from(*p))
             .collect::<Result<Vec<_>, _>>()?;
-        self.add_ports_locked(id12, ep12, ep.container_ip, &mappings)
-            .map(drop)
+        let ips = ContainerIps {
+            v4: ep.container_ip,
+            v6: ep.container_ip6,
+        };
+        self.add_ports_locked(id12, ep12, ips, &mappings).map(drop)
     }
 }
 
@@ -1196,12 +1297,17 @@ impl Firewall for NftFirewall {
         network_id: &str,
         endpoint_id: &str,
         container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
         ports: &[PortMapping],
     ) -> Result<Vec<PublishedPort>, FirewallError> {
         let id12 = short_id("network", network_id)?;
         let ep12 = short_id("endpoint", endpoint_id)?;
         let _g = self.guard();
-        self.add_ports_locked(id12, ep12, container_ip, ports)
+        let ips = ContainerIps {
+            v4: container_ip,
+            v6: container_ip6,
+        };
+        self.add_ports_locked(id12, ep12, ips, ports)
     }
 
     fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
@@ -1301,6 +1407,7 @@ mod tests {
             internal: false,
             routed: false,
             masquerade_ports: None,
+            ipv6: None,
         }
     }
 
@@ -1309,7 +1416,10 @@ mod tests {
         ports_batch(
             "3f2a9c1d4e5b",
             "5b7e0e2a41c3",
-            Ipv4Addr::new(10, 231, 1, 2),
+            ContainerIps {
+                v4: Ipv4Addr::new(10, 231, 1, 2),
+                v6: None,
+            },
             ports,
             state,
         )
@@ -1325,7 +1435,7 @@ mod tests {
             },
             PublishedPort {
                 proto: Proto::Udp,
-                host_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+                host_ip: Some(Ipv4Addr::new(192, 0, 2, 10).into()),
                 host_port: 5353,
                 container_port: 53,
             },
@@ -1370,7 +1480,7 @@ mod tests {
                         NfListObject::Rule(r)
                     }
                     NfListObject::Element(e) => NfListObject::Set(Box::new(Set {
-                        family: NfFamily::IP,
+                        family: NfFamily::INet,
                         table: Cow::Borrowed(TABLE),
                         name: e.name,
                         handle: None,
@@ -1411,7 +1521,7 @@ mod tests {
     fn skeleton_sends_only_local_traffic_to_published() {
         let b = batch(skeleton());
         let rules = added_rules(&b);
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
         assert_eq!(rules[0].0, "prerouting");
         assert_eq!(
             rules[0].2,
@@ -1426,6 +1536,14 @@ mod tests {
             json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
                    "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}})
         );
+        // IPv6's output rule: anything local but ::1 (the kernel cannot DNAT loopback).
+        assert_eq!(rules[2].0, "output");
+        assert_eq!(
+            rules[2].2[0],
+            json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                   "right": "::1"}})
+        );
+        assert_eq!(rules[2].2[1], rules[1].2[1]);
         let v = to_json(&b);
         let chains: Vec<&Value> = v["nftables"]
             .as_array()
@@ -1435,13 +1553,13 @@ mod tests {
             .collect();
         assert_eq!(
             chains[0],
-            &json!({"family": "ip", "table": "dovesnap", "name": "prerouting", "type": "nat",
+            &json!({"family": "inet", "table": "dovesnap", "name": "prerouting", "type": "nat",
                     "hook": "prerouting", "prio": -100, "policy": "accept"})
         );
         assert_eq!(chains[3]["type"], "filter");
         assert_eq!(
             chains[4],
-            &json!({"family": "ip", "table": "dovesnap", "name": "published"})
+            &json!({"family": "inet", "table": "dovesnap", "name": "published"})
         );
     }
 
@@ -1508,20 +1626,20 @@ mod tests {
         let v = to_json(&b);
         let cmds = v["nftables"].as_array().unwrap();
         assert!(cmds.contains(
-            &json!({"add": {"element": {"family": "ip", "table": "dovesnap",
+            &json!({"add": {"element": {"family": "inet", "table": "dovesnap",
             "name": "nat-bridges", "elem": ["ovsbr-3f2a9c1d"]}}})
         ));
         // The DNAT chain is added but never flushed: its ports survive a re-apply.
         assert!(cmds.contains(
-            &json!({"add": {"chain": {"family": "ip", "table": "dovesnap",
+            &json!({"add": {"chain": {"family": "inet", "table": "dovesnap",
             "name": "nw-3f2a9c1d4e5b-dnat"}}})
         ));
         assert!(!cmds.contains(
-            &json!({"flush": {"chain": {"family": "ip", "table": "dovesnap",
+            &json!({"flush": {"chain": {"family": "inet", "table": "dovesnap",
             "name": "nw-3f2a9c1d4e5b-dnat"}}})
         ));
         assert!(cmds.contains(
-            &json!({"flush": {"chain": {"family": "ip", "table": "dovesnap",
+            &json!({"flush": {"chain": {"family": "inet", "table": "dovesnap",
             "name": "nw-3f2a9c1d4e5b-fwd"}}})
         ));
     }
@@ -1531,6 +1649,7 @@ mod tests {
         let internal = NatNetwork {
             internal: true,
             masquerade_ports: None,
+            ipv6: None,
             ..net()
         };
         let b = network_batch(&internal, &TableState::default()).unwrap();
@@ -1560,7 +1679,7 @@ mod tests {
             rules[0].2,
             json!([
                 {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
-                {"dnat": {"addr": "10.231.1.2", "port": 80}}
+                {"dnat": {"addr": "10.231.1.2", "family": "ip", "port": 80}}
             ])
         );
         assert_eq!(
@@ -1568,7 +1687,7 @@ mod tests {
             json!([
                 {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "192.0.2.10"}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 5353}},
-                {"dnat": {"addr": "10.231.1.2", "port": 53}}
+                {"dnat": {"addr": "10.231.1.2", "family": "ip", "port": 53}}
             ])
         );
     }
@@ -1594,7 +1713,7 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|f| f.network == "3f2a9c1d4e5b"
             && f.endpoint == "5b7e0e2a41c3"
-            && f.container_ip == Ipv4Addr::new(10, 231, 1, 2)));
+            && f.container_ip == IpAddr::V4(Ipv4Addr::new(10, 231, 1, 2))));
         assert_eq!(
             found.iter().map(|f| f.port).collect::<Vec<_>>(),
             two_ports()
@@ -1627,6 +1746,7 @@ mod tests {
             internal: false,
             routed: false,
             masquerade_ports: None,
+            ipv6: None,
         };
         let state = listing_after(&[
             network_batch(&a, &TableState::default()).unwrap(),
@@ -1646,11 +1766,11 @@ mod tests {
             "nw-3f2a9c1d4e5b-fwd",
         ] {
             assert!(cmds.contains(
-                &json!({"delete": {"chain": {"family": "ip", "table": "dovesnap", "name": c}}})
+                &json!({"delete": {"chain": {"family": "inet", "table": "dovesnap", "name": c}}})
             ));
         }
         assert!(cmds.contains(
-            &json!({"delete": {"element": {"family": "ip", "table": "dovesnap",
+            &json!({"delete": {"element": {"family": "inet", "table": "dovesnap",
             "name": "nat-bridges", "elem": ["ovsbr-3f2a9c1d"]}}})
         ));
         // Deleting the chains deletes their rules: only the 4 jump rules go one by one.
@@ -1665,7 +1785,7 @@ mod tests {
         let only_b = listing_after(&[network_batch(&b, &TableState::default()).unwrap()]);
         assert_eq!(
             to_json(&remove_network_batch("9a8b7c6d5e4f", &only_b).unwrap()),
-            json!({"nftables": [{"delete": {"table": {"family": "ip", "name": "dovesnap"}}}]})
+            json!({"nftables": [{"delete": {"table": {"family": "inet", "name": "dovesnap"}}}]})
         );
         assert!(remove_network_batch("3f2a9c1d4e5b", &only_b).is_none());
     }
@@ -1677,7 +1797,7 @@ mod tests {
         let b = network_batch(&net(), &state).unwrap();
         let cmds = to_json(&b)["nftables"].as_array().unwrap().clone();
         assert!(cmds.contains(
-            &json!({"delete": {"element": {"family": "ip", "table": "dovesnap",
+            &json!({"delete": {"element": {"family": "inet", "table": "dovesnap",
             "name": "nat-bridges", "elem": ["ovsbr-deadbeef"]}}})
         ));
     }
@@ -1692,6 +1812,123 @@ mod tests {
         assert!(stale_endpoints_batch("3f2a9c1d4e5b", &keep, &state).is_none());
         let b = stale_endpoints_batch("3f2a9c1d4e5b", &BTreeSet::new(), &state).unwrap();
         assert_eq!(b.objects.len(), 2);
+    }
+
+    fn net6() -> NatNetwork {
+        NatNetwork {
+            ipv6: Some(crate::firewall::Nat6 {
+                subnet: "fd31:231:1::/64".parse().unwrap(),
+                gateway: "fd31:231:1::1".parse().unwrap(),
+            }),
+            ..net()
+        }
+    }
+
+    fn ips6() -> ContainerIps {
+        ContainerIps {
+            v4: Ipv4Addr::new(10, 231, 1, 2),
+            v6: Some("fd31:231:1::2".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn ipv6_networks_masquerade_their_v6_subnet_too() {
+        let b = network_batch(&net6(), &TableState::default()).unwrap();
+        let rules = added_rules(&b);
+        let post: Vec<_> = rules.iter().filter(|r| r.0 == "postrouting").collect();
+        assert_eq!(post.len(), 2);
+        assert_eq!(
+            post[1].2,
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                           "right": {"prefix": {"addr": "fd31:231:1::", "len": 64}}}},
+                {"jump": {"target": "nw-3f2a9c1d4e5b-snat"}}
+            ])
+        );
+        assert_eq!(post[1].1.as_deref(), Some("dovesnap:3f2a9c1d4e5b"));
+        let snat: Vec<_> = rules
+            .iter()
+            .filter(|r| r.0 == "nw-3f2a9c1d4e5b-snat")
+            .collect();
+        // Hairpin for each family, then the outbound masquerade (family-neutral).
+        assert_eq!(snat.len(), 3);
+        assert_eq!(
+            snat[1].2[0]["match"]["left"]["payload"]["protocol"],
+            json!("ip6")
+        );
+        assert_eq!(snat[2].2[1], json!({"masquerade": null}));
+        // Its jump rules are found and replaced like IPv4's.
+        let state = listing_after(&[b]);
+        let again = network_batch(&net6(), &state).unwrap();
+        let deletes = to_json(&again)["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c.get("delete").is_some())
+            .count();
+        assert_eq!(deletes, 5);
+        let mut bad = net6();
+        bad.ipv6.as_mut().unwrap().gateway = "fd31:9::1".parse().unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("outside"));
+    }
+
+    #[test]
+    fn ipv6_ports_dnat_to_the_containers_v6_address() {
+        let ports = vec![
+            two_ports()[0],
+            PublishedPort {
+                proto: Proto::Tcp,
+                host_ip: Some("fd31:ff::1".parse().unwrap()),
+                host_port: 8443,
+                container_port: 443,
+            },
+        ];
+        let state = listing_after(&[network_batch(&net6(), &TableState::default()).unwrap()]);
+        let b = ports_batch("3f2a9c1d4e5b", "5b7e0e2a41c3", ips6(), &ports, &state);
+        let rules = added_rules(&b);
+        // Every address: one DNAT per family; an IPv6 host address: IPv6's only.
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[0].2[1],
+            json!({"dnat": {"addr": "10.231.1.2", "family": "ip", "port": 80}})
+        );
+        assert_eq!(
+            rules[1].2[1],
+            json!({"dnat": {"addr": "fd31:231:1::2", "family": "ip6", "port": 80}})
+        );
+        assert_eq!(
+            rules[2].2,
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd31:ff::1"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8443}},
+                {"dnat": {"addr": "fd31:231:1::2", "family": "ip6", "port": 443}}
+            ])
+        );
+        // Read back: the port on every address is found once per family.
+        let after = listing_after(&[network_batch(&net6(), &TableState::default()).unwrap(), b]);
+        let found = after.published();
+        assert_eq!(found.len(), 3);
+        assert_eq!(
+            found[1].container_ip,
+            "fd31:231:1::2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(found[2].port, ports[1]);
+        assert_eq!(ports[1].to_string(), "[fd31:ff::1]:8443->443/tcp");
+
+        // Routed: each of the container's addresses is opened.
+        let routed = NatNetwork {
+            routed: true,
+            ..net6()
+        };
+        let state = listing_after(&[network_batch(&routed, &TableState::default()).unwrap()]);
+        let b = ports_batch("3f2a9c1d4e5b", "5b7e0e2a41c3", ips6(), &ports[..1], &state);
+        let rules = added_rules(&b);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[1].2[0],
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd31:231:1::2"}})
+        );
+        assert_eq!(rules[1].2[2], json!({"accept": null}));
     }
 
     #[test]
@@ -1717,6 +1954,7 @@ mod tests {
                 "isolation from other nat networks",
                 "",
                 "routed: ICMP reaches the containers",
+                "routed: ICMPv6 reaches the containers",
                 "routed: the published container ports",
                 "nothing else enters the network",
             ]

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -158,8 +158,9 @@ impl fmt::Display for PortRange {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortMapping {
     pub proto: Proto,
-    /// The host address to publish on; `None` for every address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// The host address to publish on (IPv4 or, on `--ipv6` networks, IPv6); `None`
+    /// for every address.
+    pub host_ip: Option<IpAddr>,
     pub host_ports: Option<PortRange>,
     pub container_ports: PortRange,
 }
@@ -171,7 +172,8 @@ impl PortMapping {
         if let Some(ip) = self.host_ip {
             if ip.is_unspecified() {
                 return Err(FirewallError::PortMap(
-                    "host address 0.0.0.0 must be given as no address (every address)".into(),
+                    "host address 0.0.0.0 (or ::) must be given as no address (every address)"
+                        .into(),
                 ));
             }
             if ip.is_loopback() {
@@ -234,7 +236,7 @@ impl TryFrom<PublishedPort> for PortMapping {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PublishedPort {
     pub proto: Proto,
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
 }
@@ -253,15 +255,17 @@ impl PublishedPort {
 }
 
 impl fmt::Display for PublishedPort {
-    /// Like `docker ps`: `0.0.0.0:8080->80/tcp`.
+    /// Like `docker ps`: `0.0.0.0:8080->80/tcp`, `[fd31::1]:8080->80/tcp`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}")?,
+            None => write!(f, "{}", Ipv4Addr::UNSPECIFIED)?,
+        }
         write!(
             f,
-            "{}:{}->{}/{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            self.host_port,
-            self.container_port,
-            self.proto
+            ":{}->{}/{}",
+            self.host_port, self.container_port, self.proto
         )
     }
 }
@@ -305,19 +309,20 @@ fn port_number(what: &str, n: u64) -> Result<u16, FirewallError> {
         .ok_or_else(|| FirewallError::PortMap(format!("{what} {n} is not a port (1-65535)")))
 }
 
-fn host_address(raw: Option<&str>) -> Result<Option<Ipv4Addr>, FirewallError> {
+/// Docker's `HostIP`: empty, `0.0.0.0` or `::` for every address (both families on
+/// an `--ipv6` network), else one IPv4 or IPv6 address (brackets allowed).
+fn host_address(raw: Option<&str>) -> Result<Option<IpAddr>, FirewallError> {
     match raw.unwrap_or("") {
-        "" | "0.0.0.0" => Ok(None),
-        s => match s.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => Ok(Some(a)),
-            Ok(std::net::IpAddr::V6(_)) => Err(FirewallError::PortMap(format!(
-                "host address {s} is IPv6: nat networks publish on IPv4 only (use \
-                 `-p 0.0.0.0:...` or an IPv4 address)"
-            ))),
-            Err(_) => Err(FirewallError::PortMap(format!(
-                "host address {s:?} is not an IP address"
-            ))),
-        },
+        "" | "0.0.0.0" | "::" | "[::]" => Ok(None),
+        s => {
+            let bare = s
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .unwrap_or(s);
+            bare.parse::<IpAddr>().map(Some).map_err(|_| {
+                FirewallError::PortMap(format!("host address {s:?} is not an IP address"))
+            })
+        }
     }
 }
 
@@ -604,7 +609,7 @@ mod tests {
             vec![
                 mapping(Proto::Tcp, Some((8080, 8080)), 80),
                 PortMapping {
-                    host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                    host_ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
                     ..mapping(Proto::Udp, Some((5353, 5353)), 53)
                 },
                 mapping(Proto::Tcp, Some((8000, 8100)), 443),
@@ -614,6 +619,16 @@ mod tests {
         );
         assert!(parse_port_map(&Value::Null).unwrap().is_empty());
         assert!(parse_port_map(&json!([])).unwrap().is_empty());
+        // IPv6: `::` is every address; an address with or without brackets.
+        let v6 = json!([
+            {"Proto":6,"Port":80,"HostIP":"::","HostPort":8080},
+            {"Proto":6,"Port":80,"HostIP":"fd31::1","HostPort":8081},
+            {"Proto":6,"Port":80,"HostIP":"[fd31::1]","HostPort":8082}
+        ]);
+        let got = parse_port_map(&v6).unwrap();
+        assert_eq!(got[0].host_ip, None);
+        let fd31: std::net::IpAddr = "fd31::1".parse().unwrap();
+        assert_eq!((got[1].host_ip, got[2].host_ip), (Some(fd31), Some(fd31)));
     }
 
     #[test]
@@ -647,8 +662,8 @@ mod tests {
                 "protocol number 1",
             ),
             (
-                json!([{"Proto":6,"Port":80,"HostIP":"::","HostPort":80}]),
-                "IPv6",
+                json!([{"Proto":6,"Port":80,"HostIP":"::1","HostPort":80}]),
+                "loopback address ::1",
             ),
             (
                 json!([{"Proto":6,"Port":80,"HostIP":"example.org","HostPort":80}]),
@@ -713,7 +728,7 @@ mod tests {
             .to_string()
             .contains("explicit host ports"));
         let any = PortMapping {
-            host_ip: Some(Ipv4Addr::UNSPECIFIED),
+            host_ip: Some(Ipv4Addr::UNSPECIFIED.into()),
             ..mapping(Proto::Tcp, Some((80, 80)), 80)
         };
         assert!(any.validate().is_err());
@@ -776,7 +791,7 @@ mod tests {
     fn refuses_clashes() {
         let taken = vec![Taken {
             port: PublishedPort {
-                host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                host_ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
                 ..published(Proto::Tcp, 8080, 80)
             },
             holder: "endpoint 5b7e0e2a41c3 of network 3f2a9c1d4e5b".into(),
@@ -799,7 +814,7 @@ mod tests {
         assert!(msg.contains("-p OTHER:80"), "{msg}");
         // Another address, or another protocol, does not clash.
         let other_ip = PortMapping {
-            host_ip: Some(Ipv4Addr::new(192, 0, 2, 2)),
+            host_ip: Some(Ipv4Addr::new(192, 0, 2, 2).into()),
             ..mapping(Proto::Tcp, Some((8080, 8080)), 80)
         };
         assert!(resolve(&[other_ip], &taken, &[], dynamic, &no_host_sockets).is_ok());
@@ -860,7 +875,7 @@ mod tests {
     #[test]
     fn published_port_display_and_conversion() {
         let p = PublishedPort {
-            host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            host_ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
             ..published(Proto::Udp, 5353, 53)
         };
         assert_eq!(p.to_string(), "192.0.2.1:5353->53/udp");

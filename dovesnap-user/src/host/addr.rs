@@ -141,6 +141,16 @@ impl Ipv6Cidr {
             prefix: self.prefix,
         }
     }
+
+    /// Whether `ip` lies in the subnet of this address.
+    pub fn contains(self, ip: Ipv6Addr) -> bool {
+        Ipv6Cidr {
+            addr: ip,
+            prefix: self.prefix,
+        }
+        .network()
+            == self.network()
+    }
 }
 
 cidr_text!(Ipv6Cidr, 128);
@@ -259,6 +269,8 @@ mod tests {
         assert_eq!(c.to_string(), "fd00:d0e5:1::7/64");
         assert_eq!(c.network().to_string(), "fd00:d0e5:1::/64");
         assert_eq!("::/0".parse::<Ipv6Cidr>().unwrap().network().prefix, 0);
+        assert!(c.contains("fd00:d0e5:1::1".parse().unwrap()));
+        assert!(!c.contains("fd00:d0e5:2::1".parse().unwrap()));
         for bad in [
             "fd00::1",
             "fd00::1/",

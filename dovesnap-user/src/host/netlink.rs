@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -258,22 +258,27 @@ impl Netlink {
     }
 
     /// Puts `addr/prefix_len` on `name` (replacing an identical address, so it is
-    /// idempotent) and sets the link up.
+    /// idempotent) and sets the link up. An IPv6 address skips duplicate address
+    /// detection (`IFA_F_NODAD`): a gateway must answer at once, not after a second of
+    /// "tentative", and nothing else owns an address of a network's own subnet.
     pub async fn set_address_up(
         &self,
         name: &str,
-        addr: std::net::Ipv4Addr,
+        addr: impl Into<IpAddr>,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
+        let addr = addr.into();
         let index = self
             .index(name)
             .await?
             .ok_or_else(|| NetlinkError::link("address", name, rtnetlink::Error::RequestFailed))?;
-        self.handle
-            .address()
-            .add(index, addr.into(), prefix_len)
-            .replace()
-            .execute()
+        let mut req = self.handle.address().add(index, addr, prefix_len).replace();
+        if addr.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .map_err(|source| NetlinkError::link("address", name, source))?;
         self.set_up(name).await
