@@ -1622,3 +1622,172 @@ fn tc_programs_rewrite_established_flows_like_the_translator() {
     }
     assert_gone(&names);
 }
+
+/// A raw packet socket on `ifname` in `ns` (every IPv4 frame it receives or sends),
+/// with a read timeout.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    fn open(ns: &Netns, ifname: &str) -> Self {
+        let index = ifindex(ns, ifname);
+        in_netns(ns, || {
+            use std::os::fd::FromRawFd as _;
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            // SAFETY: plain socket(2); the descriptor is owned at once.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: `fd` is a new descriptor nothing else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = proto;
+            addr.sll_ifindex = index as i32;
+            let timeout = libc::timeval {
+                tv_sec: 3,
+                tv_usec: 0,
+            };
+            // SAFETY: valid pointers to values of the sizes passed, for the calls only.
+            unsafe {
+                let rc = libc::bind(
+                    fd.as_raw_fd(),
+                    &addr as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                let rc = libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &timeout as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+            }
+            Capture(fd)
+        })
+    }
+
+    /// The first UDP frame to `dst`:`dport`, or a panic after the timeout.
+    fn udp_to(&self, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(
+                n > 0,
+                "no UDP frame to {dst}:{dport}: {}",
+                std::io::Error::last_os_error()
+            );
+            let f = &buf[..n as usize];
+            if f.len() >= 42
+                && f[23] == PROTO_UDP
+                && f[30..34] == dst.octets()
+                && f[36..38] == dport.to_be_bytes()
+            {
+                return f.to_vec();
+            }
+        }
+    }
+}
+
+/// The tc programs attached for real (tcx ingress on the endpoint and the uplink) with
+/// a session in `CT`: UDP from sockets reaches the far side and the container through
+/// `bpf_redirect_neigh` and `bpf_redirect_peer`. The sockets' frames carry partial
+/// checksums (veth transmit checksum offload, `CHECKSUM_PARTIAL`, what
+/// `BPF_PROG_TEST_RUN` cannot make): the checksum field that arrives holds the fold of
+/// the *rewritten* pseudo header, so the receiver's checksum completion is right.
+#[test]
+#[ignore = "needs root: netns, veth, tcx"]
+fn tc_programs_keep_partial_checksums() {
+    use dovesnap::fastpath::offload::ct_entries;
+    use dovesnap::fastpath::xdp::{TcProgram, CT_OWNER_TRANSLATOR};
+    use dovesnap::translator::checksum::{fold, pseudo_header_sum};
+    use dovesnap::translator::Verdict;
+
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        topo.f.line(&format!("ip addr add {REMOTE}/32 dev lo"));
+        let mut xdp = topo.configured(1);
+        in_netns(&topo.r, || {
+            xdp.tc_attach(TcProgram::Endpoint, "ep0")
+                .expect("attach to ep0");
+            xdp.tc_attach(TcProgram::Uplink, "up0")
+                .expect("attach to up0");
+        });
+        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        let mut nat = Nat::new(&topo);
+        let now = std::time::Instant::now();
+        let s = nat.open(now, PROTO_UDP, true, (5353, 53));
+        let mut reply = s.inb(0, 64, b"");
+        assert!(matches!(
+            nat.t.inbound(now, &mut reply),
+            Verdict::Endpoint { .. }
+        ));
+        let o = nat.t.take_offload().expect("established both ways");
+        for r in ct_entries(&o, &nat.up, &nat.ep, CT_OWNER_TRANSLATOR, 1).iter() {
+            maps.set_ct(&r.key, &r.entry).expect("write CT");
+        }
+        let (cap_f, cap_c) = (
+            Capture::open(&topo.f, "eth0"),
+            Capture::open(&topo.c, "eth0"),
+        );
+        let inside = udp_socket(&topo.c, &format!("{INSIDE}:5353"));
+        let far = udp_socket(&topo.f, &format!("{REMOTE}:53"));
+        let before = xdp.counters().expect("counters");
+
+        // A partial checksum holds the folded pseudo-header sum (ones' complement: 0 and
+        // 0xffff are the same number).
+        let partial = |frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr, what: &str| {
+            let len = u16::from_be_bytes([frame[38], frame[39]]);
+            let field = u16::from_be_bytes([frame[40], frame[41]]);
+            let want = fold(pseudo_header_sum(src, dst, PROTO_UDP, len));
+            assert!(
+                field == want || (field | want == 0xffff && field & want == 0),
+                "{what}: field {field:#06x}, the new pseudo header folds to {want:#06x}"
+            );
+            assert_eq!(frame[22], 63, "{what}: TTL decremented");
+            let ip_sum = dovesnap::translator::checksum::checksum(&frame[14..34]);
+            assert_eq!(ip_sum, 0, "{what}: IPv4 header checksum");
+        };
+        inside
+            .send_to(b"hello", (REMOTE, 53))
+            .expect("send from the container");
+        let out = cap_f.udp_to(REMOTE, 53);
+        assert_eq!(out[26..30], EXT.octets(), "source translated");
+        assert_eq!(
+            out[34..36],
+            s.ext_port.to_be_bytes(),
+            "source port translated"
+        );
+        partial(&out, EXT, REMOTE, "outbound");
+        assert!(receives(&far, b"hello"), "the far side got it");
+
+        far.send_to(b"world", (EXT, s.ext_port))
+            .expect("send from far");
+        let inb = cap_c.udp_to(INSIDE, 5353);
+        assert_eq!(inb[26..30], REMOTE.octets());
+        assert_eq!(inb[..6], nat.ep.mac, "to the container's MAC");
+        assert_eq!(inb[6..12], nat.ep.gateway_mac, "from the gateway's");
+        partial(&inb, REMOTE, INSIDE, "inbound");
+        assert!(receives(&inside, b"world"), "the container got it");
+
+        let d = xdp.counters().expect("counters").since(&before);
+        assert_eq!(
+            (d.tc_out, d.tc_in, d.tc_redirect_failed),
+            (1, 1, 0),
+            "{d:?}"
+        );
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}

@@ -119,6 +119,17 @@ pub enum XdpError {
         cause: String,
     },
 
+    /// A tc program could not be attached to an interface's tcx ingress.
+    #[error("cannot attach the tc program `{program}` to {ifname}: {cause}")]
+    TcAttach {
+        /// The program's name.
+        program: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The kernel's error, with its causes.
+        cause: String,
+    },
+
     /// The tc programs did not load with the XDP program, so the tc engine cannot run.
     #[error(
         "the tc engine's programs are not available on this host (the xdp engine still \
