@@ -31,8 +31,8 @@ use dovesnap_ebpf::{
 
 use super::{
     add, classify, count, endpoint_checks, far_port, host_filtered, owns_flow, owns_icmp, ptr_at,
-    route, Frame, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4,
-    STATE, STATS, TCP_FIN, TCP_RST, TCP_SYN,
+    route, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4, STATE,
+    STATS, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 /// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
@@ -50,6 +50,7 @@ const IP_DST: usize = L3 + 16;
 const TCP_ACK: u8 = 0x10;
 
 /// What a tc program does with a frame.
+#[derive(Clone, Copy)]
 enum Verdict {
     /// `TCX_NEXT`, counting why.
     Next(Counter),
@@ -154,26 +155,26 @@ fn read_flow(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Result<Flow, Verdic
     let tot_len = u16::from_be_bytes(ip.tot_len);
     let l4_len = usize::from(tot_len)
         .checked_sub(core::mem::size_of::<Ipv4Hdr>())
-        .ok_or(Verdict::Next(Counter::TcDeclineTruncated))?;
+        .ok_or(truncated)?;
     if L3 + usize::from(tot_len) > ctx.len() as usize {
         return Err(truncated);
     }
     let (csum_at, tcp_flags) = if ip.proto == PROTO_TCP {
-        let tcp = ptr_at::<TcpHdr>(ctx, L4).ok_or(Verdict::Next(Counter::TcDeclineTruncated))?;
+        let tcp = ptr_at::<TcpHdr>(ctx, L4).ok_or(truncated)?;
         let off = usize::from(tcp.data_off >> 4) * 4;
         if off < core::mem::size_of::<TcpHdr>() || off > l4_len {
             return Err(truncated);
         }
         (L4 + 16, tcp.flags)
     } else {
-        let udp = ptr_at::<UdpHdr>(ctx, L4).ok_or(Verdict::Next(Counter::TcDeclineTruncated))?;
+        let udp = ptr_at::<UdpHdr>(ctx, L4).ok_or(truncated)?;
         let len = usize::from(u16::from_be_bytes(udp.len));
         if len < core::mem::size_of::<UdpHdr>() || len > l4_len {
             return Err(truncated);
         }
         (L4 + 6, 0)
     };
-    let ports = ptr_at::<Ports>(ctx, L4).ok_or(Verdict::Next(Counter::TcDeclineTruncated))?;
+    let ports = ptr_at::<Ports>(ctx, L4).ok_or(truncated)?;
     Ok(Flow {
         key: FlowKey {
             ifindex,
