@@ -14,6 +14,13 @@
 /// Name of the XDP program (the `#[xdp]` function) in the eBPF object.
 pub const PROGRAM_NAME: &str = "dovesnap_xdp";
 
+/// Name of the tc program for tcx ingress on a tc-engine container's host end
+/// (`ovst<id>`): established flows out to the uplink (see `docs/design/nat-fast-tc.md`).
+pub const TC_ENDPOINT_PROGRAM_NAME: &str = "dovesnap_tc_endpoint";
+/// Name of the tc program for tcx ingress on the uplink: established flows' replies
+/// into the container.
+pub const TC_UPLINK_PROGRAM_NAME: &str = "dovesnap_tc_uplink";
+
 /// Name of the per-CPU `u64` array holding one counter per [`Counter`].
 pub const STATS_MAP: &str = "STATS";
 
@@ -54,6 +61,34 @@ pub const MAX_XSKS: u32 = 1024;
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Capacity of [`FLOWS_MAP`] (two entries per offloaded session).
 pub const MAX_FLOWS: u32 = 131072;
+
+/// Name of the hash map from [`FlowKey`] to [`CtEntry`]: the tc engine's sessions, two
+/// entries per session, keyed as frames arrive: outbound `{ifindex: the container's host
+/// end, src: inside, dst: remote}`, inbound `{ifindex: 0, src: remote, dst: external}`
+/// (the [`SESSIONS_MAP`] convention). The tc programs rewrite and redirect the frames of
+/// these flows themselves. Not preallocated.
+pub const CT_MAP: &str = "CT";
+/// Default capacity of [`CT_MAP`] (two entries per session); the loader sizes it from
+/// the session limit.
+pub const MAX_CT: u32 = 2 * MAX_STEERED_SESSIONS;
+
+/// [`CtEntry::flags`]: a frame of this direction was forwarded by a tc program.
+pub const CT_SEEN: u32 = 0x01;
+/// [`CtEntry::flags`]: a TCP SYN without ACK went this way.
+pub const CT_SYN: u32 = 0x02;
+/// [`CtEntry::flags`]: a TCP SYN with ACK went this way.
+pub const CT_SYN_ACK: u32 = 0x04;
+/// [`CtEntry::flags`]: a TCP FIN went this way.
+pub const CT_FIN: u32 = 0x08;
+/// [`CtEntry::flags`]: a TCP RST went this way.
+pub const CT_RST: u32 = 0x10;
+
+/// [`CtEntry::owner`]: a session the tc programs created (step 3 of the design).
+pub const CT_OWNER_KERNEL: u8 = 1;
+/// [`CtEntry::owner`]: a session the AF_XDP translator created.
+pub const CT_OWNER_TRANSLATOR: u8 = 2;
+/// [`CtEntry::owner`]: a session adopted from the kernel's conntrack at start.
+pub const CT_OWNER_ADOPTED: u8 = 3;
 
 /// Name of the one-entry `Array<u32>` of the data plane's state ([`STATE_BYPASS`]).
 pub const STATE_MAP: &str = "STATE";
@@ -283,6 +318,30 @@ pub struct FlowAction {
     pub bytes: u64,
 }
 
+/// The value of [`CT_MAP`]: one direction of a tc-engine session. `act` is the rewrite
+/// (outbound: new source address and port, `out_ifindex` the uplink for
+/// `bpf_redirect_neigh`; inbound: new destination address and port, the container's and
+/// gateway's MACs, `out_ifindex` the container's host end for `bpf_redirect_peer`;
+/// `max_len` the output MTU for frames that are not GSO). The program of this direction
+/// writes `act.last_seen`, `act.packets`, `act.bytes` and `flags`, and nothing else
+/// writes them: no read-modify-write crosses CPUs of different directions. 72 bytes, no
+/// implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// The rewrite and the kernel's bookkeeping, as in [`FLOWS_MAP`].
+    pub act: FlowAction,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the session was created.
+    pub created: u64,
+    /// This direction's TCP state bits: [`CT_SEEN`], [`CT_SYN`], [`CT_SYN_ACK`],
+    /// [`CT_FIN`], [`CT_RST`]. The session's state is the union of both directions'.
+    pub flags: u32,
+    /// [`CT_OWNER_KERNEL`], [`CT_OWNER_TRANSLATOR`] or [`CT_OWNER_ADOPTED`].
+    pub owner: u8,
+    /// Explicit padding; write zero.
+    pub _pad: [u8; 3],
+}
+
 /// An IPv4 address as the program compares it: its four wire bytes as a native-endian
 /// `u32`, which is what a 4-byte load from the packet yields.
 #[inline(always)]
@@ -339,6 +398,9 @@ unsafe impl aya::Pod for FlowAction {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HostFwMatch {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CtEntry {}
 
 const _: () = {
     assert!(core::mem::size_of::<IfaceConfig>() == 40);
@@ -347,10 +409,11 @@ const _: () = {
     assert!(core::mem::size_of::<FlowAction>() == 56);
     assert!(core::mem::size_of::<FragKey>() == 16);
     assert!(core::mem::size_of::<HostFwMatch>() == 8);
+    assert!(core::mem::size_of::<CtEntry>() == 72);
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 35;
+pub const COUNTERS: u32 = 56;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -365,6 +428,12 @@ pub const COUNTERS: u32 = 35;
 /// decision counter (`Endpoint*` or `Uplink*`); a frame the program tried to redirect
 /// but whose [`XSKS_MAP`] slot holds no socket additionally counts `XskMissing` and is
 /// passed (verdict `Pass`), so the kernel handles it as if the program were absent.
+///
+/// The tc programs (`Tc*`, names `tc-*`) count apart from the XDP program's: they count
+/// no classification or verdict above, and every frame they see counts exactly one of
+/// `TcOut`, `TcIn`, `TcRedirectFailed`, `TcBypassed`, `TcUnconfigured` or a
+/// `TcDecline*` (all of which return `TCX_NEXT`: the kernel's path). `TcGsoFrames` and
+/// `TcGsoSegments` come on top, for rewritten GSO super-packets.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -455,6 +524,55 @@ pub enum Counter {
     /// Uplink: from a far address, protocol and port that a host forward rule covers
     /// ([`HOSTFW_MAP`]; the host's own traffic from there included): left to the kernel.
     UplinkHostFirewall = 34,
+    /// tc: a container's frame of a `CT` session rewritten and redirected to the uplink.
+    TcOut = 35,
+    /// tc: an uplink frame of a `CT` session rewritten and redirected into the container.
+    TcIn = 36,
+    /// tc: rewritten frames that were GSO super-packets (`gso_segs > 1`).
+    TcGsoFrames = 37,
+    /// tc: the segments those super-packets carried (sum of `gso_segs`).
+    TcGsoSegments = 38,
+    /// tc: rewritten, but the redirect helper refused: dropped (`TCX_DROP`).
+    TcRedirectFailed = 39,
+    /// tc: the data plane is bypassed ([`STATE_BYPASS`]): left to the kernel.
+    TcBypassed = 40,
+    /// tc: arrived on an interface without the right [`IFACES_MAP`] entry.
+    TcUnconfigured = 41,
+    /// tc endpoint: not addressed to the gateway MAC.
+    TcDeclineNotToGateway = 42,
+    /// tc: not IPv4 (or a truncated or wrong-version IPv4 header), or an IPv4
+    /// protocol other than TCP, UDP and ICMP.
+    TcDeclineOtherProtocol = 43,
+    /// tc: IPv4 options (IHL != 5).
+    TcDeclineOptions = 44,
+    /// tc endpoint: the source address is not the container's.
+    TcDeclineSpoofedSource = 45,
+    /// tc: TTL <= 1, left to the kernel to answer with time-exceeded.
+    TcDeclineTtlExpiring = 46,
+    /// tc endpoint: destination inside the endpoint's subnet.
+    TcDeclineInSubnet = 47,
+    /// tc: a host forward rule may drop it ([`HOSTFW_MAP`]).
+    TcDeclineHostFirewall = 48,
+    /// tc endpoint: no session, and the FIB lookup did not forward it (local
+    /// destination, no route, ...).
+    TcDeclineNotForwarded = 49,
+    /// tc endpoint: no session, and routed out of another interface than the uplink.
+    TcDeclineNotViaUplink = 50,
+    /// tc: a session's frame that is not GSO and larger than the output MTU (the kernel
+    /// fragments it or answers frag-needed).
+    TcDeclineTooBig = 51,
+    /// tc: the IPv4 total length or the TCP/UDP header does not fit the frame.
+    TcDeclineTruncated = 52,
+    /// tc uplink: not IPv4 to the external address.
+    TcDeclineNotForUs = 53,
+    /// tc uplink: to the external address, but neither a `CT` session nor the
+    /// translator's (the host's own traffic, the kernel masquerade's replies).
+    TcDeclineNoSession = 54,
+    /// tc: what the design sends to the slow port (the translator): fragments, ICMP,
+    /// a flow without a `CT` session routed via the uplink, the translator's sessions and
+    /// published ports on the uplink, a session's frame the program failed to rewrite.
+    /// Until the slow port exists, these go to the kernel.
+    TcDeclineSlow = 55,
 }
 
 impl Counter {
@@ -495,6 +613,27 @@ impl Counter {
         Counter::Bypassed,
         Counter::EndpointHostFirewall,
         Counter::UplinkHostFirewall,
+        Counter::TcOut,
+        Counter::TcIn,
+        Counter::TcGsoFrames,
+        Counter::TcGsoSegments,
+        Counter::TcRedirectFailed,
+        Counter::TcBypassed,
+        Counter::TcUnconfigured,
+        Counter::TcDeclineNotToGateway,
+        Counter::TcDeclineOtherProtocol,
+        Counter::TcDeclineOptions,
+        Counter::TcDeclineSpoofedSource,
+        Counter::TcDeclineTtlExpiring,
+        Counter::TcDeclineInSubnet,
+        Counter::TcDeclineHostFirewall,
+        Counter::TcDeclineNotForwarded,
+        Counter::TcDeclineNotViaUplink,
+        Counter::TcDeclineTooBig,
+        Counter::TcDeclineTruncated,
+        Counter::TcDeclineNotForUs,
+        Counter::TcDeclineNoSession,
+        Counter::TcDeclineSlow,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -541,6 +680,27 @@ impl Counter {
             Counter::Bypassed => "bypassed",
             Counter::EndpointHostFirewall => "endpoint-host-firewall",
             Counter::UplinkHostFirewall => "uplink-host-firewall",
+            Counter::TcOut => "tc-out",
+            Counter::TcIn => "tc-in",
+            Counter::TcGsoFrames => "tc-gso-frames",
+            Counter::TcGsoSegments => "tc-gso-segments",
+            Counter::TcRedirectFailed => "tc-redirect-failed",
+            Counter::TcBypassed => "tc-bypassed",
+            Counter::TcUnconfigured => "tc-unconfigured",
+            Counter::TcDeclineNotToGateway => "tc-decline-not-to-gateway",
+            Counter::TcDeclineOtherProtocol => "tc-decline-other-protocol",
+            Counter::TcDeclineOptions => "tc-decline-options",
+            Counter::TcDeclineSpoofedSource => "tc-decline-spoofed-source",
+            Counter::TcDeclineTtlExpiring => "tc-decline-ttl-expiring",
+            Counter::TcDeclineInSubnet => "tc-decline-in-subnet",
+            Counter::TcDeclineHostFirewall => "tc-decline-host-firewall",
+            Counter::TcDeclineNotForwarded => "tc-decline-not-forwarded",
+            Counter::TcDeclineNotViaUplink => "tc-decline-not-via-uplink",
+            Counter::TcDeclineTooBig => "tc-decline-too-big",
+            Counter::TcDeclineTruncated => "tc-decline-truncated",
+            Counter::TcDeclineNotForUs => "tc-decline-not-for-us",
+            Counter::TcDeclineNoSession => "tc-decline-no-session",
+            Counter::TcDeclineSlow => "tc-decline-slow",
         }
     }
 }
@@ -625,6 +785,10 @@ mod tests {
         assert_eq!(core::mem::align_of::<FlowAction>(), 8);
         assert_eq!(core::mem::offset_of!(FragKey, id), 12);
         assert_eq!(core::mem::offset_of!(FragKey, proto), 14);
+        assert_eq!(core::mem::offset_of!(CtEntry, created), 56);
+        assert_eq!(core::mem::offset_of!(CtEntry, flags), 64);
+        assert_eq!(core::mem::offset_of!(CtEntry, owner), 68);
+        assert_eq!(core::mem::align_of::<CtEntry>(), 8);
     }
 
     #[test]
@@ -671,8 +835,12 @@ mod tests {
             let name = c.name();
             let endpoint = format!("{c:?}").starts_with("Endpoint");
             let uplink = format!("{c:?}").starts_with("Uplink");
+            let tc = format!("{c:?}").starts_with("Tc");
             assert_eq!(endpoint, name.starts_with("endpoint-"), "{name}");
             assert_eq!(uplink, name.starts_with("uplink-"), "{name}");
+            assert_eq!(tc, name.starts_with("tc-"), "{name}");
+            let decline = format!("{c:?}").starts_with("TcDecline");
+            assert_eq!(decline, name.starts_with("tc-decline-"), "{name}");
         }
     }
 }

@@ -43,6 +43,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
+    mod tc;
+
     use core::mem;
 
     use aya_ebpf::{
@@ -340,7 +342,7 @@ mod program {
     /// going out (`outbound`), the source port coming in. `None` for ICMP, or when the
     /// header is not there (then every port counts).
     #[inline(always)]
-    fn far_port(ctx: &XdpContext, proto: u8, outbound: bool) -> Option<[u8; 2]> {
+    fn far_port(ctx: &impl Frame, proto: u8, outbound: bool) -> Option<[u8; 2]> {
         if proto != PROTO_TCP && proto != PROTO_UDP {
             return None;
         }
@@ -396,6 +398,32 @@ mod program {
         _fixed: [u8; 8],
     }
 
+    /// The bytes of a packet the program may read directly: an XDP frame, or the linear
+    /// part of an skb (tc). Both contexts' pointers are re-read at every use, so a helper
+    /// that moves the skb's data (`bpf_skb_pull_data`, the checksum and store helpers)
+    /// never leaves a stale one behind.
+    trait Frame {
+        fn start(&self) -> usize;
+        fn end(&self) -> usize;
+    }
+
+    /// Both contexts name the bounds alike.
+    macro_rules! frame_of {
+        ($($context:ty),+) => {$(
+            impl Frame for $context {
+                #[inline(always)]
+                fn start(&self) -> usize {
+                    self.data()
+                }
+                #[inline(always)]
+                fn end(&self) -> usize {
+                    self.data_end()
+                }
+            }
+        )+};
+    }
+    frame_of!(XdpContext, aya_ebpf::programs::TcContext);
+
     /// The fixed 40-byte IPv6 header; the version is the top nibble of the first byte.
     #[repr(C)]
     struct Ipv6Hdr {
@@ -408,9 +436,9 @@ mod program {
     /// accept the later read. Only used with `T` made of bytes and byte arrays
     /// (alignment 1), so any offset is aligned.
     #[inline(always)]
-    fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<&T> {
-        let start = ctx.data();
-        let end = ctx.data_end();
+    fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<&T> {
+        let start = ctx.start();
+        let end = ctx.end();
         if start + offset + mem::size_of::<T>() > end {
             return None;
         }
@@ -513,46 +541,99 @@ mod program {
         Ok(xdp_action::XDP_PASS)
     }
 
+    /// Why an endpoint's frame is not routed NAT traffic, in the order both the XDP and
+    /// the tc endpoint programs check it; each names its counter per program.
+    #[derive(Clone, Copy)]
+    enum Check {
+        NotToGateway,
+        OtherProtocol,
+        Options,
+        SpoofedSource,
+        TtlExpiring,
+        InSubnet,
+        HostFirewall,
+    }
+
+    impl Check {
+        #[inline(always)]
+        fn xdp(self) -> Counter {
+            match self {
+                Check::NotToGateway => Counter::EndpointNotToGateway,
+                Check::OtherProtocol => Counter::EndpointOtherProtocol,
+                Check::Options => Counter::EndpointOptions,
+                Check::SpoofedSource => Counter::EndpointSpoofedSource,
+                Check::TtlExpiring => Counter::EndpointTtlExpiring,
+                Check::InSubnet => Counter::EndpointInSubnet,
+                Check::HostFirewall => Counter::EndpointHostFirewall,
+            }
+        }
+
+        #[inline(always)]
+        fn tc(self) -> Counter {
+            match self {
+                Check::NotToGateway => Counter::TcDeclineNotToGateway,
+                Check::OtherProtocol => Counter::TcDeclineOtherProtocol,
+                Check::Options => Counter::TcDeclineOptions,
+                Check::SpoofedSource => Counter::TcDeclineSpoofedSource,
+                Check::TtlExpiring => Counter::TcDeclineTtlExpiring,
+                Check::InSubnet => Counter::TcDeclineInSubnet,
+                Check::HostFirewall => Counter::TcDeclineHostFirewall,
+            }
+        }
+    }
+
+    /// The checks every endpoint frame passes before it is NAT traffic: to the gateway
+    /// MAC, plain IPv4 (`class` is the frame's classification), TCP/UDP/ICMP, the
+    /// container's source, TTL > 1, not in the subnet, not covered by a host forward rule
+    /// (a later fragment follows its first fragment instead). Returns the IPv4 header.
+    #[inline(always)]
+    fn endpoint_checks<'a>(
+        ctx: &'a impl Frame,
+        cfg: &IfaceConfig,
+        class: Counter,
+    ) -> Result<&'a Ipv4Hdr, Check> {
+        let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Check::OtherProtocol)?;
+        if eth.dst != cfg.gateway_mac {
+            return Err(Check::NotToGateway);
+        }
+        if !matches!(class, Counter::Ipv4) {
+            return Err(Check::OtherProtocol);
+        }
+        let ip = ptr_at::<Ipv4Hdr>(ctx, L3).ok_or(Check::OtherProtocol)?;
+        if !ip.is_plain() {
+            return Err(Check::Options);
+        }
+        if !matches!(ip.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+            return Err(Check::OtherProtocol);
+        }
+        let dst = u32::from_ne_bytes(ip.dst);
+        if u32::from_ne_bytes(ip.src) != cfg.addr {
+            return Err(Check::SpoofedSource);
+        }
+        if ip.ttl <= 1 {
+            return Err(Check::TtlExpiring);
+        }
+        if cfg.in_subnet(dst) {
+            return Err(Check::InSubnet);
+        }
+        // The administrator's forward rules apply on the kernel's path.
+        if ip.piece() != Piece::Later && host_filtered(ip.proto, dst, far_port(ctx, ip.proto, true))
+        {
+            return Err(Check::HostFirewall);
+        }
+        Ok(ip)
+    }
+
     /// Frames from a nat-fast container: routed traffic to the outside goes to the
     /// translator, the rest (ARP, in-subnet, local, expiring, oversized, odd) to the
     /// kernel.
     #[inline(always)]
     fn endpoint(ctx: &XdpContext, cfg: &IfaceConfig, class: Counter) -> Steer {
-        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-            return Steer::Pass(Counter::EndpointOtherProtocol);
+        let ip = match endpoint_checks(ctx, cfg, class) {
+            Ok(ip) => ip,
+            Err(check) => return Steer::Pass(check.xdp()),
         };
-        if eth.dst != cfg.gateway_mac {
-            return Steer::Pass(Counter::EndpointNotToGateway);
-        }
-        if !matches!(class, Counter::Ipv4) {
-            return Steer::Pass(Counter::EndpointOtherProtocol);
-        }
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
-            return Steer::Pass(Counter::EndpointOtherProtocol);
-        };
-        if !ip.is_plain() {
-            return Steer::Pass(Counter::EndpointOptions);
-        }
         let piece = ip.piece();
-        if !matches!(ip.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
-            return Steer::Pass(Counter::EndpointOtherProtocol);
-        }
-        let src = u32::from_ne_bytes(ip.src);
-        let dst = u32::from_ne_bytes(ip.dst);
-        if src != cfg.addr {
-            return Steer::Pass(Counter::EndpointSpoofedSource);
-        }
-        if ip.ttl <= 1 {
-            return Steer::Pass(Counter::EndpointTtlExpiring);
-        }
-        if cfg.in_subnet(dst) {
-            return Steer::Pass(Counter::EndpointInSubnet);
-        }
-        // The administrator's forward rules apply on the kernel's path (a later fragment
-        // follows its first fragment, below).
-        if piece != Piece::Later && host_filtered(ip.proto, dst, far_port(ctx, ip.proto, true)) {
-            return Steer::Pass(Counter::EndpointHostFirewall);
-        }
         // A later fragment: its first fragment went through the checks below.
         if let Some(steer) = later_or_offloaded(ctx, cfg, ip, piece, &ENDPOINT) {
             return steer;
@@ -560,35 +641,55 @@ mod program {
 
         // Ask the kernel where it would route the packet if it arrived on the gateway's
         // interface: only what leaves through the uplink is NAT traffic.
+        match route(ctx.as_ptr(), cfg, ip, u16::from_be_bytes(ip.tot_len)) {
+            Route::Uplink => to_translator(ctx, cfg, ip, piece, &ENDPOINT),
+            Route::TooBig => Steer::Pass(Counter::EndpointTooBig),
+            Route::NotForwarded => Steer::Pass(Counter::EndpointNotForwarded),
+            Route::NotViaUplink => Steer::Pass(Counter::EndpointNotViaUplink),
+        }
+    }
+
+    /// Where the kernel routes an endpoint's packet.
+    enum Route {
+        /// Forwarded out of the endpoint's uplink (neighbour resolved or not).
+        Uplink,
+        /// Larger than the output MTU (`tot_len` given non-zero, or an skb the kernel
+        /// cannot forward whole).
+        TooBig,
+        /// Not forwarded: local destination, no route, forwarding off, ...
+        NotForwarded,
+        /// Forwarded out of another interface.
+        NotViaUplink,
+    }
+
+    /// Asks the kernel where it would route `ip` if it arrived on the gateway's interface
+    /// (`cfg.fib_ifindex`). `ctx` is the program's context (`xdp_md` or `__sk_buff`);
+    /// `tot_len` 0 makes the kernel check the MTU on the skb itself, GSO-aware (tc).
+    #[inline(always)]
+    fn route(ctx: *mut core::ffi::c_void, cfg: &IfaceConfig, ip: &Ipv4Hdr, tot_len: u16) -> Route {
         // SAFETY: `bpf_fib_lookup` is plain data (integers and unions of integers), for
         // which all-zero bytes are a valid value.
         let mut params: FibParams = unsafe { mem::zeroed() };
         params.family = AF_INET;
         params.l4_protocol = ip.proto;
         params.ifindex = cfg.fib_ifindex;
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+        params.__bindgen_anon_1.tot_len = tot_len;
         params.__bindgen_anon_2.tos = ip.tos;
-        params.__bindgen_anon_3.ipv4_src = src;
-        params.__bindgen_anon_4.ipv4_dst = dst;
-        // SAFETY: `ctx.ctx` is the program's own `xdp_md`; `params` is a valid, writable
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+        // SAFETY: `ctx` is the program's own context; `params` is a valid, writable
         // struct of exactly the size passed; flags 0 is a plain input-device lookup.
-        let ret = unsafe {
-            bpf_fib_lookup(
-                ctx.as_ptr(),
-                &mut params,
-                mem::size_of::<FibParams>() as i32,
-                0,
-            )
-        };
+        let ret =
+            unsafe { bpf_fib_lookup(ctx, &mut params, mem::size_of::<FibParams>() as i32, 0) };
         match ret as u32 {
             BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => {}
-            BPF_FIB_LKUP_RET_FRAG_NEEDED => return Steer::Pass(Counter::EndpointTooBig),
-            _ => return Steer::Pass(Counter::EndpointNotForwarded),
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => return Route::TooBig,
+            _ => return Route::NotForwarded,
         }
         if params.ifindex != cfg.uplink_ifindex {
-            return Steer::Pass(Counter::EndpointNotViaUplink);
+            return Route::NotViaUplink;
         }
-        to_translator(ctx, cfg, ip, piece, &ENDPOINT)
+        Route::Uplink
     }
 
     /// Frames arriving on the uplink: the translator's return traffic goes to the socket
@@ -670,7 +771,7 @@ mod program {
     /// replies of one of its echo sessions, and errors about a packet it sent (matched
     /// by the quoted packet's tuple, whoever reports the error).
     #[inline(always)]
-    fn owns_icmp(ctx: &XdpContext, cfg: &IfaceConfig, remote: u32) -> bool {
+    fn owns_icmp(ctx: &impl Frame, cfg: &IfaceConfig, remote: u32) -> bool {
         let Some(icmp) = ptr_at::<IcmpHdr>(ctx, L4) else {
             return false;
         };
@@ -906,7 +1007,7 @@ mod program {
     /// Sorts the frame into one classification counter. Truncated headers of a known
     /// protocol are `Malformed`, never an error: they are data, not a program fault.
     #[inline(always)]
-    fn classify(ctx: &XdpContext) -> Counter {
+    fn classify(ctx: &impl Frame) -> Counter {
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
             return Counter::Malformed;
         };

@@ -1011,6 +1011,146 @@ fn full_frame(
     f
 }
 
+const EXT: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 1);
+const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 202, 9, 7);
+
+/// The sessions the rewrite tests run: protocol, UDP checksum, (inside, remote) ports.
+const KINDS: [(u8, bool, (u16, u16)); 3] = [
+    (PROTO_TCP, true, (43512, 80)),
+    (PROTO_UDP, true, (5353, 53)),
+    (PROTO_UDP, false, (5354, 53)),
+];
+
+/// Payloads of many lengths (odd ones, empty, near the MTU), of varied bytes.
+fn payloads() -> Vec<Vec<u8>> {
+    [0usize, 1, 2, 3, 7, 64, 511, 1000, 1200]
+        .iter()
+        .map(|n| (0..*n).map(|i| (i * 7 + *n) as u8).collect())
+        .collect()
+}
+
+/// The translator for the topology's container and uplink, and the data plane's paths
+/// to both, as the daemon sets them up; it offers sessions as soon as they are
+/// established (the daemon waits a few packets).
+struct Nat {
+    t: dovesnap::translator::Translator,
+    up: dovesnap::fastpath::offload::UplinkPath,
+    ep: dovesnap::fastpath::offload::EndpointPath,
+    far_mac: [u8; 6],
+}
+
+/// One session's frames with every checksum right: `out` from the container to
+/// `REMOTE`, `inb` the replies to the external port the translator picked.
+struct Session {
+    proto: u8,
+    udp_sum: bool,
+    ports: (u16, u16),
+    ext_port: u16,
+    to_gw: ([u8; 6], [u8; 6]),
+    to_ext: ([u8; 6], [u8; 6]),
+}
+
+impl Nat {
+    fn new(topo: &Topology) -> Self {
+        use dovesnap::fastpath::offload::{EndpointPath, UplinkPath};
+        use dovesnap::translator::{Config, EndpointInfo, Timeouts, Translator};
+        let (up_mac, c_mac, far_mac) = (
+            mac(&topo.r, "up0"),
+            mac(&topo.c, "eth0"),
+            mac(&topo.f, "eth0"),
+        );
+        let gw = topo.gateway_mac;
+        let mut t = Translator::new(Config {
+            external_ip: EXT,
+            uplink_mac: up_mac,
+            ports: PORT_LO..=PORT_HI,
+            max_sessions: 64,
+            max_sessions_per_endpoint: None,
+            max_ports_per_endpoint: None,
+            timeouts: Timeouts::default(),
+        });
+        t.set_offload_after(0);
+        t.add_endpoint(EndpointInfo {
+            ip: INSIDE,
+            mac: c_mac,
+            gateway_mac: gw,
+            port: 1,
+            offload: true,
+        });
+        let up = UplinkPath {
+            ifindex: topo.up,
+            mac: up_mac,
+            mtu: 1280,
+            external_ip: EXT,
+            redirect_target: true,
+        };
+        let ep = EndpointPath {
+            ifindex: topo.ep,
+            mac: c_mac,
+            gateway_mac: gw,
+            mtu: 1500,
+            redirect_target: true,
+        };
+        Nat { t, up, ep, far_mac }
+    }
+
+    /// Opens a session through the translator, as the AF_XDP path would: the first
+    /// packet out (a TCP SYN) takes an external port.
+    fn open(
+        &mut self,
+        now: std::time::Instant,
+        proto: u8,
+        udp_sum: bool,
+        ports: (u16, u16),
+    ) -> Session {
+        use dovesnap::translator::Verdict;
+        let mut s = Session {
+            proto,
+            udp_sum,
+            ports,
+            ext_port: 0,
+            to_gw: (self.ep.mac, self.ep.gateway_mac),
+            to_ext: (self.far_mac, self.up.mac),
+        };
+        let mut first = s.out(0x02, 64, b"");
+        let v = self.t.outbound(now, &mut first);
+        let Verdict::Uplink { .. } = v else {
+            panic!("first packet: {v:?}")
+        };
+        s.ext_port = u16::from_be_bytes([first[34], first[35]]);
+        s
+    }
+}
+
+impl Session {
+    fn out(&self, flags: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+        full_frame(
+            self.to_gw,
+            (INSIDE, self.ports.0),
+            (REMOTE, self.ports.1),
+            self.proto,
+            ttl,
+            flags,
+            self.udp_sum,
+            payload,
+        )
+    }
+
+    fn inb(&self, flags: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+        full_frame(
+            self.to_ext,
+            (REMOTE, self.ports.1),
+            (EXT, self.ext_port),
+            self.proto,
+            ttl,
+            flags,
+            self.udp_sum,
+            payload,
+        )
+    }
+}
+
 /// Established-flow offload: for TCP and UDP sessions the translator established, the
 /// program's rewrite of every later frame (both directions, payloads of many lengths,
 /// UDP with and without a checksum) is byte for byte what the translator (plus the data
@@ -1020,8 +1160,8 @@ fn full_frame(
 #[test]
 #[ignore = "needs root: netns, veth, XDP"]
 fn offloaded_flows_rewrite_like_the_translator() {
-    use dovesnap::fastpath::offload::{EndpointPath, Offloads, UplinkPath};
-    use dovesnap::translator::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+    use dovesnap::fastpath::offload::Offloads;
+    use dovesnap::translator::Verdict;
     use std::time::Instant;
     const XDP_PASS: u32 = 2;
     const XDP_REDIRECT: u32 = 4;
@@ -1033,51 +1173,13 @@ fn offloaded_flows_rewrite_like_the_translator() {
         names = topo.names();
         let mut xdp = topo.configured(1);
         let mut maps = xdp.take_dataplane_maps().expect("maps");
-        let ext = Ipv4Addr::new(10, 202, 2, 1);
-        let inside = Ipv4Addr::new(10, 202, 1, 2);
-        let remote = Ipv4Addr::new(10, 202, 9, 7);
-        let (up_mac, c_mac, far_mac) = (
-            mac(&topo.r, "up0"),
-            mac(&topo.c, "eth0"),
-            mac(&topo.f, "eth0"),
-        );
-        let gw = topo.gateway_mac;
-        let mut t = Translator::new(Config {
-            external_ip: ext,
-            uplink_mac: up_mac,
-            ports: PORT_LO..=PORT_HI,
-            max_sessions: 64,
-            max_sessions_per_endpoint: None,
-            max_ports_per_endpoint: None,
-            timeouts: Timeouts::default(),
-        });
-        // Offer sessions as soon as they are established (the daemon waits a few packets).
-        t.set_offload_after(0);
-        t.add_endpoint(EndpointInfo {
-            ip: inside,
-            mac: c_mac,
-            gateway_mac: gw,
-            port: 1,
-            offload: true,
-        });
+        let (inside, remote) = (INSIDE, REMOTE);
+        let mut nat = Nat::new(&topo);
+        let (up_path, ep_path, far_mac) = (nat.up, nat.ep, nat.far_mac);
         let mut offloads = Offloads::default();
-        let up_path = UplinkPath {
-            ifindex: topo.up,
-            mac: up_mac,
-            mtu: 1280,
-            external_ip: ext,
-            redirect_target: true,
-        };
         offloads
             .add_uplink(&mut maps, 0, up_path)
             .expect("uplink device");
-        let ep_path = EndpointPath {
-            ifindex: topo.ep,
-            mac: c_mac,
-            gateway_mac: gw,
-            mtu: 1500,
-            redirect_target: true,
-        };
         offloads
             .add_endpoint(&mut maps, 0, inside, ep_path)
             .expect("endpoint device");
@@ -1087,67 +1189,36 @@ fn offloaded_flows_rewrite_like_the_translator() {
         let now = Instant::now();
         let ack = 0x10;
         let (fin, syn, rst) = (0x01, 0x02, 0x04);
-        let to_gw = (c_mac, gw);
-        let to_ext = (far_mac, up_mac);
 
-        for (proto, udp_sum, sport, dport) in [
-            (PROTO_TCP, true, 43512, 80),
-            (PROTO_UDP, true, 5353, 53),
-            (PROTO_UDP, false, 5354, 53),
-        ] {
-            let out = |flags: u8, ttl: u8, payload: &[u8]| {
-                full_frame(
-                    to_gw,
-                    (inside, sport),
-                    (remote, dport),
-                    proto,
-                    ttl,
-                    flags,
-                    udp_sum,
-                    payload,
-                )
-            };
-            // Establish through the translator, as the AF_XDP path would.
-            let mut first = out(syn, 64, b"");
-            let v = t.outbound(now, &mut first);
-            let Verdict::Uplink { .. } = v else {
-                panic!("first packet: {v:?}")
-            };
-            let ext_port = u16::from_be_bytes([first[34], first[35]]);
-            let inb = |flags: u8, ttl: u8, payload: &[u8]| {
-                full_frame(
-                    to_ext,
-                    (remote, dport),
-                    (ext, ext_port),
-                    proto,
-                    ttl,
-                    flags,
-                    udp_sum,
-                    payload,
-                )
-            };
+        for (proto, udp_sum, (sport, dport)) in KINDS {
+            let s = nat.open(now, proto, udp_sum, (sport, dport));
+            let (out, inb) = (
+                |f, ttl, p: &[u8]| s.out(f, ttl, p),
+                |f, ttl, p: &[u8]| s.inb(f, ttl, p),
+            );
+            let ext_port = s.ext_port;
             let mut reply = inb(syn | ack, 64, b"");
             assert!(matches!(
-                t.inbound(now, &mut reply),
+                nat.t.inbound(now, &mut reply),
                 Verdict::Endpoint { .. }
             ));
-            let o = t.take_offload().expect("established both ways");
+            let o = nat.t.take_offload().expect("established both ways");
             assert_eq!(o.external_port, ext_port);
             offloads
                 .install(&mut maps, 0, &o, far_mac)
                 .expect("install the flow");
 
             let before = xdp.counters().expect("counters");
-            let payloads: Vec<Vec<u8>> = [0usize, 1, 2, 3, 7, 64, 511, 1000, 1200]
-                .iter()
-                .map(|n| (0..*n).map(|i| (i * 7 + *n) as u8).collect())
-                .collect();
+            let payloads = payloads();
             for p in &payloads {
                 // Outbound: the translator's bytes, with the next hop's MAC as the data
                 // plane writes it.
                 let frame = out(ack, 64, p);
                 let mut want = frame.clone();
-                assert!(matches!(t.outbound(now, &mut want), Verdict::Uplink { .. }));
+                assert!(matches!(
+                    nat.t.outbound(now, &mut want),
+                    Verdict::Uplink { .. }
+                ));
                 want[..6].copy_from_slice(&far_mac);
                 let (action, got) = run(&frame, topo.ep);
                 assert_eq!(action, XDP_REDIRECT, "outbound {proto} {} bytes", p.len());
@@ -1156,7 +1227,7 @@ fn offloaded_flows_rewrite_like_the_translator() {
                 let frame = inb(ack, 64, p);
                 let mut want = frame.clone();
                 assert!(matches!(
-                    t.inbound(now, &mut want),
+                    nat.t.inbound(now, &mut want),
                     Verdict::Endpoint { .. }
                 ));
                 let (action, got) = run(&frame, topo.up);
@@ -1258,4 +1329,564 @@ fn offloaded_flows_rewrite_like_the_translator() {
         drop(xdp);
     }
     assert_gone(&names);
+}
+
+/// The tc engine's programs (`dovesnap_tc_endpoint`, `dovesnap_tc_uplink`), run with
+/// `BPF_PROG_TEST_RUN` on skbs (`CHECKSUM_NONE`) as if they arrived on the endpoint or
+/// the uplink: for TCP, UDP and UDP without a checksum, with the `CT` entries
+/// `offload::ct_entries` makes from the translator's session, every frame comes out as
+/// the translator writes it (outbound from the IPv4 header on: the kernel writes the
+/// Ethernet header at `bpf_redirect_neigh`) and is redirected; GSO super-packets are
+/// counted and not held to the MTU; every decline returns `TCX_NEXT` with the frame
+/// untouched and counts its own reason; so does everything under bypass.
+#[test]
+#[ignore = "needs root: netns, veth, BPF_PROG_TEST_RUN"]
+fn tc_programs_rewrite_established_flows_like_the_translator() {
+    use dovesnap::fastpath::offload::ct_entries;
+    use dovesnap::fastpath::xdp::{
+        Counter as C, HostFwMatch, TcProgram, CT_FIN, CT_OWNER_TRANSLATOR, CT_SEEN,
+    };
+    use dovesnap::translator::Verdict;
+    use std::time::Instant;
+    const TCX_NEXT: i32 = -1;
+    const TCX_REDIRECT: i32 = 7;
+
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        let mut xdp = topo.configured(1);
+        xdp.tc_programs().expect("the tc programs load");
+        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        let ext = EXT;
+        let mut nat = Nat::new(&topo);
+        let (up_path, ep_path, gw) = (nat.up, nat.ep, topo.gateway_mac);
+        let run = |program, frame: &[u8], ifindex: u32, gso: (u32, u32)| {
+            in_netns(&topo.r, || xdp.tc_test_run(program, frame, ifindex, gso))
+                .expect("tc test run")
+        };
+        let out_run = |frame: &[u8], gso| run(TcProgram::Endpoint, frame, topo.ep, gso);
+        let in_run = |frame: &[u8]| run(TcProgram::Uplink, frame, topo.up, (0, 0));
+        // Runs a frame that must be declined with `why`: TCX_NEXT, untouched, one decision.
+        let declined = |program, frame: &[u8], ifindex, why: C, what: &str| {
+            let before = xdp.counters().expect("counters");
+            let got = in_netns(&topo.r, || xdp.tc_test_run(program, frame, ifindex, (0, 0)))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let d = xdp.counters().expect("counters").since(&before);
+            assert_eq!(got.ret, TCX_NEXT, "{what}");
+            assert_eq!(got.frame, frame, "{what}: left as it was");
+            assert_eq!(d.get(why), 1, "{what}: expected {}, got {d:?}", why.name());
+            assert_eq!(d.tc_frames(), 1, "{what}: one decision: {d:?}");
+            assert_eq!(
+                d.frames(),
+                0,
+                "{what}: the XDP counters are not the tc programs'"
+            );
+        };
+        let now = Instant::now();
+        let ack = 0x10;
+        let (fin, syn) = (0x01, 0x02);
+
+        for (proto, udp_sum, (sport, dport)) in KINDS {
+            let s = nat.open(now, proto, udp_sum, (sport, dport));
+            let (out, inb) = (
+                |f, ttl, p: &[u8]| s.out(f, ttl, p),
+                |f, ttl, p: &[u8]| s.inb(f, ttl, p),
+            );
+            let ext_port = s.ext_port;
+            // A reply before the session is in CT is the translator's (slow port).
+            maps.set_session(&steered_session_key(
+                ext.octets(),
+                ext_port,
+                REMOTE.octets(),
+                dport,
+                proto,
+            ))
+            .expect("steer the session's replies");
+            declined(
+                TcProgram::Uplink,
+                &inb(ack, 64, b"early"),
+                topo.up,
+                C::TcDeclineSlow,
+                "reply without CT",
+            );
+            let mut reply = inb(syn | ack, 64, b"");
+            assert!(matches!(
+                nat.t.inbound(now, &mut reply),
+                Verdict::Endpoint { .. }
+            ));
+            let o = nat.t.take_offload().expect("established both ways");
+            let ct = ct_entries(&o, &up_path, &ep_path, CT_OWNER_TRANSLATOR, 1);
+            for r in ct.iter() {
+                maps.set_ct(&r.key, &r.entry).expect("write CT");
+            }
+
+            let before = xdp.counters().expect("counters");
+            let payloads = payloads();
+            for p in &payloads {
+                let what = format!("{proto} udp_sum={udp_sum} {} bytes", p.len());
+                let frame = out(ack, 64, p);
+                let mut want = frame.clone();
+                assert!(matches!(
+                    nat.t.outbound(now, &mut want),
+                    Verdict::Uplink { .. }
+                ));
+                let got = out_run(&frame, (0, 0));
+                assert_eq!(got.ret, TCX_REDIRECT, "outbound {what}");
+                assert_eq!(got.frame[14..], want[14..], "outbound {what}");
+                assert_eq!(
+                    got.frame[..14],
+                    frame[..14],
+                    "outbound {what}: L2 is the kernel's"
+                );
+                let frame = inb(ack, 64, p);
+                let mut want = frame.clone();
+                assert!(matches!(
+                    nat.t.inbound(now, &mut want),
+                    Verdict::Endpoint { .. }
+                ));
+                let got = in_run(&frame);
+                assert_eq!(got.ret, TCX_REDIRECT, "inbound {what}");
+                assert_eq!(got.frame, want, "inbound {what}");
+            }
+            let d = xdp.counters().expect("counters").since(&before);
+            let n = payloads.len() as u64;
+            assert_eq!((d.tc_out, d.tc_in, d.tc_frames()), (n, n, 2 * n), "{d:?}");
+            assert_eq!((d.tc_gso_frames, d.frames()), (0, 0), "{d:?}");
+
+            // A GSO super-packet bigger than the uplink's MTU is forwarded whole and
+            // counted; the same bytes as one plain frame are the kernel's to fragment.
+            let big = out(ack, 64, &[0x5a; 1300]);
+            let before = xdp.counters().expect("counters");
+            let got = out_run(&big, (2, 1000));
+            let d = xdp.counters().expect("counters").since(&before);
+            assert_eq!(got.ret, TCX_REDIRECT, "GSO");
+            assert_eq!((d.tc_out, d.tc_gso_frames, d.tc_gso_segments), (1, 1, 2));
+            declined(
+                TcProgram::Endpoint,
+                &big,
+                topo.ep,
+                C::TcDeclineTooBig,
+                "too big",
+            );
+            declined(
+                TcProgram::Uplink,
+                &inb(ack, 1, b"x"),
+                topo.up,
+                C::TcDeclineTtlExpiring,
+                "inbound TTL 1",
+            );
+            let mut short = out(ack, 64, b"truncated");
+            short.truncate(short.len() - 3);
+            declined(
+                TcProgram::Endpoint,
+                &short,
+                topo.ep,
+                C::TcDeclineTruncated,
+                "shorter than tot_len",
+            );
+
+            // Under bypass the kernel carries everything, sessions included.
+            maps.bypass.set(true).expect("bypass on");
+            declined(
+                TcProgram::Endpoint,
+                &out(ack, 64, b"b"),
+                topo.ep,
+                C::TcBypassed,
+                "bypass out",
+            );
+            declined(
+                TcProgram::Uplink,
+                &inb(ack, 64, b"b"),
+                topo.up,
+                C::TcBypassed,
+                "bypass in",
+            );
+            maps.bypass.set(false).expect("bypass off");
+
+            // The programs keep each direction's bookkeeping and TCP state bits.
+            if proto == PROTO_TCP {
+                let frame = out(fin | ack, 64, b"");
+                let mut want = frame.clone();
+                assert!(matches!(
+                    nat.t.outbound(now, &mut want),
+                    Verdict::Uplink { .. }
+                ));
+                let got = out_run(&frame, (0, 0));
+                assert_eq!(
+                    (got.ret, &got.frame[14..]),
+                    (TCX_REDIRECT, &want[14..]),
+                    "FIN"
+                );
+            }
+            let o_entry = maps.ct(&ct.outbound.key).expect("read").expect("outbound");
+            let i_entry = maps.ct(&ct.inbound.key).expect("read").expect("inbound");
+            let fins = u64::from(proto == PROTO_TCP);
+            assert_eq!(o_entry.act.packets, n + 1 + fins, "{o_entry:?}");
+            assert_eq!(i_entry.act.packets, n, "{i_entry:?}");
+            assert!(o_entry.act.last_seen > 0 && i_entry.act.bytes > 0);
+            let want_flags = if proto == PROTO_TCP {
+                CT_SEEN | CT_FIN
+            } else {
+                CT_SEEN
+            };
+            assert_eq!((o_entry.flags, i_entry.flags), (want_flags, CT_SEEN));
+            for r in ct.iter() {
+                maps.remove_ct(&r.key).expect("remove CT");
+            }
+            assert!(maps.ct(&ct.outbound.key).expect("read").is_none());
+        }
+
+        // Every other decline, on frames of no session.
+        let other_mac = [0x02, 0, 0, 0, 0, 0x77];
+        let (ours, far, extb) = ([10, 202, 1, 2], [10, 202, 2, 2], [10, 202, 2, 1]);
+        let e = |proto, ttl, frag, options, l4: &[u8]| {
+            ipv4_frame(gw, ours, far, proto, ttl, frag, options, l4)
+        };
+        let to = |dst, l4: &[u8]| ipv4_frame(gw, ours, dst, PROTO_UDP, 64, 0, false, l4);
+        let i = |proto, frag, options, l4: &[u8]| {
+            ipv4_frame(other_mac, far, extb, proto, 64, frag, options, l4)
+        };
+        let udp12 = &udp(1, 2);
+        let mut ipv6 = e(PROTO_UDP, 64, 0, false, udp12);
+        ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        ipv6[14] = 0x60;
+        ipv6.resize(14 + 40 + 8, 0);
+        // A malformed IPv4 header (IHL 4). A truncated one cannot be test-run: the kernel
+        // refuses IPv4 skbs shorter than an IPv4 header (checked at the end).
+        let mut cut_ip = e(PROTO_UDP, 64, 0, false, udp12);
+        cut_ip[14] = 0x44;
+        maps.set_port(PortKey::new(extb, 8443, PROTO_TCP))
+            .expect("publish 8443/tcp");
+        maps.set_host_filter(&[(
+            [10, 202, 9, 0],
+            24,
+            HostFwMatch {
+                proto: PROTO_UDP,
+                port_lo: 7000,
+                port_hi: 7000,
+                ..Default::default()
+            },
+        )])
+        .expect("a host forward rule");
+        let (ep, up) = (TcProgram::Endpoint, TcProgram::Uplink);
+        #[rustfmt::skip]
+        let cases: Vec<(TcProgram, Vec<u8>, u32, C, &str)> = vec![
+            (ep, e(PROTO_UDP, 64, 0, false, udp12), topo.up, C::TcUnconfigured, "endpoint program on the uplink"),
+            (up, i(PROTO_UDP, 0, false, udp12), topo.ep, C::TcUnconfigured, "uplink program on the endpoint"),
+            (ep, ipv4_frame(other_mac, ours, far, PROTO_UDP, 64, 0, false, udp12), topo.ep, C::TcDeclineNotToGateway, "other MAC"),
+            (ep, ipv6.clone(), topo.ep, C::TcDeclineOtherProtocol, "IPv6"),
+            (ep, cut_ip.clone(), topo.ep, C::TcDeclineOtherProtocol, "IPv4 header with IHL 4"),
+            (ep, e(47, 64, 0, false, udp12), topo.ep, C::TcDeclineOtherProtocol, "GRE"),
+            (ep, e(PROTO_UDP, 64, 0, true, udp12), topo.ep, C::TcDeclineOptions, "options"),
+            (ep, ipv4_frame(gw, [10, 202, 1, 9], far, PROTO_UDP, 64, 0, false, udp12), topo.ep, C::TcDeclineSpoofedSource, "spoofed"),
+            (ep, e(PROTO_UDP, 1, 0, false, udp12), topo.ep, C::TcDeclineTtlExpiring, "TTL 1"),
+            (ep, to([10, 202, 1, 77], udp12), topo.ep, C::TcDeclineInSubnet, "in subnet"),
+            (ep, to([10, 202, 9, 9], &udp(1, 7000)), topo.ep, C::TcDeclineHostFirewall, "host forward rule"),
+            (ep, to(extb, udp12), topo.ep, C::TcDeclineNotForwarded, "to a local address"),
+            (ep, to([192, 0, 2, 1], udp12), topo.ep, C::TcDeclineNotForwarded, "no route"),
+            (ep, to([10, 202, 3, 9], udp12), topo.ep, C::TcDeclineNotViaUplink, "via dm0"),
+            (ep, to([10, 202, 9, 9], udp12), topo.ep, C::TcDeclineSlow, "no session, via the uplink"),
+            (ep, e(PROTO_ICMP, 64, 0, false, &icmp(8, 7, &[])), topo.ep, C::TcDeclineSlow, "ICMP echo"),
+            (ep, e(PROTO_UDP, 64, 0x2000, false, udp12), topo.ep, C::TcDeclineSlow, "first fragment"),
+            (ep, e(PROTO_UDP, 64, 0x0010, false, udp12), topo.ep, C::TcDeclineSlow, "later fragment"),
+            (ep, e(PROTO_TCP, 64, 0, false, &udp(1, 2)[..6]), topo.ep, C::TcDeclineTruncated, "TCP header cut"),
+            (up, ipv6, topo.up, C::TcDeclineNotForUs, "uplink IPv6"),
+            (up, cut_ip, topo.up, C::TcDeclineNotForUs, "uplink IPv4 header with IHL 4"),
+            (up, ipv4_frame(other_mac, far, ours, PROTO_UDP, 64, 0, false, udp12), topo.up, C::TcDeclineNotForUs, "not to the external address"),
+            (up, i(PROTO_UDP, 0, true, udp12), topo.up, C::TcDeclineOptions, "uplink options"),
+            (up, ipv4_frame(other_mac, [10, 202, 9, 9], extb, PROTO_UDP, 64, 0, false, &udp(7000, 2)), topo.up, C::TcDeclineHostFirewall, "uplink host forward rule"),
+            (up, i(PROTO_UDP, 0, false, &udp(53, PORT_LO + 1)), topo.up, C::TcDeclineNoSession, "no session (a host socket's)"),
+            (up, i(47, 0, false, udp12), topo.up, C::TcDeclineNoSession, "uplink GRE"),
+            (up, i(PROTO_ICMP, 0, false, &icmp(0, ECHO_ID, &[])), topo.up, C::TcDeclineNoSession, "echo reply, not the translator's"),
+            (up, i(PROTO_TCP, 0, false, &frame::tcp(5555, 8443, 0x02, b"")), topo.up, C::TcDeclineSlow, "published port"),
+            (up, i(PROTO_UDP, 0x2000, false, udp12), topo.up, C::TcDeclineSlow, "uplink first fragment"),
+            (up, i(PROTO_UDP, 0x00b9, false, &[7; 8]), topo.up, C::TcDeclineSlow, "uplink later fragment"),
+            (up, i(PROTO_UDP, 0, false, &udp(1, 2)[..6]), topo.up, C::TcDeclineTruncated, "UDP header cut"),
+        ];
+        for (program, frame, ifindex, why, what) in &cases {
+            declined(*program, frame, *ifindex, *why, what);
+        }
+        maps.set_host_filter(&[]).expect("no host forward rules");
+        // Frames shorter than an Ethernet header, or IPv4 ones shorter than an IPv4
+        // header: the kernel refuses to run them.
+        let mut cut = e(PROTO_UDP, 64, 0, false, udp12);
+        cut.truncate(14 + 12);
+        for frame in [&[0u8; 13][..], &cut] {
+            let run = in_netns(&topo.r, || xdp.tc_test_run(ep, frame, topo.ep, (0, 0)));
+            assert!(run.is_err(), "{} bytes: {run:?}", frame.len());
+        }
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}
+
+/// A raw packet socket on `ifname` in `ns` (every IPv4 frame it receives or sends),
+/// with a read timeout.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    fn open(ns: &Netns, ifname: &str) -> Self {
+        let index = ifindex(ns, ifname);
+        in_netns(ns, || {
+            use std::os::fd::FromRawFd as _;
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            // SAFETY: plain socket(2); the descriptor is owned at once.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: `fd` is a new descriptor nothing else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = proto;
+            addr.sll_ifindex = index as i32;
+            let timeout = libc::timeval {
+                tv_sec: 3,
+                tv_usec: 0,
+            };
+            // SAFETY: valid pointers to values of the sizes passed, for the calls only.
+            unsafe {
+                let rc = libc::bind(
+                    fd.as_raw_fd(),
+                    &addr as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                let rc = libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &timeout as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+            }
+            Capture(fd)
+        })
+    }
+
+    /// The first UDP frame to `dst`:`dport`, or a panic after the timeout.
+    fn udp_to(&self, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(
+                n > 0,
+                "no UDP frame to {dst}:{dport}: {}",
+                std::io::Error::last_os_error()
+            );
+            let f = &buf[..n as usize];
+            if f.len() >= 42
+                && f[23] == PROTO_UDP
+                && f[30..34] == dst.octets()
+                && f[36..38] == dport.to_be_bytes()
+            {
+                return f.to_vec();
+            }
+        }
+    }
+}
+
+/// The tc programs attached for real (tcx ingress on the endpoint and the uplink) with
+/// a session in `CT`: UDP from sockets reaches the far side and the container through
+/// `bpf_redirect_neigh` and `bpf_redirect_peer`. The sockets' frames carry partial
+/// checksums (veth transmit checksum offload, `CHECKSUM_PARTIAL`, what
+/// `BPF_PROG_TEST_RUN` cannot make): the checksum field that arrives holds the fold of
+/// the *rewritten* pseudo header, so the receiver's checksum completion is right. Then
+/// TCP both ways with TSO on: intact, carried as GSO super-packets.
+#[test]
+#[ignore = "needs root: netns, veth, tcx"]
+fn tc_programs_forward_real_traffic() {
+    use dovesnap::fastpath::offload::ct_entries;
+    use dovesnap::fastpath::xdp::{TcProgram, CT_OWNER_TRANSLATOR};
+    use dovesnap::translator::checksum::{fold, pseudo_header_sum};
+    use dovesnap::translator::Verdict;
+
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        topo.f.line(&format!("ip addr add {REMOTE}/32 dev lo"));
+        let mut xdp = topo.configured(1);
+        in_netns(&topo.r, || {
+            xdp.tc_attach(TcProgram::Endpoint, "ep0")
+                .expect("attach to ep0");
+            xdp.tc_attach(TcProgram::Uplink, "up0")
+                .expect("attach to up0");
+        });
+        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        let mut nat = Nat::new(&topo);
+        let now = std::time::Instant::now();
+        let s = nat.open(now, PROTO_UDP, true, (5353, 53));
+        let mut reply = s.inb(0, 64, b"");
+        assert!(matches!(
+            nat.t.inbound(now, &mut reply),
+            Verdict::Endpoint { .. }
+        ));
+        let o = nat.t.take_offload().expect("established both ways");
+        for r in ct_entries(&o, &nat.up, &nat.ep, CT_OWNER_TRANSLATOR, 1).iter() {
+            maps.set_ct(&r.key, &r.entry).expect("write CT");
+        }
+        let (cap_f, cap_c) = (
+            Capture::open(&topo.f, "eth0"),
+            Capture::open(&topo.c, "eth0"),
+        );
+        let inside = udp_socket(&topo.c, &format!("{INSIDE}:5353"));
+        let far = udp_socket(&topo.f, &format!("{REMOTE}:53"));
+        let before = xdp.counters().expect("counters");
+
+        // A partial checksum holds the folded pseudo-header sum (ones' complement: 0 and
+        // 0xffff are the same number).
+        let partial = |frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr, what: &str| {
+            let len = u16::from_be_bytes([frame[38], frame[39]]);
+            let field = u16::from_be_bytes([frame[40], frame[41]]);
+            let want = fold(pseudo_header_sum(src, dst, PROTO_UDP, len));
+            assert!(
+                field == want || (field | want == 0xffff && field & want == 0),
+                "{what}: field {field:#06x}, the new pseudo header folds to {want:#06x}"
+            );
+            assert_eq!(frame[22], 63, "{what}: TTL decremented");
+            let ip_sum = dovesnap::translator::checksum::checksum(&frame[14..34]);
+            assert_eq!(ip_sum, 0, "{what}: IPv4 header checksum");
+        };
+        inside
+            .send_to(b"hello", (REMOTE, 53))
+            .expect("send from the container");
+        let out = cap_f.udp_to(REMOTE, 53);
+        assert_eq!(out[26..30], EXT.octets(), "source translated");
+        assert_eq!(
+            out[34..36],
+            s.ext_port.to_be_bytes(),
+            "source port translated"
+        );
+        partial(&out, EXT, REMOTE, "outbound");
+        assert!(receives(&far, b"hello"), "the far side got it");
+
+        far.send_to(b"world", (EXT, s.ext_port))
+            .expect("send from far");
+        let inb = cap_c.udp_to(INSIDE, 5353);
+        assert_eq!(inb[26..30], REMOTE.octets());
+        assert_eq!(inb[..6], nat.ep.mac, "to the container's MAC");
+        assert_eq!(inb[6..12], nat.ep.gateway_mac, "from the gateway's");
+        partial(&inb, REMOTE, INSIDE, "inbound");
+        assert!(receives(&inside, b"world"), "the container got it");
+
+        let d = xdp.counters().expect("counters").since(&before);
+        assert_eq!(
+            (d.tc_out, d.tc_in, d.tc_redirect_failed),
+            (1, 1, 0),
+            "{d:?}"
+        );
+
+        // TCP with TSO on both ends (veth defaults), every segment through the programs
+        // from the SYN on: a session in CT before the connection opens (the client's
+        // port is fixed), 4 MB up then 4 MB down, intact, as GSO super-packets.
+        nat.up.mtu = 1500;
+        topo.r.line("ip link set up0 mtu 1500");
+        let session = dovesnap::translator::Offloaded {
+            protocol: dovesnap::translator::Protocol::Tcp,
+            inside: std::net::SocketAddrV4::new(INSIDE, 43600),
+            remote: std::net::SocketAddrV4::new(REMOTE, 8080),
+            external_port: PORT_LO + 50,
+        };
+        for r in ct_entries(&session, &nat.up, &nat.ep, CT_OWNER_TRANSLATOR, 1).iter() {
+            maps.set_ct(&r.key, &r.entry).expect("write CT");
+        }
+        let up: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4093) as u8).collect();
+        let down: Vec<u8> = up.iter().rev().copied().collect();
+        let listener =
+            in_netns(&topo.f, || std::net::TcpListener::bind((REMOTE, 8080))).expect("listen");
+        let before = xdp.counters().expect("counters");
+        let (got_up, got_down) = std::thread::scope(|scope| {
+            let server = scope.spawn(|| {
+                use std::io::{Read as _, Write as _};
+                let (mut conn, peer) = listener.accept().expect("accept");
+                assert_eq!(peer, std::net::SocketAddr::from((EXT, PORT_LO + 50)));
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).expect("read the upload");
+                conn.write_all(&down).expect("send the download");
+                got
+            });
+            use std::io::{Read as _, Write as _};
+            let mut client = in_netns(&topo.c, || tcp_from((INSIDE, 43600), (REMOTE, 8080)));
+            client.write_all(&up).expect("upload");
+            client
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).expect("download");
+            (server.join().expect("server"), got)
+        });
+        assert!(
+            got_up == up,
+            "upload intact ({} of {} bytes)",
+            got_up.len(),
+            up.len()
+        );
+        assert!(
+            got_down == down,
+            "download intact ({} bytes)",
+            got_down.len()
+        );
+        let d = xdp.counters().expect("counters").since(&before);
+        eprintln!("TCP: {}", d.diff(&Default::default()));
+        assert!(d.tc_out > 0 && d.tc_in > 0, "{d:?}");
+        assert!(
+            d.tc_gso_frames > 0,
+            "super-packets took the programs: {d:?}"
+        );
+        assert!(d.tc_gso_segments > 2 * d.tc_gso_frames, "{d:?}");
+        assert_eq!(
+            d.tc_decline_slow + d.tc_decline_too_big + d.tc_redirect_failed,
+            0,
+            "{d:?}"
+        );
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
+}
+
+/// A TCP connection from `from` (bound first, so the source port is known) to `to`.
+fn tcp_from(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd as _;
+    let sockaddr = |(ip, port): (Ipv4Addr, u16)| libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: plain socket(2); the descriptor is owned by the stream below at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let (from, to) = (sockaddr(from), sockaddr(to));
+    let (from, to) = (
+        &from as *const libc::sockaddr_in as *const libc::sockaddr,
+        &to as *const libc::sockaddr_in as *const libc::sockaddr,
+    );
+    // SAFETY: both point to valid sockaddr_in values of `len` bytes, alive for the calls.
+    let rc = unsafe { libc::bind(fd, from, len) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, to, len) };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use dovesnap_ebpf::{be_addr, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
+use dovesnap_ebpf::{be_addr, CtEntry, FlowAction, FlowKey, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 use crate::fastpath::frameio::SteeringMaps;
@@ -156,6 +156,53 @@ pub fn flow_entries(
             key: keys.inbound,
             action: rewrite_to(&keys.outbound, to_container),
         },
+    }
+}
+
+/// One direction's `CT` entry of a tc-engine session: the frames it matches and how the
+/// tc program rewrites them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtRecord {
+    pub key: FlowKey,
+    pub entry: CtEntry,
+}
+
+/// The two `CT` entries of a translator session for the tc engine (design §3.1): the
+/// rewrite of [`flow_entries`], keyed outbound by the container's host end (`ep.ifindex`,
+/// where `dovesnap_tc_endpoint` runs) and inbound with ifindex 0 (the `SESSIONS`
+/// convention: the uplink program matches on the external address). Outbound frames
+/// leave by `bpf_redirect_neigh(up.ifindex)`, which writes their Ethernet header, so
+/// the outbound MACs stay zero; inbound ones get the container's and gateway's MACs and
+/// go to `bpf_redirect_peer(ep.ifindex)`. `owner` is a `CT_OWNER_*`; `created` is
+/// [`monotonic_ns`] at the session's creation. Both directions start with no flags.
+pub fn ct_entries(
+    o: &Offloaded,
+    up: &UplinkPath,
+    ep: &EndpointPath,
+    owner: u8,
+    created: u64,
+) -> Both<CtRecord> {
+    let flows = flow_entries(o, up, [0; 6], ep);
+    let record = |flow: FlowEntry, ifindex: u32, act: FlowAction| CtRecord {
+        key: FlowKey {
+            ifindex,
+            ..flow.key
+        },
+        entry: CtEntry {
+            act,
+            created,
+            flags: 0,
+            owner,
+            _pad: [0; 3],
+        },
+    };
+    let out_act = FlowAction {
+        eth_src: [0; 6],
+        ..flows.outbound.action
+    };
+    Both {
+        outbound: record(flows.outbound, ep.ifindex, out_act),
+        inbound: record(flows.inbound, 0, flows.inbound.action),
     }
 }
 
@@ -778,5 +825,56 @@ mod tests {
             (9, ep.mac, ep.gateway_mac, 1400)
         );
         assert_eq!((oa.last_seen, oa.packets, ia.bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn ct_entries_key_the_reply_by_the_external_address() {
+        use dovesnap_ebpf::CT_OWNER_TRANSLATOR;
+        let o = Offloaded {
+            protocol: Protocol::Udp,
+            ..session()
+        };
+        let (up, ep) = (uplink(false), endpoint(false));
+        let ct = ct_entries(&o, &up, &ep, CT_OWNER_TRANSLATOR, 77);
+        let flows = flow_entries(&o, &up, NH, &ep);
+        // Outbound: keyed on the container's host end; out of the uplink, whose neighbour
+        // the kernel resolves (no MACs); the rewrite is the translator's.
+        let (ok, oe) = (ct.outbound.key, ct.outbound.entry);
+        assert_eq!(ok, flows.outbound.key);
+        assert_eq!((ok.ifindex, ok.proto), (9, PROTO_UDP));
+        assert_eq!(
+            (oe.act.src, oe.act.sport),
+            (flows.outbound.action.src, flows.outbound.action.sport)
+        );
+        assert_eq!(
+            (oe.act.dst, oe.act.dport),
+            (flows.outbound.action.dst, flows.outbound.action.dport)
+        );
+        assert_eq!((oe.act.out_ifindex, oe.act.max_len), (2, 1500));
+        assert_eq!((oe.act.eth_dst, oe.act.eth_src), ([0; 6], [0; 6]));
+        // Inbound: remote -> external as it arrives, with no interface (SESSIONS style);
+        // into the container through its host end, with the container's MACs.
+        let (ik, ie) = (ct.inbound.key, ct.inbound.entry);
+        assert_eq!(
+            ik,
+            FlowKey {
+                ifindex: 0,
+                ..flows.inbound.key
+            }
+        );
+        assert_eq!(ik.dst.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!(ik.dport.to_ne_bytes(), 61003u16.to_be_bytes());
+        assert_eq!(ie.act, flows.inbound.action);
+        assert_eq!(
+            (ie.act.out_ifindex, ie.act.eth_dst, ie.act.eth_src),
+            (9, ep.mac, ep.gateway_mac)
+        );
+        for e in [oe, ie] {
+            assert_eq!(
+                (e.created, e.flags, e.owner, e._pad),
+                (77, 0, CT_OWNER_TRANSLATOR, [0; 3])
+            );
+            assert_eq!((e.act.last_seen, e.act.packets, e.act.bytes), (0, 0, 0));
+        }
     }
 }

@@ -33,17 +33,23 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
-    addr_octets, be_addr, Counter, FlowAction, FlowKey, HostFwMatch, IfaceConfig, PortKey,
-    IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    addr_octets, be_addr, Counter, CtEntry, FlowAction, FlowKey, HostFwMatch, IfaceConfig, PortKey,
+    CT_FIN, CT_OWNER_ADOPTED, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR, CT_RST, CT_SEEN, CT_SYN,
+    CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME,
+    CT_MAP, DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME,
     SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
 #[cfg(any(test, feature = "bench"))]
 mod sink;
+mod tc;
+pub use tc::TcProgram;
+#[cfg(any(test, feature = "testing"))]
+pub use testing::TcRun;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 #[cfg(any(test, feature = "bench"))]
@@ -101,6 +107,36 @@ pub enum XdpError {
     #[error("the kernel rejected the XDP program `{PROGRAM_NAME}`: {cause}")]
     Verifier {
         /// The kernel's error and verifier log.
+        cause: String,
+    },
+
+    /// The kernel rejected one of the tc engine's classifiers (normally the verifier).
+    #[error("the kernel rejected the tc program `{program}`: {cause}")]
+    TcVerifier {
+        /// The program's name.
+        program: &'static str,
+        /// The kernel's error and verifier log.
+        cause: String,
+    },
+
+    /// A tc program could not be attached to an interface's tcx ingress.
+    #[error("cannot attach the tc program `{program}` to {ifname}: {cause}")]
+    TcAttach {
+        /// The program's name.
+        program: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The kernel's error, with its causes.
+        cause: String,
+    },
+
+    /// The tc programs did not load with the XDP program, so the tc engine cannot run.
+    #[error(
+        "the tc engine's programs are not available on this host (the xdp engine still \
+         is): {cause}"
+    )]
+    TcUnavailable {
+        /// Why loading them failed.
         cause: String,
     },
 
@@ -513,6 +549,35 @@ counters! {
     EndpointHostFirewall => endpoint_host_firewall,
     /// Uplink frames kept on the kernel's path by a host forward rule.
     UplinkHostFirewall => uplink_host_firewall,
+    /// tc: container frames of `CT` sessions rewritten and sent to the uplink.
+    TcOut => tc_out,
+    /// tc: uplink frames of `CT` sessions rewritten and sent into the container.
+    TcIn => tc_in,
+    /// tc: rewritten GSO super-packets.
+    TcGsoFrames => tc_gso_frames,
+    /// tc: the segments of those super-packets.
+    TcGsoSegments => tc_gso_segments,
+    /// tc: rewritten frames dropped because the redirect helper refused.
+    TcRedirectFailed => tc_redirect_failed,
+    /// tc: frames left to the kernel while the data plane was bypassed.
+    TcBypassed => tc_bypassed,
+    /// tc: frames on an interface without the right configuration.
+    TcUnconfigured => tc_unconfigured,
+    TcDeclineNotToGateway => tc_decline_not_to_gateway,
+    TcDeclineOtherProtocol => tc_decline_other_protocol,
+    TcDeclineOptions => tc_decline_options,
+    TcDeclineSpoofedSource => tc_decline_spoofed_source,
+    TcDeclineTtlExpiring => tc_decline_ttl_expiring,
+    TcDeclineInSubnet => tc_decline_in_subnet,
+    TcDeclineHostFirewall => tc_decline_host_firewall,
+    TcDeclineNotForwarded => tc_decline_not_forwarded,
+    TcDeclineNotViaUplink => tc_decline_not_via_uplink,
+    TcDeclineTooBig => tc_decline_too_big,
+    TcDeclineTruncated => tc_decline_truncated,
+    TcDeclineNotForUs => tc_decline_not_for_us,
+    TcDeclineNoSession => tc_decline_no_session,
+    /// tc: what goes to the translator's slow port (the kernel until it exists).
+    TcDeclineSlow => tc_decline_slow,
 }
 
 impl Counters {
@@ -572,6 +637,9 @@ pub struct XdpProgram {
     attachments: BTreeMap<String, Attachment>,
     /// Whether `take_dataplane_maps` moved `PORTS` and `XSKS` out of `ebpf`.
     maps_taken: bool,
+    /// Why the tc programs did not load (`None`: they did), see
+    /// [`XdpProgram::tc_programs`].
+    tc_refused: Option<String>,
 }
 
 impl fmt::Debug for XdpProgram {
@@ -594,7 +662,9 @@ impl XdpProgram {
     /// large size costs nothing until used).
     pub fn load_sized(sessions: u32) -> Result<Self, XdpError> {
         let mut ebpf = load_object(
-            EbpfLoader::new().map_max_entries(SESSIONS_MAP, sessions.max(1)),
+            EbpfLoader::new()
+                .map_max_entries(SESSIONS_MAP, sessions.max(1))
+                .map_max_entries(CT_MAP, sessions.max(1).saturating_mul(2)),
             "creating the XDP program's maps",
         )?;
         load_program(
@@ -603,10 +673,20 @@ impl XdpProgram {
             "loading the XDP program",
             |cause| XdpError::Verifier { cause },
         )?;
+        // The tc engine's classifiers come with the object; a kernel that refuses them
+        // still runs the xdp engine, so this is reported, not fatal.
+        let tc_refused = match tc::load(&mut ebpf) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!("{e}; networks with ovs.nat.engine=tc stay on the kernel path");
+                Some(e.to_string())
+            }
+        };
         Ok(XdpProgram {
             ebpf,
             attachments: BTreeMap::new(),
             maps_taken: false,
+            tc_refused,
         })
     }
 
@@ -765,6 +845,7 @@ impl XdpProgram {
             devs: take(&mut self.ebpf, DEVS_MAP)?,
             hostfw: take(&mut self.ebpf, HOSTFW_MAP)?,
             hostfw_on: take(&mut self.ebpf, HOSTFW_ON_MAP)?,
+            ct: take(&mut self.ebpf, CT_MAP)?,
         };
         self.maps_taken = true;
         Ok(maps)
@@ -784,6 +865,7 @@ pub struct DataplaneMaps {
     devs: DevMapHash<MapData>,
     hostfw: LpmTrie<MapData, u32, HostFwMatch>,
     hostfw_on: Array<MapData, u32>,
+    ct: HashMap<MapData, FlowKey, CtEntry>,
 }
 
 impl fmt::Debug for DataplaneMaps {
@@ -953,6 +1035,35 @@ impl DataplaneMaps {
         self.flows
             .insert(key, action, 0)
             .map_err(|e| map_error(FLOWS_MAP, format!("add flow {key:?}"), &e))
+    }
+
+    /// Writes (or replaces) one direction of a tc-engine session in `CT`
+    /// ([`crate::fastpath::offload::ct_entries`] makes both): the tc programs then
+    /// rewrite and redirect its frames.
+    pub fn set_ct(&mut self, key: &FlowKey, entry: &CtEntry) -> Result<(), XdpError> {
+        let key = padded(key);
+        self.ct
+            .insert(key, entry, 0)
+            .map_err(|e| map_error(CT_MAP, format!("add session {key:?}"), &e))
+    }
+
+    /// One direction of a tc-engine session as the kernel holds it now (with the
+    /// program's `last_seen`, `packets`, `bytes` and `flags`).
+    pub fn ct(&self, key: &FlowKey) -> Result<Option<CtEntry>, XdpError> {
+        let key = padded(key);
+        unless_absent(self.ct.get(&key, 0), CT_MAP, || {
+            format!("read session {key:?}")
+        })
+    }
+
+    /// Removes one direction of a tc-engine session. Removing an absent key is not an
+    /// error.
+    pub fn remove_ct(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        let key = padded(key);
+        unless_absent(self.ct.remove(&key), CT_MAP, || {
+            format!("remove session {key:?}")
+        })
+        .map(|_| ())
     }
 
     /// The flow's current entry (with the program's `last_seen`, `packets`, `bytes`).

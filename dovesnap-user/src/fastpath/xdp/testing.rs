@@ -4,9 +4,10 @@
 //! `testing`, enabled by `tests`; the daemon is built without it.
 
 use aya::maps::HashMap;
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, TestRunResult, Xdp};
 use dovesnap_ebpf::{Counter, IfaceConfig, IFACES_MAP, PROGRAM_NAME};
 
+use super::tc::{classifier, TcProgram};
 use super::{chain, map_error, Counters, XdpError, XdpProgram};
 
 impl XdpProgram {
@@ -76,25 +77,99 @@ impl XdpProgram {
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect();
-        // The program never grows the frame; headroom for safety.
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        };
-        let result = program.test_run(opts).map_err(|e| XdpError::TestRun {
+        run(program, frame, &ctx).map_err(|cause| XdpError::TestRun {
             ifindex: ingress_ifindex,
             queue,
-            cause: chain(&e),
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+            cause,
+        })
     }
 }
 
+/// What a tc program returned for one test frame, and the frame as it left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcRun {
+    /// `TCX_NEXT` (-1), `TCX_DROP` (2), `TCX_REDIRECT` (7), ...
+    pub ret: i32,
+    pub frame: Vec<u8>,
+}
+
+impl XdpProgram {
+    /// Attaches the tc `program` to `ifname`'s ingress (tcx on this kernel), in the
+    /// calling thread's network namespace, until the program is dropped. Only tests
+    /// attach the tc programs in this step.
+    pub fn tc_attach(&mut self, program: TcProgram, ifname: &str) -> Result<(), XdpError> {
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program.name())
+            .and_then(|p| p.try_into().ok())
+            .ok_or(XdpError::ObjectMismatch {
+                kind: "program",
+                name: program.name(),
+            })?;
+        p.attach(ifname, TcAttachType::Ingress)
+            .map(|_| ())
+            .map_err(|e| XdpError::TcAttach {
+                program: program.name(),
+                ifname: ifname.to_string(),
+                cause: chain(&e),
+            })
+    }
+
+    /// Runs the tc `program` once on `frame` (`BPF_PROG_TEST_RUN`) as if it arrived on
+    /// `ifindex` (which must exist in the calling thread's network namespace), as a GSO
+    /// super-packet of `gso_segs` segments of `gso_size` bytes when those are non-zero.
+    /// The skb is `CHECKSUM_NONE`; redirects are decided but not carried out.
+    pub fn tc_test_run(
+        &self,
+        program: TcProgram,
+        frame: &[u8],
+        ifindex: u32,
+        gso: (u32, u32),
+    ) -> Result<TcRun, XdpError> {
+        let prog = classifier(&self.ebpf, program)?;
+        // struct __sk_buff (192 bytes): the kernel takes ifindex (offset 40), gso_segs
+        // (164) and gso_size (176) from it; everything else must be zero.
+        let mut ctx = vec![0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[164..168].copy_from_slice(&gso.0.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso.1.to_ne_bytes());
+        let (ret, frame) = run(prog, frame, &ctx).map_err(|cause| XdpError::TestRun {
+            ifindex,
+            queue: 0,
+            cause,
+        })?;
+        Ok(TcRun {
+            ret: ret as i32,
+            frame,
+        })
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` of `program` on `frame` with context `ctx`: the program's
+/// return value and the frame as it left it, or the error's chain.
+fn run<P>(program: &P, frame: &[u8], ctx: &[u8]) -> Result<(u32, Vec<u8>), String>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    // The programs never grow the frame; headroom for safety.
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(ctx),
+        ..TestRunOptions::new()
+    };
+    let result = program.test_run(opts).map_err(|e| chain(&e))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
 impl Counters {
+    /// Frames a tc program decided on (one decision counter each).
+    pub fn tc_frames(&self) -> u64 {
+        self.prefixed("tc-") - self.tc_gso_frames - self.tc_gso_segments
+    }
+
     /// Frames that arrived on an endpoint interface (one decision counter each).
     pub fn endpoint_frames(&self) -> u64 {
         self.offload_outbound + self.prefixed("endpoint-")

@@ -1,0 +1,384 @@
+//! The tc engine's programs for established flows (`docs/design/nat-fast-tc.md` §2.2),
+//! for tcx ingress: `dovesnap_tc_endpoint` on a container's host end (`ovst<id>`) and
+//! `dovesnap_tc_uplink` on the uplink. They share the XDP program's maps (`IFACES`,
+//! `STATE`, `HOSTFW`, `SESSIONS`, `PORTS`, `STATS`) and add `CT`.
+//!
+//! A frame of a `CT` session is rewritten with the kernel's checksum helpers (correct for
+//! every `ip_summed`, GSO super-packets included) in the translator's order, so that
+//! complete-checksum bytes equal the translator's, and redirected: out with
+//! `bpf_redirect_neigh` (the kernel fills the L2 header), in with `bpf_redirect_peer`
+//! into the container's namespace. Every other frame returns `TCX_NEXT`, the kernel's
+//! path (on an endpoint, the legacy patch into OVS), counted by its reason. What the
+//! design sends to the translator's slow port counts `tc-decline-slow` and, until that
+//! port exists, also returns `TCX_NEXT`.
+
+use aya_ebpf::{
+    bindings::{
+        tcx_action_base::{TCX_DROP, TCX_NEXT, TCX_REDIRECT},
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+    },
+    helpers::bpf_ktime_get_ns,
+    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
+    macros::{classifier, map},
+    maps::HashMap,
+    programs::TcContext,
+    EbpfContext as _,
+};
+use dovesnap_ebpf::{
+    Counter, CtEntry, FlowKey, IfaceConfig, CT_FIN, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK,
+    IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
+};
+
+use super::{
+    add, classify, count, endpoint_checks, far_port, host_filtered, owns_flow, owns_icmp, ptr_at,
+    route, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4, STATE,
+    STATS, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+/// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
+#[map]
+static CT: HashMap<FlowKey, CtEntry> = HashMap::with_max_entries(MAX_CT, BPF_F_NO_PREALLOC);
+
+/// Bytes made linear before the headers are read: Ethernet, IPv4 without options and
+/// the longest TCP header.
+const HEADERS: u32 = (L4 + 60) as u32;
+/// Offset of the IPv4 header checksum, TTL, source and destination.
+const IP_CSUM: usize = L3 + 10;
+const IP_TTL: usize = L3 + 8;
+const IP_SRC: usize = L3 + 12;
+const IP_DST: usize = L3 + 16;
+const TCP_ACK: u8 = 0x10;
+
+/// What a tc program does with a frame.
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// `TCX_NEXT`, counting why.
+    Next(Counter),
+    /// Rewritten: redirect out of this ifindex with `bpf_redirect_neigh`.
+    Out(u32),
+    /// Rewritten: redirect to the peer of this ifindex with `bpf_redirect_peer`.
+    In(u32),
+}
+
+/// Container -> far: a `CT` session's frame is rewritten and sent to the uplink.
+#[classifier]
+pub fn dovesnap_tc_endpoint(ctx: TcContext) -> i32 {
+    finish(&ctx, endpoint(&ctx))
+}
+
+/// Far -> container: a `CT` session's reply is rewritten and sent into the container.
+#[classifier]
+pub fn dovesnap_tc_uplink(ctx: TcContext) -> i32 {
+    finish(&ctx, uplink(&ctx))
+}
+
+/// Counts the verdict and carries it out.
+#[inline(always)]
+fn finish(ctx: &TcContext, verdict: Verdict) -> i32 {
+    let (ret, decision) = match verdict {
+        Verdict::Next(why) => (TCX_NEXT, why),
+        // SAFETY: raw helpers with plain integer arguments; a null `params` with length
+        // 0 makes `bpf_redirect_neigh` look the next hop up itself (route by the
+        // rewritten destination out of `ifindex`, then the neighbour).
+        Verdict::Out(ifindex) => (
+            unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+            Counter::TcOut,
+        ),
+        // SAFETY: as above.
+        Verdict::In(ifindex) => (
+            unsafe { bpf_redirect_peer(ifindex, 0) } as i32,
+            Counter::TcIn,
+        ),
+    };
+    if decision == Counter::TcOut || decision == Counter::TcIn {
+        if ret != TCX_REDIRECT {
+            // Already rewritten: the kernel must not see it as it is now.
+            let _ = count(Counter::TcRedirectFailed);
+            return TCX_DROP;
+        }
+        // SAFETY: `skb` is the program's own `__sk_buff`, readable for its whole run.
+        let segs = unsafe { (*ctx.skb.skb).gso_segs };
+        if segs > 1 {
+            let _ = count(Counter::TcGsoFrames);
+            add(&STATS, Counter::TcGsoSegments.index(), u64::from(segs));
+        }
+    }
+    let _ = count(decision);
+    ret
+}
+
+/// The interface's configuration if it is of `kind`, and the data plane is not
+/// bypassed; the headers made linear.
+#[inline(always)]
+fn configured(ctx: &TcContext, kind: u32) -> Result<IfaceConfig, Verdict> {
+    // SAFETY: `skb` is the program's own `__sk_buff`.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out at once.
+    let cfg = match unsafe { IFACES.get(&ifindex) } {
+        Some(cfg) if cfg.kind == kind => *cfg,
+        _ => return Err(Verdict::Next(Counter::TcUnconfigured)),
+    };
+    if STATE.get(0).is_some_and(|s| s & STATE_BYPASS != 0) {
+        return Err(Verdict::Next(Counter::TcBypassed));
+    }
+    // A GRO skb may hold its headers outside the linear area; a short frame pulls what
+    // it has. Failure leaves the frame as it was: the header reads below then decline.
+    let want = if ctx.len() < HEADERS {
+        ctx.len()
+    } else {
+        HEADERS
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.skb.pull_data(want);
+    }
+    Ok(cfg)
+}
+
+/// The transport facts of a whole TCP/UDP packet, read before any rewrite (helpers
+/// that change the packet invalidate every pointer into it).
+struct Flow {
+    key: FlowKey,
+    /// IPv4 total length.
+    tot_len: u16,
+    ttl: u8,
+    /// Offset of the TCP/UDP checksum.
+    csum_at: usize,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
+}
+
+/// Reads a whole TCP/UDP packet's flow as it arrives on `ifindex` (0: the uplink), or
+/// declines a frame whose lengths do not fit.
+#[inline(always)]
+fn read_flow(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Result<Flow, Verdict> {
+    let truncated = Verdict::Next(Counter::TcDeclineTruncated);
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let l4_len = usize::from(tot_len)
+        .checked_sub(core::mem::size_of::<Ipv4Hdr>())
+        .ok_or(truncated)?;
+    if L3 + usize::from(tot_len) > ctx.len() as usize {
+        return Err(truncated);
+    }
+    let (csum_at, tcp_flags) = if ip.proto == PROTO_TCP {
+        let tcp = ptr_at::<TcpHdr>(ctx, L4).ok_or(truncated)?;
+        let off = usize::from(tcp.data_off >> 4) * 4;
+        if off < core::mem::size_of::<TcpHdr>() || off > l4_len {
+            return Err(truncated);
+        }
+        (L4 + 16, tcp.flags)
+    } else {
+        let udp = ptr_at::<UdpHdr>(ctx, L4).ok_or(truncated)?;
+        let len = usize::from(u16::from_be_bytes(udp.len));
+        if len < core::mem::size_of::<UdpHdr>() || len > l4_len {
+            return Err(truncated);
+        }
+        (L4 + 6, 0)
+    };
+    let ports = ptr_at::<Ports>(ctx, L4).ok_or(truncated)?;
+    Ok(Flow {
+        key: FlowKey {
+            ifindex,
+            src: u32::from_ne_bytes(ip.src),
+            dst: u32::from_ne_bytes(ip.dst),
+            sport: u16::from_ne_bytes(ports.src),
+            dport: u16::from_ne_bytes(ports.dst),
+            proto: ip.proto,
+            _pad: [0; 3],
+        },
+        tot_len,
+        ttl: ip.ttl,
+        csum_at,
+        tcp_flags,
+    })
+}
+
+#[inline(always)]
+fn endpoint(ctx: &TcContext) -> Verdict {
+    let cfg = match configured(ctx, IFACE_ENDPOINT) {
+        Ok(cfg) => cfg,
+        Err(v) => return v,
+    };
+    let ip = match endpoint_checks(ctx, &cfg, classify(ctx)) {
+        Ok(ip) => ip,
+        Err(check) => return Verdict::Next(check.tc()),
+    };
+    // Fragments and ICMP are the translator's.
+    if ip.piece() != Piece::Whole || ip.proto == PROTO_ICMP {
+        return Verdict::Next(Counter::TcDeclineSlow);
+    }
+    // SAFETY: `skb` is the program's own `__sk_buff`.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flow = match read_flow(ctx, ip, ifindex) {
+        Ok(flow) => flow,
+        Err(v) => return v,
+    };
+    let Some(entry) = CT.get_ptr_mut(&flow.key) else {
+        // No session: only what the kernel routes out of the uplink is NAT traffic (the
+        // session is the translator's to make); `tot_len` 0 checks the MTU on the skb,
+        // which is GSO-aware.
+        return match route(ctx.as_ptr(), &cfg, ip, 0) {
+            Route::Uplink => Verdict::Next(Counter::TcDeclineSlow),
+            Route::TooBig => Verdict::Next(Counter::TcDeclineTooBig),
+            Route::NotForwarded => Verdict::Next(Counter::TcDeclineNotForwarded),
+            Route::NotViaUplink => Verdict::Next(Counter::TcDeclineNotViaUplink),
+        };
+    };
+    forward(ctx, entry, &flow, true)
+}
+
+#[inline(always)]
+fn uplink(ctx: &TcContext) -> Verdict {
+    let cfg = match configured(ctx, IFACE_UPLINK) {
+        Ok(cfg) => cfg,
+        Err(v) => return v,
+    };
+    let not_ours = Verdict::Next(Counter::TcDeclineNotForUs);
+    if !matches!(classify(ctx), Counter::Ipv4) {
+        return not_ours;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
+        return not_ours;
+    };
+    if u32::from_ne_bytes(ip.dst) != cfg.addr {
+        return not_ours;
+    }
+    if !ip.is_plain() {
+        return Verdict::Next(Counter::TcDeclineOptions);
+    }
+    let piece = ip.piece();
+    let remote = u32::from_ne_bytes(ip.src);
+    if piece != Piece::Later && host_filtered(ip.proto, remote, far_port(ctx, ip.proto, false)) {
+        return Verdict::Next(Counter::TcDeclineHostFirewall);
+    }
+    // Fragments go to the translator, which knows whose datagram each one is.
+    if piece != Piece::Whole {
+        return Verdict::Next(Counter::TcDeclineSlow);
+    }
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => {}
+        PROTO_ICMP if owns_icmp(ctx, &cfg, remote) => return Verdict::Next(Counter::TcDeclineSlow),
+        _ => return Verdict::Next(Counter::TcDeclineNoSession),
+    }
+    let flow = match read_flow(ctx, ip, 0) {
+        Ok(flow) => flow,
+        Err(v) => return v,
+    };
+    let Some(entry) = CT.get_ptr_mut(&flow.key) else {
+        let (port, rport) = (flow.key.dport.to_ne_bytes(), flow.key.sport.to_ne_bytes());
+        return if owns_flow(&cfg, flow.key.proto, port, remote, rport) {
+            Verdict::Next(Counter::TcDeclineSlow)
+        } else {
+            Verdict::Next(Counter::TcDeclineNoSession)
+        };
+    };
+    if flow.ttl <= 1 {
+        return Verdict::Next(Counter::TcDeclineTtlExpiring);
+    }
+    forward(ctx, entry, &flow, false)
+}
+
+/// A session's frame: checks it fits the output, rewrites it (`outbound`: the source,
+/// else the destination and the MACs), records this direction's state and returns
+/// where it goes.
+#[inline(always)]
+fn forward(ctx: &TcContext, entry: *mut CtEntry, flow: &Flow, outbound: bool) -> Verdict {
+    // SAFETY: a pointer from a successful lookup stays valid for this run (RCU); the
+    // rewrite fields are written once by userspace before the entry is inserted.
+    let act = unsafe { (*entry).act };
+    // SAFETY: `skb` is the program's own `__sk_buff`.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if !gso && flow.tot_len > act.max_len {
+        return Verdict::Next(Counter::TcDeclineTooBig);
+    }
+    if rewrite(ctx, &act, flow, outbound).is_err() {
+        // The slow port's job: the kernel would pick another port for a session's frame.
+        return Verdict::Next(Counter::TcDeclineSlow);
+    }
+    let mut seen = CT_SEEN;
+    if flow.tcp_flags & TCP_SYN != 0 {
+        seen |= if flow.tcp_flags & TCP_ACK != 0 {
+            CT_SYN_ACK
+        } else {
+            CT_SYN
+        };
+    }
+    if flow.tcp_flags & TCP_FIN != 0 {
+        seen |= CT_FIN;
+    }
+    if flow.tcp_flags & TCP_RST != 0 {
+        seen |= CT_RST;
+    }
+    // SAFETY: as above. Plain stores: this direction's program is the only writer of
+    // these fields (two CPUs forwarding the same direction at once may lose a count;
+    // flag bits only ever grow, and a lost one comes back with the next such frame).
+    unsafe {
+        core::ptr::write_volatile(&mut (*entry).act.last_seen, bpf_ktime_get_ns());
+        let packets = core::ptr::read_volatile(&(*entry).act.packets);
+        core::ptr::write_volatile(&mut (*entry).act.packets, packets + 1);
+        let bytes = core::ptr::read_volatile(&(*entry).act.bytes);
+        core::ptr::write_volatile(&mut (*entry).act.bytes, bytes + u64::from(ctx.len()));
+        let flags = core::ptr::read_volatile(&(*entry).flags);
+        if flags | seen != flags {
+            core::ptr::write_volatile(&mut (*entry).flags, flags | seen);
+        }
+    }
+    if outbound {
+        Verdict::Out(act.out_ifindex)
+    } else {
+        Verdict::In(act.out_ifindex)
+    }
+}
+
+/// The translator's rewrite with the kernel's helpers: the IPv4 checksum for the TTL,
+/// then for the address; the TCP/UDP checksum for the address (pseudo header), then for
+/// the port (a UDP checksum of 0, "none", stays 0; a result of 0 becomes 0xffff); then
+/// the bytes themselves; inbound also the MACs. An error can leave the frame partly
+/// rewritten.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    act: &dovesnap_ebpf::FlowAction,
+    flow: &Flow,
+    outbound: bool,
+) -> Result<(), i64> {
+    let k = &flow.key;
+    let (addr_at, old_addr, new_addr, port_at, old_port, new_port) = if outbound {
+        (IP_SRC, k.src, act.src, L4, k.sport, act.sport)
+    } else {
+        (IP_DST, k.dst, act.dst, L4 + 2, k.dport, act.dport)
+    };
+    let ttl = flow.ttl - 1;
+    let proto = k.proto;
+    let old_tp = u16::from_ne_bytes([flow.ttl, proto]);
+    let new_tp = u16::from_ne_bytes([ttl, proto]);
+    let mangled = if proto == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4)?;
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR);
+    ctx.skb.l4_csum_replace(
+        flow.csum_at,
+        u64::from(old_addr),
+        u64::from(new_addr),
+        pseudo | mangled | 4,
+    )?;
+    ctx.skb.l4_csum_replace(
+        flow.csum_at,
+        u64::from(old_port),
+        u64::from(new_port),
+        mangled | 2,
+    )?;
+    ctx.skb.store(IP_TTL, &ttl, 0)?;
+    ctx.skb.store(addr_at, &new_addr.to_ne_bytes(), 0)?;
+    ctx.skb.store(port_at, &new_port.to_ne_bytes(), 0)?;
+    if !outbound {
+        ctx.skb.store(0, &act.eth_dst, 0)?;
+        ctx.skb.store(6, &act.eth_src, 0)?;
+    }
+    Ok(())
+}
