@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::docker::{self, Container, Network};
 use dovesnap_tests::hosts::{
-    self, fetch_port, id, pings, start_daemon, stop_pidfile, web_server, Lan, Scratch,
+    self, fetch_port, id, pings, spawn_in, start_daemon, stop_pidfile, web_server, Lan, Scratch,
 };
 use dovesnap_tests::{require_root, run, sh, unique_name, wait_until, Netns};
 use serde_json::{json, Value};
@@ -358,6 +358,7 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
         [SWITCH],
         "the second switch went with its networks"
     );
+    ovn_gateway_reaches_far_side_and_publishes(&central, &h1, &h2, &root);
 
     // An address another host's container has is refused, and nothing is left.
     let e4 = id("e4");
@@ -492,6 +493,187 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty(), "{:?}", central.switches());
+}
+
+/// The OVN gateway test's external network (RFC 2544 space, unused elsewhere): the
+/// far namespace is [`FAR_IP`], the next hop; the gateway's address is [`GW_EXT`].
+const FAR_IP: &str = "198.18.79.254";
+const GW_EXT: &str = "198.18.79.10";
+const GW_SUBNET: &str = "10.31.0.0/24";
+const GW_SWITCH: &str = "dsovl-gw";
+
+/// What the far side's who-am-I server (TCP 7000) says of a connection from `ctr`
+/// (`from ADDRESS`), retrying for up to 20 s.
+fn far_sees(ctr: &Netns) -> String {
+    let script = format!("exec 3<>/dev/tcp/{FAR_IP}/7000 && cat <&3");
+    let start = Instant::now();
+    loop {
+        let out = ctr.run("timeout", &["5", "bash", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if text.starts_with("from ") || start.elapsed() > Duration::from_secs(20) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `-o ovs.ovn.gateway=host1`: host1 maps the bridge mapping `dovesnap` to `br-ext`, an
+/// OVS bridge with a veth to a far namespace; a container on each host has its default
+/// route via the OVN router, reaches the far side SNATed to the gateway's address, pings
+/// the gateway; a port published on host2 answers the far side at the gateway's
+/// address. Removing the network removes router, external switch and load balancers.
+fn ovn_gateway_reaches_far_side_and_publishes(
+    central: &Central,
+    h1: &Host,
+    h2: &Host,
+    root: &Path,
+) {
+    let far = Netns::new("ovfar");
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            "extv",
+            "netns",
+            &h1.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "farv",
+            "netns",
+            &far.name,
+        ],
+    );
+    far.sh(
+        "ip",
+        &["addr", "add", &format!("{FAR_IP}/24"), "dev", "farv"],
+    );
+    far.sh("ip", &["link", "set", "farv", "up"]);
+    // The userspace datapath forwards partially checksummed frames as they are.
+    far.sh("ethtool", &["-K", "farv", "tx", "off"]);
+    h1.ns.sh("ip", &["link", "set", "extv", "up"]);
+    h1.vsctl(&[
+        "add-br",
+        "br-ext",
+        "--",
+        "set",
+        "bridge",
+        "br-ext",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "br-ext",
+        "extv",
+    ]);
+    let _whoami = spawn_in(&far, &["python3", "-c", docker::WHOAMI, FAR_IP, "7000"]);
+    let opts = |chassis: &str| {
+        json!({"mode": "overlay", "ovs.ovn.switch": GW_SWITCH, "ovs.ovn.gateway": chassis,
+               "ovs.ovn.gateway_address": format!("{GW_EXT}/24@{FAR_IP}")})
+    };
+    let create = |nid: &str, chassis: &str| {
+        hosts::Host::create_network_request(nid, opts(chassis), GW_SUBNET, "10.31.0.1/24")
+    };
+    // Refused before anything is made: an unknown chassis, one without the mapping.
+    let e = h2.err("/NetworkDriver.CreateNetwork", create(&id("gx"), "nohost"));
+    assert!(e.contains("no such chassis"), "{e}");
+    let e = h2.err("/NetworkDriver.CreateNetwork", create(&id("gx"), "host1"));
+    assert!(
+        e.contains("chassis host1 has no bridge mapping dovesnap")
+            && e.contains("ovn-bridge-mappings=dovesnap:BRIDGE"),
+        "{e}"
+    );
+    assert!(!central.switches().contains(&GW_SWITCH.to_string()));
+    assert!(central.nbctl(&["lr-list"]).is_empty());
+    h1.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "external_ids:ovn-bridge-mappings=dovesnap:br-ext",
+    ]);
+    let (g1, g2, x1, x2) = (id("g1"), id("g2"), id("x1"), id("x2"));
+    wait_until(
+        "host1's bridge mapping in the southbound database",
+        Duration::from_secs(10),
+        || {
+            h1.plugin()
+                .call(
+                    "/NetworkDriver.CreateNetwork",
+                    &create(&g1, "host1").to_string(),
+                )
+                .1
+                .get("Err")
+                .is_none()
+        },
+    );
+    h2.ok("/NetworkDriver.CreateNetwork", create(&g2, "host1"));
+    let router = format!("dovesnap-lr-{GW_SWITCH}");
+    assert_eq!(
+        central
+            .nbctl(&["--bare", "--columns=name", "list", "Logical_Router"])
+            .trim(),
+        router
+    );
+    let (cx1, j1) = h1.0.attach(&g1, &x1, "10.31.0.11/24");
+    let (cx2, j2) = h2.0.attach(&g2, &x2, "10.31.0.21/24");
+    for (c, j, x) in [(&cx1, &j1, &x1), (&cx2, &j2, &x2)] {
+        assert_eq!(j["Gateway"], "10.31.0.1", "Join gives the OVN router: {j}");
+        // What Docker does with Join's gateway.
+        c.sh("ip", &["route", "add", "default", "via", "10.31.0.1"]);
+        wait_port_up(central, &lsp(x));
+        let route = c.sh("ip", &["route", "get", FAR_IP]);
+        assert!(route.contains("via 10.31.0.1 dev eth0"), "{route}");
+        assert!(pings(c, "10.31.0.1"), "the gateway answers ping");
+        assert_eq!(far_sees(c), format!("from {GW_EXT}"), "SNAT to the gateway");
+    }
+    assert!(
+        pings(&far, GW_EXT),
+        "the gateway's external address answers ping"
+    );
+    // A published port on host2 (not the gateway chassis), as dockerd sends it.
+    let _web = web_server(&cx2, root, "published through OVN");
+    let ids = json!({"NetworkID": g2, "EndpointID": x2});
+    let mut program = ids.clone();
+    program["Options"] = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 8080, "HostIP": "", "HostPort": 8081}]});
+    h2.ok("/NetworkDriver.ProgramExternalConnectivity", program);
+    let lb = central.nbctl(&["lb-list"]);
+    assert!(
+        lb.contains(&format!("{GW_EXT}:8081")) && lb.contains("10.31.0.21:8080"),
+        "{lb}"
+    );
+    assert_eq!(fetch_port(&far, GW_EXT, 8081), "published through OVN");
+    h2.ok("/NetworkDriver.RevokeExternalConnectivity", ids);
+    assert!(central.nbctl(&["lb-list"]).is_empty());
+    // The port is published again, then the network goes from both hosts: nothing of
+    // the gateway is left in the northbound database.
+    let mut program = json!({"NetworkID": g2, "EndpointID": x2});
+    program["Options"] = json!({"com.docker.network.portmap": [
+        {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 53}]});
+    h2.ok("/NetworkDriver.ProgramExternalConnectivity", program);
+    h1.detach(&g1, &x1);
+    h1.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g1}));
+    assert_eq!(
+        central
+            .nbctl(&["--bare", "--columns=name", "list", "Logical_Router"])
+            .trim(),
+        router
+    );
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
+    for table in ["Logical_Router", "Load_Balancer", "NAT", "Gateway_Chassis"] {
+        let left = central.nbctl(&["--bare", "--columns=_uuid", "list", table]);
+        assert!(left.trim().is_empty(), "{table} left: {left}");
+    }
+    assert_eq!(central.switches(), [SWITCH]);
+    h1.vsctl(&["del-br", "br-ext"]);
+    h1.vsctl(&[
+        "remove",
+        "Open_vSwitch",
+        ".",
+        "external_ids",
+        "ovn-bridge-mappings",
+    ]);
 }
 
 #[test]

@@ -61,6 +61,7 @@ mod model;
 mod nat;
 mod nat_fast;
 mod overlay;
+mod ovn_gateway;
 mod reconcile;
 pub mod records;
 #[cfg(test)]
@@ -659,6 +660,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             errors.push(e.to_string());
         }
         if let Some(ov) = net.overlay() {
+            if let Err(e) = self.unpublish_on_gateway(net, &ov, eid).await {
+                errors.push(e.to_string());
+            }
             let name = ovn::port_name(eid);
             let removed = self
                 .northbound(&ov.northbound)

@@ -3,12 +3,15 @@
 //! integration bridge through `external_ids:iface-id`; ovn-controller on each host
 //! does the tunnels.
 //!
+//! - `gateway`: the optional OVN gateway of a network (logical router, SNAT, load
+//!   balancers for published ports).
 //! - `northbound`: the northbound database client (switches, ports, the per-host
 //!   reference count, the address collision check).
 //! - here: the host's chassis settings (read from the local `Open_vSwitch` table, where
 //!   ovn-controller reads them too), where the northbound database is, and which
 //!   switch a network maps to.
 
+pub mod gateway;
 pub mod northbound;
 pub mod reap;
 
@@ -89,6 +92,9 @@ pub enum OvnError {
     Contended(String),
     #[error("{0}")]
     Chassis(String),
+    /// The OVN gateway of an overlay network (`ovs.ovn.gateway`).
+    #[error("{0}")]
+    Gateway(String),
     #[error("unexpected answer from the OVN northbound database: {0}")]
     Unexpected(OvsdbError),
 }
