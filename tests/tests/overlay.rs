@@ -665,7 +665,11 @@ fn ovn_gateway_reaches_far_side_and_publishes(
         let left = central.nbctl(&["--bare", "--columns=_uuid", "list", table]);
         assert!(left.trim().is_empty(), "{table} left: {left}");
     }
-    assert_eq!(central.switches(), [SWITCH]);
+    let switches = central.switches();
+    assert!(
+        !switches.iter().any(|s| s.contains(GW_SWITCH)),
+        "network and external switch left: {switches:?}"
+    );
     h1.vsctl(&["del-br", "br-ext"]);
     h1.vsctl(&[
         "remove",
