@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use dovesnap_tests::docker::{self, Container, Network};
 use dovesnap_tests::hosts::{
     self, fetch_port, id, pings, spawn_in, start_daemon, stop_pidfile, web_server, Lan, Scratch,
+    Spawned,
 };
 use dovesnap_tests::{require_root, run, sh, unique_name, wait_until, Netns};
 use serde_json::{json, Value};
@@ -517,63 +518,146 @@ fn far_sees(ctr: &Netns) -> String {
     }
 }
 
-/// `-o ovs.ovn.gateway=host1`: host1 maps the bridge mapping `dovesnap` to `br-ext`, an
-/// OVS bridge with a veth to a far namespace; a container on each host has its default
-/// route via the OVN router, reaches the far side SNATed to the gateway's address, pings
-/// the gateway; a port published on host2 answers the far side at the gateway's
-/// address. Removing the network removes router, external switch and load balancers.
+/// The external network of the OVN gateway tests behind `host`: a far namespace
+/// ([`FAR_IP`], the next hop, with a who-am-I server on TCP 7000) on a veth whose other
+/// end is a port of `br-ext`, an OVS bridge of `host`, which [`ExtNet::map`] makes
+/// the bridge mapping `dovesnap`. Drop removes bridge and mapping; the veth goes with
+/// the namespace.
+struct ExtNet<'a> {
+    host: &'a hosts::Host,
+    _whoami: Spawned,
+    far: Netns,
+}
+
+impl<'a> ExtNet<'a> {
+    fn start(host: &'a hosts::Host) -> Self {
+        let far = Netns::new("ovfar");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "extv",
+                "netns",
+                &host.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "farv",
+                "netns",
+                &far.name,
+            ],
+        );
+        far.sh(
+            "ip",
+            &["addr", "add", &format!("{FAR_IP}/24"), "dev", "farv"],
+        );
+        far.sh("ip", &["link", "set", "farv", "up"]);
+        // The userspace datapath forwards partially checksummed frames as they are.
+        far.sh("ethtool", &["-K", "farv", "tx", "off"]);
+        host.ns.sh("ip", &["link", "set", "extv", "up"]);
+        host.vsctl(&[
+            "add-br",
+            "br-ext",
+            "--",
+            "set",
+            "bridge",
+            "br-ext",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-ext",
+            "extv",
+        ]);
+        let whoami = spawn_in(&far, &["python3", "-c", docker::WHOAMI, FAR_IP, "7000"]);
+        ExtNet {
+            host,
+            _whoami: whoami,
+            far,
+        }
+    }
+
+    /// What the gateway chassis' administrator does once.
+    fn map(&self) {
+        self.host.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            "external_ids:ovn-bridge-mappings=dovesnap:br-ext",
+        ]);
+    }
+}
+
+impl Drop for ExtNet<'_> {
+    fn drop(&mut self) {
+        self.host.vsctl(&["--if-exists", "del-br", "br-ext"]);
+        self.host.vsctl(&[
+            "remove",
+            "Open_vSwitch",
+            ".",
+            "external_ids",
+            "ovn-bridge-mappings",
+        ]);
+    }
+}
+
+/// The options of a network on [`GW_SWITCH`] with its OVN gateway on `chassis`.
+fn gateway_options(chassis: &str) -> Value {
+    json!({"mode": "overlay", "ovs.ovn.switch": GW_SWITCH, "ovs.ovn.gateway": chassis,
+           "ovs.ovn.gateway_address": format!("{GW_EXT}/24@{FAR_IP}")})
+}
+
+/// CreateNetwork of a gateway network on `h`, retried while the gateway chassis' new
+/// bridge mapping is on its way to the southbound database.
+fn create_gateway_network(h: &hosts::Host, nid: &str, chassis: &str) {
+    let body = hosts::Host::create_network_request(
+        nid,
+        gateway_options(chassis),
+        GW_SUBNET,
+        "10.31.0.1/24",
+    );
+    wait_until(
+        "the bridge mapping in the southbound database",
+        Duration::from_secs(10),
+        || {
+            h.plugin()
+                .call("/NetworkDriver.CreateNetwork", &body.to_string())
+                .1
+                .get("Err")
+                .is_none()
+        },
+    );
+}
+
+/// The names of the northbound rows of `table`.
+fn nb_names(central: &Central, table: &str) -> String {
+    central
+        .nbctl(&["--bare", "--columns=name", "list", table])
+        .trim()
+        .to_string()
+}
+
+/// `-o ovs.ovn.gateway=host1`: host1 maps the bridge mapping `dovesnap` to `br-ext`
+/// ([`ExtNet`]); a container on each host has its default route via the OVN router,
+/// reaches the far side SNATed to the gateway's address, pings the gateway; a port
+/// published on host2 answers the far side at the gateway's address. Removing the
+/// network removes router, external switch and load balancers.
 fn ovn_gateway_reaches_far_side_and_publishes(
     central: &Central,
     h1: &Host,
     h2: &Host,
     root: &Path,
 ) {
-    let far = Netns::new("ovfar");
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            "extv",
-            "netns",
-            &h1.ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "farv",
-            "netns",
-            &far.name,
-        ],
-    );
-    far.sh(
-        "ip",
-        &["addr", "add", &format!("{FAR_IP}/24"), "dev", "farv"],
-    );
-    far.sh("ip", &["link", "set", "farv", "up"]);
-    // The userspace datapath forwards partially checksummed frames as they are.
-    far.sh("ethtool", &["-K", "farv", "tx", "off"]);
-    h1.ns.sh("ip", &["link", "set", "extv", "up"]);
-    h1.vsctl(&[
-        "add-br",
-        "br-ext",
-        "--",
-        "set",
-        "bridge",
-        "br-ext",
-        "datapath_type=netdev",
-        "--",
-        "add-port",
-        "br-ext",
-        "extv",
-    ]);
-    let _whoami = spawn_in(&far, &["python3", "-c", docker::WHOAMI, FAR_IP, "7000"]);
-    let opts = |chassis: &str| {
-        json!({"mode": "overlay", "ovs.ovn.switch": GW_SWITCH, "ovs.ovn.gateway": chassis,
-               "ovs.ovn.gateway_address": format!("{GW_EXT}/24@{FAR_IP}")})
-    };
+    let ext = ExtNet::start(h1);
+    let far = &ext.far;
     let create = |nid: &str, chassis: &str| {
-        hosts::Host::create_network_request(nid, opts(chassis), GW_SUBNET, "10.31.0.1/24")
+        hosts::Host::create_network_request(
+            nid,
+            gateway_options(chassis),
+            GW_SUBNET,
+            "10.31.0.1/24",
+        )
     };
     // Refused before anything is made: an unknown chassis, one without the mapping.
     let e = h2.err("/NetworkDriver.CreateNetwork", create(&id("gx"), "nohost"));
@@ -586,35 +670,12 @@ fn ovn_gateway_reaches_far_side_and_publishes(
     );
     assert!(!central.switches().contains(&GW_SWITCH.to_string()));
     assert!(central.nbctl(&["lr-list"]).is_empty());
-    h1.vsctl(&[
-        "set",
-        "Open_vSwitch",
-        ".",
-        "external_ids:ovn-bridge-mappings=dovesnap:br-ext",
-    ]);
+    ext.map();
     let (g1, g2, x1, x2) = (id("g1"), id("g2"), id("x1"), id("x2"));
-    wait_until(
-        "host1's bridge mapping in the southbound database",
-        Duration::from_secs(10),
-        || {
-            h1.plugin()
-                .call(
-                    "/NetworkDriver.CreateNetwork",
-                    &create(&g1, "host1").to_string(),
-                )
-                .1
-                .get("Err")
-                .is_none()
-        },
-    );
+    create_gateway_network(h1, &g1, "host1");
     h2.ok("/NetworkDriver.CreateNetwork", create(&g2, "host1"));
     let router = format!("dovesnap-lr-{GW_SWITCH}");
-    assert_eq!(
-        central
-            .nbctl(&["--bare", "--columns=name", "list", "Logical_Router"])
-            .trim(),
-        router
-    );
+    assert_eq!(nb_names(central, "Logical_Router"), router);
     let (cx1, j1) = h1.0.attach(&g1, &x1, "10.31.0.11/24");
     let (cx2, j2) = h2.0.attach(&g2, &x2, "10.31.0.21/24");
     for (c, j, x) in [(&cx1, &j1, &x1), (&cx2, &j2, &x2)] {
@@ -628,7 +689,7 @@ fn ovn_gateway_reaches_far_side_and_publishes(
         assert_eq!(far_sees(c), format!("from {GW_EXT}"), "SNAT to the gateway");
     }
     assert!(
-        pings(&far, GW_EXT),
+        pings(far, GW_EXT),
         "the gateway's external address answers ping"
     );
     // A published port on host2 (not the gateway chassis), as dockerd sends it.
@@ -643,7 +704,7 @@ fn ovn_gateway_reaches_far_side_and_publishes(
         lb.contains(&format!("{GW_EXT}:8081")) && lb.contains("10.31.0.21:8080"),
         "{lb}"
     );
-    assert_eq!(fetch_port(&far, GW_EXT, 8081), "published through OVN");
+    assert_eq!(fetch_port(far, GW_EXT, 8081), "published through OVN");
     h2.ok("/NetworkDriver.RevokeExternalConnectivity", ids);
     assert!(central.nbctl(&["lb-list"]).is_empty());
     // The port is published again, then the network goes from both hosts: nothing of
@@ -654,13 +715,13 @@ fn ovn_gateway_reaches_far_side_and_publishes(
     h2.ok("/NetworkDriver.ProgramExternalConnectivity", program);
     h1.detach(&g1, &x1);
     h1.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g1}));
-    assert_eq!(
-        central
-            .nbctl(&["--bare", "--columns=name", "list", "Logical_Router"])
-            .trim(),
-        router
-    );
+    assert_eq!(nb_names(central, "Logical_Router"), router);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
+    assert_no_gateway_left(central);
+}
+
+/// Nothing of a gateway network is left in the northbound database.
+fn assert_no_gateway_left(central: &Central) {
     for table in ["Logical_Router", "Load_Balancer", "NAT", "Gateway_Chassis"] {
         let left = central.nbctl(&["--bare", "--columns=_uuid", "list", table]);
         assert!(left.trim().is_empty(), "{table} left: {left}");
@@ -670,14 +731,6 @@ fn ovn_gateway_reaches_far_side_and_publishes(
         !switches.iter().any(|s| s.contains(GW_SWITCH)),
         "network and external switch left: {switches:?}"
     );
-    h1.vsctl(&["del-br", "br-ext"]);
-    h1.vsctl(&[
-        "remove",
-        "Open_vSwitch",
-        ".",
-        "external_ids",
-        "ovn-bridge-mappings",
-    ]);
 }
 
 #[test]
@@ -1018,4 +1071,51 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty());
+
+    // With an OVN gateway on host2 (`ovs.ovn.gateway`): dockerd routes the container
+    // through OVN (Join's gateway) and attaches no docker_gwbridge; its traffic leaves
+    // SNATed to the gateway's address and its `-p` answers at that address.
+    let ext = ExtNet::start(&h2);
+    ext.map();
+    let g2 = id("g2");
+    create_gateway_network(&h2, &g2, "host2");
+    {
+        let net = Network::create(
+            GW_SWITCH,
+            &[
+                "-o",
+                "mode=overlay",
+                "-o",
+                &format!("ovs.ovn.switch={GW_SWITCH}"),
+                "-o",
+                "ovs.ovn.gateway=host2",
+                "-o",
+                &format!("ovs.ovn.gateway_address={GW_EXT}/24@{FAR_IP}"),
+                "--subnet",
+                GW_SUBNET,
+                // With --ip-range, Docker's IPAM takes the range's first address for
+                // the gateway unless told: every host must give the router's.
+                "--gateway",
+                "10.31.0.1",
+                "--ip-range",
+                "10.31.0.128/25",
+            ],
+        );
+        let web = Container::httpd_with("dsovl-gwweb", &net, &["-p", "8082:80"], "via-ovn");
+        let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(
+            routes.contains("default via 10.31.0.1 dev eth0"),
+            "{routes}"
+        );
+        let links = String::from_utf8_lossy(&web.exec(&["ip", "-o", "link"]).stdout).into_owned();
+        assert!(!links.contains("eth1"), "docker_gwbridge attached: {links}");
+        assert!(web.ping("10.31.0.1"), "docker -> the OVN gateway");
+        wait_until("docker -> far through OVN", Duration::from_secs(20), || {
+            docker::container_tcp(&web, FAR_IP, 7000)
+                .is_ok_and(|s| s.trim() == format!("from {GW_EXT}"))
+        });
+        assert_eq!(fetch_port(&ext.far, GW_EXT, 8082).trim(), "via-ovn");
+    }
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
+    assert_no_gateway_left(&central);
 }
