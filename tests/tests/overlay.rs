@@ -359,7 +359,9 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
         [SWITCH],
         "the second switch went with its networks"
     );
+    let start = Instant::now();
     ovn_gateway_reaches_far_side_and_publishes(&central, &h1, &h2, &root);
+    eprintln!("ovn gateway block: {} ms", start.elapsed().as_millis());
 
     // An address another host's container has is refused, and nothing is left.
     let e4 = id("e4");
