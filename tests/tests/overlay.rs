@@ -670,6 +670,10 @@ fn ovn_gateway_reaches_far_side_and_publishes(
             && e.contains("ovn-bridge-mappings=dovesnap:BRIDGE"),
         "{e}"
     );
+    let mut internal = create(&id("gx"), "host1");
+    internal["Options"]["com.docker.network.internal"] = json!(true);
+    let e = h2.err("/NetworkDriver.CreateNetwork", internal);
+    assert!(e.contains("--internal with ovs.ovn.gateway"), "{e}");
     assert!(!central.switches().contains(&GW_SWITCH.to_string()));
     assert!(central.nbctl(&["lr-list"]).is_empty());
     ext.map();

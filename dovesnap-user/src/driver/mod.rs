@@ -362,6 +362,14 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Err(DriverError::NetworkExists(id.to_string()));
         }
         if options.mode == Mode::Overlay {
+            if internal && options.ovn_gateway.is_some() {
+                return Err(OvnError::Gateway(
+                    "--internal with ovs.ovn.gateway: an internal network has no way out; \
+                     drop one of them"
+                        .into(),
+                )
+                .into());
+            }
             let net = self.create_overlay_network(id, options, ipam).await?;
             info!(network = %id, switch = ?net.options.ovn_switch,
                   bridge = %net.bridge, "created overlay network");

@@ -19,8 +19,8 @@ pub(super) fn gateway_spec(
     };
     let (Some(subnet), Some(gw)) = (ipam.subnet, ipam.gateway) else {
         return Err(OvnError::Gateway(
-            "ovs.ovn.gateway needs the network's gateway address (docker network create \
-             --gateway, or the default Docker's IPAM gives)"
+            "ovs.ovn.gateway needs the network's IPv4 subnet and gateway address (Docker's \
+             IPAM gives them; give the same --gateway on every host)"
                 .into(),
         ));
     };
@@ -116,5 +116,71 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             nb.remove_gateway(switch).await?;
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(pairs: &[(&str, &str)]) -> NetworkOptions {
+        let map: BTreeMap<String, String> = [("mode", "overlay")]
+            .iter()
+            .chain(pairs)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        NetworkOptions::from_string_map(&map).unwrap()
+    }
+
+    fn ipam(gateway: Option<Ipv4Addr>) -> Ipam {
+        Ipam {
+            subnet: Some("10.31.0.0/24".parse().unwrap()),
+            gateway,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_gateway_spec_comes_from_the_options_and_docker_s_ipam() {
+        let addr = Ipv4Addr::new(10, 31, 0, 1);
+        let gw = Some(addr);
+        assert_eq!(gateway_spec(&overlay(&[]), &ipam(gw), "sw").unwrap(), None);
+        let options = overlay(&[
+            ("ovs.ovn.gateway", "host1"),
+            ("ovs.ovn.gateway_address", "198.51.100.10/24@198.51.100.1"),
+        ]);
+        let spec = gateway_spec(&options, &ipam(gw), "sw").unwrap().unwrap();
+        assert_eq!(spec.subnet, "10.31.0.0/24");
+        assert_eq!((spec.gateway, spec.prefix), (addr, 24));
+        assert_eq!(spec.network, gateway::DEFAULT_NETWORK);
+        assert_eq!(spec.chassis, "host1");
+        let e = gateway_spec(&options, &ipam(None), "sw").unwrap_err();
+        assert!(e.to_string().contains("subnet and gateway address"), "{e}");
+    }
+
+    #[test]
+    fn join_gives_an_overlay_network_s_gateway_only_with_an_ovn_gateway() {
+        let gw = Some(Ipv4Addr::new(10, 31, 0, 1));
+        let mut net = Network {
+            id: "n".into(),
+            bridge: "br-int".into(),
+            datapath: Datapath::Netdev,
+            options: overlay(&[]),
+            ipam: ipam(gw),
+            internal: false,
+            endpoints: HashMap::new(),
+            chassis: "host1".into(),
+        };
+        assert_eq!(net.container_gateway(), None);
+        net.options = overlay(&[
+            ("ovs.ovn.gateway", "host1"),
+            ("ovs.ovn.gateway_address", "198.51.100.10/24@198.51.100.1"),
+            ("ovs.ovn.gateway_network", "physnet"),
+        ]);
+        assert_eq!(net.container_gateway(), gw);
+        let spec = gateway_spec(&net.options, &net.ipam, "sw")
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.network, "physnet");
     }
 }
