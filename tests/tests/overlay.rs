@@ -711,6 +711,18 @@ fn ovn_gateway_reaches_far_side_and_publishes(
         "{lb}"
     );
     assert_eq!(fetch_port(far, GW_EXT, 8081), "published through OVN");
+    // The router deleted behind dovesnap's back: a reconciler pass makes it again, with
+    // the published port.
+    central.nbctl(&["lr-del", &router]);
+    wait_until("the router to come back", Duration::from_secs(10), || {
+        nb_names(central, "Logical_Router") == router
+    });
+    assert_eq!(fetch_port(far, GW_EXT, 8081), "published through OVN");
+    assert_eq!(
+        far_sees(&cx1),
+        format!("from {GW_EXT}"),
+        "SNAT after the repair"
+    );
     h2.ok("/NetworkDriver.RevokeExternalConnectivity", ids);
     assert!(central.nbctl(&["lb-list"]).is_empty());
     // The port is published again, then the network goes from both hosts: nothing of

@@ -102,6 +102,30 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .await
     }
 
+    /// Reconciler: makes the network's OVN gateway again when it went (an operator's
+    /// `ovn-nbctl lr-del`), with the network's load balancers; counted as an
+    /// `ovn-gateway` repair.
+    pub(super) async fn repair_gateway(&self, net: &Network, ov: &Overlay, nb: &Northbound) {
+        let spec = match gateway_spec(&net.options, &net.ipam, &ov.switch) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(network = %net.id, "reconcile: {e}");
+                return;
+            }
+        };
+        match nb.ensure_gateway(&spec).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.reconciler.count("ovn-gateway");
+                info!(network = %net.id, switch = %ov.switch,
+                      "repaired: the network's OVN gateway was gone; made it again");
+            }
+            Err(e) => warn!(network = %net.id, switch = %ov.switch,
+                            "reconcile: cannot make the OVN gateway again: {e}"),
+        }
+    }
+
     /// Leaves switch `switch`; the last host also removes the gateway (router,
     /// external switch, load balancers; nothing when the network had none). Returns
     /// whether the switch was deleted.

@@ -155,14 +155,34 @@ impl GatewaySpec {
     }
 
     /// Creates the router, its ports, route, NAT and gateway chassis, its port on the
-    /// network's switch (`switch_uuid`) and the external switch with its localnet
-    /// port, unless a router of that name exists (op 0 fails then: another host won).
-    fn create(&self, switch_uuid: &str) -> Txn {
+    /// network's switch and the external switch with its localnet port, unless a
+    /// router of that name exists (op 0 fails then: another host won). What a router
+    /// deleted behind dovesnap's back left (`found`: its port on the network's switch,
+    /// the external switch) is replaced, and the network's load balancers are attached
+    /// again.
+    fn create(&self, found: &Found) -> Txn {
         let sw = self.switch.as_str();
         let router = router_name(sw);
         let (lrp_in, lrp_ex) = (self.internal_port(), self.external_port());
         let mut txn = Txn::on(DB);
         txn.require(LR, vec![ovsdb::eq("name", router.as_str())], false);
+        let this_switch = || vec![ovsdb::eq("_uuid", json!(["uuid", found.switch]))];
+        txn.delete(
+            LS,
+            vec![ovsdb::eq("name", external_switch_name(sw).as_str())],
+        );
+        if !found.stale_ports.is_empty() {
+            let stale: Vec<Value> = found
+                .stale_ports
+                .iter()
+                .map(|u| json!(["uuid", u]))
+                .collect();
+            txn.mutate(
+                LS,
+                this_switch(),
+                vec![json!(["ports", "delete", ["set", stale]])],
+            );
+        }
         txn.insert(
             "Gateway_Chassis",
             json!({"name": format!("{lrp_ex}-{}", self.chassis),
@@ -196,10 +216,12 @@ impl GatewaySpec {
             "nat",
         );
         let summary = self.summary();
+        let lbs: Vec<Value> = found.balancers.iter().map(|u| json!(["uuid", u])).collect();
         txn.insert(
             LR,
             json!({"name": router, "ports": named_set(&["lrp_in", "lrp_ex"]),
                    "static_routes": named_set(&["route"]), "nat": named_set(&["nat"]),
+                   "load_balancer": ["set", lbs],
                    "external_ids": string_map(&[(EXT_SWITCH, sw), (EXT_GATEWAY, &summary)])}),
             "lr",
         );
@@ -208,14 +230,10 @@ impl GatewaySpec {
                    "options": string_map(&[("router-port", port)]),
                    "external_ids": string_map(&[(EXT_SWITCH, sw)])})
         };
-        txn.insert(
-            LSP,
-            router_lsp(format!("dovesnap-rtr-{sw}"), &lrp_in),
-            "rtr",
-        );
+        txn.insert(LSP, router_lsp(router_port_name(sw), &lrp_in), "rtr");
         txn.mutate(
             LS,
-            vec![ovsdb::eq("_uuid", json!(["uuid", switch_uuid]))],
+            this_switch(),
             vec![json!(["ports", "insert", named_set(&["rtr"])])],
         );
         txn.insert(
@@ -244,7 +262,13 @@ impl GatewaySpec {
     }
 }
 
-/// Reads the router of switch `switch` (result 0) and the switch itself (result 1).
+/// The switch port of the router on switch `switch`.
+fn router_port_name(switch: &str) -> String {
+    format!("dovesnap-rtr-{switch}")
+}
+
+/// Reads the router of switch `switch` (result 0), the switch itself (1), the
+/// router's switch port (2) and the network's load balancers (3).
 fn query(switch: &str) -> Txn {
     let mut txn = Txn::on(DB);
     txn.select(
@@ -253,7 +277,30 @@ fn query(switch: &str) -> Txn {
         &["_uuid", "external_ids"],
     );
     txn.select(LS, vec![ovsdb::eq("name", switch)], &["_uuid"]);
+    txn.select(
+        LSP,
+        vec![ovsdb::eq("name", router_port_name(switch).as_str())],
+        &["_uuid"],
+    );
+    txn.select(LB, vec![tagged(&[(EXT_SWITCH, switch)])], &["_uuid"]);
     txn
+}
+
+/// What [`query`] found when there is no router: the network's switch, a router
+/// port left on it, the network's load balancers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Found {
+    switch: String,
+    stale_ports: Vec<String>,
+    balancers: Vec<String>,
+}
+
+/// The uuids of the rows the `select` at `index` read.
+fn uuids(results: &[Value], index: usize, table: &'static str) -> Result<Vec<String>, OvnError> {
+    ovsdb::rows(results, index)?
+        .iter()
+        .map(|r| Ok(Row::new(table, r)?.uuid("_uuid")?.to_string()))
+        .collect()
 }
 
 /// Where `external_ids` holds `pairs`.
@@ -391,9 +438,9 @@ fn mapping_names(mappings: &str) -> Vec<String> {
 }
 
 impl Northbound {
-    /// Makes sure the gateway of `spec.switch` exists (creating it if no host has yet);
-    /// refuses one made with other settings.
-    pub async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<(), OvnError> {
+    /// Makes sure the gateway of `spec.switch` exists (creating it if no host has yet,
+    /// or again when it went); refuses one made with other settings. Whether it made it.
+    pub async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<bool, OvnError> {
         let what = format!("create the OVN gateway of logical switch {}", spec.switch);
         for _ in 0..RETRIES {
             let results = self
@@ -410,18 +457,19 @@ impl Northbound {
                         spec.summary()
                     )));
                 }
-                return Ok(());
+                return Ok(false);
             }
-            let switch = ovsdb::rows(&results, 1)?
-                .first()
-                .map(|r| Ok::<_, OvnError>(Row::new(LS, r)?.uuid("_uuid")?.to_string()))
-                .transpose()?
-                .ok_or_else(|| OvnError::NoSwitch(spec.switch.clone()))?;
-            match self.transact(&spec.create(&switch)).await? {
+            let found = Found {
+                switch: (uuids(&results, 1, LS)?.pop())
+                    .ok_or_else(|| OvnError::NoSwitch(spec.switch.clone()))?,
+                stale_ports: uuids(&results, 2, LSP)?,
+                balancers: uuids(&results, 3, LB)?,
+            };
+            match self.transact(&spec.create(&found)).await? {
                 Ok(_) => {
                     tracing::info!(switch = %spec.switch, gateway = %spec.summary(),
                                    "created OVN gateway");
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(r) if r.op == Some(0) => continue,
                 Err(r) => {
@@ -578,7 +626,11 @@ mod tests {
 
     #[test]
     fn creates_the_router_once_with_snat_route_and_chassis() {
-        let p = spec().create("ls-1").params();
+        let found = Found {
+            switch: "ls-1".into(),
+            ..Default::default()
+        };
+        let p = spec().create(&found).params();
         assert_eq!(p[1]["op"], "wait");
         assert_eq!(p[1]["table"], LR);
         assert_eq!(p[1]["where"], json!([["name", "==", "dovesnap-lr-sw"]]));
@@ -616,6 +668,30 @@ mod tests {
         );
         let attach = ops.iter().find(|o| o["op"] == "mutate").unwrap();
         assert_eq!(attach["where"], json!([["_uuid", "==", ["uuid", "ls-1"]]]));
+        assert_eq!(
+            attach["mutations"],
+            json!([["ports", "insert", ["set", [["named-uuid", "rtr"]]]]])
+        );
+        assert_eq!(lr["row"]["load_balancer"], json!(["set", []]));
+        // Again after the router was deleted behind dovesnap's back: its leftovers are
+        // replaced, the network's load balancers attached again.
+        let again = Found {
+            switch: "ls-1".into(),
+            stale_ports: vec!["lsp-old".into()],
+            balancers: vec!["lb-1".into()],
+        };
+        let p = spec().create(&again).params();
+        assert_eq!(p[2]["op"], "delete");
+        assert_eq!(p[2]["where"], json!([["name", "==", "dovesnap-ext-sw"]]));
+        assert_eq!(
+            p[3]["mutations"],
+            json!([["ports", "delete", ["set", [["uuid", "lsp-old"]]]]])
+        );
+        let lr = op(&p, LR, "dovesnap-lr-sw");
+        assert_eq!(
+            lr["row"]["load_balancer"],
+            json!(["set", [["uuid", "lb-1"]]])
+        );
         let ln = op(&p, LSP, "dovesnap-ln-sw");
         assert_eq!(ln["row"]["type"], "localnet");
         assert_eq!(
