@@ -354,24 +354,28 @@ impl Drop for Spawned {
     }
 }
 
-/// A web server in `ctr` on port 8080 answering `body`, its files under `root`.
-pub fn web_server(ctr: &Netns, root: &Path, body: &str) -> Spawned {
-    let www = root.join(format!("www-{}", ctr.name));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), body).unwrap();
+/// Runs `args` in namespace `ns` as a [`Spawned`] process group.
+pub fn spawn_in(ns: &Netns, args: &[&str]) -> Spawned {
     Spawned(
         Command::new("ip")
-            .args([
-                "netns", "exec", &ctr.name, "busybox", "httpd", "-f", "-p", "8080", "-h",
-            ])
-            .arg(&www)
+            .args(["netns", "exec", &ns.name])
+            .args(args)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("busybox httpd"),
+            .unwrap_or_else(|e| panic!("{args:?} in {}: {e}", ns.name)),
     )
+}
+
+/// A web server in `ctr` on port 8080 answering `body`, its files under `root`.
+pub fn web_server(ctr: &Netns, root: &Path, body: &str) -> Spawned {
+    let www = root.join(format!("www-{}", ctr.name));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), body).unwrap();
+    let www = www.display().to_string();
+    spawn_in(ctr, &["busybox", "httpd", "-f", "-p", "8080", "-h", &www])
 }
 
 /// Pings `to` from `ctr` until a reply comes, for up to 20 s (flows and tunnel

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use dovesnap_tests::docker::{self, Container, Network};
 use dovesnap_tests::hosts::{
-    self, fetch_port, id, pings, start_daemon, stop_pidfile, web_server, Lan, Scratch,
+    self, fetch_port, id, pings, spawn_in, start_daemon, stop_pidfile, web_server, Lan, Scratch,
+    Spawned,
 };
 use dovesnap_tests::{require_root, run, sh, unique_name, wait_until, Netns};
 use serde_json::{json, Value};
@@ -402,6 +403,9 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
         [SWITCH],
         "the second switch went with its networks"
     );
+    let start = Instant::now();
+    ovn_gateway_reaches_far_side_and_publishes(&central, &h1, &h2, &root);
+    eprintln!("ovn gateway block: {} ms", start.elapsed().as_millis());
 
     // An address another host's container has is refused, and nothing is left.
     let e4 = id("e4");
@@ -625,6 +629,259 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty(), "{:?}", central.switches());
+}
+
+/// The OVN gateway test's external network (RFC 2544 space, unused elsewhere): the
+/// far namespace is [`FAR_IP`], the next hop; the gateway's address is [`GW_EXT`].
+const FAR_IP: &str = "198.18.79.254";
+const GW_EXT: &str = "198.18.79.10";
+const GW_SUBNET: &str = "10.31.0.0/24";
+const GW_SWITCH: &str = "dsovl-gw";
+
+/// What the far side's who-am-I server (TCP 7000) says of a connection from `ctr`
+/// (`from ADDRESS`), retrying for up to 20 s.
+fn far_sees(ctr: &Netns) -> String {
+    let script = format!("exec 3<>/dev/tcp/{FAR_IP}/7000 && cat <&3");
+    let start = Instant::now();
+    loop {
+        let out = ctr.run("timeout", &["5", "bash", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if text.starts_with("from ") || start.elapsed() > Duration::from_secs(20) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The external network of the OVN gateway tests behind `host`: a far namespace
+/// ([`FAR_IP`], the next hop, with a who-am-I server on TCP 7000) on a veth whose other
+/// end is a port of `br-ext`, an OVS bridge of `host`, which [`ExtNet::map`] makes
+/// the bridge mapping `dovesnap`. Drop removes bridge and mapping; the veth goes with
+/// the namespace.
+struct ExtNet<'a> {
+    host: &'a hosts::Host,
+    _whoami: Spawned,
+    far: Netns,
+}
+
+impl<'a> ExtNet<'a> {
+    fn start(host: &'a hosts::Host) -> Self {
+        let far = Netns::new("ovfar");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "extv",
+                "netns",
+                &host.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "farv",
+                "netns",
+                &far.name,
+            ],
+        );
+        far.sh(
+            "ip",
+            &["addr", "add", &format!("{FAR_IP}/24"), "dev", "farv"],
+        );
+        far.sh("ip", &["link", "set", "farv", "up"]);
+        // The userspace datapath forwards partially checksummed frames as they are.
+        far.sh("ethtool", &["-K", "farv", "tx", "off"]);
+        host.ns.sh("ip", &["link", "set", "extv", "up"]);
+        host.vsctl(&[
+            "add-br",
+            "br-ext",
+            "--",
+            "set",
+            "bridge",
+            "br-ext",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-ext",
+            "extv",
+        ]);
+        let whoami = spawn_in(&far, &["python3", "-c", docker::WHOAMI, FAR_IP, "7000"]);
+        ExtNet {
+            host,
+            _whoami: whoami,
+            far,
+        }
+    }
+
+    /// What the gateway chassis' administrator does once.
+    fn map(&self) {
+        self.host.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            "external_ids:ovn-bridge-mappings=dovesnap:br-ext",
+        ]);
+    }
+}
+
+impl Drop for ExtNet<'_> {
+    fn drop(&mut self) {
+        self.host.vsctl(&["--if-exists", "del-br", "br-ext"]);
+        self.host.vsctl(&[
+            "remove",
+            "Open_vSwitch",
+            ".",
+            "external_ids",
+            "ovn-bridge-mappings",
+        ]);
+    }
+}
+
+/// The options of a network on [`GW_SWITCH`] with its OVN gateway on `chassis`.
+fn gateway_options(chassis: &str) -> Value {
+    json!({"mode": "overlay", "ovs.ovn.switch": GW_SWITCH, "ovs.ovn.gateway": chassis,
+           "ovs.ovn.gateway_address": format!("{GW_EXT}/24@{FAR_IP}")})
+}
+
+/// CreateNetwork of a gateway network on `h`, retried while the gateway chassis' new
+/// bridge mapping is on its way to the southbound database.
+fn create_gateway_network(h: &hosts::Host, nid: &str, chassis: &str) {
+    let body = hosts::Host::create_network_request(
+        nid,
+        gateway_options(chassis),
+        GW_SUBNET,
+        "10.31.0.1/24",
+    );
+    wait_until(
+        "the bridge mapping in the southbound database",
+        Duration::from_secs(10),
+        || {
+            h.plugin()
+                .call("/NetworkDriver.CreateNetwork", &body.to_string())
+                .1
+                .get("Err")
+                .is_none()
+        },
+    );
+}
+
+/// The names of the northbound rows of `table`.
+fn nb_names(central: &Central, table: &str) -> String {
+    central
+        .nbctl(&["--bare", "--columns=name", "list", table])
+        .trim()
+        .to_string()
+}
+
+/// `-o ovs.ovn.gateway=host1`: host1 maps the bridge mapping `dovesnap` to `br-ext`
+/// ([`ExtNet`]); a container on each host has its default route via the OVN router,
+/// reaches the far side SNATed to the gateway's address, pings the gateway; a port
+/// published on host2 answers the far side at the gateway's address. Removing the
+/// network removes router, external switch and load balancers.
+fn ovn_gateway_reaches_far_side_and_publishes(
+    central: &Central,
+    h1: &Host,
+    h2: &Host,
+    root: &Path,
+) {
+    let ext = ExtNet::start(h1);
+    let far = &ext.far;
+    let create = |nid: &str, chassis: &str| {
+        hosts::Host::create_network_request(
+            nid,
+            gateway_options(chassis),
+            GW_SUBNET,
+            "10.31.0.1/24",
+        )
+    };
+    // Refused before anything is made: an unknown chassis, one without the mapping.
+    let e = h2.err("/NetworkDriver.CreateNetwork", create(&id("gx"), "nohost"));
+    assert!(e.contains("no such chassis"), "{e}");
+    let e = h2.err("/NetworkDriver.CreateNetwork", create(&id("gx"), "host1"));
+    assert!(
+        e.contains("chassis host1 has no bridge mapping dovesnap")
+            && e.contains("ovn-bridge-mappings=dovesnap:BRIDGE"),
+        "{e}"
+    );
+    let mut internal = create(&id("gx"), "host1");
+    internal["Options"]["com.docker.network.internal"] = json!(true);
+    let e = h2.err("/NetworkDriver.CreateNetwork", internal);
+    assert!(e.contains("--internal with ovs.ovn.gateway"), "{e}");
+    assert!(!central.switches().contains(&GW_SWITCH.to_string()));
+    assert!(central.nbctl(&["lr-list"]).is_empty());
+    ext.map();
+    let (g1, g2, x1, x2) = (id("g1"), id("g2"), id("x1"), id("x2"));
+    create_gateway_network(h1, &g1, "host1");
+    h2.ok("/NetworkDriver.CreateNetwork", create(&g2, "host1"));
+    let router = format!("dovesnap-lr-{GW_SWITCH}");
+    assert_eq!(nb_names(central, "Logical_Router"), router);
+    let (cx1, j1) = h1.0.attach(&g1, &x1, "10.31.0.11/24");
+    let (cx2, j2) = h2.0.attach(&g2, &x2, "10.31.0.21/24");
+    for (c, j, x) in [(&cx1, &j1, &x1), (&cx2, &j2, &x2)] {
+        assert_eq!(j["Gateway"], "10.31.0.1", "Join gives the OVN router: {j}");
+        // What Docker does with Join's gateway.
+        c.sh("ip", &["route", "add", "default", "via", "10.31.0.1"]);
+        wait_port_up(central, &lsp(x));
+        let route = c.sh("ip", &["route", "get", FAR_IP]);
+        assert!(route.contains("via 10.31.0.1 dev eth0"), "{route}");
+        assert!(pings(c, "10.31.0.1"), "the gateway answers ping");
+        assert_eq!(far_sees(c), format!("from {GW_EXT}"), "SNAT to the gateway");
+    }
+    assert!(
+        pings(far, GW_EXT),
+        "the gateway's external address answers ping"
+    );
+    // A published port on host2 (not the gateway chassis), as dockerd sends it.
+    let _web = web_server(&cx2, root, "published through OVN");
+    let ids = json!({"NetworkID": g2, "EndpointID": x2});
+    let mut program = ids.clone();
+    program["Options"] = json!({"com.docker.network.portmap": [
+        {"Proto": 6, "IP": "", "Port": 8080, "HostIP": "", "HostPort": 8081}]});
+    h2.ok("/NetworkDriver.ProgramExternalConnectivity", program);
+    let lb = central.nbctl(&["lb-list"]);
+    assert!(
+        lb.contains(&format!("{GW_EXT}:8081")) && lb.contains("10.31.0.21:8080"),
+        "{lb}"
+    );
+    assert_eq!(fetch_port(far, GW_EXT, 8081), "published through OVN");
+    // The router deleted behind dovesnap's back: a reconciler pass makes it again, with
+    // the published port.
+    central.nbctl(&["lr-del", &router]);
+    wait_until("the router to come back", Duration::from_secs(10), || {
+        nb_names(central, "Logical_Router") == router
+    });
+    assert_eq!(fetch_port(far, GW_EXT, 8081), "published through OVN");
+    assert_eq!(
+        far_sees(&cx1),
+        format!("from {GW_EXT}"),
+        "SNAT after the repair"
+    );
+    h2.ok("/NetworkDriver.RevokeExternalConnectivity", ids);
+    assert!(central.nbctl(&["lb-list"]).is_empty());
+    // The port is published again, then the network goes from both hosts: nothing of
+    // the gateway is left in the northbound database.
+    let mut program = json!({"NetworkID": g2, "EndpointID": x2});
+    program["Options"] = json!({"com.docker.network.portmap": [
+        {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 53}]});
+    h2.ok("/NetworkDriver.ProgramExternalConnectivity", program);
+    h1.detach(&g1, &x1);
+    h1.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g1}));
+    assert_eq!(nb_names(central, "Logical_Router"), router);
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
+    assert_no_gateway_left(central);
+}
+
+/// Nothing of a gateway network is left in the northbound database.
+fn assert_no_gateway_left(central: &Central) {
+    for table in ["Logical_Router", "Load_Balancer", "NAT", "Gateway_Chassis"] {
+        let left = central.nbctl(&["--bare", "--columns=_uuid", "list", table]);
+        assert!(left.trim().is_empty(), "{table} left: {left}");
+    }
+    let switches = central.switches();
+    assert!(
+        !switches.iter().any(|s| s.contains(GW_SWITCH)),
+        "network and external switch left: {switches:?}"
+    );
 }
 
 #[test]
@@ -1057,4 +1314,51 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         "",
         "the pool went with its last user"
     );
+
+    // With an OVN gateway on host2 (`ovs.ovn.gateway`): dockerd routes the container
+    // through OVN (Join's gateway) and attaches no docker_gwbridge; its traffic leaves
+    // SNATed to the gateway's address and its `-p` answers at that address.
+    let ext = ExtNet::start(&h2);
+    ext.map();
+    let g2 = id("g2");
+    create_gateway_network(&h2, &g2, "host2");
+    {
+        let net = Network::create(
+            GW_SWITCH,
+            &[
+                "-o",
+                "mode=overlay",
+                "-o",
+                &format!("ovs.ovn.switch={GW_SWITCH}"),
+                "-o",
+                "ovs.ovn.gateway=host2",
+                "-o",
+                &format!("ovs.ovn.gateway_address={GW_EXT}/24@{FAR_IP}"),
+                "--subnet",
+                GW_SUBNET,
+                // With --ip-range, Docker's IPAM takes the range's first address for
+                // the gateway unless told: every host must give the router's.
+                "--gateway",
+                "10.31.0.1",
+                "--ip-range",
+                "10.31.0.128/25",
+            ],
+        );
+        let web = Container::httpd_with("dsovl-gwweb", &net, &["-p", "8082:80"], "via-ovn");
+        let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(
+            routes.contains("default via 10.31.0.1 dev eth0"),
+            "{routes}"
+        );
+        let links = String::from_utf8_lossy(&web.exec(&["ip", "-o", "link"]).stdout).into_owned();
+        assert!(!links.contains("eth1"), "docker_gwbridge attached: {links}");
+        assert!(web.ping("10.31.0.1"), "docker -> the OVN gateway");
+        wait_until("docker -> far through OVN", Duration::from_secs(20), || {
+            docker::container_tcp(&web, FAR_IP, 7000)
+                .is_ok_and(|s| s.trim() == format!("from {GW_EXT}"))
+        });
+        assert_eq!(fetch_port(&ext.far, GW_EXT, 8082).trim(), "via-ovn");
+    }
+    h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
+    assert_no_gateway_left(&central);
 }

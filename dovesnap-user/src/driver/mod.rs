@@ -65,6 +65,7 @@ mod model;
 mod nat;
 mod nat_fast;
 mod overlay;
+mod ovn_gateway;
 mod reconcile;
 pub mod records;
 mod shared;
@@ -370,6 +371,14 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Err(DriverError::NetworkExists(id.to_string()));
         }
         if options.mode == Mode::Overlay {
+            if internal && options.ovn_gateway.is_some() {
+                return Err(OvnError::Gateway(
+                    "--internal with ovs.ovn.gateway: an internal network has no way out; \
+                     drop one of them"
+                        .into(),
+                )
+                .into());
+            }
             let net = self.create_overlay_network(id, options, ipam).await?;
             info!(network = %id, switch = ?net.options.ovn_switch,
                   bridge = %net.bridge, "created overlay network");
@@ -680,6 +689,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             errors.push(e.to_string());
         }
         if let Some(ov) = net.overlay() {
+            if let Err(e) = self.unpublish_on_gateway(net, &ov, eid).await {
+                errors.push(e.to_string());
+            }
             let name = ovn::port_name(eid);
             let removed = self
                 .northbound(&ov.northbound)

@@ -161,10 +161,11 @@ impl Network {
     }
 
     /// The gateway a container gets a default route through (Join, a repaired veth).
-    /// None on overlay networks: internal in this version, the switch has no gateway.
+    /// On overlay networks only with `ovs.ovn.gateway` (the OVN router holds it);
+    /// without, the switch has no gateway and Docker's `docker_gwbridge` is the way out.
     pub(super) fn container_gateway(&self) -> Option<Ipv4Addr> {
         match self.options.mode {
-            Mode::Overlay => None,
+            Mode::Overlay => self.options.ovn_gateway.as_ref().and(self.ipam.gateway),
             _ => self.ipam.gateway,
         }
     }

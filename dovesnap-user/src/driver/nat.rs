@@ -33,6 +33,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let mut state = self.state.lock().await;
         let DriverState { networks, fastpath } = &mut *state;
         let net = networks.get_mut(nid).ok_or_else(|| unknown_network(nid))?;
+        let map = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(PORT_MAP_OPTION))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        if let Some(ov) = net.overlay() {
+            return self.publish_on_gateway(net, &ov, eid, &map).await;
+        }
         if !net.options.mode.has_gateway() {
             return Ok(());
         }
@@ -40,12 +49,6 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .endpoints
             .get_mut(eid)
             .ok_or_else(|| unknown_endpoint(nid, eid))?;
-        let map = req
-            .options
-            .as_ref()
-            .and_then(|o| o.get(PORT_MAP_OPTION))
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
         let mappings = parse_port_map(&map)?;
         if mappings.is_empty() || net.internal {
             return Ok(());
@@ -97,6 +100,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let Some(net) = state.networks.get_mut(nid) else {
             return Ok(());
         };
+        if let Some(ov) = net.overlay() {
+            return Ok(self.unpublish_on_gateway(net, &ov, eid).await?);
+        }
         let Some(ep) = net.endpoints.get_mut(eid) else {
             return Ok(());
         };

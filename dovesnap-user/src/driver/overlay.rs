@@ -127,6 +127,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let subnet = net.subnet_text();
         nb.join_switch(&ov.switch, &subnet, &ov.chassis, &net.id)
             .await?;
+        if let Some(gw) = ovn_gateway::gateway_spec(&net.options, &net.ipam, &ov.switch)? {
+            nb.ensure_gateway(&gw).await?;
+        }
         self.reap_dead_chassis(&ov).await?;
         let state = nb
             .switch(&ov.switch)
@@ -230,7 +233,17 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         options.ovn_nb = Some(northbound.clone());
         options.ovn_switch = Some(switch.clone());
         let nb = self.northbound(&northbound);
+        let gateway = ovn_gateway::gateway_spec(&options, &ipam, &switch)?;
+        if let Some(gw) = &gateway {
+            self.check_gateway_chassis(&chassis, gw).await?;
+        }
         nb.join_switch(&switch, &subnet, &host, id).await?;
+        if let Some(gw) = &gateway {
+            if let Err(e) = nb.ensure_gateway(gw).await {
+                let _ = self.leave_switch_and_gateway(&nb, &switch, &host).await;
+                return Err(e.into());
+            }
+        }
         let record = OverlayRecord {
             options: options.to_string_map(),
             ipam: ipam.clone(),
@@ -239,7 +252,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let json = serde_json::to_string(&record).expect("OverlayRecord serializes");
         let key = format!("{EXT_OVERLAY_PREFIX}{id}");
         if let Err(e) = self.ovs.set_switch_external_id(&key, Some(&json)).await {
-            let _ = nb.leave_switch(&switch, &host).await;
+            let _ = self.leave_switch_and_gateway(&nb, &switch, &host).await;
             return Err(e.into());
         }
         let overlay = Overlay {
@@ -272,7 +285,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if let Err(e) = nb.remove_ports(&ov.switch, &ports).await {
             errors.push(e.to_string());
         }
-        match nb.leave_switch(&ov.switch, &ov.chassis).await {
+        for eid in net.endpoints.keys() {
+            if let Err(e) = self.unpublish_on_gateway(net, ov, eid).await {
+                errors.push(e.to_string());
+            }
+        }
+        match self
+            .leave_switch_and_gateway(&nb, &ov.switch, &ov.chassis)
+            .await
+        {
             Ok(deleted) => {
                 info!(network = %net.id, switch = %ov.switch, deleted, "left logical switch")
             }

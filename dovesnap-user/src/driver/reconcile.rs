@@ -317,6 +317,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             info!(network = %net.id, switch = %ov.switch,
                   "repaired: this host's reference on the logical switch was gone; took it again");
         }
+        self.repair_gateway(net, &ov, &nb).await;
         let ports: HashSet<&str> = state
             .iter()
             .flat_map(|s| s.ports.iter().map(|p| p.name.as_str()))

@@ -3,6 +3,8 @@
 //! integration bridge through `external_ids:iface-id`; ovn-controller on each host
 //! does the tunnels.
 //!
+//! - `gateway`: the optional OVN gateway of a network (logical router, SNAT, load
+//!   balancers for published ports).
 //! - `northbound`: the northbound database client (switches, ports, the per-host
 //!   reference count, the address collision check).
 //! - `ipam`: the address pools of `--ipam-driver ovs`, claims shared by the hosts.
@@ -10,6 +12,7 @@
 //!   ovn-controller reads them too), where the northbound database is, and which
 //!   switch a network maps to.
 
+pub mod gateway;
 pub mod ipam;
 pub mod northbound;
 pub mod reap;
@@ -115,6 +118,9 @@ pub enum OvnError {
     Contended(String),
     #[error("{0}")]
     Chassis(String),
+    /// The OVN gateway of an overlay network (`ovs.ovn.gateway`).
+    #[error("{0}")]
+    Gateway(String),
     #[error("unexpected answer from the OVN northbound database: {0}")]
     Unexpected(OvsdbError),
 }

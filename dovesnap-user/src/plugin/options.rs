@@ -71,6 +71,17 @@ pub const OVN_NB: &str = "ovs.ovn.nb";
 /// `ovs.ovn.bridge`: overlay only, the integration bridge ovn-controller manages
 /// (default `br-int`).
 pub const OVN_BRIDGE: &str = "ovs.ovn.bridge";
+/// `ovs.ovn.gateway`: overlay only, the OVN chassis (`system-id`) that carries the
+/// network's gateway: an OVN logical router with the network's gateway address, SNAT
+/// to `ovs.ovn.gateway_address` and `-p` as OVN load balancers (docs/design/overlay.md).
+pub const OVN_GATEWAY: &str = "ovs.ovn.gateway";
+/// `ovs.ovn.gateway_address`: with `ovs.ovn.gateway`, the gateway's external address
+/// and next hop, `ADDR/PREFIX@NEXTHOP` (required).
+pub const OVN_GATEWAY_ADDRESS: &str = "ovs.ovn.gateway_address";
+/// `ovs.ovn.gateway_network`: with `ovs.ovn.gateway`, the OVN bridge mapping name of
+/// the external network on the gateway chassis (`ovn-bridge-mappings`; default
+/// [`crate::ovn::gateway::DEFAULT_NETWORK`]).
+pub const OVN_GATEWAY_NETWORK: &str = "ovs.ovn.gateway_network";
 
 /// `ovs.port.vlan`: endpoint option (`docker network connect --driver-opt
 /// ovs.port.vlan=N`), the access VLAN of this container's port, overriding the
@@ -104,6 +115,9 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     OVN_SWITCH,
     OVN_NB,
     OVN_BRIDGE,
+    OVN_GATEWAY,
+    OVN_GATEWAY_ADDRESS,
+    OVN_GATEWAY_NETWORK,
 ];
 
 /// The smallest MTU accepted: the IPv4 minimum (RFC 791).
@@ -116,6 +130,8 @@ pub const MAX_OFPORT: u32 = 0xfeff;
 const EXPECTED_MODE: &str = "one of flat, nat, nat-fast, routed, overlay";
 const EXPECTED_SWITCH: &str =
     "an OVN logical switch name: 1 to 63 characters from A-Z a-z 0-9 _ . -";
+const EXPECTED_OVN_NAME: &str =
+    "an OVN chassis or network name: 1 to 63 characters from A-Z a-z 0-9 _ . -";
 const EXPECTED_NB: &str = "an OVSDB remote: tcp:HOST:PORT or unix:PATH";
 const EXPECTED_IFNAME: &str =
     "a Linux interface name: 1 to 15 characters from A-Z a-z 0-9 _ . -, not \".\" or \"..\"";
@@ -193,6 +209,14 @@ fn did_you_mean(suggestion: &Option<&'static str>) -> String {
         Some(s) => format!(" (did you mean {s:?}?)"),
         None => String::new(),
     }
+}
+
+/// A name OVN keeps in its databases (a switch, a chassis, a bridge mapping).
+fn is_ovn_name(value: &str) -> bool {
+    (1..=63).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 fn invalid(key: &str, value: &str, expected: impl Into<String>) -> OptionsError {
@@ -318,6 +342,12 @@ pub struct NetworkOptions {
     pub ovn_nb: Option<crate::ovsdb::Remote>,
     /// overlay: the integration bridge named by `ovs.ovn.bridge`.
     pub ovn_bridge: Option<String>,
+    /// overlay: the gateway chassis named by `ovs.ovn.gateway`.
+    pub ovn_gateway: Option<String>,
+    /// overlay: `ovs.ovn.gateway_address`.
+    pub ovn_gateway_address: Option<crate::ovn::gateway::GatewayAddress>,
+    /// overlay: `ovs.ovn.gateway_network` as given.
+    pub ovn_gateway_network: Option<String>,
     /// `ovs.bridge.tunnels`: tunnel ports on the bridge, in the order given.
     pub tunnels: Vec<Tunnel>,
 }
@@ -466,6 +496,15 @@ impl NetworkOptions {
         if let Some(bridge) = &self.ovn_bridge {
             map.insert(OVN_BRIDGE.to_owned(), bridge.clone());
         }
+        if let Some(chassis) = &self.ovn_gateway {
+            map.insert(OVN_GATEWAY.to_owned(), chassis.clone());
+        }
+        if let Some(address) = &self.ovn_gateway_address {
+            map.insert(OVN_GATEWAY_ADDRESS.to_owned(), address.to_string());
+        }
+        if let Some(network) = &self.ovn_gateway_network {
+            map.insert(OVN_GATEWAY_NETWORK.to_owned(), network.clone());
+        }
         if !self.tunnels.is_empty() {
             let tunnels: Vec<String> = self.tunnels.iter().map(Tunnel::to_string).collect();
             map.insert(BRIDGE_TUNNELS.to_owned(), tunnels.join(","));
@@ -529,11 +568,7 @@ impl NetworkOptions {
                 NAT_OFFLOAD => opts.nat_offload = Some(parse_bool(key, &value)?),
                 NAT_ENGINE => opts.nat_engine = Some(NatEngine::parse(&value)?),
                 OVN_SWITCH => {
-                    let ok = (1..=63).contains(&value.len())
-                        && value
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                    if !ok {
+                    if !is_ovn_name(&value) {
                         return Err(invalid(key, &value, EXPECTED_SWITCH));
                     }
                     opts.ovn_switch = Some(value)
@@ -546,6 +581,21 @@ impl NetworkOptions {
                     )
                 }
                 OVN_BRIDGE => opts.ovn_bridge = Some(parse_bridge_name(&value)?),
+                OVN_GATEWAY | OVN_GATEWAY_NETWORK => {
+                    if !is_ovn_name(&value) {
+                        return Err(invalid(key, &value, EXPECTED_OVN_NAME));
+                    }
+                    if key == OVN_GATEWAY {
+                        opts.ovn_gateway = Some(value)
+                    } else {
+                        opts.ovn_gateway_network = Some(value)
+                    }
+                }
+                OVN_GATEWAY_ADDRESS => {
+                    opts.ovn_gateway_address = Some(value.parse().map_err(
+                        |e: crate::ovn::gateway::BadGatewayAddress| invalid(key, &value, e.0),
+                    )?)
+                }
                 _ => unreachable!("resolve_key only returns accepted keys"),
             }
         }
@@ -652,6 +702,12 @@ impl NetworkOptions {
             if let Some(v) = &self.ovn_bridge {
                 return Err(only_overlay(OVN_BRIDGE, v.clone()));
             }
+            if let Some(v) = &self.ovn_gateway {
+                return Err(only_overlay(OVN_GATEWAY, v.clone()));
+            }
+        }
+        self.check_ovn_gateway()?;
+        if self.mode != Mode::Overlay {
             return Ok(());
         }
         let not_overlay = |key: &str, value: String| OptionsError::Invalid {
@@ -674,6 +730,35 @@ impl NetworkOptions {
             if let Some(v) = map.get(key) {
                 return Err(not_overlay(key, v.clone()));
             }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkOptions {
+    /// `ovs.ovn.gateway_address` and `ovs.ovn.gateway_network` go with
+    /// `ovs.ovn.gateway`, which needs the address.
+    fn check_ovn_gateway(&self) -> Result<(), OptionsError> {
+        let map = self.to_string_map();
+        if self.ovn_gateway.is_none() {
+            for key in [OVN_GATEWAY_ADDRESS, OVN_GATEWAY_NETWORK] {
+                if let Some(v) = map.get(key) {
+                    return Err(invalid(
+                        key,
+                        v,
+                        format!("only with {OVN_GATEWAY}=CHASSIS (and mode=overlay)"),
+                    ));
+                }
+            }
+        } else if self.ovn_gateway_address.is_none() {
+            return Err(invalid(
+                OVN_GATEWAY,
+                &map[OVN_GATEWAY],
+                format!(
+                    "{OVN_GATEWAY_ADDRESS}=ADDR/PREFIX@NEXTHOP as well: the gateway's \
+                     address on the external network and its next hop there"
+                ),
+            ));
         }
         Ok(())
     }
@@ -1319,6 +1404,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("logical switch name"), "{e}");
+    }
+
+    #[test]
+    fn ovn_gateway_options() {
+        let o = parse(&[
+            (MODE, "overlay"),
+            (OVN_GATEWAY, "host1"),
+            (OVN_GATEWAY_ADDRESS, "198.51.100.10/24@198.51.100.1"),
+        ])
+        .unwrap();
+        assert_eq!(o.ovn_gateway.as_deref(), Some("host1"));
+        let a = o.ovn_gateway_address.unwrap();
+        assert_eq!(a.to_string(), "198.51.100.10/24@198.51.100.1");
+        assert_eq!(
+            NetworkOptions::from_string_map(&o.to_string_map()).unwrap(),
+            o
+        );
+        let refused = [
+            (
+                vec![(OVN_GATEWAY, "host1")],
+                "expected only with mode=overlay",
+            ),
+            (
+                vec![(MODE, "overlay"), (OVN_GATEWAY, "host1")],
+                "ovs.ovn.gateway_address=ADDR/PREFIX@NEXTHOP as well",
+            ),
+            (
+                vec![(MODE, "overlay"), (OVN_GATEWAY_NETWORK, "physnet")],
+                "only with ovs.ovn.gateway=CHASSIS",
+            ),
+            (
+                vec![(MODE, "overlay"), (OVN_GATEWAY, "host 1")],
+                "an OVN chassis or network name",
+            ),
+            (
+                vec![
+                    (MODE, "overlay"),
+                    (OVN_GATEWAY, "h"),
+                    (OVN_GATEWAY_ADDRESS, "198.51.100.10/24"),
+                ],
+                "ADDR/PREFIX@NEXTHOP",
+            ),
+        ];
+        for (pairs, expected) in refused {
+            let e = parse(&pairs).unwrap_err().to_string();
+            assert!(e.contains(expected), "{pairs:?}: {e}");
+        }
     }
 
     #[test]
