@@ -95,9 +95,13 @@ fn ours_left() -> Vec<String> {
 fn activate_and_capabilities() {
     let d = Daemon::start(&socket());
     let v = ok(&d, "/Plugin.Activate", json!({}));
-    assert_eq!(v, json!({"Implements": ["NetworkDriver"]}));
+    // One plugin, two Docker interfaces: the network driver and the IPAM driver
+    // (`--ipam-driver ovs`, addresses claimed in OVN for overlay networks).
+    assert_eq!(v, json!({"Implements": ["NetworkDriver", "IpamDriver"]}));
     let v = ok(&d, "/NetworkDriver.GetCapabilities", json!({}));
     assert_eq!(v["Scope"], "local");
+    let v = ok(&d, "/IpamDriver.GetCapabilities", json!({}));
+    assert!(v.is_object(), "{v}");
     let (code, _) = d.call("/NetworkDriver.NoSuchCall", "{}");
     assert_eq!(code, 404);
 }
