@@ -61,6 +61,7 @@ mod model;
 mod nat;
 mod nat_fast;
 mod overlay;
+mod overlay_dns;
 mod reconcile;
 pub mod records;
 #[cfg(test)]
@@ -134,6 +135,8 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     /// Since when each chassis named by an overlay switch has been missing from the
     /// southbound database (its ports are reaped after the grace period).
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
+    /// Where overlay endpoints' names come from (`ovn::docker_names`); none: no names.
+    names: Option<std::sync::Arc<dyn ovn::docker_names::NamesSource>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -177,6 +180,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
             missing_chassis: std::sync::Mutex::default(),
+            names: None,
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -667,6 +671,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             if let Err(e) = removed {
                 errors.push(e.to_string());
             }
+            if let Err(e) = self.remove_endpoint_names(&ov, &[eid]).await {
+                errors.push(e.to_string());
+            }
         }
         if !errors.is_empty() {
             return Err(DriverError::Incomplete {
@@ -719,6 +726,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let net = &*net;
         let ep = &net.endpoints[eid];
         self.fast_join(fastpath, net, ep, false).await;
+        let overlay = net.overlay();
+        if let Some(ov) = &overlay {
+            self.publish_names_later(net, ov, ep);
+        }
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),
@@ -731,6 +742,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             // Only flat networks carry IPv6 (`add_ipv6`), and a flat network's gateway
             // is the container's.
             gateway_ipv6: net.ipam.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+            static_routes: overlay
+                .map(|_| overlay_dns::dns_route())
+                .into_iter()
+                .collect(),
             ..Default::default()
         })
     }

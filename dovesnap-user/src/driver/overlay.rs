@@ -147,6 +147,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .map(|p| p.name.as_str())
             .collect();
         nb.remove_ports(&ov.switch, &stale).await?;
+        let live_ids: Vec<&str> = net
+            .endpoints
+            .keys()
+            .chain(untrusted)
+            .map(String::as_str)
+            .collect();
+        self.reconcile_names(&ov, &live_ids).await?;
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
                 nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
@@ -193,6 +200,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if dead.is_empty() {
             return Ok(0);
         }
+        self.reap_names(ov, &dead).await?;
         nb.reap_dead_chassis(&ov.switch, &dead).await
     }
 
@@ -224,6 +232,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         options.ovn_switch = Some(switch.clone());
         let nb = self.northbound(&northbound);
         nb.join_switch(&switch, &subnet, &host, id).await?;
+        if let Err(e) = nb.ensure_dns_port(&switch).await {
+            let _ = nb.leave_switch(&switch, &host).await;
+            return Err(e.into());
+        }
         let record = OverlayRecord {
             options: options.to_string_map(),
             ipam: ipam.clone(),
@@ -263,6 +275,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let ports: Vec<String> = net.endpoints.keys().map(|e| ovn::port_name(e)).collect();
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
         if let Err(e) = nb.remove_ports(&ov.switch, &ports).await {
+            errors.push(e.to_string());
+        }
+        let ids: Vec<&str> = net.endpoints.keys().map(String::as_str).collect();
+        if let Err(e) = self.remove_endpoint_names(ov, &ids).await {
             errors.push(e.to_string());
         }
         match nb.leave_switch(&ov.switch, &ov.chassis).await {

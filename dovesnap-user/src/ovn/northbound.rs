@@ -103,7 +103,7 @@ fn host_key(chassis: &str) -> String {
     format!("{EXT_HOST_PREFIX}{chassis}")
 }
 
-fn string_map(map: &BTreeMap<String, String>) -> Value {
+pub(super) fn string_map(map: &BTreeMap<String, String>) -> Value {
     let pairs: Vec<Value> = map.iter().map(|(k, v)| json!([k, v])).collect();
     json!(["map", pairs])
 }
@@ -407,7 +407,10 @@ impl Northbound {
     }
 
     /// Runs `txn`: `Ok(Err(refusal))` when the server refused it.
-    async fn transact(&self, txn: &Txn) -> Result<Result<Vec<Value>, ovsdb::Refusal>, OvnError> {
+    pub(super) async fn transact(
+        &self,
+        txn: &Txn,
+    ) -> Result<Result<Vec<Value>, ovsdb::Refusal>, OvnError> {
         let mut conn = self.conn.lock().await;
         if conn.as_ref().is_none_or(Connection::is_closed) {
             let c = Connection::connect_remote(&self.remote, CONNECT_TIMEOUT, Box::new(|_, _| {}))
@@ -423,7 +426,7 @@ impl Northbound {
         ovsdb::check(result, txn.len()).map_err(|e| self.nb_err(e))
     }
 
-    async fn commit(&self, what: &str, txn: &Txn) -> Result<Vec<Value>, OvnError> {
+    pub(super) async fn commit(&self, what: &str, txn: &Txn) -> Result<Vec<Value>, OvnError> {
         self.transact(txn).await?.map_err(|r| OvnError::Refused {
             what: what.to_string(),
             error: r.error,

@@ -1,0 +1,94 @@
+//! overlay mode, names across hosts (`ovn::dns`): the DNS localport of each switch, the
+//! route to it given at Join, each endpoint's names published after Join and removed
+//! with the endpoint (and by the reconciler and the reaping of dead hosts).
+
+use super::*;
+use crate::ovn::dns::{self, DnsRow, Names};
+
+/// The connected route to the switch's DNS address that Join gives overlay endpoints:
+/// Docker's embedded resolver (or the container's own) reaches OVN's DNS responder
+/// through the overlay interface.
+pub(super) fn dns_route() -> api::StaticRoute {
+    api::StaticRoute {
+        destination: format!("{}/32", dns::DNS_ADDR),
+        route_type: 1,
+        next_hop: String::new(),
+    }
+}
+
+impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
+    /// Where endpoint names come from (the daemon: Docker's Engine API). Without one,
+    /// no names are published.
+    pub fn with_names_source(
+        mut self,
+        source: std::sync::Arc<dyn ovn::docker_names::NamesSource>,
+    ) -> Self {
+        self.names = Some(source);
+        self
+    }
+
+    /// After Join: publishes the endpoint's names in the background (Docker lists the
+    /// endpoint only once Join returned).
+    pub(super) fn publish_names_later(&self, net: &Network, ov: &Overlay, ep: &Endpoint) {
+        let (Some(source), Some(ip)) = (self.names.clone(), ep.address) else {
+            return;
+        };
+        let names = Names {
+            switch: ov.switch.clone(),
+            port: ovn::port_name(&ep.id),
+            chassis: ov.chassis.clone(),
+            endpoint_id: ep.id.clone(),
+            ip: ip.addr,
+            names: Vec::new(),
+        };
+        tokio::spawn(ovn::docker_names::publish_when_known(
+            source,
+            self.northbound(&ov.northbound),
+            net.id.clone(),
+            names,
+        ));
+    }
+
+    /// Removes the names of endpoints `endpoint_ids` of this host.
+    pub(super) async fn remove_endpoint_names(
+        &self,
+        ov: &Overlay,
+        endpoint_ids: &[&str],
+    ) -> Result<usize, OvnError> {
+        self.northbound(&ov.northbound)
+            .remove_names(&ov.switch, |r: &DnsRow| {
+                r.chassis() == Some(ov.chassis.as_str())
+                    && r.endpoint_id().is_some_and(|e| endpoint_ids.contains(&e))
+            })
+            .await
+    }
+
+    /// The reconciler's part: the switch's DNS localport, and no names of this host's
+    /// endpoints that are gone (`live`: the endpoint ids to keep).
+    pub(super) async fn reconcile_names(
+        &self,
+        ov: &Overlay,
+        live: &[&str],
+    ) -> Result<usize, OvnError> {
+        let nb = self.northbound(&ov.northbound);
+        nb.ensure_dns_port(&ov.switch).await?;
+        nb.remove_names(&ov.switch, |r: &DnsRow| {
+            r.chassis() == Some(ov.chassis.as_str())
+                && !r.endpoint_id().is_some_and(|e| live.contains(&e))
+        })
+        .await
+    }
+
+    /// Removes the names of dead chassis (with their ports, `reap_dead_chassis`).
+    pub(super) async fn reap_names(
+        &self,
+        ov: &Overlay,
+        dead: &[String],
+    ) -> Result<usize, OvnError> {
+        self.northbound(&ov.northbound)
+            .remove_names(&ov.switch, |r: &DnsRow| {
+                r.chassis().is_some_and(|c| dead.iter().any(|d| d == c))
+            })
+            .await
+    }
+}
