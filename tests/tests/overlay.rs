@@ -824,7 +824,7 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
         let _far_web = web_server(&c2, &root, "far");
         let _upstream = NxStub::start(UPSTREAM);
-        names_across_hosts(&central, &c2, &web, &ip);
+        names_across_hosts(&central, &plugin, &c2, &web, &ip);
         // No gateway on the switch: no default route through the overlay (Docker gives
         // the container its docker_gwbridge for the way out instead).
         let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
@@ -910,7 +910,13 @@ fn resolve(ctr: &Netns, name: &str) -> Option<String> {
 /// Docker's Engine API) in OVN's DNS table; ovn-controller on host2 answers them to
 /// host2's container, which fetches from the name's address; the Docker container's
 /// own route to the DNS address (Join's) reaches OVN on the Docker host too.
-fn names_across_hosts(central: &Central, c2: &Netns, web: &Container, ip: &str) {
+fn names_across_hosts(
+    central: &Central,
+    plugin: &dovesnap_tests::daemon::Daemon,
+    c2: &Netns,
+    web: &Container,
+    ip: &str,
+) {
     let start = Instant::now();
     wait_until(
         "the container's names in OVN",
@@ -970,6 +976,32 @@ fn names_across_hosts(central: &Central, c2: &Netns, web: &Container, ip: &str) 
     eprintln!("names: fetch by name in {} ms", t.elapsed().as_millis());
     assert_eq!(fetched.as_deref().map(str::trim), Ok("far"));
     central.nbctl(&["destroy", "DNS", row.trim()]);
+
+    // `dovesnap status` counts the switch's names (its reconciler's last read: the
+    // container's name, alias and short id); a row deleted behind dovesnap's back is
+    // published again by the reconciler.
+    let names = || {
+        let status = plugin.status();
+        let nets = status["networks"].as_array().cloned().unwrap_or_default();
+        nets.iter().find_map(|n| n["names"].as_u64())
+    };
+    wait_until("the names count in status", Duration::from_secs(10), || {
+        names() == Some(3)
+    });
+    let ours = central.nbctl(&[
+        "--bare",
+        "--columns=_uuid",
+        "find",
+        "DNS",
+        "external_ids:dovesnap-chassis=dockerhost",
+    ]);
+    central.nbctl(&["destroy", "DNS", ours.trim()]);
+    wait_until("the names published again", Duration::from_secs(10), || {
+        central
+            .dns_records()
+            .iter()
+            .any(|r| r.contains("dsovl-web"))
+    });
 }
 
 /// A stand-in for a host's real resolver: answers every query with NXDOMAIN (the names

@@ -92,6 +92,10 @@ pub struct NetworkStatus {
     /// Tunnel ports (`ovs.bridge.tunnels`), `PORT: KIND:REMOTE[:KEY]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tunnels: Vec<String>,
+    /// overlay: how many names (of every host) the switch's DNS table holds, as of the
+    /// last reconciler pass; none before the first or for other modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<usize>,
 }
 
 /// One container endpoint: a veth pair with its host side on the bridge.
@@ -265,6 +269,9 @@ pub fn render_status_table(status: &Status) -> String {
         for tunnel in &n.tunnels {
             push(&format!("  tunnel {tunnel}"));
         }
+        if let Some(names) = n.names {
+            push(&format!("  names in OVN's DNS table: {names}"));
+        }
         for ep_line in eps.by_ref().take(n.endpoints.len()) {
             push(ep_line);
         }
@@ -413,6 +420,7 @@ pub(crate) mod tests {
                     gateway: "10.0.0.1".into(),
                     datapath_type: "system".into(),
                     tunnels: vec![],
+                    names: None,
                     trunk: String::new(),
                     endpoints: vec![
                         EndpointStatus {
@@ -449,6 +457,7 @@ pub(crate) mod tests {
                     trunk: String::new(),
                     endpoints: vec![],
                     tunnels: vec![],
+                    names: None,
                 },
             ],
             fast_path: None,

@@ -137,6 +137,8 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
     /// Where overlay endpoints' names come from (`ovn::docker_names`); none: no names.
     names: Option<std::sync::Arc<dyn ovn::docker_names::NamesSource>>,
+    /// How many names each overlay network's switch holds, as the reconciler last read.
+    name_counts: std::sync::Mutex<HashMap<String, usize>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -181,6 +183,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             northbound: std::sync::Mutex::new(HashMap::new()),
             missing_chassis: std::sync::Mutex::default(),
             names: None,
+            name_counts: std::sync::Mutex::default(),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -876,6 +879,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     trunk: trunk::trunk_status(n),
                     endpoints,
                     tunnels: tunnels::tunnel_status(n),
+                    names: self.name_count(&n.id),
                 }
             })
             .collect();

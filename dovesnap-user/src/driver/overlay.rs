@@ -153,7 +153,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .chain(untrusted)
             .map(String::as_str)
             .collect();
-        self.reconcile_names(&ov, &live_ids).await?;
+        self.reconcile_names(net, &ov, &live_ids).await?;
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
                 nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
@@ -281,6 +281,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if let Err(e) = self.remove_endpoint_names(ov, &ids).await {
             errors.push(e.to_string());
         }
+        self.forget_name_count(&net.id);
         match nb.leave_switch(&ov.switch, &ov.chassis).await {
             Ok(deleted) => {
                 info!(network = %net.id, switch = %ov.switch, deleted, "left logical switch")

@@ -63,20 +63,49 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .await
     }
 
-    /// The reconciler's part: the switch's DNS localport, and no names of this host's
-    /// endpoints that are gone (`live`: the endpoint ids to keep).
+    /// The reconciler's part: the switch's DNS localport, no names of this host's
+    /// endpoints that are gone (`live`: the endpoint ids to keep), and the names of
+    /// joined endpoints that have none asked for again (a row deleted behind dovesnap's
+    /// back, or a lookup that failed). Notes how many names the switch holds, for
+    /// `dovesnap status`. Returns how many rows went.
     pub(super) async fn reconcile_names(
         &self,
+        net: &Network,
         ov: &Overlay,
         live: &[&str],
     ) -> Result<usize, OvnError> {
         let nb = self.northbound(&ov.northbound);
         nb.ensure_dns_port(&ov.switch).await?;
-        nb.remove_names(&ov.switch, |r: &DnsRow| {
+        let stale = |r: &DnsRow| {
             r.chassis() == Some(ov.chassis.as_str())
                 && !r.endpoint_id().is_some_and(|e| live.contains(&e))
-        })
-        .await
+        };
+        let rows = nb.dns_rows(&ov.switch).await?;
+        let (gone, kept): (Vec<DnsRow>, Vec<DnsRow>) = rows.into_iter().partition(stale);
+        self.name_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(net.id.clone(), dns::name_count(&kept));
+        let uuids: Vec<&str> = gone.iter().map(|r| r.uuid.as_str()).collect();
+        nb.delete_names(&ov.switch, &uuids).await?;
+        for ep in net.endpoints.values().filter(|e| e.sandbox.is_some()) {
+            if !kept.iter().any(|r| r.endpoint_id() == Some(ep.id.as_str())) {
+                self.publish_names_later(net, ov, ep);
+            }
+        }
+        Ok(gone.len())
+    }
+
+    pub(super) fn forget_name_count(&self, id: &str) {
+        let mut counts = self.name_counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.remove(id);
+    }
+
+    /// The names count of network `id` (`dovesnap status`), if an overlay network's was
+    /// read.
+    pub(super) fn name_count(&self, id: &str) -> Option<usize> {
+        let counts = self.name_counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(id).copied()
     }
 
     /// Removes the names of dead chassis (with their ports, `reap_dead_chassis`).

@@ -282,15 +282,21 @@ impl Northbound {
             .filter(|r| remove(r))
             .map(|r| r.uuid.as_str())
             .collect();
-        if gone.is_empty() {
-            return Ok(0);
+        self.delete_names(switch, &gone).await?;
+        Ok(gone.len())
+    }
+
+    /// Deletes the DNS rows `uuids` (of switch `switch`, for the error message).
+    pub async fn delete_names(&self, switch: &str, uuids: &[&str]) -> Result<(), OvnError> {
+        if uuids.is_empty() {
+            return Ok(());
         }
         self.commit(
             &format!("remove names from switch {switch}"),
-            &delete_rows(&gone),
+            &delete_rows(uuids),
         )
-        .await?;
-        Ok(gone.len())
+        .await
+        .map(drop)
     }
 }
 
