@@ -479,6 +479,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_overlay_network_shows_its_name_count() {
+        let mut s = sample();
+        s.networks[1].mode = "overlay".into();
+        s.networks[1].names = Some(3);
+        let table = render_status_table(&s);
+        assert!(
+            table.contains("\n  names in OVN's DNS table: 3\n"),
+            "{table}"
+        );
+        assert_eq!(table.matches("names in OVN").count(), 1, "{table}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["networks"][1]["names"], 3);
+        assert!(json["networks"][0].get("names").is_none());
+    }
+
+    #[test]
     fn status_decodes_with_missing_and_unknown_fields() {
         let s: Status = serde_json::from_str(
             r#"{"networks":[{"id":"n","endpoints":[{"id":"e","extra":1}]}],"version":2}"#,

@@ -140,6 +140,15 @@ fn publish(n: &Names, old: &[&str]) -> Txn {
     let mut txn = Txn::on(DB);
     txn.require(LS, vec![ovsdb::eq("name", n.switch.as_str())], true);
     txn.require(LSP, vec![ovsdb::eq("name", n.port.as_str())], true);
+    // Op 2: the endpoint's rows are still those read (two publishers at once, Join's
+    // and the reconciler's, would otherwise both add one).
+    let rows: Vec<Value> = old.iter().map(|u| json!({"_uuid": ["uuid", u]})).collect();
+    txn.push_raw(json!({
+        "op": "wait", "table": DNS, "timeout": 0,
+        "where": [["external_ids", "includes",
+                   ["map", [[EXT_SWITCH, n.switch.as_str()], [EXT_ENDPOINT_ID, n.endpoint_id.as_str()]]]]],
+        "columns": ["_uuid"], "until": "==", "rows": rows,
+    }));
     for uuid in old {
         txn.delete(DNS, by_uuid(uuid));
     }
@@ -251,23 +260,33 @@ impl Northbound {
     /// Publishes an endpoint's names (replacing what it had). `Ok(false)` when the
     /// switch or the endpoint's port is gone: nothing is written then.
     pub async fn publish_names(&self, n: &Names) -> Result<bool, OvnError> {
-        let old: Vec<String> = self
-            .dns_rows(&n.switch)
-            .await?
-            .into_iter()
-            .filter(|r| r.endpoint_id() == Some(&n.endpoint_id))
-            .map(|r| r.uuid)
-            .collect();
-        let old: Vec<&str> = old.iter().map(String::as_str).collect();
-        match self.transact(&publish(n, &old)).await? {
-            Ok(_) => Ok(true),
-            Err(r) if matches!(r.op, Some(0) | Some(1)) => Ok(false),
-            Err(r) => Err(OvnError::Refused {
-                what: format!("publish the names of endpoint {}", n.endpoint_id),
-                error: r.error,
-                details: r.details.unwrap_or_default(),
-            }),
+        for _ in 0..RETRIES {
+            let old: Vec<String> = self
+                .dns_rows(&n.switch)
+                .await?
+                .into_iter()
+                .filter(|r| r.endpoint_id() == Some(&n.endpoint_id))
+                .map(|r| r.uuid)
+                .collect();
+            let old: Vec<&str> = old.iter().map(String::as_str).collect();
+            match self.transact(&publish(n, &old)).await? {
+                Ok(_) => return Ok(true),
+                Err(r) if matches!(r.op, Some(0) | Some(1)) => return Ok(false),
+                // Another publisher of the same endpoint won: replace its row.
+                Err(r) if r.op == Some(2) => continue,
+                Err(r) => {
+                    return Err(OvnError::Refused {
+                        what: format!("publish the names of endpoint {}", n.endpoint_id),
+                        error: r.error,
+                        details: r.details.unwrap_or_default(),
+                    })
+                }
+            }
         }
+        Err(OvnError::Contended(format!(
+            "publish the names of endpoint {}",
+            n.endpoint_id
+        )))
     }
 
     /// Deletes the DNS rows of switch `switch` that `remove` picks; returns how many.
@@ -343,14 +362,16 @@ mod tests {
         assert_eq!(p[1]["rows"], json!([{}]));
         assert_eq!(p[2]["table"], LSP);
         assert_eq!(p[2]["where"], json!([["name", "==", "dovesnap-e1"]]));
-        assert_eq!(p[3]["op"], "delete");
-        assert_eq!(p[3]["where"], json!([["_uuid", "==", ["uuid", "d-old"]]]));
+        assert_eq!(p[3]["op"], "wait");
+        assert_eq!(p[3]["rows"], json!([{"_uuid": ["uuid", "d-old"]}]));
+        assert_eq!(p[4]["op"], "delete");
+        assert_eq!(p[4]["where"], json!([["_uuid", "==", ["uuid", "d-old"]]]));
         assert_eq!(
-            p[4]["row"]["records"],
+            p[5]["row"]["records"],
             json!(["map", [["web", "10.30.0.5"], ["www", "10.30.0.5"]]])
         );
         assert_eq!(
-            p[4]["row"]["external_ids"],
+            p[5]["row"]["external_ids"],
             json!([
                 "map",
                 [
@@ -361,7 +382,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            p[5]["mutations"],
+            p[6]["mutations"],
             json!([["dns_records", "insert", ["set", [["named-uuid", "dns"]]]]])
         );
     }
