@@ -139,6 +139,8 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     names: Option<std::sync::Arc<dyn ovn::docker_names::NamesSource>>,
     /// How many names each overlay network's switch holds, as the reconciler last read.
     name_counts: std::sync::Mutex<HashMap<String, usize>>,
+    /// The endpoints whose names are being asked for now (one lookup each at a time).
+    names_in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -184,6 +186,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             missing_chassis: std::sync::Mutex::default(),
             names: None,
             name_counts: std::sync::Mutex::default(),
+            names_in_flight: std::sync::Arc::default(),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),

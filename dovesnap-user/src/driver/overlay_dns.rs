@@ -41,12 +41,28 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             ip: ip.addr,
             names: Vec::new(),
         };
-        tokio::spawn(ovn::docker_names::publish_when_known(
+        let in_flight = self.names_in_flight.clone();
+        if !in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ep.id.clone())
+        {
+            return;
+        }
+        let lookup = ovn::docker_names::publish_when_known(
             source,
             self.northbound(&ov.northbound),
             net.id.clone(),
             names,
-        ));
+        );
+        let id = ep.id.clone();
+        tokio::spawn(async move {
+            lookup.await;
+            in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
     }
 
     /// Removes the names of endpoints `endpoint_ids` of this host.
