@@ -260,6 +260,9 @@ async fn daemon(settings: Settings) -> Result<()> {
         Driver::new(ovs, netlink, Box::new(firewall))
             .with_ovn_northbound(ovn.ovn_nb)
             .with_ovn_reap_after(std::time::Duration::from_secs(ovn.ovn_reap_after))
+            .with_names_source(Arc::new(dovesnap::ovn::docker_names::DockerNames {
+                socket: dovesnap::doctor::DEFAULT_DOCKER_SOCKET.into(),
+            }))
             .with_fastpath_config(fast),
     );
     let (networks, endpoints) = driver

@@ -27,6 +27,11 @@ const SUBNET: &str = "10.30.0.0/24";
 const SWITCH: &str = "dovesnap-10.30.0.0-24";
 /// A second logical switch on the same subnet, to show overlay networks are isolated.
 const ISOLATED: &str = "dsovl-isolated";
+/// Where containers ask OVN for the switch's names (the DNS localport's address).
+const DNS_ADDR: &str = "169.254.53.53";
+/// The Docker host's address on the test LAN, where [`NxStub`] stands in for the
+/// host's real resolver.
+const UPSTREAM: &str = "198.18.77.100";
 
 /// The API hosts' `--ovn-reap-after`: how long a chassis must be missing from the
 /// southbound database before the other hosts remove its ports.
@@ -122,15 +127,26 @@ impl Central {
             .collect()
     }
 
-    /// The names of the switch's ports.
+    /// The names of the switch's endpoint ports (not its DNS localport).
     fn ports(&self, switch: &str) -> Vec<String> {
+        let dns = format!("dovesnap-dns-{switch}");
         let mut p: Vec<String> = self
             .nbctl(&["lsp-list", switch])
             .lines()
             .filter_map(|l| Some(l.split_once(" (")?.1.trim_end_matches(')').to_string()))
+            .filter(|p| *p != dns)
             .collect();
         p.sort();
         p
+    }
+
+    /// Every DNS row's records.
+    fn dns_records(&self) -> Vec<String> {
+        self.nbctl(&["--bare", "--columns=records", "list", "DNS"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     fn switch_ids(&self, switch: &str) -> String {
@@ -229,6 +245,16 @@ impl Host {
         assert!(
             joined["Gateway"].as_str().unwrap_or_default().is_empty(),
             "overlay networks are internal, no gateway: {joined}"
+        );
+        // The route to the switch's DNS address, added as Docker adds Join's routes.
+        assert_eq!(
+            joined["StaticRoutes"],
+            json!([{"Destination": format!("{DNS_ADDR}/32"), "RouteType": 1}]),
+            "{joined}"
+        );
+        ctr.sh(
+            "ip",
+            &["route", "add", &format!("{DNS_ADDR}/32"), "dev", "eth0"],
         );
         ctr
     }
@@ -1226,7 +1252,20 @@ fn a_docker_host_and_an_api_host_share_a_network() {
                 SUBNET,
             ],
         );
-        let web = Container::httpd("dsovl-web", &net, "hello-from-docker");
+        // Opted in to names across hosts: OVN's answers after Docker's own.
+        let web = Container::httpd_with(
+            "dsovl-web",
+            &net,
+            &[
+                "--network-alias",
+                "WWW-Alias",
+                "--dns",
+                DNS_ADDR,
+                "--dns",
+                UPSTREAM,
+            ],
+            "hello-from-docker",
+        );
         let ip = web.ip(&net);
         assert!(
             ip.starts_with("10.30.0.") && ip != h2_ip,
@@ -1252,6 +1291,9 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         assert!(pings(&c2, &ip), "host2 -> docker ping");
         assert!(web.ping(&h2_ip), "docker -> host2 ping");
         assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
+        let _far_web = web_server(&c2, &root, "far");
+        let _upstream = NxStub::start(UPSTREAM);
+        names_across_hosts(&central, &plugin, &c2, &web, &ip);
         // No gateway on the switch: no default route through the overlay (Docker gives
         // the container its docker_gwbridge for the way out instead).
         let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
@@ -1289,6 +1331,13 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         assert!(repairs.contains("\"veth\""), "{repairs}");
         assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
     }
+    // The container went: so did its names, on every host.
+    assert!(
+        central.dns_records().is_empty(),
+        "{:?}",
+        central.dns_records()
+    );
+    assert_eq!(resolve(&c2, "dsovl-web"), None, "a gone container's name");
     // `docker network rm` on the docker host: the switch stays for host2.
     assert_eq!(central.switches(), [SWITCH]);
     let ids = central.switch_ids(SWITCH);
@@ -1361,4 +1410,170 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     }
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": g2}));
     assert_no_gateway_left(&central);
+}
+
+/// Asks the switch's DNS address for `name`'s A record from `ctr` (busybox nslookup);
+/// the address, or None without an answer.
+fn resolve(ctr: &Netns, name: &str) -> Option<String> {
+    let out = ctr.run(
+        "timeout",
+        &[
+            "3",
+            "busybox",
+            "nslookup",
+            "-type=a",
+            "-timeout=1",
+            name,
+            DNS_ADDR,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer = text.split_once(&format!("Name:\t{name}"))?.1;
+    answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Address: "))
+        .map(|a| a.trim().to_string())
+}
+
+/// Names across hosts: dovesnap publishes the Docker container's name and alias (from
+/// Docker's Engine API) in OVN's DNS table; ovn-controller on host2 answers them to
+/// host2's container, which fetches from the name's address; the Docker container's
+/// own route to the DNS address (Join's) reaches OVN on the Docker host too.
+fn names_across_hosts(
+    central: &Central,
+    plugin: &dovesnap_tests::daemon::Daemon,
+    c2: &Netns,
+    web: &Container,
+    ip: &str,
+) {
+    let start = Instant::now();
+    wait_until(
+        "the container's names in OVN",
+        Duration::from_secs(20),
+        || {
+            central
+                .dns_records()
+                .iter()
+                .any(|r| r.contains("dsovl-web"))
+        },
+    );
+    let records = central.dns_records().join(" ");
+    assert!(
+        records.contains(&format!("dsovl-web={ip}"))
+            && records.contains(&format!("www-alias={ip}")),
+        "{records}"
+    );
+    wait_until("host2's answer", Duration::from_secs(15), || {
+        resolve(c2, "dsovl-web").is_some()
+    });
+    eprintln!(
+        "names: published and answered on host2 after {} ms",
+        start.elapsed().as_millis()
+    );
+    let resolved = resolve(c2, "DSOVL-web").expect("an answer for dsovl-web");
+    assert_eq!(resolved, ip);
+    assert_eq!(resolve(c2, "www-alias").as_deref(), Some(ip));
+    assert_eq!(fetch_port(c2, &resolved, 80).trim(), "hello-from-docker");
+    let own = web.exec(&["nslookup", "-type=a", "dsovl-web", DNS_ADDR]);
+    let own = String::from_utf8_lossy(&own.stdout).into_owned();
+    assert!(
+        own.contains(&format!("Address: {ip}")),
+        "docker host's OVN: {own}"
+    );
+
+    // The whole path from a Docker container (`--dns` DNS_ADDR): its resolver
+    // (127.0.0.11, Docker's embedded one) does not know host2's container and forwards
+    // the query from the container's namespace, through the overlay to OVN. host2 is an
+    // API host with no Docker to ask, so its container's name is added by hand here.
+    let row = central.nbctl(&[
+        "create",
+        "DNS",
+        "records:far-c2=10.30.0.21",
+        &format!("external_ids:dovesnap-switch={SWITCH}"),
+    ]);
+    central.nbctl(&["add", "Logical_Switch", SWITCH, "dns_records", row.trim()]);
+    let t = Instant::now();
+    let far = web.exec(&["nslookup", "-type=a", "far-c2"]);
+    let far = String::from_utf8_lossy(&far.stdout).into_owned();
+    eprintln!(
+        "names: far-c2 through Docker's resolver in {} ms",
+        t.elapsed().as_millis()
+    );
+    assert!(far.contains("Address: 10.30.0.21"), "{far}");
+    let t = Instant::now();
+    let fetched = web.fetch("http://far-c2:8080/");
+    eprintln!("names: fetch by name in {} ms", t.elapsed().as_millis());
+    assert_eq!(fetched.as_deref().map(str::trim), Ok("far"));
+    central.nbctl(&["destroy", "DNS", row.trim()]);
+
+    // `dovesnap status` counts the switch's names (its reconciler's last read: the
+    // container's name, alias and short id); a row deleted behind dovesnap's back is
+    // published again by the reconciler.
+    let names = || {
+        let status = plugin.status();
+        let nets = status["networks"].as_array().cloned().unwrap_or_default();
+        nets.iter().find_map(|n| n["names"].as_u64())
+    };
+    wait_until("the names count in status", Duration::from_secs(10), || {
+        names() == Some(3)
+    });
+    let ours = central.nbctl(&[
+        "--bare",
+        "--columns=_uuid",
+        "find",
+        "DNS",
+        "external_ids:dovesnap-chassis=dockerhost",
+    ]);
+    central.nbctl(&["destroy", "DNS", ours.trim()]);
+    wait_until("the names published again", Duration::from_secs(10), || {
+        central
+            .dns_records()
+            .iter()
+            .any(|r| r.contains("dsovl-web"))
+    });
+}
+
+/// A stand-in for a host's real resolver: answers every query with NXDOMAIN (the names
+/// it would know are outside the test), on UDP port 53 of `addr`, until dropped.
+struct NxStub {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NxStub {
+    fn start(addr: &str) -> Self {
+        let sock = std::net::UdpSocket::bind((addr, 53)).expect("bind the stub resolver");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 12 {
+                    continue;
+                }
+                // The query back: QR set, RD kept, RA set, RCODE 3 (NXDOMAIN).
+                buf[2] = 0x80 | (buf[2] & 0x01);
+                buf[3] = 0x83;
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        NxStub {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NxStub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -99,6 +99,10 @@ pub struct NetworkStatus {
     /// Tunnel ports (`ovs.bridge.tunnels`), `PORT: KIND:REMOTE[:KEY]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tunnels: Vec<String>,
+    /// overlay: how many names (of every host) the switch's DNS table holds, as of the
+    /// last reconciler pass; none before the first or for other modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<usize>,
 }
 
 /// One container endpoint: a veth pair with its host side on the bridge.
@@ -293,6 +297,9 @@ pub fn render_status_table(status: &Status) -> String {
             // The XDP program passes every non-IPv4 frame to the kernel.
             push(NAT_FAST_IPV6_LINE);
         }
+        if let Some(names) = n.names {
+            push(&format!("  names in OVN's DNS table: {names}"));
+        }
         for ep_line in eps.by_ref().take(n.endpoints.len()) {
             push(ep_line);
         }
@@ -441,6 +448,7 @@ pub(crate) mod tests {
                     gateway: "10.0.0.1".into(),
                     datapath_type: "system".into(),
                     tunnels: vec![],
+                    names: None,
                     trunk: String::new(),
                     vlan: None,
                     shared_with: vec![],
@@ -481,6 +489,7 @@ pub(crate) mod tests {
                     shared_with: vec![],
                     endpoints: vec![],
                     tunnels: vec![],
+                    names: None,
                 },
             ],
             fast_path: None,
@@ -517,6 +526,22 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["networks"][1]["vlan"], 300);
         assert!(json["networks"][0].get("shared_with").is_none());
+    }
+
+    #[test]
+    fn an_overlay_network_shows_its_name_count() {
+        let mut s = sample();
+        s.networks[1].mode = "overlay".into();
+        s.networks[1].names = Some(3);
+        let table = render_status_table(&s);
+        assert!(
+            table.contains("\n  names in OVN's DNS table: 3\n"),
+            "{table}"
+        );
+        assert_eq!(table.matches("names in OVN").count(), 1, "{table}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["networks"][1]["names"], 3);
+        assert!(json["networks"][0].get("names").is_none());
     }
 
     #[test]

@@ -65,6 +65,7 @@ mod model;
 mod nat;
 mod nat_fast;
 mod overlay;
+mod overlay_dns;
 mod ovn_gateway;
 mod reconcile;
 pub mod records;
@@ -140,6 +141,12 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     /// Since when each chassis named by an overlay switch has been missing from the
     /// southbound database (its ports are reaped after the grace period).
     missing_chassis: std::sync::Mutex<ovn::reap::MissingChassis>,
+    /// Where overlay endpoints' names come from (`ovn::docker_names`); none: no names.
+    names: Option<std::sync::Arc<dyn ovn::docker_names::NamesSource>>,
+    /// How many names each overlay network's switch holds, as the reconciler last read.
+    name_counts: std::sync::Mutex<HashMap<String, usize>>,
+    /// The endpoints whose names are being asked for now (one lookup each at a time).
+    names_in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -183,6 +190,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             ovn_nb: None,
             northbound: std::sync::Mutex::new(HashMap::new()),
             missing_chassis: std::sync::Mutex::default(),
+            names: None,
+            name_counts: std::sync::Mutex::default(),
+            names_in_flight: std::sync::Arc::default(),
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -700,6 +710,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             if let Err(e) = removed {
                 errors.push(e.to_string());
             }
+            if let Err(e) = self.remove_endpoint_names(&ov, &[eid]).await {
+                errors.push(e.to_string());
+            }
         }
         if !errors.is_empty() {
             return Err(DriverError::Incomplete {
@@ -752,6 +765,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let net = &*net;
         let ep = &net.endpoints[eid];
         self.fast_join(fastpath, net, ep, false).await;
+        let overlay = net.overlay();
+        if let Some(ov) = &overlay {
+            self.publish_names_later(net, ov, ep);
+        }
         Ok(api::JoinResponse {
             interface_name: api::InterfaceName {
                 src_name: ep.container_ifname.clone(),
@@ -764,6 +781,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             // A flat network's IPv6 gateway is the container's; a nat or routed
             // network's is on the bridge (`program_nat`).
             gateway_ipv6: net.ipam.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+            static_routes: overlay
+                .map(|_| overlay_dns::dns_route())
+                .into_iter()
+                .collect(),
             ..Default::default()
         })
     }
@@ -897,6 +918,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     shared_with,
                     endpoints,
                     tunnels: tunnels::tunnel_status(n),
+                    names: self.name_count(&n.id),
                 }
             })
             .collect();

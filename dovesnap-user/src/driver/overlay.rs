@@ -151,6 +151,13 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .map(|p| p.name.as_str())
             .collect();
         nb.remove_ports(&ov.switch, &stale).await?;
+        let live_ids: Vec<&str> = net
+            .endpoints
+            .keys()
+            .chain(untrusted)
+            .map(String::as_str)
+            .collect();
+        self.reconcile_names(net, &ov, &live_ids).await?;
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
                 nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
@@ -197,6 +204,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if dead.is_empty() {
             return Ok(0);
         }
+        self.reap_names(ov, &dead).await?;
         let ports = nb.reap_dead_chassis(&ov.switch, &dead).await?;
         // Their addresses in dovesnap's IPAM pools (`--ipam-driver ovs`) go too.
         let freed = nb.reap_pools(&dead).await?;
@@ -244,6 +252,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 return Err(e.into());
             }
         }
+        if let Err(e) = nb.ensure_dns_port(&switch).await {
+            let _ = self.leave_switch_and_gateway(&nb, &switch, &host).await;
+            return Err(e.into());
+        }
         let record = OverlayRecord {
             options: options.to_string_map(),
             ipam: ipam.clone(),
@@ -290,6 +302,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 errors.push(e.to_string());
             }
         }
+        let ids: Vec<&str> = net.endpoints.keys().map(String::as_str).collect();
+        if let Err(e) = self.remove_endpoint_names(ov, &ids).await {
+            errors.push(e.to_string());
+        }
+        self.forget_name_count(&net.id);
         match self
             .leave_switch_and_gateway(&nb, &ov.switch, &ov.chassis)
             .await

@@ -339,6 +339,16 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if let Err(e) = self.reap_dead_chassis(&ov).await {
             debug!(network = %net.id, "reconcile: could not reap dead chassis: {e}");
         }
+        let live: Vec<&str> = net.endpoints.keys().map(String::as_str).collect();
+        match self.reconcile_names(net, &ov, &live).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.reconciler.count("dns-name");
+                info!(network = %net.id, rows = n,
+                      "repaired: removed the names of endpoints that are gone");
+            }
+            Err(e) => debug!(network = %net.id, "reconcile: could not check the names: {e}"),
+        }
         true
     }
 

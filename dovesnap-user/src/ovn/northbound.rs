@@ -105,7 +105,7 @@ fn host_key(chassis: &str) -> String {
     format!("{EXT_HOST_PREFIX}{chassis}")
 }
 
-fn string_map(map: &BTreeMap<String, String>) -> Value {
+pub(super) fn string_map(map: &BTreeMap<String, String>) -> Value {
     let pairs: Vec<Value> = map.iter().map(|(k, v)| json!([k, v])).collect();
     json!(["map", pairs])
 }

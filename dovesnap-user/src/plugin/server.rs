@@ -420,6 +420,8 @@ async fn handle<D: Plugin>(
         Err(resp) => return resp,
     };
     debug!(call = route.name(), bytes = body.len(), "plugin call");
+    // What Docker sends, for whoever needs to see it (`RUST_LOG=dovesnap::plugin=trace`).
+    tracing::trace!(call = route.name(), body = %String::from_utf8_lossy(&body), "plugin call body");
     let resp = dispatch(driver, calls, route, &body).await;
     debug!(
         call = route.name(),
