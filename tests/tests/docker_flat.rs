@@ -277,9 +277,9 @@ fn bad_options_are_refused_clearly() {
                 "--subnet",
                 "10.231.92.0/24",
                 "--subnet",
-                "fd00:d0e5::/64",
+                "fd00:d0e5::/40",
             ],
-            "IPv6 is supported on flat networks only",
+            "has a prefix outside /48 to /126",
         ),
     ];
     for (opts, needle) in cases {
