@@ -1,0 +1,499 @@
+//! The DNS forwarder behind a switch's DNS localport ([`super::dns::DNS_ADDR`]).
+//!
+//! ovn-controller answers the names of the switch's DNS table and gives no reply at all
+//! to any other query (OVN 23.03): other names, and the AAAA half of a lookup of an
+//! overlay name. A query OVN did not answer goes on to the localport; bound on this
+//! host, it reaches a socket on [`super::dns::DNS_ADDR`]:53 served here, which forwards
+//! it to the host's resolvers and relays the reply, or answers SERVFAIL when none
+//! answered, so that no client waits for its own timeout.
+//!
+//! Only the 12-byte header is read ([`Header`]); the rest of a message is carried
+//! as is. [`InFlight`] is the bookkeeping (ids, deadlines, a bound), free of I/O;
+//! [`serve`] the loop around it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+
+/// How long an upstream has to answer before the next one is asked (or SERVFAIL sent).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Queries in flight at most per forwarder; more are dropped (and counted).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// The largest message read (EDNS0 clients advertise up to 4096 bytes in practice).
+pub const MAX_MESSAGE: usize = 4096;
+
+mod field {
+    use std::ops::Range;
+    pub const ID: Range<usize> = 0..2;
+    pub const FLAGS: Range<usize> = 2..4;
+    pub const HEADER_LEN: usize = 12;
+}
+
+/// QR: the message is a response.
+const FLAG_QR: u16 = 0x8000;
+/// AA, TC: cleared in a SERVFAIL of ours.
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+/// RA: recursion available (we forward).
+const FLAG_RA: u16 = 0x0080;
+const OPCODE_MASK: u16 = 0x7800;
+const RCODE_MASK: u16 = 0x000f;
+/// RCODE SERVFAIL (RFC 1035).
+pub const RCODE_SERVFAIL: u16 = 2;
+
+/// A typed view over a DNS message's header; [`Header::new_checked`] checks the length
+/// once so that no accessor can panic afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Header<T> {
+    /// `None` when the message is shorter than a header.
+    pub fn new_checked(buffer: T) -> Option<Self> {
+        (buffer.as_ref().len() >= field::HEADER_LEN).then_some(Header { buffer })
+    }
+    fn u16_at(&self, r: std::ops::Range<usize>) -> u16 {
+        let b = &self.buffer.as_ref()[r];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+    pub fn id(&self) -> u16 {
+        self.u16_at(field::ID)
+    }
+    pub fn flags(&self) -> u16 {
+        self.u16_at(field::FLAGS)
+    }
+    pub fn is_response(&self) -> bool {
+        self.flags() & FLAG_QR != 0
+    }
+    pub fn opcode(&self) -> u16 {
+        (self.flags() & OPCODE_MASK) >> 11
+    }
+    pub fn rcode(&self) -> u16 {
+        self.flags() & RCODE_MASK
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
+    pub fn set_id(&mut self, id: u16) {
+        self.buffer.as_mut()[field::ID].copy_from_slice(&id.to_be_bytes());
+    }
+    pub fn set_flags(&mut self, flags: u16) {
+        self.buffer.as_mut()[field::FLAGS].copy_from_slice(&flags.to_be_bytes());
+    }
+}
+
+/// A query worth forwarding: a header, not a response. `None` for anything else
+/// (dropped and counted as malformed).
+pub fn check_query(msg: &[u8]) -> Option<Header<&[u8]>> {
+    Header::new_checked(msg).filter(|h| !h.is_response())
+}
+
+/// The SERVFAIL answer to `query`: the query itself (id and question kept, so the client
+/// matches it) turned into a response with RCODE 2, recursion available.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let mut out = query.to_vec();
+    let mut h = Header::new_checked(&mut out[..])?;
+    let flags = (h.flags() | FLAG_QR | FLAG_RA) & !(FLAG_AA | FLAG_TC | RCODE_MASK);
+    h.set_flags(flags | RCODE_SERVFAIL);
+    Some(out)
+}
+
+/// The resolvers of a resolv.conf text (`nameserver` lines, port 53), in order.
+pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            words.next()?.parse::<IpAddr>().ok()
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// One forwarded query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub client: SocketAddr,
+    /// The client's query, with the client's id (for the SERVFAIL, and a retry).
+    pub query: Vec<u8>,
+    /// The upstream asked (index into the forwarder's list).
+    pub upstream: usize,
+    pub deadline: Instant,
+}
+
+impl Pending {
+    pub fn client_id(&self) -> u16 {
+        Header::new_checked(&self.query[..]).map_or(0, |h| h.id())
+    }
+}
+
+/// What to do with a query that timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expired {
+    /// Send `query` (already carrying upstream id) to upstream `upstream`.
+    Retry { upstream: usize, query: Vec<u8> },
+    /// No upstream left: send `reply` (a SERVFAIL) to `client`.
+    Fail { client: SocketAddr, reply: Vec<u8> },
+}
+
+/// The queries in flight, by the id used towards the upstreams (each query gets a fresh
+/// one: two clients' ids may collide). Pure bookkeeping; the caller does the I/O.
+#[derive(Debug)]
+pub struct InFlight {
+    by_id: HashMap<u16, Pending>,
+    next_id: u16,
+    cap: usize,
+    timeout: Duration,
+    upstreams: usize,
+}
+
+impl InFlight {
+    pub fn new(upstreams: usize, cap: usize, timeout: Duration) -> Self {
+        InFlight {
+            by_id: HashMap::new(),
+            next_id: 1,
+            cap,
+            timeout,
+            upstreams,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Takes a client's query: the message to send to upstream 0 (its id replaced by a
+    /// free one), or `None` when the map is full, there is no upstream or the query is
+    /// malformed.
+    pub fn start(&mut self, client: SocketAddr, query: &[u8], now: Instant) -> Option<Vec<u8>> {
+        check_query(query)?;
+        if self.by_id.len() >= self.cap || self.upstreams == 0 {
+            return None;
+        }
+        let id = self.free_id()?;
+        self.by_id.insert(
+            id,
+            Pending {
+                client,
+                query: query.to_vec(),
+                upstream: 0,
+                deadline: now + self.timeout,
+            },
+        );
+        Some(with_id(query, id))
+    }
+
+    fn free_id(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if !self.by_id.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// An upstream's reply from upstream `from`: the client to relay it to and the reply
+    /// with the client's id back, or `None` (not a response, not in flight, or from an
+    /// upstream other than the one asked: dropped).
+    pub fn finish(&mut self, reply: &[u8], from: usize) -> Option<(SocketAddr, Vec<u8>)> {
+        let h = Header::new_checked(reply).filter(|h| h.is_response())?;
+        if self.by_id.get(&h.id())?.upstream != from {
+            return None;
+        }
+        let p = self.by_id.remove(&h.id())?;
+        Some((p.client, with_id(reply, p.client_id())))
+    }
+
+    /// The earliest deadline, for the caller's timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.by_id.values().map(|p| p.deadline).min()
+    }
+
+    /// The queries past their deadline: each asks the next upstream, or fails when none
+    /// is left.
+    pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
+        let due: Vec<u16> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            let Some(p) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            if p.upstream + 1 < self.upstreams {
+                p.upstream += 1;
+                p.deadline = now + self.timeout;
+                out.push(Expired::Retry {
+                    upstream: p.upstream,
+                    query: with_id(&p.query, id),
+                });
+            } else if let Some(p) = self.by_id.remove(&id) {
+                if let Some(reply) = servfail(&p.query) {
+                    out.push(Expired::Fail {
+                        client: p.client,
+                        reply,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn with_id(msg: &[u8], id: u16) -> Vec<u8> {
+    let mut out = msg.to_vec();
+    if let Some(mut h) = Header::new_checked(&mut out[..]) {
+        h.set_id(id);
+    }
+    out
+}
+
+/// A forwarder's counters (`dovesnap status`, logs).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub forwarded: AtomicU64,
+    pub answered: AtomicU64,
+    pub servfail: AtomicU64,
+    pub malformed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `listen` (the socket on the DNS address, in the switch's namespace): queries
+/// go to `upstreams` in order through `upstream` (a socket of the host's namespace),
+/// replies come back to the client with its id. Runs until a socket fails.
+pub async fn serve(
+    listen: UdpSocket,
+    upstream: UdpSocket,
+    upstreams: Vec<SocketAddr>,
+    stats: Arc<Stats>,
+) -> io::Result<()> {
+    let mut flight = InFlight::new(upstreams.len(), MAX_IN_FLIGHT, UPSTREAM_TIMEOUT);
+    let mut qbuf = vec![0u8; MAX_MESSAGE];
+    let mut rbuf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let wake = flight
+            .next_deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = listen.recv_from(&mut qbuf) => {
+                let (n, client) = r?;
+                let query = &qbuf[..n];
+                if check_query(query).is_none() {
+                    Stats::bump(&stats.malformed);
+                    continue;
+                }
+                match flight.start(client, query, Instant::now()) {
+                    Some(msg) => {
+                        Stats::bump(&stats.forwarded);
+                        let _ = upstream.send_to(&msg, upstreams[0]).await;
+                    }
+                    None => Stats::bump(&stats.dropped),
+                }
+            }
+            r = upstream.recv_from(&mut rbuf) => {
+                let (n, from) = r?;
+                let Some(idx) = upstreams.iter().position(|u| *u == from) else {
+                    continue;
+                };
+                match flight.finish(&rbuf[..n], idx) {
+                    Some((client, reply)) => {
+                        Stats::bump(&stats.answered);
+                        let _ = listen.send_to(&reply, client).await;
+                    }
+                    None => Stats::bump(&stats.malformed),
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                for e in flight.expire(Instant::now()) {
+                    match e {
+                        Expired::Retry { upstream: i, query } => {
+                            let _ = upstream.send_to(&query, upstreams[i]).await;
+                        }
+                        Expired::Fail { client, reply } => {
+                            Stats::bump(&stats.servfail);
+                            let _ = listen.send_to(&reply, client).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for "a." type A, id `id`, RD set.
+    fn query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(&[1, b'a', 0, 0, 1, 0, 1]);
+        q
+    }
+
+    fn reply_to(q: &[u8]) -> Vec<u8> {
+        let mut r = q.to_vec();
+        r[2] |= 0x80;
+        r
+    }
+
+    fn client() -> SocketAddr {
+        "10.0.0.2:40000".parse().unwrap()
+    }
+
+    #[test]
+    fn header_fields() {
+        let q = query(0xbeef);
+        let h = Header::new_checked(&q[..]).unwrap();
+        assert_eq!(h.id(), 0xbeef);
+        assert!(!h.is_response());
+        assert_eq!(h.opcode(), 0);
+        assert_eq!(h.rcode(), 0);
+        assert!(Header::new_checked(&q[..11]).is_none());
+        assert!(check_query(&reply_to(&q)).is_none());
+        assert!(check_query(&[]).is_none());
+    }
+
+    #[test]
+    fn servfail_keeps_id_and_question() {
+        let q = query(7);
+        let r = servfail(&q).unwrap();
+        let h = Header::new_checked(&r[..]).unwrap();
+        assert_eq!(h.id(), 7);
+        assert!(h.is_response());
+        assert_eq!(h.rcode(), RCODE_SERVFAIL);
+        assert_eq!(h.flags() & 0x0100, 0x0100, "RD kept");
+        assert_eq!(&r[4..], &q[4..]);
+        assert!(servfail(&[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# c\nsearch x\nnameserver 127.0.0.53\nnameserver  ::1\nnameserver bad\noptions ndots:1\n";
+        assert_eq!(
+            nameservers(text),
+            vec![
+                "127.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn replies_go_back_with_the_clients_id() {
+        let now = Instant::now();
+        let mut f = InFlight::new(1, 8, Duration::from_secs(1));
+        // Two clients with the same id get distinct upstream ids.
+        let a = f.start(client(), &query(5), now).unwrap();
+        let other: SocketAddr = "10.0.0.3:1".parse().unwrap();
+        let b = f.start(other, &query(5), now).unwrap();
+        let (ia, ib) = (
+            Header::new_checked(&a[..]).unwrap().id(),
+            Header::new_checked(&b[..]).unwrap().id(),
+        );
+        assert_ne!(ia, ib);
+        assert_eq!(f.len(), 2);
+        let (to, reply) = f.finish(&reply_to(&b), 0).unwrap();
+        assert_eq!(to, other);
+        assert_eq!(Header::new_checked(&reply[..]).unwrap().id(), 5);
+        // A second reply, a query echoed back, or one from the wrong upstream: dropped.
+        assert!(f.finish(&reply_to(&b), 0).is_none());
+        assert!(f.finish(&a, 0).is_none());
+        assert!(f.finish(&reply_to(&a), 1).is_none());
+        assert!(f.finish(&reply_to(&a), 0).is_some());
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn timeouts_try_the_next_upstream_then_fail() {
+        let now = Instant::now();
+        let t = Duration::from_secs(1);
+        let mut f = InFlight::new(2, 8, t);
+        let sent = f.start(client(), &query(9), now).unwrap();
+        assert_eq!(f.next_deadline(), Some(now + t));
+        assert!(f.expire(now).is_empty());
+        match f.expire(now + t).as_slice() {
+            [Expired::Retry { upstream: 1, query }] => assert_eq!(query, &sent),
+            other => panic!("{other:?}"),
+        }
+        // The first upstream's late answer no longer counts.
+        assert!(f.finish(&reply_to(&sent), 0).is_none());
+        match f.expire(now + 2 * t).as_slice() {
+            [Expired::Fail { client: c, reply }] => {
+                assert_eq!(*c, client());
+                let h = Header::new_checked(&reply[..]).unwrap();
+                assert_eq!((h.id(), h.rcode()), (9, RCODE_SERVFAIL));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.is_empty());
+        assert_eq!(f.next_deadline(), None);
+    }
+
+    #[test]
+    fn bounded_and_malformed() {
+        let now = Instant::now();
+        let mut f = InFlight::new(1, 2, Duration::from_secs(1));
+        assert!(f.start(client(), &query(1), now).is_some());
+        assert!(f.start(client(), &query(2), now).is_some());
+        assert!(f.start(client(), &query(3), now).is_none(), "full");
+        assert!(f.start(client(), &[0; 5], now).is_none());
+        assert!(f.finish(&[0xff; 3], 0).is_none());
+        let mut none = InFlight::new(0, 2, Duration::from_secs(1));
+        assert!(none.start(client(), &query(1), now).is_none());
+    }
+
+    #[tokio::test]
+    async fn forwards_over_loopback() {
+        let listen = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let listen_addr = listen.local_addr().unwrap();
+        let up_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // A tiny upstream answering every query (echo as a response).
+        let answerer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let answerer_addr = answerer.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut b = [0u8; 512];
+            while let Ok((n, from)) = answerer.recv_from(&mut b).await {
+                let _ = answerer.send_to(&reply_to(&b[..n]), from).await;
+            }
+        });
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(serve(listen, up_sock, vec![answerer_addr], stats.clone()));
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&query(0x1234), listen_addr).await.unwrap();
+        let mut b = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), c.recv(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&b[..n], &reply_to(&query(0x1234))[..]);
+        assert_eq!(Stats::get(&stats.answered), 1);
+    }
+}
