@@ -1293,7 +1293,7 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         assert_eq!(fetch_port(&c2, &ip, 80).trim(), "hello-from-docker");
         let _far_web = web_server(&c2, &root, "far");
         let _upstream = NxStub::start(UPSTREAM);
-        names_across_hosts(&central, &plugin, &c2, &web, &ip);
+        names_across_hosts(&central, &plugin, (&c2, &h2_ip), &web, &ip);
         // No gateway on the switch: no default route through the overlay (Docker gives
         // the container its docker_gwbridge for the way out instead).
         let routes = String::from_utf8_lossy(&web.exec(&["ip", "route"]).stdout).into_owned();
@@ -1442,7 +1442,7 @@ fn resolve(ctr: &Netns, name: &str) -> Option<String> {
 fn names_across_hosts(
     central: &Central,
     plugin: &dovesnap_tests::daemon::Daemon,
-    c2: &Netns,
+    (c2, c2_ip): (&Netns, &str),
     web: &Container,
     ip: &str,
 ) {
@@ -1488,7 +1488,7 @@ fn names_across_hosts(
     let row = central.nbctl(&[
         "create",
         "DNS",
-        "records:far-c2=10.30.0.21",
+        &format!("records:far-c2={c2_ip}"),
         &format!("external_ids:dovesnap-switch={SWITCH}"),
     ]);
     central.nbctl(&["add", "Logical_Switch", SWITCH, "dns_records", row.trim()]);
@@ -1499,7 +1499,7 @@ fn names_across_hosts(
         "names: far-c2 through Docker's resolver in {} ms",
         t.elapsed().as_millis()
     );
-    assert!(far.contains("Address: 10.30.0.21"), "{far}");
+    assert!(far.contains(&format!("Address: {c2_ip}")), "{far}");
     let t = Instant::now();
     let fetched = web.fetch("http://far-c2:8080/");
     eprintln!("names: fetch by name in {} ms", t.elapsed().as_millis());
