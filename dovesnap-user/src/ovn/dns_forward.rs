@@ -346,6 +346,289 @@ pub async fn serve(
     }
 }
 
+/// Why a switch's forwarder could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsForwardError {
+    #[error("DNS forwarder of switch {switch}: `{command}` failed: {stderr}")]
+    Command {
+        switch: String,
+        command: String,
+        stderr: String,
+    },
+    #[error(
+        "DNS forwarder of switch {switch}: cannot listen on {addr} in namespace {netns}: {source}"
+    )]
+    Listen {
+        switch: String,
+        netns: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// The host objects that bind a switch's DNS localport: a namespace holding the DNS
+/// address on one end of a veth pair, whose other end is an OVS port of the integration
+/// bridge with `iface-id` the localport. Named from a hash of the chassis and switch
+/// names (one per switch, as subnets may overlap; and per chassis, as the namespace
+/// names of hosts run on one machine, the tests' namespace hosts, share /run/netns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub netns: String,
+    /// The veth end on the integration bridge.
+    pub host_ifname: String,
+    /// The veth end in the namespace (holds [`super::dns::DNS_ADDR`]).
+    pub peer_ifname: String,
+}
+
+impl Binding {
+    pub fn of(chassis: &str, switch: &str) -> Self {
+        // FNV-1a: stable across versions and restarts (std's hasher is not).
+        let key = format!("{chassis}/{switch}");
+        let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        Binding {
+            netns: format!("dsdns-{h:08x}"),
+            host_ifname: format!("dsdns{h:08x}h"),
+            peer_ifname: format!("dsdns{h:08x}n"),
+        }
+    }
+}
+
+/// A running forwarder.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<Stats>,
+}
+
+/// This host's forwarders, one per overlay switch, all forwarding to `upstreams`.
+pub struct Forwarders {
+    upstreams: Vec<SocketAddr>,
+    running: std::sync::Mutex<HashMap<String, Running>>,
+}
+
+impl Forwarders {
+    /// IPv4 upstreams only (the forwarding socket is an IPv4 one); the others are
+    /// ignored with a warning.
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        let (v4, other): (Vec<_>, Vec<_>) = upstreams.into_iter().partition(|u| u.is_ipv4());
+        if !other.is_empty() {
+            tracing::warn!(?other, "DNS forwarder: IPv6 upstreams are not used");
+        }
+        if v4.is_empty() {
+            tracing::warn!("DNS forwarder: no IPv4 upstream; unanswered queries get SERVFAIL");
+        }
+        Forwarders {
+            upstreams: v4,
+            running: std::sync::Mutex::default(),
+        }
+    }
+
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.upstreams
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether switch `switch`'s forwarder runs and its namespace and veth are there.
+    pub fn is_intact(&self, chassis: &str, switch: &str) -> bool {
+        let b = Binding::of(chassis, switch);
+        self.lock()
+            .get(switch)
+            .is_some_and(|r| !r.task.is_finished())
+            && std::path::Path::new(&format!("/run/netns/{}", b.netns)).exists()
+            && std::path::Path::new(&format!("/sys/class/net/{}", b.host_ifname)).exists()
+    }
+
+    /// Makes switch `switch`'s namespace, veth pair and forwarder (what is left of an
+    /// earlier one goes first), `subnet` the switch's subnet (the replies' on-link
+    /// route). Returns false when all of it was already there.
+    pub async fn ensure(
+        &self,
+        chassis: &str,
+        switch: &str,
+        subnet: &str,
+    ) -> Result<bool, DnsForwardError> {
+        if self.is_intact(chassis, switch) {
+            return Ok(false);
+        }
+        self.remove(chassis, switch).await;
+        let b = Binding::of(chassis, switch);
+        let (sw, sub) = (switch.to_string(), subnet.to_string());
+        let b2 = b.clone();
+        let sock = tokio::task::spawn_blocking(move || make_namespace(&sw, &b2, &sub))
+            .await
+            .map_err(|e| DnsForwardError::Command {
+                switch: switch.to_string(),
+                command: "make the namespace".into(),
+                stderr: e.to_string(),
+            })?;
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                self.remove(chassis, switch).await;
+                return Err(e);
+            }
+        };
+        let listen_err = |source: io::Error| DnsForwardError::Listen {
+            switch: switch.to_string(),
+            netns: b.netns.clone(),
+            addr: SocketAddr::new(super::dns::DNS_ADDR.into(), 53),
+            source,
+        };
+        let listen = UdpSocket::from_std(sock).map_err(listen_err)?;
+        let upstream = UdpSocket::bind("0.0.0.0:0").await.map_err(listen_err)?;
+        let stats = Arc::new(Stats::default());
+        let (s, ups, name) = (stats.clone(), self.upstreams.clone(), switch.to_string());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve(listen, upstream, ups, s).await {
+                tracing::warn!(switch = %name, "DNS forwarder stopped: {e}");
+            }
+        });
+        self.lock()
+            .insert(switch.to_string(), Running { task, stats });
+        tracing::info!(switch, netns = %b.netns, port = %b.host_ifname, "DNS forwarder serving");
+        Ok(true)
+    }
+
+    /// Stops switch `switch`'s forwarder and deletes its namespace and veth pair (the
+    /// OVS port is the caller's). Whatever is missing is skipped.
+    pub async fn remove(&self, chassis: &str, switch: &str) {
+        if let Some(r) = self.lock().remove(switch) {
+            r.task.abort();
+        }
+        let b = Binding::of(chassis, switch);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = ip(&["link", "del", &b.host_ifname]);
+            let _ = ip(&["netns", "del", &b.netns]);
+        })
+        .await;
+    }
+
+    /// `dovesnap status`: the namespace and counters of switch `switch`'s forwarder.
+    pub fn status(&self, chassis: &str, switch: &str) -> Option<String> {
+        let running = self.lock();
+        let r = running.get(switch)?;
+        let s = &r.stats;
+        Some(format!(
+            "{} {}, forwarded {}, answered {}, servfail {}, malformed {}, dropped {}",
+            Binding::of(chassis, switch).netns,
+            if r.task.is_finished() {
+                "stopped"
+            } else {
+                "serving"
+            },
+            Stats::get(&s.forwarded),
+            Stats::get(&s.answered),
+            Stats::get(&s.servfail),
+            Stats::get(&s.malformed),
+            Stats::get(&s.dropped),
+        ))
+    }
+}
+
+/// Runs `ip ARGS`; its standard error on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = crate::firewall::command::output_within(
+        std::process::Command::new("ip").args(args),
+        None,
+        crate::firewall::command::COMMAND_TIMEOUT,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// The namespace, the veth pair (the peer with the localport's MAC and the DNS address,
+/// TX checksums computed, an on-link route to the subnet) and the listening socket,
+/// made in the namespace.
+fn make_namespace(
+    switch: &str,
+    b: &Binding,
+    subnet: &str,
+) -> Result<std::net::UdpSocket, DnsForwardError> {
+    let addr = format!("{}/32", super::dns::DNS_ADDR);
+    let steps: [&[&str]; 9] = [
+        &["netns", "add", &b.netns],
+        &[
+            "link",
+            "add",
+            &b.host_ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b.peer_ifname,
+        ],
+        &[
+            "link",
+            "set",
+            &b.peer_ifname,
+            "address",
+            super::dns::DNS_MAC,
+        ],
+        &["link", "set", &b.peer_ifname, "netns", &b.netns],
+        &["link", "set", &b.host_ifname, "up"],
+        &["-n", &b.netns, "link", "set", "lo", "up"],
+        &["-n", &b.netns, "addr", "add", &addr, "dev", &b.peer_ifname],
+        &["-n", &b.netns, "link", "set", &b.peer_ifname, "up"],
+        &[
+            "-n",
+            &b.netns,
+            "route",
+            "add",
+            subnet,
+            "dev",
+            &b.peer_ifname,
+        ],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        if i == 3 {
+            // Frames leave the namespace for OVS's userspace datapath, which does not
+            // complete partial checksums: the kernel computes them here.
+            if let Err(e) = crate::host::ethtool::disable_tx_checksum(&b.peer_ifname) {
+                tracing::warn!(port = %b.peer_ifname, "cannot turn TX checksum offload off: {e}");
+            }
+        }
+        ip(args).map_err(|stderr| DnsForwardError::Command {
+            switch: switch.to_string(),
+            command: format!("ip {}", args.join(" ")),
+            stderr,
+        })?;
+    }
+    let at = SocketAddr::new(super::dns::DNS_ADDR.into(), 53);
+    bind_in_netns(&b.netns, at).map_err(|source| DnsForwardError::Listen {
+        switch: switch.to_string(),
+        netns: b.netns.clone(),
+        addr: at,
+        source,
+    })
+}
+
+/// A UDP socket bound to `at` in namespace `/run/netns/NETNS`: made by a thread that
+/// enters the namespace (only that thread does) and ends; the socket stays in it.
+fn bind_in_netns(netns: &str, at: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let file = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd, which `file` keeps open for the call;
+        // it changes only this (short-lived) thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = std::net::UdpSocket::bind(at)?;
+        sock.set_nonblocking(true)?;
+        Ok(sock)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +751,18 @@ mod tests {
         assert!(f.finish(&[0xff; 3], 0).is_none());
         let mut none = InFlight::new(0, 2, Duration::from_secs(1));
         assert!(none.start(client(), &query(1), now).is_none());
+    }
+
+    #[test]
+    fn binding_names_fit_and_differ() {
+        let a = Binding::of("host1", "dovesnap-10.30.0.0-24");
+        assert_ne!(a, Binding::of("host1", "dovesnap-10.30.0.0-25"));
+        assert_ne!(a, Binding::of("host2", "dovesnap-10.30.0.0-24"));
+        assert_eq!(a, Binding::of("host1", "dovesnap-10.30.0.0-24"));
+        for n in [&a.host_ifname, &a.peer_ifname] {
+            assert!(crate::host::ifname::check(n).is_ok(), "{n}");
+        }
+        assert!(a.netns.starts_with("dsdns-"));
     }
 
     #[tokio::test]
