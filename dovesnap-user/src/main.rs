@@ -257,6 +257,7 @@ async fn daemon(settings: Settings) -> Result<()> {
     };
     let dns_forwarders = Arc::new(dovesnap::ovn::dns_forward::Forwarders::new(upstreams));
     info!(upstreams = ?dns_forwarders.upstreams(), "DNS forwarder upstreams");
+    let forwarders = dns_forwarders.clone();
     let netlink = Netlink::new()?;
     let firewall = NftFirewall::new();
     if let Err(e) = firewall.probe() {
@@ -379,6 +380,7 @@ async fn daemon(settings: Settings) -> Result<()> {
         })
     });
     shutdown.await;
+    forwarders.shutdown().await;
     info!(
         "shutting down: XDP detached; bridges, ports and nat rules stay (containers keep working)"
     );

@@ -617,9 +617,18 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 after the repair");
 
     // Then it dies for good: once an operator removes its chassis from OVN, the other
-    // hosts' reconcilers remove its ports and reference after the grace period.
+    // hosts' reconcilers remove its ports and reference after the grace period. Its
+    // DNS forwarder's namespace goes with it (a real host's /run/netns would; here
+    // the namespace hosts share the machine's).
+    let forwarder = h3.plugin.as_ref().unwrap().status()["networks"][0]["dns_forwarder"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(forwarder.starts_with("dsdns-"), "{forwarder}");
     h3.plugin.as_mut().unwrap().kill();
     h3.kill_controller();
+    let netns = forwarder.split_whitespace().next().unwrap_or_default();
+    sh("ip", &["netns", "del", netns]);
     let gone = Instant::now();
     central.sbctl(&["chassis-del", "host3"]);
     assert!(central.ports(SWITCH).contains(&lsp(&e7)));
@@ -655,6 +664,9 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty(), "{:?}", central.switches());
+    // The hosts' DNS forwarders went with the network (and host3's with the host).
+    let netns = sh("ip", &["netns", "list"]);
+    assert!(!netns.contains("dsdns-"), "{netns}");
 }
 
 /// The OVN gateway test's external network (RFC 2544 space, unused elsewhere): the

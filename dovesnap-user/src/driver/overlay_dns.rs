@@ -1,6 +1,8 @@
 //! overlay mode, names across hosts (`ovn::dns`): the DNS localport of each switch, the
 //! route to it given at Join, each endpoint's names published after Join and removed
-//! with the endpoint (and by the reconciler and the reaping of dead hosts).
+//! with the endpoint (and by the reconciler and the reaping of dead hosts), and the
+//! localport bound on this host to a forwarder (`ovn::dns_forward`) for the queries
+//! OVN leaves unanswered.
 
 use super::*;
 use crate::ovn::dns::{self, DnsRow, Names};

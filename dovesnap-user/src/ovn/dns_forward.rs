@@ -397,6 +397,7 @@ impl Binding {
 
 /// A running forwarder.
 struct Running {
+    binding: Binding,
     task: tokio::task::JoinHandle<()>,
     stats: Arc<Stats>,
 }
@@ -487,8 +488,14 @@ impl Forwarders {
                 tracing::warn!(switch = %name, "DNS forwarder stopped: {e}");
             }
         });
-        self.lock()
-            .insert(switch.to_string(), Running { task, stats });
+        self.lock().insert(
+            switch.to_string(),
+            Running {
+                binding: b.clone(),
+                task,
+                stats,
+            },
+        );
         tracing::info!(switch, netns = %b.netns, port = %b.host_ifname, "DNS forwarder serving");
         Ok(true)
     }
@@ -505,6 +512,22 @@ impl Forwarders {
             let _ = ip(&["netns", "del", &b.netns]);
         })
         .await;
+    }
+
+    /// At daemon shutdown: stops every forwarder and deletes its namespace and veth
+    /// (nothing would serve them; start makes them again). The OVS ports stay, as the
+    /// endpoints' do.
+    pub async fn shutdown(&self) {
+        let running: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
+        for r in running {
+            r.task.abort();
+            let b = r.binding;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = ip(&["link", "del", &b.host_ifname]);
+                let _ = ip(&["netns", "del", &b.netns]);
+            })
+            .await;
+        }
     }
 
     /// `dovesnap status`: the namespace and counters of switch `switch`'s forwarder.
