@@ -285,14 +285,16 @@ impl Stats {
 
 /// Serves `listen` (the socket on the DNS address, in the switch's namespace): queries
 /// go to `upstreams` in order through `upstream` (a socket of the host's namespace),
-/// replies come back to the client with its id. Runs until a socket fails.
+/// `timeout` each; replies come back to the client with its id, SERVFAIL when none
+/// answered. Runs until a socket fails.
 pub async fn serve(
     listen: UdpSocket,
     upstream: UdpSocket,
     upstreams: Vec<SocketAddr>,
+    timeout: Duration,
     stats: Arc<Stats>,
 ) -> io::Result<()> {
-    let mut flight = InFlight::new(upstreams.len(), MAX_IN_FLIGHT, UPSTREAM_TIMEOUT);
+    let mut flight = InFlight::new(upstreams.len(), MAX_IN_FLIGHT, timeout);
     let mut qbuf = vec![0u8; MAX_MESSAGE];
     let mut rbuf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -484,7 +486,7 @@ impl Forwarders {
         let stats = Arc::new(Stats::default());
         let (s, ups, name) = (stats.clone(), self.upstreams.clone(), switch.to_string());
         let task = tokio::spawn(async move {
-            if let Err(e) = serve(listen, upstream, ups, s).await {
+            if let Err(e) = serve(listen, upstream, ups, UPSTREAM_TIMEOUT, s).await {
                 tracing::warn!(switch = %name, "DNS forwarder stopped: {e}");
             }
         });
@@ -506,12 +508,7 @@ impl Forwarders {
         if let Some(r) = self.lock().remove(switch) {
             r.task.abort();
         }
-        let b = Binding::of(chassis, switch);
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = ip(&["link", "del", &b.host_ifname]);
-            let _ = ip(&["netns", "del", &b.netns]);
-        })
-        .await;
+        delete_namespace(Binding::of(chassis, switch)).await;
     }
 
     /// At daemon shutdown: stops every forwarder and deletes its namespace and veth
@@ -521,12 +518,7 @@ impl Forwarders {
         let running: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
         for r in running {
             r.task.abort();
-            let b = r.binding;
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = ip(&["link", "del", &b.host_ifname]);
-                let _ = ip(&["netns", "del", &b.netns]);
-            })
-            .await;
+            delete_namespace(r.binding).await;
         }
     }
 
@@ -550,6 +542,15 @@ impl Forwarders {
             Stats::get(&s.dropped),
         ))
     }
+}
+
+/// Deletes a forwarder's veth pair and namespace; what is missing is skipped.
+async fn delete_namespace(b: Binding) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = ip(&["link", "del", &b.host_ifname]);
+        let _ = ip(&["netns", "del", &b.netns]);
+    })
+    .await;
 }
 
 /// Runs `ip ARGS`; its standard error on failure.
@@ -803,7 +804,13 @@ mod tests {
             }
         });
         let stats = Arc::new(Stats::default());
-        tokio::spawn(serve(listen, up_sock, vec![answerer_addr], stats.clone()));
+        tokio::spawn(serve(
+            listen,
+            up_sock,
+            vec![answerer_addr],
+            UPSTREAM_TIMEOUT,
+            stats.clone(),
+        ));
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         c.send_to(&query(0x1234), listen_addr).await.unwrap();
         let mut b = [0u8; 512];
@@ -813,5 +820,40 @@ mod tests {
             .unwrap();
         assert_eq!(&b[..n], &reply_to(&query(0x1234))[..]);
         assert_eq!(Stats::get(&stats.answered), 1);
+    }
+
+    #[tokio::test]
+    async fn servfail_when_no_upstream_answers_and_malformed_are_counted() {
+        let listen = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let listen_addr = listen.local_addr().unwrap();
+        let up_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Two upstreams that never answer (bound, silent).
+        let silent = [
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        let ups = silent.iter().map(|s| s.local_addr().unwrap()).collect();
+        let stats = Arc::new(Stats::default());
+        let t = Duration::from_millis(100);
+        tokio::spawn(serve(listen, up_sock, ups, t, stats.clone()));
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&[1, 2, 3], listen_addr).await.unwrap();
+        c.send_to(&query(0x4242), listen_addr).await.unwrap();
+        let start = Instant::now();
+        let mut b = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), c.recv(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        // Both upstreams were given their time, then SERVFAIL with the client's id.
+        assert!(start.elapsed() >= 2 * t, "{:?}", start.elapsed());
+        assert_eq!(&b[..n], &servfail(&query(0x4242)).unwrap()[..]);
+        for s in &silent {
+            let mut q = [0u8; 512];
+            assert!(s.try_recv(&mut q).is_ok(), "each upstream was asked");
+        }
+        assert_eq!(Stats::get(&stats.malformed), 1);
+        assert_eq!(Stats::get(&stats.forwarded), 1);
+        assert_eq!(Stats::get(&stats.servfail), 1);
     }
 }
