@@ -131,6 +131,11 @@ struct OvnArgs {
     /// live host (ovn-controller restarting, a database failover); 0 reaps at once.
     #[arg(long, value_name = "SECS", default_value_t = dovesnap::ovn::reap::DEFAULT_REAP_AFTER.as_secs())]
     ovn_reap_after: u64,
+    /// Where the forwarder behind each overlay switch's DNS address (169.254.53.53)
+    /// sends the queries OVN does not answer (repeatable, tried in order). Default: the
+    /// IPv4 `nameserver`s of this host's /etc/resolv.conf, read at start.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -244,6 +249,15 @@ async fn daemon(settings: Settings) -> Result<()> {
             .await
             .context("cannot set external_ids:ovn-encap-ip")?;
     }
+    let upstreams = match ovn.dns_upstream.as_slice() {
+        [] => dovesnap::ovn::dns_forward::nameservers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+        given => given.to_vec(),
+    };
+    let dns_forwarders = Arc::new(dovesnap::ovn::dns_forward::Forwarders::new(upstreams));
+    info!(upstreams = ?dns_forwarders.upstreams(), "DNS forwarder upstreams");
+    let forwarders = dns_forwarders.clone();
     let netlink = Netlink::new()?;
     let firewall = NftFirewall::new();
     if let Err(e) = firewall.probe() {
@@ -263,6 +277,7 @@ async fn daemon(settings: Settings) -> Result<()> {
             .with_names_source(Arc::new(dovesnap::ovn::docker_names::DockerNames {
                 socket: dovesnap::doctor::DEFAULT_DOCKER_SOCKET.into(),
             }))
+            .with_dns_forwarders(dns_forwarders)
             .with_fastpath_config(fast),
     );
     let (networks, endpoints) = driver
@@ -365,6 +380,7 @@ async fn daemon(settings: Settings) -> Result<()> {
         })
     });
     shutdown.await;
+    forwarders.shutdown().await;
     info!(
         "shutting down: XDP detached; bridges, ports and nat rules stay (containers keep working)"
     );

@@ -617,9 +617,18 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     assert!(pings(&c1, "10.30.0.31"), "host1 -> host3 after the repair");
 
     // Then it dies for good: once an operator removes its chassis from OVN, the other
-    // hosts' reconcilers remove its ports and reference after the grace period.
+    // hosts' reconcilers remove its ports and reference after the grace period. Its
+    // DNS forwarder's namespace goes with it (a real host's /run/netns would; here
+    // the namespace hosts share the machine's).
+    let forwarder = h3.plugin.as_ref().unwrap().status()["networks"][0]["dns_forwarder"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(forwarder.starts_with("dsdns-"), "{forwarder}");
     h3.plugin.as_mut().unwrap().kill();
     h3.kill_controller();
+    let netns = forwarder.split_whitespace().next().unwrap_or_default();
+    sh("ip", &["netns", "del", netns]);
     let gone = Instant::now();
     central.sbctl(&["chassis-del", "host3"]);
     assert!(central.ports(SWITCH).contains(&lsp(&e7)));
@@ -655,6 +664,9 @@ fn three_hosts_share_a_switch_survive_host_loss_and_clean_up() {
     h2.detach(&n2, &e2);
     h2.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": n2}));
     assert!(central.switches().is_empty(), "{:?}", central.switches());
+    // The hosts' DNS forwarders went with the network (and host3's with the host).
+    let netns = sh("ip", &["netns", "list"]);
+    assert!(!netns.contains("dsdns-"), "{netns}");
 }
 
 /// The OVN gateway test's external network (RFC 2544 space, unused elsewhere): the
@@ -1224,8 +1236,11 @@ fn a_docker_host_and_an_api_host_share_a_network() {
     h2.start_plugin();
     let _chassis = RootChassis::start(&root, &central);
     let _gwbridge = GwBridge::note();
-    // A fast reconciler, for the veth deleted behind its back below.
-    let plugin = docker::start_plugin_with(&["--reconcile-interval", "1"]);
+    // A fast reconciler, for the veth deleted behind its back below; the DNS
+    // forwarder's upstream is the test's stub resolver.
+    let upstream = format!("{UPSTREAM}:53");
+    let plugin =
+        docker::start_plugin_with(&["--reconcile-interval", "1", "--dns-upstream", &upstream]);
     let ipam = IpamDriverName::probe(&central);
 
     // The same command on both hosts, no --ip-range: dovesnap's IPAM hands out the
@@ -1252,18 +1267,12 @@ fn a_docker_host_and_an_api_host_share_a_network() {
                 SUBNET,
             ],
         );
-        // Opted in to names across hosts: OVN's answers after Docker's own.
+        // Opted in to names across hosts: OVN's answers after Docker's own, and the
+        // rest from the host's forwarder behind the DNS address: no second --dns.
         let web = Container::httpd_with(
             "dsovl-web",
             &net,
-            &[
-                "--network-alias",
-                "WWW-Alias",
-                "--dns",
-                DNS_ADDR,
-                "--dns",
-                UPSTREAM,
-            ],
+            &["--network-alias", "WWW-Alias", "--dns", DNS_ADDR],
             "hello-from-docker",
         );
         let ip = web.ip(&net);
@@ -1358,6 +1367,11 @@ fn a_docker_host_and_an_api_host_share_a_network() {
         json!({"PoolID": pool2, "Address": h2_addr}),
     );
     h2.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool2}));
+    // The DNS forwarders went with the networks (namespaces, veths, OVS ports).
+    let netns = sh("ip", &["netns", "list"]);
+    assert!(!netns.contains("dsdns-"), "{netns}");
+    assert!(!sh("ip", &["-o", "link"]).contains("dsdns"));
+    assert!(!sh("ovs-vsctl", &["list-ports", "br-int"]).contains("dsdns"));
     assert_eq!(
         pools(&central).trim(),
         "",
@@ -1492,19 +1506,47 @@ fn names_across_hosts(
         &format!("external_ids:dovesnap-switch={SWITCH}"),
     ]);
     central.nbctl(&["add", "Logical_Switch", SWITCH, "dns_records", row.trim()]);
-    let t = Instant::now();
-    let far = web.exec(&["nslookup", "-type=a", "far-c2"]);
-    let far = String::from_utf8_lossy(&far.stdout).into_owned();
-    eprintln!(
-        "names: far-c2 through Docker's resolver in {} ms",
-        t.elapsed().as_millis()
+    // A and AAAA (busybox nslookup asks both): OVN answers the A, the host's forwarder
+    // the AAAA OVN leaves unanswered (the stub's NXDOMAIN), with no 4 s wait; an
+    // external name is the stub's answer through the forwarder.
+    let lookup = |name: &str| {
+        let t = Instant::now();
+        let out = web.exec(&["nslookup", name]);
+        let ms = t.elapsed().as_millis();
+        eprintln!("names: {name} (A+AAAA) through Docker's resolver in {ms} ms");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), ms)
+    };
+    let (far, ms) = lookup("far-c2");
+    assert!(
+        far.contains(&format!("Address: {c2_ip}")) && ms < 2000,
+        "{ms} ms: {far}"
     );
-    assert!(far.contains(&format!("Address: {c2_ip}")), "{far}");
+    let (ext, ms) = lookup(EXTERNAL_NAME);
+    assert!(ext.contains(EXTERNAL_IP) && ms < 2000, "{ms} ms: {ext}");
+    let fwd = plugin.status()["networks"][0]["dns_forwarder"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fwd.starts_with("dsdns-") && fwd.contains("serving"),
+        "{fwd}"
+    );
     let t = Instant::now();
     let fetched = web.fetch("http://far-c2:8080/");
     eprintln!("names: fetch by name in {} ms", t.elapsed().as_millis());
     assert_eq!(fetched.as_deref().map(str::trim), Ok("far"));
     central.nbctl(&["destroy", "DNS", row.trim()]);
+    // Its namespace deleted behind the plugin's back: the reconciler makes it again.
+    let netns = fwd.split_whitespace().next().unwrap_or_default();
+    sh("ip", &["netns", "del", netns]);
+    wait_until("the forwarder repaired", Duration::from_secs(10), || {
+        plugin.status()["repairs"]
+            .to_string()
+            .contains("dns-forwarder")
+    });
+    wait_until("external names again", Duration::from_secs(10), || {
+        lookup(EXTERNAL_NAME).0.contains(EXTERNAL_IP)
+    });
 
     // `dovesnap status` counts the switch's names (its reconciler's last read: the
     // container's name, alias and short id); a row deleted behind dovesnap's back is
@@ -1533,8 +1575,12 @@ fn names_across_hosts(
     });
 }
 
-/// A stand-in for a host's real resolver: answers every query with NXDOMAIN (the names
-/// it would know are outside the test), on UDP port 53 of `addr`, until dropped.
+/// An external-style name the stub resolver knows, and its address.
+const EXTERNAL_NAME: &str = "ext.example";
+const EXTERNAL_IP: &str = "192.0.2.7";
+
+/// A stand-in for a host's real resolver, on UDP port 53 of `addr` until dropped:
+/// answers the A query of [`EXTERNAL_NAME`] and every other query with NXDOMAIN.
 struct NxStub {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1556,10 +1602,8 @@ impl NxStub {
                 if n < 12 {
                     continue;
                 }
-                // The query back: QR set, RD kept, RA set, RCODE 3 (NXDOMAIN).
-                buf[2] = 0x80 | (buf[2] & 0x01);
-                buf[3] = 0x83;
-                let _ = sock.send_to(&buf[..n], from);
+                let reply = stub_answer(&buf[..n]);
+                let _ = sock.send_to(&reply, from);
             }
         });
         NxStub {
@@ -1567,6 +1611,36 @@ impl NxStub {
             thread: Some(thread),
         }
     }
+}
+
+/// The stub's reply to `query`: the query back (QR set, RD kept, RA set) with RCODE 3
+/// (NXDOMAIN), or, for the A question of [`EXTERNAL_NAME`], its question and one answer.
+fn stub_answer(query: &[u8]) -> Vec<u8> {
+    let mut out = query.to_vec();
+    out[2] = 0x80 | (query[2] & 0x01);
+    out[3] = 0x83;
+    // The question's name: labels from byte 12 to the root label.
+    let (mut at, mut labels) = (12, Vec::new());
+    while let Some(&len) = query.get(at) {
+        if len == 0 || at + 1 + len as usize > query.len() {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len as usize]).into_owned());
+        at += 1 + len as usize;
+    }
+    let qend = at + 5;
+    if labels.join(".") != EXTERNAL_NAME || query.get(at + 1..qend) != Some(&[0, 1, 0, 1]) {
+        return out;
+    }
+    out.truncate(qend);
+    out[3] = 0x80;
+    // QDCOUNT 1, ANCOUNT 1, NSCOUNT 0, ARCOUNT 0.
+    out[4..12].copy_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]);
+    // The question's name (pointer), A, IN, TTL 60, 4 bytes of address.
+    out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    let ip: std::net::Ipv4Addr = EXTERNAL_IP.parse().unwrap();
+    out.extend_from_slice(&ip.octets());
+    out
 }
 
 impl Drop for NxStub {

@@ -103,6 +103,10 @@ pub struct NetworkStatus {
     /// last reconciler pass; none before the first or for other modes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<usize>,
+    /// overlay: this host's forwarder behind the switch's DNS localport (namespace,
+    /// state, counters); none without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_forwarder: Option<String>,
 }
 
 /// One container endpoint: a veth pair with its host side on the bridge.
@@ -300,6 +304,9 @@ pub fn render_status_table(status: &Status) -> String {
         if let Some(names) = n.names {
             push(&format!("  names in OVN's DNS table: {names}"));
         }
+        if let Some(f) = &n.dns_forwarder {
+            push(&format!("  DNS forwarder: {f}"));
+        }
         for ep_line in eps.by_ref().take(n.endpoints.len()) {
             push(ep_line);
         }
@@ -449,6 +456,7 @@ pub(crate) mod tests {
                     datapath_type: "system".into(),
                     tunnels: vec![],
                     names: None,
+                    dns_forwarder: None,
                     trunk: String::new(),
                     vlan: None,
                     shared_with: vec![],
@@ -490,6 +498,7 @@ pub(crate) mod tests {
                     endpoints: vec![],
                     tunnels: vec![],
                     names: None,
+                    dns_forwarder: None,
                 },
             ],
             fast_path: None,
@@ -533,9 +542,11 @@ pub(crate) mod tests {
         let mut s = sample();
         s.networks[1].mode = "overlay".into();
         s.networks[1].names = Some(3);
+        s.networks[1].dns_forwarder = Some("dsdns-0a1b2c3d serving, forwarded 2".into());
         let table = render_status_table(&s);
         assert!(
-            table.contains("\n  names in OVN's DNS table: 3\n"),
+            table.contains("\n  names in OVN's DNS table: 3\n")
+                && table.contains("\n  DNS forwarder: dsdns-0a1b2c3d serving, forwarded 2"),
             "{table}"
         );
         assert_eq!(table.matches("names in OVN").count(), 1, "{table}");

@@ -147,6 +147,9 @@ pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     name_counts: std::sync::Mutex<HashMap<String, usize>>,
     /// The endpoints whose names are being asked for now (one lookup each at a time).
     names_in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The forwarders behind the switches' DNS localports (`ovn::dns_forward`); none:
+    /// the localports stay unbound on this host.
+    dns_forwarders: Option<std::sync::Arc<ovn::dns_forward::Forwarders>>,
     /// Given to the fast path when it starts; the nft rules' masquerade range too.
     fastpath_config: FastPathConfig,
     /// What the reconciler saw and repaired.
@@ -193,6 +196,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             names: None,
             name_counts: std::sync::Mutex::default(),
             names_in_flight: std::sync::Arc::default(),
+            dns_forwarders: None,
             fastpath_config: FastPathConfig::default(),
             reconciler: reconcile::State::default(),
             bad_records: std::sync::Mutex::default(),
@@ -919,6 +923,7 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                     endpoints,
                     tunnels: tunnels::tunnel_status(n),
                     names: self.name_count(&n.id),
+                    dns_forwarder: n.overlay().and_then(|ov| self.dns_forwarder_status(&ov)),
                 }
             })
             .collect();

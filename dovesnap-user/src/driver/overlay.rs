@@ -158,6 +158,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .map(String::as_str)
             .collect();
         self.reconcile_names(net, &ov, &live_ids).await?;
+        if let Err(e) = self.bind_dns_port(net, &ov).await {
+            warn!(network = %net.id, "cannot bind the DNS localport here: {e}");
+        }
         for ep in net.endpoints.values() {
             if !state.ports.iter().any(|p| p.name == ovn::port_name(&ep.id)) {
                 nb.add_port(&ov.switch, &logical_port(&ov, ep)).await?;
@@ -275,7 +278,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if let Err(e) = self.reap_dead_chassis(&overlay).await {
             warn!(network = %id, "could not remove the ports of dead hosts: {e}");
         }
-        Ok(Network {
+        let net = Network {
             id: id.to_string(),
             bridge,
             datapath: Datapath::of(&br.datapath_type),
@@ -283,8 +286,14 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             ipam,
             internal: false,
             endpoints: HashMap::new(),
-            chassis: overlay.chassis,
-        })
+            chassis: overlay.chassis.clone(),
+        };
+        // Without it, names OVN does not know cost a client's timeout: worth a warning,
+        // not a failed network.
+        if let Err(e) = self.bind_dns_port(&net, &overlay).await {
+            warn!(network = %id, "cannot bind the DNS localport here: {e}");
+        }
+        Ok(net)
     }
 
     /// Overlay: the endpoints' OVS ports and logical ports, this host's reference on
@@ -307,6 +316,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             errors.push(e.to_string());
         }
         self.forget_name_count(&net.id);
+        errors.extend(self.unbind_dns_port(net, ov).await);
         match self
             .leave_switch_and_gateway(&nb, &ov.switch, &ov.chassis)
             .await

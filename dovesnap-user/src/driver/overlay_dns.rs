@@ -1,9 +1,12 @@
 //! overlay mode, names across hosts (`ovn::dns`): the DNS localport of each switch, the
 //! route to it given at Join, each endpoint's names published after Join and removed
-//! with the endpoint (and by the reconciler and the reaping of dead hosts).
+//! with the endpoint (and by the reconciler and the reaping of dead hosts), and the
+//! localport bound on this host to a forwarder (`ovn::dns_forward`) for the queries
+//! OVN leaves unanswered.
 
 use super::*;
 use crate::ovn::dns::{self, DnsRow, Names};
+use crate::ovn::dns_forward::{Binding, Forwarders};
 
 /// The connected route to the switch's DNS address that Join gives overlay endpoints:
 /// Docker's embedded resolver (or the container's own) reaches OVN's DNS responder
@@ -135,5 +138,69 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 r.chassis().is_some_and(|c| dead.iter().any(|d| d == c))
             })
             .await
+    }
+
+    /// Binds the switches' DNS localports on this host to forwarders (`ovn::dns_forward`).
+    pub fn with_dns_forwarders(mut self, forwarders: std::sync::Arc<Forwarders>) -> Self {
+        self.dns_forwarders = Some(forwarders);
+        self
+    }
+
+    /// Binds the switch's DNS localport on this host: the forwarder's namespace and veth
+    /// (`Forwarders::ensure`) and the veth's port on the integration bridge with
+    /// `iface-id` the localport. `Ok(true)` when something had to be made (at
+    /// CreateNetwork, at start, or a repair).
+    pub(super) async fn bind_dns_port(&self, net: &Network, ov: &Overlay) -> Result<bool, String> {
+        let Some(fwd) = &self.dns_forwarders else {
+            return Ok(false);
+        };
+        let made = fwd
+            .ensure(&ov.chassis, &ov.switch, &net.subnet_text())
+            .await
+            .map_err(|e| e.to_string())?;
+        let b = Binding::of(&ov.chassis, &ov.switch);
+        let has_port = (self.ovs.bridge(&net.bridge).await)
+            .map_err(|e| e.to_string())?
+            .is_some_and(|br| br.ports.iter().any(|p| p.name == b.host_ifname));
+        if has_port && !made {
+            return Ok(false);
+        }
+        if has_port {
+            // A new veth under an old port's name: the port is made again with it.
+            let _ = self.ovs.delete_port(&net.bridge, &b.host_ifname).await;
+        }
+        let mut spec = ovsdb::PortSpec::new(&b.host_ifname);
+        spec.interface_external_ids
+            .insert("iface-id".to_string(), dns::dns_port_name(&ov.switch));
+        if let Err(e) = self.ovs.add_port(&net.bridge, &spec).await {
+            fwd.remove(&ov.chassis, &ov.switch).await;
+            return Err(e.to_string());
+        }
+        Ok(true)
+    }
+
+    /// Undoes [`Self::bind_dns_port`] (DeleteNetwork); returns the errors.
+    pub(super) async fn unbind_dns_port(&self, net: &Network, ov: &Overlay) -> Vec<String> {
+        let Some(fwd) = &self.dns_forwarders else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        let b = Binding::of(&ov.chassis, &ov.switch);
+        if let Ok(Some(br)) = self.ovs.bridge(&net.bridge).await {
+            if br.ports.iter().any(|p| p.name == b.host_ifname) {
+                if let Err(e) = self.ovs.delete_port(&net.bridge, &b.host_ifname).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        fwd.remove(&ov.chassis, &ov.switch).await;
+        errors
+    }
+
+    /// `dovesnap status`: the switch's forwarder on this host.
+    pub(super) fn dns_forwarder_status(&self, ov: &Overlay) -> Option<String> {
+        self.dns_forwarders
+            .as_ref()?
+            .status(&ov.chassis, &ov.switch)
     }
 }

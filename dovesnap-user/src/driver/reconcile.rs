@@ -349,6 +349,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             }
             Err(e) => debug!(network = %net.id, "reconcile: could not check the names: {e}"),
         }
+        match self.bind_dns_port(net, &ov).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.reconciler.count("dns-forwarder");
+                info!(network = %net.id, switch = %ov.switch,
+                      "repaired: the DNS localport's forwarder was gone; made it again");
+            }
+            Err(e) => warn!(network = %net.id, "reconcile: cannot bind the DNS localport: {e}"),
+        }
         true
     }
 

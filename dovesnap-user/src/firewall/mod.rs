@@ -39,7 +39,7 @@
 //! `ip_local_port_range` when none was given, as Docker's own allocator uses), and
 //! the chosen ports are returned as [`PublishedPort`]s.
 
-mod command;
+pub(crate) mod command;
 pub mod hostrules;
 mod iptables;
 pub mod nft;

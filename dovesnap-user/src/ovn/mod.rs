@@ -10,11 +10,13 @@
 //! - `ipam`: the address pools of `--ipam-driver ovs`, claims shared by the hosts.
 //! - `dns`: the endpoints' names in OVN's DNS table and the switch's DNS localport;
 //!   `docker_names`: where the names come from (Docker's Engine API, after Join).
+//! - `dns_forward`: the forwarder behind the DNS localport (queries OVN did not answer).
 //! - here: the host's chassis settings (read from the local `Open_vSwitch` table, where
 //!   ovn-controller reads them too), where the northbound database is, and which
 //!   switch a network maps to.
 
 pub mod dns;
+pub mod dns_forward;
 pub mod docker_names;
 pub mod gateway;
 pub mod ipam;
