@@ -18,14 +18,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::daemon::http::GetError;
 use crate::fastpath::afxdp::{AfXdpError, Xsk, XskConfig};
 use crate::fastpath::xdp::{XdpError, XdpProgram};
 use crate::fastpath::TRANSLATOR_PORTS;
@@ -665,7 +662,7 @@ pub async fn check_docker(socket: &Path) -> Check {
             ),
             "see dockerd's log (`journalctl -u docker`)",
         ),
-        Ok(Err(PingError::Connect(e))) => {
+        Ok(Err(GetError::Connect(e))) => {
             let (what, fix) = match e.kind() {
                 io::ErrorKind::NotFound => ("no socket", start.to_owned()),
                 io::ErrorKind::ConnectionRefused => {
@@ -679,7 +676,7 @@ pub async fn check_docker(socket: &Path) -> Check {
             };
             Check::fail(NAME, format!("{what} at {}: {e}", socket.display()), fix)
         }
-        Ok(Err(PingError::Http(e))) => Check::fail(
+        Ok(Err(GetError::Http(e))) => Check::fail(
             NAME,
             format!("dockerd at {}: {e}", socket.display()),
             "see dockerd's log (`journalctl -u docker`)",
@@ -702,33 +699,12 @@ struct PingAnswer {
     api: Option<String>,
 }
 
-enum PingError {
-    Connect(io::Error),
-    Http(String),
-}
-
-async fn docker_ping(socket: &Path) -> Result<PingAnswer, PingError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(PingError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| PingError::Http(e.to_string()))?;
-    let conn = tokio::spawn(conn);
-    let req = Request::get("/_ping")
-        .header(hyper::header::HOST, "docker")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| PingError::Http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| PingError::Http(e.to_string()));
-    conn.abort();
-    let resp = resp?;
+async fn docker_ping(socket: &Path) -> Result<PingAnswer, GetError> {
+    let answer = crate::daemon::http::get(socket, "/_ping").await?;
     Ok(PingAnswer {
-        status: resp.status().as_u16(),
-        api: resp
-            .headers()
+        status: answer.status,
+        api: answer
+            .headers
             .get("api-version")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),

@@ -33,6 +33,62 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight calls may take to finish once shutdown is asked for.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a GET to a unix-socket HTTP server (dockerd's API) failed.
+#[derive(Debug)]
+pub enum GetError {
+    /// The socket could not be connected (missing, stale, permission).
+    Connect(io::Error),
+    /// The HTTP exchange failed.
+    Http(String),
+}
+
+/// The answer to a GET: status, headers and the whole body.
+pub struct GetAnswer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// One `GET path` on the HTTP/1.1 server at `socket` (dockerd's Engine API): a fresh
+/// connection, the whole body read, the connection closed.
+pub async fn get(socket: &Path, path: &str) -> Result<GetAnswer, GetError> {
+    use http_body_util::{BodyExt, Empty};
+
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(GetError::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| GetError::Http(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let answer = async {
+        let req = Request::get(path)
+            .header(hyper::header::HOST, "docker")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| GetError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| GetError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| GetError::Http(e.to_string()))?
+            .to_bytes();
+        Ok(GetAnswer {
+            status,
+            headers,
+            body,
+        })
+    }
+    .await;
+    conn.abort();
+    answer
+}
+
 /// The `{"Err": "..."}` body of a failed call: Docker's plugin protocol's shape, which
 /// the control socket shares.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,12 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 use super::dns::{normalize, Names};
@@ -49,32 +44,17 @@ pub struct DockerNames {
 
 impl DockerNames {
     async fn get(&self, path: &str) -> Result<(u16, Value), String> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(hyper::header::HOST, "docker")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let answer = async {
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            Ok((status, json))
+        use crate::daemon::http::{get, GetError};
+        match get(&self.socket, path).await {
+            Ok(answer) => Ok((
+                answer.status,
+                serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+            )),
+            Err(GetError::Connect(e)) => {
+                Err(format!("cannot connect to {}: {e}", self.socket.display()))
+            }
+            Err(GetError::Http(e)) => Err(e),
         }
-        .await;
-        conn.abort();
-        answer
     }
 }
 
