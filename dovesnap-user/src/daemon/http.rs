@@ -1,6 +1,6 @@
 //! HTTP/1.1 over unix sockets, as the plugin socket and the control socket serve it:
 //! binding a root-only socket, serving connections under a cap and timeouts with a
-//! graceful drain, and JSON answers in Docker's plugin content type.
+//! graceful drain, JSON answers in Docker's plugin content type; and one client GET (dockerd's API).
 
 use std::convert::Infallible;
 use std::fs::Permissions;
