@@ -47,7 +47,7 @@ use thiserror::Error;
 #[cfg(any(test, feature = "bench"))]
 mod sink;
 mod tc;
-pub use tc::TcProgram;
+pub use tc::{tcx_ingress_programs, TcProgram};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::TcRun;
 #[cfg(any(test, feature = "testing"))]
@@ -116,6 +116,15 @@ pub enum XdpError {
         /// The program's name.
         program: &'static str,
         /// The kernel's error and verifier log.
+        cause: String,
+    },
+
+    /// The programs on an interface's tcx ingress could not be listed.
+    #[error("cannot list the tcx programs of {ifname}: {cause}")]
+    TcQuery {
+        /// The interface.
+        ifname: String,
+        /// The kernel's error, with its causes.
         cause: String,
     },
 
@@ -640,6 +649,8 @@ pub struct XdpProgram {
     /// Why the tc programs did not load (`None`: they did), see
     /// [`XdpProgram::tc_programs`].
     tc_refused: Option<String>,
+    /// The tcx links of the tc programs, see [`XdpProgram::tc_attach`].
+    tc_links: tc::TcLinks,
 }
 
 impl fmt::Debug for XdpProgram {
@@ -687,6 +698,7 @@ impl XdpProgram {
             attachments: BTreeMap::new(),
             maps_taken: false,
             tc_refused,
+            tc_links: tc::TcLinks::new(),
         })
     }
 
@@ -721,14 +733,15 @@ impl XdpProgram {
             })
     }
 
-    /// Detaches the program from every interface, trying all of them even when some
-    /// fail, and reports every failure.
+    /// Detaches the program (and the tc programs) from every interface, trying all of
+    /// them even when some fail, and reports every failure.
     pub fn detach_all(&mut self) -> Result<(), XdpError> {
         let attachments = std::mem::take(&mut self.attachments);
-        let failures: Vec<DetachFailure> = attachments
+        let mut failures: Vec<DetachFailure> = attachments
             .into_iter()
             .filter_map(|(ifname, attachment)| self.detach_one(&ifname, attachment).err())
             .collect();
+        failures.extend(self.tc_detach_all());
         if failures.is_empty() {
             Ok(())
         } else {
@@ -1486,9 +1499,28 @@ mod tests {
     #[test]
     fn load_or_explain() {
         match XdpProgram::load() {
-            Ok(program) => {
+            Ok(mut program) => {
                 assert!(program.attached().is_empty());
                 assert_eq!(program.counters().expect("counters"), Counters::default());
+                // The tc links: bad input is refused and leaves nothing recorded.
+                assert!(program.tc_attached().is_empty());
+                let bad = program.tc_attach(TcProgram::Endpoint, "no/such");
+                assert!(
+                    matches!(bad, Err(XdpError::InvalidInterfaceName { .. })),
+                    "{bad:?}"
+                );
+                let gone = program.tc_attach(TcProgram::Uplink, "dsnnosuch0");
+                assert!(
+                    gone.as_ref()
+                        .is_err_and(|e| e.to_string().contains("dsnnosuch0")),
+                    "{gone:?}"
+                );
+                assert!(program.tc_attached().is_empty());
+                let never = program.tc_detach(TcProgram::Uplink, "dsnnosuch0");
+                assert!(
+                    matches!(never, Err(XdpError::NotAttached { .. })),
+                    "{never:?}"
+                );
             }
             Err(XdpError::NotBuilt) => assert!(object().is_empty()),
             Err(e @ XdpError::PermissionDenied { .. }) => {
