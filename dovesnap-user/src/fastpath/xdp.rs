@@ -315,8 +315,9 @@ fn unless_absent<T>(
     }
 }
 
-/// Checks what the program relies on: a known kind and socket slots inside `XSKS`.
-fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+/// Checks what the programs rely on: a known kind and socket slots inside `XSKS`; an
+/// endpoint of the XDP program (`sockets`) needs at least one, a tc-engine endpoint none.
+fn validate_iface(ifindex: u32, cfg: &IfaceConfig, sockets: bool) -> Result<(), XdpError> {
     let invalid = |reason: String| Err(XdpError::InvalidIface { ifindex, reason });
     if cfg.kind != IFACE_ENDPOINT && cfg.kind != IFACE_UPLINK {
         return invalid(format!(
@@ -332,7 +333,7 @@ fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
         ));
     }
     if cfg.kind == IFACE_ENDPOINT {
-        if cfg.xsk_slots == 0 {
+        if sockets && cfg.xsk_slots == 0 {
             return invalid("an endpoint needs at least one socket slot (xsk_slots)".into());
         }
         if cfg.fib_ifindex == 0 || cfg.uplink_ifindex == 0 {
@@ -802,7 +803,19 @@ impl XdpProgram {
     /// configuration. Takes effect for the next frame; the program must also be attached
     /// to the interface. The ifindex is the one in the interface's own network namespace.
     pub fn set_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
-        validate_iface(ifindex, cfg)?;
+        validate_iface(ifindex, cfg, true)?;
+        self.insert_iface(ifindex, cfg)
+    }
+
+    /// [`XdpProgram::set_iface`] for an interface only the tc programs serve (a
+    /// tc-engine endpoint's host end, an uplink no xdp-engine network uses): no socket
+    /// slots needed.
+    pub fn set_tc_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+        validate_iface(ifindex, cfg, false)?;
+        self.insert_iface(ifindex, cfg)
+    }
+
+    fn insert_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
         let mut map = self.ifaces_mut()?;
         map.insert(ifindex, *cfg, 0)
             .map_err(|e| map_error(IFACES_MAP, format!("set interface {ifindex}"), &e))
@@ -1314,7 +1327,7 @@ mod tests {
 
     #[test]
     fn iface_validation() {
-        assert!(validate_iface(7, &endpoint()).is_ok());
+        assert!(validate_iface(7, &endpoint(), true).is_ok());
         let uplink = IfaceConfig {
             kind: IFACE_UPLINK,
             xsk_slot: MAX_XSKS - 4,
@@ -1322,7 +1335,19 @@ mod tests {
             addr: be_addr([192, 0, 2, 1]),
             ..Default::default()
         };
-        assert!(validate_iface(2, &uplink).is_ok());
+        assert!(validate_iface(2, &uplink, true).is_ok());
+        // A tc-engine endpoint has no sockets; everything else is checked the same.
+        let tc_endpoint = IfaceConfig {
+            xsk_slots: 0,
+            ..endpoint()
+        };
+        assert!(validate_iface(7, &tc_endpoint, true).is_err());
+        assert!(validate_iface(7, &tc_endpoint, false).is_ok());
+        let no_uplink = IfaceConfig {
+            uplink_ifindex: 0,
+            ..tc_endpoint
+        };
+        assert!(validate_iface(7, &no_uplink, false).is_err());
         let bad = [
             (
                 7,
@@ -1383,7 +1408,7 @@ mod tests {
             ),
         ];
         for (ifindex, cfg, needle) in bad {
-            match validate_iface(ifindex, &cfg) {
+            match validate_iface(ifindex, &cfg, true) {
                 Ok(()) => panic!("accepted {cfg:?}"),
                 Err(e) => {
                     assert!(matches!(e, XdpError::InvalidIface { .. }), "{e}");

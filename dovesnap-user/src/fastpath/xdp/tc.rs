@@ -39,35 +39,31 @@ impl TcProgram {
     }
 }
 
+/// A missing or mistyped classifier: the object and this binary disagree.
+fn mismatch(program: TcProgram) -> XdpError {
+    XdpError::ObjectMismatch {
+        kind: "program",
+        name: program.name(),
+    }
+}
+
 /// The object's classifier `program`; a missing one is a build mismatch.
 #[cfg(any(test, feature = "testing"))]
 pub(super) fn classifier(ebpf: &Ebpf, program: TcProgram) -> Result<&SchedClassifier, XdpError> {
-    let mismatch = XdpError::ObjectMismatch {
-        kind: "program",
-        name: program.name(),
-    };
-    match ebpf.program(program.name()) {
-        Some(p) => p.try_into().map_err(|_| mismatch),
-        None => Err(mismatch),
-    }
+    let p = ebpf.program(program.name()).ok_or(mismatch(program))?;
+    p.try_into().map_err(|_| mismatch(program))
+}
+
+/// [`classifier`], to load or attach it.
+fn classifier_mut(ebpf: &mut Ebpf, program: TcProgram) -> Result<&mut SchedClassifier, XdpError> {
+    let p = ebpf.program_mut(program.name()).ok_or(mismatch(program))?;
+    p.try_into().map_err(|_| mismatch(program))
 }
 
 /// Loads both classifiers into the kernel (the verifier runs here), attaching nothing.
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), XdpError> {
     for program in TcProgram::ALL {
-        let mismatch = XdpError::ObjectMismatch {
-            kind: "program",
-            name: program.name(),
-        };
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(program.name())
-            .ok_or(mismatch)?
-            .try_into()
-            .map_err(|_| XdpError::ObjectMismatch {
-                kind: "program",
-                name: program.name(),
-            })?;
-        p.load().map_err(|e| {
+        classifier_mut(ebpf, program)?.load().map_err(|e| {
             let cause = chain(&e);
             if is_eperm(&e) {
                 XdpError::PermissionDenied {
@@ -117,17 +113,6 @@ pub fn tcx_ingress_programs(ifname: &str) -> Result<Vec<String>, XdpError> {
 
 /// One tcx link made by [`XdpProgram::tc_attach`], keyed by interface and program.
 pub(super) type TcLinks = std::collections::BTreeMap<(String, TcProgram), SchedClassifierLinkId>;
-
-fn classifier_mut(ebpf: &mut Ebpf, program: TcProgram) -> Result<&mut SchedClassifier, XdpError> {
-    let mismatch = XdpError::ObjectMismatch {
-        kind: "program",
-        name: program.name(),
-    };
-    match ebpf.program_mut(program.name()) {
-        Some(p) => p.try_into().map_err(|_| mismatch),
-        None => Err(mismatch),
-    }
-}
 
 impl XdpProgram {
     /// Attaches the tc `program` to `ifname`'s tcx ingress, first in its chain
