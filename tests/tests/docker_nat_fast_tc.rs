@@ -142,7 +142,7 @@ fn link_exists(name: &str) -> bool {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn split_endpoint_keeps_tso_and_carries_traffic() {
-    let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    let mut plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     let mut far = Far::new("dtc", "10.237.100");
     let tmp = TempDir(std::env::temp_dir().join(format!("dovesnap-tc-{}", std::process::id())));
     let dir = &tmp.0;
@@ -247,6 +247,33 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             ["dovesnap_tc_end"],
             "the tcx link outlives clsact"
         );
+
+        // kill -9 during traffic: the tcx links die with the process (nothing pinned),
+        // the patch stays, so connections go on through the kernel's path.
+        let (answered, text) = far.answered_across(&c, || plugin.kill());
+        assert!(
+            answered >= 29,
+            "lost across the plugin's death: {answered}/30: {text}"
+        );
+        assert!(tcx(&tc_end).is_empty(), "a tcx link outlived the plugin");
+        assert!(
+            tcx(&far.uplink.host).is_empty(),
+            "a tcx link outlived the plugin"
+        );
+        // A restart puts the programs back on the running container's endpoint.
+        plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+        assert_eq!(
+            tcx(&tc_end),
+            ["dovesnap_tc_end"],
+            "not re-attached after restart"
+        );
+        let attached = &plugin.status()["fast_path"]["attached"];
+        assert!(
+            (attached.as_array().into_iter().flatten())
+                .any(|a| a[0] == tc_end.as_str() && a[1] == "tcx dovesnap_tc_endpoint"),
+            "status: {attached}"
+        );
+        assert!(far.reached_from(&c), "traffic after the restart");
     }
     // The last endpoint gone, the uplink's program went with it.
     assert!(tcx(&far.uplink.host).is_empty());
