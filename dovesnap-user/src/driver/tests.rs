@@ -1076,6 +1076,24 @@ async fn a_fast_path_failure_leaves_the_endpoint_on_the_kernel_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_tc_attach_failure_leaves_the_endpoint_on_the_kernel_path() {
+    let r = rig_with(FastPathConfig {
+        max_sessions: 0,
+        ..Default::default()
+    });
+    r.net(TC_NET, Some("10.233.1.0/24")).await;
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
+    let (tc_end, _) = split();
+    assert!(r.fast(|fp| fp.tc_endpoints.is_empty()));
+    let why = r.fast(|fp| fp.kernel_path[&tc_end].clone());
+    assert!(why.contains("refused by the test"), "{why}");
+    // Leaving clears the reason with the endpoint.
+    r.driver.leave_inner(ids(NID, EID)).await.unwrap();
+    assert!(r.fast(|fp| fp.kernel_path.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn nat_fast_needs_a_usable_uplink() {
     let r = rig();
     let no_such = "mode=nat-fast ovs.nat.uplink=eth9";
