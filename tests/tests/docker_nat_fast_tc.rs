@@ -260,19 +260,30 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             tcx(&far.uplink.host).is_empty(),
             "a tcx link outlived the plugin"
         );
-        // A restart puts the programs back on the running container's endpoint.
-        plugin = start_plugin_with(&["--reconcile-interval", "1"]);
-        assert_eq!(
-            tcx(&tc_end),
-            ["dovesnap_tc_end"],
-            "not re-attached after restart"
-        );
-        let attached = &plugin.status()["fast_path"]["attached"];
-        assert!(
-            (attached.as_array().into_iter().flatten())
-                .any(|a| a[0] == tc_end.as_str() && a[1] == "tcx dovesnap_tc_endpoint"),
-            "status: {attached}"
-        );
+        // A restart puts the programs back on the running container's endpoint, a
+        // clean stop takes them off, and a start puts them back again.
+        for round in ["kill -9", "stop"] {
+            plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+            assert_eq!(
+                tcx(&tc_end),
+                ["dovesnap_tc_end"],
+                "not re-attached after {round}"
+            );
+            let attached = &plugin.status()["fast_path"]["attached"];
+            assert!(
+                (attached.as_array().into_iter().flatten())
+                    .any(|a| a[0] == tc_end.as_str() && a[1] == "tcx dovesnap_tc_endpoint"),
+                "status: {attached}"
+            );
+            if round == "kill -9" {
+                assert!(plugin.terminate(), "clean stop");
+                assert!(tcx(&tc_end).is_empty(), "a tcx link outlived a clean stop");
+                assert!(
+                    tcx(&far.uplink.host).is_empty(),
+                    "a tcx link outlived a clean stop"
+                );
+            }
+        }
         assert!(far.reached_from(&c), "traffic after the restart");
     }
     // The last endpoint gone, the uplink's program went with it.
