@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::docker::{container_tcp, Container, WHOAMI};
+use crate::docker::{container_tcp, docker, Container, WHOAMI};
 use crate::{sh, Netns, Veth};
 
 pub struct Far {
@@ -103,6 +103,36 @@ impl Far {
     pub fn reached_from(&self, c: &Container) -> bool {
         container_tcp(c, &self.far_ip, 7000)
             .is_ok_and(|s| s.trim() == format!("from {}", self.host_ip))
+    }
+
+    /// Makes 30 short connections from `c` to the who-am-I server, one every 0.1 s, and
+    /// calls `meanwhile` 1.2 s in (a plugin's death, say). Returns how many were answered
+    /// masqueraded to the uplink's address, and the client's output.
+    pub fn answered_across(&self, c: &Container, meanwhile: impl FnOnce()) -> (usize, String) {
+        let looping = std::thread::spawn({
+            let name = c.name.clone();
+            let far_ip = self.far_ip.clone();
+            move || {
+                docker(&[
+                    "exec",
+                    &name,
+                    "sh",
+                    "-c",
+                    &format!(
+                        "for i in $(seq 1 30); do timeout 3 nc {far_ip} 7000 || echo lost; \
+                         sleep 0.1; done"
+                    ),
+                ])
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1200));
+        meanwhile();
+        let out = looping.join().expect("client loop");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            text.matches(&format!("from {}", self.host_ip)).count(),
+            text,
+        )
     }
 }
 

@@ -214,26 +214,7 @@ fn two_networks_at_once_and_fallback_when_the_plugin_dies() {
     // The plugin dies during traffic: its XDP links go with the process, the kernel
     // nat rules stay, and new connections take the kernel path (conntrack now sees
     // them). At most the one connection in flight at the kill may be lost.
-    let looping = std::thread::spawn({
-        let name = ca.name.clone();
-        move || {
-            docker(&[
-                "exec",
-                &name,
-                "sh",
-                "-c",
-                &format!(
-                    "for i in $(seq 1 30); do timeout 3 nc {FAR_IP} 7000 || echo lost; \
-                     sleep 0.1; done"
-                ),
-            ])
-        }
-    });
-    std::thread::sleep(Duration::from_millis(1200));
-    plugin.kill();
-    let out = looping.join().expect("client loop");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let answered = text.matches(&format!("from {HOST_UPLINK_IP}")).count();
+    let (answered, text) = far.answered_across(&ca, || plugin.kill());
     assert!(
         answered >= 29,
         "connections lost across the plugin's death: {answered}/30: {text}"

@@ -1,16 +1,19 @@
 //! nat-fast with `ovs.nat.engine=tc`, end to end (real dockerd, plugin, OVS): each
 //! endpoint is split in two veth pairs joined by tc redirects, so the container keeps
 //! TSO and checksum offload while OVS's userspace datapath still sees whole,
-//! checksummed frames. In this step all of the network's traffic takes the kernel path
-//! (OVS, the gateway, the nft masquerade), as in nat mode (docs/design/nat-fast-tc.md).
+//! checksummed frames. The tc programs sit on tcx ingress of the container's host end
+//! and of the uplink; with nothing in `CT` yet they pass every frame on, so all of the
+//! network's traffic takes the kernel path (OVS, the gateway, the nft masquerade), as in
+//! nat mode (docs/design/nat-fast-tc.md).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
+use dovesnap::fastpath::xdp::tcx_ingress_programs;
 use dovesnap_tests::docker::{assert_outbound_masqueraded, start_plugin_with, Container, Network};
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::endpoint_at;
+use dovesnap_tests::status::{endpoint_at, xdp_counter};
 use dovesnap_tests::{run, sh, wait_until};
 
 const HOST_UPLINK_IP: &str = "10.237.100.1";
@@ -118,6 +121,11 @@ fn patch_whole(port: &str, tc_end: &str, patch_end: &str) -> bool {
         && redirects(patch_end) == [tc_end.to_string()]
 }
 
+/// The programs on `ifname`'s tcx ingress (the kernel keeps 15 bytes of each name).
+fn tcx(ifname: &str) -> Vec<String> {
+    tcx_ingress_programs(ifname).expect("query tcx")
+}
+
 /// A temporary folder, removed on drop (also when an assertion fails).
 struct TempDir(std::path::PathBuf);
 
@@ -134,7 +142,7 @@ fn link_exists(name: &str) -> bool {
 #[test]
 #[ignore = "needs root, Open vSwitch, nftables and dockerd (cargo xtask test)"]
 fn split_endpoint_keeps_tso_and_carries_traffic() {
-    let plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+    let mut plugin = start_plugin_with(&["--reconcile-interval", "1"]);
     let mut far = Far::new("dtc", "10.237.100");
     let tmp = TempDir(std::env::temp_dir().join(format!("dovesnap-tc-{}", std::process::id())));
     let dir = &tmp.0;
@@ -177,6 +185,15 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             redirects(&patch_end)
         );
 
+        // The tc programs: on the container's host end (not the OVS port) and first on
+        // the uplink, through links the daemon owns.
+        assert_eq!(tcx(&tc_end), ["dovesnap_tc_end"]);
+        assert!(tcx(&port).is_empty());
+        assert_eq!(
+            tcx(&far.uplink.host).first().map(String::as_str),
+            Some("dovesnap_tc_upl")
+        );
+
         // The container keeps TSO and TX checksum offload.
         let features = sh("nsenter", &["-t", &c.pid(), "-n", "ethtool", "-k", "eth0"]);
         for f in ["tcp-segmentation-offload: on", "tx-checksumming: on"] {
@@ -197,6 +214,20 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
         let sent = dir.join("sent").to_string_lossy().into_owned();
         sh("cp", &[&blob, &sent]);
         assert_eq!(bulk(&c, &["put", &sent]), blob_md5, "upload");
+        // Its frames went through the programs and on to the kernel's path (nothing is
+        // in CT yet): out, a flow the slow port will take; in, no session.
+        let status = plugin.status();
+        for declined in ["tc-decline-slow", "tc-decline-no-session"] {
+            assert!(
+                xdp_counter(&status, declined) > 0,
+                "{declined}: {}",
+                status["fast_path"]
+            );
+        }
+        assert_eq!(
+            xdp_counter(&status, "tc-out") + xdp_counter(&status, "tc-in"),
+            0
+        );
 
         // The reconciler re-makes a deleted OVS-side pair and lost filters.
         sh("ip", &["link", "del", &patch_end]);
@@ -211,7 +242,52 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             patch_whole(&port, &tc_end, &patch_end)
         });
         assert!(far.reached_from(&c), "traffic after the patch was re-made");
+        assert_eq!(
+            tcx(&tc_end),
+            ["dovesnap_tc_end"],
+            "the tcx link outlives clsact"
+        );
+
+        // kill -9 during traffic: the tcx links die with the process (nothing pinned),
+        // the patch stays, so connections go on through the kernel's path.
+        let (answered, text) = far.answered_across(&c, || plugin.kill());
+        assert!(
+            answered >= 29,
+            "lost across the plugin's death: {answered}/30: {text}"
+        );
+        assert!(tcx(&tc_end).is_empty(), "a tcx link outlived the plugin");
+        assert!(
+            tcx(&far.uplink.host).is_empty(),
+            "a tcx link outlived the plugin"
+        );
+        // A restart puts the programs back on the running container's endpoint, a
+        // clean stop takes them off, and a start puts them back again.
+        for round in ["kill -9", "stop"] {
+            plugin = start_plugin_with(&["--reconcile-interval", "1"]);
+            assert_eq!(
+                tcx(&tc_end),
+                ["dovesnap_tc_end"],
+                "not re-attached after {round}"
+            );
+            let attached = &plugin.status()["fast_path"]["attached"];
+            assert!(
+                (attached.as_array().into_iter().flatten())
+                    .any(|a| a[0] == tc_end.as_str() && a[1] == "tcx dovesnap_tc_endpoint"),
+                "status: {attached}"
+            );
+            if round == "kill -9" {
+                assert!(plugin.terminate(), "clean stop");
+                assert!(tcx(&tc_end).is_empty(), "a tcx link outlived a clean stop");
+                assert!(
+                    tcx(&far.uplink.host).is_empty(),
+                    "a tcx link outlived a clean stop"
+                );
+            }
+        }
+        assert!(far.reached_from(&c), "traffic after the restart");
     }
+    // The last endpoint gone, the uplink's program went with it.
+    assert!(tcx(&far.uplink.host).is_empty());
     // Containers and network gone: nothing of the split is left.
     let (port, tc_end, patch_end) = links;
     for name in [&port, &tc_end, &patch_end] {

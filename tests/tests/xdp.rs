@@ -1707,7 +1707,7 @@ impl Capture {
 #[ignore = "needs root: netns, veth, tcx"]
 fn tc_programs_forward_real_traffic() {
     use dovesnap::fastpath::offload::ct_entries;
-    use dovesnap::fastpath::xdp::{TcProgram, CT_OWNER_TRANSLATOR};
+    use dovesnap::fastpath::xdp::{tcx_ingress_programs, TcProgram, CT_OWNER_TRANSLATOR};
     use dovesnap::translator::checksum::{fold, pseudo_header_sum};
     use dovesnap::translator::Verdict;
 
@@ -1718,12 +1718,21 @@ fn tc_programs_forward_real_traffic() {
         names = topo.names();
         topo.f.line(&format!("ip addr add {REMOTE}/32 dev lo"));
         let mut xdp = topo.configured(1);
+        let tcx =
+            |ifname: &str| in_netns(&topo.r, || tcx_ingress_programs(ifname).expect("query tcx"));
         in_netns(&topo.r, || {
             xdp.tc_attach(TcProgram::Endpoint, "ep0")
                 .expect("attach to ep0");
             xdp.tc_attach(TcProgram::Uplink, "up0")
                 .expect("attach to up0");
+            // Attaching again changes nothing.
+            xdp.tc_attach(TcProgram::Uplink, "up0")
+                .expect("attach to up0 again");
         });
+        // The kernel keeps 15 bytes of a program's name.
+        assert_eq!(tcx("ep0"), ["dovesnap_tc_end"]);
+        assert_eq!(tcx("up0"), ["dovesnap_tc_upl"]);
+        assert_eq!(xdp.tc_attached().len(), 2);
         let mut maps = xdp.take_dataplane_maps().expect("maps");
         let mut nat = Nat::new(&topo);
         let now = std::time::Instant::now();
@@ -1851,8 +1860,12 @@ fn tc_programs_forward_real_traffic() {
             0,
             "{d:?}"
         );
+        in_netns(&topo.r, || xdp.tc_detach(TcProgram::Endpoint, "ep0")).expect("detach");
+        assert!(tcx("ep0").is_empty());
         drop(maps);
+        // Dropping the program closes its links: nothing stays on the uplink.
         drop(xdp);
+        assert!(tcx("up0").is_empty());
     }
     assert_gone(&names);
 }

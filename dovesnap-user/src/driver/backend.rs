@@ -176,6 +176,15 @@ pub trait NatFastPath: Send + 'static {
         uplink: &FastUplinkSpec,
     ) -> Result<(), FastPathError>;
     fn remove_endpoint(&mut self, host_ifname: &str);
+    /// Puts the tc engine's programs on a split endpoint (`ep.host_ifname` is its
+    /// container-side host end) and its uplink.
+    fn add_tc_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        uplink: &FastUplinkSpec,
+    ) -> Result<(), FastPathError>;
+    /// Takes them off again (idempotent).
+    fn remove_tc_endpoint(&mut self, host_ifname: &str);
     /// Records why an endpoint stays on the kernel path (`dovesnap status`).
     fn set_kernel_path(&mut self, host_ifname: &str, why: String);
     /// Serves `port` of the uplink's address for the container at `ip`.
@@ -329,6 +338,16 @@ impl NatFastPath for FastPath {
     }
     fn remove_endpoint(&mut self, host_ifname: &str) {
         FastPath::remove_endpoint(self, host_ifname)
+    }
+    fn add_tc_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        up: &FastUplinkSpec,
+    ) -> Result<(), FastPathError> {
+        FastPath::add_tc_endpoint(self, ep, up)
+    }
+    fn remove_tc_endpoint(&mut self, host_ifname: &str) {
+        FastPath::remove_tc_endpoint(self, host_ifname);
     }
     fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
         FastPath::set_kernel_path(self, host_ifname, why)

@@ -110,7 +110,12 @@ pub(super) fn fast_leave<F: NatFastPath>(fastpath: &mut FastSlot<F>, net: &Netwo
         return;
     }
     fast_unpublish(fastpath, &net.options, &ep.published);
-    fastpath.if_running(|fp| fp.remove_endpoint(&ep.host_ifname));
+    if is_split(net) {
+        let (tc_end, _) = split_names(ep);
+        fastpath.if_running(|fp| fp.remove_tc_endpoint(&tc_end));
+    } else {
+        fastpath.if_running(|fp| fp.remove_endpoint(&ep.host_ifname));
+    }
 }
 
 /// Withdraws `published` from a nat-fast network's uplink on the fast path.
@@ -202,8 +207,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         ep: &Endpoint,
         adopt: bool,
     ) {
-        if net.options.mode != Mode::NatFast || net.internal || is_split(net) {
+        if net.options.mode != Mode::NatFast || net.internal {
             return;
+        }
+        if is_split(net) {
+            return self.tc_join(fastpath, net, ep).await;
         }
         let specs = async {
             let Some(spec) = self.endpoint_spec(net, ep).await? else {
@@ -237,6 +245,46 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             fastpath.if_running(|fp| {
                 fp.remove_endpoint(&ep.host_ifname);
                 fp.set_kernel_path(&ep.host_ifname, e.to_string());
+            });
+        }
+    }
+
+    /// Puts the tc engine's programs on a joined split endpoint's container-side host
+    /// end and on the uplink. Fail-open: on error the endpoint's traffic takes the
+    /// patch and the kernel's nat path, which is logged and shown by `dovesnap status`.
+    async fn tc_join(&self, fastpath: &mut FastSlot<F>, net: &Network, ep: &Endpoint) {
+        let (tc_end, _) = split_names(ep);
+        let specs = async {
+            let Some(spec) = self.endpoint_spec(net, ep).await? else {
+                return Ok(None);
+            };
+            let host_ifindex = (self.netlink.index(&tc_end).await?).ok_or_else(|| {
+                DriverError::EndpointPartGone {
+                    what: "the container's host end",
+                    endpoint: ep.id.clone(),
+                }
+            })?;
+            let spec = EndpointSpec {
+                host_ifname: tc_end.clone(),
+                host_ifindex,
+                ..spec
+            };
+            Ok::<_, DriverError>(Some((spec, self.uplink_spec(net).await?)))
+        };
+        let r = match specs.await {
+            Ok(Some((spec, uplink))) => fastpath
+                .with(&self.fastpath_config, |fp| {
+                    fp.add_tc_endpoint(&spec, &uplink)
+                })
+                .map_err(|e| e.to_string()),
+            Ok(None) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = r {
+            warn!(endpoint = %ep.id, "tc programs not attached, the kernel nat path carries it: {e}");
+            fastpath.if_running(|fp| {
+                fp.remove_tc_endpoint(&tc_end);
+                fp.set_kernel_path(&tc_end, e);
             });
         }
     }

@@ -448,6 +448,22 @@ struct FakeFastPath {
     published: Mutex<Vec<(String, FastPort, Ipv4Addr)>>,
     kernel_path: BTreeMap<String, String>,
     subnets: Vec<Ipv4Net>,
+    /// tc-engine endpoints by their container-side host end.
+    tc_endpoints: BTreeMap<String, EndpointSpec>,
+}
+
+impl FakeFastPath {
+    /// Refuses (`refuse`) or takes the uplink in, for an endpoint of either engine.
+    fn admit(&mut self, what: &'static str, up: &FastUplinkSpec) -> Result<(), FastPathError> {
+        if self.refuse {
+            return Err(FastPathError::Start {
+                what,
+                cause: std::io::Error::other("refused by the test"),
+            });
+        }
+        self.uplinks.insert(up.name.clone(), up.addr);
+        Ok(())
+    }
 }
 
 impl NatFastPath for FakeFastPath {
@@ -485,18 +501,25 @@ impl NatFastPath for FakeFastPath {
         ep: &EndpointSpec,
         up: &FastUplinkSpec,
     ) -> Result<(), FastPathError> {
-        if self.refuse {
-            return Err(FastPathError::Start {
-                what: "attach the endpoint",
-                cause: std::io::Error::other("refused by the test"),
-            });
-        }
-        self.uplinks.insert(up.name.clone(), up.addr);
+        self.admit("attach the endpoint", up)?;
         self.endpoints.insert(ep.host_ifname.clone(), ep.clone());
         Ok(())
     }
     fn remove_endpoint(&mut self, host_ifname: &str) {
         self.endpoints.remove(host_ifname);
+        self.kernel_path.remove(host_ifname);
+    }
+    fn add_tc_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        up: &FastUplinkSpec,
+    ) -> Result<(), FastPathError> {
+        self.admit("attach the tc programs", up)?;
+        self.tc_endpoints.insert(ep.host_ifname.clone(), ep.clone());
+        Ok(())
+    }
+    fn remove_tc_endpoint(&mut self, host_ifname: &str) {
+        self.tc_endpoints.remove(host_ifname);
         self.kernel_path.remove(host_ifname);
     }
     fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
@@ -1050,6 +1073,24 @@ async fn a_fast_path_failure_leaves_the_endpoint_on_the_kernel_path() {
     assert!(r.fast(|fp| fp.endpoints.is_empty()));
     let why = r.fast(|fp| fp.kernel_path[&host_end].clone());
     assert!(why.contains("refused by the test"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_tc_attach_failure_leaves_the_endpoint_on_the_kernel_path() {
+    let r = rig_with(FastPathConfig {
+        max_sessions: 0,
+        ..Default::default()
+    });
+    r.net(TC_NET, Some("10.233.1.0/24")).await;
+    r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
+    let (tc_end, _) = split();
+    assert!(r.fast(|fp| fp.tc_endpoints.is_empty()));
+    let why = r.fast(|fp| fp.kernel_path[&tc_end].clone());
+    assert!(why.contains("refused by the test"), "{why}");
+    // Leaving clears the reason with the endpoint.
+    r.driver.leave_inner(ids(NID, EID)).await.unwrap();
+    assert!(r.fast(|fp| fp.kernel_path.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -1887,14 +1928,27 @@ async fn nat_fast_tc_splits_the_endpoint_and_delete_takes_all_of_it() {
         "the container end keeps its offloads: {calls:?}"
     );
 
-    // Joined, it stays on the kernel path: no fast path, status says which engine.
+    // Joined, the tc programs go on the container's host end (not the OVS port) and
+    // the uplink; no XDP endpoint. Until CT is written the kernel path carries it.
     r.driver.join_inner(join(NID, EID)).await.unwrap();
-    assert!(r.driver.state.lock().await.fastpath.get().is_none());
+    {
+        let state = r.driver.state.lock().await;
+        let fp = state.fastpath.get().expect("started for the tc programs");
+        assert!(fp.endpoints.is_empty(), "no XDP endpoint");
+        let spec = &fp.tc_endpoints[&tc_end];
+        assert_eq!(spec.ip, "10.233.1.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(fp.tc_endpoints.len(), 1);
+        assert_eq!(fp.uplinks.len(), 1);
+    }
     let status = r.driver.status().await;
     assert_eq!(status.networks[0].engine, "tc");
     assert!(!status.networks[0].endpoints[0].fast_path);
 
     r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert!(
+        (r.driver.state.lock().await.fastpath.get()).is_some_and(|fp| fp.tc_endpoints.is_empty()),
+        "the tc programs are taken off"
+    );
     assert_eq!(r.links(), before, "split links left");
     assert!(r.ports().is_empty());
 }

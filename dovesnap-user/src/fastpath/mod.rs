@@ -27,6 +27,7 @@ pub mod frameio;
 pub mod nexthop;
 pub mod offload;
 pub mod supervisor;
+mod tc;
 pub mod xdp;
 
 use std::collections::HashMap;
@@ -332,6 +333,10 @@ pub struct FastPath {
     host_rules: Vec<HostRule>,
     host_entries: Vec<([u8; 4], u8, crate::fastpath::xdp::HostFwMatch)>,
     host_subnets: Vec<Ipv4Net>,
+    /// tc-engine endpoints, by their container-side host end (see `tc`).
+    tc_endpoints: HashMap<String, tc::TcEndpoint>,
+    /// Uplinks carrying the tc engine's uplink program, by name.
+    tc_uplinks: HashMap<String, tc::TcUplink>,
 }
 
 impl FastPath {
@@ -409,6 +414,8 @@ impl FastPath {
             host_rules: Vec::new(),
             host_entries: Vec::new(),
             host_subnets: Vec::new(),
+            tc_endpoints: HashMap::new(),
+            tc_uplinks: HashMap::new(),
         })
     }
 
@@ -488,6 +495,7 @@ impl FastPath {
         let cfg = iface_entry(IFACE_UPLINK, slots, spec.addr, spec.ifindex);
         if let Err(e) = self.steer(&spec.name, spec.ifindex, &cfg) {
             let _ = self.xdp.remove_iface(spec.ifindex);
+            let _ = self.keep_tc_uplink_entry(&spec.name);
             let name = spec.name.clone();
             let _ = self.call(|reply| Command::RemoveUplink { name, reply });
             self.free_slots(slots);
@@ -517,6 +525,9 @@ impl FastPath {
             warn!(uplink = %u.spec.name, "cannot detach XDP: {e}");
         }
         let _ = self.xdp.remove_iface(u.spec.ifindex);
+        if let Err(e) = self.keep_tc_uplink_entry(&u.spec.name) {
+            warn!(uplink = %u.spec.name, "the tc programs lose the uplink: {e}");
+        }
         let name = name.to_string();
         let _ = self.call(|reply| Command::RemoveUplink { name, reply });
         self.free_slots(u.slots);
@@ -712,6 +723,10 @@ impl FastPath {
                 let mode = self.xdp.mode(&i).map(|m| m.to_string()).unwrap_or_default();
                 (i, mode)
             })
+            .chain(
+                (self.xdp.tc_attached().into_iter())
+                    .map(|(i, program)| (i, format!("tcx {}", program.name()))),
+            )
             .collect();
         let xdp_counters = match self.xdp.counters() {
             Ok(c) => dovesnap_ebpf::Counter::ALL

@@ -47,7 +47,7 @@ use thiserror::Error;
 #[cfg(any(test, feature = "bench"))]
 mod sink;
 mod tc;
-pub use tc::TcProgram;
+pub use tc::{tcx_ingress_programs, TcProgram};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::TcRun;
 #[cfg(any(test, feature = "testing"))]
@@ -116,6 +116,15 @@ pub enum XdpError {
         /// The program's name.
         program: &'static str,
         /// The kernel's error and verifier log.
+        cause: String,
+    },
+
+    /// The programs on an interface's tcx ingress could not be listed.
+    #[error("cannot list the tcx programs of {ifname}: {cause}")]
+    TcQuery {
+        /// The interface.
+        ifname: String,
+        /// The kernel's error, with its causes.
         cause: String,
     },
 
@@ -306,8 +315,9 @@ fn unless_absent<T>(
     }
 }
 
-/// Checks what the program relies on: a known kind and socket slots inside `XSKS`.
-fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+/// Checks what the programs rely on: a known kind and socket slots inside `XSKS`; an
+/// endpoint of the XDP program (`sockets`) needs at least one, a tc-engine endpoint none.
+fn validate_iface(ifindex: u32, cfg: &IfaceConfig, sockets: bool) -> Result<(), XdpError> {
     let invalid = |reason: String| Err(XdpError::InvalidIface { ifindex, reason });
     if cfg.kind != IFACE_ENDPOINT && cfg.kind != IFACE_UPLINK {
         return invalid(format!(
@@ -323,7 +333,7 @@ fn validate_iface(ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
         ));
     }
     if cfg.kind == IFACE_ENDPOINT {
-        if cfg.xsk_slots == 0 {
+        if sockets && cfg.xsk_slots == 0 {
             return invalid("an endpoint needs at least one socket slot (xsk_slots)".into());
         }
         if cfg.fib_ifindex == 0 || cfg.uplink_ifindex == 0 {
@@ -640,6 +650,8 @@ pub struct XdpProgram {
     /// Why the tc programs did not load (`None`: they did), see
     /// [`XdpProgram::tc_programs`].
     tc_refused: Option<String>,
+    /// The tcx links of the tc programs, see [`XdpProgram::tc_attach`].
+    tc_links: tc::TcLinks,
 }
 
 impl fmt::Debug for XdpProgram {
@@ -687,6 +699,7 @@ impl XdpProgram {
             attachments: BTreeMap::new(),
             maps_taken: false,
             tc_refused,
+            tc_links: tc::TcLinks::new(),
         })
     }
 
@@ -721,14 +734,15 @@ impl XdpProgram {
             })
     }
 
-    /// Detaches the program from every interface, trying all of them even when some
-    /// fail, and reports every failure.
+    /// Detaches the program (and the tc programs) from every interface, trying all of
+    /// them even when some fail, and reports every failure.
     pub fn detach_all(&mut self) -> Result<(), XdpError> {
         let attachments = std::mem::take(&mut self.attachments);
-        let failures: Vec<DetachFailure> = attachments
+        let mut failures: Vec<DetachFailure> = attachments
             .into_iter()
             .filter_map(|(ifname, attachment)| self.detach_one(&ifname, attachment).err())
             .collect();
+        failures.extend(self.tc_detach_all());
         if failures.is_empty() {
             Ok(())
         } else {
@@ -789,7 +803,19 @@ impl XdpProgram {
     /// configuration. Takes effect for the next frame; the program must also be attached
     /// to the interface. The ifindex is the one in the interface's own network namespace.
     pub fn set_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
-        validate_iface(ifindex, cfg)?;
+        validate_iface(ifindex, cfg, true)?;
+        self.insert_iface(ifindex, cfg)
+    }
+
+    /// [`XdpProgram::set_iface`] for an interface only the tc programs serve (a
+    /// tc-engine endpoint's host end, an uplink no xdp-engine network uses): no socket
+    /// slots needed.
+    pub fn set_tc_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
+        validate_iface(ifindex, cfg, false)?;
+        self.insert_iface(ifindex, cfg)
+    }
+
+    fn insert_iface(&mut self, ifindex: u32, cfg: &IfaceConfig) -> Result<(), XdpError> {
         let mut map = self.ifaces_mut()?;
         map.insert(ifindex, *cfg, 0)
             .map_err(|e| map_error(IFACES_MAP, format!("set interface {ifindex}"), &e))
@@ -1301,7 +1327,7 @@ mod tests {
 
     #[test]
     fn iface_validation() {
-        assert!(validate_iface(7, &endpoint()).is_ok());
+        assert!(validate_iface(7, &endpoint(), true).is_ok());
         let uplink = IfaceConfig {
             kind: IFACE_UPLINK,
             xsk_slot: MAX_XSKS - 4,
@@ -1309,7 +1335,19 @@ mod tests {
             addr: be_addr([192, 0, 2, 1]),
             ..Default::default()
         };
-        assert!(validate_iface(2, &uplink).is_ok());
+        assert!(validate_iface(2, &uplink, true).is_ok());
+        // A tc-engine endpoint has no sockets; everything else is checked the same.
+        let tc_endpoint = IfaceConfig {
+            xsk_slots: 0,
+            ..endpoint()
+        };
+        assert!(validate_iface(7, &tc_endpoint, true).is_err());
+        assert!(validate_iface(7, &tc_endpoint, false).is_ok());
+        let no_uplink = IfaceConfig {
+            uplink_ifindex: 0,
+            ..tc_endpoint
+        };
+        assert!(validate_iface(7, &no_uplink, false).is_err());
         let bad = [
             (
                 7,
@@ -1370,7 +1408,7 @@ mod tests {
             ),
         ];
         for (ifindex, cfg, needle) in bad {
-            match validate_iface(ifindex, &cfg) {
+            match validate_iface(ifindex, &cfg, true) {
                 Ok(()) => panic!("accepted {cfg:?}"),
                 Err(e) => {
                     assert!(matches!(e, XdpError::InvalidIface { .. }), "{e}");
@@ -1486,9 +1524,28 @@ mod tests {
     #[test]
     fn load_or_explain() {
         match XdpProgram::load() {
-            Ok(program) => {
+            Ok(mut program) => {
                 assert!(program.attached().is_empty());
                 assert_eq!(program.counters().expect("counters"), Counters::default());
+                // The tc links: bad input is refused and leaves nothing recorded.
+                assert!(program.tc_attached().is_empty());
+                let bad = program.tc_attach(TcProgram::Endpoint, "no/such");
+                assert!(
+                    matches!(bad, Err(XdpError::InvalidInterfaceName { .. })),
+                    "{bad:?}"
+                );
+                let gone = program.tc_attach(TcProgram::Uplink, "dsnnosuch0");
+                assert!(
+                    gone.as_ref()
+                        .is_err_and(|e| e.to_string().contains("dsnnosuch0")),
+                    "{gone:?}"
+                );
+                assert!(program.tc_attached().is_empty());
+                let never = program.tc_detach(TcProgram::Uplink, "dsnnosuch0");
+                assert!(
+                    matches!(never, Err(XdpError::NotAttached { .. })),
+                    "{never:?}"
+                );
             }
             Err(XdpError::NotBuilt) => assert!(object().is_empty()),
             Err(e @ XdpError::PermissionDenied { .. }) => {

@@ -2,18 +2,23 @@
 //! eBPF object as the XDP program and sharing its maps (`IFACES`, `STATE`, `HOSTFW`,
 //! `SESSIONS`, `PORTS`, `STATS`, and their own `CT`): `dovesnap_tc_endpoint` for tcx
 //! ingress on a tc-engine container's host end, `dovesnap_tc_uplink` for tcx ingress on
-//! the uplink. [`XdpProgram::load_sized`] loads them (the verifier runs) but nothing
-//! attaches them yet: the wiring to endpoints and the translator's `CT` writes come
-//! with the slow-path port.
+//! the uplink. [`XdpProgram::load_sized`] loads them (the verifier runs);
+//! [`XdpProgram::tc_attach`] puts one on an interface's tcx ingress, first in the chain,
+//! through an fd-owned link: never pinned, never a netlink `cls_bpf` filter, so it dies
+//! with the daemon (§4, fail-open after `kill -9`).
 
-use aya::programs::SchedClassifier;
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use dovesnap_ebpf::{TC_ENDPOINT_PROGRAM_NAME, TC_UPLINK_PROGRAM_NAME};
 
-use super::{chain, is_eperm, XdpError, XdpProgram};
+use super::{
+    chain, interface_exists, is_eperm, validate_ifname, DetachFailure, XdpError, XdpProgram,
+};
 
 /// One of the tc programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TcProgram {
     /// `dovesnap_tc_endpoint`: container -> far, on the container's host end.
     Endpoint,
@@ -34,35 +39,31 @@ impl TcProgram {
     }
 }
 
+/// A missing or mistyped classifier: the object and this binary disagree.
+fn mismatch(program: TcProgram) -> XdpError {
+    XdpError::ObjectMismatch {
+        kind: "program",
+        name: program.name(),
+    }
+}
+
 /// The object's classifier `program`; a missing one is a build mismatch.
 #[cfg(any(test, feature = "testing"))]
 pub(super) fn classifier(ebpf: &Ebpf, program: TcProgram) -> Result<&SchedClassifier, XdpError> {
-    let mismatch = XdpError::ObjectMismatch {
-        kind: "program",
-        name: program.name(),
-    };
-    match ebpf.program(program.name()) {
-        Some(p) => p.try_into().map_err(|_| mismatch),
-        None => Err(mismatch),
-    }
+    let p = ebpf.program(program.name()).ok_or(mismatch(program))?;
+    p.try_into().map_err(|_| mismatch(program))
+}
+
+/// [`classifier`], to load or attach it.
+fn classifier_mut(ebpf: &mut Ebpf, program: TcProgram) -> Result<&mut SchedClassifier, XdpError> {
+    let p = ebpf.program_mut(program.name()).ok_or(mismatch(program))?;
+    p.try_into().map_err(|_| mismatch(program))
 }
 
 /// Loads both classifiers into the kernel (the verifier runs here), attaching nothing.
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), XdpError> {
     for program in TcProgram::ALL {
-        let mismatch = XdpError::ObjectMismatch {
-            kind: "program",
-            name: program.name(),
-        };
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(program.name())
-            .ok_or(mismatch)?
-            .try_into()
-            .map_err(|_| XdpError::ObjectMismatch {
-                kind: "program",
-                name: program.name(),
-            })?;
-        p.load().map_err(|e| {
+        classifier_mut(ebpf, program)?.load().map_err(|e| {
             let cause = chain(&e);
             if is_eperm(&e) {
                 XdpError::PermissionDenied {
@@ -89,6 +90,109 @@ impl XdpProgram {
             Some(cause) => Err(XdpError::TcUnavailable {
                 cause: cause.clone(),
             }),
+        }
+    }
+}
+
+/// The names of the programs on `ifname`'s tcx ingress (in the calling thread's network
+/// namespace), in the order they run, whoever attached them. The kernel keeps the first
+/// 15 bytes of a program's name. For tests and diagnosis: that a dead daemon left none.
+pub fn tcx_ingress_programs(ifname: &str) -> Result<Vec<String>, XdpError> {
+    validate_ifname(ifname)?;
+    let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress).map_err(|e| {
+        XdpError::TcQuery {
+            ifname: ifname.to_string(),
+            cause: chain(&e),
+        }
+    })?;
+    Ok(programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// One tcx link made by [`XdpProgram::tc_attach`], keyed by interface and program.
+pub(super) type TcLinks = std::collections::BTreeMap<(String, TcProgram), SchedClassifierLinkId>;
+
+impl XdpProgram {
+    /// Attaches the tc `program` to `ifname`'s tcx ingress, first in its chain
+    /// (`LinkOrder::first()`: a program that someone else puts there later runs after
+    /// dovesnap's, which returns `TCX_NEXT` for what it declines), in the calling
+    /// thread's network namespace, until [`XdpProgram::tc_detach`] or the program is
+    /// dropped. tcx only: on a kernel without it this fails instead of falling back to a
+    /// netlink filter, which would outlive the daemon. Attaching a program that is
+    /// already attached there does nothing.
+    pub fn tc_attach(&mut self, program: TcProgram, ifname: &str) -> Result<(), XdpError> {
+        validate_ifname(ifname)?;
+        self.tc_programs()?;
+        let key = (ifname.to_string(), program);
+        if self.tc_links.contains_key(&key) {
+            return Ok(());
+        }
+        let link = classifier_mut(&mut self.ebpf, program)?
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(|e| XdpError::TcAttach {
+                program: program.name(),
+                ifname: ifname.to_string(),
+                cause: chain(&e),
+            })?;
+        tracing::info!(ifname, program = program.name(), "attached tc program");
+        self.tc_links.insert(key, link);
+        Ok(())
+    }
+
+    /// Detaches the tc `program` from `ifname`. An interface that has disappeared since
+    /// counts as detached (the kernel dropped the link's attachment with it).
+    pub fn tc_detach(&mut self, program: TcProgram, ifname: &str) -> Result<(), XdpError> {
+        let link = self
+            .tc_links
+            .remove(&(ifname.to_string(), program))
+            .ok_or_else(|| XdpError::NotAttached {
+                ifname: ifname.to_string(),
+            })?;
+        self.tc_detach_one(program, ifname, link)
+            .map_err(|failure| XdpError::Detach {
+                failures: vec![failure],
+            })
+    }
+
+    /// The (interface, program) pairs attached through [`XdpProgram::tc_attach`], sorted.
+    pub fn tc_attached(&self) -> Vec<(String, TcProgram)> {
+        self.tc_links.keys().cloned().collect()
+    }
+
+    /// Detaches every tc link, reporting each failure (part of `detach_all`).
+    pub(super) fn tc_detach_all(&mut self) -> Vec<DetachFailure> {
+        std::mem::take(&mut self.tc_links)
+            .into_iter()
+            .filter_map(|((ifname, program), link)| {
+                self.tc_detach_one(program, &ifname, link).err()
+            })
+            .collect()
+    }
+
+    fn tc_detach_one(
+        &mut self,
+        program: TcProgram,
+        ifname: &str,
+        link: SchedClassifierLinkId,
+    ) -> Result<(), DetachFailure> {
+        let failure = |cause| DetachFailure {
+            ifname: ifname.to_string(),
+            cause,
+        };
+        let p = classifier_mut(&mut self.ebpf, program).map_err(|e| failure(e.to_string()))?;
+        match p.detach(link) {
+            Ok(()) => {
+                tracing::info!(ifname, program = program.name(), "detached tc program");
+                Ok(())
+            }
+            Err(_) if !interface_exists(ifname) => Ok(()),
+            Err(e) => Err(failure(chain(&e))),
         }
     }
 }

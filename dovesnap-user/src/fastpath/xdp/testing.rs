@@ -4,7 +4,7 @@
 //! `testing`, enabled by `tests`; the daemon is built without it.
 
 use aya::maps::HashMap;
-use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, TestRunResult, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
 use dovesnap_ebpf::{Counter, IfaceConfig, IFACES_MAP, PROGRAM_NAME};
 
 use super::tc::{classifier, TcProgram};
@@ -94,27 +94,6 @@ pub struct TcRun {
 }
 
 impl XdpProgram {
-    /// Attaches the tc `program` to `ifname`'s ingress (tcx on this kernel), in the
-    /// calling thread's network namespace, until the program is dropped. Only tests
-    /// attach the tc programs in this step.
-    pub fn tc_attach(&mut self, program: TcProgram, ifname: &str) -> Result<(), XdpError> {
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program.name())
-            .and_then(|p| p.try_into().ok())
-            .ok_or(XdpError::ObjectMismatch {
-                kind: "program",
-                name: program.name(),
-            })?;
-        p.attach(ifname, TcAttachType::Ingress)
-            .map(|_| ())
-            .map_err(|e| XdpError::TcAttach {
-                program: program.name(),
-                ifname: ifname.to_string(),
-                cause: chain(&e),
-            })
-    }
-
     /// Runs the tc `program` once on `frame` (`BPF_PROG_TEST_RUN`) as if it arrived on
     /// `ifindex` (which must exist in the calling thread's network namespace), as a GSO
     /// super-packet of `gso_segs` segments of `gso_size` bytes when those are non-zero.

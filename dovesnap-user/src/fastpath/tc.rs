@@ -1,0 +1,158 @@
+//! The tc engine's attachments (`ovs.nat.engine=tc`, docs/design/nat-fast-tc.md §2.2,
+//! §4): `dovesnap_tc_endpoint` on each split endpoint's container-side host end
+//! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink, both on tcx ingress through links
+//! this process owns, so a `kill -9` leaves only the persistent legacy patch and every
+//! frame takes the kernel path. The programs forward what `CT` holds and return
+//! `TCX_NEXT` for everything else (the patch → OVS → nft masquerade); nothing writes
+//! `CT` for these endpoints yet, so today they carry the same traffic as before.
+
+use std::net::Ipv4Addr;
+
+use tracing::{info, warn};
+
+use super::xdp::{IfaceConfig, TcProgram, XdpError, IFACE_ENDPOINT, IFACE_UPLINK};
+use super::{iface_entry, EndpointSpec, FastPath, FastPathError, Slots, UplinkSpec};
+
+/// A tc-engine endpoint: its container-side host end's ifindex and its uplink.
+pub(super) struct TcEndpoint {
+    ifindex: u32,
+    uplink: String,
+}
+
+/// An uplink carrying `dovesnap_tc_uplink`, and how many tc-engine endpoints use it.
+pub(super) struct TcUplink {
+    ifindex: u32,
+    addr: Ipv4Addr,
+    users: usize,
+}
+
+/// The `IFACES` entry of an uplink only the tc programs read: no socket slots.
+fn tc_uplink_entry(addr: Ipv4Addr, ifindex: u32) -> IfaceConfig {
+    iface_entry(IFACE_UPLINK, Slots { first: 0, count: 0 }, addr, ifindex)
+}
+
+/// The `IFACES` entry of a tc-engine endpoint's host end: the checks of the XDP
+/// program's endpoints, no socket slots.
+fn tc_endpoint_entry(ep: &EndpointSpec, uplink: &UplinkSpec) -> IfaceConfig {
+    IfaceConfig {
+        subnet: u32::from_ne_bytes(ep.subnet.addr().octets()),
+        netmask: u32::from_ne_bytes(ep.subnet.netmask().octets()),
+        fib_ifindex: ep.bridge_ifindex,
+        gateway_mac: ep.gateway_mac,
+        ..iface_entry(
+            IFACE_ENDPOINT,
+            Slots { first: 0, count: 0 },
+            ep.ip,
+            uplink.ifindex,
+        )
+    }
+}
+
+impl FastPath {
+    /// Puts a tc-engine endpoint's programs in place: `ep.host_ifname` is the
+    /// container-side host end (`ovst<id>`, not the OVS port). Replaces an earlier
+    /// attachment of the same name. On error nothing of it is left.
+    pub fn add_tc_endpoint(
+        &mut self,
+        ep: &EndpointSpec,
+        uplink: &UplinkSpec,
+    ) -> Result<(), FastPathError> {
+        self.xdp.tc_programs()?;
+        if self.tc_endpoints.contains_key(&ep.host_ifname) {
+            self.remove_tc_endpoint(&ep.host_ifname);
+        }
+        self.acquire_tc_uplink(uplink)?;
+        let r = (self.xdp)
+            .set_tc_iface(ep.host_ifindex, &tc_endpoint_entry(ep, uplink))
+            .and_then(|()| self.xdp.tc_attach(TcProgram::Endpoint, &ep.host_ifname));
+        if let Err(e) = r {
+            let _ = self.xdp.remove_iface(ep.host_ifindex);
+            self.release_tc_uplink(&uplink.name);
+            return Err(e.into());
+        }
+        self.tc_endpoints.insert(
+            ep.host_ifname.clone(),
+            TcEndpoint {
+                ifindex: ep.host_ifindex,
+                uplink: uplink.name.clone(),
+            },
+        );
+        info!(port = %ep.host_ifname, ip = %ep.ip, uplink = %uplink.name, "endpoint on the tc engine");
+        Ok(())
+    }
+
+    /// Takes a tc-engine endpoint's program off (DeleteEndpoint, Leave). Idempotent.
+    /// Returns whether it was one.
+    pub fn remove_tc_endpoint(&mut self, host_ifname: &str) -> bool {
+        let Some(ep) = self.tc_endpoints.remove(host_ifname) else {
+            return false;
+        };
+        if let Err(e) = self.xdp.tc_detach(TcProgram::Endpoint, host_ifname) {
+            warn!(port = %host_ifname, "cannot detach the tc program: {e}");
+        }
+        let _ = self.xdp.remove_iface(ep.ifindex);
+        self.release_tc_uplink(&ep.uplink);
+        true
+    }
+
+    /// The container-side host ends of the tc-engine endpoints.
+    pub fn tc_endpoint_names(&self) -> Vec<String> {
+        self.tc_endpoints.keys().cloned().collect()
+    }
+
+    fn acquire_tc_uplink(&mut self, spec: &UplinkSpec) -> Result<(), FastPathError> {
+        if let Some(u) = self.tc_uplinks.get_mut(&spec.name) {
+            u.users += 1;
+            return Ok(());
+        }
+        // An uplink the xdp engine uses already has its entry (with its sockets).
+        let ours = !self.uplinks.contains_key(&spec.name);
+        let r = if ours {
+            (self.xdp).set_tc_iface(spec.ifindex, &tc_uplink_entry(spec.addr, spec.ifindex))
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.xdp.tc_attach(TcProgram::Uplink, &spec.name));
+        if let Err(e) = r {
+            if ours {
+                let _ = self.xdp.remove_iface(spec.ifindex);
+            }
+            return Err(e.into());
+        }
+        self.tc_uplinks.insert(
+            spec.name.clone(),
+            TcUplink {
+                ifindex: spec.ifindex,
+                addr: spec.addr,
+                users: 1,
+            },
+        );
+        Ok(())
+    }
+
+    fn release_tc_uplink(&mut self, name: &str) {
+        let Some(u) = self.tc_uplinks.get_mut(name) else {
+            return;
+        };
+        u.users -= 1;
+        if u.users > 0 {
+            return;
+        }
+        let u = self.tc_uplinks.remove(name).expect("present");
+        if let Err(e) = self.xdp.tc_detach(TcProgram::Uplink, name) {
+            warn!(uplink = %name, "cannot detach the tc program: {e}");
+        }
+        if !self.uplinks.contains_key(name) {
+            let _ = self.xdp.remove_iface(u.ifindex);
+        }
+        info!(uplink = %name, "tc engine uplink released");
+    }
+
+    /// After the xdp engine released `name`: the tc programs still on it keep an entry.
+    pub(super) fn keep_tc_uplink_entry(&mut self, name: &str) -> Result<(), XdpError> {
+        match self.tc_uplinks.get(name) {
+            Some(u) => (self.xdp).set_tc_iface(u.ifindex, &tc_uplink_entry(u.addr, u.ifindex)),
+            None => Ok(()),
+        }
+    }
+}
