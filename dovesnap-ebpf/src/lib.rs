@@ -342,6 +342,22 @@ pub struct CtEntry {
     pub _pad: [u8; 3],
 }
 
+/// The value of [`NAT_CFG_MAP`]'s entry 0: the external ports (host order, inclusive)
+/// the tc endpoint program claims for the TCP sessions it creates. `first == 0` (the
+/// map's initial value) turns session creation off: new flows take the kernel's path.
+/// The range must be clear of the translator's ports, the kernel masquerade's and the
+/// host's local port range. 8 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatConfig {
+    /// First port of the range (host order); 0: no session creation.
+    pub first: u16,
+    /// Last port of the range (host order), `>= first`.
+    pub last: u16,
+    /// Explicit padding; write zero.
+    pub _pad: u32,
+}
+
 /// An IPv4 address as the program compares it: its four wire bytes as a native-endian
 /// `u32`, which is what a 4-byte load from the packet yields.
 #[inline(always)]
@@ -401,6 +417,9 @@ unsafe impl aya::Pod for HostFwMatch {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CtEntry {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NatConfig {}
 
 const _: () = {
     assert!(core::mem::size_of::<IfaceConfig>() == 40);
@@ -410,10 +429,11 @@ const _: () = {
     assert!(core::mem::size_of::<FragKey>() == 16);
     assert!(core::mem::size_of::<HostFwMatch>() == 8);
     assert!(core::mem::size_of::<CtEntry>() == 72);
+    assert!(core::mem::size_of::<NatConfig>() == 8);
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 56;
+pub const COUNTERS: u32 = 58;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -573,6 +593,12 @@ pub enum Counter {
     /// published ports on the uplink, a session's frame the program failed to rewrite.
     /// Until the slow port exists, these go to the kernel.
     TcDeclineSlow = 55,
+    /// tc endpoint: a session the program created (a TCP SYN routed via the uplink,
+    /// with a port claimed from [`NAT_CFG_MAP`]'s range); counts on top of `TcOut`.
+    TcCreated = 56,
+    /// tc endpoint: a new flow left to the kernel because no port was free after
+    /// [`NAT_PROBES`] tries, or `CT` was full.
+    TcDeclineExhausted = 57,
 }
 
 impl Counter {
@@ -634,6 +660,8 @@ impl Counter {
         Counter::TcDeclineNotForUs,
         Counter::TcDeclineNoSession,
         Counter::TcDeclineSlow,
+        Counter::TcCreated,
+        Counter::TcDeclineExhausted,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -701,6 +729,8 @@ impl Counter {
             Counter::TcDeclineNotForUs => "tc-decline-not-for-us",
             Counter::TcDeclineNoSession => "tc-decline-no-session",
             Counter::TcDeclineSlow => "tc-decline-slow",
+            Counter::TcCreated => "tc-created",
+            Counter::TcDeclineExhausted => "tc-decline-exhausted",
         }
     }
 }

@@ -20,13 +20,13 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, map},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::TcContext,
     EbpfContext as _,
 };
 use dovesnap_ebpf::{
     Counter, CtEntry, FlowKey, IfaceConfig, CT_FIN, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK,
-    IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
+    IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
 };
 
 use super::{
@@ -38,6 +38,10 @@ use super::{
 /// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
 #[map]
 static CT: HashMap<FlowKey, CtEntry> = HashMap::with_max_entries(MAX_CT, BPF_F_NO_PREALLOC);
+
+/// The ports `dovesnap_tc_endpoint` claims for the sessions it creates (entry 0).
+#[map]
+static NAT_CFG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
 /// Bytes made linear before the headers are read: Ethernet, IPv4 without options and
 /// the longest TCP header.

@@ -588,6 +588,10 @@ counters! {
     TcDeclineNoSession => tc_decline_no_session,
     /// tc: what goes to the translator's slow port (the kernel until it exists).
     TcDeclineSlow => tc_decline_slow,
+    /// tc: sessions the endpoint program created (on top of `tc_out`).
+    TcCreated => tc_created,
+    /// tc: new flows left to the kernel for want of a free port or `CT` room.
+    TcDeclineExhausted => tc_decline_exhausted,
 }
 
 impl Counters {
