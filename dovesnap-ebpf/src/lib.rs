@@ -72,6 +72,13 @@ pub const CT_MAP: &str = "CT";
 /// the session limit.
 pub const MAX_CT: u32 = 2 * MAX_STEERED_SESSIONS;
 
+/// Name of the one-entry `Array<NatConfig>` telling `dovesnap_tc_endpoint` which
+/// external ports it may claim for the sessions it creates.
+pub const NAT_CFG_MAP: &str = "NAT_CFG";
+/// How many external ports `dovesnap_tc_endpoint` tries (each claimed with
+/// `BPF_NOEXIST`) before it leaves a new flow to the kernel's masquerade.
+pub const NAT_PROBES: u32 = 16;
+
 /// [`CtEntry::flags`]: a frame of this direction was forwarded by a tc program.
 pub const CT_SEEN: u32 = 0x01;
 /// [`CtEntry::flags`]: a TCP SYN without ACK went this way.
@@ -453,7 +460,8 @@ pub const COUNTERS: u32 = 58;
 /// no classification or verdict above, and every frame they see counts exactly one of
 /// `TcOut`, `TcIn`, `TcRedirectFailed`, `TcBypassed`, `TcUnconfigured` or a
 /// `TcDecline*` (all of which return `TCX_NEXT`: the kernel's path). `TcGsoFrames` and
-/// `TcGsoSegments` come on top, for rewritten GSO super-packets.
+/// `TcGsoSegments` come on top, for rewritten GSO super-packets, and `TcCreated` for a
+/// session the endpoint program made.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {

@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use dovesnap::fastpath::xdp::{
-    be_addr, steered_session_key, AttachMode, Counters, IfaceConfig, PortKey, XdpError, XdpProgram,
-    IFACE_ENDPOINT, IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    be_addr, steered_session_key, AttachMode, Counters, FlowKey, IfaceConfig, PortKey, XdpError,
+    XdpProgram, IFACE_ENDPOINT, IFACE_UPLINK, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_testbed::cmd::veth_pair;
 use dovesnap_testbed::frame::{self, icmp, Ipv4Header};
@@ -1902,4 +1902,165 @@ fn tcp_from(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> std::net::TcpStream {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     stream
+}
+
+/// Sessions made by `dovesnap_tc_endpoint` itself: off until `NAT_CFG` has a range; then
+/// a TCP SYN routed via the uplink claims a port of the range, is rewritten exactly as
+/// the translator would (source, TTL, both checksums) and redirected, and both `CT`
+/// directions exist (owner kernel, the SYN recorded), so the SYN-ACK comes back in and
+/// a retransmitted SYN keeps its port; what is not a connection's first packet, and a
+/// SYN when every port is taken toward that far end, are left to the kernel untouched.
+#[test]
+#[ignore = "needs root: netns, veth, BPF_PROG_TEST_RUN"]
+fn tc_endpoint_creates_sessions_at_the_syn() {
+    use dovesnap::fastpath::xdp::{Counter as C, TcProgram, CT_OWNER_KERNEL, CT_SEEN, CT_SYN};
+    const TCX_NEXT: i32 = -1;
+    const TCX_REDIRECT: i32 = 7;
+    const PORTS: std::ops::RangeInclusive<u16> = 20000..=20003;
+    let (syn, ack) = (0x02, 0x10);
+
+    require_root();
+    let names;
+    {
+        let topo = Topology::new();
+        names = topo.names();
+        let mut xdp = topo.configured(1);
+        xdp.tc_programs().expect("the tc programs load");
+        let maps = xdp.take_dataplane_maps().expect("maps");
+        let nat = Nat::new(&topo);
+        let session = |inside_port: u16| Session {
+            proto: PROTO_TCP,
+            udp_sum: true,
+            ports: (inside_port, 80),
+            ext_port: 0,
+            to_gw: (nat.ep.mac, nat.ep.gateway_mac),
+            to_ext: (nat.far_mac, nat.up.mac),
+        };
+        let run = |xdp: &XdpProgram, frame: &[u8]| {
+            let before = xdp.counters().expect("counters");
+            let got = in_netns(&topo.r, || {
+                xdp.tc_test_run(TcProgram::Endpoint, frame, topo.ep, (0, 0))
+            })
+            .expect("tc test run");
+            (got, xdp.counters().expect("counters").since(&before))
+        };
+        let declined = |xdp: &XdpProgram, frame: &[u8], why: C, what: &str| {
+            let (got, d) = run(xdp, frame);
+            assert_eq!(got.ret, TCX_NEXT, "{what}");
+            assert_eq!(got.frame, frame, "{what}: left as it was");
+            assert_eq!((d.get(why), d.tc_frames()), (1, 1), "{what}: {d:?}");
+            assert_eq!(d.tc_created, 0, "{what}");
+        };
+
+        let s = session(43512);
+        declined(&xdp, &s.out(syn, 64, b""), C::TcDeclineSlow, "creation off");
+        xdp.set_nat_kernel_ports(Some(PORTS)).expect("NAT_CFG");
+        declined(&xdp, &s.out(ack, 64, b"x"), C::TcDeclineSlow, "no SYN");
+        declined(
+            &xdp,
+            &s.out(syn | ack, 64, b""),
+            C::TcDeclineSlow,
+            "SYN-ACK",
+        );
+        let udp = Session {
+            proto: PROTO_UDP,
+            ..session(5353)
+        };
+        declined(&xdp, &udp.out(0, 64, b"q"), C::TcDeclineSlow, "UDP");
+
+        // The SYN: a port of the range, the translator's rewrite, both directions.
+        let (got, d) = run(&xdp, &s.out(syn, 64, b""));
+        assert_eq!(got.ret, TCX_REDIRECT, "{d:?}");
+        assert_eq!((d.tc_created, d.tc_out, d.tc_frames()), (1, 1, 1), "{d:?}");
+        let ext_port = u16::from_be_bytes([got.frame[34], got.frame[35]]);
+        assert!(PORTS.contains(&ext_port), "port {ext_port}");
+        let s = Session { ext_port, ..s };
+        let want = full_frame(
+            s.to_gw,
+            (EXT, ext_port),
+            (REMOTE, 80),
+            PROTO_TCP,
+            63,
+            syn,
+            true,
+            b"",
+        );
+        assert_eq!(got.frame, want, "the translator's rewrite of the SYN");
+        let out_key = FlowKey {
+            ifindex: topo.ep,
+            src: u32::from_ne_bytes(INSIDE.octets()),
+            dst: u32::from_ne_bytes(REMOTE.octets()),
+            sport: 43512u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let in_key = FlowKey {
+            ifindex: 0,
+            src: u32::from_ne_bytes(REMOTE.octets()),
+            dst: u32::from_ne_bytes(EXT.octets()),
+            sport: 80u16.to_be(),
+            dport: ext_port.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let out = maps.ct(&out_key).expect("read").expect("outbound entry");
+        let inb = maps.ct(&in_key).expect("read").expect("inbound entry");
+        assert_eq!((out.owner, inb.owner), (CT_OWNER_KERNEL, CT_OWNER_KERNEL));
+        assert_eq!(out.flags, CT_SEEN | CT_SYN);
+        assert_eq!(
+            (out.act.out_ifindex, inb.act.out_ifindex),
+            (topo.up, topo.ep)
+        );
+        assert_eq!(
+            (inb.act.eth_dst, inb.act.eth_src),
+            (nat.ep.mac, topo.gateway_mac)
+        );
+
+        // The SYN-ACK goes in, rewritten as the translator would.
+        let before = xdp.counters().expect("counters");
+        let got = in_netns(&topo.r, || {
+            let frame = s.inb(syn | ack, 64, b"");
+            xdp.tc_test_run(TcProgram::Uplink, &frame, topo.up, (0, 0))
+        })
+        .expect("tc test run");
+        let d = xdp.counters().expect("counters").since(&before);
+        assert_eq!((got.ret, d.tc_in), (TCX_REDIRECT, 1), "{d:?}");
+        let want = full_frame(
+            (topo.gateway_mac, nat.ep.mac),
+            (REMOTE, 80),
+            (INSIDE, 43512),
+            PROTO_TCP,
+            63,
+            syn | ack,
+            true,
+            b"",
+        );
+        assert_eq!(got.frame, want, "the translator's rewrite of the SYN-ACK");
+
+        // A retransmitted SYN keeps its session and port.
+        let (got, d) = run(&xdp, &s.out(syn, 64, b""));
+        assert_eq!((got.ret, d.tc_created, d.tc_out), (TCX_REDIRECT, 0, 1));
+        assert_eq!(u16::from_be_bytes([got.frame[34], got.frame[35]]), ext_port);
+
+        // Three more connections to the same far end take the other three ports; the
+        // fifth finds none free and goes to the kernel's masquerade.
+        let mut taken = vec![ext_port];
+        for inside_port in 43513..43516 {
+            let (got, d) = run(&xdp, &session(inside_port).out(syn, 64, b""));
+            assert_eq!((got.ret, d.tc_created), (TCX_REDIRECT, 1), "{d:?}");
+            taken.push(u16::from_be_bytes([got.frame[34], got.frame[35]]));
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, PORTS.collect::<Vec<_>>(), "each port once");
+        declined(
+            &xdp,
+            &session(43516).out(syn, 64, b""),
+            C::TcDeclineExhausted,
+            "no port left",
+        );
+        drop(maps);
+        drop(xdp);
+    }
+    assert_gone(&names);
 }

@@ -15,24 +15,27 @@
 use aya_ebpf::{
     bindings::{
         tcx_action_base::{TCX_DROP, TCX_NEXT, TCX_REDIRECT},
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
     },
     helpers::bpf_ktime_get_ns,
-    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{
+        bpf_check_mtu, bpf_get_prandom_u32, bpf_redirect_neigh, bpf_redirect_peer,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap},
     programs::TcContext,
     EbpfContext as _,
 };
 use dovesnap_ebpf::{
-    Counter, CtEntry, FlowKey, IfaceConfig, CT_FIN, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK,
-    IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, NatConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
+    Counter, CtEntry, FlowAction, FlowKey, IfaceConfig, NatConfig, CT_FIN, CT_OWNER_KERNEL, CT_RST,
+    CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, NAT_PROBES, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, STATE_BYPASS,
 };
 
 use super::{
     add, classify, count, endpoint_checks, far_port, host_filtered, owns_flow, owns_icmp, ptr_at,
-    route, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4, STATE,
-    STATS, TCP_FIN, TCP_RST, TCP_SYN,
+    route, EthHdr, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4,
+    STATE, STATS, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 /// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
@@ -216,18 +219,126 @@ fn endpoint(ctx: &TcContext) -> Verdict {
         Ok(flow) => flow,
         Err(v) => return v,
     };
-    let Some(entry) = CT.get_ptr_mut(&flow.key) else {
-        // No session: only what the kernel routes out of the uplink is NAT traffic (the
-        // session is the translator's to make); `tot_len` 0 checks the MTU on the skb,
-        // which is GSO-aware.
-        return match route(ctx.as_ptr(), &cfg, ip, 0) {
-            Route::Uplink => Verdict::Next(Counter::TcDeclineSlow),
-            Route::TooBig => Verdict::Next(Counter::TcDeclineTooBig),
-            Route::NotForwarded => Verdict::Next(Counter::TcDeclineNotForwarded),
-            Route::NotViaUplink => Verdict::Next(Counter::TcDeclineNotViaUplink),
-        };
+    if let Some(entry) = CT.get_ptr_mut(&flow.key) {
+        return forward(ctx, entry, &flow, true);
+    }
+    // No session: only what the kernel routes out of the uplink is NAT traffic; `tot_len`
+    // 0 checks the MTU on the skb, which is GSO-aware.
+    match route(ctx.as_ptr(), &cfg, ip, 0) {
+        Route::Uplink => {}
+        Route::TooBig => return Verdict::Next(Counter::TcDeclineTooBig),
+        Route::NotForwarded => return Verdict::Next(Counter::TcDeclineNotForwarded),
+        Route::NotViaUplink => return Verdict::Next(Counter::TcDeclineNotViaUplink),
+    }
+    // A connection's first packet makes its session here; anything else without one
+    // (a flow the kernel's masquerade already carries, UDP, a stray segment) is the
+    // slow path's.
+    if flow.key.proto != PROTO_TCP
+        || flow.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) != TCP_SYN
+    {
+        return Verdict::Next(Counter::TcDeclineSlow);
+    }
+    match create(ctx, &cfg, &flow) {
+        Ok(entry) => {
+            let _ = count(Counter::TcCreated);
+            forward(ctx, entry, &flow, true)
+        }
+        Err(v) => v,
+    }
+}
+
+/// Makes the session of a connection's first packet, Cilium-style: an external port of
+/// `NAT_CFG`'s range is claimed by inserting the reply direction's `CT` key with
+/// `BPF_NOEXIST` (from a random start, at most `NAT_PROBES` tries), then the outbound
+/// key is written. Returns the outbound entry. Declines when creation is off, the
+/// uplink is not configured, no port is free or `CT` is full: the kernel's masquerade
+/// then carries the connection.
+#[inline(always)]
+fn create(ctx: &TcContext, cfg: &IfaceConfig, flow: &Flow) -> Result<*mut CtEntry, Verdict> {
+    let exhausted = Verdict::Next(Counter::TcDeclineExhausted);
+    let nat = match NAT_CFG.get(0) {
+        Some(nat) if nat.first != 0 && nat.last >= nat.first => *nat,
+        _ => return Err(Verdict::Next(Counter::TcDeclineSlow)),
     };
-    forward(ctx, entry, &flow, true)
+    // SAFETY: the value is copied out at once.
+    let ext = match unsafe { IFACES.get(&cfg.uplink_ifindex) } {
+        Some(up) if up.kind == IFACE_UPLINK => up.addr,
+        _ => return Err(Verdict::Next(Counter::TcUnconfigured)),
+    };
+    let container_mac = match ptr_at::<EthHdr>(ctx, 0) {
+        Some(eth) => eth.src,
+        None => return Err(Verdict::Next(Counter::TcDeclineTruncated)),
+    };
+    let k = flow.key;
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = |act: FlowAction| CtEntry {
+        act,
+        created: now,
+        flags: 0,
+        owner: CT_OWNER_KERNEL,
+        _pad: [0; 3],
+    };
+    let inbound = entry(FlowAction {
+        dst: k.src,
+        dport: k.sport,
+        out_ifindex: k.ifindex,
+        eth_dst: container_mac,
+        eth_src: cfg.gateway_mac,
+        max_len: mtu(ctx, k.ifindex),
+        ..FlowAction::default()
+    });
+    let span = u32::from(nat.last - nat.first) + 1;
+    // SAFETY: no arguments.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut claimed = None;
+    for i in 0..NAT_PROBES {
+        let port = (nat.first as u32 + (start + i) % span) as u16;
+        let key = FlowKey {
+            ifindex: 0,
+            src: k.dst,
+            dst: ext,
+            sport: k.dport,
+            dport: port.to_be(),
+            proto: k.proto,
+            _pad: [0; 3],
+        };
+        if CT.insert(&key, &inbound, BPF_NOEXIST.into()).is_ok() {
+            claimed = Some(key);
+            break;
+        }
+    }
+    let Some(reply) = claimed else {
+        return Err(exhausted);
+    };
+    let outbound = entry(FlowAction {
+        src: ext,
+        sport: reply.dport,
+        out_ifindex: cfg.uplink_ifindex,
+        max_len: mtu(ctx, cfg.uplink_ifindex),
+        ..FlowAction::default()
+    });
+    if CT.insert(&k, &outbound, BPF_NOEXIST.into()).is_err() {
+        // Another CPU made this flow's session first (or `CT` is full): give the
+        // port back and use theirs.
+        let _ = CT.remove(&reply);
+    }
+    CT.get_ptr_mut(&k).ok_or(exhausted)
+}
+
+/// The MTU of `ifindex` (its L3 size, as an IPv4 total length), or the largest length
+/// when the kernel cannot say (the frame is then never declined as too big).
+#[inline(always)]
+fn mtu(ctx: &TcContext, ifindex: u32) -> u16 {
+    let mut mtu: u32 = 0;
+    // SAFETY: `ctx` is the program's own `__sk_buff`; `mtu` is a valid, writable u32
+    // (0: check the skb's own length; the MTU is written back whatever the verdict).
+    let ret = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, 0) };
+    if ret < 0 || mtu == 0 || mtu > u32::from(u16::MAX) {
+        u16::MAX
+    } else {
+        mtu as u16
+    }
 }
 
 #[inline(always)]

@@ -144,9 +144,10 @@ where
 }
 
 impl Counters {
-    /// Frames a tc program decided on (one decision counter each).
+    /// Frames a tc program decided on (one decision counter each; GSO and session
+    /// creation count on top).
     pub fn tc_frames(&self) -> u64 {
-        self.prefixed("tc-") - self.tc_gso_frames - self.tc_gso_segments
+        self.prefixed("tc-") - self.tc_gso_frames - self.tc_gso_segments - self.tc_created
     }
 
     /// Frames that arrived on an endpoint interface (one decision counter each).
