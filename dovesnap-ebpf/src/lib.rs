@@ -38,6 +38,14 @@ pub const PORTS_MAP: &str = "PORTS";
 /// Capacity of [`PORTS_MAP`].
 pub const MAX_PORTS: u32 = 65536;
 
+/// Name of the hash map from [`PortKey`] to `u32` (unused value, write 0) of the
+/// container ports the kernel's DNAT publishes for tc-engine endpoints, keyed by the
+/// container's address (`addr`) and port: a datagram leaving such a port answers a flow
+/// conntrack carries, so `dovesnap_tc_endpoint` makes no session for it.
+pub const PUBLISHED_MAP: &str = "PUBLISHED";
+/// Capacity of [`PUBLISHED_MAP`].
+pub const MAX_PUBLISHED: u32 = 16384;
+
 /// Name of the hash map from [`FlowKey`] to `u32` (unused value, write 0): the dynamic
 /// sessions the translator holds right now, each keyed by its reply as it arrives on the
 /// uplink (`ifindex` 0, `src`/`sport` the remote, `dst`/`dport` the external address and

@@ -2,16 +2,20 @@
 //! endpoint is split in two veth pairs joined by tc redirects, so the container keeps
 //! TSO and checksum offload while OVS's userspace datapath still sees whole,
 //! checksummed frames. The tc programs sit on tcx ingress of the container's host end
-//! and of the uplink; with nothing in `CT` yet they pass every frame on, so all of the
-//! network's traffic takes the kernel path (OVS, the gateway, the nft masquerade), as in
-//! nat mode (docs/design/nat-fast-tc.md).
+//! and of the uplink: a container's TCP connection out gets its session from
+//! `dovesnap_tc_endpoint` at the SYN and is carried by the programs both ways, GSO
+//! super-packets whole, past OVS and netfilter; everything else (UDP, ICMP, in-subnet
+//! traffic) takes the kernel path (OVS, the gateway, the nft masquerade), as in nat mode
+//! (docs/design/nat-fast-tc.md).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use dovesnap::fastpath::xdp::tcx_ingress_programs;
-use dovesnap_tests::docker::{assert_outbound_masqueraded, start_plugin_with, Container, Network};
+use dovesnap_tests::docker::{
+    assert_outbound_masqueraded, assert_published, start_plugin_with, Container, Network,
+};
 use dovesnap_tests::far::Far;
 use dovesnap_tests::status::{endpoint_at, xdp_counter};
 use dovesnap_tests::{run, sh, wait_until};
@@ -163,7 +167,7 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             "10.237.1.0/24",
             &["-o", "ovs.nat.engine=tc"],
         );
-        let web = Container::httpd("dstc-web", &net, "tc-web");
+        let web = Container::published_web("dstc-web", &net, 18280, "tc-web");
         let c = Container::idle("dstc-cli", &net);
 
         // Status names the engine; no endpoint is on the XDP fast path.
@@ -200,8 +204,13 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             assert!(features.contains(f), "{f}? {features}");
         }
 
-        // Out to the far side (TCP, UDP, ICMP), masqueraded; in-subnet to a neighbour.
+        // Out to the far side (TCP, UDP, ICMP), masqueraded; in from the far side to
+        // published TCP and UDP ports (the kernel's DNAT; the endpoint program makes no
+        // session for their answers); hairpin; in-subnet to a neighbour.
         assert_outbound_masqueraded(&c, FAR_IP, HOST_UPLINK_IP);
+        assert_published(&web, &far.ns, HOST_UPLINK_IP, 18280, "tc-web");
+        let hairpin = c.fetch(&format!("http://{HOST_UPLINK_IP}:18280/"));
+        assert_eq!(hairpin.expect("hairpin").trim(), "tc-web");
         let web_ip = web.ip(&net);
         assert!(c.ping(&web_ip), "in-subnet ping");
         let page = c
@@ -209,24 +218,44 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             .expect("in-subnet TCP");
         assert_eq!(page.trim(), "tc-web");
 
-        // 20 MB down and up, intact, with TSO on in the container.
-        assert_eq!(bulk(&c, &["get"]), blob_md5, "download");
+        // 20 MB down and up, intact, with TSO on in the container, carried by the tc
+        // programs (sessions made at the SYN, super-packets whole both ways) and never
+        // by the kernel's conntrack.
         let sent = dir.join("sent").to_string_lossy().into_owned();
         sh("cp", &[&blob, &sent]);
-        assert_eq!(bulk(&c, &["put", &sent]), blob_md5, "upload");
-        // Its frames went through the programs and on to the kernel's path (nothing is
-        // in CT yet): out, a flow the slow port will take; in, no session.
-        let status = plugin.status();
-        for declined in ["tc-decline-slow", "tc-decline-no-session"] {
+        for (what, args) in [("download", vec!["get"]), ("upload", vec!["put", &sent])] {
+            let before = plugin.status();
+            assert_eq!(bulk(&c, &args), blob_md5, "{what}");
+            let after = plugin.status();
+            let d = |name| xdp_counter(&after, name) - xdp_counter(&before, name);
+            assert_eq!(
+                d("tc-created"),
+                1,
+                "{what}: one session: {}",
+                after["fast_path"]
+            );
             assert!(
-                xdp_counter(&status, declined) > 0,
-                "{declined}: {}",
-                status["fast_path"]
+                d("tc-gso-frames") > 0 && d("tc-out") > 0 && d("tc-in") > 0,
+                "{what}: super-packets through the tc programs: {}",
+                after["fast_path"]
             );
         }
-        assert_eq!(
-            xdp_counter(&status, "tc-out") + xdp_counter(&status, "tc-in"),
-            0
+        let tracked = run(
+            "conntrack",
+            &[
+                "-L",
+                "-p",
+                "tcp",
+                "-s",
+                &c.ip(&net),
+                "--dport",
+                &BULK_PORT.to_string(),
+            ],
+        );
+        let tracked = String::from_utf8_lossy(&tracked.stdout);
+        assert!(
+            !tracked.contains("dport="),
+            "the kernel tracked a tc session: {tracked}"
         );
 
         // The reconciler re-makes a deleted OVS-side pair and lost filters.

@@ -1905,14 +1905,15 @@ fn tcp_from(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> std::net::TcpStream {
 }
 
 /// Sessions made by `dovesnap_tc_endpoint` itself: off until `NAT_CFG` has a range; then
-/// a TCP SYN routed via the uplink claims a port of the range, is rewritten exactly as
+/// a TCP SYN (or a UDP datagram not from a published port) routed via the uplink claims
+/// a port of the range, is rewritten exactly as
 /// the translator would (source, TTL, both checksums) and redirected, and both `CT`
 /// directions exist (owner kernel, the SYN recorded), so the SYN-ACK comes back in and
 /// a retransmitted SYN keeps its port; what is not a connection's first packet, and a
 /// SYN when every port is taken toward that far end, are left to the kernel untouched.
 #[test]
 #[ignore = "needs root: netns, veth, BPF_PROG_TEST_RUN"]
-fn tc_endpoint_creates_sessions_at_the_syn() {
+fn tc_endpoint_creates_sessions_for_new_flows() {
     use dovesnap::fastpath::xdp::{Counter as C, TcProgram, CT_OWNER_KERNEL, CT_SEEN, CT_SYN};
     const TCX_NEXT: i32 = -1;
     const TCX_REDIRECT: i32 = 7;
@@ -1962,11 +1963,51 @@ fn tc_endpoint_creates_sessions_at_the_syn() {
             C::TcDeclineSlow,
             "SYN-ACK",
         );
+        // UDP: a datagram from a published container port answers a flow the kernel's
+        // DNAT carries; any other makes a session.
         let udp = Session {
             proto: PROTO_UDP,
             ..session(5353)
         };
-        declined(&xdp, &udp.out(0, 64, b"q"), C::TcDeclineSlow, "UDP");
+        let published = PortKey {
+            addr: be_addr(INSIDE.octets()),
+            port: 5353u16.to_be(),
+            proto: PROTO_UDP,
+            _pad: 0,
+        };
+        xdp.set_published(published, true).expect("PUBLISHED");
+        declined(
+            &xdp,
+            &udp.out(0, 64, b"q"),
+            C::TcDeclineSlow,
+            "published UDP",
+        );
+        xdp.set_published(published, false).expect("PUBLISHED");
+        let (got, d) = run(&xdp, &udp.out(0, 64, b"q"));
+        assert_eq!(
+            (got.ret, d.tc_created, d.tc_out),
+            (TCX_REDIRECT, 1, 1),
+            "UDP"
+        );
+        let udp_port = u16::from_be_bytes([got.frame[34], got.frame[35]]);
+        let udp = Session {
+            ext_port: udp_port,
+            ..udp
+        };
+        let want = full_frame(
+            udp.to_gw,
+            (EXT, udp_port),
+            (REMOTE, 80),
+            PROTO_UDP,
+            63,
+            0,
+            true,
+            b"q",
+        );
+        assert_eq!(got.frame, want, "the translator's rewrite of a datagram");
+        let (got, d) = run(&xdp, &udp.out(0, 64, b"again"));
+        assert_eq!((got.ret, d.tc_created, d.tc_out), (TCX_REDIRECT, 0, 1));
+        assert_eq!(u16::from_be_bytes([got.frame[34], got.frame[35]]), udp_port);
 
         // The SYN: a port of the range, the translator's rewrite, both directions.
         let (got, d) = run(&xdp, &s.out(syn, 64, b""));
@@ -2043,8 +2084,9 @@ fn tc_endpoint_creates_sessions_at_the_syn() {
         assert_eq!((got.ret, d.tc_created, d.tc_out), (TCX_REDIRECT, 0, 1));
         assert_eq!(u16::from_be_bytes([got.frame[34], got.frame[35]]), ext_port);
 
-        // Three more connections to the same far end take the other three ports; the
-        // fifth finds none free and goes to the kernel's masquerade.
+        // Three more connections to the same far end take the other three ports (the
+        // datagrams' flow is UDP, another protocol's ports); the fifth finds none free
+        // and goes to the kernel's masquerade.
         let mut taken = vec![ext_port];
         for inside_port in 43513..43516 {
             let (got, d) = run(&xdp, &session(inside_port).out(syn, 64, b""));

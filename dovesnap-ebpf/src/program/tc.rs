@@ -1,9 +1,12 @@
 //! The tc engine's programs for established flows (`docs/design/nat-fast-tc.md` §2.2),
 //! for tcx ingress: `dovesnap_tc_endpoint` on a container's host end (`ovst<id>`) and
 //! `dovesnap_tc_uplink` on the uplink. They share the XDP program's maps (`IFACES`,
-//! `STATE`, `HOSTFW`, `SESSIONS`, `PORTS`, `STATS`) and add `CT`.
+//! `STATE`, `HOSTFW`, `SESSIONS`, `PORTS`, `STATS`) and add `CT`, `NAT_CFG` and
+//! `PUBLISHED`.
 //!
-//! A frame of a `CT` session is rewritten with the kernel's checksum helpers (correct for
+//! The endpoint program makes the sessions of new TCP connections (at the SYN) and of
+//! UDP flows routed out of the uplink itself, claiming an external port of `NAT_CFG`'s
+//! range (see `create`); userspace collects them when they end. A frame of a `CT` session is rewritten with the kernel's checksum helpers (correct for
 //! every `ip_summed`, GSO super-packets included) in the translator's order, so that
 //! complete-checksum bytes equal the translator's, and redirected: out with
 //! `bpf_redirect_neigh` (the kernel fills the L2 header), in with `bpf_redirect_peer`
@@ -27,9 +30,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use dovesnap_ebpf::{
-    Counter, CtEntry, FlowAction, FlowKey, IfaceConfig, NatConfig, CT_FIN, CT_OWNER_KERNEL, CT_RST,
-    CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT, NAT_PROBES, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, STATE_BYPASS,
+    Counter, CtEntry, FlowAction, FlowKey, IfaceConfig, NatConfig, PortKey, CT_FIN,
+    CT_OWNER_KERNEL, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT,
+    MAX_PUBLISHED, NAT_PROBES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
 };
 
 use super::{
@@ -41,6 +44,10 @@ use super::{
 /// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
 #[map]
 static CT: HashMap<FlowKey, CtEntry> = HashMap::with_max_entries(MAX_CT, BPF_F_NO_PREALLOC);
+
+/// Container ports the kernel's DNAT publishes (see `dovesnap_ebpf::PUBLISHED_MAP`).
+#[map]
+static PUBLISHED: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_PUBLISHED, 0);
 
 /// The ports `dovesnap_tc_endpoint` claims for the sessions it creates (entry 0).
 #[map]
@@ -230,12 +237,14 @@ fn endpoint(ctx: &TcContext) -> Verdict {
         Route::NotForwarded => return Verdict::Next(Counter::TcDeclineNotForwarded),
         Route::NotViaUplink => return Verdict::Next(Counter::TcDeclineNotViaUplink),
     }
-    // A connection's first packet makes its session here; anything else without one
-    // (a flow the kernel's masquerade already carries, UDP, a stray segment) is the
-    // slow path's.
-    if flow.key.proto != PROTO_TCP
-        || flow.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) != TCP_SYN
-    {
+    // A TCP connection's first packet, or a UDP datagram, makes its session here;
+    // anything else without one (a TCP flow the kernel's masquerade already carries, a
+    // stray segment, the answers of a published port) is the slow path's.
+    let first = match flow.key.proto {
+        PROTO_TCP => flow.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN,
+        _ => true,
+    };
+    if !first || published(&flow.key) {
         return Verdict::Next(Counter::TcDeclineSlow);
     }
     match create(ctx, &cfg, &flow) {
@@ -324,6 +333,19 @@ fn create(ctx: &TcContext, cfg: &IfaceConfig, flow: &Flow) -> Result<*mut CtEntr
         let _ = CT.remove(&reply);
     }
     CT.get_ptr_mut(&k).ok_or(exhausted)
+}
+
+/// Whether the flow leaves a container port the kernel's DNAT publishes.
+#[inline(always)]
+fn published(k: &FlowKey) -> bool {
+    let key = PortKey {
+        addr: k.src,
+        port: k.sport,
+        proto: k.proto,
+        _pad: 0,
+    };
+    // SAFETY: only the presence of the key is used.
+    unsafe { PUBLISHED.get(&key) }.is_some()
 }
 
 /// The MTU of `ifindex` (its L3 size, as an IPv4 total length), or the largest length

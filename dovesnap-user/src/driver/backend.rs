@@ -185,6 +185,13 @@ pub trait NatFastPath: Send + 'static {
     ) -> Result<(), FastPathError>;
     /// Takes them off again (idempotent).
     fn remove_tc_endpoint(&mut self, host_ifname: &str);
+    /// The container ports the kernel's DNAT publishes for a tc-engine endpoint (the
+    /// whole set, replacing the last one; only the container port of each is used).
+    fn set_tc_published(
+        &mut self,
+        host_ifname: &str,
+        ports: &[FastPort],
+    ) -> Result<(), FastPathError>;
     /// Records why an endpoint stays on the kernel path (`dovesnap status`).
     fn set_kernel_path(&mut self, host_ifname: &str, why: String);
     /// Serves `port` of the uplink's address for the container at `ip`.
@@ -348,6 +355,17 @@ impl NatFastPath for FastPath {
     }
     fn remove_tc_endpoint(&mut self, host_ifname: &str) {
         FastPath::remove_tc_endpoint(self, host_ifname);
+    }
+    fn set_tc_published(
+        &mut self,
+        host_ifname: &str,
+        ports: &[FastPort],
+    ) -> Result<(), FastPathError> {
+        let ports: Vec<_> = ports
+            .iter()
+            .map(|&(proto, _, port)| (proto, port))
+            .collect();
+        FastPath::set_tc_published(self, host_ifname, &ports)
     }
     fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
         FastPath::set_kernel_path(self, host_ifname, why)

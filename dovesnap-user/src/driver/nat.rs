@@ -1,6 +1,7 @@
 //! nat mode (and nat-fast's kernel path) and routed mode: the nftables rules of a
 //! network and of its endpoints' published ports.
 
+use super::nat_fast::{every_port, is_split, split_names};
 use super::*;
 
 impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
@@ -45,6 +46,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if !net.options.mode.has_gateway() {
             return Ok(());
         }
+        let split = is_split(net);
         let ep = net
             .endpoints
             .get_mut(eid)
@@ -71,7 +73,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         }
         info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");
         ep.published = published;
-        if net.options.mode == Mode::NatFast {
+        if split {
+            let (tc_end, _) = split_names(ep);
+            let ports = every_port(&ep.published);
+            fastpath.if_running(|fp| {
+                if let Err(e) = fp.set_tc_published(&tc_end, &ports) {
+                    warn!(endpoint = %eid, "the tc program may answer from a published port: {e}");
+                }
+            });
+        } else if net.options.mode == Mode::NatFast {
             let uplink = net.options.nat_uplink.clone().unwrap_or_default();
             let host_ifname = ep.host_ifname.clone();
             let ports = ep.published.clone();
@@ -103,6 +113,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         if let Some(ov) = net.overlay() {
             return Ok(self.unpublish_on_gateway(net, &ov, eid).await?);
         }
+        let split = is_split(net);
         let Some(ep) = net.endpoints.get_mut(eid) else {
             return Ok(());
         };
@@ -110,6 +121,12 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             return Ok(());
         }
         fast_unpublish(&mut state.fastpath, &net.options, &ep.published);
+        if split {
+            let (tc_end, _) = split_names(ep);
+            state.fastpath.if_running(|fp| {
+                let _ = fp.set_tc_published(&tc_end, &[]);
+            });
+        }
         fw(|| self.firewall.remove_ports(nid, eid))?;
         ep.published.clear();
         let json = serde_json::to_string(&*ep).expect("Endpoint serializes");

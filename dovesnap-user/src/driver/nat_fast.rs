@@ -61,6 +61,15 @@ pub(super) fn fast_ports(
         .collect()
 }
 
+/// Every publication as (protocol, external port, container port): what a tc-engine
+/// endpoint's program must leave to the kernel's DNAT, whatever host address it is on.
+pub(super) fn every_port(published: &[PublishedPort]) -> Vec<backend::FastPort> {
+    published
+        .iter()
+        .map(|p| (fast_proto(p.proto), p.host_port, p.container_port))
+        .collect()
+}
+
 /// The nat-fast data path, started with the first nat-fast endpoint; part of the
 /// driver's state, so only reached with the driver's lock held. Its calls block (they
 /// wait for the data-plane thread): each runs in `block_in_place`.
@@ -274,7 +283,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let r = match specs.await {
             Ok(Some((spec, uplink))) => fastpath
                 .with(&self.fastpath_config, |fp| {
-                    fp.add_tc_endpoint(&spec, &uplink)
+                    fp.add_tc_endpoint(&spec, &uplink)?;
+                    fp.set_tc_published(&spec.host_ifname, &every_port(&ep.published))
                 })
                 .map_err(|e| e.to_string()),
             Ok(None) => return,

@@ -450,6 +450,7 @@ struct FakeFastPath {
     subnets: Vec<Ipv4Net>,
     /// tc-engine endpoints by their container-side host end.
     tc_endpoints: BTreeMap<String, EndpointSpec>,
+    tc_published: BTreeMap<String, Vec<FastPort>>,
 }
 
 impl FakeFastPath {
@@ -520,7 +521,19 @@ impl NatFastPath for FakeFastPath {
     }
     fn remove_tc_endpoint(&mut self, host_ifname: &str) {
         self.tc_endpoints.remove(host_ifname);
+        self.tc_published.remove(host_ifname);
         self.kernel_path.remove(host_ifname);
+    }
+    fn set_tc_published(
+        &mut self,
+        host_ifname: &str,
+        ports: &[FastPort],
+    ) -> Result<(), FastPathError> {
+        if self.tc_endpoints.contains_key(host_ifname) {
+            self.tc_published
+                .insert(host_ifname.to_string(), ports.to_vec());
+        }
+        Ok(())
     }
     fn set_kernel_path(&mut self, host_ifname: &str, why: String) {
         self.kernel_path.insert(host_ifname.to_string(), why);
@@ -1943,6 +1956,24 @@ async fn nat_fast_tc_splits_the_endpoint_and_delete_takes_all_of_it() {
     let status = r.driver.status().await;
     assert_eq!(status.networks[0].engine, "tc");
     assert!(!status.networks[0].endpoints[0].fast_path);
+
+    // A published port is the kernel's DNAT's: the endpoint program is told to make no
+    // session for what leaves the container port; revoked, it is told again.
+    async fn tc_published(r: &Rig) -> Vec<FastPort> {
+        let state = r.driver.state.lock().await;
+        let fp = state.fastpath.get().expect("running");
+        fp.tc_published.get(&split().0).cloned().unwrap_or_default()
+    }
+    r.driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .unwrap();
+    assert_eq!(
+        tc_published(&r).await,
+        vec![(crate::translator::Protocol::Tcp, 8080, 80)]
+    );
+    r.driver.unpublish_ports(ids(NID, EID)).await.unwrap();
+    assert!(tc_published(&r).await.is_empty());
 
     r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
     assert!(

@@ -10,13 +10,19 @@ use std::net::Ipv4Addr;
 
 use tracing::{info, warn};
 
-use super::xdp::{IfaceConfig, TcProgram, XdpError, IFACE_ENDPOINT, IFACE_UPLINK};
+use super::xdp::{
+    be_addr, IfaceConfig, PortKey, TcProgram, XdpError, IFACE_ENDPOINT, IFACE_UPLINK,
+};
 use super::{iface_entry, EndpointSpec, FastPath, FastPathError, Slots, UplinkSpec};
+use crate::translator::Protocol;
 
-/// A tc-engine endpoint: its container-side host end's ifindex and its uplink.
+/// A tc-engine endpoint: its container-side host end's ifindex, its uplink, its
+/// address and the container ports the kernel's DNAT publishes for it (`PUBLISHED`).
 pub(super) struct TcEndpoint {
     ifindex: u32,
     uplink: String,
+    ip: Ipv4Addr,
+    published: Vec<PortKey>,
 }
 
 /// An uplink carrying `dovesnap_tc_uplink`, and how many tc-engine endpoints use it.
@@ -75,6 +81,8 @@ impl FastPath {
             TcEndpoint {
                 ifindex: ep.host_ifindex,
                 uplink: uplink.name.clone(),
+                ip: ep.ip,
+                published: Vec::new(),
             },
         );
         info!(port = %ep.host_ifname, ip = %ep.ip, uplink = %uplink.name, "endpoint on the tc engine");
@@ -84,6 +92,9 @@ impl FastPath {
     /// Takes a tc-engine endpoint's program off (DeleteEndpoint, Leave). Idempotent.
     /// Returns whether it was one.
     pub fn remove_tc_endpoint(&mut self, host_ifname: &str) -> bool {
+        if let Err(e) = self.set_tc_published(host_ifname, &[]) {
+            warn!(port = %host_ifname, "cannot withdraw its published ports: {e}");
+        }
         let Some(ep) = self.tc_endpoints.remove(host_ifname) else {
             return false;
         };
@@ -93,6 +104,40 @@ impl FastPath {
         let _ = self.xdp.remove_iface(ep.ifindex);
         self.release_tc_uplink(&ep.uplink);
         true
+    }
+
+    /// Tells the endpoint program which of a tc-engine endpoint's container ports the
+    /// kernel's DNAT publishes (`(protocol, container port)`), replacing what it was
+    /// told before: what leaves them answers flows conntrack carries, so it takes the
+    /// kernel's path. An endpoint not on the tc engine is ignored.
+    pub fn set_tc_published(
+        &mut self,
+        host_ifname: &str,
+        ports: &[(Protocol, u16)],
+    ) -> Result<(), FastPathError> {
+        let Some(ep) = self.tc_endpoints.get_mut(host_ifname) else {
+            return Ok(());
+        };
+        let want: Vec<PortKey> = ports
+            .iter()
+            .map(|&(proto, port)| PortKey {
+                addr: be_addr(ep.ip.octets()),
+                port: port.to_be(),
+                proto: proto.number(),
+                _pad: 0,
+            })
+            .collect();
+        for key in ep.published.iter().filter(|k| !want.contains(k)) {
+            self.xdp.set_published(*key, false)?;
+        }
+        ep.published.retain(|k| want.contains(k));
+        for key in want {
+            if !ep.published.contains(&key) {
+                self.xdp.set_published(key, true)?;
+                ep.published.push(key);
+            }
+        }
+        Ok(())
     }
 
     /// The container-side host ends of the tc-engine endpoints.

@@ -7,16 +7,19 @@
 //! through an fd-owned link: never pinned, never a netlink `cls_bpf` filter, so it dies
 //! with the daemon (§4, fail-open after `kill -9`).
 
-use aya::maps::Array;
+use aya::maps::{Array, HashMap};
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use dovesnap_ebpf::{NatConfig, NAT_CFG_MAP, TC_ENDPOINT_PROGRAM_NAME, TC_UPLINK_PROGRAM_NAME};
+use dovesnap_ebpf::{
+    NatConfig, PortKey, NAT_CFG_MAP, PUBLISHED_MAP, TC_ENDPOINT_PROGRAM_NAME,
+    TC_UPLINK_PROGRAM_NAME,
+};
 
 use super::{
-    chain, interface_exists, is_eperm, map_error, validate_ifname, DetachFailure, XdpError,
-    XdpProgram,
+    chain, describe_key, interface_exists, is_eperm, map_error, unless_absent, validate_ifname,
+    DetachFailure, XdpError, XdpProgram,
 };
 
 /// One of the tc programs.
@@ -109,6 +112,32 @@ impl XdpProgram {
         array
             .set(0, value, 0)
             .map_err(|e| map_error(NAT_CFG_MAP, format!("set {value:?}"), &e))
+    }
+
+    /// Marks a container port as published by the kernel's DNAT (`present`) or not any
+    /// more: `dovesnap_tc_endpoint` makes no session for what leaves it. Removing an
+    /// absent key is not an error.
+    pub fn set_published(&mut self, key: PortKey, present: bool) -> Result<(), XdpError> {
+        let key = PortKey { _pad: 0, ..key };
+        let mismatch = || XdpError::ObjectMismatch {
+            kind: "map",
+            name: PUBLISHED_MAP,
+        };
+        let map = self.ebpf.map_mut(PUBLISHED_MAP).ok_or_else(mismatch)?;
+        let mut map: HashMap<_, PortKey, u32> = HashMap::try_from(map).map_err(|_| mismatch())?;
+        let what = || {
+            format!(
+                "{} {}",
+                if present { "add" } else { "remove" },
+                describe_key(&key)
+            )
+        };
+        if present {
+            map.insert(key, 0, 0)
+                .map_err(|e| map_error(PUBLISHED_MAP, what(), &e))
+        } else {
+            unless_absent(map.remove(&key), PUBLISHED_MAP, what).map(|_| ())
+        }
     }
 
     /// Whether the tc programs loaded with the XDP program: `Ok` when both passed the
