@@ -7,9 +7,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
+
+use crate::host::addr::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +349,19 @@ impl Netlink {
         self.set_link(msg, "rename", name).await
     }
 
+    /// Adds an on-link route to `dest` out of link `name` (`ip route add DEST dev NAME`).
+    pub async fn add_link_route(&self, dest: Ipv4Net, name: &str) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?.ok_or_else(|| {
+            NetlinkError::link("add a route through", name, rtnetlink::Error::RequestFailed)
+        })?;
+        self.handle
+            .route()
+            .add(link_route(dest, index))
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::link("add a route through", name, source))
+    }
+
     /// Adds an IPv4 default route through `gateway`.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -359,6 +376,17 @@ impl Netlink {
                 NetlinkError::link("add a default route through", gateway.to_string(), source)
             })
     }
+}
+
+/// The route [`Netlink::add_link_route`] adds: `dest` straight out of interface `oif`
+/// (scope link, main table, protocol `boot` as `ip route` gives).
+fn link_route(dest: Ipv4Net, oif: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest.addr(), dest.prefix())
+        .output_interface(oif)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Boot)
+        .build()
 }
 
 /// The host's IPv4 default route.
@@ -382,4 +410,29 @@ pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
         }
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_on_link_route_is_what_ip_route_adds() {
+        let net: Ipv4Net = "10.30.0.0/24".parse().unwrap();
+        let r = link_route(net, 7);
+        assert_eq!(r.header.destination_prefix_length, 24);
+        assert_eq!(r.header.scope, RouteScope::Link);
+        assert_eq!(r.header.protocol, RouteProtocol::Boot);
+        assert_eq!(r.header.table, 254, "main");
+        assert!(r
+            .attributes
+            .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                Ipv4Addr::new(10, 30, 0, 0)
+            ))));
+        assert!(r.attributes.contains(&RouteAttribute::Oif(7)));
+        assert!(!r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_))));
+    }
 }

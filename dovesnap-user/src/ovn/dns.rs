@@ -21,6 +21,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Value};
 
+use crate::host::addr::Mac;
 use crate::ovsdb::{self, OvsdbError, Row, Txn};
 
 use super::northbound::{string_map, Northbound, DB, EXT_CHASSIS, EXT_ENDPOINT_ID};
@@ -29,8 +30,9 @@ use super::OvnError;
 /// The address containers send their queries to: link-local, the same on every switch
 /// (switches are isolated from one another), never routed off the host.
 pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
-/// The MAC of the DNS localport (locally administered; "a9:fe:35:35" is the address).
-pub const DNS_MAC: &str = "0a:00:a9:fe:35:35";
+/// The MAC of the DNS localport, `0a:00:a9:fe:35:35` (locally administered;
+/// "a9:fe:35:35" is the address).
+pub const DNS_MAC: Mac = Mac([0x0a, 0x00, 0xa9, 0xfe, 0x35, 0x35]);
 /// `DNS.external_ids`: the logical switch the row belongs to.
 pub const EXT_SWITCH: &str = "dovesnap-switch";
 
@@ -113,7 +115,7 @@ fn query_rows(switch: &str) -> Txn {
         vec![json!([
             "external_ids",
             "includes",
-            ["map", [[EXT_SWITCH, switch]]]
+            string_map([(EXT_SWITCH, switch)])
         ])],
         &["_uuid", "records", "external_ids"],
     );
@@ -146,7 +148,7 @@ fn publish(n: &Names, old: &[&str]) -> Txn {
     txn.push_raw(json!({
         "op": "wait", "table": DNS, "timeout": 0,
         "where": [["external_ids", "includes",
-                   ["map", [[EXT_SWITCH, n.switch.as_str()], [EXT_ENDPOINT_ID, n.endpoint_id.as_str()]]]]],
+                   string_map([(EXT_SWITCH, &n.switch), (EXT_ENDPOINT_ID, &n.endpoint_id)])]],
         "columns": ["_uuid"], "until": "==", "rows": rows,
     }));
     for uuid in old {

@@ -14,11 +14,17 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+
+use super::dns::{DNS_ADDR, DNS_MAC};
+use crate::host::addr::Ipv4Net;
+use crate::host::netlink::Netlink;
+use crate::host::netns;
 
 /// How long an upstream has to answer before the next one is asked (or SERVFAIL sent).
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -348,14 +354,23 @@ pub async fn serve(
     }
 }
 
-/// Why a switch's forwarder could not be made or removed.
+/// Why a switch's forwarder could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsForwardError {
-    #[error("DNS forwarder of switch {switch}: `{command}` failed: {stderr}")]
-    Command {
+    #[error(
+        "DNS forwarder of switch {switch}: `{subnet}` is not the switch's IPv4 subnet (a.b.c.d/n)"
+    )]
+    Subnet { switch: String, subnet: String },
+    #[error("DNS forwarder of switch {switch}: {source}")]
+    Netns {
         switch: String,
-        command: String,
-        stderr: String,
+        source: crate::host::netns::NetnsError,
+    },
+    #[error("DNS forwarder of switch {switch}, namespace {netns}: {source}")]
+    Netlink {
+        switch: String,
+        netns: String,
+        source: crate::host::netlink::NetlinkError,
     },
     #[error(
         "DNS forwarder of switch {switch}: cannot listen on {addr} in namespace {netns}: {source}"
@@ -441,7 +456,7 @@ impl Forwarders {
         self.lock()
             .get(switch)
             .is_some_and(|r| !r.task.is_finished())
-            && std::path::Path::new(&format!("/run/netns/{}", b.netns)).exists()
+            && netns::exists(&b.netns)
             && std::path::Path::new(&format!("/sys/class/net/{}", b.host_ifname)).exists()
     }
 
@@ -459,16 +474,7 @@ impl Forwarders {
         }
         self.remove(chassis, switch).await;
         let b = Binding::of(chassis, switch);
-        let (sw, sub) = (switch.to_string(), subnet.to_string());
-        let b2 = b.clone();
-        let sock = tokio::task::spawn_blocking(move || make_namespace(&sw, &b2, &sub))
-            .await
-            .map_err(|e| DnsForwardError::Command {
-                switch: switch.to_string(),
-                command: "make the namespace".into(),
-                stderr: e.to_string(),
-            })?;
-        let sock = match sock {
+        let sock = match make_namespace(switch, &b, subnet).await {
             Ok(s) => s,
             Err(e) => {
                 self.remove(chassis, switch).await;
@@ -478,7 +484,7 @@ impl Forwarders {
         let listen_err = |source: io::Error| DnsForwardError::Listen {
             switch: switch.to_string(),
             netns: b.netns.clone(),
-            addr: SocketAddr::new(super::dns::DNS_ADDR.into(), 53),
+            addr: SocketAddr::new(DNS_ADDR.into(), 53),
             source,
         };
         let listen = UdpSocket::from_std(sock).map_err(listen_err)?;
@@ -544,113 +550,85 @@ impl Forwarders {
     }
 }
 
-/// Deletes a forwarder's veth pair and namespace; what is missing is skipped.
+/// Deletes a forwarder's veth pair and namespace; what is missing is skipped, and a
+/// failure is logged and does not stop the rest.
 async fn delete_namespace(b: Binding) {
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = ip(&["link", "del", &b.host_ifname]);
-        let _ = ip(&["netns", "del", &b.netns]);
-    })
-    .await;
-}
-
-/// Runs `ip ARGS`; its standard error on failure.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = crate::firewall::command::output_within(
-        std::process::Command::new("ip").args(args),
-        None,
-        crate::firewall::command::COMMAND_TIMEOUT,
-    )
-    .map_err(|e| format!("{e:?}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    match Netlink::new() {
+        Ok(nl) => {
+            if let Err(e) = nl.delete(&b.host_ifname).await {
+                tracing::warn!(port = %b.host_ifname, "DNS forwarder: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(port = %b.host_ifname, "DNS forwarder: {e}"),
+    }
+    if let Err(e) = netns::delete(&b.netns).await {
+        tracing::warn!(netns = %b.netns, "DNS forwarder: {e}");
     }
 }
 
 /// The namespace, the veth pair (the peer with the localport's MAC and the DNS address,
 /// TX checksums computed, an on-link route to the subnet) and the listening socket,
-/// made in the namespace.
-fn make_namespace(
+/// made in the namespace. What it made stays on failure (the caller removes it).
+async fn make_namespace(
     switch: &str,
     b: &Binding,
     subnet: &str,
 ) -> Result<std::net::UdpSocket, DnsForwardError> {
-    let addr = format!("{}/32", super::dns::DNS_ADDR);
-    let steps: [&[&str]; 9] = [
-        &["netns", "add", &b.netns],
-        &[
-            "link",
-            "add",
-            &b.host_ifname,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b.peer_ifname,
-        ],
-        &[
-            "link",
-            "set",
-            &b.peer_ifname,
-            "address",
-            super::dns::DNS_MAC,
-        ],
-        &["link", "set", &b.peer_ifname, "netns", &b.netns],
-        &["link", "set", &b.host_ifname, "up"],
-        &["-n", &b.netns, "link", "set", "lo", "up"],
-        &["-n", &b.netns, "addr", "add", &addr, "dev", &b.peer_ifname],
-        &["-n", &b.netns, "link", "set", &b.peer_ifname, "up"],
-        &[
-            "-n",
-            &b.netns,
-            "route",
-            "add",
-            subnet,
-            "dev",
-            &b.peer_ifname,
-        ],
-    ];
-    for (i, args) in steps.iter().enumerate() {
-        if i == 3 {
-            // Frames leave the namespace for OVS's userspace datapath, which does not
-            // complete partial checksums: the kernel computes them here.
-            if let Err(e) = crate::host::ethtool::disable_tx_checksum(&b.peer_ifname) {
-                tracing::warn!(port = %b.peer_ifname, "cannot turn TX checksum offload off: {e}");
-            }
-        }
-        ip(args).map_err(|stderr| DnsForwardError::Command {
-            switch: switch.to_string(),
-            command: format!("ip {}", args.join(" ")),
-            stderr,
-        })?;
+    let subnet: Ipv4Net = subnet.parse().map_err(|_| DnsForwardError::Subnet {
+        switch: switch.to_string(),
+        subnet: subnet.to_string(),
+    })?;
+    let ns_err = |source| DnsForwardError::Netns {
+        switch: switch.to_string(),
+        source,
+    };
+    let nl_err = |source| DnsForwardError::Netlink {
+        switch: switch.to_string(),
+        netns: b.netns.clone(),
+        source,
+    };
+    netns::add(&b.netns).await.map_err(ns_err)?;
+    let host = Netlink::new().map_err(nl_err)?;
+    // The host end comes up as an OVS port only (no ARP, as the endpoints' host ends).
+    host.create_veth(&b.host_ifname, &b.peer_ifname, Some(DNS_MAC.0), None)
+        .await
+        .map_err(nl_err)?;
+    // Frames leave the namespace for OVS's userspace datapath, which does not complete
+    // partial checksums: the kernel computes them here.
+    if let Err(e) = crate::host::ethtool::disable_tx_checksum(&b.peer_ifname) {
+        tracing::warn!(port = %b.peer_ifname, "cannot turn TX checksum offload off: {e}");
     }
-    let at = SocketAddr::new(super::dns::DNS_ADDR.into(), 53);
-    bind_in_netns(&b.netns, at).map_err(|source| DnsForwardError::Listen {
+    let ns = netns::open(&b.netns).map_err(ns_err)?;
+    host.move_to_netns(&b.peer_ifname, ns.as_raw_fd())
+        .await
+        .map_err(nl_err)?;
+    let inside = netns::run_in(&b.netns, Netlink::new)
+        .await
+        .map_err(ns_err)?
+        .map_err(nl_err)?;
+    inside.set_up("lo").await.map_err(nl_err)?;
+    inside
+        .set_address_up(&b.peer_ifname, DNS_ADDR, 32)
+        .await
+        .map_err(nl_err)?;
+    inside
+        .add_link_route(subnet, &b.peer_ifname)
+        .await
+        .map_err(nl_err)?;
+    let at = SocketAddr::new(DNS_ADDR.into(), 53);
+    let bound = netns::run_in(&b.netns, move || {
+        let sock = std::net::UdpSocket::bind(at)?;
+        sock.set_nonblocking(true)?;
+        Ok(sock)
+    })
+    .await
+    .map_err(ns_err)?;
+    bound.map_err(|source| DnsForwardError::Listen {
         switch: switch.to_string(),
         netns: b.netns.clone(),
         addr: at,
         source,
     })
-}
-
-/// A UDP socket bound to `at` in namespace `/run/netns/NETNS`: made by a thread that
-/// enters the namespace (only that thread does) and ends; the socket stays in it.
-fn bind_in_netns(netns: &str, at: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let file = std::fs::File::open(format!("/run/netns/{netns}"))?;
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid namespace fd, which `file` keeps open for the call;
-        // it changes only this (short-lived) thread's network namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = std::net::UdpSocket::bind(at)?;
-        sock.set_nonblocking(true)?;
-        Ok(sock)
-    })
-    .join()
-    .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 #[cfg(test)]

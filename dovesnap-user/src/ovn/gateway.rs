@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::firewall::{PortMapping, Proto};
 use crate::ovsdb::{self, Row, Txn};
 
-use super::northbound::{Northbound, DB, EXT_ENDPOINT_ID, SB_DB};
+use super::northbound::{string_map, Northbound, DB, EXT_ENDPOINT_ID, SB_DB};
 use super::OvnError;
 
 /// The bridge mapping name of the external network unless `ovs.ovn.gateway_network`
@@ -127,11 +127,6 @@ fn router_mac(ip: Ipv4Addr) -> String {
     format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-fn string_map(pairs: &[(&str, &str)]) -> Value {
-    let pairs: Vec<Value> = pairs.iter().map(|(k, v)| json!([k, v])).collect();
-    json!(["map", pairs])
-}
-
 fn named_set(names: &[&str]) -> Value {
     let items: Vec<Value> = names.iter().map(|n| json!(["named-uuid", n])).collect();
     json!(["set", items])
@@ -222,13 +217,13 @@ impl GatewaySpec {
             json!({"name": router, "ports": named_set(&["lrp_in", "lrp_ex"]),
                    "static_routes": named_set(&["route"]), "nat": named_set(&["nat"]),
                    "load_balancer": ["set", lbs],
-                   "external_ids": string_map(&[(EXT_SWITCH, sw), (EXT_GATEWAY, &summary)])}),
+                   "external_ids": string_map([(EXT_SWITCH, sw), (EXT_GATEWAY, &summary)])}),
             "lr",
         );
         let router_lsp = |name: String, port: &str| {
             json!({"name": name, "type": "router", "addresses": "router",
-                   "options": string_map(&[("router-port", port)]),
-                   "external_ids": string_map(&[(EXT_SWITCH, sw)])})
+                   "options": string_map([("router-port", port)]),
+                   "external_ids": string_map([(EXT_SWITCH, sw)])})
         };
         txn.insert(LSP, router_lsp(router_port_name(sw), &lrp_in), "rtr");
         txn.mutate(
@@ -245,13 +240,13 @@ impl GatewaySpec {
             LSP,
             json!({"name": format!("dovesnap-ln-{sw}"), "type": "localnet",
                    "addresses": "unknown",
-                   "options": string_map(&[("network_name", &self.network)])}),
+                   "options": string_map([("network_name", &self.network)])}),
             "ln",
         );
         txn.insert(
             LS,
             json!({"name": external_switch_name(sw), "ports": named_set(&["ext_rtr", "ln"]),
-                   "external_ids": string_map(&[(EXT_SWITCH, sw)])}),
+                   "external_ids": string_map([(EXT_SWITCH, sw)])}),
             "ext",
         );
         txn.comment(&format!(
@@ -305,7 +300,11 @@ fn uuids(results: &[Value], index: usize, table: &'static str) -> Result<Vec<Str
 
 /// Where `external_ids` holds `pairs`.
 fn tagged(pairs: &[(&str, &str)]) -> Value {
-    json!(["external_ids", "includes", string_map(pairs)])
+    json!([
+        "external_ids",
+        "includes",
+        string_map(pairs.iter().copied())
+    ])
 }
 
 /// Deletes the router of switch `switch` (its ports, route, NAT and gateway chassis
@@ -398,13 +397,12 @@ fn publish(
         if map.is_empty() {
             continue;
         }
-        let pairs: Vec<Value> = map.iter().map(|(k, v)| json!([k, v])).collect();
         let named = format!("lb_{proto}");
         txn.insert(
             LB,
             json!({"name": format!("dovesnap-lb-{endpoint}-{proto}"), "protocol": proto.as_str(),
-                   "vips": ["map", pairs],
-                   "external_ids": string_map(&[(EXT_SWITCH, switch), (EXT_ENDPOINT_ID, endpoint)])}),
+                   "vips": string_map(&map),
+                   "external_ids": string_map([(EXT_SWITCH, switch), (EXT_ENDPOINT_ID, endpoint)])}),
             &named,
         );
         names.push(named);
@@ -659,12 +657,12 @@ mod tests {
         let lr = op(&p, LR, "dovesnap-lr-sw");
         assert_eq!(
             lr["row"]["external_ids"],
-            string_map(&[(EXT_SWITCH, "sw"), (EXT_GATEWAY, &spec().summary())])
+            string_map([(EXT_SWITCH, "sw"), (EXT_GATEWAY, &spec().summary())])
         );
         let rtr = op(&p, LSP, "dovesnap-rtr-sw");
         assert_eq!(
             rtr["row"]["options"],
-            string_map(&[("router-port", "dovesnap-lrp-sw")])
+            string_map([("router-port", "dovesnap-lrp-sw")])
         );
         let attach = ops.iter().find(|o| o["op"] == "mutate").unwrap();
         assert_eq!(attach["where"], json!([["_uuid", "==", ["uuid", "ls-1"]]]));
@@ -696,7 +694,7 @@ mod tests {
         assert_eq!(ln["row"]["type"], "localnet");
         assert_eq!(
             ln["row"]["options"],
-            string_map(&[("network_name", "dovesnap")])
+            string_map([("network_name", "dovesnap")])
         );
         let ls = op(&p, LS, "dovesnap-ext-sw");
         assert_eq!(

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use crate::host::addr::Ipv4Net;
 use crate::ovsdb::{self, Row, Txn};
 
-use super::northbound::{Northbound, DB};
+use super::northbound::{string_map, Northbound, DB};
 use super::OvnError;
 
 const AS: &str = "Address_Set";
@@ -155,8 +155,8 @@ fn create_pool(subnet: Ipv4Net, chassis: &str, token: &str) -> Txn {
     txn.require(AS, vec![ovsdb::eq("name", name.as_str())], false);
     txn.insert(
         AS,
-        json!({"name": name, "external_ids": ["map", [
-            [EXT_SUBNET, subnet.to_string()], [user_key(token), chassis]]]}),
+        json!({"name": name, "external_ids": string_map([
+            (EXT_SUBNET.to_string(), subnet.to_string()), (user_key(token), chassis.to_string())])}),
         "pool",
     );
     txn.comment(&format!("dovesnap: {chassis} creates address pool {name}"));
@@ -171,7 +171,7 @@ fn add_user(pool: &Pool, chassis: &str, token: &str) -> Txn {
         vec![json!([
             "external_ids",
             "insert",
-            ["map", [[user_key(token), chassis]]]
+            string_map([(user_key(token).as_str(), chassis)])
         ])],
     );
     txn
@@ -186,12 +186,16 @@ fn claim(pool: &Pool, ip: Ipv4Addr, value: &str) -> Txn {
     txn.mutate(
         AS,
         this(&pool.uuid),
-        vec![json!(["external_ids", "insert", ["map", [[key, value]]]])],
+        vec![json!([
+            "external_ids",
+            "insert",
+            string_map([(&key, value)])
+        ])],
     );
     txn.push_raw(json!({
         "op": "wait", "table": AS, "timeout": 0,
         "where": [["_uuid", "==", ["uuid", pool.uuid]],
-                  ["external_ids", "includes", ["map", [[key, value]]]]],
+                  ["external_ids", "includes", string_map([(&key, value)])]],
         "columns": ["name"], "until": "==", "rows": [{"name": pool.name}],
     }));
     txn
@@ -200,12 +204,15 @@ fn claim(pool: &Pool, ip: Ipv4Addr, value: &str) -> Txn {
 /// Removes the pairs `pairs` (key and value both must match: a claim made again by
 /// someone else in between stays).
 fn remove_pairs(pool: &Pool, pairs: &[(String, String)]) -> Txn {
-    let pairs: Vec<Value> = pairs.iter().map(|(k, v)| json!([k, v])).collect();
     let mut txn = Txn::on(DB);
     txn.mutate(
         AS,
         this(&pool.uuid),
-        vec![json!(["external_ids", "delete", ["map", pairs]])],
+        vec![json!([
+            "external_ids",
+            "delete",
+            string_map(pairs.iter().map(|(k, v)| (k, v)))
+        ])],
     );
     txn
 }
@@ -214,15 +221,10 @@ fn remove_pairs(pool: &Pool, pairs: &[(String, String)]) -> Txn {
 /// host took or claimed meanwhile).
 fn delete_pool(pool: &Pool) -> Txn {
     let mut txn = Txn::on(DB);
-    let ids: Vec<Value> = pool
-        .external_ids
-        .iter()
-        .map(|(k, v)| json!([k, v]))
-        .collect();
     txn.push_raw(json!({
         "op": "wait", "table": AS, "timeout": 0, "where": this(&pool.uuid),
         "columns": ["external_ids"], "until": "==",
-        "rows": [{"external_ids": ["map", ids]}],
+        "rows": [{"external_ids": string_map(&pool.external_ids)}],
     }));
     txn.delete(AS, this(&pool.uuid));
     txn.comment(&format!(

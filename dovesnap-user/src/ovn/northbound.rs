@@ -105,8 +105,16 @@ fn host_key(chassis: &str) -> String {
     format!("{EXT_HOST_PREFIX}{chassis}")
 }
 
-pub(super) fn string_map(map: &BTreeMap<String, String>) -> Value {
-    let pairs: Vec<Value> = map.iter().map(|(k, v)| json!([k, v])).collect();
+/// An OVSDB map of strings, `["map", [[key, value], …]]`, of `pairs` in their order
+/// (a `BTreeMap`'s, or a list's): the one encoder of the OVN code's maps, for rows,
+/// `includes` conditions and mutations alike.
+pub(super) fn string_map<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Value {
+    let pairs: Vec<Value> = pairs
+        .into_iter()
+        .map(|(k, v)| json!([k.as_ref(), v.as_ref()]))
+        .collect();
     json!(["map", pairs])
 }
 
@@ -242,7 +250,11 @@ fn add_host(uuid: &str, chassis: &str, network_id: &str) -> Txn {
         vec![ovsdb::eq("_uuid", json!(["uuid", uuid]))],
         vec![
             json!(["external_ids", "delete", ["set", [key]]]),
-            json!(["external_ids", "insert", ["map", [[key, network_id]]]]),
+            json!([
+                "external_ids",
+                "insert",
+                string_map([(key.as_str(), network_id)])
+            ]),
         ],
     );
     txn
