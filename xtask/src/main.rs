@@ -145,6 +145,18 @@ fn test(filter: Option<&str>) -> Result<()> {
     // serially, since they share the host's OVS, netfilter and Docker.
     // `--tests`: the fixtures crate has no doc tests, and a closing "0 passed" line
     // from an empty doc-test run would misreport the run.
+    // The daemon crate's own root-only unit tests (e.g. `host::netns`) first.
+    let mut unit = vec![
+        "test",
+        "-p",
+        "dovesnap-user",
+        "--lib",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ];
+    unit.extend(&filter);
+    cargo(&unit)?;
     let mut privileged = vec![
         "test",
         "-p",
