@@ -448,7 +448,7 @@ const _: () = {
 };
 
 /// Number of entries in [`STATS_MAP`]: one per [`Counter`] variant.
-pub const COUNTERS: u32 = 58;
+pub const COUNTERS: u32 = 59;
 
 /// Index of a counter in [`STATS_MAP`].
 ///
@@ -468,8 +468,8 @@ pub const COUNTERS: u32 = 58;
 /// no classification or verdict above, and every frame they see counts exactly one of
 /// `TcOut`, `TcIn`, `TcRedirectFailed`, `TcBypassed`, `TcUnconfigured` or a
 /// `TcDecline*` (all of which return `TCX_NEXT`: the kernel's path). `TcGsoFrames` and
-/// `TcGsoSegments` come on top, for rewritten GSO super-packets, and `TcCreated` for a
-/// session the endpoint program made.
+/// `TcGsoSegments` come on top, for rewritten GSO super-packets, `TcCreated` for a
+/// session the endpoint program made and `TcIcmpError` for a translated ICMP error.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -615,6 +615,9 @@ pub enum Counter {
     /// tc endpoint: a new flow left to the kernel because no port was free after
     /// [`NAT_PROBES`] tries, or `CT` was full.
     TcDeclineExhausted = 57,
+    /// tc: an ICMP error quoting a `CT` session's packet, translated (RFC 5508) and
+    /// sent on; counts on top of `TcOut` or `TcIn`.
+    TcIcmpError = 58,
 }
 
 impl Counter {
@@ -678,6 +681,7 @@ impl Counter {
         Counter::TcDeclineSlow,
         Counter::TcCreated,
         Counter::TcDeclineExhausted,
+        Counter::TcIcmpError,
     ];
 
     /// The counter's index in [`STATS_MAP`].
@@ -747,6 +751,7 @@ impl Counter {
             Counter::TcDeclineSlow => "tc-decline-slow",
             Counter::TcCreated => "tc-created",
             Counter::TcDeclineExhausted => "tc-decline-exhausted",
+            Counter::TcIcmpError => "tc-icmp-error",
         }
     }
 }

@@ -1011,6 +1011,39 @@ fn full_frame(
     f
 }
 
+/// An ICMP error (`kind`, `code`) from `addrs.0` to `addrs.1` quoting `quoted` (an IPv4
+/// packet, cut), with every checksum right, TTL 64, Ethernet `macs` (source, destination).
+fn icmp_error_frame(
+    macs: ([u8; 6], [u8; 6]),
+    addrs: (Ipv4Addr, Ipv4Addr),
+    kind: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
+    use dovesnap::translator::checksum::checksum;
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    if (kind, code) == (3, 4) {
+        icmp[6..8].copy_from_slice(&1200u16.to_be_bytes());
+    }
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, PROTO_ICMP, 0, 0]);
+    ip.extend_from_slice(&addrs.0.octets());
+    ip.extend_from_slice(&addrs.1.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
 const EXT: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 1);
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 202, 9, 7);
@@ -1454,6 +1487,70 @@ fn tc_programs_rewrite_established_flows_like_the_translator() {
             let n = payloads.len() as u64;
             assert_eq!((d.tc_out, d.tc_in, d.tc_frames()), (n, n, 2 * n), "{d:?}");
             assert_eq!((d.tc_gso_frames, d.frames()), (0, 0), "{d:?}");
+
+            // ICMP errors about the session, both ways, quoting 8 bytes or more of the
+            // transport header: translated as the translator does it.
+            for quote in [8, 40] {
+                let what = format!("{proto} udp_sum={udp_sum} error quoting {quote}");
+                let sent = full_frame(
+                    s.to_ext,
+                    (EXT, ext_port),
+                    (REMOTE, dport),
+                    proto,
+                    63,
+                    ack,
+                    udp_sum,
+                    &[0x33; 100],
+                );
+                let err =
+                    icmp_error_frame(s.to_ext, (REMOTE, EXT), 3, 4, &sent[14..14 + 20 + quote]);
+                let mut want = err.clone();
+                assert!(matches!(
+                    nat.t.inbound(now, &mut want),
+                    Verdict::Endpoint { .. }
+                ));
+                let before = xdp.counters().expect("counters");
+                let got = in_run(&err);
+                let d = xdp.counters().expect("counters").since(&before);
+                assert_eq!(
+                    (got.ret, d.tc_in, d.tc_icmp_error),
+                    (TCX_REDIRECT, 1, 1),
+                    "{what}: {d:?}"
+                );
+                assert_eq!(got.frame, want, "inbound {what}");
+
+                let received = full_frame(
+                    s.to_gw,
+                    (REMOTE, dport),
+                    (INSIDE, sport),
+                    proto,
+                    63,
+                    ack,
+                    udp_sum,
+                    &[0x44; 100],
+                );
+                let err = icmp_error_frame(
+                    s.to_gw,
+                    (INSIDE, REMOTE),
+                    3,
+                    3,
+                    &received[14..14 + 20 + quote],
+                );
+                let mut want = err.clone();
+                assert!(matches!(
+                    nat.t.outbound(now, &mut want),
+                    Verdict::Uplink { .. }
+                ));
+                let before = xdp.counters().expect("counters");
+                let got = out_run(&err, (0, 0));
+                let d = xdp.counters().expect("counters").since(&before);
+                assert_eq!(
+                    (got.ret, d.tc_out, d.tc_icmp_error),
+                    (TCX_REDIRECT, 1, 1),
+                    "{what}: {d:?}"
+                );
+                assert_eq!(got.frame[14..], want[14..], "outbound {what}");
+            }
 
             // A GSO super-packet bigger than the uplink's MTU is forwarded whole and
             // counted; the same bytes as one plain frame are the kernel's to fragment.

@@ -18,7 +18,7 @@
 use aya_ebpf::{
     bindings::{
         tcx_action_base::{TCX_DROP, TCX_NEXT, TCX_REDIRECT},
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST,
     },
     helpers::bpf_ktime_get_ns,
     helpers::generated::{
@@ -30,6 +30,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use dovesnap_ebpf::{
+    checksum::{update16, update_sums},
     Counter, CtEntry, FlowAction, FlowKey, IfaceConfig, NatConfig, PortKey, CT_FIN,
     CT_OWNER_KERNEL, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT,
     MAX_PUBLISHED, NAT_PROBES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
@@ -37,8 +38,9 @@ use dovesnap_ebpf::{
 
 use super::{
     add, classify, count, endpoint_checks, far_port, host_filtered, owns_flow, owns_icmp, ptr_at,
-    route, EthHdr, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr, BPF_F_NO_PREALLOC, IFACES, L3, L4,
-    STATE, STATS, TCP_FIN, TCP_RST, TCP_SYN,
+    route, sum_addr, update_addr, EthHdr, IcmpHdr, Ipv4Hdr, Piece, Ports, Route, TcpHdr, UdpHdr,
+    BPF_F_NO_PREALLOC, ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IFACES,
+    INNER_L3, INNER_L4, L3, L4, STATE, STATS, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 /// The tc engine's sessions, two entries each (see `dovesnap_ebpf::CT_MAP`).
@@ -216,12 +218,19 @@ fn endpoint(ctx: &TcContext) -> Verdict {
         Ok(ip) => ip,
         Err(check) => return Verdict::Next(check.tc()),
     };
-    // Fragments and ICMP are the translator's.
+    // SAFETY: `skb` is the program's own `__sk_buff`.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // An ICMP error about a session's packet goes out translated; other ICMP and
+    // fragments are the slow path's.
+    if ip.piece() == Piece::Whole && ip.proto == PROTO_ICMP {
+        let ttl = ip.ttl;
+        if let Some(v) = icmp_error(ctx, cfg.addr, ttl, ifindex) {
+            return v;
+        }
+    }
     if ip.piece() != Piece::Whole || ip.proto == PROTO_ICMP {
         return Verdict::Next(Counter::TcDeclineSlow);
     }
-    // SAFETY: `skb` is the program's own `__sk_buff`.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let flow = match read_flow(ctx, ip, ifindex) {
         Ok(flow) => flow,
         Err(v) => return v,
@@ -335,6 +344,139 @@ fn create(ctx: &TcContext, cfg: &IfaceConfig, flow: &Flow) -> Result<*mut CtEntr
     CT.get_ptr_mut(&k).ok_or(exhausted)
 }
 
+/// An ICMP error (destination unreachable, time exceeded, parameter problem) quoting a
+/// `CT` session's packet, translated as the translator does it (RFC 5508) and sent on:
+/// `ifindex` 0 is the uplink (the quote was sent from the external address: the outer
+/// destination and the quoted source become the container's address and port), else
+/// the container's host end (the quote was sent to `addr`, the container: the outer
+/// source and the quoted destination become the external address and port). The outer
+/// TTL and IPv4 checksum, the quoted IPv4 checksum, the quoted TCP/UDP checksum when
+/// the quote holds it, and the ICMP checksum follow. `None`: not such an error, the
+/// frame untouched.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, addr: u32, ttl: u8, ifindex: u32) -> Option<Verdict> {
+    let inbound = ifindex == 0;
+    let icmp = ptr_at::<IcmpHdr>(ctx, L4)?;
+    if !matches!(
+        icmp.kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
+        return None;
+    }
+    let icmp_csum = u16::from_be_bytes(icmp._check);
+    let inner = ptr_at::<Ipv4Hdr>(ctx, INNER_L3)?;
+    let (inner_src, inner_dst) = (u32::from_ne_bytes(inner.src), u32::from_ne_bytes(inner.dst));
+    let ours = if inbound { inner_src } else { inner_dst };
+    if !inner.is_plain()
+        || inner.piece() == Piece::Later
+        || ours != addr
+        || !matches!(inner.proto, PROTO_TCP | PROTO_UDP)
+    {
+        return None;
+    }
+    let proto = inner.proto;
+    let inner_csum = u16::from_be_bytes(inner.check);
+    let quote = ptr_at::<[u8; 8]>(ctx, INNER_L4)?;
+    let (qsrc, qdst) = (
+        u16::from_ne_bytes([quote[0], quote[1]]),
+        u16::from_ne_bytes([quote[2], quote[3]]),
+    );
+    // The quoted transport checksum, when the quote holds it (UDP: not "none").
+    let l4_csum_at = if proto == PROTO_TCP {
+        INNER_L4 + 16
+    } else {
+        INNER_L4 + 6
+    };
+    let l4_csum = match ptr_at::<[u8; 2]>(ctx, l4_csum_at) {
+        Some(c) if proto == PROTO_TCP || u16::from_ne_bytes(*c) != 0 => {
+            Some(u16::from_be_bytes(*c))
+        }
+        _ => None,
+    };
+    // The session of the quoted packet, keyed as a packet opposite to it arrives here
+    // (inbound: the remote's reply; outbound: the container's next packet).
+    let key = FlowKey {
+        ifindex,
+        src: inner_dst,
+        dst: inner_src,
+        sport: qdst,
+        dport: qsrc,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let act = unsafe { CT.get(&key) }?.act;
+    if ttl <= 1 {
+        return Some(Verdict::Next(Counter::TcDeclineTtlExpiring));
+    }
+    let (outer_at, inner_at, port_at, new_addr, old_port, new_port) = if inbound {
+        (IP_DST, INNER_L3 + 12, INNER_L4, act.dst, qsrc, act.dport)
+    } else {
+        (
+            IP_SRC,
+            INNER_L3 + 16,
+            INNER_L4 + 2,
+            act.src,
+            qdst,
+            act.sport,
+        )
+    };
+    let (old_b, new_b) = (addr.to_ne_bytes(), new_addr.to_ne_bytes());
+    let (old_p, new_p) = (u16::from_be(old_port), u16::from_be(new_port));
+    let new_inner_csum = update_addr(inner_csum, old_b, new_b);
+    let new_l4_csum = l4_csum.map(|c| {
+        let c = update16(update_addr(c, old_b, new_b), old_p, new_p);
+        if proto == PROTO_UDP && c == 0 {
+            0xffff
+        } else {
+            c
+        }
+    });
+    // The ICMP checksum over the rewritten words of the quote.
+    let mut old_sum = sum_addr(old_b) + u32::from(inner_csum) + u32::from(old_p);
+    let mut new_sum = sum_addr(new_b) + u32::from(new_inner_csum) + u32::from(new_p);
+    if let (Some(o), Some(n)) = (l4_csum, new_l4_csum) {
+        old_sum += u32::from(o);
+        new_sum += u32::from(n);
+    }
+    let new_icmp_csum = update_sums(icmp_csum, old_sum, new_sum);
+    let rewritten = (|| -> Result<(), i64> {
+        let new_ttl = ttl - 1;
+        let old_tp = u16::from_ne_bytes([ttl, PROTO_ICMP]);
+        let new_tp = u16::from_ne_bytes([new_ttl, PROTO_ICMP]);
+        ctx.skb
+            .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
+        ctx.skb
+            .l3_csum_replace(IP_CSUM, u64::from(addr), u64::from(new_addr), 4)?;
+        ctx.skb.store(IP_TTL, &new_ttl, 0)?;
+        ctx.skb.store(outer_at, &new_b, 0)?;
+        let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+        ctx.skb
+            .store(L4 + 2, &new_icmp_csum.to_be_bytes(), recompute)?;
+        ctx.skb
+            .store(INNER_L3 + 10, &new_inner_csum.to_be_bytes(), recompute)?;
+        ctx.skb.store(inner_at, &new_b, recompute)?;
+        ctx.skb.store(port_at, &new_port.to_ne_bytes(), recompute)?;
+        if let Some(c) = new_l4_csum {
+            ctx.skb.store(l4_csum_at, &c.to_be_bytes(), recompute)?;
+        }
+        if inbound {
+            ctx.skb.store(0, &act.eth_dst, 0)?;
+            ctx.skb.store(6, &act.eth_src, 0)?;
+        }
+        Ok(())
+    })();
+    if rewritten.is_err() {
+        return Some(Verdict::Next(Counter::TcDeclineSlow));
+    }
+    let _ = count(Counter::TcIcmpError);
+    Some(if inbound {
+        Verdict::In(act.out_ifindex)
+    } else {
+        Verdict::Out(act.out_ifindex)
+    })
+}
+
 /// Whether the flow leaves a container port the kernel's DNAT publishes.
 #[inline(always)]
 fn published(k: &FlowKey) -> bool {
@@ -393,7 +535,19 @@ fn uplink(ctx: &TcContext) -> Verdict {
     }
     match ip.proto {
         PROTO_TCP | PROTO_UDP => {}
-        PROTO_ICMP if owns_icmp(ctx, &cfg, remote) => return Verdict::Next(Counter::TcDeclineSlow),
+        PROTO_ICMP => {
+            // An error about a `CT` session is translated here; the translator's own
+            // ICMP is the slow path's.
+            let ttl = ip.ttl;
+            if let Some(v) = icmp_error(ctx, cfg.addr, ttl, 0) {
+                return v;
+            }
+            return Verdict::Next(if owns_icmp(ctx, &cfg, remote) {
+                Counter::TcDeclineSlow
+            } else {
+                Counter::TcDeclineNoSession
+            });
+        }
         _ => return Verdict::Next(Counter::TcDeclineNoSession),
     }
     let flow = match read_flow(ctx, ip, 0) {

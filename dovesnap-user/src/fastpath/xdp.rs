@@ -592,6 +592,8 @@ counters! {
     TcCreated => tc_created,
     /// tc: new flows left to the kernel for want of a free port or `CT` room.
     TcDeclineExhausted => tc_decline_exhausted,
+    /// tc: ICMP errors about `CT` sessions translated (on top of `tc_out`/`tc_in`).
+    TcIcmpError => tc_icmp_error,
 }
 
 impl Counters {

@@ -147,7 +147,11 @@ impl Counters {
     /// Frames a tc program decided on (one decision counter each; GSO and session
     /// creation count on top).
     pub fn tc_frames(&self) -> u64 {
-        self.prefixed("tc-") - self.tc_gso_frames - self.tc_gso_segments - self.tc_created
+        self.prefixed("tc-")
+            - self.tc_gso_frames
+            - self.tc_gso_segments
+            - self.tc_created
+            - self.tc_icmp_error
     }
 
     /// Frames that arrived on an endpoint interface (one decision counter each).
