@@ -1044,6 +1044,26 @@ fn icmp_error_frame(
     f
 }
 
+/// A whole IPv4 frame split in two fragments: the first carries `first_len` bytes of
+/// its payload (a multiple of 8), the second the rest; IPv4 checksums right.
+fn fragments(frame: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    use dovesnap::translator::checksum::checksum;
+    let (l2, header, payload) = (&frame[..14], &frame[14..34], &frame[34..]);
+    let piece = |bytes: &[u8], frag: u16| {
+        let mut ip = header.to_vec();
+        ip[2..4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        [l2, &ip, bytes].concat()
+    };
+    (
+        piece(&payload[..first_len], 0x2000),
+        piece(&payload[first_len..], (first_len / 8) as u16),
+    )
+}
+
 const EXT: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 1);
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 202, 9, 7);
@@ -2180,6 +2200,57 @@ fn tc_endpoint_creates_sessions_for_new_flows() {
         let (got, d) = run(&xdp, &s.out(syn, 64, b""));
         assert_eq!((got.ret, d.tc_created, d.tc_out), (TCX_REDIRECT, 0, 1));
         assert_eq!(u16::from_be_bytes([got.frame[34], got.frame[35]]), ext_port);
+
+        // A reply datagram in two fragments: the first rewritten like a whole one, the
+        // second follows it; the container reassembles the datagram its socket sent
+        // for (checksum right for the rewritten pseudo header). A later fragment of
+        // another datagram is the slow path's.
+        let reply = full_frame(
+            udp.to_ext,
+            (REMOTE, 80),
+            (EXT, udp_port),
+            PROTO_UDP,
+            64,
+            0,
+            true,
+            &[0x5c; 100],
+        );
+        let (first, later) = fragments(&reply, 32);
+        let mut payload = Vec::new();
+        for frag in [&first, &later] {
+            let before = xdp.counters().expect("counters");
+            let got = in_netns(&topo.r, || {
+                xdp.tc_test_run(TcProgram::Uplink, frag, topo.up, (0, 0))
+            })
+            .expect("tc test run");
+            let d = xdp.counters().expect("counters").since(&before);
+            assert_eq!((got.ret, d.tc_in), (TCX_REDIRECT, 1), "{d:?}");
+            assert_eq!(got.frame[30..34], INSIDE.octets(), "fragment's destination");
+            assert_eq!(got.frame[22], 63, "TTL");
+            let header = &got.frame[14..34];
+            assert_eq!(dovesnap::translator::checksum::checksum(header), 0);
+            payload.extend_from_slice(&got.frame[34..]);
+        }
+        assert_eq!(payload[2..4], 5353u16.to_be_bytes(), "the container's port");
+        let pseudo = dovesnap::translator::checksum::pseudo_header_sum(
+            REMOTE,
+            INSIDE,
+            PROTO_UDP,
+            payload.len() as u16,
+        );
+        let sum = dovesnap::translator::checksum::fold(dovesnap::translator::checksum::sum(
+            &payload, pseudo,
+        ));
+        assert_eq!(sum, 0xffff, "the reassembled datagram's checksum");
+        let mut stray = later.clone();
+        stray[18] ^= 0x01;
+        let before = xdp.counters().expect("counters");
+        let got = in_netns(&topo.r, || {
+            xdp.tc_test_run(TcProgram::Uplink, &stray, topo.up, (0, 0))
+        })
+        .expect("tc test run");
+        let d = xdp.counters().expect("counters").since(&before);
+        assert_eq!((got.ret, d.tc_decline_slow), (TCX_NEXT, 1), "{d:?}");
 
         // Three more connections to the same far end take the other three ports (the
         // datagrams' flow is UDP, another protocol's ports); the fifth finds none free

@@ -25,15 +25,16 @@ use aya_ebpf::{
         bpf_check_mtu, bpf_get_prandom_u32, bpf_redirect_neigh, bpf_redirect_peer,
     },
     macros::{classifier, map},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TcContext,
     EbpfContext as _,
 };
 use dovesnap_ebpf::{
     checksum::{update16, update_sums},
-    Counter, CtEntry, FlowAction, FlowKey, IfaceConfig, NatConfig, PortKey, CT_FIN,
-    CT_OWNER_KERNEL, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_CT,
-    MAX_PUBLISHED, NAT_PROBES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_BYPASS,
+    Counter, CtEntry, FlowAction, FlowKey, FragKey, IfaceConfig, NatConfig, PortKey, CT_FIN,
+    CT_OWNER_KERNEL, CT_RST, CT_SEEN, CT_SYN, CT_SYN_ACK, FRAG_LIFETIME_NS, IFACE_ENDPOINT,
+    IFACE_UPLINK, MAX_CT, MAX_FRAGS, MAX_PUBLISHED, NAT_PROBES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    STATE_BYPASS,
 };
 
 use super::{
@@ -477,6 +478,124 @@ fn icmp_error(ctx: &TcContext, addr: u32, ttl: u8, ifindex: u32) -> Option<Verdi
     })
 }
 
+/// A datagram whose first fragment a tc program forwarded: its session's `CT` key and
+/// when the first fragment came (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcFrag {
+    session: FlowKey,
+    _pad: u32,
+    created: u64,
+}
+
+/// Fragmented datagrams of `CT` sessions arriving on the uplink, by their first
+/// fragment's (`ifindex` 0, source, destination, id, protocol).
+#[map]
+static TC_FRAGS: LruHashMap<FragKey, TcFrag> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+
+/// A fragment arriving on the uplink: a first fragment of a `CT` session's datagram is
+/// rewritten like a whole packet (its transport checksum covers the whole datagram, so
+/// the incremental update stays right) and its datagram recorded; a later fragment of a
+/// recorded datagram gets the new destination address and goes the same way (the
+/// container reassembles). Others (a later fragment ahead of its first, the
+/// translator's) are the slow path's.
+#[inline(always)]
+fn fragment(ctx: &TcContext, ip: &Ipv4Hdr, first: bool) -> Verdict {
+    let slow = Verdict::Next(Counter::TcDeclineSlow);
+    let frag = ip.frag_key(0);
+    let ttl = ip.ttl;
+    if !matches!(ip.proto, PROTO_TCP | PROTO_UDP) {
+        return slow;
+    }
+    if ttl <= 1 {
+        return Verdict::Next(Counter::TcDeclineTtlExpiring);
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (session, ports, csum_at) = if first {
+        let Some(ports) = ptr_at::<Ports>(ctx, L4) else {
+            return Verdict::Next(Counter::TcDeclineTruncated);
+        };
+        let (sport, dport) = (u16::from_ne_bytes(ports.src), u16::from_ne_bytes(ports.dst));
+        let csum_at = if ip.proto == PROTO_TCP {
+            L4 + 16
+        } else {
+            L4 + 6
+        };
+        if ptr_at::<[u8; 2]>(ctx, csum_at).is_none() {
+            return Verdict::Next(Counter::TcDeclineTruncated);
+        }
+        let session = FlowKey {
+            ifindex: 0,
+            src: frag.src,
+            dst: frag.dst,
+            sport,
+            dport,
+            proto: frag.proto,
+            _pad: [0; 3],
+        };
+        (session, true, csum_at)
+    } else {
+        // SAFETY: the value is copied out at once.
+        match unsafe { TC_FRAGS.get(&frag) } {
+            Some(f) if now.wrapping_sub(f.created) < FRAG_LIFETIME_NS => (f.session, false, 0),
+            _ => return slow,
+        }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(act) = (unsafe { CT.get(&session) }).map(|e| e.act) else {
+        return slow;
+    };
+    let flow = Flow {
+        key: session,
+        tot_len: 0,
+        ttl,
+        csum_at,
+        tcp_flags: 0,
+    };
+    let rewritten = if ports {
+        rewrite(ctx, &act, &flow, false)
+    } else {
+        rewrite_address(ctx, &act, ttl, frag.dst)
+    };
+    if rewritten.is_err() {
+        return slow;
+    }
+    if ports {
+        let entry = TcFrag {
+            session,
+            _pad: 0,
+            created: now,
+        };
+        let _ = TC_FRAGS.insert(&frag, &entry, 0);
+    }
+    Verdict::In(act.out_ifindex)
+}
+
+/// A later fragment's rewrite (no transport header): TTL and destination address with
+/// the IPv4 checksum, then the MACs.
+#[inline(always)]
+fn rewrite_address(
+    ctx: &TcContext,
+    act: &dovesnap_ebpf::FlowAction,
+    ttl: u8,
+    old_addr: u32,
+) -> Result<(), i64> {
+    let new_ttl = ttl - 1;
+    let (old_tp, new_tp) = (
+        u16::from_ne_bytes([ttl, 0]),
+        u16::from_ne_bytes([new_ttl, 0]),
+    );
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(act.dst), 4)?;
+    ctx.skb.store(IP_TTL, &new_ttl, 0)?;
+    ctx.skb.store(IP_DST, &act.dst.to_ne_bytes(), 0)?;
+    ctx.skb.store(0, &act.eth_dst, 0)?;
+    ctx.skb.store(6, &act.eth_src, 0)
+}
+
 /// Whether the flow leaves a container port the kernel's DNAT publishes.
 #[inline(always)]
 fn published(k: &FlowKey) -> bool {
@@ -529,9 +648,10 @@ fn uplink(ctx: &TcContext) -> Verdict {
     if piece != Piece::Later && host_filtered(ip.proto, remote, far_port(ctx, ip.proto, false)) {
         return Verdict::Next(Counter::TcDeclineHostFirewall);
     }
-    // Fragments go to the translator, which knows whose datagram each one is.
+    // A fragment of a `CT` session's datagram follows its first fragment; any other
+    // goes to the translator, which knows whose datagram each one is.
     if piece != Piece::Whole {
-        return Verdict::Next(Counter::TcDeclineSlow);
+        return fragment(ctx, ip, piece == Piece::First);
     }
     match ip.proto {
         PROTO_TCP | PROTO_UDP => {}
