@@ -72,6 +72,11 @@ pub const CT_MAP: &str = "CT";
 /// the session limit.
 pub const MAX_CT: u32 = 2 * MAX_STEERED_SESSIONS;
 
+/// Name of the one-entry `Array` of [`NatConfig`]: the ports the tc endpoint program
+/// claims for the sessions it creates (written by the loader from
+/// `--nat-kernel-ports`).
+pub const NAT_CFG_MAP: &str = "NAT_CFG";
+
 /// [`CtEntry::flags`]: a frame of this direction was forwarded by a tc program.
 pub const CT_SEEN: u32 = 0x01;
 /// [`CtEntry::flags`]: a TCP SYN without ACK went this way.

@@ -33,14 +33,14 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
-    addr_octets, be_addr, Counter, CtEntry, FlowAction, FlowKey, HostFwMatch, IfaceConfig, PortKey,
-    CT_FIN, CT_OWNER_ADOPTED, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR, CT_RST, CT_SEEN, CT_SYN,
-    CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    addr_octets, be_addr, Counter, CtEntry, FlowAction, FlowKey, HostFwMatch, IfaceConfig,
+    NatConfig, PortKey, CT_FIN, CT_OWNER_ADOPTED, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR, CT_RST,
+    CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    CT_MAP, DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME,
-    SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
+    CT_MAP, DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, NAT_CFG_MAP, PORTS_MAP,
+    PROGRAM_NAME, SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
@@ -850,6 +850,26 @@ impl XdpProgram {
         HashMap::try_from(map).map_err(|_| mismatch)
     }
 
+    /// Writes `NAT_CFG`: the external ports the tc endpoint program claims for the
+    /// sessions it creates (`first == 0`: it creates none). Takes effect for the next
+    /// new flow.
+    pub fn set_nat_config(&mut self, cfg: &NatConfig) -> Result<(), XdpError> {
+        let mismatch = || XdpError::ObjectMismatch {
+            kind: "map",
+            name: NAT_CFG_MAP,
+        };
+        let map = self.ebpf.map_mut(NAT_CFG_MAP).ok_or_else(mismatch)?;
+        let mut array: Array<&mut MapData, NatConfig> =
+            Array::try_from(map).map_err(|_| mismatch())?;
+        array.set(0, cfg, 0).map_err(|e| {
+            map_error(
+                NAT_CFG_MAP,
+                format!("set ports {}-{}", cfg.first, cfg.last),
+                &e,
+            )
+        })
+    }
+
     /// Moves the maps the translator thread keeps current (`PORTS`, `SESSIONS`, `XSKS`,
     /// `FLOWS`, `DEVS`) out of the program into a [`DataplaneMaps`]. Works once per loaded program
     /// ([`XdpError::MapsTaken`] after). The maps stay shared with the kernel program:
@@ -1084,6 +1104,16 @@ impl DataplaneMaps {
         unless_absent(self.ct.get(&key, 0), CT_MAP, || {
             format!("read session {key:?}")
         })
+    }
+
+    /// Every `CT` entry (at most `limit`), for the sweep of `fastpath::ct_gc`. An entry
+    /// deleted during the walk is skipped; one inserted during it may be missed.
+    pub fn ct_entries(&self, limit: usize) -> Result<Vec<(FlowKey, CtEntry)>, XdpError> {
+        self.ct
+            .iter()
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(CT_MAP, "list the sessions".into(), &e))
     }
 
     /// Removes one direction of a tc-engine session. Removing an absent key is not an
