@@ -3,7 +3,8 @@
 //! would ever delete them, and their inbound key holds an external port of
 //! `--nat-kernel-ports` for as long as it exists.
 //!
-//! Once a second the data-plane thread reads `CT` ([`SteeringMaps::ct_entries`]), pairs
+//! Once a second (less often when the map is huge, [`interval_after`]) the data-plane
+//! thread reads `CT` ([`SteeringMaps::ct_entries`]), pairs
 //! each kernel-owned outbound entry (ifindex != 0) with its inbound one, judges the
 //! session by both directions' TCP flags and its newest activity ([`CtState`], a pure
 //! function), and deletes both keys, inbound first, once it has been idle longer than
@@ -24,8 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::fastpath::frameio::SteeringMaps;
 use crate::fastpath::xdp::XdpError;
 
-/// How often the data-plane thread sweeps `CT`.
+/// How often the data-plane thread sweeps `CT` (at most; see [`interval_after`]).
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// A sweep may take at most this share of the data-plane thread's time: one that took
+/// longer puts the next one off (see [`interval_after`]).
+const DUTY_DIVISOR: u32 = 20;
 /// A TCP session with a RST seen either way.
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(1);
 /// A TCP session with a FIN seen both ways.
@@ -95,6 +99,14 @@ impl CtState {
             CtState::Datagram => DATAGRAM_TIMEOUT,
         }
     }
+}
+
+/// When the next sweep is due after one that took `took`: [`INTERVAL`], or later when
+/// the map is so full that sweeping every second would take more than 1/20 of the
+/// thread's time from the frames (the timers are seconds to hours: a late sweep only
+/// frees ports a little later).
+pub fn interval_after(took: Duration) -> Duration {
+    INTERVAL.max(took.saturating_mul(DUTY_DIVISOR))
 }
 
 /// The entry's newest activity: its last forwarded frame, or its creation
@@ -366,6 +378,16 @@ mod tests {
         assert_eq!(Opening.timeout(), Duration::from_secs(20));
         assert_eq!(Established.timeout(), Duration::from_secs(7200));
         assert_eq!(Datagram.timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_long_sweep_puts_the_next_one_off() {
+        assert_eq!(interval_after(Duration::from_millis(2)), INTERVAL);
+        assert_eq!(interval_after(Duration::from_millis(50)), INTERVAL);
+        assert_eq!(
+            interval_after(Duration::from_millis(200)),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -673,6 +673,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
         let mut last_ct_sweep = Instant::now();
+        let mut ct_sweep_every = super::ct_gc::INTERVAL;
         let mut last_snapshot = Instant::now();
         let mut last_frame = Instant::now() - SPIN_WINDOW;
         loop {
@@ -702,9 +703,10 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                 self.sync_port_events();
                 self.sync_offloads();
             }
-            if now.duration_since(last_ct_sweep) >= super::ct_gc::INTERVAL {
+            if now.duration_since(last_ct_sweep) >= ct_sweep_every {
                 last_ct_sweep = now;
                 self.sweep_ct(offload::monotonic_ns());
+                ct_sweep_every = super::ct_gc::interval_after(now.elapsed());
             }
             if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
                 last_snapshot = now;
