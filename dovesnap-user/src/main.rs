@@ -87,7 +87,7 @@ enum Cmd {
         /// share of the translator's ports: --nat-ports less --nat-kernel-ports);
         /// at its share, its own least recently seen evictable session makes room, else
         /// its new flow is dropped (`endpoint_port_share`) while other containers still
-        /// get ports. Default: 3/4 of the range.
+        /// get ports. Default: 3/4 of the translator's ports.
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=65535))]
         nat_ports_per_endpoint: Option<u32>,
