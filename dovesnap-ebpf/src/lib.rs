@@ -80,8 +80,9 @@ pub const CT_MAP: &str = "CT";
 /// the session limit.
 pub const MAX_CT: u32 = 2 * MAX_STEERED_SESSIONS;
 
-/// Name of the one-entry `Array<NatConfig>` telling `dovesnap_tc_endpoint` which
-/// external ports it may claim for the sessions it creates.
+/// Name of the one-entry `Array` of [`NatConfig`]: the ports the tc endpoint program
+/// claims for the sessions it creates (written by the loader from
+/// `--nat-kernel-ports`).
 pub const NAT_CFG_MAP: &str = "NAT_CFG";
 /// How many external ports `dovesnap_tc_endpoint` tries (each claimed with
 /// `BPF_NOEXIST`) before it leaves a new flow to the kernel's masquerade.

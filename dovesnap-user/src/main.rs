@@ -64,19 +64,30 @@ enum Cmd {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
         nat_max_sessions_per_endpoint: Option<u32>,
-        /// External ports (and ICMP identifiers) the nat-fast translator maps containers
-        /// to, LO-HI within 1024-65535. The kernel masquerade of nat-fast networks (their
-        /// fallback path) takes the larger rest (32768-65535 by default), which must keep
-        /// at least 1024 ports. The uplink steers a mapped port's replies by their exact
-        /// remote, so host services listening on ports of this range keep their traffic;
-        /// keep net.ipv4.ip_local_port_range (default 32768-60999) outside it.
+        /// External ports (and ICMP identifiers) nat-fast maps containers to, LO-HI
+        /// within 1024-65535: the tc engine's slice (--nat-kernel-ports) and the
+        /// translator's rest. The kernel masquerade of nat-fast networks (their fallback
+        /// path) takes the larger rest of the unprivileged ports (32768-65535 by
+        /// default), which must keep at least 1024 ports. The uplink steers a mapped
+        /// port's replies by their exact remote, so host services listening on ports of
+        /// this range keep their traffic; keep net.ipv4.ip_local_port_range (default
+        /// 32768-60999) outside it.
         #[arg(long, value_name = "LO-HI", default_value = "1024-32767",
               value_parser = dovesnap::fastpath::parse_nat_ports)]
         nat_ports: std::ops::RangeInclusive<u16>,
-        /// External ports per protocol one container may map (its share of --nat-ports);
+        /// The slice of --nat-ports that the tc engine's programs (ovs.nat.engine=tc)
+        /// claim ports from for the TCP sessions they create themselves, LO-HI at the top
+        /// or bottom end of --nat-ports, leaving the translator at least 256 ports; the
+        /// translator gets the rest. `none` (or 0): the programs create no session.
+        /// Default: the upper half of --nat-ports (16384-32767 of the default 1024-32767).
+        #[arg(long, value_name = "LO-HI|none",
+              value_parser = dovesnap::fastpath::parse_kernel_ports)]
+        nat_kernel_ports: Option<dovesnap::fastpath::KernelPorts>,
+        /// External ports per protocol one container may map through the translator (its
+        /// share of the translator's ports: --nat-ports less --nat-kernel-ports);
         /// at its share, its own least recently seen evictable session makes room, else
         /// its new flow is dropped (`endpoint_port_share`) while other containers still
-        /// get ports. Default: 3/4 of the range.
+        /// get ports. Default: 3/4 of the translator's ports.
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=65535))]
         nat_ports_per_endpoint: Option<u32>,
@@ -159,12 +170,14 @@ fn main() -> Result<()> {
                 nat_max_sessions,
                 nat_max_sessions_per_endpoint,
                 nat_ports,
+                nat_kernel_ports,
                 nat_ports_per_endpoint,
                 ovn,
                 test_hooks,
             } => {
                 let fast = dovesnap::fastpath::FastPathConfig::new(
                     nat_ports,
+                    nat_kernel_ports,
                     nat_ports_per_endpoint.map(|n| n as usize),
                     nat_max_sessions as usize,
                     nat_max_sessions_per_endpoint.map(|n| n as usize),

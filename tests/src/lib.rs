@@ -188,6 +188,7 @@ pub fn ovs_bridges() -> Vec<String> {
         .collect()
 }
 
+pub mod bpf;
 pub mod daemon;
 pub mod docker;
 pub mod far;

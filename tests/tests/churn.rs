@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use dovesnap_tests::bpf;
 use dovesnap_tests::daemon::Daemon;
 use dovesnap_tests::docker::{docker, ensure_image, start_plugin_with, Network, IMAGE};
 use dovesnap_tests::far::Far;
@@ -110,25 +111,8 @@ fn ifaces_entries(uplink: &str) -> Option<usize> {
         serde_json::from_slice(&run("ip", &["-d", "-j", "link", "show", "dev", uplink]).stdout)
             .ok()?;
     let prog = link[0]["xdp"]["prog"]["id"].as_u64()?.to_string();
-    let info: Value =
-        serde_json::from_slice(&run("bpftool", &["-j", "prog", "show", "id", &prog]).stdout)
-            .expect("bpftool prog show JSON");
-    let id = info["map_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .map(|id| id.to_string())
-        .find(|id| {
-            let m: Value =
-                serde_json::from_slice(&run("bpftool", &["-j", "map", "show", "id", id]).stdout)
-                    .unwrap_or_default();
-            m["name"].as_str() == Some("IFACES")
-        })
-        .expect("the XDP program uses an IFACES map");
-    let dump = run("bpftool", &["-j", "map", "dump", "id", &id]);
-    let entries: Value = serde_json::from_slice(&dump.stdout).expect("bpftool map dump JSON");
-    Some(entries.as_array().map_or(0, Vec::len))
+    let id = bpf::map_of(&prog, "IFACES").expect("the XDP program uses an IFACES map");
+    Some(bpf::entries(&id))
 }
 
 /// Checks that the host holds exactly what the running containers need; returns how

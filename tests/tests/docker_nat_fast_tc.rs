@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use dovesnap::fastpath::xdp::tcx_ingress_programs;
+use dovesnap::fastpath::xdp::{tcx_ingress_programs, CtEntry, CT_OWNER_KERNEL, PROTO_TCP};
+use dovesnap_tests::bpf;
+use dovesnap_tests::daemon::Daemon;
 use dovesnap_tests::docker::{
     assert_outbound_masqueraded, assert_published, start_plugin_with, Container, Network,
 };
 use dovesnap_tests::far::Far;
-use dovesnap_tests::status::{endpoint_at, xdp_counter};
+use dovesnap_tests::status::{dataplane_counter, endpoint_at, xdp_counter};
 use dovesnap_tests::{run, sh, wait_until};
 
 const HOST_UPLINK_IP: &str = "10.237.100.1";
@@ -139,6 +141,46 @@ impl Drop for TempDir {
     }
 }
 
+/// The loader wrote `NAT_CFG` from the default `--nat-kernel-ports` (16384-32767), and
+/// the data plane's `CT` sweep deletes what the tc programs created once it is stale:
+/// here a kernel-owned outbound entry whose inbound half is gone, written long ago.
+fn assert_nat_cfg_written_and_stale_kernel_sessions_swept(plugin: &Daemon) {
+    let [nat_cfg] = &bpf::maps_named("NAT_CFG")[..] else {
+        panic!("one NAT_CFG map: {:?}", bpf::maps_named("NAT_CFG"))
+    };
+    let [first, last] = [16384u16, 32767].map(u16::to_ne_bytes);
+    assert_eq!(
+        bpf::lookup(nat_cfg, &[0; 4]),
+        Some([first, last, [0; 2], [0; 2]].concat())
+    );
+    let [prog] = &bpf::programs_named("dovesnap_tc_endpoint")[..] else {
+        panic!("one tc endpoint program loaded")
+    };
+    let ct = bpf::map_of(prog, "CT").expect("the tc endpoint program uses CT");
+    // FlowKey {ifindex 1 (no tc program keys on lo), 10.237.1.250:40000 -> far:9, TCP}.
+    let key = [
+        &1u32.to_ne_bytes()[..],
+        &[10, 237, 1, 250],
+        &[10, 237, 100, 2],
+        &40000u16.to_be_bytes(),
+        &9u16.to_be_bytes(),
+        &[PROTO_TCP, 0, 0, 0],
+    ]
+    .concat();
+    // CtEntry: no rewrite, created 1 ns after boot, owned by the tc programs.
+    let mut value = vec![0u8; std::mem::size_of::<CtEntry>()];
+    let created = std::mem::offset_of!(CtEntry, created);
+    value[created..created + 8].copy_from_slice(&1u64.to_ne_bytes());
+    value[std::mem::offset_of!(CtEntry, owner)] = CT_OWNER_KERNEL;
+    bpf::update(&ct, &key, &value);
+    wait_until(
+        "the CT sweep deletes a stale kernel session",
+        Duration::from_secs(5),
+        || bpf::lookup(&ct, &key).is_none(),
+    );
+    assert!(dataplane_counter(&plugin.status(), "ct_gc_removed") >= 1);
+}
+
 fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).status.success()
 }
@@ -197,6 +239,7 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
             tcx(&far.uplink.host).first().map(String::as_str),
             Some("dovesnap_tc_upl")
         );
+        assert_nat_cfg_written_and_stale_kernel_sessions_swept(&plugin);
 
         // The container keeps TSO and TX checksum offload.
         let features = sh("nsenter", &["-t", &c.pid(), "-n", "ethtool", "-k", "eth0"]);
@@ -223,6 +266,7 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
         // by the kernel's conntrack.
         let sent = dir.join("sent").to_string_lossy().into_owned();
         sh("cp", &[&blob, &sent]);
+        let removed = dataplane_counter(&plugin.status(), "ct_gc_removed");
         for (what, args) in [("download", vec!["get"]), ("upload", vec!["put", &sent])] {
             let before = plugin.status();
             assert_eq!(bulk(&c, &args), blob_md5, "{what}");
@@ -256,6 +300,12 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
         assert!(
             !tracked.contains("dport="),
             "the kernel tracked a tc session: {tracked}"
+        );
+        // Closed both ways, both sessions leave CT within seconds.
+        wait_until(
+            "the closed sessions are collected",
+            Duration::from_secs(10),
+            || dataplane_counter(&plugin.status(), "ct_gc_removed") >= removed + 2,
         );
 
         // The reconciler re-makes a deleted OVS-side pair and lost filters.

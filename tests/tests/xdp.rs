@@ -2031,7 +2031,9 @@ fn tcp_from(from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> std::net::TcpStream {
 #[test]
 #[ignore = "needs root: netns, veth, BPF_PROG_TEST_RUN"]
 fn tc_endpoint_creates_sessions_for_new_flows() {
-    use dovesnap::fastpath::xdp::{Counter as C, TcProgram, CT_OWNER_KERNEL, CT_SEEN, CT_SYN};
+    use dovesnap::fastpath::xdp::{
+        Counter as C, NatConfig, TcProgram, CT_OWNER_KERNEL, CT_SEEN, CT_SYN,
+    };
     const TCX_NEXT: i32 = -1;
     const TCX_REDIRECT: i32 = 7;
     const PORTS: std::ops::RangeInclusive<u16> = 20000..=20003;
@@ -2072,7 +2074,12 @@ fn tc_endpoint_creates_sessions_for_new_flows() {
 
         let s = session(43512);
         declined(&xdp, &s.out(syn, 64, b""), C::TcDeclineSlow, "creation off");
-        xdp.set_nat_kernel_ports(Some(PORTS)).expect("NAT_CFG");
+        xdp.set_nat_config(&NatConfig {
+            first: *PORTS.start(),
+            last: *PORTS.end(),
+            _pad: 0,
+        })
+        .expect("NAT_CFG");
         declined(&xdp, &s.out(ack, 64, b"x"), C::TcDeclineSlow, "no SYN");
         declined(
             &xdp,

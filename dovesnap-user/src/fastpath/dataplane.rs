@@ -379,6 +379,7 @@ pub struct Dataplane<Io: FrameIo = Xsk, Maps: SteeringMaps = DataplaneMaps> {
     last_flush_warning: Instant,
     last_steer_warning: Instant,
     last_offload_warning: Instant,
+    last_ct_warning: Instant,
     waker: std::sync::Arc<Waker>,
     offloads: Offloads,
     /// Asks the kernel for devices' XDP features (`None`: it cannot answer).
@@ -392,6 +393,8 @@ pub struct Dataplane<Io: FrameIo = Xsk, Maps: SteeringMaps = DataplaneMaps> {
     forget_kernel_entries_at: Option<Instant>,
     /// What `HOSTFW` holds (see [`Command::HostFilter`]).
     host_filter: Vec<([u8; 4], u8, HostFwMatch)>,
+    /// `CT`'s sessions by owner at the last sweep, and what the sweeps removed.
+    ct: super::ct_gc::CtTally,
 }
 
 /// What the data-plane thread is connected to besides its sockets and maps.
@@ -453,6 +456,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             last_flush_warning: Instant::now() - WARN_INTERVAL,
             last_steer_warning: Instant::now() - WARN_INTERVAL,
             last_offload_warning: Instant::now() - WARN_INTERVAL,
+            last_ct_warning: Instant::now() - WARN_INTERVAL,
             waker,
             offloads: Offloads::default(),
             netdev,
@@ -460,6 +464,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             backoff: Backoff::default(),
             forget_kernel_entries_at: None,
             host_filter: Vec::new(),
+            ct: super::ct_gc::CtTally::default(),
         }
     }
 
@@ -624,6 +629,21 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         Ok(crate::fastpath::conntrack::Conntrack::open()?.hand_over(entries))
     }
 
+    /// Deletes the sessions the tc programs created once they expire, and counts `CT`'s
+    /// sessions by owner (see [`super::ct_gc`]); `now_ns` is CLOCK_MONOTONIC, the
+    /// programs' clock.
+    fn sweep_ct(&mut self, now_ns: u64) {
+        let failed = self.ct.failed;
+        super::ct_gc::sweep(&mut self.maps, now_ns, &mut self.ct);
+        if self.ct.failed > failed && self.last_ct_warning.elapsed() >= WARN_INTERVAL {
+            self.last_ct_warning = Instant::now();
+            warn!(
+                failed = self.ct.failed,
+                "nat-fast: the CT sweep could not read or delete some tc sessions; it tries again"
+            );
+        }
+    }
+
     /// Follows the supervision's state at each turn of the loop.
     fn supervision_turn(&mut self, now: Instant) {
         self.health.beat(now);
@@ -652,6 +672,8 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
         let mut batch: Vec<Rx<Io::Frame>> = Vec::with_capacity(256);
         let mut last_expire = Instant::now();
         let mut last_recheck = Instant::now();
+        let mut last_ct_sweep = Instant::now();
+        let mut ct_sweep_every = super::ct_gc::INTERVAL;
         let mut last_snapshot = Instant::now();
         let mut last_frame = Instant::now() - SPIN_WINDOW;
         loop {
@@ -680,6 +702,11 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                 }
                 self.sync_port_events();
                 self.sync_offloads();
+            }
+            if now.duration_since(last_ct_sweep) >= ct_sweep_every {
+                last_ct_sweep = now;
+                self.sweep_ct(offload::monotonic_ns());
+                ct_sweep_every = super::ct_gc::interval_after(now.elapsed());
             }
             if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
                 last_snapshot = now;
@@ -1385,6 +1412,7 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
             })
             .collect();
         let mut counters = self.counters.list();
+        counters.extend((self.ct.list().into_iter()).map(|(k, v)| (k.to_string(), v)));
         counters.extend(
             [
                 ("offloaded_sessions", self.offloads.len() as u64),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
-use dovesnap_ebpf::{FlowAction, FlowKey, HostFwMatch, PortKey};
+use dovesnap_ebpf::{CtEntry, FlowAction, FlowKey, HostFwMatch, PortKey};
 
 use crate::fastpath::afxdp::{AfXdpError, PortId, Rx, XskStats};
 use crate::fastpath::frameio::{FrameIo, SteeringMaps};
@@ -123,6 +123,15 @@ pub struct FakeMaps {
     pub bypass: bool,
     /// Flow writes that succeed before the next one fails (`None`: all succeed).
     pub flow_writes_left: Option<usize>,
+    pub ct: BTreeMap<FlowKey, CtEntry>,
+    /// `CT` keys in the map that a walk of it misses (entries inserted behind the walk).
+    pub ct_hidden: BTreeSet<FlowKey>,
+    /// An entry a lookup finds changed since the walk (the program wrote it meanwhile).
+    pub ct_revived: Option<(FlowKey, CtEntry)>,
+    /// `CT` keys removed, in order.
+    pub ct_removed: Vec<FlowKey>,
+    /// `CT` removals fail.
+    pub ct_refuse_removal: bool,
 }
 
 impl SteeringMaps for FakeMaps {
@@ -190,6 +199,31 @@ impl SteeringMaps for FakeMaps {
     }
     fn set_bypass(&mut self, on: bool) -> Result<(), XdpError> {
         self.bypass = on;
+        Ok(())
+    }
+    fn ct_entries(&self, limit: usize) -> Result<Vec<(FlowKey, CtEntry)>, XdpError> {
+        Ok((self.ct.iter())
+            .filter(|(k, _)| !self.ct_hidden.contains(k))
+            .map(|(k, e)| (*k, *e))
+            .take(limit)
+            .collect())
+    }
+    fn ct(&self, key: &FlowKey) -> Result<Option<CtEntry>, XdpError> {
+        match self.ct_revived {
+            Some((k, e)) if k == *key => Ok(Some(e)),
+            _ => Ok(self.ct.get(key).copied()),
+        }
+    }
+    fn remove_ct(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        if self.ct_refuse_removal {
+            return Err(XdpError::Map {
+                map: "CT",
+                what: format!("remove session {key:?}"),
+                cause: "refused by the test".into(),
+            });
+        }
+        self.ct.remove(key);
+        self.ct_removed.push(*key);
         Ok(())
     }
 }

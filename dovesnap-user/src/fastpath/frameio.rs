@@ -7,7 +7,7 @@
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
-use dovesnap_ebpf::{FlowAction, FlowKey, HostFwMatch, PortKey};
+use dovesnap_ebpf::{CtEntry, FlowAction, FlowKey, HostFwMatch, PortKey};
 
 use crate::fastpath::afxdp::{AfXdpError, Frame, PortId, Rx, Xsk, XskStats};
 use crate::fastpath::xdp::{DataplaneMaps, XdpError};
@@ -85,7 +85,8 @@ impl FrameIo for Xsk {
 
 /// The eBPF maps the data plane keeps current (see [`DataplaneMaps`], whose methods
 /// these are): published ports, steered sessions, sockets, offloaded flows and the
-/// devices they leave by, the host's forward rules, and the bypass switch.
+/// devices they leave by, the host's forward rules, the bypass switch, and the tc
+/// engine's sessions (`CT`).
 pub trait SteeringMaps {
     fn set_port(&mut self, key: PortKey) -> Result<(), XdpError>;
     fn remove_port(&mut self, key: &PortKey) -> Result<(), XdpError>;
@@ -103,6 +104,10 @@ pub trait SteeringMaps {
     fn set_host_filter(&mut self, entries: &[([u8; 4], u8, HostFwMatch)]) -> Result<(), XdpError>;
     /// Turns the whole fast path's off switch on or off.
     fn set_bypass(&mut self, on: bool) -> Result<(), XdpError>;
+    /// Every `CT` entry (at most `limit`), as the kernel holds them now.
+    fn ct_entries(&self, limit: usize) -> Result<Vec<(FlowKey, CtEntry)>, XdpError>;
+    fn ct(&self, key: &FlowKey) -> Result<Option<CtEntry>, XdpError>;
+    fn remove_ct(&mut self, key: &FlowKey) -> Result<(), XdpError>;
 }
 
 impl SteeringMaps for DataplaneMaps {
@@ -147,5 +152,14 @@ impl SteeringMaps for DataplaneMaps {
     }
     fn set_bypass(&mut self, on: bool) -> Result<(), XdpError> {
         self.bypass.set(on)
+    }
+    fn ct_entries(&self, limit: usize) -> Result<Vec<(FlowKey, CtEntry)>, XdpError> {
+        DataplaneMaps::ct_entries(self, limit)
+    }
+    fn ct(&self, key: &FlowKey) -> Result<Option<CtEntry>, XdpError> {
+        DataplaneMaps::ct(self, key)
+    }
+    fn remove_ct(&mut self, key: &FlowKey) -> Result<(), XdpError> {
+        DataplaneMaps::remove_ct(self, key)
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod afxdp;
 pub mod conntrack;
+pub mod ct_gc;
 pub mod dataplane;
 #[cfg(test)]
 mod fakes;
@@ -36,7 +37,7 @@ use std::ops::RangeInclusive;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use dovesnap_ebpf::{IfaceConfig, IFACE_ENDPOINT, IFACE_UPLINK};
+use dovesnap_ebpf::{IfaceConfig, NatConfig, IFACE_ENDPOINT, IFACE_UPLINK};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -91,27 +92,34 @@ pub fn masquerade_ports_for(range: &RangeInclusive<u16>) -> (u16, u16) {
     }
 }
 
-/// Parses and checks `--nat-ports LO-HI`: unprivileged ports only (1024-65535), and it
-/// must leave at least [`MIN_KERNEL_MASQUERADE_PORTS`] contiguous ports to the kernel's
-/// masquerade (the fallback path of nat-fast networks).
-pub fn parse_nat_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
+/// Parses `LO-HI` (ports, `lo <= hi`); `example` is shown when the dash is missing.
+fn parse_port_range(text: &str, example: &str) -> Result<RangeInclusive<u16>, String> {
     let (lo, hi) = text
         .split_once('-')
-        .ok_or_else(|| format!("{text:?}: expected LO-HI, e.g. 1024-32767"))?;
+        .ok_or_else(|| format!("{text:?}: expected LO-HI, e.g. {example}"))?;
     let port = |v: &str| {
         v.trim()
             .parse::<u16>()
             .map_err(|_| format!("{text:?}: {v:?} is not a port (1024-65535)"))
     };
     let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!("{text:?}: {lo} is above {hi}"));
+    }
+    Ok(lo..=hi)
+}
+
+/// Parses and checks `--nat-ports LO-HI`: unprivileged ports only (1024-65535), and it
+/// must leave at least [`MIN_KERNEL_MASQUERADE_PORTS`] contiguous ports to the kernel's
+/// masquerade (the fallback path of nat-fast networks).
+pub fn parse_nat_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let range = parse_port_range(text, "1024-32767")?;
+    let (lo, hi) = (*range.start(), *range.end());
     if lo < 1024 {
         return Err(format!(
             "{text:?}: the range must start at 1024 or above (ports below 1024 are the \
              host's privileged services)"
         ));
-    }
-    if lo > hi {
-        return Err(format!("{text:?}: {lo} is above {hi}"));
     }
     let left = (u32::from(lo) - 1024).max(65535 - u32::from(hi));
     if left < MIN_KERNEL_MASQUERADE_PORTS {
@@ -121,21 +129,113 @@ pub fn parse_nat_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
              {MIN_KERNEL_MASQUERADE_PORTS} below or above the range"
         ));
     }
-    Ok(lo..=hi)
+    Ok(range)
+}
+
+/// The fewest ports a `--nat-kernel-ports` choice must leave the translator.
+pub const MIN_TRANSLATOR_PORTS: u32 = 256;
+
+/// `dovesnap daemon --nat-kernel-ports`: the slice of `--nat-ports` the tc engine's
+/// programs claim external ports from for the sessions they create themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelPorts {
+    /// `none` or `0`: the programs create no session (new flows take the kernel's
+    /// path, or the translator's); the translator keeps all of `--nat-ports`.
+    Off,
+    /// `LO-HI`, checked against `--nat-ports` by [`FastPathConfig::new`].
+    Range(RangeInclusive<u16>),
+}
+
+/// Parses `--nat-kernel-ports`: `LO-HI`, or `none`/`0` (see [`KernelPorts`]). Where the
+/// range may lie depends on `--nat-ports`: [`FastPathConfig::new`] checks that.
+pub fn parse_kernel_ports(text: &str) -> Result<KernelPorts, String> {
+    match text.trim() {
+        "none" | "0" => Ok(KernelPorts::Off),
+        t => parse_port_range(t, "16384-32767, or none").map(KernelPorts::Range),
+    }
+}
+
+/// The default `--nat-kernel-ports` for a `--nat-ports` range: its upper half, the
+/// start rounded down to a multiple of 1024 where that still leaves the translator
+/// [`MIN_TRANSLATOR_PORTS`] (16384-32767 of the default 1024-32767); `None` (no session
+/// creation) when the range is too small to split.
+pub fn default_kernel_ports(ports: &RangeInclusive<u16>) -> Option<RangeInclusive<u16>> {
+    let n = range_len(ports) as u32;
+    if n < 2 * MIN_TRANSLATOR_PORTS {
+        return None;
+    }
+    let start = u32::from(*ports.start());
+    let half = start + n / 2;
+    let rounded = half & !1023;
+    let first = if rounded >= start + MIN_TRANSLATOR_PORTS {
+        rounded
+    } else {
+        half
+    };
+    Some(u16::try_from(first).ok()?..=*ports.end())
+}
+
+/// Checks a `--nat-kernel-ports` range against `--nat-ports`: inside it, at its top or
+/// bottom end (so the translator's rest stays one range), and leaving the translator
+/// at least [`MIN_TRANSLATOR_PORTS`].
+fn check_kernel_ports(
+    ports: &RangeInclusive<u16>,
+    kernel: &RangeInclusive<u16>,
+) -> Result<(), String> {
+    let (lo, hi) = (*kernel.start(), *kernel.end());
+    let (plo, phi) = (*ports.start(), *ports.end());
+    let what = format!("--nat-kernel-ports {lo}-{hi}");
+    if lo < plo || hi > phi {
+        return Err(format!(
+            "{what} is not inside --nat-ports {plo}-{phi}: the tc programs claim their \
+             ports from nat-fast's own; give a slice of it, or none"
+        ));
+    }
+    if lo != plo && hi != phi {
+        return Err(format!(
+            "{what} is in the middle of --nat-ports {plo}-{phi}: put it at the top \
+             (ending at {phi}) or the bottom (starting at {plo}), so the translator's \
+             ports stay one range"
+        ));
+    }
+    let left = range_len(ports) - range_len(kernel);
+    if (left as u32) < MIN_TRANSLATOR_PORTS {
+        return Err(format!(
+            "{what} leaves {left} ports of --nat-ports {plo}-{phi} to the translator; \
+             leave it at least {MIN_TRANSLATOR_PORTS}"
+        ));
+    }
+    Ok(())
+}
+
+/// The translator's ports: `--nat-ports` less the tc programs' slice.
+pub fn translator_ports_for(
+    ports: &RangeInclusive<u16>,
+    kernel: Option<&RangeInclusive<u16>>,
+) -> RangeInclusive<u16> {
+    match kernel {
+        None => ports.clone(),
+        Some(k) if k.start() == ports.start() => *k.end() + 1..=*ports.end(),
+        Some(k) => *ports.start()..=*k.start() - 1,
+    }
 }
 
 /// Sessions per uplink before the translator evicts (default of
 /// `dovesnap daemon --nat-max-sessions`).
 pub const MAX_SESSIONS: usize = 65536;
 
-/// The daemon's nat-fast settings (`--nat-ports`, `--nat-ports-per-endpoint`,
-/// `--nat-max-sessions`, `--nat-max-sessions-per-endpoint`), given to
-/// [`FastPath::start`] and to the driver.
+/// The daemon's nat-fast settings (`--nat-ports`, `--nat-kernel-ports`,
+/// `--nat-ports-per-endpoint`, `--nat-max-sessions`, `--nat-max-sessions-per-endpoint`),
+/// given to [`FastPath::start`] and to the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FastPathConfig {
-    /// The translator's external ports (and ICMP echo identifiers).
+    /// All the external ports nat-fast owns (`--nat-ports`): the tc programs' slice and
+    /// the translator's rest. The kernel masquerade takes the ports around them.
     pub ports: RangeInclusive<u16>,
-    /// Ports one container may map per protocol.
+    /// The slice of `ports` the tc programs claim for the sessions they create
+    /// (`NAT_CFG`); `None`: they create none.
+    pub kernel_ports: Option<RangeInclusive<u16>>,
+    /// Ports one container may map per protocol through the translator.
     pub port_share: usize,
     /// Sessions per uplink.
     pub max_sessions: usize,
@@ -145,9 +245,12 @@ pub struct FastPathConfig {
 
 impl Default for FastPathConfig {
     fn default() -> Self {
+        let kernel_ports = default_kernel_ports(&TRANSLATOR_PORTS);
+        let translator = translator_ports_for(&TRANSLATOR_PORTS, kernel_ports.as_ref());
         FastPathConfig {
             ports: TRANSLATOR_PORTS,
-            port_share: default_port_share(&TRANSLATOR_PORTS),
+            kernel_ports,
+            port_share: default_port_share(&translator),
             max_sessions: MAX_SESSIONS,
             max_sessions_per_endpoint: None,
         }
@@ -155,30 +258,43 @@ impl Default for FastPathConfig {
 }
 
 impl FastPathConfig {
-    /// Checks the settings: a non-empty range, a share that fits it (default 3/4 of
-    /// it, see [`default_port_share`]).
+    /// Checks the settings: a non-empty range, a tc slice at one end of it (default
+    /// [`default_kernel_ports`]), a share that fits the translator's rest (default 3/4
+    /// of it, see [`default_port_share`]).
     pub fn new(
         ports: RangeInclusive<u16>,
+        kernel_ports: Option<KernelPorts>,
         port_share: Option<usize>,
         max_sessions: usize,
         max_sessions_per_endpoint: Option<usize>,
     ) -> Result<Self, String> {
-        let n = range_len(&ports);
-        if n == 0 {
+        if range_len(&ports) == 0 {
             return Err("the nat-fast port range is empty".into());
         }
+        let kernel_ports = match kernel_ports {
+            None => default_kernel_ports(&ports),
+            Some(KernelPorts::Off) => None,
+            Some(KernelPorts::Range(k)) => {
+                check_kernel_ports(&ports, &k)?;
+                Some(k)
+            }
+        };
+        let translator = translator_ports_for(&ports, kernel_ports.as_ref());
+        let n = range_len(&translator);
         if let Some(s) = port_share {
             if s == 0 || s > n {
                 return Err(format!(
-                    "--nat-ports-per-endpoint {s}: give 1 to {n} (the ports of --nat-ports {}-{})",
-                    ports.start(),
-                    ports.end()
+                    "--nat-ports-per-endpoint {s}: give 1 to {n} (the translator's ports \
+                     {}-{}: --nat-ports less --nat-kernel-ports)",
+                    translator.start(),
+                    translator.end()
                 ));
             }
         }
         Ok(FastPathConfig {
-            port_share: port_share.unwrap_or_else(|| default_port_share(&ports)),
+            port_share: port_share.unwrap_or_else(|| default_port_share(&translator)),
             ports,
+            kernel_ports,
             max_sessions,
             max_sessions_per_endpoint,
         })
@@ -191,12 +307,30 @@ impl FastPathConfig {
         masquerade_ports_for(&self.ports)
     }
 
+    /// The translator's external ports: `--nat-ports` less the tc programs' slice.
+    pub fn translator_ports(&self) -> RangeInclusive<u16> {
+        translator_ports_for(&self.ports, self.kernel_ports.as_ref())
+    }
+
+    /// `NAT_CFG`'s entry: the tc programs' slice, or `first == 0` (no session creation).
+    pub fn nat_config(&self) -> NatConfig {
+        let (first, last) = self
+            .kernel_ports
+            .as_ref()
+            .map_or((0, 0), |k| (*k.start(), *k.end()));
+        NatConfig {
+            first,
+            last,
+            _pad: 0,
+        }
+    }
+
     /// An uplink translator's configuration.
     fn translator(&self, spec: &UplinkSpec) -> Config {
         Config {
             external_ip: spec.addr,
             uplink_mac: spec.mac,
-            ports: self.ports.clone(),
+            ports: self.translator_ports(),
             max_sessions: self.max_sessions,
             max_sessions_per_endpoint: self.max_sessions_per_endpoint,
             max_ports_per_endpoint: Some(self.port_share),
@@ -348,10 +482,11 @@ impl FastPath {
             let (lo, hi) = (*range.start(), *range.end());
             if hi >= *ports.start() && lo <= *ports.end() {
                 warn!(
-                    "net.ipv4.ip_local_port_range ({lo}-{hi}) overlaps the nat-fast \
-                     translator's ports ({}-{}): a host connection and a translated one \
-                     could pick the same port towards the same remote, and the host's \
-                     would lose its replies; keep the two ranges apart (see --nat-ports)",
+                    "net.ipv4.ip_local_port_range ({lo}-{hi}) overlaps nat-fast's ports \
+                     ({}-{}, the translator's and the tc programs'): a host connection \
+                     and a translated one could pick the same port towards the same \
+                     remote, and the host's would lose its replies; keep the two ranges \
+                     apart (see --nat-ports)",
                     ports.start(),
                     ports.end(),
                 );
@@ -361,6 +496,7 @@ impl FastPath {
         let steered = u32::try_from(config.max_sessions.saturating_mul(2)).unwrap_or(u32::MAX);
         let mut xdp =
             XdpProgram::load_sized(steered.max(crate::fastpath::xdp::MAX_STEERED_SESSIONS))?;
+        xdp.set_nat_config(&config.nat_config())?;
         let maps = xdp.take_dataplane_maps()?;
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let (resolver, _task) =
@@ -886,16 +1022,89 @@ mod tests {
 
     #[test]
     fn settings_are_checked_and_defaulted() {
-        let c = FastPathConfig::new(2048..=4095, None, 100, Some(10)).unwrap();
-        assert_eq!(c.port_share, 1536);
+        let c = FastPathConfig::new(2048..=4095, None, None, 100, Some(10)).unwrap();
+        // The tc slice takes the upper half; the translator's share follows its rest.
+        assert_eq!(c.kernel_ports, Some(3072..=4095));
+        assert_eq!(c.translator_ports(), 2048..=3071);
+        assert_eq!(c.port_share, 768);
         assert_eq!(c.kernel_masquerade_ports(), (4096, 65535));
-        assert_eq!(FastPathConfig::default().port_share, 23808);
+        let d = FastPathConfig::default();
+        assert_eq!(d.kernel_ports, Some(16384..=32767));
+        assert_eq!(d.translator_ports(), 1024..=16383);
+        assert_eq!(d.port_share, 11520);
+        assert_eq!(d.kernel_masquerade_ports(), KERNEL_MASQUERADE_PORTS);
+        assert_eq!((d.nat_config().first, d.nat_config().last), (16384, 32767));
+        let err = FastPathConfig::new(2048..=4095, None, Some(1500), 100, None).unwrap_err();
+        assert!(err.contains("give 1 to 1024"), "{err}");
+        assert!(err.contains("2048-3071"), "{err}");
+        assert!(FastPathConfig::new(2048..=4095, None, Some(0), 100, None).is_err());
+        // Off: the translator keeps everything, NAT_CFG says "create nothing".
+        let off = FastPathConfig::new(2048..=4095, Some(KernelPorts::Off), Some(2048), 100, None)
+            .unwrap();
         assert_eq!(
-            FastPathConfig::default().kernel_masquerade_ports(),
-            KERNEL_MASQUERADE_PORTS
+            (off.kernel_ports.clone(), off.translator_ports()),
+            (None, 2048..=4095)
         );
-        let err = FastPathConfig::new(2048..=4095, Some(3000), 100, None).unwrap_err();
-        assert!(err.contains("give 1 to 2048"), "{err}");
-        assert!(FastPathConfig::new(2048..=4095, Some(0), 100, None).is_err());
+        assert_eq!(off.nat_config(), NatConfig::default());
+    }
+
+    #[test]
+    fn the_tc_slice_sits_at_one_end_of_the_nat_ports_and_leaves_the_translator_some() {
+        assert_eq!(parse_kernel_ports("none"), Ok(KernelPorts::Off));
+        assert_eq!(parse_kernel_ports("0"), Ok(KernelPorts::Off));
+        assert_eq!(
+            parse_kernel_ports("20000-32767"),
+            Ok(KernelPorts::Range(20000..=32767))
+        );
+        assert!(parse_kernel_ports("20000")
+            .unwrap_err()
+            .contains("expected LO-HI"));
+        assert!(parse_kernel_ports("3-2")
+            .unwrap_err()
+            .contains("3 is above 2"));
+        assert!(parse_kernel_ports("x-2")
+            .unwrap_err()
+            .contains("not a port"));
+        let with = |k: RangeInclusive<u16>| {
+            FastPathConfig::new(
+                TRANSLATOR_PORTS,
+                Some(KernelPorts::Range(k)),
+                None,
+                100,
+                None,
+            )
+        };
+        // At the bottom: the translator gets the top.
+        let c = with(1024..=4095).unwrap();
+        assert_eq!(c.translator_ports(), 4096..=32767);
+        assert_eq!(c.port_share, default_port_share(&(4096..=32767)));
+        assert_eq!(
+            with(20000..=32767).unwrap().translator_ports(),
+            1024..=19999
+        );
+        let err = |k| with(k).unwrap_err();
+        assert!(err(30000..=40000).contains("not inside --nat-ports 1024-32767"));
+        assert!(err(512..=2000).contains("not inside"));
+        assert!(err(4096..=8191).contains("in the middle"));
+        assert!(err(1024..=32767).contains("leaves 0 ports"));
+        assert!(err(1024..=32600).contains("leave it at least 256"));
+        assert_eq!(
+            with(32512..=32767).unwrap().translator_ports(),
+            1024..=32511
+        );
+        assert_eq!(
+            with(1024..=32511).unwrap().translator_ports(),
+            32512..=32767
+        );
+        // Defaults: the upper half, rounded to 1024 where the translator keeps enough;
+        // nothing for a range too small to split.
+        assert_eq!(default_kernel_ports(&(1024..=32767)), Some(16384..=32767));
+        assert_eq!(default_kernel_ports(&(40000..=40999)), Some(40500..=40999));
+        assert_eq!(default_kernel_ports(&(2048..=2559)), Some(2304..=2559));
+        assert_eq!(default_kernel_ports(&(2048..=2558)), None);
+        for ports in [1024..=32767, 40000..=40999, 2048..=2559, 5000..=65000] {
+            let k = default_kernel_ports(&ports).unwrap();
+            check_kernel_ports(&ports, &k).unwrap();
+        }
     }
 }

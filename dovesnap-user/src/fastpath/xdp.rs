@@ -33,17 +33,18 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 pub use dovesnap_ebpf::MAX_STEERED_SESSIONS;
 pub use dovesnap_ebpf::{
-    addr_octets, be_addr, Counter, CtEntry, FlowAction, FlowKey, HostFwMatch, IfaceConfig, PortKey,
-    CT_FIN, CT_OWNER_ADOPTED, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR, CT_RST, CT_SEEN, CT_SYN,
-    CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    addr_octets, be_addr, Counter, CtEntry, FlowAction, FlowKey, HostFwMatch, IfaceConfig,
+    NatConfig, PortKey, CT_FIN, CT_OWNER_ADOPTED, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR, CT_RST,
+    CT_SEEN, CT_SYN, CT_SYN_ACK, IFACE_ENDPOINT, IFACE_UPLINK, MAX_HOSTFW, MAX_XSKS, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 use dovesnap_ebpf::{
-    CT_MAP, DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, PORTS_MAP, PROGRAM_NAME,
-    SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
+    CT_MAP, DEVS_MAP, FLOWS_MAP, HOSTFW_MAP, HOSTFW_ON_MAP, IFACES_MAP, NAT_CFG_MAP, PORTS_MAP,
+    PROGRAM_NAME, SESSIONS_MAP, STATE_BYPASS, STATE_MAP, STATS_MAP, XSKS_MAP,
 };
 use thiserror::Error;
 
+mod batch;
 #[cfg(any(test, feature = "bench"))]
 mod sink;
 mod tc;
@@ -852,6 +853,39 @@ impl XdpProgram {
         HashMap::try_from(map).map_err(|_| mismatch)
     }
 
+    /// Writes `NAT_CFG`: the external ports the tc endpoint program claims for the
+    /// sessions it creates (`first == 0`: it creates none). Takes effect for the next
+    /// new flow.
+    pub fn set_nat_config(&mut self, cfg: &NatConfig) -> Result<(), XdpError> {
+        let mismatch = || XdpError::ObjectMismatch {
+            kind: "map",
+            name: NAT_CFG_MAP,
+        };
+        let map = self.ebpf.map_mut(NAT_CFG_MAP).ok_or_else(mismatch)?;
+        let mut array: Array<&mut MapData, NatConfig> =
+            Array::try_from(map).map_err(|_| mismatch())?;
+        array.set(0, cfg, 0).map_err(|e| {
+            map_error(
+                NAT_CFG_MAP,
+                format!("set ports {}-{}", cfg.first, cfg.last),
+                &e,
+            )
+        })
+    }
+
+    /// `NAT_CFG` as the programs read it.
+    pub fn nat_config(&self) -> Result<NatConfig, XdpError> {
+        let mismatch = || XdpError::ObjectMismatch {
+            kind: "map",
+            name: NAT_CFG_MAP,
+        };
+        let map = self.ebpf.map(NAT_CFG_MAP).ok_or_else(mismatch)?;
+        let array: Array<&MapData, NatConfig> = Array::try_from(map).map_err(|_| mismatch())?;
+        array
+            .get(&0, 0)
+            .map_err(|e| map_error(NAT_CFG_MAP, "read the ports".into(), &e))
+    }
+
     /// Moves the maps the translator thread keeps current (`PORTS`, `SESSIONS`, `XSKS`,
     /// `FLOWS`, `DEVS`) out of the program into a [`DataplaneMaps`]. Works once per loaded program
     /// ([`XdpError::MapsTaken`] after). The maps stay shared with the kernel program:
@@ -1086,6 +1120,26 @@ impl DataplaneMaps {
         unless_absent(self.ct.get(&key, 0), CT_MAP, || {
             format!("read session {key:?}")
         })
+    }
+
+    /// The `CT` entries (at least `limit` of them when it holds more), for the sweep of
+    /// `fastpath::ct_gc`: by batch lookups, or entry by entry on a kernel without them.
+    /// One inserted during the read may be missed.
+    pub fn ct_entries(&self, limit: usize) -> Result<Vec<(FlowKey, CtEntry)>, XdpError> {
+        match batch::lookup_all(&self.ct, limit) {
+            Ok(entries) => Ok(entries),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                .ct
+                .iter()
+                .take(limit)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| map_error(CT_MAP, "list the sessions".into(), &e)),
+            Err(e) => Err(XdpError::Map {
+                map: CT_MAP,
+                what: "list the sessions".into(),
+                cause: e.to_string(),
+            }),
+        }
     }
 
     /// Removes one direction of a tc-engine session. Removing an absent key is not an
@@ -1552,6 +1606,12 @@ mod tests {
                     matches!(never, Err(XdpError::NotAttached { .. })),
                     "{never:?}"
                 );
+                // NAT_CFG starts off and takes the tc programs' ports.
+                assert_eq!(program.nat_config().expect("read"), NatConfig::default());
+                let ports = crate::fastpath::FastPathConfig::default().nat_config();
+                program.set_nat_config(&ports).expect("write NAT_CFG");
+                assert_eq!(program.nat_config().expect("read"), ports);
+                ct_entries_are_read_whole(&mut program.take_dataplane_maps().expect("maps"));
             }
             Err(XdpError::NotBuilt) => assert!(object().is_empty()),
             Err(e @ XdpError::PermissionDenied { .. }) => {
@@ -1562,6 +1622,40 @@ mod tests {
             }
             Err(e) => panic!("loading the XDP program failed: {e}"),
         }
+    }
+
+    /// More `CT` entries than one batch call returns are all read, once each, and a
+    /// limit stops the read early; removals leave the map empty again.
+    fn ct_entries_are_read_whole(maps: &mut DataplaneMaps) {
+        assert!(maps.ct_entries(usize::MAX).expect("read").is_empty());
+        let key = |i: u32| FlowKey {
+            ifindex: 1,
+            src: i,
+            proto: PROTO_TCP,
+            ..FlowKey::default()
+        };
+        let n = 5000;
+        for i in 0..n {
+            let entry = CtEntry {
+                created: u64::from(i),
+                owner: CT_OWNER_KERNEL,
+                ..CtEntry::default()
+            };
+            maps.set_ct(&key(i), &entry).expect("write CT");
+        }
+        let mut read = maps.ct_entries(usize::MAX).expect("read");
+        read.sort_by_key(|(k, _)| k.src);
+        assert_eq!(read.len(), n as usize);
+        assert!(read
+            .iter()
+            .zip(0..)
+            .all(|((k, e), i)| *k == key(i) && e.created == u64::from(i)));
+        let some = maps.ct_entries(10).expect("read");
+        assert!((10..n as usize).contains(&some.len()), "{}", some.len());
+        for i in 0..n {
+            maps.remove_ct(&key(i)).expect("remove CT");
+        }
+        assert!(maps.ct_entries(usize::MAX).expect("read").is_empty());
     }
 
     /// The driver keeps the program behind a lock shared by async tasks.

@@ -10,7 +10,7 @@ use dovesnap_testbed::frame::{
 
 use super::*;
 use crate::fastpath::fakes::{FakeIo, FakeMaps};
-use crate::fastpath::{FastPathConfig, FastPathError, UplinkSpec};
+use crate::fastpath::{FastPathConfig, FastPathError, KernelPorts, UplinkSpec};
 use crate::translator::testkit::{ACK, C1, C1_MAC, C2, EXT, GW_MAC, R, ROUTER, SYN, UPLINK_MAC};
 
 const UPLINK: &str = "upl0";
@@ -61,7 +61,7 @@ impl Rig {
             mac: UPLINK_MAC,
             rx_queues: 1,
         };
-        let config = FastPathConfig::new(40000..=40099, None, 1000, None)
+        let config = FastPathConfig::new(40000..=40099, Some(KernelPorts::Off), None, 1000, None)
             .expect("valid settings")
             .translator(&spec);
         self.ask(|reply| Command::AddUplink {
@@ -534,4 +534,37 @@ fn status_counts_what_each_endpoint_sent_and_received() {
     );
     assert_eq!((up.endpoints, up.sessions), (1, 1));
     assert_eq!(up.ports, "40000-40099");
+}
+
+#[test]
+fn the_ct_sweep_counts_sessions_by_owner_and_what_it_removed() {
+    use dovesnap_ebpf::{CtEntry, CT_OWNER_KERNEL, CT_OWNER_TRANSLATOR};
+    let mut rig = Rig::ready();
+    let outbound = |sport: u16, owner| {
+        let key = FlowKey {
+            ifindex: EP_IFINDEX,
+            sport: sport.to_be(),
+            proto: PROTO_TCP,
+            ..FlowKey::default()
+        };
+        let entry = CtEntry {
+            created: 1_000_000_000,
+            owner,
+            ..CtEntry::default()
+        };
+        (key, entry)
+    };
+    // A kernel session whose inbound half is gone, long ago; a translator's.
+    rig.dp.maps.ct.extend([
+        outbound(40000, CT_OWNER_KERNEL),
+        outbound(40001, CT_OWNER_TRANSLATOR),
+    ]);
+    rig.dp.sweep_ct(60_000_000_000);
+    assert_eq!(rig.counter("ct_sessions_kernel"), 1);
+    assert_eq!(rig.counter("ct_sessions_translator"), 1);
+    assert_eq!(rig.counter("ct_gc_removed"), 1);
+    assert_eq!(rig.dp.maps.ct.len(), 1, "the translator's entry stays");
+    rig.dp.sweep_ct(61_000_000_000);
+    assert_eq!(rig.counter("ct_sessions_kernel"), 0);
+    assert_eq!(rig.counter("ct_gc_removed"), 1);
 }

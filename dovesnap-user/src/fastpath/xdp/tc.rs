@@ -7,15 +7,12 @@
 //! through an fd-owned link: never pinned, never a netlink `cls_bpf` filter, so it dies
 //! with the daemon (§4, fail-open after `kill -9`).
 
-use aya::maps::{Array, HashMap};
+use aya::maps::HashMap;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use dovesnap_ebpf::{
-    NatConfig, PortKey, NAT_CFG_MAP, PUBLISHED_MAP, TC_ENDPOINT_PROGRAM_NAME,
-    TC_UPLINK_PROGRAM_NAME,
-};
+use dovesnap_ebpf::{PortKey, PUBLISHED_MAP, TC_ENDPOINT_PROGRAM_NAME, TC_UPLINK_PROGRAM_NAME};
 
 use super::{
     chain, describe_key, interface_exists, is_eperm, map_error, unless_absent, validate_ifname,
@@ -87,33 +84,6 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), XdpError> {
 }
 
 impl XdpProgram {
-    /// Tells `dovesnap_tc_endpoint` which external ports it claims for the TCP sessions
-    /// it creates (`NAT_CFG`); `None` turns creation off (new connections then take the
-    /// kernel's path). The range must be clear of every other user of the external
-    /// address's ports (the translator, the masquerade, the host's local ports).
-    pub fn set_nat_kernel_ports(
-        &mut self,
-        ports: Option<std::ops::RangeInclusive<u16>>,
-    ) -> Result<(), XdpError> {
-        let value = match ports {
-            Some(r) if *r.start() != 0 && !r.is_empty() => NatConfig {
-                first: *r.start(),
-                last: *r.end(),
-                _pad: 0,
-            },
-            _ => NatConfig::default(),
-        };
-        let mismatch = || XdpError::ObjectMismatch {
-            kind: "map",
-            name: NAT_CFG_MAP,
-        };
-        let map = self.ebpf.map_mut(NAT_CFG_MAP).ok_or_else(mismatch)?;
-        let mut array: Array<_, NatConfig> = Array::try_from(map).map_err(|_| mismatch())?;
-        array
-            .set(0, value, 0)
-            .map_err(|e| map_error(NAT_CFG_MAP, format!("set {value:?}"), &e))
-    }
-
     /// Marks a container port as published by the kernel's DNAT (`present`) or not any
     /// more: `dovesnap_tc_endpoint` makes no session for what leaves it. Removing an
     /// absent key is not an error.
