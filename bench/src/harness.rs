@@ -867,11 +867,13 @@ pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
     Ok(pps)
 }
 
-/// `offloads: container c0: ...; sink h0: ...` for the generator-alone record (the
-/// generator writes whole frames, so none of them changes what it sends).
+/// `offloads: container c0: ...; sink h0: ...` for the generator-alone record, read
+/// once the sink's XDP program has left h0 (while it is there, c0 has TSO off). The
+/// generator writes whole frames, so none of them changes what it sends.
 pub fn generator_alone_offloads() -> String {
     format!(
-        "offloads: container {}; sink {}",
+        "offloads (read after the run, TSO off on c0 while the sink is attached): \
+         container {}; sink {}",
         offloads_or_why(&Place::netns(NS_C), "c0"),
         offloads_or_why(&Place::netns(NS_H), "h0")
     )
