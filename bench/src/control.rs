@@ -4,8 +4,9 @@
 //! bench` starts) and runs its own `dovesnap daemon` (the release binary beside this
 //! one). Runs in the host's namespace, before the data-path part.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::harness::{offload_note, set_offloads, Ends, Place, Plan, KERNEL_DEFAU
 
 const IMAGE: &str = "dovesnap-busybox:bench";
 const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovs.sock";
+const CONTROL_SOCKET: &str = "/run/dovesnap/bench.sock";
 
 fn docker(args: &[&str]) -> Result<String> {
     Ok(sh("docker", args)?.trim().to_string())
@@ -66,7 +68,7 @@ impl Plugin {
             .join("dovesnap");
         let child = Command::new(&bin)
             .args(["daemon", "--socket", PLUGIN_SOCKET])
-            .args(["--control-socket", "/run/dovesnap/bench.sock"])
+            .args(["--control-socket", CONTROL_SOCKET])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,11 +140,15 @@ const DFAR_IP: Ipv4Addr = Ipv4Addr::new(10, 241, 9, 2);
 struct Network {
     /// The path name in the report; the docker network is `dsb-{name}`.
     name: &'static str,
-    /// `docker network create` arguments (before the name).
-    create: &'static [&'static str],
+    /// `docker network create` arguments (before the name), space-separated.
+    create: &'static str,
     /// `ethtool -K dsbup1 ...` (the far end) while this network's data path is
     /// measured; `None`: no data-path workloads (the network reaches nothing outside).
     far_end: Option<&'static [&'static str]>,
+    /// The data-plane counters (`dovesnap status`) whose increase over this row's
+    /// data-path runs its records' note states, to show which path carried the
+    /// traffic; a name ending in `*` is the sum of every counter it prefixes.
+    counters: &'static [&'static str],
 }
 
 /// The reference row: Docker's own bridge driver.
@@ -160,42 +166,114 @@ pub fn data_path_networks() -> Vec<&'static str> {
 const NETWORKS: &[Network] = &[
     Network {
         name: REFERENCE,
-        create: &["-d", "bridge", "--subnet", "10.241.1.0/24"],
+        create: "-d bridge --subnet 10.241.1.0/24",
         far_end: Some(KERNEL_DEFAULTS),
+        counters: &[],
     },
     Network {
         name: "ovs-flat",
-        create: &["-d", "ovs", "--subnet", "10.241.2.0/24"],
+        create: "-d ovs --subnet 10.241.2.0/24",
         far_end: None,
+        counters: &[],
     },
     Network {
         name: "ovs-nat",
-        create: &["-d", "ovs", "-o", "mode=nat", "--subnet", "10.241.3.0/24"],
+        create: "-d ovs -o mode=nat --subnet 10.241.3.0/24",
         far_end: Some(KERNEL_DEFAULTS),
+        counters: &[],
     },
     Network {
         name: "ovs-nat-fast",
-        create: &[
-            "-d",
-            "ovs",
-            "-o",
-            "mode=nat-fast",
-            "-o",
-            "ovs.nat.uplink=dsbup0",
-            "--subnet",
-            "10.241.4.0/24",
-        ],
+        create: "-d ovs -o mode=nat-fast -o ovs.nat.uplink=dsbup0 --subnet 10.241.4.0/24",
         // The far end stands in for a NIC: it takes XDP-redirected frames (GRO gives a
         // veth the NAPI queues that needs) and sends complete checksums.
         far_end: Some(NIC_LIKE),
+        // Frames steered to the AF_XDP translator, and rewritten in XDP.
+        counters: &["redirect", "offload-outbound", "offload-inbound"],
+    },
+    Network {
+        name: "ovs-nat-fast-tc",
+        create: "-d ovs -o mode=nat-fast -o ovs.nat.engine=tc -o ovs.nat.uplink=dsbup0 --subnet 10.241.5.0/24",
+        // tc/tcx programs keep GSO and partial checksums: no XDP, so kernel defaults.
+        far_end: Some(KERNEL_DEFAULTS),
+        // Frames the tc programs carried (and of them GSO super-packets), sessions they
+        // created, and frames they left to the kernel's path.
+        counters: &[
+            "tc-out",
+            "tc-in",
+            "tc-gso-frames",
+            "tc-created",
+            "tc-decline-*",
+        ],
     },
 ];
 
+/// The plugin daemon's data-plane counters now (`dovesnap status`), by name.
+fn counters_now() -> Result<BTreeMap<String, u64>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(dovesnap::daemon::control::fetch_status(Path::new(
+        CONTROL_SOCKET,
+    )))?;
+    let fast = status
+        .fast_path
+        .context("the daemon runs no nat-fast data plane")?;
+    Ok(fast.xdp_counters.into_iter().collect())
+}
+
+/// How much each counter grew from `before` to `after`; counters that did not grow are
+/// left out.
+fn counter_growth(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, n)| {
+            let d = n.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (name.clone(), d)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+/// `counters over this row's runs: NAME N, ...` for `names` (a trailing `*` sums the
+/// counters it prefixes), zeros included: a zero says what did not carry the traffic.
+fn counter_note(names: &[&str], growth: &BTreeMap<String, u64>) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let n: u64 = match name.strip_suffix('*') {
+                Some(prefix) => growth
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| v)
+                    .sum(),
+                None => growth.get(*name).copied().unwrap_or(0),
+            };
+            format!("{name} {n}")
+        })
+        .collect();
+    format!(
+        "data-plane counters over this row's runs: {}",
+        shown.join(", ")
+    )
+}
+
+/// The container section's results: its records, and for each row with counters the
+/// data-plane counters that grew during its data-path runs (`container_counters` in
+/// the report).
+pub struct Section {
+    pub records: Vec<Record>,
+    pub counters: BTreeMap<&'static str, BTreeMap<String, u64>>,
+}
+
 /// Every data-path workload from a real container on each network (with a data path) to
 /// the far namespace, through that network's NAT; records named `container-*`, each
-/// noting the offloads in force on the container's eth0 and the far end.
-fn container_data_path(plan: Plan) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+/// noting the offloads in force on the container's eth0 and the far end, and the
+/// counters of rows that name some.
+fn container_data_path(plan: Plan, section: &mut Section) -> Result<()> {
     let far = Place::netns(DFAR_NS);
     for net in NETWORKS {
         let Some(far_end) = net.far_end else {
@@ -230,14 +308,30 @@ fn container_data_path(plan: Plan) -> Result<Vec<Record>> {
             far_if: DFAR_IF,
             far_ip: DFAR_IP,
         };
+        let before = (!net.counters.is_empty()).then(counters_now);
         let runs = crate::harness::measure_path(plan, &ends, true)?;
+        let mut notes = vec![offloads];
+        if let Some(before) = before {
+            let grown = before.and_then(|b| Ok(counter_growth(&b, &counters_now()?)));
+            match grown {
+                Ok(grown) => {
+                    let note = counter_note(net.counters, &grown);
+                    eprintln!("    {note}");
+                    notes.push(note);
+                    section.counters.insert(net.name, grown);
+                }
+                Err(e) => notes.push(format!("data-plane counters unavailable: {e:#}")),
+            }
+        }
         for mut r in crate::harness::records("container-", net.name, &runs) {
-            r.add_note(&offloads);
-            records.push(r);
+            for n in &notes {
+                r.add_note(n);
+            }
+            section.records.push(r);
         }
     }
     set_offloads(&far, DFAR_IF, KERNEL_DEFAULTS)?;
-    Ok(records)
+    Ok(())
 }
 
 struct RemoveContainer(String);
@@ -249,8 +343,9 @@ impl Drop for RemoveContainer {
 }
 
 /// Runs the control-plane workloads (`runs` samples each), then the data-path workloads
-/// through containers (`plan`); every non-reference record gets `ratio_to_bridge`.
-pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
+/// through containers (`plan`); every record of a workload the reference row measured
+/// gets `ratio_to_bridge` (1.0 on the reference row).
+pub fn run(runs: usize, plan: Plan) -> Result<Section> {
     docker(&["version", "--format", "{{.Server.Version}}"])
         .context("dockerd is not reachable (cargo xtask bench starts it)")?;
     ensure_image()?;
@@ -290,7 +385,8 @@ pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
         }
     }
     for net in NETWORKS {
-        clean.network(&format!("dsb-{}", net.name), net.create)?;
+        let args: Vec<&str> = net.create.split_whitespace().collect();
+        clean.network(&format!("dsb-{}", net.name), &args)?;
     }
     // A container to connect and disconnect, living on a network of its own.
     let home = "dsb-home";
@@ -310,7 +406,11 @@ pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
     ])?;
     clean.containers.push(idle.into());
 
-    let mut records = Vec::new();
+    let mut section = Section {
+        records: Vec::new(),
+        counters: BTreeMap::new(),
+    };
+    let records = &mut section.records;
     for Network { name, .. } in NETWORKS {
         let net = format!("dsb-{name}");
         let mut run_ms = Vec::new();
@@ -334,16 +434,19 @@ pub fn run(runs: usize, plan: Plan) -> Result<Vec<Record>> {
                 .with_note("docker network disconnect: leave + delete endpoint"),
         );
     }
-    records.extend(container_data_path(Plan {
-        runs: plan.runs.min(runs),
-        ..plan
-    })?);
-    let ratios = ratios_to(&records, REFERENCE);
-    for (r, ratio) in records.iter_mut().zip(ratios) {
+    container_data_path(
+        Plan {
+            runs: plan.runs.min(runs),
+            ..plan
+        },
+        &mut section,
+    )?;
+    let ratios = ratios_to(&section.records, REFERENCE);
+    for (r, ratio) in section.records.iter_mut().zip(ratios) {
         r.ratio_to_bridge = ratio;
     }
     drop(clean);
-    Ok(records)
+    Ok(section)
 }
 
 #[cfg(test)]
@@ -357,23 +460,62 @@ mod tests {
             "Docker's bridge is the first row"
         );
         let rows = data_path_networks();
-        assert_eq!(rows, ["docker-bridge", "ovs-nat", "ovs-nat-fast"]);
-        // Only nat-fast tunes the far end; the reference runs kernel defaults.
+        assert_eq!(
+            rows,
+            [
+                "docker-bridge",
+                "ovs-nat",
+                "ovs-nat-fast",
+                "ovs-nat-fast-tc"
+            ]
+        );
+        // Only the xdp engine tunes the far end; the reference and the tc engine run
+        // kernel defaults.
         for net in NETWORKS {
             let tuned = net.far_end.is_some_and(|f| f != KERNEL_DEFAULTS);
             assert_eq!(tuned, net.name == "ovs-nat-fast", "{}", net.name);
         }
         let mut subnets: Vec<&str> = NETWORKS
             .iter()
-            .filter_map(|n| {
-                n.create
-                    .iter()
-                    .position(|a| *a == "--subnet")
-                    .map(|i| n.create[i + 1])
-            })
+            .filter_map(|n| n.create.split_once("--subnet ").map(|(_, s)| s))
             .collect();
         subnets.sort_unstable();
         subnets.dedup();
         assert_eq!(subnets.len(), NETWORKS.len(), "one subnet per network");
+        // Both nat-fast engines are rows, each saying which path carried its traffic.
+        for (row, engine_tc) in [("ovs-nat-fast", false), ("ovs-nat-fast-tc", true)] {
+            let net = NETWORKS.iter().find(|n| n.name == row).expect("row");
+            assert!(net.create.contains("-o mode=nat-fast "), "{row}");
+            assert_eq!(
+                net.create.contains("-o ovs.nat.engine=tc "),
+                engine_tc,
+                "{row}"
+            );
+            assert!(!net.counters.is_empty(), "{row}");
+        }
+    }
+
+    #[test]
+    fn counter_notes_show_growth_and_sum_prefixes() {
+        let map = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let before = map(&[("tc-out", 5), ("tc-decline-slow", 10), ("redirect", 7)]);
+        let after = map(&[
+            ("tc-out", 5),
+            ("tc-decline-slow", 25),
+            ("tc-decline-no-session", 3),
+            ("redirect", 7),
+        ]);
+        let grown = counter_growth(&before, &after);
+        assert_eq!(
+            grown,
+            map(&[("tc-decline-slow", 15), ("tc-decline-no-session", 3)]),
+            "unchanged counters are left out, new ones count from 0"
+        );
+        assert_eq!(
+            counter_note(&["tc-out", "tc-decline-*"], &grown),
+            "data-plane counters over this row's runs: tc-out 0, tc-decline-* 18"
+        );
     }
 }

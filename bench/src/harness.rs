@@ -347,18 +347,20 @@ pub fn offload_note(
     far_if: &str,
     far_end: &[&str],
 ) -> String {
-    let read = |place: &Place, ifname: &str| {
-        offloads(place, ifname).unwrap_or_else(|e| format!("{ifname}: {e:#}"))
-    };
     let mut note = format!(
         "offloads: container {}; far {}",
-        read(container, container_if),
-        read(far, far_if)
+        offloads_or_why(container, container_if),
+        offloads_or_why(far, far_if)
     );
     if let Some(why) = far_end_note(far_end) {
         note = format!("{note}; {why}");
     }
     note
+}
+
+/// [`offloads`], or why they could not be read.
+fn offloads_or_why(place: &Place, ifname: &str) -> String {
+    offloads(place, ifname).unwrap_or_else(|e| format!("{ifname}: {e:#}"))
 }
 
 /// `IF: tx-csum on, tso on, gro off` as `ethtool -k IF` where `place` says shows them.
@@ -865,6 +867,18 @@ pub fn generator_alone(plan: Plan) -> Result<Vec<f64>> {
     Ok(pps)
 }
 
+/// `offloads: container c0: ...; sink h0: ...` for the generator-alone record, read
+/// once the sink's XDP program has left h0 (while it is there, c0 has TSO off). The
+/// generator writes whole frames, so none of them changes what it sends.
+pub fn generator_alone_offloads() -> String {
+    format!(
+        "offloads (read after the run, TSO off on c0 while the sink is attached): \
+         container {}; sink {}",
+        offloads_or_why(&Place::netns(NS_C), "c0"),
+        offloads_or_why(&Place::netns(NS_H), "h0")
+    )
+}
+
 /// Records for one path's runs, workloads named `{prefix}{workload}`; workloads not
 /// measured (no runs) are left out.
 pub fn records(prefix: &str, path: &str, r: &PathRuns) -> Vec<Record> {
@@ -962,6 +976,13 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), PATHS.len());
         assert!(names.contains(&"kernel-nat") && names.contains(&"kernel-nat+xdp"));
+        // The true kernel baselines: TSO and checksum offload on at both ends, as on
+        // Docker's bridge.
+        for name in ["routing-tso", "kernel-nat-tso"] {
+            let p = PATHS.iter().find(|p| p.name == name).expect(name);
+            assert_eq!(p.container_end, KERNEL_DEFAULTS, "{name}");
+            assert_eq!(p.far_end, KERNEL_DEFAULTS, "{name}");
+        }
     }
 
     #[test]
@@ -982,7 +1003,11 @@ mod tests {
             rec("nat-fast", 4.0),
         ];
         add_ratios(&mut all);
-        assert_eq!(all[0].ratio_to_kernel, None);
+        assert_eq!(
+            all[0].ratio_to_kernel,
+            Some(1.0),
+            "the baseline reads as 1.0"
+        );
         assert_eq!(all[1].ratio_to_kernel, Some(0.5));
         assert_eq!(all[2].ratio_to_kernel, Some(2.0));
         assert_eq!(

@@ -109,6 +109,7 @@ fn run(
         .filter(|p| only.is_empty() || only.iter().any(|o| o == p.name))
         .collect();
     let mut records: Vec<Record> = Vec::new();
+    let mut container_counters = None;
 
     if !skip_micro {
         eprintln!("bench: translator microbenchmark");
@@ -118,7 +119,10 @@ fn run(
     if !skip_docker {
         eprintln!("bench: control plane through dockerd");
         match control::run(if quick { 3 } else { 10 }, plan) {
-            Ok(r) => records.extend(r),
+            Ok(section) => {
+                records.extend(section.records);
+                container_counters = Some(section.counters);
+            }
             Err(e) => eprintln!("bench: control-plane part skipped: {e:#}"),
         }
     }
@@ -136,11 +140,10 @@ fn run(
 
     eprintln!("bench: generator alone (XDP drop on its own veth peer)");
     let gen = harness::generator_alone(plan)?;
-    records.push(
-        Record::from_runs("udp-64B-pps", "generator-alone", "packets/s", &gen).with_note(
-            "the generator into an XDP drop on its veth peer: the most any path can get",
-        ),
-    );
+    let mut alone = Record::from_runs("udp-64B-pps", "generator-alone", "packets/s", &gen)
+        .with_note("the generator into an XDP drop on its veth peer: the most any path can get");
+    alone.add_note(&harness::generator_alone_offloads());
+    records.push(alone);
     let mut fast_counters = None;
     for path in &paths {
         eprintln!("bench: path {}", path.name);
@@ -173,14 +176,16 @@ fn run(
             "seconds_per_run": plan.seconds,
             "topology": "netns container -- veth -- netns host (routing/NAT) -- veth -- netns far",
             "xdp": "routing and kernel-nat: no XDP program; +xdp: dovesnap's XDP program attached to h0 and u0 passing everything (turns TSO off on their peers); nat-fast: the steering program on h0 and u0",
-            "offloads": "per path, read back with ethtool -k into each record's note: container end tx-csum off + GRO on as dovesnap sets it (kernel defaults in the -tso paths and on Docker's bridge), far end kernel defaults except where a path needs GRO on + tx-csum off (nat-fast: XDP redirect target, complete checksums as from a NIC)",
-            "container_section": "container-* records: real containers through dockerd on each network, to a far namespace behind a veth uplink; docker-bridge is the reference (ratio_to_bridge)",
+            "offloads": "per path and per container row, read back with ethtool -k into each record's note: namespace container end tx-csum off + GRO on as dovesnap sets it for the xdp engine (kernel defaults, tx-csum and TSO on, in the -tso paths); container eth0 as Docker or dovesnap made it (tx-csum and TSO on on Docker's bridge and on the tc engine); far end kernel defaults except where the xdp engine needs GRO on + tx-csum off (nat-fast, ovs-nat-fast: XDP redirect target, complete checksums as from a NIC)",
+            "container_section": "container-* records: real containers through dockerd on each network, to a far namespace behind a veth uplink; docker-bridge is the reference row (ratio_to_bridge, 1.0 on itself); ovs-nat-fast is nat-fast's xdp engine, ovs-nat-fast-tc its tc engine (-o ovs.nat.engine=tc)",
+            "container_counters": "per nat-fast container row: the data-plane counters (dovesnap status) that grew during its data-path runs, i.e. which path carried the traffic",
             "udp_generator": "sendmmsg, one CPU (pinned to CPU 0), 256 flows, 64-byte frames",
             "sink": "XDP drop program counting on the far veth",
             "af_xdp": "copy mode (veth), one UMEM, one translator thread",
         },
         "elapsed_seconds": started.elapsed().as_secs_f64(),
         "nat_fast_counters": fast_counters,
+        "container_counters": container_counters,
         "results": records,
     });
     let json_path = out.join("report.json");

@@ -18,11 +18,13 @@ pub struct Record {
     pub median: f64,
     pub max: f64,
     /// `value` divided by the kernel nat path's value for the same workload (same
-    /// XDP attachment state where that matters), when there is one.
+    /// XDP attachment state where that matters), when there is one (1.0 on
+    /// `kernel-nat` itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_kernel: Option<f64>,
     /// Container section: `value` divided by Docker's own bridge driver's value
-    /// (`docker-bridge`, the reference row) for the same workload, same run.
+    /// (`docker-bridge`, the reference row) for the same workload, same run (1.0 on
+    /// the reference row itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio_to_bridge: Option<f64>,
     /// Anything a reader needs to interpret the figure.
@@ -67,13 +69,14 @@ impl Record {
 }
 
 /// For each record, its value divided by the value of the `base` path's record for the
-/// same workload: `None` for the base path itself, for workloads the base path lacks,
-/// and where either value is not finite or the base is 0.
+/// same workload (so 1.0 for the base path's own records, which makes the reference row
+/// readable as one): `None` for workloads the base path lacks, and where either value
+/// is not finite or the base is 0.
 pub fn ratios_to(records: &[Record], base: &str) -> Vec<Option<f64>> {
     records
         .iter()
         .map(|r| {
-            if r.path == base || !r.value.is_finite() {
+            if !r.value.is_finite() {
                 return None;
             }
             records
@@ -127,8 +130,8 @@ mod tests {
         ];
         assert_eq!(
             ratios_to(&records, "docker-bridge"),
-            [None, Some(0.5), None, None, None, None, None],
-            "the base itself, a zero base, a NaN value and a missing base give none"
+            [Some(1.0), Some(0.5), None, None, Some(1.0), None, None],
+            "the base itself is 1.0; a zero base, a NaN value and a missing base give none"
         );
         assert_eq!(ratios_to(&records, "absent"), [None; 7]);
     }

@@ -49,7 +49,7 @@ enum Cmd {
     },
     /// Set up, build in release mode and run the benchmark.
     Bench {
-        /// Fewer, shorter runs (under five minutes): CI's smoke test.
+        /// Fewer, shorter runs (about six minutes): CI's smoke test.
         #[arg(long)]
         quick: bool,
         /// More arguments for `dovesnap-bench run` (e.g. `--paths kernel-nat,nat-fast`).
