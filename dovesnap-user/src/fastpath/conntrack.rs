@@ -7,6 +7,8 @@
 //! sends them (in the calling thread's network namespace).
 
 use std::io;
+
+use crate::fastpath::xdp::{addr_octets, FlowAction, FlowKey};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -119,6 +121,30 @@ impl Entry {
             src,
             dst,
             nat,
+            timeout,
+        })
+    }
+}
+
+impl Entry {
+    /// The entry that carries a session the tc programs created, given its outbound
+    /// `CT` key (the container's tuple) and rewrite (the external address and port):
+    /// `protocol` TCP or UDP.
+    pub fn of_tc_session(key: &FlowKey, act: &FlowAction) -> Option<Entry> {
+        let port = |p: u16| u16::from_be(p);
+        let (protocol, timeout) = match key.proto {
+            IPPROTO_TCP => (IPPROTO_TCP, TCP_TIMEOUT),
+            IPPROTO_UDP => (IPPROTO_UDP, UDP_MIN_TIMEOUT),
+            _ => return None,
+        };
+        Some(Entry {
+            protocol,
+            src: SocketAddrV4::new(addr_octets(key.src).into(), port(key.sport)),
+            dst: SocketAddrV4::new(addr_octets(key.dst).into(), port(key.dport)),
+            nat: Nat::Source(SocketAddrV4::new(
+                addr_octets(act.src).into(),
+                port(act.sport),
+            )),
             timeout,
         })
     }

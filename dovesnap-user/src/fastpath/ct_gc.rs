@@ -185,6 +185,31 @@ impl CtTally {
     }
 }
 
+/// The conntrack entries that carry on the tc programs' sessions when the fast path
+/// goes down (a panic, a stall, a clean stop): TCP once answered and not reset or
+/// closed both ways, UDP always. Their mappings stay, so the far side sees no change
+/// while the kernel's path carries them. An unreadable map gives none.
+pub fn handover(maps: &impl SteeringMaps) -> Vec<crate::fastpath::conntrack::Entry> {
+    let Ok(entries) = maps.ct_entries(MAX_READ) else {
+        return Vec::new();
+    };
+    let entries: HashMap<FlowKey, CtEntry> = entries.into_iter().collect();
+    entries
+        .iter()
+        .filter(|(k, e)| k.ifindex != 0 && e.owner == CT_OWNER_KERNEL)
+        .filter_map(|(key, out)| {
+            let inb = entries.get(&inbound_key(key, out))?;
+            let carried = matches!(
+                CtState::of(key.proto, out.flags, inb.flags),
+                CtState::Established | CtState::HalfClosed | CtState::Datagram
+            );
+            carried
+                .then(|| crate::fastpath::conntrack::Entry::of_tc_session(key, &out.act))
+                .flatten()
+        })
+        .collect()
+}
+
 /// One sweep of `CT` at `now_ns`: counts the sessions by owner into `tally` and deletes
 /// the kernel's expired sessions and half-gone entries. An error reading the map ends
 /// the sweep (the next one tries again); a failed deletion is counted and skipped.
@@ -378,6 +403,41 @@ mod tests {
         assert_eq!(Opening.timeout(), Duration::from_secs(20));
         assert_eq!(Established.timeout(), Duration::from_secs(7200));
         assert_eq!(Datagram.timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn answered_and_open_kernel_sessions_are_handed_to_conntrack_with_their_mapping() {
+        use crate::fastpath::conntrack::Nat;
+        let e = |owner, flags| entry(owner, flags, S, S);
+        let k = CT_OWNER_KERNEL;
+        let established = pair(40000, 20000, k, e(k, CT_SYN), e(k, CT_SYN_ACK));
+        let opening = pair(40001, 20001, k, e(k, CT_SYN), e(k, 0));
+        let closed = pair(40002, 20002, k, e(k, CT_FIN), e(k, CT_SYN_ACK | CT_FIN));
+        let reset = pair(40003, 20003, k, e(k, CT_SYN), e(k, CT_RST));
+        let theirs = pair(
+            40004,
+            20004,
+            CT_OWNER_TRANSLATOR,
+            e(CT_OWNER_TRANSLATOR, CT_SYN),
+            e(CT_OWNER_TRANSLATOR, CT_SYN_ACK),
+        );
+        let mut udp = pair(40005, 20005, k, e(k, CT_SEEN), e(k, 0));
+        for (key, _) in udp.iter_mut() {
+            key.proto = PROTO_UDP;
+        }
+        let half = [pair(40006, 20006, k, e(k, CT_SYN), e(k, CT_SYN_ACK))[0]];
+        let mut maps = maps_with(&[established, opening, closed, reset, theirs, udp]);
+        maps.ct.extend(half);
+        let mut got = handover(&maps);
+        got.sort_by_key(|e| e.src.port());
+        let ports: Vec<_> = got.iter().map(|e| (e.protocol, e.src.port())).collect();
+        assert_eq!(ports, [(PROTO_TCP, 40000), (PROTO_UDP, 40005)]);
+        assert_eq!(got[0].src, "10.0.0.2:40000".parse().unwrap());
+        assert_eq!(got[0].dst, "192.0.2.9:80".parse().unwrap());
+        assert_eq!(
+            got[0].nat,
+            Nat::Source("198.51.100.1:20000".parse().unwrap())
+        );
     }
 
     #[test]

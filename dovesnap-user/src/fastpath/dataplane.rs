@@ -566,7 +566,8 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
 
     /// Every live TCP/UDP session, as the conntrack entry that carries it on.
     fn kernel_entries(&self, now: Instant) -> Vec<crate::fastpath::conntrack::Entry> {
-        self.uplinks
+        let mut entries: Vec<_> = self
+            .uplinks
             .iter()
             .flatten()
             .flat_map(|up| {
@@ -574,7 +575,9 @@ impl<Io: FrameIo, Maps: SteeringMaps> Dataplane<Io, Maps> {
                     crate::fastpath::conntrack::Entry::from_session(&s, up.external_ip, now)
                 })
             })
-            .collect()
+            .collect();
+        entries.extend(super::ct_gc::handover(&self.maps));
+        entries
     }
 
     /// [`Command::HostFilter`]: sessions first (a frame of theirs reaching the kernel
