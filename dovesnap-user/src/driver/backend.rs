@@ -183,8 +183,10 @@ pub trait NatFastPath: Send + 'static {
         ep: &EndpointSpec,
         uplink: &FastUplinkSpec,
     ) -> Result<(), FastPathError>;
-    /// Takes them off again (idempotent).
+    /// Takes them off again (idempotent); the uplink's program stays.
     fn remove_tc_endpoint(&mut self, host_ifname: &str);
+    /// Takes the tc program off uplinks no tc-engine endpoint uses (a tc network went).
+    fn release_idle_tc_uplinks(&mut self);
     /// The container ports the kernel's DNAT publishes for a tc-engine endpoint (the
     /// whole set, replacing the last one; only the container port of each is used).
     fn set_tc_published(
@@ -355,6 +357,9 @@ impl NatFastPath for FastPath {
     }
     fn remove_tc_endpoint(&mut self, host_ifname: &str) {
         FastPath::remove_tc_endpoint(self, host_ifname);
+    }
+    fn release_idle_tc_uplinks(&mut self) {
+        FastPath::release_idle_tc_uplinks(self);
     }
     fn set_tc_published(
         &mut self,

@@ -477,11 +477,14 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     async fn delete_network_inner(&self, req: api::NetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
         let mut state = self.state.lock().await;
-        let networks = &mut state.networks;
+        let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get(id) else {
             // Deleting what is not there is success: Docker may retry.
             return Ok(());
         };
+        if nat_fast::is_split(net) {
+            fastpath.if_running(|fp| fp.release_idle_tc_uplinks());
+        }
         let mut errors = Vec::new();
         if net.options.mode.has_gateway() {
             if let Err(e) = fw(|| self.firewall.remove_network(id)) {

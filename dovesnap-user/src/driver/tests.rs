@@ -451,6 +451,7 @@ struct FakeFastPath {
     /// tc-engine endpoints by their container-side host end.
     tc_endpoints: BTreeMap<String, EndpointSpec>,
     tc_published: BTreeMap<String, Vec<FastPort>>,
+    idle_tc_uplinks_released: usize,
 }
 
 impl FakeFastPath {
@@ -523,6 +524,9 @@ impl NatFastPath for FakeFastPath {
         self.tc_endpoints.remove(host_ifname);
         self.tc_published.remove(host_ifname);
         self.kernel_path.remove(host_ifname);
+    }
+    fn release_idle_tc_uplinks(&mut self) {
+        self.idle_tc_uplinks_released += 1;
     }
     fn set_tc_published(
         &mut self,
@@ -1990,10 +1994,15 @@ async fn deleting_a_tc_network_with_its_endpoints_takes_their_split_links() {
     let before = r.links();
     r.net(TC_NET, Some("10.233.1.0/24")).await;
     r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
+    r.driver.join_inner(join(NID, EID)).await.unwrap();
     let (tc_end, _) = split();
     assert!(r.links().contains(&tc_end));
     r.delete_network(NID).await.unwrap();
     assert_eq!(r.links(), before, "split links left");
+    // The uplink's program, kept while the network lived, goes with it.
+    let state = r.driver.state.lock().await;
+    let fp = state.fastpath.get().expect("started at Join");
+    assert_eq!(fp.idle_tc_uplinks_released, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
