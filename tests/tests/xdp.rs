@@ -362,6 +362,15 @@ impl Topology {
 
     /// Loads the program and configures both interfaces (`queues` rx queues "with a
     /// socket" each), without attaching it: for `BPF_PROG_TEST_RUN`.
+    /// [`Topology::configured`] with one queue, the tc programs loaded and the data
+    /// plane's maps taken, as the tc tests start.
+    fn tc_ready(&self) -> (XdpProgram, dovesnap::fastpath::xdp::DataplaneMaps) {
+        let mut xdp = self.configured(1);
+        xdp.tc_programs().expect("the tc programs load");
+        let maps = xdp.take_dataplane_maps().expect("maps");
+        (xdp, maps)
+    }
+
     fn configured(&self, queues: u32) -> XdpProgram {
         let mut xdp = XdpProgram::load().expect("load the XDP program");
         xdp.set_iface(self.ep, &self.endpoint_config(queues))
@@ -973,7 +982,7 @@ fn full_frame(
     udp_sum: bool,
     payload: &[u8],
 ) -> Vec<u8> {
-    use dovesnap::translator::checksum::{checksum, fold, pseudo_header_sum, sum};
+    use dovesnap::translator::checksum::{fold, pseudo_header_sum, sum};
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.1.to_be_bytes());
     l4.extend_from_slice(&dst.1.to_be_bytes());
@@ -995,20 +1004,35 @@ fn full_frame(
         }
         l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
     }
+    ethernet_ipv4(macs, (src.0, dst.0), [0x12, 0x34, 0x40, 0, ttl, proto], &l4)
+}
+
+/// An Ethernet frame (`macs`: source, destination) carrying an IPv4 packet from
+/// `addrs.0` to `addrs.1`: IHL 5, `id_to_proto` (identification, flags and fragment
+/// offset, TTL, protocol), the header checksum right, then `payload`.
+fn ethernet_ipv4(
+    macs: ([u8; 6], [u8; 6]),
+    addrs: (Ipv4Addr, Ipv4Addr),
+    id_to_proto: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
+    use dovesnap::translator::checksum::checksum;
     let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, proto, 0, 0]);
-    ip.extend_from_slice(&src.0.octets());
-    ip.extend_from_slice(&dst.0.octets());
+    ip.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&id_to_proto);
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(&addrs.0.octets());
+    ip.extend_from_slice(&addrs.1.octets());
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&macs.1);
-    f.extend_from_slice(&macs.0);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
+    [
+        &macs.1[..],
+        &macs.0[..],
+        &0x0800u16.to_be_bytes(),
+        &ip,
+        payload,
+    ]
+    .concat()
 }
 
 /// An ICMP error (`kind`, `code`) from `addrs.0` to `addrs.1` quoting `quoted` (an IPv4
@@ -1028,20 +1052,7 @@ fn icmp_error_frame(
     icmp.extend_from_slice(quoted);
     let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, PROTO_ICMP, 0, 0]);
-    ip.extend_from_slice(&addrs.0.octets());
-    ip.extend_from_slice(&addrs.1.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&macs.1);
-    f.extend_from_slice(&macs.0);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
+    ethernet_ipv4(macs, addrs, [0x56, 0x78, 0, 0, 64, PROTO_ICMP], &icmp)
 }
 
 /// A whole IPv4 frame split in two fragments: the first carries `first_len` bytes of
@@ -1063,6 +1074,10 @@ fn fragments(frame: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
         piece(&payload[first_len..], (first_len / 8) as u16),
     )
 }
+
+/// The tcx verdicts the tc programs return (`TCX_NEXT`: the kernel's path).
+const TCX_NEXT: i32 = -1;
+const TCX_REDIRECT: i32 = 7;
 
 const EXT: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 1);
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
@@ -1401,17 +1416,13 @@ fn tc_programs_rewrite_established_flows_like_the_translator() {
     };
     use dovesnap::translator::Verdict;
     use std::time::Instant;
-    const TCX_NEXT: i32 = -1;
-    const TCX_REDIRECT: i32 = 7;
 
     require_root();
     let names;
     {
         let topo = Topology::new();
         names = topo.names();
-        let mut xdp = topo.configured(1);
-        xdp.tc_programs().expect("the tc programs load");
-        let mut maps = xdp.take_dataplane_maps().expect("maps");
+        let (xdp, mut maps) = topo.tc_ready();
         let ext = EXT;
         let mut nat = Nat::new(&topo);
         let (up_path, ep_path, gw) = (nat.up, nat.ep, topo.gateway_mac);
@@ -2034,8 +2045,6 @@ fn tc_endpoint_creates_sessions_for_new_flows() {
     use dovesnap::fastpath::xdp::{
         Counter as C, NatConfig, TcProgram, CT_OWNER_KERNEL, CT_SEEN, CT_SYN,
     };
-    const TCX_NEXT: i32 = -1;
-    const TCX_REDIRECT: i32 = 7;
     const PORTS: std::ops::RangeInclusive<u16> = 20000..=20003;
     let (syn, ack) = (0x02, 0x10);
 
@@ -2044,9 +2053,7 @@ fn tc_endpoint_creates_sessions_for_new_flows() {
     {
         let topo = Topology::new();
         names = topo.names();
-        let mut xdp = topo.configured(1);
-        xdp.tc_programs().expect("the tc programs load");
-        let maps = xdp.take_dataplane_maps().expect("maps");
+        let (mut xdp, maps) = topo.tc_ready();
         let nat = Nat::new(&topo);
         let session = |inside_port: u16| Session {
             proto: PROTO_TCP,
