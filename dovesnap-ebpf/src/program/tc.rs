@@ -442,15 +442,6 @@ fn icmp_error(ctx: &TcContext, addr: u32, ttl: u8, ifindex: u32) -> Option<Verdi
     }
     let new_icmp_csum = update_sums(icmp_csum, old_sum, new_sum);
     let rewritten = (|| -> Result<(), i64> {
-        let new_ttl = ttl - 1;
-        let old_tp = u16::from_ne_bytes([ttl, PROTO_ICMP]);
-        let new_tp = u16::from_ne_bytes([new_ttl, PROTO_ICMP]);
-        ctx.skb
-            .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
-        ctx.skb
-            .l3_csum_replace(IP_CSUM, u64::from(addr), u64::from(new_addr), 4)?;
-        ctx.skb.store(IP_TTL, &new_ttl, 0)?;
-        ctx.skb.store(outer_at, &new_b, 0)?;
         let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
         ctx.skb
             .store(L4 + 2, &new_icmp_csum.to_be_bytes(), recompute)?;
@@ -461,13 +452,13 @@ fn icmp_error(ctx: &TcContext, addr: u32, ttl: u8, ifindex: u32) -> Option<Verdi
         if let Some(c) = new_l4_csum {
             ctx.skb.store(l4_csum_at, &c.to_be_bytes(), recompute)?;
         }
-        if inbound {
-            ctx.skb.store(0, &act.eth_dst, 0)?;
-            ctx.skb.store(6, &act.eth_src, 0)?;
-        }
         Ok(())
     })();
-    if rewritten.is_err() {
+    // Then the outer header, stopping at the first error.
+    let rewritten = rewritten.is_ok()
+        && rewrite_ipv4(ctx, ttl, PROTO_ICMP, outer_at, addr, new_addr).is_ok()
+        && (!inbound || set_macs(ctx, &act).is_ok());
+    if !rewritten {
         return Some(Verdict::Next(Counter::TcDeclineSlow));
     }
     let _ = count(Counter::TcIcmpError);
@@ -556,7 +547,11 @@ fn fragment(ctx: &TcContext, ip: &Ipv4Hdr, first: bool) -> Verdict {
     let rewritten = if ports {
         rewrite(ctx, &act, &flow, false)
     } else {
-        rewrite_address(ctx, &act, ttl, frag.dst)
+        // No closure (`and_then`): the verifier would see a call and its stack.
+        match rewrite_ipv4(ctx, ttl, frag.proto, IP_DST, frag.dst, act.dst) {
+            Ok(()) => set_macs(ctx, &act),
+            Err(e) => Err(e),
+        }
     };
     if rewritten.is_err() {
         return slow;
@@ -570,30 +565,6 @@ fn fragment(ctx: &TcContext, ip: &Ipv4Hdr, first: bool) -> Verdict {
         let _ = TC_FRAGS.insert(&frag, &entry, 0);
     }
     Verdict::In(act.out_ifindex)
-}
-
-/// A later fragment's rewrite (no transport header): TTL and destination address with
-/// the IPv4 checksum, then the MACs.
-#[inline(always)]
-fn rewrite_address(
-    ctx: &TcContext,
-    act: &dovesnap_ebpf::FlowAction,
-    ttl: u8,
-    old_addr: u32,
-) -> Result<(), i64> {
-    let new_ttl = ttl - 1;
-    let (old_tp, new_tp) = (
-        u16::from_ne_bytes([ttl, 0]),
-        u16::from_ne_bytes([new_ttl, 0]),
-    );
-    ctx.skb
-        .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
-    ctx.skb
-        .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(act.dst), 4)?;
-    ctx.skb.store(IP_TTL, &new_ttl, 0)?;
-    ctx.skb.store(IP_DST, &act.dst.to_ne_bytes(), 0)?;
-    ctx.skb.store(0, &act.eth_dst, 0)?;
-    ctx.skb.store(6, &act.eth_src, 0)
 }
 
 /// Whether the flow leaves a container port the kernel's DNAT publishes.
@@ -740,11 +711,11 @@ fn forward(ctx: &TcContext, entry: *mut CtEntry, flow: &Flow, outbound: bool) ->
     }
 }
 
-/// The translator's rewrite with the kernel's helpers: the IPv4 checksum for the TTL,
-/// then for the address; the TCP/UDP checksum for the address (pseudo header), then for
-/// the port (a UDP checksum of 0, "none", stays 0; a result of 0 becomes 0xffff); then
-/// the bytes themselves; inbound also the MACs. An error can leave the frame partly
-/// rewritten.
+/// The translator's rewrite with the kernel's helpers: the IPv4 header (`rewrite_ipv4`:
+/// TTL and address with their checksum updates); the TCP/UDP checksum for the address
+/// (pseudo header), then for the port (a UDP checksum of 0, "none", stays 0; a result of
+/// 0 becomes 0xffff), and the port; inbound also the MACs. An error can leave the frame
+/// partly rewritten.
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -758,19 +729,13 @@ fn rewrite(
     } else {
         (IP_DST, k.dst, act.dst, L4 + 2, k.dport, act.dport)
     };
-    let ttl = flow.ttl - 1;
     let proto = k.proto;
-    let old_tp = u16::from_ne_bytes([flow.ttl, proto]);
-    let new_tp = u16::from_ne_bytes([ttl, proto]);
     let mangled = if proto == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    ctx.skb
-        .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
-    ctx.skb
-        .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4)?;
+    rewrite_ipv4(ctx, flow.ttl, proto, addr_at, old_addr, new_addr)?;
     let pseudo = u64::from(BPF_F_PSEUDO_HDR);
     ctx.skb.l4_csum_replace(
         flow.csum_at,
@@ -784,12 +749,38 @@ fn rewrite(
         u64::from(new_port),
         mangled | 2,
     )?;
-    ctx.skb.store(IP_TTL, &ttl, 0)?;
-    ctx.skb.store(addr_at, &new_addr.to_ne_bytes(), 0)?;
     ctx.skb.store(port_at, &new_port.to_ne_bytes(), 0)?;
     if !outbound {
-        ctx.skb.store(0, &act.eth_dst, 0)?;
-        ctx.skb.store(6, &act.eth_src, 0)?;
+        set_macs(ctx, act)?;
     }
     Ok(())
+}
+
+/// The IPv4 header's part of every rewrite: the TTL decremented and the address at
+/// `addr_at` (source or destination) replaced, each with the header checksum.
+#[inline(always)]
+fn rewrite_ipv4(
+    ctx: &TcContext,
+    ttl: u8,
+    proto: u8,
+    addr_at: usize,
+    old_addr: u32,
+    new_addr: u32,
+) -> Result<(), i64> {
+    let new_ttl = ttl - 1;
+    let old_tp = u16::from_ne_bytes([ttl, proto]);
+    let new_tp = u16::from_ne_bytes([new_ttl, proto]);
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_tp), u64::from(new_tp), 2)?;
+    ctx.skb
+        .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4)?;
+    ctx.skb.store(IP_TTL, &new_ttl, 0)?;
+    ctx.skb.store(addr_at, &new_addr.to_ne_bytes(), 0)
+}
+
+/// An inbound frame's Ethernet addresses: the container's and the gateway's.
+#[inline(always)]
+fn set_macs(ctx: &TcContext, act: &dovesnap_ebpf::FlowAction) -> Result<(), i64> {
+    ctx.skb.store(0, &act.eth_dst, 0)?;
+    ctx.skb.store(6, &act.eth_src, 0)
 }

@@ -2,9 +2,10 @@
 //! §4): `dovesnap_tc_endpoint` on each split endpoint's container-side host end
 //! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink, both on tcx ingress through links
 //! this process owns, so a `kill -9` leaves only the persistent legacy patch and every
-//! frame takes the kernel path. The programs forward what `CT` holds and return
-//! `TCX_NEXT` for everything else (the patch → OVS → nft masquerade); nothing writes
-//! `CT` for these endpoints yet, so today they carry the same traffic as before.
+//! frame takes the kernel path. The endpoint program makes the sessions of new TCP/UDP
+//! flows in `CT` itself; both forward what `CT` holds and return `TCX_NEXT` for
+//! everything else (the patch → OVS → nft masquerade and DNAT). `PUBLISHED` tells the
+//! endpoint program which container ports the kernel's DNAT answers from.
 
 use std::net::Ipv4Addr;
 
