@@ -38,6 +38,12 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, ready: impl FnMut() 
     cmd::wait_until(what, timeout, ready).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Polls `ready` every 200 ms for up to `timeout`; whether it came to hold (for checks
+/// that then assert with their own message).
+pub fn eventually(timeout: std::time::Duration, ready: impl FnMut() -> bool) -> bool {
+    cmd::wait_until("", timeout, ready).is_ok()
+}
+
 /// Runs a command and returns its output whatever the exit status.
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)

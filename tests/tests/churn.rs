@@ -7,7 +7,7 @@
 //! have repaired nothing (Docker's own teardown is not a fault).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -154,11 +154,14 @@ fn check_exact(plugin: &Daemon, nets: &[(&Network, String)], uplink: &str) -> us
         }
         all_ports.extend(ports.iter().cloned());
     }
-    let veths: BTreeSet<String> = host_veths()
-        .into_iter()
-        .filter(|v| v.starts_with("ovsv") || v.starts_with("ovsc"))
-        .collect();
-    assert_eq!(veths, all_ports, "host veths vs endpoints");
+    let veths = || -> BTreeSet<String> {
+        (host_veths().into_iter())
+            .filter(|v| v.starts_with("ovsv") || v.starts_with("ovsc"))
+            .collect()
+    };
+    // A deleted endpoint's veth goes just after DeleteEndpoint's answer.
+    dovesnap_tests::eventually(Duration::from_secs(3), || veths() == all_ports);
+    assert_eq!(veths(), all_ports, "host veths vs endpoints");
     // The fast path: one data-plane entry and one XDP attachment per live nat-fast
     // endpoint, plus the uplink while any is there; IFACES holds the same.
     let fp = &status["fast_path"];

@@ -84,6 +84,14 @@ fn repairs(plugin: &Daemon, what: &str) -> u64 {
     counter_in(&plugin.status()["repairs"], what)
 }
 
+/// Waits for `n` dovesnap veths (a deleted endpoint's go just after its
+/// DeleteEndpoint's answer), panicking with them if that does not come.
+fn veths_settle_at(n: usize) {
+    let settled =
+        dovesnap_tests::eventually(Duration::from_secs(3), || dovesnap_veths().len() == n);
+    assert!(settled, "not {n} veths: {:?}", dovesnap_veths());
+}
+
 /// Nothing of dovesnap's is left: no bridge of `bridges`, no dovesnap veth.
 fn assert_no_leak(bridges: &[String]) {
     let left: Vec<String> = ovs_bridges()
@@ -168,7 +176,7 @@ fn ovs_restarts_under_the_plugin() {
     let flat_ports = ovs_ports(&bridges[0]);
     assert_eq!(flat_ports.len(), 4, "flat bridge ports: {flat_ports:?}");
     assert_eq!(ovs_ports(&bridges[1]).len(), 1);
-    assert_eq!(dovesnap_veths().len(), 5, "{:?}", dovesnap_veths());
+    veths_settle_at(5);
 
     drop((a, b, c, d, n));
     drop((flat, nat));
@@ -281,7 +289,7 @@ fn veths_and_bridges_deleted_behind_the_plugins_back_come_back() {
     );
     assert_eq!(ovs_ports(&bridges[1]).len(), 1);
     assert_eq!(ovs_ports(&bridges[2]).len(), 1);
-    assert_eq!(dovesnap_veths().len(), 4, "{:?}", dovesnap_veths());
+    veths_settle_at(4);
     let c = Container::idle("dsflt-del-c", &flat);
     assert!(c.ping(&a_ip), "a new container reaches the repaired one");
 

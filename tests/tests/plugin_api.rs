@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dovesnap_tests::daemon::{api_call_hang_up, Daemon};
 use dovesnap_tests::host_services::VswitchdPaused;
-use dovesnap_tests::{host_veths, leftovers, ovs_bridges, run, sh, unique_name};
+use dovesnap_tests::{host_veths, leftovers, ovs_bridges, run, sh, unique_name, wait_until};
 use serde_json::{json, Value};
 
 fn socket() -> PathBuf {
@@ -44,6 +44,16 @@ fn delete_network(d: &Daemon, nid: &str) {
 fn delete_network_leaving_nothing(d: &Daemon, nid: &str) {
     delete_network(d, nid);
     assert_eq!(ours_left(), Vec::<String>::new());
+}
+
+/// A deleted endpoint's veth goes just after DeleteEndpoint's answer (the plugin does
+/// not make Docker wait for the kernel's RCU grace periods).
+fn veth_goes(host: &str) {
+    wait_until(
+        "the deleted endpoint's veth to go",
+        Duration::from_secs(2),
+        || !host_veths().iter().any(|v| v == host),
+    );
 }
 
 fn delete_endpoint(d: &Daemon, nid: &str, eid: &str) {
@@ -172,7 +182,7 @@ fn endpoint_lifecycle_makes_and_removes_everything() {
         json!({"NetworkID": nid, "EndpointID": eid}),
     );
     delete_endpoint(&d, &nid, &eid);
-    assert!(!host_veths().contains(&host), "veth left behind");
+    veth_goes(&host);
     let ports = sh("ovs-vsctl", &["list-ports", bridge]);
     assert!(!ports.contains(&host), "port left behind: {ports}");
     // Deleting twice is fine (Docker retries).
@@ -370,7 +380,7 @@ fn calls_cut_off_half_way_leave_nothing_docker_does_not_know() {
     sh("ovs-vsctl", &["del-port", "ovsbr-a4000000", &host]);
     let ep = json!({"NetworkID": known, "EndpointID": eid});
     ok(&d, "/NetworkDriver.DeleteEndpoint", ep.clone());
-    assert!(!host_veths().contains(&host), "veth left behind");
+    veth_goes(&host);
     ok(&d, "/NetworkDriver.DeleteEndpoint", ep);
     sh("ovs-vsctl", &["del-br", "ovsbr-a4000000"]);
     delete_network(&d, &known);

@@ -97,6 +97,10 @@ pub trait Links: Send + Sync + 'static {
         &self,
         ifindex: u32,
     ) -> impl Future<Output = Result<Option<String>, NetlinkError>> + Send;
+    /// The names of the interfaces here whose veth peer (if any) is here too.
+    fn names_without_remote_peer(
+        &self,
+    ) -> impl Future<Output = Result<Vec<String>, NetlinkError>> + Send;
     fn ipv4_addresses(
         &self,
         ifindex: u32,
@@ -259,6 +263,9 @@ impl Links for Netlink {
     }
     async fn name_of(&self, ifindex: u32) -> Nl<Option<String>> {
         Netlink::name_of(self, ifindex).await
+    }
+    async fn names_without_remote_peer(&self) -> Nl<Vec<String>> {
+        Netlink::names_without_remote_peer(self).await
     }
     async fn ipv4_addresses(&self, ifindex: u32) -> Nl<Vec<Ipv4Addr>> {
         Netlink::ipv4_addresses(self, ifindex).await

@@ -130,8 +130,10 @@ pub const BRIDGE_PREFIX: &str = "ovsbr-";
 /// await or while taking another lock, so there is no order to keep.
 pub struct Driver<S = Ovsdb, L = Netlink, F = FastPath> {
     ovs: S,
-    netlink: L,
+    netlink: std::sync::Arc<L>,
     firewall: Box<dyn Firewall>,
+    /// Deletions of links whose endpoint is gone (see [`Driver::reap_links`]).
+    reaping: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// The driver's one lock.
     state: Mutex<DriverState<F>>,
     /// The daemon's `--ovn-nb`: the default northbound database of overlay networks.
@@ -168,6 +170,34 @@ struct DriverState<F> {
 
 /// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
 /// other tasks.
+/// An endpoint's host-side links, each deleted with its veth peer: the OVS port's
+/// veth, and on the tc engine the container's (`nat_fast::split_names`).
+fn endpoint_links(net: &Network, ep: &Endpoint) -> Vec<String> {
+    let mut links = vec![ep.host_ifname.clone()];
+    if nat_fast::is_split(net) {
+        links.insert(0, nat_fast::split_names(ep).0);
+    }
+    links
+}
+
+/// The links among `names` named like an endpoint's (`ovsv`, `ovsc`, `ovst` or `ovsq`
+/// and the first ten hex digits of its id) whose endpoint is not in `known` (ids).
+fn orphan_endpoint_links<'a>(names: &'a [String], known: &[&str]) -> Vec<&'a str> {
+    const PREFIXES: [&str; 4] = [
+        HOST_VETH_PREFIX,
+        CONTAINER_VETH_PREFIX,
+        nat_fast::TC_VETH_PREFIX,
+        nat_fast::PATCH_VETH_PREFIX,
+    ];
+    (names.iter())
+        .filter_map(|name| {
+            let id = PREFIXES.iter().find_map(|p| name.strip_prefix(p))?;
+            let ours = id.len() == 10 && id.bytes().all(|b| b.is_ascii_hexdigit());
+            (ours && !known.iter().any(|k| k.starts_with(id))).then_some(name.as_str())
+        })
+        .collect()
+}
+
 fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
     Ok(tokio::task::block_in_place(f)?)
 }
@@ -184,8 +214,9 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     pub fn with_backends(ovs: S, netlink: L, firewall: Box<dyn Firewall>) -> Self {
         Driver {
             ovs,
-            netlink,
+            netlink: std::sync::Arc::new(netlink),
             firewall,
+            reaping: std::sync::Mutex::default(),
             state: Mutex::new(DriverState {
                 networks: HashMap::new(),
                 fastpath: nat_fast::FastSlot::default(),
@@ -281,6 +312,28 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                   "leaving alone a record that cannot be trusted: {}", b.reason);
         }
         *self.bad_records.lock().unwrap_or_else(|e| e.into_inner()) = bad;
+        // Endpoint links no record claims, their peer on the host (not in a container):
+        // left by a stop between DeleteEndpoint's answer and their deletion
+        // (`reap_links`) or half way through CreateEndpoint. Not while a network's record
+        // is unreadable: its endpoints are unknown.
+        if untouched_networks.is_empty() {
+            let known: Vec<&str> = (networks.values())
+                .flat_map(|n| n.endpoints.keys())
+                .chain(untouched_endpoints.values().flatten())
+                .map(String::as_str)
+                .collect();
+            match self.netlink.names_without_remote_peer().await {
+                Ok(names) => {
+                    for name in orphan_endpoint_links(&names, &known) {
+                        info!(link = %name, "deleting a link of an endpoint that is gone");
+                        if let Err(e) = self.netlink.delete(name).await {
+                            warn!(link = %name, "{e}");
+                        }
+                    }
+                }
+                Err(e) => warn!("cannot list links to find endpoints' leftovers: {e}"),
+            }
+        }
         // Netfilter follows what OVSDB says: leftovers of a crash go, missing rules
         // (published ports included) come back.
         let expected: Vec<ExpectedNetwork> = networks
@@ -351,6 +404,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     /// and they go with their network.
     pub async fn shutdown(&self) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
+        self.links_reaped().await;
         if let Some(fp) = state.fastpath.take() {
             tokio::task::block_in_place(|| fp.stop());
         }
@@ -477,6 +531,8 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     async fn delete_network_inner(&self, req: api::NetworkRequest) -> DriverResult<()> {
         let id = valid_id("network", &req.network_id)?;
         let mut state = self.state.lock().await;
+        // The links of the network's deleted endpoints go first.
+        self.links_reaped().await;
         let DriverState { networks, fastpath } = &mut *state;
         let Some(net) = networks.get(id) else {
             // Deleting what is not there is success: Docker may retry.
@@ -672,10 +728,44 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         net: &Network,
         ep: &Endpoint,
     ) -> Result<(), crate::host::netlink::NetlinkError> {
-        if nat_fast::is_split(net) {
-            return self.delete_split_links(ep).await;
+        let mut result = Ok(());
+        for name in endpoint_links(net, ep) {
+            if let Err(e) = self.netlink.delete(&name).await {
+                result = result.and(Err(e));
+            }
         }
-        self.netlink.delete(&ep.host_ifname).await.map(|_| ())
+        result
+    }
+
+    /// Deletes an endpoint's links after DeleteEndpoint has answered: each veth pair's
+    /// deletion waits for RCU grace periods (20-30 ms here, two pairs on the tc engine)
+    /// that would otherwise lengthen every `docker run --rm` and `docker stop`. The
+    /// OVS port is already gone, and the names are the endpoint's alone. DeleteNetwork
+    /// and a stop wait for them ([`Driver::links_reaped`]); one that fails is logged
+    /// (the next start's sweep of unknown endpoint links finds it).
+    fn reap_links(&self, names: Vec<String>) {
+        let netlink = std::sync::Arc::clone(&self.netlink);
+        let mut reaping = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
+        while reaping.try_join_next().is_some() {}
+        reaping.spawn(async move {
+            for name in names {
+                if let Err(e) = netlink.delete(&name).await {
+                    warn!(link = %name, "cannot delete a deleted endpoint's link: {e}");
+                }
+            }
+        });
+    }
+
+    /// Waits until the links handed to [`Driver::reap_links`] so far are deleted.
+    pub async fn links_reaped(&self) {
+        loop {
+            let mut pending =
+                std::mem::take(&mut *self.reaping.lock().unwrap_or_else(|p| p.into_inner()));
+            if pending.is_empty() {
+                return;
+            }
+            while pending.join_next().await.is_some() {}
+        }
     }
 
     async fn delete_endpoint_inner(&self, req: api::EndpointRequest) -> DriverResult<()> {
@@ -702,9 +792,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
                 errors.push(e.to_string());
             }
         }
-        if let Err(e) = self.delete_endpoint_links(net, &ep).await {
-            errors.push(e.to_string());
-        }
+        self.reap_links(endpoint_links(net, &ep));
         if let Some(ov) = net.overlay() {
             if let Err(e) = self.unpublish_on_gateway(net, &ov, eid).await {
                 errors.push(e.to_string());

@@ -312,6 +312,10 @@ impl Links for FakeLinks {
             .map(|(n, _)| n.clone()))
     }
 
+    async fn names_without_remote_peer(&self) -> Result<Vec<String>, NetlinkError> {
+        Ok(self.0.lock().unwrap().links.keys().cloned().collect())
+    }
+
     async fn ipv4_addresses(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
         let h = self.0.lock().unwrap();
         let link = h.links.values().find(|l| l.index == ifindex);
@@ -861,6 +865,8 @@ async fn an_endpoint_is_a_veth_and_a_tagged_port_until_it_is_deleted() {
 
     r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
     assert!(r.ports().is_empty());
+    // The veth goes after the answer; DeleteNetwork and a stop wait for it.
+    r.driver.links_reaped().await;
     assert!(!r.links().contains(&host_end) && !r.links().contains(&container_end));
     // Deleting it again (Docker retries) is no error.
     r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
@@ -1984,6 +1990,7 @@ async fn nat_fast_tc_splits_the_endpoint_and_delete_takes_all_of_it() {
         (r.driver.state.lock().await.fastpath.get()).is_some_and(|fp| fp.tc_endpoints.is_empty()),
         "the tc programs are taken off"
     );
+    r.driver.links_reaped().await;
     assert_eq!(r.links(), before, "split links left");
     assert!(r.ports().is_empty());
 }
@@ -2351,4 +2358,49 @@ async fn a_shared_bridge_stays_for_a_network_whose_record_was_not_trusted() {
     let ports = r.host.lock().unwrap().port_names("br-x");
     assert_eq!(ports, vec![records::veth_names(EID2).0]);
     assert!(r.br_x_ids().values().any(|v| v == NID2));
+}
+
+#[test]
+fn orphan_endpoint_links_are_those_named_like_an_unknown_endpoints() {
+    let names: Vec<String> = [
+        "ovsv0123456789", // a known endpoint's
+        "ovsqabcdef0123", // the tc engine's patch end of an unknown one
+        "ovstabcdef0123",
+        "ovscabcdef0123",
+        "ovsvabcdef0123",
+        "ovstk-eth1",     // a trunk bridge
+        "ovsbr-01234567", // a bridge
+        "ovs-netdev",
+        "ovsvABCDEFxyz0", // not hex
+        "ovsv0123",       // too short
+        "eth0",
+    ]
+    .map(String::from)
+    .into();
+    let known = ["0123456789".repeat(6) + "0123"];
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    assert_eq!(
+        super::orphan_endpoint_links(&names, &known),
+        [
+            "ovsqabcdef0123",
+            "ovstabcdef0123",
+            "ovscabcdef0123",
+            "ovsvabcdef0123"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_restart_deletes_the_links_of_endpoints_no_record_claims() {
+    let r = rig();
+    r.net("", Some("10.231.1.0/24")).await;
+    r.endpoint(NID, EID, "10.231.1.2/24").await.unwrap();
+    let kept = r.links();
+    // What a stop between DeleteEndpoint's answer and the links' deletion leaves.
+    r.host
+        .lock()
+        .unwrap()
+        .add_link("ovsvfedcba9876", None, Some("ovscfedcba9876"));
+    assert_eq!(r.restarted().recover().await.unwrap(), (1, 1));
+    assert_eq!(r.links(), kept);
 }

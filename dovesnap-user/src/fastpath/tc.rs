@@ -65,6 +65,7 @@ impl FastPath {
         uplink: &UplinkSpec,
     ) -> Result<(), FastPathError> {
         self.xdp.tc_programs()?;
+        self.xdp.tc_reap_retired();
         if self.tc_endpoints.contains_key(&ep.host_ifname) {
             self.remove_tc_endpoint(&ep.host_ifname);
         }
@@ -90,19 +91,20 @@ impl FastPath {
         Ok(())
     }
 
-    /// Takes a tc-engine endpoint's program off (DeleteEndpoint, Leave). Idempotent.
-    /// Returns whether it was one.
+    /// Takes a tc-engine endpoint off the fast path (Leave, DeleteEndpoint): its
+    /// `IFACES` entry goes, so its program passes everything to the patch; the program
+    /// itself is retired, not detached (`XdpProgram::tc_retire`), and goes with the
+    /// interface's deletion. Idempotent. Returns whether it was one.
     pub fn remove_tc_endpoint(&mut self, host_ifname: &str) -> bool {
+        self.xdp.tc_reap_retired();
         if let Err(e) = self.set_tc_published(host_ifname, &[]) {
             warn!(port = %host_ifname, "cannot withdraw its published ports: {e}");
         }
         let Some(ep) = self.tc_endpoints.remove(host_ifname) else {
             return false;
         };
-        if let Err(e) = self.xdp.tc_detach(TcProgram::Endpoint, host_ifname) {
-            warn!(port = %host_ifname, "cannot detach the tc program: {e}");
-        }
         let _ = self.xdp.remove_iface(ep.ifindex);
+        self.xdp.tc_retire(TcProgram::Endpoint, host_ifname);
         self.release_tc_uplink(&ep.uplink);
         true
     }
@@ -198,6 +200,7 @@ impl FastPath {
     /// Takes the tc program off every uplink no tc-engine endpoint uses any more
     /// (a tc network was deleted).
     pub fn release_idle_tc_uplinks(&mut self) {
+        self.xdp.tc_reap_retired();
         let idle: Vec<String> = (self.tc_uplinks.iter())
             .filter(|(_, u)| u.users == 0)
             .map(|(n, _)| n.clone())

@@ -454,12 +454,16 @@ fn validate_ifname(ifname: &str) -> Result<(), XdpError> {
 
 /// Whether an interface of that name exists in this network namespace.
 fn interface_exists(ifname: &str) -> bool {
-    let Ok(c_name) = std::ffi::CString::new(ifname) else {
-        return false;
-    };
+    ifindex_of(ifname).is_some()
+}
+
+/// `ifname`'s index in the calling thread's network namespace, `None` when there is none.
+fn ifindex_of(ifname: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(ifname).ok()?;
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call;
     // if_nametoindex only reads it.
-    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// How the program ended up attached to an interface.
@@ -659,6 +663,8 @@ pub struct XdpProgram {
     tc_refused: Option<String>,
     /// The tcx links of the tc programs, see [`XdpProgram::tc_attach`].
     tc_links: tc::TcLinks,
+    /// tcx links out of service, closed once their interface is gone.
+    tc_retired: Vec<tc::RetiredTcLink>,
 }
 
 impl fmt::Debug for XdpProgram {
@@ -707,6 +713,7 @@ impl XdpProgram {
             maps_taken: false,
             tc_refused,
             tc_links: tc::TcLinks::new(),
+            tc_retired: Vec::new(),
         })
     }
 

@@ -244,6 +244,30 @@ impl Netlink {
         }
     }
 
+    /// The names of this namespace's interfaces that have no peer in another network
+    /// namespace (a veth whose other end is here too, or no veth at all).
+    pub async fn names_without_remote_peer(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        loop {
+            let link = match links.try_next().await {
+                Ok(Some(link)) => link,
+                Ok(None) => return Ok(names),
+                Err(source) => return Err(NetlinkError::link("list", "links", source)),
+            };
+            let mut name = None;
+            let mut remote_peer = false;
+            for a in &link.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::LinkNetNsId(_) => remote_peer = true,
+                    _ => {}
+                }
+            }
+            names.extend(name.filter(|_| !remote_peer));
+        }
+    }
+
     /// The MAC address of `name`, if it exists and has one.
     pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>, NetlinkError> {
         Ok(self.get(name).await?.as_ref().and_then(link_mac))

@@ -15,8 +15,8 @@ use aya::Ebpf;
 use dovesnap_ebpf::{PortKey, PUBLISHED_MAP, TC_ENDPOINT_PROGRAM_NAME, TC_UPLINK_PROGRAM_NAME};
 
 use super::{
-    chain, describe_key, interface_exists, is_eperm, map_error, unless_absent, validate_ifname,
-    DetachFailure, XdpError, XdpProgram,
+    chain, describe_key, ifindex_of, interface_exists, is_eperm, map_error, unless_absent,
+    validate_ifname, DetachFailure, XdpError, XdpProgram,
 };
 
 /// One of the tc programs.
@@ -142,6 +142,19 @@ pub fn tcx_ingress_programs(ifname: &str) -> Result<Vec<String>, XdpError> {
 /// One tcx link made by [`XdpProgram::tc_attach`], keyed by interface and program.
 pub(super) type TcLinks = std::collections::BTreeMap<(String, TcProgram), SchedClassifierLinkId>;
 
+/// A tcx link taken out of service by [`XdpProgram::tc_retire`]: kept until its
+/// interface is gone, then closed. Detaching from a live interface waits for an RCU
+/// grace period under the RTNL (about 8 ms here), on the path of `docker run`/`stop`;
+/// an interface's deletion takes its tcx programs with it in the grace period it waits
+/// for anyway, and closing a link whose interface is gone costs nothing.
+pub(super) struct RetiredTcLink {
+    ifname: String,
+    program: TcProgram,
+    /// The interface's index when retired: a new interface of the same name is another.
+    ifindex: u32,
+    link: SchedClassifierLinkId,
+}
+
 impl XdpProgram {
     /// Attaches the tc `program` to `ifname`'s tcx ingress, first in its chain
     /// (`LinkOrder::first()`: a program that someone else puts there later runs after
@@ -156,6 +169,17 @@ impl XdpProgram {
         let key = (ifname.to_string(), program);
         if self.tc_links.contains_key(&key) {
             return Ok(());
+        }
+        if let Some(i) =
+            (self.tc_retired.iter()).position(|r| r.ifname == ifname && r.program == program)
+        {
+            let r = self.tc_retired.swap_remove(i);
+            if ifindex_of(ifname) == Some(r.ifindex) {
+                // Still attached to this very interface: back in service.
+                self.tc_links.insert(key, r.link);
+                return Ok(());
+            }
+            let _ = self.tc_detach_one(program, ifname, r.link);
         }
         let link = classifier_mut(&mut self.ebpf, program)?
             .attach_with_options(
@@ -188,6 +212,39 @@ impl XdpProgram {
             })
     }
 
+    /// Takes the tc `program` on `ifname` out of service without detaching it (see
+    /// [`RetiredTcLink`]): the caller has removed what the program needs to act (its
+    /// `IFACES` entry), so it passes everything on (`TCX_NEXT`) until the interface is
+    /// deleted or [`XdpProgram::tc_reap_retired`] finds it gone. Idempotent.
+    pub fn tc_retire(&mut self, program: TcProgram, ifname: &str) {
+        let Some(link) = self.tc_links.remove(&(ifname.to_string(), program)) else {
+            return;
+        };
+        match ifindex_of(ifname) {
+            Some(ifindex) => self.tc_retired.push(RetiredTcLink {
+                ifname: ifname.to_string(),
+                program,
+                ifindex,
+                link,
+            }),
+            None => {
+                let _ = self.tc_detach_one(program, ifname, link);
+            }
+        }
+    }
+
+    /// Closes the retired links whose interface is gone; returns how many stay retired.
+    pub fn tc_reap_retired(&mut self) -> usize {
+        for r in std::mem::take(&mut self.tc_retired) {
+            if ifindex_of(&r.ifname) == Some(r.ifindex) {
+                self.tc_retired.push(r);
+            } else if let Err(f) = self.tc_detach_one(r.program, &r.ifname, r.link) {
+                tracing::warn!(ifname = %f.ifname, "cannot close a retired tc link: {}", f.cause);
+            }
+        }
+        self.tc_retired.len()
+    }
+
     /// The (interface, program) pairs attached through [`XdpProgram::tc_attach`], sorted.
     pub fn tc_attached(&self) -> Vec<(String, TcProgram)> {
         self.tc_links.keys().cloned().collect()
@@ -195,8 +252,12 @@ impl XdpProgram {
 
     /// Detaches every tc link, reporting each failure (part of `detach_all`).
     pub(super) fn tc_detach_all(&mut self) -> Vec<DetachFailure> {
+        let retired = std::mem::take(&mut self.tc_retired)
+            .into_iter()
+            .map(|r| ((r.ifname, r.program), r.link));
         std::mem::take(&mut self.tc_links)
             .into_iter()
+            .chain(retired)
             .filter_map(|((ifname, program), link)| {
                 self.tc_detach_one(program, &ifname, link).err()
             })
