@@ -155,12 +155,14 @@ fn scaled(total: usize, part: usize, whole: usize) -> usize {
 
 impl Config {
     /// The configurations of `workers` translators sharing this one's work: worker `i`
-    /// gets share `i` of [`Config::ports`] ([`PortShares`]) and its part of every
-    /// limit, rounded up (so the parts add up to at least the whole, and no part is 0):
-    /// `max_sessions` and `max_sessions_per_endpoint` divided by the number of workers
-    /// (a container's flows spread over the workers), `max_ports_per_endpoint` in
-    /// proportion to the share's size (at most the share). `workers == 1` gives this
-    /// configuration back unchanged.
+    /// gets share `i` of [`Config::ports`] ([`PortShares`]) and its part of the limits,
+    /// rounded up (so the parts add up to at least the whole, and no part is 0):
+    /// `max_sessions` divided by the number of workers; `max_ports_per_endpoint` in
+    /// proportion to the share's size (a container keeps the same fraction of its
+    /// worker's ports as it had of the whole range). A container's sessions all live on
+    /// one worker (its endpoint's, see docs/design/nat-fast-tc.md step 5), so
+    /// `max_sessions_per_endpoint` stays as it is, within the worker's `max_sessions`.
+    /// `workers == 1` gives this configuration back unchanged.
     pub fn split(&self, workers: usize) -> Result<Vec<Config>, ShareError> {
         let shares = PortShares::new(&self.ports, workers)?;
         let whole = shares.len() as usize;
@@ -168,11 +170,12 @@ impl Config {
             .iter()
             .map(|ports| {
                 let n = ports.len();
+                let max_sessions = scaled(self.max_sessions, 1, workers);
                 Config {
-                    max_sessions: scaled(self.max_sessions, 1, workers),
+                    max_sessions,
                     max_sessions_per_endpoint: self
                         .max_sessions_per_endpoint
-                        .map(|m| scaled(m, 1, workers)),
+                        .map(|m| m.min(max_sessions)),
                     max_ports_per_endpoint: self
                         .max_ports_per_endpoint
                         .map(|m| scaled(m, n, whole).min(n)),
@@ -321,21 +324,22 @@ mod tests {
             assert_eq!(p.external_ip, c.external_ip);
             assert_eq!(p.timeouts, c.timeouts);
             assert_eq!(p.max_sessions, 21846);
-            assert_eq!(p.max_sessions_per_endpoint, Some(334));
+            assert_eq!(p.max_sessions_per_endpoint, Some(1000));
             // 11520 of 15360 ports: 3/4 of each 5120-port share.
             assert_eq!(p.max_ports_per_endpoint, Some(3840));
         }
-        // Parts never drop to 0, and a port share never exceeds its share.
+        // Parts never drop to 0, a container's limit stays within its worker's table,
+        // and a port share never exceeds its share.
         let tiny = Config {
             ports: 1000..=1002,
-            max_sessions: 1,
-            max_sessions_per_endpoint: Some(1),
+            max_sessions: 4,
+            max_sessions_per_endpoint: Some(3),
             max_ports_per_endpoint: Some(3),
             ..c.clone()
         };
         for p in tiny.split(3).unwrap() {
             assert_eq!(p.ports.len(), 1);
-            assert_eq!((p.max_sessions, p.max_sessions_per_endpoint), (1, Some(1)));
+            assert_eq!((p.max_sessions, p.max_sessions_per_endpoint), (2, Some(2)));
             assert_eq!(p.max_ports_per_endpoint, Some(1));
         }
         assert!(tiny.split(4).is_err());
