@@ -11,6 +11,13 @@
 //! figure is timed nanoseconds over frames, so neither the restoring copy nor the clock
 //! reads of single packets are in it. The translator's `now` is one fixed [`Instant`].
 //!
+//! Workers (`translator-workers-*`): 1, 2 and up to the CPU count of worker threads, each
+//! with its own translator over its own share of the ports
+//! ([`dovesnap::translator::Translator::for_workers`]), each fed its own frames: new
+//! sessions (SYNs) and established flows (UDP out and in). Reported per worker (per
+//! CPU-second of its thread) and in total (over wall time), with the total's scaling
+//! over one worker; see [`WorkerRates`].
+//!
 //! Allocations and memory come from `dovesnap_testbed::alloc::CountingAlloc`, which the `dovesnap-bench` binary
 //! installs as its global allocator; without it the allocation figure is reported as not
 //! measured and memory falls back to the RSS delta from `/proc/self/statm`.
@@ -20,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use dovesnap::fastpath::{MAX_SESSIONS, TRANSLATOR_PORTS};
-use dovesnap::translator::{Config, EndpointInfo, Timeouts, Translator, Verdict};
+use dovesnap::translator::{Config, EndpointInfo, PortShares, Timeouts, Translator, Verdict};
 use dovesnap_testbed::alloc::{
     counting_allocator_installed, thread_allocations, thread_live_bytes,
 };
@@ -69,6 +76,13 @@ pub struct Sizes {
     pub scale_subset: usize,
     /// Frames per run of each scale workload.
     pub scale_packets: usize,
+    /// Worker counts of the workers section (see [`worker_counts`]).
+    pub workers: Vec<usize>,
+    /// Batches of `syn_batch` SYNs (at most a worker's share) each worker makes
+    /// sessions from per run of the workers section.
+    pub worker_batches: usize,
+    /// Established-flow frames each worker translates per run of the workers section.
+    pub worker_packets: usize,
 }
 
 impl Sizes {
@@ -82,6 +96,9 @@ impl Sizes {
             scale: vec![10_000, 100_000, 1_000_000],
             scale_subset: 65_536,
             scale_packets: 1_000_000,
+            workers: worker_counts(cpus()),
+            worker_batches: 32,
+            worker_packets: 4_000_000,
         }
     }
 
@@ -95,6 +112,9 @@ impl Sizes {
             scale: vec![10_000, 100_000],
             scale_subset: 65_536,
             scale_packets: 300_000,
+            workers: worker_counts(cpus()),
+            worker_batches: 16,
+            worker_packets: 1_000_000,
         }
     }
 }
@@ -107,7 +127,29 @@ pub fn run_with(sizes: &Sizes) -> Vec<Record> {
     for &n in &sizes.scale {
         records.extend(scale(sizes, n, now));
     }
+    records.extend(workers(sizes, now));
     records
+}
+
+/// CPUs this process may run on.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Worker counts the workers section measures on a machine with `cpus` CPUs: 1, 2,
+/// then the powers of two below `cpus`, and `cpus` itself (1 and 2 always, so the
+/// scaling from one worker to two is shown even on one CPU).
+pub fn worker_counts(cpus: usize) -> Vec<usize> {
+    let mut counts = vec![1, 2];
+    let mut n = 4;
+    while n < cpus {
+        counts.push(n);
+        n *= 2;
+    }
+    if cpus > 2 {
+        counts.push(cpus);
+    }
+    counts
 }
 
 /// Resident set size of this process, from `/proc/self/statm`.
@@ -620,21 +662,10 @@ fn steady_state(sizes: &Sizes, now: Instant) -> Vec<Record> {
     records
 }
 
-/// ns per SYN that opens a session and a mapping, on fresh translators.
-fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
-    const WORKLOAD: &str = "translator-new-session";
-    let batch = sizes.syn_batch;
-    let range = usize::from(TRANSLATOR_PORTS.end() - TRANSLATOR_PORTS.start()) + 1;
-    if batch == 0 || batch > range {
-        return vec![failed(
-            WORKLOAD,
-            "ns/packet",
-            &format!("a batch of {batch} SYNs needs 1..={range} fresh mappings"),
-        )];
-    }
-    // Each SYN from a fresh inside port (as a client's ephemeral ports), so each needs a
-    // new mapping too.
-    let templates = frames(
+/// `batch` outbound SYNs, each from a fresh inside port (as a client's ephemeral
+/// ports), so each needs a new session and a new mapping.
+fn syn_templates(batch: usize) -> Vec<u8> {
+    frames(
         (0..batch).map(|i| {
             let (r, rp) = remote(i);
             FrameSpec::out(
@@ -647,7 +678,30 @@ fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
             )
         }),
         SYN_FRAME,
-    );
+    )
+}
+
+/// Drops every session of `t` (its containers leave and come back).
+fn empty(t: &mut Translator) {
+    for c in 0..CONTAINERS {
+        t.remove_endpoint(container_ip(c));
+        t.add_endpoint(endpoint(c));
+    }
+}
+
+/// ns per SYN that opens a session and a mapping, on fresh translators.
+fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
+    const WORKLOAD: &str = "translator-new-session";
+    let batch = sizes.syn_batch;
+    let range = usize::from(TRANSLATOR_PORTS.end() - TRANSLATOR_PORTS.start()) + 1;
+    if batch == 0 || batch > range {
+        return vec![failed(
+            WORKLOAD,
+            "ns/packet",
+            &format!("a batch of {batch} SYNs needs 1..={range} fresh mappings"),
+        )];
+    }
+    let templates = syn_templates(batch);
     let mut work = templates.clone();
     let mut runs = Vec::new();
     let mut cold = Vec::new();
@@ -659,10 +713,7 @@ fn new_sessions(sizes: &Sizes, now: Instant) -> Vec<Record> {
         let mut elapsed = Duration::ZERO;
         for b in 0..=sizes.syn_batches {
             if b > 0 {
-                for c in 0..CONTAINERS {
-                    t.remove_endpoint(container_ip(c));
-                    t.add_endpoint(endpoint(c));
-                }
+                empty(&mut t);
             }
             work.copy_from_slice(&templates);
             let start = Instant::now();
@@ -852,6 +903,326 @@ fn scale(sizes: &Sizes, n: usize, now: Instant) -> Vec<Record> {
     vec![ns, mem]
 }
 
+// ---------------------------------------------------------------------------------------
+// Workers: one translator per thread, each over its own share of the ports
+
+/// When one worker ran one timed phase (a batch of SYNs or a round of established-flow
+/// frames), the CPU time its thread spent in it, and how much it did.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: Instant,
+    end: Instant,
+    cpu: Duration,
+    work: u64,
+}
+
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What one worker thread measured in one run: its new-session batches and its
+/// established-flow rounds.
+#[derive(Debug, Default)]
+struct WorkerSpans {
+    sessions: Vec<Span>,
+    packets: Vec<Span>,
+}
+
+/// Rates of one run at one worker count, from the workers' spans: the total is all the
+/// workers' work over the wall time of each phase (the first start to the last end,
+/// phases summed: the workers start each phase together), what this machine did; per
+/// worker, its own work over its own thread's CPU time, averaged over the workers: what
+/// one worker does per CPU it holds, whatever else runs on the machine (on a host with
+/// a CPU per worker, the total approaches workers × per worker unless they slow each
+/// other down, which the per-worker figure at several workers against one shows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerRates {
+    pub total: f64,
+    pub per_worker: f64,
+}
+
+impl WorkerRates {
+    fn of(workers: &[Vec<Span>]) -> WorkerRates {
+        let phases = workers.iter().map(Vec::len).min().unwrap_or(0);
+        let (mut work, mut wall) = (0u64, Duration::ZERO);
+        for p in 0..phases {
+            let start = workers.iter().map(|w| w[p].start).min().expect("a worker");
+            let end = workers.iter().map(|w| w[p].end).max().expect("a worker");
+            wall += end - start;
+            work += workers.iter().map(|w| w[p].work).sum::<u64>();
+        }
+        let rate = |work: u64, wall: Duration| work as f64 / wall.as_secs_f64().max(1e-9);
+        let per_worker = workers
+            .iter()
+            .map(|w| {
+                let spent = w.iter().map(|s| s.cpu).sum::<Duration>();
+                rate(w.iter().map(|s| s.work).sum(), spent)
+            })
+            .sum::<f64>()
+            / workers.len().max(1) as f64;
+        WorkerRates {
+            total: rate(work, wall),
+            per_worker,
+        }
+    }
+}
+
+/// One worker thread: new sessions in `batches` batches of `syn` SYNs (the table
+/// emptied untimed in between), then `rounds` rounds of established UDP frames, out and
+/// in, over its own flows; every phase starts at the barrier with the other workers.
+/// Checks that each session's external port is in `share`.
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    mut t: Translator,
+    share: &std::ops::RangeInclusive<u16>,
+    barrier: &std::sync::Barrier,
+    syn: &[u8],
+    batches: usize,
+    rounds: usize,
+    packets_per_round: usize,
+    flows: usize,
+    now: Instant,
+) -> Result<WorkerSpans, String> {
+    for c in 0..CONTAINERS {
+        t.add_endpoint(endpoint(c));
+    }
+    let mut spans = WorkerSpans::default();
+    let mut work = syn.to_vec();
+    let mut problem = None;
+    // Batch 0 warms the tables' pages, untimed.
+    for b in 0..=batches {
+        empty(&mut t);
+        work.copy_from_slice(syn);
+        barrier.wait();
+        let (start, cpu0) = (Instant::now(), thread_cpu());
+        let mut created = 0u64;
+        for f in work.chunks_exact_mut(SYN_FRAME) {
+            created += u64::from(is_uplink(t.outbound(now, f)));
+        }
+        let (end, cpu) = (Instant::now(), thread_cpu() - cpu0);
+        let n = syn.len() / SYN_FRAME;
+        if created != n as u64 || t.session_count() != n {
+            problem.get_or_insert(format!("{created} of {n} SYNs made sessions"));
+        }
+        if let Some(p) = work
+            .chunks_exact(SYN_FRAME)
+            .map(src_port)
+            .find(|p| !share.contains(p))
+        {
+            problem.get_or_insert(format!("port {p} outside the worker's share {share:?}"));
+        }
+        if b > 0 {
+            spans.sessions.push(Span {
+                start,
+                end,
+                cpu,
+                work: created,
+            });
+        }
+    }
+    empty(&mut t);
+    let steady = steady_setup(&mut t, flows, now)?;
+    let mut scratch = Vec::new();
+    for r in 0..=rounds {
+        barrier.wait();
+        let (start, cpu0) = (Instant::now(), thread_cpu());
+        let out = timed(
+            &steady.udp_out,
+            UDP_FRAME,
+            &mut scratch,
+            packets_per_round / 2,
+            is_uplink,
+            |f| t.outbound(now, f),
+        );
+        let inb = timed(
+            &steady.udp_in,
+            UDP_FRAME,
+            &mut scratch,
+            packets_per_round / 2,
+            is_endpoint,
+            |f| t.inbound(now, f),
+        );
+        let (end, cpu) = (Instant::now(), thread_cpu() - cpu0);
+        if out.unexpected + inb.unexpected > 0 {
+            problem.get_or_insert(format!(
+                "{} established frames got an unexpected verdict",
+                out.unexpected + inb.unexpected
+            ));
+        }
+        if r > 0 {
+            spans.packets.push(Span {
+                start,
+                end,
+                cpu,
+                work: out.packets + inb.packets,
+            });
+        }
+    }
+    drop(black_box(t));
+    problem.map_or(Ok(spans), Err)
+}
+
+/// One run at `n` workers: `n` translators from [`Translator::for_workers`] over the
+/// production range, one thread each.
+fn run_workers(
+    n: usize,
+    sizes: &Sizes,
+    syn: &[u8],
+    now: Instant,
+) -> Result<(WorkerRates, WorkerRates), String> {
+    let translators =
+        Translator::for_workers(config(MAX_SESSIONS), n).map_err(|e| e.to_string())?;
+    let shares = PortShares::new(&TRANSLATOR_PORTS, n).map_err(|e| e.to_string())?;
+    let barrier = std::sync::Barrier::new(n);
+    let rounds = 8;
+    let results: Vec<Result<WorkerSpans, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = translators
+            .into_iter()
+            .zip(shares.iter())
+            .map(|(t, share)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    worker(
+                        t,
+                        &share,
+                        barrier,
+                        syn,
+                        sizes.worker_batches,
+                        rounds,
+                        sizes.worker_packets / rounds,
+                        sizes.flows,
+                        now,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+            .collect()
+    });
+    let spans = results.into_iter().collect::<Result<Vec<_>, String>>()?;
+    let sessions: Vec<Vec<Span>> = spans.iter().map(|w| w.sessions.clone()).collect();
+    let packets: Vec<Vec<Span>> = spans.iter().map(|w| w.packets.clone()).collect();
+    Ok((WorkerRates::of(&sessions), WorkerRates::of(&packets)))
+}
+
+/// Sessions/s and packets/s at each worker count of `sizes.workers`, per worker and in
+/// total, and the total's scaling against one worker (see [`worker_records`]).
+fn workers(sizes: &Sizes, now: Instant) -> Vec<Record> {
+    let Some(&most) = sizes.workers.iter().max() else {
+        return Vec::new();
+    };
+    // The same batch at every count: at most the smallest share of the most workers.
+    let smallest = PortShares::new(&TRANSLATOR_PORTS, most)
+        .map(|s| s.iter().map(|r| r.len()).min().unwrap_or(0))
+        .unwrap_or(0);
+    let batch = sizes.syn_batch.min(smallest);
+    let syn = syn_templates(batch);
+    // Runs interleave the counts, so one worker and two see the same machine.
+    let mut rates: Vec<Vec<(WorkerRates, WorkerRates)>> = vec![Vec::new(); sizes.workers.len()];
+    let mut problem = None;
+    for _ in 0..sizes.runs {
+        for (k, &n) in sizes.workers.iter().enumerate() {
+            match run_workers(n, sizes, &syn, now) {
+                Ok(r) => rates[k].push(r),
+                Err(e) => {
+                    problem.get_or_insert(format!("{n} workers: {e}"));
+                }
+            }
+        }
+    }
+    let setup = format!(
+        "Each worker a thread (not pinned) with its own translator from \
+         Translator::for_workers over its share of ports {}..={} (max_sessions {MAX_SESSIONS} \
+         split among them), no lock between them; {} CPUs here. New sessions: per run {} \
+         batches of {batch} outbound SYNs per worker, each a new session and mapping from \
+         the worker's share (every port checked), the table emptied untimed between \
+         batches. Packets: {} established-flow UDP frames (60 bytes) per worker per run, \
+         half outbound and half inbound replies, over {} flows of its own, passes restored \
+         untimed but inside the wall time. Total: all workers' work over the wall time of \
+         each phase (workers start together at a barrier), what this machine did with \
+         whatever else ran on it; per worker: each worker's work over its thread's CPU \
+         time (CLOCK_THREAD_CPUTIME_ID), the mean over the workers; fixed `now`",
+        TRANSLATOR_PORTS.start(),
+        TRANSLATOR_PORTS.end(),
+        cpus(),
+        sizes.worker_batches,
+        sizes.worker_packets,
+        sizes.flows,
+    );
+    worker_records(&sizes.workers, &rates, problem.as_deref(), &setup)
+}
+
+/// The workers section's records, from each count's per-run (sessions, packets)
+/// rates: per count `translator-workers-N-{sessions,packets}` (total) and
+/// `...-per-worker`, and for counts above one `...-scaling`, the total over one
+/// worker's total in the same run (median over runs).
+pub fn worker_records(
+    counts: &[usize],
+    rates: &[Vec<(WorkerRates, WorkerRates)>],
+    problem: Option<&str>,
+    setup: &str,
+) -> Vec<Record> {
+    let mut records = Vec::new();
+    let one = counts.iter().position(|&n| n == 1).map(|k| &rates[k]);
+    for (k, &n) in counts.iter().enumerate() {
+        for (what, unit, pick) in [("sessions", "sessions/s", 0), ("packets", "packets/s", 1)] {
+            let get = |r: &(WorkerRates, WorkerRates)| if pick == 0 { r.0 } else { r.1 };
+            let name = format!("translator-workers-{n}-{what}");
+            let per_name = format!("{name}-per-worker");
+            let scale_name = format!("{name}-scaling");
+            if let Some(why) = problem {
+                records.push(failed(&name, unit, why));
+                records.push(failed(&per_name, unit, why));
+                if n > 1 {
+                    records.push(failed(&scale_name, "x", why));
+                }
+                continue;
+            }
+            let totals: Vec<f64> = rates[k].iter().map(|r| get(r).total).collect();
+            let per: Vec<f64> = rates[k].iter().map(|r| get(r).per_worker).collect();
+            records.push(
+                Record::from_runs(&name, "translator", unit, &totals)
+                    .with_note(format!("{n} worker(s), {what} in total. {setup}.")),
+            );
+            records.push(
+                Record::from_runs(&per_name, "translator", unit, &per).with_note(format!(
+                    "{n} worker(s), {what} per worker per CPU-second of its thread (mean over \
+                     the workers). {setup}."
+                )),
+            );
+            if n > 1 {
+                let ratios: Vec<f64> = one
+                    .map(|base| {
+                        base.iter()
+                            .zip(&rates[k])
+                            .map(|(b, r)| get(r).total / get(b).total)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(
+                    Record::from_runs(&scale_name, "translator", "x", &ratios).with_note(format!(
+                        "translator-workers-{n}-{what} over translator-workers-1-{what}, \
+                             run by run (ideal: {n}.0). {setup}."
+                    )),
+                );
+            }
+        }
+    }
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -869,6 +1240,9 @@ mod tests {
             scale: vec![1_000, 2_600],
             scale_subset: 500,
             scale_packets: 2_000,
+            workers: vec![1, 2],
+            worker_batches: 2,
+            worker_packets: 2_000,
         }
     }
 
@@ -916,6 +1290,16 @@ mod tests {
                 "translator-memory-at-1000-sessions",
                 "translator-outbound-at-2600-sessions",
                 "translator-memory-at-2600-sessions",
+                "translator-workers-1-sessions",
+                "translator-workers-1-sessions-per-worker",
+                "translator-workers-1-packets",
+                "translator-workers-1-packets-per-worker",
+                "translator-workers-2-sessions",
+                "translator-workers-2-sessions-per-worker",
+                "translator-workers-2-sessions-scaling",
+                "translator-workers-2-packets",
+                "translator-workers-2-packets-per-worker",
+                "translator-workers-2-packets-scaling",
             ]
         );
         for r in &records {
@@ -960,6 +1344,84 @@ mod tests {
     #[ignore = "a benchmark: run in release mode, alone"]
     fn print_full_run() {
         print_run(false);
+    }
+
+    #[test]
+    fn worker_counts_go_up_to_the_cpus() {
+        assert_eq!(worker_counts(1), [1, 2]);
+        assert_eq!(worker_counts(2), [1, 2]);
+        assert_eq!(worker_counts(3), [1, 2, 3]);
+        assert_eq!(worker_counts(4), [1, 2, 4]);
+        assert_eq!(worker_counts(6), [1, 2, 4, 6]);
+        assert_eq!(worker_counts(16), [1, 2, 4, 8, 16]);
+        assert_eq!(worker_counts(24), [1, 2, 4, 8, 16, 24]);
+    }
+
+    #[test]
+    fn worker_rates_are_work_over_wall_time() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let span = |from: u64, to: u64, work: u64| Span {
+            start: at(from),
+            end: at(to),
+            cpu: Duration::from_millis(to - from),
+            work,
+        };
+        // Two workers side by side, 100 each in 100 ms, twice.
+        let both = [
+            vec![span(0, 100, 100), span(200, 300, 100)],
+            vec![span(0, 100, 100), span(200, 300, 100)],
+        ];
+        let r = WorkerRates::of(&both);
+        assert!((r.total - 2000.0).abs() < 1e-6, "{r:?}");
+        assert!((r.per_worker - 1000.0).abs() < 1e-6, "{r:?}");
+        // One after the other (one CPU): the total is no better than one worker.
+        let serial = [vec![span(0, 100, 100)], vec![span(100, 200, 100)]];
+        let r = WorkerRates::of(&serial);
+        assert!((r.total - 1000.0).abs() < 1e-6, "{r:?}");
+        assert!((r.per_worker - 1000.0).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn worker_records_report_totals_per_worker_and_scaling() {
+        let rates = |s: f64, p: f64, per: f64| {
+            (
+                WorkerRates {
+                    total: s,
+                    per_worker: s * per,
+                },
+                WorkerRates {
+                    total: p,
+                    per_worker: p * per,
+                },
+            )
+        };
+        let counts = [1, 2];
+        let runs = [
+            vec![rates(100.0, 1000.0, 1.0), rates(110.0, 900.0, 1.0)],
+            vec![rates(190.0, 1900.0, 0.5), rates(231.0, 1800.0, 0.5)],
+        ];
+        let r = worker_records(&counts, &runs, None, "setup");
+        let by = |name: &str| r.iter().find(|r| r.workload == name).unwrap();
+        assert_eq!(r.len(), 10);
+        assert_eq!(by("translator-workers-1-sessions").value, 105.0);
+        assert_eq!(by("translator-workers-1-sessions").unit, "sessions/s");
+        assert_eq!(by("translator-workers-2-packets").unit, "packets/s");
+        assert_eq!(by("translator-workers-2-sessions-per-worker").value, 105.25);
+        // Run by run: 190/100 and 231/110, median 2.0; packets 1.9 and 2.0.
+        let s = by("translator-workers-2-sessions-scaling");
+        assert_eq!((s.unit.as_str(), s.runs), ("x", 2));
+        assert!((s.value - 2.0).abs() < 1e-9, "{s:?}");
+        let p = by("translator-workers-2-packets-scaling");
+        assert!((p.value - 1.95).abs() < 1e-9, "{p:?}");
+        assert!(p.note.as_deref().unwrap().contains("ideal: 2.0"));
+        assert!(r.iter().all(|r| r.path == "translator"));
+        // A failure marks every record.
+        let r = worker_records(&counts, &[vec![], vec![]], Some("boom"), "setup");
+        assert_eq!(r.len(), 10);
+        assert!(r
+            .iter()
+            .all(|r| r.runs == 0 && r.note.as_deref().unwrap().contains("FAILED")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`checksum`]: RFC 1071 sums and RFC 1624 incremental updates.
 //! - [`wire`]: typed, bounds-checked views over Ethernet / IPv4 / TCP / UDP / ICMP bytes.
 //! - [`session`]: the session table, port pools, TCP state tracking and eviction.
+//! - [`shares`]: the port range split among worker translators ([`PortShares`]).
 //! - [`translator`]: [`Translator`], the outbound and inbound rewrite paths.
 //!
 //! Behaviour in brief:
@@ -31,6 +32,7 @@
 pub mod checksum;
 pub mod fragment;
 pub mod session;
+pub mod shares;
 pub mod translate;
 pub mod wire;
 
@@ -39,6 +41,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
+pub use shares::{split_ports, PortShares, ShareError};
 pub use translate::{Translator, OFFLOAD_AFTER_PACKETS};
 
 /// What the translator is configured with.
@@ -293,6 +296,8 @@ pub enum NatError {
     ZeroPort,
     #[error("invalid NAT configuration: {0}")]
     InvalidConfig(&'static str),
+    #[error(transparent)]
+    Shares(#[from] ShareError),
 }
 
 /// Counters. Monotonic since the translator was made.

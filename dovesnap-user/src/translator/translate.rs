@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
 use std::time::Instant;
 
 use super::checksum;
@@ -18,6 +19,8 @@ use super::wire::{
     icmp_type, tcp_flags, EthernetFrame, IcmpPacket, Ipv4Packet, QuotedL4, TcpPacket, UdpPacket,
     ETHERTYPE_IPV4,
 };
+#[cfg(doc)]
+use super::PortShares;
 use super::{
     Config, DropReason, EndpointInfo, NatError, Offloaded, PortEvent, Protocol, SessionView, Stats,
     Verdict,
@@ -44,6 +47,9 @@ pub struct Translator {
     offload_after: u32,
     /// Fragmented datagrams whose first fragment was translated.
     frags: FragTable,
+    /// All the workers' ports when this translator is one of several
+    /// ([`Translator::for_workers`]); [`Config::ports`] (its own share) otherwise.
+    all_ports: RangeInclusive<u16>,
 }
 
 /// Packets a session carries through the translator before it is offloaded: short
@@ -411,6 +417,7 @@ impl Translator {
             ));
         }
         Ok(Translator {
+            all_ports: config.ports.clone(),
             table: SessionTable::new(
                 config.max_sessions,
                 config.max_sessions_per_endpoint,
@@ -426,6 +433,33 @@ impl Translator {
             offload_after: OFFLOAD_AFTER_PACKETS,
             frags: FragTable::new(FRAG_DATAGRAMS, FRAG_LIFETIME),
         })
+    }
+
+    /// `workers` translators that share `config`'s work, one per worker thread: each
+    /// allocates only from its own share of [`Config::ports`] and holds its part of the
+    /// limits ([`Config::split`]), so they never hand out the same external port and
+    /// need no lock between them. A flow must always reach the same worker (see
+    /// docs/design/nat-fast-tc.md, step 5): replies to a dynamic session reach the
+    /// worker whose share holds their destination port ([`PortShares::owner`]).
+    /// `workers == 1` is [`Translator::try_new`]. Endpoints and publications are each
+    /// worker's to be told.
+    pub fn for_workers(config: Config, workers: usize) -> Result<Vec<Self>, NatError> {
+        let all_ports = config.ports.clone();
+        config
+            .split(workers)?
+            .into_iter()
+            .map(|c| {
+                let mut t = Self::try_new(c)?;
+                t.all_ports = all_ports.clone();
+                Ok(t)
+            })
+            .collect()
+    }
+
+    /// Whether `port` is another worker's: in the workers' whole range, outside this
+    /// translator's share.
+    fn is_foreign(&self, port: u16) -> bool {
+        self.all_ports.contains(&port) && !self.config.ports.contains(&port)
     }
 
     pub fn config(&self) -> &Config {
@@ -969,8 +1003,9 @@ impl Translator {
     }
 
     /// Takes over flows the kernel's conntrack carried for this translator's endpoints
-    /// (see [`super::session::SessionTable::adopt`]); flows of other addresses, or
-    /// through a port that is not published to that container, are skipped. Returns how
+    /// (see [`super::session::SessionTable::adopt`]); flows of other addresses, through
+    /// a port that is not published to that container, or (one of several workers) on
+    /// another worker's port, are skipped. Returns how
     /// many were adopted and how many refused (their external side is taken).
     pub fn adopt(
         &mut self,
@@ -982,13 +1017,16 @@ impl Translator {
         for a in flows {
             let inside = SocketAddrV4::new(a.inside.0, a.inside.1);
             // A publication is registered after its endpoint: a published flow is taken
-            // unless its port is published to another container.
+            // unless its port is published to another container. A dynamic flow on
+            // another worker's port is that worker's to adopt.
             let ours = self.endpoints.contains_key(&a.inside.0)
-                && (!a.published
-                    || self
-                        .published
+                && if a.published {
+                    self.published
                         .get(&(a.protocol, a.external_port))
-                        .is_none_or(|to| *to == inside));
+                        .is_none_or(|to| *to == inside)
+                } else {
+                    !self.is_foreign(a.external_port)
+                };
             if !ours {
                 continue;
             }
@@ -1047,7 +1085,11 @@ mod tests {
     }
 
     fn with_config(config: Config) -> Translator {
-        let mut t = Translator::new(config);
+        with_endpoints(Translator::new(config))
+    }
+
+    /// `t` with C1 (TX port 1) and C2 (TX port 2) registered.
+    fn with_endpoints(mut t: Translator) -> Translator {
         t.add_endpoint(EndpointInfo {
             ip: C1,
             mac: C1_MAC,
@@ -1579,6 +1621,71 @@ mod tests {
         let created = t.stats().sessions_adopted;
         t.adopt(now, [flow((C1, 5000), 40050, false)]);
         assert_eq!(t.stats().sessions_adopted, created);
+    }
+
+    #[test]
+    fn workers_never_hand_out_the_same_port() {
+        use super::super::session::Adoptee;
+        use super::super::{PortShares, ShareError};
+        let now = Instant::now();
+        let one = Translator::for_workers(config(PORTS, 1000), 1).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].config(), &config(PORTS, 1000));
+        assert_eq!(
+            Translator::for_workers(config(PORTS, 1000), 101).unwrap_err(),
+            NatError::Shares(ShareError::TooManyWorkers {
+                workers: 101,
+                ports: 100,
+                first: 40000,
+                last: 40099
+            })
+        );
+        let shares = PortShares::new(&PORTS, 3).unwrap();
+        let mut workers: Vec<Translator> = Translator::for_workers(config(PORTS, 1000), 3)
+            .unwrap()
+            .into_iter()
+            .map(with_endpoints)
+            .collect();
+        // Each worker maps new inside endpoints until its share runs out.
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in workers.iter_mut().enumerate() {
+            let share = shares.share(i).unwrap();
+            assert_eq!(t.config().ports, share);
+            assert_eq!(t.config().max_sessions, 334);
+            for sp in 0..share.len() as u16 {
+                let s = go_out(t, now, out_udp(C1, 2000 + sp, R, 53));
+                assert!(share.contains(&s.sport), "worker {i}: {}", s.sport);
+                assert_eq!(shares.owner(s.sport), Some(i));
+                assert!(seen.insert(s.sport), "port {} handed out twice", s.sport);
+            }
+            // Its share is all mapped: a new endpoint's port comes from evicting one of
+            // its own (unanswered) sessions, never from another share.
+            let s = go_out(t, now, out_udp(C1, 3000, R, 53));
+            assert!(share.contains(&s.sport), "worker {i}: {}", s.sport);
+            assert_eq!(t.stats().sessions_evicted, 1);
+        }
+        assert_eq!(seen.len(), PORTS.len(), "the shares together are the range");
+        // A reply reaches only the worker that owns its port.
+        let mut f = in_udp(R, 53, 40050);
+        assert_eq!(shares.owner(40050), Some(1));
+        assert!(matches!(
+            workers[0].inbound(now, &mut f),
+            Verdict::Drop(DropReason::NoSession)
+        ));
+        // Adoption: a dynamic flow on a worker's port is that worker's alone, whichever
+        // workers are given it; a port outside the range (the masquerade's) is taken by
+        // the worker it is given to (the caller picks one).
+        let flow = |sp: u16, ext: u16| Adoptee {
+            protocol: Protocol::Tcp,
+            inside: (C2, sp),
+            remote: (R2, 443),
+            external_port: ext,
+            published: false,
+        };
+        let flows = [flow(1, 40000), flow(2, 40040), flow(3, 40090)];
+        let got: Vec<(u64, u64)> = workers.iter_mut().map(|t| t.adopt(now, flows)).collect();
+        assert_eq!(got, [(1, 0), (1, 0), (1, 0)]);
+        assert_eq!(workers[2].adopt(now, [flow(4, 33000)]), (1, 0));
     }
 
     #[test]
