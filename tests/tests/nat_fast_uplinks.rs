@@ -100,7 +100,8 @@ enum Kind {
 impl Kind {
     const ALL: [Kind; 4] = [Kind::Veth, Kind::VethGro, Kind::Bridge, Kind::Macvlan];
 
-    /// Whether nat-fast keeps the endpoints on the fast path over this uplink.
+    /// Whether the xdp engine keeps the endpoints on the fast path over this uplink (the
+    /// tc engine does on every kind).
     fn fast(self) -> bool {
         matches!(self, Kind::Veth | Kind::VethGro)
     }
@@ -547,6 +548,11 @@ fn tc_carried(kind: Kind, up: &Uplink, ip: &str, before: &Value, after: &Value) 
         assert!(grew(name) > 0, "{kind:?}: {name} did not grow: {fp:#}");
     }
     assert_eq!(grew("tc-redirect-failed"), 0, "{kind:?}: {fp:#}");
+    // No tc endpoint (`ovst<id>`) is said to be on the kernel's path.
+    let fallback: Vec<&Value> = (fp["kernel_path"].as_array().into_iter().flatten())
+        .filter(|e| e[0].as_str().is_some_and(|p| p.starts_with("ovst")))
+        .collect();
+    assert!(fallback.is_empty(), "{kind:?}: {fallback:?}");
     assert!(
         tracked.is_empty(),
         "{kind:?}: netfilter tracked the tc engine's transfers of {ip}: {tracked:#?}"
