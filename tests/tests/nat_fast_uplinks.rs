@@ -61,28 +61,32 @@ const TC_PORT: u16 = 18240;
 /// Ports of the far side's upload receivers, one per network of [`FLAVOURS`].
 const UPLOAD_PORTS: [u16; 3] = [9001, 9002, 9003];
 
-/// `python3 -c RECEIVER IP PORT N OUT`: takes one connection, reads exactly N bytes
-/// (busybox nc does not half-close, so no waiting for EOF), closes, then writes the hex
-/// SHA-256 of what came (or how much was missing) to OUT.
+/// `python3 -c RECEIVER IP N PORT OUT [PORT OUT]...`: on each PORT (one process, so
+/// one start-up wait), takes one connection, reads exactly N bytes (busybox nc does not
+/// half-close, so no waiting for EOF), closes, then writes the hex SHA-256 of what came
+/// (or how much was missing) to its OUT.
 const RECEIVER: &str = r#"
-import hashlib, os, socket, sys
-ip, port, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((ip, port)); s.listen(1)
-c, _ = s.accept(); c.settimeout(30)
-h, left = hashlib.sha256(), n
-try:
-    while left:
-        d = c.recv(min(left, 1 << 20))
-        if not d:
-            break
-        h.update(d); left -= len(d)
-except OSError:
-    pass
-c.close()
-with open(out + ".tmp", "w") as f:
-    f.write(h.hexdigest() if left == 0 else "short by %d bytes" % left)
-os.rename(out + ".tmp", out)
+import hashlib, os, socket, sys, threading
+ip, n = sys.argv[1], int(sys.argv[2])
+def serve(s, out):
+    c, _ = s.accept(); c.settimeout(30)
+    h, left = hashlib.sha256(), n
+    try:
+        while left:
+            d = c.recv(min(left, 1 << 20))
+            if not d:
+                break
+            h.update(d); left -= len(d)
+    except OSError:
+        pass
+    c.close()
+    with open(out + ".tmp", "w") as f:
+        f.write(h.hexdigest() if left == 0 else "short by %d bytes" % left)
+    os.rename(out + ".tmp", out)
+for port, out in zip(sys.argv[3::2], sys.argv[4::2]):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, int(port))); s.listen(1)
+    threading.Thread(target=serve, args=(s, out)).start()
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,17 +234,13 @@ impl Uplink {
         ]);
         let results = UPLOAD_PORTS.map(|p| scratch.dir.join(format!("up-{idx}-{p}")));
         let far_ip = far.far_ip.clone();
-        for (port, out) in UPLOAD_PORTS.iter().zip(&results) {
-            far.spawn(&[
-                "python3",
-                "-c",
-                RECEIVER,
-                &far_ip,
-                &port.to_string(),
-                &BLOB_BYTES.to_string(),
-                out.to_str().expect("utf-8 path"),
-            ]);
+        let bytes = BLOB_BYTES.to_string();
+        let ports = UPLOAD_PORTS.map(|p| p.to_string());
+        let mut receiver = vec!["python3", "-c", RECEIVER, &far_ip, &bytes];
+        for (port, out) in ports.iter().zip(&results) {
+            receiver.extend([port.as_str(), out.to_str().expect("utf-8 path")]);
         }
+        far.spawn(&receiver);
         Uplink {
             _dev: dev,
             far,
