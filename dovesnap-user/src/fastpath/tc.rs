@@ -1,6 +1,7 @@
 //! The tc engine's attachments (`ovs.nat.engine=tc`, docs/design/nat-fast-tc.md §2.2,
 //! §4): `dovesnap_tc_endpoint` on each split endpoint's container-side host end
-//! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink, both on tcx ingress through links
+//! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink (and, if that is a bridge, on its
+//! ports: see [`bridge_ports`]), all on tcx ingress through links
 //! this process owns, so a `kill -9` leaves only the persistent legacy patch and every
 //! frame takes the kernel path. The endpoint program makes the sessions of new TCP/UDP
 //! flows in `CT` itself; both forward what `CT` holds and return `TCX_NEXT` for
