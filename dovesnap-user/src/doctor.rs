@@ -1133,13 +1133,15 @@ pub fn uplink_finding(
         Ok(f) if !f.native() => Check::warn(
             NAME,
             format!(
-                "{name}: {f}: nat-fast endpoints on this uplink use the kernel's nat path (in \
-                 generic mode XDP sees GRO super-packets, which AF_XDP frames cannot hold)"
+                "{name}: {f}: nat-fast endpoints of the xdp engine (the default) on this \
+                 uplink use the kernel's nat path (in generic mode XDP sees GRO \
+                 super-packets, which AF_XDP frames cannot hold)"
             ),
             format!(
-                "to use the fast path, give nat-fast networks an uplink whose driver runs XDP \
-                 natively (`-o ovs.nat.uplink=IFACE`); a bridge or macvlan never does; or use \
-                 mode=nat for {name}'s networks"
+                "to use the fast path, create {name}'s nat-fast networks with \
+                 `-o ovs.nat.engine=tc` (tcx programs, no XDP: they carry sessions on any \
+                 uplink, a bridge or macvlan included), or give them an uplink whose driver \
+                 runs XDP natively (`-o ovs.nat.uplink=IFACE`); or use mode=nat"
             ),
         ),
         Ok(f) if !f.redirect_target() => Check::warn(
@@ -1544,6 +1546,8 @@ mod tests {
         let bridge = uplink_finding("br0", Ok(XdpFeatures(0)));
         assert_eq!(bridge.status, Status::Warn);
         assert!(bridge.detail.contains("kernel's nat path"), "{bridge:?}");
+        let fix = bridge.fix.as_deref().unwrap();
+        assert!(fix.contains("ovs.nat.engine=tc"), "{bridge:?}");
         let gone = uplink_finding("nope0", Err("No such file".into()));
         assert_eq!(gone.status, Status::Warn);
         assert!(gone.detail.starts_with("nope0: cannot read"), "{gone:?}");

@@ -3,14 +3,27 @@
 //!
 //! The far side keeps the kernel's defaults (no ethtool on its end unless the kind
 //! says so: GRO off, TX checksum offload on), unlike docker_nat_fast.rs whose far end
-//! stands in for a well-behaved NIC. On each uplink two nat-fast networks, one that
-//! offloads established sessions to XDP (the default) and one with
-//! `ovs.nat.offload=false`, each with one container that carries a 20 MiB download,
-//! a 20 MiB upload (SHA-256 compared at both ends), a ping and a published port. Then
-//! the status says which path each endpoint took: the fast path on the veths (with
-//! offload one way only when the uplink takes no XDP redirects), the kernel's nat path
-//! (with the reason, generic XDP) on the bridge and the macvlan, where conntrack shows
-//! that netfilter carried the traffic.
+//! stands in for a well-behaved NIC. On each uplink three nat-fast networks: one with
+//! the xdp engine that offloads established sessions to XDP (the default), one with
+//! `ovs.nat.offload=false`, and one with `ovs.nat.engine=tc`, each with one container
+//! that carries a 20 MiB download, a 20 MiB upload (SHA-256 compared at both ends), a
+//! ping and a published port. Then the status says which path each endpoint took.
+//!
+//! - xdp engine: the fast path on the veths (with offload one way only when the uplink
+//!   takes no XDP redirects), the kernel's nat path (with the reason, generic XDP) on
+//!   the bridge and the macvlan, where conntrack shows that netfilter carried the
+//!   traffic.
+//! - tc engine: its programs carry both transfers on every kind (sessions made at the
+//!   SYNs, `tc-out`/`tc-in`/`tc-gso-frames` grown, no conntrack entry for either half
+//!   of them). It puts no XDP on the uplink, only tcx ingress programs, which every
+//!   device takes whatever its driver: the bridge and the macvlan, which have generic
+//!   XDP only, stand for a NIC without native XDP, where the tc engine therefore runs
+//!   its fast path as on a veth (GSO kept) while the xdp engine falls back to the
+//!   kernel. On a bridge the uplink program also sits on the bridge's ports: a reply
+//!   meets it there before the bridge's netfilter hooks (br_netfilter, which Docker
+//!   turns on), which would see a new flow and apply DNAT to it. The daemon's tc slice
+//!   is one port, the one the tc container is published on, so every tc session's
+//!   replies come to a published port's number.
 //!
 //! Beside them: other NATs on the same uplink (an ovs nat network and Docker's own
 //! bridge) whose flows leave from ports of the translator's range keep their replies.
@@ -21,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use dovesnap_tests::docker::{start_plugin, Container, Network};
+use dovesnap_tests::docker::{start_plugin, start_plugin_with, Container, Network};
 use dovesnap_tests::far::Far;
 use dovesnap_tests::status::{
     dataplane_counter, endpoint_at, find_in, translator_counter, xdp_counter,
@@ -31,31 +44,49 @@ use dovesnap_tests::{run, sh};
 const BLOB_BYTES: usize = 20 << 20;
 /// Port of the far side's HTTP server of the blob.
 const BLOB_PORT: u16 = 8000;
-/// Ports of the far side's upload receivers: the offload network's, the other's.
-const UPLOAD_PORTS: [u16; 2] = [9001, 9002];
+/// The nat-fast networks on each uplink, one container each, in this order: the xdp
+/// engine with offload (the default), without, and the tc engine.
+const FLAVOURS: [(&str, &[&str]); 3] = [
+    ("on", &[]),
+    ("off", &["-o", "ovs.nat.offload=false"]),
+    ("tc", &["-o", "ovs.nat.engine=tc"]),
+];
+/// The tc engine's network in [`FLAVOURS`].
+const TC: usize = 2;
+/// The one external port the tc programs may claim (`--nat-kernel-ports`), which is
+/// also the host port the tc engine's container is published on: every session it
+/// makes has the external port of a published port, whose DNAT must not touch the
+/// session's replies.
+const TC_PORT: u16 = 18240;
+/// Ports of the far side's upload receivers, one per network of [`FLAVOURS`].
+const UPLOAD_PORTS: [u16; 3] = [9001, 9002, 9003];
 
-/// `python3 -c RECEIVER IP PORT N OUT`: takes one connection, reads exactly N bytes
-/// (busybox nc does not half-close, so no waiting for EOF), closes, then writes the hex
-/// SHA-256 of what came (or how much was missing) to OUT.
+/// `python3 -c RECEIVER IP N PORT OUT [PORT OUT]...`: on each PORT (one process, so
+/// one start-up wait), takes one connection, reads exactly N bytes (busybox nc does not
+/// half-close, so no waiting for EOF), closes, then writes the hex SHA-256 of what came
+/// (or how much was missing) to its OUT.
 const RECEIVER: &str = r#"
-import hashlib, os, socket, sys
-ip, port, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((ip, port)); s.listen(1)
-c, _ = s.accept(); c.settimeout(30)
-h, left = hashlib.sha256(), n
-try:
-    while left:
-        d = c.recv(min(left, 1 << 20))
-        if not d:
-            break
-        h.update(d); left -= len(d)
-except OSError:
-    pass
-c.close()
-with open(out + ".tmp", "w") as f:
-    f.write(h.hexdigest() if left == 0 else "short by %d bytes" % left)
-os.rename(out + ".tmp", out)
+import hashlib, os, socket, sys, threading
+ip, n = sys.argv[1], int(sys.argv[2])
+def serve(s, out):
+    c, _ = s.accept(); c.settimeout(30)
+    h, left = hashlib.sha256(), n
+    try:
+        while left:
+            d = c.recv(min(left, 1 << 20))
+            if not d:
+                break
+            h.update(d); left -= len(d)
+    except OSError:
+        pass
+    c.close()
+    with open(out + ".tmp", "w") as f:
+        f.write(h.hexdigest() if left == 0 else "short by %d bytes" % left)
+    os.rename(out + ".tmp", out)
+for port, out in zip(sys.argv[3::2], sys.argv[4::2]):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, int(port))); s.listen(1)
+    threading.Thread(target=serve, args=(s, out)).start()
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +104,8 @@ enum Kind {
 impl Kind {
     const ALL: [Kind; 4] = [Kind::Veth, Kind::VethGro, Kind::Bridge, Kind::Macvlan];
 
-    /// Whether nat-fast keeps the endpoints on the fast path over this uplink.
+    /// Whether the xdp engine keeps the endpoints on the fast path over this uplink (the
+    /// tc engine does on every kind).
     fn fast(self) -> bool {
         matches!(self, Kind::Veth | Kind::VethGro)
     }
@@ -150,7 +182,7 @@ struct Uplink {
     /// What `ovs.nat.uplink` names.
     name: String,
     /// Where the receivers write the SHA-256 of what they got, per upload port.
-    results: [PathBuf; 2],
+    results: [PathBuf; 3],
 }
 
 impl Uplink {
@@ -202,17 +234,13 @@ impl Uplink {
         ]);
         let results = UPLOAD_PORTS.map(|p| scratch.dir.join(format!("up-{idx}-{p}")));
         let far_ip = far.far_ip.clone();
-        for (port, out) in UPLOAD_PORTS.iter().zip(&results) {
-            far.spawn(&[
-                "python3",
-                "-c",
-                RECEIVER,
-                &far_ip,
-                &port.to_string(),
-                &BLOB_BYTES.to_string(),
-                out.to_str().expect("utf-8 path"),
-            ]);
+        let bytes = BLOB_BYTES.to_string();
+        let ports = UPLOAD_PORTS.map(|p| p.to_string());
+        let mut receiver = vec!["python3", "-c", RECEIVER, &far_ip, &bytes];
+        for (port, out) in ports.iter().zip(&results) {
+            receiver.extend([port.as_str(), out.to_str().expect("utf-8 path")]);
         }
+        far.spawn(&receiver);
         Uplink {
             _dev: dev,
             far,
@@ -319,18 +347,27 @@ fn traffic(
     c_ip
 }
 
+/// Network `slot` of [`FLAVOURS`] on uplink `idx`: (its name, its subnet, the host port
+/// its container's port 80 is published on). The xdp engine's keep the numbers they had
+/// before the tc engine's joined them.
+fn flavour(idx: usize, slot: usize) -> (String, String, u16) {
+    let what = format!("dsup-{idx}-{}", FLAVOURS[slot].0);
+    let (net, port) = if slot == TC {
+        (70 + idx, usize::from(TC_PORT))
+    } else {
+        (50 + 2 * idx + slot, 18230 + 2 * idx + slot)
+    };
+    (what, format!("10.232.{net}.0/24"), port as u16)
+}
+
 fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scratch: &Scratch) {
     let started = Instant::now();
     let up = Uplink::new(kind, idx, scratch);
     let uplink_opt = format!("ovs.nat.uplink={}", up.name);
     let mut nets = Vec::new();
     let mut containers = Vec::new();
-    for (slot, extra) in [&[][..], &["-o", "ovs.nat.offload=false"][..]]
-        .into_iter()
-        .enumerate()
-    {
-        let what = format!("dsup-{idx}-{}", ["on", "off"][slot]);
-        let subnet = format!("10.232.{}.0/24", 50 + 2 * idx + slot);
+    for (slot, (_, extra)) in FLAVOURS.into_iter().enumerate() {
+        let (what, subnet, host_port) = flavour(idx, slot);
         let mut args = vec![
             "-o",
             "mode=nat-fast",
@@ -341,7 +378,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
         ];
         args.extend_from_slice(extra);
         let net = Network::create(&what, &args);
-        let publish = format!("{}:80", 18230 + 2 * idx + slot);
+        let publish = format!("{host_port}:80");
         let c = Container::httpd_with(&what, &net, &["-p", &publish], &what);
         nets.push(net);
         containers.push(c);
@@ -350,9 +387,8 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
     let s0 = plugin.status();
     let mut ips = Vec::new();
     let mut statuses = Vec::new();
-    for slot in 0..2 {
-        let what = format!("dsup-{idx}-{}", ["on", "off"][slot]);
-        let host_port = 18230 + 2 * idx as u16 + slot as u16;
+    for slot in 0..FLAVOURS.len() {
+        let (what, _, host_port) = flavour(idx, slot);
         ips.push(traffic(
             &what,
             &up,
@@ -453,6 +489,7 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
             "{kind:?}: XDP redirects failed: {s2:#}"
         );
     }
+    tc_carried(kind, &up, &ips[TC], s2, &statuses[TC]);
     // Containers, then networks, then the uplink.
     drop(containers);
     drop(nets);
@@ -460,10 +497,73 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
     eprintln!("{kind:?}: {:.1?}", started.elapsed());
 }
 
+/// Which path carried the tc engine's container `ip` on this uplink, from the status
+/// before its traffic and after: the tc programs (sessions made at the SYNs, GSO
+/// super-packets rewritten and redirected both ways, the transfers unseen by
+/// conntrack), or the kernel's path with the reason in the status.
+fn tc_carried(kind: Kind, up: &Uplink, ip: &str, before: &Value, after: &Value) {
+    let grew = |name| xdp_counter(after, name) - xdp_counter(before, name);
+    let fp = &after["fast_path"];
+    let download = format!("dport={BLOB_PORT}");
+    let upload = format!("dport={}", UPLOAD_PORTS[TC]);
+    let mut tracked: Vec<String> = [download, upload]
+        .iter()
+        .flat_map(|port| conntrack_entries(&[ip, port]))
+        .collect();
+    // Nor the far side's half alone, which netfilter would see before the program if it
+    // ran first (a bridge's br_netfilter hooks).
+    let (far, host) = (&up.far.far_ip, &up.far.host_ip);
+    for port in [BLOB_PORT, UPLOAD_PORTS[TC]] {
+        let half = format!("{far} dst={host} sport={port} ");
+        let original = |l: &String| l.split("src=").nth(1).is_some_and(|o| o.starts_with(&half));
+        tracked.extend(conntrack_entries(&[&half]).into_iter().filter(original));
+    }
+    // On the uplink, and on a bridge's port too: a reply must meet the program before
+    // the bridge's netfilter hooks (br_netfilter), whose DNAT of the published port
+    // equal to the sessions' external port would take it.
+    let mut devices = vec![up.name.as_str()];
+    if kind == Kind::Bridge {
+        devices.push(&up.far.uplink.host);
+    }
+    for dev in devices {
+        let on = (fp["attached"].as_array().into_iter().flatten())
+            .any(|a| a[0] == dev && a[1] == "tcx dovesnap_tc_uplink");
+        assert!(on, "{kind:?}: no tc program on {dev}: {fp:#}");
+    }
+    let names = [
+        "tc-created",
+        "tc-out",
+        "tc-in",
+        "tc-gso-frames",
+        "tc-gso-segments",
+    ];
+    let counts: Vec<(&str, u64)> = names.iter().map(|&n| (n, grew(n))).collect();
+    eprintln!("{kind:?}, tc engine: {counts:?}");
+    // The download's and the upload's connections.
+    assert!(
+        grew("tc-created") >= 2,
+        "{kind:?}: the tc program made no sessions for {ip}: {fp:#}"
+    );
+    for name in ["tc-out", "tc-in", "tc-gso-frames"] {
+        assert!(grew(name) > 0, "{kind:?}: {name} did not grow: {fp:#}");
+    }
+    assert_eq!(grew("tc-redirect-failed"), 0, "{kind:?}: {fp:#}");
+    // No tc endpoint (`ovst<id>`) is said to be on the kernel's path.
+    let fallback: Vec<&Value> = (fp["kernel_path"].as_array().into_iter().flatten())
+        .filter(|e| e[0].as_str().is_some_and(|p| p.starts_with("ovst")))
+        .collect();
+    assert!(fallback.is_empty(), "{kind:?}: {fallback:?}");
+    assert!(
+        tracked.is_empty(),
+        "{kind:?}: netfilter tracked the tc engine's transfers of {ip}: {tracked:#?}"
+    );
+}
+
 #[test]
 #[ignore = "needs root, Open vSwitch, XDP, AF_XDP and dockerd (cargo xtask test)"]
 fn every_kind_of_uplink_carries_traffic_intact() {
-    let plugin = start_plugin();
+    let (ports, kernel_ports) = (format!("1024-{TC_PORT}"), format!("{TC_PORT}-{TC_PORT}"));
+    let plugin = start_plugin_with(&["--nat-ports", &ports, "--nat-kernel-ports", &kernel_ports]);
     let scratch = Scratch::new();
     for (idx, kind) in Kind::ALL.into_iter().enumerate() {
         one_kind(&plugin, kind, idx, &scratch);

@@ -1,6 +1,7 @@
 //! The tc engine's attachments (`ovs.nat.engine=tc`, docs/design/nat-fast-tc.md §2.2,
 //! §4): `dovesnap_tc_endpoint` on each split endpoint's container-side host end
-//! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink, both on tcx ingress through links
+//! (`ovst<id>`), `dovesnap_tc_uplink` on its uplink (and, if that is a bridge, on its
+//! ports: see [`bridge_ports`]), all on tcx ingress through links
 //! this process owns, so a `kill -9` leaves only the persistent legacy patch and every
 //! frame takes the kernel path. The endpoint program makes the sessions of new TCP/UDP
 //! flows in `CT` itself; both forward what `CT` holds and return `TCX_NEXT` for
@@ -8,6 +9,7 @@
 //! endpoint program which container ports the kernel's DNAT answers from.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use tracing::{info, warn};
 
@@ -31,6 +33,37 @@ pub(super) struct TcUplink {
     ifindex: u32,
     addr: Ipv4Addr,
     users: usize,
+    /// A bridge's ports that carry the program too (name, ifindex): see
+    /// [`bridge_ports`].
+    ports: Vec<(String, u32)>,
+}
+
+/// Where the kernel lists network devices and their attributes.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// The ports (name, ifindex) of `name` if it is a Linux bridge, sorted by name; empty
+/// for any other device, or one that is gone.
+///
+/// A frame for the bridge's address arriving on a port passes the bridge's netfilter
+/// hooks (br_netfilter, on wherever Docker runs: `bridge-nf-call-iptables`) before
+/// the bridge device's tc ingress, so the uplink program there comes too late: a
+/// session's reply looks like a new flow to conntrack and a DNAT rule for a published
+/// port equal to the session's external port takes it (the tcx ingress of the port
+/// runs before the bridge does, and before its hooks).
+pub(super) fn bridge_ports(sys_class_net: &Path, name: &str) -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir(sys_class_net.join(name).join("brif")) else {
+        return Vec::new();
+    };
+    let mut ports: Vec<(String, u32)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let port = e.file_name().into_string().ok()?;
+            let index = std::fs::read_to_string(sys_class_net.join(&port).join("ifindex"));
+            Some((port, index.ok()?.trim().parse().ok()?))
+        })
+        .collect();
+    ports.sort();
+    ports
 }
 
 /// The `IFACES` entry of an uplink only the tc programs read: no socket slots.
@@ -174,15 +207,45 @@ impl FastPath {
             }
             return Err(e.into());
         }
+        let ports = self.attach_tc_bridge_ports(spec);
         self.tc_uplinks.insert(
             spec.name.clone(),
             TcUplink {
                 ifindex: spec.ifindex,
                 addr: spec.addr,
                 users: 1,
+                ports,
             },
         );
         Ok(())
+    }
+
+    /// If the uplink is a bridge: the uplink program on each of its ports as well
+    /// (see [`bridge_ports`]), with the uplink's `IFACES` entry. A port that cannot take
+    /// it (or is an xdp-engine uplink itself) is left out, logged: the bridge's own
+    /// program still carries what arrives there. Returns the ports that took it.
+    fn attach_tc_bridge_ports(&mut self, spec: &UplinkSpec) -> Vec<(String, u32)> {
+        let mut done = Vec::new();
+        for (port, ifindex) in bridge_ports(Path::new(SYS_CLASS_NET), &spec.name) {
+            if self.uplinks.contains_key(&port) {
+                continue;
+            }
+            let r = (self.xdp)
+                .set_tc_iface(ifindex, &tc_uplink_entry(spec.addr, spec.ifindex))
+                .and_then(|()| self.xdp.tc_attach(TcProgram::Uplink, &port));
+            match r {
+                Ok(()) => done.push((port, ifindex)),
+                Err(e) => {
+                    let _ = self.xdp.remove_iface(ifindex);
+                    warn!(uplink = %spec.name, %port, "tc program not on this bridge port: {e}");
+                }
+            }
+        }
+        if !done.is_empty() {
+            let names: Vec<&str> = done.iter().map(|(p, _)| p.as_str()).collect();
+            info!(uplink = %spec.name, ports = ?names, "tc uplink program on the bridge's ports");
+        }
+        done
     }
 
     /// One endpoint fewer on `name`. The uplink's program stays attached with no user
@@ -214,6 +277,12 @@ impl FastPath {
         let Some(u) = self.tc_uplinks.remove(name) else {
             return;
         };
+        for (port, ifindex) in &u.ports {
+            if let Err(e) = self.xdp.tc_detach(TcProgram::Uplink, port) {
+                warn!(uplink = %name, %port, "cannot detach the tc program: {e}");
+            }
+            let _ = self.xdp.remove_iface(*ifindex);
+        }
         if let Err(e) = self.xdp.tc_detach(TcProgram::Uplink, name) {
             warn!(uplink = %name, "cannot detach the tc program: {e}");
         }
@@ -229,5 +298,35 @@ impl FastPath {
             Some(u) => (self.xdp).set_tc_iface(u.ifindex, &tc_uplink_entry(u.addr, u.ifindex)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_ports_are_read_from_sysfs() {
+        let root = std::env::temp_dir().join(format!("dovesnap-brif-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (dir, file, text) in [
+            ("br0/brif/vethb", None, ""),
+            ("br0/brif/etha", None, ""),
+            ("br0/brif/gone", None, ""),
+            ("vethb", Some("ifindex"), "9\n"),
+            ("etha", Some("ifindex"), "7\n"),
+            ("eth0", Some("ifindex"), "2\n"),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            if let Some(f) = file {
+                std::fs::write(root.join(dir).join(f), text).unwrap();
+            }
+        }
+        let ports = bridge_ports(&root, "br0");
+        let others = (bridge_ports(&root, "eth0"), bridge_ports(&root, "nothing"));
+        std::fs::remove_dir_all(&root).unwrap();
+        // A port whose device went away meanwhile is left out.
+        assert_eq!(ports, [("etha".to_string(), 7), ("vethb".to_string(), 9)]);
+        assert_eq!(others, (vec![], vec![]));
     }
 }
