@@ -85,12 +85,15 @@ impl Network {
         Network::create(name, &["-o", "mode=nat", "--subnet", subnet])
     }
 
-    /// An ovs network in nat-fast mode on `subnet`, its uplink interface `uplink`.
+    /// An ovs network in nat-fast mode on the xdp engine (`ovs.nat.engine=xdp`: XDP on
+    /// the veths and the AF_XDP translator, what these tests inspect) on `subnet`, its
+    /// uplink interface `uplink`.
     pub fn nat_fast(name: &str, uplink: &str, subnet: &str) -> Self {
-        Network::nat_fast_with(name, uplink, subnet, &[])
+        Network::nat_fast_with(name, uplink, subnet, &["-o", "ovs.nat.engine=xdp"])
     }
 
-    /// [`Network::nat_fast`] with `extra` options (`-o ovs.nat.offload=false`, ...).
+    /// An ovs network in nat-fast mode with the default engine (tc) and `extra` options
+    /// (`-o ovs.nat.engine=xdp`, ...) on `subnet`, its uplink interface `uplink`.
     pub fn nat_fast_with(name: &str, uplink: &str, subnet: &str, extra: &[&str]) -> Self {
         let uplink = format!("ovs.nat.uplink={uplink}");
         let mut args = vec!["-o", "mode=nat-fast", "-o", &uplink, "--subnet", subnet];

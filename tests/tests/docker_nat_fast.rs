@@ -135,8 +135,11 @@ fn create_network(name: &str, subnet: &str, uplink: &str) -> Network {
     create_network_with(name, subnet, uplink, &[])
 }
 
+/// A nat-fast network on the xdp engine (what this file tests) with `extra` options.
 fn create_network_with(name: &str, subnet: &str, uplink: &str, extra: &[&str]) -> Network {
-    Network::nat_fast_with(name, uplink, subnet, extra)
+    let mut options = vec!["-o", "ovs.nat.engine=xdp"];
+    options.extend_from_slice(extra);
+    Network::nat_fast_with(name, uplink, subnet, &options)
 }
 
 #[test]

@@ -1,8 +1,8 @@
-//! nat-fast with `ovs.nat.engine=tc`, end to end (real dockerd, plugin, OVS): each
-//! endpoint is split in two veth pairs joined by tc redirects, so the container keeps
-//! TSO and checksum offload while OVS's userspace datapath still sees whole,
-//! checksummed frames. The tc programs sit on tcx ingress of the container's host end
-//! and of the uplink: a container's TCP connection out gets its session from
+//! nat-fast on its default engine, `ovs.nat.engine=tc`, end to end (real dockerd,
+//! plugin, OVS): each endpoint is split in two veth pairs joined by tc redirects, so the
+//! container keeps TSO and checksum offload while OVS's userspace datapath still sees
+//! whole, checksummed frames. The tc programs sit on tcx ingress of the container's host
+//! end and of the uplink: a container's TCP connection out gets its session from
 //! `dovesnap_tc_endpoint` at the SYN and is carried by the programs both ways, GSO
 //! super-packets whole, past OVS and netfilter; everything else (UDP, ICMP, in-subnet
 //! traffic) takes the kernel path (OVS, the gateway, the nft masquerade), as in nat mode
@@ -233,12 +233,8 @@ fn split_endpoint_keeps_tso_and_carries_traffic() {
 
     let links;
     {
-        let net = Network::nat_fast_with(
-            "dstc-net",
-            &far.uplink.host,
-            "10.237.1.0/24",
-            &["-o", "ovs.nat.engine=tc"],
-        );
+        // No ovs.nat.engine: tc is nat-fast's default.
+        let net = Network::nat_fast_with("dstc-net", &far.uplink.host, "10.237.1.0/24", &[]);
         let web = Container::published_web("dstc-web", &net, 18280, "tc-web");
         let c = Container::idle("dstc-cli", &net);
 

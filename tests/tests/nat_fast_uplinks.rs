@@ -45,11 +45,14 @@ const BLOB_BYTES: usize = 20 << 20;
 /// Port of the far side's HTTP server of the blob.
 const BLOB_PORT: u16 = 8000;
 /// The nat-fast networks on each uplink, one container each, in this order: the xdp
-/// engine with offload (the default), without, and the tc engine.
+/// engine with offload (its default), without, and the tc engine (nat-fast's default).
 const FLAVOURS: [(&str, &[&str]); 3] = [
-    ("on", &[]),
-    ("off", &["-o", "ovs.nat.offload=false"]),
-    ("tc", &["-o", "ovs.nat.engine=tc"]),
+    ("on", &["-o", "ovs.nat.engine=xdp"]),
+    (
+        "off",
+        &["-o", "ovs.nat.engine=xdp", "-o", "ovs.nat.offload=false"],
+    ),
+    ("tc", &[]), // the default engine
 ];
 /// The tc engine's network in [`FLAVOURS`].
 const TC: usize = 2;
@@ -617,6 +620,8 @@ fn other_nats_on_the_uplink_keep_their_replies() {
         &[
             "-o",
             "mode=nat-fast",
+            "-o",
+            "ovs.nat.engine=xdp",
             "-o",
             &uplink_opt,
             "--subnet",

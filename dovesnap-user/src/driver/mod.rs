@@ -56,7 +56,7 @@ use crate::host::netlink::Netlink;
 use crate::ovn::{self, Chassis, Northbound, OvnError};
 use crate::ovsdb::{self, BridgeSpec, Ovsdb, PortSpec, Remote, UplinkSpec};
 use crate::plugin::api::{self, ApiResult, NetworkDriver};
-use crate::plugin::options::{EndpointOptions, Mode, NetworkOptions};
+use crate::plugin::options::{EndpointOptions, Mode, NatEngine, NetworkOptions};
 
 mod backend;
 mod error;
@@ -196,6 +196,12 @@ fn orphan_endpoint_links<'a>(names: &'a [String], known: &[&str]) -> Vec<&'a str
             (ours && !known.iter().any(|k| k.starts_with(id))).then_some(name.as_str())
         })
         .collect()
+}
+
+/// Whether the kernel has tcx (Linux 6.6 and later), which the tc engine's programs
+/// need; unknown counts as yes (the endpoints then say why they are on the kernel path).
+fn tcx_likely() -> bool {
+    crate::host::sysctl::kernel_version().is_none_or(|v| v >= (6, 6))
 }
 
 fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
@@ -416,6 +422,15 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let mut options = NetworkOptions::from_docker_options(req.options.as_ref())?;
         if options.mode == Mode::NatFast {
             options.nat_uplink = Some(self.check_uplink(&options).await?);
+            options.nat_engine = Some(match options.chosen_engine() {
+                // tcx came with Linux 6.6: the default's programs would never attach.
+                NatEngine::Tc if options.nat_engine.is_none() && !tcx_likely() => {
+                    warn!(network = %id, "nat-fast: the kernel predates tcx (Linux 6.6): \
+                          the network takes the xdp engine");
+                    NatEngine::Xdp
+                }
+                engine => engine,
+            });
         }
         ipam::check_ipam_mode(options.mode, req.ipv4_data.as_deref().unwrap_or_default())?;
         let mut ipam = ipam_from(req.ipv4_data.as_deref().unwrap_or_default())?;

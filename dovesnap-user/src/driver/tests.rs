@@ -13,6 +13,7 @@ use crate::fastpath::{FastPathStatus, Fault, UplinkSpec as FastUplinkSpec};
 use crate::firewall::PortMapping;
 use crate::host::netlink::NetlinkError;
 use crate::ovsdb::{BridgeInfo, OvsdbError, PortInfo, TunnelSpec};
+use crate::plugin::options::NatEngine;
 
 const NID: &str = "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
 const NID2: &str = "7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4b3a291807f6e5d4c3b2a19080";
@@ -1034,8 +1035,11 @@ async fn a_veth_failure_leaves_no_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn nat_fast_join_puts_the_endpoint_on_the_fast_path_and_leave_takes_it_off() {
     let r = rig();
-    r.net("mode=nat-fast ovs.nat.uplink=eth0", Some("10.233.1.0/24"))
-        .await;
+    r.net(
+        "mode=nat-fast ovs.nat.engine=xdp ovs.nat.uplink=eth0",
+        Some("10.233.1.0/24"),
+    )
+    .await;
     let nat = r.rules.lock().unwrap().networks[NID].clone();
     assert!(
         nat.masquerade_ports.is_some(),
@@ -1087,8 +1091,11 @@ async fn a_fast_path_failure_leaves_the_endpoint_on_the_kernel_path() {
         max_sessions: 0,
         ..Default::default()
     });
-    r.net("mode=nat-fast ovs.nat.uplink=eth0", Some("10.233.1.0/24"))
-        .await;
+    r.net(
+        "mode=nat-fast ovs.nat.engine=xdp ovs.nat.uplink=eth0",
+        Some("10.233.1.0/24"),
+    )
+    .await;
     r.endpoint(NID, EID, "10.233.1.2/24").await.unwrap();
     // Fail-open: the join succeeds, the endpoint is on the kernel's nat path.
     r.driver.join_inner(join(NID, EID)).await.unwrap();
@@ -1129,11 +1136,19 @@ async fn nat_fast_needs_a_usable_uplink() {
         r.create_network(network(NID, no_address, Some("10.233.1.0/24"))),
         DriverError::UplinkWithoutAddress(n) if n == "eth1"
     );
-    // Without ovs.nat.uplink, the default route's interface.
+    // Without ovs.nat.uplink, the default route's interface; without ovs.nat.engine,
+    // the default engine, recorded: a later default does not change the network.
     r.net("mode=nat-fast", Some("10.233.1.0/24")).await;
-    let state = r.driver.state.lock().await;
-    let networks = &state.networks;
-    assert_eq!(networks[NID].options.nat_uplink.as_deref(), Some("eth0"));
+    {
+        let state = r.driver.state.lock().await;
+        let options = &state.networks[NID].options;
+        assert_eq!(options.nat_uplink.as_deref(), Some("eth0"));
+        assert_eq!(options.nat_engine, Some(NatEngine::Tc));
+    }
+    let restarted = r.restarted();
+    restarted.recover().await.unwrap();
+    let state = restarted.state.lock().await;
+    assert_eq!(state.networks[NID].options.engine(), NatEngine::Tc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -31,9 +31,29 @@ pub fn parse_port_range(s: &str) -> Option<RangeInclusive<u16>> {
     (it.next().is_none() && lo <= hi).then_some(lo..=hi)
 }
 
+/// `kernel.osrelease`'s version, `(major, minor)`; `None` when it cannot be read.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    parse_kernel_version(&read("kernel/osrelease").ok()?)
+}
+
+/// The `(major, minor)` a kernel release string starts with (`6.18.0-1-amd64`).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.15.0"), Some((5, 15)));
+        assert_eq!(parse_kernel_version("6.6"), Some((6, 6)));
+        assert_eq!(parse_kernel_version("linux"), None);
+        assert!(kernel_version().is_some());
+    }
 
     #[test]
     fn port_ranges() {

@@ -57,9 +57,10 @@ pub const NAT_UPLINK: &str = "ovs.nat.uplink";
 /// `ovs.nat.offload`: nat-fast only, whether established sessions are rewritten and
 /// forwarded in XDP (default `true`) or every packet goes through the AF_XDP translator.
 pub const NAT_OFFLOAD: &str = "ovs.nat.offload";
-/// `ovs.nat.engine`: nat-fast only, what carries the network's traffic: `xdp` (default;
-/// XDP on the veths plus the AF_XDP translator) or `tc` (each endpoint split so that the
-/// container keeps TSO and checksum offload; see [`NatEngine`]).
+/// `ovs.nat.engine`: nat-fast only, what carries the network's traffic: `tc` (default:
+/// each endpoint split so that the container keeps TSO and checksum offload, sessions
+/// made and carried by tcx programs) or `xdp` (XDP on the veths plus the AF_XDP
+/// translator); see [`NatEngine`].
 pub const NAT_ENGINE: &str = "ovs.nat.engine";
 /// `ovs.ovn.switch`: overlay only, the OVN logical switch the network maps to (default:
 /// derived from the subnet, so the same `--subnet` on every host gives the same switch).
@@ -334,7 +335,8 @@ pub struct NetworkOptions {
     pub nat_uplink: Option<String>,
     /// nat-fast: `ovs.nat.offload` as given (absent: on, see [`NetworkOptions::offload`]).
     pub nat_offload: Option<bool>,
-    /// nat-fast: `ovs.nat.engine` as given (absent: xdp, see [`NetworkOptions::engine`]).
+    /// nat-fast: `ovs.nat.engine`; CreateNetwork records [`NatEngine::DEFAULT`] when
+    /// none is given (absent in a record: see [`NetworkOptions::engine`]).
     pub nat_engine: Option<NatEngine>,
     /// overlay: the logical switch named by `ovs.ovn.switch`.
     pub ovn_switch: Option<String>,
@@ -353,21 +355,24 @@ pub struct NetworkOptions {
 }
 
 /// What carries a nat-fast network's traffic (`ovs.nat.engine`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatEngine {
     /// XDP on each endpoint's veth and the AF_XDP translator. The container end has
     /// TX checksum offload (and so TSO) off.
-    #[default]
     Xdp,
     /// The endpoint is split in two veth pairs joined by tc redirects, so the container
-    /// keeps TSO and checksum offload and OVS still sees whole, checksummed frames.
-    /// For now all of its traffic takes the kernel path (OVS, the gateway, the nft
-    /// masquerade), as in nat mode; tcx programs come later
-    /// (docs/design/nat-fast-tc.md).
+    /// keeps TSO and checksum offload and OVS still sees whole, checksummed frames;
+    /// tcx programs on the container's pair and the uplink make and carry TCP and UDP
+    /// sessions, and what they decline takes the kernel path (OVS, the gateway, the nft
+    /// masquerade), as in nat mode (docs/design/nat-fast-tc.md).
     Tc,
 }
 
 impl NatEngine {
+    /// The engine of a nat-fast network created without `ovs.nat.engine`: the one that
+    /// is faster than Docker's bridge on every workload of the bench.
+    pub const DEFAULT: NatEngine = NatEngine::Tc;
+
     fn parse(value: &str) -> Result<Self, OptionsError> {
         match value {
             "xdp" => Ok(NatEngine::Xdp),
@@ -392,9 +397,22 @@ impl NetworkOptions {
         self.nat_offload.unwrap_or(true)
     }
 
-    /// What carries a nat-fast network's traffic (meaningless for other modes).
+    /// What carries a nat-fast network's traffic (meaningless for other modes). A record
+    /// without `ovs.nat.engine` was written before tc became the default (CreateNetwork
+    /// now always records it): its endpoints are built for xdp.
     pub fn engine(&self) -> NatEngine {
-        self.nat_engine.unwrap_or_default()
+        self.nat_engine.unwrap_or(NatEngine::Xdp)
+    }
+
+    /// The engine CreateNetwork records for a nat-fast network: the one given; else xdp
+    /// when `ovs.nat.offload` is given (a setting of the xdp engine's); else
+    /// [`NatEngine::DEFAULT`].
+    pub fn chosen_engine(&self) -> NatEngine {
+        match (self.nat_engine, self.nat_offload) {
+            (Some(engine), _) => engine,
+            (None, Some(_)) => NatEngine::Xdp,
+            (None, None) => NatEngine::DEFAULT,
+        }
     }
 
     /// Parses the `com.docker.network.generic` map of a `CreateNetwork` request.
@@ -1924,11 +1942,13 @@ mod tests {
     }
 
     #[test]
-    fn nat_engine_defaults_to_xdp_and_is_checked() {
-        assert_eq!(
-            parse(&[(MODE, "nat-fast")]).unwrap().engine(),
-            NatEngine::Xdp
-        );
+    fn nat_engine_defaults_to_tc_and_is_checked() {
+        let default = parse(&[(MODE, "nat-fast")]).unwrap();
+        assert_eq!(default.chosen_engine(), NatEngine::Tc);
+        // A record without the option predates the tc default.
+        assert_eq!(default.engine(), NatEngine::Xdp);
+        let offload = parse(&[(MODE, "nat-fast"), (NAT_OFFLOAD, "false")]).unwrap();
+        assert_eq!(offload.chosen_engine(), NatEngine::Xdp);
         let tc = parse(&[(MODE, "nat-fast"), (NAT_ENGINE, "tc")]).unwrap();
         assert_eq!(tc.engine(), NatEngine::Tc);
         let xdp = parse(&[(MODE, "nat-fast"), (NAT_ENGINE, "xdp")]).unwrap();
