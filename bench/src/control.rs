@@ -412,16 +412,21 @@ pub fn run(runs: usize, plan: Plan) -> Result<Section> {
         counters: BTreeMap::new(),
     };
     let records = &mut section.records;
-    for Network { name, .. } in NETWORKS {
-        let net = format!("dsb-{name}");
-        let mut run_ms = Vec::new();
-        let mut join_ms = Vec::new();
-        let mut leave_ms = Vec::new();
-        for _ in 0..runs {
+    // Round by round over the networks, not network by network: a machine whose speed
+    // drifts during the section (other jobs, caches) then weighs on every row alike,
+    // and the ratios compare like with like.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; NETWORKS.len()];
+    for _ in 0..runs {
+        for (Network { name, .. }, [run_ms, join_ms, leave_ms]) in
+            NETWORKS.iter().zip(samples.iter_mut())
+        {
+            let net = format!("dsb-{name}");
             run_ms.push(timed(&["run", "--rm", "--network", &net, IMAGE, "true"])?);
             join_ms.push(timed(&["network", "connect", &net, idle])?);
             leave_ms.push(timed(&["network", "disconnect", &net, idle])?);
         }
+    }
+    for (Network { name, .. }, [run_ms, join_ms, leave_ms]) in NETWORKS.iter().zip(samples) {
         records.push(
             Record::from_runs("docker-run", name, "ms", &run_ms)
                 .with_note("docker run --rm --network NET busybox true, end to end"),

@@ -990,7 +990,8 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                 let mut endpoints: Vec<EndpointStatus> = n
                     .endpoints
                     .values()
-                    .map(|e| EndpointStatus {
+                    .map(|e| (e, endpoint_links(n, e)))
+                    .map(|(e, links)| EndpointStatus {
                         id: e.id.clone(),
                         port: e.host_ifname.clone(),
                         mac: e.mac.to_string(),
@@ -1001,10 +1002,11 @@ impl<S: Switch, L: Links, F: NatFastPath> StatusSource for Driver<S, L, F> {
                             names.contains(&e.host_ifname)
                                 && !s.kernel_path.iter().any(|(p, _)| *p == e.host_ifname)
                         }),
+                        // Under the OVS port's name, or (tc engine) the container side's.
                         kernel_path: fast_path
                             .as_ref()
                             .and_then(|(s, _)| {
-                                s.kernel_path.iter().find(|(p, _)| *p == e.host_ifname)
+                                s.kernel_path.iter().find(|(p, _)| links.contains(p))
                             })
                             .map(|(_, why)| why.clone())
                             .unwrap_or_default(),

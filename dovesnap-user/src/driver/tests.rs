@@ -1118,6 +1118,10 @@ async fn a_tc_attach_failure_leaves_the_endpoint_on_the_kernel_path() {
     assert!(r.fast(|fp| fp.tc_endpoints.is_empty()));
     let why = r.fast(|fp| fp.kernel_path[&tc_end].clone());
     assert!(why.contains("refused by the test"), "{why}");
+    // The status says why on the endpoint itself.
+    let status = r.driver.status().await;
+    let shown = &status.networks[0].endpoints[0].kernel_path;
+    assert!(shown.contains("refused by the test"), "{shown}");
     // Leaving clears the reason with the endpoint.
     r.driver.leave_inner(ids(NID, EID)).await.unwrap();
     assert!(r.fast(|fp| fp.kernel_path.is_empty()));
