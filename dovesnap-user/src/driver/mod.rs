@@ -168,8 +168,6 @@ struct DriverState<F> {
     fastpath: nat_fast::FastSlot<F>,
 }
 
-/// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
-/// other tasks.
 /// An endpoint's host-side links, each deleted with its veth peer: the OVS port's
 /// veth, and on the tc engine the container's (`nat_fast::split_names`).
 fn endpoint_links(net: &Network, ep: &Endpoint) -> Vec<String> {
@@ -204,6 +202,8 @@ fn tcx_likely() -> bool {
     crate::host::sysctl::kernel_version().is_none_or(|v| v >= (6, 6))
 }
 
+/// Runs a (blocking, a few milliseconds) firewall call without stalling the runtime's
+/// other tasks.
 fn fw<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> DriverResult<T> {
     Ok(tokio::task::block_in_place(f)?)
 }

@@ -310,7 +310,7 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
     ) -> DriverResult<()> {
         let (tc_end, _) = split_names(ep);
         // Leftovers from a crash half way are ours to replace.
-        self.delete_split_links(ep).await?;
+        self.delete_endpoint_links(net, ep).await?;
         let made = async {
             (self.netlink)
                 .create_veth(&tc_end, &ep.container_ifname, Some(mac.0), net.options.mtu)
@@ -318,11 +318,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             self.make_ovs_pair(net, ep).await
         };
         if let Err(e) = made.await {
-            let _ = self.delete_split_links(ep).await;
+            let _ = self.delete_endpoint_links(net, ep).await;
             return Err(e.into());
         }
         if let Err(e) = self.ovs.add_port(&net.bridge, &port_spec(net, ep)).await {
-            let _ = self.delete_split_links(ep).await;
+            let _ = self.delete_endpoint_links(net, ep).await;
             return Err(e.into());
         }
         Ok(())
@@ -347,15 +347,6 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         self.netlink.delete_patch(&tc_end).await?;
         self.netlink.patch(&tc_end, &patch_end).await?;
         self.netlink.patch(&patch_end, &tc_end).await
-    }
-
-    /// Deletes a split endpoint's two veth pairs (the container's end with them, if it
-    /// is still in the host); what is already gone counts as done.
-    pub(super) async fn delete_split_links(&self, ep: &Endpoint) -> Result<(), NetlinkError> {
-        let (tc_end, _) = split_names(ep);
-        let container = self.netlink.delete(&tc_end).await;
-        self.netlink.delete(&ep.host_ifname).await?;
-        container.map(|_| ())
     }
 
     /// Whether the patch of a split endpoint is whole: each end redirects to the other
