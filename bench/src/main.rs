@@ -118,7 +118,9 @@ fn run(
 
     if !skip_docker {
         eprintln!("bench: control plane through dockerd");
-        match control::run(if quick { 3 } else { 10 }, plan) {
+        // A `docker run` here varies by +-30% from one to the next: enough rounds
+        // that the medians' ratios are worth reading.
+        match control::run(if quick { 5 } else { 20 }, plan) {
             Ok(section) => {
                 records.extend(section.records);
                 container_counters = Some(section.counters);

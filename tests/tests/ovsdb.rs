@@ -406,7 +406,8 @@ fn concurrent_operations_from_several_tasks() {
             bridges[0].name
         );
 
-        // Remove them concurrently, then the bridges.
+        // Remove them concurrently, half of them committed first and applied later
+        // (DeleteEndpoint's way): once committed, the database no longer has them.
         let deletes: Vec<_> = veths
             .iter()
             .enumerate()
@@ -414,7 +415,14 @@ fn concurrent_operations_from_several_tasks() {
                 let ovsdb = ovsdb.clone();
                 let bridge = bridges[i % 3].name.clone();
                 let port = v.host.clone();
-                tokio::spawn(async move { ovsdb.delete_port(&bridge, &port).await })
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        return ovsdb.delete_port(&bridge, &port).await;
+                    }
+                    let applied = ovsdb.delete_port_committed(&bridge, &port).await?;
+                    assert!(!has_row("port", &port), "{port} committed, still there");
+                    applied.await
+                })
             })
             .collect();
         for task in deletes {

@@ -14,7 +14,7 @@ use crate::firewall::FirewallError;
 use crate::host::addr::Ipv4Net;
 use crate::host::ethtool;
 use crate::host::netlink::{link_mac, Netlink, NetlinkError};
-use crate::ovsdb::{BridgeInfo, BridgeSpec, Ovsdb, OvsdbError, PortSpec, TunnelSpec};
+use crate::ovsdb::{Applied, BridgeInfo, BridgeSpec, Ovsdb, OvsdbError, PortSpec, TunnelSpec};
 use crate::translator::Protocol;
 
 /// The Open vSwitch database: bridges, their ports, and `external_ids` records.
@@ -46,6 +46,18 @@ pub trait Switch: Send + Sync + 'static {
         bridge: &str,
         port: &str,
     ) -> impl Future<Output = Result<(), OvsdbError>> + Send;
+    /// [`Switch::delete_port`] answering once the removal is committed; the returned
+    /// future waits for the switch to apply it. By default: removed and applied at once.
+    fn delete_port_committed(
+        &self,
+        bridge: &str,
+        port: &str,
+    ) -> impl Future<Output = Result<Applied, OvsdbError>> + Send {
+        async move {
+            self.delete_port(bridge, port).await?;
+            Ok(Box::pin(async { Ok(()) }) as Applied)
+        }
+    }
     /// Adds a tunnel port to `bridge` (made again after it was deleted).
     fn add_tunnel(
         &self,
@@ -236,6 +248,9 @@ impl Switch for Ovsdb {
     }
     async fn delete_port(&self, bridge: &str, port: &str) -> Ovs<()> {
         Ovsdb::delete_port(self, bridge, port).await
+    }
+    async fn delete_port_committed(&self, bridge: &str, port: &str) -> Ovs<Applied> {
+        Ovsdb::delete_port_committed(self, bridge, port).await
     }
     async fn add_tunnel(&self, bridge: &str, tunnel: &TunnelSpec) -> Ovs<()> {
         Ovsdb::add_tunnel(self, bridge, tunnel).await

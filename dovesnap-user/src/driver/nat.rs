@@ -68,7 +68,11 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
             .set_port_external_id(&ep.host_ifname, EXT_ENDPOINT, &json)
             .await
         {
-            let _ = fw(|| self.firewall.remove_ports(nid, eid));
+            if fw(|| self.firewall.remove_ports(nid, eid)).is_err() {
+                // Still there: remembered, so that RevokeExternalConnectivity or
+                // DeleteEndpoint withdraws them.
+                ep.published = published;
+            }
             return Err(e.into());
         }
         info!(network = %nid, endpoint = %eid, ports = ?published, "published ports");

@@ -567,6 +567,9 @@ struct Rules {
     /// The container's IPv6 address each endpoint's ports were published for.
     ports_ip6: BTreeMap<(String, String), Option<Ipv6Addr>>,
     fail_add_network: bool,
+    fail_remove_ports: bool,
+    /// How many times the endpoints' rules were looked up to be removed.
+    port_removals: usize,
 }
 
 #[derive(Clone, Default)]
@@ -615,7 +618,15 @@ impl Firewall for FakeFirewall {
     }
     fn remove_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
         let key = (network_id.to_string(), endpoint_id.to_string());
-        self.0.lock().unwrap().ports.remove(&key);
+        let mut rules = self.0.lock().unwrap();
+        rules.port_removals += 1;
+        if rules.fail_remove_ports {
+            return Err(FirewallError::Nft {
+                action: "withdraw the endpoint's ports".into(),
+                stderr: "injected".into(),
+            });
+        }
+        rules.ports.remove(&key);
         Ok(())
     }
     fn reconcile_keeping(&self, _: &[ExpectedNetwork], _: &[String]) -> Result<(), FirewallError> {
@@ -1179,6 +1190,45 @@ async fn published_ports_are_recorded_and_revoked() {
     assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
     let record = r.host.lock().unwrap().port(&host_end).unwrap().external_ids[EXT_ENDPOINT].clone();
     assert!(!record.contains("published"), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn delete_endpoint_withdraws_only_ports_still_published() {
+    let r = rig();
+    r.net("mode=nat", Some("10.232.1.0/24")).await;
+    r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
+    // Nothing published: no rule to look for (a listing costs a process).
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert_eq!(r.rules.lock().unwrap().port_removals, 0);
+
+    // Published, and the revoke failed: DeleteEndpoint withdraws them.
+    r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
+    r.driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .unwrap();
+    r.rules.lock().unwrap().fail_remove_ports = true;
+    assert!(r.driver.unpublish_ports(ids(NID, EID)).await.is_err());
+    r.rules.lock().unwrap().fail_remove_ports = false;
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    let key = (NID.to_string(), EID.to_string());
+    assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
+
+    // A record that could not be written after publishing, nor the rules withdrawn:
+    // still remembered, so DeleteEndpoint withdraws them.
+    r.endpoint(NID, EID, "10.232.1.2/24").await.unwrap();
+    r.rules.lock().unwrap().fail_remove_ports = true;
+    r.fail("set_port_external_id");
+    assert!(r
+        .driver
+        .program_external_inner(port_map(NID, EID, 8080, 80))
+        .await
+        .is_err());
+    r.host.lock().unwrap().failing.clear();
+    r.rules.lock().unwrap().fail_remove_ports = false;
+    assert!(r.rules.lock().unwrap().ports.contains_key(&key));
+    r.driver.delete_endpoint_inner(ids(NID, EID)).await.unwrap();
+    assert!(!r.rules.lock().unwrap().ports.contains_key(&key));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -142,6 +142,11 @@ impl Session {
     }
 }
 
+/// A change the database holds that ovs-vswitchd has yet to apply: awaiting it waits
+/// for that (see [`Ovsdb::delete_port_committed`]).
+pub type Applied =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), OvsdbError>> + Send>>;
+
 /// A cloneable handle on one persistent connection to ovsdb-server. Calls from many
 /// tasks run concurrently on it; when the connection breaks, the next call reconnects.
 #[derive(Clone)]
@@ -274,6 +279,18 @@ impl Ovsdb {
 
     /// Removes port `port` (and its interface) from `bridge`.
     pub async fn delete_port(&self, bridge: &str, port: &str) -> Result<(), OvsdbError> {
+        self.delete_port_committed(bridge, port).await?.await
+    }
+
+    /// Removes port `port` from `bridge` like [`Ovsdb::delete_port`], answering once
+    /// the database holds the change; the returned future waits for ovs-vswitchd to
+    /// apply it. A removal has nothing to check or roll back once committed (no new
+    /// interface), so only that wait is left for later.
+    pub async fn delete_port_committed(
+        &self,
+        bridge: &str,
+        port: &str,
+    ) -> Result<Applied, OvsdbError> {
         let found = self.read(&bridge::find_port(port)).await?;
         let Some(uuid) = bridge::found(&found, "Port")? else {
             let bridge_found = self.read(&bridge::find_bridge(bridge)).await?;
@@ -285,7 +302,13 @@ impl Ovsdb {
                 None => OvsdbError::NoSuchBridge(bridge.to_string()),
             });
         };
-        self.apply(bridge::remove_port(bridge, port, &uuid)).await
+        let change = bridge::remove_port(bridge, port, &uuid);
+        let session = self.session().await?;
+        let results = session.commit(&change).await?;
+        let timeout = self.inner.apply_timeout;
+        Ok(Box::pin(async move {
+            session.wait_applied(&change, &results, timeout).await
+        }))
     }
 
     /// Sets `key=value` in the `external_ids` of port `port` (bookkeeping only: the

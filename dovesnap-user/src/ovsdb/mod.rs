@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::Ovsdb;
+pub use client::{Applied, Ovsdb};
 pub(crate) use datum::{set_strings, Row};
 pub(crate) use jsonrpc::Connection;
 pub(crate) use txn::{check, eq, rows, Refusal, Txn};
