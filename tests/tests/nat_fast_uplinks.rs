@@ -493,6 +493,22 @@ fn one_kind(plugin: &dovesnap_tests::daemon::Daemon, kind: Kind, idx: usize, scr
         );
     }
     tc_carried(kind, &up, &ips[TC], s2, &statuses[TC]);
+    if kind == Kind::Bridge {
+        // A port added to the bridge later gets the program at the next Join.
+        let late = LinkDev::new("dsubrx0", &["type", "veth", "peer", "name", "dsubrx1"]);
+        sh("ip", &["link", "set", &late.name, "master", "dsubr0"]);
+        let c = Container::idle(&format!("dsup-late-{idx}"), &nets[TC]);
+        let s = plugin.status();
+        let on = (s["fast_path"]["attached"].as_array().into_iter().flatten())
+            .any(|a| a[0] == late.name.as_str() && a[1] == "tcx dovesnap_tc_uplink");
+        assert!(
+            on,
+            "no tc program on the bridge's later port: {:#}",
+            s["fast_path"]
+        );
+        drop(c);
+        drop(late);
+    }
     // Containers, then networks, then the uplink.
     drop(containers);
     drop(nets);

@@ -11,7 +11,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::xdp::{
     be_addr, IfaceConfig, PortKey, TcProgram, XdpError, IFACE_ENDPOINT, IFACE_UPLINK,
@@ -189,6 +189,7 @@ impl FastPath {
             }
             Some(u) => {
                 u.users += 1;
+                self.refresh_tc_bridge_ports(spec);
                 return Ok(());
             }
             None => {}
@@ -207,7 +208,8 @@ impl FastPath {
             }
             return Err(e.into());
         }
-        let ports = self.attach_tc_bridge_ports(spec);
+        let ports = bridge_ports(Path::new(SYS_CLASS_NET), &spec.name);
+        let ports = self.attach_tc_bridge_ports(spec, ports);
         self.tc_uplinks.insert(
             spec.name.clone(),
             TcUplink {
@@ -220,13 +222,50 @@ impl FastPath {
         Ok(())
     }
 
-    /// If the uplink is a bridge: the uplink program on each of its ports as well
+    /// A bridge uplink in use: its ports as they are now (a port added since the last
+    /// endpoint joined, or re-made). Each endpoint's Join does this, so a port added
+    /// to the bridge gets the program before the next container starts; until then
+    /// replies arriving on it pass br_netfilter's hooks first, as on any bridge
+    /// without the program on its ports.
+    fn refresh_tc_bridge_ports(&mut self, spec: &UplinkSpec) {
+        let Some(known) = self.tc_uplinks.get(&spec.name).map(|u| u.ports.clone()) else {
+            return;
+        };
+        let now = bridge_ports(Path::new(SYS_CLASS_NET), &spec.name);
+        if now == known {
+            return;
+        }
+        let mut kept = Vec::new();
+        for (port, ifindex) in known {
+            if now.contains(&(port.clone(), ifindex)) {
+                kept.push((port, ifindex));
+                continue;
+            }
+            // Gone or re-made: its link goes (a deleted device took the attachment).
+            if let Err(e) = self.xdp.tc_detach(TcProgram::Uplink, &port) {
+                debug!(uplink = %spec.name, %port, "bridge port left: {e}");
+            }
+            let _ = self.xdp.remove_iface(ifindex);
+        }
+        let new: Vec<_> = now.into_iter().filter(|p| !kept.contains(p)).collect();
+        kept.extend(self.attach_tc_bridge_ports(spec, new));
+        kept.sort();
+        if let Some(u) = self.tc_uplinks.get_mut(&spec.name) {
+            u.ports = kept;
+        }
+    }
+
+    /// If the uplink is a bridge: the uplink program on each of its `ports` as well
     /// (see [`bridge_ports`]), with the uplink's `IFACES` entry. A port that cannot take
     /// it (or is an xdp-engine uplink itself) is left out, logged: the bridge's own
     /// program still carries what arrives there. Returns the ports that took it.
-    fn attach_tc_bridge_ports(&mut self, spec: &UplinkSpec) -> Vec<(String, u32)> {
+    fn attach_tc_bridge_ports(
+        &mut self,
+        spec: &UplinkSpec,
+        ports: Vec<(String, u32)>,
+    ) -> Vec<(String, u32)> {
         let mut done = Vec::new();
-        for (port, ifindex) in bridge_ports(Path::new(SYS_CLASS_NET), &spec.name) {
+        for (port, ifindex) in ports {
             if self.uplinks.contains_key(&port) {
                 continue;
             }

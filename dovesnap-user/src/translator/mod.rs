@@ -6,7 +6,7 @@
 //! - [`wire`]: typed, bounds-checked views over Ethernet / IPv4 / TCP / UDP / ICMP bytes.
 //! - [`session`]: the session table, port pools, TCP state tracking and eviction.
 //! - [`shares`]: the port range split among worker translators ([`PortShares`]).
-//! - [`translator`]: [`Translator`], the outbound and inbound rewrite paths.
+//! - [`translate`]: [`Translator`], the outbound and inbound rewrite paths.
 //!
 //! Behaviour in brief:
 //! - Endpoint-independent mapping, address-and-port-dependent filtering; external ports
