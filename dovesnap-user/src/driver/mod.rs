@@ -765,11 +765,10 @@ impl<S: Switch, L: Links, F: NatFastPath> Driver<S, L, F> {
         let mut reaping = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
         while reaping.try_join_next().is_some() {}
         reaping.spawn(async move {
-            if let Some(Err(e)) = match applied {
-                Some(applied) => Some(applied.await),
-                None => None,
-            } {
-                warn!("ovs-vswitchd did not confirm a deleted endpoint's port removal: {e}");
+            if let Some(applied) = applied {
+                if let Err(e) = applied.await {
+                    warn!("ovs-vswitchd did not confirm a deleted endpoint's port removal: {e}");
+                }
             }
             for name in names {
                 if let Err(e) = netlink.delete(&name).await {

@@ -210,32 +210,41 @@ impl Ovsdb {
     /// interfaces. When that fails the change is rolled back (best effort, logged)
     /// before the error is returned, so a failed call leaves nothing behind.
     async fn apply(&self, change: Change) -> Result<(), OvsdbError> {
+        self.commit(change).await?.await
+    }
+
+    /// [`Ovsdb::apply`] in two halves: answers once the database holds `change`; the
+    /// returned future waits for ovs-vswitchd, checks and rolls back.
+    async fn commit(&self, change: Change) -> Result<Applied, OvsdbError> {
         let session = self.session().await?;
         let timeout = self.inner.apply_timeout;
         let results = session.commit(&change).await?;
-        let outcome = match session.wait_applied(&change, &results, timeout).await {
-            Ok(()) => session.check_interfaces(&change, &results).await,
-            Err(e) => Err(e),
-        };
-        let Err(error) = outcome else {
-            return Ok(());
-        };
-        // Without ovs-vswitchd the rollback cannot be waited for either: only commit it.
-        let vswitchd_alive = !matches!(error, OvsdbError::VswitchdTimeout { .. });
-        let rollback = async {
-            let Some(undo) = change.undo(&results)? else {
+        Ok(Box::pin(async move {
+            let outcome = match session.wait_applied(&change, &results, timeout).await {
+                Ok(()) => session.check_interfaces(&change, &results).await,
+                Err(e) => Err(e),
+            };
+            let Err(error) = outcome else {
                 return Ok(());
             };
-            let undo_results = session.commit(&undo).await?;
-            if vswitchd_alive {
-                session.wait_applied(&undo, &undo_results, timeout).await?;
+            // Without ovs-vswitchd the rollback cannot be waited for either: only
+            // commit it.
+            let vswitchd_alive = !matches!(error, OvsdbError::VswitchdTimeout { .. });
+            let rollback = async {
+                let Some(undo) = change.undo(&results)? else {
+                    return Ok(());
+                };
+                let undo_results = session.commit(&undo).await?;
+                if vswitchd_alive {
+                    session.wait_applied(&undo, &undo_results, timeout).await?;
+                }
+                Ok::<_, OvsdbError>(())
+            };
+            if let Err(e) = rollback.await {
+                tracing::warn!(what = %change.what, error = %e, "could not roll back a failed change");
             }
-            Ok::<_, OvsdbError>(())
-        };
-        if let Err(e) = rollback.await {
-            tracing::warn!(what = %change.what, error = %e, "could not roll back a failed change");
-        }
-        Err(error)
+            Err(error)
+        }))
     }
 
     async fn read(&self, txn: &Txn) -> Result<Vec<Value>, OvsdbError> {
@@ -284,8 +293,7 @@ impl Ovsdb {
 
     /// Removes port `port` from `bridge` like [`Ovsdb::delete_port`], answering once
     /// the database holds the change; the returned future waits for ovs-vswitchd to
-    /// apply it. A removal has nothing to check or roll back once committed (no new
-    /// interface), so only that wait is left for later.
+    /// apply it.
     pub async fn delete_port_committed(
         &self,
         bridge: &str,
@@ -302,13 +310,7 @@ impl Ovsdb {
                 None => OvsdbError::NoSuchBridge(bridge.to_string()),
             });
         };
-        let change = bridge::remove_port(bridge, port, &uuid);
-        let session = self.session().await?;
-        let results = session.commit(&change).await?;
-        let timeout = self.inner.apply_timeout;
-        Ok(Box::pin(async move {
-            session.wait_applied(&change, &results, timeout).await
-        }))
+        self.commit(bridge::remove_port(bridge, port, &uuid)).await
     }
 
     /// Sets `key=value` in the `external_ids` of port `port` (bookkeeping only: the
